@@ -6,6 +6,7 @@ check), so imports read `from simtrack.v1 import ...` with no rewriting.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -35,6 +36,10 @@ def generate(out: Path) -> None:
         f"--mypy_grpc_out={out}",
         *sources,
     ]
+    # protoc finds the mypy plugins on PATH; make this interpreter's scripts visible even when
+    # its virtualenv is not activated.
+    scripts = str(Path(sys.executable).parent)
+    os.environ["PATH"] = scripts + os.pathsep + os.environ.get("PATH", "")
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
 

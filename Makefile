@@ -1,0 +1,51 @@
+# Developer commands for simtrack. `make` (or `make help`) lists them.
+#
+# PYTHON is the interpreter of your virtualenv, e.g. `make test PYTHON=.venv/bin/python`.
+# Its scripts directory goes first on PATH, so protoc finds protoc-gen-mypy and the `simtrack`
+# command resolves even when the virtualenv is not activated.
+
+PYTHON ?= python
+BUF ?= node_modules/.bin/buf
+SIMTRACK ?= simtrack
+
+PY_SCRIPTS := $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_path("scripts"))' 2>/dev/null)
+ifneq ($(PY_SCRIPTS),)
+export PATH := $(PY_SCRIPTS):$(PATH)
+endif
+
+# mypy targets: only the directories that exist and hold Python files (mypy rejects the others).
+MYPY_CANDIDATES := client/simtrack/client server/simtrack tests bench tools
+MYPY_PATHS = $(shell for d in $(MYPY_CANDIDATES); do \
+	[ -d "$$d" ] && [ -n "$$(find "$$d" -name '*.py' -print -quit)" ] && echo "$$d"; done)
+
+.DEFAULT_GOAL := help
+.PHONY: help protos lint test bench migrate serve
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+protos: ## Regenerate the Python stubs in client/simtrack/v1 from protos/
+	$(PYTHON) tools/gen_protos.py
+
+lint: | $(BUF) ## ruff check, ruff format --check, mypy, buf lint, buf format check
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+	$(PYTHON) -m mypy $(MYPY_PATHS)
+	$(BUF) lint
+	$(BUF) format -d --exit-code
+
+test: ## Run the test suite (pytest)
+	$(PYTHON) -m pytest
+
+bench: ## Run the ingest benchmark
+	$(PYTHON) -m bench ingest
+
+migrate: ## Apply the database migrations (simtrack migrate)
+	$(SIMTRACK) migrate
+
+serve: ## Start the gRPC server (simtrack serve)
+	$(SIMTRACK) serve
+
+# buf is pinned in package.json / package-lock.json; installed on first use.
+node_modules/.bin/buf:
+	npm ci --no-audit --no-fund

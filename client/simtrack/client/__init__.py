@@ -1,0 +1,1 @@
+"""simtrack's Python client library and command line."""

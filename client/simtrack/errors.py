@@ -1,0 +1,108 @@
+"""simtrack's error hierarchy, shared by the server's domain layer and the Python client.
+
+Each class names the gRPC status code it travels as (by name, so this module needs no grpc); the
+server maps them to a status in one place and the client maps statuses back to these classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One bad field: its path (e.g. ``agent.name``) and what is wrong with it."""
+
+    field: str
+    description: str
+
+
+class SimtrackError(Exception):
+    """Base class of every error simtrack reports to a caller."""
+
+    code_name = "UNKNOWN"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(SimtrackError):
+    """The request is malformed; ``violations`` name the fields."""
+
+    code_name = "INVALID_ARGUMENT"
+
+    def __init__(self, violations: Iterable[FieldViolation], message: str | None = None) -> None:
+        self.violations = tuple(violations)
+        text = message or "; ".join(f"{v.field}: {v.description}" for v in self.violations)
+        super().__init__(text or "invalid argument")
+
+    @classmethod
+    def of(cls, field: str, description: str) -> InvalidArgument:
+        """A single-field violation."""
+        return cls([FieldViolation(field, description)])
+
+
+class NotFound(SimtrackError):
+    """The named object does not exist (or is not visible to the caller)."""
+
+    code_name = "NOT_FOUND"
+
+    def __init__(self, resource_type: str, resource_id: str, field: str = "") -> None:
+        self.resource_type = resource_type
+        self.resource_id = resource_id
+        self.field = field
+        where = f"{field}: " if field else ""
+        super().__init__(f"{where}{resource_type} {resource_id!r} not found")
+
+
+class AlreadyExists(SimtrackError):
+    """An object with the same unique key exists."""
+
+    code_name = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(SimtrackError):
+    """The request is valid but the system is not in a state that allows it."""
+
+    code_name = "FAILED_PRECONDITION"
+
+
+class Conflict(SimtrackError):
+    """A concurrent change got in the way; retrying may succeed."""
+
+    code_name = "ABORTED"
+
+
+class Unauthenticated(SimtrackError):
+    """No valid credentials."""
+
+    code_name = "UNAUTHENTICATED"
+
+
+class PermissionDenied(SimtrackError):
+    """The credentials do not allow this call."""
+
+    code_name = "PERMISSION_DENIED"
+
+
+class Unavailable(SimtrackError):
+    """A transient fault (e.g. the database is unreachable); retry later."""
+
+    code_name = "UNAVAILABLE"
+
+
+ERRORS_BY_CODE_NAME: dict[str, type[SimtrackError]] = {
+    cls.code_name: cls
+    for cls in (
+        InvalidArgument,
+        NotFound,
+        AlreadyExists,
+        FailedPrecondition,
+        Conflict,
+        Unauthenticated,
+        PermissionDenied,
+        Unavailable,
+    )
+}

@@ -1,0 +1,107 @@
+"""Conversions shared by all servicers: JSON objects, times, enums and field masks."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from google.protobuf import duration_pb2, field_mask_pb2, struct_pb2, timestamp_pb2
+from google.protobuf.message import Message
+from simtrack.errors import FieldViolation, InvalidArgument
+
+E = TypeVar("E", bound=StrEnum)
+Msg = TypeVar("Msg", bound=Message)
+
+
+def value_to_python(field: str, value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        return struct_to_dict(field, value.struct_value)
+    if kind == "list_value":
+        return [value_to_python(f"{field}[{i}]", v) for i, v in enumerate(value.list_value.values)]
+    if kind == "number_value":
+        number = value.number_value
+        if not math.isfinite(number):
+            raise InvalidArgument.of(field, f"{number} is not a JSON number")
+        return int(number) if number.is_integer() and abs(number) < 2**53 else number
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "null_value":
+        return None
+    raise InvalidArgument.of(field, "a JSON value with no kind set")
+
+
+def struct_to_dict(field: str, struct: struct_pb2.Struct) -> dict[str, Any]:
+    """A Struct as a plain JSON object; malformed values are INVALID_ARGUMENT naming the path."""
+    return {key: value_to_python(f"{field}.{key}", value) for key, value in struct.fields.items()}
+
+
+def dict_to_struct(data: Mapping[str, Any]) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    struct.update(data)
+    return struct
+
+
+def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def duration(value: timedelta | None) -> duration_pb2.Duration | None:
+    if value is None:
+        return None
+    result = duration_pb2.Duration()
+    result.FromTimedelta(value)
+    return result
+
+
+class EnumMapping:
+    """Maps a proto enum (``PREFIX_NAME`` values) to a domain StrEnum and back."""
+
+    def __init__(self, proto: Any, domain: type[StrEnum], prefix: str) -> None:
+        # ``proto`` is the generated enum (an EnumTypeWrapper at run time).
+        self.proto = proto
+        self.domain = domain
+        self.prefix = prefix
+
+    def to_domain(self, field: str, number: int) -> Any:
+        """The domain member, None for UNSPECIFIED; unknown numbers are INVALID_ARGUMENT."""
+        if number == 0:
+            return None
+        try:
+            name = self.proto.Name(number)
+        except ValueError:
+            allowed = ", ".join(n for n in self.proto.keys() if not n.endswith("_UNSPECIFIED"))
+            raise InvalidArgument.of(
+                field, f"unknown value {number} (allowed: {allowed})"
+            ) from None
+        return self.domain(name.removeprefix(self.prefix).lower())
+
+    def to_proto(self, member: StrEnum) -> Any:
+        return self.proto.Value(self.prefix + member.value.upper())
+
+
+def mask_changes(
+    message: Msg,
+    mask: field_mask_pb2.FieldMask,
+    readers: Mapping[str, Callable[[Msg], Any]],
+) -> dict[str, Any]:
+    """The domain values of the fields an update mask names, read from ``message``."""
+    if not mask.paths:
+        raise InvalidArgument.of("update_mask", "is required: name the fields to change")
+    unknown = [p for p in mask.paths if p not in readers]
+    if unknown:
+        allowed = ", ".join(sorted(readers))
+        raise InvalidArgument(
+            FieldViolation("update_mask", f"{path!r} cannot be updated (allowed: {allowed})")
+            for path in unknown
+        )
+    return {path: readers[path](message) for path in dict.fromkeys(mask.paths)}

@@ -1,0 +1,183 @@
+"""Wiring: build the services, the gRPC server, health and reflection; serve until a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from simtrack.server.api.agents import AgentServicer
+from simtrack.server.api.errors import ErrorInterceptor
+from simtrack.server.api.experiments import ExperimentServicer
+from simtrack.server.api.runs import RunServicer
+from simtrack.server.api.scenarios import ScenarioServicer
+from simtrack.server.config import Settings
+from simtrack.server.db import migrate
+from simtrack.server.db.engine import create_engine, is_sqlite
+from simtrack.server.db.repositories import ping
+from simtrack.server.db.uow import UnitOfWorkFactory
+from simtrack.server.domain.agents import AgentService
+from simtrack.server.domain.experiments import ExperimentService, TemplateService
+from simtrack.server.domain.runs import ParticipantService, RunService
+from simtrack.server.domain.scenarios import ScenarioQueries
+from simtrack.server.domain.simulations import SimulationService
+from simtrack.server.scenarios import default_scenarios_dir, load_catalogue
+from simtrack.v1 import (
+    agents_pb2,
+    agents_pb2_grpc,
+    experiments_pb2,
+    experiments_pb2_grpc,
+    runs_pb2,
+    runs_pb2_grpc,
+    scenarios_pb2,
+    scenarios_pb2_grpc,
+)
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = tuple(
+    module.DESCRIPTOR.services_by_name[name].full_name
+    for module, name in (
+        (agents_pb2, "AgentService"),
+        (experiments_pb2, "ExperimentService"),
+        (runs_pb2, "RunService"),
+        (scenarios_pb2, "ScenarioService"),
+    )
+)
+
+
+class StartupError(Exception):
+    """The server cannot start; the message says what to do."""
+
+
+@dataclass
+class Running:
+    """A started server and what it owns."""
+
+    server: grpc.aio.Server
+    port: int
+    engine: AsyncEngine
+    health: health.aio.HealthServicer
+    monitor: asyncio.Task[None]
+
+    async def stop(self, grace: float) -> None:
+        self.monitor.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.monitor
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        await self.engine.dispose()
+
+
+async def prepare_database(settings: Settings, engine: AsyncEngine) -> None:
+    """SQLite files are migrated on start-up; PostgreSQL must already be at head.
+
+    On PostgreSQL migrations are an operator's step (they may need a more privileged role
+    and should not race between replicas), so the server refuses to start and names it.
+    """
+    if is_sqlite(settings.database_url):
+        await asyncio.to_thread(migrate.upgrade, settings.database_url)
+        return
+    try:
+        current = await migrate.current_revision(engine)
+    except Exception as exc:  # noqa: BLE001 - reported, not raised: the message is the point
+        raise StartupError(f"cannot reach the database: {exc}") from exc
+    head = migrate.head_revision()
+    if current != head:
+        raise StartupError(
+            f"the database schema is at {current or 'nothing (empty database)'}, this server "
+            f"needs {head}: run `simtrack migrate` (with the same SIMTRACK_DATABASE_URL) first"
+        )
+
+
+async def _monitor_database(
+    engine: AsyncEngine, servicer: health.aio.HealthServicer, interval: float
+) -> None:
+    """Report NOT_SERVING while the database does not answer, SERVING once it does again."""
+    sessions = async_sessionmaker(engine)
+    serving = health_pb2.HealthCheckResponse.SERVING
+    not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+    last = serving
+    while True:
+        try:
+            async with sessions() as session:
+                await asyncio.wait_for(ping(session), timeout=interval)
+            status = serving
+        except Exception as exc:  # noqa: BLE001 - any failure means unhealthy
+            status = not_serving
+            if last == serving:
+                log.warning("database unreachable, reporting NOT_SERVING: %s", exc)
+        if status != last and status == serving:
+            log.info("database reachable again, reporting SERVING")
+        for name in ("", *SERVICE_NAMES):
+            await servicer.set(name, status)
+        last = status
+        await asyncio.sleep(interval)
+
+
+async def start(settings: Settings) -> Running:
+    """Build and start the server; ``settings.listen`` may use port 0 for a free port."""
+    scenarios_dir = settings.scenarios_dir or default_scenarios_dir()
+    catalogue = load_catalogue(scenarios_dir)
+    for problem in catalogue.problems:
+        log.warning("scenario not loaded: %s", problem)
+    log.info("loaded %d scenarios from %s", len(catalogue.scenarios), scenarios_dir)
+
+    engine = create_engine(settings.database_url)
+    try:
+        await prepare_database(settings, engine)
+    except BaseException:
+        await engine.dispose()
+        raise
+    uow = UnitOfWorkFactory(async_sessionmaker(engine, expire_on_commit=False))
+
+    server = grpc.aio.server(interceptors=[ErrorInterceptor()])
+    agents_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(AgentService(uow)), server)
+    experiments_pb2_grpc.add_ExperimentServiceServicer_to_server(
+        ExperimentServicer(
+            ExperimentService(uow, catalogue), SimulationService(uow), TemplateService(uow)
+        ),
+        server,
+    )
+    runs_pb2_grpc.add_RunServiceServicer_to_server(
+        RunServicer(RunService(uow, catalogue), ParticipantService(uow)), server
+    )
+    scenarios_pb2_grpc.add_ScenarioServiceServicer_to_server(
+        ScenarioServicer(ScenarioQueries(catalogue)), server
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    try:
+        port = server.add_insecure_port(settings.listen)
+    except RuntimeError as exc:
+        await engine.dispose()
+        raise StartupError(f"cannot listen on {settings.listen}: {exc}") from exc
+    await server.start()
+    monitor = asyncio.create_task(
+        _monitor_database(engine, health_servicer, settings.health_check_interval)
+    )
+    return Running(server, port, engine, health_servicer, monitor)
+
+
+async def serve(settings: Settings) -> None:
+    """Serve until SIGINT or SIGTERM, then stop gracefully."""
+    running = await start(settings)
+    host = settings.listen.rsplit(":", 1)[0]
+    # Tests and scripts read this line to learn the port when listening on port 0.
+    log.info("simtrack serving on %s:%d", host, running.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down (grace %.1fs)", settings.shutdown_grace)
+    await running.stop(settings.shutdown_grace)

@@ -1,0 +1,53 @@
+"""Engine creation: one async engine for both databases, with each database's settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+
+def async_url(url: str | URL) -> URL:
+    """Give plain ``postgresql://`` and ``sqlite://`` URLs the async drivers simtrack uses."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend in ("postgresql", "postgres"):
+        return parsed.set(drivername="postgresql+psycopg")
+    if backend == "sqlite":
+        return parsed.set(drivername="sqlite+aiosqlite")
+    raise ValueError(f"unsupported database {backend!r}: use sqlite:// or postgresql://")
+
+
+def is_sqlite(url: str | URL) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def create_engine(
+    url: str | URL, *, sqlite_foreign_keys: bool = True, **kwargs: Any
+) -> AsyncEngine:
+    """An async engine for ``url`` (SQLite: foreign keys on, WAL, one shared connection).
+
+    Migrations turn ``sqlite_foreign_keys`` off: SQLite's batch table copies would cascade.
+    """
+    target = async_url(url)
+    if target.get_backend_name() != "sqlite":
+        return create_async_engine(target, pool_pre_ping=True, **kwargs)
+    # SQLite serialises writers anyway; one connection means no "database is locked" races
+    # between our own transactions, and WAL lets other processes (the CLI) read meanwhile.
+    if "poolclass" not in kwargs:
+        kwargs.update(pool_size=1, max_overflow=0)
+    engine = create_async_engine(target, connect_args={"timeout": 30}, **kwargs)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA foreign_keys={'ON' if sqlite_foreign_keys else 'OFF'}")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit is on disk before we say so, also on power loss.
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    return engine

@@ -1,0 +1,98 @@
+"""The unit of work: one short transaction, its repositories, and database errors translated.
+
+``async with uow_factory() as uow: ...; await uow.commit()`` — leaving the block without commit
+rolls back. Database errors leave the block as simtrack errors, so no caller sees SQLAlchemy's.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from simtrack.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Unavailable
+from simtrack.server.db.repositories import (
+    AgentRepository,
+    ExperimentRepository,
+    ParticipantRepository,
+    RunRepository,
+    SimulationRepository,
+    TemplateRepository,
+)
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+# SQLSTATE classes (PostgreSQL) and message prefixes (SQLite) of constraint violations.
+_UNIQUE = ("23505", "UNIQUE constraint failed")
+_FOREIGN_KEY = ("23503", "FOREIGN KEY constraint failed")
+_CHECK = ("23514", "CHECK constraint failed")
+
+
+def translate_integrity_error(error: IntegrityError) -> Exception:
+    """Map a constraint violation the service layer did not catch first (a race) to our errors."""
+    orig = error.orig
+    sqlstate = getattr(orig, "sqlstate", None) or ""
+    text = str(orig)
+    constraint = getattr(getattr(orig, "diag", None), "constraint_name", None) or text
+
+    def matches(kind: tuple[str, str]) -> bool:
+        return sqlstate == kind[0] or text.startswith(kind[1])
+
+    if matches(_UNIQUE):
+        return AlreadyExists(f"an object with the same unique key exists ({constraint})")
+    if matches(_FOREIGN_KEY):
+        return FailedPrecondition(f"the change would break a reference ({constraint})")
+    if matches(_CHECK):
+        return InvalidArgument.of(constraint, "value out of range")
+    return FailedPrecondition("the change violates a database constraint")
+
+
+class UnitOfWork:
+    """Repositories sharing one session and one transaction."""
+
+    agents: AgentRepository
+    templates: TemplateRepository
+    experiments: ExperimentRepository
+    simulations: SimulationRepository
+    runs: RunRepository
+    participants: ParticipantRepository
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def __aenter__(self) -> UnitOfWork:
+        self.session = self._sessions()
+        self.agents = AgentRepository(self.session)
+        self.templates = TemplateRepository(self.session)
+        self.experiments = ExperimentRepository(self.session)
+        self.simulations = SimulationRepository(self.session)
+        self.runs = RunRepository(self.session)
+        self.participants = ParticipantRepository(self.session)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # Closing hands the connection back to the pool, which rolls back whatever was not
+        # committed; unlike rollback() it leaves loaded objects readable for the caller.
+        await self.session.close()
+        if isinstance(exc, IntegrityError):
+            raise translate_integrity_error(exc) from exc
+        if isinstance(exc, OperationalError) or (
+            isinstance(exc, DBAPIError) and exc.connection_invalidated
+        ):
+            raise Unavailable("the database is unreachable; retry later") from exc
+
+    async def commit(self) -> None:
+        await self.session.commit()
+
+
+class UnitOfWorkFactory:
+    """Makes units of work on one session factory; what the service layer is given."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self.sessions = sessions
+
+    def __call__(self) -> UnitOfWork:
+        return UnitOfWork(self.sessions)

@@ -1,0 +1,175 @@
+"""List requests: page size and token validation and the AIP-160 filter subset.
+
+A filter is ``field op value`` terms joined by ``AND``; ``op`` is ``=`` or ``!=``; a value is a
+double-quoted string or a bare word. Each listable entity declares its filterable fields and how
+to parse their values, so a bad filter is INVALID_ARGUMENT naming ``filter``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from simtrack.errors import InvalidArgument
+
+T = TypeVar("T")
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+
+_TOKEN = re.compile(
+    r"""\s*(?:(?P<and>AND\b)|(?P<op>!=|=)|"(?P<quoted>(?:[^"\\]|\\.)*)"|(?P<word>[\w.:\-]+))"""
+)
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One ``field op value`` term; ``value`` is already parsed (None means "not set")."""
+
+    field: str
+    op: str
+    value: Any
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where a page ends: the last row's (created_at, id), the keyset the next page starts after."""
+
+    created_at: datetime
+    id: str
+
+
+@dataclass(frozen=True)
+class PageRequest:
+    """A validated list request; ``scope`` is what its tokens are bound to (filter, parent)."""
+
+    size: int
+    after: Cursor | None
+    conditions: tuple[Condition, ...]
+    scope: str
+
+    def next_token(self, cursor: Cursor | None) -> str:
+        """The next_page_token for a page that ended at ``cursor`` (empty on the last page)."""
+        return encode_token(cursor, self.scope) if cursor is not None else ""
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of results and the token of the next one."""
+
+    items: list[T]
+    next_page_token: str
+
+
+FieldParsers = Mapping[str, Callable[[str], Any]]
+
+
+def parse_filter(text: str, fields: FieldParsers) -> tuple[Condition, ...]:
+    """Parse ``text`` into conditions on ``fields``; raises InvalidArgument on ``filter``."""
+    tokens: list[tuple[str, str]] = []
+    pos = 0
+    text = text.strip()
+    while pos < len(text):
+        match = _TOKEN.match(text, pos)
+        if not match or match.end() == pos:
+            raise InvalidArgument.of(
+                "filter", f"unexpected text at position {pos}: {text[pos:][:20]!r}"
+            )
+        kind = match.lastgroup or ""
+        raw = match.group(kind)
+        if kind == "quoted":
+            raw = re.sub(r"\\(.)", r"\1", raw)
+        tokens.append((kind, raw))
+        pos = match.end()
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+    conditions: list[Condition] = []
+    index = 0
+    while index < len(tokens):
+        term = tokens[index : index + 3]
+        if (
+            len(term) < 3
+            or term[0][0] != "word"
+            or term[1][0] != "op"
+            or term[2][0]
+            not in (
+                "word",
+                "quoted",
+            )
+        ):
+            raise InvalidArgument.of("filter", 'expected `field = "value"` terms joined by AND')
+        field, op, value = term[0][1], term[1][1], term[2][1]
+        if field not in fields:
+            allowed = ", ".join(sorted(fields)) or "none"
+            raise InvalidArgument.of("filter", f"cannot filter on {field!r} (allowed: {allowed})")
+        try:
+            parsed = fields[field](value)
+        except ValueError as exc:
+            raise InvalidArgument.of("filter", f"bad value for {field}: {exc}") from None
+        conditions.append(Condition(field, op, parsed))
+        index += 3
+        if index < len(tokens):
+            if tokens[index][0] != "and":
+                raise InvalidArgument.of("filter", "terms must be joined by AND")
+            index += 1
+            if index == len(tokens):
+                raise InvalidArgument.of("filter", "AND must be followed by a term")
+    return tuple(conditions)
+
+
+def page_request(
+    size: int, token: str, filter_text: str, fields: FieldParsers, parent: str = ""
+) -> PageRequest:
+    """Validate page_size, page_token and filter of a List call (of ``parent``'s children)."""
+    if size < 0 or size > MAX_PAGE_SIZE:
+        raise InvalidArgument.of("page_size", f"must be between 0 and {MAX_PAGE_SIZE}, got {size}")
+    conditions = parse_filter(filter_text, fields)
+    scope = f"{parent}|{filter_text.strip()}"
+    after = decode_token(token, scope) if token else None
+    return PageRequest(size or DEFAULT_PAGE_SIZE, after, conditions, scope)
+
+
+def _scope_digest(scope: str) -> str:
+    return hashlib.sha256(scope.encode()).hexdigest()[:16]
+
+
+def encode_token(cursor: Cursor, scope: str) -> str:
+    """An opaque token for the page after ``cursor``, bound to the list it was made for."""
+    payload = {"t": cursor.created_at.isoformat(), "i": cursor.id, "s": _scope_digest(scope)}
+    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode()
+
+
+def decode_token(token: str, scope: str) -> Cursor:
+    """Read a token made by encode_token; anything else is INVALID_ARGUMENT on page_token."""
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(token.encode()))
+        cursor = Cursor(datetime.fromisoformat(payload["t"]), str(payload["i"]))
+        digest = payload["s"]
+    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeError):
+        raise InvalidArgument.of("page_token", "is not a token this server issued") from None
+    if cursor.created_at.tzinfo is None:
+        raise InvalidArgument.of("page_token", "is not a token this server issued")
+    if digest != _scope_digest(scope):
+        raise InvalidArgument.of("page_token", "was issued for a different filter or parent")
+    return cursor
+
+
+def enum_parser(enum: Callable[[str], Any]) -> Callable[[str], Any]:
+    """Parse a filter value as a member of a StrEnum, case-insensitively."""
+
+    def parse(value: str) -> Any:
+        return enum(value.lower())
+
+    return parse
+
+
+def optional_str(value: str) -> str | None:
+    """Empty string means "not set" (e.g. ``experiment_id = ""`` for detached simulations)."""
+    return value or None

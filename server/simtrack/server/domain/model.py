@@ -1,0 +1,177 @@
+"""The domain's vocabulary and its pure rules: states, transitions, merging, derived status.
+
+Nothing here touches a database or the network, so the rules are unit-tested directly.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import uuid
+from collections.abc import Iterable, Mapping
+from enum import StrEnum
+from typing import Any
+
+from simtrack.errors import FailedPrecondition, FieldViolation, InvalidArgument
+
+NAME_MAX = 200
+TEXT_MAX = 10_000
+
+
+class Framework(StrEnum):
+    """Agent framework."""
+
+    BASELINE = "baseline"
+    LANGCHAIN = "langchain"
+    CREWAI = "crewai"
+    CUSTOM = "custom"
+
+
+class ExperimentStatus(StrEnum):
+    """Experiment status, derived from its runs (see derive_experiment_status)."""
+
+    DRAFT = "draft"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class RunStatus(StrEnum):
+    """Run lifecycle state."""
+
+    PENDING = "pending"
+    STARTING = "starting"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+class SimulationStatus(StrEnum):
+    """Simulation lifecycle state."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    STOPPED = "stopped"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+RUN_FINAL = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.STOPPED})
+RUN_ACTIVE = frozenset({RunStatus.PENDING, RunStatus.STARTING, RunStatus.RUNNING})
+
+_RUN_MOVES: dict[RunStatus, frozenset[RunStatus]] = {
+    RunStatus.PENDING: frozenset({RunStatus.STARTING, RunStatus.RUNNING, RunStatus.STOPPED}),
+    RunStatus.STARTING: frozenset({RunStatus.RUNNING, RunStatus.STOPPED}),
+    RunStatus.RUNNING: RUN_FINAL,
+}
+_SIMULATION_MOVES: dict[SimulationStatus, frozenset[SimulationStatus]] = {
+    SimulationStatus.PENDING: frozenset({SimulationStatus.RUNNING, SimulationStatus.STOPPED}),
+    SimulationStatus.RUNNING: frozenset(
+        {SimulationStatus.STOPPED, SimulationStatus.COMPLETED, SimulationStatus.FAILED}
+    ),
+}
+SIMULATION_FINAL = frozenset(
+    {SimulationStatus.STOPPED, SimulationStatus.COMPLETED, SimulationStatus.FAILED}
+)
+
+
+def check_run_transition(current: RunStatus, new: RunStatus) -> None:
+    """Runs only move forward; pending may skip starting (a worker that attaches directly).
+
+    Raises:
+        FailedPrecondition: the move is not allowed.
+    """
+    if new != current and new not in _RUN_MOVES.get(current, frozenset()):
+        raise FailedPrecondition(f"run status cannot move from {current} to {new}")
+
+
+def check_simulation_transition(current: SimulationStatus, new: SimulationStatus) -> None:
+    """Simulations only move forward: pending -> running -> final, pending -> stopped."""
+    if new != current and new not in _SIMULATION_MOVES.get(current, frozenset()):
+        raise FailedPrecondition(f"simulation status cannot move from {current} to {new}")
+
+
+def derive_experiment_status(run_statuses: Iterable[RunStatus]) -> ExperimentStatus:
+    """An experiment's status follows its runs.
+
+    No runs: draft. Any run pending, starting or running: running. Otherwise (all runs ended):
+    completed if at least one run completed, failed if none did.
+    """
+    statuses = set(run_statuses)
+    if not statuses:
+        return ExperimentStatus.DRAFT
+    if statuses & RUN_ACTIVE:
+        return ExperimentStatus.RUNNING
+    if RunStatus.COMPLETED in statuses:
+        return ExperimentStatus.COMPLETED
+    return ExperimentStatus.FAILED
+
+
+def merge_params(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``override`` over ``base``: nested objects merge key by key, override wins."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge_params(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def require_id(field: str, value: str) -> str:
+    """A UUID given by the caller; malformed ones are rejected rather than silently not found."""
+    if not value:
+        raise InvalidArgument.of(field, "is required")
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise InvalidArgument.of(field, f"{value[:60]!r} is not a UUID") from None
+
+
+def optional_id(field: str, value: str) -> str | None:
+    """An optional UUID reference; empty means none."""
+    return require_id(field, value) if value else None
+
+
+def require_name(field: str, value: str, *, max_len: int = NAME_MAX) -> str:
+    """A required, trimmed, bounded name."""
+    name = value.strip()
+    if not name:
+        raise InvalidArgument.of(field, "is required")
+    if len(name) > max_len:
+        raise InvalidArgument.of(field, f"is longer than {max_len} characters")
+    return name
+
+
+def bounded_text(field: str, value: str, *, max_len: int = TEXT_MAX) -> str:
+    """Optional free text with a size limit."""
+    if len(value) > max_len:
+        raise InvalidArgument.of(field, f"is longer than {max_len} characters")
+    return value
+
+
+def json_object(field: str, value: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON object a caller sent: only finite numbers, so it round-trips through any database."""
+    problems = list(_non_json(field, value))
+    if problems:
+        raise InvalidArgument(problems)
+    return dict(value)
+
+
+def _non_json(path: str, value: Any) -> Iterable[FieldViolation]:
+    if isinstance(value, float) and not math.isfinite(value):
+        yield FieldViolation(path, f"{value} is not a JSON number")
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _non_json(f"{path}.{key}", item)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _non_json(f"{path}[{index}]", item)
+
+
+def check_range(field: str, value: float, low: float, high: float | None = None) -> None:
+    """A number within [low, high]."""
+    if not math.isfinite(value) or value < low or (high is not None and value > high):
+        bound = f"between {low:g} and {high:g}" if high is not None else f">= {low:g}"
+        raise InvalidArgument.of(field, f"must be {bound}, got {value}")

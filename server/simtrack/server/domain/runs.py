@@ -1,0 +1,213 @@
+"""Runs of experiments and the agents taking part in them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from simtrack.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from simtrack.server.db.models import Participant, Run, utcnow
+from simtrack.server.db.uow import UnitOfWork, UnitOfWorkFactory
+from simtrack.server.domain.agents import load_agent
+from simtrack.server.domain.experiments import load_experiment, refresh_experiment_status
+from simtrack.server.domain.listing import FieldParsers, Page, enum_parser, page_request
+from simtrack.server.domain.model import (
+    RUN_FINAL,
+    RunStatus,
+    bounded_text,
+    check_range,
+    check_run_transition,
+    json_object,
+    merge_params,
+    require_id,
+)
+from simtrack.server.scenarios import ScenarioCatalogue
+
+RUN_FILTERS: FieldParsers = {
+    "experiment_id": str,
+    "scenario_id": str,
+    "status": enum_parser(RunStatus),
+    "worker_id": str,
+}
+PARTICIPANT_FILTERS: FieldParsers = {"agent_id": str, "role": str}
+WORKER_ID_MAX = 200
+ROLE_MAX = 100
+
+
+async def load_run(uow: UnitOfWork, run_id: str, field: str = "id") -> Run:
+    run = await uow.runs.get(require_id(field, run_id))
+    if run is None:
+        raise NotFound("run", run_id, field)
+    return run
+
+
+async def load_participant(uow: UnitOfWork, participant_id: str, field: str = "id") -> Participant:
+    participant = await uow.participants.get(require_id(field, participant_id))
+    if participant is None:
+        raise NotFound("participant", participant_id, field)
+    return participant
+
+
+def set_run_status(run: Run, status: RunStatus) -> None:
+    """Move a run to ``status``, stamping start and end times; illegal moves raise."""
+    check_run_transition(run.status, status)
+    if status == run.status:
+        return
+    now = utcnow()
+    if status == RunStatus.RUNNING:
+        run.started_at = now
+    if status in RUN_FINAL:
+        run.completed_at = now
+        run.duration = now - run.started_at if run.started_at is not None else None
+    run.status = status
+
+
+class RunService:
+    def __init__(self, uow: UnitOfWorkFactory, catalogue: ScenarioCatalogue) -> None:
+        self.uow = uow
+        self.catalogue = catalogue
+
+    async def create(
+        self,
+        *,
+        experiment_id: str,
+        status: RunStatus | None,
+        params: Mapping[str, Any],
+        total_ticks: int,
+        worker_id: str,
+    ) -> Run:
+        if status not in (None, RunStatus.PENDING):
+            raise InvalidArgument.of("run.status", "a new run is pending")
+        params = json_object("run.params", params)
+        check_range("run.total_ticks", total_ticks, 0)
+        worker_id = bounded_text("run.worker_id", worker_id, max_len=WORKER_ID_MAX)
+        if not experiment_id:
+            raise InvalidArgument.of("run.experiment_id", "is required")
+        async with self.uow() as uow:
+            experiment = await load_experiment(uow, experiment_id, "run.experiment_id")
+            scenario = self.catalogue.get(experiment.scenario_id)
+            if scenario is None:
+                raise FailedPrecondition(
+                    f"the experiment's scenario {experiment.scenario_id!r} is no longer in the "
+                    "catalogue"
+                )
+            run = Run(
+                experiment_id=experiment.id,
+                run_number=await uow.experiments.next_run_number(experiment.id),
+                scenario_id=scenario.id,
+                scenario_hash=scenario.content_hash,
+                params=merge_params(experiment.params, params),
+                status=RunStatus.PENDING,
+                total_ticks=total_ticks or scenario.duration,
+                worker_id=worker_id,
+            )
+            await uow.runs.add(run)
+            await refresh_experiment_status(uow, experiment.id)
+            await uow.commit()
+        return run
+
+    async def get(self, run_id: str) -> Run:
+        async with self.uow() as uow:
+            return await load_run(uow, run_id)
+
+    async def list(self, page_size: int, page_token: str, filter_text: str) -> Page[Run]:
+        page = page_request(page_size, page_token, filter_text, RUN_FILTERS)
+        async with self.uow() as uow:
+            rows, cursor = await uow.runs.list(page)
+        return Page(rows, page.next_token(cursor))
+
+    async def update(self, run_id: str, changes: Mapping[str, Any]) -> Run:
+        async with self.uow() as uow:
+            run = await load_run(uow, run_id, "run.id")
+            status_changed = False
+            for field, value in changes.items():
+                if field == "status":
+                    if value is None:
+                        raise InvalidArgument.of("run.status", "is required")
+                    status_changed = value != run.status
+                    set_run_status(run, value)
+                elif field in ("current_tick", "total_ticks"):
+                    check_range(f"run.{field}", value, 0)
+                    setattr(run, field, value)
+                elif field == "progress_percent":
+                    check_range("run.progress_percent", value, 0, 100)
+                    run.progress_percent = value
+                elif field in ("metrics_summary", "results", "error_details"):
+                    setattr(run, field, json_object(f"run.{field}", value))
+                elif field == "error_message":
+                    run.error_message = bounded_text("run.error_message", value)
+                elif field == "worker_id":
+                    run.worker_id = bounded_text("run.worker_id", value, max_len=WORKER_ID_MAX)
+                else:
+                    raise InvalidArgument.of("update_mask", f"{field!r} cannot be updated")
+            await uow.runs.flush()
+            if status_changed:
+                await refresh_experiment_status(uow, run.experiment_id)
+            await uow.commit()
+        return run
+
+    async def delete(self, run_id: str) -> None:
+        async with self.uow() as uow:
+            run = await load_run(uow, run_id)
+            await uow.runs.delete(run)
+            await refresh_experiment_status(uow, run.experiment_id)
+            await uow.commit()
+
+
+class ParticipantService:
+    def __init__(self, uow: UnitOfWorkFactory) -> None:
+        self.uow = uow
+
+    async def create(
+        self, *, run_id: str, agent_id: str, role: str, config_override: Mapping[str, Any]
+    ) -> Participant:
+        role = bounded_text("participant.role", role, max_len=ROLE_MAX)
+        config_override = json_object("participant.config_override", config_override)
+        if not run_id:
+            raise InvalidArgument.of("participant.run_id", "is required")
+        if not agent_id:
+            raise InvalidArgument.of("participant.agent_id", "is required")
+        async with self.uow() as uow:
+            run = await load_run(uow, run_id, "participant.run_id")
+            agent = await load_agent(uow, agent_id, "participant.agent_id")
+            if await uow.participants.exists_for(run.id, agent.id):
+                raise AlreadyExists(f"agent {agent.name!r} already takes part in this run")
+            participant = Participant(
+                run_id=run.id, agent_id=agent.id, role=role, config_override=config_override
+            )
+            await uow.participants.add(participant)
+            await uow.commit()
+        return participant
+
+    async def get(self, participant_id: str) -> Participant:
+        async with self.uow() as uow:
+            return await load_participant(uow, participant_id)
+
+    async def list(
+        self, run_id: str, page_size: int, page_token: str, filter_text: str
+    ) -> Page[Participant]:
+        run_id = require_id("run_id", run_id)
+        page = page_request(page_size, page_token, filter_text, PARTICIPANT_FILTERS, run_id)
+        async with self.uow() as uow:
+            await load_run(uow, run_id, "run_id")
+            rows, cursor = await uow.participants.list(page, run_id=run_id)
+        return Page(rows, page.next_token(cursor))
+
+    async def update(self, participant_id: str, changes: Mapping[str, Any]) -> Participant:
+        async with self.uow() as uow:
+            participant = await load_participant(uow, participant_id, "participant.id")
+            for field, value in changes.items():
+                if field == "role":
+                    participant.role = bounded_text("participant.role", value, max_len=ROLE_MAX)
+                elif field == "config_override":
+                    participant.config_override = json_object("participant.config_override", value)
+                else:
+                    raise InvalidArgument.of("update_mask", f"{field!r} cannot be updated")
+            await uow.participants.flush()
+            await uow.commit()
+        return participant
+
+    async def delete(self, participant_id: str) -> None:
+        async with self.uow() as uow:
+            await uow.participants.delete(await load_participant(uow, participant_id))
+            await uow.commit()

@@ -1,0 +1,42 @@
+"""Queries over the read-only scenario catalogue (it lives in memory, loaded at start-up)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from simtrack.errors import InvalidArgument, NotFound
+from simtrack.server.domain.listing import Cursor, FieldParsers, Page, page_request
+from simtrack.server.scenarios import ScenarioCatalogue, ScenarioSpec
+
+FILTER_FIELDS: FieldParsers = {"difficulty_tier": int, "tags": str}
+# Scenarios have no creation time: they page by id alone.
+_NO_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class ScenarioQueries:
+    def __init__(self, catalogue: ScenarioCatalogue) -> None:
+        self.catalogue = catalogue
+
+    def get(self, scenario_id: str) -> ScenarioSpec:
+        if not scenario_id:
+            raise InvalidArgument.of("id", "is required")
+        spec = self.catalogue.get(scenario_id)
+        if spec is None:
+            raise NotFound("scenario", scenario_id, "id")
+        return spec
+
+    def list(self, page_size: int, page_token: str, filter_text: str) -> Page[ScenarioSpec]:
+        page = page_request(page_size, page_token, filter_text, FILTER_FIELDS)
+        specs = self.catalogue.list()
+        if page.after is not None:
+            specs = [s for s in specs if s.id > page.after.id]
+        for condition in page.conditions:
+            if condition.field == "tags":
+                matches = [condition.value in s.tags for s in specs]
+            else:
+                matches = [s.difficulty_tier == condition.value for s in specs]
+            keep = [m if condition.op == "=" else not m for m in matches]
+            specs = [s for s, k in zip(specs, keep, strict=True) if k]
+        items = specs[: page.size]
+        more = len(specs) > page.size
+        return Page(items, page.next_token(Cursor(_NO_TIME, items[-1].id)) if more else "")
