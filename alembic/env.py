@@ -10,13 +10,13 @@ import asyncio
 from typing import Any, Literal
 
 from alembic.autogenerate.api import AutogenContext
-from simtrack.server.config import Settings
-from simtrack.server.db.engine import async_url, create_engine
-from simtrack.server.db.models import Base, UTCDateTime
 from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 
 from alembic import context
+from simtrack.server.config import Settings
+from simtrack.server.db.engine import async_url, create_engine
+from simtrack.server.db.models import Base, UTCDateTime
 
 config = context.config
 target_metadata = Base.metadata

@@ -11,6 +11,7 @@ from pathlib import Path
 import pydantic
 import pytest
 import yaml
+
 from simtrack.server.scenarios import (
     ScenarioCatalogue,
     ScenarioProblem,

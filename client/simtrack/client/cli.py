@@ -24,6 +24,7 @@ def _configure_logging(level: str) -> None:
 
 def _settings(args: argparse.Namespace) -> object:
     from pydantic import ValidationError
+
     from simtrack.server.config import Settings
 
     overrides = {

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
 from simtrack.server.api.agents import AgentServicer
 from simtrack.server.api.errors import ErrorInterceptor
 from simtrack.server.api.experiments import ExperimentServicer
@@ -37,7 +39,6 @@ from simtrack.v1 import (
     scenarios_pb2,
     scenarios_pb2_grpc,
 )
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 log = logging.getLogger(__name__)
 

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 from google.protobuf import duration_pb2, field_mask_pb2, struct_pb2, timestamp_pb2
 from google.protobuf.message import Message
+
 from simtrack.errors import FieldViolation, InvalidArgument
 
 E = TypeVar("E", bound=StrEnum)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+
 from simtrack.server.api.convert import EnumMapping, dict_to_struct, mask_changes, struct_to_dict
 from simtrack.server.api.convert import timestamp as ts
 from simtrack.server.db.models import Experiment, Simulation, Template

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+
 from simtrack.server.api.convert import dict_to_struct
 from simtrack.server.domain.scenarios import ScenarioQueries
 from simtrack.server.scenarios import ScenarioSpec

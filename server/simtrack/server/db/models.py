@@ -11,12 +11,6 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from simtrack.server.domain.model import (
-    ExperimentStatus,
-    Framework,
-    RunStatus,
-    SimulationStatus,
-)
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -36,6 +30,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from simtrack.server.domain.model import (
+    ExperimentStatus,
+    Framework,
+    RunStatus,
+    SimulationStatus,
+)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",

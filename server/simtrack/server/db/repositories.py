@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from typing import Any, Generic, TypeVar, cast
 
+from sqlalchemy import ColumnElement, Select, exists, select, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from simtrack.server.db import models
 from simtrack.server.domain.listing import Condition, Cursor, PageRequest
 from simtrack.server.domain.model import RunStatus
-from sqlalchemy import ColumnElement, Select, exists, select, tuple_, update
-from sqlalchemy.ext.asyncio import AsyncSession
 
 M = TypeVar("M", bound=models.TimestampedMixin)
 

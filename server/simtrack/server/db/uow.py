@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from types import TracebackType
 
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
 from simtrack.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Unavailable
 from simtrack.server.db.repositories import (
     AgentRepository,
@@ -17,8 +20,6 @@ from simtrack.server.db.repositories import (
     SimulationRepository,
     TemplateRepository,
 )
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 # SQLSTATE classes (PostgreSQL) and message prefixes (SQLite) of constraint violations.
 _UNIQUE = ("23505", "UNIQUE constraint failed")

@@ -1,0 +1,179 @@
+"""The run service's rules on fakes: numbering, inherited params, derived experiment status."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, cast
+
+import pytest
+
+from simtrack.errors import FailedPrecondition, InvalidArgument, NotFound
+from simtrack.server.db.models import Experiment, Run
+from simtrack.server.db.uow import UnitOfWorkFactory
+from simtrack.server.domain.model import ExperimentStatus, RunStatus
+from simtrack.server.domain.runs import RunService
+from simtrack.server.scenarios import ScenarioCatalogue, load_catalogue
+
+SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
+
+
+@dataclass
+class FakeRuns:
+    rows: dict[str, Run] = field(default_factory=dict)
+
+    async def get(self, id: str, *, for_update: bool = False) -> Run | None:
+        return self.rows.get(id)
+
+    async def add(self, run: Run) -> Run:
+        run.id = run.id or f"00000000-0000-0000-0000-{len(self.rows) + 1:012d}"
+        self.rows[run.id] = run
+        return run
+
+    async def delete(self, run: Run) -> None:
+        del self.rows[run.id]
+
+    async def flush(self) -> None:
+        pass
+
+
+@dataclass
+class FakeExperiments:
+    runs: FakeRuns
+    rows: dict[str, Experiment] = field(default_factory=dict)
+
+    async def get(self, id: str, *, for_update: bool = False) -> Experiment | None:
+        return self.rows.get(id)
+
+    async def next_run_number(self, experiment_id: str) -> int:
+        experiment = self.rows[experiment_id]
+        experiment.last_run_number += 1
+        return experiment.last_run_number
+
+    async def run_statuses(self, experiment_id: str) -> list[RunStatus]:
+        return [r.status for r in self.runs.rows.values() if r.experiment_id == experiment_id]
+
+    async def flush(self) -> None:
+        pass
+
+
+class FakeUnitOfWork:
+    def __init__(self) -> None:
+        self.runs = FakeRuns()
+        self.experiments = FakeExperiments(self.runs)
+        self.commits = 0
+
+    async def __aenter__(self) -> FakeUnitOfWork:
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        pass
+
+    async def commit(self) -> None:
+        self.commits += 1
+
+
+EXPERIMENT_ID = "11111111-1111-1111-1111-111111111111"
+
+
+@pytest.fixture
+def catalogue() -> ScenarioCatalogue:
+    return load_catalogue(SCENARIOS)
+
+
+@pytest.fixture
+def uow() -> FakeUnitOfWork:
+    fake = FakeUnitOfWork()
+    fake.experiments.rows[EXPERIMENT_ID] = Experiment(
+        id=EXPERIMENT_ID,
+        scenario_id="tier0-tutorial",
+        params={"seed": 1, "market": {"demand": 10, "noise": 0.1}},
+        status=ExperimentStatus.DRAFT,
+        last_run_number=0,
+    )
+    return fake
+
+
+@pytest.fixture
+def service(uow: FakeUnitOfWork, catalogue: ScenarioCatalogue) -> RunService:
+    return RunService(cast(UnitOfWorkFactory, lambda: uow), catalogue)
+
+
+async def create(service: RunService, **overrides: Any) -> Run:
+    args: dict[str, Any] = dict(
+        experiment_id=EXPERIMENT_ID, status=None, params={}, total_ticks=0, worker_id=""
+    )
+    args.update(overrides)
+    return await service.create(**args)
+
+
+async def test_runs_are_numbered_per_experiment_and_numbers_are_not_reused(
+    service: RunService,
+) -> None:
+    numbers = [(await create(service)).run_number for _ in range(3)]
+    assert numbers == [1, 2, 3]
+    await service.delete((await create(service)).id)  # number 4 is gone...
+    assert (await create(service)).run_number == 5  # ...and not handed out again
+
+
+async def test_new_run_inherits_params_scenario_and_duration(
+    service: RunService, catalogue: ScenarioCatalogue
+) -> None:
+    run = await create(service, params={"market": {"demand": 20}, "extra": True})
+    assert run.params == {"seed": 1, "market": {"demand": 20, "noise": 0.1}, "extra": True}
+    scenario = catalogue.get("tier0-tutorial")
+    assert scenario is not None
+    assert run.scenario_id == scenario.id
+    assert run.scenario_hash == scenario.content_hash
+    assert run.total_ticks == scenario.duration
+    assert (await create(service, total_ticks=7)).total_ticks == 7
+
+
+def experiment_status(uow: FakeUnitOfWork) -> ExperimentStatus:
+    return uow.experiments.rows[EXPERIMENT_ID].status
+
+
+async def test_experiment_status_follows_its_runs(service: RunService, uow: FakeUnitOfWork) -> None:
+    run = await create(service)
+    assert experiment_status(uow) == ExperimentStatus.RUNNING
+    await service.update(run.id, {"status": RunStatus.RUNNING})
+    await service.update(run.id, {"status": RunStatus.FAILED, "error_message": "boom"})
+    assert experiment_status(uow) == ExperimentStatus.FAILED
+    second = await create(service)
+    await service.update(second.id, {"status": RunStatus.RUNNING})
+    await service.update(second.id, {"status": RunStatus.COMPLETED})
+    assert experiment_status(uow) == ExperimentStatus.COMPLETED
+
+
+async def test_status_moves_stamp_times(service: RunService) -> None:
+    run = await create(service)
+    assert run.started_at is None
+    await service.update(run.id, {"status": RunStatus.RUNNING})
+    assert run.started_at is not None and run.completed_at is None
+    await service.update(run.id, {"status": RunStatus.COMPLETED})
+    assert run.completed_at is not None
+    assert run.duration == run.completed_at - run.started_at
+
+
+async def test_illegal_moves_and_bad_values_are_rejected(service: RunService) -> None:
+    run = await create(service)
+    with pytest.raises(FailedPrecondition):
+        await service.update(run.id, {"status": RunStatus.COMPLETED})
+    with pytest.raises(InvalidArgument) as error:
+        await service.update(run.id, {"progress_percent": 101.0})
+    assert error.value.violations[0].field == "run.progress_percent"
+    with pytest.raises(InvalidArgument):
+        await create(service, status=RunStatus.RUNNING)
+    with pytest.raises(NotFound):
+        await create(service, experiment_id="22222222-2222-2222-2222-222222222222")
+
+
+async def test_a_run_needs_its_scenario_in_the_catalogue(
+    service: RunService, uow: FakeUnitOfWork
+) -> None:
+    uow.experiments.rows[EXPERIMENT_ID].scenario_id = "withdrawn"
+    with pytest.raises(FailedPrecondition, match="withdrawn"):
+        await create(service)
