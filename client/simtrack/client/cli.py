@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -25,8 +26,10 @@ def _configure_logging(level: str) -> None:
 def _settings(args: argparse.Namespace) -> object:
     from pydantic import ValidationError
 
-    from simtrack.server.config import Settings
+    from simtrack.server.config import CONFIG_FILE_VARIABLE, Settings
 
+    if getattr(args, "config", None):
+        os.environ[CONFIG_FILE_VARIABLE] = args.config
     overrides = {
         key: value
         for key, value in (
@@ -37,8 +40,8 @@ def _settings(args: argparse.Namespace) -> object:
     }
     try:
         return Settings(**overrides)
-    except ValidationError as exc:
-        raise SystemExit(f"simtrack: bad configuration:\n{exc}") from None
+    except (ValidationError, FileNotFoundError) as exc:
+        raise SystemExit(f"simtrack: bad configuration: {exc}") from None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -78,12 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--database-url", help="default: $SIMTRACK_DATABASE_URL or sqlite:///simtrack.db"
     )
+    serve.add_argument("--config", help="YAML settings file (default: $SIMTRACK_CONFIG)")
     serve.set_defaults(func=cmd_serve)
 
     migrate = commands.add_parser("migrate", help="bring the database schema to a revision")
     migrate.add_argument("revision", nargs="?", default="head", help="default: head")
     migrate.add_argument("--downgrade", action="store_true", help="go down to REVISION (e.g. base)")
     migrate.add_argument("--database-url", help="default: $SIMTRACK_DATABASE_URL")
+    migrate.add_argument("--config", help="YAML settings file (default: $SIMTRACK_CONFIG)")
     migrate.set_defaults(func=cmd_migrate)
     return parser
 

@@ -1,17 +1,29 @@
-"""Server settings, read from SIMTRACK_* environment variables."""
+"""Server settings: SIMTRACK_* environment variables, then an optional YAML file, then defaults.
+
+The YAML file is named by SIMTRACK_CONFIG (or ``simtrack serve --config``); its keys are the
+field names below without the prefix, e.g. ``database_url: postgresql://...``.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+CONFIG_FILE_VARIABLE = "SIMTRACK_CONFIG"
 
 
 class Settings(BaseSettings):
-    """Everything the server needs to start. Environment variables win over defaults."""
+    """Everything the server needs to start."""
 
-    model_config = SettingsConfigDict(env_prefix="SIMTRACK_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="SIMTRACK_", extra="forbid")
 
     database_url: str = Field(
         default="sqlite:///simtrack.db",
@@ -34,3 +46,20 @@ class Settings(BaseSettings):
         if not url.startswith(("sqlite", "postgresql", "postgres")):
             raise ValueError("only sqlite:// and postgresql:// URLs are supported")
         return url
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get(CONFIG_FILE_VARIABLE)
+        if config_file:
+            if not Path(config_file).is_file():
+                raise FileNotFoundError(f"{CONFIG_FILE_VARIABLE}={config_file}: no such file")
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
