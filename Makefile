@@ -48,4 +48,4 @@ serve: ## Start the gRPC server (simtrack serve)
 
 # buf is pinned in package.json / package-lock.json; installed on first use.
 node_modules/.bin/buf:
-	npm ci --no-audit --no-fund
+	npm install --no-audit --no-fund

@@ -33,7 +33,11 @@ def create_engine(
     """
     target = async_url(url)
     if target.get_backend_name() != "sqlite":
-        return create_async_engine(target, pool_pre_ping=True, **kwargs)
+        # Bounded waits: an unreachable database must turn into UNAVAILABLE, not a hung call.
+        kwargs.setdefault("pool_timeout", 10)
+        return create_async_engine(
+            target, pool_pre_ping=True, connect_args={"connect_timeout": 5}, **kwargs
+        )
     # SQLite serialises writers anyway; one connection means no "database is locked" races
     # between our own transactions, and WAL lets other processes (the CLI) read meanwhile.
     if "poolclass" not in kwargs:
