@@ -43,7 +43,7 @@ def postgres_admin() -> str:
     return POSTGRES_ADMIN_URL
 
 
-def _admin_execute(admin_url: str, statement: sql.Composable) -> None:
+def _admin_execute(admin_url: str, statement: sql.Composed) -> None:
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(statement)
 
