@@ -34,7 +34,8 @@ def create_engine(
     target = async_url(url)
     if target.get_backend_name() != "sqlite":
         # Bounded waits: an unreachable database must turn into UNAVAILABLE, not a hung call.
-        kwargs.setdefault("pool_timeout", 10)
+        if "poolclass" not in kwargs:
+            kwargs.setdefault("pool_timeout", 10)
         return create_async_engine(
             target, pool_pre_ping=True, connect_args={"connect_timeout": 5}, **kwargs
         )
