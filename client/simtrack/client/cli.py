@@ -11,7 +11,12 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
 
 
 def _configure_logging(level: str) -> None:
@@ -68,7 +73,100 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     else:
         migrate.upgrade(url, args.revision)
     print(f"simtrack: database migrated to {args.revision}")
+    if args.app_role:
+        migrate.grant_app_role(url, args.app_role, os.environ.get("SIMTRACK_APP_ROLE_PASSWORD"))
+        print(f"simtrack: role {args.app_role!r} may now serve this database")
     return 0
+
+
+def _admin(args: argparse.Namespace, action: Callable[[Any], Awaitable[int]]) -> int:
+    """Run an operator's action on the database directly (not through a server)."""
+    from simtrack.errors import SimtrackError
+    from simtrack.server.db.engine import create_engine
+    from simtrack.server.db.uow import UnitOfWorkFactory, tenant_aware_sessions
+    from simtrack.server.domain.access import AccessAdmin
+
+    settings = _settings(args)
+
+    async def run() -> int:
+        engine = create_engine(settings.database_url)  # type: ignore[attr-defined]
+        try:
+            return await action(AccessAdmin(UnitOfWorkFactory(tenant_aware_sessions(engine))))
+        finally:
+            await engine.dispose()
+
+    try:
+        return asyncio.run(run())
+    except SimtrackError as exc:
+        print(f"simtrack: {exc.message}", file=sys.stderr)
+        return 1
+
+
+def _time(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def cmd_tenants_create(args: argparse.Namespace) -> int:
+    async def action(admin: Any) -> int:
+        tenant = await admin.create_tenant(args.name)
+        print(tenant.id)
+        return 0
+
+    return _admin(args, action)
+
+
+def cmd_tenants_list(args: argparse.Namespace) -> int:
+    async def action(admin: Any) -> int:
+        table = Table("id", "name", "created")
+        for tenant in await admin.tenants():
+            table.add_row(tenant.id, tenant.name, _time(tenant.created_at))
+        Console().print(table)
+        return 0
+
+    return _admin(args, action)
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    from simtrack.server.domain.tenancy import Role
+
+    async def action(admin: Any) -> int:
+        created = await admin.create_key(args.tenant, Role(args.role), args.name)
+        print(created.token)
+        print(
+            f"(key {created.key.prefix}, role {created.key.role}: shown once, store it now)",
+            file=sys.stderr,
+        )
+        return 0
+
+    return _admin(args, action)
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    async def action(admin: Any) -> int:
+        table = Table("prefix", "tenant", "role", "name", "created", "last used", "revoked")
+        for key in await admin.keys(args.tenant):
+            table.add_row(
+                key.prefix,
+                key.tenant_id,
+                str(key.role),
+                key.name,
+                _time(key.created_at),
+                _time(key.last_used_at),
+                _time(key.revoked_at),
+            )
+        Console().print(table)
+        return 0
+
+    return _admin(args, action)
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    async def action(admin: Any) -> int:
+        key = await admin.revoke_key(args.prefix)
+        print(f"key {key.prefix} revoked at {_time(key.revoked_at)}")
+        return 0
+
+    return _admin(args, action)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,7 +187,39 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--downgrade", action="store_true", help="go down to REVISION (e.g. base)")
     migrate.add_argument("--database-url", help="default: $SIMTRACK_DATABASE_URL")
     migrate.add_argument("--config", help="YAML settings file (default: $SIMTRACK_CONFIG)")
+    migrate.add_argument(
+        "--app-role",
+        help="PostgreSQL: create/grant this login role for the server to connect as "
+        "(password from $SIMTRACK_APP_ROLE_PASSWORD, if set)",
+    )
     migrate.set_defaults(func=cmd_migrate)
+
+    def admin_parser(group: Any, name: str, help: str) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = group.add_parser(name, help=help)
+        sub.add_argument("--database-url", help="default: $SIMTRACK_DATABASE_URL")
+        sub.add_argument("--config", help="YAML settings file (default: $SIMTRACK_CONFIG)")
+        return sub
+
+    tenants = commands.add_parser("tenants", help="manage tenants (operators)")
+    tenant_commands = tenants.add_subparsers(dest="tenants_command", required=True)
+    create_tenant = admin_parser(tenant_commands, "create", "create a tenant; prints its id")
+    create_tenant.add_argument("name")
+    create_tenant.set_defaults(func=cmd_tenants_create)
+    admin_parser(tenant_commands, "list", "list tenants").set_defaults(func=cmd_tenants_list)
+
+    keys = commands.add_parser("keys", help="manage API keys (operators)")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create_key = admin_parser(key_commands, "create", "create a key; prints the token once")
+    create_key.add_argument("--tenant", required=True, help="tenant name or id")
+    create_key.add_argument("--role", choices=["reader", "writer", "admin"], default="writer")
+    create_key.add_argument("--name", default="", help="a label, e.g. who holds the key")
+    create_key.set_defaults(func=cmd_keys_create)
+    list_keys = admin_parser(key_commands, "list", "list keys (never their tokens)")
+    list_keys.add_argument("--tenant", help="only this tenant's keys (name or id)")
+    list_keys.set_defaults(func=cmd_keys_list)
+    revoke_key = admin_parser(key_commands, "revoke", "revoke a key by its prefix")
+    revoke_key.add_argument("prefix")
+    revoke_key.set_defaults(func=cmd_keys_revoke)
     return parser
 
 

@@ -14,15 +14,17 @@ from grpc_reflection.v1alpha import reflection
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from simtrack.server.api.agents import AgentServicer
-from simtrack.server.api.errors import ErrorInterceptor
+from simtrack.server.api.auth import CallAuthorizer
 from simtrack.server.api.experiments import ExperimentServicer
+from simtrack.server.api.interceptor import CallInterceptor
 from simtrack.server.api.runs import RunServicer
 from simtrack.server.api.scenarios import ScenarioServicer
 from simtrack.server.config import Settings
 from simtrack.server.db import migrate
 from simtrack.server.db.engine import create_engine, is_sqlite
 from simtrack.server.db.repositories import ping
-from simtrack.server.db.uow import UnitOfWorkFactory
+from simtrack.server.db.uow import UnitOfWorkFactory, tenant_aware_sessions
+from simtrack.server.domain.access import Authenticator
 from simtrack.server.domain.agents import AgentService
 from simtrack.server.domain.experiments import ExperimentService, TemplateService
 from simtrack.server.domain.runs import ParticipantService, RunService
@@ -74,6 +76,39 @@ class Running:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         await self.engine.dispose()
+
+
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+def check_exposure(settings: Settings) -> None:
+    """Refuse to serve everyone's data to a network without keys, unless told to."""
+    host = settings.listen.rsplit(":", 1)[0]
+    if settings.auth_enabled or settings.allow_unauthenticated_remote or host in LOOPBACK_HOSTS:
+        return
+    raise StartupError(
+        f"refusing to listen on {settings.listen} with auth disabled: anyone who can reach it "
+        "could read and change every record. Set SIMTRACK_AUTH_ENABLED=true (and create keys "
+        "with `simtrack keys create`), listen on 127.0.0.1, or set "
+        "SIMTRACK_ALLOW_UNAUTHENTICATED_REMOTE=true if a trusted network guards this port."
+    )
+
+
+async def check_row_level_security(engine: AsyncEngine) -> None:
+    """With tenants, PostgreSQL's row-level security must apply to the server's own role."""
+    async with engine.connect() as connection:
+        bypasses = (
+            await connection.exec_driver_sql(
+                "select rolsuper or rolbypassrls from pg_roles where rolname = current_user"
+            )
+        ).scalar()
+    if bypasses:
+        raise StartupError(
+            "auth is enabled but the server's database role bypasses row-level security "
+            "(a superuser or BYPASSRLS role): connect as the application role instead, e.g. "
+            "create it with `simtrack migrate --app-role simtrack_app` and serve with "
+            "SIMTRACK_DATABASE_URL=postgresql://simtrack_app@host/db"
+        )
 
 
 async def prepare_database(settings: Settings, engine: AsyncEngine) -> None:
@@ -130,15 +165,21 @@ async def start(settings: Settings) -> Running:
         log.warning("scenario not loaded: %s", problem)
     log.info("loaded %d scenarios from %s", len(catalogue.scenarios), scenarios_dir)
 
+    check_exposure(settings)
     engine = create_engine(settings.database_url)
     try:
         await prepare_database(settings, engine)
+        if settings.auth_enabled and not is_sqlite(settings.database_url):
+            await check_row_level_security(engine)
     except BaseException:
         await engine.dispose()
         raise
-    uow = UnitOfWorkFactory(async_sessionmaker(engine, expire_on_commit=False))
+    uow = UnitOfWorkFactory(tenant_aware_sessions(engine))
+    authenticator = (
+        Authenticator(uow, settings.auth_cache_seconds) if settings.auth_enabled else None
+    )
 
-    server = grpc.aio.server(interceptors=[ErrorInterceptor()])
+    server = grpc.aio.server(interceptors=[CallInterceptor(CallAuthorizer(authenticator))])
     agents_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(AgentService(uow)), server)
     experiments_pb2_grpc.add_ExperimentServiceServicer_to_server(
         ExperimentServicer(

@@ -39,6 +39,16 @@ class Settings(BaseSettings):
     shutdown_grace: float = Field(
         default=10.0, ge=0, description="Seconds in-flight calls get to finish on shutdown."
     )
+    auth_enabled: bool = Field(
+        default=False, description="Require an API key on every call (multi-tenant mode)."
+    )
+    allow_unauthenticated_remote: bool = Field(
+        default=False,
+        description="Serve a non-loopback address with auth disabled (a trusted network only).",
+    )
+    auth_cache_seconds: float = Field(
+        default=2.0, ge=0, description="How long a verified key is trusted before re-checking."
+    )
 
     @field_validator("database_url")
     @classmethod

@@ -37,6 +37,7 @@ from simtrack.server.domain.model import (
     RunStatus,
     SimulationStatus,
 )
+from simtrack.server.domain.tenancy import Role
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -106,25 +107,68 @@ class TimestampedMixin:
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
-class Agent(TimestampedMixin, Base):
-    __tablename__ = "agents"
+class Tenant(TimestampedMixin, Base):
+    """An isolated customer: every owned row carries its tenant."""
+
+    __tablename__ = "tenants"
     __table_args__ = (UniqueConstraint("name"),)
+
+    name: Mapped[str] = mapped_column(String(200))
+
+
+class ApiKey(TimestampedMixin, Base):
+    """A tenant's API key; only a hash of the token is kept, found by its public prefix."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (UniqueConstraint("prefix"),)
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    role: Mapped[Role] = mapped_column(_enum(Role, "role"))
+    prefix: Mapped[str] = mapped_column(String(16))
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    revoked_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]
+
+
+class TenantOwnedMixin(TimestampedMixin):
+    """Rows that belong to a tenant; repositories scope every query by it."""
+
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", ondelete="RESTRICT"), index=True
+    )
+
+
+# Tables under row-level security on PostgreSQL (see the tenancy migration).
+TENANT_OWNED_TABLES = (
+    "agents",
+    "templates",
+    "experiments",
+    "simulations",
+    "runs",
+    "run_participants",
+)
+
+
+class Agent(TenantOwnedMixin, Base):
+    __tablename__ = "agents"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
 
     name: Mapped[str] = mapped_column(String(200))
     framework: Mapped[Framework] = mapped_column(_enum(Framework, "framework"))
     config: Mapped[dict[str, Any]] = _json_column()
 
 
-class Template(TimestampedMixin, Base):
+class Template(TenantOwnedMixin, Base):
     __tablename__ = "templates"
-    __table_args__ = (UniqueConstraint("name"),)
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
 
     name: Mapped[str] = mapped_column(String(200))
     description: Mapped[str] = mapped_column(Text, default="")
     config: Mapped[dict[str, Any]] = _json_column()
 
 
-class Experiment(TimestampedMixin, Base):
+class Experiment(TenantOwnedMixin, Base):
     __tablename__ = "experiments"
 
     name: Mapped[str] = mapped_column(String(200))
@@ -141,7 +185,7 @@ class Experiment(TimestampedMixin, Base):
     last_run_number: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
-class Simulation(TimestampedMixin, Base):
+class Simulation(TenantOwnedMixin, Base):
     __tablename__ = "simulations"
 
     experiment_id: Mapped[str | None] = mapped_column(
@@ -160,7 +204,7 @@ class Simulation(TimestampedMixin, Base):
     results_summary: Mapped[dict[str, Any]] = _json_column()
 
 
-class Run(TimestampedMixin, Base):
+class Run(TenantOwnedMixin, Base):
     __tablename__ = "runs"
     __table_args__ = (
         UniqueConstraint("experiment_id", "run_number"),
@@ -191,7 +235,7 @@ class Run(TimestampedMixin, Base):
     worker_id: Mapped[str] = mapped_column(String(200), default="")
 
 
-class Participant(TimestampedMixin, Base):
+class Participant(TenantOwnedMixin, Base):
     __tablename__ = "run_participants"
     __table_args__ = (UniqueConstraint("run_id", "agent_id"),)
 

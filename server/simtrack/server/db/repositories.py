@@ -1,10 +1,13 @@
-"""Repositories: every query goes through here, so scoping rules (tenancy) live in one place.
+"""Repositories: every query goes through here, so tenant scoping lives in one place.
 
-Repositories add, get, list and delete inside the caller's unit of work; they never commit.
+Each read starts from ``_select()``, which keeps only the calling tenant's rows, and each new row
+gets the caller's tenant in ``add()``. Repositories add, get, list and delete inside the caller's
+unit of work; they never commit. (On PostgreSQL, row-level security enforces the same again.)
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Generic, TypeVar, cast
 
 from sqlalchemy import ColumnElement, Select, exists, select, tuple_, update
@@ -13,12 +16,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from simtrack.server.db import models
 from simtrack.server.domain.listing import Condition, Cursor, PageRequest
 from simtrack.server.domain.model import RunStatus
+from simtrack.server.domain.tenancy import current_tenant
 
-M = TypeVar("M", bound=models.TimestampedMixin)
+M = TypeVar("M", bound=models.TenantOwnedMixin)
+
+
+def scoped(model: type[models.TenantOwnedMixin]) -> ColumnElement[bool]:
+    """The condition that keeps only the calling tenant's rows of ``model``."""
+    return model.tenant_id == current_tenant()
 
 
 class Repository(Generic[M]):
-    """Common operations of one entity's table."""
+    """Common operations of one tenant-owned table."""
 
     model: type[M]
 
@@ -27,7 +36,7 @@ class Repository(Generic[M]):
 
     def _select(self) -> Select[M]:
         # The one place every read of this table starts from.
-        return select(self.model)
+        return select(self.model).where(scoped(self.model))
 
     async def get(self, id: str, *, for_update: bool = False) -> M | None:
         stmt = self._select().where(self.model.id == id)
@@ -36,6 +45,7 @@ class Repository(Generic[M]):
         return (await self.session.execute(stmt)).scalar_one_or_none()
 
     async def add(self, obj: M) -> M:
+        obj.tenant_id = current_tenant()
         self.session.add(obj)
         await self.session.flush()
         return obj
@@ -84,8 +94,8 @@ class AgentRepository(Repository[models.Agent]):
     async def is_referenced(self, agent_id: str) -> bool:
         """Whether an experiment or a run participant refers to the agent."""
         used = select(
-            exists().where(models.Experiment.agent_id == agent_id)
-            | exists().where(models.Participant.agent_id == agent_id)
+            exists().where(models.Experiment.agent_id == agent_id, scoped(models.Experiment))
+            | exists().where(models.Participant.agent_id == agent_id, scoped(models.Participant))
         )
         return bool((await self.session.execute(used)).scalar())
 
@@ -111,7 +121,7 @@ class ExperimentRepository(Repository[models.Experiment]):
         """
         stmt = (
             update(models.Experiment)
-            .where(models.Experiment.id == experiment_id)
+            .where(models.Experiment.id == experiment_id, scoped(models.Experiment))
             .values(last_run_number=models.Experiment.last_run_number + 1)
             .returning(models.Experiment.last_run_number)
             .execution_options(synchronize_session=False)
@@ -119,7 +129,11 @@ class ExperimentRepository(Repository[models.Experiment]):
         return int((await self.session.execute(stmt)).scalar_one())
 
     async def run_statuses(self, experiment_id: str) -> list[RunStatus]:
-        stmt = select(models.Run.status).where(models.Run.experiment_id == experiment_id).distinct()
+        stmt = (
+            select(models.Run.status)
+            .where(models.Run.experiment_id == experiment_id, scoped(models.Run))
+            .distinct()
+        )
         return list((await self.session.execute(stmt)).scalars())
 
 
@@ -139,6 +153,50 @@ class ParticipantRepository(Repository[models.Participant]):
             models.Participant.run_id == run_id, models.Participant.agent_id == agent_id
         )
         return (await self.session.execute(stmt.limit(1))).first() is not None
+
+
+class AccessRepository:
+    """Tenants and API keys: the catalogue authentication reads before any tenant is known.
+
+    Not tenant-scoped, so only the authenticator and the operators' commands use it.
+    """
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add(self, obj: models.Tenant | models.ApiKey) -> None:
+        self.session.add(obj)
+        await self.session.flush()
+
+    async def tenant(self, id: str) -> models.Tenant | None:
+        return await self.session.get(models.Tenant, id)
+
+    async def tenant_named(self, name: str) -> models.Tenant | None:
+        stmt = select(models.Tenant).where(models.Tenant.name == name)
+        return (await self.session.execute(stmt)).scalar_one_or_none()
+
+    async def tenants(self) -> list[models.Tenant]:
+        stmt = select(models.Tenant).order_by(models.Tenant.created_at, models.Tenant.id)
+        return list((await self.session.execute(stmt)).scalars())
+
+    async def key_by_prefix(self, prefix: str) -> models.ApiKey | None:
+        stmt = select(models.ApiKey).where(models.ApiKey.prefix == prefix)
+        return (await self.session.execute(stmt)).scalar_one_or_none()
+
+    async def keys(self, tenant_id: str | None = None) -> list[models.ApiKey]:
+        stmt = select(models.ApiKey).order_by(models.ApiKey.created_at, models.ApiKey.id)
+        if tenant_id is not None:
+            stmt = stmt.where(models.ApiKey.tenant_id == tenant_id)
+        return list((await self.session.execute(stmt)).scalars())
+
+    async def touch_key(self, key_id: str, when: datetime) -> None:
+        stmt = (
+            update(models.ApiKey)
+            .where(models.ApiKey.id == key_id)
+            .values(last_used_at=when)
+            .execution_options(synchronize_session=False)
+        )
+        await self.session.execute(stmt)
 
 
 async def ping(session: AsyncSession) -> None:

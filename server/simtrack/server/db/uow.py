@@ -7,12 +7,16 @@ rolls back. Database errors leave the block as simtrack errors, so no caller see
 from __future__ import annotations
 
 from types import TracebackType
+from typing import Any
 
+from sqlalchemy import Connection, event, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
 
 from simtrack.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Unavailable
 from simtrack.server.db.repositories import (
+    AccessRepository,
     AgentRepository,
     ExperimentRepository,
     ParticipantRepository,
@@ -20,6 +24,7 @@ from simtrack.server.db.repositories import (
     SimulationRepository,
     TemplateRepository,
 )
+from simtrack.server.domain.tenancy import current_principal_or_none
 
 # SQLSTATE classes (PostgreSQL) and message prefixes (SQLite) of constraint violations.
 _UNIQUE = ("23505", "UNIQUE constraint failed")
@@ -61,6 +66,7 @@ class UnitOfWork:
 
     async def __aenter__(self) -> UnitOfWork:
         self.session = self._sessions()
+        self.access = AccessRepository(self.session)
         self.agents = AgentRepository(self.session)
         self.templates = TemplateRepository(self.session)
         self.experiments = ExperimentRepository(self.session)
@@ -87,6 +93,28 @@ class UnitOfWork:
 
     async def commit(self) -> None:
         await self.session.commit()
+
+
+class TenantScopedSession(Session):
+    """A session whose every transaction tells PostgreSQL the caller's tenant."""
+
+
+@event.listens_for(TenantScopedSession, "after_begin")
+def _tell_postgres_the_tenant(session: Session, _tx: Any, connection: Connection) -> None:
+    # Row-level security's input, for this transaction only (set_config(..., true)).
+    principal = current_principal_or_none()
+    if principal is not None and connection.dialect.name == "postgresql":
+        connection.execute(
+            text("select set_config('app.tenant_id', :tenant, true)"),
+            {"tenant": principal.tenant_id},
+        )
+
+
+def tenant_aware_sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """The session factory the server's units of work use."""
+    return async_sessionmaker(
+        engine, expire_on_commit=False, sync_session_class=TenantScopedSession
+    )
 
 
 class UnitOfWorkFactory:

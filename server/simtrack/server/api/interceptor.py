@@ -1,0 +1,87 @@
+"""Per-call concerns of every simtrack RPC, in one wrapper: who is calling, and errors.
+
+The wrapper covers unary calls and the whole iteration of streams, so an error raised while a
+stream is running is mapped like any other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from simtrack.server.api.auth import CallAuthorizer
+from simtrack.server.api.errors import abort
+
+_OUR_METHODS = "/simtrack.v1."
+
+Behavior = Callable[..., Any]
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class CallInterceptor(grpc.aio.ServerInterceptor):
+    """Runs each simtrack handler as its authenticated caller, mapping errors to statuses.
+
+    Health and reflection are left alone: load balancers and tools call them without keys.
+    """
+
+    def __init__(self, authorizer: CallAuthorizer) -> None:
+        self.authorizer = authorizer
+
+    def _unary(self, method: str, behavior: Behavior) -> Behavior:
+        async def handler(request: Any, context: Context) -> Any:
+            try:
+                async with self.authorizer.scope(method, context):
+                    return await behavior(request, context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - mapped to a status here, in one place
+                await abort(context, method, exc)
+
+        return handler
+
+    def _stream(self, method: str, behavior: Behavior) -> Behavior:
+        async def handler(request: Any, context: Context) -> AsyncIterator[Any]:
+            try:
+                async with self.authorizer.scope(method, context):
+                    async for response in behavior(request, context):
+                        yield response
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                await abort(context, method, exc)
+
+        return handler
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method
+        if handler is None or not method.startswith(_OUR_METHODS):
+            return handler
+        kwargs = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(method, handler.unary_unary), **kwargs
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                self._stream(method, handler.unary_stream), **kwargs
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                self._unary(method, handler.stream_unary), **kwargs
+            )
+        assert handler.stream_stream is not None
+        return grpc.stream_stream_rpc_method_handler(
+            self._stream(method, handler.stream_stream), **kwargs
+        )
