@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from types import TracebackType
 
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from simtrack.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Unavailable
@@ -32,7 +32,10 @@ def translate_integrity_error(error: IntegrityError) -> Exception:
     orig = error.orig
     sqlstate = getattr(orig, "sqlstate", None) or ""
     text = str(orig)
-    constraint = getattr(getattr(orig, "diag", None), "constraint_name", None) or text
+    # PostgreSQL names the constraint; SQLite's message ends with it (or the column).
+    constraint = (
+        getattr(getattr(orig, "diag", None), "constraint_name", None) or (text.rsplit(": ", 1)[-1])
+    )
 
     def matches(kind: tuple[str, str]) -> bool:
         return sqlstate == kind[0] or text.startswith(kind[1])
@@ -80,6 +83,9 @@ class UnitOfWork:
         await self.session.close()
         if isinstance(exc, IntegrityError):
             raise translate_integrity_error(exc) from exc
+        if isinstance(exc, DataError):
+            # Values the service layer should have refused already; still the caller's doing.
+            raise InvalidArgument.of("request", "a value the database cannot store") from exc
         if isinstance(exc, OperationalError) or (
             isinstance(exc, DBAPIError) and exc.connection_invalidated
         ):
