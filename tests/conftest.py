@@ -79,10 +79,12 @@ class PostgresDatabases:
 def postgres_template(postgres_admin: str) -> Iterator[str]:
     """A database migrated to head once per session; tests get copies of it."""
     databases = PostgresDatabases(postgres_admin)
-    url = databases.create()
-    migrate.upgrade(url)
-    yield url.rpartition("/")[2]
-    databases.drop_all()
+    try:
+        url = databases.create()
+        migrate.upgrade(url)
+        yield url.rpartition("/")[2]
+    finally:
+        databases.drop_all()
 
 
 @pytest.fixture(scope="session")

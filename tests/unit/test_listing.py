@@ -13,9 +13,9 @@ from simtrack.server.domain.listing import (
     Condition,
     Cursor,
     FieldParsers,
+    Listing,
     enum_parser,
     optional_str,
-    page_request,
     parse_filter,
 )
 from simtrack.server.domain.model import RunStatus
@@ -26,6 +26,7 @@ FIELDS: FieldParsers = {
     "experiment_id": optional_str,
     "tier": int,
 }
+RUNS = Listing("runs", FIELDS)
 
 
 def violation_field(error: pytest.ExceptionInfo[InvalidArgument]) -> str:
@@ -65,25 +66,33 @@ def test_bad_filters_name_the_filter_field(text: str) -> None:
 
 
 def test_page_size_defaults_and_bounds() -> None:
-    assert page_request(0, "", "", FIELDS).size == DEFAULT_PAGE_SIZE
-    assert page_request(1000, "", "", FIELDS).size == 1000
+    assert RUNS.request(0, "", "").size == DEFAULT_PAGE_SIZE
+    assert RUNS.request(1000, "", "").size == 1000
     for bad in (-1, 1001, 2**31 - 1):
         with pytest.raises(InvalidArgument) as error:
-            page_request(bad, "", "", FIELDS)
+            RUNS.request(bad, "", "")
         assert violation_field(error) == "page_size"
 
 
 def test_tokens_round_trip_and_are_bound_to_filter_and_parent() -> None:
     cursor = Cursor(datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC), "some-id")
-    first = page_request(10, "", 'name = "x"', FIELDS, parent="run-1")
+    first = RUNS.request(10, "", 'name = "x"', parent="run-1")
     token = first.next_token(cursor)
     assert first.next_token(None) == ""
-    again = page_request(10, token, 'name = "x"', FIELDS, parent="run-1")
+    again = RUNS.request(10, token, 'name = "x"', parent="run-1")
     assert again.after == cursor
     for text, parent in (('name = "y"', "run-1"), ('name = "x"', "run-2"), ("", "run-1")):
         with pytest.raises(InvalidArgument) as error:
-            page_request(10, token, text, FIELDS, parent=parent)
+            RUNS.request(10, token, text, parent=parent)
         assert violation_field(error) == "page_token"
+
+
+def test_tokens_are_bound_to_their_collection() -> None:
+    cursor = Cursor(datetime(2026, 1, 2, tzinfo=UTC), "some-id")
+    token = RUNS.request(10, "", "").next_token(cursor)
+    with pytest.raises(InvalidArgument) as error:
+        Listing("agents", FIELDS).request(10, token, "")
+    assert violation_field(error) == "page_token"
 
 
 @pytest.mark.parametrize(
@@ -99,5 +108,5 @@ def test_tokens_round_trip_and_are_bound_to_filter_and_parent() -> None:
 )
 def test_garbage_tokens_are_invalid_argument(token: str) -> None:
     with pytest.raises(InvalidArgument) as error:
-        page_request(10, token, "", FIELDS)
+        RUNS.request(10, token, "")
     assert violation_field(error) == "page_token"

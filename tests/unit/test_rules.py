@@ -25,7 +25,6 @@ from simtrack.server.domain.model import (
 S = RunStatus
 LEGAL_RUN_MOVES = {
     (S.PENDING, S.STARTING),
-    (S.PENDING, S.RUNNING),
     (S.PENDING, S.STOPPED),
     (S.STARTING, S.RUNNING),
     (S.STARTING, S.STOPPED),

@@ -139,10 +139,12 @@ def experiment_status(uow: FakeUnitOfWork) -> ExperimentStatus:
 async def test_experiment_status_follows_its_runs(service: RunService, uow: FakeUnitOfWork) -> None:
     run = await create(service)
     assert experiment_status(uow) == ExperimentStatus.RUNNING
+    await service.update(run.id, {"status": RunStatus.STARTING})
     await service.update(run.id, {"status": RunStatus.RUNNING})
     await service.update(run.id, {"status": RunStatus.FAILED, "error_message": "boom"})
     assert experiment_status(uow) == ExperimentStatus.FAILED
     second = await create(service)
+    await service.update(second.id, {"status": RunStatus.STARTING})
     await service.update(second.id, {"status": RunStatus.RUNNING})
     await service.update(second.id, {"status": RunStatus.COMPLETED})
     assert experiment_status(uow) == ExperimentStatus.COMPLETED
@@ -151,6 +153,7 @@ async def test_experiment_status_follows_its_runs(service: RunService, uow: Fake
 async def test_status_moves_stamp_times(service: RunService) -> None:
     run = await create(service)
     assert run.started_at is None
+    await service.update(run.id, {"status": RunStatus.STARTING})
     await service.update(run.id, {"status": RunStatus.RUNNING})
     assert run.started_at is not None and run.completed_at is None
     await service.update(run.id, {"status": RunStatus.COMPLETED})

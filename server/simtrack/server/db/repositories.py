@@ -41,7 +41,8 @@ class Repository(Generic[M]):
     async def get(self, id: str, *, for_update: bool = False) -> M | None:
         stmt = self._select().where(self.model.id == id)
         if for_update:
-            stmt = stmt.with_for_update()
+            # Lock the row and refresh any copy this session already holds.
+            stmt = stmt.with_for_update().execution_options(populate_existing=True)
         return (await self.session.execute(stmt)).scalar_one_or_none()
 
     async def add(self, obj: M) -> M:

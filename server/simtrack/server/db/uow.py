@@ -10,7 +10,7 @@ from types import TracebackType
 from typing import Any
 
 from sqlalchemy import Connection, event, text
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
@@ -37,7 +37,10 @@ def translate_integrity_error(error: IntegrityError) -> Exception:
     orig = error.orig
     sqlstate = getattr(orig, "sqlstate", None) or ""
     text = str(orig)
-    constraint = getattr(getattr(orig, "diag", None), "constraint_name", None) or text
+    # PostgreSQL names the constraint; SQLite's message ends with it (or the column).
+    constraint = (
+        getattr(getattr(orig, "diag", None), "constraint_name", None) or (text.rsplit(": ", 1)[-1])
+    )
 
     def matches(kind: tuple[str, str]) -> bool:
         return sqlstate == kind[0] or text.startswith(kind[1])
@@ -86,6 +89,9 @@ class UnitOfWork:
         await self.session.close()
         if isinstance(exc, IntegrityError):
             raise translate_integrity_error(exc) from exc
+        if isinstance(exc, DataError):
+            # Values the service layer should have refused already; still the caller's doing.
+            raise InvalidArgument.of("request", "a value the database cannot store") from exc
         if isinstance(exc, OperationalError) or (
             isinstance(exc, DBAPIError) and exc.connection_invalidated
         ):

@@ -8,10 +8,13 @@ from typing import Any
 from simtrack.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from simtrack.server.db.models import Agent
 from simtrack.server.db.uow import UnitOfWork, UnitOfWorkFactory
-from simtrack.server.domain.listing import FieldParsers, Page, enum_parser, page_request
+from simtrack.server.domain.listing import Listing, Page, enum_parser
 from simtrack.server.domain.model import Framework, json_object, require_id, require_name
 
-FILTER_FIELDS: FieldParsers = {"name": str, "framework": enum_parser(Framework)}
+LISTING = Listing(
+    "agents",
+    {"name": str, "framework": enum_parser(Framework)},
+)
 UPDATABLE = frozenset({"name", "framework", "config"})
 
 
@@ -45,7 +48,7 @@ class AgentService:
             return await load_agent(uow, agent_id)
 
     async def list(self, page_size: int, page_token: str, filter_text: str) -> Page[Agent]:
-        page = page_request(page_size, page_token, filter_text, FILTER_FIELDS)
+        page = LISTING.request(page_size, page_token, filter_text)
         async with self.uow() as uow:
             rows, cursor = await uow.agents.list(page)
         return Page(rows, page.next_token(cursor))

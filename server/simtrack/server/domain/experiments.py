@@ -9,7 +9,7 @@ from simtrack.errors import AlreadyExists, InvalidArgument, NotFound
 from simtrack.server.db.models import Experiment, Template
 from simtrack.server.db.uow import UnitOfWork, UnitOfWorkFactory
 from simtrack.server.domain.agents import load_agent
-from simtrack.server.domain.listing import FieldParsers, Page, enum_parser, page_request
+from simtrack.server.domain.listing import Listing, Page, enum_parser
 from simtrack.server.domain.model import (
     ExperimentStatus,
     bounded_text,
@@ -21,13 +21,19 @@ from simtrack.server.domain.model import (
 )
 from simtrack.server.scenarios import ScenarioCatalogue
 
-EXPERIMENT_FILTERS: FieldParsers = {
-    "name": str,
-    "agent_id": str,
-    "scenario_id": str,
-    "status": enum_parser(ExperimentStatus),
-}
-TEMPLATE_FILTERS: FieldParsers = {"name": str}
+EXPERIMENT_LISTING = Listing(
+    "experiments",
+    {
+        "name": str,
+        "agent_id": str,
+        "scenario_id": str,
+        "status": enum_parser(ExperimentStatus),
+    },
+)
+TEMPLATE_LISTING = Listing(
+    "templates",
+    {"name": str},
+)
 
 
 async def load_experiment(uow: UnitOfWork, experiment_id: str, field: str = "id") -> Experiment:
@@ -45,13 +51,17 @@ async def load_template(uow: UnitOfWork, template_id: str, field: str = "id") ->
 
 
 async def refresh_experiment_status(uow: UnitOfWork, experiment_id: str) -> None:
-    """Re-derive an experiment's status after its runs changed (same transaction)."""
-    experiment = await uow.experiments.get(experiment_id)
+    """Re-derive an experiment's status after its runs changed (same transaction).
+
+    The experiment row is locked and re-read first, so two transactions changing runs of one
+    experiment take turns and the second derives from what the first committed.
+    """
+    experiment = await uow.experiments.get(experiment_id, for_update=True)
     if experiment is not None:
-        status = derive_experiment_status(await uow.experiments.run_statuses(experiment_id))
-        if experiment.status != status:
-            experiment.status = status
-            await uow.experiments.flush()
+        experiment.status = derive_experiment_status(
+            await uow.experiments.run_statuses(experiment_id)
+        )
+        await uow.experiments.flush()
 
 
 class ExperimentService:
@@ -104,7 +114,7 @@ class ExperimentService:
             return await load_experiment(uow, experiment_id)
 
     async def list(self, page_size: int, page_token: str, filter_text: str) -> Page[Experiment]:
-        page = page_request(page_size, page_token, filter_text, EXPERIMENT_FILTERS)
+        page = EXPERIMENT_LISTING.request(page_size, page_token, filter_text)
         async with self.uow() as uow:
             rows, cursor = await uow.experiments.list(page)
         return Page(rows, page.next_token(cursor))
@@ -159,7 +169,7 @@ class TemplateService:
             return await load_template(uow, template_id)
 
     async def list(self, page_size: int, page_token: str, filter_text: str) -> Page[Template]:
-        page = page_request(page_size, page_token, filter_text, TEMPLATE_FILTERS)
+        page = TEMPLATE_LISTING.request(page_size, page_token, filter_text)
         async with self.uow() as uow:
             rows, cursor = await uow.templates.list(page)
         return Page(rows, page.next_token(cursor))

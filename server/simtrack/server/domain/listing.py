@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from simtrack.errors import InvalidArgument
+from simtrack.server.domain.model import NUL, NUL_MESSAGE
 
 T = TypeVar("T")
 
@@ -73,6 +74,8 @@ FieldParsers = Mapping[str, Callable[[str], Any]]
 
 def parse_filter(text: str, fields: FieldParsers) -> tuple[Condition, ...]:
     """Parse ``text`` into conditions on ``fields``; raises InvalidArgument on ``filter``."""
+    if NUL in text:
+        raise InvalidArgument.of("filter", NUL_MESSAGE)
     tokens: list[tuple[str, str]] = []
     pos = 0
     text = text.strip()
@@ -124,14 +127,26 @@ def parse_filter(text: str, fields: FieldParsers) -> tuple[Condition, ...]:
     return tuple(conditions)
 
 
+@dataclass(frozen=True)
+class Listing:
+    """A listable collection: its name, which its page tokens are bound to, and its filters."""
+
+    collection: str
+    fields: FieldParsers
+
+    def request(self, size: int, token: str, filter_text: str, parent: str = "") -> PageRequest:
+        """Validate page_size, page_token and filter of a List call (of ``parent``'s children)."""
+        return page_request(size, token, filter_text, self.fields, f"{self.collection}/{parent}")
+
+
 def page_request(
-    size: int, token: str, filter_text: str, fields: FieldParsers, parent: str = ""
+    size: int, token: str, filter_text: str, fields: FieldParsers, collection: str
 ) -> PageRequest:
-    """Validate page_size, page_token and filter of a List call (of ``parent``'s children)."""
+    """Validate page_size, page_token and filter of a List call on ``collection``."""
     if size < 0 or size > MAX_PAGE_SIZE:
         raise InvalidArgument.of("page_size", f"must be between 0 and {MAX_PAGE_SIZE}, got {size}")
     conditions = parse_filter(filter_text, fields)
-    scope = f"{parent}|{filter_text.strip()}"
+    scope = f"{collection}|{filter_text.strip()}"
     after = decode_token(token, scope) if token else None
     return PageRequest(size or DEFAULT_PAGE_SIZE, after, conditions, scope)
 

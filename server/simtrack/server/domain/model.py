@@ -16,6 +16,9 @@ from simtrack.errors import FailedPrecondition, FieldViolation, InvalidArgument
 
 NAME_MAX = 200
 TEXT_MAX = 10_000
+# PostgreSQL cannot store U+0000 in text or JSON, so no string may carry it, on any database.
+NUL = "\x00"
+NUL_MESSAGE = "must not contain NUL (U+0000) characters"
 
 
 class Framework(StrEnum):
@@ -61,7 +64,7 @@ RUN_FINAL = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.STOPPED}
 RUN_ACTIVE = frozenset({RunStatus.PENDING, RunStatus.STARTING, RunStatus.RUNNING})
 
 _RUN_MOVES: dict[RunStatus, frozenset[RunStatus]] = {
-    RunStatus.PENDING: frozenset({RunStatus.STARTING, RunStatus.RUNNING, RunStatus.STOPPED}),
+    RunStatus.PENDING: frozenset({RunStatus.STARTING, RunStatus.STOPPED}),
     RunStatus.STARTING: frozenset({RunStatus.RUNNING, RunStatus.STOPPED}),
     RunStatus.RUNNING: RUN_FINAL,
 }
@@ -77,7 +80,7 @@ SIMULATION_FINAL = frozenset(
 
 
 def check_run_transition(current: RunStatus, new: RunStatus) -> None:
-    """Runs only move forward; pending may skip starting (a worker that attaches directly).
+    """Runs only move forward: pending -> starting -> running -> final; pending/starting -> stopped.
 
     Raises:
         FailedPrecondition: the move is not allowed.
@@ -136,11 +139,9 @@ def optional_id(field: str, value: str) -> str | None:
 
 def require_name(field: str, value: str, *, max_len: int = NAME_MAX) -> str:
     """A required, trimmed, bounded name."""
-    name = value.strip()
+    name = bounded_text(field, value.strip(), max_len=max_len)
     if not name:
         raise InvalidArgument.of(field, "is required")
-    if len(name) > max_len:
-        raise InvalidArgument.of(field, f"is longer than {max_len} characters")
     return name
 
 
@@ -148,6 +149,8 @@ def bounded_text(field: str, value: str, *, max_len: int = TEXT_MAX) -> str:
     """Optional free text with a size limit."""
     if len(value) > max_len:
         raise InvalidArgument.of(field, f"is longer than {max_len} characters")
+    if NUL in value:
+        raise InvalidArgument.of(field, NUL_MESSAGE)
     return value
 
 
@@ -162,9 +165,14 @@ def json_object(field: str, value: Mapping[str, Any]) -> dict[str, Any]:
 def _non_json(path: str, value: Any) -> Iterable[FieldViolation]:
     if isinstance(value, float) and not math.isfinite(value):
         yield FieldViolation(path, f"{value} is not a JSON number")
+    elif isinstance(value, str) and NUL in value:
+        yield FieldViolation(path, NUL_MESSAGE)
     elif isinstance(value, Mapping):
         for key, item in value.items():
-            yield from _non_json(f"{path}.{key}", item)
+            if NUL in key:
+                yield FieldViolation(f"{path}.{key!r}", f"key {NUL_MESSAGE}")
+            else:
+                yield from _non_json(f"{path}.{key}", item)
     elif isinstance(value, list):
         for index, item in enumerate(value):
             yield from _non_json(f"{path}[{index}]", item)

@@ -10,7 +10,7 @@ from simtrack.server.db.models import Participant, Run, utcnow
 from simtrack.server.db.uow import UnitOfWork, UnitOfWorkFactory
 from simtrack.server.domain.agents import load_agent
 from simtrack.server.domain.experiments import load_experiment, refresh_experiment_status
-from simtrack.server.domain.listing import FieldParsers, Page, enum_parser, page_request
+from simtrack.server.domain.listing import Listing, Page, enum_parser
 from simtrack.server.domain.model import (
     RUN_FINAL,
     RunStatus,
@@ -23,13 +23,19 @@ from simtrack.server.domain.model import (
 )
 from simtrack.server.scenarios import ScenarioCatalogue
 
-RUN_FILTERS: FieldParsers = {
-    "experiment_id": str,
-    "scenario_id": str,
-    "status": enum_parser(RunStatus),
-    "worker_id": str,
-}
-PARTICIPANT_FILTERS: FieldParsers = {"agent_id": str, "role": str}
+RUN_LISTING = Listing(
+    "runs",
+    {
+        "experiment_id": str,
+        "scenario_id": str,
+        "status": enum_parser(RunStatus),
+        "worker_id": str,
+    },
+)
+PARTICIPANT_LISTING = Listing(
+    "participants",
+    {"agent_id": str, "role": str},
+)
 WORKER_ID_MAX = 200
 ROLE_MAX = 100
 
@@ -111,7 +117,7 @@ class RunService:
             return await load_run(uow, run_id)
 
     async def list(self, page_size: int, page_token: str, filter_text: str) -> Page[Run]:
-        page = page_request(page_size, page_token, filter_text, RUN_FILTERS)
+        page = RUN_LISTING.request(page_size, page_token, filter_text)
         async with self.uow() as uow:
             rows, cursor = await uow.runs.list(page)
         return Page(rows, page.next_token(cursor))
@@ -187,7 +193,7 @@ class ParticipantService:
         self, run_id: str, page_size: int, page_token: str, filter_text: str
     ) -> Page[Participant]:
         run_id = require_id("run_id", run_id)
-        page = page_request(page_size, page_token, filter_text, PARTICIPANT_FILTERS, run_id)
+        page = PARTICIPANT_LISTING.request(page_size, page_token, filter_text, run_id)
         async with self.uow() as uow:
             await load_run(uow, run_id, "run_id")
             rows, cursor = await uow.participants.list(page, run_id=run_id)

@@ -5,10 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from simtrack.errors import InvalidArgument, NotFound
-from simtrack.server.domain.listing import Cursor, FieldParsers, Page, page_request
+from simtrack.server.domain.listing import Cursor, Listing, Page
 from simtrack.server.scenarios import ScenarioCatalogue, ScenarioSpec
 
-FILTER_FIELDS: FieldParsers = {"difficulty_tier": int, "tags": str}
+LISTING = Listing(
+    "scenarios",
+    {"difficulty_tier": int, "tags": str},
+)
 # Scenarios have no creation time: they page by id alone.
 _NO_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -26,7 +29,7 @@ class ScenarioQueries:
         return spec
 
     def list(self, page_size: int, page_token: str, filter_text: str) -> Page[ScenarioSpec]:
-        page = page_request(page_size, page_token, filter_text, FILTER_FIELDS)
+        page = LISTING.request(page_size, page_token, filter_text)
         specs = self.catalogue.list()
         if page.after is not None:
             specs = [s for s in specs if s.id > page.after.id]

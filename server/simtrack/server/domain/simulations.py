@@ -9,13 +9,7 @@ from simtrack.errors import InvalidArgument, NotFound
 from simtrack.server.db.models import Simulation, utcnow
 from simtrack.server.db.uow import UnitOfWork, UnitOfWorkFactory
 from simtrack.server.domain.experiments import load_experiment
-from simtrack.server.domain.listing import (
-    FieldParsers,
-    Page,
-    enum_parser,
-    optional_str,
-    page_request,
-)
+from simtrack.server.domain.listing import Listing, Page, enum_parser, optional_str
 from simtrack.server.domain.model import (
     SIMULATION_FINAL,
     SimulationStatus,
@@ -24,10 +18,13 @@ from simtrack.server.domain.model import (
     require_id,
 )
 
-FILTER_FIELDS: FieldParsers = {
-    "experiment_id": optional_str,
-    "status": enum_parser(SimulationStatus),
-}
+LISTING = Listing(
+    "simulations",
+    {
+        "experiment_id": optional_str,
+        "status": enum_parser(SimulationStatus),
+    },
+)
 
 
 async def load_simulation(uow: UnitOfWork, simulation_id: str, field: str = "id") -> Simulation:
@@ -71,7 +68,7 @@ class SimulationService:
             return await load_simulation(uow, simulation_id)
 
     async def list(self, page_size: int, page_token: str, filter_text: str) -> Page[Simulation]:
-        page = page_request(page_size, page_token, filter_text, FILTER_FIELDS)
+        page = LISTING.request(page_size, page_token, filter_text)
         async with self.uow() as uow:
             rows, cursor = await uow.simulations.list(page)
         return Page(rows, page.next_token(cursor))
