@@ -17,6 +17,7 @@ import pytest
 from psycopg import sql
 
 from simtrack.server.db import migrate
+from simtrack.server.domain.tenancy import LOCAL_PRINCIPAL, reset_principal, set_principal
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "SIMTRACK_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -27,6 +28,14 @@ BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 def _with_database(url: str, name: str) -> str:
     base, _, _ = url.rpartition("/")
     return f"{base}/{name}"
+
+
+@pytest.fixture(autouse=True)
+def local_principal() -> Iterator[None]:
+    """Tests that call the service layer directly act as the local (auth-disabled) caller."""
+    token = set_principal(LOCAL_PRINCIPAL)
+    yield
+    reset_principal(token)
 
 
 @pytest.fixture(scope="session")

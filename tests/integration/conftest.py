@@ -26,6 +26,7 @@ from simtrack.server.domain.experiments import ExperimentService, TemplateServic
 from simtrack.server.domain.model import Framework
 from simtrack.server.domain.runs import ParticipantService, RunService
 from simtrack.server.domain.simulations import SimulationService
+from simtrack.server.domain.tenancy import DEFAULT_TENANT_ID
 from simtrack.server.scenarios import ScenarioCatalogue, default_scenarios_dir, load_catalogue
 
 # The tier-0 scenario: small, stable, and its duration (60 ticks) is asserted on.
@@ -101,8 +102,13 @@ class Services:
         )
 
     async def execute(self, sql: str, **params: Any) -> None:
-        """Run one raw SQL statement in its own transaction; ``now`` binds the current time."""
+        """Run one raw SQL statement in its own transaction.
+
+        ``:now`` binds the current time and ``:tenant`` the default tenant.
+        """
         statement = text(sql)
+        if ":tenant" in sql:
+            params.setdefault("tenant", DEFAULT_TENANT_ID)
         if ":now" in sql:
             statement = statement.bindparams(bindparam("now", type_=UTCDateTime()))
             params.setdefault("now", utcnow())

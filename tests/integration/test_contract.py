@@ -412,32 +412,32 @@ async def test_json_server_defaults_apply_to_raw_inserts(services: Services) -> 
     """Rows written without the ORM (other tools, psql) still get {} in every JSON column."""
     ids = {name: missing_id() for name in ("agent", "template", "exp", "sim", "run", "part")}
     await services.execute(
-        "INSERT INTO agents (id, name, framework, created_at, updated_at) "
-        "VALUES (:id, 'raw-agent', 'custom', :now, :now)",
+        "INSERT INTO agents (tenant_id, id, name, framework, created_at, updated_at) "
+        "VALUES (:tenant, :id, 'raw-agent', 'custom', :now, :now)",
         id=ids["agent"],
     )
     await services.execute(
-        "INSERT INTO templates (id, name, description, created_at, updated_at) "
-        "VALUES (:id, 'raw-template', '', :now, :now)",
+        "INSERT INTO templates (tenant_id, id, name, description, created_at, updated_at) "
+        "VALUES (:tenant, :id, 'raw-template', '', :now, :now)",
         id=ids["template"],
     )
     await services.execute(
-        "INSERT INTO experiments (id, name, description, agent_id, scenario_id, hypothesis, "
+        "INSERT INTO experiments (tenant_id, id, name, description, agent_id, scenario_id, hypothesis, "
         "status, created_at, updated_at) "
-        "VALUES (:id, 'raw-exp', '', :agent, :scenario, '', 'draft', :now, :now)",
+        "VALUES (:tenant, :id, 'raw-exp', '', :agent, :scenario, '', 'draft', :now, :now)",
         id=ids["exp"],
         agent=ids["agent"],
         scenario=SCENARIO_ID,
     )
     await services.execute(
-        "INSERT INTO simulations (id, status, created_at, updated_at) "
-        "VALUES (:id, 'pending', :now, :now)",
+        "INSERT INTO simulations (tenant_id, id, status, created_at, updated_at) "
+        "VALUES (:tenant, :id, 'pending', :now, :now)",
         id=ids["sim"],
     )
     await services.execute(
-        "INSERT INTO runs (id, experiment_id, run_number, scenario_id, scenario_hash, status, "
+        "INSERT INTO runs (tenant_id, id, experiment_id, run_number, scenario_id, scenario_hash, status, "
         "current_tick, total_ticks, progress_percent, error_message, worker_id, created_at, "
-        "updated_at) VALUES (:id, :exp, 7, :scenario, :hash, 'pending', 0, 0, 0, '', '', "
+        "updated_at) VALUES (:tenant, :id, :exp, 7, :scenario, :hash, 'pending', 0, 0, 0, '', '', "
         ":now, :now)",
         id=ids["run"],
         exp=ids["exp"],
@@ -445,8 +445,8 @@ async def test_json_server_defaults_apply_to_raw_inserts(services: Services) -> 
         hash="0" * 64,
     )
     await services.execute(
-        "INSERT INTO run_participants (id, run_id, agent_id, role, created_at, updated_at) "
-        "VALUES (:id, :run, :agent, '', :now, :now)",
+        "INSERT INTO run_participants (tenant_id, id, run_id, agent_id, role, created_at, updated_at) "
+        "VALUES (:tenant, :id, :run, :agent, '', :now, :now)",
         id=ids["part"],
         run=ids["run"],
         agent=ids["agent"],
@@ -1185,8 +1185,8 @@ async def test_enum_columns_are_checked_in_the_database(services: Services) -> N
         await services.execute("UPDATE agents SET framework = 'skynet'")
     with pytest.raises(IntegrityError):
         await services.execute(
-            "INSERT INTO simulations (id, status, created_at, updated_at) "
-            "VALUES (:id, 'paused', :now, :now)",
+            "INSERT INTO simulations (tenant_id, id, status, created_at, updated_at) "
+            "VALUES (:tenant, :id, 'paused', :now, :now)",
             id=missing_id(),
         )
     assert await services.scalar(select(models.Agent.framework)) == Framework.BASELINE
@@ -1197,9 +1197,9 @@ async def test_foreign_keys_are_enforced(services: Services) -> None:
     """On SQLite too: every connection of the engine turns foreign keys on."""
     experiment = await services.experiment()
     insert_run = (
-        "INSERT INTO runs (id, experiment_id, run_number, scenario_id, scenario_hash, status, "
+        "INSERT INTO runs (tenant_id, id, experiment_id, run_number, scenario_id, scenario_hash, status, "
         "current_tick, total_ticks, progress_percent, error_message, worker_id, created_at, "
-        "updated_at) VALUES (:id, :exp, :number, :scenario, :hash, 'pending', 0, 0, 0, '', '', "
+        "updated_at) VALUES (:tenant, :id, :exp, :number, :scenario, :hash, 'pending', 0, 0, 0, '', '', "
         ":now, :now)"
     )
     with pytest.raises(IntegrityError):
@@ -1213,8 +1213,8 @@ async def test_foreign_keys_are_enforced(services: Services) -> None:
         )
     with pytest.raises(IntegrityError):
         await services.execute(
-            "INSERT INTO simulations (id, experiment_id, status, created_at, updated_at) "
-            "VALUES (:id, :exp, 'pending', :now, :now)",
+            "INSERT INTO simulations (tenant_id, id, experiment_id, status, created_at, updated_at) "
+            "VALUES (:tenant, :id, :exp, 'pending', :now, :now)",
             id=missing_id(),
             exp=missing_id(),
         )

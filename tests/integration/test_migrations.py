@@ -25,7 +25,8 @@ from simtrack.server.app import StartupError, prepare_database
 from simtrack.server.config import Settings
 from simtrack.server.db import migrate
 from simtrack.server.db.engine import create_engine
-from simtrack.server.db.models import Base
+from simtrack.server.db.models import TENANT_OWNED_TABLES, Base
+from simtrack.server.domain.tenancy import DEFAULT_TENANT_ID
 
 APP_TABLES = frozenset(Base.metadata.tables)
 ON_DELETE = {
@@ -34,6 +35,8 @@ ON_DELETE = {
     ("runs", "experiment_id"): "CASCADE",
     ("run_participants", "run_id"): "CASCADE",
     ("run_participants", "agent_id"): "RESTRICT",
+    ("api_keys", "tenant_id"): "CASCADE",
+    **{(table, "tenant_id"): "RESTRICT" for table in TENANT_OWNED_TABLES},
 }
 POSTGRES_ONLY = [pytest.param("postgresql", marks=pytest.mark.postgres)]
 
@@ -96,8 +99,8 @@ def test_upgrade_from_empty_creates_the_schema(empty_database_url: str) -> None:
         }
     assert rules == ON_DELETE
     assert uniques >= {
-        ("agents", ("name",)),
-        ("templates", ("name",)),
+        ("agents", ("tenant_id", "name")),
+        ("templates", ("tenant_id", "name")),
         ("runs", ("experiment_id", "run_number")),
         ("run_participants", ("run_id", "agent_id")),
     }
@@ -134,10 +137,10 @@ def test_data_survives_a_repeated_upgrade(empty_database_url: str) -> None:
     with connect(empty_database_url) as connection:
         connection.execute(
             text(
-                "INSERT INTO agents (id, name, framework, created_at, updated_at) "
-                "VALUES (:id, 'survivor', 'baseline', :now, :now)"
+                "INSERT INTO agents (tenant_id, id, name, framework, created_at, updated_at) "
+                "VALUES (:tenant, :id, 'survivor', 'baseline', :now, :now)"
             ),
-            {"id": agent_id, "now": now},
+            {"id": agent_id, "now": now, "tenant": DEFAULT_TENANT_ID},
         )
     migrate.upgrade(empty_database_url)  # already at head: nothing to do, nothing lost
     with connect(empty_database_url) as connection:
