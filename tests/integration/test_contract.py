@@ -422,7 +422,8 @@ async def test_json_server_defaults_apply_to_raw_inserts(services: Services) -> 
         id=ids["template"],
     )
     await services.execute(
-        "INSERT INTO experiments (tenant_id, id, name, description, agent_id, scenario_id, hypothesis, "
+        "INSERT INTO experiments (tenant_id, id, name, description, agent_id, scenario_id, "
+        "hypothesis, "
         "status, created_at, updated_at) "
         "VALUES (:tenant, :id, 'raw-exp', '', :agent, :scenario, '', 'draft', :now, :now)",
         id=ids["exp"],
@@ -435,7 +436,8 @@ async def test_json_server_defaults_apply_to_raw_inserts(services: Services) -> 
         id=ids["sim"],
     )
     await services.execute(
-        "INSERT INTO runs (tenant_id, id, experiment_id, run_number, scenario_id, scenario_hash, status, "
+        "INSERT INTO runs (tenant_id, id, experiment_id, run_number, scenario_id, scenario_hash, "
+        "status, "
         "current_tick, total_ticks, progress_percent, error_message, worker_id, created_at, "
         "updated_at) VALUES (:tenant, :id, :exp, 7, :scenario, :hash, 'pending', 0, 0, 0, '', '', "
         ":now, :now)",
@@ -445,7 +447,8 @@ async def test_json_server_defaults_apply_to_raw_inserts(services: Services) -> 
         hash="0" * 64,
     )
     await services.execute(
-        "INSERT INTO run_participants (tenant_id, id, run_id, agent_id, role, created_at, updated_at) "
+        "INSERT INTO run_participants (tenant_id, id, run_id, agent_id, role, created_at, "
+        "updated_at) "
         "VALUES (:tenant, :id, :run, :agent, '', :now, :now)",
         id=ids["part"],
         run=ids["run"],
@@ -1197,9 +1200,11 @@ async def test_foreign_keys_are_enforced(services: Services) -> None:
     """On SQLite too: every connection of the engine turns foreign keys on."""
     experiment = await services.experiment()
     insert_run = (
-        "INSERT INTO runs (tenant_id, id, experiment_id, run_number, scenario_id, scenario_hash, status, "
+        "INSERT INTO runs (tenant_id, id, experiment_id, run_number, scenario_id, scenario_hash, "
+        "status, "
         "current_tick, total_ticks, progress_percent, error_message, worker_id, created_at, "
-        "updated_at) VALUES (:tenant, :id, :exp, :number, :scenario, :hash, 'pending', 0, 0, 0, '', '', "
+        "updated_at) VALUES (:tenant, :id, :exp, :number, :scenario, :hash, 'pending', 0, 0, 0, "
+        "'', '', "
         ":now, :now)"
     )
     with pytest.raises(IntegrityError):
@@ -1213,7 +1218,8 @@ async def test_foreign_keys_are_enforced(services: Services) -> None:
         )
     with pytest.raises(IntegrityError):
         await services.execute(
-            "INSERT INTO simulations (tenant_id, id, experiment_id, status, created_at, updated_at) "
+            "INSERT INTO simulations (tenant_id, id, experiment_id, status, created_at, "
+            "updated_at) "
             "VALUES (:tenant, :id, :exp, 'pending', :now, :now)",
             id=missing_id(),
             exp=missing_id(),
