@@ -15,10 +15,13 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg import sql
+from sqlalchemy import make_url
 
 from simtrack.server.db import migrate
 from simtrack.server.domain.tenancy import LOCAL_PRINCIPAL, reset_principal, set_principal
 
+# The non-superuser role the server connects as, so row-level security applies to it.
+APP_ROLE = "simtrack_app"
 POSTGRES_ADMIN_URL = os.environ.get(
     "SIMTRACK_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
@@ -28,6 +31,17 @@ BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 def _with_database(url: str, name: str) -> str:
     base, _, _ = url.rpartition("/")
     return f"{base}/{name}"
+
+
+def as_app_role(url: str) -> str:
+    """The same database, reached as the application role (trust auth here)."""
+    return make_url(url).set(username=APP_ROLE, password=None).render_as_string(False)
+
+
+@pytest.fixture
+def app_role_url(database_url: str) -> str:
+    """This test's PostgreSQL database as the server's non-superuser role sees it."""
+    return as_app_role(database_url)
 
 
 @pytest.fixture(autouse=True)
@@ -91,6 +105,7 @@ def postgres_template(postgres_admin: str) -> Iterator[str]:
     try:
         url = databases.create()
         migrate.upgrade(url)
+        migrate.grant_app_role(url, APP_ROLE)  # copies of the template keep the grants
         yield url.rpartition("/")[2]
     finally:
         databases.drop_all()

@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 from sqlalchemy import bindparam, text
 from sqlalchemy.engine import Row
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from simtrack.server.db.engine import create_engine
 from simtrack.server.db.models import Agent, Experiment, Run, UTCDateTime, utcnow
-from simtrack.server.db.uow import UnitOfWorkFactory
+from simtrack.server.db.uow import UnitOfWorkFactory, tenant_aware_sessions
 from simtrack.server.domain.agents import AgentService
 from simtrack.server.domain.experiments import ExperimentService, TemplateService
 from simtrack.server.domain.model import Framework
@@ -145,16 +145,16 @@ MakeServices = Callable[..., Services]
 async def make_services(
     backend: str, database_url: str, catalogue: ScenarioCatalogue
 ) -> AsyncIterator[MakeServices]:
-    """Build services on this test's database; keyword arguments go to ``create_engine``."""
+    """Build services on this test's database (or ``url``); other arguments go to the engine."""
     engines: list[AsyncEngine] = []
 
-    def make(**engine_kwargs: Any) -> Services:
-        engine = create_engine(database_url, **engine_kwargs)
+    def make(url: str | None = None, **engine_kwargs: Any) -> Services:
+        engine = create_engine(url or database_url, **engine_kwargs)
         engines.append(engine)
-        uow = UnitOfWorkFactory(async_sessionmaker(engine, expire_on_commit=False))
+        uow = UnitOfWorkFactory(tenant_aware_sessions(engine))
         return Services(
             backend=backend,
-            url=database_url,
+            url=url or database_url,
             engine=engine,
             uow=uow,
             catalogue=catalogue,

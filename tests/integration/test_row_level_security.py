@@ -1,0 +1,147 @@
+"""PostgreSQL's row-level security is a second wall behind the repositories' tenant filter.
+
+The server connects as a role that cannot bypass RLS; these tests connect the same way, then
+switch the repository filter off and check that PostgreSQL alone still keeps tenants apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+import sqlalchemy
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+from simtrack.errors import NotFound
+from simtrack.server.app import StartupError, check_row_level_security
+from simtrack.server.db import repositories
+from simtrack.server.db.engine import create_engine
+from simtrack.server.db.models import TENANT_OWNED_TABLES, Tenant
+from simtrack.server.domain.tenancy import Principal, Role, reset_principal, set_principal
+from tests.integration.conftest import MakeServices, Services  # noqa: F401
+
+if TYPE_CHECKING:
+    from tests.integration.conftest import MakeServices, Services
+
+pytestmark = pytest.mark.parametrize(
+    "backend", [pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+
+TENANT_A = "aaaaaaaa-0000-0000-0000-000000000001"
+TENANT_B = "bbbbbbbb-0000-0000-0000-000000000002"
+
+
+class acting_as:  # noqa: N801 - reads like a sentence at the call site
+    """Run a block as a writer of ``tenant``."""
+
+    def __init__(self, tenant: str) -> None:
+        self.principal = Principal(tenant, Role.WRITER)
+
+    def __enter__(self) -> None:
+        self.token = set_principal(self.principal)
+
+    def __exit__(self, *exc: object) -> None:
+        reset_principal(self.token)
+
+
+@pytest.fixture
+async def two_tenants(
+    make_services: MakeServices, app_role_url: str
+) -> tuple[Services, dict[str, str]]:
+    """Tenants A and B with one agent each, written as the owner; then services as the app role."""
+    owner = make_services()
+    async with owner.uow() as uow:
+        for tenant_id, name in ((TENANT_A, "a"), (TENANT_B, "b")):
+            await uow.access.add(Tenant(id=tenant_id, name=name))
+        await uow.commit()
+    agents = {}
+    for tenant_id in (TENANT_A, TENANT_B):
+        with acting_as(tenant_id):
+            agents[tenant_id] = (await owner.agent(f"agent-of-{tenant_id[:1]}")).id
+    return make_services(url=app_role_url), agents
+
+
+@pytest.fixture
+def repository_filter_off(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Simulate a bug in the repositories: their tenant filter keeps every row."""
+    monkeypatch.setattr(repositories, "scoped", lambda model: sqlalchemy.true())
+    yield
+
+
+@pytest.mark.usefixtures("repository_filter_off")
+async def test_rls_hides_other_tenants_rows_without_the_repository_filter(
+    two_tenants: tuple[Services, dict[str, str]],
+) -> None:
+    app, agents = two_tenants
+    with acting_as(TENANT_A):
+        listed = await app.agents.list(0, "", "")
+        assert [a.id for a in listed.items] == [agents[TENANT_A]]
+        with pytest.raises(NotFound):
+            await app.agents.get(agents[TENANT_B])
+    with acting_as(TENANT_B):
+        assert [a.id for a in (await app.agents.list(0, "", "")).items] == [agents[TENANT_B]]
+
+
+@pytest.mark.usefixtures("repository_filter_off")
+async def test_rls_refuses_a_cross_tenant_insert_and_update(
+    two_tenants: tuple[Services, dict[str, str]],
+) -> None:
+    app, agents = two_tenants
+    with acting_as(TENANT_A):
+        async with app.uow() as uow:
+            with pytest.raises(DBAPIError, match="row-level security"):
+                await uow.session.execute(
+                    text(
+                        "INSERT INTO agents (tenant_id, id, name, framework, config, "
+                        "created_at, updated_at) VALUES (:t, gen_random_uuid()::text, 'x', "
+                        "'custom', '{}', now(), now())"
+                    ),
+                    {"t": TENANT_B},
+                )
+        async with app.uow() as uow:
+            # B's row is invisible to A's transaction: the update touches nothing.
+            result = await uow.session.execute(
+                text("UPDATE agents SET name = 'stolen' WHERE id = :id"), {"id": agents[TENANT_B]}
+            )
+            assert result.rowcount == 0  # type: ignore[attr-defined]
+            await uow.commit()
+    with acting_as(TENANT_B):
+        assert (await app.agents.get(agents[TENANT_B])).name == "agent-of-b"
+
+
+async def test_without_a_tenant_the_app_role_sees_nothing(
+    two_tenants: tuple[Services, dict[str, str]],
+) -> None:
+    app, _ = two_tenants
+    async with app.engine.connect() as connection:  # no principal: app.tenant_id never set
+        for table in TENANT_OWNED_TABLES:
+            count = (await connection.execute(text(f"SELECT count(*) FROM {table}"))).scalar()
+            assert count == 0, table
+        assert (await connection.execute(text("SELECT count(*) FROM tenants"))).scalar() >= 2
+
+
+async def test_the_app_role_cannot_mint_keys_or_bypass_rls(
+    two_tenants: tuple[Services, dict[str, str]],
+) -> None:
+    app, _ = two_tenants
+    async with app.engine.connect() as connection:
+        with pytest.raises(DBAPIError, match="permission denied"):
+            await connection.execute(
+                text(
+                    "INSERT INTO api_keys (id, tenant_id, name, role, prefix, secret_hash, "
+                    "created_at, updated_at) VALUES ('k', :t, '', 'admin', 'p', 'h', now(), now())"
+                ),
+                {"t": TENANT_A},
+            )
+    await check_row_level_security(app.engine)  # the app role passes the start-up check
+
+
+async def test_server_refuses_auth_as_a_role_that_bypasses_rls(database_url: str) -> None:
+    engine = create_engine(database_url)  # the superuser the tests administer with
+    try:
+        with pytest.raises(StartupError, match="simtrack_app"):
+            await check_row_level_security(engine)
+    finally:
+        await engine.dispose()
