@@ -119,7 +119,8 @@ async def test_without_a_tenant_the_app_role_sees_nothing(
         for table in TENANT_OWNED_TABLES:
             count = (await connection.execute(text(f"SELECT count(*) FROM {table}"))).scalar()
             assert count == 0, table
-        assert (await connection.execute(text("SELECT count(*) FROM tenants"))).scalar() >= 2
+        tenants = (await connection.execute(text("SELECT count(*) FROM tenants"))).scalar_one()
+        assert tenants >= 2
 
 
 async def test_the_app_role_cannot_mint_keys_or_bypass_rls(
