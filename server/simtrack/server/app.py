@@ -44,6 +44,9 @@ from simtrack.v1 import (
 
 log = logging.getLogger(__name__)
 
+# A database that takes longer than this to answer "select 1" counts as unreachable.
+PROBE_TIMEOUT = 2.0
+
 SERVICE_NAMES = tuple(
     module.DESCRIPTOR.services_by_name[name].full_name
     for module, name in (
@@ -68,11 +71,16 @@ class Running:
     engine: AsyncEngine
     health: health.aio.HealthServicer
     monitor: asyncio.Task[None]
+    stopping: asyncio.Event
+    health_check_interval: float
 
     async def stop(self, grace: float) -> None:
-        self.monitor.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.monitor
+        self.stopping.set()
+        try:
+            async with asyncio.timeout(probe_timeout(self.health_check_interval) + 1):
+                await self.monitor
+        except TimeoutError:
+            log.warning("database probe did not finish; stopping anyway")
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         await self.engine.dispose()
@@ -132,18 +140,29 @@ async def prepare_database(settings: Settings, engine: AsyncEngine) -> None:
         )
 
 
+def probe_timeout(interval: float) -> float:
+    return max(interval, PROBE_TIMEOUT)
+
+
 async def _monitor_database(
-    engine: AsyncEngine, servicer: health.aio.HealthServicer, interval: float
+    engine: AsyncEngine,
+    servicer: health.aio.HealthServicer,
+    interval: float,
+    stopping: asyncio.Event,
 ) -> None:
-    """Report NOT_SERVING while the database does not answer, SERVING once it does again."""
+    """Report NOT_SERVING while the database does not answer, SERVING once it does again.
+
+    It stops when ``stopping`` is set, between probes: cancelling a probe half-way through a
+    driver call can leave aiosqlite's connection unclosable and hang the shutdown.
+    """
     sessions = async_sessionmaker(engine)
     serving = health_pb2.HealthCheckResponse.SERVING
     not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
     last = serving
-    while True:
+    while not stopping.is_set():
         try:
-            async with sessions() as session:
-                await asyncio.wait_for(ping(session), timeout=interval)
+            async with asyncio.timeout(probe_timeout(interval)), sessions() as session:
+                await ping(session)
             status = serving
         except Exception as exc:  # noqa: BLE001 - any failure means unhealthy
             status = not_serving
@@ -154,7 +173,9 @@ async def _monitor_database(
         for name in ("", *SERVICE_NAMES):
             await servicer.set(name, status)
         last = status
-        await asyncio.sleep(interval)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(interval):
+                await stopping.wait()
 
 
 async def start(settings: Settings) -> Running:
@@ -204,10 +225,13 @@ async def start(settings: Settings) -> Running:
         await engine.dispose()
         raise StartupError(f"cannot listen on {settings.listen}: {exc}") from exc
     await server.start()
+    stopping = asyncio.Event()
     monitor = asyncio.create_task(
-        _monitor_database(engine, health_servicer, settings.health_check_interval)
+        _monitor_database(engine, health_servicer, settings.health_check_interval, stopping)
     )
-    return Running(server, port, engine, health_servicer, monitor)
+    return Running(
+        server, port, engine, health_servicer, monitor, stopping, settings.health_check_interval
+    )
 
 
 async def serve(settings: Settings) -> None:

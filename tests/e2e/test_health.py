@@ -1,0 +1,139 @@
+"""Health follows the database (PostgreSQL only): NOT_SERVING and UNAVAILABLE while it is
+unreachable, SERVING again once it is back; an unmigrated database is refused at start-up.
+
+Each test has a PostgreSQL database of its own (``empty_database_url`` on the postgresql
+backend, created by ``PostgresDatabases``): the outage test takes it away from everyone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import grpc
+import psycopg
+import pytest
+from grpc_health.v1 import health_pb2
+from psycopg import sql
+
+from simtrack.server.db import migrate
+from simtrack.v1 import agents_pb2, scenarios_pb2
+
+if TYPE_CHECKING:
+    from tests.e2e.conftest import Launch, Server, StartServer
+
+POSTGRESQL_ONLY = pytest.mark.parametrize(
+    "backend", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+SERVING: int = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING: int = health_pb2.HealthCheckResponse.NOT_SERVING
+# The server probes every 0.2 s (SIMTRACK_HEALTH_CHECK_INTERVAL in the fixture).
+REACTION_TIME = 5.0
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = REACTION_TIME) -> float:
+    """Poll ``condition`` until it holds; the seconds it took. Fails after ``timeout``."""
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > timeout:
+            pytest.fail(f"not within {timeout}s: {what}")
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def health_is(server: Server, expected: int, service: str = "") -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            return server.health_status(service) == expected
+        except grpc.RpcError as exc:  # NOT_FOUND until the first probe has set the service
+            assert exc.code() == grpc.StatusCode.NOT_FOUND, exc.details()
+            return False
+
+    return check
+
+
+def database_name(url: str) -> str:
+    return url.rpartition("/")[2]
+
+
+def set_allow_connections(admin_url: str, name: str, allow: bool) -> None:
+    """Open or close a database to new connections; closing also ends the existing ones."""
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}").format(
+                sql.Identifier(name), sql.Literal(allow)
+            )
+        )
+        if not allow:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (name,),
+            )
+
+
+@contextmanager
+def database_unreachable(admin_url: str, name: str) -> Iterator[None]:
+    set_allow_connections(admin_url, name, False)
+    try:
+        yield
+    finally:
+        set_allow_connections(admin_url, name, True)
+
+
+def list_agents(server: Server) -> list[str]:
+    response = server.agents.ListAgents(agents_pb2.ListAgentsRequest(), timeout=15)
+    return [a.name for a in response.agents]
+
+
+def create_agent(server: Server, name: str) -> None:
+    agent = agents_pb2.Agent(name=name, framework=agents_pb2.Framework.FRAMEWORK_BASELINE)
+    server.agents.CreateAgent(agents_pb2.CreateAgentRequest(agent=agent), timeout=15)
+
+
+@POSTGRESQL_ONLY
+def test_health_and_calls_follow_the_database(
+    empty_database_url: str, postgres_admin: str, start_server: StartServer
+) -> None:
+    migrate.upgrade(empty_database_url)
+    server = start_server(empty_database_url)
+    wait_for(health_is(server, SERVING, "simtrack.v1.AgentService"), "AgentService SERVING")
+    assert server.health_status("") == SERVING
+    create_agent(server, "before")
+    assert list_agents(server) == ["before"]
+
+    with database_unreachable(postgres_admin, database_name(empty_database_url)):
+        wait_for(health_is(server, NOT_SERVING), "NOT_SERVING while the database is away")
+        for service in ("simtrack.v1.AgentService", "simtrack.v1.RunService"):
+            assert server.health_status(service) == NOT_SERVING
+        for call in (lambda: list_agents(server), lambda: create_agent(server, "during")):
+            with pytest.raises(grpc.RpcError) as info:
+                call()
+            # A transient fault the caller may retry: not UNKNOWN/INTERNAL (and no traceback,
+            # which the fixture checks after the test).
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value.details()
+        # The catalogue lives in memory: it keeps answering.
+        scenarios = server.scenarios.ListScenarios(scenarios_pb2.ListScenariosRequest())
+        assert scenarios.scenarios
+
+    wait_for(health_is(server, SERVING), "SERVING once the database is back")
+    for service in ("simtrack.v1.AgentService", "simtrack.v1.ExperimentService"):
+        assert server.health_status(service) == SERVING
+    create_agent(server, "after")
+    assert list_agents(server) == ["before", "after"]
+    log = server.stderr
+    assert "database unreachable, reporting NOT_SERVING" in log
+    assert "database reachable again, reporting SERVING" in log
+
+
+@POSTGRESQL_ONLY
+def test_an_unmigrated_postgresql_database_is_refused(
+    empty_database_url: str, launch: Launch
+) -> None:
+    process = launch(empty_database_url)
+    code = process.wait_exit()
+    assert code != 0, process.stderr
+    assert "simtrack migrate" in process.stderr
+    assert "serving on" not in process.stderr
+    assert "Traceback" not in process.stderr, process.stderr
