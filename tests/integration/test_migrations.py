@@ -38,6 +38,7 @@ ON_DELETE = {
     ("api_keys", "tenant_id"): "CASCADE",
     **{(table, "tenant_id"): "RESTRICT" for table in TENANT_OWNED_TABLES},
 }
+PRE_TENANCY_REVISION = "26280ff863b1"
 POSTGRES_ONLY = [pytest.param("postgresql", marks=pytest.mark.postgres)]
 
 
@@ -215,3 +216,25 @@ def test_postgres_engine_for_migrations_accepts_a_null_pool() -> None:
         "postgresql://postgres@127.0.0.1:5432/test", poolclass=NullPool, sqlite_foreign_keys=False
     )
     assert isinstance(engine.sync_engine.pool, NullPool)
+
+
+def test_existing_rows_move_to_the_default_tenant(empty_database_url: str) -> None:
+    """Upgrading a database from before tenancy keeps its rows, now owned by `default`."""
+    migrate.upgrade(empty_database_url, PRE_TENANCY_REVISION)
+    agent_id = str(uuid.uuid4())
+    now = datetime.now(UTC).isoformat()
+    with connect(empty_database_url) as connection:
+        connection.execute(
+            text(
+                "INSERT INTO agents (id, name, framework, config, created_at, updated_at) "
+                "VALUES (:id, 'old-timer', 'custom', '{}', :now, :now)"
+            ),
+            {"id": agent_id, "now": now},
+        )
+    migrate.upgrade(empty_database_url)
+    with connect(empty_database_url) as connection:
+        rows = connection.execute(text("SELECT id, tenant_id FROM agents")).all()
+        tenants = connection.execute(text("SELECT id, name FROM tenants")).all()
+    assert [tuple(r) for r in rows] == [(agent_id, DEFAULT_TENANT_ID)]
+    assert [tuple(t) for t in tenants] == [(DEFAULT_TENANT_ID, "default")]
+    command.check(migrate.alembic_config(empty_database_url))
