@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from simtrack.v1 import runs_pb2 as simtrack_dot_v1_dot_runs__pb2
+from simtrack.v1 import telemetry_pb2 as simtrack_dot_v1_dot_telemetry__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -85,6 +86,36 @@ class RunServiceStub:
                 request_serializer=simtrack_dot_v1_dot_runs__pb2.DeleteParticipantRequest.SerializeToString,
                 response_deserializer=simtrack_dot_v1_dot_runs__pb2.DeleteParticipantResponse.FromString,
                 _registered_method=True)
+        self.StreamRun = channel.stream_stream(
+                '/simtrack.v1.RunService/StreamRun',
+                request_serializer=simtrack_dot_v1_dot_telemetry__pb2.StreamRunRequest.SerializeToString,
+                response_deserializer=simtrack_dot_v1_dot_telemetry__pb2.StreamRunResponse.FromString,
+                _registered_method=True)
+        self.WatchRun = channel.unary_stream(
+                '/simtrack.v1.RunService/WatchRun',
+                request_serializer=simtrack_dot_v1_dot_runs__pb2.WatchRunRequest.SerializeToString,
+                response_deserializer=simtrack_dot_v1_dot_runs__pb2.WatchRunResponse.FromString,
+                _registered_method=True)
+        self.CancelRun = channel.unary_unary(
+                '/simtrack.v1.RunService/CancelRun',
+                request_serializer=simtrack_dot_v1_dot_runs__pb2.CancelRunRequest.SerializeToString,
+                response_deserializer=simtrack_dot_v1_dot_runs__pb2.CancelRunResponse.FromString,
+                _registered_method=True)
+        self.PauseRun = channel.unary_unary(
+                '/simtrack.v1.RunService/PauseRun',
+                request_serializer=simtrack_dot_v1_dot_runs__pb2.PauseRunRequest.SerializeToString,
+                response_deserializer=simtrack_dot_v1_dot_runs__pb2.PauseRunResponse.FromString,
+                _registered_method=True)
+        self.ResumeRun = channel.unary_unary(
+                '/simtrack.v1.RunService/ResumeRun',
+                request_serializer=simtrack_dot_v1_dot_runs__pb2.ResumeRunRequest.SerializeToString,
+                response_deserializer=simtrack_dot_v1_dot_runs__pb2.ResumeRunResponse.FromString,
+                _registered_method=True)
+        self.SendCommand = channel.unary_unary(
+                '/simtrack.v1.RunService/SendCommand',
+                request_serializer=simtrack_dot_v1_dot_runs__pb2.SendCommandRequest.SerializeToString,
+                response_deserializer=simtrack_dot_v1_dot_runs__pb2.SendCommandResponse.FromString,
+                _registered_method=True)
 
 
 class RunServiceServicer:
@@ -165,6 +196,54 @@ class RunServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamRun(self, request_iterator, context):
+        """StreamRun is a worker's two-way line for one run: telemetry in, acks and commands out.
+        See StreamRunRequest for sequencing and exactly-once storage. Hello moves a pending or
+        starting run to running; a final status ends it. A second stream for a run that already
+        has one takes over: the older stream ends with ABORTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchRun(self, request, context):
+        """WatchRun streams a run's status, progress and latest metric values as they change,
+        starting with the current state; it ends after the run ends.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelRun(self, request, context):
+        """CancelRun asks the run's worker to stop. A run with no worker attached (pending or
+        starting) stops at once; otherwise it becomes stopped when the worker confirms, or after
+        the server's cancel grace period.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseRun(self, request, context):
+        """PauseRun asks the run's worker to pause.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeRun(self, request, context):
+        """ResumeRun asks a paused run's worker to continue.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendCommand(self, request, context):
+        """SendCommand sends a custom named command with JSON arguments to the run's worker.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RunServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -217,6 +296,36 @@ def add_RunServiceServicer_to_server(servicer, server):
                     servicer.DeleteParticipant,
                     request_deserializer=simtrack_dot_v1_dot_runs__pb2.DeleteParticipantRequest.FromString,
                     response_serializer=simtrack_dot_v1_dot_runs__pb2.DeleteParticipantResponse.SerializeToString,
+            ),
+            'StreamRun': grpc.stream_stream_rpc_method_handler(
+                    servicer.StreamRun,
+                    request_deserializer=simtrack_dot_v1_dot_telemetry__pb2.StreamRunRequest.FromString,
+                    response_serializer=simtrack_dot_v1_dot_telemetry__pb2.StreamRunResponse.SerializeToString,
+            ),
+            'WatchRun': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchRun,
+                    request_deserializer=simtrack_dot_v1_dot_runs__pb2.WatchRunRequest.FromString,
+                    response_serializer=simtrack_dot_v1_dot_runs__pb2.WatchRunResponse.SerializeToString,
+            ),
+            'CancelRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelRun,
+                    request_deserializer=simtrack_dot_v1_dot_runs__pb2.CancelRunRequest.FromString,
+                    response_serializer=simtrack_dot_v1_dot_runs__pb2.CancelRunResponse.SerializeToString,
+            ),
+            'PauseRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseRun,
+                    request_deserializer=simtrack_dot_v1_dot_runs__pb2.PauseRunRequest.FromString,
+                    response_serializer=simtrack_dot_v1_dot_runs__pb2.PauseRunResponse.SerializeToString,
+            ),
+            'ResumeRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeRun,
+                    request_deserializer=simtrack_dot_v1_dot_runs__pb2.ResumeRunRequest.FromString,
+                    response_serializer=simtrack_dot_v1_dot_runs__pb2.ResumeRunResponse.SerializeToString,
+            ),
+            'SendCommand': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendCommand,
+                    request_deserializer=simtrack_dot_v1_dot_runs__pb2.SendCommandRequest.FromString,
+                    response_serializer=simtrack_dot_v1_dot_runs__pb2.SendCommandResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -490,6 +599,168 @@ class RunService:
             '/simtrack.v1.RunService/DeleteParticipant',
             simtrack_dot_v1_dot_runs__pb2.DeleteParticipantRequest.SerializeToString,
             simtrack_dot_v1_dot_runs__pb2.DeleteParticipantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamRun(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/simtrack.v1.RunService/StreamRun',
+            simtrack_dot_v1_dot_telemetry__pb2.StreamRunRequest.SerializeToString,
+            simtrack_dot_v1_dot_telemetry__pb2.StreamRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/simtrack.v1.RunService/WatchRun',
+            simtrack_dot_v1_dot_runs__pb2.WatchRunRequest.SerializeToString,
+            simtrack_dot_v1_dot_runs__pb2.WatchRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/simtrack.v1.RunService/CancelRun',
+            simtrack_dot_v1_dot_runs__pb2.CancelRunRequest.SerializeToString,
+            simtrack_dot_v1_dot_runs__pb2.CancelRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/simtrack.v1.RunService/PauseRun',
+            simtrack_dot_v1_dot_runs__pb2.PauseRunRequest.SerializeToString,
+            simtrack_dot_v1_dot_runs__pb2.PauseRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/simtrack.v1.RunService/ResumeRun',
+            simtrack_dot_v1_dot_runs__pb2.ResumeRunRequest.SerializeToString,
+            simtrack_dot_v1_dot_runs__pb2.ResumeRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendCommand(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/simtrack.v1.RunService/SendCommand',
+            simtrack_dot_v1_dot_runs__pb2.SendCommandRequest.SerializeToString,
+            simtrack_dot_v1_dot_runs__pb2.SendCommandResponse.FromString,
             options,
             channel_credentials,
             insecure,

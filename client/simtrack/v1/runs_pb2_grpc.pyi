@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from grpc import aio as _aio
 from simtrack.v1 import runs_pb2 as _runs_pb2
+from simtrack.v1 import telemetry_pb2 as _telemetry_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -59,6 +60,27 @@ class RunServiceStub:
     """UpdateParticipant changes the fields named in the update mask."""
     DeleteParticipant: _grpc.UnaryUnaryMultiCallable[_runs_pb2.DeleteParticipantRequest, _runs_pb2.DeleteParticipantResponse]
     """DeleteParticipant removes an agent from a run."""
+    StreamRun: _grpc.StreamStreamMultiCallable[_telemetry_pb2.StreamRunRequest, _telemetry_pb2.StreamRunResponse]
+    """StreamRun is a worker's two-way line for one run: telemetry in, acks and commands out.
+    See StreamRunRequest for sequencing and exactly-once storage. Hello moves a pending or
+    starting run to running; a final status ends it. A second stream for a run that already
+    has one takes over: the older stream ends with ABORTED.
+    """
+    WatchRun: _grpc.UnaryStreamMultiCallable[_runs_pb2.WatchRunRequest, _runs_pb2.WatchRunResponse]
+    """WatchRun streams a run's status, progress and latest metric values as they change,
+    starting with the current state; it ends after the run ends.
+    """
+    CancelRun: _grpc.UnaryUnaryMultiCallable[_runs_pb2.CancelRunRequest, _runs_pb2.CancelRunResponse]
+    """CancelRun asks the run's worker to stop. A run with no worker attached (pending or
+    starting) stops at once; otherwise it becomes stopped when the worker confirms, or after
+    the server's cancel grace period.
+    """
+    PauseRun: _grpc.UnaryUnaryMultiCallable[_runs_pb2.PauseRunRequest, _runs_pb2.PauseRunResponse]
+    """PauseRun asks the run's worker to pause."""
+    ResumeRun: _grpc.UnaryUnaryMultiCallable[_runs_pb2.ResumeRunRequest, _runs_pb2.ResumeRunResponse]
+    """ResumeRun asks a paused run's worker to continue."""
+    SendCommand: _grpc.UnaryUnaryMultiCallable[_runs_pb2.SendCommandRequest, _runs_pb2.SendCommandResponse]
+    """SendCommand sends a custom named command with JSON arguments to the run's worker."""
 
 @_typing.type_check_only
 class RunServiceAsyncStub(RunServiceStub):
@@ -91,6 +113,27 @@ class RunServiceAsyncStub(RunServiceStub):
     """UpdateParticipant changes the fields named in the update mask."""
     DeleteParticipant: _aio.UnaryUnaryMultiCallable[_runs_pb2.DeleteParticipantRequest, _runs_pb2.DeleteParticipantResponse]  # type: ignore[assignment]
     """DeleteParticipant removes an agent from a run."""
+    StreamRun: _aio.StreamStreamMultiCallable[_telemetry_pb2.StreamRunRequest, _telemetry_pb2.StreamRunResponse]  # type: ignore[assignment]
+    """StreamRun is a worker's two-way line for one run: telemetry in, acks and commands out.
+    See StreamRunRequest for sequencing and exactly-once storage. Hello moves a pending or
+    starting run to running; a final status ends it. A second stream for a run that already
+    has one takes over: the older stream ends with ABORTED.
+    """
+    WatchRun: _aio.UnaryStreamMultiCallable[_runs_pb2.WatchRunRequest, _runs_pb2.WatchRunResponse]  # type: ignore[assignment]
+    """WatchRun streams a run's status, progress and latest metric values as they change,
+    starting with the current state; it ends after the run ends.
+    """
+    CancelRun: _aio.UnaryUnaryMultiCallable[_runs_pb2.CancelRunRequest, _runs_pb2.CancelRunResponse]  # type: ignore[assignment]
+    """CancelRun asks the run's worker to stop. A run with no worker attached (pending or
+    starting) stops at once; otherwise it becomes stopped when the worker confirms, or after
+    the server's cancel grace period.
+    """
+    PauseRun: _aio.UnaryUnaryMultiCallable[_runs_pb2.PauseRunRequest, _runs_pb2.PauseRunResponse]  # type: ignore[assignment]
+    """PauseRun asks the run's worker to pause."""
+    ResumeRun: _aio.UnaryUnaryMultiCallable[_runs_pb2.ResumeRunRequest, _runs_pb2.ResumeRunResponse]  # type: ignore[assignment]
+    """ResumeRun asks a paused run's worker to continue."""
+    SendCommand: _aio.UnaryUnaryMultiCallable[_runs_pb2.SendCommandRequest, _runs_pb2.SendCommandResponse]  # type: ignore[assignment]
+    """SendCommand sends a custom named command with JSON arguments to the run's worker."""
 
 class RunServiceServicer(metaclass=_abc_1.ABCMeta):
     """RunService manages the runs of experiments and the agents taking part in them."""
@@ -180,5 +223,62 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_runs_pb2.DeleteParticipantResponse, _abc.Awaitable[_runs_pb2.DeleteParticipantResponse]]:
         """DeleteParticipant removes an agent from a run."""
+
+    @_abc_1.abstractmethod
+    def StreamRun(
+        self,
+        request_iterator: _MaybeAsyncIterator[_telemetry_pb2.StreamRunRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_telemetry_pb2.StreamRunResponse], _abc.AsyncIterator[_telemetry_pb2.StreamRunResponse]]:
+        """StreamRun is a worker's two-way line for one run: telemetry in, acks and commands out.
+        See StreamRunRequest for sequencing and exactly-once storage. Hello moves a pending or
+        starting run to running; a final status ends it. A second stream for a run that already
+        has one takes over: the older stream ends with ABORTED.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchRun(
+        self,
+        request: _runs_pb2.WatchRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_runs_pb2.WatchRunResponse], _abc.AsyncIterator[_runs_pb2.WatchRunResponse]]:
+        """WatchRun streams a run's status, progress and latest metric values as they change,
+        starting with the current state; it ends after the run ends.
+        """
+
+    @_abc_1.abstractmethod
+    def CancelRun(
+        self,
+        request: _runs_pb2.CancelRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runs_pb2.CancelRunResponse, _abc.Awaitable[_runs_pb2.CancelRunResponse]]:
+        """CancelRun asks the run's worker to stop. A run with no worker attached (pending or
+        starting) stops at once; otherwise it becomes stopped when the worker confirms, or after
+        the server's cancel grace period.
+        """
+
+    @_abc_1.abstractmethod
+    def PauseRun(
+        self,
+        request: _runs_pb2.PauseRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runs_pb2.PauseRunResponse, _abc.Awaitable[_runs_pb2.PauseRunResponse]]:
+        """PauseRun asks the run's worker to pause."""
+
+    @_abc_1.abstractmethod
+    def ResumeRun(
+        self,
+        request: _runs_pb2.ResumeRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runs_pb2.ResumeRunResponse, _abc.Awaitable[_runs_pb2.ResumeRunResponse]]:
+        """ResumeRun asks a paused run's worker to continue."""
+
+    @_abc_1.abstractmethod
+    def SendCommand(
+        self,
+        request: _runs_pb2.SendCommandRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runs_pb2.SendCommandResponse, _abc.Awaitable[_runs_pb2.SendCommandResponse]]:
+        """SendCommand sends a custom named command with JSON arguments to the run's worker."""
 
 def add_RunServiceServicer_to_server(servicer: RunServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
