@@ -17,8 +17,8 @@ from simtrack.server.api.agents import AgentServicer
 from simtrack.server.api.auth import CallAuthorizer
 from simtrack.server.api.experiments import ExperimentServicer
 from simtrack.server.api.interceptor import CallInterceptor
-from simtrack.server.api.runs import RunServicer
 from simtrack.server.api.scenarios import ScenarioServicer
+from simtrack.server.api.telemetry import StreamingRunServicer
 from simtrack.server.config import Settings
 from simtrack.server.db import migrate
 from simtrack.server.db.engine import create_engine, is_sqlite
@@ -30,6 +30,10 @@ from simtrack.server.domain.experiments import ExperimentService, TemplateServic
 from simtrack.server.domain.runs import ParticipantService, RunService
 from simtrack.server.domain.scenarios import ScenarioQueries
 from simtrack.server.domain.simulations import SimulationService
+from simtrack.server.domain.telemetry import TelemetryService
+from simtrack.server.ingest.bus import Bus, PostgresBus
+from simtrack.server.ingest.streams import StreamRegistry
+from simtrack.server.ingest.writer import GroupCommitWriter
 from simtrack.server.scenarios import default_scenarios_dir, load_catalogue
 from simtrack.v1 import (
     agents_pb2,
@@ -70,19 +74,28 @@ class Running:
     port: int
     engine: AsyncEngine
     health: health.aio.HealthServicer
-    monitor: asyncio.Task[None]
+    writer: GroupCommitWriter
+    registry: StreamRegistry
+    bus: Bus
+    background: list[asyncio.Task[None]]
     stopping: asyncio.Event
-    health_check_interval: float
 
     async def stop(self, grace: float) -> None:
+        """Stop accepting, tell workers to go away, commit and ack what came in, exit."""
         self.stopping.set()
-        try:
-            async with asyncio.timeout(probe_timeout(self.health_check_interval) + 1):
-                await self.monitor
-        except TimeoutError:
-            log.warning("database probe did not finish; stopping anyway")
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
+        stopped = asyncio.create_task(self.server.stop(grace))  # no new calls from here on
+        try:
+            async with asyncio.timeout(grace):
+                await self.registry.going_away("server shutting down")
+        except TimeoutError:
+            log.warning("streams did not finish within %.1fs", grace)
+        await self.writer.stop()
+        await stopped
+        done, pending = await asyncio.wait(self.background, timeout=PROBE_TIMEOUT + 1)
+        for task in pending:
+            task.cancel()
+        await self.bus.stop()
         await self.engine.dispose()
 
 
@@ -208,8 +221,22 @@ async def start(settings: Settings) -> Running:
         ),
         server,
     )
+    bus: Bus = Bus() if is_sqlite(settings.database_url) else PostgresBus(settings.database_url)
+    registry = StreamRegistry()
+    bus.on_command(registry.deliver)
+    writer = GroupCommitWriter(uow, bus.publish_runs)
+    telemetry = TelemetryService(uow, bus)
     runs_pb2_grpc.add_RunServiceServicer_to_server(
-        RunServicer(RunService(uow, catalogue), ParticipantService(uow)), server
+        StreamingRunServicer(
+            RunService(uow, catalogue),
+            ParticipantService(uow),
+            telemetry,
+            writer,
+            registry,
+            bus,
+            settings.heartbeat_interval,
+        ),
+        server,
     )
     scenarios_pb2_grpc.add_ScenarioServiceServicer_to_server(
         ScenarioServicer(ScenarioQueries(catalogue)), server
@@ -224,14 +251,36 @@ async def start(settings: Settings) -> Running:
     except RuntimeError as exc:
         await engine.dispose()
         raise StartupError(f"cannot listen on {settings.listen}: {exc}") from exc
+    await bus.start()
+    writer.start()
     await server.start()
     stopping = asyncio.Event()
-    monitor = asyncio.create_task(
-        _monitor_database(engine, health_servicer, settings.health_check_interval, stopping)
-    )
+    background = [
+        asyncio.create_task(
+            _monitor_database(engine, health_servicer, settings.health_check_interval, stopping)
+        ),
+        asyncio.create_task(_sweep_runs(telemetry, settings, stopping)),
+    ]
     return Running(
-        server, port, engine, health_servicer, monitor, stopping, settings.health_check_interval
+        server, port, engine, health_servicer, writer, registry, bus, background, stopping
     )
+
+
+async def _sweep_runs(
+    telemetry: TelemetryService, settings: Settings, stopping: asyncio.Event
+) -> None:
+    """Fail runs whose worker vanished; stop cancelled runs whose worker never confirmed."""
+    interval = min(settings.heartbeat_timeout, settings.cancel_grace) / 4
+    while not stopping.is_set():
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(interval):
+                await stopping.wait()
+        try:
+            changed = await telemetry.sweep(settings.heartbeat_timeout, settings.cancel_grace)
+            if changed:
+                log.info("liveness: %d run(s) ended by the sweeper", len(changed))
+        except Exception:  # noqa: BLE001 - the next sweep tries again
+            log.warning("liveness sweep failed", exc_info=True)
 
 
 async def serve(settings: Settings) -> None:

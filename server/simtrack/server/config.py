@@ -39,6 +39,15 @@ class Settings(BaseSettings):
     shutdown_grace: float = Field(
         default=10.0, ge=0, description="Seconds in-flight calls get to finish on shutdown."
     )
+    heartbeat_interval: float = Field(
+        default=5.0, gt=0, description="Seconds between a streaming worker's heartbeats."
+    )
+    heartbeat_timeout: float = Field(
+        default=30.0, gt=0, description="A running run silent this long is failed."
+    )
+    cancel_grace: float = Field(
+        default=30.0, gt=0, description="A cancelled run not confirmed this long is stopped."
+    )
     auth_enabled: bool = Field(
         default=False, description="Require an API key on every call (multi-tenant mode)."
     )

@@ -20,7 +20,9 @@ from sqlalchemy import (
     Enum,
     Float,
     ForeignKey,
+    Integer,
     Interval,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -34,6 +36,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from simtrack.server.domain.model import (
     ExperimentStatus,
     Framework,
+    MetricKind,
     RunStatus,
     SimulationStatus,
 )
@@ -139,7 +142,7 @@ class TenantOwnedMixin(TimestampedMixin):
     )
 
 
-# Tables under row-level security on PostgreSQL (see the tenancy migration).
+# Tables under row-level security on PostgreSQL (see the tenancy and telemetry migrations).
 TENANT_OWNED_TABLES = (
     "agents",
     "templates",
@@ -147,6 +150,9 @@ TENANT_OWNED_TABLES = (
     "simulations",
     "runs",
     "run_participants",
+    "metrics",
+    "metric_chunks",
+    "events",
 )
 
 
@@ -233,6 +239,12 @@ class Run(TenantOwnedMixin, Base):
     error_message: Mapped[str] = mapped_column(Text, default="")
     error_details: Mapped[dict[str, Any]] = _json_column()
     worker_id: Mapped[str] = mapped_column(String(200), default="")
+    # The highest stream seq committed: written in the same transaction as the data it covers.
+    committed_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # When the run's worker was last heard from (liveness).
+    last_seen_at: Mapped[datetime | None]
+    # When a cancel was requested; the worker is told on every (re)connect until it stops.
+    cancel_requested_at: Mapped[datetime | None]
 
 
 class Participant(TenantOwnedMixin, Base):
@@ -243,3 +255,67 @@ class Participant(TenantOwnedMixin, Base):
     agent_id: Mapped[str] = mapped_column(ForeignKey("agents.id", ondelete="RESTRICT"), index=True)
     role: Mapped[str] = mapped_column(String(100), default="")
     config_override: Mapped[dict[str, Any]] = _json_column()
+
+
+class Metric(TenantOwnedMixin, Base):
+    """One metric of a run, with its summary kept current by the ingest writer."""
+
+    __tablename__ = "metrics"
+    __table_args__ = (UniqueConstraint("run_id", "name"),)
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    unit: Mapped[str] = mapped_column(String(50), default="")
+    kind: Mapped[MetricKind] = mapped_column(_enum(MetricKind, "metric_kind"))
+    labels: Mapped[dict[str, Any]] = _json_column()
+    count: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_step: Mapped[int | None] = mapped_column(BigInteger)
+    last_value: Mapped[float | None] = mapped_column(Float)
+    min_value: Mapped[float | None] = mapped_column(Float)
+    max_value: Mapped[float | None] = mapped_column(Float)
+
+
+class MetricChunk(Base):
+    """Up to a batch's worth of one metric's points, packed as little-endian columns.
+
+    One row per (metric, stream seq): ingest writes few rows and history reads few. The chunk's
+    step range and finite min/max let downsampling answer from these columns alone.
+    """
+
+    __tablename__ = "metric_chunks"
+
+    metric_id: Mapped[str] = mapped_column(
+        ForeignKey("metrics.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", ondelete="RESTRICT"), index=True
+    )
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    first_step: Mapped[int] = mapped_column(BigInteger)
+    last_step: Mapped[int] = mapped_column(BigInteger)
+    n: Mapped[int] = mapped_column(Integer)
+    vmin: Mapped[float | None] = mapped_column(Float)
+    vmax: Mapped[float | None] = mapped_column(Float)
+    steps: Mapped[bytes] = mapped_column(LargeBinary)  # int64
+    vals: Mapped[bytes] = mapped_column(LargeBinary)  # float64
+    ts: Mapped[bytes] = mapped_column(LargeBinary)  # float64 unix seconds
+
+
+class Event(Base):
+    """Something that happened in a run, in the order the worker sent it."""
+
+    __tablename__ = "events"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", ondelete="RESTRICT"), index=True
+    )
+    step: Mapped[int] = mapped_column(BigInteger)
+    time: Mapped[datetime]
+    type: Mapped[str] = mapped_column(String(100))
+    # Not a foreign key: an event is history and outlives the agent it mentions.
+    agent_id: Mapped[str | None] = mapped_column(String(36))
+    payload: Mapped[dict[str, Any]] = _json_column()

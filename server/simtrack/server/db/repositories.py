@@ -145,6 +145,22 @@ class SimulationRepository(Repository[models.Simulation]):
 class RunRepository(Repository[models.Run]):
     model = models.Run
 
+    async def silent_since(self, cutoff: datetime) -> list[models.Run]:
+        """Running runs whose worker has not been heard from since ``cutoff``."""
+        stmt = self._select().where(
+            models.Run.status == RunStatus.RUNNING,
+            models.Run.last_seen_at < cutoff,
+        )
+        return list((await self.session.execute(stmt.with_for_update())).scalars())
+
+    async def cancelled_before(self, cutoff: datetime) -> list[models.Run]:
+        """Running runs whose cancel was requested before ``cutoff`` and never confirmed."""
+        stmt = self._select().where(
+            models.Run.status == RunStatus.RUNNING,
+            models.Run.cancel_requested_at < cutoff,
+        )
+        return list((await self.session.execute(stmt.with_for_update())).scalars())
+
 
 class ParticipantRepository(Repository[models.Participant]):
     model = models.Participant
@@ -154,6 +170,14 @@ class ParticipantRepository(Repository[models.Participant]):
             models.Participant.run_id == run_id, models.Participant.agent_id == agent_id
         )
         return (await self.session.execute(stmt.limit(1))).first() is not None
+
+
+class MetricRepository(Repository[models.Metric]):
+    model = models.Metric
+
+    async def for_run(self, run_id: str) -> list[models.Metric]:
+        stmt = self._select().where(models.Metric.run_id == run_id).order_by(models.Metric.name)
+        return list((await self.session.execute(stmt)).scalars())
 
 
 class AccessRepository:

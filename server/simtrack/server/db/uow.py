@@ -19,6 +19,7 @@ from simtrack.server.db.repositories import (
     AccessRepository,
     AgentRepository,
     ExperimentRepository,
+    MetricRepository,
     ParticipantRepository,
     RunRepository,
     SimulationRepository,
@@ -63,6 +64,7 @@ class UnitOfWork:
     simulations: SimulationRepository
     runs: RunRepository
     participants: ParticipantRepository
+    metrics: MetricRepository
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
@@ -76,6 +78,7 @@ class UnitOfWork:
         self.simulations = SimulationRepository(self.session)
         self.runs = RunRepository(self.session)
         self.participants = ParticipantRepository(self.session)
+        self.metrics = MetricRepository(self.session)
         return self
 
     async def __aexit__(

@@ -50,6 +50,13 @@ class RunStatus(StrEnum):
     STOPPED = "stopped"
 
 
+class MetricKind(StrEnum):
+    """How a metric behaves."""
+
+    GAUGE = "gauge"
+    COUNTER = "counter"
+
+
 class SimulationStatus(StrEnum):
     """Simulation lifecycle state."""
 

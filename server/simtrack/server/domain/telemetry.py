@@ -1,0 +1,141 @@
+"""Runs as workers drive them: attaching a worker, commands, watching, and liveness."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from simtrack.errors import FailedPrecondition, InvalidArgument
+from simtrack.server.db.models import Metric, Run, utcnow
+from simtrack.server.db.uow import UnitOfWorkFactory
+from simtrack.server.domain.experiments import refresh_experiment_status
+from simtrack.server.domain.model import (
+    RUN_FINAL,
+    RunStatus,
+    bounded_text,
+    json_object,
+    require_name,
+)
+from simtrack.server.domain.runs import WORKER_ID_MAX, load_run, set_run_status
+from simtrack.server.domain.tenancy import Principal, Role, reset_principal, set_principal
+from simtrack.server.ingest.bus import Bus, CommandMessage
+
+RESERVED_COMMANDS = frozenset({"cancel", "pause", "resume"})
+COMMAND_ARGS_MAX = 4000  # bytes of JSON: commands travel in a PostgreSQL NOTIFY (8000 max)
+
+
+def _command(run_id: str, name: str, args: Mapping[str, Any]) -> CommandMessage:
+    return CommandMessage(run_id, str(uuid.uuid4()), name, dict(args))
+
+
+class TelemetryService:
+    def __init__(self, uow: UnitOfWorkFactory, bus: Bus) -> None:
+        self.uow = uow
+        self.bus = bus
+
+    async def attach(self, run_id: str, worker_id: str) -> tuple[Run, list[CommandMessage]]:
+        """A worker says hello: the run is running from now on (unless it already ended).
+
+        A finished run may still be attached to, so that a worker whose final ack was lost
+        can learn that everything it sent is stored; new data for it is refused.
+        """
+        worker_id = bounded_text("hello.worker_id", worker_id, max_len=WORKER_ID_MAX)
+        async with self.uow() as uow:
+            run = await load_run(uow, run_id, "hello.run_id")
+            run = await uow.runs.get(run.id, for_update=True) or run
+            if run.status not in RUN_FINAL:
+                if run.status == RunStatus.PENDING:
+                    set_run_status(run, RunStatus.STARTING)
+                set_run_status(run, RunStatus.RUNNING)
+                run.worker_id = worker_id or run.worker_id
+                run.last_seen_at = utcnow()
+                await uow.runs.flush()
+                await refresh_experiment_status(uow, run.experiment_id)
+                await uow.commit()
+        await self.bus.publish_runs([run.id])
+        pending = []
+        if run.cancel_requested_at is not None and run.status not in RUN_FINAL:
+            pending.append(_command(run.id, "cancel", {"reason": "cancel requested"}))
+        return run, pending
+
+    async def cancel(self, run_id: str, reason: str) -> tuple[Run, CommandMessage]:
+        """Ask the worker to stop; a run no worker has attached to stops at once."""
+        reason = bounded_text("reason", reason, max_len=1000)
+        async with self.uow() as uow:
+            run = await load_run(uow, run_id)
+            run = await uow.runs.get(run.id, for_update=True) or run
+            if run.status in RUN_FINAL:
+                raise FailedPrecondition(f"the run already ended ({run.status})")
+            if run.status in (RunStatus.PENDING, RunStatus.STARTING):
+                set_run_status(run, RunStatus.STOPPED)
+                run.error_message = reason
+            run.cancel_requested_at = run.cancel_requested_at or utcnow()
+            await uow.runs.flush()
+            await refresh_experiment_status(uow, run.experiment_id)
+            await uow.commit()
+        command = _command(run.id, "cancel", {"reason": reason} if reason else {})
+        await self.bus.publish_command(command)
+        await self.bus.publish_runs([run.id])
+        return run, command
+
+    async def send(self, run_id: str, name: str, args: Mapping[str, Any]) -> CommandMessage:
+        """Push a command to the run's worker (live only: a worker not connected misses it)."""
+        name = require_name("name", name, max_len=100)
+        args = json_object("args", args)
+        if len(str(args)) > COMMAND_ARGS_MAX:
+            raise InvalidArgument.of("args", f"must be under {COMMAND_ARGS_MAX} bytes")
+        async with self.uow() as uow:
+            run = await load_run(uow, run_id)
+        if run.status in RUN_FINAL:
+            raise FailedPrecondition(f"the run already ended ({run.status})")
+        command = _command(run.id, name, args)
+        await self.bus.publish_command(command)
+        return command
+
+    async def send_custom(self, run_id: str, name: str, args: Mapping[str, Any]) -> CommandMessage:
+        if name in RESERVED_COMMANDS:
+            raise InvalidArgument.of("name", f"{name!r} has its own RPC ({name.title()}Run)")
+        return await self.send(run_id, name, args)
+
+    async def snapshot(self, run_id: str) -> tuple[Run, list[Metric]]:
+        async with self.uow() as uow:
+            run = await load_run(uow, run_id)
+            return run, await uow.metrics.for_run(run.id)
+
+    async def sweep(self, heartbeat_timeout: float, cancel_grace: float) -> list[str]:
+        """Fail runs whose worker vanished; stop cancelled runs whose worker never confirmed.
+
+        Runs across every tenant, one tenant at a time (row-level security sees one at once).
+        """
+        now = utcnow()
+        changed: list[str] = []
+        async with self.uow() as uow:
+            tenants = [t.id for t in await uow.access.tenants()]
+        for tenant_id in tenants:
+            token = set_principal(Principal(tenant_id, Role.ADMIN))
+            try:
+                async with self.uow() as uow:
+                    silent = await uow.runs.silent_since(now - timedelta(seconds=heartbeat_timeout))
+                    for run in silent:
+                        set_run_status(run, RunStatus.FAILED)
+                        run.error_message = (
+                            f"worker vanished: nothing heard for over {heartbeat_timeout:g}s"
+                        )
+                    late = await uow.runs.cancelled_before(now - timedelta(seconds=cancel_grace))
+                    for run in late:
+                        if run.status not in RUN_FINAL:
+                            set_run_status(run, RunStatus.STOPPED)
+                            run.error_message = run.error_message or "cancelled (not confirmed)"
+                    touched = {r.id: r for r in (*silent, *late)}
+                    await uow.runs.flush()
+                    for experiment_id in {r.experiment_id for r in touched.values()}:
+                        await refresh_experiment_status(uow, experiment_id)
+                    await uow.commit()
+                changed.extend(touched)
+            finally:
+                reset_principal(token)
+        if changed:
+            await self.bus.publish_runs(changed)
+        return changed

@@ -1,0 +1,135 @@
+"""Worker streams: one session per StreamRun call, and this process's registry of them.
+
+A session checks each message's place in the run's sequence, hands batches to the group-commit
+writer without waiting for the commit (so up to ``MAX_IN_FLIGHT`` batches are pipelined), and
+sends acks in order as commits land. Everything it has to say to the worker goes through one
+outbox the transport drains: acks, commands, "going away", or the error that ends the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from simtrack.errors import Conflict, FailedPrecondition, SimtrackError
+from simtrack.server.domain.tenancy import Principal
+from simtrack.server.ingest.bus import CommandMessage
+from simtrack.server.ingest.items import Batch
+from simtrack.server.ingest.writer import GroupCommitWriter
+
+log = logging.getLogger(__name__)
+
+MAX_IN_FLIGHT = 64  # batches handed to the writer but not yet acknowledged, per stream
+
+
+@dataclass(frozen=True)
+class AckOut:
+    committed_seq: int
+
+
+@dataclass(frozen=True)
+class GoingAwayOut:
+    reason: str
+
+
+Outgoing = AckOut | CommandMessage | GoingAwayOut | SimtrackError | None  # None: the end
+
+
+class StreamSession:
+    """One worker's stream for one run."""
+
+    def __init__(
+        self, principal: Principal, run_id: str, committed_seq: int, writer: GroupCommitWriter
+    ) -> None:
+        self.principal = principal
+        self.run_id = run_id
+        self.writer = writer
+        self.outbox: asyncio.Queue[Outgoing] = asyncio.Queue()
+        self._next_seq = committed_seq + 1
+        self._acks: asyncio.Queue[asyncio.Future[int] | None] = asyncio.Queue()
+        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._acker = asyncio.create_task(self._send_acks(), name=f"acks-{run_id}")
+        self.closing = False
+
+    async def submit(self, batch: Batch) -> None:
+        """Queue a sequenced batch for commit; its ack follows when it is durable."""
+        if batch.seq > self._next_seq:
+            raise FailedPrecondition(
+                f"seq: expected {self._next_seq}, got {batch.seq}: resend from the last ack"
+            )
+        self._next_seq = max(self._next_seq, batch.seq + 1)
+        await self._slots.acquire()
+        await self._acks.put(self.writer.submit(self.principal, self.run_id, batch))
+
+    def heartbeat(self) -> None:
+        """Keep the run alive (the writer stamps its last_seen_at); nothing is acked."""
+        self.writer.submit(self.principal, self.run_id, None)
+
+    def push(self, item: Outgoing) -> None:
+        self.outbox.put_nowait(item)
+
+    async def finish(self, reason: str | None = None) -> None:
+        """Stop after every queued batch is acknowledged; say why first when shutting down."""
+        self.closing = True
+        if reason is not None:
+            self.push(GoingAwayOut(reason))
+        await self._acks.put(None)
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._acker
+
+    def abort(self, error: SimtrackError) -> None:
+        """End the stream now with ``error`` (e.g. superseded by a newer stream)."""
+        self.closing = True
+        self._acker.cancel()
+        self.push(error)
+
+    async def _send_acks(self) -> None:
+        while (done := await self._acks.get()) is not None:
+            try:
+                committed = await done
+            except SimtrackError as error:
+                self.push(error)
+                return
+            finally:
+                self._slots.release()
+            self.push(AckOut(committed))
+        self.push(None)
+
+
+class StreamRegistry:
+    """The streams this process holds, by run: where commands for a run are delivered."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, StreamSession] = {}
+
+    def attach(self, session: StreamSession) -> None:
+        """Register ``session``; an older stream of the same run is superseded (a reconnect)."""
+        previous = self._sessions.get(session.run_id)
+        if previous is not None and previous is not session:
+            previous.abort(Conflict("a newer stream for this run took over"))
+        self._sessions[session.run_id] = session
+
+    def detach(self, session: StreamSession) -> None:
+        if self._sessions.get(session.run_id) is session:
+            del self._sessions[session.run_id]
+
+    def deliver(self, command: CommandMessage) -> None:
+        session = self._sessions.get(command.run_id)
+        if session is not None and not session.closing:
+            session.push(command)
+
+    def has_stream(self, run_id: str) -> bool:
+        return run_id in self._sessions
+
+    async def going_away(self, reason: str) -> None:
+        """On shutdown: every stream gets "going away" and its pending acks, then ends."""
+        await asyncio.gather(*(s.finish(reason) for s in list(self._sessions.values())))
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+
+SessionFactory = Callable[[Principal, str, int], StreamSession]
