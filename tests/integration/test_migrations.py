@@ -36,6 +36,10 @@ ON_DELETE = {
     ("run_participants", "run_id"): "CASCADE",
     ("run_participants", "agent_id"): "RESTRICT",
     ("api_keys", "tenant_id"): "CASCADE",
+    ("metrics", "run_id"): "CASCADE",
+    ("metric_chunks", "metric_id"): "CASCADE",
+    ("metric_chunks", "run_id"): "CASCADE",
+    ("events", "run_id"): "CASCADE",
     **{(table, "tenant_id"): "RESTRICT" for table in TENANT_OWNED_TABLES},
 }
 PRE_TENANCY_REVISION = "26280ff863b1"
@@ -98,6 +102,11 @@ def test_upgrade_from_empty_creates_the_schema(empty_database_url: str) -> None:
             for table in APP_TABLES
             for ix in inspector.get_indexes(table)
         }
+        # A primary key's leading column is indexed by the key itself.
+        indexed |= {
+            (table, tuple(inspector.get_pk_constraint(table)["constrained_columns"][:1]))
+            for table in APP_TABLES
+        }
     assert rules == ON_DELETE
     assert uniques >= {
         ("agents", ("tenant_id", "name")),
@@ -105,7 +114,7 @@ def test_upgrade_from_empty_creates_the_schema(empty_database_url: str) -> None:
         ("runs", ("experiment_id", "run_number")),
         ("run_participants", ("run_id", "agent_id")),
     }
-    # Every foreign key and every status column has an index of its own.
+    # Every foreign key and every status column is the leading column of an index.
     for table_name, column in [*ON_DELETE, ("experiments", "status"), ("runs", "status")]:
         assert (table_name, (column,)) in indexed, (table_name, column)
 
