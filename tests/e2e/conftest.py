@@ -251,7 +251,10 @@ class Server:
         with self._database.connect() as connection:
             return {
                 table.name: [
-                    tuple(row) for row in connection.execute(table.select().order_by(table.c.id))
+                    tuple(row)
+                    for row in connection.execute(
+                        table.select().order_by(*table.primary_key.columns)
+                    )
                 ]
                 for table in Base.metadata.sorted_tables
             }
