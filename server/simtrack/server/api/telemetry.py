@@ -233,6 +233,7 @@ class StreamingRunServicer(RunServicer):
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
+            session.close()
             self.registry.detach(session)
 
     async def _read(

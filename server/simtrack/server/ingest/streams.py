@@ -80,6 +80,11 @@ class StreamSession:
         with contextlib.suppress(asyncio.CancelledError):
             await self._acker
 
+    def close(self) -> None:
+        """The transport is gone: stop sending (batches already queued still commit)."""
+        self.closing = True
+        self._acker.cancel()
+
     def abort(self, error: SimtrackError) -> None:
         """End the stream now with ``error`` (e.g. superseded by a newer stream)."""
         self.closing = True
