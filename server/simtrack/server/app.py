@@ -48,6 +48,7 @@ from simtrack.v1 import (
 
 log = logging.getLogger(__name__)
 
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024 + 64 * 1024
 # A database that takes longer than this to answer "select 1" counts as unreachable.
 PROBE_TIMEOUT = 2.0
 
@@ -213,7 +214,12 @@ async def start(settings: Settings) -> Running:
         Authenticator(uow, settings.auth_cache_seconds) if settings.auth_enabled else None
     )
 
-    server = grpc.aio.server(interceptors=[CallInterceptor(CallAuthorizer(authenticator))])
+    server = grpc.aio.server(
+        interceptors=[CallInterceptor(CallAuthorizer(authenticator))],
+        # Stream messages may be up to 8 MiB (documented in telemetry.proto); gRPC's default
+        # is 4 MiB. A little headroom for the envelope.
+        options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
+    )
     agents_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(AgentService(uow)), server)
     experiments_pb2_grpc.add_ExperimentServiceServicer_to_server(
         ExperimentServicer(

@@ -26,8 +26,18 @@ RESERVED_COMMANDS = frozenset({"cancel", "pause", "resume"})
 COMMAND_ARGS_MAX = 4000  # bytes of JSON: commands travel in a PostgreSQL NOTIFY (8000 max)
 
 
+_CANCEL_NAMESPACE = uuid.UUID("0b7e3c52-8a43-4f0e-bf6f-3f4f3ad1e7c2")
+
+
 def _command(run_id: str, name: str, args: Mapping[str, Any]) -> CommandMessage:
     return CommandMessage(run_id, str(uuid.uuid4()), name, dict(args))
+
+
+def _cancel(run: Run, reason: str) -> CommandMessage:
+    """A run's cancel keeps one id, so a worker told again on reconnect can tell it is the same."""
+    requested = run.cancel_requested_at.isoformat() if run.cancel_requested_at else ""
+    command_id = str(uuid.uuid5(_CANCEL_NAMESPACE, f"{run.id}/{requested}"))
+    return CommandMessage(run.id, command_id, "cancel", {"reason": reason} if reason else {})
 
 
 class TelemetryService:
@@ -57,7 +67,7 @@ class TelemetryService:
         await self.bus.publish_runs([run.id])
         pending = []
         if run.cancel_requested_at is not None and run.status not in RUN_FINAL:
-            pending.append(_command(run.id, "cancel", {"reason": "cancel requested"}))
+            pending.append(_cancel(run, "cancel requested"))
         return run, pending
 
     async def cancel(self, run_id: str, reason: str) -> tuple[Run, CommandMessage]:
@@ -75,7 +85,7 @@ class TelemetryService:
             await uow.runs.flush()
             await refresh_experiment_status(uow, run.experiment_id)
             await uow.commit()
-        command = _command(run.id, "cancel", {"reason": reason} if reason else {})
+        command = _cancel(run, reason)
         await self.bus.publish_command(command)
         await self.bus.publish_runs([run.id])
         return run, command
