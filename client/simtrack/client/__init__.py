@@ -1,1 +1,31 @@
-"""simtrack's Python client library and command line."""
+"""simtrack's Python client library and command line.
+
+* :class:`Client`: typed calls over the generated stubs (errors as simtrack exceptions).
+* :class:`Worker` / :class:`AsyncWorker`: stream a run's telemetry from a simulation, with a
+  durable spool, reconnects and commands (see :mod:`simtrack.client.worker`).
+* :func:`sync_spool`: upload what dead workers left in a spool directory (``simtrack sync``).
+
+The client never imports the server package.
+"""
+
+from simtrack.client.client import Client
+from simtrack.client.errors import from_rpc_error
+from simtrack.client.worker import (
+    AsyncWorker,
+    Command,
+    SyncError,
+    Worker,
+    WorkerOptions,
+    sync_spool,
+)
+
+__all__ = [
+    "AsyncWorker",
+    "Client",
+    "Command",
+    "SyncError",
+    "Worker",
+    "WorkerOptions",
+    "from_rpc_error",
+    "sync_spool",
+]

@@ -169,6 +169,26 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     return _admin(args, action)
 
 
+def cmd_sync(args: argparse.Namespace) -> int:
+    """Upload what workers left unacknowledged in a spool directory."""
+    from simtrack.client import SyncError, sync_spool
+    from simtrack.client.spool import default_spool_dir
+
+    spool_dir = args.spool_dir or default_spool_dir()
+    errors: dict[str, Exception] = {}
+    try:
+        uploaded = sync_spool(args.target, spool_dir, args.api_key, timeout=args.timeout)
+    except SyncError as exc:
+        uploaded, errors = exc.uploaded, exc.errors
+    for run_id, count in sorted(uploaded.items()):
+        print(f"{run_id}: {count} message(s) uploaded")
+    for run_id, error in sorted(errors.items()):
+        print(f"simtrack: {run_id}: {error}", file=sys.stderr)
+    if not uploaded and not errors:
+        print(f"simtrack: nothing to sync in {spool_dir}")
+    return 1 if errors else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="simtrack", description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
@@ -199,6 +219,25 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--database-url", help="default: $SIMTRACK_DATABASE_URL")
         sub.add_argument("--config", help="YAML settings file (default: $SIMTRACK_CONFIG)")
         return sub
+
+    sync = commands.add_parser(
+        "sync", help="upload the telemetry workers left unacknowledged in their spool"
+    )
+    sync.add_argument(
+        "--target",
+        default=os.environ.get("SIMTRACK_TARGET", "127.0.0.1:50051"),
+        help="server host:port (default: $SIMTRACK_TARGET or 127.0.0.1:50051)",
+    )
+    sync.add_argument(
+        "--api-key",
+        default=os.environ.get("SIMTRACK_API_KEY"),
+        help="API key (default: $SIMTRACK_API_KEY)",
+    )
+    sync.add_argument("--spool-dir", help="default: $SIMTRACK_SPOOL_DIR or ~/.cache/simtrack/spool")
+    sync.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds to wait per run (default: 60)"
+    )
+    sync.set_defaults(func=cmd_sync)
 
     tenants = commands.add_parser("tenants", help="manage tenants (operators)")
     tenant_commands = tenants.add_subparsers(dest="tenants_command", required=True)

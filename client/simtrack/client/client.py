@@ -1,0 +1,223 @@
+"""A small typed client over the generated stubs, with errors mapped to simtrack exceptions.
+
+::
+
+    with Client("127.0.0.1:50051", api_key=key) as client:
+        agent = client.create_agent("greedy-pricer")
+        experiment = client.create_experiment("pricing v1", agent.id, "tier0-tutorial")
+        run = client.create_run(experiment.id)
+        with client.worker(run.id) as worker:
+            ...
+        for update in client.watch_run(run.id):
+            print(update.run.status, update.run.progress_percent)
+
+Every failed call raises the :class:`~simtrack.errors.SimtrackError` subclass of its status
+(:func:`simtrack.client.errors.from_rpc_error`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import struct_pb2
+
+from simtrack.client.errors import from_rpc_error
+from simtrack.client.worker import MAX_MESSAGE_BYTES, Worker, WorkerOptions
+from simtrack.v1 import (
+    agents_pb2,
+    agents_pb2_grpc,
+    experiments_pb2,
+    experiments_pb2_grpc,
+    runs_pb2,
+    runs_pb2_grpc,
+    telemetry_pb2,
+)
+
+__all__ = ["Client"]
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+_FRAMEWORKS = {
+    "baseline": agents_pb2.FRAMEWORK_BASELINE,
+    "langchain": agents_pb2.FRAMEWORK_LANGCHAIN,
+    "crewai": agents_pb2.FRAMEWORK_CREWAI,
+    "custom": agents_pb2.FRAMEWORK_CUSTOM,
+}
+
+
+def _struct(value: Mapping[str, Any] | None) -> struct_pb2.Struct | None:
+    if value is None:
+        return None
+    struct = struct_pb2.Struct()
+    struct.update(value)
+    return struct
+
+
+class Client:
+    """simtrack's API for scripts, tests and benchmarks.
+
+    ``target`` is ``host:port`` or a ``grpc.Channel`` to share; ``api_key`` is sent as
+    ``authorization: Bearer <key>`` on every call; ``timeout`` bounds each unary call.
+    """
+
+    def __init__(
+        self,
+        target: str | grpc.Channel,
+        api_key: str | None = None,
+        *,
+        timeout: float | None = 30.0,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        self.target = target
+        self.api_key = api_key
+        self.timeout = timeout
+        self._owns_channel = isinstance(target, str)
+        if isinstance(target, str):
+            options = [
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ]
+            if credentials is not None:
+                self.channel: grpc.Channel = grpc.secure_channel(target, credentials, options)
+            else:
+                self.channel = grpc.insecure_channel(target, options)
+        else:
+            self.channel = target
+        self.metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {api_key}"),) if api_key else ()
+        )
+        self.agents = agents_pb2_grpc.AgentServiceStub(self.channel)
+        self.experiments = experiments_pb2_grpc.ExperimentServiceStub(self.channel)
+        self.runs = runs_pb2_grpc.RunServiceStub(self.channel)
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _call(self, method: Callable[..., Resp], request: Any) -> Resp:
+        try:
+            return method(request, timeout=self.timeout, metadata=self.metadata)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from exc
+
+    def close(self) -> None:
+        """Close the channel (when this client opened it)."""
+        if self._owns_channel:
+            self.channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- agents and experiments ------------------------------------------------------------
+
+    def create_agent(
+        self,
+        name: str,
+        framework: str | int = "baseline",
+        config: Mapping[str, Any] | None = None,
+    ) -> agents_pb2.Agent:
+        """Create an agent (framework: baseline, langchain, crewai, custom or the enum value)."""
+        value = _FRAMEWORKS[framework] if isinstance(framework, str) else framework
+        agent = agents_pb2.Agent(name=name, framework=value, config=_struct(config))  # type: ignore[arg-type]
+        return self._call(self.agents.CreateAgent, agents_pb2.CreateAgentRequest(agent=agent)).agent
+
+    def create_experiment(
+        self,
+        name: str,
+        agent_id: str,
+        scenario_id: str,
+        params: Mapping[str, Any] | None = None,
+        description: str = "",
+    ) -> experiments_pb2.Experiment:
+        """Create an experiment of an agent on a scenario."""
+        experiment = experiments_pb2.Experiment(
+            name=name,
+            agent_id=agent_id,
+            scenario_id=scenario_id,
+            params=_struct(params),
+            description=description,
+        )
+        request = experiments_pb2.CreateExperimentRequest(experiment=experiment)
+        return self._call(self.experiments.CreateExperiment, request).experiment
+
+    # -- runs ------------------------------------------------------------------------------
+
+    def create_run(
+        self,
+        experiment_id: str,
+        params: Mapping[str, Any] | None = None,
+        total_ticks: int = 0,
+        worker_id: str = "",
+    ) -> runs_pb2.Run:
+        """Create a run of an experiment (pending until a worker says hello)."""
+        run = runs_pb2.Run(
+            experiment_id=experiment_id,
+            params=_struct(params),
+            total_ticks=total_ticks,
+            worker_id=worker_id,
+        )
+        return self._call(self.runs.CreateRun, runs_pb2.CreateRunRequest(run=run)).run
+
+    def get_run(self, run_id: str) -> runs_pb2.Run:
+        """One run, or NotFound."""
+        return self._call(self.runs.GetRun, runs_pb2.GetRunRequest(id=run_id)).run
+
+    def list_runs(self, filter: str = "", page_size: int = 0) -> Iterator[runs_pb2.Run]:
+        """Every run matching ``filter`` (AIP-160 subset), oldest first, page by page."""
+        token = ""
+        while True:
+            request = runs_pb2.ListRunsRequest(filter=filter, page_size=page_size, page_token=token)
+            page = self._call(self.runs.ListRuns, request)
+            yield from page.runs
+            token = page.next_page_token
+            if not token:
+                return
+
+    def cancel_run(self, run_id: str, reason: str = "") -> runs_pb2.CancelRunResponse:
+        """Ask the run's worker to stop (the response holds the command and the run)."""
+        return self._call(self.runs.CancelRun, runs_pb2.CancelRunRequest(id=run_id, reason=reason))
+
+    def pause_run(self, run_id: str) -> telemetry_pb2.Command:
+        """Ask the run's worker to pause."""
+        return self._call(self.runs.PauseRun, runs_pb2.PauseRunRequest(id=run_id)).command
+
+    def resume_run(self, run_id: str) -> telemetry_pb2.Command:
+        """Ask the run's worker to continue."""
+        return self._call(self.runs.ResumeRun, runs_pb2.ResumeRunRequest(id=run_id)).command
+
+    def send_command(
+        self, run_id: str, name: str, args: Mapping[str, Any] | None = None
+    ) -> telemetry_pb2.Command:
+        """Send a custom command with JSON arguments to the run's worker."""
+        request = runs_pb2.SendCommandRequest(id=run_id, name=name, args=_struct(args))
+        return self._call(self.runs.SendCommand, request).command
+
+    def watch_run(
+        self, run_id: str, timeout: float | None = None
+    ) -> Iterator[runs_pb2.WatchRunResponse]:
+        """The run's state as it changes, until it ends (``timeout`` bounds the whole watch)."""
+        call = self.runs.WatchRun(
+            runs_pb2.WatchRunRequest(id=run_id), timeout=timeout, metadata=self.metadata
+        )
+        try:
+            yield from call
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from exc
+        finally:
+            call.cancel()
+
+    def worker(self, run_id: str, **kwargs: Any) -> Worker:
+        """A :class:`Worker` for ``run_id`` on this client's channel and key."""
+        kwargs.setdefault("api_key", self.api_key)
+        options = kwargs.pop("options", None)
+        return Worker(self.channel, run_id, options=options or WorkerOptions(), **kwargs)
