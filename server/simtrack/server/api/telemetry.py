@@ -231,7 +231,8 @@ class StreamingRunServicer(RunServicer):
                     yield tpb.StreamRunResponse(command=command_to_proto(item))
         finally:
             reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # The call is over either way; how its reader ended no longer matters.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
             session.close()
             self.registry.detach(session)
@@ -250,6 +251,9 @@ class StreamingRunServicer(RunServicer):
             await session.finish()
         except SimtrackError as error:
             session.abort(error)
+        except Exception:  # noqa: BLE001 - the transport failed: the call is ending anyway
+            session.close()
+            session.push(None)
 
     async def WatchRun(
         self, request: pb.WatchRunRequest, context: Context

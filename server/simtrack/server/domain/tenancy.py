@@ -77,7 +77,12 @@ def set_principal(principal: Principal | None) -> object:
 
 
 def reset_principal(token: object) -> None:
-    _current.reset(token)  # type: ignore[arg-type]
+    try:
+        _current.reset(token)  # type: ignore[arg-type]
+    except ValueError:
+        # A streaming call dropped by its client has its generators finalized later by
+        # asyncio, in another context; that context's principal is not ours to restore.
+        pass
 
 
 @dataclass(frozen=True)
