@@ -108,13 +108,12 @@ class PostgresBus(Bus):
             await self._publisher.close()
 
     async def publish_runs(self, run_ids: Iterable[str]) -> None:
-        for run_id in run_ids:
-            await self._notify(RUNS_CHANNEL, run_id)
+        await self._notify(RUNS_CHANNEL, list(run_ids))
 
     async def publish_command(self, command: CommandMessage) -> None:
-        await self._notify(COMMANDS_CHANNEL, json.dumps(asdict(command)))
+        await self._notify(COMMANDS_CHANNEL, [json.dumps(asdict(command))])
 
-    async def _notify(self, channel: str, payload: str) -> None:
+    async def _notify(self, channel: str, payloads: list[str]) -> None:
         async with self._publish_lock:
             for attempt in range(2):  # one reconnect if the connection was lost
                 try:
@@ -122,7 +121,9 @@ class PostgresBus(Bus):
                         self._publisher = await psycopg.AsyncConnection.connect(
                             self._conninfo, autocommit=True
                         )
-                    await self._publisher.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+                    await self._publisher.execute(  # one round trip for all of them
+                        "SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p", (channel, payloads)
+                    )
                     return
                 except psycopg.OperationalError:
                     self._publisher = None

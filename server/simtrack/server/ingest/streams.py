@@ -92,9 +92,18 @@ class StreamSession:
         self.push(error)
 
     async def _send_acks(self) -> None:
+        """Acks in order; one per commit: acks are cumulative, so what a commit covered at once
+        is acknowledged at once."""
         while (done := await self._acks.get()) is not None:
             try:
                 committed = await done
+                while not self._acks.empty():  # later batches committed in the same group
+                    following = self._acks._queue[0]  # type: ignore[attr-defined]
+                    if following is None or not following.done():
+                        break
+                    self._acks.get_nowait()
+                    self._slots.release()
+                    committed = following.result()
             except SimtrackError as error:
                 self.push(error)
                 return

@@ -80,6 +80,7 @@ class GroupCommitWriter:
         self.notify = notify  # run ids that changed, called after each commit (WatchRun)
         self._queue: asyncio.Queue[Pending] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._notifying: set[asyncio.Task[None]] = set()
         self.points_committed = 0
 
     def start(self) -> None:
@@ -161,8 +162,16 @@ class GroupCommitWriter:
             points += sum(chunk.n for _, chunk in write.chunks)
         self.points_committed += points
         changed = [run_id for run_id, write in writes.items() if write.changed]
-        if changed:
-            await self.notify(changed)
+        if changed:  # watchers only; the next group need not wait for it
+            task = asyncio.create_task(self._notify(changed))
+            self._notifying.add(task)
+            task.add_done_callback(self._notifying.discard)
+
+    async def _notify(self, run_ids: list[str]) -> None:
+        try:
+            await self.notify(run_ids)
+        except Exception:  # noqa: BLE001 - watchers re-read on their own timer anyway
+            log.warning("could not notify watchers of %d run(s)", len(run_ids), exc_info=True)
 
 
 async def _apply(uow: UnitOfWork, run_id: str, pendings: list[Pending]) -> _RunWrite:
