@@ -1,0 +1,1 @@
+"""simtrack's benchmarks: ``python -m bench ingest [--quick]`` (see bench/ingest.py)."""

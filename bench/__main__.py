@@ -1,0 +1,49 @@
+"""``python -m bench ingest [--quick]``: run a benchmark and print its figures."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    ingest = commands.add_parser(
+        "ingest", help="StreamRun ingest, its limits, cancel latency and idle-stream memory"
+    )
+    ingest.add_argument(
+        "--quick", action="store_true", help="small sizes: finishes in under 60 seconds"
+    )
+    ingest.add_argument(
+        "--admin-url",
+        default="postgresql://postgres@127.0.0.1:5432/test",
+        help="PostgreSQL superuser URL used to create and drop the benchmark database",
+    )
+    ingest.add_argument(
+        "--keep-logs", action="store_true", help="keep the server logs (path printed at the end)"
+    )
+    ingest.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="sample the server with py-spy during each case; stacks and top functions to DIR",
+    )
+    args = parser.parse_args(argv)
+    if args.command == "ingest":
+        from bench.ingest import run_ingest
+
+        return run_ingest(
+            quick=args.quick,
+            admin_url=args.admin_url,
+            keep_logs=args.keep_logs,
+            profile=args.profile,
+        )
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
