@@ -1,0 +1,766 @@
+"""RunService.StreamRun, WatchRun and the commands end to end, on SQLite and PostgreSQL.
+
+A real ``simtrack serve`` per test (on PostgreSQL it connects as the non-superuser application
+role, so row-level security applies to every write), driven by a raw grpc.aio worker (the
+``streams`` fixture's RawStream: hello, sequenced messages with a window of 32, acks). What
+the server stored is read straight from its database and compared by counts and checksums:
+every metric's points, sorted by step, hashed bit for bit with their values, against what
+was sent. Malformed streams must end with the documented status naming the field, leave the
+stored data as it was, and leave other streams running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import signal
+import struct
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import numpy as np
+import pytest
+from google.protobuf import json_format, struct_pb2
+
+from simtrack.v1 import experiments_pb2, runs_pb2, runs_pb2_grpc, telemetry_pb2
+
+if TYPE_CHECKING:
+    from tests.e2e.conftest import RawStream, Server, StartServer, StreamKit
+
+RunStatus = runs_pb2.RunStatus
+ExperimentStatus = experiments_pb2.ExperimentStatus
+Request = telemetry_pb2.StreamRunRequest
+RUNNING = RunStatus.RUN_STATUS_RUNNING
+PENDING = RunStatus.RUN_STATUS_PENDING
+COMPLETED = RunStatus.RUN_STATUS_COMPLETED
+FAILED = RunStatus.RUN_STATUS_FAILED
+STOPPED = RunStatus.RUN_STATUS_STOPPED
+INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT
+FAILED_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
+
+
+# Helpers
+
+
+@pytest.fixture
+def served_url(backend: str, database_url: str, request: pytest.FixtureRequest) -> str:
+    """What the server connects with: on PostgreSQL the application role (RLS applies)."""
+    if backend == "postgresql":
+        return str(request.getfixturevalue("app_role_url"))
+    return database_url
+
+
+@pytest.fixture
+def server(served_url: str, start_server: StartServer) -> Server:
+    return start_server(served_url)
+
+
+def series(
+    name: str, steps: list[int], values: list[float], timestamps: list[float] | None = None
+) -> telemetry_pb2.MetricSeries:
+    return telemetry_pb2.MetricSeries(
+        name=name, steps=steps, values=values, timestamps=timestamps or []
+    )
+
+
+def metrics(seq: int, *items: telemetry_pb2.MetricSeries) -> Request:
+    return Request(seq=seq, metrics=telemetry_pb2.MetricBatch(series=list(items)))
+
+
+def progress(seq: int, tick: int, total: int = 0, percent: float = 0.0) -> Request:
+    return Request(
+        seq=seq, progress=telemetry_pb2.Progress(tick=tick, total=total, percent=percent)
+    )
+
+
+def final(
+    seq: int, outcome: int, error: str = "", results: dict[str, Any] | None = None
+) -> Request:
+    status = telemetry_pb2.FinalStatus(
+        outcome=telemetry_pb2.RunOutcome.ValueType(outcome),
+        error_message=error,
+        results=as_struct(results or {}),
+    )
+    return Request(seq=seq, status=status)
+
+
+def as_struct(data: dict[str, Any]) -> struct_pb2.Struct:
+    result = struct_pb2.Struct()
+    result.update(data)
+    return result
+
+
+def get_run(server: Server, run_id: str) -> runs_pb2.Run:
+    return server.runs.GetRun(runs_pb2.GetRunRequest(id=run_id)).run
+
+
+def experiment_status(server: Server, experiment_id: str) -> int:
+    request = experiments_pb2.GetExperimentRequest(id=experiment_id)
+    return int(server.experiments.GetExperiment(request).experiment.status)
+
+
+async def wait_status(
+    server: Server, run_id: str, status: int, timeout: float = 10.0
+) -> runs_pb2.Run:
+    """Poll GetRun until the run has ``status``; the run."""
+    deadline = time.monotonic() + timeout
+    while (run := get_run(server, run_id)).status != status:
+        if time.monotonic() > deadline:
+            pytest.fail(
+                f"run {run_id} is {RunStatus.Name(run.status)} after {timeout}s, "
+                f"not {RunStatus.Name(RunStatus.ValueType(status))}: {run.error_message!r}"
+            )
+        await asyncio.sleep(0.05)
+    return run
+
+
+async def keep_alive(stream: RawStream, every: float) -> None:
+    """Heartbeats until cancelled (or the stream ends)."""
+    while stream.code is None:
+        await stream.heartbeat()
+        await asyncio.sleep(every)
+
+
+class Bystander:
+    """Another run's healthy stream: it must keep being acknowledged whatever else happens."""
+
+    def __init__(self, streams: StreamKit, server: Server) -> None:
+        self.streams = streams
+        self.server = server
+        self.run = streams.new_run(server)
+        self.data = streams.dataset(40, points=100, seed=99)
+        self.next = 0
+        self.stream: RawStream | None = None
+
+    async def start(self) -> Bystander:
+        self.stream = await self.streams.open(self.server, self.run.id, "bystander")
+        await self.advance()
+        return self
+
+    async def advance(self, batches: int = 2) -> None:
+        """Send the next batches and see them acknowledged."""
+        assert self.stream is not None
+        chunk = self.data.messages[self.next : self.next + batches]
+        await self.stream.send_all(chunk)
+        self.next += len(chunk)
+        await self.stream.wait_acked(self.next, timeout=10)
+
+    def check_stored(self, database_url: str) -> None:
+        stored = self.streams.database(database_url).checksums(self.run.id)
+        assert stored == self.data.checksums(self.next)
+
+
+# Metrics, events, progress and the final status
+
+
+async def test_metric_points_are_stored_once_with_their_summaries(
+    server: Server, streams: StreamKit, database_url: str
+) -> None:
+    run = streams.new_run(server)
+    data = streams.dataset(60)  # 60 batches x 2 metrics x 1,000 points
+    before = time.time()
+    stream = await streams.open(server, run.id, worker_id="host-a:123")
+    assert stream.welcome is not None
+    assert stream.welcome.committed_seq == 0
+    assert stream.welcome.heartbeat_interval_seconds > 0
+    assert list(stream.welcome.pending_commands) == []
+    await stream.send_all(data.messages)
+    await stream.wait_acked(60)
+    assert await stream.finish() == grpc.StatusCode.OK
+    after = time.time()
+
+    assert stream.acks == sorted(stream.acks) and stream.acks[-1] == 60
+    db = streams.database(database_url)
+    assert db.committed_seq(run.id) == 60
+    assert db.checksums(run.id) == data.checksums()
+    stored = db.metrics(run.id)
+    for name in data.metrics:
+        metric, values = stored[name], data.values[name]
+        assert metric.seqs == list(range(1, 61)), "one chunk per metric per batch"
+        assert metric.count == 60_000
+        assert metric.min_value == values.min() and metric.max_value == values.max()
+        assert metric.last_step == data.steps[name][-1]
+        assert metric.last_value == values[-1]
+        # No timestamps sent: the server's receive time, one per point.
+        assert before - 1 <= metric.timestamps.min() <= metric.timestamps.max() <= after + 1
+    stored_run = get_run(server, run.id)
+    assert stored_run.status == RUNNING and stored_run.worker_id == "host-a:123"
+    assert stored_run.HasField("start_time")
+
+
+async def test_timestamps_units_and_batches_of_several_series(
+    server: Server, streams: StreamKit, database_url: str
+) -> None:
+    run = streams.new_run(server)
+    stream = await streams.open(server, run.id)
+    stamps = [1_700_000_000.25, 1_700_000_001.5, 1_700_000_002.75]
+    first = telemetry_pb2.MetricSeries(
+        name="agent/0/reward",
+        unit="USD",
+        kind=telemetry_pb2.METRIC_KIND_COUNTER,
+        steps=[3, 1, 2],  # any order: the latest value is the one at the highest step
+        values=[30.0, 10.0, 20.0],
+        timestamps=stamps,
+    )
+    await stream.send(metrics(1, first, series("b", [5], [-1.0])))
+    await stream.send(metrics(2, series("agent/0/reward", [0], [99.0])))  # an older step
+    await stream.wait_acked(2)
+
+    stored = streams.database(database_url).metrics(run.id)
+    reward = stored["agent/0/reward"]
+    assert reward.timestamps[:3].tolist() == stamps
+    assert reward.count == 4 and (reward.min_value, reward.max_value) == (10.0, 99.0)
+    assert (reward.last_step, reward.last_value) == (3, 30.0), "latest = at the highest step"
+    assert (stored["b"].count, stored["b"].last_value) == (1, -1.0)
+    rows = streams.database(database_url).rows(
+        "select name, unit, kind from metrics where run_id = :run order by name", run=run.id
+    )
+    assert [tuple(r) for r in rows] == [("agent/0/reward", "USD", "counter"), ("b", "", "gauge")]
+
+
+async def test_events_progress_and_final_status_complete_the_run(
+    server: Server, streams: StreamKit, database_url: str
+) -> None:
+    run = streams.new_run(server)
+    stream = await streams.open(server, run.id)
+    started = get_run(server, run.id)
+    assert started.status == RUNNING
+    assert experiment_status(server, run.experiment_id) == (
+        ExperimentStatus.EXPERIMENT_STATUS_RUNNING
+    )
+
+    events = [
+        telemetry_pb2.Event(step=i, type=f"type-{i % 3}", payload=as_struct({"i": i, "x": [i]}))
+        for i in range(250)
+    ]
+    await stream.send(Request(seq=1, events=telemetry_pb2.EventBatch(events=events[:100])))
+    await stream.send(progress(2, tick=40, total=200))  # percent derived: 20
+    await stream.send(Request(seq=3, events=telemetry_pb2.EventBatch(events=events[100:])))
+    await stream.wait_acked(3)
+    midway = get_run(server, run.id)
+    assert (midway.current_tick, midway.total_ticks) == (40, 200)
+    assert midway.progress_percent == pytest.approx(20.0)
+    await stream.send(progress(4, tick=150, percent=77.5))
+    await stream.wait_acked(4)
+    assert get_run(server, run.id).progress_percent == pytest.approx(77.5)
+
+    await stream.send(final(5, telemetry_pb2.RUN_OUTCOME_COMPLETED, results={"profit": 12.5}))
+    await stream.wait_acked(5)
+    assert await stream.finish() == grpc.StatusCode.OK
+
+    done = get_run(server, run.id)
+    assert done.status == COMPLETED
+    assert json_format.MessageToDict(done.results) == {"profit": 12.5}
+    start = done.start_time.ToDatetime(tzinfo=UTC)
+    end = done.complete_time.ToDatetime(tzinfo=UTC)
+    assert start <= end <= datetime.now(UTC) + timedelta(seconds=1)
+    assert done.duration.ToTimedelta() == end - start
+    assert done.current_tick == 150
+    assert experiment_status(server, run.experiment_id) == (
+        ExperimentStatus.EXPERIMENT_STATUS_COMPLETED
+    )
+
+    stored = streams.database(database_url).events(run.id)
+    assert [(r.seq, r.position) for r in stored] == [(1, i) for i in range(100)] + [
+        (3, i) for i in range(150)
+    ]
+    assert [r.step for r in stored] == list(range(250)), "events in the order sent"
+    assert [r.type for r in stored] == [f"type-{i % 3}" for i in range(250)]
+    assert [r.payload for r in stored] == [{"i": i, "x": [i]} for i in range(250)]
+
+
+# Exactly once across reconnects
+
+
+async def test_resend_after_a_dropped_stream_is_stored_once(
+    server: Server, streams: StreamKit, database_url: str
+) -> None:
+    run = streams.new_run(server)
+    data = streams.dataset(50)
+    first = await streams.open(server, run.id)
+    first.window = 50  # everything in flight at once, no waiting for acks
+    await first.send_all(data.messages)
+    first.cancel()  # gone, acks or not
+
+    second = await streams.open(server, run.id)
+    assert second.welcome is not None
+    watermark = second.welcome.committed_seq
+    assert 0 <= watermark <= 50
+    await second.send_all(data.messages)  # from seq 1: whatever was stored is only re-acked
+    await second.wait_acked(50)
+
+    db = streams.database(database_url)
+    assert db.committed_seq(run.id) == 50
+    assert db.checksums(run.id) == data.checksums()
+    assert all(m.seqs == list(range(1, 51)) for m in db.metrics(run.id).values())
+
+    # A resend of what is stored, on a third stream: acknowledged (acks are cumulative, so
+    # maybe once for all three), nothing written.
+    third = await streams.open(server, run.id)
+    assert third.welcome is not None and third.welcome.committed_seq == 50
+    await third.send_all(data.messages[9:12])
+    await third.wait(lambda: len(third.acks) >= 1, 10, "the re-ack")
+    assert await third.finish() == grpc.StatusCode.OK
+    assert 1 <= len(third.acks) <= 3 and set(third.acks) == {50}
+    assert db.checksums(run.id) == data.checksums()
+    assert db.committed_seq(run.id) == 50
+
+
+async def test_a_gap_ends_the_stream_naming_the_expected_seq(
+    server: Server, streams: StreamKit, database_url: str
+) -> None:
+    bystander = await Bystander(streams, server).start()
+    run = streams.new_run(server)
+    data = streams.dataset(8)
+    stream = await streams.open(server, run.id)
+    await stream.send_all(data.messages[:5])
+    await stream.wait_acked(5)
+    await stream.send(data.messages[6])  # seq 7: seq 6 is missing
+    assert await stream.wait_end() == FAILED_PRECONDITION
+    assert "expected 6" in stream.details and "7" in stream.details, stream.details
+
+    await bystander.advance()
+    db = streams.database(database_url)
+    assert db.committed_seq(run.id) == 5
+    assert db.checksums(run.id) == data.checksums(5)
+    bystander.check_stored(database_url)
+    # The worker resends from the watermark and goes on.
+    again = await streams.open(server, run.id)
+    assert again.welcome is not None and again.welcome.committed_seq == 5
+    await again.send_all(data.messages[5:])
+    await again.wait_acked(8)
+    assert db.checksums(run.id) == data.checksums()
+
+
+async def test_a_second_stream_takes_the_run_over(
+    server: Server, streams: StreamKit, database_url: str
+) -> None:
+    run = streams.new_run(server)
+    data = streams.dataset(20, points=200)
+    first = await streams.open(server, run.id, "worker-1")
+    await first.send_all(data.messages[:10])
+    await first.wait_acked(10)
+
+    second = await streams.open(server, run.id, "worker-2")
+    assert await first.wait_end() == grpc.StatusCode.ABORTED
+    assert second.welcome is not None and second.welcome.committed_seq == 10
+    await second.send_all(data.messages[10:])
+    await second.wait_acked(20)
+    assert get_run(server, run.id).worker_id == "worker-2"
+    assert streams.database(database_url).checksums(run.id) == data.checksums()
+    # Commands go to the stream in charge.
+    server.runs.PauseRun(runs_pb2.PauseRunRequest(id=run.id))
+    await second.wait_command("pause")
+    assert first.commands == []
+
+
+# Malformed streams
+
+
+async def test_malformed_streams_get_the_documented_status(
+    server: Server, streams: StreamKit, database_url: str
+) -> None:
+    """Each case: the right status (and field), stored data as it was, others unaffected."""
+    db = streams.database(database_url)
+    bystander = await Bystander(streams, server).start()
+    run = streams.new_run(server)
+    data = streams.dataset(3, points=500)
+    stream = await streams.open(server, run.id)
+    await stream.send_all(data.messages)
+    await stream.wait_acked(3)
+    await stream.finish()
+    stored = db.checksums(run.id)
+    assert stored == data.checksums()
+
+    async def refused(first: Request, then: Request | None = None) -> RawStream:
+        """A stream of this run that opens with ``first``, sends ``then``, and is refused."""
+        bad = streams.stream(server.address, run.id, "malformed")
+        if then is None:
+            with pytest.raises(Exception, match="ended with"):
+                await bad.start(first)
+        else:
+            await bad.start(first)
+            await bad.send(then)
+        await bad.wait_end()
+        await bystander.advance()
+        assert db.checksums(run.id) == stored, "stored data changed"
+        return bad
+
+    hello = Request(hello=telemetry_pb2.Hello(run_id=run.id))
+    ok_series = series("loss", [10**9], [1.0])
+
+    # The first message must be hello.
+    bad = await refused(data.messages[0])
+    assert (bad.code, bad.bad_request_fields()) == (INVALID_ARGUMENT, ["hello"])
+
+    # Hello for a run that does not exist.
+    missing = str(uuid.uuid4())
+    bad = await refused(Request(hello=telemetry_pb2.Hello(run_id=missing)))
+    assert bad.code == grpc.StatusCode.NOT_FOUND and missing in bad.details
+
+    # More than 100,000 points in one batch.
+    big = series("loss", list(range(100_001)), [0.5] * 100_001)
+    bad = await refused(hello, metrics(4, big))
+    assert (bad.code, bad.bad_request_fields()) == (INVALID_ARGUMENT, ["metrics.series"])
+    assert "100000" in bad.details.replace(",", "")
+
+    # More than 100 series in one batch.
+    many = [series(f"m{i}", [1], [1.0]) for i in range(101)]
+    bad = await refused(hello, metrics(4, *many))
+    assert (bad.code, bad.bad_request_fields()) == (INVALID_ARGUMENT, ["metrics.series"])
+
+    # Steps and values of different lengths.
+    uneven = series("loss", [1, 2, 3], [1.0, 2.0])
+    bad = await refused(hello, metrics(4, uneven))
+    assert (bad.code, bad.bad_request_fields()) == (INVALID_ARGUMENT, ["metrics.series[0].steps"])
+    bad = await refused(hello, metrics(4, ok_series, series("b", [1], [1.0], [1.0, 2.0])))
+    assert bad.bad_request_fields() == ["metrics.series[1].timestamps"]
+
+    # A sequenced message without a seq.
+    bad = await refused(hello, metrics(0, ok_series))
+    assert (bad.code, bad.bad_request_fields()) == (INVALID_ARGUMENT, ["seq"])
+
+    # The run is still running: now end it, and a batch for the finished run is refused.
+    closing = await streams.open(server, run.id)
+    await closing.send(final(4, telemetry_pb2.RUN_OUTCOME_COMPLETED))
+    await closing.wait_acked(4)
+    await closing.finish()
+    assert get_run(server, run.id).status == COMPLETED
+    bad = await refused(hello, metrics(5, ok_series))
+    assert bad.code == FAILED_PRECONDITION and "ended" in bad.details, bad.details
+    assert db.committed_seq(run.id) == 4
+    # ...while a resend of what it stored is still acknowledged (a worker whose ack was lost).
+    late = await streams.open(server, run.id)
+    assert late.welcome is not None and late.welcome.committed_seq == 4
+    await late.send(final(4, telemetry_pb2.RUN_OUTCOME_COMPLETED))
+    await late.wait(lambda: late.acks == [4], 10, "the re-ack of the final status")
+
+    bystander.check_stored(database_url)
+    assert get_run(server, bystander.run.id).status == RUNNING
+
+
+async def test_non_finite_values_are_stored_as_sent_and_skipped_by_summaries(
+    server: Server, streams: StreamKit, database_url: str
+) -> None:
+    run = streams.new_run(server)
+    nan_payload = struct.unpack("<d", struct.pack("<Q", 0x7FF8_DEAD_BEEF_0001))[0]
+    values = [1.5, math.nan, math.inf, -math.inf, -0.0, 2.5, nan_payload]
+    sent = np.array(values, dtype="<f8").tobytes()
+    stream = await streams.open(server, run.id)
+    await stream.send(metrics(1, series("odd", list(range(7)), values)))
+    await stream.send(metrics(2, series("all_nan", [0, 1, 2], [math.nan, math.inf, -math.inf])))
+    await stream.wait_acked(2)
+
+    db = streams.database(database_url)
+    stored = db.metrics(run.id)
+    odd = stored["odd"]
+    assert odd.raw_values == sent, "stored bit for bit (NaN payload and -0.0 included)"
+    assert odd.count == 7
+    assert (odd.min_value, odd.max_value) == (0.0, 2.5), "min/max over finite values"
+    assert (odd.last_step, odd.last_value) == (5, 2.5), "latest: the highest finite step"
+    nan_only = stored["all_nan"]
+    assert nan_only.count == 3
+    assert np.array_equal(
+        nan_only.values, np.array([math.nan, math.inf, -math.inf]), equal_nan=True
+    )
+    assert (nan_only.min_value, nan_only.max_value, nan_only.last_step) == (None, None, None)
+
+    # A later finite point fills the summary in; non-finite ones never blank it.
+    await stream.send(metrics(3, series("all_nan", [9], [4.0]), series("odd", [8], [math.nan])))
+    await stream.wait_acked(3)
+    stored = db.metrics(run.id)
+    assert (stored["all_nan"].count, stored["all_nan"].min_value) == (4, 4.0)
+    assert (stored["all_nan"].last_step, stored["all_nan"].last_value) == (9, 4.0)
+    assert (stored["odd"].count, stored["odd"].last_step, stored["odd"].last_value) == (8, 5, 2.5)
+
+    # WatchRun reports the summaries (NaN where there is no finite value).
+    watch = runs_pb2_grpc.RunServiceStub(streams.channel(server.address)).WatchRun(
+        runs_pb2.WatchRunRequest(id=run.id)
+    )
+    state = await asyncio.wait_for(watch.read(), 10)
+    watch.cancel()
+    assert isinstance(state, runs_pb2.WatchRunResponse)
+    latest = {m.name: m for m in state.metrics}
+    assert (latest["odd"].value, latest["odd"].step, latest["odd"].count) == (2.5, 5, 8)
+    assert (latest["odd"].min, latest["odd"].max) == (0.0, 2.5)
+
+
+# Commands
+
+
+async def test_cancel_reaches_the_worker_and_its_stopped_status_stops_the_run(
+    server: Server, streams: StreamKit
+) -> None:
+    run = streams.new_run(server)
+    stream = await streams.open(server, run.id)
+    response = server.runs.CancelRun(runs_pb2.CancelRunRequest(id=run.id, reason="enough"))
+    assert response.command.name == "cancel"
+    assert response.run.status == RUNNING, "running until the worker confirms"
+    command = await stream.wait_command("cancel")
+    assert command.id == response.command.id
+    assert json_format.MessageToDict(command.args) == {"reason": "enough"}
+
+    # A worker that reconnects before confirming is told again, in the welcome.
+    stream.cancel()
+    again = await streams.open(server, run.id)
+    assert again.welcome is not None
+    assert [c.name for c in again.welcome.pending_commands] == ["cancel"]
+    assert again.welcome.pending_commands[0].id == response.command.id, "the same cancel"
+
+    await again.send(final(1, telemetry_pb2.RUN_OUTCOME_STOPPED, error="cancelled by user"))
+    await again.wait_acked(1)
+    stopped = get_run(server, run.id)
+    assert stopped.status == STOPPED and stopped.HasField("complete_time")
+    assert stopped.error_message == "cancelled by user"
+    assert experiment_status(server, run.experiment_id) == ExperimentStatus.EXPERIMENT_STATUS_FAILED
+    with pytest.raises(grpc.RpcError) as info:
+        server.runs.CancelRun(runs_pb2.CancelRunRequest(id=run.id))
+    assert info.value.code() == FAILED_PRECONDITION
+
+
+async def test_cancel_of_a_pending_run_stops_it_at_once(
+    server: Server, streams: StreamKit, database_url: str
+) -> None:
+    run = streams.new_run(server)
+    response = server.runs.CancelRun(runs_pb2.CancelRunRequest(id=run.id, reason="not needed"))
+    assert response.run.status == STOPPED
+    stopped = get_run(server, run.id)
+    assert stopped.status == STOPPED and stopped.HasField("complete_time")
+    assert stopped.error_message == "not needed"
+    # A worker arriving late learns the run is over: its data is refused.
+    late = await streams.open(server, run.id)
+    await late.send(metrics(1, series("loss", [1], [1.0])))
+    assert await late.wait_end() == FAILED_PRECONDITION
+    assert get_run(server, run.id).status == STOPPED
+    assert streams.database(database_url).metrics(run.id) == {}
+
+
+async def test_pause_resume_and_custom_commands_arrive_in_order(
+    server: Server, streams: StreamKit
+) -> None:
+    run = streams.new_run(server)
+    stream = await streams.open(server, run.id)
+    sent = [
+        server.runs.PauseRun(runs_pb2.PauseRunRequest(id=run.id)).command,
+        server.runs.ResumeRun(runs_pb2.ResumeRunRequest(id=run.id)).command,
+        server.runs.SendCommand(
+            runs_pb2.SendCommandRequest(
+                id=run.id, name="checkpoint", args=as_struct({"path": "/tmp/ck", "keep": 3})
+            )
+        ).command,
+    ]
+    await stream.wait(lambda: len(stream.commands) == 3, 10, "three commands")
+    assert [(c.id, c.name) for c in stream.commands] == [(c.id, c.name) for c in sent]
+    assert [c.name for c in stream.commands] == ["pause", "resume", "checkpoint"]
+    assert json_format.MessageToDict(stream.commands[2].args) == {"path": "/tmp/ck", "keep": 3}
+    assert get_run(server, run.id).status == RUNNING
+
+    with pytest.raises(grpc.RpcError) as info:
+        server.runs.SendCommand(runs_pb2.SendCommandRequest(id=run.id, name="cancel"))
+    assert info.value.code() == INVALID_ARGUMENT
+    assert len(stream.commands) == 3
+
+
+# WatchRun
+
+
+async def test_watch_run_follows_a_run_until_it_ends(server: Server, streams: StreamKit) -> None:
+    run = streams.new_run(server, total_ticks=100)
+    stub = runs_pb2_grpc.RunServiceStub(streams.channel(server.address))
+    watch = stub.WatchRun(runs_pb2.WatchRunRequest(id=run.id))
+    seen: list[runs_pb2.WatchRunResponse] = []
+
+    async def until(condition: Callable[[runs_pb2.WatchRunResponse], bool], what: str) -> None:
+        async with asyncio.timeout(10):
+            while not (seen and condition(seen[-1])):
+                update = await watch.read()
+                assert isinstance(update, runs_pb2.WatchRunResponse), f"ended before {what}"
+                seen.append(update)
+
+    await until(lambda u: True, "the initial state")
+    assert seen[0].run.id == run.id and seen[0].run.status == PENDING
+    assert list(seen[0].metrics) == []
+
+    stream = await streams.open(server, run.id)
+    await until(lambda u: u.run.status == RUNNING, "running")
+    await stream.send(progress(1, tick=25))
+    await until(lambda u: u.run.current_tick == 25, "progress")
+    assert seen[-1].run.progress_percent == pytest.approx(25.0)
+    await stream.send(metrics(2, series("loss", [1, 2, 3], [3.0, 1.0, 2.0])))
+    await until(lambda u: len(u.metrics) == 1, "a metric")
+    loss = seen[-1].metrics[0]
+    assert (loss.name, loss.value, loss.step, loss.count) == ("loss", 2.0, 3, 3)
+    assert (loss.min, loss.max) == (1.0, 3.0)
+    await stream.send(metrics(3, series("loss", [4], [0.5])))
+    await until(lambda u: u.metrics[0].count == 4, "the metric's change")
+    assert (seen[-1].metrics[0].value, seen[-1].metrics[0].min) == (0.5, 0.5)
+
+    await stream.send(final(4, telemetry_pb2.RUN_OUTCOME_COMPLETED))
+    await until(lambda u: u.run.status == COMPLETED, "completion")
+    async with asyncio.timeout(10):
+        assert await watch.read() is grpc.aio.EOF, "WatchRun ends after the run ends"
+    assert await watch.code() == grpc.StatusCode.OK
+
+    # Watching a finished run: its state, then the end.
+    after = stub.WatchRun(runs_pb2.WatchRunRequest(id=run.id))
+    async with asyncio.timeout(10):
+        last = await after.read()
+        assert isinstance(last, runs_pb2.WatchRunResponse) and last.run.status == COMPLETED
+        assert await after.read() is grpc.aio.EOF
+    missing = stub.WatchRun(runs_pb2.WatchRunRequest(id=str(uuid.uuid4())))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await asyncio.wait_for(missing.read(), 10)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+# Liveness, cancel grace, shutdown
+
+
+async def test_heartbeat_timeout_fails_a_vanished_run_and_spares_live_ones(
+    served_url: str, start_server: StartServer, streams: StreamKit
+) -> None:
+    server = start_server(
+        served_url, SIMTRACK_HEARTBEAT_TIMEOUT="1", SIMTRACK_HEARTBEAT_INTERVAL="0.2"
+    )
+    vanished, alive, returning = (streams.new_run(server) for _ in range(3))
+    gone = await streams.open(server, vanished.id, "worker-gone")
+    assert gone.welcome is not None and gone.welcome.heartbeat_interval_seconds == 0.2
+    await gone.send(progress(1, tick=1))
+    await gone.wait_acked(1)
+    live = await streams.open(server, alive.id, "worker-live")
+    back = await streams.open(server, returning.id, "worker-back")
+    beats = [asyncio.create_task(keep_alive(live, 0.2))]
+    vanished_at = time.monotonic()
+    gone.cancel()
+    back.cancel()
+    await asyncio.sleep(0.4)  # back within the timeout
+    back = await streams.open(server, returning.id, "worker-back")
+    beats.append(asyncio.create_task(keep_alive(back, 0.2)))
+    try:
+        failed = await wait_status(server, vanished.id, FAILED, timeout=8)
+        assert time.monotonic() - vanished_at >= 0.9, "failed before the timeout"
+        assert "worker" in failed.error_message and "1s" in failed.error_message
+        assert failed.HasField("complete_time")
+        await asyncio.sleep(1.5)  # longer than the timeout, with heartbeats going on
+        assert get_run(server, alive.id).status == RUNNING
+        assert get_run(server, returning.id).status == RUNNING
+    finally:
+        for beat in beats:
+            beat.cancel()
+    await back.send(final(1, telemetry_pb2.RUN_OUTCOME_COMPLETED))
+    await back.wait_acked(1)
+    assert get_run(server, returning.id).status == COMPLETED
+
+
+async def test_an_unconfirmed_cancel_stops_the_run_after_the_grace(
+    served_url: str, start_server: StartServer, streams: StreamKit
+) -> None:
+    server = start_server(served_url, SIMTRACK_CANCEL_GRACE="1")
+    run = streams.new_run(server)
+    stream = await streams.open(server, run.id)
+    beat = asyncio.create_task(keep_alive(stream, 0.2))  # alive, but ignoring the cancel
+    try:
+        cancelled_at = time.monotonic()
+        server.runs.CancelRun(runs_pb2.CancelRunRequest(id=run.id, reason="stop"))
+        await stream.wait_command("cancel")
+        await asyncio.sleep(0.5)
+        assert get_run(server, run.id).status == RUNNING, "stopped before the grace"
+        stopped = await wait_status(server, run.id, STOPPED, timeout=8)
+        assert time.monotonic() - cancelled_at >= 0.9
+        assert stopped.error_message, "the run says why it stopped"
+        assert stopped.HasField("complete_time")
+    finally:
+        beat.cancel()
+
+
+async def test_graceful_shutdown_says_going_away_and_keeps_every_acked_batch(
+    served_url: str, start_server: StartServer, streams: StreamKit, database_url: str
+) -> None:
+    grace = 5.0
+    server = start_server(served_url, SIMTRACK_SHUTDOWN_GRACE=str(grace))
+    run = streams.new_run(server)
+    data = streams.dataset(3000, points=100)
+    stream = await streams.open(server, run.id)
+
+    async def send_everything() -> None:
+        for message in data.messages:
+            await stream.send(message, timeout=10)
+            await asyncio.sleep(0.001)  # a steady worker, not a firehose
+
+    sender = asyncio.create_task(send_everything())
+    await stream.wait_acked(50)
+    assert not sender.done(), "the stream should still be sending"
+    server.process.process.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    code = await stream.wait_end(timeout=grace + 5)
+    with pytest.raises(Exception, match="ended with"):
+        await sender
+    exit_code = await asyncio.to_thread(server.process.process.wait, grace + 5)
+    took = time.monotonic() - signalled
+
+    assert stream.going_away is not None, (
+        f"no GoingAway before the end ({code}: {stream.details!r}, acked {stream.committed}, "
+        f"sent {stream.sent}, exit {exit_code})\n{server.stderr}"
+    )
+    assert code == grpc.StatusCode.OK or stream.write_race, stream.details
+    assert exit_code == 0 and took < grace + 2, (exit_code, took)
+    db = streams.database(database_url)
+    committed = db.committed_seq(run.id)
+    assert committed >= stream.committed, "an acknowledged batch is missing"
+    assert stream.committed >= 50
+    assert db.checksums(run.id) == data.checksums(committed)
+    assert all(m.seqs == list(range(1, committed + 1)) for m in db.metrics(run.id).values())
+
+
+# Limits of the transport
+
+
+async def test_messages_up_to_the_documented_8_mib_are_accepted(
+    server: Server, streams: StreamKit, database_url: str
+) -> None:
+    """MetricBatch's comment: 'the message itself is limited to 8 MiB'."""
+    run = streams.new_run(server)
+    stream = await streams.open(server, run.id)
+    payload = as_struct({"blob": "x" * 5000})
+    events = [telemetry_pb2.Event(step=i, type="blob", payload=payload) for i in range(1000)]
+    message = Request(seq=1, events=telemetry_pb2.EventBatch(events=events))
+    assert 4 * 2**20 < message.ByteSize() < 8 * 2**20
+    await stream.send(message)
+    await stream.wait_acked(1)
+    assert len(streams.database(database_url).events(run.id)) == 1000
+
+    # Beyond the limit gRPC refuses the message (RESOURCE_EXHAUSTED) and nothing is stored.
+    events = [telemetry_pb2.Event(step=i, type="blob", payload=payload) for i in range(1800)]
+    huge = Request(seq=2, events=telemetry_pb2.EventBatch(events=events))
+    assert huge.ByteSize() > 8.5 * 2**20
+    await stream.send(huge)
+    assert await stream.wait_end() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    again = await streams.open(server, run.id)
+    assert again.welcome is not None and again.welcome.committed_seq == 1
+    assert len(streams.database(database_url).events(run.id)) == 1000
+
+
+async def test_a_stream_dropped_while_acks_flow_leaves_a_clean_log(
+    served_url: str, start_server: StartServer, streams: StreamKit, database_url: str
+) -> None:
+    """Found here (fixed in 1e8e03f): a call dropped while the server wrote to it had its
+    handler generators finalized later in another context, logging tracebacks."""
+    server = start_server(served_url)
+    run = streams.new_run(server)
+    data = streams.dataset(200, points=100)
+    stream = await streams.open(server, run.id)
+    stream.window = 200
+    await stream.send_all(data.messages)
+    await stream.wait_acked(5)
+    stream.cancel()  # while the server is busy writing acks
+    await asyncio.sleep(0.3)
+    again = await streams.open(server, run.id)  # the server serves on, the data is whole
+    await again.send_all(data.messages)
+    await again.wait_acked(200)
+    assert streams.database(database_url).checksums(run.id) == data.checksums()
+    assert server.stop() == 0
+    assert "Traceback" not in server.stderr, server.stderr
