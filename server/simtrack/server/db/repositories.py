@@ -10,10 +10,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Generic, TypeVar, cast
 
-from sqlalchemy import ColumnElement, Select, exists, select, tuple_, update
+from sqlalchemy import ColumnElement, Select, column, exists, select, table, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simtrack.server.db import models
+from simtrack.server.db.models import UTCDateTime
 from simtrack.server.domain.listing import Condition, Cursor, PageRequest
 from simtrack.server.domain.model import RunStatus
 from simtrack.server.domain.tenancy import current_tenant
@@ -215,13 +216,12 @@ class AccessRepository:
         return list((await self.session.execute(stmt)).scalars())
 
     async def touch_key(self, key_id: str, when: datetime) -> None:
-        stmt = (
-            update(models.ApiKey)
-            .where(models.ApiKey.id == key_id)
-            .values(last_used_at=when)
-            .execution_options(synchronize_session=False)
+        # A plain table, not the entity: a key's use is not an update of the key (no
+        # updated_at), and the application role may only write last_used_at.
+        keys = table("api_keys", column("id"), column("last_used_at", UTCDateTime()))
+        await self.session.execute(
+            update(keys).where(keys.c.id == key_id).values(last_used_at=when)
         )
-        await self.session.execute(stmt)
 
 
 async def ping(session: AsyncSession) -> None:

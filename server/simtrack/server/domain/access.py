@@ -64,14 +64,14 @@ class Authenticator:
         return entry.principal
 
     async def _load(self, prefix: str, now: float) -> _Verified:
-        self._verified.pop(prefix, None)
+        previous = self._verified.pop(prefix, None)
         async with self.uow() as uow:
             key = await uow.access.key_by_prefix(prefix)
         if key is None or key.revoked_at is not None:
             raise Unauthenticated("unknown or revoked API key")
-        entry = _Verified(
-            Principal(key.tenant_id, key.role, key.id), key.secret_hash, now, -LAST_USED_RESOLUTION
-        )
+        # Re-checking a key does not reset when its last use was stamped.
+        touched = previous.touched_at if previous else now - LAST_USED_RESOLUTION
+        entry = _Verified(Principal(key.tenant_id, key.role, key.id), key.secret_hash, now, touched)
         self._verified[prefix] = entry
         return entry
 
