@@ -1205,6 +1205,7 @@ class Upload:
         messages: Sequence[telemetry_pb2.StreamRunRequest],
         worker_id: str = "e2e-uploader",
         deadline: float = 90.0,
+        pace: float = 0.0,
     ) -> None:
         assert [m.seq for m in messages] == list(range(1, len(messages) + 1))
         self.kit = kit
@@ -1213,6 +1214,7 @@ class Upload:
         self.messages = messages
         self.worker_id = worker_id
         self.deadline = deadline
+        self.pace = pace  # seconds between messages (0: as fast as the window allows)
         self.acked = 0
         self.welcomes: list[int] = []
         self.lost_acks = 0  # seqs a welcome reported committed that were never acked to us
@@ -1238,7 +1240,10 @@ class Upload:
                         f"acknowledged data lost: the welcome says {welcome.committed_seq}, "
                         f"seq {self.acked} was acknowledged before"
                     )
-                    await stream.send_all(self.messages[welcome.committed_seq :], timeout=20)
+                    for message in self.messages[welcome.committed_seq :]:
+                        await stream.send(message, timeout=20)
+                        if self.pace:
+                            await asyncio.sleep(self.pace)
                     await stream.wait_acked(total, timeout=20)
                     self.endings.append((await stream.finish()).name)
                     return self
@@ -1309,8 +1314,9 @@ class StreamKit:
         run_id: str,
         messages: Sequence[telemetry_pb2.StreamRunRequest],
         deadline: float = 90.0,
+        pace: float = 0.0,
     ) -> Upload:
-        return Upload(self, target, run_id, messages, deadline=deadline)
+        return Upload(self, target, run_id, messages, deadline=deadline, pace=pace)
 
     @staticmethod
     def checksum(steps: np.ndarray[Any, Any], values: np.ndarray[Any, Any]) -> Checksum:
@@ -1372,3 +1378,11 @@ async def streams() -> AsyncIterator[StreamKit]:
     faults = [code for code in kit.stream_codes if code in SERVER_FAULTS]
     assert not faults, f"streams ended with a server fault: {faults}"
     assert not kit.violations, f"the server broke the stream protocol: {kit.violations}"
+
+
+@pytest.fixture
+def served_url(backend: str, database_url: str, request: pytest.FixtureRequest) -> str:
+    """What the server connects with: on PostgreSQL the application role (RLS applies)."""
+    if backend == "postgresql":
+        return str(request.getfixturevalue("app_role_url"))
+    return database_url

@@ -257,7 +257,8 @@ Global___MetricSeries: _TypeAlias = MetricSeries  # noqa: Y015
 @_typing.final
 class MetricBatch(_message.Message):
     """MetricBatch is a batch of metric points. Limits: at most 100 series and 100,000 points per
-    batch, and the message itself is limited to 8 MiB; exceeding them is INVALID_ARGUMENT.
+    batch (INVALID_ARGUMENT naming the field); a stream message over 8 MiB is refused by gRPC
+    itself with RESOURCE_EXHAUSTED.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

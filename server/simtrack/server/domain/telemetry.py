@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import uuid
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from simtrack.errors import FailedPrecondition, InvalidArgument
+from simtrack.errors import FailedPrecondition, InvalidArgument, Unavailable
 from simtrack.server.db.models import Metric, Run, utcnow
 from simtrack.server.db.uow import UnitOfWorkFactory
 from simtrack.server.domain.experiments import refresh_experiment_status
@@ -21,6 +23,8 @@ from simtrack.server.domain.model import (
 from simtrack.server.domain.runs import WORKER_ID_MAX, load_run, set_run_status
 from simtrack.server.domain.tenancy import Principal, Role, reset_principal, set_principal
 from simtrack.server.ingest.bus import Bus, CommandMessage
+
+log = logging.getLogger(__name__)
 
 RESERVED_COMMANDS = frozenset({"cancel", "pause", "resume"})
 COMMAND_ARGS_MAX = 4000  # bytes of JSON: commands travel in a PostgreSQL NOTIFY (8000 max)
@@ -64,7 +68,8 @@ class TelemetryService:
                 await uow.runs.flush()
                 await refresh_experiment_status(uow, run.experiment_id)
                 await uow.commit()
-        await self.bus.publish_runs([run.id])
+        with contextlib.suppress(Unavailable):  # watchers re-read on their own timer anyway
+            await self.bus.publish_runs([run.id])
         pending = []
         if run.cancel_requested_at is not None and run.status not in RUN_FINAL:
             pending.append(_cancel(run, "cancel requested"))
@@ -86,8 +91,13 @@ class TelemetryService:
             await refresh_experiment_status(uow, run.experiment_id)
             await uow.commit()
         command = _cancel(run, reason)
-        await self.bus.publish_command(command)
-        await self.bus.publish_runs([run.id])
+        try:
+            await self.bus.publish_command(command)
+            await self.bus.publish_runs([run.id])
+        except Unavailable as exc:
+            # The cancel is committed: the worker is told on its next (re)connect, and the
+            # sweeper stops the run after the grace period. Not a failure of this call.
+            log.warning("cancel of run %s stored but not pushed live: %s", run.id, exc)
         return run, command
 
     async def send(self, run_id: str, name: str, args: Mapping[str, Any]) -> CommandMessage:

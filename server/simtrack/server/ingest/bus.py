@@ -20,6 +20,8 @@ from typing import Any
 import psycopg
 from sqlalchemy.engine import make_url
 
+from simtrack.errors import Unavailable
+
 log = logging.getLogger(__name__)
 
 RUNS_CHANNEL = "simtrack_runs"
@@ -114,6 +116,12 @@ class PostgresBus(Bus):
         await self._notify(COMMANDS_CHANNEL, [json.dumps(asdict(command))])
 
     async def _notify(self, channel: str, payloads: list[str]) -> None:
+        try:
+            await self._notify_once_reconnecting(channel, payloads)
+        except psycopg.OperationalError as exc:
+            raise Unavailable("cannot reach the database to notify other replicas") from exc
+
+    async def _notify_once_reconnecting(self, channel: str, payloads: list[str]) -> None:
         async with self._publish_lock:
             for attempt in range(2):  # one reconnect if the connection was lost
                 try:

@@ -170,8 +170,8 @@ class GroupCommitWriter:
     async def _notify(self, run_ids: list[str]) -> None:
         try:
             await self.notify(run_ids)
-        except Exception:  # noqa: BLE001 - watchers re-read on their own timer anyway
-            log.warning("could not notify watchers of %d run(s)", len(run_ids), exc_info=True)
+        except Exception as exc:  # noqa: BLE001 - watchers re-read on their own timer anyway
+            log.warning("could not notify watchers of %d run(s): %s", len(run_ids), exc)
 
 
 async def _apply(uow: UnitOfWork, run_id: str, pendings: list[Pending]) -> _RunWrite:
