@@ -61,7 +61,3 @@ class Batch:
     events: list[EventData] = field(default_factory=list)
     progress: ProgressData | None = None
     final: FinalData | None = None
-
-    @property
-    def points(self) -> int:
-        return sum(chunk.n for chunk in self.metrics)

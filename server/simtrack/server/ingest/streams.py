@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from simtrack.errors import Conflict, FailedPrecondition, SimtrackError
@@ -135,15 +134,6 @@ class StreamRegistry:
         if session is not None and not session.closing:
             session.push(command)
 
-    def has_stream(self, run_id: str) -> bool:
-        return run_id in self._sessions
-
     async def going_away(self, reason: str) -> None:
         """On shutdown: every stream gets "going away" and its pending acks, then ends."""
         await asyncio.gather(*(s.finish(reason) for s in list(self._sessions.values())))
-
-    def __len__(self) -> int:
-        return len(self._sessions)
-
-
-SessionFactory = Callable[[Principal, str, int], StreamSession]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import uuid
 from collections import defaultdict
@@ -81,7 +82,6 @@ class GroupCommitWriter:
         self._queue: asyncio.Queue[Pending] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._notifying: set[asyncio.Task[None]] = set()
-        self.points_committed = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="simtrack-group-commit")
@@ -151,7 +151,6 @@ class GroupCommitWriter:
                 finally:
                     reset_principal(token)
             await uow.commit()
-        points = 0
         for write in writes.values():
             for pending in write.accepted:
                 if not pending.done.done():
@@ -159,8 +158,6 @@ class GroupCommitWriter:
             for pending, error in write.rejected:
                 if not pending.done.done():
                     pending.done.set_exception(error)
-            points += sum(chunk.n for _, chunk in write.chunks)
-        self.points_committed += points
         changed = [run_id for run_id, write in writes.items() if write.changed]
         if changed:  # watchers only; the next group need not wait for it
             task = asyncio.create_task(self._notify(changed))
@@ -326,6 +323,7 @@ def _pick(choose: Callable[[float, float], float], a: float | None, b: float | N
     return b if a is None else a if b is None else choose(a, b)
 
 
+@functools.cache  # built once per dialect: the statement and its cache key are the same each time
 def _upsert_metrics(postgres: bool) -> Any:
     """INSERT ... ON CONFLICT that folds a transaction's summary into the stored one."""
     dialect_insert = postgresql.insert if postgres else sqlite.insert
