@@ -55,6 +55,7 @@ from grpc_reflection.v1alpha import reflection_pb2_grpc
 from grpc_status import rpc_status
 from psycopg import sql
 
+from simtrack.server.db.chunks import unpack
 from simtrack.server.db.models import Base
 from simtrack.v1 import (
     agents_pb2,
@@ -1018,11 +1019,11 @@ class TelemetryDatabase:
             mine = [c for c in chunks if c.metric_id == summary.id]
             steps, values, stamps = [], [], []
             for chunk in mine:
-                raw_steps, raw_vals, raw_ts = bytes(chunk.steps), bytes(chunk.vals), bytes(chunk.ts)
-                assert len(raw_steps) == len(raw_vals) == len(raw_ts) == 8 * chunk.n, chunk.seq
-                steps.append(np.frombuffer(raw_steps, dtype="<i8"))
-                values.append(np.frombuffer(raw_vals, dtype="<f8"))
-                stamps.append(np.frombuffer(raw_ts, dtype="<f8"))
+                columns = (bytes(chunk.steps), bytes(chunk.vals), bytes(chunk.ts))
+                chunk_steps, chunk_values, chunk_times = unpack(chunk.n, chunk.first_step, *columns)
+                steps.append(chunk_steps)
+                values.append(chunk_values)
+                stamps.append(chunk_times)
                 assert (chunk.first_step, chunk.last_step) == (
                     int(steps[-1].min()),
                     int(steps[-1].max()),

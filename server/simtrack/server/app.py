@@ -22,6 +22,7 @@ from simtrack.server.api.telemetry import StreamingRunServicer
 from simtrack.server.config import Settings
 from simtrack.server.db import migrate
 from simtrack.server.db.engine import create_engine, is_sqlite
+from simtrack.server.db.ingest import IngestStore
 from simtrack.server.db.repositories import ping
 from simtrack.server.db.uow import UnitOfWorkFactory, tenant_aware_sessions
 from simtrack.server.domain.access import Authenticator
@@ -230,7 +231,7 @@ async def start(settings: Settings) -> Running:
     bus: Bus = Bus() if is_sqlite(settings.database_url) else PostgresBus(settings.database_url)
     registry = StreamRegistry()
     bus.on_command(registry.deliver)
-    writer = GroupCommitWriter(uow, bus.publish_runs)
+    writer = GroupCommitWriter(IngestStore(engine), bus.publish_runs)
     telemetry = TelemetryService(uow, bus)
     runs_pb2_grpc.add_RunServiceServicer_to_server(
         StreamingRunServicer(

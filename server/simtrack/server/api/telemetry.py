@@ -20,6 +20,7 @@ import numpy as np
 from simtrack.errors import InvalidArgument, SimtrackError
 from simtrack.server.api.convert import EnumMapping, dict_to_struct, struct_to_dict
 from simtrack.server.api.runs import RunServicer, run_to_proto
+from simtrack.server.db.chunks import pack_steps, pack_timestamps
 from simtrack.server.db.models import Metric
 from simtrack.server.domain.model import (
     RUN_FINAL,
@@ -71,35 +72,37 @@ def _series_chunk(field: str, series: tpb.MetricSeries, now: float) -> SeriesChu
             f"{field}.timestamps", f"has {len(series.timestamps)} entries: none or one per value"
         )
     ts = np.asarray(series.timestamps, dtype="<f8") if len(series.timestamps) else np.full(n, now)
-    finite = np.isfinite(vals)
+    top = int(steps.argmax())
+    first_step = int(steps.min())
     vmin: float | None
     vmax: float | None
     last_value: float | None
     last_step: int | None
-    top = int(steps.argmax())
-    if finite.all():  # the common case: no masking
-        vmin, vmax = float(vals.min()), float(vals.max())
-        last_step, last_value = int(steps[top]), float(vals[top])
-    elif finite.any():
-        vmin, vmax = float(vals[finite].min()), float(vals[finite].max())
-        index = int(np.flatnonzero(finite)[steps[finite].argmax()])
-        last_step, last_value = int(steps[index]), float(vals[index])
-    else:
-        vmin = vmax = last_value = last_step = None
+    lowest, highest = float(vals.min()), float(vals.max())
+    if math.isfinite(lowest) and math.isfinite(highest):  # the common case (NaN propagates)
+        vmin, vmax, last_step, last_value = lowest, highest, int(steps[top]), float(vals[top])
+    else:  # NaN or an infinity among the values: the summaries skip them
+        finite = np.isfinite(vals)
+        if finite.any():
+            vmin, vmax = float(vals[finite].min()), float(vals[finite].max())
+            index = int(np.flatnonzero(finite)[steps[finite].argmax()])
+            last_step, last_value = int(steps[index]), float(vals[index])
+        else:
+            vmin = vmax = last_value = last_step = None
     return SeriesChunk(
         name=name,
         unit=bounded_text(f"{field}.unit", series.unit, max_len=50),
         kind=METRIC_KIND.to_domain(f"{field}.kind", series.kind) or MetricKind.GAUGE,
         n=n,
-        first_step=int(steps.min()),
+        first_step=first_step,
         last_step=int(steps[top]),
         vmin=vmin,
         vmax=vmax,
         last_value=last_value,
         last_value_step=last_step,
-        steps=steps.tobytes(),
+        steps=pack_steps(steps, first_step, int(steps[top])),
         vals=vals.tobytes(),
-        ts=ts.tobytes(),
+        ts=pack_timestamps(ts),
     )
 
 

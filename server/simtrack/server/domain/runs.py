@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, Protocol
 
 from simtrack.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from simtrack.server.db.models import Participant, Run, utcnow
@@ -54,7 +55,16 @@ async def load_participant(uow: UnitOfWork, participant_id: str, field: str = "i
     return participant
 
 
-def set_run_status(run: Run, status: RunStatus) -> None:
+class RunTimeline(Protocol):
+    """What a status change touches: the ORM row, or the ingest writer's locked copy of it."""
+
+    status: RunStatus
+    started_at: datetime | None
+    completed_at: datetime | None
+    duration: timedelta | None
+
+
+def set_run_status(run: RunTimeline, status: RunStatus) -> None:
     """Move a run to ``status``, stamping start and end times; illegal moves raise."""
     check_run_transition(run.status, status)
     if status == run.status:

@@ -17,31 +17,33 @@ import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, func, insert
-from sqlalchemy.dialects import postgresql, sqlite
-
 from simtrack.errors import FailedPrecondition, SimtrackError, Unavailable
-from simtrack.server.db.models import Event, Metric, MetricChunk, Run, utcnow
-from simtrack.server.db.uow import UnitOfWork, UnitOfWorkFactory
-from simtrack.server.domain.experiments import refresh_experiment_status
-from simtrack.server.domain.model import RUN_FINAL, check_range, check_run_transition
+from simtrack.server.db.ingest import Ending, IngestStore, IngestTransaction, RunState
+from simtrack.server.db.models import utcnow
+from simtrack.server.domain.model import (
+    RUN_FINAL,
+    check_range,
+    check_run_transition,
+    derive_experiment_status,
+)
 from simtrack.server.domain.runs import set_run_status
-from simtrack.server.domain.tenancy import Principal, Role, reset_principal, set_principal
+from simtrack.server.domain.tenancy import Principal
 from simtrack.server.ingest.items import Batch, EventData, SeriesChunk
 
 log = logging.getLogger(__name__)
 
 MAX_GROUP = 512  # batches per transaction: bounds a transaction's size and latency
+LINGER = 0.004  # seconds a small group waits for more batches before it is committed...
+LINGER_UNTIL = 32  # ...unless it holds this many already (a worker's whole window)
+NOTIFY_INTERVAL = 0.05  # seconds: how late a watcher may hear of a commit, at most
 RETRY_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 4.0)  # transient database faults, ~8 s in all
 _METRIC_NAMESPACE = uuid.UUID("6f1d5d3e-5b1e-4c0e-9a57-8f6b3c1e2d4a")
-_CHUNK_COLUMNS = (
-    "metric_id", "seq", "tenant_id", "run_id", "first_step", "last_step", "n", "vmin", "vmax",
-    "steps", "vals", "ts",
-)  # fmt: skip
 
 
+@functools.lru_cache(maxsize=65536)
 def metric_id(run_id: str, name: str) -> str:
     """Metric ids are derived, so the writer never looks one up before writing chunks."""
     return str(uuid.uuid5(_METRIC_NAMESPACE, f"{run_id}/{name}"))
@@ -61,12 +63,14 @@ class Pending:
 class _RunWrite:
     """What one transaction writes for one run."""
 
+    run: RunState | None
     committed: int
     chunks: list[tuple[int, SeriesChunk]] = field(default_factory=list)
     events: list[tuple[int, int, EventData]] = field(default_factory=list)
     accepted: list[Pending] = field(default_factory=list)
     rejected: list[tuple[Pending, SimtrackError]] = field(default_factory=list)
     changed: bool = False
+    ending: Ending | None = None
 
 
 class GroupCommitWriter:
@@ -74,14 +78,15 @@ class GroupCommitWriter:
 
     def __init__(
         self,
-        uow: UnitOfWorkFactory,
+        store: IngestStore,
         notify: Callable[[Iterable[str]], Awaitable[None]],
     ) -> None:
-        self.uow = uow
+        self.store = store
         self.notify = notify  # run ids that changed, called after each commit (WatchRun)
         self._queue: asyncio.Queue[Pending] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
-        self._notifying: set[asyncio.Task[None]] = set()
+        self._changed: set[str] = set()  # runs whose watchers have not been told yet
+        self._notifier: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="simtrack-group-commit")
@@ -93,6 +98,9 @@ class GroupCommitWriter:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._notifier is not None:
+            await self._notifier
+        await self.store.close()
 
     def submit(self, principal: Principal, run_id: str, batch: Batch | None) -> asyncio.Future[int]:
         """Queue a batch (or a touch); the future resolves to the run's committed watermark."""
@@ -102,9 +110,7 @@ class GroupCommitWriter:
 
     async def _run(self) -> None:
         while True:
-            group = [await self._queue.get()]
-            while len(group) < MAX_GROUP and not self._queue.empty():
-                group.append(self._queue.get_nowait())
+            group = await self._next_group()
             try:
                 await self._commit_with_retries(group)
             except Exception as exc:  # noqa: BLE001 - the writer must outlive any one group
@@ -117,6 +123,26 @@ class GroupCommitWriter:
             finally:
                 for _ in group:
                     self._queue.task_done()
+
+    async def _next_group(self) -> list[Pending]:
+        """What is queued; a small group lingers a moment for more (fewer, larger commits:
+        a commit's fixed cost is several round trips and system calls, shared by the group)."""
+        group = [await self._queue.get()]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LINGER
+        while len(group) < MAX_GROUP:
+            if not self._queue.empty():
+                group.append(self._queue.get_nowait())
+                continue
+            remaining = deadline - loop.time()
+            if len(group) >= LINGER_UNTIL or remaining <= 0:
+                break
+            try:
+                async with asyncio.timeout(remaining):
+                    group.append(await self._queue.get())
+            except TimeoutError:
+                break
+        return group
 
     async def _commit_with_retries(self, group: list[Pending]) -> None:
         for attempt, delay in enumerate((*RETRY_DELAYS, None), start=1):
@@ -134,23 +160,20 @@ class GroupCommitWriter:
         for pending in group:
             by_tenant[pending.tenant_id][pending.run_id].append(pending)
         writes: dict[str, _RunWrite] = {}
-        async with self.uow() as uow:
-            postgres = uow.session.get_bind().dialect.name == "postgresql"
+        now = utcnow()
+        async with self.store.transaction() as tx:
             for tenant_id, runs in by_tenant.items():
-                token = set_principal(Principal(tenant_id, Role.WRITER))
-                try:
-                    if postgres:  # row-level security: this part of the transaction is tenant's
-                        await uow.session.execute(
-                            func.set_config("app.tenant_id", tenant_id, True).select()
-                        )
-                    tenant_writes = {}
-                    for run_id in sorted(runs):  # one lock order everywhere: no deadlocks
-                        tenant_writes[run_id] = await _apply(uow, run_id, runs[run_id])
-                    await _write_rows(uow, tenant_id, tenant_writes, postgres)
-                    writes.update(tenant_writes)
-                finally:
-                    reset_principal(token)
-            await uow.commit()
+                await tx.use_tenant(tenant_id)
+                locked = await tx.lock_runs(tenant_id, sorted(runs))
+                tenant_writes = {run: _apply(locked.get(run), p) for run, p in runs.items()}
+                await _write_rows(tx, tenant_id, tenant_writes, now)
+                ended = {w.ending.run.experiment_id for w in tenant_writes.values() if w.ending}
+                for experiment_id in sorted(ended):  # their status follows their runs
+                    statuses = await tx.experiment_run_statuses(experiment_id)
+                    if statuses is not None:
+                        status = derive_experiment_status(statuses)
+                        await tx.set_experiment_status(experiment_id, status, now)
+                writes.update(tenant_writes)
         for write in writes.values():
             for pending in write.accepted:
                 if not pending.done.done():
@@ -158,28 +181,28 @@ class GroupCommitWriter:
             for pending, error in write.rejected:
                 if not pending.done.done():
                     pending.done.set_exception(error)
-        changed = [run_id for run_id, write in writes.items() if write.changed]
-        if changed:  # watchers only; the next group need not wait for it
-            task = asyncio.create_task(self._notify(changed))
-            self._notifying.add(task)
-            task.add_done_callback(self._notifying.discard)
+        self._changed.update(run_id for run_id, write in writes.items() if write.changed)
+        if self._changed and (self._notifier is None or self._notifier.done()):
+            self._notifier = asyncio.create_task(self._notify())
 
-    async def _notify(self, run_ids: list[str]) -> None:
-        try:
-            await self.notify(run_ids)
-        except Exception as exc:  # noqa: BLE001 - watchers re-read on their own timer anyway
-            log.warning("could not notify watchers of %d run(s): %s", len(run_ids), exc)
+    async def _notify(self) -> None:
+        """Tell watchers which runs changed: one notification per interval, not per commit."""
+        while self._changed:
+            await asyncio.sleep(NOTIFY_INTERVAL)
+            run_ids, self._changed = self._changed, set()
+            try:
+                await self.notify(run_ids)
+            except Exception as exc:  # noqa: BLE001 - watchers re-read on their own timer anyway
+                log.warning("could not notify watchers of %d run(s): %s", len(run_ids), exc)
 
 
-async def _apply(uow: UnitOfWork, run_id: str, pendings: list[Pending]) -> _RunWrite:
+def _apply(run: RunState | None, pendings: list[Pending]) -> _RunWrite:
     """Check and apply one run's batches to its locked row; collect its rows to write."""
-    run = await uow.runs.get(run_id, for_update=True)
     if run is None:
-        write = _RunWrite(committed=0)
+        write = _RunWrite(run=None, committed=0)
         write.rejected = [(p, FailedPrecondition("the run no longer exists")) for p in pendings]
         return write
-    write = _RunWrite(committed=run.committed_seq)
-    run.last_seen_at = utcnow()
+    write = _RunWrite(run=run, committed=run.committed_seq)
     failed: SimtrackError | None = None
     for pending in sorted(pendings, key=lambda p: p.batch.seq if p.batch else 0):
         batch = pending.batch
@@ -195,13 +218,10 @@ async def _apply(uow: UnitOfWork, run_id: str, pendings: list[Pending]) -> _RunW
         write.accepted.append(pending)
         write.changed = True
     run.committed_seq = write.committed
-    await uow.runs.flush()
-    if write.changed and run.status in RUN_FINAL:
-        await refresh_experiment_status(uow, run.experiment_id)
     return write
 
 
-def _problem(run: Run, batch: Batch, committed: int) -> SimtrackError | None:
+def _problem(run: RunState, batch: Batch, committed: int) -> SimtrackError | None:
     """Why ``batch`` cannot be applied to ``run`` next, if it cannot."""
     if batch.seq != committed + 1:
         return FailedPrecondition(f"expected seq {committed + 1}, got {batch.seq}")
@@ -221,7 +241,7 @@ def _problem(run: Run, batch: Batch, committed: int) -> SimtrackError | None:
     return None
 
 
-def _apply_batch(run: Run, batch: Batch, write: _RunWrite) -> None:
+def _apply_batch(run: RunState, batch: Batch, write: _RunWrite) -> None:
     write.chunks.extend((batch.seq, chunk) for chunk in batch.metrics)
     write.events.extend((batch.seq, i, event) for i, event in enumerate(batch.events))
     if batch.progress is not None:
@@ -236,44 +256,34 @@ def _apply_batch(run: Run, batch: Batch, write: _RunWrite) -> None:
     if batch.final is not None:
         final = batch.final
         set_run_status(run, final.status)
-        run.error_message = final.error_message
-        run.error_details = final.error_details
-        if final.results:
-            run.results = final.results
+        write.ending = Ending(run, final.error_message, final.error_details, final.results)
 
 
 async def _write_rows(
-    uow: UnitOfWork, tenant_id: str, writes: dict[str, _RunWrite], postgres: bool
+    tx: IngestTransaction, tenant_id: str, writes: dict[str, _RunWrite], now: datetime
 ) -> None:
-    """Upsert the metrics' summaries, then bulk-write chunks and events."""
-    summaries = _summaries(tenant_id, writes)
-    if summaries:
-        await uow.session.execute(_upsert_metrics(postgres), summaries)
-    chunk_rows = [
-        (
-            metric_id(run_id, chunk.name),
-            seq,
-            tenant_id,
-            run_id,
-            chunk.first_step,
-            chunk.last_step,
-            chunk.n,
-            chunk.vmin,
-            chunk.vmax,
-            chunk.steps,
-            chunk.vals,
-            chunk.ts,
-        )  # fmt: skip
+    """The metrics' summaries, chunks and events; then each run's row."""
+    await tx.upsert_metrics(_summaries(tenant_id, writes, now))
+    chunks = [
+        {
+            "metric_id": metric_id(run_id, chunk.name),
+            "seq": seq,
+            "tenant_id": tenant_id,
+            "run_id": run_id,
+            "first_step": chunk.first_step,
+            "last_step": chunk.last_step,
+            "n": chunk.n,
+            "vmin": chunk.vmin,
+            "vmax": chunk.vmax,
+            "steps": chunk.steps,
+            "vals": chunk.vals,
+            "ts": chunk.ts,
+        }  # fmt: skip
         for run_id, write in writes.items()
         for seq, chunk in write.chunks
     ]
-    if chunk_rows:
-        # A multi-row INSERT, not COPY: PostgreSQL refuses COPY FROM into a table under
-        # row-level security, and at one row per ~1,000 points the two cost the same.
-        await uow.session.execute(
-            insert(MetricChunk), [dict(zip(_CHUNK_COLUMNS, row, strict=True)) for row in chunk_rows]
-        )
-    event_rows = [
+    await tx.insert_chunks(chunks)
+    events = [
         {
             "run_id": run_id,
             "seq": seq,
@@ -288,13 +298,16 @@ async def _write_rows(
         for run_id, write in writes.items()
         for seq, position, event in write.events
     ]
-    if event_rows:
-        await uow.session.execute(insert(Event), event_rows)
+    await tx.insert_events(events)
+    await tx.update_runs(
+        [write.run for write in writes.values() if write.run is not None],
+        now,
+        {write.run.id: write.ending for write in writes.values() if write.run and write.ending},
+    )
 
 
-def _summaries(tenant_id: str, writes: dict[str, _RunWrite]) -> list[dict[str, Any]]:
+def _summaries(tenant_id: str, writes: dict[str, _RunWrite], now: datetime) -> list[dict[str, Any]]:
     """Per metric of this transaction: count, finite min/max, and the value at the top step."""
-    now = utcnow()
     merged: dict[str, dict[str, Any]] = {}
     for run_id, write in writes.items():
         for _, chunk in write.chunks:
@@ -321,33 +334,3 @@ def _summaries(tenant_id: str, writes: dict[str, _RunWrite]) -> list[dict[str, A
 
 def _pick(choose: Callable[[float, float], float], a: float | None, b: float | None) -> Any:
     return b if a is None else a if b is None else choose(a, b)
-
-
-@functools.cache  # built once per dialect: the statement and its cache key are the same each time
-def _upsert_metrics(postgres: bool) -> Any:
-    """INSERT ... ON CONFLICT that folds a transaction's summary into the stored one."""
-    dialect_insert = postgresql.insert if postgres else sqlite.insert
-    stmt = dialect_insert(Metric)
-    new = stmt.excluded
-    least, greatest = (func.least, func.greatest) if postgres else (func.min, func.max)
-    newer = (new.last_step.is_not(None)) & (
-        Metric.last_step.is_(None) | (new.last_step >= Metric.last_step)
-    )
-    return stmt.on_conflict_do_update(
-        index_elements=[Metric.id],
-        set_={
-            "count": Metric.count + new["count"],
-            # coalesce: an absent (all non-finite) side must not blank the other
-            "min_value": least(
-                func.coalesce(Metric.min_value, new.min_value),
-                func.coalesce(new.min_value, Metric.min_value),
-            ),
-            "max_value": greatest(
-                func.coalesce(Metric.max_value, new.max_value),
-                func.coalesce(new.max_value, Metric.max_value),
-            ),
-            "last_step": case((newer, new.last_step), else_=Metric.last_step),
-            "last_value": case((newer, new.last_value), else_=Metric.last_value),
-            "updated_at": new.updated_at,
-        },
-    )

@@ -1,0 +1,399 @@
+"""The ingest writer's persistence: a few Core statements, compiled once, run on the driver.
+
+The group-commit writer issues the same handful of statements thousands of times a second.
+Going through a Session (or even Core's execute) costs more Python per batch than gRPC does,
+so these statements are compiled once per dialect from the models — the SQL and the type
+conversions stay SQLAlchemy's — and executed straight on the DBAPI driver's connection
+(psycopg's, or aiosqlite's): one ``executemany`` per table and transaction, pipelined on
+PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import re
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+from sqlalchemy import BindParameter, ClauseElement, bindparam, case, column, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.compiler import SQLCompiler
+
+from simtrack.errors import FailedPrecondition, Unavailable
+from simtrack.server.db.models import Base, Event, Experiment, Metric, MetricChunk, Run
+from simtrack.server.domain.model import ExperimentStatus, RunStatus
+
+_PYFORMAT = re.compile(r"(?<!%)%\((\w+)\)s")
+
+
+class Compiled:
+    """A statement compiled once for a dialect, with the bind/result conversions it needs."""
+
+    def __init__(self, statement: ClauseElement, dialect: Dialect) -> None:
+        compiled = statement.compile(dialect=dialect)
+        assert isinstance(compiled, SQLCompiler)
+        self.sql = str(compiled)
+        if dialect.driver == "psycopg":
+            # %(name)b: psycopg sends the parameter in binary — bytea as is, not hex-escaped.
+            self.sql = _PYFORMAT.sub(r"%(\1)b", self.sql)
+        self.positional = compiled.positional
+        binds = list(compiled.binds.values())
+        if self.positional:  # the parameters in their placeholders' order
+            order = {name: i for i, name in enumerate(compiled.positiontup or ())}
+            binds.sort(key=lambda b: order[compiled.bind_names[b]])
+        self._binds = [
+            (b.key, compiled.bind_names[b], b.type.dialect_impl(dialect).bind_processor(dialect))
+            for b in binds
+        ]
+        self._dialect = dialect
+        self._columns = list(getattr(statement, "selected_columns", ()))
+        self._results: list[Callable[[Any], Any] | None] | None = None
+
+    def params(self, values: Mapping[str, Any]) -> tuple[Any, ...] | dict[str, Any]:
+        converted = [
+            (name, process(values[key]) if process else values[key])
+            for key, name, process in self._binds
+        ]
+        if self.positional:
+            return tuple(value for _, value in converted)
+        return dict(converted)
+
+    def rows(
+        self, description: Sequence[Any], raw: Iterable[Sequence[Any]]
+    ) -> list[tuple[Any, ...]]:
+        """Result rows converted as the columns' types convert them (once the driver said
+        what it returned: PostgreSQL's numeric conversions depend on the type code)."""
+        if self._results is None:
+            self._results = [
+                column.type.dialect_impl(self._dialect).result_processor(self._dialect, d[1])
+                for column, d in zip(self._columns, description, strict=True)
+            ]
+        processors = self._results
+        return [
+            tuple(p(value) if p else value for p, value in zip(processors, row, strict=True))
+            for row in raw
+        ]
+
+
+@dataclass(slots=True)
+class RunState:
+    """The part of a run's row the writer reads (under lock) and changes."""
+
+    id: str
+    experiment_id: str
+    status: RunStatus
+    committed_seq: int
+    current_tick: int
+    total_ticks: int
+    progress_percent: float
+    started_at: datetime | None
+    completed_at: datetime | None = None
+    duration: timedelta | None = None
+
+
+_RUN_COLUMNS = (
+    Run.id, Run.experiment_id, Run.status, Run.committed_seq, Run.current_tick, Run.total_ticks,
+    Run.progress_percent, Run.started_at,
+)  # fmt: skip
+
+
+def _lock_runs(count: int) -> ClauseElement:
+    """A tenant's runs, locked (PostgreSQL) in id order: one lock order everywhere."""
+    ids: list[BindParameter[str]] = [bindparam(f"id{i}") for i in range(count)]
+    return (
+        select(*_RUN_COLUMNS)
+        .where(Run.tenant_id == bindparam("tenant_id"), Run.id.in_(ids))
+        .order_by(Run.id)
+        .with_for_update()
+    )
+
+
+def _row_source(model: type[Base], names: Sequence[str], postgres: bool) -> dict[str, Any]:
+    """Where a bulk write's values come from, by column name.
+
+    SQLite: one parameter per column, the statement executed once per row (``executemany``:
+    one call into aiosqlite's thread). PostgreSQL: one array parameter per column, unnested —
+    the whole batch is one statement, so the writer waits on the server once, not per row.
+    """
+    types = {name: getattr(model, name).type for name in names}
+    if not postgres:
+        return {name: bindparam(name, type_=type_) for name, type_ in types.items()}
+    arrays = [bindparam(name, type_=postgresql.ARRAY(type_)) for name, type_ in types.items()]
+    columns = (column(name, type_) for name, type_ in types.items())
+    rows = func.unnest(*arrays).table_valued(*columns).render_derived("v")  # AS v(a, b, ...)
+    return {name: rows.c[name] for name in names}
+
+
+def _insert(model: type[Base], names: Sequence[str], postgres: bool) -> Any:
+    """INSERT of many rows (the dialect's insert, so an ON CONFLICT clause can follow)."""
+    source = _row_source(model, names, postgres)
+    if postgres:
+        return postgresql.insert(model).from_select(list(names), select(*source.values()))
+    return sqlite.insert(model).values(source)
+
+
+def _update(model: type[Base], names: Sequence[str], postgres: bool) -> ClauseElement:
+    """UPDATE of many rows by id: ``names`` are the id and the columns set."""
+    source = _row_source(model, ("id", *names), postgres)
+    primary: Any = model.id  # type: ignore[attr-defined]
+    return update(model).where(primary == source["id"]).values({n: source[n] for n in names})
+
+
+_CHUNK_COLUMNS = (
+    "metric_id", "seq", "tenant_id", "run_id", "first_step", "last_step", "n", "vmin", "vmax",
+    "steps", "vals", "ts",
+)  # fmt: skip
+_EVENT_COLUMNS = (
+    "run_id", "seq", "position", "tenant_id", "step", "time", "type", "agent_id", "payload",
+)  # fmt: skip
+_METRIC_COLUMNS = (
+    "id", "tenant_id", "run_id", "name", "unit", "kind", "labels", "count", "min_value",
+    "max_value", "last_step", "last_value", "created_at", "updated_at",
+)  # fmt: skip
+_RUN_PROGRESS = (
+    "committed_seq", "last_seen_at", "current_tick", "total_ticks", "progress_percent",
+    "updated_at",
+)  # fmt: skip
+_RUN_END = ("status", "completed_at", "duration", "error_message", "error_details", "updated_at")
+
+
+def _upsert_metrics(postgres: bool) -> ClauseElement:
+    """INSERT ... ON CONFLICT that folds a transaction's summaries into the stored ones."""
+    stmt = _insert(Metric, _METRIC_COLUMNS, postgres)
+    new = stmt.excluded
+    least, greatest = (func.least, func.greatest) if postgres else (func.min, func.max)
+    newer = (new.last_step.is_not(None)) & (
+        Metric.last_step.is_(None) | (new.last_step >= Metric.last_step)
+    )
+    upsert: ClauseElement = stmt.on_conflict_do_update(
+        index_elements=[Metric.id],
+        set_={
+            "count": Metric.count + new["count"],
+            # coalesce: an absent (all non-finite) side must not blank the other
+            "min_value": least(
+                func.coalesce(Metric.min_value, new.min_value),
+                func.coalesce(new.min_value, Metric.min_value),
+            ),
+            "max_value": greatest(
+                func.coalesce(Metric.max_value, new.max_value),
+                func.coalesce(new.max_value, Metric.max_value),
+            ),
+            "last_step": case((newer, new.last_step), else_=Metric.last_step),
+            "last_value": case((newer, new.last_value), else_=Metric.last_value),
+            "updated_at": new.updated_at,
+        },
+    )
+    return upsert
+
+
+def _lock_experiment() -> ClauseElement:
+    return select(Experiment.id).where(Experiment.id == bindparam("id")).with_for_update()
+
+
+def _run_statuses() -> ClauseElement:
+    return select(Run.status).where(Run.experiment_id == bindparam("id")).distinct()
+
+
+class Statements:
+    """Every statement of the writer, compiled for one dialect."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+        postgres = dialect.name == "postgresql"
+        self.insert_chunks = Compiled(_insert(MetricChunk, _CHUNK_COLUMNS, postgres), dialect)
+        self.insert_events = Compiled(_insert(Event, _EVENT_COLUMNS, postgres), dialect)
+        self.upsert_metrics = Compiled(_upsert_metrics(postgres), dialect)
+        self.update_progress = Compiled(_update(Run, _RUN_PROGRESS, postgres), dialect)
+        self.update_end = Compiled(_update(Run, _RUN_END, postgres), dialect)
+        self.update_results = Compiled(_update(Run, ("results", "updated_at"), postgres), dialect)
+        self.lock_experiment = Compiled(_lock_experiment(), dialect)
+        self.run_statuses = Compiled(_run_statuses(), dialect)
+        self.update_experiment = Compiled(
+            _update(Experiment, ("status", "updated_at"), postgres), dialect
+        )
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019 - one Statements per engine, kept for its life
+    def lock_runs(self, count: int) -> Compiled:
+        return Compiled(_lock_runs(count), self.dialect)
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """How a run that ended in this transaction ended (beyond its status and times)."""
+
+    run: RunState
+    error_message: str
+    error_details: dict[str, Any]
+    results: dict[str, Any]
+
+
+class IngestTransaction:
+    """One group commit's transaction on a driver connection (psycopg or aiosqlite)."""
+
+    def __init__(self, driver: Any, statements: Statements) -> None:
+        self._driver = driver
+        self._sql = statements
+        self._postgres = statements.dialect.name == "postgresql"
+
+    async def _execute(self, compiled: Compiled, values: Mapping[str, Any]) -> list[Any]:
+        cursor = await self._driver.execute(compiled.sql, compiled.params(values))
+        rows = await cursor.fetchall()  # in a pipeline: the description comes with the rows
+        return compiled.rows(cursor.description, rows)
+
+    async def _write(self, compiled: Compiled, rows: Sequence[Mapping[str, Any]]) -> None:
+        """A bulk statement for ``rows`` (each a mapping of column name to value)."""
+        if not rows:
+            return
+        if self._postgres:  # one statement, each column's values as one array
+            columns = {name: [row[name] for row in rows] for name in rows[0]}
+            await self._driver.execute(compiled.sql, compiled.params(columns))
+        else:
+            await self._driver.executemany(compiled.sql, [compiled.params(r) for r in rows])
+
+    async def use_tenant(self, tenant_id: str) -> None:
+        """What follows acts for ``tenant_id`` (PostgreSQL row-level security's input)."""
+        if self._postgres:
+            await self._driver.execute("select set_config('app.tenant_id', %s, true)", (tenant_id,))
+
+    async def lock_runs(self, tenant_id: str, run_ids: Sequence[str]) -> dict[str, RunState]:
+        values = {f"id{i}": run_id for i, run_id in enumerate(run_ids)}
+        rows = await self._execute(
+            self._sql.lock_runs(len(run_ids)), {"tenant_id": tenant_id, **values}
+        )
+        return {row[0]: RunState(*row) for row in rows}
+
+    async def insert_chunks(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        # Not COPY: PostgreSQL refuses COPY FROM into a table under row-level security, and
+        # at one row per ~1,000 points one INSERT of unnested arrays costs about the same.
+        await self._write(self._sql.insert_chunks, rows)
+
+    async def insert_events(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        await self._write(self._sql.insert_events, rows)
+
+    async def upsert_metrics(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        await self._write(self._sql.upsert_metrics, rows)
+
+    async def update_runs(
+        self, runs: Iterable[RunState], now: datetime, ended: Mapping[str, Ending]
+    ) -> None:
+        """Write each run's watermark, liveness and progress; and how the ended ones ended."""
+        progress = [
+            {
+                "id": run.id,
+                "committed_seq": run.committed_seq,
+                "last_seen_at": now,
+                "current_tick": run.current_tick,
+                "total_ticks": run.total_ticks,
+                "progress_percent": run.progress_percent,
+                "updated_at": now,
+            }  # fmt: skip
+            for run in runs
+        ]
+        await self._write(self._sql.update_progress, progress)
+        endings = [
+            {
+                "id": run_id,
+                "status": end.run.status,
+                "completed_at": end.run.completed_at,
+                "duration": end.run.duration,
+                "error_message": end.error_message,
+                "error_details": end.error_details,
+                "updated_at": now,
+            }  # fmt: skip
+            for run_id, end in ended.items()
+        ]
+        await self._write(self._sql.update_end, endings)
+        results = [
+            {"id": run_id, "results": end.results, "updated_at": now}
+            for run_id, end in ended.items()
+            if end.results
+        ]
+        await self._write(self._sql.update_results, results)
+
+    async def experiment_run_statuses(self, experiment_id: str) -> set[RunStatus] | None:
+        """Lock an experiment's row and read its runs' statuses (None: no such experiment)."""
+        if not await self._execute(self._sql.lock_experiment, {"id": experiment_id}):
+            return None
+        rows = await self._execute(self._sql.run_statuses, {"id": experiment_id})
+        return {row[0] for row in rows}
+
+    async def set_experiment_status(
+        self, experiment_id: str, status: ExperimentStatus, now: datetime
+    ) -> None:
+        row = {"id": experiment_id, "status": status, "updated_at": now}
+        await self._write(self._sql.update_experiment, [row])
+
+
+class IngestStore:
+    """Transactions for the writer, on a connection of the server's engine.
+
+    On PostgreSQL the writer keeps one connection for itself (its prepared statements stay
+    warm) and pipelines each transaction: a group commit costs two round trips, the runs'
+    lock and the commit. SQLite's engine has one connection, shared: it is taken per group.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.statements = Statements(engine.dialect)
+        self._postgres = engine.dialect.name == "postgresql"
+        self._held: AsyncConnection | None = None
+
+    async def close(self) -> None:
+        if self._held is not None:
+            await self._held.close()
+            self._held = None
+
+    async def _connection(self) -> AsyncConnection:
+        if not self._postgres:
+            return await self.engine.connect()
+        if self._held is None:
+            self._held = await self.engine.connect()
+        return self._held
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[IngestTransaction]:
+        """A transaction, committed when the block ends, rolled back if it raises.
+
+        Database faults leave as Unavailable (the writer retries), constraint violations as
+        FailedPrecondition; a broken connection is dropped.
+        """
+        connection: AsyncConnection | None = None
+        try:
+            connection = await self._connection()
+            driver: Any = (await connection.get_raw_connection()).driver_connection
+            try:
+                if self._postgres:
+                    async with driver.pipeline():
+                        yield IngestTransaction(driver, self.statements)
+                        await driver.commit()
+                else:
+                    # Take the write lock now: a deferred transaction could not upgrade
+                    # later if another process (the CLI) wrote in between.
+                    await driver.execute("BEGIN IMMEDIATE")
+                    yield IngestTransaction(driver, self.statements)
+                    await driver.commit()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await driver.rollback()
+                raise
+        except (psycopg.IntegrityError, sqlite3.IntegrityError) as exc:
+            raise FailedPrecondition(f"the batch conflicts with stored data: {exc}") from exc
+        except (psycopg.OperationalError, sqlite3.OperationalError, psycopg.InterfaceError) as exc:
+            if connection is not None:
+                await connection.invalidate()
+                if connection is self._held:
+                    self._held = None
+            raise Unavailable("the database is unreachable; retry later") from exc
+        except (DBAPIError, SQLAlchemyError) as exc:  # connecting failed
+            raise Unavailable("the database is unreachable; retry later") from exc
+        finally:
+            if connection is not None and connection is not self._held:
+                await connection.close()

@@ -1,0 +1,61 @@
+"""The packed chunk columns: every shape round-trips; the common shapes are elided."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from simtrack.server.db.chunks import pack_steps, pack_timestamps, unpack
+
+
+def _round_trip(steps: list[int], stamps: list[float]) -> tuple[bytes, bytes]:
+    step_array = np.array(steps, dtype="<i8")
+    values = np.arange(len(steps), dtype="<f8") * 0.5
+    stamp_array = np.array(stamps, dtype="<f8")
+    first, last = int(step_array.min()), int(step_array.max())
+    packed_steps, packed_stamps = pack_steps(step_array, first, last), pack_timestamps(stamp_array)
+    got = unpack(len(steps), first, packed_steps, values.tobytes(), packed_stamps)
+    assert [a.tolist() for a in got] == [steps, values.tolist(), stamps]
+    return packed_steps, packed_stamps
+
+
+def test_contiguous_steps_and_one_shared_timestamp_are_elided() -> None:
+    steps, stamps = _round_trip(list(range(100, 1100)), [7.5] * 1000)
+    assert (steps, len(stamps)) == (b"", 8)
+
+
+def test_a_single_point_is_contiguous() -> None:
+    assert _round_trip([42], [1.0]) == (b"", np.array([1.0]).tobytes())
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [
+        [0, 2, 2, 3],  # the right range and count, but a repeat and a gap
+        [3, 2, 1, 0],  # descending
+        [0, 1, 3, 4],  # a gap
+        [0, 0],
+        [5, 6, 7, 9],
+    ],
+)
+def test_other_steps_are_kept_point_by_point(steps: list[int]) -> None:
+    packed, _ = _round_trip(steps, [float(i) for i in range(len(steps))])
+    assert len(packed) == 8 * len(steps)
+
+
+def test_varying_timestamps_are_kept_point_by_point() -> None:
+    _, stamps = _round_trip([0, 1, 2], [1.0, 2.0, 1.0])  # same first and last, not all equal
+    assert len(stamps) == 24
+
+
+@pytest.mark.parametrize(
+    ("n", "steps", "vals", "ts"),
+    [
+        (2, b"", b"\0" * 8, b"\0" * 8),  # one value short
+        (2, b"\0" * 8, b"\0" * 16, b"\0" * 8),  # steps neither elided nor complete
+        (2, b"", b"\0" * 16, b"\0" * 24),  # three timestamps for two points
+    ],
+)
+def test_malformed_columns_are_refused(n: int, steps: bytes, vals: bytes, ts: bytes) -> None:
+    with pytest.raises(ValueError, match="malformed"):
+        unpack(n, 0, steps, vals, ts)
