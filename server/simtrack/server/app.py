@@ -259,7 +259,7 @@ async def start(settings: Settings) -> Running:
         await engine.dispose()
         raise StartupError(f"cannot listen on {settings.listen}: {exc}") from exc
     await bus.start()
-    writer.start()
+    await writer.start()
     await server.start()
     stopping = asyncio.Event()
     background = [

@@ -24,14 +24,23 @@ from sqlalchemy import BindParameter, ClauseElement, bindparam, case, column, fu
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.types import ARRAY, TypeEngine
 
 from simtrack.errors import FailedPrecondition, Unavailable
 from simtrack.server.db.models import Base, Event, Experiment, Metric, MetricChunk, Run
 from simtrack.server.domain.model import ExperimentStatus, RunStatus
 
 _PYFORMAT = re.compile(r"(?<!%)%\((\w+)\)s")
+
+
+def _converter(type_: TypeEngine[Any], dialect: Dialect) -> Callable[[Any], Any] | None:
+    """How a parameter of ``type_`` is converted for the driver (None: it is not)."""
+    if isinstance(type_, ARRAY):  # convert the items; a list of plain values is sent as is
+        convert = type_.item_type.dialect_impl(dialect).bind_processor(dialect)
+        return None if convert is None else lambda values: [convert(v) for v in values]
+    return type_.dialect_impl(dialect).bind_processor(dialect)
 
 
 class Compiled:
@@ -49,10 +58,7 @@ class Compiled:
         if self.positional:  # the parameters in their placeholders' order
             order = {name: i for i, name in enumerate(compiled.positiontup or ())}
             binds.sort(key=lambda b: order[compiled.bind_names[b]])
-        self._binds = [
-            (b.key, compiled.bind_names[b], b.type.dialect_impl(dialect).bind_processor(dialect))
-            for b in binds
-        ]
+        self._binds = [(b.key, compiled.bind_names[b], _converter(b.type, dialect)) for b in binds]
         self._dialect = dialect
         self._columns = list(getattr(statement, "selected_columns", ()))
         self._results: list[Callable[[Any], Any] | None] | None = None
@@ -235,12 +241,20 @@ class Ending:
     results: dict[str, Any]
 
 
+@dataclass
+class Session:
+    """What the writer's own connection carries from one transaction to the next."""
+
+    tenant: str | None = None  # whose rows row-level security lets it see and write
+
+
 class IngestTransaction:
     """One group commit's transaction on a driver connection (psycopg or aiosqlite)."""
 
-    def __init__(self, driver: Any, statements: Statements) -> None:
+    def __init__(self, driver: Any, statements: Statements, session: Session) -> None:
         self._driver = driver
         self._sql = statements
+        self._session = session
         self._postgres = statements.dialect.name == "postgresql"
 
     async def _execute(self, compiled: Compiled, values: Mapping[str, Any]) -> list[Any]:
@@ -260,8 +274,13 @@ class IngestTransaction:
 
     async def use_tenant(self, tenant_id: str) -> None:
         """What follows acts for ``tenant_id`` (PostgreSQL row-level security's input)."""
-        if self._postgres:
-            await self._driver.execute("select set_config('app.tenant_id', %s, true)", (tenant_id,))
+        if self._postgres and self._session.tenant != tenant_id:
+            # For the session, not the transaction: the writer's connection is its own, and
+            # most groups are one tenant's, so the setting rarely changes.
+            await self._driver.execute(
+                "select set_config('app.tenant_id', %s, false)", (tenant_id,)
+            )
+            self._session.tenant = tenant_id
 
     async def lock_runs(self, tenant_id: str, run_ids: Sequence[str]) -> dict[str, RunState]:
         values = {f"id{i}": run_id for i, run_id in enumerate(run_ids)}
@@ -333,30 +352,35 @@ class IngestTransaction:
 
 
 class IngestStore:
-    """Transactions for the writer, on a connection of the server's engine.
+    """Transactions for the writer.
 
-    On PostgreSQL the writer keeps one connection for itself (its prepared statements stay
-    warm) and pipelines each transaction: a group commit costs two round trips, the runs'
-    lock and the commit. SQLite's engine has one connection, shared: it is taken per group.
+    PostgreSQL: the writer has a connection of its own (its prepared statements stay warm, and
+    the tenant setting for row-level security is changed only when the tenant changes) and
+    pipelines each transaction. SQLite: the engine's one shared connection, taken per group.
     """
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.statements = Statements(engine.dialect)
         self._postgres = engine.dialect.name == "postgresql"
-        self._held: AsyncConnection | None = None
+        self._conninfo = engine.url.set(drivername="postgresql").render_as_string(False)
+        self._own: psycopg.AsyncConnection[Any] | None = None
+        self._session = Session()
+
+    async def open(self) -> None:
+        if self._postgres:
+            await self._connect()
+
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        if self._own is None or self._own.closed:
+            self._session = Session()
+            self._own = await psycopg.AsyncConnection.connect(self._conninfo, connect_timeout=5)
+        return self._own
 
     async def close(self) -> None:
-        if self._held is not None:
-            await self._held.close()
-            self._held = None
-
-    async def _connection(self) -> AsyncConnection:
-        if not self._postgres:
-            return await self.engine.connect()
-        if self._held is None:
-            self._held = await self.engine.connect()
-        return self._held
+        if self._own is not None:
+            await self._own.close()
+            self._own = None
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[IngestTransaction]:
@@ -365,35 +389,49 @@ class IngestStore:
         Database faults leave as Unavailable (the writer retries), constraint violations as
         FailedPrecondition; a broken connection is dropped.
         """
-        connection: AsyncConnection | None = None
         try:
-            connection = await self._connection()
+            if self._postgres:
+                async with self._postgres_transaction() as transaction:
+                    yield transaction
+            else:
+                async with self._sqlite_transaction() as transaction:
+                    yield transaction
+        except (psycopg.IntegrityError, sqlite3.IntegrityError) as exc:
+            raise FailedPrecondition(f"the batch conflicts with stored data: {exc}") from exc
+        except (psycopg.OperationalError, sqlite3.OperationalError, psycopg.InterfaceError) as exc:
+            raise Unavailable("the database is unreachable; retry later") from exc
+        except (DBAPIError, SQLAlchemyError) as exc:  # connecting failed
+            raise Unavailable("the database is unreachable; retry later") from exc
+
+    @contextlib.asynccontextmanager
+    async def _postgres_transaction(self) -> AsyncIterator[IngestTransaction]:
+        connection = await self._connect()
+        try:
+            async with connection.pipeline():
+                yield IngestTransaction(connection, self.statements, self._session)
+                await connection.commit()
+        except BaseException as exc:
+            self._session.tenant = None  # a rolled-back transaction takes its setting along
+            if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+                self._own = None
+                with contextlib.suppress(Exception):
+                    await connection.close()
+            else:
+                with contextlib.suppress(Exception):
+                    await connection.rollback()
+            raise
+
+    @contextlib.asynccontextmanager
+    async def _sqlite_transaction(self) -> AsyncIterator[IngestTransaction]:
+        async with self.engine.connect() as connection:
             driver: Any = (await connection.get_raw_connection()).driver_connection
+            # Take the write lock now: a deferred transaction could not upgrade later if
+            # another process (the CLI) wrote in between.
+            await driver.execute("BEGIN IMMEDIATE")
             try:
-                if self._postgres:
-                    async with driver.pipeline():
-                        yield IngestTransaction(driver, self.statements)
-                        await driver.commit()
-                else:
-                    # Take the write lock now: a deferred transaction could not upgrade
-                    # later if another process (the CLI) wrote in between.
-                    await driver.execute("BEGIN IMMEDIATE")
-                    yield IngestTransaction(driver, self.statements)
-                    await driver.commit()
+                yield IngestTransaction(driver, self.statements, Session())
+                await driver.commit()
             except BaseException:
                 with contextlib.suppress(Exception):
                     await driver.rollback()
                 raise
-        except (psycopg.IntegrityError, sqlite3.IntegrityError) as exc:
-            raise FailedPrecondition(f"the batch conflicts with stored data: {exc}") from exc
-        except (psycopg.OperationalError, sqlite3.OperationalError, psycopg.InterfaceError) as exc:
-            if connection is not None:
-                await connection.invalidate()
-                if connection is self._held:
-                    self._held = None
-            raise Unavailable("the database is unreachable; retry later") from exc
-        except (DBAPIError, SQLAlchemyError) as exc:  # connecting failed
-            raise Unavailable("the database is unreachable; retry later") from exc
-        finally:
-            if connection is not None and connection is not self._held:
-                await connection.close()

@@ -88,7 +88,9 @@ class GroupCommitWriter:
         self._changed: set[str] = set()  # runs whose watchers have not been told yet
         self._notifier: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """Connect (now, while the database is known to be up), then take batches."""
+        await self.store.open()
         self._task = asyncio.create_task(self._run(), name="simtrack-group-commit")
 
     async def stop(self) -> None:
