@@ -12,11 +12,12 @@ def _round_trip(steps: list[int], stamps: list[float]) -> tuple[bytes, bytes]:
     step_array = np.array(steps, dtype="<i8")
     values = np.arange(len(steps), dtype="<f8") * 0.5
     stamp_array = np.array(stamps, dtype="<f8")
-    first, last = int(step_array.min()), int(step_array.max())
-    packed_steps, packed_stamps = pack_steps(step_array, first, last), pack_timestamps(stamp_array)
-    got = unpack(len(steps), first, packed_steps, values.tobytes(), packed_stamps)
+    packed, packed_stamps = pack_steps(step_array), pack_timestamps(stamp_array, now=0.0)
+    assert (packed.first, packed.last) == (min(steps), max(steps))
+    assert steps[packed.top] == max(steps)
+    got = unpack(len(steps), packed.first, packed.packed, values.tobytes(), packed_stamps)
     assert [a.tolist() for a in got] == [steps, values.tolist(), stamps]
-    return packed_steps, packed_stamps
+    return packed.packed, packed_stamps
 
 
 def test_contiguous_steps_and_one_shared_timestamp_are_elided() -> None:
@@ -36,11 +37,16 @@ def test_a_single_point_is_contiguous() -> None:
         [0, 1, 3, 4],  # a gap
         [0, 0],
         [5, 6, 7, 9],
+        [0, 2, 1, 3],  # the right ends and count, out of order
     ],
 )
 def test_other_steps_are_kept_point_by_point(steps: list[int]) -> None:
     packed, _ = _round_trip(steps, [float(i) for i in range(len(steps))])
     assert len(packed) == 8 * len(steps)
+
+
+def test_no_timestamps_means_now_for_every_point() -> None:
+    assert unpack(3, 5, b"", bytes(24), pack_timestamps(None, now=9.5))[2].tolist() == [9.5] * 3
 
 
 def test_varying_timestamps_are_kept_point_by_point() -> None:

@@ -71,16 +71,15 @@ def _series_chunk(field: str, series: tpb.MetricSeries, now: float) -> SeriesChu
         raise InvalidArgument.of(
             f"{field}.timestamps", f"has {len(series.timestamps)} entries: none or one per value"
         )
-    ts = np.asarray(series.timestamps, dtype="<f8") if len(series.timestamps) else np.full(n, now)
-    top = int(steps.argmax())
-    first_step = int(steps.min())
+    stamps = np.asarray(series.timestamps, dtype="<f8") if len(series.timestamps) else None
+    packed = pack_steps(steps)
     vmin: float | None
     vmax: float | None
     last_value: float | None
     last_step: int | None
     lowest, highest = float(vals.min()), float(vals.max())
     if math.isfinite(lowest) and math.isfinite(highest):  # the common case (NaN propagates)
-        vmin, vmax, last_step, last_value = lowest, highest, int(steps[top]), float(vals[top])
+        vmin, vmax, last_step, last_value = lowest, highest, packed.last, float(vals[packed.top])
     else:  # NaN or an infinity among the values: the summaries skip them
         finite = np.isfinite(vals)
         if finite.any():
@@ -94,15 +93,15 @@ def _series_chunk(field: str, series: tpb.MetricSeries, now: float) -> SeriesChu
         unit=bounded_text(f"{field}.unit", series.unit, max_len=50),
         kind=METRIC_KIND.to_domain(f"{field}.kind", series.kind) or MetricKind.GAUGE,
         n=n,
-        first_step=first_step,
-        last_step=int(steps[top]),
+        first_step=packed.first,
+        last_step=packed.last,
         vmin=vmin,
         vmax=vmax,
         last_value=last_value,
         last_value_step=last_step,
-        steps=pack_steps(steps, first_step, int(steps[top])),
+        steps=packed.packed,
         vals=vals.tobytes(),
-        ts=pack_timestamps(ts),
+        ts=pack_timestamps(stamps, now),
     )
 
 

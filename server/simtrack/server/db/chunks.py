@@ -14,6 +14,8 @@ WAL), and eliding both shapes cuts a typical chunk to a third.
 
 from __future__ import annotations
 
+import struct
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,19 +25,31 @@ STEP = np.dtype("<i8")
 FLOAT = np.dtype("<f8")
 
 
-def pack_steps(steps: Array, first: int, last: int) -> bytes:
-    """``steps`` packed; empty when they are exactly first, first + 1, ..., last."""
+@dataclass(frozen=True, slots=True)
+class PackedSteps:
+    first: int  # the lowest step
+    last: int  # the highest step
+    top: int  # where the highest step is: its value is the series' latest
+    packed: bytes
+
+
+def pack_steps(steps: Array) -> PackedSteps:
+    """``steps`` (int64, at least one) packed; nothing when they run first, first + 1, ..."""
     n = len(steps)
-    if last - first == n - 1 and int(steps[0]) == first and (n < 2 or (np.diff(steps) == 1).all()):
-        return b""
-    return steps.astype(STEP, copy=False).tobytes()
+    first, last = int(steps[0]), int(steps[-1])
+    if last - first == n - 1 and (n == 1 or bool((np.diff(steps) == 1).all())):
+        return PackedSteps(first, last, n - 1, b"")
+    top = int(steps.argmax())
+    return PackedSteps(int(steps.min()), int(steps[top]), top, steps.tobytes())
 
 
-def pack_timestamps(stamps: Array) -> bytes:
-    """``stamps`` packed; a single value when they are all equal."""
-    if len(stamps) and stamps[0] == stamps[-1] and stamps.min() == stamps.max():
-        return stamps[:1].astype(FLOAT, copy=False).tobytes()
-    return stamps.astype(FLOAT, copy=False).tobytes()
+def pack_timestamps(stamps: Array | None, now: float) -> bytes:
+    """``stamps`` (float64) packed, one value when they are all equal; None: all ``now``."""
+    if stamps is None:
+        return struct.pack("<d", now)
+    if bool((stamps == stamps[0]).all()):
+        return stamps[:1].tobytes()
+    return stamps.tobytes()
 
 
 def unpack(
