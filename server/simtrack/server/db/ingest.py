@@ -4,8 +4,8 @@ The group-commit writer issues the same handful of statements thousands of times
 Going through a Session (or even Core's execute) costs more Python per batch than gRPC does,
 so these statements are compiled once per dialect from the models — the SQL and the type
 conversions stay SQLAlchemy's — and executed straight on the DBAPI driver's connection
-(psycopg's, or aiosqlite's): one ``executemany`` per table and transaction, pipelined on
-PostgreSQL.
+(psycopg's, or aiosqlite's): one statement per table and transaction (PostgreSQL: the rows as
+unnested arrays, binary parameters, the transaction pipelined; SQLite: ``executemany``).
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """The group-commit writer: every queued batch of every stream goes into one short transaction.
 
 One writer task per server process drains whatever is queued (up to a limit), writes it with
-one multi-row INSERT per table (PostgreSQL refuses COPY under row-level security), moves each
-run's watermark in the same transaction, commits, and only then resolves the batches' futures —
-the acks. A batch at or below its run's watermark was stored before (a resend) and is acknowledged
-without being stored again; that is the whole of exactly-once.
+one statement per table (``simtrack.server.db.ingest``), moves each run's watermark in the same
+transaction, commits, and only then resolves the batches' futures — the acks. A batch at or
+below its run's watermark was stored before (a resend) and is acknowledged without being
+stored again; that is the whole of exactly-once.
 """
 
 from __future__ import annotations
