@@ -4,8 +4,10 @@ In one run, on this machine (client processes and server share its cores):
 
 * durable points/s through RunService.StreamRun into PostgreSQL and SQLite, with 1 and 4
   concurrent worker processes at 100 and 1000 points per message (one metric per message,
-  ~32 messages unacknowledged); points/s = points acked / (last ack - first send); the stored
-  point count is checked against what was sent (``*_verified = 1``, or the bench fails);
+  contiguous steps, one timestamp per message, ~32 messages unacknowledged); points/s = points
+  acked / (last ack - first send); the stored point count is checked against what was sent
+  (``*_verified = 1``, or the bench fails); the full run adds 4x1000 with a timestamp per point
+  (``pg_ingest_4x1000_distinct_ts``: the chunks then hold every timestamp);
 * the worker helper (``simtrack.client.Worker``), one thread calling ``log_metrics``;
 * the limits beside them: psycopg binary COPY of the same points as one row per point into an
   indexed table, and the same client against a gRPC server that acks without a database;
@@ -66,6 +68,7 @@ class Sizes:
     idle_streams: int  # at most; --quick may open fewer to stay in its budget
     helper_steps: int  # x 10 metrics
     sqlite_4x100: bool
+    distinct_timestamps: bool  # also 4x1000 into PostgreSQL with a timestamp per point
     coalesced_acks: bool  # also measure gRPC with coalesced acks (bench.null_server --coalesce)
 
 
@@ -77,6 +80,7 @@ QUICK = Sizes(
     idle_streams=1000,
     helper_steps=50_000,
     sqlite_4x100=False,
+    distinct_timestamps=False,
     coalesced_acks=False,
 )
 FULL = Sizes(
@@ -87,6 +91,7 @@ FULL = Sizes(
     idle_streams=1000,
     helper_steps=300_000,
     sqlite_4x100=True,
+    distinct_timestamps=True,
     coalesced_acks=True,
 )
 
@@ -199,11 +204,20 @@ async def ingest_case(
     points: int,
     batch: int,
     database: StoredPoints | None,
+    distinct_timestamps: bool = False,
 ) -> float:
     """One case: len(run_ids) workers, ``points`` in all; prints its rate and verification."""
     per_worker = points // len(run_ids)
     configs = [
-        WorkerConfig(server.address, run_id, per_worker, batch, WINDOW) for run_id in run_ids
+        WorkerConfig(
+            server.address,
+            run_id,
+            per_worker,
+            batch,
+            WINDOW,
+            distinct_timestamps=distinct_timestamps,
+        )
+        for run_id in run_ids
     ]
     with report.phase(f"{name} (build, connect)"):
         await pool.prepare(configs)
@@ -604,6 +618,19 @@ async def _measure(
     await _ingest_cases(
         report, pool, "pg_ingest", servers.pg, servers.pg_control, postgres, pg_cases
     )
+    if sizes.distinct_timestamps:  # the bench's batches share one timestamp, stored once
+        run_ids = await servers.pg_control.create_runs(4)
+        await ingest_case(
+            report,
+            pool,
+            "pg_ingest_4x1000_distinct_ts",
+            servers.pg,
+            run_ids,
+            sizes.points_1000,
+            1000,
+            postgres,
+            distinct_timestamps=True,
+        )
     pg_peak = servers.pg.peak_rss_mb()
     report.add("pg_server_peak_rss_mb", pg_peak, "MB", note="VmHWM after the pg cases")
     await servers.pg_control.close()

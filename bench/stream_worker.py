@@ -42,6 +42,7 @@ class WorkerConfig:
     window: int = 32
     metric: str = "loss"
     timestamps: bool = True
+    distinct_timestamps: bool = False  # a timestamp per point (1 ms apart), not one per batch
     finish: bool = True  # send the final status after the metric batches
 
 
@@ -62,6 +63,8 @@ def build_messages(config: WorkerConfig) -> list[telemetry_pb2.StreamRunRequest]
     rng = np.random.default_rng(abs(hash(config.run_id)) % (2**32))
     values = rng.standard_normal(config.batch)
     stamps = np.full(config.batch, time.time()) if config.timestamps else None
+    if stamps is not None and config.distinct_timestamps:
+        stamps += np.arange(config.batch) * 1e-3
     messages = []
     count = -(-config.points // config.batch)
     for index in range(count):
@@ -234,12 +237,12 @@ def _emit(record: dict[str, Any]) -> None:
 
 async def serve_cases() -> None:
     """Run cases as the orchestrator sends them; messages are built once per shape."""
-    built: dict[tuple[int, int, bool], list[telemetry_pb2.StreamRunRequest]] = {}
+    built: dict[tuple[int, int, bool, bool], list[telemetry_pb2.StreamRunRequest]] = {}
     while line := (await _read_line()).strip():
         if line == "exit":
             return
         config = WorkerConfig(**json.loads(line))
-        key = (config.points, config.batch, config.timestamps)
+        key = (config.points, config.batch, config.timestamps, config.distinct_timestamps)
         started = time.monotonic()
         if key not in built:
             built[key] = build_messages(config)

@@ -73,14 +73,15 @@ class Compiled:
         return dict(converted)
 
     def rows(
-        self, description: Sequence[Any], raw: Iterable[Sequence[Any]]
+        self, type_codes: Sequence[Any] | None, raw: Iterable[Sequence[Any]]
     ) -> list[tuple[Any, ...]]:
         """Result rows converted as the columns' types convert them (once the driver said
         what it returned: PostgreSQL's numeric conversions depend on the type code)."""
         if self._results is None:
+            codes = type_codes or [None] * len(self._columns)
             self._results = [
-                column.type.dialect_impl(self._dialect).result_processor(self._dialect, d[1])
-                for column, d in zip(self._columns, description, strict=True)
+                column.type.dialect_impl(self._dialect).result_processor(self._dialect, code)
+                for column, code in zip(self._columns, codes, strict=True)
             ]
         processors = self._results
         return [
@@ -258,9 +259,13 @@ class IngestTransaction:
         self._postgres = statements.dialect.name == "postgresql"
 
     async def _execute(self, compiled: Compiled, values: Mapping[str, Any]) -> list[Any]:
-        cursor = await self._driver.execute(compiled.sql, compiled.params(values))
+        params = compiled.params(values)
+        if not self._postgres:  # one trip to aiosqlite's thread, not two
+            rows = await self._driver.execute_fetchall(compiled.sql, params)
+            return compiled.rows(None, rows)
+        cursor = await self._driver.execute(compiled.sql, params)
         rows = await cursor.fetchall()  # in a pipeline: the description comes with the rows
-        return compiled.rows(cursor.description, rows)
+        return compiled.rows([d.type_code for d in cursor.description], rows)
 
     async def _write(self, compiled: Compiled, rows: Sequence[Mapping[str, Any]]) -> None:
         """A bulk statement for ``rows`` (each a mapping of column name to value)."""
