@@ -1,7 +1,8 @@
 """RunService's worker-facing RPCs: StreamRun, WatchRun and the commands.
 
 Decoding a stream message packs its columns with numpy straight from the protobuf repeated
-fields (they expose the buffer protocol, so packing 1,000 points is a copy, ~10 µs).
+fields (numpy reads them in C: ~10 µs per 1,000-point column, against ~145 µs with the array
+module), and elides the common shapes (``simtrack.server.db.chunks``).
 """
 
 from __future__ import annotations

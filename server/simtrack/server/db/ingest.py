@@ -243,7 +243,7 @@ class Ending:
 
 
 @dataclass
-class Session:
+class ConnectionState:
     """What the writer's own connection carries from one transaction to the next."""
 
     tenant: str | None = None  # whose rows row-level security lets it see and write
@@ -252,10 +252,10 @@ class Session:
 class IngestTransaction:
     """One group commit's transaction on a driver connection (psycopg or aiosqlite)."""
 
-    def __init__(self, driver: Any, statements: Statements, session: Session) -> None:
+    def __init__(self, driver: Any, statements: Statements, state: ConnectionState) -> None:
         self._driver = driver
         self._sql = statements
-        self._session = session
+        self._state = state
         self._postgres = statements.dialect.name == "postgresql"
 
     async def _execute(self, compiled: Compiled, values: Mapping[str, Any]) -> list[Any]:
@@ -279,13 +279,13 @@ class IngestTransaction:
 
     async def use_tenant(self, tenant_id: str) -> None:
         """What follows acts for ``tenant_id`` (PostgreSQL row-level security's input)."""
-        if self._postgres and self._session.tenant != tenant_id:
+        if self._postgres and self._state.tenant != tenant_id:
             # For the session, not the transaction: the writer's connection is its own, and
             # most groups are one tenant's, so the setting rarely changes.
             await self._driver.execute(
                 "select set_config('app.tenant_id', %s, false)", (tenant_id,)
             )
-            self._session.tenant = tenant_id
+            self._state.tenant = tenant_id
 
     async def lock_runs(self, tenant_id: str, run_ids: Sequence[str]) -> dict[str, RunState]:
         values = {f"id{i}": run_id for i, run_id in enumerate(run_ids)}
@@ -318,7 +318,7 @@ class IngestTransaction:
                 "total_ticks": run.total_ticks,
                 "progress_percent": run.progress_percent,
                 "updated_at": now,
-            }  # fmt: skip
+            }
             for run in runs
         ]
         await self._write(self._sql.update_progress, progress)
@@ -331,7 +331,7 @@ class IngestTransaction:
                 "error_message": end.error_message,
                 "error_details": end.error_details,
                 "updated_at": now,
-            }  # fmt: skip
+            }
             for run_id, end in ended.items()
         ]
         await self._write(self._sql.update_end, endings)
@@ -370,7 +370,7 @@ class IngestStore:
         self._postgres = engine.dialect.name == "postgresql"
         self._conninfo = engine.url.set(drivername="postgresql").render_as_string(False)
         self._own: psycopg.AsyncConnection[Any] | None = None
-        self._session = Session()
+        self._state = ConnectionState()
 
     async def open(self) -> None:
         if self._postgres:
@@ -378,7 +378,7 @@ class IngestStore:
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
         if self._own is None or self._own.closed:
-            self._session = Session()
+            self._state = ConnectionState()
             self._own = await psycopg.AsyncConnection.connect(self._conninfo, connect_timeout=5)
         return self._own
 
@@ -413,10 +413,10 @@ class IngestStore:
         connection = await self._connect()
         try:
             async with connection.pipeline():
-                yield IngestTransaction(connection, self.statements, self._session)
+                yield IngestTransaction(connection, self.statements, self._state)
                 await connection.commit()
         except BaseException as exc:
-            self._session.tenant = None  # a rolled-back transaction takes its setting along
+            self._state.tenant = None  # a rolled-back transaction takes its setting along
             if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
                 self._own = None
                 with contextlib.suppress(Exception):
@@ -434,7 +434,7 @@ class IngestStore:
             # another process (the CLI) wrote in between.
             await driver.execute("BEGIN IMMEDIATE")
             try:
-                yield IngestTransaction(driver, self.statements, Session())
+                yield IngestTransaction(driver, self.statements, ConnectionState())
                 await driver.commit()
             except BaseException:
                 with contextlib.suppress(Exception):

@@ -280,7 +280,7 @@ async def _write_rows(
             "steps": chunk.steps,
             "vals": chunk.vals,
             "ts": chunk.ts,
-        }  # fmt: skip
+        }
         for run_id, write in writes.items()
         for seq, chunk in write.chunks
     ]
@@ -296,7 +296,7 @@ async def _write_rows(
             "type": event.type,
             "agent_id": event.agent_id,
             "payload": event.payload,
-        }  # fmt: skip
+        }
         for run_id, write in writes.items()
         for seq, position, event in write.events
     ]
