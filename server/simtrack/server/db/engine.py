@@ -20,6 +20,11 @@ def async_url(url: str | URL) -> URL:
     raise ValueError(f"unsupported database {backend!r}: use sqlite:// or postgresql://")
 
 
+def libpq_conninfo(url: str | URL) -> str:
+    """The URL as psycopg takes it directly (no SQLAlchemy driver name, password kept)."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
 def is_sqlite(url: str | URL) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 

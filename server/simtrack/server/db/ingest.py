@@ -29,6 +29,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.types import ARRAY, TypeEngine
 
 from simtrack.errors import FailedPrecondition, Unavailable
+from simtrack.server.db.engine import libpq_conninfo
 from simtrack.server.db.models import Base, Event, Experiment, Metric, MetricChunk, Run
 from simtrack.server.domain.model import ExperimentStatus, RunStatus
 
@@ -368,7 +369,7 @@ class IngestStore:
         self.engine = engine
         self.statements = Statements(engine.dialect)
         self._postgres = engine.dialect.name == "postgresql"
-        self._conninfo = engine.url.set(drivername="postgresql").render_as_string(False)
+        self._conninfo = libpq_conninfo(engine.url)
         self._own: psycopg.AsyncConnection[Any] | None = None
         self._state = ConnectionState()
 

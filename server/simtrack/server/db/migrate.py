@@ -13,6 +13,7 @@ from sqlalchemy import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from alembic import command
+from simtrack.server.db.engine import libpq_conninfo
 from simtrack.server.db.models import TENANT_OWNED_TABLES
 
 _HERE = Path(__file__).resolve().parent
@@ -67,7 +68,7 @@ def grant_app_role(url: str, role: str, password: str | None = None) -> None:
     target = make_url(url)
     if target.get_backend_name() != "postgresql":
         raise ValueError("an application role only exists on PostgreSQL")
-    conninfo = target.set(drivername="postgresql").render_as_string(hide_password=False)
+    conninfo = libpq_conninfo(target)
     name = sql.Identifier(role)
     with psycopg.connect(conninfo) as connection:  # one transaction, committed on exit
         exists = connection.execute("select 1 from pg_roles where rolname = %s", (role,)).fetchone()

@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import psycopg
-from sqlalchemy.engine import make_url
 
 from simtrack.errors import Unavailable
+from simtrack.server.db.engine import libpq_conninfo
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class PostgresBus(Bus):
 
     def __init__(self, url: str) -> None:
         super().__init__()
-        self._conninfo = make_url(url).set(drivername="postgresql").render_as_string(False)
+        self._conninfo = libpq_conninfo(url)
         self._publisher: psycopg.AsyncConnection[Any] | None = None
         self._publish_lock = asyncio.Lock()
         self._listener: asyncio.Task[None] | None = None
