@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from dataclasses import dataclass
+from typing import TypeGuard
 
 from simtrack.errors import Conflict, FailedPrecondition, SimtrackError
 from simtrack.server.domain.tenancy import Principal
@@ -48,7 +50,9 @@ class StreamSession:
         self.writer = writer
         self.outbox: asyncio.Queue[Outgoing] = asyncio.Queue()
         self._next_seq = committed_seq + 1
-        self._acks: asyncio.Queue[asyncio.Future[int] | None] = asyncio.Queue()
+        # Commits awaited in seq order by the acker; None marks the end of the stream.
+        self._pending: deque[asyncio.Future[int] | None] = deque()
+        self._pending_added = asyncio.Event()
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._acker = asyncio.create_task(self._send_acks(), name=f"acks-{run_id}")
         self.closing = False
@@ -61,7 +65,7 @@ class StreamSession:
             )
         self._next_seq = max(self._next_seq, batch.seq + 1)
         await self._slots.acquire()
-        await self._acks.put(self.writer.submit(self.principal, self.run_id, batch))
+        self._add_pending(self.writer.submit(self.principal, self.run_id, batch))
 
     def heartbeat(self) -> None:
         """Keep the run alive (the writer stamps its last_seen_at); nothing is acked."""
@@ -75,7 +79,7 @@ class StreamSession:
         self.closing = True
         if reason is not None:
             self.push(GoingAwayOut(reason))
-        await self._acks.put(None)
+        self._add_pending(None)
         with contextlib.suppress(asyncio.CancelledError):
             await self._acker
 
@@ -90,17 +94,27 @@ class StreamSession:
         self._acker.cancel()
         self.push(error)
 
+    def _add_pending(self, commit: asyncio.Future[int] | None) -> None:
+        self._pending.append(commit)
+        self._pending_added.set()
+
+    async def _next_pending(self) -> asyncio.Future[int] | None:
+        while not self._pending:
+            self._pending_added.clear()
+            await self._pending_added.wait()
+        return self._pending.popleft()
+
     async def _send_acks(self) -> None:
         """Acks in order; one per commit: acks are cumulative, so what a commit covered at once
         is acknowledged at once."""
-        while (done := await self._acks.get()) is not None:
+        pending = self._pending
+        while (done := await self._next_pending()) is not None:
             try:
                 committed = await done
-                while not self._acks.empty():  # later batches committed in the same group
-                    following = self._acks._queue[0]  # type: ignore[attr-defined]
-                    if following is None or not following.done():
-                        break
-                    self._acks.get_nowait()
+                # Later batches committed in the same group are covered by the same ack; a
+                # failed one is left for the next turn, so what did commit is acked first.
+                while pending and _committed(following := pending[0]):
+                    pending.popleft()
                     self._slots.release()
                     committed = following.result()
             except SimtrackError as error:
@@ -110,6 +124,15 @@ class StreamSession:
                 self._slots.release()
             self.push(AckOut(committed))
         self.push(None)
+
+
+def _committed(commit: asyncio.Future[int] | None) -> TypeGuard[asyncio.Future[int]]:
+    return (
+        commit is not None
+        and commit.done()
+        and not commit.cancelled()
+        and commit.exception() is None
+    )
 
 
 class StreamRegistry:
