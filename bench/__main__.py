@@ -1,4 +1,4 @@
-"""``python -m bench ingest [--quick]``: run a benchmark and print its figures."""
+"""``python -m bench {ingest,history} [--quick]``: run a benchmark and print its figures."""
 
 from __future__ import annotations
 
@@ -31,7 +31,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="DIR",
         help="sample the server with py-spy during each case; stacks and top functions to DIR",
     )
+    history = commands.add_parser(
+        "history", help="reading a metric back: pages, downsampling, beside a raw database read"
+    )
+    history.add_argument("--quick", action="store_true", help="200,000 points, not 1,000,000")
+    history.add_argument(
+        "--admin-url",
+        default="postgresql://postgres@127.0.0.1:5432/test",
+        help="PostgreSQL superuser URL used to create and drop the benchmark database",
+    )
     args = parser.parse_args(argv)
+    if args.command == "history":
+        from bench.history import run_history
+
+        return run_history(quick=args.quick, admin_url=args.admin_url)
     if args.command == "ingest":
         from bench.ingest import run_ingest
 

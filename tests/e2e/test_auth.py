@@ -139,7 +139,8 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) ->
 
 @dataclass(frozen=True)
 class Objects:
-    """One object of every kind in one tenant; ``spare_agent`` is referenced by nothing."""
+    """One object of every kind in one tenant; ``spare_agent`` is referenced by nothing;
+    ``streamed`` is a run a worker sent a metric and an event to."""
 
     agent: Agent
     spare_agent: Agent
@@ -148,6 +149,7 @@ class Objects:
     simulation: Simulation
     run: Run
     participant: Participant
+    streamed: Run
 
 
 def create_objects(client: Client) -> Objects:
@@ -176,7 +178,25 @@ def create_objects(client: Client) -> Objects:
             participant=Participant(run_id=run.id, agent_id=main_agent.id)
         )
     ).participant
-    return Objects(main_agent, spare_agent, template, experiment, simulation, run, participant)
+    streamed = client.runs.CreateRun(
+        runs_pb2.CreateRunRequest(run=Run(experiment_id=experiment.id))
+    ).run
+    Request = telemetry_pb2.StreamRunRequest
+    telemetry = [
+        Request(hello=telemetry_pb2.Hello(run_id=streamed.id)),
+        Request(
+            seq=1,
+            metrics=telemetry_pb2.MetricBatch(
+                series=[telemetry_pb2.MetricSeries(name="loss", steps=[0, 1], values=[0.5, 0.25])]
+            ),
+        ),
+        Request(seq=2, events=telemetry_pb2.EventBatch(events=[telemetry_pb2.Event(type="x")])),
+    ]
+    answers = list(client.runs.StreamRun(iter(telemetry), timeout=TIMEOUT))
+    assert answers[-1].ack.committed_seq == 2, answers
+    return Objects(
+        main_agent, spare_agent, template, experiment, simulation, run, participant, streamed
+    )
 
 
 def read_requests(o: Objects) -> dict[str, Message]:
@@ -195,6 +215,11 @@ def read_requests(o: Objects) -> dict[str, Message]:
         "RunService.GetParticipant": runs_pb2.GetParticipantRequest(id=o.participant.id),
         "RunService.ListParticipants": runs_pb2.ListParticipantsRequest(run_id=o.run.id),
         "RunService.WatchRun": runs_pb2.WatchRunRequest(id=o.run.id),
+        "RunService.ListMetrics": runs_pb2.ListMetricsRequest(run_id=o.streamed.id),
+        "RunService.GetMetricHistory": runs_pb2.GetMetricHistoryRequest(
+            run_id=o.streamed.id, metric="loss"
+        ),
+        "RunService.ListEvents": runs_pb2.ListEventsRequest(run_id=o.streamed.id),
         "ScenarioService.GetScenario": scenarios_pb2.GetScenarioRequest(id=SCENARIO),
         "ScenarioService.ListScenarios": scenarios_pb2.ListScenariosRequest(),
     }
@@ -316,6 +341,7 @@ def test_every_rpc_has_a_read_or_write_request() -> None:
         Simulation(id="x"),
         Run(id="r"),
         Participant(id="p"),
+        Run(id="w"),
     )
     reads = set(read_requests(objects))
     writes = [name for name, _ in write_requests(objects)]

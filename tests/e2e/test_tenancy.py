@@ -715,6 +715,38 @@ def send_command(s: Scene) -> None:
     )
 
 
+# RunService: telemetry reads
+
+
+@case("RunService.ListMetrics")
+def list_metrics(s: Scene) -> None:
+    assert_hidden(
+        s.server,
+        lambda id: s.a.runs.ListMetrics(runs_pb2.ListMetricsRequest(run_id=id), timeout=TIMEOUT),
+        s.theirs.run.id,
+    )
+
+
+@case("RunService.GetMetricHistory")
+def get_metric_history(s: Scene) -> None:
+    assert_hidden(
+        s.server,
+        lambda id: s.a.runs.GetMetricHistory(
+            runs_pb2.GetMetricHistoryRequest(run_id=id, metric="loss"), timeout=TIMEOUT
+        ),
+        s.theirs.run.id,
+    )
+
+
+@case("RunService.ListEvents")
+def list_events(s: Scene) -> None:
+    assert_hidden(
+        s.server,
+        lambda id: s.a.runs.ListEvents(runs_pb2.ListEventsRequest(run_id=id), timeout=TIMEOUT),
+        s.theirs.run.id,
+    )
+
+
 # RunService: participants
 
 

@@ -8,7 +8,7 @@
 The client never imports the server package.
 """
 
-from simtrack.client.client import Client
+from simtrack.client.client import Client, MetricHistory
 from simtrack.client.errors import from_rpc_error
 from simtrack.client.worker import (
     AsyncWorker,
@@ -23,6 +23,7 @@ __all__ = [
     "AsyncWorker",
     "Client",
     "Command",
+    "MetricHistory",
     "SyncError",
     "Worker",
     "WorkerOptions",

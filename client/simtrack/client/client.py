@@ -18,10 +18,13 @@ Every failed call raises the :class:`~simtrack.errors.SimtrackError` subclass of
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
+import numpy as np
+import numpy.typing as npt
 from google.protobuf import struct_pb2
 
 from simtrack.client.errors import from_rpc_error
@@ -36,7 +39,7 @@ from simtrack.v1 import (
     telemetry_pb2,
 )
 
-__all__ = ["Client"]
+__all__ = ["Client", "MetricHistory"]
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -55,6 +58,25 @@ def _struct(value: Mapping[str, Any] | None) -> struct_pb2.Struct | None:
     struct = struct_pb2.Struct()
     struct.update(value)
     return struct
+
+
+class PageResponse(Protocol):
+    @property
+    def next_page_token(self) -> str: ...
+
+
+Paged = TypeVar("Paged", bound=PageResponse)
+
+
+@dataclass(frozen=True)
+class MetricHistory:
+    """A metric's points as parallel columns, in step order (see Client.metric_history)."""
+
+    steps: npt.NDArray[np.int64]
+    values: npt.NDArray[np.float64]
+    timestamps: npt.NDArray[np.float64]  # Unix seconds
+    downsampled: bool  # some points of the range were left out (max_points)
+    range_count: int  # stored points in the range, shown or not
 
 
 class Client:
@@ -101,6 +123,15 @@ class Client:
             return method(request, timeout=self.timeout, metadata=self.metadata)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
+
+    def _pages(self, method: Callable[..., Paged], request: Any) -> Iterator[Paged]:
+        """Every page of a list call: ``request`` again with each next_page_token."""
+        while True:
+            page = self._call(method, request)
+            yield page
+            if not page.next_page_token:
+                return
+            request.page_token = page.next_page_token
 
     def close(self) -> None:
         """Close the channel (when this client opened it)."""
@@ -174,14 +205,51 @@ class Client:
 
     def list_runs(self, filter: str = "", page_size: int = 0) -> Iterator[runs_pb2.Run]:
         """Every run matching ``filter`` (AIP-160 subset), oldest first, page by page."""
-        token = ""
-        while True:
-            request = runs_pb2.ListRunsRequest(filter=filter, page_size=page_size, page_token=token)
-            page = self._call(self.runs.ListRuns, request)
+        request = runs_pb2.ListRunsRequest(filter=filter, page_size=page_size)
+        for page in self._pages(self.runs.ListRuns, request):
             yield from page.runs
-            token = page.next_page_token
-            if not token:
-                return
+
+    def list_metrics(self, run_id: str, filter: str = "") -> Iterator[runs_pb2.Metric]:
+        """A run's metrics with their summaries (count, latest, min, max), oldest first."""
+        request = runs_pb2.ListMetricsRequest(run_id=run_id, filter=filter)
+        for page in self._pages(self.runs.ListMetrics, request):
+            yield from page.metrics
+
+    def metric_history(
+        self,
+        run_id: str,
+        metric: str,
+        *,
+        start_step: int | None = None,
+        end_step: int | None = None,
+        max_points: int = 0,
+    ) -> MetricHistory:
+        """One metric's points in step order, between the steps given (inclusive).
+
+        ``max_points`` > 0 asks for at most that many, downsampled by the server so that each
+        step interval keeps its lowest and highest point; 0 reads every point, page by page.
+        """
+        request = runs_pb2.GetMetricHistoryRequest(
+            run_id=run_id,
+            metric=metric,
+            start_step=start_step,
+            end_step=end_step,
+            max_points=max_points,
+        )
+        pages = list(self._pages(self.runs.GetMetricHistory, request))
+        return MetricHistory(
+            steps=np.concatenate([np.array(p.steps, dtype=np.int64) for p in pages]),
+            values=np.concatenate([np.array(p.values, dtype=np.float64) for p in pages]),
+            timestamps=np.concatenate([np.array(p.timestamps, dtype=np.float64) for p in pages]),
+            downsampled=pages[0].downsampled,
+            range_count=pages[0].range_count,
+        )
+
+    def list_events(self, run_id: str, filter: str = "") -> Iterator[runs_pb2.StoredEvent]:
+        """A run's events in the order they were sent (filter on type and agent_id)."""
+        request = runs_pb2.ListEventsRequest(run_id=run_id, filter=filter)
+        for page in self._pages(self.runs.ListEvents, request):
+            yield from page.events
 
     def cancel_run(self, run_id: str, reason: str = "") -> runs_pb2.CancelRunResponse:
         """Ask the run's worker to stop (the response holds the command and the run)."""

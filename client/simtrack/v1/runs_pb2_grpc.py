@@ -116,6 +116,21 @@ class RunServiceStub:
                 request_serializer=simtrack_dot_v1_dot_runs__pb2.SendCommandRequest.SerializeToString,
                 response_deserializer=simtrack_dot_v1_dot_runs__pb2.SendCommandResponse.FromString,
                 _registered_method=True)
+        self.ListMetrics = channel.unary_unary(
+                '/simtrack.v1.RunService/ListMetrics',
+                request_serializer=simtrack_dot_v1_dot_runs__pb2.ListMetricsRequest.SerializeToString,
+                response_deserializer=simtrack_dot_v1_dot_runs__pb2.ListMetricsResponse.FromString,
+                _registered_method=True)
+        self.GetMetricHistory = channel.unary_unary(
+                '/simtrack.v1.RunService/GetMetricHistory',
+                request_serializer=simtrack_dot_v1_dot_runs__pb2.GetMetricHistoryRequest.SerializeToString,
+                response_deserializer=simtrack_dot_v1_dot_runs__pb2.GetMetricHistoryResponse.FromString,
+                _registered_method=True)
+        self.ListEvents = channel.unary_unary(
+                '/simtrack.v1.RunService/ListEvents',
+                request_serializer=simtrack_dot_v1_dot_runs__pb2.ListEventsRequest.SerializeToString,
+                response_deserializer=simtrack_dot_v1_dot_runs__pb2.ListEventsResponse.FromString,
+                _registered_method=True)
 
 
 class RunServiceServicer:
@@ -244,6 +259,28 @@ class RunServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListMetrics(self, request, context):
+        """ListMetrics pages through a run's metrics with their summaries, by name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMetricHistory(self, request, context):
+        """GetMetricHistory returns one metric's points in step order: every point, page by page, or
+        (with max_points) at most that many, chosen so that the series keeps its shape and extremes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEvents(self, request, context):
+        """ListEvents pages through a run's events in the order the worker sent them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RunServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -326,6 +363,21 @@ def add_RunServiceServicer_to_server(servicer, server):
                     servicer.SendCommand,
                     request_deserializer=simtrack_dot_v1_dot_runs__pb2.SendCommandRequest.FromString,
                     response_serializer=simtrack_dot_v1_dot_runs__pb2.SendCommandResponse.SerializeToString,
+            ),
+            'ListMetrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMetrics,
+                    request_deserializer=simtrack_dot_v1_dot_runs__pb2.ListMetricsRequest.FromString,
+                    response_serializer=simtrack_dot_v1_dot_runs__pb2.ListMetricsResponse.SerializeToString,
+            ),
+            'GetMetricHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMetricHistory,
+                    request_deserializer=simtrack_dot_v1_dot_runs__pb2.GetMetricHistoryRequest.FromString,
+                    response_serializer=simtrack_dot_v1_dot_runs__pb2.GetMetricHistoryResponse.SerializeToString,
+            ),
+            'ListEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEvents,
+                    request_deserializer=simtrack_dot_v1_dot_runs__pb2.ListEventsRequest.FromString,
+                    response_serializer=simtrack_dot_v1_dot_runs__pb2.ListEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -761,6 +813,87 @@ class RunService:
             '/simtrack.v1.RunService/SendCommand',
             simtrack_dot_v1_dot_runs__pb2.SendCommandRequest.SerializeToString,
             simtrack_dot_v1_dot_runs__pb2.SendCommandResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/simtrack.v1.RunService/ListMetrics',
+            simtrack_dot_v1_dot_runs__pb2.ListMetricsRequest.SerializeToString,
+            simtrack_dot_v1_dot_runs__pb2.ListMetricsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMetricHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/simtrack.v1.RunService/GetMetricHistory',
+            simtrack_dot_v1_dot_runs__pb2.GetMetricHistoryRequest.SerializeToString,
+            simtrack_dot_v1_dot_runs__pb2.GetMetricHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/simtrack.v1.RunService/ListEvents',
+            simtrack_dot_v1_dot_runs__pb2.ListEventsRequest.SerializeToString,
+            simtrack_dot_v1_dot_runs__pb2.ListEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -81,6 +81,14 @@ class RunServiceStub:
     """ResumeRun asks a paused run's worker to continue."""
     SendCommand: _grpc.UnaryUnaryMultiCallable[_runs_pb2.SendCommandRequest, _runs_pb2.SendCommandResponse]
     """SendCommand sends a custom named command with JSON arguments to the run's worker."""
+    ListMetrics: _grpc.UnaryUnaryMultiCallable[_runs_pb2.ListMetricsRequest, _runs_pb2.ListMetricsResponse]
+    """ListMetrics pages through a run's metrics with their summaries, by name."""
+    GetMetricHistory: _grpc.UnaryUnaryMultiCallable[_runs_pb2.GetMetricHistoryRequest, _runs_pb2.GetMetricHistoryResponse]
+    """GetMetricHistory returns one metric's points in step order: every point, page by page, or
+    (with max_points) at most that many, chosen so that the series keeps its shape and extremes.
+    """
+    ListEvents: _grpc.UnaryUnaryMultiCallable[_runs_pb2.ListEventsRequest, _runs_pb2.ListEventsResponse]
+    """ListEvents pages through a run's events in the order the worker sent them."""
 
 @_typing.type_check_only
 class RunServiceAsyncStub(RunServiceStub):
@@ -134,6 +142,14 @@ class RunServiceAsyncStub(RunServiceStub):
     """ResumeRun asks a paused run's worker to continue."""
     SendCommand: _aio.UnaryUnaryMultiCallable[_runs_pb2.SendCommandRequest, _runs_pb2.SendCommandResponse]  # type: ignore[assignment]
     """SendCommand sends a custom named command with JSON arguments to the run's worker."""
+    ListMetrics: _aio.UnaryUnaryMultiCallable[_runs_pb2.ListMetricsRequest, _runs_pb2.ListMetricsResponse]  # type: ignore[assignment]
+    """ListMetrics pages through a run's metrics with their summaries, by name."""
+    GetMetricHistory: _aio.UnaryUnaryMultiCallable[_runs_pb2.GetMetricHistoryRequest, _runs_pb2.GetMetricHistoryResponse]  # type: ignore[assignment]
+    """GetMetricHistory returns one metric's points in step order: every point, page by page, or
+    (with max_points) at most that many, chosen so that the series keeps its shape and extremes.
+    """
+    ListEvents: _aio.UnaryUnaryMultiCallable[_runs_pb2.ListEventsRequest, _runs_pb2.ListEventsResponse]  # type: ignore[assignment]
+    """ListEvents pages through a run's events in the order the worker sent them."""
 
 class RunServiceServicer(metaclass=_abc_1.ABCMeta):
     """RunService manages the runs of experiments and the agents taking part in them."""
@@ -280,5 +296,31 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_runs_pb2.SendCommandResponse, _abc.Awaitable[_runs_pb2.SendCommandResponse]]:
         """SendCommand sends a custom named command with JSON arguments to the run's worker."""
+
+    @_abc_1.abstractmethod
+    def ListMetrics(
+        self,
+        request: _runs_pb2.ListMetricsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runs_pb2.ListMetricsResponse, _abc.Awaitable[_runs_pb2.ListMetricsResponse]]:
+        """ListMetrics pages through a run's metrics with their summaries, by name."""
+
+    @_abc_1.abstractmethod
+    def GetMetricHistory(
+        self,
+        request: _runs_pb2.GetMetricHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runs_pb2.GetMetricHistoryResponse, _abc.Awaitable[_runs_pb2.GetMetricHistoryResponse]]:
+        """GetMetricHistory returns one metric's points in step order: every point, page by page, or
+        (with max_points) at most that many, chosen so that the series keeps its shape and extremes.
+        """
+
+    @_abc_1.abstractmethod
+    def ListEvents(
+        self,
+        request: _runs_pb2.ListEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runs_pb2.ListEventsResponse, _abc.Awaitable[_runs_pb2.ListEventsResponse]]:
+        """ListEvents pages through a run's events in the order the worker sent them."""
 
 def add_RunServiceServicer_to_server(servicer: RunServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -28,6 +28,7 @@ from simtrack.server.db.uow import UnitOfWorkFactory, tenant_aware_sessions
 from simtrack.server.domain.access import Authenticator
 from simtrack.server.domain.agents import AgentService
 from simtrack.server.domain.experiments import ExperimentService, TemplateService
+from simtrack.server.domain.history import HistoryService
 from simtrack.server.domain.runs import ParticipantService, RunService
 from simtrack.server.domain.scenarios import ScenarioQueries
 from simtrack.server.domain.simulations import SimulationService
@@ -237,6 +238,7 @@ async def start(settings: Settings) -> Running:
         StreamingRunServicer(
             RunService(uow, catalogue),
             ParticipantService(uow),
+            HistoryService(uow),
             telemetry,
             writer,
             registry,

@@ -19,10 +19,12 @@ import grpc
 import numpy as np
 
 from simtrack.errors import InvalidArgument, SimtrackError
-from simtrack.server.api.convert import EnumMapping, dict_to_struct, struct_to_dict
-from simtrack.server.api.runs import RunServicer, run_to_proto
+from simtrack.server.api.convert import dict_to_struct, struct_to_dict
+from simtrack.server.api.history import METRIC_KIND, RunHistoryServicer
+from simtrack.server.api.runs import run_to_proto
 from simtrack.server.db.chunks import pack_steps, pack_timestamps
 from simtrack.server.db.models import Metric
+from simtrack.server.domain.history import HistoryService
 from simtrack.server.domain.model import (
     RUN_FINAL,
     MetricKind,
@@ -49,7 +51,6 @@ MAX_POINTS = 100_000
 MAX_EVENTS = 10_000
 WATCH_REFRESH = 5.0  # seconds: a watcher re-reads even without a notification
 
-METRIC_KIND = EnumMapping(tpb.MetricKind, MetricKind, "METRIC_KIND_")
 OUTCOMES = {
     tpb.RUN_OUTCOME_COMPLETED: RunStatus.COMPLETED,
     tpb.RUN_OUTCOME_FAILED: RunStatus.FAILED,
@@ -183,20 +184,21 @@ def _latest(metric: Metric) -> pb.LatestMetric:
     )
 
 
-class StreamingRunServicer(RunServicer):
-    """RunService complete: the CRUD of RunServicer plus the streaming and command RPCs."""
+class StreamingRunServicer(RunHistoryServicer):
+    """RunService complete: CRUD and telemetry reads (RunHistoryServicer), streams, commands."""
 
     def __init__(
         self,
         runs: RunService,
         participants: ParticipantService,
+        history: HistoryService,
         telemetry: TelemetryService,
         writer: GroupCommitWriter,
         registry: StreamRegistry,
         bus: Bus,
         heartbeat_interval: float,
     ) -> None:
-        super().__init__(runs, participants)
+        super().__init__(runs, participants, history)
         self.telemetry = telemetry
         self.writer = writer
         self.registry = registry

@@ -16,13 +16,25 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 Array = np.ndarray[Any, Any]
 STEP = np.dtype("<i8")
 FLOAT = np.dtype("<f8")
+
+
+class StoredChunk(NamedTuple):
+    """A ``metric_chunks`` row as history reads it (a plain row: no ORM object per chunk)."""
+
+    seq: int
+    first_step: int
+    last_step: int
+    n: int
+    steps: bytes
+    vals: bytes
+    ts: bytes
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from sqlalchemy import ColumnElement, Select, column, exists, select, table, tup
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simtrack.server.db import models
+from simtrack.server.db.chunks import StoredChunk
 from simtrack.server.db.models import UTCDateTime
 from simtrack.server.domain.listing import Condition, Cursor, PageRequest
 from simtrack.server.domain.model import RunStatus
@@ -22,9 +23,22 @@ from simtrack.server.domain.tenancy import current_tenant
 M = TypeVar("M", bound=models.TenantOwnedMixin)
 
 
-def scoped(model: type[models.TenantOwnedMixin]) -> ColumnElement[bool]:
+# Tables with a tenant column: the entities, and the telemetry rows that carry theirs.
+Owned = type[models.TenantOwnedMixin] | type[models.MetricChunk] | type[models.Event]
+
+
+def scoped(model: Owned) -> ColumnElement[bool]:
     """The condition that keeps only the calling tenant's rows of ``model``."""
     return model.tenant_id == current_tenant()
+
+
+def matches(model: Owned, condition: Condition) -> ColumnElement[bool]:
+    """A filter term (``field = value`` or ``!=``) as SQL on ``model``'s column."""
+    column: ColumnElement[Any] = getattr(model, condition.field)
+    if condition.value is None:
+        return column.is_(None) if condition.op == "=" else column.is_not(None)
+    equal = column == condition.value
+    return cast(ColumnElement[bool], equal if condition.op == "=" else ~equal)
 
 
 class Repository(Generic[M]):
@@ -65,7 +79,7 @@ class Repository(Generic[M]):
         ``parent`` narrows to the children of one parent, e.g. ``run_id=...``.
         """
         stmt = self._select().filter_by(**parent)
-        stmt = stmt.where(*(self._condition(c) for c in page.conditions))
+        stmt = stmt.where(*(matches(self.model, c) for c in page.conditions))
         if page.after is not None:
             key = tuple_(self.model.created_at, self.model.id)
             stmt = stmt.where(key > tuple_(page.after.created_at, page.after.id))
@@ -75,13 +89,6 @@ class Repository(Generic[M]):
             return rows, None
         last = rows[page.size - 1]
         return rows[: page.size], Cursor(last.created_at, last.id)
-
-    def _condition(self, condition: Condition) -> ColumnElement[bool]:
-        column: ColumnElement[Any] = getattr(self.model, condition.field)
-        if condition.value is None:
-            return column.is_(None) if condition.op == "=" else column.is_not(None)
-        equal = column == condition.value
-        return cast(ColumnElement[bool], equal if condition.op == "=" else ~equal)
 
 
 class AgentRepository(Repository[models.Agent]):
@@ -178,6 +185,82 @@ class MetricRepository(Repository[models.Metric]):
 
     async def for_run(self, run_id: str) -> list[models.Metric]:
         stmt = self._select().where(models.Metric.run_id == run_id).order_by(models.Metric.name)
+        return list((await self.session.execute(stmt)).scalars())
+
+    async def page(
+        self, run_id: str, conditions: tuple[Condition, ...], after: str | None, size: int
+    ) -> list[models.Metric]:
+        """Up to ``size`` of a run's metrics by name, after the name ``after``."""
+        metric = models.Metric
+        stmt = self._select().where(metric.run_id == run_id)
+        stmt = stmt.where(*(matches(metric, c) for c in conditions))
+        if after is not None:
+            stmt = stmt.where(metric.name > after)
+        stmt = stmt.order_by(metric.name).limit(size)
+        return list((await self.session.execute(stmt)).scalars())
+
+    async def named(self, run_id: str, name: str) -> models.Metric | None:
+        stmt = self._select().where(models.Metric.run_id == run_id, models.Metric.name == name)
+        return (await self.session.execute(stmt)).scalar_one_or_none()
+
+
+class ChunkRepository:
+    """A metric's packed chunks, read by step range (the writer inserts them, not the ORM)."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    def _overlapping(self, metric_id: str, lo: int, hi: int) -> Select[Any]:
+        chunk = models.MetricChunk
+        return (
+            select(chunk)
+            .where(scoped(chunk), chunk.metric_id == metric_id)
+            .where(chunk.last_step >= lo, chunk.first_step <= hi)
+        )
+
+    async def step_columns(self, metric_id: str, lo: int, hi: int) -> list[tuple[int, int, bytes]]:
+        """(n, first_step, steps) of the chunks that reach into [lo, hi]: enough to count
+        their points in the range without reading values (steps are empty when contiguous)."""
+        chunk = models.MetricChunk
+        stmt = self._overlapping(metric_id, lo, hi).with_only_columns(
+            chunk.n, chunk.first_step, chunk.steps
+        )
+        return [(n, first, steps) for n, first, steps in await self.session.execute(stmt)]
+
+    async def overlapping(
+        self, metric_id: str, lo: int, hi: int, after: tuple[int, int] | None, limit: int | None
+    ) -> list[StoredChunk]:
+        """Chunks reaching into [lo, hi] by (first_step, seq), after ``after``; ``limit`` of them
+        (None: all)."""
+        chunk = models.MetricChunk
+        stmt = self._overlapping(metric_id, lo, hi).with_only_columns(
+            *(getattr(chunk, name) for name in StoredChunk._fields)
+        )
+        if after is not None:
+            stmt = stmt.where(tuple_(chunk.first_step, chunk.seq) > tuple_(*after))
+        stmt = stmt.order_by(chunk.first_step, chunk.seq).limit(limit)
+        return [StoredChunk(*row) for row in await self.session.execute(stmt)]
+
+
+class EventRepository:
+    """A run's events in the order they were sent: by (seq, position)."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def page(
+        self,
+        run_id: str,
+        conditions: tuple[Condition, ...],
+        after: tuple[int, int] | None,
+        size: int,
+    ) -> list[models.Event]:
+        event = models.Event
+        stmt = select(event).where(scoped(event), event.run_id == run_id)
+        stmt = stmt.where(*(matches(event, c) for c in conditions))
+        if after is not None:
+            stmt = stmt.where(tuple_(event.seq, event.position) > tuple_(*after))
+        stmt = stmt.order_by(event.seq, event.position).limit(size)
         return list((await self.session.execute(stmt)).scalars())
 
 

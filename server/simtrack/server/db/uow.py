@@ -18,6 +18,8 @@ from simtrack.errors import AlreadyExists, FailedPrecondition, InvalidArgument, 
 from simtrack.server.db.repositories import (
     AccessRepository,
     AgentRepository,
+    ChunkRepository,
+    EventRepository,
     ExperimentRepository,
     MetricRepository,
     ParticipantRepository,
@@ -79,6 +81,8 @@ class UnitOfWork:
         self.runs = RunRepository(self.session)
         self.participants = ParticipantRepository(self.session)
         self.metrics = MetricRepository(self.session)
+        self.chunks = ChunkRepository(self.session)
+        self.events = EventRepository(self.session)
         return self
 
     async def __aexit__(

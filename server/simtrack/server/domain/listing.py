@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from simtrack.errors import InvalidArgument
 from simtrack.server.domain.model import NUL, NUL_MESSAGE
@@ -143,37 +143,107 @@ def page_request(
     size: int, token: str, filter_text: str, fields: FieldParsers, collection: str
 ) -> PageRequest:
     """Validate page_size, page_token and filter of a List call on ``collection``."""
-    if size < 0 or size > MAX_PAGE_SIZE:
-        raise InvalidArgument.of("page_size", f"must be between 0 and {MAX_PAGE_SIZE}, got {size}")
+    size = page_size(size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
     conditions = parse_filter(filter_text, fields)
     scope = f"{collection}|{filter_text.strip()}"
     after = decode_token(token, scope) if token else None
-    return PageRequest(size or DEFAULT_PAGE_SIZE, after, conditions, scope)
+    return PageRequest(size, after, conditions, scope)
 
 
-def _scope_digest(scope: str) -> str:
-    return hashlib.sha256(scope.encode()).hexdigest()[:16]
+@dataclass(frozen=True)
+class KeyedPageRequest:
+    """A validated list request over rows ordered by their own keys (not creation time)."""
+
+    size: int
+    after: tuple[Any, ...] | None  # the keys of the last row of the previous page
+    conditions: tuple[Condition, ...]
+    scope: str
+
+    @classmethod
+    def of(
+        cls,
+        size: int,
+        token: str,
+        filter_text: str,
+        fields: FieldParsers,
+        collection: str,
+        key_types: tuple[type, ...],
+    ) -> KeyedPageRequest:
+        """Validate page_size, page_token (keys of ``key_types``) and filter."""
+        size = page_size(size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        conditions = parse_filter(filter_text, fields)
+        scope = f"{collection}|{filter_text.strip()}"
+        after = decode_position(token, scope, key_types) if token else None
+        return cls(size, after, conditions, scope)
+
+    def page(self, rows: list[T], key: Callable[[T], tuple[int | str, ...]]) -> Page[T]:
+        """The page of ``rows`` (fetched with ``size + 1`` to see whether more follow)."""
+        if len(rows) <= self.size:
+            return Page(rows, "")
+        return Page(rows[: self.size], encode_position(key(rows[self.size - 1]), self.scope))
+
+
+def page_size(size: int, default: int, maximum: int, field: str = "page_size") -> int:
+    """A requested page size checked against ``maximum``; 0 means ``default``."""
+    if size < 0 or size > maximum:
+        raise InvalidArgument.of(field, f"must be between 0 and {maximum}, got {size}")
+    return size or default
+
+
+_NOT_OURS = "is not a token this server issued"
+
+
+def _seal(payload: dict[str, Any], scope: str) -> str:
+    """``payload`` as an opaque page token, bound to the list (``scope``) it was made for."""
+    payload = {**payload, "s": hashlib.sha256(scope.encode()).hexdigest()[:16]}
+    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode()
+
+
+def _unseal(token: str, scope: str) -> dict[str, Any]:
+    """The payload of a token made by ``_seal`` for ``scope``; else INVALID_ARGUMENT."""
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(token.encode()))
+        digest = payload.pop("s")
+    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeError, AttributeError):
+        raise InvalidArgument.of("page_token", _NOT_OURS) from None
+    if digest != hashlib.sha256(scope.encode()).hexdigest()[:16]:
+        raise InvalidArgument.of("page_token", "was issued for a different filter or parent")
+    return cast(dict[str, Any], payload)
 
 
 def encode_token(cursor: Cursor, scope: str) -> str:
     """An opaque token for the page after ``cursor``, bound to the list it was made for."""
-    payload = {"t": cursor.created_at.isoformat(), "i": cursor.id, "s": _scope_digest(scope)}
-    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode()
+    return _seal({"t": cursor.created_at.isoformat(), "i": cursor.id}, scope)
 
 
 def decode_token(token: str, scope: str) -> Cursor:
     """Read a token made by encode_token; anything else is INVALID_ARGUMENT on page_token."""
+    payload = _unseal(token, scope)
     try:
-        payload = json.loads(base64.urlsafe_b64decode(token.encode()))
         cursor = Cursor(datetime.fromisoformat(payload["t"]), str(payload["i"]))
-        digest = payload["s"]
-    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeError):
-        raise InvalidArgument.of("page_token", "is not a token this server issued") from None
+    except (ValueError, KeyError, TypeError):
+        raise InvalidArgument.of("page_token", _NOT_OURS) from None
     if cursor.created_at.tzinfo is None:
-        raise InvalidArgument.of("page_token", "is not a token this server issued")
-    if digest != _scope_digest(scope):
-        raise InvalidArgument.of("page_token", "was issued for a different filter or parent")
+        raise InvalidArgument.of("page_token", _NOT_OURS)
     return cursor
+
+
+def encode_position(position: tuple[int | str, ...], scope: str) -> str:
+    """A token for the page after ``position`` in a list ordered by these keys."""
+    return _seal({"p": list(position)}, scope)
+
+
+def decode_position(token: str, scope: str, types: tuple[type, ...]) -> tuple[Any, ...]:
+    """Read a token made by encode_position for ``scope``, its keys of ``types``; else
+    INVALID_ARGUMENT."""
+    position = _unseal(token, scope).get("p")
+    if (
+        not isinstance(position, list)
+        or len(position) != len(types)
+        or not all(type(v) is t for v, t in zip(position, types, strict=True))
+    ):
+        raise InvalidArgument.of("page_token", _NOT_OURS)
+    return tuple(position)
 
 
 def enum_parser(enum: Callable[[str], Any]) -> Callable[[str], Any]:

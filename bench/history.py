@@ -1,0 +1,222 @@
+"""``python -m bench history``: reading a long metric back, paged and downsampled.
+
+On each database (PostgreSQL served as the application role, and SQLite) one run gets one
+metric of ``points`` points (1,000-point batches over StreamRun, a timestamp per point, as the
+worker helper sends them). Then, from this process as the client:
+
+* ``history_<db>_downsample_ms``: GetMetricHistory with max_points = 1,000 over the whole series;
+* ``history_<db>_page_ms``: one page of 10,000 points from the middle of the series;
+* ``history_<db>_read_points_per_s``: every point, in pages of 100,000;
+
+each the median of several calls, beside the limit measured in the same run: the same chunks
+read straight from the database by one client (psycopg binary / sqlite3) and unpacked with
+numpy, with no gRPC and no server (``history_<db>_raw_read_points_per_s``), and the ratio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+import psycopg
+
+from bench.control import Control
+from bench.infra import PostgresDatabase, SqliteDatabase, start_simtrack
+from bench.report import Report
+from bench.stream_worker import CHANNEL_OPTIONS, Streamer, WorkerConfig, build_messages
+from simtrack.server.db.chunks import unpack
+from simtrack.v1 import runs_pb2, runs_pb2_grpc
+
+METRIC = "loss"
+Fetch = Callable[[], list[tuple[int, int, bytes, bytes, bytes]]]  # a metric's chunk rows
+CHUNKS_SQL = (
+    "SELECT c.n, c.first_step, c.steps, c.vals, c.ts FROM metric_chunks c"
+    " JOIN metrics m ON m.id = c.metric_id WHERE m.run_id = {mark} AND m.name = {mark}"
+    " ORDER BY c.first_step, c.seq"
+)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    points: int
+    repeats: int
+
+
+FULL = Sizes(points=1_000_000, repeats=5)
+QUICK = Sizes(points=200_000, repeats=3)
+
+
+async def median_s(call: Callable[[], Awaitable[object]], repeats: int) -> float:
+    """The median wall time of ``repeats`` calls, after one unmeasured warm-up call."""
+    await call()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        await call()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+async def fill(target: str, run_id: str, points: int) -> None:
+    """Stream ``points`` points of METRIC into the run and wait for the last ack."""
+    config = WorkerConfig(target, run_id, points, batch=1000, distinct_timestamps=True)
+    messages = build_messages(config)
+    async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+        streamer = Streamer(runs_pb2_grpc.RunServiceStub(channel).StreamRun(), window=32)
+        await streamer.hello(run_id, "bench-history")
+        for message in messages:
+            await streamer.send(message)
+        await streamer.wait_acked(len(messages))
+        await streamer.close()
+
+
+def raw_read(fetch: Fetch) -> int:
+    """Read the metric's chunks with ``fetch`` and unpack them: the points read."""
+    columns = [unpack(n, first, steps, vals, ts) for n, first, steps, vals, ts in fetch()]
+    return len(np.concatenate([c[1] for c in columns]))
+
+
+def postgres_fetch(url: str, run_id: str) -> Fetch:
+    def fetch() -> list[tuple[int, int, bytes, bytes, bytes]]:
+        with psycopg.connect(url) as connection:
+            cursor = connection.cursor(binary=True)
+            return cursor.execute(CHUNKS_SQL.format(mark="%s"), (run_id, METRIC)).fetchall()
+
+    return fetch
+
+
+def sqlite_fetch(path: Path, run_id: str) -> Fetch:
+    def fetch() -> list[tuple[int, int, bytes, bytes, bytes]]:
+        connection = sqlite3.connect(path)
+        try:
+            return connection.execute(CHUNKS_SQL.format(mark="?"), (run_id, METRIC)).fetchall()
+        finally:
+            connection.close()
+
+    return fetch
+
+
+async def measure(
+    report: Report,
+    name: str,
+    target: str,
+    points: int,
+    repeats: int,
+    fetch_for: Callable[[str], Fetch],
+) -> None:
+    control = Control(target)
+    await control.setup()
+    try:
+        run_id = await control.create_run()
+        with report.phase(f"{name}: stream {points:,} points"):
+            await fill(target, run_id, points)
+        runs = control.runs
+
+        async def history(
+            max_points: int = 0, start_step: int | None = None, page_size: int = 0
+        ) -> runs_pb2.GetMetricHistoryResponse:
+            request = runs_pb2.GetMetricHistoryRequest(
+                run_id=run_id,
+                metric=METRIC,
+                max_points=max_points,
+                start_step=start_step,
+                page_size=page_size,
+            )
+            return await runs.GetMetricHistory(request)
+
+        view = await history(max_points=1000)
+        if not view.downsampled or view.range_count != points or len(view.steps) > 1000:
+            raise RuntimeError(f"{name}: unexpected downsampled view: {view.range_count}")
+        seconds = await median_s(lambda: history(max_points=1000), repeats)
+        report.add(
+            f"history_{name}_downsample_ms",
+            seconds * 1000,
+            "ms",
+            note=f"{points:,} points to at most 1,000 (min/max per interval), median of {repeats}",
+        )
+        middle = points // 2
+        seconds = await median_s(lambda: history(start_step=middle, page_size=10_000), repeats)
+        report.add(
+            f"history_{name}_page_ms", seconds * 1000, "ms", note="10,000 points from the middle"
+        )
+
+        async def read_all() -> int:
+            read, token = 0, ""
+            while True:
+                page = await runs.GetMetricHistory(
+                    runs_pb2.GetMetricHistoryRequest(
+                        run_id=run_id, metric=METRIC, page_size=100_000, page_token=token
+                    )
+                )
+                read += len(page.values)
+                token = page.next_page_token
+                if not token:
+                    return read
+
+        if await read_all() != points:
+            raise RuntimeError(f"{name}: the pages did not hold every point")
+        seconds = await median_s(read_all, repeats)
+        rate = points / seconds
+        report.add(
+            f"history_{name}_read_points_per_s",
+            rate,
+            "points/s",
+            note=f"{points:,} points in pages of 100,000 through the server",
+        )
+        fetch = fetch_for(run_id)
+        if await asyncio.to_thread(raw_read, fetch) != points:
+            raise RuntimeError(f"{name}: the raw read did not hold every point")
+        raw_seconds = await median_s(lambda: asyncio.to_thread(raw_read, fetch), repeats)
+        report.add(
+            f"history_{name}_raw_read_points_per_s",
+            points / raw_seconds,
+            "points/s",
+            note="the limit: the same chunks read by one client straight from the database",
+        )
+        report.add(f"history_{name}_read_vs_raw", rate / (points / raw_seconds), "x")
+    finally:
+        await control.close()
+
+
+async def _main(sizes: Sizes, admin_url: str, workdir: Path) -> None:
+    report = Report()
+    postgres = PostgresDatabase(admin_url)
+    sqlite = SqliteDatabase(workdir)
+    cases: list[tuple[str, str, Callable[[str], Fetch]]] = [
+        ("pg", postgres.server_url, lambda run_id: postgres_fetch(postgres.url(), run_id)),
+        ("sqlite", sqlite.server_url, lambda run_id: sqlite_fetch(sqlite.path, run_id)),
+    ]
+    try:
+        await asyncio.to_thread(postgres.create)
+        await postgres.migrate()
+        for name, url, fetch_for in cases:
+            server = await start_simtrack(url, workdir / f"{name}-server.log")
+            try:
+                await measure(report, name, server.address, sizes.points, sizes.repeats, fetch_for)
+            finally:
+                await server.stop()
+    finally:
+        await asyncio.to_thread(postgres.drop)
+    report.table("simtrack history benchmark")
+
+
+def run_history(quick: bool, admin_url: str) -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="simtrack-bench-history-"))
+    try:
+        asyncio.run(_main(QUICK if quick else FULL, admin_url, workdir))
+    except RuntimeError as exc:
+        print(f"bench failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0

@@ -1,0 +1,254 @@
+"""Reading telemetry back: a run's metrics, one metric's history, a run's events.
+
+A metric's points live in packed chunks (``db/chunks.py``), one per stream message, each with
+its step range. History is served in step order (points of equal step in the order they were
+sent: by seq, then place in the batch), either
+
+* page by page: chunks are read in order of their first step until no unread chunk can hold a
+  point of the page (the next one starts after the page's last step); the page token is the
+  last point's (step, seq, index); or
+* downsampled to at most ``max_points``: every chunk of the range is read and each of
+  ``max_points // 2`` equal step intervals keeps its lowest and its highest point, so spikes
+  survive (the usual min/max decimation of time-series viewers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from simtrack.errors import InvalidArgument, NotFound
+from simtrack.server.db.chunks import FLOAT, STEP, Array, StoredChunk, unpack
+from simtrack.server.db.models import Event, Metric
+from simtrack.server.db.repositories import ChunkRepository
+from simtrack.server.db.uow import UnitOfWorkFactory
+from simtrack.server.domain.listing import (
+    FieldParsers,
+    KeyedPageRequest,
+    Page,
+    decode_position,
+    encode_position,
+    enum_parser,
+    optional_str,
+    page_size,
+)
+from simtrack.server.domain.model import MetricKind, require_id, require_name
+from simtrack.server.domain.runs import load_run
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+HISTORY_PAGE_DEFAULT = 10_000
+HISTORY_PAGE_MAX = 100_000
+MAX_POINTS_MAX = 100_000
+CHUNKS_PER_READ = 64  # a 10,000-point page of 1,000-point chunks is one read
+
+METRIC_FIELDS: FieldParsers = {"name": str, "kind": enum_parser(MetricKind)}
+EVENT_FIELDS: FieldParsers = {"type": str, "agent_id": optional_str}
+
+Key = tuple[int, int, int]  # a point's place in history order: (step, seq, index in its chunk)
+
+
+@dataclass(frozen=True)
+class Points:
+    """Parallel columns: int64 steps, float64 values, float64 Unix-second timestamps."""
+
+    steps: Array
+    values: Array
+    timestamps: Array
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def take(self, index: Array | slice) -> Points:
+        return Points(self.steps[index], self.values[index], self.timestamps[index])
+
+
+@dataclass(frozen=True)
+class History:
+    points: Points
+    range_count: int  # stored points in the requested step range, all pages together
+    downsampled: bool
+    next_page_token: str
+
+
+@dataclass(frozen=True)
+class Merged:
+    """Points in history order, with each one's key columns (for page tokens)."""
+
+    points: Points
+    seqs: Array
+    index: Array
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    def key(self, i: int) -> Key:
+        return int(self.points.steps[i]), int(self.seqs[i]), int(self.index[i])
+
+
+def merge(chunks: Sequence[StoredChunk], lo: int, hi: int, after: Key | None = None) -> Merged:
+    """The chunks' points with lo <= step <= hi (and key > ``after``), in history order."""
+    if not chunks:
+        empty = np.empty(0, dtype=STEP)
+        return Merged(
+            Points(empty, np.empty(0, dtype=FLOAT), np.empty(0, dtype=FLOAT)), empty, empty
+        )
+    columns = [unpack(c.n, c.first_step, c.steps, c.vals, c.ts) for c in chunks]
+    steps = np.concatenate([c[0] for c in columns])
+    points = Points(
+        steps, np.concatenate([c[1] for c in columns]), np.concatenate([c[2] for c in columns])
+    )
+    counts = np.array([c.n for c in chunks])
+    seqs = np.repeat(np.array([c.seq for c in chunks], dtype=STEP), counts)
+    index = np.arange(len(steps), dtype=STEP) - np.repeat(np.cumsum(counts) - counts, counts)
+    keep = None
+    if any(c.first_step < lo or c.last_step > hi for c in chunks):
+        keep = (steps >= lo) & (steps <= hi)
+    if after is not None:
+        step, seq, i = after
+        later = (steps > step) | ((steps == step) & ((seqs > seq) | ((seqs == seq) & (index > i))))
+        keep = later if keep is None else keep & later
+    if keep is not None:
+        points, seqs, index = points.take(keep), seqs[keep], index[keep]
+    steps = points.steps
+    if len(steps) > 1 and not bool((steps[1:] > steps[:-1]).all()):  # else already in order
+        order = np.lexsort((index, seqs, steps))
+        points, seqs, index = points.take(order), seqs[order], index[order]
+    return Merged(points, seqs, index)
+
+
+def range_count(step_columns: Sequence[tuple[int, int, bytes]], lo: int, hi: int) -> int:
+    """How many points of chunks given as (n, first_step, steps) lie in [lo, hi]."""
+    total = 0
+    for n, first, steps in step_columns:
+        if steps:
+            packed = np.frombuffer(steps, dtype=STEP)
+            total += int(np.count_nonzero((packed >= lo) & (packed <= hi)))
+        else:  # contiguous: first, first + 1, ..., first + n - 1
+            total += max(0, min(hi, first + n - 1) - max(lo, first) + 1)
+    return total
+
+
+def downsample(points: Points, max_points: int) -> Points:
+    """At most ``max_points`` of ``points`` (in step order): each of ``max_points // 2`` equal
+    step intervals keeps its lowest and highest value (ties: the earliest; NaN is skipped, and
+    an interval of only NaN keeps its first point)."""
+    if len(points) <= max_points:
+        return points
+    intervals = max_points // 2
+    steps = points.steps.astype(np.float64)  # float: a step span may not fit in int64
+    span = steps[-1] - steps[0] + 1.0
+    interval = np.minimum(((steps - steps[0]) * (intervals / span)).astype(np.int64), intervals - 1)
+    starts = np.flatnonzero(np.r_[True, interval[1:] != interval[:-1]])
+    lengths = np.diff(np.r_[starts, len(points)])
+    chosen = []
+    for extreme in (np.fmin, np.fmax):  # fmin/fmax ignore NaN unless all are NaN
+        target = np.repeat(extreme.reduceat(points.values, starts), lengths)
+        hits = np.flatnonzero(points.values == target)
+        hit_interval = interval[hits]  # ascending: the first hit of each interval starts a run
+        first = np.r_[True, hit_interval[1:] != hit_interval[:-1]]
+        chosen.append(hits[first])
+        found = np.zeros(intervals, dtype=bool)
+        found[hit_interval[first]] = True
+        chosen.append(starts[~found[interval[starts]]])  # intervals of only NaN
+    return points.take(np.unique(np.concatenate(chosen)))
+
+
+async def read_page(
+    chunks: ChunkRepository, metric_id: str, lo: int, hi: int, after: Key | None, size: int
+) -> tuple[Merged, bool]:
+    """Up to ``size`` points after ``after`` in [lo, hi], and whether more may follow."""
+    read: list[StoredChunk] = []
+    chunk_after: tuple[int, int] | None = None
+    start = lo if after is None else max(lo, after[0])
+    while True:
+        batch = await chunks.overlapping(metric_id, start, hi, chunk_after, CHUNKS_PER_READ)
+        read += batch
+        merged = merge(read, start, hi, after)
+        if len(batch) < CHUNKS_PER_READ:
+            return merged, len(merged) > size
+        # Unread chunks start at or after this one: the page is settled once that is past
+        # its last step (equal is not enough: an unread chunk may hold an earlier seq).
+        if len(merged) >= size and batch[-1].first_step > merged.points.steps[size - 1]:
+            return merged, True
+        chunk_after = (batch[-1].first_step, batch[-1].seq)
+
+
+class HistoryService:
+    def __init__(self, uow: UnitOfWorkFactory) -> None:
+        self.uow = uow
+
+    async def list_metrics(
+        self, run_id: str, size: int, token: str, filter_text: str
+    ) -> Page[Metric]:
+        """A run's metrics by name."""
+        run_id = require_id("run_id", run_id)
+        request = KeyedPageRequest.of(
+            size, token, filter_text, METRIC_FIELDS, f"metrics/{run_id}", (str,)
+        )
+        after = request.after[0] if request.after else None
+        async with self.uow() as uow:
+            await load_run(uow, run_id, "run_id")
+            rows = await uow.metrics.page(run_id, request.conditions, after, request.size + 1)
+        return request.page(rows, lambda m: (m.name,))
+
+    async def history(
+        self,
+        run_id: str,
+        metric: str,
+        start_step: int | None,
+        end_step: int | None,
+        max_points: int,
+        size: int,
+        token: str,
+    ) -> History:
+        run_id = require_id("run_id", run_id)
+        metric = require_name("metric", metric)
+        lo = INT64_MIN if start_step is None else start_step
+        hi = INT64_MAX if end_step is None else end_step
+        if lo > hi:
+            raise InvalidArgument.of("end_step", f"must be >= start_step ({lo}), got {hi}")
+        if max_points and not 2 <= max_points <= MAX_POINTS_MAX:
+            raise InvalidArgument.of(
+                "max_points", f"must be 0 or between 2 and {MAX_POINTS_MAX}, got {max_points}"
+            )
+        if max_points and token:
+            raise InvalidArgument.of("page_token", "a downsampled history has only one page")
+        size = page_size(size, HISTORY_PAGE_DEFAULT, HISTORY_PAGE_MAX)
+        scope = f"history/{run_id}/{metric}/{lo}/{hi}"
+        after: Key | None = None
+        if token:
+            step, seq, index = decode_position(token, scope, (int, int, int))
+            after = (step, seq, index)
+        async with self.uow() as uow:
+            run = await load_run(uow, run_id, "run_id")
+            stored = await uow.metrics.named(run.id, metric)
+            if stored is None:
+                raise NotFound("metric", metric, "metric")
+            count = range_count(await uow.chunks.step_columns(stored.id, lo, hi), lo, hi)
+            if max_points:
+                every = await uow.chunks.overlapping(stored.id, lo, hi, None, None)
+                points = merge(every, lo, hi).points
+                shown = downsample(points, max_points)
+                return History(shown, count, len(shown) < len(points), "")
+            merged, more = await read_page(uow.chunks, stored.id, lo, hi, after, size)
+        shown_count = min(size, len(merged.points))
+        next_token = ""
+        if more and shown_count:
+            next_token = encode_position(merged.key(shown_count - 1), scope)
+        return History(merged.points.take(slice(0, shown_count)), count, False, next_token)
+
+    async def list_events(
+        self, run_id: str, size: int, token: str, filter_text: str
+    ) -> Page[Event]:
+        """A run's events in the order sent: by (seq, position)."""
+        run_id = require_id("run_id", run_id)
+        request = KeyedPageRequest.of(
+            size, token, filter_text, EVENT_FIELDS, f"events/{run_id}", (int, int)
+        )
+        after = (request.after[0], request.after[1]) if request.after else None
+        async with self.uow() as uow:
+            await load_run(uow, run_id, "run_id")
+            rows = await uow.events.page(run_id, request.conditions, after, request.size + 1)
+        return request.page(rows, lambda e: (e.seq, e.position))

@@ -1,0 +1,360 @@
+"""Reading telemetry back over the API: ListMetrics, GetMetricHistory, ListEvents.
+
+A real ``simtrack serve`` per test on SQLite and PostgreSQL (as the application role, so
+row-level security applies to every read). Points go in through StreamRun; what comes back
+is compared with what was sent, bit for bit, in history order: by step, points of equal step
+in the order sent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import grpc
+import numpy as np
+import pytest
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from simtrack.v1 import runs_pb2, telemetry_pb2
+
+if TYPE_CHECKING:
+    from tests.e2e.conftest import Server, StartServer, StreamKit
+
+Request = telemetry_pb2.StreamRunRequest
+Array = np.ndarray[Any, Any]
+
+
+@pytest.fixture
+def server(served_url: str, start_server: StartServer) -> Server:
+    return start_server(served_url)
+
+
+def batch(seq: int, name: str, steps: Array, values: Array, stamps: Array | None = None) -> Request:
+    series = telemetry_pb2.MetricSeries(name=name, steps=steps.tolist(), values=values.tolist())
+    if stamps is not None:
+        series.timestamps.extend(stamps.tolist())
+    return Request(seq=seq, metrics=telemetry_pb2.MetricBatch(series=[series]))
+
+
+class Sent:
+    """One metric's points as sent, in history order: (step, seq, place in the batch)."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, int, int, float, float]] = []
+
+    def add(self, seq: int, steps: Array, values: Array, stamps: Array) -> None:
+        for i, (step, value, stamp) in enumerate(zip(steps, values, stamps, strict=True)):
+            self.rows.append((int(step), seq, i, float(value), float(stamp)))
+
+    def columns(self, lo: int | None = None, hi: int | None = None) -> tuple[Array, Array, Array]:
+        rows = sorted(
+            r for r in self.rows if (lo is None or r[0] >= lo) and (hi is None or r[0] <= hi)
+        )
+        return (
+            np.array([r[0] for r in rows], dtype="<i8"),
+            np.array([r[3] for r in rows], dtype="<f8"),
+            np.array([r[4] for r in rows], dtype="<f8"),
+        )
+
+
+def history(server: Server, **request: Any) -> runs_pb2.GetMetricHistoryResponse:
+    return server.runs.GetMetricHistory(runs_pb2.GetMetricHistoryRequest(**request))
+
+
+def read_all(
+    server: Server, page_size: int, **request: Any
+) -> tuple[Array, Array, Array, list[int]]:
+    """Every page of a history: the concatenated columns and each page's length."""
+    steps: list[int] = []
+    values: list[float] = []
+    stamps: list[float] = []
+    sizes: list[int] = []
+    token = ""
+    while True:
+        page = history(server, page_size=page_size, page_token=token, **request)
+        assert not page.downsampled
+        steps += page.steps
+        values += page.values
+        stamps += page.timestamps
+        sizes.append(len(page.steps))
+        token = page.next_page_token
+        if not token:
+            return np.array(steps, "<i8"), np.array(values, "<f8"), np.array(stamps, "<f8"), sizes
+
+
+def same_bits(a: Array, b: Array) -> bool:
+    return a.tobytes() == b.tobytes()
+
+
+async def test_history_pages_return_every_point_once_in_step_order(
+    server: Server, streams: StreamKit
+) -> None:
+    run = streams.new_run(server)
+    rng = np.random.default_rng(7)
+    sent = Sent()
+    messages = []
+    for seq in range(1, 21):  # 20 batches of 1,000 contiguous steps, one timestamp each
+        steps = np.arange((seq - 1) * 1000, seq * 1000, dtype="<i8")
+        values = rng.normal(size=1000)
+        stamps = np.full(1000, 1_700_000_000.0 + seq)
+        messages.append(batch(seq, "loss", steps, values, stamps))
+        sent.add(seq, steps, values, stamps)
+    # Late, repeated and out-of-order steps, non-finite values, a timestamp per point.
+    odd_steps = np.array([5, 3, 3, 19_999, 40_000, 5], dtype="<i8")
+    odd_values = np.array([np.nan, np.inf, -np.inf, 1.5, -2.5, 0.0])
+    odd_stamps = 1_800_000_000.0 + np.arange(6) * 0.25
+    messages.append(batch(21, "loss", odd_steps, odd_values, odd_stamps))
+    sent.add(21, odd_steps, odd_values, odd_stamps)
+    stream = await streams.open(server, run.id)
+    await stream.send_all(messages)
+    await stream.wait_acked(21)
+
+    want_steps, want_values, want_stamps = sent.columns()
+    steps, values, stamps, sizes = read_all(server, 7000, run_id=run.id, metric="loss")
+    assert sizes == [7000, 7000, 6006]
+    assert same_bits(steps, want_steps)
+    assert same_bits(values, want_values), "values bit for bit, NaN and Inf included"
+    assert same_bits(stamps, want_stamps)
+    first = history(server, run_id=run.id, metric="loss", page_size=10)
+    assert first.range_count == 20_006
+    assert list(first.steps) == [0, 1, 2, 3, 3, 3, 4, 5, 5, 5]
+    # Equal steps come in the order sent: seq 4's step 3, then seq 21's two.
+    assert np.isinf(first.values[4]) and np.isinf(first.values[5]) and first.values[5] < 0
+
+    # A step range, in pages that end in the middle of repeated steps.
+    lo, hi = 3, 19_999
+    want_steps, want_values, want_stamps = sent.columns(lo, hi)
+    steps, values, stamps, sizes = read_all(
+        server, 3, run_id=run.id, metric="loss", start_step=lo, end_step=hi
+    )
+    assert same_bits(steps, want_steps) and same_bits(values, want_values)
+    assert same_bits(stamps, want_stamps)
+    assert history(
+        server, run_id=run.id, metric="loss", start_step=lo, end_step=hi
+    ).range_count == (len(want_steps))
+    only = history(server, run_id=run.id, metric="loss", start_step=40_000, end_step=40_000)
+    assert (list(only.steps), list(only.values), only.range_count) == ([40_000], [-2.5], 1)
+    none = history(server, run_id=run.id, metric="loss", start_step=50_000)
+    assert (len(none.steps), none.range_count, none.next_page_token) == (0, 0, "")
+
+
+async def test_downsampled_history_keeps_the_extremes(server: Server, streams: StreamKit) -> None:
+    run = streams.new_run(server)
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=100_000)
+    values[54_321], values[7_777], values[90_000] = 1e6, -1e6, np.nan
+    steps = np.arange(100_000, dtype="<i8")
+    messages = [
+        batch(i + 1, "price", steps[i * 1000 : (i + 1) * 1000], values[i * 1000 : (i + 1) * 1000])
+        for i in range(100)
+    ]
+    stream = await streams.open(server, run.id)
+    await stream.send_all(messages)
+    await stream.wait_acked(100)
+
+    view = history(server, run_id=run.id, metric="price", max_points=200)
+    assert view.downsampled and view.range_count == 100_000 and view.next_page_token == ""
+    got_steps = np.array(view.steps)
+    assert 100 < len(got_steps) <= 200
+    assert (np.diff(got_steps) > 0).all(), "in step order, each point once"
+    assert same_bits(np.array(view.values), values[got_steps]), "only stored points"
+    assert {54_321, 7_777} <= set(got_steps.tolist()), "the spike and the dip survive"
+    # Every 1,000-step interval shows its own lowest and highest value.
+    for start in range(0, 100_000, 1000):
+        inside = (got_steps >= start) & (got_steps < start + 1000)
+        chunk = values[start : start + 1000]
+        assert set(np.array(view.values)[inside]) == {np.nanmin(chunk), np.nanmax(chunk)}
+
+    part = history(
+        server, run_id=run.id, metric="price", max_points=10, start_step=7_000, end_step=8_999
+    )
+    assert part.range_count == 2000 and len(part.steps) <= 10 and 7_777 in part.steps
+    whole = history(
+        server, run_id=run.id, metric="price", max_points=50, start_step=10, end_step=49
+    )
+    assert not whole.downsampled and list(whole.steps) == list(range(10, 50))
+
+
+async def test_list_metrics_gives_each_metric_with_its_summary(
+    server: Server, streams: StreamKit
+) -> None:
+    run = streams.new_run(server)
+    stream = await streams.open(server, run.id)
+    reward = telemetry_pb2.MetricSeries(
+        name="reward",
+        unit="USD",
+        kind=telemetry_pb2.METRIC_KIND_COUNTER,
+        steps=[1, 2, 3],
+        values=[1.0, 5.0, 2.0],
+    )
+    loss = telemetry_pb2.MetricSeries(name="loss", steps=[10, 11], values=[0.5, float("nan")])
+    await stream.send(Request(seq=1, metrics=telemetry_pb2.MetricBatch(series=[reward])))
+    await stream.send(Request(seq=2, metrics=telemetry_pb2.MetricBatch(series=[loss])))
+    await stream.wait_acked(2)
+
+    listed = server.runs.ListMetrics(runs_pb2.ListMetricsRequest(run_id=run.id)).metrics
+    assert [m.name for m in listed] == ["loss", "reward"], "by name"
+    first = listed[1]
+    assert (first.run_id, first.unit, first.kind) == (
+        run.id,
+        "USD",
+        telemetry_pb2.METRIC_KIND_COUNTER,
+    )
+    assert (first.count, first.last_step, first.last_value, first.min, first.max) == (
+        3,
+        3,
+        2.0,
+        1.0,
+        5.0,
+    )
+    assert first.HasField("create_time") and first.HasField("update_time")
+    assert (listed[0].count, listed[0].last_step, listed[0].last_value) == (2, 10, 0.5)
+
+    page = server.runs.ListMetrics(runs_pb2.ListMetricsRequest(run_id=run.id, page_size=1))
+    assert [m.name for m in page.metrics] == ["loss"] and page.next_page_token
+    rest = server.runs.ListMetrics(
+        runs_pb2.ListMetricsRequest(run_id=run.id, page_size=1, page_token=page.next_page_token)
+    )
+    assert [m.name for m in rest.metrics] == ["reward"] and not rest.next_page_token
+    only = server.runs.ListMetrics(
+        runs_pb2.ListMetricsRequest(run_id=run.id, filter='kind = "counter"')
+    )
+    assert [m.name for m in only.metrics] == ["reward"]
+
+
+async def test_list_events_pages_in_the_order_sent(server: Server, streams: StreamKit) -> None:
+    run = streams.new_run(server)
+    stream = await streams.open(server, run.id)
+    agent_id = "5f0c6a2e-0000-4000-8000-000000000001"
+    events = [
+        telemetry_pb2.Event(
+            step=i,
+            type=f"type-{i % 3}",
+            agent_id=agent_id if i % 5 == 0 else "",
+            payload=json_format.ParseDict({"i": i}, telemetry_pb2.Event().payload),
+        )
+        for i in range(250)
+    ]
+    await stream.send(Request(seq=1, events=telemetry_pb2.EventBatch(events=events[:100])))
+    await stream.send(Request(seq=2, events=telemetry_pb2.EventBatch(events=events[100:])))
+    await stream.wait_acked(2)
+
+    seen: list[runs_pb2.StoredEvent] = []
+    token = ""
+    while True:
+        page = server.runs.ListEvents(
+            runs_pb2.ListEventsRequest(run_id=run.id, page_size=100, page_token=token)
+        )
+        seen += page.events
+        token = page.next_page_token
+        if not token:
+            break
+    assert [e.event.step for e in seen] == list(range(250))
+    assert [(e.seq, e.position) for e in seen[99:101]] == [(1, 99), (2, 0)]
+    assert [e.event.payload.fields["i"].number_value for e in seen] == list(range(250))
+    assert all(e.event.HasField("time") for e in seen)
+
+    typed = server.runs.ListEvents(
+        runs_pb2.ListEventsRequest(run_id=run.id, page_size=1000, filter='type = "type-1"')
+    )
+    assert [e.event.step for e in typed.events] == list(range(1, 250, 3))
+    by_agent = server.runs.ListEvents(
+        runs_pb2.ListEventsRequest(
+            run_id=run.id, page_size=1000, filter=f'agent_id = "{agent_id}" AND type = "type-0"'
+        )
+    )
+    assert [e.event.step for e in by_agent.events] == list(range(0, 250, 15))
+
+
+def refusal(call: Any, request: Any) -> tuple[grpc.StatusCode, list[str]]:
+    from tests.e2e.conftest import bad_request_fields
+
+    with pytest.raises(grpc.RpcError) as caught:
+        call(request)
+    error = cast(grpc.aio.AioRpcError, caught.value)
+    return error.code(), bad_request_fields(error)
+
+
+async def test_bad_reads_get_the_right_status_naming_the_field(
+    server: Server, streams: StreamKit
+) -> None:
+    run = streams.new_run(server)
+    stream = await streams.open(server, run.id)
+    await stream.send(batch(1, "loss", np.arange(10, dtype="<i8"), np.ones(10)))
+    await stream.wait_acked(1)
+    missing_run = "00000000-0000-4000-8000-000000000000"
+    token = history(server, run_id=run.id, metric="loss", page_size=3).next_page_token
+    invalid = grpc.StatusCode.INVALID_ARGUMENT
+    not_found = grpc.StatusCode.NOT_FOUND
+    History = runs_pb2.GetMetricHistoryRequest
+    cases = [
+        (History(run_id="", metric="loss"), invalid, ["run_id"]),
+        (History(run_id="not-a-uuid", metric="loss"), invalid, ["run_id"]),
+        (History(run_id=missing_run, metric="loss"), not_found, []),
+        (History(run_id=run.id, metric=""), invalid, ["metric"]),
+        (History(run_id=run.id, metric="nope"), not_found, []),
+        (History(run_id=run.id, metric="loss", start_step=5, end_step=4), invalid, ["end_step"]),
+        (History(run_id=run.id, metric="loss", max_points=1), invalid, ["max_points"]),
+        (History(run_id=run.id, metric="loss", max_points=100_001), invalid, ["max_points"]),
+        (History(run_id=run.id, metric="loss", page_size=100_001), invalid, ["page_size"]),
+        (History(run_id=run.id, metric="loss", page_size=-1), invalid, ["page_size"]),
+        (History(run_id=run.id, metric="loss", page_token="garbage"), invalid, ["page_token"]),
+        (
+            History(run_id=run.id, metric="loss", page_token=token, start_step=1),
+            invalid,
+            ["page_token"],
+        ),
+        (
+            History(run_id=run.id, metric="loss", page_token=token, max_points=5),
+            invalid,
+            ["page_token"],
+        ),
+    ]
+    for request, code, fields in cases:
+        assert refusal(server.runs.GetMetricHistory, request) == (code, fields), request
+
+    Metrics, Events = runs_pb2.ListMetricsRequest, runs_pb2.ListEventsRequest
+    list_cases: list[tuple[Any, Message, grpc.StatusCode, list[str]]] = [
+        (server.runs.ListMetrics, Metrics(run_id=missing_run), not_found, []),
+        (server.runs.ListMetrics, Metrics(run_id=run.id, filter='unit = "x"'), invalid, ["filter"]),
+        (server.runs.ListMetrics, Metrics(run_id=run.id, page_size=1001), invalid, ["page_size"]),
+        (server.runs.ListEvents, Events(run_id=""), invalid, ["run_id"]),
+        (server.runs.ListEvents, Events(run_id=missing_run), not_found, []),
+        (server.runs.ListEvents, Events(run_id=run.id, filter="step = 1"), invalid, ["filter"]),
+        (server.runs.ListEvents, Events(run_id=run.id, page_token=token), invalid, ["page_token"]),
+    ]
+    for call, list_request, code, fields in list_cases:
+        assert refusal(call, list_request) == (code, fields), list_request
+    # Nothing stored was touched, and the server still serves.
+    assert list(history(server, run_id=run.id, metric="loss").steps) == list(range(10))
+
+
+def test_the_python_client_reads_back_what_its_worker_logged(
+    server: Server, tmp_path: Path
+) -> None:
+    from simtrack.client import Client
+
+    with Client(server.address) as client:
+        agent = client.create_agent("reader")
+        experiment = client.create_experiment("reads", agent.id, "tier0-tutorial")
+        run = client.create_run(experiment.id)
+        with client.worker(run.id, spool_dir=tmp_path / "spool") as worker:
+            for step in range(25_000):
+                worker.log_metrics(step, {"profit": step * 0.5, "price": 100.0 - step % 7})
+                if step % 1000 == 0:
+                    worker.log_event(step, "restock", {"step": step})
+
+        assert [m.name for m in client.list_metrics(run.id)] == ["price", "profit"]
+        profit = client.metric_history(run.id, "profit")  # three pages of 10,000
+        assert profit.steps.tolist() == list(range(25_000)) and profit.range_count == 25_000
+        assert profit.values.tolist() == [step * 0.5 for step in range(25_000)]
+        assert not profit.downsampled and len(profit.timestamps) == 25_000
+        view = client.metric_history(
+            run.id, "price", start_step=100, end_step=20_099, max_points=40
+        )
+        assert view.downsampled and view.range_count == 20_000 and len(view.steps) <= 40
+        assert set(view.values.tolist()) == {94.0, 100.0}
+        events = list(client.list_events(run.id, filter='type = "restock"'))
+        assert [e.event.step for e in events] == list(range(0, 25_000, 1000))
