@@ -220,6 +220,10 @@ def read_requests(o: Objects) -> dict[str, Message]:
             run_id=o.streamed.id, metric="loss"
         ),
         "RunService.ListEvents": runs_pb2.ListEventsRequest(run_id=o.streamed.id),
+        "RunService.GetLeaderboard": runs_pb2.GetLeaderboardRequest(
+            scenario_id=SCENARIO, metric="loss", include_unfinished=True
+        ),
+        "RunService.GetRunStats": runs_pb2.GetRunStatsRequest(),
         "ScenarioService.GetScenario": scenarios_pb2.GetScenarioRequest(id=SCENARIO),
         "ScenarioService.ListScenarios": scenarios_pb2.ListScenariosRequest(),
     }

@@ -747,6 +747,30 @@ def list_events(s: Scene) -> None:
     )
 
 
+@case("RunService.GetLeaderboard")
+def get_leaderboard(s: Scene) -> None:
+    def board(experiment_id: str) -> list[str]:
+        request = runs_pb2.GetLeaderboardRequest(
+            scenario_id=SCENARIO, metric="score", experiment_id=experiment_id
+        )
+        response = s.a.runs.GetLeaderboard(request, timeout=TIMEOUT)
+        return [entry.run.id for entry in response.entries]
+
+    assert board(s.mine.experiment.id) == []
+    assert_hidden(s.server, board, s.theirs.experiment.id)
+
+
+@case("RunService.GetRunStats")
+def get_run_stats(s: Scene) -> None:
+    def total(client: Client, experiment_id: str) -> int:
+        request = runs_pb2.GetRunStatsRequest(filter=f'experiment_id = "{experiment_id}"')
+        return client.runs.GetRunStats(request, timeout=TIMEOUT).total
+
+    assert total(s.a, s.mine.experiment.id) == 1
+    assert total(s.b, s.theirs.experiment.id) == 1
+    assert total(s.a, s.theirs.experiment.id) == 0
+
+
 # RunService: participants
 
 

@@ -251,6 +251,36 @@ class Client:
         for page in self._pages(self.runs.ListEvents, request):
             yield from page.events
 
+    def leaderboard(
+        self,
+        scenario_id: str,
+        metric: str,
+        *,
+        aggregate: str = "latest",
+        lowest_first: bool = False,
+        limit: int = 10,
+        experiment_id: str = "",
+        include_unfinished: bool = False,
+    ) -> runs_pb2.GetLeaderboardResponse:
+        """The scenario's best runs by ``metric`` (its latest, min or max value), best first;
+        only completed runs unless ``include_unfinished``."""
+        request = runs_pb2.GetLeaderboardRequest(
+            scenario_id=scenario_id,
+            metric=metric,
+            aggregate=runs_pb2.MetricAggregate.Value(f"METRIC_AGGREGATE_{aggregate.upper()}"),
+            order=runs_pb2.RANK_ORDER_LOWEST_FIRST
+            if lowest_first
+            else runs_pb2.RANK_ORDER_HIGHEST_FIRST,
+            limit=limit,
+            experiment_id=experiment_id,
+            include_unfinished=include_unfinished,
+        )
+        return self._call(self.runs.GetLeaderboard, request)
+
+    def run_stats(self, filter: str = "") -> runs_pb2.GetRunStatsResponse:
+        """Counts by status, success rate and durations of the runs matching ``filter``."""
+        return self._call(self.runs.GetRunStats, runs_pb2.GetRunStatsRequest(filter=filter))
+
     def cancel_run(self, run_id: str, reason: str = "") -> runs_pb2.CancelRunResponse:
         """Ask the run's worker to stop (the response holds the command and the run)."""
         return self._call(self.runs.CancelRun, runs_pb2.CancelRunRequest(id=run_id, reason=reason))

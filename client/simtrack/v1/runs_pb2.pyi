@@ -64,6 +64,58 @@ RUN_STATUS_STOPPED: RunStatus.ValueType  # 6
 """Stopped before the end."""
 Global___RunStatus: _TypeAlias = RunStatus  # noqa: Y015
 
+class _MetricAggregate:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MetricAggregateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MetricAggregate.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    METRIC_AGGREGATE_UNSPECIFIED: _MetricAggregate.ValueType  # 0
+    """Not set: the latest value."""
+    METRIC_AGGREGATE_LATEST: _MetricAggregate.ValueType  # 1
+    """The finite value at the metric's highest step."""
+    METRIC_AGGREGATE_MIN: _MetricAggregate.ValueType  # 2
+    """The smallest finite value."""
+    METRIC_AGGREGATE_MAX: _MetricAggregate.ValueType  # 3
+    """The largest finite value."""
+
+class MetricAggregate(_MetricAggregate, metaclass=_MetricAggregateEnumTypeWrapper):
+    """MetricAggregate says which of a metric's summary values ranks a run."""
+
+METRIC_AGGREGATE_UNSPECIFIED: MetricAggregate.ValueType  # 0
+"""Not set: the latest value."""
+METRIC_AGGREGATE_LATEST: MetricAggregate.ValueType  # 1
+"""The finite value at the metric's highest step."""
+METRIC_AGGREGATE_MIN: MetricAggregate.ValueType  # 2
+"""The smallest finite value."""
+METRIC_AGGREGATE_MAX: MetricAggregate.ValueType  # 3
+"""The largest finite value."""
+Global___MetricAggregate: _TypeAlias = MetricAggregate  # noqa: Y015
+
+class _RankOrder:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RankOrderEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RankOrder.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RANK_ORDER_UNSPECIFIED: _RankOrder.ValueType  # 0
+    """Not set: highest first."""
+    RANK_ORDER_HIGHEST_FIRST: _RankOrder.ValueType  # 1
+    """Higher values rank first (profit, reward)."""
+    RANK_ORDER_LOWEST_FIRST: _RankOrder.ValueType  # 2
+    """Lower values rank first (loss, latency)."""
+
+class RankOrder(_RankOrder, metaclass=_RankOrderEnumTypeWrapper):
+    """RankOrder says which end of a leaderboard is best."""
+
+RANK_ORDER_UNSPECIFIED: RankOrder.ValueType  # 0
+"""Not set: highest first."""
+RANK_ORDER_HIGHEST_FIRST: RankOrder.ValueType  # 1
+"""Higher values rank first (profit, reward)."""
+RANK_ORDER_LOWEST_FIRST: RankOrder.ValueType  # 2
+"""Lower values rank first (loss, latency)."""
+Global___RankOrder: _TypeAlias = RankOrder  # noqa: Y015
+
 @_typing.final
 class Run(_message.Message):
     """Run is one execution of an experiment's scenario."""
@@ -1364,3 +1416,259 @@ class ListEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListEventsResponse: _TypeAlias = ListEventsResponse  # noqa: Y015
+
+@_typing.final
+class GetLeaderboardRequest(_message.Message):
+    """GetLeaderboardRequest names the scenario and the metric to rank runs by."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCENARIO_ID_FIELD_NUMBER: _builtins.int
+    METRIC_FIELD_NUMBER: _builtins.int
+    AGGREGATE_FIELD_NUMBER: _builtins.int
+    ORDER_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    EXPERIMENT_ID_FIELD_NUMBER: _builtins.int
+    INCLUDE_UNFINISHED_FIELD_NUMBER: _builtins.int
+    scenario_id: _builtins.str
+    """The scenario whose runs compete. Required; must be in the catalogue."""
+    metric: _builtins.str
+    """The metric to rank by, 1-200 characters. Required. Runs without a finite value of it are
+    left out.
+    """
+    aggregate: Global___MetricAggregate.ValueType
+    """Which value of the metric ranks a run; unset: the latest."""
+    order: Global___RankOrder.ValueType
+    """Which end is best; unset: highest first."""
+    limit: _builtins.int
+    """How many entries to return, 1-1000; 0 means the default of 10."""
+    experiment_id: _builtins.str
+    """Only the runs of this experiment; empty: every experiment of the scenario."""
+    include_unfinished: _builtins.bool
+    """False (default): only completed runs compete. True: runs in any status do."""
+    def __init__(
+        self,
+        *,
+        scenario_id: _builtins.str = ...,
+        metric: _builtins.str = ...,
+        aggregate: Global___MetricAggregate.ValueType = ...,
+        order: Global___RankOrder.ValueType = ...,
+        limit: _builtins.int = ...,
+        experiment_id: _builtins.str = ...,
+        include_unfinished: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate", b"aggregate", "experiment_id", b"experiment_id", "include_unfinished", b"include_unfinished", "limit", b"limit", "metric", b"metric", "order", b"order", "scenario_id", b"scenario_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLeaderboardRequest: _TypeAlias = GetLeaderboardRequest  # noqa: Y015
+
+@_typing.final
+class LeaderboardEntry(_message.Message):
+    """LeaderboardEntry is one ranked run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RANK_FIELD_NUMBER: _builtins.int
+    RUN_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    LAST_STEP_FIELD_NUMBER: _builtins.int
+    rank: _builtins.int
+    """1 for the best; runs with equal values share a rank (1, 2, 2, 4)."""
+    agent_id: _builtins.str
+    """The agent of the run's experiment."""
+    value: _builtins.float
+    """The value the run is ranked by."""
+    last_step: _builtins.int
+    """The metric's highest step with a finite value."""
+    @_builtins.property
+    def run(self) -> Global___Run:
+        """The run."""
+
+    def __init__(
+        self,
+        *,
+        rank: _builtins.int = ...,
+        run: Global___Run | None = ...,
+        agent_id: _builtins.str = ...,
+        value: _builtins.float = ...,
+        last_step: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "last_step", b"last_step", "rank", b"rank", "run", b"run", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaderboardEntry: _TypeAlias = LeaderboardEntry  # noqa: Y015
+
+@_typing.final
+class GetLeaderboardResponse(_message.Message):
+    """GetLeaderboardResponse is the best runs, best first (ties: the earlier finished first)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    RANKED_RUNS_FIELD_NUMBER: _builtins.int
+    ranked_runs: _builtins.int
+    """How many runs competed (all of them, not only the entries returned)."""
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___LeaderboardEntry]:
+        """Up to limit entries."""
+
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___LeaderboardEntry] | None = ...,
+        ranked_runs: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "ranked_runs", b"ranked_runs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLeaderboardResponse: _TypeAlias = GetLeaderboardResponse  # noqa: Y015
+
+@_typing.final
+class GetRunStatsRequest(_message.Message):
+    """GetRunStatsRequest selects the runs to summarize."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILTER_FIELD_NUMBER: _builtins.int
+    filter: _builtins.str
+    """Filter (AIP-160 subset, as ListRuns): `field = "value"` / `field != "value"` joined by
+    AND. Fields: experiment_id, scenario_id, status, worker_id. Empty: every run.
+    """
+    def __init__(
+        self,
+        *,
+        filter: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRunStatsRequest: _TypeAlias = GetRunStatsRequest  # noqa: Y015
+
+@_typing.final
+class RunStatusCount(_message.Message):
+    """RunStatusCount is how many of the runs are in one status."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    status: Global___RunStatus.ValueType
+    """The status."""
+    count: _builtins.int
+    """How many runs are in it."""
+    def __init__(
+        self,
+        *,
+        status: Global___RunStatus.ValueType = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunStatusCount: _TypeAlias = RunStatusCount  # noqa: Y015
+
+@_typing.final
+class DurationStats(_message.Message):
+    """DurationStats summarizes the durations of ended runs that had started."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUNT_FIELD_NUMBER: _builtins.int
+    MEAN_FIELD_NUMBER: _builtins.int
+    MIN_FIELD_NUMBER: _builtins.int
+    P50_FIELD_NUMBER: _builtins.int
+    P95_FIELD_NUMBER: _builtins.int
+    MAX_FIELD_NUMBER: _builtins.int
+    count: _builtins.int
+    """How many durations there are."""
+    @_builtins.property
+    def mean(self) -> _duration_pb2.Duration:
+        """Mean duration."""
+
+    @_builtins.property
+    def min(self) -> _duration_pb2.Duration:
+        """Shortest duration."""
+
+    @_builtins.property
+    def p50(self) -> _duration_pb2.Duration:
+        """Median duration."""
+
+    @_builtins.property
+    def p95(self) -> _duration_pb2.Duration:
+        """95th percentile duration (nearest rank)."""
+
+    @_builtins.property
+    def max(self) -> _duration_pb2.Duration:
+        """Longest duration."""
+
+    def __init__(
+        self,
+        *,
+        count: _builtins.int = ...,
+        mean: _duration_pb2.Duration | None = ...,
+        min: _duration_pb2.Duration | None = ...,
+        p50: _duration_pb2.Duration | None = ...,
+        p95: _duration_pb2.Duration | None = ...,
+        max: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["max", b"max", "mean", b"mean", "min", b"min", "p50", b"p50", "p95", b"p95"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "max", b"max", "mean", b"mean", "min", b"min", "p50", b"p50", "p95", b"p95"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DurationStats: _TypeAlias = DurationStats  # noqa: Y015
+
+@_typing.final
+class GetRunStatsResponse(_message.Message):
+    """GetRunStatsResponse summarizes the selected runs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOTAL_FIELD_NUMBER: _builtins.int
+    BY_STATUS_FIELD_NUMBER: _builtins.int
+    SUCCESS_RATE_FIELD_NUMBER: _builtins.int
+    DURATIONS_FIELD_NUMBER: _builtins.int
+    total: _builtins.int
+    """How many runs were selected."""
+    success_rate: _builtins.float
+    """completed / (completed + failed + stopped); NaN when no run has ended."""
+    @_builtins.property
+    def by_status(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunStatusCount]:
+        """Every status in lifecycle order (pending ... stopped), zero counts included."""
+
+    @_builtins.property
+    def durations(self) -> Global___DurationStats:
+        """Durations of the runs that ended after starting (unset fields when there are none)."""
+
+    def __init__(
+        self,
+        *,
+        total: _builtins.int = ...,
+        by_status: _abc.Iterable[Global___RunStatusCount] | None = ...,
+        success_rate: _builtins.float = ...,
+        durations: Global___DurationStats | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["durations", b"durations"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_status", b"by_status", "durations", b"durations", "success_rate", b"success_rate", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRunStatsResponse: _TypeAlias = GetRunStatsResponse  # noqa: Y015

@@ -131,6 +131,16 @@ class RunServiceStub:
                 request_serializer=simtrack_dot_v1_dot_runs__pb2.ListEventsRequest.SerializeToString,
                 response_deserializer=simtrack_dot_v1_dot_runs__pb2.ListEventsResponse.FromString,
                 _registered_method=True)
+        self.GetLeaderboard = channel.unary_unary(
+                '/simtrack.v1.RunService/GetLeaderboard',
+                request_serializer=simtrack_dot_v1_dot_runs__pb2.GetLeaderboardRequest.SerializeToString,
+                response_deserializer=simtrack_dot_v1_dot_runs__pb2.GetLeaderboardResponse.FromString,
+                _registered_method=True)
+        self.GetRunStats = channel.unary_unary(
+                '/simtrack.v1.RunService/GetRunStats',
+                request_serializer=simtrack_dot_v1_dot_runs__pb2.GetRunStatsRequest.SerializeToString,
+                response_deserializer=simtrack_dot_v1_dot_runs__pb2.GetRunStatsResponse.FromString,
+                _registered_method=True)
 
 
 class RunServiceServicer:
@@ -281,6 +291,20 @@ class RunServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetLeaderboard(self, request, context):
+        """GetLeaderboard ranks the runs of one scenario by one of their metrics, best first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRunStats(self, request, context):
+        """GetRunStats summarizes runs: how many in each status, the success rate, the durations.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RunServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -378,6 +402,16 @@ def add_RunServiceServicer_to_server(servicer, server):
                     servicer.ListEvents,
                     request_deserializer=simtrack_dot_v1_dot_runs__pb2.ListEventsRequest.FromString,
                     response_serializer=simtrack_dot_v1_dot_runs__pb2.ListEventsResponse.SerializeToString,
+            ),
+            'GetLeaderboard': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLeaderboard,
+                    request_deserializer=simtrack_dot_v1_dot_runs__pb2.GetLeaderboardRequest.FromString,
+                    response_serializer=simtrack_dot_v1_dot_runs__pb2.GetLeaderboardResponse.SerializeToString,
+            ),
+            'GetRunStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRunStats,
+                    request_deserializer=simtrack_dot_v1_dot_runs__pb2.GetRunStatsRequest.FromString,
+                    response_serializer=simtrack_dot_v1_dot_runs__pb2.GetRunStatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -894,6 +928,60 @@ class RunService:
             '/simtrack.v1.RunService/ListEvents',
             simtrack_dot_v1_dot_runs__pb2.ListEventsRequest.SerializeToString,
             simtrack_dot_v1_dot_runs__pb2.ListEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLeaderboard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/simtrack.v1.RunService/GetLeaderboard',
+            simtrack_dot_v1_dot_runs__pb2.GetLeaderboardRequest.SerializeToString,
+            simtrack_dot_v1_dot_runs__pb2.GetLeaderboardResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRunStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/simtrack.v1.RunService/GetRunStats',
+            simtrack_dot_v1_dot_runs__pb2.GetRunStatsRequest.SerializeToString,
+            simtrack_dot_v1_dot_runs__pb2.GetRunStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

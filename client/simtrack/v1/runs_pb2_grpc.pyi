@@ -89,6 +89,10 @@ class RunServiceStub:
     """
     ListEvents: _grpc.UnaryUnaryMultiCallable[_runs_pb2.ListEventsRequest, _runs_pb2.ListEventsResponse]
     """ListEvents pages through a run's events in the order the worker sent them."""
+    GetLeaderboard: _grpc.UnaryUnaryMultiCallable[_runs_pb2.GetLeaderboardRequest, _runs_pb2.GetLeaderboardResponse]
+    """GetLeaderboard ranks the runs of one scenario by one of their metrics, best first."""
+    GetRunStats: _grpc.UnaryUnaryMultiCallable[_runs_pb2.GetRunStatsRequest, _runs_pb2.GetRunStatsResponse]
+    """GetRunStats summarizes runs: how many in each status, the success rate, the durations."""
 
 @_typing.type_check_only
 class RunServiceAsyncStub(RunServiceStub):
@@ -150,6 +154,10 @@ class RunServiceAsyncStub(RunServiceStub):
     """
     ListEvents: _aio.UnaryUnaryMultiCallable[_runs_pb2.ListEventsRequest, _runs_pb2.ListEventsResponse]  # type: ignore[assignment]
     """ListEvents pages through a run's events in the order the worker sent them."""
+    GetLeaderboard: _aio.UnaryUnaryMultiCallable[_runs_pb2.GetLeaderboardRequest, _runs_pb2.GetLeaderboardResponse]  # type: ignore[assignment]
+    """GetLeaderboard ranks the runs of one scenario by one of their metrics, best first."""
+    GetRunStats: _aio.UnaryUnaryMultiCallable[_runs_pb2.GetRunStatsRequest, _runs_pb2.GetRunStatsResponse]  # type: ignore[assignment]
+    """GetRunStats summarizes runs: how many in each status, the success rate, the durations."""
 
 class RunServiceServicer(metaclass=_abc_1.ABCMeta):
     """RunService manages the runs of experiments and the agents taking part in them."""
@@ -322,5 +330,21 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_runs_pb2.ListEventsResponse, _abc.Awaitable[_runs_pb2.ListEventsResponse]]:
         """ListEvents pages through a run's events in the order the worker sent them."""
+
+    @_abc_1.abstractmethod
+    def GetLeaderboard(
+        self,
+        request: _runs_pb2.GetLeaderboardRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runs_pb2.GetLeaderboardResponse, _abc.Awaitable[_runs_pb2.GetLeaderboardResponse]]:
+        """GetLeaderboard ranks the runs of one scenario by one of their metrics, best first."""
+
+    @_abc_1.abstractmethod
+    def GetRunStats(
+        self,
+        request: _runs_pb2.GetRunStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runs_pb2.GetRunStatsResponse, _abc.Awaitable[_runs_pb2.GetRunStatsResponse]]:
+        """GetRunStats summarizes runs: how many in each status, the success rate, the durations."""
 
 def add_RunServiceServicer_to_server(servicer: RunServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

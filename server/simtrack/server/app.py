@@ -29,6 +29,7 @@ from simtrack.server.domain.access import Authenticator
 from simtrack.server.domain.agents import AgentService
 from simtrack.server.domain.experiments import ExperimentService, TemplateService
 from simtrack.server.domain.history import HistoryService
+from simtrack.server.domain.rankings import RunQueries
 from simtrack.server.domain.runs import ParticipantService, RunService
 from simtrack.server.domain.scenarios import ScenarioQueries
 from simtrack.server.domain.simulations import SimulationService
@@ -239,6 +240,7 @@ async def start(settings: Settings) -> Running:
             RunService(uow, catalogue),
             ParticipantService(uow),
             HistoryService(uow),
+            RunQueries(uow, catalogue),
             telemetry,
             writer,
             registry,

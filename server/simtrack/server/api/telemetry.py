@@ -20,7 +20,7 @@ import numpy as np
 
 from simtrack.errors import InvalidArgument, SimtrackError
 from simtrack.server.api.convert import dict_to_struct, struct_to_dict
-from simtrack.server.api.history import METRIC_KIND, RunHistoryServicer
+from simtrack.server.api.queries import METRIC_KIND, RunQueryServicer
 from simtrack.server.api.runs import run_to_proto
 from simtrack.server.db.chunks import pack_steps, pack_timestamps
 from simtrack.server.db.models import Metric
@@ -34,6 +34,7 @@ from simtrack.server.domain.model import (
     optional_id,
     require_name,
 )
+from simtrack.server.domain.rankings import RunQueries
 from simtrack.server.domain.runs import ParticipantService, RunService
 from simtrack.server.domain.telemetry import TelemetryService
 from simtrack.server.domain.tenancy import current_principal
@@ -184,21 +185,22 @@ def _latest(metric: Metric) -> pb.LatestMetric:
     )
 
 
-class StreamingRunServicer(RunHistoryServicer):
-    """RunService complete: CRUD and telemetry reads (RunHistoryServicer), streams, commands."""
+class StreamingRunServicer(RunQueryServicer):
+    """RunService complete: CRUD and read queries (RunQueryServicer), streams, commands."""
 
     def __init__(
         self,
         runs: RunService,
         participants: ParticipantService,
         history: HistoryService,
+        queries: RunQueries,
         telemetry: TelemetryService,
         writer: GroupCommitWriter,
         registry: StreamRegistry,
         bus: Bus,
         heartbeat_interval: float,
     ) -> None:
-        super().__init__(runs, participants, history)
+        super().__init__(runs, participants, history, queries)
         self.telemetry = telemetry
         self.writer = writer
         self.registry = registry

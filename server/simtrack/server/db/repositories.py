@@ -7,17 +7,17 @@ unit of work; they never commit. (On PostgreSQL, row-level security enforces the
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Generic, TypeVar, cast
+from datetime import datetime, timedelta
+from typing import Any, Generic, NamedTuple, TypeVar, cast
 
-from sqlalchemy import ColumnElement, Select, column, exists, select, table, tuple_, update
+from sqlalchemy import ColumnElement, Select, column, exists, func, select, table, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simtrack.server.db import models
 from simtrack.server.db.chunks import StoredChunk
 from simtrack.server.db.models import UTCDateTime
 from simtrack.server.domain.listing import Condition, Cursor, PageRequest
-from simtrack.server.domain.model import RunStatus
+from simtrack.server.domain.model import MetricAggregate, RunStatus
 from simtrack.server.domain.tenancy import current_tenant
 
 M = TypeVar("M", bound=models.TenantOwnedMixin)
@@ -168,6 +168,79 @@ class RunRepository(Repository[models.Run]):
             models.Run.cancel_requested_at < cutoff,
         )
         return list((await self.session.execute(stmt.with_for_update())).scalars())
+
+    async def ranked(
+        self,
+        scenario_id: str,
+        metric: str,
+        aggregate: MetricAggregate,
+        lowest_first: bool,
+        limit: int,
+        *,
+        experiment_id: str | None = None,
+        completed_only: bool = True,
+    ) -> tuple[list[Ranked], int]:
+        """The scenario's runs with a value of ``metric``, best first (ties: the earlier
+        finished), at most ``limit``; and how many runs have such a value."""
+        run, m, experiment = models.Run, models.Metric, models.Experiment
+        value = {
+            MetricAggregate.LATEST: m.last_value,
+            MetricAggregate.MIN: m.min_value,
+            MetricAggregate.MAX: m.max_value,
+        }[aggregate]
+        conditions = [
+            scoped(run),
+            scoped(m),
+            run.scenario_id == scenario_id,
+            m.name == metric,
+            value.is_not(None),
+        ]
+        if experiment_id is not None:
+            conditions.append(run.experiment_id == experiment_id)
+        if completed_only:
+            conditions.append(run.status == RunStatus.COMPLETED)
+        joined = select(run).join(m, m.run_id == run.id).where(*conditions)
+        count = await self.session.scalar(joined.with_only_columns(func.count()).order_by(None))
+        stmt = (
+            joined.join(experiment, experiment.id == run.experiment_id)
+            .add_columns(experiment.agent_id, value, m.last_step)
+            .order_by(
+                value.asc() if lowest_first else value.desc(),
+                run.completed_at.is_(None),
+                run.completed_at,
+                run.id,
+            )
+            .limit(limit)
+        )
+        rows = [Ranked(*row) for row in await self.session.execute(stmt)]
+        return rows, int(count or 0)
+
+    async def status_counts(self, conditions: tuple[Condition, ...]) -> dict[RunStatus, int]:
+        """How many of the runs matching ``conditions`` are in each status."""
+        run = models.Run
+        stmt = (
+            select(run.status, func.count())
+            .where(scoped(run), *(matches(run, c) for c in conditions))
+            .group_by(run.status)
+        )
+        return {status: count for status, count in await self.session.execute(stmt)}
+
+    async def durations(self, conditions: tuple[Condition, ...]) -> list[timedelta]:
+        """The durations of the runs matching ``conditions`` that ended after starting."""
+        run = models.Run
+        stmt = select(run.duration).where(
+            scoped(run), run.duration.is_not(None), *(matches(run, c) for c in conditions)
+        )
+        return [d for d in (await self.session.execute(stmt)).scalars() if d is not None]
+
+
+class Ranked(NamedTuple):
+    """A leaderboard row: the run, its experiment's agent, the value it ranks by."""
+
+    run: models.Run
+    agent_id: str
+    value: float
+    last_step: int | None
 
 
 class ParticipantRepository(Repository[models.Participant]):

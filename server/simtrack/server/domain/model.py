@@ -57,6 +57,21 @@ class MetricKind(StrEnum):
     COUNTER = "counter"
 
 
+class MetricAggregate(StrEnum):
+    """Which summary value of a metric stands for a run (e.g. on a leaderboard)."""
+
+    LATEST = "latest"
+    MIN = "min"
+    MAX = "max"
+
+
+class RankOrder(StrEnum):
+    """Which end of a ranking is best."""
+
+    HIGHEST_FIRST = "highest_first"
+    LOWEST_FIRST = "lowest_first"
+
+
 class SimulationStatus(StrEnum):
     """Simulation lifecycle state."""
 

@@ -1,20 +1,25 @@
-"""RunService's telemetry reads: ListMetrics, GetMetricHistory, ListEvents."""
+"""RunService's read queries: telemetry (ListMetrics, GetMetricHistory, ListEvents) and
+questions across runs (GetLeaderboard, GetRunStats)."""
 
 from __future__ import annotations
 
 import math
 
 from simtrack.server.api.convert import EnumMapping, dict_to_struct
+from simtrack.server.api.convert import duration as dur
 from simtrack.server.api.convert import timestamp as ts
-from simtrack.server.api.runs import Context, RunServicer
+from simtrack.server.api.runs import RUN_STATUS, Context, RunServicer, run_to_proto
 from simtrack.server.db.models import Event, Metric
 from simtrack.server.domain.history import HistoryService
-from simtrack.server.domain.model import MetricKind
+from simtrack.server.domain.model import MetricAggregate, MetricKind, RankOrder
+from simtrack.server.domain.rankings import RunQueries
 from simtrack.server.domain.runs import ParticipantService, RunService
 from simtrack.v1 import runs_pb2 as pb
 from simtrack.v1 import telemetry_pb2 as tpb
 
 METRIC_KIND = EnumMapping(tpb.MetricKind, MetricKind, "METRIC_KIND_")
+METRIC_AGGREGATE = EnumMapping(pb.MetricAggregate, MetricAggregate, "METRIC_AGGREGATE_")
+RANK_ORDER = EnumMapping(pb.RankOrder, RankOrder, "RANK_ORDER_")
 
 
 def _or_nan(value: float | None) -> float:
@@ -51,14 +56,20 @@ def event_to_proto(e: Event) -> pb.StoredEvent:
     )
 
 
-class RunHistoryServicer(RunServicer):
-    """RunService's CRUD (RunServicer) plus reading back what workers streamed."""
+class RunQueryServicer(RunServicer):
+    """RunService's CRUD (RunServicer) plus reading back what workers streamed and ranking
+    and summarizing runs."""
 
     def __init__(
-        self, runs: RunService, participants: ParticipantService, history: HistoryService
+        self,
+        runs: RunService,
+        participants: ParticipantService,
+        history: HistoryService,
+        queries: RunQueries,
     ) -> None:
         super().__init__(runs, participants)
         self.history = history
+        self.queries = queries
 
     async def ListMetrics(
         self, request: pb.ListMetricsRequest, context: Context
@@ -100,4 +111,54 @@ class RunHistoryServicer(RunServicer):
         )
         return pb.ListEventsResponse(
             events=[event_to_proto(e) for e in page.items], next_page_token=page.next_page_token
+        )
+
+    async def GetLeaderboard(
+        self, request: pb.GetLeaderboardRequest, context: Context
+    ) -> pb.GetLeaderboardResponse:
+        board = await self.queries.leaderboard(
+            request.scenario_id,
+            request.metric,
+            METRIC_AGGREGATE.to_domain("aggregate", request.aggregate) or MetricAggregate.LATEST,
+            RANK_ORDER.to_domain("order", request.order) or RankOrder.HIGHEST_FIRST,
+            request.limit,
+            request.experiment_id,
+            request.include_unfinished,
+        )
+        return pb.GetLeaderboardResponse(
+            entries=[
+                pb.LeaderboardEntry(
+                    rank=entry.rank,
+                    run=run_to_proto(entry.ranked.run),
+                    agent_id=entry.ranked.agent_id,
+                    value=entry.ranked.value,
+                    last_step=entry.ranked.last_step or 0,
+                )
+                for entry in board.entries
+            ],
+            ranked_runs=board.ranked_runs,
+        )
+
+    async def GetRunStats(
+        self, request: pb.GetRunStatsRequest, context: Context
+    ) -> pb.GetRunStatsResponse:
+        stats = await self.queries.stats(request.filter)
+        durations = stats.durations
+        return pb.GetRunStatsResponse(
+            total=stats.total,
+            by_status=[
+                pb.RunStatusCount(status=RUN_STATUS.to_proto(status), count=count)
+                for status, count in stats.by_status.items()
+            ],
+            success_rate=stats.success_rate,
+            durations=None
+            if durations is None
+            else pb.DurationStats(
+                count=durations.count,
+                mean=dur(durations.mean),
+                min=dur(durations.min),
+                p50=dur(durations.p50),
+                p95=dur(durations.p95),
+                max=dur(durations.max),
+            ),
         )
