@@ -881,6 +881,23 @@ def bad_request_fields(error: grpc.aio.AioRpcError) -> list[str]:
     return fields
 
 
+def _refusal(call: Callable[[Any], object], request: Any) -> tuple[grpc.StatusCode, list[str]]:
+    with pytest.raises(grpc.RpcError) as caught:
+        call(request)
+    error = cast(grpc.aio.AioRpcError, caught.value)  # a sync RpcError is a grpc.Call too
+    return error.code(), bad_request_fields(error)
+
+
+Refusal = Callable[[Callable[[Any], object], Any], tuple[grpc.StatusCode, list[str]]]
+
+
+@pytest.fixture(scope="session")
+def refusal() -> Refusal:
+    """``refusal(stub.Method, request)``: the status code and the BadRequest fields named by a
+    unary call that must fail (the test fails if it succeeds)."""
+    return _refusal
+
+
 @dataclass(frozen=True)
 class Checksum:
     """A metric's points as stored or as sent: count, the steps' multiset, the values' sum.

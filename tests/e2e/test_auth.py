@@ -150,6 +150,7 @@ class Objects:
     run: Run
     participant: Participant
     streamed: Run
+    validation: runs_pb2.Validation
 
 
 def create_objects(client: Client) -> Objects:
@@ -194,8 +195,23 @@ def create_objects(client: Client) -> Objects:
     ]
     answers = list(client.runs.StreamRun(iter(telemetry), timeout=TIMEOUT))
     assert answers[-1].ack.committed_seq == 2, answers
+    validation = client.runs.CreateValidation(
+        runs_pb2.CreateValidationRequest(
+            validation=runs_pb2.Validation(
+                run_id=streamed.id, validator="judge", kind="first", passed=True
+            )
+        )
+    ).validation
     return Objects(
-        main_agent, spare_agent, template, experiment, simulation, run, participant, streamed
+        main_agent,
+        spare_agent,
+        template,
+        experiment,
+        simulation,
+        run,
+        participant,
+        streamed,
+        validation,
     )
 
 
@@ -224,6 +240,8 @@ def read_requests(o: Objects) -> dict[str, Message]:
             scenario_id=SCENARIO, metric="loss", include_unfinished=True
         ),
         "RunService.GetRunStats": runs_pb2.GetRunStatsRequest(),
+        "RunService.GetValidation": runs_pb2.GetValidationRequest(id=o.validation.id),
+        "RunService.ListValidations": runs_pb2.ListValidationsRequest(run_id=o.streamed.id),
         "ScenarioService.GetScenario": scenarios_pb2.GetScenarioRequest(id=SCENARIO),
         "ScenarioService.ListScenarios": scenarios_pb2.ListScenariosRequest(),
     }
@@ -317,6 +335,14 @@ def write_requests(o: Objects) -> list[tuple[str, Message]]:
         ),
         ("RunService.CancelRun", runs_pb2.CancelRunRequest(id=o.run.id, reason="done")),
         ("RunService.DeleteParticipant", runs_pb2.DeleteParticipantRequest(id=o.participant.id)),
+        (
+            "RunService.CreateValidation",
+            runs_pb2.CreateValidationRequest(
+                validation=runs_pb2.Validation(
+                    run_id=o.streamed.id, validator="judge", kind=unique("kind"), passed=False
+                )
+            ),
+        ),
         # Deleting the run takes the participant created above with it, freeing the spare agent.
         ("RunService.DeleteRun", runs_pb2.DeleteRunRequest(id=o.run.id)),
         (
@@ -346,6 +372,7 @@ def test_every_rpc_has_a_read_or_write_request() -> None:
         Run(id="r"),
         Participant(id="p"),
         Run(id="w"),
+        runs_pb2.Validation(id="v"),
     )
     reads = set(read_requests(objects))
     writes = [name for name, _ in write_requests(objects)]

@@ -9,7 +9,7 @@ in the order sent.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
@@ -20,7 +20,7 @@ from google.protobuf.message import Message
 from simtrack.v1 import runs_pb2, telemetry_pb2
 
 if TYPE_CHECKING:
-    from tests.e2e.conftest import Server, StartServer, StreamKit
+    from tests.e2e.conftest import Refusal, Server, StartServer, StreamKit
 
 Request = telemetry_pb2.StreamRunRequest
 Array = np.ndarray[Any, Any]
@@ -268,17 +268,8 @@ async def test_list_events_pages_in_the_order_sent(server: Server, streams: Stre
     assert [e.event.step for e in by_agent.events] == list(range(0, 250, 15))
 
 
-def refusal(call: Any, request: Any) -> tuple[grpc.StatusCode, list[str]]:
-    from tests.e2e.conftest import bad_request_fields
-
-    with pytest.raises(grpc.RpcError) as caught:
-        call(request)
-    error = cast(grpc.aio.AioRpcError, caught.value)
-    return error.code(), bad_request_fields(error)
-
-
 async def test_bad_reads_get_the_right_status_naming_the_field(
-    server: Server, streams: StreamKit
+    server: Server, streams: StreamKit, refusal: Refusal
 ) -> None:
     run = streams.new_run(server)
     stream = await streams.open(server, run.id)

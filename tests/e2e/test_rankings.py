@@ -15,7 +15,7 @@ import pytest
 from simtrack.v1 import agents_pb2, experiments_pb2, runs_pb2, telemetry_pb2
 
 if TYPE_CHECKING:
-    from tests.e2e.conftest import Server, StartServer, StreamKit
+    from tests.e2e.conftest import Refusal, Server, StartServer, StreamKit
 
 Request = telemetry_pb2.StreamRunRequest
 RunStatus = runs_pb2.RunStatus
@@ -181,16 +181,7 @@ async def test_run_stats_count_statuses_success_and_durations(
     assert not pending.HasField("durations")
 
 
-def refusal(call: Any, request: Any) -> tuple[grpc.StatusCode, list[str]]:
-    from tests.e2e.conftest import bad_request_fields
-
-    with pytest.raises(grpc.RpcError) as caught:
-        call(request)
-    error = cast(grpc.aio.AioRpcError, caught.value)
-    return error.code(), bad_request_fields(error)
-
-
-def test_bad_ranking_requests_name_the_field(server: Server) -> None:
+def test_bad_ranking_requests_name_the_field(server: Server, refusal: Refusal) -> None:
     invalid, not_found = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
     Board = runs_pb2.GetLeaderboardRequest
 

@@ -771,6 +771,47 @@ def get_run_stats(s: Scene) -> None:
     assert total(s.a, s.theirs.experiment.id) == 0
 
 
+# RunService: validations
+
+
+@case("RunService.CreateValidation")
+def create_validation(s: Scene) -> None:
+    def create(run_id: str) -> object:
+        validation = runs_pb2.Validation(run_id=run_id, validator="judge", kind="k", passed=True)
+        request = runs_pb2.CreateValidationRequest(validation=validation)
+        return s.a.runs.CreateValidation(request, timeout=TIMEOUT)
+
+    assert_hidden(s.server, create, s.theirs.run.id)
+
+
+@case("RunService.GetValidation")
+def get_validation(s: Scene) -> None:
+    theirs = s.b.runs.CreateValidation(
+        runs_pb2.CreateValidationRequest(
+            validation=runs_pb2.Validation(
+                run_id=s.theirs.run.id, validator="judge", kind="k", passed=True
+            )
+        ),
+        timeout=TIMEOUT,
+    ).validation
+    assert_hidden(
+        s.server,
+        lambda id: s.a.runs.GetValidation(runs_pb2.GetValidationRequest(id=id), timeout=TIMEOUT),
+        theirs.id,
+    )
+
+
+@case("RunService.ListValidations")
+def list_validations(s: Scene) -> None:
+    assert_hidden(
+        s.server,
+        lambda id: s.a.runs.ListValidations(
+            runs_pb2.ListValidationsRequest(run_id=id), timeout=TIMEOUT
+        ),
+        s.theirs.run.id,
+    )
+
+
 # RunService: participants
 
 

@@ -10,7 +10,7 @@ from typing import Any, cast
 import pytest
 
 from simtrack.errors import FailedPrecondition, InvalidArgument, NotFound
-from simtrack.server.db.models import Experiment, Run
+from simtrack.server.db.models import Experiment, Metric, Run, Validation
 from simtrack.server.db.uow import UnitOfWorkFactory
 from simtrack.server.domain.model import ExperimentStatus, RunStatus
 from simtrack.server.domain.runs import RunService
@@ -58,10 +58,29 @@ class FakeExperiments:
         pass
 
 
+@dataclass
+class FakeMetrics:
+    rows: list[Metric] = field(default_factory=list)
+
+    async def for_run(self, run_id: str) -> list[Metric]:
+        return [m for m in self.rows if m.run_id == run_id]
+
+
+@dataclass
+class FakeValidations:
+    rows: list[Validation] = field(default_factory=list)
+
+    async def add(self, validation: Validation) -> Validation:
+        self.rows.append(validation)
+        return validation
+
+
 class FakeUnitOfWork:
     def __init__(self) -> None:
         self.runs = FakeRuns()
         self.experiments = FakeExperiments(self.runs)
+        self.metrics = FakeMetrics()
+        self.validations = FakeValidations()
         self.commits = 0
 
     async def __aenter__(self) -> FakeUnitOfWork:
@@ -148,6 +167,29 @@ async def test_experiment_status_follows_its_runs(service: RunService, uow: Fake
     await service.update(second.id, {"status": RunStatus.RUNNING})
     await service.update(second.id, {"status": RunStatus.COMPLETED})
     assert experiment_status(uow) == ExperimentStatus.COMPLETED
+
+
+async def test_completing_a_run_checks_its_scenarios_criteria_once(
+    service: RunService, uow: FakeUnitOfWork
+) -> None:
+    run = await create(service)
+    uow.metrics.rows = [
+        Metric(run_id=run.id, name="total_profit", count=2, last_value=2000.0, min_value=5.0),
+        Metric(run_id=run.id, name="stockout_rate", count=9, last_value=0.01, max_value=0.2),
+    ]
+    for status in (RunStatus.STARTING, RunStatus.RUNNING):
+        await service.update(run.id, {"status": status})
+    assert uow.validations.rows == []
+    await service.update(run.id, {"status": RunStatus.COMPLETED})
+    verdicts = {v.kind: (v.passed, v.score) for v in uow.validations.rows}
+    assert verdicts == {
+        "customer_rating": (False, None),  # never logged
+        "stockout_rate": (True, 0.01),
+        "total_profit": (True, 2000.0),
+    }
+    assert run.criteria_checked_at is not None
+    await service.update(run.id, {"results": {"x": 1}})
+    assert len(uow.validations.rows) == 3, "checked once"
 
 
 async def test_status_moves_stamp_times(service: RunService) -> None:

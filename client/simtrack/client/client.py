@@ -281,6 +281,35 @@ class Client:
         """Counts by status, success rate and durations of the runs matching ``filter``."""
         return self._call(self.runs.GetRunStats, runs_pb2.GetRunStatsRequest(filter=filter))
 
+    def create_validation(
+        self,
+        run_id: str,
+        validator: str,
+        kind: str,
+        passed: bool,
+        *,
+        score: float | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> runs_pb2.Validation:
+        """Record an external validator's verdict on a run (one per validator and kind)."""
+        validation = runs_pb2.Validation(
+            run_id=run_id,
+            validator=validator,
+            kind=kind,
+            passed=passed,
+            score=score,
+            details=_struct(details),
+        )
+        request = runs_pb2.CreateValidationRequest(validation=validation)
+        return self._call(self.runs.CreateValidation, request).validation
+
+    def list_validations(self, run_id: str, filter: str = "") -> Iterator[runs_pb2.Validation]:
+        """A run's verdicts, oldest first: the scenario's success criteria once it completed,
+        and external validators' (filter on validator, kind, passed)."""
+        request = runs_pb2.ListValidationsRequest(run_id=run_id, filter=filter)
+        for page in self._pages(self.runs.ListValidations, request):
+            yield from page.validations
+
     def cancel_run(self, run_id: str, reason: str = "") -> runs_pb2.CancelRunResponse:
         """Ask the run's worker to stop (the response holds the command and the run)."""
         return self._call(self.runs.CancelRun, runs_pb2.CancelRunRequest(id=run_id, reason=reason))

@@ -1672,3 +1672,222 @@ class GetRunStatsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetRunStatsResponse: _TypeAlias = GetRunStatsResponse  # noqa: Y015
+
+@_typing.final
+class Validation(_message.Message):
+    """Validation is a verdict on a run. When a run completes, the server checks its scenario's
+    success criteria against the run's metric summaries, once: validator "scenario", kind = the
+    metric, score = the observed statistic (unset when the run logged no finite value, which
+    fails the criterion), details = {metric, op, value, stat, description,
+    scenario_hash_matches, reason?}.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    VALIDATOR_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    PASSED_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    DETAILS_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Server-assigned UUID. Output only."""
+    run_id: _builtins.str
+    """The run judged. Required on create; immutable."""
+    validator: _builtins.str
+    """Who judged, 1-100 characters; "scenario" is the server's own."""
+    kind: _builtins.str
+    """What was judged, 1-200 characters; one verdict per (run, validator, kind)."""
+    passed: _builtins.bool
+    """The verdict."""
+    score: _builtins.float
+    """A finite score, if the validator gives one."""
+    @_builtins.property
+    def details(self) -> _struct_pb2.Struct:
+        """Details (a JSON object)."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the verdict was recorded. Output only."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+        validator: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        passed: _builtins.bool = ...,
+        score: _builtins.float | None = ...,
+        details: _struct_pb2.Struct | None = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_score", b"_score", "create_time", b"create_time", "details", b"details", "score", b"score"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_score", b"_score", "create_time", b"create_time", "details", b"details", "id", b"id", "kind", b"kind", "passed", b"passed", "run_id", b"run_id", "score", b"score", "validator", b"validator"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__score: _TypeAlias = _typing.Literal["score"]  # noqa: Y015
+    _WhichOneofArgType__score: _TypeAlias = _typing.Literal["_score", b"_score"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__score) -> _WhichOneofReturnType__score | None: ...
+
+Global___Validation: _TypeAlias = Validation  # noqa: Y015
+
+@_typing.final
+class CreateValidationRequest(_message.Message):
+    """CreateValidationRequest carries the verdict to record."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALIDATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def validation(self) -> Global___Validation:
+        """The validation; id and create_time are ignored."""
+
+    def __init__(
+        self,
+        *,
+        validation: Global___Validation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["validation", b"validation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["validation", b"validation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateValidationRequest: _TypeAlias = CreateValidationRequest  # noqa: Y015
+
+@_typing.final
+class CreateValidationResponse(_message.Message):
+    """CreateValidationResponse carries the recorded verdict."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALIDATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def validation(self) -> Global___Validation:
+        """The validation as stored."""
+
+    def __init__(
+        self,
+        *,
+        validation: Global___Validation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["validation", b"validation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["validation", b"validation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateValidationResponse: _TypeAlias = CreateValidationResponse  # noqa: Y015
+
+@_typing.final
+class GetValidationRequest(_message.Message):
+    """GetValidationRequest names the validation to read."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The validation's id."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetValidationRequest: _TypeAlias = GetValidationRequest  # noqa: Y015
+
+@_typing.final
+class GetValidationResponse(_message.Message):
+    """GetValidationResponse carries the validation read."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALIDATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def validation(self) -> Global___Validation:
+        """The validation."""
+
+    def __init__(
+        self,
+        *,
+        validation: Global___Validation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["validation", b"validation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["validation", b"validation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetValidationResponse: _TypeAlias = GetValidationResponse  # noqa: Y015
+
+@_typing.final
+class ListValidationsRequest(_message.Message):
+    """ListValidationsRequest asks for one page of a run's validations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """The run whose validations to list. Required."""
+    page_size: _builtins.int
+    """Maximum number of validations to return, 1-1000; 0 means the default of 50."""
+    page_token: _builtins.str
+    """The next_page_token of a previous call with the same run and filter, or empty."""
+    filter: _builtins.str
+    """Filter (AIP-160 subset): `field = "value"` / `field != "value"` joined by AND.
+    Fields: validator, kind, passed (true or false).
+    """
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        filter: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListValidationsRequest: _TypeAlias = ListValidationsRequest  # noqa: Y015
+
+@_typing.final
+class ListValidationsResponse(_message.Message):
+    """ListValidationsResponse is one page of validations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALIDATIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def validations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Validation]:
+        """The validations of this page, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        validations: _abc.Iterable[Global___Validation] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "validations", b"validations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListValidationsResponse: _TypeAlias = ListValidationsResponse  # noqa: Y015

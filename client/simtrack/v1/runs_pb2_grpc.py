@@ -141,6 +141,21 @@ class RunServiceStub:
                 request_serializer=simtrack_dot_v1_dot_runs__pb2.GetRunStatsRequest.SerializeToString,
                 response_deserializer=simtrack_dot_v1_dot_runs__pb2.GetRunStatsResponse.FromString,
                 _registered_method=True)
+        self.CreateValidation = channel.unary_unary(
+                '/simtrack.v1.RunService/CreateValidation',
+                request_serializer=simtrack_dot_v1_dot_runs__pb2.CreateValidationRequest.SerializeToString,
+                response_deserializer=simtrack_dot_v1_dot_runs__pb2.CreateValidationResponse.FromString,
+                _registered_method=True)
+        self.GetValidation = channel.unary_unary(
+                '/simtrack.v1.RunService/GetValidation',
+                request_serializer=simtrack_dot_v1_dot_runs__pb2.GetValidationRequest.SerializeToString,
+                response_deserializer=simtrack_dot_v1_dot_runs__pb2.GetValidationResponse.FromString,
+                _registered_method=True)
+        self.ListValidations = channel.unary_unary(
+                '/simtrack.v1.RunService/ListValidations',
+                request_serializer=simtrack_dot_v1_dot_runs__pb2.ListValidationsRequest.SerializeToString,
+                response_deserializer=simtrack_dot_v1_dot_runs__pb2.ListValidationsResponse.FromString,
+                _registered_method=True)
 
 
 class RunServiceServicer:
@@ -305,6 +320,28 @@ class RunServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateValidation(self, request, context):
+        """CreateValidation records an external validator's verdict on a run. (The server records
+        validator "scenario" itself: one verdict per success criterion when a run completes.)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetValidation(self, request, context):
+        """GetValidation returns one validation by id, or NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListValidations(self, request, context):
+        """ListValidations pages through a run's validations, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RunServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -412,6 +449,21 @@ def add_RunServiceServicer_to_server(servicer, server):
                     servicer.GetRunStats,
                     request_deserializer=simtrack_dot_v1_dot_runs__pb2.GetRunStatsRequest.FromString,
                     response_serializer=simtrack_dot_v1_dot_runs__pb2.GetRunStatsResponse.SerializeToString,
+            ),
+            'CreateValidation': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateValidation,
+                    request_deserializer=simtrack_dot_v1_dot_runs__pb2.CreateValidationRequest.FromString,
+                    response_serializer=simtrack_dot_v1_dot_runs__pb2.CreateValidationResponse.SerializeToString,
+            ),
+            'GetValidation': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetValidation,
+                    request_deserializer=simtrack_dot_v1_dot_runs__pb2.GetValidationRequest.FromString,
+                    response_serializer=simtrack_dot_v1_dot_runs__pb2.GetValidationResponse.SerializeToString,
+            ),
+            'ListValidations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListValidations,
+                    request_deserializer=simtrack_dot_v1_dot_runs__pb2.ListValidationsRequest.FromString,
+                    response_serializer=simtrack_dot_v1_dot_runs__pb2.ListValidationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -982,6 +1034,87 @@ class RunService:
             '/simtrack.v1.RunService/GetRunStats',
             simtrack_dot_v1_dot_runs__pb2.GetRunStatsRequest.SerializeToString,
             simtrack_dot_v1_dot_runs__pb2.GetRunStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateValidation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/simtrack.v1.RunService/CreateValidation',
+            simtrack_dot_v1_dot_runs__pb2.CreateValidationRequest.SerializeToString,
+            simtrack_dot_v1_dot_runs__pb2.CreateValidationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetValidation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/simtrack.v1.RunService/GetValidation',
+            simtrack_dot_v1_dot_runs__pb2.GetValidationRequest.SerializeToString,
+            simtrack_dot_v1_dot_runs__pb2.GetValidationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListValidations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/simtrack.v1.RunService/ListValidations',
+            simtrack_dot_v1_dot_runs__pb2.ListValidationsRequest.SerializeToString,
+            simtrack_dot_v1_dot_runs__pb2.ListValidationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

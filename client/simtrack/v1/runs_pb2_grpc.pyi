@@ -93,6 +93,14 @@ class RunServiceStub:
     """GetLeaderboard ranks the runs of one scenario by one of their metrics, best first."""
     GetRunStats: _grpc.UnaryUnaryMultiCallable[_runs_pb2.GetRunStatsRequest, _runs_pb2.GetRunStatsResponse]
     """GetRunStats summarizes runs: how many in each status, the success rate, the durations."""
+    CreateValidation: _grpc.UnaryUnaryMultiCallable[_runs_pb2.CreateValidationRequest, _runs_pb2.CreateValidationResponse]
+    """CreateValidation records an external validator's verdict on a run. (The server records
+    validator "scenario" itself: one verdict per success criterion when a run completes.)
+    """
+    GetValidation: _grpc.UnaryUnaryMultiCallable[_runs_pb2.GetValidationRequest, _runs_pb2.GetValidationResponse]
+    """GetValidation returns one validation by id, or NOT_FOUND."""
+    ListValidations: _grpc.UnaryUnaryMultiCallable[_runs_pb2.ListValidationsRequest, _runs_pb2.ListValidationsResponse]
+    """ListValidations pages through a run's validations, oldest first."""
 
 @_typing.type_check_only
 class RunServiceAsyncStub(RunServiceStub):
@@ -158,6 +166,14 @@ class RunServiceAsyncStub(RunServiceStub):
     """GetLeaderboard ranks the runs of one scenario by one of their metrics, best first."""
     GetRunStats: _aio.UnaryUnaryMultiCallable[_runs_pb2.GetRunStatsRequest, _runs_pb2.GetRunStatsResponse]  # type: ignore[assignment]
     """GetRunStats summarizes runs: how many in each status, the success rate, the durations."""
+    CreateValidation: _aio.UnaryUnaryMultiCallable[_runs_pb2.CreateValidationRequest, _runs_pb2.CreateValidationResponse]  # type: ignore[assignment]
+    """CreateValidation records an external validator's verdict on a run. (The server records
+    validator "scenario" itself: one verdict per success criterion when a run completes.)
+    """
+    GetValidation: _aio.UnaryUnaryMultiCallable[_runs_pb2.GetValidationRequest, _runs_pb2.GetValidationResponse]  # type: ignore[assignment]
+    """GetValidation returns one validation by id, or NOT_FOUND."""
+    ListValidations: _aio.UnaryUnaryMultiCallable[_runs_pb2.ListValidationsRequest, _runs_pb2.ListValidationsResponse]  # type: ignore[assignment]
+    """ListValidations pages through a run's validations, oldest first."""
 
 class RunServiceServicer(metaclass=_abc_1.ABCMeta):
     """RunService manages the runs of experiments and the agents taking part in them."""
@@ -346,5 +362,31 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_runs_pb2.GetRunStatsResponse, _abc.Awaitable[_runs_pb2.GetRunStatsResponse]]:
         """GetRunStats summarizes runs: how many in each status, the success rate, the durations."""
+
+    @_abc_1.abstractmethod
+    def CreateValidation(
+        self,
+        request: _runs_pb2.CreateValidationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runs_pb2.CreateValidationResponse, _abc.Awaitable[_runs_pb2.CreateValidationResponse]]:
+        """CreateValidation records an external validator's verdict on a run. (The server records
+        validator "scenario" itself: one verdict per success criterion when a run completes.)
+        """
+
+    @_abc_1.abstractmethod
+    def GetValidation(
+        self,
+        request: _runs_pb2.GetValidationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runs_pb2.GetValidationResponse, _abc.Awaitable[_runs_pb2.GetValidationResponse]]:
+        """GetValidation returns one validation by id, or NOT_FOUND."""
+
+    @_abc_1.abstractmethod
+    def ListValidations(
+        self,
+        request: _runs_pb2.ListValidationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runs_pb2.ListValidationsResponse, _abc.Awaitable[_runs_pb2.ListValidationsResponse]]:
+        """ListValidations pages through a run's validations, oldest first."""
 
 def add_RunServiceServicer_to_server(servicer: RunServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

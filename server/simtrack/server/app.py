@@ -34,6 +34,7 @@ from simtrack.server.domain.runs import ParticipantService, RunService
 from simtrack.server.domain.scenarios import ScenarioQueries
 from simtrack.server.domain.simulations import SimulationService
 from simtrack.server.domain.telemetry import TelemetryService
+from simtrack.server.domain.validations import ValidationService
 from simtrack.server.ingest.bus import Bus, PostgresBus
 from simtrack.server.ingest.streams import StreamRegistry
 from simtrack.server.ingest.writer import GroupCommitWriter
@@ -233,12 +234,14 @@ async def start(settings: Settings) -> Running:
     bus: Bus = Bus() if is_sqlite(settings.database_url) else PostgresBus(settings.database_url)
     registry = StreamRegistry()
     bus.on_command(registry.deliver)
-    writer = GroupCommitWriter(IngestStore(engine), bus.publish_runs)
+    validations = ValidationService(uow, catalogue)
+    writer = GroupCommitWriter(IngestStore(engine), bus.publish_runs, validations.check_completed)
     telemetry = TelemetryService(uow, bus)
     runs_pb2_grpc.add_RunServiceServicer_to_server(
         StreamingRunServicer(
             RunService(uow, catalogue),
             ParticipantService(uow),
+            validations,
             HistoryService(uow),
             RunQueries(uow, catalogue),
             telemetry,
@@ -270,7 +273,7 @@ async def start(settings: Settings) -> Running:
         asyncio.create_task(
             _monitor_database(engine, health_servicer, settings.health_check_interval, stopping)
         ),
-        asyncio.create_task(_sweep_runs(telemetry, settings, stopping)),
+        asyncio.create_task(_sweep_runs(telemetry, validations, settings, stopping)),
     ]
     return Running(
         server, port, engine, health_servicer, writer, registry, bus, background, stopping
@@ -278,9 +281,13 @@ async def start(settings: Settings) -> Running:
 
 
 async def _sweep_runs(
-    telemetry: TelemetryService, settings: Settings, stopping: asyncio.Event
+    telemetry: TelemetryService,
+    validations: ValidationService,
+    settings: Settings,
+    stopping: asyncio.Event,
 ) -> None:
-    """Fail runs whose worker vanished; stop cancelled runs whose worker never confirmed."""
+    """Fail runs whose worker vanished; stop cancelled runs whose worker never confirmed;
+    check the success criteria of completed runs a crash left unchecked."""
     interval = min(settings.heartbeat_timeout, settings.cancel_grace) / 4
     while not stopping.is_set():
         with contextlib.suppress(TimeoutError):
@@ -290,6 +297,8 @@ async def _sweep_runs(
             changed = await telemetry.sweep(settings.heartbeat_timeout, settings.cancel_grace)
             if changed:
                 log.info("liveness: %d run(s) ended by the sweeper", len(changed))
+            if checked := await validations.sweep():
+                log.info("success criteria of %d run(s) checked by the sweeper", checked)
         except Exception:  # noqa: BLE001 - the next sweep tries again
             log.warning("liveness sweep failed", exc_info=True)
 

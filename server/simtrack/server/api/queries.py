@@ -14,6 +14,7 @@ from simtrack.server.domain.history import HistoryService
 from simtrack.server.domain.model import MetricAggregate, MetricKind, RankOrder
 from simtrack.server.domain.rankings import RunQueries
 from simtrack.server.domain.runs import ParticipantService, RunService
+from simtrack.server.domain.validations import ValidationService
 from simtrack.v1 import runs_pb2 as pb
 from simtrack.v1 import telemetry_pb2 as tpb
 
@@ -64,10 +65,11 @@ class RunQueryServicer(RunServicer):
         self,
         runs: RunService,
         participants: ParticipantService,
+        validations: ValidationService,
         history: HistoryService,
         queries: RunQueries,
     ) -> None:
-        super().__init__(runs, participants)
+        super().__init__(runs, participants, validations)
         self.history = history
         self.queries = queries
 

@@ -9,9 +9,10 @@ import grpc
 from simtrack.server.api.convert import EnumMapping, dict_to_struct, mask_changes, struct_to_dict
 from simtrack.server.api.convert import duration as dur
 from simtrack.server.api.convert import timestamp as ts
-from simtrack.server.db.models import Participant, Run
+from simtrack.server.db.models import Participant, Run, Validation
 from simtrack.server.domain.model import RunStatus
 from simtrack.server.domain.runs import ParticipantService, RunService
+from simtrack.server.domain.validations import ValidationService
 from simtrack.v1 import runs_pb2 as pb
 from simtrack.v1 import runs_pb2_grpc
 
@@ -72,10 +73,26 @@ def participant_to_proto(p: Participant) -> pb.Participant:
     )
 
 
+def validation_to_proto(v: Validation) -> pb.Validation:
+    return pb.Validation(
+        id=v.id,
+        run_id=v.run_id,
+        validator=v.validator,
+        kind=v.kind,
+        passed=v.passed,
+        score=v.score,
+        details=dict_to_struct(v.details),
+        create_time=ts(v.created_at),
+    )
+
+
 class RunServicer(runs_pb2_grpc.RunServiceServicer):
-    def __init__(self, runs: RunService, participants: ParticipantService) -> None:
+    def __init__(
+        self, runs: RunService, participants: ParticipantService, validations: ValidationService
+    ) -> None:
         self.runs = runs
         self.participants = participants
+        self.validations = validations
 
     # Runs
 
@@ -157,3 +174,36 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
     ) -> pb.DeleteParticipantResponse:
         await self.participants.delete(request.id)
         return pb.DeleteParticipantResponse()
+
+    # Validations
+
+    async def CreateValidation(
+        self, request: pb.CreateValidationRequest, context: Context
+    ) -> pb.CreateValidationResponse:
+        v = request.validation
+        validation = await self.validations.create(
+            run_id=v.run_id,
+            validator=v.validator,
+            kind=v.kind,
+            passed=v.passed,
+            score=v.score if v.HasField("score") else None,
+            details=struct_to_dict("validation.details", v.details),
+        )
+        return pb.CreateValidationResponse(validation=validation_to_proto(validation))
+
+    async def GetValidation(
+        self, request: pb.GetValidationRequest, context: Context
+    ) -> pb.GetValidationResponse:
+        validation = await self.validations.get(request.id)
+        return pb.GetValidationResponse(validation=validation_to_proto(validation))
+
+    async def ListValidations(
+        self, request: pb.ListValidationsRequest, context: Context
+    ) -> pb.ListValidationsResponse:
+        page = await self.validations.list(
+            request.run_id, request.page_size, request.page_token, request.filter
+        )
+        return pb.ListValidationsResponse(
+            validations=[validation_to_proto(v) for v in page.items],
+            next_page_token=page.next_page_token,
+        )

@@ -38,6 +38,7 @@ from simtrack.server.domain.rankings import RunQueries
 from simtrack.server.domain.runs import ParticipantService, RunService
 from simtrack.server.domain.telemetry import TelemetryService
 from simtrack.server.domain.tenancy import current_principal
+from simtrack.server.domain.validations import ValidationService
 from simtrack.server.ingest.bus import Bus, CommandMessage
 from simtrack.server.ingest.items import Batch, EventData, FinalData, ProgressData, SeriesChunk
 from simtrack.server.ingest.streams import AckOut, GoingAwayOut, StreamRegistry, StreamSession
@@ -192,6 +193,7 @@ class StreamingRunServicer(RunQueryServicer):
         self,
         runs: RunService,
         participants: ParticipantService,
+        validations: ValidationService,
         history: HistoryService,
         queries: RunQueries,
         telemetry: TelemetryService,
@@ -200,7 +202,7 @@ class StreamingRunServicer(RunQueryServicer):
         bus: Bus,
         heartbeat_interval: float,
     ) -> None:
-        super().__init__(runs, participants, history, queries)
+        super().__init__(runs, participants, validations, history, queries)
         self.telemetry = telemetry
         self.writer = writer
         self.registry = registry

@@ -153,6 +153,7 @@ TENANT_OWNED_TABLES = (
     "metrics",
     "metric_chunks",
     "events",
+    "validations",
 )
 
 
@@ -245,6 +246,23 @@ class Run(TenantOwnedMixin, Base):
     last_seen_at: Mapped[datetime | None]
     # When a cancel was requested; the worker is told on every (re)connect until it stops.
     cancel_requested_at: Mapped[datetime | None]
+    # When the scenario's success criteria were checked (once, after the run completed).
+    criteria_checked_at: Mapped[datetime | None]
+
+
+class Validation(TenantOwnedMixin, Base):
+    """A verdict on a run: one per success criterion of its scenario when it completes
+    (validator "scenario", kind = the metric), or recorded by an external validator."""
+
+    __tablename__ = "validations"
+    __table_args__ = (UniqueConstraint("run_id", "validator", "kind"),)
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    validator: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(200))
+    passed: Mapped[bool]
+    score: Mapped[float | None] = mapped_column(Float)
+    details: Mapped[dict[str, Any]] = _json_column()
 
 
 class Participant(TenantOwnedMixin, Base):

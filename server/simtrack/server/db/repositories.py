@@ -233,6 +233,14 @@ class RunRepository(Repository[models.Run]):
         )
         return [d for d in (await self.session.execute(stmt)).scalars() if d is not None]
 
+    async def unchecked_completed(self) -> list[str]:
+        """Completed runs whose success criteria were not checked yet."""
+        run = models.Run
+        stmt = select(run.id).where(
+            scoped(run), run.status == RunStatus.COMPLETED, run.criteria_checked_at.is_(None)
+        )
+        return list((await self.session.execute(stmt)).scalars())
+
 
 class Ranked(NamedTuple):
     """A leaderboard row: the run, its experiment's agent, the value it ranks by."""
@@ -275,6 +283,18 @@ class MetricRepository(Repository[models.Metric]):
     async def named(self, run_id: str, name: str) -> models.Metric | None:
         stmt = self._select().where(models.Metric.run_id == run_id, models.Metric.name == name)
         return (await self.session.execute(stmt)).scalar_one_or_none()
+
+
+class ValidationRepository(Repository[models.Validation]):
+    model = models.Validation
+
+    async def exists_for(self, run_id: str, validator: str, kind: str) -> bool:
+        stmt = self._select().where(
+            models.Validation.run_id == run_id,
+            models.Validation.validator == validator,
+            models.Validation.kind == kind,
+        )
+        return (await self.session.execute(stmt.limit(1))).first() is not None
 
 
 class ChunkRepository:

@@ -26,6 +26,7 @@ from simtrack.server.db.repositories import (
     RunRepository,
     SimulationRepository,
     TemplateRepository,
+    ValidationRepository,
 )
 from simtrack.server.domain.tenancy import current_principal_or_none
 
@@ -83,6 +84,7 @@ class UnitOfWork:
         self.metrics = MetricRepository(self.session)
         self.chunks = ChunkRepository(self.session)
         self.events = EventRepository(self.session)
+        self.validations = ValidationRepository(self.session)
         return self
 
     async def __aexit__(

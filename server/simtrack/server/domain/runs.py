@@ -22,6 +22,7 @@ from simtrack.server.domain.model import (
     merge_params,
     require_id,
 )
+from simtrack.server.domain.validations import check_success_criteria
 from simtrack.server.scenarios import ScenarioCatalogue
 
 RUN_LISTING = Listing(
@@ -159,6 +160,7 @@ class RunService:
             await uow.runs.flush()
             if status_changed:
                 await refresh_experiment_status(uow, run.experiment_id)
+                await check_success_criteria(uow, run, self.catalogue)
             await uow.commit()
         return run
 

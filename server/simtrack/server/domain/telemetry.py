@@ -21,7 +21,7 @@ from simtrack.server.domain.model import (
     require_name,
 )
 from simtrack.server.domain.runs import WORKER_ID_MAX, load_run, set_run_status
-from simtrack.server.domain.tenancy import Principal, Role, reset_principal, set_principal
+from simtrack.server.domain.tenancy import acting_for
 from simtrack.server.ingest.bus import Bus, CommandMessage
 
 log = logging.getLogger(__name__)
@@ -134,8 +134,7 @@ class TelemetryService:
         async with self.uow() as uow:
             tenants = [t.id for t in await uow.access.tenants()]
         for tenant_id in tenants:
-            token = set_principal(Principal(tenant_id, Role.ADMIN))
-            try:
+            with acting_for(tenant_id):
                 async with self.uow() as uow:
                     silent = await uow.runs.silent_since(now - timedelta(seconds=heartbeat_timeout))
                     for run in silent:
@@ -154,8 +153,6 @@ class TelemetryService:
                         await refresh_experiment_status(uow, experiment_id)
                     await uow.commit()
                 changed.extend(touched)
-            finally:
-                reset_principal(token)
         if changed:
             await self.bus.publish_runs(changed)
         return changed

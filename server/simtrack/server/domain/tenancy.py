@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from enum import StrEnum
@@ -116,3 +118,14 @@ def parse_token(token: str) -> str:
 def token_matches(token: str, secret_hash: str) -> bool:
     """Constant-time comparison of a presented token with a stored hash."""
     return hmac.compare_digest(hash_token(token), secret_hash)
+
+
+@contextmanager
+def acting_for(tenant_id: str) -> Iterator[None]:
+    """Run background work (sweeps) as an admin of one tenant: repositories and row-level
+    security see that tenant's rows only."""
+    token = set_principal(Principal(tenant_id, Role.ADMIN))
+    try:
+        yield
+    finally:
+        reset_principal(token)

@@ -25,6 +25,7 @@ from simtrack.server.db.ingest import Ending, IngestStore, IngestTransaction, Ru
 from simtrack.server.db.models import utcnow
 from simtrack.server.domain.model import (
     RUN_FINAL,
+    RunStatus,
     check_range,
     check_run_transition,
     derive_experiment_status,
@@ -80,9 +81,13 @@ class GroupCommitWriter:
         self,
         store: IngestStore,
         notify: Callable[[Iterable[str]], Awaitable[None]],
+        completed: Callable[[str, list[str]], Awaitable[object]] | None = None,
     ) -> None:
         self.store = store
         self.notify = notify  # run ids that changed, called after each commit (WatchRun)
+        # A tenant's runs that completed in a commit, told after it (success criteria).
+        self.completed = completed
+        self._followups: set[asyncio.Task[None]] = set()
         self._queue: asyncio.Queue[Pending] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._changed: set[str] = set()  # runs whose watchers have not been told yet
@@ -102,6 +107,7 @@ class GroupCommitWriter:
                 await self._task
         if self._notifier is not None:
             await self._notifier
+        await asyncio.gather(*self._followups)
         await self.store.close()
 
     def submit(self, principal: Principal, run_id: str, batch: Batch | None) -> asyncio.Future[int]:
@@ -183,9 +189,29 @@ class GroupCommitWriter:
             for pending, error in write.rejected:
                 if not pending.done.done():
                     pending.done.set_exception(error)
+        if self.completed is not None:
+            done = {
+                tenant_id: completed
+                for tenant_id, runs in by_tenant.items()
+                if (completed := [r for r in runs if _completed(writes[r])])
+            }
+            if done:
+                task = asyncio.create_task(self._tell_completed(self.completed, done))
+                self._followups.add(task)
+                task.add_done_callback(self._followups.discard)
         self._changed.update(run_id for run_id, write in writes.items() if write.changed)
         if self._changed and (self._notifier is None or self._notifier.done()):
             self._notifier = asyncio.create_task(self._notify())
+
+    @staticmethod
+    async def _tell_completed(
+        completed: Callable[[str, list[str]], Awaitable[object]], runs: dict[str, list[str]]
+    ) -> None:
+        for tenant_id, run_ids in runs.items():
+            try:
+                await completed(tenant_id, run_ids)
+            except Exception:  # noqa: BLE001 - the periodic sweep checks them instead
+                log.warning("could not check the success criteria of %s", run_ids, exc_info=True)
 
     async def _notify(self) -> None:
         """Tell watchers which runs changed: one notification per interval, not per commit."""
@@ -196,6 +222,10 @@ class GroupCommitWriter:
                 await self.notify(run_ids)
             except Exception as exc:  # noqa: BLE001 - watchers re-read on their own timer anyway
                 log.warning("could not notify watchers of %d run(s): %s", len(run_ids), exc)
+
+
+def _completed(write: _RunWrite) -> bool:
+    return write.ending is not None and write.ending.run.status == RunStatus.COMPLETED
 
 
 def _apply(run: RunState | None, pendings: list[Pending]) -> _RunWrite:
