@@ -580,12 +580,16 @@ SimtrackCli = Callable[..., "subprocess.CompletedProcess[str]"]
 
 
 def run_simtrack(
-    *args: str, database_url: str, check: bool = True
+    *args: str, database_url: str | None = None, check: bool = True, **env: str
 ) -> subprocess.CompletedProcess[str]:
-    """``simtrack ARGS --database-url URL`` as an operator runs it; fails the test on a bad exit."""
+    """``simtrack ARGS [--database-url URL]`` as a user runs it; fails the test on a bad exit.
+
+    ``env``: SIMTRACK_* settings for the command (e.g. SIMTRACK_TARGET for the client commands).
+    """
+    database = ["--database-url", database_url] if database_url is not None else []
     result = subprocess.run(
-        [str(SIMTRACK), *args, "--database-url", database_url],
-        env=clean_env(COLUMNS="250"),  # rich tables: wide enough that no cell wraps
+        [str(SIMTRACK), *args, *database],
+        env=clean_env(COLUMNS="250", **env),  # rich tables: wide enough that no cell wraps
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -603,7 +607,7 @@ def run_simtrack(
 
 @pytest.fixture(scope="session")
 def simtrack_cli() -> SimtrackCli:
-    """``simtrack_cli(*args, database_url=..., check=True)``: the real ``simtrack`` command."""
+    """``simtrack_cli(*args, database_url=None, check=True, **env)``: the real ``simtrack``."""
     return run_simtrack
 
 

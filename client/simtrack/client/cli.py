@@ -1,7 +1,8 @@
 """The ``simtrack`` command.
 
 ``serve`` and ``migrate`` run server code, imported only when those commands run: the client
-library itself never depends on the server.
+library itself never depends on the server. The commands that talk to a running server (agents,
+experiments, runs, metrics, history, events, scenarios) live in :mod:`simtrack.client.cli_api`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+
+from simtrack.client.cli_api import add_api_commands, add_server_options
 
 
 def _configure_logging(level: str) -> None:
@@ -223,16 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     sync = commands.add_parser(
         "sync", help="upload the telemetry workers left unacknowledged in their spool"
     )
-    sync.add_argument(
-        "--target",
-        default=os.environ.get("SIMTRACK_TARGET", "127.0.0.1:50051"),
-        help="server host:port (default: $SIMTRACK_TARGET or 127.0.0.1:50051)",
-    )
-    sync.add_argument(
-        "--api-key",
-        default=os.environ.get("SIMTRACK_API_KEY"),
-        help="API key (default: $SIMTRACK_API_KEY)",
-    )
+    add_server_options(sync)
     sync.add_argument("--spool-dir", help="default: $SIMTRACK_SPOOL_DIR or ~/.cache/simtrack/spool")
     sync.add_argument(
         "--timeout", type=float, default=60.0, help="seconds to wait per run (default: 60)"
@@ -259,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     revoke_key = admin_parser(key_commands, "revoke", "revoke a key by its prefix")
     revoke_key.add_argument("prefix")
     revoke_key.set_defaults(func=cmd_keys_revoke)
+    add_api_commands(commands)
     return parser
 
 

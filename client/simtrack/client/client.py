@@ -36,15 +36,17 @@ from simtrack.v1 import (
     experiments_pb2_grpc,
     runs_pb2,
     runs_pb2_grpc,
+    scenarios_pb2,
+    scenarios_pb2_grpc,
     telemetry_pb2,
 )
 
-__all__ = ["Client", "MetricHistory"]
+__all__ = ["FRAMEWORKS", "Client", "MetricHistory"]
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
-_FRAMEWORKS = {
+FRAMEWORKS = {
     "baseline": agents_pb2.FRAMEWORK_BASELINE,
     "langchain": agents_pb2.FRAMEWORK_LANGCHAIN,
     "crewai": agents_pb2.FRAMEWORK_CREWAI,
@@ -115,6 +117,7 @@ class Client:
         self.agents = agents_pb2_grpc.AgentServiceStub(self.channel)
         self.experiments = experiments_pb2_grpc.ExperimentServiceStub(self.channel)
         self.runs = runs_pb2_grpc.RunServiceStub(self.channel)
+        self.scenarios = scenarios_pb2_grpc.ScenarioServiceStub(self.channel)
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -149,7 +152,17 @@ class Client:
     ) -> None:
         self.close()
 
-    # -- agents and experiments ------------------------------------------------------------
+    # -- agents, experiments and scenarios -------------------------------------------------
+
+    def get_agent(self, agent_id: str) -> agents_pb2.Agent:
+        """One agent, or NotFound."""
+        return self._call(self.agents.GetAgent, agents_pb2.GetAgentRequest(id=agent_id)).agent
+
+    def list_agents(self, filter: str = "", page_size: int = 0) -> Iterator[agents_pb2.Agent]:
+        """Every agent matching ``filter`` (fields: name, framework), oldest first."""
+        request = agents_pb2.ListAgentsRequest(filter=filter, page_size=page_size)
+        for page in self._pages(self.agents.ListAgents, request):
+            yield from page.agents
 
     def create_agent(
         self,
@@ -158,7 +171,7 @@ class Client:
         config: Mapping[str, Any] | None = None,
     ) -> agents_pb2.Agent:
         """Create an agent (framework: baseline, langchain, crewai, custom or the enum value)."""
-        value = _FRAMEWORKS[framework] if isinstance(framework, str) else framework
+        value = FRAMEWORKS[framework] if isinstance(framework, str) else framework
         agent = agents_pb2.Agent(name=name, framework=value, config=_struct(config))  # type: ignore[arg-type]
         return self._call(self.agents.CreateAgent, agents_pb2.CreateAgentRequest(agent=agent)).agent
 
@@ -180,6 +193,32 @@ class Client:
         )
         request = experiments_pb2.CreateExperimentRequest(experiment=experiment)
         return self._call(self.experiments.CreateExperiment, request).experiment
+
+    def get_experiment(self, experiment_id: str) -> experiments_pb2.Experiment:
+        """One experiment, or NotFound."""
+        request = experiments_pb2.GetExperimentRequest(id=experiment_id)
+        return self._call(self.experiments.GetExperiment, request).experiment
+
+    def list_experiments(
+        self, filter: str = "", page_size: int = 0
+    ) -> Iterator[experiments_pb2.Experiment]:
+        """Every experiment matching ``filter`` (name, agent_id, scenario_id, status)."""
+        request = experiments_pb2.ListExperimentsRequest(filter=filter, page_size=page_size)
+        for page in self._pages(self.experiments.ListExperiments, request):
+            yield from page.experiments
+
+    def get_scenario(self, scenario_id: str) -> scenarios_pb2.Scenario:
+        """One scenario of the server's catalogue, or NotFound."""
+        request = scenarios_pb2.GetScenarioRequest(id=scenario_id)
+        return self._call(self.scenarios.GetScenario, request).scenario
+
+    def list_scenarios(
+        self, filter: str = "", page_size: int = 0
+    ) -> Iterator[scenarios_pb2.Scenario]:
+        """The server's scenario catalogue by id (filter on difficulty_tier, tags)."""
+        request = scenarios_pb2.ListScenariosRequest(filter=filter, page_size=page_size)
+        for page in self._pages(self.scenarios.ListScenarios, request):
+            yield from page.scenarios
 
     # -- runs ------------------------------------------------------------------------------
 

@@ -88,6 +88,7 @@ __all__ = [
     "content_hash",
     "default_scenarios_dir",
     "load_catalogue",
+    "load_file",
 ]
 
 logger = logging.getLogger(__name__)
@@ -277,7 +278,7 @@ def load_catalogue(directory: Path) -> ScenarioCatalogue:
     for path in entries:
         if path.name.startswith(".") or path.suffix not in SCENARIO_SUFFIXES or not path.is_file():
             continue
-        spec, problems = _load_file(path)
+        spec, problems = load_file(path)
         for problem in problems:
             _record(catalogue, problem)
         if spec is None:
@@ -337,7 +338,11 @@ def _yaml_message(error: yaml.YAMLError) -> str:
     return str(error) or type(error).__name__
 
 
-def _load_file(path: Path) -> tuple[ScenarioSpec | None, list[ScenarioProblem]]:
+def load_file(path: Path) -> tuple[ScenarioSpec | None, list[ScenarioProblem]]:
+    """One scenario file, validated: the spec, or None and every problem found (never raises).
+
+    ``simtrack scenarios validate`` checks files with it before they reach a server's folder.
+    """
     name = path.name
     try:
         text = path.read_text(encoding="utf-8")

@@ -1,0 +1,496 @@
+"""The ``simtrack`` commands that talk to a running server, through :class:`Client`.
+
+Every command takes ``--target`` and ``--api-key``; list and get commands take ``--json``, which
+prints the protos as JSON (proto field names) for scripts. A server's refusal is one line on
+stderr, ``simtrack: <code>: <message>``, and exit status 1: a typo is not a traceback.
+``scenarios validate`` needs no server: it checks files with the server's own loader.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import functools
+import itertools
+import json
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import numpy as np
+from google.protobuf import json_format, timestamp_pb2
+from google.protobuf.message import Message
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+from rich.table import Table
+
+from simtrack.client.client import FRAMEWORKS, Client, MetricHistory
+from simtrack.errors import InvalidArgument, SimtrackError
+from simtrack.v1 import agents_pb2, experiments_pb2, runs_pb2, telemetry_pb2
+
+if TYPE_CHECKING:
+    from google.protobuf.descriptor import EnumDescriptor
+
+__all__ = ["add_api_commands", "add_server_options"]
+
+Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+Handler = Callable[[argparse.Namespace, Client], int]
+Column = tuple[str, Callable[[Any], object]]
+
+_FINAL = {
+    runs_pb2.RUN_STATUS_COMPLETED,
+    runs_pb2.RUN_STATUS_FAILED,
+    runs_pb2.RUN_STATUS_STOPPED,
+}
+_WORD_START = re.compile(r"(?<!^)(?=[A-Z])")
+
+
+def add_server_options(parser: argparse.ArgumentParser) -> None:
+    """``--target`` and ``--api-key``, defaulting to the environment (shared by every client
+    command, ``sync`` included)."""
+    parser.add_argument(
+        "--target",
+        default=os.environ.get("SIMTRACK_TARGET", "127.0.0.1:50051"),
+        help="server host:port (default: $SIMTRACK_TARGET or 127.0.0.1:50051)",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("SIMTRACK_API_KEY"),
+        help="API key (default: $SIMTRACK_API_KEY)",
+    )
+
+
+# -- formatting --------------------------------------------------------------------------------
+
+
+def _label(enum: EnumDescriptor, value: int) -> str:
+    """``RUN_STATUS_RUNNING`` -> ``running``: buf's lint makes every value carry its enum's name."""
+    known = enum.values_by_number.get(value)
+    if known is None:  # a value newer than these stubs
+        return str(value)
+    return known.name.removeprefix(_WORD_START.sub("_", enum.name).upper() + "_").lower()
+
+
+def _run_status(run: runs_pb2.Run) -> str:
+    return _label(runs_pb2.RunStatus.DESCRIPTOR, run.status)
+
+
+def _time(value: timestamp_pb2.Timestamp) -> str:
+    if not (value.seconds or value.nanos):
+        return "-"
+    return value.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _as_dict(message: Message) -> dict[str, Any]:
+    return json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+def _compact(message: Message) -> str:
+    return json.dumps(json_format.MessageToDict(message), separators=(",", ":"))
+
+
+AGENT_COLUMNS: Sequence[Column] = (
+    ("id", lambda a: a.id),
+    ("name", lambda a: a.name),
+    ("framework", lambda a: _label(agents_pb2.Framework.DESCRIPTOR, a.framework)),
+    ("config", lambda a: _compact(a.config)),
+    ("created", lambda a: _time(a.create_time)),
+)
+EXPERIMENT_COLUMNS: Sequence[Column] = (
+    ("id", lambda e: e.id),
+    ("name", lambda e: e.name),
+    ("scenario", lambda e: e.scenario_id),
+    ("status", lambda e: _label(experiments_pb2.ExperimentStatus.DESCRIPTOR, e.status)),
+    ("created", lambda e: _time(e.create_time)),
+)
+RUN_COLUMNS: Sequence[Column] = (
+    ("id", lambda r: r.id),
+    ("#", lambda r: r.run_number),
+    ("scenario", lambda r: r.scenario_id),
+    ("status", _run_status),
+    ("progress", lambda r: f"{r.progress_percent:.0f}%"),
+    ("tick", lambda r: f"{r.current_tick}/{r.total_ticks}"),
+    ("created", lambda r: _time(r.create_time)),
+)
+SCENARIO_COLUMNS: Sequence[Column] = (
+    ("id", lambda s: s.id),
+    ("name", lambda s: s.name),
+    ("tier", lambda s: s.difficulty_tier),
+    ("ticks", lambda s: s.duration_ticks),
+    ("tags", lambda s: ", ".join(s.tags)),
+)
+METRIC_COLUMNS: Sequence[Column] = (
+    ("name", lambda m: m.name),
+    ("unit", lambda m: m.unit),
+    ("kind", lambda m: _label(telemetry_pb2.MetricKind.DESCRIPTOR, m.kind)),
+    ("points", lambda m: m.count),
+    ("last step", lambda m: m.last_step),
+    ("last value", lambda m: f"{m.last_value:g}"),
+    ("min", lambda m: f"{m.min:g}"),
+    ("max", lambda m: f"{m.max:g}"),
+)
+LATEST_COLUMNS: Sequence[Column] = (
+    ("metric", lambda m: m.name),
+    ("step", lambda m: m.step),
+    ("value", lambda m: f"{m.value:g}"),
+    ("min", lambda m: f"{m.min:g}"),
+    ("max", lambda m: f"{m.max:g}"),
+)
+EVENT_COLUMNS: Sequence[Column] = (
+    ("seq", lambda e: e.seq),
+    ("step", lambda e: e.event.step),
+    ("time", lambda e: _time(e.event.time)),
+    ("type", lambda e: e.event.type),
+    ("agent", lambda e: e.event.agent_id),
+    ("payload", lambda e: _compact(e.event.payload)),
+)
+
+
+def _table(items: Iterable[Message], columns: Sequence[Column]) -> Table:
+    table = Table()
+    for name, _ in columns:
+        # Ids are for copying: other columns wrap first when the terminal is narrow.
+        table.add_column(name, no_wrap=name == "id")
+    for item in items:
+        table.add_row(*(str(cell(item)) for _, cell in columns))
+    return table
+
+
+def _print_list(
+    args: argparse.Namespace, items: Iterable[Message], columns: Sequence[Column]
+) -> int:
+    if args.json:
+        print(json.dumps([_as_dict(item) for item in items], indent=2))
+    else:
+        Console().print(_table(items, columns))
+    return 0
+
+
+def _print_one(args: argparse.Namespace, message: Message) -> int:
+    fields = _as_dict(message)
+    if args.json:
+        print(json.dumps(fields, indent=2))
+        return 0
+    table = Table("field", "value", show_header=False)
+    for name, value in fields.items():
+        table.add_row(name, value if isinstance(value, str) else json.dumps(value))
+    Console().print(table)
+    return 0
+
+
+def _print_created(args: argparse.Namespace, message: Message) -> int:
+    """The new object's id (for ``$(...)`` in scripts), or all of it with --json."""
+    if args.json:
+        return _print_one(args, message)
+    print(_as_dict(message)["id"])
+    return 0
+
+
+def _json_object(text: str | None, option: str) -> dict[str, Any] | None:
+    """The JSON object given as ``option``; InvalidArgument naming the option otherwise."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidArgument.of(option, f"not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise InvalidArgument.of(option, f"must be a JSON object, not {type(value).__name__}")
+    return value
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+def _connected(handler: Handler, args: argparse.Namespace) -> int:
+    """Run ``handler`` with a client of ``--target``; what goes wrong is one line on stderr."""
+    try:
+        with Client(args.target, args.api_key) as client:
+            return handler(args, client)
+    except SimtrackError as exc:
+        message = " ".join(exc.message.split())  # gRPC's details may span lines
+        print(f"simtrack: {exc.code_name}: {message}", file=sys.stderr)
+    except OSError as exc:  # --csv / --png could not be written
+        print(f"simtrack: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        return 130
+    return 1
+
+
+def _agents_create(args: argparse.Namespace, client: Client) -> int:
+    config = _json_object(args.config, "--config")
+    return _print_created(args, client.create_agent(args.name, args.framework, config))
+
+
+def _experiments_create(args: argparse.Namespace, client: Client) -> int:
+    params = _json_object(args.params, "--params")
+    experiment = client.create_experiment(args.name, args.agent, args.scenario, params)
+    return _print_created(args, experiment)
+
+
+def _runs_create(args: argparse.Namespace, client: Client) -> int:
+    params = _json_object(args.params, "--params")
+    return _print_created(args, client.create_run(args.experiment, params))
+
+
+def _runs_cancel(args: argparse.Namespace, client: Client) -> int:
+    run = client.cancel_run(args.id, args.reason).run
+    status = _run_status(run)
+    waiting = "" if run.status in _FINAL else " (its worker was told to stop)"
+    print(f"run {run.id}: {status}{waiting}")
+    return 0
+
+
+def _runs_watch(args: argparse.Namespace, client: Client) -> int:
+    """Follow a run until it ends: 0 when it completed, 1 when it failed or was stopped."""
+    console = Console()
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[ticks]}"),
+        console=console,
+    )
+    task = progress.add_task(f"run {args.id}", total=100, ticks="")
+    updates = client.watch_run(args.id)
+    # The first update is the current state: an unknown run fails here, before any display.
+    first = next(updates, None)
+    run: runs_pb2.Run | None = None
+    with Live(progress, console=console, refresh_per_second=8) as live:
+        for update in itertools.chain([first] if first else [], updates):
+            run = update.run
+            progress.update(
+                task,
+                completed=run.progress_percent,
+                description=f"run {run.run_number} {_run_status(run)}",
+                ticks=f"tick {run.current_tick}/{run.total_ticks}",
+            )
+            if update.metrics:
+                live.update(Group(progress, _table(update.metrics, LATEST_COLUMNS)))
+    if not console.is_terminal:
+        console.line()  # Live ends a file's (or pipe's) last line only on a terminal
+    if run is None or run.status not in _FINAL:
+        print("simtrack: the server ended the watch before the run ended", file=sys.stderr)
+        return 1
+    error = f": {run.error_message}" if run.error_message else ""
+    console.print(f"run {run.id} {_run_status(run)}{error}")
+    return 0 if run.status == runs_pb2.RUN_STATUS_COMPLETED else 1
+
+
+def _metrics(args: argparse.Namespace, client: Client) -> int:
+    return _print_list(args, client.list_metrics(args.run_id), METRIC_COLUMNS)
+
+
+def _events(args: argparse.Namespace, client: Client) -> int:
+    return _print_list(args, client.list_events(args.run_id, args.filter), EVENT_COLUMNS)
+
+
+def _history(args: argparse.Namespace, client: Client) -> int:
+    history = client.metric_history(
+        args.run_id,
+        args.metric,
+        start_step=args.start_step,
+        end_step=args.end_step,
+        max_points=args.max_points,
+    )
+    print(_summary(args.metric, history))
+    if args.csv:
+        _write_csv(args.csv, history)
+        print(f"wrote {args.csv}")
+    if args.png:
+        _write_png(args.png, history, args.metric, f"run {args.run_id}")
+        print(f"wrote {args.png}")
+    return 0
+
+
+def _summary(metric: str, history: MetricHistory) -> str:
+    count = len(history.steps)
+    if not count:
+        return f"{metric}: no points in the range"
+    text = f"{metric}: {count} points, steps {history.steps[0]}..{history.steps[-1]}"
+    finite = history.values[np.isfinite(history.values)]
+    if finite.size:
+        text += f", min {finite.min():g}, max {finite.max():g}"
+    if history.downsampled:
+        text += f" (downsampled from {history.range_count})"
+    return text
+
+
+def _write_csv(path: Path, history: MetricHistory) -> None:
+    """Columns step, value, timestamp (Unix seconds); floats as repr, so they read back exact."""
+    with path.open("w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        writer.writerow(["step", "value", "timestamp"])
+        writer.writerows(
+            zip(
+                history.steps.tolist(),
+                history.values.tolist(),
+                history.timestamps.tolist(),
+                strict=True,
+            )
+        )
+
+
+def _write_png(path: Path, history: MetricHistory, metric: str, title: str) -> None:
+    # Imported here: matplotlib takes longer to load than the rest of the command line.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(8, 4.5), layout="constrained")
+    FigureCanvasAgg(figure)  # Agg, whatever the environment's default backend
+    axes = figure.add_subplot()
+    values = np.where(np.isfinite(history.values), history.values, np.nan)  # gaps, not spikes
+    axes.plot(history.steps, values, linewidth=1)
+    axes.set_xlabel("step")
+    axes.set_ylabel(metric)
+    axes.set_title(f"{metric}, {title}")
+    axes.grid(alpha=0.3)
+    figure.savefig(path, dpi=100)
+
+
+def _scenarios_validate(args: argparse.Namespace) -> int:
+    """Check scenario files with the server's rules before a server loads (and skips) them."""
+    from simtrack.server.scenarios import load_file
+
+    invalid = 0
+    for path in args.paths:
+        spec, problems = load_file(path)
+        if spec is not None:
+            print(f"{path}: OK ({spec.id}, {spec.duration} ticks)")
+        for problem in problems:
+            print(f"{path}: {problem.field}: {problem.message}")
+        invalid += spec is None
+    return 1 if invalid else 0
+
+
+# -- the parser --------------------------------------------------------------------------------
+
+
+def _command(
+    group: Subcommands, name: str, help: str, handler: Handler, *, with_json: bool = True
+) -> argparse.ArgumentParser:
+    parser = group.add_parser(name, help=help, description=help)
+    add_server_options(parser)
+    if with_json:
+        parser.add_argument("--json", action="store_true", help="print JSON (proto field names)")
+    parser.set_defaults(func=functools.partial(_connected, handler))
+    return parser
+
+
+def _group(commands: Subcommands, name: str, help: str) -> Subcommands:
+    parser = commands.add_parser(name, help=help, description=help)
+    return parser.add_subparsers(dest=f"{name}_command", required=True)
+
+
+def _list_and_get(
+    group: Subcommands,
+    what: str,
+    columns: Sequence[Column],
+    lister: Callable[[Client, str], Iterable[Message]],
+    getter: Callable[[Client, str], Message],
+    filter_example: str,
+) -> None:
+    listing = _command(
+        group,
+        "list",
+        f"list {what}s",
+        lambda args, client: _print_list(args, lister(client, args.filter), columns),
+    )
+    listing.add_argument("--filter", default="", help=f"e.g. '{filter_example}'")
+    show = _command(
+        group,
+        "get",
+        f"show one {what}",
+        lambda args, client: _print_one(args, getter(client, args.id)),
+    )
+    show.add_argument("id")
+
+
+def add_api_commands(commands: Subcommands) -> None:
+    """Add the commands for a running server's agents, experiments, runs, telemetry and
+    scenarios to ``simtrack``'s subcommands."""
+    agents = _group(commands, "agents", "agents under test")
+    _list_and_get(
+        agents, "agent", AGENT_COLUMNS, Client.list_agents, Client.get_agent, 'framework = "custom"'
+    )
+    create = _command(agents, "create", "create an agent; prints its id", _agents_create)
+    create.add_argument("name")
+    create.add_argument("--framework", choices=list(FRAMEWORKS), default="baseline")
+    create.add_argument("--config", help="a JSON object")
+
+    experiments = _group(commands, "experiments", "experiments: an agent on a scenario")
+    _list_and_get(
+        experiments,
+        "experiment",
+        EXPERIMENT_COLUMNS,
+        Client.list_experiments,
+        Client.get_experiment,
+        'status = "running"',
+    )
+    create = _command(
+        experiments, "create", "create an experiment; prints its id", _experiments_create
+    )
+    create.add_argument("name")
+    create.add_argument("--agent", required=True, help="agent id")
+    create.add_argument("--scenario", required=True, help="scenario id, e.g. tier0-tutorial")
+    create.add_argument("--params", help="a JSON object")
+
+    runs = _group(commands, "runs", "runs of experiments")
+    _list_and_get(runs, "run", RUN_COLUMNS, Client.list_runs, Client.get_run, 'status = "running"')
+    create = _command(runs, "create", "create a (pending) run; prints its id", _runs_create)
+    create.add_argument("--experiment", required=True, help="experiment id")
+    create.add_argument("--params", help="a JSON object, merged over the experiment's")
+    cancel = _command(runs, "cancel", "ask a run's worker to stop", _runs_cancel, with_json=False)
+    cancel.add_argument("id")
+    cancel.add_argument("--reason", default="", help="passed on to the worker")
+    watch = _command(
+        runs,
+        "watch",
+        "follow a run live until it ends (exit 1 unless it completed)",
+        _runs_watch,
+        with_json=False,
+    )
+    watch.add_argument("id")
+
+    metrics = _command(commands, "metrics", "a run's metrics with their summaries", _metrics)
+    metrics.add_argument("run_id")
+
+    history = _command(
+        commands,
+        "history",
+        "one metric's points: summary, CSV, PNG plot",
+        _history,
+        with_json=False,
+    )
+    history.add_argument("run_id")
+    history.add_argument("metric")
+    history.add_argument("--start-step", type=int, help="first step (inclusive)")
+    history.add_argument("--end-step", type=int, help="last step (inclusive)")
+    history.add_argument(
+        "--max-points", type=int, default=0, help="downsample on the server (0: every point)"
+    )
+    history.add_argument("--csv", type=Path, help="write the points here (step,value,timestamp)")
+    history.add_argument("--png", type=Path, help="write a line plot here")
+
+    events = _command(commands, "events", "a run's events in the order sent", _events)
+    events.add_argument("run_id")
+    events.add_argument("--filter", default="", help="e.g. 'type = \"agent_action\"'")
+
+    scenarios = _group(commands, "scenarios", "the server's scenario catalogue")
+    _list_and_get(
+        scenarios,
+        "scenario",
+        SCENARIO_COLUMNS,
+        Client.list_scenarios,
+        Client.get_scenario,
+        "difficulty_tier = 2",
+    )
+    validate = scenarios.add_parser("validate", help="check scenario YAML files (no server)")
+    validate.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    validate.set_defaults(func=_scenarios_validate)

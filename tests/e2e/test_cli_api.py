@@ -1,0 +1,306 @@
+"""The ``simtrack`` client commands end to end: the real command against a real server.
+
+Most tests share one server on SQLite (each makes objects of its own); one runs the create
+path on PostgreSQL. What the command creates is read back through the stubs, what it prints is
+parsed, and what it writes (CSV, PNG) is compared with what a worker streamed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import matplotlib.image
+import numpy as np
+import pytest
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from simtrack.client import Client, Worker
+from simtrack.v1 import agents_pb2, experiments_pb2, runs_pb2, scenarios_pb2
+
+if TYPE_CHECKING:
+    from tests.e2e.conftest import Server, ServerPool, SimtrackCli
+
+SCENARIOS_DIR = Path(__file__).resolve().parents[2] / "scenarios"
+SCENARIO = "tier0-tutorial"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+UNKNOWN_ID = "00000000-0000-4000-8000-000000000000"
+# Most tests share the module's server on SQLite (module_database_url has both backends).
+ON_SQLITE = pytest.mark.parametrize("module_database_url", ["sqlite"], indirect=True)
+ON_POSTGRESQL = pytest.mark.parametrize(
+    "backend", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+
+
+@dataclass
+class Cli:
+    """``simtrack`` pointed at one server through $SIMTRACK_TARGET, as a user's shell would."""
+
+    target: str
+    run: SimtrackCli
+
+    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.run(*args, check=check, SIMTRACK_TARGET=self.target)
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self(*args, "--json").stdout)
+
+    def created(self, *args: str) -> str:
+        """The id a create command printed."""
+        return self(*args).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def shared_server(module_database_url: str, module_server_pool: ServerPool) -> Server:
+    return module_server_pool.start(module_database_url)
+
+
+@pytest.fixture
+def cli(shared_server: Server, simtrack_cli: SimtrackCli) -> Cli:
+    return Cli(shared_server.address, simtrack_cli)
+
+
+@pytest.fixture
+def client(shared_server: Server) -> Iterator[Client]:
+    with Client(shared_server.address) as client:
+        yield client
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def same(message: Message, printed: dict[str, Any]) -> bool:
+    """Whether ``--json`` output is exactly ``message``."""
+    return json_format.ParseDict(printed, type(message)()) == message
+
+
+def new_run(client: Client) -> runs_pb2.Run:
+    agent = client.create_agent(unique("agent"), "custom")
+    experiment = client.create_experiment("cli", agent.id, SCENARIO)
+    return client.create_run(experiment.id, total_ticks=20)
+
+
+# Agents, experiments, runs
+
+
+@ON_SQLITE
+def test_agents_created_by_the_cli_are_stored_and_listed(cli: Cli, shared_server: Server) -> None:
+    name = unique("pricer")
+    config = {"temperature": 0.25, "tools": ["search", "calc"]}
+    agent_id = cli.created(
+        "agents", "create", name, "--framework", "langchain", "--config", json.dumps(config)
+    )
+
+    stored = shared_server.agents.GetAgent(agents_pb2.GetAgentRequest(id=agent_id)).agent
+    assert (stored.name, stored.framework) == (name, agents_pb2.FRAMEWORK_LANGCHAIN)
+    assert json_format.MessageToDict(stored.config) == config
+    assert same(stored, cli.json("agents", "get", agent_id))
+    shown = cli("agents", "get", agent_id).stdout
+    assert agent_id in shown and name in shown
+
+    listed = cli.json("agents", "list", "--filter", f'name = "{name}"')
+    assert [agent["id"] for agent in listed] == [agent_id]
+    table = cli("agents", "list").stdout
+    assert agent_id in table and name in table and "langchain" in table
+
+
+@ON_SQLITE
+def test_experiments_and_runs_created_by_the_cli_are_stored(
+    cli: Cli, shared_server: Server, client: Client
+) -> None:
+    agent = client.create_agent(unique("agent"), "custom")
+    name = unique("experiment")
+    experiment_id = cli.created(
+        "experiments", "create", name, "--agent", agent.id, "--scenario", SCENARIO,
+        "--params", '{"seed": 7, "prices": {"base": 9.5}}',
+    )  # fmt: skip
+    request = experiments_pb2.GetExperimentRequest(id=experiment_id)
+    experiment = shared_server.experiments.GetExperiment(request).experiment
+    assert (experiment.name, experiment.agent_id, experiment.scenario_id) == (
+        name,
+        agent.id,
+        SCENARIO,
+    )
+    assert json_format.MessageToDict(experiment.params) == {"seed": 7, "prices": {"base": 9.5}}
+    assert same(experiment, cli.json("experiments", "get", experiment_id))
+    assert name in cli("experiments", "list").stdout
+
+    run_id = cli.created("runs", "create", "--experiment", experiment_id, "--params", '{"seed": 8}')
+    run = shared_server.runs.GetRun(runs_pb2.GetRunRequest(id=run_id)).run
+    assert (run.experiment_id, run.status) == (experiment_id, runs_pb2.RUN_STATUS_PENDING)
+    assert json_format.MessageToDict(run.params)["seed"] == 8
+    assert same(run, cli.json("runs", "get", run_id))
+    listed = cli.json("runs", "list", "--filter", f'experiment_id = "{experiment_id}"')
+    assert [r["id"] for r in listed] == [run_id]
+    assert run_id in cli("runs", "list", "--filter", 'status = "pending"').stdout
+
+    cancelled = cli("runs", "cancel", run_id, "--reason", "not needed")
+    assert cancelled.stdout.strip() == f"run {run_id}: stopped"  # no worker: stopped at once
+    run = shared_server.runs.GetRun(runs_pb2.GetRunRequest(id=run_id)).run
+    assert run.status == runs_pb2.RUN_STATUS_STOPPED
+
+
+@ON_SQLITE
+@pytest.mark.parametrize(
+    ("args", "code", "named"),
+    [
+        (("agents", "get", UNKNOWN_ID), "NOT_FOUND", UNKNOWN_ID),
+        (("agents", "create", "x", "--config", "{not json"), "INVALID_ARGUMENT", "--config"),
+        (("agents", "create", "x", "--config", "[1, 2]"), "INVALID_ARGUMENT", "JSON object"),
+        (("experiments", "create", "x", "--agent", UNKNOWN_ID, "--scenario", SCENARIO),
+         "NOT_FOUND", UNKNOWN_ID),
+        (("runs", "create", "--experiment", "not-a-uuid"), "INVALID_ARGUMENT", "not-a-uuid"),
+        (("runs", "watch", UNKNOWN_ID), "NOT_FOUND", UNKNOWN_ID),
+        (("history", UNKNOWN_ID, "profit"), "NOT_FOUND", UNKNOWN_ID),
+        (("agents", "list", "--target", "127.0.0.1:1"), "UNAVAILABLE", "127.0.0.1:1"),
+    ],
+)  # fmt: skip
+def test_a_refusal_is_one_line_naming_the_problem(
+    cli: Cli, args: tuple[str, ...], code: str, named: str
+) -> None:
+    result = cli(*args, check=False)
+    assert result.returncode == 1, result
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"simtrack: {code}: ") and named in line, line
+
+
+# Telemetry
+
+
+@ON_SQLITE
+def test_metrics_history_and_events_show_what_a_worker_streamed(
+    cli: Cli, client: Client, tmp_path: Path
+) -> None:
+    run = new_run(client)
+    steps = np.arange(200)
+    profit = np.cumsum(np.random.default_rng(7).normal(size=steps.size)) / 3  # exact floats
+    stamps = 1.7e9 + steps * 0.25
+    with Worker(client.channel, run.id, spool_dir=tmp_path / "spool") as worker:
+        for step, value, stamp in zip(steps, profit, stamps, strict=True):
+            worker.log_metrics(int(step), {"profit": float(value)}, timestamp=float(stamp))
+            worker.log_metrics(int(step), {"stock": 200.0 - step})
+            worker.log_event(int(step), "restock" if step % 50 == 0 else "agent_action")
+
+    metrics = {m["name"]: m for m in cli.json("metrics", run.id)}
+    assert metrics.keys() == {"profit", "stock"}
+    assert (metrics["profit"]["count"], metrics["profit"]["last_step"]) == ("200", "199")
+    table = cli("metrics", run.id).stdout
+    assert "profit" in table and "stock" in table
+
+    png, points = tmp_path / "profit.png", tmp_path / "profit.csv"
+    summary = cli("history", run.id, "profit", "--png", str(png), "--csv", str(points)).stdout
+    assert (
+        f"profit: 200 points, steps 0..199, min {profit.min():g}, max {profit.max():g}" in summary
+    )
+    with points.open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [int(r["step"]) for r in rows] == steps.tolist()
+    assert [float(r["value"]) for r in rows] == profit.tolist()
+    assert [float(r["timestamp"]) for r in rows] == pytest.approx(stamps.tolist(), abs=1e-6)
+    assert png.read_bytes().startswith(PNG_SIGNATURE)
+    assert matplotlib.image.imread(png).shape == (450, 800, 4)
+
+    window = cli(
+        "history", run.id, "profit", "--start-step", "50", "--end-step", "149", "--max-points", "10"
+    ).stdout
+    inside = profit[50:150]  # downsampling keeps the extremes of the range
+    assert "profit: 10 points, steps 5" in window and "(downsampled from 100)" in window
+    assert f"min {inside.min():g}, max {inside.max():g}" in window
+
+    restocks = cli.json("events", run.id, "--filter", 'type = "restock"')
+    assert [e["event"]["step"] for e in restocks] == ["0", "50", "100", "150"]
+    assert "agent_action" in cli("events", run.id).stdout
+
+
+@ON_SQLITE
+@pytest.mark.parametrize("fails", [False, True], ids=["completes", "fails"])
+def test_runs_watch_follows_a_run_to_its_end(
+    cli: Cli, client: Client, tmp_path: Path, fails: bool
+) -> None:
+    run = new_run(client)
+    with ThreadPoolExecutor(1) as pool:
+        watch = pool.submit(cli, "runs", "watch", run.id, check=False)
+        with pytest.raises(RuntimeError) if fails else contextlib.nullcontext():
+            with Worker(client.channel, run.id, spool_dir=tmp_path, flush_interval=0.05) as worker:
+                for tick in range(1, 21):
+                    worker.log_metrics(tick, {"profit": tick * 1.5})
+                    worker.progress(tick, 20)
+                    worker.flush(5)
+                    time.sleep(0.05)  # a run that lasts: the watch starts while it moves
+                    if fails and tick == 10:
+                        raise RuntimeError("the simulation diverged")
+        result = watch.result(timeout=60)
+
+    assert "Traceback" not in result.stderr, result.stderr
+    final = result.stdout.splitlines()[-1]
+    if fails:
+        assert result.returncode == 1
+        assert final == f"run {run.id} failed: RuntimeError: the simulation diverged"
+    else:
+        assert result.returncode == 0, result.stderr
+        assert final == f"run {run.id} completed"
+        assert "tick 20/20" in result.stdout and "100%" in result.stdout
+    assert "profit" in result.stdout
+
+
+# Scenarios
+
+
+@ON_SQLITE
+def test_scenarios_are_listed_and_shown(cli: Cli, shared_server: Server) -> None:
+    table = cli("scenarios", "list").stdout
+    for path in SCENARIOS_DIR.glob("*.yaml"):
+        assert path.stem in table
+    request = scenarios_pb2.GetScenarioRequest(id=SCENARIO)
+    stored = shared_server.scenarios.GetScenario(request).scenario
+    assert same(stored, cli.json("scenarios", "get", SCENARIO))
+
+
+def test_scenarios_validate_accepts_the_catalogue_and_names_a_bad_field(
+    simtrack_cli: SimtrackCli, tmp_path: Path
+) -> None:
+    files = sorted(SCENARIOS_DIR.glob("*.yaml"))
+    good = simtrack_cli("scenarios", "validate", *map(str, files)).stdout.splitlines()
+    assert [line.partition(" (")[0] for line in good] == [f"{path}: OK" for path in files]
+
+    text = (SCENARIOS_DIR / f"{SCENARIO}.yaml").read_text()
+    assert "\ndifficulty_tier: 0\n" in text
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(text.replace("\ndifficulty_tier: 0\n", "\ndifficulty_tier: 7\n"))
+    result = simtrack_cli("scenarios", "validate", str(files[0]), str(broken), check=False)
+    assert result.returncode == 1
+    assert result.stdout.splitlines()[1:] == [
+        f"{broken}: difficulty_tier: Input should be less than or equal to 3"
+    ]
+    assert "Traceback" not in result.stderr
+
+
+# PostgreSQL
+
+
+@ON_POSTGRESQL
+def test_the_create_path_on_postgresql(server: Server, simtrack_cli: SimtrackCli) -> None:
+    cli = Cli(server.address, simtrack_cli)
+    agent_id = cli.created("agents", "create", unique("agent"), "--framework", "crewai")
+    experiment_id = cli.created(
+        "experiments", "create", "pg", "--agent", agent_id, "--scenario", SCENARIO
+    )
+    run_id = cli.created("runs", "create", "--experiment", experiment_id)
+
+    run = server.runs.GetRun(runs_pb2.GetRunRequest(id=run_id)).run
+    assert (run.experiment_id, run.run_number, run.scenario_id) == (experiment_id, 1, SCENARIO)
+    assert same(run, cli.json("runs", "get", run_id))
+    assert [r["id"] for r in cli.json("runs", "list")] == [run_id]
