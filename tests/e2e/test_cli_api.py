@@ -256,6 +256,56 @@ def test_runs_watch_follows_a_run_to_its_end(
     assert "profit" in result.stdout
 
 
+# The demo, and questions across runs
+
+
+@ON_SQLITE
+def test_the_demo_runs_a_scenario_end_to_end_and_is_judged(
+    cli: Cli, client: Client, tmp_path: Path
+) -> None:
+    scenario = "tier1-seasonal-holiday"  # its own scenario: the leaderboard below is the demo's
+    result = cli(
+        "demo", "--scenario", scenario, "--ticks", "40", "--tick-seconds", "0",
+        "--spool-dir", str(tmp_path),
+    )  # fmt: skip
+    run_id = result.stdout.split()[1]
+    assert f"run {run_id}: completed" in result.stdout
+    run = client.get_run(run_id)
+    assert (run.status, run.current_tick, run.total_ticks) == (
+        runs_pb2.RUN_STATUS_COMPLETED,
+        40,
+        40,
+    )
+    metrics = {m.name: m for m in client.list_metrics(run_id)}
+    assert {"total_profit", "stockout_rate", "customer_rating", "price"} <= metrics.keys()
+    assert all(m.count == 40 for m in metrics.values())
+    assert any(e.event.type == "place_order" for e in client.list_events(run_id))
+    verdicts = {v.kind: v for v in client.list_validations(run_id)}
+    assert sorted(verdicts) == sorted(client.get_scenario(scenario).success_criteria.fields), (
+        "one verdict per success criterion"
+    )
+    for kind, verdict in verdicts.items():
+        shown = "passed" if verdict.passed else "failed"
+        assert f"{kind}: {shown}" in result.stdout
+    assert verdicts["total_profit"].score == metrics["total_profit"].last_value
+
+    board = cli.json("leaderboard", scenario, "total_profit")
+    assert [(e["rank"], e["run"]["id"]) for e in board] == [(1, run_id)]
+    assert run_id in cli("leaderboard", scenario, "total_profit").stdout
+    stats = cli.json("stats", "--filter", f'scenario_id = "{scenario}"')
+    assert (stats["total"], stats["success_rate"]) == ("1", 1.0)
+    assert "success rate: 100.0%" in cli("stats", "--filter", f'scenario_id = "{scenario}"').stdout
+    listed = cli.json("validations", run_id, "--filter", 'kind = "total_profit"')
+    assert [v["kind"] for v in listed] == ["total_profit"]
+
+
+@ON_SQLITE
+def test_a_demo_of_an_unknown_scenario_is_one_line(cli: Cli) -> None:
+    result = cli("demo", "--scenario", "no-such-scenario", check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().startswith("simtrack: NOT_FOUND:")
+
+
 # Scenarios
 
 

@@ -13,6 +13,7 @@ import csv
 import functools
 import itertools
 import json
+import math
 import os
 import re
 import sys
@@ -151,12 +152,32 @@ EVENT_COLUMNS: Sequence[Column] = (
     ("payload", lambda e: _compact(e.event.payload)),
 )
 
+LEADERBOARD_COLUMNS: Sequence[Column] = (
+    ("rank", lambda e: e.rank),
+    ("value", lambda e: f"{e.value:g}"),
+    ("run", lambda e: e.run.id),
+    ("#", lambda e: e.run.run_number),
+    ("status", lambda e: _run_status(e.run)),
+    ("agent", lambda e: e.agent_id),
+)
+VALIDATION_COLUMNS: Sequence[Column] = (
+    ("validator", lambda v: v.validator),
+    ("kind", lambda v: v.kind),
+    ("passed", lambda v: "yes" if v.passed else "no"),
+    ("score", lambda v: f"{v.score:g}" if v.HasField("score") else "-"),
+    ("details", lambda v: _compact(v.details)),
+)
+STATUS_COLUMNS: Sequence[Column] = (
+    ("status", lambda c: _label(runs_pb2.RunStatus.DESCRIPTOR, c.status)),
+    ("runs", lambda c: c.count),
+)
+
 
 def _table(items: Iterable[Message], columns: Sequence[Column]) -> Table:
     table = Table()
     for name, _ in columns:
         # Ids are for copying: other columns wrap first when the terminal is narrow.
-        table.add_column(name, no_wrap=name == "id")
+        table.add_column(name, no_wrap=name in ("id", "run"))
     for item in items:
         table.add_row(*(str(cell(item)) for _, cell in columns))
     return table
@@ -289,6 +310,52 @@ def _metrics(args: argparse.Namespace, client: Client) -> int:
 
 def _events(args: argparse.Namespace, client: Client) -> int:
     return _print_list(args, client.list_events(args.run_id, args.filter), EVENT_COLUMNS)
+
+
+def _validations(args: argparse.Namespace, client: Client) -> int:
+    return _print_list(args, client.list_validations(args.run_id, args.filter), VALIDATION_COLUMNS)
+
+
+def _leaderboard(args: argparse.Namespace, client: Client) -> int:
+    board = client.leaderboard(
+        args.scenario,
+        args.metric,
+        aggregate=args.aggregate,
+        lowest_first=args.lowest_first,
+        limit=args.limit,
+        experiment_id=args.experiment or "",
+        include_unfinished=args.all,
+    )
+    return _print_list(args, board.entries, LEADERBOARD_COLUMNS)
+
+
+def _stats(args: argparse.Namespace, client: Client) -> int:
+    stats = client.run_stats(args.filter)
+    if args.json:
+        return _print_one(args, stats)
+    console = Console()
+    console.print(_table(stats.by_status, STATUS_COLUMNS))
+    rate = "-" if math.isnan(stats.success_rate) else f"{stats.success_rate:.1%}"
+    console.print(f"runs: {stats.total}, success rate: {rate}")
+    if stats.HasField("durations"):
+        d = stats.durations
+        parts = (
+            f"{name} {getattr(d, name).ToTimedelta()}" for name in ("mean", "p50", "p95", "max")
+        )
+        console.print(f"durations of {d.count} ended runs: " + ", ".join(parts))
+    return 0
+
+
+def _demo(args: argparse.Namespace, client: Client) -> int:
+    from simtrack.client.demo import run_demo
+
+    return run_demo(
+        client,
+        args.scenario,
+        ticks=args.ticks,
+        tick_seconds=args.tick_seconds,
+        spool_dir=args.spool_dir,
+    )
 
 
 def _history(args: argparse.Namespace, client: Client) -> int:
@@ -481,6 +548,40 @@ def add_api_commands(commands: Subcommands) -> None:
     events = _command(commands, "events", "a run's events in the order sent", _events)
     events.add_argument("run_id")
     events.add_argument("--filter", default="", help="e.g. 'type = \"agent_action\"'")
+
+    validations = _command(
+        commands, "validations", "a run's verdicts (success criteria, validators)", _validations
+    )
+    validations.add_argument("run_id")
+    validations.add_argument("--filter", default="", help="e.g. 'passed = \"false\"'")
+
+    leaderboard = _command(
+        commands, "leaderboard", "a scenario's best runs by a metric", _leaderboard
+    )
+    leaderboard.add_argument("scenario")
+    leaderboard.add_argument("metric")
+    leaderboard.add_argument("--aggregate", choices=["latest", "min", "max"], default="latest")
+    leaderboard.add_argument("--lowest-first", action="store_true", help="lower is better")
+    leaderboard.add_argument("--limit", type=int, default=10)
+    leaderboard.add_argument("--experiment", help="only this experiment's runs")
+    leaderboard.add_argument("--all", action="store_true", help="unfinished runs compete too")
+
+    stats = _command(commands, "stats", "runs by status, success rate, durations", _stats)
+    stats.add_argument("--filter", default="", help="as runs list, e.g. 'scenario_id = \"x\"'")
+
+    demo = _command(
+        commands,
+        "demo",
+        "run a small built-in simulation of a scenario, streamed like a real worker",
+        _demo,
+        with_json=False,
+    )
+    demo.add_argument("--scenario", default="tier0-tutorial", help="default: tier0-tutorial")
+    demo.add_argument("--ticks", type=int, help="default: the scenario's duration")
+    demo.add_argument(
+        "--tick-seconds", type=float, default=0.05, help="pause per tick (default: 0.05)"
+    )
+    demo.add_argument("--spool-dir", help="the worker's spool (default: as for any worker)")
 
     scenarios = _group(commands, "scenarios", "the server's scenario catalogue")
     _list_and_get(
