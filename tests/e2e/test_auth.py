@@ -94,8 +94,9 @@ def invoke(client: Client, method: str, request: Message) -> Any:
     }
     rpc = getattr(stubs[service], name)
     descriptor = METHODS[method]
-    if descriptor.client_streaming:  # StreamRun: the request is its first message
-        return list(rpc(iter([request]), timeout=TIMEOUT))
+    if descriptor.client_streaming:  # StreamRun, UploadArtifact: the request is the first
+        answer = rpc(iter([request]), timeout=TIMEOUT)
+        return list(answer) if descriptor.server_streaming else answer
     if descriptor.server_streaming:  # WatchRun: its first answer is enough
         responses = rpc(request, timeout=TIMEOUT)
         first = next(iter(responses))
@@ -151,6 +152,7 @@ class Objects:
     participant: Participant
     streamed: Run
     validation: runs_pb2.Validation
+    artifact: runs_pb2.Artifact
 
 
 def create_objects(client: Client) -> Objects:
@@ -202,6 +204,9 @@ def create_objects(client: Client) -> Objects:
             )
         )
     ).validation
+    artifact = client.runs.UploadArtifact(
+        iter([upload_request(streamed.id, "notes.txt"), runs_pb2.UploadArtifactRequest(chunk=b"x")])
+    ).artifact
     return Objects(
         main_agent,
         spare_agent,
@@ -212,6 +217,16 @@ def create_objects(client: Client) -> Objects:
         participant,
         streamed,
         validation,
+        artifact,
+    )
+
+
+def upload_request(run_id: str, name: str) -> runs_pb2.UploadArtifactRequest:
+    """The first message of an artifact upload (an upload of it alone stores an empty file)."""
+    return runs_pb2.UploadArtifactRequest(
+        metadata=runs_pb2.UploadArtifactMetadata(
+            artifact=runs_pb2.Artifact(run_id=run_id, name=name)
+        )
     )
 
 
@@ -242,6 +257,9 @@ def read_requests(o: Objects) -> dict[str, Message]:
         "RunService.GetRunStats": runs_pb2.GetRunStatsRequest(),
         "RunService.GetValidation": runs_pb2.GetValidationRequest(id=o.validation.id),
         "RunService.ListValidations": runs_pb2.ListValidationsRequest(run_id=o.streamed.id),
+        "RunService.GetArtifact": runs_pb2.GetArtifactRequest(id=o.artifact.id),
+        "RunService.GetArtifactContent": runs_pb2.GetArtifactContentRequest(id=o.artifact.id),
+        "RunService.ListArtifacts": runs_pb2.ListArtifactsRequest(run_id=o.streamed.id),
         "ScenarioService.GetScenario": scenarios_pb2.GetScenarioRequest(id=SCENARIO),
         "ScenarioService.ListScenarios": scenarios_pb2.ListScenariosRequest(),
     }
@@ -335,6 +353,8 @@ def write_requests(o: Objects) -> list[tuple[str, Message]]:
         ),
         ("RunService.CancelRun", runs_pb2.CancelRunRequest(id=o.run.id, reason="done")),
         ("RunService.DeleteParticipant", runs_pb2.DeleteParticipantRequest(id=o.participant.id)),
+        ("RunService.UploadArtifact", upload_request(o.streamed.id, unique("artifact"))),
+        ("RunService.DeleteArtifact", runs_pb2.DeleteArtifactRequest(id=o.artifact.id)),
         (
             "RunService.CreateValidation",
             runs_pb2.CreateValidationRequest(
@@ -373,6 +393,7 @@ def test_every_rpc_has_a_read_or_write_request() -> None:
         Participant(id="p"),
         Run(id="w"),
         runs_pb2.Validation(id="v"),
+        runs_pb2.Artifact(id="f"),
     )
     reads = set(read_requests(objects))
     writes = [name for name, _ in write_requests(objects)]

@@ -812,6 +812,72 @@ def list_validations(s: Scene) -> None:
     )
 
 
+# RunService: artifacts
+
+
+def _upload(client: Client, run_id: str) -> runs_pb2.Artifact:
+    metadata = runs_pb2.UploadArtifactMetadata(
+        artifact=runs_pb2.Artifact(run_id=run_id, name=unique("artifact"))
+    )
+    messages = [
+        runs_pb2.UploadArtifactRequest(metadata=metadata),
+        runs_pb2.UploadArtifactRequest(chunk=b"secret"),
+    ]
+    return client.runs.UploadArtifact(iter(messages), timeout=TIMEOUT).artifact
+
+
+@case("RunService.UploadArtifact")
+def upload_artifact(s: Scene) -> None:
+    assert _upload(s.a, s.mine.run.id).size_bytes == 6
+    assert_hidden(s.server, lambda id: _upload(s.a, id), s.theirs.run.id)
+
+
+@case("RunService.GetArtifact")
+def get_artifact(s: Scene) -> None:
+    theirs = _upload(s.b, s.theirs.run.id)
+    assert_hidden(
+        s.server,
+        lambda id: s.a.runs.GetArtifact(runs_pb2.GetArtifactRequest(id=id), timeout=TIMEOUT),
+        theirs.id,
+    )
+
+
+@case("RunService.GetArtifactContent")
+def get_artifact_content(s: Scene) -> None:
+    theirs = _upload(s.b, s.theirs.run.id)
+
+    def download(id: str) -> object:
+        request = runs_pb2.GetArtifactContentRequest(id=id)
+        return list(s.a.runs.GetArtifactContent(request, timeout=TIMEOUT))
+
+    assert_hidden(s.server, download, theirs.id)
+
+
+@case("RunService.ListArtifacts")
+def list_artifacts(s: Scene) -> None:
+    assert_hidden(
+        s.server,
+        lambda id: s.a.runs.ListArtifacts(
+            runs_pb2.ListArtifactsRequest(run_id=id), timeout=TIMEOUT
+        ),
+        s.theirs.run.id,
+    )
+
+
+@case("RunService.DeleteArtifact")
+def delete_artifact(s: Scene) -> None:
+    theirs = _upload(s.b, s.theirs.run.id)
+    assert_hidden(
+        s.server,
+        lambda id: s.a.runs.DeleteArtifact(runs_pb2.DeleteArtifactRequest(id=id), timeout=TIMEOUT),
+        theirs.id,
+    )
+    content = s.b.runs.GetArtifactContent(
+        runs_pb2.GetArtifactContentRequest(id=theirs.id), timeout=TIMEOUT
+    )
+    assert b"".join(m.chunk for m in content) == b"secret", "B's file is intact"
+
+
 # RunService: participants
 
 

@@ -41,6 +41,7 @@ ON_DELETE = {
     ("metric_chunks", "run_id"): "CASCADE",
     ("events", "run_id"): "CASCADE",
     ("validations", "run_id"): "CASCADE",
+    ("artifacts", "run_id"): "CASCADE",
     **{(table, "tenant_id"): "RESTRICT" for table in TENANT_OWNED_TABLES},
 }
 PRE_TENANCY_REVISION = "26280ff863b1"

@@ -17,10 +17,14 @@ Every failed call raises the :class:`~simtrack.errors.SimtrackError` subclass of
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import mimetypes
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, TypeVar
+from typing import Any, BinaryIO, Protocol, TypeVar
 
 import grpc
 import numpy as np
@@ -60,6 +64,21 @@ def _struct(value: Mapping[str, Any] | None) -> struct_pb2.Struct | None:
     struct = struct_pb2.Struct()
     struct.update(value)
     return struct
+
+
+ARTIFACT_CHUNK = 1 << 20  # bytes per upload message: the server's limit
+
+
+class DataLoss(RuntimeError):
+    """Downloaded content that does not match what the server stored."""
+
+
+def _sha256_of(file: BinaryIO) -> str:
+    """The SHA-256 of the rest of ``file``, which is then rewound to where it was."""
+    start = file.tell()
+    digest = hashlib.file_digest(file, "sha256")  # type: ignore[arg-type]
+    file.seek(start)
+    return digest.hexdigest()
 
 
 class PageResponse(Protocol):
@@ -121,9 +140,11 @@ class Client:
 
     # -- plumbing --------------------------------------------------------------------------
 
-    def _call(self, method: Callable[..., Resp], request: Any) -> Resp:
+    def _call(self, method: Callable[..., Resp], request: Any, *, bounded: bool = True) -> Resp:
+        """One call with this client's key; ``bounded`` by its timeout (uploads are not)."""
+        timeout = self.timeout if bounded else None
         try:
-            return method(request, timeout=self.timeout, metadata=self.metadata)
+            return method(request, timeout=timeout, metadata=self.metadata)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
 
@@ -348,6 +369,76 @@ class Client:
         request = runs_pb2.ListValidationsRequest(run_id=run_id, filter=filter)
         for page in self._pages(self.runs.ListValidations, request):
             yield from page.validations
+
+    def upload_artifact(
+        self,
+        run_id: str,
+        source: str | Path | BinaryIO,
+        *,
+        name: str | None = None,
+        type: str = "other",
+        content_type: str = "",
+    ) -> runs_pb2.Artifact:
+        """Store a file (a path or an open binary file) with a run, streamed in 1 MiB chunks;
+        ``name`` defaults to the file's name. The server checks the SHA-256 computed here."""
+        with contextlib.ExitStack() as stack:
+            file = (
+                stack.enter_context(open(source, "rb"))
+                if isinstance(source, str | Path)
+                else source
+            )
+            digest = _sha256_of(file)
+            artifact = runs_pb2.Artifact(
+                run_id=run_id,
+                name=name or Path(getattr(file, "name", "artifact")).name,
+                type=runs_pb2.ArtifactType.Value(f"ARTIFACT_TYPE_{type.upper()}"),
+                content_type=content_type
+                or mimetypes.guess_type(str(getattr(file, "name", "")))[0]
+                or "",
+            )
+
+            def messages() -> Iterator[runs_pb2.UploadArtifactRequest]:
+                metadata = runs_pb2.UploadArtifactMetadata(artifact=artifact, sha256=digest)
+                yield runs_pb2.UploadArtifactRequest(metadata=metadata)
+                while chunk := file.read(ARTIFACT_CHUNK):
+                    yield runs_pb2.UploadArtifactRequest(chunk=chunk)
+
+            return self._call(self.runs.UploadArtifact, messages(), bounded=False).artifact
+
+    def download_artifact(
+        self, artifact_id: str, destination: str | Path | BinaryIO
+    ) -> runs_pb2.Artifact:
+        """Write an artifact's content to ``destination`` (a path or an open binary file) as it
+        streams in; its metadata. The content is checked against the stored SHA-256."""
+        call = self.runs.GetArtifactContent(
+            runs_pb2.GetArtifactContentRequest(id=artifact_id),
+            timeout=None,
+            metadata=self.metadata,
+        )
+        with contextlib.ExitStack() as stack:
+            try:
+                responses = iter(call)
+                artifact = next(responses).artifact
+                file = (
+                    stack.enter_context(open(destination, "wb"))
+                    if isinstance(destination, str | Path)
+                    else destination
+                )
+                digest = hashlib.sha256()
+                for response in responses:
+                    digest.update(response.chunk)
+                    file.write(response.chunk)
+            except grpc.RpcError as exc:
+                raise from_rpc_error(exc) from exc
+        if digest.hexdigest() != artifact.sha256:
+            raise DataLoss(f"artifact {artifact_id}: the content does not match its SHA-256")
+        return artifact
+
+    def list_artifacts(self, run_id: str, filter: str = "") -> Iterator[runs_pb2.Artifact]:
+        """A run's artifacts, oldest first (filter on name, type, content_type)."""
+        request = runs_pb2.ListArtifactsRequest(run_id=run_id, filter=filter)
+        for page in self._pages(self.runs.ListArtifacts, request):
+            yield from page.artifacts
 
     def cancel_run(self, run_id: str, reason: str = "") -> runs_pb2.CancelRunResponse:
         """Ask the run's worker to stop (the response holds the command and the run)."""

@@ -156,6 +156,31 @@ class RunServiceStub:
                 request_serializer=simtrack_dot_v1_dot_runs__pb2.ListValidationsRequest.SerializeToString,
                 response_deserializer=simtrack_dot_v1_dot_runs__pb2.ListValidationsResponse.FromString,
                 _registered_method=True)
+        self.UploadArtifact = channel.stream_unary(
+                '/simtrack.v1.RunService/UploadArtifact',
+                request_serializer=simtrack_dot_v1_dot_runs__pb2.UploadArtifactRequest.SerializeToString,
+                response_deserializer=simtrack_dot_v1_dot_runs__pb2.UploadArtifactResponse.FromString,
+                _registered_method=True)
+        self.GetArtifact = channel.unary_unary(
+                '/simtrack.v1.RunService/GetArtifact',
+                request_serializer=simtrack_dot_v1_dot_runs__pb2.GetArtifactRequest.SerializeToString,
+                response_deserializer=simtrack_dot_v1_dot_runs__pb2.GetArtifactResponse.FromString,
+                _registered_method=True)
+        self.GetArtifactContent = channel.unary_stream(
+                '/simtrack.v1.RunService/GetArtifactContent',
+                request_serializer=simtrack_dot_v1_dot_runs__pb2.GetArtifactContentRequest.SerializeToString,
+                response_deserializer=simtrack_dot_v1_dot_runs__pb2.GetArtifactContentResponse.FromString,
+                _registered_method=True)
+        self.ListArtifacts = channel.unary_unary(
+                '/simtrack.v1.RunService/ListArtifacts',
+                request_serializer=simtrack_dot_v1_dot_runs__pb2.ListArtifactsRequest.SerializeToString,
+                response_deserializer=simtrack_dot_v1_dot_runs__pb2.ListArtifactsResponse.FromString,
+                _registered_method=True)
+        self.DeleteArtifact = channel.unary_unary(
+                '/simtrack.v1.RunService/DeleteArtifact',
+                request_serializer=simtrack_dot_v1_dot_runs__pb2.DeleteArtifactRequest.SerializeToString,
+                response_deserializer=simtrack_dot_v1_dot_runs__pb2.DeleteArtifactResponse.FromString,
+                _registered_method=True)
 
 
 class RunServiceServicer:
@@ -342,6 +367,43 @@ class RunServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadArtifact(self, request_iterator, context):
+        """UploadArtifact stores a file of a run: the first message carries the metadata, the
+        following ones the content in chunks of at most 1 MiB. The artifact exists (and is listed)
+        only once every byte is stored, with its size and SHA-256.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetArtifact(self, request, context):
+        """GetArtifact returns one artifact's metadata by id, or NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetArtifactContent(self, request, context):
+        """GetArtifactContent streams an artifact: its metadata first, then its content in chunks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListArtifacts(self, request, context):
+        """ListArtifacts pages through a run's artifacts, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteArtifact(self, request, context):
+        """DeleteArtifact deletes an artifact and its content.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RunServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -464,6 +526,31 @@ def add_RunServiceServicer_to_server(servicer, server):
                     servicer.ListValidations,
                     request_deserializer=simtrack_dot_v1_dot_runs__pb2.ListValidationsRequest.FromString,
                     response_serializer=simtrack_dot_v1_dot_runs__pb2.ListValidationsResponse.SerializeToString,
+            ),
+            'UploadArtifact': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadArtifact,
+                    request_deserializer=simtrack_dot_v1_dot_runs__pb2.UploadArtifactRequest.FromString,
+                    response_serializer=simtrack_dot_v1_dot_runs__pb2.UploadArtifactResponse.SerializeToString,
+            ),
+            'GetArtifact': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetArtifact,
+                    request_deserializer=simtrack_dot_v1_dot_runs__pb2.GetArtifactRequest.FromString,
+                    response_serializer=simtrack_dot_v1_dot_runs__pb2.GetArtifactResponse.SerializeToString,
+            ),
+            'GetArtifactContent': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetArtifactContent,
+                    request_deserializer=simtrack_dot_v1_dot_runs__pb2.GetArtifactContentRequest.FromString,
+                    response_serializer=simtrack_dot_v1_dot_runs__pb2.GetArtifactContentResponse.SerializeToString,
+            ),
+            'ListArtifacts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListArtifacts,
+                    request_deserializer=simtrack_dot_v1_dot_runs__pb2.ListArtifactsRequest.FromString,
+                    response_serializer=simtrack_dot_v1_dot_runs__pb2.ListArtifactsResponse.SerializeToString,
+            ),
+            'DeleteArtifact': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteArtifact,
+                    request_deserializer=simtrack_dot_v1_dot_runs__pb2.DeleteArtifactRequest.FromString,
+                    response_serializer=simtrack_dot_v1_dot_runs__pb2.DeleteArtifactResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1115,6 +1202,141 @@ class RunService:
             '/simtrack.v1.RunService/ListValidations',
             simtrack_dot_v1_dot_runs__pb2.ListValidationsRequest.SerializeToString,
             simtrack_dot_v1_dot_runs__pb2.ListValidationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadArtifact(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/simtrack.v1.RunService/UploadArtifact',
+            simtrack_dot_v1_dot_runs__pb2.UploadArtifactRequest.SerializeToString,
+            simtrack_dot_v1_dot_runs__pb2.UploadArtifactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/simtrack.v1.RunService/GetArtifact',
+            simtrack_dot_v1_dot_runs__pb2.GetArtifactRequest.SerializeToString,
+            simtrack_dot_v1_dot_runs__pb2.GetArtifactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetArtifactContent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/simtrack.v1.RunService/GetArtifactContent',
+            simtrack_dot_v1_dot_runs__pb2.GetArtifactContentRequest.SerializeToString,
+            simtrack_dot_v1_dot_runs__pb2.GetArtifactContentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListArtifacts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/simtrack.v1.RunService/ListArtifacts',
+            simtrack_dot_v1_dot_runs__pb2.ListArtifactsRequest.SerializeToString,
+            simtrack_dot_v1_dot_runs__pb2.ListArtifactsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/simtrack.v1.RunService/DeleteArtifact',
+            simtrack_dot_v1_dot_runs__pb2.DeleteArtifactRequest.SerializeToString,
+            simtrack_dot_v1_dot_runs__pb2.DeleteArtifactResponse.FromString,
             options,
             channel_credentials,
             insecure,

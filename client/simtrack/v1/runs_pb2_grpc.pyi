@@ -101,6 +101,19 @@ class RunServiceStub:
     """GetValidation returns one validation by id, or NOT_FOUND."""
     ListValidations: _grpc.UnaryUnaryMultiCallable[_runs_pb2.ListValidationsRequest, _runs_pb2.ListValidationsResponse]
     """ListValidations pages through a run's validations, oldest first."""
+    UploadArtifact: _grpc.StreamUnaryMultiCallable[_runs_pb2.UploadArtifactRequest, _runs_pb2.UploadArtifactResponse]
+    """UploadArtifact stores a file of a run: the first message carries the metadata, the
+    following ones the content in chunks of at most 1 MiB. The artifact exists (and is listed)
+    only once every byte is stored, with its size and SHA-256.
+    """
+    GetArtifact: _grpc.UnaryUnaryMultiCallable[_runs_pb2.GetArtifactRequest, _runs_pb2.GetArtifactResponse]
+    """GetArtifact returns one artifact's metadata by id, or NOT_FOUND."""
+    GetArtifactContent: _grpc.UnaryStreamMultiCallable[_runs_pb2.GetArtifactContentRequest, _runs_pb2.GetArtifactContentResponse]
+    """GetArtifactContent streams an artifact: its metadata first, then its content in chunks."""
+    ListArtifacts: _grpc.UnaryUnaryMultiCallable[_runs_pb2.ListArtifactsRequest, _runs_pb2.ListArtifactsResponse]
+    """ListArtifacts pages through a run's artifacts, oldest first."""
+    DeleteArtifact: _grpc.UnaryUnaryMultiCallable[_runs_pb2.DeleteArtifactRequest, _runs_pb2.DeleteArtifactResponse]
+    """DeleteArtifact deletes an artifact and its content."""
 
 @_typing.type_check_only
 class RunServiceAsyncStub(RunServiceStub):
@@ -174,6 +187,19 @@ class RunServiceAsyncStub(RunServiceStub):
     """GetValidation returns one validation by id, or NOT_FOUND."""
     ListValidations: _aio.UnaryUnaryMultiCallable[_runs_pb2.ListValidationsRequest, _runs_pb2.ListValidationsResponse]  # type: ignore[assignment]
     """ListValidations pages through a run's validations, oldest first."""
+    UploadArtifact: _aio.StreamUnaryMultiCallable[_runs_pb2.UploadArtifactRequest, _runs_pb2.UploadArtifactResponse]  # type: ignore[assignment]
+    """UploadArtifact stores a file of a run: the first message carries the metadata, the
+    following ones the content in chunks of at most 1 MiB. The artifact exists (and is listed)
+    only once every byte is stored, with its size and SHA-256.
+    """
+    GetArtifact: _aio.UnaryUnaryMultiCallable[_runs_pb2.GetArtifactRequest, _runs_pb2.GetArtifactResponse]  # type: ignore[assignment]
+    """GetArtifact returns one artifact's metadata by id, or NOT_FOUND."""
+    GetArtifactContent: _aio.UnaryStreamMultiCallable[_runs_pb2.GetArtifactContentRequest, _runs_pb2.GetArtifactContentResponse]  # type: ignore[assignment]
+    """GetArtifactContent streams an artifact: its metadata first, then its content in chunks."""
+    ListArtifacts: _aio.UnaryUnaryMultiCallable[_runs_pb2.ListArtifactsRequest, _runs_pb2.ListArtifactsResponse]  # type: ignore[assignment]
+    """ListArtifacts pages through a run's artifacts, oldest first."""
+    DeleteArtifact: _aio.UnaryUnaryMultiCallable[_runs_pb2.DeleteArtifactRequest, _runs_pb2.DeleteArtifactResponse]  # type: ignore[assignment]
+    """DeleteArtifact deletes an artifact and its content."""
 
 class RunServiceServicer(metaclass=_abc_1.ABCMeta):
     """RunService manages the runs of experiments and the agents taking part in them."""
@@ -388,5 +414,48 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_runs_pb2.ListValidationsResponse, _abc.Awaitable[_runs_pb2.ListValidationsResponse]]:
         """ListValidations pages through a run's validations, oldest first."""
+
+    @_abc_1.abstractmethod
+    def UploadArtifact(
+        self,
+        request_iterator: _MaybeAsyncIterator[_runs_pb2.UploadArtifactRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_runs_pb2.UploadArtifactResponse, _abc.Awaitable[_runs_pb2.UploadArtifactResponse]]:
+        """UploadArtifact stores a file of a run: the first message carries the metadata, the
+        following ones the content in chunks of at most 1 MiB. The artifact exists (and is listed)
+        only once every byte is stored, with its size and SHA-256.
+        """
+
+    @_abc_1.abstractmethod
+    def GetArtifact(
+        self,
+        request: _runs_pb2.GetArtifactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runs_pb2.GetArtifactResponse, _abc.Awaitable[_runs_pb2.GetArtifactResponse]]:
+        """GetArtifact returns one artifact's metadata by id, or NOT_FOUND."""
+
+    @_abc_1.abstractmethod
+    def GetArtifactContent(
+        self,
+        request: _runs_pb2.GetArtifactContentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_runs_pb2.GetArtifactContentResponse], _abc.AsyncIterator[_runs_pb2.GetArtifactContentResponse]]:
+        """GetArtifactContent streams an artifact: its metadata first, then its content in chunks."""
+
+    @_abc_1.abstractmethod
+    def ListArtifacts(
+        self,
+        request: _runs_pb2.ListArtifactsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runs_pb2.ListArtifactsResponse, _abc.Awaitable[_runs_pb2.ListArtifactsResponse]]:
+        """ListArtifacts pages through a run's artifacts, oldest first."""
+
+    @_abc_1.abstractmethod
+    def DeleteArtifact(
+        self,
+        request: _runs_pb2.DeleteArtifactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runs_pb2.DeleteArtifactResponse, _abc.Awaitable[_runs_pb2.DeleteArtifactResponse]]:
+        """DeleteArtifact deletes an artifact and its content."""
 
 def add_RunServiceServicer_to_server(servicer: RunServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -19,6 +19,7 @@ from simtrack.server.api.experiments import ExperimentServicer
 from simtrack.server.api.interceptor import CallInterceptor
 from simtrack.server.api.scenarios import ScenarioServicer
 from simtrack.server.api.telemetry import StreamingRunServicer
+from simtrack.server.artifacts import ArtifactStore
 from simtrack.server.config import Settings
 from simtrack.server.db import migrate
 from simtrack.server.db.engine import create_engine, is_sqlite
@@ -27,6 +28,7 @@ from simtrack.server.db.repositories import ping
 from simtrack.server.db.uow import UnitOfWorkFactory, tenant_aware_sessions
 from simtrack.server.domain.access import Authenticator
 from simtrack.server.domain.agents import AgentService
+from simtrack.server.domain.artifacts import ArtifactService
 from simtrack.server.domain.experiments import ExperimentService, TemplateService
 from simtrack.server.domain.history import HistoryService
 from simtrack.server.domain.rankings import RunQueries
@@ -235,6 +237,9 @@ async def start(settings: Settings) -> Running:
     registry = StreamRegistry()
     bus.on_command(registry.deliver)
     validations = ValidationService(uow, catalogue)
+    artifacts = ArtifactService(
+        uow, ArtifactStore(settings.artifacts_dir), settings.artifact_max_bytes
+    )
     writer = GroupCommitWriter(IngestStore(engine), bus.publish_runs, validations.check_completed)
     telemetry = TelemetryService(uow, bus)
     runs_pb2_grpc.add_RunServiceServicer_to_server(
@@ -244,6 +249,7 @@ async def start(settings: Settings) -> Running:
             validations,
             HistoryService(uow),
             RunQueries(uow, catalogue),
+            artifacts,
             telemetry,
             writer,
             registry,
@@ -273,7 +279,7 @@ async def start(settings: Settings) -> Running:
         asyncio.create_task(
             _monitor_database(engine, health_servicer, settings.health_check_interval, stopping)
         ),
-        asyncio.create_task(_sweep_runs(telemetry, validations, settings, stopping)),
+        asyncio.create_task(_sweep_runs(telemetry, validations, artifacts, settings, stopping)),
     ]
     return Running(
         server, port, engine, health_servicer, writer, registry, bus, background, stopping
@@ -283,11 +289,13 @@ async def start(settings: Settings) -> Running:
 async def _sweep_runs(
     telemetry: TelemetryService,
     validations: ValidationService,
+    artifacts: ArtifactService,
     settings: Settings,
     stopping: asyncio.Event,
 ) -> None:
     """Fail runs whose worker vanished; stop cancelled runs whose worker never confirmed;
-    check the success criteria of completed runs a crash left unchecked."""
+    check the success criteria of completed runs a crash left unchecked; remove the files of
+    deleted runs."""
     interval = min(settings.heartbeat_timeout, settings.cancel_grace) / 4
     while not stopping.is_set():
         with contextlib.suppress(TimeoutError):
@@ -299,6 +307,8 @@ async def _sweep_runs(
                 log.info("liveness: %d run(s) ended by the sweeper", len(changed))
             if checked := await validations.sweep():
                 log.info("success criteria of %d run(s) checked by the sweeper", checked)
+            if removed := await artifacts.sweep():
+                log.info("artifact files of %d deleted run(s) removed", removed)
         except Exception:  # noqa: BLE001 - the next sweep tries again
             log.warning("liveness sweep failed", exc_info=True)
 

@@ -48,6 +48,13 @@ class Settings(BaseSettings):
     cancel_grace: float = Field(
         default=30.0, gt=0, description="A cancelled run not confirmed this long is stopped."
     )
+    artifacts_dir: Path = Field(
+        default=Path("simtrack-artifacts"),
+        description="Folder of artifact files (shared by every server process of a database).",
+    )
+    artifact_max_bytes: int = Field(
+        default=2 * 1024**3, gt=0, description="Largest artifact accepted, in bytes."
+    )
     auth_enabled: bool = Field(
         default=False, description="Require an API key on every call (multi-tenant mode)."
     )

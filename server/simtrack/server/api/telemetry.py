@@ -19,11 +19,13 @@ import grpc
 import numpy as np
 
 from simtrack.errors import InvalidArgument, SimtrackError
+from simtrack.server.api.artifacts import ArtifactRpcs
 from simtrack.server.api.convert import dict_to_struct, struct_to_dict
 from simtrack.server.api.queries import METRIC_KIND, RunQueryServicer
 from simtrack.server.api.runs import run_to_proto
 from simtrack.server.db.chunks import pack_steps, pack_timestamps
 from simtrack.server.db.models import Metric
+from simtrack.server.domain.artifacts import ArtifactService
 from simtrack.server.domain.history import HistoryService
 from simtrack.server.domain.model import (
     RUN_FINAL,
@@ -186,7 +188,7 @@ def _latest(metric: Metric) -> pb.LatestMetric:
     )
 
 
-class StreamingRunServicer(RunQueryServicer):
+class StreamingRunServicer(ArtifactRpcs, RunQueryServicer):
     """RunService complete: CRUD and read queries (RunQueryServicer), streams, commands."""
 
     def __init__(
@@ -196,6 +198,7 @@ class StreamingRunServicer(RunQueryServicer):
         validations: ValidationService,
         history: HistoryService,
         queries: RunQueries,
+        artifacts: ArtifactService,
         telemetry: TelemetryService,
         writer: GroupCommitWriter,
         registry: StreamRegistry,
@@ -203,6 +206,7 @@ class StreamingRunServicer(RunQueryServicer):
         heartbeat_interval: float,
     ) -> None:
         super().__init__(runs, participants, validations, history, queries)
+        self.artifacts = artifacts
         self.telemetry = telemetry
         self.writer = writer
         self.registry = registry

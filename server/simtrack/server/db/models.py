@@ -34,6 +34,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from simtrack.server.domain.model import (
+    ArtifactType,
     ExperimentStatus,
     Framework,
     MetricKind,
@@ -154,6 +155,7 @@ TENANT_OWNED_TABLES = (
     "metric_chunks",
     "events",
     "validations",
+    "artifacts",
 )
 
 
@@ -263,6 +265,21 @@ class Validation(TenantOwnedMixin, Base):
     passed: Mapped[bool]
     score: Mapped[float | None] = mapped_column(Float)
     details: Mapped[dict[str, Any]] = _json_column()
+
+
+class Artifact(TenantOwnedMixin, Base):
+    """A file stored with a run. The row is written once every byte is in the artifact store
+    (``simtrack.server.artifacts``), so a listed artifact is always complete."""
+
+    __tablename__ = "artifacts"
+    __table_args__ = (UniqueConstraint("run_id", "name"),)
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    type: Mapped[ArtifactType] = mapped_column(_enum(ArtifactType, "artifact_type"))
+    content_type: Mapped[str] = mapped_column(String(200))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
 
 
 class Participant(TenantOwnedMixin, Base):

@@ -233,6 +233,16 @@ class RunRepository(Repository[models.Run]):
         )
         return [d for d in (await self.session.execute(stmt)).scalars() if d is not None]
 
+    async def existing(self, run_ids: list[str]) -> set[str]:
+        """Which of ``run_ids`` exist (for the caller's tenant)."""
+        found: set[str] = set()
+        for start in range(0, len(run_ids), 500):  # bounded IN lists
+            stmt = select(models.Run.id).where(
+                scoped(models.Run), models.Run.id.in_(run_ids[start : start + 500])
+            )
+            found.update((await self.session.execute(stmt)).scalars())
+        return found
+
     async def unchecked_completed(self) -> list[str]:
         """Completed runs whose success criteria were not checked yet."""
         run = models.Run
@@ -294,6 +304,14 @@ class ValidationRepository(Repository[models.Validation]):
             models.Validation.validator == validator,
             models.Validation.kind == kind,
         )
+        return (await self.session.execute(stmt.limit(1))).first() is not None
+
+
+class ArtifactRepository(Repository[models.Artifact]):
+    model = models.Artifact
+
+    async def named(self, run_id: str, name: str) -> bool:
+        stmt = self._select().where(models.Artifact.run_id == run_id, models.Artifact.name == name)
         return (await self.session.execute(stmt.limit(1))).first() is not None
 
 

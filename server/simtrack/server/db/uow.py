@@ -18,6 +18,7 @@ from simtrack.errors import AlreadyExists, FailedPrecondition, InvalidArgument, 
 from simtrack.server.db.repositories import (
     AccessRepository,
     AgentRepository,
+    ArtifactRepository,
     ChunkRepository,
     EventRepository,
     ExperimentRepository,
@@ -85,6 +86,7 @@ class UnitOfWork:
         self.chunks = ChunkRepository(self.session)
         self.events = EventRepository(self.session)
         self.validations = ValidationRepository(self.session)
+        self.artifacts = ArtifactRepository(self.session)
         return self
 
     async def __aexit__(

@@ -65,6 +65,17 @@ class MetricAggregate(StrEnum):
     MAX = "max"
 
 
+class ArtifactType(StrEnum):
+    """What a stored file is."""
+
+    REPORT = "report"
+    DATA = "data"
+    LOG = "log"
+    CONFIG = "config"
+    MODEL = "model"
+    OTHER = "other"
+
+
 class RankOrder(StrEnum):
     """Which end of a ranking is best."""
 
