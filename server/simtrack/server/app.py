@@ -36,6 +36,7 @@ from simtrack.server.domain.telemetry import TelemetryService
 from simtrack.server.ingest.bus import Bus, PostgresBus
 from simtrack.server.ingest.streams import StreamRegistry
 from simtrack.server.ingest.writer import GroupCommitWriter
+from simtrack.server.observability import MetricsEndpoint, ServerMetrics
 from simtrack.server.scenarios import default_scenarios_dir, load_catalogue
 from simtrack.v1 import (
     agents_pb2,
@@ -82,6 +83,7 @@ class Running:
     bus: Bus
     background: list[asyncio.Task[None]]
     stopping: asyncio.Event
+    metrics_endpoint: MetricsEndpoint | None  # None: SIMTRACK_METRICS_LISTEN unset
 
     async def stop(self, grace: float) -> None:
         """Stop accepting, tell workers to go away, commit and ack what came in, exit."""
@@ -100,6 +102,8 @@ class Running:
             task.cancel()
         await self.bus.stop()
         await self.engine.dispose()
+        if self.metrics_endpoint is not None:
+            await self.metrics_endpoint.stop()
 
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
@@ -216,8 +220,9 @@ async def start(settings: Settings) -> Running:
         Authenticator(uow, settings.auth_cache_seconds) if settings.auth_enabled else None
     )
 
+    metrics = ServerMetrics()
     server = grpc.aio.server(
-        interceptors=[CallInterceptor(CallAuthorizer(authenticator))],
+        interceptors=[CallInterceptor(CallAuthorizer(authenticator), metrics)],
         # Stream messages may be up to 8 MiB (documented in telemetry.proto); gRPC's default
         # is 4 MiB. A little headroom for the envelope.
         options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
@@ -232,7 +237,8 @@ async def start(settings: Settings) -> Running:
     bus: Bus = Bus() if is_sqlite(settings.database_url) else PostgresBus(settings.database_url)
     registry = StreamRegistry()
     bus.on_command(registry.deliver)
-    writer = GroupCommitWriter(IngestStore(engine), bus.publish_runs)
+    writer = GroupCommitWriter(IngestStore(engine), bus.publish_runs, metrics)
+    metrics.watch(registry.open_count, lambda: bus.watching, engine)
     telemetry = TelemetryService(uow, bus)
     runs_pb2_grpc.add_RunServiceServicer_to_server(
         StreamingRunServicer(
@@ -260,6 +266,16 @@ async def start(settings: Settings) -> Running:
     except RuntimeError as exc:
         await engine.dispose()
         raise StartupError(f"cannot listen on {settings.listen}: {exc}") from exc
+    endpoint = None
+    if settings.metrics_listen:
+        try:
+            endpoint = MetricsEndpoint.start(settings.metrics_listen, metrics.registry)
+        except OSError as exc:
+            await engine.dispose()
+            raise StartupError(
+                f"cannot serve metrics on {settings.metrics_listen} (SIMTRACK_METRICS_LISTEN): "
+                f"{exc}"
+            ) from exc
     await bus.start()
     await writer.start()
     await server.start()
@@ -271,7 +287,7 @@ async def start(settings: Settings) -> Running:
         asyncio.create_task(_sweep_runs(telemetry, settings, stopping)),
     ]
     return Running(
-        server, port, engine, health_servicer, writer, registry, bus, background, stopping
+        server, port, engine, health_servicer, writer, registry, bus, background, stopping, endpoint
     )
 
 
@@ -296,7 +312,9 @@ async def serve(settings: Settings) -> None:
     """Serve until SIGINT or SIGTERM, then stop gracefully."""
     running = await start(settings)
     host = settings.listen.rsplit(":", 1)[0]
-    # Tests and scripts read this line to learn the port when listening on port 0.
+    # Tests and scripts read these lines to learn the ports when listening on port 0.
+    if (endpoint := running.metrics_endpoint) is not None:
+        log.info("simtrack metrics on %s:%d", endpoint.host, endpoint.port)
     log.info("simtrack serving on %s:%d", host, running.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
