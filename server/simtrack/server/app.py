@@ -40,6 +40,7 @@ from simtrack.server.domain.validations import ValidationService
 from simtrack.server.ingest.bus import Bus, PostgresBus
 from simtrack.server.ingest.streams import StreamRegistry
 from simtrack.server.ingest.writer import GroupCommitWriter
+from simtrack.server.observability import MetricsEndpoint, ServerMetrics
 from simtrack.server.scenarios import default_scenarios_dir, load_catalogue
 from simtrack.v1 import (
     agents_pb2,
@@ -86,6 +87,7 @@ class Running:
     bus: Bus
     background: list[asyncio.Task[None]]
     stopping: asyncio.Event
+    metrics_endpoint: MetricsEndpoint | None  # None: SIMTRACK_METRICS_LISTEN unset
 
     async def stop(self, grace: float) -> None:
         """Stop accepting, tell workers to go away, commit and ack what came in, exit."""
@@ -104,6 +106,8 @@ class Running:
             task.cancel()
         await self.bus.stop()
         await self.engine.dispose()
+        if self.metrics_endpoint is not None:
+            await self.metrics_endpoint.stop()
 
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
@@ -220,8 +224,9 @@ async def start(settings: Settings) -> Running:
         Authenticator(uow, settings.auth_cache_seconds) if settings.auth_enabled else None
     )
 
+    metrics = ServerMetrics()
     server = grpc.aio.server(
-        interceptors=[CallInterceptor(CallAuthorizer(authenticator))],
+        interceptors=[CallInterceptor(CallAuthorizer(authenticator), metrics)],
         # Stream messages may be up to 8 MiB (documented in telemetry.proto); gRPC's default
         # is 4 MiB. A little headroom for the envelope.
         options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
@@ -240,7 +245,10 @@ async def start(settings: Settings) -> Running:
     artifacts = ArtifactService(
         uow, ArtifactStore(settings.artifacts_dir), settings.artifact_max_bytes
     )
-    writer = GroupCommitWriter(IngestStore(engine), bus.publish_runs, validations.check_completed)
+    writer = GroupCommitWriter(
+        IngestStore(engine), bus.publish_runs, metrics, validations.check_completed
+    )
+    metrics.watch(registry.open_count, lambda: bus.watching, engine)
     telemetry = TelemetryService(uow, bus)
     runs_pb2_grpc.add_RunServiceServicer_to_server(
         StreamingRunServicer(
@@ -271,6 +279,16 @@ async def start(settings: Settings) -> Running:
     except RuntimeError as exc:
         await engine.dispose()
         raise StartupError(f"cannot listen on {settings.listen}: {exc}") from exc
+    endpoint = None
+    if settings.metrics_listen:
+        try:
+            endpoint = MetricsEndpoint.start(settings.metrics_listen, metrics.registry)
+        except OSError as exc:
+            await engine.dispose()
+            raise StartupError(
+                f"cannot serve metrics on {settings.metrics_listen} (SIMTRACK_METRICS_LISTEN): "
+                f"{exc}"
+            ) from exc
     await bus.start()
     await writer.start()
     await server.start()
@@ -282,7 +300,7 @@ async def start(settings: Settings) -> Running:
         asyncio.create_task(_sweep_runs(telemetry, validations, artifacts, settings, stopping)),
     ]
     return Running(
-        server, port, engine, health_servicer, writer, registry, bus, background, stopping
+        server, port, engine, health_servicer, writer, registry, bus, background, stopping, endpoint
     )
 
 
@@ -317,7 +335,9 @@ async def serve(settings: Settings) -> None:
     """Serve until SIGINT or SIGTERM, then stop gracefully."""
     running = await start(settings)
     host = settings.listen.rsplit(":", 1)[0]
-    # Tests and scripts read this line to learn the port when listening on port 0.
+    # Tests and scripts read these lines to learn the ports when listening on port 0.
+    if (endpoint := running.metrics_endpoint) is not None:
+        log.info("simtrack metrics on %s:%d", endpoint.host, endpoint.port)
     log.info("simtrack serving on %s:%d", host, running.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

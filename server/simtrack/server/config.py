@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     auth_cache_seconds: float = Field(
         default=2.0, ge=0, description="How long a verified key is trusted before re-checking."
     )
+    metrics_listen: str = Field(
+        default="",
+        description="host:port serving Prometheus /metrics (port 0: a free one); empty: off.",
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -72,6 +76,14 @@ class Settings(BaseSettings):
         if not url.startswith(("sqlite", "postgresql", "postgres")):
             raise ValueError("only sqlite:// and postgresql:// URLs are supported")
         return url
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _host_and_port(cls, listen: str) -> str:
+        host, colon, port = listen.rpartition(":")
+        if listen and not (colon and host and port.isdigit() and int(port) < 65536):
+            raise ValueError("expected host:port, e.g. 127.0.0.1:9464 (or empty: no metrics)")
+        return listen
 
     @classmethod
     def settings_customise_sources(

@@ -1,11 +1,13 @@
-"""Per-call concerns of every simtrack RPC, in one wrapper: who is calling, and errors.
+"""Per-call concerns of every simtrack RPC, in one wrapper: who is calling, errors, metrics.
 
 The wrapper covers unary calls and the whole iteration of streams, so an error raised while a
-stream is running is mapped like any other.
+stream is running is mapped like any other. Unary calls are counted and timed here; a stream's
+length says nothing about the service's latency, so streams have gauges of their own.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -13,6 +15,7 @@ import grpc
 
 from simtrack.server.api.auth import CallAuthorizer
 from simtrack.server.api.errors import abort
+from simtrack.server.observability import ServerMetrics
 
 _OUR_METHODS = "/simtrack.v1."
 
@@ -26,18 +29,26 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     Health and reflection are left alone: load balancers and tools call them without keys.
     """
 
-    def __init__(self, authorizer: CallAuthorizer) -> None:
+    def __init__(self, authorizer: CallAuthorizer, metrics: ServerMetrics) -> None:
         self.authorizer = authorizer
+        self.metrics = metrics
 
     def _unary(self, method: str, behavior: Behavior) -> Behavior:
         async def handler(request: Any, context: Context) -> Any:
+            started = time.perf_counter()
+            returned = False
             try:
                 async with self.authorizer.scope(method, context):
-                    return await behavior(request, context)
+                    response = await behavior(request, context)
+                returned = True
+                return response
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:  # noqa: BLE001 - mapped to a status here, in one place
                 await abort(context, method, exc)
+            finally:
+                elapsed = time.perf_counter() - started
+                self.metrics.rpc_done(method, _status_name(context, returned), elapsed)
 
         return handler
 
@@ -85,3 +96,12 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         return grpc.stream_stream_rpc_method_handler(
             self._stream(method, handler.stream_stream), **kwargs
         )
+
+
+def _status_name(context: Context, returned: bool) -> str:
+    """The status the caller gets: an abort's code; else OK, or CANCELLED when the handler did
+    not return (the caller went away or its deadline passed, and gRPC cancelled it)."""
+    code: grpc.StatusCode | None = context.code()  # None unless aborted (or set_code)
+    if code is not None:
+        return code.name
+    return "OK" if returned else "CANCELLED"

@@ -46,6 +46,7 @@ class Bus:
 
     def __init__(self) -> None:
         self._watchers: dict[str, set[asyncio.Queue[None]]] = defaultdict(set)
+        self.watching = 0  # open watches, kept apart: the metrics thread may not walk the dict
         self._command_handler: CommandHandler | None = None
 
     async def start(self) -> None:
@@ -69,9 +70,11 @@ class Bus:
         """A queue that gets an item whenever the run changes (coalesced: size 1)."""
         queue: asyncio.Queue[None] = asyncio.Queue(maxsize=1)
         self._watchers[run_id].add(queue)
+        self.watching += 1
         try:
             yield queue
         finally:
+            self.watching -= 1
             self._watchers[run_id].discard(queue)
             if not self._watchers[run_id]:
                 del self._watchers[run_id]

@@ -148,6 +148,10 @@ class StreamRegistry:
             previous.abort(Conflict("a newer stream for this run took over"))
         self._sessions[session.run_id] = session
 
+    def open_count(self) -> int:
+        """Streams open (a superseded one is dropped at once: it is being ended)."""
+        return len(self._sessions)
+
     def detach(self, session: StreamSession) -> None:
         if self._sessions.get(session.run_id) is session:
             del self._sessions[session.run_id]

@@ -13,12 +13,13 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from simtrack.errors import FailedPrecondition, SimtrackError, Unavailable
 from simtrack.server.db.ingest import Ending, IngestStore, IngestTransaction, RunState
@@ -48,6 +49,13 @@ _METRIC_NAMESPACE = uuid.UUID("6f1d5d3e-5b1e-4c0e-9a57-8f6b3c1e2d4a")
 def metric_id(run_id: str, name: str) -> str:
     """Metric ids are derived, so the writer never looks one up before writing chunks."""
     return str(uuid.uuid5(_METRIC_NAMESPACE, f"{run_id}/{name}"))
+
+
+class CommitObserver(Protocol):
+    """Told of every group commit that landed (the service's metrics), once per commit."""
+
+    def group_committed(self, batches: int, points: int, events: int, seconds: float) -> None:
+        """``points`` and ``events`` were stored by this commit; resends are in ``batches``."""
 
 
 @dataclass(slots=True)
@@ -81,10 +89,12 @@ class GroupCommitWriter:
         self,
         store: IngestStore,
         notify: Callable[[Iterable[str]], Awaitable[None]],
+        observer: CommitObserver,
         completed: Callable[[str, list[str]], Awaitable[object]] | None = None,
     ) -> None:
         self.store = store
         self.notify = notify  # run ids that changed, called after each commit (WatchRun)
+        self.observer = observer
         # A tenant's runs that completed in a commit, told after it (success criteria).
         self.completed = completed
         self._followups: set[asyncio.Task[None]] = set()
@@ -164,6 +174,7 @@ class GroupCommitWriter:
                 await asyncio.sleep(delay)
 
     async def _commit(self, group: list[Pending]) -> None:
+        started = time.perf_counter()
         by_tenant: dict[str, dict[str, list[Pending]]] = defaultdict(lambda: defaultdict(list))
         for pending in group:
             by_tenant[pending.tenant_id][pending.run_id].append(pending)
@@ -182,6 +193,12 @@ class GroupCommitWriter:
                         status = derive_experiment_status(statuses)
                         await tx.set_experiment_status(experiment_id, status, now)
                 writes.update(tenant_writes)
+        self.observer.group_committed(
+            batches=sum(pending.batch is not None for pending in group),
+            points=sum(chunk.n for w in writes.values() for _, chunk in w.chunks),
+            events=sum(len(w.events) for w in writes.values()),
+            seconds=time.perf_counter() - started,
+        )
         for write in writes.values():
             for pending in write.accepted:
                 if not pending.done.done():
