@@ -46,6 +46,11 @@ def to_status(error: SimtrackError) -> status_pb2.Status:
     return status
 
 
+def status_code_name(exc: Exception) -> str:
+    """The name of the status code ``abort`` answers ``exc`` with."""
+    return exc.code_name if isinstance(exc, SimtrackError) else "INTERNAL"
+
+
 async def abort(context: grpc.aio.ServicerContext[Any, Any], method: str, exc: Exception) -> None:
     """End the call with the status of ``exc`` (always raises AbortError)."""
     if isinstance(exc, SimtrackError):

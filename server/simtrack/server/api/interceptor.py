@@ -7,6 +7,7 @@ length says nothing about the service's latency, so streams have gauges of their
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import grpc
 
 from simtrack.server.api.auth import CallAuthorizer
-from simtrack.server.api.errors import abort
+from simtrack.server.api.errors import abort, status_code_name
 from simtrack.server.observability import ServerMetrics
 
 _OUR_METHODS = "/simtrack.v1."
@@ -36,19 +37,26 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     def _unary(self, method: str, behavior: Behavior) -> Behavior:
         async def handler(request: Any, context: Context) -> Any:
             started = time.perf_counter()
-            returned = False
+
+            def done(code: str) -> None:
+                # Before the status goes out: a caller that has its answer can scrape it.
+                self.metrics.rpc_done(method, code, time.perf_counter() - started)
+
             try:
                 async with self.authorizer.scope(method, context):
                     response = await behavior(request, context)
-                returned = True
-                return response
-            except grpc.aio.AbortError:
+            except grpc.aio.AbortError:  # the status is already out (e.g. unauthenticated)
+                done(_status_name(context))
+                raise
+            except asyncio.CancelledError:  # the caller went away or its deadline passed
+                done("CANCELLED")
                 raise
             except Exception as exc:  # noqa: BLE001 - mapped to a status here, in one place
+                done(status_code_name(exc))
                 await abort(context, method, exc)
-            finally:
-                elapsed = time.perf_counter() - started
-                self.metrics.rpc_done(method, _status_name(context, returned), elapsed)
+            else:
+                done("OK")
+                return response
 
         return handler
 
@@ -98,10 +106,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         )
 
 
-def _status_name(context: Context, returned: bool) -> str:
-    """The status the caller gets: an abort's code; else OK, or CANCELLED when the handler did
-    not return (the caller went away or its deadline passed, and gRPC cancelled it)."""
+def _status_name(context: Context) -> str:
+    """The code an aborted call answered with."""
     code: grpc.StatusCode | None = context.code()  # None unless aborted (or set_code)
-    if code is not None:
-        return code.name
-    return "OK" if returned else "CANCELLED"
+    return code.name if code is not None else "UNKNOWN"
