@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy
 from google.protobuf import field_mask_pb2, json_format
 
-from simtrack.v1 import agents_pb2, experiments_pb2, runs_pb2, telemetry_pb2
+from simtrack.v1 import runs_pb2, telemetry_pb2
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import Refusal, Server, StartServer, StreamKit
@@ -31,24 +31,6 @@ CRITERIA = ["customer_rating", "stockout_rate", "total_profit"]
 def server(served_url: str, start_server: StartServer) -> Server:
     # Short liveness settings make the sweeper (which also catches unchecked runs) run often.
     return start_server(served_url, SIMTRACK_HEARTBEAT_TIMEOUT="2", SIMTRACK_CANCEL_GRACE="2")
-
-
-def new_run(server: Server) -> runs_pb2.Run:
-    agent = server.agents.CreateAgent(
-        agents_pb2.CreateAgentRequest(
-            agent=agents_pb2.Agent(name="judged", framework=agents_pb2.FRAMEWORK_CUSTOM)
-        )
-    ).agent
-    experiment = server.experiments.CreateExperiment(
-        experiments_pb2.CreateExperimentRequest(
-            experiment=experiments_pb2.Experiment(
-                name="judged", agent_id=agent.id, scenario_id="tier0-tutorial"
-            )
-        )
-    ).experiment
-    return server.runs.CreateRun(
-        runs_pb2.CreateRunRequest(run=runs_pb2.Run(experiment_id=experiment.id))
-    ).run
 
 
 def validations(server: Server, run_id: str, filter: str = "") -> list[runs_pb2.Validation]:
@@ -84,7 +66,7 @@ async def complete_with_metrics(server: Server, streams: StreamKit, run_id: str)
 async def test_a_completed_run_is_judged_once_on_its_scenarios_criteria(
     server: Server, streams: StreamKit
 ) -> None:
-    run = new_run(server)
+    run = streams.new_run(server)
     await complete_with_metrics(server, streams, run.id)
     found = await wait_validations(server, run.id, 3)
     verdicts = by_kind(found)
@@ -116,8 +98,10 @@ async def test_a_completed_run_is_judged_once_on_its_scenarios_criteria(
     assert sorted(v.id for v in validations(server, run.id)) == sorted(v.id for v in found)
 
 
-async def test_update_run_to_completed_judges_in_the_same_call(server: Server) -> None:
-    run = new_run(server)
+async def test_update_run_to_completed_judges_in_the_same_call(
+    server: Server, streams: StreamKit
+) -> None:
+    run = streams.new_run(server)
     for status in (RunStatus.RUN_STATUS_STARTING, RunStatus.RUN_STATUS_RUNNING):
         server.runs.UpdateRun(
             runs_pb2.UpdateRunRequest(
@@ -137,7 +121,7 @@ async def test_update_run_to_completed_judges_in_the_same_call(server: Server) -
 
 
 async def test_failed_runs_are_not_judged(server: Server, streams: StreamKit) -> None:
-    run = new_run(server)
+    run = streams.new_run(server)
     stream = await streams.open(server, run.id)
     failed = telemetry_pb2.FinalStatus(outcome=telemetry_pb2.RUN_OUTCOME_FAILED)
     await stream.send(Request(seq=1, status=failed))
@@ -150,7 +134,7 @@ async def test_failed_runs_are_not_judged(server: Server, streams: StreamKit) ->
 async def test_the_sweeper_judges_a_run_a_crash_left_unchecked(
     server: Server, streams: StreamKit, database_url: str
 ) -> None:
-    run = new_run(server)
+    run = streams.new_run(server)
     await complete_with_metrics(server, streams, run.id)
     await wait_validations(server, run.id, 3)
     # As if the server died between the commit that completed the run and the check.
@@ -176,10 +160,12 @@ async def test_the_sweeper_judges_a_run_a_crash_left_unchecked(
     assert by_kind(found)["total_profit"].passed
 
 
-def test_external_validators_record_their_own_verdicts(server: Server, refusal: Refusal) -> None:
+def test_external_validators_record_their_own_verdicts(
+    server: Server, streams: StreamKit, refusal: Refusal
+) -> None:
     from simtrack.client import Client
 
-    run = new_run(server)
+    run = streams.new_run(server)
     with Client(server.address) as client:
         made = client.create_validation(
             run.id, "judge-llm", "negotiation_quality", False, score=0.25, details={"notes": "x"}

@@ -226,12 +226,12 @@ class HistoryService:
             stored = await uow.metrics.named(run.id, metric)
             if stored is None:
                 raise NotFound("metric", metric, "metric")
-            count = range_count(await uow.chunks.step_columns(stored.id, lo, hi), lo, hi)
-            if max_points:
+            if max_points:  # every point of the range is read: it counts itself
                 every = await uow.chunks.overlapping(stored.id, lo, hi, None, None)
                 points = merge(every, lo, hi).points
                 shown = downsample(points, max_points)
-                return History(shown, count, len(shown) < len(points), "")
+                return History(shown, len(points), len(shown) < len(points), "")
+            count = range_count(await uow.chunks.step_columns(stored.id, lo, hi), lo, hi)
             merged, more = await read_page(uow.chunks, stored.id, lo, hi, after, size)
         shown_count = min(size, len(merged.points))
         next_token = ""

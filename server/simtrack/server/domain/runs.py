@@ -10,6 +10,7 @@ from simtrack.errors import AlreadyExists, FailedPrecondition, InvalidArgument, 
 from simtrack.server.db.models import Participant, Run, utcnow
 from simtrack.server.db.uow import UnitOfWork, UnitOfWorkFactory
 from simtrack.server.domain.agents import load_agent
+from simtrack.server.domain.criteria import check_success_criteria
 from simtrack.server.domain.experiments import load_experiment, refresh_experiment_status
 from simtrack.server.domain.listing import Listing, Page, enum_parser
 from simtrack.server.domain.model import (
@@ -22,7 +23,6 @@ from simtrack.server.domain.model import (
     merge_params,
     require_id,
 )
-from simtrack.server.domain.validations import check_success_criteria
 from simtrack.server.scenarios import ScenarioCatalogue
 
 RUN_LISTING = Listing(

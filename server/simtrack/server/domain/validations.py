@@ -11,22 +11,20 @@ External validators record their own verdicts with CreateValidation.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from simtrack.errors import AlreadyExists, InvalidArgument, NotFound
-from simtrack.server.db.models import Metric, Run, Validation, utcnow
+from simtrack.server.db.models import Validation
 from simtrack.server.db.uow import UnitOfWork, UnitOfWorkFactory
+from simtrack.server.domain.criteria import SCENARIO_VALIDATOR, check_success_criteria
 from simtrack.server.domain.listing import Listing, Page
-from simtrack.server.domain.model import RunStatus, json_object, require_id, require_name
+from simtrack.server.domain.model import json_object, require_id, require_name
+from simtrack.server.domain.runs import load_run
 from simtrack.server.domain.tenancy import acting_for
-from simtrack.server.scenarios import ScenarioCatalogue, ScenarioSpec, SuccessCriterion
+from simtrack.server.scenarios import ScenarioCatalogue
 
-log = logging.getLogger(__name__)
-
-SCENARIO_VALIDATOR = "scenario"  # reserved for the automatic success-criteria check
 KIND_MAX = 200
 VALIDATOR_MAX = 100
 
@@ -38,75 +36,6 @@ def _bool(value: str) -> bool:
 
 
 VALIDATION_LISTING = Listing("validations", {"validator": str, "kind": str, "passed": _bool})
-
-
-def observed(metric: Metric | None, criterion: SuccessCriterion) -> float | None:
-    """The statistic a criterion compares, from the metric's summary (None: nothing logged)."""
-    if metric is None:
-        return None
-    if criterion.stat == "count":
-        return float(metric.count)
-    return {"last": metric.last_value, "min": metric.min_value, "max": metric.max_value}[
-        criterion.stat
-    ]
-
-
-def criteria_verdicts(
-    run: Run, scenario: ScenarioSpec, metrics: Mapping[str, Metric]
-) -> list[Validation]:
-    """One validation per success criterion of ``scenario``, judged on the run's metrics."""
-    verdicts = []
-    for name, criterion in sorted(scenario.success_criteria.items()):
-        value = observed(metrics.get(name), criterion)
-        details: dict[str, Any] = {
-            "metric": name,
-            "op": criterion.op,
-            "value": criterion.value,
-            "stat": criterion.stat,
-            "description": criterion.description,
-            "scenario_hash_matches": scenario.content_hash == run.scenario_hash,
-        }
-        if value is None:
-            details["reason"] = f"the run logged no finite value of {name!r}"
-        verdicts.append(
-            Validation(
-                run_id=run.id,
-                validator=SCENARIO_VALIDATOR,
-                kind=name,
-                passed=value is not None and criterion.evaluate(value),
-                score=value if value is not None and math.isfinite(value) else None,
-                details=details,
-            )
-        )
-    return verdicts
-
-
-async def check_success_criteria(
-    uow: UnitOfWork, run: Run, catalogue: ScenarioCatalogue
-) -> list[Validation] | None:
-    """Record the verdicts of a completed, unchecked run (locked by the caller; the caller
-    commits); None when the run is not due. A scenario gone from the catalogue leaves
-    nothing to check."""
-    if run.status != RunStatus.COMPLETED or run.criteria_checked_at is not None:
-        return None
-    scenario = catalogue.get(run.scenario_id)
-    verdicts = []
-    if scenario is not None:
-        metrics = {m.name: m for m in await uow.metrics.for_run(run.id)}
-        verdicts = criteria_verdicts(run, scenario, metrics)
-        for verdict in verdicts:
-            await uow.validations.add(verdict)
-    run.criteria_checked_at = utcnow()
-    await uow.runs.flush()
-    return verdicts
-
-
-async def _load_run(uow: UnitOfWork, run_id: str, field: str) -> Run:
-    # Not domain.runs.load_run: that module imports this one (UpdateRun checks criteria).
-    run = await uow.runs.get(require_id(field, run_id))
-    if run is None:
-        raise NotFound("run", run_id, field)
-    return run
 
 
 async def load_validation(uow: UnitOfWork, validation_id: str, field: str = "id") -> Validation:
@@ -142,7 +71,7 @@ class ValidationService:
             raise InvalidArgument.of("validation.score", "must be a finite number")
         details = json_object("validation.details", details)
         async with self.uow() as uow:
-            run = await _load_run(uow, run_id, "validation.run_id")
+            run = await load_run(uow, run_id, "validation.run_id")
             if await uow.validations.exists_for(run.id, validator, kind):
                 raise AlreadyExists(f"{validator!r} already judged {kind!r} for this run")
             validation = Validation(
@@ -167,7 +96,7 @@ class ValidationService:
         run_id = require_id("run_id", run_id)
         page = VALIDATION_LISTING.request(page_size, page_token, filter_text, run_id)
         async with self.uow() as uow:
-            await _load_run(uow, run_id, "run_id")
+            await load_run(uow, run_id, "run_id")
             rows, cursor = await uow.validations.list(page, run_id=run_id)
         return Page(rows, page.next_token(cursor))
 
