@@ -69,6 +69,19 @@ class FailedPrecondition(SimtrackError):
     code_name = "FAILED_PRECONDITION"
 
 
+class SequenceGap(FailedPrecondition):
+    """A stream message skipped ahead of the run's sequence: resend from ``expected``."""
+
+    reason = "SEQUENCE_GAP"
+
+    def __init__(self, expected: int, received: int, message: str | None = None) -> None:
+        self.expected = expected
+        self.received = received
+        super().__init__(
+            message or f"seq: expected {expected}, got {received}: resend from the last ack"
+        )
+
+
 class Conflict(SimtrackError):
     """A concurrent change got in the way; retrying may succeed."""
 

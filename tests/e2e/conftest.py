@@ -693,10 +693,12 @@ class RawStream:
         self._reader: asyncio.Task[None] | None = None
         self._cancelled = False
 
-    async def open(self, last_acked: int = 0, timeout: float = 10.0) -> telemetry_pb2.Welcome:
-        """Say hello; the server's welcome."""
+    async def open(
+        self, last_acked: int = 0, timeout: float = 10.0, replay: bool = False
+    ) -> telemetry_pb2.Welcome:
+        """Say hello (as a live worker, or ``replay``ing a dead one's spool); the welcome."""
         hello = telemetry_pb2.Hello(
-            run_id=self.run_id, worker_id=self.worker_id, last_acked_seq=last_acked
+            run_id=self.run_id, worker_id=self.worker_id, last_acked_seq=last_acked, replay=replay
         )
         return await self.start(telemetry_pb2.StreamRunRequest(hello=hello), timeout)
 
@@ -1324,10 +1326,12 @@ class StreamKit:
         self.streams.append(stream)
         return stream
 
-    async def open(self, server: Server, run_id: str, worker_id: str = "e2e-worker") -> RawStream:
+    async def open(
+        self, server: Server, run_id: str, worker_id: str = "e2e-worker", replay: bool = False
+    ) -> RawStream:
         """A stream for ``run_id`` on ``server``, past its welcome."""
         stream = self.stream(server.address, run_id, worker_id)
-        await stream.open()
+        await stream.open(replay=replay)
         return stream
 
     def upload(

@@ -30,6 +30,7 @@ from psycopg import sql
 
 from simtrack.client import Worker, WorkerOptions, sync_spool
 from simtrack.v1 import runs_pb2, runs_pb2_grpc, telemetry_pb2
+from tests.e2e.test_streams import wait_status
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import Checksum, Server, StartServer, StreamKit
@@ -41,6 +42,7 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 RUNNING = runs_pb2.RUN_STATUS_RUNNING
 COMPLETED = runs_pb2.RUN_STATUS_COMPLETED
 STOPPED = runs_pb2.RUN_STATUS_STOPPED
+FAILED = runs_pb2.RUN_STATUS_FAILED
 Request = telemetry_pb2.StreamRunRequest
 
 
@@ -435,3 +437,86 @@ async def test_a_killed_worker_process_loses_nothing_that_was_spooled(
         expected = range(100_000)
         assert get_run(second, run.id).status == RUNNING, "sync adds no final status"
     assert_exactly_once(streams, database_url, run.id, expected_checksums(streams, expected))
+
+
+# Outages longer than the heartbeat timeout (late data)
+
+QUICK_LIVENESS = {"SIMTRACK_HEARTBEAT_TIMEOUT": "1.5", "SIMTRACK_HEARTBEAT_INTERVAL": "0.2"}
+
+
+async def test_a_worker_alive_through_a_server_outage_longer_than_the_timeout_loses_nothing(
+    served_url: str,
+    start_server: StartServer,
+    streams: StreamKit,
+    database_url: str,
+    tmp_path: Path,
+) -> None:
+    """The server is gone for twice the heartbeat timeout while the worker goes on logging:
+    after the restart the run is not failed, the worker reconnects, every point lands once."""
+    listen = f"127.0.0.1:{free_port()}"
+    # The worker must be back within the timeout after the restart: ~1-2 s (its reconnect
+    # backoff is capped), with room to spare on a loaded machine.
+    liveness = {"SIMTRACK_HEARTBEAT_TIMEOUT": "3", "SIMTRACK_HEARTBEAT_INTERVAL": "0.2"}
+    first = start_server(served_url, listen=listen, **liveness)
+    run = streams.new_run(first)
+    steps = range(60_000)
+    values = point_values(steps)
+    spool = tmp_path / "spool"
+    options = WorkerOptions(backoff_base=0.05, backoff_cap=0.5, close_timeout=60)
+    restarted: list[Server] = []
+
+    def simulate() -> None:
+        with Worker(listen, run.id, spool_dir=spool, options=options) as worker:
+            for step in steps:
+                worker.log_metrics(step, {"a": values["a"][step], "b": values["b"][step]})
+                if step == 20_000:
+                    assert worker.flush(timeout=30), "nothing acknowledged before the outage"
+                    first.kill()
+                elif step == 40_000:
+                    time.sleep(4.0)  # the worker lives on, nobody hears it
+                    restarted.append(start_server(served_url, listen=listen, **liveness))
+
+    await asyncio.wait_for(asyncio.to_thread(simulate), 90)
+
+    assert_exactly_once(streams, database_url, run.id, expected_checksums(streams, steps))
+    ended = get_run(restarted[0], run.id)
+    assert ended.status == COMPLETED, ended.error_message
+    assert not ended.HasField("vanish_time") and not ended.HasField("revive_time")
+
+
+async def test_a_spool_synced_after_the_run_was_declared_vanished_is_stored_once(
+    served_url: str,
+    start_server: StartServer,
+    streams: StreamKit,
+    database_url: str,
+    tmp_path: Path,
+) -> None:
+    """Worker kill -9 with 100,000 points spooled; the sweep fails the run; sync: 0 lost."""
+    listen = f"127.0.0.1:{free_port()}"
+    first = start_server(served_url, listen=listen, **QUICK_LIVENESS)
+    run = streams.new_run(first)
+    spool = tmp_path / "spool"
+    worker = start_worker(listen, run.id, spool, 0, 50_000, 100_000)
+    try:
+        assert await read_line(worker) == "flushed"
+        first.kill()
+        assert worker.stdin is not None
+        worker.stdin.write("go\n")
+        worker.stdin.flush()
+        assert await read_line(worker) == "spooled"
+    finally:
+        worker.kill()
+        worker.wait(10)
+    committed = streams.database(database_url).committed_seq(run.id)
+    messages, points = spooled(spool, run.id, above=committed)
+    assert points == 100_000
+
+    second = start_server(served_url, listen=listen, **QUICK_LIVENESS)
+    failed = await wait_status(second, run.id, FAILED, timeout=10)
+    assert failed.HasField("vanish_time")
+    uploaded = await asyncio.to_thread(sync_spool, listen, spool, timeout=60)
+    assert uploaded == {run.id: messages}
+    assert_exactly_once(streams, database_url, run.id, expected_checksums(streams, range(100_000)))
+    after = get_run(second, run.id)
+    assert after.status == FAILED and after.HasField("vanish_time"), "a spool revives nothing"
+    assert not (spool / f"{run.id}.sqlite").exists(), "the spool outlived its upload"

@@ -26,6 +26,11 @@ import grpc
 import numpy as np
 import pytest
 from google.protobuf import json_format, struct_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from simtrack.client.errors import from_rpc_error
+from simtrack.errors import SequenceGap
 
 from simtrack.v1 import experiments_pb2, runs_pb2, runs_pb2_grpc, telemetry_pb2
 
@@ -85,6 +90,18 @@ def as_struct(data: dict[str, Any]) -> struct_pb2.Struct:
     result = struct_pb2.Struct()
     result.update(data)
     return result
+
+
+def error_info(error: grpc.RpcError) -> tuple[str, str, dict[str, str]]:
+    """The google.rpc.ErrorInfo detail of a failed call: reason, domain, metadata."""
+    status = rpc_status.from_call(error)
+    assert status is not None, "no rich status"
+    for packed in status.details:
+        if packed.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            packed.Unpack(info)
+            return info.reason, info.domain, dict(info.metadata)
+    raise AssertionError(f"no ErrorInfo in {status}")
 
 
 def get_run(server: Server, run_id: str) -> runs_pb2.Run:
@@ -316,6 +333,14 @@ async def test_a_gap_ends_the_stream_naming_the_expected_seq(
     await stream.send(data.messages[6])  # seq 7: seq 6 is missing
     assert await stream.wait_end() == FAILED_PRECONDITION
     assert "expected 6" in stream.details and "7" in stream.details, stream.details
+    assert stream.error is not None
+    assert error_info(stream.error) == (
+        "SEQUENCE_GAP",
+        "simtrack.v1",
+        {"expected_seq": "6", "received_seq": "7"},
+    )
+    gap = from_rpc_error(stream.error)  # the Python client rebuilds it
+    assert isinstance(gap, SequenceGap) and (gap.expected, gap.received) == (6, 7)
 
     await bystander.advance()
     db = streams.database(database_url)
@@ -418,20 +443,6 @@ async def test_malformed_streams_get_the_documented_status(
     bad = await refused(hello, metrics(0, ok_series))
     assert (bad.code, bad.bad_request_fields()) == (INVALID_ARGUMENT, ["seq"])
 
-    # The run is still running: now end it, and a batch for the finished run is refused.
-    closing = await streams.open(server, run.id)
-    await closing.send(final(4, telemetry_pb2.RUN_OUTCOME_COMPLETED))
-    await closing.wait_acked(4)
-    await closing.finish()
-    assert get_run(server, run.id).status == COMPLETED
-    bad = await refused(hello, metrics(5, ok_series))
-    assert bad.code == FAILED_PRECONDITION and "ended" in bad.details, bad.details
-    assert db.committed_seq(run.id) == 4
-    # ...while a resend of what it stored is still acknowledged (a worker whose ack was lost).
-    late = await streams.open(server, run.id)
-    assert late.welcome is not None and late.welcome.committed_seq == 4
-    await late.send(final(4, telemetry_pb2.RUN_OUTCOME_COMPLETED))
-    await late.wait(lambda: late.acks == [4], 10, "the re-ack of the final status")
 
     bystander.check_stored(database_url)
     assert get_run(server, bystander.run.id).status == RUNNING
@@ -504,6 +515,9 @@ async def test_cancel_reaches_the_worker_and_its_stopped_status_stops_the_run(
     assert again.welcome is not None
     assert [c.name for c in again.welcome.pending_commands] == ["cancel"]
     assert again.welcome.pending_commands[0].id == response.command.id, "the same cancel"
+    redelivered = json_format.MessageToDict(again.welcome.pending_commands[0].args)
+    assert redelivered == {"reason": "enough"}, "the reason travels with every delivery"
+    assert get_run(server, run.id).cancel_reason == "enough"
 
     await again.send(final(1, telemetry_pb2.RUN_OUTCOME_STOPPED, error="cancelled by user"))
     await again.wait_acked(1)
@@ -525,12 +539,19 @@ async def test_cancel_of_a_pending_run_stops_it_at_once(
     stopped = get_run(server, run.id)
     assert stopped.status == STOPPED and stopped.HasField("complete_time")
     assert stopped.error_message == "not needed"
-    # A worker arriving late learns the run is over: its data is refused.
+    # A worker arriving late learns the run is over, and is told to stop; what it sent
+    # anyway is kept (data is never refused), and the run stays stopped.
     late = await streams.open(server, run.id)
+    assert late.welcome is not None
+    assert late.welcome.run_outcome == telemetry_pb2.RUN_OUTCOME_STOPPED
+    [cancel] = late.welcome.pending_commands
+    assert cancel.name == "cancel" and json_format.MessageToDict(cancel.args) == {
+        "reason": "not needed"
+    }
     await late.send(metrics(1, series("loss", [1], [1.0])))
-    assert await late.wait_end() == FAILED_PRECONDITION
+    await late.wait_acked(1)
     assert get_run(server, run.id).status == STOPPED
-    assert streams.database(database_url).metrics(run.id) == {}
+    assert streams.database(database_url).metrics(run.id)["loss"].count == 1
 
 
 async def test_pause_resume_and_custom_commands_arrive_in_order(

@@ -1,14 +1,16 @@
 """gRPC statuses back to simtrack's exceptions (the inverse of the server's ``to_status``).
 
 The server reports every :class:`~simtrack.errors.SimtrackError` as a gRPC status whose code is
-the class's ``code_name``, with a ``google.rpc.BadRequest`` detail for invalid arguments and a
-``google.rpc.ResourceInfo`` detail for missing objects. :func:`from_rpc_error` rebuilds the
-exception a caller can catch; codes simtrack does not define (UNKNOWN, INTERNAL,
-DEADLINE_EXCEEDED, ...) become a plain :class:`SimtrackError` whose ``code_name`` says which.
+the class's ``code_name``, with a ``google.rpc.BadRequest`` detail for invalid arguments, a
+``google.rpc.ResourceInfo`` detail for missing objects and an ``ErrorInfo`` for a sequence
+gap. :func:`from_rpc_error` rebuilds the exception a caller can catch; codes simtrack does
+not define (UNKNOWN, INTERNAL, DEADLINE_EXCEEDED, ...) become a plain :class:`SimtrackError`
+whose ``code_name`` says which.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import grpc
@@ -20,6 +22,7 @@ from simtrack.errors import (
     FieldViolation,
     InvalidArgument,
     NotFound,
+    SequenceGap,
     SimtrackError,
 )
 
@@ -70,7 +73,11 @@ def _rich_details(error: grpc.RpcError) -> list[Any]:
         return []
     found: list[Any] = []
     for packed in status.details:
-        for kind in (error_details_pb2.BadRequest, error_details_pb2.ResourceInfo):
+        for kind in (
+            error_details_pb2.BadRequest,
+            error_details_pb2.ResourceInfo,
+            error_details_pb2.ErrorInfo,
+        ):
             if packed.Is(kind.DESCRIPTOR):
                 detail = kind()
                 packed.Unpack(detail)
@@ -105,6 +112,12 @@ def from_rpc_error(error: grpc.RpcError) -> SimtrackError:
             not_found.message = message
             not_found.args = (message,)
         return not_found
+    if code is grpc.StatusCode.FAILED_PRECONDITION:
+        for info in details:
+            if isinstance(info, error_details_pb2.ErrorInfo) and info.reason == SequenceGap.reason:
+                with contextlib.suppress(KeyError, ValueError):
+                    expected = int(info.metadata["expected_seq"])
+                    return SequenceGap(expected, int(info.metadata["received_seq"]), message)
     cls = ERRORS_BY_CODE_NAME.get(code.name)
     if cls is not None:
         return cls(message)

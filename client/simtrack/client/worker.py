@@ -772,7 +772,10 @@ class _Engine:
         """The request stream of one call (runs on gRPC's thread): hello, then the spool."""
         hello = telemetry_pb2.StreamRunRequest(
             hello=telemetry_pb2.Hello(
-                run_id=self.run_id, worker_id=self._worker_id, last_acked_seq=self._acked
+                run_id=self.run_id,
+                worker_id=self._worker_id,
+                last_acked_seq=self._acked,
+                replay=self._mode == "sync",  # a dead worker's spool must not revive its run
             )
         )
         yield hello.SerializeToString()
@@ -836,6 +839,16 @@ class _Engine:
 
     def _on_welcome(self, session: _Session, welcome: telemetry_pb2.Welcome) -> None:
         watermark = welcome.committed_seq
+        if welcome.run_outcome and self._mode == "worker":
+            outcome = telemetry_pb2.RunOutcome.Name(welcome.run_outcome).removeprefix(
+                "RUN_OUTCOME_"
+            )
+            log.warning(
+                "run %s already ended on the server (%s): what this worker sends is still "
+                "stored, but the run's status stays",
+                self.run_id,
+                outcome.lower(),
+            )
         with self._cond:
             if not self.spool.based:
                 offset = self.spool.rebase(watermark)

@@ -182,6 +182,9 @@ class Run(_message.Message):
     WORKER_ID_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    CANCEL_REASON_FIELD_NUMBER: _builtins.int
+    VANISH_TIME_FIELD_NUMBER: _builtins.int
+    REVIVE_TIME_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned UUID. Output only."""
     experiment_id: _builtins.str
@@ -204,6 +207,10 @@ class Run(_message.Message):
     """Why the run failed, if it did."""
     worker_id: _builtins.str
     """Identity of the worker executing the run (host, process), up to 200 characters."""
+    cancel_reason: _builtins.str
+    """Why a cancel was requested (CancelRunRequest.reason), kept for every redelivery of the
+    cancel to the worker. Output only.
+    """
     @_builtins.property
     def params(self) -> _struct_pb2.Struct:
         """Parameters (a JSON object): the experiment's params merged under the ones given on create."""
@@ -240,6 +247,21 @@ class Run(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the run was last changed. Output only."""
 
+    @_builtins.property
+    def vanish_time(self) -> _timestamp_pb2.Timestamp:
+        """Set while the run stands failed only because its worker went silent for longer than the
+        server's heartbeat timeout (the liveness sweep's verdict, not the worker's). Data the
+        worker produced is still stored when it arrives late; a final status from the worker
+        replaces the verdict; and the worker coming back alive returns the run to running.
+        Output only.
+        """
+
+    @_builtins.property
+    def revive_time(self) -> _timestamp_pb2.Timestamp:
+        """The last time the run returned to running because its worker, declared vanished, came
+        back alive. Output only.
+        """
+
     def __init__(
         self,
         *,
@@ -263,10 +285,13 @@ class Run(_message.Message):
         worker_id: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        cancel_reason: _builtins.str = ...,
+        vanish_time: _timestamp_pb2.Timestamp | None = ...,
+        revive_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "create_time", b"create_time", "duration", b"duration", "error_details", b"error_details", "metrics_summary", b"metrics_summary", "params", b"params", "results", b"results", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "create_time", b"create_time", "duration", b"duration", "error_details", b"error_details", "metrics_summary", b"metrics_summary", "params", b"params", "results", b"results", "revive_time", b"revive_time", "start_time", b"start_time", "update_time", b"update_time", "vanish_time", b"vanish_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "create_time", b"create_time", "current_tick", b"current_tick", "duration", b"duration", "error_details", b"error_details", "error_message", b"error_message", "experiment_id", b"experiment_id", "id", b"id", "metrics_summary", b"metrics_summary", "params", b"params", "progress_percent", b"progress_percent", "results", b"results", "run_number", b"run_number", "scenario_hash", b"scenario_hash", "scenario_id", b"scenario_id", "start_time", b"start_time", "status", b"status", "total_ticks", b"total_ticks", "update_time", b"update_time", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_reason", b"cancel_reason", "complete_time", b"complete_time", "create_time", b"create_time", "current_tick", b"current_tick", "duration", b"duration", "error_details", b"error_details", "error_message", b"error_message", "experiment_id", b"experiment_id", "id", b"id", "metrics_summary", b"metrics_summary", "params", b"params", "progress_percent", b"progress_percent", "results", b"results", "revive_time", b"revive_time", "run_number", b"run_number", "scenario_hash", b"scenario_hash", "scenario_id", b"scenario_id", "start_time", b"start_time", "status", b"status", "total_ticks", b"total_ticks", "update_time", b"update_time", "vanish_time", b"vanish_time", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

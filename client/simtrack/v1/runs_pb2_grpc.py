@@ -281,8 +281,10 @@ class RunServiceServicer:
 
     def CancelRun(self, request, context):
         """CancelRun asks the run's worker to stop. A run with no worker attached (pending or
-        starting) stops at once; otherwise it becomes stopped when the worker confirms, or after
-        the server's cancel grace period.
+        starting) stops at once. Otherwise the worker gets a `cancel` command (now if it is
+        connected, in its next Welcome if not) and confirms by ending the run: a FinalStatus on
+        its stream (stopped, or whatever outcome it reached). Without that confirmation the run
+        becomes stopped after the server's cancel grace period. The reason is kept on the run.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

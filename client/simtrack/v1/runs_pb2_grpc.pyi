@@ -72,8 +72,10 @@ class RunServiceStub:
     """
     CancelRun: _grpc.UnaryUnaryMultiCallable[_runs_pb2.CancelRunRequest, _runs_pb2.CancelRunResponse]
     """CancelRun asks the run's worker to stop. A run with no worker attached (pending or
-    starting) stops at once; otherwise it becomes stopped when the worker confirms, or after
-    the server's cancel grace period.
+    starting) stops at once. Otherwise the worker gets a `cancel` command (now if it is
+    connected, in its next Welcome if not) and confirms by ending the run: a FinalStatus on
+    its stream (stopped, or whatever outcome it reached). Without that confirmation the run
+    becomes stopped after the server's cancel grace period. The reason is kept on the run.
     """
     PauseRun: _grpc.UnaryUnaryMultiCallable[_runs_pb2.PauseRunRequest, _runs_pb2.PauseRunResponse]
     """PauseRun asks the run's worker to pause."""
@@ -158,8 +160,10 @@ class RunServiceAsyncStub(RunServiceStub):
     """
     CancelRun: _aio.UnaryUnaryMultiCallable[_runs_pb2.CancelRunRequest, _runs_pb2.CancelRunResponse]  # type: ignore[assignment]
     """CancelRun asks the run's worker to stop. A run with no worker attached (pending or
-    starting) stops at once; otherwise it becomes stopped when the worker confirms, or after
-    the server's cancel grace period.
+    starting) stops at once. Otherwise the worker gets a `cancel` command (now if it is
+    connected, in its next Welcome if not) and confirms by ending the run: a FinalStatus on
+    its stream (stopped, or whatever outcome it reached). Without that confirmation the run
+    becomes stopped after the server's cancel grace period. The reason is kept on the run.
     """
     PauseRun: _aio.UnaryUnaryMultiCallable[_runs_pb2.PauseRunRequest, _runs_pb2.PauseRunResponse]  # type: ignore[assignment]
     """PauseRun asks the run's worker to pause."""
@@ -319,8 +323,10 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_runs_pb2.CancelRunResponse, _abc.Awaitable[_runs_pb2.CancelRunResponse]]:
         """CancelRun asks the run's worker to stop. A run with no worker attached (pending or
-        starting) stops at once; otherwise it becomes stopped when the worker confirms, or after
-        the server's cancel grace period.
+        starting) stops at once. Otherwise the worker gets a `cancel` command (now if it is
+        connected, in its next Welcome if not) and confirms by ending the run: a FinalStatus on
+        its stream (stopped, or whatever outcome it reached). Without that confirmation the run
+        becomes stopped after the server's cancel grace period. The reason is kept on the run.
         """
 
     @_abc_1.abstractmethod

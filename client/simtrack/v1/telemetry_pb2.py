@@ -26,43 +26,43 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bsimtrack/v1/telemetry.proto\x12\x0bsimtrack.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa8\x02\n\x10StreamRunRequest\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12#\n\x05hello\x18\x02 \x01(\x0b\x32\x12.simtrack.v1.HelloH\x00\x12)\n\x08progress\x18\x03 \x01(\x0b\x32\x15.simtrack.v1.ProgressH\x00\x12+\n\x07metrics\x18\x04 \x01(\x0b\x32\x18.simtrack.v1.MetricBatchH\x00\x12)\n\x06\x65vents\x18\x05 \x01(\x0b\x32\x17.simtrack.v1.EventBatchH\x00\x12*\n\x06status\x18\x06 \x01(\x0b\x32\x18.simtrack.v1.FinalStatusH\x00\x12+\n\theartbeat\x18\x07 \x01(\x0b\x32\x16.simtrack.v1.HeartbeatH\x00\x42\x06\n\x04kind\"B\n\x05Hello\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x16\n\x0elast_acked_seq\x18\x03 \x01(\x03\"8\n\x08Progress\x12\x0c\n\x04tick\x18\x01 \x01(\x03\x12\r\n\x05total\x18\x02 \x01(\x03\x12\x0f\n\x07percent\x18\x03 \x01(\x01\"\x84\x01\n\x0cMetricSeries\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04unit\x18\x02 \x01(\t\x12%\n\x04kind\x18\x03 \x01(\x0e\x32\x17.simtrack.v1.MetricKind\x12\r\n\x05steps\x18\x04 \x03(\x03\x12\x0e\n\x06values\x18\x05 \x03(\x01\x12\x12\n\ntimestamps\x18\x06 \x03(\x01\"8\n\x0bMetricBatch\x12)\n\x06series\x18\x01 \x03(\x0b\x32\x19.simtrack.v1.MetricSeries\"\x89\x01\n\x05\x45vent\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x04 \x01(\t\x12(\n\x07payload\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"0\n\nEventBatch\x12\"\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x12.simtrack.v1.Event\"\xa8\x01\n\x0b\x46inalStatus\x12(\n\x07outcome\x18\x01 \x01(\x0e\x32\x17.simtrack.v1.RunOutcome\x12\x15\n\rerror_message\x18\x02 \x01(\t\x12.\n\rerror_details\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12(\n\x07results\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x0b\n\tHeartbeat\"\xbc\x01\n\x11StreamRunResponse\x12\'\n\x07welcome\x18\x01 \x01(\x0b\x32\x14.simtrack.v1.WelcomeH\x00\x12\x1f\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x10.simtrack.v1.AckH\x00\x12\'\n\x07\x63ommand\x18\x03 \x01(\x0b\x32\x14.simtrack.v1.CommandH\x00\x12,\n\ngoing_away\x18\x04 \x01(\x0b\x32\x16.simtrack.v1.GoingAwayH\x00\x42\x06\n\x04kind\"t\n\x07Welcome\x12\x15\n\rcommitted_seq\x18\x01 \x01(\x03\x12\"\n\x1aheartbeat_interval_seconds\x18\x02 \x01(\x01\x12.\n\x10pending_commands\x18\x03 \x03(\x0b\x32\x14.simtrack.v1.Command\"\x1c\n\x03\x41\x63k\x12\x15\n\rcommitted_seq\x18\x01 \x01(\x03\"J\n\x07\x43ommand\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12%\n\x04\x61rgs\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x1b\n\tGoingAway\x12\x0e\n\x06reason\x18\x01 \x01(\t*Y\n\nMetricKind\x12\x1b\n\x17METRIC_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11METRIC_KIND_GAUGE\x10\x01\x12\x17\n\x13METRIC_KIND_COUNTER\x10\x02*u\n\nRunOutcome\x12\x1b\n\x17RUN_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15RUN_OUTCOME_COMPLETED\x10\x01\x12\x16\n\x12RUN_OUTCOME_FAILED\x10\x02\x12\x17\n\x13RUN_OUTCOME_STOPPED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bsimtrack/v1/telemetry.proto\x12\x0bsimtrack.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa8\x02\n\x10StreamRunRequest\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12#\n\x05hello\x18\x02 \x01(\x0b\x32\x12.simtrack.v1.HelloH\x00\x12)\n\x08progress\x18\x03 \x01(\x0b\x32\x15.simtrack.v1.ProgressH\x00\x12+\n\x07metrics\x18\x04 \x01(\x0b\x32\x18.simtrack.v1.MetricBatchH\x00\x12)\n\x06\x65vents\x18\x05 \x01(\x0b\x32\x17.simtrack.v1.EventBatchH\x00\x12*\n\x06status\x18\x06 \x01(\x0b\x32\x18.simtrack.v1.FinalStatusH\x00\x12+\n\theartbeat\x18\x07 \x01(\x0b\x32\x16.simtrack.v1.HeartbeatH\x00\x42\x06\n\x04kind\"R\n\x05Hello\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x16\n\x0elast_acked_seq\x18\x03 \x01(\x03\x12\x0e\n\x06replay\x18\x04 \x01(\x08\"8\n\x08Progress\x12\x0c\n\x04tick\x18\x01 \x01(\x03\x12\r\n\x05total\x18\x02 \x01(\x03\x12\x0f\n\x07percent\x18\x03 \x01(\x01\"\x84\x01\n\x0cMetricSeries\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04unit\x18\x02 \x01(\t\x12%\n\x04kind\x18\x03 \x01(\x0e\x32\x17.simtrack.v1.MetricKind\x12\r\n\x05steps\x18\x04 \x03(\x03\x12\x0e\n\x06values\x18\x05 \x03(\x01\x12\x12\n\ntimestamps\x18\x06 \x03(\x01\"8\n\x0bMetricBatch\x12)\n\x06series\x18\x01 \x03(\x0b\x32\x19.simtrack.v1.MetricSeries\"\x89\x01\n\x05\x45vent\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x04 \x01(\t\x12(\n\x07payload\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"0\n\nEventBatch\x12\"\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x12.simtrack.v1.Event\"\xa8\x01\n\x0b\x46inalStatus\x12(\n\x07outcome\x18\x01 \x01(\x0e\x32\x17.simtrack.v1.RunOutcome\x12\x15\n\rerror_message\x18\x02 \x01(\t\x12.\n\rerror_details\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12(\n\x07results\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x0b\n\tHeartbeat\"\xbc\x01\n\x11StreamRunResponse\x12\'\n\x07welcome\x18\x01 \x01(\x0b\x32\x14.simtrack.v1.WelcomeH\x00\x12\x1f\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x10.simtrack.v1.AckH\x00\x12\'\n\x07\x63ommand\x18\x03 \x01(\x0b\x32\x14.simtrack.v1.CommandH\x00\x12,\n\ngoing_away\x18\x04 \x01(\x0b\x32\x16.simtrack.v1.GoingAwayH\x00\x42\x06\n\x04kind\"\xa2\x01\n\x07Welcome\x12\x15\n\rcommitted_seq\x18\x01 \x01(\x03\x12\"\n\x1aheartbeat_interval_seconds\x18\x02 \x01(\x01\x12.\n\x10pending_commands\x18\x03 \x03(\x0b\x32\x14.simtrack.v1.Command\x12,\n\x0brun_outcome\x18\x04 \x01(\x0e\x32\x17.simtrack.v1.RunOutcome\"\x1c\n\x03\x41\x63k\x12\x15\n\rcommitted_seq\x18\x01 \x01(\x03\"J\n\x07\x43ommand\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12%\n\x04\x61rgs\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x1b\n\tGoingAway\x12\x0e\n\x06reason\x18\x01 \x01(\t*Y\n\nMetricKind\x12\x1b\n\x17METRIC_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11METRIC_KIND_GAUGE\x10\x01\x12\x17\n\x13METRIC_KIND_COUNTER\x10\x02*u\n\nRunOutcome\x12\x1b\n\x17RUN_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15RUN_OUTCOME_COMPLETED\x10\x01\x12\x16\n\x12RUN_OUTCOME_FAILED\x10\x02\x12\x17\n\x13RUN_OUTCOME_STOPPED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'simtrack.v1.telemetry_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_METRICKIND']._serialized_start=1543
-  _globals['_METRICKIND']._serialized_end=1632
-  _globals['_RUNOUTCOME']._serialized_start=1634
-  _globals['_RUNOUTCOME']._serialized_end=1751
+  _globals['_METRICKIND']._serialized_start=1606
+  _globals['_METRICKIND']._serialized_end=1695
+  _globals['_RUNOUTCOME']._serialized_start=1697
+  _globals['_RUNOUTCOME']._serialized_end=1814
   _globals['_STREAMRUNREQUEST']._serialized_start=108
   _globals['_STREAMRUNREQUEST']._serialized_end=404
   _globals['_HELLO']._serialized_start=406
-  _globals['_HELLO']._serialized_end=472
-  _globals['_PROGRESS']._serialized_start=474
-  _globals['_PROGRESS']._serialized_end=530
-  _globals['_METRICSERIES']._serialized_start=533
-  _globals['_METRICSERIES']._serialized_end=665
-  _globals['_METRICBATCH']._serialized_start=667
-  _globals['_METRICBATCH']._serialized_end=723
-  _globals['_EVENT']._serialized_start=726
-  _globals['_EVENT']._serialized_end=863
-  _globals['_EVENTBATCH']._serialized_start=865
-  _globals['_EVENTBATCH']._serialized_end=913
-  _globals['_FINALSTATUS']._serialized_start=916
-  _globals['_FINALSTATUS']._serialized_end=1084
-  _globals['_HEARTBEAT']._serialized_start=1086
-  _globals['_HEARTBEAT']._serialized_end=1097
-  _globals['_STREAMRUNRESPONSE']._serialized_start=1100
-  _globals['_STREAMRUNRESPONSE']._serialized_end=1288
-  _globals['_WELCOME']._serialized_start=1290
-  _globals['_WELCOME']._serialized_end=1406
-  _globals['_ACK']._serialized_start=1408
-  _globals['_ACK']._serialized_end=1436
-  _globals['_COMMAND']._serialized_start=1438
-  _globals['_COMMAND']._serialized_end=1512
-  _globals['_GOINGAWAY']._serialized_start=1514
-  _globals['_GOINGAWAY']._serialized_end=1541
+  _globals['_HELLO']._serialized_end=488
+  _globals['_PROGRESS']._serialized_start=490
+  _globals['_PROGRESS']._serialized_end=546
+  _globals['_METRICSERIES']._serialized_start=549
+  _globals['_METRICSERIES']._serialized_end=681
+  _globals['_METRICBATCH']._serialized_start=683
+  _globals['_METRICBATCH']._serialized_end=739
+  _globals['_EVENT']._serialized_start=742
+  _globals['_EVENT']._serialized_end=879
+  _globals['_EVENTBATCH']._serialized_start=881
+  _globals['_EVENTBATCH']._serialized_end=929
+  _globals['_FINALSTATUS']._serialized_start=932
+  _globals['_FINALSTATUS']._serialized_end=1100
+  _globals['_HEARTBEAT']._serialized_start=1102
+  _globals['_HEARTBEAT']._serialized_end=1113
+  _globals['_STREAMRUNRESPONSE']._serialized_start=1116
+  _globals['_STREAMRUNRESPONSE']._serialized_end=1304
+  _globals['_WELCOME']._serialized_start=1307
+  _globals['_WELCOME']._serialized_end=1469
+  _globals['_ACK']._serialized_start=1471
+  _globals['_ACK']._serialized_end=1499
+  _globals['_COMMAND']._serialized_start=1501
+  _globals['_COMMAND']._serialized_end=1575
+  _globals['_GOINGAWAY']._serialized_start=1577
+  _globals['_GOINGAWAY']._serialized_end=1604
 # @@protoc_insertion_point(module_scope)

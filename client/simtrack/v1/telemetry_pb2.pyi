@@ -83,7 +83,16 @@ class StreamRunRequest(_message.Message):
     acks the watermark only after the commit. A reconnecting worker sends hello, learns the
     watermark from the server's welcome, and resends everything after it: messages at or below
     the watermark are acknowledged again without being stored twice. A seq that skips ahead
-    (a gap) ends the stream with FAILED_PRECONDITION naming the expected seq.
+    (a gap) ends the stream with FAILED_PRECONDITION carrying a google.rpc.ErrorInfo detail
+    (reason "SEQUENCE_GAP", domain "simtrack.v1", metadata "expected_seq" and "received_seq").
+
+    Late data: points produced before a run ended are always accepted, exactly once, whatever
+    the run's status is now. A stream (or `simtrack sync`) for an ended run stores its metric
+    and event batches in sequence from the watermark; they do not change the run's final
+    status. Progress and a final status apply to an ended run only when it stands failed
+    because its worker went silent (Run.vanish_time): the worker's own account replaces the
+    server's guess. A live worker (hello without `replay`) that reaches such a run returns it
+    to running (Run.revive_time records it).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -151,6 +160,7 @@ class Hello(_message.Message):
     RUN_ID_FIELD_NUMBER: _builtins.int
     WORKER_ID_FIELD_NUMBER: _builtins.int
     LAST_ACKED_SEQ_FIELD_NUMBER: _builtins.int
+    REPLAY_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run this worker executes. Required."""
     worker_id: _builtins.str
@@ -159,16 +169,21 @@ class Hello(_message.Message):
     """The highest seq the worker believes acknowledged (0 at first); informational, the server's
     watermark in the welcome is what counts.
     """
+    replay: _builtins.bool
+    """True when uploading what a worker that is no longer running left behind (its spool, e.g.
+    `simtrack sync`): the data is stored, but a run failed as vanished is not revived.
+    """
     def __init__(
         self,
         *,
         run_id: _builtins.str = ...,
         worker_id: _builtins.str = ...,
         last_acked_seq: _builtins.int = ...,
+        replay: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_acked_seq", b"last_acked_seq", "run_id", b"run_id", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_acked_seq", b"last_acked_seq", "replay", b"replay", "run_id", b"run_id", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -387,7 +402,10 @@ Global___FinalStatus: _TypeAlias = FinalStatus  # noqa: Y015
 
 @_typing.final
 class Heartbeat(_message.Message):
-    """Heartbeat carries nothing: its arrival is the message."""
+    """Heartbeat carries nothing: its arrival is the message. The server declares a run's worker
+    vanished (and fails the run) when it has heard nothing from it for the heartbeat timeout;
+    time while no server was running does not count.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -455,10 +473,15 @@ class Welcome(_message.Message):
     COMMITTED_SEQ_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
     PENDING_COMMANDS_FIELD_NUMBER: _builtins.int
+    RUN_OUTCOME_FIELD_NUMBER: _builtins.int
     committed_seq: _builtins.int
     """The highest seq of this run already committed."""
     heartbeat_interval_seconds: _builtins.float
     """Send a heartbeat at least this often (seconds) while there is nothing else to send."""
+    run_outcome: Global___RunOutcome.ValueType
+    """How the run already ended, when it did (UNSPECIFIED while it has not): late data is still
+    stored, but the run's final status stays (see StreamRunRequest).
+    """
     @_builtins.property
     def pending_commands(self) -> _containers.RepeatedCompositeFieldContainer[Global___Command]:
         """The run's commands not yet confirmed (e.g. a cancel sent while the worker was away)."""
@@ -469,10 +492,11 @@ class Welcome(_message.Message):
         committed_seq: _builtins.int = ...,
         heartbeat_interval_seconds: _builtins.float = ...,
         pending_commands: _abc.Iterable[Global___Command] | None = ...,
+        run_outcome: Global___RunOutcome.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["committed_seq", b"committed_seq", "heartbeat_interval_seconds", b"heartbeat_interval_seconds", "pending_commands", b"pending_commands"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["committed_seq", b"committed_seq", "heartbeat_interval_seconds", b"heartbeat_interval_seconds", "pending_commands", b"pending_commands", "run_outcome", b"run_outcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -512,10 +536,14 @@ class Command(_message.Message):
     id: _builtins.str
     """Unique id of this command."""
     name: _builtins.str
-    """"cancel", "pause", "resume", or a custom name sent with SendCommand."""
+    """"cancel", "pause", "resume", or a custom name sent with SendCommand. A worker confirms a
+    cancel by ending the run with a FinalStatus (see RunService.CancelRun).
+    """
     @_builtins.property
     def args(self) -> _struct_pb2.Struct:
-        """Arguments (a JSON object)."""
+        """Arguments (a JSON object); a cancel carries {"reason": ...} when one was given, on every
+        delivery.
+        """
 
     def __init__(
         self,

@@ -15,13 +15,15 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from simtrack.errors import InvalidArgument, NotFound, SimtrackError
+from simtrack.errors import InvalidArgument, NotFound, SequenceGap, SimtrackError
 
 log = logging.getLogger(__name__)
 
+ERROR_DOMAIN = "simtrack.v1"  # google.rpc.ErrorInfo.domain of simtrack's own reasons
+
 
 def to_status(error: SimtrackError) -> status_pb2.Status:
-    """The google.rpc.Status of an error, with BadRequest / ResourceInfo details."""
+    """The google.rpc.Status of an error, with BadRequest / ResourceInfo / ErrorInfo details."""
     status = status_pb2.Status(code=code_pb2.Code.Value(error.code_name), message=error.message)
     detail: Any = None
     if isinstance(error, InvalidArgument):
@@ -38,6 +40,12 @@ def to_status(error: SimtrackError) -> status_pb2.Status:
             resource_type=error.resource_type,
             resource_name=error.resource_id,
             description=f"field {error.field}" if error.field else "",
+        )
+    elif isinstance(error, SequenceGap):
+        detail = error_details_pb2.ErrorInfo(
+            reason=error.reason,
+            domain=ERROR_DOMAIN,
+            metadata={"expected_seq": str(error.expected), "received_seq": str(error.received)},
         )
     if detail is not None:
         packed = any_pb2.Any()

@@ -58,6 +58,9 @@ def run_to_proto(r: Run) -> pb.Run:
         worker_id=r.worker_id,
         create_time=ts(r.created_at),
         update_time=ts(r.updated_at),
+        cancel_reason=r.cancel_reason,
+        vanish_time=ts(r.vanished_at),
+        revive_time=ts(r.revived_at),
     )
 
 

@@ -61,6 +61,8 @@ OUTCOMES = {
     tpb.RUN_OUTCOME_STOPPED: RunStatus.STOPPED,
 }
 
+OUTCOME_OF_STATUS = {status: outcome for outcome, status in OUTCOMES.items()}
+
 
 def _series_chunk(field: str, series: tpb.MetricSeries, now: float) -> SeriesChunk:
     name = require_name(f"{field}.name", series.name)
@@ -221,7 +223,10 @@ class StreamingRunServicer(ArtifactRpcs, RunQueryServicer):
             return
         if first.WhichOneof("kind") != "hello":
             raise InvalidArgument.of("hello", "the first message of a stream must be hello")
-        run, pending = await self.telemetry.attach(first.hello.run_id, first.hello.worker_id)
+        hello = first.hello
+        run, pending = await self.telemetry.attach(
+            hello.run_id, hello.worker_id, replay=hello.replay
+        )
         session = StreamSession(current_principal(), run.id, run.committed_seq, self.writer)
         self.registry.attach(session)
         reader = asyncio.create_task(self._read(request_iterator, session))
@@ -231,6 +236,7 @@ class StreamingRunServicer(ArtifactRpcs, RunQueryServicer):
                     committed_seq=run.committed_seq,
                     heartbeat_interval_seconds=self.heartbeat_interval,
                     pending_commands=[command_to_proto(c) for c in pending],
+                    run_outcome=OUTCOME_OF_STATUS.get(run.status, tpb.RUN_OUTCOME_UNSPECIFIED),
                 )
             )
             while (item := await session.outbox.get()) is not None:

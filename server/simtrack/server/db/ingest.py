@@ -103,13 +103,15 @@ class RunState:
     total_ticks: int
     progress_percent: float
     started_at: datetime | None
+    vanished_at: datetime | None  # failed by the liveness sweep, not by its worker
+    cancel_reason: str
     completed_at: datetime | None = None
     duration: timedelta | None = None
 
 
 _RUN_COLUMNS = (
     Run.id, Run.experiment_id, Run.status, Run.committed_seq, Run.current_tick, Run.total_ticks,
-    Run.progress_percent, Run.started_at,
+    Run.progress_percent, Run.started_at, Run.vanished_at, Run.cancel_reason,
 )  # fmt: skip
 
 
@@ -170,7 +172,10 @@ _RUN_PROGRESS = (
     "committed_seq", "last_seen_at", "current_tick", "total_ticks", "progress_percent",
     "updated_at",
 )  # fmt: skip
-_RUN_END = ("status", "completed_at", "duration", "error_message", "error_details", "updated_at")
+_RUN_END = (
+    "status", "completed_at", "duration", "error_message", "error_details", "vanished_at",
+    "updated_at",
+)  # fmt: skip
 
 
 def _upsert_metrics(postgres: bool) -> ClauseElement:
@@ -331,6 +336,7 @@ class IngestTransaction:
                 "duration": end.run.duration,
                 "error_message": end.error_message,
                 "error_details": end.error_details,
+                "vanished_at": end.run.vanished_at,
                 "updated_at": now,
             }
             for run_id, end in ended.items()

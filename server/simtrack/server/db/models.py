@@ -248,6 +248,13 @@ class Run(TenantOwnedMixin, Base):
     last_seen_at: Mapped[datetime | None]
     # When a cancel was requested; the worker is told on every (re)connect until it stops.
     cancel_requested_at: Mapped[datetime | None]
+    # Why (CancelRun's reason), told with every redelivery of the cancel.
+    cancel_reason: Mapped[str] = mapped_column(Text, default="", server_default="")
+    # Set while the run stands failed only because the liveness sweep found its worker silent:
+    # the worker's own account (late data, its final status, itself alive) may still overrule.
+    vanished_at: Mapped[datetime | None]
+    # The last time a vanished run's worker came back alive and the run returned to running.
+    revived_at: Mapped[datetime | None]
     # When the scenario's success criteria were checked (once, after the run completed).
     criteria_checked_at: Mapped[datetime | None]
 

@@ -79,6 +79,23 @@ def set_run_status(run: RunTimeline, status: RunStatus) -> None:
     run.status = status
 
 
+class LivenessTimeline(RunTimeline, Protocol):
+    """What the liveness verdict touches (the ORM row, or the ingest writer's copy)."""
+
+    vanished_at: datetime | None
+
+
+def stands_vanished(run: LivenessTimeline) -> bool:
+    """Failed only by the liveness sweep's verdict, which the worker's own account overrules."""
+    return run.status == RunStatus.FAILED and run.vanished_at is not None
+
+
+def settle_vanished(run: LivenessTimeline, status: RunStatus) -> None:
+    """The worker's own final status replaces the sweep's verdict (the end time stays)."""
+    run.status = status
+    run.vanished_at = None
+
+
 class RunService:
     def __init__(self, uow: UnitOfWorkFactory, catalogue: ScenarioCatalogue) -> None:
         self.uow = uow

@@ -6,7 +6,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from simtrack.errors import FailedPrecondition, InvalidArgument, Unavailable
@@ -20,7 +20,12 @@ from simtrack.server.domain.model import (
     json_object,
     require_name,
 )
-from simtrack.server.domain.runs import WORKER_ID_MAX, load_run, set_run_status
+from simtrack.server.domain.runs import (
+    WORKER_ID_MAX,
+    load_run,
+    set_run_status,
+    stands_vanished,
+)
 from simtrack.server.domain.tenancy import acting_for
 from simtrack.server.ingest.bus import Bus, CommandMessage
 
@@ -37,42 +42,65 @@ def _command(run_id: str, name: str, args: Mapping[str, Any]) -> CommandMessage:
     return CommandMessage(run_id, str(uuid.uuid4()), name, dict(args))
 
 
-def _cancel(run: Run, reason: str) -> CommandMessage:
-    """A run's cancel keeps one id, so a worker told again on reconnect can tell it is the same."""
+def _cancel(run: Run) -> CommandMessage:
+    """A run's cancel keeps one id, so a worker told again on reconnect can tell it is the same;
+    and its reason, on every delivery."""
     requested = run.cancel_requested_at.isoformat() if run.cancel_requested_at else ""
     command_id = str(uuid.uuid5(_CANCEL_NAMESPACE, f"{run.id}/{requested}"))
+    reason = run.cancel_reason
     return CommandMessage(run.id, command_id, "cancel", {"reason": reason} if reason else {})
+
+
+def _revive(run: Run, now: datetime) -> None:
+    """A run failed as vanished whose worker is back alive: running again, verdict withdrawn."""
+    run.status = RunStatus.RUNNING
+    run.completed_at = None
+    run.duration = None
+    run.error_message = ""
+    run.error_details = {}
+    run.vanished_at = None
+    run.revived_at = now
 
 
 class TelemetryService:
     def __init__(self, uow: UnitOfWorkFactory, bus: Bus) -> None:
         self.uow = uow
         self.bus = bus
+        # The liveness clock starts with the process: time while no server ran does not count.
+        self.started_at = utcnow()
 
-    async def attach(self, run_id: str, worker_id: str) -> tuple[Run, list[CommandMessage]]:
+    async def attach(
+        self, run_id: str, worker_id: str, *, replay: bool = False
+    ) -> tuple[Run, list[CommandMessage]]:
         """A worker says hello: the run is running from now on (unless it already ended).
 
-        A finished run may still be attached to, so that a worker whose final ack was lost
-        can learn that everything it sent is stored; new data for it is refused.
+        An ended run may still be attached to: its late data is stored (a worker whose final
+        ack was lost, a spool uploaded after the run was declared vanished). A live worker
+        (not ``replay``) of a run failed only as vanished brings it back to running.
         """
         worker_id = bounded_text("hello.worker_id", worker_id, max_len=WORKER_ID_MAX)
         async with self.uow() as uow:
             run = await load_run(uow, run_id, "hello.run_id")
             run = await uow.runs.get(run.id, for_update=True) or run
-            if run.status not in RUN_FINAL:
+            revive = not replay and stands_vanished(run)
+            if run.status not in RUN_FINAL or revive:
+                now = utcnow()
+                if revive:
+                    log.info("run %s: its worker, declared vanished, is back", run.id)
+                    _revive(run, now)
                 if run.status == RunStatus.PENDING:
                     set_run_status(run, RunStatus.STARTING)
                 set_run_status(run, RunStatus.RUNNING)
                 run.worker_id = worker_id or run.worker_id
-                run.last_seen_at = utcnow()
+                run.last_seen_at = now
                 await uow.runs.flush()
                 await refresh_experiment_status(uow, run.experiment_id)
                 await uow.commit()
         with contextlib.suppress(Unavailable):  # watchers re-read on their own timer anyway
             await self.bus.publish_runs([run.id])
         pending = []
-        if run.cancel_requested_at is not None and run.status not in RUN_FINAL:
-            pending.append(_cancel(run, "cancel requested"))
+        if run.cancel_requested_at is not None:  # told until it ends the run (or always, late)
+            pending.append(_cancel(run))
         return run, pending
 
     async def cancel(self, run_id: str, reason: str) -> tuple[Run, CommandMessage]:
@@ -86,11 +114,13 @@ class TelemetryService:
             if run.status in (RunStatus.PENDING, RunStatus.STARTING):
                 set_run_status(run, RunStatus.STOPPED)
                 run.error_message = reason
-            run.cancel_requested_at = run.cancel_requested_at or utcnow()
+            if run.cancel_requested_at is None:  # a second cancel is the same cancel
+                run.cancel_requested_at = utcnow()
+                run.cancel_reason = reason
             await uow.runs.flush()
             await refresh_experiment_status(uow, run.experiment_id)
             await uow.commit()
-        command = _cancel(run, reason)
+        command = _cancel(run)
         try:
             await self.bus.publish_command(command)
             await self.bus.publish_runs([run.id])
@@ -130,15 +160,20 @@ class TelemetryService:
         Runs across every tenant, one tenant at a time (row-level security sees one at once).
         """
         now = utcnow()
+        silence = now - timedelta(seconds=heartbeat_timeout)
+        # Every running run gets a full timeout from this process's start: a worker cannot be
+        # heard while no server runs, and reconnects once one does.
+        judge_silence = silence >= self.started_at
         changed: list[str] = []
         async with self.uow() as uow:
             tenants = [t.id for t in await uow.access.tenants()]
         for tenant_id in tenants:
             with acting_for(tenant_id):
                 async with self.uow() as uow:
-                    silent = await uow.runs.silent_since(now - timedelta(seconds=heartbeat_timeout))
+                    silent = await uow.runs.silent_since(silence) if judge_silence else []
                     for run in silent:
                         set_run_status(run, RunStatus.FAILED)
+                        run.vanished_at = now
                         run.error_message = (
                             f"worker vanished: nothing heard for over {heartbeat_timeout:g}s"
                         )
@@ -146,7 +181,9 @@ class TelemetryService:
                     for run in late:
                         if run.status not in RUN_FINAL:
                             set_run_status(run, RunStatus.STOPPED)
-                            run.error_message = run.error_message or "cancelled (not confirmed)"
+                            run.error_message = run.error_message or (
+                                run.cancel_reason or "cancelled (not confirmed)"
+                            )
                     touched = {r.id: r for r in (*silent, *late)}
                     await uow.runs.flush()
                     for experiment_id in {r.experiment_id for r in touched.values()}:

@@ -15,7 +15,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TypeGuard
 
-from simtrack.errors import Conflict, FailedPrecondition, SimtrackError
+from simtrack.errors import Conflict, SequenceGap, SimtrackError
 from simtrack.server.domain.tenancy import Principal
 from simtrack.server.ingest.bus import CommandMessage
 from simtrack.server.ingest.items import Batch
@@ -60,9 +60,7 @@ class StreamSession:
     async def submit(self, batch: Batch) -> None:
         """Queue a sequenced batch for commit; its ack follows when it is durable."""
         if batch.seq > self._next_seq:
-            raise FailedPrecondition(
-                f"seq: expected {self._next_seq}, got {batch.seq}: resend from the last ack"
-            )
+            raise SequenceGap(expected=self._next_seq, received=batch.seq)
         self._next_seq = max(self._next_seq, batch.seq + 1)
         await self._slots.acquire()
         self._add_pending(self.writer.submit(self.principal, self.run_id, batch))

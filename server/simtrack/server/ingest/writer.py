@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from simtrack.errors import FailedPrecondition, SimtrackError, Unavailable
+from simtrack.errors import FailedPrecondition, SequenceGap, SimtrackError, Unavailable
 from simtrack.server.db.ingest import Ending, IngestStore, IngestTransaction, RunState
 from simtrack.server.db.models import utcnow
 from simtrack.server.domain.model import (
@@ -31,7 +31,7 @@ from simtrack.server.domain.model import (
     check_run_transition,
     derive_experiment_status,
 )
-from simtrack.server.domain.runs import set_run_status
+from simtrack.server.domain.runs import set_run_status, settle_vanished, stands_vanished
 from simtrack.server.domain.tenancy import Principal
 from simtrack.server.ingest.items import Batch, EventData, SeriesChunk
 
@@ -271,18 +271,22 @@ def _apply(run: RunState | None, pendings: list[Pending]) -> _RunWrite:
 
 
 def _problem(run: RunState, batch: Batch, committed: int) -> SimtrackError | None:
-    """Why ``batch`` cannot be applied to ``run`` next, if it cannot."""
+    """Why ``batch`` cannot be applied to ``run`` next, if it cannot.
+
+    A run that ended still takes its late batches (data produced before it ended is never
+    refused); what they may change of the run is ``_apply_batch``'s concern.
+    """
     if batch.seq != committed + 1:
-        return FailedPrecondition(f"expected seq {committed + 1}, got {batch.seq}")
-    if run.status in RUN_FINAL:
-        return FailedPrecondition(f"the run already ended ({run.status})")
+        return SequenceGap(expected=committed + 1, received=batch.seq)
+    if not _takes_worker_account(run):
+        return None
     progress = batch.progress
     if progress is not None and progress.percent is not None:
         try:
             check_range("progress.percent", progress.percent, 0, 100)
         except SimtrackError as error:
             return error
-    if batch.final is not None:
+    if batch.final is not None and not stands_vanished(run):
         try:
             check_run_transition(run.status, batch.final.status)
         except SimtrackError as error:
@@ -290,9 +294,18 @@ def _problem(run: RunState, batch: Batch, committed: int) -> SimtrackError | Non
     return None
 
 
+def _takes_worker_account(run: RunState) -> bool:
+    """Whether the worker's progress and final status still apply to ``run``: while it has not
+    ended, or when it ended only by the liveness sweep's verdict. An ended run's other late
+    batches store their points and events and leave the run as it is."""
+    return run.status not in RUN_FINAL or stands_vanished(run)
+
+
 def _apply_batch(run: RunState, batch: Batch, write: _RunWrite) -> None:
     write.chunks.extend((batch.seq, chunk) for chunk in batch.metrics)
     write.events.extend((batch.seq, i, event) for i, event in enumerate(batch.events))
+    if not _takes_worker_account(run):
+        return
     if batch.progress is not None:
         progress = batch.progress
         run.current_tick = progress.tick
@@ -304,8 +317,14 @@ def _apply_batch(run: RunState, batch: Batch, write: _RunWrite) -> None:
             run.progress_percent = min(100.0, 100.0 * progress.tick / run.total_ticks)
     if batch.final is not None:
         final = batch.final
-        set_run_status(run, final.status)
-        write.ending = Ending(run, final.error_message, final.error_details, final.results)
+        if stands_vanished(run):
+            settle_vanished(run, final.status)
+        else:
+            set_run_status(run, final.status)
+        # A worker that stops on a cancel need not repeat why: the cancel's reason says it.
+        reason = run.cancel_reason if final.status == RunStatus.STOPPED else ""
+        error_message = final.error_message or reason
+        write.ending = Ending(run, error_message, final.error_details, final.results)
 
 
 async def _write_rows(
