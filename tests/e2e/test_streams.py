@@ -31,7 +31,6 @@ from grpc_status import rpc_status
 
 from simtrack.client.errors import from_rpc_error
 from simtrack.errors import SequenceGap
-
 from simtrack.v1 import experiments_pb2, runs_pb2, runs_pb2_grpc, telemetry_pb2
 
 if TYPE_CHECKING:
@@ -442,7 +441,6 @@ async def test_malformed_streams_get_the_documented_status(
     # A sequenced message without a seq.
     bad = await refused(hello, metrics(0, ok_series))
     assert (bad.code, bad.bad_request_fields()) == (INVALID_ARGUMENT, ["seq"])
-
 
     bystander.check_stored(database_url)
     assert get_run(server, bystander.run.id).status == RUNNING
