@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ FAST = WorkerOptions(
     close_timeout=20.0,
     stall_timeout=5.0,
 )
+ALONE = replace(FAST, upload_leftovers=False)  # leaves other runs' spools alone
 
 
 # ----------------------------------------------------------------------------- the fake server
@@ -630,7 +631,7 @@ def test_sync_spool_uploads_what_dead_workers_left(
     fake: FakeServer, tmp_path: Path, dead_target: str
 ) -> None:
     for run_id, steps in (("run-a", 300), ("run-b", 10)):
-        dead = Worker(dead_target, run_id, spool_dir=tmp_path, options=FAST).start()
+        dead = Worker(dead_target, run_id, spool_dir=tmp_path, options=ALONE).start()
         for step in range(steps):
             dead.log_metrics(step, {"x": float(step)})
         assert not dead.flush(timeout=0.2)
@@ -642,7 +643,11 @@ def test_sync_spool_uploads_what_dead_workers_left(
         result = sync_spool(fake.target, tmp_path, options=FAST, timeout=20)
     finally:
         live.close(timeout=0)
-    assert result == spooled
+    assert {run_id: report.messages for run_id, report in result.items()} == {
+        **spooled,
+        "run-live": 0,
+    }
+    assert result["run-live"].in_use and result["run-a"].left is None
     assert spooled_runs(tmp_path) == []
     for run_id, steps in (("run-a", 300), ("run-b", 10)):
         log = fake.service.run(run_id)
@@ -664,7 +669,8 @@ def test_exit_while_the_server_is_down_keeps_the_final_status_for_sync(
     assert run.spool_path.exists()
     with pytest.raises(FailedPrecondition, match="already ended"):
         Worker(fake.target, RUN, spool_dir=tmp_path, options=FAST)
-    assert sync_spool(fake.target, tmp_path, options=FAST) == {RUN: 2}
+    report = sync_spool(fake.target, tmp_path, options=FAST)[RUN]
+    assert (report.messages, report.points, report.final_status) == (2, 1, True)
     log = fake.service.run(RUN)
     assert final_status(log).outcome == tm.RUN_OUTCOME_COMPLETED
     assert not run.spool_path.exists()
