@@ -1405,7 +1405,7 @@ class _RunHandle:
         self._close_channel()
         if not deleted and engine.error is None and engine.left is not None:
             log.warning(
-                "run %s: no acknowledgement for %.0f s while closing: %s%s; the next worker "
+                "run %s: no acknowledgement for %g s while closing: %s%s; the next worker "
                 "started with this spool directory, or `simtrack sync`, uploads them",
                 self.run_id,
                 stall,
@@ -1644,7 +1644,7 @@ def _upload_spool(
     deleted = engine.shutdown(graceful=finished)
     error: Exception | None = engine.error
     if error is None and not finished:
-        error = Unavailable(f"no acknowledgement for {stall:.0f} s")
+        error = Unavailable(f"no acknowledgement for {stall:g} s")
     uploaded, to_send = engine.uploaded()
     return SyncedRun.of(
         run_id,
