@@ -1503,7 +1503,9 @@ class AsyncWorker(_RunHandle):
     The same engine runs on the same background threads; ``log_metrics`` / ``log_event`` /
     ``progress`` stay plain calls (they do no I/O; under backpressure they block the loop for
     the few milliseconds the flusher needs). ``on_command`` also accepts coroutine functions,
-    which run on the event loop that entered the block.
+    which run on the event loop that entered the block; an error they raise is logged, like a
+    plain callback's. The task's cancellation (what Ctrl-C becomes under ``asyncio.run``) ends
+    the run *stopped*, as ``KeyboardInterrupt`` does with :class:`Worker`.
     """
 
     _loop: asyncio.AbstractEventLoop | None = None
