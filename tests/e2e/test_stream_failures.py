@@ -433,7 +433,10 @@ async def test_a_killed_worker_process_loses_nothing_that_was_spooled(
         assert get_run(second, run.id).status == COMPLETED
     else:
         uploaded = await asyncio.to_thread(sync_spool, listen, spool, timeout=60)
-        assert uploaded == {run.id: messages}
+        assert {run_id: report.messages for run_id, report in uploaded.items()} == {
+            run.id: messages
+        }
+        assert (uploaded[run.id].points, uploaded[run.id].left) == (100_000, None)
         expected = range(100_000)
         assert get_run(second, run.id).status == RUNNING, "sync adds no final status"
     assert_exactly_once(streams, database_url, run.id, expected_checksums(streams, expected))

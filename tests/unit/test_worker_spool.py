@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ FAST = WorkerOptions(
     close_timeout=20.0,
     stall_timeout=5.0,
 )
+ALONE = replace(FAST, upload_leftovers=False)  # leaves other runs' spools alone
 
 
 # ----------------------------------------------------------------------------- the fake server
@@ -81,6 +82,8 @@ class FakeRunService(runs_pb2_grpc.RunServiceServicer):
         self.heartbeat_interval = 10.0
         self.drop_every = 0  # end the stream with UNAVAILABLE after every n-th commit, unacked
         self.ack_limit: int | None = None  # receive but never commit seqs above this
+        self.ack_delay = 0.0  # seconds each commit takes (a loaded server)
+        self.ended: set[str] = set()  # runs whose new messages are refused (they ended)
         self.holding = threading.Event()  # while set: receive, count, commit nothing
         self.max_unacked = 0
         self.reject: status_pb2.Status | None = None
@@ -163,6 +166,7 @@ class FakeRunService(runs_pb2_grpc.RunServiceServicer):
                 continue
             while held:
                 request = held.pop(0)
+                time.sleep(self.ack_delay)
                 drop = False
                 with self.lock:
                     if request.seq <= log.committed:
@@ -173,6 +177,10 @@ class FakeRunService(runs_pb2_grpc.RunServiceServicer):
                         context.abort(
                             grpc.StatusCode.FAILED_PRECONDITION,
                             f"seq {request.seq}: expected {log.committed + 1}",
+                        )
+                    elif run_id in self.ended:
+                        context.abort(
+                            grpc.StatusCode.FAILED_PRECONDITION, "the run already ended (completed)"
                         )
                     else:
                         log.stored[request.seq] = request
@@ -630,7 +638,7 @@ def test_sync_spool_uploads_what_dead_workers_left(
     fake: FakeServer, tmp_path: Path, dead_target: str
 ) -> None:
     for run_id, steps in (("run-a", 300), ("run-b", 10)):
-        dead = Worker(dead_target, run_id, spool_dir=tmp_path, options=FAST).start()
+        dead = Worker(dead_target, run_id, spool_dir=tmp_path, options=ALONE).start()
         for step in range(steps):
             dead.log_metrics(step, {"x": float(step)})
         assert not dead.flush(timeout=0.2)
@@ -642,7 +650,11 @@ def test_sync_spool_uploads_what_dead_workers_left(
         result = sync_spool(fake.target, tmp_path, options=FAST, timeout=20)
     finally:
         live.close(timeout=0)
-    assert result == spooled
+    assert {run_id: report.messages for run_id, report in result.items()} == {
+        **spooled,
+        "run-live": 0,
+    }
+    assert result["run-live"].in_use and result["run-a"].left is None
     assert spooled_runs(tmp_path) == []
     for run_id, steps in (("run-a", 300), ("run-b", 10)):
         log = fake.service.run(run_id)
@@ -664,7 +676,8 @@ def test_exit_while_the_server_is_down_keeps_the_final_status_for_sync(
     assert run.spool_path.exists()
     with pytest.raises(FailedPrecondition, match="already ended"):
         Worker(fake.target, RUN, spool_dir=tmp_path, options=FAST)
-    assert sync_spool(fake.target, tmp_path, options=FAST) == {RUN: 2}
+    report = sync_spool(fake.target, tmp_path, options=FAST)[RUN]
+    assert (report.messages, report.points, report.final_status) == (2, 1, True)
     log = fake.service.run(RUN)
     assert final_status(log).outcome == tm.RUN_OUTCOME_COMPLETED
     assert not run.spool_path.exists()
@@ -885,3 +898,271 @@ def test_from_rpc_error_without_details(
     error = from_rpc_error(_FailedCall(code, "what happened"))
     assert type(error) is expected
     assert error.message == "what happened" and error.code_name == code.name
+
+
+# ----------------------------------------------------------------------------- closing
+
+
+def one_message_per_point(**overrides: Any) -> WorkerOptions:
+    return replace(ALONE, points_per_series=1, max_series_per_batch=1, **overrides)
+
+
+def test_closing_waits_as_long_as_acks_keep_coming(fake: FakeServer, tmp_path: Path) -> None:
+    fake.service.ack_delay = 0.04  # a loaded server: 30 messages take 1.2 s, an ack each 0.04 s
+    options = one_message_per_point(close_timeout=0.5)
+    started = time.monotonic()
+    with Worker(fake.target, RUN, spool_dir=tmp_path, options=options) as run:
+        for step in range(30):
+            run.log_metrics(step, {"x": float(step)})
+    assert time.monotonic() - started > 1.0  # longer than close_timeout: it was not a deadline
+    log = fake.service.run(RUN)
+    assert metric_points(log) == {"x": [(s, float(s)) for s in range(30)]}
+    assert final_status(log).outcome == tm.RUN_OUTCOME_COMPLETED
+    assert not run.spool_path.exists()
+
+
+def test_closing_gives_up_after_a_stall_and_says_what_it_left(
+    fake: FakeServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake.service.ack_limit = 15  # commits 15 messages, then stops answering
+    options = one_message_per_point(close_timeout=0.5)
+    with (
+        caplog.at_level(logging.WARNING),
+        Worker(fake.target, RUN, spool_dir=tmp_path, options=options) as run,
+    ):
+        for step in range(40):
+            run.log_metrics(step, {"x": float(step)})
+        run.flush(timeout=0.5)
+        closing = time.monotonic()
+    assert 0.4 < time.monotonic() - closing < 5  # gave up about close_timeout after the last ack
+    assert fake.service.run(RUN).committed == 15
+    with Spool(tmp_path, RUN) as left:  # what is really there, beyond the last ack
+        messages, points, _ = left.stats()
+        assert [m.seq for m in left.messages()] == list(range(16, 42))
+    assert (messages, points) == (26, 25)  # 25 points and the final status
+    assert (
+        f"26 message(s) (25 points and the final status) not acknowledged, kept in "
+        f"{run.spool_path}" in caplog.text
+    )
+    assert run.pending() == (26, 25)
+
+
+def leave_spool(target: str, run_id: str, tmp_path: Path, points: int) -> Path:
+    """A spool as a closing that gave up leaves it: points and the final status."""
+    run = Worker(target, run_id, spool_dir=tmp_path, options=replace(ALONE, close_timeout=0.1))
+    with run:
+        for step in range(points):
+            run.log_metrics(step, {"x": float(step)})
+    assert run.spool_path.exists()
+    return run.spool_path
+
+
+def test_a_starting_worker_uploads_the_spools_other_runs_left_once(
+    fake: FakeServer, tmp_path: Path, dead_target: str
+) -> None:
+    left_a = leave_spool(dead_target, "run-a", tmp_path, 50)
+    left_b = leave_spool(dead_target, "run-b", tmp_path, 10)
+    uploading_b = Spool(tmp_path, "run-b", holder="upload")  # another process uploads run-b
+    fake.service.holding.set()  # run-a's upload is under way while more workers start
+    started = time.monotonic()
+    first = Worker(fake.target, "run-c", spool_dir=tmp_path, options=FAST).start()
+    assert time.monotonic() - started < 0.5  # the upload does not delay the new run
+    eventually(lambda: len(fake.service.run("run-a").hellos) == 1, what="run-a's upload")
+    second = Worker(fake.target, "run-d", spool_dir=tmp_path, options=FAST).start()
+    fake.service.holding.clear()
+    eventually(lambda: not left_a.exists(), what="run-a's spool removed")
+    first.close()
+    second.close()
+    uploaded = fake.service.run("run-a")
+    assert metric_points(uploaded) == {"x": [(s, float(s)) for s in range(50)]}
+    assert final_status(uploaded).outcome == tm.RUN_OUTCOME_COMPLETED
+    assert len(uploaded.hellos) == 1 and uploaded.hellos[0].worker_id.startswith("sync:")
+    assert left_b.exists() and fake.service.run("run-b").hellos == []  # locked: not touched
+
+    uploading_b.close()  # that process let go without finishing: the next worker uploads it
+    with Worker(fake.target, "run-e", spool_dir=tmp_path, options=FAST):
+        eventually(lambda: not left_b.exists(), what="run-b's spool removed")
+    assert metric_points(fake.service.run("run-b")) == {"x": [(s, float(s)) for s in range(10)]}
+    assert len(fake.service.run("run-a").hellos) == 1  # exactly once
+    assert len(fake.service.run("run-b").hellos) == 1
+    assert spooled_runs(tmp_path) == []
+
+
+def test_a_leftover_the_server_refuses_is_kept_and_not_retried(
+    fake: FakeServer, tmp_path: Path, dead_target: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    left = leave_spool(dead_target, "run-x", tmp_path, 20)
+    fake.service.ended.add("run-x")  # its data cannot be stored any more
+    with caplog.at_level(logging.WARNING):
+        with Worker(fake.target, "run-c", spool_dir=tmp_path, options=FAST):
+            eventually(lambda: "the run already ended" in caplog.text, what="the refusal")
+        with Worker(fake.target, "run-d", spool_dir=tmp_path, options=FAST):
+            time.sleep(0.3)
+    assert len(fake.service.run("run-x").hellos) == 1  # tried once, not in a loop
+    assert "run-x: 0 message(s) uploaded" in caplog.text
+    assert (
+        "FAILED_PRECONDITION: the run already ended (completed); 2 message(s) (20 points "
+        f"and the final status) not acknowledged, kept in {left}" in caplog.text
+    )
+    assert "`simtrack sync` tries again" in caplog.text
+    with Spool(tmp_path, "run-x") as kept:
+        assert kept.stats()[:2] == (2, 20)
+
+
+def test_a_worker_waits_for_the_upload_of_its_own_spool(fake: FakeServer, tmp_path: Path) -> None:
+    uploading = Spool(tmp_path, RUN, holder="upload")
+    threading.Timer(0.3, uploading.close).start()
+    started = time.monotonic()
+    with Worker(fake.target, RUN, spool_dir=tmp_path, options=FAST) as run:
+        run.log_metrics(0, {"x": 1.0})
+    assert time.monotonic() - started >= 0.3
+    assert metric_points(fake.service.run(RUN)) == {"x": [(0, 1.0)]}
+
+
+def test_sync_reports_what_it_uploaded_and_keeps_what_was_refused(
+    fake: FakeServer, tmp_path: Path, dead_target: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from simtrack.client import SyncError, cli
+
+    with Worker(
+        dead_target, "run-a", spool_dir=tmp_path, options=replace(ALONE, close_timeout=0.1)
+    ) as a:
+        for step in range(30):
+            a.log_metrics(step, {"x": float(step), "y": 1.0})
+        a.log_event(3, "trade", {"price": 1.5})
+        a.log_event(4, "trade", {"price": 1.6})
+    leave_spool(dead_target, "run-x", tmp_path, 5)
+    fake.service.ended.add("run-x")
+    with pytest.raises(SyncError) as raised:
+        sync_spool(fake.target, tmp_path, options=FAST, timeout=5)
+    reports = raised.value.reports
+    a_report = reports["run-a"]
+    assert (a_report.metric_batches, a_report.points) == (1, 60)
+    assert (a_report.event_batches, a_report.events, a_report.final_status) == (1, 2, True)
+    assert a_report.left is None and a_report.error is None and not a.spool_path.exists()
+    x_report = reports["run-x"]
+    assert x_report.messages == 0 and isinstance(x_report.error, FailedPrecondition)
+    assert x_report.left is not None and (x_report.left.messages, x_report.left.points) == (2, 5)
+    assert list(raised.value.errors) == ["run-x"]
+
+    assert cli.main(["sync", "--target", fake.target, "--spool-dir", str(tmp_path)]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert (
+        "simtrack: run-x: 0 message(s) uploaded: 0 metric batch(es) (0 points), 0 event "
+        "batch(es) (0 events); FAILED_PRECONDITION: the run already ended (completed); 2 "
+        "message(s) (5 points and the final status) not acknowledged, kept in "
+        f"{tmp_path / 'run-x.sqlite'}" in err
+    )
+
+
+# ----------------------------------------------------------------------------- asyncio: like Worker
+
+
+def test_a_cancelled_async_worker_ends_the_run_stopped(fake: FakeServer, tmp_path: Path) -> None:
+    async def main() -> None:
+        async def simulation() -> None:
+            async with AsyncWorker(fake.target, RUN, spool_dir=tmp_path, options=FAST) as run:
+                run.log_metrics(0, {"x": 1.0})
+                await asyncio.sleep(60)
+
+        task = asyncio.create_task(simulation())
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    log = fake.service.run(RUN)
+    status = final_status(log)
+    assert status.outcome == tm.RUN_OUTCOME_STOPPED
+    assert status.error_message == "CancelledError"
+    assert metric_points(log) == {"x": [(0, 1.0)]}
+
+
+CTRL_C_CHILD = textwrap.dedent(
+    """
+    import asyncio, sys, time
+    from simtrack.client import AsyncWorker, Worker, WorkerOptions
+    helper, target, run_id, spool_dir = sys.argv[1:5]
+    options = WorkerOptions(flush_interval=0.01, upload_leftovers=False)
+
+    def simulation() -> None:
+        with Worker(target, run_id, spool_dir=spool_dir, options=options) as run:
+            run.log_metrics(0, {"x": 1.0})
+            print("ready", flush=True)
+            time.sleep(60)
+
+    async def async_simulation() -> None:
+        async with AsyncWorker(target, run_id, spool_dir=spool_dir, options=options) as run:
+            run.log_metrics(0, {"x": 1.0})
+            print("ready", flush=True)
+            await asyncio.sleep(60)
+
+    if helper == "Worker":
+        simulation()
+    else:
+        asyncio.run(async_simulation())
+    """
+)
+
+
+@pytest.mark.parametrize("helper", ["Worker", "AsyncWorker"])
+def test_ctrl_c_ends_the_run_stopped_with_either_helper(
+    helper: str, fake: FakeServer, tmp_path: Path
+) -> None:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    process = subprocess.Popen(
+        [sys.executable, "-c", CTRL_C_CHILD, helper, fake.target, RUN, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "ready"
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=20)
+    finally:
+        process.kill()
+    assert "KeyboardInterrupt" in stderr  # the interrupt still ends the program
+    status = final_status(fake.service.run(RUN))
+    assert status.outcome == tm.RUN_OUTCOME_STOPPED, status.error_message
+
+
+def test_command_callback_errors_are_logged_sync_or_async(
+    fake: FakeServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    done: list[str] = []
+
+    async def main() -> None:
+        async def bad_async(command: Command) -> None:
+            await asyncio.sleep(0)
+            raise ValueError(f"async callback refused {command.args['price']}")
+
+        def bad_plain(command: Command) -> None:
+            raise ValueError("plain callback refused")
+
+        async def good_async(command: Command) -> None:
+            done.append(command.name)
+
+        async with AsyncWorker(fake.target, RUN, spool_dir=tmp_path, options=FAST) as run:
+            run.on_command("set_price", bad_async)
+            run.on_command("set_price", bad_plain)
+            run.on_command("set_price", lambda command: good_async(command))  # an awaitable
+            run.log_metrics(0, {"x": 1.0})
+            assert await run.flush(timeout=10)
+            fake.service.command(RUN, "set_price", {"price": 7})
+            for _ in range(500):
+                if done and caplog.text.count("callback for command 'set_price' failed") == 2:
+                    break
+                await asyncio.sleep(0.01)
+
+    with caplog.at_level(logging.ERROR):
+        asyncio.run(main())
+    assert done == ["set_price"]
+    failures = [r for r in caplog.records if "callback for command 'set_price' failed" in r.message]
+    assert len(failures) == 2
+    errors = sorted(str(r.exc_info[1]) for r in failures if r.exc_info)
+    assert errors == ["async callback refused 7.0", "plain callback refused"]

@@ -3,7 +3,8 @@
 * :class:`Client`: typed calls over the generated stubs (errors as simtrack exceptions).
 * :class:`Worker` / :class:`AsyncWorker`: stream a run's telemetry from a simulation, with a
   durable spool, reconnects and commands (see :mod:`simtrack.client.worker`).
-* :func:`sync_spool`: upload what dead workers left in a spool directory (``simtrack sync``).
+* :func:`sync_spool`: upload what workers left in a spool directory (``simtrack sync``), with
+  a :class:`SyncedRun` report per run.
 
 The client never imports the server package.
 """
@@ -13,6 +14,7 @@ from simtrack.client.errors import from_rpc_error
 from simtrack.client.worker import (
     AsyncWorker,
     Command,
+    SyncedRun,
     SyncError,
     Worker,
     WorkerOptions,
@@ -25,6 +27,7 @@ __all__ = [
     "Command",
     "MetricHistory",
     "SyncError",
+    "SyncedRun",
     "Worker",
     "WorkerOptions",
     "from_rpc_error",

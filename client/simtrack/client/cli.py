@@ -173,23 +173,30 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    """Upload what workers left unacknowledged in a spool directory."""
+    """Upload what workers left unacknowledged in a spool directory.
+
+    One line per run: what was uploaded (batches, points, events, the final status) and whether
+    the spool was removed; a run not fully uploaded goes to stderr with why, and the exit
+    status is 1.
+    """
     from simtrack.client import SyncError, sync_spool
     from simtrack.client.spool import default_spool_dir
 
     spool_dir = args.spool_dir or default_spool_dir()
-    errors: dict[str, Exception] = {}
     try:
-        uploaded = sync_spool(args.target, spool_dir, args.api_key, timeout=args.timeout)
+        reports = sync_spool(args.target, spool_dir, args.api_key, timeout=args.timeout)
     except SyncError as exc:
-        uploaded, errors = exc.uploaded, exc.errors
-    for run_id, count in sorted(uploaded.items()):
-        print(f"{run_id}: {count} message(s) uploaded")
-    for run_id, error in sorted(errors.items()):
-        print(f"simtrack: {run_id}: {error}", file=sys.stderr)
-    if not uploaded and not errors:
+        reports = exc.reports
+    failed = False
+    for _, report in sorted(reports.items()):
+        if report.error is None:
+            print(report)
+        else:
+            failed = True
+            print(f"simtrack: {report}", file=sys.stderr)
+    if not reports:
         print(f"simtrack: nothing to sync in {spool_dir}")
-    return 1 if errors else 0
+    return 1 if failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -229,7 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_server_options(sync)
     sync.add_argument("--spool-dir", help="default: $SIMTRACK_SPOOL_DIR or ~/.cache/simtrack/spool")
     sync.add_argument(
-        "--timeout", type=float, default=60.0, help="seconds to wait per run (default: 60)"
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="give up on a run after this many seconds without an acknowledgement (default: 60)",
     )
     sync.set_defaults(func=cmd_sync)
 

@@ -43,7 +43,20 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 
 
 class SpoolLocked(Exception):
-    """Another process (or another worker of this one) holds the run's spool."""
+    """Another process (or another worker of this one) holds the run's spool.
+
+    ``holder`` is what the holder wrote in the lock file: ``"worker <pid>"`` or
+    ``"upload <pid>"`` (``simtrack sync``, or a worker uploading what others left).
+    """
+
+    def __init__(self, message: str, holder: str = "") -> None:
+        super().__init__(message)
+        self.holder = holder
+
+    @property
+    def by_upload(self) -> bool:
+        """The holder only uploads the spool: it lets go by itself when done."""
+        return self.holder.startswith("upload ")
 
 
 def default_spool_dir() -> Path:
@@ -93,7 +106,9 @@ class SpooledMessage:
 class Spool:
     """A run's spool file. Thread-safe: one connection, used under one lock."""
 
-    def __init__(self, spool_dir: Path, run_id: str, *, lock: bool = True) -> None:
+    def __init__(
+        self, spool_dir: Path, run_id: str, *, lock: bool = True, holder: str = "worker"
+    ) -> None:
         self.run_id = run_id
         self.dir = spool_dir
         self.path = spool_path(spool_dir, run_id)
@@ -102,7 +117,7 @@ class Spool:
         self._lock_file: IO[bytes] | None = None
         spool_dir.mkdir(parents=True, exist_ok=True)
         if lock:
-            self._acquire_file_lock()
+            self._acquire_file_lock(holder)
         try:
             self._db = sqlite3.connect(
                 self.path, check_same_thread=False, isolation_level=None, timeout=30.0
@@ -144,7 +159,7 @@ class Spool:
 
     # -- locking -------------------------------------------------------------------------------
 
-    def _acquire_file_lock(self) -> None:
+    def _acquire_file_lock(self, holder: str) -> None:
         if fcntl is None:  # pragma: no cover - Windows
             return
         handle = open(self._lock_path, "ab")  # noqa: SIM115 - held for the spool's lifetime
@@ -152,7 +167,19 @@ class Spool:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             handle.close()
-            raise SpoolLocked(f"spool of run {self.run_id} is in use ({self._lock_path})") from None
+            try:
+                held_by = self._lock_path.read_text(errors="replace").strip()
+            except OSError:
+                held_by = ""
+            raise SpoolLocked(
+                f"spool of run {self.run_id} is in use ({self._lock_path}"
+                f"{': ' + held_by if held_by else ''})",
+                held_by,
+            ) from None
+        # Who holds it, for a process that finds it locked (see SpoolLocked.by_upload).
+        handle.truncate(0)
+        handle.write(f"{holder} {os.getpid()}\n".encode())
+        handle.flush()
         self._lock_file = handle
 
     def _release_file_lock(self) -> None:
@@ -226,6 +253,14 @@ class Spool:
                 "SELECT count(*), coalesce(sum(points), 0), coalesce(max(seq), 0) FROM messages"
             ).fetchone()
         return int(row[0]), int(row[1]), int(row[2])
+
+    def inventory(self) -> list[tuple[int, str, int]]:
+        """(seq, kind, points) of every spooled message, in order (no bodies)."""
+        with self._mutex:
+            rows = self._db.execute(
+                "SELECT seq, kind, points FROM messages ORDER BY seq"
+            ).fetchall()
+        return [(int(seq), str(kind), int(points)) for seq, kind, points in rows]
 
     def has_final_status(self) -> bool:
         """Whether the run's final status is among the spooled messages."""

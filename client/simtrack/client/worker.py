@@ -29,15 +29,21 @@ How it works
   most ``max_in_flight`` (32) messages unacknowledged; each ack deletes what it covers from the
   spool. Commands arrive on this thread and callbacks run on it. When the stream breaks (or
   the server says it is going away) the thread reconnects with exponential backoff and full
-  jitter, says hello again and resends whatever is not acknowledged. Heartbeats keep an idle
+  jitter (capped at ``backoff_cap``, 1 s; gRPC's own reconnect backoff is capped at 1 s on the
+  channels the helper opens, so a restarted server has its workers back within a second or
+  two), says hello again and resends whatever is not acknowledged. Heartbeats keep an idle
   stream alive at the interval the welcome asks for.
-* Exiting the ``with`` block sends the final status and waits (``close_timeout``) until the
-  server acknowledged everything, then deletes the spool file.
+* Exiting the ``with`` block sends the final status and waits until the server acknowledged
+  everything, then deletes the spool file. It waits as long as acks keep coming (a loaded
+  server is slow, not gone) and gives up after ``close_timeout`` seconds without one, with a
+  warning that says what it left in the spool (messages, points, whether the final status).
 
 Durability: what is in the spool survives the death of the worker process (even ``kill -9``):
 a later ``Worker`` for the same run with the same ``spool_dir``, or ``simtrack sync``
-(:func:`sync_spool`), uploads what the server never acknowledged, exactly once. Only points
-logged in the last ``flush_interval`` before the death (never more than
+(:func:`sync_spool`), uploads what the server never acknowledged, exactly once. So does any
+worker that starts with the same ``spool_dir``: it uploads the spools other runs left there
+in the background (``upload_leftovers``), each spool by one process at a time (its file
+lock). Only points logged in the last ``flush_interval`` before the death (never more than
 ``max_buffered_points``) are in memory alone.
 
 Backpressure: memory is bounded. Points logged but not yet written to the spool are counted;
@@ -56,6 +62,7 @@ the unsent messages stay in the spool.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import inspect
 import logging
 import os
@@ -78,6 +85,7 @@ from simtrack.client.spool import (
     Spool,
     SpoolLocked,
     default_spool_dir,
+    spool_path,
     spooled_runs,
     wire_bytes,
 )
@@ -93,7 +101,9 @@ from simtrack.v1 import telemetry_pb2
 __all__ = [
     "AsyncWorker",
     "Command",
+    "Leftover",
     "SyncError",
+    "SyncedRun",
     "Worker",
     "WorkerOptions",
     "sync_spool",
@@ -106,6 +116,7 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 _MAX_EVENT_BYTES = 1024 * 1024
 _MAX_EVENT_BATCH_BYTES = 2 * 1024 * 1024
 _MAX_ERROR_DETAIL_CHARS = 8000
+RECONNECT_BACKOFF_MS = (100, 1000)  # gRPC's (initial, max) backoff between connection attempts
 _TRIM_EVERY = 16  # acknowledged messages deleted from the spool per transaction (at least)
 _HEARTBEAT = telemetry_pb2.StreamRunRequest(heartbeat=telemetry_pb2.Heartbeat()).SerializeToString()
 _now = time.time
@@ -137,10 +148,13 @@ class WorkerOptions:
     max_buffered_points: int = 100_000
     #: Sequenced messages sent but not yet acknowledged.
     max_in_flight: int = 32
-    #: Reconnect backoff: the n-th retry waits uniform(0, min(cap, base * 2**n)) seconds.
+    #: Reconnect backoff: the n-th retry waits uniform(0, min(cap, base * 2**n)) seconds. The
+    #: cap is low so that a worker is back within a second or two of its server (gRPC's own
+    #: reconnect backoff is capped too, on the channels the helper opens).
     backoff_base: float = 0.1
-    backoff_cap: float = 5.0
-    #: How long leaving the ``with`` block waits for the server to acknowledge everything.
+    backoff_cap: float = 1.0
+    #: Leaving the ``with`` block (and ``simtrack sync``) waits as long as acknowledgements keep
+    #: coming, and gives up after this many seconds without one (not a deadline for the whole).
     close_timeout: float = 30.0
     #: A stream with messages in flight but no answer for this long is reconnected.
     stall_timeout: float = 30.0
@@ -148,6 +162,9 @@ class WorkerOptions:
     heartbeat_interval: float = 10.0
     #: Bytes of spooled messages also kept in memory for sending (beyond it, read back).
     send_cache_bytes: int = 64 * 1024 * 1024
+    #: Upload, in the background, the spools other runs left in the spool directory (a closing
+    #: that gave up, a killed worker) when the worker starts (``target`` a ``host:port``).
+    upload_leftovers: bool = True
 
     def __post_init__(self) -> None:
         for name in ("flush_interval", "backoff_base", "backoff_cap", "stall_timeout"):
@@ -181,14 +198,81 @@ class Command:
 CommandCallback = Callable[[Command], object]
 
 
-class SyncError(SimtrackError):
-    """:func:`sync_spool` could not upload some runs; ``uploaded`` holds the ones it did."""
+@dataclass(frozen=True)
+class SyncedRun:
+    """What uploading one run's spool did (:func:`sync_spool`, or a worker at start-up)."""
 
-    def __init__(self, uploaded: dict[str, int], errors: dict[str, Exception]) -> None:
-        self.uploaded = uploaded
-        self.errors = errors
-        text = "; ".join(f"{run}: {err}" for run, err in errors.items())
-        super().__init__(f"could not sync {len(errors)} run(s): {text}")
+    run_id: str
+    #: Messages the server acknowledged in this upload, and what they held.
+    messages: int = 0
+    metric_batches: int = 0
+    points: int = 0
+    event_batches: int = 0
+    events: int = 0
+    final_status: bool = False
+    #: Messages the server had committed before (a lost ack): not sent again.
+    already_stored: int = 0
+    #: What stays in the spool; None when the spool was removed (everything acknowledged).
+    left: Leftover | None = None
+    #: Why not everything was uploaded.
+    error: Exception | None = None
+    #: Another process holds the spool (a live worker, or another upload): not touched.
+    in_use: bool = False
+
+    @classmethod
+    def of(
+        cls,
+        run_id: str,
+        uploaded: list[tuple[str, int]],
+        *,
+        already_stored: int,
+        left: Leftover | None,
+        error: Exception | None,
+    ) -> SyncedRun:
+        def count(kind: str) -> tuple[int, int]:
+            sizes = [points for k, points in uploaded if k == kind]
+            return len(sizes), sum(sizes)
+
+        metric_batches, points = count("metrics")
+        event_batches, events = count("events")
+        return cls(
+            run_id,
+            messages=len(uploaded),
+            metric_batches=metric_batches,
+            points=points,
+            event_batches=event_batches,
+            events=events,
+            final_status=count("status")[0] > 0,
+            already_stored=already_stored,
+            left=left,
+            error=error,
+        )
+
+    def __str__(self) -> str:
+        if self.in_use:
+            return f"{self.run_id}: in use by another process (a live worker or upload); skipped"
+        final = ", the final status" if self.final_status else ""
+        text = (
+            f"{self.run_id}: {self.messages} message(s) uploaded: {self.metric_batches} metric "
+            f"batch(es) ({self.points} points), {self.event_batches} event batch(es) "
+            f"({self.events} events){final}"
+        )
+        if self.already_stored:
+            text += f"; {self.already_stored} were already stored"
+        if self.error is not None:
+            reason = getattr(self.error, "code_name", type(self.error).__name__)
+            text += f"; {reason}: {self.error}"
+        return text + (f"; {self.left}" if self.left is not None else "; spool removed")
+
+
+class SyncError(SimtrackError):
+    """:func:`sync_spool` could not upload everything; ``reports`` says per run what it did."""
+
+    def __init__(self, reports: dict[str, SyncedRun]) -> None:
+        self.reports = reports
+        self.errors = {run: r.error for run, r in reports.items() if r.error is not None}
+        text = "; ".join(f"{run}: {err}" for run, err in self.errors.items())
+        super().__init__(f"could not sync {len(self.errors)} run(s): {text}")
 
 
 def default_worker_id() -> str:
@@ -202,6 +286,11 @@ def _channel(target: str | grpc.Channel, credentials: grpc.ChannelCredentials | 
     options = [
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        # gRPC backs off up to 120 s between connection attempts by default: a server back
+        # after a restart would wait that long for its workers. (The minimum is left alone:
+        # gRPC uses it as the connect timeout, which a loaded machine needs.)
+        ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[0]),
+        ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[1]),
     ]
     if credentials is not None:
         return grpc.secure_channel(target, credentials, options=options)
@@ -232,6 +321,23 @@ class _Column:
         self.steps: list[int] = []
         self.values: list[float] = []
         self.times: list[float] = []
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """What a closed worker (or upload) left in its spool: unacknowledged messages."""
+
+    messages: int
+    points: int
+    final_status: bool  # the run's final status is among them
+    path: Path
+
+    def __str__(self) -> str:
+        final = " and the final status" if self.final_status else ""
+        return (
+            f"{self.messages} message(s) ({self.points} points{final}) not acknowledged, "
+            f"kept in {self.path}"
+        )
 
 
 class _Session:
@@ -313,6 +419,8 @@ class _Engine:
         self._cache: dict[int, bytes] = {}
         self._cache_bytes = 0
         self._first_watermark: int | None = None
+        # Sync mode: (seq, kind, points) of what there was to send after the first welcome.
+        self._inventory: list[tuple[int, str, int]] | None = None
         self._trimmed_at = _monotonic()
 
         # Commands.
@@ -325,6 +433,7 @@ class _Engine:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._abandoned = False
+        self.left: Leftover | None = None  # what shutdown left in the spool
         self._flusher = threading.Thread(
             target=self._flush_loop, name=f"simtrack-flush-{run_id[:8]}", daemon=True
         )
@@ -876,6 +985,8 @@ class _Engine:
                 self._drop_cached(watermark)
                 if self._first_watermark is None:
                     self._first_watermark = watermark
+                    if self._mode == "sync":
+                        self._inventory = self.spool.inventory()
                 session.next_send = watermark + 1
                 if welcome.heartbeat_interval_seconds > 0:
                     session.heartbeat = welcome.heartbeat_interval_seconds
@@ -951,11 +1062,19 @@ class _Engine:
                     break
             return self._acked >= target
 
-    def wait_finished(self, timeout: float) -> bool:
-        deadline = _monotonic() + timeout
+    def wait_finished(self, stall: float) -> bool:
+        """Wait until everything is acknowledged, for as long as acknowledgements keep coming.
+
+        Gives up after ``stall`` seconds in which the watermark did not move: a busy server
+        that acks slowly is waited for, a gone or stuck one is not.
+        """
         with self._cond:
+            watermark, moved = self._acked, _monotonic()
             while not self._finished_locked() and self._error is None:
-                remaining = deadline - _monotonic()
+                now = _monotonic()
+                if self._acked != watermark:
+                    watermark, moved = self._acked, now
+                remaining = moved + stall - now
                 if remaining <= 0:
                     break
                 self._cond.wait(min(remaining, 0.5))
@@ -981,27 +1100,37 @@ class _Engine:
             self.spool.trim(self._acked)
         with self._buf_lock:
             self._buf_cond.notify_all()
+        self.left = self._leftover()
         return self.spool.close(delete_if_empty=not self._abandoned)
+
+    def _leftover(self) -> Leftover:
+        """What the spool holds beyond the last acknowledgement (read before it is closed)."""
+        messages, points, _ = self.spool.stats()
+        final = messages > 0 and self.spool.has_final_status()
+        return Leftover(messages, points, final, self.spool.path)
 
     def abandon(self) -> None:
         """Die like a killed process would: nothing more is flushed or sent (for tests)."""
         self._abandoned = True
         self.shutdown(graceful=False)
 
-    def uploaded(self) -> int:
-        """Sync mode: messages the server acknowledged that were waiting in the spool."""
+    def uploaded(self) -> tuple[list[tuple[str, int]], int | None]:
+        """Sync mode: (kind, points) of each spooled message the server acknowledged, and how
+        many there were to send after its first welcome (None: never welcomed)."""
         with self._cond:
-            if self._first_watermark is None:
-                return 0
-            return max(0, min(self._acked, self._last_seq) - self._first_watermark)
+            inventory = self._inventory
+            if inventory is None:
+                return [], None
+            return [(kind, points) for seq, kind, points in inventory if seq <= self._acked], len(
+                inventory
+            )
 
     def pending(self) -> tuple[int, int]:
-        """(messages, points) still in the spool."""
-        try:
-            messages, points, _ = self.spool.stats()
-        except Exception:  # closed
-            return 0, 0
-        return messages, points
+        """(messages, points) in the spool and not acknowledged (as left, once it is closed)."""
+        left = self.left
+        if left is None:
+            left = self._leftover()
+        return left.messages, left.points
 
 
 def _remaining(deadline: float | None, cap: float) -> float:
@@ -1027,6 +1156,106 @@ def _failure(exc: BaseException) -> tuple[str, dict[str, Any]]:
         "type": f"{exc.__class__.__module__}.{exc.__class__.__qualname__}",
         "traceback": trace[-_MAX_ERROR_DETAIL_CHARS:],
     }
+
+
+def _open_spool(root: Path, run_id: str) -> Spool:
+    """The run's spool, once an upload of it (by ``simtrack sync`` or another worker) is over.
+
+    An upload lets go by itself (when done, or after ``close_timeout`` without an ack); a
+    worker streaming the run does not: SpoolLocked.
+    """
+    waiting = False
+    while True:
+        try:
+            return Spool(root, run_id)
+        except SpoolLocked as exc:
+            if not exc.by_upload:
+                raise
+            if not waiting:
+                log.info("run %s: waiting for the upload of its spool (%s)", run_id, exc.holder)
+                waiting = True
+        time.sleep(0.1)
+
+
+@dataclass(frozen=True)
+class _LeftoverScan:
+    """Where a starting worker looks for the spools of other runs, and how to upload them."""
+
+    target: str
+    credentials: grpc.ChannelCredentials | None
+    metadata: tuple[tuple[str, str], ...]
+    root: Path
+    own_run: str
+    options: WorkerOptions
+
+
+class _LeftoverUploads:
+    """Uploads, on a background thread, the spools other runs left in a spool directory.
+
+    A worker that starts looks for them (``WorkerOptions.upload_leftovers``): what a closing
+    that gave up left, or a killed worker. One scan per directory at a time in a process; a
+    spool is uploaded or refused once per process (one whose upload stalled is tried again by
+    the next worker that starts); the spool's file lock keeps two processes (or a worker of the
+    run, or ``simtrack sync``) off a spool being uploaded.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._scanning: set[Path] = set()
+        self._settled: set[Path] = set()  # spool files uploaded or refused by the server
+
+    def start(self, scan: _LeftoverScan) -> threading.Thread | None:
+        with self._lock:
+            if scan.root in self._scanning:
+                return None
+            runs = [
+                run_id
+                for run_id in spooled_runs(scan.root)
+                if run_id != scan.own_run and spool_path(scan.root, run_id) not in self._settled
+            ]
+            if not runs:
+                return None
+            self._scanning.add(scan.root)
+        thread = threading.Thread(
+            target=self._upload, args=(scan, runs), name="simtrack-leftovers", daemon=True
+        )
+        thread.start()
+        return thread
+
+    def _upload(self, scan: _LeftoverScan, runs: list[str]) -> None:
+        channel = _channel(scan.target, scan.credentials)
+        try:
+            for run_id in runs:
+                report = _upload_spool(
+                    channel,
+                    scan.root,
+                    run_id,
+                    metadata=scan.metadata,
+                    options=scan.options,
+                    stall=scan.options.close_timeout,
+                )
+                if report.in_use:
+                    continue
+                if not isinstance(report.error, Unavailable):  # done, or refused for good
+                    with self._lock:
+                        self._settled.add(spool_path(scan.root, run_id))
+                if report.error is None:
+                    log.info("uploaded the spool a previous worker left: %s", report)
+                else:
+                    log.warning(
+                        "could not upload the spool a previous worker left: %s "
+                        "(`simtrack sync` tries again)",
+                        report,
+                    )
+        except Exception:  # a bug of ours must not reach the run; the spools stay
+            log.exception("uploading the spools left in %s failed", scan.root)
+        finally:
+            channel.close()
+            with self._lock:
+                self._scanning.discard(scan.root)
+
+
+_LEFTOVERS = _LeftoverUploads()
 
 
 class _RunHandle:
@@ -1059,7 +1288,7 @@ class _RunHandle:
         self._channel = _channel(target, credentials)
         spool_root = Path(spool_dir).expanduser() if spool_dir is not None else default_spool_dir()
         try:
-            spool = Spool(spool_root, run_id)
+            spool = _open_spool(spool_root, run_id)
         except SpoolLocked as exc:
             self._close_channel()
             raise FailedPrecondition(f"{exc}: another worker is streaming this run") from None
@@ -1084,6 +1313,11 @@ class _RunHandle:
         self._results: struct_pb2.Struct | None = None
         self._started = False
         self._finished = False
+        self._leftovers: _LeftoverScan | None = None
+        if options.upload_leftovers and isinstance(target, str):
+            self._leftovers = _LeftoverScan(
+                target, credentials, _metadata(api_key), spool_root, run_id, options
+            )
 
     @property
     def spool_path(self) -> Path:
@@ -1158,6 +1392,8 @@ class _RunHandle:
         if not self._started:
             self._started = True
             self._engine.start()
+            if self._leftovers is not None:
+                _LEFTOVERS.start(self._leftovers)
 
     def _finish(
         self,
@@ -1174,47 +1410,46 @@ class _RunHandle:
             engine.shutdown(graceful=False)
             self._close_channel()
             return
-        timeout = self.options.close_timeout if timeout is None else timeout
-        final: telemetry_pb2.FinalStatus | None = None
-        if engine.error is None:
-            if exc is None:
-                outcome = (
-                    telemetry_pb2.RUN_OUTCOME_STOPPED
-                    if engine.cancel_requested
-                    else telemetry_pb2.RUN_OUTCOME_COMPLETED
-                )
-                final = telemetry_pb2.FinalStatus(outcome=outcome)
-            elif isinstance(exc, KeyboardInterrupt):
-                final = telemetry_pb2.FinalStatus(
-                    outcome=telemetry_pb2.RUN_OUTCOME_STOPPED, error_message="KeyboardInterrupt"
-                )
-            else:
-                message, details = _failure(exc)
-                final = telemetry_pb2.FinalStatus(
-                    outcome=telemetry_pb2.RUN_OUTCOME_FAILED, error_message=message
-                )
-                final.error_details.update(details)
-            if self._results is not None:
-                final.results.CopyFrom(self._results)
+        stall = self.options.close_timeout if timeout is None else timeout
+        final = None if engine.error is not None else self._final_status(exc)
         engine.request_final(final)
-        finished = engine.wait_finished(timeout) if final is not None else False
+        finished = engine.wait_finished(stall) if final is not None else False
         deleted = engine.shutdown(graceful=finished)
         self._close_channel()
-        if not deleted and engine.error is None:
-            messages, points = engine.pending()
+        if not deleted and engine.error is None and engine.left is not None:
             log.warning(
-                "run %s: %d message(s) (%d points) not acknowledged within %.0f s; they wait in "
-                "%s: `simtrack sync` uploads them",
+                "run %s: no acknowledgement for %g s while closing: %s%s; the next worker "
+                "started with this spool directory, or `simtrack sync`, uploads them",
                 self.run_id,
-                messages,
-                points,
-                timeout,
-                engine.spool.path,
+                stall,
+                engine.left,
+                "" if engine.left.final_status else " (the run stays running until then)",
             )
         if engine.error is not None and engine.error is not exc:
             if exc is None:
                 raise engine.error.with_traceback(None)
             log.error("run %s: the helper failed too: %s", self.run_id, engine.error)
+
+    def _final_status(self, exc: BaseException | None) -> telemetry_pb2.FinalStatus:
+        """How the run ended: completed; stopped after a cancel, Ctrl-C or the cancellation of
+        the asyncio task (which is what Ctrl-C becomes under asyncio); failed otherwise."""
+        if exc is None or isinstance(exc, KeyboardInterrupt | asyncio.CancelledError):
+            stopped = exc is not None or self._engine.cancel_requested
+            final = telemetry_pb2.FinalStatus(
+                outcome=telemetry_pb2.RUN_OUTCOME_STOPPED
+                if stopped
+                else telemetry_pb2.RUN_OUTCOME_COMPLETED,
+                error_message="" if exc is None else exc.__class__.__name__,
+            )
+        else:
+            message, details = _failure(exc)
+            final = telemetry_pb2.FinalStatus(
+                outcome=telemetry_pb2.RUN_OUTCOME_FAILED, error_message=message
+            )
+            final.error_details.update(details)
+        if self._results is not None:
+            final.results.CopyFrom(self._results)
+        return final
 
     def _close_channel(self) -> None:
         if self._owns_channel:
@@ -1281,7 +1516,9 @@ class AsyncWorker(_RunHandle):
     The same engine runs on the same background threads; ``log_metrics`` / ``log_event`` /
     ``progress`` stay plain calls (they do no I/O; under backpressure they block the loop for
     the few milliseconds the flusher needs). ``on_command`` also accepts coroutine functions,
-    which run on the event loop that entered the block.
+    which run on the event loop that entered the block; an error they raise is logged, like a
+    plain callback's. The task's cancellation (what Ctrl-C becomes under ``asyncio.run``) ends
+    the run *stopped*, as ``KeyboardInterrupt`` does with :class:`Worker`.
     """
 
     _loop: asyncio.AbstractEventLoop | None = None
@@ -1302,19 +1539,42 @@ class AsyncWorker(_RunHandle):
     def on_command(
         self, name: str, callback: Callable[[Command], object | Awaitable[object]]
     ) -> None:
-        """Like :meth:`Worker.on_command`; a coroutine function runs on the event loop."""
-        if not inspect.iscoroutinefunction(callback):
-            super().on_command(name, callback)
-            return
+        """Like :meth:`Worker.on_command`; what a callback returns that is awaitable (a
+        coroutine function's coroutine) runs on the event loop. An error is logged either way.
+        """
 
         def schedule(command: Command) -> None:
-            loop = self._loop
-            if loop is None or loop.is_closed():
-                log.warning("run %s: no event loop for command %r", self.run_id, command.name)
-                return
-            asyncio.run_coroutine_threadsafe(callback(command), loop)
+            result = callback(command)  # a plain callback runs here, on the helper's thread
+            if inspect.isawaitable(result):
+                self._run_on_loop(command, result)
 
         super().on_command(name, schedule)
+
+    def _run_on_loop(self, command: Command, awaitable: Awaitable[object]) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            if inspect.iscoroutine(awaitable):
+                awaitable.close()  # never to run: no "never awaited" warning on top
+            log.error(
+                "run %s: no event loop to run the callback for command %r",
+                self.run_id,
+                command.name,
+            )
+            return
+
+        async def call() -> object:
+            return await awaitable
+
+        def report(future: concurrent.futures.Future[object]) -> None:
+            if not future.cancelled() and (error := future.exception()) is not None:
+                log.error(
+                    "run %s: callback for command %r failed",
+                    self.run_id,
+                    command.name,
+                    exc_info=error,
+                )
+
+        asyncio.run_coroutine_threadsafe(call(), loop).add_done_callback(report)
 
     async def flush(self, timeout: float | None = None) -> bool:
         """Spool everything logged so far and wait until the server acknowledged it."""
@@ -1337,57 +1597,74 @@ def sync_spool(
     timeout: float = 60.0,
     options: WorkerOptions | None = None,
     credentials: grpc.ChannelCredentials | None = None,
-) -> dict[str, int]:
-    """Upload every run left in a spool directory; ``{run_id: messages uploaded}``.
+) -> dict[str, SyncedRun]:
+    """Upload every run left in a spool directory; what was done, per run.
 
-    Runs whose spool another process holds (a live worker) are skipped. A spool whose every
-    message is acknowledged is deleted. Nothing is added to a run: if its worker died before
-    sending a final status, the run ends by the server's heartbeat timeout (or by a new worker
-    for it). Raises :class:`SyncError` (with the uploaded counts) when some runs failed.
+    Runs whose spool another process holds (a live worker, another upload) are skipped and
+    reported ``in_use``. A spool is removed only once the server acknowledged every message in
+    it; each run's upload gives up after ``timeout`` seconds without an acknowledgement.
+    Nothing is added to a run: if its worker died before sending a final status, the run ends
+    by the server's heartbeat timeout (or by a new worker for it). Raises :class:`SyncError`
+    (with every run's report) when something could not be uploaded.
     """
     root = Path(spool_dir).expanduser() if spool_dir is not None else default_spool_dir()
     options = options or WorkerOptions()
     channel = _channel(target, credentials)
-    uploaded: dict[str, int] = {}
-    errors: dict[str, Exception] = {}
     try:
-        for run_id in spooled_runs(root):
-            try:
-                spool = Spool(root, run_id)
-            except SpoolLocked:
-                log.info("run %s: spool in use by a live worker; skipped", run_id)
-                continue
-            except (ValueError, OSError) as exc:
-                errors[run_id] = exc
-                continue
-            if spool.stats()[0] == 0:
-                spool.close(delete_if_empty=True)
-                uploaded[run_id] = 0
-                continue
-            engine = _Engine(
-                channel,
-                run_id,
-                metadata=_metadata(api_key),
-                worker_id=f"sync:{default_worker_id()}",
-                spool=spool,
-                options=options,
-                mode="sync",
+        reports = {
+            run_id: _upload_spool(
+                channel, root, run_id, metadata=_metadata(api_key), options=options, stall=timeout
             )
-            engine.start()
-            finished = engine.wait_finished(timeout)
-            count = engine.uploaded()
-            engine.shutdown(graceful=finished)
-            if engine.error is not None:
-                errors[run_id] = engine.error
-            elif not finished:
-                errors[run_id] = Unavailable(
-                    f"not everything acknowledged within {timeout:.0f} s ({count} uploaded)"
-                )
-            else:
-                uploaded[run_id] = count
+            for run_id in spooled_runs(root)
+        }
     finally:
         if isinstance(target, str):
             channel.close()
-    if errors:
-        raise SyncError(uploaded, errors)
-    return uploaded
+    if any(report.error is not None for report in reports.values()):
+        raise SyncError(reports)
+    return reports
+
+
+def _upload_spool(
+    channel: Any,
+    root: Path,
+    run_id: str,
+    *,
+    metadata: tuple[tuple[str, str], ...],
+    options: WorkerOptions,
+    stall: float,
+) -> SyncedRun:
+    """Upload what one run's spool holds (unless another process holds it)."""
+    try:
+        spool = Spool(root, run_id, holder="upload")
+    except SpoolLocked:
+        return SyncedRun(run_id, in_use=True)
+    except (ValueError, OSError) as exc:
+        return SyncedRun(run_id, error=exc)
+    waiting = spool.stats()[0]
+    if waiting == 0:
+        spool.close(delete_if_empty=True)
+        return SyncedRun(run_id)
+    engine = _Engine(
+        channel,
+        run_id,
+        metadata=metadata,
+        worker_id=f"sync:{default_worker_id()}",
+        spool=spool,
+        options=options,
+        mode="sync",
+    )
+    engine.start()
+    finished = engine.wait_finished(stall)
+    deleted = engine.shutdown(graceful=finished)
+    error: Exception | None = engine.error
+    if error is None and not finished:
+        error = Unavailable(f"no acknowledgement for {stall:g} s")
+    uploaded, to_send = engine.uploaded()
+    return SyncedRun.of(
+        run_id,
+        uploaded,
+        already_stored=0 if to_send is None else waiting - to_send,
+        left=None if deleted else engine.left,
+        error=error,
+    )
