@@ -518,7 +518,13 @@ async def test_a_spool_synced_after_the_run_was_declared_vanished_is_stored_once
     failed = await wait_status(second, run.id, FAILED, timeout=10)
     assert failed.HasField("vanish_time")
     uploaded = await asyncio.to_thread(sync_spool, listen, spool, timeout=60)
-    assert uploaded == {run.id: messages}
+    report = uploaded[run.id]
+    assert (report.messages, report.points, report.left, report.error) == (
+        messages,
+        100_000,
+        None,
+        None,
+    )
     assert_exactly_once(streams, database_url, run.id, expected_checksums(streams, range(100_000)))
     after = get_run(second, run.id)
     assert after.status == FAILED and after.HasField("vanish_time"), "a spool revives nothing"
