@@ -7,7 +7,7 @@ A status travels in the call's trailing metadata, which gRPC limits (8 KiB soft,
 beyond it the caller sees RESOURCE_EXHAUSTED instead of our answer). Messages quote callers'
 values short already (``simtrack.errors.quote``); ``to_status`` bounds what is left whatever
 an error holds: the message, the number of field violations and every string in the details,
-in UTF-8 bytes (grpc-message percent-encodes, details are base64: at most ~7 KiB in all).
+in UTF-8 bytes (grpc-message percent-encodes, details are base64: at most ~6.5 KiB in all).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 
 MESSAGE_MAX_BYTES = 512
 VIOLATIONS_MAX = 10
-FIELD_MAX_BYTES = 128
-DESCRIPTION_MAX_BYTES = 256
+FIELD_MAX_BYTES = 100
+DESCRIPTION_MAX_BYTES = 200
 
 
 def _clip(text: str, max_bytes: int) -> str:
