@@ -1194,10 +1194,7 @@ async def test_stream_values_out_of_their_range_are_invalid(
     db = streams.database(database_url)
     run = streams.new_run(server)
     data = streams.dataset(2, points=100)
-    stream = await streams.open(server, run.id)
-    await stream.send_all(data.messages)
-    await stream.wait_acked(2)
-    await stream.finish()
+    await streams.deliver(server, run.id, data.messages)
 
     def event_at(seconds: int, nanos: int = 0) -> StreamRequest:
         event = telemetry_pb2.Event(

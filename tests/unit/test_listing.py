@@ -20,6 +20,7 @@ from simtrack.server.domain.listing import (
     FieldParsers,
     Listing,
     decode_position,
+    encode_position,
     enum_parser,
     optional_str,
     parse_filter,
@@ -179,6 +180,9 @@ def test_positions_must_fit_the_stored_keys() -> None:
         INT64_MAX,
         INT64_MIN,
     )
+    longest_name = "\N{ROCKET}" * 200  # a metric name of 200 characters beyond the BMP
+    token = encode_position((longest_name,), "s")
+    assert decode_position(token, "s", (str,)) == (longest_name,)
     cases: list[tuple[list[object], tuple[type, ...]]] = [
         ([INT64_MAX + 1, 0], (int, int)),
         ([0, INT64_MIN - 1], (int, int)),

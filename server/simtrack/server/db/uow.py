@@ -36,11 +36,11 @@ _UNIQUE = ("23505", "UNIQUE constraint failed")
 _FOREIGN_KEY = ("23503", "FOREIGN KEY constraint failed")
 _CHECK = ("23514", "CHECK constraint failed")
 # Faults that pass by themselves: PostgreSQL SQLSTATE classes (connection exception,
-# insufficient resources, operator intervention e.g. shutdown or statement timeout, system
-# error) and codes (serialization failure, deadlock, lock not available); SQLite result codes
+# insufficient resources, operator intervention e.g. shutdown or statement timeout) and codes
+# (serialization failure, deadlock, lock not available, I/O error); SQLite result codes
 # (extended codes start with these).
-_TRANSIENT_SQLSTATE_CLASSES = ("08", "53", "57", "58")
-_TRANSIENT_SQLSTATES = ("40001", "40P01", "55P03")
+_TRANSIENT_SQLSTATE_CLASSES = ("08", "53", "57")
+_TRANSIENT_SQLSTATES = ("40001", "40P01", "55P03", "58030")
 _TRANSIENT_SQLITE = (
     "SQLITE_BUSY",
     "SQLITE_LOCKED",

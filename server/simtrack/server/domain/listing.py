@@ -30,8 +30,9 @@ T = TypeVar("T")
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
-# Ours are a few hundred characters (a digest, a time and an id, or a position of keys).
-MAX_TOKEN_LENGTH = 2048
+# Ours are a digest and a time and id, or a position of keys: at most ~3,300 characters (a
+# metric name of 200 characters beyond the BMP, JSON-escaped, base64-encoded).
+MAX_TOKEN_LENGTH = 4096
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
