@@ -9,6 +9,23 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+# How much of a caller's value an error repeats: enough to recognise it, never the whole of
+# a huge one (a status travels in metadata, which gRPC caps at a few KiB).
+QUOTE_MAX = 100
+
+
+def prefix(value: str, limit: int = QUOTE_MAX) -> str:
+    """``value`` cut to its first ``limit`` characters, ending in "…" when cut."""
+    return value if len(value) <= limit else value[:limit] + "…"
+
+
+def quote(value: str, limit: int = QUOTE_MAX) -> str:
+    """``value`` as an error message repeats it: quoted, and only its first ``limit``
+    characters (with its length) when it is longer."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}… ({len(value):,} characters)"
+
 
 @dataclass(frozen=True)
 class FieldViolation:
@@ -51,10 +68,10 @@ class NotFound(SimtrackError):
 
     def __init__(self, resource_type: str, resource_id: str, field: str = "") -> None:
         self.resource_type = resource_type
-        self.resource_id = resource_id
+        self.resource_id = prefix(resource_id)
         self.field = field
         where = f"{field}: " if field else ""
-        super().__init__(f"{where}{resource_type} {resource_id!r} not found")
+        super().__init__(f"{where}{resource_type} {quote(resource_id)} not found")
 
 
 class AlreadyExists(SimtrackError):

@@ -1334,6 +1334,16 @@ class StreamKit:
         await stream.open(replay=replay)
         return stream
 
+    async def deliver(
+        self, server: Server, run_id: str, messages: Sequence[telemetry_pb2.StreamRunRequest]
+    ) -> None:
+        """Stream ``messages`` (seq 1..n) for ``run_id`` on ``server``, see them all
+        acknowledged, and end the stream."""
+        stream = await self.open(server, run_id)
+        await stream.send_all(messages)
+        await stream.wait_acked(messages[-1].seq)
+        await stream.finish()
+
     def upload(
         self,
         target: Callable[[], str],

@@ -9,22 +9,26 @@ logged no traceback.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import hashlib
+import json
+import math
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 import pytest
-from google.protobuf import field_mask_pb2, json_format, struct_pb2
+from google.protobuf import field_mask_pb2, json_format, struct_pb2, timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from simtrack.v1 import agents_pb2, experiments_pb2, runs_pb2, scenarios_pb2
+from simtrack.v1 import agents_pb2, experiments_pb2, runs_pb2, scenarios_pb2, telemetry_pb2
 
 if TYPE_CHECKING:
-    from tests.e2e.conftest import Server
+    from tests.e2e.conftest import Server, StreamKit
 
 INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
@@ -72,7 +76,11 @@ class Failure:
 def failure_of(call: Callable[[], object]) -> Failure:
     with pytest.raises(grpc.RpcError) as info:
         call()
-    error = info.value
+    return failure_from(cast(grpc.Call, info.value))
+
+
+def failure_from(error: grpc.Call) -> Failure:
+    """What a failed call (sync, or a finished grpc.aio call) said."""
     status = rpc_status.from_call(error)
     fields: list[str] = []
     resource = None
@@ -895,3 +903,351 @@ def test_values_out_of_their_range(server: Server, world: World) -> None:
     progress_and_ticks_out_of_range_are_invalid(server, world)
     over_long_values_are_invalid(server, world)
     nul_characters_are_invalid(server, world)
+
+
+# Requests that are not protobuf at all: sent as raw bytes (no stub can make them)
+
+GARBAGE = b"\xff" * 11  # a field tag longer than any varint may be
+UploadRequest = runs_pb2.UploadArtifactRequest
+StreamRequest = telemetry_pb2.StreamRunRequest
+
+
+def varint(number: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, number = number & 0x7F, number >> 7
+        out.append(low | (0x80 if number else 0))
+        if not number:
+            return bytes(out)
+
+
+def length_delimited(number: int, payload: bytes) -> bytes:
+    """One protobuf field of wire type 2 (string, bytes, message): tag, length, payload."""
+    return varint(number << 3 | 2) + varint(len(payload)) + payload
+
+
+def nested_struct(depth: int) -> bytes:
+    """``{"a": {"a": ...}}``, ``depth`` objects deep, as google.protobuf.Struct bytes (built by
+    hand: the Python library will not build what its own decoder refuses)."""
+    struct = b""
+    for _ in range(depth):
+        value = length_delimited(5, struct)  # Value.struct_value
+        struct = length_delimited(1, length_delimited(1, b"a") + length_delimited(2, value))
+    return struct
+
+
+def raw_unary(server: Server, method: str) -> grpc.UnaryUnaryMultiCallable[bytes, bytes]:
+    """``method`` of a simtrack service (e.g. ``AgentService/GetAgent``), bytes both ways."""
+    return server.channel.unary_unary(f"/simtrack.v1.{method}")
+
+
+def raw_unary_stream(server: Server, method: str) -> grpc.UnaryStreamMultiCallable[bytes, bytes]:
+    return server.channel.unary_stream(f"/simtrack.v1.{method}")
+
+
+def create_agent_bytes(name: str, config: bytes = b"") -> bytes:
+    """A CreateAgentRequest whose agent.config (field 4) is ``config``, as bytes."""
+    agent = Agent(name=name, framework=Framework.FRAMEWORK_CUSTOM).SerializeToString()
+    return length_delimited(1, agent + (length_delimited(4, config) if config else b""))
+
+
+def test_requests_that_are_not_protobuf_are_invalid(server: Server, world: World) -> None:
+    create = raw_unary(server, "AgentService/CreateAgent")
+    undecodable = {
+        "garbage": GARBAGE,
+        "truncated": create_agent_bytes("truncated")[:-2],
+        "invalid UTF-8": length_delimited(1, length_delimited(2, b"caf\xc3")),  # agent.name
+        "nested too deep": create_agent_bytes("deep", nested_struct(40)),
+    }
+    for what, data in undecodable.items():
+        failure = rejects(server, lambda: create(data), INVALID_ARGUMENT, "request")  # noqa: B023
+        assert "simtrack.v1.CreateAgentRequest" in failure.message, (what, str(failure))
+    # As deep as the decoder allows is fine.
+    created = create(create_agent_bytes("deep enough", nested_struct(30)))
+    assert agents_pb2.CreateAgentResponse.FromString(created).agent.name == "deep enough"
+
+    # Any unary call, and a call whose answer is a stream.
+    get_run = raw_unary(server, "RunService/GetRun")
+    rejects(server, lambda: get_run(GARBAGE), INVALID_ARGUMENT, "request")
+    list_agents = raw_unary(server, "AgentService/ListAgents")
+    bad_filter = length_delimited(3, b'name = "\xff"')  # ListAgentsRequest.filter
+    rejects(server, lambda: list_agents(bad_filter), INVALID_ARGUMENT, "request")
+    watch = raw_unary_stream(server, "RunService/WatchRun")
+    rejects(server, lambda: list(watch(GARBAGE)), INVALID_ARGUMENT, "request")
+    content = raw_unary_stream(server, "RunService/GetArtifactContent")
+    rejects(server, lambda: list(content(GARBAGE)), INVALID_ARGUMENT, "request")
+
+
+def test_upload_messages_that_are_not_protobuf_are_invalid_and_leave_nothing(
+    server: Server, world: World
+) -> None:
+    upload: grpc.StreamUnaryMultiCallable[bytes, bytes] = server.channel.stream_unary(
+        "/simtrack.v1.RunService/UploadArtifact"
+    )
+    artifact = runs_pb2.Artifact(run_id=world.run.id, name="raw.bin")
+    metadata = UploadRequest(
+        metadata=runs_pb2.UploadArtifactMetadata(artifact=artifact)
+    ).SerializeToString()
+    chunk = UploadRequest(chunk=b"data").SerializeToString()
+    for messages in ([GARBAGE], [metadata, GARBAGE], [metadata, chunk, chunk[:-1]]):
+        rejects(server, lambda: upload(iter(messages)), INVALID_ARGUMENT, "request")  # noqa: B023
+    store = server.process.cwd / "simtrack-artifacts"
+    assert not [p for p in store.rglob("*") if p.is_file()], "a refused upload left a file"
+    stored = runs_pb2.UploadArtifactResponse.FromString(upload(iter([metadata, chunk])))
+    assert stored.artifact.size_bytes == 4
+
+
+async def test_a_stream_message_that_is_not_protobuf_ends_the_stream(
+    server: Server, streams: StreamKit, database_url: str
+) -> None:
+    """Mid-stream: INVALID_ARGUMENT, and every batch acknowledged before stays stored."""
+    db = streams.database(database_url)
+    run = streams.new_run(server)
+    data = streams.dataset(3, points=100)
+    stream_run: grpc.aio.StreamStreamMultiCallable[bytes, telemetry_pb2.StreamRunResponse] = (
+        streams.channel(server.address).stream_stream(
+            "/simtrack.v1.RunService/StreamRun",
+            response_deserializer=telemetry_pb2.StreamRunResponse.FromString,
+        )
+    )
+    hello = StreamRequest(hello=telemetry_pb2.Hello(run_id=run.id)).SerializeToString()
+
+    async def ending(call: Any) -> Failure:
+        """How ``call`` ends: it must fail."""
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async with asyncio.timeout(10):
+                while await call.read() is not grpc.aio.EOF:
+                    pass
+        return failure_from(cast(grpc.Call, info.value))
+
+    async def answer(call: Any) -> telemetry_pb2.StreamRunResponse:
+        response = await call.read()
+        assert isinstance(response, telemetry_pb2.StreamRunResponse), response
+        return response
+
+    call = stream_run()
+    await call.write(hello)
+    assert (await answer(call)).HasField("welcome")
+    for message in data.messages:
+        await call.write(message.SerializeToString())
+    acked = 0
+    while acked < len(data.messages):
+        acked = max(acked, (await answer(call)).ack.committed_seq)
+    await call.write(GARBAGE)
+    failure = await ending(call)
+    assert (failure.code, failure.fields) == (INVALID_ARGUMENT, ["request"]), str(failure)
+    assert "simtrack.v1.StreamRunRequest" in failure.message
+    assert db.committed_seq(run.id) == len(data.messages)
+    assert db.checksums(run.id) == data.checksums()
+
+    # Instead of hello.
+    call = stream_run()
+    await call.write(GARBAGE)
+    failure = await ending(call)
+    assert (failure.code, failure.fields) == (INVALID_ARGUMENT, ["request"]), str(failure)
+    assert db.checksums(run.id) == data.checksums()
+
+
+# Page tokens this server did not issue
+
+
+def forged_token(scope: str, **payload: Any) -> str:
+    """A token made like the server's own (same scope digest), with contents it never makes."""
+    digest = hashlib.sha256(scope.encode()).hexdigest()[:16]
+    return base64.urlsafe_b64encode(json.dumps({**payload, "s": digest}).encode()).decode()
+
+
+def test_page_tokens_we_did_not_issue_are_invalid(
+    server: Server, world: World, streams: StreamKit
+) -> None:
+    deep = [
+        base64.urlsafe_b64encode(b"[" * 100_000 + b"]" * 100_000).decode(),
+        base64.urlsafe_b64encode(b'{"s": ' + b'{"a": ' * 50_000 + b"1" + b"}" * 50_001).decode(),
+    ]
+    for lister in listers(server, world):
+        for token in deep:
+            call = lambda: lister.call(0, token, "")  # noqa: B023, E731
+            rejects(server, call, INVALID_ARGUMENT, "page_token")
+
+    agents = listers(server, world)[0]
+    some_id = str(uuid.uuid4())
+    for payload in (
+        {"t": "0001-01-01T00:00:00+14:00", "i": some_id},  # before the first UTC instant
+        {"t": "9999-12-31T23:59:59-14:00", "i": some_id},  # after the last
+        {"t": "2024-01-01T00:00:00+00:00", "i": "nul\x00"},
+        {"t": "2024-01-01T00:00:00+00:00", "i": {"not": "an id"}},
+        {"t": "2024-01-01T00:00:00+00:00", "i": "x" * 10_000},
+    ):
+        token = forged_token("agents/|", **payload)
+        rejects(server, lambda: agents.call(0, token, ""), INVALID_ARGUMENT, "page_token")  # noqa: B023
+
+    run = streams.new_run(server)
+    for position in ([2**70, 0], [0, -(2**70)], [True, 0]):
+        token = forged_token(f"events/{run.id}|", p=position)
+        request = runs_pb2.ListEventsRequest(run_id=run.id, page_token=token)
+        call = lambda: server.runs.ListEvents(request)  # noqa: B023, E731
+        rejects(server, call, INVALID_ARGUMENT, "page_token")
+
+
+# Values echoed back: a short prefix at most, so the status always fits its metadata
+
+SHORT = 300  # characters: well above any message quoting one value, far below the values here
+# A message joining many violations is cut (at 512 bytes), and so are their number and texts.
+BOUNDED = 600
+
+
+def refused_shortly(
+    call: Callable[[], object], code: grpc.StatusCode, limit: int = SHORT
+) -> Failure:
+    """``call`` fails with ``code`` (not RESOURCE_EXHAUSTED: the status fits) and says so in
+    a message shorter than ``limit``; every field named is short too."""
+    failure = failure_of(call)
+    assert failure.code == code, str(failure)[:1000]
+    assert 0 < len(failure.message) < limit, failure.message[:1000]
+    assert all(len(field) < SHORT for field in failure.fields), str(failure)[:1000]
+    return failure
+
+
+def test_long_values_are_quoted_short(server: Server, world: World) -> None:
+    before = server.database_snapshot()
+    long_id = "s" * 20_000
+    failure = refused_shortly(
+        lambda: server.scenarios.GetScenario(scenarios_pb2.GetScenarioRequest(id=long_id)),
+        NOT_FOUND,
+    )
+    assert failure.resource is not None and failure.resource.resource_type == "scenario"
+    assert len(failure.resource.resource_name) < SHORT
+    assert failure.resource.resource_name.startswith("sss")
+    experiment = Experiment(name="e", agent_id=world.agent.id, scenario_id=long_id)
+    refused_shortly(create_experiment(server, experiment), NOT_FOUND)
+    leaderboard = runs_pb2.GetLeaderboardRequest(scenario_id=long_id, metric="profit")
+    refused_shortly(lambda: server.runs.GetLeaderboard(leaderboard), NOT_FOUND)
+
+    agents = listers(server, world)[0]
+    for text in (
+        'framework = "' + "q" * 10_000 + '"',
+        'framework = "' + "q" * 1_000 + '"',
+        "f" * 1_000 + ' = "x"',
+        'name = "x" ' + "?" * 1_000,
+    ):
+        failure = refused_shortly(lambda: agents.call(0, "", text), INVALID_ARGUMENT)  # noqa: B023
+        assert failure.fields == ["filter"], str(failure)
+
+    long_path = update_agent(server, Agent(id=world.spare.id, name="n"), "p" * 20_000)
+    assert refused_shortly(long_path, INVALID_ARGUMENT).fields == ["update_mask"]
+    many_paths = update_agent(
+        server, Agent(id=world.spare.id, name="n"), *(f"bogus{i}" for i in range(5_000))
+    )
+    failure = refused_shortly(many_paths, INVALID_ARGUMENT, BOUNDED)
+    assert 0 < len(failure.fields) <= 10 and set(failure.fields) == {"update_mask"}
+
+    long_key = struct_pb2.Struct()
+    long_key.fields["k" * 20_000].number_value = float("nan")
+    call = create_agent(
+        server, Agent(name="long key", framework=Framework.FRAMEWORK_CUSTOM, config=long_key)
+    )
+    failure = refused_shortly(call, INVALID_ARGUMENT)
+    assert [f[:16] for f in failure.fields] == ["agent.config.kkk"], str(failure)[:1000]
+    many_bad = struct_pb2.Struct()
+    for i in range(5_000):
+        many_bad.fields[f"x{i}"].list_value.values.add().number_value = float("inf")
+    call = create_agent(
+        server, Agent(name="many bad", framework=Framework.FRAMEWORK_CUSTOM, config=many_bad)
+    )
+    assert 0 < len(refused_shortly(call, INVALID_ARGUMENT, BOUNDED).fields) <= 10
+    assert server.database_snapshot() == before
+
+
+# Filters beyond their bounds
+
+
+def test_filters_beyond_their_bounds_are_invalid(server: Server, world: World) -> None:
+    """Refused at once, as INVALID_ARGUMENT: never a long query that ends "retry later"."""
+    many_terms = " AND ".join(['name != "x"'] * 70_000)  # more parameters than PostgreSQL takes
+    too_long = 'name = "' + "n" * 20_000 + '"'
+    for lister in listers(server, world):
+        for text in (many_terms, too_long):
+            call = lambda: lister.call(0, "", text)  # noqa: B023, E731
+            failure = rejects(server, call, INVALID_ARGUMENT, "filter")
+            assert len(failure.message) < SHORT
+    stats = runs_pb2.GetRunStatsRequest(filter=many_terms)
+    rejects(server, lambda: server.runs.GetRunStats(stats), INVALID_ARGUMENT, "filter")
+    events = runs_pb2.ListEventsRequest(run_id=world.run.id, filter=many_terms)
+    rejects(server, lambda: server.runs.ListEvents(events), INVALID_ARGUMENT, "filter")
+
+    # Up to the bounds is fine: 100 terms, 4,096 characters.
+    within = " AND ".join(['name != "x"'] * 100)
+    assert len(server.agents.ListAgents(agents_pb2.ListAgentsRequest(filter=within)).agents) == 2
+    longest = 'name != "' + "n" * (4_096 - 10) + '"'
+    assert len(longest) == 4_096
+    assert len(server.agents.ListAgents(agents_pb2.ListAgentsRequest(filter=longest)).agents) == 2
+
+
+# Stream values protobuf or the database cannot take
+
+
+async def test_stream_values_out_of_their_range_are_invalid(
+    server: Server, streams: StreamKit, database_url: str
+) -> None:
+    """Timestamps beyond protobuf's range and non-finite series timestamps end the stream
+    INVALID_ARGUMENT naming the field (it never succeeds on a resend); stored data stays."""
+    db = streams.database(database_url)
+    run = streams.new_run(server)
+    data = streams.dataset(2, points=100)
+    await streams.deliver(server, run.id, data.messages)
+
+    def event_at(seconds: int, nanos: int = 0) -> StreamRequest:
+        event = telemetry_pb2.Event(
+            step=1, type="tick", time=timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
+        )
+        return StreamRequest(seq=3, events=telemetry_pb2.EventBatch(events=[event]))
+
+    def stamped(*stamps: float) -> StreamRequest:
+        points = len(stamps)
+        series = telemetry_pb2.MetricSeries(
+            name="late", steps=range(points), values=[1.0] * points, timestamps=stamps
+        )
+        return StreamRequest(seq=3, metrics=telemetry_pb2.MetricBatch(series=[series]))
+
+    event_time = "events.events[0].time"
+    stamps = "metrics.series[0].timestamps"
+    cases = [
+        (event_at(2**40), event_time),
+        (event_at(-(2**40)), event_time),
+        (event_at(253_402_300_800), event_time),  # 10000-01-01
+        (event_at(0, -1), event_time),
+        (event_at(0, 10**9), event_time),
+        (stamped(math.nan), stamps),
+        (stamped(1.0, math.inf), stamps),
+        (stamped(-math.inf, 1.0, 2.0), stamps),
+        (stamped(1e300), stamps),
+    ]
+    for message, field in cases:
+        bad = streams.stream(server.address, run.id, "out-of-range")
+        await bad.open()
+        await bad.send(message)
+        await bad.wait_end()
+        assert (bad.code, bad.bad_request_fields()) == (INVALID_ARGUMENT, [field]), bad.details
+    assert db.committed_seq(run.id) == 2
+    assert db.checksums(run.id) == data.checksums()
+    assert db.events(run.id) == []
+
+    # Steps at both ends of int64 are stored and read back exactly.
+    top, bottom = 2**63 - 1, -(2**63)
+    edges = StreamRequest(
+        seq=3,
+        metrics=telemetry_pb2.MetricBatch(
+            series=[
+                telemetry_pb2.MetricSeries(name="top", steps=[top - 1, top], values=[1.0, 2.0]),
+                telemetry_pb2.MetricSeries(
+                    name="bottom", steps=[bottom, bottom + 1], values=[3.0, 4.0]
+                ),
+            ]
+        ),
+    )
+    good = await streams.open(server, run.id)
+    await good.send(edges)
+    await good.wait_acked(3)
+    for name, steps in (("top", [top - 1, top]), ("bottom", [bottom, bottom + 1])):
+        request = runs_pb2.GetMetricHistoryRequest(run_id=run.id, metric=name)
+        assert list(server.runs.GetMetricHistory(request).steps) == steps

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from google.protobuf import field_mask_pb2, struct_pb2
+from google.protobuf import field_mask_pb2, struct_pb2, timestamp_pb2
 from google.rpc import code_pb2, error_details_pb2
 
 from simtrack.errors import (
@@ -14,10 +14,19 @@ from simtrack.errors import (
     FieldViolation,
     InvalidArgument,
     NotFound,
+    quote,
 )
 from simtrack.server.api.agents import FRAMEWORK, UPDATE_READERS
-from simtrack.server.api.convert import dict_to_struct, mask_changes, struct_to_dict
+from simtrack.server.api.convert import (
+    TIMESTAMP_MAX_SECONDS,
+    TIMESTAMP_MIN_SECONDS,
+    check_timestamp,
+    dict_to_struct,
+    mask_changes,
+    struct_to_dict,
+)
 from simtrack.server.api.errors import to_status
+from simtrack.server.api.interceptor import message_parser
 from simtrack.server.domain.model import Framework
 from simtrack.v1 import agents_pb2
 
@@ -91,3 +100,68 @@ def test_every_error_class_has_a_real_status_code() -> None:
         assert cls.code_name == name
         assert code_pb2.Code.Value(name) not in (code_pb2.UNKNOWN, code_pb2.INTERNAL, code_pb2.OK)
     assert to_status(FailedPrecondition("x")).code == code_pb2.FAILED_PRECONDITION
+
+
+def test_statuses_stay_small_whatever_an_error_holds() -> None:
+    """A status travels in metadata that gRPC caps (8 KiB soft): its size is bounded."""
+    huge = "\N{ROCKET}" * 20_000  # four UTF-8 bytes each, percent-encoded in grpc-message
+    errors = [
+        InvalidArgument([FieldViolation(f"f{i}.{huge}", huge) for i in range(5_000)]),
+        NotFound("scenario", huge, huge),
+        FailedPrecondition(huge),
+    ]
+    for error in errors:
+        status = to_status(error)
+        assert len(status.message.encode()) <= 512
+        assert len(status.SerializeToString()) < 4096
+    bad_request = error_details_pb2.BadRequest()
+    assert to_status(errors[0]).details[0].Unpack(bad_request)
+    assert len(bad_request.field_violations) == 10
+    assert bad_request.field_violations[0].field.startswith("f0.\N{ROCKET}")
+
+
+def test_echoed_values_are_quoted_short() -> None:
+    assert quote("short") == "'short'"
+    assert quote("x" * 20_000) == f"{'x' * 100!r}… (20,000 characters)"
+    not_found = NotFound("scenario", "s" * 20_000, "id")
+    assert not_found.resource_id == "s" * 100 + "…"
+    assert len(not_found.message) < 200
+    long_key = struct_pb2.Struct()
+    long_key.fields["k" * 20_000].number_value = math.nan
+    with pytest.raises(InvalidArgument) as error:
+        struct_to_dict("config", long_key)
+    assert error.value.violations[0].field == "config." + "k" * 100 + "…"
+
+
+def test_requests_that_do_not_decode_are_invalid_argument_naming_the_message() -> None:
+    parse = message_parser(agents_pb2.GetAgentRequest.FromString)
+    assert parse(agents_pb2.GetAgentRequest(id="x").SerializeToString()).id == "x"
+    for data in (b"\xff" * 11, b"\x0a\x05abc", b"\x0a\x02\xc3\x28"):
+        with pytest.raises(InvalidArgument) as error:
+            parse(data)
+        assert error.value.violations[0].field == "request"
+        assert "simtrack.v1.GetAgentRequest" in error.value.message
+    assert message_parser(None)(b"raw") == b"raw"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "nanos", "valid"),
+    [
+        (TIMESTAMP_MIN_SECONDS, 0, True),
+        (TIMESTAMP_MAX_SECONDS, 999_999_999, True),
+        (TIMESTAMP_MIN_SECONDS - 1, 0, False),
+        (TIMESTAMP_MAX_SECONDS + 1, 0, False),
+        (2**40, 0, False),
+        (0, -1, False),
+        (0, 1_000_000_000, False),
+    ],
+)
+def test_timestamps_must_be_in_protobufs_range(seconds: int, nanos: int, valid: bool) -> None:
+    value = timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
+    if valid:
+        check_timestamp("event.time", value)
+        value.ToDatetime()  # what the check guards
+        return
+    with pytest.raises(InvalidArgument) as error:
+        check_timestamp("event.time", value)
+    assert error.value.violations[0].field == "event.time"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 from datetime import UTC, datetime
 
 import pytest
@@ -10,10 +12,15 @@ import pytest
 from simtrack.errors import InvalidArgument
 from simtrack.server.domain.listing import (
     DEFAULT_PAGE_SIZE,
+    FILTER_BOUNDS,
+    INT64_MAX,
+    INT64_MIN,
     Condition,
     Cursor,
     FieldParsers,
     Listing,
+    decode_position,
+    encode_position,
     enum_parser,
     optional_str,
     parse_filter,
@@ -110,3 +117,80 @@ def test_garbage_tokens_are_invalid_argument(token: str) -> None:
     with pytest.raises(InvalidArgument) as error:
         RUNS.request(10, token, "")
     assert violation_field(error) == "page_token"
+
+
+def test_filters_are_bounded_in_length_terms_and_depth() -> None:
+    bounds = FILTER_BOUNDS
+    term = 'name != "x"'
+    assert len(parse_filter(" AND ".join([term] * bounds.max_terms), FIELDS)) == bounds.max_terms
+    longest = 'name = "' + "n" * (bounds.max_length - 9) + '"'
+    assert len(longest) == bounds.max_length
+    assert parse_filter(longest, FIELDS) == (Condition("name", "=", "n" * (bounds.max_length - 9)),)
+    for text in (" AND ".join([term] * (bounds.max_terms + 1)), longest + " "):
+        with pytest.raises(InvalidArgument) as error:
+            parse_filter(text, FIELDS)
+        assert violation_field(error) == "filter"
+    # What a nesting grammar calls while parsing (this subset has no nesting yet).
+    bounds.check_depth(bounds.max_depth)
+    with pytest.raises(InvalidArgument) as error:
+        bounds.check_depth(bounds.max_depth + 1)
+    assert violation_field(error) == "filter"
+
+
+def test_echoed_filter_values_are_quoted_short() -> None:
+    for text in (
+        "f" * 5_000 + ' = "x"',
+        'tier = "' + "9x" * 1_000 + '"',
+        'name = "x" ' + "?" * 999,
+    ):
+        with pytest.raises(InvalidArgument) as error:
+            parse_filter(text, FIELDS)
+        assert violation_field(error) == "filter"
+        assert len(error.value.message) < 300, error.value.message
+
+
+def forged(scope: str, **payload: object) -> str:
+    """A token sealed for ``scope`` as the server seals its own, holding ``payload``."""
+    digest = hashlib.sha256(scope.encode()).hexdigest()[:16]
+    return base64.urlsafe_b64encode(json.dumps({**payload, "s": digest}).encode()).decode()
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        base64.urlsafe_b64encode(b"[" * 100_000 + b"]" * 100_000).decode(),
+        "x" * 5_000,
+        forged("runs/|", t="0001-01-01T00:00:00+01:00", i="id"),
+        forged("runs/|", t="9999-12-31T23:59:59-01:00", i="id"),
+        forged("runs/|", t="2026-01-01T00:00:00+00:00", i=""),
+        forged("runs/|", t="2026-01-01T00:00:00+00:00", i="nul\x00"),
+        forged("runs/|", t="2026-01-01T00:00:00+00:00", i=["a"]),
+        forged("runs/|", t="2026-01-01T00:00:00+00:00", i="i" * 201),
+        forged("runs/|", t=5, i="id"),
+    ],
+)
+def test_tokens_we_did_not_issue_are_invalid_argument(token: str) -> None:
+    with pytest.raises(InvalidArgument) as error:
+        RUNS.request(10, token, "")
+    assert violation_field(error) == "page_token"
+
+
+def test_positions_must_fit_the_stored_keys() -> None:
+    assert decode_position(forged("s", p=[INT64_MAX, INT64_MIN]), "s", (int, int)) == (
+        INT64_MAX,
+        INT64_MIN,
+    )
+    longest_name = "\N{ROCKET}" * 200  # a metric name of 200 characters beyond the BMP
+    token = encode_position((longest_name,), "s")
+    assert decode_position(token, "s", (str,)) == (longest_name,)
+    cases: list[tuple[list[object], tuple[type, ...]]] = [
+        ([INT64_MAX + 1, 0], (int, int)),
+        ([0, INT64_MIN - 1], (int, int)),
+        ([True, 0], (int, int)),
+        (["a" * 201], (str,)),
+        (["nul\x00"], (str,)),
+    ]
+    for position, types in cases:
+        with pytest.raises(InvalidArgument) as error:
+            decode_position(forged("s", p=position), "s", types)
+        assert violation_field(error) == "page_token"

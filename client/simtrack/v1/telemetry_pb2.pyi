@@ -249,7 +249,9 @@ class MetricSeries(_message.Message):
 
     @_builtins.property
     def timestamps(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
-        """Unix times in seconds of the points: one per value, or empty to use the server's time."""
+        """Unix times in seconds of the points: one per value, or empty to use the server's time.
+        Finite, and within google.protobuf.Timestamp's range (years 1-9999).
+        """
 
     def __init__(
         self,
@@ -315,7 +317,9 @@ class Event(_message.Message):
     """The agent involved, if any (an agent id)."""
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
-        """When it happened; unset means the server's time."""
+        """When it happened; unset means the server's time. A valid Timestamp (years 1-9999, nanos
+        0-999,999,999), else INVALID_ARGUMENT naming the field.
+        """
 
     @_builtins.property
     def payload(self) -> _struct_pb2.Struct:

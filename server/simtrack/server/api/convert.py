@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from google.protobuf import duration_pb2, field_mask_pb2, struct_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
-from simtrack.errors import FieldViolation, InvalidArgument
+from simtrack.errors import FieldViolation, InvalidArgument, prefix, quote
 
 E = TypeVar("E", bound=StrEnum)
 Msg = TypeVar("Msg", bound=Message)
@@ -39,7 +39,24 @@ def value_to_python(field: str, value: struct_pb2.Value) -> Any:
 
 def struct_to_dict(field: str, struct: struct_pb2.Struct) -> dict[str, Any]:
     """A Struct as a plain JSON object; malformed values are INVALID_ARGUMENT naming the path."""
-    return {key: value_to_python(f"{field}.{key}", value) for key, value in struct.fields.items()}
+    return {
+        key: value_to_python(f"{field}.{prefix(key)}", value)
+        for key, value in struct.fields.items()
+    }
+
+
+# The range of google.protobuf.Timestamp (0001-01-01 to 9999-12-31, UTC), in Unix seconds.
+TIMESTAMP_MIN_SECONDS = -62_135_596_800
+TIMESTAMP_MAX_SECONDS = 253_402_300_799
+TIMESTAMP_RANGE = "must be between 0001-01-01 and 9999-12-31 (UTC)"
+
+
+def check_timestamp(field: str, value: timestamp_pb2.Timestamp) -> None:
+    """A caller's Timestamp within protobuf's valid range (its own conversions raise beyond)."""
+    if not TIMESTAMP_MIN_SECONDS <= value.seconds <= TIMESTAMP_MAX_SECONDS:
+        raise InvalidArgument.of(field, f"{TIMESTAMP_RANGE}, got {value.seconds} seconds")
+    if not 0 <= value.nanos <= 999_999_999:
+        raise InvalidArgument.of(field, f"nanos must be between 0 and 999999999, got {value.nanos}")
 
 
 def dict_to_struct(data: Mapping[str, Any]) -> struct_pb2.Struct:
@@ -102,7 +119,7 @@ def mask_changes(
     if unknown:
         allowed = ", ".join(sorted(readers))
         raise InvalidArgument(
-            FieldViolation("update_mask", f"{path!r} cannot be updated (allowed: {allowed})")
+            FieldViolation("update_mask", f"{quote(path)} cannot be updated (allowed: {allowed})")
             for path in unknown
         )
     return {path: readers[path](message) for path in dict.fromkeys(mask.paths)}

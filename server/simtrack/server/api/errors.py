@@ -2,6 +2,12 @@
 
 Anything else that escapes a handler is logged with its traceback and reported as INTERNAL with
 a reference, never with the traceback itself.
+
+A status travels in the call's trailing metadata, which gRPC limits (8 KiB soft, 16 KiB hard:
+beyond it the caller sees RESOURCE_EXHAUSTED instead of our answer). Messages quote callers'
+values short already (``simtrack.errors.quote``); ``to_status`` bounds what is left whatever
+an error holds: the message, the number of field violations and every string in the details,
+in UTF-8 bytes (grpc-message percent-encodes, details are base64: at most ~6.5 KiB in all).
 """
 
 from __future__ import annotations
@@ -20,26 +26,43 @@ from simtrack.errors import InvalidArgument, NotFound, SequenceGap, SimtrackErro
 log = logging.getLogger(__name__)
 
 ERROR_DOMAIN = "simtrack.v1"  # google.rpc.ErrorInfo.domain of simtrack's own reasons
+MESSAGE_MAX_BYTES = 512
+VIOLATIONS_MAX = 10
+FIELD_MAX_BYTES = 100
+DESCRIPTION_MAX_BYTES = 200
+
+
+def _clip(text: str, max_bytes: int) -> str:
+    """``text`` cut to at most ``max_bytes`` UTF-8 bytes (on a character boundary), "…" when cut."""
+    encoded = text.encode()
+    if len(encoded) <= max_bytes:
+        return text
+    return encoded[: max_bytes - 3].decode(errors="ignore") + "…"
 
 
 def to_status(error: SimtrackError) -> status_pb2.Status:
-    """The google.rpc.Status of an error, with BadRequest / ResourceInfo / ErrorInfo details."""
-    status = status_pb2.Status(code=code_pb2.Code.Value(error.code_name), message=error.message)
+    """The google.rpc.Status of an error, with BadRequest / ResourceInfo / ErrorInfo details,
+    bounded."""
+    status = status_pb2.Status(
+        code=code_pb2.Code.Value(error.code_name),
+        message=_clip(error.message, MESSAGE_MAX_BYTES),
+    )
     detail: Any = None
     if isinstance(error, InvalidArgument):
         detail = error_details_pb2.BadRequest(
             field_violations=[
                 error_details_pb2.BadRequest.FieldViolation(
-                    field=v.field, description=v.description
+                    field=_clip(v.field, FIELD_MAX_BYTES),
+                    description=_clip(v.description, DESCRIPTION_MAX_BYTES),
                 )
-                for v in error.violations
+                for v in error.violations[:VIOLATIONS_MAX]
             ]
         )
     elif isinstance(error, NotFound):
         detail = error_details_pb2.ResourceInfo(
-            resource_type=error.resource_type,
-            resource_name=error.resource_id,
-            description=f"field {error.field}" if error.field else "",
+            resource_type=_clip(error.resource_type, FIELD_MAX_BYTES),
+            resource_name=_clip(error.resource_id, DESCRIPTION_MAX_BYTES),
+            description=_clip(f"field {error.field}" if error.field else "", FIELD_MAX_BYTES),
         )
     elif isinstance(error, SequenceGap):
         detail = error_details_pb2.ErrorInfo(

@@ -1,8 +1,12 @@
-"""Per-call concerns of every simtrack RPC, in one wrapper: who is calling, errors, metrics.
+"""Per-call concerns of every simtrack RPC, in one wrapper: who is calling, decoding the
+request, errors, metrics.
 
 The wrapper covers unary calls and the whole iteration of streams, so an error raised while a
-stream is running is mapped like any other. Unary calls are counted and timed here; a stream's
-length says nothing about the service's latency, so streams have gauges of their own.
+stream is running is mapped like any other. Requests are decoded here too, not by grpc before
+the wrapper runs (grpc would answer bytes that are not the request message UNKNOWN): the
+handlers are registered taking bytes, and a message that does not decode is INVALID_ARGUMENT
+naming ``request``, also mid-stream. Unary calls are counted and timed here; a stream's length
+says nothing about the service's latency, so streams have gauges of their own.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 
 import grpc
 
+from simtrack.errors import InvalidArgument
 from simtrack.server.api.auth import CallAuthorizer
 from simtrack.server.api.errors import abort, status_code_name
 from simtrack.server.observability import ServerMetrics
@@ -22,6 +27,38 @@ _OUR_METHODS = "/simtrack.v1."
 
 Behavior = Callable[..., Any]
 Context = grpc.aio.ServicerContext[Any, Any]
+Parse = Callable[[bytes], Any]  # a generated message class's FromString
+Decode = Callable[[Any], Any]  # what a handler is given, from what grpc hands over
+
+
+def message_parser(parse: Parse | None) -> Parse:
+    """``parse`` (a message class's FromString; None: bytes as they are) raising
+    INVALID_ARGUMENT on ``request`` for bytes that are not such a message: garbage, truncated,
+    invalid UTF-8 in a string, nested deeper than protobuf's decoder allows."""
+    if parse is None:
+        return lambda data: data
+    message_class = getattr(parse, "__self__", None)
+    name = getattr(getattr(message_class, "DESCRIPTOR", None), "full_name", "the request message")
+
+    def decode(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except Exception:  # noqa: BLE001 - whatever the decoder refuses is the caller's bytes
+            raise InvalidArgument.of(
+                "request", f"is not a valid {name} (the bytes do not decode as protobuf)"
+            ) from None
+
+    return decode
+
+
+def decoded_stream(parse: Parse) -> Decode:
+    """A request stream of bytes as a stream of messages, decoded as they are read."""
+
+    async def messages(requests: AsyncIterator[bytes]) -> AsyncIterator[Any]:
+        async for data in requests:
+            yield parse(data)
+
+    return messages
 
 
 class CallInterceptor(grpc.aio.ServerInterceptor):
@@ -34,7 +71,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         self.authorizer = authorizer
         self.metrics = metrics
 
-    def _unary(self, method: str, behavior: Behavior) -> Behavior:
+    def _unary(self, method: str, behavior: Behavior, decode: Decode) -> Behavior:
         async def handler(request: Any, context: Context) -> Any:
             started = time.perf_counter()
 
@@ -44,7 +81,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
 
             try:
                 async with self.authorizer.scope(method, context):
-                    response = await behavior(request, context)
+                    response = await behavior(decode(request), context)
             except grpc.aio.AbortError:  # the status is already out (e.g. unauthenticated)
                 done(_status_name(context))
                 raise
@@ -60,11 +97,11 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
 
         return handler
 
-    def _stream(self, method: str, behavior: Behavior) -> Behavior:
+    def _stream(self, method: str, behavior: Behavior, decode: Decode) -> Behavior:
         async def handler(request: Any, context: Context) -> AsyncIterator[Any]:
             try:
                 async with self.authorizer.scope(method, context):
-                    async for response in behavior(request, context):
+                    async for response in behavior(decode(request), context):
                         yield response
             except grpc.aio.AbortError:
                 raise
@@ -84,25 +121,24 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         method: str = handler_call_details.method
         if handler is None or not method.startswith(_OUR_METHODS):
             return handler
-        kwargs = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
+        # grpc hands the handlers bytes (no deserializer); they decode inside the wrapper.
+        kwargs = {"request_deserializer": None, "response_serializer": handler.response_serializer}
+        parse = message_parser(handler.request_deserializer)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                self._unary(method, handler.unary_unary), **kwargs
+                self._unary(method, handler.unary_unary, parse), **kwargs
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                self._stream(method, handler.unary_stream), **kwargs
+                self._stream(method, handler.unary_stream, parse), **kwargs
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                self._unary(method, handler.stream_unary), **kwargs
+                self._unary(method, handler.stream_unary, decoded_stream(parse)), **kwargs
             )
         assert handler.stream_stream is not None
         return grpc.stream_stream_rpc_method_handler(
-            self._stream(method, handler.stream_stream), **kwargs
+            self._stream(method, handler.stream_stream, decoded_stream(parse)), **kwargs
         )
 
 

@@ -20,7 +20,14 @@ import numpy as np
 
 from simtrack.errors import InvalidArgument, SimtrackError
 from simtrack.server.api.artifacts import ArtifactRpcs
-from simtrack.server.api.convert import dict_to_struct, struct_to_dict
+from simtrack.server.api.convert import (
+    TIMESTAMP_MAX_SECONDS,
+    TIMESTAMP_MIN_SECONDS,
+    TIMESTAMP_RANGE,
+    check_timestamp,
+    dict_to_struct,
+    struct_to_dict,
+)
 from simtrack.server.api.queries import METRIC_KIND, RunQueryServicer
 from simtrack.server.api.runs import run_to_proto
 from simtrack.server.db.chunks import pack_steps, pack_timestamps
@@ -64,6 +71,13 @@ OUTCOMES = {
 OUTCOME_OF_STATUS = {status: outcome for outcome, status in OUTCOMES.items()}
 
 
+def _check_unix_times(field: str, seconds: np.ndarray[Any, Any]) -> None:
+    """Unix times in seconds, as Timestamp allows them: finite, years 1 to 9999."""
+    within = (seconds >= TIMESTAMP_MIN_SECONDS) & (seconds < TIMESTAMP_MAX_SECONDS + 1)
+    if not bool(within.all()):  # NaN compares false: refused too
+        raise InvalidArgument.of(field, f"{TIMESTAMP_RANGE}, as finite Unix seconds")
+
+
 def _series_chunk(field: str, series: tpb.MetricSeries, now: float) -> SeriesChunk:
     name = require_name(f"{field}.name", series.name)
     steps = np.asarray(series.steps, dtype="<i8")
@@ -80,6 +94,8 @@ def _series_chunk(field: str, series: tpb.MetricSeries, now: float) -> SeriesChu
             f"{field}.timestamps", f"has {len(series.timestamps)} entries: none or one per value"
         )
     stamps = np.asarray(series.timestamps, dtype="<f8") if len(series.timestamps) else None
+    if stamps is not None:
+        _check_unix_times(f"{field}.timestamps", stamps)
     packed = pack_steps(steps)
     vmin: float | None
     vmax: float | None
@@ -114,6 +130,8 @@ def _series_chunk(field: str, series: tpb.MetricSeries, now: float) -> SeriesChu
 
 
 def _event(field: str, event: tpb.Event, now: datetime) -> EventData:
+    if event.HasField("time"):
+        check_timestamp(f"{field}.time", event.time)
     return EventData(
         step=event.step,
         time=event.time.ToDatetime(tzinfo=UTC) if event.HasField("time") else now,

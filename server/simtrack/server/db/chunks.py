@@ -73,7 +73,9 @@ def unpack(
     if len(values) != n or len(stamps) not in (1, n) or len(steps) not in (0, 8 * n):
         raise ValueError(f"a chunk of {n} points with malformed columns")
     return (
-        np.frombuffer(steps, dtype=STEP) if steps else np.arange(first_step, first_step + n),
+        # first_step + arange, not arange(first_step, ...): that overflows to float64 near
+        # the top of int64, though every step fits.
+        np.frombuffer(steps, dtype=STEP) if steps else first_step + np.arange(n, dtype=STEP),
         values,
         stamps if len(stamps) == n else np.full(n, stamps[0]),
     )

@@ -10,7 +10,7 @@ from types import TracebackType
 from typing import Any
 
 from sqlalchemy import Connection, event, text
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
@@ -35,6 +35,37 @@ from simtrack.server.domain.tenancy import current_principal_or_none
 _UNIQUE = ("23505", "UNIQUE constraint failed")
 _FOREIGN_KEY = ("23503", "FOREIGN KEY constraint failed")
 _CHECK = ("23514", "CHECK constraint failed")
+# Faults that pass by themselves: PostgreSQL SQLSTATE classes (connection exception,
+# insufficient resources, operator intervention e.g. shutdown or statement timeout) and codes
+# (serialization failure, deadlock, lock not available, I/O error); SQLite result codes
+# (extended codes start with these).
+_TRANSIENT_SQLSTATE_CLASSES = ("08", "53", "57")
+_TRANSIENT_SQLSTATES = ("40001", "40P01", "55P03", "58030")
+_TRANSIENT_SQLITE = (
+    "SQLITE_BUSY",
+    "SQLITE_LOCKED",
+    "SQLITE_IOERR",
+    "SQLITE_CANTOPEN",
+    "SQLITE_FULL",
+)
+
+
+def is_transient(error: DBAPIError) -> bool:
+    """Whether retrying later may succeed: the database was unreachable or busy, not the
+    statement wrong. A statement the database refuses as such (too many parameters, a
+    program error) fails the same way on every retry, so it is no reason to say "retry"."""
+    if error.connection_invalidated:
+        return True  # the connection broke under the statement
+    if not isinstance(error, OperationalError | InterfaceError):
+        return False
+    if error.statement is None:
+        return True  # raised while connecting: no statement had been sent
+    orig = error.orig
+    sqlstate = getattr(orig, "sqlstate", None)
+    if sqlstate:
+        return sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES or sqlstate in _TRANSIENT_SQLSTATES
+    sqlite_code = getattr(orig, "sqlite_errorname", None)
+    return isinstance(sqlite_code, str) and sqlite_code.startswith(_TRANSIENT_SQLITE)
 
 
 def translate_integrity_error(error: IntegrityError) -> Exception:
@@ -103,9 +134,7 @@ class UnitOfWork:
         if isinstance(exc, DataError):
             # Values the service layer should have refused already; still the caller's doing.
             raise InvalidArgument.of("request", "a value the database cannot store") from exc
-        if isinstance(exc, OperationalError) or (
-            isinstance(exc, DBAPIError) and exc.connection_invalidated
-        ):
+        if isinstance(exc, DBAPIError) and is_transient(exc):
             raise Unavailable("the database is unreachable; retry later") from exc
 
     async def commit(self) -> None:

@@ -2,7 +2,13 @@
 
 A filter is ``field op value`` terms joined by ``AND``; ``op`` is ``=`` or ``!=``; a value is a
 double-quoted string or a bare word. Each listable entity declares its filterable fields and how
-to parse their values, so a bad filter is INVALID_ARGUMENT naming ``filter``.
+to parse their values, so a bad filter is INVALID_ARGUMENT naming ``filter``. ``FILTER_BOUNDS``
+caps a filter's length, terms and nesting before any query is built: every term is a bound
+parameter, and a filter that could never run (PostgreSQL takes at most 65,535 parameters) must
+be refused at once, not after seconds of work as "retry later".
+
+Page tokens are opaque to callers; a token this server did not issue, whatever it decodes to,
+is INVALID_ARGUMENT naming ``page_token``.
 """
 
 from __future__ import annotations
@@ -14,16 +20,47 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar, cast
 
-from simtrack.errors import InvalidArgument
-from simtrack.server.domain.model import NUL, NUL_MESSAGE
+from simtrack.errors import InvalidArgument, quote
+from simtrack.server.domain.model import NAME_MAX, NUL, NUL_MESSAGE
 
 T = TypeVar("T")
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
+# Ours are a digest and a time and id, or a position of keys: at most ~3,300 characters (a
+# metric name of 200 characters beyond the BMP, JSON-escaped, base64-encoded).
+MAX_TOKEN_LENGTH = 4096
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+@dataclass(frozen=True)
+class FilterBounds:
+    """How big a filter may be: characters, terms (comparisons) and nesting (parentheses or
+    NOT inside each other). Checked before and while parsing, so nothing is built beyond them."""
+
+    max_length: int
+    max_terms: int
+    max_depth: int
+
+    def check_text(self, text: str) -> None:
+        if len(text) > self.max_length:
+            raise InvalidArgument.of(
+                "filter", f"is longer than {self.max_length} characters ({len(text):,})"
+            )
+
+    def check_terms(self, count: int) -> None:
+        if count > self.max_terms:
+            raise InvalidArgument.of("filter", f"has more than {self.max_terms} terms")
+
+    def check_depth(self, depth: int) -> None:
+        if depth > self.max_depth:
+            raise InvalidArgument.of("filter", f"nests deeper than {self.max_depth} levels")
+
+
+FILTER_BOUNDS = FilterBounds(max_length=4096, max_terms=100, max_depth=16)
 
 _TOKEN = re.compile(
     r"""\s*(?:(?P<and>AND\b)|(?P<op>!=|=)|"(?P<quoted>(?:[^"\\]|\\.)*)"|(?P<word>[\w.:\-]+))"""
@@ -74,6 +111,7 @@ FieldParsers = Mapping[str, Callable[[str], Any]]
 
 def parse_filter(text: str, fields: FieldParsers) -> tuple[Condition, ...]:
     """Parse ``text`` into conditions on ``fields``; raises InvalidArgument on ``filter``."""
+    FILTER_BOUNDS.check_text(text)
     if NUL in text:
         raise InvalidArgument.of("filter", NUL_MESSAGE)
     tokens: list[tuple[str, str]] = []
@@ -83,7 +121,7 @@ def parse_filter(text: str, fields: FieldParsers) -> tuple[Condition, ...]:
         match = _TOKEN.match(text, pos)
         if not match or match.end() == pos:
             raise InvalidArgument.of(
-                "filter", f"unexpected text at position {pos}: {text[pos:][:20]!r}"
+                "filter", f"unexpected text at position {pos}: {quote(text[pos:], 20)}"
             )
         kind = match.lastgroup or ""
         raw = match.group(kind)
@@ -111,12 +149,15 @@ def parse_filter(text: str, fields: FieldParsers) -> tuple[Condition, ...]:
         field, op, value = term[0][1], term[1][1], term[2][1]
         if field not in fields:
             allowed = ", ".join(sorted(fields)) or "none"
-            raise InvalidArgument.of("filter", f"cannot filter on {field!r} (allowed: {allowed})")
+            raise InvalidArgument.of(
+                "filter", f"cannot filter on {quote(field)} (allowed: {allowed})"
+            )
         try:
             parsed = fields[field](value)
-        except ValueError as exc:
-            raise InvalidArgument.of("filter", f"bad value for {field}: {exc}") from None
+        except ValueError:
+            raise InvalidArgument.of("filter", f"bad value for {field}: {quote(value)}") from None
         conditions.append(Condition(field, op, parsed))
+        FILTER_BOUNDS.check_terms(len(conditions))
         index += 3
         if index < len(tokens):
             if tokens[index][0] != "and":
@@ -201,10 +242,20 @@ def _seal(payload: dict[str, Any], scope: str) -> str:
 
 def _unseal(token: str, scope: str) -> dict[str, Any]:
     """The payload of a token made by ``_seal`` for ``scope``; else INVALID_ARGUMENT."""
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise InvalidArgument.of("page_token", _NOT_OURS)
     try:
         payload = json.loads(base64.urlsafe_b64decode(token.encode()))
         digest = payload.pop("s")
-    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeError, AttributeError):
+    except (
+        binascii.Error,
+        ValueError,
+        KeyError,
+        TypeError,
+        UnicodeError,
+        AttributeError,
+        RecursionError,  # JSON nested deeper than the parser goes
+    ):
         raise InvalidArgument.of("page_token", _NOT_OURS) from None
     if digest != hashlib.sha256(scope.encode()).hexdigest()[:16]:
         raise InvalidArgument.of("page_token", "was issued for a different filter or parent")
@@ -219,13 +270,17 @@ def encode_token(cursor: Cursor, scope: str) -> str:
 def decode_token(token: str, scope: str) -> Cursor:
     """Read a token made by encode_token; anything else is INVALID_ARGUMENT on page_token."""
     payload = _unseal(token, scope)
-    try:
-        cursor = Cursor(datetime.fromisoformat(payload["t"]), str(payload["i"]))
-    except (ValueError, KeyError, TypeError):
-        raise InvalidArgument.of("page_token", _NOT_OURS) from None
-    if cursor.created_at.tzinfo is None:
+    created_at, row_id = payload.get("t"), payload.get("i")
+    if not isinstance(created_at, str) or not isinstance(row_id, str) or not _storable(row_id):
         raise InvalidArgument.of("page_token", _NOT_OURS)
-    return cursor
+    try:
+        when = datetime.fromisoformat(created_at)
+        if when.tzinfo is None or not row_id:
+            raise ValueError("not a cursor of ours")
+        # In UTC, as every stored time is (and as ours are): none lies beyond years 1-9999.
+        return Cursor(when.astimezone(UTC), row_id)
+    except (ValueError, OverflowError):
+        raise InvalidArgument.of("page_token", _NOT_OURS) from None
 
 
 def encode_position(position: tuple[int | str, ...], scope: str) -> str:
@@ -240,10 +295,17 @@ def decode_position(token: str, scope: str, types: tuple[type, ...]) -> tuple[An
     if (
         not isinstance(position, list)
         or len(position) != len(types)
-        or not all(type(v) is t for v, t in zip(position, types, strict=True))
+        or not all(type(v) is t and _storable(v) for v, t in zip(position, types, strict=True))
     ):
         raise InvalidArgument.of("page_token", _NOT_OURS)
     return tuple(position)
+
+
+def _storable(key: Any) -> bool:
+    """Whether a key could be a stored column's: an int64, or a bounded text without NUL."""
+    if isinstance(key, int):
+        return INT64_MIN <= key <= INT64_MAX
+    return isinstance(key, str) and len(key) <= NAME_MAX and NUL not in key
 
 
 def enum_parser(enum: Callable[[str], Any]) -> Callable[[str], Any]:

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from typing import Any
 
-from simtrack.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from simtrack.errors import FailedPrecondition, FieldViolation, InvalidArgument, prefix, quote
 
 NAME_MAX = 200
 TEXT_MAX = 10_000
@@ -162,7 +162,7 @@ def require_id(field: str, value: str) -> str:
     try:
         return str(uuid.UUID(value))
     except ValueError:
-        raise InvalidArgument.of(field, f"{value[:60]!r} is not a UUID") from None
+        raise InvalidArgument.of(field, f"{quote(value, 60)} is not a UUID") from None
 
 
 def optional_id(field: str, value: str) -> str | None:
@@ -203,9 +203,9 @@ def _non_json(path: str, value: Any) -> Iterable[FieldViolation]:
     elif isinstance(value, Mapping):
         for key, item in value.items():
             if NUL in key:
-                yield FieldViolation(f"{path}.{key!r}", f"key {NUL_MESSAGE}")
+                yield FieldViolation(f"{path}.{quote(key)}", f"key {NUL_MESSAGE}")
             else:
-                yield from _non_json(f"{path}.{key}", item)
+                yield from _non_json(f"{path}.{prefix(key)}", item)
     elif isinstance(value, list):
         for index, item in enumerate(value):
             yield from _non_json(f"{path}[{index}]", item)
