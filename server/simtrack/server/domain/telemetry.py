@@ -18,6 +18,7 @@ from simtrack.server.domain.model import (
     RunStatus,
     bounded_text,
     json_object,
+    pause_moves,
     require_name,
 )
 from simtrack.server.domain.runs import WORKER_ID_MAX, load_run, set_run_status
@@ -35,6 +36,28 @@ _CANCEL_NAMESPACE = uuid.UUID("0b7e3c52-8a43-4f0e-bf6f-3f4f3ad1e7c2")
 
 def _command(run_id: str, name: str, args: Mapping[str, Any]) -> CommandMessage:
     return CommandMessage(run_id, str(uuid.uuid4()), name, dict(args))
+
+
+def _pause(run: Run, name: str) -> CommandMessage:
+    """A pause, or the resume that ends it, keeps one id per pause (as a cancel does)."""
+    paused = run.paused_at.isoformat() if run.paused_at else ""
+    command_id = str(uuid.uuid5(_CANCEL_NAMESPACE, f"{run.id}/{name}/{paused}"))
+    return CommandMessage(run.id, command_id, name, {})
+
+
+def pending_commands(run: Run) -> list[CommandMessage]:
+    """What a worker that (re)connects is told in its welcome: the state the run is in.
+
+    A requested cancel (it outweighs a pause); else a paused run's pause; else, for a run
+    resumed since it was paused, that resume, so a worker that was away hears of it too.
+    """
+    if run.status in RUN_FINAL:
+        return []
+    if run.cancel_requested_at is not None:
+        return [_cancel(run, "cancel requested")]
+    if run.paused_at is None:
+        return []
+    return [_pause(run, "pause" if run.status == RunStatus.PAUSED else "resume")]
 
 
 def _cancel(run: Run, reason: str) -> CommandMessage:
@@ -62,7 +85,8 @@ class TelemetryService:
             if run.status not in RUN_FINAL:
                 if run.status == RunStatus.PENDING:
                     set_run_status(run, RunStatus.STARTING)
-                set_run_status(run, RunStatus.RUNNING)
+                if run.status != RunStatus.PAUSED:  # a paused run stays so: the welcome says it
+                    set_run_status(run, RunStatus.RUNNING)
                 run.worker_id = worker_id or run.worker_id
                 run.last_seen_at = utcnow()
                 await uow.runs.flush()
@@ -70,10 +94,7 @@ class TelemetryService:
                 await uow.commit()
         with contextlib.suppress(Unavailable):  # watchers re-read on their own timer anyway
             await self.bus.publish_runs([run.id])
-        pending = []
-        if run.cancel_requested_at is not None and run.status not in RUN_FINAL:
-            pending.append(_cancel(run, "cancel requested"))
-        return run, pending
+        return run, pending_commands(run)
 
     async def cancel(self, run_id: str, reason: str) -> tuple[Run, CommandMessage]:
         """Ask the worker to stop; a run no worker has attached to stops at once."""
@@ -91,14 +112,45 @@ class TelemetryService:
             await refresh_experiment_status(uow, run.experiment_id)
             await uow.commit()
         command = _cancel(run, reason)
+        # If not pushed live, the sweeper still stops the run after the grace period.
+        await self._push(command)
+        return run, command
+
+    async def pause(self, run_id: str) -> tuple[Run, CommandMessage]:
+        """Pause a running run: its status says so until resumed, and its worker is told now
+        and on every reconnect."""
+        return await self._pause_or_resume(run_id, RunStatus.PAUSED)
+
+    async def resume(self, run_id: str) -> tuple[Run, CommandMessage]:
+        """Resume a paused run: running again, and its worker is told now or on reconnect."""
+        return await self._pause_or_resume(run_id, RunStatus.RUNNING)
+
+    async def _pause_or_resume(self, run_id: str, target: RunStatus) -> tuple[Run, CommandMessage]:
+        async with self.uow() as uow:
+            run = await load_run(uow, run_id)
+            run = await uow.runs.get(run.id, for_update=True) or run
+            if pause_moves(run.status, target):
+                set_run_status(run, target)
+                if target == RunStatus.PAUSED:
+                    run.paused_at = utcnow()
+                # The experiment's status does not change: paused counts as running.
+                await uow.runs.flush()
+                await uow.commit()
+        command = _pause(run, "pause" if target == RunStatus.PAUSED else "resume")
+        await self._push(command)
+        return run, command
+
+    async def _push(self, command: CommandMessage) -> None:
+        """Tell the worker and the run's watchers now, if the bus lets us."""
         try:
             await self.bus.publish_command(command)
-            await self.bus.publish_runs([run.id])
+            await self.bus.publish_runs([command.run_id])
         except Unavailable as exc:
-            # The cancel is committed: the worker is told on its next (re)connect, and the
-            # sweeper stops the run after the grace period. Not a failure of this call.
-            log.warning("cancel of run %s stored but not pushed live: %s", run.id, exc)
-        return run, command
+            # The command's state is committed: the worker is told on its next (re)connect.
+            # Not a failure of this call.
+            log.warning(
+                "%s of run %s stored but not pushed live: %s", command.name, command.run_id, exc
+            )
 
     async def send(self, run_id: str, name: str, args: Mapping[str, Any]) -> CommandMessage:
         """Push a command to the run's worker (live only: a worker not connected misses it)."""
