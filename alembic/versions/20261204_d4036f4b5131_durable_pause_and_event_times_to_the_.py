@@ -44,8 +44,8 @@ SECONDS_AND_MICROS = {
 NANOS_TO_TIME = {
     "postgresql": (
         "timestamptz '1970-01-01 00:00:00+00'"
-        " + floor(time_ns / 1000000000.0)::bigint * interval '1 second'"
-        " + (time_ns - floor(time_ns / 1000000000.0)::bigint * 1000000000) / 1000"
+        " + floor(time_ns::numeric / 1000000000) * interval '1 second'"
+        " + floor((time_ns::numeric - floor(time_ns::numeric / 1000000000) * 1000000000) / 1000)"
         " * interval '1 microsecond'"
     ),
     "sqlite": (
