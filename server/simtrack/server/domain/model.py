@@ -173,8 +173,7 @@ def derive_experiment_status(run_statuses: Iterable[RunStatus]) -> ExperimentSta
     """An experiment's status follows its runs.
 
     No runs: draft. Any run pending, starting, running or paused: running. Otherwise (all
-    runs ended):
-    completed if at least one run completed, failed if none did.
+    runs ended): completed if at least one run completed, failed if none did.
     """
     statuses = set(run_statuses)
     if not statuses:

@@ -40,7 +40,8 @@ def _command(run_id: str, name: str, args: Mapping[str, Any]) -> CommandMessage:
 
 def _pause(run: Run, name: str) -> CommandMessage:
     """A pause, or the resume that ends it, keeps one id per pause (as a cancel does)."""
-    paused = run.paused_at.isoformat() if run.paused_at else ""
+    # The instant, not its spelling: a datetime read back may carry another UTC offset.
+    paused = f"{run.paused_at.timestamp():.6f}" if run.paused_at else ""
     command_id = str(uuid.uuid5(_CANCEL_NAMESPACE, f"{run.id}/{name}/{paused}"))
     return CommandMessage(run.id, command_id, name, {})
 
