@@ -341,15 +341,16 @@ def write_requests(o: Objects) -> list[tuple[str, Message]]:
                 update_mask=mask("role"),
             ),
         ),
+        (
+            "RunService.StreamRun",
+            telemetry_pb2.StreamRunRequest(hello=telemetry_pb2.Hello(run_id=o.run.id)),
+        ),
+        # Running now (hello): it can be paused.
         ("RunService.PauseRun", runs_pb2.PauseRunRequest(id=o.run.id)),
         ("RunService.ResumeRun", runs_pb2.ResumeRunRequest(id=o.run.id)),
         (
             "RunService.SendCommand",
             runs_pb2.SendCommandRequest(id=o.run.id, name="set_price", args=struct({"p": 1})),
-        ),
-        (
-            "RunService.StreamRun",
-            telemetry_pb2.StreamRunRequest(hello=telemetry_pb2.Hello(run_id=o.run.id)),
         ),
         ("RunService.CancelRun", runs_pb2.CancelRunRequest(id=o.run.id, reason="done")),
         ("RunService.DeleteParticipant", runs_pb2.DeleteParticipantRequest(id=o.participant.id)),

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import matplotlib.image
 import numpy as np
 import pytest
-from google.protobuf import json_format
+from google.protobuf import field_mask_pb2, json_format
 from google.protobuf.message import Message
 
 from simtrack.client import Client, Worker
@@ -149,6 +149,33 @@ def test_experiments_and_runs_created_by_the_cli_are_stored(
     assert cancelled.stdout.strip() == f"run {run_id}: stopped"  # no worker: stopped at once
     run = shared_server.runs.GetRun(runs_pb2.GetRunRequest(id=run_id)).run
     assert run.status == runs_pb2.RUN_STATUS_STOPPED
+
+
+@ON_SQLITE
+def test_runs_pause_and_resume_and_a_paused_run_in_lists_and_stats(
+    cli: Cli, client: Client, shared_server: Server
+) -> None:
+    run = new_run(client)
+    refused = cli("runs", "pause", run.id, check=False)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("simtrack: FAILED_PRECONDITION: only a running run")
+    for status in (runs_pb2.RUN_STATUS_STARTING, runs_pb2.RUN_STATUS_RUNNING):
+        shared_server.runs.UpdateRun(
+            runs_pb2.UpdateRunRequest(
+                run=runs_pb2.Run(id=run.id, status=status),
+                update_mask=field_mask_pb2.FieldMask(paths=["status"]),
+            )
+        )
+    assert cli("runs", "pause", run.id).stdout == f"run {run.id}: paused\n"
+    [row] = [line for line in cli("runs", "list").stdout.splitlines() if run.id in line]
+    assert "paused" in row
+    listed = cli.json("runs", "list", "--filter", 'status = "paused"')
+    assert run.id in [r["id"] for r in listed]
+    assert all(r["status"] == "RUN_STATUS_PAUSED" for r in listed)
+    stats = cli("stats", "--filter", f'experiment_id = "{run.experiment_id}"').stdout
+    [counted] = [line for line in stats.splitlines() if "paused" in line]
+    assert counted.split() == ["│", "paused", "│", "1", "│"], stats
+    assert cli("runs", "resume", run.id).stdout == f"run {run.id}: running\n"
 
 
 @ON_SQLITE

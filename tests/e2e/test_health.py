@@ -1,5 +1,6 @@
 """Health follows the database (PostgreSQL only): NOT_SERVING and UNAVAILABLE while it is
-unreachable, SERVING again once it is back; an unmigrated database is refused at start-up.
+unreachable, SERVING again once it is back. Refused at start-up: an unmigrated database, and
+an address (gRPC or metrics) another server already listens on, unless sharing is asked for.
 
 Each test has a PostgreSQL database of its own (``empty_database_url`` on the postgresql
 backend, created by ``PostgresDatabases``): the outage test takes it away from everyone.
@@ -7,6 +8,7 @@ backend, created by ``PostgresDatabases``): the outage test takes it away from e
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,10 +21,12 @@ from grpc_health.v1 import health_pb2
 from psycopg import sql
 
 from simtrack.server.db import migrate
-from simtrack.v1 import agents_pb2, scenarios_pb2
+from simtrack.v1 import agents_pb2, agents_pb2_grpc, scenarios_pb2
 
 if TYPE_CHECKING:
-    from tests.e2e.conftest import Launch, Server, StartServer
+    from pathlib import Path
+
+    from tests.e2e.conftest import Launch, Server, ServerProcess, StartServer
 
 POSTGRESQL_ONLY = pytest.mark.parametrize(
     "backend", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
@@ -137,3 +141,42 @@ def test_an_unmigrated_postgresql_database_is_refused(
     assert "simtrack migrate" in process.stderr
     assert "serving on" not in process.stderr
     assert "Traceback" not in process.stderr, process.stderr
+
+
+def refusal_line(process: ServerProcess) -> str:
+    """The one line a server that refused to start said why in (exit code 2, no traceback)."""
+    assert process.wait_exit() == 2, process.stderr
+    assert "Traceback" not in process.stderr and "serving on" not in process.stderr
+    [line] = [line for line in process.stderr.splitlines() if line.startswith("simtrack:")]
+    return line
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_second_server_on_an_address_in_use_refuses_to_start(
+    database_url: str, start_server: StartServer, launch: Launch, tmp_path: Path
+) -> None:
+    first = start_server(database_url, SIMTRACK_METRICS_LISTEN="127.0.0.1:0")
+    other_database = f"sqlite:///{tmp_path / 'other.db'}"
+
+    line = refusal_line(launch(other_database, listen=first.address))
+    assert line.startswith(f"simtrack: cannot listen on {first.address}: ")
+    assert "SIMTRACK_REUSE_PORT" in line
+    # The first keeps serving, and every new connection reaches it (and its database).
+    for i in range(6):
+        with grpc.insecure_channel(first.address) as channel:
+            agent = agents_pb2.Agent(name=f"caller-{i}", framework=agents_pb2.FRAMEWORK_BASELINE)
+            request = agents_pb2.CreateAgentRequest(agent=agent)
+            agents_pb2_grpc.AgentServiceStub(channel).CreateAgent(request, timeout=15)
+    assert sorted(list_agents(first)) == [f"caller-{i}" for i in range(6)]
+    assert first.health_status() == SERVING
+
+    found = re.search(r"simtrack metrics on (\S+:\d+)", first.stderr)
+    assert found, first.stderr
+    line = refusal_line(launch(other_database, SIMTRACK_METRICS_LISTEN=found[1]))
+    assert line.startswith(f"simtrack: cannot serve metrics on {found[1]} ")
+    assert "SIMTRACK_METRICS_LISTEN" in line
+
+    # Sharing a port is an explicit setting, on every process that shares it.
+    shared = start_server(other_database, SIMTRACK_REUSE_PORT="true")
+    also = start_server(database_url, listen=shared.address, SIMTRACK_REUSE_PORT="true")
+    assert also.address == shared.address

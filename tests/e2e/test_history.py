@@ -8,13 +8,14 @@ in the order sent.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
 import pytest
-from google.protobuf import json_format
+from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.message import Message
 
 from simtrack.v1 import runs_pb2, telemetry_pb2
@@ -266,6 +267,71 @@ async def test_list_events_pages_in_the_order_sent(server: Server, streams: Stre
         )
     )
     assert [e.event.step for e in by_agent.events] == list(range(0, 250, 15))
+
+
+def at(nanos: int) -> timestamp_pb2.Timestamp:
+    seconds, rest = divmod(nanos, 1_000_000_000)
+    return timestamp_pb2.Timestamp(seconds=seconds, nanos=rest)
+
+
+def all_events(server: Server, run_id: str) -> list[runs_pb2.StoredEvent]:
+    seen: list[runs_pb2.StoredEvent] = []
+    token = ""
+    while True:
+        page = server.runs.ListEvents(
+            runs_pb2.ListEventsRequest(run_id=run_id, page_size=1000, page_token=token)
+        )
+        seen += page.events
+        if not (token := page.next_page_token):
+            return seen
+
+
+async def test_event_times_come_back_to_the_nanosecond(
+    server: Server, streams: StreamKit, database_url: str
+) -> None:
+    """A batch of 1,000 events with distinct nanosecond times, some before 1970 and at both
+    ends of what 64-bit nanoseconds hold, comes back exactly; an untimed event gets the
+    server's time; a time that cannot be kept is refused naming the field."""
+    run = streams.new_run(server)
+    stream = await streams.open(server, run.id)
+    base = 1_767_225_600_123_456_789  # 2026-01-01T00:00:00.123456789Z
+    jitter = np.random.default_rng(5).integers(1, 200, size=995)
+    nanos = [base + i * 1_000_000 + int(j) for i, j in enumerate(jitter)]
+    nanos += [0, -1, -1_500_000_001, -(2**63), 2**63 - 1]
+    assert len(set(nanos)) == 1000 and all(n % 1000 for n in nanos if n)  # below a microsecond
+    timed = [telemetry_pb2.Event(step=i, type="tick", time=at(n)) for i, n in enumerate(nanos)]
+    await stream.send(Request(seq=1, events=telemetry_pb2.EventBatch(events=timed)))
+    await stream.wait_acked(1)
+    before = time.time_ns()
+    untimed = telemetry_pb2.Event(step=1000, type="untimed")
+    await stream.send(Request(seq=2, events=telemetry_pb2.EventBatch(events=[untimed])))
+    await stream.wait_acked(2)
+    after = time.time_ns()
+
+    read = all_events(server, run.id)
+    assert len(read) == 1001
+    assert [(e.event.time.seconds, e.event.time.nanos) for e in read[:1000]] == [
+        divmod(n, 1_000_000_000) for n in nanos
+    ]
+    assert before <= read[1000].event.time.ToNanoseconds() <= after
+    stored = streams.database(database_url).rows(
+        "select time_ns from events where run_id = :run order by seq, position", run=run.id
+    )
+    assert [r.time_ns for r in stored[:1000]] == nanos
+
+    for bad, field in [
+        (timestamp_pb2.Timestamp(seconds=5, nanos=1_000_000_000), "events.events[1].time.nanos"),
+        (timestamp_pb2.Timestamp(seconds=5, nanos=-1), "events.events[1].time.nanos"),
+        (timestamp_pb2.Timestamp(seconds=9_300_000_000), "events.events[1].time"),  # 2264
+        (timestamp_pb2.Timestamp(seconds=-62_135_596_800), "events.events[1].time"),  # 0001
+    ]:
+        refused = streams.new_run(server)
+        worker = await streams.open(server, refused.id)
+        events = [untimed, telemetry_pb2.Event(type="x", time=bad)]
+        await worker.send(Request(seq=1, events=telemetry_pb2.EventBatch(events=events)))
+        assert await worker.wait_end() == grpc.StatusCode.INVALID_ARGUMENT
+        assert worker.bad_request_fields() == [field]
+        assert streams.database(database_url).events(refused.id) == []
 
 
 async def test_bad_reads_get_the_right_status_naming_the_field(

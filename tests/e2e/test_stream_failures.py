@@ -18,6 +18,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -386,6 +387,40 @@ async def test_worker_helper_rides_out_a_server_crash_by_itself(
     assert_exactly_once(streams, database_url, run.id, expected_checksums(streams, steps))
     assert get_run(restarted[0], run.id).status == COMPLETED
     assert not (spool / f"{run.id}.sqlite").exists(), "the spool outlived a completed run"
+
+
+async def test_the_worker_helpers_paused_flag_follows_the_run_across_reconnects(
+    served_url: str, start_server: StartServer, streams: StreamKit, tmp_path: Path
+) -> None:
+    """Paused before the helper connects, resumed while it is away: its flag follows."""
+    listen = f"127.0.0.1:{free_port()}"
+    first = start_server(served_url, listen=listen)
+    run = streams.new_run(first)
+    await (await streams.open(first, run.id)).close()  # running, and no worker connected
+    first.runs.PauseRun(runs_pb2.PauseRunRequest(id=run.id))
+    options = WorkerOptions(backoff_base=0.05, backoff_cap=0.5)
+
+    def until(condition: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 20
+        while not condition():
+            assert time.monotonic() < deadline, f"not within 20s: {what}"
+            time.sleep(0.02)
+
+    def work() -> None:
+        with Worker(listen, run.id, spool_dir=tmp_path, options=options) as worker:
+            until(lambda: worker.paused, "paused by the welcome")
+            assert not worker.wait_if_paused(timeout=0.1)
+            first.kill()  # the helper is away while another server resumes the run
+            other = start_server(served_url)
+            other.runs.ResumeRun(runs_pb2.ResumeRunRequest(id=run.id))
+            other.stop()
+            restarted.append(start_server(served_url, listen=listen))
+            until(lambda: not worker.paused, "resumed by the welcome after reconnecting")
+            worker.log_metrics(1, {"x": 1.0})
+
+    restarted: list[Server] = []
+    await asyncio.wait_for(asyncio.to_thread(work), 90)
+    assert get_run(restarted[0], run.id).status == COMPLETED
 
 
 @pytest.mark.parametrize("resume", ["second worker", "sync_spool"])

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import numpy as np
 import pytest
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import field_mask_pb2, json_format, struct_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -34,7 +34,7 @@ from simtrack.errors import SequenceGap
 from simtrack.v1 import experiments_pb2, runs_pb2, runs_pb2_grpc, telemetry_pb2
 
 if TYPE_CHECKING:
-    from tests.e2e.conftest import RawStream, Server, StartServer, StreamKit
+    from tests.e2e.conftest import RawStream, Refusal, Server, StartServer, StreamKit
 
 RunStatus = runs_pb2.RunStatus
 ExperimentStatus = experiments_pb2.ExperimentStatus
@@ -44,6 +44,7 @@ PENDING = RunStatus.RUN_STATUS_PENDING
 COMPLETED = RunStatus.RUN_STATUS_COMPLETED
 FAILED = RunStatus.RUN_STATUS_FAILED
 STOPPED = RunStatus.RUN_STATUS_STOPPED
+PAUSED = RunStatus.RUN_STATUS_PAUSED
 INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT
 FAILED_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
 
@@ -578,6 +579,95 @@ async def test_pause_resume_and_custom_commands_arrive_in_order(
     assert len(stream.commands) == 3
 
 
+def pending(stream: RawStream) -> list[tuple[str, str]]:
+    """The commands of the stream's welcome, as (name, id)."""
+    assert stream.welcome is not None
+    return [(c.name, c.id) for c in stream.welcome.pending_commands]
+
+
+async def test_pause_is_stored_and_told_to_whichever_worker_connects(
+    server: Server, streams: StreamKit, refusal: Refusal
+) -> None:
+    run = streams.new_run(server)
+    first = await streams.open(server, run.id, "worker-1")
+    started = get_run(server, run.id).start_time
+    first.cancel()  # the worker goes away; the run is running
+
+    paused = server.runs.PauseRun(runs_pb2.PauseRunRequest(id=run.id))
+    assert paused.command.name == "pause" and paused.run.status == PAUSED
+    assert get_run(server, run.id).status == PAUSED
+    assert experiment_status(server, run.experiment_id) == (
+        ExperimentStatus.EXPERIMENT_STATUS_RUNNING
+    ), "a paused run counts as running"
+    listed = server.runs.ListRuns(runs_pb2.ListRunsRequest(filter='status = "paused"'))
+    assert [r.id for r in listed.runs] == [run.id]
+    stats = server.runs.GetRunStats(
+        runs_pb2.GetRunStatsRequest(filter=f'experiment_id = "{run.experiment_id}"')
+    )
+    assert [(c.status, c.count) for c in stats.by_status] == [
+        (RunStatus.RUN_STATUS_PENDING, 0),
+        (RunStatus.RUN_STATUS_STARTING, 0),
+        (RUNNING, 0),
+        (PAUSED, 1),
+        (COMPLETED, 0),
+        (FAILED, 0),
+        (STOPPED, 0),
+    ]
+    watch = server.runs.WatchRun(runs_pb2.WatchRunRequest(id=run.id))
+    assert next(watch).run.status == PAUSED
+    watch.cancel()
+
+    # A worker that connects is told in its welcome; connecting does not resume the run.
+    worker = await streams.open(server, run.id, "worker-2")
+    assert pending(worker) == [("pause", paused.command.id)]
+    assert get_run(server, run.id).status == PAUSED
+    await worker.send(progress(1, tick=5))  # a paused worker may still send what it has
+    await worker.wait_acked(1)
+    again = server.runs.PauseRun(runs_pb2.PauseRunRequest(id=run.id))
+    assert again.command.id == paused.command.id, "asked again: the same pause"
+
+    resumed = server.runs.ResumeRun(runs_pb2.ResumeRunRequest(id=run.id))
+    assert resumed.command.name == "resume" and resumed.run.status == RUNNING
+    assert (await worker.wait_command("resume")).id == resumed.command.id
+    assert resumed.run.start_time == started, "resuming is not starting again"
+
+    # A resume while the worker is away reaches it in its next welcome.
+    server.runs.PauseRun(runs_pb2.PauseRunRequest(id=run.id))
+    worker.cancel()
+    resumed = server.runs.ResumeRun(runs_pb2.ResumeRunRequest(id=run.id))
+    back = await streams.open(server, run.id, "worker-3")
+    assert pending(back) == [("resume", resumed.command.id)]
+
+    # Cancelling a paused run works as for a running one, and outweighs the pause.
+    server.runs.PauseRun(runs_pb2.PauseRunRequest(id=run.id))
+    cancel = server.runs.CancelRun(runs_pb2.CancelRunRequest(id=run.id, reason="enough"))
+    assert cancel.run.status == PAUSED, "paused until the worker confirms"
+    assert (await back.wait_command("cancel")).id == cancel.command.id
+    back.cancel()
+    last = await streams.open(server, run.id, "worker-4")
+    assert pending(last) == [("cancel", cancel.command.id)]
+    await last.send(final(2, telemetry_pb2.RUN_OUTCOME_STOPPED, error="cancelled"))
+    await last.wait_acked(2)
+    assert get_run(server, run.id).status == STOPPED
+
+    # Illegal moves are refused, and UpdateRun neither pauses nor resumes.
+    waiting = streams.new_run(server)
+    fresh = streams.new_run(server)
+    await streams.open(server, fresh.id, "worker-5")
+    for run_id in (run.id, waiting.id):  # stopped, pending
+        pause = runs_pb2.PauseRunRequest(id=run_id)
+        assert refusal(server.runs.PauseRun, pause) == (FAILED_PRECONDITION, [])
+        resume = runs_pb2.ResumeRunRequest(id=run_id)
+        assert refusal(server.runs.ResumeRun, resume) == (FAILED_PRECONDITION, [])
+    update = runs_pb2.UpdateRunRequest(
+        run=runs_pb2.Run(id=fresh.id, status=PAUSED),
+        update_mask=field_mask_pb2.FieldMask(paths=["status"]),
+    )
+    assert refusal(server.runs.UpdateRun, update) == (INVALID_ARGUMENT, ["run.status"])
+    assert get_run(server, waiting.id).status == PENDING
+    assert get_run(server, fresh.id).status == RUNNING
+
+
 # WatchRun
 
 
@@ -667,6 +757,28 @@ async def test_heartbeat_timeout_fails_a_vanished_run_and_spares_live_ones(
     await back.send(final(1, telemetry_pb2.RUN_OUTCOME_COMPLETED))
     await back.wait_acked(1)
     assert get_run(server, returning.id).status == COMPLETED
+
+
+async def test_a_paused_run_is_failed_when_its_worker_vanishes_and_kept_while_it_beats(
+    served_url: str, start_server: StartServer, streams: StreamKit
+) -> None:
+    server = start_server(
+        served_url, SIMTRACK_HEARTBEAT_TIMEOUT="1", SIMTRACK_HEARTBEAT_INTERVAL="0.2"
+    )
+    vanished, alive = streams.new_run(server), streams.new_run(server)
+    gone = await streams.open(server, vanished.id, "worker-gone")
+    live = await streams.open(server, alive.id, "worker-live")
+    beat = asyncio.create_task(keep_alive(live, 0.2))
+    try:
+        for run in (vanished, alive):
+            server.runs.PauseRun(runs_pb2.PauseRunRequest(id=run.id))
+        gone.cancel()
+        failed = await wait_status(server, vanished.id, FAILED, timeout=8)
+        assert "worker vanished" in failed.error_message
+        await asyncio.sleep(1.5)  # longer than the timeout, with heartbeats going on
+        assert get_run(server, alive.id).status == PAUSED
+    finally:
+        beat.cancel()
 
 
 async def test_an_unconfirmed_cancel_stops_the_run_after_the_grace(

@@ -10,14 +10,15 @@ import asyncio
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from alembic.util.exc import CommandError
-from sqlalchemy import Connection, inspect, text
+from sqlalchemy import Connection, DateTime, bindparam, inspect, text
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import NullPool
 
 from alembic import command
@@ -45,6 +46,7 @@ ON_DELETE = {
     **{(table, "tenant_id"): "RESTRICT" for table in TENANT_OWNED_TABLES},
 }
 PRE_TENANCY_REVISION = "26280ff863b1"
+PRE_PAUSE_REVISION = "de713ea7d47d"
 POSTGRES_ONLY = [pytest.param("postgresql", marks=pytest.mark.postgres)]
 
 
@@ -249,3 +251,88 @@ def test_existing_rows_move_to_the_default_tenant(empty_database_url: str) -> No
     assert [tuple(r) for r in rows] == [(agent_id, DEFAULT_TENANT_ID)]
     assert [tuple(t) for t in tenants] == [(DEFAULT_TENANT_ID, "default")]
     command.check(migrate.alembic_config(empty_database_url))
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+OLD_EVENT_TIMES = [
+    datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
+    datetime(1969, 12, 31, 23, 59, 59, 500000, tzinfo=UTC),
+    EPOCH,
+    datetime(1677, 9, 21, 0, 12, 44, 1, tzinfo=UTC),  # just inside int64 nanoseconds
+    datetime(2262, 4, 11, 23, 47, 15, 999999, tzinfo=UTC),
+    datetime(1, 1, 1, tzinfo=UTC),  # outside: clamped to the ends
+    datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+]
+KEPT = 5  # the times above that int64 nanoseconds hold
+
+
+def nanos(when: datetime) -> int:
+    exact = (when - EPOCH) // timedelta(microseconds=1) * 1000
+    return min(max(exact, INT64_MIN), INT64_MAX)
+
+
+def insert_run_with_events(connection: Connection, times: list[datetime]) -> str:
+    """An agent, experiment and running run as the pre-pause schema has them, with events."""
+    agent_id, experiment_id, run_id = (str(uuid.uuid4()) for _ in range(3))
+    now = bindparam("now", type_=DateTime(timezone=True))
+    at = bindparam("at", type_=DateTime(timezone=True))
+    values = {"tenant": DEFAULT_TENANT_ID, "now": datetime.now(UTC)}
+    statements = [
+        "INSERT INTO agents (tenant_id, id, name, framework, created_at, updated_at) "
+        "VALUES (:tenant, :agent, 'a', 'baseline', :now, :now)",
+        "INSERT INTO experiments (tenant_id, id, name, description, agent_id, scenario_id, "
+        "hypothesis, status, created_at, updated_at) "
+        "VALUES (:tenant, :experiment, 'e', '', :agent, 's', '', 'running', :now, :now)",
+        "INSERT INTO runs (tenant_id, id, experiment_id, run_number, scenario_id, "
+        "scenario_hash, status, current_tick, total_ticks, progress_percent, error_message, "
+        "worker_id, created_at, updated_at) VALUES (:tenant, :run, :experiment, 1, 's', 'h', "
+        "'running', 0, 0, 0, '', '', :now, :now)",
+    ]
+    ids = {"agent": agent_id, "experiment": experiment_id, "run": run_id}
+    for statement in statements:
+        connection.execute(text(statement).bindparams(now), {**values, **ids})
+    for position, when in enumerate(times):
+        connection.execute(
+            text(
+                "INSERT INTO events (run_id, seq, position, tenant_id, step, time, type) "
+                "VALUES (:run, 1, :position, :tenant, :position, :at, 'tick')"
+            ).bindparams(at),
+            {**values, "run": run_id, "position": position, "at": when},
+        )
+    return run_id
+
+
+def test_pause_and_nanosecond_event_times_migrate_up_and_down_keeping_data(
+    empty_database_url: str,
+) -> None:
+    """Event times convert exactly to int64 nanoseconds (clamped where they cannot be held)
+    and back to microseconds; a paused run is running again after a downgrade."""
+    url = empty_database_url
+    migrate.upgrade(url, PRE_PAUSE_REVISION)
+    with connect(url) as connection:
+        run_id = insert_run_with_events(connection, OLD_EVENT_TIMES)
+    migrate.upgrade(url)
+    command.check(migrate.alembic_config(url))
+    with connect(url) as connection:
+        stored = connection.execute(text("SELECT time_ns FROM events ORDER BY position")).all()
+        assert [row[0] for row in stored] == [nanos(t) for t in OLD_EVENT_TIMES]
+        assert nanos(OLD_EVENT_TIMES[-1]) == INT64_MAX
+        connection.execute(text("UPDATE runs SET status = 'paused' WHERE id = :id"), {"id": run_id})
+        connection.execute(
+            text("UPDATE events SET time_ns = time_ns + 999 WHERE step < :n"), {"n": KEPT}
+        )
+
+    migrate.downgrade(url, PRE_PAUSE_REVISION)
+    with connect(url) as connection:
+        times = connection.execute(
+            text("SELECT time FROM events ORDER BY position").columns(time=DateTime(timezone=True))
+        ).all()
+        back = [t if t.tzinfo else t.replace(tzinfo=UTC) for (t,) in times]
+        assert back[:KEPT] == OLD_EVENT_TIMES[:KEPT], "the microseconds are kept"
+        status = connection.execute(text("SELECT status FROM runs WHERE id = :id"), {"id": run_id})
+        assert status.scalar() == "running"
+    with pytest.raises(IntegrityError), connect(url) as connection:
+        connection.execute(text("UPDATE runs SET status = 'paused'"))
+    migrate.upgrade(url)
+    command.check(migrate.alembic_config(url))

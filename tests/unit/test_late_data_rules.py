@@ -38,7 +38,7 @@ def pending(batch: Batch) -> Pending:
 
 
 def late_batches() -> list[Batch]:
-    event = EventData(step=1, time=NOW, type="late", agent_id=None, payload={})
+    event = EventData(step=1, time_ns=0, type="late", agent_id=None, payload={})
     return [
         Batch(seq=4, events=[event]),
         Batch(seq=5, progress=ProgressData(tick=3, total=0, percent=None)),

@@ -15,9 +15,11 @@ from simtrack.server.domain.model import (
     check_range,
     check_run_transition,
     check_simulation_transition,
+    check_status_update,
     derive_experiment_status,
     json_object,
     merge_params,
+    pause_moves,
     require_id,
     require_name,
 )
@@ -31,6 +33,11 @@ LEGAL_RUN_MOVES = {
     (S.RUNNING, S.COMPLETED),
     (S.RUNNING, S.FAILED),
     (S.RUNNING, S.STOPPED),
+    (S.RUNNING, S.PAUSED),
+    (S.PAUSED, S.RUNNING),
+    (S.PAUSED, S.COMPLETED),  # the worker may end a paused run
+    (S.PAUSED, S.FAILED),  # or the liveness sweep
+    (S.PAUSED, S.STOPPED),  # or a cancel
 }
 
 
@@ -55,6 +62,29 @@ def test_final_run_states_are_final() -> None:
                 check_run_transition(final, other)
 
 
+@pytest.mark.parametrize("current", list(S))
+def test_only_a_running_run_pauses_and_only_a_paused_one_resumes(current: RunStatus) -> None:
+    for target, source in ((S.PAUSED, S.RUNNING), (S.RUNNING, S.PAUSED)):
+        if current == target:
+            assert pause_moves(current, target) is False  # asked again: nothing changes
+        elif current == source:
+            assert pause_moves(current, target) is True
+        else:
+            with pytest.raises(FailedPrecondition, match=f"this run is {current}"):
+                pause_moves(current, target)
+
+
+def test_update_run_neither_pauses_nor_resumes_but_may_end_a_paused_run() -> None:
+    for current, new in ((S.RUNNING, S.PAUSED), (S.PAUSED, S.RUNNING), (S.PENDING, S.PAUSED)):
+        with pytest.raises(InvalidArgument, match="PauseRun") as error:
+            check_status_update(current, new)
+        assert error.value.violations[0].field == "run.status"
+    for current, new in ((S.PAUSED, S.PAUSED), (S.PAUSED, S.COMPLETED), (S.RUNNING, S.FAILED)):
+        check_status_update(current, new)
+    with pytest.raises(FailedPrecondition):
+        check_status_update(S.PAUSED, S.STARTING)
+
+
 def test_simulation_transitions() -> None:
     check_simulation_transition(SimulationStatus.PENDING, SimulationStatus.RUNNING)
     check_simulation_transition(SimulationStatus.RUNNING, SimulationStatus.COMPLETED)
@@ -71,6 +101,8 @@ def test_simulation_transitions() -> None:
         ([], ExperimentStatus.DRAFT),
         ([S.PENDING], ExperimentStatus.RUNNING),
         ([S.COMPLETED, S.RUNNING], ExperimentStatus.RUNNING),
+        ([S.PAUSED], ExperimentStatus.RUNNING),
+        ([S.COMPLETED, S.PAUSED, S.FAILED], ExperimentStatus.RUNNING),
         ([S.COMPLETED, S.FAILED], ExperimentStatus.COMPLETED),
         ([S.FAILED, S.STOPPED], ExperimentStatus.FAILED),
         ([S.STOPPED], ExperimentStatus.FAILED),

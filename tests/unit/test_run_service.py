@@ -1,4 +1,5 @@
-"""The run service's rules on fakes: numbering, inherited params, derived experiment status."""
+"""The run service's rules on fakes: numbering, inherited params, derived experiment status,
+and pausing (a run's state that its worker is told of now and on every reconnect)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from simtrack.server.db.models import Experiment, Metric, Run, Validation
 from simtrack.server.db.uow import UnitOfWorkFactory
 from simtrack.server.domain.model import ExperimentStatus, RunStatus
 from simtrack.server.domain.runs import RunService
+from simtrack.server.domain.telemetry import TelemetryService
+from simtrack.server.ingest.bus import Bus, CommandMessage
 from simtrack.server.scenarios import ScenarioCatalogue, load_catalogue
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
@@ -222,3 +225,95 @@ async def test_a_run_needs_its_scenario_in_the_catalogue(
     uow.experiments.rows[EXPERIMENT_ID].scenario_id = "withdrawn"
     with pytest.raises(FailedPrecondition, match="withdrawn"):
         await create(service)
+
+
+# Pausing: TelemetryService on the same fakes, with a bus that records what it was told.
+
+
+@dataclass
+class FakeBus:
+    commands: list[CommandMessage] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+
+    async def publish_command(self, command: CommandMessage) -> None:
+        self.commands.append(command)
+
+    async def publish_runs(self, run_ids: list[str]) -> None:
+        self.changed.extend(run_ids)
+
+
+@pytest.fixture
+def bus() -> FakeBus:
+    return FakeBus()
+
+
+@pytest.fixture
+def telemetry(uow: FakeUnitOfWork, bus: FakeBus) -> TelemetryService:
+    return TelemetryService(cast(UnitOfWorkFactory, lambda: uow), cast(Bus, bus))
+
+
+async def running_run(service: RunService, telemetry: TelemetryService) -> Run:
+    run = await create(service)
+    await telemetry.attach(run.id, "worker-1")
+    assert run.status == RunStatus.RUNNING
+    return run
+
+
+def names(commands: list[CommandMessage]) -> list[tuple[str, str]]:
+    return [(c.name, c.id) for c in commands]
+
+
+async def test_a_pause_is_stored_pushed_and_told_to_a_worker_that_reconnects(
+    service: RunService, telemetry: TelemetryService, bus: FakeBus, uow: FakeUnitOfWork
+) -> None:
+    run = await running_run(service, telemetry)
+    started = run.started_at
+    paused, command = await telemetry.pause(run.id)
+    assert paused.status == RunStatus.PAUSED and paused.paused_at is not None
+    assert bus.commands == [command] and command.name == "pause"
+    assert experiment_status(uow) == ExperimentStatus.RUNNING, "paused counts as running"
+
+    again, _ = await telemetry.attach(run.id, "worker-2")  # a worker (re)connects
+    assert again.status == RunStatus.PAUSED, "attaching does not resume"
+    assert names(_) == names([command]), "the same pause, in the welcome"
+    repeated, same = await telemetry.pause(run.id)  # a retried PauseRun changes nothing
+    assert repeated.status == RunStatus.PAUSED and same.id == command.id
+
+    resumed, resume = await telemetry.resume(run.id)
+    assert resumed.status == RunStatus.RUNNING and resume.name == "resume"
+    assert resumed.started_at == started, "resuming is not starting again"
+    _, pending = await telemetry.attach(run.id, "worker-3")  # away during the resume
+    assert names(pending) == names([resume])
+
+    _, second = await telemetry.pause(run.id)
+    assert second.id != command.id, "a new pause, a new id"
+
+
+async def test_pause_and_resume_are_refused_where_the_run_cannot_move(
+    service: RunService, telemetry: TelemetryService, bus: FakeBus
+) -> None:
+    pending = await create(service)
+    with pytest.raises(FailedPrecondition, match="only a running run can be paused"):
+        await telemetry.pause(pending.id)
+    with pytest.raises(FailedPrecondition, match="only a paused run can be resumed"):
+        await telemetry.resume(pending.id)
+    run = await running_run(service, telemetry)
+    await telemetry.pause(run.id)
+    await service.update(run.id, {"status": RunStatus.COMPLETED})  # a paused run may end
+    for call in (telemetry.pause, telemetry.resume):
+        with pytest.raises(FailedPrecondition, match="this run is completed"):
+            await call(run.id)
+    assert [c.name for c in bus.commands] == ["pause"]
+    with pytest.raises(InvalidArgument, match="PauseRun"):
+        await service.update((await running_run(service, telemetry)).id, {"status": "paused"})
+
+
+async def test_cancel_of_a_paused_run_is_told_instead_of_the_pause(
+    service: RunService, telemetry: TelemetryService
+) -> None:
+    run = await running_run(service, telemetry)
+    await telemetry.pause(run.id)
+    cancelled, cancel = await telemetry.cancel(run.id, "enough")
+    assert cancelled.status == RunStatus.PAUSED, "paused until the worker confirms"
+    _, pending = await telemetry.attach(run.id, "worker-2")
+    assert names(pending) == names([cancel])

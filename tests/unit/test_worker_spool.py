@@ -729,6 +729,22 @@ def test_pending_commands_in_the_welcome(fake: FakeServer, tmp_path: Path) -> No
     assert final_status(fake.service.run(RUN)).outcome == tm.RUN_OUTCOME_STOPPED
 
 
+def test_the_paused_flag_follows_each_welcome(fake: FakeServer, tmp_path: Path) -> None:
+    """A welcome tells the run's state: a pause in it pauses; none means running (a resume
+    the worker missed while it was away)."""
+    fake.service.pending_commands = [tm.Command(id="p1", name="pause")]
+    with Worker(fake.target, RUN, spool_dir=tmp_path, options=FAST) as run:
+        eventually(lambda: run.paused)
+        fake.service.push(RUN, "close")  # reconnect: the same pause, already seen
+        eventually(lambda: fake.service.streams == 2)
+        time.sleep(0.2)
+        assert run.paused
+        fake.service.pending_commands = []
+        fake.service.push(RUN, "close")
+        eventually(lambda: not run.paused)
+        assert fake.service.streams == 3
+
+
 def test_an_escaping_exception_fails_the_run_and_is_reraised(
     fake: FakeServer, tmp_path: Path
 ) -> None:

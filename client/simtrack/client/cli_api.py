@@ -268,6 +268,16 @@ def _runs_cancel(args: argparse.Namespace, client: Client) -> int:
     return 0
 
 
+def _runs_pause(args: argparse.Namespace, client: Client) -> int:
+    print(f"run {args.id}: {_run_status(client.pause_run(args.id).run)}")
+    return 0
+
+
+def _runs_resume(args: argparse.Namespace, client: Client) -> int:
+    print(f"run {args.id}: {_run_status(client.resume_run(args.id).run)}")
+    return 0
+
+
 def _runs_watch(args: argparse.Namespace, client: Client) -> int:
     """Follow a run until it ends: 0 when it completed, 1 when it failed or was stopped."""
     console = Console()
@@ -516,6 +526,14 @@ def add_api_commands(commands: Subcommands) -> None:
     cancel = _command(runs, "cancel", "ask a run's worker to stop", _runs_cancel, with_json=False)
     cancel.add_argument("id")
     cancel.add_argument("--reason", default="", help="passed on to the worker")
+    pause = _command(
+        runs, "pause", "pause a running run (its worker holds)", _runs_pause, with_json=False
+    )
+    pause.add_argument("id")
+    resume = _command(
+        runs, "resume", "set a paused run running again", _runs_resume, with_json=False
+    )
+    resume.add_argument("id")
     watch = _command(
         runs,
         "watch",

@@ -444,13 +444,13 @@ class Client:
         """Ask the run's worker to stop (the response holds the command and the run)."""
         return self._call(self.runs.CancelRun, runs_pb2.CancelRunRequest(id=run_id, reason=reason))
 
-    def pause_run(self, run_id: str) -> telemetry_pb2.Command:
-        """Ask the run's worker to pause."""
-        return self._call(self.runs.PauseRun, runs_pb2.PauseRunRequest(id=run_id)).command
+    def pause_run(self, run_id: str) -> runs_pb2.PauseRunResponse:
+        """Pause a running run (its worker is told; the response holds the command and run)."""
+        return self._call(self.runs.PauseRun, runs_pb2.PauseRunRequest(id=run_id))
 
-    def resume_run(self, run_id: str) -> telemetry_pb2.Command:
-        """Ask the run's worker to continue."""
-        return self._call(self.runs.ResumeRun, runs_pb2.ResumeRunRequest(id=run_id)).command
+    def resume_run(self, run_id: str) -> runs_pb2.ResumeRunResponse:
+        """Set a paused run running again (the response holds the command and the run)."""
+        return self._call(self.runs.ResumeRun, runs_pb2.ResumeRunRequest(id=run_id))
 
     def send_command(
         self, run_id: str, name: str, args: Mapping[str, Any] | None = None

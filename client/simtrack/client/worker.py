@@ -936,7 +936,10 @@ class _Engine:
                 session.progressed = True
         elif kind == "welcome":
             self._on_welcome(session, response.welcome)
-            for command in response.welcome.pending_commands:
+            pending = response.welcome.pending_commands
+            if all(command.name != "pause" for command in pending):
+                self._resumed.set()  # the welcome tells the run's state: not paused
+            for command in pending:
                 self._dispatch(command)
         elif kind == "command":
             self._dispatch(response.command)

@@ -44,6 +44,8 @@ class _RunStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunStatus.V
     """Ended with an error."""
     RUN_STATUS_STOPPED: _RunStatus.ValueType  # 6
     """Stopped before the end."""
+    RUN_STATUS_PAUSED: _RunStatus.ValueType  # 7
+    """Paused (PauseRun) until resumed; in lifecycle order it comes after running."""
 
 class RunStatus(_RunStatus, metaclass=_RunStatusEnumTypeWrapper):
     """RunStatus is the lifecycle state of a run."""
@@ -62,6 +64,8 @@ RUN_STATUS_FAILED: RunStatus.ValueType  # 5
 """Ended with an error."""
 RUN_STATUS_STOPPED: RunStatus.ValueType  # 6
 """Stopped before the end."""
+RUN_STATUS_PAUSED: RunStatus.ValueType  # 7
+"""Paused (PauseRun) until resumed; in lifecycle order it comes after running."""
 Global___RunStatus: _TypeAlias = RunStatus  # noqa: Y015
 
 class _MetricAggregate:
@@ -1030,18 +1034,24 @@ class PauseRunResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     COMMAND_FIELD_NUMBER: _builtins.int
+    RUN_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def command(self) -> _telemetry_pb2.Command:
         """The command as sent to the worker."""
+
+    @_builtins.property
+    def run(self) -> Global___Run:
+        """The run after the request (paused)."""
 
     def __init__(
         self,
         *,
         command: _telemetry_pb2.Command | None = ...,
+        run: Global___Run | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "run", b"run"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "run", b"run"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1076,18 +1086,24 @@ class ResumeRunResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     COMMAND_FIELD_NUMBER: _builtins.int
+    RUN_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def command(self) -> _telemetry_pb2.Command:
         """The command as sent to the worker."""
+
+    @_builtins.property
+    def run(self) -> Global___Run:
+        """The run after the request (running)."""
 
     def __init__(
         self,
         *,
         command: _telemetry_pb2.Command | None = ...,
+        run: Global___Run | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "run", b"run"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "run", b"run"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1716,7 +1732,9 @@ class GetRunStatsResponse(_message.Message):
     """completed / (completed + failed + stopped); NaN when no run has ended."""
     @_builtins.property
     def by_status(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunStatusCount]:
-        """Every status in lifecycle order (pending ... stopped), zero counts included."""
+        """Every status in lifecycle order (pending, starting, running, paused, completed, failed,
+        stopped), zero counts included.
+        """
 
     @_builtins.property
     def durations(self) -> Global___DurationStats:

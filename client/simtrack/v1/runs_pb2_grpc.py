@@ -213,7 +213,8 @@ class RunServiceServicer:
     def UpdateRun(self, request, context):
         """UpdateRun changes the fields named in the update mask. Status only moves forward:
         pending -> starting -> running -> {completed, failed, stopped}, and pending/starting -> stopped;
-        anything else is FAILED_PRECONDITION.
+        a paused run may end too. Anything else is FAILED_PRECONDITION; pausing and resuming are
+        INVALID_ARGUMENT here (use PauseRun and ResumeRun, which tell the worker).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -264,8 +265,8 @@ class RunServiceServicer:
     def StreamRun(self, request_iterator, context):
         """StreamRun is a worker's two-way line for one run: telemetry in, acks and commands out.
         See StreamRunRequest for sequencing and exactly-once storage. Hello moves a pending or
-        starting run to running; a final status ends it. A second stream for a run that already
-        has one takes over: the older stream ends with ABORTED.
+        starting run to running (a paused run stays paused); a final status ends it. A second
+        stream for a run that already has one takes over: the older stream ends with ABORTED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -291,14 +292,21 @@ class RunServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PauseRun(self, request, context):
-        """PauseRun asks the run's worker to pause.
+        """PauseRun pauses a running run: its status becomes paused (stored, like a cancel) and its
+        worker is sent a "pause" command now and, in its welcome, on every reconnect until the run
+        is resumed. What pausing means is the worker's to honour: it holds its simulation still,
+        keeps its stream open (heartbeats; the liveness timeout still applies) and may still send
+        data or end the run. Only a running run can be paused (FAILED_PRECONDITION otherwise);
+        pausing a paused run changes nothing and sends the same command again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ResumeRun(self, request, context):
-        """ResumeRun asks a paused run's worker to continue.
+        """ResumeRun sets a paused run running again and sends its worker a "resume" command (in the
+        welcome, too, if it was away). Only a paused run can be resumed (FAILED_PRECONDITION
+        otherwise); resuming a running run changes nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

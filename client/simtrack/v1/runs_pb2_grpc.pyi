@@ -46,7 +46,8 @@ class RunServiceStub:
     UpdateRun: _grpc.UnaryUnaryMultiCallable[_runs_pb2.UpdateRunRequest, _runs_pb2.UpdateRunResponse]
     """UpdateRun changes the fields named in the update mask. Status only moves forward:
     pending -> starting -> running -> {completed, failed, stopped}, and pending/starting -> stopped;
-    anything else is FAILED_PRECONDITION.
+    a paused run may end too. Anything else is FAILED_PRECONDITION; pausing and resuming are
+    INVALID_ARGUMENT here (use PauseRun and ResumeRun, which tell the worker).
     """
     DeleteRun: _grpc.UnaryUnaryMultiCallable[_runs_pb2.DeleteRunRequest, _runs_pb2.DeleteRunResponse]
     """DeleteRun deletes a run with its participants."""
@@ -63,8 +64,8 @@ class RunServiceStub:
     StreamRun: _grpc.StreamStreamMultiCallable[_telemetry_pb2.StreamRunRequest, _telemetry_pb2.StreamRunResponse]
     """StreamRun is a worker's two-way line for one run: telemetry in, acks and commands out.
     See StreamRunRequest for sequencing and exactly-once storage. Hello moves a pending or
-    starting run to running; a final status ends it. A second stream for a run that already
-    has one takes over: the older stream ends with ABORTED.
+    starting run to running (a paused run stays paused); a final status ends it. A second
+    stream for a run that already has one takes over: the older stream ends with ABORTED.
     """
     WatchRun: _grpc.UnaryStreamMultiCallable[_runs_pb2.WatchRunRequest, _runs_pb2.WatchRunResponse]
     """WatchRun streams a run's status, progress and latest metric values as they change,
@@ -78,9 +79,18 @@ class RunServiceStub:
     becomes stopped after the server's cancel grace period. The reason is kept on the run.
     """
     PauseRun: _grpc.UnaryUnaryMultiCallable[_runs_pb2.PauseRunRequest, _runs_pb2.PauseRunResponse]
-    """PauseRun asks the run's worker to pause."""
+    """PauseRun pauses a running run: its status becomes paused (stored, like a cancel) and its
+    worker is sent a "pause" command now and, in its welcome, on every reconnect until the run
+    is resumed. What pausing means is the worker's to honour: it holds its simulation still,
+    keeps its stream open (heartbeats; the liveness timeout still applies) and may still send
+    data or end the run. Only a running run can be paused (FAILED_PRECONDITION otherwise);
+    pausing a paused run changes nothing and sends the same command again.
+    """
     ResumeRun: _grpc.UnaryUnaryMultiCallable[_runs_pb2.ResumeRunRequest, _runs_pb2.ResumeRunResponse]
-    """ResumeRun asks a paused run's worker to continue."""
+    """ResumeRun sets a paused run running again and sends its worker a "resume" command (in the
+    welcome, too, if it was away). Only a paused run can be resumed (FAILED_PRECONDITION
+    otherwise); resuming a running run changes nothing.
+    """
     SendCommand: _grpc.UnaryUnaryMultiCallable[_runs_pb2.SendCommandRequest, _runs_pb2.SendCommandResponse]
     """SendCommand sends a custom named command with JSON arguments to the run's worker."""
     ListMetrics: _grpc.UnaryUnaryMultiCallable[_runs_pb2.ListMetricsRequest, _runs_pb2.ListMetricsResponse]
@@ -134,7 +144,8 @@ class RunServiceAsyncStub(RunServiceStub):
     UpdateRun: _aio.UnaryUnaryMultiCallable[_runs_pb2.UpdateRunRequest, _runs_pb2.UpdateRunResponse]  # type: ignore[assignment]
     """UpdateRun changes the fields named in the update mask. Status only moves forward:
     pending -> starting -> running -> {completed, failed, stopped}, and pending/starting -> stopped;
-    anything else is FAILED_PRECONDITION.
+    a paused run may end too. Anything else is FAILED_PRECONDITION; pausing and resuming are
+    INVALID_ARGUMENT here (use PauseRun and ResumeRun, which tell the worker).
     """
     DeleteRun: _aio.UnaryUnaryMultiCallable[_runs_pb2.DeleteRunRequest, _runs_pb2.DeleteRunResponse]  # type: ignore[assignment]
     """DeleteRun deletes a run with its participants."""
@@ -151,8 +162,8 @@ class RunServiceAsyncStub(RunServiceStub):
     StreamRun: _aio.StreamStreamMultiCallable[_telemetry_pb2.StreamRunRequest, _telemetry_pb2.StreamRunResponse]  # type: ignore[assignment]
     """StreamRun is a worker's two-way line for one run: telemetry in, acks and commands out.
     See StreamRunRequest for sequencing and exactly-once storage. Hello moves a pending or
-    starting run to running; a final status ends it. A second stream for a run that already
-    has one takes over: the older stream ends with ABORTED.
+    starting run to running (a paused run stays paused); a final status ends it. A second
+    stream for a run that already has one takes over: the older stream ends with ABORTED.
     """
     WatchRun: _aio.UnaryStreamMultiCallable[_runs_pb2.WatchRunRequest, _runs_pb2.WatchRunResponse]  # type: ignore[assignment]
     """WatchRun streams a run's status, progress and latest metric values as they change,
@@ -166,9 +177,18 @@ class RunServiceAsyncStub(RunServiceStub):
     becomes stopped after the server's cancel grace period. The reason is kept on the run.
     """
     PauseRun: _aio.UnaryUnaryMultiCallable[_runs_pb2.PauseRunRequest, _runs_pb2.PauseRunResponse]  # type: ignore[assignment]
-    """PauseRun asks the run's worker to pause."""
+    """PauseRun pauses a running run: its status becomes paused (stored, like a cancel) and its
+    worker is sent a "pause" command now and, in its welcome, on every reconnect until the run
+    is resumed. What pausing means is the worker's to honour: it holds its simulation still,
+    keeps its stream open (heartbeats; the liveness timeout still applies) and may still send
+    data or end the run. Only a running run can be paused (FAILED_PRECONDITION otherwise);
+    pausing a paused run changes nothing and sends the same command again.
+    """
     ResumeRun: _aio.UnaryUnaryMultiCallable[_runs_pb2.ResumeRunRequest, _runs_pb2.ResumeRunResponse]  # type: ignore[assignment]
-    """ResumeRun asks a paused run's worker to continue."""
+    """ResumeRun sets a paused run running again and sends its worker a "resume" command (in the
+    welcome, too, if it was away). Only a paused run can be resumed (FAILED_PRECONDITION
+    otherwise); resuming a running run changes nothing.
+    """
     SendCommand: _aio.UnaryUnaryMultiCallable[_runs_pb2.SendCommandRequest, _runs_pb2.SendCommandResponse]  # type: ignore[assignment]
     """SendCommand sends a custom named command with JSON arguments to the run's worker."""
     ListMetrics: _aio.UnaryUnaryMultiCallable[_runs_pb2.ListMetricsRequest, _runs_pb2.ListMetricsResponse]  # type: ignore[assignment]
@@ -243,7 +263,8 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_runs_pb2.UpdateRunResponse, _abc.Awaitable[_runs_pb2.UpdateRunResponse]]:
         """UpdateRun changes the fields named in the update mask. Status only moves forward:
         pending -> starting -> running -> {completed, failed, stopped}, and pending/starting -> stopped;
-        anything else is FAILED_PRECONDITION.
+        a paused run may end too. Anything else is FAILED_PRECONDITION; pausing and resuming are
+        INVALID_ARGUMENT here (use PauseRun and ResumeRun, which tell the worker).
         """
 
     @_abc_1.abstractmethod
@@ -302,8 +323,8 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_telemetry_pb2.StreamRunResponse], _abc.AsyncIterator[_telemetry_pb2.StreamRunResponse]]:
         """StreamRun is a worker's two-way line for one run: telemetry in, acks and commands out.
         See StreamRunRequest for sequencing and exactly-once storage. Hello moves a pending or
-        starting run to running; a final status ends it. A second stream for a run that already
-        has one takes over: the older stream ends with ABORTED.
+        starting run to running (a paused run stays paused); a final status ends it. A second
+        stream for a run that already has one takes over: the older stream ends with ABORTED.
         """
 
     @_abc_1.abstractmethod
@@ -335,7 +356,13 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _runs_pb2.PauseRunRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_runs_pb2.PauseRunResponse, _abc.Awaitable[_runs_pb2.PauseRunResponse]]:
-        """PauseRun asks the run's worker to pause."""
+        """PauseRun pauses a running run: its status becomes paused (stored, like a cancel) and its
+        worker is sent a "pause" command now and, in its welcome, on every reconnect until the run
+        is resumed. What pausing means is the worker's to honour: it holds its simulation still,
+        keeps its stream open (heartbeats; the liveness timeout still applies) and may still send
+        data or end the run. Only a running run can be paused (FAILED_PRECONDITION otherwise);
+        pausing a paused run changes nothing and sends the same command again.
+        """
 
     @_abc_1.abstractmethod
     def ResumeRun(
@@ -343,7 +370,10 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _runs_pb2.ResumeRunRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_runs_pb2.ResumeRunResponse, _abc.Awaitable[_runs_pb2.ResumeRunResponse]]:
-        """ResumeRun asks a paused run's worker to continue."""
+        """ResumeRun sets a paused run running again and sends its worker a "resume" command (in the
+        welcome, too, if it was away). Only a paused run can be resumed (FAILED_PRECONDITION
+        otherwise); resuming a running run changes nothing.
+        """
 
     @_abc_1.abstractmethod
     def SendCommand(

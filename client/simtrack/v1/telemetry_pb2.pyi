@@ -317,8 +317,10 @@ class Event(_message.Message):
     """The agent involved, if any (an agent id)."""
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
-        """When it happened; unset means the server's time. A valid Timestamp (years 1-9999, nanos
-        0-999,999,999), else INVALID_ARGUMENT naming the field.
+        """When it happened; unset means the server's time. Stored to the nanosecond and returned
+        exactly as sent, between 1677-09-21T00:12:43.145224192Z and 2262-04-11T23:47:16.854775807Z
+        (64-bit nanoseconds since 1970); outside that range, or with nanos outside 0-999999999,
+        the batch is INVALID_ARGUMENT naming the field.
         """
 
     @_builtins.property
@@ -488,7 +490,11 @@ class Welcome(_message.Message):
     """
     @_builtins.property
     def pending_commands(self) -> _containers.RepeatedCompositeFieldContainer[Global___Command]:
-        """The run's commands not yet confirmed (e.g. a cancel sent while the worker was away)."""
+        """The state the worker must follow, as the commands that set it (each with the id it had
+        when first sent): "cancel" if a cancel was requested; else "pause" if the run is paused;
+        else "resume" if it was resumed since its last pause. Empty for a run never paused or
+        cancelled, and for an ended run.
+        """
 
     def __init__(
         self,
@@ -540,8 +546,11 @@ class Command(_message.Message):
     id: _builtins.str
     """Unique id of this command."""
     name: _builtins.str
-    """"cancel", "pause", "resume", or a custom name sent with SendCommand. A worker confirms a
-    cancel by ending the run with a FinalStatus (see RunService.CancelRun).
+    """"cancel" (stop and end the run as stopped), "pause" (hold still until "resume"; keep
+    the stream open and heartbeating), "resume", or a custom name sent with SendCommand.
+    A worker confirms a cancel by ending the run with a FinalStatus (see RunService.CancelRun).
+    A worker may be told the same command twice (live, and in a welcome): same id, same
+    command.
     """
     @_builtins.property
     def args(self) -> _struct_pb2.Struct:

@@ -227,9 +227,14 @@ async def start(settings: Settings) -> Running:
     metrics = ServerMetrics()
     server = grpc.aio.server(
         interceptors=[CallInterceptor(CallAuthorizer(authenticator), metrics)],
-        # Stream messages may be up to 8 MiB (documented in telemetry.proto); gRPC's default
-        # is 4 MiB. A little headroom for the envelope.
-        options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
+        options=[
+            # Stream messages may be up to 8 MiB (documented in telemetry.proto); gRPC's
+            # default is 4 MiB. A little headroom for the envelope.
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            # gRPC sets SO_REUSEPORT by default: a second server on a port in use would start
+            # silently and share its callers with the first (and, likely, another database).
+            ("grpc.so_reuseport", int(settings.reuse_port)),
+        ],
     )
     agents_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(AgentService(uow)), server)
     experiments_pb2_grpc.add_ExperimentServiceServicer_to_server(
@@ -276,9 +281,15 @@ async def start(settings: Settings) -> Running:
     )
     try:
         port = server.add_insecure_port(settings.listen)
-    except RuntimeError as exc:
+    except RuntimeError:
+        port = 0  # some gRPC versions raise on a failed bind, others return port 0
+    if port == 0:
         await engine.dispose()
-        raise StartupError(f"cannot listen on {settings.listen}: {exc}") from exc
+        raise StartupError(
+            f"cannot listen on {settings.listen}: the address is in use or unavailable "
+            "(another simtrack serve?). Choose another SIMTRACK_LISTEN, or set "
+            "SIMTRACK_REUSE_PORT=true if processes are meant to share the port"
+        )
     endpoint = None
     if settings.metrics_listen:
         try:

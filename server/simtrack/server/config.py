@@ -30,6 +30,11 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL; plain postgresql:// and sqlite:// are given async drivers.",
     )
     listen: str = Field(default="127.0.0.1:50051", description="host:port to serve on.")
+    reuse_port: bool = Field(
+        default=False,
+        description="Share the listen port with other processes (SO_REUSEPORT); off: a port "
+        "already in use is refused at start-up.",
+    )
     scenarios_dir: Path | None = Field(
         default=None, description="Folder of scenario YAML files; default: the built-in ones."
     )

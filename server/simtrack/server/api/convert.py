@@ -73,6 +73,30 @@ def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
     return ts
 
 
+NANOS = 1_000_000_000
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def unix_nanos(field: str, value: timestamp_pb2.Timestamp) -> int:
+    """A Timestamp as int64 nanoseconds since the epoch, exactly (1677-09-21 to 2262-04-11)."""
+    if not 0 <= value.nanos < NANOS:
+        raise InvalidArgument.of(f"{field}.nanos", f"must be 0 to 999999999, got {value.nanos}")
+    nanos = value.seconds * NANOS + value.nanos
+    if not INT64_MIN <= nanos <= INT64_MAX:
+        raise InvalidArgument.of(
+            field,
+            "must be between 1677-09-21T00:12:43.145224192Z and 2262-04-11T23:47:16.854775807Z "
+            "(kept as 64-bit nanoseconds since 1970)",
+        )
+    return nanos
+
+
+def timestamp_of_nanos(nanos: int) -> timestamp_pb2.Timestamp:
+    """int64 nanoseconds since the epoch as a Timestamp (nanos stay 0..999999999 before 1970)."""
+    seconds, rest = divmod(nanos, NANOS)
+    return timestamp_pb2.Timestamp(seconds=seconds, nanos=rest)
+
+
 def duration(value: timedelta | None) -> duration_pb2.Duration | None:
     if value is None:
         return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from simtrack.server.api.convert import EnumMapping, dict_to_struct
+from simtrack.server.api.convert import EnumMapping, dict_to_struct, timestamp_of_nanos
 from simtrack.server.api.convert import duration as dur
 from simtrack.server.api.convert import timestamp as ts
 from simtrack.server.api.runs import RUN_STATUS, Context, RunServicer, run_to_proto
@@ -47,7 +47,7 @@ def event_to_proto(e: Event) -> pb.StoredEvent:
     return pb.StoredEvent(
         event=tpb.Event(
             step=e.step,
-            time=ts(e.time),
+            time=timestamp_of_nanos(e.time_ns),
             type=e.type,
             agent_id=e.agent_id or "",
             payload=dict_to_struct(e.payload),

@@ -12,7 +12,6 @@ import contextlib
 import math
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -24,9 +23,9 @@ from simtrack.server.api.convert import (
     TIMESTAMP_MAX_SECONDS,
     TIMESTAMP_MIN_SECONDS,
     TIMESTAMP_RANGE,
-    check_timestamp,
     dict_to_struct,
     struct_to_dict,
+    unix_nanos,
 )
 from simtrack.server.api.queries import METRIC_KIND, RunQueryServicer
 from simtrack.server.api.runs import run_to_proto
@@ -129,12 +128,10 @@ def _series_chunk(field: str, series: tpb.MetricSeries, now: float) -> SeriesChu
     )
 
 
-def _event(field: str, event: tpb.Event, now: datetime) -> EventData:
-    if event.HasField("time"):
-        check_timestamp(f"{field}.time", event.time)
+def _event(field: str, event: tpb.Event, now_ns: int) -> EventData:
     return EventData(
         step=event.step,
-        time=event.time.ToDatetime(tzinfo=UTC) if event.HasField("time") else now,
+        time_ns=unix_nanos(f"{field}.time", event.time) if event.HasField("time") else now_ns,
         type=require_name(f"{field}.type", event.type, max_len=100),
         agent_id=optional_id(f"{field}.agent_id", event.agent_id),
         payload=json_object(f"{field}.payload", struct_to_dict(f"{field}.payload", event.payload)),
@@ -163,8 +160,8 @@ def decode(message: tpb.StreamRunRequest) -> Batch:
         events = message.events.events
         if len(events) > MAX_EVENTS:
             raise InvalidArgument.of("events.events", f"at most {MAX_EVENTS} per batch")
-        now_dt = datetime.now(UTC)
-        batch.events = [_event(f"events.events[{i}]", e, now_dt) for i, e in enumerate(events)]
+        now_ns = time.time_ns()
+        batch.events = [_event(f"events.events[{i}]", e, now_ns) for i, e in enumerate(events)]
     elif kind == "progress":
         progress = message.progress
         for name, value in (("tick", progress.tick), ("total", progress.total)):
@@ -315,14 +312,14 @@ class StreamingRunServicer(ArtifactRpcs, RunQueryServicer):
         return pb.CancelRunResponse(command=command_to_proto(command), run=run_to_proto(run))
 
     async def PauseRun(self, request: pb.PauseRunRequest, context: Context) -> pb.PauseRunResponse:
-        command = await self.telemetry.send(request.id, "pause", {})
-        return pb.PauseRunResponse(command=command_to_proto(command))
+        run, command = await self.telemetry.pause(request.id)
+        return pb.PauseRunResponse(command=command_to_proto(command), run=run_to_proto(run))
 
     async def ResumeRun(
         self, request: pb.ResumeRunRequest, context: Context
     ) -> pb.ResumeRunResponse:
-        command = await self.telemetry.send(request.id, "resume", {})
-        return pb.ResumeRunResponse(command=command_to_proto(command))
+        run, command = await self.telemetry.resume(request.id)
+        return pb.ResumeRunResponse(command=command_to_proto(command), run=run_to_proto(run))
 
     async def SendCommand(
         self, request: pb.SendCommandRequest, context: Context

@@ -162,7 +162,7 @@ _CHUNK_COLUMNS = (
     "steps", "vals", "ts",
 )  # fmt: skip
 _EVENT_COLUMNS = (
-    "run_id", "seq", "position", "tenant_id", "step", "time", "type", "agent_id", "payload",
+    "run_id", "seq", "position", "tenant_id", "step", "time_ns", "type", "agent_id", "payload",
 )  # fmt: skip
 _METRIC_COLUMNS = (
     "id", "tenant_id", "run_id", "name", "unit", "kind", "labels", "count", "min_value",

@@ -255,6 +255,9 @@ class Run(TenantOwnedMixin, Base):
     vanished_at: Mapped[datetime | None]
     # The last time a vanished run's worker came back alive and the run returned to running.
     revived_at: Mapped[datetime | None]
+    # When the run was last paused: the pause (and the resume after it) keep one command id
+    # derived from it, so a worker told again on reconnect can tell it is the same.
+    paused_at: Mapped[datetime | None]
     # When the scenario's success criteria were checked (once, after the run completed).
     criteria_checked_at: Mapped[datetime | None]
 
@@ -356,7 +359,10 @@ class Event(Base):
         ForeignKey("tenants.id", ondelete="RESTRICT"), index=True
     )
     step: Mapped[int] = mapped_column(BigInteger)
-    time: Mapped[datetime]
+    # Nanoseconds since the Unix epoch, exactly as sent (a Timestamp has nanoseconds; a
+    # datetime keeps microseconds). Eight bytes, as a timestamp column takes on PostgreSQL and
+    # far fewer than SQLite's text; the range is 1677-09-21 to 2262-04-11.
+    time_ns: Mapped[int] = mapped_column(BigInteger)
     type: Mapped[str] = mapped_column(String(100))
     # Not a foreign key: an event is history and outlives the agent it mentions.
     agent_id: Mapped[str | None] = mapped_column(String(36))

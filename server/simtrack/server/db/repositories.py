@@ -17,7 +17,7 @@ from simtrack.server.db import models
 from simtrack.server.db.chunks import StoredChunk
 from simtrack.server.db.models import UTCDateTime
 from simtrack.server.domain.listing import Condition, Cursor, PageRequest
-from simtrack.server.domain.model import MetricAggregate, RunStatus
+from simtrack.server.domain.model import RUN_ATTACHED, MetricAggregate, RunStatus
 from simtrack.server.domain.tenancy import current_tenant
 
 M = TypeVar("M", bound=models.TenantOwnedMixin)
@@ -154,17 +154,19 @@ class RunRepository(Repository[models.Run]):
     model = models.Run
 
     async def silent_since(self, cutoff: datetime) -> list[models.Run]:
-        """Running runs whose worker has not been heard from since ``cutoff``."""
+        """Running (or paused: a paused worker heartbeats) runs whose worker has not been
+        heard from since ``cutoff``."""
         stmt = self._select().where(
-            models.Run.status == RunStatus.RUNNING,
+            models.Run.status.in_(RUN_ATTACHED),
             models.Run.last_seen_at < cutoff,
         )
         return list((await self.session.execute(stmt.with_for_update())).scalars())
 
     async def cancelled_before(self, cutoff: datetime) -> list[models.Run]:
-        """Running runs whose cancel was requested before ``cutoff`` and never confirmed."""
+        """Running or paused runs whose cancel was requested before ``cutoff`` and never
+        confirmed."""
         stmt = self._select().where(
-            models.Run.status == RunStatus.RUNNING,
+            models.Run.status.in_(RUN_ATTACHED),
             models.Run.cancel_requested_at < cutoff,
         )
         return list((await self.session.execute(stmt.with_for_update())).scalars())

@@ -40,11 +40,14 @@ class ExperimentStatus(StrEnum):
 
 
 class RunStatus(StrEnum):
-    """Run lifecycle state."""
+    """Run lifecycle state (in lifecycle order: GetRunStats lists them so)."""
 
     PENDING = "pending"
     STARTING = "starting"
     RUNNING = "running"
+    # Asked to pause (PauseRun): the worker holds still until ResumeRun; it stays connected,
+    # heartbeats and may end the run. A worker that (re)connects is told so in its welcome.
+    PAUSED = "paused"
     COMPLETED = "completed"
     FAILED = "failed"
     STOPPED = "stopped"
@@ -94,12 +97,15 @@ class SimulationStatus(StrEnum):
 
 
 RUN_FINAL = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.STOPPED})
-RUN_ACTIVE = frozenset({RunStatus.PENDING, RunStatus.STARTING, RunStatus.RUNNING})
+# A worker is attached (or was, and may come back): liveness and cancel grace apply.
+RUN_ATTACHED = frozenset({RunStatus.RUNNING, RunStatus.PAUSED})
+RUN_ACTIVE = frozenset({RunStatus.PENDING, RunStatus.STARTING}) | RUN_ATTACHED
 
 _RUN_MOVES: dict[RunStatus, frozenset[RunStatus]] = {
     RunStatus.PENDING: frozenset({RunStatus.STARTING, RunStatus.STOPPED}),
     RunStatus.STARTING: frozenset({RunStatus.RUNNING, RunStatus.STOPPED}),
-    RunStatus.RUNNING: RUN_FINAL,
+    RunStatus.RUNNING: RUN_FINAL | {RunStatus.PAUSED},
+    RunStatus.PAUSED: RUN_FINAL | {RunStatus.RUNNING},
 }
 _SIMULATION_MOVES: dict[SimulationStatus, frozenset[SimulationStatus]] = {
     SimulationStatus.PENDING: frozenset({SimulationStatus.RUNNING, SimulationStatus.STOPPED}),
@@ -113,13 +119,48 @@ SIMULATION_FINAL = frozenset(
 
 
 def check_run_transition(current: RunStatus, new: RunStatus) -> None:
-    """Runs only move forward: pending -> starting -> running -> final; pending/starting -> stopped.
+    """Runs move forward: pending -> starting -> running -> final, pending/starting -> stopped;
+    a running run may pause and resume (running <-> paused), and a paused run may end too.
 
     Raises:
         FailedPrecondition: the move is not allowed.
     """
     if new != current and new not in _RUN_MOVES.get(current, frozenset()):
         raise FailedPrecondition(f"run status cannot move from {current} to {new}")
+
+
+def check_status_update(current: RunStatus, new: RunStatus) -> None:
+    """A status an UpdateRun may set: any legal move but pausing and resuming, which go
+    through PauseRun and ResumeRun so that the worker is told (a paused run may still end).
+
+    Raises:
+        InvalidArgument: a pause or resume (naming run.status).
+        FailedPrecondition: the move is not allowed.
+    """
+    if new != current and new in (RunStatus.PAUSED, RunStatus.RUNNING):
+        if RunStatus.PAUSED in (new, current):
+            raise InvalidArgument.of(
+                "run.status", "pause and resume with PauseRun and ResumeRun: they tell the worker"
+            )
+    check_run_transition(current, new)
+
+
+def pause_moves(current: RunStatus, target: RunStatus) -> bool:
+    """Whether pausing (``target`` paused) or resuming (``target`` running) moves the run.
+
+    Only a running run pauses and only a paused run resumes; asking again for the state the
+    run is in changes nothing (False), so a retried PauseRun or ResumeRun is harmless.
+
+    Raises:
+        FailedPrecondition: the run is in no state to pause or resume.
+    """
+    if current == target:
+        return False
+    source = RunStatus.RUNNING if target == RunStatus.PAUSED else RunStatus.PAUSED
+    if current != source:
+        verb = "paused" if target == RunStatus.PAUSED else "resumed"
+        raise FailedPrecondition(f"only a {source} run can be {verb}; this run is {current}")
+    return True
 
 
 def check_simulation_transition(current: SimulationStatus, new: SimulationStatus) -> None:
@@ -131,8 +172,8 @@ def check_simulation_transition(current: SimulationStatus, new: SimulationStatus
 def derive_experiment_status(run_statuses: Iterable[RunStatus]) -> ExperimentStatus:
     """An experiment's status follows its runs.
 
-    No runs: draft. Any run pending, starting or running: running. Otherwise (all runs ended):
-    completed if at least one run completed, failed if none did.
+    No runs: draft. Any run pending, starting, running or paused: running. Otherwise (all
+    runs ended): completed if at least one run completed, failed if none did.
     """
     statuses = set(run_statuses)
     if not statuses:

@@ -19,6 +19,7 @@ from simtrack.server.domain.model import (
     bounded_text,
     check_range,
     check_run_transition,
+    check_status_update,
     json_object,
     merge_params,
     require_id,
@@ -71,7 +72,7 @@ def set_run_status(run: RunTimeline, status: RunStatus) -> None:
     if status == run.status:
         return
     now = utcnow()
-    if status == RunStatus.RUNNING:
+    if status == RunStatus.RUNNING and run.status != RunStatus.PAUSED:  # not on resume
         run.started_at = now
     if status in RUN_FINAL:
         run.completed_at = now
@@ -158,6 +159,7 @@ class RunService:
                 if field == "status":
                     if value is None:
                         raise InvalidArgument.of("run.status", "is required")
+                    check_status_update(run.status, value)
                     status_changed = value != run.status
                     set_run_status(run, value)
                 elif field in ("current_tick", "total_ticks"):

@@ -18,6 +18,7 @@ from simtrack.server.domain.model import (
     RunStatus,
     bounded_text,
     json_object,
+    pause_moves,
     require_name,
 )
 from simtrack.server.domain.runs import (
@@ -42,10 +43,32 @@ def _command(run_id: str, name: str, args: Mapping[str, Any]) -> CommandMessage:
     return CommandMessage(run_id, str(uuid.uuid4()), name, dict(args))
 
 
+def _pause(run: Run, name: str) -> CommandMessage:
+    """A pause, or the resume that ends it, keeps one id per pause (as a cancel does)."""
+    # The instant, not its spelling: a datetime read back may carry another UTC offset.
+    paused = f"{run.paused_at.timestamp():.6f}" if run.paused_at else ""
+    command_id = str(uuid.uuid5(_CANCEL_NAMESPACE, f"{run.id}/{name}/{paused}"))
+    return CommandMessage(run.id, command_id, name, {})
+
+
+def pending_commands(run: Run) -> list[CommandMessage]:
+    """What a worker that (re)connects is told in its welcome: the state the run is in.
+
+    A requested cancel (it outweighs a pause); else a paused run's pause; else, for a run
+    resumed since it was paused, that resume, so a worker that was away hears of it too.
+    """
+    if run.cancel_requested_at is not None:  # told until it ends the run (or always, late)
+        return [_cancel(run)]
+    if run.status in RUN_FINAL or run.paused_at is None:
+        return []
+    return [_pause(run, "pause" if run.status == RunStatus.PAUSED else "resume")]
+
+
 def _cancel(run: Run) -> CommandMessage:
     """A run's cancel keeps one id, so a worker told again on reconnect can tell it is the same;
     and its reason, on every delivery."""
-    requested = run.cancel_requested_at.isoformat() if run.cancel_requested_at else ""
+    # The instant, not its spelling: a datetime read back may carry another UTC offset.
+    requested = f"{run.cancel_requested_at.timestamp():.6f}" if run.cancel_requested_at else ""
     command_id = str(uuid.uuid5(_CANCEL_NAMESPACE, f"{run.id}/{requested}"))
     reason = run.cancel_reason
     return CommandMessage(run.id, command_id, "cancel", {"reason": reason} if reason else {})
@@ -90,7 +113,8 @@ class TelemetryService:
                     _revive(run, now)
                 if run.status == RunStatus.PENDING:
                     set_run_status(run, RunStatus.STARTING)
-                set_run_status(run, RunStatus.RUNNING)
+                if run.status != RunStatus.PAUSED:  # a paused run stays so: the welcome says it
+                    set_run_status(run, RunStatus.RUNNING)
                 run.worker_id = worker_id or run.worker_id
                 run.last_seen_at = now
                 await uow.runs.flush()
@@ -98,10 +122,7 @@ class TelemetryService:
                 await uow.commit()
         with contextlib.suppress(Unavailable):  # watchers re-read on their own timer anyway
             await self.bus.publish_runs([run.id])
-        pending = []
-        if run.cancel_requested_at is not None:  # told until it ends the run (or always, late)
-            pending.append(_cancel(run))
-        return run, pending
+        return run, pending_commands(run)
 
     async def cancel(self, run_id: str, reason: str) -> tuple[Run, CommandMessage]:
         """Ask the worker to stop; a run no worker has attached to stops at once."""
@@ -121,14 +142,45 @@ class TelemetryService:
             await refresh_experiment_status(uow, run.experiment_id)
             await uow.commit()
         command = _cancel(run)
+        # If not pushed live, the sweeper still stops the run after the grace period.
+        await self._push(command)
+        return run, command
+
+    async def pause(self, run_id: str) -> tuple[Run, CommandMessage]:
+        """Pause a running run: its status says so until resumed, and its worker is told now
+        and on every reconnect."""
+        return await self._pause_or_resume(run_id, RunStatus.PAUSED)
+
+    async def resume(self, run_id: str) -> tuple[Run, CommandMessage]:
+        """Resume a paused run: running again, and its worker is told now or on reconnect."""
+        return await self._pause_or_resume(run_id, RunStatus.RUNNING)
+
+    async def _pause_or_resume(self, run_id: str, target: RunStatus) -> tuple[Run, CommandMessage]:
+        async with self.uow() as uow:
+            run = await load_run(uow, run_id)
+            run = await uow.runs.get(run.id, for_update=True) or run
+            if pause_moves(run.status, target):
+                set_run_status(run, target)
+                if target == RunStatus.PAUSED:
+                    run.paused_at = utcnow()
+                # The experiment's status does not change: paused counts as running.
+                await uow.runs.flush()
+                await uow.commit()
+        command = _pause(run, "pause" if target == RunStatus.PAUSED else "resume")
+        await self._push(command)
+        return run, command
+
+    async def _push(self, command: CommandMessage) -> None:
+        """Tell the worker and the run's watchers now, if the bus lets us."""
         try:
             await self.bus.publish_command(command)
-            await self.bus.publish_runs([run.id])
+            await self.bus.publish_runs([command.run_id])
         except Unavailable as exc:
-            # The cancel is committed: the worker is told on its next (re)connect, and the
-            # sweeper stops the run after the grace period. Not a failure of this call.
-            log.warning("cancel of run %s stored but not pushed live: %s", run.id, exc)
-        return run, command
+            # The command's state is committed: the worker is told on its next (re)connect.
+            # Not a failure of this call.
+            log.warning(
+                "%s of run %s stored but not pushed live: %s", command.name, command.run_id, exc
+            )
 
     async def send(self, run_id: str, name: str, args: Mapping[str, Any]) -> CommandMessage:
         """Push a command to the run's worker (live only: a worker not connected misses it)."""

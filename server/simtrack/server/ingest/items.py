@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from simtrack.server.domain.model import MetricKind, RunStatus
@@ -31,7 +30,7 @@ class SeriesChunk:
 @dataclass(slots=True)
 class EventData:
     step: int
-    time: datetime
+    time_ns: int  # nanoseconds since the Unix epoch
     type: str
     agent_id: str | None
     payload: dict[str, Any]

@@ -358,7 +358,7 @@ async def _write_rows(
             "position": position,
             "tenant_id": tenant_id,
             "step": event.step,
-            "time": event.time,
+            "time_ns": event.time_ns,
             "type": event.type,
             "agent_id": event.agent_id,
             "payload": event.payload,
