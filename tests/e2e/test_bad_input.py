@@ -1215,8 +1215,8 @@ async def test_stream_values_out_of_their_range_are_invalid(
         (event_at(2**40), event_time),
         (event_at(-(2**40)), event_time),
         (event_at(253_402_300_800), event_time),  # 10000-01-01
-        (event_at(0, -1), event_time),
-        (event_at(0, 10**9), event_time),
+        (event_at(0, -1), f"{event_time}.nanos"),
+        (event_at(0, 10**9), f"{event_time}.nanos"),
         (stamped(math.nan), stamps),
         (stamped(1.0, math.inf), stamps),
         (stamped(-math.inf, 1.0, 2.0), stamps),
