@@ -12,7 +12,7 @@ from typing import cast
 import pytest
 
 from simtrack.errors import FailedPrecondition, Unavailable
-from simtrack.server.domain.tenancy import Principal, Role
+from simtrack.server.domain.tenancy import Lease, Principal, Role
 from simtrack.server.ingest import streams
 from simtrack.server.ingest.items import Batch
 from simtrack.server.ingest.streams import AckOut, Outgoing, StreamSession
@@ -40,7 +40,8 @@ class HandResolvedWriter:
 
 def open_session(committed_seq: int = 0) -> tuple[StreamSession, HandResolvedWriter]:
     writer = HandResolvedWriter()
-    session = StreamSession(PRINCIPAL, "run-1", committed_seq, cast(GroupCommitWriter, writer))
+    writes = cast(GroupCommitWriter, writer)
+    session = StreamSession(Lease(PRINCIPAL), "run-1", committed_seq, writes)
     return session, writer
 
 

@@ -963,7 +963,9 @@ class _Engine:
             if thread.is_alive() and thread is not threading.current_thread():
                 thread.join(timeout=10.0)
         if not self._abandoned:
-            if self._flusher.ident is None:  # never started
+            if not self._flusher.is_alive():
+                # Never started, or a log_* call that raced a final error's stop of the
+                # flusher (after its last flush) left points in the buffer: spool them too.
                 self._flush_once()
             self.spool.trim(self._acked)
         with self._buf_lock:

@@ -1,7 +1,9 @@
 """Per-call concerns of every simtrack RPC, in one wrapper: who is calling, errors, metrics.
 
 The wrapper covers unary calls and the whole iteration of streams, so an error raised while a
-stream is running is mapped like any other. Unary calls are counted and timed here; a stream's
+stream is running is mapped like any other. Calls with a stream in either direction can stay
+open past the key cache: they run on a lease that ends them once their key is revoked
+(``api.auth``). Unary calls are counted and timed here; a stream's
 length says nothing about the service's latency, so streams have gauges of their own.
 """
 
@@ -14,7 +16,7 @@ from typing import Any
 
 import grpc
 
-from simtrack.server.api.auth import CallAuthorizer
+from simtrack.server.api.auth import CallAuthorizer, until_revoked, while_valid
 from simtrack.server.api.errors import abort, status_code_name
 from simtrack.server.observability import ServerMetrics
 
@@ -34,7 +36,9 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         self.authorizer = authorizer
         self.metrics = metrics
 
-    def _unary(self, method: str, behavior: Behavior) -> Behavior:
+    def _unary(self, method: str, behavior: Behavior, *, lasting: bool = False) -> Behavior:
+        """A call with one response; ``lasting``: its requests are a stream (UploadArtifact)."""
+
         async def handler(request: Any, context: Context) -> Any:
             started = time.perf_counter()
 
@@ -43,8 +47,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 self.metrics.rpc_done(method, code, time.perf_counter() - started)
 
             try:
-                async with self.authorizer.scope(method, context):
-                    response = await behavior(request, context)
+                async with self.authorizer.scope(method, context, lasting=lasting) as lease:
+                    response = await until_revoked(lease, behavior(request, context))
             except grpc.aio.AbortError:  # the status is already out (e.g. unauthenticated)
                 done(_status_name(context))
                 raise
@@ -63,8 +67,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     def _stream(self, method: str, behavior: Behavior) -> Behavior:
         async def handler(request: Any, context: Context) -> AsyncIterator[Any]:
             try:
-                async with self.authorizer.scope(method, context):
-                    async for response in behavior(request, context):
+                async with self.authorizer.scope(method, context, lasting=True) as lease:
+                    async for response in while_valid(lease, behavior(request, context)):
                         yield response
             except grpc.aio.AbortError:
                 raise
@@ -98,7 +102,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                self._unary(method, handler.stream_unary), **kwargs
+                self._unary(method, handler.stream_unary, lasting=True), **kwargs
             )
         assert handler.stream_stream is not None
         return grpc.stream_stream_rpc_method_handler(

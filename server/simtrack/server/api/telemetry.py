@@ -39,7 +39,7 @@ from simtrack.server.domain.model import (
 from simtrack.server.domain.rankings import RunQueries
 from simtrack.server.domain.runs import ParticipantService, RunService
 from simtrack.server.domain.telemetry import TelemetryService
-from simtrack.server.domain.tenancy import current_principal
+from simtrack.server.domain.tenancy import current_lease
 from simtrack.server.domain.validations import ValidationService
 from simtrack.server.ingest.bus import Bus, CommandMessage
 from simtrack.server.ingest.items import Batch, EventData, FinalData, ProgressData, SeriesChunk
@@ -222,7 +222,7 @@ class StreamingRunServicer(ArtifactRpcs, RunQueryServicer):
         if first.WhichOneof("kind") != "hello":
             raise InvalidArgument.of("hello", "the first message of a stream must be hello")
         run, pending = await self.telemetry.attach(first.hello.run_id, first.hello.worker_id)
-        session = StreamSession(current_principal(), run.id, run.committed_seq, self.writer)
+        session = StreamSession(current_lease(), run.id, run.committed_seq, self.writer)
         self.registry.attach(session)
         reader = asyncio.create_task(self._read(request_iterator, session))
         try:
