@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _READ_METHODS = ("Get", "List", "Watch")
-# An open call's key is checked again when its cached check expires, but at most this often:
-# with SIMTRACK_AUTH_CACHE_SECONDS=0 each open stream would otherwise query without pause.
+# An open call's key is checked again when its cached check expires; with a cache shorter than
+# this (SIMTRACK_AUTH_CACHE_SECONDS=0: no cache), this often, not in a tight loop.
 MIN_RECHECK = 0.5
 
 
@@ -100,9 +100,11 @@ class CallAuthorizer:
     ) -> None:
         """Check the key again whenever the cached check expires, until the call ends; revoke
         the lease once the key no longer admits the call."""
+        assert self.authenticator is not None
+        shortest = MIN_RECHECK if self.authenticator.cache_seconds < MIN_RECHECK else 0.0
         while True:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(fresh_for, MIN_RECHECK)):
+                async with asyncio.timeout(max(fresh_for, shortest)):
                     await closed.wait()
             if closed.is_set():
                 return
