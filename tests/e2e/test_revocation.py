@@ -344,7 +344,7 @@ def logged_checksums(streams: StreamKit, logged: int) -> dict[str, Checksum]:
 
 
 async def test_the_worker_helper_stops_on_a_revoked_key_and_sync_uploads_the_rest(
-    keys: Keys, streams: StreamKit, tmp_path: Path
+    keys: Keys, streams: StreamKit, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     token = keys.create("writer")
     client = keys.client(token)
@@ -352,28 +352,40 @@ async def test_the_worker_helper_stops_on_a_revoked_key_and_sync_uploads_the_res
     calls = StreamCalls()
     channel = grpc.intercept_channel(client.channel, calls)
     spool = tmp_path / "spool"
+    # After the first flush nothing more is flushed (no timer, no size reached within the
+    # test): what is logged from then on waits in memory, so some of it is surely unsent when
+    # the helper fails -- and its stream idles meanwhile (heartbeats only).
     options = WorkerOptions(
-        flush_interval=0.05, backoff_base=0.05, backoff_cap=0.2, close_timeout=5
+        flush_interval=600,
+        points_per_series=50_000,
+        max_buffered_points=1_000_000,
+        backoff_base=0.05,
+        backoff_cap=0.2,
+        close_timeout=5,
     )
     logged = 0
-    revoked = 0.0
+    flushed = threading.Event()
 
     def simulate() -> None:
-        nonlocal logged, revoked
+        nonlocal logged
         with Worker(channel, run.id, spool_dir=spool, options=options) as worker:
             for step in range(20_000):
                 worker.log_metrics(step, points(step))
                 logged += 1
             assert worker.flush(timeout=TIMEOUT), "nothing acknowledged before the revocation"
-            revoked = keys.revoke(token)
-            while time.monotonic() - revoked < TIMEOUT:  # main: logs on and on
-                for _ in range(100):
+            flushed.set()
+            deadline = time.monotonic() + TIMEOUT
+            while time.monotonic() < deadline:  # main: logs on and on
+                for _ in range(20):
                     worker.log_metrics(logged, points(logged))  # raises the helper's error
                     logged += 1
                 time.sleep(0.01)
 
+    simulation = asyncio.create_task(asyncio.to_thread(simulate))
+    assert await asyncio.to_thread(flushed.wait, TIMEOUT)
+    revoked = await asyncio.to_thread(keys.revoke, token)
     with pytest.raises(Unauthenticated) as info:  # in the user's thread, by log_metrics
-        await asyncio.to_thread(simulate)
+        await simulation
     failed = time.monotonic()
     assert "revoked" in info.value.message, info.value.message
     assert failed - revoked < LATEST_END, f"failed {failed - revoked:.1f}s after the revocation"
@@ -386,6 +398,7 @@ async def test_the_worker_helper_stops_on_a_revoked_key_and_sync_uploads_the_res
     database = streams.database(keys.server.database_url)
     spool_file = spool / f"{run.id}.sqlite"
     assert spool_file.exists(), "the helper dropped its spool"
+    assert f"stays in {spool_file}: `simtrack sync` with a valid API key" in caplog.text
     stored = sum(c.count for c in database.checksums(run.id).values())
     assert 40_000 <= stored < 2 * logged, stored  # the rest waits in the spool
 

@@ -50,7 +50,9 @@ Errors: transient stream failures are retried for ever (the data waits in the sp
 ones (INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, UNAUTHENTICATED, FAILED_PRECONDITION,
 ABORTED -- another worker took the run over --, UNIMPLEMENTED, ...) stop the helper: the mapped
 :class:`~simtrack.errors.SimtrackError` is raised by the next ``log_*`` call and on exit, and
-the unsent messages stay in the spool.
+the unsent messages stay in the spool. A key revoked while the stream is open ends it with
+UNAUTHENTICATED (within the server's key cache interval); ``simtrack sync`` with a valid key
+uploads what waits in the spool.
 """
 
 from __future__ import annotations
@@ -117,6 +119,7 @@ _KINDS: dict[str, int] = {
     "counter": telemetry_pb2.METRIC_KIND_COUNTER,
 }
 _BUILTIN_COMMANDS = frozenset({"cancel", "pause", "resume"})
+_KEY_REFUSED = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED"})  # a valid key would do
 
 
 @dataclass(frozen=True)
@@ -891,6 +894,13 @@ class _Engine:
 
     def _fail(self, error: SimtrackError) -> None:
         log.error("run %s: %s: %s", self.run_id, error.code_name, error.message)
+        if error.code_name in _KEY_REFUSED and self._mode == "worker":
+            log.error(
+                "run %s: what the server did not acknowledge stays in %s: `simtrack sync` "
+                "with a valid API key uploads it",
+                self.run_id,
+                self.spool.path,
+            )
         with self._cond:
             if self._error is None:
                 self._error = error
