@@ -1366,8 +1366,9 @@ class StreamKit:
         self.proxies.append(proxy)
         return proxy
 
-    def new_run(self, server: Server, total_ticks: int = 0) -> runs_pb2.Run:
-        """A pending run of a new experiment (with its agent) on ``server``."""
+    def new_run(self, server: Server | Client, total_ticks: int = 0) -> runs_pb2.Run:
+        """A pending run of a new experiment (with its agent) on ``server`` (or through a
+        client of it, e.g. one sending a tenant's key)."""
         agent = server.agents.CreateAgent(
             agents_pb2.CreateAgentRequest(
                 agent=agents_pb2.Agent(

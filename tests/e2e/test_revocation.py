@@ -28,7 +28,7 @@ import sqlalchemy
 
 from simtrack.client import Worker, WorkerOptions
 from simtrack.errors import Unauthenticated
-from simtrack.v1 import agents_pb2, experiments_pb2, runs_pb2
+from simtrack.v1 import runs_pb2
 
 if TYPE_CHECKING:
     from grpc import _CallIterator
@@ -118,28 +118,6 @@ def keys(
     return Keys(server, simtrack_cli, "acme")
 
 
-def new_run(client: Client) -> runs_pb2.Run:
-    """A pending run of a new experiment (and agent) of the client's tenant."""
-    agent = client.agents.CreateAgent(
-        agents_pb2.CreateAgentRequest(
-            agent=agents_pb2.Agent(
-                name=f"agent-{uuid.uuid4().hex[:8]}", framework=agents_pb2.FRAMEWORK_CUSTOM
-            )
-        ),
-        timeout=TIMEOUT,
-    ).agent
-    experiment = client.experiments.CreateExperiment(
-        experiments_pb2.CreateExperimentRequest(
-            experiment=experiments_pb2.Experiment(
-                name="revocation", agent_id=agent.id, scenario_id="tier0-tutorial"
-            )
-        ),
-        timeout=TIMEOUT,
-    ).experiment
-    run = runs_pb2.Run(experiment_id=experiment.id)
-    return client.runs.CreateRun(runs_pb2.CreateRunRequest(run=run), timeout=TIMEOUT).run
-
-
 async def send_until_ended(stream: RawStream, messages: list[Any], pace: float) -> None:
     """Send ``messages`` one every ``pace`` seconds as a worker would, until the call ends;
     fails if it never does."""
@@ -163,7 +141,7 @@ async def test_an_open_stream_ends_once_its_key_is_revoked_and_keeps_what_was_ac
     keys: Keys, streams: StreamKit
 ) -> None:
     token = keys.create("writer")
-    run = new_run(keys.client(token))
+    run = streams.new_run(keys.client(token))
     data = streams.dataset(batches=200, points=200)
     database = streams.database(keys.server.database_url)
     stream = streams.stream(keys.server.address, run.id, authorization=f"Bearer {token}")
@@ -207,7 +185,7 @@ async def test_a_key_demoted_or_moved_to_another_tenant_ends_its_open_stream(
     keys: Keys, streams: StreamKit, change: str
 ) -> None:
     token = keys.create("writer")
-    run = new_run(keys.client(token))
+    run = streams.new_run(keys.client(token))
     data = streams.dataset(batches=5, points=100)
     stream = streams.stream(keys.server.address, run.id, authorization=f"Bearer {token}")
     await stream.open()
@@ -231,10 +209,10 @@ async def test_a_key_demoted_or_moved_to_another_tenant_ends_its_open_stream(
 # WatchRun
 
 
-def test_an_idle_watch_ends_once_its_key_is_revoked(keys: Keys) -> None:
+def test_an_idle_watch_ends_once_its_key_is_revoked(keys: Keys, streams: StreamKit) -> None:
     """No update flows (a pending run): the watch still ends within the cache interval."""
     reader = keys.create("reader")
-    run = new_run(keys.client(keys.create("writer")))
+    run = streams.new_run(keys.client(keys.create("writer")))
     watch: _CallIterator[runs_pb2.WatchRunResponse] = keys.client(reader).runs.WatchRun(
         runs_pb2.WatchRunRequest(id=run.id), timeout=TIMEOUT
     )
@@ -251,10 +229,12 @@ def test_an_idle_watch_ends_once_its_key_is_revoked(keys: Keys) -> None:
 # Artifacts, up and down
 
 
-def test_an_open_upload_ends_once_its_key_is_revoked_and_stores_nothing(keys: Keys) -> None:
+def test_an_open_upload_ends_once_its_key_is_revoked_and_stores_nothing(
+    keys: Keys, streams: StreamKit
+) -> None:
     token = keys.create("writer")
     client = keys.client(token)
-    run = new_run(client)
+    run = streams.new_run(client)
     started = threading.Event()
 
     def requests() -> Iterator[runs_pb2.UploadArtifactRequest]:
@@ -284,9 +264,9 @@ def test_an_open_upload_ends_once_its_key_is_revoked_and_stores_nothing(keys: Ke
     assert not list((keys.server.process.cwd / "simtrack-artifacts").glob(f"*/{run.id}/*"))
 
 
-def test_an_open_download_ends_once_its_key_is_revoked(keys: Keys) -> None:
+def test_an_open_download_ends_once_its_key_is_revoked(keys: Keys, streams: StreamKit) -> None:
     writer = keys.client(keys.create("writer"))
-    run = new_run(writer)
+    run = streams.new_run(writer)
     size = 48 * 1024 * 1024  # more than flow control lets the server send ahead
     chunk = b"\x5a" * (1024 * 1024)
 
@@ -348,7 +328,7 @@ async def test_the_worker_helper_stops_on_a_revoked_key_and_sync_uploads_the_res
 ) -> None:
     token = keys.create("writer")
     client = keys.client(token)
-    run = new_run(client)
+    run = streams.new_run(client)
     calls = StreamCalls()
     channel = grpc.intercept_channel(client.channel, calls)
     spool = tmp_path / "spool"
