@@ -116,14 +116,17 @@ class CallAuthorizer:
                 reason = f"{error.message} (checked again while the call was open)"
                 lease.revoke(type(error)(reason))
                 return
-            except SimtrackError as error:  # the database is unreachable: the call's own work
-                # needs it too, so the call is left to fail (or carry on) by itself.
+            except Exception as error:
+                if closed.is_set():  # the call ended meanwhile (e.g. the server is stopping)
+                    return
+                if not isinstance(error, SimtrackError):
+                    log.exception("checking the key of an open call failed")
+                    lease.revoke(Unavailable("the API key could not be checked again; call again"))
+                    return
+                # The database is unreachable: the call's own work needs it too, so the call is
+                # left to fail (or carry on) by itself; the key is checked again shortly.
                 log.warning("could not check the key of an open call again: %s", error.message)
                 fresh_for = MIN_RECHECK
-            except Exception:
-                log.exception("checking the key of an open call failed")
-                lease.revoke(Unavailable("the API key could not be checked again; call again"))
-                return
 
 
 async def until_revoked(lease: Lease, call: Awaitable[T]) -> T:
