@@ -667,8 +667,10 @@ class RawStream:
         run_id: str,
         worker_id: str = "e2e-worker",
         window: int = STREAM_WINDOW,
+        authorization: str | None = None,
     ) -> None:
         self.stub = runs_pb2_grpc.RunServiceStub(channel)
+        self.metadata = (("authorization", authorization),) if authorization is not None else None
         self.run_id = run_id
         self.worker_id = worker_id
         self.window = window
@@ -706,7 +708,7 @@ class RawStream:
         self, first: telemetry_pb2.StreamRunRequest, timeout: float = 10.0
     ) -> telemetry_pb2.Welcome:
         """Open the call with ``first`` as its first message (hello, or not); the welcome."""
-        self.call = self.stub.StreamRun()
+        self.call = self.stub.StreamRun(metadata=self.metadata)
         self._reader = asyncio.create_task(self._read(), name=f"stream-{self.run_id}")
         await self._write(first, "the first message")
         await self.wait(lambda: self.welcome is not None, timeout, "the welcome")
@@ -1319,10 +1321,16 @@ class StreamKit:
         return self.channels[target]
 
     def stream(
-        self, target: str, run_id: str, worker_id: str = "e2e-worker", window: int = STREAM_WINDOW
+        self,
+        target: str,
+        run_id: str,
+        worker_id: str = "e2e-worker",
+        window: int = STREAM_WINDOW,
+        authorization: str | None = None,
     ) -> RawStream:
-        """A stream for ``run_id`` on the server at ``target`` (not opened yet)."""
-        stream = RawStream(self.channel(target), run_id, worker_id, window)
+        """A stream for ``run_id`` on the server at ``target`` (not opened yet), sending
+        ``authorization`` metadata if given."""
+        stream = RawStream(self.channel(target), run_id, worker_id, window, authorization)
         self.streams.append(stream)
         return stream
 
@@ -1372,8 +1380,9 @@ class StreamKit:
         self.proxies.append(proxy)
         return proxy
 
-    def new_run(self, server: Server, total_ticks: int = 0) -> runs_pb2.Run:
-        """A pending run of a new experiment (with its agent) on ``server``."""
+    def new_run(self, server: Server | Client, total_ticks: int = 0) -> runs_pb2.Run:
+        """A pending run of a new experiment (with its agent) on ``server`` (or through a
+        client of it, e.g. one sending a tenant's key)."""
         agent = server.agents.CreateAgent(
             agents_pb2.CreateAgentRequest(
                 agent=agents_pb2.Agent(

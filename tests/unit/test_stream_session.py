@@ -11,8 +11,8 @@ from typing import cast
 
 import pytest
 
-from simtrack.errors import FailedPrecondition, Unavailable
-from simtrack.server.domain.tenancy import Principal, Role
+from simtrack.errors import FailedPrecondition, Unauthenticated, Unavailable
+from simtrack.server.domain.tenancy import Lease, Principal, Role
 from simtrack.server.ingest import streams
 from simtrack.server.ingest.items import Batch
 from simtrack.server.ingest.streams import AckOut, Outgoing, StreamSession
@@ -38,9 +38,12 @@ class HandResolvedWriter:
             self.commits[seq].set_result(seq)
 
 
-def open_session(committed_seq: int = 0) -> tuple[StreamSession, HandResolvedWriter]:
+def open_session(
+    committed_seq: int = 0, caller: Lease | None = None
+) -> tuple[StreamSession, HandResolvedWriter]:
     writer = HandResolvedWriter()
-    session = StreamSession(PRINCIPAL, "run-1", committed_seq, cast(GroupCommitWriter, writer))
+    writes = cast(GroupCommitWriter, writer)
+    session = StreamSession(caller or Lease(PRINCIPAL), "run-1", committed_seq, writes)
     return session, writer
 
 
@@ -78,6 +81,18 @@ async def test_a_failed_commit_is_said_and_ends_the_acks() -> None:
     assert said[0] == AckOut(1)
     assert isinstance(said[1], Unavailable)
     assert len(said) == 2
+
+
+async def test_nothing_is_taken_in_once_the_callers_lease_is_revoked() -> None:
+    caller = Lease(PRINCIPAL, revocable=True)
+    session, writer = open_session(caller=caller)
+    await session.submit(Batch(1))
+    caller.revoke(Unauthenticated("unknown or revoked API key"))
+    with pytest.raises(Unauthenticated):
+        await session.submit(Batch(2))
+    with pytest.raises(Unauthenticated):
+        session.heartbeat()
+    assert list(writer.commits) == [1]  # what came before still commits (unacknowledged)
 
 
 async def test_resent_batches_are_accepted_and_gaps_refused() -> None:

@@ -56,7 +56,9 @@ Errors: transient stream failures are retried for ever (the data waits in the sp
 ones (INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, UNAUTHENTICATED, FAILED_PRECONDITION,
 ABORTED -- another worker took the run over --, UNIMPLEMENTED, ...) stop the helper: the mapped
 :class:`~simtrack.errors.SimtrackError` is raised by the next ``log_*`` call and on exit, and
-the unsent messages stay in the spool.
+the unsent messages stay in the spool. A key revoked while the stream is open ends it with
+UNAUTHENTICATED (within the server's key cache interval); ``simtrack sync`` with a valid key
+uploads what waits in the spool.
 """
 
 from __future__ import annotations
@@ -128,6 +130,7 @@ _KINDS: dict[str, int] = {
     "counter": telemetry_pb2.METRIC_KIND_COUNTER,
 }
 _BUILTIN_COMMANDS = frozenset({"cancel", "pause", "resume"})
+_KEY_REFUSED = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED"})  # a valid key would do
 
 
 @dataclass(frozen=True)
@@ -1018,6 +1021,13 @@ class _Engine:
 
     def _fail(self, error: SimtrackError) -> None:
         log.error("run %s: %s: %s", self.run_id, error.code_name, error.message)
+        if error.code_name in _KEY_REFUSED and self._mode == "worker":
+            log.error(
+                "run %s: what the server did not acknowledge stays in %s: `simtrack sync` "
+                "with a valid API key uploads it",
+                self.run_id,
+                self.spool.path,
+            )
         with self._cond:
             if self._error is None:
                 self._error = error
@@ -1098,7 +1108,9 @@ class _Engine:
             if thread.is_alive() and thread is not threading.current_thread():
                 thread.join(timeout=10.0)
         if not self._abandoned:
-            if self._flusher.ident is None:  # never started
+            if not self._flusher.is_alive():
+                # Never started, or a log_* call that raced a final error's stop of the
+                # flusher (after its last flush) left points in the buffer: spool them too.
                 self._flush_once()
             self.spool.trim(self._acked)
         with self._buf_lock:

@@ -5,8 +5,10 @@ The wrapper covers unary calls and the whole iteration of streams, so an error r
 stream is running is mapped like any other. Requests are decoded here too, not by grpc before
 the wrapper runs (grpc would answer bytes that are not the request message UNKNOWN): the
 handlers are registered taking bytes, and a message that does not decode is INVALID_ARGUMENT
-naming ``request``, also mid-stream. Unary calls are counted and timed here; a stream's length
-says nothing about the service's latency, so streams have gauges of their own.
+naming ``request``, also mid-stream. Calls with a stream in either direction can stay open
+past the key cache: they run on a lease that ends them once their key is revoked
+(``api.auth``). Unary calls are counted and timed here; a stream's length says nothing about
+the service's latency, so streams have gauges of their own.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 import grpc
 
 from simtrack.errors import InvalidArgument
-from simtrack.server.api.auth import CallAuthorizer
+from simtrack.server.api.auth import CallAuthorizer, until_revoked, while_valid
 from simtrack.server.api.errors import abort, status_code_name
 from simtrack.server.observability import ServerMetrics
 
@@ -71,7 +73,11 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         self.authorizer = authorizer
         self.metrics = metrics
 
-    def _unary(self, method: str, behavior: Behavior, decode: Decode) -> Behavior:
+    def _unary(
+        self, method: str, behavior: Behavior, decode: Decode, *, lasting: bool = False
+    ) -> Behavior:
+        """A call with one response; ``lasting``: its requests are a stream (UploadArtifact)."""
+
         async def handler(request: Any, context: Context) -> Any:
             started = time.perf_counter()
 
@@ -80,8 +86,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 self.metrics.rpc_done(method, code, time.perf_counter() - started)
 
             try:
-                async with self.authorizer.scope(method, context):
-                    response = await behavior(decode(request), context)
+                async with self.authorizer.scope(method, context, lasting=lasting) as lease:
+                    response = await until_revoked(lease, behavior(decode(request), context))
             except grpc.aio.AbortError:  # the status is already out (e.g. unauthenticated)
                 done(_status_name(context))
                 raise
@@ -100,8 +106,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     def _stream(self, method: str, behavior: Behavior, decode: Decode) -> Behavior:
         async def handler(request: Any, context: Context) -> AsyncIterator[Any]:
             try:
-                async with self.authorizer.scope(method, context):
-                    async for response in behavior(decode(request), context):
+                async with self.authorizer.scope(method, context, lasting=True) as lease:
+                    async for response in while_valid(lease, behavior(decode(request), context)):
                         yield response
             except grpc.aio.AbortError:
                 raise
@@ -134,7 +140,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                self._unary(method, handler.stream_unary, decoded_stream(parse)), **kwargs
+                self._unary(method, handler.stream_unary, decoded_stream(parse), lasting=True),
+                **kwargs,
             )
         assert handler.stream_stream is not None
         return grpc.stream_stream_rpc_method_handler(

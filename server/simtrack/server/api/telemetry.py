@@ -45,7 +45,7 @@ from simtrack.server.domain.model import (
 from simtrack.server.domain.rankings import RunQueries
 from simtrack.server.domain.runs import ParticipantService, RunService
 from simtrack.server.domain.telemetry import TelemetryService
-from simtrack.server.domain.tenancy import current_principal
+from simtrack.server.domain.tenancy import current_lease
 from simtrack.server.domain.validations import ValidationService
 from simtrack.server.ingest.bus import Bus, CommandMessage
 from simtrack.server.ingest.items import Batch, EventData, FinalData, ProgressData, SeriesChunk
@@ -242,7 +242,7 @@ class StreamingRunServicer(ArtifactRpcs, RunQueryServicer):
         run, pending = await self.telemetry.attach(
             hello.run_id, hello.worker_id, replay=hello.replay
         )
-        session = StreamSession(current_principal(), run.id, run.committed_seq, self.writer)
+        session = StreamSession(current_lease(), run.id, run.committed_seq, self.writer)
         self.registry.attach(session)
         reader = asyncio.create_task(self._read(request_iterator, session))
         try:

@@ -49,6 +49,11 @@ class Authenticator:
         self._verified: dict[str, _Verified] = {}
 
     async def authenticate(self, token: str) -> Principal:
+        return (await self.verify(token))[0]
+
+    async def verify(self, token: str) -> tuple[Principal, float]:
+        """The key's principal, and for how many more seconds that answer stands (after which
+        it is read from the database again: what bounds how late a revocation bites)."""
         prefix = parse_token(token)
         now = self.clock()
         entry = self._verified.get(prefix)
@@ -61,7 +66,7 @@ class Authenticator:
             async with self.uow() as uow:
                 await uow.access.touch_key(str(entry.principal.key_id), utcnow())
                 await uow.commit()
-        return entry.principal
+        return entry.principal, entry.checked_at + self.cache_seconds - now
 
     async def _load(self, prefix: str, now: float) -> _Verified:
         previous = self._verified.pop(prefix, None)

@@ -1,11 +1,13 @@
 """Who is calling: tenants, roles, API keys, and the caller's principal for this call.
 
-The principal lives in a context variable set once per call by the API layer; repositories read
-it to scope every query, so no service or servicer passes a tenant around by hand.
+The principal lives in a context variable set once per call by the API layer (as a ``Lease``);
+repositories read it to scope every query, so no service or servicer passes a tenant around by
+hand.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
@@ -15,7 +17,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from enum import StrEnum
 
-from simtrack.errors import PermissionDenied, Unauthenticated
+from simtrack.errors import PermissionDenied, SimtrackError, Unauthenticated
 
 # Everything belongs to this tenant when auth is disabled (the local default).
 DEFAULT_TENANT_ID = "00000000-0000-0000-0000-000000000000"
@@ -54,28 +56,72 @@ class Principal:
 
 LOCAL_PRINCIPAL = Principal(DEFAULT_TENANT_ID, Role.ADMIN)
 
-_current: ContextVar[Principal | None] = ContextVar("simtrack_principal", default=None)
+
+class Lease:
+    """A call's hold on its principal, which lasts as long as the key admits the call.
+
+    A call that stays open (a stream) outlives the cached check of its key: the API layer
+    checks the key again while the call lasts and revokes the lease when the key no longer
+    admits it (revoked, deleted, moved to another tenant, its role no longer enough). From then
+    on the principal is refused (``check`` raises the reason), so nothing the call receives
+    after the check that found it is taken in, and ``revocation`` tells whoever waits on the
+    call to end it.
+    """
+
+    __slots__ = ("principal", "revoked", "revocation")
+
+    def __init__(self, principal: Principal, *, revocable: bool = False) -> None:
+        self.principal = principal
+        self.revoked: SimtrackError | None = None
+        # Resolved with the reason when revoked; None for a lease nobody re-checks.
+        self.revocation: asyncio.Future[SimtrackError] | None = (
+            asyncio.get_running_loop().create_future() if revocable else None
+        )
+
+    def check(self) -> Principal:
+        """The principal, unless the lease was revoked (then the reason is raised)."""
+        if self.revoked is not None:
+            raise self.revoked.with_traceback(None)
+        return self.principal
+
+    def revoke(self, reason: SimtrackError) -> None:
+        if self.revoked is None:
+            self.revoked = reason
+            if self.revocation is not None and not self.revocation.done():
+                self.revocation.set_result(reason)
+
+
+_current: ContextVar[Lease | None] = ContextVar("simtrack_principal", default=None)
+
+
+def current_lease() -> Lease:
+    """This call's lease on its caller (see ``current_principal``)."""
+    lease = _current.get()
+    if lease is None:
+        raise RuntimeError("no principal set for this call: data access outside a request")
+    return lease
 
 
 def current_principal() -> Principal:
-    """The caller of this call; a call that reaches the data without one is a bug, not a leak."""
-    principal = _current.get()
-    if principal is None:
-        raise RuntimeError("no principal set for this call: data access outside a request")
-    return principal
+    """The caller of this call; a call that reaches the data without one is a bug, not a leak.
+
+    Once the call's lease is revoked this raises the reason instead.
+    """
+    return current_lease().check()
 
 
 def current_principal_or_none() -> Principal | None:
-    return _current.get()
+    lease = _current.get()
+    return None if lease is None else lease.principal
 
 
 def current_tenant() -> str:
     return current_principal().tenant_id
 
 
-def set_principal(principal: Principal | None) -> object:
+def set_principal(principal: Principal | Lease | None) -> object:
     """Make ``principal`` the caller; returns a token for ``reset_principal``."""
-    return _current.set(principal)
+    return _current.set(Lease(principal) if isinstance(principal, Principal) else principal)
 
 
 def reset_principal(token: object) -> None:

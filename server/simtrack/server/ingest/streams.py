@@ -4,6 +4,10 @@ A session checks each message's place in the run's sequence, hands batches to th
 writer without waiting for the commit (so up to ``MAX_IN_FLIGHT`` batches are pipelined), and
 sends acks in order as commits land. Everything it has to say to the worker goes through one
 outbox the transport drains: acks, commands, "going away", or the error that ends the stream.
+
+A session takes batches in on its caller's lease: once the lease is revoked (the key was found
+revoked while the stream was open) a batch is refused with the reason instead of queued, so
+nothing read after that check is stored.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from dataclasses import dataclass
 from typing import TypeGuard
 
 from simtrack.errors import Conflict, SequenceGap, SimtrackError
-from simtrack.server.domain.tenancy import Principal
+from simtrack.server.domain.tenancy import Lease
 from simtrack.server.ingest.bus import CommandMessage
 from simtrack.server.ingest.items import Batch
 from simtrack.server.ingest.writer import GroupCommitWriter
@@ -43,9 +47,9 @@ class StreamSession:
     """One worker's stream for one run."""
 
     def __init__(
-        self, principal: Principal, run_id: str, committed_seq: int, writer: GroupCommitWriter
+        self, caller: Lease, run_id: str, committed_seq: int, writer: GroupCommitWriter
     ) -> None:
-        self.principal = principal
+        self.caller = caller
         self.run_id = run_id
         self.writer = writer
         self.outbox: asyncio.Queue[Outgoing] = asyncio.Queue()
@@ -63,11 +67,16 @@ class StreamSession:
             raise SequenceGap(expected=self._next_seq, received=batch.seq)
         self._next_seq = max(self._next_seq, batch.seq + 1)
         await self._slots.acquire()
-        self._add_pending(self.writer.submit(self.principal, self.run_id, batch))
+        try:
+            principal = self.caller.check()  # after the wait for a slot: the lease may be gone
+        except SimtrackError:
+            self._slots.release()
+            raise
+        self._add_pending(self.writer.submit(principal, self.run_id, batch))
 
     def heartbeat(self) -> None:
         """Keep the run alive (the writer stamps its last_seen_at); nothing is acked."""
-        self.writer.submit(self.principal, self.run_id, None)
+        self.writer.submit(self.caller.check(), self.run_id, None)
 
     def push(self, item: Outgoing) -> None:
         self.outbox.put_nowait(item)
