@@ -6,6 +6,10 @@
 
 PYTHON ?= python
 BUF ?= node_modules/.bin/buf
+TSC ?= node_modules/.bin/tsc
+# The npm tools (buf, protoc-gen-es, tsc) are pinned in package.json / package-lock.json;
+# installed on first use.
+NPM_TOOLS := node_modules/.bin/buf node_modules/.bin/protoc-gen-es node_modules/.bin/tsc
 SIMTRACK ?= simtrack
 
 PY_SCRIPTS := $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_path("scripts"))' 2>/dev/null)
@@ -24,15 +28,18 @@ MYPY_PATHS = $(shell for d in $(MYPY_CANDIDATES); do \
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-protos: ## Regenerate the Python stubs in client/simtrack/v1 from protos/
+protos: | $(NPM_TOOLS) ## Regenerate the stubs from protos/: Python (client/simtrack/v1), TypeScript (web/src/gen)
 	$(PYTHON) tools/gen_protos.py
+	$(BUF) generate
 
-lint: | $(BUF) ## ruff check, ruff format --check, mypy, buf lint, buf format check
+lint: | $(NPM_TOOLS) ## ruff check, ruff format --check, mypy, buf lint, buf format check, tsc
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
 	$(PYTHON) -m mypy $(MYPY_PATHS)
 	$(BUF) lint
 	$(BUF) format -d --exit-code
+	$(TSC) -p web
+	$(TSC) -p web/smoke
 
 test: ## Run the test suite (pytest)
 	$(PYTHON) -m pytest
@@ -46,6 +53,5 @@ migrate: ## Apply the database migrations (simtrack migrate)
 serve: ## Start the gRPC server (simtrack serve)
 	$(SIMTRACK) serve
 
-# buf is pinned in package.json / package-lock.json; installed on first use.
-node_modules/.bin/buf:
+$(NPM_TOOLS) &:
 	npm install --no-audit --no-fund

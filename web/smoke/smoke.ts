@@ -1,0 +1,95 @@
+// A worker and a reader in TypeScript over gRPC: `node smoke.js HOST:PORT`, compiled by
+// tests/e2e/test_typescript_client.py and run against a real `simtrack serve`. Creates an agent,
+// an experiment and a run, streams two metric batches and a final status through StreamRun,
+// waits for the ack of the last one, reads the metrics back and prints a JSON summary.
+
+import { createClient } from "@connectrpc/connect";
+import { createWritableIterable } from "@connectrpc/connect/protocol";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+
+import { completed, hello, metricsAt, runningRuns } from "../src/example.js";
+import { AgentService, Framework } from "../src/gen/simtrack/v1/agents_pb.js";
+import { ExperimentService } from "../src/gen/simtrack/v1/experiments_pb.js";
+import { RunService, RunStatus } from "../src/gen/simtrack/v1/runs_pb.js";
+import type { StreamRunRequest } from "../src/gen/simtrack/v1/telemetry_pb.js";
+
+const CALL_TIMEOUT_MS = 20_000;
+
+async function main(target: string): Promise<void> {
+  const transport = createGrpcTransport({ baseUrl: `http://${target}` });
+  const agents = createClient(AgentService, transport);
+  const experiments = createClient(ExperimentService, transport);
+  const runs = createClient(RunService, transport);
+  const options = { timeoutMs: CALL_TIMEOUT_MS };
+
+  const { agent } = await agents.createAgent(
+    { agent: { name: "ts-smoke", framework: Framework.BASELINE, config: { margin: 0.2 } } },
+    options,
+  );
+  const { experiment } = await experiments.createExperiment(
+    {
+      experiment: {
+        name: "typescript smoke",
+        agentId: agent?.id ?? "",
+        scenarioId: "tier0-tutorial",
+        params: { seed: 7 },
+      },
+    },
+    options,
+  );
+  const experimentId = experiment?.id ?? "";
+  const { run } = await runs.createRun({ run: { experimentId } }, options);
+  const runId = run?.id ?? "";
+
+  // Sequenced messages 1..3 go out after the welcome; the stream is done when 3 is acked.
+  const batches = [
+    metricsAt(1n, 0n, { profit: 1.5, inventory: 100 }),
+    metricsAt(2n, 1n, { profit: -0, inventory: Number.NaN }),
+    completed(3n, { total_profit: 1.5 }),
+  ];
+  const lastSeq = 3n;
+  const requests = createWritableIterable<StreamRunRequest>();
+  const responses = runs.streamRun(requests, options);
+  await requests.write(hello(runId, "ts-smoke-worker"));
+  let committed = -1n;
+  for await (const response of responses) {
+    switch (response.kind.case) {
+      case "welcome":
+        for (const batch of batches) {
+          await requests.write(batch);
+        }
+        break;
+      case "ack":
+        committed = response.kind.value.committedSeq;
+        if (committed >= lastSeq) {
+          requests.close(); // ends our side; the server then ends the call with OK
+        }
+        break;
+      default:
+        break;
+    }
+  }
+  if (committed < lastSeq) {
+    throw new Error(`stream ended with seq ${committed} acknowledged, expected ${lastSeq}`);
+  }
+
+  const { metrics } = await runs.listMetrics({ runId }, options);
+  const finished = (await runs.getRun({ id: runId }, options)).run;
+  const listed = await runs.listRuns(runningRuns(experimentId), options);
+  const summary = {
+    runId,
+    status: RunStatus[finished?.status ?? RunStatus.UNSPECIFIED],
+    runningRuns: listed.runs.length,
+    metrics: Object.fromEntries(
+      metrics.map((m) => [m.name, { count: Number(m.count), lastValue: m.lastValue }]),
+    ),
+  };
+  console.log(JSON.stringify(summary));
+}
+
+const target = process.argv[2];
+if (target === undefined) {
+  console.error("usage: node smoke.js HOST:PORT");
+  process.exit(2);
+}
+await main(target);
