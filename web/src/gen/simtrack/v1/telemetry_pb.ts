@@ -12,7 +12,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file simtrack/v1/telemetry.proto.
  */
 export const file_simtrack_v1_telemetry: GenFile = /*@__PURE__*/
-  fileDesc("ChtzaW10cmFjay92MS90ZWxlbWV0cnkucHJvdG8SC3NpbXRyYWNrLnYxIqgCChBTdHJlYW1SdW5SZXF1ZXN0EgsKA3NlcRgBIAEoAxIjCgVoZWxsbxgCIAEoCzISLnNpbXRyYWNrLnYxLkhlbGxvSAASKQoIcHJvZ3Jlc3MYAyABKAsyFS5zaW10cmFjay52MS5Qcm9ncmVzc0gAEisKB21ldHJpY3MYBCABKAsyGC5zaW10cmFjay52MS5NZXRyaWNCYXRjaEgAEikKBmV2ZW50cxgFIAEoCzIXLnNpbXRyYWNrLnYxLkV2ZW50QmF0Y2hIABIqCgZzdGF0dXMYBiABKAsyGC5zaW10cmFjay52MS5GaW5hbFN0YXR1c0gAEisKCWhlYXJ0YmVhdBgHIAEoCzIWLnNpbXRyYWNrLnYxLkhlYXJ0YmVhdEgAQgYKBGtpbmQiQgoFSGVsbG8SDgoGcnVuX2lkGAEgASgJEhEKCXdvcmtlcl9pZBgCIAEoCRIWCg5sYXN0X2Fja2VkX3NlcRgDIAEoAyI4CghQcm9ncmVzcxIMCgR0aWNrGAEgASgDEg0KBXRvdGFsGAIgASgDEg8KB3BlcmNlbnQYAyABKAEihAEKDE1ldHJpY1NlcmllcxIMCgRuYW1lGAEgASgJEgwKBHVuaXQYAiABKAkSJQoEa2luZBgDIAEoDjIXLnNpbXRyYWNrLnYxLk1ldHJpY0tpbmQSDQoFc3RlcHMYBCADKAMSDgoGdmFsdWVzGAUgAygBEhIKCnRpbWVzdGFtcHMYBiADKAEiOAoLTWV0cmljQmF0Y2gSKQoGc2VyaWVzGAEgAygLMhkuc2ltdHJhY2sudjEuTWV0cmljU2VyaWVzIokBCgVFdmVudBIMCgRzdGVwGAEgASgDEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgwKBHR5cGUYAyABKAkSEAoIYWdlbnRfaWQYBCABKAkSKAoHcGF5bG9hZBgFIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QiMAoKRXZlbnRCYXRjaBIiCgZldmVudHMYASADKAsyEi5zaW10cmFjay52MS5FdmVudCKoAQoLRmluYWxTdGF0dXMSKAoHb3V0Y29tZRgBIAEoDjIXLnNpbXRyYWNrLnYxLlJ1bk91dGNvbWUSFQoNZXJyb3JfbWVzc2FnZRgCIAEoCRIuCg1lcnJvcl9kZXRhaWxzGAMgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIoCgdyZXN1bHRzGAQgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdCILCglIZWFydGJlYXQivAEKEVN0cmVhbVJ1blJlc3BvbnNlEicKB3dlbGNvbWUYASABKAsyFC5zaW10cmFjay52MS5XZWxjb21lSAASHwoDYWNrGAIgASgLMhAuc2ltdHJhY2sudjEuQWNrSAASJwoHY29tbWFuZBgDIAEoCzIULnNpbXRyYWNrLnYxLkNvbW1hbmRIABIsCgpnb2luZ19hd2F5GAQgASgLMhYuc2ltdHJhY2sudjEuR29pbmdBd2F5SABCBgoEa2luZCJ0CgdXZWxjb21lEhUKDWNvbW1pdHRlZF9zZXEYASABKAMSIgoaaGVhcnRiZWF0X2ludGVydmFsX3NlY29uZHMYAiABKAESLgoQcGVuZGluZ19jb21tYW5kcxgDIAMoCzIULnNpbXRyYWNrLnYxLkNvbW1hbmQiHAoDQWNrEhUKDWNvbW1pdHRlZF9zZXEYASABKAMiSgoHQ29tbWFuZBIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEiUKBGFyZ3MYAyABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0IhsKCUdvaW5nQXdheRIOCgZyZWFzb24YASABKAkqWQoKTWV0cmljS2luZBIbChdNRVRSSUNfS0lORF9VTlNQRUNJRklFRBAAEhUKEU1FVFJJQ19LSU5EX0dBVUdFEAESFwoTTUVUUklDX0tJTkRfQ09VTlRFUhACKnUKClJ1bk91dGNvbWUSGwoXUlVOX09VVENPTUVfVU5TUEVDSUZJRUQQABIZChVSVU5fT1VUQ09NRV9DT01QTEVURUQQARIWChJSVU5fT1VUQ09NRV9GQUlMRUQQAhIXChNSVU5fT1VUQ09NRV9TVE9QUEVEEANiBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("ChtzaW10cmFjay92MS90ZWxlbWV0cnkucHJvdG8SC3NpbXRyYWNrLnYxIqgCChBTdHJlYW1SdW5SZXF1ZXN0EgsKA3NlcRgBIAEoAxIjCgVoZWxsbxgCIAEoCzISLnNpbXRyYWNrLnYxLkhlbGxvSAASKQoIcHJvZ3Jlc3MYAyABKAsyFS5zaW10cmFjay52MS5Qcm9ncmVzc0gAEisKB21ldHJpY3MYBCABKAsyGC5zaW10cmFjay52MS5NZXRyaWNCYXRjaEgAEikKBmV2ZW50cxgFIAEoCzIXLnNpbXRyYWNrLnYxLkV2ZW50QmF0Y2hIABIqCgZzdGF0dXMYBiABKAsyGC5zaW10cmFjay52MS5GaW5hbFN0YXR1c0gAEisKCWhlYXJ0YmVhdBgHIAEoCzIWLnNpbXRyYWNrLnYxLkhlYXJ0YmVhdEgAQgYKBGtpbmQiUgoFSGVsbG8SDgoGcnVuX2lkGAEgASgJEhEKCXdvcmtlcl9pZBgCIAEoCRIWCg5sYXN0X2Fja2VkX3NlcRgDIAEoAxIOCgZyZXBsYXkYBCABKAgiOAoIUHJvZ3Jlc3MSDAoEdGljaxgBIAEoAxINCgV0b3RhbBgCIAEoAxIPCgdwZXJjZW50GAMgASgBIoQBCgxNZXRyaWNTZXJpZXMSDAoEbmFtZRgBIAEoCRIMCgR1bml0GAIgASgJEiUKBGtpbmQYAyABKA4yFy5zaW10cmFjay52MS5NZXRyaWNLaW5kEg0KBXN0ZXBzGAQgAygDEg4KBnZhbHVlcxgFIAMoARISCgp0aW1lc3RhbXBzGAYgAygBIjgKC01ldHJpY0JhdGNoEikKBnNlcmllcxgBIAMoCzIZLnNpbXRyYWNrLnYxLk1ldHJpY1NlcmllcyKJAQoFRXZlbnQSDAoEc3RlcBgBIAEoAxIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIMCgR0eXBlGAMgASgJEhAKCGFnZW50X2lkGAQgASgJEigKB3BheWxvYWQYBSABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0IjAKCkV2ZW50QmF0Y2gSIgoGZXZlbnRzGAEgAygLMhIuc2ltdHJhY2sudjEuRXZlbnQiqAEKC0ZpbmFsU3RhdHVzEigKB291dGNvbWUYASABKA4yFy5zaW10cmFjay52MS5SdW5PdXRjb21lEhUKDWVycm9yX21lc3NhZ2UYAiABKAkSLgoNZXJyb3JfZGV0YWlscxgDIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSKAoHcmVzdWx0cxgEIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QiCwoJSGVhcnRiZWF0IrwBChFTdHJlYW1SdW5SZXNwb25zZRInCgd3ZWxjb21lGAEgASgLMhQuc2ltdHJhY2sudjEuV2VsY29tZUgAEh8KA2FjaxgCIAEoCzIQLnNpbXRyYWNrLnYxLkFja0gAEicKB2NvbW1hbmQYAyABKAsyFC5zaW10cmFjay52MS5Db21tYW5kSAASLAoKZ29pbmdfYXdheRgEIAEoCzIWLnNpbXRyYWNrLnYxLkdvaW5nQXdheUgAQgYKBGtpbmQiogEKB1dlbGNvbWUSFQoNY29tbWl0dGVkX3NlcRgBIAEoAxIiChpoZWFydGJlYXRfaW50ZXJ2YWxfc2Vjb25kcxgCIAEoARIuChBwZW5kaW5nX2NvbW1hbmRzGAMgAygLMhQuc2ltdHJhY2sudjEuQ29tbWFuZBIsCgtydW5fb3V0Y29tZRgEIAEoDjIXLnNpbXRyYWNrLnYxLlJ1bk91dGNvbWUiHAoDQWNrEhUKDWNvbW1pdHRlZF9zZXEYASABKAMiSgoHQ29tbWFuZBIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEiUKBGFyZ3MYAyABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0IhsKCUdvaW5nQXdheRIOCgZyZWFzb24YASABKAkqWQoKTWV0cmljS2luZBIbChdNRVRSSUNfS0lORF9VTlNQRUNJRklFRBAAEhUKEU1FVFJJQ19LSU5EX0dBVUdFEAESFwoTTUVUUklDX0tJTkRfQ09VTlRFUhACKnUKClJ1bk91dGNvbWUSGwoXUlVOX09VVENPTUVfVU5TUEVDSUZJRUQQABIZChVSVU5fT1VUQ09NRV9DT01QTEVURUQQARIWChJSVU5fT1VUQ09NRV9GQUlMRUQQAhIXChNSVU5fT1VUQ09NRV9TVE9QUEVEEANiBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * A worker's message on RunService.StreamRun. The first message of a stream must be `hello`.
@@ -23,7 +23,16 @@ export const file_simtrack_v1_telemetry: GenFile = /*@__PURE__*/
  * acks the watermark only after the commit. A reconnecting worker sends hello, learns the
  * watermark from the server's welcome, and resends everything after it: messages at or below
  * the watermark are acknowledged again without being stored twice. A seq that skips ahead
- * (a gap) ends the stream with FAILED_PRECONDITION naming the expected seq.
+ * (a gap) ends the stream with FAILED_PRECONDITION carrying a google.rpc.ErrorInfo detail
+ * (reason "SEQUENCE_GAP", domain "simtrack.v1", metadata "expected_seq" and "received_seq").
+ *
+ * Late data: points produced before a run ended are always accepted, exactly once, whatever
+ * the run's status is now. A stream (or `simtrack sync`) for an ended run stores its metric
+ * and event batches in sequence from the watermark; they do not change the run's final
+ * status. Progress and a final status apply to an ended run only when it stands failed
+ * because its worker went silent (Run.vanish_time): the worker's own account replaces the
+ * server's guess. A live worker (hello without `replay`) that reaches such a run returns it
+ * to running (Run.revive_time records it).
  *
  * @generated from message simtrack.v1.StreamRunRequest
  */
@@ -125,6 +134,14 @@ export type Hello = Message<"simtrack.v1.Hello"> & {
    * @generated from field: int64 last_acked_seq = 3;
    */
   lastAckedSeq: bigint;
+
+  /**
+   * True when uploading what a worker that is no longer running left behind (its spool, e.g.
+   * `simtrack sync`): the data is stored, but a run failed as vanished is not revived.
+   *
+   * @generated from field: bool replay = 4;
+   */
+  replay: boolean;
 };
 
 /**
@@ -213,6 +230,7 @@ export type MetricSeries = Message<"simtrack.v1.MetricSeries"> & {
 
   /**
    * Unix times in seconds of the points: one per value, or empty to use the server's time.
+   * Finite, and within google.protobuf.Timestamp's range (years 1-9999).
    *
    * @generated from field: repeated double timestamps = 6;
    */
@@ -263,7 +281,10 @@ export type Event = Message<"simtrack.v1.Event"> & {
   step: bigint;
 
   /**
-   * When it happened; unset means the server's time.
+   * When it happened; unset means the server's time. Stored to the nanosecond and returned
+   * exactly as sent, between 1677-09-21T00:12:43.145224192Z and 2262-04-11T23:47:16.854775807Z
+   * (64-bit nanoseconds since 1970); outside that range, or with nanos outside 0-999999999,
+   * the batch is INVALID_ARGUMENT naming the field.
    *
    * @generated from field: google.protobuf.Timestamp time = 2;
    */
@@ -362,7 +383,9 @@ export const FinalStatusSchema: GenMessage<FinalStatus> = /*@__PURE__*/
   messageDesc(file_simtrack_v1_telemetry, 7);
 
 /**
- * Heartbeat carries nothing: its arrival is the message.
+ * Heartbeat carries nothing: its arrival is the message. The server declares a run's worker
+ * vanished (and fails the run) when it has heard nothing from it for the heartbeat timeout;
+ * time while no server was running does not count.
  *
  * @generated from message simtrack.v1.Heartbeat
  */
@@ -450,11 +473,22 @@ export type Welcome = Message<"simtrack.v1.Welcome"> & {
   heartbeatIntervalSeconds: number;
 
   /**
-   * The run's commands not yet confirmed (e.g. a cancel sent while the worker was away).
+   * The state the worker must follow, as the commands that set it (each with the id it had
+   * when first sent): "cancel" if a cancel was requested; else "pause" if the run is paused;
+   * else "resume" if it was resumed since its last pause. Empty for a run never paused or
+   * cancelled, and for an ended run.
    *
    * @generated from field: repeated simtrack.v1.Command pending_commands = 3;
    */
   pendingCommands: Command[];
+
+  /**
+   * How the run already ended, when it did (UNSPECIFIED while it has not): late data is still
+   * stored, but the run's final status stays (see StreamRunRequest).
+   *
+   * @generated from field: simtrack.v1.RunOutcome run_outcome = 4;
+   */
+  runOutcome: RunOutcome;
 };
 
 /**
@@ -499,14 +533,19 @@ export type Command = Message<"simtrack.v1.Command"> & {
   id: string;
 
   /**
-   * "cancel", "pause", "resume", or a custom name sent with SendCommand.
+   * "cancel" (stop and end the run as stopped), "pause" (hold still until "resume"; keep
+   * the stream open and heartbeating), "resume", or a custom name sent with SendCommand.
+   * A worker confirms a cancel by ending the run with a FinalStatus (see RunService.CancelRun).
+   * A worker may be told the same command twice (live, and in a welcome): same id, same
+   * command.
    *
    * @generated from field: string name = 2;
    */
   name: string;
 
   /**
-   * Arguments (a JSON object).
+   * Arguments (a JSON object); a cancel carries {"reason": ...} when one was given, on every
+   * delivery.
    *
    * @generated from field: google.protobuf.Struct args = 3;
    */
