@@ -1,4 +1,9 @@
-"""Wiring: build the services, the gRPC server, health and reflection; serve until a signal."""
+"""Wiring: build the services, the gRPC server, health and reflection; serve until a signal.
+
+Start-up pushes the release of everything it starts (engine, /metrics, bus, writer, the
+background loops) on an ``AsyncExitStack``: a start-up that fails half-way releases what it had
+started, in reverse order, and a graceful stop ends by closing the same stack.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,9 @@ import signal
 from dataclasses import dataclass
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from simtrack.server.api.agents import AgentServicer
 from simtrack.server.api.auth import CallAuthorizer
@@ -20,11 +25,11 @@ from simtrack.server.api.interceptor import CallInterceptor
 from simtrack.server.api.scenarios import ScenarioServicer
 from simtrack.server.api.telemetry import StreamingRunServicer
 from simtrack.server.artifacts import ArtifactStore
+from simtrack.server.background import BackgroundLoops, monitor_database, sweep_runs
 from simtrack.server.config import Settings
 from simtrack.server.db import migrate
 from simtrack.server.db.engine import create_engine, is_sqlite
 from simtrack.server.db.ingest import IngestStore
-from simtrack.server.db.repositories import ping
 from simtrack.server.db.uow import UnitOfWorkFactory, tenant_aware_sessions
 from simtrack.server.domain.access import Authenticator
 from simtrack.server.domain.agents import AgentService
@@ -56,8 +61,6 @@ from simtrack.v1 import (
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024 + 64 * 1024
-# A database that takes longer than this to answer "select 1" counts as unreachable.
-PROBE_TIMEOUT = 2.0
 
 SERVICE_NAMES = tuple(
     module.DESCRIPTOR.services_by_name[name].full_name
@@ -74,9 +77,9 @@ class StartupError(Exception):
     """The server cannot start; the message says what to do."""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Running:
-    """A started server and what it owns."""
+    """A started server and what it owns; ``resources`` releases it in reverse order of start."""
 
     server: grpc.aio.Server
     port: int
@@ -85,13 +88,13 @@ class Running:
     writer: GroupCommitWriter
     registry: StreamRegistry
     bus: Bus
-    background: list[asyncio.Task[None]]
-    stopping: asyncio.Event
+    background: BackgroundLoops
     metrics_endpoint: MetricsEndpoint | None  # None: SIMTRACK_METRICS_LISTEN unset
+    resources: contextlib.AsyncExitStack
 
     async def stop(self, grace: float) -> None:
         """Stop accepting, tell workers to go away, commit and ack what came in, exit."""
-        self.stopping.set()
+        self.background.stopping.set()
         await self.health.enter_graceful_shutdown()
         stopped = asyncio.create_task(self.server.stop(grace))  # no new calls from here on
         try:
@@ -101,13 +104,9 @@ class Running:
             log.warning("streams did not finish within %.1fs", grace)
         await self.writer.stop()
         await stopped
-        done, pending = await asyncio.wait(self.background, timeout=PROBE_TIMEOUT + 1)
-        for task in pending:
-            task.cancel()
-        await self.bus.stop()
-        await self.engine.dispose()
-        if self.metrics_endpoint is not None:
-            await self.metrics_endpoint.stop()
+        # The rest in reverse order of start-up: the background loops, the writer (stopped
+        # already: a no-op), the bus, /metrics, the engine.
+        await self.resources.aclose()
 
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
@@ -164,46 +163,21 @@ async def prepare_database(settings: Settings, engine: AsyncEngine) -> None:
         )
 
 
-def probe_timeout(interval: float) -> float:
-    return max(interval, PROBE_TIMEOUT)
-
-
-async def _monitor_database(
-    engine: AsyncEngine,
-    servicer: health.aio.HealthServicer,
-    interval: float,
-    stopping: asyncio.Event,
-) -> None:
-    """Report NOT_SERVING while the database does not answer, SERVING once it does again.
-
-    It stops when ``stopping`` is set, between probes: cancelling a probe half-way through a
-    driver call can leave aiosqlite's connection unclosable and hang the shutdown.
-    """
-    sessions = async_sessionmaker(engine)
-    serving = health_pb2.HealthCheckResponse.SERVING
-    not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
-    last = serving
-    while not stopping.is_set():
-        try:
-            async with asyncio.timeout(probe_timeout(interval)), sessions() as session:
-                await ping(session)
-            status = serving
-        except Exception as exc:  # noqa: BLE001 - any failure means unhealthy
-            status = not_serving
-            if last == serving:
-                log.warning("database unreachable, reporting NOT_SERVING: %s", exc)
-        if status != last and status == serving:
-            log.info("database reachable again, reporting SERVING")
-        for name in ("", *SERVICE_NAMES):
-            await servicer.set(name, status)
-        last = status
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(interval):
-                await stopping.wait()
-
-
 async def start(settings: Settings) -> Running:
-    """Build and start the server; ``settings.listen`` may use port 0 for a free port."""
+    """Build and start the server; ``settings.listen`` may use port 0 for a free port.
+
+    A start-up that fails half-way releases what it had started before it raises.
+    """
+    resources = contextlib.AsyncExitStack()
+    try:
+        return await _start(settings, resources)
+    except BaseException:
+        await resources.aclose()
+        raise
+
+
+async def _start(settings: Settings, resources: contextlib.AsyncExitStack) -> Running:
+    """Start everything, pushing each release on ``resources`` as soon as there is one."""
     scenarios_dir = settings.scenarios_dir or default_scenarios_dir()
     catalogue = load_catalogue(scenarios_dir)
     for problem in catalogue.problems:
@@ -212,13 +186,10 @@ async def start(settings: Settings) -> Running:
 
     check_exposure(settings)
     engine = create_engine(settings.database_url)
-    try:
-        await prepare_database(settings, engine)
-        if settings.auth_enabled and not is_sqlite(settings.database_url):
-            await check_row_level_security(engine)
-    except BaseException:
-        await engine.dispose()
-        raise
+    resources.push_async_callback(engine.dispose)
+    await prepare_database(settings, engine)
+    if settings.auth_enabled and not is_sqlite(settings.database_url):
+        await check_row_level_security(engine)
     uow = UnitOfWorkFactory(tenant_aware_sessions(engine))
     authenticator = (
         Authenticator(uow, settings.auth_cache_seconds) if settings.auth_enabled else None
@@ -279,67 +250,60 @@ async def start(settings: Settings) -> Running:
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    try:
-        port = server.add_insecure_port(settings.listen)
-    except RuntimeError:
-        port = 0  # some gRPC versions raise on a failed bind, others return port 0
-    if port == 0:
-        await engine.dispose()
-        raise StartupError(
-            f"cannot listen on {settings.listen}: the address is in use or unavailable "
-            "(another simtrack serve?). Choose another SIMTRACK_LISTEN, or set "
-            "SIMTRACK_REUSE_PORT=true if processes are meant to share the port"
-        )
     endpoint = None
     if settings.metrics_listen:
         try:
             endpoint = MetricsEndpoint.start(settings.metrics_listen, metrics.registry)
         except OSError as exc:
-            await engine.dispose()
             raise StartupError(
                 f"cannot serve metrics on {settings.metrics_listen} (SIMTRACK_METRICS_LISTEN): "
                 f"{exc}"
             ) from exc
+        resources.push_async_callback(endpoint.stop)
+    # Each stop copes with a start that failed half-way (the bus's listener retries until
+    # stopped), so it goes on the stack before the start.
+    resources.push_async_callback(bus.stop)
     await bus.start()
+    resources.push_async_callback(writer.stop)  # after a graceful stop: a no-op
     await writer.start()
+    # The listen port is bound last: gRPC frees it only once the server has started (an
+    # unstarted server keeps it until the process ends), so only the start comes after it.
+    try:
+        port = server.add_insecure_port(settings.listen)
+    except RuntimeError:
+        port = 0  # some gRPC versions raise on a failed bind, others return port 0
+    if port == 0:
+        raise StartupError(
+            f"cannot listen on {settings.listen}: the address is in use or unavailable "
+            "(another simtrack serve?). Choose another SIMTRACK_LISTEN, or set "
+            "SIMTRACK_REUSE_PORT=true if processes are meant to share the port"
+        )
+    resources.push_async_callback(server.stop, None)  # after a graceful stop: a no-op
     await server.start()
-    stopping = asyncio.Event()
-    background = [
-        asyncio.create_task(
-            _monitor_database(engine, health_servicer, settings.health_check_interval, stopping)
-        ),
-        asyncio.create_task(_sweep_runs(telemetry, validations, artifacts, settings, stopping)),
-    ]
-    return Running(
-        server, port, engine, health_servicer, writer, registry, bus, background, stopping, endpoint
+    background = BackgroundLoops()
+    resources.push_async_callback(background.stop)
+    background.spawn(
+        monitor_database(
+            engine,
+            health_servicer,
+            SERVICE_NAMES,
+            settings.health_check_interval,
+            background.stopping,
+        )
     )
-
-
-async def _sweep_runs(
-    telemetry: TelemetryService,
-    validations: ValidationService,
-    artifacts: ArtifactService,
-    settings: Settings,
-    stopping: asyncio.Event,
-) -> None:
-    """Fail runs whose worker vanished; stop cancelled runs whose worker never confirmed;
-    check the success criteria of completed runs a crash left unchecked; remove the files of
-    deleted runs."""
-    interval = min(settings.heartbeat_timeout, settings.cancel_grace) / 4
-    while not stopping.is_set():
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(interval):
-                await stopping.wait()
-        try:
-            changed = await telemetry.sweep(settings.heartbeat_timeout, settings.cancel_grace)
-            if changed:
-                log.info("liveness: %d run(s) ended by the sweeper", len(changed))
-            if checked := await validations.sweep():
-                log.info("success criteria of %d run(s) checked by the sweeper", checked)
-            if removed := await artifacts.sweep():
-                log.info("artifact files of %d deleted run(s) removed", removed)
-        except Exception:  # noqa: BLE001 - the next sweep tries again
-            log.warning("liveness sweep failed", exc_info=True)
+    background.spawn(sweep_runs(telemetry, validations, artifacts, settings, background.stopping))
+    return Running(
+        server=server,
+        port=port,
+        engine=engine,
+        health=health_servicer,
+        writer=writer,
+        registry=registry,
+        bus=bus,
+        background=background,
+        metrics_endpoint=endpoint,
+        resources=resources,
+    )
 
 
 async def serve(settings: Settings) -> None:
