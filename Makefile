@@ -18,7 +18,7 @@ export PATH := $(PY_SCRIPTS):$(PATH)
 endif
 
 # mypy targets: only the directories that exist and hold Python files (mypy rejects the others).
-MYPY_CANDIDATES := client/simtrack/client server/simtrack tests bench tools
+MYPY_CANDIDATES := common/simtrack client/simtrack/client server/simtrack tests bench tools
 MYPY_PATHS = $(shell for d in $(MYPY_CANDIDATES); do \
 	[ -d "$$d" ] && [ -n "$$(find "$$d" -name '*.py' -print -quit)" ] && echo "$$d"; done)
 
@@ -28,7 +28,7 @@ MYPY_PATHS = $(shell for d in $(MYPY_CANDIDATES); do \
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-protos: | $(NPM_TOOLS) ## Regenerate the stubs from protos/: Python (client/simtrack/v1), TypeScript (web/src/gen)
+protos: | $(NPM_TOOLS) ## Regenerate the stubs from protos/: Python (common/simtrack/v1), TypeScript (web/src/gen)
 	$(PYTHON) tools/gen_protos.py
 	$(BUF) generate
 

@@ -1,7 +1,8 @@
 """Regenerate the Python stubs from protos/: `python tools/gen_protos.py [OUT_DIR]`.
 
-The one command for generated code. Output goes to client/ (or OUT_DIR, used by the freshness
-check), so imports read `from simtrack.v1 import ...` with no rewriting.
+The one command for generated code. Output goes to common/, the source root that the client and
+the server both import from (or to OUT_DIR, used by the freshness check), so imports read
+`from simtrack.v1 import ...` with no rewriting.
 """
 
 from __future__ import annotations
@@ -45,4 +46,4 @@ def generate(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    generate(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "client")
+    generate(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "common")

@@ -1,4 +1,4 @@
-"""The checked-in stubs in client/simtrack/v1 are exactly what tools/gen_protos.py produces.
+"""The checked-in stubs in common/simtrack/v1 are exactly what tools/gen_protos.py produces.
 
 If this fails, the protos (or the pinned grpcio-tools / mypy-protobuf) changed without the
 stubs being regenerated: run `python tools/gen_protos.py` and commit the result.
@@ -18,8 +18,8 @@ from google.protobuf.descriptor import FileDescriptor
 
 ROOT = Path(__file__).resolve().parents[2]
 GEN_SCRIPT = ROOT / "tools" / "gen_protos.py"
-CHECKED_IN = ROOT / "client" / "simtrack" / "v1"
-FIX_HINT = "stale generated code: run `python tools/gen_protos.py` and commit client/simtrack/v1"
+CHECKED_IN = ROOT / "common" / "simtrack" / "v1"
+FIX_HINT = "stale generated code: run `python tools/gen_protos.py` and commit common/simtrack/v1"
 
 EXPECTED_SERVICES = {"AgentService", "ExperimentService", "RunService", "ScenarioService"}
 
@@ -65,7 +65,7 @@ def test_generated_stubs_are_fresh(tmp_path: Path) -> None:
 
     problems = []
     if missing:
-        problems.append(f"missing from client/simtrack/v1: {', '.join(missing)}")
+        problems.append(f"missing from common/simtrack/v1: {', '.join(missing)}")
     if extra:
         problems.append(f"not produced by the protos (stale): {', '.join(extra)}")
     if different:
