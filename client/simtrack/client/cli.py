@@ -1,25 +1,27 @@
 """The ``simtrack`` command.
 
-``serve`` and ``migrate`` run server code, imported only when those commands run: the client
-library itself never depends on the server. The commands that talk to a running server (agents,
-experiments, runs, metrics, history, events, scenarios) live in :mod:`simtrack.client.cli_api`.
+The commands that talk to a running server (agents, experiments, runs, metrics, history, events,
+scenarios) live in :mod:`simtrack.client.cli_api`; ``sync`` is here. The operator's commands
+(serve, migrate, tenants, keys, scenarios validate) are the server's: they come from the
+``simtrack.subcommands`` entry points, so the client never imports the server, and a worker-only
+install (without the ``server`` extra) lists them and says what to install.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import functools
 import logging
-import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from importlib.metadata import entry_points
 
-from rich.console import Console
-from rich.table import Table
+from simtrack.client.cli_api import Subcommands, add_api_commands, add_server_options
 
-from simtrack.client.cli_api import add_api_commands, add_server_options
+SUBCOMMANDS_GROUP = "simtrack.subcommands"
+SERVER_INSTALL = "pip install 'simtrack[server]'"
+# An entry point of SUBCOMMANDS_GROUP: adds its command to the group it is given.
+Register = Callable[[Subcommands], None]
 
 
 def _configure_logging(level: str) -> None:
@@ -29,147 +31,6 @@ def _configure_logging(level: str) -> None:
         stream=sys.stderr,
     )
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
-
-
-def _settings(args: argparse.Namespace) -> object:
-    from pydantic import ValidationError
-
-    from simtrack.server.config import CONFIG_FILE_VARIABLE, Settings
-
-    if getattr(args, "config", None):
-        os.environ[CONFIG_FILE_VARIABLE] = args.config
-    overrides = {
-        key: value
-        for key, value in (
-            ("database_url", args.database_url),
-            ("listen", getattr(args, "listen", None)),
-        )
-        if value is not None
-    }
-    try:
-        return Settings(**overrides)
-    except (ValidationError, FileNotFoundError) as exc:
-        raise SystemExit(f"simtrack: bad configuration: {exc}") from None
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    from simtrack.server.app import StartupError, serve
-
-    settings = _settings(args)
-    try:
-        asyncio.run(serve(settings))  # type: ignore[arg-type]
-    except StartupError as exc:
-        print(f"simtrack: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        pass
-    return 0
-
-
-def cmd_migrate(args: argparse.Namespace) -> int:
-    from simtrack.server.db import migrate
-
-    settings = _settings(args)
-    url: str = settings.database_url  # type: ignore[attr-defined]
-    if args.revision.startswith("-") or args.downgrade:
-        migrate.downgrade(url, args.revision)
-    else:
-        migrate.upgrade(url, args.revision)
-    print(f"simtrack: database migrated to {args.revision}")
-    if args.app_role:
-        migrate.grant_app_role(url, args.app_role, os.environ.get("SIMTRACK_APP_ROLE_PASSWORD"))
-        print(f"simtrack: role {args.app_role!r} may now serve this database")
-    return 0
-
-
-def _admin(args: argparse.Namespace, action: Callable[[Any], Awaitable[int]]) -> int:
-    """Run an operator's action on the database directly (not through a server)."""
-    from simtrack.errors import SimtrackError
-    from simtrack.server.db.engine import create_engine
-    from simtrack.server.db.uow import UnitOfWorkFactory, tenant_aware_sessions
-    from simtrack.server.domain.access import AccessAdmin
-
-    settings = _settings(args)
-
-    async def run() -> int:
-        engine = create_engine(settings.database_url)  # type: ignore[attr-defined]
-        try:
-            return await action(AccessAdmin(UnitOfWorkFactory(tenant_aware_sessions(engine))))
-        finally:
-            await engine.dispose()
-
-    try:
-        return asyncio.run(run())
-    except SimtrackError as exc:
-        print(f"simtrack: {exc.message}", file=sys.stderr)
-        return 1
-
-
-def _time(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
-
-
-def cmd_tenants_create(args: argparse.Namespace) -> int:
-    async def action(admin: Any) -> int:
-        tenant = await admin.create_tenant(args.name)
-        print(tenant.id)
-        return 0
-
-    return _admin(args, action)
-
-
-def cmd_tenants_list(args: argparse.Namespace) -> int:
-    async def action(admin: Any) -> int:
-        table = Table("id", "name", "created")
-        for tenant in await admin.tenants():
-            table.add_row(tenant.id, tenant.name, _time(tenant.created_at))
-        Console().print(table)
-        return 0
-
-    return _admin(args, action)
-
-
-def cmd_keys_create(args: argparse.Namespace) -> int:
-    from simtrack.server.domain.tenancy import Role
-
-    async def action(admin: Any) -> int:
-        created = await admin.create_key(args.tenant, Role(args.role), args.name)
-        print(created.token)
-        print(
-            f"(key {created.key.prefix}, role {created.key.role}: shown once, store it now)",
-            file=sys.stderr,
-        )
-        return 0
-
-    return _admin(args, action)
-
-
-def cmd_keys_list(args: argparse.Namespace) -> int:
-    async def action(admin: Any) -> int:
-        table = Table("prefix", "tenant", "role", "name", "created", "last used", "revoked")
-        for key in await admin.keys(args.tenant):
-            table.add_row(
-                key.prefix,
-                key.tenant_id,
-                str(key.role),
-                key.name,
-                _time(key.created_at),
-                _time(key.last_used_at),
-                _time(key.revoked_at),
-            )
-        Console().print(table)
-        return 0
-
-    return _admin(args, action)
-
-
-def cmd_keys_revoke(args: argparse.Namespace) -> int:
-    async def action(admin: Any) -> int:
-        key = await admin.revoke_key(args.prefix)
-        print(f"key {key.prefix} revoked at {_time(key.revoked_at)}")
-        return 0
-
-    return _admin(args, action)
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
@@ -203,32 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="simtrack", description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
     commands = parser.add_subparsers(dest="command", required=True)
-
-    serve = commands.add_parser("serve", help="run the gRPC server")
-    serve.add_argument("--listen", help="host:port (default: $SIMTRACK_LISTEN or 127.0.0.1:50051)")
-    serve.add_argument(
-        "--database-url", help="default: $SIMTRACK_DATABASE_URL or sqlite:///simtrack.db"
-    )
-    serve.add_argument("--config", help="YAML settings file (default: $SIMTRACK_CONFIG)")
-    serve.set_defaults(func=cmd_serve)
-
-    migrate = commands.add_parser("migrate", help="bring the database schema to a revision")
-    migrate.add_argument("revision", nargs="?", default="head", help="default: head")
-    migrate.add_argument("--downgrade", action="store_true", help="go down to REVISION (e.g. base)")
-    migrate.add_argument("--database-url", help="default: $SIMTRACK_DATABASE_URL")
-    migrate.add_argument("--config", help="YAML settings file (default: $SIMTRACK_CONFIG)")
-    migrate.add_argument(
-        "--app-role",
-        help="PostgreSQL: create/grant this login role for the server to connect as "
-        "(password from $SIMTRACK_APP_ROLE_PASSWORD, if set)",
-    )
-    migrate.set_defaults(func=cmd_migrate)
-
-    def admin_parser(group: Any, name: str, help: str) -> argparse.ArgumentParser:
-        sub: argparse.ArgumentParser = group.add_parser(name, help=help)
-        sub.add_argument("--database-url", help="default: $SIMTRACK_DATABASE_URL")
-        sub.add_argument("--config", help="YAML settings file (default: $SIMTRACK_CONFIG)")
-        return sub
+    server_commands = _load_server_subcommands()
+    _add_server_subcommands(server_commands, {"": commands})  # serve, migrate, tenants, keys
 
     sync = commands.add_parser(
         "sync", help="upload the telemetry workers left unacknowledged in their spool"
@@ -243,32 +80,65 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sync.set_defaults(func=cmd_sync)
 
-    tenants = commands.add_parser("tenants", help="manage tenants (operators)")
-    tenant_commands = tenants.add_subparsers(dest="tenants_command", required=True)
-    create_tenant = admin_parser(tenant_commands, "create", "create a tenant; prints its id")
-    create_tenant.add_argument("name")
-    create_tenant.set_defaults(func=cmd_tenants_create)
-    admin_parser(tenant_commands, "list", "list tenants").set_defaults(func=cmd_tenants_list)
-
-    keys = commands.add_parser("keys", help="manage API keys (operators)")
-    key_commands = keys.add_subparsers(dest="keys_command", required=True)
-    create_key = admin_parser(key_commands, "create", "create a key; prints the token once")
-    create_key.add_argument("--tenant", required=True, help="tenant name or id")
-    create_key.add_argument("--role", choices=["reader", "writer", "admin"], default="writer")
-    create_key.add_argument("--name", default="", help="a label, e.g. who holds the key")
-    create_key.set_defaults(func=cmd_keys_create)
-    list_keys = admin_parser(key_commands, "list", "list keys (never their tokens)")
-    list_keys.add_argument("--tenant", help="only this tenant's keys (name or id)")
-    list_keys.set_defaults(func=cmd_keys_list)
-    revoke_key = admin_parser(key_commands, "revoke", "revoke a key by its prefix")
-    revoke_key.add_argument("prefix")
-    revoke_key.set_defaults(func=cmd_keys_revoke)
-    add_api_commands(commands)
+    groups = add_api_commands(commands)
+    _add_server_subcommands(server_commands, groups)  # scenarios validate
     return parser
 
 
+def _load_server_subcommands() -> dict[str, Register | ModuleNotFoundError]:
+    """The server's subcommands by name (``serve``, ``scenarios.validate``): each one's
+    registration, or the missing module that keeps it from loading (no ``server`` extra)."""
+    found: dict[str, Register | ModuleNotFoundError] = {}
+    for entry in entry_points(group=SUBCOMMANDS_GROUP):
+        if entry.name in found:
+            continue
+        try:
+            found[entry.name] = entry.load()
+        except ModuleNotFoundError as exc:
+            found[entry.name] = exc
+    return found
+
+
+def _add_server_subcommands(
+    loaded: Mapping[str, Register | ModuleNotFoundError], groups: Mapping[str, Subcommands]
+) -> None:
+    """Add the subcommands whose group (before the last dot of the name; "" at the top) is in
+    ``groups``."""
+    for path, register in loaded.items():
+        parent, _, name = path.rpartition(".")
+        group = groups.get(parent)
+        if group is None:
+            continue
+        if isinstance(register, ModuleNotFoundError):
+            _add_unavailable(group, name, path, register)
+        else:
+            register(group)
+
+
+def _add_unavailable(
+    group: Subcommands, name: str, path: str, missing: ModuleNotFoundError
+) -> None:
+    """A command that takes any arguments and only says what to install."""
+    command = "simtrack " + path.replace(".", " ")
+    sub = group.add_parser(name, help=f"(not installed: {SERVER_INSTALL})", add_help=False)
+    module = missing.name or str(missing)
+    sub.set_defaults(func=functools.partial(_unavailable, command, module), any_arguments=True)
+
+
+def _unavailable(command: str, module: str, args: argparse.Namespace) -> int:
+    print(
+        f"simtrack: `{command}` is an operator command that needs the server's dependencies, "
+        f"which are not installed here (no module {module!r}): {SERVER_INSTALL}",
+        file=sys.stderr,
+    )
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "any_arguments", False):  # what parse_args would do
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     _configure_logging(args.log_level)
     code: int = args.func(args)
     return code

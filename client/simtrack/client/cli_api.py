@@ -3,7 +3,6 @@
 Every command takes ``--target`` and ``--api-key``; list and get commands take ``--json``, which
 prints the protos as JSON (proto field names) for scripts. A server's refusal is one line on
 stderr, ``simtrack: <code>: <message>``, and exit status 1: a typo is not a traceback.
-``scenarios validate`` needs no server: it checks files with the server's own loader.
 """
 
 from __future__ import annotations
@@ -11,6 +10,7 @@ from __future__ import annotations
 import argparse
 import csv
 import functools
+import importlib.util
 import itertools
 import json
 import math
@@ -36,11 +36,13 @@ from simtrack.v1 import agents_pb2, experiments_pb2, runs_pb2, telemetry_pb2
 if TYPE_CHECKING:
     from google.protobuf.descriptor import EnumDescriptor
 
-__all__ = ["add_api_commands", "add_server_options"]
+__all__ = ["Subcommands", "add_api_commands", "add_server_options"]
 
 Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 Handler = Callable[[argparse.Namespace, Client], int]
 Column = tuple[str, Callable[[Any], object]]
+
+PLOT_INSTALL = "pip install 'simtrack[plot]'"
 
 _FINAL = {
     runs_pb2.RUN_STATUS_COMPLETED,
@@ -369,6 +371,9 @@ def _demo(args: argparse.Namespace, client: Client) -> int:
 
 
 def _history(args: argparse.Namespace, client: Client) -> int:
+    if args.png and importlib.util.find_spec("matplotlib") is None:
+        print(f"simtrack: --png needs matplotlib: {PLOT_INSTALL}", file=sys.stderr)
+        return 2
     history = client.metric_history(
         args.run_id,
         args.metric,
@@ -415,7 +420,8 @@ def _write_csv(path: Path, history: MetricHistory) -> None:
 
 
 def _write_png(path: Path, history: MetricHistory, metric: str, title: str) -> None:
-    # Imported here: matplotlib takes longer to load than the rest of the command line.
+    # Imported here: matplotlib takes longer to load than the rest of the command line, and it
+    # is an extra (`_history` checks that it is installed before it asks the server).
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -429,21 +435,6 @@ def _write_png(path: Path, history: MetricHistory, metric: str, title: str) -> N
     axes.set_title(f"{metric}, {title}")
     axes.grid(alpha=0.3)
     figure.savefig(path, dpi=100)
-
-
-def _scenarios_validate(args: argparse.Namespace) -> int:
-    """Check scenario files with the server's rules before a server loads (and skips) them."""
-    from simtrack.server.scenarios import load_file
-
-    invalid = 0
-    for path in args.paths:
-        spec, problems = load_file(path)
-        if spec is not None:
-            print(f"{path}: OK ({spec.id}, {spec.duration} ticks)")
-        for problem in problems:
-            print(f"{path}: {problem.field}: {problem.message}")
-        invalid += spec is None
-    return 1 if invalid else 0
 
 
 # -- the parser --------------------------------------------------------------------------------
@@ -489,9 +480,10 @@ def _list_and_get(
     show.add_argument("id")
 
 
-def add_api_commands(commands: Subcommands) -> None:
+def add_api_commands(commands: Subcommands) -> dict[str, Subcommands]:
     """Add the commands for a running server's agents, experiments, runs, telemetry and
-    scenarios to ``simtrack``'s subcommands."""
+    scenarios to ``simtrack``'s subcommands; return the groups (``scenarios``…) by name, for
+    the server's subcommands to join."""
     agents = _group(commands, "agents", "agents under test")
     _list_and_get(
         agents, "agent", AGENT_COLUMNS, Client.list_agents, Client.get_agent, 'framework = "custom"'
@@ -610,6 +602,4 @@ def add_api_commands(commands: Subcommands) -> None:
         Client.get_scenario,
         "difficulty_tier = 2",
     )
-    validate = scenarios.add_parser("validate", help="check scenario YAML files (no server)")
-    validate.add_argument("paths", nargs="+", type=Path, metavar="PATH")
-    validate.set_defaults(func=_scenarios_validate)
+    return {"agents": agents, "experiments": experiments, "runs": runs, "scenarios": scenarios}
