@@ -1,6 +1,6 @@
 """Wiring: build the services, the gRPC server, health and reflection; serve until a signal.
 
-Start-up pushes the release of everything it starts (engine, /metrics, bus, writer, the
+Start-up pushes the release of everything it starts (engine, /metrics, bus, writer, gRPC server,
 background loops) on an ``AsyncExitStack``: a start-up that fails half-way releases what it had
 started, in reverse order, and a graceful stop ends by closing the same stack.
 """
@@ -104,8 +104,8 @@ class Running:
             log.warning("streams did not finish within %.1fs", grace)
         await self.writer.stop()
         await stopped
-        # The rest in reverse order of start-up: the background loops, the writer (stopped
-        # already: a no-op), the bus, /metrics, the engine.
+        # Then what start-up pushed, in reverse: the background loops, the server and the
+        # writer (both stopped already: no-ops), the bus, /metrics, the engine.
         await self.resources.aclose()
 
 
