@@ -27,6 +27,7 @@ from simtrack.v1 import (
     runs_pb2,
     runs_pb2_grpc,
     telemetry_pb2,
+    telemetry_pb2_grpc,
 )
 
 T = TypeVar("T")
@@ -57,6 +58,7 @@ class Control:
         self.agents = agents_pb2_grpc.AgentServiceStub(self.channel)
         self.experiments = experiments_pb2_grpc.ExperimentServiceStub(self.channel)
         self.runs = runs_pb2_grpc.RunServiceStub(self.channel)
+        self.telemetry = telemetry_pb2_grpc.TelemetryServiceStub(self.channel)
         self.experiment_id = ""
 
     async def setup(self) -> None:
@@ -138,7 +140,7 @@ class IdleStreams:
         new = []
         for run_id in run_ids:
             channel = grpc.aio.insecure_channel(self.control.target, options=OWN_CONNECTION)
-            streamer = Streamer(runs_pb2_grpc.RunServiceStub(channel).StreamRun(), 32)
+            streamer = Streamer(telemetry_pb2_grpc.TelemetryServiceStub(channel).StreamRun(), 32)
             new.append(IdleStream(run_id, channel, streamer))
         self.streams.extend(new)
         await bounded_gather([_hello(s.streamer, s.run_id) for s in new], 64)

@@ -33,11 +33,11 @@ from typing import Any
 import grpc
 
 from simtrack.client import Worker
-from simtrack.v1 import runs_pb2_grpc
 from simtrack.v1 import telemetry_pb2 as tm
+from simtrack.v1 import telemetry_pb2_grpc
 
 
-class CountingRunService(runs_pb2_grpc.RunServiceServicer):
+class CountingTelemetryService(telemetry_pb2_grpc.TelemetryServiceServicer):
     """StreamRun that acks every message at once and counts the metric points it got."""
 
     def __init__(self) -> None:
@@ -62,13 +62,13 @@ class CountingRunService(runs_pb2_grpc.RunServiceServicer):
             self.points[hello.run_id] = self.points.get(hello.run_id, 0) + points
 
 
-def start_fake(port: int = 0) -> tuple[grpc.Server, CountingRunService, int]:
-    service = CountingRunService()  # type: ignore[abstract]  # StreamRun only
+def start_fake(port: int = 0) -> tuple[grpc.Server, CountingTelemetryService, int]:
+    service = CountingTelemetryService()  # type: ignore[abstract]  # StreamRun only
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=8),
         options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)],
     )
-    runs_pb2_grpc.add_RunServiceServicer_to_server(service, server)
+    telemetry_pb2_grpc.add_TelemetryServiceServicer_to_server(service, server)
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
     return server, service, bound

@@ -35,7 +35,7 @@ from bench.infra import PostgresDatabase, SqliteDatabase, start_simtrack
 from bench.report import Report
 from bench.stream_worker import CHANNEL_OPTIONS, Streamer, WorkerConfig, build_messages
 from simtrack.server.db.chunks import unpack
-from simtrack.v1 import runs_pb2, runs_pb2_grpc
+from simtrack.v1 import telemetry_pb2, telemetry_pb2_grpc
 
 METRIC = "loss"
 Fetch = Callable[[], list[tuple[int, int, bytes, bytes, bytes]]]  # a metric's chunk rows
@@ -72,7 +72,7 @@ async def fill(target: str, run_id: str, points: int) -> None:
     config = WorkerConfig(target, run_id, points, batch=1000, distinct_timestamps=True)
     messages = build_messages(config)
     async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
-        streamer = Streamer(runs_pb2_grpc.RunServiceStub(channel).StreamRun(), window=32)
+        streamer = Streamer(telemetry_pb2_grpc.TelemetryServiceStub(channel).StreamRun(), window=32)
         await streamer.hello(run_id, "bench-history")
         for message in messages:
             await streamer.send(message)
@@ -120,19 +120,19 @@ async def measure(
         run_id = await control.create_run()
         with report.phase(f"{name}: stream {points:,} points"):
             await fill(target, run_id, points)
-        runs = control.runs
+        telemetry = control.telemetry
 
         async def history(
             max_points: int = 0, start_step: int | None = None, page_size: int = 0
-        ) -> runs_pb2.GetMetricHistoryResponse:
-            request = runs_pb2.GetMetricHistoryRequest(
+        ) -> telemetry_pb2.GetMetricHistoryResponse:
+            request = telemetry_pb2.GetMetricHistoryRequest(
                 run_id=run_id,
                 metric=METRIC,
                 max_points=max_points,
                 start_step=start_step,
                 page_size=page_size,
             )
-            return await runs.GetMetricHistory(request)
+            return await telemetry.GetMetricHistory(request)
 
         view = await history(max_points=1000)
         if not view.downsampled or view.range_count != points or len(view.steps) > 1000:
@@ -153,8 +153,8 @@ async def measure(
         async def read_all() -> int:
             read, token = 0, ""
             while True:
-                page = await runs.GetMetricHistory(
-                    runs_pb2.GetMetricHistoryRequest(
+                page = await telemetry.GetMetricHistory(
+                    telemetry_pb2.GetMetricHistoryRequest(
                         run_id=run_id, metric=METRIC, page_size=100_000, page_token=token
                     )
                 )

@@ -2,7 +2,7 @@
 
 In one run, on this machine (client processes and server share its cores):
 
-* durable points/s through RunService.StreamRun into PostgreSQL and SQLite, with 1 and 4
+* durable points/s through TelemetryService.StreamRun into PostgreSQL and SQLite, with 1 and 4
   concurrent worker processes at 100 and 1000 points per message (one metric per message,
   contiguous steps, one timestamp per message, ~32 messages unacknowledged); points/s = points
   acked / (last ack - first send); the stored point count is checked against what was sent

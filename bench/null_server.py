@@ -1,4 +1,5 @@
-"""The gRPC limit: a minimal grpc.aio RunService.StreamRun that acks every message, no database.
+"""The gRPC limit: a minimal grpc.aio TelemetryService.StreamRun that acks every message, no
+database.
 
 ``python -m bench.null_server`` listens on 127.0.0.1 (a free port) and logs
 ``simtrack serving on 127.0.0.1:PORT`` on stderr like the real server, so the same client and
@@ -19,12 +20,12 @@ from typing import Any
 
 import grpc
 
-from simtrack.v1 import runs_pb2_grpc, telemetry_pb2
+from simtrack.v1 import telemetry_pb2, telemetry_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-class NullRunService(runs_pb2_grpc.RunServiceServicer):
+class NullTelemetryService(telemetry_pb2_grpc.TelemetryServiceServicer):
     def __init__(self, coalesce: bool = False) -> None:
         self.coalesce = coalesce
 
@@ -84,7 +85,8 @@ async def serve(coalesce: bool) -> None:
             ("grpc.max_send_message_length", 16 * 1024 * 1024),
         ]
     )
-    runs_pb2_grpc.add_RunServiceServicer_to_server(NullRunService(coalesce), server)  # type: ignore[abstract]
+    service = NullTelemetryService(coalesce)  # type: ignore[abstract]  # StreamRun only
+    telemetry_pb2_grpc.add_TelemetryServiceServicer_to_server(service, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     print(f"simtrack serving on 127.0.0.1:{port}", file=sys.stderr, flush=True)

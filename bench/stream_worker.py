@@ -25,7 +25,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from simtrack.v1 import runs_pb2_grpc, telemetry_pb2
+from simtrack.v1 import runs_pb2, telemetry_pb2, telemetry_pb2_grpc
 
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_send_message_length", 16 * 1024 * 1024),
@@ -96,7 +96,7 @@ class Streamer:
         self.window = window
         self.acked = 0
         self.max_in_flight = 0
-        self.commands: list[tuple[float, telemetry_pb2.Command]] = []
+        self.commands: list[tuple[float, runs_pb2.Command]] = []
         self._moved = asyncio.Event()
         self._ack_times: dict[int, float] = {}
         self._watch: int | None = None
@@ -158,7 +158,7 @@ class Streamer:
             self._moved.clear()
             await self._moved.wait()
 
-    async def wait_command(self) -> tuple[float, telemetry_pb2.Command]:
+    async def wait_command(self) -> tuple[float, runs_pb2.Command]:
         while not self.commands:
             self._check_reader()
             self._moved.clear()
@@ -188,7 +188,7 @@ async def stream(
 ) -> WorkerResult:
     """Connect and say hello, print ``ready``, wait for ``go``, stream, print the result."""
     async with grpc.aio.insecure_channel(config.target, options=CHANNEL_OPTIONS) as channel:
-        stub = runs_pb2_grpc.RunServiceStub(channel)
+        stub = telemetry_pb2_grpc.TelemetryServiceStub(channel)
         streamer = Streamer(stub.StreamRun(), config.window)
         committed = await streamer.hello(config.run_id, f"bench-{config.run_id[:8]}")
         if committed:

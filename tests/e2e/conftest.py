@@ -60,12 +60,15 @@ from simtrack.server.db.models import Base
 from simtrack.v1 import (
     agents_pb2,
     agents_pb2_grpc,
+    artifacts_pb2_grpc,
     experiments_pb2,
     experiments_pb2_grpc,
     runs_pb2,
     runs_pb2_grpc,
     scenarios_pb2_grpc,
     telemetry_pb2,
+    telemetry_pb2_grpc,
+    validations_pb2_grpc,
 )
 
 SIMTRACK = Path(sys.executable).parent / "simtrack"
@@ -322,12 +325,18 @@ class Client:
     agents: agents_pb2_grpc.AgentServiceStub = field(init=False)
     experiments: experiments_pb2_grpc.ExperimentServiceStub = field(init=False)
     runs: runs_pb2_grpc.RunServiceStub = field(init=False)
+    telemetry: telemetry_pb2_grpc.TelemetryServiceStub = field(init=False)
+    artifacts: artifacts_pb2_grpc.ArtifactServiceStub = field(init=False)
+    validations: validations_pb2_grpc.ValidationServiceStub = field(init=False)
     scenarios: scenarios_pb2_grpc.ScenarioServiceStub = field(init=False)
 
     def __post_init__(self) -> None:
         self.agents = agents_pb2_grpc.AgentServiceStub(self.channel)
         self.experiments = experiments_pb2_grpc.ExperimentServiceStub(self.channel)
         self.runs = runs_pb2_grpc.RunServiceStub(self.channel)
+        self.telemetry = telemetry_pb2_grpc.TelemetryServiceStub(self.channel)
+        self.artifacts = artifacts_pb2_grpc.ArtifactServiceStub(self.channel)
+        self.validations = validations_pb2_grpc.ValidationServiceStub(self.channel)
         self.scenarios = scenarios_pb2_grpc.ScenarioServiceStub(self.channel)
 
 
@@ -342,6 +351,9 @@ class Server:
     agents: agents_pb2_grpc.AgentServiceStub = field(init=False)
     experiments: experiments_pb2_grpc.ExperimentServiceStub = field(init=False)
     runs: runs_pb2_grpc.RunServiceStub = field(init=False)
+    telemetry: telemetry_pb2_grpc.TelemetryServiceStub = field(init=False)
+    artifacts: artifacts_pb2_grpc.ArtifactServiceStub = field(init=False)
+    validations: validations_pb2_grpc.ValidationServiceStub = field(init=False)
     scenarios: scenarios_pb2_grpc.ScenarioServiceStub = field(init=False)
     health: Any = field(init=False)  # grpc_health ships no type information
     reflection: Any = field(init=False)
@@ -356,6 +368,9 @@ class Server:
         self.agents = agents_pb2_grpc.AgentServiceStub(self.channel)
         self.experiments = experiments_pb2_grpc.ExperimentServiceStub(self.channel)
         self.runs = runs_pb2_grpc.RunServiceStub(self.channel)
+        self.telemetry = telemetry_pb2_grpc.TelemetryServiceStub(self.channel)
+        self.artifacts = artifacts_pb2_grpc.ArtifactServiceStub(self.channel)
+        self.validations = validations_pb2_grpc.ValidationServiceStub(self.channel)
         self.scenarios = scenarios_pb2_grpc.ScenarioServiceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
         self.reflection = reflection_pb2_grpc.ServerReflectionStub(self.channel)
@@ -654,7 +669,7 @@ class StreamEnded(Exception):
 
 
 class RawStream:
-    """One ``RunService.StreamRun`` call, driven message by message as a worker would.
+    """One ``TelemetryService.StreamRun`` call, driven message by message as a worker would.
 
     A reader task records everything the server says (welcome, acks, commands, going away)
     and how the call ended. ``send`` keeps at most ``window`` sequenced messages beyond the
@@ -669,7 +684,7 @@ class RawStream:
         window: int = STREAM_WINDOW,
         authorization: str | None = None,
     ) -> None:
-        self.stub = runs_pb2_grpc.RunServiceStub(channel)
+        self.stub = telemetry_pb2_grpc.TelemetryServiceStub(channel)
         self.metadata = (("authorization", authorization),) if authorization is not None else None
         self.run_id = run_id
         self.worker_id = worker_id
@@ -683,7 +698,7 @@ class RawStream:
         self.welcome: telemetry_pb2.Welcome | None = None
         self.committed = 0  # the highest watermark the server reported (welcome or ack)
         self.acks: list[int] = []
-        self.commands: list[telemetry_pb2.Command] = []
+        self.commands: list[runs_pb2.Command] = []
         self.going_away: telemetry_pb2.GoingAway | None = None
         self.sent = 0  # the highest seq written
         self.code: grpc.StatusCode | None = None  # set once the call ended
@@ -748,10 +763,10 @@ class RawStream:
     async def wait_acked(self, seq: int, timeout: float = 20.0) -> None:
         await self.wait(lambda: self.committed >= seq, timeout, f"the ack of seq {seq}")
 
-    async def wait_command(self, name: str, timeout: float = 10.0) -> telemetry_pb2.Command:
+    async def wait_command(self, name: str, timeout: float = 10.0) -> runs_pb2.Command:
         """The first command called ``name`` the server pushed (waiting for it if need be)."""
 
-        def found() -> telemetry_pb2.Command | None:
+        def found() -> runs_pb2.Command | None:
             return next((c for c in self.commands if c.name == name), None)
 
         await self.wait(lambda: found() is not None, timeout, f"a {name!r} command")

@@ -21,11 +21,15 @@ if TYPE_CHECKING:
     from tests.e2e.conftest import Server
 
 SCENARIOS_DIR = Path(__file__).resolve().parents[2] / "scenarios"
+# One service per aggregate.
 SIMTRACK_SERVICES = {
     "simtrack.v1.AgentService",
+    "simtrack.v1.ArtifactService",
     "simtrack.v1.ExperimentService",
     "simtrack.v1.RunService",
     "simtrack.v1.ScenarioService",
+    "simtrack.v1.TelemetryService",
+    "simtrack.v1.ValidationService",
 }
 SERVING: int = health_pb2.HealthCheckResponse.SERVING
 SCENARIO = "tier0-tutorial"
@@ -212,7 +216,7 @@ def reflection_lists_and_describes_the_services(server: Server) -> None:
     responses = list(server.reflection.ServerReflectionInfo(iter(requests), timeout=10))
     assert len(responses) == 2
     services = {s.name for s in responses[0].list_services_response.service}
-    assert services >= SIMTRACK_SERVICES | {
+    assert services == SIMTRACK_SERVICES | {
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     }

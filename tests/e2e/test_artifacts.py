@@ -17,13 +17,13 @@ import pytest
 
 from simtrack.client import Client
 from simtrack.errors import NotFound
-from simtrack.v1 import runs_pb2
+from simtrack.v1 import artifacts_pb2, runs_pb2
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import Refusal, Server, StartServer
 
 MiB = 1024 * 1024
-Upload = runs_pb2.UploadArtifactRequest
+Upload = artifacts_pb2.UploadArtifactRequest
 
 
 @pytest.fixture
@@ -77,8 +77,14 @@ def test_a_file_goes_in_and_comes_out_byte_for_byte(
         len(content),
         digest,
     )
-    assert (artifact.type, artifact.content_type) == (runs_pb2.ARTIFACT_TYPE_REPORT, "text/csv")
-    assert client.runs.GetArtifact(runs_pb2.GetArtifactRequest(id=artifact.id)).artifact == artifact
+    assert (artifact.type, artifact.content_type) == (
+        artifacts_pb2.ARTIFACT_TYPE_REPORT,
+        "text/csv",
+    )
+    assert (
+        client.artifacts.GetArtifact(artifacts_pb2.GetArtifactRequest(id=artifact.id)).artifact
+        == artifact
+    )
     assert [a.id for a in client.list_artifacts(run.id)] == [artifact.id]
     assert [a.id for a in client.list_artifacts(run.id, 'type = "log"')] == []
 
@@ -86,7 +92,7 @@ def test_a_file_goes_in_and_comes_out_byte_for_byte(
     assert client.download_artifact(artifact.id, copy) == artifact
     assert copy.read_bytes() == content
     stream = list(
-        client.runs.GetArtifactContent(runs_pb2.GetArtifactContentRequest(id=artifact.id))
+        client.artifacts.GetArtifactContent(artifacts_pb2.GetArtifactContentRequest(id=artifact.id))
     )
     assert stream[0].artifact == artifact
     chunks = [m.chunk for m in stream[1:]]
@@ -95,7 +101,7 @@ def test_a_file_goes_in_and_comes_out_byte_for_byte(
 
     second = client.upload_artifact(run.id, tmp_path / "copy.csv", name="second.csv")
     assert second.size_bytes == len(content)
-    client.runs.DeleteArtifact(runs_pb2.DeleteArtifactRequest(id=second.id))
+    client.artifacts.DeleteArtifact(artifacts_pb2.DeleteArtifactRequest(id=second.id))
     with pytest.raises(NotFound):
         client.download_artifact(second.id, tmp_path / "gone")
     assert [p.name for p in stored_files(server)] == [artifact.id]
@@ -122,12 +128,12 @@ def test_refused_uploads_say_why_and_leave_nothing(
     server: Server, client: Client, refusal: Refusal
 ) -> None:
     run = new_run(client)
-    taken = client.runs.UploadArtifact(
+    taken = client.artifacts.UploadArtifact(
         iter(
             [
                 Upload(
-                    metadata=runs_pb2.UploadArtifactMetadata(
-                        artifact=runs_pb2.Artifact(run_id=run.id, name="taken.txt")
+                    metadata=artifacts_pb2.UploadArtifactMetadata(
+                        artifact=artifacts_pb2.Artifact(run_id=run.id, name="taken.txt")
                     )
                 ),
                 Upload(chunk=b"first"),
@@ -137,13 +143,13 @@ def test_refused_uploads_say_why_and_leave_nothing(
     files_before = stored_files(server)
 
     def upload(*messages: Upload) -> Any:
-        return lambda _: client.runs.UploadArtifact(iter(messages))
+        return lambda _: client.artifacts.UploadArtifact(iter(messages))
 
     def metadata(sha256: str = "", **artifact: Any) -> Upload:
         fields = {"run_id": run.id, "name": "a.bin", **artifact}
         return Upload(
-            metadata=runs_pb2.UploadArtifactMetadata(
-                artifact=runs_pb2.Artifact(**fields), sha256=sha256
+            metadata=artifacts_pb2.UploadArtifactMetadata(
+                artifact=artifacts_pb2.Artifact(**fields), sha256=sha256
             )
         )
 
@@ -180,15 +186,15 @@ def test_an_upload_the_client_abandons_leaves_nothing(server: Server, client: Cl
 
     def dying() -> Iterator[Upload]:
         yield Upload(
-            metadata=runs_pb2.UploadArtifactMetadata(
-                artifact=runs_pb2.Artifact(run_id=run.id, name="half.bin")
+            metadata=artifacts_pb2.UploadArtifactMetadata(
+                artifact=artifacts_pb2.Artifact(run_id=run.id, name="half.bin")
             )
         )
         yield Upload(chunk=os.urandom(MiB))
         raise RuntimeError("the worker crashed mid-upload")
 
     with pytest.raises(grpc.RpcError):
-        client.runs.UploadArtifact(dying())
+        client.artifacts.UploadArtifact(dying())
     deadline = time.monotonic() + 5
     while stored_files(server) and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -27,7 +27,15 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
 from simtrack.server.db.models import TENANT_OWNED_TABLES, Base
-from simtrack.v1 import agents_pb2, experiments_pb2, runs_pb2, scenarios_pb2, telemetry_pb2
+from simtrack.v1 import (
+    agents_pb2,
+    artifacts_pb2,
+    experiments_pb2,
+    runs_pb2,
+    scenarios_pb2,
+    telemetry_pb2,
+    validations_pb2,
+)
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import Client, Launch, Server, ServerPool, SimtrackCli, StartServer
@@ -55,7 +63,15 @@ Message = message.Message
 
 SERVICES = {
     service.name: service
-    for module in (agents_pb2, experiments_pb2, runs_pb2, scenarios_pb2)
+    for module in (
+        agents_pb2,
+        artifacts_pb2,
+        experiments_pb2,
+        runs_pb2,
+        scenarios_pb2,
+        telemetry_pb2,
+        validations_pb2,
+    )
     for service in module.DESCRIPTOR.services_by_name.values()
 }
 # "AgentService.GetAgent" -> its descriptor, for every RPC of the API.
@@ -91,6 +107,9 @@ def invoke(client: Client, method: str, request: Message) -> Any:
         "ExperimentService": client.experiments,
         "RunService": client.runs,
         "ScenarioService": client.scenarios,
+        "TelemetryService": client.telemetry,
+        "ArtifactService": client.artifacts,
+        "ValidationService": client.validations,
     }
     rpc = getattr(stubs[service], name)
     descriptor = METHODS[method]
@@ -151,8 +170,8 @@ class Objects:
     run: Run
     participant: Participant
     streamed: Run
-    validation: runs_pb2.Validation
-    artifact: runs_pb2.Artifact
+    validation: validations_pb2.Validation
+    artifact: artifacts_pb2.Artifact
 
 
 def create_objects(client: Client) -> Objects:
@@ -195,17 +214,22 @@ def create_objects(client: Client) -> Objects:
         ),
         Request(seq=2, events=telemetry_pb2.EventBatch(events=[telemetry_pb2.Event(type="x")])),
     ]
-    answers = list(client.runs.StreamRun(iter(telemetry), timeout=TIMEOUT))
+    answers = list(client.telemetry.StreamRun(iter(telemetry), timeout=TIMEOUT))
     assert answers[-1].ack.committed_seq == 2, answers
-    validation = client.runs.CreateValidation(
-        runs_pb2.CreateValidationRequest(
-            validation=runs_pb2.Validation(
+    validation = client.validations.CreateValidation(
+        validations_pb2.CreateValidationRequest(
+            validation=validations_pb2.Validation(
                 run_id=streamed.id, validator="judge", kind="first", passed=True
             )
         )
     ).validation
-    artifact = client.runs.UploadArtifact(
-        iter([upload_request(streamed.id, "notes.txt"), runs_pb2.UploadArtifactRequest(chunk=b"x")])
+    artifact = client.artifacts.UploadArtifact(
+        iter(
+            [
+                upload_request(streamed.id, "notes.txt"),
+                artifacts_pb2.UploadArtifactRequest(chunk=b"x"),
+            ]
+        )
     ).artifact
     return Objects(
         main_agent,
@@ -221,11 +245,11 @@ def create_objects(client: Client) -> Objects:
     )
 
 
-def upload_request(run_id: str, name: str) -> runs_pb2.UploadArtifactRequest:
+def upload_request(run_id: str, name: str) -> artifacts_pb2.UploadArtifactRequest:
     """The first message of an artifact upload (an upload of it alone stores an empty file)."""
-    return runs_pb2.UploadArtifactRequest(
-        metadata=runs_pb2.UploadArtifactMetadata(
-            artifact=runs_pb2.Artifact(run_id=run_id, name=name)
+    return artifacts_pb2.UploadArtifactRequest(
+        metadata=artifacts_pb2.UploadArtifactMetadata(
+            artifact=artifacts_pb2.Artifact(run_id=run_id, name=name)
         )
     )
 
@@ -246,20 +270,24 @@ def read_requests(o: Objects) -> dict[str, Message]:
         "RunService.GetParticipant": runs_pb2.GetParticipantRequest(id=o.participant.id),
         "RunService.ListParticipants": runs_pb2.ListParticipantsRequest(run_id=o.run.id),
         "RunService.WatchRun": runs_pb2.WatchRunRequest(id=o.run.id),
-        "RunService.ListMetrics": runs_pb2.ListMetricsRequest(run_id=o.streamed.id),
-        "RunService.GetMetricHistory": runs_pb2.GetMetricHistoryRequest(
+        "TelemetryService.ListMetrics": telemetry_pb2.ListMetricsRequest(run_id=o.streamed.id),
+        "TelemetryService.GetMetricHistory": telemetry_pb2.GetMetricHistoryRequest(
             run_id=o.streamed.id, metric="loss"
         ),
-        "RunService.ListEvents": runs_pb2.ListEventsRequest(run_id=o.streamed.id),
+        "TelemetryService.ListEvents": telemetry_pb2.ListEventsRequest(run_id=o.streamed.id),
         "RunService.GetLeaderboard": runs_pb2.GetLeaderboardRequest(
             scenario_id=SCENARIO, metric="loss", include_unfinished=True
         ),
         "RunService.GetRunStats": runs_pb2.GetRunStatsRequest(),
-        "RunService.GetValidation": runs_pb2.GetValidationRequest(id=o.validation.id),
-        "RunService.ListValidations": runs_pb2.ListValidationsRequest(run_id=o.streamed.id),
-        "RunService.GetArtifact": runs_pb2.GetArtifactRequest(id=o.artifact.id),
-        "RunService.GetArtifactContent": runs_pb2.GetArtifactContentRequest(id=o.artifact.id),
-        "RunService.ListArtifacts": runs_pb2.ListArtifactsRequest(run_id=o.streamed.id),
+        "ValidationService.GetValidation": validations_pb2.GetValidationRequest(id=o.validation.id),
+        "ValidationService.ListValidations": validations_pb2.ListValidationsRequest(
+            run_id=o.streamed.id
+        ),
+        "ArtifactService.GetArtifact": artifacts_pb2.GetArtifactRequest(id=o.artifact.id),
+        "ArtifactService.GetArtifactContent": artifacts_pb2.GetArtifactContentRequest(
+            id=o.artifact.id
+        ),
+        "ArtifactService.ListArtifacts": artifacts_pb2.ListArtifactsRequest(run_id=o.streamed.id),
         "ScenarioService.GetScenario": scenarios_pb2.GetScenarioRequest(id=SCENARIO),
         "ScenarioService.ListScenarios": scenarios_pb2.ListScenariosRequest(),
     }
@@ -342,7 +370,7 @@ def write_requests(o: Objects) -> list[tuple[str, Message]]:
             ),
         ),
         (
-            "RunService.StreamRun",
+            "TelemetryService.StreamRun",
             telemetry_pb2.StreamRunRequest(hello=telemetry_pb2.Hello(run_id=o.run.id)),
         ),
         # Running now (hello): it can be paused.
@@ -354,12 +382,12 @@ def write_requests(o: Objects) -> list[tuple[str, Message]]:
         ),
         ("RunService.CancelRun", runs_pb2.CancelRunRequest(id=o.run.id, reason="done")),
         ("RunService.DeleteParticipant", runs_pb2.DeleteParticipantRequest(id=o.participant.id)),
-        ("RunService.UploadArtifact", upload_request(o.streamed.id, unique("artifact"))),
-        ("RunService.DeleteArtifact", runs_pb2.DeleteArtifactRequest(id=o.artifact.id)),
+        ("ArtifactService.UploadArtifact", upload_request(o.streamed.id, unique("artifact"))),
+        ("ArtifactService.DeleteArtifact", artifacts_pb2.DeleteArtifactRequest(id=o.artifact.id)),
         (
-            "RunService.CreateValidation",
-            runs_pb2.CreateValidationRequest(
-                validation=runs_pb2.Validation(
+            "ValidationService.CreateValidation",
+            validations_pb2.CreateValidationRequest(
+                validation=validations_pb2.Validation(
                     run_id=o.streamed.id, validator="judge", kind=unique("kind"), passed=False
                 )
             ),
@@ -393,8 +421,8 @@ def test_every_rpc_has_a_read_or_write_request() -> None:
         Run(id="r"),
         Participant(id="p"),
         Run(id="w"),
-        runs_pb2.Validation(id="v"),
-        runs_pb2.Artifact(id="f"),
+        validations_pb2.Validation(id="v"),
+        artifacts_pb2.Artifact(id="f"),
     )
     reads = set(read_requests(objects))
     writes = [name for name, _ in write_requests(objects)]

@@ -25,7 +25,14 @@ from google.protobuf import field_mask_pb2, json_format, struct_pb2, timestamp_p
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from simtrack.v1 import agents_pb2, experiments_pb2, runs_pb2, scenarios_pb2, telemetry_pb2
+from simtrack.v1 import (
+    agents_pb2,
+    artifacts_pb2,
+    experiments_pb2,
+    runs_pb2,
+    scenarios_pb2,
+    telemetry_pb2,
+)
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import Server, StreamKit
@@ -908,7 +915,7 @@ def test_values_out_of_their_range(server: Server, world: World) -> None:
 # Requests that are not protobuf at all: sent as raw bytes (no stub can make them)
 
 GARBAGE = b"\xff" * 11  # a field tag longer than any varint may be
-UploadRequest = runs_pb2.UploadArtifactRequest
+UploadRequest = artifacts_pb2.UploadArtifactRequest
 StreamRequest = telemetry_pb2.StreamRunRequest
 
 
@@ -974,7 +981,7 @@ def test_requests_that_are_not_protobuf_are_invalid(server: Server, world: World
     rejects(server, lambda: list_agents(bad_filter), INVALID_ARGUMENT, "request")
     watch = raw_unary_stream(server, "RunService/WatchRun")
     rejects(server, lambda: list(watch(GARBAGE)), INVALID_ARGUMENT, "request")
-    content = raw_unary_stream(server, "RunService/GetArtifactContent")
+    content = raw_unary_stream(server, "ArtifactService/GetArtifactContent")
     rejects(server, lambda: list(content(GARBAGE)), INVALID_ARGUMENT, "request")
 
 
@@ -982,18 +989,18 @@ def test_upload_messages_that_are_not_protobuf_are_invalid_and_leave_nothing(
     server: Server, world: World
 ) -> None:
     upload: grpc.StreamUnaryMultiCallable[bytes, bytes] = server.channel.stream_unary(
-        "/simtrack.v1.RunService/UploadArtifact"
+        "/simtrack.v1.ArtifactService/UploadArtifact"
     )
-    artifact = runs_pb2.Artifact(run_id=world.run.id, name="raw.bin")
+    artifact = artifacts_pb2.Artifact(run_id=world.run.id, name="raw.bin")
     metadata = UploadRequest(
-        metadata=runs_pb2.UploadArtifactMetadata(artifact=artifact)
+        metadata=artifacts_pb2.UploadArtifactMetadata(artifact=artifact)
     ).SerializeToString()
     chunk = UploadRequest(chunk=b"data").SerializeToString()
     for messages in ([GARBAGE], [metadata, GARBAGE], [metadata, chunk, chunk[:-1]]):
         rejects(server, lambda: upload(iter(messages)), INVALID_ARGUMENT, "request")  # noqa: B023
     store = server.process.cwd / "simtrack-artifacts"
     assert not [p for p in store.rglob("*") if p.is_file()], "a refused upload left a file"
-    stored = runs_pb2.UploadArtifactResponse.FromString(upload(iter([metadata, chunk])))
+    stored = artifacts_pb2.UploadArtifactResponse.FromString(upload(iter([metadata, chunk])))
     assert stored.artifact.size_bytes == 4
 
 
@@ -1006,7 +1013,7 @@ async def test_a_stream_message_that_is_not_protobuf_ends_the_stream(
     data = streams.dataset(3, points=100)
     stream_run: grpc.aio.StreamStreamMultiCallable[bytes, telemetry_pb2.StreamRunResponse] = (
         streams.channel(server.address).stream_stream(
-            "/simtrack.v1.RunService/StreamRun",
+            "/simtrack.v1.TelemetryService/StreamRun",
             response_deserializer=telemetry_pb2.StreamRunResponse.FromString,
         )
     )
@@ -1084,8 +1091,8 @@ def test_page_tokens_we_did_not_issue_are_invalid(
     run = streams.new_run(server)
     for position in ([2**70, 0], [0, -(2**70)], [True, 0]):
         token = forged_token(f"events/{run.id}|", p=position)
-        request = runs_pb2.ListEventsRequest(run_id=run.id, page_token=token)
-        call = lambda: server.runs.ListEvents(request)  # noqa: B023, E731
+        request = telemetry_pb2.ListEventsRequest(run_id=run.id, page_token=token)
+        call = lambda: server.telemetry.ListEvents(request)  # noqa: B023, E731
         rejects(server, call, INVALID_ARGUMENT, "page_token")
 
 
@@ -1172,8 +1179,8 @@ def test_filters_beyond_their_bounds_are_invalid(server: Server, world: World) -
             assert len(failure.message) < SHORT
     stats = runs_pb2.GetRunStatsRequest(filter=many_terms)
     rejects(server, lambda: server.runs.GetRunStats(stats), INVALID_ARGUMENT, "filter")
-    events = runs_pb2.ListEventsRequest(run_id=world.run.id, filter=many_terms)
-    rejects(server, lambda: server.runs.ListEvents(events), INVALID_ARGUMENT, "filter")
+    events = telemetry_pb2.ListEventsRequest(run_id=world.run.id, filter=many_terms)
+    rejects(server, lambda: server.telemetry.ListEvents(events), INVALID_ARGUMENT, "filter")
 
     # Up to the bounds is fine: 100 terms, 4,096 characters.
     within = " AND ".join(['name != "x"'] * 100)
@@ -1249,5 +1256,5 @@ async def test_stream_values_out_of_their_range_are_invalid(
     await good.send(edges)
     await good.wait_acked(3)
     for name, steps in (("top", [top - 1, top]), ("bottom", [bottom, bottom + 1])):
-        request = runs_pb2.GetMetricHistoryRequest(run_id=run.id, metric=name)
-        assert list(server.runs.GetMetricHistory(request).steps) == steps
+        request = telemetry_pb2.GetMetricHistoryRequest(run_id=run.id, metric=name)
+        assert list(server.telemetry.GetMetricHistory(request).steps) == steps

@@ -18,7 +18,7 @@ import pytest
 from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.message import Message
 
-from simtrack.v1 import runs_pb2, telemetry_pb2
+from simtrack.v1 import telemetry_pb2
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import Refusal, Server, StartServer, StreamKit
@@ -60,8 +60,8 @@ class Sent:
         )
 
 
-def history(server: Server, **request: Any) -> runs_pb2.GetMetricHistoryResponse:
-    return server.runs.GetMetricHistory(runs_pb2.GetMetricHistoryRequest(**request))
+def history(server: Server, **request: Any) -> telemetry_pb2.GetMetricHistoryResponse:
+    return server.telemetry.GetMetricHistory(telemetry_pb2.GetMetricHistoryRequest(**request))
 
 
 def read_all(
@@ -195,7 +195,7 @@ async def test_list_metrics_gives_each_metric_with_its_summary(
     await stream.send(Request(seq=2, metrics=telemetry_pb2.MetricBatch(series=[loss])))
     await stream.wait_acked(2)
 
-    listed = server.runs.ListMetrics(runs_pb2.ListMetricsRequest(run_id=run.id)).metrics
+    listed = server.telemetry.ListMetrics(telemetry_pb2.ListMetricsRequest(run_id=run.id)).metrics
     assert [m.name for m in listed] == ["loss", "reward"], "by name"
     first = listed[1]
     assert (first.run_id, first.unit, first.kind) == (
@@ -213,14 +213,18 @@ async def test_list_metrics_gives_each_metric_with_its_summary(
     assert first.HasField("create_time") and first.HasField("update_time")
     assert (listed[0].count, listed[0].last_step, listed[0].last_value) == (2, 10, 0.5)
 
-    page = server.runs.ListMetrics(runs_pb2.ListMetricsRequest(run_id=run.id, page_size=1))
+    page = server.telemetry.ListMetrics(
+        telemetry_pb2.ListMetricsRequest(run_id=run.id, page_size=1)
+    )
     assert [m.name for m in page.metrics] == ["loss"] and page.next_page_token
-    rest = server.runs.ListMetrics(
-        runs_pb2.ListMetricsRequest(run_id=run.id, page_size=1, page_token=page.next_page_token)
+    rest = server.telemetry.ListMetrics(
+        telemetry_pb2.ListMetricsRequest(
+            run_id=run.id, page_size=1, page_token=page.next_page_token
+        )
     )
     assert [m.name for m in rest.metrics] == ["reward"] and not rest.next_page_token
-    only = server.runs.ListMetrics(
-        runs_pb2.ListMetricsRequest(run_id=run.id, filter='kind = "counter"')
+    only = server.telemetry.ListMetrics(
+        telemetry_pb2.ListMetricsRequest(run_id=run.id, filter='kind = "counter"')
     )
     assert [m.name for m in only.metrics] == ["reward"]
 
@@ -242,11 +246,11 @@ async def test_list_events_pages_in_the_order_sent(server: Server, streams: Stre
     await stream.send(Request(seq=2, events=telemetry_pb2.EventBatch(events=events[100:])))
     await stream.wait_acked(2)
 
-    seen: list[runs_pb2.StoredEvent] = []
+    seen: list[telemetry_pb2.StoredEvent] = []
     token = ""
     while True:
-        page = server.runs.ListEvents(
-            runs_pb2.ListEventsRequest(run_id=run.id, page_size=100, page_token=token)
+        page = server.telemetry.ListEvents(
+            telemetry_pb2.ListEventsRequest(run_id=run.id, page_size=100, page_token=token)
         )
         seen += page.events
         token = page.next_page_token
@@ -257,12 +261,12 @@ async def test_list_events_pages_in_the_order_sent(server: Server, streams: Stre
     assert [e.event.payload.fields["i"].number_value for e in seen] == list(range(250))
     assert all(e.event.HasField("time") for e in seen)
 
-    typed = server.runs.ListEvents(
-        runs_pb2.ListEventsRequest(run_id=run.id, page_size=1000, filter='type = "type-1"')
+    typed = server.telemetry.ListEvents(
+        telemetry_pb2.ListEventsRequest(run_id=run.id, page_size=1000, filter='type = "type-1"')
     )
     assert [e.event.step for e in typed.events] == list(range(1, 250, 3))
-    by_agent = server.runs.ListEvents(
-        runs_pb2.ListEventsRequest(
+    by_agent = server.telemetry.ListEvents(
+        telemetry_pb2.ListEventsRequest(
             run_id=run.id, page_size=1000, filter=f'agent_id = "{agent_id}" AND type = "type-0"'
         )
     )
@@ -274,12 +278,12 @@ def at(nanos: int) -> timestamp_pb2.Timestamp:
     return timestamp_pb2.Timestamp(seconds=seconds, nanos=rest)
 
 
-def all_events(server: Server, run_id: str) -> list[runs_pb2.StoredEvent]:
-    seen: list[runs_pb2.StoredEvent] = []
+def all_events(server: Server, run_id: str) -> list[telemetry_pb2.StoredEvent]:
+    seen: list[telemetry_pb2.StoredEvent] = []
     token = ""
     while True:
-        page = server.runs.ListEvents(
-            runs_pb2.ListEventsRequest(run_id=run_id, page_size=1000, page_token=token)
+        page = server.telemetry.ListEvents(
+            telemetry_pb2.ListEventsRequest(run_id=run_id, page_size=1000, page_token=token)
         )
         seen += page.events
         if not (token := page.next_page_token):
@@ -345,7 +349,7 @@ async def test_bad_reads_get_the_right_status_naming_the_field(
     token = history(server, run_id=run.id, metric="loss", page_size=3).next_page_token
     invalid = grpc.StatusCode.INVALID_ARGUMENT
     not_found = grpc.StatusCode.NOT_FOUND
-    History = runs_pb2.GetMetricHistoryRequest
+    History = telemetry_pb2.GetMetricHistoryRequest
     cases = [
         (History(run_id="", metric="loss"), invalid, ["run_id"]),
         (History(run_id="not-a-uuid", metric="loss"), invalid, ["run_id"]),
@@ -370,17 +374,37 @@ async def test_bad_reads_get_the_right_status_naming_the_field(
         ),
     ]
     for request, code, fields in cases:
-        assert refusal(server.runs.GetMetricHistory, request) == (code, fields), request
+        assert refusal(server.telemetry.GetMetricHistory, request) == (code, fields), request
 
-    Metrics, Events = runs_pb2.ListMetricsRequest, runs_pb2.ListEventsRequest
+    Metrics, Events = telemetry_pb2.ListMetricsRequest, telemetry_pb2.ListEventsRequest
     list_cases: list[tuple[Any, Message, grpc.StatusCode, list[str]]] = [
-        (server.runs.ListMetrics, Metrics(run_id=missing_run), not_found, []),
-        (server.runs.ListMetrics, Metrics(run_id=run.id, filter='unit = "x"'), invalid, ["filter"]),
-        (server.runs.ListMetrics, Metrics(run_id=run.id, page_size=1001), invalid, ["page_size"]),
-        (server.runs.ListEvents, Events(run_id=""), invalid, ["run_id"]),
-        (server.runs.ListEvents, Events(run_id=missing_run), not_found, []),
-        (server.runs.ListEvents, Events(run_id=run.id, filter="step = 1"), invalid, ["filter"]),
-        (server.runs.ListEvents, Events(run_id=run.id, page_token=token), invalid, ["page_token"]),
+        (server.telemetry.ListMetrics, Metrics(run_id=missing_run), not_found, []),
+        (
+            server.telemetry.ListMetrics,
+            Metrics(run_id=run.id, filter='unit = "x"'),
+            invalid,
+            ["filter"],
+        ),
+        (
+            server.telemetry.ListMetrics,
+            Metrics(run_id=run.id, page_size=1001),
+            invalid,
+            ["page_size"],
+        ),
+        (server.telemetry.ListEvents, Events(run_id=""), invalid, ["run_id"]),
+        (server.telemetry.ListEvents, Events(run_id=missing_run), not_found, []),
+        (
+            server.telemetry.ListEvents,
+            Events(run_id=run.id, filter="step = 1"),
+            invalid,
+            ["filter"],
+        ),
+        (
+            server.telemetry.ListEvents,
+            Events(run_id=run.id, page_token=token),
+            invalid,
+            ["page_token"],
+        ),
     ]
     for call, list_request, code, fields in list_cases:
         assert refusal(call, list_request) == (code, fields), list_request

@@ -28,7 +28,7 @@ import sqlalchemy
 
 from simtrack.client import Worker, WorkerOptions
 from simtrack.errors import Unauthenticated
-from simtrack.v1 import runs_pb2
+from simtrack.v1 import artifacts_pb2, runs_pb2
 
 if TYPE_CHECKING:
     from grpc import _CallIterator
@@ -237,18 +237,18 @@ def test_an_open_upload_ends_once_its_key_is_revoked_and_stores_nothing(
     run = streams.new_run(client)
     started = threading.Event()
 
-    def requests() -> Iterator[runs_pb2.UploadArtifactRequest]:
-        artifact = runs_pb2.Artifact(run_id=run.id, name="slow.bin")
-        yield runs_pb2.UploadArtifactRequest(
-            metadata=runs_pb2.UploadArtifactMetadata(artifact=artifact)
+    def requests() -> Iterator[artifacts_pb2.UploadArtifactRequest]:
+        artifact = artifacts_pb2.Artifact(run_id=run.id, name="slow.bin")
+        yield artifacts_pb2.UploadArtifactRequest(
+            metadata=artifacts_pb2.UploadArtifactMetadata(artifact=artifact)
         )
         for i in range(100):  # 10 s of chunks: longer than the test allows the call
-            yield runs_pb2.UploadArtifactRequest(chunk=bytes([i]) * 65536)
+            yield artifacts_pb2.UploadArtifactRequest(chunk=bytes([i]) * 65536)
             if i == 2:
                 started.set()
             time.sleep(0.1)
 
-    upload = client.runs.UploadArtifact.future(requests(), timeout=TIMEOUT)
+    upload = client.artifacts.UploadArtifact.future(requests(), timeout=TIMEOUT)
     assert started.wait(TIMEOUT)
     revoked = keys.revoke(token)
     with pytest.raises(grpc.RpcError) as info:
@@ -256,8 +256,8 @@ def test_an_open_upload_ends_once_its_key_is_revoked_and_stores_nothing(
     ended = time.monotonic()
     assert info.value.code() == UNAUTHENTICATED, info.value.details()
     assert ended - revoked < LATEST_END, f"ended {ended - revoked:.1f}s after the revocation"
-    listed = keys.client(keys.create("reader")).runs.ListArtifacts(
-        runs_pb2.ListArtifactsRequest(run_id=run.id), timeout=TIMEOUT
+    listed = keys.client(keys.create("reader")).artifacts.ListArtifacts(
+        artifacts_pb2.ListArtifactsRequest(run_id=run.id), timeout=TIMEOUT
     )
     assert list(listed.artifacts) == []
     # Not even a partial file is left (the server's artifacts folder is under its workdir).
@@ -270,19 +270,21 @@ def test_an_open_download_ends_once_its_key_is_revoked(keys: Keys, streams: Stre
     size = 48 * 1024 * 1024  # more than flow control lets the server send ahead
     chunk = b"\x5a" * (1024 * 1024)
 
-    def upload() -> Iterator[runs_pb2.UploadArtifactRequest]:
-        artifact = runs_pb2.Artifact(run_id=run.id, name="big.bin")
-        yield runs_pb2.UploadArtifactRequest(
-            metadata=runs_pb2.UploadArtifactMetadata(artifact=artifact)
+    def upload() -> Iterator[artifacts_pb2.UploadArtifactRequest]:
+        artifact = artifacts_pb2.Artifact(run_id=run.id, name="big.bin")
+        yield artifacts_pb2.UploadArtifactRequest(
+            metadata=artifacts_pb2.UploadArtifactMetadata(artifact=artifact)
         )
         for _ in range(size // len(chunk)):
-            yield runs_pb2.UploadArtifactRequest(chunk=chunk)
+            yield artifacts_pb2.UploadArtifactRequest(chunk=chunk)
 
-    artifact = writer.runs.UploadArtifact(upload(), timeout=TIMEOUT).artifact
+    artifact = writer.artifacts.UploadArtifact(upload(), timeout=TIMEOUT).artifact
     reader = keys.create("reader")
-    content: _CallIterator[runs_pb2.GetArtifactContentResponse] = keys.client(
+    content: _CallIterator[artifacts_pb2.GetArtifactContentResponse] = keys.client(
         reader
-    ).runs.GetArtifactContent(runs_pb2.GetArtifactContentRequest(id=artifact.id), timeout=TIMEOUT)
+    ).artifacts.GetArtifactContent(
+        artifacts_pb2.GetArtifactContentRequest(id=artifact.id), timeout=TIMEOUT
+    )
     assert next(content).artifact.id == artifact.id
     received = len(next(content).chunk)
     keys.revoke(reader)

@@ -1,4 +1,5 @@
-"""RunService.StreamRun, WatchRun and the commands end to end, on SQLite and PostgreSQL.
+"""TelemetryService.StreamRun, RunService.WatchRun and the commands end to end, on SQLite and
+PostgreSQL.
 
 A real ``simtrack serve`` per test (on PostgreSQL it connects as the non-superuser application
 role, so row-level security applies to every write), driven by a raw grpc.aio worker (the

@@ -31,7 +31,15 @@ from google.rpc import error_details_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 from grpc_status import rpc_status
 
-from simtrack.v1 import agents_pb2, experiments_pb2, runs_pb2, scenarios_pb2, telemetry_pb2
+from simtrack.v1 import (
+    agents_pb2,
+    artifacts_pb2,
+    experiments_pb2,
+    runs_pb2,
+    scenarios_pb2,
+    telemetry_pb2,
+    validations_pb2,
+)
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import Client, Server, ServerPool, SimtrackCli
@@ -53,7 +61,15 @@ RunStatus = runs_pb2.RunStatus
 # Every service of the API; all but the shared scenario catalogue hold tenant-owned data.
 ALL_SERVICES = {
     service.full_name: service
-    for module in (agents_pb2, experiments_pb2, runs_pb2, scenarios_pb2)
+    for module in (
+        agents_pb2,
+        artifacts_pb2,
+        experiments_pb2,
+        runs_pb2,
+        scenarios_pb2,
+        telemetry_pb2,
+        validations_pb2,
+    )
     for service in module.DESCRIPTOR.services_by_name.values()
 }
 SHARED_SERVICES = {"simtrack.v1.ScenarioService"}
@@ -655,14 +671,14 @@ def delete_run(s: Scene) -> None:
     )
 
 
-# RunService: streams and commands
+# TelemetryService: the stream; RunService: watching and commands
 
 
-@case("RunService.StreamRun")
+@case("TelemetryService.StreamRun")
 def stream_run(s: Scene) -> None:
     def hello(id: str) -> object:
         opening = telemetry_pb2.StreamRunRequest(hello=telemetry_pb2.Hello(run_id=id))
-        return list(s.a.runs.StreamRun(iter([opening]), timeout=TIMEOUT))
+        return list(s.a.telemetry.StreamRun(iter([opening]), timeout=TIMEOUT))
 
     assert_hidden(s.server, hello, s.theirs.run.id)
 
@@ -715,34 +731,38 @@ def send_command(s: Scene) -> None:
     )
 
 
-# RunService: telemetry reads
+# TelemetryService: reads
 
 
-@case("RunService.ListMetrics")
+@case("TelemetryService.ListMetrics")
 def list_metrics(s: Scene) -> None:
     assert_hidden(
         s.server,
-        lambda id: s.a.runs.ListMetrics(runs_pb2.ListMetricsRequest(run_id=id), timeout=TIMEOUT),
-        s.theirs.run.id,
-    )
-
-
-@case("RunService.GetMetricHistory")
-def get_metric_history(s: Scene) -> None:
-    assert_hidden(
-        s.server,
-        lambda id: s.a.runs.GetMetricHistory(
-            runs_pb2.GetMetricHistoryRequest(run_id=id, metric="loss"), timeout=TIMEOUT
+        lambda id: s.a.telemetry.ListMetrics(
+            telemetry_pb2.ListMetricsRequest(run_id=id), timeout=TIMEOUT
         ),
         s.theirs.run.id,
     )
 
 
-@case("RunService.ListEvents")
+@case("TelemetryService.GetMetricHistory")
+def get_metric_history(s: Scene) -> None:
+    assert_hidden(
+        s.server,
+        lambda id: s.a.telemetry.GetMetricHistory(
+            telemetry_pb2.GetMetricHistoryRequest(run_id=id, metric="loss"), timeout=TIMEOUT
+        ),
+        s.theirs.run.id,
+    )
+
+
+@case("TelemetryService.ListEvents")
 def list_events(s: Scene) -> None:
     assert_hidden(
         s.server,
-        lambda id: s.a.runs.ListEvents(runs_pb2.ListEventsRequest(run_id=id), timeout=TIMEOUT),
+        lambda id: s.a.telemetry.ListEvents(
+            telemetry_pb2.ListEventsRequest(run_id=id), timeout=TIMEOUT
+        ),
         s.theirs.run.id,
     )
 
@@ -771,24 +791,26 @@ def get_run_stats(s: Scene) -> None:
     assert total(s.a, s.theirs.experiment.id) == 0
 
 
-# RunService: validations
+# ValidationService
 
 
-@case("RunService.CreateValidation")
+@case("ValidationService.CreateValidation")
 def create_validation(s: Scene) -> None:
     def create(run_id: str) -> object:
-        validation = runs_pb2.Validation(run_id=run_id, validator="judge", kind="k", passed=True)
-        request = runs_pb2.CreateValidationRequest(validation=validation)
-        return s.a.runs.CreateValidation(request, timeout=TIMEOUT)
+        validation = validations_pb2.Validation(
+            run_id=run_id, validator="judge", kind="k", passed=True
+        )
+        request = validations_pb2.CreateValidationRequest(validation=validation)
+        return s.a.validations.CreateValidation(request, timeout=TIMEOUT)
 
     assert_hidden(s.server, create, s.theirs.run.id)
 
 
-@case("RunService.GetValidation")
+@case("ValidationService.GetValidation")
 def get_validation(s: Scene) -> None:
-    theirs = s.b.runs.CreateValidation(
-        runs_pb2.CreateValidationRequest(
-            validation=runs_pb2.Validation(
+    theirs = s.b.validations.CreateValidation(
+        validations_pb2.CreateValidationRequest(
+            validation=validations_pb2.Validation(
                 run_id=s.theirs.run.id, validator="judge", kind="k", passed=True
             )
         ),
@@ -796,84 +818,90 @@ def get_validation(s: Scene) -> None:
     ).validation
     assert_hidden(
         s.server,
-        lambda id: s.a.runs.GetValidation(runs_pb2.GetValidationRequest(id=id), timeout=TIMEOUT),
+        lambda id: s.a.validations.GetValidation(
+            validations_pb2.GetValidationRequest(id=id), timeout=TIMEOUT
+        ),
         theirs.id,
     )
 
 
-@case("RunService.ListValidations")
+@case("ValidationService.ListValidations")
 def list_validations(s: Scene) -> None:
     assert_hidden(
         s.server,
-        lambda id: s.a.runs.ListValidations(
-            runs_pb2.ListValidationsRequest(run_id=id), timeout=TIMEOUT
+        lambda id: s.a.validations.ListValidations(
+            validations_pb2.ListValidationsRequest(run_id=id), timeout=TIMEOUT
         ),
         s.theirs.run.id,
     )
 
 
-# RunService: artifacts
+# ArtifactService
 
 
-def _upload(client: Client, run_id: str) -> runs_pb2.Artifact:
-    metadata = runs_pb2.UploadArtifactMetadata(
-        artifact=runs_pb2.Artifact(run_id=run_id, name=unique("artifact"))
+def _upload(client: Client, run_id: str) -> artifacts_pb2.Artifact:
+    metadata = artifacts_pb2.UploadArtifactMetadata(
+        artifact=artifacts_pb2.Artifact(run_id=run_id, name=unique("artifact"))
     )
     messages = [
-        runs_pb2.UploadArtifactRequest(metadata=metadata),
-        runs_pb2.UploadArtifactRequest(chunk=b"secret"),
+        artifacts_pb2.UploadArtifactRequest(metadata=metadata),
+        artifacts_pb2.UploadArtifactRequest(chunk=b"secret"),
     ]
-    return client.runs.UploadArtifact(iter(messages), timeout=TIMEOUT).artifact
+    return client.artifacts.UploadArtifact(iter(messages), timeout=TIMEOUT).artifact
 
 
-@case("RunService.UploadArtifact")
+@case("ArtifactService.UploadArtifact")
 def upload_artifact(s: Scene) -> None:
     assert _upload(s.a, s.mine.run.id).size_bytes == 6
     assert_hidden(s.server, lambda id: _upload(s.a, id), s.theirs.run.id)
 
 
-@case("RunService.GetArtifact")
+@case("ArtifactService.GetArtifact")
 def get_artifact(s: Scene) -> None:
     theirs = _upload(s.b, s.theirs.run.id)
     assert_hidden(
         s.server,
-        lambda id: s.a.runs.GetArtifact(runs_pb2.GetArtifactRequest(id=id), timeout=TIMEOUT),
+        lambda id: s.a.artifacts.GetArtifact(
+            artifacts_pb2.GetArtifactRequest(id=id), timeout=TIMEOUT
+        ),
         theirs.id,
     )
 
 
-@case("RunService.GetArtifactContent")
+@case("ArtifactService.GetArtifactContent")
 def get_artifact_content(s: Scene) -> None:
     theirs = _upload(s.b, s.theirs.run.id)
 
     def download(id: str) -> object:
-        request = runs_pb2.GetArtifactContentRequest(id=id)
-        return list(s.a.runs.GetArtifactContent(request, timeout=TIMEOUT))
+        request = artifacts_pb2.GetArtifactContentRequest(id=id)
+        return list(s.a.artifacts.GetArtifactContent(request, timeout=TIMEOUT))
 
     assert_hidden(s.server, download, theirs.id)
 
 
-@case("RunService.ListArtifacts")
+@case("ArtifactService.ListArtifacts")
 def list_artifacts(s: Scene) -> None:
     assert_hidden(
         s.server,
-        lambda id: s.a.runs.ListArtifacts(
-            runs_pb2.ListArtifactsRequest(run_id=id), timeout=TIMEOUT
+        lambda id: s.a.artifacts.ListArtifacts(
+            artifacts_pb2.ListArtifactsRequest(run_id=id), timeout=TIMEOUT
         ),
         s.theirs.run.id,
     )
 
 
-@case("RunService.DeleteArtifact")
+@case("ArtifactService.DeleteArtifact")
 def delete_artifact(s: Scene) -> None:
     theirs = _upload(s.b, s.theirs.run.id)
     assert_hidden(
         s.server,
-        lambda id: s.a.runs.DeleteArtifact(runs_pb2.DeleteArtifactRequest(id=id), timeout=TIMEOUT),
+        lambda id: s.a.artifacts.DeleteArtifact(
+            artifacts_pb2.DeleteArtifactRequest(id=id), timeout=TIMEOUT
+        ),
         theirs.id,
     )
-    content = s.b.runs.GetArtifactContent(
-        runs_pb2.GetArtifactContentRequest(id=theirs.id), timeout=TIMEOUT
+    content = s.b.artifacts.GetArtifactContent(
+        artifacts_pb2.GetArtifactContentRequest(id=theirs.id), timeout=TIMEOUT
     )
     assert b"".join(m.chunk for m in content) == b"secret", "B's file is intact"
 

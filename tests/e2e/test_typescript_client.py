@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from simtrack.v1 import runs_pb2
+from simtrack.v1 import runs_pb2, telemetry_pb2
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import Server
@@ -87,13 +87,13 @@ def test_typescript_worker_streams_and_reads_back(server: Server, smoke_client: 
     assert run.status == runs_pb2.RUN_STATUS_COMPLETED
     assert run.worker_id == "ts-smoke-worker"
     assert dict(run.results) == {"total_profit": 1.5}
-    inventory = server.runs.GetMetricHistory(
-        runs_pb2.GetMetricHistoryRequest(run_id=run.id, metric="inventory")
+    inventory = server.telemetry.GetMetricHistory(
+        telemetry_pb2.GetMetricHistoryRequest(run_id=run.id, metric="inventory")
     )
     assert list(inventory.steps) == [0, 1]
     assert inventory.values[0] == 100 and math.isnan(inventory.values[1])
-    profit = server.runs.GetMetricHistory(
-        runs_pb2.GetMetricHistoryRequest(run_id=run.id, metric="profit")
+    profit = server.telemetry.GetMetricHistory(
+        telemetry_pb2.GetMetricHistoryRequest(run_id=run.id, metric="profit")
     )
     assert list(profit.values) == [1.5, 0.0]
     assert math.copysign(1.0, profit.values[1]) == -1.0  # -0 from JavaScript stays -0

@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy
 from google.protobuf import field_mask_pb2, json_format
 
-from simtrack.v1 import runs_pb2, telemetry_pb2
+from simtrack.v1 import runs_pb2, telemetry_pb2, validations_pb2
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import Refusal, Server, StartServer, StreamKit
@@ -33,12 +33,14 @@ def server(served_url: str, start_server: StartServer) -> Server:
     return start_server(served_url, SIMTRACK_HEARTBEAT_TIMEOUT="2", SIMTRACK_CANCEL_GRACE="2")
 
 
-def validations(server: Server, run_id: str, filter: str = "") -> list[runs_pb2.Validation]:
-    request = runs_pb2.ListValidationsRequest(run_id=run_id, filter=filter)
-    return list(server.runs.ListValidations(request).validations)
+def validations(server: Server, run_id: str, filter: str = "") -> list[validations_pb2.Validation]:
+    request = validations_pb2.ListValidationsRequest(run_id=run_id, filter=filter)
+    return list(server.validations.ListValidations(request).validations)
 
 
-async def wait_validations(server: Server, run_id: str, count: int) -> list[runs_pb2.Validation]:
+async def wait_validations(
+    server: Server, run_id: str, count: int
+) -> list[validations_pb2.Validation]:
     deadline = time.monotonic() + 10
     while len(found := validations(server, run_id)) < count:
         assert time.monotonic() < deadline, f"only {len(found)} validations after 10 s"
@@ -46,7 +48,7 @@ async def wait_validations(server: Server, run_id: str, count: int) -> list[runs
     return found
 
 
-def by_kind(found: list[runs_pb2.Validation]) -> dict[str, runs_pb2.Validation]:
+def by_kind(found: list[validations_pb2.Validation]) -> dict[str, validations_pb2.Validation]:
     return {v.kind: v for v in found}
 
 
@@ -177,7 +179,9 @@ def test_external_validators_record_their_own_verdicts(
             0.25,
         )
         assert made.HasField("create_time")
-        read = server.runs.GetValidation(runs_pb2.GetValidationRequest(id=made.id)).validation
+        read = server.validations.GetValidation(
+            validations_pb2.GetValidationRequest(id=made.id)
+        ).validation
         assert read == made
         unscored = client.create_validation(run.id, "judge-llm", "tone", True)
         assert not unscored.HasField("score")
@@ -189,12 +193,12 @@ def test_external_validators_record_their_own_verdicts(
             "negotiation_quality"
         ]
 
-    V = runs_pb2.Validation
-    create = server.runs.CreateValidation
+    V = validations_pb2.Validation
+    create = server.validations.CreateValidation
 
-    def request(**fields: Any) -> runs_pb2.CreateValidationRequest:
+    def request(**fields: Any) -> validations_pb2.CreateValidationRequest:
         base: dict[str, Any] = {"run_id": run.id, "validator": "judge", "kind": "k"}
-        return runs_pb2.CreateValidationRequest(validation=V(**{**base, **fields}))
+        return validations_pb2.CreateValidationRequest(validation=V(**{**base, **fields}))
 
     invalid = grpc.StatusCode.INVALID_ARGUMENT
     cases = [
@@ -217,6 +221,6 @@ def test_external_validators_record_their_own_verdicts(
     ]
     for bad, code, fields in cases:
         assert refusal(create, bad) == (code, fields), bad
-    list_bad = runs_pb2.ListValidationsRequest(run_id=run.id, filter='passed = "maybe"')
-    assert refusal(server.runs.ListValidations, list_bad) == (invalid, ["filter"])
+    list_bad = validations_pb2.ListValidationsRequest(run_id=run.id, filter='passed = "maybe"')
+    assert refusal(server.validations.ListValidations, list_bad) == (invalid, ["filter"])
     assert len(validations(server, run.id)) == 2, "nothing stored by the refused calls"

@@ -21,7 +21,7 @@ from simtrack.server.domain.tenancy import Principal, Role, current_principal
 
 CACHE = 0.02
 WRITER = Principal("tenant-a", Role.WRITER, "key-1")
-STREAM = "/simtrack.v1.RunService/StreamRun"
+STREAM = "/simtrack.v1.TelemetryService/StreamRun"
 WATCH = "/simtrack.v1.RunService/WatchRun"
 
 

@@ -21,7 +21,15 @@ GEN_SCRIPT = ROOT / "tools" / "gen_protos.py"
 CHECKED_IN = ROOT / "common" / "simtrack" / "v1"
 FIX_HINT = "stale generated code: run `python tools/gen_protos.py` and commit common/simtrack/v1"
 
-EXPECTED_SERVICES = {"AgentService", "ExperimentService", "RunService", "ScenarioService"}
+EXPECTED_SERVICES = {
+    "AgentService",
+    "ArtifactService",
+    "ExperimentService",
+    "RunService",
+    "ScenarioService",
+    "TelemetryService",
+    "ValidationService",
+}
 
 
 def _stub_files(root: Path) -> dict[str, bytes]:

@@ -1,7 +1,7 @@
 """The worker helper in isolation: spool, batching, backpressure and the StreamRun protocol.
 
-The protocol tests run the helper against a fake RunService (StreamRun only) in this process:
-it stores each sequenced message once by seq, acks after each commit, and can drop the
+The protocol tests run the helper against a fake TelemetryService (StreamRun only) in this
+process: it stores each sequenced message once by seq, acks after each commit, and can drop the
 connection after a commit (a lost ack), hold acks, refuse streams, push commands and announce
 that it is going away. The real server is exercised by the end-to-end tests.
 """
@@ -44,7 +44,7 @@ from simtrack.errors import (
     Unauthenticated,
     Unavailable,
 )
-from simtrack.v1 import runs_pb2_grpc
+from simtrack.v1 import runs_pb2, telemetry_pb2_grpc
 from simtrack.v1 import telemetry_pb2 as tm
 
 RUN = "11111111-2222-3333-4444-555555555555"
@@ -73,7 +73,7 @@ class RunLog:
     lost_acks: int = 0  # hellos whose last acked seq was below the watermark
 
 
-class FakeRunService(runs_pb2_grpc.RunServiceServicer):
+class FakeTelemetryService(telemetry_pb2_grpc.TelemetryServiceServicer):
     """StreamRun with exactly-once storage by seq, and ways to misbehave."""
 
     def __init__(self) -> None:
@@ -87,7 +87,7 @@ class FakeRunService(runs_pb2_grpc.RunServiceServicer):
         self.holding = threading.Event()  # while set: receive, count, commit nothing
         self.max_unacked = 0
         self.reject: status_pb2.Status | None = None
-        self.pending_commands: list[tm.Command] = []
+        self.pending_commands: list[runs_pb2.Command] = []
         self.inboxes: dict[str, queue.Queue[tuple[str, Any]]] = {}
         self.metadata: list[dict[str, str]] = []
         self.streams = 0
@@ -104,7 +104,7 @@ class FakeRunService(runs_pb2_grpc.RunServiceServicer):
     def command(
         self, run_id: str, name: str, args: dict[str, Any] | None = None, id: str = ""
     ) -> None:
-        message = tm.Command(id=id or f"cmd-{time.monotonic_ns()}", name=name)
+        message = runs_pb2.Command(id=id or f"cmd-{time.monotonic_ns()}", name=name)
         message.args.update(args or {})
         self.push(run_id, "command", message)
 
@@ -195,7 +195,7 @@ class FakeRunService(runs_pb2_grpc.RunServiceServicer):
 
 class FakeServer:
     def __init__(self) -> None:
-        self.service = FakeRunService()  # type: ignore[abstract]  # StreamRun is enough here
+        self.service = FakeTelemetryService()  # type: ignore[abstract]  # StreamRun is enough here
         self.port = 0
         self._server: grpc.Server | None = None
 
@@ -205,7 +205,7 @@ class FakeServer:
 
     def start(self) -> None:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
-        runs_pb2_grpc.add_RunServiceServicer_to_server(self.service, server)
+        telemetry_pb2_grpc.add_TelemetryServiceServicer_to_server(self.service, server)
         self.port = server.add_insecure_port(f"127.0.0.1:{self.port}")
         server.start()
         self._server = server
@@ -723,7 +723,7 @@ def test_commands_reach_the_worker(
 
 
 def test_pending_commands_in_the_welcome(fake: FakeServer, tmp_path: Path) -> None:
-    fake.service.pending_commands = [tm.Command(id="c9", name="cancel")]
+    fake.service.pending_commands = [runs_pb2.Command(id="c9", name="cancel")]
     with Worker(fake.target, RUN, spool_dir=tmp_path, options=FAST) as run:
         eventually(lambda: run.cancel_requested)
     assert final_status(fake.service.run(RUN)).outcome == tm.RUN_OUTCOME_STOPPED
@@ -732,7 +732,7 @@ def test_pending_commands_in_the_welcome(fake: FakeServer, tmp_path: Path) -> No
 def test_the_paused_flag_follows_each_welcome(fake: FakeServer, tmp_path: Path) -> None:
     """A welcome tells the run's state: a pause in it pauses; none means running (a resume
     the worker missed while it was away)."""
-    fake.service.pending_commands = [tm.Command(id="p1", name="pause")]
+    fake.service.pending_commands = [runs_pb2.Command(id="p1", name="pause")]
     with Worker(fake.target, RUN, spool_dir=tmp_path, options=FAST) as run:
         eventually(lambda: run.paused)
         fake.service.push(RUN, "close")  # reconnect: the same pause, already seen

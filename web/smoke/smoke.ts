@@ -11,7 +11,7 @@ import { completed, hello, metricsAt, runningRuns } from "../src/example.js";
 import { AgentService, Framework } from "../src/gen/simtrack/v1/agents_pb.js";
 import { ExperimentService } from "../src/gen/simtrack/v1/experiments_pb.js";
 import { RunService, RunStatus } from "../src/gen/simtrack/v1/runs_pb.js";
-import type { StreamRunRequest } from "../src/gen/simtrack/v1/telemetry_pb.js";
+import { type StreamRunRequest, TelemetryService } from "../src/gen/simtrack/v1/telemetry_pb.js";
 
 const CALL_TIMEOUT_MS = 20_000;
 
@@ -20,6 +20,7 @@ async function main(target: string): Promise<void> {
   const agents = createClient(AgentService, transport);
   const experiments = createClient(ExperimentService, transport);
   const runs = createClient(RunService, transport);
+  const telemetry = createClient(TelemetryService, transport);
   const options = { timeoutMs: CALL_TIMEOUT_MS };
 
   const { agent } = await agents.createAgent(
@@ -49,7 +50,7 @@ async function main(target: string): Promise<void> {
   ];
   const lastSeq = 3n;
   const requests = createWritableIterable<StreamRunRequest>();
-  const responses = runs.streamRun(requests, options);
+  const responses = telemetry.streamRun(requests, options);
   await requests.write(hello(runId, "ts-smoke-worker"));
   let committed = -1n;
   for await (const response of responses) {
@@ -73,7 +74,7 @@ async function main(target: string): Promise<void> {
     throw new Error(`stream ended with seq ${committed} acknowledged, expected ${lastSeq}`);
   }
 
-  const { metrics } = await runs.listMetrics({ runId }, options);
+  const { metrics } = await telemetry.listMetrics({ runId }, options);
   const finished = (await runs.getRun({ id: runId }, options)).run;
   const listed = await runs.listRuns(runningRuns(experimentId), options);
   const summary = {

@@ -36,6 +36,8 @@ from simtrack.client.worker import MAX_MESSAGE_BYTES, Worker, WorkerOptions
 from simtrack.v1 import (
     agents_pb2,
     agents_pb2_grpc,
+    artifacts_pb2,
+    artifacts_pb2_grpc,
     experiments_pb2,
     experiments_pb2_grpc,
     runs_pb2,
@@ -43,6 +45,9 @@ from simtrack.v1 import (
     scenarios_pb2,
     scenarios_pb2_grpc,
     telemetry_pb2,
+    telemetry_pb2_grpc,
+    validations_pb2,
+    validations_pb2_grpc,
 )
 
 __all__ = ["FRAMEWORKS", "Client", "MetricHistory"]
@@ -136,6 +141,9 @@ class Client:
         self.agents = agents_pb2_grpc.AgentServiceStub(self.channel)
         self.experiments = experiments_pb2_grpc.ExperimentServiceStub(self.channel)
         self.runs = runs_pb2_grpc.RunServiceStub(self.channel)
+        self.telemetry = telemetry_pb2_grpc.TelemetryServiceStub(self.channel)
+        self.artifacts = artifacts_pb2_grpc.ArtifactServiceStub(self.channel)
+        self.validations = validations_pb2_grpc.ValidationServiceStub(self.channel)
         self.scenarios = scenarios_pb2_grpc.ScenarioServiceStub(self.channel)
 
     # -- plumbing --------------------------------------------------------------------------
@@ -269,10 +277,10 @@ class Client:
         for page in self._pages(self.runs.ListRuns, request):
             yield from page.runs
 
-    def list_metrics(self, run_id: str, filter: str = "") -> Iterator[runs_pb2.Metric]:
+    def list_metrics(self, run_id: str, filter: str = "") -> Iterator[telemetry_pb2.Metric]:
         """A run's metrics with their summaries (count, latest, min, max), oldest first."""
-        request = runs_pb2.ListMetricsRequest(run_id=run_id, filter=filter)
-        for page in self._pages(self.runs.ListMetrics, request):
+        request = telemetry_pb2.ListMetricsRequest(run_id=run_id, filter=filter)
+        for page in self._pages(self.telemetry.ListMetrics, request):
             yield from page.metrics
 
     def metric_history(
@@ -289,14 +297,14 @@ class Client:
         ``max_points`` > 0 asks for at most that many, downsampled by the server so that each
         step interval keeps its lowest and highest point; 0 reads every point, page by page.
         """
-        request = runs_pb2.GetMetricHistoryRequest(
+        request = telemetry_pb2.GetMetricHistoryRequest(
             run_id=run_id,
             metric=metric,
             start_step=start_step,
             end_step=end_step,
             max_points=max_points,
         )
-        pages = list(self._pages(self.runs.GetMetricHistory, request))
+        pages = list(self._pages(self.telemetry.GetMetricHistory, request))
         return MetricHistory(
             steps=np.concatenate([np.array(p.steps, dtype=np.int64) for p in pages]),
             values=np.concatenate([np.array(p.values, dtype=np.float64) for p in pages]),
@@ -305,10 +313,10 @@ class Client:
             range_count=pages[0].range_count,
         )
 
-    def list_events(self, run_id: str, filter: str = "") -> Iterator[runs_pb2.StoredEvent]:
+    def list_events(self, run_id: str, filter: str = "") -> Iterator[telemetry_pb2.StoredEvent]:
         """A run's events in the order they were sent (filter on type and agent_id)."""
-        request = runs_pb2.ListEventsRequest(run_id=run_id, filter=filter)
-        for page in self._pages(self.runs.ListEvents, request):
+        request = telemetry_pb2.ListEventsRequest(run_id=run_id, filter=filter)
+        for page in self._pages(self.telemetry.ListEvents, request):
             yield from page.events
 
     def leaderboard(
@@ -350,9 +358,9 @@ class Client:
         *,
         score: float | None = None,
         details: Mapping[str, Any] | None = None,
-    ) -> runs_pb2.Validation:
+    ) -> validations_pb2.Validation:
         """Record an external validator's verdict on a run (one per validator and kind)."""
-        validation = runs_pb2.Validation(
+        validation = validations_pb2.Validation(
             run_id=run_id,
             validator=validator,
             kind=kind,
@@ -360,14 +368,16 @@ class Client:
             score=score,
             details=_struct(details),
         )
-        request = runs_pb2.CreateValidationRequest(validation=validation)
-        return self._call(self.runs.CreateValidation, request).validation
+        request = validations_pb2.CreateValidationRequest(validation=validation)
+        return self._call(self.validations.CreateValidation, request).validation
 
-    def list_validations(self, run_id: str, filter: str = "") -> Iterator[runs_pb2.Validation]:
+    def list_validations(
+        self, run_id: str, filter: str = ""
+    ) -> Iterator[validations_pb2.Validation]:
         """A run's verdicts, oldest first: the scenario's success criteria once it completed,
         and external validators' (filter on validator, kind, passed)."""
-        request = runs_pb2.ListValidationsRequest(run_id=run_id, filter=filter)
-        for page in self._pages(self.runs.ListValidations, request):
+        request = validations_pb2.ListValidationsRequest(run_id=run_id, filter=filter)
+        for page in self._pages(self.validations.ListValidations, request):
             yield from page.validations
 
     def upload_artifact(
@@ -378,7 +388,7 @@ class Client:
         name: str | None = None,
         type: str = "other",
         content_type: str = "",
-    ) -> runs_pb2.Artifact:
+    ) -> artifacts_pb2.Artifact:
         """Store a file (a path or an open binary file) with a run, streamed in 1 MiB chunks;
         ``name`` defaults to the file's name. The server checks the SHA-256 computed here."""
         with contextlib.ExitStack() as stack:
@@ -388,30 +398,30 @@ class Client:
                 else source
             )
             digest = _sha256_of(file)
-            artifact = runs_pb2.Artifact(
+            artifact = artifacts_pb2.Artifact(
                 run_id=run_id,
                 name=name or Path(getattr(file, "name", "artifact")).name,
-                type=runs_pb2.ArtifactType.Value(f"ARTIFACT_TYPE_{type.upper()}"),
+                type=artifacts_pb2.ArtifactType.Value(f"ARTIFACT_TYPE_{type.upper()}"),
                 content_type=content_type
                 or mimetypes.guess_type(str(getattr(file, "name", "")))[0]
                 or "",
             )
 
-            def messages() -> Iterator[runs_pb2.UploadArtifactRequest]:
-                metadata = runs_pb2.UploadArtifactMetadata(artifact=artifact, sha256=digest)
-                yield runs_pb2.UploadArtifactRequest(metadata=metadata)
+            def messages() -> Iterator[artifacts_pb2.UploadArtifactRequest]:
+                metadata = artifacts_pb2.UploadArtifactMetadata(artifact=artifact, sha256=digest)
+                yield artifacts_pb2.UploadArtifactRequest(metadata=metadata)
                 while chunk := file.read(ARTIFACT_CHUNK):
-                    yield runs_pb2.UploadArtifactRequest(chunk=chunk)
+                    yield artifacts_pb2.UploadArtifactRequest(chunk=chunk)
 
-            return self._call(self.runs.UploadArtifact, messages(), bounded=False).artifact
+            return self._call(self.artifacts.UploadArtifact, messages(), bounded=False).artifact
 
     def download_artifact(
         self, artifact_id: str, destination: str | Path | BinaryIO
-    ) -> runs_pb2.Artifact:
+    ) -> artifacts_pb2.Artifact:
         """Write an artifact's content to ``destination`` (a path or an open binary file) as it
         streams in; its metadata. The content is checked against the stored SHA-256."""
-        call = self.runs.GetArtifactContent(
-            runs_pb2.GetArtifactContentRequest(id=artifact_id),
+        call = self.artifacts.GetArtifactContent(
+            artifacts_pb2.GetArtifactContentRequest(id=artifact_id),
             timeout=None,
             metadata=self.metadata,
         )
@@ -434,10 +444,10 @@ class Client:
             raise DataLoss(f"artifact {artifact_id}: the content does not match its SHA-256")
         return artifact
 
-    def list_artifacts(self, run_id: str, filter: str = "") -> Iterator[runs_pb2.Artifact]:
+    def list_artifacts(self, run_id: str, filter: str = "") -> Iterator[artifacts_pb2.Artifact]:
         """A run's artifacts, oldest first (filter on name, type, content_type)."""
-        request = runs_pb2.ListArtifactsRequest(run_id=run_id, filter=filter)
-        for page in self._pages(self.runs.ListArtifacts, request):
+        request = artifacts_pb2.ListArtifactsRequest(run_id=run_id, filter=filter)
+        for page in self._pages(self.artifacts.ListArtifacts, request):
             yield from page.artifacts
 
     def cancel_run(self, run_id: str, reason: str = "") -> runs_pb2.CancelRunResponse:
@@ -454,7 +464,7 @@ class Client:
 
     def send_command(
         self, run_id: str, name: str, args: Mapping[str, Any] | None = None
-    ) -> telemetry_pb2.Command:
+    ) -> runs_pb2.Command:
         """Send a custom command with JSON arguments to the run's worker."""
         request = runs_pb2.SendCommandRequest(id=run_id, name=name, args=_struct(args))
         return self._call(self.runs.SendCommand, request).command

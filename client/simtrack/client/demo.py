@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from google.protobuf import json_format
 from rich.console import Console
 
-from simtrack.v1 import runs_pb2
+from simtrack.v1 import runs_pb2, validations_pb2
 
 if TYPE_CHECKING:
     from simtrack.client.client import Client
@@ -251,7 +251,7 @@ def run_demo(
     return 0 if ended.status == runs_pb2.RUN_STATUS_COMPLETED else 1
 
 
-def _verdicts(client: Client, run_id: str, expected: int) -> list[runs_pb2.Validation]:
+def _verdicts(client: Client, run_id: str, expected: int) -> list[validations_pb2.Validation]:
     """The scenario's verdicts on the run: the server records them just after the final
     commit, so wait a moment for them."""
     deadline = time.monotonic() + 5

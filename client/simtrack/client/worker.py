@@ -24,7 +24,7 @@ How it works
   series and ``points_per_series`` points per series each), gives each message the run's next
   sequence number and writes it to the *spool*, an SQLite file on disk
   (:mod:`simtrack.client.spool`), before anything is sent.
-* A background *stream* thread (the helper's thread) keeps ``RunService.StreamRun`` open:
+* A background *stream* thread (the helper's thread) keeps ``TelemetryService.StreamRun`` open:
   hello, then everything in the spool above the watermark the server's welcome reports, with at
   most ``max_in_flight`` (32) messages unacknowledged; each ack deletes what it covers from the
   spool. Commands arrive on this thread and callbacks run on it. When the stream breaks (or
@@ -98,7 +98,7 @@ from simtrack.errors import (
     SimtrackError,
     Unavailable,
 )
-from simtrack.v1 import telemetry_pb2
+from simtrack.v1 import runs_pb2, telemetry_pb2
 
 __all__ = [
     "AsyncWorker",
@@ -113,7 +113,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-STREAM_METHOD = "/simtrack.v1.RunService/StreamRun"
+STREAM_METHOD = "/simtrack.v1.TelemetryService/StreamRun"
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 _MAX_EVENT_BYTES = 1024 * 1024
 _MAX_EVENT_BATCH_BYTES = 2 * 1024 * 1024
@@ -589,7 +589,7 @@ class _Engine:
         with self._cond:
             self._callbacks.setdefault(name, []).append(callback)
 
-    def _dispatch(self, message: telemetry_pb2.Command) -> None:
+    def _dispatch(self, message: runs_pb2.Command) -> None:
         if message.id:
             if message.id in self._seen_commands:
                 return

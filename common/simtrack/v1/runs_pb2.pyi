@@ -12,7 +12,6 @@ from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
-from simtrack.v1 import telemetry_pb2 as _telemetry_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -119,46 +118,6 @@ RANK_ORDER_HIGHEST_FIRST: RankOrder.ValueType  # 1
 RANK_ORDER_LOWEST_FIRST: RankOrder.ValueType  # 2
 """Lower values rank first (loss, latency)."""
 Global___RankOrder: _TypeAlias = RankOrder  # noqa: Y015
-
-class _ArtifactType:
-    ValueType = _typing.NewType("ValueType", _builtins.int)
-    V: _TypeAlias = ValueType  # noqa: Y015
-
-class _ArtifactTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ArtifactType.ValueType], _builtins.type):
-    DESCRIPTOR: _descriptor.EnumDescriptor
-    ARTIFACT_TYPE_UNSPECIFIED: _ArtifactType.ValueType  # 0
-    """Not set: other."""
-    ARTIFACT_TYPE_REPORT: _ArtifactType.ValueType  # 1
-    """A report of the run."""
-    ARTIFACT_TYPE_DATA: _ArtifactType.ValueType  # 2
-    """Data the run produced."""
-    ARTIFACT_TYPE_LOG: _ArtifactType.ValueType  # 3
-    """A log."""
-    ARTIFACT_TYPE_CONFIG: _ArtifactType.ValueType  # 4
-    """Configuration the run used."""
-    ARTIFACT_TYPE_MODEL: _ArtifactType.ValueType  # 5
-    """A model (weights, policy)."""
-    ARTIFACT_TYPE_OTHER: _ArtifactType.ValueType  # 6
-    """Anything else."""
-
-class ArtifactType(_ArtifactType, metaclass=_ArtifactTypeEnumTypeWrapper):
-    """ArtifactType says what an artifact is."""
-
-ARTIFACT_TYPE_UNSPECIFIED: ArtifactType.ValueType  # 0
-"""Not set: other."""
-ARTIFACT_TYPE_REPORT: ArtifactType.ValueType  # 1
-"""A report of the run."""
-ARTIFACT_TYPE_DATA: ArtifactType.ValueType  # 2
-"""Data the run produced."""
-ARTIFACT_TYPE_LOG: ArtifactType.ValueType  # 3
-"""A log."""
-ARTIFACT_TYPE_CONFIG: ArtifactType.ValueType  # 4
-"""Configuration the run used."""
-ARTIFACT_TYPE_MODEL: ArtifactType.ValueType  # 5
-"""A model (weights, policy)."""
-ARTIFACT_TYPE_OTHER: ArtifactType.ValueType  # 6
-"""Anything else."""
-Global___ArtifactType: _TypeAlias = ArtifactType  # noqa: Y015
 
 @_typing.final
 class Run(_message.Message):
@@ -950,6 +909,45 @@ class WatchRunResponse(_message.Message):
 Global___WatchRunResponse: _TypeAlias = WatchRunResponse  # noqa: Y015
 
 @_typing.final
+class Command(_message.Message):
+    """Command asks the worker to do something."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ARGS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Unique id of this command."""
+    name: _builtins.str
+    """"cancel" (stop and end the run as stopped), "pause" (hold still until "resume"; keep
+    the stream open and heartbeating), "resume", or a custom name sent with SendCommand.
+    A worker confirms a cancel by ending the run with a FinalStatus (see RunService.CancelRun).
+    A worker may be told the same command twice (live, and in a welcome): same id, same
+    command.
+    """
+    @_builtins.property
+    def args(self) -> _struct_pb2.Struct:
+        """Arguments (a JSON object); a cancel carries {"reason": ...} when one was given, on every
+        delivery.
+        """
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        args: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["args", b"args"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "id", b"id", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Command: _TypeAlias = Command  # noqa: Y015
+
+@_typing.final
 class CancelRunRequest(_message.Message):
     """CancelRunRequest names the run to cancel."""
 
@@ -984,7 +982,7 @@ class CancelRunResponse(_message.Message):
     COMMAND_FIELD_NUMBER: _builtins.int
     RUN_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def command(self) -> _telemetry_pb2.Command:
+    def command(self) -> Global___Command:
         """The command as sent to the worker."""
 
     @_builtins.property
@@ -994,7 +992,7 @@ class CancelRunResponse(_message.Message):
     def __init__(
         self,
         *,
-        command: _telemetry_pb2.Command | None = ...,
+        command: Global___Command | None = ...,
         run: Global___Run | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "run", b"run"]  # noqa: Y015
@@ -1036,7 +1034,7 @@ class PauseRunResponse(_message.Message):
     COMMAND_FIELD_NUMBER: _builtins.int
     RUN_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def command(self) -> _telemetry_pb2.Command:
+    def command(self) -> Global___Command:
         """The command as sent to the worker."""
 
     @_builtins.property
@@ -1046,7 +1044,7 @@ class PauseRunResponse(_message.Message):
     def __init__(
         self,
         *,
-        command: _telemetry_pb2.Command | None = ...,
+        command: Global___Command | None = ...,
         run: Global___Run | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "run", b"run"]  # noqa: Y015
@@ -1088,7 +1086,7 @@ class ResumeRunResponse(_message.Message):
     COMMAND_FIELD_NUMBER: _builtins.int
     RUN_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def command(self) -> _telemetry_pb2.Command:
+    def command(self) -> Global___Command:
         """The command as sent to the worker."""
 
     @_builtins.property
@@ -1098,7 +1096,7 @@ class ResumeRunResponse(_message.Message):
     def __init__(
         self,
         *,
-        command: _telemetry_pb2.Command | None = ...,
+        command: Global___Command | None = ...,
         run: Global___Run | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "run", b"run"]  # noqa: Y015
@@ -1149,13 +1147,13 @@ class SendCommandResponse(_message.Message):
 
     COMMAND_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def command(self) -> _telemetry_pb2.Command:
+    def command(self) -> Global___Command:
         """The command as sent to the worker."""
 
     def __init__(
         self,
         *,
-        command: _telemetry_pb2.Command | None = ...,
+        command: Global___Command | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -1164,339 +1162,6 @@ class SendCommandResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SendCommandResponse: _TypeAlias = SendCommandResponse  # noqa: Y015
-
-@_typing.final
-class Metric(_message.Message):
-    """Metric is one metric of a run, with a summary kept current as its points are stored."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    RUN_ID_FIELD_NUMBER: _builtins.int
-    NAME_FIELD_NUMBER: _builtins.int
-    UNIT_FIELD_NUMBER: _builtins.int
-    KIND_FIELD_NUMBER: _builtins.int
-    COUNT_FIELD_NUMBER: _builtins.int
-    LAST_STEP_FIELD_NUMBER: _builtins.int
-    LAST_VALUE_FIELD_NUMBER: _builtins.int
-    MIN_FIELD_NUMBER: _builtins.int
-    MAX_FIELD_NUMBER: _builtins.int
-    CREATE_TIME_FIELD_NUMBER: _builtins.int
-    UPDATE_TIME_FIELD_NUMBER: _builtins.int
-    run_id: _builtins.str
-    """The run the metric belongs to."""
-    name: _builtins.str
-    """Metric name, unique within the run."""
-    unit: _builtins.str
-    """Unit, as the first batch naming the metric gave it."""
-    kind: _telemetry_pb2.MetricKind.ValueType
-    """Gauge or counter, as the first batch naming the metric gave it."""
-    count: _builtins.int
-    """How many points are stored (non-finite values included)."""
-    last_step: _builtins.int
-    """The highest step with a finite value; 0 when there is none."""
-    last_value: _builtins.float
-    """The finite value at last_step; NaN when there is none."""
-    min: _builtins.float
-    """Smallest finite value; NaN when there is none."""
-    max: _builtins.float
-    """Largest finite value; NaN when there is none."""
-    @_builtins.property
-    def create_time(self) -> _timestamp_pb2.Timestamp:
-        """When the first point arrived."""
-
-    @_builtins.property
-    def update_time(self) -> _timestamp_pb2.Timestamp:
-        """When the summary last changed."""
-
-    def __init__(
-        self,
-        *,
-        run_id: _builtins.str = ...,
-        name: _builtins.str = ...,
-        unit: _builtins.str = ...,
-        kind: _telemetry_pb2.MetricKind.ValueType = ...,
-        count: _builtins.int = ...,
-        last_step: _builtins.int = ...,
-        last_value: _builtins.float = ...,
-        min: _builtins.float = ...,
-        max: _builtins.float = ...,
-        create_time: _timestamp_pb2.Timestamp | None = ...,
-        update_time: _timestamp_pb2.Timestamp | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "create_time", b"create_time", "kind", b"kind", "last_step", b"last_step", "last_value", b"last_value", "max", b"max", "min", b"min", "name", b"name", "run_id", b"run_id", "unit", b"unit", "update_time", b"update_time"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___Metric: _TypeAlias = Metric  # noqa: Y015
-
-@_typing.final
-class ListMetricsRequest(_message.Message):
-    """ListMetricsRequest asks for one page of a run's metrics."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    RUN_ID_FIELD_NUMBER: _builtins.int
-    PAGE_SIZE_FIELD_NUMBER: _builtins.int
-    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
-    FILTER_FIELD_NUMBER: _builtins.int
-    run_id: _builtins.str
-    """The run whose metrics to list. Required."""
-    page_size: _builtins.int
-    """Maximum number of metrics to return, 1-1000; 0 means the default of 50."""
-    page_token: _builtins.str
-    """The next_page_token of a previous call with the same run and filter, or empty."""
-    filter: _builtins.str
-    """Filter (AIP-160 subset): `field = "value"` / `field != "value"` joined by AND.
-    Fields: name, kind.
-    """
-    def __init__(
-        self,
-        *,
-        run_id: _builtins.str = ...,
-        page_size: _builtins.int = ...,
-        page_token: _builtins.str = ...,
-        filter: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token", "run_id", b"run_id"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___ListMetricsRequest: _TypeAlias = ListMetricsRequest  # noqa: Y015
-
-@_typing.final
-class ListMetricsResponse(_message.Message):
-    """ListMetricsResponse is one page of metrics."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    METRICS_FIELD_NUMBER: _builtins.int
-    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
-    next_page_token: _builtins.str
-    """Token for the next page; empty on the last page."""
-    @_builtins.property
-    def metrics(self) -> _containers.RepeatedCompositeFieldContainer[Global___Metric]:
-        """The metrics of this page, by name."""
-
-    def __init__(
-        self,
-        *,
-        metrics: _abc.Iterable[Global___Metric] | None = ...,
-        next_page_token: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["metrics", b"metrics", "next_page_token", b"next_page_token"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___ListMetricsResponse: _TypeAlias = ListMetricsResponse  # noqa: Y015
-
-@_typing.final
-class GetMetricHistoryRequest(_message.Message):
-    """GetMetricHistoryRequest asks for one metric's points, all of them or a downsampled view."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    RUN_ID_FIELD_NUMBER: _builtins.int
-    METRIC_FIELD_NUMBER: _builtins.int
-    START_STEP_FIELD_NUMBER: _builtins.int
-    END_STEP_FIELD_NUMBER: _builtins.int
-    MAX_POINTS_FIELD_NUMBER: _builtins.int
-    PAGE_SIZE_FIELD_NUMBER: _builtins.int
-    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
-    run_id: _builtins.str
-    """The run. Required."""
-    metric: _builtins.str
-    """The metric's name. Required."""
-    start_step: _builtins.int
-    """The lowest step to return (inclusive); unset: from the first point."""
-    end_step: _builtins.int
-    """The highest step to return (inclusive); unset: up to the last point."""
-    max_points: _builtins.int
-    """0: every point of the range, page by page. 2-100,000: at most this many points, not paged:
-    the range is cut into max_points / 2 equal step intervals and each interval keeps its
-    points of lowest and highest value (NaN only where an interval has nothing else), so
-    spikes survive; a range with no more points than this is returned whole.
-    """
-    page_size: _builtins.int
-    """Points per page when max_points is 0, 1-100,000; 0 means the default of 10,000."""
-    page_token: _builtins.str
-    """The next_page_token of a previous call with the same run, metric and range, or empty."""
-    def __init__(
-        self,
-        *,
-        run_id: _builtins.str = ...,
-        metric: _builtins.str = ...,
-        start_step: _builtins.int | None = ...,
-        end_step: _builtins.int | None = ...,
-        max_points: _builtins.int = ...,
-        page_size: _builtins.int = ...,
-        page_token: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_end_step", b"_end_step", "_start_step", b"_start_step", "end_step", b"end_step", "start_step", b"start_step"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_end_step", b"_end_step", "_start_step", b"_start_step", "end_step", b"end_step", "max_points", b"max_points", "metric", b"metric", "page_size", b"page_size", "page_token", b"page_token", "run_id", b"run_id", "start_step", b"start_step"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType__end_step: _TypeAlias = _typing.Literal["end_step"]  # noqa: Y015
-    _WhichOneofArgType__end_step: _TypeAlias = _typing.Literal["_end_step", b"_end_step"]  # noqa: Y015
-    _WhichOneofReturnType__start_step: _TypeAlias = _typing.Literal["start_step"]  # noqa: Y015
-    _WhichOneofArgType__start_step: _TypeAlias = _typing.Literal["_start_step", b"_start_step"]  # noqa: Y015
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__end_step) -> _WhichOneofReturnType__end_step | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__start_step) -> _WhichOneofReturnType__start_step | None: ...
-
-Global___GetMetricHistoryRequest: _TypeAlias = GetMetricHistoryRequest  # noqa: Y015
-
-@_typing.final
-class GetMetricHistoryResponse(_message.Message):
-    """GetMetricHistoryResponse carries points as parallel columns, in step order (points of equal
-    step in the order they were sent).
-    """
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    STEPS_FIELD_NUMBER: _builtins.int
-    VALUES_FIELD_NUMBER: _builtins.int
-    TIMESTAMPS_FIELD_NUMBER: _builtins.int
-    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
-    RANGE_COUNT_FIELD_NUMBER: _builtins.int
-    DOWNSAMPLED_FIELD_NUMBER: _builtins.int
-    next_page_token: _builtins.str
-    """Token for the next page; empty on the last page and when downsampled."""
-    range_count: _builtins.int
-    """How many stored points the requested range holds (on this and every other page)."""
-    downsampled: _builtins.bool
-    """True when max_points left points out."""
-    @_builtins.property
-    def steps(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """Steps of the points."""
-
-    @_builtins.property
-    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
-        """Values of the points, stored faithfully (NaN and +/-Inf included)."""
-
-    @_builtins.property
-    def timestamps(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
-        """Unix times in seconds of the points."""
-
-    def __init__(
-        self,
-        *,
-        steps: _abc.Iterable[_builtins.int] | None = ...,
-        values: _abc.Iterable[_builtins.float] | None = ...,
-        timestamps: _abc.Iterable[_builtins.float] | None = ...,
-        next_page_token: _builtins.str = ...,
-        range_count: _builtins.int = ...,
-        downsampled: _builtins.bool = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["downsampled", b"downsampled", "next_page_token", b"next_page_token", "range_count", b"range_count", "steps", b"steps", "timestamps", b"timestamps", "values", b"values"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___GetMetricHistoryResponse: _TypeAlias = GetMetricHistoryResponse  # noqa: Y015
-
-@_typing.final
-class ListEventsRequest(_message.Message):
-    """ListEventsRequest asks for one page of a run's events."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    RUN_ID_FIELD_NUMBER: _builtins.int
-    PAGE_SIZE_FIELD_NUMBER: _builtins.int
-    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
-    FILTER_FIELD_NUMBER: _builtins.int
-    run_id: _builtins.str
-    """The run whose events to list. Required."""
-    page_size: _builtins.int
-    """Maximum number of events to return, 1-1000; 0 means the default of 50."""
-    page_token: _builtins.str
-    """The next_page_token of a previous call with the same run and filter, or empty."""
-    filter: _builtins.str
-    """Filter (AIP-160 subset): `field = "value"` / `field != "value"` joined by AND.
-    Fields: type, agent_id.
-    """
-    def __init__(
-        self,
-        *,
-        run_id: _builtins.str = ...,
-        page_size: _builtins.int = ...,
-        page_token: _builtins.str = ...,
-        filter: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token", "run_id", b"run_id"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___ListEventsRequest: _TypeAlias = ListEventsRequest  # noqa: Y015
-
-@_typing.final
-class StoredEvent(_message.Message):
-    """StoredEvent is an event as stored, with its place in the run's stream."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    EVENT_FIELD_NUMBER: _builtins.int
-    SEQ_FIELD_NUMBER: _builtins.int
-    POSITION_FIELD_NUMBER: _builtins.int
-    seq: _builtins.int
-    """The stream message (seq) that carried it."""
-    position: _builtins.int
-    """Its position within that message's batch, from 0."""
-    @_builtins.property
-    def event(self) -> _telemetry_pb2.Event:
-        """The event as the worker sent it (time filled in with the server's when it was unset)."""
-
-    def __init__(
-        self,
-        *,
-        event: _telemetry_pb2.Event | None = ...,
-        seq: _builtins.int = ...,
-        position: _builtins.int = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "position", b"position", "seq", b"seq"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___StoredEvent: _TypeAlias = StoredEvent  # noqa: Y015
-
-@_typing.final
-class ListEventsResponse(_message.Message):
-    """ListEventsResponse is one page of events."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    EVENTS_FIELD_NUMBER: _builtins.int
-    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
-    next_page_token: _builtins.str
-    """Token for the next page; empty on the last page."""
-    @_builtins.property
-    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___StoredEvent]:
-        """The events of this page, in the order they were sent."""
-
-    def __init__(
-        self,
-        *,
-        events: _abc.Iterable[Global___StoredEvent] | None = ...,
-        next_page_token: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "next_page_token", b"next_page_token"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___ListEventsResponse: _TypeAlias = ListEventsResponse  # noqa: Y015
 
 @_typing.final
 class GetLeaderboardRequest(_message.Message):
@@ -1755,559 +1420,3 @@ class GetRunStatsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetRunStatsResponse: _TypeAlias = GetRunStatsResponse  # noqa: Y015
-
-@_typing.final
-class Validation(_message.Message):
-    """Validation is a verdict on a run. When a run completes, the server checks its scenario's
-    success criteria against the run's metric summaries, once: validator "scenario", kind = the
-    metric, score = the observed statistic (unset when the run logged no finite value, which
-    fails the criterion), details = {metric, op, value, stat, description,
-    scenario_hash_matches, reason?}.
-    """
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    ID_FIELD_NUMBER: _builtins.int
-    RUN_ID_FIELD_NUMBER: _builtins.int
-    VALIDATOR_FIELD_NUMBER: _builtins.int
-    KIND_FIELD_NUMBER: _builtins.int
-    PASSED_FIELD_NUMBER: _builtins.int
-    SCORE_FIELD_NUMBER: _builtins.int
-    DETAILS_FIELD_NUMBER: _builtins.int
-    CREATE_TIME_FIELD_NUMBER: _builtins.int
-    id: _builtins.str
-    """Server-assigned UUID. Output only."""
-    run_id: _builtins.str
-    """The run judged. Required on create; immutable."""
-    validator: _builtins.str
-    """Who judged, 1-100 characters; "scenario" is the server's own."""
-    kind: _builtins.str
-    """What was judged, 1-200 characters; one verdict per (run, validator, kind)."""
-    passed: _builtins.bool
-    """The verdict."""
-    score: _builtins.float
-    """A finite score, if the validator gives one."""
-    @_builtins.property
-    def details(self) -> _struct_pb2.Struct:
-        """Details (a JSON object)."""
-
-    @_builtins.property
-    def create_time(self) -> _timestamp_pb2.Timestamp:
-        """When the verdict was recorded. Output only."""
-
-    def __init__(
-        self,
-        *,
-        id: _builtins.str = ...,
-        run_id: _builtins.str = ...,
-        validator: _builtins.str = ...,
-        kind: _builtins.str = ...,
-        passed: _builtins.bool = ...,
-        score: _builtins.float | None = ...,
-        details: _struct_pb2.Struct | None = ...,
-        create_time: _timestamp_pb2.Timestamp | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_score", b"_score", "create_time", b"create_time", "details", b"details", "score", b"score"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_score", b"_score", "create_time", b"create_time", "details", b"details", "id", b"id", "kind", b"kind", "passed", b"passed", "run_id", b"run_id", "score", b"score", "validator", b"validator"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType__score: _TypeAlias = _typing.Literal["score"]  # noqa: Y015
-    _WhichOneofArgType__score: _TypeAlias = _typing.Literal["_score", b"_score"]  # noqa: Y015
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__score) -> _WhichOneofReturnType__score | None: ...
-
-Global___Validation: _TypeAlias = Validation  # noqa: Y015
-
-@_typing.final
-class CreateValidationRequest(_message.Message):
-    """CreateValidationRequest carries the verdict to record."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    VALIDATION_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def validation(self) -> Global___Validation:
-        """The validation; id and create_time are ignored."""
-
-    def __init__(
-        self,
-        *,
-        validation: Global___Validation | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["validation", b"validation"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["validation", b"validation"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___CreateValidationRequest: _TypeAlias = CreateValidationRequest  # noqa: Y015
-
-@_typing.final
-class CreateValidationResponse(_message.Message):
-    """CreateValidationResponse carries the recorded verdict."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    VALIDATION_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def validation(self) -> Global___Validation:
-        """The validation as stored."""
-
-    def __init__(
-        self,
-        *,
-        validation: Global___Validation | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["validation", b"validation"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["validation", b"validation"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___CreateValidationResponse: _TypeAlias = CreateValidationResponse  # noqa: Y015
-
-@_typing.final
-class GetValidationRequest(_message.Message):
-    """GetValidationRequest names the validation to read."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    ID_FIELD_NUMBER: _builtins.int
-    id: _builtins.str
-    """The validation's id."""
-    def __init__(
-        self,
-        *,
-        id: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___GetValidationRequest: _TypeAlias = GetValidationRequest  # noqa: Y015
-
-@_typing.final
-class GetValidationResponse(_message.Message):
-    """GetValidationResponse carries the validation read."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    VALIDATION_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def validation(self) -> Global___Validation:
-        """The validation."""
-
-    def __init__(
-        self,
-        *,
-        validation: Global___Validation | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["validation", b"validation"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["validation", b"validation"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___GetValidationResponse: _TypeAlias = GetValidationResponse  # noqa: Y015
-
-@_typing.final
-class ListValidationsRequest(_message.Message):
-    """ListValidationsRequest asks for one page of a run's validations."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    RUN_ID_FIELD_NUMBER: _builtins.int
-    PAGE_SIZE_FIELD_NUMBER: _builtins.int
-    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
-    FILTER_FIELD_NUMBER: _builtins.int
-    run_id: _builtins.str
-    """The run whose validations to list. Required."""
-    page_size: _builtins.int
-    """Maximum number of validations to return, 1-1000; 0 means the default of 50."""
-    page_token: _builtins.str
-    """The next_page_token of a previous call with the same run and filter, or empty."""
-    filter: _builtins.str
-    """Filter (AIP-160 subset): `field = "value"` / `field != "value"` joined by AND.
-    Fields: validator, kind, passed (true or false).
-    """
-    def __init__(
-        self,
-        *,
-        run_id: _builtins.str = ...,
-        page_size: _builtins.int = ...,
-        page_token: _builtins.str = ...,
-        filter: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token", "run_id", b"run_id"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___ListValidationsRequest: _TypeAlias = ListValidationsRequest  # noqa: Y015
-
-@_typing.final
-class ListValidationsResponse(_message.Message):
-    """ListValidationsResponse is one page of validations."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    VALIDATIONS_FIELD_NUMBER: _builtins.int
-    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
-    next_page_token: _builtins.str
-    """Token for the next page; empty on the last page."""
-    @_builtins.property
-    def validations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Validation]:
-        """The validations of this page, oldest first."""
-
-    def __init__(
-        self,
-        *,
-        validations: _abc.Iterable[Global___Validation] | None = ...,
-        next_page_token: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "validations", b"validations"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___ListValidationsResponse: _TypeAlias = ListValidationsResponse  # noqa: Y015
-
-@_typing.final
-class Artifact(_message.Message):
-    """Artifact is a file stored with a run."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    ID_FIELD_NUMBER: _builtins.int
-    RUN_ID_FIELD_NUMBER: _builtins.int
-    NAME_FIELD_NUMBER: _builtins.int
-    TYPE_FIELD_NUMBER: _builtins.int
-    CONTENT_TYPE_FIELD_NUMBER: _builtins.int
-    SIZE_BYTES_FIELD_NUMBER: _builtins.int
-    SHA256_FIELD_NUMBER: _builtins.int
-    CREATE_TIME_FIELD_NUMBER: _builtins.int
-    id: _builtins.str
-    """Server-assigned UUID. Output only."""
-    run_id: _builtins.str
-    """The run the file belongs to. Required on upload; immutable."""
-    name: _builtins.str
-    """File name, 1-200 characters, unique within the run."""
-    type: Global___ArtifactType.ValueType
-    """What the file is; unset means other."""
-    content_type: _builtins.str
-    """Media type, e.g. "text/csv", up to 200 characters; default "application/octet-stream"."""
-    size_bytes: _builtins.int
-    """Size in bytes. Output only."""
-    sha256: _builtins.str
-    """SHA-256 of the content, lower-case hex. Output only (see UploadArtifactMetadata.sha256)."""
-    @_builtins.property
-    def create_time(self) -> _timestamp_pb2.Timestamp:
-        """When the upload completed. Output only."""
-
-    def __init__(
-        self,
-        *,
-        id: _builtins.str = ...,
-        run_id: _builtins.str = ...,
-        name: _builtins.str = ...,
-        type: Global___ArtifactType.ValueType = ...,
-        content_type: _builtins.str = ...,
-        size_bytes: _builtins.int = ...,
-        sha256: _builtins.str = ...,
-        create_time: _timestamp_pb2.Timestamp | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_type", b"content_type", "create_time", b"create_time", "id", b"id", "name", b"name", "run_id", b"run_id", "sha256", b"sha256", "size_bytes", b"size_bytes", "type", b"type"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___Artifact: _TypeAlias = Artifact  # noqa: Y015
-
-@_typing.final
-class UploadArtifactMetadata(_message.Message):
-    """UploadArtifactMetadata opens an upload."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    ARTIFACT_FIELD_NUMBER: _builtins.int
-    SHA256_FIELD_NUMBER: _builtins.int
-    sha256: _builtins.str
-    """Optional SHA-256 (hex) the content must have; a mismatch is INVALID_ARGUMENT and nothing
-    is stored.
-    """
-    @_builtins.property
-    def artifact(self) -> Global___Artifact:
-        """The artifact: run_id and name are required; type and content_type are optional."""
-
-    def __init__(
-        self,
-        *,
-        artifact: Global___Artifact | None = ...,
-        sha256: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "sha256", b"sha256"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___UploadArtifactMetadata: _TypeAlias = UploadArtifactMetadata  # noqa: Y015
-
-@_typing.final
-class UploadArtifactRequest(_message.Message):
-    """UploadArtifactRequest is one message of an upload: metadata first, then chunks."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    METADATA_FIELD_NUMBER: _builtins.int
-    CHUNK_FIELD_NUMBER: _builtins.int
-    chunk: _builtins.bytes
-    """A piece of the content, at most 1 MiB, in order."""
-    @_builtins.property
-    def metadata(self) -> Global___UploadArtifactMetadata:
-        """The first message."""
-
-    def __init__(
-        self,
-        *,
-        metadata: Global___UploadArtifactMetadata | None = ...,
-        chunk: _builtins.bytes = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "kind", b"kind", "metadata", b"metadata"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "kind", b"kind", "metadata", b"metadata"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["metadata", "chunk"]  # noqa: Y015
-    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
-    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
-
-Global___UploadArtifactRequest: _TypeAlias = UploadArtifactRequest  # noqa: Y015
-
-@_typing.final
-class UploadArtifactResponse(_message.Message):
-    """UploadArtifactResponse carries the stored artifact."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    ARTIFACT_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def artifact(self) -> Global___Artifact:
-        """The artifact as stored, with its size and SHA-256."""
-
-    def __init__(
-        self,
-        *,
-        artifact: Global___Artifact | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___UploadArtifactResponse: _TypeAlias = UploadArtifactResponse  # noqa: Y015
-
-@_typing.final
-class GetArtifactRequest(_message.Message):
-    """GetArtifactRequest names the artifact to read."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    ID_FIELD_NUMBER: _builtins.int
-    id: _builtins.str
-    """The artifact's id."""
-    def __init__(
-        self,
-        *,
-        id: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___GetArtifactRequest: _TypeAlias = GetArtifactRequest  # noqa: Y015
-
-@_typing.final
-class GetArtifactResponse(_message.Message):
-    """GetArtifactResponse carries the artifact's metadata."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    ARTIFACT_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def artifact(self) -> Global___Artifact:
-        """The artifact."""
-
-    def __init__(
-        self,
-        *,
-        artifact: Global___Artifact | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___GetArtifactResponse: _TypeAlias = GetArtifactResponse  # noqa: Y015
-
-@_typing.final
-class GetArtifactContentRequest(_message.Message):
-    """GetArtifactContentRequest names the artifact to download."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    ID_FIELD_NUMBER: _builtins.int
-    id: _builtins.str
-    """The artifact's id."""
-    def __init__(
-        self,
-        *,
-        id: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___GetArtifactContentRequest: _TypeAlias = GetArtifactContentRequest  # noqa: Y015
-
-@_typing.final
-class GetArtifactContentResponse(_message.Message):
-    """GetArtifactContentResponse is one message of a download: metadata first, then chunks."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    ARTIFACT_FIELD_NUMBER: _builtins.int
-    CHUNK_FIELD_NUMBER: _builtins.int
-    chunk: _builtins.bytes
-    """A piece of the content (at most 256 KiB), in order."""
-    @_builtins.property
-    def artifact(self) -> Global___Artifact:
-        """The first message."""
-
-    def __init__(
-        self,
-        *,
-        artifact: Global___Artifact | None = ...,
-        chunk: _builtins.bytes = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "chunk", b"chunk", "kind", b"kind"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "chunk", b"chunk", "kind", b"kind"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["artifact", "chunk"]  # noqa: Y015
-    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
-    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
-
-Global___GetArtifactContentResponse: _TypeAlias = GetArtifactContentResponse  # noqa: Y015
-
-@_typing.final
-class ListArtifactsRequest(_message.Message):
-    """ListArtifactsRequest asks for one page of a run's artifacts."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    RUN_ID_FIELD_NUMBER: _builtins.int
-    PAGE_SIZE_FIELD_NUMBER: _builtins.int
-    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
-    FILTER_FIELD_NUMBER: _builtins.int
-    run_id: _builtins.str
-    """The run whose artifacts to list. Required."""
-    page_size: _builtins.int
-    """Maximum number of artifacts to return, 1-1000; 0 means the default of 50."""
-    page_token: _builtins.str
-    """The next_page_token of a previous call with the same run and filter, or empty."""
-    filter: _builtins.str
-    """Filter (AIP-160 subset): `field = "value"` / `field != "value"` joined by AND.
-    Fields: name, type, content_type.
-    """
-    def __init__(
-        self,
-        *,
-        run_id: _builtins.str = ...,
-        page_size: _builtins.int = ...,
-        page_token: _builtins.str = ...,
-        filter: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token", "run_id", b"run_id"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___ListArtifactsRequest: _TypeAlias = ListArtifactsRequest  # noqa: Y015
-
-@_typing.final
-class ListArtifactsResponse(_message.Message):
-    """ListArtifactsResponse is one page of artifacts."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    ARTIFACTS_FIELD_NUMBER: _builtins.int
-    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
-    next_page_token: _builtins.str
-    """Token for the next page; empty on the last page."""
-    @_builtins.property
-    def artifacts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Artifact]:
-        """The artifacts of this page, oldest first."""
-
-    def __init__(
-        self,
-        *,
-        artifacts: _abc.Iterable[Global___Artifact] | None = ...,
-        next_page_token: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "next_page_token", b"next_page_token"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___ListArtifactsResponse: _TypeAlias = ListArtifactsResponse  # noqa: Y015
-
-@_typing.final
-class DeleteArtifactRequest(_message.Message):
-    """DeleteArtifactRequest names the artifact to delete."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    ID_FIELD_NUMBER: _builtins.int
-    id: _builtins.str
-    """The artifact's id."""
-    def __init__(
-        self,
-        *,
-        id: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___DeleteArtifactRequest: _TypeAlias = DeleteArtifactRequest  # noqa: Y015
-
-@_typing.final
-class DeleteArtifactResponse(_message.Message):
-    """DeleteArtifactResponse is empty: the artifact is gone."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    def __init__(
-        self,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___DeleteArtifactResponse: _TypeAlias = DeleteArtifactResponse  # noqa: Y015

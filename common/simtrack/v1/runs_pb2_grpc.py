@@ -4,7 +4,6 @@ import grpc
 import warnings
 
 from simtrack.v1 import runs_pb2 as simtrack_dot_v1_dot_runs__pb2
-from simtrack.v1 import telemetry_pb2 as simtrack_dot_v1_dot_telemetry__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -27,7 +26,10 @@ if _version_not_supported:
 
 
 class RunServiceStub:
-    """RunService manages the runs of experiments and the agents taking part in them.
+    """RunService manages the runs of experiments and the agents taking part in them, tells their
+    workers what to do (cancel, pause, resume, custom commands), and ranks and summarizes runs.
+    What a run's worker streams is read back through TelemetryService, its files through
+    ArtifactService, and the verdicts on it through ValidationService.
     """
 
     def __init__(self, channel):
@@ -86,11 +88,6 @@ class RunServiceStub:
                 request_serializer=simtrack_dot_v1_dot_runs__pb2.DeleteParticipantRequest.SerializeToString,
                 response_deserializer=simtrack_dot_v1_dot_runs__pb2.DeleteParticipantResponse.FromString,
                 _registered_method=True)
-        self.StreamRun = channel.stream_stream(
-                '/simtrack.v1.RunService/StreamRun',
-                request_serializer=simtrack_dot_v1_dot_telemetry__pb2.StreamRunRequest.SerializeToString,
-                response_deserializer=simtrack_dot_v1_dot_telemetry__pb2.StreamRunResponse.FromString,
-                _registered_method=True)
         self.WatchRun = channel.unary_stream(
                 '/simtrack.v1.RunService/WatchRun',
                 request_serializer=simtrack_dot_v1_dot_runs__pb2.WatchRunRequest.SerializeToString,
@@ -116,21 +113,6 @@ class RunServiceStub:
                 request_serializer=simtrack_dot_v1_dot_runs__pb2.SendCommandRequest.SerializeToString,
                 response_deserializer=simtrack_dot_v1_dot_runs__pb2.SendCommandResponse.FromString,
                 _registered_method=True)
-        self.ListMetrics = channel.unary_unary(
-                '/simtrack.v1.RunService/ListMetrics',
-                request_serializer=simtrack_dot_v1_dot_runs__pb2.ListMetricsRequest.SerializeToString,
-                response_deserializer=simtrack_dot_v1_dot_runs__pb2.ListMetricsResponse.FromString,
-                _registered_method=True)
-        self.GetMetricHistory = channel.unary_unary(
-                '/simtrack.v1.RunService/GetMetricHistory',
-                request_serializer=simtrack_dot_v1_dot_runs__pb2.GetMetricHistoryRequest.SerializeToString,
-                response_deserializer=simtrack_dot_v1_dot_runs__pb2.GetMetricHistoryResponse.FromString,
-                _registered_method=True)
-        self.ListEvents = channel.unary_unary(
-                '/simtrack.v1.RunService/ListEvents',
-                request_serializer=simtrack_dot_v1_dot_runs__pb2.ListEventsRequest.SerializeToString,
-                response_deserializer=simtrack_dot_v1_dot_runs__pb2.ListEventsResponse.FromString,
-                _registered_method=True)
         self.GetLeaderboard = channel.unary_unary(
                 '/simtrack.v1.RunService/GetLeaderboard',
                 request_serializer=simtrack_dot_v1_dot_runs__pb2.GetLeaderboardRequest.SerializeToString,
@@ -141,50 +123,13 @@ class RunServiceStub:
                 request_serializer=simtrack_dot_v1_dot_runs__pb2.GetRunStatsRequest.SerializeToString,
                 response_deserializer=simtrack_dot_v1_dot_runs__pb2.GetRunStatsResponse.FromString,
                 _registered_method=True)
-        self.CreateValidation = channel.unary_unary(
-                '/simtrack.v1.RunService/CreateValidation',
-                request_serializer=simtrack_dot_v1_dot_runs__pb2.CreateValidationRequest.SerializeToString,
-                response_deserializer=simtrack_dot_v1_dot_runs__pb2.CreateValidationResponse.FromString,
-                _registered_method=True)
-        self.GetValidation = channel.unary_unary(
-                '/simtrack.v1.RunService/GetValidation',
-                request_serializer=simtrack_dot_v1_dot_runs__pb2.GetValidationRequest.SerializeToString,
-                response_deserializer=simtrack_dot_v1_dot_runs__pb2.GetValidationResponse.FromString,
-                _registered_method=True)
-        self.ListValidations = channel.unary_unary(
-                '/simtrack.v1.RunService/ListValidations',
-                request_serializer=simtrack_dot_v1_dot_runs__pb2.ListValidationsRequest.SerializeToString,
-                response_deserializer=simtrack_dot_v1_dot_runs__pb2.ListValidationsResponse.FromString,
-                _registered_method=True)
-        self.UploadArtifact = channel.stream_unary(
-                '/simtrack.v1.RunService/UploadArtifact',
-                request_serializer=simtrack_dot_v1_dot_runs__pb2.UploadArtifactRequest.SerializeToString,
-                response_deserializer=simtrack_dot_v1_dot_runs__pb2.UploadArtifactResponse.FromString,
-                _registered_method=True)
-        self.GetArtifact = channel.unary_unary(
-                '/simtrack.v1.RunService/GetArtifact',
-                request_serializer=simtrack_dot_v1_dot_runs__pb2.GetArtifactRequest.SerializeToString,
-                response_deserializer=simtrack_dot_v1_dot_runs__pb2.GetArtifactResponse.FromString,
-                _registered_method=True)
-        self.GetArtifactContent = channel.unary_stream(
-                '/simtrack.v1.RunService/GetArtifactContent',
-                request_serializer=simtrack_dot_v1_dot_runs__pb2.GetArtifactContentRequest.SerializeToString,
-                response_deserializer=simtrack_dot_v1_dot_runs__pb2.GetArtifactContentResponse.FromString,
-                _registered_method=True)
-        self.ListArtifacts = channel.unary_unary(
-                '/simtrack.v1.RunService/ListArtifacts',
-                request_serializer=simtrack_dot_v1_dot_runs__pb2.ListArtifactsRequest.SerializeToString,
-                response_deserializer=simtrack_dot_v1_dot_runs__pb2.ListArtifactsResponse.FromString,
-                _registered_method=True)
-        self.DeleteArtifact = channel.unary_unary(
-                '/simtrack.v1.RunService/DeleteArtifact',
-                request_serializer=simtrack_dot_v1_dot_runs__pb2.DeleteArtifactRequest.SerializeToString,
-                response_deserializer=simtrack_dot_v1_dot_runs__pb2.DeleteArtifactResponse.FromString,
-                _registered_method=True)
 
 
 class RunServiceServicer:
-    """RunService manages the runs of experiments and the agents taking part in them.
+    """RunService manages the runs of experiments and the agents taking part in them, tells their
+    workers what to do (cancel, pause, resume, custom commands), and ranks and summarizes runs.
+    What a run's worker streams is read back through TelemetryService, its files through
+    ArtifactService, and the verdicts on it through ValidationService.
     """
 
     def CreateRun(self, request, context):
@@ -262,16 +207,6 @@ class RunServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def StreamRun(self, request_iterator, context):
-        """StreamRun is a worker's two-way line for one run: telemetry in, acks and commands out.
-        See StreamRunRequest for sequencing and exactly-once storage. Hello moves a pending or
-        starting run to running (a paused run stays paused); a final status ends it. A second
-        stream for a run that already has one takes over: the older stream ends with ABORTED.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
     def WatchRun(self, request, context):
         """WatchRun streams a run's status, progress and latest metric values as they change,
         starting with the current state; it ends after the run ends.
@@ -319,28 +254,6 @@ class RunServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def ListMetrics(self, request, context):
-        """ListMetrics pages through a run's metrics with their summaries, by name.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def GetMetricHistory(self, request, context):
-        """GetMetricHistory returns one metric's points in step order: every point, page by page, or
-        (with max_points) at most that many, chosen so that the series keeps its shape and extremes.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def ListEvents(self, request, context):
-        """ListEvents pages through a run's events in the order the worker sent them.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
     def GetLeaderboard(self, request, context):
         """GetLeaderboard ranks the runs of one scenario by one of their metrics, best first.
         """
@@ -350,65 +263,6 @@ class RunServiceServicer:
 
     def GetRunStats(self, request, context):
         """GetRunStats summarizes runs: how many in each status, the success rate, the durations.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def CreateValidation(self, request, context):
-        """CreateValidation records an external validator's verdict on a run. (The server records
-        validator "scenario" itself: one verdict per success criterion when a run completes.)
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def GetValidation(self, request, context):
-        """GetValidation returns one validation by id, or NOT_FOUND.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def ListValidations(self, request, context):
-        """ListValidations pages through a run's validations, oldest first.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def UploadArtifact(self, request_iterator, context):
-        """UploadArtifact stores a file of a run: the first message carries the metadata, the
-        following ones the content in chunks of at most 1 MiB. The artifact exists (and is listed)
-        only once every byte is stored, with its size and SHA-256.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def GetArtifact(self, request, context):
-        """GetArtifact returns one artifact's metadata by id, or NOT_FOUND.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def GetArtifactContent(self, request, context):
-        """GetArtifactContent streams an artifact: its metadata first, then its content in chunks.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def ListArtifacts(self, request, context):
-        """ListArtifacts pages through a run's artifacts, oldest first.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def DeleteArtifact(self, request, context):
-        """DeleteArtifact deletes an artifact and its content.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -467,11 +321,6 @@ def add_RunServiceServicer_to_server(servicer, server):
                     request_deserializer=simtrack_dot_v1_dot_runs__pb2.DeleteParticipantRequest.FromString,
                     response_serializer=simtrack_dot_v1_dot_runs__pb2.DeleteParticipantResponse.SerializeToString,
             ),
-            'StreamRun': grpc.stream_stream_rpc_method_handler(
-                    servicer.StreamRun,
-                    request_deserializer=simtrack_dot_v1_dot_telemetry__pb2.StreamRunRequest.FromString,
-                    response_serializer=simtrack_dot_v1_dot_telemetry__pb2.StreamRunResponse.SerializeToString,
-            ),
             'WatchRun': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchRun,
                     request_deserializer=simtrack_dot_v1_dot_runs__pb2.WatchRunRequest.FromString,
@@ -497,21 +346,6 @@ def add_RunServiceServicer_to_server(servicer, server):
                     request_deserializer=simtrack_dot_v1_dot_runs__pb2.SendCommandRequest.FromString,
                     response_serializer=simtrack_dot_v1_dot_runs__pb2.SendCommandResponse.SerializeToString,
             ),
-            'ListMetrics': grpc.unary_unary_rpc_method_handler(
-                    servicer.ListMetrics,
-                    request_deserializer=simtrack_dot_v1_dot_runs__pb2.ListMetricsRequest.FromString,
-                    response_serializer=simtrack_dot_v1_dot_runs__pb2.ListMetricsResponse.SerializeToString,
-            ),
-            'GetMetricHistory': grpc.unary_unary_rpc_method_handler(
-                    servicer.GetMetricHistory,
-                    request_deserializer=simtrack_dot_v1_dot_runs__pb2.GetMetricHistoryRequest.FromString,
-                    response_serializer=simtrack_dot_v1_dot_runs__pb2.GetMetricHistoryResponse.SerializeToString,
-            ),
-            'ListEvents': grpc.unary_unary_rpc_method_handler(
-                    servicer.ListEvents,
-                    request_deserializer=simtrack_dot_v1_dot_runs__pb2.ListEventsRequest.FromString,
-                    response_serializer=simtrack_dot_v1_dot_runs__pb2.ListEventsResponse.SerializeToString,
-            ),
             'GetLeaderboard': grpc.unary_unary_rpc_method_handler(
                     servicer.GetLeaderboard,
                     request_deserializer=simtrack_dot_v1_dot_runs__pb2.GetLeaderboardRequest.FromString,
@@ -522,46 +356,6 @@ def add_RunServiceServicer_to_server(servicer, server):
                     request_deserializer=simtrack_dot_v1_dot_runs__pb2.GetRunStatsRequest.FromString,
                     response_serializer=simtrack_dot_v1_dot_runs__pb2.GetRunStatsResponse.SerializeToString,
             ),
-            'CreateValidation': grpc.unary_unary_rpc_method_handler(
-                    servicer.CreateValidation,
-                    request_deserializer=simtrack_dot_v1_dot_runs__pb2.CreateValidationRequest.FromString,
-                    response_serializer=simtrack_dot_v1_dot_runs__pb2.CreateValidationResponse.SerializeToString,
-            ),
-            'GetValidation': grpc.unary_unary_rpc_method_handler(
-                    servicer.GetValidation,
-                    request_deserializer=simtrack_dot_v1_dot_runs__pb2.GetValidationRequest.FromString,
-                    response_serializer=simtrack_dot_v1_dot_runs__pb2.GetValidationResponse.SerializeToString,
-            ),
-            'ListValidations': grpc.unary_unary_rpc_method_handler(
-                    servicer.ListValidations,
-                    request_deserializer=simtrack_dot_v1_dot_runs__pb2.ListValidationsRequest.FromString,
-                    response_serializer=simtrack_dot_v1_dot_runs__pb2.ListValidationsResponse.SerializeToString,
-            ),
-            'UploadArtifact': grpc.stream_unary_rpc_method_handler(
-                    servicer.UploadArtifact,
-                    request_deserializer=simtrack_dot_v1_dot_runs__pb2.UploadArtifactRequest.FromString,
-                    response_serializer=simtrack_dot_v1_dot_runs__pb2.UploadArtifactResponse.SerializeToString,
-            ),
-            'GetArtifact': grpc.unary_unary_rpc_method_handler(
-                    servicer.GetArtifact,
-                    request_deserializer=simtrack_dot_v1_dot_runs__pb2.GetArtifactRequest.FromString,
-                    response_serializer=simtrack_dot_v1_dot_runs__pb2.GetArtifactResponse.SerializeToString,
-            ),
-            'GetArtifactContent': grpc.unary_stream_rpc_method_handler(
-                    servicer.GetArtifactContent,
-                    request_deserializer=simtrack_dot_v1_dot_runs__pb2.GetArtifactContentRequest.FromString,
-                    response_serializer=simtrack_dot_v1_dot_runs__pb2.GetArtifactContentResponse.SerializeToString,
-            ),
-            'ListArtifacts': grpc.unary_unary_rpc_method_handler(
-                    servicer.ListArtifacts,
-                    request_deserializer=simtrack_dot_v1_dot_runs__pb2.ListArtifactsRequest.FromString,
-                    response_serializer=simtrack_dot_v1_dot_runs__pb2.ListArtifactsResponse.SerializeToString,
-            ),
-            'DeleteArtifact': grpc.unary_unary_rpc_method_handler(
-                    servicer.DeleteArtifact,
-                    request_deserializer=simtrack_dot_v1_dot_runs__pb2.DeleteArtifactRequest.FromString,
-                    response_serializer=simtrack_dot_v1_dot_runs__pb2.DeleteArtifactResponse.SerializeToString,
-            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'simtrack.v1.RunService', rpc_method_handlers)
@@ -571,7 +365,10 @@ def add_RunServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class RunService:
-    """RunService manages the runs of experiments and the agents taking part in them.
+    """RunService manages the runs of experiments and the agents taking part in them, tells their
+    workers what to do (cancel, pause, resume, custom commands), and ranks and summarizes runs.
+    What a run's worker streams is read back through TelemetryService, its files through
+    ArtifactService, and the verdicts on it through ValidationService.
     """
 
     @staticmethod
@@ -845,33 +642,6 @@ class RunService:
             _registered_method=True)
 
     @staticmethod
-    def StreamRun(request_iterator,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.stream_stream(
-            request_iterator,
-            target,
-            '/simtrack.v1.RunService/StreamRun',
-            simtrack_dot_v1_dot_telemetry__pb2.StreamRunRequest.SerializeToString,
-            simtrack_dot_v1_dot_telemetry__pb2.StreamRunResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
     def WatchRun(request,
             target,
             options=(),
@@ -1007,87 +777,6 @@ class RunService:
             _registered_method=True)
 
     @staticmethod
-    def ListMetrics(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/simtrack.v1.RunService/ListMetrics',
-            simtrack_dot_v1_dot_runs__pb2.ListMetricsRequest.SerializeToString,
-            simtrack_dot_v1_dot_runs__pb2.ListMetricsResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def GetMetricHistory(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/simtrack.v1.RunService/GetMetricHistory',
-            simtrack_dot_v1_dot_runs__pb2.GetMetricHistoryRequest.SerializeToString,
-            simtrack_dot_v1_dot_runs__pb2.GetMetricHistoryResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def ListEvents(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/simtrack.v1.RunService/ListEvents',
-            simtrack_dot_v1_dot_runs__pb2.ListEventsRequest.SerializeToString,
-            simtrack_dot_v1_dot_runs__pb2.ListEventsResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
     def GetLeaderboard(request,
             target,
             options=(),
@@ -1131,222 +820,6 @@ class RunService:
             '/simtrack.v1.RunService/GetRunStats',
             simtrack_dot_v1_dot_runs__pb2.GetRunStatsRequest.SerializeToString,
             simtrack_dot_v1_dot_runs__pb2.GetRunStatsResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def CreateValidation(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/simtrack.v1.RunService/CreateValidation',
-            simtrack_dot_v1_dot_runs__pb2.CreateValidationRequest.SerializeToString,
-            simtrack_dot_v1_dot_runs__pb2.CreateValidationResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def GetValidation(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/simtrack.v1.RunService/GetValidation',
-            simtrack_dot_v1_dot_runs__pb2.GetValidationRequest.SerializeToString,
-            simtrack_dot_v1_dot_runs__pb2.GetValidationResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def ListValidations(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/simtrack.v1.RunService/ListValidations',
-            simtrack_dot_v1_dot_runs__pb2.ListValidationsRequest.SerializeToString,
-            simtrack_dot_v1_dot_runs__pb2.ListValidationsResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def UploadArtifact(request_iterator,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.stream_unary(
-            request_iterator,
-            target,
-            '/simtrack.v1.RunService/UploadArtifact',
-            simtrack_dot_v1_dot_runs__pb2.UploadArtifactRequest.SerializeToString,
-            simtrack_dot_v1_dot_runs__pb2.UploadArtifactResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def GetArtifact(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/simtrack.v1.RunService/GetArtifact',
-            simtrack_dot_v1_dot_runs__pb2.GetArtifactRequest.SerializeToString,
-            simtrack_dot_v1_dot_runs__pb2.GetArtifactResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def GetArtifactContent(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_stream(
-            request,
-            target,
-            '/simtrack.v1.RunService/GetArtifactContent',
-            simtrack_dot_v1_dot_runs__pb2.GetArtifactContentRequest.SerializeToString,
-            simtrack_dot_v1_dot_runs__pb2.GetArtifactContentResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def ListArtifacts(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/simtrack.v1.RunService/ListArtifacts',
-            simtrack_dot_v1_dot_runs__pb2.ListArtifactsRequest.SerializeToString,
-            simtrack_dot_v1_dot_runs__pb2.ListArtifactsResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def DeleteArtifact(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/simtrack.v1.RunService/DeleteArtifact',
-            simtrack_dot_v1_dot_runs__pb2.DeleteArtifactRequest.SerializeToString,
-            simtrack_dot_v1_dot_runs__pb2.DeleteArtifactResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,7 +6,6 @@ isort:skip_file
 from collections import abc as _abc
 from grpc import aio as _aio
 from simtrack.v1 import runs_pb2 as _runs_pb2
-from simtrack.v1 import telemetry_pb2 as _telemetry_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -28,7 +27,11 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class RunServiceStub:
-    """RunService manages the runs of experiments and the agents taking part in them."""
+    """RunService manages the runs of experiments and the agents taking part in them, tells their
+    workers what to do (cancel, pause, resume, custom commands), and ranks and summarizes runs.
+    What a run's worker streams is read back through TelemetryService, its files through
+    ArtifactService, and the verdicts on it through ValidationService.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -61,12 +64,6 @@ class RunServiceStub:
     """UpdateParticipant changes the fields named in the update mask."""
     DeleteParticipant: _grpc.UnaryUnaryMultiCallable[_runs_pb2.DeleteParticipantRequest, _runs_pb2.DeleteParticipantResponse]
     """DeleteParticipant removes an agent from a run."""
-    StreamRun: _grpc.StreamStreamMultiCallable[_telemetry_pb2.StreamRunRequest, _telemetry_pb2.StreamRunResponse]
-    """StreamRun is a worker's two-way line for one run: telemetry in, acks and commands out.
-    See StreamRunRequest for sequencing and exactly-once storage. Hello moves a pending or
-    starting run to running (a paused run stays paused); a final status ends it. A second
-    stream for a run that already has one takes over: the older stream ends with ABORTED.
-    """
     WatchRun: _grpc.UnaryStreamMultiCallable[_runs_pb2.WatchRunRequest, _runs_pb2.WatchRunResponse]
     """WatchRun streams a run's status, progress and latest metric values as they change,
     starting with the current state; it ends after the run ends.
@@ -93,43 +90,18 @@ class RunServiceStub:
     """
     SendCommand: _grpc.UnaryUnaryMultiCallable[_runs_pb2.SendCommandRequest, _runs_pb2.SendCommandResponse]
     """SendCommand sends a custom named command with JSON arguments to the run's worker."""
-    ListMetrics: _grpc.UnaryUnaryMultiCallable[_runs_pb2.ListMetricsRequest, _runs_pb2.ListMetricsResponse]
-    """ListMetrics pages through a run's metrics with their summaries, by name."""
-    GetMetricHistory: _grpc.UnaryUnaryMultiCallable[_runs_pb2.GetMetricHistoryRequest, _runs_pb2.GetMetricHistoryResponse]
-    """GetMetricHistory returns one metric's points in step order: every point, page by page, or
-    (with max_points) at most that many, chosen so that the series keeps its shape and extremes.
-    """
-    ListEvents: _grpc.UnaryUnaryMultiCallable[_runs_pb2.ListEventsRequest, _runs_pb2.ListEventsResponse]
-    """ListEvents pages through a run's events in the order the worker sent them."""
     GetLeaderboard: _grpc.UnaryUnaryMultiCallable[_runs_pb2.GetLeaderboardRequest, _runs_pb2.GetLeaderboardResponse]
     """GetLeaderboard ranks the runs of one scenario by one of their metrics, best first."""
     GetRunStats: _grpc.UnaryUnaryMultiCallable[_runs_pb2.GetRunStatsRequest, _runs_pb2.GetRunStatsResponse]
     """GetRunStats summarizes runs: how many in each status, the success rate, the durations."""
-    CreateValidation: _grpc.UnaryUnaryMultiCallable[_runs_pb2.CreateValidationRequest, _runs_pb2.CreateValidationResponse]
-    """CreateValidation records an external validator's verdict on a run. (The server records
-    validator "scenario" itself: one verdict per success criterion when a run completes.)
-    """
-    GetValidation: _grpc.UnaryUnaryMultiCallable[_runs_pb2.GetValidationRequest, _runs_pb2.GetValidationResponse]
-    """GetValidation returns one validation by id, or NOT_FOUND."""
-    ListValidations: _grpc.UnaryUnaryMultiCallable[_runs_pb2.ListValidationsRequest, _runs_pb2.ListValidationsResponse]
-    """ListValidations pages through a run's validations, oldest first."""
-    UploadArtifact: _grpc.StreamUnaryMultiCallable[_runs_pb2.UploadArtifactRequest, _runs_pb2.UploadArtifactResponse]
-    """UploadArtifact stores a file of a run: the first message carries the metadata, the
-    following ones the content in chunks of at most 1 MiB. The artifact exists (and is listed)
-    only once every byte is stored, with its size and SHA-256.
-    """
-    GetArtifact: _grpc.UnaryUnaryMultiCallable[_runs_pb2.GetArtifactRequest, _runs_pb2.GetArtifactResponse]
-    """GetArtifact returns one artifact's metadata by id, or NOT_FOUND."""
-    GetArtifactContent: _grpc.UnaryStreamMultiCallable[_runs_pb2.GetArtifactContentRequest, _runs_pb2.GetArtifactContentResponse]
-    """GetArtifactContent streams an artifact: its metadata first, then its content in chunks."""
-    ListArtifacts: _grpc.UnaryUnaryMultiCallable[_runs_pb2.ListArtifactsRequest, _runs_pb2.ListArtifactsResponse]
-    """ListArtifacts pages through a run's artifacts, oldest first."""
-    DeleteArtifact: _grpc.UnaryUnaryMultiCallable[_runs_pb2.DeleteArtifactRequest, _runs_pb2.DeleteArtifactResponse]
-    """DeleteArtifact deletes an artifact and its content."""
 
 @_typing.type_check_only
 class RunServiceAsyncStub(RunServiceStub):
-    """RunService manages the runs of experiments and the agents taking part in them."""
+    """RunService manages the runs of experiments and the agents taking part in them, tells their
+    workers what to do (cancel, pause, resume, custom commands), and ranks and summarizes runs.
+    What a run's worker streams is read back through TelemetryService, its files through
+    ArtifactService, and the verdicts on it through ValidationService.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateRun: _aio.UnaryUnaryMultiCallable[_runs_pb2.CreateRunRequest, _runs_pb2.CreateRunResponse]  # type: ignore[assignment]
@@ -159,12 +131,6 @@ class RunServiceAsyncStub(RunServiceStub):
     """UpdateParticipant changes the fields named in the update mask."""
     DeleteParticipant: _aio.UnaryUnaryMultiCallable[_runs_pb2.DeleteParticipantRequest, _runs_pb2.DeleteParticipantResponse]  # type: ignore[assignment]
     """DeleteParticipant removes an agent from a run."""
-    StreamRun: _aio.StreamStreamMultiCallable[_telemetry_pb2.StreamRunRequest, _telemetry_pb2.StreamRunResponse]  # type: ignore[assignment]
-    """StreamRun is a worker's two-way line for one run: telemetry in, acks and commands out.
-    See StreamRunRequest for sequencing and exactly-once storage. Hello moves a pending or
-    starting run to running (a paused run stays paused); a final status ends it. A second
-    stream for a run that already has one takes over: the older stream ends with ABORTED.
-    """
     WatchRun: _aio.UnaryStreamMultiCallable[_runs_pb2.WatchRunRequest, _runs_pb2.WatchRunResponse]  # type: ignore[assignment]
     """WatchRun streams a run's status, progress and latest metric values as they change,
     starting with the current state; it ends after the run ends.
@@ -191,42 +157,17 @@ class RunServiceAsyncStub(RunServiceStub):
     """
     SendCommand: _aio.UnaryUnaryMultiCallable[_runs_pb2.SendCommandRequest, _runs_pb2.SendCommandResponse]  # type: ignore[assignment]
     """SendCommand sends a custom named command with JSON arguments to the run's worker."""
-    ListMetrics: _aio.UnaryUnaryMultiCallable[_runs_pb2.ListMetricsRequest, _runs_pb2.ListMetricsResponse]  # type: ignore[assignment]
-    """ListMetrics pages through a run's metrics with their summaries, by name."""
-    GetMetricHistory: _aio.UnaryUnaryMultiCallable[_runs_pb2.GetMetricHistoryRequest, _runs_pb2.GetMetricHistoryResponse]  # type: ignore[assignment]
-    """GetMetricHistory returns one metric's points in step order: every point, page by page, or
-    (with max_points) at most that many, chosen so that the series keeps its shape and extremes.
-    """
-    ListEvents: _aio.UnaryUnaryMultiCallable[_runs_pb2.ListEventsRequest, _runs_pb2.ListEventsResponse]  # type: ignore[assignment]
-    """ListEvents pages through a run's events in the order the worker sent them."""
     GetLeaderboard: _aio.UnaryUnaryMultiCallable[_runs_pb2.GetLeaderboardRequest, _runs_pb2.GetLeaderboardResponse]  # type: ignore[assignment]
     """GetLeaderboard ranks the runs of one scenario by one of their metrics, best first."""
     GetRunStats: _aio.UnaryUnaryMultiCallable[_runs_pb2.GetRunStatsRequest, _runs_pb2.GetRunStatsResponse]  # type: ignore[assignment]
     """GetRunStats summarizes runs: how many in each status, the success rate, the durations."""
-    CreateValidation: _aio.UnaryUnaryMultiCallable[_runs_pb2.CreateValidationRequest, _runs_pb2.CreateValidationResponse]  # type: ignore[assignment]
-    """CreateValidation records an external validator's verdict on a run. (The server records
-    validator "scenario" itself: one verdict per success criterion when a run completes.)
-    """
-    GetValidation: _aio.UnaryUnaryMultiCallable[_runs_pb2.GetValidationRequest, _runs_pb2.GetValidationResponse]  # type: ignore[assignment]
-    """GetValidation returns one validation by id, or NOT_FOUND."""
-    ListValidations: _aio.UnaryUnaryMultiCallable[_runs_pb2.ListValidationsRequest, _runs_pb2.ListValidationsResponse]  # type: ignore[assignment]
-    """ListValidations pages through a run's validations, oldest first."""
-    UploadArtifact: _aio.StreamUnaryMultiCallable[_runs_pb2.UploadArtifactRequest, _runs_pb2.UploadArtifactResponse]  # type: ignore[assignment]
-    """UploadArtifact stores a file of a run: the first message carries the metadata, the
-    following ones the content in chunks of at most 1 MiB. The artifact exists (and is listed)
-    only once every byte is stored, with its size and SHA-256.
-    """
-    GetArtifact: _aio.UnaryUnaryMultiCallable[_runs_pb2.GetArtifactRequest, _runs_pb2.GetArtifactResponse]  # type: ignore[assignment]
-    """GetArtifact returns one artifact's metadata by id, or NOT_FOUND."""
-    GetArtifactContent: _aio.UnaryStreamMultiCallable[_runs_pb2.GetArtifactContentRequest, _runs_pb2.GetArtifactContentResponse]  # type: ignore[assignment]
-    """GetArtifactContent streams an artifact: its metadata first, then its content in chunks."""
-    ListArtifacts: _aio.UnaryUnaryMultiCallable[_runs_pb2.ListArtifactsRequest, _runs_pb2.ListArtifactsResponse]  # type: ignore[assignment]
-    """ListArtifacts pages through a run's artifacts, oldest first."""
-    DeleteArtifact: _aio.UnaryUnaryMultiCallable[_runs_pb2.DeleteArtifactRequest, _runs_pb2.DeleteArtifactResponse]  # type: ignore[assignment]
-    """DeleteArtifact deletes an artifact and its content."""
 
 class RunServiceServicer(metaclass=_abc_1.ABCMeta):
-    """RunService manages the runs of experiments and the agents taking part in them."""
+    """RunService manages the runs of experiments and the agents taking part in them, tells their
+    workers what to do (cancel, pause, resume, custom commands), and ranks and summarizes runs.
+    What a run's worker streams is read back through TelemetryService, its files through
+    ArtifactService, and the verdicts on it through ValidationService.
+    """
 
     @_abc_1.abstractmethod
     def CreateRun(
@@ -316,18 +257,6 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         """DeleteParticipant removes an agent from a run."""
 
     @_abc_1.abstractmethod
-    def StreamRun(
-        self,
-        request_iterator: _MaybeAsyncIterator[_telemetry_pb2.StreamRunRequest],
-        context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_telemetry_pb2.StreamRunResponse], _abc.AsyncIterator[_telemetry_pb2.StreamRunResponse]]:
-        """StreamRun is a worker's two-way line for one run: telemetry in, acks and commands out.
-        See StreamRunRequest for sequencing and exactly-once storage. Hello moves a pending or
-        starting run to running (a paused run stays paused); a final status ends it. A second
-        stream for a run that already has one takes over: the older stream ends with ABORTED.
-        """
-
-    @_abc_1.abstractmethod
     def WatchRun(
         self,
         request: _runs_pb2.WatchRunRequest,
@@ -384,32 +313,6 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         """SendCommand sends a custom named command with JSON arguments to the run's worker."""
 
     @_abc_1.abstractmethod
-    def ListMetrics(
-        self,
-        request: _runs_pb2.ListMetricsRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_runs_pb2.ListMetricsResponse, _abc.Awaitable[_runs_pb2.ListMetricsResponse]]:
-        """ListMetrics pages through a run's metrics with their summaries, by name."""
-
-    @_abc_1.abstractmethod
-    def GetMetricHistory(
-        self,
-        request: _runs_pb2.GetMetricHistoryRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_runs_pb2.GetMetricHistoryResponse, _abc.Awaitable[_runs_pb2.GetMetricHistoryResponse]]:
-        """GetMetricHistory returns one metric's points in step order: every point, page by page, or
-        (with max_points) at most that many, chosen so that the series keeps its shape and extremes.
-        """
-
-    @_abc_1.abstractmethod
-    def ListEvents(
-        self,
-        request: _runs_pb2.ListEventsRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_runs_pb2.ListEventsResponse, _abc.Awaitable[_runs_pb2.ListEventsResponse]]:
-        """ListEvents pages through a run's events in the order the worker sent them."""
-
-    @_abc_1.abstractmethod
     def GetLeaderboard(
         self,
         request: _runs_pb2.GetLeaderboardRequest,
@@ -424,74 +327,5 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_runs_pb2.GetRunStatsResponse, _abc.Awaitable[_runs_pb2.GetRunStatsResponse]]:
         """GetRunStats summarizes runs: how many in each status, the success rate, the durations."""
-
-    @_abc_1.abstractmethod
-    def CreateValidation(
-        self,
-        request: _runs_pb2.CreateValidationRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_runs_pb2.CreateValidationResponse, _abc.Awaitable[_runs_pb2.CreateValidationResponse]]:
-        """CreateValidation records an external validator's verdict on a run. (The server records
-        validator "scenario" itself: one verdict per success criterion when a run completes.)
-        """
-
-    @_abc_1.abstractmethod
-    def GetValidation(
-        self,
-        request: _runs_pb2.GetValidationRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_runs_pb2.GetValidationResponse, _abc.Awaitable[_runs_pb2.GetValidationResponse]]:
-        """GetValidation returns one validation by id, or NOT_FOUND."""
-
-    @_abc_1.abstractmethod
-    def ListValidations(
-        self,
-        request: _runs_pb2.ListValidationsRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_runs_pb2.ListValidationsResponse, _abc.Awaitable[_runs_pb2.ListValidationsResponse]]:
-        """ListValidations pages through a run's validations, oldest first."""
-
-    @_abc_1.abstractmethod
-    def UploadArtifact(
-        self,
-        request_iterator: _MaybeAsyncIterator[_runs_pb2.UploadArtifactRequest],
-        context: _ServicerContext,
-    ) -> _typing.Union[_runs_pb2.UploadArtifactResponse, _abc.Awaitable[_runs_pb2.UploadArtifactResponse]]:
-        """UploadArtifact stores a file of a run: the first message carries the metadata, the
-        following ones the content in chunks of at most 1 MiB. The artifact exists (and is listed)
-        only once every byte is stored, with its size and SHA-256.
-        """
-
-    @_abc_1.abstractmethod
-    def GetArtifact(
-        self,
-        request: _runs_pb2.GetArtifactRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_runs_pb2.GetArtifactResponse, _abc.Awaitable[_runs_pb2.GetArtifactResponse]]:
-        """GetArtifact returns one artifact's metadata by id, or NOT_FOUND."""
-
-    @_abc_1.abstractmethod
-    def GetArtifactContent(
-        self,
-        request: _runs_pb2.GetArtifactContentRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_runs_pb2.GetArtifactContentResponse], _abc.AsyncIterator[_runs_pb2.GetArtifactContentResponse]]:
-        """GetArtifactContent streams an artifact: its metadata first, then its content in chunks."""
-
-    @_abc_1.abstractmethod
-    def ListArtifacts(
-        self,
-        request: _runs_pb2.ListArtifactsRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_runs_pb2.ListArtifactsResponse, _abc.Awaitable[_runs_pb2.ListArtifactsResponse]]:
-        """ListArtifacts pages through a run's artifacts, oldest first."""
-
-    @_abc_1.abstractmethod
-    def DeleteArtifact(
-        self,
-        request: _runs_pb2.DeleteArtifactRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_runs_pb2.DeleteArtifactResponse, _abc.Awaitable[_runs_pb2.DeleteArtifactResponse]]:
-        """DeleteArtifact deletes an artifact and its content."""
 
 def add_RunServiceServicer_to_server(servicer: RunServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -24,45 +24,62 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from simtrack.v1 import runs_pb2 as simtrack_dot_v1_dot_runs__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bsimtrack/v1/telemetry.proto\x12\x0bsimtrack.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa8\x02\n\x10StreamRunRequest\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12#\n\x05hello\x18\x02 \x01(\x0b\x32\x12.simtrack.v1.HelloH\x00\x12)\n\x08progress\x18\x03 \x01(\x0b\x32\x15.simtrack.v1.ProgressH\x00\x12+\n\x07metrics\x18\x04 \x01(\x0b\x32\x18.simtrack.v1.MetricBatchH\x00\x12)\n\x06\x65vents\x18\x05 \x01(\x0b\x32\x17.simtrack.v1.EventBatchH\x00\x12*\n\x06status\x18\x06 \x01(\x0b\x32\x18.simtrack.v1.FinalStatusH\x00\x12+\n\theartbeat\x18\x07 \x01(\x0b\x32\x16.simtrack.v1.HeartbeatH\x00\x42\x06\n\x04kind\"R\n\x05Hello\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x16\n\x0elast_acked_seq\x18\x03 \x01(\x03\x12\x0e\n\x06replay\x18\x04 \x01(\x08\"8\n\x08Progress\x12\x0c\n\x04tick\x18\x01 \x01(\x03\x12\r\n\x05total\x18\x02 \x01(\x03\x12\x0f\n\x07percent\x18\x03 \x01(\x01\"\x84\x01\n\x0cMetricSeries\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04unit\x18\x02 \x01(\t\x12%\n\x04kind\x18\x03 \x01(\x0e\x32\x17.simtrack.v1.MetricKind\x12\r\n\x05steps\x18\x04 \x03(\x03\x12\x0e\n\x06values\x18\x05 \x03(\x01\x12\x12\n\ntimestamps\x18\x06 \x03(\x01\"8\n\x0bMetricBatch\x12)\n\x06series\x18\x01 \x03(\x0b\x32\x19.simtrack.v1.MetricSeries\"\x89\x01\n\x05\x45vent\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x04 \x01(\t\x12(\n\x07payload\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"0\n\nEventBatch\x12\"\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x12.simtrack.v1.Event\"\xa8\x01\n\x0b\x46inalStatus\x12(\n\x07outcome\x18\x01 \x01(\x0e\x32\x17.simtrack.v1.RunOutcome\x12\x15\n\rerror_message\x18\x02 \x01(\t\x12.\n\rerror_details\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12(\n\x07results\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x0b\n\tHeartbeat\"\xbc\x01\n\x11StreamRunResponse\x12\'\n\x07welcome\x18\x01 \x01(\x0b\x32\x14.simtrack.v1.WelcomeH\x00\x12\x1f\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x10.simtrack.v1.AckH\x00\x12\'\n\x07\x63ommand\x18\x03 \x01(\x0b\x32\x14.simtrack.v1.CommandH\x00\x12,\n\ngoing_away\x18\x04 \x01(\x0b\x32\x16.simtrack.v1.GoingAwayH\x00\x42\x06\n\x04kind\"\xa2\x01\n\x07Welcome\x12\x15\n\rcommitted_seq\x18\x01 \x01(\x03\x12\"\n\x1aheartbeat_interval_seconds\x18\x02 \x01(\x01\x12.\n\x10pending_commands\x18\x03 \x03(\x0b\x32\x14.simtrack.v1.Command\x12,\n\x0brun_outcome\x18\x04 \x01(\x0e\x32\x17.simtrack.v1.RunOutcome\"\x1c\n\x03\x41\x63k\x12\x15\n\rcommitted_seq\x18\x01 \x01(\x03\"J\n\x07\x43ommand\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12%\n\x04\x61rgs\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x1b\n\tGoingAway\x12\x0e\n\x06reason\x18\x01 \x01(\t*Y\n\nMetricKind\x12\x1b\n\x17METRIC_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11METRIC_KIND_GAUGE\x10\x01\x12\x17\n\x13METRIC_KIND_COUNTER\x10\x02*u\n\nRunOutcome\x12\x1b\n\x17RUN_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15RUN_OUTCOME_COMPLETED\x10\x01\x12\x16\n\x12RUN_OUTCOME_FAILED\x10\x02\x12\x17\n\x13RUN_OUTCOME_STOPPED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bsimtrack/v1/telemetry.proto\x12\x0bsimtrack.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16simtrack/v1/runs.proto\"\xa8\x02\n\x10StreamRunRequest\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12#\n\x05hello\x18\x02 \x01(\x0b\x32\x12.simtrack.v1.HelloH\x00\x12)\n\x08progress\x18\x03 \x01(\x0b\x32\x15.simtrack.v1.ProgressH\x00\x12+\n\x07metrics\x18\x04 \x01(\x0b\x32\x18.simtrack.v1.MetricBatchH\x00\x12)\n\x06\x65vents\x18\x05 \x01(\x0b\x32\x17.simtrack.v1.EventBatchH\x00\x12*\n\x06status\x18\x06 \x01(\x0b\x32\x18.simtrack.v1.FinalStatusH\x00\x12+\n\theartbeat\x18\x07 \x01(\x0b\x32\x16.simtrack.v1.HeartbeatH\x00\x42\x06\n\x04kind\"R\n\x05Hello\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x16\n\x0elast_acked_seq\x18\x03 \x01(\x03\x12\x0e\n\x06replay\x18\x04 \x01(\x08\"8\n\x08Progress\x12\x0c\n\x04tick\x18\x01 \x01(\x03\x12\r\n\x05total\x18\x02 \x01(\x03\x12\x0f\n\x07percent\x18\x03 \x01(\x01\"\x84\x01\n\x0cMetricSeries\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04unit\x18\x02 \x01(\t\x12%\n\x04kind\x18\x03 \x01(\x0e\x32\x17.simtrack.v1.MetricKind\x12\r\n\x05steps\x18\x04 \x03(\x03\x12\x0e\n\x06values\x18\x05 \x03(\x01\x12\x12\n\ntimestamps\x18\x06 \x03(\x01\"8\n\x0bMetricBatch\x12)\n\x06series\x18\x01 \x03(\x0b\x32\x19.simtrack.v1.MetricSeries\"\x89\x01\n\x05\x45vent\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x04 \x01(\t\x12(\n\x07payload\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"0\n\nEventBatch\x12\"\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x12.simtrack.v1.Event\"\xa8\x01\n\x0b\x46inalStatus\x12(\n\x07outcome\x18\x01 \x01(\x0e\x32\x17.simtrack.v1.RunOutcome\x12\x15\n\rerror_message\x18\x02 \x01(\t\x12.\n\rerror_details\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12(\n\x07results\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x0b\n\tHeartbeat\"\xbc\x01\n\x11StreamRunResponse\x12\'\n\x07welcome\x18\x01 \x01(\x0b\x32\x14.simtrack.v1.WelcomeH\x00\x12\x1f\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x10.simtrack.v1.AckH\x00\x12\'\n\x07\x63ommand\x18\x03 \x01(\x0b\x32\x14.simtrack.v1.CommandH\x00\x12,\n\ngoing_away\x18\x04 \x01(\x0b\x32\x16.simtrack.v1.GoingAwayH\x00\x42\x06\n\x04kind\"\xa2\x01\n\x07Welcome\x12\x15\n\rcommitted_seq\x18\x01 \x01(\x03\x12\"\n\x1aheartbeat_interval_seconds\x18\x02 \x01(\x01\x12.\n\x10pending_commands\x18\x03 \x03(\x0b\x32\x14.simtrack.v1.Command\x12,\n\x0brun_outcome\x18\x04 \x01(\x0e\x32\x17.simtrack.v1.RunOutcome\"\x1c\n\x03\x41\x63k\x12\x15\n\rcommitted_seq\x18\x01 \x01(\x03\"\x1b\n\tGoingAway\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x8d\x02\n\x06Metric\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04unit\x18\x03 \x01(\t\x12%\n\x04kind\x18\x04 \x01(\x0e\x32\x17.simtrack.v1.MetricKind\x12\r\n\x05\x63ount\x18\x05 \x01(\x03\x12\x11\n\tlast_step\x18\x06 \x01(\x03\x12\x12\n\nlast_value\x18\x07 \x01(\x01\x12\x0b\n\x03min\x18\x08 \x01(\x01\x12\x0b\n\x03max\x18\t \x01(\x01\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"[\n\x12ListMetricsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x04 \x01(\t\"T\n\x13ListMetricsResponse\x12$\n\x07metrics\x18\x01 \x03(\x0b\x32\x13.simtrack.v1.Metric\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xc0\x01\n\x17GetMetricHistoryRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12\x17\n\nstart_step\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x15\n\x08\x65nd_step\x18\x04 \x01(\x03H\x01\x88\x01\x01\x12\x12\n\nmax_points\x18\x05 \x01(\x05\x12\x11\n\tpage_size\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\tB\r\n\x0b_start_stepB\x0b\n\t_end_step\"\x90\x01\n\x18GetMetricHistoryResponse\x12\r\n\x05steps\x18\x01 \x03(\x03\x12\x0e\n\x06values\x18\x02 \x03(\x01\x12\x12\n\ntimestamps\x18\x03 \x03(\x01\x12\x17\n\x0fnext_page_token\x18\x04 \x01(\t\x12\x13\n\x0brange_count\x18\x05 \x01(\x03\x12\x13\n\x0b\x64ownsampled\x18\x06 \x01(\x08\"Z\n\x11ListEventsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x04 \x01(\t\"O\n\x0bStoredEvent\x12!\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x12.simtrack.v1.Event\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12\x10\n\x08position\x18\x03 \x01(\x05\"W\n\x12ListEventsResponse\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.simtrack.v1.StoredEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*Y\n\nMetricKind\x12\x1b\n\x17METRIC_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11METRIC_KIND_GAUGE\x10\x01\x12\x17\n\x13METRIC_KIND_COUNTER\x10\x02*u\n\nRunOutcome\x12\x1b\n\x17RUN_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15RUN_OUTCOME_COMPLETED\x10\x01\x12\x16\n\x12RUN_OUTCOME_FAILED\x10\x02\x12\x17\n\x13RUN_OUTCOME_STOPPED\x10\x03\x32\xe4\x02\n\x10TelemetryService\x12N\n\tStreamRun\x12\x1d.simtrack.v1.StreamRunRequest\x1a\x1e.simtrack.v1.StreamRunResponse(\x01\x30\x01\x12P\n\x0bListMetrics\x12\x1f.simtrack.v1.ListMetricsRequest\x1a .simtrack.v1.ListMetricsResponse\x12_\n\x10GetMetricHistory\x12$.simtrack.v1.GetMetricHistoryRequest\x1a%.simtrack.v1.GetMetricHistoryResponse\x12M\n\nListEvents\x12\x1e.simtrack.v1.ListEventsRequest\x1a\x1f.simtrack.v1.ListEventsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'simtrack.v1.telemetry_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_METRICKIND']._serialized_start=1606
-  _globals['_METRICKIND']._serialized_end=1695
-  _globals['_RUNOUTCOME']._serialized_start=1697
-  _globals['_RUNOUTCOME']._serialized_end=1814
-  _globals['_STREAMRUNREQUEST']._serialized_start=108
-  _globals['_STREAMRUNREQUEST']._serialized_end=404
-  _globals['_HELLO']._serialized_start=406
-  _globals['_HELLO']._serialized_end=488
-  _globals['_PROGRESS']._serialized_start=490
-  _globals['_PROGRESS']._serialized_end=546
-  _globals['_METRICSERIES']._serialized_start=549
-  _globals['_METRICSERIES']._serialized_end=681
-  _globals['_METRICBATCH']._serialized_start=683
-  _globals['_METRICBATCH']._serialized_end=739
-  _globals['_EVENT']._serialized_start=742
-  _globals['_EVENT']._serialized_end=879
-  _globals['_EVENTBATCH']._serialized_start=881
-  _globals['_EVENTBATCH']._serialized_end=929
-  _globals['_FINALSTATUS']._serialized_start=932
-  _globals['_FINALSTATUS']._serialized_end=1100
-  _globals['_HEARTBEAT']._serialized_start=1102
-  _globals['_HEARTBEAT']._serialized_end=1113
-  _globals['_STREAMRUNRESPONSE']._serialized_start=1116
-  _globals['_STREAMRUNRESPONSE']._serialized_end=1304
-  _globals['_WELCOME']._serialized_start=1307
-  _globals['_WELCOME']._serialized_end=1469
-  _globals['_ACK']._serialized_start=1471
-  _globals['_ACK']._serialized_end=1499
-  _globals['_COMMAND']._serialized_start=1501
-  _globals['_COMMAND']._serialized_end=1575
-  _globals['_GOINGAWAY']._serialized_start=1577
-  _globals['_GOINGAWAY']._serialized_end=1604
+  _globals['_METRICKIND']._serialized_start=2609
+  _globals['_METRICKIND']._serialized_end=2698
+  _globals['_RUNOUTCOME']._serialized_start=2700
+  _globals['_RUNOUTCOME']._serialized_end=2817
+  _globals['_STREAMRUNREQUEST']._serialized_start=132
+  _globals['_STREAMRUNREQUEST']._serialized_end=428
+  _globals['_HELLO']._serialized_start=430
+  _globals['_HELLO']._serialized_end=512
+  _globals['_PROGRESS']._serialized_start=514
+  _globals['_PROGRESS']._serialized_end=570
+  _globals['_METRICSERIES']._serialized_start=573
+  _globals['_METRICSERIES']._serialized_end=705
+  _globals['_METRICBATCH']._serialized_start=707
+  _globals['_METRICBATCH']._serialized_end=763
+  _globals['_EVENT']._serialized_start=766
+  _globals['_EVENT']._serialized_end=903
+  _globals['_EVENTBATCH']._serialized_start=905
+  _globals['_EVENTBATCH']._serialized_end=953
+  _globals['_FINALSTATUS']._serialized_start=956
+  _globals['_FINALSTATUS']._serialized_end=1124
+  _globals['_HEARTBEAT']._serialized_start=1126
+  _globals['_HEARTBEAT']._serialized_end=1137
+  _globals['_STREAMRUNRESPONSE']._serialized_start=1140
+  _globals['_STREAMRUNRESPONSE']._serialized_end=1328
+  _globals['_WELCOME']._serialized_start=1331
+  _globals['_WELCOME']._serialized_end=1493
+  _globals['_ACK']._serialized_start=1495
+  _globals['_ACK']._serialized_end=1523
+  _globals['_GOINGAWAY']._serialized_start=1525
+  _globals['_GOINGAWAY']._serialized_end=1552
+  _globals['_METRIC']._serialized_start=1555
+  _globals['_METRIC']._serialized_end=1824
+  _globals['_LISTMETRICSREQUEST']._serialized_start=1826
+  _globals['_LISTMETRICSREQUEST']._serialized_end=1917
+  _globals['_LISTMETRICSRESPONSE']._serialized_start=1919
+  _globals['_LISTMETRICSRESPONSE']._serialized_end=2003
+  _globals['_GETMETRICHISTORYREQUEST']._serialized_start=2006
+  _globals['_GETMETRICHISTORYREQUEST']._serialized_end=2198
+  _globals['_GETMETRICHISTORYRESPONSE']._serialized_start=2201
+  _globals['_GETMETRICHISTORYRESPONSE']._serialized_end=2345
+  _globals['_LISTEVENTSREQUEST']._serialized_start=2347
+  _globals['_LISTEVENTSREQUEST']._serialized_end=2437
+  _globals['_STOREDEVENT']._serialized_start=2439
+  _globals['_STOREDEVENT']._serialized_end=2518
+  _globals['_LISTEVENTSRESPONSE']._serialized_start=2520
+  _globals['_LISTEVENTSRESPONSE']._serialized_end=2607
+  _globals['_TELEMETRYSERVICE']._serialized_start=2820
+  _globals['_TELEMETRYSERVICE']._serialized_end=3176
 # @@protoc_insertion_point(module_scope)

@@ -10,6 +10,7 @@ from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from simtrack.v1 import runs_pb2 as _runs_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -75,7 +76,7 @@ Global___RunOutcome: _TypeAlias = RunOutcome  # noqa: Y015
 
 @_typing.final
 class StreamRunRequest(_message.Message):
-    """A worker's message on RunService.StreamRun. The first message of a stream must be `hello`.
+    """A worker's message on TelemetryService.StreamRun. The first message of a stream must be `hello`.
 
     Sequencing: every message but hello and heartbeat carries `seq`, numbered 1, 2, 3, ... per
     run across all of the run's streams. The server commits each sequenced message exactly once,
@@ -428,7 +429,7 @@ Global___Heartbeat: _TypeAlias = Heartbeat  # noqa: Y015
 
 @_typing.final
 class StreamRunResponse(_message.Message):
-    """The server's message on RunService.StreamRun."""
+    """The server's message on TelemetryService.StreamRun."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -445,7 +446,7 @@ class StreamRunResponse(_message.Message):
         """Everything up to `committed_seq` is durably stored."""
 
     @_builtins.property
-    def command(self) -> Global___Command:
+    def command(self) -> _runs_pb2.Command:
         """Something the worker is asked to do."""
 
     @_builtins.property
@@ -457,7 +458,7 @@ class StreamRunResponse(_message.Message):
         *,
         welcome: Global___Welcome | None = ...,
         ack: Global___Ack | None = ...,
-        command: Global___Command | None = ...,
+        command: _runs_pb2.Command | None = ...,
         going_away: Global___GoingAway | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "command", b"command", "going_away", b"going_away", "kind", b"kind", "welcome", b"welcome"]  # noqa: Y015
@@ -489,7 +490,7 @@ class Welcome(_message.Message):
     stored, but the run's final status stays (see StreamRunRequest).
     """
     @_builtins.property
-    def pending_commands(self) -> _containers.RepeatedCompositeFieldContainer[Global___Command]:
+    def pending_commands(self) -> _containers.RepeatedCompositeFieldContainer[_runs_pb2.Command]:
         """The state the worker must follow, as the commands that set it (each with the id it had
         when first sent): "cancel" if a cancel was requested; else "pause" if the run is paused;
         else "resume" if it was resumed since its last pause. Empty for a run never paused or
@@ -501,7 +502,7 @@ class Welcome(_message.Message):
         *,
         committed_seq: _builtins.int = ...,
         heartbeat_interval_seconds: _builtins.float = ...,
-        pending_commands: _abc.Iterable[Global___Command] | None = ...,
+        pending_commands: _abc.Iterable[_runs_pb2.Command] | None = ...,
         run_outcome: Global___RunOutcome.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
@@ -535,45 +536,6 @@ class Ack(_message.Message):
 Global___Ack: _TypeAlias = Ack  # noqa: Y015
 
 @_typing.final
-class Command(_message.Message):
-    """Command asks the worker to do something."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    ID_FIELD_NUMBER: _builtins.int
-    NAME_FIELD_NUMBER: _builtins.int
-    ARGS_FIELD_NUMBER: _builtins.int
-    id: _builtins.str
-    """Unique id of this command."""
-    name: _builtins.str
-    """"cancel" (stop and end the run as stopped), "pause" (hold still until "resume"; keep
-    the stream open and heartbeating), "resume", or a custom name sent with SendCommand.
-    A worker confirms a cancel by ending the run with a FinalStatus (see RunService.CancelRun).
-    A worker may be told the same command twice (live, and in a welcome): same id, same
-    command.
-    """
-    @_builtins.property
-    def args(self) -> _struct_pb2.Struct:
-        """Arguments (a JSON object); a cancel carries {"reason": ...} when one was given, on every
-        delivery.
-        """
-
-    def __init__(
-        self,
-        *,
-        id: _builtins.str = ...,
-        name: _builtins.str = ...,
-        args: _struct_pb2.Struct | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["args", b"args"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "id", b"id", "name", b"name"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___Command: _TypeAlias = Command  # noqa: Y015
-
-@_typing.final
 class GoingAway(_message.Message):
     """GoingAway announces a server shutdown."""
 
@@ -594,3 +556,336 @@ class GoingAway(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GoingAway: _TypeAlias = GoingAway  # noqa: Y015
+
+@_typing.final
+class Metric(_message.Message):
+    """Metric is one metric of a run, with a summary kept current as its points are stored."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    UNIT_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    LAST_STEP_FIELD_NUMBER: _builtins.int
+    LAST_VALUE_FIELD_NUMBER: _builtins.int
+    MIN_FIELD_NUMBER: _builtins.int
+    MAX_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """The run the metric belongs to."""
+    name: _builtins.str
+    """Metric name, unique within the run."""
+    unit: _builtins.str
+    """Unit, as the first batch naming the metric gave it."""
+    kind: Global___MetricKind.ValueType
+    """Gauge or counter, as the first batch naming the metric gave it."""
+    count: _builtins.int
+    """How many points are stored (non-finite values included)."""
+    last_step: _builtins.int
+    """The highest step with a finite value; 0 when there is none."""
+    last_value: _builtins.float
+    """The finite value at last_step; NaN when there is none."""
+    min: _builtins.float
+    """Smallest finite value; NaN when there is none."""
+    max: _builtins.float
+    """Largest finite value; NaN when there is none."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the first point arrived."""
+
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When the summary last changed."""
+
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        unit: _builtins.str = ...,
+        kind: Global___MetricKind.ValueType = ...,
+        count: _builtins.int = ...,
+        last_step: _builtins.int = ...,
+        last_value: _builtins.float = ...,
+        min: _builtins.float = ...,
+        max: _builtins.float = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "create_time", b"create_time", "kind", b"kind", "last_step", b"last_step", "last_value", b"last_value", "max", b"max", "min", b"min", "name", b"name", "run_id", b"run_id", "unit", b"unit", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Metric: _TypeAlias = Metric  # noqa: Y015
+
+@_typing.final
+class ListMetricsRequest(_message.Message):
+    """ListMetricsRequest asks for one page of a run's metrics."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """The run whose metrics to list. Required."""
+    page_size: _builtins.int
+    """Maximum number of metrics to return, 1-1000; 0 means the default of 50."""
+    page_token: _builtins.str
+    """The next_page_token of a previous call with the same run and filter, or empty."""
+    filter: _builtins.str
+    """Filter (AIP-160 subset): `field = "value"` / `field != "value"` joined by AND.
+    Fields: name, kind.
+    """
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        filter: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMetricsRequest: _TypeAlias = ListMetricsRequest  # noqa: Y015
+
+@_typing.final
+class ListMetricsResponse(_message.Message):
+    """ListMetricsResponse is one page of metrics."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METRICS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def metrics(self) -> _containers.RepeatedCompositeFieldContainer[Global___Metric]:
+        """The metrics of this page, by name."""
+
+    def __init__(
+        self,
+        *,
+        metrics: _abc.Iterable[Global___Metric] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["metrics", b"metrics", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMetricsResponse: _TypeAlias = ListMetricsResponse  # noqa: Y015
+
+@_typing.final
+class GetMetricHistoryRequest(_message.Message):
+    """GetMetricHistoryRequest asks for one metric's points, all of them or a downsampled view."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    METRIC_FIELD_NUMBER: _builtins.int
+    START_STEP_FIELD_NUMBER: _builtins.int
+    END_STEP_FIELD_NUMBER: _builtins.int
+    MAX_POINTS_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """The run. Required."""
+    metric: _builtins.str
+    """The metric's name. Required."""
+    start_step: _builtins.int
+    """The lowest step to return (inclusive); unset: from the first point."""
+    end_step: _builtins.int
+    """The highest step to return (inclusive); unset: up to the last point."""
+    max_points: _builtins.int
+    """0: every point of the range, page by page. 2-100,000: at most this many points, not paged:
+    the range is cut into max_points / 2 equal step intervals and each interval keeps its
+    points of lowest and highest value (NaN only where an interval has nothing else), so
+    spikes survive; a range with no more points than this is returned whole.
+    """
+    page_size: _builtins.int
+    """Points per page when max_points is 0, 1-100,000; 0 means the default of 10,000."""
+    page_token: _builtins.str
+    """The next_page_token of a previous call with the same run, metric and range, or empty."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        metric: _builtins.str = ...,
+        start_step: _builtins.int | None = ...,
+        end_step: _builtins.int | None = ...,
+        max_points: _builtins.int = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_end_step", b"_end_step", "_start_step", b"_start_step", "end_step", b"end_step", "start_step", b"start_step"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_end_step", b"_end_step", "_start_step", b"_start_step", "end_step", b"end_step", "max_points", b"max_points", "metric", b"metric", "page_size", b"page_size", "page_token", b"page_token", "run_id", b"run_id", "start_step", b"start_step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__end_step: _TypeAlias = _typing.Literal["end_step"]  # noqa: Y015
+    _WhichOneofArgType__end_step: _TypeAlias = _typing.Literal["_end_step", b"_end_step"]  # noqa: Y015
+    _WhichOneofReturnType__start_step: _TypeAlias = _typing.Literal["start_step"]  # noqa: Y015
+    _WhichOneofArgType__start_step: _TypeAlias = _typing.Literal["_start_step", b"_start_step"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__end_step) -> _WhichOneofReturnType__end_step | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__start_step) -> _WhichOneofReturnType__start_step | None: ...
+
+Global___GetMetricHistoryRequest: _TypeAlias = GetMetricHistoryRequest  # noqa: Y015
+
+@_typing.final
+class GetMetricHistoryResponse(_message.Message):
+    """GetMetricHistoryResponse carries points as parallel columns, in step order (points of equal
+    step in the order they were sent).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STEPS_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    TIMESTAMPS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    RANGE_COUNT_FIELD_NUMBER: _builtins.int
+    DOWNSAMPLED_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page and when downsampled."""
+    range_count: _builtins.int
+    """How many stored points the requested range holds (on this and every other page)."""
+    downsampled: _builtins.bool
+    """True when max_points left points out."""
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Steps of the points."""
+
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Values of the points, stored faithfully (NaN and +/-Inf included)."""
+
+    @_builtins.property
+    def timestamps(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Unix times in seconds of the points."""
+
+    def __init__(
+        self,
+        *,
+        steps: _abc.Iterable[_builtins.int] | None = ...,
+        values: _abc.Iterable[_builtins.float] | None = ...,
+        timestamps: _abc.Iterable[_builtins.float] | None = ...,
+        next_page_token: _builtins.str = ...,
+        range_count: _builtins.int = ...,
+        downsampled: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["downsampled", b"downsampled", "next_page_token", b"next_page_token", "range_count", b"range_count", "steps", b"steps", "timestamps", b"timestamps", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMetricHistoryResponse: _TypeAlias = GetMetricHistoryResponse  # noqa: Y015
+
+@_typing.final
+class ListEventsRequest(_message.Message):
+    """ListEventsRequest asks for one page of a run's events."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """The run whose events to list. Required."""
+    page_size: _builtins.int
+    """Maximum number of events to return, 1-1000; 0 means the default of 50."""
+    page_token: _builtins.str
+    """The next_page_token of a previous call with the same run and filter, or empty."""
+    filter: _builtins.str
+    """Filter (AIP-160 subset): `field = "value"` / `field != "value"` joined by AND.
+    Fields: type, agent_id.
+    """
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        filter: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEventsRequest: _TypeAlias = ListEventsRequest  # noqa: Y015
+
+@_typing.final
+class StoredEvent(_message.Message):
+    """StoredEvent is an event as stored, with its place in the run's stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    """The stream message (seq) that carried it."""
+    position: _builtins.int
+    """Its position within that message's batch, from 0."""
+    @_builtins.property
+    def event(self) -> Global___Event:
+        """The event as the worker sent it (time filled in with the server's when it was unset)."""
+
+    def __init__(
+        self,
+        *,
+        event: Global___Event | None = ...,
+        seq: _builtins.int = ...,
+        position: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "position", b"position", "seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StoredEvent: _TypeAlias = StoredEvent  # noqa: Y015
+
+@_typing.final
+class ListEventsResponse(_message.Message):
+    """ListEventsResponse is one page of events."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___StoredEvent]:
+        """The events of this page, in the order they were sent."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___StoredEvent] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEventsResponse: _TypeAlias = ListEventsResponse  # noqa: Y015

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from simtrack.v1 import telemetry_pb2 as simtrack_dot_v1_dot_telemetry__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -22,3 +23,218 @@ if _version_not_supported:
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
+
+
+class TelemetryServiceStub:
+    """TelemetryService carries what a run's worker produces: the worker streams it in (StreamRun,
+    which also delivers the run's commands to the worker) and anyone reads it back.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.StreamRun = channel.stream_stream(
+                '/simtrack.v1.TelemetryService/StreamRun',
+                request_serializer=simtrack_dot_v1_dot_telemetry__pb2.StreamRunRequest.SerializeToString,
+                response_deserializer=simtrack_dot_v1_dot_telemetry__pb2.StreamRunResponse.FromString,
+                _registered_method=True)
+        self.ListMetrics = channel.unary_unary(
+                '/simtrack.v1.TelemetryService/ListMetrics',
+                request_serializer=simtrack_dot_v1_dot_telemetry__pb2.ListMetricsRequest.SerializeToString,
+                response_deserializer=simtrack_dot_v1_dot_telemetry__pb2.ListMetricsResponse.FromString,
+                _registered_method=True)
+        self.GetMetricHistory = channel.unary_unary(
+                '/simtrack.v1.TelemetryService/GetMetricHistory',
+                request_serializer=simtrack_dot_v1_dot_telemetry__pb2.GetMetricHistoryRequest.SerializeToString,
+                response_deserializer=simtrack_dot_v1_dot_telemetry__pb2.GetMetricHistoryResponse.FromString,
+                _registered_method=True)
+        self.ListEvents = channel.unary_unary(
+                '/simtrack.v1.TelemetryService/ListEvents',
+                request_serializer=simtrack_dot_v1_dot_telemetry__pb2.ListEventsRequest.SerializeToString,
+                response_deserializer=simtrack_dot_v1_dot_telemetry__pb2.ListEventsResponse.FromString,
+                _registered_method=True)
+
+
+class TelemetryServiceServicer:
+    """TelemetryService carries what a run's worker produces: the worker streams it in (StreamRun,
+    which also delivers the run's commands to the worker) and anyone reads it back.
+    """
+
+    def StreamRun(self, request_iterator, context):
+        """StreamRun is a worker's two-way line for one run: telemetry in, acks and commands out.
+        See StreamRunRequest for sequencing and exactly-once storage. Hello moves a pending or
+        starting run to running (a paused run stays paused); a final status ends it. A second
+        stream for a run that already has one takes over: the older stream ends with ABORTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMetrics(self, request, context):
+        """ListMetrics pages through a run's metrics with their summaries, by name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMetricHistory(self, request, context):
+        """GetMetricHistory returns one metric's points in step order: every point, page by page, or
+        (with max_points) at most that many, chosen so that the series keeps its shape and extremes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEvents(self, request, context):
+        """ListEvents pages through a run's events in the order the worker sent them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_TelemetryServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'StreamRun': grpc.stream_stream_rpc_method_handler(
+                    servicer.StreamRun,
+                    request_deserializer=simtrack_dot_v1_dot_telemetry__pb2.StreamRunRequest.FromString,
+                    response_serializer=simtrack_dot_v1_dot_telemetry__pb2.StreamRunResponse.SerializeToString,
+            ),
+            'ListMetrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMetrics,
+                    request_deserializer=simtrack_dot_v1_dot_telemetry__pb2.ListMetricsRequest.FromString,
+                    response_serializer=simtrack_dot_v1_dot_telemetry__pb2.ListMetricsResponse.SerializeToString,
+            ),
+            'GetMetricHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMetricHistory,
+                    request_deserializer=simtrack_dot_v1_dot_telemetry__pb2.GetMetricHistoryRequest.FromString,
+                    response_serializer=simtrack_dot_v1_dot_telemetry__pb2.GetMetricHistoryResponse.SerializeToString,
+            ),
+            'ListEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEvents,
+                    request_deserializer=simtrack_dot_v1_dot_telemetry__pb2.ListEventsRequest.FromString,
+                    response_serializer=simtrack_dot_v1_dot_telemetry__pb2.ListEventsResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'simtrack.v1.TelemetryService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('simtrack.v1.TelemetryService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class TelemetryService:
+    """TelemetryService carries what a run's worker produces: the worker streams it in (StreamRun,
+    which also delivers the run's commands to the worker) and anyone reads it back.
+    """
+
+    @staticmethod
+    def StreamRun(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/simtrack.v1.TelemetryService/StreamRun',
+            simtrack_dot_v1_dot_telemetry__pb2.StreamRunRequest.SerializeToString,
+            simtrack_dot_v1_dot_telemetry__pb2.StreamRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/simtrack.v1.TelemetryService/ListMetrics',
+            simtrack_dot_v1_dot_telemetry__pb2.ListMetricsRequest.SerializeToString,
+            simtrack_dot_v1_dot_telemetry__pb2.ListMetricsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMetricHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/simtrack.v1.TelemetryService/GetMetricHistory',
+            simtrack_dot_v1_dot_telemetry__pb2.GetMetricHistoryRequest.SerializeToString,
+            simtrack_dot_v1_dot_telemetry__pb2.GetMetricHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/simtrack.v1.TelemetryService/ListEvents',
+            simtrack_dot_v1_dot_telemetry__pb2.ListEventsRequest.SerializeToString,
+            simtrack_dot_v1_dot_telemetry__pb2.ListEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

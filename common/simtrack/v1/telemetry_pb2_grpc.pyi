@@ -5,9 +5,16 @@ isort:skip_file
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from simtrack.v1 import telemetry_pb2 as _telemetry_pb2
 import abc as _abc_1
 import grpc as _grpc
+import sys
 import typing as _typing
+
+if sys.version_info >= (3, 11):
+    from typing import Self as _Self
+else:
+    from typing_extensions import Self as _Self
 
 _T = _typing.TypeVar("_T")
 
@@ -18,3 +25,94 @@ class _ServicerContext(_grpc.ServicerContext, _aio.ServicerContext):  # type: ig
 
 GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
+
+class TelemetryServiceStub:
+    """TelemetryService carries what a run's worker produces: the worker streams it in (StreamRun,
+    which also delivers the run's commands to the worker) and anyone reads it back.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> TelemetryServiceAsyncStub: ...
+    StreamRun: _grpc.StreamStreamMultiCallable[_telemetry_pb2.StreamRunRequest, _telemetry_pb2.StreamRunResponse]
+    """StreamRun is a worker's two-way line for one run: telemetry in, acks and commands out.
+    See StreamRunRequest for sequencing and exactly-once storage. Hello moves a pending or
+    starting run to running (a paused run stays paused); a final status ends it. A second
+    stream for a run that already has one takes over: the older stream ends with ABORTED.
+    """
+    ListMetrics: _grpc.UnaryUnaryMultiCallable[_telemetry_pb2.ListMetricsRequest, _telemetry_pb2.ListMetricsResponse]
+    """ListMetrics pages through a run's metrics with their summaries, by name."""
+    GetMetricHistory: _grpc.UnaryUnaryMultiCallable[_telemetry_pb2.GetMetricHistoryRequest, _telemetry_pb2.GetMetricHistoryResponse]
+    """GetMetricHistory returns one metric's points in step order: every point, page by page, or
+    (with max_points) at most that many, chosen so that the series keeps its shape and extremes.
+    """
+    ListEvents: _grpc.UnaryUnaryMultiCallable[_telemetry_pb2.ListEventsRequest, _telemetry_pb2.ListEventsResponse]
+    """ListEvents pages through a run's events in the order the worker sent them."""
+
+@_typing.type_check_only
+class TelemetryServiceAsyncStub(TelemetryServiceStub):
+    """TelemetryService carries what a run's worker produces: the worker streams it in (StreamRun,
+    which also delivers the run's commands to the worker) and anyone reads it back.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    StreamRun: _aio.StreamStreamMultiCallable[_telemetry_pb2.StreamRunRequest, _telemetry_pb2.StreamRunResponse]  # type: ignore[assignment]
+    """StreamRun is a worker's two-way line for one run: telemetry in, acks and commands out.
+    See StreamRunRequest for sequencing and exactly-once storage. Hello moves a pending or
+    starting run to running (a paused run stays paused); a final status ends it. A second
+    stream for a run that already has one takes over: the older stream ends with ABORTED.
+    """
+    ListMetrics: _aio.UnaryUnaryMultiCallable[_telemetry_pb2.ListMetricsRequest, _telemetry_pb2.ListMetricsResponse]  # type: ignore[assignment]
+    """ListMetrics pages through a run's metrics with their summaries, by name."""
+    GetMetricHistory: _aio.UnaryUnaryMultiCallable[_telemetry_pb2.GetMetricHistoryRequest, _telemetry_pb2.GetMetricHistoryResponse]  # type: ignore[assignment]
+    """GetMetricHistory returns one metric's points in step order: every point, page by page, or
+    (with max_points) at most that many, chosen so that the series keeps its shape and extremes.
+    """
+    ListEvents: _aio.UnaryUnaryMultiCallable[_telemetry_pb2.ListEventsRequest, _telemetry_pb2.ListEventsResponse]  # type: ignore[assignment]
+    """ListEvents pages through a run's events in the order the worker sent them."""
+
+class TelemetryServiceServicer(metaclass=_abc_1.ABCMeta):
+    """TelemetryService carries what a run's worker produces: the worker streams it in (StreamRun,
+    which also delivers the run's commands to the worker) and anyone reads it back.
+    """
+
+    @_abc_1.abstractmethod
+    def StreamRun(
+        self,
+        request_iterator: _MaybeAsyncIterator[_telemetry_pb2.StreamRunRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_telemetry_pb2.StreamRunResponse], _abc.AsyncIterator[_telemetry_pb2.StreamRunResponse]]:
+        """StreamRun is a worker's two-way line for one run: telemetry in, acks and commands out.
+        See StreamRunRequest for sequencing and exactly-once storage. Hello moves a pending or
+        starting run to running (a paused run stays paused); a final status ends it. A second
+        stream for a run that already has one takes over: the older stream ends with ABORTED.
+        """
+
+    @_abc_1.abstractmethod
+    def ListMetrics(
+        self,
+        request: _telemetry_pb2.ListMetricsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_telemetry_pb2.ListMetricsResponse, _abc.Awaitable[_telemetry_pb2.ListMetricsResponse]]:
+        """ListMetrics pages through a run's metrics with their summaries, by name."""
+
+    @_abc_1.abstractmethod
+    def GetMetricHistory(
+        self,
+        request: _telemetry_pb2.GetMetricHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_telemetry_pb2.GetMetricHistoryResponse, _abc.Awaitable[_telemetry_pb2.GetMetricHistoryResponse]]:
+        """GetMetricHistory returns one metric's points in step order: every point, page by page, or
+        (with max_points) at most that many, chosen so that the series keeps its shape and extremes.
+        """
+
+    @_abc_1.abstractmethod
+    def ListEvents(
+        self,
+        request: _telemetry_pb2.ListEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_telemetry_pb2.ListEventsResponse, _abc.Awaitable[_telemetry_pb2.ListEventsResponse]]:
+        """ListEvents pages through a run's events in the order the worker sent them."""
+
+def add_TelemetryServiceServicer_to_server(servicer: TelemetryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

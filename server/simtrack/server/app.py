@@ -19,11 +19,14 @@ from grpc_reflection.v1alpha import reflection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from simtrack.server.api.agents import AgentServicer
+from simtrack.server.api.artifacts import ArtifactServicer
 from simtrack.server.api.auth import CallAuthorizer
 from simtrack.server.api.experiments import ExperimentServicer
 from simtrack.server.api.interceptor import CallInterceptor
+from simtrack.server.api.runs import RunServicer
 from simtrack.server.api.scenarios import ScenarioServicer
-from simtrack.server.api.telemetry import StreamingRunServicer
+from simtrack.server.api.telemetry import TelemetryServicer
+from simtrack.server.api.validations import ValidationServicer
 from simtrack.server.artifacts import ArtifactStore
 from simtrack.server.background import BackgroundLoops, monitor_database, sweep_runs
 from simtrack.server.config import Settings
@@ -50,12 +53,18 @@ from simtrack.server.scenarios import default_scenarios_dir, load_catalogue
 from simtrack.v1 import (
     agents_pb2,
     agents_pb2_grpc,
+    artifacts_pb2,
+    artifacts_pb2_grpc,
     experiments_pb2,
     experiments_pb2_grpc,
     runs_pb2,
     runs_pb2_grpc,
     scenarios_pb2,
     scenarios_pb2_grpc,
+    telemetry_pb2,
+    telemetry_pb2_grpc,
+    validations_pb2,
+    validations_pb2_grpc,
 )
 
 log = logging.getLogger(__name__)
@@ -66,9 +75,12 @@ SERVICE_NAMES = tuple(
     module.DESCRIPTOR.services_by_name[name].full_name
     for module, name in (
         (agents_pb2, "AgentService"),
+        (artifacts_pb2, "ArtifactService"),
         (experiments_pb2, "ExperimentService"),
         (runs_pb2, "RunService"),
         (scenarios_pb2, "ScenarioService"),
+        (telemetry_pb2, "TelemetryService"),
+        (validations_pb2, "ValidationService"),
     )
 )
 
@@ -227,20 +239,24 @@ async def _start(settings: Settings, resources: contextlib.AsyncExitStack) -> Ru
     metrics.watch(registry.open_count, lambda: bus.watching, engine)
     telemetry = TelemetryService(uow, bus)
     runs_pb2_grpc.add_RunServiceServicer_to_server(
-        StreamingRunServicer(
+        RunServicer(
             RunService(uow, catalogue),
             ParticipantService(uow),
-            validations,
-            HistoryService(uow),
-            RunQueries(uow, catalogue),
-            artifacts,
             telemetry,
-            writer,
-            registry,
+            RunQueries(uow, catalogue),
             bus,
-            settings.heartbeat_interval,
         ),
         server,
+    )
+    telemetry_pb2_grpc.add_TelemetryServiceServicer_to_server(
+        TelemetryServicer(
+            telemetry, HistoryService(uow), writer, registry, settings.heartbeat_interval
+        ),
+        server,
+    )
+    artifacts_pb2_grpc.add_ArtifactServiceServicer_to_server(ArtifactServicer(artifacts), server)
+    validations_pb2_grpc.add_ValidationServiceServicer_to_server(
+        ValidationServicer(validations), server
     )
     scenarios_pb2_grpc.add_ScenarioServiceServicer_to_server(
         ScenarioServicer(ScenarioQueries(catalogue)), server

@@ -1,17 +1,22 @@
-"""RunService's artifact RPCs: files of runs, uploaded and downloaded in chunks."""
+"""ArtifactService: proto <-> domain for the files of runs, uploaded and downloaded in chunks."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
 
 from simtrack.errors import InvalidArgument
 from simtrack.server.api.convert import EnumMapping
 from simtrack.server.api.convert import timestamp as ts
-from simtrack.server.api.runs import Context
 from simtrack.server.db.models import Artifact
 from simtrack.server.domain.artifacts import ArtifactService
 from simtrack.server.domain.model import ArtifactType
-from simtrack.v1 import runs_pb2 as pb
+from simtrack.v1 import artifacts_pb2 as pb
+from simtrack.v1 import artifacts_pb2_grpc
+
+Context = grpc.aio.ServicerContext[Any, Any]
 
 ARTIFACT_TYPE = EnumMapping(pb.ArtifactType, ArtifactType, "ARTIFACT_TYPE_")
 
@@ -37,10 +42,11 @@ async def _chunks(requests: AsyncIterator[pb.UploadArtifactRequest]) -> AsyncIte
         yield message.chunk
 
 
-class ArtifactRpcs:
-    """Mixed into the RunService servicer; ``artifacts`` is set by its constructor."""
+class ArtifactServicer(artifacts_pb2_grpc.ArtifactServiceServicer):
+    """Files of runs, streamed in and out in chunks."""
 
-    artifacts: ArtifactService
+    def __init__(self, artifacts: ArtifactService) -> None:
+        self.artifacts = artifacts
 
     async def UploadArtifact(
         self, request_iterator: AsyncIterator[pb.UploadArtifactRequest], context: Context

@@ -1,7 +1,12 @@
-"""RunService: proto <-> domain for runs and their participants."""
+"""RunService: proto <-> domain for runs, their participants and their workers' commands;
+watching a run; ranking and summarizing runs."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import math
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -9,15 +14,20 @@ import grpc
 from simtrack.server.api.convert import EnumMapping, dict_to_struct, mask_changes, struct_to_dict
 from simtrack.server.api.convert import duration as dur
 from simtrack.server.api.convert import timestamp as ts
-from simtrack.server.db.models import Participant, Run, Validation
-from simtrack.server.domain.model import RunStatus
+from simtrack.server.db.models import Metric, Participant, Run
+from simtrack.server.domain.model import RUN_FINAL, MetricAggregate, RankOrder, RunStatus
+from simtrack.server.domain.rankings import RunQueries
 from simtrack.server.domain.runs import ParticipantService, RunService
-from simtrack.server.domain.validations import ValidationService
+from simtrack.server.domain.telemetry import TelemetryService
+from simtrack.server.ingest.bus import Bus, CommandMessage
 from simtrack.v1 import runs_pb2 as pb
 from simtrack.v1 import runs_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
 RUN_STATUS = EnumMapping(pb.RunStatus, RunStatus, "RUN_STATUS_")
+METRIC_AGGREGATE = EnumMapping(pb.MetricAggregate, MetricAggregate, "METRIC_AGGREGATE_")
+RANK_ORDER = EnumMapping(pb.RankOrder, RankOrder, "RANK_ORDER_")
+WATCH_REFRESH = 5.0  # seconds: a watcher re-reads even without a notification
 
 RUN_READERS = {
     "status": lambda r: RUN_STATUS.to_domain("run.status", r.status),
@@ -76,26 +86,38 @@ def participant_to_proto(p: Participant) -> pb.Participant:
     )
 
 
-def validation_to_proto(v: Validation) -> pb.Validation:
-    return pb.Validation(
-        id=v.id,
-        run_id=v.run_id,
-        validator=v.validator,
-        kind=v.kind,
-        passed=v.passed,
-        score=v.score,
-        details=dict_to_struct(v.details),
-        create_time=ts(v.created_at),
+def command_to_proto(command: CommandMessage) -> pb.Command:
+    return pb.Command(id=command.id, name=command.name, args=dict_to_struct(command.args))
+
+
+def _latest(metric: Metric) -> pb.LatestMetric:
+    return pb.LatestMetric(
+        name=metric.name,
+        value=metric.last_value if metric.last_value is not None else math.nan,
+        step=metric.last_step or 0,
+        count=metric.count,
+        min=metric.min_value if metric.min_value is not None else math.nan,
+        max=metric.max_value if metric.max_value is not None else math.nan,
     )
 
 
 class RunServicer(runs_pb2_grpc.RunServiceServicer):
+    """Runs and participants (CRUD), watching a run (the bus tells of changes), the commands
+    to its worker (through the domain's TelemetryService), the leaderboard and run statistics."""
+
     def __init__(
-        self, runs: RunService, participants: ParticipantService, validations: ValidationService
+        self,
+        runs: RunService,
+        participants: ParticipantService,
+        telemetry: TelemetryService,
+        queries: RunQueries,
+        bus: Bus,
     ) -> None:
         self.runs = runs
         self.participants = participants
-        self.validations = validations
+        self.telemetry = telemetry
+        self.queries = queries
+        self.bus = bus
 
     # Runs
 
@@ -178,35 +200,95 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         await self.participants.delete(request.id)
         return pb.DeleteParticipantResponse()
 
-    # Validations
+    # Watching and commanding a run's worker
 
-    async def CreateValidation(
-        self, request: pb.CreateValidationRequest, context: Context
-    ) -> pb.CreateValidationResponse:
-        v = request.validation
-        validation = await self.validations.create(
-            run_id=v.run_id,
-            validator=v.validator,
-            kind=v.kind,
-            passed=v.passed,
-            score=v.score if v.HasField("score") else None,
-            details=struct_to_dict("validation.details", v.details),
+    async def WatchRun(
+        self, request: pb.WatchRunRequest, context: Context
+    ) -> AsyncIterator[pb.WatchRunResponse]:
+        run, _ = await self.telemetry.snapshot(request.id)
+        with self.bus.watch(run.id) as changes:
+            while True:
+                run, metrics = await self.telemetry.snapshot(run.id)
+                yield pb.WatchRunResponse(
+                    run=run_to_proto(run), metrics=[_latest(m) for m in metrics]
+                )
+                if run.status in RUN_FINAL:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(WATCH_REFRESH):
+                        await changes.get()
+
+    async def CancelRun(
+        self, request: pb.CancelRunRequest, context: Context
+    ) -> pb.CancelRunResponse:
+        run, command = await self.telemetry.cancel(request.id, request.reason)
+        return pb.CancelRunResponse(command=command_to_proto(command), run=run_to_proto(run))
+
+    async def PauseRun(self, request: pb.PauseRunRequest, context: Context) -> pb.PauseRunResponse:
+        run, command = await self.telemetry.pause(request.id)
+        return pb.PauseRunResponse(command=command_to_proto(command), run=run_to_proto(run))
+
+    async def ResumeRun(
+        self, request: pb.ResumeRunRequest, context: Context
+    ) -> pb.ResumeRunResponse:
+        run, command = await self.telemetry.resume(request.id)
+        return pb.ResumeRunResponse(command=command_to_proto(command), run=run_to_proto(run))
+
+    async def SendCommand(
+        self, request: pb.SendCommandRequest, context: Context
+    ) -> pb.SendCommandResponse:
+        args = struct_to_dict("args", request.args)
+        command = await self.telemetry.send_custom(request.id, request.name, args)
+        return pb.SendCommandResponse(command=command_to_proto(command))
+
+    # Across runs
+
+    async def GetLeaderboard(
+        self, request: pb.GetLeaderboardRequest, context: Context
+    ) -> pb.GetLeaderboardResponse:
+        board = await self.queries.leaderboard(
+            request.scenario_id,
+            request.metric,
+            METRIC_AGGREGATE.to_domain("aggregate", request.aggregate) or MetricAggregate.LATEST,
+            RANK_ORDER.to_domain("order", request.order) or RankOrder.HIGHEST_FIRST,
+            request.limit,
+            request.experiment_id,
+            request.include_unfinished,
         )
-        return pb.CreateValidationResponse(validation=validation_to_proto(validation))
-
-    async def GetValidation(
-        self, request: pb.GetValidationRequest, context: Context
-    ) -> pb.GetValidationResponse:
-        validation = await self.validations.get(request.id)
-        return pb.GetValidationResponse(validation=validation_to_proto(validation))
-
-    async def ListValidations(
-        self, request: pb.ListValidationsRequest, context: Context
-    ) -> pb.ListValidationsResponse:
-        page = await self.validations.list(
-            request.run_id, request.page_size, request.page_token, request.filter
+        return pb.GetLeaderboardResponse(
+            entries=[
+                pb.LeaderboardEntry(
+                    rank=entry.rank,
+                    run=run_to_proto(entry.ranked.run),
+                    agent_id=entry.ranked.agent_id,
+                    value=entry.ranked.value,
+                    last_step=entry.ranked.last_step or 0,
+                )
+                for entry in board.entries
+            ],
+            ranked_runs=board.ranked_runs,
         )
-        return pb.ListValidationsResponse(
-            validations=[validation_to_proto(v) for v in page.items],
-            next_page_token=page.next_page_token,
+
+    async def GetRunStats(
+        self, request: pb.GetRunStatsRequest, context: Context
+    ) -> pb.GetRunStatsResponse:
+        stats = await self.queries.stats(request.filter)
+        durations = stats.durations
+        return pb.GetRunStatsResponse(
+            total=stats.total,
+            by_status=[
+                pb.RunStatusCount(status=RUN_STATUS.to_proto(status), count=count)
+                for status, count in stats.by_status.items()
+            ],
+            success_rate=stats.success_rate,
+            durations=None
+            if durations is None
+            else pb.DurationStats(
+                count=durations.count,
+                mean=dur(durations.mean),
+                min=dur(durations.min),
+                p50=dur(durations.p50),
+                p95=dur(durations.p95),
+                max=dur(durations.max),
+            ),
         )

@@ -6,15 +6,13 @@ import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobu
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Duration, FieldMask, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_struct, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
-import type { Command, Event, MetricKind, StreamRunRequestSchema, StreamRunResponseSchema } from "./telemetry_pb.js";
-import { file_simtrack_v1_telemetry } from "./telemetry_pb.js";
 import type { JsonObject, Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file simtrack/v1/runs.proto.
  */
 export const file_simtrack_v1_runs: GenFile = /*@__PURE__*/
-  fileDesc("ChZzaW10cmFjay92MS9ydW5zLnByb3RvEgtzaW10cmFjay52MSKfBgoDUnVuEgoKAmlkGAEgASgJEhUKDWV4cGVyaW1lbnRfaWQYAiABKAkSEgoKcnVuX251bWJlchgDIAEoAxITCgtzY2VuYXJpb19pZBgEIAEoCRIVCg1zY2VuYXJpb19oYXNoGAUgASgJEicKBnBhcmFtcxgGIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSJgoGc3RhdHVzGAcgASgOMhYuc2ltdHJhY2sudjEuUnVuU3RhdHVzEhQKDGN1cnJlbnRfdGljaxgIIAEoAxITCgt0b3RhbF90aWNrcxgJIAEoAxIYChBwcm9ncmVzc19wZXJjZW50GAogASgBEi4KCnN0YXJ0X3RpbWUYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjEKDWNvbXBsZXRlX3RpbWUYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEisKCGR1cmF0aW9uGA0gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjAKD21ldHJpY3Nfc3VtbWFyeRgOIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSKAoHcmVzdWx0cxgPIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSFQoNZXJyb3JfbWVzc2FnZRgQIAEoCRIuCg1lcnJvcl9kZXRhaWxzGBEgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIRCgl3b3JrZXJfaWQYEiABKAkSLwoLY3JlYXRlX3RpbWUYEyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGBQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1jYW5jZWxfcmVhc29uGBUgASgJEi8KC3ZhbmlzaF90aW1lGBYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtyZXZpdmVfdGltZRgXIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiMQoQQ3JlYXRlUnVuUmVxdWVzdBIdCgNydW4YASABKAsyEC5zaW10cmFjay52MS5SdW4iMgoRQ3JlYXRlUnVuUmVzcG9uc2USHQoDcnVuGAEgASgLMhAuc2ltdHJhY2sudjEuUnVuIhsKDUdldFJ1blJlcXVlc3QSCgoCaWQYASABKAkiLwoOR2V0UnVuUmVzcG9uc2USHQoDcnVuGAEgASgLMhAuc2ltdHJhY2sudjEuUnVuIkgKD0xpc3RSdW5zUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIOCgZmaWx0ZXIYAyABKAkiSwoQTGlzdFJ1bnNSZXNwb25zZRIeCgRydW5zGAEgAygLMhAuc2ltdHJhY2sudjEuUnVuEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJiChBVcGRhdGVSdW5SZXF1ZXN0Eh0KA3J1bhgBIAEoCzIQLnNpbXRyYWNrLnYxLlJ1bhIvCgt1cGRhdGVfbWFzaxgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2siMgoRVXBkYXRlUnVuUmVzcG9uc2USHQoDcnVuGAEgASgLMhAuc2ltdHJhY2sudjEuUnVuIh4KEERlbGV0ZVJ1blJlcXVlc3QSCgoCaWQYASABKAkiEwoRRGVsZXRlUnVuUmVzcG9uc2Ui3QEKC1BhcnRpY2lwYW50EgoKAmlkGAEgASgJEg4KBnJ1bl9pZBgCIAEoCRIQCghhZ2VudF9pZBgDIAEoCRIMCgRyb2xlGAQgASgJEjAKD2NvbmZpZ19vdmVycmlkZRgFIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSLwoLY3JlYXRlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJJChhDcmVhdGVQYXJ0aWNpcGFudFJlcXVlc3QSLQoLcGFydGljaXBhbnQYASABKAsyGC5zaW10cmFjay52MS5QYXJ0aWNpcGFudCJKChlDcmVhdGVQYXJ0aWNpcGFudFJlc3BvbnNlEi0KC3BhcnRpY2lwYW50GAEgASgLMhguc2ltdHJhY2sudjEuUGFydGljaXBhbnQiIwoVR2V0UGFydGljaXBhbnRSZXF1ZXN0EgoKAmlkGAEgASgJIkcKFkdldFBhcnRpY2lwYW50UmVzcG9uc2USLQoLcGFydGljaXBhbnQYASABKAsyGC5zaW10cmFjay52MS5QYXJ0aWNpcGFudCJgChdMaXN0UGFydGljaXBhbnRzUmVxdWVzdBIOCgZydW5faWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkSDgoGZmlsdGVyGAQgASgJImMKGExpc3RQYXJ0aWNpcGFudHNSZXNwb25zZRIuCgxwYXJ0aWNpcGFudHMYASADKAsyGC5zaW10cmFjay52MS5QYXJ0aWNpcGFudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiegoYVXBkYXRlUGFydGljaXBhbnRSZXF1ZXN0Ei0KC3BhcnRpY2lwYW50GAEgASgLMhguc2ltdHJhY2sudjEuUGFydGljaXBhbnQSLwoLdXBkYXRlX21hc2sYAiABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrIkoKGVVwZGF0ZVBhcnRpY2lwYW50UmVzcG9uc2USLQoLcGFydGljaXBhbnQYASABKAsyGC5zaW10cmFjay52MS5QYXJ0aWNpcGFudCImChhEZWxldGVQYXJ0aWNpcGFudFJlcXVlc3QSCgoCaWQYASABKAkiGwoZRGVsZXRlUGFydGljaXBhbnRSZXNwb25zZSIdCg9XYXRjaFJ1blJlcXVlc3QSCgoCaWQYASABKAkiYgoMTGF0ZXN0TWV0cmljEgwKBG5hbWUYASABKAkSDQoFdmFsdWUYAiABKAESDAoEc3RlcBgDIAEoAxINCgVjb3VudBgEIAEoAxILCgNtaW4YBSABKAESCwoDbWF4GAYgASgBIl0KEFdhdGNoUnVuUmVzcG9uc2USHQoDcnVuGAEgASgLMhAuc2ltdHJhY2sudjEuUnVuEioKB21ldHJpY3MYAiADKAsyGS5zaW10cmFjay52MS5MYXRlc3RNZXRyaWMiLgoQQ2FuY2VsUnVuUmVxdWVzdBIKCgJpZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiWQoRQ2FuY2VsUnVuUmVzcG9uc2USJQoHY29tbWFuZBgBIAEoCzIULnNpbXRyYWNrLnYxLkNvbW1hbmQSHQoDcnVuGAIgASgLMhAuc2ltdHJhY2sudjEuUnVuIh0KD1BhdXNlUnVuUmVxdWVzdBIKCgJpZBgBIAEoCSJYChBQYXVzZVJ1blJlc3BvbnNlEiUKB2NvbW1hbmQYASABKAsyFC5zaW10cmFjay52MS5Db21tYW5kEh0KA3J1bhgCIAEoCzIQLnNpbXRyYWNrLnYxLlJ1biIeChBSZXN1bWVSdW5SZXF1ZXN0EgoKAmlkGAEgASgJIlkKEVJlc3VtZVJ1blJlc3BvbnNlEiUKB2NvbW1hbmQYASABKAsyFC5zaW10cmFjay52MS5Db21tYW5kEh0KA3J1bhgCIAEoCzIQLnNpbXRyYWNrLnYxLlJ1biJVChJTZW5kQ29tbWFuZFJlcXVlc3QSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIlCgRhcmdzGAMgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdCI8ChNTZW5kQ29tbWFuZFJlc3BvbnNlEiUKB2NvbW1hbmQYASABKAsyFC5zaW10cmFjay52MS5Db21tYW5kIo0CCgZNZXRyaWMSDgoGcnVuX2lkGAEgASgJEgwKBG5hbWUYAiABKAkSDAoEdW5pdBgDIAEoCRIlCgRraW5kGAQgASgOMhcuc2ltdHJhY2sudjEuTWV0cmljS2luZBINCgVjb3VudBgFIAEoAxIRCglsYXN0X3N0ZXAYBiABKAMSEgoKbGFzdF92YWx1ZRgHIAEoARILCgNtaW4YCCABKAESCwoDbWF4GAkgASgBEi8KC2NyZWF0ZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiWwoSTGlzdE1ldHJpY3NSZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCRIOCgZmaWx0ZXIYBCABKAkiVAoTTGlzdE1ldHJpY3NSZXNwb25zZRIkCgdtZXRyaWNzGAEgAygLMhMuc2ltdHJhY2sudjEuTWV0cmljEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSLAAQoXR2V0TWV0cmljSGlzdG9yeVJlcXVlc3QSDgoGcnVuX2lkGAEgASgJEg4KBm1ldHJpYxgCIAEoCRIXCgpzdGFydF9zdGVwGAMgASgDSACIAQESFQoIZW5kX3N0ZXAYBCABKANIAYgBARISCgptYXhfcG9pbnRzGAUgASgFEhEKCXBhZ2Vfc2l6ZRgGIAEoBRISCgpwYWdlX3Rva2VuGAcgASgJQg0KC19zdGFydF9zdGVwQgsKCV9lbmRfc3RlcCKQAQoYR2V0TWV0cmljSGlzdG9yeVJlc3BvbnNlEg0KBXN0ZXBzGAEgAygDEg4KBnZhbHVlcxgCIAMoARISCgp0aW1lc3RhbXBzGAMgAygBEhcKD25leHRfcGFnZV90b2tlbhgEIAEoCRITCgtyYW5nZV9jb3VudBgFIAEoAxITCgtkb3duc2FtcGxlZBgGIAEoCCJaChFMaXN0RXZlbnRzUmVxdWVzdBIOCgZydW5faWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkSDgoGZmlsdGVyGAQgASgJIk8KC1N0b3JlZEV2ZW50EiEKBWV2ZW50GAEgASgLMhIuc2ltdHJhY2sudjEuRXZlbnQSCwoDc2VxGAIgASgDEhAKCHBvc2l0aW9uGAMgASgFIlcKEkxpc3RFdmVudHNSZXNwb25zZRIoCgZldmVudHMYASADKAsyGC5zaW10cmFjay52MS5TdG9yZWRFdmVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAki1gEKFUdldExlYWRlcmJvYXJkUmVxdWVzdBITCgtzY2VuYXJpb19pZBgBIAEoCRIOCgZtZXRyaWMYAiABKAkSLwoJYWdncmVnYXRlGAMgASgOMhwuc2ltdHJhY2sudjEuTWV0cmljQWdncmVnYXRlEiUKBW9yZGVyGAQgASgOMhYuc2ltdHJhY2sudjEuUmFua09yZGVyEg0KBWxpbWl0GAUgASgFEhUKDWV4cGVyaW1lbnRfaWQYBiABKAkSGgoSaW5jbHVkZV91bmZpbmlzaGVkGAcgASgIInMKEExlYWRlcmJvYXJkRW50cnkSDAoEcmFuaxgBIAEoBRIdCgNydW4YAiABKAsyEC5zaW10cmFjay52MS5SdW4SEAoIYWdlbnRfaWQYAyABKAkSDQoFdmFsdWUYBCABKAESEQoJbGFzdF9zdGVwGAUgASgDIl0KFkdldExlYWRlcmJvYXJkUmVzcG9uc2USLgoHZW50cmllcxgBIAMoCzIdLnNpbXRyYWNrLnYxLkxlYWRlcmJvYXJkRW50cnkSEwoLcmFua2VkX3J1bnMYAiABKAMiJAoSR2V0UnVuU3RhdHNSZXF1ZXN0Eg4KBmZpbHRlchgBIAEoCSJHCg5SdW5TdGF0dXNDb3VudBImCgZzdGF0dXMYASABKA4yFi5zaW10cmFjay52MS5SdW5TdGF0dXMSDQoFY291bnQYAiABKAMi5wEKDUR1cmF0aW9uU3RhdHMSDQoFY291bnQYASABKAMSJwoEbWVhbhgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhImCgNtaW4YAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SJgoDcDUwGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiYKA3A5NRgFIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhImCgNtYXgYBiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24imQEKE0dldFJ1blN0YXRzUmVzcG9uc2USDQoFdG90YWwYASABKAMSLgoJYnlfc3RhdHVzGAIgAygLMhsuc2ltdHJhY2sudjEuUnVuU3RhdHVzQ291bnQSFAoMc3VjY2Vzc19yYXRlGAMgASgBEi0KCWR1cmF0aW9ucxgEIAEoCzIaLnNpbXRyYWNrLnYxLkR1cmF0aW9uU3RhdHMi0gEKClZhbGlkYXRpb24SCgoCaWQYASABKAkSDgoGcnVuX2lkGAIgASgJEhEKCXZhbGlkYXRvchgDIAEoCRIMCgRraW5kGAQgASgJEg4KBnBhc3NlZBgFIAEoCBISCgVzY29yZRgGIAEoAUgAiAEBEigKB2RldGFpbHMYByABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Ei8KC2NyZWF0ZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIICgZfc2NvcmUiRgoXQ3JlYXRlVmFsaWRhdGlvblJlcXVlc3QSKwoKdmFsaWRhdGlvbhgBIAEoCzIXLnNpbXRyYWNrLnYxLlZhbGlkYXRpb24iRwoYQ3JlYXRlVmFsaWRhdGlvblJlc3BvbnNlEisKCnZhbGlkYXRpb24YASABKAsyFy5zaW10cmFjay52MS5WYWxpZGF0aW9uIiIKFEdldFZhbGlkYXRpb25SZXF1ZXN0EgoKAmlkGAEgASgJIkQKFUdldFZhbGlkYXRpb25SZXNwb25zZRIrCgp2YWxpZGF0aW9uGAEgASgLMhcuc2ltdHJhY2sudjEuVmFsaWRhdGlvbiJfChZMaXN0VmFsaWRhdGlvbnNSZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCRIOCgZmaWx0ZXIYBCABKAkiYAoXTGlzdFZhbGlkYXRpb25zUmVzcG9uc2USLAoLdmFsaWRhdGlvbnMYASADKAsyFy5zaW10cmFjay52MS5WYWxpZGF0aW9uEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSLIAQoIQXJ0aWZhY3QSCgoCaWQYASABKAkSDgoGcnVuX2lkGAIgASgJEgwKBG5hbWUYAyABKAkSJwoEdHlwZRgEIAEoDjIZLnNpbXRyYWNrLnYxLkFydGlmYWN0VHlwZRIUCgxjb250ZW50X3R5cGUYBSABKAkSEgoKc2l6ZV9ieXRlcxgGIAEoAxIOCgZzaGEyNTYYByABKAkSLwoLY3JlYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlEKFlVwbG9hZEFydGlmYWN0TWV0YWRhdGESJwoIYXJ0aWZhY3QYASABKAsyFS5zaW10cmFjay52MS5BcnRpZmFjdBIOCgZzaGEyNTYYAiABKAkiaQoVVXBsb2FkQXJ0aWZhY3RSZXF1ZXN0EjcKCG1ldGFkYXRhGAEgASgLMiMuc2ltdHJhY2sudjEuVXBsb2FkQXJ0aWZhY3RNZXRhZGF0YUgAEg8KBWNodW5rGAIgASgMSABCBgoEa2luZCJBChZVcGxvYWRBcnRpZmFjdFJlc3BvbnNlEicKCGFydGlmYWN0GAEgASgLMhUuc2ltdHJhY2sudjEuQXJ0aWZhY3QiIAoSR2V0QXJ0aWZhY3RSZXF1ZXN0EgoKAmlkGAEgASgJIj4KE0dldEFydGlmYWN0UmVzcG9uc2USJwoIYXJ0aWZhY3QYASABKAsyFS5zaW10cmFjay52MS5BcnRpZmFjdCInChlHZXRBcnRpZmFjdENvbnRlbnRSZXF1ZXN0EgoKAmlkGAEgASgJImAKGkdldEFydGlmYWN0Q29udGVudFJlc3BvbnNlEikKCGFydGlmYWN0GAEgASgLMhUuc2ltdHJhY2sudjEuQXJ0aWZhY3RIABIPCgVjaHVuaxgCIAEoDEgAQgYKBGtpbmQiXQoUTGlzdEFydGlmYWN0c1JlcXVlc3QSDgoGcnVuX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJEg4KBmZpbHRlchgEIAEoCSJaChVMaXN0QXJ0aWZhY3RzUmVzcG9uc2USKAoJYXJ0aWZhY3RzGAEgAygLMhUuc2ltdHJhY2sudjEuQXJ0aWZhY3QSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIiMKFURlbGV0ZUFydGlmYWN0UmVxdWVzdBIKCgJpZBgBIAEoCSIYChZEZWxldGVBcnRpZmFjdFJlc3BvbnNlKtABCglSdW5TdGF0dXMSGgoWUlVOX1NUQVRVU19VTlNQRUNJRklFRBAAEhYKElJVTl9TVEFUVVNfUEVORElORxABEhcKE1JVTl9TVEFUVVNfU1RBUlRJTkcQAhIWChJSVU5fU1RBVFVTX1JVTk5JTkcQAxIYChRSVU5fU1RBVFVTX0NPTVBMRVRFRBAEEhUKEVJVTl9TVEFUVVNfRkFJTEVEEAUSFgoSUlVOX1NUQVRVU19TVE9QUEVEEAYSFQoRUlVOX1NUQVRVU19QQVVTRUQQByqEAQoPTWV0cmljQWdncmVnYXRlEiAKHE1FVFJJQ19BR0dSRUdBVEVfVU5TUEVDSUZJRUQQABIbChdNRVRSSUNfQUdHUkVHQVRFX0xBVEVTVBABEhgKFE1FVFJJQ19BR0dSRUdBVEVfTUlOEAISGAoUTUVUUklDX0FHR1JFR0FURV9NQVgQAypiCglSYW5rT3JkZXISGgoWUkFOS19PUkRFUl9VTlNQRUNJRklFRBAAEhwKGFJBTktfT1JERVJfSElHSEVTVF9GSVJTVBABEhsKF1JBTktfT1JERVJfTE9XRVNUX0ZJUlNUEAIqwgEKDEFydGlmYWN0VHlwZRIdChlBUlRJRkFDVF9UWVBFX1VOU1BFQ0lGSUVEEAASGAoUQVJUSUZBQ1RfVFlQRV9SRVBPUlQQARIWChJBUlRJRkFDVF9UWVBFX0RBVEEQAhIVChFBUlRJRkFDVF9UWVBFX0xPRxADEhgKFEFSVElGQUNUX1RZUEVfQ09ORklHEAQSFwoTQVJUSUZBQ1RfVFlQRV9NT0RFTBAFEhcKE0FSVElGQUNUX1RZUEVfT1RIRVIQBjLDEwoKUnVuU2VydmljZRJKCglDcmVhdGVSdW4SHS5zaW10cmFjay52MS5DcmVhdGVSdW5SZXF1ZXN0Gh4uc2ltdHJhY2sudjEuQ3JlYXRlUnVuUmVzcG9uc2USQQoGR2V0UnVuEhouc2ltdHJhY2sudjEuR2V0UnVuUmVxdWVzdBobLnNpbXRyYWNrLnYxLkdldFJ1blJlc3BvbnNlEkcKCExpc3RSdW5zEhwuc2ltdHJhY2sudjEuTGlzdFJ1bnNSZXF1ZXN0Gh0uc2ltdHJhY2sudjEuTGlzdFJ1bnNSZXNwb25zZRJKCglVcGRhdGVSdW4SHS5zaW10cmFjay52MS5VcGRhdGVSdW5SZXF1ZXN0Gh4uc2ltdHJhY2sudjEuVXBkYXRlUnVuUmVzcG9uc2USSgoJRGVsZXRlUnVuEh0uc2ltdHJhY2sudjEuRGVsZXRlUnVuUmVxdWVzdBoeLnNpbXRyYWNrLnYxLkRlbGV0ZVJ1blJlc3BvbnNlEmIKEUNyZWF0ZVBhcnRpY2lwYW50EiUuc2ltdHJhY2sudjEuQ3JlYXRlUGFydGljaXBhbnRSZXF1ZXN0GiYuc2ltdHJhY2sudjEuQ3JlYXRlUGFydGljaXBhbnRSZXNwb25zZRJZCg5HZXRQYXJ0aWNpcGFudBIiLnNpbXRyYWNrLnYxLkdldFBhcnRpY2lwYW50UmVxdWVzdBojLnNpbXRyYWNrLnYxLkdldFBhcnRpY2lwYW50UmVzcG9uc2USXwoQTGlzdFBhcnRpY2lwYW50cxIkLnNpbXRyYWNrLnYxLkxpc3RQYXJ0aWNpcGFudHNSZXF1ZXN0GiUuc2ltdHJhY2sudjEuTGlzdFBhcnRpY2lwYW50c1Jlc3BvbnNlEmIKEVVwZGF0ZVBhcnRpY2lwYW50EiUuc2ltdHJhY2sudjEuVXBkYXRlUGFydGljaXBhbnRSZXF1ZXN0GiYuc2ltdHJhY2sudjEuVXBkYXRlUGFydGljaXBhbnRSZXNwb25zZRJiChFEZWxldGVQYXJ0aWNpcGFudBIlLnNpbXRyYWNrLnYxLkRlbGV0ZVBhcnRpY2lwYW50UmVxdWVzdBomLnNpbXRyYWNrLnYxLkRlbGV0ZVBhcnRpY2lwYW50UmVzcG9uc2USTgoJU3RyZWFtUnVuEh0uc2ltdHJhY2sudjEuU3RyZWFtUnVuUmVxdWVzdBoeLnNpbXRyYWNrLnYxLlN0cmVhbVJ1blJlc3BvbnNlKAEwARJJCghXYXRjaFJ1bhIcLnNpbXRyYWNrLnYxLldhdGNoUnVuUmVxdWVzdBodLnNpbXRyYWNrLnYxLldhdGNoUnVuUmVzcG9uc2UwARJKCglDYW5jZWxSdW4SHS5zaW10cmFjay52MS5DYW5jZWxSdW5SZXF1ZXN0Gh4uc2ltdHJhY2sudjEuQ2FuY2VsUnVuUmVzcG9uc2USRwoIUGF1c2VSdW4SHC5zaW10cmFjay52MS5QYXVzZVJ1blJlcXVlc3QaHS5zaW10cmFjay52MS5QYXVzZVJ1blJlc3BvbnNlEkoKCVJlc3VtZVJ1bhIdLnNpbXRyYWNrLnYxLlJlc3VtZVJ1blJlcXVlc3QaHi5zaW10cmFjay52MS5SZXN1bWVSdW5SZXNwb25zZRJQCgtTZW5kQ29tbWFuZBIfLnNpbXRyYWNrLnYxLlNlbmRDb21tYW5kUmVxdWVzdBogLnNpbXRyYWNrLnYxLlNlbmRDb21tYW5kUmVzcG9uc2USUAoLTGlzdE1ldHJpY3MSHy5zaW10cmFjay52MS5MaXN0TWV0cmljc1JlcXVlc3QaIC5zaW10cmFjay52MS5MaXN0TWV0cmljc1Jlc3BvbnNlEl8KEEdldE1ldHJpY0hpc3RvcnkSJC5zaW10cmFjay52MS5HZXRNZXRyaWNIaXN0b3J5UmVxdWVzdBolLnNpbXRyYWNrLnYxLkdldE1ldHJpY0hpc3RvcnlSZXNwb25zZRJNCgpMaXN0RXZlbnRzEh4uc2ltdHJhY2sudjEuTGlzdEV2ZW50c1JlcXVlc3QaHy5zaW10cmFjay52MS5MaXN0RXZlbnRzUmVzcG9uc2USWQoOR2V0TGVhZGVyYm9hcmQSIi5zaW10cmFjay52MS5HZXRMZWFkZXJib2FyZFJlcXVlc3QaIy5zaW10cmFjay52MS5HZXRMZWFkZXJib2FyZFJlc3BvbnNlElAKC0dldFJ1blN0YXRzEh8uc2ltdHJhY2sudjEuR2V0UnVuU3RhdHNSZXF1ZXN0GiAuc2ltdHJhY2sudjEuR2V0UnVuU3RhdHNSZXNwb25zZRJfChBDcmVhdGVWYWxpZGF0aW9uEiQuc2ltdHJhY2sudjEuQ3JlYXRlVmFsaWRhdGlvblJlcXVlc3QaJS5zaW10cmFjay52MS5DcmVhdGVWYWxpZGF0aW9uUmVzcG9uc2USVgoNR2V0VmFsaWRhdGlvbhIhLnNpbXRyYWNrLnYxLkdldFZhbGlkYXRpb25SZXF1ZXN0GiIuc2ltdHJhY2sudjEuR2V0VmFsaWRhdGlvblJlc3BvbnNlElwKD0xpc3RWYWxpZGF0aW9ucxIjLnNpbXRyYWNrLnYxLkxpc3RWYWxpZGF0aW9uc1JlcXVlc3QaJC5zaW10cmFjay52MS5MaXN0VmFsaWRhdGlvbnNSZXNwb25zZRJbCg5VcGxvYWRBcnRpZmFjdBIiLnNpbXRyYWNrLnYxLlVwbG9hZEFydGlmYWN0UmVxdWVzdBojLnNpbXRyYWNrLnYxLlVwbG9hZEFydGlmYWN0UmVzcG9uc2UoARJQCgtHZXRBcnRpZmFjdBIfLnNpbXRyYWNrLnYxLkdldEFydGlmYWN0UmVxdWVzdBogLnNpbXRyYWNrLnYxLkdldEFydGlmYWN0UmVzcG9uc2USZwoSR2V0QXJ0aWZhY3RDb250ZW50EiYuc2ltdHJhY2sudjEuR2V0QXJ0aWZhY3RDb250ZW50UmVxdWVzdBonLnNpbXRyYWNrLnYxLkdldEFydGlmYWN0Q29udGVudFJlc3BvbnNlMAESVgoNTGlzdEFydGlmYWN0cxIhLnNpbXRyYWNrLnYxLkxpc3RBcnRpZmFjdHNSZXF1ZXN0GiIuc2ltdHJhY2sudjEuTGlzdEFydGlmYWN0c1Jlc3BvbnNlElkKDkRlbGV0ZUFydGlmYWN0EiIuc2ltdHJhY2sudjEuRGVsZXRlQXJ0aWZhY3RSZXF1ZXN0GiMuc2ltdHJhY2sudjEuRGVsZXRlQXJ0aWZhY3RSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_struct, file_google_protobuf_timestamp, file_simtrack_v1_telemetry]);
+  fileDesc("ChZzaW10cmFjay92MS9ydW5zLnByb3RvEgtzaW10cmFjay52MSKfBgoDUnVuEgoKAmlkGAEgASgJEhUKDWV4cGVyaW1lbnRfaWQYAiABKAkSEgoKcnVuX251bWJlchgDIAEoAxITCgtzY2VuYXJpb19pZBgEIAEoCRIVCg1zY2VuYXJpb19oYXNoGAUgASgJEicKBnBhcmFtcxgGIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSJgoGc3RhdHVzGAcgASgOMhYuc2ltdHJhY2sudjEuUnVuU3RhdHVzEhQKDGN1cnJlbnRfdGljaxgIIAEoAxITCgt0b3RhbF90aWNrcxgJIAEoAxIYChBwcm9ncmVzc19wZXJjZW50GAogASgBEi4KCnN0YXJ0X3RpbWUYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjEKDWNvbXBsZXRlX3RpbWUYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEisKCGR1cmF0aW9uGA0gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjAKD21ldHJpY3Nfc3VtbWFyeRgOIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSKAoHcmVzdWx0cxgPIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSFQoNZXJyb3JfbWVzc2FnZRgQIAEoCRIuCg1lcnJvcl9kZXRhaWxzGBEgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIRCgl3b3JrZXJfaWQYEiABKAkSLwoLY3JlYXRlX3RpbWUYEyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGBQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1jYW5jZWxfcmVhc29uGBUgASgJEi8KC3ZhbmlzaF90aW1lGBYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtyZXZpdmVfdGltZRgXIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiMQoQQ3JlYXRlUnVuUmVxdWVzdBIdCgNydW4YASABKAsyEC5zaW10cmFjay52MS5SdW4iMgoRQ3JlYXRlUnVuUmVzcG9uc2USHQoDcnVuGAEgASgLMhAuc2ltdHJhY2sudjEuUnVuIhsKDUdldFJ1blJlcXVlc3QSCgoCaWQYASABKAkiLwoOR2V0UnVuUmVzcG9uc2USHQoDcnVuGAEgASgLMhAuc2ltdHJhY2sudjEuUnVuIkgKD0xpc3RSdW5zUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIOCgZmaWx0ZXIYAyABKAkiSwoQTGlzdFJ1bnNSZXNwb25zZRIeCgRydW5zGAEgAygLMhAuc2ltdHJhY2sudjEuUnVuEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJiChBVcGRhdGVSdW5SZXF1ZXN0Eh0KA3J1bhgBIAEoCzIQLnNpbXRyYWNrLnYxLlJ1bhIvCgt1cGRhdGVfbWFzaxgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2siMgoRVXBkYXRlUnVuUmVzcG9uc2USHQoDcnVuGAEgASgLMhAuc2ltdHJhY2sudjEuUnVuIh4KEERlbGV0ZVJ1blJlcXVlc3QSCgoCaWQYASABKAkiEwoRRGVsZXRlUnVuUmVzcG9uc2Ui3QEKC1BhcnRpY2lwYW50EgoKAmlkGAEgASgJEg4KBnJ1bl9pZBgCIAEoCRIQCghhZ2VudF9pZBgDIAEoCRIMCgRyb2xlGAQgASgJEjAKD2NvbmZpZ19vdmVycmlkZRgFIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSLwoLY3JlYXRlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJJChhDcmVhdGVQYXJ0aWNpcGFudFJlcXVlc3QSLQoLcGFydGljaXBhbnQYASABKAsyGC5zaW10cmFjay52MS5QYXJ0aWNpcGFudCJKChlDcmVhdGVQYXJ0aWNpcGFudFJlc3BvbnNlEi0KC3BhcnRpY2lwYW50GAEgASgLMhguc2ltdHJhY2sudjEuUGFydGljaXBhbnQiIwoVR2V0UGFydGljaXBhbnRSZXF1ZXN0EgoKAmlkGAEgASgJIkcKFkdldFBhcnRpY2lwYW50UmVzcG9uc2USLQoLcGFydGljaXBhbnQYASABKAsyGC5zaW10cmFjay52MS5QYXJ0aWNpcGFudCJgChdMaXN0UGFydGljaXBhbnRzUmVxdWVzdBIOCgZydW5faWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkSDgoGZmlsdGVyGAQgASgJImMKGExpc3RQYXJ0aWNpcGFudHNSZXNwb25zZRIuCgxwYXJ0aWNpcGFudHMYASADKAsyGC5zaW10cmFjay52MS5QYXJ0aWNpcGFudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiegoYVXBkYXRlUGFydGljaXBhbnRSZXF1ZXN0Ei0KC3BhcnRpY2lwYW50GAEgASgLMhguc2ltdHJhY2sudjEuUGFydGljaXBhbnQSLwoLdXBkYXRlX21hc2sYAiABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrIkoKGVVwZGF0ZVBhcnRpY2lwYW50UmVzcG9uc2USLQoLcGFydGljaXBhbnQYASABKAsyGC5zaW10cmFjay52MS5QYXJ0aWNpcGFudCImChhEZWxldGVQYXJ0aWNpcGFudFJlcXVlc3QSCgoCaWQYASABKAkiGwoZRGVsZXRlUGFydGljaXBhbnRSZXNwb25zZSIdCg9XYXRjaFJ1blJlcXVlc3QSCgoCaWQYASABKAkiYgoMTGF0ZXN0TWV0cmljEgwKBG5hbWUYASABKAkSDQoFdmFsdWUYAiABKAESDAoEc3RlcBgDIAEoAxINCgVjb3VudBgEIAEoAxILCgNtaW4YBSABKAESCwoDbWF4GAYgASgBIl0KEFdhdGNoUnVuUmVzcG9uc2USHQoDcnVuGAEgASgLMhAuc2ltdHJhY2sudjEuUnVuEioKB21ldHJpY3MYAiADKAsyGS5zaW10cmFjay52MS5MYXRlc3RNZXRyaWMiSgoHQ29tbWFuZBIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEiUKBGFyZ3MYAyABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Ii4KEENhbmNlbFJ1blJlcXVlc3QSCgoCaWQYASABKAkSDgoGcmVhc29uGAIgASgJIlkKEUNhbmNlbFJ1blJlc3BvbnNlEiUKB2NvbW1hbmQYASABKAsyFC5zaW10cmFjay52MS5Db21tYW5kEh0KA3J1bhgCIAEoCzIQLnNpbXRyYWNrLnYxLlJ1biIdCg9QYXVzZVJ1blJlcXVlc3QSCgoCaWQYASABKAkiWAoQUGF1c2VSdW5SZXNwb25zZRIlCgdjb21tYW5kGAEgASgLMhQuc2ltdHJhY2sudjEuQ29tbWFuZBIdCgNydW4YAiABKAsyEC5zaW10cmFjay52MS5SdW4iHgoQUmVzdW1lUnVuUmVxdWVzdBIKCgJpZBgBIAEoCSJZChFSZXN1bWVSdW5SZXNwb25zZRIlCgdjb21tYW5kGAEgASgLMhQuc2ltdHJhY2sudjEuQ29tbWFuZBIdCgNydW4YAiABKAsyEC5zaW10cmFjay52MS5SdW4iVQoSU2VuZENvbW1hbmRSZXF1ZXN0EgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSJQoEYXJncxgDIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QiPAoTU2VuZENvbW1hbmRSZXNwb25zZRIlCgdjb21tYW5kGAEgASgLMhQuc2ltdHJhY2sudjEuQ29tbWFuZCLWAQoVR2V0TGVhZGVyYm9hcmRSZXF1ZXN0EhMKC3NjZW5hcmlvX2lkGAEgASgJEg4KBm1ldHJpYxgCIAEoCRIvCglhZ2dyZWdhdGUYAyABKA4yHC5zaW10cmFjay52MS5NZXRyaWNBZ2dyZWdhdGUSJQoFb3JkZXIYBCABKA4yFi5zaW10cmFjay52MS5SYW5rT3JkZXISDQoFbGltaXQYBSABKAUSFQoNZXhwZXJpbWVudF9pZBgGIAEoCRIaChJpbmNsdWRlX3VuZmluaXNoZWQYByABKAgicwoQTGVhZGVyYm9hcmRFbnRyeRIMCgRyYW5rGAEgASgFEh0KA3J1bhgCIAEoCzIQLnNpbXRyYWNrLnYxLlJ1bhIQCghhZ2VudF9pZBgDIAEoCRINCgV2YWx1ZRgEIAEoARIRCglsYXN0X3N0ZXAYBSABKAMiXQoWR2V0TGVhZGVyYm9hcmRSZXNwb25zZRIuCgdlbnRyaWVzGAEgAygLMh0uc2ltdHJhY2sudjEuTGVhZGVyYm9hcmRFbnRyeRITCgtyYW5rZWRfcnVucxgCIAEoAyIkChJHZXRSdW5TdGF0c1JlcXVlc3QSDgoGZmlsdGVyGAEgASgJIkcKDlJ1blN0YXR1c0NvdW50EiYKBnN0YXR1cxgBIAEoDjIWLnNpbXRyYWNrLnYxLlJ1blN0YXR1cxINCgVjb3VudBgCIAEoAyLnAQoNRHVyYXRpb25TdGF0cxINCgVjb3VudBgBIAEoAxInCgRtZWFuGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiYKA21pbhgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhImCgNwNTAYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SJgoDcDk1GAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiYKA21heBgGIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiKZAQoTR2V0UnVuU3RhdHNSZXNwb25zZRINCgV0b3RhbBgBIAEoAxIuCglieV9zdGF0dXMYAiADKAsyGy5zaW10cmFjay52MS5SdW5TdGF0dXNDb3VudBIUCgxzdWNjZXNzX3JhdGUYAyABKAESLQoJZHVyYXRpb25zGAQgASgLMhouc2ltdHJhY2sudjEuRHVyYXRpb25TdGF0cyrQAQoJUnVuU3RhdHVzEhoKFlJVTl9TVEFUVVNfVU5TUEVDSUZJRUQQABIWChJSVU5fU1RBVFVTX1BFTkRJTkcQARIXChNSVU5fU1RBVFVTX1NUQVJUSU5HEAISFgoSUlVOX1NUQVRVU19SVU5OSU5HEAMSGAoUUlVOX1NUQVRVU19DT01QTEVURUQQBBIVChFSVU5fU1RBVFVTX0ZBSUxFRBAFEhYKElJVTl9TVEFUVVNfU1RPUFBFRBAGEhUKEVJVTl9TVEFUVVNfUEFVU0VEEAcqhAEKD01ldHJpY0FnZ3JlZ2F0ZRIgChxNRVRSSUNfQUdHUkVHQVRFX1VOU1BFQ0lGSUVEEAASGwoXTUVUUklDX0FHR1JFR0FURV9MQVRFU1QQARIYChRNRVRSSUNfQUdHUkVHQVRFX01JThACEhgKFE1FVFJJQ19BR0dSRUdBVEVfTUFYEAMqYgoJUmFua09yZGVyEhoKFlJBTktfT1JERVJfVU5TUEVDSUZJRUQQABIcChhSQU5LX09SREVSX0hJR0hFU1RfRklSU1QQARIbChdSQU5LX09SREVSX0xPV0VTVF9GSVJTVBACMo8LCgpSdW5TZXJ2aWNlEkoKCUNyZWF0ZVJ1bhIdLnNpbXRyYWNrLnYxLkNyZWF0ZVJ1blJlcXVlc3QaHi5zaW10cmFjay52MS5DcmVhdGVSdW5SZXNwb25zZRJBCgZHZXRSdW4SGi5zaW10cmFjay52MS5HZXRSdW5SZXF1ZXN0Ghsuc2ltdHJhY2sudjEuR2V0UnVuUmVzcG9uc2USRwoITGlzdFJ1bnMSHC5zaW10cmFjay52MS5MaXN0UnVuc1JlcXVlc3QaHS5zaW10cmFjay52MS5MaXN0UnVuc1Jlc3BvbnNlEkoKCVVwZGF0ZVJ1bhIdLnNpbXRyYWNrLnYxLlVwZGF0ZVJ1blJlcXVlc3QaHi5zaW10cmFjay52MS5VcGRhdGVSdW5SZXNwb25zZRJKCglEZWxldGVSdW4SHS5zaW10cmFjay52MS5EZWxldGVSdW5SZXF1ZXN0Gh4uc2ltdHJhY2sudjEuRGVsZXRlUnVuUmVzcG9uc2USYgoRQ3JlYXRlUGFydGljaXBhbnQSJS5zaW10cmFjay52MS5DcmVhdGVQYXJ0aWNpcGFudFJlcXVlc3QaJi5zaW10cmFjay52MS5DcmVhdGVQYXJ0aWNpcGFudFJlc3BvbnNlElkKDkdldFBhcnRpY2lwYW50EiIuc2ltdHJhY2sudjEuR2V0UGFydGljaXBhbnRSZXF1ZXN0GiMuc2ltdHJhY2sudjEuR2V0UGFydGljaXBhbnRSZXNwb25zZRJfChBMaXN0UGFydGljaXBhbnRzEiQuc2ltdHJhY2sudjEuTGlzdFBhcnRpY2lwYW50c1JlcXVlc3QaJS5zaW10cmFjay52MS5MaXN0UGFydGljaXBhbnRzUmVzcG9uc2USYgoRVXBkYXRlUGFydGljaXBhbnQSJS5zaW10cmFjay52MS5VcGRhdGVQYXJ0aWNpcGFudFJlcXVlc3QaJi5zaW10cmFjay52MS5VcGRhdGVQYXJ0aWNpcGFudFJlc3BvbnNlEmIKEURlbGV0ZVBhcnRpY2lwYW50EiUuc2ltdHJhY2sudjEuRGVsZXRlUGFydGljaXBhbnRSZXF1ZXN0GiYuc2ltdHJhY2sudjEuRGVsZXRlUGFydGljaXBhbnRSZXNwb25zZRJJCghXYXRjaFJ1bhIcLnNpbXRyYWNrLnYxLldhdGNoUnVuUmVxdWVzdBodLnNpbXRyYWNrLnYxLldhdGNoUnVuUmVzcG9uc2UwARJKCglDYW5jZWxSdW4SHS5zaW10cmFjay52MS5DYW5jZWxSdW5SZXF1ZXN0Gh4uc2ltdHJhY2sudjEuQ2FuY2VsUnVuUmVzcG9uc2USRwoIUGF1c2VSdW4SHC5zaW10cmFjay52MS5QYXVzZVJ1blJlcXVlc3QaHS5zaW10cmFjay52MS5QYXVzZVJ1blJlc3BvbnNlEkoKCVJlc3VtZVJ1bhIdLnNpbXRyYWNrLnYxLlJlc3VtZVJ1blJlcXVlc3QaHi5zaW10cmFjay52MS5SZXN1bWVSdW5SZXNwb25zZRJQCgtTZW5kQ29tbWFuZBIfLnNpbXRyYWNrLnYxLlNlbmRDb21tYW5kUmVxdWVzdBogLnNpbXRyYWNrLnYxLlNlbmRDb21tYW5kUmVzcG9uc2USWQoOR2V0TGVhZGVyYm9hcmQSIi5zaW10cmFjay52MS5HZXRMZWFkZXJib2FyZFJlcXVlc3QaIy5zaW10cmFjay52MS5HZXRMZWFkZXJib2FyZFJlc3BvbnNlElAKC0dldFJ1blN0YXRzEh8uc2ltdHJhY2sudjEuR2V0UnVuU3RhdHNSZXF1ZXN0GiAuc2ltdHJhY2sudjEuR2V0UnVuU3RhdHNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * Run is one execution of an experiment's scenario.
@@ -841,6 +839,46 @@ export const WatchRunResponseSchema: GenMessage<WatchRunResponse> = /*@__PURE__*
   messageDesc(file_simtrack_v1_runs, 24);
 
 /**
+ * Command asks the worker to do something.
+ *
+ * @generated from message simtrack.v1.Command
+ */
+export type Command = Message<"simtrack.v1.Command"> & {
+  /**
+   * Unique id of this command.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * "cancel" (stop and end the run as stopped), "pause" (hold still until "resume"; keep
+   * the stream open and heartbeating), "resume", or a custom name sent with SendCommand.
+   * A worker confirms a cancel by ending the run with a FinalStatus (see RunService.CancelRun).
+   * A worker may be told the same command twice (live, and in a welcome): same id, same
+   * command.
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * Arguments (a JSON object); a cancel carries {"reason": ...} when one was given, on every
+   * delivery.
+   *
+   * @generated from field: google.protobuf.Struct args = 3;
+   */
+  args?: JsonObject | undefined;
+};
+
+/**
+ * Describes the message simtrack.v1.Command.
+ * Use `create(CommandSchema)` to create a new message.
+ */
+export const CommandSchema: GenMessage<Command> = /*@__PURE__*/
+  messageDesc(file_simtrack_v1_runs, 25);
+
+/**
  * CancelRunRequest names the run to cancel.
  *
  * @generated from message simtrack.v1.CancelRunRequest
@@ -866,7 +904,7 @@ export type CancelRunRequest = Message<"simtrack.v1.CancelRunRequest"> & {
  * Use `create(CancelRunRequestSchema)` to create a new message.
  */
 export const CancelRunRequestSchema: GenMessage<CancelRunRequest> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 25);
+  messageDesc(file_simtrack_v1_runs, 26);
 
 /**
  * CancelRunResponse carries the command sent.
@@ -894,7 +932,7 @@ export type CancelRunResponse = Message<"simtrack.v1.CancelRunResponse"> & {
  * Use `create(CancelRunResponseSchema)` to create a new message.
  */
 export const CancelRunResponseSchema: GenMessage<CancelRunResponse> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 26);
+  messageDesc(file_simtrack_v1_runs, 27);
 
 /**
  * PauseRunRequest names the run to pause.
@@ -915,7 +953,7 @@ export type PauseRunRequest = Message<"simtrack.v1.PauseRunRequest"> & {
  * Use `create(PauseRunRequestSchema)` to create a new message.
  */
 export const PauseRunRequestSchema: GenMessage<PauseRunRequest> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 27);
+  messageDesc(file_simtrack_v1_runs, 28);
 
 /**
  * PauseRunResponse carries the command sent.
@@ -943,7 +981,7 @@ export type PauseRunResponse = Message<"simtrack.v1.PauseRunResponse"> & {
  * Use `create(PauseRunResponseSchema)` to create a new message.
  */
 export const PauseRunResponseSchema: GenMessage<PauseRunResponse> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 28);
+  messageDesc(file_simtrack_v1_runs, 29);
 
 /**
  * ResumeRunRequest names the run to resume.
@@ -964,7 +1002,7 @@ export type ResumeRunRequest = Message<"simtrack.v1.ResumeRunRequest"> & {
  * Use `create(ResumeRunRequestSchema)` to create a new message.
  */
 export const ResumeRunRequestSchema: GenMessage<ResumeRunRequest> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 29);
+  messageDesc(file_simtrack_v1_runs, 30);
 
 /**
  * ResumeRunResponse carries the command sent.
@@ -992,7 +1030,7 @@ export type ResumeRunResponse = Message<"simtrack.v1.ResumeRunResponse"> & {
  * Use `create(ResumeRunResponseSchema)` to create a new message.
  */
 export const ResumeRunResponseSchema: GenMessage<ResumeRunResponse> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 30);
+  messageDesc(file_simtrack_v1_runs, 31);
 
 /**
  * SendCommandRequest carries a custom command for a run's worker.
@@ -1027,7 +1065,7 @@ export type SendCommandRequest = Message<"simtrack.v1.SendCommandRequest"> & {
  * Use `create(SendCommandRequestSchema)` to create a new message.
  */
 export const SendCommandRequestSchema: GenMessage<SendCommandRequest> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 31);
+  messageDesc(file_simtrack_v1_runs, 32);
 
 /**
  * SendCommandResponse carries the command sent.
@@ -1048,398 +1086,7 @@ export type SendCommandResponse = Message<"simtrack.v1.SendCommandResponse"> & {
  * Use `create(SendCommandResponseSchema)` to create a new message.
  */
 export const SendCommandResponseSchema: GenMessage<SendCommandResponse> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 32);
-
-/**
- * Metric is one metric of a run, with a summary kept current as its points are stored.
- *
- * @generated from message simtrack.v1.Metric
- */
-export type Metric = Message<"simtrack.v1.Metric"> & {
-  /**
-   * The run the metric belongs to.
-   *
-   * @generated from field: string run_id = 1;
-   */
-  runId: string;
-
-  /**
-   * Metric name, unique within the run.
-   *
-   * @generated from field: string name = 2;
-   */
-  name: string;
-
-  /**
-   * Unit, as the first batch naming the metric gave it.
-   *
-   * @generated from field: string unit = 3;
-   */
-  unit: string;
-
-  /**
-   * Gauge or counter, as the first batch naming the metric gave it.
-   *
-   * @generated from field: simtrack.v1.MetricKind kind = 4;
-   */
-  kind: MetricKind;
-
-  /**
-   * How many points are stored (non-finite values included).
-   *
-   * @generated from field: int64 count = 5;
-   */
-  count: bigint;
-
-  /**
-   * The highest step with a finite value; 0 when there is none.
-   *
-   * @generated from field: int64 last_step = 6;
-   */
-  lastStep: bigint;
-
-  /**
-   * The finite value at last_step; NaN when there is none.
-   *
-   * @generated from field: double last_value = 7;
-   */
-  lastValue: number;
-
-  /**
-   * Smallest finite value; NaN when there is none.
-   *
-   * @generated from field: double min = 8;
-   */
-  min: number;
-
-  /**
-   * Largest finite value; NaN when there is none.
-   *
-   * @generated from field: double max = 9;
-   */
-  max: number;
-
-  /**
-   * When the first point arrived.
-   *
-   * @generated from field: google.protobuf.Timestamp create_time = 10;
-   */
-  createTime?: Timestamp | undefined;
-
-  /**
-   * When the summary last changed.
-   *
-   * @generated from field: google.protobuf.Timestamp update_time = 11;
-   */
-  updateTime?: Timestamp | undefined;
-};
-
-/**
- * Describes the message simtrack.v1.Metric.
- * Use `create(MetricSchema)` to create a new message.
- */
-export const MetricSchema: GenMessage<Metric> = /*@__PURE__*/
   messageDesc(file_simtrack_v1_runs, 33);
-
-/**
- * ListMetricsRequest asks for one page of a run's metrics.
- *
- * @generated from message simtrack.v1.ListMetricsRequest
- */
-export type ListMetricsRequest = Message<"simtrack.v1.ListMetricsRequest"> & {
-  /**
-   * The run whose metrics to list. Required.
-   *
-   * @generated from field: string run_id = 1;
-   */
-  runId: string;
-
-  /**
-   * Maximum number of metrics to return, 1-1000; 0 means the default of 50.
-   *
-   * @generated from field: int32 page_size = 2;
-   */
-  pageSize: number;
-
-  /**
-   * The next_page_token of a previous call with the same run and filter, or empty.
-   *
-   * @generated from field: string page_token = 3;
-   */
-  pageToken: string;
-
-  /**
-   * Filter (AIP-160 subset): `field = "value"` / `field != "value"` joined by AND.
-   * Fields: name, kind.
-   *
-   * @generated from field: string filter = 4;
-   */
-  filter: string;
-};
-
-/**
- * Describes the message simtrack.v1.ListMetricsRequest.
- * Use `create(ListMetricsRequestSchema)` to create a new message.
- */
-export const ListMetricsRequestSchema: GenMessage<ListMetricsRequest> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 34);
-
-/**
- * ListMetricsResponse is one page of metrics.
- *
- * @generated from message simtrack.v1.ListMetricsResponse
- */
-export type ListMetricsResponse = Message<"simtrack.v1.ListMetricsResponse"> & {
-  /**
-   * The metrics of this page, by name.
-   *
-   * @generated from field: repeated simtrack.v1.Metric metrics = 1;
-   */
-  metrics: Metric[];
-
-  /**
-   * Token for the next page; empty on the last page.
-   *
-   * @generated from field: string next_page_token = 2;
-   */
-  nextPageToken: string;
-};
-
-/**
- * Describes the message simtrack.v1.ListMetricsResponse.
- * Use `create(ListMetricsResponseSchema)` to create a new message.
- */
-export const ListMetricsResponseSchema: GenMessage<ListMetricsResponse> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 35);
-
-/**
- * GetMetricHistoryRequest asks for one metric's points, all of them or a downsampled view.
- *
- * @generated from message simtrack.v1.GetMetricHistoryRequest
- */
-export type GetMetricHistoryRequest = Message<"simtrack.v1.GetMetricHistoryRequest"> & {
-  /**
-   * The run. Required.
-   *
-   * @generated from field: string run_id = 1;
-   */
-  runId: string;
-
-  /**
-   * The metric's name. Required.
-   *
-   * @generated from field: string metric = 2;
-   */
-  metric: string;
-
-  /**
-   * The lowest step to return (inclusive); unset: from the first point.
-   *
-   * @generated from field: optional int64 start_step = 3;
-   */
-  startStep?: bigint | undefined;
-
-  /**
-   * The highest step to return (inclusive); unset: up to the last point.
-   *
-   * @generated from field: optional int64 end_step = 4;
-   */
-  endStep?: bigint | undefined;
-
-  /**
-   * 0: every point of the range, page by page. 2-100,000: at most this many points, not paged:
-   * the range is cut into max_points / 2 equal step intervals and each interval keeps its
-   * points of lowest and highest value (NaN only where an interval has nothing else), so
-   * spikes survive; a range with no more points than this is returned whole.
-   *
-   * @generated from field: int32 max_points = 5;
-   */
-  maxPoints: number;
-
-  /**
-   * Points per page when max_points is 0, 1-100,000; 0 means the default of 10,000.
-   *
-   * @generated from field: int32 page_size = 6;
-   */
-  pageSize: number;
-
-  /**
-   * The next_page_token of a previous call with the same run, metric and range, or empty.
-   *
-   * @generated from field: string page_token = 7;
-   */
-  pageToken: string;
-};
-
-/**
- * Describes the message simtrack.v1.GetMetricHistoryRequest.
- * Use `create(GetMetricHistoryRequestSchema)` to create a new message.
- */
-export const GetMetricHistoryRequestSchema: GenMessage<GetMetricHistoryRequest> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 36);
-
-/**
- * GetMetricHistoryResponse carries points as parallel columns, in step order (points of equal
- * step in the order they were sent).
- *
- * @generated from message simtrack.v1.GetMetricHistoryResponse
- */
-export type GetMetricHistoryResponse = Message<"simtrack.v1.GetMetricHistoryResponse"> & {
-  /**
-   * Steps of the points.
-   *
-   * @generated from field: repeated int64 steps = 1;
-   */
-  steps: bigint[];
-
-  /**
-   * Values of the points, stored faithfully (NaN and +/-Inf included).
-   *
-   * @generated from field: repeated double values = 2;
-   */
-  values: number[];
-
-  /**
-   * Unix times in seconds of the points.
-   *
-   * @generated from field: repeated double timestamps = 3;
-   */
-  timestamps: number[];
-
-  /**
-   * Token for the next page; empty on the last page and when downsampled.
-   *
-   * @generated from field: string next_page_token = 4;
-   */
-  nextPageToken: string;
-
-  /**
-   * How many stored points the requested range holds (on this and every other page).
-   *
-   * @generated from field: int64 range_count = 5;
-   */
-  rangeCount: bigint;
-
-  /**
-   * True when max_points left points out.
-   *
-   * @generated from field: bool downsampled = 6;
-   */
-  downsampled: boolean;
-};
-
-/**
- * Describes the message simtrack.v1.GetMetricHistoryResponse.
- * Use `create(GetMetricHistoryResponseSchema)` to create a new message.
- */
-export const GetMetricHistoryResponseSchema: GenMessage<GetMetricHistoryResponse> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 37);
-
-/**
- * ListEventsRequest asks for one page of a run's events.
- *
- * @generated from message simtrack.v1.ListEventsRequest
- */
-export type ListEventsRequest = Message<"simtrack.v1.ListEventsRequest"> & {
-  /**
-   * The run whose events to list. Required.
-   *
-   * @generated from field: string run_id = 1;
-   */
-  runId: string;
-
-  /**
-   * Maximum number of events to return, 1-1000; 0 means the default of 50.
-   *
-   * @generated from field: int32 page_size = 2;
-   */
-  pageSize: number;
-
-  /**
-   * The next_page_token of a previous call with the same run and filter, or empty.
-   *
-   * @generated from field: string page_token = 3;
-   */
-  pageToken: string;
-
-  /**
-   * Filter (AIP-160 subset): `field = "value"` / `field != "value"` joined by AND.
-   * Fields: type, agent_id.
-   *
-   * @generated from field: string filter = 4;
-   */
-  filter: string;
-};
-
-/**
- * Describes the message simtrack.v1.ListEventsRequest.
- * Use `create(ListEventsRequestSchema)` to create a new message.
- */
-export const ListEventsRequestSchema: GenMessage<ListEventsRequest> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 38);
-
-/**
- * StoredEvent is an event as stored, with its place in the run's stream.
- *
- * @generated from message simtrack.v1.StoredEvent
- */
-export type StoredEvent = Message<"simtrack.v1.StoredEvent"> & {
-  /**
-   * The event as the worker sent it (time filled in with the server's when it was unset).
-   *
-   * @generated from field: simtrack.v1.Event event = 1;
-   */
-  event?: Event | undefined;
-
-  /**
-   * The stream message (seq) that carried it.
-   *
-   * @generated from field: int64 seq = 2;
-   */
-  seq: bigint;
-
-  /**
-   * Its position within that message's batch, from 0.
-   *
-   * @generated from field: int32 position = 3;
-   */
-  position: number;
-};
-
-/**
- * Describes the message simtrack.v1.StoredEvent.
- * Use `create(StoredEventSchema)` to create a new message.
- */
-export const StoredEventSchema: GenMessage<StoredEvent> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 39);
-
-/**
- * ListEventsResponse is one page of events.
- *
- * @generated from message simtrack.v1.ListEventsResponse
- */
-export type ListEventsResponse = Message<"simtrack.v1.ListEventsResponse"> & {
-  /**
-   * The events of this page, in the order they were sent.
-   *
-   * @generated from field: repeated simtrack.v1.StoredEvent events = 1;
-   */
-  events: StoredEvent[];
-
-  /**
-   * Token for the next page; empty on the last page.
-   *
-   * @generated from field: string next_page_token = 2;
-   */
-  nextPageToken: string;
-};
-
-/**
- * Describes the message simtrack.v1.ListEventsResponse.
- * Use `create(ListEventsResponseSchema)` to create a new message.
- */
-export const ListEventsResponseSchema: GenMessage<ListEventsResponse> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 40);
 
 /**
  * GetLeaderboardRequest names the scenario and the metric to rank runs by.
@@ -1503,7 +1150,7 @@ export type GetLeaderboardRequest = Message<"simtrack.v1.GetLeaderboardRequest">
  * Use `create(GetLeaderboardRequestSchema)` to create a new message.
  */
 export const GetLeaderboardRequestSchema: GenMessage<GetLeaderboardRequest> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 41);
+  messageDesc(file_simtrack_v1_runs, 34);
 
 /**
  * LeaderboardEntry is one ranked run.
@@ -1552,7 +1199,7 @@ export type LeaderboardEntry = Message<"simtrack.v1.LeaderboardEntry"> & {
  * Use `create(LeaderboardEntrySchema)` to create a new message.
  */
 export const LeaderboardEntrySchema: GenMessage<LeaderboardEntry> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 42);
+  messageDesc(file_simtrack_v1_runs, 35);
 
 /**
  * GetLeaderboardResponse is the best runs, best first (ties: the earlier finished first).
@@ -1580,7 +1227,7 @@ export type GetLeaderboardResponse = Message<"simtrack.v1.GetLeaderboardResponse
  * Use `create(GetLeaderboardResponseSchema)` to create a new message.
  */
 export const GetLeaderboardResponseSchema: GenMessage<GetLeaderboardResponse> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 43);
+  messageDesc(file_simtrack_v1_runs, 36);
 
 /**
  * GetRunStatsRequest selects the runs to summarize.
@@ -1602,7 +1249,7 @@ export type GetRunStatsRequest = Message<"simtrack.v1.GetRunStatsRequest"> & {
  * Use `create(GetRunStatsRequestSchema)` to create a new message.
  */
 export const GetRunStatsRequestSchema: GenMessage<GetRunStatsRequest> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 44);
+  messageDesc(file_simtrack_v1_runs, 37);
 
 /**
  * RunStatusCount is how many of the runs are in one status.
@@ -1630,7 +1277,7 @@ export type RunStatusCount = Message<"simtrack.v1.RunStatusCount"> & {
  * Use `create(RunStatusCountSchema)` to create a new message.
  */
 export const RunStatusCountSchema: GenMessage<RunStatusCount> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 45);
+  messageDesc(file_simtrack_v1_runs, 38);
 
 /**
  * DurationStats summarizes the durations of ended runs that had started.
@@ -1686,7 +1333,7 @@ export type DurationStats = Message<"simtrack.v1.DurationStats"> & {
  * Use `create(DurationStatsSchema)` to create a new message.
  */
 export const DurationStatsSchema: GenMessage<DurationStats> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 46);
+  messageDesc(file_simtrack_v1_runs, 39);
 
 /**
  * GetRunStatsResponse summarizes the selected runs.
@@ -1729,600 +1376,7 @@ export type GetRunStatsResponse = Message<"simtrack.v1.GetRunStatsResponse"> & {
  * Use `create(GetRunStatsResponseSchema)` to create a new message.
  */
 export const GetRunStatsResponseSchema: GenMessage<GetRunStatsResponse> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 47);
-
-/**
- * Validation is a verdict on a run. When a run completes, the server checks its scenario's
- * success criteria against the run's metric summaries, once: validator "scenario", kind = the
- * metric, score = the observed statistic (unset when the run logged no finite value, which
- * fails the criterion), details = {metric, op, value, stat, description,
- * scenario_hash_matches, reason?}.
- *
- * @generated from message simtrack.v1.Validation
- */
-export type Validation = Message<"simtrack.v1.Validation"> & {
-  /**
-   * Server-assigned UUID. Output only.
-   *
-   * @generated from field: string id = 1;
-   */
-  id: string;
-
-  /**
-   * The run judged. Required on create; immutable.
-   *
-   * @generated from field: string run_id = 2;
-   */
-  runId: string;
-
-  /**
-   * Who judged, 1-100 characters; "scenario" is the server's own.
-   *
-   * @generated from field: string validator = 3;
-   */
-  validator: string;
-
-  /**
-   * What was judged, 1-200 characters; one verdict per (run, validator, kind).
-   *
-   * @generated from field: string kind = 4;
-   */
-  kind: string;
-
-  /**
-   * The verdict.
-   *
-   * @generated from field: bool passed = 5;
-   */
-  passed: boolean;
-
-  /**
-   * A finite score, if the validator gives one.
-   *
-   * @generated from field: optional double score = 6;
-   */
-  score?: number | undefined;
-
-  /**
-   * Details (a JSON object).
-   *
-   * @generated from field: google.protobuf.Struct details = 7;
-   */
-  details?: JsonObject | undefined;
-
-  /**
-   * When the verdict was recorded. Output only.
-   *
-   * @generated from field: google.protobuf.Timestamp create_time = 8;
-   */
-  createTime?: Timestamp | undefined;
-};
-
-/**
- * Describes the message simtrack.v1.Validation.
- * Use `create(ValidationSchema)` to create a new message.
- */
-export const ValidationSchema: GenMessage<Validation> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 48);
-
-/**
- * CreateValidationRequest carries the verdict to record.
- *
- * @generated from message simtrack.v1.CreateValidationRequest
- */
-export type CreateValidationRequest = Message<"simtrack.v1.CreateValidationRequest"> & {
-  /**
-   * The validation; id and create_time are ignored.
-   *
-   * @generated from field: simtrack.v1.Validation validation = 1;
-   */
-  validation?: Validation | undefined;
-};
-
-/**
- * Describes the message simtrack.v1.CreateValidationRequest.
- * Use `create(CreateValidationRequestSchema)` to create a new message.
- */
-export const CreateValidationRequestSchema: GenMessage<CreateValidationRequest> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 49);
-
-/**
- * CreateValidationResponse carries the recorded verdict.
- *
- * @generated from message simtrack.v1.CreateValidationResponse
- */
-export type CreateValidationResponse = Message<"simtrack.v1.CreateValidationResponse"> & {
-  /**
-   * The validation as stored.
-   *
-   * @generated from field: simtrack.v1.Validation validation = 1;
-   */
-  validation?: Validation | undefined;
-};
-
-/**
- * Describes the message simtrack.v1.CreateValidationResponse.
- * Use `create(CreateValidationResponseSchema)` to create a new message.
- */
-export const CreateValidationResponseSchema: GenMessage<CreateValidationResponse> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 50);
-
-/**
- * GetValidationRequest names the validation to read.
- *
- * @generated from message simtrack.v1.GetValidationRequest
- */
-export type GetValidationRequest = Message<"simtrack.v1.GetValidationRequest"> & {
-  /**
-   * The validation's id.
-   *
-   * @generated from field: string id = 1;
-   */
-  id: string;
-};
-
-/**
- * Describes the message simtrack.v1.GetValidationRequest.
- * Use `create(GetValidationRequestSchema)` to create a new message.
- */
-export const GetValidationRequestSchema: GenMessage<GetValidationRequest> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 51);
-
-/**
- * GetValidationResponse carries the validation read.
- *
- * @generated from message simtrack.v1.GetValidationResponse
- */
-export type GetValidationResponse = Message<"simtrack.v1.GetValidationResponse"> & {
-  /**
-   * The validation.
-   *
-   * @generated from field: simtrack.v1.Validation validation = 1;
-   */
-  validation?: Validation | undefined;
-};
-
-/**
- * Describes the message simtrack.v1.GetValidationResponse.
- * Use `create(GetValidationResponseSchema)` to create a new message.
- */
-export const GetValidationResponseSchema: GenMessage<GetValidationResponse> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 52);
-
-/**
- * ListValidationsRequest asks for one page of a run's validations.
- *
- * @generated from message simtrack.v1.ListValidationsRequest
- */
-export type ListValidationsRequest = Message<"simtrack.v1.ListValidationsRequest"> & {
-  /**
-   * The run whose validations to list. Required.
-   *
-   * @generated from field: string run_id = 1;
-   */
-  runId: string;
-
-  /**
-   * Maximum number of validations to return, 1-1000; 0 means the default of 50.
-   *
-   * @generated from field: int32 page_size = 2;
-   */
-  pageSize: number;
-
-  /**
-   * The next_page_token of a previous call with the same run and filter, or empty.
-   *
-   * @generated from field: string page_token = 3;
-   */
-  pageToken: string;
-
-  /**
-   * Filter (AIP-160 subset): `field = "value"` / `field != "value"` joined by AND.
-   * Fields: validator, kind, passed (true or false).
-   *
-   * @generated from field: string filter = 4;
-   */
-  filter: string;
-};
-
-/**
- * Describes the message simtrack.v1.ListValidationsRequest.
- * Use `create(ListValidationsRequestSchema)` to create a new message.
- */
-export const ListValidationsRequestSchema: GenMessage<ListValidationsRequest> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 53);
-
-/**
- * ListValidationsResponse is one page of validations.
- *
- * @generated from message simtrack.v1.ListValidationsResponse
- */
-export type ListValidationsResponse = Message<"simtrack.v1.ListValidationsResponse"> & {
-  /**
-   * The validations of this page, oldest first.
-   *
-   * @generated from field: repeated simtrack.v1.Validation validations = 1;
-   */
-  validations: Validation[];
-
-  /**
-   * Token for the next page; empty on the last page.
-   *
-   * @generated from field: string next_page_token = 2;
-   */
-  nextPageToken: string;
-};
-
-/**
- * Describes the message simtrack.v1.ListValidationsResponse.
- * Use `create(ListValidationsResponseSchema)` to create a new message.
- */
-export const ListValidationsResponseSchema: GenMessage<ListValidationsResponse> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 54);
-
-/**
- * Artifact is a file stored with a run.
- *
- * @generated from message simtrack.v1.Artifact
- */
-export type Artifact = Message<"simtrack.v1.Artifact"> & {
-  /**
-   * Server-assigned UUID. Output only.
-   *
-   * @generated from field: string id = 1;
-   */
-  id: string;
-
-  /**
-   * The run the file belongs to. Required on upload; immutable.
-   *
-   * @generated from field: string run_id = 2;
-   */
-  runId: string;
-
-  /**
-   * File name, 1-200 characters, unique within the run.
-   *
-   * @generated from field: string name = 3;
-   */
-  name: string;
-
-  /**
-   * What the file is; unset means other.
-   *
-   * @generated from field: simtrack.v1.ArtifactType type = 4;
-   */
-  type: ArtifactType;
-
-  /**
-   * Media type, e.g. "text/csv", up to 200 characters; default "application/octet-stream".
-   *
-   * @generated from field: string content_type = 5;
-   */
-  contentType: string;
-
-  /**
-   * Size in bytes. Output only.
-   *
-   * @generated from field: int64 size_bytes = 6;
-   */
-  sizeBytes: bigint;
-
-  /**
-   * SHA-256 of the content, lower-case hex. Output only (see UploadArtifactMetadata.sha256).
-   *
-   * @generated from field: string sha256 = 7;
-   */
-  sha256: string;
-
-  /**
-   * When the upload completed. Output only.
-   *
-   * @generated from field: google.protobuf.Timestamp create_time = 8;
-   */
-  createTime?: Timestamp | undefined;
-};
-
-/**
- * Describes the message simtrack.v1.Artifact.
- * Use `create(ArtifactSchema)` to create a new message.
- */
-export const ArtifactSchema: GenMessage<Artifact> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 55);
-
-/**
- * UploadArtifactMetadata opens an upload.
- *
- * @generated from message simtrack.v1.UploadArtifactMetadata
- */
-export type UploadArtifactMetadata = Message<"simtrack.v1.UploadArtifactMetadata"> & {
-  /**
-   * The artifact: run_id and name are required; type and content_type are optional.
-   *
-   * @generated from field: simtrack.v1.Artifact artifact = 1;
-   */
-  artifact?: Artifact | undefined;
-
-  /**
-   * Optional SHA-256 (hex) the content must have; a mismatch is INVALID_ARGUMENT and nothing
-   * is stored.
-   *
-   * @generated from field: string sha256 = 2;
-   */
-  sha256: string;
-};
-
-/**
- * Describes the message simtrack.v1.UploadArtifactMetadata.
- * Use `create(UploadArtifactMetadataSchema)` to create a new message.
- */
-export const UploadArtifactMetadataSchema: GenMessage<UploadArtifactMetadata> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 56);
-
-/**
- * UploadArtifactRequest is one message of an upload: metadata first, then chunks.
- *
- * @generated from message simtrack.v1.UploadArtifactRequest
- */
-export type UploadArtifactRequest = Message<"simtrack.v1.UploadArtifactRequest"> & {
-  /**
-   * What this message carries.
-   *
-   * @generated from oneof simtrack.v1.UploadArtifactRequest.kind
-   */
-  kind: {
-    /**
-     * The first message.
-     *
-     * @generated from field: simtrack.v1.UploadArtifactMetadata metadata = 1;
-     */
-    value: UploadArtifactMetadata;
-    case: "metadata";
-  } | {
-    /**
-     * A piece of the content, at most 1 MiB, in order.
-     *
-     * @generated from field: bytes chunk = 2;
-     */
-    value: Uint8Array;
-    case: "chunk";
-  } | { case: undefined; value?: undefined };
-};
-
-/**
- * Describes the message simtrack.v1.UploadArtifactRequest.
- * Use `create(UploadArtifactRequestSchema)` to create a new message.
- */
-export const UploadArtifactRequestSchema: GenMessage<UploadArtifactRequest> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 57);
-
-/**
- * UploadArtifactResponse carries the stored artifact.
- *
- * @generated from message simtrack.v1.UploadArtifactResponse
- */
-export type UploadArtifactResponse = Message<"simtrack.v1.UploadArtifactResponse"> & {
-  /**
-   * The artifact as stored, with its size and SHA-256.
-   *
-   * @generated from field: simtrack.v1.Artifact artifact = 1;
-   */
-  artifact?: Artifact | undefined;
-};
-
-/**
- * Describes the message simtrack.v1.UploadArtifactResponse.
- * Use `create(UploadArtifactResponseSchema)` to create a new message.
- */
-export const UploadArtifactResponseSchema: GenMessage<UploadArtifactResponse> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 58);
-
-/**
- * GetArtifactRequest names the artifact to read.
- *
- * @generated from message simtrack.v1.GetArtifactRequest
- */
-export type GetArtifactRequest = Message<"simtrack.v1.GetArtifactRequest"> & {
-  /**
-   * The artifact's id.
-   *
-   * @generated from field: string id = 1;
-   */
-  id: string;
-};
-
-/**
- * Describes the message simtrack.v1.GetArtifactRequest.
- * Use `create(GetArtifactRequestSchema)` to create a new message.
- */
-export const GetArtifactRequestSchema: GenMessage<GetArtifactRequest> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 59);
-
-/**
- * GetArtifactResponse carries the artifact's metadata.
- *
- * @generated from message simtrack.v1.GetArtifactResponse
- */
-export type GetArtifactResponse = Message<"simtrack.v1.GetArtifactResponse"> & {
-  /**
-   * The artifact.
-   *
-   * @generated from field: simtrack.v1.Artifact artifact = 1;
-   */
-  artifact?: Artifact | undefined;
-};
-
-/**
- * Describes the message simtrack.v1.GetArtifactResponse.
- * Use `create(GetArtifactResponseSchema)` to create a new message.
- */
-export const GetArtifactResponseSchema: GenMessage<GetArtifactResponse> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 60);
-
-/**
- * GetArtifactContentRequest names the artifact to download.
- *
- * @generated from message simtrack.v1.GetArtifactContentRequest
- */
-export type GetArtifactContentRequest = Message<"simtrack.v1.GetArtifactContentRequest"> & {
-  /**
-   * The artifact's id.
-   *
-   * @generated from field: string id = 1;
-   */
-  id: string;
-};
-
-/**
- * Describes the message simtrack.v1.GetArtifactContentRequest.
- * Use `create(GetArtifactContentRequestSchema)` to create a new message.
- */
-export const GetArtifactContentRequestSchema: GenMessage<GetArtifactContentRequest> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 61);
-
-/**
- * GetArtifactContentResponse is one message of a download: metadata first, then chunks.
- *
- * @generated from message simtrack.v1.GetArtifactContentResponse
- */
-export type GetArtifactContentResponse = Message<"simtrack.v1.GetArtifactContentResponse"> & {
-  /**
-   * What this message carries.
-   *
-   * @generated from oneof simtrack.v1.GetArtifactContentResponse.kind
-   */
-  kind: {
-    /**
-     * The first message.
-     *
-     * @generated from field: simtrack.v1.Artifact artifact = 1;
-     */
-    value: Artifact;
-    case: "artifact";
-  } | {
-    /**
-     * A piece of the content (at most 256 KiB), in order.
-     *
-     * @generated from field: bytes chunk = 2;
-     */
-    value: Uint8Array;
-    case: "chunk";
-  } | { case: undefined; value?: undefined };
-};
-
-/**
- * Describes the message simtrack.v1.GetArtifactContentResponse.
- * Use `create(GetArtifactContentResponseSchema)` to create a new message.
- */
-export const GetArtifactContentResponseSchema: GenMessage<GetArtifactContentResponse> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 62);
-
-/**
- * ListArtifactsRequest asks for one page of a run's artifacts.
- *
- * @generated from message simtrack.v1.ListArtifactsRequest
- */
-export type ListArtifactsRequest = Message<"simtrack.v1.ListArtifactsRequest"> & {
-  /**
-   * The run whose artifacts to list. Required.
-   *
-   * @generated from field: string run_id = 1;
-   */
-  runId: string;
-
-  /**
-   * Maximum number of artifacts to return, 1-1000; 0 means the default of 50.
-   *
-   * @generated from field: int32 page_size = 2;
-   */
-  pageSize: number;
-
-  /**
-   * The next_page_token of a previous call with the same run and filter, or empty.
-   *
-   * @generated from field: string page_token = 3;
-   */
-  pageToken: string;
-
-  /**
-   * Filter (AIP-160 subset): `field = "value"` / `field != "value"` joined by AND.
-   * Fields: name, type, content_type.
-   *
-   * @generated from field: string filter = 4;
-   */
-  filter: string;
-};
-
-/**
- * Describes the message simtrack.v1.ListArtifactsRequest.
- * Use `create(ListArtifactsRequestSchema)` to create a new message.
- */
-export const ListArtifactsRequestSchema: GenMessage<ListArtifactsRequest> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 63);
-
-/**
- * ListArtifactsResponse is one page of artifacts.
- *
- * @generated from message simtrack.v1.ListArtifactsResponse
- */
-export type ListArtifactsResponse = Message<"simtrack.v1.ListArtifactsResponse"> & {
-  /**
-   * The artifacts of this page, oldest first.
-   *
-   * @generated from field: repeated simtrack.v1.Artifact artifacts = 1;
-   */
-  artifacts: Artifact[];
-
-  /**
-   * Token for the next page; empty on the last page.
-   *
-   * @generated from field: string next_page_token = 2;
-   */
-  nextPageToken: string;
-};
-
-/**
- * Describes the message simtrack.v1.ListArtifactsResponse.
- * Use `create(ListArtifactsResponseSchema)` to create a new message.
- */
-export const ListArtifactsResponseSchema: GenMessage<ListArtifactsResponse> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 64);
-
-/**
- * DeleteArtifactRequest names the artifact to delete.
- *
- * @generated from message simtrack.v1.DeleteArtifactRequest
- */
-export type DeleteArtifactRequest = Message<"simtrack.v1.DeleteArtifactRequest"> & {
-  /**
-   * The artifact's id.
-   *
-   * @generated from field: string id = 1;
-   */
-  id: string;
-};
-
-/**
- * Describes the message simtrack.v1.DeleteArtifactRequest.
- * Use `create(DeleteArtifactRequestSchema)` to create a new message.
- */
-export const DeleteArtifactRequestSchema: GenMessage<DeleteArtifactRequest> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 65);
-
-/**
- * DeleteArtifactResponse is empty: the artifact is gone.
- *
- * @generated from message simtrack.v1.DeleteArtifactResponse
- */
-export type DeleteArtifactResponse = Message<"simtrack.v1.DeleteArtifactResponse"> & {
-};
-
-/**
- * Describes the message simtrack.v1.DeleteArtifactResponse.
- * Use `create(DeleteArtifactResponseSchema)` to create a new message.
- */
-export const DeleteArtifactResponseSchema: GenMessage<DeleteArtifactResponse> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 66);
+  messageDesc(file_simtrack_v1_runs, 40);
 
 /**
  * RunStatus is the lifecycle state of a run.
@@ -2469,69 +1523,10 @@ export const RankOrderSchema: GenEnum<RankOrder> = /*@__PURE__*/
   enumDesc(file_simtrack_v1_runs, 2);
 
 /**
- * ArtifactType says what an artifact is.
- *
- * @generated from enum simtrack.v1.ArtifactType
- */
-export enum ArtifactType {
-  /**
-   * Not set: other.
-   *
-   * @generated from enum value: ARTIFACT_TYPE_UNSPECIFIED = 0;
-   */
-  UNSPECIFIED = 0,
-
-  /**
-   * A report of the run.
-   *
-   * @generated from enum value: ARTIFACT_TYPE_REPORT = 1;
-   */
-  REPORT = 1,
-
-  /**
-   * Data the run produced.
-   *
-   * @generated from enum value: ARTIFACT_TYPE_DATA = 2;
-   */
-  DATA = 2,
-
-  /**
-   * A log.
-   *
-   * @generated from enum value: ARTIFACT_TYPE_LOG = 3;
-   */
-  LOG = 3,
-
-  /**
-   * Configuration the run used.
-   *
-   * @generated from enum value: ARTIFACT_TYPE_CONFIG = 4;
-   */
-  CONFIG = 4,
-
-  /**
-   * A model (weights, policy).
-   *
-   * @generated from enum value: ARTIFACT_TYPE_MODEL = 5;
-   */
-  MODEL = 5,
-
-  /**
-   * Anything else.
-   *
-   * @generated from enum value: ARTIFACT_TYPE_OTHER = 6;
-   */
-  OTHER = 6,
-}
-
-/**
- * Describes the enum simtrack.v1.ArtifactType.
- */
-export const ArtifactTypeSchema: GenEnum<ArtifactType> = /*@__PURE__*/
-  enumDesc(file_simtrack_v1_runs, 3);
-
-/**
- * RunService manages the runs of experiments and the agents taking part in them.
+ * RunService manages the runs of experiments and the agents taking part in them, tells their
+ * workers what to do (cancel, pause, resume, custom commands), and ranks and summarizes runs.
+ * What a run's worker streams is read back through TelemetryService, its files through
+ * ArtifactService, and the verdicts on it through ValidationService.
  *
  * @generated from service simtrack.v1.RunService
  */
@@ -2642,19 +1637,6 @@ export const RunService: GenService<{
     output: typeof DeleteParticipantResponseSchema;
   },
   /**
-   * StreamRun is a worker's two-way line for one run: telemetry in, acks and commands out.
-   * See StreamRunRequest for sequencing and exactly-once storage. Hello moves a pending or
-   * starting run to running (a paused run stays paused); a final status ends it. A second
-   * stream for a run that already has one takes over: the older stream ends with ABORTED.
-   *
-   * @generated from rpc simtrack.v1.RunService.StreamRun
-   */
-  streamRun: {
-    methodKind: "bidi_streaming";
-    input: typeof StreamRunRequestSchema;
-    output: typeof StreamRunResponseSchema;
-  },
-  /**
    * WatchRun streams a run's status, progress and latest metric values as they change,
    * starting with the current state; it ends after the run ends.
    *
@@ -2717,37 +1699,6 @@ export const RunService: GenService<{
     output: typeof SendCommandResponseSchema;
   },
   /**
-   * ListMetrics pages through a run's metrics with their summaries, by name.
-   *
-   * @generated from rpc simtrack.v1.RunService.ListMetrics
-   */
-  listMetrics: {
-    methodKind: "unary";
-    input: typeof ListMetricsRequestSchema;
-    output: typeof ListMetricsResponseSchema;
-  },
-  /**
-   * GetMetricHistory returns one metric's points in step order: every point, page by page, or
-   * (with max_points) at most that many, chosen so that the series keeps its shape and extremes.
-   *
-   * @generated from rpc simtrack.v1.RunService.GetMetricHistory
-   */
-  getMetricHistory: {
-    methodKind: "unary";
-    input: typeof GetMetricHistoryRequestSchema;
-    output: typeof GetMetricHistoryResponseSchema;
-  },
-  /**
-   * ListEvents pages through a run's events in the order the worker sent them.
-   *
-   * @generated from rpc simtrack.v1.RunService.ListEvents
-   */
-  listEvents: {
-    methodKind: "unary";
-    input: typeof ListEventsRequestSchema;
-    output: typeof ListEventsResponseSchema;
-  },
-  /**
    * GetLeaderboard ranks the runs of one scenario by one of their metrics, best first.
    *
    * @generated from rpc simtrack.v1.RunService.GetLeaderboard
@@ -2766,89 +1717,6 @@ export const RunService: GenService<{
     methodKind: "unary";
     input: typeof GetRunStatsRequestSchema;
     output: typeof GetRunStatsResponseSchema;
-  },
-  /**
-   * CreateValidation records an external validator's verdict on a run. (The server records
-   * validator "scenario" itself: one verdict per success criterion when a run completes.)
-   *
-   * @generated from rpc simtrack.v1.RunService.CreateValidation
-   */
-  createValidation: {
-    methodKind: "unary";
-    input: typeof CreateValidationRequestSchema;
-    output: typeof CreateValidationResponseSchema;
-  },
-  /**
-   * GetValidation returns one validation by id, or NOT_FOUND.
-   *
-   * @generated from rpc simtrack.v1.RunService.GetValidation
-   */
-  getValidation: {
-    methodKind: "unary";
-    input: typeof GetValidationRequestSchema;
-    output: typeof GetValidationResponseSchema;
-  },
-  /**
-   * ListValidations pages through a run's validations, oldest first.
-   *
-   * @generated from rpc simtrack.v1.RunService.ListValidations
-   */
-  listValidations: {
-    methodKind: "unary";
-    input: typeof ListValidationsRequestSchema;
-    output: typeof ListValidationsResponseSchema;
-  },
-  /**
-   * UploadArtifact stores a file of a run: the first message carries the metadata, the
-   * following ones the content in chunks of at most 1 MiB. The artifact exists (and is listed)
-   * only once every byte is stored, with its size and SHA-256.
-   *
-   * @generated from rpc simtrack.v1.RunService.UploadArtifact
-   */
-  uploadArtifact: {
-    methodKind: "client_streaming";
-    input: typeof UploadArtifactRequestSchema;
-    output: typeof UploadArtifactResponseSchema;
-  },
-  /**
-   * GetArtifact returns one artifact's metadata by id, or NOT_FOUND.
-   *
-   * @generated from rpc simtrack.v1.RunService.GetArtifact
-   */
-  getArtifact: {
-    methodKind: "unary";
-    input: typeof GetArtifactRequestSchema;
-    output: typeof GetArtifactResponseSchema;
-  },
-  /**
-   * GetArtifactContent streams an artifact: its metadata first, then its content in chunks.
-   *
-   * @generated from rpc simtrack.v1.RunService.GetArtifactContent
-   */
-  getArtifactContent: {
-    methodKind: "server_streaming";
-    input: typeof GetArtifactContentRequestSchema;
-    output: typeof GetArtifactContentResponseSchema;
-  },
-  /**
-   * ListArtifacts pages through a run's artifacts, oldest first.
-   *
-   * @generated from rpc simtrack.v1.RunService.ListArtifacts
-   */
-  listArtifacts: {
-    methodKind: "unary";
-    input: typeof ListArtifactsRequestSchema;
-    output: typeof ListArtifactsResponseSchema;
-  },
-  /**
-   * DeleteArtifact deletes an artifact and its content.
-   *
-   * @generated from rpc simtrack.v1.RunService.DeleteArtifact
-   */
-  deleteArtifact: {
-    methodKind: "unary";
-    input: typeof DeleteArtifactRequestSchema;
-    output: typeof DeleteArtifactResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_simtrack_v1_runs, 0);

@@ -2,20 +2,22 @@
 // @generated from file simtrack/v1/telemetry.proto (package simtrack.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenEnum, GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
-import { enumDesc, fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_struct, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { Command } from "./runs_pb.js";
+import { file_simtrack_v1_runs } from "./runs_pb.js";
 import type { JsonObject, Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file simtrack/v1/telemetry.proto.
  */
 export const file_simtrack_v1_telemetry: GenFile = /*@__PURE__*/
-  fileDesc("ChtzaW10cmFjay92MS90ZWxlbWV0cnkucHJvdG8SC3NpbXRyYWNrLnYxIqgCChBTdHJlYW1SdW5SZXF1ZXN0EgsKA3NlcRgBIAEoAxIjCgVoZWxsbxgCIAEoCzISLnNpbXRyYWNrLnYxLkhlbGxvSAASKQoIcHJvZ3Jlc3MYAyABKAsyFS5zaW10cmFjay52MS5Qcm9ncmVzc0gAEisKB21ldHJpY3MYBCABKAsyGC5zaW10cmFjay52MS5NZXRyaWNCYXRjaEgAEikKBmV2ZW50cxgFIAEoCzIXLnNpbXRyYWNrLnYxLkV2ZW50QmF0Y2hIABIqCgZzdGF0dXMYBiABKAsyGC5zaW10cmFjay52MS5GaW5hbFN0YXR1c0gAEisKCWhlYXJ0YmVhdBgHIAEoCzIWLnNpbXRyYWNrLnYxLkhlYXJ0YmVhdEgAQgYKBGtpbmQiUgoFSGVsbG8SDgoGcnVuX2lkGAEgASgJEhEKCXdvcmtlcl9pZBgCIAEoCRIWCg5sYXN0X2Fja2VkX3NlcRgDIAEoAxIOCgZyZXBsYXkYBCABKAgiOAoIUHJvZ3Jlc3MSDAoEdGljaxgBIAEoAxINCgV0b3RhbBgCIAEoAxIPCgdwZXJjZW50GAMgASgBIoQBCgxNZXRyaWNTZXJpZXMSDAoEbmFtZRgBIAEoCRIMCgR1bml0GAIgASgJEiUKBGtpbmQYAyABKA4yFy5zaW10cmFjay52MS5NZXRyaWNLaW5kEg0KBXN0ZXBzGAQgAygDEg4KBnZhbHVlcxgFIAMoARISCgp0aW1lc3RhbXBzGAYgAygBIjgKC01ldHJpY0JhdGNoEikKBnNlcmllcxgBIAMoCzIZLnNpbXRyYWNrLnYxLk1ldHJpY1NlcmllcyKJAQoFRXZlbnQSDAoEc3RlcBgBIAEoAxIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIMCgR0eXBlGAMgASgJEhAKCGFnZW50X2lkGAQgASgJEigKB3BheWxvYWQYBSABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0IjAKCkV2ZW50QmF0Y2gSIgoGZXZlbnRzGAEgAygLMhIuc2ltdHJhY2sudjEuRXZlbnQiqAEKC0ZpbmFsU3RhdHVzEigKB291dGNvbWUYASABKA4yFy5zaW10cmFjay52MS5SdW5PdXRjb21lEhUKDWVycm9yX21lc3NhZ2UYAiABKAkSLgoNZXJyb3JfZGV0YWlscxgDIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSKAoHcmVzdWx0cxgEIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QiCwoJSGVhcnRiZWF0IrwBChFTdHJlYW1SdW5SZXNwb25zZRInCgd3ZWxjb21lGAEgASgLMhQuc2ltdHJhY2sudjEuV2VsY29tZUgAEh8KA2FjaxgCIAEoCzIQLnNpbXRyYWNrLnYxLkFja0gAEicKB2NvbW1hbmQYAyABKAsyFC5zaW10cmFjay52MS5Db21tYW5kSAASLAoKZ29pbmdfYXdheRgEIAEoCzIWLnNpbXRyYWNrLnYxLkdvaW5nQXdheUgAQgYKBGtpbmQiogEKB1dlbGNvbWUSFQoNY29tbWl0dGVkX3NlcRgBIAEoAxIiChpoZWFydGJlYXRfaW50ZXJ2YWxfc2Vjb25kcxgCIAEoARIuChBwZW5kaW5nX2NvbW1hbmRzGAMgAygLMhQuc2ltdHJhY2sudjEuQ29tbWFuZBIsCgtydW5fb3V0Y29tZRgEIAEoDjIXLnNpbXRyYWNrLnYxLlJ1bk91dGNvbWUiHAoDQWNrEhUKDWNvbW1pdHRlZF9zZXEYASABKAMiSgoHQ29tbWFuZBIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEiUKBGFyZ3MYAyABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0IhsKCUdvaW5nQXdheRIOCgZyZWFzb24YASABKAkqWQoKTWV0cmljS2luZBIbChdNRVRSSUNfS0lORF9VTlNQRUNJRklFRBAAEhUKEU1FVFJJQ19LSU5EX0dBVUdFEAESFwoTTUVUUklDX0tJTkRfQ09VTlRFUhACKnUKClJ1bk91dGNvbWUSGwoXUlVOX09VVENPTUVfVU5TUEVDSUZJRUQQABIZChVSVU5fT1VUQ09NRV9DT01QTEVURUQQARIWChJSVU5fT1VUQ09NRV9GQUlMRUQQAhIXChNSVU5fT1VUQ09NRV9TVE9QUEVEEANiBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("ChtzaW10cmFjay92MS90ZWxlbWV0cnkucHJvdG8SC3NpbXRyYWNrLnYxIqgCChBTdHJlYW1SdW5SZXF1ZXN0EgsKA3NlcRgBIAEoAxIjCgVoZWxsbxgCIAEoCzISLnNpbXRyYWNrLnYxLkhlbGxvSAASKQoIcHJvZ3Jlc3MYAyABKAsyFS5zaW10cmFjay52MS5Qcm9ncmVzc0gAEisKB21ldHJpY3MYBCABKAsyGC5zaW10cmFjay52MS5NZXRyaWNCYXRjaEgAEikKBmV2ZW50cxgFIAEoCzIXLnNpbXRyYWNrLnYxLkV2ZW50QmF0Y2hIABIqCgZzdGF0dXMYBiABKAsyGC5zaW10cmFjay52MS5GaW5hbFN0YXR1c0gAEisKCWhlYXJ0YmVhdBgHIAEoCzIWLnNpbXRyYWNrLnYxLkhlYXJ0YmVhdEgAQgYKBGtpbmQiUgoFSGVsbG8SDgoGcnVuX2lkGAEgASgJEhEKCXdvcmtlcl9pZBgCIAEoCRIWCg5sYXN0X2Fja2VkX3NlcRgDIAEoAxIOCgZyZXBsYXkYBCABKAgiOAoIUHJvZ3Jlc3MSDAoEdGljaxgBIAEoAxINCgV0b3RhbBgCIAEoAxIPCgdwZXJjZW50GAMgASgBIoQBCgxNZXRyaWNTZXJpZXMSDAoEbmFtZRgBIAEoCRIMCgR1bml0GAIgASgJEiUKBGtpbmQYAyABKA4yFy5zaW10cmFjay52MS5NZXRyaWNLaW5kEg0KBXN0ZXBzGAQgAygDEg4KBnZhbHVlcxgFIAMoARISCgp0aW1lc3RhbXBzGAYgAygBIjgKC01ldHJpY0JhdGNoEikKBnNlcmllcxgBIAMoCzIZLnNpbXRyYWNrLnYxLk1ldHJpY1NlcmllcyKJAQoFRXZlbnQSDAoEc3RlcBgBIAEoAxIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIMCgR0eXBlGAMgASgJEhAKCGFnZW50X2lkGAQgASgJEigKB3BheWxvYWQYBSABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0IjAKCkV2ZW50QmF0Y2gSIgoGZXZlbnRzGAEgAygLMhIuc2ltdHJhY2sudjEuRXZlbnQiqAEKC0ZpbmFsU3RhdHVzEigKB291dGNvbWUYASABKA4yFy5zaW10cmFjay52MS5SdW5PdXRjb21lEhUKDWVycm9yX21lc3NhZ2UYAiABKAkSLgoNZXJyb3JfZGV0YWlscxgDIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSKAoHcmVzdWx0cxgEIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QiCwoJSGVhcnRiZWF0IrwBChFTdHJlYW1SdW5SZXNwb25zZRInCgd3ZWxjb21lGAEgASgLMhQuc2ltdHJhY2sudjEuV2VsY29tZUgAEh8KA2FjaxgCIAEoCzIQLnNpbXRyYWNrLnYxLkFja0gAEicKB2NvbW1hbmQYAyABKAsyFC5zaW10cmFjay52MS5Db21tYW5kSAASLAoKZ29pbmdfYXdheRgEIAEoCzIWLnNpbXRyYWNrLnYxLkdvaW5nQXdheUgAQgYKBGtpbmQiogEKB1dlbGNvbWUSFQoNY29tbWl0dGVkX3NlcRgBIAEoAxIiChpoZWFydGJlYXRfaW50ZXJ2YWxfc2Vjb25kcxgCIAEoARIuChBwZW5kaW5nX2NvbW1hbmRzGAMgAygLMhQuc2ltdHJhY2sudjEuQ29tbWFuZBIsCgtydW5fb3V0Y29tZRgEIAEoDjIXLnNpbXRyYWNrLnYxLlJ1bk91dGNvbWUiHAoDQWNrEhUKDWNvbW1pdHRlZF9zZXEYASABKAMiGwoJR29pbmdBd2F5Eg4KBnJlYXNvbhgBIAEoCSKNAgoGTWV0cmljEg4KBnJ1bl9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEgwKBHVuaXQYAyABKAkSJQoEa2luZBgEIAEoDjIXLnNpbXRyYWNrLnYxLk1ldHJpY0tpbmQSDQoFY291bnQYBSABKAMSEQoJbGFzdF9zdGVwGAYgASgDEhIKCmxhc3RfdmFsdWUYByABKAESCwoDbWluGAggASgBEgsKA21heBgJIAEoARIvCgtjcmVhdGVfdGltZRgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlsKEkxpc3RNZXRyaWNzUmVxdWVzdBIOCgZydW5faWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkSDgoGZmlsdGVyGAQgASgJIlQKE0xpc3RNZXRyaWNzUmVzcG9uc2USJAoHbWV0cmljcxgBIAMoCzITLnNpbXRyYWNrLnYxLk1ldHJpYxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiwAEKF0dldE1ldHJpY0hpc3RvcnlSZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCRIOCgZtZXRyaWMYAiABKAkSFwoKc3RhcnRfc3RlcBgDIAEoA0gAiAEBEhUKCGVuZF9zdGVwGAQgASgDSAGIAQESEgoKbWF4X3BvaW50cxgFIAEoBRIRCglwYWdlX3NpemUYBiABKAUSEgoKcGFnZV90b2tlbhgHIAEoCUINCgtfc3RhcnRfc3RlcEILCglfZW5kX3N0ZXAikAEKGEdldE1ldHJpY0hpc3RvcnlSZXNwb25zZRINCgVzdGVwcxgBIAMoAxIOCgZ2YWx1ZXMYAiADKAESEgoKdGltZXN0YW1wcxgDIAMoARIXCg9uZXh0X3BhZ2VfdG9rZW4YBCABKAkSEwoLcmFuZ2VfY291bnQYBSABKAMSEwoLZG93bnNhbXBsZWQYBiABKAgiWgoRTGlzdEV2ZW50c1JlcXVlc3QSDgoGcnVuX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJEg4KBmZpbHRlchgEIAEoCSJPCgtTdG9yZWRFdmVudBIhCgVldmVudBgBIAEoCzISLnNpbXRyYWNrLnYxLkV2ZW50EgsKA3NlcRgCIAEoAxIQCghwb3NpdGlvbhgDIAEoBSJXChJMaXN0RXZlbnRzUmVzcG9uc2USKAoGZXZlbnRzGAEgAygLMhguc2ltdHJhY2sudjEuU3RvcmVkRXZlbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJKlkKCk1ldHJpY0tpbmQSGwoXTUVUUklDX0tJTkRfVU5TUEVDSUZJRUQQABIVChFNRVRSSUNfS0lORF9HQVVHRRABEhcKE01FVFJJQ19LSU5EX0NPVU5URVIQAip1CgpSdW5PdXRjb21lEhsKF1JVTl9PVVRDT01FX1VOU1BFQ0lGSUVEEAASGQoVUlVOX09VVENPTUVfQ09NUExFVEVEEAESFgoSUlVOX09VVENPTUVfRkFJTEVEEAISFwoTUlVOX09VVENPTUVfU1RPUFBFRBADMuQCChBUZWxlbWV0cnlTZXJ2aWNlEk4KCVN0cmVhbVJ1bhIdLnNpbXRyYWNrLnYxLlN0cmVhbVJ1blJlcXVlc3QaHi5zaW10cmFjay52MS5TdHJlYW1SdW5SZXNwb25zZSgBMAESUAoLTGlzdE1ldHJpY3MSHy5zaW10cmFjay52MS5MaXN0TWV0cmljc1JlcXVlc3QaIC5zaW10cmFjay52MS5MaXN0TWV0cmljc1Jlc3BvbnNlEl8KEEdldE1ldHJpY0hpc3RvcnkSJC5zaW10cmFjay52MS5HZXRNZXRyaWNIaXN0b3J5UmVxdWVzdBolLnNpbXRyYWNrLnYxLkdldE1ldHJpY0hpc3RvcnlSZXNwb25zZRJNCgpMaXN0RXZlbnRzEh4uc2ltdHJhY2sudjEuTGlzdEV2ZW50c1JlcXVlc3QaHy5zaW10cmFjay52MS5MaXN0RXZlbnRzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_simtrack_v1_runs]);
 
 /**
- * A worker's message on RunService.StreamRun. The first message of a stream must be `hello`.
+ * A worker's message on TelemetryService.StreamRun. The first message of a stream must be `hello`.
  *
  * Sequencing: every message but hello and heartbeat carries `seq`, numbered 1, 2, 3, ... per
  * run across all of the run's streams. The server commits each sequenced message exactly once,
@@ -400,7 +402,7 @@ export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
   messageDesc(file_simtrack_v1_telemetry, 8);
 
 /**
- * The server's message on RunService.StreamRun.
+ * The server's message on TelemetryService.StreamRun.
  *
  * @generated from message simtrack.v1.StreamRunResponse
  */
@@ -520,46 +522,6 @@ export const AckSchema: GenMessage<Ack> = /*@__PURE__*/
   messageDesc(file_simtrack_v1_telemetry, 11);
 
 /**
- * Command asks the worker to do something.
- *
- * @generated from message simtrack.v1.Command
- */
-export type Command = Message<"simtrack.v1.Command"> & {
-  /**
-   * Unique id of this command.
-   *
-   * @generated from field: string id = 1;
-   */
-  id: string;
-
-  /**
-   * "cancel" (stop and end the run as stopped), "pause" (hold still until "resume"; keep
-   * the stream open and heartbeating), "resume", or a custom name sent with SendCommand.
-   * A worker confirms a cancel by ending the run with a FinalStatus (see RunService.CancelRun).
-   * A worker may be told the same command twice (live, and in a welcome): same id, same
-   * command.
-   *
-   * @generated from field: string name = 2;
-   */
-  name: string;
-
-  /**
-   * Arguments (a JSON object); a cancel carries {"reason": ...} when one was given, on every
-   * delivery.
-   *
-   * @generated from field: google.protobuf.Struct args = 3;
-   */
-  args?: JsonObject | undefined;
-};
-
-/**
- * Describes the message simtrack.v1.Command.
- * Use `create(CommandSchema)` to create a new message.
- */
-export const CommandSchema: GenMessage<Command> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_telemetry, 12);
-
-/**
  * GoingAway announces a server shutdown.
  *
  * @generated from message simtrack.v1.GoingAway
@@ -578,7 +540,398 @@ export type GoingAway = Message<"simtrack.v1.GoingAway"> & {
  * Use `create(GoingAwaySchema)` to create a new message.
  */
 export const GoingAwaySchema: GenMessage<GoingAway> = /*@__PURE__*/
+  messageDesc(file_simtrack_v1_telemetry, 12);
+
+/**
+ * Metric is one metric of a run, with a summary kept current as its points are stored.
+ *
+ * @generated from message simtrack.v1.Metric
+ */
+export type Metric = Message<"simtrack.v1.Metric"> & {
+  /**
+   * The run the metric belongs to.
+   *
+   * @generated from field: string run_id = 1;
+   */
+  runId: string;
+
+  /**
+   * Metric name, unique within the run.
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * Unit, as the first batch naming the metric gave it.
+   *
+   * @generated from field: string unit = 3;
+   */
+  unit: string;
+
+  /**
+   * Gauge or counter, as the first batch naming the metric gave it.
+   *
+   * @generated from field: simtrack.v1.MetricKind kind = 4;
+   */
+  kind: MetricKind;
+
+  /**
+   * How many points are stored (non-finite values included).
+   *
+   * @generated from field: int64 count = 5;
+   */
+  count: bigint;
+
+  /**
+   * The highest step with a finite value; 0 when there is none.
+   *
+   * @generated from field: int64 last_step = 6;
+   */
+  lastStep: bigint;
+
+  /**
+   * The finite value at last_step; NaN when there is none.
+   *
+   * @generated from field: double last_value = 7;
+   */
+  lastValue: number;
+
+  /**
+   * Smallest finite value; NaN when there is none.
+   *
+   * @generated from field: double min = 8;
+   */
+  min: number;
+
+  /**
+   * Largest finite value; NaN when there is none.
+   *
+   * @generated from field: double max = 9;
+   */
+  max: number;
+
+  /**
+   * When the first point arrived.
+   *
+   * @generated from field: google.protobuf.Timestamp create_time = 10;
+   */
+  createTime?: Timestamp | undefined;
+
+  /**
+   * When the summary last changed.
+   *
+   * @generated from field: google.protobuf.Timestamp update_time = 11;
+   */
+  updateTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message simtrack.v1.Metric.
+ * Use `create(MetricSchema)` to create a new message.
+ */
+export const MetricSchema: GenMessage<Metric> = /*@__PURE__*/
   messageDesc(file_simtrack_v1_telemetry, 13);
+
+/**
+ * ListMetricsRequest asks for one page of a run's metrics.
+ *
+ * @generated from message simtrack.v1.ListMetricsRequest
+ */
+export type ListMetricsRequest = Message<"simtrack.v1.ListMetricsRequest"> & {
+  /**
+   * The run whose metrics to list. Required.
+   *
+   * @generated from field: string run_id = 1;
+   */
+  runId: string;
+
+  /**
+   * Maximum number of metrics to return, 1-1000; 0 means the default of 50.
+   *
+   * @generated from field: int32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * The next_page_token of a previous call with the same run and filter, or empty.
+   *
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
+
+  /**
+   * Filter (AIP-160 subset): `field = "value"` / `field != "value"` joined by AND.
+   * Fields: name, kind.
+   *
+   * @generated from field: string filter = 4;
+   */
+  filter: string;
+};
+
+/**
+ * Describes the message simtrack.v1.ListMetricsRequest.
+ * Use `create(ListMetricsRequestSchema)` to create a new message.
+ */
+export const ListMetricsRequestSchema: GenMessage<ListMetricsRequest> = /*@__PURE__*/
+  messageDesc(file_simtrack_v1_telemetry, 14);
+
+/**
+ * ListMetricsResponse is one page of metrics.
+ *
+ * @generated from message simtrack.v1.ListMetricsResponse
+ */
+export type ListMetricsResponse = Message<"simtrack.v1.ListMetricsResponse"> & {
+  /**
+   * The metrics of this page, by name.
+   *
+   * @generated from field: repeated simtrack.v1.Metric metrics = 1;
+   */
+  metrics: Metric[];
+
+  /**
+   * Token for the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message simtrack.v1.ListMetricsResponse.
+ * Use `create(ListMetricsResponseSchema)` to create a new message.
+ */
+export const ListMetricsResponseSchema: GenMessage<ListMetricsResponse> = /*@__PURE__*/
+  messageDesc(file_simtrack_v1_telemetry, 15);
+
+/**
+ * GetMetricHistoryRequest asks for one metric's points, all of them or a downsampled view.
+ *
+ * @generated from message simtrack.v1.GetMetricHistoryRequest
+ */
+export type GetMetricHistoryRequest = Message<"simtrack.v1.GetMetricHistoryRequest"> & {
+  /**
+   * The run. Required.
+   *
+   * @generated from field: string run_id = 1;
+   */
+  runId: string;
+
+  /**
+   * The metric's name. Required.
+   *
+   * @generated from field: string metric = 2;
+   */
+  metric: string;
+
+  /**
+   * The lowest step to return (inclusive); unset: from the first point.
+   *
+   * @generated from field: optional int64 start_step = 3;
+   */
+  startStep?: bigint | undefined;
+
+  /**
+   * The highest step to return (inclusive); unset: up to the last point.
+   *
+   * @generated from field: optional int64 end_step = 4;
+   */
+  endStep?: bigint | undefined;
+
+  /**
+   * 0: every point of the range, page by page. 2-100,000: at most this many points, not paged:
+   * the range is cut into max_points / 2 equal step intervals and each interval keeps its
+   * points of lowest and highest value (NaN only where an interval has nothing else), so
+   * spikes survive; a range with no more points than this is returned whole.
+   *
+   * @generated from field: int32 max_points = 5;
+   */
+  maxPoints: number;
+
+  /**
+   * Points per page when max_points is 0, 1-100,000; 0 means the default of 10,000.
+   *
+   * @generated from field: int32 page_size = 6;
+   */
+  pageSize: number;
+
+  /**
+   * The next_page_token of a previous call with the same run, metric and range, or empty.
+   *
+   * @generated from field: string page_token = 7;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message simtrack.v1.GetMetricHistoryRequest.
+ * Use `create(GetMetricHistoryRequestSchema)` to create a new message.
+ */
+export const GetMetricHistoryRequestSchema: GenMessage<GetMetricHistoryRequest> = /*@__PURE__*/
+  messageDesc(file_simtrack_v1_telemetry, 16);
+
+/**
+ * GetMetricHistoryResponse carries points as parallel columns, in step order (points of equal
+ * step in the order they were sent).
+ *
+ * @generated from message simtrack.v1.GetMetricHistoryResponse
+ */
+export type GetMetricHistoryResponse = Message<"simtrack.v1.GetMetricHistoryResponse"> & {
+  /**
+   * Steps of the points.
+   *
+   * @generated from field: repeated int64 steps = 1;
+   */
+  steps: bigint[];
+
+  /**
+   * Values of the points, stored faithfully (NaN and +/-Inf included).
+   *
+   * @generated from field: repeated double values = 2;
+   */
+  values: number[];
+
+  /**
+   * Unix times in seconds of the points.
+   *
+   * @generated from field: repeated double timestamps = 3;
+   */
+  timestamps: number[];
+
+  /**
+   * Token for the next page; empty on the last page and when downsampled.
+   *
+   * @generated from field: string next_page_token = 4;
+   */
+  nextPageToken: string;
+
+  /**
+   * How many stored points the requested range holds (on this and every other page).
+   *
+   * @generated from field: int64 range_count = 5;
+   */
+  rangeCount: bigint;
+
+  /**
+   * True when max_points left points out.
+   *
+   * @generated from field: bool downsampled = 6;
+   */
+  downsampled: boolean;
+};
+
+/**
+ * Describes the message simtrack.v1.GetMetricHistoryResponse.
+ * Use `create(GetMetricHistoryResponseSchema)` to create a new message.
+ */
+export const GetMetricHistoryResponseSchema: GenMessage<GetMetricHistoryResponse> = /*@__PURE__*/
+  messageDesc(file_simtrack_v1_telemetry, 17);
+
+/**
+ * ListEventsRequest asks for one page of a run's events.
+ *
+ * @generated from message simtrack.v1.ListEventsRequest
+ */
+export type ListEventsRequest = Message<"simtrack.v1.ListEventsRequest"> & {
+  /**
+   * The run whose events to list. Required.
+   *
+   * @generated from field: string run_id = 1;
+   */
+  runId: string;
+
+  /**
+   * Maximum number of events to return, 1-1000; 0 means the default of 50.
+   *
+   * @generated from field: int32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * The next_page_token of a previous call with the same run and filter, or empty.
+   *
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
+
+  /**
+   * Filter (AIP-160 subset): `field = "value"` / `field != "value"` joined by AND.
+   * Fields: type, agent_id.
+   *
+   * @generated from field: string filter = 4;
+   */
+  filter: string;
+};
+
+/**
+ * Describes the message simtrack.v1.ListEventsRequest.
+ * Use `create(ListEventsRequestSchema)` to create a new message.
+ */
+export const ListEventsRequestSchema: GenMessage<ListEventsRequest> = /*@__PURE__*/
+  messageDesc(file_simtrack_v1_telemetry, 18);
+
+/**
+ * StoredEvent is an event as stored, with its place in the run's stream.
+ *
+ * @generated from message simtrack.v1.StoredEvent
+ */
+export type StoredEvent = Message<"simtrack.v1.StoredEvent"> & {
+  /**
+   * The event as the worker sent it (time filled in with the server's when it was unset).
+   *
+   * @generated from field: simtrack.v1.Event event = 1;
+   */
+  event?: Event | undefined;
+
+  /**
+   * The stream message (seq) that carried it.
+   *
+   * @generated from field: int64 seq = 2;
+   */
+  seq: bigint;
+
+  /**
+   * Its position within that message's batch, from 0.
+   *
+   * @generated from field: int32 position = 3;
+   */
+  position: number;
+};
+
+/**
+ * Describes the message simtrack.v1.StoredEvent.
+ * Use `create(StoredEventSchema)` to create a new message.
+ */
+export const StoredEventSchema: GenMessage<StoredEvent> = /*@__PURE__*/
+  messageDesc(file_simtrack_v1_telemetry, 19);
+
+/**
+ * ListEventsResponse is one page of events.
+ *
+ * @generated from message simtrack.v1.ListEventsResponse
+ */
+export type ListEventsResponse = Message<"simtrack.v1.ListEventsResponse"> & {
+  /**
+   * The events of this page, in the order they were sent.
+   *
+   * @generated from field: repeated simtrack.v1.StoredEvent events = 1;
+   */
+  events: StoredEvent[];
+
+  /**
+   * Token for the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message simtrack.v1.ListEventsResponse.
+ * Use `create(ListEventsResponseSchema)` to create a new message.
+ */
+export const ListEventsResponseSchema: GenMessage<ListEventsResponse> = /*@__PURE__*/
+  messageDesc(file_simtrack_v1_telemetry, 20);
 
 /**
  * MetricKind says how a metric behaves.
@@ -654,4 +1007,58 @@ export enum RunOutcome {
  */
 export const RunOutcomeSchema: GenEnum<RunOutcome> = /*@__PURE__*/
   enumDesc(file_simtrack_v1_telemetry, 1);
+
+/**
+ * TelemetryService carries what a run's worker produces: the worker streams it in (StreamRun,
+ * which also delivers the run's commands to the worker) and anyone reads it back.
+ *
+ * @generated from service simtrack.v1.TelemetryService
+ */
+export const TelemetryService: GenService<{
+  /**
+   * StreamRun is a worker's two-way line for one run: telemetry in, acks and commands out.
+   * See StreamRunRequest for sequencing and exactly-once storage. Hello moves a pending or
+   * starting run to running (a paused run stays paused); a final status ends it. A second
+   * stream for a run that already has one takes over: the older stream ends with ABORTED.
+   *
+   * @generated from rpc simtrack.v1.TelemetryService.StreamRun
+   */
+  streamRun: {
+    methodKind: "bidi_streaming";
+    input: typeof StreamRunRequestSchema;
+    output: typeof StreamRunResponseSchema;
+  },
+  /**
+   * ListMetrics pages through a run's metrics with their summaries, by name.
+   *
+   * @generated from rpc simtrack.v1.TelemetryService.ListMetrics
+   */
+  listMetrics: {
+    methodKind: "unary";
+    input: typeof ListMetricsRequestSchema;
+    output: typeof ListMetricsResponseSchema;
+  },
+  /**
+   * GetMetricHistory returns one metric's points in step order: every point, page by page, or
+   * (with max_points) at most that many, chosen so that the series keeps its shape and extremes.
+   *
+   * @generated from rpc simtrack.v1.TelemetryService.GetMetricHistory
+   */
+  getMetricHistory: {
+    methodKind: "unary";
+    input: typeof GetMetricHistoryRequestSchema;
+    output: typeof GetMetricHistoryResponseSchema;
+  },
+  /**
+   * ListEvents pages through a run's events in the order the worker sent them.
+   *
+   * @generated from rpc simtrack.v1.TelemetryService.ListEvents
+   */
+  listEvents: {
+    methodKind: "unary";
+    input: typeof ListEventsRequestSchema;
+    output: typeof ListEventsResponseSchema;
+  },
+}> = /*@__PURE__*/
+  serviceDesc(file_simtrack_v1_telemetry, 0);
 
