@@ -7,13 +7,15 @@ it, and silently skip rows; it is refused instead, as the entity lists' tokens a
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pytest
 
 from simtrack.errors import InvalidArgument
 from simtrack.server.db import models
 from simtrack.server.domain.history import HistoryService
+from simtrack.server.domain.listing import Page
 from simtrack.server.domain.model import MetricKind
 from simtrack.server.domain.tenancy import DEFAULT_TENANT_ID
 
@@ -55,37 +57,36 @@ async def run_with_telemetry(services: Services, experiment_id: str) -> str:
     return run.id
 
 
-def refused_token(excinfo: pytest.ExceptionInfo[InvalidArgument]) -> bool:
-    return [v.field for v in excinfo.value.violations] == ["page_token"]
+class Listed(NamedTuple):
+    call: Callable[..., Awaitable[Page[Any]]]
+    kept: str  # a filter that keeps the first and the third row...
+    other_filter: str
+    key: str  # ...told apart by this attribute
+    expected: list[Any]
 
 
-async def test_list_metrics_tokens_are_bound_to_filter_and_run(services: Services) -> None:
+LISTS = {
+    "metrics": Listed(
+        HistoryService.list_metrics, "kind = gauge", "kind = counter", "name", ["a", "c"]
+    ),
+    "events": Listed(HistoryService.list_events, "type = tick", "type = trade", "position", [0, 2]),
+}
+
+
+@pytest.mark.parametrize("listed", sorted(LISTS))
+async def test_page_tokens_are_bound_to_filter_and_run(services: Services, listed: str) -> None:
+    call, kept, other_filter, key, expected = LISTS[listed]
     history = HistoryService(services.uow)
     experiment = await services.experiment()
     run = await run_with_telemetry(services, experiment.id)
     other = await run_with_telemetry(services, experiment.id)
 
-    first = await history.list_metrics(run, 1, "", "kind = gauge")
-    assert [m.name for m in first.items] == ["a"] and first.next_page_token
-    for run_id, filter_text in ((run, ""), (run, "kind = counter"), (other, "kind = gauge")):
+    first = await call(history, run, 1, "", kept)
+    assert [getattr(row, key) for row in first.items] == expected[:1] and first.next_page_token
+    for run_id, filter_text in ((run, ""), (run, other_filter), (other, kept)):
         with pytest.raises(InvalidArgument) as excinfo:
-            await history.list_metrics(run_id, 1, first.next_page_token, filter_text)
-        assert refused_token(excinfo), (run_id, filter_text)
-    rest = await history.list_metrics(run, 5, first.next_page_token, " kind = gauge ")
-    assert ([m.name for m in rest.items], rest.next_page_token) == (["c"], "")
-
-
-async def test_list_events_tokens_are_bound_to_filter_and_run(services: Services) -> None:
-    history = HistoryService(services.uow)
-    experiment = await services.experiment()
-    run = await run_with_telemetry(services, experiment.id)
-    other = await run_with_telemetry(services, experiment.id)
-
-    first = await history.list_events(run, 1, "", "type = tick")
-    assert [e.position for e in first.items] == [0] and first.next_page_token
-    for run_id, filter_text in ((run, ""), (run, "type = trade"), (other, "type = tick")):
-        with pytest.raises(InvalidArgument) as excinfo:
-            await history.list_events(run_id, 1, first.next_page_token, filter_text)
-        assert refused_token(excinfo), (run_id, filter_text)
-    rest = await history.list_events(run, 5, first.next_page_token, "type = tick")
-    assert ([e.position for e in rest.items], rest.next_page_token) == ([2], "")
+            await call(history, run_id, 1, first.next_page_token, filter_text)
+        fields = [v.field for v in excinfo.value.violations]
+        assert fields == ["page_token"], (run_id, filter_text)
+    rest = await call(history, run, 5, first.next_page_token, f" {kept} ")  # same, spaced
+    assert ([getattr(row, key) for row in rest.items], rest.next_page_token) == (expected[1:], "")

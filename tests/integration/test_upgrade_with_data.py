@@ -11,21 +11,17 @@ test: a migration's data handling is part of what it must declare.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, MetaData, Table, select
-from sqlalchemy import create_engine as create_sync_engine
-from sqlalchemy.engine import make_url
-from sqlalchemy.pool import NullPool
 
 from alembic import command
 from simtrack.server.db import migrate
 from simtrack.server.domain.tenancy import DEFAULT_TENANT_ID
+from tests.integration.test_migrations import connect
 
 
 def revisions() -> list[str]:
@@ -151,18 +147,6 @@ ADDED: dict[tuple[str, str], Any] = {
     ("runs", "paused_at"): None,
     ("events", "time_ns"): nanos(EVENT_TIME),  # converted from the old ``time``
 }
-
-
-@contextmanager
-def connect(url: str) -> Iterator[Connection]:
-    parsed = make_url(url)
-    driver = "sqlite" if parsed.get_backend_name() == "sqlite" else "postgresql+psycopg"
-    engine = create_sync_engine(parsed.set(drivername=driver), poolclass=NullPool)
-    try:
-        with engine.begin() as connection:
-            yield connection
-    finally:
-        engine.dispose()
 
 
 def reflect(connection: Connection) -> dict[str, Table]:
