@@ -240,7 +240,7 @@ class RunHandle:
 
 
 class Worker(RunHandle):
-    """A run's telemetry stream, used as a context manager (see the module docstring).
+    """A run's telemetry stream, used as a context manager (see :mod:`simtrack.client.worker`).
 
     ``target`` is ``host:port`` (or a ``grpc.Channel`` to share), ``api_key`` goes out as
     ``authorization: Bearer <key>``, ``worker_id`` defaults to ``host:pid``, ``spool_dir``
