@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from simtrack.client import Worker, WorkerOptions
-from simtrack.client.spool import Spool, spooled_runs
+from simtrack.client.worker._spool import Spool, spooled_runs
 from simtrack.v1 import runs_pb2, telemetry_pb2
 
 if TYPE_CHECKING:

@@ -33,7 +33,7 @@ from grpc_status import rpc_status
 
 from simtrack.client import AsyncWorker, Command, Worker, WorkerOptions, sync_spool
 from simtrack.client.errors import from_rpc_error
-from simtrack.client.spool import Spool, SpoolLocked, spooled_runs, wire_bytes
+from simtrack.client.worker._spool import Spool, SpoolLocked, spooled_runs, wire_bytes
 from simtrack.errors import (
     Conflict,
     FailedPrecondition,

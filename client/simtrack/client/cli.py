@@ -41,7 +41,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     status is 1.
     """
     from simtrack.client import SyncError, sync_spool
-    from simtrack.client.spool import default_spool_dir
+    from simtrack.client.worker._spool import default_spool_dir
 
     spool_dir = args.spool_dir or default_spool_dir()
     try:

@@ -29,10 +29,11 @@ from typing import Any, BinaryIO, Protocol, TypeVar
 import grpc
 import numpy as np
 import numpy.typing as npt
-from google.protobuf import struct_pb2
 
+from simtrack.client._channel import call_metadata, open_channel
+from simtrack.client._convert import to_struct
 from simtrack.client.errors import from_rpc_error
-from simtrack.client.worker import MAX_MESSAGE_BYTES, Worker, WorkerOptions
+from simtrack.client.worker import Worker, WorkerOptions
 from simtrack.v1 import (
     agents_pb2,
     agents_pb2_grpc,
@@ -61,14 +62,6 @@ FRAMEWORKS = {
     "crewai": agents_pb2.FRAMEWORK_CREWAI,
     "custom": agents_pb2.FRAMEWORK_CUSTOM,
 }
-
-
-def _struct(value: Mapping[str, Any] | None) -> struct_pb2.Struct | None:
-    if value is None:
-        return None
-    struct = struct_pb2.Struct()
-    struct.update(value)
-    return struct
 
 
 ARTIFACT_CHUNK = 1 << 20  # bytes per upload message: the server's limit
@@ -124,20 +117,8 @@ class Client:
         self.api_key = api_key
         self.timeout = timeout
         self._owns_channel = isinstance(target, str)
-        if isinstance(target, str):
-            options = [
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ]
-            if credentials is not None:
-                self.channel: grpc.Channel = grpc.secure_channel(target, credentials, options)
-            else:
-                self.channel = grpc.insecure_channel(target, options)
-        else:
-            self.channel = target
-        self.metadata: tuple[tuple[str, str], ...] = (
-            (("authorization", f"Bearer {api_key}"),) if api_key else ()
-        )
+        self.channel: grpc.Channel = open_channel(target, credentials)
+        self.metadata = call_metadata(api_key)
         self.agents = agents_pb2_grpc.AgentServiceStub(self.channel)
         self.experiments = experiments_pb2_grpc.ExperimentServiceStub(self.channel)
         self.runs = runs_pb2_grpc.RunServiceStub(self.channel)
@@ -201,7 +182,8 @@ class Client:
     ) -> agents_pb2.Agent:
         """Create an agent (framework: baseline, langchain, crewai, custom or the enum value)."""
         value = FRAMEWORKS[framework] if isinstance(framework, str) else framework
-        agent = agents_pb2.Agent(name=name, framework=value, config=_struct(config))  # type: ignore[arg-type]
+        config_struct = to_struct(config, "agent.config")
+        agent = agents_pb2.Agent(name=name, framework=value, config=config_struct)  # type: ignore[arg-type]
         return self._call(self.agents.CreateAgent, agents_pb2.CreateAgentRequest(agent=agent)).agent
 
     def create_experiment(
@@ -217,7 +199,7 @@ class Client:
             name=name,
             agent_id=agent_id,
             scenario_id=scenario_id,
-            params=_struct(params),
+            params=to_struct(params, "experiment.params"),
             description=description,
         )
         request = experiments_pb2.CreateExperimentRequest(experiment=experiment)
@@ -261,7 +243,7 @@ class Client:
         """Create a run of an experiment (pending until a worker says hello)."""
         run = runs_pb2.Run(
             experiment_id=experiment_id,
-            params=_struct(params),
+            params=to_struct(params, "run.params"),
             total_ticks=total_ticks,
             worker_id=worker_id,
         )
@@ -366,7 +348,7 @@ class Client:
             kind=kind,
             passed=passed,
             score=score,
-            details=_struct(details),
+            details=to_struct(details, "validation.details"),
         )
         request = validations_pb2.CreateValidationRequest(validation=validation)
         return self._call(self.validations.CreateValidation, request).validation
@@ -466,7 +448,7 @@ class Client:
         self, run_id: str, name: str, args: Mapping[str, Any] | None = None
     ) -> runs_pb2.Command:
         """Send a custom command with JSON arguments to the run's worker."""
-        request = runs_pb2.SendCommandRequest(id=run_id, name=name, args=_struct(args))
+        request = runs_pb2.SendCommandRequest(id=run_id, name=name, args=to_struct(args, "args"))
         return self._call(self.runs.SendCommand, request).command
 
     def watch_run(
