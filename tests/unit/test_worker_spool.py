@@ -1107,7 +1107,10 @@ CTRL_C_CHILD = textwrap.dedent(
         with Worker(target, run_id, spool_dir=spool_dir, options=options) as run:
             run.log_metrics(0, {"x": 1.0})
             print("ready", flush=True)
-            time.sleep(60)
+            # Short steps, as a simulation loop runs: the kernel may hand SIGINT to one of
+            # gRPC's threads, and Python's main thread acts on it only when it next wakes.
+            for _ in range(600):
+                time.sleep(0.1)
 
     async def async_simulation() -> None:
         async with AsyncWorker(target, run_id, spool_dir=spool_dir, options=options) as run:
