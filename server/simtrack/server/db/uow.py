@@ -6,6 +6,7 @@ rolls back. Database errors leave the block as simtrack errors, so no caller see
 
 from __future__ import annotations
 
+import asyncio
 from types import TracebackType
 from typing import Any
 
@@ -128,7 +129,9 @@ class UnitOfWork:
     ) -> None:
         # Closing hands the connection back to the pool, which rolls back whatever was not
         # committed; unlike rollback() it leaves loaded objects readable for the caller.
-        await self.session.close()
+        # Shielded: a call cancelled again while it closes (a client that left) must still
+        # return the connection, not leave it for the garbage collector to reset.
+        await asyncio.shield(self.session.close())
         if isinstance(exc, IntegrityError):
             raise translate_integrity_error(exc) from exc
         if isinstance(exc, DataError):
