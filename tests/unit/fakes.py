@@ -13,4 +13,6 @@ from typing import Any
 
 class Unfaked:
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):  # copy, pickle, inspect probing for optional protocols
+            raise AttributeError(name)
         raise AssertionError(f"{type(self).__name__}.{name} is not faked: fake it in the test")
