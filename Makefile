@@ -32,10 +32,11 @@ protos: | $(NPM_TOOLS) ## Regenerate the stubs from protos/: Python (common/simt
 	$(PYTHON) tools/gen_protos.py
 	$(BUF) generate
 
-lint: | $(NPM_TOOLS) ## ruff check, ruff format --check, mypy, buf lint, buf format check, tsc
+lint: | $(NPM_TOOLS) ## ruff check, ruff format --check, mypy, lint-imports, buf lint, buf format check, tsc
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
 	$(PYTHON) -m mypy $(MYPY_PATHS)
+	lint-imports
 	$(BUF) lint
 	$(BUF) format -d --exit-code
 	$(TSC) -p web

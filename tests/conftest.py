@@ -17,8 +17,8 @@ import pytest
 from psycopg import sql
 from sqlalchemy import make_url
 
+from simtrack.server.core.tenancy import LOCAL_PRINCIPAL, reset_principal, set_principal
 from simtrack.server.db import migrate
-from simtrack.server.domain.tenancy import LOCAL_PRINCIPAL, reset_principal, set_principal
 
 # The non-superuser role the server connects as, so row-level security applies to it.
 APP_ROLE = "simtrack_app"

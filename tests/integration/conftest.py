@@ -18,15 +18,15 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from simtrack.server.core.model import Framework, utcnow
+from simtrack.server.core.tenancy import DEFAULT_TENANT_ID
 from simtrack.server.db.engine import create_engine
-from simtrack.server.db.models import Agent, Experiment, Run, UTCDateTime, utcnow
+from simtrack.server.db.models import Agent, Experiment, Run, UTCDateTime
 from simtrack.server.db.uow import UnitOfWorkFactory, tenant_aware_sessions
 from simtrack.server.domain.agents import AgentService
 from simtrack.server.domain.experiments import ExperimentService, TemplateService
-from simtrack.server.domain.model import Framework
 from simtrack.server.domain.runs import ParticipantService, RunService
 from simtrack.server.domain.simulations import SimulationService
-from simtrack.server.domain.tenancy import DEFAULT_TENANT_ID
 from simtrack.server.scenarios import ScenarioCatalogue, default_scenarios_dir, load_catalogue
 
 # The tier-0 scenario: small, stable, and its duration (60 ticks) is asserted on.

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from sqlalchemy import event
 
-from simtrack.server.domain.model import ExperimentStatus, RunStatus
+from simtrack.server.core.model import ExperimentStatus, RunStatus
 
 if TYPE_CHECKING:
     from tests.integration.conftest import MakeServices, Services

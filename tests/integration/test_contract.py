@@ -16,13 +16,13 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from simtrack.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from simtrack.server.db import models
-from simtrack.server.domain.model import (
+from simtrack.server.core.model import (
     ExperimentStatus,
     Framework,
     RunStatus,
     SimulationStatus,
 )
+from simtrack.server.db import models
 
 if TYPE_CHECKING:
     from tests.integration.conftest import Services

@@ -24,10 +24,10 @@ from sqlalchemy.pool import NullPool
 from alembic import command
 from simtrack.server.app import StartupError, prepare_database
 from simtrack.server.config import Settings
+from simtrack.server.core.tenancy import DEFAULT_TENANT_ID
 from simtrack.server.db import migrate
 from simtrack.server.db.engine import create_engine
 from simtrack.server.db.models import TENANT_OWNED_TABLES, Base
-from simtrack.server.domain.tenancy import DEFAULT_TENANT_ID
 
 APP_TABLES = frozenset(Base.metadata.tables)
 ON_DELETE = {

@@ -21,18 +21,18 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import NoResultFound
 
-from simtrack.server.db import models, repositories
-from simtrack.server.db.models import utcnow
-from simtrack.server.db.uow import UnitOfWork
-from simtrack.server.domain.listing import Condition, PageRequest
-from simtrack.server.domain.model import (
+from simtrack.server.core.listing import Condition, PageRequest
+from simtrack.server.core.model import (
     ArtifactType,
     Framework,
     MetricAggregate,
     MetricKind,
     RunStatus,
+    utcnow,
 )
-from simtrack.server.domain.tenancy import Principal, Role, reset_principal, set_principal
+from simtrack.server.core.tenancy import Principal, Role, reset_principal, set_principal
+from simtrack.server.db import models, repositories
+from simtrack.server.db.uow import UnitOfWork
 
 if TYPE_CHECKING:
     from tests.integration.conftest import Services

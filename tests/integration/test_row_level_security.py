@@ -16,10 +16,10 @@ from sqlalchemy.exc import DBAPIError
 
 from simtrack.errors import NotFound
 from simtrack.server.app import StartupError, check_row_level_security
+from simtrack.server.core.tenancy import Principal, Role, reset_principal, set_principal
 from simtrack.server.db import repositories
 from simtrack.server.db.engine import create_engine
 from simtrack.server.db.models import TENANT_OWNED_TABLES, Tenant
-from simtrack.server.domain.tenancy import Principal, Role, reset_principal, set_principal
 from tests.integration.conftest import MakeServices, Services  # noqa: F401
 
 if TYPE_CHECKING:

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import pytest
 
 from simtrack.errors import InvalidArgument
+from simtrack.server.core.listing import Page
+from simtrack.server.core.model import MetricKind
+from simtrack.server.core.tenancy import DEFAULT_TENANT_ID
 from simtrack.server.db import models
 from simtrack.server.domain.history import HistoryService
-from simtrack.server.domain.listing import Page
-from simtrack.server.domain.model import MetricKind
-from simtrack.server.domain.tenancy import DEFAULT_TENANT_ID
 
 if TYPE_CHECKING:
     from tests.integration.conftest import Services

@@ -19,8 +19,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, MetaData, Table, select
 
 from alembic import command
+from simtrack.server.core.tenancy import DEFAULT_TENANT_ID
 from simtrack.server.db import migrate
-from simtrack.server.domain.tenancy import DEFAULT_TENANT_ID
 from tests.integration.test_migrations import connect
 
 

@@ -20,9 +20,9 @@ from sqlalchemy.pool import NullPool
 
 from simtrack.errors import FailedPrecondition, Unavailable
 from simtrack.server.api.telemetry import decode
+from simtrack.server.core.tenancy import LOCAL_PRINCIPAL
 from simtrack.server.db.engine import create_engine
 from simtrack.server.db.ingest import IngestStore
-from simtrack.server.domain.tenancy import LOCAL_PRINCIPAL
 from simtrack.server.ingest import writer as writer_module
 from simtrack.server.ingest.items import Batch
 from simtrack.server.ingest.writer import GroupCommitWriter, metric_id

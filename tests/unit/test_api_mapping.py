@@ -27,7 +27,7 @@ from simtrack.server.api.convert import (
 )
 from simtrack.server.api.errors import to_status
 from simtrack.server.api.interceptor import message_parser
-from simtrack.server.domain.model import Framework
+from simtrack.server.core.model import Framework
 from simtrack.v1 import agents_pb2
 
 

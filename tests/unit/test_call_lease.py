@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from typing import Any, cast
+from typing import Any
 
-import grpc
 import pytest
 
 from simtrack.errors import PermissionDenied, SimtrackError, Unauthenticated, Unavailable
 from simtrack.server.api import auth
 from simtrack.server.api.auth import CallAuthorizer, until_revoked, while_valid
-from simtrack.server.domain.access import Authenticator
-from simtrack.server.domain.tenancy import Principal, Role, current_principal
+from simtrack.server.core.tenancy import Principal, Role, current_principal
 
 CACHE = 0.02
 WRITER = Principal("tenant-a", Role.WRITER, "key-1")
@@ -47,7 +45,7 @@ class FakeContext:
         return (("authorization", "Bearer stk_0123456789_secret"),)
 
 
-CONTEXT = cast(grpc.aio.ServicerContext[Any, Any], FakeContext())
+CONTEXT = FakeContext()
 
 
 @pytest.fixture
@@ -57,7 +55,7 @@ def keys(monkeypatch: pytest.MonkeyPatch) -> FakeKeys:
 
 
 def authorizer(keys: FakeKeys) -> CallAuthorizer:
-    return CallAuthorizer(cast(Authenticator, keys))
+    return CallAuthorizer(keys)
 
 
 class Idle:

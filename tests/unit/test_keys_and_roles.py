@@ -4,16 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import cast
 
 import pytest
 
 from simtrack.errors import PermissionDenied, Unauthenticated
 from simtrack.server.api.auth import bearer_token, required_role
-from simtrack.server.db.models import ApiKey
-from simtrack.server.db.uow import UnitOfWorkFactory
-from simtrack.server.domain.access import Authenticator
-from simtrack.server.domain.tenancy import (
+from simtrack.server.core.tenancy import (
     Principal,
     Role,
     current_principal,
@@ -24,6 +20,9 @@ from simtrack.server.domain.tenancy import (
     set_principal,
     token_matches,
 )
+from simtrack.server.db.models import ApiKey
+from simtrack.server.domain.access import Authenticator
+from tests.unit.fakes import Unfaked
 
 
 def test_minted_keys_are_unique_and_only_their_hash_matches() -> None:
@@ -93,20 +92,20 @@ def test_principal_is_per_context() -> None:
 
 
 @dataclass
-class FakeAccess:
-    keys: dict[str, ApiKey] = field(default_factory=dict)
+class FakeAccess(Unfaked):
+    by_prefix: dict[str, ApiKey] = field(default_factory=dict)
     lookups: int = 0
     touches: int = 0
 
     async def key_by_prefix(self, prefix: str) -> ApiKey | None:
         self.lookups += 1
-        return self.keys.get(prefix)
+        return self.by_prefix.get(prefix)
 
     async def touch_key(self, key_id: str, when: object) -> None:
         self.touches += 1
 
 
-class FakeUnitOfWork:
+class FakeUnitOfWork(Unfaked):
     def __init__(self, access: FakeAccess) -> None:
         self.access = access
 
@@ -136,11 +135,9 @@ async def test_authenticator_caches_verified_keys_and_sees_revocation_after_ttl(
         id="k1", tenant_id="t1", role=Role.WRITER, prefix=minted.prefix,
         secret_hash=minted.secret_hash, revoked_at=None,
     )  # fmt: skip
-    access.keys[minted.prefix] = key
+    access.by_prefix[minted.prefix] = key
     clock = Clock()
-    auth = Authenticator(
-        cast(UnitOfWorkFactory, lambda: FakeUnitOfWork(access)), cache_seconds=2.0, clock=clock
-    )
+    auth = Authenticator(lambda: FakeUnitOfWork(access), cache_seconds=2.0, clock=clock)
     principal = await auth.authenticate(minted.token)
     assert (principal.tenant_id, principal.role, principal.key_id) == ("t1", Role.WRITER, "k1")
     await auth.authenticate(minted.token)

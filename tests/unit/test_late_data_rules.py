@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 import pytest
 
 from simtrack.errors import SequenceGap
+from simtrack.server.core.model import RunStatus
 from simtrack.server.db.ingest import RunState
-from simtrack.server.domain.model import RunStatus
 from simtrack.server.ingest.items import Batch, EventData, FinalData, ProgressData
 from simtrack.server.ingest.writer import Pending, _apply
 

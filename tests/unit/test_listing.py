@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 
 from simtrack.errors import InvalidArgument
-from simtrack.server.domain.listing import (
+from simtrack.server.core.listing import (
     DEFAULT_PAGE_SIZE,
     FILTER_BOUNDS,
     INT64_MAX,
@@ -25,7 +25,7 @@ from simtrack.server.domain.listing import (
     optional_str,
     parse_filter,
 )
-from simtrack.server.domain.model import RunStatus
+from simtrack.server.core.model import RunStatus
 
 FIELDS: FieldParsers = {
     "name": str,

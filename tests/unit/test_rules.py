@@ -8,7 +8,7 @@ import math
 import pytest
 
 from simtrack.errors import FailedPrecondition, InvalidArgument
-from simtrack.server.domain.model import (
+from simtrack.server.core.model import (
     ExperimentStatus,
     RunStatus,
     SimulationStatus,

@@ -3,27 +3,28 @@ and pausing (a run's state that its worker is told of now and on every reconnect
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
 from simtrack.errors import FailedPrecondition, InvalidArgument, NotFound
+from simtrack.server.core.commands import CommandMessage
+from simtrack.server.core.model import ExperimentStatus, RunStatus
 from simtrack.server.db.models import Experiment, Metric, Run, Validation
-from simtrack.server.db.uow import UnitOfWorkFactory
-from simtrack.server.domain.model import ExperimentStatus, RunStatus
 from simtrack.server.domain.runs import RunService
 from simtrack.server.domain.telemetry import TelemetryService
-from simtrack.server.ingest.bus import Bus, CommandMessage
 from simtrack.server.scenarios import ScenarioCatalogue, load_catalogue
+from tests.unit.fakes import Unfaked
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 
 
 @dataclass
-class FakeRuns:
+class FakeRuns(Unfaked):
     rows: dict[str, Run] = field(default_factory=dict)
 
     async def get(self, id: str, *, for_update: bool = False) -> Run | None:
@@ -42,7 +43,7 @@ class FakeRuns:
 
 
 @dataclass
-class FakeExperiments:
+class FakeExperiments(Unfaked):
     runs: FakeRuns
     rows: dict[str, Experiment] = field(default_factory=dict)
 
@@ -62,7 +63,7 @@ class FakeExperiments:
 
 
 @dataclass
-class FakeMetrics:
+class FakeMetrics(Unfaked):
     rows: list[Metric] = field(default_factory=list)
 
     async def for_run(self, run_id: str) -> list[Metric]:
@@ -70,7 +71,7 @@ class FakeMetrics:
 
 
 @dataclass
-class FakeValidations:
+class FakeValidations(Unfaked):
     rows: list[Validation] = field(default_factory=list)
 
     async def add(self, validation: Validation) -> Validation:
@@ -78,7 +79,7 @@ class FakeValidations:
         return validation
 
 
-class FakeUnitOfWork:
+class FakeUnitOfWork(Unfaked):
     def __init__(self) -> None:
         self.runs = FakeRuns()
         self.experiments = FakeExperiments(self.runs)
@@ -121,7 +122,7 @@ def uow() -> FakeUnitOfWork:
 
 @pytest.fixture
 def service(uow: FakeUnitOfWork, catalogue: ScenarioCatalogue) -> RunService:
-    return RunService(cast(UnitOfWorkFactory, lambda: uow), catalogue)
+    return RunService(lambda: uow, catalogue)
 
 
 async def create(service: RunService, **overrides: Any) -> Run:
@@ -238,7 +239,7 @@ class FakeBus:
     async def publish_command(self, command: CommandMessage) -> None:
         self.commands.append(command)
 
-    async def publish_runs(self, run_ids: list[str]) -> None:
+    async def publish_runs(self, run_ids: Iterable[str]) -> None:
         self.changed.extend(run_ids)
 
 
@@ -249,7 +250,7 @@ def bus() -> FakeBus:
 
 @pytest.fixture
 def telemetry(uow: FakeUnitOfWork, bus: FakeBus) -> TelemetryService:
-    return TelemetryService(cast(UnitOfWorkFactory, lambda: uow), cast(Bus, bus))
+    return TelemetryService(lambda: uow, bus)
 
 
 async def running_run(service: RunService, telemetry: TelemetryService) -> Run:

@@ -7,16 +7,14 @@ order in which commits land is chosen here (the e2e tests cover the real writer)
 from __future__ import annotations
 
 import asyncio
-from typing import cast
 
 import pytest
 
 from simtrack.errors import FailedPrecondition, Unauthenticated, Unavailable
-from simtrack.server.domain.tenancy import Lease, Principal, Role
+from simtrack.server.core.tenancy import Lease, Principal, Role
 from simtrack.server.ingest import streams
 from simtrack.server.ingest.items import Batch
 from simtrack.server.ingest.streams import AckOut, Outgoing, StreamSession
-from simtrack.server.ingest.writer import GroupCommitWriter
 
 PRINCIPAL = Principal("tenant-a", Role.WRITER)
 
@@ -42,8 +40,7 @@ def open_session(
     committed_seq: int = 0, caller: Lease | None = None
 ) -> tuple[StreamSession, HandResolvedWriter]:
     writer = HandResolvedWriter()
-    writes = cast(GroupCommitWriter, writer)
-    session = StreamSession(caller or Lease(PRINCIPAL), "run-1", committed_seq, writes)
+    session = StreamSession(caller or Lease(PRINCIPAL), "run-1", committed_seq, writer)
     return session, writer
 
 

@@ -45,7 +45,7 @@ from simtrack.server.domain.scenarios import ScenarioQueries
 from simtrack.server.domain.simulations import SimulationService
 from simtrack.server.domain.telemetry import TelemetryService
 from simtrack.server.domain.validations import ValidationService
-from simtrack.server.ingest.bus import Bus, PostgresBus
+from simtrack.server.ingest.bus import InProcessBus, PostgresBus
 from simtrack.server.ingest.streams import StreamRegistry
 from simtrack.server.ingest.writer import GroupCommitWriter
 from simtrack.server.observability import MetricsEndpoint, ServerMetrics
@@ -99,7 +99,7 @@ class Running:
     health: health.aio.HealthServicer
     writer: GroupCommitWriter
     registry: StreamRegistry
-    bus: Bus
+    bus: InProcessBus
     background: BackgroundLoops
     metrics_endpoint: MetricsEndpoint | None  # None: SIMTRACK_METRICS_LISTEN unset
     resources: contextlib.AsyncExitStack
@@ -226,7 +226,9 @@ async def _start(settings: Settings, resources: contextlib.AsyncExitStack) -> Ru
         ),
         server,
     )
-    bus: Bus = Bus() if is_sqlite(settings.database_url) else PostgresBus(settings.database_url)
+    bus: InProcessBus = (
+        InProcessBus() if is_sqlite(settings.database_url) else PostgresBus(settings.database_url)
+    )
     registry = StreamRegistry()
     bus.on_command(registry.deliver)
     validations = ValidationService(uow, catalogue)

@@ -163,7 +163,7 @@ def cmd_tenants_list(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
-    from simtrack.server.domain.tenancy import Role
+    from simtrack.server.core.tenancy import Role
 
     async def action(admin: AccessAdmin) -> int:
         created = await admin.create_key(args.tenant, Role(args.role), args.name)

@@ -8,9 +8,9 @@ import grpc
 
 from simtrack.server.api.convert import EnumMapping, dict_to_struct, mask_changes, struct_to_dict
 from simtrack.server.api.convert import timestamp as ts
+from simtrack.server.core.model import Framework
 from simtrack.server.db.models import Agent
 from simtrack.server.domain.agents import AgentService
-from simtrack.server.domain.model import Framework
 from simtrack.v1 import agents_pb2 as pb
 from simtrack.v1 import agents_pb2_grpc
 

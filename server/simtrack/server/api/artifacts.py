@@ -10,9 +10,9 @@ import grpc
 from simtrack.errors import InvalidArgument
 from simtrack.server.api.convert import EnumMapping
 from simtrack.server.api.convert import timestamp as ts
+from simtrack.server.core.model import ArtifactType
 from simtrack.server.db.models import Artifact
 from simtrack.server.domain.artifacts import ArtifactService
-from simtrack.server.domain.model import ArtifactType
 from simtrack.v1 import artifacts_pb2 as pb
 from simtrack.v1 import artifacts_pb2_grpc
 

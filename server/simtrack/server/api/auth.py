@@ -13,13 +13,10 @@ import contextlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
-
-import grpc
+from typing import Any, Protocol, TypeVar
 
 from simtrack.errors import PermissionDenied, SimtrackError, Unauthenticated, Unavailable
-from simtrack.server.domain.access import Authenticator
-from simtrack.server.domain.tenancy import (
+from simtrack.server.core.tenancy import (
     LOCAL_PRINCIPAL,
     Lease,
     Principal,
@@ -44,6 +41,23 @@ def required_role(method: str) -> Role:
     return Role.READER if name.startswith(_READ_METHODS) else Role.WRITER
 
 
+class KeyChecker(Protocol):
+    """What the authorizer asks of the authenticator (``domain.access.Authenticator``)."""
+
+    @property
+    def cache_seconds(self) -> float: ...
+
+    async def verify(self, token: str) -> tuple[Principal, float]:
+        """The key's principal, and for how long that answer stands."""
+        ...
+
+
+class CallMetadata(Protocol):
+    """What the authorizer reads of a call (a ``grpc.aio.ServicerContext``): its metadata."""
+
+    def invocation_metadata(self) -> object: ...
+
+
 def bearer_token(metadata: Any) -> str:
     """The key in ``authorization: Bearer <key>`` metadata; never logged."""
     values = [v for k, v in (metadata or ()) if k == "authorization"]
@@ -58,7 +72,7 @@ def bearer_token(metadata: Any) -> str:
 class CallAuthorizer:
     """Establishes the caller of each call (or the local principal when auth is disabled)."""
 
-    def __init__(self, authenticator: Authenticator | None) -> None:
+    def __init__(self, authenticator: KeyChecker | None) -> None:
         self.authenticator = authenticator
         self._keepers: set[asyncio.Task[None]] = set()
 
@@ -71,7 +85,7 @@ class CallAuthorizer:
 
     @asynccontextmanager
     async def scope(
-        self, method: str, context: grpc.aio.ServicerContext[Any, Any], *, lasting: bool = False
+        self, method: str, context: CallMetadata, *, lasting: bool = False
     ) -> AsyncIterator[Lease]:
         """Run the body as the call's caller; a ``lasting`` call's key is kept checked."""
         closed: asyncio.Event | None = None

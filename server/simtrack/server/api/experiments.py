@@ -8,9 +8,9 @@ import grpc
 
 from simtrack.server.api.convert import EnumMapping, dict_to_struct, mask_changes, struct_to_dict
 from simtrack.server.api.convert import timestamp as ts
+from simtrack.server.core.model import ExperimentStatus, SimulationStatus
 from simtrack.server.db.models import Experiment, Simulation, Template
 from simtrack.server.domain.experiments import ExperimentService, TemplateService
-from simtrack.server.domain.model import ExperimentStatus, SimulationStatus
 from simtrack.server.domain.simulations import SimulationService
 from simtrack.v1 import experiments_pb2 as pb
 from simtrack.v1 import experiments_pb2_grpc

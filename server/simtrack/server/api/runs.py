@@ -14,12 +14,13 @@ import grpc
 from simtrack.server.api.convert import EnumMapping, dict_to_struct, mask_changes, struct_to_dict
 from simtrack.server.api.convert import duration as dur
 from simtrack.server.api.convert import timestamp as ts
+from simtrack.server.core.commands import CommandMessage
+from simtrack.server.core.model import RUN_FINAL, MetricAggregate, RankOrder, RunStatus
 from simtrack.server.db.models import Metric, Participant, Run
-from simtrack.server.domain.model import RUN_FINAL, MetricAggregate, RankOrder, RunStatus
 from simtrack.server.domain.rankings import RunQueries
 from simtrack.server.domain.runs import ParticipantService, RunService
 from simtrack.server.domain.telemetry import TelemetryService
-from simtrack.server.ingest.bus import Bus, CommandMessage
+from simtrack.server.ingest.bus import InProcessBus
 from simtrack.v1 import runs_pb2 as pb
 from simtrack.v1 import runs_pb2_grpc
 
@@ -111,7 +112,7 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         participants: ParticipantService,
         telemetry: TelemetryService,
         queries: RunQueries,
-        bus: Bus,
+        bus: InProcessBus,
     ) -> None:
         self.runs = runs
         self.participants = participants

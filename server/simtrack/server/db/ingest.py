@@ -29,9 +29,9 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.types import ARRAY, TypeEngine
 
 from simtrack.errors import FailedPrecondition, Unavailable
+from simtrack.server.core.model import ExperimentStatus, RunStatus
 from simtrack.server.db.engine import libpq_conninfo
 from simtrack.server.db.models import Base, Event, Experiment, Metric, MetricChunk, Run
-from simtrack.server.domain.model import ExperimentStatus, RunStatus
 
 _PYFORMAT = re.compile(r"(?<!%)%\((\w+)\)s")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     JSON,
@@ -33,15 +33,16 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from simtrack.server.domain.model import (
+from simtrack.server.core.model import (
     ArtifactType,
     ExperimentStatus,
     Framework,
     MetricKind,
     RunStatus,
     SimulationStatus,
+    utcnow,
 )
-from simtrack.server.domain.tenancy import Role
+from simtrack.server.core.tenancy import Role
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -50,10 +51,6 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def new_id() -> str:
@@ -367,3 +364,13 @@ class Event(Base):
     # Not a foreign key: an event is history and outlives the agent it mentions.
     agent_id: Mapped[str | None] = mapped_column(String(36))
     payload: Mapped[dict[str, Any]] = _json_column()
+
+
+class Ranked(NamedTuple):
+    """A leaderboard row (a query's result, not a table): the run, its experiment's agent, the
+    value it ranks by."""
+
+    run: Run
+    agent_id: str
+    value: float
+    last_step: int | None

@@ -8,17 +8,17 @@ unit of work; they never commit. (On PostgreSQL, row-level security enforces the
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any, Generic, NamedTuple, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast
 
 from sqlalchemy import ColumnElement, Select, column, exists, func, select, table, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from simtrack.server.core.listing import Condition, Cursor, PageRequest
+from simtrack.server.core.model import RUN_ATTACHED, MetricAggregate, RunStatus
+from simtrack.server.core.tenancy import current_tenant
 from simtrack.server.db import models
 from simtrack.server.db.chunks import StoredChunk
 from simtrack.server.db.models import UTCDateTime
-from simtrack.server.domain.listing import Condition, Cursor, PageRequest
-from simtrack.server.domain.model import RUN_ATTACHED, MetricAggregate, RunStatus
-from simtrack.server.domain.tenancy import current_tenant
 
 M = TypeVar("M", bound=models.TenantOwnedMixin)
 
@@ -181,7 +181,7 @@ class RunRepository(Repository[models.Run]):
         *,
         experiment_id: str | None = None,
         completed_only: bool = True,
-    ) -> tuple[list[Ranked], int]:
+    ) -> tuple[list[models.Ranked], int]:
         """The scenario's runs with a value of ``metric``, best first (ties: the earlier
         finished), at most ``limit``; and how many runs have such a value."""
         run, m, experiment = models.Run, models.Metric, models.Experiment
@@ -214,7 +214,7 @@ class RunRepository(Repository[models.Run]):
             )
             .limit(limit)
         )
-        rows = [Ranked(*row) for row in await self.session.execute(stmt)]
+        rows = [models.Ranked(*row) for row in await self.session.execute(stmt)]
         return rows, int(count or 0)
 
     async def status_counts(self, conditions: tuple[Condition, ...]) -> dict[RunStatus, int]:
@@ -252,15 +252,6 @@ class RunRepository(Repository[models.Run]):
             scoped(run), run.status == RunStatus.COMPLETED, run.criteria_checked_at.is_(None)
         )
         return list((await self.session.execute(stmt)).scalars())
-
-
-class Ranked(NamedTuple):
-    """A leaderboard row: the run, its experiment's agent, the value it ranks by."""
-
-    run: models.Run
-    agent_id: str
-    value: float
-    last_step: int | None
 
 
 class ParticipantRepository(Repository[models.Participant]):

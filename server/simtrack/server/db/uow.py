@@ -2,6 +2,8 @@
 
 ``async with uow_factory() as uow: ...; await uow.commit()`` — leaving the block without commit
 rolls back. Database errors leave the block as simtrack errors, so no caller sees SQLAlchemy's.
+It implements the domain's ``UnitOfWork`` protocol (``simtrack.server.domain.ports``), which is
+all the domain services see of it; mypy checks the fit where app.py hands it to them.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
 from simtrack.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Unavailable
+from simtrack.server.core.tenancy import current_principal_or_none
 from simtrack.server.db.repositories import (
     AccessRepository,
     AgentRepository,
@@ -30,7 +33,6 @@ from simtrack.server.db.repositories import (
     TemplateRepository,
     ValidationRepository,
 )
-from simtrack.server.domain.tenancy import current_principal_or_none
 
 # SQLSTATE classes (PostgreSQL) and message prefixes (SQLite) of constraint violations.
 _UNIQUE = ("23505", "UNIQUE constraint failed")
@@ -92,7 +94,7 @@ def translate_integrity_error(error: IntegrityError) -> Exception:
 
 
 class UnitOfWork:
-    """Repositories sharing one session and one transaction."""
+    """Repositories sharing one session and one transaction (the domain's ``UnitOfWork``)."""
 
     agents: AgentRepository
     templates: TemplateRepository

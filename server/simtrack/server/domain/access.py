@@ -7,16 +7,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from simtrack.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
-from simtrack.server.db.models import ApiKey, Tenant, utcnow
-from simtrack.server.db.uow import UnitOfWorkFactory
-from simtrack.server.domain.model import require_name
-from simtrack.server.domain.tenancy import (
+from simtrack.server.core.model import require_name, utcnow
+from simtrack.server.core.tenancy import (
     Principal,
     Role,
     mint_key,
     parse_token,
     token_matches,
 )
+from simtrack.server.db.models import ApiKey, Tenant
+from simtrack.server.domain.ports import UnitOfWorkFactory
 
 # last_used_at is a hint for operators, not an audit log: write it at most this often per key.
 LAST_USED_RESOLUTION = 60.0
@@ -147,6 +147,5 @@ class AccessAdmin:
                 raise NotFound("api key", prefix)
             if key.revoked_at is None:
                 key.revoked_at = utcnow()
-                await uow.session.flush()
                 await uow.commit()
         return key

@@ -6,10 +6,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from simtrack.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from simtrack.server.core.listing import Listing, Page, enum_parser
+from simtrack.server.core.model import Framework, json_object, require_id, require_name
 from simtrack.server.db.models import Agent
-from simtrack.server.db.uow import UnitOfWork, UnitOfWorkFactory
-from simtrack.server.domain.listing import Listing, Page, enum_parser
-from simtrack.server.domain.model import Framework, json_object, require_id, require_name
+from simtrack.server.domain.ports import UnitOfWork, UnitOfWorkFactory
 
 LISTING = Listing(
     "agents",

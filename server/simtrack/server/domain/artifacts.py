@@ -14,17 +14,17 @@ from collections.abc import AsyncIterator
 
 from simtrack.errors import AlreadyExists, InvalidArgument, NotFound
 from simtrack.server.artifacts import ArtifactStore
-from simtrack.server.db.models import Artifact, new_id
-from simtrack.server.db.uow import UnitOfWork, UnitOfWorkFactory
-from simtrack.server.domain.listing import Listing, Page, enum_parser
-from simtrack.server.domain.model import (
+from simtrack.server.core.listing import Listing, Page, enum_parser
+from simtrack.server.core.model import (
     ArtifactType,
     bounded_text,
     require_id,
     require_name,
 )
+from simtrack.server.core.tenancy import acting_for, current_tenant
+from simtrack.server.db.models import Artifact, new_id
+from simtrack.server.domain.ports import UnitOfWork, UnitOfWorkFactory
 from simtrack.server.domain.runs import load_run
-from simtrack.server.domain.tenancy import acting_for, current_tenant
 
 CONTENT_TYPE_MAX = 200
 DEFAULT_CONTENT_TYPE = "application/octet-stream"

@@ -10,9 +10,9 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from simtrack.server.db.models import Metric, Run, Validation, utcnow
-from simtrack.server.db.uow import UnitOfWork
-from simtrack.server.domain.model import RunStatus
+from simtrack.server.core.model import RunStatus, utcnow
+from simtrack.server.db.models import Metric, Run, Validation
+from simtrack.server.domain.ports import UnitOfWork
 from simtrack.server.scenarios import ScenarioCatalogue, ScenarioSpec, SuccessCriterion
 
 SCENARIO_VALIDATOR = "scenario"  # reserved for the automatic success-criteria check

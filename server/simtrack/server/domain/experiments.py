@@ -6,11 +6,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from simtrack.errors import AlreadyExists, InvalidArgument, NotFound
-from simtrack.server.db.models import Experiment, Template
-from simtrack.server.db.uow import UnitOfWork, UnitOfWorkFactory
-from simtrack.server.domain.agents import load_agent
-from simtrack.server.domain.listing import Listing, Page, enum_parser
-from simtrack.server.domain.model import (
+from simtrack.server.core.listing import Listing, Page, enum_parser
+from simtrack.server.core.model import (
     ExperimentStatus,
     bounded_text,
     derive_experiment_status,
@@ -19,6 +16,9 @@ from simtrack.server.domain.model import (
     require_id,
     require_name,
 )
+from simtrack.server.db.models import Experiment, Template
+from simtrack.server.domain.agents import load_agent
+from simtrack.server.domain.ports import UnitOfWork, UnitOfWorkFactory
 from simtrack.server.scenarios import ScenarioCatalogue
 
 EXPERIMENT_LISTING = Listing(

@@ -20,11 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from simtrack.errors import InvalidArgument, NotFound
-from simtrack.server.db.chunks import FLOAT, STEP, Array, StoredChunk, unpack
-from simtrack.server.db.models import Event, Metric
-from simtrack.server.db.repositories import ChunkRepository
-from simtrack.server.db.uow import UnitOfWorkFactory
-from simtrack.server.domain.listing import (
+from simtrack.server.core.listing import (
     FieldParsers,
     KeyedPageRequest,
     Page,
@@ -34,7 +30,10 @@ from simtrack.server.domain.listing import (
     optional_str,
     page_size,
 )
-from simtrack.server.domain.model import MetricKind, require_id, require_name
+from simtrack.server.core.model import MetricKind, require_id, require_name
+from simtrack.server.db.chunks import FLOAT, STEP, Array, StoredChunk, unpack
+from simtrack.server.db.models import Event, Metric
+from simtrack.server.domain.ports import ChunkRows, UnitOfWorkFactory
 from simtrack.server.domain.runs import load_run
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -156,7 +155,7 @@ def downsample(points: Points, max_points: int) -> Points:
 
 
 async def read_page(
-    chunks: ChunkRepository, metric_id: str, lo: int, hi: int, after: Key | None, size: int
+    chunks: ChunkRows, metric_id: str, lo: int, hi: int, after: Key | None, size: int
 ) -> tuple[Merged, bool]:
     """Up to ``size`` points after ``after`` in [lo, hi], and whether more may follow."""
     read: list[StoredChunk] = []

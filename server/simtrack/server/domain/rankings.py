@@ -12,11 +12,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from simtrack.errors import InvalidArgument, NotFound
-from simtrack.server.db.repositories import Ranked
-from simtrack.server.db.uow import UnitOfWorkFactory
-from simtrack.server.domain.experiments import load_experiment
-from simtrack.server.domain.listing import parse_filter
-from simtrack.server.domain.model import (
+from simtrack.server.core.listing import parse_filter
+from simtrack.server.core.model import (
     RUN_FINAL,
     MetricAggregate,
     RankOrder,
@@ -24,6 +21,9 @@ from simtrack.server.domain.model import (
     optional_id,
     require_name,
 )
+from simtrack.server.db.models import Ranked
+from simtrack.server.domain.experiments import load_experiment
+from simtrack.server.domain.ports import UnitOfWorkFactory
 from simtrack.server.domain.runs import RUN_LISTING
 from simtrack.server.scenarios import ScenarioCatalogue
 

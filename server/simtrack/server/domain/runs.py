@@ -3,27 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from simtrack.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from simtrack.server.db.models import Participant, Run, utcnow
-from simtrack.server.db.uow import UnitOfWork, UnitOfWorkFactory
-from simtrack.server.domain.agents import load_agent
-from simtrack.server.domain.criteria import check_success_criteria
-from simtrack.server.domain.experiments import load_experiment, refresh_experiment_status
-from simtrack.server.domain.listing import Listing, Page, enum_parser
-from simtrack.server.domain.model import (
-    RUN_FINAL,
+from simtrack.server.core.listing import Listing, Page, enum_parser
+from simtrack.server.core.model import (
     RunStatus,
     bounded_text,
     check_range,
-    check_run_transition,
     check_status_update,
     json_object,
     merge_params,
     require_id,
+    set_run_status,
 )
+from simtrack.server.db.models import Participant, Run
+from simtrack.server.domain.agents import load_agent
+from simtrack.server.domain.criteria import check_success_criteria
+from simtrack.server.domain.experiments import load_experiment, refresh_experiment_status
+from simtrack.server.domain.ports import UnitOfWork, UnitOfWorkFactory
 from simtrack.server.scenarios import ScenarioCatalogue
 
 RUN_LISTING = Listing(
@@ -55,46 +53,6 @@ async def load_participant(uow: UnitOfWork, participant_id: str, field: str = "i
     if participant is None:
         raise NotFound("participant", participant_id, field)
     return participant
-
-
-class RunTimeline(Protocol):
-    """What a status change touches: the ORM row, or the ingest writer's locked copy of it."""
-
-    status: RunStatus
-    started_at: datetime | None
-    completed_at: datetime | None
-    duration: timedelta | None
-
-
-def set_run_status(run: RunTimeline, status: RunStatus) -> None:
-    """Move a run to ``status``, stamping start and end times; illegal moves raise."""
-    check_run_transition(run.status, status)
-    if status == run.status:
-        return
-    now = utcnow()
-    if status == RunStatus.RUNNING and run.status != RunStatus.PAUSED:  # not on resume
-        run.started_at = now
-    if status in RUN_FINAL:
-        run.completed_at = now
-        run.duration = now - run.started_at if run.started_at is not None else None
-    run.status = status
-
-
-class LivenessTimeline(RunTimeline, Protocol):
-    """What the liveness verdict touches (the ORM row, or the ingest writer's copy)."""
-
-    vanished_at: datetime | None
-
-
-def stands_vanished(run: LivenessTimeline) -> bool:
-    """Failed only by the liveness sweep's verdict, which the worker's own account overrules."""
-    return run.status == RunStatus.FAILED and run.vanished_at is not None
-
-
-def settle_vanished(run: LivenessTimeline, status: RunStatus) -> None:
-    """The worker's own final status replaces the sweep's verdict (the end time stays)."""
-    run.status = status
-    run.vanished_at = None
 
 
 class RunService:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from simtrack.errors import InvalidArgument, NotFound
-from simtrack.server.domain.listing import Cursor, Listing, Page
+from simtrack.server.core.listing import Cursor, Listing, Page
 from simtrack.server.scenarios import ScenarioCatalogue, ScenarioSpec
 
 LISTING = Listing(

@@ -6,17 +6,18 @@ from collections.abc import Mapping
 from typing import Any
 
 from simtrack.errors import InvalidArgument, NotFound
-from simtrack.server.db.models import Simulation, utcnow
-from simtrack.server.db.uow import UnitOfWork, UnitOfWorkFactory
-from simtrack.server.domain.experiments import load_experiment
-from simtrack.server.domain.listing import Listing, Page, enum_parser, optional_str
-from simtrack.server.domain.model import (
+from simtrack.server.core.listing import Listing, Page, enum_parser, optional_str
+from simtrack.server.core.model import (
     SIMULATION_FINAL,
     SimulationStatus,
     check_simulation_transition,
     json_object,
     require_id,
+    utcnow,
 )
+from simtrack.server.db.models import Simulation
+from simtrack.server.domain.experiments import load_experiment
+from simtrack.server.domain.ports import UnitOfWork, UnitOfWorkFactory
 
 LISTING = Listing(
     "simulations",

@@ -10,25 +10,23 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from simtrack.errors import FailedPrecondition, InvalidArgument, Unavailable
-from simtrack.server.db.models import Metric, Run, utcnow
-from simtrack.server.db.uow import UnitOfWorkFactory
-from simtrack.server.domain.experiments import refresh_experiment_status
-from simtrack.server.domain.model import (
+from simtrack.server.core.commands import CommandMessage
+from simtrack.server.core.model import (
     RUN_FINAL,
     RunStatus,
     bounded_text,
     json_object,
     pause_moves,
     require_name,
-)
-from simtrack.server.domain.runs import (
-    WORKER_ID_MAX,
-    load_run,
     set_run_status,
     stands_vanished,
+    utcnow,
 )
-from simtrack.server.domain.tenancy import acting_for
-from simtrack.server.ingest.bus import Bus, CommandMessage
+from simtrack.server.core.tenancy import acting_for
+from simtrack.server.db.models import Metric, Run
+from simtrack.server.domain.experiments import refresh_experiment_status
+from simtrack.server.domain.ports import Bus, UnitOfWorkFactory
+from simtrack.server.domain.runs import WORKER_ID_MAX, load_run
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,13 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from simtrack.errors import AlreadyExists, InvalidArgument, NotFound
+from simtrack.server.core.listing import Listing, Page
+from simtrack.server.core.model import json_object, require_id, require_name
+from simtrack.server.core.tenancy import acting_for
 from simtrack.server.db.models import Validation
-from simtrack.server.db.uow import UnitOfWork, UnitOfWorkFactory
 from simtrack.server.domain.criteria import SCENARIO_VALIDATOR, check_success_criteria
-from simtrack.server.domain.listing import Listing, Page
-from simtrack.server.domain.model import json_object, require_id, require_name
+from simtrack.server.domain.ports import UnitOfWork, UnitOfWorkFactory
 from simtrack.server.domain.runs import load_run
-from simtrack.server.domain.tenancy import acting_for
 from simtrack.server.scenarios import ScenarioCatalogue
 
 KIND_MAX = 200

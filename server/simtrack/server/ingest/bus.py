@@ -3,7 +3,8 @@
 Two kinds travel: "this run changed" (for WatchRun) and "deliver this command to the run's
 worker" (for whichever process holds that worker's stream). On PostgreSQL they go through
 LISTEN/NOTIFY on a dedicated autocommit connection, so every replica sees them; on SQLite,
-which serves one process, they are dispatched in process.
+which serves one process, they are dispatched in process. Both implement the domain's ``Bus``
+(``simtrack.server.domain.ports``), which is all the domain services see of them.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import json
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import psycopg
 
 from simtrack.errors import Unavailable
+from simtrack.server.core.commands import CommandMessage
 from simtrack.server.db.engine import libpq_conninfo
 
 log = logging.getLogger(__name__)
@@ -28,20 +30,10 @@ RUNS_CHANNEL = "simtrack_runs"
 COMMANDS_CHANNEL = "simtrack_commands"
 
 
-@dataclass(frozen=True)
-class CommandMessage:
-    """A command for a run's worker."""
-
-    run_id: str
-    id: str
-    name: str
-    args: dict[str, Any]
-
-
 CommandHandler = Callable[[CommandMessage], None]
 
 
-class Bus:
+class InProcessBus:
     """In-process delivery; the base of the PostgreSQL bus, which adds the network hop."""
 
     def __init__(self) -> None:
@@ -89,7 +81,7 @@ class Bus:
             self._command_handler(command)
 
 
-class PostgresBus(Bus):
+class PostgresBus(InProcessBus):
     """LISTEN/NOTIFY: what one replica publishes, every replica (itself included) receives."""
 
     def __init__(self, url: str) -> None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from simtrack.server.domain.model import MetricKind, RunStatus
+import numpy as np
+
+from simtrack.server.core.model import MetricKind, RunStatus
+from simtrack.server.db.chunks import FLOAT, STEP, Array, pack_steps, pack_timestamps
 
 
 @dataclass(slots=True)
@@ -25,6 +29,55 @@ class SeriesChunk:
     steps: bytes
     vals: bytes
     ts: bytes
+
+
+def pack_series(
+    *,
+    name: str,
+    unit: str,
+    kind: MetricKind,
+    steps: Array,
+    values: Array,
+    stamps: Array | None,
+    now: float,
+) -> SeriesChunk:
+    """One metric's checked points (int64 steps, float64 values and Unix-second timestamps, at
+    least one, all as long; no timestamps: ``now``) packed for storage, with the summaries its
+    metric row keeps (finite values only)."""
+    # The stored byte order; no copy where it is the machine's.
+    steps, values = steps.astype(STEP, copy=False), values.astype(FLOAT, copy=False)
+    stamps = None if stamps is None else stamps.astype(FLOAT, copy=False)
+    packed = pack_steps(steps)
+    vmin: float | None
+    vmax: float | None
+    last_value: float | None
+    last_step: int | None
+    lowest, highest = float(values.min()), float(values.max())
+    if math.isfinite(lowest) and math.isfinite(highest):  # the common case (NaN propagates)
+        vmin, vmax, last_step, last_value = lowest, highest, packed.last, float(values[packed.top])
+    else:  # NaN or an infinity among the values: the summaries skip them
+        finite = np.isfinite(values)
+        if finite.any():
+            vmin, vmax = float(values[finite].min()), float(values[finite].max())
+            index = int(np.flatnonzero(finite)[steps[finite].argmax()])
+            last_step, last_value = int(steps[index]), float(values[index])
+        else:
+            vmin = vmax = last_value = last_step = None
+    return SeriesChunk(
+        name=name,
+        unit=unit,
+        kind=kind,
+        n=len(values),
+        first_step=packed.first,
+        last_step=packed.last,
+        vmin=vmin,
+        vmax=vmax,
+        last_value=last_value,
+        last_value_step=last_step,
+        steps=packed.packed,
+        vals=values.tobytes(),
+        ts=pack_timestamps(stamps, now),
+    )
 
 
 @dataclass(slots=True)

@@ -17,17 +17,24 @@ import contextlib
 import logging
 from collections import deque
 from dataclasses import dataclass
-from typing import TypeGuard
+from typing import Protocol, TypeGuard
 
 from simtrack.errors import Conflict, SequenceGap, SimtrackError
-from simtrack.server.domain.tenancy import Lease
-from simtrack.server.ingest.bus import CommandMessage
+from simtrack.server.core.commands import CommandMessage
+from simtrack.server.core.tenancy import Lease, Principal
 from simtrack.server.ingest.items import Batch
-from simtrack.server.ingest.writer import GroupCommitWriter
 
 log = logging.getLogger(__name__)
 
 MAX_IN_FLIGHT = 64  # batches handed to the writer but not yet acknowledged, per stream
+
+
+class Writer(Protocol):
+    """What a stream asks of the writer (``ingest.writer.GroupCommitWriter``)."""
+
+    def submit(self, principal: Principal, run_id: str, batch: Batch | None) -> asyncio.Future[int]:
+        """Queue a batch (or None: a touch); resolves to the run's committed watermark."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -46,9 +53,7 @@ Outgoing = AckOut | CommandMessage | GoingAwayOut | SimtrackError | None  # None
 class StreamSession:
     """One worker's stream for one run."""
 
-    def __init__(
-        self, caller: Lease, run_id: str, committed_seq: int, writer: GroupCommitWriter
-    ) -> None:
+    def __init__(self, caller: Lease, run_id: str, committed_seq: int, writer: Writer) -> None:
         self.caller = caller
         self.run_id = run_id
         self.writer = writer

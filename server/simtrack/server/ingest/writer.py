@@ -22,17 +22,19 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from simtrack.errors import FailedPrecondition, SequenceGap, SimtrackError, Unavailable
-from simtrack.server.db.ingest import Ending, IngestStore, IngestTransaction, RunState
-from simtrack.server.db.models import utcnow
-from simtrack.server.domain.model import (
+from simtrack.server.core.model import (
     RUN_FINAL,
     RunStatus,
     check_range,
     check_run_transition,
     derive_experiment_status,
+    set_run_status,
+    settle_vanished,
+    stands_vanished,
+    utcnow,
 )
-from simtrack.server.domain.runs import set_run_status, settle_vanished, stands_vanished
-from simtrack.server.domain.tenancy import Principal
+from simtrack.server.core.tenancy import Principal
+from simtrack.server.db.ingest import Ending, IngestStore, IngestTransaction, RunState
 from simtrack.server.ingest.items import Batch, EventData, SeriesChunk
 
 log = logging.getLogger(__name__)

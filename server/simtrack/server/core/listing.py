@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar, cast
 
 from simtrack.errors import InvalidArgument, quote
-from simtrack.server.domain.model import NAME_MAX, NUL, NUL_MESSAGE
+from simtrack.server.core.model import NAME_MAX, NUL, NUL_MESSAGE
 
 T = TypeVar("T")
 

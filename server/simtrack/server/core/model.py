@@ -9,8 +9,9 @@ import copy
 import math
 import uuid
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from simtrack.errors import FailedPrecondition, FieldViolation, InvalidArgument, prefix, quote
 
@@ -19,6 +20,10 @@ TEXT_MAX = 10_000
 # PostgreSQL cannot store U+0000 in text or JSON, so no string may carry it, on any database.
 NUL = "\x00"
 NUL_MESSAGE = "must not contain NUL (U+0000) characters"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 class Framework(StrEnum):
@@ -143,6 +148,46 @@ def check_status_update(current: RunStatus, new: RunStatus) -> None:
                 "run.status", "pause and resume with PauseRun and ResumeRun: they tell the worker"
             )
     check_run_transition(current, new)
+
+
+class RunTimeline(Protocol):
+    """What a status change touches: the ORM row, or the ingest writer's locked copy of it."""
+
+    status: RunStatus
+    started_at: datetime | None
+    completed_at: datetime | None
+    duration: timedelta | None
+
+
+def set_run_status(run: RunTimeline, status: RunStatus) -> None:
+    """Move a run to ``status``, stamping start and end times; illegal moves raise."""
+    check_run_transition(run.status, status)
+    if status == run.status:
+        return
+    now = utcnow()
+    if status == RunStatus.RUNNING and run.status != RunStatus.PAUSED:  # not on resume
+        run.started_at = now
+    if status in RUN_FINAL:
+        run.completed_at = now
+        run.duration = now - run.started_at if run.started_at is not None else None
+    run.status = status
+
+
+class LivenessTimeline(RunTimeline, Protocol):
+    """What the liveness verdict touches (the ORM row, or the ingest writer's copy)."""
+
+    vanished_at: datetime | None
+
+
+def stands_vanished(run: LivenessTimeline) -> bool:
+    """Failed only by the liveness sweep's verdict, which the worker's own account overrules."""
+    return run.status == RunStatus.FAILED and run.vanished_at is not None
+
+
+def settle_vanished(run: LivenessTimeline, status: RunStatus) -> None:
+    """The worker's own final status replaces the sweep's verdict (the end time stays)."""
+    run.status = status
+    run.vanished_at = None
 
 
 def pause_moves(current: RunStatus, target: RunStatus) -> bool:

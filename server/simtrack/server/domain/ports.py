@@ -1,0 +1,218 @@
+"""What the domain services ask of the world, as protocols the domain owns.
+
+The adapters implement them: ``db/uow.py`` the unit of work and its repositories (on SQLAlchemy),
+``ingest/bus.py`` the bus (in process, or LISTEN/NOTIFY on PostgreSQL); ``app.py`` hands them
+in. So no domain module imports a session, an engine or a driver, and a unit test hands a
+service its fakes as they are (no casts): a fake implements what its test exercises.
+
+Each repository lists what the domain calls on it; rows are the ORM entities of ``db/models.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Protocol, Self, TypeVar
+
+from simtrack.server.core.commands import CommandMessage
+from simtrack.server.core.listing import Condition, Cursor, PageRequest
+from simtrack.server.core.model import MetricAggregate, RunStatus
+from simtrack.server.db.chunks import StoredChunk
+from simtrack.server.db.models import (
+    Agent,
+    ApiKey,
+    Artifact,
+    Event,
+    Experiment,
+    Metric,
+    Participant,
+    Ranked,
+    Run,
+    Simulation,
+    Template,
+    Tenant,
+    Validation,
+)
+
+Row = TypeVar("Row")
+
+
+class Bus(Protocol):
+    """Tells other server processes (and this one) what changed: a run, or a worker's command."""
+
+    async def publish_runs(self, run_ids: Iterable[str]) -> None:
+        """Wake the watchers of these runs."""
+        ...
+
+    async def publish_command(self, command: CommandMessage) -> None:
+        """Deliver ``command`` to its run's worker, wherever its stream is held."""
+        ...
+
+
+class Rows(Protocol[Row]):
+    """One tenant-owned table: the caller's tenant's rows only; nothing here commits."""
+
+    async def get(self, id: str, *, for_update: bool = False) -> Row | None: ...
+
+    async def add(self, obj: Row) -> Row: ...
+
+    async def delete(self, obj: Row) -> None: ...
+
+    async def flush(self) -> None: ...
+
+    async def list(self, page: PageRequest, **parent: str) -> tuple[list[Row], Cursor | None]:
+        """One page in creation order and the cursor of the next (None on the last)."""
+        ...
+
+
+class AgentRows(Rows[Agent], Protocol):
+    async def name_taken(self, name: str, *, other_than: str | None = None) -> bool: ...
+
+    async def is_referenced(self, agent_id: str) -> bool: ...
+
+
+class TemplateRows(Rows[Template], Protocol):
+    async def name_taken(self, name: str, *, other_than: str | None = None) -> bool: ...
+
+
+class ExperimentRows(Rows[Experiment], Protocol):
+    async def next_run_number(self, experiment_id: str) -> int: ...
+
+    async def run_statuses(self, experiment_id: str) -> list[RunStatus]: ...
+
+
+class RunRows(Rows[Run], Protocol):
+    async def silent_since(self, cutoff: datetime) -> list[Run]: ...
+
+    async def cancelled_before(self, cutoff: datetime) -> list[Run]: ...
+
+    async def ranked(
+        self,
+        scenario_id: str,
+        metric: str,
+        aggregate: MetricAggregate,
+        lowest_first: bool,
+        limit: int,
+        *,
+        experiment_id: str | None = None,
+        completed_only: bool = True,
+    ) -> tuple[list[Ranked], int]: ...
+
+    async def status_counts(self, conditions: tuple[Condition, ...]) -> dict[RunStatus, int]: ...
+
+    async def durations(self, conditions: tuple[Condition, ...]) -> list[timedelta]: ...
+
+    async def existing(self, run_ids: list[str]) -> set[str]: ...
+
+    async def unchecked_completed(self) -> list[str]: ...
+
+
+class ParticipantRows(Rows[Participant], Protocol):
+    async def exists_for(self, run_id: str, agent_id: str) -> bool: ...
+
+
+class MetricRows(Rows[Metric], Protocol):
+    async def for_run(self, run_id: str) -> list[Metric]: ...
+
+    async def page(
+        self, run_id: str, conditions: tuple[Condition, ...], after: str | None, size: int
+    ) -> list[Metric]: ...
+
+    async def named(self, run_id: str, name: str) -> Metric | None: ...
+
+
+class ValidationRows(Rows[Validation], Protocol):
+    async def exists_for(self, run_id: str, validator: str, kind: str) -> bool: ...
+
+
+class ArtifactRows(Rows[Artifact], Protocol):
+    async def named(self, run_id: str, name: str) -> bool: ...
+
+
+class ChunkRows(Protocol):
+    """A metric's packed chunks (``db/chunks.py``), read by step range."""
+
+    async def step_columns(
+        self, metric_id: str, lo: int, hi: int
+    ) -> list[tuple[int, int, bytes]]: ...
+
+    async def overlapping(
+        self, metric_id: str, lo: int, hi: int, after: tuple[int, int] | None, limit: int | None
+    ) -> list[StoredChunk]: ...
+
+
+class EventRows(Protocol):
+    async def page(
+        self,
+        run_id: str,
+        conditions: tuple[Condition, ...],
+        after: tuple[int, int] | None,
+        size: int,
+    ) -> list[Event]: ...
+
+
+class AccessRows(Protocol):
+    """Tenants and API keys, across tenants (authentication reads them before one is known)."""
+
+    async def add(self, obj: Tenant | ApiKey) -> None: ...
+
+    async def tenant(self, id: str) -> Tenant | None: ...
+
+    async def tenant_named(self, name: str) -> Tenant | None: ...
+
+    async def tenants(self) -> list[Tenant]: ...
+
+    async def key_by_prefix(self, prefix: str) -> ApiKey | None: ...
+
+    async def keys(self, tenant_id: str | None = None) -> list[ApiKey]: ...
+
+    async def touch_key(self, key_id: str, when: datetime) -> None: ...
+
+
+class UnitOfWork(Protocol):
+    """One short transaction and its repositories.
+
+    ``async with uow_factory() as uow: ...; await uow.commit()``: leaving the block without a
+    commit rolls back; storage errors leave it as simtrack errors.
+    """
+
+    # Read-only properties: an implementation may hold any subtype (a fake, say).
+    @property
+    def access(self) -> AccessRows: ...
+    @property
+    def agents(self) -> AgentRows: ...
+    @property
+    def templates(self) -> TemplateRows: ...
+    @property
+    def experiments(self) -> ExperimentRows: ...
+    @property
+    def simulations(self) -> Rows[Simulation]: ...
+    @property
+    def runs(self) -> RunRows: ...
+    @property
+    def participants(self) -> ParticipantRows: ...
+    @property
+    def metrics(self) -> MetricRows: ...
+    @property
+    def chunks(self) -> ChunkRows: ...
+    @property
+    def events(self) -> EventRows: ...
+    @property
+    def validations(self) -> ValidationRows: ...
+    @property
+    def artifacts(self) -> ArtifactRows: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def commit(self) -> None: ...
+
+
+UnitOfWorkFactory = Callable[[], UnitOfWork]
