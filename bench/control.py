@@ -122,7 +122,8 @@ class IdleStream:
 class IdleStreams:
     """Hello-only StreamRun streams, each on its own run and its own connection, as idle
     workers hold them (a worker sends heartbeats every few seconds; these are too short-lived
-    to need any)."""
+    to need any).
+    """
 
     def __init__(self, control: Control) -> None:
         self.control = control
@@ -149,7 +150,8 @@ class IdleStreams:
 
     async def open_until(self, most: int, deadline: float, least: int, chunk: int = 100) -> None:
         """Open streams a chunk at a time: ``most``, or fewer if the next chunk would end after
-        ``deadline`` (but never fewer than ``least``)."""
+        ``deadline`` (but never fewer than ``least``).
+        """
         while len(self) < most:
             if len(self) >= least:
                 per_stream = (self.create_s + self.open_s) / len(self)

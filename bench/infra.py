@@ -230,7 +230,8 @@ def process_cpu_s(pid: int) -> float:
 
 def postgres_pids(database: str | None = None) -> list[int]:
     """PostgreSQL's processes: its own (WAL writer, checkpointer, ...) and the backends of
-    ``database`` (all backends when None), not other databases' (other users of the machine)."""
+    ``database`` (all backends when None), not other databases' (other users of the machine).
+    """
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():

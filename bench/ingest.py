@@ -452,7 +452,8 @@ async def idle_and_cancel_part(
     started: Started,
 ) -> None:
     """A fresh PostgreSQL server: its RSS with up to 1,000 idle streams, then cancel latency
-    on some of those live streams (commands travel by LISTEN/NOTIFY)."""
+    on some of those live streams (commands travel by LISTEN/NOTIFY).
+    """
     server = await start_simtrack(postgres.server_url, logs / "pg-idle-server.log")
     started.servers.append(server)
     control = await _controlled(server)

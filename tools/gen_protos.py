@@ -1,8 +1,8 @@
-"""Regenerate the Python stubs from protos/: `python tools/gen_protos.py [OUT_DIR]`.
+"""Regenerate the Python stubs from protos/: ``python tools/gen_protos.py [OUT_DIR]``.
 
 The one command for generated code. Output goes to common/, the source root that the client and
 the server both import from (or to OUT_DIR, used by the freshness check), so imports read
-`from simtrack.v1 import ...` with no rewriting.
+``from simtrack.v1 import ...`` with no rewriting.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""initial schema
+"""initial schema.
 
 Revision ID: 26280ff863b1
 Revises:

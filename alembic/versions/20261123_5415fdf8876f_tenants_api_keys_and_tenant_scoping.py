@@ -1,4 +1,4 @@
-"""tenants, api keys and tenant scoping
+"""tenants, api keys and tenant scoping.
 
 Every owned row gets a tenant; rows that existed before move to the default tenant. On
 PostgreSQL, row-level security (forced, so it binds the tables' owner too) keeps each

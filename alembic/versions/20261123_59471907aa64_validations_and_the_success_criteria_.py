@@ -1,4 +1,4 @@
-"""validations and the success-criteria check
+"""validations and the success-criteria check.
 
 Revision ID: 59471907aa64
 Revises: f0495bb2cdca

@@ -1,4 +1,4 @@
-"""artifacts
+"""artifacts.
 
 Revision ID: de713ea7d47d
 Revises: 59471907aa64

@@ -1,4 +1,4 @@
-"""telemetry: metrics, metric chunks, events, stream watermark
+"""telemetry: metrics, metric chunks, events, stream watermark.
 
 Revision ID: f0495bb2cdca
 Revises: 5415fdf8876f

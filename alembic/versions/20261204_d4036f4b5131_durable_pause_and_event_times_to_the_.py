@@ -1,4 +1,4 @@
-"""durable pause and event times to the nanosecond
+"""durable pause and event times to the nanosecond.
 
 Runs get a ``paused`` status (and ``paused_at``, which a pause's command id derives from).
 Events keep their time as int64 nanoseconds since the epoch (``time_ns``) instead of a

@@ -1,4 +1,4 @@
-"""run liveness verdicts and cancel reasons
+"""run liveness verdicts and cancel reasons.
 
 A run failed by the liveness sweep is marked (vanished_at), so its worker's late data or
 return can overrule the verdict; a cancel keeps its reason for every redelivery.

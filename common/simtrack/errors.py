@@ -21,7 +21,8 @@ def prefix(value: str, limit: int = QUOTE_MAX) -> str:
 
 def quote(value: str, limit: int = QUOTE_MAX) -> str:
     """``value`` as an error message repeats it: quoted, and only its first ``limit``
-    characters (with its length) when it is longer."""
+    characters (with its length) when it is longer.
+    """
     if len(value) <= limit:
         return repr(value)
     return f"{value[:limit]!r}… ({len(value):,} characters)"

@@ -805,7 +805,8 @@ class RawStream:
 
     async def close(self) -> None:
         """End the call if it still runs, politely (half-close, as a worker that is done),
-        cancelling it only if the server does not end it; stop the reader (teardown)."""
+        cancelling it only if the server does not end it; stop the reader (teardown).
+        """
         if self.call is not None and self.code is None:
             with contextlib.suppress(TimeoutError):
                 await self.finish(timeout=5)
@@ -917,7 +918,8 @@ Refusal = Callable[[Callable[[Any], object], Any], tuple[grpc.StatusCode, list[s
 @pytest.fixture(scope="session")
 def refusal() -> Refusal:
     """``refusal(stub.Method, request)``: the status code and the BadRequest fields named by a
-    unary call that must fail (the test fails if it succeeds)."""
+    unary call that must fail (the test fails if it succeeds).
+    """
     return _refusal
 
 
@@ -949,7 +951,8 @@ class Checksum:
 
 class Dataset:
     """Deterministic metric batches: message ``i`` (seq ``first_seq + i``) holds ``points``
-    points of every metric, steps ``i * points ...``, values from a seeded generator."""
+    points of every metric, steps ``i * points ...``, values from a seeded generator.
+    """
 
     def __init__(
         self,
@@ -1029,7 +1032,8 @@ class StoredEvent:
 
 class TelemetryDatabase:
     """Reads what the server stored straight from its database (PostgreSQL as the superuser
-    that owns the test database, so row-level security hides nothing; SQLite from the file)."""
+    that owns the test database, so row-level security hides nothing; SQLite from the file).
+    """
 
     def __init__(self, url: str) -> None:
         parsed = sqlalchemy.make_url(url)
@@ -1320,7 +1324,8 @@ class Upload:
 
 class StreamKit:
     """What stream tests share: raw streams and uploads (channels cached, closed after the
-    test), test data, database readers, proxies, and runs to stream into."""
+    test), test data, database readers, proxies, and runs to stream into.
+    """
 
     def __init__(self) -> None:
         self.channels: dict[str, grpc.aio.Channel] = {}
@@ -1344,7 +1349,8 @@ class StreamKit:
         authorization: str | None = None,
     ) -> RawStream:
         """A stream for ``run_id`` on the server at ``target`` (not opened yet), sending
-        ``authorization`` metadata if given."""
+        ``authorization`` metadata if given.
+        """
         stream = RawStream(self.channel(target), run_id, worker_id, window, authorization)
         self.streams.append(stream)
         return stream
@@ -1361,7 +1367,8 @@ class StreamKit:
         self, server: Server, run_id: str, messages: Sequence[telemetry_pb2.StreamRunRequest]
     ) -> None:
         """Stream ``messages`` (seq 1..n) for ``run_id`` on ``server``, see them all
-        acknowledged, and end the stream."""
+        acknowledged, and end the stream.
+        """
         stream = await self.open(server, run_id)
         await stream.send_all(messages)
         await stream.wait_acked(messages[-1].seq)
@@ -1397,7 +1404,8 @@ class StreamKit:
 
     def new_run(self, server: Server | Client, total_ticks: int = 0) -> runs_pb2.Run:
         """A pending run of a new experiment (with its agent) on ``server`` (or through a
-        client of it, e.g. one sending a tenant's key)."""
+        client of it, e.g. one sending a tenant's key).
+        """
         agent = server.agents.CreateAgent(
             agents_pb2.CreateAgentRequest(
                 agent=agents_pb2.Agent(

@@ -146,7 +146,7 @@ def set_run_status(server: Server, run_id: str, status: int) -> Run:
 
 
 def start_run(server: Server, run_id: str) -> Run:
-    """pending -> starting -> running, the only way to running (RunService.UpdateRun)."""
+    """Pending -> starting -> running, the only way to running (RunService.UpdateRun)."""
     set_run_status(server, run_id, RunStatus.RUN_STATUS_STARTING)
     return set_run_status(server, run_id, RunStatus.RUN_STATUS_RUNNING)
 

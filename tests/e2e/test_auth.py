@@ -160,7 +160,8 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) ->
 @dataclass(frozen=True)
 class Objects:
     """One object of every kind in one tenant; ``spare_agent`` is referenced by nothing;
-    ``streamed`` is a run a worker sent a metric and an event to."""
+    ``streamed`` is a run a worker sent a metric and an event to.
+    """
 
     agent: Agent
     spare_agent: Agent

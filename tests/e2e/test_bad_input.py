@@ -935,7 +935,8 @@ def length_delimited(number: int, payload: bytes) -> bytes:
 
 def nested_struct(depth: int) -> bytes:
     """``{"a": {"a": ...}}``, ``depth`` objects deep, as google.protobuf.Struct bytes (built by
-    hand: the Python library will not build what its own decoder refuses)."""
+    hand: the Python library will not build what its own decoder refuses).
+    """
     struct = b""
     for _ in range(depth):
         value = length_delimited(5, struct)  # Value.struct_value
@@ -1107,7 +1108,8 @@ def refused_shortly(
     call: Callable[[], object], code: grpc.StatusCode, limit: int = SHORT
 ) -> Failure:
     """``call`` fails with ``code`` (not RESOURCE_EXHAUSTED: the status fits) and says so in
-    a message shorter than ``limit``; every field named is short too."""
+    a message shorter than ``limit``; every field named is short too.
+    """
     failure = failure_of(call)
     assert failure.code == code, str(failure)[:1000]
     assert 0 < len(failure.message) < limit, failure.message[:1000]
@@ -1197,7 +1199,8 @@ async def test_stream_values_out_of_their_range_are_invalid(
     server: Server, streams: StreamKit, database_url: str
 ) -> None:
     """Timestamps beyond protobuf's range and non-finite series timestamps end the stream
-    INVALID_ARGUMENT naming the field (it never succeeds on a resend); stored data stays."""
+    INVALID_ARGUMENT naming the field (it never succeeds on a resend); stored data stays.
+    """
     db = streams.database(database_url)
     run = streams.new_run(server)
     data = streams.dataset(2, points=100)

@@ -295,7 +295,8 @@ async def test_event_times_come_back_to_the_nanosecond(
 ) -> None:
     """A batch of 1,000 events with distinct nanosecond times, some before 1970 and at both
     ends of what 64-bit nanoseconds hold, comes back exactly; an untimed event gets the
-    server's time; a time that cannot be kept is refused naming the field."""
+    server's time; a time that cannot be kept is refused naming the field.
+    """
     run = streams.new_run(server)
     stream = await streams.open(server, run.id)
     base = 1_767_225_600_123_456_789  # 2026-01-01T00:00:00.123456789Z

@@ -179,7 +179,8 @@ async def test_the_liveness_clock_starts_again_with_the_server(
     served_url: str, start_server: StartServer, streams: StreamKit
 ) -> None:
     """Down longer than the heartbeat timeout: after the restart every running run still gets
-    a full timeout (its worker could not reach anybody meanwhile)."""
+    a full timeout (its worker could not reach anybody meanwhile).
+    """
     timeout = 2.0
     settings = {"SIMTRACK_HEARTBEAT_TIMEOUT": str(timeout), "SIMTRACK_HEARTBEAT_INTERVAL": "0.2"}
     first = start_server(served_url, **settings)

@@ -1,5 +1,6 @@
 """What an operator runs: ``simtrack migrate`` on a new and on an outdated PostgreSQL database,
-with the settings in a YAML file, as the server reads them."""
+with the settings in a YAML file, as the server reads them.
+"""
 
 from __future__ import annotations
 

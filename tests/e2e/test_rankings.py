@@ -51,7 +51,8 @@ async def drive(
     outcome: int | None = COMPLETED,
 ) -> str:
     """A run of the experiment that logged ``profit`` (steps 0, 1, ...) and ended as told
-    (None: left running)."""
+    (None: left running).
+    """
     run = server.runs.CreateRun(
         runs_pb2.CreateRunRequest(run=runs_pb2.Run(experiment_id=experiment_id))
     ).run

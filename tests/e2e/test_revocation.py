@@ -120,7 +120,8 @@ def keys(
 
 async def send_until_ended(stream: RawStream, messages: list[Any], pace: float) -> None:
     """Send ``messages`` one every ``pace`` seconds as a worker would, until the call ends;
-    fails if it never does."""
+    fails if it never does.
+    """
     for message in messages:
         if stream.code is not None:
             return

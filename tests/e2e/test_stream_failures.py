@@ -323,7 +323,8 @@ WORKER_SCRIPT = textwrap.dedent(
 
 async def read_line(process: subprocess.Popen[str], timeout: float = 60.0) -> str:
     """The worker process's next line of output; the caller kills the process afterwards
-    (which also ends a read still waiting)."""
+    (which also ends a read still waiting).
+    """
     assert process.stdout is not None
     line = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), timeout)
     return line.strip()
@@ -361,7 +362,7 @@ async def test_worker_helper_rides_out_a_server_crash_by_itself(
     database_url: str,
     tmp_path: Path,
 ) -> None:
-    """kill -9 of the server mid-stream, restart on the same port: the helper carries on."""
+    """Kill -9 of the server mid-stream, restart on the same port: the helper carries on."""
     listen = f"127.0.0.1:{free_port()}"
     first = start_server(served_url, listen=listen)
     run = streams.new_run(first)
@@ -490,7 +491,8 @@ async def test_a_worker_alive_through_a_server_outage_longer_than_the_timeout_lo
     tmp_path: Path,
 ) -> None:
     """The server is gone for twice the heartbeat timeout while the worker goes on logging:
-    after the restart the run is not failed, the worker reconnects, every point lands once."""
+    after the restart the run is not failed, the worker reconnects, every point lands once.
+    """
     listen = f"127.0.0.1:{free_port()}"
     # The worker must be back within the timeout after the restart: ~1-2 s (its reconnect
     # backoff is capped), with room to spare on a loaded machine.

@@ -30,7 +30,7 @@ from google.protobuf import field_mask_pb2, json_format, struct_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from simtrack.client.errors import from_rpc_error
+from simtrack.client.rpc_errors import from_rpc_error
 from simtrack.errors import SequenceGap
 from simtrack.v1 import experiments_pb2, runs_pb2, runs_pb2_grpc, telemetry_pb2
 
@@ -874,7 +874,8 @@ async def test_a_stream_dropped_while_acks_flow_leaves_a_clean_log(
     served_url: str, start_server: StartServer, streams: StreamKit, database_url: str
 ) -> None:
     """Found here (fixed in 1e8e03f): a call dropped while the server wrote to it had its
-    handler generators finalized later in another context, logging tracebacks."""
+    handler generators finalized later in another context, logging tracebacks.
+    """
     server = start_server(served_url)
     run = streams.new_run(server)
     data = streams.dataset(200, points=100)

@@ -3,7 +3,7 @@ the pinned tsc, runs under Node with @connectrpc/connect-node's gRPC transport, 
 an experiment and a run, streams metrics and a final status through StreamRun and reads them
 back. The Python stubs then check what was stored, so both languages agree on the wire.
 
-Needs `node` and the npm packages (`npm install`); skips without them, fails under CI=true.
+Needs ``node`` and the npm packages (``npm install``); skips without them, fails under CI=true.
 SQLite only: the point is the TypeScript side of the wire, not the database.
 """
 

@@ -63,7 +63,7 @@ def checksums(streams: StreamKit, steps: range, scale: float) -> dict[str, Check
 async def test_the_worker_is_back_within_seconds_of_a_restarted_server(
     database_url: str, start_server: StartServer, streams: StreamKit, tmp_path: Path
 ) -> None:
-    """kill -9 of the server, back on the same port 5 s later: the first ack within ~2 s."""
+    """Kill -9 of the server, back on the same port 5 s later: the first ack within ~2 s."""
     listen = f"127.0.0.1:{free_port()}"
     first = start_server(database_url, listen=listen)
     run = streams.new_run(first)
@@ -95,7 +95,8 @@ async def test_closings_that_give_up_say_what_they_left_and_a_new_worker_uploads
 ) -> None:
     """Eight workers close at once while the server is frozen (SIGSTOP): each gives up after
     STALL seconds without an ack and names what its spool really holds; once the server is
-    back, the next worker started with that spool directory uploads all of it by itself."""
+    back, the next worker started with that spool directory uploads all of it by itself.
+    """
     server = start_server(database_url)
     spool = tmp_path / "spool"
     options = WorkerOptions(close_timeout=STALL, points_per_series=100, upload_leftovers=False)
@@ -174,7 +175,8 @@ async def test_sync_reports_each_run_and_keeps_what_was_not_acknowledged(
 ) -> None:
     """Three spools: one uploads whole, one is refused half-way (a bad batch), one names a run
     the server does not know. ``simtrack sync`` says per run what it uploaded and why it
-    stopped, removes only the spool that was acknowledged to the end, and exits with 1."""
+    stopped, removes only the spool that was acknowledged to the end, and exits with 1.
+    """
     server = start_server(database_url)
     spool = tmp_path / "spool"
     dead = f"127.0.0.1:{free_port()}"

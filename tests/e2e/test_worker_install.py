@@ -1,4 +1,4 @@
-"""A worker-only install: `pip install .` in a fresh virtualenv, without the `server` extra.
+"""A worker-only install: ``pip install .`` in a fresh virtualenv, without the ``server`` extra.
 
 It must give a working client and worker (``simtrack demo`` streams a run into a real server)
 and none of the server's dependencies; the operator commands are still listed, and say what to
@@ -27,7 +27,8 @@ EXTRAS_ONLY = (*SERVER_ONLY, "prometheus_client", "grpc_health", "grpc_reflectio
 
 def _run(*command: str | Path, **env: str) -> subprocess.CompletedProcess[str]:
     """Run from the virtualenv's folder: the checkout's own folders (alembic/) are not on the
-    path there, as they would be from its root."""
+    path there, as they would be from its root.
+    """
     bin_dir = Path(command[0]).parent
     return subprocess.run(
         [str(part) for part in command],

@@ -22,12 +22,16 @@ from simtrack.server.core.model import Framework, utcnow
 from simtrack.server.core.tenancy import DEFAULT_TENANT_ID
 from simtrack.server.db.engine import create_engine
 from simtrack.server.db.models import Agent, Experiment, Run, UTCDateTime
-from simtrack.server.db.uow import UnitOfWorkFactory, tenant_aware_sessions
+from simtrack.server.db.unit_of_work import SqlUnitOfWorkFactory, tenant_aware_sessions
 from simtrack.server.domain.agents import AgentService
 from simtrack.server.domain.experiments import ExperimentService, TemplateService
 from simtrack.server.domain.runs import ParticipantService, RunService
 from simtrack.server.domain.simulations import SimulationService
-from simtrack.server.scenarios import ScenarioCatalogue, default_scenarios_dir, load_catalogue
+from simtrack.server.scenario_catalogue import (
+    ScenarioCatalogue,
+    default_scenarios_dir,
+    load_catalogue,
+)
 
 # The tier-0 scenario: small, stable, and its duration (60 ticks) is asserted on.
 SCENARIO_ID = "tier0-tutorial"
@@ -40,7 +44,7 @@ class Services:
     backend: str
     url: str
     engine: AsyncEngine
-    uow: UnitOfWorkFactory
+    uow: SqlUnitOfWorkFactory
     catalogue: ScenarioCatalogue
     agents: AgentService
     experiments: ExperimentService
@@ -151,7 +155,7 @@ async def make_services(
     def make(url: str | None = None, **engine_kwargs: Any) -> Services:
         engine = create_engine(url or database_url, **engine_kwargs)
         engines.append(engine)
-        uow = UnitOfWorkFactory(tenant_aware_sessions(engine))
+        uow = SqlUnitOfWorkFactory(tenant_aware_sessions(engine))
         return Services(
             backend=backend,
             url=url or database_url,

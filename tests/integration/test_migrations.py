@@ -307,7 +307,8 @@ def test_pause_and_nanosecond_event_times_migrate_up_and_down_keeping_data(
     empty_database_url: str,
 ) -> None:
     """Event times convert exactly to int64 nanoseconds (clamped where they cannot be held)
-    and back to microseconds; a paused run is running again after a downgrade."""
+    and back to microseconds; a paused run is running again after a downgrade.
+    """
     url = empty_database_url
     migrate.upgrade(url, PRE_PAUSE_REVISION)
     with connect(url) as connection:

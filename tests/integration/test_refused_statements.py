@@ -1,5 +1,6 @@
 """Statements a database refuses as such are not "unavailable" (retrying cannot help), on
-SQLite and PostgreSQL; an unreachable database is (tests/e2e/test_health.py)."""
+SQLite and PostgreSQL; an unreachable database is (tests/e2e/test_health.py).
+"""
 
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ from simtrack.server.core.model import (
 )
 from simtrack.server.core.tenancy import Principal, Role, reset_principal, set_principal
 from simtrack.server.db import models, repositories
-from simtrack.server.db.uow import UnitOfWork
+from simtrack.server.db.unit_of_work import SqlUnitOfWork
 
 if TYPE_CHECKING:
     from tests.integration.conftest import Services
@@ -229,7 +229,7 @@ OWNED = {
     "artifacts": "artifact",
 }
 
-Case = Callable[[UnitOfWork, World, World], Awaitable[None]]
+Case = Callable[[SqlUnitOfWork, World, World], Awaitable[None]]
 CASES: dict[str, Case] = {}
 
 
@@ -243,7 +243,7 @@ def case(name: str) -> Callable[[Case], Case]:
     return register
 
 
-def owned_repositories(uow: UnitOfWork) -> Iterator[tuple[repositories.Repository[Any], str]]:
+def owned_repositories(uow: SqlUnitOfWork) -> Iterator[tuple[repositories.Repository[Any], str]]:
     for attribute, field in OWNED.items():
         yield getattr(uow, attribute), field
 
@@ -252,7 +252,7 @@ def owned_repositories(uow: UnitOfWork) -> Iterator[tuple[repositories.Repositor
 
 
 @case("Repository.get")
-async def _get(uow: UnitOfWork, mine: World, theirs: World) -> None:
+async def _get(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
     for repo, field in owned_repositories(uow):
         for for_update in (False, True):
             assert await repo.get(getattr(theirs, field), for_update=for_update) is None, field
@@ -261,7 +261,7 @@ async def _get(uow: UnitOfWork, mine: World, theirs: World) -> None:
 
 
 @case("Repository.list")
-async def _list(uow: UnitOfWork, mine: World, theirs: World) -> None:
+async def _list(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
     everything = PageRequest(size=100, after=None, conditions=(), scope="")
     for repo, field in owned_repositories(uow):
         rows, cursor = await repo.list(everything)
@@ -274,7 +274,7 @@ async def _list(uow: UnitOfWork, mine: World, theirs: World) -> None:
 
 
 @case("Repository.add")
-async def _add(uow: UnitOfWork, mine: World, theirs: World) -> None:
+async def _add(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
     # Whatever tenant the object says, it is added as the caller's.
     smuggled = models.Template(name="smuggled", tenant_id=theirs.tenant)
     added = await uow.templates.add(smuggled)
@@ -282,7 +282,7 @@ async def _add(uow: UnitOfWork, mine: World, theirs: World) -> None:
 
 
 @case("Repository.delete")
-async def _delete(uow: UnitOfWork, mine: World, theirs: World) -> None:
+async def _delete(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
     template = await uow.templates.get(mine.template)
     assert template is not None
     await uow.templates.delete(template)
@@ -292,7 +292,7 @@ async def _delete(uow: UnitOfWork, mine: World, theirs: World) -> None:
 
 
 @case("Repository.flush")
-async def _flush(uow: UnitOfWork, mine: World, theirs: World) -> None:
+async def _flush(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
     agent = await uow.agents.get(mine.agent)
     assert agent is not None
     agent.config = {"changed": True}
@@ -305,50 +305,50 @@ async def _flush(uow: UnitOfWork, mine: World, theirs: World) -> None:
 
 
 @case("AgentRepository.name_taken")
-async def _agent_name_taken(uow: UnitOfWork, mine: World, theirs: World) -> None:
+async def _agent_name_taken(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
     assert not await uow.agents.name_taken(theirs.agent_name)
     assert await uow.agents.name_taken(mine.agent_name)
     assert not await uow.agents.name_taken(mine.agent_name, other_than=mine.agent)
 
 
 @case("AgentRepository.is_referenced")
-async def _agent_is_referenced(uow: UnitOfWork, mine: World, theirs: World) -> None:
+async def _agent_is_referenced(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
     assert await uow.agents.is_referenced(mine.agent)
     assert not await uow.agents.is_referenced(theirs.agent)
 
 
 @case("TemplateRepository.name_taken")
-async def _template_name_taken(uow: UnitOfWork, mine: World, theirs: World) -> None:
+async def _template_name_taken(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
     assert not await uow.templates.name_taken(theirs.template_name)
     assert await uow.templates.name_taken(mine.template_name)
 
 
 @case("ExperimentRepository.next_run_number")
-async def _next_run_number(uow: UnitOfWork, mine: World, theirs: World) -> None:
+async def _next_run_number(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
     with pytest.raises(NoResultFound):
         await uow.experiments.next_run_number(theirs.experiment)
     assert await uow.experiments.next_run_number(mine.experiment) == 3
 
 
 @case("ExperimentRepository.run_statuses")
-async def _run_statuses(uow: UnitOfWork, mine: World, theirs: World) -> None:
+async def _run_statuses(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
     assert await uow.experiments.run_statuses(theirs.experiment) == []
     statuses = set(await uow.experiments.run_statuses(mine.experiment))
     assert statuses == {RunStatus.COMPLETED, RunStatus.RUNNING}
 
 
 @case("RunRepository.silent_since")
-async def _silent_since(uow: UnitOfWork, mine: World, theirs: World) -> None:
+async def _silent_since(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
     assert [run.id for run in await uow.runs.silent_since(utcnow())] == [mine.live]
 
 
 @case("RunRepository.cancelled_before")
-async def _cancelled_before(uow: UnitOfWork, mine: World, theirs: World) -> None:
+async def _cancelled_before(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
     assert [run.id for run in await uow.runs.cancelled_before(utcnow())] == [mine.live]
 
 
 @case("RunRepository.ranked")
-async def _ranked(uow: UnitOfWork, mine: World, theirs: World) -> None:
+async def _ranked(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
     for aggregate in MetricAggregate:
         for lowest_first in (True, False):
             rows, total = await uow.runs.ranked(SCENARIO, METRIC, aggregate, lowest_first, 10)
@@ -361,7 +361,7 @@ async def _ranked(uow: UnitOfWork, mine: World, theirs: World) -> None:
 
 
 @case("RunRepository.status_counts")
-async def _status_counts(uow: UnitOfWork, mine: World, theirs: World) -> None:
+async def _status_counts(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
     counts = await uow.runs.status_counts(())
     assert counts == {RunStatus.COMPLETED: 1, RunStatus.RUNNING: 1}
     theirs_only = (Condition("experiment_id", "=", theirs.experiment),)
@@ -369,73 +369,73 @@ async def _status_counts(uow: UnitOfWork, mine: World, theirs: World) -> None:
 
 
 @case("RunRepository.durations")
-async def _durations(uow: UnitOfWork, mine: World, theirs: World) -> None:
+async def _durations(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
     assert await uow.runs.durations(()) == [mine.duration]
     theirs_only = (Condition("experiment_id", "=", theirs.experiment),)
     assert await uow.runs.durations(theirs_only) == []
 
 
 @case("RunRepository.existing")
-async def _existing(uow: UnitOfWork, mine: World, theirs: World) -> None:
+async def _existing(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
     assert await uow.runs.existing([mine.done, theirs.done, theirs.live]) == {mine.done}
 
 
 @case("RunRepository.unchecked_completed")
-async def _unchecked_completed(uow: UnitOfWork, mine: World, theirs: World) -> None:
+async def _unchecked_completed(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
     assert await uow.runs.unchecked_completed() == [mine.done]
 
 
 @case("ParticipantRepository.exists_for")
-async def _participant_exists_for(uow: UnitOfWork, mine: World, theirs: World) -> None:
+async def _participant_exists_for(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
     assert await uow.participants.exists_for(mine.done, mine.agent)
     assert not await uow.participants.exists_for(theirs.done, theirs.agent)
 
 
 @case("MetricRepository.for_run")
-async def _metrics_for_run(uow: UnitOfWork, mine: World, theirs: World) -> None:
+async def _metrics_for_run(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
     assert [m.id for m in await uow.metrics.for_run(mine.done)] == [mine.metric]
     assert await uow.metrics.for_run(theirs.done) == []
 
 
 @case("MetricRepository.page")
-async def _metrics_page(uow: UnitOfWork, mine: World, theirs: World) -> None:
+async def _metrics_page(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
     assert [m.id for m in await uow.metrics.page(mine.done, (), None, 10)] == [mine.metric]
     assert await uow.metrics.page(theirs.done, (), None, 10) == []
 
 
 @case("MetricRepository.named")
-async def _metric_named(uow: UnitOfWork, mine: World, theirs: World) -> None:
+async def _metric_named(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
     found = await uow.metrics.named(mine.done, METRIC)
     assert found is not None and found.id == mine.metric
     assert await uow.metrics.named(theirs.done, METRIC) is None
 
 
 @case("ValidationRepository.exists_for")
-async def _validation_exists_for(uow: UnitOfWork, mine: World, theirs: World) -> None:
+async def _validation_exists_for(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
     assert await uow.validations.exists_for(mine.done, "scenario", METRIC)
     assert not await uow.validations.exists_for(theirs.done, "scenario", METRIC)
 
 
 @case("ArtifactRepository.named")
-async def _artifact_named(uow: UnitOfWork, mine: World, theirs: World) -> None:
+async def _artifact_named(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
     assert await uow.artifacts.named(mine.done, "report.txt")
     assert not await uow.artifacts.named(theirs.done, "report.txt")
 
 
 @case("ChunkRepository.step_columns")
-async def _step_columns(uow: UnitOfWork, mine: World, theirs: World) -> None:
+async def _step_columns(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
     assert len(await uow.chunks.step_columns(mine.metric, 0, 10)) == 1
     assert await uow.chunks.step_columns(theirs.metric, 0, 10) == []
 
 
 @case("ChunkRepository.overlapping")
-async def _overlapping(uow: UnitOfWork, mine: World, theirs: World) -> None:
+async def _overlapping(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
     assert len(await uow.chunks.overlapping(mine.metric, 0, 10, None, None)) == 1
     assert await uow.chunks.overlapping(theirs.metric, 0, 10, None, None) == []
 
 
 @case("EventRepository.page")
-async def _events_page(uow: UnitOfWork, mine: World, theirs: World) -> None:
+async def _events_page(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
     assert [e.tenant_id for e in await uow.events.page(mine.done, (), None, 10)] == [mine.tenant]
     assert await uow.events.page(theirs.done, (), None, 10) == []
 
@@ -445,42 +445,42 @@ async def _events_page(uow: UnitOfWork, mine: World, theirs: World) -> None:
 
 
 @case("AccessRepository.add")
-async def _access_add(uow: UnitOfWork, mine: World, theirs: World) -> None:
+async def _access_add(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
     await uow.access.add(models.Tenant(id="cccccccc-0000-0000-0000-000000000003", name="c"))
     assert len(await uow.access.tenants()) == 4  # the default tenant, ours, theirs, the new one
 
 
 @case("AccessRepository.tenant")
-async def _access_tenant(uow: UnitOfWork, mine: World, theirs: World) -> None:
+async def _access_tenant(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
     found = await uow.access.tenant(theirs.tenant)
     assert found is not None and found.name == theirs.tenant_name
 
 
 @case("AccessRepository.tenant_named")
-async def _access_tenant_named(uow: UnitOfWork, mine: World, theirs: World) -> None:
+async def _access_tenant_named(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
     found = await uow.access.tenant_named(theirs.tenant_name)
     assert found is not None and found.id == theirs.tenant
 
 
 @case("AccessRepository.tenants")
-async def _access_tenants(uow: UnitOfWork, mine: World, theirs: World) -> None:
+async def _access_tenants(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
     assert {t.id for t in await uow.access.tenants()} >= {mine.tenant, theirs.tenant}
 
 
 @case("AccessRepository.key_by_prefix")
-async def _access_key_by_prefix(uow: UnitOfWork, mine: World, theirs: World) -> None:
+async def _access_key_by_prefix(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
     found = await uow.access.key_by_prefix(theirs.key_prefix)
     assert found is not None and found.tenant_id == theirs.tenant
 
 
 @case("AccessRepository.keys")
-async def _access_keys(uow: UnitOfWork, mine: World, theirs: World) -> None:
+async def _access_keys(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
     assert [k.id for k in await uow.access.keys(mine.tenant)] == [mine.key]
     assert {k.id for k in await uow.access.keys()} >= {mine.key, theirs.key}
 
 
 @case("AccessRepository.touch_key")
-async def _access_touch_key(uow: UnitOfWork, mine: World, theirs: World) -> None:
+async def _access_touch_key(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
     await uow.access.touch_key(mine.key, utcnow())
     stmt = select(models.ApiKey.id).where(models.ApiKey.last_used_at.is_not(None))
     assert list((await uow.session.execute(stmt)).scalars()) == [mine.key]

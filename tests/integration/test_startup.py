@@ -18,7 +18,7 @@ import pytest
 
 from simtrack.server.app import StartupError, start
 from simtrack.server.config import Settings
-from simtrack.server.db.ingest import IngestStore
+from simtrack.server.db.ingest_store import IngestStore
 from simtrack.server.ingest.bus import PostgresBus
 
 RELEASE_TIMEOUT = 10.0

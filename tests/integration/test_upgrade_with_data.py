@@ -182,7 +182,8 @@ Written = dict[str, tuple[dict[str, Any], set[str]]]
 
 def insert_rows(connection: Connection) -> Written:
     """A row in every table of the current schema; per table, what was written and the
-    columns the table had."""
+    columns the table had.
+    """
     tables = reflect(connection)
     missing = set(tables) - set(ROWS)
     assert not missing, f"tables without a row in {__name__}.ROWS: {sorted(missing)}"

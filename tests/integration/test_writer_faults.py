@@ -22,7 +22,7 @@ from simtrack.errors import FailedPrecondition, Unavailable
 from simtrack.server.api.telemetry import decode
 from simtrack.server.core.tenancy import LOCAL_PRINCIPAL
 from simtrack.server.db.engine import create_engine
-from simtrack.server.db.ingest import IngestStore
+from simtrack.server.db.ingest_store import IngestStore
 from simtrack.server.ingest import writer as writer_module
 from simtrack.server.ingest.items import Batch
 from simtrack.server.ingest.writer import GroupCommitWriter, metric_id
@@ -183,7 +183,8 @@ async def test_a_batch_that_conflicts_with_stored_rows_fails_without_retries(
 ) -> None:
     """Rows beyond the run's watermark (written behind the writer's back) make the insert
     conflict: the batch fails FAILED_PRECONDITION at once, nothing of it is kept, and the
-    writer goes on with the next."""
+    writer goes on with the next.
+    """
     group, _ = writer
     experiment = await services.experiment()
     run, other = await services.run(experiment.id), await services.run(experiment.id)

@@ -25,7 +25,7 @@ from simtrack.server.api.convert import (
     mask_changes,
     struct_to_dict,
 )
-from simtrack.server.api.errors import to_status
+from simtrack.server.api.error_mapping import to_status
 from simtrack.server.api.interceptor import message_parser
 from simtrack.server.core.model import Framework
 from simtrack.v1 import agents_pb2

@@ -77,7 +77,8 @@ async def open_call(
     keys: FakeKeys, change: Callable[[], None], method: str = STREAM
 ) -> tuple[Idle, list[Any]]:
     """Run an idle stream under a lease; ``change`` the key after its first response; what the
-    stream yielded and the error that ended it."""
+    stream yielded and the error that ended it.
+    """
     handler = Idle()
     said: list[Any] = []
     async with authorizer(keys).scope(method, CONTEXT, lasting=True) as lease:

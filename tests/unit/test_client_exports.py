@@ -1,5 +1,6 @@
 """The client's public names, pinned; and what Client and the worker helper share (the
-channel, the call metadata, JSON -> Struct with one validation)."""
+channel, the call metadata, JSON -> Struct with one validation).
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The checked-in stubs in common/simtrack/v1 are exactly what tools/gen_protos.py produces.
 
 If this fails, the protos (or the pinned grpcio-tools / mypy-protobuf) changed without the
-stubs being regenerated: run `python tools/gen_protos.py` and commit the result.
+stubs being regenerated: run ``python tools/gen_protos.py`` and commit the result.
 """
 
 from __future__ import annotations

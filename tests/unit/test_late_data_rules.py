@@ -9,7 +9,7 @@ import pytest
 
 from simtrack.errors import SequenceGap
 from simtrack.server.core.model import RunStatus
-from simtrack.server.db.ingest import RunState
+from simtrack.server.db.ingest_store import RunState
 from simtrack.server.ingest.items import Batch, EventData, FinalData, ProgressData
 from simtrack.server.ingest.writer import Pending, _apply
 

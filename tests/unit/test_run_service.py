@@ -1,5 +1,6 @@
 """The run service's rules on fakes: numbering, inherited params, derived experiment status,
-and pausing (a run's state that its worker is told of now and on every reconnect)."""
+and pausing (a run's state that its worker is told of now and on every reconnect).
+"""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ from simtrack.errors import FailedPrecondition, InvalidArgument, NotFound
 from simtrack.server.core.commands import CommandMessage
 from simtrack.server.core.model import ExperimentStatus, RunStatus
 from simtrack.server.db.models import Experiment, Metric, Run, Validation
+from simtrack.server.domain.live_runs import LiveRuns
 from simtrack.server.domain.runs import RunService
-from simtrack.server.domain.telemetry import TelemetryService
-from simtrack.server.scenarios import ScenarioCatalogue, load_catalogue
+from simtrack.server.scenario_catalogue import ScenarioCatalogue, load_catalogue
 from tests.unit.fakes import Unfaked
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
@@ -228,7 +229,7 @@ async def test_a_run_needs_its_scenario_in_the_catalogue(
         await create(service)
 
 
-# Pausing: TelemetryService on the same fakes, with a bus that records what it was told.
+# Pausing: LiveRuns on the same fakes, with a bus that records what it was told.
 
 
 @dataclass
@@ -249,13 +250,13 @@ def bus() -> FakeBus:
 
 
 @pytest.fixture
-def telemetry(uow: FakeUnitOfWork, bus: FakeBus) -> TelemetryService:
-    return TelemetryService(lambda: uow, bus)
+def live_runs(uow: FakeUnitOfWork, bus: FakeBus) -> LiveRuns:
+    return LiveRuns(lambda: uow, bus)
 
 
-async def running_run(service: RunService, telemetry: TelemetryService) -> Run:
+async def running_run(service: RunService, live_runs: LiveRuns) -> Run:
     run = await create(service)
-    await telemetry.attach(run.id, "worker-1")
+    await live_runs.attach(run.id, "worker-1")
     assert run.status == RunStatus.RUNNING
     return run
 
@@ -265,56 +266,56 @@ def names(commands: list[CommandMessage]) -> list[tuple[str, str]]:
 
 
 async def test_a_pause_is_stored_pushed_and_told_to_a_worker_that_reconnects(
-    service: RunService, telemetry: TelemetryService, bus: FakeBus, uow: FakeUnitOfWork
+    service: RunService, live_runs: LiveRuns, bus: FakeBus, uow: FakeUnitOfWork
 ) -> None:
-    run = await running_run(service, telemetry)
+    run = await running_run(service, live_runs)
     started = run.started_at
-    paused, command = await telemetry.pause(run.id)
+    paused, command = await live_runs.pause(run.id)
     assert paused.status == RunStatus.PAUSED and paused.paused_at is not None
     assert bus.commands == [command] and command.name == "pause"
     assert experiment_status(uow) == ExperimentStatus.RUNNING, "paused counts as running"
 
-    again, _ = await telemetry.attach(run.id, "worker-2")  # a worker (re)connects
+    again, _ = await live_runs.attach(run.id, "worker-2")  # a worker (re)connects
     assert again.status == RunStatus.PAUSED, "attaching does not resume"
     assert names(_) == names([command]), "the same pause, in the welcome"
-    repeated, same = await telemetry.pause(run.id)  # a retried PauseRun changes nothing
+    repeated, same = await live_runs.pause(run.id)  # a retried PauseRun changes nothing
     assert repeated.status == RunStatus.PAUSED and same.id == command.id
 
-    resumed, resume = await telemetry.resume(run.id)
+    resumed, resume = await live_runs.resume(run.id)
     assert resumed.status == RunStatus.RUNNING and resume.name == "resume"
     assert resumed.started_at == started, "resuming is not starting again"
-    _, pending = await telemetry.attach(run.id, "worker-3")  # away during the resume
+    _, pending = await live_runs.attach(run.id, "worker-3")  # away during the resume
     assert names(pending) == names([resume])
 
-    _, second = await telemetry.pause(run.id)
+    _, second = await live_runs.pause(run.id)
     assert second.id != command.id, "a new pause, a new id"
 
 
 async def test_pause_and_resume_are_refused_where_the_run_cannot_move(
-    service: RunService, telemetry: TelemetryService, bus: FakeBus
+    service: RunService, live_runs: LiveRuns, bus: FakeBus
 ) -> None:
     pending = await create(service)
     with pytest.raises(FailedPrecondition, match="only a running run can be paused"):
-        await telemetry.pause(pending.id)
+        await live_runs.pause(pending.id)
     with pytest.raises(FailedPrecondition, match="only a paused run can be resumed"):
-        await telemetry.resume(pending.id)
-    run = await running_run(service, telemetry)
-    await telemetry.pause(run.id)
+        await live_runs.resume(pending.id)
+    run = await running_run(service, live_runs)
+    await live_runs.pause(run.id)
     await service.update(run.id, {"status": RunStatus.COMPLETED})  # a paused run may end
-    for call in (telemetry.pause, telemetry.resume):
+    for call in (live_runs.pause, live_runs.resume):
         with pytest.raises(FailedPrecondition, match="this run is completed"):
             await call(run.id)
     assert [c.name for c in bus.commands] == ["pause"]
     with pytest.raises(InvalidArgument, match="PauseRun"):
-        await service.update((await running_run(service, telemetry)).id, {"status": "paused"})
+        await service.update((await running_run(service, live_runs)).id, {"status": "paused"})
 
 
 async def test_cancel_of_a_paused_run_is_told_instead_of_the_pause(
-    service: RunService, telemetry: TelemetryService
+    service: RunService, live_runs: LiveRuns
 ) -> None:
-    run = await running_run(service, telemetry)
-    await telemetry.pause(run.id)
-    cancelled, cancel = await telemetry.cancel(run.id, "enough")
+    run = await running_run(service, live_runs)
+    await live_runs.pause(run.id)
+    cancelled, cancel = await live_runs.cancel(run.id, "enough")
     assert cancelled.status == RunStatus.PAUSED, "paused until the worker confirms"
-    _, pending = await telemetry.attach(run.id, "worker-2")
+    _, pending = await live_runs.attach(run.id, "worker-2")
     assert names(pending) == names([cancel])

@@ -12,7 +12,7 @@ import pydantic
 import pytest
 import yaml
 
-from simtrack.server.scenarios import (
+from simtrack.server.scenario_catalogue import (
     ScenarioCatalogue,
     ScenarioProblem,
     ScenarioSpec,
@@ -242,7 +242,7 @@ def test_top_level_list_is_not_a_scenario(mixed_dir: Path) -> None:
 
 
 def test_problems_are_logged(mixed_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="simtrack.server.scenarios"):
+    with caplog.at_level(logging.WARNING, logger="simtrack.server.scenario_catalogue"):
         catalogue = load_catalogue(mixed_dir)
 
     logged = "\n".join(record.getMessage() for record in caplog.records)

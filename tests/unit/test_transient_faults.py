@@ -8,7 +8,7 @@ import psycopg
 import pytest
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 
-from simtrack.server.db.uow import is_transient
+from simtrack.server.db.unit_of_work import is_transient
 
 
 def sqlite_error(message: str, name: str) -> sqlite3.OperationalError:

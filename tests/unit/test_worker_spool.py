@@ -32,7 +32,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from simtrack.client import AsyncWorker, Command, Worker, WorkerOptions, sync_spool
-from simtrack.client.errors import from_rpc_error
+from simtrack.client.rpc_errors import from_rpc_error
 from simtrack.client.worker._spool import Spool, SpoolLocked, spooled_runs, wire_bytes
 from simtrack.errors import (
     Conflict,
@@ -731,7 +731,8 @@ def test_pending_commands_in_the_welcome(fake: FakeServer, tmp_path: Path) -> No
 
 def test_the_paused_flag_follows_each_welcome(fake: FakeServer, tmp_path: Path) -> None:
     """A welcome tells the run's state: a pause in it pauses; none means running (a resume
-    the worker missed while it was away)."""
+    the worker missed while it was away).
+    """
     fake.service.pending_commands = [runs_pb2.Command(id="p1", name="pause")]
     with Worker(fake.target, RUN, spool_dir=tmp_path, options=FAST) as run:
         eventually(lambda: run.paused)

@@ -10,7 +10,7 @@ The client never imports the server package.
 """
 
 from simtrack.client.client import Client, MetricHistory
-from simtrack.client.errors import from_rpc_error
+from simtrack.client.rpc_errors import from_rpc_error
 from simtrack.client.worker import (
     AsyncWorker,
     Command,

@@ -1,6 +1,7 @@
 """The connection to a simtrack server, made one way for :class:`Client` and the worker helper:
 the channel (message sizes, reconnect backoff, credentials), the key's call metadata and the
-worker's StreamRun callable."""
+worker's StreamRun callable.
+"""
 
 from __future__ import annotations
 
@@ -55,7 +56,8 @@ def call_metadata(api_key: str | None) -> Metadata:
 
 def stream_run(channel: grpc.Channel) -> Any:
     """The StreamRun callable of the worker helper: it sends requests already serialized (the
-    spool holds them as bytes) and reads :class:`StreamRunResponse` messages."""
+    spool holds them as bytes) and reads :class:`StreamRunResponse` messages.
+    """
     return channel.stream_stream(
         STREAM_RUN_METHOD,
         request_serializer=None,

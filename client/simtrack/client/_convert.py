@@ -14,7 +14,8 @@ __all__ = ["to_struct"]
 
 def to_struct(value: Mapping[str, Any] | None, field: str) -> struct_pb2.Struct | None:
     """``value`` as a Struct (None stays None); InvalidArgument on ``field`` when it is not a
-    JSON object (keys strings; values numbers, strings, booleans, None, lists, objects)."""
+    JSON object (keys strings; values numbers, strings, booleans, None, lists, objects).
+    """
     if value is None:
         return None
     struct = struct_pb2.Struct()

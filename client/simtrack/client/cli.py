@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _load_server_subcommands() -> dict[str, Register | ModuleNotFoundError]:
     """The server's subcommands by name (``serve``, ``scenarios.validate``): each one's
-    registration, or the missing module that keeps it from loading (no ``server`` extra)."""
+    registration, or the missing module that keeps it from loading (no ``server`` extra).
+    """
     found: dict[str, Register | ModuleNotFoundError] = {}
     for entry in entry_points(group=SUBCOMMANDS_GROUP):
         if entry.name in found:
@@ -103,7 +104,8 @@ def _add_server_subcommands(
     loaded: Mapping[str, Register | ModuleNotFoundError], groups: Mapping[str, Subcommands]
 ) -> None:
     """Add the subcommands whose group (before the last dot of the name; "" at the top) is in
-    ``groups``."""
+    ``groups``.
+    """
     for path, register in loaded.items():
         parent, _, name = path.rpartition(".")
         group = groups.get(parent)

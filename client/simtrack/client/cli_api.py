@@ -54,7 +54,8 @@ _WORD_START = re.compile(r"(?<!^)(?=[A-Z])")
 
 def add_server_options(parser: argparse.ArgumentParser) -> None:
     """``--target`` and ``--api-key``, defaulting to the environment (shared by every client
-    command, ``sync`` included)."""
+    command, ``sync`` included).
+    """
     parser.add_argument(
         "--target",
         default=os.environ.get("SIMTRACK_TARGET", "127.0.0.1:50051"),
@@ -483,7 +484,8 @@ def _list_and_get(
 def add_api_commands(commands: Subcommands) -> dict[str, Subcommands]:
     """Add the commands for a running server's agents, experiments, runs, telemetry and
     scenarios to ``simtrack``'s subcommands; return the groups (``scenarios``…) by name, for
-    the server's subcommands to join."""
+    the server's subcommands to join.
+    """
     agents = _group(commands, "agents", "agents under test")
     _list_and_get(
         agents, "agent", AGENT_COLUMNS, Client.list_agents, Client.get_agent, 'framework = "custom"'

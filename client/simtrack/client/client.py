@@ -12,7 +12,7 @@
             print(update.run.status, update.run.progress_percent)
 
 Every failed call raises the :class:`~simtrack.errors.SimtrackError` subclass of its status
-(:func:`simtrack.client.errors.from_rpc_error`).
+(:func:`simtrack.client.rpc_errors.from_rpc_error`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import numpy.typing as npt
 
 from simtrack.client._channel import call_metadata, open_channel
 from simtrack.client._convert import to_struct
-from simtrack.client.errors import from_rpc_error
+from simtrack.client.rpc_errors import from_rpc_error
 from simtrack.client.worker import Worker, WorkerOptions
 from simtrack.v1 import (
     agents_pb2,
@@ -313,7 +313,8 @@ class Client:
         include_unfinished: bool = False,
     ) -> runs_pb2.GetLeaderboardResponse:
         """The scenario's best runs by ``metric`` (its latest, min or max value), best first;
-        only completed runs unless ``include_unfinished``."""
+        only completed runs unless ``include_unfinished``.
+        """
         request = runs_pb2.GetLeaderboardRequest(
             scenario_id=scenario_id,
             metric=metric,
@@ -357,7 +358,8 @@ class Client:
         self, run_id: str, filter: str = ""
     ) -> Iterator[validations_pb2.Validation]:
         """A run's verdicts, oldest first: the scenario's success criteria once it completed,
-        and external validators' (filter on validator, kind, passed)."""
+        and external validators' (filter on validator, kind, passed).
+        """
         request = validations_pb2.ListValidationsRequest(run_id=run_id, filter=filter)
         for page in self._pages(self.validations.ListValidations, request):
             yield from page.validations
@@ -372,7 +374,8 @@ class Client:
         content_type: str = "",
     ) -> artifacts_pb2.Artifact:
         """Store a file (a path or an open binary file) with a run, streamed in 1 MiB chunks;
-        ``name`` defaults to the file's name. The server checks the SHA-256 computed here."""
+        ``name`` defaults to the file's name. The server checks the SHA-256 computed here.
+        """
         with contextlib.ExitStack() as stack:
             file = (
                 stack.enter_context(open(source, "rb"))
@@ -401,7 +404,8 @@ class Client:
         self, artifact_id: str, destination: str | Path | BinaryIO
     ) -> artifacts_pb2.Artifact:
         """Write an artifact's content to ``destination`` (a path or an open binary file) as it
-        streams in; its metadata. The content is checked against the stored SHA-256."""
+        streams in; its metadata. The content is checked against the stored SHA-256.
+        """
         call = self.artifacts.GetArtifactContent(
             artifacts_pb2.GetArtifactContentRequest(id=artifact_id),
             timeout=None,

@@ -215,7 +215,8 @@ def run_demo(
     console: Console | None = None,
 ) -> int:
     """Create an agent, an experiment and a run, simulate it through the worker helper, and
-    print the verdicts on the scenario's success criteria; the exit code (0: completed)."""
+    print the verdicts on the scenario's success criteria; the exit code (0: completed).
+    """
     console = console or Console()
     scenario = json_format.MessageToDict(
         client.get_scenario(scenario_id), preserving_proto_field_name=True
@@ -253,7 +254,8 @@ def run_demo(
 
 def _verdicts(client: Client, run_id: str, expected: int) -> list[validations_pb2.Validation]:
     """The scenario's verdicts on the run: the server records them just after the final
-    commit, so wait a moment for them."""
+    commit, so wait a moment for them.
+    """
     deadline = time.monotonic() + 5
     while True:
         found = list(client.list_validations(run_id, 'validator = "scenario"'))

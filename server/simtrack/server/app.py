@@ -27,29 +27,29 @@ from simtrack.server.api.runs import RunServicer
 from simtrack.server.api.scenarios import ScenarioServicer
 from simtrack.server.api.telemetry import TelemetryServicer
 from simtrack.server.api.validations import ValidationServicer
-from simtrack.server.artifacts import ArtifactStore
+from simtrack.server.artifact_store import ArtifactStore
 from simtrack.server.background import BackgroundLoops, monitor_database, sweep_runs
 from simtrack.server.config import Settings
 from simtrack.server.db import migrate
 from simtrack.server.db.engine import create_engine, is_sqlite
-from simtrack.server.db.ingest import IngestStore
-from simtrack.server.db.uow import UnitOfWorkFactory, tenant_aware_sessions
+from simtrack.server.db.ingest_store import IngestStore
+from simtrack.server.db.unit_of_work import SqlUnitOfWorkFactory, tenant_aware_sessions
 from simtrack.server.domain.access import Authenticator
 from simtrack.server.domain.agents import AgentService
 from simtrack.server.domain.artifacts import ArtifactService
 from simtrack.server.domain.experiments import ExperimentService, TemplateService
 from simtrack.server.domain.history import HistoryService
-from simtrack.server.domain.rankings import RunQueries
+from simtrack.server.domain.live_runs import LiveRuns
+from simtrack.server.domain.rankings import Rankings
 from simtrack.server.domain.runs import ParticipantService, RunService
 from simtrack.server.domain.scenarios import ScenarioQueries
 from simtrack.server.domain.simulations import SimulationService
-from simtrack.server.domain.telemetry import TelemetryService
 from simtrack.server.domain.validations import ValidationService
 from simtrack.server.ingest.bus import InProcessBus, PostgresBus
 from simtrack.server.ingest.streams import StreamRegistry
 from simtrack.server.ingest.writer import GroupCommitWriter
 from simtrack.server.observability import MetricsEndpoint, ServerMetrics
-from simtrack.server.scenarios import default_scenarios_dir, load_catalogue
+from simtrack.server.scenario_catalogue import default_scenarios_dir, load_catalogue
 from simtrack.v1 import (
     agents_pb2,
     agents_pb2_grpc,
@@ -202,7 +202,7 @@ async def _start(settings: Settings, resources: contextlib.AsyncExitStack) -> Ru
     await prepare_database(settings, engine)
     if settings.auth_enabled and not is_sqlite(settings.database_url):
         await check_row_level_security(engine)
-    uow = UnitOfWorkFactory(tenant_aware_sessions(engine))
+    uow = SqlUnitOfWorkFactory(tenant_aware_sessions(engine))
     authenticator = (
         Authenticator(uow, settings.auth_cache_seconds) if settings.auth_enabled else None
     )
@@ -239,20 +239,20 @@ async def _start(settings: Settings, resources: contextlib.AsyncExitStack) -> Ru
         IngestStore(engine), bus.publish_runs, metrics, validations.check_completed
     )
     metrics.watch(registry.open_count, lambda: bus.watching, engine)
-    telemetry = TelemetryService(uow, bus)
+    live_runs = LiveRuns(uow, bus)
     runs_pb2_grpc.add_RunServiceServicer_to_server(
         RunServicer(
             RunService(uow, catalogue),
             ParticipantService(uow),
-            telemetry,
-            RunQueries(uow, catalogue),
+            live_runs,
+            Rankings(uow, catalogue),
             bus,
         ),
         server,
     )
     telemetry_pb2_grpc.add_TelemetryServiceServicer_to_server(
         TelemetryServicer(
-            telemetry, HistoryService(uow), writer, registry, settings.heartbeat_interval
+            live_runs, HistoryService(uow), writer, registry, settings.heartbeat_interval
         ),
         server,
     )
@@ -309,7 +309,7 @@ async def _start(settings: Settings, resources: contextlib.AsyncExitStack) -> Ru
             background.stopping,
         )
     )
-    background.spawn(sweep_runs(telemetry, validations, artifacts, settings, background.stopping))
+    background.spawn(sweep_runs(live_runs, validations, artifacts, settings, background.stopping))
     return Running(
         server=server,
         port=port,

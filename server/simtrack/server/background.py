@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from simtrack.server.config import Settings
 from simtrack.server.db.repositories import ping
 from simtrack.server.domain.artifacts import ArtifactService
-from simtrack.server.domain.telemetry import TelemetryService
+from simtrack.server.domain.live_runs import LiveRuns
 from simtrack.server.domain.validations import ValidationService
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ async def monitor_database(
 
 
 async def sweep_runs(
-    telemetry: TelemetryService,
+    live_runs: LiveRuns,
     validations: ValidationService,
     artifacts: ArtifactService,
     settings: Settings,
@@ -75,14 +75,15 @@ async def sweep_runs(
 ) -> None:
     """Fail runs whose worker vanished; stop cancelled runs whose worker never confirmed;
     check the success criteria of completed runs a crash left unchecked; remove the files of
-    deleted runs."""
+    deleted runs.
+    """
     interval = min(settings.heartbeat_timeout, settings.cancel_grace) / 4
     while not stopping.is_set():
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(interval):
                 await stopping.wait()
         try:
-            changed = await telemetry.sweep(settings.heartbeat_timeout, settings.cancel_grace)
+            changed = await live_runs.sweep(settings.heartbeat_timeout, settings.cancel_grace)
             if changed:
                 log.info("liveness: %d run(s) ended by the sweeper", len(changed))
             if checked := await validations.sweep():

@@ -119,7 +119,7 @@ def _admin(args: argparse.Namespace, action: AdminAction) -> int:
     """Run an operator's action on the database directly (not through a server)."""
     from simtrack.errors import SimtrackError
     from simtrack.server.db.engine import create_engine
-    from simtrack.server.db.uow import UnitOfWorkFactory, tenant_aware_sessions
+    from simtrack.server.db.unit_of_work import SqlUnitOfWorkFactory, tenant_aware_sessions
     from simtrack.server.domain.access import AccessAdmin
 
     settings = _settings(args)
@@ -127,7 +127,7 @@ def _admin(args: argparse.Namespace, action: AdminAction) -> int:
     async def run() -> int:
         engine = create_engine(settings.database_url)
         try:
-            return await action(AccessAdmin(UnitOfWorkFactory(tenant_aware_sessions(engine))))
+            return await action(AccessAdmin(SqlUnitOfWorkFactory(tenant_aware_sessions(engine))))
         finally:
             await engine.dispose()
 
@@ -241,7 +241,7 @@ def add_keys(commands: Subcommands) -> None:
 
 def cmd_scenarios_validate(args: argparse.Namespace) -> int:
     """Check scenario files with the server's rules before a server loads (and skips) them."""
-    from simtrack.server.scenarios import load_file
+    from simtrack.server.scenario_catalogue import load_file
 
     invalid = 0
     for path in args.paths:

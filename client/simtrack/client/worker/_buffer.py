@@ -193,7 +193,8 @@ class Buffer:
 
     def take(self) -> Taken:
         """Everything buffered (the buffer starts again empty); counted as unspooled until
-        :meth:`spooled`."""
+        :meth:`spooled`.
+        """
         with self._lock:
             taken = Taken(
                 self._cols,
@@ -232,7 +233,8 @@ class Buffer:
 
     def wait_spooled(self, deadline: float | None, flushing: Callable[[], bool]) -> bool:
         """Ask for a flush and wait until what is buffered now is in the spool (or the flusher
-        is gone, or the helper failed); False when ``deadline`` passed first."""
+        is gone, or the helper failed); False when ``deadline`` passed first.
+        """
         with self._lock:
             self._flush_requested += 1
             wanted = self._flush_requested

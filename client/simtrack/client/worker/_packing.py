@@ -162,7 +162,8 @@ def pack_events(
     max_bytes: int = MAX_EVENT_BATCH_BYTES,
 ) -> list[Message]:
     """EventBatch messages of at most ``max_events`` events and about ``max_bytes`` bytes (a
-    batch takes one event over the limit only when it is its first)."""
+    batch takes one event over the limit only when it is its first).
+    """
     messages: list[Message] = []
     request = telemetry_pb2.StreamRunRequest()
     size = 0
@@ -192,7 +193,8 @@ def status_message(final: telemetry_pb2.FinalStatus) -> Message:
 
 def hello(run_id: str, worker_id: str, last_acked_seq: int, *, replay: bool) -> bytes:
     """The first message of a StreamRun call (``replay``: a spool's upload, which must not
-    revive the run a dead worker left)."""
+    revive the run a dead worker left).
+    """
     message = telemetry_pb2.Hello(
         run_id=run_id, worker_id=worker_id, last_acked_seq=last_acked_seq, replay=replay
     )
@@ -207,7 +209,8 @@ def event(
     seconds: float,
 ) -> telemetry_pb2.Event:
     """An event as ``log_event`` takes it (``type`` 1-100 characters, ``payload`` a JSON
-    object, at most 1 MiB in all); InvalidArgument otherwise."""
+    object, at most 1 MiB in all); InvalidArgument otherwise.
+    """
     if not isinstance(type, str) or not 1 <= len(type) <= 100:
         raise InvalidArgument.of("events.events.type", "must be 1-100 characters")
     message = telemetry_pb2.Event(step=step, type=type, agent_id=agent_id or "")
@@ -239,7 +242,8 @@ def metric_definition(name: str, kind: MetricKindName) -> int:
 
 def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
     """Unix seconds as a Timestamp (nanoseconds truncated, never rounded up to the next
-    second)."""
+    second).
+    """
     stamp = timestamp_pb2.Timestamp()
     whole = int(seconds // 1)
     stamp.seconds = whole
@@ -254,7 +258,8 @@ def final_status(
     results: struct_pb2.Struct | None,
 ) -> telemetry_pb2.FinalStatus:
     """How the run ended: completed; stopped after a cancel, Ctrl-C or the cancellation of
-    the asyncio task (which is what Ctrl-C becomes under asyncio); failed otherwise."""
+    the asyncio task (which is what Ctrl-C becomes under asyncio); failed otherwise.
+    """
     if exc is None or isinstance(exc, KeyboardInterrupt | asyncio.CancelledError):
         stopped = exc is not None or cancel_requested
         final = telemetry_pb2.FinalStatus(

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import grpc
 
-from simtrack.client.errors import RETRYABLE_CODES, from_rpc_error, status_code
+from simtrack.client.rpc_errors import RETRYABLE_CODES, from_rpc_error, status_code
 from simtrack.client.worker import _clock, _packing
 from simtrack.client.worker._commands import Commands
 from simtrack.client.worker._options import WorkerOptions
@@ -372,7 +372,8 @@ class Stream:
 
     def wait_acked(self, deadline: float | None) -> bool:
         """Wait until the server acknowledged everything spooled so far (or the helper
-        stopped); False when ``deadline`` passed first."""
+        stopped); False when ``deadline`` passed first.
+        """
         with self._cond:
             target = self._last_seq
             while self._acked < target and self._error is None and not self._stop.is_set():
@@ -402,7 +403,8 @@ class Stream:
 
     def uploaded(self) -> tuple[list[tuple[str, int]], int | None]:
         """Sync mode: (kind, points) of each spooled message the server acknowledged, and how
-        many there were to send after its first welcome (None: never welcomed)."""
+        many there were to send after its first welcome (None: never welcomed).
+        """
         with self._cond:
             inventory = self._inventory
             if inventory is None:

@@ -113,7 +113,8 @@ class CallAuthorizer:
         self, lease: Lease, method: str, token: str, fresh_for: float, closed: asyncio.Event
     ) -> None:
         """Check the key again whenever the cached check expires, until the call ends; revoke
-        the lease once the key no longer admits the call."""
+        the lease once the key no longer admits the call.
+        """
         assert self.authenticator is not None
         shortest = MIN_RECHECK if self.authenticator.cache_seconds < MIN_RECHECK else 0.0
         while True:
@@ -145,7 +146,8 @@ class CallAuthorizer:
 
 async def until_revoked(lease: Lease, call: Awaitable[T]) -> T:
     """``call``'s result, unless ``lease`` is revoked first: then ``call`` is cancelled (its
-    cleanup runs) and the lease's reason is raised."""
+    cleanup runs) and the lease's reason is raised.
+    """
     revocation = lease.revocation
     if revocation is None:
         return await call
@@ -171,7 +173,8 @@ async def _cancel(task: asyncio.Future[Any]) -> None:
 
 async def while_valid(lease: Lease, responses: AsyncIterator[T]) -> AsyncIterator[T]:
     """``responses`` until ``lease`` is revoked: then the step in progress is cancelled (the
-    handler's cleanup runs) and the lease's reason is raised; an idle stream ends too."""
+    handler's cleanup runs) and the lease's reason is raised; an idle stream ends too.
+    """
     if lease.revocation is None:
         async for response in responses:
             yield response

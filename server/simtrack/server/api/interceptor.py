@@ -22,7 +22,7 @@ import grpc
 
 from simtrack.errors import InvalidArgument
 from simtrack.server.api.auth import CallAuthorizer, until_revoked, while_valid
-from simtrack.server.api.errors import abort, status_code_name
+from simtrack.server.api.error_mapping import abort, status_code_name
 from simtrack.server.observability import ServerMetrics
 
 _OUR_METHODS = "/simtrack.v1."
@@ -36,7 +36,8 @@ Decode = Callable[[Any], Any]  # what a handler is given, from what grpc hands o
 def message_parser(parse: Parse | None) -> Parse:
     """``parse`` (a message class's FromString; None: bytes as they are) raising
     INVALID_ARGUMENT on ``request`` for bytes that are not such a message: garbage, truncated,
-    invalid UTF-8 in a string, nested deeper than protobuf's decoder allows."""
+    invalid UTF-8 in a string, nested deeper than protobuf's decoder allows.
+    """
     if parse is None:
         return lambda data: data
     message_class = getattr(parse, "__self__", None)

@@ -1,5 +1,6 @@
 """RunService: proto <-> domain for runs, their participants and their workers' commands;
-watching a run; ranking and summarizing runs."""
+watching a run; ranking and summarizing runs.
+"""
 
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ from simtrack.server.api.convert import timestamp as ts
 from simtrack.server.core.commands import CommandMessage
 from simtrack.server.core.model import RUN_FINAL, MetricAggregate, RankOrder, RunStatus
 from simtrack.server.db.models import Metric, Participant, Run
-from simtrack.server.domain.rankings import RunQueries
+from simtrack.server.domain.live_runs import LiveRuns
+from simtrack.server.domain.rankings import Rankings
 from simtrack.server.domain.runs import ParticipantService, RunService
-from simtrack.server.domain.telemetry import TelemetryService
 from simtrack.server.ingest.bus import InProcessBus
 from simtrack.v1 import runs_pb2 as pb
 from simtrack.v1 import runs_pb2_grpc
@@ -104,19 +105,20 @@ def _latest(metric: Metric) -> pb.LatestMetric:
 
 class RunServicer(runs_pb2_grpc.RunServiceServicer):
     """Runs and participants (CRUD), watching a run (the bus tells of changes), the commands
-    to its worker (through the domain's TelemetryService), the leaderboard and run statistics."""
+    to its worker (through the domain's LiveRuns), the leaderboard and run statistics.
+    """
 
     def __init__(
         self,
         runs: RunService,
         participants: ParticipantService,
-        telemetry: TelemetryService,
-        queries: RunQueries,
+        live_runs: LiveRuns,
+        queries: Rankings,
         bus: InProcessBus,
     ) -> None:
         self.runs = runs
         self.participants = participants
-        self.telemetry = telemetry
+        self.live_runs = live_runs
         self.queries = queries
         self.bus = bus
 
@@ -206,10 +208,10 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
     async def WatchRun(
         self, request: pb.WatchRunRequest, context: Context
     ) -> AsyncIterator[pb.WatchRunResponse]:
-        run, _ = await self.telemetry.snapshot(request.id)
+        run, _ = await self.live_runs.snapshot(request.id)
         with self.bus.watch(run.id) as changes:
             while True:
-                run, metrics = await self.telemetry.snapshot(run.id)
+                run, metrics = await self.live_runs.snapshot(run.id)
                 yield pb.WatchRunResponse(
                     run=run_to_proto(run), metrics=[_latest(m) for m in metrics]
                 )
@@ -222,24 +224,24 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
     async def CancelRun(
         self, request: pb.CancelRunRequest, context: Context
     ) -> pb.CancelRunResponse:
-        run, command = await self.telemetry.cancel(request.id, request.reason)
+        run, command = await self.live_runs.cancel(request.id, request.reason)
         return pb.CancelRunResponse(command=command_to_proto(command), run=run_to_proto(run))
 
     async def PauseRun(self, request: pb.PauseRunRequest, context: Context) -> pb.PauseRunResponse:
-        run, command = await self.telemetry.pause(request.id)
+        run, command = await self.live_runs.pause(request.id)
         return pb.PauseRunResponse(command=command_to_proto(command), run=run_to_proto(run))
 
     async def ResumeRun(
         self, request: pb.ResumeRunRequest, context: Context
     ) -> pb.ResumeRunResponse:
-        run, command = await self.telemetry.resume(request.id)
+        run, command = await self.live_runs.resume(request.id)
         return pb.ResumeRunResponse(command=command_to_proto(command), run=run_to_proto(run))
 
     async def SendCommand(
         self, request: pb.SendCommandRequest, context: Context
     ) -> pb.SendCommandResponse:
         args = struct_to_dict("args", request.args)
-        command = await self.telemetry.send_custom(request.id, request.name, args)
+        command = await self.live_runs.send_custom(request.id, request.name, args)
         return pb.SendCommandResponse(command=command_to_proto(command))
 
     # Across runs

@@ -8,7 +8,7 @@ import grpc
 
 from simtrack.server.api.convert import dict_to_struct
 from simtrack.server.domain.scenarios import ScenarioQueries
-from simtrack.server.scenarios import ScenarioSpec
+from simtrack.server.scenario_catalogue import ScenarioSpec
 from simtrack.v1 import scenarios_pb2 as pb
 from simtrack.v1 import scenarios_pb2_grpc
 

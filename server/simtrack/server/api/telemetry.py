@@ -41,7 +41,7 @@ from simtrack.server.core.model import (
 from simtrack.server.core.tenancy import current_lease
 from simtrack.server.db.models import Event, Metric
 from simtrack.server.domain.history import HistoryService
-from simtrack.server.domain.telemetry import TelemetryService
+from simtrack.server.domain.live_runs import LiveRuns
 from simtrack.server.ingest.items import (
     Batch,
     EventData,
@@ -209,13 +209,13 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
 
     def __init__(
         self,
-        telemetry: TelemetryService,
+        live_runs: LiveRuns,
         history: HistoryService,
         writer: GroupCommitWriter,
         registry: StreamRegistry,
         heartbeat_interval: float,
     ) -> None:
-        self.telemetry = telemetry
+        self.live_runs = live_runs
         self.history = history
         self.writer = writer
         self.registry = registry
@@ -230,7 +230,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         if first.WhichOneof("kind") != "hello":
             raise InvalidArgument.of("hello", "the first message of a stream must be hello")
         hello = first.hello
-        run, pending = await self.telemetry.attach(
+        run, pending = await self.live_runs.attach(
             hello.run_id, hello.worker_id, replay=hello.replay
         )
         session = StreamSession(current_lease(), run.id, run.committed_seq, self.writer)

@@ -39,7 +39,8 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 @dataclass(frozen=True)
 class FilterBounds:
     """How big a filter may be: characters, terms (comparisons) and nesting (parentheses or
-    NOT inside each other). Checked before and while parsing, so nothing is built beyond them."""
+    NOT inside each other). Checked before and while parsing, so nothing is built beyond them.
+    """
 
     max_length: int
     max_terms: int
@@ -290,7 +291,8 @@ def encode_position(position: tuple[int | str, ...], scope: str) -> str:
 
 def decode_position(token: str, scope: str, types: tuple[type, ...]) -> tuple[Any, ...]:
     """Read a token made by encode_position for ``scope``, its keys of ``types``; else
-    INVALID_ARGUMENT."""
+    INVALID_ARGUMENT.
+    """
     position = _unseal(token, scope).get("p")
     if (
         not isinstance(position, list)

@@ -129,6 +129,7 @@ def check_run_transition(current: RunStatus, new: RunStatus) -> None:
 
     Raises:
         FailedPrecondition: the move is not allowed.
+
     """
     if new != current and new not in _RUN_MOVES.get(current, frozenset()):
         raise FailedPrecondition(f"run status cannot move from {current} to {new}")
@@ -141,6 +142,7 @@ def check_status_update(current: RunStatus, new: RunStatus) -> None:
     Raises:
         InvalidArgument: a pause or resume (naming run.status).
         FailedPrecondition: the move is not allowed.
+
     """
     if new != current and new in (RunStatus.PAUSED, RunStatus.RUNNING):
         if RunStatus.PAUSED in (new, current):
@@ -198,6 +200,7 @@ def pause_moves(current: RunStatus, target: RunStatus) -> bool:
 
     Raises:
         FailedPrecondition: the run is in no state to pause or resume.
+
     """
     if current == target:
         return False

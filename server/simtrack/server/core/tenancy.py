@@ -169,7 +169,8 @@ def token_matches(token: str, secret_hash: str) -> bool:
 @contextmanager
 def acting_for(tenant_id: str) -> Iterator[None]:
     """Run background work (sweeps) as an admin of one tenant: repositories and row-level
-    security see that tenant's rows only."""
+    security see that tenant's rows only.
+    """
     token = set_principal(Principal(tenant_id, Role.ADMIN))
     try:
         yield

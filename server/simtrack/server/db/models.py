@@ -261,7 +261,8 @@ class Run(TenantOwnedMixin, Base):
 
 class Validation(TenantOwnedMixin, Base):
     """A verdict on a run: one per success criterion of its scenario when it completes
-    (validator "scenario", kind = the metric), or recorded by an external validator."""
+    (validator "scenario", kind = the metric), or recorded by an external validator.
+    """
 
     __tablename__ = "validations"
     __table_args__ = (UniqueConstraint("run_id", "validator", "kind"),)
@@ -276,7 +277,8 @@ class Validation(TenantOwnedMixin, Base):
 
 class Artifact(TenantOwnedMixin, Base):
     """A file stored with a run. The row is written once every byte is in the artifact store
-    (``simtrack.server.artifacts``), so a listed artifact is always complete."""
+    (``simtrack.server.artifact_store``), so a listed artifact is always complete.
+    """
 
     __tablename__ = "artifacts"
     __table_args__ = (UniqueConstraint("run_id", "name"),)
@@ -368,7 +370,8 @@ class Event(Base):
 
 class Ranked(NamedTuple):
     """A leaderboard row (a query's result, not a table): the run, its experiment's agent, the
-    value it ranks by."""
+    value it ranks by.
+    """
 
     run: Run
     agent_id: str

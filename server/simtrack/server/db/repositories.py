@@ -155,7 +155,8 @@ class RunRepository(Repository[models.Run]):
 
     async def silent_since(self, cutoff: datetime) -> list[models.Run]:
         """Running (or paused: a paused worker heartbeats) runs whose worker has not been
-        heard from since ``cutoff``."""
+        heard from since ``cutoff``.
+        """
         stmt = self._select().where(
             models.Run.status.in_(RUN_ATTACHED),
             models.Run.last_seen_at < cutoff,
@@ -164,7 +165,8 @@ class RunRepository(Repository[models.Run]):
 
     async def cancelled_before(self, cutoff: datetime) -> list[models.Run]:
         """Running or paused runs whose cancel was requested before ``cutoff`` and never
-        confirmed."""
+        confirmed.
+        """
         stmt = self._select().where(
             models.Run.status.in_(RUN_ATTACHED),
             models.Run.cancel_requested_at < cutoff,
@@ -183,7 +185,8 @@ class RunRepository(Repository[models.Run]):
         completed_only: bool = True,
     ) -> tuple[list[models.Ranked], int]:
         """The scenario's runs with a value of ``metric``, best first (ties: the earlier
-        finished), at most ``limit``; and how many runs have such a value."""
+        finished), at most ``limit``; and how many runs have such a value.
+        """
         run, m, experiment = models.Run, models.Metric, models.Experiment
         value = {
             MetricAggregate.LATEST: m.last_value,
@@ -324,7 +327,8 @@ class ChunkRepository:
 
     async def step_columns(self, metric_id: str, lo: int, hi: int) -> list[tuple[int, int, bytes]]:
         """(n, first_step, steps) of the chunks that reach into [lo, hi]: enough to count
-        their points in the range without reading values (steps are empty when contiguous)."""
+        their points in the range without reading values (steps are empty when contiguous).
+        """
         chunk = models.MetricChunk
         stmt = self._overlapping(metric_id, lo, hi).with_only_columns(
             chunk.n, chunk.first_step, chunk.steps
@@ -335,7 +339,8 @@ class ChunkRepository:
         self, metric_id: str, lo: int, hi: int, after: tuple[int, int] | None, limit: int | None
     ) -> list[StoredChunk]:
         """Chunks reaching into [lo, hi] by (first_step, seq), after ``after``; ``limit`` of them
-        (None: all)."""
+        (None: all).
+        """
         chunk = models.MetricChunk
         stmt = self._overlapping(metric_id, lo, hi).with_only_columns(
             *(getattr(chunk, name) for name in StoredChunk._fields)

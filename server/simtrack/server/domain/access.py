@@ -53,7 +53,8 @@ class Authenticator:
 
     async def verify(self, token: str) -> tuple[Principal, float]:
         """The key's principal, and for how many more seconds that answer stands (after which
-        it is read from the database again: what bounds how late a revocation bites)."""
+        it is read from the database again: what bounds how late a revocation bites).
+        """
         prefix = parse_token(token)
         now = self.clock()
         entry = self._verified.get(prefix)

@@ -13,7 +13,7 @@ import re
 from collections.abc import AsyncIterator
 
 from simtrack.errors import AlreadyExists, InvalidArgument, NotFound
-from simtrack.server.artifacts import ArtifactStore
+from simtrack.server.artifact_store import ArtifactStore
 from simtrack.server.core.listing import Listing, Page, enum_parser
 from simtrack.server.core.model import (
     ArtifactType,
@@ -139,7 +139,8 @@ class ArtifactService:
 
     async def sweep(self) -> int:
         """Remove the files of runs that no longer exist, and abandoned partial uploads; how
-        many run folders were removed."""
+        many run folders were removed.
+        """
         removed = 0
         for tenant_id, run_ids in (await asyncio.to_thread(self.store.run_folders)).items():
             with acting_for(tenant_id):

@@ -13,7 +13,7 @@ from typing import Any
 from simtrack.server.core.model import RunStatus, utcnow
 from simtrack.server.db.models import Metric, Run, Validation
 from simtrack.server.domain.ports import UnitOfWork
-from simtrack.server.scenarios import ScenarioCatalogue, ScenarioSpec, SuccessCriterion
+from simtrack.server.scenario_catalogue import ScenarioCatalogue, ScenarioSpec, SuccessCriterion
 
 SCENARIO_VALIDATOR = "scenario"  # reserved for the automatic success-criteria check
 
@@ -64,7 +64,8 @@ async def check_success_criteria(
 ) -> list[Validation] | None:
     """Record the verdicts of a completed, unchecked run (locked by the caller; the caller
     commits); None when the run is not due. A scenario gone from the catalogue leaves
-    nothing to check."""
+    nothing to check.
+    """
     if run.status != RunStatus.COMPLETED or run.criteria_checked_at is not None:
         return None
     scenario = catalogue.get(run.scenario_id)

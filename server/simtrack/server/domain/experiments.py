@@ -19,7 +19,7 @@ from simtrack.server.core.model import (
 from simtrack.server.db.models import Experiment, Template
 from simtrack.server.domain.agents import load_agent
 from simtrack.server.domain.ports import UnitOfWork, UnitOfWorkFactory
-from simtrack.server.scenarios import ScenarioCatalogue
+from simtrack.server.scenario_catalogue import ScenarioCatalogue
 
 EXPERIMENT_LISTING = Listing(
     "experiments",

@@ -132,7 +132,8 @@ def range_count(step_columns: Sequence[tuple[int, int, bytes]], lo: int, hi: int
 def downsample(points: Points, max_points: int) -> Points:
     """At most ``max_points`` of ``points`` (in step order): each of ``max_points // 2`` equal
     step intervals keeps its lowest and highest value (ties: the earliest; NaN is skipped, and
-    an interval of only NaN keeps its first point)."""
+    an interval of only NaN keeps its first point).
+    """
     if len(points) <= max_points:
         return points
     intervals = max_points // 2

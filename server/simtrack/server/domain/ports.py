@@ -1,8 +1,8 @@
 """What the domain services ask of the world, as protocols the domain owns.
 
-The adapters implement them: ``db/uow.py`` the unit of work and its repositories (on SQLAlchemy),
-``ingest/bus.py`` the bus (in process, or LISTEN/NOTIFY on PostgreSQL); ``app.py`` hands them
-in. So no domain module imports a session, an engine or a driver, and a unit test hands a
+The adapters implement them: ``db/unit_of_work.py`` the unit of work and its repositories (on
+SQLAlchemy), ``ingest/bus.py`` the bus (in process, or LISTEN/NOTIFY on PostgreSQL); ``app.py``
+hands them in. So no domain module imports a session, an engine or a driver, and a unit test hands a
 service its fakes as they are (no casts): a fake implements what its test exercises.
 
 Each repository lists what the domain calls on it; rows are the ORM entities of ``db/models.py``.

@@ -25,7 +25,7 @@ from simtrack.server.db.models import Ranked
 from simtrack.server.domain.experiments import load_experiment
 from simtrack.server.domain.ports import UnitOfWorkFactory
 from simtrack.server.domain.runs import RUN_LISTING
-from simtrack.server.scenarios import ScenarioCatalogue
+from simtrack.server.scenario_catalogue import ScenarioCatalogue
 
 LEADERBOARD_DEFAULT = 10
 LEADERBOARD_MAX = 1000
@@ -89,7 +89,7 @@ def duration_stats(durations: list[timedelta]) -> DurationStats | None:
     )
 
 
-class RunQueries:
+class Rankings:
     def __init__(self, uow: UnitOfWorkFactory, catalogue: ScenarioCatalogue) -> None:
         self.uow = uow
         self.catalogue = catalogue

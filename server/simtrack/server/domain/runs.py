@@ -22,7 +22,7 @@ from simtrack.server.domain.agents import load_agent
 from simtrack.server.domain.criteria import check_success_criteria
 from simtrack.server.domain.experiments import load_experiment, refresh_experiment_status
 from simtrack.server.domain.ports import UnitOfWork, UnitOfWorkFactory
-from simtrack.server.scenarios import ScenarioCatalogue
+from simtrack.server.scenario_catalogue import ScenarioCatalogue
 
 RUN_LISTING = Listing(
     "runs",

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from simtrack.errors import InvalidArgument, NotFound
 from simtrack.server.core.listing import Cursor, Listing, Page
-from simtrack.server.scenarios import ScenarioCatalogue, ScenarioSpec
+from simtrack.server.scenario_catalogue import ScenarioCatalogue, ScenarioSpec
 
 LISTING = Listing(
     "scenarios",

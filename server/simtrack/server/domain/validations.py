@@ -23,7 +23,7 @@ from simtrack.server.db.models import Validation
 from simtrack.server.domain.criteria import SCENARIO_VALIDATOR, check_success_criteria
 from simtrack.server.domain.ports import UnitOfWork, UnitOfWorkFactory
 from simtrack.server.domain.runs import load_run
-from simtrack.server.scenarios import ScenarioCatalogue
+from simtrack.server.scenario_catalogue import ScenarioCatalogue
 
 KIND_MAX = 200
 VALIDATOR_MAX = 100
@@ -102,7 +102,8 @@ class ValidationService:
 
     async def check_completed(self, tenant_id: str, run_ids: Iterable[str]) -> int:
         """Check the success criteria of these runs of one tenant, if they completed and are
-        unchecked; how many were checked."""
+        unchecked; how many were checked.
+        """
         checked = 0
         with acting_for(tenant_id):
             async with self.uow() as uow:

@@ -43,7 +43,8 @@ def pack_series(
 ) -> SeriesChunk:
     """One metric's checked points (int64 steps, float64 values and Unix-second timestamps, at
     least one, all as long; no timestamps: ``now``) packed for storage, with the summaries its
-    metric row keeps (finite values only)."""
+    metric row keeps (finite values only).
+    """
     # The stored byte order; no copy where it is the machine's.
     steps, values = steps.astype(STEP, copy=False), values.astype(FLOAT, copy=False)
     stamps = None if stamps is None else stamps.astype(FLOAT, copy=False)

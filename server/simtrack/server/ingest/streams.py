@@ -118,7 +118,8 @@ class StreamSession:
 
     async def _send_acks(self) -> None:
         """Acks in order; one per commit: acks are cumulative, so what a commit covered at once
-        is acknowledged at once."""
+        is acknowledged at once.
+        """
         pending = self._pending
         while (done := await self._next_pending()) is not None:
             try:

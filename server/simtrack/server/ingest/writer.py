@@ -1,8 +1,8 @@
 """The group-commit writer: every queued batch of every stream goes into one short transaction.
 
 One writer task per server process drains whatever is queued (up to a limit), writes it with
-one statement per table (``simtrack.server.db.ingest``), moves each run's watermark in the same
-transaction, commits, and only then resolves the batches' futures — the acks. A batch at or
+one statement per table (``simtrack.server.db.ingest_store``), moves each run's watermark in the
+same transaction, commits, and only then resolves the batches' futures — the acks. A batch at or
 below its run's watermark was stored before (a resend) and is acknowledged without being
 stored again; that is the whole of exactly-once.
 """
@@ -34,7 +34,7 @@ from simtrack.server.core.model import (
     utcnow,
 )
 from simtrack.server.core.tenancy import Principal
-from simtrack.server.db.ingest import Ending, IngestStore, IngestTransaction, RunState
+from simtrack.server.db.ingest_store import Ending, IngestStore, IngestTransaction, RunState
 from simtrack.server.ingest.items import Batch, EventData, SeriesChunk
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,8 @@ class GroupCommitWriter:
 
     async def _next_group(self) -> list[Pending]:
         """What is queued; a small group lingers a moment for more (fewer, larger commits:
-        a commit's fixed cost is several round trips and system calls, shared by the group)."""
+        a commit's fixed cost is several round trips and system calls, shared by the group).
+        """
         group = [await self._queue.get()]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + LINGER
@@ -299,7 +300,8 @@ def _problem(run: RunState, batch: Batch, committed: int) -> SimtrackError | Non
 def _takes_worker_account(run: RunState) -> bool:
     """Whether the worker's progress and final status still apply to ``run``: while it has not
     ended, or when it ended only by the liveness sweep's verdict. An ended run's other late
-    batches store their points and events and leave the run as it is."""
+    batches store their points and events and leave the run as it is.
+    """
     return run.status not in RUN_FINAL or stands_vanished(run)
 
 

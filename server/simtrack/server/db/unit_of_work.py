@@ -56,7 +56,8 @@ _TRANSIENT_SQLITE = (
 def is_transient(error: DBAPIError) -> bool:
     """Whether retrying later may succeed: the database was unreachable or busy, not the
     statement wrong. A statement the database refuses as such (too many parameters, a
-    program error) fails the same way on every retry, so it is no reason to say "retry"."""
+    program error) fails the same way on every retry, so it is no reason to say "retry".
+    """
     if error.connection_invalidated:
         return True  # the connection broke under the statement
     if not isinstance(error, OperationalError | InterfaceError):
@@ -93,7 +94,7 @@ def translate_integrity_error(error: IntegrityError) -> Exception:
     return FailedPrecondition("the change violates a database constraint")
 
 
-class UnitOfWork:
+class SqlUnitOfWork:
     """Repositories sharing one session and one transaction (the domain's ``UnitOfWork``)."""
 
     agents: AgentRepository
@@ -107,7 +108,7 @@ class UnitOfWork:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
 
-    async def __aenter__(self) -> UnitOfWork:
+    async def __aenter__(self) -> SqlUnitOfWork:
         self.session = self._sessions()
         self.access = AccessRepository(self.session)
         self.agents = AgentRepository(self.session)
@@ -168,11 +169,11 @@ def tenant_aware_sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSessio
     )
 
 
-class UnitOfWorkFactory:
+class SqlUnitOfWorkFactory:
     """Makes units of work on one session factory; what the service layer is given."""
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self.sessions = sessions
 
-    def __call__(self) -> UnitOfWork:
-        return UnitOfWork(self.sessions)
+    def __call__(self) -> SqlUnitOfWork:
+        return SqlUnitOfWork(self.sessions)

@@ -42,7 +42,8 @@ def _clip(text: str, max_bytes: int) -> str:
 
 def to_status(error: SimtrackError) -> status_pb2.Status:
     """The google.rpc.Status of an error, with BadRequest / ResourceInfo / ErrorInfo details,
-    bounded."""
+    bounded.
+    """
     status = status_pb2.Status(
         code=code_pb2.Code.Value(error.code_name),
         message=_clip(error.message, MESSAGE_MAX_BYTES),

@@ -64,7 +64,8 @@ def pending_commands(run: Run) -> list[CommandMessage]:
 
 def _cancel(run: Run) -> CommandMessage:
     """A run's cancel keeps one id, so a worker told again on reconnect can tell it is the same;
-    and its reason, on every delivery."""
+    and its reason, on every delivery.
+    """
     # The instant, not its spelling: a datetime read back may carry another UTC offset.
     requested = f"{run.cancel_requested_at.timestamp():.6f}" if run.cancel_requested_at else ""
     command_id = str(uuid.uuid5(_CANCEL_NAMESPACE, f"{run.id}/{requested}"))
@@ -83,7 +84,7 @@ def _revive(run: Run, now: datetime) -> None:
     run.revived_at = now
 
 
-class TelemetryService:
+class LiveRuns:
     def __init__(self, uow: UnitOfWorkFactory, bus: Bus) -> None:
         self.uow = uow
         self.bus = bus
@@ -146,7 +147,8 @@ class TelemetryService:
 
     async def pause(self, run_id: str) -> tuple[Run, CommandMessage]:
         """Pause a running run: its status says so until resumed, and its worker is told now
-        and on every reconnect."""
+        and on every reconnect.
+        """
         return await self._pause_or_resume(run_id, RunStatus.PAUSED)
 
     async def resume(self, run_id: str) -> tuple[Run, CommandMessage]:

@@ -77,7 +77,8 @@ class Compiled:
         self, type_codes: Sequence[Any] | None, raw: Iterable[Sequence[Any]]
     ) -> list[tuple[Any, ...]]:
         """Result rows converted as the columns' types convert them (once the driver said
-        what it returned: PostgreSQL's numeric conversions depend on the type code)."""
+        what it returned: PostgreSQL's numeric conversions depend on the type code).
+        """
         if self._results is None:
             codes = type_codes or [None] * len(self._columns)
             self._results = [

@@ -41,7 +41,8 @@ class ArtifactStore:
         max_bytes: int,
     ) -> tuple[int, str]:
         """Store ``chunks`` as the artifact's file; its size and SHA-256 (hex). Nothing is left
-        behind when the chunks fail or exceed ``max_bytes``."""
+        behind when the chunks fail or exceed ``max_bytes``.
+        """
         final = self.path(tenant_id, run_id, artifact_id)
         await asyncio.to_thread(final.parent.mkdir, parents=True, exist_ok=True)
         partial = final.with_name(f"{PARTIAL_PREFIX}{uuid.uuid4().hex}")
