@@ -8,48 +8,55 @@ stderr, ``simtrack: <code>: <message>``, and exit status 1: a typo is not a trac
 from __future__ import annotations
 
 import argparse
-import csv
 import functools
 import importlib.util
 import itertools
 import json
 import math
 import os
-import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any, TypeAlias
 
-import numpy as np
-from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.message import Message
 from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
-from rich.table import Table
 
-from simtrack.client.client import FRAMEWORKS, Client, MetricHistory
+from simtrack.client.cli_history import PLOT_INSTALL, summary, write_csv, write_png
+from simtrack.client.cli_output import (
+    AGENT_COLUMNS,
+    EVENT_COLUMNS,
+    EXPERIMENT_COLUMNS,
+    LATEST_COLUMNS,
+    LEADERBOARD_COLUMNS,
+    METRIC_COLUMNS,
+    RUN_COLUMNS,
+    SCENARIO_COLUMNS,
+    STATUS_COLUMNS,
+    VALIDATION_COLUMNS,
+    Column,
+    print_created,
+    print_list,
+    print_one,
+    run_status,
+    table,
+)
+from simtrack.client.client import FRAMEWORKS, Client
 from simtrack.errors import InvalidArgument, SimtrackError
-from simtrack.v1 import agents_pb2, experiments_pb2, runs_pb2, telemetry_pb2
-
-if TYPE_CHECKING:
-    from google.protobuf.descriptor import EnumDescriptor
+from simtrack.v1 import runs_pb2
 
 __all__ = ["Subcommands", "add_api_commands", "add_server_options"]
 
 Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 Handler = Callable[[argparse.Namespace, Client], int]
-Column = tuple[str, Callable[[Any], object]]
-
-PLOT_INSTALL = "pip install 'simtrack[plot]'"
 
 _FINAL = {
     runs_pb2.RUN_STATUS_COMPLETED,
     runs_pb2.RUN_STATUS_FAILED,
     runs_pb2.RUN_STATUS_STOPPED,
 }
-_WORD_START = re.compile(r"(?<!^)(?=[A-Z])")
 
 
 def add_server_options(parser: argparse.ArgumentParser) -> None:
@@ -66,154 +73,6 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("SIMTRACK_API_KEY"),
         help="API key (default: $SIMTRACK_API_KEY)",
     )
-
-
-# -- formatting --------------------------------------------------------------------------------
-
-
-def _label(enum: EnumDescriptor, value: int) -> str:
-    """``RUN_STATUS_RUNNING`` -> ``running``: buf's lint makes every value carry its enum's name."""
-    known = enum.values_by_number.get(value)
-    if known is None:  # a value newer than these stubs
-        return str(value)
-    return known.name.removeprefix(_WORD_START.sub("_", enum.name).upper() + "_").lower()
-
-
-def _run_status(run: runs_pb2.Run) -> str:
-    return _label(runs_pb2.RunStatus.DESCRIPTOR, run.status)
-
-
-def _time(value: timestamp_pb2.Timestamp) -> str:
-    if not (value.seconds or value.nanos):
-        return "-"
-    return value.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _as_dict(message: Message) -> dict[str, Any]:
-    return json_format.MessageToDict(
-        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
-
-
-def _compact(message: Message) -> str:
-    return json.dumps(json_format.MessageToDict(message), separators=(",", ":"))
-
-
-AGENT_COLUMNS: Sequence[Column] = (
-    ("id", lambda a: a.id),
-    ("name", lambda a: a.name),
-    ("framework", lambda a: _label(agents_pb2.Framework.DESCRIPTOR, a.framework)),
-    ("config", lambda a: _compact(a.config)),
-    ("created", lambda a: _time(a.create_time)),
-)
-EXPERIMENT_COLUMNS: Sequence[Column] = (
-    ("id", lambda e: e.id),
-    ("name", lambda e: e.name),
-    ("scenario", lambda e: e.scenario_id),
-    ("status", lambda e: _label(experiments_pb2.ExperimentStatus.DESCRIPTOR, e.status)),
-    ("created", lambda e: _time(e.create_time)),
-)
-RUN_COLUMNS: Sequence[Column] = (
-    ("id", lambda r: r.id),
-    ("#", lambda r: r.run_number),
-    ("scenario", lambda r: r.scenario_id),
-    ("status", _run_status),
-    ("progress", lambda r: f"{r.progress_percent:.0f}%"),
-    ("tick", lambda r: f"{r.current_tick}/{r.total_ticks}"),
-    ("created", lambda r: _time(r.create_time)),
-)
-SCENARIO_COLUMNS: Sequence[Column] = (
-    ("id", lambda s: s.id),
-    ("name", lambda s: s.name),
-    ("tier", lambda s: s.difficulty_tier),
-    ("ticks", lambda s: s.duration_ticks),
-    ("tags", lambda s: ", ".join(s.tags)),
-)
-METRIC_COLUMNS: Sequence[Column] = (
-    ("name", lambda m: m.name),
-    ("unit", lambda m: m.unit),
-    ("kind", lambda m: _label(telemetry_pb2.MetricKind.DESCRIPTOR, m.kind)),
-    ("points", lambda m: m.count),
-    ("last step", lambda m: m.last_step),
-    ("last value", lambda m: f"{m.last_value:g}"),
-    ("min", lambda m: f"{m.min:g}"),
-    ("max", lambda m: f"{m.max:g}"),
-)
-LATEST_COLUMNS: Sequence[Column] = (
-    ("metric", lambda m: m.name),
-    ("step", lambda m: m.step),
-    ("value", lambda m: f"{m.value:g}"),
-    ("min", lambda m: f"{m.min:g}"),
-    ("max", lambda m: f"{m.max:g}"),
-)
-EVENT_COLUMNS: Sequence[Column] = (
-    ("seq", lambda e: e.seq),
-    ("step", lambda e: e.event.step),
-    ("time", lambda e: _time(e.event.time)),
-    ("type", lambda e: e.event.type),
-    ("agent", lambda e: e.event.agent_id),
-    ("payload", lambda e: _compact(e.event.payload)),
-)
-
-LEADERBOARD_COLUMNS: Sequence[Column] = (
-    ("rank", lambda e: e.rank),
-    ("value", lambda e: f"{e.value:g}"),
-    ("run", lambda e: e.run.id),
-    ("#", lambda e: e.run.run_number),
-    ("status", lambda e: _run_status(e.run)),
-    ("agent", lambda e: e.agent_id),
-)
-VALIDATION_COLUMNS: Sequence[Column] = (
-    ("validator", lambda v: v.validator),
-    ("kind", lambda v: v.kind),
-    ("passed", lambda v: "yes" if v.passed else "no"),
-    ("score", lambda v: f"{v.score:g}" if v.HasField("score") else "-"),
-    ("details", lambda v: _compact(v.details)),
-)
-STATUS_COLUMNS: Sequence[Column] = (
-    ("status", lambda c: _label(runs_pb2.RunStatus.DESCRIPTOR, c.status)),
-    ("runs", lambda c: c.count),
-)
-
-
-def _table(items: Iterable[Message], columns: Sequence[Column]) -> Table:
-    table = Table()
-    for name, _ in columns:
-        # Ids are for copying: other columns wrap first when the terminal is narrow.
-        table.add_column(name, no_wrap=name in ("id", "run"))
-    for item in items:
-        table.add_row(*(str(cell(item)) for _, cell in columns))
-    return table
-
-
-def _print_list(
-    args: argparse.Namespace, items: Iterable[Message], columns: Sequence[Column]
-) -> int:
-    if args.json:
-        print(json.dumps([_as_dict(item) for item in items], indent=2))
-    else:
-        Console().print(_table(items, columns))
-    return 0
-
-
-def _print_one(args: argparse.Namespace, message: Message) -> int:
-    fields = _as_dict(message)
-    if args.json:
-        print(json.dumps(fields, indent=2))
-        return 0
-    table = Table("field", "value", show_header=False)
-    for name, value in fields.items():
-        table.add_row(name, value if isinstance(value, str) else json.dumps(value))
-    Console().print(table)
-    return 0
-
-
-def _print_created(args: argparse.Namespace, message: Message) -> int:
-    """The new object's id (for ``$(...)`` in scripts), or all of it with --json."""
-    if args.json:
-        return _print_one(args, message)
-    print(_as_dict(message)["id"])
-    return 0
 
 
 def _json_object(text: str | None, option: str) -> dict[str, Any] | None:
@@ -249,35 +108,35 @@ def _connected(handler: Handler, args: argparse.Namespace) -> int:
 
 def _agents_create(args: argparse.Namespace, client: Client) -> int:
     config = _json_object(args.config, "--config")
-    return _print_created(args, client.create_agent(args.name, args.framework, config))
+    return print_created(args, client.create_agent(args.name, args.framework, config))
 
 
 def _experiments_create(args: argparse.Namespace, client: Client) -> int:
     params = _json_object(args.params, "--params")
     experiment = client.create_experiment(args.name, args.agent, args.scenario, params)
-    return _print_created(args, experiment)
+    return print_created(args, experiment)
 
 
 def _runs_create(args: argparse.Namespace, client: Client) -> int:
     params = _json_object(args.params, "--params")
-    return _print_created(args, client.create_run(args.experiment, params))
+    return print_created(args, client.create_run(args.experiment, params))
 
 
 def _runs_cancel(args: argparse.Namespace, client: Client) -> int:
     run = client.cancel_run(args.id, args.reason).run
-    status = _run_status(run)
+    status = run_status(run)
     waiting = "" if run.status in _FINAL else " (its worker was told to stop)"
     print(f"run {run.id}: {status}{waiting}")
     return 0
 
 
 def _runs_pause(args: argparse.Namespace, client: Client) -> int:
-    print(f"run {args.id}: {_run_status(client.pause_run(args.id).run)}")
+    print(f"run {args.id}: {run_status(client.pause_run(args.id).run)}")
     return 0
 
 
 def _runs_resume(args: argparse.Namespace, client: Client) -> int:
-    print(f"run {args.id}: {_run_status(client.resume_run(args.id).run)}")
+    print(f"run {args.id}: {run_status(client.resume_run(args.id).run)}")
     return 0
 
 
@@ -302,31 +161,31 @@ def _runs_watch(args: argparse.Namespace, client: Client) -> int:
             progress.update(
                 task,
                 completed=run.progress_percent,
-                description=f"run {run.run_number} {_run_status(run)}",
+                description=f"run {run.run_number} {run_status(run)}",
                 ticks=f"tick {run.current_tick}/{run.total_ticks}",
             )
             if update.metrics:
-                live.update(Group(progress, _table(update.metrics, LATEST_COLUMNS)))
+                live.update(Group(progress, table(update.metrics, LATEST_COLUMNS)))
     if not console.is_terminal:
         console.line()  # Live ends a file's (or pipe's) last line only on a terminal
     if run is None or run.status not in _FINAL:
         print("simtrack: the server ended the watch before the run ended", file=sys.stderr)
         return 1
     error = f": {run.error_message}" if run.error_message else ""
-    console.print(f"run {run.id} {_run_status(run)}{error}")
+    console.print(f"run {run.id} {run_status(run)}{error}")
     return 0 if run.status == runs_pb2.RUN_STATUS_COMPLETED else 1
 
 
 def _metrics(args: argparse.Namespace, client: Client) -> int:
-    return _print_list(args, client.list_metrics(args.run_id), METRIC_COLUMNS)
+    return print_list(args, client.list_metrics(args.run_id), METRIC_COLUMNS)
 
 
 def _events(args: argparse.Namespace, client: Client) -> int:
-    return _print_list(args, client.list_events(args.run_id, args.filter), EVENT_COLUMNS)
+    return print_list(args, client.list_events(args.run_id, args.filter), EVENT_COLUMNS)
 
 
 def _validations(args: argparse.Namespace, client: Client) -> int:
-    return _print_list(args, client.list_validations(args.run_id, args.filter), VALIDATION_COLUMNS)
+    return print_list(args, client.list_validations(args.run_id, args.filter), VALIDATION_COLUMNS)
 
 
 def _leaderboard(args: argparse.Namespace, client: Client) -> int:
@@ -339,15 +198,15 @@ def _leaderboard(args: argparse.Namespace, client: Client) -> int:
         experiment_id=args.experiment or "",
         include_unfinished=args.all,
     )
-    return _print_list(args, board.entries, LEADERBOARD_COLUMNS)
+    return print_list(args, board.entries, LEADERBOARD_COLUMNS)
 
 
 def _stats(args: argparse.Namespace, client: Client) -> int:
     stats = client.run_stats(args.filter)
     if args.json:
-        return _print_one(args, stats)
+        return print_one(args, stats)
     console = Console()
-    console.print(_table(stats.by_status, STATUS_COLUMNS))
+    console.print(table(stats.by_status, STATUS_COLUMNS))
     rate = "-" if math.isnan(stats.success_rate) else f"{stats.success_rate:.1%}"
     console.print(f"runs: {stats.total}, success rate: {rate}")
     if stats.HasField("durations"):
@@ -382,60 +241,14 @@ def _history(args: argparse.Namespace, client: Client) -> int:
         end_step=args.end_step,
         max_points=args.max_points,
     )
-    print(_summary(args.metric, history))
+    print(summary(args.metric, history))
     if args.csv:
-        _write_csv(args.csv, history)
+        write_csv(args.csv, history)
         print(f"wrote {args.csv}")
     if args.png:
-        _write_png(args.png, history, args.metric, f"run {args.run_id}")
+        write_png(args.png, history, args.metric, f"run {args.run_id}")
         print(f"wrote {args.png}")
     return 0
-
-
-def _summary(metric: str, history: MetricHistory) -> str:
-    count = len(history.steps)
-    if not count:
-        return f"{metric}: no points in the range"
-    text = f"{metric}: {count} points, steps {history.steps[0]}..{history.steps[-1]}"
-    finite = history.values[np.isfinite(history.values)]
-    if finite.size:
-        text += f", min {finite.min():g}, max {finite.max():g}"
-    if history.downsampled:
-        text += f" (downsampled from {history.range_count})"
-    return text
-
-
-def _write_csv(path: Path, history: MetricHistory) -> None:
-    """Columns step, value, timestamp (Unix seconds); floats as repr, so they read back exact."""
-    with path.open("w", newline="", encoding="utf-8") as file:
-        writer = csv.writer(file)
-        writer.writerow(["step", "value", "timestamp"])
-        writer.writerows(
-            zip(
-                history.steps.tolist(),
-                history.values.tolist(),
-                history.timestamps.tolist(),
-                strict=True,
-            )
-        )
-
-
-def _write_png(path: Path, history: MetricHistory, metric: str, title: str) -> None:
-    # Imported here: matplotlib takes longer to load than the rest of the command line, and it
-    # is an extra (`_history` checks that it is installed before it asks the server).
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(8, 4.5), layout="constrained")
-    FigureCanvasAgg(figure)  # Agg, whatever the environment's default backend
-    axes = figure.add_subplot()
-    values = np.where(np.isfinite(history.values), history.values, np.nan)  # gaps, not spikes
-    axes.plot(history.steps, values, linewidth=1)
-    axes.set_xlabel("step")
-    axes.set_ylabel(metric)
-    axes.set_title(f"{metric}, {title}")
-    axes.grid(alpha=0.3)
-    figure.savefig(path, dpi=100)
 
 
 # -- the parser --------------------------------------------------------------------------------
@@ -469,14 +282,14 @@ def _list_and_get(
         group,
         "list",
         f"list {what}s",
-        lambda args, client: _print_list(args, lister(client, args.filter), columns),
+        lambda args, client: print_list(args, lister(client, args.filter), columns),
     )
     listing.add_argument("--filter", default="", help=f"e.g. '{filter_example}'")
     show = _command(
         group,
         "get",
         f"show one {what}",
-        lambda args, client: _print_one(args, getter(client, args.id)),
+        lambda args, client: print_one(args, getter(client, args.id)),
     )
     show.add_argument("id")
 
