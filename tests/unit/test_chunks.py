@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from simtrack.server.db.chunks import pack_steps, pack_timestamps, unpack
+from simtrack.server.db.chunks import (
+    StoredChunk,
+    pack_steps,
+    pack_timestamps,
+    unpack,
+    unpack_many,
+)
 
 
 def _round_trip(steps: list[int], stamps: list[float]) -> tuple[bytes, bytes]:
@@ -65,3 +71,37 @@ def test_varying_timestamps_are_kept_point_by_point() -> None:
 def test_malformed_columns_are_refused(n: int, steps: bytes, vals: bytes, ts: bytes) -> None:
     with pytest.raises(ValueError, match="malformed"):
         unpack(n, 0, steps, vals, ts)
+    good = StoredChunk(1, 0, 1, 2, b"", b"\0" * 16, b"\0" * 8)
+    with pytest.raises(ValueError, match="malformed"):  # wherever it is among good ones
+        unpack_many([good, StoredChunk(2, 0, 1, n, steps, vals, ts), good])
+
+
+def _random_chunk(rng: np.random.Generator, seq: int) -> StoredChunk:
+    n = int(rng.integers(1, 6))
+    first = int(rng.integers(-(2**63), 2**63 - 10))
+    shape = rng.integers(3)
+    if shape == 0:  # contiguous
+        steps = first + np.arange(n, dtype="<i8")
+    elif shape == 1:  # repeats, gaps, descending
+        steps = first + rng.integers(0, 8, n).astype("<i8")
+    else:  # the top of int64
+        steps = np.full(n, 2**63 - 1, dtype="<i8")
+    packed = pack_steps(steps)
+    stamps = rng.choice([np.full(n, 1.5), rng.random(n)])
+    values = rng.standard_normal(n)
+    return StoredChunk(
+        seq, packed.first, packed.last, n, packed.packed, values.tobytes(),
+        pack_timestamps(stamps, now=0.0),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 50, 2_000])
+def test_unpacking_many_chunks_equals_unpacking_each(count: int) -> None:
+    rng = np.random.default_rng(count)
+    chunks = [_random_chunk(rng, seq) for seq in range(count)]
+    each = [unpack(c.n, c.first_step, c.steps, c.vals, c.ts) for c in chunks]
+    many = unpack_many(chunks)
+    for column, got in enumerate(many):
+        expected = np.concatenate([e[column] for e in each]) if each else got[:0]
+        assert got.dtype == (expected.dtype if each else got.dtype)
+        assert got.tobytes() == expected.tobytes()

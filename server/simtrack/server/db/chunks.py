@@ -15,6 +15,7 @@ WAL), and eliding both shapes cuts a typical chunk to a third.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -79,3 +80,44 @@ def unpack(
         values,
         stamps if len(stamps) == n else np.full(n, stamps[0]),
     )
+
+
+def unpack_many(chunks: Sequence[StoredChunk]) -> tuple[Array, Array, Array]:
+    """The chunks' (steps, values, timestamps), concatenated in the order given.
+
+    The same as unpacking each chunk and concatenating, with a constant number of numpy calls
+    whatever the number of chunks: a fleet's series is thousands of two-point chunks, where a
+    call per chunk costs more than the points.
+    """
+    if not chunks:
+        return np.empty(0, dtype=STEP), np.empty(0, dtype=FLOAT), np.empty(0, dtype=FLOAT)
+    counts = np.fromiter((c.n for c in chunks), dtype=np.int64, count=len(chunks))
+    total = int(counts.sum())
+    values = np.frombuffer(b"".join(c.vals for c in chunks), dtype=FLOAT)
+    # Timestamps: each chunk holds n of them, or one that stands for all n.
+    stamps = np.frombuffer(b"".join(c.ts for c in chunks), dtype=FLOAT)
+    stamp_counts = np.fromiter((len(c.ts) // 8 for c in chunks), dtype=np.int64, count=len(chunks))
+    # Steps: each chunk holds n of them, or none when they run first_step, first_step + 1, ...
+    packed = np.frombuffer(b"".join(c.steps for c in chunks), dtype=STEP)
+    step_counts = np.fromiter(
+        (len(c.steps) // 8 for c in chunks), dtype=np.int64, count=len(chunks)
+    )
+    malformed = (
+        len(values) != total
+        or bool(((stamp_counts != 1) & (stamp_counts != counts)).any())
+        or bool(((step_counts != 0) & (step_counts != counts)).any())
+        or any(len(c.ts) % 8 or len(c.steps) % 8 for c in chunks)
+    )
+    if malformed:
+        raise ValueError("a chunk with malformed columns")
+    single = stamp_counts == 1
+    timestamps = np.repeat(stamps, np.repeat(np.where(single, counts, 1), stamp_counts))
+    starts = np.cumsum(counts) - counts
+    elided = step_counts == 0
+    firsts = np.fromiter((c.first_step for c in chunks), dtype=STEP, count=len(chunks))
+    # first_step + offset, computed in int64 (an arange from first_step would go through float).
+    steps = np.repeat(firsts, counts) + (np.arange(total, dtype=STEP) - np.repeat(starts, counts))
+    if not elided.all():
+        stored = np.repeat(~elided, counts)
+        steps[stored] = packed
+    return steps, values, timestamps

@@ -31,7 +31,7 @@ from simtrack.server.core.listing import (
     page_size,
 )
 from simtrack.server.core.model import MetricKind, require_id, require_name
-from simtrack.server.db.chunks import FLOAT, STEP, Array, StoredChunk, unpack
+from simtrack.server.db.chunks import FLOAT, STEP, Array, StoredChunk, unpack_many
 from simtrack.server.db.models import Event, Metric
 from simtrack.server.domain.ports import ChunkRows, UnitOfWorkFactory
 from simtrack.server.domain.runs import load_run
@@ -93,13 +93,10 @@ def merge(chunks: Sequence[StoredChunk], lo: int, hi: int, after: Key | None = N
         return Merged(
             Points(empty, np.empty(0, dtype=FLOAT), np.empty(0, dtype=FLOAT)), empty, empty
         )
-    columns = [unpack(c.n, c.first_step, c.steps, c.vals, c.ts) for c in chunks]
-    steps = np.concatenate([c[0] for c in columns])
-    points = Points(
-        steps, np.concatenate([c[1] for c in columns]), np.concatenate([c[2] for c in columns])
-    )
-    counts = np.array([c.n for c in chunks])
-    seqs = np.repeat(np.array([c.seq for c in chunks], dtype=STEP), counts)
+    steps, values, stamps = unpack_many(chunks)
+    points = Points(steps, values, stamps)
+    counts = np.fromiter((c.n for c in chunks), dtype=np.int64, count=len(chunks))
+    seqs = np.repeat(np.fromiter((c.seq for c in chunks), dtype=STEP, count=len(chunks)), counts)
     index = np.arange(len(steps), dtype=STEP) - np.repeat(np.cumsum(counts) - counts, counts)
     keep = None
     if any(c.first_step < lo or c.last_step > hi for c in chunks):
@@ -118,14 +115,16 @@ def merge(chunks: Sequence[StoredChunk], lo: int, hi: int, after: Key | None = N
 
 
 def range_count(step_columns: Sequence[tuple[int, int, bytes]], lo: int, hi: int) -> int:
-    """How many points of chunks given as (n, first_step, steps) lie in [lo, hi]."""
-    total = 0
-    for n, first, steps in step_columns:
-        if steps:
-            packed = np.frombuffer(steps, dtype=STEP)
-            total += int(np.count_nonzero((packed >= lo) & (packed <= hi)))
-        else:  # contiguous: first, first + 1, ..., first + n - 1
-            total += max(0, min(hi, first + n - 1) - max(lo, first) + 1)
+    """How many points of chunks given as (n, first_step, steps) lie in [lo, hi], the chunks
+    being those that reach into it (so no difference below overflows int64).
+    """
+    stored = np.frombuffer(b"".join(steps for _, _, steps in step_columns), dtype=STEP)
+    total = int(np.count_nonzero((stored >= lo) & (stored <= hi)))
+    elided = [(n, first) for n, first, steps in step_columns if not steps]
+    if elided:  # contiguous: first, first + 1, ..., first + n - 1
+        n, first = np.array(elided, dtype=STEP).T
+        last = first + (n - 1)
+        total += int((np.minimum(last, hi) - np.maximum(first, lo) + 1).clip(min=0).sum())
     return total
 
 
@@ -162,17 +161,21 @@ async def read_page(
     read: list[StoredChunk] = []
     chunk_after: tuple[int, int] | None = None
     start = lo if after is None else max(lo, after[0])
+    limit = CHUNKS_PER_READ
     while True:
-        batch = await chunks.overlapping(metric_id, start, hi, chunk_after, CHUNKS_PER_READ)
+        batch = await chunks.overlapping(metric_id, start, hi, chunk_after, limit)
         read += batch
         merged = merge(read, start, hi, after)
-        if len(batch) < CHUNKS_PER_READ:
+        if len(batch) < limit:
             return merged, len(merged) > size
         # Unread chunks start at or after this one: the page is settled once that is past
         # its last step (equal is not enough: an unread chunk may hold an earlier seq).
         if len(merged) >= size and batch[-1].first_step > merged.points.steps[size - 1]:
             return merged, True
         chunk_after = (batch[-1].first_step, batch[-1].seq)
+        # Doubling: a page of small chunks (a fleet's flushes) takes a few reads and merges,
+        # not one per 64 chunks, each merging all read so far.
+        limit *= 2
 
 
 class HistoryService:
