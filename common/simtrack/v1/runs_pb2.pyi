@@ -366,12 +366,30 @@ class ListRunsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """Maximum number of runs to return, 1-1000; 0 means the default of 50."""
+    """Maximum number of runs to return, 1-1000; 0 means the default of 50.
+    Negative or over 1000: INVALID_ARGUMENT naming page_size (not clamped).
+    """
     page_token: _builtins.str
-    """The next_page_token of a previous call with the same filter, or empty for the first page."""
+    """The next_page_token of a previous call with the same filter, or empty for the first page.
+    Opaque; one issued for another filter or parent, or not by this server, is INVALID_ARGUMENT
+    naming page_token.
+    """
     filter: _builtins.str
-    """Filter (AIP-160 subset): `field = "value"` / `field != "value"` joined by AND.
-    Fields: experiment_id, scenario_id, status, worker_id.
+    """Which runs to list.
+    Syntax (a subset of AIP-160): terms `FIELD = VALUE` or `FIELD != VALUE` joined by AND;
+    no OR, NOT or parentheses. VALUE is a double-quoted string (a backslash escapes the next
+    character) or a bare word of letters, digits and `_.:-`. Strings match exactly (case
+    counts); enum values match in any case, short (`completed`) or as the proto enum value
+    (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. At most 4,096 characters and 100 terms.
+    Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
+    what is accepted). Fields:
+      experiment_id (string): the run's experiment.
+      scenario_id (string): the run's scenario.
+      status (RunStatus): pending, starting, running, paused, completed, failed, stopped; or
+        RUN_STATUS_PENDING, RUN_STATUS_STARTING, RUN_STATUS_RUNNING, RUN_STATUS_PAUSED,
+        RUN_STATUS_COMPLETED, RUN_STATUS_FAILED, RUN_STATUS_STOPPED.
+      worker_id (string): the worker that executes (or executed) the run.
+    Example: `status = RUN_STATUS_COMPLETED AND scenario_id = "tier0-tutorial"`.
     """
     def __init__(
         self,
@@ -670,12 +688,25 @@ class ListParticipantsRequest(_message.Message):
     run_id: _builtins.str
     """The run whose participants to list. Required."""
     page_size: _builtins.int
-    """Maximum number of participants to return, 1-1000; 0 means the default of 50."""
+    """Maximum number of participants to return, 1-1000; 0 means the default of 50.
+    Negative or over 1000: INVALID_ARGUMENT naming page_size (not clamped).
+    """
     page_token: _builtins.str
-    """The next_page_token of a previous call with the same run and filter, or empty."""
+    """The next_page_token of a previous call with the same run and filter, or empty.
+    Opaque; one issued for another filter or parent, or not by this server, is INVALID_ARGUMENT
+    naming page_token.
+    """
     filter: _builtins.str
-    """Filter (AIP-160 subset): `field = "value"` / `field != "value"` joined by AND.
-    Fields: agent_id, role.
+    """Which participants to list.
+    Syntax (a subset of AIP-160): terms `FIELD = VALUE` or `FIELD != VALUE` joined by AND;
+    no OR, NOT or parentheses. VALUE is a double-quoted string (a backslash escapes the next
+    character) or a bare word of letters, digits and `_.:-`. Strings match exactly (case
+    counts); enum values match in any case, short (`completed`) or as the proto enum value
+    (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. At most 4,096 characters and 100 terms.
+    Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
+    what is accepted). Fields:
+      agent_id (string): the participating agent.
+      role (string): the role, e.g. `role = "seller"`.
     """
     def __init__(
         self,
@@ -1287,8 +1318,21 @@ class GetRunStatsRequest(_message.Message):
 
     FILTER_FIELD_NUMBER: _builtins.int
     filter: _builtins.str
-    """Filter (AIP-160 subset, as ListRuns): `field = "value"` / `field != "value"` joined by
-    AND. Fields: experiment_id, scenario_id, status, worker_id. Empty: every run.
+    """Which runs to summarize.
+    Syntax (a subset of AIP-160): terms `FIELD = VALUE` or `FIELD != VALUE` joined by AND;
+    no OR, NOT or parentheses. VALUE is a double-quoted string (a backslash escapes the next
+    character) or a bare word of letters, digits and `_.:-`. Strings match exactly (case
+    counts); enum values match in any case, short (`completed`) or as the proto enum value
+    (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. At most 4,096 characters and 100 terms.
+    Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
+    what is accepted). Fields:
+      experiment_id (string): the run's experiment.
+      scenario_id (string): the run's scenario.
+      status (RunStatus): pending, starting, running, paused, completed, failed, stopped; or
+        RUN_STATUS_PENDING, RUN_STATUS_STARTING, RUN_STATUS_RUNNING, RUN_STATUS_PAUSED,
+        RUN_STATUS_COMPLETED, RUN_STATUS_FAILED, RUN_STATUS_STOPPED.
+      worker_id (string): the worker that executes (or executed) the run.
+    Example: `scenario_id = "tier0-tutorial" AND status != failed`.
     """
     def __init__(
         self,

@@ -636,12 +636,25 @@ class ListMetricsRequest(_message.Message):
     run_id: _builtins.str
     """The run whose metrics to list. Required."""
     page_size: _builtins.int
-    """Maximum number of metrics to return, 1-1000; 0 means the default of 50."""
+    """Maximum number of metrics to return, 1-1000; 0 means the default of 50.
+    Negative or over 1000: INVALID_ARGUMENT naming page_size (not clamped).
+    """
     page_token: _builtins.str
-    """The next_page_token of a previous call with the same run and filter, or empty."""
+    """The next_page_token of a previous call with the same run and filter, or empty.
+    Opaque; one issued for another filter or parent, or not by this server, is INVALID_ARGUMENT
+    naming page_token.
+    """
     filter: _builtins.str
-    """Filter (AIP-160 subset): `field = "value"` / `field != "value"` joined by AND.
-    Fields: name, kind.
+    """Which metrics to list.
+    Syntax (a subset of AIP-160): terms `FIELD = VALUE` or `FIELD != VALUE` joined by AND;
+    no OR, NOT or parentheses. VALUE is a double-quoted string (a backslash escapes the next
+    character) or a bare word of letters, digits and `_.:-`. Strings match exactly (case
+    counts); enum values match in any case, short (`completed`) or as the proto enum value
+    (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. At most 4,096 characters and 100 terms.
+    Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
+    what is accepted). Fields:
+      name (string): the metric's name.
+      kind (MetricKind): gauge, counter; or METRIC_KIND_GAUGE, METRIC_KIND_COUNTER.
     """
     def __init__(
         self,
@@ -807,12 +820,25 @@ class ListEventsRequest(_message.Message):
     run_id: _builtins.str
     """The run whose events to list. Required."""
     page_size: _builtins.int
-    """Maximum number of events to return, 1-1000; 0 means the default of 50."""
+    """Maximum number of events to return, 1-1000; 0 means the default of 50.
+    Negative or over 1000: INVALID_ARGUMENT naming page_size (not clamped).
+    """
     page_token: _builtins.str
-    """The next_page_token of a previous call with the same run and filter, or empty."""
+    """The next_page_token of a previous call with the same run and filter, or empty.
+    Opaque; one issued for another filter or parent, or not by this server, is INVALID_ARGUMENT
+    naming page_token.
+    """
     filter: _builtins.str
-    """Filter (AIP-160 subset): `field = "value"` / `field != "value"` joined by AND.
-    Fields: type, agent_id.
+    """Which events to list.
+    Syntax (a subset of AIP-160): terms `FIELD = VALUE` or `FIELD != VALUE` joined by AND;
+    no OR, NOT or parentheses. VALUE is a double-quoted string (a backslash escapes the next
+    character) or a bare word of letters, digits and `_.:-`. Strings match exactly (case
+    counts); enum values match in any case, short (`completed`) or as the proto enum value
+    (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. At most 4,096 characters and 100 terms.
+    Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
+    what is accepted). Fields:
+      type (string): the event type, e.g. `type = "agent_action"`.
+      agent_id (string): the agent involved; `agent_id = ""` lists events with none.
     """
     def __init__(
         self,

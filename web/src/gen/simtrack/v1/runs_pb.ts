@@ -288,6 +288,7 @@ export const GetRunResponseSchema: GenMessage<GetRunResponse> = /*@__PURE__*/
 export type ListRunsRequest = Message<"simtrack.v1.ListRunsRequest"> & {
   /**
    * Maximum number of runs to return, 1-1000; 0 means the default of 50.
+   * Negative or over 1000: INVALID_ARGUMENT naming page_size (not clamped).
    *
    * @generated from field: int32 page_size = 1;
    */
@@ -295,14 +296,29 @@ export type ListRunsRequest = Message<"simtrack.v1.ListRunsRequest"> & {
 
   /**
    * The next_page_token of a previous call with the same filter, or empty for the first page.
+   * Opaque; one issued for another filter or parent, or not by this server, is INVALID_ARGUMENT
+   * naming page_token.
    *
    * @generated from field: string page_token = 2;
    */
   pageToken: string;
 
   /**
-   * Filter (AIP-160 subset): `field = "value"` / `field != "value"` joined by AND.
-   * Fields: experiment_id, scenario_id, status, worker_id.
+   * Which runs to list.
+   * Syntax (a subset of AIP-160): terms `FIELD = VALUE` or `FIELD != VALUE` joined by AND;
+   * no OR, NOT or parentheses. VALUE is a double-quoted string (a backslash escapes the next
+   * character) or a bare word of letters, digits and `_.:-`. Strings match exactly (case
+   * counts); enum values match in any case, short (`completed`) or as the proto enum value
+   * (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. At most 4,096 characters and 100 terms.
+   * Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
+   * what is accepted). Fields:
+   *   experiment_id (string): the run's experiment.
+   *   scenario_id (string): the run's scenario.
+   *   status (RunStatus): pending, starting, running, paused, completed, failed, stopped; or
+   *     RUN_STATUS_PENDING, RUN_STATUS_STARTING, RUN_STATUS_RUNNING, RUN_STATUS_PAUSED,
+   *     RUN_STATUS_COMPLETED, RUN_STATUS_FAILED, RUN_STATUS_STOPPED.
+   *   worker_id (string): the worker that executes (or executed) the run.
+   * Example: `status = RUN_STATUS_COMPLETED AND scenario_id = "tier0-tutorial"`.
    *
    * @generated from field: string filter = 3;
    */
@@ -592,6 +608,7 @@ export type ListParticipantsRequest = Message<"simtrack.v1.ListParticipantsReque
 
   /**
    * Maximum number of participants to return, 1-1000; 0 means the default of 50.
+   * Negative or over 1000: INVALID_ARGUMENT naming page_size (not clamped).
    *
    * @generated from field: int32 page_size = 2;
    */
@@ -599,14 +616,24 @@ export type ListParticipantsRequest = Message<"simtrack.v1.ListParticipantsReque
 
   /**
    * The next_page_token of a previous call with the same run and filter, or empty.
+   * Opaque; one issued for another filter or parent, or not by this server, is INVALID_ARGUMENT
+   * naming page_token.
    *
    * @generated from field: string page_token = 3;
    */
   pageToken: string;
 
   /**
-   * Filter (AIP-160 subset): `field = "value"` / `field != "value"` joined by AND.
-   * Fields: agent_id, role.
+   * Which participants to list.
+   * Syntax (a subset of AIP-160): terms `FIELD = VALUE` or `FIELD != VALUE` joined by AND;
+   * no OR, NOT or parentheses. VALUE is a double-quoted string (a backslash escapes the next
+   * character) or a bare word of letters, digits and `_.:-`. Strings match exactly (case
+   * counts); enum values match in any case, short (`completed`) or as the proto enum value
+   * (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. At most 4,096 characters and 100 terms.
+   * Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
+   * what is accepted). Fields:
+   *   agent_id (string): the participating agent.
+   *   role (string): the role, e.g. `role = "seller"`.
    *
    * @generated from field: string filter = 4;
    */
@@ -1236,8 +1263,21 @@ export const GetLeaderboardResponseSchema: GenMessage<GetLeaderboardResponse> = 
  */
 export type GetRunStatsRequest = Message<"simtrack.v1.GetRunStatsRequest"> & {
   /**
-   * Filter (AIP-160 subset, as ListRuns): `field = "value"` / `field != "value"` joined by
-   * AND. Fields: experiment_id, scenario_id, status, worker_id. Empty: every run.
+   * Which runs to summarize.
+   * Syntax (a subset of AIP-160): terms `FIELD = VALUE` or `FIELD != VALUE` joined by AND;
+   * no OR, NOT or parentheses. VALUE is a double-quoted string (a backslash escapes the next
+   * character) or a bare word of letters, digits and `_.:-`. Strings match exactly (case
+   * counts); enum values match in any case, short (`completed`) or as the proto enum value
+   * (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. At most 4,096 characters and 100 terms.
+   * Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
+   * what is accepted). Fields:
+   *   experiment_id (string): the run's experiment.
+   *   scenario_id (string): the run's scenario.
+   *   status (RunStatus): pending, starting, running, paused, completed, failed, stopped; or
+   *     RUN_STATUS_PENDING, RUN_STATUS_STARTING, RUN_STATUS_RUNNING, RUN_STATUS_PAUSED,
+   *     RUN_STATUS_COMPLETED, RUN_STATUS_FAILED, RUN_STATUS_STOPPED.
+   *   worker_id (string): the worker that executes (or executed) the run.
+   * Example: `scenario_id = "tier0-tutorial" AND status != failed`.
    *
    * @generated from field: string filter = 1;
    */

@@ -648,6 +648,7 @@ export type ListMetricsRequest = Message<"simtrack.v1.ListMetricsRequest"> & {
 
   /**
    * Maximum number of metrics to return, 1-1000; 0 means the default of 50.
+   * Negative or over 1000: INVALID_ARGUMENT naming page_size (not clamped).
    *
    * @generated from field: int32 page_size = 2;
    */
@@ -655,14 +656,24 @@ export type ListMetricsRequest = Message<"simtrack.v1.ListMetricsRequest"> & {
 
   /**
    * The next_page_token of a previous call with the same run and filter, or empty.
+   * Opaque; one issued for another filter or parent, or not by this server, is INVALID_ARGUMENT
+   * naming page_token.
    *
    * @generated from field: string page_token = 3;
    */
   pageToken: string;
 
   /**
-   * Filter (AIP-160 subset): `field = "value"` / `field != "value"` joined by AND.
-   * Fields: name, kind.
+   * Which metrics to list.
+   * Syntax (a subset of AIP-160): terms `FIELD = VALUE` or `FIELD != VALUE` joined by AND;
+   * no OR, NOT or parentheses. VALUE is a double-quoted string (a backslash escapes the next
+   * character) or a bare word of letters, digits and `_.:-`. Strings match exactly (case
+   * counts); enum values match in any case, short (`completed`) or as the proto enum value
+   * (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. At most 4,096 characters and 100 terms.
+   * Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
+   * what is accepted). Fields:
+   *   name (string): the metric's name.
+   *   kind (MetricKind): gauge, counter; or METRIC_KIND_GAUGE, METRIC_KIND_COUNTER.
    *
    * @generated from field: string filter = 4;
    */
@@ -842,6 +853,7 @@ export type ListEventsRequest = Message<"simtrack.v1.ListEventsRequest"> & {
 
   /**
    * Maximum number of events to return, 1-1000; 0 means the default of 50.
+   * Negative or over 1000: INVALID_ARGUMENT naming page_size (not clamped).
    *
    * @generated from field: int32 page_size = 2;
    */
@@ -849,14 +861,24 @@ export type ListEventsRequest = Message<"simtrack.v1.ListEventsRequest"> & {
 
   /**
    * The next_page_token of a previous call with the same run and filter, or empty.
+   * Opaque; one issued for another filter or parent, or not by this server, is INVALID_ARGUMENT
+   * naming page_token.
    *
    * @generated from field: string page_token = 3;
    */
   pageToken: string;
 
   /**
-   * Filter (AIP-160 subset): `field = "value"` / `field != "value"` joined by AND.
-   * Fields: type, agent_id.
+   * Which events to list.
+   * Syntax (a subset of AIP-160): terms `FIELD = VALUE` or `FIELD != VALUE` joined by AND;
+   * no OR, NOT or parentheses. VALUE is a double-quoted string (a backslash escapes the next
+   * character) or a bare word of letters, digits and `_.:-`. Strings match exactly (case
+   * counts); enum values match in any case, short (`completed`) or as the proto enum value
+   * (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. At most 4,096 characters and 100 terms.
+   * Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
+   * what is accepted). Fields:
+   *   type (string): the event type, e.g. `type = "agent_action"`.
+   *   agent_id (string): the agent involved; `agent_id = ""` lists events with none.
    *
    * @generated from field: string filter = 4;
    */

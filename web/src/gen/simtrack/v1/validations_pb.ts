@@ -187,6 +187,7 @@ export type ListValidationsRequest = Message<"simtrack.v1.ListValidationsRequest
 
   /**
    * Maximum number of validations to return, 1-1000; 0 means the default of 50.
+   * Negative or over 1000: INVALID_ARGUMENT naming page_size (not clamped).
    *
    * @generated from field: int32 page_size = 2;
    */
@@ -194,14 +195,26 @@ export type ListValidationsRequest = Message<"simtrack.v1.ListValidationsRequest
 
   /**
    * The next_page_token of a previous call with the same run and filter, or empty.
+   * Opaque; one issued for another filter or parent, or not by this server, is INVALID_ARGUMENT
+   * naming page_token.
    *
    * @generated from field: string page_token = 3;
    */
   pageToken: string;
 
   /**
-   * Filter (AIP-160 subset): `field = "value"` / `field != "value"` joined by AND.
-   * Fields: validator, kind, passed (true or false).
+   * Which validations to list.
+   * Syntax (a subset of AIP-160): terms `FIELD = VALUE` or `FIELD != VALUE` joined by AND;
+   * no OR, NOT or parentheses. VALUE is a double-quoted string (a backslash escapes the next
+   * character) or a bare word of letters, digits and `_.:-`. Strings match exactly (case
+   * counts); enum values match in any case, short (`completed`) or as the proto enum value
+   * (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. At most 4,096 characters and 100 terms.
+   * Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
+   * what is accepted). Fields:
+   *   validator (string): who judged; "scenario" is the server's own.
+   *   kind (string): what was judged.
+   *   passed (boolean): true or false, any case.
+   * Example: `passed = false`.
    *
    * @generated from field: string filter = 4;
    */

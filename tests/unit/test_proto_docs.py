@@ -1,0 +1,120 @@
+"""The protos document what the server does, for clients that never read its code.
+
+The comments are read from protoc's source info (what the generated stubs of every language
+carry as doc comments) and held to the server's own declarations: a listing's filterable fields
+and enum values, the units of time fields, the error reasons the server can emit. A change on
+one side without the other fails here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from google.protobuf import descriptor_pb2
+from grpc_tools import protoc
+
+from simtrack.server.core.listing import EnumField, Listing
+from tests.unit.test_listing import declared_listings
+
+ROOT = Path(__file__).resolve().parents[2]
+PROTOS = ROOT / "protos"
+PACKAGE = "simtrack.v1"
+# Requests that take a listing's filter besides its List{Collection}Request.
+MORE_FILTERS = {"runs": ["GetRunStatsRequest"]}
+
+# FileDescriptorProto field numbers in SourceCodeInfo paths.
+MESSAGE_TYPE, ENUM_TYPE, SERVICE = 4, 5, 6
+FIELD, NESTED_TYPE, METHOD = 2, 3, 2
+
+
+@dataclass(frozen=True)
+class Documented:
+    """A proto element (``simtrack.v1.Run.start_time``) and its leading comment."""
+
+    name: str
+    comment: str
+    field: descriptor_pb2.FieldDescriptorProto | None = None
+
+
+def _load(tmp: Path) -> list[descriptor_pb2.FileDescriptorProto]:
+    out = tmp / "protos.pb"
+    include = str(Path(protoc.__file__).parent / "_proto")
+    sources = sorted(str(p.relative_to(PROTOS)) for p in PROTOS.rglob("*.proto"))
+    args = ["protoc", f"-I{PROTOS}", f"-I{include}", "--include_source_info"]
+    assert protoc.main([*args, f"--descriptor_set_out={out}", *sources]) == 0
+    return list(descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file)
+
+
+def _elements(file: descriptor_pb2.FileDescriptorProto) -> dict[str, Documented]:
+    comments = {
+        tuple(location.path): location.leading_comments
+        for location in file.source_code_info.location
+    }
+    found: dict[str, Documented] = {}
+
+    def message(proto: descriptor_pb2.DescriptorProto, prefix: str, path: tuple[int, ...]) -> None:
+        name = f"{prefix}.{proto.name}"
+        found[name] = Documented(name, comments.get(path, ""))
+        for i, field in enumerate(proto.field):
+            full = f"{name}.{field.name}"
+            found[full] = Documented(full, comments.get((*path, FIELD, i), ""), field)
+        for i, nested in enumerate(proto.nested_type):
+            message(nested, name, (*path, NESTED_TYPE, i))
+
+    for i, proto in enumerate(file.message_type):
+        message(proto, file.package, (MESSAGE_TYPE, i))
+    for i, service in enumerate(file.service):
+        name = f"{file.package}.{service.name}"
+        found[name] = Documented(name, comments.get((SERVICE, i), ""))
+        for j, method in enumerate(service.method):
+            full = f"{name}.{method.name}"
+            found[full] = Documented(full, comments.get((SERVICE, i, METHOD, j), ""))
+    for i, enum in enumerate(file.enum_type):
+        name = f"{file.package}.{enum.name}"
+        found[name] = Documented(name, comments.get((ENUM_TYPE, i), ""))
+    return found
+
+
+@pytest.fixture(scope="module")
+def documented(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Documented]:
+    """Every message, field, service, method and enum of simtrack.v1 with its comment."""
+    found: dict[str, Documented] = {}
+    for file in _load(tmp_path_factory.mktemp("descriptors")):
+        if file.package == PACKAGE:
+            found.update(_elements(file))
+    assert f"{PACKAGE}.ListRunsRequest.filter" in found
+    return found
+
+
+def filter_requests(collection: str) -> list[str]:
+    return [f"List{collection.title()}Request", *MORE_FILTERS.get(collection, [])]
+
+
+@pytest.mark.parametrize("collection", sorted(declared_listings()))
+def test_every_listing_documents_its_filter_fields_and_values(
+    collection: str, documented: dict[str, Documented]
+) -> None:
+    listing: Listing = declared_listings()[collection]
+    for request in filter_requests(collection):
+        element = documented.get(f"{PACKAGE}.{request}.filter")
+        assert element is not None, f"no {request}.filter in the protos for listing {collection}"
+        comment = " ".join(element.comment.split())
+        for field, parser in listing.fields.items():
+            assert f" {field} (" in comment, f"{request}.filter does not document {field}"
+            if isinstance(parser, EnumField):
+                for member in parser.enum:
+                    for spelling in (member.value, parser.proto_prefix + member.value.upper()):
+                        assert spelling in comment, f"{request}.filter: {field} {spelling}"
+        assert "AND" in comment and "!=" in comment, f"{request}.filter states no syntax"
+        assert "INVALID_ARGUMENT" in comment, f"{request}.filter states no error"
+
+
+def test_every_filter_in_the_protos_is_a_listing_of_the_server(
+    documented: dict[str, Documented],
+) -> None:
+    """The other way round: a documented filter the server does not parse would mislead."""
+    served = {r for c in declared_listings() for r in filter_requests(c)}
+    in_protos = {name.split(".")[-2] for name in documented if name.endswith("Request.filter")}
+    assert in_protos == served
