@@ -882,9 +882,11 @@ class LatestMetric(_message.Message):
     name: _builtins.str
     """Metric name."""
     value: _builtins.float
-    """The value at the highest step seen."""
+    """The finite value at `step`; NaN when step is unset."""
     step: _builtins.int
-    """The highest step seen."""
+    """The highest step with a finite value. Unset (check its presence: 0 is a real step) when
+    the metric has no finite value yet.
+    """
     count: _builtins.int
     """How many points were stored."""
     min: _builtins.float
@@ -896,16 +898,18 @@ class LatestMetric(_message.Message):
         *,
         name: _builtins.str = ...,
         value: _builtins.float = ...,
-        step: _builtins.int = ...,
+        step: _builtins.int | None = ...,
         count: _builtins.int = ...,
         min: _builtins.float = ...,
         max: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_step", b"_step", "step", b"step"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "max", b"max", "min", b"min", "name", b"name", "step", b"step", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_step", b"_step", "count", b"count", "max", b"max", "min", b"min", "name", b"name", "step", b"step", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__step: _TypeAlias = _typing.Literal["step"]  # noqa: Y015
+    _WhichOneofArgType__step: _TypeAlias = _typing.Literal["_step", b"_step"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__step) -> _WhichOneofReturnType__step | None: ...
 
 Global___LatestMetric: _TypeAlias = LatestMetric  # noqa: Y015
 
@@ -1260,7 +1264,9 @@ class LeaderboardEntry(_message.Message):
     value: _builtins.float
     """The value the run is ranked by."""
     last_step: _builtins.int
-    """The metric's highest step with a finite value."""
+    """The metric's highest step with a finite value; always set here, since a run without a
+    finite value of the metric is not ranked (0 is a real step).
+    """
     @_builtins.property
     def run(self) -> Global___Run:
         """The run."""

@@ -585,9 +585,11 @@ class Metric(_message.Message):
     count: _builtins.int
     """How many points are stored (non-finite values included)."""
     last_step: _builtins.int
-    """The highest step with a finite value; 0 when there is none."""
+    """The highest step with a finite value. Unset (check its presence: 0 is a real step) when
+    the metric has no finite value, e.g. when every point sent was NaN.
+    """
     last_value: _builtins.float
-    """The finite value at last_step; NaN when there is none."""
+    """The finite value at last_step; NaN when last_step is unset."""
     min: _builtins.float
     """Smallest finite value; NaN when there is none."""
     max: _builtins.float
@@ -608,18 +610,20 @@ class Metric(_message.Message):
         unit: _builtins.str = ...,
         kind: Global___MetricKind.ValueType = ...,
         count: _builtins.int = ...,
-        last_step: _builtins.int = ...,
+        last_step: _builtins.int | None = ...,
         last_value: _builtins.float = ...,
         min: _builtins.float = ...,
         max: _builtins.float = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_last_step", b"_last_step", "create_time", b"create_time", "last_step", b"last_step", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "create_time", b"create_time", "kind", b"kind", "last_step", b"last_step", "last_value", b"last_value", "max", b"max", "min", b"min", "name", b"name", "run_id", b"run_id", "unit", b"unit", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_last_step", b"_last_step", "count", b"count", "create_time", b"create_time", "kind", b"kind", "last_step", b"last_step", "last_value", b"last_value", "max", b"max", "min", b"min", "name", b"name", "run_id", b"run_id", "unit", b"unit", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__last_step: _TypeAlias = _typing.Literal["last_step"]  # noqa: Y015
+    _WhichOneofArgType__last_step: _TypeAlias = _typing.Literal["_last_step", b"_last_step"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__last_step) -> _WhichOneofReturnType__last_step | None: ...
 
 Global___Metric: _TypeAlias = Metric  # noqa: Y015
 
