@@ -8,6 +8,7 @@ one side without the other fails here.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,3 +119,60 @@ def test_every_filter_in_the_protos_is_a_listing_of_the_server(
     served = {r for c in declared_listings() for r in filter_requests(c)}
     in_protos = {name.split(".")[-2] for name in documented if name.endswith("Request.filter")}
     assert in_protos == served
+
+
+# -- time fields: unit, precision, clock ---------------------------------------------------------
+
+TIME_TYPES = {".google.protobuf.Timestamp", ".google.protobuf.Duration"}
+TIME_NAME = re.compile(
+    r"(^|_)(time|times|timestamp|timestamps|duration|deadline|interval|timeout|tick|ticks)(_|$)"
+    r"|_(ns|us|ms|seconds|secs)$"
+)
+UNITS = ("nanosecond", "microsecond", "millisecond", "second", "tick")
+
+
+def time_fields(documented: dict[str, Documented]) -> list[Documented]:
+    return [
+        element
+        for element in documented.values()
+        if element.field is not None
+        and (element.field.type_name in TIME_TYPES or TIME_NAME.search(element.field.name))
+    ]
+
+
+def test_time_fields_are_found(documented: dict[str, Documented]) -> None:
+    names = {element.name.removeprefix(f"{PACKAGE}.") for element in time_fields(documented)}
+    assert {
+        "Run.create_time",
+        "Run.duration",
+        "Event.time",
+        "MetricSeries.timestamps",
+        "Welcome.heartbeat_interval_seconds",
+        "DurationStats.p95",
+        "Scenario.duration_ticks",
+    } <= names
+
+
+def test_every_time_field_states_its_unit(documented: dict[str, Documented]) -> None:
+    missing = [
+        element.name
+        for element in time_fields(documented)
+        if not any(unit in element.comment for unit in UNITS)
+    ]
+    assert not missing, f"time fields whose comment states no unit: {missing}"
+
+
+def test_every_point_in_time_states_its_clock(documented: dict[str, Documented]) -> None:
+    """A Timestamp (or Unix-seconds column) is the server's clock or the worker's: say which."""
+    points = [
+        element
+        for element in time_fields(documented)
+        if element.field is not None
+        and (
+            element.field.type_name == ".google.protobuf.Timestamp"
+            or element.field.name.endswith("timestamps")
+        )
+    ]
+    assert points
+    missing = [element.name for element in points if "clock" not in element.comment]
+    assert not missing, f"points in time whose comment names no clock: {missing}"

@@ -78,11 +78,11 @@ class Agent(_message.Message):
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
-        """When the agent was created. Output only."""
+        """When the agent was created, by the server's clock (UTC, to the microsecond). Output only."""
 
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
-        """When the agent was last changed. Output only."""
+        """When the agent was last changed, by the server's clock (UTC, to the microsecond). Output only."""
 
     def __init__(
         self,

@@ -90,7 +90,7 @@ class Artifact(_message.Message):
     """SHA-256 of the content, lower-case hex. Output only (see UploadArtifactMetadata.sha256)."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
-        """When the upload completed. Output only."""
+        """When the upload completed, by the server's clock (UTC, to the microsecond). Output only."""
 
     def __init__(
         self,

@@ -131,11 +131,13 @@ class Experiment(_message.Message):
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
-        """When the experiment was created. Output only."""
+        """When the experiment was created, by the server's clock (UTC, to the microsecond). Output only."""
 
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
-        """When the experiment was last changed. Output only."""
+        """When the experiment was last changed, by the server's clock (UTC, to the microsecond). Output
+        only.
+        """
 
     def __init__(
         self,
@@ -462,11 +464,15 @@ class Simulation(_message.Message):
 
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
-        """When it started running. Output only: set on the move to running."""
+        """When it started running, by the server's clock (UTC, to the microsecond). Output only: set on
+        the move to running.
+        """
 
     @_builtins.property
     def end_time(self) -> _timestamp_pb2.Timestamp:
-        """When it ended. Output only: set on the move to a final status."""
+        """When it ended, by the server's clock (UTC, to the microsecond). Output only: set on the move to
+        a final status.
+        """
 
     @_builtins.property
     def results_summary(self) -> _struct_pb2.Struct:
@@ -474,11 +480,13 @@ class Simulation(_message.Message):
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
-        """When the simulation was created. Output only."""
+        """When the simulation was created, by the server's clock (UTC, to the microsecond). Output only."""
 
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
-        """When the simulation was last changed. Output only."""
+        """When the simulation was last changed, by the server's clock (UTC, to the microsecond). Output
+        only.
+        """
 
     def __init__(
         self,
@@ -788,11 +796,13 @@ class Template(_message.Message):
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
-        """When the template was created. Output only."""
+        """When the template was created, by the server's clock (UTC, to the microsecond). Output only."""
 
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
-        """When the template was last changed. Output only."""
+        """When the template was last changed, by the server's clock (UTC, to the microsecond). Output
+        only.
+        """
 
     def __init__(
         self,

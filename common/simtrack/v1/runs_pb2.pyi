@@ -161,9 +161,11 @@ class Run(_message.Message):
     status: Global___RunStatus.ValueType
     """Lifecycle state; see UpdateRun for the allowed moves."""
     current_tick: _builtins.int
-    """The last simulation tick reached, >= 0."""
+    """The last simulation tick reached, >= 0 (ticks are the simulation's own time, not a clock's)."""
     total_ticks: _builtins.int
-    """The number of ticks of the run, >= 0; defaults to the scenario's duration."""
+    """The number of simulation ticks of the run, >= 0; defaults to the scenario's
+    duration_ticks.
+    """
     progress_percent: _builtins.float
     """Progress in percent, 0-100."""
     error_message: _builtins.str
@@ -180,15 +182,19 @@ class Run(_message.Message):
 
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
-        """When the run started running. Output only: set on the move to running."""
+        """When the run started running, by the server's clock (UTC, to the microsecond). Output only: set
+        on the move to running.
+        """
 
     @_builtins.property
     def complete_time(self) -> _timestamp_pb2.Timestamp:
-        """When the run ended. Output only: set on the move to a final status."""
+        """When the run ended, by the server's clock (UTC, to the microsecond): when the server stored its
+        final status (not when the worker sent it). Output only: set on the move to a final status.
+        """
 
     @_builtins.property
     def duration(self) -> _duration_pb2.Duration:
-        """complete_time - start_time, when both are known. Output only."""
+        """complete_time - start_time, when both are known, to the microsecond. Output only."""
 
     @_builtins.property
     def metrics_summary(self) -> _struct_pb2.Struct:
@@ -204,11 +210,11 @@ class Run(_message.Message):
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
-        """When the run was created. Output only."""
+        """When the run was created, by the server's clock (UTC, to the microsecond). Output only."""
 
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
-        """When the run was last changed. Output only."""
+        """When the run was last changed, by the server's clock (UTC, to the microsecond). Output only."""
 
     @_builtins.property
     def vanish_time(self) -> _timestamp_pb2.Timestamp:
@@ -216,13 +222,13 @@ class Run(_message.Message):
         server's heartbeat timeout (the liveness sweep's verdict, not the worker's). Data the
         worker produced is still stored when it arrives late; a final status from the worker
         replaces the verdict; and the worker coming back alive returns the run to running.
-        Output only.
+        The time of the verdict, by the server's clock (UTC, to the microsecond). Output only.
         """
 
     @_builtins.property
     def revive_time(self) -> _timestamp_pb2.Timestamp:
         """The last time the run returned to running because its worker, declared vanished, came
-        back alive. Output only.
+        back alive, by the server's clock (UTC, to the microsecond). Output only.
         """
 
     def __init__(
@@ -556,11 +562,13 @@ class Participant(_message.Message):
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
-        """When the participant was added. Output only."""
+        """When the participant was added, by the server's clock (UTC, to the microsecond). Output only."""
 
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
-        """When the participant was last changed. Output only."""
+        """When the participant was last changed, by the server's clock (UTC, to the microsecond). Output
+        only.
+        """
 
     def __init__(
         self,
@@ -1381,7 +1389,9 @@ Global___RunStatusCount: _TypeAlias = RunStatusCount  # noqa: Y015
 
 @_typing.final
 class DurationStats(_message.Message):
-    """DurationStats summarizes the durations of ended runs that had started."""
+    """DurationStats summarizes the durations (Run.duration) of ended runs that had started; each
+    is to the microsecond.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1395,23 +1405,23 @@ class DurationStats(_message.Message):
     """How many durations there are."""
     @_builtins.property
     def mean(self) -> _duration_pb2.Duration:
-        """Mean duration."""
+        """Mean duration, to the microsecond."""
 
     @_builtins.property
     def min(self) -> _duration_pb2.Duration:
-        """Shortest duration."""
+        """Shortest duration, to the microsecond."""
 
     @_builtins.property
     def p50(self) -> _duration_pb2.Duration:
-        """Median duration."""
+        """Median duration (nearest rank), to the microsecond."""
 
     @_builtins.property
     def p95(self) -> _duration_pb2.Duration:
-        """95th percentile duration (nearest rank)."""
+        """95th percentile duration (nearest rank), to the microsecond."""
 
     @_builtins.property
     def max(self) -> _duration_pb2.Duration:
-        """Longest duration."""
+        """Longest duration, to the microsecond."""
 
     def __init__(
         self,

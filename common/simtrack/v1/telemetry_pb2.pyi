@@ -200,9 +200,9 @@ class Progress(_message.Message):
     TOTAL_FIELD_NUMBER: _builtins.int
     PERCENT_FIELD_NUMBER: _builtins.int
     tick: _builtins.int
-    """The tick reached, >= 0."""
+    """The simulation tick reached, >= 0."""
     total: _builtins.int
-    """Total ticks, >= 0; 0 keeps the run's current total."""
+    """Total simulation ticks, >= 0; 0 keeps the run's current total."""
     percent: _builtins.float
     """Progress in percent, 0-100; when unset (0) and total > 0 it is derived from tick/total."""
     def __init__(
@@ -250,8 +250,10 @@ class MetricSeries(_message.Message):
 
     @_builtins.property
     def timestamps(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
-        """Unix times in seconds of the points: one per value, or empty to use the server's time.
-        Finite, and within google.protobuf.Timestamp's range (years 1-9999).
+        """Unix times in seconds (float64) of the points, by the worker's clock: one per value, or
+        empty to use the server's clock at arrival. Finite, and within google.protobuf.Timestamp's
+        range (years 1-9999). Stored and returned exactly as sent (a double's precision: about a
+        quarter of a microsecond for present-day times).
         """
 
     def __init__(
@@ -318,7 +320,8 @@ class Event(_message.Message):
     """The agent involved, if any (an agent id)."""
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
-        """When it happened; unset means the server's time. Stored to the nanosecond and returned
+        """When it happened, by the worker's clock; unset means the server's clock at arrival.
+        Stored to the nanosecond and returned
         exactly as sent, between 1677-09-21T00:12:43.145224192Z and 2262-04-11T23:47:16.854775807Z
         (64-bit nanoseconds since 1970); outside that range, or with nanos outside 0-999999999,
         the batch is INVALID_ARGUMENT naming the field.
@@ -484,7 +487,10 @@ class Welcome(_message.Message):
     committed_seq: _builtins.int
     """The highest seq of this run already committed."""
     heartbeat_interval_seconds: _builtins.float
-    """Send a heartbeat at least this often (seconds) while there is nothing else to send."""
+    """Send a heartbeat at least this often, in seconds (fractions allowed; the server's setting),
+    while there is nothing else to send. Silence for the server's heartbeat timeout (a
+    multiple of this) declares the worker vanished.
+    """
     run_outcome: Global___RunOutcome.ValueType
     """How the run already ended, when it did (UNSPECIFIED while it has not): late data is still
     stored, but the run's final status stays (see StreamRunRequest).
@@ -596,11 +602,11 @@ class Metric(_message.Message):
     """Largest finite value; NaN when there is none."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
-        """When the first point arrived."""
+        """When the first point arrived, by the server's clock (UTC, to the microsecond)."""
 
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
-        """When the summary last changed."""
+        """When the summary last changed, by the server's clock (UTC, to the microsecond)."""
 
     def __init__(
         self,
@@ -791,7 +797,9 @@ class GetMetricHistoryResponse(_message.Message):
 
     @_builtins.property
     def timestamps(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
-        """Unix times in seconds of the points."""
+        """Unix times in seconds (float64) of the points, exactly as stored: the worker's clock, or
+        the server's at arrival when the worker sent none (see MetricSeries.timestamps).
+        """
 
     def __init__(
         self,

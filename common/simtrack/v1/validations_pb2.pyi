@@ -57,7 +57,7 @@ class Validation(_message.Message):
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
-        """When the verdict was recorded. Output only."""
+        """When the verdict was recorded, by the server's clock (UTC, to the microsecond). Output only."""
 
     def __init__(
         self,

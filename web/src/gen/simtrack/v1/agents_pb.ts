@@ -49,14 +49,14 @@ export type Agent = Message<"simtrack.v1.Agent"> & {
   config?: JsonObject | undefined;
 
   /**
-   * When the agent was created. Output only.
+   * When the agent was created, by the server's clock (UTC, to the microsecond). Output only.
    *
    * @generated from field: google.protobuf.Timestamp create_time = 5;
    */
   createTime?: Timestamp | undefined;
 
   /**
-   * When the agent was last changed. Output only.
+   * When the agent was last changed, by the server's clock (UTC, to the microsecond). Output only.
    *
    * @generated from field: google.protobuf.Timestamp update_time = 6;
    */

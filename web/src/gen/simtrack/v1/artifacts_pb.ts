@@ -70,7 +70,7 @@ export type Artifact = Message<"simtrack.v1.Artifact"> & {
   sha256: string;
 
   /**
-   * When the upload completed. Output only.
+   * When the upload completed, by the server's clock (UTC, to the microsecond). Output only.
    *
    * @generated from field: google.protobuf.Timestamp create_time = 8;
    */

@@ -84,14 +84,15 @@ export type Experiment = Message<"simtrack.v1.Experiment"> & {
   resultsSummary?: JsonObject | undefined;
 
   /**
-   * When the experiment was created. Output only.
+   * When the experiment was created, by the server's clock (UTC, to the microsecond). Output only.
    *
    * @generated from field: google.protobuf.Timestamp create_time = 10;
    */
   createTime?: Timestamp | undefined;
 
   /**
-   * When the experiment was last changed. Output only.
+   * When the experiment was last changed, by the server's clock (UTC, to the microsecond). Output
+   * only.
    *
    * @generated from field: google.protobuf.Timestamp update_time = 11;
    */
@@ -403,14 +404,16 @@ export type Simulation = Message<"simtrack.v1.Simulation"> & {
   metadata?: JsonObject | undefined;
 
   /**
-   * When it started running. Output only: set on the move to running.
+   * When it started running, by the server's clock (UTC, to the microsecond). Output only: set on
+   * the move to running.
    *
    * @generated from field: google.protobuf.Timestamp start_time = 6;
    */
   startTime?: Timestamp | undefined;
 
   /**
-   * When it ended. Output only: set on the move to a final status.
+   * When it ended, by the server's clock (UTC, to the microsecond). Output only: set on the move to
+   * a final status.
    *
    * @generated from field: google.protobuf.Timestamp end_time = 7;
    */
@@ -424,14 +427,15 @@ export type Simulation = Message<"simtrack.v1.Simulation"> & {
   resultsSummary?: JsonObject | undefined;
 
   /**
-   * When the simulation was created. Output only.
+   * When the simulation was created, by the server's clock (UTC, to the microsecond). Output only.
    *
    * @generated from field: google.protobuf.Timestamp create_time = 9;
    */
   createTime?: Timestamp | undefined;
 
   /**
-   * When the simulation was last changed. Output only.
+   * When the simulation was last changed, by the server's clock (UTC, to the microsecond). Output
+   * only.
    *
    * @generated from field: google.protobuf.Timestamp update_time = 10;
    */
@@ -726,14 +730,15 @@ export type Template = Message<"simtrack.v1.Template"> & {
   config?: JsonObject | undefined;
 
   /**
-   * When the template was created. Output only.
+   * When the template was created, by the server's clock (UTC, to the microsecond). Output only.
    *
    * @generated from field: google.protobuf.Timestamp create_time = 5;
    */
   createTime?: Timestamp | undefined;
 
   /**
-   * When the template was last changed. Output only.
+   * When the template was last changed, by the server's clock (UTC, to the microsecond). Output
+   * only.
    *
    * @generated from field: google.protobuf.Timestamp update_time = 6;
    */

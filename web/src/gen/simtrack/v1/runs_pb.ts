@@ -70,14 +70,15 @@ export type Run = Message<"simtrack.v1.Run"> & {
   status: RunStatus;
 
   /**
-   * The last simulation tick reached, >= 0.
+   * The last simulation tick reached, >= 0 (ticks are the simulation's own time, not a clock's).
    *
    * @generated from field: int64 current_tick = 8;
    */
   currentTick: bigint;
 
   /**
-   * The number of ticks of the run, >= 0; defaults to the scenario's duration.
+   * The number of simulation ticks of the run, >= 0; defaults to the scenario's
+   * duration_ticks.
    *
    * @generated from field: int64 total_ticks = 9;
    */
@@ -91,21 +92,23 @@ export type Run = Message<"simtrack.v1.Run"> & {
   progressPercent: number;
 
   /**
-   * When the run started running. Output only: set on the move to running.
+   * When the run started running, by the server's clock (UTC, to the microsecond). Output only: set
+   * on the move to running.
    *
    * @generated from field: google.protobuf.Timestamp start_time = 11;
    */
   startTime?: Timestamp | undefined;
 
   /**
-   * When the run ended. Output only: set on the move to a final status.
+   * When the run ended, by the server's clock (UTC, to the microsecond): when the server stored its
+   * final status (not when the worker sent it). Output only: set on the move to a final status.
    *
    * @generated from field: google.protobuf.Timestamp complete_time = 12;
    */
   completeTime?: Timestamp | undefined;
 
   /**
-   * complete_time - start_time, when both are known. Output only.
+   * complete_time - start_time, when both are known, to the microsecond. Output only.
    *
    * @generated from field: google.protobuf.Duration duration = 13;
    */
@@ -147,14 +150,14 @@ export type Run = Message<"simtrack.v1.Run"> & {
   workerId: string;
 
   /**
-   * When the run was created. Output only.
+   * When the run was created, by the server's clock (UTC, to the microsecond). Output only.
    *
    * @generated from field: google.protobuf.Timestamp create_time = 19;
    */
   createTime?: Timestamp | undefined;
 
   /**
-   * When the run was last changed. Output only.
+   * When the run was last changed, by the server's clock (UTC, to the microsecond). Output only.
    *
    * @generated from field: google.protobuf.Timestamp update_time = 20;
    */
@@ -173,7 +176,7 @@ export type Run = Message<"simtrack.v1.Run"> & {
    * server's heartbeat timeout (the liveness sweep's verdict, not the worker's). Data the
    * worker produced is still stored when it arrives late; a final status from the worker
    * replaces the verdict; and the worker coming back alive returns the run to running.
-   * Output only.
+   * The time of the verdict, by the server's clock (UTC, to the microsecond). Output only.
    *
    * @generated from field: google.protobuf.Timestamp vanish_time = 22;
    */
@@ -181,7 +184,7 @@ export type Run = Message<"simtrack.v1.Run"> & {
 
   /**
    * The last time the run returned to running because its worker, declared vanished, came
-   * back alive. Output only.
+   * back alive, by the server's clock (UTC, to the microsecond). Output only.
    *
    * @generated from field: google.protobuf.Timestamp revive_time = 23;
    */
@@ -488,14 +491,15 @@ export type Participant = Message<"simtrack.v1.Participant"> & {
   configOverride?: JsonObject | undefined;
 
   /**
-   * When the participant was added. Output only.
+   * When the participant was added, by the server's clock (UTC, to the microsecond). Output only.
    *
    * @generated from field: google.protobuf.Timestamp create_time = 6;
    */
   createTime?: Timestamp | undefined;
 
   /**
-   * When the participant was last changed. Output only.
+   * When the participant was last changed, by the server's clock (UTC, to the microsecond). Output
+   * only.
    *
    * @generated from field: google.protobuf.Timestamp update_time = 7;
    */
@@ -1322,7 +1326,8 @@ export const RunStatusCountSchema: GenMessage<RunStatusCount> = /*@__PURE__*/
   messageDesc(file_simtrack_v1_runs, 38);
 
 /**
- * DurationStats summarizes the durations of ended runs that had started.
+ * DurationStats summarizes the durations (Run.duration) of ended runs that had started; each
+ * is to the microsecond.
  *
  * @generated from message simtrack.v1.DurationStats
  */
@@ -1335,35 +1340,35 @@ export type DurationStats = Message<"simtrack.v1.DurationStats"> & {
   count: bigint;
 
   /**
-   * Mean duration.
+   * Mean duration, to the microsecond.
    *
    * @generated from field: google.protobuf.Duration mean = 2;
    */
   mean?: Duration | undefined;
 
   /**
-   * Shortest duration.
+   * Shortest duration, to the microsecond.
    *
    * @generated from field: google.protobuf.Duration min = 3;
    */
   min?: Duration | undefined;
 
   /**
-   * Median duration.
+   * Median duration (nearest rank), to the microsecond.
    *
    * @generated from field: google.protobuf.Duration p50 = 4;
    */
   p50?: Duration | undefined;
 
   /**
-   * 95th percentile duration (nearest rank).
+   * 95th percentile duration (nearest rank), to the microsecond.
    *
    * @generated from field: google.protobuf.Duration p95 = 5;
    */
   p95?: Duration | undefined;
 
   /**
-   * Longest duration.
+   * Longest duration, to the microsecond.
    *
    * @generated from field: google.protobuf.Duration max = 6;
    */

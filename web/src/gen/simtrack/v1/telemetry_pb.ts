@@ -160,14 +160,14 @@ export const HelloSchema: GenMessage<Hello> = /*@__PURE__*/
  */
 export type Progress = Message<"simtrack.v1.Progress"> & {
   /**
-   * The tick reached, >= 0.
+   * The simulation tick reached, >= 0.
    *
    * @generated from field: int64 tick = 1;
    */
   tick: bigint;
 
   /**
-   * Total ticks, >= 0; 0 keeps the run's current total.
+   * Total simulation ticks, >= 0; 0 keeps the run's current total.
    *
    * @generated from field: int64 total = 2;
    */
@@ -231,8 +231,10 @@ export type MetricSeries = Message<"simtrack.v1.MetricSeries"> & {
   values: number[];
 
   /**
-   * Unix times in seconds of the points: one per value, or empty to use the server's time.
-   * Finite, and within google.protobuf.Timestamp's range (years 1-9999).
+   * Unix times in seconds (float64) of the points, by the worker's clock: one per value, or
+   * empty to use the server's clock at arrival. Finite, and within google.protobuf.Timestamp's
+   * range (years 1-9999). Stored and returned exactly as sent (a double's precision: about a
+   * quarter of a microsecond for present-day times).
    *
    * @generated from field: repeated double timestamps = 6;
    */
@@ -283,7 +285,8 @@ export type Event = Message<"simtrack.v1.Event"> & {
   step: bigint;
 
   /**
-   * When it happened; unset means the server's time. Stored to the nanosecond and returned
+   * When it happened, by the worker's clock; unset means the server's clock at arrival.
+   * Stored to the nanosecond and returned
    * exactly as sent, between 1677-09-21T00:12:43.145224192Z and 2262-04-11T23:47:16.854775807Z
    * (64-bit nanoseconds since 1970); outside that range, or with nanos outside 0-999999999,
    * the batch is INVALID_ARGUMENT naming the field.
@@ -468,7 +471,9 @@ export type Welcome = Message<"simtrack.v1.Welcome"> & {
   committedSeq: bigint;
 
   /**
-   * Send a heartbeat at least this often (seconds) while there is nothing else to send.
+   * Send a heartbeat at least this often, in seconds (fractions allowed; the server's setting),
+   * while there is nothing else to send. Silence for the server's heartbeat timeout (a
+   * multiple of this) declares the worker vanished.
    *
    * @generated from field: double heartbeat_interval_seconds = 2;
    */
@@ -613,14 +618,14 @@ export type Metric = Message<"simtrack.v1.Metric"> & {
   max: number;
 
   /**
-   * When the first point arrived.
+   * When the first point arrived, by the server's clock (UTC, to the microsecond).
    *
    * @generated from field: google.protobuf.Timestamp create_time = 10;
    */
   createTime?: Timestamp | undefined;
 
   /**
-   * When the summary last changed.
+   * When the summary last changed, by the server's clock (UTC, to the microsecond).
    *
    * @generated from field: google.protobuf.Timestamp update_time = 11;
    */
@@ -804,7 +809,8 @@ export type GetMetricHistoryResponse = Message<"simtrack.v1.GetMetricHistoryResp
   values: number[];
 
   /**
-   * Unix times in seconds of the points.
+   * Unix times in seconds (float64) of the points, exactly as stored: the worker's clock, or
+   * the server's at arrival when the worker sent none (see MetricSeries.timestamps).
    *
    * @generated from field: repeated double timestamps = 3;
    */

@@ -74,7 +74,7 @@ export type Validation = Message<"simtrack.v1.Validation"> & {
   details?: JsonObject | undefined;
 
   /**
-   * When the verdict was recorded. Output only.
+   * When the verdict was recorded, by the server's clock (UTC, to the microsecond). Output only.
    *
    * @generated from field: google.protobuf.Timestamp create_time = 8;
    */
