@@ -16,6 +16,14 @@ import pytest
 from google.protobuf import descriptor_pb2
 from grpc_tools import protoc
 
+from simtrack.errors import ERRORS_BY_CODE_NAME, SimtrackError
+from simtrack.server.api.errors import (
+    DESCRIPTION_MAX_BYTES,
+    ERROR_DOMAIN,
+    FIELD_MAX_BYTES,
+    MESSAGE_MAX_BYTES,
+    VIOLATIONS_MAX,
+)
 from simtrack.server.core.listing import EnumField, Listing
 from tests.unit.test_listing import declared_listings
 
@@ -176,3 +184,51 @@ def test_every_point_in_time_states_its_clock(documented: dict[str, Documented])
     assert points
     missing = [element.name for element in points if "clock" not in element.comment]
     assert not missing, f"points in time whose comment names no clock: {missing}"
+
+
+# -- errors: the google.rpc details the server attaches ----------------------------------------
+
+
+def _subclasses(cls: type[SimtrackError]) -> set[type[SimtrackError]]:
+    found = set(cls.__subclasses__())
+    for sub in list(found):
+        found |= _subclasses(sub)
+    return found
+
+
+def emitted_reasons() -> set[str]:
+    """Every google.rpc.ErrorInfo reason the server can send: the ``reason`` of an error class
+    (api/errors.py attaches it), and any literal reason given to ErrorInfo in the server."""
+    declared = (cls.__dict__.get("reason") for cls in _subclasses(SimtrackError))
+    reasons = {reason for reason in declared if isinstance(reason, str)}
+    for source in (ROOT / "server" / "simtrack").rglob("*.py"):
+        reasons |= set(re.findall(r"ErrorInfo\([^)]*reason=\"(\w+)\"", source.read_text(), re.S))
+    return reasons
+
+
+def test_every_service_points_to_the_error_documentation(
+    documented: dict[str, Documented],
+) -> None:
+    services = [e for e in documented.values() if e.name.endswith("Service")]
+    assert len(services) >= 7
+    for service in services:
+        assert "google.rpc" in service.comment, f"{service.name} says nothing of its errors"
+
+
+def test_the_error_details_the_server_attaches_are_documented(
+    documented: dict[str, Documented],
+) -> None:
+    comment = " ".join(documented[f"{PACKAGE}.RunService"].comment.split())
+    reasons = emitted_reasons()
+    assert "SEQUENCE_GAP" in reasons
+    for reason in reasons:
+        assert f'"{reason}"' in comment, f"ErrorInfo reason {reason} is not documented"
+    assert f'domain "{ERROR_DOMAIN}"' in comment
+    for metadata in ("expected_seq", "received_seq"):
+        assert metadata in comment
+    for code in {*ERRORS_BY_CODE_NAME, "INTERNAL", "RESOURCE_EXHAUSTED"}:
+        assert f"{code}:" in comment, f"status {code} is not documented"
+    for detail in ("google.rpc.BadRequest", "google.rpc.ResourceInfo", "google.rpc.ErrorInfo"):
+        assert detail in comment
+    for bound in (MESSAGE_MAX_BYTES, VIOLATIONS_MAX, FIELD_MAX_BYTES, DESCRIPTION_MAX_BYTES):
+        assert str(bound) in comment

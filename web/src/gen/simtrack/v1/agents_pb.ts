@@ -366,6 +366,7 @@ export const FrameworkSchema: GenEnum<Framework> = /*@__PURE__*/
 
 /**
  * AgentService manages the agents under test: the systems whose behaviour experiments measure.
+ * Errors: status codes and their google.rpc details as documented on RunService.
  *
  * @generated from service simtrack.v1.AgentService
  */

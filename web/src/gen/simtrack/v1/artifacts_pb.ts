@@ -457,6 +457,7 @@ export const ArtifactTypeSchema: GenEnum<ArtifactType> = /*@__PURE__*/
 /**
  * ArtifactService stores the files of runs (reports, data, logs, models), uploaded and
  * downloaded in chunks.
+ * Errors: status codes and their google.rpc details as documented on RunService.
  *
  * @generated from service simtrack.v1.ArtifactService
  */

@@ -1102,6 +1102,7 @@ export const SimulationStatusSchema: GenEnum<SimulationStatus> = /*@__PURE__*/
 /**
  * ExperimentService manages experiments (groups of runs of one agent on one scenario), simulations
  * and reusable experiment templates.
+ * Errors: status codes and their google.rpc details as documented on RunService.
  *
  * @generated from service simtrack.v1.ExperimentService
  */

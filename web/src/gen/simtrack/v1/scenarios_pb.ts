@@ -230,6 +230,7 @@ export const ListScenariosResponseSchema: GenMessage<ListScenariosResponse> = /*
 
 /**
  * ScenarioService serves the read-only scenario catalogue, loaded from the server's scenario files.
+ * Errors: status codes and their google.rpc details as documented on RunService.
  *
  * @generated from service simtrack.v1.ScenarioService
  */

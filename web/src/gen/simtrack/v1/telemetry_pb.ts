@@ -1040,6 +1040,7 @@ export const RunOutcomeSchema: GenEnum<RunOutcome> = /*@__PURE__*/
 /**
  * TelemetryService carries what a run's worker produces: the worker streams it in (StreamRun,
  * which also delivers the run's commands to the worker) and anyone reads it back.
+ * Errors: status codes and their google.rpc details as documented on RunService.
  *
  * @generated from service simtrack.v1.TelemetryService
  */

@@ -259,6 +259,7 @@ export const ListValidationsResponseSchema: GenMessage<ListValidationsResponse> 
 /**
  * ValidationService records and reads the verdicts on runs: the server's own (its scenario's
  * success criteria, checked when a run completes) and external validators'.
+ * Errors: status codes and their google.rpc details as documented on RunService.
  *
  * @generated from service simtrack.v1.ValidationService
  */
