@@ -545,6 +545,36 @@ def test_filters(server: Server) -> None:
     assert list_participants(server, run.id, f'agent_id = "{base.id}"') == [seller.id]
 
 
+def test_enum_filters_take_the_proto_names_too(server: Server) -> None:
+    """A client holding only the generated enum's names filters with them: the same runs."""
+    agent = new_agent(server, "enum-spellings", Framework.FRAMEWORK_CREWAI)
+    experiment = new_experiment(server, agent.id, name="enum-spellings")
+    pending = new_run(server, experiment.id)
+    running = new_run(server, experiment.id)
+    start_run(server, running.id)
+    done = new_run(server, experiment.id)
+    start_run(server, done.id)
+    set_run_status(server, done.id, RunStatus.RUN_STATUS_COMPLETED)
+
+    mine = f'experiment_id = "{experiment.id}" AND '
+    short = list_runs(server, mine + "status = completed")
+    assert short == [done.id]
+    for spelling in ("RUN_STATUS_COMPLETED", '"RUN_STATUS_COMPLETED"', "run_status_Completed"):
+        assert list_runs(server, mine + f"status = {spelling}") == short, spelling
+    assert list_runs(server, mine + "status != RUN_STATUS_COMPLETED") == [pending.id, running.id]
+    stats = server.runs.GetRunStats(
+        runs_pb2.GetRunStatsRequest(filter=mine + "status = RUN_STATUS_RUNNING")
+    )
+    assert stats.total == 1
+    assert all_agent_ids(server, "framework = FRAMEWORK_CREWAI") == [agent.id]
+
+    with pytest.raises(grpc.RpcError) as error:
+        list_runs(server, "status = RUN_STATUS_UNSPECIFIED")
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "RUN_STATUS_<VALUE>" in (error.value.details() or "")
+    assert "completed" in (error.value.details() or "")
+
+
 def test_field_mask_updates_change_only_the_masked_fields(server: Server) -> None:
     agent = new_agent(server, "masked", Framework.FRAMEWORK_CREWAI, {"k": 1})
     # The request carries other new values too: only the masked field may change.

@@ -18,7 +18,7 @@ import pytest
 from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.message import Message
 
-from simtrack.v1 import telemetry_pb2
+from simtrack.v1 import runs_pb2, telemetry_pb2
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import Refusal, Server, StartServer, StreamKit
@@ -176,6 +176,35 @@ async def test_downsampled_history_keeps_the_extremes(server: Server, streams: S
         server, run_id=run.id, metric="price", max_points=50, start_step=10, end_step=49
     )
     assert not whole.downsampled and list(whole.steps) == list(range(10, 50))
+
+
+async def test_last_step_is_present_only_when_the_metric_has_a_finite_value(
+    server: Server, streams: StreamKit
+) -> None:
+    """Metric.last_step (and WatchRun's LatestMetric.step) use presence: a metric whose only
+    point is at step 0 has last_step 0; one with no finite value has none.
+    """
+    run = streams.new_run(server)
+    stream = await streams.open(server, run.id)
+    zero = telemetry_pb2.MetricSeries(name="zero", steps=[0], values=[7.0])
+    void = telemetry_pb2.MetricSeries(name="void", steps=[0, 3], values=[float("nan")] * 2)
+    await stream.send(Request(seq=1, metrics=telemetry_pb2.MetricBatch(series=[zero, void])))
+    await stream.wait_acked(1)
+
+    listed = server.telemetry.ListMetrics(telemetry_pb2.ListMetricsRequest(run_id=run.id))
+    by_name = {m.name: m for m in listed.metrics}
+    assert by_name["zero"].HasField("last_step") and by_name["zero"].last_step == 0
+    assert by_name["zero"].last_value == 7.0
+    assert not by_name["void"].HasField("last_step") and by_name["void"].count == 2
+    assert np.isnan(by_name["void"].last_value)
+
+    watch = server.runs.WatchRun(runs_pb2.WatchRunRequest(id=run.id), timeout=20)
+    try:
+        latest = {m.name: m for m in next(iter(watch)).metrics}
+    finally:
+        watch.cancel()
+    assert latest["zero"].HasField("step") and latest["zero"].step == 0
+    assert not latest["void"].HasField("step")
 
 
 async def test_list_metrics_gives_each_metric_with_its_summary(

@@ -79,8 +79,10 @@ def test_typescript_worker_streams_and_reads_back(server: Server, smoke_client: 
     assert summary["status"] == "COMPLETED"
     assert summary["runningRuns"] == 0
     assert summary["metrics"] == {
-        "inventory": {"count": 2, "lastValue": 100},  # the NaN is stored but not summarised
-        "profit": {"count": 2, "lastValue": 0},
+        # The NaN is stored but not summarised: the last finite step is 0, and present.
+        "inventory": {"count": 2, "lastStep": 0, "lastValue": 100},
+        "profit": {"count": 2, "lastStep": 1, "lastValue": 0},
+        "void": {"count": 2, "lastStep": None, "lastValue": None},  # unset; NaN
     }
 
     run = server.runs.GetRun(runs_pb2.GetRunRequest(id=summary["runId"])).run

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib
 import json
+import pkgutil
 from datetime import UTC, datetime
 
 import pytest
 
 from simtrack.errors import InvalidArgument
+from simtrack.server import domain
 from simtrack.server.core.listing import (
     DEFAULT_PAGE_SIZE,
     FILTER_BOUNDS,
@@ -17,6 +20,7 @@ from simtrack.server.core.listing import (
     INT64_MIN,
     Condition,
     Cursor,
+    EnumField,
     FieldParsers,
     Listing,
     decode_position,
@@ -26,6 +30,25 @@ from simtrack.server.core.listing import (
     parse_filter,
 )
 from simtrack.server.core.model import RunStatus
+from simtrack.v1 import (
+    agents_pb2,
+    artifacts_pb2,
+    experiments_pb2,
+    runs_pb2,
+    scenarios_pb2,
+    telemetry_pb2,
+    validations_pb2,
+)
+
+PROTO_MODULES = (
+    agents_pb2,
+    artifacts_pb2,
+    experiments_pb2,
+    runs_pb2,
+    scenarios_pb2,
+    telemetry_pb2,
+    validations_pb2,
+)
 
 FIELDS: FieldParsers = {
     "name": str,
@@ -194,3 +217,83 @@ def test_positions_must_fit_the_stored_keys() -> None:
         with pytest.raises(InvalidArgument) as error:
             decode_position(forged("s", p=position), "s", types)
         assert violation_field(error) == "page_token"
+
+
+# -- every listing of the server: enum values in both spellings ---------------------------------
+
+
+def declared_listings() -> dict[str, Listing]:
+    """Every Listing the server's domain declares, by collection: found, not enumerated, so a
+    new listing is checked (here and by the protos' documentation tests) without a line more.
+    """
+    found: dict[str, Listing] = {}
+    for info in pkgutil.iter_modules(domain.__path__, f"{domain.__name__}."):
+        for value in vars(importlib.import_module(info.name)).values():
+            if isinstance(value, Listing):
+                found[value.collection] = value
+    return found
+
+
+def enum_fields() -> list[tuple[str, str, EnumField]]:
+    return [
+        (collection, field, parser)
+        for collection, listing in sorted(declared_listings().items())
+        for field, parser in listing.fields.items()
+        if isinstance(parser, EnumField)
+    ]
+
+
+def test_listings_are_found() -> None:
+    assert {"runs", "experiments", "simulations", "agents", "artifacts", "metrics"} <= set(
+        declared_listings()
+    )
+    assert {(c, f) for c, f, _ in enum_fields()} >= {
+        ("runs", "status"),
+        ("experiments", "status"),
+        ("simulations", "status"),
+        ("agents", "framework"),
+        ("artifacts", "type"),
+        ("metrics", "kind"),
+    }
+
+
+@pytest.mark.parametrize(("collection", "field", "parser"), enum_fields())
+def test_enum_filters_take_both_spellings_in_any_case(
+    collection: str, field: str, parser: EnumField
+) -> None:
+    fields = declared_listings()[collection].fields
+    for member in parser.enum:
+        proto_name = parser.proto_prefix + member.value.upper()
+        for spelling in (member.value, member.value.upper(), proto_name, proto_name.lower()):
+            for text in (f'{field} = "{spelling}"', f"{field} != {spelling}"):
+                (condition,) = parse_filter(text, fields)
+                assert condition.field == field and condition.value is member, text
+
+
+@pytest.mark.parametrize(("collection", "field", "parser"), enum_fields())
+def test_enum_filters_refuse_unspecified_and_unknown_values_listing_the_accepted(
+    collection: str, field: str, parser: EnumField
+) -> None:
+    fields = declared_listings()[collection].fields
+    for bad in (f"{parser.proto_prefix}UNSPECIFIED", "unspecified", "bogus", parser.proto_prefix):
+        with pytest.raises(InvalidArgument) as error:
+            parse_filter(f'{field} = "{bad}"', fields)
+        assert violation_field(error) == "filter"
+        description = error.value.violations[0].description
+        assert field in description
+        assert all(member.value in description for member in parser.enum), description
+        assert f"{parser.proto_prefix}<VALUE>" in description
+
+
+@pytest.mark.parametrize(("collection", "field", "parser"), enum_fields())
+def test_enum_filters_proto_spellings_are_the_protos_enum_values(
+    collection: str, field: str, parser: EnumField
+) -> None:
+    """The proto spelling the server accepts is exactly the generated enum's value names."""
+    (enum,) = [
+        module.DESCRIPTOR.enum_types_by_name[parser.enum.__name__]
+        for module in PROTO_MODULES
+        if parser.enum.__name__ in module.DESCRIPTOR.enum_types_by_name
+    ]
+    accepted = {parser.proto_prefix + member.value.upper() for member in parser.enum}
+    assert {value.name for value in enum.values} == accepted | {f"{parser.proto_prefix}UNSPECIFIED"}

@@ -1,7 +1,8 @@
 // A worker and a reader in TypeScript over gRPC: `node smoke.js HOST:PORT`, compiled by
 // tests/e2e/test_typescript_client.py and run against a real `simtrack serve`. Creates an agent,
 // an experiment and a run, streams two metric batches and a final status through StreamRun,
-// waits for the ack of the last one, reads the metrics back and prints a JSON summary.
+// waits for the ack of the last one, reads the metrics back and prints a JSON summary (NaN
+// prints as null, and so does an unset lastStep).
 
 import { createClient } from "@connectrpc/connect";
 import { createWritableIterable } from "@connectrpc/connect/protocol";
@@ -44,8 +45,9 @@ async function main(target: string): Promise<void> {
 
   // Sequenced messages 1..3 go out after the welcome; the stream is done when 3 is acked.
   const batches = [
-    metricsAt(1n, 0n, { profit: 1.5, inventory: 100 }),
-    metricsAt(2n, 1n, { profit: -0, inventory: Number.NaN }),
+    // `void` never has a finite value: its Metric has no lastStep (inventory's is step 0).
+    metricsAt(1n, 0n, { profit: 1.5, inventory: 100, void: Number.NaN }),
+    metricsAt(2n, 1n, { profit: -0, inventory: Number.NaN, void: Number.NaN }),
     completed(3n, { total_profit: 1.5 }),
   ];
   const lastSeq = 3n;
@@ -82,7 +84,15 @@ async function main(target: string): Promise<void> {
     status: RunStatus[finished?.status ?? RunStatus.UNSPECIFIED],
     runningRuns: listed.runs.length,
     metrics: Object.fromEntries(
-      metrics.map((m) => [m.name, { count: Number(m.count), lastValue: m.lastValue }]),
+      metrics.map((m) => [
+        m.name,
+        {
+          count: Number(m.count),
+          // Optional in the proto: undefined when unset, so 0 is a real step.
+          lastStep: m.lastStep === undefined ? null : Number(m.lastStep),
+          lastValue: m.lastValue,
+        },
+      ]),
     ),
   };
   console.log(JSON.stringify(summary));

@@ -90,14 +90,14 @@ METRIC_COLUMNS: Sequence[Column] = (
     ("unit", lambda m: m.unit),
     ("kind", lambda m: label(telemetry_pb2.MetricKind.DESCRIPTOR, m.kind)),
     ("points", lambda m: m.count),
-    ("last step", lambda m: m.last_step),
+    ("last step", lambda m: m.last_step if m.HasField("last_step") else "-"),
     ("last value", lambda m: f"{m.last_value:g}"),
     ("min", lambda m: f"{m.min:g}"),
     ("max", lambda m: f"{m.max:g}"),
 )
 LATEST_COLUMNS: Sequence[Column] = (
     ("metric", lambda m: m.name),
-    ("step", lambda m: m.step),
+    ("step", lambda m: m.step if m.HasField("step") else "-"),
     ("value", lambda m: f"{m.value:g}"),
     ("min", lambda m: f"{m.min:g}"),
     ("max", lambda m: f"{m.max:g}"),

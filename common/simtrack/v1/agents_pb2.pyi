@@ -78,11 +78,11 @@ class Agent(_message.Message):
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
-        """When the agent was created. Output only."""
+        """When the agent was created, by the server's clock (UTC, to the microsecond). Output only."""
 
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
-        """When the agent was last changed. Output only."""
+        """When the agent was last changed, by the server's clock (UTC, to the microsecond). Output only."""
 
     def __init__(
         self,
@@ -206,12 +206,27 @@ class ListAgentsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """Maximum number of agents to return, 1-1000; 0 means the default of 50."""
+    """Maximum number of agents to return, 1-1000; 0 means the default of 50.
+    Negative or over 1000: INVALID_ARGUMENT naming page_size (not clamped).
+    """
     page_token: _builtins.str
-    """The next_page_token of a previous call with the same filter, or empty for the first page."""
+    """The next_page_token of a previous call with the same filter, or empty for the first page.
+    Opaque; one issued for another filter or parent, or not by this server, is INVALID_ARGUMENT
+    naming page_token.
+    """
     filter: _builtins.str
-    """Filter (AIP-160 subset): comparisons `field = "value"` or `field != "value"` joined by AND.
-    Fields: name, framework (e.g. `framework = "langchain"`).
+    """Which agents to list.
+    Syntax (a subset of AIP-160): terms `FIELD = VALUE` or `FIELD != VALUE` joined by AND;
+    no OR, NOT or parentheses. VALUE is a double-quoted string (a backslash escapes the next
+    character) or a bare word of letters, digits and `_.:-`. Strings match exactly (case
+    counts); enum values match in any case, short (`completed`) or as the proto enum value
+    (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. At most 4,096 characters and 100 terms.
+    Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
+    what is accepted). Fields:
+      name (string): the agent's name.
+      framework (Framework): baseline, langchain, crewai, custom; or FRAMEWORK_BASELINE,
+        FRAMEWORK_LANGCHAIN, FRAMEWORK_CREWAI, FRAMEWORK_CUSTOM.
+    Example: `framework = langchain`.
     """
     def __init__(
         self,

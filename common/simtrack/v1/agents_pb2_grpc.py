@@ -27,6 +27,7 @@ if _version_not_supported:
 
 class AgentServiceStub:
     """AgentService manages the agents under test: the systems whose behaviour experiments measure.
+    Errors: status codes and their google.rpc details as documented on RunService.
     """
 
     def __init__(self, channel):
@@ -64,6 +65,7 @@ class AgentServiceStub:
 
 class AgentServiceServicer:
     """AgentService manages the agents under test: the systems whose behaviour experiments measure.
+    Errors: status codes and their google.rpc details as documented on RunService.
     """
 
     def CreateAgent(self, request, context):
@@ -140,6 +142,7 @@ def add_AgentServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class AgentService:
     """AgentService manages the agents under test: the systems whose behaviour experiments measure.
+    Errors: status codes and their google.rpc details as documented on RunService.
     """
 
     @staticmethod

@@ -27,7 +27,9 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class AgentServiceStub:
-    """AgentService manages the agents under test: the systems whose behaviour experiments measure."""
+    """AgentService manages the agents under test: the systems whose behaviour experiments measure.
+    Errors: status codes and their google.rpc details as documented on RunService.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -48,7 +50,9 @@ class AgentServiceStub:
 
 @_typing.type_check_only
 class AgentServiceAsyncStub(AgentServiceStub):
-    """AgentService manages the agents under test: the systems whose behaviour experiments measure."""
+    """AgentService manages the agents under test: the systems whose behaviour experiments measure.
+    Errors: status codes and their google.rpc details as documented on RunService.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateAgent: _aio.UnaryUnaryMultiCallable[_agents_pb2.CreateAgentRequest, _agents_pb2.CreateAgentResponse]  # type: ignore[assignment]
@@ -65,7 +69,9 @@ class AgentServiceAsyncStub(AgentServiceStub):
     """
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
-    """AgentService manages the agents under test: the systems whose behaviour experiments measure."""
+    """AgentService manages the agents under test: the systems whose behaviour experiments measure.
+    Errors: status codes and their google.rpc details as documented on RunService.
+    """
 
     @_abc_1.abstractmethod
     def CreateAgent(

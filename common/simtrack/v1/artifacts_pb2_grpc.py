@@ -28,6 +28,7 @@ if _version_not_supported:
 class ArtifactServiceStub:
     """ArtifactService stores the files of runs (reports, data, logs, models), uploaded and
     downloaded in chunks.
+    Errors: status codes and their google.rpc details as documented on RunService.
     """
 
     def __init__(self, channel):
@@ -66,6 +67,7 @@ class ArtifactServiceStub:
 class ArtifactServiceServicer:
     """ArtifactService stores the files of runs (reports, data, logs, models), uploaded and
     downloaded in chunks.
+    Errors: status codes and their google.rpc details as documented on RunService.
     """
 
     def UploadArtifact(self, request_iterator, context):
@@ -144,6 +146,7 @@ def add_ArtifactServiceServicer_to_server(servicer, server):
 class ArtifactService:
     """ArtifactService stores the files of runs (reports, data, logs, models), uploaded and
     downloaded in chunks.
+    Errors: status codes and their google.rpc details as documented on RunService.
     """
 
     @staticmethod

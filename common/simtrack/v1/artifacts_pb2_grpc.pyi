@@ -29,6 +29,7 @@ GRPC_VERSION: str
 class ArtifactServiceStub:
     """ArtifactService stores the files of runs (reports, data, logs, models), uploaded and
     downloaded in chunks.
+    Errors: status codes and their google.rpc details as documented on RunService.
     """
 
     @_typing.overload
@@ -53,6 +54,7 @@ class ArtifactServiceStub:
 class ArtifactServiceAsyncStub(ArtifactServiceStub):
     """ArtifactService stores the files of runs (reports, data, logs, models), uploaded and
     downloaded in chunks.
+    Errors: status codes and their google.rpc details as documented on RunService.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -73,6 +75,7 @@ class ArtifactServiceAsyncStub(ArtifactServiceStub):
 class ArtifactServiceServicer(metaclass=_abc_1.ABCMeta):
     """ArtifactService stores the files of runs (reports, data, logs, models), uploaded and
     downloaded in chunks.
+    Errors: status codes and their google.rpc details as documented on RunService.
     """
 
     @_abc_1.abstractmethod

@@ -131,11 +131,13 @@ class Experiment(_message.Message):
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
-        """When the experiment was created. Output only."""
+        """When the experiment was created, by the server's clock (UTC, to the microsecond). Output only."""
 
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
-        """When the experiment was last changed. Output only."""
+        """When the experiment was last changed, by the server's clock (UTC, to the microsecond). Output
+        only.
+        """
 
     def __init__(
         self,
@@ -270,12 +272,29 @@ class ListExperimentsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """Maximum number of experiments to return, 1-1000; 0 means the default of 50."""
+    """Maximum number of experiments to return, 1-1000; 0 means the default of 50.
+    Negative or over 1000: INVALID_ARGUMENT naming page_size (not clamped).
+    """
     page_token: _builtins.str
-    """The next_page_token of a previous call with the same filter, or empty for the first page."""
+    """The next_page_token of a previous call with the same filter, or empty for the first page.
+    Opaque; one issued for another filter or parent, or not by this server, is INVALID_ARGUMENT
+    naming page_token.
+    """
     filter: _builtins.str
-    """Filter (AIP-160 subset): `field = "value"` / `field != "value"` joined by AND.
-    Fields: name, agent_id, scenario_id, status (e.g. `status = "running"`).
+    """Which experiments to list.
+    Syntax (a subset of AIP-160): terms `FIELD = VALUE` or `FIELD != VALUE` joined by AND;
+    no OR, NOT or parentheses. VALUE is a double-quoted string (a backslash escapes the next
+    character) or a bare word of letters, digits and `_.:-`. Strings match exactly (case
+    counts); enum values match in any case, short (`completed`) or as the proto enum value
+    (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. At most 4,096 characters and 100 terms.
+    Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
+    what is accepted). Fields:
+      name (string): the experiment's name.
+      agent_id (string): the agent under test.
+      scenario_id (string): the scenario.
+      status (ExperimentStatus): draft, running, completed, failed; or EXPERIMENT_STATUS_DRAFT,
+        EXPERIMENT_STATUS_RUNNING, EXPERIMENT_STATUS_COMPLETED, EXPERIMENT_STATUS_FAILED.
+    Example: `status = "running"`.
     """
     def __init__(
         self,
@@ -445,11 +464,15 @@ class Simulation(_message.Message):
 
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
-        """When it started running. Output only: set on the move to running."""
+        """When it started running, by the server's clock (UTC, to the microsecond). Output only: set on
+        the move to running.
+        """
 
     @_builtins.property
     def end_time(self) -> _timestamp_pb2.Timestamp:
-        """When it ended. Output only: set on the move to a final status."""
+        """When it ended, by the server's clock (UTC, to the microsecond). Output only: set on the move to
+        a final status.
+        """
 
     @_builtins.property
     def results_summary(self) -> _struct_pb2.Struct:
@@ -457,11 +480,13 @@ class Simulation(_message.Message):
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
-        """When the simulation was created. Output only."""
+        """When the simulation was created, by the server's clock (UTC, to the microsecond). Output only."""
 
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
-        """When the simulation was last changed. Output only."""
+        """When the simulation was last changed, by the server's clock (UTC, to the microsecond). Output
+        only.
+        """
 
     def __init__(
         self,
@@ -589,12 +614,27 @@ class ListSimulationsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """Maximum number of simulations to return, 1-1000; 0 means the default of 50."""
+    """Maximum number of simulations to return, 1-1000; 0 means the default of 50.
+    Negative or over 1000: INVALID_ARGUMENT naming page_size (not clamped).
+    """
     page_token: _builtins.str
-    """The next_page_token of a previous call with the same filter, or empty for the first page."""
+    """The next_page_token of a previous call with the same filter, or empty for the first page.
+    Opaque; one issued for another filter or parent, or not by this server, is INVALID_ARGUMENT
+    naming page_token.
+    """
     filter: _builtins.str
-    """Filter (AIP-160 subset): `field = "value"` / `field != "value"` joined by AND.
-    Fields: experiment_id (`experiment_id = ""` lists detached ones), status.
+    """Which simulations to list.
+    Syntax (a subset of AIP-160): terms `FIELD = VALUE` or `FIELD != VALUE` joined by AND;
+    no OR, NOT or parentheses. VALUE is a double-quoted string (a backslash escapes the next
+    character) or a bare word of letters, digits and `_.:-`. Strings match exactly (case
+    counts); enum values match in any case, short (`completed`) or as the proto enum value
+    (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. At most 4,096 characters and 100 terms.
+    Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
+    what is accepted). Fields:
+      experiment_id (string): the experiment; `experiment_id = ""` lists the detached ones.
+      status (SimulationStatus): pending, running, stopped, completed, failed; or
+        SIMULATION_STATUS_PENDING, SIMULATION_STATUS_RUNNING, SIMULATION_STATUS_STOPPED,
+        SIMULATION_STATUS_COMPLETED, SIMULATION_STATUS_FAILED.
     """
     def __init__(
         self,
@@ -756,11 +796,13 @@ class Template(_message.Message):
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
-        """When the template was created. Output only."""
+        """When the template was created, by the server's clock (UTC, to the microsecond). Output only."""
 
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
-        """When the template was last changed. Output only."""
+        """When the template was last changed, by the server's clock (UTC, to the microsecond). Output
+        only.
+        """
 
     def __init__(
         self,
@@ -884,11 +926,26 @@ class ListTemplatesRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """Maximum number of templates to return, 1-1000; 0 means the default of 50."""
+    """Maximum number of templates to return, 1-1000; 0 means the default of 50.
+    Negative or over 1000: INVALID_ARGUMENT naming page_size (not clamped).
+    """
     page_token: _builtins.str
-    """The next_page_token of a previous call with the same filter, or empty for the first page."""
+    """The next_page_token of a previous call with the same filter, or empty for the first page.
+    Opaque; one issued for another filter or parent, or not by this server, is INVALID_ARGUMENT
+    naming page_token.
+    """
     filter: _builtins.str
-    """Filter (AIP-160 subset): `name = "value"` / `name != "value"`."""
+    """Which templates to list.
+    Syntax (a subset of AIP-160): terms `FIELD = VALUE` or `FIELD != VALUE` joined by AND;
+    no OR, NOT or parentheses. VALUE is a double-quoted string (a backslash escapes the next
+    character) or a bare word of letters, digits and `_.:-`. Strings match exactly (case
+    counts); enum values match in any case, short (`completed`) or as the proto enum value
+    (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. At most 4,096 characters and 100 terms.
+    Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
+    what is accepted). Fields:
+      name (string): the template's name.
+    Example: `name != "draft"`.
+    """
     def __init__(
         self,
         *,

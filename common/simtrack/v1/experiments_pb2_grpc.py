@@ -28,6 +28,7 @@ if _version_not_supported:
 class ExperimentServiceStub:
     """ExperimentService manages experiments (groups of runs of one agent on one scenario), simulations
     and reusable experiment templates.
+    Errors: status codes and their google.rpc details as documented on RunService.
     """
 
     def __init__(self, channel):
@@ -116,6 +117,7 @@ class ExperimentServiceStub:
 class ExperimentServiceServicer:
     """ExperimentService manages experiments (groups of runs of one agent on one scenario), simulations
     and reusable experiment templates.
+    Errors: status codes and their google.rpc details as documented on RunService.
     """
 
     def CreateExperiment(self, request, context):
@@ -313,6 +315,7 @@ def add_ExperimentServiceServicer_to_server(servicer, server):
 class ExperimentService:
     """ExperimentService manages experiments (groups of runs of one agent on one scenario), simulations
     and reusable experiment templates.
+    Errors: status codes and their google.rpc details as documented on RunService.
     """
 
     @staticmethod

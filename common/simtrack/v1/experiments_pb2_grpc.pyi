@@ -29,6 +29,7 @@ GRPC_VERSION: str
 class ExperimentServiceStub:
     """ExperimentService manages experiments (groups of runs of one agent on one scenario), simulations
     and reusable experiment templates.
+    Errors: status codes and their google.rpc details as documented on RunService.
     """
 
     @_typing.overload
@@ -72,6 +73,7 @@ class ExperimentServiceStub:
 class ExperimentServiceAsyncStub(ExperimentServiceStub):
     """ExperimentService manages experiments (groups of runs of one agent on one scenario), simulations
     and reusable experiment templates.
+    Errors: status codes and their google.rpc details as documented on RunService.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -111,6 +113,7 @@ class ExperimentServiceAsyncStub(ExperimentServiceStub):
 class ExperimentServiceServicer(metaclass=_abc_1.ABCMeta):
     """ExperimentService manages experiments (groups of runs of one agent on one scenario), simulations
     and reusable experiment templates.
+    Errors: status codes and their google.rpc details as documented on RunService.
     """
 
     @_abc_1.abstractmethod

@@ -161,9 +161,11 @@ class Run(_message.Message):
     status: Global___RunStatus.ValueType
     """Lifecycle state; see UpdateRun for the allowed moves."""
     current_tick: _builtins.int
-    """The last simulation tick reached, >= 0."""
+    """The last simulation tick reached, >= 0 (ticks are the simulation's own time, not a clock's)."""
     total_ticks: _builtins.int
-    """The number of ticks of the run, >= 0; defaults to the scenario's duration."""
+    """The number of simulation ticks of the run, >= 0; defaults to the scenario's
+    duration_ticks.
+    """
     progress_percent: _builtins.float
     """Progress in percent, 0-100."""
     error_message: _builtins.str
@@ -180,15 +182,19 @@ class Run(_message.Message):
 
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
-        """When the run started running. Output only: set on the move to running."""
+        """When the run started running, by the server's clock (UTC, to the microsecond). Output only: set
+        on the move to running.
+        """
 
     @_builtins.property
     def complete_time(self) -> _timestamp_pb2.Timestamp:
-        """When the run ended. Output only: set on the move to a final status."""
+        """When the run ended, by the server's clock (UTC, to the microsecond): when the server stored its
+        final status (not when the worker sent it). Output only: set on the move to a final status.
+        """
 
     @_builtins.property
     def duration(self) -> _duration_pb2.Duration:
-        """complete_time - start_time, when both are known. Output only."""
+        """complete_time - start_time, when both are known, to the microsecond. Output only."""
 
     @_builtins.property
     def metrics_summary(self) -> _struct_pb2.Struct:
@@ -204,11 +210,11 @@ class Run(_message.Message):
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
-        """When the run was created. Output only."""
+        """When the run was created, by the server's clock (UTC, to the microsecond). Output only."""
 
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
-        """When the run was last changed. Output only."""
+        """When the run was last changed, by the server's clock (UTC, to the microsecond). Output only."""
 
     @_builtins.property
     def vanish_time(self) -> _timestamp_pb2.Timestamp:
@@ -216,13 +222,13 @@ class Run(_message.Message):
         server's heartbeat timeout (the liveness sweep's verdict, not the worker's). Data the
         worker produced is still stored when it arrives late; a final status from the worker
         replaces the verdict; and the worker coming back alive returns the run to running.
-        Output only.
+        The time of the verdict, by the server's clock (UTC, to the microsecond). Output only.
         """
 
     @_builtins.property
     def revive_time(self) -> _timestamp_pb2.Timestamp:
         """The last time the run returned to running because its worker, declared vanished, came
-        back alive. Output only.
+        back alive, by the server's clock (UTC, to the microsecond). Output only.
         """
 
     def __init__(
@@ -366,12 +372,30 @@ class ListRunsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """Maximum number of runs to return, 1-1000; 0 means the default of 50."""
+    """Maximum number of runs to return, 1-1000; 0 means the default of 50.
+    Negative or over 1000: INVALID_ARGUMENT naming page_size (not clamped).
+    """
     page_token: _builtins.str
-    """The next_page_token of a previous call with the same filter, or empty for the first page."""
+    """The next_page_token of a previous call with the same filter, or empty for the first page.
+    Opaque; one issued for another filter or parent, or not by this server, is INVALID_ARGUMENT
+    naming page_token.
+    """
     filter: _builtins.str
-    """Filter (AIP-160 subset): `field = "value"` / `field != "value"` joined by AND.
-    Fields: experiment_id, scenario_id, status, worker_id.
+    """Which runs to list.
+    Syntax (a subset of AIP-160): terms `FIELD = VALUE` or `FIELD != VALUE` joined by AND;
+    no OR, NOT or parentheses. VALUE is a double-quoted string (a backslash escapes the next
+    character) or a bare word of letters, digits and `_.:-`. Strings match exactly (case
+    counts); enum values match in any case, short (`completed`) or as the proto enum value
+    (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. At most 4,096 characters and 100 terms.
+    Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
+    what is accepted). Fields:
+      experiment_id (string): the run's experiment.
+      scenario_id (string): the run's scenario.
+      status (RunStatus): pending, starting, running, paused, completed, failed, stopped; or
+        RUN_STATUS_PENDING, RUN_STATUS_STARTING, RUN_STATUS_RUNNING, RUN_STATUS_PAUSED,
+        RUN_STATUS_COMPLETED, RUN_STATUS_FAILED, RUN_STATUS_STOPPED.
+      worker_id (string): the worker that executes (or executed) the run.
+    Example: `status = RUN_STATUS_COMPLETED AND scenario_id = "tier0-tutorial"`.
     """
     def __init__(
         self,
@@ -538,11 +562,13 @@ class Participant(_message.Message):
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
-        """When the participant was added. Output only."""
+        """When the participant was added, by the server's clock (UTC, to the microsecond). Output only."""
 
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
-        """When the participant was last changed. Output only."""
+        """When the participant was last changed, by the server's clock (UTC, to the microsecond). Output
+        only.
+        """
 
     def __init__(
         self,
@@ -670,12 +696,25 @@ class ListParticipantsRequest(_message.Message):
     run_id: _builtins.str
     """The run whose participants to list. Required."""
     page_size: _builtins.int
-    """Maximum number of participants to return, 1-1000; 0 means the default of 50."""
+    """Maximum number of participants to return, 1-1000; 0 means the default of 50.
+    Negative or over 1000: INVALID_ARGUMENT naming page_size (not clamped).
+    """
     page_token: _builtins.str
-    """The next_page_token of a previous call with the same run and filter, or empty."""
+    """The next_page_token of a previous call with the same run and filter, or empty.
+    Opaque; one issued for another filter or parent, or not by this server, is INVALID_ARGUMENT
+    naming page_token.
+    """
     filter: _builtins.str
-    """Filter (AIP-160 subset): `field = "value"` / `field != "value"` joined by AND.
-    Fields: agent_id, role.
+    """Which participants to list.
+    Syntax (a subset of AIP-160): terms `FIELD = VALUE` or `FIELD != VALUE` joined by AND;
+    no OR, NOT or parentheses. VALUE is a double-quoted string (a backslash escapes the next
+    character) or a bare word of letters, digits and `_.:-`. Strings match exactly (case
+    counts); enum values match in any case, short (`completed`) or as the proto enum value
+    (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. At most 4,096 characters and 100 terms.
+    Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
+    what is accepted). Fields:
+      agent_id (string): the participating agent.
+      role (string): the role, e.g. `role = "seller"`.
     """
     def __init__(
         self,
@@ -851,9 +890,11 @@ class LatestMetric(_message.Message):
     name: _builtins.str
     """Metric name."""
     value: _builtins.float
-    """The value at the highest step seen."""
+    """The finite value at `step`; NaN when step is unset."""
     step: _builtins.int
-    """The highest step seen."""
+    """The highest step with a finite value. Unset (check its presence: 0 is a real step) when
+    the metric has no finite value yet.
+    """
     count: _builtins.int
     """How many points were stored."""
     min: _builtins.float
@@ -865,16 +906,18 @@ class LatestMetric(_message.Message):
         *,
         name: _builtins.str = ...,
         value: _builtins.float = ...,
-        step: _builtins.int = ...,
+        step: _builtins.int | None = ...,
         count: _builtins.int = ...,
         min: _builtins.float = ...,
         max: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_step", b"_step", "step", b"step"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "max", b"max", "min", b"min", "name", b"name", "step", b"step", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_step", b"_step", "count", b"count", "max", b"max", "min", b"min", "name", b"name", "step", b"step", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__step: _TypeAlias = _typing.Literal["step"]  # noqa: Y015
+    _WhichOneofArgType__step: _TypeAlias = _typing.Literal["_step", b"_step"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__step) -> _WhichOneofReturnType__step | None: ...
 
 Global___LatestMetric: _TypeAlias = LatestMetric  # noqa: Y015
 
@@ -1229,7 +1272,9 @@ class LeaderboardEntry(_message.Message):
     value: _builtins.float
     """The value the run is ranked by."""
     last_step: _builtins.int
-    """The metric's highest step with a finite value."""
+    """The metric's highest step with a finite value; always set here, since a run without a
+    finite value of the metric is not ranked (0 is a real step).
+    """
     @_builtins.property
     def run(self) -> Global___Run:
         """The run."""
@@ -1287,8 +1332,21 @@ class GetRunStatsRequest(_message.Message):
 
     FILTER_FIELD_NUMBER: _builtins.int
     filter: _builtins.str
-    """Filter (AIP-160 subset, as ListRuns): `field = "value"` / `field != "value"` joined by
-    AND. Fields: experiment_id, scenario_id, status, worker_id. Empty: every run.
+    """Which runs to summarize.
+    Syntax (a subset of AIP-160): terms `FIELD = VALUE` or `FIELD != VALUE` joined by AND;
+    no OR, NOT or parentheses. VALUE is a double-quoted string (a backslash escapes the next
+    character) or a bare word of letters, digits and `_.:-`. Strings match exactly (case
+    counts); enum values match in any case, short (`completed`) or as the proto enum value
+    (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. At most 4,096 characters and 100 terms.
+    Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
+    what is accepted). Fields:
+      experiment_id (string): the run's experiment.
+      scenario_id (string): the run's scenario.
+      status (RunStatus): pending, starting, running, paused, completed, failed, stopped; or
+        RUN_STATUS_PENDING, RUN_STATUS_STARTING, RUN_STATUS_RUNNING, RUN_STATUS_PAUSED,
+        RUN_STATUS_COMPLETED, RUN_STATUS_FAILED, RUN_STATUS_STOPPED.
+      worker_id (string): the worker that executes (or executed) the run.
+    Example: `scenario_id = "tier0-tutorial" AND status != failed`.
     """
     def __init__(
         self,
@@ -1331,7 +1389,9 @@ Global___RunStatusCount: _TypeAlias = RunStatusCount  # noqa: Y015
 
 @_typing.final
 class DurationStats(_message.Message):
-    """DurationStats summarizes the durations of ended runs that had started."""
+    """DurationStats summarizes the durations (Run.duration) of ended runs that had started; each
+    is to the microsecond.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1345,23 +1405,23 @@ class DurationStats(_message.Message):
     """How many durations there are."""
     @_builtins.property
     def mean(self) -> _duration_pb2.Duration:
-        """Mean duration."""
+        """Mean duration, to the microsecond."""
 
     @_builtins.property
     def min(self) -> _duration_pb2.Duration:
-        """Shortest duration."""
+        """Shortest duration, to the microsecond."""
 
     @_builtins.property
     def p50(self) -> _duration_pb2.Duration:
-        """Median duration."""
+        """Median duration (nearest rank), to the microsecond."""
 
     @_builtins.property
     def p95(self) -> _duration_pb2.Duration:
-        """95th percentile duration (nearest rank)."""
+        """95th percentile duration (nearest rank), to the microsecond."""
 
     @_builtins.property
     def max(self) -> _duration_pb2.Duration:
-        """Longest duration."""
+        """Longest duration, to the microsecond."""
 
     def __init__(
         self,

@@ -31,6 +31,35 @@ class RunServiceStub:
     workers what to do (cancel, pause, resume, custom commands), and ranks and summarizes runs.
     What a run's worker streams is read back through TelemetryService, its files through
     ArtifactService, and the verdicts on it through ValidationService.
+
+    Errors, for every service of simtrack.v1. A failed call has a status code, a message for
+    people and a google.rpc.Status (the `grpc-status-details-bin` trailer, which most gRPC
+    libraries decode) whose details say more:
+      INVALID_ARGUMENT: a google.rpc.BadRequest whose field_violations name each bad field by its
+        path in the request, in proto field names: "filter", "page_size", "page_token",
+        "agent.name", "update_mask", "run.params.seed", "metrics.series[2].steps" (at most 10).
+      NOT_FOUND: a google.rpc.ResourceInfo: resource_type ("agent", "experiment", "run",
+        "metric", ...), resource_name (the id or name asked for, its first 100 characters) and
+        description "field <the request field that named it>" (empty when none did).
+      FAILED_PRECONDITION: the call is valid but the state forbids it (e.g. an illegal status
+        move); no detail, except a gap in a StreamRun sequence: a google.rpc.ErrorInfo with reason
+        "SEQUENCE_GAP", domain "simtrack.v1", metadata "expected_seq" and "received_seq"
+        (decimal strings); resend from expected_seq.
+      ALREADY_EXISTS: a unique name or key is taken; no detail.
+      ABORTED: a concurrent change got in the way (retrying may succeed), or a newer StreamRun
+        for the run took over this one; no detail.
+      UNAUTHENTICATED: a missing, malformed, unknown or revoked API key (send the metadata
+        `authorization: Bearer <key>`); no detail.
+      PERMISSION_DENIED: the key's role does not allow the call; no detail.
+      UNAVAILABLE: a transient fault, e.g. the database is unreachable; retry with backoff; no
+        detail.
+      RESOURCE_EXHAUSTED: from gRPC itself, not from simtrack: a request message over 8 MiB;
+        no detail.
+      INTERNAL: a bug. The message is "internal error (reference <id>)", the id finding the
+        traceback in the server's log (never sent); no detail.
+    Every ErrorInfo carries domain "simtrack.v1"; its reasons are those listed here. Messages are
+    at most 512 bytes of UTF-8; a violation's field at most 100 and its description 200 (cut
+    with "…").
     """
 
     @_typing.overload
@@ -101,6 +130,35 @@ class RunServiceAsyncStub(RunServiceStub):
     workers what to do (cancel, pause, resume, custom commands), and ranks and summarizes runs.
     What a run's worker streams is read back through TelemetryService, its files through
     ArtifactService, and the verdicts on it through ValidationService.
+
+    Errors, for every service of simtrack.v1. A failed call has a status code, a message for
+    people and a google.rpc.Status (the `grpc-status-details-bin` trailer, which most gRPC
+    libraries decode) whose details say more:
+      INVALID_ARGUMENT: a google.rpc.BadRequest whose field_violations name each bad field by its
+        path in the request, in proto field names: "filter", "page_size", "page_token",
+        "agent.name", "update_mask", "run.params.seed", "metrics.series[2].steps" (at most 10).
+      NOT_FOUND: a google.rpc.ResourceInfo: resource_type ("agent", "experiment", "run",
+        "metric", ...), resource_name (the id or name asked for, its first 100 characters) and
+        description "field <the request field that named it>" (empty when none did).
+      FAILED_PRECONDITION: the call is valid but the state forbids it (e.g. an illegal status
+        move); no detail, except a gap in a StreamRun sequence: a google.rpc.ErrorInfo with reason
+        "SEQUENCE_GAP", domain "simtrack.v1", metadata "expected_seq" and "received_seq"
+        (decimal strings); resend from expected_seq.
+      ALREADY_EXISTS: a unique name or key is taken; no detail.
+      ABORTED: a concurrent change got in the way (retrying may succeed), or a newer StreamRun
+        for the run took over this one; no detail.
+      UNAUTHENTICATED: a missing, malformed, unknown or revoked API key (send the metadata
+        `authorization: Bearer <key>`); no detail.
+      PERMISSION_DENIED: the key's role does not allow the call; no detail.
+      UNAVAILABLE: a transient fault, e.g. the database is unreachable; retry with backoff; no
+        detail.
+      RESOURCE_EXHAUSTED: from gRPC itself, not from simtrack: a request message over 8 MiB;
+        no detail.
+      INTERNAL: a bug. The message is "internal error (reference <id>)", the id finding the
+        traceback in the server's log (never sent); no detail.
+    Every ErrorInfo carries domain "simtrack.v1"; its reasons are those listed here. Messages are
+    at most 512 bytes of UTF-8; a violation's field at most 100 and its description 200 (cut
+    with "…").
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -167,6 +225,35 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
     workers what to do (cancel, pause, resume, custom commands), and ranks and summarizes runs.
     What a run's worker streams is read back through TelemetryService, its files through
     ArtifactService, and the verdicts on it through ValidationService.
+
+    Errors, for every service of simtrack.v1. A failed call has a status code, a message for
+    people and a google.rpc.Status (the `grpc-status-details-bin` trailer, which most gRPC
+    libraries decode) whose details say more:
+      INVALID_ARGUMENT: a google.rpc.BadRequest whose field_violations name each bad field by its
+        path in the request, in proto field names: "filter", "page_size", "page_token",
+        "agent.name", "update_mask", "run.params.seed", "metrics.series[2].steps" (at most 10).
+      NOT_FOUND: a google.rpc.ResourceInfo: resource_type ("agent", "experiment", "run",
+        "metric", ...), resource_name (the id or name asked for, its first 100 characters) and
+        description "field <the request field that named it>" (empty when none did).
+      FAILED_PRECONDITION: the call is valid but the state forbids it (e.g. an illegal status
+        move); no detail, except a gap in a StreamRun sequence: a google.rpc.ErrorInfo with reason
+        "SEQUENCE_GAP", domain "simtrack.v1", metadata "expected_seq" and "received_seq"
+        (decimal strings); resend from expected_seq.
+      ALREADY_EXISTS: a unique name or key is taken; no detail.
+      ABORTED: a concurrent change got in the way (retrying may succeed), or a newer StreamRun
+        for the run took over this one; no detail.
+      UNAUTHENTICATED: a missing, malformed, unknown or revoked API key (send the metadata
+        `authorization: Bearer <key>`); no detail.
+      PERMISSION_DENIED: the key's role does not allow the call; no detail.
+      UNAVAILABLE: a transient fault, e.g. the database is unreachable; retry with backoff; no
+        detail.
+      RESOURCE_EXHAUSTED: from gRPC itself, not from simtrack: a request message over 8 MiB;
+        no detail.
+      INTERNAL: a bug. The message is "internal error (reference <id>)", the id finding the
+        traceback in the server's log (never sent); no detail.
+    Every ErrorInfo carries domain "simtrack.v1"; its reasons are those listed here. Messages are
+    at most 512 bytes of UTF-8; a violation's field at most 100 and its description 200 (cut
+    with "…").
     """
 
     @_abc_1.abstractmethod

@@ -27,6 +27,7 @@ if _version_not_supported:
 
 class ScenarioServiceStub:
     """ScenarioService serves the read-only scenario catalogue, loaded from the server's scenario files.
+    Errors: status codes and their google.rpc details as documented on RunService.
     """
 
     def __init__(self, channel):
@@ -49,6 +50,7 @@ class ScenarioServiceStub:
 
 class ScenarioServiceServicer:
     """ScenarioService serves the read-only scenario catalogue, loaded from the server's scenario files.
+    Errors: status codes and their google.rpc details as documented on RunService.
     """
 
     def GetScenario(self, request, context):
@@ -88,6 +90,7 @@ def add_ScenarioServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class ScenarioService:
     """ScenarioService serves the read-only scenario catalogue, loaded from the server's scenario files.
+    Errors: status codes and their google.rpc details as documented on RunService.
     """
 
     @staticmethod

@@ -27,7 +27,9 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class ScenarioServiceStub:
-    """ScenarioService serves the read-only scenario catalogue, loaded from the server's scenario files."""
+    """ScenarioService serves the read-only scenario catalogue, loaded from the server's scenario files.
+    Errors: status codes and their google.rpc details as documented on RunService.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -40,7 +42,9 @@ class ScenarioServiceStub:
 
 @_typing.type_check_only
 class ScenarioServiceAsyncStub(ScenarioServiceStub):
-    """ScenarioService serves the read-only scenario catalogue, loaded from the server's scenario files."""
+    """ScenarioService serves the read-only scenario catalogue, loaded from the server's scenario files.
+    Errors: status codes and their google.rpc details as documented on RunService.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetScenario: _aio.UnaryUnaryMultiCallable[_scenarios_pb2.GetScenarioRequest, _scenarios_pb2.GetScenarioResponse]  # type: ignore[assignment]
@@ -49,7 +53,9 @@ class ScenarioServiceAsyncStub(ScenarioServiceStub):
     """ListScenarios pages through the catalogue, ordered by id."""
 
 class ScenarioServiceServicer(metaclass=_abc_1.ABCMeta):
-    """ScenarioService serves the read-only scenario catalogue, loaded from the server's scenario files."""
+    """ScenarioService serves the read-only scenario catalogue, loaded from the server's scenario files.
+    Errors: status codes and their google.rpc details as documented on RunService.
+    """
 
     @_abc_1.abstractmethod
     def GetScenario(

@@ -200,9 +200,9 @@ class Progress(_message.Message):
     TOTAL_FIELD_NUMBER: _builtins.int
     PERCENT_FIELD_NUMBER: _builtins.int
     tick: _builtins.int
-    """The tick reached, >= 0."""
+    """The simulation tick reached, >= 0."""
     total: _builtins.int
-    """Total ticks, >= 0; 0 keeps the run's current total."""
+    """Total simulation ticks, >= 0; 0 keeps the run's current total."""
     percent: _builtins.float
     """Progress in percent, 0-100; when unset (0) and total > 0 it is derived from tick/total."""
     def __init__(
@@ -250,8 +250,10 @@ class MetricSeries(_message.Message):
 
     @_builtins.property
     def timestamps(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
-        """Unix times in seconds of the points: one per value, or empty to use the server's time.
-        Finite, and within google.protobuf.Timestamp's range (years 1-9999).
+        """Unix times in seconds (float64) of the points, by the worker's clock: one per value, or
+        empty to use the server's clock at arrival. Finite, and within google.protobuf.Timestamp's
+        range (years 1-9999). Stored and returned exactly as sent (a double's precision: about a
+        quarter of a microsecond for present-day times).
         """
 
     def __init__(
@@ -318,7 +320,8 @@ class Event(_message.Message):
     """The agent involved, if any (an agent id)."""
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
-        """When it happened; unset means the server's time. Stored to the nanosecond and returned
+        """When it happened, by the worker's clock; unset means the server's clock at arrival.
+        Stored to the nanosecond and returned
         exactly as sent, between 1677-09-21T00:12:43.145224192Z and 2262-04-11T23:47:16.854775807Z
         (64-bit nanoseconds since 1970); outside that range, or with nanos outside 0-999999999,
         the batch is INVALID_ARGUMENT naming the field.
@@ -484,7 +487,10 @@ class Welcome(_message.Message):
     committed_seq: _builtins.int
     """The highest seq of this run already committed."""
     heartbeat_interval_seconds: _builtins.float
-    """Send a heartbeat at least this often (seconds) while there is nothing else to send."""
+    """Send a heartbeat at least this often, in seconds (fractions allowed; the server's setting),
+    while there is nothing else to send. Silence for the server's heartbeat timeout (a
+    multiple of this) declares the worker vanished.
+    """
     run_outcome: Global___RunOutcome.ValueType
     """How the run already ended, when it did (UNSPECIFIED while it has not): late data is still
     stored, but the run's final status stays (see StreamRunRequest).
@@ -585,20 +591,22 @@ class Metric(_message.Message):
     count: _builtins.int
     """How many points are stored (non-finite values included)."""
     last_step: _builtins.int
-    """The highest step with a finite value; 0 when there is none."""
+    """The highest step with a finite value. Unset (check its presence: 0 is a real step) when
+    the metric has no finite value, e.g. when every point sent was NaN.
+    """
     last_value: _builtins.float
-    """The finite value at last_step; NaN when there is none."""
+    """The finite value at last_step; NaN when last_step is unset."""
     min: _builtins.float
     """Smallest finite value; NaN when there is none."""
     max: _builtins.float
     """Largest finite value; NaN when there is none."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
-        """When the first point arrived."""
+        """When the first point arrived, by the server's clock (UTC, to the microsecond)."""
 
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
-        """When the summary last changed."""
+        """When the summary last changed, by the server's clock (UTC, to the microsecond)."""
 
     def __init__(
         self,
@@ -608,18 +616,20 @@ class Metric(_message.Message):
         unit: _builtins.str = ...,
         kind: Global___MetricKind.ValueType = ...,
         count: _builtins.int = ...,
-        last_step: _builtins.int = ...,
+        last_step: _builtins.int | None = ...,
         last_value: _builtins.float = ...,
         min: _builtins.float = ...,
         max: _builtins.float = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_last_step", b"_last_step", "create_time", b"create_time", "last_step", b"last_step", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "create_time", b"create_time", "kind", b"kind", "last_step", b"last_step", "last_value", b"last_value", "max", b"max", "min", b"min", "name", b"name", "run_id", b"run_id", "unit", b"unit", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_last_step", b"_last_step", "count", b"count", "create_time", b"create_time", "kind", b"kind", "last_step", b"last_step", "last_value", b"last_value", "max", b"max", "min", b"min", "name", b"name", "run_id", b"run_id", "unit", b"unit", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__last_step: _TypeAlias = _typing.Literal["last_step"]  # noqa: Y015
+    _WhichOneofArgType__last_step: _TypeAlias = _typing.Literal["_last_step", b"_last_step"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__last_step) -> _WhichOneofReturnType__last_step | None: ...
 
 Global___Metric: _TypeAlias = Metric  # noqa: Y015
 
@@ -636,12 +646,25 @@ class ListMetricsRequest(_message.Message):
     run_id: _builtins.str
     """The run whose metrics to list. Required."""
     page_size: _builtins.int
-    """Maximum number of metrics to return, 1-1000; 0 means the default of 50."""
+    """Maximum number of metrics to return, 1-1000; 0 means the default of 50.
+    Negative or over 1000: INVALID_ARGUMENT naming page_size (not clamped).
+    """
     page_token: _builtins.str
-    """The next_page_token of a previous call with the same run and filter, or empty."""
+    """The next_page_token of a previous call with the same run and filter, or empty.
+    Opaque; one issued for another filter or parent, or not by this server, is INVALID_ARGUMENT
+    naming page_token.
+    """
     filter: _builtins.str
-    """Filter (AIP-160 subset): `field = "value"` / `field != "value"` joined by AND.
-    Fields: name, kind.
+    """Which metrics to list.
+    Syntax (a subset of AIP-160): terms `FIELD = VALUE` or `FIELD != VALUE` joined by AND;
+    no OR, NOT or parentheses. VALUE is a double-quoted string (a backslash escapes the next
+    character) or a bare word of letters, digits and `_.:-`. Strings match exactly (case
+    counts); enum values match in any case, short (`completed`) or as the proto enum value
+    (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. At most 4,096 characters and 100 terms.
+    Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
+    what is accepted). Fields:
+      name (string): the metric's name.
+      kind (MetricKind): gauge, counter; or METRIC_KIND_GAUGE, METRIC_KIND_COUNTER.
     """
     def __init__(
         self,
@@ -774,7 +797,9 @@ class GetMetricHistoryResponse(_message.Message):
 
     @_builtins.property
     def timestamps(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
-        """Unix times in seconds of the points."""
+        """Unix times in seconds (float64) of the points, exactly as stored: the worker's clock, or
+        the server's at arrival when the worker sent none (see MetricSeries.timestamps).
+        """
 
     def __init__(
         self,
@@ -807,12 +832,25 @@ class ListEventsRequest(_message.Message):
     run_id: _builtins.str
     """The run whose events to list. Required."""
     page_size: _builtins.int
-    """Maximum number of events to return, 1-1000; 0 means the default of 50."""
+    """Maximum number of events to return, 1-1000; 0 means the default of 50.
+    Negative or over 1000: INVALID_ARGUMENT naming page_size (not clamped).
+    """
     page_token: _builtins.str
-    """The next_page_token of a previous call with the same run and filter, or empty."""
+    """The next_page_token of a previous call with the same run and filter, or empty.
+    Opaque; one issued for another filter or parent, or not by this server, is INVALID_ARGUMENT
+    naming page_token.
+    """
     filter: _builtins.str
-    """Filter (AIP-160 subset): `field = "value"` / `field != "value"` joined by AND.
-    Fields: type, agent_id.
+    """Which events to list.
+    Syntax (a subset of AIP-160): terms `FIELD = VALUE` or `FIELD != VALUE` joined by AND;
+    no OR, NOT or parentheses. VALUE is a double-quoted string (a backslash escapes the next
+    character) or a bare word of letters, digits and `_.:-`. Strings match exactly (case
+    counts); enum values match in any case, short (`completed`) or as the proto enum value
+    (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. At most 4,096 characters and 100 terms.
+    Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
+    what is accepted). Fields:
+      type (string): the event type, e.g. `type = "agent_action"`.
+      agent_id (string): the agent involved; `agent_id = ""` lists events with none.
     """
     def __init__(
         self,

@@ -28,6 +28,7 @@ if _version_not_supported:
 class TelemetryServiceStub:
     """TelemetryService carries what a run's worker produces: the worker streams it in (StreamRun,
     which also delivers the run's commands to the worker) and anyone reads it back.
+    Errors: status codes and their google.rpc details as documented on RunService.
     """
 
     def __init__(self, channel):
@@ -61,6 +62,7 @@ class TelemetryServiceStub:
 class TelemetryServiceServicer:
     """TelemetryService carries what a run's worker produces: the worker streams it in (StreamRun,
     which also delivers the run's commands to the worker) and anyone reads it back.
+    Errors: status codes and their google.rpc details as documented on RunService.
     """
 
     def StreamRun(self, request_iterator, context):
@@ -129,6 +131,7 @@ def add_TelemetryServiceServicer_to_server(servicer, server):
 class TelemetryService:
     """TelemetryService carries what a run's worker produces: the worker streams it in (StreamRun,
     which also delivers the run's commands to the worker) and anyone reads it back.
+    Errors: status codes and their google.rpc details as documented on RunService.
     """
 
     @staticmethod

@@ -29,6 +29,7 @@ GRPC_VERSION: str
 class TelemetryServiceStub:
     """TelemetryService carries what a run's worker produces: the worker streams it in (StreamRun,
     which also delivers the run's commands to the worker) and anyone reads it back.
+    Errors: status codes and their google.rpc details as documented on RunService.
     """
 
     @_typing.overload
@@ -54,6 +55,7 @@ class TelemetryServiceStub:
 class TelemetryServiceAsyncStub(TelemetryServiceStub):
     """TelemetryService carries what a run's worker produces: the worker streams it in (StreamRun,
     which also delivers the run's commands to the worker) and anyone reads it back.
+    Errors: status codes and their google.rpc details as documented on RunService.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -75,6 +77,7 @@ class TelemetryServiceAsyncStub(TelemetryServiceStub):
 class TelemetryServiceServicer(metaclass=_abc_1.ABCMeta):
     """TelemetryService carries what a run's worker produces: the worker streams it in (StreamRun,
     which also delivers the run's commands to the worker) and anyone reads it back.
+    Errors: status codes and their google.rpc details as documented on RunService.
     """
 
     @_abc_1.abstractmethod

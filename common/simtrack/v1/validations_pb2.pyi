@@ -57,7 +57,7 @@ class Validation(_message.Message):
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
-        """When the verdict was recorded. Output only."""
+        """When the verdict was recorded, by the server's clock (UTC, to the microsecond). Output only."""
 
     def __init__(
         self,
@@ -188,12 +188,27 @@ class ListValidationsRequest(_message.Message):
     run_id: _builtins.str
     """The run whose validations to list. Required."""
     page_size: _builtins.int
-    """Maximum number of validations to return, 1-1000; 0 means the default of 50."""
+    """Maximum number of validations to return, 1-1000; 0 means the default of 50.
+    Negative or over 1000: INVALID_ARGUMENT naming page_size (not clamped).
+    """
     page_token: _builtins.str
-    """The next_page_token of a previous call with the same run and filter, or empty."""
+    """The next_page_token of a previous call with the same run and filter, or empty.
+    Opaque; one issued for another filter or parent, or not by this server, is INVALID_ARGUMENT
+    naming page_token.
+    """
     filter: _builtins.str
-    """Filter (AIP-160 subset): `field = "value"` / `field != "value"` joined by AND.
-    Fields: validator, kind, passed (true or false).
+    """Which validations to list.
+    Syntax (a subset of AIP-160): terms `FIELD = VALUE` or `FIELD != VALUE` joined by AND;
+    no OR, NOT or parentheses. VALUE is a double-quoted string (a backslash escapes the next
+    character) or a bare word of letters, digits and `_.:-`. Strings match exactly (case
+    counts); enum values match in any case, short (`completed`) or as the proto enum value
+    (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. At most 4,096 characters and 100 terms.
+    Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
+    what is accepted). Fields:
+      validator (string): who judged; "scenario" is the server's own.
+      kind (string): what was judged.
+      passed (boolean): true or false, any case.
+    Example: `passed = false`.
     """
     def __init__(
         self,

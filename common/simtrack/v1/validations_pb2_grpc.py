@@ -28,6 +28,7 @@ if _version_not_supported:
 class ValidationServiceStub:
     """ValidationService records and reads the verdicts on runs: the server's own (its scenario's
     success criteria, checked when a run completes) and external validators'.
+    Errors: status codes and their google.rpc details as documented on RunService.
     """
 
     def __init__(self, channel):
@@ -56,6 +57,7 @@ class ValidationServiceStub:
 class ValidationServiceServicer:
     """ValidationService records and reads the verdicts on runs: the server's own (its scenario's
     success criteria, checked when a run completes) and external validators'.
+    Errors: status codes and their google.rpc details as documented on RunService.
     """
 
     def CreateValidation(self, request, context):
@@ -109,6 +111,7 @@ def add_ValidationServiceServicer_to_server(servicer, server):
 class ValidationService:
     """ValidationService records and reads the verdicts on runs: the server's own (its scenario's
     success criteria, checked when a run completes) and external validators'.
+    Errors: status codes and their google.rpc details as documented on RunService.
     """
 
     @staticmethod

@@ -29,6 +29,7 @@ GRPC_VERSION: str
 class ValidationServiceStub:
     """ValidationService records and reads the verdicts on runs: the server's own (its scenario's
     success criteria, checked when a run completes) and external validators'.
+    Errors: status codes and their google.rpc details as documented on RunService.
     """
 
     @_typing.overload
@@ -48,6 +49,7 @@ class ValidationServiceStub:
 class ValidationServiceAsyncStub(ValidationServiceStub):
     """ValidationService records and reads the verdicts on runs: the server's own (its scenario's
     success criteria, checked when a run completes) and external validators'.
+    Errors: status codes and their google.rpc details as documented on RunService.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -63,6 +65,7 @@ class ValidationServiceAsyncStub(ValidationServiceStub):
 class ValidationServiceServicer(metaclass=_abc_1.ABCMeta):
     """ValidationService records and reads the verdicts on runs: the server's own (its scenario's
     success criteria, checked when a run completes) and external validators'.
+    Errors: status codes and their google.rpc details as documented on RunService.
     """
 
     @_abc_1.abstractmethod

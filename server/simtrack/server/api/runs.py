@@ -96,7 +96,7 @@ def _latest(metric: Metric) -> pb.LatestMetric:
     return pb.LatestMetric(
         name=metric.name,
         value=metric.last_value if metric.last_value is not None else math.nan,
-        step=metric.last_step or 0,
+        step=metric.last_step,  # None: unset (no finite value yet), 0 is a real step
         count=metric.count,
         min=metric.min_value if metric.min_value is not None else math.nan,
         max=metric.max_value if metric.max_value is not None else math.nan,

@@ -181,7 +181,7 @@ def metric_to_proto(m: Metric) -> tpb.Metric:
         unit=m.unit,
         kind=METRIC_KIND.to_proto(m.kind),
         count=m.count,
-        last_step=m.last_step or 0,
+        last_step=m.last_step,  # None: unset (no finite value yet), 0 is a real step
         last_value=_or_nan(m.last_value),
         min=_or_nan(m.min_value),
         max=_or_nan(m.max_value),

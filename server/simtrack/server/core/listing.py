@@ -2,7 +2,9 @@
 
 A filter is ``field op value`` terms joined by ``AND``; ``op`` is ``=`` or ``!=``; a value is a
 double-quoted string or a bare word. Each listable entity declares its filterable fields and how
-to parse their values, so a bad filter is INVALID_ARGUMENT naming ``filter``. ``FILTER_BOUNDS``
+to parse their values (an enum's in either spelling, see EnumField), so a bad filter is
+INVALID_ARGUMENT naming ``filter``. The protos document each List request's filter; a unit test
+holds those comments to the fields declared here. ``FILTER_BOUNDS``
 caps a filter's length, terms and nesting before any query is built: every term is a bound
 parameter, and a filter that could never run (PostgreSQL takes at most 65,535 parameters) must
 be refused at once, not after seconds of work as "retry later".
@@ -21,6 +23,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, Generic, TypeVar, cast
 
 from simtrack.errors import InvalidArgument, quote
@@ -155,6 +158,10 @@ def parse_filter(text: str, fields: FieldParsers) -> tuple[Condition, ...]:
             )
         try:
             parsed = fields[field](value)
+        except BadFilterValue as error:
+            raise InvalidArgument.of(
+                "filter", f"bad value for {field}: {quote(value, 40)} ({error})"
+            ) from None
         except ValueError:
             raise InvalidArgument.of("filter", f"bad value for {field}: {quote(value)}") from None
         conditions.append(Condition(field, op, parsed))
@@ -310,13 +317,51 @@ def _storable(key: Any) -> bool:
     return isinstance(key, str) and len(key) <= NAME_MAX and NUL not in key
 
 
-def enum_parser(enum: Callable[[str], Any]) -> Callable[[str], Any]:
-    """Parse a filter value as a member of a StrEnum, case-insensitively."""
+class BadFilterValue(ValueError):
+    """A value its filter field cannot take; the message says which it can."""
 
-    def parse(value: str) -> Any:
-        return enum(value.lower())
 
-    return parse
+def proto_enum_prefix(enum: type[StrEnum]) -> str:
+    """The prefix of an enum's values in the protos: ``RunStatus`` -> ``RUN_STATUS_`` (buf's
+    lint makes every value carry its enum's name; the stubs' tests check each one exists).
+    """
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", enum.__name__).upper() + "_"
+
+
+@dataclass(frozen=True)
+class EnumField:
+    """Parses a filter value as a member of ``enum``, in either spelling and any case: the
+    short one (``completed``) or the proto value's name (``RUN_STATUS_COMPLETED``), so a
+    client holding the generated enum's names needs no table of ours. UNSPECIFIED is no
+    member: it is refused like any unknown value.
+    """
+
+    enum: type[StrEnum]
+
+    @property
+    def proto_prefix(self) -> str:
+        return proto_enum_prefix(self.enum)
+
+    def spellings(self) -> dict[str, StrEnum]:
+        """Every accepted spelling, lower-cased, with its member."""
+        prefix = self.proto_prefix.lower()
+        return {
+            spelling: member
+            for member in self.enum
+            for spelling in (member.value, prefix + member.value)
+        }
+
+    def __call__(self, value: str) -> StrEnum:
+        member = self.spellings().get(value.lower())
+        if member is None:
+            short = ", ".join(member.value for member in self.enum)
+            raise BadFilterValue(f"accepted: {short}, or {self.proto_prefix}<VALUE>; any case")
+        return member
+
+
+def enum_parser(enum: type[StrEnum]) -> EnumField:
+    """Parse a filter value as a member of a StrEnum (see EnumField)."""
+    return EnumField(enum)
 
 
 def optional_str(value: str) -> str | None:

@@ -21,8 +21,8 @@ import numpy as np
 
 from simtrack.errors import InvalidArgument, NotFound
 from simtrack.server.core.listing import (
-    FieldParsers,
     KeyedPageRequest,
+    Listing,
     Page,
     decode_position,
     encode_position,
@@ -42,8 +42,8 @@ HISTORY_PAGE_MAX = 100_000
 MAX_POINTS_MAX = 100_000
 CHUNKS_PER_READ = 64  # a 10,000-point page of 1,000-point chunks is one read
 
-METRIC_FIELDS: FieldParsers = {"name": str, "kind": enum_parser(MetricKind)}
-EVENT_FIELDS: FieldParsers = {"type": str, "agent_id": optional_str}
+METRIC_LISTING = Listing("metrics", {"name": str, "kind": enum_parser(MetricKind)})
+EVENT_LISTING = Listing("events", {"type": str, "agent_id": optional_str})
 
 Key = tuple[int, int, int]  # a point's place in history order: (step, seq, index in its chunk)
 
@@ -188,7 +188,7 @@ class HistoryService:
         """A run's metrics by name."""
         run_id = require_id("run_id", run_id)
         request = KeyedPageRequest.of(
-            size, token, filter_text, METRIC_FIELDS, f"metrics/{run_id}", (str,)
+            size, token, filter_text, METRIC_LISTING.fields, f"metrics/{run_id}", (str,)
         )
         after = request.after[0] if request.after else None
         async with self.uow() as uow:
@@ -248,7 +248,7 @@ class HistoryService:
         """A run's events in the order sent: by (seq, position)."""
         run_id = require_id("run_id", run_id)
         request = KeyedPageRequest.of(
-            size, token, filter_text, EVENT_FIELDS, f"events/{run_id}", (int, int)
+            size, token, filter_text, EVENT_LISTING.fields, f"events/{run_id}", (int, int)
         )
         after = (request.after[0], request.after[1]) if request.after else None
         async with self.uow() as uow:

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from simtrack.errors import AlreadyExists, InvalidArgument, NotFound
-from simtrack.server.core.listing import Listing, Page
+from simtrack.server.core.listing import BadFilterValue, Listing, Page
 from simtrack.server.core.model import json_object, require_id, require_name
 from simtrack.server.core.tenancy import acting_for
 from simtrack.server.db.models import Validation
@@ -31,7 +31,7 @@ VALIDATOR_MAX = 100
 
 def _bool(value: str) -> bool:
     if value.lower() not in ("true", "false"):
-        raise ValueError("expected true or false")
+        raise BadFilterValue("accepted: true, false; any case")
     return value.lower() == "true"
 
 

@@ -49,14 +49,14 @@ export type Agent = Message<"simtrack.v1.Agent"> & {
   config?: JsonObject | undefined;
 
   /**
-   * When the agent was created. Output only.
+   * When the agent was created, by the server's clock (UTC, to the microsecond). Output only.
    *
    * @generated from field: google.protobuf.Timestamp create_time = 5;
    */
   createTime?: Timestamp | undefined;
 
   /**
-   * When the agent was last changed. Output only.
+   * When the agent was last changed, by the server's clock (UTC, to the microsecond). Output only.
    *
    * @generated from field: google.protobuf.Timestamp update_time = 6;
    */
@@ -162,6 +162,7 @@ export const GetAgentResponseSchema: GenMessage<GetAgentResponse> = /*@__PURE__*
 export type ListAgentsRequest = Message<"simtrack.v1.ListAgentsRequest"> & {
   /**
    * Maximum number of agents to return, 1-1000; 0 means the default of 50.
+   * Negative or over 1000: INVALID_ARGUMENT naming page_size (not clamped).
    *
    * @generated from field: int32 page_size = 1;
    */
@@ -169,14 +170,26 @@ export type ListAgentsRequest = Message<"simtrack.v1.ListAgentsRequest"> & {
 
   /**
    * The next_page_token of a previous call with the same filter, or empty for the first page.
+   * Opaque; one issued for another filter or parent, or not by this server, is INVALID_ARGUMENT
+   * naming page_token.
    *
    * @generated from field: string page_token = 2;
    */
   pageToken: string;
 
   /**
-   * Filter (AIP-160 subset): comparisons `field = "value"` or `field != "value"` joined by AND.
-   * Fields: name, framework (e.g. `framework = "langchain"`).
+   * Which agents to list.
+   * Syntax (a subset of AIP-160): terms `FIELD = VALUE` or `FIELD != VALUE` joined by AND;
+   * no OR, NOT or parentheses. VALUE is a double-quoted string (a backslash escapes the next
+   * character) or a bare word of letters, digits and `_.:-`. Strings match exactly (case
+   * counts); enum values match in any case, short (`completed`) or as the proto enum value
+   * (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. At most 4,096 characters and 100 terms.
+   * Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
+   * what is accepted). Fields:
+   *   name (string): the agent's name.
+   *   framework (Framework): baseline, langchain, crewai, custom; or FRAMEWORK_BASELINE,
+   *     FRAMEWORK_LANGCHAIN, FRAMEWORK_CREWAI, FRAMEWORK_CUSTOM.
+   * Example: `framework = langchain`.
    *
    * @generated from field: string filter = 3;
    */
@@ -353,6 +366,7 @@ export const FrameworkSchema: GenEnum<Framework> = /*@__PURE__*/
 
 /**
  * AgentService manages the agents under test: the systems whose behaviour experiments measure.
+ * Errors: status codes and their google.rpc details as documented on RunService.
  *
  * @generated from service simtrack.v1.AgentService
  */

@@ -70,7 +70,7 @@ export type Artifact = Message<"simtrack.v1.Artifact"> & {
   sha256: string;
 
   /**
-   * When the upload completed. Output only.
+   * When the upload completed, by the server's clock (UTC, to the microsecond). Output only.
    *
    * @generated from field: google.protobuf.Timestamp create_time = 8;
    */
@@ -286,6 +286,7 @@ export type ListArtifactsRequest = Message<"simtrack.v1.ListArtifactsRequest"> &
 
   /**
    * Maximum number of artifacts to return, 1-1000; 0 means the default of 50.
+   * Negative or over 1000: INVALID_ARGUMENT naming page_size (not clamped).
    *
    * @generated from field: int32 page_size = 2;
    */
@@ -293,14 +294,27 @@ export type ListArtifactsRequest = Message<"simtrack.v1.ListArtifactsRequest"> &
 
   /**
    * The next_page_token of a previous call with the same run and filter, or empty.
+   * Opaque; one issued for another filter or parent, or not by this server, is INVALID_ARGUMENT
+   * naming page_token.
    *
    * @generated from field: string page_token = 3;
    */
   pageToken: string;
 
   /**
-   * Filter (AIP-160 subset): `field = "value"` / `field != "value"` joined by AND.
-   * Fields: name, type, content_type.
+   * Which artifacts to list.
+   * Syntax (a subset of AIP-160): terms `FIELD = VALUE` or `FIELD != VALUE` joined by AND;
+   * no OR, NOT or parentheses. VALUE is a double-quoted string (a backslash escapes the next
+   * character) or a bare word of letters, digits and `_.:-`. Strings match exactly (case
+   * counts); enum values match in any case, short (`completed`) or as the proto enum value
+   * (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. At most 4,096 characters and 100 terms.
+   * Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
+   * what is accepted). Fields:
+   *   name (string): the file name.
+   *   type (ArtifactType): report, data, log, config, model, other; or ARTIFACT_TYPE_REPORT,
+   *     ARTIFACT_TYPE_DATA, ARTIFACT_TYPE_LOG, ARTIFACT_TYPE_CONFIG, ARTIFACT_TYPE_MODEL,
+   *     ARTIFACT_TYPE_OTHER.
+   *   content_type (string): the media type, e.g. `content_type = "text/csv"`.
    *
    * @generated from field: string filter = 4;
    */
@@ -443,6 +457,7 @@ export const ArtifactTypeSchema: GenEnum<ArtifactType> = /*@__PURE__*/
 /**
  * ArtifactService stores the files of runs (reports, data, logs, models), uploaded and
  * downloaded in chunks.
+ * Errors: status codes and their google.rpc details as documented on RunService.
  *
  * @generated from service simtrack.v1.ArtifactService
  */

@@ -84,14 +84,15 @@ export type Experiment = Message<"simtrack.v1.Experiment"> & {
   resultsSummary?: JsonObject | undefined;
 
   /**
-   * When the experiment was created. Output only.
+   * When the experiment was created, by the server's clock (UTC, to the microsecond). Output only.
    *
    * @generated from field: google.protobuf.Timestamp create_time = 10;
    */
   createTime?: Timestamp | undefined;
 
   /**
-   * When the experiment was last changed. Output only.
+   * When the experiment was last changed, by the server's clock (UTC, to the microsecond). Output
+   * only.
    *
    * @generated from field: google.protobuf.Timestamp update_time = 11;
    */
@@ -205,6 +206,7 @@ export const GetExperimentResponseSchema: GenMessage<GetExperimentResponse> = /*
 export type ListExperimentsRequest = Message<"simtrack.v1.ListExperimentsRequest"> & {
   /**
    * Maximum number of experiments to return, 1-1000; 0 means the default of 50.
+   * Negative or over 1000: INVALID_ARGUMENT naming page_size (not clamped).
    *
    * @generated from field: int32 page_size = 1;
    */
@@ -212,14 +214,28 @@ export type ListExperimentsRequest = Message<"simtrack.v1.ListExperimentsRequest
 
   /**
    * The next_page_token of a previous call with the same filter, or empty for the first page.
+   * Opaque; one issued for another filter or parent, or not by this server, is INVALID_ARGUMENT
+   * naming page_token.
    *
    * @generated from field: string page_token = 2;
    */
   pageToken: string;
 
   /**
-   * Filter (AIP-160 subset): `field = "value"` / `field != "value"` joined by AND.
-   * Fields: name, agent_id, scenario_id, status (e.g. `status = "running"`).
+   * Which experiments to list.
+   * Syntax (a subset of AIP-160): terms `FIELD = VALUE` or `FIELD != VALUE` joined by AND;
+   * no OR, NOT or parentheses. VALUE is a double-quoted string (a backslash escapes the next
+   * character) or a bare word of letters, digits and `_.:-`. Strings match exactly (case
+   * counts); enum values match in any case, short (`completed`) or as the proto enum value
+   * (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. At most 4,096 characters and 100 terms.
+   * Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
+   * what is accepted). Fields:
+   *   name (string): the experiment's name.
+   *   agent_id (string): the agent under test.
+   *   scenario_id (string): the scenario.
+   *   status (ExperimentStatus): draft, running, completed, failed; or EXPERIMENT_STATUS_DRAFT,
+   *     EXPERIMENT_STATUS_RUNNING, EXPERIMENT_STATUS_COMPLETED, EXPERIMENT_STATUS_FAILED.
+   * Example: `status = "running"`.
    *
    * @generated from field: string filter = 3;
    */
@@ -388,14 +404,16 @@ export type Simulation = Message<"simtrack.v1.Simulation"> & {
   metadata?: JsonObject | undefined;
 
   /**
-   * When it started running. Output only: set on the move to running.
+   * When it started running, by the server's clock (UTC, to the microsecond). Output only: set on
+   * the move to running.
    *
    * @generated from field: google.protobuf.Timestamp start_time = 6;
    */
   startTime?: Timestamp | undefined;
 
   /**
-   * When it ended. Output only: set on the move to a final status.
+   * When it ended, by the server's clock (UTC, to the microsecond). Output only: set on the move to
+   * a final status.
    *
    * @generated from field: google.protobuf.Timestamp end_time = 7;
    */
@@ -409,14 +427,15 @@ export type Simulation = Message<"simtrack.v1.Simulation"> & {
   resultsSummary?: JsonObject | undefined;
 
   /**
-   * When the simulation was created. Output only.
+   * When the simulation was created, by the server's clock (UTC, to the microsecond). Output only.
    *
    * @generated from field: google.protobuf.Timestamp create_time = 9;
    */
   createTime?: Timestamp | undefined;
 
   /**
-   * When the simulation was last changed. Output only.
+   * When the simulation was last changed, by the server's clock (UTC, to the microsecond). Output
+   * only.
    *
    * @generated from field: google.protobuf.Timestamp update_time = 10;
    */
@@ -522,6 +541,7 @@ export const GetSimulationResponseSchema: GenMessage<GetSimulationResponse> = /*
 export type ListSimulationsRequest = Message<"simtrack.v1.ListSimulationsRequest"> & {
   /**
    * Maximum number of simulations to return, 1-1000; 0 means the default of 50.
+   * Negative or over 1000: INVALID_ARGUMENT naming page_size (not clamped).
    *
    * @generated from field: int32 page_size = 1;
    */
@@ -529,14 +549,26 @@ export type ListSimulationsRequest = Message<"simtrack.v1.ListSimulationsRequest
 
   /**
    * The next_page_token of a previous call with the same filter, or empty for the first page.
+   * Opaque; one issued for another filter or parent, or not by this server, is INVALID_ARGUMENT
+   * naming page_token.
    *
    * @generated from field: string page_token = 2;
    */
   pageToken: string;
 
   /**
-   * Filter (AIP-160 subset): `field = "value"` / `field != "value"` joined by AND.
-   * Fields: experiment_id (`experiment_id = ""` lists detached ones), status.
+   * Which simulations to list.
+   * Syntax (a subset of AIP-160): terms `FIELD = VALUE` or `FIELD != VALUE` joined by AND;
+   * no OR, NOT or parentheses. VALUE is a double-quoted string (a backslash escapes the next
+   * character) or a bare word of letters, digits and `_.:-`. Strings match exactly (case
+   * counts); enum values match in any case, short (`completed`) or as the proto enum value
+   * (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. At most 4,096 characters and 100 terms.
+   * Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
+   * what is accepted). Fields:
+   *   experiment_id (string): the experiment; `experiment_id = ""` lists the detached ones.
+   *   status (SimulationStatus): pending, running, stopped, completed, failed; or
+   *     SIMULATION_STATUS_PENDING, SIMULATION_STATUS_RUNNING, SIMULATION_STATUS_STOPPED,
+   *     SIMULATION_STATUS_COMPLETED, SIMULATION_STATUS_FAILED.
    *
    * @generated from field: string filter = 3;
    */
@@ -698,14 +730,15 @@ export type Template = Message<"simtrack.v1.Template"> & {
   config?: JsonObject | undefined;
 
   /**
-   * When the template was created. Output only.
+   * When the template was created, by the server's clock (UTC, to the microsecond). Output only.
    *
    * @generated from field: google.protobuf.Timestamp create_time = 5;
    */
   createTime?: Timestamp | undefined;
 
   /**
-   * When the template was last changed. Output only.
+   * When the template was last changed, by the server's clock (UTC, to the microsecond). Output
+   * only.
    *
    * @generated from field: google.protobuf.Timestamp update_time = 6;
    */
@@ -811,6 +844,7 @@ export const GetTemplateResponseSchema: GenMessage<GetTemplateResponse> = /*@__P
 export type ListTemplatesRequest = Message<"simtrack.v1.ListTemplatesRequest"> & {
   /**
    * Maximum number of templates to return, 1-1000; 0 means the default of 50.
+   * Negative or over 1000: INVALID_ARGUMENT naming page_size (not clamped).
    *
    * @generated from field: int32 page_size = 1;
    */
@@ -818,13 +852,24 @@ export type ListTemplatesRequest = Message<"simtrack.v1.ListTemplatesRequest"> &
 
   /**
    * The next_page_token of a previous call with the same filter, or empty for the first page.
+   * Opaque; one issued for another filter or parent, or not by this server, is INVALID_ARGUMENT
+   * naming page_token.
    *
    * @generated from field: string page_token = 2;
    */
   pageToken: string;
 
   /**
-   * Filter (AIP-160 subset): `name = "value"` / `name != "value"`.
+   * Which templates to list.
+   * Syntax (a subset of AIP-160): terms `FIELD = VALUE` or `FIELD != VALUE` joined by AND;
+   * no OR, NOT or parentheses. VALUE is a double-quoted string (a backslash escapes the next
+   * character) or a bare word of letters, digits and `_.:-`. Strings match exactly (case
+   * counts); enum values match in any case, short (`completed`) or as the proto enum value
+   * (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. At most 4,096 characters and 100 terms.
+   * Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
+   * what is accepted). Fields:
+   *   name (string): the template's name.
+   * Example: `name != "draft"`.
    *
    * @generated from field: string filter = 3;
    */
@@ -1057,6 +1102,7 @@ export const SimulationStatusSchema: GenEnum<SimulationStatus> = /*@__PURE__*/
 /**
  * ExperimentService manages experiments (groups of runs of one agent on one scenario), simulations
  * and reusable experiment templates.
+ * Errors: status codes and their google.rpc details as documented on RunService.
  *
  * @generated from service simtrack.v1.ExperimentService
  */

@@ -12,7 +12,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file simtrack/v1/runs.proto.
  */
 export const file_simtrack_v1_runs: GenFile = /*@__PURE__*/
-  fileDesc("ChZzaW10cmFjay92MS9ydW5zLnByb3RvEgtzaW10cmFjay52MSKfBgoDUnVuEgoKAmlkGAEgASgJEhUKDWV4cGVyaW1lbnRfaWQYAiABKAkSEgoKcnVuX251bWJlchgDIAEoAxITCgtzY2VuYXJpb19pZBgEIAEoCRIVCg1zY2VuYXJpb19oYXNoGAUgASgJEicKBnBhcmFtcxgGIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSJgoGc3RhdHVzGAcgASgOMhYuc2ltdHJhY2sudjEuUnVuU3RhdHVzEhQKDGN1cnJlbnRfdGljaxgIIAEoAxITCgt0b3RhbF90aWNrcxgJIAEoAxIYChBwcm9ncmVzc19wZXJjZW50GAogASgBEi4KCnN0YXJ0X3RpbWUYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjEKDWNvbXBsZXRlX3RpbWUYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEisKCGR1cmF0aW9uGA0gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjAKD21ldHJpY3Nfc3VtbWFyeRgOIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSKAoHcmVzdWx0cxgPIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSFQoNZXJyb3JfbWVzc2FnZRgQIAEoCRIuCg1lcnJvcl9kZXRhaWxzGBEgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIRCgl3b3JrZXJfaWQYEiABKAkSLwoLY3JlYXRlX3RpbWUYEyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGBQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1jYW5jZWxfcmVhc29uGBUgASgJEi8KC3ZhbmlzaF90aW1lGBYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtyZXZpdmVfdGltZRgXIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiMQoQQ3JlYXRlUnVuUmVxdWVzdBIdCgNydW4YASABKAsyEC5zaW10cmFjay52MS5SdW4iMgoRQ3JlYXRlUnVuUmVzcG9uc2USHQoDcnVuGAEgASgLMhAuc2ltdHJhY2sudjEuUnVuIhsKDUdldFJ1blJlcXVlc3QSCgoCaWQYASABKAkiLwoOR2V0UnVuUmVzcG9uc2USHQoDcnVuGAEgASgLMhAuc2ltdHJhY2sudjEuUnVuIkgKD0xpc3RSdW5zUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIOCgZmaWx0ZXIYAyABKAkiSwoQTGlzdFJ1bnNSZXNwb25zZRIeCgRydW5zGAEgAygLMhAuc2ltdHJhY2sudjEuUnVuEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJiChBVcGRhdGVSdW5SZXF1ZXN0Eh0KA3J1bhgBIAEoCzIQLnNpbXRyYWNrLnYxLlJ1bhIvCgt1cGRhdGVfbWFzaxgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2siMgoRVXBkYXRlUnVuUmVzcG9uc2USHQoDcnVuGAEgASgLMhAuc2ltdHJhY2sudjEuUnVuIh4KEERlbGV0ZVJ1blJlcXVlc3QSCgoCaWQYASABKAkiEwoRRGVsZXRlUnVuUmVzcG9uc2Ui3QEKC1BhcnRpY2lwYW50EgoKAmlkGAEgASgJEg4KBnJ1bl9pZBgCIAEoCRIQCghhZ2VudF9pZBgDIAEoCRIMCgRyb2xlGAQgASgJEjAKD2NvbmZpZ19vdmVycmlkZRgFIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSLwoLY3JlYXRlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJJChhDcmVhdGVQYXJ0aWNpcGFudFJlcXVlc3QSLQoLcGFydGljaXBhbnQYASABKAsyGC5zaW10cmFjay52MS5QYXJ0aWNpcGFudCJKChlDcmVhdGVQYXJ0aWNpcGFudFJlc3BvbnNlEi0KC3BhcnRpY2lwYW50GAEgASgLMhguc2ltdHJhY2sudjEuUGFydGljaXBhbnQiIwoVR2V0UGFydGljaXBhbnRSZXF1ZXN0EgoKAmlkGAEgASgJIkcKFkdldFBhcnRpY2lwYW50UmVzcG9uc2USLQoLcGFydGljaXBhbnQYASABKAsyGC5zaW10cmFjay52MS5QYXJ0aWNpcGFudCJgChdMaXN0UGFydGljaXBhbnRzUmVxdWVzdBIOCgZydW5faWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkSDgoGZmlsdGVyGAQgASgJImMKGExpc3RQYXJ0aWNpcGFudHNSZXNwb25zZRIuCgxwYXJ0aWNpcGFudHMYASADKAsyGC5zaW10cmFjay52MS5QYXJ0aWNpcGFudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiegoYVXBkYXRlUGFydGljaXBhbnRSZXF1ZXN0Ei0KC3BhcnRpY2lwYW50GAEgASgLMhguc2ltdHJhY2sudjEuUGFydGljaXBhbnQSLwoLdXBkYXRlX21hc2sYAiABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrIkoKGVVwZGF0ZVBhcnRpY2lwYW50UmVzcG9uc2USLQoLcGFydGljaXBhbnQYASABKAsyGC5zaW10cmFjay52MS5QYXJ0aWNpcGFudCImChhEZWxldGVQYXJ0aWNpcGFudFJlcXVlc3QSCgoCaWQYASABKAkiGwoZRGVsZXRlUGFydGljaXBhbnRSZXNwb25zZSIdCg9XYXRjaFJ1blJlcXVlc3QSCgoCaWQYASABKAkiYgoMTGF0ZXN0TWV0cmljEgwKBG5hbWUYASABKAkSDQoFdmFsdWUYAiABKAESDAoEc3RlcBgDIAEoAxINCgVjb3VudBgEIAEoAxILCgNtaW4YBSABKAESCwoDbWF4GAYgASgBIl0KEFdhdGNoUnVuUmVzcG9uc2USHQoDcnVuGAEgASgLMhAuc2ltdHJhY2sudjEuUnVuEioKB21ldHJpY3MYAiADKAsyGS5zaW10cmFjay52MS5MYXRlc3RNZXRyaWMiSgoHQ29tbWFuZBIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEiUKBGFyZ3MYAyABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Ii4KEENhbmNlbFJ1blJlcXVlc3QSCgoCaWQYASABKAkSDgoGcmVhc29uGAIgASgJIlkKEUNhbmNlbFJ1blJlc3BvbnNlEiUKB2NvbW1hbmQYASABKAsyFC5zaW10cmFjay52MS5Db21tYW5kEh0KA3J1bhgCIAEoCzIQLnNpbXRyYWNrLnYxLlJ1biIdCg9QYXVzZVJ1blJlcXVlc3QSCgoCaWQYASABKAkiWAoQUGF1c2VSdW5SZXNwb25zZRIlCgdjb21tYW5kGAEgASgLMhQuc2ltdHJhY2sudjEuQ29tbWFuZBIdCgNydW4YAiABKAsyEC5zaW10cmFjay52MS5SdW4iHgoQUmVzdW1lUnVuUmVxdWVzdBIKCgJpZBgBIAEoCSJZChFSZXN1bWVSdW5SZXNwb25zZRIlCgdjb21tYW5kGAEgASgLMhQuc2ltdHJhY2sudjEuQ29tbWFuZBIdCgNydW4YAiABKAsyEC5zaW10cmFjay52MS5SdW4iVQoSU2VuZENvbW1hbmRSZXF1ZXN0EgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSJQoEYXJncxgDIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QiPAoTU2VuZENvbW1hbmRSZXNwb25zZRIlCgdjb21tYW5kGAEgASgLMhQuc2ltdHJhY2sudjEuQ29tbWFuZCLWAQoVR2V0TGVhZGVyYm9hcmRSZXF1ZXN0EhMKC3NjZW5hcmlvX2lkGAEgASgJEg4KBm1ldHJpYxgCIAEoCRIvCglhZ2dyZWdhdGUYAyABKA4yHC5zaW10cmFjay52MS5NZXRyaWNBZ2dyZWdhdGUSJQoFb3JkZXIYBCABKA4yFi5zaW10cmFjay52MS5SYW5rT3JkZXISDQoFbGltaXQYBSABKAUSFQoNZXhwZXJpbWVudF9pZBgGIAEoCRIaChJpbmNsdWRlX3VuZmluaXNoZWQYByABKAgicwoQTGVhZGVyYm9hcmRFbnRyeRIMCgRyYW5rGAEgASgFEh0KA3J1bhgCIAEoCzIQLnNpbXRyYWNrLnYxLlJ1bhIQCghhZ2VudF9pZBgDIAEoCRINCgV2YWx1ZRgEIAEoARIRCglsYXN0X3N0ZXAYBSABKAMiXQoWR2V0TGVhZGVyYm9hcmRSZXNwb25zZRIuCgdlbnRyaWVzGAEgAygLMh0uc2ltdHJhY2sudjEuTGVhZGVyYm9hcmRFbnRyeRITCgtyYW5rZWRfcnVucxgCIAEoAyIkChJHZXRSdW5TdGF0c1JlcXVlc3QSDgoGZmlsdGVyGAEgASgJIkcKDlJ1blN0YXR1c0NvdW50EiYKBnN0YXR1cxgBIAEoDjIWLnNpbXRyYWNrLnYxLlJ1blN0YXR1cxINCgVjb3VudBgCIAEoAyLnAQoNRHVyYXRpb25TdGF0cxINCgVjb3VudBgBIAEoAxInCgRtZWFuGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiYKA21pbhgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhImCgNwNTAYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SJgoDcDk1GAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiYKA21heBgGIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiKZAQoTR2V0UnVuU3RhdHNSZXNwb25zZRINCgV0b3RhbBgBIAEoAxIuCglieV9zdGF0dXMYAiADKAsyGy5zaW10cmFjay52MS5SdW5TdGF0dXNDb3VudBIUCgxzdWNjZXNzX3JhdGUYAyABKAESLQoJZHVyYXRpb25zGAQgASgLMhouc2ltdHJhY2sudjEuRHVyYXRpb25TdGF0cyrQAQoJUnVuU3RhdHVzEhoKFlJVTl9TVEFUVVNfVU5TUEVDSUZJRUQQABIWChJSVU5fU1RBVFVTX1BFTkRJTkcQARIXChNSVU5fU1RBVFVTX1NUQVJUSU5HEAISFgoSUlVOX1NUQVRVU19SVU5OSU5HEAMSGAoUUlVOX1NUQVRVU19DT01QTEVURUQQBBIVChFSVU5fU1RBVFVTX0ZBSUxFRBAFEhYKElJVTl9TVEFUVVNfU1RPUFBFRBAGEhUKEVJVTl9TVEFUVVNfUEFVU0VEEAcqhAEKD01ldHJpY0FnZ3JlZ2F0ZRIgChxNRVRSSUNfQUdHUkVHQVRFX1VOU1BFQ0lGSUVEEAASGwoXTUVUUklDX0FHR1JFR0FURV9MQVRFU1QQARIYChRNRVRSSUNfQUdHUkVHQVRFX01JThACEhgKFE1FVFJJQ19BR0dSRUdBVEVfTUFYEAMqYgoJUmFua09yZGVyEhoKFlJBTktfT1JERVJfVU5TUEVDSUZJRUQQABIcChhSQU5LX09SREVSX0hJR0hFU1RfRklSU1QQARIbChdSQU5LX09SREVSX0xPV0VTVF9GSVJTVBACMo8LCgpSdW5TZXJ2aWNlEkoKCUNyZWF0ZVJ1bhIdLnNpbXRyYWNrLnYxLkNyZWF0ZVJ1blJlcXVlc3QaHi5zaW10cmFjay52MS5DcmVhdGVSdW5SZXNwb25zZRJBCgZHZXRSdW4SGi5zaW10cmFjay52MS5HZXRSdW5SZXF1ZXN0Ghsuc2ltdHJhY2sudjEuR2V0UnVuUmVzcG9uc2USRwoITGlzdFJ1bnMSHC5zaW10cmFjay52MS5MaXN0UnVuc1JlcXVlc3QaHS5zaW10cmFjay52MS5MaXN0UnVuc1Jlc3BvbnNlEkoKCVVwZGF0ZVJ1bhIdLnNpbXRyYWNrLnYxLlVwZGF0ZVJ1blJlcXVlc3QaHi5zaW10cmFjay52MS5VcGRhdGVSdW5SZXNwb25zZRJKCglEZWxldGVSdW4SHS5zaW10cmFjay52MS5EZWxldGVSdW5SZXF1ZXN0Gh4uc2ltdHJhY2sudjEuRGVsZXRlUnVuUmVzcG9uc2USYgoRQ3JlYXRlUGFydGljaXBhbnQSJS5zaW10cmFjay52MS5DcmVhdGVQYXJ0aWNpcGFudFJlcXVlc3QaJi5zaW10cmFjay52MS5DcmVhdGVQYXJ0aWNpcGFudFJlc3BvbnNlElkKDkdldFBhcnRpY2lwYW50EiIuc2ltdHJhY2sudjEuR2V0UGFydGljaXBhbnRSZXF1ZXN0GiMuc2ltdHJhY2sudjEuR2V0UGFydGljaXBhbnRSZXNwb25zZRJfChBMaXN0UGFydGljaXBhbnRzEiQuc2ltdHJhY2sudjEuTGlzdFBhcnRpY2lwYW50c1JlcXVlc3QaJS5zaW10cmFjay52MS5MaXN0UGFydGljaXBhbnRzUmVzcG9uc2USYgoRVXBkYXRlUGFydGljaXBhbnQSJS5zaW10cmFjay52MS5VcGRhdGVQYXJ0aWNpcGFudFJlcXVlc3QaJi5zaW10cmFjay52MS5VcGRhdGVQYXJ0aWNpcGFudFJlc3BvbnNlEmIKEURlbGV0ZVBhcnRpY2lwYW50EiUuc2ltdHJhY2sudjEuRGVsZXRlUGFydGljaXBhbnRSZXF1ZXN0GiYuc2ltdHJhY2sudjEuRGVsZXRlUGFydGljaXBhbnRSZXNwb25zZRJJCghXYXRjaFJ1bhIcLnNpbXRyYWNrLnYxLldhdGNoUnVuUmVxdWVzdBodLnNpbXRyYWNrLnYxLldhdGNoUnVuUmVzcG9uc2UwARJKCglDYW5jZWxSdW4SHS5zaW10cmFjay52MS5DYW5jZWxSdW5SZXF1ZXN0Gh4uc2ltdHJhY2sudjEuQ2FuY2VsUnVuUmVzcG9uc2USRwoIUGF1c2VSdW4SHC5zaW10cmFjay52MS5QYXVzZVJ1blJlcXVlc3QaHS5zaW10cmFjay52MS5QYXVzZVJ1blJlc3BvbnNlEkoKCVJlc3VtZVJ1bhIdLnNpbXRyYWNrLnYxLlJlc3VtZVJ1blJlcXVlc3QaHi5zaW10cmFjay52MS5SZXN1bWVSdW5SZXNwb25zZRJQCgtTZW5kQ29tbWFuZBIfLnNpbXRyYWNrLnYxLlNlbmRDb21tYW5kUmVxdWVzdBogLnNpbXRyYWNrLnYxLlNlbmRDb21tYW5kUmVzcG9uc2USWQoOR2V0TGVhZGVyYm9hcmQSIi5zaW10cmFjay52MS5HZXRMZWFkZXJib2FyZFJlcXVlc3QaIy5zaW10cmFjay52MS5HZXRMZWFkZXJib2FyZFJlc3BvbnNlElAKC0dldFJ1blN0YXRzEh8uc2ltdHJhY2sudjEuR2V0UnVuU3RhdHNSZXF1ZXN0GiAuc2ltdHJhY2sudjEuR2V0UnVuU3RhdHNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("ChZzaW10cmFjay92MS9ydW5zLnByb3RvEgtzaW10cmFjay52MSKfBgoDUnVuEgoKAmlkGAEgASgJEhUKDWV4cGVyaW1lbnRfaWQYAiABKAkSEgoKcnVuX251bWJlchgDIAEoAxITCgtzY2VuYXJpb19pZBgEIAEoCRIVCg1zY2VuYXJpb19oYXNoGAUgASgJEicKBnBhcmFtcxgGIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSJgoGc3RhdHVzGAcgASgOMhYuc2ltdHJhY2sudjEuUnVuU3RhdHVzEhQKDGN1cnJlbnRfdGljaxgIIAEoAxITCgt0b3RhbF90aWNrcxgJIAEoAxIYChBwcm9ncmVzc19wZXJjZW50GAogASgBEi4KCnN0YXJ0X3RpbWUYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjEKDWNvbXBsZXRlX3RpbWUYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEisKCGR1cmF0aW9uGA0gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjAKD21ldHJpY3Nfc3VtbWFyeRgOIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSKAoHcmVzdWx0cxgPIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSFQoNZXJyb3JfbWVzc2FnZRgQIAEoCRIuCg1lcnJvcl9kZXRhaWxzGBEgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIRCgl3b3JrZXJfaWQYEiABKAkSLwoLY3JlYXRlX3RpbWUYEyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGBQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1jYW5jZWxfcmVhc29uGBUgASgJEi8KC3ZhbmlzaF90aW1lGBYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtyZXZpdmVfdGltZRgXIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiMQoQQ3JlYXRlUnVuUmVxdWVzdBIdCgNydW4YASABKAsyEC5zaW10cmFjay52MS5SdW4iMgoRQ3JlYXRlUnVuUmVzcG9uc2USHQoDcnVuGAEgASgLMhAuc2ltdHJhY2sudjEuUnVuIhsKDUdldFJ1blJlcXVlc3QSCgoCaWQYASABKAkiLwoOR2V0UnVuUmVzcG9uc2USHQoDcnVuGAEgASgLMhAuc2ltdHJhY2sudjEuUnVuIkgKD0xpc3RSdW5zUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIOCgZmaWx0ZXIYAyABKAkiSwoQTGlzdFJ1bnNSZXNwb25zZRIeCgRydW5zGAEgAygLMhAuc2ltdHJhY2sudjEuUnVuEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJiChBVcGRhdGVSdW5SZXF1ZXN0Eh0KA3J1bhgBIAEoCzIQLnNpbXRyYWNrLnYxLlJ1bhIvCgt1cGRhdGVfbWFzaxgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2siMgoRVXBkYXRlUnVuUmVzcG9uc2USHQoDcnVuGAEgASgLMhAuc2ltdHJhY2sudjEuUnVuIh4KEERlbGV0ZVJ1blJlcXVlc3QSCgoCaWQYASABKAkiEwoRRGVsZXRlUnVuUmVzcG9uc2Ui3QEKC1BhcnRpY2lwYW50EgoKAmlkGAEgASgJEg4KBnJ1bl9pZBgCIAEoCRIQCghhZ2VudF9pZBgDIAEoCRIMCgRyb2xlGAQgASgJEjAKD2NvbmZpZ19vdmVycmlkZRgFIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSLwoLY3JlYXRlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJJChhDcmVhdGVQYXJ0aWNpcGFudFJlcXVlc3QSLQoLcGFydGljaXBhbnQYASABKAsyGC5zaW10cmFjay52MS5QYXJ0aWNpcGFudCJKChlDcmVhdGVQYXJ0aWNpcGFudFJlc3BvbnNlEi0KC3BhcnRpY2lwYW50GAEgASgLMhguc2ltdHJhY2sudjEuUGFydGljaXBhbnQiIwoVR2V0UGFydGljaXBhbnRSZXF1ZXN0EgoKAmlkGAEgASgJIkcKFkdldFBhcnRpY2lwYW50UmVzcG9uc2USLQoLcGFydGljaXBhbnQYASABKAsyGC5zaW10cmFjay52MS5QYXJ0aWNpcGFudCJgChdMaXN0UGFydGljaXBhbnRzUmVxdWVzdBIOCgZydW5faWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkSDgoGZmlsdGVyGAQgASgJImMKGExpc3RQYXJ0aWNpcGFudHNSZXNwb25zZRIuCgxwYXJ0aWNpcGFudHMYASADKAsyGC5zaW10cmFjay52MS5QYXJ0aWNpcGFudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiegoYVXBkYXRlUGFydGljaXBhbnRSZXF1ZXN0Ei0KC3BhcnRpY2lwYW50GAEgASgLMhguc2ltdHJhY2sudjEuUGFydGljaXBhbnQSLwoLdXBkYXRlX21hc2sYAiABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrIkoKGVVwZGF0ZVBhcnRpY2lwYW50UmVzcG9uc2USLQoLcGFydGljaXBhbnQYASABKAsyGC5zaW10cmFjay52MS5QYXJ0aWNpcGFudCImChhEZWxldGVQYXJ0aWNpcGFudFJlcXVlc3QSCgoCaWQYASABKAkiGwoZRGVsZXRlUGFydGljaXBhbnRSZXNwb25zZSIdCg9XYXRjaFJ1blJlcXVlc3QSCgoCaWQYASABKAkicAoMTGF0ZXN0TWV0cmljEgwKBG5hbWUYASABKAkSDQoFdmFsdWUYAiABKAESEQoEc3RlcBgDIAEoA0gAiAEBEg0KBWNvdW50GAQgASgDEgsKA21pbhgFIAEoARILCgNtYXgYBiABKAFCBwoFX3N0ZXAiXQoQV2F0Y2hSdW5SZXNwb25zZRIdCgNydW4YASABKAsyEC5zaW10cmFjay52MS5SdW4SKgoHbWV0cmljcxgCIAMoCzIZLnNpbXRyYWNrLnYxLkxhdGVzdE1ldHJpYyJKCgdDb21tYW5kEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSJQoEYXJncxgDIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QiLgoQQ2FuY2VsUnVuUmVxdWVzdBIKCgJpZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiWQoRQ2FuY2VsUnVuUmVzcG9uc2USJQoHY29tbWFuZBgBIAEoCzIULnNpbXRyYWNrLnYxLkNvbW1hbmQSHQoDcnVuGAIgASgLMhAuc2ltdHJhY2sudjEuUnVuIh0KD1BhdXNlUnVuUmVxdWVzdBIKCgJpZBgBIAEoCSJYChBQYXVzZVJ1blJlc3BvbnNlEiUKB2NvbW1hbmQYASABKAsyFC5zaW10cmFjay52MS5Db21tYW5kEh0KA3J1bhgCIAEoCzIQLnNpbXRyYWNrLnYxLlJ1biIeChBSZXN1bWVSdW5SZXF1ZXN0EgoKAmlkGAEgASgJIlkKEVJlc3VtZVJ1blJlc3BvbnNlEiUKB2NvbW1hbmQYASABKAsyFC5zaW10cmFjay52MS5Db21tYW5kEh0KA3J1bhgCIAEoCzIQLnNpbXRyYWNrLnYxLlJ1biJVChJTZW5kQ29tbWFuZFJlcXVlc3QSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIlCgRhcmdzGAMgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdCI8ChNTZW5kQ29tbWFuZFJlc3BvbnNlEiUKB2NvbW1hbmQYASABKAsyFC5zaW10cmFjay52MS5Db21tYW5kItYBChVHZXRMZWFkZXJib2FyZFJlcXVlc3QSEwoLc2NlbmFyaW9faWQYASABKAkSDgoGbWV0cmljGAIgASgJEi8KCWFnZ3JlZ2F0ZRgDIAEoDjIcLnNpbXRyYWNrLnYxLk1ldHJpY0FnZ3JlZ2F0ZRIlCgVvcmRlchgEIAEoDjIWLnNpbXRyYWNrLnYxLlJhbmtPcmRlchINCgVsaW1pdBgFIAEoBRIVCg1leHBlcmltZW50X2lkGAYgASgJEhoKEmluY2x1ZGVfdW5maW5pc2hlZBgHIAEoCCJzChBMZWFkZXJib2FyZEVudHJ5EgwKBHJhbmsYASABKAUSHQoDcnVuGAIgASgLMhAuc2ltdHJhY2sudjEuUnVuEhAKCGFnZW50X2lkGAMgASgJEg0KBXZhbHVlGAQgASgBEhEKCWxhc3Rfc3RlcBgFIAEoAyJdChZHZXRMZWFkZXJib2FyZFJlc3BvbnNlEi4KB2VudHJpZXMYASADKAsyHS5zaW10cmFjay52MS5MZWFkZXJib2FyZEVudHJ5EhMKC3JhbmtlZF9ydW5zGAIgASgDIiQKEkdldFJ1blN0YXRzUmVxdWVzdBIOCgZmaWx0ZXIYASABKAkiRwoOUnVuU3RhdHVzQ291bnQSJgoGc3RhdHVzGAEgASgOMhYuc2ltdHJhY2sudjEuUnVuU3RhdHVzEg0KBWNvdW50GAIgASgDIucBCg1EdXJhdGlvblN0YXRzEg0KBWNvdW50GAEgASgDEicKBG1lYW4YAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SJgoDbWluGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiYKA3A1MBgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhImCgNwOTUYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SJgoDbWF4GAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIpkBChNHZXRSdW5TdGF0c1Jlc3BvbnNlEg0KBXRvdGFsGAEgASgDEi4KCWJ5X3N0YXR1cxgCIAMoCzIbLnNpbXRyYWNrLnYxLlJ1blN0YXR1c0NvdW50EhQKDHN1Y2Nlc3NfcmF0ZRgDIAEoARItCglkdXJhdGlvbnMYBCABKAsyGi5zaW10cmFjay52MS5EdXJhdGlvblN0YXRzKtABCglSdW5TdGF0dXMSGgoWUlVOX1NUQVRVU19VTlNQRUNJRklFRBAAEhYKElJVTl9TVEFUVVNfUEVORElORxABEhcKE1JVTl9TVEFUVVNfU1RBUlRJTkcQAhIWChJSVU5fU1RBVFVTX1JVTk5JTkcQAxIYChRSVU5fU1RBVFVTX0NPTVBMRVRFRBAEEhUKEVJVTl9TVEFUVVNfRkFJTEVEEAUSFgoSUlVOX1NUQVRVU19TVE9QUEVEEAYSFQoRUlVOX1NUQVRVU19QQVVTRUQQByqEAQoPTWV0cmljQWdncmVnYXRlEiAKHE1FVFJJQ19BR0dSRUdBVEVfVU5TUEVDSUZJRUQQABIbChdNRVRSSUNfQUdHUkVHQVRFX0xBVEVTVBABEhgKFE1FVFJJQ19BR0dSRUdBVEVfTUlOEAISGAoUTUVUUklDX0FHR1JFR0FURV9NQVgQAypiCglSYW5rT3JkZXISGgoWUkFOS19PUkRFUl9VTlNQRUNJRklFRBAAEhwKGFJBTktfT1JERVJfSElHSEVTVF9GSVJTVBABEhsKF1JBTktfT1JERVJfTE9XRVNUX0ZJUlNUEAIyjwsKClJ1blNlcnZpY2USSgoJQ3JlYXRlUnVuEh0uc2ltdHJhY2sudjEuQ3JlYXRlUnVuUmVxdWVzdBoeLnNpbXRyYWNrLnYxLkNyZWF0ZVJ1blJlc3BvbnNlEkEKBkdldFJ1bhIaLnNpbXRyYWNrLnYxLkdldFJ1blJlcXVlc3QaGy5zaW10cmFjay52MS5HZXRSdW5SZXNwb25zZRJHCghMaXN0UnVucxIcLnNpbXRyYWNrLnYxLkxpc3RSdW5zUmVxdWVzdBodLnNpbXRyYWNrLnYxLkxpc3RSdW5zUmVzcG9uc2USSgoJVXBkYXRlUnVuEh0uc2ltdHJhY2sudjEuVXBkYXRlUnVuUmVxdWVzdBoeLnNpbXRyYWNrLnYxLlVwZGF0ZVJ1blJlc3BvbnNlEkoKCURlbGV0ZVJ1bhIdLnNpbXRyYWNrLnYxLkRlbGV0ZVJ1blJlcXVlc3QaHi5zaW10cmFjay52MS5EZWxldGVSdW5SZXNwb25zZRJiChFDcmVhdGVQYXJ0aWNpcGFudBIlLnNpbXRyYWNrLnYxLkNyZWF0ZVBhcnRpY2lwYW50UmVxdWVzdBomLnNpbXRyYWNrLnYxLkNyZWF0ZVBhcnRpY2lwYW50UmVzcG9uc2USWQoOR2V0UGFydGljaXBhbnQSIi5zaW10cmFjay52MS5HZXRQYXJ0aWNpcGFudFJlcXVlc3QaIy5zaW10cmFjay52MS5HZXRQYXJ0aWNpcGFudFJlc3BvbnNlEl8KEExpc3RQYXJ0aWNpcGFudHMSJC5zaW10cmFjay52MS5MaXN0UGFydGljaXBhbnRzUmVxdWVzdBolLnNpbXRyYWNrLnYxLkxpc3RQYXJ0aWNpcGFudHNSZXNwb25zZRJiChFVcGRhdGVQYXJ0aWNpcGFudBIlLnNpbXRyYWNrLnYxLlVwZGF0ZVBhcnRpY2lwYW50UmVxdWVzdBomLnNpbXRyYWNrLnYxLlVwZGF0ZVBhcnRpY2lwYW50UmVzcG9uc2USYgoRRGVsZXRlUGFydGljaXBhbnQSJS5zaW10cmFjay52MS5EZWxldGVQYXJ0aWNpcGFudFJlcXVlc3QaJi5zaW10cmFjay52MS5EZWxldGVQYXJ0aWNpcGFudFJlc3BvbnNlEkkKCFdhdGNoUnVuEhwuc2ltdHJhY2sudjEuV2F0Y2hSdW5SZXF1ZXN0Gh0uc2ltdHJhY2sudjEuV2F0Y2hSdW5SZXNwb25zZTABEkoKCUNhbmNlbFJ1bhIdLnNpbXRyYWNrLnYxLkNhbmNlbFJ1blJlcXVlc3QaHi5zaW10cmFjay52MS5DYW5jZWxSdW5SZXNwb25zZRJHCghQYXVzZVJ1bhIcLnNpbXRyYWNrLnYxLlBhdXNlUnVuUmVxdWVzdBodLnNpbXRyYWNrLnYxLlBhdXNlUnVuUmVzcG9uc2USSgoJUmVzdW1lUnVuEh0uc2ltdHJhY2sudjEuUmVzdW1lUnVuUmVxdWVzdBoeLnNpbXRyYWNrLnYxLlJlc3VtZVJ1blJlc3BvbnNlElAKC1NlbmRDb21tYW5kEh8uc2ltdHJhY2sudjEuU2VuZENvbW1hbmRSZXF1ZXN0GiAuc2ltdHJhY2sudjEuU2VuZENvbW1hbmRSZXNwb25zZRJZCg5HZXRMZWFkZXJib2FyZBIiLnNpbXRyYWNrLnYxLkdldExlYWRlcmJvYXJkUmVxdWVzdBojLnNpbXRyYWNrLnYxLkdldExlYWRlcmJvYXJkUmVzcG9uc2USUAoLR2V0UnVuU3RhdHMSHy5zaW10cmFjay52MS5HZXRSdW5TdGF0c1JlcXVlc3QaIC5zaW10cmFjay52MS5HZXRSdW5TdGF0c1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * Run is one execution of an experiment's scenario.
@@ -70,14 +70,15 @@ export type Run = Message<"simtrack.v1.Run"> & {
   status: RunStatus;
 
   /**
-   * The last simulation tick reached, >= 0.
+   * The last simulation tick reached, >= 0 (ticks are the simulation's own time, not a clock's).
    *
    * @generated from field: int64 current_tick = 8;
    */
   currentTick: bigint;
 
   /**
-   * The number of ticks of the run, >= 0; defaults to the scenario's duration.
+   * The number of simulation ticks of the run, >= 0; defaults to the scenario's
+   * duration_ticks.
    *
    * @generated from field: int64 total_ticks = 9;
    */
@@ -91,21 +92,23 @@ export type Run = Message<"simtrack.v1.Run"> & {
   progressPercent: number;
 
   /**
-   * When the run started running. Output only: set on the move to running.
+   * When the run started running, by the server's clock (UTC, to the microsecond). Output only: set
+   * on the move to running.
    *
    * @generated from field: google.protobuf.Timestamp start_time = 11;
    */
   startTime?: Timestamp | undefined;
 
   /**
-   * When the run ended. Output only: set on the move to a final status.
+   * When the run ended, by the server's clock (UTC, to the microsecond): when the server stored its
+   * final status (not when the worker sent it). Output only: set on the move to a final status.
    *
    * @generated from field: google.protobuf.Timestamp complete_time = 12;
    */
   completeTime?: Timestamp | undefined;
 
   /**
-   * complete_time - start_time, when both are known. Output only.
+   * complete_time - start_time, when both are known, to the microsecond. Output only.
    *
    * @generated from field: google.protobuf.Duration duration = 13;
    */
@@ -147,14 +150,14 @@ export type Run = Message<"simtrack.v1.Run"> & {
   workerId: string;
 
   /**
-   * When the run was created. Output only.
+   * When the run was created, by the server's clock (UTC, to the microsecond). Output only.
    *
    * @generated from field: google.protobuf.Timestamp create_time = 19;
    */
   createTime?: Timestamp | undefined;
 
   /**
-   * When the run was last changed. Output only.
+   * When the run was last changed, by the server's clock (UTC, to the microsecond). Output only.
    *
    * @generated from field: google.protobuf.Timestamp update_time = 20;
    */
@@ -173,7 +176,7 @@ export type Run = Message<"simtrack.v1.Run"> & {
    * server's heartbeat timeout (the liveness sweep's verdict, not the worker's). Data the
    * worker produced is still stored when it arrives late; a final status from the worker
    * replaces the verdict; and the worker coming back alive returns the run to running.
-   * Output only.
+   * The time of the verdict, by the server's clock (UTC, to the microsecond). Output only.
    *
    * @generated from field: google.protobuf.Timestamp vanish_time = 22;
    */
@@ -181,7 +184,7 @@ export type Run = Message<"simtrack.v1.Run"> & {
 
   /**
    * The last time the run returned to running because its worker, declared vanished, came
-   * back alive. Output only.
+   * back alive, by the server's clock (UTC, to the microsecond). Output only.
    *
    * @generated from field: google.protobuf.Timestamp revive_time = 23;
    */
@@ -288,6 +291,7 @@ export const GetRunResponseSchema: GenMessage<GetRunResponse> = /*@__PURE__*/
 export type ListRunsRequest = Message<"simtrack.v1.ListRunsRequest"> & {
   /**
    * Maximum number of runs to return, 1-1000; 0 means the default of 50.
+   * Negative or over 1000: INVALID_ARGUMENT naming page_size (not clamped).
    *
    * @generated from field: int32 page_size = 1;
    */
@@ -295,14 +299,29 @@ export type ListRunsRequest = Message<"simtrack.v1.ListRunsRequest"> & {
 
   /**
    * The next_page_token of a previous call with the same filter, or empty for the first page.
+   * Opaque; one issued for another filter or parent, or not by this server, is INVALID_ARGUMENT
+   * naming page_token.
    *
    * @generated from field: string page_token = 2;
    */
   pageToken: string;
 
   /**
-   * Filter (AIP-160 subset): `field = "value"` / `field != "value"` joined by AND.
-   * Fields: experiment_id, scenario_id, status, worker_id.
+   * Which runs to list.
+   * Syntax (a subset of AIP-160): terms `FIELD = VALUE` or `FIELD != VALUE` joined by AND;
+   * no OR, NOT or parentheses. VALUE is a double-quoted string (a backslash escapes the next
+   * character) or a bare word of letters, digits and `_.:-`. Strings match exactly (case
+   * counts); enum values match in any case, short (`completed`) or as the proto enum value
+   * (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. At most 4,096 characters and 100 terms.
+   * Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
+   * what is accepted). Fields:
+   *   experiment_id (string): the run's experiment.
+   *   scenario_id (string): the run's scenario.
+   *   status (RunStatus): pending, starting, running, paused, completed, failed, stopped; or
+   *     RUN_STATUS_PENDING, RUN_STATUS_STARTING, RUN_STATUS_RUNNING, RUN_STATUS_PAUSED,
+   *     RUN_STATUS_COMPLETED, RUN_STATUS_FAILED, RUN_STATUS_STOPPED.
+   *   worker_id (string): the worker that executes (or executed) the run.
+   * Example: `status = RUN_STATUS_COMPLETED AND scenario_id = "tier0-tutorial"`.
    *
    * @generated from field: string filter = 3;
    */
@@ -472,14 +491,15 @@ export type Participant = Message<"simtrack.v1.Participant"> & {
   configOverride?: JsonObject | undefined;
 
   /**
-   * When the participant was added. Output only.
+   * When the participant was added, by the server's clock (UTC, to the microsecond). Output only.
    *
    * @generated from field: google.protobuf.Timestamp create_time = 6;
    */
   createTime?: Timestamp | undefined;
 
   /**
-   * When the participant was last changed. Output only.
+   * When the participant was last changed, by the server's clock (UTC, to the microsecond). Output
+   * only.
    *
    * @generated from field: google.protobuf.Timestamp update_time = 7;
    */
@@ -592,6 +612,7 @@ export type ListParticipantsRequest = Message<"simtrack.v1.ListParticipantsReque
 
   /**
    * Maximum number of participants to return, 1-1000; 0 means the default of 50.
+   * Negative or over 1000: INVALID_ARGUMENT naming page_size (not clamped).
    *
    * @generated from field: int32 page_size = 2;
    */
@@ -599,14 +620,24 @@ export type ListParticipantsRequest = Message<"simtrack.v1.ListParticipantsReque
 
   /**
    * The next_page_token of a previous call with the same run and filter, or empty.
+   * Opaque; one issued for another filter or parent, or not by this server, is INVALID_ARGUMENT
+   * naming page_token.
    *
    * @generated from field: string page_token = 3;
    */
   pageToken: string;
 
   /**
-   * Filter (AIP-160 subset): `field = "value"` / `field != "value"` joined by AND.
-   * Fields: agent_id, role.
+   * Which participants to list.
+   * Syntax (a subset of AIP-160): terms `FIELD = VALUE` or `FIELD != VALUE` joined by AND;
+   * no OR, NOT or parentheses. VALUE is a double-quoted string (a backslash escapes the next
+   * character) or a bare word of letters, digits and `_.:-`. Strings match exactly (case
+   * counts); enum values match in any case, short (`completed`) or as the proto enum value
+   * (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. At most 4,096 characters and 100 terms.
+   * Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
+   * what is accepted). Fields:
+   *   agent_id (string): the participating agent.
+   *   role (string): the role, e.g. `role = "seller"`.
    *
    * @generated from field: string filter = 4;
    */
@@ -768,18 +799,19 @@ export type LatestMetric = Message<"simtrack.v1.LatestMetric"> & {
   name: string;
 
   /**
-   * The value at the highest step seen.
+   * The finite value at `step`; NaN when step is unset.
    *
    * @generated from field: double value = 2;
    */
   value: number;
 
   /**
-   * The highest step seen.
+   * The highest step with a finite value. Unset (check its presence: 0 is a real step) when
+   * the metric has no finite value yet.
    *
-   * @generated from field: int64 step = 3;
+   * @generated from field: optional int64 step = 3;
    */
-  step: bigint;
+  step?: bigint | undefined;
 
   /**
    * How many points were stored.
@@ -1187,7 +1219,8 @@ export type LeaderboardEntry = Message<"simtrack.v1.LeaderboardEntry"> & {
   value: number;
 
   /**
-   * The metric's highest step with a finite value.
+   * The metric's highest step with a finite value; always set here, since a run without a
+   * finite value of the metric is not ranked (0 is a real step).
    *
    * @generated from field: int64 last_step = 5;
    */
@@ -1236,8 +1269,21 @@ export const GetLeaderboardResponseSchema: GenMessage<GetLeaderboardResponse> = 
  */
 export type GetRunStatsRequest = Message<"simtrack.v1.GetRunStatsRequest"> & {
   /**
-   * Filter (AIP-160 subset, as ListRuns): `field = "value"` / `field != "value"` joined by
-   * AND. Fields: experiment_id, scenario_id, status, worker_id. Empty: every run.
+   * Which runs to summarize.
+   * Syntax (a subset of AIP-160): terms `FIELD = VALUE` or `FIELD != VALUE` joined by AND;
+   * no OR, NOT or parentheses. VALUE is a double-quoted string (a backslash escapes the next
+   * character) or a bare word of letters, digits and `_.:-`. Strings match exactly (case
+   * counts); enum values match in any case, short (`completed`) or as the proto enum value
+   * (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. At most 4,096 characters and 100 terms.
+   * Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
+   * what is accepted). Fields:
+   *   experiment_id (string): the run's experiment.
+   *   scenario_id (string): the run's scenario.
+   *   status (RunStatus): pending, starting, running, paused, completed, failed, stopped; or
+   *     RUN_STATUS_PENDING, RUN_STATUS_STARTING, RUN_STATUS_RUNNING, RUN_STATUS_PAUSED,
+   *     RUN_STATUS_COMPLETED, RUN_STATUS_FAILED, RUN_STATUS_STOPPED.
+   *   worker_id (string): the worker that executes (or executed) the run.
+   * Example: `scenario_id = "tier0-tutorial" AND status != failed`.
    *
    * @generated from field: string filter = 1;
    */
@@ -1280,7 +1326,8 @@ export const RunStatusCountSchema: GenMessage<RunStatusCount> = /*@__PURE__*/
   messageDesc(file_simtrack_v1_runs, 38);
 
 /**
- * DurationStats summarizes the durations of ended runs that had started.
+ * DurationStats summarizes the durations (Run.duration) of ended runs that had started; each
+ * is to the microsecond.
  *
  * @generated from message simtrack.v1.DurationStats
  */
@@ -1293,35 +1340,35 @@ export type DurationStats = Message<"simtrack.v1.DurationStats"> & {
   count: bigint;
 
   /**
-   * Mean duration.
+   * Mean duration, to the microsecond.
    *
    * @generated from field: google.protobuf.Duration mean = 2;
    */
   mean?: Duration | undefined;
 
   /**
-   * Shortest duration.
+   * Shortest duration, to the microsecond.
    *
    * @generated from field: google.protobuf.Duration min = 3;
    */
   min?: Duration | undefined;
 
   /**
-   * Median duration.
+   * Median duration (nearest rank), to the microsecond.
    *
    * @generated from field: google.protobuf.Duration p50 = 4;
    */
   p50?: Duration | undefined;
 
   /**
-   * 95th percentile duration (nearest rank).
+   * 95th percentile duration (nearest rank), to the microsecond.
    *
    * @generated from field: google.protobuf.Duration p95 = 5;
    */
   p95?: Duration | undefined;
 
   /**
-   * Longest duration.
+   * Longest duration, to the microsecond.
    *
    * @generated from field: google.protobuf.Duration max = 6;
    */
@@ -1527,6 +1574,35 @@ export const RankOrderSchema: GenEnum<RankOrder> = /*@__PURE__*/
  * workers what to do (cancel, pause, resume, custom commands), and ranks and summarizes runs.
  * What a run's worker streams is read back through TelemetryService, its files through
  * ArtifactService, and the verdicts on it through ValidationService.
+ *
+ * Errors, for every service of simtrack.v1. A failed call has a status code, a message for
+ * people and a google.rpc.Status (the `grpc-status-details-bin` trailer, which most gRPC
+ * libraries decode) whose details say more:
+ *   INVALID_ARGUMENT: a google.rpc.BadRequest whose field_violations name each bad field by its
+ *     path in the request, in proto field names: "filter", "page_size", "page_token",
+ *     "agent.name", "update_mask", "run.params.seed", "metrics.series[2].steps" (at most 10).
+ *   NOT_FOUND: a google.rpc.ResourceInfo: resource_type ("agent", "experiment", "run",
+ *     "metric", ...), resource_name (the id or name asked for, its first 100 characters) and
+ *     description "field <the request field that named it>" (empty when none did).
+ *   FAILED_PRECONDITION: the call is valid but the state forbids it (e.g. an illegal status
+ *     move); no detail, except a gap in a StreamRun sequence: a google.rpc.ErrorInfo with reason
+ *     "SEQUENCE_GAP", domain "simtrack.v1", metadata "expected_seq" and "received_seq"
+ *     (decimal strings); resend from expected_seq.
+ *   ALREADY_EXISTS: a unique name or key is taken; no detail.
+ *   ABORTED: a concurrent change got in the way (retrying may succeed), or a newer StreamRun
+ *     for the run took over this one; no detail.
+ *   UNAUTHENTICATED: a missing, malformed, unknown or revoked API key (send the metadata
+ *     `authorization: Bearer <key>`); no detail.
+ *   PERMISSION_DENIED: the key's role does not allow the call; no detail.
+ *   UNAVAILABLE: a transient fault, e.g. the database is unreachable; retry with backoff; no
+ *     detail.
+ *   RESOURCE_EXHAUSTED: from gRPC itself, not from simtrack: a request message over 8 MiB;
+ *     no detail.
+ *   INTERNAL: a bug. The message is "internal error (reference <id>)", the id finding the
+ *     traceback in the server's log (never sent); no detail.
+ * Every ErrorInfo carries domain "simtrack.v1"; its reasons are those listed here. Messages are
+ * at most 512 bytes of UTF-8; a violation's field at most 100 and its description 200 (cut
+ * with "…").
  *
  * @generated from service simtrack.v1.RunService
  */

@@ -161,6 +161,7 @@ export const GetScenarioResponseSchema: GenMessage<GetScenarioResponse> = /*@__P
 export type ListScenariosRequest = Message<"simtrack.v1.ListScenariosRequest"> & {
   /**
    * Maximum number of scenarios to return, 1-1000; 0 means the default of 50.
+   * Negative or over 1000: INVALID_ARGUMENT naming page_size (not clamped).
    *
    * @generated from field: int32 page_size = 1;
    */
@@ -168,14 +169,24 @@ export type ListScenariosRequest = Message<"simtrack.v1.ListScenariosRequest"> &
 
   /**
    * The next_page_token of a previous call with the same filter, or empty for the first page.
+   * Opaque; one issued for another filter or parent, or not by this server, is INVALID_ARGUMENT
+   * naming page_token.
    *
    * @generated from field: string page_token = 2;
    */
   pageToken: string;
 
   /**
-   * Filter (AIP-160 subset): comparisons joined by AND. Fields: difficulty_tier
-   * (e.g. `difficulty_tier = 2`), tags (`tags = "pricing"` matches scenarios carrying that tag).
+   * Which scenarios to list.
+   * Syntax (a subset of AIP-160): terms `FIELD = VALUE` or `FIELD != VALUE` joined by AND;
+   * no OR, NOT or parentheses. VALUE is a double-quoted string (a backslash escapes the next
+   * character) or a bare word of letters, digits and `_.:-`. Strings match exactly (case
+   * counts); enum values match in any case, short (`completed`) or as the proto enum value
+   * (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. At most 4,096 characters and 100 terms.
+   * Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
+   * what is accepted). Fields:
+   *   difficulty_tier (integer, a bare number): 0 (tutorial) to 3, e.g. `difficulty_tier = 2`.
+   *   tags (string): `tags = "pricing"` matches the scenarios carrying that tag, `!=` the others.
    *
    * @generated from field: string filter = 3;
    */
@@ -219,6 +230,7 @@ export const ListScenariosResponseSchema: GenMessage<ListScenariosResponse> = /*
 
 /**
  * ScenarioService serves the read-only scenario catalogue, loaded from the server's scenario files.
+ * Errors: status codes and their google.rpc details as documented on RunService.
  *
  * @generated from service simtrack.v1.ScenarioService
  */

@@ -14,7 +14,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file simtrack/v1/telemetry.proto.
  */
 export const file_simtrack_v1_telemetry: GenFile = /*@__PURE__*/
-  fileDesc("ChtzaW10cmFjay92MS90ZWxlbWV0cnkucHJvdG8SC3NpbXRyYWNrLnYxIqgCChBTdHJlYW1SdW5SZXF1ZXN0EgsKA3NlcRgBIAEoAxIjCgVoZWxsbxgCIAEoCzISLnNpbXRyYWNrLnYxLkhlbGxvSAASKQoIcHJvZ3Jlc3MYAyABKAsyFS5zaW10cmFjay52MS5Qcm9ncmVzc0gAEisKB21ldHJpY3MYBCABKAsyGC5zaW10cmFjay52MS5NZXRyaWNCYXRjaEgAEikKBmV2ZW50cxgFIAEoCzIXLnNpbXRyYWNrLnYxLkV2ZW50QmF0Y2hIABIqCgZzdGF0dXMYBiABKAsyGC5zaW10cmFjay52MS5GaW5hbFN0YXR1c0gAEisKCWhlYXJ0YmVhdBgHIAEoCzIWLnNpbXRyYWNrLnYxLkhlYXJ0YmVhdEgAQgYKBGtpbmQiUgoFSGVsbG8SDgoGcnVuX2lkGAEgASgJEhEKCXdvcmtlcl9pZBgCIAEoCRIWCg5sYXN0X2Fja2VkX3NlcRgDIAEoAxIOCgZyZXBsYXkYBCABKAgiOAoIUHJvZ3Jlc3MSDAoEdGljaxgBIAEoAxINCgV0b3RhbBgCIAEoAxIPCgdwZXJjZW50GAMgASgBIoQBCgxNZXRyaWNTZXJpZXMSDAoEbmFtZRgBIAEoCRIMCgR1bml0GAIgASgJEiUKBGtpbmQYAyABKA4yFy5zaW10cmFjay52MS5NZXRyaWNLaW5kEg0KBXN0ZXBzGAQgAygDEg4KBnZhbHVlcxgFIAMoARISCgp0aW1lc3RhbXBzGAYgAygBIjgKC01ldHJpY0JhdGNoEikKBnNlcmllcxgBIAMoCzIZLnNpbXRyYWNrLnYxLk1ldHJpY1NlcmllcyKJAQoFRXZlbnQSDAoEc3RlcBgBIAEoAxIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIMCgR0eXBlGAMgASgJEhAKCGFnZW50X2lkGAQgASgJEigKB3BheWxvYWQYBSABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0IjAKCkV2ZW50QmF0Y2gSIgoGZXZlbnRzGAEgAygLMhIuc2ltdHJhY2sudjEuRXZlbnQiqAEKC0ZpbmFsU3RhdHVzEigKB291dGNvbWUYASABKA4yFy5zaW10cmFjay52MS5SdW5PdXRjb21lEhUKDWVycm9yX21lc3NhZ2UYAiABKAkSLgoNZXJyb3JfZGV0YWlscxgDIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSKAoHcmVzdWx0cxgEIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QiCwoJSGVhcnRiZWF0IrwBChFTdHJlYW1SdW5SZXNwb25zZRInCgd3ZWxjb21lGAEgASgLMhQuc2ltdHJhY2sudjEuV2VsY29tZUgAEh8KA2FjaxgCIAEoCzIQLnNpbXRyYWNrLnYxLkFja0gAEicKB2NvbW1hbmQYAyABKAsyFC5zaW10cmFjay52MS5Db21tYW5kSAASLAoKZ29pbmdfYXdheRgEIAEoCzIWLnNpbXRyYWNrLnYxLkdvaW5nQXdheUgAQgYKBGtpbmQiogEKB1dlbGNvbWUSFQoNY29tbWl0dGVkX3NlcRgBIAEoAxIiChpoZWFydGJlYXRfaW50ZXJ2YWxfc2Vjb25kcxgCIAEoARIuChBwZW5kaW5nX2NvbW1hbmRzGAMgAygLMhQuc2ltdHJhY2sudjEuQ29tbWFuZBIsCgtydW5fb3V0Y29tZRgEIAEoDjIXLnNpbXRyYWNrLnYxLlJ1bk91dGNvbWUiHAoDQWNrEhUKDWNvbW1pdHRlZF9zZXEYASABKAMiGwoJR29pbmdBd2F5Eg4KBnJlYXNvbhgBIAEoCSKNAgoGTWV0cmljEg4KBnJ1bl9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEgwKBHVuaXQYAyABKAkSJQoEa2luZBgEIAEoDjIXLnNpbXRyYWNrLnYxLk1ldHJpY0tpbmQSDQoFY291bnQYBSABKAMSEQoJbGFzdF9zdGVwGAYgASgDEhIKCmxhc3RfdmFsdWUYByABKAESCwoDbWluGAggASgBEgsKA21heBgJIAEoARIvCgtjcmVhdGVfdGltZRgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlsKEkxpc3RNZXRyaWNzUmVxdWVzdBIOCgZydW5faWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkSDgoGZmlsdGVyGAQgASgJIlQKE0xpc3RNZXRyaWNzUmVzcG9uc2USJAoHbWV0cmljcxgBIAMoCzITLnNpbXRyYWNrLnYxLk1ldHJpYxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiwAEKF0dldE1ldHJpY0hpc3RvcnlSZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCRIOCgZtZXRyaWMYAiABKAkSFwoKc3RhcnRfc3RlcBgDIAEoA0gAiAEBEhUKCGVuZF9zdGVwGAQgASgDSAGIAQESEgoKbWF4X3BvaW50cxgFIAEoBRIRCglwYWdlX3NpemUYBiABKAUSEgoKcGFnZV90b2tlbhgHIAEoCUINCgtfc3RhcnRfc3RlcEILCglfZW5kX3N0ZXAikAEKGEdldE1ldHJpY0hpc3RvcnlSZXNwb25zZRINCgVzdGVwcxgBIAMoAxIOCgZ2YWx1ZXMYAiADKAESEgoKdGltZXN0YW1wcxgDIAMoARIXCg9uZXh0X3BhZ2VfdG9rZW4YBCABKAkSEwoLcmFuZ2VfY291bnQYBSABKAMSEwoLZG93bnNhbXBsZWQYBiABKAgiWgoRTGlzdEV2ZW50c1JlcXVlc3QSDgoGcnVuX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJEg4KBmZpbHRlchgEIAEoCSJPCgtTdG9yZWRFdmVudBIhCgVldmVudBgBIAEoCzISLnNpbXRyYWNrLnYxLkV2ZW50EgsKA3NlcRgCIAEoAxIQCghwb3NpdGlvbhgDIAEoBSJXChJMaXN0RXZlbnRzUmVzcG9uc2USKAoGZXZlbnRzGAEgAygLMhguc2ltdHJhY2sudjEuU3RvcmVkRXZlbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJKlkKCk1ldHJpY0tpbmQSGwoXTUVUUklDX0tJTkRfVU5TUEVDSUZJRUQQABIVChFNRVRSSUNfS0lORF9HQVVHRRABEhcKE01FVFJJQ19LSU5EX0NPVU5URVIQAip1CgpSdW5PdXRjb21lEhsKF1JVTl9PVVRDT01FX1VOU1BFQ0lGSUVEEAASGQoVUlVOX09VVENPTUVfQ09NUExFVEVEEAESFgoSUlVOX09VVENPTUVfRkFJTEVEEAISFwoTUlVOX09VVENPTUVfU1RPUFBFRBADMuQCChBUZWxlbWV0cnlTZXJ2aWNlEk4KCVN0cmVhbVJ1bhIdLnNpbXRyYWNrLnYxLlN0cmVhbVJ1blJlcXVlc3QaHi5zaW10cmFjay52MS5TdHJlYW1SdW5SZXNwb25zZSgBMAESUAoLTGlzdE1ldHJpY3MSHy5zaW10cmFjay52MS5MaXN0TWV0cmljc1JlcXVlc3QaIC5zaW10cmFjay52MS5MaXN0TWV0cmljc1Jlc3BvbnNlEl8KEEdldE1ldHJpY0hpc3RvcnkSJC5zaW10cmFjay52MS5HZXRNZXRyaWNIaXN0b3J5UmVxdWVzdBolLnNpbXRyYWNrLnYxLkdldE1ldHJpY0hpc3RvcnlSZXNwb25zZRJNCgpMaXN0RXZlbnRzEh4uc2ltdHJhY2sudjEuTGlzdEV2ZW50c1JlcXVlc3QaHy5zaW10cmFjay52MS5MaXN0RXZlbnRzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_simtrack_v1_runs]);
+  fileDesc("ChtzaW10cmFjay92MS90ZWxlbWV0cnkucHJvdG8SC3NpbXRyYWNrLnYxIqgCChBTdHJlYW1SdW5SZXF1ZXN0EgsKA3NlcRgBIAEoAxIjCgVoZWxsbxgCIAEoCzISLnNpbXRyYWNrLnYxLkhlbGxvSAASKQoIcHJvZ3Jlc3MYAyABKAsyFS5zaW10cmFjay52MS5Qcm9ncmVzc0gAEisKB21ldHJpY3MYBCABKAsyGC5zaW10cmFjay52MS5NZXRyaWNCYXRjaEgAEikKBmV2ZW50cxgFIAEoCzIXLnNpbXRyYWNrLnYxLkV2ZW50QmF0Y2hIABIqCgZzdGF0dXMYBiABKAsyGC5zaW10cmFjay52MS5GaW5hbFN0YXR1c0gAEisKCWhlYXJ0YmVhdBgHIAEoCzIWLnNpbXRyYWNrLnYxLkhlYXJ0YmVhdEgAQgYKBGtpbmQiUgoFSGVsbG8SDgoGcnVuX2lkGAEgASgJEhEKCXdvcmtlcl9pZBgCIAEoCRIWCg5sYXN0X2Fja2VkX3NlcRgDIAEoAxIOCgZyZXBsYXkYBCABKAgiOAoIUHJvZ3Jlc3MSDAoEdGljaxgBIAEoAxINCgV0b3RhbBgCIAEoAxIPCgdwZXJjZW50GAMgASgBIoQBCgxNZXRyaWNTZXJpZXMSDAoEbmFtZRgBIAEoCRIMCgR1bml0GAIgASgJEiUKBGtpbmQYAyABKA4yFy5zaW10cmFjay52MS5NZXRyaWNLaW5kEg0KBXN0ZXBzGAQgAygDEg4KBnZhbHVlcxgFIAMoARISCgp0aW1lc3RhbXBzGAYgAygBIjgKC01ldHJpY0JhdGNoEikKBnNlcmllcxgBIAMoCzIZLnNpbXRyYWNrLnYxLk1ldHJpY1NlcmllcyKJAQoFRXZlbnQSDAoEc3RlcBgBIAEoAxIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIMCgR0eXBlGAMgASgJEhAKCGFnZW50X2lkGAQgASgJEigKB3BheWxvYWQYBSABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0IjAKCkV2ZW50QmF0Y2gSIgoGZXZlbnRzGAEgAygLMhIuc2ltdHJhY2sudjEuRXZlbnQiqAEKC0ZpbmFsU3RhdHVzEigKB291dGNvbWUYASABKA4yFy5zaW10cmFjay52MS5SdW5PdXRjb21lEhUKDWVycm9yX21lc3NhZ2UYAiABKAkSLgoNZXJyb3JfZGV0YWlscxgDIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSKAoHcmVzdWx0cxgEIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QiCwoJSGVhcnRiZWF0IrwBChFTdHJlYW1SdW5SZXNwb25zZRInCgd3ZWxjb21lGAEgASgLMhQuc2ltdHJhY2sudjEuV2VsY29tZUgAEh8KA2FjaxgCIAEoCzIQLnNpbXRyYWNrLnYxLkFja0gAEicKB2NvbW1hbmQYAyABKAsyFC5zaW10cmFjay52MS5Db21tYW5kSAASLAoKZ29pbmdfYXdheRgEIAEoCzIWLnNpbXRyYWNrLnYxLkdvaW5nQXdheUgAQgYKBGtpbmQiogEKB1dlbGNvbWUSFQoNY29tbWl0dGVkX3NlcRgBIAEoAxIiChpoZWFydGJlYXRfaW50ZXJ2YWxfc2Vjb25kcxgCIAEoARIuChBwZW5kaW5nX2NvbW1hbmRzGAMgAygLMhQuc2ltdHJhY2sudjEuQ29tbWFuZBIsCgtydW5fb3V0Y29tZRgEIAEoDjIXLnNpbXRyYWNrLnYxLlJ1bk91dGNvbWUiHAoDQWNrEhUKDWNvbW1pdHRlZF9zZXEYASABKAMiGwoJR29pbmdBd2F5Eg4KBnJlYXNvbhgBIAEoCSKgAgoGTWV0cmljEg4KBnJ1bl9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEgwKBHVuaXQYAyABKAkSJQoEa2luZBgEIAEoDjIXLnNpbXRyYWNrLnYxLk1ldHJpY0tpbmQSDQoFY291bnQYBSABKAMSFgoJbGFzdF9zdGVwGAYgASgDSACIAQESEgoKbGFzdF92YWx1ZRgHIAEoARILCgNtaW4YCCABKAESCwoDbWF4GAkgASgBEi8KC2NyZWF0ZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCDAoKX2xhc3Rfc3RlcCJbChJMaXN0TWV0cmljc1JlcXVlc3QSDgoGcnVuX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJEg4KBmZpbHRlchgEIAEoCSJUChNMaXN0TWV0cmljc1Jlc3BvbnNlEiQKB21ldHJpY3MYASADKAsyEy5zaW10cmFjay52MS5NZXRyaWMSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIsABChdHZXRNZXRyaWNIaXN0b3J5UmVxdWVzdBIOCgZydW5faWQYASABKAkSDgoGbWV0cmljGAIgASgJEhcKCnN0YXJ0X3N0ZXAYAyABKANIAIgBARIVCghlbmRfc3RlcBgEIAEoA0gBiAEBEhIKCm1heF9wb2ludHMYBSABKAUSEQoJcGFnZV9zaXplGAYgASgFEhIKCnBhZ2VfdG9rZW4YByABKAlCDQoLX3N0YXJ0X3N0ZXBCCwoJX2VuZF9zdGVwIpABChhHZXRNZXRyaWNIaXN0b3J5UmVzcG9uc2USDQoFc3RlcHMYASADKAMSDgoGdmFsdWVzGAIgAygBEhIKCnRpbWVzdGFtcHMYAyADKAESFwoPbmV4dF9wYWdlX3Rva2VuGAQgASgJEhMKC3JhbmdlX2NvdW50GAUgASgDEhMKC2Rvd25zYW1wbGVkGAYgASgIIloKEUxpc3RFdmVudHNSZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCRIOCgZmaWx0ZXIYBCABKAkiTwoLU3RvcmVkRXZlbnQSIQoFZXZlbnQYASABKAsyEi5zaW10cmFjay52MS5FdmVudBILCgNzZXEYAiABKAMSEAoIcG9zaXRpb24YAyABKAUiVwoSTGlzdEV2ZW50c1Jlc3BvbnNlEigKBmV2ZW50cxgBIAMoCzIYLnNpbXRyYWNrLnYxLlN0b3JlZEV2ZW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSpZCgpNZXRyaWNLaW5kEhsKF01FVFJJQ19LSU5EX1VOU1BFQ0lGSUVEEAASFQoRTUVUUklDX0tJTkRfR0FVR0UQARIXChNNRVRSSUNfS0lORF9DT1VOVEVSEAIqdQoKUnVuT3V0Y29tZRIbChdSVU5fT1VUQ09NRV9VTlNQRUNJRklFRBAAEhkKFVJVTl9PVVRDT01FX0NPTVBMRVRFRBABEhYKElJVTl9PVVRDT01FX0ZBSUxFRBACEhcKE1JVTl9PVVRDT01FX1NUT1BQRUQQAzLkAgoQVGVsZW1ldHJ5U2VydmljZRJOCglTdHJlYW1SdW4SHS5zaW10cmFjay52MS5TdHJlYW1SdW5SZXF1ZXN0Gh4uc2ltdHJhY2sudjEuU3RyZWFtUnVuUmVzcG9uc2UoATABElAKC0xpc3RNZXRyaWNzEh8uc2ltdHJhY2sudjEuTGlzdE1ldHJpY3NSZXF1ZXN0GiAuc2ltdHJhY2sudjEuTGlzdE1ldHJpY3NSZXNwb25zZRJfChBHZXRNZXRyaWNIaXN0b3J5EiQuc2ltdHJhY2sudjEuR2V0TWV0cmljSGlzdG9yeVJlcXVlc3QaJS5zaW10cmFjay52MS5HZXRNZXRyaWNIaXN0b3J5UmVzcG9uc2USTQoKTGlzdEV2ZW50cxIeLnNpbXRyYWNrLnYxLkxpc3RFdmVudHNSZXF1ZXN0Gh8uc2ltdHJhY2sudjEuTGlzdEV2ZW50c1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_simtrack_v1_runs]);
 
 /**
  * A worker's message on TelemetryService.StreamRun. The first message of a stream must be `hello`.
@@ -160,14 +160,14 @@ export const HelloSchema: GenMessage<Hello> = /*@__PURE__*/
  */
 export type Progress = Message<"simtrack.v1.Progress"> & {
   /**
-   * The tick reached, >= 0.
+   * The simulation tick reached, >= 0.
    *
    * @generated from field: int64 tick = 1;
    */
   tick: bigint;
 
   /**
-   * Total ticks, >= 0; 0 keeps the run's current total.
+   * Total simulation ticks, >= 0; 0 keeps the run's current total.
    *
    * @generated from field: int64 total = 2;
    */
@@ -231,8 +231,10 @@ export type MetricSeries = Message<"simtrack.v1.MetricSeries"> & {
   values: number[];
 
   /**
-   * Unix times in seconds of the points: one per value, or empty to use the server's time.
-   * Finite, and within google.protobuf.Timestamp's range (years 1-9999).
+   * Unix times in seconds (float64) of the points, by the worker's clock: one per value, or
+   * empty to use the server's clock at arrival. Finite, and within google.protobuf.Timestamp's
+   * range (years 1-9999). Stored and returned exactly as sent (a double's precision: about a
+   * quarter of a microsecond for present-day times).
    *
    * @generated from field: repeated double timestamps = 6;
    */
@@ -283,7 +285,8 @@ export type Event = Message<"simtrack.v1.Event"> & {
   step: bigint;
 
   /**
-   * When it happened; unset means the server's time. Stored to the nanosecond and returned
+   * When it happened, by the worker's clock; unset means the server's clock at arrival.
+   * Stored to the nanosecond and returned
    * exactly as sent, between 1677-09-21T00:12:43.145224192Z and 2262-04-11T23:47:16.854775807Z
    * (64-bit nanoseconds since 1970); outside that range, or with nanos outside 0-999999999,
    * the batch is INVALID_ARGUMENT naming the field.
@@ -468,7 +471,9 @@ export type Welcome = Message<"simtrack.v1.Welcome"> & {
   committedSeq: bigint;
 
   /**
-   * Send a heartbeat at least this often (seconds) while there is nothing else to send.
+   * Send a heartbeat at least this often, in seconds (fractions allowed; the server's setting),
+   * while there is nothing else to send. Silence for the server's heartbeat timeout (a
+   * multiple of this) declares the worker vanished.
    *
    * @generated from field: double heartbeat_interval_seconds = 2;
    */
@@ -584,14 +589,15 @@ export type Metric = Message<"simtrack.v1.Metric"> & {
   count: bigint;
 
   /**
-   * The highest step with a finite value; 0 when there is none.
+   * The highest step with a finite value. Unset (check its presence: 0 is a real step) when
+   * the metric has no finite value, e.g. when every point sent was NaN.
    *
-   * @generated from field: int64 last_step = 6;
+   * @generated from field: optional int64 last_step = 6;
    */
-  lastStep: bigint;
+  lastStep?: bigint | undefined;
 
   /**
-   * The finite value at last_step; NaN when there is none.
+   * The finite value at last_step; NaN when last_step is unset.
    *
    * @generated from field: double last_value = 7;
    */
@@ -612,14 +618,14 @@ export type Metric = Message<"simtrack.v1.Metric"> & {
   max: number;
 
   /**
-   * When the first point arrived.
+   * When the first point arrived, by the server's clock (UTC, to the microsecond).
    *
    * @generated from field: google.protobuf.Timestamp create_time = 10;
    */
   createTime?: Timestamp | undefined;
 
   /**
-   * When the summary last changed.
+   * When the summary last changed, by the server's clock (UTC, to the microsecond).
    *
    * @generated from field: google.protobuf.Timestamp update_time = 11;
    */
@@ -648,6 +654,7 @@ export type ListMetricsRequest = Message<"simtrack.v1.ListMetricsRequest"> & {
 
   /**
    * Maximum number of metrics to return, 1-1000; 0 means the default of 50.
+   * Negative or over 1000: INVALID_ARGUMENT naming page_size (not clamped).
    *
    * @generated from field: int32 page_size = 2;
    */
@@ -655,14 +662,24 @@ export type ListMetricsRequest = Message<"simtrack.v1.ListMetricsRequest"> & {
 
   /**
    * The next_page_token of a previous call with the same run and filter, or empty.
+   * Opaque; one issued for another filter or parent, or not by this server, is INVALID_ARGUMENT
+   * naming page_token.
    *
    * @generated from field: string page_token = 3;
    */
   pageToken: string;
 
   /**
-   * Filter (AIP-160 subset): `field = "value"` / `field != "value"` joined by AND.
-   * Fields: name, kind.
+   * Which metrics to list.
+   * Syntax (a subset of AIP-160): terms `FIELD = VALUE` or `FIELD != VALUE` joined by AND;
+   * no OR, NOT or parentheses. VALUE is a double-quoted string (a backslash escapes the next
+   * character) or a bare word of letters, digits and `_.:-`. Strings match exactly (case
+   * counts); enum values match in any case, short (`completed`) or as the proto enum value
+   * (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. At most 4,096 characters and 100 terms.
+   * Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
+   * what is accepted). Fields:
+   *   name (string): the metric's name.
+   *   kind (MetricKind): gauge, counter; or METRIC_KIND_GAUGE, METRIC_KIND_COUNTER.
    *
    * @generated from field: string filter = 4;
    */
@@ -792,7 +809,8 @@ export type GetMetricHistoryResponse = Message<"simtrack.v1.GetMetricHistoryResp
   values: number[];
 
   /**
-   * Unix times in seconds of the points.
+   * Unix times in seconds (float64) of the points, exactly as stored: the worker's clock, or
+   * the server's at arrival when the worker sent none (see MetricSeries.timestamps).
    *
    * @generated from field: repeated double timestamps = 3;
    */
@@ -842,6 +860,7 @@ export type ListEventsRequest = Message<"simtrack.v1.ListEventsRequest"> & {
 
   /**
    * Maximum number of events to return, 1-1000; 0 means the default of 50.
+   * Negative or over 1000: INVALID_ARGUMENT naming page_size (not clamped).
    *
    * @generated from field: int32 page_size = 2;
    */
@@ -849,14 +868,24 @@ export type ListEventsRequest = Message<"simtrack.v1.ListEventsRequest"> & {
 
   /**
    * The next_page_token of a previous call with the same run and filter, or empty.
+   * Opaque; one issued for another filter or parent, or not by this server, is INVALID_ARGUMENT
+   * naming page_token.
    *
    * @generated from field: string page_token = 3;
    */
   pageToken: string;
 
   /**
-   * Filter (AIP-160 subset): `field = "value"` / `field != "value"` joined by AND.
-   * Fields: type, agent_id.
+   * Which events to list.
+   * Syntax (a subset of AIP-160): terms `FIELD = VALUE` or `FIELD != VALUE` joined by AND;
+   * no OR, NOT or parentheses. VALUE is a double-quoted string (a backslash escapes the next
+   * character) or a bare word of letters, digits and `_.:-`. Strings match exactly (case
+   * counts); enum values match in any case, short (`completed`) or as the proto enum value
+   * (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. At most 4,096 characters and 100 terms.
+   * Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
+   * what is accepted). Fields:
+   *   type (string): the event type, e.g. `type = "agent_action"`.
+   *   agent_id (string): the agent involved; `agent_id = ""` lists events with none.
    *
    * @generated from field: string filter = 4;
    */
@@ -1011,6 +1040,7 @@ export const RunOutcomeSchema: GenEnum<RunOutcome> = /*@__PURE__*/
 /**
  * TelemetryService carries what a run's worker produces: the worker streams it in (StreamRun,
  * which also delivers the run's commands to the worker) and anyone reads it back.
+ * Errors: status codes and their google.rpc details as documented on RunService.
  *
  * @generated from service simtrack.v1.TelemetryService
  */

@@ -74,7 +74,7 @@ export type Validation = Message<"simtrack.v1.Validation"> & {
   details?: JsonObject | undefined;
 
   /**
-   * When the verdict was recorded. Output only.
+   * When the verdict was recorded, by the server's clock (UTC, to the microsecond). Output only.
    *
    * @generated from field: google.protobuf.Timestamp create_time = 8;
    */
@@ -187,6 +187,7 @@ export type ListValidationsRequest = Message<"simtrack.v1.ListValidationsRequest
 
   /**
    * Maximum number of validations to return, 1-1000; 0 means the default of 50.
+   * Negative or over 1000: INVALID_ARGUMENT naming page_size (not clamped).
    *
    * @generated from field: int32 page_size = 2;
    */
@@ -194,14 +195,26 @@ export type ListValidationsRequest = Message<"simtrack.v1.ListValidationsRequest
 
   /**
    * The next_page_token of a previous call with the same run and filter, or empty.
+   * Opaque; one issued for another filter or parent, or not by this server, is INVALID_ARGUMENT
+   * naming page_token.
    *
    * @generated from field: string page_token = 3;
    */
   pageToken: string;
 
   /**
-   * Filter (AIP-160 subset): `field = "value"` / `field != "value"` joined by AND.
-   * Fields: validator, kind, passed (true or false).
+   * Which validations to list.
+   * Syntax (a subset of AIP-160): terms `FIELD = VALUE` or `FIELD != VALUE` joined by AND;
+   * no OR, NOT or parentheses. VALUE is a double-quoted string (a backslash escapes the next
+   * character) or a bare word of letters, digits and `_.:-`. Strings match exactly (case
+   * counts); enum values match in any case, short (`completed`) or as the proto enum value
+   * (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. At most 4,096 characters and 100 terms.
+   * Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
+   * what is accepted). Fields:
+   *   validator (string): who judged; "scenario" is the server's own.
+   *   kind (string): what was judged.
+   *   passed (boolean): true or false, any case.
+   * Example: `passed = false`.
    *
    * @generated from field: string filter = 4;
    */
@@ -246,6 +259,7 @@ export const ListValidationsResponseSchema: GenMessage<ListValidationsResponse> 
 /**
  * ValidationService records and reads the verdicts on runs: the server's own (its scenario's
  * success criteria, checked when a run completes) and external validators'.
+ * Errors: status codes and their google.rpc details as documented on RunService.
  *
  * @generated from service simtrack.v1.ValidationService
  */
