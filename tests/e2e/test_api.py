@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -16,6 +15,7 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
 from simtrack.v1 import agents_pb2, experiments_pb2, runs_pb2, scenarios_pb2
+from tests.support.waiting import wait_for
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import Server
@@ -65,15 +65,6 @@ def mask(*paths: str) -> field_mask_pb2.FieldMask:
 
 def when(ts: timestamp_pb2.Timestamp) -> datetime:
     return ts.ToDatetime(tzinfo=UTC)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
-    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what or condition}")
-        time.sleep(0.05)
 
 
 def assert_not_found(call: Callable[[], object]) -> None:

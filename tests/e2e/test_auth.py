@@ -13,7 +13,6 @@ and checks that its log holds none of them (so the tests of their own servers co
 from __future__ import annotations
 
 import secrets
-import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from simtrack.v1 import (
     telemetry_pb2,
     validations_pb2,
 )
+from tests.support.waiting import wait_for
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import Client, Launch, Server, ServerPool, SimtrackCli, StartServer
@@ -144,14 +144,6 @@ def table_rows(output: str) -> list[list[str]]:
         for line in output.splitlines()
         if line.startswith("│")
     ]
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout}s: {what}")
-        time.sleep(0.05)
 
 
 # One object of every kind, and a valid request for every RPC on them
@@ -790,7 +782,7 @@ def test_health_and_reflection_need_no_key(world: World) -> None:
         return check
 
     for service in SERVICES.values():
-        wait_for(serving(service.full_name), f"{service.full_name} to report SERVING")
+        wait_for(serving(service.full_name), what=f"{service.full_name} to report SERVING")
     requests = [
         reflection_pb2.ServerReflectionRequest(list_services=""),
         reflection_pb2.ServerReflectionRequest(file_containing_symbol="simtrack.v1.AgentService"),

@@ -9,7 +9,6 @@ backend, created by ``PostgresDatabases``): the outage test takes it away from e
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -22,6 +21,7 @@ from psycopg import sql
 
 from simtrack.server.db import migrate
 from simtrack.v1 import agents_pb2, agents_pb2_grpc, scenarios_pb2
+from tests.support.waiting import wait_for
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -35,16 +35,6 @@ SERVING: int = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING: int = health_pb2.HealthCheckResponse.NOT_SERVING
 # The server probes every 0.2 s (SIMTRACK_HEALTH_CHECK_INTERVAL in the fixture).
 REACTION_TIME = 5.0
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = REACTION_TIME) -> float:
-    """Poll ``condition`` until it holds; the seconds it took. Fails after ``timeout``."""
-    start = time.monotonic()
-    while not condition():
-        if time.monotonic() - start > timeout:
-            pytest.fail(f"not within {timeout}s: {what}")
-        time.sleep(0.05)
-    return time.monotonic() - start
 
 
 def health_is(server: Server, expected: int, service: str = "") -> Callable[[], bool]:
@@ -102,13 +92,13 @@ def test_health_and_calls_follow_the_database(
 ) -> None:
     migrate.upgrade(empty_database_url)
     server = start_server(empty_database_url)
-    wait_for(health_is(server, SERVING, "simtrack.v1.AgentService"), "AgentService SERVING")
+    wait_for(health_is(server, SERVING, "simtrack.v1.AgentService"), REACTION_TIME, "AgentService")
     assert server.health_status("") == SERVING
     create_agent(server, "before")
     assert list_agents(server) == ["before"]
 
     with database_unreachable(postgres_admin, database_name(empty_database_url)):
-        wait_for(health_is(server, NOT_SERVING), "NOT_SERVING while the database is away")
+        wait_for(health_is(server, NOT_SERVING), REACTION_TIME, "NOT_SERVING, the database away")
         for service in ("simtrack.v1.AgentService", "simtrack.v1.RunService"):
             assert server.health_status(service) == NOT_SERVING
         for call in (lambda: list_agents(server), lambda: create_agent(server, "during")):
@@ -121,7 +111,7 @@ def test_health_and_calls_follow_the_database(
         scenarios = server.scenarios.ListScenarios(scenarios_pb2.ListScenariosRequest())
         assert scenarios.scenarios
 
-    wait_for(health_is(server, SERVING), "SERVING once the database is back")
+    wait_for(health_is(server, SERVING), REACTION_TIME, "SERVING once the database is back")
     for service in ("simtrack.v1.AgentService", "simtrack.v1.ExperimentService"):
         assert server.health_status(service) == SERVING
     create_agent(server, "after")

@@ -8,8 +8,6 @@ each must end with exactly one verdict per criterion.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -18,6 +16,7 @@ import sqlalchemy
 from google.protobuf import field_mask_pb2, json_format
 
 from simtrack.v1 import runs_pb2, telemetry_pb2, validations_pb2
+from tests.support.waiting import wait_until
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import Refusal, Server, StartServer, StreamKit
@@ -41,11 +40,41 @@ def validations(server: Server, run_id: str, filter: str = "") -> list[validatio
 async def wait_validations(
     server: Server, run_id: str, count: int
 ) -> list[validations_pb2.Validation]:
-    deadline = time.monotonic() + 10
-    while len(found := validations(server, run_id)) < count:
-        assert time.monotonic() < deadline, f"only {len(found)} validations after 10 s"
-        await asyncio.sleep(0.05)
-    return found
+    await wait_until(
+        lambda: len(validations(server, run_id)) >= count, what=f"{count} validations of {run_id}"
+    )
+    return validations(server, run_id)
+
+
+def forget_judgement(database_url: str, run_id: str) -> None:
+    """Make a completed run look as if the server died between its completion and its check."""
+    engine = sqlalchemy.create_engine(
+        database_url.replace("postgresql://", "postgresql+psycopg://"),
+        poolclass=sqlalchemy.NullPool,
+    )
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                sqlalchemy.text("DELETE FROM validations WHERE run_id = :run"), {"run": run_id}
+            )
+            connection.execute(
+                sqlalchemy.text("UPDATE runs SET criteria_checked_at = NULL WHERE id = :run"),
+                {"run": run_id},
+            )
+    finally:
+        engine.dispose()
+
+
+async def a_sweep_has_passed(server: Server, streams: StreamKit, database_url: str) -> None:
+    """Return once the sweeper has run since the call: it judged a run left unchecked for it
+    (the sweep that judges it sees everything settled before, so whatever it would do to
+    those runs is done by then).
+    """
+    control = streams.new_run(server)
+    await complete_with_metrics(server, streams, control.id)
+    await wait_validations(server, control.id, 3)
+    forget_judgement(database_url, control.id)
+    await wait_validations(server, control.id, 3)
 
 
 def by_kind(found: list[validations_pb2.Validation]) -> dict[str, validations_pb2.Validation]:
@@ -66,7 +95,7 @@ async def complete_with_metrics(server: Server, streams: StreamKit, run_id: str)
 
 
 async def test_a_completed_run_is_judged_once_on_its_scenarios_criteria(
-    server: Server, streams: StreamKit
+    server: Server, streams: StreamKit, database_url: str
 ) -> None:
     run = streams.new_run(server)
     await complete_with_metrics(server, streams, run.id)
@@ -90,13 +119,13 @@ async def test_a_completed_run_is_judged_once_on_its_scenarios_criteria(
     assert [v.kind for v in validations(server, run.id, 'passed = "true"')] == ["total_profit"]
 
     # The worker resends its final status after a reconnect: nothing is judged twice, also
-    # not by the sweeper that runs every half second here.
+    # not by the sweeper.
     stream = await streams.open(server, run.id)
     done = telemetry_pb2.FinalStatus(outcome=telemetry_pb2.RUN_OUTCOME_COMPLETED)
     await stream.send(Request(seq=2, status=done))
     await stream.wait_acked(2)
     await stream.finish()
-    await asyncio.sleep(1.2)
+    await a_sweep_has_passed(server, streams, database_url)
     assert sorted(v.id for v in validations(server, run.id)) == sorted(v.id for v in found)
 
 
@@ -122,14 +151,16 @@ async def test_update_run_to_completed_judges_in_the_same_call(
     assert sorted(verdicts) == CRITERIA and not any(v.passed for v in verdicts.values())
 
 
-async def test_failed_runs_are_not_judged(server: Server, streams: StreamKit) -> None:
+async def test_failed_runs_are_not_judged(
+    server: Server, streams: StreamKit, database_url: str
+) -> None:
     run = streams.new_run(server)
     stream = await streams.open(server, run.id)
     failed = telemetry_pb2.FinalStatus(outcome=telemetry_pb2.RUN_OUTCOME_FAILED)
     await stream.send(Request(seq=1, status=failed))
     await stream.wait_acked(1)
     await stream.finish()
-    await asyncio.sleep(1.2)  # past a sweep
+    await a_sweep_has_passed(server, streams, database_url)
     assert validations(server, run.id) == []
 
 
@@ -139,25 +170,10 @@ async def test_the_sweeper_judges_a_run_a_crash_left_unchecked(
     run = streams.new_run(server)
     await complete_with_metrics(server, streams, run.id)
     await wait_validations(server, run.id, 3)
-    # As if the server died between the commit that completed the run and the check.
-    engine = sqlalchemy.create_engine(
-        database_url.replace("postgresql://", "postgresql+psycopg://"),
-        poolclass=sqlalchemy.NullPool,
-    )
-    try:
-        with engine.begin() as connection:
-            connection.execute(
-                sqlalchemy.text("DELETE FROM validations WHERE run_id = :run"), {"run": run.id}
-            )
-            connection.execute(
-                sqlalchemy.text("UPDATE runs SET criteria_checked_at = NULL WHERE id = :run"),
-                {"run": run.id},
-            )
-    finally:
-        engine.dispose()
+    forget_judgement(database_url, run.id)
     assert validations(server, run.id) == []
     found = await wait_validations(server, run.id, 3)
-    await asyncio.sleep(0.6)
+    await a_sweep_has_passed(server, streams, database_url)  # and judges it no second time
     assert len(validations(server, run.id)) == len(found) == 3
     assert by_kind(found)["total_profit"].passed
 

@@ -490,9 +490,9 @@ def test_heartbeats_while_idle_and_the_api_key_on_the_stream(
     with Worker(
         fake.target, RUN, api_key="k-123", worker_id="w-1", spool_dir=tmp_path, options=FAST
     ):
-        time.sleep(0.5)
+        # Idle: nothing but heartbeats keeps the stream alive (every 0.05 s here).
+        eventually(lambda: fake.service.run(RUN).heartbeats >= 3, what="3 heartbeats")
     log = fake.service.run(RUN)
-    assert log.heartbeats >= 3
     assert fake.service.metadata[0]["authorization"] == "Bearer k-123"
     assert log.hellos[0].run_id == RUN and log.hellos[0].worker_id == "w-1"
 
@@ -1078,13 +1078,16 @@ def test_sync_reports_what_it_uploaded_and_keeps_what_was_refused(
 
 def test_a_cancelled_async_worker_ends_the_run_stopped(fake: FakeServer, tmp_path: Path) -> None:
     async def main() -> None:
+        running = asyncio.Event()
+
         async def simulation() -> None:
             async with AsyncWorker(fake.target, RUN, spool_dir=tmp_path, options=FAST) as run:
                 run.log_metrics(0, {"x": 1.0})
-                await asyncio.sleep(60)
+                running.set()
+                await asyncio.sleep(60)  # a long simulation step, cancelled
 
         task = asyncio.create_task(simulation())
-        await asyncio.sleep(0.2)
+        await asyncio.wait_for(running.wait(), 10)  # cancelled inside the worker's block
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
