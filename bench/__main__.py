@@ -1,4 +1,4 @@
-"""``python -m bench {ingest,history} [--quick]``: run a benchmark and print its figures."""
+"""``python -m bench {ingest,history,codec} [--quick]``: run a benchmark and print its figures."""
 
 from __future__ import annotations
 
@@ -40,7 +40,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="postgresql://postgres@127.0.0.1:5432/test",
         help="PostgreSQL superuser URL used to create and drop the benchmark database",
     )
+    codec = commands.add_parser(
+        "codec", help="chunk codecs on a corpus of simulation metrics: bytes per point, speed"
+    )
+    codec.add_argument("--quick", action="store_true", help="20,000 points a series, not 100,000")
     args = parser.parse_args(argv)
+    if args.command == "codec":
+        from bench.codec import run_codec
+
+        return run_codec(quick=args.quick)
     if args.command == "history":
         from bench.history import run_history
 
