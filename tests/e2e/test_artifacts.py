@@ -10,7 +10,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 import pytest
@@ -18,9 +18,7 @@ import pytest
 from simtrack.client import Client
 from simtrack.errors import NotFound
 from simtrack.v1 import artifacts_pb2, runs_pb2
-
-if TYPE_CHECKING:
-    from tests.e2e.conftest import Refusal, Server, StartServer
+from tests.support import Refusal, Server, StartServer
 
 MiB = 1024 * 1024
 Upload = artifacts_pb2.UploadArtifactRequest

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 import pytest
@@ -36,9 +36,7 @@ from simtrack.v1 import (
     telemetry_pb2,
     validations_pb2,
 )
-
-if TYPE_CHECKING:
-    from tests.e2e.conftest import Client, Launch, Server, ServerPool, SimtrackCli, StartServer
+from tests.support import Client, Launch, Server, ServerPool, SimtrackCli, StartServer
 
 POSTGRESQL_ONLY = pytest.mark.parametrize(
     "backend", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True

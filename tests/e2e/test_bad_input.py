@@ -17,7 +17,7 @@ import math
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -33,9 +33,7 @@ from simtrack.v1 import (
     scenarios_pb2,
     telemetry_pb2,
 )
-
-if TYPE_CHECKING:
-    from tests.e2e.conftest import Server, StreamKit
+from tests.support import Server, StreamKit
 
 INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 import numpy as np
@@ -19,9 +19,7 @@ from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.message import Message
 
 from simtrack.v1 import telemetry_pb2
-
-if TYPE_CHECKING:
-    from tests.e2e.conftest import Refusal, Server, StartServer, StreamKit
+from tests.support import Refusal, Server, StartServer, StreamKit
 
 Request = telemetry_pb2.StreamRunRequest
 Array = np.ndarray[Any, Any]

@@ -29,19 +29,19 @@ import sqlalchemy
 from simtrack.client import Worker, WorkerOptions
 from simtrack.errors import Unauthenticated
 from simtrack.v1 import artifacts_pb2, runs_pb2
+from tests.support import (
+    Checksum,
+    Client,
+    RawStream,
+    Server,
+    ServerPool,
+    SimtrackCli,
+    StreamEnded,
+    StreamKit,
+)
 
 if TYPE_CHECKING:
     from grpc import _CallIterator
-
-    from tests.e2e.conftest import (
-        Checksum,
-        Client,
-        RawStream,
-        Server,
-        ServerPool,
-        SimtrackCli,
-        StreamKit,
-    )
 
 CACHE_SECONDS = 1.0
 # How late a call may end after the revocation command returned: the cache interval and a
@@ -126,7 +126,7 @@ async def send_until_ended(stream: RawStream, messages: list[Any], pace: float) 
             return
         try:
             await stream.send(message)
-        except Exception:  # StreamEnded (conftest's; not importable here) or a failed write
+        except StreamEnded:  # the call ended, or a write failed because it had
             if stream.code is None:
                 raise
             return

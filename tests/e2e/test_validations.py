@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 import pytest
@@ -18,9 +18,7 @@ import sqlalchemy
 from google.protobuf import field_mask_pb2, json_format
 
 from simtrack.v1 import runs_pb2, telemetry_pb2, validations_pb2
-
-if TYPE_CHECKING:
-    from tests.e2e.conftest import Refusal, Server, StartServer, StreamKit
+from tests.support import Refusal, Server, StartServer, StreamKit
 
 Request = telemetry_pb2.StreamRunRequest
 RunStatus = runs_pb2.RunStatus

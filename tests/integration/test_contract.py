@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -23,9 +23,7 @@ from simtrack.server.core.model import (
     SimulationStatus,
 )
 from simtrack.server.db import models
-
-if TYPE_CHECKING:
-    from tests.integration.conftest import Services
+from tests.support import Services
 
 SCENARIO_ID = "tier0-tutorial"
 OTHER_SCENARIO_ID = "tier2-supply-shock"
