@@ -502,7 +502,7 @@ def test_with_auth_the_application_role_serves(
     database_url: str, start_server: StartServer, simtrack_cli: SimtrackCli
 ) -> None:
     server = start_server(database_url, auth=True)
-    assert f"//{APP_ROLE}@" in server.process.database_url
+    assert f"//{APP_ROLE}@" in server.host.database_url
     simtrack_cli("tenants", "create", "acme", database_url=database_url)
     created = simtrack_cli("keys", "create", "--tenant", "acme", database_url=database_url)
     client = server.connect(f"Bearer {created.stdout.strip()}")

@@ -35,6 +35,9 @@ from simtrack.v1 import (
 )
 from tests.support import Server, StreamKit
 
+# The API under test, not the process: served in-process (tests/support/inprocess.py).
+pytestmark = pytest.mark.in_process
+
 INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 ALREADY_EXISTS = grpc.StatusCode.ALREADY_EXISTS
@@ -996,7 +999,7 @@ def test_upload_messages_that_are_not_protobuf_are_invalid_and_leave_nothing(
     chunk = UploadRequest(chunk=b"data").SerializeToString()
     for messages in ([GARBAGE], [metadata, GARBAGE], [metadata, chunk, chunk[:-1]]):
         rejects(server, lambda: upload(iter(messages)), INVALID_ARGUMENT, "request")  # noqa: B023
-    store = server.process.cwd / "simtrack-artifacts"
+    store = server.artifacts_dir
     assert not [p for p in store.rglob("*") if p.is_file()], "a refused upload left a file"
     stored = artifacts_pb2.UploadArtifactResponse.FromString(upload(iter([metadata, chunk])))
     assert stored.artifact.size_bytes == 4

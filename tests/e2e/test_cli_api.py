@@ -29,6 +29,9 @@ from simtrack.client import Client, Worker
 from simtrack.v1 import agents_pb2, experiments_pb2, runs_pb2, scenarios_pb2
 from tests.support import Server, ServerPool, SimtrackCli
 
+# The API under test, not the process: served in-process (tests/support/inprocess.py).
+pytestmark = pytest.mark.in_process
+
 SCENARIOS_DIR = Path(__file__).resolve().parents[2] / "scenarios"
 SCENARIO = "tier0-tutorial"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -21,6 +21,9 @@ from google.protobuf.message import Message
 from simtrack.v1 import telemetry_pb2
 from tests.support import Refusal, Server, StartServer, StreamKit
 
+# The API under test, not the process: served in-process (tests/support/inprocess.py).
+pytestmark = pytest.mark.in_process
+
 Request = telemetry_pb2.StreamRunRequest
 Array = np.ndarray[Any, Any]
 

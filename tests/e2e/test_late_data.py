@@ -32,6 +32,9 @@ from tests.support import (
     wait_status,
 )
 
+# The API under test, not the process: served in-process (tests/support/inprocess.py).
+pytestmark = pytest.mark.in_process
+
 Request = telemetry_pb2.StreamRunRequest
 ExperimentStatus = experiments_pb2.ExperimentStatus
 QUICK_LIVENESS = {"SIMTRACK_HEARTBEAT_TIMEOUT": "1", "SIMTRACK_HEARTBEAT_INTERVAL": "0.2"}
@@ -170,6 +173,7 @@ async def test_a_cancel_keeps_its_reason_when_the_worker_gives_none(
 
 
 @pytest.mark.parametrize("backend", [pytest.param("sqlite")])
+@pytest.mark.in_process(False)  # the process itself is under test
 async def test_the_liveness_clock_starts_again_with_the_server(
     served_url: str, start_server: StartServer, streams: StreamKit
 ) -> None:

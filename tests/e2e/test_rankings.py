@@ -15,6 +15,9 @@ import pytest
 from simtrack.v1 import agents_pb2, experiments_pb2, runs_pb2, telemetry_pb2
 from tests.support import Refusal, Server, StartServer, StreamKit
 
+# The API under test, not the process: served in-process (tests/support/inprocess.py).
+pytestmark = pytest.mark.in_process
+
 Request = telemetry_pb2.StreamRunRequest
 RunStatus = runs_pb2.RunStatus
 COMPLETED = telemetry_pb2.RUN_OUTCOME_COMPLETED

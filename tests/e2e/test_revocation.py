@@ -40,6 +40,9 @@ from tests.support import (
     StreamKit,
 )
 
+# The API under test, not the process: served in-process (tests/support/inprocess.py).
+pytestmark = pytest.mark.in_process
+
 if TYPE_CHECKING:
     from grpc import _CallIterator
 
@@ -261,7 +264,7 @@ def test_an_open_upload_ends_once_its_key_is_revoked_and_stores_nothing(
     )
     assert list(listed.artifacts) == []
     # Not even a partial file is left (the server's artifacts folder is under its workdir).
-    assert not list((keys.server.process.cwd / "simtrack-artifacts").glob(f"*/{run.id}/*"))
+    assert not list((keys.server.artifacts_dir).glob(f"*/{run.id}/*"))
 
 
 def test_an_open_download_ends_once_its_key_is_revoked(keys: Keys, streams: StreamKit) -> None:

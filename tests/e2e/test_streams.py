@@ -57,6 +57,9 @@ from tests.support import (
     wait_status,
 )
 
+# The API under test, not the process: served in-process (tests/support/inprocess.py).
+pytestmark = pytest.mark.in_process
+
 INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT
 FAILED_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
 
@@ -755,6 +758,7 @@ async def test_an_unconfirmed_cancel_stops_the_run_after_the_grace(
         beat.cancel()
 
 
+@pytest.mark.in_process(False)  # the process itself is under test
 async def test_graceful_shutdown_says_going_away_and_keeps_every_acked_batch(
     served_url: str, start_server: StartServer, streams: StreamKit, database_url: str
 ) -> None:
@@ -822,6 +826,7 @@ async def test_messages_up_to_the_documented_8_mib_are_accepted(
     assert len(streams.database(database_url).events(run.id)) == 1000
 
 
+@pytest.mark.in_process(False)  # the process itself is under test
 async def test_a_stream_dropped_while_acks_flow_leaves_a_clean_log(
     served_url: str, start_server: StartServer, streams: StreamKit, database_url: str
 ) -> None:

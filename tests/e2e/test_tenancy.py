@@ -42,6 +42,9 @@ from simtrack.v1 import (
 )
 from tests.support import Client, Server, ServerPool, SimtrackCli
 
+# The API under test, not the process: served in-process (tests/support/inprocess.py).
+pytestmark = pytest.mark.in_process
+
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 ALREADY_EXISTS = grpc.StatusCode.ALREADY_EXISTS
 SCENARIO = "tier0-tutorial"

@@ -20,6 +20,9 @@ from google.protobuf import field_mask_pb2, json_format
 from simtrack.v1 import runs_pb2, telemetry_pb2, validations_pb2
 from tests.support import Refusal, Server, StartServer, StreamKit
 
+# The API under test, not the process: served in-process (tests/support/inprocess.py).
+pytestmark = pytest.mark.in_process
+
 Request = telemetry_pb2.StreamRunRequest
 RunStatus = runs_pb2.RunStatus
 CRITERIA = ["customer_rating", "stockout_rate", "total_profit"]

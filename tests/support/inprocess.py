@@ -35,6 +35,7 @@ from tests.support.processes import (
 )
 
 _numbers = itertools.count()
+log = logging.getLogger("simtrack.inprocess")  # under "simtrack": INFO, as the server's own
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # as `simtrack serve` logs
 
 
@@ -128,6 +129,10 @@ class InProcessServer:
         self._stop: asyncio.Event | None = None
 
     @property
+    def artifacts_dir(self) -> Path:
+        return self.settings.artifacts_dir
+
+    @property
     def stderr(self) -> str:
         """What the server has logged so far (tracebacks included), as a process's stderr."""
         with self._capture.lock or threading.Lock():
@@ -173,7 +178,7 @@ class InProcessServer:
             asyncio.run(self._serve())
             self.exit_code = 1 if self.leaked else 0
         except BaseException:  # noqa: BLE001 - reported through the log, as a process would
-            logging.getLogger("simtrack.inprocess").error("%s failed:\n%s", self.name, traceback.format_exc())
+            log.error("%s failed:\n%s", self.name, traceback.format_exc())
             self.exit_code = 1
         finally:
             self._ready.set()
@@ -186,7 +191,7 @@ class InProcessServer:
         self._loop, self._stop = loop, asyncio.Event()
         host = self.settings.listen.rsplit(":", 1)[0]
         self.address = f"{host}:{running.port}"
-        logging.getLogger("simtrack.inprocess").info("%s serving on %s", self.name, self.address)
+        log.info("%s serving on %s", self.name, self.address)
         self._ready.set()
         await self._stop.wait()
         await running.stop(self.settings.shutdown_grace)
@@ -194,4 +199,4 @@ class InProcessServer:
         left = [task for task in asyncio.all_tasks() if task is not current and not task.done()]
         if left:  # a leak: something the server started outlived its stop
             self.leaked = [repr(task) for task in left]
-            logging.getLogger("simtrack.inprocess").error("tasks left running after stop: %s", self.leaked)
+            log.error("tasks left running after stop: %s", self.leaked)

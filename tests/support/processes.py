@@ -66,9 +66,11 @@ class ServerProcess:
         database_url: str = "",
         log_path: Path | None = None,
         name: str = "the server process",
+        merge_stdout: bool = False,
     ) -> None:
         self.command = list(command)
         self.name = name  # for messages
+        self.merge_stdout = merge_stdout  # its stdout into the same log (else discarded)
         self.cwd = cwd
         self.env = env
         self.database_url = database_url
@@ -105,8 +107,8 @@ class ServerProcess:
             cwd=self.cwd,
             env=self.env,
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stdout=subprocess.PIPE if self.merge_stdout else subprocess.DEVNULL,
+            stderr=subprocess.STDOUT if self.merge_stdout else subprocess.PIPE,
             text=True,
             errors="replace",
         )
@@ -114,9 +116,10 @@ class ServerProcess:
         self._drain.start()
 
     def _read_stderr(self, log: IO[str] | None) -> None:
-        assert self.process.stderr is not None
+        output = self.process.stdout if self.merge_stdout else self.process.stderr
+        assert output is not None
         try:
-            for line in self.process.stderr:
+            for line in output:
                 with self._lock:
                     self._lines.append(line)
                 if log is not None:
@@ -134,6 +137,11 @@ class ServerProcess:
     def process(self) -> subprocess.Popen[str]:
         assert self._process is not None, "not started"
         return self._process
+
+    @property
+    def artifacts_dir(self) -> Path:
+        """Where the server keeps artifact files (a relative setting is under its cwd)."""
+        return self.cwd / self.env.get("SIMTRACK_ARTIFACTS_DIR", "simtrack-artifacts")
 
     @property
     def pid(self) -> int:

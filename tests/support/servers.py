@@ -80,6 +80,11 @@ class Server:
         return self.host
 
     @property
+    def artifacts_dir(self) -> Path:
+        """Where the server keeps artifact files."""
+        return self.host.artifacts_dir
+
+    @property
     def in_process(self) -> bool:
         return isinstance(self.host, InProcessServer)
 
