@@ -1,16 +1,15 @@
 """Databases and server processes for the benchmarks.
 
-Every process started here inherits this process's environment, so ``PYTHONPATH`` (which picks
-the worktree's code over the installed one) reaches servers and workers alike.
+Servers are launched by the e2e tests' launcher (tests/support/processes.py); what is the
+bench's own is the environment they get and what is measured of them. Every process started
+here inherits this process's environment, so ``PYTHONPATH`` (which picks the worktree's code
+over the installed one) reaches servers and workers alike.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import re
-import signal
 import sqlite3
 import sys
 import time
@@ -23,20 +22,14 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-APP_ROLE = "simtrack_app"
-_SERVING = re.compile(r"simtrack serving on ([0-9.]+):(\d+)")
-_SIMTRACK = "import sys; from simtrack.client.cli import main; sys.exit(main(sys.argv[1:]))"
+from tests.support.databases import APP_ROLE
+from tests.support.processes import ServerFailed, ServerProcess, serve_command, simtrack_command
 
 
 def child_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(extra)
     return env
-
-
-def simtrack_command(*args: str) -> list[str]:
-    """The ``simtrack`` CLI run by this interpreter (so it sees this process's PYTHONPATH)."""
-    return [sys.executable, "-c", _SIMTRACK, *args]
 
 
 def proc_status_kb(pid: int, field: str) -> int:
@@ -148,17 +141,22 @@ class SqliteDatabase:
         return int(row[0]), int(row[1])
 
 
-@dataclass
-class ServerProcess:
-    """A server process (``simtrack serve`` or the null server) and where it listens."""
+class RunningServer:
+    """A server the bench measures: tests/support's launcher (the one the e2e tests use) and
+    readings of its process.
+    """
 
-    process: asyncio.subprocess.Process
-    address: str
-    log_path: Path
+    def __init__(self, process: ServerProcess, address: str) -> None:
+        self.process = process
+        self.address = address
 
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    @property
+    def log_path(self) -> Path | None:
+        return self.process.log_path
 
     def rss_mb(self) -> float:
         return proc_status_kb(self.pid, "VmRSS") / 1024
@@ -167,51 +165,38 @@ class ServerProcess:
         return proc_status_kb(self.pid, "VmHWM") / 1024
 
     async def stop(self, timeout: float = 15.0) -> None:
-        if self.process.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(self.process.wait(), timeout)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.kill()
-            await self.process.wait()
+        """SIGTERM, SIGKILL after ``timeout`` (a bench only notes it: the numbers are taken)."""
+        await asyncio.to_thread(self.process.stop, timeout)
+        if self.process.ignored_sigterm:
+            print(f"bench: {self.process.name} ignored SIGTERM, killed", file=sys.stderr)
 
 
 async def start_process_server(
     command: Sequence[str], log_path: Path, env: dict[str, str] | None = None, timeout: float = 60
-) -> ServerProcess:
-    """Start a server that logs ``simtrack serving on HOST:PORT`` and wait for that line."""
-    log_file = open(log_path, "wb")  # noqa: SIM115 - the child keeps writing to it
+) -> RunningServer:
+    """Start a server that logs ``simtrack serving on HOST:PORT`` and wait for that line.
+
+    It runs in this process's working directory (``python -m bench.null_server`` needs it);
+    its output goes to ``log_path``.
+    """
+    name = " ".join(command[-4:])  # e.g. serve --listen ... or -m bench.null_server
+    process = ServerProcess(
+        command, Path.cwd(), env or child_env(), log_path=log_path, name=name, merge_stdout=True
+    )
+    process.start()
     try:
-        process = await asyncio.create_subprocess_exec(
-            *command,
-            env=env or child_env(),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=log_file,
-        )
-    finally:
-        log_file.close()
-    deadline = time.monotonic() + timeout
-    while True:
-        text = log_path.read_text(errors="replace")
-        found = _SERVING.search(text)
-        if found:
-            return ServerProcess(process, f"{found.group(1)}:{found.group(2)}", log_path)
-        if process.returncode is not None or time.monotonic() > deadline:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
-            raise RuntimeError(f"server did not start ({' '.join(command[-4:])}):\n{text[-3000:]}")
-        await asyncio.sleep(0.05)
+        address = await asyncio.to_thread(process.wait_serving, timeout)
+    except ServerFailed as exc:
+        await asyncio.to_thread(process.kill)
+        raise RuntimeError(str(exc)[-3000:]) from None
+    return RunningServer(process, address)
 
 
-async def start_simtrack(database_url: str, log_path: Path, **settings: Any) -> ServerProcess:
+async def start_simtrack(database_url: str, log_path: Path, **settings: Any) -> RunningServer:
+    """``simtrack serve`` (this interpreter's, so it sees PYTHONPATH) with SIMTRACK_* settings."""
     extra = {f"SIMTRACK_{key.upper()}": str(value) for key, value in settings.items()}
     extra.setdefault("SIMTRACK_SHUTDOWN_GRACE", "3")
-    command = simtrack_command("serve", "--listen", "127.0.0.1:0", "--database-url", database_url)
+    command = serve_command(database_url, simtrack=simtrack_command())
     return await start_process_server(command, log_path, child_env(**extra))
 
 

@@ -40,7 +40,7 @@ from bench.helper_worker import HelperConfig
 from bench.infra import (
     CpuMeter,
     PostgresDatabase,
-    ServerProcess,
+    RunningServer,
     SqliteDatabase,
     child_env,
     machine_busy_cores,
@@ -199,7 +199,7 @@ async def ingest_case(
     report: Report,
     pool: WorkerPool,
     name: str,
-    server: ServerProcess,
+    server: RunningServer,
     run_ids: Sequence[str],
     points: int,
     batch: int,
@@ -282,7 +282,7 @@ async def _ingest_cases(
     report: Report,
     pool: WorkerPool,
     prefix: str,
-    server: ServerProcess,
+    server: RunningServer,
     control: Control,
     database: StoredPoints,
     cases: Sequence[tuple[int, int, int]],
@@ -306,7 +306,7 @@ class Started:
     """What has been started, to be stopped whatever happens."""
 
     pools: list[WorkerPool] = field(default_factory=list)
-    servers: list[ServerProcess] = field(default_factory=list)
+    servers: list[RunningServer] = field(default_factory=list)
 
     async def stop(self) -> None:
         for pool in self.pools:
@@ -317,14 +317,14 @@ class Started:
 
 @dataclass
 class Servers:
-    null: ServerProcess
-    pg: ServerProcess
+    null: RunningServer
+    pg: RunningServer
     pg_control: Control
-    sqlite: ServerProcess
+    sqlite: RunningServer
     sqlite_control: Control
 
 
-async def _controlled(server: ServerProcess) -> Control:
+async def _controlled(server: RunningServer) -> Control:
     control = Control(server.address)
     await control.setup()
     return control
@@ -335,19 +335,19 @@ async def start_servers(
 ) -> Servers:
     """Every server the bench needs, started side by side before anything is measured."""
 
-    async def pg() -> tuple[ServerProcess, Control]:
+    async def pg() -> tuple[RunningServer, Control]:
         await asyncio.to_thread(postgres.create)
         await postgres.migrate()
         server = await start_simtrack(postgres.server_url, logs / "pg-server.log")
         started.servers.append(server)
         return server, await _controlled(server)
 
-    async def lite() -> tuple[ServerProcess, Control]:
+    async def lite() -> tuple[RunningServer, Control]:
         server = await start_simtrack(sqlite.server_url, logs / "sqlite-server.log")
         started.servers.append(server)
         return server, await _controlled(server)
 
-    async def null() -> ServerProcess:
+    async def null() -> RunningServer:
         command = [sys.executable, "-m", "bench.null_server"]
         server = await start_process_server(command, logs / "null-server.log")
         started.servers.append(server)
@@ -362,7 +362,7 @@ async def start_servers(
 async def grpc_part(
     report: Report,
     pool: WorkerPool,
-    server: ServerProcess,
+    server: RunningServer,
     sizes: Sizes,
     logs: Path,
     started: Started,

@@ -2,40 +2,29 @@
 
 PostgreSQL tests are real tests: with CI=true an unreachable server fails them; on a laptop
 without PostgreSQL they skip and say why. Point SIMTRACK_TEST_POSTGRES_URL elsewhere if needed.
+The helpers behind these fixtures (backends, throwaway PostgreSQL databases, the application
+role) live in tests/support/databases.py.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import sql
-from sqlalchemy import make_url
 
 from simtrack.server.core.tenancy import LOCAL_PRINCIPAL, reset_principal, set_principal
 from simtrack.server.db import migrate
-
-# The non-superuser role the server connects as, so row-level security applies to it.
-APP_ROLE = "simtrack_app"
-POSTGRES_ADMIN_URL = os.environ.get(
-    "SIMTRACK_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+from tests.support import (
+    APP_ROLE,
+    BACKENDS,
+    POSTGRES_ADMIN_URL,
+    PostgresDatabases,
+    as_app_role,
 )
-BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
-
-
-def _with_database(url: str, name: str) -> str:
-    base, _, _ = url.rpartition("/")
-    return f"{base}/{name}"
-
-
-def as_app_role(url: str) -> str:
-    """The same database, reached as the application role (trust auth here)."""
-    return make_url(url).set(username=APP_ROLE, password=None).render_as_string(False)
 
 
 @pytest.fixture
@@ -64,38 +53,6 @@ def postgres_admin() -> str:
             pytest.fail(f"{reason} (CI=true: PostgreSQL tests must run)", pytrace=False)
         pytest.skip(reason)
     return POSTGRES_ADMIN_URL
-
-
-def _admin_execute(admin_url: str, statement: sql.Composed) -> None:
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(statement)
-
-
-class PostgresDatabases:
-    """Creates throwaway databases (optionally copies of a template) and drops them after."""
-
-    def __init__(self, admin_url: str) -> None:
-        self.admin_url = admin_url
-        self.created: list[str] = []
-
-    def create(self, template: str | None = None) -> str:
-        name = f"simtrack_test_{uuid.uuid4().hex[:12]}"
-        statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
-        if template:
-            statement = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                sql.Identifier(name), sql.Identifier(template)
-            )
-        _admin_execute(self.admin_url, statement)
-        self.created.append(name)
-        return _with_database(self.admin_url, name)
-
-    def drop_all(self) -> None:
-        for name in reversed(self.created):
-            _admin_execute(
-                self.admin_url,
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)),
-            )
-        self.created.clear()
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,8 @@
-"""The API end to end: a real ``simtrack serve`` on SQLite and PostgreSQL, through its stubs."""
+"""The API end to end: the real server on SQLite and PostgreSQL, through its stubs.
+
+It is served in-process (``app.start`` on a thread, a real port and database): these tests are
+about the API, not the process; the clean shutdown on SIGTERM is checked on a real process.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 import pytest
@@ -15,10 +19,10 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
 from simtrack.v1 import agents_pb2, experiments_pb2, runs_pb2, scenarios_pb2
+from tests.support import Server
 from tests.support.waiting import wait_for
 
-if TYPE_CHECKING:
-    from tests.e2e.conftest import Server
+pytestmark = pytest.mark.in_process
 
 SCENARIOS_DIR = Path(__file__).resolve().parents[2] / "scenarios"
 # One service per aggregate.
@@ -223,6 +227,7 @@ def sigterm_stops_the_server_cleanly(server: Server) -> None:
     assert server.process.process.poll() == 0
 
 
+@pytest.mark.in_process(False)
 def test_health_reflection_and_clean_shutdown(server: Server) -> None:
     health_reports_serving(server)
     reflection_lists_and_describes_the_services(server)

@@ -10,7 +10,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 import pytest
@@ -18,9 +18,10 @@ import pytest
 from simtrack.client import Client
 from simtrack.errors import NotFound
 from simtrack.v1 import artifacts_pb2, runs_pb2
+from tests.support import Refusal, Server, StartServer
 
-if TYPE_CHECKING:
-    from tests.e2e.conftest import Refusal, Server, StartServer
+# The API under test, not the process: served in-process (tests/support/inprocess.py).
+pytestmark = pytest.mark.in_process
 
 MiB = 1024 * 1024
 Upload = artifacts_pb2.UploadArtifactRequest
@@ -50,7 +51,7 @@ def new_run(client: Client) -> runs_pb2.Run:
 
 
 def store_of(server: Server) -> Path:
-    return server.process.cwd / "simtrack-artifacts"
+    return server.artifacts_dir
 
 
 def stored_files(server: Server) -> list[Path]:
@@ -107,6 +108,7 @@ def test_a_file_goes_in_and_comes_out_byte_for_byte(
     assert [p.name for p in stored_files(server)] == [artifact.id]
 
 
+@pytest.mark.in_process(False)  # the process itself is under test
 def test_large_artifacts_stream_through_without_being_held_in_memory(
     server: Server, client: Client, tmp_path: Path
 ) -> None:

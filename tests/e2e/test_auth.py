@@ -16,7 +16,7 @@ import secrets
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 import pytest
@@ -35,10 +35,8 @@ from simtrack.v1 import (
     telemetry_pb2,
     validations_pb2,
 )
+from tests.support import Client, Launch, Server, ServerPool, SimtrackCli, StartServer
 from tests.support.waiting import wait_for
-
-if TYPE_CHECKING:
-    from tests.e2e.conftest import Client, Launch, Server, ServerPool, SimtrackCli, StartServer
 
 POSTGRESQL_ONLY = pytest.mark.parametrize(
     "backend", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
@@ -497,7 +495,7 @@ def test_with_auth_the_application_role_serves(
     database_url: str, start_server: StartServer, simtrack_cli: SimtrackCli
 ) -> None:
     server = start_server(database_url, auth=True)
-    assert f"//{APP_ROLE}@" in server.process.database_url
+    assert f"//{APP_ROLE}@" in server.host.database_url
     simtrack_cli("tenants", "create", "acme", database_url=database_url)
     created = simtrack_cli("keys", "create", "--tenant", "acme", database_url=database_url)
     client = server.connect(f"Bearer {created.stdout.strip()}")

@@ -11,7 +11,6 @@ traceback.
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING
 
 import pytest
 from google.protobuf import json_format, struct_pb2
@@ -22,7 +21,8 @@ from simtrack.v1 import (
     runs_pb2,
     scenarios_pb2,
 )
-from tests.e2e.bad_input import (
+from tests.support import Server
+from tests.support.bad_input import (
     ALREADY_EXISTS,
     FAILED_PRECONDITION,
     INVALID_ARGUMENT,
@@ -55,8 +55,8 @@ from tests.e2e.bad_input import (
     update_simulation,
 )
 
-if TYPE_CHECKING:
-    from tests.e2e.conftest import Server
+# The API under test, not the process: served in-process (tests/support/inprocess.py).
+pytestmark = pytest.mark.in_process
 
 
 @pytest.fixture

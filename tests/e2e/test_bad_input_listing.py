@@ -13,7 +13,7 @@ import base64
 import hashlib
 import json
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
@@ -22,7 +22,8 @@ from simtrack.v1 import (
     runs_pb2,
     telemetry_pb2,
 )
-from tests.e2e.bad_input import (
+from tests.support import Server, StreamKit
+from tests.support.bad_input import (
     INVALID_ARGUMENT,
     SHORT,
     Agent,
@@ -35,8 +36,8 @@ from tests.e2e.bad_input import (
     rejects,
 )
 
-if TYPE_CHECKING:
-    from tests.e2e.conftest import Server, StreamKit
+# The API under test, not the process: served in-process (tests/support/inprocess.py).
+pytestmark = pytest.mark.in_process
 
 
 @pytest.fixture

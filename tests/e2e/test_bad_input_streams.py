@@ -24,7 +24,7 @@ import asyncio
 import math
 import uuid
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import grpc
 import numpy as np
@@ -35,7 +35,8 @@ from grpc_health.v1 import health_pb2
 from grpc_status import rpc_status
 
 from simtrack.v1 import runs_pb2, telemetry_pb2
-from tests.e2e.bad_input import (
+from tests.support import Server, StartServer, StreamKit
+from tests.support.bad_input import (
     FAILED_PRECONDITION,
     GARBAGE,
     INVALID_ARGUMENT,
@@ -49,8 +50,8 @@ from tests.e2e.bad_input import (
     varint,
 )
 
-if TYPE_CHECKING:
-    from tests.e2e.conftest import Server, StartServer, StreamKit
+# The API under test, not the process: served in-process (tests/support/inprocess.py).
+pytestmark = pytest.mark.in_process
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 Hello = telemetry_pb2.Hello

@@ -10,8 +10,6 @@ traceback.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import grpc
 import pytest
 from google.protobuf import struct_pb2
@@ -22,7 +20,8 @@ from simtrack.v1 import (
     runs_pb2,
     scenarios_pb2,
 )
-from tests.e2e.bad_input import (
+from tests.support import Server
+from tests.support.bad_input import (
     BOUNDED,
     GARBAGE,
     INVALID_ARGUMENT,
@@ -47,8 +46,8 @@ from tests.e2e.bad_input import (
     update_agent,
 )
 
-if TYPE_CHECKING:
-    from tests.e2e.conftest import Server
+# The API under test, not the process: served in-process (tests/support/inprocess.py).
+pytestmark = pytest.mark.in_process
 
 
 @pytest.fixture
@@ -96,7 +95,7 @@ def test_upload_messages_that_are_not_protobuf_are_invalid_and_leave_nothing(
     chunk = UploadRequest(chunk=b"data").SerializeToString()
     for messages in ([GARBAGE], [metadata, GARBAGE], [metadata, chunk, chunk[:-1]]):
         rejects(server, lambda: upload(iter(messages)), INVALID_ARGUMENT, "request")  # noqa: B023
-    store = server.process.cwd / "simtrack-artifacts"
+    store = server.artifacts_dir
     assert not [p for p in store.rglob("*") if p.is_file()], "a refused upload left a file"
     stored = artifacts_pb2.UploadArtifactResponse.FromString(upload(iter([metadata, chunk])))
     assert stored.artifact.size_bytes == 4

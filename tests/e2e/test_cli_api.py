@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import matplotlib.image
 import numpy as np
@@ -27,9 +27,10 @@ from google.protobuf.message import Message
 
 from simtrack.client import Client, Worker
 from simtrack.v1 import agents_pb2, experiments_pb2, runs_pb2, scenarios_pb2
+from tests.support import Server, ServerPool, SimtrackCli
 
-if TYPE_CHECKING:
-    from tests.e2e.conftest import Server, ServerPool, SimtrackCli
+# The API under test, not the process: served in-process (tests/support/inprocess.py).
+pytestmark = pytest.mark.in_process
 
 SCENARIOS_DIR = Path(__file__).resolve().parents[2] / "scenarios"
 SCENARIO = "tier0-tutorial"

@@ -21,12 +21,11 @@ from psycopg import sql
 
 from simtrack.server.db import migrate
 from simtrack.v1 import agents_pb2, agents_pb2_grpc, scenarios_pb2
+from tests.support import Launch, Server, ServerProcess, StartServer
 from tests.support.waiting import wait_for
 
 if TYPE_CHECKING:
     from pathlib import Path
-
-    from tests.e2e.conftest import Launch, Server, ServerProcess, StartServer
 
 POSTGRESQL_ONLY = pytest.mark.parametrize(
     "backend", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True

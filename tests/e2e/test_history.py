@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 import numpy as np
@@ -19,9 +19,10 @@ from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.message import Message
 
 from simtrack.v1 import runs_pb2, telemetry_pb2
+from tests.support import Refusal, Server, StartServer, StreamKit
 
-if TYPE_CHECKING:
-    from tests.e2e.conftest import Refusal, Server, StartServer, StreamKit
+# The API under test, not the process: served in-process (tests/support/inprocess.py).
+pytestmark = pytest.mark.in_process
 
 Request = telemetry_pb2.StreamRunRequest
 Array = np.ndarray[Any, Any]

@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
 
 import pytest
 
 from simtrack.v1 import experiments_pb2, runs_pb2, telemetry_pb2
-from tests.e2e.test_streams import (
+from tests.support import (
     COMPLETED,
     FAILED,
     RUNNING,
+    Server,
+    StartServer,
+    StreamKit,
+    experiment_status,
     final,
     get_run,
     metrics,
@@ -29,8 +32,8 @@ from tests.e2e.test_streams import (
     wait_status,
 )
 
-if TYPE_CHECKING:
-    from tests.e2e.conftest import Server, StartServer, StreamKit
+# The API under test, not the process: served in-process (tests/support/inprocess.py).
+pytestmark = pytest.mark.in_process
 
 Request = telemetry_pb2.StreamRunRequest
 ExperimentStatus = experiments_pb2.ExperimentStatus
@@ -40,11 +43,6 @@ QUICK_LIVENESS = {"SIMTRACK_HEARTBEAT_TIMEOUT": "1", "SIMTRACK_HEARTBEAT_INTERVA
 def events(seq: int, *types: str) -> Request:
     batch = [telemetry_pb2.Event(step=i, type=kind) for i, kind in enumerate(types)]
     return Request(seq=seq, events=telemetry_pb2.EventBatch(events=batch))
-
-
-def experiment_status(server: Server, experiment_id: str) -> int:
-    request = experiments_pb2.GetExperimentRequest(id=experiment_id)
-    return int(server.experiments.GetExperiment(request).experiment.status)
 
 
 async def vanished_run(server: Server, streams: StreamKit) -> runs_pb2.Run:
@@ -175,6 +173,7 @@ async def test_a_cancel_keeps_its_reason_when_the_worker_gives_none(
 
 
 @pytest.mark.parametrize("backend", [pytest.param("sqlite")])
+@pytest.mark.in_process(False)  # the process itself is under test
 async def test_the_liveness_clock_starts_again_with_the_server(
     served_url: str, start_server: StartServer, streams: StreamKit
 ) -> None:

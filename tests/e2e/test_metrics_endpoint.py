@@ -13,16 +13,13 @@ import re
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from simtrack.v1 import agents_pb2, runs_pb2, telemetry_pb2
-
-if TYPE_CHECKING:
-    from tests.e2e.conftest import Server, StartServer, StreamKit
+from tests.support import Server, StartServer, StreamKit
 
 _METRICS_ON = re.compile(r"simtrack metrics on (?P<address>\S+:\d+)")
 CREATE_AGENT = "/simtrack.v1.AgentService/CreateAgent"

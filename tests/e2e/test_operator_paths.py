@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from simtrack.server.config import CONFIG_FILE_VARIABLE, Settings
 from simtrack.server.db import migrate
-from tests.e2e.conftest import APP_ROLE, run_simtrack
+from tests.support import APP_ROLE, run_simtrack
 
 POSTGRES_ONLY = pytest.mark.parametrize(
     "backend", [pytest.param("postgresql", marks=pytest.mark.postgres)]

@@ -7,15 +7,16 @@ rankings and counts that come back are compared with what the test made.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import grpc
 import pytest
 
 from simtrack.v1 import agents_pb2, experiments_pb2, runs_pb2, telemetry_pb2
+from tests.support import Refusal, Server, StartServer, StreamKit
 
-if TYPE_CHECKING:
-    from tests.e2e.conftest import Refusal, Server, StartServer, StreamKit
+# The API under test, not the process: served in-process (tests/support/inprocess.py).
+pytestmark = pytest.mark.in_process
 
 Request = telemetry_pb2.StreamRunRequest
 RunStatus = runs_pb2.RunStatus

@@ -29,19 +29,22 @@ import sqlalchemy
 from simtrack.client import Worker, WorkerOptions
 from simtrack.errors import Unauthenticated
 from simtrack.v1 import artifacts_pb2, runs_pb2
+from tests.support import (
+    Checksum,
+    Client,
+    RawStream,
+    Server,
+    ServerPool,
+    SimtrackCli,
+    StreamEnded,
+    StreamKit,
+)
+
+# The API under test, not the process: served in-process (tests/support/inprocess.py).
+pytestmark = pytest.mark.in_process
 
 if TYPE_CHECKING:
     from grpc import _CallIterator
-
-    from tests.e2e.conftest import (
-        Checksum,
-        Client,
-        RawStream,
-        Server,
-        ServerPool,
-        SimtrackCli,
-        StreamKit,
-    )
 
 CACHE_SECONDS = 1.0
 # How late a call may end after the revocation command returned: the cache interval and a
@@ -127,7 +130,7 @@ async def send_until_ended(stream: RawStream, messages: list[Any], pace: float) 
             return
         try:
             await stream.send(message)
-        except Exception:  # StreamEnded (conftest's; not importable here) or a failed write
+        except StreamEnded:  # the call ended, or a write failed because it had
             if stream.code is None:
                 raise
             return
@@ -262,7 +265,7 @@ def test_an_open_upload_ends_once_its_key_is_revoked_and_stores_nothing(
     )
     assert list(listed.artifacts) == []
     # Not even a partial file is left (the server's artifacts folder is under its workdir).
-    assert not list((keys.server.process.cwd / "simtrack-artifacts").glob(f"*/{run.id}/*"))
+    assert not list((keys.server.artifacts_dir).glob(f"*/{run.id}/*"))
 
 
 def test_an_open_download_ends_once_its_key_is_revoked(keys: Keys, streams: StreamKit) -> None:

@@ -20,7 +20,6 @@ import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
@@ -31,10 +30,7 @@ from psycopg import sql
 
 from simtrack.client import Worker, WorkerOptions, sync_spool
 from simtrack.v1 import runs_pb2, runs_pb2_grpc, telemetry_pb2
-from tests.e2e.test_streams import wait_status
-
-if TYPE_CHECKING:
-    from tests.e2e.conftest import Checksum, Server, StartServer, StreamKit
+from tests.support import Checksum, Server, StartServer, StreamKit, wait_status
 
 POSTGRES_ONLY = pytest.mark.parametrize(
     "backend", [pytest.param("postgresql", marks=pytest.mark.postgres)]

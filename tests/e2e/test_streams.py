@@ -21,31 +21,45 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
 import pytest
-from google.protobuf import field_mask_pb2, json_format, struct_pb2
+from google.protobuf import field_mask_pb2, json_format
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from simtrack.client.rpc_errors import from_rpc_error
 from simtrack.errors import SequenceGap
-from simtrack.v1 import experiments_pb2, runs_pb2, runs_pb2_grpc, telemetry_pb2
+from simtrack.v1 import runs_pb2, runs_pb2_grpc, telemetry_pb2
+from tests.support import (
+    COMPLETED,
+    FAILED,
+    PAUSED,
+    PENDING,
+    RUNNING,
+    STOPPED,
+    ExperimentStatus,
+    RawStream,
+    Refusal,
+    Request,
+    RunStatus,
+    Server,
+    StartServer,
+    StreamKit,
+    as_struct,
+    experiment_status,
+    final,
+    get_run,
+    metrics,
+    progress,
+    series,
+    wait_status,
+)
 
-if TYPE_CHECKING:
-    from tests.e2e.conftest import RawStream, Refusal, Server, StartServer, StreamKit
+# The API under test, not the process: served in-process (tests/support/inprocess.py).
+pytestmark = pytest.mark.in_process
 
-RunStatus = runs_pb2.RunStatus
-ExperimentStatus = experiments_pb2.ExperimentStatus
-Request = telemetry_pb2.StreamRunRequest
-RUNNING = RunStatus.RUN_STATUS_RUNNING
-PENDING = RunStatus.RUN_STATUS_PENDING
-COMPLETED = RunStatus.RUN_STATUS_COMPLETED
-FAILED = RunStatus.RUN_STATUS_FAILED
-STOPPED = RunStatus.RUN_STATUS_STOPPED
-PAUSED = RunStatus.RUN_STATUS_PAUSED
 INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT
 FAILED_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
 
@@ -58,41 +72,6 @@ def server(served_url: str, start_server: StartServer) -> Server:
     return start_server(served_url)
 
 
-def series(
-    name: str, steps: list[int], values: list[float], timestamps: list[float] | None = None
-) -> telemetry_pb2.MetricSeries:
-    return telemetry_pb2.MetricSeries(
-        name=name, steps=steps, values=values, timestamps=timestamps or []
-    )
-
-
-def metrics(seq: int, *items: telemetry_pb2.MetricSeries) -> Request:
-    return Request(seq=seq, metrics=telemetry_pb2.MetricBatch(series=list(items)))
-
-
-def progress(seq: int, tick: int, total: int = 0, percent: float = 0.0) -> Request:
-    return Request(
-        seq=seq, progress=telemetry_pb2.Progress(tick=tick, total=total, percent=percent)
-    )
-
-
-def final(
-    seq: int, outcome: int, error: str = "", results: dict[str, Any] | None = None
-) -> Request:
-    status = telemetry_pb2.FinalStatus(
-        outcome=telemetry_pb2.RunOutcome.ValueType(outcome),
-        error_message=error,
-        results=as_struct(results or {}),
-    )
-    return Request(seq=seq, status=status)
-
-
-def as_struct(data: dict[str, Any]) -> struct_pb2.Struct:
-    result = struct_pb2.Struct()
-    result.update(data)
-    return result
-
-
 def error_info(error: grpc.RpcError) -> tuple[str, str, dict[str, str]]:
     """The google.rpc.ErrorInfo detail of a failed call: reason, domain, metadata."""
     status = rpc_status.from_call(error)
@@ -103,30 +82,6 @@ def error_info(error: grpc.RpcError) -> tuple[str, str, dict[str, str]]:
             packed.Unpack(info)
             return info.reason, info.domain, dict(info.metadata)
     raise AssertionError(f"no ErrorInfo in {status}")
-
-
-def get_run(server: Server, run_id: str) -> runs_pb2.Run:
-    return server.runs.GetRun(runs_pb2.GetRunRequest(id=run_id)).run
-
-
-def experiment_status(server: Server, experiment_id: str) -> int:
-    request = experiments_pb2.GetExperimentRequest(id=experiment_id)
-    return int(server.experiments.GetExperiment(request).experiment.status)
-
-
-async def wait_status(
-    server: Server, run_id: str, status: int, timeout: float = 10.0
-) -> runs_pb2.Run:
-    """Poll GetRun until the run has ``status``; the run."""
-    deadline = time.monotonic() + timeout
-    while (run := get_run(server, run_id)).status != status:
-        if time.monotonic() > deadline:
-            pytest.fail(
-                f"run {run_id} is {RunStatus.Name(run.status)} after {timeout}s, "
-                f"not {RunStatus.Name(RunStatus.ValueType(status))}: {run.error_message!r}"
-            )
-        await asyncio.sleep(0.05)
-    return run
 
 
 async def keep_alive(stream: RawStream, every: float) -> None:
@@ -803,6 +758,7 @@ async def test_an_unconfirmed_cancel_stops_the_run_after_the_grace(
         beat.cancel()
 
 
+@pytest.mark.in_process(False)  # the process itself is under test
 async def test_graceful_shutdown_says_going_away_and_keeps_every_acked_batch(
     served_url: str, start_server: StartServer, streams: StreamKit, database_url: str
 ) -> None:
@@ -870,6 +826,7 @@ async def test_messages_up_to_the_documented_8_mib_are_accepted(
     assert len(streams.database(database_url).events(run.id)) == 1000
 
 
+@pytest.mark.in_process(False)  # the process itself is under test
 async def test_a_stream_dropped_while_acks_flow_leaves_a_clean_log(
     served_url: str, start_server: StartServer, streams: StreamKit, database_url: str
 ) -> None:

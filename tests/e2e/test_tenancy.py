@@ -22,7 +22,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 import pytest
@@ -40,9 +40,10 @@ from simtrack.v1 import (
     telemetry_pb2,
     validations_pb2,
 )
+from tests.support import Client, Server, ServerPool, SimtrackCli
 
-if TYPE_CHECKING:
-    from tests.e2e.conftest import Client, Server, ServerPool, SimtrackCli
+# The API under test, not the process: served in-process (tests/support/inprocess.py).
+pytestmark = pytest.mark.in_process
 
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 ALREADY_EXISTS = grpc.StatusCode.ALREADY_EXISTS

@@ -15,14 +15,11 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 
 from simtrack.v1 import runs_pb2, telemetry_pb2
-
-if TYPE_CHECKING:
-    from tests.e2e.conftest import Server
+from tests.support import Server
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE_MODULES = ROOT / "node_modules"

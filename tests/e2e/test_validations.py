@@ -8,7 +8,7 @@ each must end with exactly one verdict per criterion.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 import pytest
@@ -16,10 +16,11 @@ import sqlalchemy
 from google.protobuf import field_mask_pb2, json_format
 
 from simtrack.v1 import runs_pb2, telemetry_pb2, validations_pb2
+from tests.support import Refusal, Server, StartServer, StreamKit
 from tests.support.waiting import wait_until
 
-if TYPE_CHECKING:
-    from tests.e2e.conftest import Refusal, Server, StartServer, StreamKit
+# The API under test, not the process: served in-process (tests/support/inprocess.py).
+pytestmark = pytest.mark.in_process
 
 Request = telemetry_pb2.StreamRunRequest
 RunStatus = runs_pb2.RunStatus

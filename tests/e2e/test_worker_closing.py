@@ -18,7 +18,6 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -26,9 +25,7 @@ import pytest
 from simtrack.client import Worker, WorkerOptions
 from simtrack.client.worker._spool import Spool, spooled_runs
 from simtrack.v1 import runs_pb2, telemetry_pb2
-
-if TYPE_CHECKING:
-    from tests.e2e.conftest import Checksum, Server, SimtrackCli, StartServer, StreamKit
+from tests.support import Checksum, Server, SimtrackCli, StartServer, StreamKit
 
 SQLITE_ONLY = pytest.mark.parametrize("backend", ["sqlite"])
 COMPLETED = runs_pb2.RUN_STATUS_COMPLETED

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from simtrack.v1 import runs_pb2
-from tests.e2e.conftest import Server, clean_env
+from tests.support import Server, clean_env
 
 ROOT = Path(__file__).resolve().parents[2]
 INSTALL_TIMEOUT = 600

@@ -9,16 +9,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 import pytest
 from sqlalchemy import event
 
 from simtrack.server.core.model import ExperimentStatus, RunStatus
-
-if TYPE_CHECKING:
-    from tests.integration.conftest import MakeServices, Services
+from tests.support import MakeServices, Services
 
 T = TypeVar("T")
 

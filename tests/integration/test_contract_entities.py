@@ -8,7 +8,7 @@ Raw SQL checks go around the services to prove the database itself enforces the 
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
@@ -19,10 +19,7 @@ from simtrack.server.core.model import (
     RunStatus,
     SimulationStatus,
 )
-
-if TYPE_CHECKING:
-    from tests.integration.conftest import Services
-
+from tests.support import Services
 from tests.support.contract import assert_aware, assert_touched, count, missing_id, violation_fields
 
 SCENARIO_ID = "tier0-tutorial"

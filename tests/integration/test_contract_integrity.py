@@ -4,7 +4,7 @@ and the constraints the database itself enforces (raw SQL around the services).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -17,10 +17,7 @@ from simtrack.server.core.model import (
     RunStatus,
 )
 from simtrack.server.db import models
-
-if TYPE_CHECKING:
-    from tests.integration.conftest import Services
-
+from tests.support import Services
 from tests.support.contract import assert_touched, count, missing_id
 
 SCENARIO_ID = "tier0-tutorial"

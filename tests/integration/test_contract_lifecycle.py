@@ -5,7 +5,7 @@ transitions and the experiment status they drive, parameters, templates and scen
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
@@ -15,10 +15,7 @@ from simtrack.server.core.model import (
     RunStatus,
 )
 from simtrack.server.db import models
-
-if TYPE_CHECKING:
-    from tests.integration.conftest import Services
-
+from tests.support import Services
 from tests.support.contract import assert_aware, count, missing_id, violation_fields
 
 SCENARIO_ID = "tier0-tutorial"

@@ -5,7 +5,6 @@ tokens bound to their filter) and unique names.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
 
 import pytest
 
@@ -16,10 +15,7 @@ from simtrack.server.core.model import (
     SimulationStatus,
 )
 from simtrack.server.db import models
-
-if TYPE_CHECKING:
-    from tests.integration.conftest import Services
-
+from tests.support import Services
 from tests.support.contract import count, missing_id, violation_fields
 
 SCENARIO_ID = "tier0-tutorial"

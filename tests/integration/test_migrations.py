@@ -8,16 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from alembic.util.exc import CommandError
 from sqlalchemy import Connection, DateTime, bindparam, inspect, text
-from sqlalchemy import create_engine as create_sync_engine
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import NullPool
 
@@ -28,6 +24,7 @@ from simtrack.server.core.tenancy import DEFAULT_TENANT_ID
 from simtrack.server.db import migrate
 from simtrack.server.db.engine import create_engine
 from simtrack.server.db.models import TENANT_OWNED_TABLES, Base
+from tests.support import connect
 
 APP_TABLES = frozenset(Base.metadata.tables)
 ON_DELETE = {
@@ -48,19 +45,6 @@ ON_DELETE = {
 PRE_TENANCY_REVISION = "26280ff863b1"
 PRE_PAUSE_REVISION = "de713ea7d47d"
 POSTGRES_ONLY = [pytest.param("postgresql", marks=pytest.mark.postgres)]
-
-
-@contextmanager
-def connect(url: str) -> Iterator[Connection]:
-    """A sync connection (pysqlite / psycopg) in a transaction that commits on success."""
-    parsed = make_url(url)
-    driver = "sqlite" if parsed.get_backend_name() == "sqlite" else "postgresql+psycopg"
-    engine = create_sync_engine(parsed.set(drivername=driver), poolclass=NullPool)
-    try:
-        with engine.begin() as connection:
-            yield connection
-    finally:
-        engine.dispose()
 
 
 def table_names(url: str) -> set[str]:

@@ -5,16 +5,13 @@ SQLite and PostgreSQL; an unreachable database is (tests/e2e/test_health.py).
 from __future__ import annotations
 
 import sqlite3
-from typing import TYPE_CHECKING
 
 import pytest
 from sqlalchemy import Executable, select, text
 from sqlalchemy.exc import DBAPIError
 
 from simtrack.server.db.models import Agent
-
-if TYPE_CHECKING:
-    from tests.integration.conftest import Services
+from tests.support import Services
 
 
 def too_many_parameters(backend: str) -> Executable:

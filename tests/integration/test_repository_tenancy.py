@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -33,9 +33,7 @@ from simtrack.server.core.model import (
 from simtrack.server.core.tenancy import Principal, Role, reset_principal, set_principal
 from simtrack.server.db import models, repositories
 from simtrack.server.db.unit_of_work import SqlUnitOfWork
-
-if TYPE_CHECKING:
-    from tests.integration.conftest import Services
+from tests.support import Services
 
 SCENARIO = "tier0-tutorial"
 METRIC = "profit"

@@ -7,7 +7,6 @@ switch the repository filter off and check that PostgreSQL alone still keeps ten
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import pytest
 import sqlalchemy
@@ -20,10 +19,7 @@ from simtrack.server.core.tenancy import Principal, Role, reset_principal, set_p
 from simtrack.server.db import repositories
 from simtrack.server.db.engine import create_engine
 from simtrack.server.db.models import TENANT_OWNED_TABLES, Tenant
-from tests.integration.conftest import MakeServices, Services  # noqa: F401
-
-if TYPE_CHECKING:
-    from tests.integration.conftest import MakeServices, Services
+from tests.support import MakeServices, Services  # noqa: F401
 
 pytestmark = pytest.mark.parametrize(
     "backend", [pytest.param("postgresql", marks=pytest.mark.postgres)]

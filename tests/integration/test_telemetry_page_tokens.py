@@ -8,7 +8,7 @@ it, and silently skip rows; it is refused instead, as the entity lists' tokens a
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -18,9 +18,7 @@ from simtrack.server.core.model import MetricKind
 from simtrack.server.core.tenancy import DEFAULT_TENANT_ID
 from simtrack.server.db import models
 from simtrack.server.domain.history import HistoryService
-
-if TYPE_CHECKING:
-    from tests.integration.conftest import Services
+from tests.support import Services
 
 
 async def run_with_telemetry(services: Services, experiment_id: str) -> str:

@@ -21,7 +21,7 @@ from sqlalchemy import Connection, MetaData, Table, select
 from alembic import command
 from simtrack.server.core.tenancy import DEFAULT_TENANT_ID
 from simtrack.server.db import migrate
-from tests.integration.test_migrations import connect
+from tests.support import connect
 
 
 def revisions() -> list[str]:

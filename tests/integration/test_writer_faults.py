@@ -11,7 +11,6 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
@@ -27,10 +26,7 @@ from simtrack.server.ingest import writer as writer_module
 from simtrack.server.ingest.items import Batch
 from simtrack.server.ingest.writer import GroupCommitWriter, metric_id
 from simtrack.v1 import telemetry_pb2 as tpb
-from tests.conftest import APP_ROLE, POSTGRES_ADMIN_URL, as_app_role
-
-if TYPE_CHECKING:
-    from tests.integration.conftest import Services
+from tests.support import APP_ROLE, POSTGRES_ADMIN_URL, Services, as_app_role
 
 POSTGRES_ONLY = pytest.mark.parametrize(
     "backend", [pytest.param("postgresql", marks=pytest.mark.postgres)]

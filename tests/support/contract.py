@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from simtrack.errors import InvalidArgument
-
-if TYPE_CHECKING:
-    from tests.integration.conftest import Services
+from tests.support import Services
 
 
 def missing_id() -> str:

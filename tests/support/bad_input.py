@@ -5,14 +5,14 @@ bytes no stub would make.
 ``rejects`` asserts the status code, the field the google.rpc.BadRequest names (or the
 ResourceInfo of a NOT_FOUND), and that the database is unchanged: every row of every table
 (update times included), read directly from the database, is the same before and after the
-call. Not a test module (no ``test_`` prefix): imported as ``tests.e2e.bad_input``.
+call. Imported by the ``tests/e2e/test_bad_input_*.py`` modules.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -28,9 +28,7 @@ from simtrack.v1 import (
     scenarios_pb2,
     telemetry_pb2,
 )
-
-if TYPE_CHECKING:
-    from tests.e2e.conftest import Server
+from tests.support import Server
 
 INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
