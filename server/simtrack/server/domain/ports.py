@@ -214,5 +214,13 @@ class UnitOfWork(Protocol):
 
     async def commit(self) -> None: ...
 
+    async def read_snapshot(self) -> None:
+        """Make every read of this unit of work see one snapshot; call before the first.
+
+        A reader that runs several statements (history's range count and chunk reads) then
+        sees a concurrent compaction's commit in all of them or in none.
+        """
+        ...
+
 
 UnitOfWorkFactory = Callable[[], UnitOfWork]
