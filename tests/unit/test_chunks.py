@@ -5,14 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from simtrack.server.core.model import MetricKind
 from simtrack.server.db.chunks import (
     StoredChunk,
+    extreme_step,
     pack_steps,
     pack_timestamps,
     unpack,
     unpack_many,
 )
 from simtrack.server.db.codec import decode_chunk, encode_chunk, is_tagged
+from simtrack.server.ingest.items import pack_series
 
 
 def _round_trip(steps: list[int], stamps: list[float]) -> tuple[bytes, bytes]:
@@ -134,3 +137,25 @@ def test_compressed_chunks_read_back_bit_for_bit_among_raw_ones() -> None:
     steps, values, _ = decode_chunk(first.n, first.first_step, first.steps, first.vals, first.ts)
     assert many[0][: first.n].tobytes() == steps.tobytes()
     assert many[1][: first.n].tobytes() == values.tobytes()
+
+
+def test_extreme_steps_are_the_first_in_history_order() -> None:
+    steps = np.array([5, 3, 9, 3, 7], dtype="<i8")
+    values = np.array([1.0, 4.0, -2.0, -2.0, 4.0])
+    # -2.0 at steps 9 and 3: step 3 comes first in history order; 4.0 at steps 3 and 7.
+    assert extreme_step(steps, values, -2.0) == 3
+    assert extreme_step(steps, values, 4.0) == 3
+    assert extreme_step(steps, values, None) is None
+
+
+def test_ingested_series_carry_their_extreme_steps() -> None:
+    chunk = pack_series(
+        name="m",
+        unit="",
+        kind=MetricKind.GAUGE,
+        steps=np.array([10, 11, 12, 13], dtype="<i8"),
+        values=np.array([np.nan, 2.0, -1.0, 2.0]),
+        stamps=None,
+        now=1.0,
+    )
+    assert (chunk.vmin, chunk.vmin_step, chunk.vmax, chunk.vmax_step) == (-1.0, 12, 2.0, 11)

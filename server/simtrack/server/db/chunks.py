@@ -71,6 +71,15 @@ def pack_timestamps(stamps: Array | None, now: float) -> bytes:
     return stamps.tobytes()
 
 
+def extreme_step(steps: Array, values: Array, extreme: float | None) -> int | None:
+    """The lowest step where ``values`` hold ``extreme`` (the first such point in history
+    order); None when ``extreme`` is (no finite values).
+    """
+    if extreme is None:
+        return None
+    return int(steps[values == extreme].min())
+
+
 def unpack(
     n: int, first_step: int, steps: bytes, vals: bytes, ts: bytes
 ) -> tuple[Array, Array, Array]:
