@@ -21,6 +21,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -39,6 +40,30 @@ class StoredChunk(NamedTuple):
     first_step: int
     last_step: int
     n: int
+    steps: bytes
+    vals: bytes
+    ts: bytes
+
+
+class SmallChunk(NamedTuple):
+    """A small chunk as compaction chooses them: its seq, size and arrival (None: long ago)."""
+
+    seq: int
+    n: int
+    written_at: datetime | None
+
+
+class CompactedChunk(NamedTuple):
+    """A chunk compaction writes: columns (compressed or raw) and the summaries of its points."""
+
+    seq: int
+    first_step: int
+    last_step: int
+    n: int
+    vmin: float | None
+    vmax: float | None
+    vmin_step: int | None
+    vmax_step: int | None
     steps: bytes
     vals: bytes
     ts: bytes
