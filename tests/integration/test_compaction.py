@@ -5,6 +5,7 @@ recognised, a failed compaction leaves the old rows, and existing data compacts 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -19,6 +20,7 @@ from simtrack.server.db.compaction_store import SqlCompactionStore, SqlMetricCom
 from simtrack.server.db.engine import create_engine
 from simtrack.server.db.models import SMALL_CHUNK_POINTS
 from simtrack.server.db.unit_of_work import SqlUnitOfWorkFactory, tenant_aware_sessions
+from simtrack.server.domain import compaction as compaction_module
 from simtrack.server.domain.compaction import CompactionService, RoundReport
 from simtrack.server.domain.history import INT64_MAX, INT64_MIN, HistoryService
 from simtrack.server.ingest.writer import metric_id
@@ -28,6 +30,7 @@ from tests.support.compaction import (
     checksum,
     chunk_rows,
     compactor,
+    expected_points,
     running_writer,
     send,
     server_url,
@@ -89,11 +92,11 @@ async def test_compaction_keeps_every_point_and_answer(
             mine = [(seq, n) for m, seq, n in rows_after if m == metric_id(run.id, name)]
             total = sum(n for m, _, n in rows_before if m == metric_id(run.id, name))
             pieces = -(-total // TARGET)
-            # The highest seqs of the inputs, in increasing order; near-equal sizes.
+            # The highest seqs of the inputs, in increasing order; full chunks and the rest.
             assert pieces > 2 and [seq for seq, _ in mine] == list(
                 range(BATCHES - pieces + 1, BATCHES + 1)
             )
-            assert max(n for _, n in mine) - min(n for _, n in mine) <= 1
+            assert [n for _, n in mine] == [TARGET] * (pieces - 1) + [total - TARGET * (pieces - 1)]
             # In step order: each chunk's steps start where the previous one's end, at most.
             ranges = await services.fetch(
                 "SELECT first_step, last_step FROM metric_chunks WHERE metric_id = :m ORDER BY seq",
@@ -178,7 +181,7 @@ class FailingStore(SqlCompactionStore):
 
 
 async def test_a_compaction_failing_midway_leaves_the_old_rows(
-    services: Services, server_engine: AsyncEngine
+    services: Services, server_engine: AsyncEngine, caplog: pytest.LogCaptureFixture
 ) -> None:
     run = await services.run((await services.experiment()).id)
     async with running_writer(services) as writer:
@@ -186,14 +189,36 @@ async def test_a_compaction_failing_midway_leaves_the_old_rows(
     rows = await chunk_rows(services, run.id)
     points = await stored_points(services, run.id, "loss")
     service = CompactionService(FailingStore(server_engine), compactor(server_engine).settle)
-    with pytest.raises(RuntimeError, match="killed midway"):
-        await service.run_round()
+    with caplog.at_level(logging.WARNING, logger=compaction_module.__name__):
+        failed = await service.run_round()
+    assert (failed.failed, failed.compacted) == (1, [])
+    assert "killed midway" in caplog.text
     assert await chunk_rows(services, run.id) == rows
     assert await stored_points(services, run.id, "loss") == points
     # And the metric is not left locked: a working compactor does it now.
     report = await compactor(server_engine).run_round()
     assert [c.chunks_in for c in report.compacted] == [200]
     assert await stored_points(services, run.id, "loss") == points
+
+
+async def test_unfilled_chunks_are_filled_once_there_are_enough_points(
+    services: Services, server_engine: AsyncEngine
+) -> None:
+    run = await services.run((await services.experiment()).id)
+    async with running_writer(services) as writer:
+        await send(writer, run.id, range(1, 501))  # 1,250 points
+        await compactor(server_engine, target=TARGET).run_round()
+        assert [n for _, _, n in await chunk_rows(services, run.id)] == [1250]
+        await send(writer, run.id, range(501, 701))  # 500 more: 1,750, no full chunk yet
+        await compactor(server_engine, target=TARGET).run_round()
+        assert [n for _, _, n in await chunk_rows(services, run.id)] == [1250, 500]
+        await send(writer, run.id, range(701, 901))  # 500 more: 2,250
+        report = await compactor(server_engine, target=TARGET).run_round()
+    # The 1,250 (not small) is taken in with the small ones: one full chunk and the rest.
+    assert [c.chunks_in for c in report.compacted] == [202]
+    rows = await chunk_rows(services, run.id)
+    assert [(seq, n) for _, seq, n in rows] == [(899, 2000), (900, 250)]
+    assert await stored_points(services, run.id, "loss") == expected_points(range(1, 901))
 
 
 async def test_settling_chunks_wait(services: Services, server_engine: AsyncEngine) -> None:

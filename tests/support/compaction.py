@@ -17,6 +17,7 @@ from sqlalchemy.pool import NullPool
 
 from simtrack.server.api.telemetry import decode
 from simtrack.server.core.tenancy import LOCAL_PRINCIPAL
+from simtrack.server.db.chunks import StoredChunk
 from simtrack.server.db.compaction_store import SqlCompactionStore
 from simtrack.server.db.engine import create_engine
 from simtrack.server.db.ingest_store import IngestStore
@@ -121,3 +122,17 @@ async def chunk_rows(services: Services, run_id: str) -> list[tuple[str, int, in
 
 def compactor(engine: AsyncEngine, target: int = 16_384, settle: float = 0.0) -> CompactionService:
     return CompactionService(SqlCompactionStore(engine), timedelta(seconds=settle), target)
+
+
+def expected_points(seqs: Iterable[int], name: str = "loss") -> tuple[bytes, bytes, bytes]:
+    """What a reader must see of metric ``name`` once batches ``seqs`` are stored: their
+    points in history order, computed here from the messages, not read back.
+    """
+    chunks = [
+        StoredChunk(seq, c.first_step, c.last_step, c.n, c.steps, c.vals, c.ts)
+        for seq in seqs
+        for c in decode(fleet_batch(seq)).metrics
+        if c.name == name
+    ]
+    points = merge(chunks, INT64_MIN, INT64_MAX).points
+    return points.steps.tobytes(), points.values.tobytes(), points.timestamps.tobytes()

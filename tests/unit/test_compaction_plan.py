@@ -13,8 +13,11 @@ from simtrack.server.db.chunks import SmallChunk, StoredChunk, pack_steps, pack_
 from simtrack.server.domain.compaction import (
     MIN_TARGET_POINTS,
     CompactionService,
+    Span,
     choose_span,
     compact,
+    fill_from,
+    output_bounds,
     split_bounds,
 )
 from simtrack.server.domain.history import INT64_MAX, INT64_MIN, merge
@@ -52,9 +55,22 @@ def test_rows_from_before_arrival_times_count_as_settled_and_a_long_backlog_is_c
     assert span is not None and (span.first_seq, span.last_seq, span.oldest) == (1, 3, None)
 
 
-def test_splits_are_near_equal_and_cover_every_point() -> None:
-    assert split_bounds(10, 3) == [(0, 3), (3, 6), (6, 10)]
-    assert split_bounds(5, 1) == [(0, 5)]
+def test_outputs_are_full_chunks_and_the_rest() -> None:
+    assert output_bounds(5, 2, rows=9) == [(0, 2), (2, 4), (4, 5)]
+    assert output_bounds(4, 2, rows=9) == [(0, 2), (2, 4)]
+    assert output_bounds(3, 5, rows=9) == [(0, 3)]
+    # Not enough seqs for full chunks: near-equal ones, one per row.
+    assert output_bounds(10, 2, rows=3) == split_bounds(10, 3) == [(0, 3), (3, 6), (6, 10)]
+
+
+def test_unfilled_chunks_below_join_the_span_once_they_fill_a_chunk() -> None:
+    span = Span(first_seq=50, last_seq=60, points=300, oldest=None)
+    # Highest first: two unfilled (1,200 and 1,000 points) over a full one.
+    below = [(40, 1200), (30, 1000), (20, 2000), (10, 1500)]
+    assert fill_from(span, below, target=2000) == 30
+    assert fill_from(span, below[:1], target=2000) == 50  # 1,500 points fill none
+    assert fill_from(span, [(20, 2000), (10, 1500)], target=2000) == 50  # full stays
+    assert fill_from(span, [], target=2000) == 50
 
 
 def chunk(seq: int, steps: list[int], values: list[float]) -> StoredChunk:
@@ -84,8 +100,7 @@ def keys_and_points(chunks: list[StoredChunk]) -> tuple[list[tuple[int, int]], b
 
 def test_compaction_keeps_history_order_and_every_key_with_later_chunks_after_it() -> None:
     inputs, later = fleet(3000), fleet(20, start_seq=3001)
-    target = MIN_TARGET_POINTS
-    outputs = compact(inputs, target)
+    outputs = compact(inputs, 2000)
     # 6,000 points in chunks of up to 2,000: three, on the three highest seqs, in order.
     assert [c.seq for c in outputs] == [2998, 2999, 3000]
     assert [c.n for c in outputs] == [2000, 2000, 2000]
@@ -97,15 +112,15 @@ def test_compaction_keeps_history_order_and_every_key_with_later_chunks_after_it
 def test_compaction_keeps_ties_across_an_output_boundary_in_order() -> None:
     # Every point at step 7: the history order is the seq order, across both outputs.
     inputs = [chunk(seq, [7, 7], [float(seq), -float(seq)]) for seq in range(1, 1501)]
-    outputs = compact(inputs, MIN_TARGET_POINTS)
-    assert [c.n for c in outputs] == [1500, 1500]
+    outputs = compact(inputs, 2000)
+    assert [c.n for c in outputs] == [2000, 1000]
     compacted = [StoredChunk(*(getattr(c, f) for f in StoredChunk._fields)) for c in outputs]
     assert keys_and_points(compacted) == keys_and_points(inputs)
 
 
 def test_no_more_output_chunks_than_input_rows() -> None:
     big = chunk(2, list(range(10, 10_010)), [0.5] * 10_000)
-    outputs = compact([chunk(1, [0, 1], [1.0, 2.0]), big], MIN_TARGET_POINTS)
+    outputs = compact([chunk(1, [0, 1], [1.0, 2.0]), big], 2000)
     assert [(c.seq, c.n) for c in outputs] == [(1, 5001), (2, 5001)]
 
 

@@ -53,6 +53,15 @@ class SqlMetricCompaction:
         )
         return [SmallChunk(*row) for row in await self.connection.execute(stmt)]
 
+    async def sizes_below(self, seq: int, limit: int) -> list[tuple[int, int]]:
+        stmt = (
+            select(MetricChunk.seq, MetricChunk.n)
+            .where(self._of_metric(), MetricChunk.seq < seq)
+            .order_by(MetricChunk.seq.desc())
+            .limit(limit)
+        )
+        return [(s, n) for s, n in await self.connection.execute(stmt)]
+
     async def chunks(self, first_seq: int, last_seq: int) -> list[StoredChunk]:
         stmt = (
             select(MetricChunk.run_id, *(getattr(MetricChunk, f) for f in StoredChunk._fields))

@@ -7,8 +7,14 @@ seconds ago or more), one transaction replaces a span of them with chunks of up 
 points in history order, compressed (``db/codec.py``):
 
 * the span is every chunk of the metric with seq in [a, S]: ``a`` the lowest seq of its small
-  chunks, ``S`` the highest seq of a settled one. Chunks below ``a`` are large and stay; the
-  chunks above ``S`` came later and stay;
+  chunks, ``S`` the highest seq of a settled one. The chunks above ``S`` came later and stay;
+  the chunks below ``a`` are large and stay, unless the unfilled ones just below (fewer than
+  ``target`` points each) and the span hold ``target`` points together: then ``a`` moves down
+  over them, so the series ends up in full ``target``-point chunks (the best compression)
+  while each point is rewritten a bounded number of times (a small tail grows to
+  ``SMALL_CHUNK_POINTS`` and stays until ``target`` points can be filled);
+* the output is full chunks of ``target`` points and one of the rest (too many for the span's
+  seqs, the span's batches being that large: near-equal ones, one per input row);
 * the output chunks take the span's highest seqs, in increasing order (free once the inputs
   are deleted). History order is (step, seq, place in chunk): each output chunk has a higher
   seq than every chunk kept below ``a`` and a lower one than every chunk above ``S``, and the
@@ -26,6 +32,7 @@ points in history order, compressed (``db/codec.py``):
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Sequence
@@ -49,9 +56,8 @@ from simtrack.server.domain.ports import CompactionStore
 log = logging.getLogger(__name__)
 
 DEFAULT_TARGET_POINTS = 16_384  # db/codec.py's recommended chunk size
-# The smallest target: a span of more than ``target`` points is split into near-equal chunks
-# of at least target / 2 points, which must not be small again (else compacted forever).
-MIN_TARGET_POINTS = 2 * SMALL_CHUNK_POINTS
+# The smallest target: a full chunk must not be small (else compacted forever).
+MIN_TARGET_POINTS = SMALL_CHUNK_POINTS
 # Points rewritten in one transaction at most (whole small chunks: it may overshoot by one):
 # a metric with a long backlog (a database upgraded with millions of small chunks) is
 # compacted over several transactions, none holding locks or memory for long.
@@ -65,6 +71,7 @@ class Span:
 
     first_seq: int
     last_seq: int
+    points: int  # in its small chunks
     oldest: datetime | None  # None: stored before arrivals were recorded
 
 
@@ -88,7 +95,18 @@ def choose_span(
         return None
     stamps = [c.written_at for c in small[:chosen]]
     oldest = None if any(s is None for s in stamps) else min(s for s in stamps if s is not None)
-    return Span(small[0].seq, last_taken, oldest)
+    return Span(small[0].seq, last_taken, total, oldest)
+
+
+def fill_from(span: Span, below: Sequence[tuple[int, int]], target: int) -> int:
+    """Where the span starts once unfilled chunks below it are taken in (``below``: (seq, n)
+    of the chunks under the span, highest first): down over the run of them with fewer than
+    ``target`` points, if with the span they fill a chunk; else where it started.
+    """
+    unfilled = list(itertools.takewhile(lambda chunk: chunk[1] < target, below))
+    if unfilled and span.points + sum(n for _, n in unfilled) >= target:
+        return unfilled[-1][0]
+    return span.first_seq
 
 
 def split_bounds(total: int, pieces: int) -> list[tuple[int, int]]:
@@ -97,18 +115,26 @@ def split_bounds(total: int, pieces: int) -> list[tuple[int, int]]:
     return list(zip(edges[:-1], edges[1:], strict=True))
 
 
-def compact(chunks: Sequence[StoredChunk], target: int) -> list[CompactedChunk]:
-    """The chunks' points in history order, as chunks of up to ``target`` points (near-equal
-    sizes, so no small tail), on the highest of the chunks' seqs in increasing order.
+def output_bounds(total: int, target: int, rows: int) -> list[tuple[int, int]]:
+    """[start, end) of the output chunks: full ones of ``target`` points and the rest; or, if
+    that takes more chunks than the ``rows`` read (each output needs a seq of theirs),
+    ``rows`` near-equal ones (inputs that large were stored that large).
+    """
+    pieces = math.ceil(total / target)
+    if pieces > rows:
+        return split_bounds(total, rows)
+    return [(start, min(start + target, total)) for start in range(0, total, target)]
 
-    There are never more output chunks than input rows (a seq each): a span holding batches
-    larger than ``target`` keeps some chunks that large.
+
+def compact(chunks: Sequence[StoredChunk], target: int) -> list[CompactedChunk]:
+    """The chunks' points in history order, as chunks of up to ``target`` points on the
+    highest of the chunks' seqs in increasing order (`output_bounds`).
     """
     points, _ = history_order(chunks)
-    pieces = min(math.ceil(len(points) / target), len(chunks))
-    seqs = sorted(c.seq for c in chunks)[len(chunks) - pieces :]
+    bounds = output_bounds(len(points), target, len(chunks))
+    seqs = sorted(c.seq for c in chunks)[len(chunks) - len(bounds) :]
     out = []
-    for seq, (start, end) in zip(seqs, split_bounds(len(points), pieces), strict=True):
+    for seq, (start, end) in zip(seqs, bounds, strict=True):
         steps = np.ascontiguousarray(points.steps[start:end])
         values = np.ascontiguousarray(points.values[start:end])
         stamps = np.ascontiguousarray(points.timestamps[start:end])
@@ -149,6 +175,7 @@ class Compacted:
 class RoundReport:
     compacted: list[Compacted]
     busy: int  # metrics skipped: another process was compacting them
+    failed: int  # metrics whose compaction failed (rolled back; tried again next round)
     full: bool  # a query returned its limit: more may be due now
 
 
@@ -171,12 +198,17 @@ class CompactionService:
 
     async def run_round(self) -> RoundReport:
         """Compact every metric due now, tenant by tenant (row-level security sees one)."""
-        report = RoundReport([], 0, False)
+        report = RoundReport([], 0, 0, False)
         for tenant_id in await self.store.tenants():
             due = await self.store.due_metrics(tenant_id, utcnow() - self.settle, DUE_PER_ROUND)
             report.full |= len(due) >= DUE_PER_ROUND
             for metric_id in due:
-                done = await self.compact_metric(tenant_id, metric_id)
+                try:
+                    done = await self.compact_metric(tenant_id, metric_id)
+                except Exception:  # noqa: BLE001 - one metric's failure must not stop the rest
+                    log.warning("compaction of metric %s failed", metric_id, exc_info=True)
+                    report.failed += 1
+                    continue
                 if done is None:
                     report.busy += 1
                 elif done.chunks_in:
@@ -195,8 +227,13 @@ class CompactionService:
             )
             if span is None:
                 return Compacted(metric_id, 0, 0, 0, None)
-            inputs = await compaction.chunks(span.first_seq, span.last_seq)
+            # Chunks below the span are not small: this many reach the target, if any do.
+            below = await compaction.sizes_below(
+                span.first_seq, self.target // SMALL_CHUNK_POINTS + 1
+            )
+            first_seq = fill_from(span, below, self.target)
+            inputs = await compaction.chunks(first_seq, span.last_seq)
             outputs = compact(inputs, self.target)
-            await compaction.replace(span.first_seq, span.last_seq, len(inputs), outputs)
+            await compaction.replace(first_seq, span.last_seq, len(inputs), outputs)
         lag = None if span.oldest is None else utcnow() - span.oldest
         return Compacted(metric_id, len(inputs), len(outputs), sum(c.n for c in inputs), lag)

@@ -150,6 +150,10 @@ class MetricCompaction(Protocol):
         """The metric's small chunks (``SMALL_CHUNK_POINTS``), by seq, as committed now."""
         ...
 
+    async def sizes_below(self, seq: int, limit: int) -> list[tuple[int, int]]:
+        """(seq, n) of up to ``limit`` of the metric's chunks with a lower seq, highest first."""
+        ...
+
     async def chunks(self, first_seq: int, last_seq: int) -> list[StoredChunk]:
         """Every chunk of the metric with first_seq <= seq <= last_seq, by seq."""
         ...
