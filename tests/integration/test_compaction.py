@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from simtrack.server.background import compact_chunks
 from simtrack.server.core.tenancy import DEFAULT_TENANT_ID
 from simtrack.server.db import migrate
 from simtrack.server.db.chunks import StoredChunk, extreme_step, unpack
@@ -24,6 +25,7 @@ from simtrack.server.domain import compaction as compaction_module
 from simtrack.server.domain.compaction import CompactionService, RoundReport
 from simtrack.server.domain.history import INT64_MAX, INT64_MIN, HistoryService
 from simtrack.server.ingest.writer import metric_id
+from simtrack.server.observability import ServerMetrics
 from tests.integration.test_upgrade_with_data import METRIC, RUN, insert_rows
 from tests.support import APP_ROLE, Services, as_app_role, connect
 from tests.support.compaction import (
@@ -285,3 +287,24 @@ def test_the_small_chunk_threshold_matches_the_migration() -> None:
     script = ScriptDirectory(str(migrate.script_location()))
     module = script.get_revision("7c1e5a9b2d40").module
     assert str(module.SMALL) == f"n < {SMALL_CHUNK_POINTS}"
+
+
+async def test_the_background_loop_compacts_reports_and_stops(
+    services: Services, server_engine: AsyncEngine
+) -> None:
+    run = await services.run((await services.experiment()).id)
+    async with running_writer(services) as writer:
+        await send(writer, run.id, range(1, 101))
+    metrics = ServerMetrics()
+    stopping = asyncio.Event()
+    loop = asyncio.create_task(compact_chunks(compactor(server_engine), 0.01, metrics, stopping))
+    async with asyncio.timeout(30):
+        while len(await chunk_rows(services, run.id)) > 1:
+            await asyncio.sleep(0.01)
+    stopping.set()
+    await asyncio.wait_for(loop, 5)  # ends by itself once told
+    sample = metrics.registry.get_sample_value
+    assert sample("simtrack_chunks_compacted_total") == 100
+    assert sample("simtrack_points_compacted_total") == 250
+    assert sample("simtrack_compaction_lag_seconds_count") == 1
+    assert sample("simtrack_compaction_failures_total") == 0

@@ -49,6 +49,7 @@ def server_url(services: Services) -> str:
 
 @asynccontextmanager
 async def running_writer(services: Services) -> AsyncIterator[GroupCommitWriter]:
+    """The group-commit writer, as a server runs it, on the test's database."""
     engine = create_engine(server_url(services), poolclass=NullPool)
 
     async def notify(run_ids: Iterable[str]) -> None:
@@ -128,11 +129,25 @@ def expected_points(seqs: Iterable[int], name: str = "loss") -> tuple[bytes, byt
     """What a reader must see of metric ``name`` once batches ``seqs`` are stored: their
     points in history order, computed here from the messages, not read back.
     """
-    chunks = [
-        StoredChunk(seq, c.first_step, c.last_step, c.n, c.steps, c.vals, c.ts)
-        for seq in seqs
-        for c in decode(fleet_batch(seq)).metrics
-        if c.name == name
-    ]
-    points = merge(chunks, INT64_MIN, INT64_MAX).points
-    return points.steps.tobytes(), points.values.tobytes(), points.timestamps.tobytes()
+    return expected_series(seqs, (name,))[name]
+
+
+def expected_series(
+    seqs: Iterable[int], names: Sequence[str]
+) -> dict[str, tuple[bytes, bytes, bytes]]:
+    """`expected_points` of each of ``names``, the batches made with these names."""
+    chunks: dict[str, list[StoredChunk]] = {name: [] for name in names}
+    for seq in seqs:
+        for c in decode(fleet_batch(seq, names)).metrics:
+            chunks[c.name].append(
+                StoredChunk(seq, c.first_step, c.last_step, c.n, c.steps, c.vals, c.ts)
+            )
+    expected = {}
+    for name, mine in chunks.items():
+        points = merge(mine, INT64_MIN, INT64_MAX).points
+        expected[name] = (
+            points.steps.tobytes(),
+            points.values.tobytes(),
+            points.timestamps.tobytes(),
+        )
+    return expected
