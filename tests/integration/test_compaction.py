@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import numpy as np
 import pytest
@@ -344,3 +345,18 @@ async def test_compaction_works_tenant_by_tenant(
                     metric_id(run_id, "loss"), INT64_MIN, INT64_MAX, None, None
                 )
             assert chunks == []
+
+
+async def test_a_backlog_is_compacted_in_bounded_transactions_in_one_round(
+    services: Services, server_engine: AsyncEngine
+) -> None:
+    run = await services.run((await services.experiment()).id)
+    async with running_writer(services) as writer:
+        await send(writer, run.id, range(1, 201))  # 500 points
+    service = CompactionService(
+        SqlCompactionStore(server_engine), timedelta(0), max_span_points=100
+    )
+    report = await service.run_round()
+    assert len(report.compacted) > 4  # several transactions of ~100 small-chunk points
+    assert [n for _, _, n in await chunk_rows(services, run.id)] == [500]
+    assert await stored_points(services, run.id, "loss") == expected_points(range(1, 201))

@@ -53,6 +53,9 @@ def test_rows_from_before_arrival_times_count_as_settled_and_a_long_backlog_is_c
     small = [SmallChunk(seq, 400, None) for seq in range(1, 11)]
     span = choose_span(small, NOW, max_points=1000)
     assert span is not None and (span.first_seq, span.last_seq, span.oldest) == (1, 3, None)
+    assert span.cut  # settled chunks remain: the compactor goes on with the metric
+    whole = choose_span(small, NOW)
+    assert whole is not None and (whole.last_seq, whole.cut) == (10, False)
 
 
 def test_outputs_are_full_chunks_and_the_rest() -> None:

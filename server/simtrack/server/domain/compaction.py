@@ -74,6 +74,7 @@ class Span:
     last_seq: int
     points: int  # in its small chunks
     oldest: datetime | None  # None: stored before arrivals were recorded
+    cut: bool = False  # stopped at the most points a transaction takes: settled ones remain
 
 
 def choose_span(
@@ -96,7 +97,7 @@ def choose_span(
         return None
     stamps = [c.written_at for c in small[:chosen]]
     oldest = None if any(s is None for s in stamps) else min(s for s in stamps if s is not None)
-    return Span(small[0].seq, last_taken, total, oldest)
+    return Span(small[0].seq, last_taken, total, oldest, cut=last_taken < last)
 
 
 def fill_from(span: Span, below: Sequence[tuple[int, int]], target: int) -> int:
@@ -170,6 +171,7 @@ class Compacted:
     chunks_out: int
     points: int
     lag: timedelta | None  # from the oldest small chunk's arrival to the commit
+    more: bool = False  # the span was cut: the metric has more settled small chunks
 
 
 @dataclass
@@ -206,18 +208,21 @@ class CompactionService:
             due = await self.store.due_metrics(tenant_id, utcnow() - self.settle, DUE_PER_ROUND)
             report.full |= len(due) >= DUE_PER_ROUND
             for metric_id in due:
-                if stopping():
-                    return report
-                try:
-                    done = await self.compact_metric(tenant_id, metric_id)
-                except Exception:  # noqa: BLE001 - one metric's failure must not stop the rest
-                    log.warning("compaction of metric %s failed", metric_id, exc_info=True)
-                    report.failed += 1
-                    continue
-                if done is None:
-                    report.busy += 1
-                elif done.chunks_in:
-                    report.compacted.append(done)
+                more = True
+                while more:  # a backlog: one bounded transaction after another
+                    if stopping():
+                        return report
+                    try:
+                        done = await self.compact_metric(tenant_id, metric_id)
+                    except Exception:  # noqa: BLE001 - one metric's failure must not stop the rest
+                        log.warning("compaction of metric %s failed", metric_id, exc_info=True)
+                        report.failed += 1
+                        break
+                    if done is None:
+                        report.busy += 1
+                    elif done.chunks_in:
+                        report.compacted.append(done)
+                    more = done is not None and done.more
         return report
 
     async def compact_metric(self, tenant_id: str, metric_id: str) -> Compacted | None:
@@ -241,4 +246,5 @@ class CompactionService:
             outputs = compact(inputs, self.target)
             await compaction.replace(first_seq, span.last_seq, len(inputs), outputs)
         lag = None if span.oldest is None else utcnow() - span.oldest
-        return Compacted(metric_id, len(inputs), len(outputs), sum(c.n for c in inputs), lag)
+        points = sum(c.n for c in inputs)
+        return Compacted(metric_id, len(inputs), len(outputs), points, lag, span.cut)
