@@ -1,4 +1,6 @@
-"""``python -m bench {ingest,history,codec} [--quick]``: run a benchmark and print its figures."""
+"""``python -m bench {ingest,history,codec,compaction} [--quick]``: run a benchmark, print its
+figures.
+"""
 
 from __future__ import annotations
 
@@ -44,7 +46,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         "codec", help="chunk codecs on a corpus of simulation metrics: bytes per point, speed"
     )
     codec.add_argument("--quick", action="store_true", help="20,000 points a series, not 100,000")
+    compaction = commands.add_parser(
+        "compaction",
+        help="compacting a fleet's 2-point chunks: points/s, bytes per point, the loop's lag",
+    )
+    compaction.add_argument(
+        "--quick", action="store_true", help="100,000 points and a 20 s fleet, not 1,000,000 / 60 s"
+    )
+    compaction.add_argument(
+        "--admin-url",
+        default="postgresql://postgres@127.0.0.1:5432/test",
+        help="PostgreSQL superuser URL used to create and drop the benchmark database",
+    )
     args = parser.parse_args(argv)
+    if args.command == "compaction":
+        from bench.compaction import run_compaction
+
+        return run_compaction(quick=args.quick, admin_url=args.admin_url)
     if args.command == "codec":
         from bench.codec import run_codec
 

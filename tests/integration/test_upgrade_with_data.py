@@ -146,6 +146,11 @@ ADDED: dict[tuple[str, str], Any] = {
     ("runs", "revived_at"): None,
     ("runs", "paused_at"): None,
     ("events", "time_ns"): nanos(EVENT_TIME),  # converted from the old ``time``
+    # Not backfilled: compaction fills them when it rewrites the chunk; NULL arrival is "long
+    # settled".
+    ("metric_chunks", "vmin_step"): None,
+    ("metric_chunks", "vmax_step"): None,
+    ("metric_chunks", "written_at"): None,
 }
 
 

@@ -114,6 +114,7 @@ class InProcessServer:
             "database_url": database_url,
             "listen": listen,
             "health_check_interval": HEALTH_CHECK_INTERVAL,
+            "compaction_interval": 0,  # as the process servers run (tests/support/processes.py)
             "artifacts_dir": workdir / "simtrack-artifacts",  # a process's is under its cwd
         }
         for name, value in (env or {}).items():

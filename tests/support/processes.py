@@ -95,7 +95,10 @@ class ServerProcess:
         """``simtrack serve`` as the tests run it: inherited SIMTRACK_* settings (a developer's
         shell) removed so they cannot change what is tested, then ``env`` on top.
         """
-        full_env = clean_env(SIMTRACK_HEALTH_CHECK_INTERVAL=HEALTH_CHECK_INTERVAL)
+        # Compaction off unless a test turns it on: tests read chunks back as written.
+        full_env = clean_env(
+            SIMTRACK_HEALTH_CHECK_INTERVAL=HEALTH_CHECK_INTERVAL, SIMTRACK_COMPACTION_INTERVAL="0"
+        )
         full_env.update(env or {})
         command = serve_command(database_url, listen)
         return cls(command, cwd, full_env, database_url, name="simtrack serve")

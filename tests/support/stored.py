@@ -24,7 +24,7 @@ class StoredMetric:
     steps: np.ndarray[Any, Any]
     values: np.ndarray[Any, Any]
     timestamps: np.ndarray[Any, Any]
-    raw_values: bytes  # the stored value bytes, concatenated in seq order
+    raw_values: bytes  # the stored values' bytes, concatenated in seq order
     count: int
     min_value: float | None
     max_value: float | None
@@ -93,7 +93,8 @@ class TelemetryDatabase:
                 steps=np.concatenate(steps) if steps else np.zeros(0, dtype="<i8"),
                 values=np.concatenate(values) if values else np.zeros(0, dtype="<f8"),
                 timestamps=np.concatenate(stamps) if stamps else np.zeros(0, dtype="<f8"),
-                raw_values=b"".join(bytes(c.vals) for c in mine),
+                # Decoded (a compacted chunk's column is compressed), bit for bit.
+                raw_values=b"".join(v.tobytes() for v in values),
                 count=summary.point_count,
                 min_value=summary.min_value,
                 max_value=summary.max_value,

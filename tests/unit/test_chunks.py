@@ -5,13 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from simtrack.server.core.model import MetricKind
 from simtrack.server.db.chunks import (
     StoredChunk,
+    extreme_step,
     pack_steps,
     pack_timestamps,
     unpack,
     unpack_many,
 )
+from simtrack.server.db.codec import decode_chunk, encode_chunk, is_tagged
+from simtrack.server.ingest.items import pack_series
 
 
 def _round_trip(steps: list[int], stamps: list[float]) -> tuple[bytes, bytes]:
@@ -105,3 +109,53 @@ def test_unpacking_many_chunks_equals_unpacking_each(count: int) -> None:
         expected = np.concatenate([e[column] for e in each]) if each else got[:0]
         assert got.dtype == (expected.dtype if each else got.dtype)
         assert got.tobytes() == expected.tobytes()
+
+
+def _compressed_chunk(rng: np.random.Generator, seq: int, n: int) -> StoredChunk:
+    """A chunk as compaction stores it: steps ascending with gaps, columns pcodec-encoded."""
+    steps = np.cumsum(rng.integers(1, 3, n)).astype("<i8")
+    values = np.round(rng.standard_normal(n), 2)
+    stamps = 1.7e9 + np.arange(n) * 0.25
+    columns = encode_chunk(steps, values, stamps)
+    assert all(is_tagged(blob) for blob in columns)  # else this test checks nothing new
+    return StoredChunk(seq, int(steps[0]), int(steps[-1]), n, *columns)
+
+
+def test_compressed_chunks_read_back_bit_for_bit_among_raw_ones() -> None:
+    rng = np.random.default_rng(7)
+    chunks = [
+        _compressed_chunk(rng, 1, 3000),
+        *(_random_chunk(rng, seq) for seq in range(2, 40)),
+        _compressed_chunk(rng, 40, 1500),
+        _random_chunk(rng, 41),
+    ]
+    each = [unpack(c.n, c.first_step, c.steps, c.vals, c.ts) for c in chunks]
+    many = unpack_many(chunks)
+    for column, got in enumerate(many):
+        assert got.tobytes() == np.concatenate([e[column] for e in each]).tobytes()
+    first = chunks[0]
+    steps, values, _ = decode_chunk(first.n, first.first_step, first.steps, first.vals, first.ts)
+    assert many[0][: first.n].tobytes() == steps.tobytes()
+    assert many[1][: first.n].tobytes() == values.tobytes()
+
+
+def test_extreme_steps_are_the_first_in_history_order() -> None:
+    steps = np.array([5, 3, 9, 3, 7], dtype="<i8")
+    values = np.array([1.0, 4.0, -2.0, -2.0, 4.0])
+    # -2.0 at steps 9 and 3: step 3 comes first in history order; 4.0 at steps 3 and 7.
+    assert extreme_step(steps, values, -2.0) == 3
+    assert extreme_step(steps, values, 4.0) == 3
+    assert extreme_step(steps, values, None) is None
+
+
+def test_ingested_series_carry_their_extreme_steps() -> None:
+    chunk = pack_series(
+        name="m",
+        unit="",
+        kind=MetricKind.GAUGE,
+        steps=np.array([10, 11, 12, 13], dtype="<i8"),
+        values=np.array([np.nan, 2.0, -1.0, 2.0]),
+        stamps=None,
+        now=1.0,
+    )
+    assert (chunk.vmin, chunk.vmin_step, chunk.vmax, chunk.vmax_step) == (-1.0, 12, 2.0, 11)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from simtrack.server.db.chunks import StoredChunk, pack_steps, pack_timestamps
+from simtrack.server.db.codec import encode_steps, is_tagged
 from simtrack.server.domain.history import (
     INT64_MAX,
     INT64_MIN,
@@ -42,9 +43,26 @@ def test_merge_orders_by_step_then_seq_then_place_in_the_batch() -> None:
     merged = merge(chunks, INT64_MIN, INT64_MAX)
     assert merged.points.steps.tolist() == [0, 1, 1, 2, 2, 2]
     assert merged.points.values.tolist() == [0.0, 1.0, 10.0, 2.0, 20.0, 21.0]
-    assert [merged.key(i) for i in range(len(merged))][2:4] == [(1, 2, 1), (2, 1, 2)]
-    after = merge(chunks, INT64_MIN, INT64_MAX, after=(2, 1, 2))
+    # Keys: (step, rank among the points of that step).
+    assert [merged.key(i) for i in range(len(merged))] == [
+        (0, 0),
+        (1, 0),
+        (1, 1),
+        (2, 0),
+        (2, 1),
+        (2, 2),
+    ]
+    after = merge(chunks, INT64_MIN, INT64_MAX, after=(2, 0))
     assert after.points.values.tolist() == [20.0, 21.0]
+    # A key's rank counts the points of its step left out before: the next key goes on.
+    assert [after.key(i) for i in range(len(after))] == [(2, 1), (2, 2)]
+    assert merge(chunks, INT64_MIN, INT64_MAX, after=(1, 0)).points.values.tolist() == [
+        10.0,
+        2.0,
+        20.0,
+        21.0,
+    ]
+    assert len(merge(chunks, INT64_MIN, INT64_MAX, after=(2, 2))) == 0
     assert merge(chunks, 1, 1).points.values.tolist() == [1.0, 10.0]
     assert len(merge([], 0, 10)) == 0
 
@@ -84,3 +102,13 @@ def test_downsample_never_returns_more_than_asked_over_any_step_span(max_points:
     shown = downsample(Points(steps, rng.normal(size=5000), np.zeros(5000)), max_points)
     assert 1 <= len(shown) <= max_points
     assert (np.diff(shown.steps) >= 0).all()
+
+
+def test_range_count_reads_compressed_step_columns() -> None:
+    steps = np.arange(0, 6000, 3, dtype="<i8")  # gaps: the steps are stored, compressed
+    blob = encode_steps(steps)
+    assert is_tagged(blob)
+    columns = [(len(steps), 0, blob), (2, 6000, b"")]
+    assert range_count(columns, INT64_MIN, INT64_MAX) == 2002
+    assert range_count(columns, 3, 6000) == 1999 + 1
+    assert range_count(columns, 1, 2) == 0

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import signal
 from dataclasses import dataclass
+from datetime import timedelta
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
@@ -28,15 +29,22 @@ from simtrack.server.api.scenarios import ScenarioServicer
 from simtrack.server.api.telemetry import TelemetryServicer
 from simtrack.server.api.validations import ValidationServicer
 from simtrack.server.artifact_store import ArtifactStore
-from simtrack.server.background import BackgroundLoops, monitor_database, sweep_runs
+from simtrack.server.background import (
+    BackgroundLoops,
+    compact_chunks,
+    monitor_database,
+    sweep_runs,
+)
 from simtrack.server.config import Settings
 from simtrack.server.db import migrate
+from simtrack.server.db.compaction_store import SqlCompactionStore
 from simtrack.server.db.engine import create_engine, is_sqlite
 from simtrack.server.db.ingest_store import IngestStore
 from simtrack.server.db.unit_of_work import SqlUnitOfWorkFactory, tenant_aware_sessions
 from simtrack.server.domain.access import Authenticator
 from simtrack.server.domain.agents import AgentService
 from simtrack.server.domain.artifacts import ArtifactService
+from simtrack.server.domain.compaction import CompactionService
 from simtrack.server.domain.experiments import ExperimentService, TemplateService
 from simtrack.server.domain.history import HistoryService
 from simtrack.server.domain.live_runs import LiveRuns
@@ -310,6 +318,15 @@ async def _start(settings: Settings, resources: contextlib.AsyncExitStack) -> Ru
         )
     )
     background.spawn(sweep_runs(live_runs, validations, artifacts, settings, background.stopping))
+    if settings.compaction_interval > 0:
+        compaction = CompactionService(
+            SqlCompactionStore(engine),
+            timedelta(seconds=settings.compaction_settle),
+            settings.compaction_target_points,
+        )
+        background.spawn(
+            compact_chunks(compaction, settings.compaction_interval, metrics, background.stopping)
+        )
     return Running(
         server=server,
         port=port,

@@ -1,4 +1,4 @@
-"""The server's background loops: the database health monitor and the sweeps.
+"""The server's background loops: the database health monitor, the sweeps and compaction.
 
 Both run until their ``stopping`` event is set and check it between rounds, never by being
 cancelled half-way through a database call (that can leave aiosqlite's connection unclosable
@@ -19,8 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from simtrack.server.config import Settings
 from simtrack.server.db.repositories import ping
 from simtrack.server.domain.artifacts import ArtifactService
+from simtrack.server.domain.compaction import CompactionService
 from simtrack.server.domain.live_runs import LiveRuns
 from simtrack.server.domain.validations import ValidationService
+from simtrack.server.observability import ServerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +94,43 @@ async def sweep_runs(
                 log.info("artifact files of %d deleted run(s) removed", removed)
         except Exception:  # noqa: BLE001 - the next sweep tries again
             log.warning("liveness sweep failed", exc_info=True)
+
+
+async def compact_chunks(
+    compaction: CompactionService,
+    interval: float,
+    metrics: ServerMetrics | None,
+    stopping: asyncio.Event,
+) -> None:
+    """Compact the metrics due every ``interval`` seconds, at once again after a round that
+    had more due than it took (a backlog). Safe beside other servers on the database: each
+    metric is compacted under a lock (``domain/compaction.py``).
+    """
+    while not stopping.is_set():
+        full = False
+        try:
+            report = await compaction.run_round(stopping.is_set)
+            full = report.full
+            if metrics is not None:
+                for done in report.compacted:
+                    lag = None if done.lag is None else done.lag.total_seconds()
+                    metrics.metric_compacted(done.chunks_in, done.points, lag)
+                if report.failed:
+                    metrics.compaction_failed(report.failed)
+            if report.compacted:
+                log.debug(
+                    "compaction: %d metric(s), %d chunks into %d",
+                    len(report.compacted),
+                    sum(c.chunks_in for c in report.compacted),
+                    sum(c.chunks_out for c in report.compacted),
+                )
+        except Exception:  # noqa: BLE001 - the next round tries again
+            log.warning("compaction round failed", exc_info=True)
+        if full:
+            continue
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(interval):
+                await stopping.wait()
 
 
 class BackgroundLoops:

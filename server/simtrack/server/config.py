@@ -70,6 +70,23 @@ class Settings(BaseSettings):
     auth_cache_seconds: float = Field(
         default=2.0, ge=0, description="How long a verified key is trusted before re-checking."
     )
+    compaction_interval: float = Field(
+        default=2.0,
+        ge=0,
+        description="Seconds between compaction rounds (small metric chunks rewritten into "
+        "large compressed ones); 0: no compaction in this process.",
+    )
+    compaction_settle: float = Field(
+        default=5.0,
+        ge=0,
+        description="Seconds a small chunk waits before compaction takes it (so one rewrite "
+        "takes many); the lag is this, up to one interval, and the round's time.",
+    )
+    compaction_target_points: int = Field(
+        default=16_384,
+        ge=1000,
+        description="Points per compacted chunk (the last of a series may hold fewer).",
+    )
     metrics_listen: str = Field(
         default="",
         description="host:port serving Prometheus /metrics (port 0: a free one); empty: off.",

@@ -1,7 +1,8 @@
 """The service's own Prometheus metrics: one registry per server, its metrics, ``/metrics``.
 
 Only this module imports prometheus_client. The interceptor and the group-commit writer report
-through two methods (``rpc_done``, ``group_committed``), once per call and once per commit;
+through two methods (``rpc_done``, ``group_committed``), once per call and once per commit
+(compaction through ``metric_compacted`` and ``compaction_failed``);
 gauges of state the server already keeps (open streams, watchers, the database pool) are read
 when Prometheus scrapes, so keeping them costs nothing in between. Scrapes run on the
 endpoint's own thread: the callbacks only read plain ints, never iterate the loop's dicts.
@@ -25,6 +26,8 @@ from sqlalchemy.pool import QueuePool
 # buckets (from 5 ms) would put nearly all of them in the first one.
 COMMIT_SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5)
 COMMIT_BATCHES_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)  # the writer's MAX_GROUP
+# Compaction lag: the settle time (5 s by default) plus up to one interval and the round.
+LAG_SECONDS_BUCKETS = (1, 2, 5, 7.5, 10, 15, 20, 30, 60, 120, 300, 600)
 
 
 class ServerMetrics:
@@ -70,6 +73,35 @@ class ServerMetrics:
             buckets=COMMIT_BATCHES_BUCKETS,
             registry=registry,
         )
+
+        self.chunks_compacted = Counter(
+            "simtrack_chunks_compacted",
+            "Metric chunks rewritten by compaction (its inputs).",
+            registry=registry,
+        )
+        self.points_compacted = Counter(
+            "simtrack_points_compacted", "Points rewritten by compaction.", registry=registry
+        )
+        self.compaction_failures = Counter(
+            "simtrack_compaction_failures",
+            "Metric compactions that failed and were rolled back (tried again next round).",
+            registry=registry,
+        )
+        self.compaction_lag = Histogram(
+            "simtrack_compaction_lag_seconds",
+            "From the arrival of a compaction's oldest small chunk to its commit.",
+            buckets=LAG_SECONDS_BUCKETS,
+            registry=registry,
+        )
+
+    def metric_compacted(self, chunks: int, points: int, lag_seconds: float | None) -> None:
+        self.chunks_compacted.inc(chunks)
+        self.points_compacted.inc(points)
+        if lag_seconds is not None:
+            self.compaction_lag.observe(lag_seconds)
+
+    def compaction_failed(self, metrics: int) -> None:
+        self.compaction_failures.inc(metrics)
 
     def rpc_done(self, method: str, code: str, seconds: float) -> None:
         self.rpc_requests.labels(method, code).inc()

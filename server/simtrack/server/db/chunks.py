@@ -10,6 +10,10 @@ Little-endian numpy columns, one entry per point, with the two commonest shapes 
 
 Why: PostgreSQL's cost of storing a chunk grows with its bytes (out-of-line TOAST pieces and
 WAL), and eliding both shapes cuts a typical chunk to a third.
+
+Compacted chunks (``domain/compaction.py``) store their columns compressed (``db/codec.py``);
+a compressed blob's length is never a multiple of 8, so both readers here tell the formats
+apart per blob and read either.
 """
 
 from __future__ import annotations
@@ -17,9 +21,12 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, NamedTuple
 
 import numpy as np
+
+from simtrack.server.db.codec import decode_chunk, is_tagged
 
 Array = np.ndarray[Any, Any]
 STEP = np.dtype("<i8")
@@ -33,6 +40,30 @@ class StoredChunk(NamedTuple):
     first_step: int
     last_step: int
     n: int
+    steps: bytes
+    vals: bytes
+    ts: bytes
+
+
+class SmallChunk(NamedTuple):
+    """A small chunk as compaction chooses them: its seq, size and arrival (None: long ago)."""
+
+    seq: int
+    n: int
+    written_at: datetime | None
+
+
+class CompactedChunk(NamedTuple):
+    """A chunk compaction writes: columns (compressed or raw) and the summaries of its points."""
+
+    seq: int
+    first_step: int
+    last_step: int
+    n: int
+    vmin: float | None
+    vmax: float | None
+    vmin_step: int | None
+    vmax_step: int | None
     steps: bytes
     vals: bytes
     ts: bytes
@@ -65,10 +96,21 @@ def pack_timestamps(stamps: Array | None, now: float) -> bytes:
     return stamps.tobytes()
 
 
+def extreme_step(steps: Array, values: Array, extreme: float | None) -> int | None:
+    """The lowest step where ``values`` hold ``extreme`` (the first such point in history
+    order); None when ``extreme`` is (no finite values).
+    """
+    if extreme is None:
+        return None
+    return int(steps[values == extreme].min())
+
+
 def unpack(
     n: int, first_step: int, steps: bytes, vals: bytes, ts: bytes
 ) -> tuple[Array, Array, Array]:
-    """A chunk's (steps, values, timestamps), each ``n`` long."""
+    """A chunk's (steps, values, timestamps), each ``n`` long, raw or compressed."""
+    if is_tagged(steps) or is_tagged(vals) or is_tagged(ts):
+        return decode_chunk(n, first_step, steps, vals, ts)
     values = np.frombuffer(vals, dtype=FLOAT)
     stamps = np.frombuffer(ts, dtype=FLOAT)
     if len(values) != n or len(stamps) not in (1, n) or len(steps) not in (0, 8 * n):
@@ -82,13 +124,39 @@ def unpack(
     )
 
 
+def compressed(chunk: StoredChunk) -> bool:
+    """Whether any of the chunk's columns is compressed (a compacted chunk's usually are)."""
+    return is_tagged(chunk.steps) or is_tagged(chunk.vals) or is_tagged(chunk.ts)
+
+
 def unpack_many(chunks: Sequence[StoredChunk]) -> tuple[Array, Array, Array]:
     """The chunks' (steps, values, timestamps), concatenated in the order given.
 
     The same as unpacking each chunk and concatenating, with a constant number of numpy calls
-    whatever the number of chunks: a fleet's series is thousands of two-point chunks, where a
-    call per chunk costs more than the points.
+    for each run of raw chunks whatever its length: a fleet's series is thousands of two-point
+    chunks, where a call per chunk costs more than the points. Compressed chunks are large
+    (compaction makes them), so decoding them one by one costs little per point.
     """
+    if not any(compressed(c) for c in chunks):
+        return _unpack_raw(chunks)
+    parts: list[tuple[Array, Array, Array]] = []
+    raw: list[StoredChunk] = []
+    for chunk in chunks:
+        if not compressed(chunk):
+            raw.append(chunk)
+            continue
+        if raw:
+            parts.append(_unpack_raw(raw))
+            raw = []
+        parts.append(unpack(chunk.n, chunk.first_step, chunk.steps, chunk.vals, chunk.ts))
+    if raw:
+        parts.append(_unpack_raw(raw))
+    steps, values, stamps = zip(*parts, strict=True)
+    return np.concatenate(steps), np.concatenate(values), np.concatenate(stamps)
+
+
+def _unpack_raw(chunks: Sequence[StoredChunk]) -> tuple[Array, Array, Array]:
+    """`unpack_many` of raw chunks only, vectorized."""
     if not chunks:
         return np.empty(0, dtype=STEP), np.empty(0, dtype=FLOAT), np.empty(0, dtype=FLOAT)
     counts = np.fromiter((c.n for c in chunks), dtype=np.int64, count=len(chunks))

@@ -160,7 +160,7 @@ def _update(model: type[Base], names: Sequence[str], postgres: bool) -> ClauseEl
 
 _CHUNK_COLUMNS = (
     "metric_id", "seq", "tenant_id", "run_id", "first_step", "last_step", "n", "vmin", "vmax",
-    "steps", "vals", "ts",
+    "vmin_step", "vmax_step", "written_at", "steps", "vals", "ts",
 )  # fmt: skip
 _EVENT_COLUMNS = (
     "run_id", "seq", "position", "tenant_id", "step", "time_ns", "type", "agent_id", "payload",

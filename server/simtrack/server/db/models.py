@@ -20,6 +20,7 @@ from sqlalchemy import (
     Enum,
     Float,
     ForeignKey,
+    Index,
     Integer,
     Interval,
     LargeBinary,
@@ -319,14 +320,31 @@ class Metric(TenantOwnedMixin, Base):
     max_value: Mapped[float | None] = mapped_column(Float)
 
 
+# A chunk of fewer points is small: compaction merges it into large ones. A constant, not a
+# setting: the partial index that finds small chunks is defined with it.
+SMALL_CHUNK_POINTS = 1000
+
+
 class MetricChunk(Base):
     """Up to a batch's worth of one metric's points, packed as little-endian columns.
 
-    One row per (metric, stream seq): ingest writes few rows and history reads few. The chunk's
-    step range and finite min/max let downsampling answer from these columns alone.
+    One row per (metric, stream seq) as ingest writes them; compaction later rewrites a
+    metric's small chunks into large ones (``domain/compaction.py``), compressed. The chunk's
+    step range, count and finite min/max (with the first step holding each) summarise it
+    without its columns.
     """
 
     __tablename__ = "metric_chunks"
+    # The small chunks, for compaction to find (few: they live seconds once it runs).
+    __table_args__ = (
+        Index(
+            "ix_metric_chunks_small",
+            "tenant_id",
+            "metric_id",
+            postgresql_where=text(f"n < {SMALL_CHUNK_POINTS}"),
+            sqlite_where=text(f"n < {SMALL_CHUNK_POINTS}"),
+        ),
+    )
 
     metric_id: Mapped[str] = mapped_column(
         ForeignKey("metrics.id", ondelete="CASCADE"), primary_key=True
@@ -341,6 +359,13 @@ class MetricChunk(Base):
     n: Mapped[int] = mapped_column(Integer)
     vmin: Mapped[float | None] = mapped_column(Float)
     vmax: Mapped[float | None] = mapped_column(Float)
+    # The lowest step holding vmin / vmax (the first in history order); NULL when that is
+    # NULL, or for rows stored before these columns that compaction has not rewritten.
+    vmin_step: Mapped[int | None] = mapped_column(BigInteger)
+    vmax_step: Mapped[int | None] = mapped_column(BigInteger)
+    # When the row was stored: compaction waits for small chunks to settle. NULL: before
+    # this column existed (long settled).
+    written_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     steps: Mapped[bytes] = mapped_column(LargeBinary)  # int64
     vals: Mapped[bytes] = mapped_column(LargeBinary)  # float64
     ts: Mapped[bytes] = mapped_column(LargeBinary)  # float64 unix seconds

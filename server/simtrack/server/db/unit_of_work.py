@@ -146,6 +146,20 @@ class SqlUnitOfWork:
     async def commit(self) -> None:
         await self.session.commit()
 
+    async def read_snapshot(self) -> None:
+        """One snapshot for the whole unit of work (call before its first statement).
+
+        PostgreSQL: REPEATABLE READ (at the default READ COMMITTED each statement sees what
+        had committed when it started). SQLite: an explicit BEGIN; the driver would otherwise
+        run each SELECT outside a transaction, each its own snapshot (with WAL, a read
+        transaction keeps its snapshot while writers commit).
+        """
+        if self.session.get_bind().dialect.name == "postgresql":
+            await self.session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+        else:
+            connection = await self.session.connection()
+            await connection.exec_driver_sql("BEGIN")
+
 
 class TenantScopedSession(Session):
     """A session whose every transaction tells PostgreSQL the caller's tenant."""

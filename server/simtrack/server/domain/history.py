@@ -6,7 +6,7 @@ sent: by seq, then place in the batch), either
 
 * page by page: chunks are read in order of their first step until no unread chunk can hold a
   point of the page (the next one starts after the page's last step); the page token is the
-  last point's (step, seq, index); or
+  last point's (step, rank among the points of that step), which compaction preserves; or
 * downsampled to at most ``max_points``: every chunk of the range is read and each of
   ``max_points // 2`` equal step intervals keeps its lowest and its highest point, so spikes
   survive (the usual min/max decimation of time-series viewers).
@@ -32,6 +32,7 @@ from simtrack.server.core.listing import (
 )
 from simtrack.server.core.model import MetricKind, require_id, require_name
 from simtrack.server.db.chunks import FLOAT, STEP, Array, StoredChunk, unpack_many
+from simtrack.server.db.codec import decode_steps, is_tagged
 from simtrack.server.db.models import Event, Metric
 from simtrack.server.domain.ports import ChunkRows, UnitOfWorkFactory
 from simtrack.server.domain.runs import load_run
@@ -45,7 +46,11 @@ CHUNKS_PER_READ = 64  # a 10,000-point page of 1,000-point chunks is one read
 METRIC_LISTING = Listing("metrics", {"name": str, "kind": enum_parser(MetricKind)})
 EVENT_LISTING = Listing("events", {"type": str, "agent_id": optional_str})
 
-Key = tuple[int, int, int]  # a point's place in history order: (step, seq, index in its chunk)
+# A point's place in history order: (step, rank), the rank counting the points of that step
+# before it. Compaction rewrites chunks (new seqs, new places in them) but keeps history order,
+# and later points sort after every stored one of their step, so a key, and the page token
+# that carries it, outlives compaction.
+Key = tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -73,53 +78,72 @@ class History:
 
 @dataclass(frozen=True)
 class Merged:
-    """Points in history order, with each one's key columns (for page tokens)."""
+    """Points in history order, the first ``skipped`` of step ``after_step`` left out."""
 
     points: Points
-    seqs: Array
-    index: Array
+    after_step: int | None = None
+    skipped: int = 0
 
     def __len__(self) -> int:
         return len(self.points)
 
     def key(self, i: int) -> Key:
-        return int(self.points.steps[i]), int(self.seqs[i]), int(self.index[i])
+        """The key of point ``i``: its step and its rank among the points of that step."""
+        steps = self.points.steps
+        step = int(steps[i])
+        rank = i - int(np.searchsorted(steps, steps[i], side="left"))
+        return step, rank + (self.skipped if step == self.after_step else 0)
 
 
-def merge(chunks: Sequence[StoredChunk], lo: int, hi: int, after: Key | None = None) -> Merged:
-    """The chunks' points with lo <= step <= hi (and key > ``after``), in history order."""
-    if not chunks:
-        empty = np.empty(0, dtype=STEP)
-        return Merged(
-            Points(empty, np.empty(0, dtype=FLOAT), np.empty(0, dtype=FLOAT)), empty, empty
-        )
+def history_order(chunks: Sequence[StoredChunk]) -> tuple[Points, Array]:
+    """The chunks' points sorted by (step, seq, place in the chunk), and the order applied."""
     steps, values, stamps = unpack_many(chunks)
     points = Points(steps, values, stamps)
+    if len(steps) < 2 or bool((steps[1:] > steps[:-1]).all()):  # already in order
+        return points, np.arange(len(steps))
     counts = np.fromiter((c.n for c in chunks), dtype=np.int64, count=len(chunks))
     seqs = np.repeat(np.fromiter((c.seq for c in chunks), dtype=STEP, count=len(chunks)), counts)
     index = np.arange(len(steps), dtype=STEP) - np.repeat(np.cumsum(counts) - counts, counts)
-    keep = None
-    if any(c.first_step < lo or c.last_step > hi for c in chunks):
-        keep = (steps >= lo) & (steps <= hi)
+    order = np.lexsort((index, seqs, steps))
+    return points.take(order), order
+
+
+def merge(chunks: Sequence[StoredChunk], lo: int, hi: int, after: Key | None = None) -> Merged:
+    """The chunks' points with lo <= step <= hi (and key > ``after``), in history order.
+
+    With ``after``, the chunks must include every one holding a point of its step (the rank
+    counts them).
+    """
     if after is not None:
-        step, seq, i = after
-        later = (steps > step) | ((steps == step) & ((seqs > seq) | ((seqs == seq) & (index > i))))
-        keep = later if keep is None else keep & later
-    if keep is not None:
-        points, seqs, index = points.take(keep), seqs[keep], index[keep]
+        lo = max(lo, after[0])
+    if not chunks:
+        empty = np.empty(0, dtype=FLOAT)
+        return Merged(Points(np.empty(0, dtype=STEP), empty, empty))
+    points, _ = history_order(chunks)
     steps = points.steps
-    if len(steps) > 1 and not bool((steps[1:] > steps[:-1]).all()):  # else already in order
-        order = np.lexsort((index, seqs, steps))
-        points, seqs, index = points.take(order), seqs[order], index[order]
-    return Merged(points, seqs, index)
+    if any(c.first_step < lo or c.last_step > hi for c in chunks):
+        # Sorted by step: the range is one slice.
+        start = int(np.searchsorted(steps, lo, side="left"))
+        end = int(np.searchsorted(steps, hi, side="right"))
+        points = points.take(slice(start, end))
+    if after is None:
+        return Merged(points)
+    step, rank = after
+    # The points of the token's step come first (lo is that step); its first rank + 1 are read.
+    same = int(np.searchsorted(points.steps, step, side="right"))
+    skipped = min(same, rank + 1)
+    return Merged(points.take(slice(skipped, None)), step, skipped)
 
 
 def range_count(step_columns: Sequence[tuple[int, int, bytes]], lo: int, hi: int) -> int:
     """How many points of chunks given as (n, first_step, steps) lie in [lo, hi], the chunks
     being those that reach into it (so no difference below overflows int64).
     """
-    stored = np.frombuffer(b"".join(steps for _, _, steps in step_columns), dtype=STEP)
-    total = int(np.count_nonzero((stored >= lo) & (stored <= hi)))
+    raw = b"".join(steps for _, _, steps in step_columns if not is_tagged(steps))
+    stored = [np.frombuffer(raw, dtype=STEP)] + [
+        decode_steps(steps, n, first) for n, first, steps in step_columns if is_tagged(steps)
+    ]
+    total = sum(int(np.count_nonzero((s >= lo) & (s <= hi))) for s in stored)
     elided = [(n, first) for n, first, steps in step_columns if not steps]
     if elided:  # contiguous: first, first + 1, ..., first + n - 1
         n, first = np.array(elided, dtype=STEP).T
@@ -222,9 +246,12 @@ class HistoryService:
         scope = f"history/{run_id}/{metric}/{lo}/{hi}"
         after: Key | None = None
         if token:
-            step, seq, index = decode_position(token, scope, (int, int, int))
-            after = (step, seq, index)
+            step, rank = decode_position(token, scope, (int, int))
+            after = (step, rank)
         async with self.uow() as uow:
+            # One snapshot for all statements below: a compaction committing between two of
+            # them must not show a point twice (old rows, then the new) or not at all.
+            await uow.read_snapshot()
             run = await load_run(uow, run_id, "run_id")
             stored = await uow.metrics.named(run.id, metric)
             if stored is None:

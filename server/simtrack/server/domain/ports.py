@@ -10,7 +10,8 @@ Each repository lists what the domain calls on it; rows are the ORM entities of 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Protocol, Self, TypeVar
@@ -18,7 +19,7 @@ from typing import Protocol, Self, TypeVar
 from simtrack.server.core.commands import CommandMessage
 from simtrack.server.core.listing import Condition, Cursor, PageRequest
 from simtrack.server.core.model import MetricAggregate, RunStatus
-from simtrack.server.db.chunks import StoredChunk
+from simtrack.server.db.chunks import CompactedChunk, SmallChunk, StoredChunk
 from simtrack.server.db.models import (
     Agent,
     ApiKey,
@@ -142,6 +143,51 @@ class ChunkRows(Protocol):
     ) -> list[StoredChunk]: ...
 
 
+class MetricCompaction(Protocol):
+    """One metric's compaction: one transaction, holding the metric's compaction lock."""
+
+    async def small_chunks(self) -> list[SmallChunk]:
+        """The metric's small chunks (``SMALL_CHUNK_POINTS``), by seq, as committed now."""
+        ...
+
+    async def sizes_below(self, seq: int, limit: int) -> list[tuple[int, int]]:
+        """(seq, n) of up to ``limit`` of the metric's chunks with a lower seq, highest first."""
+        ...
+
+    async def chunks(self, first_seq: int, last_seq: int) -> list[StoredChunk]:
+        """Every chunk of the metric with first_seq <= seq <= last_seq, by seq."""
+        ...
+
+    async def replace(
+        self, first_seq: int, last_seq: int, count: int, rows: Sequence[CompactedChunk]
+    ) -> None:
+        """Delete the ``count`` chunks of seqs first_seq..last_seq and insert ``rows``.
+
+        Raises (and the transaction rolls back) if the range no longer holds ``count`` chunks.
+        """
+        ...
+
+
+class CompactionStore(Protocol):
+    """Compaction's access to the chunks, across tenants, one metric per transaction."""
+
+    async def tenants(self) -> list[str]: ...
+
+    async def due_metrics(self, tenant_id: str, settled_before: datetime, limit: int) -> list[str]:
+        """Up to ``limit`` metrics of the tenant with two or more small chunks, one of them
+        stored before ``settled_before``.
+        """
+        ...
+
+    def compacting(
+        self, tenant_id: str, metric_id: str
+    ) -> AbstractAsyncContextManager[MetricCompaction | None]:
+        """A transaction compacting the metric, committed when the block ends (rolled back if
+        it raises); None when another process holds the metric's compaction lock.
+        """
+        ...
+
+
 class EventRows(Protocol):
     async def page(
         self,
@@ -213,6 +259,14 @@ class UnitOfWork(Protocol):
     ) -> None: ...
 
     async def commit(self) -> None: ...
+
+    async def read_snapshot(self) -> None:
+        """Make every read of this unit of work see one snapshot; call before the first.
+
+        A reader that runs several statements (history's range count and chunk reads) then
+        sees a concurrent compaction's commit in all of them or in none.
+        """
+        ...
 
 
 UnitOfWorkFactory = Callable[[], UnitOfWork]

@@ -9,7 +9,14 @@ from typing import Any
 import numpy as np
 
 from simtrack.server.core.model import MetricKind, RunStatus
-from simtrack.server.db.chunks import FLOAT, STEP, Array, pack_steps, pack_timestamps
+from simtrack.server.db.chunks import (
+    FLOAT,
+    STEP,
+    Array,
+    extreme_step,
+    pack_steps,
+    pack_timestamps,
+)
 
 
 @dataclass(slots=True)
@@ -24,6 +31,8 @@ class SeriesChunk:
     last_step: int
     vmin: float | None  # finite values only; None when there are none
     vmax: float | None
+    vmin_step: int | None  # the lowest step holding vmin (the first in history order)
+    vmax_step: int | None
     last_value: float | None  # the finite value at the highest step, if any
     last_value_step: int | None
     steps: bytes
@@ -73,6 +82,8 @@ def pack_series(
         last_step=packed.last,
         vmin=vmin,
         vmax=vmax,
+        vmin_step=extreme_step(steps, values, vmin),
+        vmax_step=extreme_step(steps, values, vmax),
         last_value=last_value,
         last_value_step=last_step,
         steps=packed.packed,

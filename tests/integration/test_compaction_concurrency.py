@@ -1,0 +1,200 @@
+"""Compaction beside everything else, on both databases: readers (one call, and paging across
+a compaction), two compactors at once, and ingest with resends while it all runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from simtrack.errors import NotFound
+from simtrack.server.db.chunks import StoredChunk
+from simtrack.server.db.engine import create_engine
+from simtrack.server.db.models import SMALL_CHUNK_POINTS
+from simtrack.server.db.repositories import ChunkRepository
+from simtrack.server.db.unit_of_work import SqlUnitOfWork
+from simtrack.server.domain.history import HistoryService
+from simtrack.server.ingest.writer import metric_id
+from tests.support import Services
+from tests.support.compaction import (
+    chunk_rows,
+    compactor,
+    expected_points,
+    running_writer,
+    send,
+    server_url,
+    stored_points,
+)
+
+
+@pytest.fixture
+async def engines(services: Services) -> AsyncIterator[list[AsyncEngine]]:
+    """Two engines as two server processes connect (separate pools, separate connections)."""
+    made = [create_engine(server_url(services)) for _ in range(2)]
+    yield made
+    for engine in made:
+        await engine.dispose()
+
+
+class InterruptedChunks(ChunkRepository):
+    """The real repository; before its second chunk read, ``hook`` runs (and commits)."""
+
+    def __init__(self, session: Any, hook: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(session)
+        self.hook, self.reads = hook, 0
+
+    async def overlapping(self, *args: Any, **kwargs: Any) -> list[StoredChunk]:
+        self.reads += 1
+        if self.reads == 2:
+            await self.hook()
+        return await super().overlapping(*args, **kwargs)
+
+
+async def test_one_history_call_reads_one_snapshot_while_a_compaction_commits(
+    services: Services, engines: list[AsyncEngine]
+) -> None:
+    run = await services.run((await services.experiment()).id)
+    async with running_writer(services) as writer:
+        await send(writer, run.id, range(1, 1001))
+    history = HistoryService(services.uow)
+    whole = await history.history(run.id, "loss", None, None, 0, 2000, "")
+    compacted: list[int] = []
+
+    async def compact() -> None:  # another server's compaction, committed mid-read
+        report = await compactor(engines[0]).run_round()
+        compacted.extend(c.chunks_in for c in report.compacted)
+
+    class Interrupted(SqlUnitOfWork):
+        async def __aenter__(self) -> Interrupted:
+            await super().__aenter__()
+            self.chunks = InterruptedChunks(self.session, compact)
+            return self
+
+    interrupted = HistoryService(lambda: Interrupted(services.uow.sessions))
+    page = await interrupted.history(run.id, "loss", None, None, 0, 2000, "")
+    assert compacted == [1000]  # it did commit, between the reads of the call
+    # Compacted: large chunks (1,000 points and more), only the newest perhaps not.
+    sizes = [n for _, _, n in await chunk_rows(services, run.id)]
+    assert len(sizes) < 5 and all(n >= SMALL_CHUNK_POINTS for n in sizes[:-1])
+    assert page.points.steps.tobytes() == whole.points.steps.tobytes()
+    assert page.points.values.tobytes() == whole.points.values.tobytes()
+    assert (page.range_count, page.next_page_token != "") == (whole.range_count, True)
+
+
+async def test_paging_across_a_compaction_gives_every_point_once(
+    services: Services, engines: list[AsyncEngine]
+) -> None:
+    run = await services.run((await services.experiment()).id)
+    history = HistoryService(services.uow)
+    async with running_writer(services) as writer:
+        await send(writer, run.id, range(1, 801))
+        steps: list[bytes] = []
+        values: list[bytes] = []
+        token, pages = "", 0
+        while True:
+            page = await history.history(run.id, "loss", None, None, 0, 97, token)
+            steps.append(page.points.steps.tobytes())
+            values.append(page.points.values.tobytes())
+            pages += 1
+            if pages == 3:  # compacted between pages: the token's chunk is gone
+                assert (await compactor(engines[0]).run_round()).compacted
+            if pages == 9:  # more data, compacted again; it sorts after all read so far
+                await send(writer, run.id, range(801, 901))
+                assert (await compactor(engines[0]).run_round()).compacted
+            token = page.next_page_token
+            if not token:
+                break
+    # The batches sent meanwhile hold later steps than the pages read before them: every
+    # point once, in history order, though its chunk was rewritten under the token twice.
+    want_steps, want_values, _ = expected_points(range(1, 901))
+    assert (b"".join(steps), b"".join(values)) == (want_steps, want_values)
+
+
+async def test_two_compactors_at_once_compact_each_chunk_once(
+    services: Services, engines: list[AsyncEngine]
+) -> None:
+    run = await services.run((await services.experiment()).id)
+    names = [f"m{i}" for i in range(24)]
+    async with running_writer(services) as writer:
+        await send(writer, run.id, range(1, 81), names)
+    before = {n: await stored_points(services, run.id, n) for n in names}
+    rows = await chunk_rows(services, run.id)
+
+    first, second = await asyncio.gather(*(compactor(e).run_round() for e in engines))
+
+    done = [c.metric_id for c in first.compacted + second.compacted]
+    assert sorted(done) == sorted(metric_id(run.id, n) for n in names)  # each by one of them
+    assert sum(c.chunks_in for c in first.compacted + second.compacted) == len(rows)
+    assert len(await chunk_rows(services, run.id)) == len(names)
+    for name in names:
+        assert await stored_points(services, run.id, name) == before[name]
+
+
+async def test_ingest_resends_reads_and_compaction_all_at_once(
+    services: Services, engines: list[AsyncEngine]
+) -> None:
+    run = await services.run((await services.experiment()).id)
+    history = HistoryService(services.uow)
+    total, group = 900, 30
+    done = asyncio.Event()
+    reads: list[int] = []
+    compactions: list[int] = []
+
+    async def ingest() -> None:
+        async with running_writer(services) as writer:
+            for start in range(1, total + 1, group):
+                await send(writer, run.id, range(start, start + group))
+                committed = start + group - 1
+                # A worker that lost its acks resends: recognised, acked, not stored again.
+                resent = [max(1, committed - 40), committed // 2, committed]
+                assert await send(writer, run.id, resent) == [committed] * 3
+        done.set()
+
+    async def compact() -> None:
+        while not done.is_set():
+            report = await compactor(engines[0]).run_round()
+            compactions.extend(c.chunks_in for c in report.compacted)
+            await asyncio.sleep(0.01)
+
+    async def read() -> None:
+        while not done.is_set():
+            try:
+                page = await history.history(run.id, "loss", None, None, 0, 100_000, "")
+            except NotFound:  # before the first batch
+                await asyncio.sleep(0.005)
+                continue
+            # Some prefix of the batches, exactly: no point twice, none missing, in order.
+            stored = page
+            batches = _batches_for(len(stored.points))
+            want = expected_points(range(1, batches + 1))
+            assert (stored.points.steps.tobytes(), stored.points.values.tobytes()) == want[:2]
+            assert stored.points.timestamps.tobytes() == want[2]
+            assert stored.range_count == len(stored.points)
+            reads.append(batches)
+            await asyncio.sleep(0.005)
+
+    await asyncio.gather(ingest(), compact(), read())
+    await compactor(engines[1]).run_round()  # what settled last
+    assert await stored_points(services, run.id, "loss") == expected_points(range(1, total + 1))
+    committed = await services.scalar("SELECT committed_seq FROM runs WHERE id = :id", id=run.id)
+    assert committed == total
+    assert len(compactions) > 1 and len(reads) > 1 and reads[-1] > reads[0]
+    # Compacted: large chunks (1,000 points and more), only the newest perhaps not.
+    sizes = [n for _, _, n in await chunk_rows(services, run.id)]
+    assert len(sizes) < 5 and all(n >= SMALL_CHUNK_POINTS for n in sizes[:-1])
+
+
+def _batches_for(points: int) -> int:
+    """How many batches (1, 2, ...) of ``fleet_batch`` hold ``points`` points of one metric
+    (two or three each, alternating: the count tells the prefix).
+    """
+    count, batches = 0, 0
+    while count < points:
+        batches += 1
+        count += 2 + batches % 2
+    assert count == points, f"{points} points are no prefix of the batches"
+    return batches

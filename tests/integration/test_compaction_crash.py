@@ -1,0 +1,91 @@
+"""A server killed (SIGKILL) while its compaction loop works through a backlog loses and
+doubles nothing; a compactor started afterwards finishes the work. Both databases.
+
+The server is the real ``simtrack serve`` in a subprocess with compaction every 20 ms and no
+settle time; the backlog is written first by the ingest writer (many metrics of small chunks),
+and the test kills the server once some metrics, not all, are compacted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from simtrack.server.db.engine import create_engine
+from tests.support import Services
+from tests.support.compaction import (
+    compactor,
+    expected_series,
+    running_writer,
+    send,
+    server_url,
+    stored_points,
+)
+
+METRICS = [f"m{i:03}" for i in range(100)]  # the most one batch may hold
+BATCHES = 300
+
+
+async def compacted_metrics(services: Services, run_id: str) -> tuple[int, int]:
+    """(metrics down to one chunk, chunks of the run)."""
+    rows = await services.fetch(
+        "SELECT metric_id, count(*) FROM metric_chunks WHERE run_id = :run GROUP BY metric_id",
+        run=run_id,
+    )
+    counts = [int(tuple(r)[1]) for r in rows]
+    return sum(1 for c in counts if c == 1), sum(counts)
+
+
+async def test_a_server_killed_mid_compaction_loses_and_doubles_nothing(
+    services: Services, tmp_path: Path
+) -> None:
+    run = await services.run((await services.experiment()).id)
+    async with running_writer(services) as writer:
+        await send(writer, run.id, range(1, BATCHES + 1), METRICS)
+    expected = expected_series(range(1, BATCHES + 1), METRICS)
+
+    simtrack = Path(sys.executable).with_name("simtrack")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIMTRACK_")}
+    env |= {"SIMTRACK_COMPACTION_INTERVAL": "0.02", "SIMTRACK_COMPACTION_SETTLE": "0"}
+    server = subprocess.Popen(
+        [str(simtrack), "serve", "--listen", "127.0.0.1:0", "--database-url", server_url(services)],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            done, _ = await compacted_metrics(services, run.id)
+            if done >= 3:
+                break
+            await asyncio.sleep(0.005)
+        server.send_signal(signal.SIGKILL)
+    finally:
+        server.kill()
+        server.wait()
+    done, chunks = await compacted_metrics(services, run.id)
+    assert 3 <= done < len(METRICS), "killed before or after the work, not during it"
+    # Every metric is whole: compacted into one chunk, or its BATCHES chunks untouched.
+    assert chunks == done + (len(METRICS) - done) * BATCHES
+    for name in METRICS:
+        assert await stored_points(services, run.id, name) == expected[name], name
+
+    engine = create_engine(server_url(services))
+    try:
+        report = await compactor(engine).run_round()
+    finally:
+        await engine.dispose()
+    # The rest, each once; the killed server's work stands as it was committed.
+    assert len(report.compacted) == len(METRICS) - done
+    assert sum(c.chunks_in for c in report.compacted) == (len(METRICS) - done) * BATCHES
+    assert await compacted_metrics(services, run.id) == (len(METRICS), len(METRICS))
+    for name in METRICS:
+        assert await stored_points(services, run.id, name) == expected[name], name

@@ -1,0 +1,153 @@
+"""Helpers of the compaction tests: a writer on the test's database, fleet-shaped series, and
+checksums of a metric's points in history order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+
+import numpy as np
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import NullPool
+
+from simtrack.server.api.telemetry import decode
+from simtrack.server.core.tenancy import LOCAL_PRINCIPAL
+from simtrack.server.db.chunks import StoredChunk
+from simtrack.server.db.compaction_store import SqlCompactionStore
+from simtrack.server.db.engine import create_engine
+from simtrack.server.db.ingest_store import IngestStore
+from simtrack.server.domain.compaction import CompactionService
+from simtrack.server.domain.history import INT64_MAX, INT64_MIN, merge
+from simtrack.server.ingest.writer import GroupCommitWriter, metric_id
+from simtrack.v1 import telemetry_pb2 as tpb
+from tests.support import Services, as_app_role
+
+# Values whose bits a lossy or sloppy path would change: NaN payloads, -0.0, infinities, a
+# subnormal, and the extremes of float64.
+ODD_VALUES = np.array(
+    [0x7FF8_DEAD_BEEF_0001, 0x8000_0000_0000_0000, 0x7FF0_0000_0000_0000, 0xFFF0_0000_0000_0000,
+     0x0000_0000_0000_0001, 0x7FEF_FFFF_FFFF_FFFF, 0xFFEF_FFFF_FFFF_FFFF],
+    dtype="<u8",
+).view("<f8")  # fmt: skip
+
+
+@dataclass
+class Observer:
+    def group_committed(self, batches: int, points: int, events: int, seconds: float) -> None:
+        pass
+
+
+def server_url(services: Services) -> str:
+    """The URL the server connects with: on PostgreSQL its role, under row-level security."""
+    return services.url if services.backend == "sqlite" else as_app_role(services.url)
+
+
+@asynccontextmanager
+async def running_writer(services: Services) -> AsyncIterator[GroupCommitWriter]:
+    """The group-commit writer, as a server runs it, on the test's database."""
+    engine = create_engine(server_url(services), poolclass=NullPool)
+
+    async def notify(run_ids: Iterable[str]) -> None:
+        pass
+
+    writer = GroupCommitWriter(IngestStore(engine), notify, Observer())
+    await writer.start()
+    try:
+        yield writer
+    finally:
+        await writer.stop()
+        await engine.dispose()
+
+
+def fleet_batch(seq: int, names: Sequence[str] = ("loss",)) -> tpb.StreamRunRequest:
+    """Stream message ``seq``: two or three points per metric, steps that repeat across
+    batches (ties whose order is history order) and sometimes go back, odd values now and then.
+    """
+    rng = np.random.default_rng(seq)
+    series = []
+    for k, name in enumerate(names):
+        n = 2 + (seq + k) % 2
+        steps = (seq // 3 + np.array([0, 1, 0])[:n] - (seq % 7 == 0)).tolist()
+        values = np.round(rng.standard_normal(n) * 100, 3)
+        if seq % 11 == 0:
+            values[0] = ODD_VALUES[seq % len(ODD_VALUES)]
+        stamps = (1.7e9 + seq * 0.2 + np.arange(n) * 1e-3).tolist()
+        series.append(
+            tpb.MetricSeries(name=name, steps=steps, values=values.tolist(), timestamps=stamps)
+        )
+    return tpb.StreamRunRequest(seq=seq, metrics=tpb.MetricBatch(series=series))
+
+
+async def send(
+    writer: GroupCommitWriter, run_id: str, seqs: Iterable[int], names: Sequence[str] = ("loss",)
+) -> list[int]:
+    """Stream messages ``seqs`` (fleet_batch), submitted at once (the writer groups them); the
+    committed seq each was acked with.
+    """
+    futures = [
+        writer.submit(LOCAL_PRINCIPAL, run_id, decode(fleet_batch(seq, names))) for seq in seqs
+    ]
+    return list(await asyncio.gather(*futures))
+
+
+async def stored_points(services: Services, run_id: str, name: str) -> tuple[bytes, bytes, bytes]:
+    """Every stored point of the metric in history order: steps, values, timestamps bytes."""
+    async with services.uow() as uow:
+        chunks = await uow.chunks.overlapping(
+            metric_id(run_id, name), INT64_MIN, INT64_MAX, None, None
+        )
+    points = merge(chunks, INT64_MIN, INT64_MAX).points
+    return points.steps.tobytes(), points.values.tobytes(), points.timestamps.tobytes()
+
+
+def checksum(points: tuple[bytes, bytes, bytes]) -> str:
+    digest = hashlib.sha256()
+    for column in points:
+        digest.update(column)
+    return digest.hexdigest()
+
+
+async def chunk_rows(services: Services, run_id: str) -> list[tuple[str, int, int]]:
+    """(metric_id, seq, n) of the run's chunks."""
+    rows = await services.fetch(
+        "SELECT metric_id, seq, n FROM metric_chunks WHERE run_id = :run ORDER BY metric_id, seq",
+        run=run_id,
+    )
+    return [(str(r[0]), int(r[1]), int(r[2])) for r in map(tuple, rows)]
+
+
+def compactor(engine: AsyncEngine, target: int = 16_384, settle: float = 0.0) -> CompactionService:
+    return CompactionService(SqlCompactionStore(engine), timedelta(seconds=settle), target)
+
+
+def expected_points(seqs: Iterable[int], name: str = "loss") -> tuple[bytes, bytes, bytes]:
+    """What a reader must see of metric ``name`` once batches ``seqs`` are stored: their
+    points in history order, computed here from the messages, not read back.
+    """
+    return expected_series(seqs, (name,))[name]
+
+
+def expected_series(
+    seqs: Iterable[int], names: Sequence[str]
+) -> dict[str, tuple[bytes, bytes, bytes]]:
+    """`expected_points` of each of ``names``, the batches made with these names."""
+    chunks: dict[str, list[StoredChunk]] = {name: [] for name in names}
+    for seq in seqs:
+        for c in decode(fleet_batch(seq, names)).metrics:
+            chunks[c.name].append(
+                StoredChunk(seq, c.first_step, c.last_step, c.n, c.steps, c.vals, c.ts)
+            )
+    expected = {}
+    for name, mine in chunks.items():
+        points = merge(mine, INT64_MIN, INT64_MAX).points
+        expected[name] = (
+            points.steps.tobytes(),
+            points.values.tobytes(),
+            points.timestamps.tobytes(),
+        )
+    return expected
