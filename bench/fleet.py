@@ -1,0 +1,352 @@
+"""``python -m bench fleet``: a fleet of paced workers against one server, then compaction.
+
+A server on PostgreSQL (the application role; compaction on, with a short interval and
+settle) takes ``streams`` concurrent StreamRun streams from a few client processes
+(``bench/fleet_worker.py``: a lean equivalent of the worker helper, one message of 10 series x
+2 points every 0.2 s per stream, 32 unacked at most) for ``seconds``:
+
+* ``fleet_points_per_s``: points acked over the wall time from the first send to the last ack;
+* ``fleet_server_cores`` / ``fleet_postgres_cores``: CPU seconds per wall second over the
+  steady window (compaction, running meanwhile, included); ``fleet_server_us_per_point``;
+* ``fleet_ack_p50_ms`` / ``_p99_ms``: from a message's due tick to the ack covering it;
+* ``rows_per_point_before`` / ``bytes_per_point_before``: the chunks as ingest wrote them (2
+  points each, those not yet compacted when the fleet stops; ``pg_column_size`` of each row:
+  headers, keys, summaries and blobs);
+* ``compaction_lag_s``: from the fleet's last ack until no metric holds two small chunks
+  (compaction leaves at most one small chunk a metric: a series' tail);
+* ``bytes_per_point_after``: every chunk of the fleet's runs, the same measure;
+* ``history_downsample_ms_fleet_series``: one series written by one stream in 2-point flushes
+  (unpaced), compacted, read back as a 1,000-point view; median of 5.
+
+Every (run, metric) is checked exactly once: points = 2 x messages sent, step range
+[0, points), each chunk dense over its step range; before and after compaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from bench.control import Control, percentile
+from bench.fleet_worker import FleetConfig
+from bench.infra import (
+    CpuMeter,
+    PostgresDatabase,
+    RunningServer,
+    child_env,
+    machine_busy_cores,
+    start_simtrack,
+)
+from bench.ingest_cases import ROOT, BenchError, read_json
+from bench.report import Report, Target
+from bench.stream_worker import Streamer, WorkerConfig, build_messages
+from simtrack.server.db.models import SMALL_CHUNK_POINTS
+from simtrack.v1 import telemetry_pb2, telemetry_pb2_grpc
+
+SERIES, STEPS = 10, 2
+COMPACTION = {"compaction_interval": 1.0, "compaction_settle": 2.0}
+# Issue 11 item 3's goals, printed beside the figures (the rate's: the fleet's offered load).
+TARGETS = {
+    "fleet_server_cores": Target(1.0, at_least=False),
+    "fleet_ack_p99_ms": Target(500, at_least=False),
+}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    streams: int
+    processes: int
+    channels: int  # per process
+    seconds: float
+    history_points: int
+
+
+FULL = Sizes(streams=1000, processes=4, channels=4, seconds=60, history_points=1_000_000)
+QUICK = Sizes(streams=200, processes=2, channels=2, seconds=20, history_points=100_000)
+
+_DENSE = """
+SELECT c.run_id, m.name, sum(c.n), min(c.first_step), max(c.last_step),
+       sum(c.last_step - c.first_step + 1), count(*)
+FROM metric_chunks c JOIN metrics m ON m.id = c.metric_id
+WHERE c.run_id = ANY(%s) GROUP BY c.run_id, m.name
+"""
+
+
+def verify(url: str, expected: dict[str, int], names: list[str]) -> int:
+    """Check every (run, metric) holds points 0..n-1 exactly once; return the points."""
+    with psycopg.connect(url) as connection:
+        rows = connection.execute(_DENSE, (list(expected),)).fetchall()
+    found = {(r[0], r[1]): r for r in rows}
+    total = 0
+    for run_id, points in expected.items():
+        for name in names:
+            row = found.get((run_id, name))
+            want = (run_id, name, points, 0, points - 1, points)
+            if row is None or tuple(row[:6]) != want:
+                raise BenchError(f"run {run_id} metric {name}: stored {row}, expected {want}")
+            total += points
+    if len(rows) != len(expected) * len(names):
+        raise BenchError(f"{len(rows)} series stored, {len(expected) * len(names)} sent")
+    return total
+
+
+def chunk_bytes(url: str, run_ids: list[str], only_n: int | None) -> tuple[int, int, int]:
+    """(rows, points, sum of pg_column_size of the rows) of the runs' chunks."""
+    where = "" if only_n is None else f" AND n = {only_n}"
+    query = (
+        "SELECT count(*), coalesce(sum(n), 0), coalesce(sum(pg_column_size(c.*)), 0)"
+        f" FROM metric_chunks c WHERE run_id = ANY(%s){where}"
+    )
+    with psycopg.connect(url) as connection:
+        row = connection.execute(query, (run_ids,)).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1]), int(row[2])
+
+
+def uncompacted_metrics(url: str, run_ids: list[str]) -> int:
+    """Metrics of the runs holding two or more small chunks (compaction's work left)."""
+    query = (
+        "SELECT count(*) FROM (SELECT metric_id FROM metric_chunks"
+        f" WHERE run_id = ANY(%s) AND n < {SMALL_CHUNK_POINTS}"
+        " GROUP BY metric_id HAVING count(*) > 1) AS due"
+    )
+    with psycopg.connect(url) as connection:
+        row = connection.execute(query, (run_ids,)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def wait_compacted(url: str, run_ids: list[str], timeout: float = 300) -> float:
+    """Poll every 0.1 s until compaction is done with the runs; the monotonic time it was."""
+    deadline = time.monotonic() + timeout
+    while await asyncio.to_thread(uncompacted_metrics, url, run_ids):
+        if time.monotonic() > deadline:
+            raise BenchError(f"compaction not done after {timeout:g} s")
+        await asyncio.sleep(0.1)
+    return time.monotonic()
+
+
+async def start_clients(config: FleetConfig) -> asyncio.subprocess.Process:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.fleet_worker",
+        cwd=ROOT,
+        env=child_env(),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        limit=1 << 26,  # the result line holds every message's latency
+    )
+    assert process.stdin is not None
+    process.stdin.write(json.dumps(asdict(config)).encode() + b"\n")
+    await process.stdin.drain()
+    return process
+
+
+async def run_fleet(
+    report: Report, server: RunningServer, control: Control, db: PostgresDatabase, sizes: Sizes
+) -> None:
+    run_ids = await control.create_runs(sizes.streams)
+    per = -(-sizes.streams // sizes.processes)
+    shares = [run_ids[i : i + per] for i in range(0, len(run_ids), per)]
+    processes = []
+    try:
+        with report.phase(f"fleet: {sizes.streams} streams open in {len(shares)} processes"):
+            for share in shares:
+                config = FleetConfig(server.address, share, sizes.channels, sizes.seconds)
+                processes.append(await start_clients(config))
+            await asyncio.gather(*(read_json(p, "ready") for p in processes))
+        meter = CpuMeter(server.pid, [p.pid for p in processes], db.pg_database)
+        for process in processes:
+            assert process.stdin is not None
+            process.stdin.write(b"go\n")
+            await process.stdin.drain()
+        with report.phase(f"fleet: {sizes.seconds:g} s of streaming"):
+            await asyncio.sleep(sizes.seconds)
+            cpu = meter.stop()
+            results = [(await read_json(p, "result"))["result"] for p in processes]
+    finally:
+        for process in processes:
+            if process.returncode is None:
+                process.kill()
+            await process.wait()
+    await measure_fleet(report, db, run_ids, results, cpu.server, cpu.postgres, cpu.describe())
+    report.other_load.append(cpu.other)
+
+
+async def measure_fleet(
+    report: Report,
+    db: PostgresDatabase,
+    run_ids: list[str],
+    results: list[dict[str, Any]],
+    server_cores: float,
+    postgres_cores: float,
+    cpu_note: str,
+) -> None:
+    url, names = db.url(), [f"m{i}" for i in range(SERIES)]
+    messages: dict[str, int] = {}
+    for result in results:
+        messages.update(result["messages"])
+    rows, raw_points, raw_bytes = await asyncio.to_thread(chunk_bytes, url, run_ids, STEPS)
+    expected = {run_id: messages[run_id] * STEPS for run_id in run_ids}
+    points = await asyncio.to_thread(verify, url, expected, names)
+    first = min(r["first_send"] for r in results)
+    last_ack = max(r["last_ack"] for r in results)
+    rate = points / (last_ack - first)
+    in_flight = max(r["max_in_flight"] for r in results)
+    offered = len(run_ids) * SERIES * STEPS / FleetConfig.interval  # 1,000 streams: 100,000
+    latencies = [v for r in results for v in r["latencies_ms"]]
+    report.add(
+        "fleet_points_per_s",
+        rate,
+        "points/s",
+        note=f"{len(run_ids)} streams, {points:,} points in {sum(messages.values()):,} messages,"
+        f" first send to last ack {last_ack - first:.1f} s; max in flight {in_flight}",
+        target=Target(offered),
+    )
+    report.add(
+        "fleet_server_cores",
+        server_cores,
+        "cores",
+        note=f"server process, compaction included; {cpu_note}",
+        target=TARGETS["fleet_server_cores"],
+    )
+    report.add("fleet_postgres_cores", postgres_cores, "cores", note="this database's backends")
+    report.add(
+        "fleet_server_us_per_point", server_cores / rate * 1e6, "us", note="server CPU per point"
+    )
+    report.add("fleet_ack_p50_ms", percentile(latencies, 0.5), "ms")
+    report.add(
+        "fleet_ack_p99_ms",
+        percentile(latencies, 0.99),
+        "ms",
+        note=f"{len(latencies):,} messages, from the message's due tick to its ack",
+        target=TARGETS["fleet_ack_p99_ms"],
+    )
+    report.add(
+        "rows_per_point_before",
+        rows / max(raw_points, 1),
+        "rows/point",
+        note=f"the {rows:,} chunks still as ingest wrote them ({STEPS} points) at the fleet's end",
+    )
+    report.add(
+        "bytes_per_point_before",
+        raw_bytes / max(raw_points, 1),
+        "B/point",
+        note="pg_column_size of those rows (header, keys, summaries, blobs); no indexes",
+    )
+    done = await wait_compacted(url, run_ids)
+    report.add(
+        "compaction_lag_s",
+        done - last_ack,
+        "s",
+        note=f"last ack -> no metric with 2+ small chunks; interval"
+        f" {COMPACTION['compaction_interval']:g} s, settle {COMPACTION['compaction_settle']:g} s",
+    )
+    rows, all_points, all_bytes = await asyncio.to_thread(chunk_bytes, url, run_ids, None)
+    await asyncio.to_thread(verify, url, expected, names)
+    report.add(
+        "bytes_per_point_after",
+        all_bytes / all_points,
+        "B/point",
+        note=f"{rows:,} chunks, {all_points / rows:.0f} points each; same measure",
+    )
+    report.add("fleet_verified", 1, note=f"{points:,} points stored exactly once, checked twice")
+
+
+async def history_series(
+    report: Report, server: RunningServer, control: Control, db: PostgresDatabase, points: int
+) -> None:
+    run_id = await control.create_run()
+    config = WorkerConfig(server.address, run_id, points, STEPS)
+    messages = build_messages(config)
+    telemetry = telemetry_pb2_grpc.TelemetryServiceStub(control.channel)
+    with report.phase(f"history series: {points:,} points in {len(messages):,} messages"):
+        streamer = Streamer(telemetry.StreamRun(), 32)
+        await streamer.hello(run_id, "fleet-history")
+        for message in messages:
+            await streamer.send(message)
+        final = telemetry_pb2.FinalStatus(outcome=telemetry_pb2.RUN_OUTCOME_COMPLETED)
+        await streamer.send(telemetry_pb2.StreamRunRequest(seq=len(messages) + 1, status=final))
+        await streamer.wait_acked(len(messages) + 1)
+        await streamer.close()
+    with report.phase("history series: compaction"):
+        await wait_compacted(db.url(), [run_id])
+    await asyncio.to_thread(verify, db.url(), {run_id: points}, [config.metric])
+    request = telemetry_pb2.GetMetricHistoryRequest(
+        run_id=run_id, metric=config.metric, max_points=1000
+    )
+    view = await telemetry.GetMetricHistory(request)
+    if not view.downsampled or view.range_count != points or len(view.steps) > 1000:
+        raise BenchError(f"unexpected downsampled view: {view.range_count} points")
+    times = []
+    for _ in range(5):
+        started = time.perf_counter()
+        await telemetry.GetMetricHistory(request)
+        times.append(time.perf_counter() - started)
+    report.add(
+        "history_downsample_ms_fleet_series",
+        statistics.median(times) * 1000,
+        "ms",
+        note=f"{points:,} points written in {STEPS}-point flushes, compacted, to <= 1,000;"
+        " median of 5",
+    )
+
+
+async def _main(report: Report, sizes: Sizes, admin_url: str, workdir: Path) -> None:
+    db = PostgresDatabase(admin_url)
+    server: RunningServer | None = None
+    control: Control | None = None
+    try:
+        await asyncio.to_thread(db.create)
+        await db.migrate()
+        server = await start_simtrack(db.server_url, workdir / "pg.log", **COMPACTION)
+        control = Control(server.address)
+        await control.setup()
+        await run_fleet(report, server, control, db, sizes)
+        await history_series(report, server, control, db, sizes.history_points)
+    finally:
+        if control is not None:
+            await control.close()
+        if server is not None:
+            await server.stop()
+        await asyncio.to_thread(db.drop)
+
+
+def run_fleet_bench(quick: bool, admin_url: str) -> int:
+    sizes = QUICK if quick else FULL
+    report = Report()
+    report.add("cpu_cores", os.cpu_count() or 0, "cores", note="server, PostgreSQL, clients share")
+    report.add(
+        "machine_busy_before_cores",
+        machine_busy_cores(1.0),
+        "cores",
+        note="CPU used by other processes in the second before the bench started",
+    )
+    report.info(
+        f"{sizes.streams} streams in {sizes.processes} processes for {sizes.seconds:g} s;"
+        " PostgreSQL only (no SQLite); clients are a lean equivalent of the worker helper"
+    )
+    workdir = Path(tempfile.mkdtemp(prefix="simtrack-bench-fleet-"))
+    try:
+        asyncio.run(_main(report, sizes, admin_url, workdir))
+    except BenchError as exc:
+        print(f"bench failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if report.other_load:
+        report.add("other_processes_cores", report.other_load[0], "cores", note="during the fleet")
+    report.table(f"simtrack fleet benchmark ({'quick' if quick else 'full'})")
+    return 0
