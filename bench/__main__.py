@@ -69,11 +69,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="postgresql://postgres@127.0.0.1:5432/test",
         help="PostgreSQL superuser URL used to create and drop the benchmark database",
     )
+    fleet.add_argument(
+        "--sqlite",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also on SQLite (default: in full mode only)",
+    )
     args = parser.parse_args(argv)
     if args.command == "fleet":
         from bench.fleet import run_fleet_bench
 
-        return run_fleet_bench(quick=args.quick, admin_url=args.admin_url)
+        return run_fleet_bench(quick=args.quick, admin_url=args.admin_url, sqlite=args.sqlite)
     if args.command == "compaction":
         from bench.compaction import run_compaction
 

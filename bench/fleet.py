@@ -1,17 +1,19 @@
 """``python -m bench fleet``: a fleet of paced workers against one server, then compaction.
 
-A server on PostgreSQL (the application role; compaction on, with a short interval and
-settle) takes ``streams`` concurrent StreamRun streams from a few client processes
-(``bench/fleet_worker.py``: a lean equivalent of the worker helper, one message of 10 series x
-2 points every 0.2 s per stream, 32 unacked at most) for ``seconds``:
+A server on PostgreSQL (the application role), then (full mode, or ``--sqlite``) one on SQLite
+(figures prefixed ``sqlite_``), each with compaction on (a short interval and settle), takes
+``streams`` concurrent StreamRun streams from a few client processes (``bench/fleet_worker.py``:
+a lean equivalent of the worker helper, one message of 10 series x 2 points every 0.2 s per
+stream, 32 unacked at most) for ``seconds``:
 
 * ``fleet_points_per_s``: points acked over the wall time from the first send to the last ack;
 * ``fleet_server_cores`` / ``fleet_postgres_cores``: CPU seconds per wall second over the
   steady window (compaction, running meanwhile, included); ``fleet_server_us_per_point``;
 * ``fleet_ack_p50_ms`` / ``_p99_ms``: from a message's due tick to the ack covering it;
 * ``rows_per_point_before`` / ``bytes_per_point_before``: the chunks as ingest wrote them (2
-  points each, those not yet compacted when the fleet stops; ``pg_column_size`` of each row:
-  headers, keys, summaries and blobs);
+  points each, those not yet compacted when the fleet stops; PostgreSQL: ``pg_column_size``
+  of each row, headers, keys, summaries and blobs; SQLite: the columns' lengths, 8 bytes a
+  number, as bench compaction counts them);
 * ``compaction_lag_s``: from the fleet's last ack until no metric holds two small chunks
   (compaction leaves at most one small chunk a metric: a series' tail);
 * ``bytes_per_point_after``: every chunk of the fleet's runs, the same measure;
@@ -28,6 +30,7 @@ import asyncio
 import json
 import os
 import shutil
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -44,6 +47,7 @@ from bench.infra import (
     CpuMeter,
     PostgresDatabase,
     RunningServer,
+    SqliteDatabase,
     child_env,
     machine_busy_cores,
     start_simtrack,
@@ -79,61 +83,81 @@ _DENSE = """
 SELECT c.run_id, m.name, sum(c.n), min(c.first_step), max(c.last_step),
        sum(c.last_step - c.first_step + 1), count(*)
 FROM metric_chunks c JOIN metrics m ON m.id = c.metric_id
-WHERE c.run_id = ANY(%s) GROUP BY c.run_id, m.name
+WHERE c.run_id {runs} GROUP BY c.run_id, m.name
 """
 
 
-def verify(url: str, expected: dict[str, int], names: list[str]) -> int:
-    """Check every (run, metric) holds points 0..n-1 exactly once; return the points."""
-    with psycopg.connect(url) as connection:
-        rows = connection.execute(_DENSE, (list(expected),)).fetchall()
-    found = {(r[0], r[1]): r for r in rows}
-    total = 0
-    for run_id, points in expected.items():
-        for name in names:
-            row = found.get((run_id, name))
-            want = (run_id, name, points, 0, points - 1, points)
-            if row is None or tuple(row[:6]) != want:
-                raise BenchError(f"run {run_id} metric {name}: stored {row}, expected {want}")
-            total += points
-    if len(rows) != len(expected) * len(names):
-        raise BenchError(f"{len(rows)} series stored, {len(expected) * len(names)} sent")
-    return total
+class Chunks:
+    """The benchmark's metric_chunks, read past the server (PostgreSQL as the superuser)."""
 
+    def __init__(self, prefix: str, url: str, pg_database: str | None) -> None:
+        self.prefix = prefix  # of the figures' names: "" for PostgreSQL, "sqlite_"
+        self.url = url
+        self.pg_database = pg_database
+        if pg_database is not None:
+            self.row_size = "pg_column_size(c.*)"
+            self.row_note = "pg_column_size of each row (header, keys, summaries, blobs)"
+        else:  # the columns' lengths, 8 bytes a number (as bench compaction counts them)
+            self.row_size = (
+                "length(steps) + length(vals) + coalesce(length(ts), 0) + length(metric_id)"
+                " + length(tenant_id) + length(run_id) + 72"
+            )
+            self.row_note = "the columns' lengths, 8 bytes a number (keys, summaries, blobs)"
 
-def chunk_bytes(url: str, run_ids: list[str], only_n: int | None) -> tuple[int, int, int]:
-    """(rows, points, sum of pg_column_size of the rows) of the runs' chunks."""
-    where = "" if only_n is None else f" AND n = {only_n}"
-    query = (
-        "SELECT count(*), coalesce(sum(n), 0), coalesce(sum(pg_column_size(c.*)), 0)"
-        f" FROM metric_chunks c WHERE run_id = ANY(%s){where}"
-    )
-    with psycopg.connect(url) as connection:
-        row = connection.execute(query, (run_ids,)).fetchone()
-    assert row is not None
-    return int(row[0]), int(row[1]), int(row[2])
+    def rows(self, query: str, run_ids: list[str]) -> list[tuple[Any, ...]]:
+        if self.pg_database is not None:
+            with psycopg.connect(self.url) as connection:
+                return list(connection.execute(query.format(runs="= ANY(%s)"), (run_ids,)))
+        marks = "IN (" + ",".join("?" * len(run_ids)) + ")"
+        lite = sqlite3.connect(self.url.removeprefix("sqlite:///"), timeout=30)
+        try:
+            return list(lite.execute(query.format(runs=marks), run_ids))
+        finally:
+            lite.close()
 
+    def verify(self, expected: dict[str, int], names: list[str]) -> int:
+        """Check every (run, metric) holds points 0..n-1 exactly once; return the points."""
+        rows = self.rows(_DENSE, list(expected))
+        found = {(r[0], r[1]): r for r in rows}
+        total = 0
+        for run_id, points in expected.items():
+            for name in names:
+                row = found.get((run_id, name))
+                want = (run_id, name, points, 0, points - 1, points)
+                if row is None or tuple(row[:6]) != want:
+                    raise BenchError(f"run {run_id} metric {name}: stored {row}, expected {want}")
+                total += points
+        if len(rows) != len(expected) * len(names):
+            raise BenchError(f"{len(rows)} series stored, {len(expected) * len(names)} sent")
+        return total
 
-def uncompacted_metrics(url: str, run_ids: list[str]) -> int:
-    """Metrics of the runs holding two or more small chunks (compaction's work left)."""
-    query = (
-        "SELECT count(*) FROM (SELECT metric_id FROM metric_chunks"
-        f" WHERE run_id = ANY(%s) AND n < {SMALL_CHUNK_POINTS}"
-        " GROUP BY metric_id HAVING count(*) > 1) AS due"
-    )
-    with psycopg.connect(url) as connection:
-        row = connection.execute(query, (run_ids,)).fetchone()
-    assert row is not None
-    return int(row[0])
+    def sizes(self, run_ids: list[str], only_n: int | None) -> tuple[int, int, int]:
+        """(rows, points, bytes) of the runs' chunks (of ``only_n`` points, if given)."""
+        where = "" if only_n is None else f" AND n = {only_n}"
+        query = (
+            f"SELECT count(*), coalesce(sum(n), 0), coalesce(sum({self.row_size}), 0)"
+            f" FROM metric_chunks c WHERE run_id {{runs}}{where}"
+        )
+        row = self.rows(query, run_ids)[0]
+        return int(row[0]), int(row[1]), int(row[2])
+
+    def uncompacted(self, run_ids: list[str]) -> int:
+        """Metrics of the runs holding two or more small chunks (compaction's work left)."""
+        query = (
+            "SELECT count(*) FROM (SELECT metric_id FROM metric_chunks"
+            f" WHERE run_id {{runs}} AND n < {SMALL_CHUNK_POINTS}"
+            " GROUP BY metric_id HAVING count(*) > 1) AS due"
+        )
+        return int(self.rows(query, run_ids)[0][0])
 
 
 POLL_S = 0.25  # the lag's resolution; polling more often would take CPU from compaction
 
 
-async def wait_compacted(url: str, run_ids: list[str], timeout: float = 600) -> float:
+async def wait_compacted(db: Chunks, run_ids: list[str], timeout: float = 600) -> float:
     """Poll until compaction is done with the runs; the monotonic time it was."""
     deadline = time.monotonic() + timeout
-    while await asyncio.to_thread(uncompacted_metrics, url, run_ids):
+    while await asyncio.to_thread(db.uncompacted, run_ids):
         if time.monotonic() > deadline:
             raise BenchError(f"compaction not done after {timeout:g} s")
         await asyncio.sleep(POLL_S)
@@ -158,7 +182,7 @@ async def start_clients(config: FleetConfig) -> asyncio.subprocess.Process:
 
 
 async def run_fleet(
-    report: Report, server: RunningServer, control: Control, db: PostgresDatabase, sizes: Sizes
+    report: Report, server: RunningServer, control: Control, db: Chunks, sizes: Sizes
 ) -> None:
     run_ids = await control.create_runs(sizes.streams)
     per = -(-sizes.streams // sizes.processes)
@@ -187,7 +211,7 @@ async def run_fleet(
     report.other_load.append(cpu.other)
     await measure_fleet(report, server, db, run_ids, results, cpu.server, cpu.postgres)
     report.add(
-        "fleet_clients_cores",
+        f"{db.prefix}fleet_clients_cores",
         cpu.workers,
         "cores",
         note=f"the {len(processes)} client processes, on the same machine; {cpu.describe()}",
@@ -197,19 +221,19 @@ async def run_fleet(
 async def measure_fleet(
     report: Report,
     server: RunningServer,
-    db: PostgresDatabase,
+    db: Chunks,
     run_ids: list[str],
     results: list[dict[str, Any]],
     server_cores: float,
     postgres_cores: float,
 ) -> None:
-    url, names = db.url(), [f"m{i}" for i in range(SERIES)]
+    names, p = [f"m{i}" for i in range(SERIES)], db.prefix
     messages: dict[str, int] = {}
     for result in results:
         messages.update(result["messages"])
-    rows, raw_points, raw_bytes = await asyncio.to_thread(chunk_bytes, url, run_ids, STEPS)
+    rows, raw_points, raw_bytes = await asyncio.to_thread(db.sizes, run_ids, STEPS)
     expected = {run_id: messages[run_id] * STEPS for run_id in run_ids}
-    points = await asyncio.to_thread(verify, url, expected, names)
+    points = await asyncio.to_thread(db.verify, expected, names)
     first = min(r["first_send"] for r in results)
     last_ack = max(r["last_ack"] for r in results)
     rate = points / (last_ack - first)
@@ -217,7 +241,7 @@ async def measure_fleet(
     offered = len(run_ids) * SERIES * STEPS / FleetConfig.interval  # 1,000 streams: 100,000
     latencies = [v for r in results for v in r["latencies_ms"]]
     report.add(
-        "fleet_points_per_s",
+        f"{p}fleet_points_per_s",
         rate,
         "points/s",
         note=f"{len(run_ids)} streams, {points:,} points in {sum(messages.values()):,} messages,"
@@ -225,42 +249,48 @@ async def measure_fleet(
         target=Target(offered),
     )
     report.add(
-        "fleet_server_cores",
+        f"{p}fleet_server_cores",
         server_cores,
         "cores",
         note="server process over the fleet's wall time, compaction included;"
-        f" PostgreSQL {postgres_cores:.2f}, other processes {report.other_load[-1]:.2f}",
+        f" other processes (not of this bench) {report.other_load[-1]:.2f}",
         target=TARGETS["fleet_server_cores"],
     )
-    report.add("fleet_postgres_cores", postgres_cores, "cores", note="this database's backends")
+    if db.pg_database is not None:
+        report.add(
+            f"{p}fleet_postgres_cores", postgres_cores, "cores", note="this database's backends"
+        )
     report.add(
-        "fleet_server_us_per_point", server_cores / rate * 1e6, "us", note="server CPU per point"
+        f"{p}fleet_server_us_per_point",
+        server_cores / rate * 1e6,
+        "us",
+        note="server CPU per point",
     )
-    report.add("fleet_ack_p50_ms", percentile(latencies, 0.5), "ms")
+    report.add(f"{p}fleet_ack_p50_ms", percentile(latencies, 0.5), "ms")
     report.add(
-        "fleet_ack_p99_ms",
+        f"{p}fleet_ack_p99_ms",
         percentile(latencies, 0.99),
         "ms",
         note=f"{len(latencies):,} messages, from the message's due tick to its ack",
         target=TARGETS["fleet_ack_p99_ms"],
     )
     report.add(
-        "rows_per_point_before",
+        f"{p}rows_per_point_before",
         rows / max(raw_points, 1),
         "rows/point",
         note=f"the {rows:,} chunks still as ingest wrote them ({STEPS} points) at the fleet's end",
     )
     report.add(
-        "bytes_per_point_before",
+        f"{p}bytes_per_point_before",
         raw_bytes / max(raw_points, 1),
         "B/point",
-        note="pg_column_size of those rows (header, keys, summaries, blobs); no indexes",
+        note=f"{db.row_note}; no indexes",
     )
     meter = CpuMeter(server.pid, [], db.pg_database)
-    done = await wait_compacted(url, run_ids)
+    done = await wait_compacted(db, run_ids)
     cpu = meter.stop()
     report.add(
-        "compaction_lag_s",
+        f"{p}compaction_lag_s",
         done - last_ack,
         "s",
         note=f"last ack -> no metric with 2+ small chunks; interval"
@@ -268,25 +298,27 @@ async def measure_fleet(
         f" polled every {POLL_S:g} s",
     )
     report.add(
-        "compaction_after_fleet_points_per_s",
+        f"{p}compaction_after_fleet_points_per_s",
         raw_points / (done - last_ack),
         "points/s",
         note=f"the {raw_points:,} points left in 2-point chunks over that lag; meanwhile"
         f" server {cpu.server:.2f} cores, PostgreSQL {cpu.postgres:.2f}",
     )
-    rows, all_points, all_bytes = await asyncio.to_thread(chunk_bytes, url, run_ids, None)
-    await asyncio.to_thread(verify, url, expected, names)
+    rows, all_points, all_bytes = await asyncio.to_thread(db.sizes, run_ids, None)
+    await asyncio.to_thread(db.verify, expected, names)
     report.add(
-        "bytes_per_point_after",
+        f"{p}bytes_per_point_after",
         all_bytes / all_points,
         "B/point",
         note=f"{rows:,} chunks, {all_points / rows:.0f} points each; same measure",
     )
-    report.add("fleet_verified", 1, note=f"{points:,} points stored exactly once, checked twice")
+    report.add(
+        f"{p}fleet_verified", 1, note=f"{points:,} points stored exactly once, checked twice"
+    )
 
 
 async def history_series(
-    report: Report, server: RunningServer, control: Control, db: PostgresDatabase, points: int
+    report: Report, server: RunningServer, control: Control, db: Chunks, points: int
 ) -> None:
     run_id = await control.create_run()
     config = WorkerConfig(server.address, run_id, points, STEPS)
@@ -302,8 +334,8 @@ async def history_series(
         await streamer.wait_acked(len(messages) + 1)
         await streamer.close()
     with report.phase("history series: compaction"):
-        await wait_compacted(db.url(), [run_id])
-    await asyncio.to_thread(verify, db.url(), {run_id: points}, [config.metric])
+        await wait_compacted(db, [run_id])
+    await asyncio.to_thread(db.verify, {run_id: points}, [config.metric])
     request = telemetry_pb2.GetMetricHistoryRequest(
         run_id=run_id, metric=config.metric, max_points=1000
     )
@@ -316,7 +348,7 @@ async def history_series(
         await telemetry.GetMetricHistory(request)
         times.append(time.perf_counter() - started)
     report.add(
-        "history_downsample_ms_fleet_series",
+        f"{db.prefix}history_downsample_ms_fleet_series",
         statistics.median(times) * 1000,
         "ms",
         note=f"{points:,} points written in {STEPS}-point flushes, compacted, to <= 1,000;"
@@ -324,27 +356,34 @@ async def history_series(
     )
 
 
-async def _main(report: Report, sizes: Sizes, admin_url: str, workdir: Path) -> None:
-    db = PostgresDatabase(admin_url)
-    server: RunningServer | None = None
-    control: Control | None = None
+async def on_database(report: Report, sizes: Sizes, db: Chunks, server_url: str, log: Path) -> None:
+    server = await start_simtrack(server_url, log, **COMPACTION)
+    control = Control(server.address)
     try:
-        await asyncio.to_thread(db.create)
-        await db.migrate()
-        server = await start_simtrack(db.server_url, workdir / "pg.log", **COMPACTION)
-        control = Control(server.address)
         await control.setup()
         await run_fleet(report, server, control, db, sizes)
         await history_series(report, server, control, db, sizes.history_points)
     finally:
-        if control is not None:
-            await control.close()
-        if server is not None:
-            await server.stop()
-        await asyncio.to_thread(db.drop)
+        await control.close()
+        await server.stop()
 
 
-def run_fleet_bench(quick: bool, admin_url: str) -> int:
+async def _main(report: Report, sizes: Sizes, admin_url: str, workdir: Path, sqlite: bool) -> None:
+    postgres = PostgresDatabase(admin_url)
+    try:
+        await asyncio.to_thread(postgres.create)
+        await postgres.migrate()
+        db = Chunks("", postgres.url(), postgres.pg_database)
+        await on_database(report, sizes, db, postgres.server_url, workdir / "pg.log")
+    finally:
+        await asyncio.to_thread(postgres.drop)
+    if sqlite:
+        url = SqliteDatabase(workdir).server_url
+        await on_database(report, sizes, Chunks("sqlite_", url, None), url, workdir / "sqlite.log")
+
+
+def run_fleet_bench(quick: bool, admin_url: str, sqlite: bool | None = None) -> int:
+    sqlite = not quick if sqlite is None else sqlite
     sizes = QUICK if quick else FULL
     report = Report()
     report.add("cpu_cores", os.cpu_count() or 0, "cores", note="server, PostgreSQL, clients share")
@@ -356,17 +395,19 @@ def run_fleet_bench(quick: bool, admin_url: str) -> int:
     )
     report.info(
         f"{sizes.streams} streams in {sizes.processes} processes for {sizes.seconds:g} s;"
-        " PostgreSQL only (no SQLite); clients are a lean equivalent of the worker helper"
+        f" {'PostgreSQL, then SQLite' if sqlite else 'PostgreSQL only (no SQLite)'};"
+        " clients are a lean equivalent of the worker helper"
     )
     workdir = Path(tempfile.mkdtemp(prefix="simtrack-bench-fleet-"))
     try:
-        asyncio.run(_main(report, sizes, admin_url, workdir))
+        asyncio.run(_main(report, sizes, admin_url, workdir, sqlite))
     except BenchError as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 1
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     if report.other_load:
-        report.add("other_processes_cores", report.other_load[0], "cores", note="during the fleet")
+        others = max(report.other_load)
+        report.add("other_processes_cores_max", others, "cores", note="during the fleet(s)")
     report.table(f"simtrack fleet benchmark ({'quick' if quick else 'full'})")
     return 0
