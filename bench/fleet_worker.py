@@ -4,7 +4,9 @@ Run as ``python -m bench.fleet_worker``; it reads one JSON config line on stdin 
 ids, channels, seconds), opens one stream per run (hello -> welcome) round-robin over its
 channels, prints ``ready``, waits for ``go``, then each stream does what the worker helper does
 for a worker logging ``series`` metrics every tick at 10 ticks/s with a 0.2 s flush (a lean
-equivalent: no helper objects, messages built straight from the protobuf classes): every
+equivalent: no helper objects, messages built straight from the protobuf classes; behind
+schedule it sends each missed tick's message as the window allows, where the helper would
+coalesce them into fewer, larger ones): every
 ``interval`` seconds one message of ``series`` series x ``steps`` points (with timestamps),
 never more than ``window`` unacknowledged. It records each message's latency from its due time
 (its tick, so waiting for the window counts) to the ack covering it, sends a final status once
