@@ -7,8 +7,8 @@ a lean equivalent of the worker helper, one message of 10 series x 2 points ever
 stream, 32 unacked at most) for ``seconds``:
 
 * ``fleet_points_per_s``: points acked over the wall time from the first send to the last ack;
-* ``fleet_server_cores`` / ``fleet_postgres_cores``: CPU seconds per wall second over the
-  steady window (compaction, running meanwhile, included); ``fleet_server_us_per_point``;
+* ``fleet_server_cores`` / ``fleet_postgres_cores``: CPU seconds per wall second from go to
+  the last final status (compaction, running meanwhile, included); ``fleet_server_us_per_point``;
 * ``fleet_ack_p50_ms`` / ``_p99_ms``: from a message's due tick to the ack covering it;
 * ``rows_per_point_before`` / ``bytes_per_point_before``: the chunks as ingest wrote them (2
   points each, those not yet compacted when the fleet stops; PostgreSQL: ``pg_column_size``
