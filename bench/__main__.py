@@ -1,4 +1,4 @@
-"""``python -m bench {ingest,history,codec,compaction} [--quick]``: run a benchmark, print its
+"""``python -m bench {ingest,history,codec,compaction,fleet} [--quick]``: run a benchmark, print its
 figures.
 """
 
@@ -58,7 +58,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="postgresql://postgres@127.0.0.1:5432/test",
         help="PostgreSQL superuser URL used to create and drop the benchmark database",
     )
+    fleet = commands.add_parser(
+        "fleet", help="a fleet of paced worker streams: rate, server CPU, ack latency, compaction"
+    )
+    fleet.add_argument(
+        "--quick", action="store_true", help="200 streams for 20 s, not 1,000 for 60 s"
+    )
+    fleet.add_argument(
+        "--admin-url",
+        default="postgresql://postgres@127.0.0.1:5432/test",
+        help="PostgreSQL superuser URL used to create and drop the benchmark database",
+    )
+    fleet.add_argument(
+        "--sqlite",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also on SQLite (default: in full mode only)",
+    )
     args = parser.parse_args(argv)
+    if args.command == "fleet":
+        from bench.fleet import run_fleet_bench
+
+        return run_fleet_bench(quick=args.quick, admin_url=args.admin_url, sqlite=args.sqlite)
     if args.command == "compaction":
         from bench.compaction import run_compaction
 

@@ -18,7 +18,7 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -101,6 +101,8 @@ class Streamer:
         self._ack_times: dict[int, float] = {}
         self._watch: int | None = None
         self._reader: asyncio.Task[None] | None = None
+        # Called with (committed seq, monotonic time) whenever an ack moves the watermark.
+        self.on_ack: Callable[[int, float], None] | None = None
 
     async def hello(self, run_id: str, worker_id: str) -> int:
         await self.call.write(
@@ -129,6 +131,8 @@ class Streamer:
                     self.acked = committed
                     if self._watch is not None and committed >= self._watch:
                         self._ack_times.setdefault(self._watch, time.monotonic())
+                    if self.on_ack is not None:
+                        self.on_ack(committed, time.monotonic())
                     self._moved.set()
             elif kind == "command":
                 self.commands.append((time.monotonic(), response.command))
