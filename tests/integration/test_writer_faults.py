@@ -9,24 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 
 import psycopg
 import pytest
 from psycopg import sql
-from sqlalchemy.pool import NullPool
 
 from simtrack.errors import FailedPrecondition, Unavailable
 from simtrack.server.api.telemetry import decode
 from simtrack.server.core.tenancy import LOCAL_PRINCIPAL
-from simtrack.server.db.engine import create_engine
-from simtrack.server.db.ingest_store import IngestStore
 from simtrack.server.ingest import writer as writer_module
 from simtrack.server.ingest.items import Batch
 from simtrack.server.ingest.writer import GroupCommitWriter, metric_id
 from simtrack.v1 import telemetry_pb2 as tpb
-from tests.support import APP_ROLE, POSTGRES_ADMIN_URL, Services, as_app_role
+from tests.support import APP_ROLE, POSTGRES_ADMIN_URL, CommitLog, Services
 
 POSTGRES_ONLY = pytest.mark.parametrize(
     "backend", [pytest.param("postgresql", marks=pytest.mark.postgres)]
@@ -34,37 +30,10 @@ POSTGRES_ONLY = pytest.mark.parametrize(
 QUICK_RETRIES = (0.01, 0.02, 0.05)
 
 
-@dataclass
-class Observer:
-    commits: list[int] = field(default_factory=list)  # batches per landed commit
-
-    def group_committed(self, batches: int, points: int, events: int, seconds: float) -> None:
-        self.commits.append(batches)
-
-
 def metrics(seq: int, name: str = "profit", steps: Iterable[int] = (0, 1)) -> Batch:
     steps = list(steps)
     series = tpb.MetricSeries(name=name, steps=steps, values=[float(s) for s in steps])
     return decode(tpb.StreamRunRequest(seq=seq, metrics=tpb.MetricBatch(series=[series])))
-
-
-@pytest.fixture
-async def writer(services: Services) -> AsyncIterator[tuple[GroupCommitWriter, Observer]]:
-    """A started writer on this test's database, connected as the server connects."""
-    url = services.url if services.backend == "sqlite" else as_app_role(services.url)
-    engine = create_engine(url, poolclass=NullPool)
-
-    async def notify(run_ids: Iterable[str]) -> None:
-        pass
-
-    observer = Observer()
-    writer = GroupCommitWriter(IngestStore(engine), notify, observer)
-    await writer.start()
-    try:
-        yield writer, observer
-    finally:
-        await writer.stop()
-        await engine.dispose()
 
 
 async def committed_seq(services: Services, run_id: str) -> int:
@@ -113,7 +82,7 @@ def allow_connections(services: Services, allowed: bool) -> None:
 @POSTGRES_ONLY
 async def test_a_terminated_connection_is_retried_and_the_batch_stored_once(
     services: Services,
-    writer: tuple[GroupCommitWriter, Observer],
+    writer: tuple[GroupCommitWriter, CommitLog],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     group, _ = writer
@@ -130,7 +99,7 @@ async def test_a_terminated_connection_is_retried_and_the_batch_stored_once(
 @POSTGRES_ONLY
 async def test_a_database_that_stays_down_fails_the_batch_unavailable_after_the_retries(
     services: Services,
-    writer: tuple[GroupCommitWriter, Observer],
+    writer: tuple[GroupCommitWriter, CommitLog],
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -154,7 +123,7 @@ async def test_a_database_that_stays_down_fails_the_batch_unavailable_after_the_
 
 
 async def test_a_run_deleted_mid_stream_refuses_its_next_batch(
-    services: Services, writer: tuple[GroupCommitWriter, Observer]
+    services: Services, writer: tuple[GroupCommitWriter, CommitLog]
 ) -> None:
     group, observer = writer
     experiment = await services.experiment()
@@ -174,7 +143,7 @@ async def test_a_run_deleted_mid_stream_refuses_its_next_batch(
 
 async def test_a_batch_that_conflicts_with_stored_rows_fails_without_retries(
     services: Services,
-    writer: tuple[GroupCommitWriter, Observer],
+    writer: tuple[GroupCommitWriter, CommitLog],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Rows beyond the run's watermark (written behind the writer's back) make the insert
@@ -214,7 +183,7 @@ async def test_a_batch_that_conflicts_with_stored_rows_fails_without_retries(
 
 
 async def test_a_sequence_gap_refuses_the_batch_and_every_later_one_of_its_run(
-    services: Services, writer: tuple[GroupCommitWriter, Observer]
+    services: Services, writer: tuple[GroupCommitWriter, CommitLog]
 ) -> None:
     group, _ = writer
     run = await services.run((await services.experiment()).id)

@@ -83,6 +83,7 @@ from tests.support.servers import (
 )
 from tests.support.services import (
     SCENARIO_ID,
+    CommitLog,
     MakeServices,
     Services,
 )
@@ -104,6 +105,7 @@ from tests.support.streams import (
 )
 
 __all__ = [
+    "CommitLog",
     "AIO_CHANNEL_OPTIONS",
     "APP_ROLE",
     "Authorization",

@@ -147,3 +147,13 @@ class Services:
 
 # Build services on the test's database (or ``url``); other arguments go to the engine.
 MakeServices = Callable[..., Services]
+
+
+@dataclass
+class CommitLog:
+    """A group-commit writer's observer that keeps the batches of each commit that landed."""
+
+    commits: list[int] = field(default_factory=list)
+
+    def group_committed(self, batches: int, points: int, events: int, seconds: float) -> None:
+        self.commits.append(batches)

@@ -5,13 +5,15 @@ Going through a Session (or even Core's execute) costs more Python per batch tha
 so these statements are compiled once per dialect from the models — the SQL and the type
 conversions stay SQLAlchemy's — and executed straight on the DBAPI driver's connection
 (psycopg's, or aiosqlite's): one statement per table and transaction (PostgreSQL: the rows as
-unnested arrays, binary parameters, the transaction pipelined; SQLite: ``executemany``).
+one JSON document or as unnested arrays, the transaction pipelined; SQLite: ``executemany``).
+Values shared by every row of a statement (the tenant, the commit's time) are bound once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -20,7 +22,20 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
-from sqlalchemy import BindParameter, ClauseElement, bindparam, case, column, func, select, update
+from sqlalchemy import (
+    BindParameter,
+    ClauseElement,
+    LargeBinary,
+    Text,
+    bindparam,
+    case,
+    cast,
+    column,
+    func,
+    literal_column,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
@@ -34,10 +49,29 @@ from simtrack.server.db.engine import libpq_conninfo
 from simtrack.server.db.models import Base, Event, Experiment, Metric, MetricChunk, Run
 
 _PYFORMAT = re.compile(r"(?<!%)%\((\w+)\)s")
+ROWS = "rows"  # the parameter holding a statement's rows as one JSON document (PostgreSQL)
+
+
+def _json_value(value: Any) -> Any:
+    """What JSON lacks, as PostgreSQL reads it back: bytes as hex (the statement decodes
+    them), times in ISO 8601, durations exactly.
+    """
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return f"{value.days} days {value.seconds} seconds {value.microseconds} microseconds"
+    raise TypeError(f"{type(value).__name__} has no JSON form here")
+
+
+_ROWS_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_json_value)
 
 
 def _converter(type_: TypeEngine[Any], dialect: Dialect) -> Callable[[Any], Any] | None:
     """How a parameter of ``type_`` is converted for the driver (None: it is not)."""
+    if isinstance(type_, LargeBinary):  # both drivers take bytes as they are
+        return None
     if isinstance(type_, ARRAY):  # convert the items; a list of plain values is sent as is
         convert = type_.item_type.dialect_impl(dialect).bind_processor(dialect)
         return None if convert is None else lambda values: [convert(v) for v in values]
@@ -72,6 +106,26 @@ class Compiled:
         if self.positional:
             return tuple(value for _, value in converted)
         return dict(converted)
+
+    def params_many(
+        self, rows: Sequence[Mapping[str, Any]], shared: Mapping[str, Any]
+    ) -> list[tuple[Any, ...] | dict[str, Any]]:
+        """Parameters for ``executemany``: each row's values, with ``shared`` (the same for
+        every row) converted once.
+        """
+        once = {key: process(shared[key]) if process else shared[key]
+                for key, _, process in self._binds if key in shared}  # fmt: skip
+        plan = [(key, name, key in once, process) for key, name, process in self._binds]
+        converted = [
+            [
+                (name, once[key] if fixed else process(row[key]) if process else row[key])
+                for key, name, fixed, process in plan
+            ]
+            for row in rows
+        ]
+        if self.positional:
+            return [tuple(value for _, value in values) for values in converted]
+        return [dict(values) for values in converted]
 
     def rows(
         self, type_codes: Sequence[Any] | None, raw: Iterable[Sequence[Any]]
@@ -127,33 +181,50 @@ def _lock_runs(count: int) -> ClauseElement:
     )
 
 
-def _row_source(model: type[Base], names: Sequence[str], postgres: bool) -> dict[str, Any]:
-    """Where a bulk write's values come from, by column name.
+def _row_source(
+    model: type[Base], names: Sequence[str], postgres: bool, shared: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Where a bulk write's values come from, by column name; ``shared`` columns take one
+    value for all rows (a parameter of their own).
 
     SQLite: one parameter per column, the statement executed once per row (``executemany``:
-    one call into aiosqlite's thread). PostgreSQL: one array parameter per column, unnested —
-    the whole batch is one statement, so the writer waits on the server once, not per row.
+    one call into aiosqlite's thread). PostgreSQL: the rows as one JSON document, read by
+    ``json_to_recordset`` — the whole batch is one statement and one parameter, so neither the
+    server nor psycopg handles each value on its own (psycopg dumps a list parameter value by
+    value in Python: most of the writer's time when a fleet sends many small rows).
     """
     types = {name: getattr(model, name).type for name in names}
+    source: dict[str, Any] = {name: bindparam(name, type_=types[name]) for name in shared}
+    varying = [name for name in names if name not in shared]
     if not postgres:
-        return {name: bindparam(name, type_=type_) for name, type_ in types.items()}
-    arrays = [bindparam(name, type_=postgresql.ARRAY(type_)) for name, type_ in types.items()]
-    columns = (column(name, type_) for name, type_ in types.items())
-    rows = func.unnest(*arrays).table_valued(*columns).render_derived("v")  # AS v(a, b, ...)
-    return {name: rows.c[name] for name in names}
+        source.update({name: bindparam(name, type_=types[name]) for name in varying})
+        return {name: source[name] for name in names}
+    hexed = {name for name in varying if isinstance(types[name], LargeBinary)}
+    columns = [column(name, Text() if name in hexed else types[name]) for name in varying]
+    document = cast(bindparam(ROWS, type_=Text()), postgresql.JSON)
+    rows = func.json_to_recordset(document).table_valued(*columns)
+    derived = rows.render_derived("v", with_types=True)  # AS v(a TEXT, b BIGINT, ...)
+    for name in varying:
+        value = derived.c[name]
+        source[name] = func.decode(value, literal_column("'hex'")) if name in hexed else value
+    return {name: source[name] for name in names}
 
 
-def _insert(model: type[Base], names: Sequence[str], postgres: bool) -> Any:
+def _insert(
+    model: type[Base], names: Sequence[str], postgres: bool, shared: Sequence[str] = ()
+) -> Any:
     """INSERT of many rows (the dialect's insert, so an ON CONFLICT clause can follow)."""
-    source = _row_source(model, names, postgres)
+    source = _row_source(model, names, postgres, shared)
     if postgres:
         return postgresql.insert(model).from_select(list(names), select(*source.values()))
     return sqlite.insert(model).values(source)
 
 
-def _update(model: type[Base], names: Sequence[str], postgres: bool) -> ClauseElement:
+def _update(
+    model: type[Base], names: Sequence[str], postgres: bool, shared: Sequence[str] = ()
+) -> ClauseElement:
     """UPDATE of many rows by id: ``names`` are the id and the columns set."""
-    source = _row_source(model, ("id", *names), postgres)
+    source = _row_source(model, ("id", *names), postgres, shared)
     primary: Any = model.id  # type: ignore[attr-defined]
     return update(model).where(primary == source["id"]).values({n: source[n] for n in names})
 
@@ -169,6 +240,8 @@ _METRIC_COLUMNS = (
     "id", "tenant_id", "run_id", "name", "unit", "kind", "labels", "count", "min_value",
     "max_value", "last_step", "last_value", "created_at", "updated_at",
 )  # fmt: skip
+_CHUNK_SHARED = ("tenant_id", "written_at")
+_METRIC_SHARED = ("tenant_id", "labels", "created_at", "updated_at")
 _RUN_PROGRESS = (
     "committed_seq", "last_seen_at", "current_tick", "total_ticks", "progress_percent",
     "updated_at",
@@ -181,7 +254,7 @@ _RUN_END = (
 
 def _upsert_metrics(postgres: bool) -> ClauseElement:
     """INSERT ... ON CONFLICT that folds a transaction's summaries into the stored ones."""
-    stmt = _insert(Metric, _METRIC_COLUMNS, postgres)
+    stmt = _insert(Metric, _METRIC_COLUMNS, postgres, _METRIC_SHARED)
     new = stmt.excluded
     least, greatest = (func.least, func.greatest) if postgres else (func.min, func.max)
     newer = (new.last_step.is_not(None)) & (
@@ -222,12 +295,18 @@ class Statements:
     def __init__(self, dialect: Dialect) -> None:
         self.dialect = dialect
         postgres = dialect.name == "postgresql"
-        self.insert_chunks = Compiled(_insert(MetricChunk, _CHUNK_COLUMNS, postgres), dialect)
+        self.insert_chunks = Compiled(
+            _insert(MetricChunk, _CHUNK_COLUMNS, postgres, _CHUNK_SHARED), dialect
+        )
         self.insert_events = Compiled(_insert(Event, _EVENT_COLUMNS, postgres), dialect)
         self.upsert_metrics = Compiled(_upsert_metrics(postgres), dialect)
-        self.update_progress = Compiled(_update(Run, _RUN_PROGRESS, postgres), dialect)
-        self.update_end = Compiled(_update(Run, _RUN_END, postgres), dialect)
-        self.update_results = Compiled(_update(Run, ("results", "updated_at"), postgres), dialect)
+        self.update_progress = Compiled(
+            _update(Run, _RUN_PROGRESS, postgres, ("last_seen_at", "updated_at")), dialect
+        )
+        self.update_end = Compiled(_update(Run, _RUN_END, postgres, ("updated_at",)), dialect)
+        self.update_results = Compiled(
+            _update(Run, ("results", "updated_at"), postgres, ("updated_at",)), dialect
+        )
         self.lock_experiment = Compiled(_lock_experiment(), dialect)
         self.run_statuses = Compiled(_run_statuses(), dialect)
         self.update_experiment = Compiled(
@@ -274,15 +353,23 @@ class IngestTransaction:
         rows = await cursor.fetchall()  # in a pipeline: the description comes with the rows
         return compiled.rows([d.type_code for d in cursor.description], rows)
 
-    async def _write(self, compiled: Compiled, rows: Sequence[Mapping[str, Any]]) -> None:
-        """A bulk statement for ``rows`` (each a mapping of column name to value)."""
+    async def _write(
+        self,
+        compiled: Compiled,
+        rows: Sequence[Mapping[str, Any]],
+        shared: Mapping[str, Any] | None = None,
+    ) -> None:
+        """A bulk statement for ``rows`` (each a mapping of column name to value), with
+        ``shared`` the values of the columns every row has alike.
+        """
         if not rows:
             return
-        if self._postgres:  # one statement, each column's values as one array
-            columns = {name: [row[name] for row in rows] for name in rows[0]}
-            await self._driver.execute(compiled.sql, compiled.params(columns))
+        shared = shared or {}
+        if self._postgres:  # one statement, the rows one JSON document
+            values = {ROWS: _ROWS_JSON.encode(rows), **shared}
+            await self._driver.execute(compiled.sql, compiled.params(values))
         else:
-            await self._driver.executemany(compiled.sql, [compiled.params(r) for r in rows])
+            await self._driver.executemany(compiled.sql, compiled.params_many(rows, shared))
 
     async def use_tenant(self, tenant_id: str) -> None:
         """What follows acts for ``tenant_id`` (PostgreSQL row-level security's input)."""
@@ -301,16 +388,23 @@ class IngestTransaction:
         )
         return {row[0]: RunState(*row) for row in rows}
 
-    async def insert_chunks(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        # Not COPY: PostgreSQL refuses COPY FROM into a table under row-level security, and
-        # at one row per ~1,000 points one INSERT of unnested arrays costs about the same.
-        await self._write(self._sql.insert_chunks, rows)
+    async def insert_chunks(
+        self, tenant_id: str, now: datetime, rows: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """New chunks (``_CHUNK_COLUMNS`` but the tenant and the time, which all rows share)."""
+        # Not COPY: PostgreSQL refuses COPY FROM into a table under row-level security.
+        shared = {"tenant_id": tenant_id, "written_at": now}
+        await self._write(self._sql.insert_chunks, rows, shared)
 
     async def insert_events(self, rows: Sequence[Mapping[str, Any]]) -> None:
         await self._write(self._sql.insert_events, rows)
 
-    async def upsert_metrics(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        await self._write(self._sql.upsert_metrics, rows)
+    async def upsert_metrics(
+        self, tenant_id: str, now: datetime, rows: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """Fold summaries into the metrics' rows, creating the new ones (unlabelled)."""
+        shared = {"tenant_id": tenant_id, "labels": {}, "created_at": now, "updated_at": now}
+        await self._write(self._sql.upsert_metrics, rows, shared)
 
     async def update_runs(
         self, runs: Iterable[RunState], now: datetime, ended: Mapping[str, Ending]
@@ -320,15 +414,15 @@ class IngestTransaction:
             {
                 "id": run.id,
                 "committed_seq": run.committed_seq,
-                "last_seen_at": now,
                 "current_tick": run.current_tick,
                 "total_ticks": run.total_ticks,
                 "progress_percent": run.progress_percent,
-                "updated_at": now,
             }
             for run in runs
         ]
-        await self._write(self._sql.update_progress, progress)
+        await self._write(
+            self._sql.update_progress, progress, {"last_seen_at": now, "updated_at": now}
+        )
         endings = [
             {
                 "id": run_id,
@@ -338,17 +432,14 @@ class IngestTransaction:
                 "error_message": end.error_message,
                 "error_details": end.error_details,
                 "vanished_at": end.run.vanished_at,
-                "updated_at": now,
             }
             for run_id, end in ended.items()
         ]
-        await self._write(self._sql.update_end, endings)
+        await self._write(self._sql.update_end, endings, {"updated_at": now})
         results = [
-            {"id": run_id, "results": end.results, "updated_at": now}
-            for run_id, end in ended.items()
-            if end.results
+            {"id": run_id, "results": end.results} for run_id, end in ended.items() if end.results
         ]
-        await self._write(self._sql.update_results, results)
+        await self._write(self._sql.update_results, results, {"updated_at": now})
 
     async def experiment_run_statuses(self, experiment_id: str) -> set[RunStatus] | None:
         """Lock an experiment's row and read its runs' statuses (None: no such experiment)."""

@@ -335,12 +335,11 @@ async def _write_rows(
     tx: IngestTransaction, tenant_id: str, writes: dict[str, _RunWrite], now: datetime
 ) -> None:
     """The metrics' summaries, chunks and events; then each run's row."""
-    await tx.upsert_metrics(_summaries(tenant_id, writes, now))
+    await tx.upsert_metrics(tenant_id, now, _summaries(writes))
     chunks = [
         {
             "metric_id": metric_id(run_id, chunk.name),
             "seq": seq,
-            "tenant_id": tenant_id,
             "run_id": run_id,
             "first_step": chunk.first_step,
             "last_step": chunk.last_step,
@@ -349,7 +348,6 @@ async def _write_rows(
             "vmax": chunk.vmax,
             "vmin_step": chunk.vmin_step,
             "vmax_step": chunk.vmax_step,
-            "written_at": now,
             "steps": chunk.steps,
             "vals": chunk.vals,
             "ts": chunk.ts,
@@ -357,7 +355,7 @@ async def _write_rows(
         for run_id, write in writes.items()
         for seq, chunk in write.chunks
     ]
-    await tx.insert_chunks(chunks)
+    await tx.insert_chunks(tenant_id, now, chunks)
     events = [
         {
             "run_id": run_id,
@@ -381,7 +379,7 @@ async def _write_rows(
     )
 
 
-def _summaries(tenant_id: str, writes: dict[str, _RunWrite], now: datetime) -> list[dict[str, Any]]:
+def _summaries(writes: dict[str, _RunWrite]) -> list[dict[str, Any]]:
     """Per metric of this transaction: count, finite min/max, and the value at the top step."""
     merged: dict[str, dict[str, Any]] = {}
     for run_id, write in writes.items():
@@ -390,11 +388,10 @@ def _summaries(tenant_id: str, writes: dict[str, _RunWrite], now: datetime) -> l
             row = merged.get(key)
             if row is None:
                 merged[key] = {
-                    "id": key, "tenant_id": tenant_id, "run_id": run_id, "name": chunk.name,
-                    "unit": chunk.unit, "kind": chunk.kind, "labels": {}, "count": chunk.n,
-                    "min_value": chunk.vmin, "max_value": chunk.vmax,
-                    "last_step": chunk.last_value_step, "last_value": chunk.last_value,
-                    "created_at": now, "updated_at": now,
+                    "id": key, "run_id": run_id, "name": chunk.name, "unit": chunk.unit,
+                    "kind": chunk.kind, "count": chunk.n, "min_value": chunk.vmin,
+                    "max_value": chunk.vmax, "last_step": chunk.last_value_step,
+                    "last_value": chunk.last_value,
                 }  # fmt: skip
                 continue
             row["count"] += chunk.n
