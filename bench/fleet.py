@@ -3,24 +3,25 @@
 A server on PostgreSQL (the application role), then (full mode, or ``--sqlite``) one on SQLite
 (figures prefixed ``sqlite_``), each with compaction on (a short interval and settle), takes
 ``streams`` concurrent StreamRun streams from a few client processes (``bench/fleet_worker.py``:
-a lean equivalent of the worker helper, one message of 10 series x 2 points every 0.2 s per
-stream, 32 unacked at most) for ``seconds``:
+a lean equivalent of the worker helper logging 10 metrics at 10 ticks/s, which its flush policy
+sends as one message of 10 series x 10 points every second, 32 unacked at most) for
+``seconds``:
 
 * ``fleet_points_per_s``: points acked over the wall time from the first send to the last ack;
 * ``fleet_server_cores`` / ``fleet_postgres_cores``: CPU seconds per wall second from go to
   the last final status (compaction, running meanwhile, included); ``fleet_server_us_per_point``;
 * ``fleet_ack_p50_ms`` / ``_p99_ms``: from a message's due tick to the ack covering it;
-* ``rows_per_point_before`` / ``bytes_per_point_before``: the chunks as ingest wrote them (2
+* ``rows_per_point_before`` / ``bytes_per_point_before``: the chunks as ingest wrote them (10
   points each, those not yet compacted when the fleet stops; PostgreSQL: ``pg_column_size``
   of each row, headers, keys, summaries and blobs; SQLite: the columns' lengths, 8 bytes a
   number, as bench compaction counts them);
 * ``compaction_lag_s``: from the fleet's last ack until no metric holds two small chunks
   (compaction leaves at most one small chunk a metric: a series' tail);
 * ``bytes_per_point_after``: every chunk of the fleet's runs, the same measure;
-* ``history_downsample_ms_fleet_series``: one series written by one stream in 2-point flushes
+* ``history_downsample_ms_fleet_series``: one series written by one stream in 10-point flushes
   (unpaced), compacted, read back as a 1,000-point view; median of 5.
 
-Every (run, metric) is checked exactly once: points = 2 x messages sent, step range
+Every (run, metric) is checked exactly once: points = 10 x messages sent, step range
 [0, points), each chunk dense over its step range; before and after compaction.
 """
 
@@ -58,7 +59,8 @@ from bench.stream_worker import Streamer, WorkerConfig, build_messages
 from simtrack.server.db.models import SMALL_CHUNK_POINTS
 from simtrack.v1 import telemetry_pb2, telemetry_pb2_grpc
 
-SERIES, STEPS = 10, 2
+_DEFAULT = FleetConfig("", [], 1, 0.0)
+SERIES, STEPS = _DEFAULT.series, _DEFAULT.steps  # a message every second: 10 x 10 points
 COMPACTION = {"compaction_interval": 1.0, "compaction_settle": 2.0}
 # Issue 11 item 3's goals, printed beside the figures (the rate's: the fleet's offered load).
 TARGETS = {
@@ -241,7 +243,7 @@ async def measure_fleet(
     last_ack = max(r["last_ack"] for r in results)
     rate = points / (last_ack - first)
     in_flight = max(r["max_in_flight"] for r in results)
-    offered = len(run_ids) * SERIES * STEPS / FleetConfig.interval  # 1,000 streams: 100,000
+    offered = len(run_ids) * SERIES * STEPS / _DEFAULT.interval  # 1,000 streams: 100,000
     latencies = [v for r in results for v in r["latencies_ms"]]
     report.add(
         f"{p}fleet_points_per_s",
@@ -304,7 +306,7 @@ async def measure_fleet(
         f"{p}compaction_after_fleet_points_per_s",
         raw_points / (done - last_ack),
         "points/s",
-        note=f"the {raw_points:,} points left in 2-point chunks over that lag; meanwhile"
+        note=f"the {raw_points:,} points left in {STEPS}-point chunks over that lag; meanwhile"
         f" server {cpu.server:.2f} cores, PostgreSQL {cpu.postgres:.2f}",
     )
     rows, all_points, all_bytes = await asyncio.to_thread(db.sizes, run_ids, None)

@@ -3,10 +3,11 @@
 Run as ``python -m bench.fleet_worker``; it reads one JSON config line on stdin (target, run
 ids, channels, seconds), opens one stream per run (hello -> welcome) round-robin over its
 channels, prints ``ready``, waits for ``go``, then each stream does what the worker helper does
-for a worker logging ``series`` metrics every tick at 10 ticks/s with a 0.2 s flush (a lean
-equivalent: no helper objects, messages built straight from the protobuf classes; behind
-schedule it sends each missed tick's message as the window allows, where the helper would
-coalesce them into fewer, larger ones): every
+for a worker logging ``series`` metrics every tick at 10 ticks/s (a lean equivalent: no helper
+objects, messages built straight from the protobuf classes; behind schedule it sends each
+missed message as the window allows, where the helper would coalesce them into fewer, larger
+ones). Such a worker logs 100 points a second, below the helper's ``min_flush_points`` (500) per
+``flush_interval`` (0.2 s), so the helper flushes it every ``max_flush_interval`` (1 s): every
 ``interval`` seconds one message of ``series`` series x ``steps`` points (with timestamps),
 never more than ``window`` unacknowledged. It records each message's latency from its due time
 (its tick, so waiting for the window counts) to the ack covering it, sends a final status once
@@ -27,6 +28,7 @@ import grpc
 
 from bench.control import OWN_CONNECTION
 from bench.stream_worker import Streamer
+from simtrack.client import WorkerOptions
 from simtrack.v1 import telemetry_pb2, telemetry_pb2_grpc
 
 
@@ -37,9 +39,14 @@ class FleetConfig:
     channels: int
     seconds: float
     series: int = 10
-    steps: int = 2
-    interval: float = 0.2
+    ticks_per_s: int = 10
+    interval: float = WorkerOptions.max_flush_interval  # the helper's flush, for so few points
     window: int = 32
+
+    @property
+    def steps(self) -> int:
+        """Points per series per message: the ticks of one flush."""
+        return round(self.ticks_per_s * self.interval)
 
 
 class PacedStream:

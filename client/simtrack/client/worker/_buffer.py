@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -65,6 +66,7 @@ class Buffer:
         self._progress: telemetry_pb2.Progress | None = None
         self._final_pending: telemetry_pb2.FinalStatus | None = None
         self._buffered = 0  # points in the current buffer
+        self._since: float | None = None  # monotonic time of its oldest entry, if any
         self._unspooled = 0  # points in the current buffer + being written to the spool
         self._max_buffered = options.max_buffered_points
         self._flush_at = min(options.points_per_series, max(1, self._max_buffered // 2))
@@ -97,6 +99,8 @@ class Buffer:
                 col.values.append(value)
                 col.times.append(now)
             count = len(values)
+            if self._since is None:
+                self._since = time.monotonic()
             self._buffered += count
             self._unspooled += count
             if self._buffered >= self._flush_at and not self._signaled:
@@ -147,6 +151,8 @@ class Buffer:
             if self._unspooled >= self._max_buffered:
                 self._wait_for_room()
             self._events.append(event)
+            if self._since is None:
+                self._since = time.monotonic()
             self._buffered += 1
             self._unspooled += 1
             if len(self._events) >= self.options.max_events_per_batch and not self._signaled:
@@ -159,6 +165,8 @@ class Buffer:
         message = _packing.progress(tick, total, percent)
         with self._lock:
             self._progress = message
+            if self._since is None:
+                self._since = time.monotonic()
 
     def define_metric(self, name: str, unit: str = "", kind: MetricKindName = "gauge") -> None:
         value = _packing.metric_definition(name, kind)
@@ -191,6 +199,26 @@ class Buffer:
 
     # ------------------------------------------------------------------ the flusher's side
 
+    def flush_due(self, interval: float) -> bool:
+        """Whether the flusher (woken, or every ``interval`` seconds) should spool now.
+
+        Now: when asked to (a full buffer, a flush or close waiting on it), when the buffer
+        holds ``min_flush_points``, or when its oldest entry would be older than
+        ``max_flush_interval`` by the next time. A run logging a little at a time so sends
+        one message a second instead of five, each carrying five times the points. (The
+        flusher is also woken to trim the spool: that alone spools nothing.)
+        """
+        with self._lock:
+            asked = self._signaled or self._flush_requested > self._flushed or self._closed
+            if asked or self._unspooled >= self._max_buffered:
+                return True
+            if self._since is None:
+                return False
+            if self._buffered >= self.options.min_flush_points:
+                return True
+            age_at_next = time.monotonic() - self._since + interval
+            return age_at_next > max(self.options.max_flush_interval, interval) + 1e-3
+
     def take(self) -> Taken:
         """Everything buffered (the buffer starts again empty); counted as unspooled until
         :meth:`spooled`.
@@ -208,6 +236,7 @@ class Buffer:
             self._cols, self._events = {}, []
             self._progress = self._final_pending = None
             self._buffered = 0
+            self._since = None
             self._signaled = False
         return taken
 

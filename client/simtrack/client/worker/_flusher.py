@@ -1,4 +1,6 @@
-"""The flusher thread: buffer -> packing -> spool, every ``flush_interval`` or when woken.
+"""The flusher thread: buffer -> packing -> spool, when woken (a full buffer, a flush asked
+for, closing) or on a timer: every ``flush_interval`` for a run that logs enough points, at
+most ``max_flush_interval`` apart for one that logs a little (``Buffer.flush_due``).
 
 It owns no lock: it takes the buffer under the buffer's, appends to the spool under the
 stream's. Between two flushes it trims acknowledged messages from the spool and watches for
@@ -60,7 +62,8 @@ class Flusher:
                 self._wake.clear()
                 if self._stop.is_set():
                     break
-                self.flush_once()
+                if self._buffer.flush_due(interval):
+                    self.flush_once()
                 self._stream.trim()
                 self._stream.watchdog()
             if not self.abandoned:

@@ -13,8 +13,15 @@ __all__ = ["Command", "CommandCallback", "WorkerOptions"]
 class WorkerOptions:
     """Tuning of the worker helper; the defaults suit most runs."""
 
-    #: Seconds between time-based flushes of the in-memory buffer to the spool.
+    #: Seconds between time-based flushes of the in-memory buffer to the spool, for a run
+    #: that logged ``min_flush_points`` points and events since the last flush.
     flush_interval: float = 0.2
+    #: A run that logs less waits until its oldest unspooled point is this many seconds old
+    #: (at least ``flush_interval``): fewer, larger messages, each much cheaper for the server
+    #: per point, for a second of live view and of points held only in memory at most.
+    max_flush_interval: float = 1.0
+    #: Points and events that make a time-based flush worth sending at ``flush_interval``.
+    min_flush_points: int = 500
     #: Points per metric per message (a flush starts when the metrics average this many).
     points_per_series: int = 1000
     #: Series per MetricBatch message.
@@ -46,11 +53,18 @@ class WorkerOptions:
     upload_leftovers: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("flush_interval", "backoff_base", "backoff_cap", "stall_timeout"):
+        for name in (
+            "flush_interval",
+            "max_flush_interval",
+            "backoff_base",
+            "backoff_cap",
+            "stall_timeout",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
         for name in (
             "points_per_series",
+            "min_flush_points",
             "max_series_per_batch",
             "max_points_per_batch",
             "max_events_per_batch",
