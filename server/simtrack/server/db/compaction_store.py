@@ -1,23 +1,43 @@
 """Compaction's transactions (the domain's ``CompactionStore``), across tenants.
 
-Each metric is compacted in a transaction of its own that first takes the metric's compaction
-lock, then reads what is committed, so two servers on one database never compact a metric at
-once and neither works from a stale read:
+A batch of one tenant's metrics is compacted in a transaction of its own that first takes the
+metrics' compaction locks, then reads what is committed, so two servers on one database never
+compact a metric at once and neither works from a stale read:
 
-* PostgreSQL: ``pg_try_advisory_xact_lock`` on the metric (a busy metric is skipped, not
-  waited for; commit, rollback or a dropped connection release it), the transaction told the
-  tenant for row-level security, as the sweeps' units of work are;
+* PostgreSQL: ``pg_try_advisory_xact_lock`` on each metric of the batch, in one statement (a
+  busy metric is skipped, not waited for; commit, rollback or a dropped connection release
+  them), the transaction told the tenant for row-level security, as the sweeps' units of work
+  are;
 * SQLite: ``BEGIN IMMEDIATE``, the database's write lock, taken before the first read (a
-  deferred transaction could read, then fail to upgrade when another process wrote).
+  deferred transaction could read, then fail to upgrade when another process wrote); it
+  covers the whole batch.
+
+Every step is one statement for the whole batch, whatever its size: the lock, the small
+chunks, the sizes below the spans, the spans' chunks, one delete and one insert.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, and_, delete, func, insert, literal_column, select, text
+from sqlalchemy import (
+    ColumnElement,
+    Text,
+    and_,
+    any_,
+    bindparam,
+    column,
+    delete,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from simtrack.errors import FailedPrecondition
@@ -31,77 +51,127 @@ _LOCK_CLASS = 0x53434D50  # "SCMP"
 _SMALL = MetricChunk.n < literal_column(str(SMALL_CHUNK_POINTS))
 
 
-class SqlMetricCompaction:
-    """One metric's compaction transaction (the domain's ``MetricCompaction``)."""
+class SqlBatchCompaction:
+    """A batch's compaction transaction (the domain's ``BatchCompaction``)."""
 
-    def __init__(self, connection: AsyncConnection, tenant_id: str, metric_id: str) -> None:
+    def __init__(
+        self, connection: AsyncConnection, tenant_id: str, locked: Sequence[str], postgres: bool
+    ) -> None:
         self.connection = connection
         self.tenant_id = tenant_id
-        self.metric_id = metric_id
-        self.run_id: str | None = None
+        self.locked = list(locked)
+        self._postgres = postgres
+        self.run_ids: dict[str, str] = {}
 
-    def _of_metric(self) -> ColumnElement[bool]:
+    def _of(self, metric_ids: Sequence[str]) -> ColumnElement[bool]:
+        """The chunks of these metrics (PostgreSQL: one array parameter, one statement text
+        whatever the batch's size).
+        """
+        if self._postgres:
+            ids = bindparam("metric_ids", list(metric_ids), type_=ARRAY(Text))
+            of_metrics = MetricChunk.metric_id == any_(ids)
+        else:
+            of_metrics = MetricChunk.metric_id.in_(metric_ids)
+        return and_(MetricChunk.tenant_id == self.tenant_id, of_metrics)
+
+    def _in_spans(self, spans: Mapping[str, tuple[int, int]]) -> ColumnElement[bool]:
         return and_(
-            MetricChunk.tenant_id == self.tenant_id, MetricChunk.metric_id == self.metric_id
+            self._of(list(spans)),
+            or_(
+                *(
+                    and_(MetricChunk.metric_id == m, MetricChunk.seq.between(first, last))
+                    for m, (first, last) in spans.items()
+                )
+            ),
         )
 
-    async def small_chunks(self) -> list[SmallChunk]:
+    async def small_chunks(self) -> dict[str, list[SmallChunk]]:
+        found: dict[str, list[SmallChunk]] = {m: [] for m in self.locked}
+        if not self.locked:
+            return found
         stmt = (
-            select(MetricChunk.seq, MetricChunk.n, MetricChunk.written_at)
-            .where(self._of_metric(), _SMALL)
-            .order_by(MetricChunk.seq)
+            select(MetricChunk.metric_id, MetricChunk.seq, MetricChunk.n, MetricChunk.written_at)
+            .where(self._of(self.locked), _SMALL)
+            .order_by(MetricChunk.metric_id, MetricChunk.seq)
         )
-        return [SmallChunk(*row) for row in await self.connection.execute(stmt)]
+        for metric_id, seq, n, written_at in await self.connection.execute(stmt):
+            found[metric_id].append(SmallChunk(seq, n, written_at))
+        return found
 
-    async def sizes_below(self, seq: int, limit: int) -> list[tuple[int, int]]:
-        stmt = (
-            select(MetricChunk.seq, MetricChunk.n)
-            .where(self._of_metric(), MetricChunk.seq < seq)
-            .order_by(MetricChunk.seq.desc())
-            .limit(limit)
+    async def sizes_below(
+        self, seqs: Mapping[str, int], limit: int
+    ) -> dict[str, list[tuple[int, int]]]:
+        found: dict[str, list[tuple[int, int]]] = {m: [] for m in seqs}
+        if not seqs:
+            return found
+        # Each metric's highest below its seq: numbered from the top, the first ``limit``.
+        rank = (
+            func.row_number()
+            .over(partition_by=MetricChunk.metric_id, order_by=MetricChunk.seq.desc())
+            .label("rank")
         )
-        return [(s, n) for s, n in await self.connection.execute(stmt)]
+        below = or_(
+            *(and_(MetricChunk.metric_id == m, MetricChunk.seq < s) for m, s in seqs.items())
+        )
+        ranked = (
+            select(MetricChunk.metric_id, MetricChunk.seq, MetricChunk.n, rank)
+            .where(self._of(list(seqs)), below)
+            .subquery()
+        )
+        stmt = (
+            select(ranked.c.metric_id, ranked.c.seq, ranked.c.n)
+            .where(ranked.c.rank <= limit)
+            .order_by(ranked.c.metric_id, ranked.c.seq.desc())
+        )
+        for metric_id, seq, n in await self.connection.execute(stmt):
+            found[metric_id].append((seq, n))
+        return found
 
-    async def chunks(self, first_seq: int, last_seq: int) -> list[StoredChunk]:
+    async def chunks(self, spans: Mapping[str, tuple[int, int]]) -> dict[str, list[StoredChunk]]:
+        found: dict[str, list[StoredChunk]] = {m: [] for m in spans}
+        if not spans:
+            return found
+        fields = (getattr(MetricChunk, f) for f in StoredChunk._fields)
         stmt = (
-            select(MetricChunk.run_id, *(getattr(MetricChunk, f) for f in StoredChunk._fields))
-            .where(self._of_metric(), MetricChunk.seq.between(first_seq, last_seq))
-            .order_by(MetricChunk.seq)
+            select(MetricChunk.metric_id, MetricChunk.run_id, *fields)
+            .where(self._in_spans(spans))
+            .order_by(MetricChunk.metric_id, MetricChunk.seq)
         )
-        rows = list(await self.connection.execute(stmt))
-        if rows:
-            self.run_id = rows[0][0]
-        return [StoredChunk(*row[1:]) for row in rows]
+        for row in await self.connection.execute(stmt):
+            self.run_ids[row[0]] = row[1]
+            found[row[0]].append(StoredChunk(*row[2:]))
+        return found
 
     async def replace(
-        self, first_seq: int, last_seq: int, count: int, rows: Sequence[CompactedChunk]
+        self,
+        spans: Mapping[str, tuple[int, int]],
+        count: int,
+        rows: Mapping[str, Sequence[CompactedChunk]],
     ) -> None:
+        if not spans:
+            return
         # Delete first: the new rows reuse some of the old rows' seqs (the primary key).
-        deleted = await self.connection.execute(
-            delete(MetricChunk).where(
-                self._of_metric(), MetricChunk.seq.between(first_seq, last_seq)
-            )
-        )
+        deleted = await self.connection.execute(delete(MetricChunk).where(self._in_spans(spans)))
         if deleted.rowcount != count:
-            # The run was deleted meanwhile, or the span changed: leave everything as it was.
+            # A run was deleted meanwhile, or a span changed: leave everything as it was.
             raise FailedPrecondition(
-                f"compaction of metric {self.metric_id}: {deleted.rowcount} chunks in seqs "
-                f"{first_seq}..{last_seq}, not the {count} read"
+                f"compaction of {len(spans)} metric(s): {deleted.rowcount} chunks in their "
+                f"spans, not the {count} read"
             )
         written_at = utcnow()  # as ingest stamps rows: this process's clock
-        await self.connection.execute(
-            insert(MetricChunk),
-            [
-                {
-                    **row._asdict(),
-                    "metric_id": self.metric_id,
-                    "tenant_id": self.tenant_id,
-                    "run_id": self.run_id,
-                    "written_at": written_at,
-                }
-                for row in rows
-            ],
-        )
+        values = [
+            {
+                **row._asdict(),
+                "metric_id": metric_id,
+                "tenant_id": self.tenant_id,
+                "run_id": self.run_ids[metric_id],
+                "written_at": written_at,
+            }
+            for metric_id, mine in rows.items()
+            for row in mine
+        ]
+        if values:
+            await self.connection.execute(insert(MetricChunk), values)
 
 
 class SqlCompactionStore:
@@ -115,10 +185,12 @@ class SqlCompactionStore:
         async with self.engine.connect() as connection:
             return list((await connection.scalars(select(Tenant.id).order_by(Tenant.id))).all())
 
-    async def due_metrics(self, tenant_id: str, settled_before: datetime, limit: int) -> list[str]:
+    async def due_metrics(
+        self, tenant_id: str, settled_before: datetime, limit: int
+    ) -> list[tuple[str, int]]:
         written = MetricChunk.written_at
         stmt = (
-            select(MetricChunk.metric_id)
+            select(MetricChunk.metric_id, func.count())
             .where(MetricChunk.tenant_id == tenant_id, _SMALL)
             .group_by(MetricChunk.metric_id)
             .having(
@@ -132,24 +204,28 @@ class SqlCompactionStore:
         )
         async with self.engine.connect() as connection:
             await self._use_tenant(connection, tenant_id)
-            return list((await connection.scalars(stmt)).all())
+            return [(metric_id, count) for metric_id, count in await connection.execute(stmt)]
 
     @contextlib.asynccontextmanager
     async def compacting(
-        self, tenant_id: str, metric_id: str
-    ) -> AsyncIterator[SqlMetricCompaction | None]:
+        self, tenant_id: str, metric_ids: Sequence[str]
+    ) -> AsyncIterator[SqlBatchCompaction]:
         async with self.engine.connect() as connection:
             if self._postgres:
                 await self._use_tenant(connection, tenant_id)
-                locked = await connection.scalar(
-                    select(func.pg_try_advisory_xact_lock(_LOCK_CLASS, func.hashtext(metric_id)))
+                # Each metric's lock tried once, in the batch's order; the ones taken kept.
+                ids = column("m", Text)
+                wanted = func.unnest(bindparam("metric_ids", list(metric_ids), type_=ARRAY(Text)))
+                stmt = (
+                    select(ids)
+                    .select_from(wanted.alias("m"))
+                    .where(func.pg_try_advisory_xact_lock(_LOCK_CLASS, func.hashtext(ids)))
                 )
-                if not locked:
-                    yield None
-                    return
+                locked = list((await connection.scalars(stmt)).all())
             else:
                 await connection.exec_driver_sql("BEGIN IMMEDIATE")
-            yield SqlMetricCompaction(connection, tenant_id, metric_id)
+                locked = list(metric_ids)
+            yield SqlBatchCompaction(connection, tenant_id, locked, self._postgres)
             await connection.commit()
         # Leaving without commit (an exception) rolls back: the pool resets the connection.
 
