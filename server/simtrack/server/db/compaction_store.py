@@ -19,11 +19,15 @@ chunks, the sizes below the spans, the spans' chunks, one delete and one insert.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
+    FromClause,
     Text,
     and_,
     any_,
@@ -33,12 +37,14 @@ from sqlalchemy import (
     func,
     insert,
     literal_column,
-    or_,
     select,
     text,
+    true,
+    tuple_,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.orm import QueryableAttribute
 
 from simtrack.errors import FailedPrecondition
 from simtrack.server.core.model import utcnow
@@ -63,37 +69,84 @@ class SqlBatchCompaction:
         self._postgres = postgres
         self.run_ids: dict[str, str] = {}
 
-    def _of(self, metric_ids: Sequence[str]) -> ColumnElement[bool]:
-        """The chunks of these metrics (PostgreSQL: one array parameter, one statement text
-        whatever the batch's size).
+    def _spans(self, spans: Mapping[str, tuple[int, int]]) -> FromClause:
+        """The spans as a relation (metric_id, first_seq, last_seq), one parameter whatever
+        their number (PostgreSQL: arrays, unnested; SQLite: a JSON array, ``json_each``).
         """
         if self._postgres:
-            ids = bindparam("metric_ids", list(metric_ids), type_=ARRAY(Text))
-            of_metrics = MetricChunk.metric_id == any_(ids)
-        else:
-            of_metrics = MetricChunk.metric_id.in_(metric_ids)
-        return and_(MetricChunk.tenant_id == self.tenant_id, of_metrics)
-
-    def _in_spans(self, spans: Mapping[str, tuple[int, int]]) -> ColumnElement[bool]:
-        return and_(
-            self._of(list(spans)),
-            or_(
-                *(
-                    and_(MetricChunk.metric_id == m, MetricChunk.seq.between(first, last))
-                    for m, (first, last) in spans.items()
+            return (
+                func.unnest(
+                    bindparam("span_ids", list(spans), type_=ARRAY(Text)),
+                    bindparam(
+                        "span_firsts", [f for f, _ in spans.values()], type_=ARRAY(BigInteger)
+                    ),
+                    bindparam(
+                        "span_lasts", [last for _, last in spans.values()], type_=ARRAY(BigInteger)
+                    ),
                 )
-            ),
+                .table_valued("metric_id", "first_seq", "last_seq")
+                .render_derived(name="spans", with_types=False)
+            )
+        rows = json.dumps([[m, first, last] for m, (first, last) in spans.items()])
+        value: ColumnElement[str] = literal_column("value")
+        each = func.json_each(bindparam("spans", rows, type_=Text))
+        return (
+            select(
+                func.json_extract(value, "$[0]").label("metric_id"),
+                func.json_extract(value, "$[1]").label("first_seq"),
+                func.json_extract(value, "$[2]").label("last_seq"),
+            )
+            .select_from(each)
+            .subquery("spans")
         )
+
+    @staticmethod
+    def _in(spans: FromClause) -> ColumnElement[bool]:
+        """A chunk within its metric's span. No tenant condition: the metrics are the
+        tenant's (found under its condition; PostgreSQL's row-level security holds the
+        transaction to it too), and the metric and seq alone lead the planners down the
+        primary key.
+        """
+        return and_(
+            MetricChunk.metric_id == spans.c.metric_id,
+            MetricChunk.seq.between(spans.c.first_seq, spans.c.last_seq),
+        )
+
+    def _lateral(
+        self, spans: FromClause, *columns: ColumnElement[Any] | QueryableAttribute[Any]
+    ) -> FromClause:
+        """PostgreSQL: the columns of each span's chunks, read down the primary key span by
+        span (``OFFSET 0``: the planner may not merge it into a join on the chunks, which,
+        on a table with stale statistics, it may read whole under row-level security's
+        tenant condition).
+        """
+        return select(*columns).where(self._in(spans)).offset(0).lateral("chunks")
 
     async def small_chunks(self) -> dict[str, list[SmallChunk]]:
         found: dict[str, list[SmallChunk]] = {m: [] for m in self.locked}
         if not self.locked:
             return found
-        stmt = (
-            select(MetricChunk.metric_id, MetricChunk.seq, MetricChunk.n, MetricChunk.written_at)
-            .where(self._of(self.locked), _SMALL)
-            .order_by(MetricChunk.metric_id, MetricChunk.seq)
-        )
+        small = (MetricChunk.seq, MetricChunk.n, MetricChunk.written_at)
+        mine = and_(MetricChunk.tenant_id == self.tenant_id, _SMALL)
+        if self._postgres:  # metric by metric down the partial index (see `_lateral`)
+            metrics = self._spans({m: (0, 0) for m in self.locked})
+            rows = (
+                select(*small)
+                .where(mine, MetricChunk.metric_id == metrics.c.metric_id)
+                .offset(0)
+                .lateral("small")
+            )
+            stmt = (
+                select(metrics.c.metric_id, rows)
+                .select_from(metrics.join(rows, true()))
+                .order_by(metrics.c.metric_id, rows.c.seq)
+            )
+        else:
+            stmt = (
+                select(MetricChunk.metric_id, *small)
+                .where(mine, MetricChunk.metric_id.in_(self.locked))
+                .order_by(MetricChunk.metric_id, MetricChunk.seq)
+            )
         for metric_id, seq, n, written_at in await self.connection.execute(stmt):
             found[metric_id].append(SmallChunk(seq, n, written_at))
         return found
@@ -104,25 +157,37 @@ class SqlBatchCompaction:
         found: dict[str, list[tuple[int, int]]] = {m: [] for m in seqs}
         if not seqs:
             return found
-        # Each metric's highest below its seq: numbered from the top, the first ``limit``.
-        rank = (
-            func.row_number()
-            .over(partition_by=MetricChunk.metric_id, order_by=MetricChunk.seq.desc())
-            .label("rank")
+        bounds = self._spans({m: (seq, seq) for m, seq in seqs.items()})
+        of_metric = and_(  # no tenant condition, as in `_in`
+            MetricChunk.metric_id == bounds.c.metric_id, MetricChunk.seq < bounds.c.first_seq
         )
-        below = or_(
-            *(and_(MetricChunk.metric_id == m, MetricChunk.seq < s) for m, s in seqs.items())
-        )
-        ranked = (
-            select(MetricChunk.metric_id, MetricChunk.seq, MetricChunk.n, rank)
-            .where(self._of(list(seqs)), below)
-            .subquery()
-        )
-        stmt = (
-            select(ranked.c.metric_id, ranked.c.seq, ranked.c.n)
-            .where(ranked.c.rank <= limit)
-            .order_by(ranked.c.metric_id, ranked.c.seq.desc())
-        )
+        if self._postgres:  # each metric's ``limit`` highest, read down its primary key
+            highest = (
+                select(MetricChunk.seq, MetricChunk.n)
+                .where(of_metric)
+                .order_by(MetricChunk.seq.desc())
+                .limit(limit)
+                .lateral("below")
+            )
+            stmt = (
+                select(bounds.c.metric_id, highest.c.seq, highest.c.n)
+                .select_from(bounds.join(highest, true()))
+                .order_by(bounds.c.metric_id, highest.c.seq.desc())
+            )
+        else:  # no LATERAL: each metric's chunks below, numbered from the top
+            rank = func.row_number().over(
+                partition_by=MetricChunk.metric_id, order_by=MetricChunk.seq.desc()
+            )
+            ranked = (
+                select(MetricChunk.metric_id, MetricChunk.seq, MetricChunk.n, rank.label("rank"))
+                .select_from(bounds.join(MetricChunk, of_metric))
+                .subquery()
+            )
+            stmt = (
+                select(ranked.c.metric_id, ranked.c.seq, ranked.c.n)
+                .where(ranked.c.rank <= limit)
+                .order_by(ranked.c.metric_id, ranked.c.seq.desc())
+            )
         for metric_id, seq, n in await self.connection.execute(stmt):
             found[metric_id].append((seq, n))
         return found
@@ -132,11 +197,20 @@ class SqlBatchCompaction:
         if not spans:
             return found
         fields = (getattr(MetricChunk, f) for f in StoredChunk._fields)
-        stmt = (
-            select(MetricChunk.metric_id, MetricChunk.run_id, *fields)
-            .where(self._in_spans(spans))
-            .order_by(MetricChunk.metric_id, MetricChunk.seq)
-        )
+        in_spans = self._spans(spans)
+        if self._postgres:  # each span read down the primary key, whatever the statistics
+            rows = self._lateral(in_spans, MetricChunk.run_id, *fields)
+            stmt = (
+                select(in_spans.c.metric_id, rows)
+                .select_from(in_spans.join(rows, true()))
+                .order_by(in_spans.c.metric_id, rows.c.seq)
+            )
+        else:
+            stmt = (
+                select(MetricChunk.metric_id, MetricChunk.run_id, *fields)
+                .select_from(in_spans.join(MetricChunk, self._in(in_spans)))
+                .order_by(MetricChunk.metric_id, MetricChunk.seq)
+            )
         for row in await self.connection.execute(stmt):
             self.run_ids[row[0]] = row[1]
             found[row[0]].append(StoredChunk(*row[2:]))
@@ -151,7 +225,22 @@ class SqlBatchCompaction:
         if not spans:
             return
         # Delete first: the new rows reuse some of the old rows' seqs (the primary key).
-        deleted = await self.connection.execute(delete(MetricChunk).where(self._in_spans(spans)))
+        in_spans = self._spans(spans)
+        if self._postgres:  # the spans' rows by their tuple ids (a TID scan)
+            ctids = self._lateral(in_spans, literal_column("ctid").label("ctid"))
+            found = select(ctids.c.ctid).select_from(in_spans.join(ctids, true()))
+            stmt = delete(MetricChunk).where(
+                literal_column("metric_chunks.ctid") == any_(func.array(found.scalar_subquery()))
+            )
+        else:  # no DELETE ... USING: the rows of the spans by key
+            stmt = delete(MetricChunk).where(
+                tuple_(MetricChunk.metric_id, MetricChunk.seq).in_(
+                    select(MetricChunk.metric_id, MetricChunk.seq).select_from(
+                        in_spans.join(MetricChunk, self._in(in_spans))
+                    )
+                )
+            )
+        deleted = await self.connection.execute(stmt)
         if deleted.rowcount != count:
             # A run was deleted meanwhile, or a span changed: leave everything as it was.
             raise FailedPrecondition(
@@ -212,7 +301,16 @@ class SqlCompactionStore:
     ) -> AsyncIterator[SqlBatchCompaction]:
         async with self.engine.connect() as connection:
             if self._postgres:
-                await self._use_tenant(connection, tenant_id)
+                # Row-level security's input, and no bitmap scans: on a table not analyzed
+                # yet, the planner takes the tenant's index (all its rows) beside the
+                # primary key for each metric's few rows. Both for this transaction only.
+                await connection.execute(
+                    text(
+                        "select set_config('app.tenant_id', :tenant, true), "
+                        "set_config('enable_bitmapscan', 'off', true)"
+                    ),
+                    {"tenant": tenant_id},
+                )
                 # Each metric's lock tried once, in the batch's order; the ones taken kept.
                 ids = column("m", Text)
                 wanted = func.unnest(bindparam("metric_ids", list(metric_ids), type_=ARRAY(Text)))
