@@ -1,5 +1,6 @@
 """Compaction in batches, on both databases: many metrics in a few transactions of a constant
-number of statements, and a batch holding a metric another process is compacting.
+number of statements, a batch holding a metric another process is compacting, and batches
+kept within a transaction's points.
 """
 
 from __future__ import annotations
@@ -136,3 +137,33 @@ async def test_a_metric_another_process_holds_is_skipped_and_the_batch_goes_on(
     assert report.failed == 0
     assert len(await chunk_rows(services, run_id)) == len(NAMES)
     await _all_kept(services, run_id)
+
+
+async def test_a_batch_keeps_within_a_transactions_points(
+    services: Services, engines: list[AsyncEngine]
+) -> None:
+    run = await services.run((await services.experiment()).id)
+    names = [f"m{i}" for i in range(4)]
+    async with running_writer(services) as writer:
+        await send(writer, run.id, range(1, 61), names)  # 150 points a metric
+    deletes: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("DELETE"):
+            deletes.append(statement)
+
+    # 200 points a transaction: the batch's first metric fits, the next would not.
+    service = CompactionService(SqlCompactionStore(engines[0]), timedelta(0), max_span_points=200)
+    event.listen(engines[0].sync_engine, "before_cursor_execute", count)
+    try:
+        report = await service.run_round()
+    finally:
+        event.remove(engines[0].sync_engine, "before_cursor_execute", count)
+    assert sorted(c.metric_id for c in report.compacted) == sorted(
+        metric_id(run.id, n) for n in names
+    )
+    assert [c.points for c in report.compacted] == [150] * 4
+    assert len(deletes) == 4  # a transaction each, the others left for the next batch
+    expected = expected_series(range(1, 61), names)
+    for name in names:
+        assert await stored_points(services, run.id, name) == expected[name]
