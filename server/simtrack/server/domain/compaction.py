@@ -201,17 +201,6 @@ class BatchReport:
     again: list[tuple[str, int]]  # (metric, small chunks left): for a later batch
 
 
-@dataclass(frozen=True)
-class _Plan:
-    """One metric's part of a batch: its span, where the rewrite starts, the small chunks
-    read.
-    """
-
-    span: Span
-    first_seq: int
-    small: int
-
-
 class CompactionService:
     """Finds due metrics across tenants and compacts them, a batch of a tenant's metrics per
     transaction (a constant number of statements for the batch: ``db/compaction_store.py``).
