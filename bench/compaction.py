@@ -11,6 +11,9 @@ server's loop does (``SqlCompactionStore``; PostgreSQL as the application role):
   SQLite: the columns' lengths, 8 bytes per number);
 * ``compaction_<db>_blob_bytes_per_point_before`` / ``_after``: the steps, values and
   timestamps columns alone;
+* ``compaction_<db>_fleet_round_points_per_s``: one round over a fleet's backlog, ``fleet_runs``
+  runs of 10 metrics each holding ``fleet_chunks`` 2-point chunks (what a second of a
+  1,000-worker fleet leaves a metric is 10 points): the round's points over its wall time;
 * ``compaction_<db>_lag_mean_s`` / ``_max_s``: with the server's default settle time and
   interval, a fleet of ``lag_metrics`` metrics logged every 0.2 s for ``lag_seconds``: from a
   small chunk's arrival to the commit that compacted it (the oldest chunk of each compaction).
@@ -59,10 +62,13 @@ class Sizes:
     points: int
     lag_metrics: int
     lag_seconds: float
+    fleet_runs: int = 200
+    fleet_chunks: int = 10
 
 
-FULL = Sizes(points=1_000_000, lag_metrics=50, lag_seconds=60)
+FULL = Sizes(points=1_000_000, lag_metrics=50, lag_seconds=60, fleet_runs=1000)
 QUICK = Sizes(points=100_000, lag_metrics=20, lag_seconds=20)
+FLEET_METRICS = [f"m{i}" for i in range(10)]
 
 
 class _Quiet:
@@ -134,6 +140,7 @@ async def measure(
     try:
         await control.setup()
         run_id, lag_run_id = await control.create_run(), await control.create_run()
+        fleet_run_ids = await control.create_runs(sizes.fleet_runs)
     finally:
         await control.close()
         await server.stop()
@@ -164,10 +171,42 @@ async def measure(
             ("blob_bytes_per_point_after", after_blobs),
         ):
             report.add(f"compaction_{name}_{label}", value / points, "B/point")
+        await fleet_round(report, name, engine, writer, fleet_run_ids, sizes)
         await lag(report, name, engine, writer, lag_run_id, sizes)
     finally:
         await writer.stop()
         await engine.dispose()
+
+
+async def fleet_round(
+    report: Report,
+    name: str,
+    engine: AsyncEngine,
+    writer: GroupCommitWriter,
+    run_ids: list[str],
+    sizes: Sizes,
+) -> None:
+    """One round over many metrics of a few small chunks each (a fleet's backlog)."""
+    metrics = len(run_ids) * len(FLEET_METRICS)
+    with report.phase(f"{name}: store {sizes.fleet_chunks} chunks of {metrics:,} metrics"):
+        steps = np.arange(2 * sizes.fleet_chunks, dtype="<i8")
+        batches = fleet_batches(1, steps, FLEET_METRICS)
+        await asyncio.gather(*(submit(writer, run_id, batches) for run_id in run_ids))
+    service = CompactionService(SqlCompactionStore(engine), timedelta(0))
+    started = time.perf_counter()
+    done = await service.run_round()
+    while done.full:  # the round stops at a query's limit of due metrics; the loop goes on
+        more = await service.run_round()
+        done.compacted.extend(more.compacted)
+        done.full, done.failed = more.full, done.failed + more.failed
+    seconds = time.perf_counter() - started
+    points = sum(c.points for c in done.compacted)
+    if points != metrics * len(steps) or done.failed:
+        raise RuntimeError(f"{name}: compacted {points} of {metrics * len(steps)} fleet points")
+    note = f"{metrics:,} metrics of {sizes.fleet_chunks} 2-point chunks, {seconds:.2f} s"
+    report.add(
+        f"compaction_{name}_fleet_round_points_per_s", points / seconds, "points/s", note=note
+    )
 
 
 async def lag(

@@ -5,8 +5,9 @@ recognised, a failed compaction leaves the old rows, and existing data compacts 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import timedelta
 
 import numpy as np
@@ -17,9 +18,9 @@ from simtrack.server.api.telemetry import decode
 from simtrack.server.background import compact_chunks
 from simtrack.server.core.tenancy import DEFAULT_TENANT_ID, Principal, Role, acting_for
 from simtrack.server.db import migrate
-from simtrack.server.db.chunks import StoredChunk, extreme_step, unpack
+from simtrack.server.db.chunks import CompactedChunk, StoredChunk, extreme_step, unpack
 from simtrack.server.db.codec import is_tagged
-from simtrack.server.db.compaction_store import SqlCompactionStore, SqlMetricCompaction
+from simtrack.server.db.compaction_store import SqlBatchCompaction, SqlCompactionStore
 from simtrack.server.db.engine import create_engine
 from simtrack.server.db.models import SMALL_CHUNK_POINTS, Tenant
 from simtrack.server.db.unit_of_work import SqlUnitOfWorkFactory, tenant_aware_sessions
@@ -35,6 +36,7 @@ from tests.support.compaction import (
     chunk_rows,
     compactor,
     expected_points,
+    expected_series,
     fleet_batch,
     running_writer,
     send,
@@ -160,29 +162,38 @@ async def test_compacted_chunks_are_compressed_with_their_summaries(
     assert vmin_step is not None and vmax_step is not None
 
 
-class FailingCompaction(SqlMetricCompaction):
-    """Does the real delete and insert, then fails before the commit (a crash midway)."""
+class FailingCompaction(SqlBatchCompaction):
+    """Does the real delete and insert, then fails before the commit (a crash midway) if the
+    batch holds the doomed metric.
+    """
 
-    async def replace(self, *args: object, **kwargs: object) -> None:
-        await super().replace(*args, **kwargs)  # type: ignore[arg-type]
-        raise RuntimeError("killed midway")
+    doomed = ""
+
+    async def replace(
+        self,
+        spans: Mapping[str, tuple[int, int]],
+        count: int,
+        rows: Mapping[str, Sequence[CompactedChunk]],
+    ) -> None:
+        await super().replace(spans, count, rows)
+        if self.doomed in spans:
+            raise RuntimeError("killed midway")
 
 
 class FailingStore(SqlCompactionStore):
-    def compacting(self, tenant_id: str, metric_id: str):  # type: ignore[no-untyped-def]
-        inner = super().compacting(tenant_id, metric_id)
+    def __init__(self, engine: AsyncEngine, doomed: str) -> None:
+        super().__init__(engine)
+        self.doomed = doomed
 
-        class Wrapped:
-            async def __aenter__(self) -> SqlMetricCompaction | None:
-                compaction = await inner.__aenter__()
-                if compaction is not None:
-                    compaction.__class__ = FailingCompaction
-                return compaction
-
-            async def __aexit__(self, *exc: object) -> bool | None:
-                return await inner.__aexit__(*exc)  # type: ignore[arg-type]
-
-        return Wrapped()
+    @contextlib.asynccontextmanager
+    async def compacting(
+        self, tenant_id: str, metric_ids: Sequence[str]
+    ) -> AsyncIterator[SqlBatchCompaction]:
+        async with super().compacting(tenant_id, metric_ids) as batch:
+            batch.__class__ = FailingCompaction
+            assert isinstance(batch, FailingCompaction)
+            batch.doomed = self.doomed
+            yield batch
 
 
 async def test_a_compaction_failing_midway_leaves_the_old_rows(
@@ -193,7 +204,8 @@ async def test_a_compaction_failing_midway_leaves_the_old_rows(
         await send(writer, run.id, range(1, 201))
     rows = await chunk_rows(services, run.id)
     points = await stored_points(services, run.id, "loss")
-    service = CompactionService(FailingStore(server_engine), compactor(server_engine).settle)
+    store = FailingStore(server_engine, metric_id(run.id, "loss"))
+    service = CompactionService(store, compactor(server_engine).settle)
     with caplog.at_level(logging.WARNING, logger=compaction_module.__name__):
         failed = await service.run_round()
     assert (failed.failed, failed.compacted) == (1, [])
@@ -204,6 +216,32 @@ async def test_a_compaction_failing_midway_leaves_the_old_rows(
     report = await compactor(server_engine).run_round()
     assert [c.chunks_in for c in report.compacted] == [200]
     assert await stored_points(services, run.id, "loss") == points
+
+
+async def test_a_failing_metric_stops_none_of_its_batch(
+    services: Services, server_engine: AsyncEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    run = await services.run((await services.experiment()).id)
+    names = [f"m{i}" for i in range(10)]
+    async with running_writer(services) as writer:
+        await send(writer, run.id, range(1, 41), names)
+    doomed = metric_id(run.id, "m3")
+    rows = [r for r in await chunk_rows(services, run.id) if r[0] == doomed]
+    service = CompactionService(FailingStore(server_engine, doomed), timedelta(0))
+    with caplog.at_level(logging.WARNING, logger=compaction_module.__name__):
+        report = await service.run_round()
+    # The batch failed whole, then each metric alone: all but the doomed one compacted.
+    assert "compacting each alone" in caplog.text
+    assert report.failed == 1
+    assert sorted(c.metric_id for c in report.compacted) == sorted(
+        metric_id(run.id, n) for n in names if n != "m3"
+    )
+    assert [r for r in await chunk_rows(services, run.id) if r[0] == doomed] == rows
+    for name in names:
+        assert (
+            await stored_points(services, run.id, name)
+            == expected_series(range(1, 41), names)[name]
+        )
 
 
 async def test_unfilled_chunks_are_filled_once_there_are_enough_points(

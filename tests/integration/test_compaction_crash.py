@@ -2,8 +2,9 @@
 doubles nothing; a compactor started afterwards finishes the work. Both databases.
 
 The server is the real ``simtrack serve`` in a subprocess with compaction every 20 ms and no
-settle time; the backlog is written first by the ingest writer (many metrics of small chunks),
-and the test kills the server once some metrics, not all, are compacted.
+settle time and small batches of metrics per transaction; the backlog is written first by the
+ingest writer (many metrics of small chunks), and the test kills the server once some metrics,
+not all, are compacted.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from tests.support.compaction import (
 
 METRICS = [f"m{i:03}" for i in range(100)]  # the most one batch may hold
 BATCHES = 300
+BATCH = 8  # metrics per compaction transaction: several batches, the kill between or in one
 
 
 async def compacted_metrics(services: Services, run_id: str) -> tuple[int, int]:
@@ -52,6 +54,7 @@ async def test_a_server_killed_mid_compaction_loses_and_doubles_nothing(
     simtrack = Path(sys.executable).with_name("simtrack")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIMTRACK_")}
     env |= {"SIMTRACK_COMPACTION_INTERVAL": "0.02", "SIMTRACK_COMPACTION_SETTLE": "0"}
+    env |= {"SIMTRACK_COMPACTION_BATCH_METRICS": str(BATCH)}
     server = subprocess.Popen(
         [str(simtrack), "serve", "--listen", "127.0.0.1:0", "--database-url", server_url(services)],
         cwd=tmp_path,
@@ -73,7 +76,8 @@ async def test_a_server_killed_mid_compaction_loses_and_doubles_nothing(
         server.wait()
     done, chunks = await compacted_metrics(services, run.id)
     assert 3 <= done < len(METRICS), "killed before or after the work, not during it"
-    # Every metric is whole: compacted into one chunk, or its BATCHES chunks untouched.
+    # Every metric is whole: compacted into one chunk, or its BATCHES chunks untouched (a
+    # batch killed before its commit left each of its metrics untouched).
     assert chunks == done + (len(METRICS) - done) * BATCHES
     for name in METRICS:
         assert await stored_points(services, run.id, name) == expected[name], name

@@ -325,6 +325,7 @@ async def _start(settings: Settings, resources: contextlib.AsyncExitStack) -> Ru
             SqlCompactionStore(engine),
             timedelta(seconds=settings.compaction_settle),
             settings.compaction_target_points,
+            batch_metrics=settings.compaction_batch_metrics,
         )
         background.spawn(
             compact_chunks(compaction, settings.compaction_interval, metrics, background.stopping)

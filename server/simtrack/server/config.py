@@ -87,6 +87,12 @@ class Settings(BaseSettings):
         ge=1000,
         description="Points per compacted chunk (the last of a series may hold fewer).",
     )
+    compaction_batch_metrics: int = Field(
+        default=128,
+        ge=1,
+        description="Metrics compacted per transaction at most (one tenant's; fewer when "
+        "their small chunks hold many points).",
+    )
     metrics_listen: str = Field(
         default="",
         description="host:port serving Prometheus /metrics (port 0: a free one); empty: off.",

@@ -3,7 +3,7 @@
 Ingest stores one chunk per metric per stream message; a fleet of workers flushing every
 0.2 s makes chunks of a few points, which cost a row each to store and to read. Once a
 metric's small chunks (fewer than ``SMALL_CHUNK_POINTS``) have settled (stored ``settle``
-seconds ago or more), one transaction replaces a span of them with chunks of up to ``target``
+seconds ago or more), a transaction replaces a span of them with chunks of up to ``target``
 points in history order, compressed (``db/codec.py``):
 
 * the span is every chunk of the metric with seq in [a, S]: ``a`` the lowest seq of its small
@@ -28,10 +28,16 @@ points in history order, compressed (``db/codec.py``):
   by commit, rollback or a lost connection; SQLite: the write lock, taken at BEGIN), so two
   servers never compact a metric at once, and a reader sees the old rows or the new ones
   (history reads one snapshot), never both or neither.
+
+One transaction compacts a batch of a tenant's metrics (up to ``BATCH_METRICS``), each step
+one statement for the whole batch; the spans are chosen per metric as above. A batch that
+fails is rolled back whole and its metrics compacted one per transaction, so one metric's
+failure holds up none of the others.
 """
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import math
@@ -64,6 +70,10 @@ MIN_TARGET_POINTS = SMALL_CHUNK_POINTS
 # is the server's for the transaction: ~0.4 s at this size, measured in bench compaction).
 MAX_SPAN_POINTS = 4 * DEFAULT_TARGET_POINTS
 DUE_PER_ROUND = 1000  # metrics per tenant and query; a full answer starts another round
+# Metrics per transaction at most: each step of a batch is one statement whatever its size
+# (the per-statement cost dominated one metric's compaction of a fleet's few small chunks),
+# and a batch's points stay within ``MAX_SPAN_POINTS`` (one metric's span, if more).
+BATCH_METRICS = 128
 
 
 @dataclass(frozen=True)
@@ -182,8 +192,19 @@ class RoundReport:
     full: bool  # a query returned its limit: more may be due now
 
 
+@dataclass
+class BatchReport:
+    """What one batch's transaction did."""
+
+    compacted: list[Compacted]  # the metrics it rewrote (none of no chunks)
+    busy: list[str]
+    again: list[tuple[str, int]]  # (metric, small chunks left): for a later batch
+
+
 class CompactionService:
-    """Finds due metrics across tenants and compacts each in a transaction of its own."""
+    """Finds due metrics across tenants and compacts them, a batch of a tenant's metrics per
+    transaction (a constant number of statements for the batch: ``db/compaction_store.py``).
+    """
 
     def __init__(
         self,
@@ -191,60 +212,121 @@ class CompactionService:
         settle: timedelta,
         target: int = DEFAULT_TARGET_POINTS,
         max_span_points: int = MAX_SPAN_POINTS,
+        batch_metrics: int = BATCH_METRICS,
     ) -> None:
         if target < MIN_TARGET_POINTS:
             raise ValueError(f"a compaction target of {target} points is below {MIN_TARGET_POINTS}")
+        if batch_metrics < 1:
+            raise ValueError(f"a compaction batch of {batch_metrics} metrics")
         self.store = store
         self.settle = settle
         self.target = target
         self.max_span_points = max_span_points
+        self.batch_metrics = batch_metrics
 
     async def run_round(self, stopping: Callable[[], bool] = lambda: False) -> RoundReport:
-        """Compact every metric due now, tenant by tenant (row-level security sees one);
-        ``stopping`` is asked between metrics (a round with a backlog may take a while).
+        """Compact every metric due now, tenant by tenant (row-level security sees one), in
+        batches; ``stopping`` is asked between batches (a round with a backlog may take a
+        while). A metric with more than a transaction takes goes back in the queue.
         """
         report = RoundReport([], 0, 0, False)
         for tenant_id in await self.store.tenants():
             due = await self.store.due_metrics(tenant_id, utcnow() - self.settle, DUE_PER_ROUND)
             report.full |= len(due) >= DUE_PER_ROUND
-            for metric_id in due:
-                more = True
-                while more:  # a backlog: one bounded transaction after another
-                    if stopping():
-                        return report
-                    try:
-                        done = await self.compact_metric(tenant_id, metric_id)
-                    except Exception:  # noqa: BLE001 - one metric's failure must not stop the rest
-                        log.warning("compaction of metric %s failed", metric_id, exc_info=True)
-                        report.failed += 1
-                        break
-                    if done is None:
-                        report.busy += 1
-                    elif done.chunks_in:
-                        report.compacted.append(done)
-                    more = done is not None and done.more
+            queue = collections.deque(due)
+            while queue:
+                if stopping():
+                    return report
+                batch = self._take(queue)
+                for done in await self._compact_or_each(tenant_id, batch, report):
+                    report.compacted.extend(done.compacted)
+                    report.busy += len(done.busy)
+                    queue.extend(done.again)
         return report
 
-    async def compact_metric(self, tenant_id: str, metric_id: str) -> Compacted | None:
-        """Compact the metric's settled small chunks; None if another process holds it (a
-        Compacted of no chunks if, once locked, nothing was due).
+    def _take(self, queue: collections.deque[tuple[str, int]]) -> list[str]:
+        """The next batch: up to ``batch_metrics`` metrics, their small chunks (a point each at
+        least) within a transaction's points, one metric at least.
         """
-        async with self.store.compacting(tenant_id, metric_id) as compaction:
-            if compaction is None:
-                return None
-            span = choose_span(
-                await compaction.small_chunks(), utcnow() - self.settle, self.max_span_points
+        batch: list[str] = []
+        rows = 0
+        while queue and len(batch) < self.batch_metrics:
+            metric_id, small = queue[0]
+            if batch and rows + small > self.max_span_points:
+                break
+            queue.popleft()
+            batch.append(metric_id)
+            rows += small
+        return batch
+
+    async def _compact_or_each(
+        self, tenant_id: str, metric_ids: list[str], report: RoundReport
+    ) -> list[BatchReport]:
+        """The batch in one transaction; if that fails, each metric in one of its own (so one
+        metric's failure stops none of the others), the ones failing again counted.
+        """
+        try:
+            return [await self.compact_batch(tenant_id, metric_ids)]
+        except Exception:  # noqa: BLE001 - one metric's failure must not stop the rest
+            if len(metric_ids) == 1:
+                log.warning("compaction of metric %s failed", metric_ids[0], exc_info=True)
+                report.failed += 1
+                return []
+            log.warning(
+                "compaction of a batch of %d metrics failed; compacting each alone",
+                len(metric_ids),
+                exc_info=True,
             )
-            if span is None:
-                return Compacted(metric_id, 0, 0, 0, None)
-            # Chunks below the span are not small: this many reach the target, if any do.
-            below = await compaction.sizes_below(
-                span.first_seq, self.target // SMALL_CHUNK_POINTS + 1
+        done = []
+        for metric_id in metric_ids:
+            done.extend(await self._compact_or_each(tenant_id, [metric_id], report))
+        return done
+
+    async def compact_batch(self, tenant_id: str, metric_ids: Sequence[str]) -> BatchReport:
+        """Compact the settled small chunks of those of the metrics no other process holds, in
+        one transaction. A metric whose span would take the transaction over
+        ``max_span_points`` points (never the first) is left for a later batch.
+        """
+        async with self.store.compacting(tenant_id, metric_ids) as batch:
+            locked = set(batch.locked)
+            report = BatchReport([], [m for m in metric_ids if m not in locked], [])
+            small = await batch.small_chunks()
+            settled_before = utcnow() - self.settle
+            spans: dict[str, Span] = {}
+            points = 0
+            for metric_id in batch.locked:
+                span = choose_span(small[metric_id], settled_before, self.max_span_points)
+                if span is None:
+                    continue
+                if spans and points + span.points > self.max_span_points:
+                    report.again.append((metric_id, len(small[metric_id])))
+                    continue
+                spans[metric_id] = span
+                points += span.points
+            if not spans:
+                return report
+            # Chunks below a span are not small: this many reach the target, if any do.
+            below = await batch.sizes_below(
+                {m: span.first_seq for m, span in spans.items()},
+                self.target // SMALL_CHUNK_POINTS + 1,
             )
-            first_seq = fill_from(span, below, self.target)
-            inputs = await compaction.chunks(first_seq, span.last_seq)
-            outputs = compact(inputs, self.target)
-            await compaction.replace(first_seq, span.last_seq, len(inputs), outputs)
-        lag = None if span.oldest is None else utcnow() - span.oldest
-        points = sum(c.n for c in inputs)
-        return Compacted(metric_id, len(inputs), len(outputs), points, lag, span.cut)
+            ranges = {
+                m: (fill_from(span, below[m], self.target), span.last_seq)
+                for m, span in spans.items()
+            }
+            inputs = await batch.chunks(ranges)
+            outputs = {m: compact(inputs[m], self.target) for m in ranges}
+            count = sum(len(chunks) for chunks in inputs.values())
+            await batch.replace(ranges, count, outputs)
+        now = utcnow()
+        for metric_id, span in spans.items():
+            chunks = inputs[metric_id]
+            lag = None if span.oldest is None else now - span.oldest
+            points = sum(c.n for c in chunks)
+            report.compacted.append(
+                Compacted(metric_id, len(chunks), len(outputs[metric_id]), points, lag, span.cut)
+            )
+            if span.cut:  # the small chunks after the span's; a count for batching only
+                left = sum(1 for c in small[metric_id] if c.seq > span.last_seq)
+                report.again.append((metric_id, left))
+        return report

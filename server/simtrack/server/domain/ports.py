@@ -10,7 +10,7 @@ Each repository lists what the domain calls on it; rows are the ORM entities of 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -143,47 +143,70 @@ class ChunkRows(Protocol):
     ) -> list[StoredChunk]: ...
 
 
-class MetricCompaction(Protocol):
-    """One metric's compaction: one transaction, holding the metric's compaction lock."""
+class BatchCompaction(Protocol):
+    """Several metrics' compaction: one transaction, holding the compaction lock of each metric
+    of ``locked`` (the batch's others are busy: another process compacts them).
 
-    async def small_chunks(self) -> list[SmallChunk]:
-        """The metric's small chunks (``SMALL_CHUNK_POINTS``), by seq, as committed now."""
+    Each call is one statement for the whole batch; mappings are keyed by metric id.
+    """
+
+    @property
+    def locked(self) -> Sequence[str]:
+        """The batch's metrics this transaction holds the lock of, in the batch's order."""
         ...
 
-    async def sizes_below(self, seq: int, limit: int) -> list[tuple[int, int]]:
-        """(seq, n) of up to ``limit`` of the metric's chunks with a lower seq, highest first."""
+    async def small_chunks(self) -> dict[str, list[SmallChunk]]:
+        """The small chunks (``SMALL_CHUNK_POINTS``) of each locked metric, by seq, as
+        committed now (a metric with none: an empty list).
+        """
         ...
 
-    async def chunks(self, first_seq: int, last_seq: int) -> list[StoredChunk]:
-        """Every chunk of the metric with first_seq <= seq <= last_seq, by seq."""
+    async def sizes_below(
+        self, seqs: Mapping[str, int], limit: int
+    ) -> dict[str, list[tuple[int, int]]]:
+        """(seq, n) of up to ``limit`` of each metric's chunks with a seq below ``seqs[metric]``,
+        highest first.
+        """
+        ...
+
+    async def chunks(self, spans: Mapping[str, tuple[int, int]]) -> dict[str, list[StoredChunk]]:
+        """Every chunk of each metric with first_seq <= seq <= last_seq (``spans[metric]``), by
+        seq.
+        """
         ...
 
     async def replace(
-        self, first_seq: int, last_seq: int, count: int, rows: Sequence[CompactedChunk]
+        self,
+        spans: Mapping[str, tuple[int, int]],
+        count: int,
+        rows: Mapping[str, Sequence[CompactedChunk]],
     ) -> None:
-        """Delete the ``count`` chunks of seqs first_seq..last_seq and insert ``rows``.
+        """Delete the ``count`` chunks of the spans and insert each metric's ``rows``.
 
-        Raises (and the transaction rolls back) if the range no longer holds ``count`` chunks.
+        Raises (and the transaction rolls back) if the spans no longer hold ``count`` chunks.
         """
         ...
 
 
 class CompactionStore(Protocol):
-    """Compaction's access to the chunks, across tenants, one metric per transaction."""
+    """Compaction's access to the chunks, across tenants, a batch of metrics per transaction."""
 
     async def tenants(self) -> list[str]: ...
 
-    async def due_metrics(self, tenant_id: str, settled_before: datetime, limit: int) -> list[str]:
+    async def due_metrics(
+        self, tenant_id: str, settled_before: datetime, limit: int
+    ) -> list[tuple[str, int]]:
         """Up to ``limit`` metrics of the tenant with two or more small chunks, one of them
-        stored before ``settled_before``.
+        stored before ``settled_before``: (metric id, its small chunks).
         """
         ...
 
     def compacting(
-        self, tenant_id: str, metric_id: str
-    ) -> AbstractAsyncContextManager[MetricCompaction | None]:
-        """A transaction compacting the metric, committed when the block ends (rolled back if
-        it raises); None when another process holds the metric's compaction lock.
+        self, tenant_id: str, metric_ids: Sequence[str]
+    ) -> AbstractAsyncContextManager[BatchCompaction]:
+        """A transaction compacting those of the tenant's metrics whose compaction lock no
+        other process holds (``locked``), committed when the block ends (rolled back if it
+        raises).
         """
         ...
 

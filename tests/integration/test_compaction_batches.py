@@ -1,0 +1,169 @@
+"""Compaction in batches, on both databases: many metrics in a few transactions of a constant
+number of statements, a batch holding a metric another process is compacting, and batches
+kept within a transaction's points.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from simtrack.server.db.compaction_store import SqlBatchCompaction, SqlCompactionStore
+from simtrack.server.db.engine import create_engine
+from simtrack.server.domain.compaction import CompactionService
+from simtrack.server.ingest.writer import metric_id
+from tests.support import Services
+from tests.support.compaction import (
+    chunk_rows,
+    expected_series,
+    running_writer,
+    send,
+    server_url,
+    stored_points,
+)
+
+NAMES = [f"m{i:02}" for i in range(40)]
+BATCHES = 30
+
+
+@pytest.fixture
+async def engines(services: Services) -> AsyncIterator[list[AsyncEngine]]:
+    """Two engines as two server processes connect (separate pools, separate connections)."""
+    made = [create_engine(server_url(services)) for _ in range(2)]
+    yield made
+    for engine in made:
+        await engine.dispose()
+
+
+async def _backlog(services: Services) -> str:
+    """A run whose metrics ``NAMES`` hold ``BATCHES`` small chunks each; its id."""
+    run = await services.run((await services.experiment()).id)
+    async with running_writer(services) as writer:
+        await send(writer, run.id, range(1, BATCHES + 1), NAMES)
+    return run.id
+
+
+async def _all_kept(services: Services, run_id: str) -> None:
+    expected = expected_series(range(1, BATCHES + 1), NAMES)
+    for name in NAMES:
+        assert await stored_points(services, run_id, name) == expected[name], name
+
+
+@pytest.mark.parametrize("batch_metrics", [16, 128])
+async def test_a_round_compacts_many_metrics_in_few_statements(
+    services: Services, engines: list[AsyncEngine], batch_metrics: int
+) -> None:
+    run_id = await _backlog(services)
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    service = CompactionService(
+        SqlCompactionStore(engines[0]), timedelta(0), batch_metrics=batch_metrics
+    )
+    event.listen(engines[0].sync_engine, "before_cursor_execute", count)
+    try:
+        report = await service.run_round()
+    finally:
+        event.remove(engines[0].sync_engine, "before_cursor_execute", count)
+
+    assert sorted(c.metric_id for c in report.compacted) == sorted(
+        metric_id(run_id, n) for n in NAMES
+    )
+    assert sum(c.chunks_in for c in report.compacted) == len(NAMES) * BATCHES
+    assert len(await chunk_rows(services, run_id)) == len(NAMES)
+    # The tenants and the due metrics (PostgreSQL: after the tenant's setting), then per
+    # batch: the lock (PostgreSQL: the tenant's setting and one lock statement; SQLite: BEGIN
+    # IMMEDIATE), small chunks, sizes below, chunks, delete, insert; whatever its metrics.
+    batches = -(-len(NAMES) // batch_metrics)
+    per_batch = 7 if services.backend == "postgresql" else 6
+    assert len(statements) == 1 + (2 if services.backend == "postgresql" else 1) + (
+        batches * per_batch
+    ), statements
+    await _all_kept(services, run_id)
+
+
+class HoldingStore(SqlCompactionStore):
+    """A compactor that, its batch's work done, holds the batch's locks until released."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__(engine)
+        self.holding, self.release = asyncio.Event(), asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def compacting(
+        self, tenant_id: str, metric_ids: Sequence[str]
+    ) -> AsyncIterator[SqlBatchCompaction]:
+        async with super().compacting(tenant_id, metric_ids) as batch:
+            yield batch
+            self.holding.set()
+            await self.release.wait()
+
+
+async def test_a_metric_another_process_holds_is_skipped_and_the_batch_goes_on(
+    services: Services, engines: list[AsyncEngine]
+) -> None:
+    run_id = await _backlog(services)
+    held = metric_id(run_id, "m07")
+    holder = HoldingStore(engines[1])
+    other = CompactionService(holder, timedelta(0))
+    tenant_id = (await holder.tenants())[0]
+    holding = asyncio.create_task(other.compact_batch(tenant_id, [held]))
+    await holder.holding.wait()  # m07 compacted, not committed: its lock held
+
+    service = CompactionService(SqlCompactionStore(engines[0]), timedelta(0))
+    round_ = asyncio.create_task(service.run_round())
+    await asyncio.sleep(0.5)
+    if services.backend == "postgresql":
+        # The round did not wait: m07 was due (its rewrite not committed), its lock busy.
+        assert round_.done()
+    holder.release.set()
+    report, held_report = await round_, await holding
+
+    assert [c.metric_id for c in held_report.compacted] == [held]
+    others = sorted(metric_id(run_id, n) for n in NAMES if n != "m07")
+    assert sorted(c.metric_id for c in report.compacted) == others
+    # PostgreSQL: skipped as busy; SQLite: the batch waited for the write lock, then found
+    # m07 with nothing due.
+    assert report.busy == (1 if services.backend == "postgresql" else 0)
+    assert report.failed == 0
+    assert len(await chunk_rows(services, run_id)) == len(NAMES)
+    await _all_kept(services, run_id)
+
+
+async def test_a_batch_keeps_within_a_transactions_points(
+    services: Services, engines: list[AsyncEngine]
+) -> None:
+    run = await services.run((await services.experiment()).id)
+    names = [f"m{i}" for i in range(4)]
+    async with running_writer(services) as writer:
+        await send(writer, run.id, range(1, 61), names)  # 150 points a metric
+    deletes: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("DELETE"):
+            deletes.append(statement)
+
+    # 200 points a transaction: the batch's first metric fits, the next would not.
+    service = CompactionService(SqlCompactionStore(engines[0]), timedelta(0), max_span_points=200)
+    event.listen(engines[0].sync_engine, "before_cursor_execute", count)
+    try:
+        report = await service.run_round()
+    finally:
+        event.remove(engines[0].sync_engine, "before_cursor_execute", count)
+    assert sorted(c.metric_id for c in report.compacted) == sorted(
+        metric_id(run.id, n) for n in names
+    )
+    assert [c.points for c in report.compacted] == [150] * 4
+    assert len(deletes) == 4  # a transaction each, the others left for the next batch
+    expected = expected_series(range(1, 61), names)
+    for name in names:
+        assert await stored_points(services, run.id, name) == expected[name]
