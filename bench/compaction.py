@@ -112,7 +112,7 @@ def row_bytes(name: str, url: str, run_id: str) -> tuple[int, int, int, int]:
     if name == "pg":
         query = (
             f"SELECT count(*), sum(n), sum(pg_column_size(c.*)), sum({blobs}) "
-            "FROM metric_chunks c WHERE run_id = %s"
+            "FROM metric_chunks c WHERE metric_id IN (SELECT id FROM metrics WHERE run_id = %s)"
         )
         with psycopg.connect(url) as connection:
             row = connection.execute(query, (run_id,)).fetchone()
@@ -121,7 +121,7 @@ def row_bytes(name: str, url: str, run_id: str) -> tuple[int, int, int, int]:
         keys = "length(metric_id) + length(tenant_id) + length(run_id)"
         query = (
             f"SELECT count(*), sum(n), sum({blobs} + {keys} + {numbers}), sum({blobs}) "
-            "FROM metric_chunks WHERE run_id = ?"
+            "FROM metric_chunks WHERE metric_id IN (SELECT id FROM metrics WHERE run_id = ?)"
         )
         lite = sqlite3.connect(url.removeprefix("sqlite:///"))
         try:

@@ -81,11 +81,13 @@ class Sizes:
 FULL = Sizes(streams=1000, processes=4, channels=4, seconds=60, history_points=1_000_000)
 QUICK = Sizes(streams=200, processes=2, channels=2, seconds=20, history_points=100_000)
 
+# Chunks have no index on their run: the runs' chunks are found through their metrics.
+_OF_RUNS = "metric_id IN (SELECT id FROM metrics WHERE run_id {runs})"
 _DENSE = """
 SELECT c.run_id, m.name, sum(c.n), min(c.first_step), max(c.last_step),
        sum(c.last_step - c.first_step + 1), count(*)
 FROM metric_chunks c JOIN metrics m ON m.id = c.metric_id
-WHERE c.run_id {runs} GROUP BY c.run_id, m.name
+WHERE m.run_id {runs} GROUP BY c.run_id, m.name
 """
 
 
@@ -138,7 +140,7 @@ class Chunks:
         where = "" if only_n is None else f" AND n = {only_n}"
         query = (
             f"SELECT count(*), coalesce(sum(n), 0), coalesce(sum({self.row_size}), 0)"
-            f" FROM metric_chunks c WHERE run_id {{runs}}{where}"
+            f" FROM metric_chunks c WHERE {_OF_RUNS}{where}"
         )
         row = self.rows(query, run_ids)[0]
         return int(row[0]), int(row[1]), int(row[2])
@@ -147,7 +149,7 @@ class Chunks:
         """Metrics of the runs holding two or more small chunks (compaction's work left)."""
         query = (
             "SELECT count(*) FROM (SELECT metric_id FROM metric_chunks"
-            f" WHERE run_id {{runs}} AND n < {SMALL_CHUNK_POINTS}"
+            f" WHERE {_OF_RUNS} AND n < {SMALL_CHUNK_POINTS}"
             " GROUP BY metric_id HAVING count(*) > 1) AS due"
         )
         return int(self.rows(query, run_ids)[0][0])

@@ -109,7 +109,8 @@ class PostgresDatabase:
         with psycopg.connect(self.url()) as connection:
             row = connection.execute(
                 "SELECT count(*), coalesce(sum(n), 0), count(DISTINCT xmin::text::bigint)"
-                " FROM metric_chunks WHERE run_id = ANY(%s)",
+                " FROM metric_chunks WHERE metric_id IN"
+                " (SELECT id FROM metrics WHERE run_id = ANY(%s))",
                 (list(run_ids),),
             ).fetchone()
         assert row is not None
@@ -132,7 +133,10 @@ class SqliteDatabase:
 
     def stored_points(self, run_ids: Sequence[str]) -> tuple[int, int]:
         marks = ",".join("?" * len(run_ids))
-        query = f"SELECT count(*), coalesce(sum(n), 0) FROM metric_chunks WHERE run_id IN ({marks})"
+        query = (
+            "SELECT count(*), coalesce(sum(n), 0) FROM metric_chunks"
+            f" WHERE metric_id IN (SELECT id FROM metrics WHERE run_id IN ({marks}))"
+        )
         connection = sqlite3.connect(self.path, timeout=30)
         try:
             row = connection.execute(query, list(run_ids)).fetchone()

@@ -35,12 +35,12 @@ ON_DELETE = {
     ("run_participants", "agent_id"): "RESTRICT",
     ("api_keys", "tenant_id"): "CASCADE",
     ("metrics", "run_id"): "CASCADE",
+    # A chunk's run and tenant are its metric's: only the metric's key is a foreign key.
     ("metric_chunks", "metric_id"): "CASCADE",
-    ("metric_chunks", "run_id"): "CASCADE",
     ("events", "run_id"): "CASCADE",
     ("validations", "run_id"): "CASCADE",
     ("artifacts", "run_id"): "CASCADE",
-    **{(table, "tenant_id"): "RESTRICT" for table in TENANT_OWNED_TABLES},
+    **{(t, "tenant_id"): "RESTRICT" for t in TENANT_OWNED_TABLES if t != "metric_chunks"},
 }
 PRE_TENANCY_REVISION = "26280ff863b1"
 PRE_PAUSE_REVISION = "de713ea7d47d"

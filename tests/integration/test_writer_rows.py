@@ -143,3 +143,24 @@ async def test_a_run_ending_and_its_events_are_stored_as_sent(
     assert run.completed_at is not None and run.started_at is not None
     assert run.duration == run.completed_at - run.started_at
     assert run.duration >= timedelta(0)
+
+
+async def test_deleting_a_run_deletes_its_chunks_through_its_metrics(
+    services: Services, writer: tuple[GroupCommitWriter, CommitLog]
+) -> None:
+    """Chunks have no foreign key to their run (it would double a fleet's insert cost): the
+    cascade goes runs -> metrics -> metric_chunks, and leaves other runs' chunks alone.
+    """
+    run_id, other = await _running_run(services), await _running_run(services)
+    series = [tpb.MetricSeries(name=f"m{i}", steps=[0, 1], values=[1.0, 2.0]) for i in range(3)]
+    message = tpb.StreamRunRequest(seq=1, metrics=tpb.MetricBatch(series=series))
+    await _store(writer[0], run_id, message)
+    await _store(writer[0], other, message)
+    count = "SELECT count(*) FROM metric_chunks WHERE run_id = :id"
+    assert await services.scalar(count, id=run_id) == 3
+
+    await services.runs.delete(run_id)
+
+    assert await services.scalar(count, id=run_id) == 0
+    assert await services.scalar("SELECT count(*) FROM metrics WHERE run_id = :id", id=run_id) == 0
+    assert await services.scalar(count, id=other) == 3
