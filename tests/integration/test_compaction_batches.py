@@ -167,3 +167,29 @@ async def test_a_batch_keeps_within_a_transactions_points(
     expected = expected_series(range(1, 61), names)
     for name in names:
         assert await stored_points(services, run.id, name) == expected[name]
+
+
+async def test_a_series_still_written_to_waits_until_its_small_chunks_are_not_small(
+    services: Services, engines: list[AsyncEngine]
+) -> None:
+    """A metric's few small points wait while it is written to (else each round rewrites
+    them again with the next few); 1,000 of them, or idleness, and they are compacted.
+    """
+    run_id = await _backlog(services)  # each metric: 30 chunks of 2 points
+    waiting = CompactionService(
+        SqlCompactionStore(engines[0]), timedelta(0), idle=timedelta(hours=1)
+    )
+    assert (await waiting.run_round()).compacted == []
+    assert len(await chunk_rows(services, run_id)) == len(NAMES) * BATCHES
+
+    grown = await services.run((await services.experiment()).id)
+    async with running_writer(services) as writer:
+        await send(writer, grown.id, range(1, 501), ["loss"])  # 1,000+ points, small chunks
+    report = await waiting.run_round()
+    assert [c.metric_id for c in report.compacted] == [metric_id(grown.id, "loss")]
+    assert report.compacted[0].points >= 1000
+
+    idle = CompactionService(SqlCompactionStore(engines[0]), timedelta(0), idle=timedelta(0))
+    assert len((await idle.run_round()).compacted) == len(NAMES)
+    assert len(await chunk_rows(services, run_id)) == len(NAMES)
+    await _all_kept(services, run_id)

@@ -49,6 +49,20 @@ def test_no_span_without_two_small_chunks_to_merge(small: list[SmallChunk]) -> N
     assert choose_span(small, NOW) is None
 
 
+def test_a_growing_series_waits_until_its_small_chunks_make_a_chunk_that_is_not_small() -> None:
+    """Compacting a few points of a series still written to would make a small chunk again,
+    rewritten with the next ones round after round: it waits for 1,000 points, or idleness.
+    """
+    growing = [SmallChunk(seq, 10, OLD) for seq in range(1, 50)] + [SmallChunk(50, 10, NEW)]
+    assert choose_span(growing, NOW, idle_before=OLD - timedelta(seconds=1)) is None
+    # Written to no more since before idle_before: its few points are compacted.
+    assert choose_span(growing, NOW, idle_before=NEW) is not None
+    # Settled small chunks of 1,000 points or more: compacted now, still written to or not.
+    enough = [SmallChunk(seq, 10, OLD) for seq in range(1, 101)] + [SmallChunk(101, 10, NEW)]
+    span = choose_span(enough, NOW, idle_before=OLD - timedelta(seconds=1))
+    assert span is not None and (span.first_seq, span.last_seq, span.points) == (1, 100, 1000)
+
+
 def test_rows_from_before_arrival_times_count_as_settled_and_a_long_backlog_is_cut() -> None:
     small = [SmallChunk(seq, 400, None) for seq in range(1, 11)]
     span = choose_span(small, NOW, max_points=1000)

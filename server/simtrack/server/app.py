@@ -326,6 +326,7 @@ async def _start(settings: Settings, resources: contextlib.AsyncExitStack) -> Ru
             timedelta(seconds=settings.compaction_settle),
             settings.compaction_target_points,
             batch_metrics=settings.compaction_batch_metrics,
+            idle=timedelta(seconds=settings.compaction_idle),
         )
         background.spawn(
             compact_chunks(compaction, settings.compaction_interval, metrics, background.stopping)

@@ -82,6 +82,13 @@ class Settings(BaseSettings):
         description="Seconds a small chunk waits before compaction takes it (so one rewrite "
         "takes many); the lag is this, up to one interval, and the round's time.",
     )
+    compaction_idle: float = Field(
+        default=30.0,
+        ge=0,
+        description="Seconds a metric's small chunks wait, while they hold fewer than 1,000 "
+        "points together and it is still written to, before compaction takes them anyway "
+        "(a series that ended or paused); 0: no waiting.",
+    )
     compaction_target_points: int = Field(
         default=16_384,
         ge=1000,

@@ -275,18 +275,21 @@ class SqlCompactionStore:
             return list((await connection.scalars(select(Tenant.id).order_by(Tenant.id))).all())
 
     async def due_metrics(
-        self, tenant_id: str, settled_before: datetime, limit: int
+        self, tenant_id: str, settled_before: datetime, idle_before: datetime, limit: int
     ) -> list[tuple[str, int]]:
         written = MetricChunk.written_at
+        before_arrivals = func.count(written) < func.count()  # rows from before they were kept
         stmt = (
             select(MetricChunk.metric_id, func.count())
             .where(MetricChunk.tenant_id == tenant_id, _SMALL)
             .group_by(MetricChunk.metric_id)
             .having(
                 (func.count() >= 2)
+                & (before_arrivals | (func.min(written) <= settled_before))
                 & (
-                    (func.count(written) < func.count())  # rows from before arrivals were kept
-                    | (func.min(written) <= settled_before)
+                    before_arrivals
+                    | (func.sum(MetricChunk.n) >= SMALL_CHUNK_POINTS)
+                    | (func.max(written) <= idle_before)
                 )
             )
             .limit(limit)

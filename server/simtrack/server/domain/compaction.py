@@ -1,10 +1,13 @@
 """Compaction: a metric's small chunks rewritten into large compressed ones, exactly once.
 
 Ingest stores one chunk per metric per stream message; a fleet of workers flushing every
-0.2 s makes chunks of a few points, which cost a row each to store and to read. Once a
+second makes chunks of ten points, which cost a row each to store and to read. Once a
 metric's small chunks (fewer than ``SMALL_CHUNK_POINTS``) have settled (stored ``settle``
-seconds ago or more), a transaction replaces a span of them with chunks of up to ``target``
-points in history order, compressed (``db/codec.py``):
+seconds ago or more) and hold ``SMALL_CHUNK_POINTS`` points together (or the metric has had
+no new chunk for ``idle`` seconds: it ended or paused), a transaction replaces a span of them
+with chunks of up to ``target`` points in history order, compressed (``db/codec.py``). The
+wait for 1,000 points keeps compaction's work linear: compacting a growing series' every few
+new points would make a small chunk again, rewritten with the next ones round after round.
 
 * the span is every chunk of the metric with seq in [a, S]: ``a`` the lowest seq of its small
   chunks, ``S`` the highest seq of a settled one. The chunks above ``S`` came later and stay;
@@ -88,12 +91,19 @@ class Span:
 
 
 def choose_span(
-    small: Sequence[SmallChunk], settled_before: datetime, max_points: int = MAX_SPAN_POINTS
+    small: Sequence[SmallChunk],
+    settled_before: datetime,
+    max_points: int = MAX_SPAN_POINTS,
+    idle_before: datetime | None = None,
 ) -> Span | None:
     """The span to compact given a metric's small chunks (by seq); None: nothing worth it.
 
     From the lowest small chunk to the highest settled one, cut after ``max_points`` points;
-    at least two small chunks, else the rewrite gains nothing.
+    at least two small chunks, else the rewrite gains nothing. A span of fewer than
+    ``SMALL_CHUNK_POINTS`` points waits while the metric is still written to (a small chunk
+    stored after ``idle_before``): compacted now, its output would be small too, and be
+    rewritten with the next ones, round after round (a fleet's series, growing by a few
+    points a second, would be rewritten hundreds of times over).
     """
     settled = [c.seq for c in small if c.written_at is None or c.written_at <= settled_before]
     if not settled:
@@ -105,6 +115,9 @@ def choose_span(
         last_taken, total, chosen = chunk.seq, total + chunk.n, chosen + 1
     if chosen < 2:
         return None
+    if total < SMALL_CHUNK_POINTS and idle_before is not None:
+        if any(c.written_at is not None and c.written_at > idle_before for c in small):
+            return None
     stamps = [c.written_at for c in small[:chosen]]
     oldest = None if any(s is None for s in stamps) else min(s for s in stamps if s is not None)
     return Span(small[0].seq, last_taken, total, oldest, cut=last_taken < last)
@@ -213,6 +226,7 @@ class CompactionService:
         target: int = DEFAULT_TARGET_POINTS,
         max_span_points: int = MAX_SPAN_POINTS,
         batch_metrics: int = BATCH_METRICS,
+        idle: timedelta = timedelta(0),
     ) -> None:
         if target < MIN_TARGET_POINTS:
             raise ValueError(f"a compaction target of {target} points is below {MIN_TARGET_POINTS}")
@@ -223,6 +237,7 @@ class CompactionService:
         self.target = target
         self.max_span_points = max_span_points
         self.batch_metrics = batch_metrics
+        self.idle = idle  # how long a growing series' few small points wait (`choose_span`)
 
     async def run_round(self, stopping: Callable[[], bool] = lambda: False) -> RoundReport:
         """Compact every metric due now, tenant by tenant (row-level security sees one), in
@@ -231,7 +246,10 @@ class CompactionService:
         """
         report = RoundReport([], 0, 0, False)
         for tenant_id in await self.store.tenants():
-            due = await self.store.due_metrics(tenant_id, utcnow() - self.settle, DUE_PER_ROUND)
+            now = utcnow()
+            due = await self.store.due_metrics(
+                tenant_id, now - self.settle, now - self.idle, DUE_PER_ROUND
+            )
             report.full |= len(due) >= DUE_PER_ROUND
             queue = collections.deque(due)
             while queue:
@@ -291,11 +309,14 @@ class CompactionService:
             locked = set(batch.locked)
             report = BatchReport([], [m for m in metric_ids if m not in locked], [])
             small = await batch.small_chunks()
-            settled_before = utcnow() - self.settle
+            now = utcnow()
+            settled_before, idle_before = now - self.settle, now - self.idle
             spans: dict[str, Span] = {}
             points = 0
             for metric_id in batch.locked:
-                span = choose_span(small[metric_id], settled_before, self.max_span_points)
+                span = choose_span(
+                    small[metric_id], settled_before, self.max_span_points, idle_before
+                )
                 if span is None:
                     continue
                 if spans and points + span.points > self.max_span_points:

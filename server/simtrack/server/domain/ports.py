@@ -194,10 +194,11 @@ class CompactionStore(Protocol):
     async def tenants(self) -> list[str]: ...
 
     async def due_metrics(
-        self, tenant_id: str, settled_before: datetime, limit: int
+        self, tenant_id: str, settled_before: datetime, idle_before: datetime, limit: int
     ) -> list[tuple[str, int]]:
         """Up to ``limit`` metrics of the tenant with two or more small chunks, one of them
-        stored before ``settled_before``: (metric id, its small chunks).
+        stored before ``settled_before``, and either ``SMALL_CHUNK_POINTS`` points among them
+        or none stored after ``idle_before``: (metric id, its small chunks).
         """
         ...
 
