@@ -79,7 +79,7 @@ class Sizes:
     history_points: int
 
 
-FULL = Sizes(streams=1000, processes=4, channels=4, seconds=60, history_points=1_000_000)
+FULL = Sizes(streams=1000, processes=4, channels=4, seconds=150, history_points=1_000_000)
 QUICK = Sizes(streams=200, processes=2, channels=2, seconds=20, history_points=100_000)
 
 # Chunks have no index on their run: the runs' chunks are found through their metrics.

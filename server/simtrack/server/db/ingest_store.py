@@ -23,8 +23,10 @@ from typing import Any
 import orjson
 import psycopg
 from sqlalchemy import (
+    BigInteger,
     BindParameter,
     ClauseElement,
+    ColumnElement,
     LargeBinary,
     Text,
     bindparam,
@@ -32,7 +34,6 @@ from sqlalchemy import (
     cast,
     column,
     func,
-    literal_column,
     select,
     update,
 )
@@ -50,33 +51,41 @@ from simtrack.server.db.models import Base, Event, Experiment, Metric, MetricChu
 
 _PYFORMAT = re.compile(r"(?<!%)%\((\w+)\)s")
 ROWS = "rows"  # the parameter holding a statement's rows as one JSON document (PostgreSQL)
+ORDINAL = "i"  # each JSON row's place, to line it up with its binary columns' arrays
 
 
 def _json_value(value: Any) -> Any:
-    """What orjson leaves out, as PostgreSQL reads it back: bytes as hex (the statement
-    decodes them) and durations exactly; it writes times in RFC 3339 itself.
+    """What orjson leaves out, as PostgreSQL reads it back: durations exactly (it writes times
+    in RFC 3339 itself; bytes do not go in the document).
     """
-    if isinstance(value, bytes):
-        return value.hex()
     if isinstance(value, timedelta):
         return f"{value.days} days {value.seconds} seconds {value.microseconds} microseconds"
     raise TypeError(f"{type(value).__name__} has no JSON form here")
 
 
-def _rows_json(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The rows as one JSON array of objects. Every float the writer stores is finite (the
-    summaries skip NaN and the infinities), so orjson's NaN-as-null never applies.
+def _rows_json(rows: Sequence[Mapping[str, Any]], binary: Sequence[str]) -> str:
+    """The rows as one JSON array of objects, but their ``binary`` columns (each row numbered
+    instead, to meet them). Every float the writer stores is finite (the summaries skip NaN
+    and the infinities), so orjson's NaN-as-null never applies.
     """
+    if binary:
+        skip = set(binary)
+        rows = [
+            {**{k: v for k, v in row.items() if k not in skip}, ORDINAL: i}
+            for i, row in enumerate(rows, start=1)
+        ]
     return orjson.dumps(rows, default=_json_value).decode()
 
 
 def _converter(type_: TypeEngine[Any], dialect: Dialect) -> Callable[[Any], Any] | None:
     """How a parameter of ``type_`` is converted for the driver (None: it is not)."""
-    if isinstance(type_, LargeBinary):  # both drivers take bytes as they are
-        return None
     if isinstance(type_, ARRAY):  # convert the items; a list of plain values is sent as is
+        if isinstance(type_.item_type, LargeBinary):
+            return None
         convert = type_.item_type.dialect_impl(dialect).bind_processor(dialect)
         return None if convert is None else lambda values: [convert(v) for v in values]
+    if isinstance(type_, LargeBinary):  # both drivers take bytes as they are
+        return None
     return type_.dialect_impl(dialect).bind_processor(dialect)
 
 
@@ -96,6 +105,8 @@ class Compiled:
             order = {name: i for i, name in enumerate(compiled.positiontup or ())}
             binds.sort(key=lambda b: order[compiled.bind_names[b]])
         self._binds = [(b.key, compiled.bind_names[b], _converter(b.type, dialect)) for b in binds]
+        # PostgreSQL: the columns sent as arrays beside the JSON rows (bytes, in binary).
+        self.arrays = [b.key for b in binds if isinstance(b.type, ARRAY)]
         self._dialect = dialect
         self._columns = list(getattr(statement, "selected_columns", ()))
         self._results: list[Callable[[Any], Any] | None] | None = None
@@ -185,48 +196,61 @@ def _lock_runs(count: int) -> ClauseElement:
 
 def _row_source(
     model: type[Base], names: Sequence[str], postgres: bool, shared: Sequence[str] = ()
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], ColumnElement[bool] | None]:
     """Where a bulk write's values come from, by column name; ``shared`` columns take one
-    value for all rows (a parameter of their own).
+    value for all rows (a parameter of their own). With them, the condition that lines the
+    rows' parts up, if they come in two.
 
     SQLite: one parameter per column, the statement executed once per row (``executemany``:
     one call into aiosqlite's thread). PostgreSQL: the rows as one JSON document, read by
-    ``json_to_recordset`` — the whole batch is one statement and one parameter, so neither the
-    server nor psycopg handles each value on its own (psycopg dumps a list parameter value by
-    value in Python: most of the writer's time when a fleet sends many small rows).
+    ``json_to_recordset`` — the whole batch is one statement, so neither the server nor psycopg
+    handles each value on its own (psycopg dumps a list parameter value by value, in Python:
+    most of the writer's time when a fleet sends many small rows) — but for the binary columns:
+    one array each (bytes in binary, where JSON would make the server parse them as text),
+    unnested and met by each JSON row's number.
     """
     types = {name: getattr(model, name).type for name in names}
     source: dict[str, Any] = {name: bindparam(name, type_=types[name]) for name in shared}
     varying = [name for name in names if name not in shared]
     if not postgres:
         source.update({name: bindparam(name, type_=types[name]) for name in varying})
-        return {name: source[name] for name in names}
-    hexed = {name for name in varying if isinstance(types[name], LargeBinary)}
-    columns = [column(name, Text() if name in hexed else types[name]) for name in varying]
+        return {name: source[name] for name in names}, None
+    binary = [name for name in varying if isinstance(types[name], LargeBinary)]
+    columns = [column(name, types[name]) for name in varying if name not in binary]
+    if binary:
+        columns.append(column(ORDINAL, BigInteger()))
     document = cast(bindparam(ROWS, type_=Text()), postgresql.JSON)
     rows = func.json_to_recordset(document).table_valued(*columns)
-    derived = rows.render_derived("v", with_types=True)  # AS v(a TEXT, b BIGINT, ...)
-    for name in varying:
-        value = derived.c[name]
-        source[name] = func.decode(value, literal_column("'hex'")) if name in hexed else value
-    return {name: source[name] for name in names}
+    json_rows = rows.render_derived("v", with_types=True)  # AS v(a TEXT, b BIGINT, ...)
+    source.update({c.name: json_rows.c[c.name] for c in columns if c.name != ORDINAL})
+    if not binary:
+        return {name: source[name] for name in names}, None
+    arrays = [bindparam(name, type_=postgresql.ARRAY(types[name])) for name in binary]
+    unnested = func.unnest(*arrays).table_valued(*binary, with_ordinality=ORDINAL)
+    blobs = unnested.render_derived("b")  # WITH ORDINALITY AS b(steps, ..., i)
+    source.update({name: blobs.c[name] for name in binary})
+    return {name: source[name] for name in names}, json_rows.c[ORDINAL] == blobs.c[ORDINAL]
 
 
 def _insert(
     model: type[Base], names: Sequence[str], postgres: bool, shared: Sequence[str] = ()
 ) -> Any:
     """INSERT of many rows (the dialect's insert, so an ON CONFLICT clause can follow)."""
-    source = _row_source(model, names, postgres, shared)
+    source, lined_up = _row_source(model, names, postgres, shared)
     if postgres:
-        return postgresql.insert(model).from_select(list(names), select(*source.values()))
+        rows = select(*source.values())
+        if lined_up is not None:
+            rows = rows.where(lined_up)
+        return postgresql.insert(model).from_select(list(names), rows)
     return sqlite.insert(model).values(source)
 
 
 def _update(
     model: type[Base], names: Sequence[str], postgres: bool, shared: Sequence[str] = ()
 ) -> ClauseElement:
-    """UPDATE of many rows by id: ``names`` are the id and the columns set."""
-    source = _row_source(model, ("id", *names), postgres, shared)
+    """UPDATE of many rows by id: ``names`` are the id and the columns set (not binary)."""
+    source, lined_up = _row_source(model, ("id", *names), postgres, shared)
+    assert lined_up is None, "an update of binary columns"
     primary: Any = model.id  # type: ignore[attr-defined]
     return update(model).where(primary == source["id"]).values({n: source[n] for n in names})
 
@@ -367,8 +391,9 @@ class IngestTransaction:
         if not rows:
             return
         shared = shared or {}
-        if self._postgres:  # one statement, the rows one JSON document
-            values = {ROWS: _rows_json(rows), **shared}
+        if self._postgres:  # one statement, the rows one JSON document (and binary arrays)
+            arrays = {name: [row[name] for row in rows] for name in compiled.arrays}
+            values = {ROWS: _rows_json(rows, compiled.arrays), **arrays, **shared}
             await self._driver.execute(compiled.sql, compiled.params(values))
         else:
             await self._driver.executemany(compiled.sql, compiled.params_many(rows, shared))
