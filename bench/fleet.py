@@ -63,7 +63,9 @@ _DEFAULT = FleetConfig("", [], 1, 0.0)
 SERIES, STEPS = _DEFAULT.series, _DEFAULT.steps  # a message every second: 10 x 10 points
 # Shorter than the defaults (2 s, 5 s, 30 s), so the lag after the fleet is measured quickly.
 COMPACTION = {"compaction_interval": 1.0, "compaction_settle": 2.0, "compaction_idle": 5.0}
-# Issue 11 item 3's goals, printed beside the figures (the rate's: the fleet's offered load).
+# Issue 11 item 3's goals, printed beside the figures (the rate's: keeping up with the fleet's
+# offered load, within the up to one interval by which the workers' starts are staggered).
+KEEPING_UP = 0.98
 TARGETS = {
     "fleet_server_cores": Target(1.0, at_least=False),
     "fleet_ack_p99_ms": Target(500, at_least=False),
@@ -253,8 +255,9 @@ async def measure_fleet(
         rate,
         "points/s",
         note=f"{len(run_ids)} streams, {points:,} points in {sum(messages.values()):,} messages,"
-        f" first send to last ack {last_ack - first:.1f} s; max in flight {in_flight}",
-        target=Target(offered),
+        f" first send to last ack {last_ack - first:.1f} s (starts staggered over"
+        f" {_DEFAULT.interval:g} s); offered {offered:,.0f}; max in flight {in_flight}",
+        target=Target(KEEPING_UP * offered),
     )
     report.add(
         f"{p}fleet_server_cores",

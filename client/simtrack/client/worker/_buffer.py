@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -100,7 +99,7 @@ class Buffer:
                 col.times.append(now)
             count = len(values)
             if self._since is None:
-                self._since = time.monotonic()
+                self._since = _clock.monotonic()
             self._buffered += count
             self._unspooled += count
             if self._buffered >= self._flush_at and not self._signaled:
@@ -152,7 +151,7 @@ class Buffer:
                 self._wait_for_room()
             self._events.append(event)
             if self._since is None:
-                self._since = time.monotonic()
+                self._since = _clock.monotonic()
             self._buffered += 1
             self._unspooled += 1
             if len(self._events) >= self.options.max_events_per_batch and not self._signaled:
@@ -166,7 +165,7 @@ class Buffer:
         with self._lock:
             self._progress = message
             if self._since is None:
-                self._since = time.monotonic()
+                self._since = _clock.monotonic()
 
     def define_metric(self, name: str, unit: str = "", kind: MetricKindName = "gauge") -> None:
         value = _packing.metric_definition(name, kind)
@@ -216,7 +215,7 @@ class Buffer:
                 return False
             if self._buffered >= self.options.min_flush_points:
                 return True
-            age_at_next = time.monotonic() - self._since + interval
+            age_at_next = _clock.monotonic() - self._since + interval
             return age_at_next > max(self.options.max_flush_interval, interval) + 1e-3
 
     def take(self) -> Taken:
