@@ -9,22 +9,19 @@ is in tests/support/services.py.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.pool import NullPool
 
-from simtrack.server.db.engine import create_engine
-from simtrack.server.db.ingest_store import IngestStore
 from simtrack.server.ingest.writer import GroupCommitWriter
 from simtrack.server.scenario_catalogue import (
     ScenarioCatalogue,
     default_scenarios_dir,
     load_catalogue,
 )
-from tests.support import SCENARIO_ID, CommitLog, MakeServices, Services, as_app_role
+from tests.support import SCENARIO_ID, CommitLog, MakeServices, Services, running_writer
 
 
 @pytest.fixture(scope="session")
@@ -63,18 +60,9 @@ async def services(make_services: MakeServices) -> Services:
 
 @pytest.fixture
 async def writer(services: Services) -> AsyncIterator[tuple[GroupCommitWriter, CommitLog]]:
-    """A started ingest writer on this test's database, connected as the server connects."""
-    url = services.url if services.backend == "sqlite" else as_app_role(services.url)
-    engine = create_engine(url, poolclass=NullPool)
-
-    async def notify(run_ids: Iterable[str]) -> None:
-        pass
-
-    log = CommitLog()
-    writer = GroupCommitWriter(IngestStore(engine), notify, log)
-    await writer.start()
-    try:
-        yield writer, log
-    finally:
-        await writer.stop()
-        await engine.dispose()
+    """A started ingest writer on this test's database, connected as the server connects,
+    and the log of its commits.
+    """
+    async with running_writer(services) as started:
+        assert isinstance(started.observer, CommitLog)
+        yield started, started.observer

@@ -30,7 +30,7 @@ from simtrack.server.domain.history import INT64_MAX, INT64_MIN, HistoryService
 from simtrack.server.ingest.writer import metric_id
 from simtrack.server.observability import ServerMetrics
 from tests.integration.test_upgrade_with_data import METRIC, RUN, insert_rows
-from tests.support import APP_ROLE, Services, as_app_role, connect
+from tests.support import APP_ROLE, Services, as_app_role, connect, running_writer, server_url
 from tests.support.compaction import (
     checksum,
     chunk_rows,
@@ -38,9 +38,7 @@ from tests.support.compaction import (
     expected_points,
     expected_series,
     fleet_batch,
-    running_writer,
     send,
-    server_url,
     stored_points,
 )
 

@@ -19,13 +19,11 @@ from simtrack.server.db.compaction_store import SqlBatchCompaction, SqlCompactio
 from simtrack.server.db.engine import create_engine
 from simtrack.server.domain.compaction import CompactionService
 from simtrack.server.ingest.writer import metric_id
-from tests.support import Services
+from tests.support import Services, running_writer, server_url
 from tests.support.compaction import (
     chunk_rows,
     expected_series,
-    running_writer,
     send,
-    server_url,
     stored_points,
 )
 

@@ -19,14 +19,12 @@ from simtrack.server.db.repositories import ChunkRepository
 from simtrack.server.db.unit_of_work import SqlUnitOfWork
 from simtrack.server.domain.history import HistoryService
 from simtrack.server.ingest.writer import metric_id
-from tests.support import Services
+from tests.support import Services, running_writer, server_url
 from tests.support.compaction import (
     chunk_rows,
     compactor,
     expected_points,
-    running_writer,
     send,
-    server_url,
     stored_points,
 )
 

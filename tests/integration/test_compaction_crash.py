@@ -18,13 +18,11 @@ import time
 from pathlib import Path
 
 from simtrack.server.db.engine import create_engine
-from tests.support import Services
+from tests.support import Services, running_writer, server_url
 from tests.support.compaction import (
     compactor,
     expected_series,
-    running_writer,
     send,
-    server_url,
     stored_points,
 )
 

@@ -86,6 +86,8 @@ from tests.support.services import (
     CommitLog,
     MakeServices,
     Services,
+    running_writer,
+    server_url,
 )
 from tests.support.stored import (
     StoredEvent,
@@ -106,6 +108,8 @@ from tests.support.streams import (
 
 __all__ = [
     "CommitLog",
+    "running_writer",
+    "server_url",
     "AIO_CHANNEL_OPTIONS",
     "APP_ROLE",
     "Authorization",

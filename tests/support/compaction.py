@@ -6,26 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
 
 import numpy as np
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.pool import NullPool
 
 from simtrack.server.api.telemetry import decode
 from simtrack.server.core.tenancy import LOCAL_PRINCIPAL
 from simtrack.server.db.chunks import StoredChunk
 from simtrack.server.db.compaction_store import SqlCompactionStore
-from simtrack.server.db.engine import create_engine
-from simtrack.server.db.ingest_store import IngestStore
 from simtrack.server.domain.compaction import CompactionService
 from simtrack.server.domain.history import INT64_MAX, INT64_MIN, merge
 from simtrack.server.ingest.writer import GroupCommitWriter, metric_id
 from simtrack.v1 import telemetry_pb2 as tpb
-from tests.support import Services, as_app_role
+from tests.support import Services
 
 # Values whose bits a lossy or sloppy path would change: NaN payloads, -0.0, infinities, a
 # subnormal, and the extremes of float64.
@@ -34,34 +29,6 @@ ODD_VALUES = np.array(
      0x0000_0000_0000_0001, 0x7FEF_FFFF_FFFF_FFFF, 0xFFEF_FFFF_FFFF_FFFF],
     dtype="<u8",
 ).view("<f8")  # fmt: skip
-
-
-@dataclass
-class Observer:
-    def group_committed(self, batches: int, points: int, events: int, seconds: float) -> None:
-        pass
-
-
-def server_url(services: Services) -> str:
-    """The URL the server connects with: on PostgreSQL its role, under row-level security."""
-    return services.url if services.backend == "sqlite" else as_app_role(services.url)
-
-
-@asynccontextmanager
-async def running_writer(services: Services) -> AsyncIterator[GroupCommitWriter]:
-    """The group-commit writer, as a server runs it, on the test's database."""
-    engine = create_engine(server_url(services), poolclass=NullPool)
-
-    async def notify(run_ids: Iterable[str]) -> None:
-        pass
-
-    writer = GroupCommitWriter(IngestStore(engine), notify, Observer())
-    await writer.start()
-    try:
-        yield writer
-    finally:
-        await writer.stop()
-        await engine.dispose()
 
 
 def fleet_batch(seq: int, names: Sequence[str] = ("loss",)) -> tpb.StreamRunRequest:

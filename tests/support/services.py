@@ -5,24 +5,29 @@ services themselves, helpers that create agents, experiments and runs, and raw S
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import bindparam, text
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import NullPool
 
 from simtrack.server.core.model import Framework, utcnow
 from simtrack.server.core.tenancy import DEFAULT_TENANT_ID
 from simtrack.server.db.engine import create_engine
+from simtrack.server.db.ingest_store import IngestStore
 from simtrack.server.db.models import Agent, Experiment, Run, UTCDateTime
 from simtrack.server.db.unit_of_work import SqlUnitOfWorkFactory, tenant_aware_sessions
 from simtrack.server.domain.agents import AgentService
 from simtrack.server.domain.experiments import ExperimentService, TemplateService
 from simtrack.server.domain.runs import ParticipantService, RunService
 from simtrack.server.domain.simulations import SimulationService
+from simtrack.server.ingest.writer import GroupCommitWriter
 from simtrack.server.scenario_catalogue import ScenarioCatalogue
+from tests.support.databases import as_app_role
 
 # The tier-0 scenario: small, stable, and its duration (60 ticks) is asserted on.
 SCENARIO_ID = "tier0-tutorial"
@@ -157,3 +162,25 @@ class CommitLog:
 
     def group_committed(self, batches: int, points: int, events: int, seconds: float) -> None:
         self.commits.append(batches)
+
+
+def server_url(services: Services) -> str:
+    """The URL the server connects with: on PostgreSQL its role, under row-level security."""
+    return services.url if services.backend == "sqlite" else as_app_role(services.url)
+
+
+@asynccontextmanager
+async def running_writer(services: Services) -> AsyncIterator[GroupCommitWriter]:
+    """The group-commit writer, as a server runs it, on the test's database."""
+    engine = create_engine(server_url(services), poolclass=NullPool)
+
+    async def notify(run_ids: Iterable[str]) -> None:
+        pass
+
+    writer = GroupCommitWriter(IngestStore(engine), notify, CommitLog())
+    await writer.start()
+    try:
+        yield writer
+    finally:
+        await writer.stop()
+        await engine.dispose()
