@@ -84,8 +84,8 @@ def _check_unix_times(field: str, seconds: np.ndarray[Any, Any]) -> None:
 
 
 _TIMESTAMP_END = TIMESTAMP_MAX_SECONDS + 1
-_KINDS = {number: METRIC_KIND.to_domain("kind", number) or MetricKind.GAUGE for number in
-          tpb.MetricKind.values()}  # fmt: skip
+# Each known kind's domain value, looked up once (UNSPECIFIED: a gauge).
+_KINDS = {n: METRIC_KIND.to_domain("kind", n) or MetricKind.GAUGE for n in tpb.MetricKind.values()}
 
 
 def _series_chunk(index: int, series: tpb.MetricSeries, now: float) -> SeriesChunk:
@@ -113,10 +113,8 @@ def _series_chunk(index: int, series: tpb.MetricSeries, now: float) -> SeriesChu
         )
     if n < SMALL_SERIES:  # a fleet's few points: plain Python is cheaper than numpy calls
         stamps = list(timestamps) or None
-        if stamps is not None and not all(
-            TIMESTAMP_MIN_SECONDS <= t < _TIMESTAMP_END
-            for t in stamps  # NaN: refused
-        ):
+        within = (TIMESTAMP_MIN_SECONDS <= t < _TIMESTAMP_END for t in stamps or ())
+        if not all(within):  # NaN compares false: refused too
             raise InvalidArgument.of(
                 f"{field}.timestamps", f"{TIMESTAMP_RANGE}, as finite Unix seconds"
             )

@@ -5,7 +5,8 @@ Going through a Session (or even Core's execute) costs more Python per batch tha
 so these statements are compiled once per dialect from the models — the SQL and the type
 conversions stay SQLAlchemy's — and executed straight on the DBAPI driver's connection
 (psycopg's, or aiosqlite's): one statement per table and transaction (PostgreSQL: the rows as
-one JSON document or as unnested arrays, the transaction pipelined; SQLite: ``executemany``).
+one JSON document, their bytes beside it as arrays, the transaction pipelined; SQLite:
+``executemany``).
 Values shared by every row of a statement (the tenant, the commit's time) are bound once.
 """
 
@@ -64,9 +65,10 @@ def _json_value(value: Any) -> Any:
 
 
 def _rows_json(rows: Sequence[Mapping[str, Any]], binary: Sequence[str]) -> str:
-    """The rows as one JSON array of objects, but their ``binary`` columns (each row numbered
-    instead, to meet them). Every float the writer stores is finite (the summaries skip NaN
-    and the infinities), so orjson's NaN-as-null never applies.
+    """The rows as one JSON array of objects. Their ``binary`` columns travel beside it as
+    arrays, so each object then carries its place instead (``ORDINAL``, from 1) to meet them.
+    Every float the writer stores is finite (the summaries skip NaN and the infinities), so
+    orjson's NaN-as-null never applies.
     """
     if binary:
         skip = set(binary)

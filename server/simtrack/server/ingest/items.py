@@ -110,8 +110,8 @@ def pack_small_series(
 ) -> SeriesChunk:
     """`pack_series` of fewer than ``SMALL_SERIES`` points, in plain Python: the same chunk.
 
-    A fleet's worker sends a couple of points per metric per flush; numpy's fixed cost per
-    call (~1 µs, a dozen calls per series) would be most of the server's work per point.
+    A fleet's worker sends a few points per metric per flush; numpy's fixed cost per call
+    (~1 µs, a dozen calls per series) would be most of the server's work per point.
     """
     n = len(values)
     first, last = steps[0], steps[-1]
