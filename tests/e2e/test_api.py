@@ -19,6 +19,23 @@ from grpc_reflection.v1alpha import reflection_pb2
 from simtrack.v1 import agents_pb2, experiments_pb2, runs_pb2, scenarios_pb2
 from tests.support import Server
 from tests.support.api_objects import (
+    all_agent_ids,
+    as_dict,
+    assert_not_found,
+    get_experiment,
+    get_run,
+    list_experiments,
+    list_participants,
+    list_runs,
+    list_simulations,
+    new_agent,
+    new_experiment,
+    new_participant,
+    new_run,
+    new_simulation,
+    when,
+)
+from tests.support.protos import (
     SCENARIO,
     Agent,
     Experiment,
@@ -29,23 +46,8 @@ from tests.support.api_objects import (
     Simulation,
     SimulationStatus,
     Template,
-    all_agent_ids,
-    as_dict,
-    assert_not_found,
-    get_experiment,
-    get_run,
-    list_experiments,
-    list_participants,
-    list_runs,
-    list_simulations,
     mask,
-    new_agent,
-    new_experiment,
-    new_participant,
-    new_run,
-    new_simulation,
     struct,
-    when,
 )
 from tests.support.waiting import wait_for
 

@@ -13,16 +13,6 @@ import pytest
 from simtrack.v1 import agents_pb2, experiments_pb2, runs_pb2, scenarios_pb2
 from tests.support import Server
 from tests.support.api_objects import (
-    SCENARIO,
-    Agent,
-    Experiment,
-    ExperimentStatus,
-    Framework,
-    Participant,
-    Run,
-    RunStatus,
-    Simulation,
-    Template,
     all_agent_ids,
     all_pages,
     as_dict,
@@ -33,7 +23,6 @@ from tests.support.api_objects import (
     list_participants,
     list_runs,
     list_simulations,
-    mask,
     new_agent,
     new_experiment,
     new_participant,
@@ -41,8 +30,21 @@ from tests.support.api_objects import (
     new_simulation,
     set_run_status,
     start_run,
-    struct,
     when,
+)
+from tests.support.protos import (
+    SCENARIO,
+    Agent,
+    Experiment,
+    ExperimentStatus,
+    Framework,
+    Participant,
+    Run,
+    RunStatus,
+    Simulation,
+    Template,
+    mask,
+    struct,
 )
 
 pytestmark = pytest.mark.in_process

@@ -34,17 +34,9 @@ from tests.support.auth_requests import (
     PERMISSION_DENIED,
     SERVICES,
     SERVING,
-    TIMEOUT,
     UNAUTHENTICATED,
-    Agent,
-    Experiment,
-    Framework,
     Message,
     Objects,
-    Participant,
-    Run,
-    Simulation,
-    Template,
     create_objects,
     empty_requests,
     invoke,
@@ -53,6 +45,16 @@ from tests.support.auth_requests import (
     table_rows,
     unique,
     write_requests,
+)
+from tests.support.protos import (
+    TIMEOUT,
+    Agent,
+    Experiment,
+    Framework,
+    Participant,
+    Run,
+    Simulation,
+    Template,
 )
 from tests.support.waiting import wait_for
 

@@ -26,14 +26,16 @@ from tests.support import Server, StreamKit
 from tests.support.bad_input import (
     INVALID_ARGUMENT,
     SHORT,
-    Agent,
-    Framework,
-    Participant,
-    Run,
     World,
     listers,
     make_world,
     rejects,
+)
+from tests.support.protos import (
+    Agent,
+    Framework,
+    Participant,
+    Run,
 )
 
 # The API under test, not the process: served in-process (tests/support/inprocess.py).

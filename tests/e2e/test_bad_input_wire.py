@@ -27,9 +27,6 @@ from tests.support.bad_input import (
     INVALID_ARGUMENT,
     NOT_FOUND,
     SHORT,
-    Agent,
-    Experiment,
-    Framework,
     UploadRequest,
     World,
     create_agent,
@@ -44,6 +41,11 @@ from tests.support.bad_input import (
     refused_shortly,
     rejects,
     update_agent,
+)
+from tests.support.protos import (
+    Agent,
+    Experiment,
+    Framework,
 )
 
 # The API under test, not the process: served in-process (tests/support/inprocess.py).

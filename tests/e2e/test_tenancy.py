@@ -30,13 +30,15 @@ from simtrack.v1 import (
     scenarios_pb2,
 )
 from tests.support import Client, ServerPool, SimtrackCli
+from tests.support.protos import (
+    SCENARIO,
+    TIMEOUT,
+)
 from tests.support.tenancy import (
     ALL_SERVICES,
     CASES,
     ISOLATED_METHODS,
-    SCENARIO,
     SHARED_SERVICES,
-    TIMEOUT,
     Scene,
     World,
     create_objects,

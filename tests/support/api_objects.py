@@ -9,37 +9,26 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import field_mask_pb2, json_format, struct_pb2, timestamp_pb2
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from simtrack.v1 import agents_pb2, experiments_pb2, runs_pb2
 from tests.support import Server
-
-SCENARIO = "tier0-tutorial"
-
-Agent = agents_pb2.Agent
-Framework = agents_pb2.Framework
-Experiment = experiments_pb2.Experiment
-Simulation = experiments_pb2.Simulation
-Template = experiments_pb2.Template
-Run = runs_pb2.Run
-Participant = runs_pb2.Participant
-ExperimentStatus = experiments_pb2.ExperimentStatus
-RunStatus = runs_pb2.RunStatus
-SimulationStatus = experiments_pb2.SimulationStatus
-
-
-def struct(data: dict[str, Any]) -> struct_pb2.Struct:
-    result = struct_pb2.Struct()
-    result.update(data)
-    return result
+from tests.support.protos import (
+    SCENARIO,
+    Agent,
+    Experiment,
+    Framework,
+    Participant,
+    Run,
+    RunStatus,
+    Simulation,
+    mask,
+    struct,
+)
 
 
 def as_dict(value: struct_pb2.Struct) -> dict[str, Any]:
     return json_format.MessageToDict(value)
-
-
-def mask(*paths: str) -> field_mask_pb2.FieldMask:
-    return field_mask_pb2.FieldMask(paths=list(paths))
 
 
 def when(ts: timestamp_pb2.Timestamp) -> datetime:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from google.protobuf import field_mask_pb2, message, struct_pb2
+from google.protobuf import message
 from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health_pb2
 
@@ -23,36 +23,29 @@ from simtrack.v1 import (
     validations_pb2,
 )
 from tests.support import Client, Server
+from tests.support.protos import (
+    API_SERVICES,
+    SCENARIO,
+    TIMEOUT,
+    Agent,
+    Experiment,
+    Framework,
+    Participant,
+    Run,
+    RunStatus,
+    Simulation,
+    Template,
+    mask,
+    struct,
+)
 
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
 PERMISSION_DENIED = grpc.StatusCode.PERMISSION_DENIED
 SERVING: int = health_pb2.HealthCheckResponse.SERVING
-SCENARIO = "tier0-tutorial"
-TIMEOUT = 10.0
 
-Agent = agents_pb2.Agent
-Framework = agents_pb2.Framework
-Experiment = experiments_pb2.Experiment
-Simulation = experiments_pb2.Simulation
-Template = experiments_pb2.Template
-Run = runs_pb2.Run
-Participant = runs_pb2.Participant
-RunStatus = runs_pb2.RunStatus
 Message = message.Message
 
-SERVICES = {
-    service.name: service
-    for module in (
-        agents_pb2,
-        artifacts_pb2,
-        experiments_pb2,
-        runs_pb2,
-        scenarios_pb2,
-        telemetry_pb2,
-        validations_pb2,
-    )
-    for service in module.DESCRIPTOR.services_by_name.values()
-}
+SERVICES = {service.name: service for service in API_SERVICES.values()}
 # "AgentService.GetAgent" -> its descriptor, for every RPC of the API.
 METHODS = {
     f"{service.name}.{method.name}": method
@@ -62,16 +55,6 @@ METHODS = {
 
 
 # Helpers
-
-
-def struct(data: dict[str, Any]) -> struct_pb2.Struct:
-    result = struct_pb2.Struct()
-    result.update(data)
-    return result
-
-
-def mask(*paths: str) -> field_mask_pb2.FieldMask:
-    return field_mask_pb2.FieldMask(paths=list(paths))
 
 
 def unique(prefix: str) -> str:

@@ -16,7 +16,7 @@ from typing import Any, cast
 
 import grpc
 import pytest
-from google.protobuf import field_mask_pb2, struct_pb2
+from google.protobuf import field_mask_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -29,32 +29,23 @@ from simtrack.v1 import (
     telemetry_pb2,
 )
 from tests.support import Server
+from tests.support.protos import (
+    SCENARIO,
+    Agent,
+    Experiment,
+    Framework,
+    Participant,
+    Run,
+    Simulation,
+    Template,
+    mask,
+    struct,
+)
 
 INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 ALREADY_EXISTS = grpc.StatusCode.ALREADY_EXISTS
 FAILED_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
-SCENARIO = "tier0-tutorial"
-
-Agent = agents_pb2.Agent
-Framework = agents_pb2.Framework
-Experiment = experiments_pb2.Experiment
-Simulation = experiments_pb2.Simulation
-Template = experiments_pb2.Template
-Run = runs_pb2.Run
-Participant = runs_pb2.Participant
-RunStatus = runs_pb2.RunStatus
-SimulationStatus = experiments_pb2.SimulationStatus
-
-
-def mask(*paths: str) -> field_mask_pb2.FieldMask:
-    return field_mask_pb2.FieldMask(paths=list(paths))
-
-
-def struct(data: dict[str, Any]) -> struct_pb2.Struct:
-    result = struct_pb2.Struct()
-    result.update(data)
-    return result
 
 
 # What a failed call said

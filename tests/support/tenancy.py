@@ -11,50 +11,36 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import field_mask_pb2, struct_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from simtrack.v1 import (
     agents_pb2,
-    artifacts_pb2,
     experiments_pb2,
     runs_pb2,
-    scenarios_pb2,
-    telemetry_pb2,
-    validations_pb2,
 )
 from tests.support.clients import Client
+from tests.support.protos import (
+    API_SERVICES,
+    SCENARIO,
+    TIMEOUT,
+    Agent,
+    Experiment,
+    Framework,
+    Participant,
+    Run,
+    Simulation,
+    Template,
+    struct,
+)
 from tests.support.servers import Server
 
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 ALREADY_EXISTS = grpc.StatusCode.ALREADY_EXISTS
-SCENARIO = "tier0-tutorial"
-TIMEOUT = 10.0
 
-Agent = agents_pb2.Agent
-Framework = agents_pb2.Framework
-Experiment = experiments_pb2.Experiment
-Simulation = experiments_pb2.Simulation
-Template = experiments_pb2.Template
-Run = runs_pb2.Run
-Participant = runs_pb2.Participant
-RunStatus = runs_pb2.RunStatus
 
 # Every service of the API; all but the shared scenario catalogue hold tenant-owned data.
-ALL_SERVICES = {
-    service.full_name: service
-    for module in (
-        agents_pb2,
-        artifacts_pb2,
-        experiments_pb2,
-        runs_pb2,
-        scenarios_pb2,
-        telemetry_pb2,
-        validations_pb2,
-    )
-    for service in module.DESCRIPTOR.services_by_name.values()
-}
+ALL_SERVICES = API_SERVICES
 SHARED_SERVICES = {"simtrack.v1.ScenarioService"}
 ISOLATED_METHODS = sorted(
     f"{service.name}.{method.name}"
@@ -65,16 +51,6 @@ ISOLATED_METHODS = sorted(
 
 
 # Helpers
-
-
-def struct(data: dict[str, Any]) -> struct_pb2.Struct:
-    result = struct_pb2.Struct()
-    result.update(data)
-    return result
-
-
-def mask(*paths: str) -> field_mask_pb2.FieldMask:
-    return field_mask_pb2.FieldMask(paths=list(paths))
 
 
 def unique(prefix: str) -> str:

@@ -14,21 +14,23 @@ from simtrack.v1 import (
     experiments_pb2,
 )
 from tests.support.clients import Client
-from tests.support.tenancy import (
-    ALREADY_EXISTS,
+from tests.support.protos import (
     SCENARIO,
     TIMEOUT,
     Agent,
     Experiment,
     Framework,
-    Scene,
     Simulation,
     Template,
+    mask,
+    struct,
+)
+from tests.support.tenancy import (
+    ALREADY_EXISTS,
+    Scene,
     all_ids,
     assert_hidden,
     case,
-    mask,
-    struct,
     unique,
 )
 

@@ -13,18 +13,20 @@ from simtrack.v1 import (
     validations_pb2,
 )
 from tests.support.clients import Client
-from tests.support.tenancy import (
+from tests.support.protos import (
     SCENARIO,
     TIMEOUT,
     Participant,
     Run,
     RunStatus,
+    mask,
+    struct,
+)
+from tests.support.tenancy import (
     Scene,
     all_ids,
     assert_hidden,
     case,
-    mask,
-    struct,
     unique,
 )
 
