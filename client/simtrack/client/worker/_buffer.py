@@ -98,13 +98,17 @@ class Buffer:
                 col.values.append(value)
                 col.times.append(now)
             count = len(values)
-            if self._since is None:
-                self._since = _clock.monotonic()
+            self._touch()
             self._buffered += count
             self._unspooled += count
             if self._buffered >= self._flush_at and not self._signaled:
                 self._signaled = True
                 self._wake.set()
+
+    def _touch(self) -> None:
+        """Called with the lock held: the buffer holds something now (its age starts)."""
+        if self._since is None:
+            self._since = _clock.monotonic()
 
     def _new_column(self, name: str) -> Column:
         """Called with the lock held, for a metric not in the current buffer."""
@@ -150,8 +154,7 @@ class Buffer:
             if self._unspooled >= self._max_buffered:
                 self._wait_for_room()
             self._events.append(event)
-            if self._since is None:
-                self._since = _clock.monotonic()
+            self._touch()
             self._buffered += 1
             self._unspooled += 1
             if len(self._events) >= self.options.max_events_per_batch and not self._signaled:
@@ -164,8 +167,7 @@ class Buffer:
         message = _packing.progress(tick, total, percent)
         with self._lock:
             self._progress = message
-            if self._since is None:
-                self._since = _clock.monotonic()
+            self._touch()
 
     def define_metric(self, name: str, unit: str = "", kind: MetricKindName = "gauge") -> None:
         value = _packing.metric_definition(name, kind)

@@ -113,19 +113,22 @@ class EnumMapping:
         self.proto = proto
         self.domain = domain
         self.prefix = prefix
+        # Every known number's member, looked up once (ingest maps a kind per series).
+        self._members: dict[int, Any] = {
+            number: domain(name.removeprefix(prefix).lower())
+            for name, number in proto.items()
+            if number != 0
+        }
 
     def to_domain(self, field: str, number: int) -> Any:
         """The domain member, None for UNSPECIFIED; unknown numbers are INVALID_ARGUMENT."""
         if number == 0:
             return None
-        try:
-            name = self.proto.Name(number)
-        except ValueError:
+        member = self._members.get(number)
+        if member is None:
             allowed = ", ".join(n for n in self.proto.keys() if not n.endswith("_UNSPECIFIED"))
-            raise InvalidArgument.of(
-                field, f"unknown value {number} (allowed: {allowed})"
-            ) from None
-        return self.domain(name.removeprefix(self.prefix).lower())
+            raise InvalidArgument.of(field, f"unknown value {number} (allowed: {allowed})")
+        return member
 
     def to_proto(self, member: StrEnum) -> Any:
         return self.proto.Value(self.prefix + member.value.upper())

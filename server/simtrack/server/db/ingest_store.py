@@ -114,13 +114,8 @@ class Compiled:
         self._results: list[Callable[[Any], Any] | None] | None = None
 
     def params(self, values: Mapping[str, Any]) -> tuple[Any, ...] | dict[str, Any]:
-        converted = [
-            (name, process(values[key]) if process else values[key])
-            for key, name, process in self._binds
-        ]
-        if self.positional:
-            return tuple(value for _, value in converted)
-        return dict(converted)
+        """Parameters for one execution."""
+        return self.params_many([values], {})[0]
 
     def params_many(
         self, rows: Sequence[Mapping[str, Any]], shared: Mapping[str, Any]
