@@ -57,7 +57,7 @@ from simtrack.server.domain.validations import ValidationService
 from simtrack.server.ingest.bus import InProcessBus, PostgresBus
 from simtrack.server.ingest.streams import StreamRegistry
 from simtrack.server.ingest.writer import GroupCommitWriter
-from simtrack.server.observability import MetricsEndpoint, ServerMetrics
+from simtrack.server.observability import MetricsEndpoint, ServerMetrics, quiet_peer_gone_reports
 from simtrack.server.scenario_catalogue import default_scenarios_dir, load_catalogue
 from simtrack.v1 import (
     agents_pb2,
@@ -190,6 +190,7 @@ async def start(settings: Settings) -> Running:
 
     A start-up that fails half-way releases what it had started before it raises.
     """
+    quiet_peer_gone_reports()
     resources = contextlib.AsyncExitStack()
     try:
         return await _start(settings, resources)

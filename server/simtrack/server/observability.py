@@ -11,6 +11,7 @@ endpoint's own thread: the callbacks only read plain ints, never iterate the loo
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -179,3 +180,29 @@ class MetricsEndpoint:
         await asyncio.to_thread(self._server.shutdown)
         self._server.server_close()
         self._thread.join()
+
+
+class _PeerGoneFilter(logging.Filter):
+    """Drops gRPC's report that a call's final status could not be sent.
+
+    When a client goes away as its stream ends (a worker killed, a connection cut), grpc's
+    asyncio server logs the failed send of the status as an error with a traceback. The call
+    is over either way and nothing was lost (acks are what count), so it is not an error of
+    the server; anything else gRPC reports passes through.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (
+            type(error).__name__ == "ExecuteBatchError" and "SendStatusFromServer" in str(error)
+        )
+
+
+_PEER_GONE = _PeerGoneFilter()
+
+
+def quiet_peer_gone_reports() -> None:
+    """Install ``_PeerGoneFilter`` on gRPC's logger (once, however often called)."""
+    logger = logging.getLogger("grpc._cython.cygrpc")
+    if _PEER_GONE not in logger.filters:
+        logger.addFilter(_PEER_GONE)
