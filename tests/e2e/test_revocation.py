@@ -144,18 +144,23 @@ async def send_until_ended(stream: RawStream, messages: list[Any], pace: float) 
 async def test_an_open_stream_ends_once_its_key_is_revoked_and_keeps_what_was_acked(
     keys: Keys, streams: StreamKit
 ) -> None:
-    token = keys.create("writer")
-    run = streams.new_run(keys.client(token))
     data = streams.dataset(batches=200, points=200)
     database = streams.database(keys.server.database_url)
-    stream = streams.stream(keys.server.address, run.id, authorization=f"Bearer {token}")
-    await stream.open()
-    await stream.send_all(data.messages[:10])
-    await stream.wait_acked(10)
+    for _attempt in range(3):
+        token = keys.create("writer")
+        run = streams.new_run(keys.client(token))
+        stream = streams.stream(keys.server.address, run.id, authorization=f"Bearer {token}")
+        await stream.open()
+        await stream.send_all(data.messages[:10])
+        await stream.wait_acked(10)
 
-    revoked = await asyncio.to_thread(keys.revoke, token)
-    await send_until_ended(stream, data.messages[10:], pace=0.05)
-    ended = time.monotonic()
+        revoked = await asyncio.to_thread(keys.revoke, token)
+        await send_until_ended(stream, data.messages[10:], pace=0.05)
+        ended = time.monotonic()
+        if not stream.write_race:
+            break
+        # A write in flight as the server ended the call: grpc aio put its own status in place
+        # of the server's (see WRITE_RACE_DETAILS), so this try cannot show the reason.
     assert stream.code == UNAUTHENTICATED, (stream.code, stream.details)
     assert "revoked" in stream.details, stream.details
     assert ended - revoked < LATEST_END, f"ended {ended - revoked:.1f}s after the revocation"
