@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from typing import Any
@@ -18,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from simtrack.server.db.compaction_store import SqlBatchCompaction, SqlCompactionStore
 from simtrack.server.db.engine import create_engine
 from simtrack.server.domain.compaction import CompactionService
+from simtrack.server.domain.pending_chunks import PendingChunks
 from simtrack.server.ingest.writer import metric_id
 from tests.support import Services, running_writer, server_url
 from tests.support.compaction import (
@@ -191,3 +193,51 @@ async def test_a_series_still_written_to_waits_until_its_small_chunks_are_not_sm
     assert len((await idle.run_round()).compacted) == len(NAMES)
     assert len(await chunk_rows(services, run_id)) == len(NAMES)
     await _all_kept(services, run_id)
+
+
+class CountingStore(SqlCompactionStore):
+    """The real store, counting the database's scans for due metrics."""
+
+    scans = 0
+
+    async def due_metrics(self, *args: Any, **kwargs: Any) -> list[tuple[str, int]]:
+        self.scans += 1
+        return await super().due_metrics(*args, **kwargs)
+
+
+async def test_rounds_between_scans_compact_what_the_writer_told_and_a_scan_finds_the_rest(
+    services: Services, engines: list[AsyncEngine]
+) -> None:
+    """The writer's ledger answers the rounds between the database's scans; what it was not
+    told (another process's writes) waits for the next scan, and nothing is compacted twice.
+    """
+    ledger, store = PendingChunks(), CountingStore(engines[0])
+    rescan = 2.0
+    service = CompactionService(
+        store, timedelta(0), idle=timedelta(0), pending=ledger, rescan=timedelta(seconds=rescan)
+    )
+    started = time.monotonic()
+    assert (await service.run_round()).compacted == []  # the start's scan: nothing yet
+    scans = store.scans
+    assert scans >= 1
+
+    told = await services.run((await services.experiment()).id)
+    async with running_writer(services, ledger.stored) as writer:
+        await send(writer, told.id, range(1, BATCHES + 1), NAMES)
+    untold = await _backlog(services)
+    report = await service.run_round()
+    assert sorted(c.metric_id for c in report.compacted) == sorted(
+        metric_id(told.id, n) for n in NAMES
+    )
+    assert store.scans == scans
+    assert (await service.run_round()).compacted == []  # each once
+
+    await asyncio.sleep(max(0.0, rescan - (time.monotonic() - started)))
+    report = await service.run_round()
+    assert store.scans > scans
+    assert sorted(c.metric_id for c in report.compacted) == sorted(
+        metric_id(untold, n) for n in NAMES
+    )
+    for run_id in (told.id, untold):
+        assert len(await chunk_rows(services, run_id)) == len(NAMES)
+        await _all_kept(services, run_id)

@@ -25,7 +25,7 @@ from simtrack.server.domain.agents import AgentService
 from simtrack.server.domain.experiments import ExperimentService, TemplateService
 from simtrack.server.domain.runs import ParticipantService, RunService
 from simtrack.server.domain.simulations import SimulationService
-from simtrack.server.ingest.writer import GroupCommitWriter
+from simtrack.server.ingest.writer import ChunksStored, GroupCommitWriter
 from simtrack.server.scenario_catalogue import ScenarioCatalogue
 from tests.support.databases import as_app_role
 
@@ -170,14 +170,18 @@ def server_url(services: Services) -> str:
 
 
 @asynccontextmanager
-async def running_writer(services: Services) -> AsyncIterator[GroupCommitWriter]:
-    """The group-commit writer, as a server runs it, on the test's database."""
+async def running_writer(
+    services: Services, chunks_stored: ChunksStored | None = None
+) -> AsyncIterator[GroupCommitWriter]:
+    """The group-commit writer, as a server runs it, on the test's database (telling
+    ``chunks_stored`` what it stored, as a server tells its compaction's ledger).
+    """
     engine = create_engine(server_url(services), poolclass=NullPool)
 
     async def notify(run_ids: Iterable[str]) -> None:
         pass
 
-    writer = GroupCommitWriter(IngestStore(engine), notify, CommitLog())
+    writer = GroupCommitWriter(IngestStore(engine), notify, CommitLog(), None, chunks_stored)
     await writer.start()
     try:
         yield writer

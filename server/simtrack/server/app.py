@@ -49,6 +49,7 @@ from simtrack.server.domain.compaction import CompactionService
 from simtrack.server.domain.experiments import ExperimentService, TemplateService
 from simtrack.server.domain.history import HistoryService
 from simtrack.server.domain.live_runs import LiveRuns
+from simtrack.server.domain.pending_chunks import PendingChunks
 from simtrack.server.domain.rankings import Rankings
 from simtrack.server.domain.runs import ParticipantService, RunService
 from simtrack.server.domain.scenarios import ScenarioQueries
@@ -246,8 +247,14 @@ async def _start(settings: Settings, resources: contextlib.AsyncExitStack) -> Ru
     artifacts = ArtifactService(
         uow, ArtifactStore(settings.artifacts_dir), settings.artifact_max_bytes
     )
+    # What the writer stores, told to compaction (a round need not scan every small chunk).
+    pending = PendingChunks() if settings.compaction_interval > 0 else None
     writer = GroupCommitWriter(
-        IngestStore(engine), bus.publish_runs, metrics, validations.check_completed
+        IngestStore(engine),
+        bus.publish_runs,
+        metrics,
+        validations.check_completed,
+        chunks_stored=None if pending is None else pending.stored,
     )
     metrics.watch(registry.open_count, lambda: bus.watching, engine)
     live_runs = LiveRuns(uow, bus)
@@ -328,6 +335,8 @@ async def _start(settings: Settings, resources: contextlib.AsyncExitStack) -> Ru
             settings.compaction_target_points,
             batch_metrics=settings.compaction_batch_metrics,
             idle=timedelta(seconds=settings.compaction_idle),
+            pending=pending,
+            rescan=timedelta(seconds=settings.compaction_rescan),
         )
         background.spawn(
             compact_chunks(compaction, settings.compaction_interval, metrics, background.stopping)

@@ -45,7 +45,7 @@ import itertools
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import numpy as np
@@ -60,6 +60,7 @@ from simtrack.server.db.chunks import (
 from simtrack.server.db.codec import encode_chunk
 from simtrack.server.db.models import SMALL_CHUNK_POINTS
 from simtrack.server.domain.history import history_order
+from simtrack.server.domain.pending_chunks import PendingChunks
 from simtrack.server.domain.ports import CompactionStore
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,9 @@ MIN_TARGET_POINTS = SMALL_CHUNK_POINTS
 # is the server's for the transaction: ~0.4 s at this size, measured in bench compaction).
 MAX_SPAN_POINTS = 4 * DEFAULT_TARGET_POINTS
 DUE_PER_ROUND = 1000  # metrics per tenant and query; a full answer starts another round
+# How often the database is asked which metrics are due when the writer's ledger answers the
+# rounds between (``domain/pending_chunks.py``): what the ledger misses waits this long.
+RESCAN = timedelta(seconds=60)
 # Metrics per transaction at most: each step of a batch is one statement whatever its size
 # (the per-statement cost dominated one metric's compaction of a fleet's few small chunks),
 # and a batch's points stay within ``MAX_SPAN_POINTS`` (one metric's span, if more).
@@ -212,6 +216,8 @@ class BatchReport:
     compacted: list[Compacted]  # the metrics it rewrote (none of no chunks)
     busy: list[str]
     again: list[tuple[str, int]]  # (metric, small chunks left): for a later batch
+    # The small chunks each metric it locked has left, as read (and written): the ledger's.
+    left: dict[str, list[SmallChunk]] = field(default_factory=dict)
 
 
 class CompactionService:
@@ -227,6 +233,8 @@ class CompactionService:
         max_span_points: int = MAX_SPAN_POINTS,
         batch_metrics: int = BATCH_METRICS,
         idle: timedelta = timedelta(0),
+        pending: PendingChunks | None = None,
+        rescan: timedelta = RESCAN,
     ) -> None:
         if target < MIN_TARGET_POINTS:
             raise ValueError(f"a compaction target of {target} points is below {MIN_TARGET_POINTS}")
@@ -238,6 +246,10 @@ class CompactionService:
         self.max_span_points = max_span_points
         self.batch_metrics = batch_metrics
         self.idle = idle  # how long a growing series' few small points wait (`choose_span`)
+        # The writer's ledger of what it stored (None: the database is asked every round).
+        self.pending = pending
+        self.rescan = rescan
+        self._next_scan: datetime | None = None  # None: at the first round
 
     async def run_round(self, stopping: Callable[[], bool] = lambda: False) -> RoundReport:
         """Compact every metric due now, tenant by tenant (row-level security sees one), in
@@ -245,11 +257,19 @@ class CompactionService:
         while). A metric with more than a transaction takes goes back in the queue.
         """
         report = RoundReport([], 0, 0, False)
-        for tenant_id in await self.store.tenants():
+        started = utcnow()
+        pending = self.pending
+        scan = pending is None or self._next_scan is None or self._next_scan <= started
+        tenants = await self.store.tenants() if scan or pending is None else pending.tenants()
+        for tenant_id in tenants:
             now = utcnow()
-            due = await self.store.due_metrics(
-                tenant_id, now - self.settle, now - self.idle, DUE_PER_ROUND
-            )
+            settled_before, idle_before = now - self.settle, now - self.idle
+            if scan or pending is None:
+                due = await self.store.due_metrics(
+                    tenant_id, settled_before, idle_before, DUE_PER_ROUND
+                )
+            else:
+                due = pending.due(tenant_id, settled_before, idle_before, DUE_PER_ROUND)
             report.full |= len(due) >= DUE_PER_ROUND
             queue = collections.deque(due)
             while queue:
@@ -260,6 +280,8 @@ class CompactionService:
                     report.compacted.extend(done.compacted)
                     report.busy += len(done.busy)
                     queue.extend(done.again)
+        if scan and not report.full:  # a scan that found more goes on next round
+            self._next_scan = started + self.rescan
         return report
 
     def _take(self, queue: collections.deque[tuple[str, int]]) -> list[str]:
@@ -283,9 +305,13 @@ class CompactionService:
         """The batch in one transaction; if that fails, each metric in one of its own (so one
         metric's failure stops none of the others), the ones failing again counted.
         """
+        pending = self.pending
+        taken = {} if pending is None else pending.take(tenant_id, metric_ids)
         try:
-            return [await self.compact_batch(tenant_id, metric_ids)]
+            done = await self.compact_batch(tenant_id, metric_ids)
         except Exception:  # noqa: BLE001 - one metric's failure must not stop the rest
+            if pending is not None:
+                pending.put_back(tenant_id, taken)
             if len(metric_ids) == 1:
                 log.warning("compaction of metric %s failed", metric_ids[0], exc_info=True)
                 report.failed += 1
@@ -295,10 +321,15 @@ class CompactionService:
                 len(metric_ids),
                 exc_info=True,
             )
-        done = []
-        for metric_id in metric_ids:
-            done.extend(await self._compact_or_each(tenant_id, [metric_id], report))
-        return done
+            each = []
+            for metric_id in metric_ids:
+                each.extend(await self._compact_or_each(tenant_id, [metric_id], report))
+            return each
+        if pending is not None:
+            pending.put_back(tenant_id, {m: taken[m] for m in done.busy if m in taken})
+            for metric_id, chunks in done.left.items():
+                pending.left(tenant_id, metric_id, chunks)
+        return [done]
 
     async def compact_batch(self, tenant_id: str, metric_ids: Sequence[str]) -> BatchReport:
         """Compact the settled small chunks of those of the metrics no other process holds, in
@@ -309,6 +340,7 @@ class CompactionService:
             locked = set(batch.locked)
             report = BatchReport([], [m for m in metric_ids if m not in locked], [])
             small = await batch.small_chunks()
+            report.left = dict(small)  # until a span is chosen below
             now = utcnow()
             settled_before, idle_before = now - self.settle, now - self.idle
             spans: dict[str, Span] = {}
@@ -341,6 +373,14 @@ class CompactionService:
             await batch.replace(ranges, count, outputs)
         now = utcnow()
         for metric_id, span in spans.items():
+            report.left[metric_id] = [
+                *(c for c in small[metric_id] if c.seq > span.last_seq),
+                *(
+                    SmallChunk(c.seq, c.n, now)
+                    for c in outputs[metric_id]
+                    if c.n < SMALL_CHUNK_POINTS
+                ),
+            ]
             chunks = inputs[metric_id]
             lag = None if span.oldest is None else now - span.oldest
             points = sum(c.n for c in chunks)

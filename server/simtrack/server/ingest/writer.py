@@ -53,6 +53,10 @@ def metric_id(run_id: str, name: str) -> str:
     return str(uuid.uuid5(_METRIC_NAMESPACE, f"{run_id}/{name}"))
 
 
+# Told of a commit's chunks, per tenant: (metric id, points) each, stored at that time.
+ChunksStored = Callable[[str, datetime, Iterable[tuple[str, int]]], None]
+
+
 class CommitObserver(Protocol):
     """Told of every group commit that landed (the service's metrics), once per commit."""
 
@@ -93,12 +97,14 @@ class GroupCommitWriter:
         notify: Callable[[Iterable[str]], Awaitable[None]],
         observer: CommitObserver,
         completed: Callable[[str, list[str]], Awaitable[object]] | None = None,
+        chunks_stored: ChunksStored | None = None,
     ) -> None:
         self.store = store
         self.notify = notify  # run ids that changed, called after each commit (WatchRun)
         self.observer = observer
         # A tenant's runs that completed in a commit, told after it (success criteria).
         self.completed = completed
+        self.chunks_stored = chunks_stored  # compaction's ledger (``domain/pending_chunks``)
         self._followups: set[asyncio.Task[None]] = set()
         self._queue: asyncio.Queue[Pending] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
@@ -209,6 +215,14 @@ class GroupCommitWriter:
             for pending, error in write.rejected:
                 if not pending.done.done():
                     pending.done.set_exception(error)
+        if self.chunks_stored is not None:
+            for tenant_id, runs in by_tenant.items():
+                stored = (
+                    (metric_id(run_id, chunk.name), chunk.n)
+                    for run_id in runs
+                    for _, chunk in writes[run_id].chunks
+                )
+                self.chunks_stored(tenant_id, now, stored)
         if self.completed is not None:
             done = {
                 tenant_id: completed
