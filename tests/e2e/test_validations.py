@@ -8,6 +8,7 @@ each must end with exactly one verdict per criterion.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
@@ -15,6 +16,7 @@ import pytest
 import sqlalchemy
 from google.protobuf import field_mask_pb2, json_format
 
+from simtrack.server.domain.validations import CHECKS_PER_TRANSACTION
 from simtrack.v1 import runs_pb2, telemetry_pb2, validations_pb2
 from tests.support import Refusal, Server, StartServer, StreamKit
 from tests.support.waiting import wait_until
@@ -165,18 +167,21 @@ async def test_failed_runs_are_not_judged(
     assert validations(server, run.id) == []
 
 
-async def test_the_sweeper_judges_a_run_a_crash_left_unchecked(
+async def test_the_sweeper_judges_runs_a_crash_left_unchecked(
     server: Server, streams: StreamKit, database_url: str
 ) -> None:
-    run = streams.new_run(server)
-    await complete_with_metrics(server, streams, run.id)
-    await wait_validations(server, run.id, 3)
-    forget_judgement(database_url, run.id)
-    assert validations(server, run.id) == []
-    found = await wait_validations(server, run.id, 3)
-    await a_sweep_has_passed(server, streams, database_url)  # and judges it no second time
-    assert len(validations(server, run.id)) == len(found) == 3
-    assert by_kind(found)["total_profit"].passed
+    # More than one transaction's worth (CHECKS_PER_TRANSACTION runs each).
+    runs = [streams.new_run(server) for _ in range(CHECKS_PER_TRANSACTION + 4)]
+    await asyncio.gather(*(complete_with_metrics(server, streams, run.id) for run in runs))
+    for run in runs:
+        await wait_validations(server, run.id, 3)
+    for run in runs:  # at once, so one sweep finds them all
+        forget_judgement(database_url, run.id)
+    found = {run.id: await wait_validations(server, run.id, 3) for run in runs}
+    await a_sweep_has_passed(server, streams, database_url)  # and judges them no second time
+    for run in runs:
+        assert len(validations(server, run.id)) == len(found[run.id]) == 3
+        assert by_kind(found[run.id])["total_profit"].passed
 
 
 def test_external_validators_record_their_own_verdicts(

@@ -336,7 +336,6 @@ async def _start(settings: Settings, resources: contextlib.AsyncExitStack) -> Ru
             batch_metrics=settings.compaction_batch_metrics,
             idle=timedelta(seconds=settings.compaction_idle),
             pending=pending,
-            rescan=timedelta(seconds=settings.compaction_rescan),
         )
         background.spawn(
             compact_chunks(compaction, settings.compaction_interval, metrics, background.stopping)

@@ -89,13 +89,6 @@ class Settings(BaseSettings):
         "points together and it is still written to, before compaction takes them anyway "
         "(a series that ended or paused); 0: no waiting.",
     )
-    compaction_rescan: float = Field(
-        default=60.0,
-        ge=0,
-        description="Seconds between compaction's scans of the database for due metrics; the "
-        "rounds between ask what this process stored (what other processes or this one's "
-        "previous life stored waits up to this long); 0: a scan every round.",
-    )
     compaction_target_points: int = Field(
         default=16_384,
         ge=1000,

@@ -277,11 +277,24 @@ class SqlCompactionStore:
     async def due_metrics(
         self, tenant_id: str, settled_before: datetime, idle_before: datetime, limit: int
     ) -> list[tuple[str, int]]:
+        due, _ = await self.due_in_slice(tenant_id, settled_before, idle_before, limit, "", None)
+        return due
+
+    async def due_in_slice(
+        self,
+        tenant_id: str,
+        settled_before: datetime,
+        idle_before: datetime,
+        limit: int,
+        start: str,
+        rows: int | None,
+    ) -> tuple[list[tuple[str, int]], str]:
+        mine = and_(MetricChunk.tenant_id == tenant_id, _SMALL, MetricChunk.metric_id >= start)
         written = MetricChunk.written_at
         before_arrivals = func.count(written) < func.count()  # rows from before they were kept
         stmt = (
             select(MetricChunk.metric_id, func.count())
-            .where(MetricChunk.tenant_id == tenant_id, _SMALL)
+            .where(mine)
             .group_by(MetricChunk.metric_id)
             .having(
                 (func.count() >= 2)
@@ -292,11 +305,27 @@ class SqlCompactionStore:
                     | (func.max(written) <= idle_before)
                 )
             )
+            .order_by(MetricChunk.metric_id)
             .limit(limit)
         )
         async with self.engine.connect() as connection:
             await self._use_tenant(connection, tenant_id)
-            return [(metric_id, count) for metric_id, count in await connection.execute(stmt)]
+            end: str | None = None
+            if rows is not None:  # the metric ``rows`` small chunks on, down the index
+                first_after = (
+                    select(MetricChunk.metric_id)
+                    .where(mine)
+                    .order_by(MetricChunk.metric_id)
+                    .offset(rows)
+                    .limit(1)
+                )
+                end = await connection.scalar(first_after)
+                if end is not None:
+                    stmt = stmt.where(MetricChunk.metric_id < end)
+            due = [(metric_id, count) for metric_id, count in await connection.execute(stmt)]
+        if len(due) >= limit:
+            return due, due[-1][0]
+        return due, end or ""
 
     @contextlib.asynccontextmanager
     async def compacting(

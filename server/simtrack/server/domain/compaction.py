@@ -74,9 +74,11 @@ MIN_TARGET_POINTS = SMALL_CHUNK_POINTS
 # is the server's for the transaction: ~0.4 s at this size, measured in bench compaction).
 MAX_SPAN_POINTS = 4 * DEFAULT_TARGET_POINTS
 DUE_PER_ROUND = 1000  # metrics per tenant and query; a full answer starts another round
-# How often the database is asked which metrics are due when the writer's ledger answers the
-# rounds between (``domain/pending_chunks.py``): what the ledger misses waits this long.
-RESCAN = timedelta(seconds=60)
+# Beside the writer's ledger (``domain/pending_chunks.py``), each round scans this many of a
+# tenant's small chunks for due metrics, on from where the last round stopped: what the ledger
+# misses (other processes' writes) is found within a pass, and no round holds SQLite's one
+# connection for long (a scan of a fleet's million small chunks takes a second or more).
+SCAN_ROWS = 20_000
 # Metrics per transaction at most: each step of a batch is one statement whatever its size
 # (the per-statement cost dominated one metric's compaction of a fleet's few small chunks),
 # and a batch's points stay within ``MAX_SPAN_POINTS`` (one metric's span, if more).
@@ -234,7 +236,7 @@ class CompactionService:
         batch_metrics: int = BATCH_METRICS,
         idle: timedelta = timedelta(0),
         pending: PendingChunks | None = None,
-        rescan: timedelta = RESCAN,
+        scan_rows: int = SCAN_ROWS,
     ) -> None:
         if target < MIN_TARGET_POINTS:
             raise ValueError(f"a compaction target of {target} points is below {MIN_TARGET_POINTS}")
@@ -246,10 +248,10 @@ class CompactionService:
         self.max_span_points = max_span_points
         self.batch_metrics = batch_metrics
         self.idle = idle  # how long a growing series' few small points wait (`choose_span`)
-        # The writer's ledger of what it stored (None: the database is asked every round).
+        # The writer's ledger of what it stored (None: every round scans every small chunk).
         self.pending = pending
-        self.rescan = rescan
-        self._next_scan: datetime | None = None  # None: at the first round
+        self.scan_rows = scan_rows
+        self._scan_from: dict[str, str] = {}  # per tenant: where the next slice starts
 
     async def run_round(self, stopping: Callable[[], bool] = lambda: False) -> RoundReport:
         """Compact every metric due now, tenant by tenant (row-level security sees one), in
@@ -257,20 +259,8 @@ class CompactionService:
         while). A metric with more than a transaction takes goes back in the queue.
         """
         report = RoundReport([], 0, 0, False)
-        started = utcnow()
-        pending = self.pending
-        scan = pending is None or self._next_scan is None or self._next_scan <= started
-        tenants = await self.store.tenants() if scan or pending is None else pending.tenants()
-        for tenant_id in tenants:
-            now = utcnow()
-            settled_before, idle_before = now - self.settle, now - self.idle
-            if scan or pending is None:
-                due = await self.store.due_metrics(
-                    tenant_id, settled_before, idle_before, DUE_PER_ROUND
-                )
-            else:
-                due = pending.due(tenant_id, settled_before, idle_before, DUE_PER_ROUND)
-            report.full |= len(due) >= DUE_PER_ROUND
+        for tenant_id in await self.store.tenants():
+            due = await self._due(tenant_id, report)
             queue = collections.deque(due)
             while queue:
                 if stopping():
@@ -280,9 +270,31 @@ class CompactionService:
                     report.compacted.extend(done.compacted)
                     report.busy += len(done.busy)
                     queue.extend(done.again)
-        if scan and not report.full:  # a scan that found more goes on next round
-            self._next_scan = started + self.rescan
         return report
+
+    async def _due(self, tenant_id: str, report: RoundReport) -> list[tuple[str, int]]:
+        """The tenant's due metrics (id, small chunks): all of them (no ledger), or the
+        ledger's and those of the next slice of the database's small chunks.
+        """
+        now = utcnow()
+        settled_before, idle_before = now - self.settle, now - self.idle
+        if self.pending is None:
+            due = await self.store.due_metrics(
+                tenant_id, settled_before, idle_before, DUE_PER_ROUND
+            )
+            report.full |= len(due) >= DUE_PER_ROUND
+            return due
+        told = self.pending.due(tenant_id, settled_before, idle_before, DUE_PER_ROUND)
+        found, self._scan_from[tenant_id] = await self.store.due_in_slice(
+            tenant_id,
+            settled_before,
+            idle_before,
+            DUE_PER_ROUND,
+            self._scan_from.get(tenant_id, ""),
+            self.scan_rows,
+        )
+        report.full |= max(len(told), len(found)) >= DUE_PER_ROUND
+        return list((dict(found) | dict(told)).items())
 
     def _take(self, queue: collections.deque[tuple[str, int]]) -> list[str]:
         """The next batch: up to ``batch_metrics`` metrics, their small chunks (a point each at

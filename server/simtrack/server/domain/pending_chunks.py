@@ -11,8 +11,8 @@ The ledger is a hint, never the truth: a batch decides on the chunks it reads. I
 a chunk twice (stored while a batch read it), which costs a batch that finds little to do;
 it misses what other processes stored (another server, this one's previous life) and a
 metric's single chunk it forgot (an idle metric's last chunk, so the ledger does not grow
-with every metric ever written). Compaction therefore still runs the database's query at
-start and every ``rescan``: what the ledger misses waits that long at most.
+with every metric ever written): compaction's rounds still scan the database, a slice each
+(``compaction.SCAN_ROWS``), and find those within a pass.
 """
 
 from __future__ import annotations
@@ -64,9 +64,6 @@ class PendingChunks:
                 entry.chunks += 1
                 entry.points += points
                 entry.newest = max(entry.newest, when)
-
-    def tenants(self) -> list[str]:
-        return sorted(self._tenants)
 
     def due(
         self, tenant_id: str, settled_before: datetime, idle_before: datetime, limit: int

@@ -202,6 +202,21 @@ class CompactionStore(Protocol):
         """
         ...
 
+    async def due_in_slice(
+        self,
+        tenant_id: str,
+        settled_before: datetime,
+        idle_before: datetime,
+        limit: int,
+        start: str,
+        rows: int | None,
+    ) -> tuple[list[tuple[str, int]], str]:
+        """``due_metrics`` among the metrics from id ``start`` on, by id, as far as ``rows`` of
+        their small chunks take (None: all; a metric's are never split between slices); and
+        the id the next slice starts from ("": the scan reached the end).
+        """
+        ...
+
     def compacting(
         self, tenant_id: str, metric_ids: Sequence[str]
     ) -> AbstractAsyncContextManager[BatchCompaction]:

@@ -27,6 +27,7 @@ from simtrack.server.scenario_catalogue import ScenarioCatalogue
 
 KIND_MAX = 200
 VALIDATOR_MAX = 100
+CHECKS_PER_TRANSACTION = 16  # completed runs whose criteria one transaction checks
 
 
 def _bool(value: str) -> bool:
@@ -105,14 +106,18 @@ class ValidationService:
         unchecked; how many were checked.
         """
         checked = 0
+        ordered = sorted(run_ids)  # one lock order
         with acting_for(tenant_id):
-            async with self.uow() as uow:
-                for run_id in sorted(run_ids):  # one lock order
-                    run = await uow.runs.get(run_id, for_update=True)
-                    if run is not None:
-                        verdicts = await check_success_criteria(uow, run, self.catalogue)
-                        checked += verdicts is not None
-                await uow.commit()
+            # A few runs per transaction: SQLite's one connection is ingest's too, and a fleet
+            # ends a thousand runs at once.
+            for start in range(0, len(ordered), CHECKS_PER_TRANSACTION):
+                async with self.uow() as uow:
+                    for run_id in ordered[start : start + CHECKS_PER_TRANSACTION]:
+                        run = await uow.runs.get(run_id, for_update=True)
+                        if run is not None:
+                            verdicts = await check_success_criteria(uow, run, self.catalogue)
+                            checked += verdicts is not None
+                    await uow.commit()
         return checked
 
     async def sweep(self) -> int:
