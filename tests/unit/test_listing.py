@@ -1,4 +1,4 @@
-"""List requests: the filter subset, page sizes and tokens."""
+"""List requests: the filter language, page sizes and tokens."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 
 from simtrack.errors import InvalidArgument
 from simtrack.server import domain
+from simtrack.server.core.filters import AllOf, AnyOf, Not, Pattern, holds
 from simtrack.server.core.listing import (
     DEFAULT_PAGE_SIZE,
     FILTER_BOUNDS,
@@ -74,6 +75,70 @@ def test_parse_filter_terms() -> None:
     assert parse_filter(r'name = "say \"hi\""', FIELDS) == (Condition("name", "=", 'say "hi"'),)
 
 
+def test_or_binds_tighter_than_and_and_not_binds_tightest() -> None:
+    a, b, c = (Condition("name", "=", v) for v in "abc")
+    assert parse_filter("name = a AND name = b OR name = c", FIELDS) == (a, AnyOf((b, c)))
+    assert parse_filter("name = a OR name = b name = c", FIELDS) == (AnyOf((a, b)), c)
+    assert parse_filter("NOT name = a OR name = b", FIELDS) == (AnyOf((Not(a), b)),)
+    assert parse_filter("NOT (name = a AND name = b) AND (name = c)", FIELDS) == (
+        Not(AllOf((a, b))),
+        c,
+    )
+    assert parse_filter("((name = a OR (name = b)))", FIELDS) == (AnyOf((a, b)),)
+
+
+def test_comparisons_in_lists_and_wildcards() -> None:
+    assert parse_filter("tier >= 2 AND tier < 10 AND tier != -1", FIELDS) == (
+        Condition("tier", ">=", 2),
+        Condition("tier", "<", 10),
+        Condition("tier", "!=", -1),
+    )
+    assert parse_filter('status IN ("running", RUN_STATUS_COMPLETED) AND tier IN (3)', FIELDS) == (
+        Condition("status", "in", (RunStatus.RUNNING, RunStatus.COMPLETED)),
+        Condition("tier", "in", (3,)),
+    )
+    assert parse_filter('name = "tier0-*" AND name != *x*', FIELDS) == (
+        Condition("name", "=", Pattern("tier0-*")),
+        Condition("name", "!=", Pattern("*x*")),
+    )
+    # A wildcard only in a text field's = and !=: in a list a star is the value's own.
+    assert parse_filter('name IN ("a*")', FIELDS) == (Condition("name", "in", ("a*",)),)
+    assert Pattern("a*c").matches("abbc") and not Pattern("a*c").matches("abcd")
+    assert Pattern("100%_/x*").like() == "100/%/_//x%"
+
+
+@pytest.mark.parametrize(
+    ("text", "position"),
+    [
+        ('name = "a" OR', 13),
+        ('(name = "a"', 11),
+        ('name = "a" )', 11),
+        ("status < RUNNING", 7),
+        ("nope = 1", 0),
+        ("tier = 1 AND tier = x", 20),
+        ('name = "open', 7),
+        ("tier IN (1 2)", 11),
+    ],
+)
+def test_syntax_errors_say_where(text: str, position: int) -> None:
+    with pytest.raises(InvalidArgument) as error:
+        parse_filter(text, FIELDS)
+    assert f"at position {position}:" in error.value.message, error.value.message
+
+
+def test_in_memory_evaluation_is_two_valued_and_sees_collections() -> None:
+    row = {"name": ("b",), "tier": (2,), "tags": ("x", "y"), "experiment_id": ()}
+    fields: FieldParsers = {**FIELDS, "tags": str}
+
+    def check(text: str) -> bool:
+        return all(holds(t, lambda f: row[f]) for t in parse_filter(text, fields))
+
+    assert check('name = b AND tier > 1 AND tags = "y" AND tags != z AND tags = "x*"')
+    assert not check("tags != x")
+    assert check('experiment_id = "" AND NOT experiment_id = e AND experiment_id != e')
+    assert not check("name IN (a, c) OR tier <= 1")
+
+
 @pytest.mark.parametrize(
     "text",
     [
@@ -83,10 +148,22 @@ def test_parse_filter_terms() -> None:
         'unknown = "x"',
         'status = "sleeping"',
         "tier = two",
-        'name = "a" OR name = "b"',
         'name = "a" AND',
-        'name = "a" name = "b"',
+        'name = "a" OR',
         'name ~ "a"',
+        '(name = "a"',
+        'name = "a")',
+        "NOT",
+        'NOT (name = "a") )',
+        "status < RUNNING",
+        "experiment_id > x",
+        'name >= "a"',
+        "name IN ()",
+        'name IN ("a"',
+        'name IN "a"',
+        'name = "unclosed',
+        "tier IN (1, two)",
+        'name = "a" AND AND name = "b"',
     ],
 )
 def test_bad_filters_name_the_filter_field(text: str) -> None:
@@ -153,11 +230,15 @@ def test_filters_are_bounded_in_length_terms_and_depth() -> None:
         with pytest.raises(InvalidArgument) as error:
             parse_filter(text, FIELDS)
         assert violation_field(error) == "filter"
-    # What a nesting grammar calls while parsing (this subset has no nesting yet).
-    bounds.check_depth(bounds.max_depth)
-    with pytest.raises(InvalidArgument) as error:
-        bounds.check_depth(bounds.max_depth + 1)
-    assert violation_field(error) == "filter"
+    deepest = "(" * bounds.max_depth + term + ")" * bounds.max_depth
+    assert parse_filter(deepest, FIELDS) == (Condition("name", "!=", "x"),)
+    nots = "NOT " * bounds.max_depth + term
+    assert len(parse_filter(nots, FIELDS)) == 1
+    for text in ("(" + deepest + ")", "NOT " + nots, "NOT (" * 9 + term + ")" * 9):
+        with pytest.raises(InvalidArgument) as error:
+            parse_filter(text, FIELDS)
+        assert violation_field(error) == "filter"
+        assert "nests deeper" in error.value.message
 
 
 def test_echoed_filter_values_are_quoted_short() -> None:
@@ -267,6 +348,7 @@ def test_enum_filters_take_both_spellings_in_any_case(
         for spelling in (member.value, member.value.upper(), proto_name, proto_name.lower()):
             for text in (f'{field} = "{spelling}"', f"{field} != {spelling}"):
                 (condition,) = parse_filter(text, fields)
+                assert isinstance(condition, Condition), text
                 assert condition.field == field and condition.value is member, text
 
 

@@ -656,11 +656,15 @@ class ListMetricsRequest(_message.Message):
     """
     filter: _builtins.str
     """Which metrics to list.
-    Syntax (a subset of AIP-160): terms `FIELD = VALUE` or `FIELD != VALUE` joined by AND;
-    no OR, NOT or parentheses. VALUE is a double-quoted string (a backslash escapes the next
-    character) or a bare word of letters, digits and `_.:-`. Strings match exactly (case
-    counts); enum values match in any case, short (`completed`) or as the proto enum value
-    (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. At most 4,096 characters and 100 terms.
+    Syntax (AIP-160): comparisons `FIELD OP VALUE` (OP: = or !=; on numeric fields also <, <=,
+    >, >=) and `FIELD IN (VALUE, ...)`, joined by AND (or a space) and OR, which binds tighter
+    than AND as in AIP-160; NOT and parentheses group. VALUE is a double-quoted string (a
+    backslash escapes the next character) or a bare word of letters, digits and `_.:+*-`.
+    Strings match exactly (case counts), but `*` in a string's = or != matches any run of
+    characters; enum values match in any case, short (`completed`) or as the proto enum value
+    (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. A field not set equals `""` only. At most
+    4,096 characters, 100 comparisons and 16 levels of nesting; errors give the position (in
+    characters, from 0).
     Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
     what is accepted). Fields:
       name (string): the metric's name.
@@ -842,11 +846,15 @@ class ListEventsRequest(_message.Message):
     """
     filter: _builtins.str
     """Which events to list.
-    Syntax (a subset of AIP-160): terms `FIELD = VALUE` or `FIELD != VALUE` joined by AND;
-    no OR, NOT or parentheses. VALUE is a double-quoted string (a backslash escapes the next
-    character) or a bare word of letters, digits and `_.:-`. Strings match exactly (case
-    counts); enum values match in any case, short (`completed`) or as the proto enum value
-    (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. At most 4,096 characters and 100 terms.
+    Syntax (AIP-160): comparisons `FIELD OP VALUE` (OP: = or !=; on numeric fields also <, <=,
+    >, >=) and `FIELD IN (VALUE, ...)`, joined by AND (or a space) and OR, which binds tighter
+    than AND as in AIP-160; NOT and parentheses group. VALUE is a double-quoted string (a
+    backslash escapes the next character) or a bare word of letters, digits and `_.:+*-`.
+    Strings match exactly (case counts), but `*` in a string's = or != matches any run of
+    characters; enum values match in any case, short (`completed`) or as the proto enum value
+    (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. A field not set equals `""` only. At most
+    4,096 characters, 100 comparisons and 16 levels of nesting; errors give the position (in
+    characters, from 0).
     Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
     what is accepted). Fields:
       type (string): the event type, e.g. `type = "agent_action"`.

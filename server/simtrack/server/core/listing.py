@@ -1,13 +1,11 @@
-"""List requests: page size and token validation and the AIP-160 filter subset.
+"""List requests: page size and token validation; the filter language is ``core/filters.py``.
 
-A filter is ``field op value`` terms joined by ``AND``; ``op`` is ``=`` or ``!=``; a value is a
-double-quoted string or a bare word. Each listable entity declares its filterable fields and how
-to parse their values (an enum's in either spelling, see EnumField), so a bad filter is
-INVALID_ARGUMENT naming ``filter``. The protos document each List request's filter; a unit test
-holds those comments to the fields declared here. ``FILTER_BOUNDS``
-caps a filter's length, terms and nesting before any query is built: every term is a bound
-parameter, and a filter that could never run (PostgreSQL takes at most 65,535 parameters) must
-be refused at once, not after seconds of work as "retry later".
+Each listable entity declares its filterable fields and how to parse their values (an enum's
+in either spelling, see EnumField), so a bad filter is INVALID_ARGUMENT naming ``filter``. The
+protos document each List request's filter; a unit test holds those comments to the fields
+declared here. ``FILTER_BOUNDS`` caps a filter's length, terms and nesting before any query is
+built: every term is a bound parameter, and a filter that could never run (PostgreSQL takes at
+most 65,535 parameters) must be refused at once, not after seconds of work as "retry later".
 
 Page tokens are opaque to callers; a token this server did not issue, whatever it decodes to,
 is INVALID_ARGUMENT naming ``page_token``.
@@ -20,14 +18,25 @@ import binascii
 import hashlib
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Generic, TypeVar, cast
 
-from simtrack.errors import InvalidArgument, quote
-from simtrack.server.core.model import NAME_MAX, NUL, NUL_MESSAGE
+from simtrack.errors import InvalidArgument
+from simtrack.server.core.filters import (
+    FILTER_BOUNDS,
+    BadFilterValue,
+    Condition,
+    FieldParsers,
+    Filter,
+    FilterBounds,
+    optional_str,
+    parse_bool,
+    parse_filter,
+)
+from simtrack.server.core.model import NAME_MAX, NUL
 
 T = TypeVar("T")
 
@@ -37,47 +46,6 @@ MAX_PAGE_SIZE = 1000
 # metric name of 200 characters beyond the BMP, JSON-escaped, base64-encoded).
 MAX_TOKEN_LENGTH = 4096
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-
-
-@dataclass(frozen=True)
-class FilterBounds:
-    """How big a filter may be: characters, terms (comparisons) and nesting (parentheses or
-    NOT inside each other). Checked before and while parsing, so nothing is built beyond them.
-    """
-
-    max_length: int
-    max_terms: int
-    max_depth: int
-
-    def check_text(self, text: str) -> None:
-        if len(text) > self.max_length:
-            raise InvalidArgument.of(
-                "filter", f"is longer than {self.max_length} characters ({len(text):,})"
-            )
-
-    def check_terms(self, count: int) -> None:
-        if count > self.max_terms:
-            raise InvalidArgument.of("filter", f"has more than {self.max_terms} terms")
-
-    def check_depth(self, depth: int) -> None:
-        if depth > self.max_depth:
-            raise InvalidArgument.of("filter", f"nests deeper than {self.max_depth} levels")
-
-
-FILTER_BOUNDS = FilterBounds(max_length=4096, max_terms=100, max_depth=16)
-
-_TOKEN = re.compile(
-    r"""\s*(?:(?P<and>AND\b)|(?P<op>!=|=)|"(?P<quoted>(?:[^"\\]|\\.)*)"|(?P<word>[\w.:\-]+))"""
-)
-
-
-@dataclass(frozen=True)
-class Condition:
-    """One ``field op value`` term; ``value`` is already parsed (None means "not set")."""
-
-    field: str
-    op: str
-    value: Any
 
 
 @dataclass(frozen=True)
@@ -94,7 +62,7 @@ class PageRequest:
 
     size: int
     after: Cursor | None
-    conditions: tuple[Condition, ...]
+    conditions: tuple[Filter, ...]  # all must hold (``core/filters.py``)
     scope: str
 
     def next_token(self, cursor: Cursor | None) -> str:
@@ -108,72 +76,6 @@ class Page(Generic[T]):
 
     items: list[T]
     next_page_token: str
-
-
-FieldParsers = Mapping[str, Callable[[str], Any]]
-
-
-def parse_filter(text: str, fields: FieldParsers) -> tuple[Condition, ...]:
-    """Parse ``text`` into conditions on ``fields``; raises InvalidArgument on ``filter``."""
-    FILTER_BOUNDS.check_text(text)
-    if NUL in text:
-        raise InvalidArgument.of("filter", NUL_MESSAGE)
-    tokens: list[tuple[str, str]] = []
-    pos = 0
-    text = text.strip()
-    while pos < len(text):
-        match = _TOKEN.match(text, pos)
-        if not match or match.end() == pos:
-            raise InvalidArgument.of(
-                "filter", f"unexpected text at position {pos}: {quote(text[pos:], 20)}"
-            )
-        kind = match.lastgroup or ""
-        raw = match.group(kind)
-        if kind == "quoted":
-            raw = re.sub(r"\\(.)", r"\1", raw)
-        tokens.append((kind, raw))
-        pos = match.end()
-        while pos < len(text) and text[pos].isspace():
-            pos += 1
-    conditions: list[Condition] = []
-    index = 0
-    while index < len(tokens):
-        term = tokens[index : index + 3]
-        if (
-            len(term) < 3
-            or term[0][0] != "word"
-            or term[1][0] != "op"
-            or term[2][0]
-            not in (
-                "word",
-                "quoted",
-            )
-        ):
-            raise InvalidArgument.of("filter", 'expected `field = "value"` terms joined by AND')
-        field, op, value = term[0][1], term[1][1], term[2][1]
-        if field not in fields:
-            allowed = ", ".join(sorted(fields)) or "none"
-            raise InvalidArgument.of(
-                "filter", f"cannot filter on {quote(field)} (allowed: {allowed})"
-            )
-        try:
-            parsed = fields[field](value)
-        except BadFilterValue as error:
-            raise InvalidArgument.of(
-                "filter", f"bad value for {field}: {quote(value, 40)} ({error})"
-            ) from None
-        except ValueError:
-            raise InvalidArgument.of("filter", f"bad value for {field}: {quote(value)}") from None
-        conditions.append(Condition(field, op, parsed))
-        FILTER_BOUNDS.check_terms(len(conditions))
-        index += 3
-        if index < len(tokens):
-            if tokens[index][0] != "and":
-                raise InvalidArgument.of("filter", "terms must be joined by AND")
-            index += 1
-            if index == len(tokens):
-                raise InvalidArgument.of("filter", "AND must be followed by a term")
-    return tuple(conditions)
 
 
 @dataclass(frozen=True)
@@ -205,7 +107,7 @@ class KeyedPageRequest:
 
     size: int
     after: tuple[Any, ...] | None  # the keys of the last row of the previous page
-    conditions: tuple[Condition, ...]
+    conditions: tuple[Filter, ...]
     scope: str
 
     @classmethod
@@ -317,10 +219,6 @@ def _storable(key: Any) -> bool:
     return isinstance(key, str) and len(key) <= NAME_MAX and NUL not in key
 
 
-class BadFilterValue(ValueError):
-    """A value its filter field cannot take; the message says which it can."""
-
-
 def proto_enum_prefix(enum: type[StrEnum]) -> str:
     """The prefix of an enum's values in the protos: ``RunStatus`` -> ``RUN_STATUS_`` (buf's
     lint makes every value carry its enum's name; the stubs' tests check each one exists).
@@ -364,6 +262,13 @@ def enum_parser(enum: type[StrEnum]) -> EnumField:
     return EnumField(enum)
 
 
-def optional_str(value: str) -> str | None:
-    """Empty string means "not set" (e.g. ``experiment_id = ""`` for detached simulations)."""
-    return value or None
+__all__ = [
+    "FILTER_BOUNDS",
+    "BadFilterValue",
+    "Condition",
+    "FieldParsers",
+    "FilterBounds",
+    "optional_str",
+    "parse_bool",
+    "parse_filter",
+]

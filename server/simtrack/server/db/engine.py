@@ -58,6 +58,8 @@ def create_engine(
         # FULL: a commit is on disk before we say so, also on power loss.
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA busy_timeout=30000")
+        # LIKE (a filter's `*` wildcard) as PostgreSQL's: case-sensitive.
+        cursor.execute("PRAGMA case_sensitive_like=ON")
         # 32 MiB of page cache (the default is 2 MiB): a group commit of a fleet's small
         # chunks dirties more pages than that, and SQLite then spills them mid-transaction.
         cursor.execute("PRAGMA cache_size=-32768")

@@ -7,13 +7,29 @@ unit of work; they never commit. (On PostgreSQL, row-level security enforces the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar
 
-from sqlalchemy import ColumnElement, Select, column, exists, func, select, table, tuple_, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    column,
+    exists,
+    func,
+    inspect,
+    not_,
+    or_,
+    select,
+    table,
+    tuple_,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from simtrack.server.core.listing import Condition, Cursor, PageRequest
+from simtrack.server.core.filters import AllOf, AnyOf, Filter, Not, Pattern
+from simtrack.server.core.listing import Cursor, PageRequest
 from simtrack.server.core.model import RUN_ATTACHED, MetricAggregate, RunStatus
 from simtrack.server.core.tenancy import current_tenant
 from simtrack.server.db import models
@@ -32,13 +48,48 @@ def scoped(model: Owned) -> ColumnElement[bool]:
     return model.tenant_id == current_tenant()
 
 
-def matches(model: Owned, condition: Condition) -> ColumnElement[bool]:
-    """A filter term (``field = value`` or ``!=``) as SQL on ``model``'s column."""
-    column: ColumnElement[Any] = getattr(model, condition.field)
-    if condition.value is None:
-        return column.is_(None) if condition.op == "=" else column.is_not(None)
-    equal = column == condition.value
-    return cast(ColumnElement[bool], equal if condition.op == "=" else ~equal)
+def matches(model: Owned, term: Filter) -> ColumnElement[bool]:
+    """A filter term (``core/filters.py``) as SQL on ``model``'s columns, in two-valued logic
+    as ``filters.holds``: a comparison with a column not set is false, so its NOT is true.
+    """
+    if isinstance(term, AllOf):
+        return and_(*(matches(model, t) for t in term.terms))
+    if isinstance(term, AnyOf):
+        return or_(*(matches(model, t) for t in term.terms))
+    if isinstance(term, Not):
+        return not_(matches(model, term.term))
+    column: ColumnElement[Any] = getattr(model, term.field)
+    nullable = bool(inspect(model).columns[term.field].nullable)
+    if term.op == "in":
+        return or_(*(_equal(column, value, nullable) for value in term.value))
+    if term.op == "=":
+        return _equal(column, term.value, nullable)
+    if term.op == "!=":
+        return not_(_equal(column, term.value, nullable))
+    return _known(column, _ORDER[term.op](column, term.value), nullable)
+
+
+_ORDER: dict[str, Callable[[ColumnElement[Any], Any], ColumnElement[bool]]] = {
+    "<": lambda column, value: column < value,
+    "<=": lambda column, value: column <= value,
+    ">": lambda column, value: column > value,
+    ">=": lambda column, value: column >= value,
+}
+
+
+def _equal(column: ColumnElement[Any], value: Any, nullable: bool) -> ColumnElement[bool]:
+    if value is None:
+        return column.is_(None)
+    if isinstance(value, Pattern):
+        return _known(column, column.like(value.like(), escape="/"), nullable)
+    return _known(column, column == value, nullable)
+
+
+def _known(
+    column: ColumnElement[Any], condition: ColumnElement[bool], nullable: bool
+) -> ColumnElement[bool]:
+    """``condition``, false (not NULL) where the column is not set."""
+    return and_(column.is_not(None), condition) if nullable else condition
 
 
 class Repository(Generic[M]):
@@ -220,7 +271,7 @@ class RunRepository(Repository[models.Run]):
         rows = [models.Ranked(*row) for row in await self.session.execute(stmt)]
         return rows, int(count or 0)
 
-    async def status_counts(self, conditions: tuple[Condition, ...]) -> dict[RunStatus, int]:
+    async def status_counts(self, conditions: tuple[Filter, ...]) -> dict[RunStatus, int]:
         """How many of the runs matching ``conditions`` are in each status."""
         run = models.Run
         stmt = (
@@ -230,7 +281,7 @@ class RunRepository(Repository[models.Run]):
         )
         return {status: count for status, count in await self.session.execute(stmt)}
 
-    async def durations(self, conditions: tuple[Condition, ...]) -> list[timedelta]:
+    async def durations(self, conditions: tuple[Filter, ...]) -> list[timedelta]:
         """The durations of the runs matching ``conditions`` that ended after starting."""
         run = models.Run
         stmt = select(run.duration).where(
@@ -275,7 +326,7 @@ class MetricRepository(Repository[models.Metric]):
         return list((await self.session.execute(stmt)).scalars())
 
     async def page(
-        self, run_id: str, conditions: tuple[Condition, ...], after: str | None, size: int
+        self, run_id: str, conditions: tuple[Filter, ...], after: str | None, size: int
     ) -> list[models.Metric]:
         """Up to ``size`` of a run's metrics by name, after the name ``after``."""
         metric = models.Metric
@@ -360,7 +411,7 @@ class EventRepository:
     async def page(
         self,
         run_id: str,
-        conditions: tuple[Condition, ...],
+        conditions: tuple[Filter, ...],
         after: tuple[int, int] | None,
         size: int,
     ) -> list[models.Event]:

@@ -17,7 +17,8 @@ from types import TracebackType
 from typing import Protocol, Self, TypeVar
 
 from simtrack.server.core.commands import CommandMessage
-from simtrack.server.core.listing import Condition, Cursor, PageRequest
+from simtrack.server.core.filters import Filter
+from simtrack.server.core.listing import Cursor, PageRequest
 from simtrack.server.core.model import MetricAggregate, RunStatus
 from simtrack.server.db.chunks import CompactedChunk, SmallChunk, StoredChunk
 from simtrack.server.db.models import (
@@ -100,9 +101,9 @@ class RunRows(Rows[Run], Protocol):
         completed_only: bool = True,
     ) -> tuple[list[Ranked], int]: ...
 
-    async def status_counts(self, conditions: tuple[Condition, ...]) -> dict[RunStatus, int]: ...
+    async def status_counts(self, conditions: tuple[Filter, ...]) -> dict[RunStatus, int]: ...
 
-    async def durations(self, conditions: tuple[Condition, ...]) -> list[timedelta]: ...
+    async def durations(self, conditions: tuple[Filter, ...]) -> list[timedelta]: ...
 
     async def existing(self, run_ids: list[str]) -> set[str]: ...
 
@@ -117,7 +118,7 @@ class MetricRows(Rows[Metric], Protocol):
     async def for_run(self, run_id: str) -> list[Metric]: ...
 
     async def page(
-        self, run_id: str, conditions: tuple[Condition, ...], after: str | None, size: int
+        self, run_id: str, conditions: tuple[Filter, ...], after: str | None, size: int
     ) -> list[Metric]: ...
 
     async def named(self, run_id: str, name: str) -> Metric | None: ...
@@ -231,7 +232,7 @@ class EventRows(Protocol):
     async def page(
         self,
         run_id: str,
-        conditions: tuple[Condition, ...],
+        conditions: tuple[Filter, ...],
         after: tuple[int, int] | None,
         size: int,
     ) -> list[Event]: ...

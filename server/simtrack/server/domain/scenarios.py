@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from simtrack.errors import InvalidArgument, NotFound
+from simtrack.server.core.filters import holds
 from simtrack.server.core.listing import Cursor, Listing, Page
 from simtrack.server.scenario_catalogue import ScenarioCatalogue, ScenarioSpec
 
@@ -33,13 +36,12 @@ class ScenarioQueries:
         specs = self.catalogue.list()
         if page.after is not None:
             specs = [s for s in specs if s.id > page.after.id]
-        for condition in page.conditions:
-            if condition.field == "tags":
-                matches = [condition.value in s.tags for s in specs]
-            else:
-                matches = [s.difficulty_tier == condition.value for s in specs]
-            keep = [m if condition.op == "=" else not m for m in matches]
-            specs = [s for s, k in zip(specs, keep, strict=True) if k]
+        specs = [s for s in specs if all(holds(t, _fields(s)) for t in page.conditions)]
         items = specs[: page.size]
         more = len(specs) > page.size
         return Page(items, page.next_token(Cursor(_NO_TIME, items[-1].id)) if more else "")
+
+
+def _fields(spec: ScenarioSpec) -> Callable[[str], tuple[Any, ...]]:
+    """A scenario's values of a filter field: its tags, or its tier."""
+    return lambda field: tuple(spec.tags) if field == "tags" else (spec.difficulty_tier,)

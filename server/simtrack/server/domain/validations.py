@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from simtrack.errors import AlreadyExists, InvalidArgument, NotFound
-from simtrack.server.core.listing import BadFilterValue, Listing, Page
+from simtrack.server.core.listing import Listing, Page, parse_bool
 from simtrack.server.core.model import json_object, require_id, require_name
 from simtrack.server.core.tenancy import acting_for
 from simtrack.server.db.models import Validation
@@ -30,13 +30,7 @@ VALIDATOR_MAX = 100
 CHECKS_PER_TRANSACTION = 16  # completed runs whose criteria one transaction checks
 
 
-def _bool(value: str) -> bool:
-    if value.lower() not in ("true", "false"):
-        raise BadFilterValue("accepted: true, false; any case")
-    return value.lower() == "true"
-
-
-VALIDATION_LISTING = Listing("validations", {"validator": str, "kind": str, "passed": _bool})
+VALIDATION_LISTING = Listing("validations", {"validator": str, "kind": str, "passed": parse_bool})
 
 
 async def load_validation(uow: UnitOfWork, validation_id: str, field: str = "id") -> Validation:

@@ -308,11 +308,15 @@ export type ListRunsRequest = Message<"simtrack.v1.ListRunsRequest"> & {
 
   /**
    * Which runs to list.
-   * Syntax (a subset of AIP-160): terms `FIELD = VALUE` or `FIELD != VALUE` joined by AND;
-   * no OR, NOT or parentheses. VALUE is a double-quoted string (a backslash escapes the next
-   * character) or a bare word of letters, digits and `_.:-`. Strings match exactly (case
-   * counts); enum values match in any case, short (`completed`) or as the proto enum value
-   * (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. At most 4,096 characters and 100 terms.
+   * Syntax (AIP-160): comparisons `FIELD OP VALUE` (OP: = or !=; on numeric fields also <, <=,
+   * >, >=) and `FIELD IN (VALUE, ...)`, joined by AND (or a space) and OR, which binds tighter
+   * than AND as in AIP-160; NOT and parentheses group. VALUE is a double-quoted string (a
+   * backslash escapes the next character) or a bare word of letters, digits and `_.:+*-`.
+   * Strings match exactly (case counts), but `*` in a string's = or != matches any run of
+   * characters; enum values match in any case, short (`completed`) or as the proto enum value
+   * (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. A field not set equals `""` only. At most
+   * 4,096 characters, 100 comparisons and 16 levels of nesting; errors give the position (in
+   * characters, from 0).
    * Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
    * what is accepted). Fields:
    *   experiment_id (string): the run's experiment.
@@ -321,7 +325,7 @@ export type ListRunsRequest = Message<"simtrack.v1.ListRunsRequest"> & {
    *     RUN_STATUS_PENDING, RUN_STATUS_STARTING, RUN_STATUS_RUNNING, RUN_STATUS_PAUSED,
    *     RUN_STATUS_COMPLETED, RUN_STATUS_FAILED, RUN_STATUS_STOPPED.
    *   worker_id (string): the worker that executes (or executed) the run.
-   * Example: `status = RUN_STATUS_COMPLETED AND scenario_id = "tier0-tutorial"`.
+   * Example: `status IN (completed, stopped) AND NOT scenario_id = "tier0-*"`.
    *
    * @generated from field: string filter = 3;
    */
@@ -629,11 +633,15 @@ export type ListParticipantsRequest = Message<"simtrack.v1.ListParticipantsReque
 
   /**
    * Which participants to list.
-   * Syntax (a subset of AIP-160): terms `FIELD = VALUE` or `FIELD != VALUE` joined by AND;
-   * no OR, NOT or parentheses. VALUE is a double-quoted string (a backslash escapes the next
-   * character) or a bare word of letters, digits and `_.:-`. Strings match exactly (case
-   * counts); enum values match in any case, short (`completed`) or as the proto enum value
-   * (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. At most 4,096 characters and 100 terms.
+   * Syntax (AIP-160): comparisons `FIELD OP VALUE` (OP: = or !=; on numeric fields also <, <=,
+   * >, >=) and `FIELD IN (VALUE, ...)`, joined by AND (or a space) and OR, which binds tighter
+   * than AND as in AIP-160; NOT and parentheses group. VALUE is a double-quoted string (a
+   * backslash escapes the next character) or a bare word of letters, digits and `_.:+*-`.
+   * Strings match exactly (case counts), but `*` in a string's = or != matches any run of
+   * characters; enum values match in any case, short (`completed`) or as the proto enum value
+   * (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. A field not set equals `""` only. At most
+   * 4,096 characters, 100 comparisons and 16 levels of nesting; errors give the position (in
+   * characters, from 0).
    * Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
    * what is accepted). Fields:
    *   agent_id (string): the participating agent.
@@ -1270,11 +1278,15 @@ export const GetLeaderboardResponseSchema: GenMessage<GetLeaderboardResponse> = 
 export type GetRunStatsRequest = Message<"simtrack.v1.GetRunStatsRequest"> & {
   /**
    * Which runs to summarize.
-   * Syntax (a subset of AIP-160): terms `FIELD = VALUE` or `FIELD != VALUE` joined by AND;
-   * no OR, NOT or parentheses. VALUE is a double-quoted string (a backslash escapes the next
-   * character) or a bare word of letters, digits and `_.:-`. Strings match exactly (case
-   * counts); enum values match in any case, short (`completed`) or as the proto enum value
-   * (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. At most 4,096 characters and 100 terms.
+   * Syntax (AIP-160): comparisons `FIELD OP VALUE` (OP: = or !=; on numeric fields also <, <=,
+   * >, >=) and `FIELD IN (VALUE, ...)`, joined by AND (or a space) and OR, which binds tighter
+   * than AND as in AIP-160; NOT and parentheses group. VALUE is a double-quoted string (a
+   * backslash escapes the next character) or a bare word of letters, digits and `_.:+*-`.
+   * Strings match exactly (case counts), but `*` in a string's = or != matches any run of
+   * characters; enum values match in any case, short (`completed`) or as the proto enum value
+   * (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. A field not set equals `""` only. At most
+   * 4,096 characters, 100 comparisons and 16 levels of nesting; errors give the position (in
+   * characters, from 0).
    * Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
    * what is accepted). Fields:
    *   experiment_id (string): the run's experiment.

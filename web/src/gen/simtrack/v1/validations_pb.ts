@@ -204,11 +204,15 @@ export type ListValidationsRequest = Message<"simtrack.v1.ListValidationsRequest
 
   /**
    * Which validations to list.
-   * Syntax (a subset of AIP-160): terms `FIELD = VALUE` or `FIELD != VALUE` joined by AND;
-   * no OR, NOT or parentheses. VALUE is a double-quoted string (a backslash escapes the next
-   * character) or a bare word of letters, digits and `_.:-`. Strings match exactly (case
-   * counts); enum values match in any case, short (`completed`) or as the proto enum value
-   * (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. At most 4,096 characters and 100 terms.
+   * Syntax (AIP-160): comparisons `FIELD OP VALUE` (OP: = or !=; on numeric fields also <, <=,
+   * >, >=) and `FIELD IN (VALUE, ...)`, joined by AND (or a space) and OR, which binds tighter
+   * than AND as in AIP-160; NOT and parentheses group. VALUE is a double-quoted string (a
+   * backslash escapes the next character) or a bare word of letters, digits and `_.:+*-`.
+   * Strings match exactly (case counts), but `*` in a string's = or != matches any run of
+   * characters; enum values match in any case, short (`completed`) or as the proto enum value
+   * (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. A field not set equals `""` only. At most
+   * 4,096 characters, 100 comparisons and 16 levels of nesting; errors give the position (in
+   * characters, from 0).
    * Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
    * what is accepted). Fields:
    *   validator (string): who judged; "scenario" is the server's own.

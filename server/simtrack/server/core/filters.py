@@ -1,0 +1,318 @@
+r"""The filter language of every List call (AIP-160's core), parsed into terms SQL is built from.
+
+::
+
+    filter     := sequence
+    sequence   := any ( [AND] any )*          a space means AND, as in AIP-160
+    any        := unary ( OR unary )*         OR binds tighter than AND (AIP-160)
+    unary      := [NOT] unary | primary
+    primary    := "(" sequence ")" | comparison
+    comparison := FIELD op VALUE | FIELD IN "(" VALUE ( "," VALUE )* ")"
+    op         := = | != | < | <= | > | >=
+
+A value is a double-quoted string (``\\"`` and ``\\\\`` escaped) or a bare word; each field
+parses its own (numbers, enums in both spellings, ...). In a text field's ``=`` and ``!=``,
+``*`` matches any run of characters (``scenario_id = "tier0-*"``). Errors are
+INVALID_ARGUMENT on ``filter`` with the position (0-based, in characters) of what is wrong;
+``FILTER_BOUNDS`` caps length, comparisons and nesting before anything is built.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Union
+
+from simtrack.errors import InvalidArgument, quote
+from simtrack.server.core.model import NUL, NUL_MESSAGE
+
+FieldParsers = Mapping[str, Callable[[str], Any]]
+
+
+@dataclass(frozen=True)
+class FilterBounds:
+    """How big a filter may be: characters, terms (comparisons) and nesting (parentheses or
+    NOT inside each other). Checked before and while parsing, so nothing is built beyond them.
+    """
+
+    max_length: int
+    max_terms: int
+    max_depth: int
+
+    def check_text(self, text: str) -> None:
+        if len(text) > self.max_length:
+            raise InvalidArgument.of(
+                "filter", f"is longer than {self.max_length} characters ({len(text):,})"
+            )
+
+    def check_terms(self, count: int) -> None:
+        if count > self.max_terms:
+            raise InvalidArgument.of("filter", f"has more than {self.max_terms} terms")
+
+    def check_depth(self, depth: int) -> None:
+        if depth > self.max_depth:
+            raise InvalidArgument.of("filter", f"nests deeper than {self.max_depth} levels")
+
+
+FILTER_BOUNDS = FilterBounds(max_length=4096, max_terms=100, max_depth=16)
+
+
+class BadFilterValue(ValueError):
+    """A value its filter field cannot take; the message says which it can."""
+
+
+def optional_str(value: str) -> str | None:
+    """Empty string means "not set" (e.g. ``experiment_id = ""`` for detached simulations)."""
+    return value or None
+
+
+def parse_bool(value: str) -> bool:
+    if value.lower() not in ("true", "false"):
+        raise BadFilterValue("accepted: true, false; any case")
+    return value.lower() == "true"
+
+
+# Fields parsed by these hold text: ``*`` in their ``=``/``!=`` values is a wildcard.
+TEXT_FIELDS = (str, optional_str)
+ORDERING = ("<", "<=", ">", ">=")
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """A text value with ``*`` wildcards: the pieces between them, matched in order."""
+
+    text: str
+
+    def like(self) -> str:
+        """As a SQL LIKE pattern (``escape="/"``): ``*`` is ``%``; ``%``, ``_``, ``/`` escaped."""
+        escaped = re.sub(r"([/%_])", r"/\1", self.text)
+        return escaped.replace("*", "%")
+
+    def matches(self, value: str) -> bool:
+        pieces = ".*".join(map(re.escape, self.text.split("*")))
+        return re.fullmatch(pieces, value, re.S) is not None
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One comparison: ``field op value``; ``value`` is parsed (None: "not set"; a Pattern;
+    for ``in``, a tuple of values).
+    """
+
+    field: str
+    op: str
+    value: Any
+
+
+@dataclass(frozen=True)
+class AllOf:
+    terms: tuple[Filter, ...]
+
+
+@dataclass(frozen=True)
+class AnyOf:
+    terms: tuple[Filter, ...]
+
+
+@dataclass(frozen=True)
+class Not:
+    term: Filter
+
+
+Filter = Union[Condition, AllOf, AnyOf, Not]  # noqa: UP007 - a runtime alias, before 3.12
+
+_TOKEN = re.compile(
+    r"""(?P<punct>[(),])|(?P<op>!=|<=|>=|=|<|>)|"(?P<quoted>(?:[^"\\]|\\.)*)"|"""
+    r"""(?P<word>[\w.:+*\-]+)"""
+)
+_KEYWORDS = {"AND", "OR", "NOT", "IN"}
+
+
+@dataclass(frozen=True)
+class _Token:
+    kind: str  # punct, op, quoted, word, keyword, end
+    text: str
+    pos: int
+
+
+def _tokens(text: str) -> list[_Token]:
+    found: list[_Token] = []
+    pos = 0
+    while True:
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+        if pos == len(text):
+            found.append(_Token("end", "", pos))
+            return found
+        match = _TOKEN.match(text, pos)
+        if match is None:
+            if text[pos] == '"':
+                raise _error(pos, "a quoted value is not closed")
+            raise _error(pos, f"unexpected text {quote(text[pos:], 20)}")
+        kind = match.lastgroup or ""
+        raw = match.group(kind)
+        if kind == "quoted":
+            raw = re.sub(r"\\(.)", r"\1", raw, flags=re.S)
+        elif kind == "word" and raw in _KEYWORDS:
+            kind = "keyword"
+        found.append(_Token(kind, raw, pos))
+        pos = match.end()
+
+
+def _error(pos: int, message: str) -> InvalidArgument:
+    return InvalidArgument.of("filter", f"at position {pos}: {message}")
+
+
+class _Parser:
+    def __init__(self, text: str, fields: FieldParsers) -> None:
+        self.tokens = _tokens(text)
+        self.at = 0
+        self.fields = fields
+        self.terms = 0
+
+    @property
+    def next(self) -> _Token:
+        return self.tokens[self.at]
+
+    def take(self) -> _Token:
+        token = self.tokens[self.at]
+        self.at += 1
+        return token
+
+    def expect(self, kind: str, text: str, what: str) -> _Token:
+        token = self.next
+        if token.kind != kind or token.text != text:
+            raise _error(token.pos, f"expected {what}, found {_shown(token)}")
+        return self.take()
+
+    def sequence(self, depth: int) -> list[Filter]:
+        terms = [self.any(depth)]
+        while self.next.kind != "end" and not (self.next.kind == "punct" and self.next.text == ")"):
+            if self.next.kind == "keyword" and self.next.text == "AND":
+                self.take()
+            terms.append(self.any(depth))
+        return terms
+
+    def any(self, depth: int) -> Filter:
+        terms = [self.unary(depth)]
+        while self.next.kind == "keyword" and self.next.text == "OR":
+            self.take()
+            terms.append(self.unary(depth))
+        return terms[0] if len(terms) == 1 else AnyOf(tuple(terms))
+
+    def unary(self, depth: int) -> Filter:
+        token = self.next
+        if token.kind == "keyword" and token.text == "NOT":
+            self.take()
+            FILTER_BOUNDS.check_depth(depth + 1)
+            return Not(self.unary(depth + 1))
+        if token.kind == "punct" and token.text == "(":
+            self.take()
+            FILTER_BOUNDS.check_depth(depth + 1)
+            terms = self.sequence(depth + 1)
+            self.expect("punct", ")", "`)`")
+            return terms[0] if len(terms) == 1 else AllOf(tuple(terms))
+        return self.comparison()
+
+    def comparison(self) -> Condition:
+        name = self.take()
+        if name.kind != "word":
+            raise _error(name.pos, f"expected a field name, found {_shown(name)}")
+        parse = self.fields.get(name.text)
+        if parse is None:
+            allowed = ", ".join(sorted(self.fields)) or "none"
+            raise _error(name.pos, f"cannot filter on {quote(name.text)} (allowed: {allowed})")
+        self.terms += 1
+        FILTER_BOUNDS.check_terms(self.terms)
+        op = self.take()
+        if op.kind == "keyword" and op.text == "IN":
+            self.expect("punct", "(", "`(` after IN")
+            values = [self.value(name.text, parse, "in")]
+            while self.next.kind == "punct" and self.next.text == ",":
+                self.take()
+                values.append(self.value(name.text, parse, "in"))
+            self.expect("punct", ")", "`,` or `)`")
+            return Condition(name.text, "in", tuple(values))
+        if op.kind != "op":
+            raise _error(op.pos, f"expected an operator after {name.text}, found {_shown(op)}")
+        if op.text in ORDERING and not _orderable(parse):
+            raise _error(op.pos, f"{name.text} is not a number: it takes =, != and IN")
+        return Condition(name.text, op.text, self.value(name.text, parse, op.text))
+
+    def value(self, field: str, parse: Callable[[str], Any], op: str) -> Any:
+        token = self.take()
+        if token.kind not in ("quoted", "word"):
+            raise _error(token.pos, f"expected a value for {field}, found {_shown(token)}")
+        if "*" in token.text and parse in TEXT_FIELDS and op in ("=", "!="):
+            return Pattern(token.text)
+        try:
+            return parse(token.text)
+        except BadFilterValue as error:
+            message = f"bad value for {field}: {quote(token.text, 40)} ({error})"
+        except ValueError:
+            message = f"bad value for {field}: {quote(token.text)}"
+        raise _error(token.pos, message)
+
+
+def _orderable(parse: Callable[[str], Any]) -> bool:
+    """Numbers only: text would order by each database's collation, not alike on both."""
+    return parse in (int, float)
+
+
+def _shown(token: _Token) -> str:
+    return "the end" if token.kind == "end" else quote(token.text, 20)
+
+
+def parse_filter(text: str, fields: FieldParsers) -> tuple[Filter, ...]:
+    """``text`` as terms that must all hold; raises InvalidArgument on ``filter``."""
+    FILTER_BOUNDS.check_text(text)
+    if NUL in text:
+        raise InvalidArgument.of("filter", NUL_MESSAGE)
+    parser = _Parser(text, fields)
+    if parser.next.kind == "end":
+        return ()
+    terms = parser.sequence(0)
+    if parser.next.kind != "end":
+        raise _error(parser.next.pos, f"unexpected {_shown(parser.next)}")
+    flat: list[Filter] = []
+    for term in terms:
+        flat.extend(term.terms if isinstance(term, AllOf) else (term,))
+    return tuple(flat)
+
+
+def holds(term: Filter, values: Callable[[str], tuple[Any, ...]]) -> bool:
+    """Whether ``term`` holds of an object whose fields have ``values`` (several for a
+    collection, such as tags: a comparison holds if one of them satisfies it; ``!=`` if none
+    equals). For lists kept in memory; SQL is built from the same terms in ``db``.
+    """
+    if isinstance(term, AllOf):
+        return all(holds(t, values) for t in term.terms)
+    if isinstance(term, AnyOf):
+        return any(holds(t, values) for t in term.terms)
+    if isinstance(term, Not):
+        return not holds(term.term, values)
+    found = values(term.field) or (None,)  # nothing: "not set"
+    if term.op == "!=":
+        return not any(_equal(v, term.value) for v in found)
+    return any(_compare(v, term.op, term.value) for v in found)
+
+
+def _equal(value: Any, wanted: Any) -> bool:
+    if isinstance(wanted, Pattern):
+        return isinstance(value, str) and wanted.matches(value)
+    return bool(value == wanted)
+
+
+def _compare(value: Any, op: str, wanted: Any) -> bool:
+    if op == "=":
+        return _equal(value, wanted)
+    if op == "in":
+        return any(_equal(value, w) for w in wanted)
+    if value is None or wanted is None:
+        return False
+    return bool(_ORDER[op](value, wanted))
+
+
+_ORDER = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
