@@ -6,17 +6,47 @@ by hand, not by the parser), through pages, with wildcards, case, OR, NOT and IN
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 
 from simtrack.errors import InvalidArgument
+from simtrack.server.db import models
 from tests.support import Services
 
 Row = dict[str, Any]
 
 WORKERS = ["w-1", "w-2", "W-1", "50%_off", "50x_off", "", "tier0-a", "a*b"]
 STATUSES = ["pending", "running", "completed", "failed", "stopped", "paused"]
+
+BASE = datetime(2026, 12, 4, 10, 0, tzinfo=UTC)
+PARAMS: list[dict[str, Any]] = [
+    {"lr": 0.001, "policy": "greedy", "warm": True, "n": 3},
+    {"lr": 0.02, "policy": "random", "warm": False},
+    {"lr": "0.05", "policy": "greedy"},  # a string that looks like a number
+    {"lr": 0.5, "n": 10, "warm": 1},  # 1, not true
+    {},
+    {"lr": 1, "policy": "gre*dy", "n": -4},
+    {"lr": True, "policy": 7},
+]
+
+
+def param(row: Row, key: str, kind: type) -> Any:
+    """The run's parameter if it is of ``kind`` (numbers: int or float, never bool), else None."""
+    value = row["params"].get(key)
+    if isinstance(value, bool) != (kind is bool):
+        return None
+    if kind in (int, float):
+        return value if isinstance(value, int | float) else None
+    return value if isinstance(value, kind) else None
+
+
+def number(row: Row, key: str) -> float | None:
+    value: float | None = param(row, key, float)
+    return value
+
 
 CASES: list[tuple[str, Callable[[Row], bool]]] = [
     ('status = "completed"', lambda r: r["status"] == "completed"),
@@ -61,6 +91,62 @@ CASES: list[tuple[str, Callable[[Row], bool]]] = [
         lambda r: not r["scenario_id"].startswith("tier0-") and r["status"] == "paused",
     ),
     ("experiment_id = {first}", lambda r: r["experiment_id"] == r["first"]),
+    ("run_number <= 3", lambda r: r["run_number"] <= 3),
+    (
+        "run_number IN (1, 5) OR run_number > 10",
+        lambda r: r["run_number"] in (1, 5) or r["run_number"] > 10,
+    ),
+    (
+        "start_time >= 2026-12-04T10:05:00Z",
+        lambda r: r["started"] is not None and r["started"] >= BASE + timedelta(minutes=5),
+    ),
+    (
+        'start_time < "2026-12-04T11:07:00+01:00"',
+        lambda r: r["started"] is not None and r["started"] < BASE + timedelta(minutes=7),
+    ),
+    (
+        "NOT end_time > 2026-12-04T10:10:00Z",
+        lambda r: not (r["ended"] is not None and r["ended"] > BASE + timedelta(minutes=10)),
+    ),
+    (
+        "duration >= 20s",
+        lambda r: r["duration"] is not None and r["duration"] >= timedelta(seconds=20),
+    ),
+    (
+        "duration < 10.5s AND duration > 0s",
+        lambda r: (
+            r["duration"] is not None and timedelta(0) < r["duration"] < timedelta(seconds=10.5)
+        ),
+    ),
+    ("create_time > 2000-01-01T00:00:00Z", lambda r: True),
+    ("params.lr > 0.01", lambda r: (v := number(r, "lr")) is not None and v > 0.01),
+    ("params.lr = 1", lambda r: number(r, "lr") == 1),
+    ('params.lr = "0.05"', lambda r: param(r, "lr", str) == "0.05"),
+    ("params.lr != 0.5", lambda r: (v := number(r, "lr")) is not None and v != 0.5),
+    ("NOT params.lr = 0.5", lambda r: number(r, "lr") != 0.5),
+    ("params.warm = true", lambda r: param(r, "warm", bool) is True),
+    ("params.warm != true", lambda r: param(r, "warm", bool) is False),
+    ("params.policy = greedy", lambda r: param(r, "policy", str) == "greedy"),
+    ('params.policy = "gre*dy"', lambda r: param(r, "policy", str) == "gre*dy"),  # literal
+    (
+        "params.policy IN (random, 7)",
+        lambda r: param(r, "policy", str) == "random" or number(r, "policy") == 7,
+    ),
+    (
+        "params.n >= -4 AND params.n < 10",
+        lambda r: (v := number(r, "n")) is not None and -4 <= v < 10,
+    ),
+    ("params.missing = 1 OR params.missing != 1", lambda r: False),
+    (
+        'params.lr > 0.01 AND (status = "completed" OR status = "stopped")'
+        ' AND NOT scenario_id = "tier0-*"',  # the issue's example
+        lambda r: (
+            (v := number(r, "lr")) is not None
+            and v > 0.01
+            and r["status"] in ("completed", "stopped")
+            and not r["scenario_id"].startswith("tier0-")
+        ),
+    ),
     (
         "experiment_id != {first} OR status IN (pending)",
         lambda r: r["experiment_id"] != r["first"] or r["status"] == "pending",
@@ -79,12 +165,23 @@ async def runs(services: Services) -> list[Row]:
         run = await services.run(experiment.id)
         worker = WORKERS[index % len(WORKERS)]
         status = STATUSES[index % len(STATUSES)]
-        await services.execute(
-            "UPDATE runs SET status = :status, worker_id = :worker WHERE id = :id",
-            status=status,
-            worker=worker,
-            id=run.id,
-        )
+        params = PARAMS[index % len(PARAMS)]
+        started = BASE + timedelta(minutes=index) if index % 5 else None
+        ended = started + timedelta(seconds=10 * (index % 4)) if started and index % 3 else None
+        duration = ended - started if started and ended else None
+        async with services.engine.begin() as connection:
+            await connection.execute(
+                update(models.Run)
+                .where(models.Run.id == run.id)
+                .values(
+                    status=status,
+                    worker_id=worker,
+                    params=params,
+                    started_at=started,
+                    completed_at=ended,
+                    duration=duration,
+                )
+            )
         rows.append(
             {
                 "id": run.id,
@@ -93,6 +190,12 @@ async def runs(services: Services) -> list[Row]:
                 "status": status,
                 "worker_id": worker,
                 "first": first.id,
+                "run_number": run.run_number,
+                "created": run.created_at,
+                "started": started,
+                "ended": ended,
+                "duration": duration,
+                "params": params,
             }
         )
     return rows
@@ -123,6 +226,11 @@ async def test_a_filter_lists_what_its_predicate_picks(
     "text",
     [
         "worker_id > a",  # text has no order both databases agree on
+        'params.policy > "a"',
+        "start_time > 2026-12-04",  # a date, not a time
+        "start_time > 2026-12-04T10:00:00",  # no offset
+        "duration > 10",  # no unit
+        "params. = 1",
         'status = "completed" OR',
         "worker_id = x' OR '1'='1",
         'worker_id = "x"; DROP TABLE runs; --',

@@ -135,7 +135,9 @@ def test_in_memory_evaluation_is_two_valued_and_sees_collections() -> None:
 
     assert check('name = b AND tier > 1 AND tags = "y" AND tags != z AND tags = "x*"')
     assert not check("tags != x")
-    assert check('experiment_id = "" AND NOT experiment_id = e AND experiment_id != e')
+    # Not set: equal to "" only; no other comparison holds, != neither (NOT inverts).
+    assert check('experiment_id = "" AND NOT experiment_id = e AND NOT experiment_id != e')
+    assert not check('experiment_id != ""')
     assert not check("name IN (a, c) OR tier <= 1")
 
 

@@ -19,10 +19,12 @@ INVALID_ARGUMENT on ``filter`` with the position (0-based, in characters) of wha
 
 from __future__ import annotations
 
+import math
 import operator
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Union
 
 from simtrack.errors import InvalidArgument, quote
@@ -72,6 +74,59 @@ def parse_bool(value: str) -> bool:
     if value.lower() not in ("true", "false"):
         raise BadFilterValue("accepted: true, false; any case")
     return value.lower() == "true"
+
+
+def parse_time(value: str) -> datetime:
+    """An RFC 3339 time with its offset (``2026-12-04T10:00:00Z``)."""
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        when = None
+    if when is None or when.tzinfo is None or "T" not in value.upper():
+        raise BadFilterValue("an RFC 3339 time with its offset, e.g. 2026-12-04T10:00:00Z")
+    return when.astimezone(UTC)
+
+
+def parse_duration(value: str) -> timedelta:
+    """Seconds, as AIP-160 and protobuf's Duration write them: ``90s``, ``0.5s``."""
+    number = value[:-1] if value.endswith("s") else ""
+    try:
+        seconds = float(number)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or abs(seconds) > _MAX_SECONDS:
+        raise BadFilterValue("seconds with an s, e.g. 90s or 0.5s")
+    return timedelta(seconds=seconds)
+
+
+_MAX_SECONDS = 315_576_000_000  # protobuf Duration's bound (10,000 years)
+
+
+class JsonValue:
+    """A value of a JSON object's key (``params.KEY``), typed as written: a quoted string is
+    a string; a bare ``true``/``false`` a boolean; a bare number a number; another bare word
+    a string. Comparisons hold only between values of one type, and order only numbers.
+    """
+
+    def __call__(self, value: str) -> bool | int | float | str:
+        if value in ("true", "false"):
+            return value == "true"
+        for number in (int, float):
+            try:
+                parsed = number(value)
+            except ValueError:
+                continue
+            if math.isfinite(parsed) and (number is float or INT64_MIN <= parsed <= INT64_MAX):
+                return parsed
+        return value
+
+    @staticmethod
+    def quoted(value: str) -> str:
+        return value
+
+
+PARAMS = JsonValue()
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 # Fields parsed by these hold text: ``*`` in their ``=``/``!=`` values is a wildcard.
@@ -220,7 +275,7 @@ class _Parser:
         name = self.take()
         if name.kind != "word":
             raise _error(name.pos, f"expected a field name, found {_shown(name)}")
-        parse = self.fields.get(name.text)
+        parse = self.fields.get(name.text) or self.fields.get(_prefix_of(name.text))
         if parse is None:
             allowed = ", ".join(sorted(self.fields)) or "none"
             raise _error(name.pos, f"cannot filter on {quote(name.text)} (allowed: {allowed})")
@@ -238,8 +293,12 @@ class _Parser:
         if op.kind != "op":
             raise _error(op.pos, f"expected an operator after {name.text}, found {_shown(op)}")
         if op.text in ORDERING and not _orderable(parse):
-            raise _error(op.pos, f"{name.text} is not a number: it takes =, != and IN")
-        return Condition(name.text, op.text, self.value(name.text, parse, op.text))
+            raise _error(op.pos, f"{name.text} has no order: it takes =, != and IN")
+        at = self.next.pos
+        value = self.value(name.text, parse, op.text)
+        if op.text in ORDERING and isinstance(parse, JsonValue) and not _is_number(value):
+            raise _error(at, f"{name.text} {op.text} takes a number")
+        return Condition(name.text, op.text, value)
 
     def value(self, field: str, parse: Callable[[str], Any], op: str) -> Any:
         token = self.take()
@@ -247,6 +306,8 @@ class _Parser:
             raise _error(token.pos, f"expected a value for {field}, found {_shown(token)}")
         if "*" in token.text and parse in TEXT_FIELDS and op in ("=", "!="):
             return Pattern(token.text)
+        if token.kind == "quoted" and isinstance(parse, JsonValue):
+            return parse.quoted(token.text)
         try:
             return parse(token.text)
         except BadFilterValue as error:
@@ -257,8 +318,18 @@ class _Parser:
 
 
 def _orderable(parse: Callable[[str], Any]) -> bool:
-    """Numbers only: text would order by each database's collation, not alike on both."""
-    return parse in (int, float)
+    """Numbers and times: text would order by each database's collation, not alike on both."""
+    return parse in (int, float, parse_time, parse_duration) or isinstance(parse, JsonValue)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _prefix_of(name: str) -> str:
+    """``params.lr`` -> ``params.*``, the field a declared prefix takes keys of."""
+    head, dot, key = name.partition(".")
+    return f"{head}.*" if dot and key else ""
 
 
 def _shown(token: _Token) -> str:
@@ -295,13 +366,18 @@ def holds(term: Filter, values: Callable[[str], tuple[Any, ...]]) -> bool:
         return not holds(term.term, values)
     found = values(term.field) or (None,)  # nothing: "not set"
     if term.op == "!=":
-        return not any(_equal(v, term.value) for v in found)
+        if term.value is None:
+            return any(v is not None for v in found)
+        known = [v for v in found if v is not None]
+        return bool(known) and not any(_equal(v, term.value) for v in known)
     return any(_compare(v, term.op, term.value) for v in found)
 
 
 def _equal(value: Any, wanted: Any) -> bool:
     if isinstance(wanted, Pattern):
         return isinstance(value, str) and wanted.matches(value)
+    if isinstance(value, bool) != isinstance(wanted, bool):  # True is not 1
+        return False
     return bool(value == wanted)
 
 
@@ -310,7 +386,7 @@ def _compare(value: Any, op: str, wanted: Any) -> bool:
         return _equal(value, wanted)
     if op == "in":
         return any(_equal(value, w) for w in wanted)
-    if value is None or wanted is None:
+    if value is None or wanted is None or _is_number(value) != _is_number(wanted):
         return False
     return bool(_ORDER[op](value, wanted))
 

@@ -7,20 +7,15 @@ unit of work; they never commit. (On PostgreSQL, row-level security enforces the
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
     Select,
-    and_,
     column,
     exists,
     func,
-    inspect,
-    not_,
-    or_,
     select,
     table,
     tuple_,
@@ -28,12 +23,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from simtrack.server.core.filters import AllOf, AnyOf, Filter, Not, Pattern
+from simtrack.server.core.filters import Filter
 from simtrack.server.core.listing import Cursor, PageRequest
 from simtrack.server.core.model import RUN_ATTACHED, MetricAggregate, RunStatus
 from simtrack.server.core.tenancy import current_tenant
 from simtrack.server.db import models
 from simtrack.server.db.chunks import StoredChunk
+from simtrack.server.db.filter_sql import matches
 from simtrack.server.db.models import UTCDateTime
 
 M = TypeVar("M", bound=models.TenantOwnedMixin)
@@ -46,50 +42,6 @@ Owned = type[models.TenantOwnedMixin] | type[models.MetricChunk] | type[models.E
 def scoped(model: Owned) -> ColumnElement[bool]:
     """The condition that keeps only the calling tenant's rows of ``model``."""
     return model.tenant_id == current_tenant()
-
-
-def matches(model: Owned, term: Filter) -> ColumnElement[bool]:
-    """A filter term (``core/filters.py``) as SQL on ``model``'s columns, in two-valued logic
-    as ``filters.holds``: a comparison with a column not set is false, so its NOT is true.
-    """
-    if isinstance(term, AllOf):
-        return and_(*(matches(model, t) for t in term.terms))
-    if isinstance(term, AnyOf):
-        return or_(*(matches(model, t) for t in term.terms))
-    if isinstance(term, Not):
-        return not_(matches(model, term.term))
-    column: ColumnElement[Any] = getattr(model, term.field)
-    nullable = bool(inspect(model).columns[term.field].nullable)
-    if term.op == "in":
-        return or_(*(_equal(column, value, nullable) for value in term.value))
-    if term.op == "=":
-        return _equal(column, term.value, nullable)
-    if term.op == "!=":
-        return not_(_equal(column, term.value, nullable))
-    return _known(column, _ORDER[term.op](column, term.value), nullable)
-
-
-_ORDER: dict[str, Callable[[ColumnElement[Any], Any], ColumnElement[bool]]] = {
-    "<": lambda column, value: column < value,
-    "<=": lambda column, value: column <= value,
-    ">": lambda column, value: column > value,
-    ">=": lambda column, value: column >= value,
-}
-
-
-def _equal(column: ColumnElement[Any], value: Any, nullable: bool) -> ColumnElement[bool]:
-    if value is None:
-        return column.is_(None)
-    if isinstance(value, Pattern):
-        return _known(column, column.like(value.like(), escape="/"), nullable)
-    return _known(column, column == value, nullable)
-
-
-def _known(
-    column: ColumnElement[Any], condition: ColumnElement[bool], nullable: bool
-) -> ColumnElement[bool]:
-    """``condition``, false (not NULL) where the column is not set."""
-    return and_(column.is_not(None), condition) if nullable else condition
 
 
 class Repository(Generic[M]):

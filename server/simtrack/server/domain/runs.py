@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from simtrack.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from simtrack.server.core.filters import PARAMS, parse_duration, parse_time
 from simtrack.server.core.listing import Listing, Page, enum_parser
 from simtrack.server.core.model import (
     RunStatus,
@@ -31,6 +32,12 @@ RUN_LISTING = Listing(
         "scenario_id": str,
         "status": enum_parser(RunStatus),
         "worker_id": str,
+        "run_number": int,
+        "create_time": parse_time,
+        "start_time": parse_time,
+        "end_time": parse_time,
+        "duration": parse_duration,
+        "params.*": PARAMS,
     },
 )
 PARTICIPANT_LISTING = Listing(

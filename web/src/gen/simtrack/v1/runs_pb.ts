@@ -325,7 +325,18 @@ export type ListRunsRequest = Message<"simtrack.v1.ListRunsRequest"> & {
    *     RUN_STATUS_PENDING, RUN_STATUS_STARTING, RUN_STATUS_RUNNING, RUN_STATUS_PAUSED,
    *     RUN_STATUS_COMPLETED, RUN_STATUS_FAILED, RUN_STATUS_STOPPED.
    *   worker_id (string): the worker that executes (or executed) the run.
-   * Example: `status IN (completed, stopped) AND NOT scenario_id = "tier0-*"`.
+   *   run_number (integer): the run's number in its experiment, from 1.
+   *   create_time (RFC 3339 time with its offset, e.g. `2026-12-04T10:00:00Z`): when the run
+   *     was created.
+   *   start_time (RFC 3339 time): when the run started; a run not started has none.
+   *   end_time (RFC 3339 time): when the run ended; a run not ended has none.
+   *   duration (seconds with an `s`, e.g. `90s`): from start to end, of ended runs.
+   *   params.* (number, string or boolean): `params.KEY`, the run's parameter KEY, compared
+   *     with a value of its type as written (`params.lr > 0.01`, `params.policy = "greedy"`,
+   *     `params.warm = true`); a run without KEY, or with a value of another type, matches
+   *     none (`!=` included).
+   * Example: `params.lr > 0.01 AND status IN (completed, stopped) AND NOT scenario_id =
+   * "tier0-*"`.
    *
    * @generated from field: string filter = 3;
    */
@@ -1295,6 +1306,16 @@ export type GetRunStatsRequest = Message<"simtrack.v1.GetRunStatsRequest"> & {
    *     RUN_STATUS_PENDING, RUN_STATUS_STARTING, RUN_STATUS_RUNNING, RUN_STATUS_PAUSED,
    *     RUN_STATUS_COMPLETED, RUN_STATUS_FAILED, RUN_STATUS_STOPPED.
    *   worker_id (string): the worker that executes (or executed) the run.
+   *   run_number (integer): the run's number in its experiment, from 1.
+   *   create_time (RFC 3339 time with its offset, e.g. `2026-12-04T10:00:00Z`): when the run
+   *     was created.
+   *   start_time (RFC 3339 time): when the run started; a run not started has none.
+   *   end_time (RFC 3339 time): when the run ended; a run not ended has none.
+   *   duration (seconds with an `s`, e.g. `90s`): from start to end, of ended runs.
+   *   params.* (number, string or boolean): `params.KEY`, the run's parameter KEY, compared
+   *     with a value of its type as written (`params.lr > 0.01`, `params.policy = "greedy"`,
+   *     `params.warm = true`); a run without KEY, or with a value of another type, matches
+   *     none (`!=` included).
    * Example: `scenario_id = "tier0-tutorial" AND status != failed`.
    *
    * @generated from field: string filter = 1;

@@ -1,0 +1,147 @@
+"""Filter terms (``core/filters.py``) as SQL: one expression per term, the same rows on SQLite
+and PostgreSQL, in two-valued logic as ``filters.holds`` (a comparison with a field not set
+is false, but ``= ""``; NOT is its negation).
+
+A field is its model's column (``create_time`` and the like named as the API names them), or
+a key of a JSON column (``params.KEY``): a comparison holds only where the key holds a value of
+the type written (a number, a string, a boolean), read under a CASE so that no database casts
+a value of another type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from sqlalchemy import ColumnElement, String, and_, case, inspect, literal, not_, or_
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
+
+from simtrack.server.core.filters import AllOf, AnyOf, Condition, Filter, Not, Pattern
+
+# API field names of columns named otherwise.
+COLUMNS = {"create_time": "created_at", "start_time": "started_at", "end_time": "completed_at"}
+JSON_FIELDS = ("params",)
+
+
+def matches(model: Any, term: Filter) -> ColumnElement[bool]:
+    """``term`` as a condition on ``model``'s rows."""
+    if isinstance(term, AllOf):
+        return and_(*(matches(model, t) for t in term.terms))
+    if isinstance(term, AnyOf):
+        return or_(*(matches(model, t) for t in term.terms))
+    if isinstance(term, Not):
+        return not_(matches(model, term.term))
+    head, _, key = term.field.partition(".")
+    if key and head in JSON_FIELDS:
+        return _json_condition(getattr(model, head), key, term)
+    name = COLUMNS.get(term.field, term.field)
+    column: ColumnElement[Any] = getattr(model, name)
+    return _condition(column, bool(inspect(model).columns[name].nullable), term)
+
+
+def _condition(column: ColumnElement[Any], nullable: bool, term: Condition) -> ColumnElement[bool]:
+    if term.op == "in":
+        return or_(*(_equal(column, value, nullable) for value in term.value))
+    if term.op == "=":
+        return _equal(column, term.value, nullable)
+    if term.op == "!=":
+        if term.value is None:
+            return column.is_not(None)
+        return _known(column, not_(_equal(column, term.value, False)), nullable)
+    return _known(column, _ORDER[term.op](column, term.value), nullable)
+
+
+_ORDER: dict[str, Callable[[ColumnElement[Any], Any], ColumnElement[bool]]] = {
+    "<": lambda column, value: column < value,
+    "<=": lambda column, value: column <= value,
+    ">": lambda column, value: column > value,
+    ">=": lambda column, value: column >= value,
+}
+
+
+def _equal(column: ColumnElement[Any], value: Any, nullable: bool) -> ColumnElement[bool]:
+    if value is None:
+        return column.is_(None)
+    if isinstance(value, Pattern):
+        return _known(column, column.like(value.like(), escape="/"), nullable)
+    return _known(column, column == value, nullable)
+
+
+def _known(
+    column: ColumnElement[Any], condition: ColumnElement[bool], nullable: bool
+) -> ColumnElement[bool]:
+    """``condition``, false (not NULL) where the column is not set."""
+    return and_(column.is_not(None), condition) if nullable else condition
+
+
+def _json_condition(column: Any, key: str, term: Condition) -> ColumnElement[bool]:
+    values = term.value if term.op == "in" else (term.value,)
+    op = "=" if term.op == "in" else term.op
+    return or_(*(_json_compare(column, key, op, value) for value in values))
+
+
+def _json_compare(column: Any, key: str, op: str, value: Any) -> ColumnElement[bool]:
+    """The key's value compared with ``value``, where it is of ``value``'s type (NULL, so
+    false, elsewhere: a missing key matches nothing, ``!=`` included).
+    """
+    element = column[key]
+    if isinstance(value, bool):
+        kind, stored = "boolean", element.as_boolean()
+    elif isinstance(value, int | float):
+        kind, stored = "number", element.as_float()
+        value = float(value)
+    else:
+        kind, stored = "string", element.as_string()
+    typed: ColumnElement[Any] = case((_KIND[kind](column, key), stored), else_=None)
+    if op == "=":
+        return and_(typed.is_not(None), typed == value)
+    if op == "!=":
+        return and_(typed.is_not(None), typed != value)
+    return and_(typed.is_not(None), _ORDER[op](typed, value))
+
+
+class _JsonKindIs(FunctionElement[bool]):
+    """Whether a JSON column's key (a bound parameter) holds a value of ``kind``. One class per
+    kind, so the compiled statement's cache key tells them apart.
+    """
+
+    inherit_cache = True
+    kind: ClassVar[str]
+
+    def __init__(self, column: Any, key: str) -> None:
+        super().__init__(column, literal(key, String()))
+
+
+class _IsNumber(_JsonKindIs):
+    inherit_cache = True
+    kind = "number"
+
+
+class _IsString(_JsonKindIs):
+    inherit_cache = True
+    kind = "string"
+
+
+class _IsBoolean(_JsonKindIs):
+    inherit_cache = True
+    kind = "boolean"
+
+
+_KIND = {"number": _IsNumber, "string": _IsString, "boolean": _IsBoolean}
+
+
+@compiles(_JsonKindIs, "postgresql")
+def _postgresql_kind(element: _JsonKindIs, compiler: SQLCompiler, **kw: Any) -> str:
+    column, key = (compiler.process(c, **kw) for c in element.clauses)
+    return f"(jsonb_typeof({column} -> {key}) = '{element.kind}')"
+
+
+_SQLITE_KINDS = {"number": "'integer', 'real'", "string": "'text'", "boolean": "'true', 'false'"}
+
+
+@compiles(_JsonKindIs, "sqlite")
+def _sqlite_kind(element: _JsonKindIs, compiler: SQLCompiler, **kw: Any) -> str:
+    column, key = (compiler.process(c, **kw) for c in element.clauses)
+    return f"""(json_type({column}, '$."' || {key} || '"') IN ({_SQLITE_KINDS[element.kind]}))"""
