@@ -1,19 +1,25 @@
 """The filter language on real rows, SQLite and PostgreSQL alike: each filter of a table of
 cases lists exactly the runs a plain Python predicate over the same rows picks (written here
-by hand, not by the parser), through pages, with wildcards, case, OR, NOT and IN.
+by hand, not by the parser), through pages: wildcards, case, OR, NOT, IN, times, durations,
+parameters of mixed types (true is not 1, "0.05" is not 0.05, missing keys) and metrics
+(latest, min, max; NaN, ±inf, missing).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import insert, update
 
 from simtrack.errors import InvalidArgument
+from simtrack.server.core.model import MetricKind
+from simtrack.server.core.tenancy import DEFAULT_TENANT_ID
 from simtrack.server.db import models
+from simtrack.server.ingest.writer import metric_id
 from tests.support import Services
 
 Row = dict[str, Any]
@@ -41,6 +47,23 @@ def param(row: Row, key: str, kind: type) -> Any:
     if kind in (int, float):
         return value if isinstance(value, int | float) else None
     return value if isinstance(value, kind) else None
+
+
+# Per run: metric name -> (latest value, finite min, finite max).
+METRICS: list[dict[str, tuple[float | None, float | None, float | None]]] = [
+    {"total_profit": (1500.0, -20.0, 1600.0), "loss/train": (0.25, 0.1, 3.0)},
+    {"total_profit": (900.0, 900.0, 900.0)},
+    {"total_profit": (math.nan, 5.0, 2000.0), "loss/train": (math.inf, 0.5, 0.5)},
+    {},
+    {"total_profit": (1000.0, None, None), "loss/train": (-math.inf, None, None)},
+]
+
+
+def metric(row: Row, name: str, which: int = 0) -> float | None:
+    """The run's metric value (0: latest, 1: min, 2: max), None if absent, unset or NaN."""
+    values = row["metrics"].get(name)
+    value = None if values is None else values[which]
+    return None if value is None or math.isnan(value) else value
 
 
 def number(row: Row, key: str) -> float | None:
@@ -138,6 +161,33 @@ CASES: list[tuple[str, Callable[[Row], bool]]] = [
     ),
     ("params.missing = 1 OR params.missing != 1", lambda r: False),
     (
+        "metrics.total_profit >= 1000",
+        lambda r: (v := metric(r, "total_profit")) is not None and v >= 1000,
+    ),
+    (
+        "metrics.total_profit != 900",
+        lambda r: (v := metric(r, "total_profit")) is not None and v != 900,
+    ),
+    (
+        "NOT metrics.total_profit < 1000",
+        lambda r: not ((v := metric(r, "total_profit")) is not None and v < 1000),
+    ),
+    (
+        "metrics.total_profit.min < 0 OR metrics.total_profit.max >= 2000",
+        lambda r: (
+            ((v := metric(r, "total_profit", 1)) is not None and v < 0)
+            or ((w := metric(r, "total_profit", 2)) is not None and w >= 2000)
+        ),
+    ),
+    ("metrics.loss/train > 1", lambda r: (v := metric(r, "loss/train")) is not None and v > 1),
+    (
+        "metrics.loss/train < -1e308",
+        lambda r: (v := metric(r, "loss/train")) is not None and v < -1e308,
+    ),
+    ("metrics.loss/train.max = 0.5", lambda r: metric(r, "loss/train", 2) == 0.5),
+    ("metrics.total_profit IN (900, 1000)", lambda r: metric(r, "total_profit") in (900, 1000)),
+    ("metrics.nothing >= -inf", lambda r: False),
+    (
         'params.lr > 0.01 AND (status = "completed" OR status = "stopped")'
         ' AND NOT scenario_id = "tier0-*"',  # the issue's example
         lambda r: (
@@ -169,7 +219,25 @@ async def runs(services: Services) -> list[Row]:
         started = BASE + timedelta(minutes=index) if index % 5 else None
         ended = started + timedelta(seconds=10 * (index % 4)) if started and index % 3 else None
         duration = ended - started if started and ended else None
+        metrics = METRICS[index % len(METRICS)]
         async with services.engine.begin() as connection:
+            for name, (last, low, high) in metrics.items():
+                await connection.execute(
+                    insert(models.Metric).values(
+                        id=metric_id(run.id, name),
+                        run_id=run.id,
+                        name=name,
+                        kind=MetricKind.GAUGE,
+                        labels={},
+                        count=1,
+                        last_value=last,
+                        min_value=low,
+                        max_value=high,
+                        tenant_id=DEFAULT_TENANT_ID,
+                        created_at=BASE,
+                        updated_at=BASE,
+                    )
+                )
             await connection.execute(
                 update(models.Run)
                 .where(models.Run.id == run.id)
@@ -196,6 +264,7 @@ async def runs(services: Services) -> list[Row]:
                 "ended": ended,
                 "duration": duration,
                 "params": params,
+                "metrics": metrics,
             }
         )
     return rows
@@ -231,6 +300,8 @@ async def test_a_filter_lists_what_its_predicate_picks(
         "start_time > 2026-12-04T10:00:00",  # no offset
         "duration > 10",  # no unit
         "params. = 1",
+        "metrics.total_profit > nan",
+        'metrics.total_profit = "a lot"',
         'status = "completed" OR',
         "worker_id = x' OR '1'='1",
         'worker_id = "x"; DROP TABLE runs; --',

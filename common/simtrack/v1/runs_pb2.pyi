@@ -385,7 +385,7 @@ class ListRunsRequest(_message.Message):
     Syntax (AIP-160): comparisons `FIELD OP VALUE` (OP: = or !=; on numeric fields also <, <=,
     >, >=) and `FIELD IN (VALUE, ...)`, joined by AND (or a space) and OR, which binds tighter
     than AND as in AIP-160; NOT and parentheses group. VALUE is a double-quoted string (a
-    backslash escapes the next character) or a bare word of letters, digits and `_.:+*-`.
+    backslash escapes the next character) or a bare word of letters, digits and `_.:+*/-`.
     Strings match exactly (case counts), but `*` in a string's = or != matches any run of
     characters; enum values match in any case, short (`completed`) or as the proto enum value
     (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. A field not set equals `""` only. At most
@@ -409,6 +409,9 @@ class ListRunsRequest(_message.Message):
         with a value of its type as written (`params.lr > 0.01`, `params.policy = "greedy"`,
         `params.warm = true`); a run without KEY, or with a value of another type, matches
         none (`!=` included).
+      metrics.* (number): `metrics.NAME`, the latest value of the run's metric NAME;
+        `metrics.NAME.min` and `metrics.NAME.max`, its least and greatest finite values. A run
+        without the metric, or whose value is NaN, matches none (`!=` included).
     Example: `params.lr > 0.01 AND status IN (completed, stopped) AND NOT scenario_id =
     "tier0-*"`.
     """
@@ -724,7 +727,7 @@ class ListParticipantsRequest(_message.Message):
     Syntax (AIP-160): comparisons `FIELD OP VALUE` (OP: = or !=; on numeric fields also <, <=,
     >, >=) and `FIELD IN (VALUE, ...)`, joined by AND (or a space) and OR, which binds tighter
     than AND as in AIP-160; NOT and parentheses group. VALUE is a double-quoted string (a
-    backslash escapes the next character) or a bare word of letters, digits and `_.:+*-`.
+    backslash escapes the next character) or a bare word of letters, digits and `_.:+*/-`.
     Strings match exactly (case counts), but `*` in a string's = or != matches any run of
     characters; enum values match in any case, short (`completed`) or as the proto enum value
     (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. A field not set equals `""` only. At most
@@ -1355,7 +1358,7 @@ class GetRunStatsRequest(_message.Message):
     Syntax (AIP-160): comparisons `FIELD OP VALUE` (OP: = or !=; on numeric fields also <, <=,
     >, >=) and `FIELD IN (VALUE, ...)`, joined by AND (or a space) and OR, which binds tighter
     than AND as in AIP-160; NOT and parentheses group. VALUE is a double-quoted string (a
-    backslash escapes the next character) or a bare word of letters, digits and `_.:+*-`.
+    backslash escapes the next character) or a bare word of letters, digits and `_.:+*/-`.
     Strings match exactly (case counts), but `*` in a string's = or != matches any run of
     characters; enum values match in any case, short (`completed`) or as the proto enum value
     (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. A field not set equals `""` only. At most
@@ -1379,6 +1382,9 @@ class GetRunStatsRequest(_message.Message):
         with a value of its type as written (`params.lr > 0.01`, `params.policy = "greedy"`,
         `params.warm = true`); a run without KEY, or with a value of another type, matches
         none (`!=` included).
+      metrics.* (number): `metrics.NAME`, the latest value of the run's metric NAME;
+        `metrics.NAME.min` and `metrics.NAME.max`, its least and greatest finite values. A run
+        without the metric, or whose value is NaN, matches none (`!=` included).
     Example: `scenario_id = "tier0-tutorial" AND status != failed`.
     """
     def __init__(

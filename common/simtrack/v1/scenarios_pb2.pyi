@@ -166,7 +166,7 @@ class ListScenariosRequest(_message.Message):
     Syntax (AIP-160): comparisons `FIELD OP VALUE` (OP: = or !=; on numeric fields also <, <=,
     >, >=) and `FIELD IN (VALUE, ...)`, joined by AND (or a space) and OR, which binds tighter
     than AND as in AIP-160; NOT and parentheses group. VALUE is a double-quoted string (a
-    backslash escapes the next character) or a bare word of letters, digits and `_.:+*-`.
+    backslash escapes the next character) or a bare word of letters, digits and `_.:+*/-`.
     Strings match exactly (case counts), but `*` in a string's = or != matches any run of
     characters; enum values match in any case, short (`completed`) or as the proto enum value
     (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. A field not set equals `""` only. At most

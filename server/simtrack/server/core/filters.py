@@ -99,6 +99,14 @@ def parse_duration(value: str) -> timedelta:
     return timedelta(seconds=seconds)
 
 
+def parse_number(value: str) -> float:
+    """A number (``1e-3``, ``-inf``), not NaN: NaN equals nothing, itself included."""
+    number = float(value)
+    if math.isnan(number):
+        raise BadFilterValue("a number; NaN matches nothing")
+    return number
+
+
 _MAX_SECONDS = 315_576_000_000  # protobuf Duration's bound (10,000 years)
 
 
@@ -180,7 +188,7 @@ Filter = Union[Condition, AllOf, AnyOf, Not]  # noqa: UP007 - a runtime alias, b
 
 _TOKEN = re.compile(
     r"""(?P<punct>[(),])|(?P<op>!=|<=|>=|=|<|>)|"(?P<quoted>(?:[^"\\]|\\.)*)"|"""
-    r"""(?P<word>[\w.:+*\-]+)"""
+    r"""(?P<word>[\w.:+*/\-]+)"""
 )
 _KEYWORDS = {"AND", "OR", "NOT", "IN"}
 
@@ -319,7 +327,8 @@ class _Parser:
 
 def _orderable(parse: Callable[[str], Any]) -> bool:
     """Numbers and times: text would order by each database's collation, not alike on both."""
-    return parse in (int, float, parse_time, parse_duration) or isinstance(parse, JsonValue)
+    orderable = (int, float, parse_number, parse_time, parse_duration)
+    return parse in orderable or isinstance(parse, JsonValue)
 
 
 def _is_number(value: Any) -> bool:

@@ -2,10 +2,11 @@
 and PostgreSQL, in two-valued logic as ``filters.holds`` (a comparison with a field not set
 is false, but ``= ""``; NOT is its negation).
 
-A field is its model's column (``create_time`` and the like named as the API names them), or
-a key of a JSON column (``params.KEY``): a comparison holds only where the key holds a value of
+A field is its model's column (``create_time`` and the like named as the API names them); a
+key of a JSON column (``params.KEY``): a comparison holds only where the key holds a value of
 the type written (a number, a string, a boolean), read under a CASE so that no database casts
-a value of another type.
+a value of another type; or a run's metric (``metrics.NAME``, ``.min``, ``.max``: its latest
+value or summaries, NaN matching nothing), an EXISTS on the metrics' rows.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from sqlalchemy import ColumnElement, String, and_, case, inspect, literal, not_, or_
+from sqlalchemy import ColumnElement, String, and_, case, exists, inspect, literal, not_, or_
 from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import aliased
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
 from simtrack.server.core.filters import AllOf, AnyOf, Condition, Filter, Not, Pattern
+from simtrack.server.db import models
 
 # API field names of columns named otherwise.
 COLUMNS = {"create_time": "created_at", "start_time": "started_at", "end_time": "completed_at"}
@@ -36,6 +39,8 @@ def matches(model: Any, term: Filter) -> ColumnElement[bool]:
     head, _, key = term.field.partition(".")
     if key and head in JSON_FIELDS:
         return _json_condition(getattr(model, head), key, term)
+    if key and head == "metrics":
+        return _metric_condition(model, key, term)
     name = COLUMNS.get(term.field, term.field)
     column: ColumnElement[Any] = getattr(model, name)
     return _condition(column, bool(inspect(model).columns[name].nullable), term)
@@ -74,6 +79,47 @@ def _known(
 ) -> ColumnElement[bool]:
     """``condition``, false (not NULL) where the column is not set."""
     return and_(column.is_not(None), condition) if nullable else condition
+
+
+# ``metrics.NAME.min`` and ``.max``: the metric's summaries; ``metrics.NAME`` its latest value.
+_SUMMARIES = {".min": "min_value", ".max": "max_value"}
+
+
+def _metric_condition(run: Any, name: str, term: Condition) -> ColumnElement[bool]:
+    """Whether the run has metric ``name`` with a value (not NaN) that satisfies ``term``: a
+    run without it matches nothing, ``!=`` included.
+    """
+    summary = "last_value"
+    for suffix, column_name in _SUMMARIES.items():
+        if name.endswith(suffix):
+            name, summary = name.removesuffix(suffix), column_name
+    metric = aliased(models.Metric)
+    value: ColumnElement[Any] = getattr(metric, summary)
+    return exists().where(
+        metric.run_id == run.id,
+        metric.name == name,
+        _NotNaN(value),
+        _condition(value, True, term),
+    )
+
+
+class _NotNaN(FunctionElement[bool]):
+    """A float column's value is not NaN (PostgreSQL stores NaN and orders it above every
+    number; SQLite stores it as NULL).
+    """
+
+    inherit_cache = True
+    name = "not_nan"
+
+
+@compiles(_NotNaN, "postgresql")
+def _postgresql_not_nan(element: _NotNaN, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"({compiler.process(element.clauses, **kw)} <> 'NaN'::float8)"
+
+
+@compiles(_NotNaN, "sqlite")
+def _sqlite_not_nan(element: _NotNaN, compiler: SQLCompiler, **kw: Any) -> str:
+    return "1 = 1"
 
 
 def _json_condition(column: Any, key: str, term: Condition) -> ColumnElement[bool]:

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from simtrack.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from simtrack.server.core.filters import PARAMS, parse_duration, parse_time
+from simtrack.server.core.filters import PARAMS, parse_duration, parse_number, parse_time
 from simtrack.server.core.listing import Listing, Page, enum_parser
 from simtrack.server.core.model import (
     RunStatus,
@@ -38,6 +38,7 @@ RUN_LISTING = Listing(
         "end_time": parse_time,
         "duration": parse_duration,
         "params.*": PARAMS,
+        "metrics.*": parse_number,
     },
 )
 PARTICIPANT_LISTING = Listing(
