@@ -315,3 +315,24 @@ async def test_bad_filters_are_refused_and_change_nothing(
         await services.runs.list(1000, "", text)
     assert error.value.violations[0].field == "filter"
     assert len(await listed(services, "", 1000)) == len(runs)
+
+
+async def test_experiments_filter_on_their_parameters_and_creation_time(
+    services: Services,
+) -> None:
+    agent = await services.agent()
+    made = [
+        await services.experiment(agent.id, params=params)
+        for params in ({"seed": 5}, {"seed": 20}, {"seed": "20"}, {}, {"seed": 30.5})
+    ]
+    ids = [e.id for e in made]
+
+    async def listed(text: str) -> list[str]:
+        return [e.id for e in (await services.experiments.list(100, "", text)).items]
+
+    assert await listed("params.seed > 10") == [ids[1], ids[4]]
+    assert await listed('params.seed = "20" OR params.seed = 5') == [ids[0], ids[2]]
+    assert await listed("NOT params.seed >= 6") == [ids[0], ids[2], ids[3]]
+    since = made[2].created_at.isoformat()
+    assert await listed(f'create_time >= "{since}"') == ids[2:]
+    assert await listed(f'create_time < "{since}" AND params.seed != 5') == [ids[1]]

@@ -298,7 +298,12 @@ class ListExperimentsRequest(_message.Message):
       scenario_id (string): the scenario.
       status (ExperimentStatus): draft, running, completed, failed; or EXPERIMENT_STATUS_DRAFT,
         EXPERIMENT_STATUS_RUNNING, EXPERIMENT_STATUS_COMPLETED, EXPERIMENT_STATUS_FAILED.
-    Example: `status = "running"`.
+      create_time (RFC 3339 time with its offset, e.g. `2026-12-04T10:00:00Z`): when the
+        experiment was created.
+      params.* (number, string or boolean): `params.KEY`, the experiment's parameter KEY,
+        compared with a value of its type as written; an experiment without KEY, or with a
+        value of another type, matches none (`!=` included).
+    Example: `status = "running" AND params.seed > 10`.
     """
     def __init__(
         self,

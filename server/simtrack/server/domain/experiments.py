@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from simtrack.errors import AlreadyExists, InvalidArgument, NotFound
+from simtrack.server.core.filters import PARAMS, parse_time
 from simtrack.server.core.listing import Listing, Page, enum_parser
 from simtrack.server.core.model import (
     ExperimentStatus,
@@ -28,6 +29,8 @@ EXPERIMENT_LISTING = Listing(
         "agent_id": str,
         "scenario_id": str,
         "status": enum_parser(ExperimentStatus),
+        "create_time": parse_time,
+        "params.*": PARAMS,
     },
 )
 TEMPLATE_LISTING = Listing(
