@@ -284,7 +284,11 @@ def _list_and_get(
         f"list {what}s",
         lambda args, client: print_list(args, lister(client, args.filter), columns),
     )
-    listing.add_argument("--filter", default="", help=f"e.g. '{filter_example}'")
+    listing.add_argument(
+        "--filter",
+        default="",
+        help=f"AIP-160: = != < <= > >= IN, AND OR NOT, (), * wildcards; e.g. '{filter_example}'",
+    )
     show = _command(
         group,
         "get",
@@ -326,7 +330,14 @@ def add_api_commands(commands: Subcommands) -> dict[str, Subcommands]:
     create.add_argument("--params", help="a JSON object")
 
     runs = _group(commands, "runs", "runs of experiments")
-    _list_and_get(runs, "run", RUN_COLUMNS, Client.list_runs, Client.get_run, 'status = "running"')
+    _list_and_get(
+        runs,
+        "run",
+        RUN_COLUMNS,
+        Client.list_runs,
+        Client.get_run,
+        "status IN (completed, stopped) AND params.lr > 0.01 AND metrics.total_profit >= 1000",
+    )
     create = _command(runs, "create", "create a (pending) run; prints its id", _runs_create)
     create.add_argument("--experiment", required=True, help="experiment id")
     create.add_argument("--params", help="a JSON object, merged over the experiment's")

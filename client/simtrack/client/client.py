@@ -254,7 +254,9 @@ class Client:
         return self._call(self.runs.GetRun, runs_pb2.GetRunRequest(id=run_id)).run
 
     def list_runs(self, filter: str = "", page_size: int = 0) -> Iterator[runs_pb2.Run]:
-        """Every run matching ``filter`` (AIP-160 subset), oldest first, page by page."""
+        """Every run matching ``filter`` (AIP-160: see ListRunsRequest.filter), oldest first,
+        page by page.
+        """
         request = runs_pb2.ListRunsRequest(filter=filter, page_size=page_size)
         for page in self._pages(self.runs.ListRuns, request):
             yield from page.runs
