@@ -300,6 +300,10 @@ async def test_a_filter_lists_what_its_predicate_picks(
         "start_time > 2026-12-04T10:00:00",  # no offset
         "duration > 10",  # no unit
         "params. = 1",
+        "run_number > 99999999999999999999",
+        "start_time > 0001-01-01T00:00:00+01:00",
+        "duration < 1e300s",
+        "metrics.total_profit > 1" + "0" * 5000,
         "metrics.total_profit > nan",
         'metrics.total_profit = "a lot"',
         'status = "completed" OR',

@@ -80,11 +80,13 @@ def parse_time(value: str) -> datetime:
     """An RFC 3339 time with its offset (``2026-12-04T10:00:00Z``)."""
     try:
         when = datetime.fromisoformat(value)
-    except ValueError:
-        when = None
-    if when is None or when.tzinfo is None or "T" not in value.upper():
-        raise BadFilterValue("an RFC 3339 time with its offset, e.g. 2026-12-04T10:00:00Z")
-    return when.astimezone(UTC)
+        if when.tzinfo is None or "T" not in value.upper():
+            raise ValueError("no offset, or a date")
+        return when.astimezone(UTC)
+    except (ValueError, OverflowError):  # the year 1 less an hour is no time either
+        raise BadFilterValue(
+            "an RFC 3339 time with its offset, e.g. 2026-12-04T10:00:00Z"
+        ) from None
 
 
 def parse_duration(value: str) -> timedelta:
@@ -97,6 +99,14 @@ def parse_duration(value: str) -> timedelta:
     if not math.isfinite(seconds) or abs(seconds) > _MAX_SECONDS:
         raise BadFilterValue("seconds with an s, e.g. 90s or 0.5s")
     return timedelta(seconds=seconds)
+
+
+def parse_int(value: str) -> int:
+    """An integer a database column holds (int64)."""
+    number = int(value)
+    if not INT64_MIN <= number <= INT64_MAX:
+        raise BadFilterValue(f"an integer from {INT64_MIN} to {INT64_MAX}")
+    return number
 
 
 def parse_number(value: str) -> float:
@@ -327,7 +337,7 @@ class _Parser:
 
 def _orderable(parse: Callable[[str], Any]) -> bool:
     """Numbers and times: text would order by each database's collation, not alike on both."""
-    orderable = (int, float, parse_number, parse_time, parse_duration)
+    orderable = (int, parse_int, float, parse_number, parse_time, parse_duration)
     return parse in orderable or isinstance(parse, JsonValue)
 
 

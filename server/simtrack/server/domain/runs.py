@@ -6,7 +6,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from simtrack.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from simtrack.server.core.filters import PARAMS, parse_duration, parse_number, parse_time
+from simtrack.server.core.filters import (
+    PARAMS,
+    parse_duration,
+    parse_int,
+    parse_number,
+    parse_time,
+)
 from simtrack.server.core.listing import Listing, Page, enum_parser
 from simtrack.server.core.model import (
     RunStatus,
@@ -32,7 +38,7 @@ RUN_LISTING = Listing(
         "scenario_id": str,
         "status": enum_parser(RunStatus),
         "worker_id": str,
-        "run_number": int,
+        "run_number": parse_int,
         "create_time": parse_time,
         "start_time": parse_time,
         "end_time": parse_time,
