@@ -274,16 +274,22 @@ def _list_and_get(
     group: Subcommands,
     what: str,
     columns: Sequence[Column],
-    lister: Callable[[Client, str], Iterable[Message]],
+    lister: Callable[..., Iterable[Message]],
     getter: Callable[[Client, str], Message],
     filter_example: str,
+    order_example: str = "",
 ) -> None:
-    listing = _command(
-        group,
-        "list",
-        f"list {what}s",
-        lambda args, client: print_list(args, lister(client, args.filter), columns),
-    )
+    def list_them(args: argparse.Namespace, client: Client) -> int:
+        ordered = {"order_by": args.order_by} if order_example else {}
+        return print_list(args, lister(client, args.filter, **ordered), columns)
+
+    listing = _command(group, "list", f"list {what}s", list_them)
+    if order_example:
+        listing.add_argument(
+            "--order-by",
+            default="",
+            help=f"AIP-132, e.g. '{order_example}' (default: oldest first)",
+        )
     listing.add_argument(
         "--filter",
         default="",
@@ -320,6 +326,7 @@ def add_api_commands(commands: Subcommands) -> dict[str, Subcommands]:
         Client.list_experiments,
         Client.get_experiment,
         'status = "running"',
+        "params.seed desc",
     )
     create = _command(
         experiments, "create", "create an experiment; prints its id", _experiments_create
@@ -337,6 +344,7 @@ def add_api_commands(commands: Subcommands) -> dict[str, Subcommands]:
         Client.list_runs,
         Client.get_run,
         "status IN (completed, stopped) AND params.lr > 0.01 AND metrics.total_profit >= 1000",
+        "metrics.total_profit desc, create_time",
     )
     create = _command(runs, "create", "create a (pending) run; prints its id", _runs_create)
     create.add_argument("--experiment", required=True, help="experiment id")

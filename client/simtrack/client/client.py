@@ -211,10 +211,14 @@ class Client:
         return self._call(self.experiments.GetExperiment, request).experiment
 
     def list_experiments(
-        self, filter: str = "", page_size: int = 0
+        self, filter: str = "", page_size: int = 0, order_by: str = ""
     ) -> Iterator[experiments_pb2.Experiment]:
-        """Every experiment matching ``filter`` (name, agent_id, scenario_id, status)."""
-        request = experiments_pb2.ListExperimentsRequest(filter=filter, page_size=page_size)
+        """Every experiment matching ``filter`` (name, agent_id, scenario_id, status,
+        create_time, params.KEY), in ``order_by`` order (default: oldest first).
+        """
+        request = experiments_pb2.ListExperimentsRequest(
+            filter=filter, page_size=page_size, order_by=order_by
+        )
         for page in self._pages(self.experiments.ListExperiments, request):
             yield from page.experiments
 
@@ -253,11 +257,13 @@ class Client:
         """One run, or NotFound."""
         return self._call(self.runs.GetRun, runs_pb2.GetRunRequest(id=run_id)).run
 
-    def list_runs(self, filter: str = "", page_size: int = 0) -> Iterator[runs_pb2.Run]:
-        """Every run matching ``filter`` (AIP-160: see ListRunsRequest.filter), oldest first,
-        page by page.
+    def list_runs(
+        self, filter: str = "", page_size: int = 0, order_by: str = ""
+    ) -> Iterator[runs_pb2.Run]:
+        """Every run matching ``filter`` (AIP-160: see ListRunsRequest.filter) in ``order_by``
+        order (AIP-132, e.g. ``metrics.total_profit desc``; default: oldest first), page by page.
         """
-        request = runs_pb2.ListRunsRequest(filter=filter, page_size=page_size)
+        request = runs_pb2.ListRunsRequest(filter=filter, page_size=page_size, order_by=order_by)
         for page in self._pages(self.runs.ListRuns, request):
             yield from page.runs
 

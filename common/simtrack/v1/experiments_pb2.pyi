@@ -271,6 +271,7 @@ class ListExperimentsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
+    ORDER_BY_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Maximum number of experiments to return, 1-1000; 0 means the default of 50.
     Negative or over 1000: INVALID_ARGUMENT naming page_size (not clamped).
@@ -305,16 +306,25 @@ class ListExperimentsRequest(_message.Message):
         value of another type, matches none (`!=` included).
     Example: `status = "running" AND params.seed > 10`.
     """
+    order_by: _builtins.str
+    """The order of the experiments (AIP-132): fields separated by commas, each followed by
+    `desc` for descending order, e.g. `params.seed desc`. Fields: create_time, params.KEY (the
+    parameter's numeric value). An experiment without a value for a key comes after those with
+    one, in either direction; ties, and those, in creation order. Empty: creation order. At
+    most 8 keys and 1,024 characters; a page token continues the order it was issued for. A
+    bad order_by is INVALID_ARGUMENT naming order_by.
+    """
     def __init__(
         self,
         *,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         filter: _builtins.str = ...,
+        order_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -371,6 +371,7 @@ class ListRunsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
+    ORDER_BY_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Maximum number of runs to return, 1-1000; 0 means the default of 50.
     Negative or over 1000: INVALID_ARGUMENT naming page_size (not clamped).
@@ -415,16 +416,27 @@ class ListRunsRequest(_message.Message):
     Example: `params.lr > 0.01 AND status IN (completed, stopped) AND NOT scenario_id =
     "tier0-*"`.
     """
+    order_by: _builtins.str
+    """The order of the runs (AIP-132): fields separated by commas, each followed by `desc` for
+    descending order, e.g. `metrics.total_profit desc, create_time`. Fields: run_number,
+    create_time, start_time, end_time, duration, params.KEY (the parameter's numeric value),
+    metrics.NAME (the latest value; metrics.NAME.min, metrics.NAME.max). A run without a value
+    for a key (not started, without the parameter or metric, NaN) comes after those with one,
+    in either direction; ties, and those, in creation order. Empty: creation order. At most 8
+    keys and 1,024 characters; a page token continues the order it was issued for. A bad
+    order_by is INVALID_ARGUMENT naming order_by.
+    """
     def __init__(
         self,
         *,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         filter: _builtins.str = ...,
+        order_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

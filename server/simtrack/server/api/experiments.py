@@ -121,7 +121,9 @@ class ExperimentServicer(experiments_pb2_grpc.ExperimentServiceServicer):
     async def ListExperiments(
         self, request: pb.ListExperimentsRequest, context: Context
     ) -> pb.ListExperimentsResponse:
-        page = await self.experiments.list(request.page_size, request.page_token, request.filter)
+        page = await self.experiments.list(
+            request.page_size, request.page_token, request.filter, request.order_by
+        )
         return pb.ListExperimentsResponse(
             experiments=[experiment_to_proto(e) for e in page.items],
             next_page_token=page.next_page_token,

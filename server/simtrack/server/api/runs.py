@@ -141,7 +141,9 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         return pb.GetRunResponse(run=run_to_proto(await self.runs.get(request.id)))
 
     async def ListRuns(self, request: pb.ListRunsRequest, context: Context) -> pb.ListRunsResponse:
-        page = await self.runs.list(request.page_size, request.page_token, request.filter)
+        page = await self.runs.list(
+            request.page_size, request.page_token, request.filter, request.order_by
+        )
         return pb.ListRunsResponse(
             runs=[run_to_proto(r) for r in page.items], next_page_token=page.next_page_token
         )

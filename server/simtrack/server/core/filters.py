@@ -310,7 +310,7 @@ class _Parser:
             return Condition(name.text, "in", tuple(values))
         if op.kind != "op":
             raise _error(op.pos, f"expected an operator after {name.text}, found {_shown(op)}")
-        if op.text in ORDERING and not _orderable(parse):
+        if op.text in ORDERING and not orderable(parse):
             raise _error(op.pos, f"{name.text} has no order: it takes =, != and IN")
         at = self.next.pos
         value = self.value(name.text, parse, op.text)
@@ -335,7 +335,7 @@ class _Parser:
         raise _error(token.pos, message)
 
 
-def _orderable(parse: Callable[[str], Any]) -> bool:
+def orderable(parse: Callable[[str], Any]) -> bool:
     """Numbers and times: text would order by each database's collation, not alike on both."""
     orderable = (int, parse_int, float, parse_number, parse_time, parse_duration)
     return parse in orderable or isinstance(parse, JsonValue)

@@ -33,10 +33,18 @@ from simtrack.server.core.filters import (
     Filter,
     FilterBounds,
     optional_str,
+    orderable,
     parse_bool,
     parse_filter,
 )
 from simtrack.server.core.model import NAME_MAX, NUL
+from simtrack.server.core.ordering import (
+    SortKey,
+    decode_values,
+    encode_values,
+    parse_order_by,
+    sortable_fields,
+)
 
 T = TypeVar("T")
 
@@ -54,6 +62,7 @@ class Cursor:
 
     created_at: datetime
     id: str
+    keys: tuple[Any, ...] = ()  # the row's values of the request's sort keys, if any
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,7 @@ class PageRequest:
     after: Cursor | None
     conditions: tuple[Filter, ...]  # all must hold (``core/filters.py``)
     scope: str
+    order: tuple[SortKey, ...] = ()  # before creation order (``core/ordering.py``)
 
     def next_token(self, cursor: Cursor | None) -> str:
         """The next_page_token for a page that ended at ``cursor`` (empty on the last page)."""
@@ -85,20 +95,36 @@ class Listing:
     collection: str
     fields: FieldParsers
 
-    def request(self, size: int, token: str, filter_text: str, parent: str = "") -> PageRequest:
-        """Validate page_size, page_token and filter of a List call (of ``parent``'s children)."""
-        return page_request(size, token, filter_text, self.fields, f"{self.collection}/{parent}")
+    def request(
+        self, size: int, token: str, filter_text: str, parent: str = "", order_by: str = ""
+    ) -> PageRequest:
+        """Validate page_size, page_token, filter and order_by of a List call (of
+        ``parent``'s children).
+        """
+        return page_request(
+            size, token, filter_text, self.fields, f"{self.collection}/{parent}", order_by
+        )
 
 
 def page_request(
-    size: int, token: str, filter_text: str, fields: FieldParsers, collection: str
+    size: int,
+    token: str,
+    filter_text: str,
+    fields: FieldParsers,
+    collection: str,
+    order_by: str = "",
 ) -> PageRequest:
-    """Validate page_size, page_token and filter of a List call on ``collection``."""
+    """Validate page_size, page_token, filter and order_by of a List call on ``collection``."""
     size = page_size(size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
     conditions = parse_filter(filter_text, fields)
+    is_key = sortable_fields(fields, orderable)
+    allowed = ", ".join(f for f in fields if is_key(f.replace("*", "KEY"))) or "none"
+    order = parse_order_by(order_by, is_key, allowed)
     scope = f"{collection}|{filter_text.strip()}"
-    after = decode_token(token, scope) if token else None
-    return PageRequest(size, after, conditions, scope)
+    if order:  # a token resumes the order it was issued for
+        scope += "|" + ",".join(f"{k.field}{' desc' if k.descending else ''}" for k in order)
+    after = decode_token(token, scope, len(order)) if token else None
+    return PageRequest(size, after, conditions, scope, order)
 
 
 @dataclass(frozen=True)
@@ -174,11 +200,16 @@ def _unseal(token: str, scope: str) -> dict[str, Any]:
 
 def encode_token(cursor: Cursor, scope: str) -> str:
     """An opaque token for the page after ``cursor``, bound to the list it was made for."""
-    return _seal({"t": cursor.created_at.isoformat(), "i": cursor.id}, scope)
+    payload: dict[str, Any] = {"t": cursor.created_at.isoformat(), "i": cursor.id}
+    if cursor.keys:
+        payload["k"] = encode_values(cursor.keys)
+    return _seal(payload, scope)
 
 
-def decode_token(token: str, scope: str) -> Cursor:
-    """Read a token made by encode_token; anything else is INVALID_ARGUMENT on page_token."""
+def decode_token(token: str, scope: str, keys: int = 0) -> Cursor:
+    """Read a token made by encode_token (with ``keys`` sort values); anything else is
+    INVALID_ARGUMENT on page_token.
+    """
     payload = _unseal(token, scope)
     created_at, row_id = payload.get("t"), payload.get("i")
     if not isinstance(created_at, str) or not isinstance(row_id, str) or not _storable(row_id):
@@ -187,9 +218,10 @@ def decode_token(token: str, scope: str) -> Cursor:
         when = datetime.fromisoformat(created_at)
         if when.tzinfo is None or not row_id:
             raise ValueError("not a cursor of ours")
+        values = decode_values(payload["k"], keys) if keys else ()
         # In UTC, as every stored time is (and as ours are): none lies beyond years 1-9999.
-        return Cursor(when.astimezone(UTC), row_id)
-    except (ValueError, OverflowError):
+        return Cursor(when.astimezone(UTC), row_id, values)
+    except (ValueError, OverflowError, KeyError):
         raise InvalidArgument.of("page_token", _NOT_OURS) from None
 
 

@@ -11,10 +11,21 @@ value or summaries, NaN matching nothing), an EXISTS on the metrics' rows.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
-from sqlalchemy import ColumnElement, String, and_, case, exists, inspect, literal, not_, or_
+from sqlalchemy import (
+    ColumnElement,
+    String,
+    and_,
+    case,
+    exists,
+    inspect,
+    literal,
+    not_,
+    or_,
+    select,
+)
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -89,18 +100,55 @@ def _metric_condition(run: Any, name: str, term: Condition) -> ColumnElement[boo
     """Whether the run has metric ``name`` with a value (not NaN) that satisfies ``term``: a
     run without it matches nothing, ``!=`` included.
     """
+    _, value, found = _metric_value(run, name)
+    return exists().where(found, _condition(value, True, term))
+
+
+def _metric_value(run: Any, name: str) -> tuple[Any, ColumnElement[Any], ColumnElement[bool]]:
+    """A metrics row (aliased), the column ``name`` reads (latest value, min, max), and the
+    condition that finds the run's row of that metric with a value that is not NaN.
+    """
     summary = "last_value"
     for suffix, column_name in _SUMMARIES.items():
         if name.endswith(suffix):
             name, summary = name.removesuffix(suffix), column_name
     metric = aliased(models.Metric)
     value: ColumnElement[Any] = getattr(metric, summary)
-    return exists().where(
-        metric.run_id == run.id,
-        metric.name == name,
-        _NotNaN(value),
-        _condition(value, True, term),
-    )
+    return metric, value, and_(metric.run_id == run.id, metric.name == name, _NotNaN(value))
+
+
+def sort_value(model: Any, field: str) -> ColumnElement[Any]:
+    """What ``order_by`` sorts ``field`` by (NULL where a row has none): a column, a
+    parameter's numeric value, a metric's value.
+    """
+    head, _, key = field.partition(".")
+    if key and head in JSON_FIELDS:
+        document = getattr(model, head)
+        return case((_IsNumber(document, key), document[key].as_float()), else_=None)
+    if key and head == "metrics":
+        _, value, found = _metric_value(model, key)
+        return select(value).where(found).scalar_subquery()
+    column: ColumnElement[Any] = getattr(model, COLUMNS.get(field, field))
+    return column
+
+
+def after_keys(
+    values: Sequence[ColumnElement[Any]],
+    descending: Sequence[bool],
+    last: Sequence[Any],
+    tiebreak: ColumnElement[bool],
+) -> ColumnElement[bool]:
+    """Rows after the one whose sort values were ``last`` (NULLs last in either direction),
+    ``tiebreak`` deciding among equal ones.
+    """
+    condition = tiebreak
+    for value, down, seen in reversed(list(zip(values, descending, last, strict=True))):
+        if seen is None:  # nothing sorts after a NULL but the NULLs that tie with it
+            condition = and_(value.is_(None), condition)
+        else:
+            beyond = value < seen if down else value > seen
+            condition = or_(value.is_(None), beyond, and_(value == seen, condition))
+    return condition
 
 
 class _NotNaN(FunctionElement[bool]):

@@ -29,7 +29,7 @@ from simtrack.server.core.model import RUN_ATTACHED, MetricAggregate, RunStatus
 from simtrack.server.core.tenancy import current_tenant
 from simtrack.server.db import models
 from simtrack.server.db.chunks import StoredChunk
-from simtrack.server.db.filter_sql import matches
+from simtrack.server.db.filter_sql import after_keys, matches, sort_value
 from simtrack.server.db.models import UTCDateTime
 
 M = TypeVar("M", bound=models.TenantOwnedMixin)
@@ -83,15 +83,23 @@ class Repository(Generic[M]):
         """
         stmt = self._select().filter_by(**parent)
         stmt = stmt.where(*(matches(self.model, c) for c in page.conditions))
+        values = [sort_value(self.model, key.field) for key in page.order]
         if page.after is not None:
             key = tuple_(self.model.created_at, self.model.id)
-            stmt = stmt.where(key > tuple_(page.after.created_at, page.after.id))
-        stmt = stmt.order_by(self.model.created_at, self.model.id).limit(page.size + 1)
-        rows = list((await self.session.execute(stmt)).scalars())
+            after = key > tuple_(page.after.created_at, page.after.id)
+            descending = [key.descending for key in page.order]
+            stmt = stmt.where(after_keys(values, descending, page.after.keys, after))
+        order = [
+            (value.desc() if key.descending else value.asc()).nulls_last()
+            for value, key in zip(values, page.order, strict=True)
+        ]
+        stmt = stmt.add_columns(*values).order_by(*order, self.model.created_at, self.model.id)
+        rows = (await self.session.execute(stmt.limit(page.size + 1))).all()
         if len(rows) <= page.size:
-            return rows, None
+            return [row[0] for row in rows], None
         last = rows[page.size - 1]
-        return rows[: page.size], Cursor(last.created_at, last.id)
+        cursor = Cursor(last[0].created_at, last[0].id, tuple(last[1:]))
+        return [row[0] for row in rows[: page.size]], cursor
 
 
 class AgentRepository(Repository[models.Agent]):

@@ -116,8 +116,10 @@ class ExperimentService:
         async with self.uow() as uow:
             return await load_experiment(uow, experiment_id)
 
-    async def list(self, page_size: int, page_token: str, filter_text: str) -> Page[Experiment]:
-        page = EXPERIMENT_LISTING.request(page_size, page_token, filter_text)
+    async def list(
+        self, page_size: int, page_token: str, filter_text: str, order_by: str = ""
+    ) -> Page[Experiment]:
+        page = EXPERIMENT_LISTING.request(page_size, page_token, filter_text, order_by=order_by)
         async with self.uow() as uow:
             rows, cursor = await uow.experiments.list(page)
         return Page(rows, page.next_token(cursor))

@@ -117,8 +117,10 @@ class RunService:
         async with self.uow() as uow:
             return await load_run(uow, run_id)
 
-    async def list(self, page_size: int, page_token: str, filter_text: str) -> Page[Run]:
-        page = RUN_LISTING.request(page_size, page_token, filter_text)
+    async def list(
+        self, page_size: int, page_token: str, filter_text: str, order_by: str = ""
+    ) -> Page[Run]:
+        page = RUN_LISTING.request(page_size, page_token, filter_text, order_by=order_by)
         async with self.uow() as uow:
             rows, cursor = await uow.runs.list(page)
         return Page(rows, page.next_token(cursor))

@@ -1,0 +1,135 @@
+"""``order_by`` (AIP-132): the keys a List call sorts by, and their values in page tokens.
+
+``order_by`` is fields separated by commas, each followed by ``desc`` for descending order
+(``metrics.total_profit desc, create_time``). A row without a value for a key (a run not
+started, without the parameter or the metric) comes after every row with one, in either
+direction; ties, and the end, are broken by creation order, so every row has one place and a
+page token (the last row's keys) resumes exactly after it, whatever was inserted meanwhile.
+Only fields with an order both databases agree on are keys: numbers, times, durations,
+parameters (by their numeric value) and metrics.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from simtrack.errors import InvalidArgument, quote
+
+MAX_KEYS = 8
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_LENGTH = 1024
+_KEY = re.compile(r"\s*([\w.:/\-]+)(?:\s+(asc|desc))?\s*(,|$)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class SortKey:
+    field: str
+    descending: bool = False
+
+
+def parse_order_by(text: str, sortable: Callable[[str], bool], allowed: str) -> tuple[SortKey, ...]:
+    """``text`` as sort keys on fields ``sortable`` accepts; INVALID_ARGUMENT on ``order_by``
+    (``allowed`` says which fields are, for the message).
+    """
+    if len(text) > MAX_LENGTH:
+        raise InvalidArgument.of("order_by", f"is longer than {MAX_LENGTH} characters")
+    keys: list[SortKey] = []
+    pos = 0
+    text = text.rstrip()
+    while pos < len(text):
+        match = _KEY.match(text, pos)
+        if match is None or match.end() == pos:
+            raise InvalidArgument.of(
+                "order_by",
+                f"at position {pos}: expected `field` or `field desc`, found "
+                f"{quote(text[pos:], 20)}",
+            )
+        field = match.group(1)
+        if not sortable(field):
+            raise InvalidArgument.of(
+                "order_by",
+                f"at position {match.start(1)}: cannot sort by {quote(field)} "
+                f"(sortable: {allowed})",
+            )
+        if any(key.field == field for key in keys):
+            raise InvalidArgument.of("order_by", f"sorts by {quote(field)} twice")
+        keys.append(SortKey(field, (match.group(2) or "").lower() == "desc"))
+        if len(keys) > MAX_KEYS:
+            raise InvalidArgument.of("order_by", f"has more than {MAX_KEYS} keys")
+        pos = match.end()
+        if match.group(3) == "," and pos >= len(text):
+            raise InvalidArgument.of("order_by", "ends with a comma")
+    return tuple(keys)
+
+
+def sortable_fields(
+    fields: Mapping[str, Any], orderable: Callable[[Any], bool]
+) -> Callable[[str], bool]:
+    """Whether a field name is a key: one of ``fields`` (or a key of a prefix such as
+    ``params.*``) whose parser ``orderable`` accepts.
+    """
+
+    def sortable(field: str) -> bool:
+        head, dot, key = field.partition(".")
+        parse = fields.get(field) or (fields.get(f"{head}.*") if dot and key else None)
+        return parse is not None and orderable(parse)
+
+    return sortable
+
+
+# Sort values in tokens, typed: JSON has no datetime, no duration and no infinity.
+def encode_values(values: Sequence[Any]) -> list[list[Any]]:
+    encoded: list[list[Any]] = []
+    for value in values:
+        if value is None:
+            encoded.append(["n"])
+        elif isinstance(value, bool):  # before int: True is an int
+            raise TypeError("booleans are not sort keys")
+        elif isinstance(value, int):
+            encoded.append(["i", value])
+        elif isinstance(value, float):
+            encoded.append(["f", value.hex()])
+        elif isinstance(value, datetime):
+            encoded.append(["t", value.astimezone(UTC).isoformat()])
+        elif isinstance(value, timedelta):
+            encoded.append(["d", value // timedelta(microseconds=1)])
+        else:
+            raise TypeError(f"{type(value).__name__} is not a sort key")
+    return encoded
+
+
+def decode_values(encoded: Any, count: int) -> tuple[Any, ...]:
+    """The values of ``encode_values``; ValueError for anything else."""
+    if not isinstance(encoded, list) or len(encoded) != count:
+        raise ValueError("not our keys")
+    values: list[Any] = []
+    for item in encoded:
+        if not isinstance(item, list) or not item or not isinstance(item[0], str):
+            raise ValueError("not a key")
+        tag, rest = item[0], item[1:]
+        if tag == "n" and not rest:
+            values.append(None)
+        elif tag == "i" and len(rest) == 1 and type(rest[0]) is int:
+            if not INT64_MIN <= rest[0] <= INT64_MAX:
+                raise ValueError("beyond int64")
+            values.append(rest[0])
+        elif tag == "f" and len(rest) == 1 and isinstance(rest[0], str):
+            number = float.fromhex(rest[0])
+            if math.isnan(number):
+                raise ValueError("NaN is no key")
+            values.append(number)
+        elif tag == "t" and len(rest) == 1 and isinstance(rest[0], str):
+            when = datetime.fromisoformat(rest[0])
+            if when.tzinfo is None:
+                raise ValueError("a time without its offset")
+            values.append(when.astimezone(UTC))
+        elif tag == "d" and len(rest) == 1 and type(rest[0]) is int:
+            values.append(timedelta(microseconds=rest[0]))
+        else:
+            raise ValueError("not a key")
+    return tuple(values)
