@@ -85,8 +85,8 @@ class Repository(Generic[M]):
         stmt = stmt.where(*(matches(self.model, c) for c in page.conditions))
         values = [sort_value(self.model, key.field) for key in page.order]
         if page.after is not None:
-            key = tuple_(self.model.created_at, self.model.id)
-            after = key > tuple_(page.after.created_at, page.after.id)
+            created = tuple_(self.model.created_at, self.model.id)
+            after = created > tuple_(page.after.created_at, page.after.id)
             descending = [key.descending for key in page.order]
             stmt = stmt.where(after_keys(values, descending, page.after.keys, after))
         order = [
