@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from simtrack.server.api.telemetry import decode
 from simtrack.server.background import compact_chunks
+from simtrack.server.core.model import INT64_MAX, INT64_MIN
 from simtrack.server.core.tenancy import DEFAULT_TENANT_ID, Principal, Role, acting_for
 from simtrack.server.db import migrate
 from simtrack.server.db.chunks import CompactedChunk, StoredChunk, extreme_step, unpack
@@ -26,7 +27,7 @@ from simtrack.server.db.models import SMALL_CHUNK_POINTS, Tenant
 from simtrack.server.db.unit_of_work import SqlUnitOfWorkFactory, tenant_aware_sessions
 from simtrack.server.domain import compaction as compaction_module
 from simtrack.server.domain.compaction import CompactionService, RoundReport
-from simtrack.server.domain.history import INT64_MAX, INT64_MIN, HistoryService
+from simtrack.server.domain.history import HistoryService
 from simtrack.server.ingest.writer import metric_id
 from simtrack.server.observability import ServerMetrics
 from tests.integration.test_upgrade_with_data import METRIC, RUN, insert_rows

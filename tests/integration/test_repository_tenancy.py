@@ -21,7 +21,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import NoResultFound
 
-from simtrack.server.core.listing import Condition, PageRequest
+from simtrack.server.core.filters import Condition
+from simtrack.server.core.listing import PageRequest
 from simtrack.server.core.model import (
     ArtifactType,
     Framework,

@@ -13,11 +13,12 @@ import numpy as np
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from simtrack.server.api.telemetry import decode
+from simtrack.server.core.model import INT64_MAX, INT64_MIN
 from simtrack.server.core.tenancy import LOCAL_PRINCIPAL
 from simtrack.server.db.chunks import StoredChunk
 from simtrack.server.db.compaction_store import SqlCompactionStore
 from simtrack.server.domain.compaction import CompactionService
-from simtrack.server.domain.history import INT64_MAX, INT64_MIN, merge
+from simtrack.server.domain.history import merge
 from simtrack.server.ingest.writer import GroupCommitWriter, metric_id
 from simtrack.v1 import telemetry_pb2 as tpb
 from tests.support import Services

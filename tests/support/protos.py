@@ -32,18 +32,20 @@ Run = runs_pb2.Run
 Participant = runs_pb2.Participant
 RunStatus = runs_pb2.RunStatus
 
+# The API's modules of messages and services.
+PROTO_MODULES = (
+    agents_pb2,
+    artifacts_pb2,
+    experiments_pb2,
+    runs_pb2,
+    scenarios_pb2,
+    telemetry_pb2,
+    validations_pb2,
+)
 # Every service of the API, by full name ("simtrack.v1.AgentService").
 API_SERVICES = {
     service.full_name: service
-    for module in (
-        agents_pb2,
-        artifacts_pb2,
-        experiments_pb2,
-        runs_pb2,
-        scenarios_pb2,
-        telemetry_pb2,
-        validations_pb2,
-    )
+    for module in PROTO_MODULES
     for service in module.DESCRIPTOR.services_by_name.values()
 }
 

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
+from simtrack.server.core.model import INT64_MAX, INT64_MIN
 from simtrack.server.db.chunks import SmallChunk, StoredChunk, pack_steps, pack_timestamps
 from simtrack.server.domain.compaction import (
     MIN_TARGET_POINTS,
@@ -20,7 +21,7 @@ from simtrack.server.domain.compaction import (
     output_bounds,
     split_bounds,
 )
-from simtrack.server.domain.history import INT64_MAX, INT64_MIN, merge
+from simtrack.server.domain.history import merge
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
 OLD, NEW = NOW - timedelta(seconds=10), NOW + timedelta(seconds=1)

@@ -7,11 +7,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from simtrack.server.core.model import INT64_MAX, INT64_MIN
 from simtrack.server.db.chunks import StoredChunk, pack_steps, pack_timestamps
 from simtrack.server.db.codec import encode_steps, is_tagged
 from simtrack.server.domain.history import (
-    INT64_MAX,
-    INT64_MIN,
     Points,
     downsample,
     merge,

@@ -13,43 +13,29 @@ import pytest
 
 from simtrack.errors import InvalidArgument
 from simtrack.server import domain
-from simtrack.server.core.filters import AllOf, AnyOf, Not, Pattern, holds
+from simtrack.server.core.filters import (
+    FILTER_BOUNDS,
+    AllOf,
+    AnyOf,
+    Condition,
+    FieldParsers,
+    Not,
+    Pattern,
+    holds,
+    optional_str,
+    parse_filter,
+)
 from simtrack.server.core.listing import (
     DEFAULT_PAGE_SIZE,
-    FILTER_BOUNDS,
-    INT64_MAX,
-    INT64_MIN,
-    Condition,
     Cursor,
     EnumField,
-    FieldParsers,
     Listing,
     decode_position,
     encode_position,
     enum_parser,
-    optional_str,
-    parse_filter,
 )
-from simtrack.server.core.model import RunStatus
-from simtrack.v1 import (
-    agents_pb2,
-    artifacts_pb2,
-    experiments_pb2,
-    runs_pb2,
-    scenarios_pb2,
-    telemetry_pb2,
-    validations_pb2,
-)
-
-PROTO_MODULES = (
-    agents_pb2,
-    artifacts_pb2,
-    experiments_pb2,
-    runs_pb2,
-    scenarios_pb2,
-    telemetry_pb2,
-    validations_pb2,
-)
+from simtrack.server.core.model import INT64_MAX, INT64_MIN, RunStatus
+from tests.support.protos import PROTO_MODULES
 
 FIELDS: FieldParsers = {
     "name": str,

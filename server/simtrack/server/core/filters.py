@@ -28,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Union
 
 from simtrack.errors import InvalidArgument, quote
-from simtrack.server.core.model import NUL, NUL_MESSAGE
+from simtrack.server.core.model import INT64_MAX, INT64_MIN, NUL, NUL_MESSAGE
 
 FieldParsers = Mapping[str, Callable[[str], Any]]
 
@@ -138,13 +138,8 @@ class JsonValue:
                 return parsed
         return value
 
-    @staticmethod
-    def quoted(value: str) -> str:
-        return value
-
 
 PARAMS = JsonValue()
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 # Fields parsed by these hold text: ``*`` in their ``=``/``!=`` values is a wildcard.
@@ -293,7 +288,7 @@ class _Parser:
         name = self.take()
         if name.kind != "word":
             raise _error(name.pos, f"expected a field name, found {_shown(name)}")
-        parse = self.fields.get(name.text) or self.fields.get(_prefix_of(name.text))
+        parse = field_parser(self.fields, name.text)
         if parse is None:
             allowed = ", ".join(sorted(self.fields)) or "none"
             raise _error(name.pos, f"cannot filter on {quote(name.text)} (allowed: {allowed})")
@@ -325,7 +320,7 @@ class _Parser:
         if "*" in token.text and parse in TEXT_FIELDS and op in ("=", "!="):
             return Pattern(token.text)
         if token.kind == "quoted" and isinstance(parse, JsonValue):
-            return parse.quoted(token.text)
+            return token.text  # a string, whatever it looks like
         try:
             return parse(token.text)
         except BadFilterValue as error:
@@ -345,10 +340,12 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _prefix_of(name: str) -> str:
-    """``params.lr`` -> ``params.*``, the field a declared prefix takes keys of."""
+def field_parser(fields: FieldParsers, name: str) -> Callable[[str], Any] | None:
+    """The parser of field ``name``: declared, or a key of a declared prefix (``params.lr``
+    of ``params.*``); None if there is none.
+    """
     head, dot, key = name.partition(".")
-    return f"{head}.*" if dot and key else ""
+    return fields.get(name) or (fields.get(f"{head}.*") if dot and key else None)
 
 
 def _shown(token: _Token) -> str:
@@ -407,7 +404,13 @@ def _compare(value: Any, op: str, wanted: Any) -> bool:
         return any(_equal(value, w) for w in wanted)
     if value is None or wanted is None or _is_number(value) != _is_number(wanted):
         return False
-    return bool(_ORDER[op](value, wanted))
+    return bool(ORDER[op](value, wanted))
 
 
-_ORDER = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
+# The ordering comparisons, for values and SQL expressions alike.
+ORDER: dict[str, Callable[[Any, Any], Any]] = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}

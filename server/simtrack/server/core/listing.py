@@ -26,24 +26,17 @@ from typing import Any, Generic, TypeVar, cast
 
 from simtrack.errors import InvalidArgument
 from simtrack.server.core.filters import (
-    FILTER_BOUNDS,
     BadFilterValue,
-    Condition,
     FieldParsers,
     Filter,
-    FilterBounds,
-    optional_str,
-    orderable,
-    parse_bool,
     parse_filter,
 )
-from simtrack.server.core.model import NAME_MAX, NUL
+from simtrack.server.core.model import INT64_MAX, INT64_MIN, NAME_MAX, NUL
 from simtrack.server.core.ordering import (
     SortKey,
     decode_values,
     encode_values,
     parse_order_by,
-    sortable_fields,
 )
 
 T = TypeVar("T")
@@ -53,7 +46,6 @@ MAX_PAGE_SIZE = 1000
 # Ours are a digest and a time and id, or a position of keys: at most ~3,300 characters (a
 # metric name of 200 characters beyond the BMP, JSON-escaped, base64-encoded).
 MAX_TOKEN_LENGTH = 4096
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -117,9 +109,7 @@ def page_request(
     """Validate page_size, page_token, filter and order_by of a List call on ``collection``."""
     size = page_size(size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
     conditions = parse_filter(filter_text, fields)
-    is_key = sortable_fields(fields, orderable)
-    allowed = ", ".join(f for f in fields if is_key(f.replace("*", "KEY"))) or "none"
-    order = parse_order_by(order_by, is_key, allowed)
+    order = parse_order_by(order_by, fields)
     scope = f"{collection}|{filter_text.strip()}"
     if order:  # a token resumes the order it was issued for
         scope += "|" + ",".join(f"{k.field}{' desc' if k.descending else ''}" for k in order)
@@ -292,15 +282,3 @@ class EnumField:
 def enum_parser(enum: type[StrEnum]) -> EnumField:
     """Parse a filter value as a member of a StrEnum (see EnumField)."""
     return EnumField(enum)
-
-
-__all__ = [
-    "FILTER_BOUNDS",
-    "BadFilterValue",
-    "Condition",
-    "FieldParsers",
-    "FilterBounds",
-    "optional_str",
-    "parse_bool",
-    "parse_filter",
-]

@@ -22,6 +22,9 @@ NUL = "\x00"
 NUL_MESSAGE = "must not contain NUL (U+0000) characters"
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # what a BIGINT column holds
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from simtrack.errors import InvalidArgument, quote
+from simtrack.server.core.filters import FieldParsers, field_parser, orderable
+from simtrack.server.core.model import INT64_MAX, INT64_MIN
 
 MAX_KEYS = 8
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_LENGTH = 1024
 _KEY = re.compile(r"\s*([\w.:/\-]+)(?:\s+(asc|desc))?\s*(,|$)", re.IGNORECASE)
 
@@ -32,9 +33,9 @@ class SortKey:
     descending: bool = False
 
 
-def parse_order_by(text: str, sortable: Callable[[str], bool], allowed: str) -> tuple[SortKey, ...]:
-    """``text`` as sort keys on fields ``sortable`` accepts; INVALID_ARGUMENT on ``order_by``
-    (``allowed`` says which fields are, for the message).
+def parse_order_by(text: str, fields: FieldParsers) -> tuple[SortKey, ...]:
+    """``text`` as sort keys on ``fields`` with an order (``filters.orderable``: their
+    filters take ``<``); INVALID_ARGUMENT on ``order_by``.
     """
     if len(text) > MAX_LENGTH:
         raise InvalidArgument.of("order_by", f"is longer than {MAX_LENGTH} characters")
@@ -50,7 +51,9 @@ def parse_order_by(text: str, sortable: Callable[[str], bool], allowed: str) -> 
                 f"{quote(text[pos:], 20)}",
             )
         field = match.group(1)
-        if not sortable(field):
+        parse = field_parser(fields, field)
+        if parse is None or not orderable(parse):
+            allowed = ", ".join(f for f, p in fields.items() if orderable(p)) or "none"
             raise InvalidArgument.of(
                 "order_by",
                 f"at position {match.start(1)}: cannot sort by {quote(field)} "
@@ -65,21 +68,6 @@ def parse_order_by(text: str, sortable: Callable[[str], bool], allowed: str) -> 
         if match.group(3) == "," and pos >= len(text):
             raise InvalidArgument.of("order_by", "ends with a comma")
     return tuple(keys)
-
-
-def sortable_fields(
-    fields: Mapping[str, Any], orderable: Callable[[Any], bool]
-) -> Callable[[str], bool]:
-    """Whether a field name is a key: one of ``fields`` (or a key of a prefix such as
-    ``params.*``) whose parser ``orderable`` accepts.
-    """
-
-    def sortable(field: str) -> bool:
-        head, dot, key = field.partition(".")
-        parse = fields.get(field) or (fields.get(f"{head}.*") if dot and key else None)
-        return parse is not None and orderable(parse)
-
-    return sortable
 
 
 # Sort values in tokens, typed: JSON has no datetime, no duration and no infinity.

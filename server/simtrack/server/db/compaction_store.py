@@ -275,19 +275,13 @@ class SqlCompactionStore:
             return list((await connection.scalars(select(Tenant.id).order_by(Tenant.id))).all())
 
     async def due_metrics(
-        self, tenant_id: str, settled_before: datetime, idle_before: datetime, limit: int
-    ) -> list[tuple[str, int]]:
-        due, _ = await self.due_in_slice(tenant_id, settled_before, idle_before, limit, "", None)
-        return due
-
-    async def due_in_slice(
         self,
         tenant_id: str,
         settled_before: datetime,
         idle_before: datetime,
         limit: int,
-        start: str,
-        rows: int | None,
+        start: str = "",
+        rows: int | None = None,
     ) -> tuple[list[tuple[str, int]], str]:
         mine = and_(MetricChunk.tenant_id == tenant_id, _SMALL, MetricChunk.metric_id >= start)
         written = MetricChunk.written_at

@@ -11,8 +11,8 @@ value or summaries, NaN matching nothing), an EXISTS on the metrics' rows.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from collections.abc import Sequence
+from typing import Any, ClassVar, cast
 
 from sqlalchemy import (
     ColumnElement,
@@ -31,7 +31,7 @@ from sqlalchemy.orm import aliased
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
-from simtrack.server.core.filters import AllOf, AnyOf, Condition, Filter, Not, Pattern
+from simtrack.server.core.filters import ORDER, AllOf, AnyOf, Condition, Filter, Not, Pattern
 from simtrack.server.db import models
 
 # API field names of columns named otherwise.
@@ -66,15 +66,11 @@ def _condition(column: ColumnElement[Any], nullable: bool, term: Condition) -> C
         if term.value is None:
             return column.is_not(None)
         return _known(column, not_(_equal(column, term.value, False)), nullable)
-    return _known(column, _ORDER[term.op](column, term.value), nullable)
+    return _known(column, _ordered(column, term.op, term.value), nullable)
 
 
-_ORDER: dict[str, Callable[[ColumnElement[Any], Any], ColumnElement[bool]]] = {
-    "<": lambda column, value: column < value,
-    "<=": lambda column, value: column <= value,
-    ">": lambda column, value: column > value,
-    ">=": lambda column, value: column >= value,
-}
+def _ordered(value: ColumnElement[Any], op: str, bound: Any) -> ColumnElement[bool]:
+    return cast(ColumnElement[bool], ORDER[op](value, bound))
 
 
 def _equal(column: ColumnElement[Any], value: Any, nullable: bool) -> ColumnElement[bool]:
@@ -193,7 +189,7 @@ def _json_compare(column: Any, key: str, op: str, value: Any) -> ColumnElement[b
         return and_(typed.is_not(None), typed == value)
     if op == "!=":
         return and_(typed.is_not(None), typed != value)
-    return and_(typed.is_not(None), _ORDER[op](typed, value))
+    return and_(typed.is_not(None), _ordered(typed, op, value))
 
 
 class _JsonKindIs(FunctionElement[bool]):

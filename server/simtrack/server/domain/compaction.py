@@ -279,13 +279,13 @@ class CompactionService:
         now = utcnow()
         settled_before, idle_before = now - self.settle, now - self.idle
         if self.pending is None:
-            due = await self.store.due_metrics(
+            due, _ = await self.store.due_metrics(
                 tenant_id, settled_before, idle_before, DUE_PER_ROUND
             )
             report.full |= len(due) >= DUE_PER_ROUND
             return due
         told = self.pending.due(tenant_id, settled_before, idle_before, DUE_PER_ROUND)
-        found, self._scan_from[tenant_id] = await self.store.due_in_slice(
+        found, self._scan_from[tenant_id] = await self.store.due_metrics(
             tenant_id,
             settled_before,
             idle_before,

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from simtrack.errors import InvalidArgument, NotFound
+from simtrack.server.core.filters import optional_str
 from simtrack.server.core.listing import (
     KeyedPageRequest,
     Listing,
@@ -27,17 +28,21 @@ from simtrack.server.core.listing import (
     decode_position,
     encode_position,
     enum_parser,
-    optional_str,
     page_size,
 )
-from simtrack.server.core.model import MetricKind, require_id, require_name
+from simtrack.server.core.model import (
+    INT64_MAX,
+    INT64_MIN,
+    MetricKind,
+    require_id,
+    require_name,
+)
 from simtrack.server.db.chunks import FLOAT, STEP, Array, StoredChunk, unpack_many
 from simtrack.server.db.codec import decode_steps, is_tagged
 from simtrack.server.db.models import Event, Metric
 from simtrack.server.domain.ports import ChunkRows, UnitOfWorkFactory
 from simtrack.server.domain.runs import load_run
 
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 HISTORY_PAGE_DEFAULT = 10_000
 HISTORY_PAGE_MAX = 100_000
 MAX_POINTS_MAX = 100_000

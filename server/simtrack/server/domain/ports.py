@@ -195,26 +195,20 @@ class CompactionStore(Protocol):
     async def tenants(self) -> list[str]: ...
 
     async def due_metrics(
-        self, tenant_id: str, settled_before: datetime, idle_before: datetime, limit: int
-    ) -> list[tuple[str, int]]:
-        """Up to ``limit`` metrics of the tenant with two or more small chunks, one of them
-        stored before ``settled_before``, and either ``SMALL_CHUNK_POINTS`` points among them
-        or none stored after ``idle_before``: (metric id, its small chunks).
-        """
-        ...
-
-    async def due_in_slice(
         self,
         tenant_id: str,
         settled_before: datetime,
         idle_before: datetime,
         limit: int,
-        start: str,
-        rows: int | None,
+        start: str = "",
+        rows: int | None = None,
     ) -> tuple[list[tuple[str, int]], str]:
-        """``due_metrics`` among the metrics from id ``start`` on, by id, as far as ``rows`` of
-        their small chunks take (None: all; a metric's are never split between slices); and
-        the id the next slice starts from ("": the scan reached the end).
+        """Up to ``limit`` metrics of the tenant with two or more small chunks, one of them
+        stored before ``settled_before``, and either ``SMALL_CHUNK_POINTS`` points among them
+        or none stored after ``idle_before``: (metric id, its small chunks), by id. Among the
+        metrics from id ``start`` on, as far as ``rows`` of their small chunks take (None: all;
+        a metric's are never split between slices); with the id the next slice starts from
+        ("": the scan reached the end).
         """
         ...
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from simtrack.errors import InvalidArgument, NotFound
-from simtrack.server.core.listing import parse_filter
+from simtrack.server.core.filters import parse_filter
 from simtrack.server.core.model import (
     RUN_FINAL,
     MetricAggregate,

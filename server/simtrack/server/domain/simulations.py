@@ -6,7 +6,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from simtrack.errors import InvalidArgument, NotFound
-from simtrack.server.core.listing import Listing, Page, enum_parser, optional_str
+from simtrack.server.core.filters import optional_str
+from simtrack.server.core.listing import Listing, Page, enum_parser
 from simtrack.server.core.model import (
     SIMULATION_FINAL,
     SimulationStatus,

@@ -16,7 +16,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from simtrack.errors import AlreadyExists, InvalidArgument, NotFound
-from simtrack.server.core.listing import Listing, Page, parse_bool
+from simtrack.server.core.filters import parse_bool
+from simtrack.server.core.listing import Listing, Page
 from simtrack.server.core.model import json_object, require_id, require_name
 from simtrack.server.core.tenancy import acting_for
 from simtrack.server.db.models import Validation

@@ -188,13 +188,14 @@ class GroupCommitWriter:
         for pending in group:
             by_tenant[pending.tenant_id][pending.run_id].append(pending)
         writes: dict[str, _RunWrite] = {}
+        stored: dict[str, list[tuple[str, int]]] = {}  # per tenant: (metric id, points)
         now = utcnow()
         async with self.store.transaction() as tx:
             for tenant_id, runs in by_tenant.items():
                 await tx.use_tenant(tenant_id)
                 locked = await tx.lock_runs(tenant_id, sorted(runs))
                 tenant_writes = {run: _apply(locked.get(run), p) for run, p in runs.items()}
-                await _write_rows(tx, tenant_id, tenant_writes, now)
+                stored[tenant_id] = await _write_rows(tx, tenant_id, tenant_writes, now)
                 ended = {w.ending.run.experiment_id for w in tenant_writes.values() if w.ending}
                 for experiment_id in sorted(ended):  # their status follows their runs
                     statuses = await tx.experiment_run_statuses(experiment_id)
@@ -216,13 +217,8 @@ class GroupCommitWriter:
                 if not pending.done.done():
                     pending.done.set_exception(error)
         if self.chunks_stored is not None:
-            for tenant_id, runs in by_tenant.items():
-                stored = (
-                    (metric_id(run_id, chunk.name), chunk.n)
-                    for run_id in runs
-                    for _, chunk in writes[run_id].chunks
-                )
-                self.chunks_stored(tenant_id, now, stored)
+            for tenant_id, chunks in stored.items():
+                self.chunks_stored(tenant_id, now, chunks)
         if self.completed is not None:
             done = {
                 tenant_id: completed
@@ -347,12 +343,19 @@ def _apply_batch(run: RunState, batch: Batch, write: _RunWrite) -> None:
 
 async def _write_rows(
     tx: IngestTransaction, tenant_id: str, writes: dict[str, _RunWrite], now: datetime
-) -> None:
-    """The metrics' summaries, chunks and events; then each run's row."""
+) -> list[tuple[str, int]]:
+    """The metrics' summaries, chunks and events; then each run's row. The chunks written:
+    (metric id, points) each.
+    """
     await tx.upsert_metrics(tenant_id, now, _summaries(writes))
+    named = [
+        (metric_id(run_id, chunk.name), run_id, seq, chunk)
+        for run_id, write in writes.items()
+        for seq, chunk in write.chunks
+    ]
     chunks = [
         {
-            "metric_id": metric_id(run_id, chunk.name),
+            "metric_id": key,
             "seq": seq,
             "run_id": run_id,
             "first_step": chunk.first_step,
@@ -366,8 +369,7 @@ async def _write_rows(
             "vals": chunk.vals,
             "ts": chunk.ts,
         }
-        for run_id, write in writes.items()
-        for seq, chunk in write.chunks
+        for key, run_id, seq, chunk in named
     ]
     await tx.insert_chunks(tenant_id, now, chunks)
     events = [
@@ -391,6 +393,7 @@ async def _write_rows(
         now,
         {write.run.id: write.ending for write in writes.values() if write.run and write.ending},
     )
+    return [(key, chunk.n) for key, _, _, chunk in named]
 
 
 def _summaries(writes: dict[str, _RunWrite]) -> list[dict[str, Any]]:
