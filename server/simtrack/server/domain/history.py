@@ -157,17 +157,38 @@ def range_count(step_columns: Sequence[tuple[int, int, bytes]], lo: int, hi: int
     return total
 
 
-def downsample(points: Points, max_points: int) -> Points:
-    """At most ``max_points`` of ``points`` (in step order): each of ``max_points // 2`` equal
-    step intervals keeps its lowest and highest value (ties: the earliest; NaN is skipped, and
-    an interval of only NaN keeps its first point).
+@dataclass(frozen=True)
+class Grid:
+    """``intervals`` equal step intervals over [lo, hi]: a downsampled view keeps the lowest and
+    the highest point of each. Several series viewed on one grid line up (compare).
+    """
+
+    lo: int
+    hi: int
+    intervals: int
+
+    @classmethod
+    def spanning(cls, points: Points, max_points: int) -> Grid:
+        """The grid of a single series: from its first to its last step."""
+        return cls(int(points.steps[0]), int(points.steps[-1]), max_points // 2)
+
+    def interval(self, steps: Array) -> Array:
+        """The interval of each step (steps in [lo, hi])."""
+        span = float(self.hi) - float(self.lo) + 1.0  # float: a span may not fit in int64
+        where = (steps.astype(np.float64) - float(self.lo)) * (self.intervals / span)
+        return np.minimum(where.astype(np.int64), self.intervals - 1)
+
+
+def downsample(points: Points, max_points: int, grid: Grid | None = None) -> Points:
+    """At most ``max_points`` of ``points`` (in step order, within the grid): each interval of
+    ``grid`` (default: ``max_points // 2`` intervals spanning the points) keeps its lowest and
+    highest value (ties: the earliest; NaN is skipped, and an interval of only NaN keeps its
+    first point).
     """
     if len(points) <= max_points:
         return points
-    intervals = max_points // 2
-    steps = points.steps.astype(np.float64)  # float: a step span may not fit in int64
-    span = steps[-1] - steps[0] + 1.0
-    interval = np.minimum(((steps - steps[0]) * (intervals / span)).astype(np.int64), intervals - 1)
+    grid = grid or Grid.spanning(points, max_points)
+    interval = grid.interval(points.steps)
     starts = np.flatnonzero(np.r_[True, interval[1:] != interval[:-1]])
     lengths = np.diff(np.r_[starts, len(points)])
     chosen = []
@@ -177,10 +198,32 @@ def downsample(points: Points, max_points: int) -> Points:
         hit_interval = interval[hits]  # ascending: the first hit of each interval starts a run
         first = np.r_[True, hit_interval[1:] != hit_interval[:-1]]
         chosen.append(hits[first])
-        found = np.zeros(intervals, dtype=bool)
+        found = np.zeros(grid.intervals, dtype=bool)
         found[hit_interval[first]] = True
         chosen.append(starts[~found[interval[starts]]])  # intervals of only NaN
     return points.take(np.unique(np.concatenate(chosen)))
+
+
+@dataclass(frozen=True)
+class View:
+    """A downsampled view of a metric's range."""
+
+    points: Points
+    range_count: int  # stored points in the range
+    downsampled: bool  # points were left out
+
+
+async def read_view(
+    chunks: ChunkRows, metric_id: str, lo: int, hi: int, max_points: int, grid: Grid | None = None
+) -> View:
+    """At most ``max_points`` of the metric's points in [lo, hi] (see `downsample`); ``grid``
+    must lie within [lo, hi]. Call inside a read snapshot (a compaction between two reads must
+    not show a point twice or not at all).
+    """
+    every = await chunks.overlapping(metric_id, lo, hi, None, None)
+    points = merge(every, lo, hi).points
+    shown = downsample(points, max_points, grid)
+    return View(shown, len(points), len(shown) < len(points))
 
 
 async def read_page(
@@ -261,11 +304,9 @@ class HistoryService:
             stored = await uow.metrics.named(run.id, metric)
             if stored is None:
                 raise NotFound("metric", metric, "metric")
-            if max_points:  # every point of the range is read: it counts itself
-                every = await uow.chunks.overlapping(stored.id, lo, hi, None, None)
-                points = merge(every, lo, hi).points
-                shown = downsample(points, max_points)
-                return History(shown, len(points), len(shown) < len(points), "")
+            if max_points:
+                view = await read_view(uow.chunks, stored.id, lo, hi, max_points)
+                return History(view.points, view.range_count, view.downsampled, "")
             count = range_count(await uow.chunks.step_columns(stored.id, lo, hi), lo, hi)
             merged, more = await read_page(uow.chunks, stored.id, lo, hi, after, size)
         shown_count = min(size, len(merged.points))
