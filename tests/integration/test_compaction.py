@@ -19,7 +19,7 @@ from simtrack.server.background import compact_chunks
 from simtrack.server.core.model import INT64_MAX, INT64_MIN
 from simtrack.server.core.tenancy import DEFAULT_TENANT_ID, Principal, Role, acting_for
 from simtrack.server.db import migrate
-from simtrack.server.db.chunks import CompactedChunk, StoredChunk, extreme_step, unpack
+from simtrack.server.db.chunks import CompactedChunk, StoredChunk, extremes, unpack
 from simtrack.server.db.codec import is_tagged
 from simtrack.server.db.compaction_store import SqlBatchCompaction, SqlCompactionStore
 from simtrack.server.db.engine import create_engine
@@ -141,23 +141,24 @@ async def test_compacted_chunks_are_compressed_with_their_summaries(
     await compactor(server_engine).run_round()
     rows = await services.fetch(
         "SELECT seq, first_step, last_step, n, steps, vals, ts, vmin, vmax, vmin_step, "
-        "vmax_step, written_at FROM metric_chunks WHERE run_id = :run",
+        "vmax_step, vmin_ts, vmax_ts, written_at FROM metric_chunks WHERE run_id = :run",
         run=run.id,
     )
     assert len(rows) == 1
-    seq, first, last, n, steps_blob, vals_blob, ts_blob, vmin, vmax, vmin_step, vmax_step, at = (
-        tuple(rows[0])
-    )
+    (seq, first, last, n, steps_blob, vals_blob, ts_blob, vmin, vmax, vmin_step, vmax_step) = tuple(
+        rows[0]
+    )[:11]
+    vmin_ts, vmax_ts, at = tuple(rows[0])[11:]
     chunk = StoredChunk(seq, first, last, n, bytes(steps_blob), bytes(vals_blob), bytes(ts_blob))
     assert is_tagged(chunk.vals) and is_tagged(chunk.ts) and at is not None
     raw_bytes = 8 * 3 * n
     assert len(chunk.steps) + len(chunk.vals) + len(chunk.ts) < raw_bytes / 2
-    steps, values, _ = unpack(n, first, chunk.steps, chunk.vals, chunk.ts)
+    steps, values, stamps = unpack(n, first, chunk.steps, chunk.vals, chunk.ts)
     finite = values[np.isfinite(values)]
     assert (first, last) == (int(steps.min()), int(steps.max()))
     assert (vmin, vmax) == (float(finite.min()), float(finite.max()))
-    assert vmin_step == extreme_step(steps, values, vmin)
-    assert vmax_step == extreme_step(steps, values, vmax)
+    found = extremes(steps, values, stamps)
+    assert (vmin_step, vmax_step, vmin_ts, vmax_ts) == found[2:]
     assert vmin_step is not None and vmax_step is not None
 
 

@@ -39,17 +39,50 @@ async def engines(services: Services) -> AsyncIterator[list[AsyncEngine]]:
 
 
 class InterruptedChunks(ChunkRepository):
-    """The real repository; before its second chunk read, ``hook`` runs (and commits)."""
+    """The real repository; before the ``nth`` call of method ``at``, ``hook`` runs (and
+    commits).
+    """
 
-    def __init__(self, session: Any, hook: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self, session: Any, hook: Callable[[], Awaitable[None]], at: str, nth: int
+    ) -> None:
         super().__init__(session)
-        self.hook, self.reads = hook, 0
+        self.hook, self.at, self.nth, self.calls = hook, at, nth, 0
+
+    async def _before(self, method: str) -> None:
+        if method == self.at:
+            self.calls += 1
+            if self.calls == self.nth:
+                await self.hook()
 
     async def overlapping(self, *args: Any, **kwargs: Any) -> list[StoredChunk]:
-        self.reads += 1
-        if self.reads == 2:
-            await self.hook()
+        await self._before("overlapping")
         return await super().overlapping(*args, **kwargs)
+
+    async def with_seqs(self, *args: Any, **kwargs: Any) -> list[StoredChunk]:
+        await self._before("with_seqs")
+        return await super().with_seqs(*args, **kwargs)
+
+
+def interrupted_history(
+    services: Services, engine: AsyncEngine, at: str, nth: int
+) -> tuple[HistoryService, list[int]]:
+    """A history service whose reads are interrupted by another server's compaction
+    (committed), and the sizes of the metrics that compaction compacted.
+    """
+    compacted: list[int] = []
+
+    async def compact() -> None:
+        report = await compactor(engine).run_round()
+        compacted.extend(c.chunks_in for c in report.compacted)
+
+    class Interrupted(SqlUnitOfWork):
+        async def __aenter__(self) -> Interrupted:
+            await super().__aenter__()
+            self.chunks = InterruptedChunks(self.session, compact, at, nth)
+            return self
+
+    return HistoryService(lambda: Interrupted(services.uow.sessions)), compacted
 
 
 async def test_one_history_call_reads_one_snapshot_while_a_compaction_commits(
@@ -60,19 +93,7 @@ async def test_one_history_call_reads_one_snapshot_while_a_compaction_commits(
         await send(writer, run.id, range(1, 1001))
     history = HistoryService(services.uow)
     whole = await history.history(run.id, "loss", None, None, 0, 2000, "")
-    compacted: list[int] = []
-
-    async def compact() -> None:  # another server's compaction, committed mid-read
-        report = await compactor(engines[0]).run_round()
-        compacted.extend(c.chunks_in for c in report.compacted)
-
-    class Interrupted(SqlUnitOfWork):
-        async def __aenter__(self) -> Interrupted:
-            await super().__aenter__()
-            self.chunks = InterruptedChunks(self.session, compact)
-            return self
-
-    interrupted = HistoryService(lambda: Interrupted(services.uow.sessions))
+    interrupted, compacted = interrupted_history(services, engines[0], "overlapping", 2)
     page = await interrupted.history(run.id, "loss", None, None, 0, 2000, "")
     assert compacted == [1000]  # it did commit, between the reads of the call
     # Compacted: large chunks (1,000 points and more), only the newest perhaps not.
@@ -81,6 +102,26 @@ async def test_one_history_call_reads_one_snapshot_while_a_compaction_commits(
     assert page.points.steps.tobytes() == whole.points.steps.tobytes()
     assert page.points.values.tobytes() == whole.points.values.tobytes()
     assert (page.range_count, page.next_page_token != "") == (whole.range_count, True)
+
+
+async def test_a_view_reads_one_snapshot_while_a_compaction_commits(
+    services: Services, engines: list[AsyncEngine]
+) -> None:
+    run = await services.run((await services.experiment()).id)
+    async with running_writer(services) as writer:
+        await send(writer, run.id, range(1, 1001))
+    history = HistoryService(services.uow)
+    whole = await history.history(run.id, "loss", None, None, 100, 0, "")
+    # After the view read the summaries of chunks that are then compacted.
+    interrupted, compacted = interrupted_history(services, engines[0], "with_seqs", 1)
+    view = await interrupted.history(run.id, "loss", None, None, 100, 0, "")
+    assert compacted == [1000]  # it did commit, between the reads of the call
+    assert view.points.steps.tobytes() == whole.points.steps.tobytes()
+    assert view.points.values.tobytes() == whole.points.values.tobytes()
+    assert view.points.timestamps.tobytes() == whole.points.timestamps.tobytes()
+    assert view.range_count == whole.range_count
+    after = await history.history(run.id, "loss", None, None, 100, 0, "")
+    assert after.points.values.tobytes() == whole.points.values.tobytes()
 
 
 async def test_paging_across_a_compaction_gives_every_point_once(

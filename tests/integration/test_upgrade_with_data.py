@@ -11,6 +11,7 @@ test: a migration's data handling is part of what it must declare.
 
 from __future__ import annotations
 
+import struct
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -38,6 +39,7 @@ CREATED = datetime(2026, 11, 1, 12, 0, 0, 123456, tzinfo=UTC)
 COMPLETED = datetime(2026, 11, 1, 13, 0, 0, 654321, tzinfo=UTC)
 EVENT_TIME = datetime(2026, 11, 1, 12, 30, 15, 250001, tzinfo=UTC)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+CHUNK_TIME = 1_790_000_000.25  # the one timestamp of the chunk's two points
 
 
 def nanos(when: datetime) -> int:
@@ -105,8 +107,8 @@ ROWS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
         ("metric_id", "seq"),
         {
             "metric_id": METRIC, "seq": 1, "run_id": RUN, "first_step": 0, "last_step": 1,
-            "n": 2, "vmin": 1.5, "vmax": 2.5, "steps": b"", "vals": b"\x00" * 16,
-            "ts": b"\x01" * 8,
+            "n": 2, "vmin": 1.5, "vmax": 2.5, "steps": b"", "vals": struct.pack("<2d", 1.5, 2.5),
+            "ts": struct.pack("<d", CHUNK_TIME),
         },
     ),
     "events": (
@@ -146,10 +148,12 @@ ADDED: dict[tuple[str, str], Any] = {
     ("runs", "revived_at"): None,
     ("runs", "paused_at"): None,
     ("events", "time_ns"): nanos(EVENT_TIME),  # converted from the old ``time``
-    # Not backfilled: compaction fills them when it rewrites the chunk; NULL arrival is "long
-    # settled".
-    ("metric_chunks", "vmin_step"): None,
-    ("metric_chunks", "vmax_step"): None,
+    # Backfilled from the chunk's columns (values 1.5 at step 0, 2.5 at step 1).
+    ("metric_chunks", "vmin_step"): 0,
+    ("metric_chunks", "vmax_step"): 1,
+    ("metric_chunks", "vmin_ts"): CHUNK_TIME,
+    ("metric_chunks", "vmax_ts"): CHUNK_TIME,
+    # NULL arrival is "long settled".
     ("metric_chunks", "written_at"): None,
 }
 

@@ -18,7 +18,7 @@ from simtrack.server.core.tenancy import LOCAL_PRINCIPAL
 from simtrack.server.db.chunks import StoredChunk
 from simtrack.server.db.compaction_store import SqlCompactionStore
 from simtrack.server.domain.compaction import CompactionService
-from simtrack.server.domain.history import merge
+from simtrack.server.domain.series import merge
 from simtrack.server.ingest.writer import GroupCommitWriter, metric_id
 from simtrack.v1 import telemetry_pb2 as tpb
 from tests.support import Services

@@ -10,8 +10,9 @@ import pytest
 
 from simtrack.server.core.model import MetricKind
 from simtrack.server.db.chunks import (
+    Extremes,
     StoredChunk,
-    extreme_step,
+    extremes,
     pack_steps,
     pack_timestamps,
     unpack,
@@ -147,13 +148,31 @@ def test_compressed_chunks_read_back_bit_for_bit_among_raw_ones() -> None:
     assert many[1][: first.n].tobytes() == values.tobytes()
 
 
-def test_extreme_steps_are_the_first_in_history_order() -> None:
-    steps = np.array([5, 3, 9, 3, 7], dtype="<i8")
-    values = np.array([1.0, 4.0, -2.0, -2.0, 4.0])
-    # -2.0 at steps 9 and 3: step 3 comes first in history order; 4.0 at steps 3 and 7.
-    assert extreme_step(steps, values, -2.0) == 3
-    assert extreme_step(steps, values, 4.0) == 3
-    assert extreme_step(steps, values, None) is None
+def test_extremes_are_the_first_points_in_history_order_holding_them() -> None:
+    steps = np.array([5, 3, 9, 3, 7, 3], dtype="<i8")
+    values = np.array([1.0, 4.0, -2.0, -2.0, 4.0, 4.0])
+    stamps = np.array([10.0, 11.0, 12.0, 13.0, 14.0, 15.0])
+    # -2.0 at steps 9 and 3: step 3 comes first; 4.0 twice at step 3: the first sent.
+    assert extremes(steps, values, stamps) == Extremes(-2.0, 4.0, 3, 3, 13.0, 11.0)
+    # One timestamp for all points stands for each.
+    assert extremes(steps, values, np.array([7.0])) == Extremes(-2.0, 4.0, 3, 3, 7.0, 7.0)
+
+
+def test_extremes_skip_non_finite_values_and_then_stand_for_no_point_of_a_view() -> None:
+    steps = np.array([1, 2, 3, 4], dtype="<i8")
+    values = np.array([np.inf, 0.5, np.nan, -1.5])
+    stamps = np.array([10.0, 11.0, 12.0, 13.0])
+    assert extremes(steps, values, stamps) == Extremes(-1.5, 0.5, 4, 2, None, None)
+    nothing = extremes(steps[:1], np.array([np.nan]), stamps[:1])
+    assert nothing == Extremes(None, None, None, None, None, None)
+
+
+def test_extremes_keep_the_points_own_zero() -> None:
+    """-0.0 and 0.0 are equal: the extreme is the first point holding either, bit for bit."""
+    steps = np.array([2, 1, 3], dtype="<i8")
+    found = extremes(steps, np.array([0.0, -0.0, 1.0]), np.array([5.0]))
+    assert found.vmin is not None
+    assert (found.vmin_step, math.copysign(1.0, found.vmin)) == (1, -1.0)
 
 
 def test_ingested_series_carry_their_extreme_steps() -> None:

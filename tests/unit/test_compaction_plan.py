@@ -21,7 +21,7 @@ from simtrack.server.domain.compaction import (
     output_bounds,
     split_bounds,
 )
-from simtrack.server.domain.history import merge
+from simtrack.server.domain.series import merge
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
 OLD, NEW = NOW - timedelta(seconds=10), NOW + timedelta(seconds=1)

@@ -45,6 +45,23 @@ class StoredChunk(NamedTuple):
     ts: bytes
 
 
+class ChunkSummary(NamedTuple):
+    """A ``metric_chunks`` row without its columns: what a downsampled view needs of a chunk
+    that lies within one of its intervals (``vmin_ts`` set: every value finite).
+    """
+
+    seq: int
+    first_step: int
+    last_step: int
+    n: int
+    vmin: float | None
+    vmax: float | None
+    vmin_step: int | None
+    vmax_step: int | None
+    vmin_ts: float | None
+    vmax_ts: float | None
+
+
 class SmallChunk(NamedTuple):
     """A small chunk as compaction chooses them: its seq, size and arrival (None: long ago)."""
 
@@ -64,6 +81,8 @@ class CompactedChunk(NamedTuple):
     vmax: float | None
     vmin_step: int | None
     vmax_step: int | None
+    vmin_ts: float | None
+    vmax_ts: float | None
     steps: bytes
     vals: bytes
     ts: bytes
@@ -96,13 +115,45 @@ def pack_timestamps(stamps: Array | None, now: float) -> bytes:
     return stamps.tobytes()
 
 
-def extreme_step(steps: Array, values: Array, extreme: float | None) -> int | None:
-    """The lowest step where ``values`` hold ``extreme`` (the first such point in history
-    order); None when ``extreme`` is (no finite values).
+class Extremes(NamedTuple):
+    """A chunk's finite min and max, each with the first point holding it in history order
+    (the lowest step, then the first sent): its step, its own value (so -0.0 or 0.0 as stored)
+    and, when every value of the chunk is finite, its timestamp. Only then do the summaries
+    stand for the chunk's extremes in a downsampled view, which keeps NaN and infinities.
     """
-    if extreme is None:
-        return None
-    return int(steps[values == extreme].min())
+
+    vmin: float | None
+    vmax: float | None
+    vmin_step: int | None
+    vmax_step: int | None
+    vmin_ts: float | None
+    vmax_ts: float | None
+
+
+def extremes(steps: Array, values: Array, stamps: Array) -> Extremes:
+    """The `Extremes` of a chunk's points (``stamps``: one per point, or one for all)."""
+    finite = np.isfinite(values)
+    every = bool(finite.all())
+    if not every and not finite.any():
+        return Extremes(None, None, None, None, None, None)
+    candidates = values if every else values[finite]
+    low = first_holding(steps, values, candidates.min())
+    high = first_holding(steps, values, candidates.max())
+    stamps = np.broadcast_to(stamps, values.shape)
+    return Extremes(
+        float(values[low]),
+        float(values[high]),
+        int(steps[low]),
+        int(steps[high]),
+        float(stamps[low]) if every else None,
+        float(stamps[high]) if every else None,
+    )
+
+
+def first_holding(steps: Array, values: Array, value: float) -> int:
+    """The index of the first point in history order whose value equals ``value``."""
+    hits = np.flatnonzero(values == value)
+    return int(hits[steps[hits].argmin()])  # argmin: the first of the lowest step
 
 
 def unpack(

@@ -254,7 +254,7 @@ def _update(
 
 _CHUNK_COLUMNS = (
     "metric_id", "seq", "tenant_id", "run_id", "first_step", "last_step", "n", "vmin", "vmax",
-    "vmin_step", "vmax_step", "written_at", "steps", "vals", "ts",
+    "vmin_step", "vmax_step", "vmin_ts", "vmax_ts", "written_at", "steps", "vals", "ts",
 )  # fmt: skip
 _EVENT_COLUMNS = (
     "run_id", "seq", "position", "tenant_id", "step", "time_ns", "type", "agent_id", "payload",

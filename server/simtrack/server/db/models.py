@@ -367,6 +367,11 @@ class MetricChunk(Base):
     # NULL, or for rows stored before these columns that compaction has not rewritten.
     vmin_step: Mapped[int | None] = mapped_column(BigInteger)
     vmax_step: Mapped[int | None] = mapped_column(BigInteger)
+    # The timestamps of those two points, set only when every value of the chunk is finite:
+    # then the summaries stand for the chunk in a downsampled view (one interval holding the
+    # whole chunk needs its min and max point, not its columns).
+    vmin_ts: Mapped[float | None] = mapped_column(Float)
+    vmax_ts: Mapped[float | None] = mapped_column(Float)
     # When the row was stored: compaction waits for small chunks to settle. NULL: before
     # this column existed (long settled).
     written_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -7,6 +7,7 @@ unit of work; they never commit. (On PostgreSQL, row-level security enforces the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
@@ -28,7 +29,7 @@ from simtrack.server.core.listing import Cursor, PageRequest
 from simtrack.server.core.model import RUN_ATTACHED, MetricAggregate, RunStatus
 from simtrack.server.core.tenancy import current_tenant
 from simtrack.server.db import models
-from simtrack.server.db.chunks import StoredChunk
+from simtrack.server.db.chunks import ChunkSummary, StoredChunk
 from simtrack.server.db.filter_sql import after_keys, matches, sort_value
 from simtrack.server.db.models import UTCDateTime
 
@@ -359,6 +360,23 @@ class ChunkRepository:
         if after is not None:
             stmt = stmt.where(tuple_(chunk.first_step, chunk.seq) > tuple_(*after))
         stmt = stmt.order_by(chunk.first_step, chunk.seq).limit(limit)
+        return [StoredChunk(*row) for row in await self.session.execute(stmt)]
+
+    async def summaries(self, metric_id: str, lo: int, hi: int) -> list[ChunkSummary]:
+        chunk = models.MetricChunk
+        stmt = self._overlapping(metric_id, lo, hi).with_only_columns(
+            *(getattr(chunk, name) for name in ChunkSummary._fields)
+        )
+        stmt = stmt.order_by(chunk.first_step, chunk.seq)
+        return [ChunkSummary(*row) for row in await self.session.execute(stmt)]
+
+    async def with_seqs(self, metric_id: str, seqs: Sequence[int]) -> list[StoredChunk]:
+        chunk = models.MetricChunk
+        stmt = (
+            select(*(getattr(chunk, name) for name in StoredChunk._fields))
+            .where(scoped(chunk), chunk.metric_id == metric_id, chunk.seq.in_(seqs))
+            .order_by(chunk.first_step, chunk.seq)
+        )
         return [StoredChunk(*row) for row in await self.session.execute(stmt)]
 
 

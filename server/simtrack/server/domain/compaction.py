@@ -55,13 +55,13 @@ from simtrack.server.db.chunks import (
     CompactedChunk,
     SmallChunk,
     StoredChunk,
-    extreme_step,
+    extremes,
 )
 from simtrack.server.db.codec import encode_chunk
 from simtrack.server.db.models import SMALL_CHUNK_POINTS
-from simtrack.server.domain.history import history_order
 from simtrack.server.domain.pending_chunks import PendingChunks
 from simtrack.server.domain.ports import CompactionStore
+from simtrack.server.domain.series import history_order
 
 log = logging.getLogger(__name__)
 
@@ -169,9 +169,7 @@ def compact(chunks: Sequence[StoredChunk], target: int) -> list[CompactedChunk]:
         steps = np.ascontiguousarray(points.steps[start:end])
         values = np.ascontiguousarray(points.values[start:end])
         stamps = np.ascontiguousarray(points.timestamps[start:end])
-        finite = values[np.isfinite(values)]
-        vmin = float(finite.min()) if len(finite) else None
-        vmax = float(finite.max()) if len(finite) else None
+        found = extremes(steps, values, stamps)
         steps_blob, vals_blob, ts_blob = encode_chunk(steps, values, stamps)
         out.append(
             CompactedChunk(
@@ -179,10 +177,7 @@ def compact(chunks: Sequence[StoredChunk], target: int) -> list[CompactedChunk]:
                 first_step=int(steps[0]),  # sorted: the lowest, as an elided column needs
                 last_step=int(steps[-1]),
                 n=end - start,
-                vmin=vmin,
-                vmax=vmax,
-                vmin_step=extreme_step(steps, values, vmin),
-                vmax_step=extreme_step(steps, values, vmax),
+                **found._asdict(),
                 steps=steps_blob,
                 vals=vals_blob,
                 ts=ts_blob,

@@ -7,17 +7,12 @@ sent: by seq, then place in the batch), either
 * page by page: chunks are read in order of their first step until no unread chunk can hold a
   point of the page (the next one starts after the page's last step); the page token is the
   last point's (step, rank among the points of that step), which compaction preserves; or
-* downsampled to at most ``max_points``: every chunk of the range is read and each of
-  ``max_points // 2`` equal step intervals keeps its lowest and its highest point, so spikes
-  survive (the usual min/max decimation of time-series viewers).
+* downsampled to at most ``max_points`` (``domain/views.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-
-import numpy as np
 
 from simtrack.errors import InvalidArgument, NotFound
 from simtrack.server.core.filters import optional_str
@@ -37,11 +32,12 @@ from simtrack.server.core.model import (
     require_id,
     require_name,
 )
-from simtrack.server.db.chunks import FLOAT, STEP, Array, StoredChunk, unpack_many
-from simtrack.server.db.codec import decode_steps, is_tagged
+from simtrack.server.db.chunks import StoredChunk
 from simtrack.server.db.models import Event, Metric
 from simtrack.server.domain.ports import ChunkRows, UnitOfWorkFactory
 from simtrack.server.domain.runs import load_run
+from simtrack.server.domain.series import Key, Merged, Points, merge, range_count
+from simtrack.server.domain.views import read_view
 
 HISTORY_PAGE_DEFAULT = 10_000
 HISTORY_PAGE_MAX = 100_000
@@ -51,27 +47,6 @@ CHUNKS_PER_READ = 64  # a 10,000-point page of 1,000-point chunks is one read
 METRIC_LISTING = Listing("metrics", {"name": str, "kind": enum_parser(MetricKind)})
 EVENT_LISTING = Listing("events", {"type": str, "agent_id": optional_str})
 
-# A point's place in history order: (step, rank), the rank counting the points of that step
-# before it. Compaction rewrites chunks (new seqs, new places in them) but keeps history order,
-# and later points sort after every stored one of their step, so a key, and the page token
-# that carries it, outlives compaction.
-Key = tuple[int, int]
-
-
-@dataclass(frozen=True)
-class Points:
-    """Parallel columns: int64 steps, float64 values, float64 Unix-second timestamps."""
-
-    steps: Array
-    values: Array
-    timestamps: Array
-
-    def __len__(self) -> int:
-        return len(self.steps)
-
-    def take(self, index: Array | slice) -> Points:
-        return Points(self.steps[index], self.values[index], self.timestamps[index])
-
 
 @dataclass(frozen=True)
 class History:
@@ -79,151 +54,6 @@ class History:
     range_count: int  # stored points in the requested step range, all pages together
     downsampled: bool
     next_page_token: str
-
-
-@dataclass(frozen=True)
-class Merged:
-    """Points in history order, the first ``skipped`` of step ``after_step`` left out."""
-
-    points: Points
-    after_step: int | None = None
-    skipped: int = 0
-
-    def __len__(self) -> int:
-        return len(self.points)
-
-    def key(self, i: int) -> Key:
-        """The key of point ``i``: its step and its rank among the points of that step."""
-        steps = self.points.steps
-        step = int(steps[i])
-        rank = i - int(np.searchsorted(steps, steps[i], side="left"))
-        return step, rank + (self.skipped if step == self.after_step else 0)
-
-
-def history_order(chunks: Sequence[StoredChunk]) -> tuple[Points, Array]:
-    """The chunks' points sorted by (step, seq, place in the chunk), and the order applied."""
-    steps, values, stamps = unpack_many(chunks)
-    points = Points(steps, values, stamps)
-    if len(steps) < 2 or bool((steps[1:] > steps[:-1]).all()):  # already in order
-        return points, np.arange(len(steps))
-    counts = np.fromiter((c.n for c in chunks), dtype=np.int64, count=len(chunks))
-    seqs = np.repeat(np.fromiter((c.seq for c in chunks), dtype=STEP, count=len(chunks)), counts)
-    index = np.arange(len(steps), dtype=STEP) - np.repeat(np.cumsum(counts) - counts, counts)
-    order = np.lexsort((index, seqs, steps))
-    return points.take(order), order
-
-
-def merge(chunks: Sequence[StoredChunk], lo: int, hi: int, after: Key | None = None) -> Merged:
-    """The chunks' points with lo <= step <= hi (and key > ``after``), in history order.
-
-    With ``after``, the chunks must include every one holding a point of its step (the rank
-    counts them).
-    """
-    if after is not None:
-        lo = max(lo, after[0])
-    if not chunks:
-        empty = np.empty(0, dtype=FLOAT)
-        return Merged(Points(np.empty(0, dtype=STEP), empty, empty))
-    points, _ = history_order(chunks)
-    steps = points.steps
-    if any(c.first_step < lo or c.last_step > hi for c in chunks):
-        # Sorted by step: the range is one slice.
-        start = int(np.searchsorted(steps, lo, side="left"))
-        end = int(np.searchsorted(steps, hi, side="right"))
-        points = points.take(slice(start, end))
-    if after is None:
-        return Merged(points)
-    step, rank = after
-    # The points of the token's step come first (lo is that step); its first rank + 1 are read.
-    same = int(np.searchsorted(points.steps, step, side="right"))
-    skipped = min(same, rank + 1)
-    return Merged(points.take(slice(skipped, None)), step, skipped)
-
-
-def range_count(step_columns: Sequence[tuple[int, int, bytes]], lo: int, hi: int) -> int:
-    """How many points of chunks given as (n, first_step, steps) lie in [lo, hi], the chunks
-    being those that reach into it (so no difference below overflows int64).
-    """
-    raw = b"".join(steps for _, _, steps in step_columns if not is_tagged(steps))
-    stored = [np.frombuffer(raw, dtype=STEP)] + [
-        decode_steps(steps, n, first) for n, first, steps in step_columns if is_tagged(steps)
-    ]
-    total = sum(int(np.count_nonzero((s >= lo) & (s <= hi))) for s in stored)
-    elided = [(n, first) for n, first, steps in step_columns if not steps]
-    if elided:  # contiguous: first, first + 1, ..., first + n - 1
-        n, first = np.array(elided, dtype=STEP).T
-        last = first + (n - 1)
-        total += int((np.minimum(last, hi) - np.maximum(first, lo) + 1).clip(min=0).sum())
-    return total
-
-
-@dataclass(frozen=True)
-class Grid:
-    """``intervals`` equal step intervals over [lo, hi]: a downsampled view keeps the lowest and
-    the highest point of each. Several series viewed on one grid line up (compare).
-    """
-
-    lo: int
-    hi: int
-    intervals: int
-
-    @classmethod
-    def spanning(cls, points: Points, max_points: int) -> Grid:
-        """The grid of a single series: from its first to its last step."""
-        return cls(int(points.steps[0]), int(points.steps[-1]), max_points // 2)
-
-    def interval(self, steps: Array) -> Array:
-        """The interval of each step (steps in [lo, hi])."""
-        span = float(self.hi) - float(self.lo) + 1.0  # float: a span may not fit in int64
-        where = (steps.astype(np.float64) - float(self.lo)) * (self.intervals / span)
-        return np.minimum(where.astype(np.int64), self.intervals - 1)
-
-
-def downsample(points: Points, max_points: int, grid: Grid | None = None) -> Points:
-    """At most ``max_points`` of ``points`` (in step order, within the grid): each interval of
-    ``grid`` (default: ``max_points // 2`` intervals spanning the points) keeps its lowest and
-    highest value (ties: the earliest; NaN is skipped, and an interval of only NaN keeps its
-    first point).
-    """
-    if len(points) <= max_points:
-        return points
-    grid = grid or Grid.spanning(points, max_points)
-    interval = grid.interval(points.steps)
-    starts = np.flatnonzero(np.r_[True, interval[1:] != interval[:-1]])
-    lengths = np.diff(np.r_[starts, len(points)])
-    chosen = []
-    for extreme in (np.fmin, np.fmax):  # fmin/fmax ignore NaN unless all are NaN
-        target = np.repeat(extreme.reduceat(points.values, starts), lengths)
-        hits = np.flatnonzero(points.values == target)
-        hit_interval = interval[hits]  # ascending: the first hit of each interval starts a run
-        first = np.r_[True, hit_interval[1:] != hit_interval[:-1]]
-        chosen.append(hits[first])
-        found = np.zeros(grid.intervals, dtype=bool)
-        found[hit_interval[first]] = True
-        chosen.append(starts[~found[interval[starts]]])  # intervals of only NaN
-    return points.take(np.unique(np.concatenate(chosen)))
-
-
-@dataclass(frozen=True)
-class View:
-    """A downsampled view of a metric's range."""
-
-    points: Points
-    range_count: int  # stored points in the range
-    downsampled: bool  # points were left out
-
-
-async def read_view(
-    chunks: ChunkRows, metric_id: str, lo: int, hi: int, max_points: int, grid: Grid | None = None
-) -> View:
-    """At most ``max_points`` of the metric's points in [lo, hi] (see `downsample`); ``grid``
-    must lie within [lo, hi]. Call inside a read snapshot (a compaction between two reads must
-    not show a point twice or not at all).
-    """
-    every = await chunks.overlapping(metric_id, lo, hi, None, None)
-    points = merge(every, lo, hi).points
-    shown = downsample(points, max_points, grid)
-    return View(shown, len(points), len(shown) < len(points))
 
 
 async def read_page(

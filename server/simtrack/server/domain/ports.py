@@ -20,7 +20,7 @@ from simtrack.server.core.commands import CommandMessage
 from simtrack.server.core.filters import Filter
 from simtrack.server.core.listing import Cursor, PageRequest
 from simtrack.server.core.model import MetricAggregate, RunStatus
-from simtrack.server.db.chunks import CompactedChunk, SmallChunk, StoredChunk
+from simtrack.server.db.chunks import ChunkSummary, CompactedChunk, SmallChunk, StoredChunk
 from simtrack.server.db.models import (
     Agent,
     ApiKey,
@@ -142,6 +142,14 @@ class ChunkRows(Protocol):
     async def overlapping(
         self, metric_id: str, lo: int, hi: int, after: tuple[int, int] | None, limit: int | None
     ) -> list[StoredChunk]: ...
+
+    async def summaries(self, metric_id: str, lo: int, hi: int) -> list[ChunkSummary]:
+        """The chunks reaching into [lo, hi], without their columns, by (first_step, seq)."""
+        ...
+
+    async def with_seqs(self, metric_id: str, seqs: Sequence[int]) -> list[StoredChunk]:
+        """The metric's chunks of these seqs, by (first_step, seq)."""
+        ...
 
 
 class BatchCompaction(Protocol):

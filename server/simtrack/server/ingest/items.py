@@ -14,7 +14,7 @@ from simtrack.server.db.chunks import (
     FLOAT,
     STEP,
     Array,
-    extreme_step,
+    extremes,
     pack_steps,
     pack_timestamps,
 )
@@ -34,6 +34,8 @@ class SeriesChunk:
     vmax: float | None
     vmin_step: int | None  # the lowest step holding vmin (the first in history order)
     vmax_step: int | None
+    vmin_ts: float | None  # the timestamp of that point; None unless every value is finite
+    vmax_ts: float | None
     last_value: float | None  # the finite value at the highest step, if any
     last_value_step: int | None
     steps: bytes
@@ -59,21 +61,17 @@ def pack_series(
     steps, values = steps.astype(STEP, copy=False), values.astype(FLOAT, copy=False)
     stamps = None if stamps is None else stamps.astype(FLOAT, copy=False)
     packed = pack_steps(steps)
-    vmin: float | None
-    vmax: float | None
     last_value: float | None
     last_step: int | None
-    lowest, highest = float(values.min()), float(values.max())
-    if math.isfinite(lowest) and math.isfinite(highest):  # the common case (NaN propagates)
-        vmin, vmax, last_step, last_value = lowest, highest, packed.last, float(values[packed.top])
-    else:  # NaN or an infinity among the values: the summaries skip them
+    found = extremes(steps, values, np.full(1, now) if stamps is None else stamps)
+    if found.vmin_ts is not None:  # every value finite: the common case
+        last_step, last_value = packed.last, float(values[packed.top])
+    elif found.vmin is not None:  # NaN or an infinity among the values: the summaries skip them
         finite = np.isfinite(values)
-        if finite.any():
-            vmin, vmax = float(values[finite].min()), float(values[finite].max())
-            index = int(np.flatnonzero(finite)[steps[finite].argmax()])
-            last_step, last_value = int(steps[index]), float(values[index])
-        else:
-            vmin = vmax = last_value = last_step = None
+        index = int(np.flatnonzero(finite)[steps[finite].argmax()])
+        last_step, last_value = int(steps[index]), float(values[index])
+    else:
+        last_value = last_step = None
     return SeriesChunk(
         name=name,
         unit=unit,
@@ -81,10 +79,12 @@ def pack_series(
         n=len(values),
         first_step=packed.first,
         last_step=packed.last,
-        vmin=vmin,
-        vmax=vmax,
-        vmin_step=extreme_step(steps, values, vmin),
-        vmax_step=extreme_step(steps, values, vmax),
+        vmin=found.vmin,
+        vmax=found.vmax,
+        vmin_step=found.vmin_step,
+        vmax_step=found.vmax_step,
+        vmin_ts=found.vmin_ts,
+        vmax_ts=found.vmax_ts,
         last_value=last_value,
         last_value_step=last_step,
         steps=packed.packed,
@@ -127,13 +127,27 @@ def pack_small_series(
     vmin: float | None
     vmax: float | None
     last_value: float | None
-    if math.isfinite(sum(values)):  # every value finite (a NaN or an infinity would show)
+    vmin_ts: float | None = None
+    vmax_ts: float | None = None
+    # Every value finite (a NaN or an infinity would show in the sum; so may an overflow)
+    if math.isfinite(sum(values)) or all(map(math.isfinite, values)):
         vmin, vmax, last_step, last_value = min(values), max(values), highest_step, values[top]
         if consecutive:  # list order is step order: the first occurrence has the lowest step
-            vmin_step, vmax_step = steps[values.index(vmin)], steps[values.index(vmax)]
+            at_min, at_max = values.index(vmin), values.index(vmax)
+        else:  # the first point of the lowest step holding the value
+            at_min = min(range(n), key=lambda i: (values[i] != vmin, steps[i], i))
+            at_max = min(range(n), key=lambda i: (values[i] != vmax, steps[i], i))
+        # The points' own values: equal to min/max, and -0.0 or 0.0 as they are.
+        vmin, vmax, vmin_step, vmax_step = (
+            values[at_min],
+            values[at_max],
+            steps[at_min],
+            steps[at_max],
+        )
+        if stamps is None:
+            vmin_ts = vmax_ts = now
         else:
-            vmin_step = min(s for s, v in zip(steps, values, strict=True) if v == vmin)
-            vmax_step = min(s for s, v in zip(steps, values, strict=True) if v == vmax)
+            vmin_ts, vmax_ts = stamps[at_min], stamps[at_max]
     else:
         vmin, vmax, vmin_step, vmax_step, last_step, last_value = _finite_summaries(steps, values)
     if stamps is None:
@@ -144,7 +158,7 @@ def pack_small_series(
         ts = _DOUBLES[n].pack(*stamps)
     return SeriesChunk(
         name, unit, kind, n, lowest_step, highest_step, vmin, vmax, vmin_step, vmax_step,
-        last_value, last_step, packed, _DOUBLES[n].pack(*values), ts,
+        vmin_ts, vmax_ts, last_value, last_step, packed, _DOUBLES[n].pack(*values), ts,
     )  # fmt: skip
 
 
@@ -152,20 +166,14 @@ def _finite_summaries(steps: list[int], values: list[float]) -> tuple[Any, ...]:
     """(vmin, vmax, vmin_step, vmax_step, last_step, last_value) over the finite values only
     (all None when there are none), as `pack_series` has them.
     """
-    finite = [(s, v) for s, v in zip(steps, values, strict=True) if math.isfinite(v)]
+    finite = [i for i, v in enumerate(values) if math.isfinite(v)]
     if not finite:
         return None, None, None, None, None, None
-    vmin = min(v for _, v in finite)
-    vmax = max(v for _, v in finite)
-    top_step = max(s for s, _ in finite)
-    return (
-        vmin,
-        vmax,
-        min(s for s, v in finite if v == vmin),
-        min(s for s, v in finite if v == vmax),
-        top_step,
-        next(v for s, v in finite if s == top_step),  # numpy's argmax: the first such point
-    )
+    low, high = min(values[i] for i in finite), max(values[i] for i in finite)
+    at_min = min(finite, key=lambda i: (values[i] != low, steps[i], i))
+    at_max = min(finite, key=lambda i: (values[i] != high, steps[i], i))
+    top = min(finite, key=lambda i: (-steps[i], i))  # numpy's argmax: the first such point
+    return values[at_min], values[at_max], steps[at_min], steps[at_max], steps[top], values[top]
 
 
 @dataclass(slots=True)

@@ -365,6 +365,8 @@ async def _write_rows(
             "vmax": chunk.vmax,
             "vmin_step": chunk.vmin_step,
             "vmax_step": chunk.vmax_step,
+            "vmin_ts": chunk.vmin_ts,
+            "vmax_ts": chunk.vmax_ts,
             "steps": chunk.steps,
             "vals": chunk.vals,
             "ts": chunk.ts,

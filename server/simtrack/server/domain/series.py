@@ -1,0 +1,112 @@
+"""A metric's points in history order, read from its packed chunks (``db/chunks.py``).
+
+History order is step order, points of equal step in the order they were sent: by seq, then
+place in the batch. Compaction rewrites chunks but keeps it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from simtrack.server.db.chunks import FLOAT, STEP, Array, StoredChunk, unpack_many
+from simtrack.server.db.codec import decode_steps, is_tagged
+
+# A point's place in history order: (step, rank), the rank counting the points of that step
+# before it. Compaction rewrites chunks (new seqs, new places in them) but keeps history order,
+# and later points sort after every stored one of their step, so a key, and the page token
+# that carries it, outlives compaction.
+Key = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Points:
+    """Parallel columns: int64 steps, float64 values, float64 Unix-second timestamps."""
+
+    steps: Array
+    values: Array
+    timestamps: Array
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def take(self, index: Array | slice) -> Points:
+        return Points(self.steps[index], self.values[index], self.timestamps[index])
+
+
+@dataclass(frozen=True)
+class Merged:
+    """Points in history order, the first ``skipped`` of step ``after_step`` left out."""
+
+    points: Points
+    after_step: int | None = None
+    skipped: int = 0
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    def key(self, i: int) -> Key:
+        """The key of point ``i``: its step and its rank among the points of that step."""
+        steps = self.points.steps
+        step = int(steps[i])
+        rank = i - int(np.searchsorted(steps, steps[i], side="left"))
+        return step, rank + (self.skipped if step == self.after_step else 0)
+
+
+def history_order(chunks: Sequence[StoredChunk]) -> tuple[Points, Array]:
+    """The chunks' points sorted by (step, seq, place in the chunk), and the order applied."""
+    steps, values, stamps = unpack_many(chunks)
+    points = Points(steps, values, stamps)
+    if len(steps) < 2 or bool((steps[1:] > steps[:-1]).all()):  # already in order
+        return points, np.arange(len(steps))
+    counts = np.fromiter((c.n for c in chunks), dtype=np.int64, count=len(chunks))
+    seqs = np.repeat(np.fromiter((c.seq for c in chunks), dtype=STEP, count=len(chunks)), counts)
+    index = np.arange(len(steps), dtype=STEP) - np.repeat(np.cumsum(counts) - counts, counts)
+    order = np.lexsort((index, seqs, steps))
+    return points.take(order), order
+
+
+def merge(chunks: Sequence[StoredChunk], lo: int, hi: int, after: Key | None = None) -> Merged:
+    """The chunks' points with lo <= step <= hi (and key > ``after``), in history order.
+
+    With ``after``, the chunks must include every one holding a point of its step (the rank
+    counts them).
+    """
+    if after is not None:
+        lo = max(lo, after[0])
+    if not chunks:
+        empty = np.empty(0, dtype=FLOAT)
+        return Merged(Points(np.empty(0, dtype=STEP), empty, empty))
+    points, _ = history_order(chunks)
+    steps = points.steps
+    if any(c.first_step < lo or c.last_step > hi for c in chunks):
+        # Sorted by step: the range is one slice.
+        start = int(np.searchsorted(steps, lo, side="left"))
+        end = int(np.searchsorted(steps, hi, side="right"))
+        points = points.take(slice(start, end))
+    if after is None:
+        return Merged(points)
+    step, rank = after
+    # The points of the token's step come first (lo is that step); its first rank + 1 are read.
+    same = int(np.searchsorted(points.steps, step, side="right"))
+    skipped = min(same, rank + 1)
+    return Merged(points.take(slice(skipped, None)), step, skipped)
+
+
+def range_count(step_columns: Sequence[tuple[int, int, bytes]], lo: int, hi: int) -> int:
+    """How many points of chunks given as (n, first_step, steps) lie in [lo, hi], the chunks
+    being those that reach into it (so no difference below overflows int64).
+    """
+    raw = b"".join(steps for _, _, steps in step_columns if not is_tagged(steps))
+    stored = [np.frombuffer(raw, dtype=STEP)] + [
+        decode_steps(steps, n, first) for n, first, steps in step_columns if is_tagged(steps)
+    ]
+    total = sum(int(np.count_nonzero((s >= lo) & (s <= hi))) for s in stored)
+    elided = [(n, first) for n, first, steps in step_columns if not steps]
+    if elided:  # contiguous: first, first + 1, ..., first + n - 1
+        n, first = np.array(elided, dtype=STEP).T
+        last = first + (n - 1)
+        total += int((np.minimum(last, hi) - np.maximum(first, lo) + 1).clip(min=0).sum())
+    return total

@@ -1,0 +1,222 @@
+"""Downsampled views answered from the chunks' summaries equal a brute-force min/max per
+interval, on both databases: aligned and unaligned grids, NaN, infinities and signed zeros,
+repeated and out-of-order steps, ranges cutting chunks, raw and compacted (compressed) chunks,
+a shared grid; and whole chunks within one interval are not read.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from simtrack.server.api.telemetry import decode
+from simtrack.server.core.model import INT64_MAX, INT64_MIN
+from simtrack.server.core.tenancy import LOCAL_PRINCIPAL
+from simtrack.server.db.chunks import StoredChunk
+from simtrack.server.db.engine import create_engine
+from simtrack.server.db.repositories import ChunkRepository
+from simtrack.server.db.unit_of_work import SqlUnitOfWork
+from simtrack.server.domain.history import HistoryService
+from simtrack.server.domain.series import Points
+from simtrack.server.domain.views import Grid, read_view
+from simtrack.server.ingest.writer import metric_id
+from simtrack.v1 import telemetry_pb2 as tpb
+from tests.support import Services, running_writer, server_url
+from tests.support.compaction import ODD_VALUES, compactor, stored_points
+
+STAMP0 = 1.7e9
+
+
+def batches() -> list[tuple[list[int], list[float], list[float]]]:
+    """(steps, values, timestamps) of each message: 1,000-point batches on the thousands, then
+    odd sizes, odd values (NaN payloads, infinities, -0.0 beside 0.0), repeated steps, a batch
+    that goes back over earlier steps, a lone NaN batch, then a fleet's small flushes.
+    """
+    rng = np.random.default_rng(7)
+    out = []
+    step = 0
+    for size in [1000] * 8 + [777, 1234, 333, 50, 1000, 999]:
+        steps = np.arange(step, step + size)
+        values = np.round(rng.standard_normal(size) * 100, 2)
+        step += size
+        out.append((steps, values))
+    odd = np.arange(step, step + 700)
+    odd_values = np.round(rng.standard_normal(700), 1)  # many ties
+    odd_values[::97] = ODD_VALUES[np.arange(len(odd_values[::97])) % len(ODD_VALUES)]
+    odd_values[5], odd_values[6] = 0.0, -0.0
+    out.append((odd, odd_values))
+    repeated = np.repeat(np.arange(step + 700, step + 1200), 2)  # each step twice
+    out.append((repeated, np.round(rng.standard_normal(len(repeated)), 1)))
+    back = np.arange(2500, 4100)  # over earlier chunks' steps
+    out.append((back, np.round(rng.standard_normal(len(back)) * 300, 2)))
+    out.append((np.array([3000]), np.array([math.nan])))
+    step += 1200
+    for k in range(150):  # a fleet's small flushes: 2-20 points each
+        size = 2 + k % 19
+        small = np.round(rng.standard_normal(size), 1)
+        if k % 23 == 0:
+            small[0] = [math.nan, math.inf, -math.inf][k % 3]
+        out.append((np.arange(step, step + size), small))
+        step += size
+    stamped = []
+    for k, (steps, values) in enumerate(out):
+        stamps = STAMP0 + k + np.arange(len(steps)) * 1e-3
+        stamped.append((steps.tolist(), values.tolist(), stamps.tolist()))
+    return stamped
+
+
+def brute_view(points: Points, lo: int, hi: int, max_points: int, grid: Grid | None) -> Any:
+    """The view by definition, in plain Python: the points of [lo, hi] in history order; when
+    more than ``max_points``, each interval's first lowest and first highest point (NaN only
+    where an interval has nothing else).
+    """
+    kept = [i for i, s in enumerate(points.steps.tolist()) if lo <= s <= hi]
+    if len(kept) <= max_points:
+        return as_rows(points, kept), len(kept)
+    steps, values = points.steps.tolist(), points.values.tolist()
+    if grid is None:
+        grid = Grid(steps[kept[0]], steps[kept[-1]], max_points // 2)
+    span = float(grid.hi) - float(grid.lo) + 1.0
+    by_interval: dict[int, list[int]] = {}
+    for i in kept:
+        k = min(
+            int((float(steps[i]) - float(grid.lo)) * (grid.intervals / span)), grid.intervals - 1
+        )
+        by_interval.setdefault(k, []).append(i)
+    chosen: set[int] = set()
+    for members in by_interval.values():
+        numbers = [i for i in members if not math.isnan(values[i])]
+        if not numbers:
+            chosen.add(members[0])
+            continue
+        low = min(values[i] for i in numbers)
+        high = max(values[i] for i in numbers)
+        chosen.add(next(i for i in numbers if values[i] == low))
+        chosen.add(next(i for i in numbers if values[i] == high))
+    return as_rows(points, sorted(chosen)), len(kept)
+
+
+def as_rows(points: Points, indexes: Sequence[int]) -> list[tuple[int, bytes, float]]:
+    return [
+        (int(points.steps[i]), points.values[i].tobytes(), float(points.timestamps[i]))
+        for i in indexes
+    ]
+
+
+class CountingChunks(ChunkRepository):
+    """The real repository, counting the chunks whose columns it read."""
+
+    columns_read = 0
+
+    async def overlapping(self, *args: Any, **kwargs: Any) -> list[StoredChunk]:
+        read = await super().overlapping(*args, **kwargs)
+        CountingChunks.columns_read += len(read)
+        return read
+
+    async def with_seqs(self, *args: Any, **kwargs: Any) -> list[StoredChunk]:
+        read = await super().with_seqs(*args, **kwargs)
+        CountingChunks.columns_read += len(read)
+        return read
+
+
+class Counted(SqlUnitOfWork):
+    async def __aenter__(self) -> Counted:
+        await super().__aenter__()
+        self.chunks = CountingChunks(self.session)
+        return self
+
+
+CASES = [  # (lo, hi, max_points)
+    (INT64_MIN, INT64_MAX, 1000),
+    (INT64_MIN, INT64_MAX, 16),  # wide intervals: many whole chunks each
+    (INT64_MIN, INT64_MAX, 2),
+    (INT64_MIN, INT64_MAX, 333),  # unaligned
+    (INT64_MIN, INT64_MAX, 50_000),  # more than stored: every point
+    (1500, 9876, 100),  # the range cuts chunks
+    (2400, 4200, 64),  # over the batch that went back
+    (13_000, INT64_MAX, 40),  # the odd values and the repeated steps
+    (3000, 3000, 2),  # one step, three points: NaN and two others
+    (-5, 10, 4),
+    (16_000, INT64_MAX, 100),  # over the small flushes: most whole in an interval
+    (16_000, 16_999, 20),
+    (INT64_MIN, INT64_MAX, 8),
+]
+
+
+@pytest.mark.parametrize("compacted", [False, True], ids=["raw", "compacted"])
+async def test_views_equal_a_brute_force_min_max_per_interval(
+    services: Services, compacted: bool
+) -> None:
+    run = await services.run((await services.experiment()).id)
+    messages = [
+        tpb.StreamRunRequest(
+            seq=seq,
+            metrics=tpb.MetricBatch(
+                series=[tpb.MetricSeries(name="x", steps=s, values=v, timestamps=t)]
+            ),
+        )
+        for seq, (s, v, t) in enumerate(batches(), start=1)
+    ]
+    async with running_writer(services) as writer:
+        for message in messages:
+            await writer.submit(LOCAL_PRINCIPAL, run.id, decode(message))
+    if compacted:
+        engine: AsyncEngine = create_engine(server_url(services))
+        try:
+            await compactor(engine, target=2000).run_round()
+        finally:
+            await engine.dispose()
+    steps, values, stamps = await stored_points(services, run.id, "x")
+    points = Points(
+        np.frombuffer(steps, dtype="<i8"),
+        np.frombuffer(values, dtype="<f8"),
+        np.frombuffer(stamps, dtype="<f8"),
+    )
+    history = HistoryService(services.uow)
+    for lo, hi, max_points in CASES:
+        view = await history.history(run.id, "x", lo, hi, max_points, 0, "")
+        expected, count = brute_view(points, lo, hi, max_points, None)
+        assert as_rows(view.points, range(len(view.points))) == expected, (lo, hi, max_points)
+        assert (view.range_count, view.downsampled) == (count, len(expected) < count)
+
+    # A grid wider than the series (as compare sets for several runs) lines it up the same.
+    grid = Grid(-20_000, 40_000, 250)
+    async with services.uow() as uow:
+        await uow.read_snapshot()
+        shared = await read_view(uow.chunks, metric_id(run.id, "x"), -20_000, 40_000, 500, grid)
+    expected, count = brute_view(points, -20_000, 40_000, 500, grid)
+    assert as_rows(shared.points, range(len(shared.points))) == expected
+    assert shared.range_count == count
+
+
+async def test_chunks_within_one_interval_are_answered_from_their_summaries(
+    services: Services,
+) -> None:
+    """Views of 200 1,000-point chunks on intervals of whole chunks read no chunk's columns;
+    a grid cutting most chunks reads them all, once.
+    """
+    run = await services.run((await services.experiment()).id)
+    rng = np.random.default_rng(3)
+    async with running_writer(services) as writer:
+        for seq in range(1, 201):
+            steps = list(range((seq - 1) * 1000, seq * 1000))
+            series = tpb.MetricSeries(
+                name="x", steps=steps, values=rng.standard_normal(1000).tolist()
+            )
+            message = tpb.StreamRunRequest(seq=seq, metrics=tpb.MetricBatch(series=[series]))
+            await writer.submit(LOCAL_PRINCIPAL, run.id, decode(message))
+    counted = HistoryService(lambda: Counted(services.uow.sessions))
+    for max_points, whole_chunks in ((400, 1), (100, 4), (10, 40)):  # per interval
+        CountingChunks.columns_read = 0
+        view = await counted.history(run.id, "x", None, None, max_points, 0, "")
+        assert (len(view.points), view.range_count) == (max_points, 200_000)
+        assert CountingChunks.columns_read == 0, whole_chunks
+    # 400-step intervals: boundaries cut most chunks, which are read (all at once).
+    CountingChunks.columns_read = 0
+    view = await counted.history(run.id, "x", None, None, 1000, 0, "")
+    assert (len(view.points), CountingChunks.columns_read) == (1000, 200)
