@@ -93,7 +93,8 @@ async def test_one_history_call_reads_one_snapshot_while_a_compaction_commits(
         await send(writer, run.id, range(1, 1001))
     history = HistoryService(services.uow)
     whole = await history.history(run.id, "loss", None, None, 0, 2000, "")
-    interrupted, compacted = interrupted_history(services, engines[0], "overlapping", 2)
+    # After the page chose its chunks from their summaries, before it reads them.
+    interrupted, compacted = interrupted_history(services, engines[0], "overlapping", 1)
     page = await interrupted.history(run.id, "loss", None, None, 0, 2000, "")
     assert compacted == [1000]  # it did commit, between the reads of the call
     # Compacted: large chunks (1,000 points and more), only the newest perhaps not.

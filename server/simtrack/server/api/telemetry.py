@@ -29,6 +29,7 @@ from simtrack.server.api.convert import (
     unix_nanos,
 )
 from simtrack.server.api.convert import timestamp as ts
+from simtrack.server.api.packed import history_response
 from simtrack.server.api.runs import command_to_proto
 from simtrack.server.core.model import (
     MetricKind,
@@ -324,13 +325,13 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
             request.page_token,
         )
         points = found.points
-        return tpb.GetMetricHistoryResponse(  # from lists: faster than from numpy arrays
-            steps=points.steps.tolist(),
-            values=points.values.tolist(),
-            timestamps=points.timestamps.tolist(),
-            next_page_token=found.next_page_token,
-            range_count=found.range_count,
-            downsampled=found.downsampled,
+        return history_response(
+            points.steps,
+            points.values,
+            points.timestamps,
+            found.next_page_token,
+            found.range_count,
+            found.downsampled,
         )
 
     async def ListEvents(

@@ -229,8 +229,11 @@ def _unpack_raw(chunks: Sequence[StoredChunk]) -> tuple[Array, Array, Array]:
     )
     if malformed:
         raise ValueError("a chunk with malformed columns")
-    single = stamp_counts == 1
-    timestamps = np.repeat(stamps, np.repeat(np.where(single, counts, 1), stamp_counts))
+    if bool((stamp_counts == counts).all()):  # a timestamp per point in every chunk
+        timestamps = stamps
+    else:
+        single = stamp_counts == 1
+        timestamps = np.repeat(stamps, np.repeat(np.where(single, counts, 1), stamp_counts))
     starts = np.cumsum(counts) - counts
     elided = step_counts == 0
     firsts = np.fromiter((c.first_step for c in chunks), dtype=STEP, count=len(chunks))

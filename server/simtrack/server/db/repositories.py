@@ -353,21 +353,35 @@ class ChunkRepository:
         """Chunks reaching into [lo, hi] by (first_step, seq), after ``after``; ``limit`` of them
         (None: all).
         """
+        stmt = self._in_order(metric_id, lo, hi, after, limit, StoredChunk._fields)
+        return [StoredChunk(*row) for row in await self.session.execute(stmt)]
+
+    def _in_order(
+        self,
+        metric_id: str,
+        lo: int,
+        hi: int,
+        after: tuple[int, int] | None,
+        limit: int | None,
+        columns: Sequence[str],
+    ) -> Select[Any]:
         chunk = models.MetricChunk
         stmt = self._overlapping(metric_id, lo, hi).with_only_columns(
-            *(getattr(chunk, name) for name in StoredChunk._fields)
+            *(getattr(chunk, name) for name in columns)
         )
         if after is not None:
             stmt = stmt.where(tuple_(chunk.first_step, chunk.seq) > tuple_(*after))
-        stmt = stmt.order_by(chunk.first_step, chunk.seq).limit(limit)
-        return [StoredChunk(*row) for row in await self.session.execute(stmt)]
+        return stmt.order_by(chunk.first_step, chunk.seq).limit(limit)
 
-    async def summaries(self, metric_id: str, lo: int, hi: int) -> list[ChunkSummary]:
-        chunk = models.MetricChunk
-        stmt = self._overlapping(metric_id, lo, hi).with_only_columns(
-            *(getattr(chunk, name) for name in ChunkSummary._fields)
-        )
-        stmt = stmt.order_by(chunk.first_step, chunk.seq)
+    async def summaries(
+        self,
+        metric_id: str,
+        lo: int,
+        hi: int,
+        after: tuple[int, int] | None = None,
+        limit: int | None = None,
+    ) -> list[ChunkSummary]:
+        stmt = self._in_order(metric_id, lo, hi, after, limit, ChunkSummary._fields)
         return [ChunkSummary(*row) for row in await self.session.execute(stmt)]
 
     async def with_seqs(self, metric_id: str, seqs: Sequence[int]) -> list[StoredChunk]:

@@ -32,7 +32,7 @@ from simtrack.server.core.model import (
     require_id,
     require_name,
 )
-from simtrack.server.db.chunks import StoredChunk
+from simtrack.server.db.chunks import ChunkSummary
 from simtrack.server.db.models import Event, Metric
 from simtrack.server.domain.ports import ChunkRows, UnitOfWorkFactory
 from simtrack.server.domain.runs import load_run
@@ -42,7 +42,7 @@ from simtrack.server.domain.views import read_view
 HISTORY_PAGE_DEFAULT = 10_000
 HISTORY_PAGE_MAX = 100_000
 MAX_POINTS_MAX = 100_000
-CHUNKS_PER_READ = 64  # a 10,000-point page of 1,000-point chunks is one read
+CHUNKS_PER_READ = 64  # chunk summaries a page reads at first (doubling after)
 
 METRIC_LISTING = Listing("metrics", {"name": str, "kind": enum_parser(MetricKind)})
 EVENT_LISTING = Listing("events", {"type": str, "agent_id": optional_str})
@@ -59,25 +59,40 @@ class History:
 async def read_page(
     chunks: ChunkRows, metric_id: str, lo: int, hi: int, after: Key | None, size: int
 ) -> tuple[Merged, bool]:
-    """Up to ``size`` points after ``after`` in [lo, hi], and whether more may follow."""
-    read: list[StoredChunk] = []
-    chunk_after: tuple[int, int] | None = None
+    """Up to ``size`` points after ``after`` in [lo, hi], and whether more may follow.
+
+    The chunks to read are chosen from their summaries first: in (first_step, seq) order,
+    those starting after the page's first step hold at least ``size`` points from some chunk
+    on, all at or below the highest last step L read so far; the page ends at or below L, so
+    the chunks starting at or below L are all it needs. Then only those chunks' columns are
+    read, in one statement.
+    """
     start = lo if after is None else max(lo, after[0])
+    chosen: list[ChunkSummary] = []
+    held, counted_top = 0, INT64_MIN  # points of, and highest step in, chunks past ``start``
+    bound: int | None = None  # L, once known
     limit = CHUNKS_PER_READ
     while True:
-        batch = await chunks.overlapping(metric_id, start, hi, chunk_after, limit)
-        read += batch
-        merged = merge(read, start, hi, after)
-        if len(batch) < limit:
-            return merged, len(merged) > size
-        # Unread chunks start at or after this one: the page is settled once that is past
-        # its last step (equal is not enough: an unread chunk may hold an earlier seq).
-        if len(merged) >= size and batch[-1].first_step > merged.points.steps[size - 1]:
-            return merged, True
-        chunk_after = (batch[-1].first_step, batch[-1].seq)
-        # Doubling: a page of small chunks (a fleet's flushes) takes a few reads and merges,
-        # not one per 64 chunks, each merging all read so far.
-        limit *= 2
+        cursor = (chosen[-1].first_step, chosen[-1].seq) if chosen else None
+        batch = await chunks.summaries(metric_id, start, hi, cursor, limit)
+        for chunk in batch:
+            if bound is not None and chunk.first_step > bound:
+                break  # this chunk and all after it start past the page
+            chosen.append(chunk)
+            if chunk.first_step > start:  # every point of it is past the page's first step
+                held += chunk.n
+                counted_top = max(counted_top, chunk.last_step)
+                if bound is None and held >= size:
+                    bound = counted_top
+        else:
+            if len(batch) == limit:
+                limit *= 2  # a fleet's small chunks: fewer, larger reads
+                continue
+            read = await chunks.overlapping(metric_id, start, hi, None, len(chosen))
+            merged = merge(read, start, hi, after)
+            return merged, len(merged) > size  # every chunk of the range read
+        read = await chunks.overlapping(metric_id, start, hi, None, len(chosen))
+        return merge(read, start, hi, after), True
 
 
 class HistoryService:

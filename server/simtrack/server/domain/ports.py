@@ -143,8 +143,15 @@ class ChunkRows(Protocol):
         self, metric_id: str, lo: int, hi: int, after: tuple[int, int] | None, limit: int | None
     ) -> list[StoredChunk]: ...
 
-    async def summaries(self, metric_id: str, lo: int, hi: int) -> list[ChunkSummary]:
-        """The chunks reaching into [lo, hi], without their columns, by (first_step, seq)."""
+    async def summaries(
+        self,
+        metric_id: str,
+        lo: int,
+        hi: int,
+        after: tuple[int, int] | None = None,
+        limit: int | None = None,
+    ) -> list[ChunkSummary]:
+        """`overlapping` without the chunks' columns."""
         ...
 
     async def with_seqs(self, metric_id: str, seqs: Sequence[int]) -> list[StoredChunk]:
