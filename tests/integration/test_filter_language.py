@@ -65,6 +65,13 @@ CASES: list[tuple[str, Callable[[Row], bool]]] = [
         lambda r: not r["scenario_id"].startswith("tier0-") and r["status"] == "paused",
     ),
     ("experiment_id = {first}", lambda r: r["experiment_id"] == r["first"]),
+    ("agent_id = {first_agent}", lambda r: r["first_agent"] in r["agents"]),
+    ("agent_id != {first_agent}", lambda r: r["first_agent"] not in r["agents"]),
+    ('agent_id = "*"', lambda r: True),
+    (
+        "NOT agent_id = {first_agent} OR status = running",
+        lambda r: r["first_agent"] not in r["agents"] or r["status"] == "running",
+    ),
     ("run_number <= 3", lambda r: r["run_number"] <= 3),
     (
         "run_number IN (1, 5) OR run_number > 10",
@@ -171,7 +178,7 @@ async def listed(services: Services, text: str, page_size: int) -> list[str]:
 async def test_a_filter_lists_what_its_predicate_picks(
     services: Services, runs: list[Row], text: str, predicate: Callable[[Row], bool]
 ) -> None:
-    text = text.format(first=runs[0]["first"])
+    text = text.format(first=runs[0]["first"], first_agent=runs[0]["first_agent"])
     expected = [row["id"] for row in runs if predicate(row)]
     assert await listed(services, text, 1000) == expected
     assert await listed(services, text, 4) == expected  # pages: each run once, in order

@@ -69,7 +69,7 @@ def number(row: Row, key: str) -> float | None:
 async def make_runs(services: Services) -> list[Row]:
     """Runs of two experiments (two scenarios) in every status, with odd worker ids."""
     first = await services.experiment(scenario_id="tier0-tutorial")
-    second = await services.experiment(first.agent_id, scenario_id="tier2-supply-shock")
+    second = await services.experiment(scenario_id="tier2-supply-shock")  # another agent
     rows: list[Row] = []
     for index in range(len(WORKERS) * 3):
         experiment = first if index % 2 else second
@@ -81,7 +81,23 @@ async def make_runs(services: Services) -> list[Row]:
         ended = started + timedelta(seconds=10 * (index % 4)) if started and index % 3 else None
         duration = ended - started if started and ended else None
         metrics = METRICS[index % len(METRICS)]
+        agents = {experiment.agent_id}
         async with services.engine.begin() as connection:
+            if index % 4 == 0:  # the other experiment's agent takes part
+                guest = first.agent_id if experiment is second else second.agent_id
+                agents.add(guest)
+                await connection.execute(
+                    insert(models.Participant).values(
+                        id=f"p-{run.id[:30]}",
+                        run_id=run.id,
+                        agent_id=guest,
+                        role="guest",
+                        config_override={},
+                        tenant_id=DEFAULT_TENANT_ID,
+                        created_at=BASE,
+                        updated_at=BASE,
+                    )  # fmt: skip
+                )
             for name, (last, low, high) in metrics.items():
                 await connection.execute(
                     insert(models.Metric).values(
@@ -119,6 +135,8 @@ async def make_runs(services: Services) -> list[Row]:
                 "status": status,
                 "worker_id": worker,
                 "first": first.id,
+                "first_agent": first.agent_id,
+                "agents": agents,
                 "run_number": run.run_number,
                 "created": run.created_at,
                 "started": started,

@@ -396,6 +396,8 @@ class ListRunsRequest(_message.Message):
     what is accepted). Fields:
       experiment_id (string): the run's experiment.
       scenario_id (string): the run's scenario.
+      agent_id (string): an agent of the run, its experiment's or a participant's; `!=`
+        holds when none of them is the one named.
       status (RunStatus): pending, starting, running, paused, completed, failed, stopped; or
         RUN_STATUS_PENDING, RUN_STATUS_STARTING, RUN_STATUS_RUNNING, RUN_STATUS_PAUSED,
         RUN_STATUS_COMPLETED, RUN_STATUS_FAILED, RUN_STATUS_STOPPED.
@@ -1380,6 +1382,8 @@ class GetRunStatsRequest(_message.Message):
     what is accepted). Fields:
       experiment_id (string): the run's experiment.
       scenario_id (string): the run's scenario.
+      agent_id (string): an agent of the run, its experiment's or a participant's; `!=`
+        holds when none of them is the one named.
       status (RunStatus): pending, starting, running, paused, completed, failed, stopped; or
         RUN_STATUS_PENDING, RUN_STATUS_STARTING, RUN_STATUS_RUNNING, RUN_STATUS_PAUSED,
         RUN_STATUS_COMPLETED, RUN_STATUS_FAILED, RUN_STATUS_STOPPED.

@@ -52,6 +52,8 @@ def matches(model: Any, term: Filter) -> ColumnElement[bool]:
         return _json_condition(getattr(model, head), key, term)
     if key and head == "metrics":
         return _metric_condition(model, key, term)
+    if model is models.Run and term.field == "agent_id":
+        return _run_agent_condition(model, term)
     name = COLUMNS.get(term.field, term.field)
     column: ColumnElement[Any] = getattr(model, name)
     return _condition(column, bool(inspect(model).columns[name].nullable), term)
@@ -86,6 +88,21 @@ def _known(
 ) -> ColumnElement[bool]:
     """``condition``, false (not NULL) where the column is not set."""
     return and_(column.is_not(None), condition) if nullable else condition
+
+
+def _run_agent_condition(run: Any, term: Condition) -> ColumnElement[bool]:
+    """A run's agents are its experiment's and its participants': ``agent_id = X`` holds when
+    one of them is X, ``!=`` when none is.
+    """
+    if term.op == "!=":
+        return not_(_run_agent_condition(run, Condition(term.field, "=", term.value)))
+    experiment, participant = aliased(models.Experiment), aliased(models.Participant)
+    return or_(
+        exists().where(
+            experiment.id == run.experiment_id, _condition(experiment.agent_id, False, term)
+        ),
+        exists().where(participant.run_id == run.id, _condition(participant.agent_id, False, term)),
+    )
 
 
 # ``metrics.NAME.min`` and ``.max``: the metric's summaries; ``metrics.NAME`` its latest value.

@@ -36,6 +36,7 @@ RUN_LISTING = Listing(
     {
         "experiment_id": str,
         "scenario_id": str,
+        "agent_id": str,  # the experiment's agent or a participant's (filter_sql.py)
         "status": enum_parser(RunStatus),
         "worker_id": str,
         "run_number": parse_int,

@@ -321,6 +321,8 @@ export type ListRunsRequest = Message<"simtrack.v1.ListRunsRequest"> & {
    * what is accepted). Fields:
    *   experiment_id (string): the run's experiment.
    *   scenario_id (string): the run's scenario.
+   *   agent_id (string): an agent of the run, its experiment's or a participant's; `!=`
+   *     holds when none of them is the one named.
    *   status (RunStatus): pending, starting, running, paused, completed, failed, stopped; or
    *     RUN_STATUS_PENDING, RUN_STATUS_STARTING, RUN_STATUS_RUNNING, RUN_STATUS_PAUSED,
    *     RUN_STATUS_COMPLETED, RUN_STATUS_FAILED, RUN_STATUS_STOPPED.
@@ -1319,6 +1321,8 @@ export type GetRunStatsRequest = Message<"simtrack.v1.GetRunStatsRequest"> & {
    * what is accepted). Fields:
    *   experiment_id (string): the run's experiment.
    *   scenario_id (string): the run's scenario.
+   *   agent_id (string): an agent of the run, its experiment's or a participant's; `!=`
+   *     holds when none of them is the one named.
    *   status (RunStatus): pending, starting, running, paused, completed, failed, stopped; or
    *     RUN_STATUS_PENDING, RUN_STATUS_STARTING, RUN_STATUS_RUNNING, RUN_STATUS_PAUSED,
    *     RUN_STATUS_COMPLETED, RUN_STATUS_FAILED, RUN_STATUS_STOPPED.
