@@ -96,7 +96,8 @@ def _run_agent_condition(run: Any, term: Condition) -> ColumnElement[bool]:
     """
     if term.op == "!=":
         return not_(_run_agent_condition(run, Condition(term.field, "=", term.value)))
-    experiment, participant = aliased(models.Experiment), aliased(models.Participant)
+    experiment: Any = aliased(models.Experiment)
+    participant: Any = aliased(models.Participant)
     return or_(
         exists().where(
             experiment.id == run.experiment_id, _condition(experiment.agent_id, False, term)
