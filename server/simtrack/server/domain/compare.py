@@ -113,12 +113,10 @@ def _distinct(field: str, values: list[str]) -> list[str]:
 
 
 def _chunk_steps(n: int, first: int, steps: bytes) -> Array:
-    """A chunk's steps column (raw, compressed or elided: ``db/chunks.py``)."""
-    if is_tagged(steps):
-        return decode_steps(steps, n, first)
-    if steps:
+    """A chunk's steps column: raw, or compressed or elided (``decode_steps``)."""
+    if steps and not is_tagged(steps):
         return np.frombuffer(steps, dtype=STEP)
-    return first + np.arange(n, dtype=STEP)  # contiguous; int64 all the way (no float)
+    return decode_steps(steps, n, first)
 
 
 async def step_bounds(
