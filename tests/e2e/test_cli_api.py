@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import math
 import subprocess
 import time
 import uuid
@@ -191,6 +192,10 @@ def test_runs_pause_and_resume_and_a_paused_run_in_lists_and_stats(
         (("runs", "create", "--experiment", "not-a-uuid"), "INVALID_ARGUMENT", "not-a-uuid"),
         (("runs", "watch", UNKNOWN_ID), "NOT_FOUND", UNKNOWN_ID),
         (("history", UNKNOWN_ID, "profit"), "NOT_FOUND", UNKNOWN_ID),
+        (("compare", UNKNOWN_ID, "--metric", "profit"), "NOT_FOUND", "run_ids[0]"),
+        (("compare", UNKNOWN_ID, UNKNOWN_ID, "--metric", "x"), "INVALID_ARGUMENT", "run_ids[1]"),
+        (("compare", UNKNOWN_ID, "--metric", "x", "--max-points", "1"), "INVALID_ARGUMENT",
+         "max_points"),
         (("agents", "list", "--target", "127.0.0.1:1"), "UNAVAILABLE", "127.0.0.1:1"),
     ],
 )  # fmt: skip
@@ -251,6 +256,63 @@ def test_metrics_history_and_events_show_what_a_worker_streamed(
     restocks = cli.json("events", run.id, "--filter", 'type = "restock"')
     assert [e["event"]["step"] for e in restocks] == ["0", "50", "100", "150"]
     assert "agent_action" in cli("events", run.id).stdout
+
+
+@ON_SQLITE
+def test_compare_shows_writes_and_draws_runs_side_by_side(
+    cli: Cli, client: Client, tmp_path: Path
+) -> None:
+    """Two runs of one experiment and one of another, over different steps; the third has no
+    stock. The CSV holds exactly the compared points; the table and the plot name the runs.
+    """
+    first = new_run(client)
+    second = client.create_run(first.experiment_id)
+    third = new_run(client)
+    rng = np.random.default_rng(11)
+    for run, steps in (
+        (first, range(0, 3000)),
+        (second, range(0, 3000)),
+        (third, range(500, 4000)),
+    ):
+        with Worker(client.channel, run.id, spool_dir=tmp_path / run.id) as worker:
+            worker.define_metric("profit", "USD")
+            for step in steps:
+                values = {"profit": float(rng.normal()) if step % 997 else math.nan}
+                if run is not third:
+                    values["stock"] = 100.0 - step % 50
+                worker.log_metrics(step, values)
+    ids = [first.id, second.id, third.id]
+    asked = ("--metric", "profit", "--metric", "stock", "--max-points", "300")
+
+    table = cli("compare", *ids, *asked).stdout
+    labels = ("cli #1", "cli #2", "cli #1 (")  # one experiment name twice: ids tell them apart
+    assert all(label in table for label in labels), table
+    assert "no such metric" in table and "300/3,000" in table and "USD" in table
+
+    png, points = tmp_path / "compare.png", tmp_path / "compare.csv"
+    printed = cli("compare", *ids, *asked, "--png", str(png), "--csv", str(points)).stdout
+    assert printed.splitlines() == [f"wrote {points}", f"wrote {png}"]
+    found = client.compare_runs(ids, ["profit", "stock"], max_points=300)
+    with points.open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    for series in found.series:
+        mine = [r for r in rows if (r["run_id"], r["metric"]) == (series.run_id, series.metric)]
+        assert [int(r["step"]) for r in mine] == series.steps.tolist()
+        assert np.array([float(r["value"]) for r in mine]).tobytes() == series.values.tobytes()
+        assert [float(r["timestamp"]) for r in mine] == series.timestamps.tolist()
+        assert {r["unit"] for r in mine} <= {series.unit}
+    assert {r["run_number"] for r in rows if r["run_id"] == second.id} == {"2"}
+    assert png.read_bytes().startswith(PNG_SIGNATURE)
+    assert matplotlib.image.imread(png).shape == (880, 1100, 4)  # two panels
+
+    # One run is its own history, point for point.
+    alone = cli(
+        "compare", first.id, "--metric", "profit", "--max-points", "50", "--csv", str(points)
+    )
+    assert alone.returncode == 0
+    history = client.metric_history(first.id, "profit", max_points=50)
+    with points.open(newline="") as file:
+        assert [int(r["step"]) for r in csv.DictReader(file)] == history.steps.tolist()
 
 
 @ON_SQLITE

@@ -20,6 +20,7 @@ from google.protobuf.message import Message
 
 from simtrack.v1 import runs_pb2, telemetry_pb2
 from tests.support import Refusal, Server, StartServer, StreamKit
+from tests.support.data import Sent
 
 # The API under test, not the process: served in-process (tests/support/inprocess.py).
 pytestmark = pytest.mark.in_process
@@ -38,27 +39,6 @@ def batch(seq: int, name: str, steps: Array, values: Array, stamps: Array | None
     if stamps is not None:
         series.timestamps.extend(stamps.tolist())
     return Request(seq=seq, metrics=telemetry_pb2.MetricBatch(series=[series]))
-
-
-class Sent:
-    """One metric's points as sent, in history order: (step, seq, place in the batch)."""
-
-    def __init__(self) -> None:
-        self.rows: list[tuple[int, int, int, float, float]] = []
-
-    def add(self, seq: int, steps: Array, values: Array, stamps: Array) -> None:
-        for i, (step, value, stamp) in enumerate(zip(steps, values, stamps, strict=True)):
-            self.rows.append((int(step), seq, i, float(value), float(stamp)))
-
-    def columns(self, lo: int | None = None, hi: int | None = None) -> tuple[Array, Array, Array]:
-        rows = sorted(
-            r for r in self.rows if (lo is None or r[0] >= lo) and (hi is None or r[0] <= hi)
-        )
-        return (
-            np.array([r[0] for r in rows], dtype="<i8"),
-            np.array([r[3] for r in rows], dtype="<f8"),
-            np.array([r[4] for r in rows], dtype="<f8"),
-        )
 
 
 def history(server: Server, **request: Any) -> telemetry_pb2.GetMetricHistoryResponse:

@@ -210,7 +210,7 @@ def upload_request(run_id: str, name: str) -> artifacts_pb2.UploadArtifactReques
 
 
 def read_requests(o: Objects) -> dict[str, Message]:
-    """A valid request of every reading RPC (Get, List)."""
+    """A valid request of every reading RPC (Get, List, Watch, Compare)."""
     return {
         "AgentService.GetAgent": agents_pb2.GetAgentRequest(id=o.agent.id),
         "AgentService.ListAgents": agents_pb2.ListAgentsRequest(page_size=1000),
@@ -230,6 +230,9 @@ def read_requests(o: Objects) -> dict[str, Message]:
             run_id=o.streamed.id, metric="loss"
         ),
         "TelemetryService.ListEvents": telemetry_pb2.ListEventsRequest(run_id=o.streamed.id),
+        "TelemetryService.CompareRuns": telemetry_pb2.CompareRunsRequest(
+            run_ids=[o.streamed.id], metrics=["loss"]
+        ),
         "RunService.GetLeaderboard": runs_pb2.GetLeaderboardRequest(
             scenario_id=SCENARIO, metric="loss", include_unfinished=True
         ),

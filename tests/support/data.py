@@ -1,5 +1,5 @@
 """Deterministic telemetry to send (``Dataset``) and checksums that compare it, bit for bit, with
-what the server stored.
+what the server stored; what was sent of a metric, in history order (``Sent``).
 """
 
 from __future__ import annotations
@@ -92,3 +92,27 @@ class Dataset:
             name: Checksum.of(self.steps[name][:end], self.values[name][:end])
             for name in self.metrics
         }
+
+
+Array = np.ndarray[Any, Any]
+
+
+class Sent:
+    """One metric's points as sent, in history order: (step, seq, place in the batch)."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, int, int, float, float]] = []
+
+    def add(self, seq: int, steps: Array, values: Array, stamps: Array) -> None:
+        for i, (step, value, stamp) in enumerate(zip(steps, values, stamps, strict=True)):
+            self.rows.append((int(step), seq, i, float(value), float(stamp)))
+
+    def columns(self, lo: int | None = None, hi: int | None = None) -> tuple[Array, Array, Array]:
+        rows = sorted(
+            r for r in self.rows if (lo is None or r[0] >= lo) and (hi is None or r[0] <= hi)
+        )
+        return (
+            np.array([r[0] for r in rows], dtype="<i8"),
+            np.array([r[3] for r in rows], dtype="<f8"),
+            np.array([r[4] for r in rows], dtype="<f8"),
+        )

@@ -173,6 +173,15 @@ def get_metric_history(s: Scene) -> None:
     )
 
 
+@case("TelemetryService.CompareRuns")
+def compare_runs(s: Scene) -> None:
+    def compare(id: str) -> object:
+        request = telemetry_pb2.CompareRunsRequest(run_ids=[s.mine.run.id, id], metrics=["loss"])
+        return s.a.telemetry.CompareRuns(request, timeout=TIMEOUT)
+
+    assert_hidden(s.server, compare, s.theirs.run.id)
+
+
 @case("TelemetryService.ListEvents")
 def list_events(s: Scene) -> None:
     assert_hidden(

@@ -23,6 +23,8 @@ def test_the_client_package_exports_exactly_these_names() -> None:
         "AsyncWorker",
         "Client",
         "Command",
+        "ComparedSeries",
+        "Comparison",
         "MetricHistory",
         "SyncError",
         "SyncedRun",

@@ -9,7 +9,7 @@
 The client never imports the server package.
 """
 
-from simtrack.client.client import Client, MetricHistory
+from simtrack.client.client import Client, ComparedSeries, Comparison, MetricHistory
 from simtrack.client.rpc_errors import from_rpc_error
 from simtrack.client.worker import (
     AsyncWorker,
@@ -25,6 +25,8 @@ __all__ = [
     "AsyncWorker",
     "Client",
     "Command",
+    "ComparedSeries",
+    "Comparison",
     "MetricHistory",
     "SyncError",
     "SyncedRun",

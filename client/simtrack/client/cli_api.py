@@ -17,13 +17,14 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypedDict
 
 from google.protobuf.message import Message
 from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
+from simtrack.client import cli_compare
 from simtrack.client.cli_history import PLOT_INSTALL, summary, write_csv, write_png
 from simtrack.client.cli_output import (
     AGENT_COLUMNS,
@@ -230,17 +231,37 @@ def _demo(args: argparse.Namespace, client: Client) -> int:
     )
 
 
-def _history(args: argparse.Namespace, client: Client) -> int:
+class _Points(TypedDict):
+    """Which points ``history`` and ``compare`` ask for (their shared options)."""
+
+    start_step: int | None
+    end_step: int | None
+    max_points: int
+
+
+def _points(args: argparse.Namespace) -> _Points:
+    return _Points(start_step=args.start_step, end_step=args.end_step, max_points=args.max_points)
+
+
+def _add_points_options(parser: argparse.ArgumentParser, max_points: str) -> None:
+    """``--start-step``, ``--end-step`` and ``--max-points``."""
+    parser.add_argument("--start-step", type=int, help="first step (inclusive)")
+    parser.add_argument("--end-step", type=int, help="last step (inclusive)")
+    parser.add_argument("--max-points", type=int, default=0, help=max_points)
+
+
+def _cannot_plot(args: argparse.Namespace) -> bool:
+    """Whether --png asks for matplotlib where it is not installed (said on stderr)."""
     if args.png and importlib.util.find_spec("matplotlib") is None:
         print(f"simtrack: --png needs matplotlib: {PLOT_INSTALL}", file=sys.stderr)
+        return True
+    return False
+
+
+def _history(args: argparse.Namespace, client: Client) -> int:
+    if _cannot_plot(args):
         return 2
-    history = client.metric_history(
-        args.run_id,
-        args.metric,
-        start_step=args.start_step,
-        end_step=args.end_step,
-        max_points=args.max_points,
-    )
+    history = client.metric_history(args.run_id, args.metric, **_points(args))
     print(summary(args.metric, history))
     if args.csv:
         write_csv(args.csv, history)
@@ -248,6 +269,21 @@ def _history(args: argparse.Namespace, client: Client) -> int:
     if args.png:
         write_png(args.png, history, args.metric, f"run {args.run_id}")
         print(f"wrote {args.png}")
+    return 0
+
+
+def _compare(args: argparse.Namespace, client: Client) -> int:
+    if _cannot_plot(args):
+        return 2
+    found = client.compare_runs(args.run_ids, args.metric, **_points(args))
+    if args.csv:
+        cli_compare.write_csv(args.csv, found)
+        print(f"wrote {args.csv}")
+    if args.png:
+        cli_compare.write_png(args.png, found, cli_compare.title_of(found))
+        print(f"wrote {args.png}")
+    if not (args.csv or args.png):
+        Console().print(cli_compare.summary_table(found))
     return 0
 
 
@@ -381,13 +417,31 @@ def add_api_commands(commands: Subcommands) -> dict[str, Subcommands]:
     )
     history.add_argument("run_id")
     history.add_argument("metric")
-    history.add_argument("--start-step", type=int, help="first step (inclusive)")
-    history.add_argument("--end-step", type=int, help="last step (inclusive)")
-    history.add_argument(
-        "--max-points", type=int, default=0, help="downsample on the server (0: every point)"
-    )
+    _add_points_options(history, "downsample on the server (0: every point)")
     history.add_argument("--csv", type=Path, help="write the points here (step,value,timestamp)")
     history.add_argument("--png", type=Path, help="write a line plot here")
+
+    compare = _command(
+        commands,
+        "compare",
+        "metrics of several runs on a shared step grid: table, CSV, PNG plot",
+        _compare,
+        with_json=False,
+    )
+    compare.add_argument("run_ids", nargs="+", metavar="RUN", help="run ids (1-100)")
+    compare.add_argument(
+        "--metric", action="append", required=True, help="a metric name; repeat for more (1-20)"
+    )
+    _add_points_options(
+        compare, "per series, downsampled on the server (0: 1,000, fewer for many series)"
+    )
+    compare.add_argument(
+        "--csv",
+        type=Path,
+        help="write the points here, one row each (run_id,run,experiment,run_number,metric,"
+        "unit,step,value,timestamp)",
+    )
+    compare.add_argument("--png", type=Path, help="write a plot here: a panel per metric")
 
     events = _command(commands, "events", "a run's events in the order sent", _events)
     events.add_argument("run_id")

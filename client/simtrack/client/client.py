@@ -20,18 +20,17 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import mimetypes
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Protocol, TypeVar
 
 import grpc
 import numpy as np
-import numpy.typing as npt
 
 from simtrack.client._channel import call_metadata, open_channel
 from simtrack.client._convert import to_struct
+from simtrack.client._series import ComparedSeries, Comparison, MetricHistory
 from simtrack.client.rpc_errors import from_rpc_error
 from simtrack.client.worker import Worker, WorkerOptions
 from simtrack.v1 import (
@@ -51,7 +50,7 @@ from simtrack.v1 import (
     validations_pb2_grpc,
 )
 
-__all__ = ["FRAMEWORKS", "Client", "MetricHistory"]
+__all__ = ["FRAMEWORKS", "Client", "ComparedSeries", "Comparison", "MetricHistory"]
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -85,17 +84,6 @@ class PageResponse(Protocol):
 
 
 Paged = TypeVar("Paged", bound=PageResponse)
-
-
-@dataclass(frozen=True)
-class MetricHistory:
-    """A metric's points as parallel columns, in step order (see Client.metric_history)."""
-
-    steps: npt.NDArray[np.int64]
-    values: npt.NDArray[np.float64]
-    timestamps: npt.NDArray[np.float64]  # Unix seconds
-    downsampled: bool  # some points of the range were left out (max_points)
-    range_count: int  # stored points in the range, shown or not
 
 
 class Client:
@@ -302,6 +290,30 @@ class Client:
             downsampled=pages[0].downsampled,
             range_count=pages[0].range_count,
         )
+
+    def compare_runs(
+        self,
+        run_ids: Sequence[str],
+        metrics: Sequence[str],
+        *,
+        start_step: int | None = None,
+        end_step: int | None = None,
+        max_points: int = 0,
+    ) -> Comparison:
+        """Some metrics (1-20) of several runs (1-100), between the steps given (inclusive),
+        each run's series of a metric downsampled on one step grid so that they line up.
+
+        ``max_points`` per series (0: the server's default, 1,000 or fewer for many series).
+        A run without one of the metrics gets an empty series marked ``missing``.
+        """
+        request = telemetry_pb2.CompareRunsRequest(
+            run_ids=run_ids,
+            metrics=metrics,
+            start_step=start_step,
+            end_step=end_step,
+            max_points=max_points,
+        )
+        return Comparison.of(self._call(self.telemetry.CompareRuns, request))
 
     def list_events(self, run_id: str, filter: str = "") -> Iterator[telemetry_pb2.StoredEvent]:
         """A run's events in the order they were sent (filter on type and agent_id)."""

@@ -824,6 +824,250 @@ class GetMetricHistoryResponse(_message.Message):
 Global___GetMetricHistoryResponse: _TypeAlias = GetMetricHistoryResponse  # noqa: Y015
 
 @_typing.final
+class CompareRunsRequest(_message.Message):
+    """CompareRunsRequest asks for some metrics of several runs on shared step grids. Bad input is
+    INVALID_ARGUMENT naming the field; an unknown run is NOT_FOUND naming `run_ids[i]`, a metric
+    none of the runs has NOT_FOUND naming `metrics[j]`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_IDS_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
+    START_STEP_FIELD_NUMBER: _builtins.int
+    END_STEP_FIELD_NUMBER: _builtins.int
+    MAX_POINTS_FIELD_NUMBER: _builtins.int
+    start_step: _builtins.int
+    """The lowest step to compare (inclusive); unset: from the first point."""
+    end_step: _builtins.int
+    """The highest step to compare (inclusive); unset: up to the last point. Below start_step:
+    INVALID_ARGUMENT naming end_step.
+    """
+    max_points: _builtins.int
+    """At most this many points per series, 2-100,000, chosen as GetMetricHistory's max_points
+    chooses them but over the metric's grid (see CompareGrid); a series with no more points
+    than this is returned whole. 0 means 1,000, or fewer when the request asks for many
+    series: runs x metrics x max_points is at most 500,000 (beyond it: INVALID_ARGUMENT naming
+    max_points), which keeps a response under about 13 MB.
+    """
+    @_builtins.property
+    def run_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The runs, 1-100 distinct ids (a repeated id is INVALID_ARGUMENT naming its second place)."""
+
+    @_builtins.property
+    def metrics(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The metrics' names, 1-20 distinct. A run without one of them gets an empty series with
+        `missing` set; a metric that none of the runs has is NOT_FOUND.
+        """
+
+    def __init__(
+        self,
+        *,
+        run_ids: _abc.Iterable[_builtins.str] | None = ...,
+        metrics: _abc.Iterable[_builtins.str] | None = ...,
+        start_step: _builtins.int | None = ...,
+        end_step: _builtins.int | None = ...,
+        max_points: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_end_step", b"_end_step", "_start_step", b"_start_step", "end_step", b"end_step", "start_step", b"start_step"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_end_step", b"_end_step", "_start_step", b"_start_step", "end_step", b"end_step", "max_points", b"max_points", "metrics", b"metrics", "run_ids", b"run_ids", "start_step", b"start_step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__end_step: _TypeAlias = _typing.Literal["end_step"]  # noqa: Y015
+    _WhichOneofArgType__end_step: _TypeAlias = _typing.Literal["_end_step", b"_end_step"]  # noqa: Y015
+    _WhichOneofReturnType__start_step: _TypeAlias = _typing.Literal["start_step"]  # noqa: Y015
+    _WhichOneofArgType__start_step: _TypeAlias = _typing.Literal["_start_step", b"_start_step"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__end_step) -> _WhichOneofReturnType__end_step | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__start_step) -> _WhichOneofReturnType__start_step | None: ...
+
+Global___CompareRunsRequest: _TypeAlias = CompareRunsRequest  # noqa: Y015
+
+@_typing.final
+class CompareGrid(_message.Message):
+    """CompareGrid is the step grid shared by every run's series of one metric: [start_step,
+    end_step] cut into `intervals` equal intervals of (end_step - start_step + 1) / intervals
+    steps (a real number), each keeping at most its lowest and its highest point. With one run
+    it is the grid GetMetricHistory uses for the same range and max_points: the points are the
+    same.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METRIC_FIELD_NUMBER: _builtins.int
+    START_STEP_FIELD_NUMBER: _builtins.int
+    END_STEP_FIELD_NUMBER: _builtins.int
+    INTERVALS_FIELD_NUMBER: _builtins.int
+    metric: _builtins.str
+    """The metric."""
+    start_step: _builtins.int
+    """The lowest step of any compared run's point of the metric in the requested range."""
+    end_step: _builtins.int
+    """The highest step of any compared run's point of the metric in the requested range."""
+    intervals: _builtins.int
+    """How many intervals: max_points / 2 (rounded down). 0 when no run has a point of the
+    metric in the range (start_step and end_step are then 0).
+    """
+    def __init__(
+        self,
+        *,
+        metric: _builtins.str = ...,
+        start_step: _builtins.int = ...,
+        end_step: _builtins.int = ...,
+        intervals: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_step", b"end_step", "intervals", b"intervals", "metric", b"metric", "start_step", b"start_step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompareGrid: _TypeAlias = CompareGrid  # noqa: Y015
+
+@_typing.final
+class ComparedRun(_message.Message):
+    """ComparedRun says which run a series belongs to, for a legend."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    EXPERIMENT_ID_FIELD_NUMBER: _builtins.int
+    EXPERIMENT_NAME_FIELD_NUMBER: _builtins.int
+    RUN_NUMBER_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """The run's id."""
+    experiment_id: _builtins.str
+    """Its experiment."""
+    experiment_name: _builtins.str
+    """Its experiment's name."""
+    run_number: _builtins.int
+    """Its number within the experiment (1, 2, 3...)."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        experiment_id: _builtins.str = ...,
+        experiment_name: _builtins.str = ...,
+        run_number: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["experiment_id", b"experiment_id", "experiment_name", b"experiment_name", "run_id", b"run_id", "run_number", b"run_number"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ComparedRun: _TypeAlias = ComparedRun  # noqa: Y015
+
+@_typing.final
+class ComparedSeries(_message.Message):
+    """ComparedSeries is one run's points of one metric, as parallel columns in step order (points
+    of equal step in the order they were sent).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    METRIC_FIELD_NUMBER: _builtins.int
+    UNIT_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    TIMESTAMPS_FIELD_NUMBER: _builtins.int
+    RANGE_COUNT_FIELD_NUMBER: _builtins.int
+    DOWNSAMPLED_FIELD_NUMBER: _builtins.int
+    MISSING_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """The run."""
+    metric: _builtins.str
+    """The metric's name."""
+    unit: _builtins.str
+    """The metric's unit in this run ("" when it has none, or when `missing`)."""
+    range_count: _builtins.int
+    """How many stored points the requested range holds."""
+    downsampled: _builtins.bool
+    """True when max_points left points out."""
+    missing: _builtins.bool
+    """True when the run has no such metric (the series is then empty)."""
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Steps of the points."""
+
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Values of the points, stored faithfully (NaN and +/-Inf included)."""
+
+    @_builtins.property
+    def timestamps(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Unix times in seconds (float64) of the points, exactly as stored: the worker's clock, or
+        the server's at arrival when the worker sent none (see MetricSeries.timestamps).
+        """
+
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        metric: _builtins.str = ...,
+        unit: _builtins.str = ...,
+        steps: _abc.Iterable[_builtins.int] | None = ...,
+        values: _abc.Iterable[_builtins.float] | None = ...,
+        timestamps: _abc.Iterable[_builtins.float] | None = ...,
+        range_count: _builtins.int = ...,
+        downsampled: _builtins.bool = ...,
+        missing: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["downsampled", b"downsampled", "metric", b"metric", "missing", b"missing", "range_count", b"range_count", "run_id", b"run_id", "steps", b"steps", "timestamps", b"timestamps", "unit", b"unit", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ComparedSeries: _TypeAlias = ComparedSeries  # noqa: Y015
+
+@_typing.final
+class CompareRunsResponse(_message.Message):
+    """CompareRunsResponse carries the runs, one grid per metric and one series per run and metric,
+    all read from one snapshot of the database.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUNS_FIELD_NUMBER: _builtins.int
+    GRIDS_FIELD_NUMBER: _builtins.int
+    SERIES_FIELD_NUMBER: _builtins.int
+    MAX_POINTS_FIELD_NUMBER: _builtins.int
+    max_points: _builtins.int
+    """The max_points applied (the request's, or the default it resolved to)."""
+    @_builtins.property
+    def runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___ComparedRun]:
+        """The runs, in the order requested."""
+
+    @_builtins.property
+    def grids(self) -> _containers.RepeatedCompositeFieldContainer[Global___CompareGrid]:
+        """One grid per metric, in the order requested."""
+
+    @_builtins.property
+    def series(self) -> _containers.RepeatedCompositeFieldContainer[Global___ComparedSeries]:
+        """One series per run and metric: the first run's metrics in the order requested, then the
+        second run's, and so on (series[i * len(metrics) + j] is run i's metric j).
+        """
+
+    def __init__(
+        self,
+        *,
+        runs: _abc.Iterable[Global___ComparedRun] | None = ...,
+        grids: _abc.Iterable[Global___CompareGrid] | None = ...,
+        series: _abc.Iterable[Global___ComparedSeries] | None = ...,
+        max_points: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grids", b"grids", "max_points", b"max_points", "runs", b"runs", "series", b"series"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompareRunsResponse: _TypeAlias = CompareRunsResponse  # noqa: Y015
+
+@_typing.final
 class ListEventsRequest(_message.Message):
     """ListEventsRequest asks for one page of a run's events."""
 

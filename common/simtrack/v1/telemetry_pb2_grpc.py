@@ -52,6 +52,11 @@ class TelemetryServiceStub:
                 request_serializer=simtrack_dot_v1_dot_telemetry__pb2.GetMetricHistoryRequest.SerializeToString,
                 response_deserializer=simtrack_dot_v1_dot_telemetry__pb2.GetMetricHistoryResponse.FromString,
                 _registered_method=True)
+        self.CompareRuns = channel.unary_unary(
+                '/simtrack.v1.TelemetryService/CompareRuns',
+                request_serializer=simtrack_dot_v1_dot_telemetry__pb2.CompareRunsRequest.SerializeToString,
+                response_deserializer=simtrack_dot_v1_dot_telemetry__pb2.CompareRunsResponse.FromString,
+                _registered_method=True)
         self.ListEvents = channel.unary_unary(
                 '/simtrack.v1.TelemetryService/ListEvents',
                 request_serializer=simtrack_dot_v1_dot_telemetry__pb2.ListEventsRequest.SerializeToString,
@@ -90,6 +95,15 @@ class TelemetryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CompareRuns(self, request, context):
+        """CompareRuns returns some metrics of several runs in one call, each series downsampled as
+        GetMetricHistory's max_points does it, but every run's series of a metric on one step grid,
+        so that the runs line up (one chart, one table).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListEvents(self, request, context):
         """ListEvents pages through a run's events in the order the worker sent them.
         """
@@ -114,6 +128,11 @@ def add_TelemetryServiceServicer_to_server(servicer, server):
                     servicer.GetMetricHistory,
                     request_deserializer=simtrack_dot_v1_dot_telemetry__pb2.GetMetricHistoryRequest.FromString,
                     response_serializer=simtrack_dot_v1_dot_telemetry__pb2.GetMetricHistoryResponse.SerializeToString,
+            ),
+            'CompareRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompareRuns,
+                    request_deserializer=simtrack_dot_v1_dot_telemetry__pb2.CompareRunsRequest.FromString,
+                    response_serializer=simtrack_dot_v1_dot_telemetry__pb2.CompareRunsResponse.SerializeToString,
             ),
             'ListEvents': grpc.unary_unary_rpc_method_handler(
                     servicer.ListEvents,
@@ -205,6 +224,33 @@ class TelemetryService:
             '/simtrack.v1.TelemetryService/GetMetricHistory',
             simtrack_dot_v1_dot_telemetry__pb2.GetMetricHistoryRequest.SerializeToString,
             simtrack_dot_v1_dot_telemetry__pb2.GetMetricHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompareRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/simtrack.v1.TelemetryService/CompareRuns',
+            simtrack_dot_v1_dot_telemetry__pb2.CompareRunsRequest.SerializeToString,
+            simtrack_dot_v1_dot_telemetry__pb2.CompareRunsResponse.FromString,
             options,
             channel_credentials,
             insecure,

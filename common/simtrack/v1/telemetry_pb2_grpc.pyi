@@ -48,6 +48,11 @@ class TelemetryServiceStub:
     """GetMetricHistory returns one metric's points in step order: every point, page by page, or
     (with max_points) at most that many, chosen so that the series keeps its shape and extremes.
     """
+    CompareRuns: _grpc.UnaryUnaryMultiCallable[_telemetry_pb2.CompareRunsRequest, _telemetry_pb2.CompareRunsResponse]
+    """CompareRuns returns some metrics of several runs in one call, each series downsampled as
+    GetMetricHistory's max_points does it, but every run's series of a metric on one step grid,
+    so that the runs line up (one chart, one table).
+    """
     ListEvents: _grpc.UnaryUnaryMultiCallable[_telemetry_pb2.ListEventsRequest, _telemetry_pb2.ListEventsResponse]
     """ListEvents pages through a run's events in the order the worker sent them."""
 
@@ -70,6 +75,11 @@ class TelemetryServiceAsyncStub(TelemetryServiceStub):
     GetMetricHistory: _aio.UnaryUnaryMultiCallable[_telemetry_pb2.GetMetricHistoryRequest, _telemetry_pb2.GetMetricHistoryResponse]  # type: ignore[assignment]
     """GetMetricHistory returns one metric's points in step order: every point, page by page, or
     (with max_points) at most that many, chosen so that the series keeps its shape and extremes.
+    """
+    CompareRuns: _aio.UnaryUnaryMultiCallable[_telemetry_pb2.CompareRunsRequest, _telemetry_pb2.CompareRunsResponse]  # type: ignore[assignment]
+    """CompareRuns returns some metrics of several runs in one call, each series downsampled as
+    GetMetricHistory's max_points does it, but every run's series of a metric on one step grid,
+    so that the runs line up (one chart, one table).
     """
     ListEvents: _aio.UnaryUnaryMultiCallable[_telemetry_pb2.ListEventsRequest, _telemetry_pb2.ListEventsResponse]  # type: ignore[assignment]
     """ListEvents pages through a run's events in the order the worker sent them."""
@@ -108,6 +118,17 @@ class TelemetryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_telemetry_pb2.GetMetricHistoryResponse, _abc.Awaitable[_telemetry_pb2.GetMetricHistoryResponse]]:
         """GetMetricHistory returns one metric's points in step order: every point, page by page, or
         (with max_points) at most that many, chosen so that the series keeps its shape and extremes.
+        """
+
+    @_abc_1.abstractmethod
+    def CompareRuns(
+        self,
+        request: _telemetry_pb2.CompareRunsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_telemetry_pb2.CompareRunsResponse, _abc.Awaitable[_telemetry_pb2.CompareRunsResponse]]:
+        """CompareRuns returns some metrics of several runs in one call, each series downsampled as
+        GetMetricHistory's max_points does it, but every run's series of a metric on one step grid,
+        so that the runs line up (one chart, one table).
         """
 
     @_abc_1.abstractmethod

@@ -46,6 +46,7 @@ from simtrack.server.domain.access import Authenticator
 from simtrack.server.domain.agents import AgentService
 from simtrack.server.domain.artifacts import ArtifactService
 from simtrack.server.domain.compaction import CompactionService
+from simtrack.server.domain.compare import CompareService
 from simtrack.server.domain.experiments import ExperimentService, TemplateService
 from simtrack.server.domain.history import HistoryService
 from simtrack.server.domain.live_runs import LiveRuns
@@ -270,7 +271,12 @@ async def _start(settings: Settings, resources: contextlib.AsyncExitStack) -> Ru
     )
     telemetry_pb2_grpc.add_TelemetryServiceServicer_to_server(
         TelemetryServicer(
-            live_runs, HistoryService(uow), writer, registry, settings.heartbeat_interval
+            live_runs,
+            HistoryService(uow),
+            CompareService(uow),
+            writer,
+            registry,
+            settings.heartbeat_interval,
         ),
         server,
     )

@@ -8,11 +8,13 @@ numpy operations; protobuf then parses the bytes into the message (a copy).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from simtrack.server.db.chunks import Array
 from simtrack.v1 import telemetry_pb2 as tpb
 
+Array = np.ndarray[Any, Any]
 _LENGTH_DELIMITED, _VARINT = 2, 0
 
 

@@ -41,6 +41,7 @@ from simtrack.server.core.model import (
 )
 from simtrack.server.core.tenancy import current_lease
 from simtrack.server.db.models import Event, Metric
+from simtrack.server.domain.compare import CompareService, Comparison
 from simtrack.server.domain.history import HistoryService
 from simtrack.server.domain.live_runs import LiveRuns
 from simtrack.server.ingest.items import (
@@ -224,6 +225,43 @@ def event_to_proto(e: Event) -> tpb.StoredEvent:
     )
 
 
+def comparison_to_proto(found: Comparison) -> tpb.CompareRunsResponse:
+    return tpb.CompareRunsResponse(
+        runs=[
+            tpb.ComparedRun(
+                run_id=r.run.id,
+                experiment_id=r.run.experiment_id,
+                experiment_name=r.experiment_name,
+                run_number=r.run.run_number,
+            )
+            for r in found.runs
+        ],
+        grids=[
+            tpb.CompareGrid(metric=name)
+            if grid is None
+            else tpb.CompareGrid(
+                metric=name, start_step=grid.lo, end_step=grid.hi, intervals=grid.intervals
+            )
+            for name, grid in found.grids
+        ],
+        series=[
+            tpb.ComparedSeries(  # columns from lists: faster than from numpy arrays
+                run_id=s.run_id,
+                metric=s.name,
+                unit=s.metric.unit if s.metric else "",
+                steps=s.view.points.steps.tolist(),
+                values=s.view.points.values.tolist(),
+                timestamps=s.view.points.timestamps.tolist(),
+                range_count=s.view.range_count,
+                downsampled=s.view.downsampled,
+                missing=s.metric is None,
+            )
+            for s in found.series
+        ],
+        max_points=found.max_points,
+    )
+
+
 class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
     """A worker's stream into the ingest writer, and what it stored read back."""
 
@@ -231,12 +269,14 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         self,
         live_runs: LiveRuns,
         history: HistoryService,
+        compare: CompareService,
         writer: GroupCommitWriter,
         registry: StreamRegistry,
         heartbeat_interval: float,
     ) -> None:
         self.live_runs = live_runs
         self.history = history
+        self.compare = compare
         self.writer = writer
         self.registry = registry
         self.heartbeat_interval = heartbeat_interval
@@ -333,6 +373,18 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
             found.range_count,
             found.downsampled,
         )
+
+    async def CompareRuns(
+        self, request: tpb.CompareRunsRequest, context: Context
+    ) -> tpb.CompareRunsResponse:
+        found = await self.compare.compare(
+            request.run_ids,
+            request.metrics,
+            request.start_step if request.HasField("start_step") else None,
+            request.end_step if request.HasField("end_step") else None,
+            request.max_points,
+        )
+        return comparison_to_proto(found)
 
     async def ListEvents(
         self, request: tpb.ListEventsRequest, context: Context

@@ -7,7 +7,7 @@ unit of work; they never commit. (On PostgreSQL, row-level security enforces the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
@@ -17,6 +17,7 @@ from sqlalchemy import (
     column,
     exists,
     func,
+    or_,
     select,
     table,
     tuple_,
@@ -43,6 +44,16 @@ Owned = type[models.TenantOwnedMixin] | type[models.MetricChunk] | type[models.E
 def scoped(model: Owned) -> ColumnElement[bool]:
     """The condition that keeps only the calling tenant's rows of ``model``."""
     return model.tenant_id == current_tenant()
+
+
+IN_LIST_MAX = 500  # values per IN list: bounded statements whatever a caller asks
+
+
+def _parts(values: Sequence[str], size: int = IN_LIST_MAX) -> Iterator[Sequence[str]]:
+    """``values`` in slices of at most ``size`` (at least one), for bounded IN lists."""
+    size = max(size, 1)
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
 
 
 class Repository(Generic[M]):
@@ -253,11 +264,17 @@ class RunRepository(Repository[models.Run]):
     async def existing(self, run_ids: list[str]) -> set[str]:
         """Which of ``run_ids`` exist (for the caller's tenant)."""
         found: set[str] = set()
-        for start in range(0, len(run_ids), 500):  # bounded IN lists
-            stmt = select(models.Run.id).where(
-                scoped(models.Run), models.Run.id.in_(run_ids[start : start + 500])
-            )
+        for part in _parts(run_ids):
+            stmt = select(models.Run.id).where(scoped(models.Run), models.Run.id.in_(part))
             found.update((await self.session.execute(stmt)).scalars())
+        return found
+
+    async def many(self, run_ids: Sequence[str]) -> list[models.Run]:
+        """Those of ``run_ids`` that exist (for the caller's tenant), in no particular order."""
+        found: list[models.Run] = []
+        for part in _parts(run_ids):
+            stmt = self._select().where(models.Run.id.in_(part))
+            found += (await self.session.execute(stmt)).scalars()
         return found
 
     async def unchecked_completed(self) -> list[str]:
@@ -301,6 +318,15 @@ class MetricRepository(Repository[models.Metric]):
     async def named(self, run_id: str, name: str) -> models.Metric | None:
         stmt = self._select().where(models.Metric.run_id == run_id, models.Metric.name == name)
         return (await self.session.execute(stmt)).scalar_one_or_none()
+
+    async def named_in(self, run_ids: Sequence[str], names: Sequence[str]) -> list[models.Metric]:
+        """The metrics named ``names`` of the runs ``run_ids``, in no particular order."""
+        metric = models.Metric
+        found: list[models.Metric] = []
+        for part in _parts(run_ids, IN_LIST_MAX // max(len(names), 1)):
+            stmt = self._select().where(metric.run_id.in_(part), metric.name.in_(names))
+            found += (await self.session.execute(stmt)).scalars()
+        return found
 
 
 class ValidationRepository(Repository[models.Validation]):
@@ -346,6 +372,44 @@ class ChunkRepository:
             chunk.n, chunk.first_step, chunk.steps
         )
         return [(n, first, steps) for n, first, steps in await self.session.execute(stmt)]
+
+    async def inner_spans(
+        self, metric_ids: Sequence[str], lo: int, hi: int
+    ) -> dict[str, tuple[int, int]]:
+        """(lowest first_step, highest last_step) of each metric's chunks lying wholly in
+        [lo, hi], for the metrics that have any.
+        """
+        chunk = models.MetricChunk
+        spans: dict[str, tuple[int, int]] = {}
+        for part in _parts(metric_ids):
+            stmt = (
+                select(chunk.metric_id, func.min(chunk.first_step), func.max(chunk.last_step))
+                .where(scoped(chunk), chunk.metric_id.in_(part))
+                .where(chunk.first_step >= lo, chunk.last_step <= hi)
+                .group_by(chunk.metric_id)
+            )
+            spans.update((m, (first, last)) for m, first, last in await self.session.execute(stmt))
+        return spans
+
+    async def edge_steps(
+        self, metric_ids: Sequence[str], lo: int, hi: int
+    ) -> list[tuple[str, int, int, bytes]]:
+        """(metric_id, n, first_step, steps) of the metrics' chunks that reach into [lo, hi]
+        across lo or hi (steps are empty when contiguous).
+        """
+        chunk = models.MetricChunk
+        found: list[tuple[str, int, int, bytes]] = []
+        for part in _parts(metric_ids):
+            stmt = (
+                select(chunk.metric_id, chunk.n, chunk.first_step, chunk.steps)
+                .where(scoped(chunk), chunk.metric_id.in_(part))
+                .where(chunk.last_step >= lo, chunk.first_step <= hi)
+                .where(or_(chunk.first_step < lo, chunk.last_step > hi))
+            )
+            found += [
+                (m, n, first, steps) for m, n, first, steps in await self.session.execute(stmt)
+            ]
+        return found
 
     async def overlapping(
         self, metric_id: str, lo: int, hi: int, after: tuple[int, int] | None, limit: int | None

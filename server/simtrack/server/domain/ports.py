@@ -107,6 +107,8 @@ class RunRows(Rows[Run], Protocol):
 
     async def existing(self, run_ids: list[str]) -> set[str]: ...
 
+    async def many(self, run_ids: Sequence[str]) -> list[Run]: ...
+
     async def unchecked_completed(self) -> list[str]: ...
 
 
@@ -122,6 +124,8 @@ class MetricRows(Rows[Metric], Protocol):
     ) -> list[Metric]: ...
 
     async def named(self, run_id: str, name: str) -> Metric | None: ...
+
+    async def named_in(self, run_ids: Sequence[str], names: Sequence[str]) -> list[Metric]: ...
 
 
 class ValidationRows(Rows[Validation], Protocol):
@@ -156,6 +160,22 @@ class ChunkRows(Protocol):
 
     async def with_seqs(self, metric_id: str, seqs: Sequence[int]) -> list[StoredChunk]:
         """The metric's chunks of these seqs, by (first_step, seq)."""
+        ...
+
+    async def inner_spans(
+        self, metric_ids: Sequence[str], lo: int, hi: int
+    ) -> dict[str, tuple[int, int]]:
+        """(lowest first_step, highest last_step) of each metric's chunks lying wholly in
+        [lo, hi], for the metrics that have any.
+        """
+        ...
+
+    async def edge_steps(
+        self, metric_ids: Sequence[str], lo: int, hi: int
+    ) -> list[tuple[str, int, int, bytes]]:
+        """(metric_id, n, first_step, steps) of the chunks reaching into [lo, hi] across lo
+        or hi.
+        """
         ...
 
 

@@ -14,7 +14,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file simtrack/v1/telemetry.proto.
  */
 export const file_simtrack_v1_telemetry: GenFile = /*@__PURE__*/
-  fileDesc("ChtzaW10cmFjay92MS90ZWxlbWV0cnkucHJvdG8SC3NpbXRyYWNrLnYxIqgCChBTdHJlYW1SdW5SZXF1ZXN0EgsKA3NlcRgBIAEoAxIjCgVoZWxsbxgCIAEoCzISLnNpbXRyYWNrLnYxLkhlbGxvSAASKQoIcHJvZ3Jlc3MYAyABKAsyFS5zaW10cmFjay52MS5Qcm9ncmVzc0gAEisKB21ldHJpY3MYBCABKAsyGC5zaW10cmFjay52MS5NZXRyaWNCYXRjaEgAEikKBmV2ZW50cxgFIAEoCzIXLnNpbXRyYWNrLnYxLkV2ZW50QmF0Y2hIABIqCgZzdGF0dXMYBiABKAsyGC5zaW10cmFjay52MS5GaW5hbFN0YXR1c0gAEisKCWhlYXJ0YmVhdBgHIAEoCzIWLnNpbXRyYWNrLnYxLkhlYXJ0YmVhdEgAQgYKBGtpbmQiUgoFSGVsbG8SDgoGcnVuX2lkGAEgASgJEhEKCXdvcmtlcl9pZBgCIAEoCRIWCg5sYXN0X2Fja2VkX3NlcRgDIAEoAxIOCgZyZXBsYXkYBCABKAgiOAoIUHJvZ3Jlc3MSDAoEdGljaxgBIAEoAxINCgV0b3RhbBgCIAEoAxIPCgdwZXJjZW50GAMgASgBIoQBCgxNZXRyaWNTZXJpZXMSDAoEbmFtZRgBIAEoCRIMCgR1bml0GAIgASgJEiUKBGtpbmQYAyABKA4yFy5zaW10cmFjay52MS5NZXRyaWNLaW5kEg0KBXN0ZXBzGAQgAygDEg4KBnZhbHVlcxgFIAMoARISCgp0aW1lc3RhbXBzGAYgAygBIjgKC01ldHJpY0JhdGNoEikKBnNlcmllcxgBIAMoCzIZLnNpbXRyYWNrLnYxLk1ldHJpY1NlcmllcyKJAQoFRXZlbnQSDAoEc3RlcBgBIAEoAxIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIMCgR0eXBlGAMgASgJEhAKCGFnZW50X2lkGAQgASgJEigKB3BheWxvYWQYBSABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0IjAKCkV2ZW50QmF0Y2gSIgoGZXZlbnRzGAEgAygLMhIuc2ltdHJhY2sudjEuRXZlbnQiqAEKC0ZpbmFsU3RhdHVzEigKB291dGNvbWUYASABKA4yFy5zaW10cmFjay52MS5SdW5PdXRjb21lEhUKDWVycm9yX21lc3NhZ2UYAiABKAkSLgoNZXJyb3JfZGV0YWlscxgDIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSKAoHcmVzdWx0cxgEIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QiCwoJSGVhcnRiZWF0IrwBChFTdHJlYW1SdW5SZXNwb25zZRInCgd3ZWxjb21lGAEgASgLMhQuc2ltdHJhY2sudjEuV2VsY29tZUgAEh8KA2FjaxgCIAEoCzIQLnNpbXRyYWNrLnYxLkFja0gAEicKB2NvbW1hbmQYAyABKAsyFC5zaW10cmFjay52MS5Db21tYW5kSAASLAoKZ29pbmdfYXdheRgEIAEoCzIWLnNpbXRyYWNrLnYxLkdvaW5nQXdheUgAQgYKBGtpbmQiogEKB1dlbGNvbWUSFQoNY29tbWl0dGVkX3NlcRgBIAEoAxIiChpoZWFydGJlYXRfaW50ZXJ2YWxfc2Vjb25kcxgCIAEoARIuChBwZW5kaW5nX2NvbW1hbmRzGAMgAygLMhQuc2ltdHJhY2sudjEuQ29tbWFuZBIsCgtydW5fb3V0Y29tZRgEIAEoDjIXLnNpbXRyYWNrLnYxLlJ1bk91dGNvbWUiHAoDQWNrEhUKDWNvbW1pdHRlZF9zZXEYASABKAMiGwoJR29pbmdBd2F5Eg4KBnJlYXNvbhgBIAEoCSKgAgoGTWV0cmljEg4KBnJ1bl9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEgwKBHVuaXQYAyABKAkSJQoEa2luZBgEIAEoDjIXLnNpbXRyYWNrLnYxLk1ldHJpY0tpbmQSDQoFY291bnQYBSABKAMSFgoJbGFzdF9zdGVwGAYgASgDSACIAQESEgoKbGFzdF92YWx1ZRgHIAEoARILCgNtaW4YCCABKAESCwoDbWF4GAkgASgBEi8KC2NyZWF0ZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCDAoKX2xhc3Rfc3RlcCJbChJMaXN0TWV0cmljc1JlcXVlc3QSDgoGcnVuX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJEg4KBmZpbHRlchgEIAEoCSJUChNMaXN0TWV0cmljc1Jlc3BvbnNlEiQKB21ldHJpY3MYASADKAsyEy5zaW10cmFjay52MS5NZXRyaWMSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIsABChdHZXRNZXRyaWNIaXN0b3J5UmVxdWVzdBIOCgZydW5faWQYASABKAkSDgoGbWV0cmljGAIgASgJEhcKCnN0YXJ0X3N0ZXAYAyABKANIAIgBARIVCghlbmRfc3RlcBgEIAEoA0gBiAEBEhIKCm1heF9wb2ludHMYBSABKAUSEQoJcGFnZV9zaXplGAYgASgFEhIKCnBhZ2VfdG9rZW4YByABKAlCDQoLX3N0YXJ0X3N0ZXBCCwoJX2VuZF9zdGVwIpABChhHZXRNZXRyaWNIaXN0b3J5UmVzcG9uc2USDQoFc3RlcHMYASADKAMSDgoGdmFsdWVzGAIgAygBEhIKCnRpbWVzdGFtcHMYAyADKAESFwoPbmV4dF9wYWdlX3Rva2VuGAQgASgJEhMKC3JhbmdlX2NvdW50GAUgASgDEhMKC2Rvd25zYW1wbGVkGAYgASgIIloKEUxpc3RFdmVudHNSZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCRIOCgZmaWx0ZXIYBCABKAkiTwoLU3RvcmVkRXZlbnQSIQoFZXZlbnQYASABKAsyEi5zaW10cmFjay52MS5FdmVudBILCgNzZXEYAiABKAMSEAoIcG9zaXRpb24YAyABKAUiVwoSTGlzdEV2ZW50c1Jlc3BvbnNlEigKBmV2ZW50cxgBIAMoCzIYLnNpbXRyYWNrLnYxLlN0b3JlZEV2ZW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSpZCgpNZXRyaWNLaW5kEhsKF01FVFJJQ19LSU5EX1VOU1BFQ0lGSUVEEAASFQoRTUVUUklDX0tJTkRfR0FVR0UQARIXChNNRVRSSUNfS0lORF9DT1VOVEVSEAIqdQoKUnVuT3V0Y29tZRIbChdSVU5fT1VUQ09NRV9VTlNQRUNJRklFRBAAEhkKFVJVTl9PVVRDT01FX0NPTVBMRVRFRBABEhYKElJVTl9PVVRDT01FX0ZBSUxFRBACEhcKE1JVTl9PVVRDT01FX1NUT1BQRUQQAzLkAgoQVGVsZW1ldHJ5U2VydmljZRJOCglTdHJlYW1SdW4SHS5zaW10cmFjay52MS5TdHJlYW1SdW5SZXF1ZXN0Gh4uc2ltdHJhY2sudjEuU3RyZWFtUnVuUmVzcG9uc2UoATABElAKC0xpc3RNZXRyaWNzEh8uc2ltdHJhY2sudjEuTGlzdE1ldHJpY3NSZXF1ZXN0GiAuc2ltdHJhY2sudjEuTGlzdE1ldHJpY3NSZXNwb25zZRJfChBHZXRNZXRyaWNIaXN0b3J5EiQuc2ltdHJhY2sudjEuR2V0TWV0cmljSGlzdG9yeVJlcXVlc3QaJS5zaW10cmFjay52MS5HZXRNZXRyaWNIaXN0b3J5UmVzcG9uc2USTQoKTGlzdEV2ZW50cxIeLnNpbXRyYWNrLnYxLkxpc3RFdmVudHNSZXF1ZXN0Gh8uc2ltdHJhY2sudjEuTGlzdEV2ZW50c1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_simtrack_v1_runs]);
+  fileDesc("ChtzaW10cmFjay92MS90ZWxlbWV0cnkucHJvdG8SC3NpbXRyYWNrLnYxIqgCChBTdHJlYW1SdW5SZXF1ZXN0EgsKA3NlcRgBIAEoAxIjCgVoZWxsbxgCIAEoCzISLnNpbXRyYWNrLnYxLkhlbGxvSAASKQoIcHJvZ3Jlc3MYAyABKAsyFS5zaW10cmFjay52MS5Qcm9ncmVzc0gAEisKB21ldHJpY3MYBCABKAsyGC5zaW10cmFjay52MS5NZXRyaWNCYXRjaEgAEikKBmV2ZW50cxgFIAEoCzIXLnNpbXRyYWNrLnYxLkV2ZW50QmF0Y2hIABIqCgZzdGF0dXMYBiABKAsyGC5zaW10cmFjay52MS5GaW5hbFN0YXR1c0gAEisKCWhlYXJ0YmVhdBgHIAEoCzIWLnNpbXRyYWNrLnYxLkhlYXJ0YmVhdEgAQgYKBGtpbmQiUgoFSGVsbG8SDgoGcnVuX2lkGAEgASgJEhEKCXdvcmtlcl9pZBgCIAEoCRIWCg5sYXN0X2Fja2VkX3NlcRgDIAEoAxIOCgZyZXBsYXkYBCABKAgiOAoIUHJvZ3Jlc3MSDAoEdGljaxgBIAEoAxINCgV0b3RhbBgCIAEoAxIPCgdwZXJjZW50GAMgASgBIoQBCgxNZXRyaWNTZXJpZXMSDAoEbmFtZRgBIAEoCRIMCgR1bml0GAIgASgJEiUKBGtpbmQYAyABKA4yFy5zaW10cmFjay52MS5NZXRyaWNLaW5kEg0KBXN0ZXBzGAQgAygDEg4KBnZhbHVlcxgFIAMoARISCgp0aW1lc3RhbXBzGAYgAygBIjgKC01ldHJpY0JhdGNoEikKBnNlcmllcxgBIAMoCzIZLnNpbXRyYWNrLnYxLk1ldHJpY1NlcmllcyKJAQoFRXZlbnQSDAoEc3RlcBgBIAEoAxIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIMCgR0eXBlGAMgASgJEhAKCGFnZW50X2lkGAQgASgJEigKB3BheWxvYWQYBSABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0IjAKCkV2ZW50QmF0Y2gSIgoGZXZlbnRzGAEgAygLMhIuc2ltdHJhY2sudjEuRXZlbnQiqAEKC0ZpbmFsU3RhdHVzEigKB291dGNvbWUYASABKA4yFy5zaW10cmFjay52MS5SdW5PdXRjb21lEhUKDWVycm9yX21lc3NhZ2UYAiABKAkSLgoNZXJyb3JfZGV0YWlscxgDIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSKAoHcmVzdWx0cxgEIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QiCwoJSGVhcnRiZWF0IrwBChFTdHJlYW1SdW5SZXNwb25zZRInCgd3ZWxjb21lGAEgASgLMhQuc2ltdHJhY2sudjEuV2VsY29tZUgAEh8KA2FjaxgCIAEoCzIQLnNpbXRyYWNrLnYxLkFja0gAEicKB2NvbW1hbmQYAyABKAsyFC5zaW10cmFjay52MS5Db21tYW5kSAASLAoKZ29pbmdfYXdheRgEIAEoCzIWLnNpbXRyYWNrLnYxLkdvaW5nQXdheUgAQgYKBGtpbmQiogEKB1dlbGNvbWUSFQoNY29tbWl0dGVkX3NlcRgBIAEoAxIiChpoZWFydGJlYXRfaW50ZXJ2YWxfc2Vjb25kcxgCIAEoARIuChBwZW5kaW5nX2NvbW1hbmRzGAMgAygLMhQuc2ltdHJhY2sudjEuQ29tbWFuZBIsCgtydW5fb3V0Y29tZRgEIAEoDjIXLnNpbXRyYWNrLnYxLlJ1bk91dGNvbWUiHAoDQWNrEhUKDWNvbW1pdHRlZF9zZXEYASABKAMiGwoJR29pbmdBd2F5Eg4KBnJlYXNvbhgBIAEoCSKgAgoGTWV0cmljEg4KBnJ1bl9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEgwKBHVuaXQYAyABKAkSJQoEa2luZBgEIAEoDjIXLnNpbXRyYWNrLnYxLk1ldHJpY0tpbmQSDQoFY291bnQYBSABKAMSFgoJbGFzdF9zdGVwGAYgASgDSACIAQESEgoKbGFzdF92YWx1ZRgHIAEoARILCgNtaW4YCCABKAESCwoDbWF4GAkgASgBEi8KC2NyZWF0ZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCDAoKX2xhc3Rfc3RlcCJbChJMaXN0TWV0cmljc1JlcXVlc3QSDgoGcnVuX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJEg4KBmZpbHRlchgEIAEoCSJUChNMaXN0TWV0cmljc1Jlc3BvbnNlEiQKB21ldHJpY3MYASADKAsyEy5zaW10cmFjay52MS5NZXRyaWMSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIsABChdHZXRNZXRyaWNIaXN0b3J5UmVxdWVzdBIOCgZydW5faWQYASABKAkSDgoGbWV0cmljGAIgASgJEhcKCnN0YXJ0X3N0ZXAYAyABKANIAIgBARIVCghlbmRfc3RlcBgEIAEoA0gBiAEBEhIKCm1heF9wb2ludHMYBSABKAUSEQoJcGFnZV9zaXplGAYgASgFEhIKCnBhZ2VfdG9rZW4YByABKAlCDQoLX3N0YXJ0X3N0ZXBCCwoJX2VuZF9zdGVwIpABChhHZXRNZXRyaWNIaXN0b3J5UmVzcG9uc2USDQoFc3RlcHMYASADKAMSDgoGdmFsdWVzGAIgAygBEhIKCnRpbWVzdGFtcHMYAyADKAESFwoPbmV4dF9wYWdlX3Rva2VuGAQgASgJEhMKC3JhbmdlX2NvdW50GAUgASgDEhMKC2Rvd25zYW1wbGVkGAYgASgIIpYBChJDb21wYXJlUnVuc1JlcXVlc3QSDwoHcnVuX2lkcxgBIAMoCRIPCgdtZXRyaWNzGAIgAygJEhcKCnN0YXJ0X3N0ZXAYAyABKANIAIgBARIVCghlbmRfc3RlcBgEIAEoA0gBiAEBEhIKCm1heF9wb2ludHMYBSABKAVCDQoLX3N0YXJ0X3N0ZXBCCwoJX2VuZF9zdGVwIlYKC0NvbXBhcmVHcmlkEg4KBm1ldHJpYxgBIAEoCRISCgpzdGFydF9zdGVwGAIgASgDEhAKCGVuZF9zdGVwGAMgASgDEhEKCWludGVydmFscxgEIAEoBSJhCgtDb21wYXJlZFJ1bhIOCgZydW5faWQYASABKAkSFQoNZXhwZXJpbWVudF9pZBgCIAEoCRIXCg9leHBlcmltZW50X25hbWUYAyABKAkSEgoKcnVuX251bWJlchgEIAEoAyKsAQoOQ29tcGFyZWRTZXJpZXMSDgoGcnVuX2lkGAEgASgJEg4KBm1ldHJpYxgCIAEoCRIMCgR1bml0GAMgASgJEg0KBXN0ZXBzGAQgAygDEg4KBnZhbHVlcxgFIAMoARISCgp0aW1lc3RhbXBzGAYgAygBEhMKC3JhbmdlX2NvdW50GAcgASgDEhMKC2Rvd25zYW1wbGVkGAggASgIEg8KB21pc3NpbmcYCSABKAgipwEKE0NvbXBhcmVSdW5zUmVzcG9uc2USJgoEcnVucxgBIAMoCzIYLnNpbXRyYWNrLnYxLkNvbXBhcmVkUnVuEicKBWdyaWRzGAIgAygLMhguc2ltdHJhY2sudjEuQ29tcGFyZUdyaWQSKwoGc2VyaWVzGAMgAygLMhsuc2ltdHJhY2sudjEuQ29tcGFyZWRTZXJpZXMSEgoKbWF4X3BvaW50cxgEIAEoBSJaChFMaXN0RXZlbnRzUmVxdWVzdBIOCgZydW5faWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkSDgoGZmlsdGVyGAQgASgJIk8KC1N0b3JlZEV2ZW50EiEKBWV2ZW50GAEgASgLMhIuc2ltdHJhY2sudjEuRXZlbnQSCwoDc2VxGAIgASgDEhAKCHBvc2l0aW9uGAMgASgFIlcKEkxpc3RFdmVudHNSZXNwb25zZRIoCgZldmVudHMYASADKAsyGC5zaW10cmFjay52MS5TdG9yZWRFdmVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkqWQoKTWV0cmljS2luZBIbChdNRVRSSUNfS0lORF9VTlNQRUNJRklFRBAAEhUKEU1FVFJJQ19LSU5EX0dBVUdFEAESFwoTTUVUUklDX0tJTkRfQ09VTlRFUhACKnUKClJ1bk91dGNvbWUSGwoXUlVOX09VVENPTUVfVU5TUEVDSUZJRUQQABIZChVSVU5fT1VUQ09NRV9DT01QTEVURUQQARIWChJSVU5fT1VUQ09NRV9GQUlMRUQQAhIXChNSVU5fT1VUQ09NRV9TVE9QUEVEEAMytgMKEFRlbGVtZXRyeVNlcnZpY2USTgoJU3RyZWFtUnVuEh0uc2ltdHJhY2sudjEuU3RyZWFtUnVuUmVxdWVzdBoeLnNpbXRyYWNrLnYxLlN0cmVhbVJ1blJlc3BvbnNlKAEwARJQCgtMaXN0TWV0cmljcxIfLnNpbXRyYWNrLnYxLkxpc3RNZXRyaWNzUmVxdWVzdBogLnNpbXRyYWNrLnYxLkxpc3RNZXRyaWNzUmVzcG9uc2USXwoQR2V0TWV0cmljSGlzdG9yeRIkLnNpbXRyYWNrLnYxLkdldE1ldHJpY0hpc3RvcnlSZXF1ZXN0GiUuc2ltdHJhY2sudjEuR2V0TWV0cmljSGlzdG9yeVJlc3BvbnNlElAKC0NvbXBhcmVSdW5zEh8uc2ltdHJhY2sudjEuQ29tcGFyZVJ1bnNSZXF1ZXN0GiAuc2ltdHJhY2sudjEuQ29tcGFyZVJ1bnNSZXNwb25zZRJNCgpMaXN0RXZlbnRzEh4uc2ltdHJhY2sudjEuTGlzdEV2ZW50c1JlcXVlc3QaHy5zaW10cmFjay52MS5MaXN0RXZlbnRzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_simtrack_v1_runs]);
 
 /**
  * A worker's message on TelemetryService.StreamRun. The first message of a stream must be `hello`.
@@ -850,6 +850,275 @@ export const GetMetricHistoryResponseSchema: GenMessage<GetMetricHistoryResponse
   messageDesc(file_simtrack_v1_telemetry, 17);
 
 /**
+ * CompareRunsRequest asks for some metrics of several runs on shared step grids. Bad input is
+ * INVALID_ARGUMENT naming the field; an unknown run is NOT_FOUND naming `run_ids[i]`, a metric
+ * none of the runs has NOT_FOUND naming `metrics[j]`.
+ *
+ * @generated from message simtrack.v1.CompareRunsRequest
+ */
+export type CompareRunsRequest = Message<"simtrack.v1.CompareRunsRequest"> & {
+  /**
+   * The runs, 1-100 distinct ids (a repeated id is INVALID_ARGUMENT naming its second place).
+   *
+   * @generated from field: repeated string run_ids = 1;
+   */
+  runIds: string[];
+
+  /**
+   * The metrics' names, 1-20 distinct. A run without one of them gets an empty series with
+   * `missing` set; a metric that none of the runs has is NOT_FOUND.
+   *
+   * @generated from field: repeated string metrics = 2;
+   */
+  metrics: string[];
+
+  /**
+   * The lowest step to compare (inclusive); unset: from the first point.
+   *
+   * @generated from field: optional int64 start_step = 3;
+   */
+  startStep?: bigint | undefined;
+
+  /**
+   * The highest step to compare (inclusive); unset: up to the last point. Below start_step:
+   * INVALID_ARGUMENT naming end_step.
+   *
+   * @generated from field: optional int64 end_step = 4;
+   */
+  endStep?: bigint | undefined;
+
+  /**
+   * At most this many points per series, 2-100,000, chosen as GetMetricHistory's max_points
+   * chooses them but over the metric's grid (see CompareGrid); a series with no more points
+   * than this is returned whole. 0 means 1,000, or fewer when the request asks for many
+   * series: runs x metrics x max_points is at most 500,000 (beyond it: INVALID_ARGUMENT naming
+   * max_points), which keeps a response under about 13 MB.
+   *
+   * @generated from field: int32 max_points = 5;
+   */
+  maxPoints: number;
+};
+
+/**
+ * Describes the message simtrack.v1.CompareRunsRequest.
+ * Use `create(CompareRunsRequestSchema)` to create a new message.
+ */
+export const CompareRunsRequestSchema: GenMessage<CompareRunsRequest> = /*@__PURE__*/
+  messageDesc(file_simtrack_v1_telemetry, 18);
+
+/**
+ * CompareGrid is the step grid shared by every run's series of one metric: [start_step,
+ * end_step] cut into `intervals` equal intervals of (end_step - start_step + 1) / intervals
+ * steps (a real number), each keeping at most its lowest and its highest point. With one run
+ * it is the grid GetMetricHistory uses for the same range and max_points: the points are the
+ * same.
+ *
+ * @generated from message simtrack.v1.CompareGrid
+ */
+export type CompareGrid = Message<"simtrack.v1.CompareGrid"> & {
+  /**
+   * The metric.
+   *
+   * @generated from field: string metric = 1;
+   */
+  metric: string;
+
+  /**
+   * The lowest step of any compared run's point of the metric in the requested range.
+   *
+   * @generated from field: int64 start_step = 2;
+   */
+  startStep: bigint;
+
+  /**
+   * The highest step of any compared run's point of the metric in the requested range.
+   *
+   * @generated from field: int64 end_step = 3;
+   */
+  endStep: bigint;
+
+  /**
+   * How many intervals: max_points / 2 (rounded down). 0 when no run has a point of the
+   * metric in the range (start_step and end_step are then 0).
+   *
+   * @generated from field: int32 intervals = 4;
+   */
+  intervals: number;
+};
+
+/**
+ * Describes the message simtrack.v1.CompareGrid.
+ * Use `create(CompareGridSchema)` to create a new message.
+ */
+export const CompareGridSchema: GenMessage<CompareGrid> = /*@__PURE__*/
+  messageDesc(file_simtrack_v1_telemetry, 19);
+
+/**
+ * ComparedRun says which run a series belongs to, for a legend.
+ *
+ * @generated from message simtrack.v1.ComparedRun
+ */
+export type ComparedRun = Message<"simtrack.v1.ComparedRun"> & {
+  /**
+   * The run's id.
+   *
+   * @generated from field: string run_id = 1;
+   */
+  runId: string;
+
+  /**
+   * Its experiment.
+   *
+   * @generated from field: string experiment_id = 2;
+   */
+  experimentId: string;
+
+  /**
+   * Its experiment's name.
+   *
+   * @generated from field: string experiment_name = 3;
+   */
+  experimentName: string;
+
+  /**
+   * Its number within the experiment (1, 2, 3...).
+   *
+   * @generated from field: int64 run_number = 4;
+   */
+  runNumber: bigint;
+};
+
+/**
+ * Describes the message simtrack.v1.ComparedRun.
+ * Use `create(ComparedRunSchema)` to create a new message.
+ */
+export const ComparedRunSchema: GenMessage<ComparedRun> = /*@__PURE__*/
+  messageDesc(file_simtrack_v1_telemetry, 20);
+
+/**
+ * ComparedSeries is one run's points of one metric, as parallel columns in step order (points
+ * of equal step in the order they were sent).
+ *
+ * @generated from message simtrack.v1.ComparedSeries
+ */
+export type ComparedSeries = Message<"simtrack.v1.ComparedSeries"> & {
+  /**
+   * The run.
+   *
+   * @generated from field: string run_id = 1;
+   */
+  runId: string;
+
+  /**
+   * The metric's name.
+   *
+   * @generated from field: string metric = 2;
+   */
+  metric: string;
+
+  /**
+   * The metric's unit in this run ("" when it has none, or when `missing`).
+   *
+   * @generated from field: string unit = 3;
+   */
+  unit: string;
+
+  /**
+   * Steps of the points.
+   *
+   * @generated from field: repeated int64 steps = 4;
+   */
+  steps: bigint[];
+
+  /**
+   * Values of the points, stored faithfully (NaN and +/-Inf included).
+   *
+   * @generated from field: repeated double values = 5;
+   */
+  values: number[];
+
+  /**
+   * Unix times in seconds (float64) of the points, exactly as stored: the worker's clock, or
+   * the server's at arrival when the worker sent none (see MetricSeries.timestamps).
+   *
+   * @generated from field: repeated double timestamps = 6;
+   */
+  timestamps: number[];
+
+  /**
+   * How many stored points the requested range holds.
+   *
+   * @generated from field: int64 range_count = 7;
+   */
+  rangeCount: bigint;
+
+  /**
+   * True when max_points left points out.
+   *
+   * @generated from field: bool downsampled = 8;
+   */
+  downsampled: boolean;
+
+  /**
+   * True when the run has no such metric (the series is then empty).
+   *
+   * @generated from field: bool missing = 9;
+   */
+  missing: boolean;
+};
+
+/**
+ * Describes the message simtrack.v1.ComparedSeries.
+ * Use `create(ComparedSeriesSchema)` to create a new message.
+ */
+export const ComparedSeriesSchema: GenMessage<ComparedSeries> = /*@__PURE__*/
+  messageDesc(file_simtrack_v1_telemetry, 21);
+
+/**
+ * CompareRunsResponse carries the runs, one grid per metric and one series per run and metric,
+ * all read from one snapshot of the database.
+ *
+ * @generated from message simtrack.v1.CompareRunsResponse
+ */
+export type CompareRunsResponse = Message<"simtrack.v1.CompareRunsResponse"> & {
+  /**
+   * The runs, in the order requested.
+   *
+   * @generated from field: repeated simtrack.v1.ComparedRun runs = 1;
+   */
+  runs: ComparedRun[];
+
+  /**
+   * One grid per metric, in the order requested.
+   *
+   * @generated from field: repeated simtrack.v1.CompareGrid grids = 2;
+   */
+  grids: CompareGrid[];
+
+  /**
+   * One series per run and metric: the first run's metrics in the order requested, then the
+   * second run's, and so on (series[i * len(metrics) + j] is run i's metric j).
+   *
+   * @generated from field: repeated simtrack.v1.ComparedSeries series = 3;
+   */
+  series: ComparedSeries[];
+
+  /**
+   * The max_points applied (the request's, or the default it resolved to).
+   *
+   * @generated from field: int32 max_points = 4;
+   */
+  maxPoints: number;
+};
+
+/**
+ * Describes the message simtrack.v1.CompareRunsResponse.
+ * Use `create(CompareRunsResponseSchema)` to create a new message.
+ */
+export const CompareRunsResponseSchema: GenMessage<CompareRunsResponse> = /*@__PURE__*/
+  messageDesc(file_simtrack_v1_telemetry, 22);
+
+/**
  * ListEventsRequest asks for one page of a run's events.
  *
  * @generated from message simtrack.v1.ListEventsRequest
@@ -905,7 +1174,7 @@ export type ListEventsRequest = Message<"simtrack.v1.ListEventsRequest"> & {
  * Use `create(ListEventsRequestSchema)` to create a new message.
  */
 export const ListEventsRequestSchema: GenMessage<ListEventsRequest> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_telemetry, 18);
+  messageDesc(file_simtrack_v1_telemetry, 23);
 
 /**
  * StoredEvent is an event as stored, with its place in the run's stream.
@@ -940,7 +1209,7 @@ export type StoredEvent = Message<"simtrack.v1.StoredEvent"> & {
  * Use `create(StoredEventSchema)` to create a new message.
  */
 export const StoredEventSchema: GenMessage<StoredEvent> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_telemetry, 19);
+  messageDesc(file_simtrack_v1_telemetry, 24);
 
 /**
  * ListEventsResponse is one page of events.
@@ -968,7 +1237,7 @@ export type ListEventsResponse = Message<"simtrack.v1.ListEventsResponse"> & {
  * Use `create(ListEventsResponseSchema)` to create a new message.
  */
 export const ListEventsResponseSchema: GenMessage<ListEventsResponse> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_telemetry, 20);
+  messageDesc(file_simtrack_v1_telemetry, 25);
 
 /**
  * MetricKind says how a metric behaves.
@@ -1086,6 +1355,18 @@ export const TelemetryService: GenService<{
     methodKind: "unary";
     input: typeof GetMetricHistoryRequestSchema;
     output: typeof GetMetricHistoryResponseSchema;
+  },
+  /**
+   * CompareRuns returns some metrics of several runs in one call, each series downsampled as
+   * GetMetricHistory's max_points does it, but every run's series of a metric on one step grid,
+   * so that the runs line up (one chart, one table).
+   *
+   * @generated from rpc simtrack.v1.TelemetryService.CompareRuns
+   */
+  compareRuns: {
+    methodKind: "unary";
+    input: typeof CompareRunsRequestSchema;
+    output: typeof CompareRunsResponseSchema;
   },
   /**
    * ListEvents pages through a run's events in the order the worker sent them.
