@@ -113,6 +113,12 @@ def test_agents_created_by_the_cli_are_stored_and_listed(cli: Cli, shared_server
 
     listed = cli.json("agents", "list", "--filter", f'name = "{name}"')
     assert [agent["id"] for agent in listed] == [agent_id]
+    later = cli.created("agents", "create", name.upper())  # sorts before by code point
+    ordered = cli.json(
+        "agents", "list", "--filter", f'name >= "{name.upper()}"', "--order-by", "name"
+    )
+    assert [agent["id"] for agent in ordered][:1] == [later]
+    assert agent_id in [agent["id"] for agent in ordered]
     table = cli("agents", "list").stdout
     assert agent_id in table and name in table and "langchain" in table
 
@@ -197,6 +203,8 @@ def test_runs_pause_and_resume_and_a_paused_run_in_lists_and_stats(
         (("compare", UNKNOWN_ID, "--metric", "x", "--max-points", "1"), "INVALID_ARGUMENT",
          "max_points"),
         (("agents", "list", "--target", "127.0.0.1:1"), "UNAVAILABLE", "127.0.0.1:1"),
+        (("agents", "list", "--order-by", "name, framework"), "INVALID_ARGUMENT", "position 6"),
+        (("metrics", UNKNOWN_ID, "--order-by", "kind"), "INVALID_ARGUMENT", "order_by"),
     ],
 )  # fmt: skip
 def test_a_refusal_is_one_line_naming_the_problem(
@@ -232,6 +240,9 @@ def test_metrics_history_and_events_show_what_a_worker_streamed(
     assert (metrics["profit"]["count"], metrics["profit"]["last_step"]) == ("200", "199")
     table = cli("metrics", run.id).stdout
     assert "profit" in table and "stock" in table
+    by_value = cli.json("metrics", run.id, "--order-by", "last_value desc")
+    want = sorted(metrics, key=lambda name: metrics[name]["last_value"], reverse=True)
+    assert [m["name"] for m in by_value] == want
 
     png, points = tmp_path / "profit.png", tmp_path / "profit.csv"
     summary = cli("history", run.id, "profit", "--png", str(png), "--csv", str(points)).stdout
@@ -255,6 +266,8 @@ def test_metrics_history_and_events_show_what_a_worker_streamed(
 
     restocks = cli.json("events", run.id, "--filter", 'type = "restock"')
     assert [e["event"]["step"] for e in restocks] == ["0", "50", "100", "150"]
+    latest = cli.json("events", run.id, "--filter", 'type = "restock"', "--order-by", "step desc")
+    assert [e["event"]["step"] for e in latest] == ["150", "100", "50", "0"]
     assert "agent_action" in cli("events", run.id).stdout
 
 
@@ -404,6 +417,9 @@ def test_scenarios_are_listed_and_shown(cli: Cli, shared_server: Server) -> None
     table = cli("scenarios", "list").stdout
     for path in SCENARIOS_DIR.glob("*.yaml"):
         assert path.stem in table
+    hardest = cli.json("scenarios", "list", "--order-by", "difficulty_tier desc, name")
+    tiers = [s.get("difficulty_tier", 0) for s in hardest]
+    assert tiers == sorted(tiers, reverse=True) and tiers[0] == 3
     request = scenarios_pb2.GetScenarioRequest(id=SCENARIO)
     stored = shared_server.scenarios.GetScenario(request).scenario
     assert same(stored, cli.json("scenarios", "get", SCENARIO))

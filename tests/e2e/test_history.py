@@ -406,9 +406,16 @@ async def test_bad_reads_get_the_right_status_naming_the_field(
         (server.telemetry.ListEvents, Events(run_id=missing_run), not_found, []),
         (
             server.telemetry.ListEvents,
-            Events(run_id=run.id, filter="step = 1"),
+            Events(run_id=run.id, filter="seq = 1"),
             invalid,
             ["filter"],
+        ),
+        (server.telemetry.ListEvents, Events(run_id=run.id, order_by="seq"), invalid, ["order_by"]),
+        (
+            server.telemetry.ListMetrics,
+            Metrics(run_id=run.id, order_by="kind"),
+            invalid,
+            ["order_by"],
         ),
         (
             server.telemetry.ListEvents,

@@ -1,18 +1,22 @@
-"""order_by (AIP-132) on real rows, SQLite and PostgreSQL alike: each order lists the runs as a
-plain Python sort of the same rows does (missing values last in either direction, ties in
-creation order), through pages, and each run exactly once while runs are inserted between
-pages; a token resumes only the order it was issued for.
+"""order_by (AIP-132) on real rows, SQLite and PostgreSQL alike, on every List call: each order
+lists the rows as a plain Python sort of the same rows does (missing values last in either
+direction, ties in the list's default order), through pages, and each row exactly once while
+rows are inserted between pages; bad orders are refused naming order_by; a token resumes only
+the order it was issued for. Runs (with their filters, parameters and metrics) first, then the
+other lists from one table (``tests/support/list_tables.py``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from simtrack.errors import InvalidArgument
 from tests.support import Services
+from tests.support.list_tables import CASES, Case, ListPage
 from tests.support.run_table import Row, make_runs, metric, number
 
 Getter = Callable[[Row], Any]
@@ -46,12 +50,15 @@ ORDERS = [
 ]
 
 
-def expected(rows: list[Row], order_by: str) -> list[str]:
-    """The rows sorted as order_by says, by stable sorts from the last key to the first."""
-    result = list(rows)  # creation order: the tie-break
-    keys = [part.split() for part in order_by.split(",")]
-    for field, *direction in reversed(keys):
-        get = KEYS[field]
+def expected(
+    rows: list[Row], order_by: str, keys: Callable[[str], Getter] = KEYS.__getitem__
+) -> list[str]:
+    """The rows (in the list's default order: the tie-break) sorted as order_by says, by
+    stable sorts from the last key to the first.
+    """
+    result = list(rows)
+    for field, *direction in reversed([part.split() for part in order_by.split(",")]):
+        get = keys(field)
         present = [r for r in result if get(r) is not None]
         missing = [r for r in result if get(r) is None]
         present.sort(key=get, reverse=[d.lower() for d in direction] == ["desc"])
@@ -59,12 +66,23 @@ def expected(rows: list[Row], order_by: str) -> list[str]:
     return [r["id"] for r in result]
 
 
-async def listed(services: Services, order_by: str, size: int, text: str = "") -> list[str]:
+def runs_of(services: Services) -> ListPage:
+    return lambda size, token, text, order: services.runs.list(size, token, text, order)
+
+
+async def listed(
+    page_of: ListPage,
+    order_by: str,
+    size: int,
+    text: str = "",
+    identity: Callable[[Any], str] = lambda item: str(item.id),
+) -> list[str]:
+    """The ids of every page of a list."""
     ids: list[str] = []
     token = ""
     while True:
-        page = await services.runs.list(size, token, text, order_by)
-        ids.extend(run.id for run in page.items)
+        page = await page_of(size, token, text, order_by)
+        ids.extend(identity(item) for item in page.items)
         token = page.next_page_token
         if not token:
             return ids
@@ -81,10 +99,12 @@ async def test_an_order_lists_the_runs_as_a_sort_of_the_same_rows(
     services: Services, runs: list[Row], order_by: str
 ) -> None:
     want = expected(runs, order_by)
-    assert await listed(services, order_by, 1000) == want
-    assert await listed(services, order_by, 3) == want
+    assert await listed(runs_of(services), order_by, 1000) == want
+    assert await listed(runs_of(services), order_by, 3) == want
     picked = [r for r in runs if r["status"] != "failed"]
-    assert await listed(services, order_by, 4, "NOT status = failed") == expected(picked, order_by)
+    assert await listed(runs_of(services), order_by, 4, "NOT status = failed") == expected(
+        picked, order_by
+    )
 
 
 @pytest.mark.parametrize("order_by", ["params.lr desc", "metrics.total_profit, start_time desc"])
@@ -145,3 +165,100 @@ async def test_experiments_order_by_a_parameter(services: Services) -> None:
     ]
     page = await services.experiments.list(100, "", "", "params.seed desc")
     assert [e.id for e in page.items] == [made[i].id for i in (2, 4, 0, 1, 3)]
+
+
+# -- every other list, from one table -----------------------------------------------------------
+
+
+def by_field(field: str) -> Getter:
+    return lambda row: row[field]
+
+
+def each_case() -> list[Any]:
+    return [pytest.param(case, id=case.collection) for case in CASES]
+
+
+def each_order() -> list[Any]:
+    return [
+        pytest.param(case, order, id=f"{case.collection}-{order}")
+        for case in CASES
+        for order in case.orders
+    ]
+
+
+@pytest.mark.parametrize(("case", "order_by"), each_order())
+async def test_every_list_orders_as_a_sort_of_the_same_rows(
+    services: Services, tmp_path: Path, case: Case, order_by: str
+) -> None:
+    made = await case.make(services, tmp_path)
+    assert len(made.rows) >= 6
+    want = expected(made.rows, order_by, by_field)
+    assert await listed(made.list, order_by, 1000, identity=made.identity) == want
+    assert await listed(made.list, order_by, 2, identity=made.identity) == want
+    shouted = order_by.replace("desc", "DESC").replace(",", " ,")  # the same order and tokens
+    assert await listed(made.list, shouted, 5, identity=made.identity) == want
+
+
+@pytest.mark.parametrize("case", each_case())
+async def test_each_row_once_while_rows_are_inserted_between_pages(
+    services: Services, tmp_path: Path, case: Case
+) -> None:
+    made = await case.make(services, tmp_path)
+    if made.insert is None:
+        pytest.skip("the scenario catalogue is read-only")
+    for order_by in case.orders[:2]:
+        seen: list[str] = []
+        token = ""
+        for _ in range(100):
+            page = await made.list(3, token, "", order_by)
+            seen.extend(made.identity(item) for item in page.items)
+            token = page.next_page_token
+            if not token:
+                break
+            # The new row sorts anywhere: before the page read, after it, among its ties.
+            await made.insert(len(seen) + 100 * len(order_by))
+        assert len(seen) == len(set(seen)), f"{order_by}: a row listed twice"
+        originals = {row["id"] for row in made.rows}
+        want = expected(made.rows, order_by, by_field)
+        assert [i for i in seen if i in originals] == want, order_by
+
+
+@pytest.mark.parametrize("case", each_case())
+async def test_every_list_refuses_bad_orders_and_foreign_tokens(
+    services: Services, tmp_path: Path, case: Case
+) -> None:
+    made = await case.make(services, tmp_path)
+    for field in (*case.unordered, "nope", "id"):  # enums, ids, text without an order
+        with pytest.raises(InvalidArgument) as error:
+            await made.list(10, "", "", f"{case.orders[0]}, {field} desc")
+        assert error.value.violations[0].field == "order_by"
+        message = error.value.violations[0].description
+        assert f"at position {len(case.orders[0]) + 2}" in message and field in message
+    for bad in (f"{case.orders[0]} desc desc", f"{case.orders[0]},", "; drop table x"):
+        with pytest.raises(InvalidArgument) as error:
+            await made.list(10, "", "", bad)
+        assert error.value.violations[0].field == "order_by"
+    token = (await made.list(2, "", "", case.orders[0])).next_page_token
+    assert token and (await made.list(2, token, "", case.orders[0])).items
+    for other in ("", case.orders[1]):
+        with pytest.raises(InvalidArgument) as error:
+            await made.list(2, token, "", other)
+        assert error.value.violations[0].field == "page_token"
+
+
+async def test_names_order_by_code_point_whatever_the_locale(services: Services) -> None:
+    """Names sort (and compare in filters) by code point on both databases, even where the
+    column's collation is a locale's, which puts "a" before "B" and "é" before "f".
+    """
+    if services.backend == "postgresql":
+        await services.execute(
+            'ALTER TABLE agents ALTER COLUMN name TYPE varchar(200) COLLATE "en-x-icu"'
+        )
+    names = ["f", "B", "a", "\N{LATIN SMALL LETTER E WITH ACUTE}", "b", "A"]
+    for name in names:
+        await services.agent(name)
+    page = await services.agents.list(100, "", "", "name")
+    assert [a.name for a in page.items] == sorted(names)
+    page = await services.agents.list(100, "", 'name > "B" AND name <= "f"', "name desc")
+    picked = sorted((n for n in names if "B" < n <= "f"), reverse=True)
+    assert [a.name for a in page.items] == picked

@@ -270,6 +270,9 @@ async def _list(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
     # Narrowed to a parent of the other tenant's: nothing.
     rows, _ = await uow.participants.list(everything, run_id=theirs.done)
     assert rows == []
+    rows, _ = await uow.metrics.list(everything, run_id=mine.done)
+    assert [m.id for m in rows] == [mine.metric]
+    assert (await uow.metrics.list(everything, run_id=theirs.done))[0] == []
 
 
 @case("Repository.add")
@@ -396,12 +399,6 @@ async def _metrics_for_run(uow: SqlUnitOfWork, mine: World, theirs: World) -> No
     assert await uow.metrics.for_run(theirs.done) == []
 
 
-@case("MetricRepository.page")
-async def _metrics_page(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
-    assert [m.id for m in await uow.metrics.page(mine.done, (), None, 10)] == [mine.metric]
-    assert await uow.metrics.page(theirs.done, (), None, 10) == []
-
-
 @case("MetricRepository.named")
 async def _metric_named(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
     found = await uow.metrics.named(mine.done, METRIC)
@@ -433,10 +430,12 @@ async def _overlapping(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
     assert await uow.chunks.overlapping(theirs.metric, 0, 10, None, None) == []
 
 
-@case("EventRepository.page")
-async def _events_page(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
-    assert [e.tenant_id for e in await uow.events.page(mine.done, (), None, 10)] == [mine.tenant]
-    assert await uow.events.page(theirs.done, (), None, 10) == []
+@case("EventRepository.list")
+async def _events_list(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
+    everything = PageRequest(size=10, after=None, conditions=(), scope="")
+    rows, _ = await uow.events.list(everything, mine.done)
+    assert [e.tenant_id for e in rows] == [mine.tenant]
+    assert (await uow.events.list(everything, theirs.done))[0] == []
 
 
 # The access catalogue is read before any tenant is known: it is not scoped, by design; what
@@ -510,7 +509,7 @@ async def worlds(services: Services) -> tuple[World, World]:
 def test_the_walk_finds_the_repositories() -> None:
     methods = repository_methods()
     assert {"Repository.get", "RunRepository.ranked", "RunRepository.durations"} <= set(methods)
-    assert "EventRepository.page" in methods and "AccessRepository.keys" in methods
+    assert "EventRepository.list" in methods and "AccessRepository.keys" in methods
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])

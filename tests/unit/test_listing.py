@@ -23,6 +23,7 @@ from simtrack.server.core.filters import (
     Pattern,
     holds,
     optional_str,
+    ordered_text,
     parse_filter,
 )
 from simtrack.server.core.listing import (
@@ -35,6 +36,7 @@ from simtrack.server.core.listing import (
     enum_parser,
 )
 from simtrack.server.core.model import INT64_MAX, INT64_MIN, RunStatus
+from simtrack.server.core.ordering import SortKey, place
 from tests.support.protos import PROTO_MODULES
 
 FIELDS: FieldParsers = {
@@ -170,7 +172,7 @@ def test_page_size_defaults_and_bounds() -> None:
 
 
 def test_tokens_round_trip_and_are_bound_to_filter_and_parent() -> None:
-    cursor = Cursor(datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC), "some-id")
+    cursor = Cursor((datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC), "some-id"))
     first = RUNS.request(10, "", 'name = "x"', parent="run-1")
     token = first.next_token(cursor)
     assert first.next_token(None) == ""
@@ -183,7 +185,7 @@ def test_tokens_round_trip_and_are_bound_to_filter_and_parent() -> None:
 
 
 def test_tokens_are_bound_to_their_collection() -> None:
-    cursor = Cursor(datetime(2026, 1, 2, tzinfo=UTC), "some-id")
+    cursor = Cursor((datetime(2026, 1, 2, tzinfo=UTC), "some-id"))
     token = RUNS.request(10, "", "").next_token(cursor)
     with pytest.raises(InvalidArgument) as error:
         Listing("agents", FIELDS).request(10, token, "")
@@ -252,18 +254,32 @@ def forged(scope: str, **payload: object) -> str:
     [
         base64.urlsafe_b64encode(b"[" * 100_000 + b"]" * 100_000).decode(),
         "x" * 5_000,
-        forged("runs/|", t="0001-01-01T00:00:00+01:00", i="id"),
-        forged("runs/|", t="9999-12-31T23:59:59-01:00", i="id"),
-        forged("runs/|", t="2026-01-01T00:00:00+00:00", i=""),
-        forged("runs/|", t="2026-01-01T00:00:00+00:00", i="nul\x00"),
-        forged("runs/|", t="2026-01-01T00:00:00+00:00", i=["a"]),
-        forged("runs/|", t="2026-01-01T00:00:00+00:00", i="i" * 201),
-        forged("runs/|", t=5, i="id"),
+        forged("runs/|", p=[["t", "0001-01-01T00:00:00+01:00"], ["s", "id"]]),
+        forged("runs/|", p=[["t", "9999-12-31T23:59:59-01:00"], ["s", "id"]]),
+        forged("runs/|", p=[["t", "2026-01-01T00:00:00"], ["s", "id"]]),
+        forged("runs/|", p=[["t", "2026-01-01T00:00:00+00:00"], ["s", ""]]),
+        forged("runs/|", p=[["t", "2026-01-01T00:00:00+00:00"], ["s", "nul\x00"]]),
+        forged("runs/|", p=[["t", "2026-01-01T00:00:00+00:00"], ["s", ["a"]]]),
+        forged("runs/|", p=[["t", "2026-01-01T00:00:00+00:00"], ["s", "i" * 201]]),
+        forged("runs/|", p=[["t", "2026-01-01T00:00:00+00:00"], ["i", 5]]),  # an id of a number
+        forged("runs/|", p=[["i", 5], ["s", "id"]]),
+        forged("runs/|", p=[["t", "2026-01-01T00:00:00+00:00"], ["n"]]),
+        forged("runs/|", p=[["t", "2026-01-01T00:00:00+00:00"]]),
+        forged("runs/|", t="2026-01-01T00:00:00+00:00", i="id"),  # the old form
     ],
 )
 def test_tokens_we_did_not_issue_are_invalid_argument(token: str) -> None:
     with pytest.raises(InvalidArgument) as error:
         RUNS.request(10, token, "")
+    assert violation_field(error) == "page_token"
+
+
+@pytest.mark.parametrize("keys", [[["s", "x"]], [["i", True]], [["f", "nan"]], [], [["n"], ["n"]]])
+def test_sort_keys_we_did_not_issue_are_invalid_argument(keys: list[object]) -> None:
+    position = [["t", "2026-01-01T00:00:00+00:00"], ["s", "id"]]
+    assert RUNS.request(10, forged("runs/||tier", p=position, k=[["n"]]), "", order_by="tier")
+    with pytest.raises(InvalidArgument) as error:
+        RUNS.request(10, forged("runs/||tier", p=position, k=keys), "", order_by="tier")
     assert violation_field(error) == "page_token"
 
 
@@ -367,3 +383,28 @@ def test_enum_filters_proto_spellings_are_the_protos_enum_values(
     ]
     accepted = {parser.proto_prefix + member.value.upper() for member in parser.enum}
     assert {value.name for value in enum.values} == accepted | {f"{parser.proto_prefix}UNSPECIFIED"}
+
+
+# -- order_by in memory, and its tokens ----------------------------------------------------------
+
+
+def test_place_orders_as_the_databases_do() -> None:
+    """Descending keys, missing values last either way, the default order breaking ties."""
+    order = (SortKey("a", descending=True), SortKey("b"))
+    rows = [(1, None, "x"), (None, 2, "y"), (1, 3, "z"), (2, 3, "w"), (1, 3, "a"), (None, 1, "v")]
+    ranked = sorted(rows, key=lambda r: place(r[:2], order, r[2:]))
+    assert ranked == [(2, 3, "w"), (1, 3, "a"), (1, 3, "z"), (1, None, "x"), (None, 1, "v"),
+                      (None, 2, "y")]  # fmt: skip
+    after = place((1, 3), order, ("a",))
+    assert [r for r in ranked if place(r[:2], order, r[2:]) > after] == ranked[2:]
+
+
+def test_the_longest_text_keys_fit_a_token() -> None:
+    """A metric name of 200 characters beyond the BMP, as the position and as a sort key."""
+    metrics = Listing("metrics", {"name": ordered_text}, position=(str,))
+    longest = "\N{ROCKET}" * 200
+    request = metrics.request(10, "", "", "run-1", "name desc")
+    token = request.next_token(Cursor((longest,), (longest,)))
+    assert metrics.request(10, token, "", "run-1", "name desc").after == Cursor(
+        (longest,), (longest,)
+    )

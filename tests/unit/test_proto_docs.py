@@ -24,6 +24,7 @@ from simtrack.server.api.error_mapping import (
     MESSAGE_MAX_BYTES,
     VIOLATIONS_MAX,
 )
+from simtrack.server.core.filters import orderable
 from simtrack.server.core.listing import EnumField, Listing
 from tests.unit.test_listing import declared_listings
 
@@ -118,6 +119,23 @@ def test_every_listing_documents_its_filter_fields_and_values(
                         assert spelling in comment, f"{request}.filter: {field} {spelling}"
         assert "AND" in comment and "!=" in comment, f"{request}.filter states no syntax"
         assert "INVALID_ARGUMENT" in comment, f"{request}.filter states no error"
+
+
+@pytest.mark.parametrize("collection", sorted(declared_listings()))
+def test_every_listing_documents_its_order_by_fields(
+    collection: str, documented: dict[str, Documented]
+) -> None:
+    listing: Listing = declared_listings()[collection]
+    request = f"List{collection.title()}Request"
+    element = documented.get(f"{PACKAGE}.{request}.order_by")
+    assert element is not None, f"no {request}.order_by in the protos"
+    comment = " ".join(element.comment.split())
+    for field, parser in listing.fields.items():
+        if orderable(parser):
+            name = field.removesuffix("*")  # params.KEY
+            assert re.search(rf"\b{re.escape(name)}", comment), f"{request}.order_by: {field}"
+    for word in ("desc", "AIP-132", "INVALID_ARGUMENT", "Empty:"):
+        assert word in comment, f"{request}.order_by says nothing of {word}"
 
 
 def test_every_filter_in_the_protos_is_a_listing_of_the_server(

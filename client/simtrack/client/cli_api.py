@@ -178,15 +178,18 @@ def _runs_watch(args: argparse.Namespace, client: Client) -> int:
 
 
 def _metrics(args: argparse.Namespace, client: Client) -> int:
-    return print_list(args, client.list_metrics(args.run_id), METRIC_COLUMNS)
+    metrics = client.list_metrics(args.run_id, order_by=args.order_by)
+    return print_list(args, metrics, METRIC_COLUMNS)
 
 
 def _events(args: argparse.Namespace, client: Client) -> int:
-    return print_list(args, client.list_events(args.run_id, args.filter), EVENT_COLUMNS)
+    events = client.list_events(args.run_id, args.filter, args.order_by)
+    return print_list(args, events, EVENT_COLUMNS)
 
 
 def _validations(args: argparse.Namespace, client: Client) -> int:
-    return print_list(args, client.list_validations(args.run_id, args.filter), VALIDATION_COLUMNS)
+    validations = client.list_validations(args.run_id, args.filter, args.order_by)
+    return print_list(args, validations, VALIDATION_COLUMNS)
 
 
 def _leaderboard(args: argparse.Namespace, client: Client) -> int:
@@ -313,19 +316,14 @@ def _list_and_get(
     lister: Callable[..., Iterable[Message]],
     getter: Callable[[Client, str], Message],
     filter_example: str,
-    order_example: str = "",
+    order_example: str,
+    default_order: str = "oldest first",
 ) -> None:
     def list_them(args: argparse.Namespace, client: Client) -> int:
-        ordered = {"order_by": args.order_by} if order_example else {}
-        return print_list(args, lister(client, args.filter, **ordered), columns)
+        return print_list(args, lister(client, args.filter, order_by=args.order_by), columns)
 
     listing = _command(group, "list", f"list {what}s", list_them)
-    if order_example:
-        listing.add_argument(
-            "--order-by",
-            default="",
-            help=f"AIP-132, e.g. '{order_example}' (default: oldest first)",
-        )
+    _order_by_option(listing, order_example, default_order)
     listing.add_argument(
         "--filter",
         default="",
@@ -340,6 +338,12 @@ def _list_and_get(
     show.add_argument("id")
 
 
+def _order_by_option(command: argparse.ArgumentParser, example: str, default: str) -> None:
+    command.add_argument(
+        "--order-by", default="", help=f"AIP-132, e.g. '{example}' (default: {default})"
+    )
+
+
 def add_api_commands(commands: Subcommands) -> dict[str, Subcommands]:
     """Add the commands for a running server's agents, experiments, runs, telemetry and
     scenarios to ``simtrack``'s subcommands; return the groups (``scenarios``…) by name, for
@@ -347,7 +351,13 @@ def add_api_commands(commands: Subcommands) -> dict[str, Subcommands]:
     """
     agents = _group(commands, "agents", "agents under test")
     _list_and_get(
-        agents, "agent", AGENT_COLUMNS, Client.list_agents, Client.get_agent, 'framework = "custom"'
+        agents,
+        "agent",
+        AGENT_COLUMNS,
+        Client.list_agents,
+        Client.get_agent,
+        'framework = "custom"',
+        "name",
     )
     create = _command(agents, "create", "create an agent; prints its id", _agents_create)
     create.add_argument("name")
@@ -407,6 +417,7 @@ def add_api_commands(commands: Subcommands) -> dict[str, Subcommands]:
 
     metrics = _command(commands, "metrics", "a run's metrics with their summaries", _metrics)
     metrics.add_argument("run_id")
+    _order_by_option(metrics, "last_value desc", "by name")
 
     history = _command(
         commands,
@@ -446,12 +457,14 @@ def add_api_commands(commands: Subcommands) -> dict[str, Subcommands]:
     events = _command(commands, "events", "a run's events in the order sent", _events)
     events.add_argument("run_id")
     events.add_argument("--filter", default="", help="e.g. 'type = \"agent_action\"'")
+    _order_by_option(events, "step desc", "the order sent")
 
     validations = _command(
         commands, "validations", "a run's verdicts (success criteria, validators)", _validations
     )
     validations.add_argument("run_id")
     validations.add_argument("--filter", default="", help="e.g. 'passed = \"false\"'")
+    _order_by_option(validations, "score desc", "oldest first")
 
     leaderboard = _command(
         commands, "leaderboard", "a scenario's best runs by a metric", _leaderboard
@@ -489,5 +502,7 @@ def add_api_commands(commands: Subcommands) -> dict[str, Subcommands]:
         Client.list_scenarios,
         Client.get_scenario,
         "difficulty_tier = 2",
+        "difficulty_tier desc, name",
+        "by id",
     )
     return {"agents": agents, "experiments": experiments, "runs": runs, "scenarios": scenarios}

@@ -156,9 +156,15 @@ class Client:
         """One agent, or NotFound."""
         return self._call(self.agents.GetAgent, agents_pb2.GetAgentRequest(id=agent_id)).agent
 
-    def list_agents(self, filter: str = "", page_size: int = 0) -> Iterator[agents_pb2.Agent]:
-        """Every agent matching ``filter`` (fields: name, framework), oldest first."""
-        request = agents_pb2.ListAgentsRequest(filter=filter, page_size=page_size)
+    def list_agents(
+        self, filter: str = "", page_size: int = 0, order_by: str = ""
+    ) -> Iterator[agents_pb2.Agent]:
+        """Every agent matching ``filter`` (see ListAgentsRequest.filter) in ``order_by`` order
+        (AIP-132, e.g. ``name``; default: oldest first).
+        """
+        request = agents_pb2.ListAgentsRequest(
+            filter=filter, page_size=page_size, order_by=order_by
+        )
         for page in self._pages(self.agents.ListAgents, request):
             yield from page.agents
 
@@ -202,7 +208,7 @@ class Client:
         self, filter: str = "", page_size: int = 0, order_by: str = ""
     ) -> Iterator[experiments_pb2.Experiment]:
         """Every experiment matching ``filter`` (name, agent_id, scenario_id, status,
-        create_time, params.KEY), in ``order_by`` order (default: oldest first).
+        create_time, update_time, params.KEY), in ``order_by`` order (default: oldest first).
         """
         request = experiments_pb2.ListExperimentsRequest(
             filter=filter, page_size=page_size, order_by=order_by
@@ -216,10 +222,14 @@ class Client:
         return self._call(self.scenarios.GetScenario, request).scenario
 
     def list_scenarios(
-        self, filter: str = "", page_size: int = 0
+        self, filter: str = "", page_size: int = 0, order_by: str = ""
     ) -> Iterator[scenarios_pb2.Scenario]:
-        """The server's scenario catalogue by id (filter on difficulty_tier, tags)."""
-        request = scenarios_pb2.ListScenariosRequest(filter=filter, page_size=page_size)
+        """The server's scenario catalogue (filter on name, difficulty_tier, duration_ticks,
+        tags) in ``order_by`` order (e.g. ``difficulty_tier desc``; default: by id).
+        """
+        request = scenarios_pb2.ListScenariosRequest(
+            filter=filter, page_size=page_size, order_by=order_by
+        )
         for page in self._pages(self.scenarios.ListScenarios, request):
             yield from page.scenarios
 
@@ -255,9 +265,13 @@ class Client:
         for page in self._pages(self.runs.ListRuns, request):
             yield from page.runs
 
-    def list_metrics(self, run_id: str, filter: str = "") -> Iterator[telemetry_pb2.Metric]:
-        """A run's metrics with their summaries (count, latest, min, max), oldest first."""
-        request = telemetry_pb2.ListMetricsRequest(run_id=run_id, filter=filter)
+    def list_metrics(
+        self, run_id: str, filter: str = "", order_by: str = ""
+    ) -> Iterator[telemetry_pb2.Metric]:
+        """A run's metrics with their summaries (count, latest, min, max), in ``order_by``
+        order (e.g. ``last_value desc``; default: by name).
+        """
+        request = telemetry_pb2.ListMetricsRequest(run_id=run_id, filter=filter, order_by=order_by)
         for page in self._pages(self.telemetry.ListMetrics, request):
             yield from page.metrics
 
@@ -315,9 +329,13 @@ class Client:
         )
         return Comparison.of(self._call(self.telemetry.CompareRuns, request))
 
-    def list_events(self, run_id: str, filter: str = "") -> Iterator[telemetry_pb2.StoredEvent]:
-        """A run's events in the order they were sent (filter on type and agent_id)."""
-        request = telemetry_pb2.ListEventsRequest(run_id=run_id, filter=filter)
+    def list_events(
+        self, run_id: str, filter: str = "", order_by: str = ""
+    ) -> Iterator[telemetry_pb2.StoredEvent]:
+        """A run's events (filter on type, agent_id, step) in ``order_by`` order (e.g.
+        ``step desc``; default: the order they were sent).
+        """
+        request = telemetry_pb2.ListEventsRequest(run_id=run_id, filter=filter, order_by=order_by)
         for page in self._pages(self.telemetry.ListEvents, request):
             yield from page.events
 
@@ -375,12 +393,15 @@ class Client:
         return self._call(self.validations.CreateValidation, request).validation
 
     def list_validations(
-        self, run_id: str, filter: str = ""
+        self, run_id: str, filter: str = "", order_by: str = ""
     ) -> Iterator[validations_pb2.Validation]:
-        """A run's verdicts, oldest first: the scenario's success criteria once it completed,
-        and external validators' (filter on validator, kind, passed).
+        """A run's verdicts: the scenario's success criteria once it completed, and external
+        validators' (filter on validator, kind, passed, score, create_time), in ``order_by``
+        order (e.g. ``score desc``; default: oldest first).
         """
-        request = validations_pb2.ListValidationsRequest(run_id=run_id, filter=filter)
+        request = validations_pb2.ListValidationsRequest(
+            run_id=run_id, filter=filter, order_by=order_by
+        )
         for page in self._pages(self.validations.ListValidations, request):
             yield from page.validations
 
@@ -450,9 +471,15 @@ class Client:
             raise DataLoss(f"artifact {artifact_id}: the content does not match its SHA-256")
         return artifact
 
-    def list_artifacts(self, run_id: str, filter: str = "") -> Iterator[artifacts_pb2.Artifact]:
-        """A run's artifacts, oldest first (filter on name, type, content_type)."""
-        request = artifacts_pb2.ListArtifactsRequest(run_id=run_id, filter=filter)
+    def list_artifacts(
+        self, run_id: str, filter: str = "", order_by: str = ""
+    ) -> Iterator[artifacts_pb2.Artifact]:
+        """A run's artifacts (filter on name, type, content_type, create_time, size_bytes) in
+        ``order_by`` order (e.g. ``size_bytes desc``; default: oldest first).
+        """
+        request = artifacts_pb2.ListArtifactsRequest(
+            run_id=run_id, filter=filter, order_by=order_by
+        )
         for page in self._pages(self.artifacts.ListArtifacts, request):
             yield from page.artifacts
 

@@ -27,15 +27,15 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18simtrack/v1/agents.proto\x12\x0bsimtrack.v1\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd7\x01\n\x05\x41gent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12)\n\tframework\x18\x03 \x01(\x0e\x32\x16.simtrack.v1.Framework\x12\'\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"7\n\x12\x43reateAgentRequest\x12!\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x12.simtrack.v1.Agent\"8\n\x13\x43reateAgentResponse\x12!\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x12.simtrack.v1.Agent\"\x1d\n\x0fGetAgentRequest\x12\n\n\x02id\x18\x01 \x01(\t\"5\n\x10GetAgentResponse\x12!\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x12.simtrack.v1.Agent\"J\n\x11ListAgentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\"Q\n\x12ListAgentsResponse\x12\"\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x12.simtrack.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"h\n\x12UpdateAgentRequest\x12!\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x12.simtrack.v1.Agent\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"8\n\x13UpdateAgentResponse\x12!\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x12.simtrack.v1.Agent\" \n\x12\x44\x65leteAgentRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteAgentResponse*\x83\x01\n\tFramework\x12\x19\n\x15\x46RAMEWORK_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46RAMEWORK_BASELINE\x10\x01\x12\x17\n\x13\x46RAMEWORK_LANGCHAIN\x10\x02\x12\x14\n\x10\x46RAMEWORK_CREWAI\x10\x03\x12\x14\n\x10\x46RAMEWORK_CUSTOM\x10\x04\x32\x9c\x03\n\x0c\x41gentService\x12P\n\x0b\x43reateAgent\x12\x1f.simtrack.v1.CreateAgentRequest\x1a .simtrack.v1.CreateAgentResponse\x12G\n\x08GetAgent\x12\x1c.simtrack.v1.GetAgentRequest\x1a\x1d.simtrack.v1.GetAgentResponse\x12M\n\nListAgents\x12\x1e.simtrack.v1.ListAgentsRequest\x1a\x1f.simtrack.v1.ListAgentsResponse\x12P\n\x0bUpdateAgent\x12\x1f.simtrack.v1.UpdateAgentRequest\x1a .simtrack.v1.UpdateAgentResponse\x12P\n\x0b\x44\x65leteAgent\x12\x1f.simtrack.v1.DeleteAgentRequest\x1a .simtrack.v1.DeleteAgentResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18simtrack/v1/agents.proto\x12\x0bsimtrack.v1\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd7\x01\n\x05\x41gent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12)\n\tframework\x18\x03 \x01(\x0e\x32\x16.simtrack.v1.Framework\x12\'\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"7\n\x12\x43reateAgentRequest\x12!\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x12.simtrack.v1.Agent\"8\n\x13\x43reateAgentResponse\x12!\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x12.simtrack.v1.Agent\"\x1d\n\x0fGetAgentRequest\x12\n\n\x02id\x18\x01 \x01(\t\"5\n\x10GetAgentResponse\x12!\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x12.simtrack.v1.Agent\"\\\n\x11ListAgentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\x12\x10\n\x08order_by\x18\x04 \x01(\t\"Q\n\x12ListAgentsResponse\x12\"\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x12.simtrack.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"h\n\x12UpdateAgentRequest\x12!\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x12.simtrack.v1.Agent\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"8\n\x13UpdateAgentResponse\x12!\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x12.simtrack.v1.Agent\" \n\x12\x44\x65leteAgentRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteAgentResponse*\x83\x01\n\tFramework\x12\x19\n\x15\x46RAMEWORK_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46RAMEWORK_BASELINE\x10\x01\x12\x17\n\x13\x46RAMEWORK_LANGCHAIN\x10\x02\x12\x14\n\x10\x46RAMEWORK_CREWAI\x10\x03\x12\x14\n\x10\x46RAMEWORK_CUSTOM\x10\x04\x32\x9c\x03\n\x0c\x41gentService\x12P\n\x0b\x43reateAgent\x12\x1f.simtrack.v1.CreateAgentRequest\x1a .simtrack.v1.CreateAgentResponse\x12G\n\x08GetAgent\x12\x1c.simtrack.v1.GetAgentRequest\x1a\x1d.simtrack.v1.GetAgentResponse\x12M\n\nListAgents\x12\x1e.simtrack.v1.ListAgentsRequest\x1a\x1f.simtrack.v1.ListAgentsResponse\x12P\n\x0bUpdateAgent\x12\x1f.simtrack.v1.UpdateAgentRequest\x1a .simtrack.v1.UpdateAgentResponse\x12P\n\x0b\x44\x65leteAgent\x12\x1f.simtrack.v1.DeleteAgentRequest\x1a .simtrack.v1.DeleteAgentResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'simtrack.v1.agents_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FRAMEWORK']._serialized_start=938
-  _globals['_FRAMEWORK']._serialized_end=1069
+  _globals['_FRAMEWORK']._serialized_start=956
+  _globals['_FRAMEWORK']._serialized_end=1087
   _globals['_AGENT']._serialized_start=139
   _globals['_AGENT']._serialized_end=354
   _globals['_CREATEAGENTREQUEST']._serialized_start=356
@@ -47,17 +47,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETAGENTRESPONSE']._serialized_start=502
   _globals['_GETAGENTRESPONSE']._serialized_end=555
   _globals['_LISTAGENTSREQUEST']._serialized_start=557
-  _globals['_LISTAGENTSREQUEST']._serialized_end=631
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=633
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=714
-  _globals['_UPDATEAGENTREQUEST']._serialized_start=716
-  _globals['_UPDATEAGENTREQUEST']._serialized_end=820
-  _globals['_UPDATEAGENTRESPONSE']._serialized_start=822
-  _globals['_UPDATEAGENTRESPONSE']._serialized_end=878
-  _globals['_DELETEAGENTREQUEST']._serialized_start=880
-  _globals['_DELETEAGENTREQUEST']._serialized_end=912
-  _globals['_DELETEAGENTRESPONSE']._serialized_start=914
-  _globals['_DELETEAGENTRESPONSE']._serialized_end=935
-  _globals['_AGENTSERVICE']._serialized_start=1072
-  _globals['_AGENTSERVICE']._serialized_end=1484
+  _globals['_LISTAGENTSREQUEST']._serialized_end=649
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=651
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=732
+  _globals['_UPDATEAGENTREQUEST']._serialized_start=734
+  _globals['_UPDATEAGENTREQUEST']._serialized_end=838
+  _globals['_UPDATEAGENTRESPONSE']._serialized_start=840
+  _globals['_UPDATEAGENTRESPONSE']._serialized_end=896
+  _globals['_DELETEAGENTREQUEST']._serialized_start=898
+  _globals['_DELETEAGENTREQUEST']._serialized_end=930
+  _globals['_DELETEAGENTRESPONSE']._serialized_start=932
+  _globals['_DELETEAGENTRESPONSE']._serialized_end=953
+  _globals['_AGENTSERVICE']._serialized_start=1090
+  _globals['_AGENTSERVICE']._serialized_end=1502
 # @@protoc_insertion_point(module_scope)

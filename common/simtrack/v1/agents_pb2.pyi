@@ -205,6 +205,7 @@ class ListAgentsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
+    ORDER_BY_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Maximum number of agents to return, 1-1000; 0 means the default of 50.
     Negative or over 1000: INVALID_ARGUMENT naming page_size (not clamped).
@@ -216,21 +217,31 @@ class ListAgentsRequest(_message.Message):
     """
     filter: _builtins.str
     """Which agents to list.
-    Syntax (AIP-160): comparisons `FIELD OP VALUE` (OP: = or !=; on numeric fields also <, <=,
-    >, >=) and `FIELD IN (VALUE, ...)`, joined by AND (or a space) and OR, which binds tighter
-    than AND as in AIP-160; NOT and parentheses group. VALUE is a double-quoted string (a
-    backslash escapes the next character) or a bare word of letters, digits and `_.:+*/-`.
-    Strings match exactly (case counts), but `*` in a string's = or != matches any run of
-    characters; enum values match in any case, short (`completed`) or as the proto enum value
-    (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. A field not set equals `""` only. At most
-    4,096 characters, 100 comparisons and 16 levels of nesting; errors give the position (in
-    characters, from 0).
+    Syntax (AIP-160): comparisons `FIELD OP VALUE` (OP: = or !=; on numbers, times and ordered
+    strings, by code point, also <, <=, >, >=) and `FIELD IN (VALUE, ...)`, joined by AND (or a
+    space) and OR, which binds tighter than AND as in AIP-160; NOT and parentheses group. VALUE is
+    a double-quoted string (a backslash escapes the next character) or a bare word of letters,
+    digits and `_.:+*/-`. Strings match exactly (case counts), but `*` in a string's = or !=
+    matches any run of characters; enum values match in any case, short (`completed`) or as the
+    proto enum value (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. A field not set equals `""` only.
+    At most 4,096 characters, 100 comparisons and 16 levels of nesting; errors give the position
+    (in characters, from 0).
     Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
     what is accepted). Fields:
-      name (string): the agent's name.
+      name (string, ordered): the agent's name.
       framework (Framework): baseline, langchain, crewai, custom; or FRAMEWORK_BASELINE,
         FRAMEWORK_LANGCHAIN, FRAMEWORK_CREWAI, FRAMEWORK_CUSTOM.
+      create_time (RFC 3339 time with its offset, e.g. `2026-12-04T10:00:00Z`): when the agent was
+        created.
+      update_time (RFC 3339 time): when it last changed.
     Example: `framework = langchain`.
+    """
+    order_by: _builtins.str
+    """The order of the agents (AIP-132): fields separated by commas, each followed by `desc` for
+    descending order, e.g. `name`. Fields: name, create_time, update_time; strings by code point.
+    Ties in creation order. Empty: creation order. At most 8 keys and 1,024 characters; a page
+    token continues the order it was issued for. A bad order_by is INVALID_ARGUMENT naming
+    order_by, with the position (in characters, from 0) of what is wrong.
     """
     def __init__(
         self,
@@ -238,10 +249,11 @@ class ListAgentsRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         filter: _builtins.str = ...,
+        order_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -259,7 +271,7 @@ class ListAgentsResponse(_message.Message):
     """Token for the next page; empty on the last page."""
     @_builtins.property
     def agents(self) -> _containers.RepeatedCompositeFieldContainer[Global___Agent]:
-        """The agents of this page, oldest first."""
+        """The agents of this page, in order_by's order (default: oldest first)."""
 
     def __init__(
         self,

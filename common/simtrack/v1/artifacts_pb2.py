@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bsimtrack/v1/artifacts.proto\x12\x0bsimtrack.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc8\x01\n\x08\x41rtifact\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\'\n\x04type\x18\x04 \x01(\x0e\x32\x19.simtrack.v1.ArtifactType\x12\x14\n\x0c\x63ontent_type\x18\x05 \x01(\t\x12\x12\n\nsize_bytes\x18\x06 \x01(\x03\x12\x0e\n\x06sha256\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Q\n\x16UploadArtifactMetadata\x12\'\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x15.simtrack.v1.Artifact\x12\x0e\n\x06sha256\x18\x02 \x01(\t\"i\n\x15UploadArtifactRequest\x12\x37\n\x08metadata\x18\x01 \x01(\x0b\x32#.simtrack.v1.UploadArtifactMetadataH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04kind\"A\n\x16UploadArtifactResponse\x12\'\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x15.simtrack.v1.Artifact\" \n\x12GetArtifactRequest\x12\n\n\x02id\x18\x01 \x01(\t\">\n\x13GetArtifactResponse\x12\'\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x15.simtrack.v1.Artifact\"\'\n\x19GetArtifactContentRequest\x12\n\n\x02id\x18\x01 \x01(\t\"`\n\x1aGetArtifactContentResponse\x12)\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x15.simtrack.v1.ArtifactH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04kind\"]\n\x14ListArtifactsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x04 \x01(\t\"Z\n\x15ListArtifactsResponse\x12(\n\tartifacts\x18\x01 \x03(\x0b\x32\x15.simtrack.v1.Artifact\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"#\n\x15\x44\x65leteArtifactRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x18\n\x16\x44\x65leteArtifactResponse*\xc2\x01\n\x0c\x41rtifactType\x12\x1d\n\x19\x41RTIFACT_TYPE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41RTIFACT_TYPE_REPORT\x10\x01\x12\x16\n\x12\x41RTIFACT_TYPE_DATA\x10\x02\x12\x15\n\x11\x41RTIFACT_TYPE_LOG\x10\x03\x12\x18\n\x14\x41RTIFACT_TYPE_CONFIG\x10\x04\x12\x17\n\x13\x41RTIFACT_TYPE_MODEL\x10\x05\x12\x17\n\x13\x41RTIFACT_TYPE_OTHER\x10\x06\x32\xdc\x03\n\x0f\x41rtifactService\x12[\n\x0eUploadArtifact\x12\".simtrack.v1.UploadArtifactRequest\x1a#.simtrack.v1.UploadArtifactResponse(\x01\x12P\n\x0bGetArtifact\x12\x1f.simtrack.v1.GetArtifactRequest\x1a .simtrack.v1.GetArtifactResponse\x12g\n\x12GetArtifactContent\x12&.simtrack.v1.GetArtifactContentRequest\x1a\'.simtrack.v1.GetArtifactContentResponse0\x01\x12V\n\rListArtifacts\x12!.simtrack.v1.ListArtifactsRequest\x1a\".simtrack.v1.ListArtifactsResponse\x12Y\n\x0e\x44\x65leteArtifact\x12\".simtrack.v1.DeleteArtifactRequest\x1a#.simtrack.v1.DeleteArtifactResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bsimtrack/v1/artifacts.proto\x12\x0bsimtrack.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc8\x01\n\x08\x41rtifact\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\'\n\x04type\x18\x04 \x01(\x0e\x32\x19.simtrack.v1.ArtifactType\x12\x14\n\x0c\x63ontent_type\x18\x05 \x01(\t\x12\x12\n\nsize_bytes\x18\x06 \x01(\x03\x12\x0e\n\x06sha256\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Q\n\x16UploadArtifactMetadata\x12\'\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x15.simtrack.v1.Artifact\x12\x0e\n\x06sha256\x18\x02 \x01(\t\"i\n\x15UploadArtifactRequest\x12\x37\n\x08metadata\x18\x01 \x01(\x0b\x32#.simtrack.v1.UploadArtifactMetadataH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04kind\"A\n\x16UploadArtifactResponse\x12\'\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x15.simtrack.v1.Artifact\" \n\x12GetArtifactRequest\x12\n\n\x02id\x18\x01 \x01(\t\">\n\x13GetArtifactResponse\x12\'\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x15.simtrack.v1.Artifact\"\'\n\x19GetArtifactContentRequest\x12\n\n\x02id\x18\x01 \x01(\t\"`\n\x1aGetArtifactContentResponse\x12)\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x15.simtrack.v1.ArtifactH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04kind\"o\n\x14ListArtifactsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x04 \x01(\t\x12\x10\n\x08order_by\x18\x05 \x01(\t\"Z\n\x15ListArtifactsResponse\x12(\n\tartifacts\x18\x01 \x03(\x0b\x32\x15.simtrack.v1.Artifact\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"#\n\x15\x44\x65leteArtifactRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x18\n\x16\x44\x65leteArtifactResponse*\xc2\x01\n\x0c\x41rtifactType\x12\x1d\n\x19\x41RTIFACT_TYPE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41RTIFACT_TYPE_REPORT\x10\x01\x12\x16\n\x12\x41RTIFACT_TYPE_DATA\x10\x02\x12\x15\n\x11\x41RTIFACT_TYPE_LOG\x10\x03\x12\x18\n\x14\x41RTIFACT_TYPE_CONFIG\x10\x04\x12\x17\n\x13\x41RTIFACT_TYPE_MODEL\x10\x05\x12\x17\n\x13\x41RTIFACT_TYPE_OTHER\x10\x06\x32\xdc\x03\n\x0f\x41rtifactService\x12[\n\x0eUploadArtifact\x12\".simtrack.v1.UploadArtifactRequest\x1a#.simtrack.v1.UploadArtifactResponse(\x01\x12P\n\x0bGetArtifact\x12\x1f.simtrack.v1.GetArtifactRequest\x1a .simtrack.v1.GetArtifactResponse\x12g\n\x12GetArtifactContent\x12&.simtrack.v1.GetArtifactContentRequest\x1a\'.simtrack.v1.GetArtifactContentResponse0\x01\x12V\n\rListArtifacts\x12!.simtrack.v1.ListArtifactsRequest\x1a\".simtrack.v1.ListArtifactsResponse\x12Y\n\x0e\x44\x65leteArtifact\x12\".simtrack.v1.DeleteArtifactRequest\x1a#.simtrack.v1.DeleteArtifactResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'simtrack.v1.artifacts_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ARTIFACTTYPE']._serialized_start=1025
-  _globals['_ARTIFACTTYPE']._serialized_end=1219
+  _globals['_ARTIFACTTYPE']._serialized_start=1043
+  _globals['_ARTIFACTTYPE']._serialized_end=1237
   _globals['_ARTIFACT']._serialized_start=78
   _globals['_ARTIFACT']._serialized_end=278
   _globals['_UPLOADARTIFACTMETADATA']._serialized_start=280
@@ -51,13 +51,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETARTIFACTCONTENTRESPONSE']._serialized_start=676
   _globals['_GETARTIFACTCONTENTRESPONSE']._serialized_end=772
   _globals['_LISTARTIFACTSREQUEST']._serialized_start=774
-  _globals['_LISTARTIFACTSREQUEST']._serialized_end=867
-  _globals['_LISTARTIFACTSRESPONSE']._serialized_start=869
-  _globals['_LISTARTIFACTSRESPONSE']._serialized_end=959
-  _globals['_DELETEARTIFACTREQUEST']._serialized_start=961
-  _globals['_DELETEARTIFACTREQUEST']._serialized_end=996
-  _globals['_DELETEARTIFACTRESPONSE']._serialized_start=998
-  _globals['_DELETEARTIFACTRESPONSE']._serialized_end=1022
-  _globals['_ARTIFACTSERVICE']._serialized_start=1222
-  _globals['_ARTIFACTSERVICE']._serialized_end=1698
+  _globals['_LISTARTIFACTSREQUEST']._serialized_end=885
+  _globals['_LISTARTIFACTSRESPONSE']._serialized_start=887
+  _globals['_LISTARTIFACTSRESPONSE']._serialized_end=977
+  _globals['_DELETEARTIFACTREQUEST']._serialized_start=979
+  _globals['_DELETEARTIFACTREQUEST']._serialized_end=1014
+  _globals['_DELETEARTIFACTRESPONSE']._serialized_start=1016
+  _globals['_DELETEARTIFACTRESPONSE']._serialized_end=1040
+  _globals['_ARTIFACTSERVICE']._serialized_start=1240
+  _globals['_ARTIFACTSERVICE']._serialized_end=1716
 # @@protoc_insertion_point(module_scope)

@@ -283,36 +283,38 @@ class ListExperimentsRequest(_message.Message):
     """
     filter: _builtins.str
     """Which experiments to list.
-    Syntax (AIP-160): comparisons `FIELD OP VALUE` (OP: = or !=; on numeric fields also <, <=,
-    >, >=) and `FIELD IN (VALUE, ...)`, joined by AND (or a space) and OR, which binds tighter
-    than AND as in AIP-160; NOT and parentheses group. VALUE is a double-quoted string (a
-    backslash escapes the next character) or a bare word of letters, digits and `_.:+*/-`.
-    Strings match exactly (case counts), but `*` in a string's = or != matches any run of
-    characters; enum values match in any case, short (`completed`) or as the proto enum value
-    (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. A field not set equals `""` only. At most
-    4,096 characters, 100 comparisons and 16 levels of nesting; errors give the position (in
-    characters, from 0).
+    Syntax (AIP-160): comparisons `FIELD OP VALUE` (OP: = or !=; on numbers, times and ordered
+    strings, by code point, also <, <=, >, >=) and `FIELD IN (VALUE, ...)`, joined by AND (or a
+    space) and OR, which binds tighter than AND as in AIP-160; NOT and parentheses group. VALUE is
+    a double-quoted string (a backslash escapes the next character) or a bare word of letters,
+    digits and `_.:+*/-`. Strings match exactly (case counts), but `*` in a string's = or !=
+    matches any run of characters; enum values match in any case, short (`completed`) or as the
+    proto enum value (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. A field not set equals `""` only.
+    At most 4,096 characters, 100 comparisons and 16 levels of nesting; errors give the position
+    (in characters, from 0).
     Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
     what is accepted). Fields:
-      name (string): the experiment's name.
+      name (string, ordered): the experiment's name.
       agent_id (string): the agent under test.
       scenario_id (string): the scenario.
       status (ExperimentStatus): draft, running, completed, failed; or EXPERIMENT_STATUS_DRAFT,
         EXPERIMENT_STATUS_RUNNING, EXPERIMENT_STATUS_COMPLETED, EXPERIMENT_STATUS_FAILED.
       create_time (RFC 3339 time with its offset, e.g. `2026-12-04T10:00:00Z`): when the
         experiment was created.
+      update_time (RFC 3339 time): when it last changed.
       params.* (number, string or boolean): `params.KEY`, the experiment's parameter KEY,
         compared with a value of its type as written; an experiment without KEY, or with a
         value of another type, matches none (`!=` included).
     Example: `status = "running" AND params.seed > 10`.
     """
     order_by: _builtins.str
-    """The order of the experiments (AIP-132): fields separated by commas, each followed by
-    `desc` for descending order, e.g. `params.seed desc`. Fields: create_time, params.KEY (the
-    parameter's numeric value). An experiment without a value for a key comes after those with
-    one, in either direction; ties, and those, in creation order. Empty: creation order. At
-    most 8 keys and 1,024 characters; a page token continues the order it was issued for. A
-    bad order_by is INVALID_ARGUMENT naming order_by.
+    """The order of the experiments (AIP-132): fields separated by commas, each followed by `desc` for
+    descending order, e.g. `params.seed desc`. Fields: name, create_time, update_time, params.KEY
+    (the parameter's numeric value); strings by code point. An experiment without a value for a key
+    comes after those with one, in either direction; ties, and those, in creation order. Empty:
+    creation order. At most 8 keys and 1,024 characters; a page token continues the order it was
+    issued for. A bad order_by is INVALID_ARGUMENT naming order_by, with the position (in
+    characters, from 0) of what is wrong.
     """
     def __init__(
         self,
@@ -342,7 +344,7 @@ class ListExperimentsResponse(_message.Message):
     """Token for the next page; empty on the last page."""
     @_builtins.property
     def experiments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Experiment]:
-        """The experiments of this page, oldest first."""
+        """The experiments of this page, in order_by's order (default: oldest first)."""
 
     def __init__(
         self,
@@ -632,6 +634,7 @@ class ListSimulationsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
+    ORDER_BY_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Maximum number of simulations to return, 1-1000; 0 means the default of 50.
     Negative or over 1000: INVALID_ARGUMENT naming page_size (not clamped).
@@ -643,21 +646,39 @@ class ListSimulationsRequest(_message.Message):
     """
     filter: _builtins.str
     """Which simulations to list.
-    Syntax (AIP-160): comparisons `FIELD OP VALUE` (OP: = or !=; on numeric fields also <, <=,
-    >, >=) and `FIELD IN (VALUE, ...)`, joined by AND (or a space) and OR, which binds tighter
-    than AND as in AIP-160; NOT and parentheses group. VALUE is a double-quoted string (a
-    backslash escapes the next character) or a bare word of letters, digits and `_.:+*/-`.
-    Strings match exactly (case counts), but `*` in a string's = or != matches any run of
-    characters; enum values match in any case, short (`completed`) or as the proto enum value
-    (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. A field not set equals `""` only. At most
-    4,096 characters, 100 comparisons and 16 levels of nesting; errors give the position (in
-    characters, from 0).
+    Syntax (AIP-160): comparisons `FIELD OP VALUE` (OP: = or !=; on numbers, times and ordered
+    strings, by code point, also <, <=, >, >=) and `FIELD IN (VALUE, ...)`, joined by AND (or a
+    space) and OR, which binds tighter than AND as in AIP-160; NOT and parentheses group. VALUE is
+    a double-quoted string (a backslash escapes the next character) or a bare word of letters,
+    digits and `_.:+*/-`. Strings match exactly (case counts), but `*` in a string's = or !=
+    matches any run of characters; enum values match in any case, short (`completed`) or as the
+    proto enum value (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. A field not set equals `""` only.
+    At most 4,096 characters, 100 comparisons and 16 levels of nesting; errors give the position
+    (in characters, from 0).
     Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
     what is accepted). Fields:
       experiment_id (string): the experiment; `experiment_id = ""` lists the detached ones.
       status (SimulationStatus): pending, running, stopped, completed, failed; or
         SIMULATION_STATUS_PENDING, SIMULATION_STATUS_RUNNING, SIMULATION_STATUS_STOPPED,
         SIMULATION_STATUS_COMPLETED, SIMULATION_STATUS_FAILED.
+      create_time (RFC 3339 time with its offset, e.g. `2026-12-04T10:00:00Z`): when the simulation
+        was created.
+      update_time (RFC 3339 time): when it last changed.
+      start_time (RFC 3339 time): when it started running; one not started has none.
+      end_time (RFC 3339 time): when it ended; one not ended has none.
+      parameters.* (number, string or boolean): `parameters.KEY`, the simulation's parameter KEY,
+        compared with a value of its type as written; a simulation without KEY, or with a value of
+        another type, matches none (`!=` included).
+    """
+    order_by: _builtins.str
+    """The order of the simulations (AIP-132): fields separated by commas, each followed by `desc` for
+    descending order, e.g. `parameters.seed desc, create_time`. Fields: create_time, update_time,
+    start_time, end_time, parameters.KEY (the parameter's numeric value). A simulation without a
+    value for a key (not started or ended, without the parameter or with a value that is no number)
+    comes after those with one, in either direction; ties, and those, in creation order. Empty:
+    creation order. At most 8 keys and 1,024 characters; a page token continues the order it was
+    issued for. A bad order_by is INVALID_ARGUMENT naming order_by, with the position (in
+    characters, from 0) of what is wrong.
     """
     def __init__(
         self,
@@ -665,10 +686,11 @@ class ListSimulationsRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         filter: _builtins.str = ...,
+        order_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -686,7 +708,7 @@ class ListSimulationsResponse(_message.Message):
     """Token for the next page; empty on the last page."""
     @_builtins.property
     def simulations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Simulation]:
-        """The simulations of this page, oldest first."""
+        """The simulations of this page, in order_by's order (default: oldest first)."""
 
     def __init__(
         self,
@@ -948,6 +970,7 @@ class ListTemplatesRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
+    ORDER_BY_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Maximum number of templates to return, 1-1000; 0 means the default of 50.
     Negative or over 1000: INVALID_ARGUMENT naming page_size (not clamped).
@@ -959,19 +982,29 @@ class ListTemplatesRequest(_message.Message):
     """
     filter: _builtins.str
     """Which templates to list.
-    Syntax (AIP-160): comparisons `FIELD OP VALUE` (OP: = or !=; on numeric fields also <, <=,
-    >, >=) and `FIELD IN (VALUE, ...)`, joined by AND (or a space) and OR, which binds tighter
-    than AND as in AIP-160; NOT and parentheses group. VALUE is a double-quoted string (a
-    backslash escapes the next character) or a bare word of letters, digits and `_.:+*/-`.
-    Strings match exactly (case counts), but `*` in a string's = or != matches any run of
-    characters; enum values match in any case, short (`completed`) or as the proto enum value
-    (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. A field not set equals `""` only. At most
-    4,096 characters, 100 comparisons and 16 levels of nesting; errors give the position (in
-    characters, from 0).
+    Syntax (AIP-160): comparisons `FIELD OP VALUE` (OP: = or !=; on numbers, times and ordered
+    strings, by code point, also <, <=, >, >=) and `FIELD IN (VALUE, ...)`, joined by AND (or a
+    space) and OR, which binds tighter than AND as in AIP-160; NOT and parentheses group. VALUE is
+    a double-quoted string (a backslash escapes the next character) or a bare word of letters,
+    digits and `_.:+*/-`. Strings match exactly (case counts), but `*` in a string's = or !=
+    matches any run of characters; enum values match in any case, short (`completed`) or as the
+    proto enum value (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. A field not set equals `""` only.
+    At most 4,096 characters, 100 comparisons and 16 levels of nesting; errors give the position
+    (in characters, from 0).
     Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
     what is accepted). Fields:
-      name (string): the template's name.
+      name (string, ordered): the template's name.
+      create_time (RFC 3339 time with its offset, e.g. `2026-12-04T10:00:00Z`): when the template
+        was created.
+      update_time (RFC 3339 time): when it last changed.
     Example: `name != "draft"`.
+    """
+    order_by: _builtins.str
+    """The order of the templates (AIP-132): fields separated by commas, each followed by `desc` for
+    descending order, e.g. `update_time desc`. Fields: name, create_time, update_time; strings by
+    code point. Ties in creation order. Empty: creation order. At most 8 keys and 1,024 characters;
+    a page token continues the order it was issued for. A bad order_by is INVALID_ARGUMENT naming
+    order_by, with the position (in characters, from 0) of what is wrong.
     """
     def __init__(
         self,
@@ -979,10 +1012,11 @@ class ListTemplatesRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         filter: _builtins.str = ...,
+        order_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1000,7 +1034,7 @@ class ListTemplatesResponse(_message.Message):
     """Token for the next page; empty on the last page."""
     @_builtins.property
     def templates(self) -> _containers.RepeatedCompositeFieldContainer[Global___Template]:
-        """The templates of this page, oldest first."""
+        """The templates of this page, in order_by's order (default: oldest first)."""
 
     def __init__(
         self,

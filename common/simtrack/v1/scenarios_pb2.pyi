@@ -152,6 +152,7 @@ class ListScenariosRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
+    ORDER_BY_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Maximum number of scenarios to return, 1-1000; 0 means the default of 50.
     Negative or over 1000: INVALID_ARGUMENT naming page_size (not clamped).
@@ -163,19 +164,28 @@ class ListScenariosRequest(_message.Message):
     """
     filter: _builtins.str
     """Which scenarios to list.
-    Syntax (AIP-160): comparisons `FIELD OP VALUE` (OP: = or !=; on numeric fields also <, <=,
-    >, >=) and `FIELD IN (VALUE, ...)`, joined by AND (or a space) and OR, which binds tighter
-    than AND as in AIP-160; NOT and parentheses group. VALUE is a double-quoted string (a
-    backslash escapes the next character) or a bare word of letters, digits and `_.:+*/-`.
-    Strings match exactly (case counts), but `*` in a string's = or != matches any run of
-    characters; enum values match in any case, short (`completed`) or as the proto enum value
-    (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. A field not set equals `""` only. At most
-    4,096 characters, 100 comparisons and 16 levels of nesting; errors give the position (in
-    characters, from 0).
+    Syntax (AIP-160): comparisons `FIELD OP VALUE` (OP: = or !=; on numbers, times and ordered
+    strings, by code point, also <, <=, >, >=) and `FIELD IN (VALUE, ...)`, joined by AND (or a
+    space) and OR, which binds tighter than AND as in AIP-160; NOT and parentheses group. VALUE is
+    a double-quoted string (a backslash escapes the next character) or a bare word of letters,
+    digits and `_.:+*/-`. Strings match exactly (case counts), but `*` in a string's = or !=
+    matches any run of characters; enum values match in any case, short (`completed`) or as the
+    proto enum value (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. A field not set equals `""` only.
+    At most 4,096 characters, 100 comparisons and 16 levels of nesting; errors give the position
+    (in characters, from 0).
     Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
     what is accepted). Fields:
       difficulty_tier (integer, a bare number): 0 (tutorial) to 3, e.g. `difficulty_tier = 2`.
       tags (string): `tags = "pricing"` matches the scenarios carrying that tag, `!=` the others.
+      name (string, ordered): the scenario's name.
+      duration_ticks (integer): the scenario's length in ticks.
+    """
+    order_by: _builtins.str
+    """The order of the scenarios (AIP-132): fields separated by commas, each followed by `desc` for
+    descending order, e.g. `difficulty_tier desc, name`. Fields: name, difficulty_tier,
+    duration_ticks; strings by code point. Ties in id order. Empty: id order. At most 8 keys and
+    1,024 characters; a page token continues the order it was issued for. A bad order_by is
+    INVALID_ARGUMENT naming order_by, with the position (in characters, from 0) of what is wrong.
     """
     def __init__(
         self,
@@ -183,10 +193,11 @@ class ListScenariosRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         filter: _builtins.str = ...,
+        order_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -204,7 +215,7 @@ class ListScenariosResponse(_message.Message):
     """Token for the next page; empty on the last page."""
     @_builtins.property
     def scenarios(self) -> _containers.RepeatedCompositeFieldContainer[Global___Scenario]:
-        """The scenarios of this page, ordered by id."""
+        """The scenarios of this page, in order_by's order (default: ordered by id)."""
 
     def __init__(
         self,

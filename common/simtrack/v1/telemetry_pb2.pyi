@@ -643,6 +643,7 @@ class ListMetricsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
+    ORDER_BY_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run whose metrics to list. Required."""
     page_size: _builtins.int
@@ -656,19 +657,36 @@ class ListMetricsRequest(_message.Message):
     """
     filter: _builtins.str
     """Which metrics to list.
-    Syntax (AIP-160): comparisons `FIELD OP VALUE` (OP: = or !=; on numeric fields also <, <=,
-    >, >=) and `FIELD IN (VALUE, ...)`, joined by AND (or a space) and OR, which binds tighter
-    than AND as in AIP-160; NOT and parentheses group. VALUE is a double-quoted string (a
-    backslash escapes the next character) or a bare word of letters, digits and `_.:+*/-`.
-    Strings match exactly (case counts), but `*` in a string's = or != matches any run of
-    characters; enum values match in any case, short (`completed`) or as the proto enum value
-    (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. A field not set equals `""` only. At most
-    4,096 characters, 100 comparisons and 16 levels of nesting; errors give the position (in
-    characters, from 0).
+    Syntax (AIP-160): comparisons `FIELD OP VALUE` (OP: = or !=; on numbers, times and ordered
+    strings, by code point, also <, <=, >, >=) and `FIELD IN (VALUE, ...)`, joined by AND (or a
+    space) and OR, which binds tighter than AND as in AIP-160; NOT and parentheses group. VALUE is
+    a double-quoted string (a backslash escapes the next character) or a bare word of letters,
+    digits and `_.:+*/-`. Strings match exactly (case counts), but `*` in a string's = or !=
+    matches any run of characters; enum values match in any case, short (`completed`) or as the
+    proto enum value (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. A field not set equals `""` only.
+    At most 4,096 characters, 100 comparisons and 16 levels of nesting; errors give the position
+    (in characters, from 0).
     Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
     what is accepted). Fields:
-      name (string): the metric's name.
+      name (string, ordered): the metric's name.
       kind (MetricKind): gauge, counter; or METRIC_KIND_GAUGE, METRIC_KIND_COUNTER.
+      count (integer): how many points are stored.
+      last_step (integer): the highest step with a finite value; a metric without one has none.
+      last_value (number): the finite value at last_step.
+      min (number): the smallest finite value.
+      max (number): the largest finite value.
+      create_time (RFC 3339 time with its offset, e.g. `2026-12-04T10:00:00Z`): when the first
+        point arrived.
+      update_time (RFC 3339 time): when the summary last changed.
+    """
+    order_by: _builtins.str
+    """The order of the metrics (AIP-132): fields separated by commas, each followed by `desc` for
+    descending order, e.g. `last_value desc`. Fields: name, count, last_step, last_value, min, max,
+    create_time, update_time; strings by code point. A metric without a value for a key (no finite
+    point: no last_step, last_value, min or max) comes after those with one, in either direction;
+    ties, and those, in name order. Empty: name order. At most 8 keys and 1,024 characters; a page
+    token continues the order it was issued for. A bad order_by is INVALID_ARGUMENT naming
+    order_by, with the position (in characters, from 0) of what is wrong.
     """
     def __init__(
         self,
@@ -677,10 +695,11 @@ class ListMetricsRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         filter: _builtins.str = ...,
+        order_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token", "run_id", b"run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token", "run_id", b"run_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -698,7 +717,7 @@ class ListMetricsResponse(_message.Message):
     """Token for the next page; empty on the last page."""
     @_builtins.property
     def metrics(self) -> _containers.RepeatedCompositeFieldContainer[Global___Metric]:
-        """The metrics of this page, by name."""
+        """The metrics of this page, in order_by's order (default: by name)."""
 
     def __init__(
         self,
@@ -1077,6 +1096,7 @@ class ListEventsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
+    ORDER_BY_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run whose events to list. Required."""
     page_size: _builtins.int
@@ -1090,19 +1110,27 @@ class ListEventsRequest(_message.Message):
     """
     filter: _builtins.str
     """Which events to list.
-    Syntax (AIP-160): comparisons `FIELD OP VALUE` (OP: = or !=; on numeric fields also <, <=,
-    >, >=) and `FIELD IN (VALUE, ...)`, joined by AND (or a space) and OR, which binds tighter
-    than AND as in AIP-160; NOT and parentheses group. VALUE is a double-quoted string (a
-    backslash escapes the next character) or a bare word of letters, digits and `_.:+*/-`.
-    Strings match exactly (case counts), but `*` in a string's = or != matches any run of
-    characters; enum values match in any case, short (`completed`) or as the proto enum value
-    (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. A field not set equals `""` only. At most
-    4,096 characters, 100 comparisons and 16 levels of nesting; errors give the position (in
-    characters, from 0).
+    Syntax (AIP-160): comparisons `FIELD OP VALUE` (OP: = or !=; on numbers, times and ordered
+    strings, by code point, also <, <=, >, >=) and `FIELD IN (VALUE, ...)`, joined by AND (or a
+    space) and OR, which binds tighter than AND as in AIP-160; NOT and parentheses group. VALUE is
+    a double-quoted string (a backslash escapes the next character) or a bare word of letters,
+    digits and `_.:+*/-`. Strings match exactly (case counts), but `*` in a string's = or !=
+    matches any run of characters; enum values match in any case, short (`completed`) or as the
+    proto enum value (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. A field not set equals `""` only.
+    At most 4,096 characters, 100 comparisons and 16 levels of nesting; errors give the position
+    (in characters, from 0).
     Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
     what is accepted). Fields:
-      type (string): the event type, e.g. `type = "agent_action"`.
+      type (string, ordered): the event type, e.g. `type = "agent_action"`.
       agent_id (string): the agent involved; `agent_id = ""` lists events with none.
+      step (integer): the step (tick) the event happened at.
+    """
+    order_by: _builtins.str
+    """The order of the events (AIP-132): fields separated by commas, each followed by `desc` for
+    descending order, e.g. `step desc`. Fields: step, type; strings by code point. Ties in the
+    order sent. Empty: the order sent. At most 8 keys and 1,024 characters; a page token continues
+    the order it was issued for. A bad order_by is INVALID_ARGUMENT naming order_by, with the
+    position (in characters, from 0) of what is wrong.
     """
     def __init__(
         self,
@@ -1111,10 +1139,11 @@ class ListEventsRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         filter: _builtins.str = ...,
+        order_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token", "run_id", b"run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token", "run_id", b"run_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1164,7 +1193,7 @@ class ListEventsResponse(_message.Message):
     """Token for the next page; empty on the last page."""
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___StoredEvent]:
-        """The events of this page, in the order they were sent."""
+        """The events of this page, in order_by's order (default: in the order they were sent)."""
 
     def __init__(
         self,

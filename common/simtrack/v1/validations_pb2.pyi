@@ -185,6 +185,7 @@ class ListValidationsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
+    ORDER_BY_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run whose validations to list. Required."""
     page_size: _builtins.int
@@ -198,21 +199,32 @@ class ListValidationsRequest(_message.Message):
     """
     filter: _builtins.str
     """Which validations to list.
-    Syntax (AIP-160): comparisons `FIELD OP VALUE` (OP: = or !=; on numeric fields also <, <=,
-    >, >=) and `FIELD IN (VALUE, ...)`, joined by AND (or a space) and OR, which binds tighter
-    than AND as in AIP-160; NOT and parentheses group. VALUE is a double-quoted string (a
-    backslash escapes the next character) or a bare word of letters, digits and `_.:+*/-`.
-    Strings match exactly (case counts), but `*` in a string's = or != matches any run of
-    characters; enum values match in any case, short (`completed`) or as the proto enum value
-    (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. A field not set equals `""` only. At most
-    4,096 characters, 100 comparisons and 16 levels of nesting; errors give the position (in
-    characters, from 0).
+    Syntax (AIP-160): comparisons `FIELD OP VALUE` (OP: = or !=; on numbers, times and ordered
+    strings, by code point, also <, <=, >, >=) and `FIELD IN (VALUE, ...)`, joined by AND (or a
+    space) and OR, which binds tighter than AND as in AIP-160; NOT and parentheses group. VALUE is
+    a double-quoted string (a backslash escapes the next character) or a bare word of letters,
+    digits and `_.:+*/-`. Strings match exactly (case counts), but `*` in a string's = or !=
+    matches any run of characters; enum values match in any case, short (`completed`) or as the
+    proto enum value (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. A field not set equals `""` only.
+    At most 4,096 characters, 100 comparisons and 16 levels of nesting; errors give the position
+    (in characters, from 0).
     Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
     what is accepted). Fields:
-      validator (string): who judged; "scenario" is the server's own.
-      kind (string): what was judged.
+      validator (string, ordered): who judged; "scenario" is the server's own.
+      kind (string, ordered): what was judged.
       passed (boolean): true or false, any case.
+      score (number): the verdict's score; a validation without one has none.
+      create_time (RFC 3339 time with its offset, e.g. `2026-12-04T10:00:00Z`): when the validation
+        was recorded.
     Example: `passed = false`.
+    """
+    order_by: _builtins.str
+    """The order of the validations (AIP-132): fields separated by commas, each followed by `desc` for
+    descending order, e.g. `score desc`. Fields: validator, kind, score, create_time; strings by
+    code point. A validation without a score comes after those with one, in either direction; ties,
+    and those, in creation order. Empty: creation order. At most 8 keys and 1,024 characters; a
+    page token continues the order it was issued for. A bad order_by is INVALID_ARGUMENT naming
+    order_by, with the position (in characters, from 0) of what is wrong.
     """
     def __init__(
         self,
@@ -221,10 +233,11 @@ class ListValidationsRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         filter: _builtins.str = ...,
+        order_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token", "run_id", b"run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token", "run_id", b"run_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -242,7 +255,7 @@ class ListValidationsResponse(_message.Message):
     """Token for the next page; empty on the last page."""
     @_builtins.property
     def validations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Validation]:
-        """The validations of this page, oldest first."""
+        """The validations of this page, in order_by's order (default: oldest first)."""
 
     def __init__(
         self,

@@ -56,7 +56,9 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
     async def ListAgents(
         self, request: pb.ListAgentsRequest, context: Context
     ) -> pb.ListAgentsResponse:
-        page = await self.agents.list(request.page_size, request.page_token, request.filter)
+        page = await self.agents.list(
+            request.page_size, request.page_token, request.filter, request.order_by
+        )
         return pb.ListAgentsResponse(
             agents=[agent_to_proto(a) for a in page.items], next_page_token=page.next_page_token
         )

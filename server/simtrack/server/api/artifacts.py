@@ -85,7 +85,7 @@ class ArtifactServicer(artifacts_pb2_grpc.ArtifactServiceServicer):
         self, request: pb.ListArtifactsRequest, context: Context
     ) -> pb.ListArtifactsResponse:
         page = await self.artifacts.list(
-            request.run_id, request.page_size, request.page_token, request.filter
+            request.run_id, request.page_size, request.page_token, request.filter, request.order_by
         )
         return pb.ListArtifactsResponse(
             artifacts=[artifact_to_proto(a) for a in page.items],

@@ -166,7 +166,9 @@ class ExperimentServicer(experiments_pb2_grpc.ExperimentServiceServicer):
     async def ListSimulations(
         self, request: pb.ListSimulationsRequest, context: Context
     ) -> pb.ListSimulationsResponse:
-        page = await self.simulations.list(request.page_size, request.page_token, request.filter)
+        page = await self.simulations.list(
+            request.page_size, request.page_token, request.filter, request.order_by
+        )
         return pb.ListSimulationsResponse(
             simulations=[simulation_to_proto(s) for s in page.items],
             next_page_token=page.next_page_token,
@@ -208,7 +210,9 @@ class ExperimentServicer(experiments_pb2_grpc.ExperimentServiceServicer):
     async def ListTemplates(
         self, request: pb.ListTemplatesRequest, context: Context
     ) -> pb.ListTemplatesResponse:
-        page = await self.templates.list(request.page_size, request.page_token, request.filter)
+        page = await self.templates.list(
+            request.page_size, request.page_token, request.filter, request.order_by
+        )
         return pb.ListTemplatesResponse(
             templates=[template_to_proto(t) for t in page.items],
             next_page_token=page.next_page_token,

@@ -185,7 +185,7 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         self, request: pb.ListParticipantsRequest, context: Context
     ) -> pb.ListParticipantsResponse:
         page = await self.participants.list(
-            request.run_id, request.page_size, request.page_token, request.filter
+            request.run_id, request.page_size, request.page_token, request.filter, request.order_by
         )
         return pb.ListParticipantsResponse(
             participants=[participant_to_proto(p) for p in page.items],

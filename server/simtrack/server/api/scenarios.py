@@ -45,7 +45,9 @@ class ScenarioServicer(scenarios_pb2_grpc.ScenarioServiceServicer):
     async def ListScenarios(
         self, request: pb.ListScenariosRequest, context: Context
     ) -> pb.ListScenariosResponse:
-        page = self.scenarios.list(request.page_size, request.page_token, request.filter)
+        page = self.scenarios.list(
+            request.page_size, request.page_token, request.filter, request.order_by
+        )
         return pb.ListScenariosResponse(
             scenarios=[scenario_to_proto(s) for s in page.items],
             next_page_token=page.next_page_token,

@@ -346,7 +346,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         self, request: tpb.ListMetricsRequest, context: Context
     ) -> tpb.ListMetricsResponse:
         page = await self.history.list_metrics(
-            request.run_id, request.page_size, request.page_token, request.filter
+            request.run_id, request.page_size, request.page_token, request.filter, request.order_by
         )
         return tpb.ListMetricsResponse(
             metrics=[metric_to_proto(m) for m in page.items], next_page_token=page.next_page_token
@@ -390,7 +390,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         self, request: tpb.ListEventsRequest, context: Context
     ) -> tpb.ListEventsResponse:
         page = await self.history.list_events(
-            request.run_id, request.page_size, request.page_token, request.filter
+            request.run_id, request.page_size, request.page_token, request.filter, request.order_by
         )
         return tpb.ListEventsResponse(
             events=[event_to_proto(e) for e in page.items], next_page_token=page.next_page_token

@@ -59,7 +59,7 @@ class ValidationServicer(validations_pb2_grpc.ValidationServiceServicer):
         self, request: pb.ListValidationsRequest, context: Context
     ) -> pb.ListValidationsResponse:
         page = await self.validations.list(
-            request.run_id, request.page_size, request.page_token, request.filter
+            request.run_id, request.page_size, request.page_token, request.filter, request.order_by
         )
         return pb.ListValidationsResponse(
             validations=[validation_to_proto(v) for v in page.items],

@@ -70,6 +70,14 @@ def optional_str(value: str) -> str | None:
     return value or None
 
 
+def ordered_text(value: str) -> str:
+    """Text with an order: by code point, as Python compares strings, SQLite's BINARY
+    collation and PostgreSQL's "C" (so alike on both databases, whatever their locale). For
+    names; other text (ids, enums) has no order worth the name.
+    """
+    return value
+
+
 def parse_bool(value: str) -> bool:
     if value.lower() not in ("true", "false"):
         raise BadFilterValue("accepted: true, false; any case")
@@ -143,7 +151,7 @@ PARAMS = JsonValue()
 
 
 # Fields parsed by these hold text: ``*`` in their ``=``/``!=`` values is a wildcard.
-TEXT_FIELDS = (str, optional_str)
+TEXT_FIELDS = (str, optional_str, ordered_text)
 ORDERING = ("<", "<=", ">", ">=")
 
 
@@ -331,8 +339,10 @@ class _Parser:
 
 
 def orderable(parse: Callable[[str], Any]) -> bool:
-    """Numbers and times: text would order by each database's collation, not alike on both."""
-    orderable = (int, parse_int, float, parse_number, parse_time, parse_duration)
+    """Numbers, times and names (``ordered_text``): other text would order by each database's
+    collation, not alike on both.
+    """
+    orderable = (int, parse_int, float, parse_number, parse_time, parse_duration, ordered_text)
     return parse in orderable or isinstance(parse, JsonValue)
 
 

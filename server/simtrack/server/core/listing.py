@@ -18,9 +18,9 @@ import binascii
 import hashlib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, Generic, TypeVar, cast
 
@@ -34,8 +34,10 @@ from simtrack.server.core.filters import (
 from simtrack.server.core.model import INT64_MAX, INT64_MIN, NAME_MAX, NUL
 from simtrack.server.core.ordering import (
     SortKey,
+    Types,
     decode_values,
     encode_values,
+    key_types,
     parse_order_by,
 )
 
@@ -43,18 +45,24 @@ T = TypeVar("T")
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
-# Ours are a digest and a time and id, or a position of keys: at most ~3,300 characters (a
-# metric name of 200 characters beyond the BMP, JSON-escaped, base64-encoded).
-MAX_TOKEN_LENGTH = 4096
+# Ours are a digest, a position and sort keys: a metric name of 200 characters beyond the BMP,
+# JSON-escaped, is ~2,400 characters; twice (its position and a key), base64-encoded, ~6,500.
+MAX_TOKEN_LENGTH = 8192
+
+
+# The default order of most lists: creation order, (created_at, id).
+CREATION_ORDER: Types = (datetime, str)
 
 
 @dataclass(frozen=True)
 class Cursor:
-    """Where a page ends: the last row's (created_at, id), the keyset the next page starts after."""
+    """Where a page ends: the last row's values of the list's default order (``position``:
+    (created_at, id), a metric's name, ...) and of the request's sort keys, if any; the keyset
+    the next page starts after.
+    """
 
-    created_at: datetime
-    id: str
-    keys: tuple[Any, ...] = ()  # the row's values of the request's sort keys, if any
+    position: tuple[Any, ...]
+    keys: tuple[Any, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -65,7 +73,7 @@ class PageRequest:
     after: Cursor | None
     conditions: tuple[Filter, ...]  # all must hold (``core/filters.py``)
     scope: str
-    order: tuple[SortKey, ...] = ()  # before creation order (``core/ordering.py``)
+    order: tuple[SortKey, ...] = ()  # before the default order (``core/ordering.py``)
 
     def next_token(self, cursor: Cursor | None) -> str:
         """The next_page_token for a page that ended at ``cursor`` (empty on the last page)."""
@@ -82,10 +90,13 @@ class Page(Generic[T]):
 
 @dataclass(frozen=True)
 class Listing:
-    """A listable collection: its name, which its page tokens are bound to, and its filters."""
+    """A listable collection: its name, which its page tokens are bound to, its filters (the
+    orderable of which ``order_by`` takes), and the types of its default order's values.
+    """
 
     collection: str
     fields: FieldParsers
+    position: Types = CREATION_ORDER
 
     def request(
         self, size: int, token: str, filter_text: str, parent: str = "", order_by: str = ""
@@ -93,61 +104,16 @@ class Listing:
         """Validate page_size, page_token, filter and order_by of a List call (of
         ``parent``'s children).
         """
-        return page_request(
-            size, token, filter_text, self.fields, f"{self.collection}/{parent}", order_by
-        )
-
-
-def page_request(
-    size: int,
-    token: str,
-    filter_text: str,
-    fields: FieldParsers,
-    collection: str,
-    order_by: str = "",
-) -> PageRequest:
-    """Validate page_size, page_token, filter and order_by of a List call on ``collection``."""
-    size = page_size(size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-    conditions = parse_filter(filter_text, fields)
-    order = parse_order_by(order_by, fields)
-    scope = f"{collection}|{filter_text.strip()}"
-    if order:  # a token resumes the order it was issued for
-        scope += "|" + ",".join(f"{k.field}{' desc' if k.descending else ''}" for k in order)
-    after = decode_token(token, scope, len(order)) if token else None
-    return PageRequest(size, after, conditions, scope, order)
-
-
-@dataclass(frozen=True)
-class KeyedPageRequest:
-    """A validated list request over rows ordered by their own keys (not creation time)."""
-
-    size: int
-    after: tuple[Any, ...] | None  # the keys of the last row of the previous page
-    conditions: tuple[Filter, ...]
-    scope: str
-
-    @classmethod
-    def of(
-        cls,
-        size: int,
-        token: str,
-        filter_text: str,
-        fields: FieldParsers,
-        collection: str,
-        key_types: tuple[type, ...],
-    ) -> KeyedPageRequest:
-        """Validate page_size, page_token (keys of ``key_types``) and filter."""
         size = page_size(size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        conditions = parse_filter(filter_text, fields)
-        scope = f"{collection}|{filter_text.strip()}"
-        after = decode_position(token, scope, key_types) if token else None
-        return cls(size, after, conditions, scope)
-
-    def page(self, rows: list[T], key: Callable[[T], tuple[int | str, ...]]) -> Page[T]:
-        """The page of ``rows`` (fetched with ``size + 1`` to see whether more follow)."""
-        if len(rows) <= self.size:
-            return Page(rows, "")
-        return Page(rows[: self.size], encode_position(key(rows[self.size - 1]), self.scope))
+        conditions = parse_filter(filter_text, self.fields)
+        order = parse_order_by(order_by, self.fields)
+        scope = f"{self.collection}/{parent}|{filter_text.strip()}"
+        if order:  # a token resumes the order it was issued for
+            scope += "|" + ",".join(f"{k.field}{' desc' if k.descending else ''}" for k in order)
+        after = None
+        if token:
+            after = decode_token(token, scope, self.position, key_types(self.fields, order))
+        return PageRequest(size, after, conditions, scope, order)
 
 
 def page_size(size: int, default: int, maximum: int, field: str = "page_size") -> int:
@@ -190,29 +156,29 @@ def _unseal(token: str, scope: str) -> dict[str, Any]:
 
 def encode_token(cursor: Cursor, scope: str) -> str:
     """An opaque token for the page after ``cursor``, bound to the list it was made for."""
-    payload: dict[str, Any] = {"t": cursor.created_at.isoformat(), "i": cursor.id}
+    payload: dict[str, Any] = {"p": encode_values(cursor.position)}
     if cursor.keys:
         payload["k"] = encode_values(cursor.keys)
     return _seal(payload, scope)
 
 
-def decode_token(token: str, scope: str, keys: int = 0) -> Cursor:
-    """Read a token made by encode_token (with ``keys`` sort values); anything else is
-    INVALID_ARGUMENT on page_token.
+def decode_token(
+    token: str, scope: str, position: Sequence[type], keys: Sequence[Types] = ()
+) -> Cursor:
+    """Read a token made by encode_token (a ``position`` of these types, sort values of
+    ``keys``); anything else is INVALID_ARGUMENT on page_token.
     """
     payload = _unseal(token, scope)
-    created_at, row_id = payload.get("t"), payload.get("i")
-    if not isinstance(created_at, str) or not isinstance(row_id, str) or not _storable(row_id):
-        raise InvalidArgument.of("page_token", _NOT_OURS)
     try:
-        when = datetime.fromisoformat(created_at)
-        if when.tzinfo is None or not row_id:
-            raise ValueError("not a cursor of ours")
-        values = decode_values(payload["k"], keys) if keys else ()
-        # In UTC, as every stored time is (and as ours are): none lies beyond years 1-9999.
-        return Cursor(when.astimezone(UTC), row_id, values)
+        # Times in UTC, as every stored time is (and as ours are): none lies beyond years
+        # 1-9999.
+        at = decode_values(payload.get("p"), [(t,) for t in position], nullable=False)
+        values = decode_values(payload["k"], keys, nullable=True) if keys else ()
     except (ValueError, OverflowError, KeyError):
         raise InvalidArgument.of("page_token", _NOT_OURS) from None
+    if "" in at:  # no id, no name
+        raise InvalidArgument.of("page_token", _NOT_OURS)
+    return Cursor(at, values)
 
 
 def encode_position(position: tuple[int | str, ...], scope: str) -> str:

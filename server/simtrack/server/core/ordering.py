@@ -3,24 +3,35 @@
 ``order_by`` is fields separated by commas, each followed by ``desc`` for descending order
 (``metrics.total_profit desc, create_time``). A row without a value for a key (a run not
 started, without the parameter or the metric) comes after every row with one, in either
-direction; ties, and the end, are broken by creation order, so every row has one place and a
-page token (the last row's keys) resumes exactly after it, whatever was inserted meanwhile.
-Only fields with an order both databases agree on are keys: numbers, times, durations,
-parameters (by their numeric value) and metrics.
+direction; ties, and the end, are broken by the list's default order (creation order; a
+run's metrics by name, its events as sent), so every row has one place and a page token (the
+last row's keys and default-order values) resumes exactly after it, whatever was inserted
+meanwhile. Only fields with an order both databases agree on are keys (``filters.orderable``):
+numbers, times, durations, names (by code point), parameters (by their numeric value) and
+metrics. The databases sort in SQL (``db/filter_sql.py``); ``place`` sorts lists kept in memory
+alike.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from simtrack.errors import InvalidArgument, quote
-from simtrack.server.core.filters import FieldParsers, field_parser, orderable
-from simtrack.server.core.model import INT64_MAX, INT64_MIN
+from simtrack.server.core.filters import (
+    FieldParsers,
+    field_parser,
+    orderable,
+    ordered_text,
+    parse_duration,
+    parse_time,
+)
+from simtrack.server.core.model import INT64_MAX, INT64_MIN, NAME_MAX, NUL
 
 MAX_KEYS = 8
 MAX_LENGTH = 1024
@@ -70,6 +81,54 @@ def parse_order_by(text: str, fields: FieldParsers) -> tuple[SortKey, ...]:
     return tuple(keys)
 
 
+Types = tuple[type, ...]  # what a token's value may be (exactly: True is no int)
+
+# The values a key's field sorts by, from its filter's parser; any other is a number.
+_KEY_TYPES: dict[Callable[[str], Any], Types] = {
+    parse_time: (datetime,),
+    parse_duration: (timedelta,),
+    ordered_text: (str,),
+}
+
+
+def key_types(fields: FieldParsers, order: Sequence[SortKey]) -> list[Types]:
+    """The types of the values of each of ``order``'s keys (parameters: numbers)."""
+    return [_KEY_TYPES.get(field_parser(fields, k.field) or float, (int, float)) for k in order]
+
+
+@functools.total_ordering
+class _Descending:
+    """A value that sorts the other way round."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Descending) and bool(self.value == other.value)
+
+    def __lt__(self, other: _Descending) -> bool:
+        return bool(other.value < self.value)
+
+    def __hash__(self) -> int:
+        return hash(self.value)
+
+
+def place(
+    values: Sequence[Any], order: Sequence[SortKey], position: Sequence[Any]
+) -> tuple[Any, ...]:
+    """A row's place in ``order`` (its ``values`` of the keys; None last in either direction),
+    then in the default order (``position``): for lists kept in memory, ordered as the
+    databases order theirs. Places compare as tuples; a page starts after its cursor's.
+    """
+    keys = (
+        (value is None, None if value is None else _Descending(value) if k.descending else value)
+        for value, k in zip(values, order, strict=True)
+    )
+    return (*keys, *position)
+
+
 # Sort values in tokens, typed: JSON has no datetime, no duration and no infinity.
 def encode_values(values: Sequence[Any]) -> list[list[Any]]:
     encoded: list[list[Any]] = []
@@ -86,15 +145,27 @@ def encode_values(values: Sequence[Any]) -> list[list[Any]]:
             encoded.append(["t", value.astimezone(UTC).isoformat()])
         elif isinstance(value, timedelta):
             encoded.append(["d", value // timedelta(microseconds=1)])
+        elif isinstance(value, str):
+            encoded.append(["s", value])
         else:
             raise TypeError(f"{type(value).__name__} is not a sort key")
     return encoded
 
 
-def decode_values(encoded: Any, count: int) -> tuple[Any, ...]:
-    """The values of ``encode_values``; ValueError for anything else."""
-    if not isinstance(encoded, list) or len(encoded) != count:
+def decode_values(encoded: Any, types: Sequence[Types], nullable: bool) -> tuple[Any, ...]:
+    """The values of ``encode_values``, each of its ``types`` (or None if ``nullable``);
+    ValueError for anything else.
+    """
+    if not isinstance(encoded, list) or len(encoded) != len(types):
         raise ValueError("not our keys")
+    values = _decoded(encoded)
+    for value, allowed in zip(values, types, strict=True):
+        if not (type(value) in allowed or (value is None and nullable)):
+            raise ValueError("a key of another type")
+    return values
+
+
+def _decoded(encoded: list[Any]) -> tuple[Any, ...]:
     values: list[Any] = []
     for item in encoded:
         if not isinstance(item, list) or not item or not isinstance(item[0], str):
@@ -118,6 +189,10 @@ def decode_values(encoded: Any, count: int) -> tuple[Any, ...]:
             values.append(when.astimezone(UTC))
         elif tag == "d" and len(rest) == 1 and type(rest[0]) is int:
             values.append(timedelta(microseconds=rest[0]))
+        elif tag == "s" and len(rest) == 1 and isinstance(rest[0], str):
+            if len(rest[0]) > NAME_MAX or NUL in rest[0]:
+                raise ValueError("no stored text")
+            values.append(rest[0])
         else:
             raise ValueError("not a key")
     return tuple(values)

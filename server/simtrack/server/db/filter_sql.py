@@ -2,11 +2,12 @@
 and PostgreSQL, in two-valued logic as ``filters.holds`` (a comparison with a field not set
 is false, but ``= ""``; NOT is its negation).
 
-A field is its model's column (``create_time`` and the like named as the API names them); a
-key of a JSON column (``params.KEY``): a comparison holds only where the key holds a value of
-the type written (a number, a string, a boolean), read under a CASE so that no database casts
-a value of another type; or a run's metric (``metrics.NAME``, ``.min``, ``.max``: its latest
-value or summaries, NaN matching nothing), an EXISTS on the metrics' rows.
+A field is its model's column (``create_time`` and the like named as the API names them; a
+float's NaN read as NULL, text ordered by code point); a key of a JSON column (``params.KEY``):
+a comparison holds only where the key holds a value of the type written (a number, a string, a
+boolean), read under a CASE so that no database casts a value of another type; or a run's
+metric (``metrics.NAME``, ``.min``, ``.max``: its latest value or summaries, NaN matching
+nothing), an EXISTS on the metrics' rows.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, ClassVar, cast
 
 from sqlalchemy import (
     ColumnElement,
+    Float,
     String,
     and_,
     case,
@@ -34,9 +36,18 @@ from sqlalchemy.sql.functions import FunctionElement
 from simtrack.server.core.filters import ORDER, AllOf, AnyOf, Condition, Filter, Not, Pattern
 from simtrack.server.db import models
 
-# API field names of columns named otherwise.
-COLUMNS = {"create_time": "created_at", "start_time": "started_at", "end_time": "completed_at"}
-JSON_FIELDS = ("params",)
+# API field names of columns named otherwise; of one model's columns, where they differ.
+COLUMNS = {
+    "create_time": "created_at",
+    "update_time": "updated_at",
+    "start_time": "started_at",
+    "end_time": "completed_at",
+}
+MODEL_COLUMNS: dict[Any, dict[str, str]] = {
+    models.Simulation: {"end_time": "ended_at"},
+    models.Metric: {"min": "min_value", "max": "max_value"},
+}
+JSON_FIELDS = ("params", "parameters")
 
 
 def matches(model: Any, term: Filter) -> ColumnElement[bool]:
@@ -54,9 +65,19 @@ def matches(model: Any, term: Filter) -> ColumnElement[bool]:
         return _metric_condition(model, key, term)
     if model is models.Run and term.field == "agent_id":
         return _run_agent_condition(model, term)
-    name = COLUMNS.get(term.field, term.field)
+    return _condition(*_column(model, term.field), term)
+
+
+def _column(model: Any, field: str) -> tuple[ColumnElement[Any], bool]:
+    """The column of ``field`` as filters and orders read it (a float's NaN as NULL: PostgreSQL
+    orders NaN above every number, SQLite stores it as NULL), and whether it may be NULL.
+    """
+    name = MODEL_COLUMNS.get(model, {}).get(field) or COLUMNS.get(field, field)
     column: ColumnElement[Any] = getattr(model, name)
-    return _condition(column, bool(inspect(model).columns[name].nullable), term)
+    nullable = bool(inspect(model).columns[name].nullable)
+    if isinstance(column.type, Float):
+        return case((_NotNaN(column), column), else_=None), True
+    return column, nullable
 
 
 def _condition(column: ColumnElement[Any], nullable: bool, term: Condition) -> ColumnElement[bool]:
@@ -72,6 +93,8 @@ def _condition(column: ColumnElement[Any], nullable: bool, term: Condition) -> C
 
 
 def _ordered(value: ColumnElement[Any], op: str, bound: Any) -> ColumnElement[bool]:
+    if isinstance(bound, str):
+        value = _CodePoints(value)
     return cast(ColumnElement[bool], ORDER[op](value, bound))
 
 
@@ -132,8 +155,8 @@ def _metric_value(run: Any, name: str) -> tuple[Any, ColumnElement[Any], ColumnE
 
 
 def sort_value(model: Any, field: str) -> ColumnElement[Any]:
-    """What ``order_by`` sorts ``field`` by (NULL where a row has none): a column, a
-    parameter's numeric value, a metric's value.
+    """What ``order_by`` sorts ``field`` by (NULL where a row has none): a column (text by
+    code point), a parameter's numeric value, a metric's value.
     """
     head, _, key = field.partition(".")
     if key and head in JSON_FIELDS:
@@ -142,8 +165,8 @@ def sort_value(model: Any, field: str) -> ColumnElement[Any]:
     if key and head == "metrics":
         _, value, found = _metric_value(model, key)
         return select(value).where(found).scalar_subquery()
-    column: ColumnElement[Any] = getattr(model, COLUMNS.get(field, field))
-    return column
+    column, _ = _column(model, field)
+    return _CodePoints(column) if isinstance(column.type, String) else column
 
 
 def after_keys(
@@ -208,6 +231,26 @@ def _json_compare(column: Any, key: str, op: str, value: Any) -> ColumnElement[b
     if op == "!=":
         return and_(typed.is_not(None), typed != value)
     return and_(typed.is_not(None), _ordered(typed, op, value))
+
+
+class _CodePoints(FunctionElement[str]):
+    """A text column ordered by code point (``filters.ordered_text``): SQLite's BINARY
+    collation is that already; PostgreSQL's default follows the database's locale.
+    """
+
+    inherit_cache = True
+    name = "code_points"
+    type = String()
+
+
+@compiles(_CodePoints, "postgresql")
+def _postgresql_code_points(element: _CodePoints, compiler: SQLCompiler, **kw: Any) -> str:
+    return f'({compiler.process(element.clauses, **kw)} COLLATE "C")'
+
+
+@compiles(_CodePoints, "sqlite")
+def _sqlite_code_points(element: _CodePoints, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"({compiler.process(element.clauses, **kw)})"
 
 
 class _JsonKindIs(FunctionElement[bool]):

@@ -60,6 +60,8 @@ class Repository(Generic[M]):
     """Common operations of one tenant-owned table."""
 
     model: type[M]
+    # The list's default order, which breaks ties of any other: a unique key of the rows listed.
+    position: tuple[str, ...] = ("created_at", "id")
 
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
@@ -89,29 +91,40 @@ class Repository(Generic[M]):
         await self.session.flush()
 
     async def list(self, page: PageRequest, **parent: str) -> tuple[list[M], Cursor | None]:
-        """One page in creation order, plus the cursor of the next page (None on the last).
+        """One page in the request's order (else creation order), plus the cursor of the next
+        page (None on the last).
 
         ``parent`` narrows to the children of one parent, e.g. ``run_id=...``.
         """
         stmt = self._select().filter_by(**parent)
-        stmt = stmt.where(*(matches(self.model, c) for c in page.conditions))
-        values = [sort_value(self.model, key.field) for key in page.order]
-        if page.after is not None:
-            created = tuple_(self.model.created_at, self.model.id)
-            after = created > tuple_(page.after.created_at, page.after.id)
-            descending = [key.descending for key in page.order]
-            stmt = stmt.where(after_keys(values, descending, page.after.keys, after))
-        order = [
-            (value.desc() if key.descending else value.asc()).nulls_last()
-            for value, key in zip(values, page.order, strict=True)
-        ]
-        stmt = stmt.add_columns(*values).order_by(*order, self.model.created_at, self.model.id)
-        rows = (await self.session.execute(stmt.limit(page.size + 1))).all()
-        if len(rows) <= page.size:
-            return [row[0] for row in rows], None
-        last = rows[page.size - 1]
-        cursor = Cursor(last[0].created_at, last[0].id, tuple(last[1:]))
-        return [row[0] for row in rows[: page.size]], cursor
+        return await list_page(self.session, stmt, self.model, self.position, page)
+
+
+async def list_page(
+    session: AsyncSession, stmt: Select[Any], model: Any, position: Sequence[str], page: PageRequest
+) -> tuple[list[Any], Cursor | None]:
+    """One page of ``stmt``'s rows of ``model`` matching ``page``'s filter, in its order and
+    then by the ``position`` columns (a unique key), after its cursor: keyset paging, so a row
+    inserted meanwhile is listed where it sorts and no other row moves.
+    """
+    stmt = stmt.where(*(matches(model, c) for c in page.conditions))
+    values = [sort_value(model, key.field) for key in page.order]
+    columns = [getattr(model, name) for name in position]
+    if page.after is not None:
+        after = tuple_(*columns) > tuple_(*page.after.position)
+        descending = [key.descending for key in page.order]
+        stmt = stmt.where(after_keys(values, descending, page.after.keys, after))
+    order = [
+        (value.desc() if key.descending else value.asc()).nulls_last()
+        for value, key in zip(values, page.order, strict=True)
+    ]
+    stmt = stmt.add_columns(*values).order_by(*order, *columns)
+    rows = (await session.execute(stmt.limit(page.size + 1))).all()
+    if len(rows) <= page.size:
+        return [row[0] for row in rows], None
+    last = rows[page.size - 1]
+    cursor = Cursor(tuple(getattr(last[0], name) for name in position), tuple(last[1:]))
+    return [row[0] for row in rows[: page.size]], cursor
 
 
 class AgentRepository(Repository[models.Agent]):
@@ -303,17 +316,7 @@ class MetricRepository(Repository[models.Metric]):
         stmt = self._select().where(models.Metric.run_id == run_id).order_by(models.Metric.name)
         return list((await self.session.execute(stmt)).scalars())
 
-    async def page(
-        self, run_id: str, conditions: tuple[Filter, ...], after: str | None, size: int
-    ) -> list[models.Metric]:
-        """Up to ``size`` of a run's metrics by name, after the name ``after``."""
-        metric = models.Metric
-        stmt = self._select().where(metric.run_id == run_id)
-        stmt = stmt.where(*(matches(metric, c) for c in conditions))
-        if after is not None:
-            stmt = stmt.where(metric.name > after)
-        stmt = stmt.order_by(metric.name).limit(size)
-        return list((await self.session.execute(stmt)).scalars())
+    position = ("name",)  # a run's metrics by name (unique in the run: lists are of one run)
 
     async def named(self, run_id: str, name: str) -> models.Metric | None:
         stmt = self._select().where(models.Metric.run_id == run_id, models.Metric.name == name)
@@ -464,20 +467,13 @@ class EventRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def page(
-        self,
-        run_id: str,
-        conditions: tuple[Filter, ...],
-        after: tuple[int, int] | None,
-        size: int,
-    ) -> list[models.Event]:
+    async def list(
+        self, page: PageRequest, run_id: str
+    ) -> tuple[list[models.Event], Cursor | None]:
+        """One page of the run's events in the request's order (else as sent)."""
         event = models.Event
         stmt = select(event).where(scoped(event), event.run_id == run_id)
-        stmt = stmt.where(*(matches(event, c) for c in conditions))
-        if after is not None:
-            stmt = stmt.where(tuple_(event.seq, event.position) > tuple_(*after))
-        stmt = stmt.order_by(event.seq, event.position).limit(size)
-        return list((await self.session.execute(stmt)).scalars())
+        return await list_page(self.session, stmt, event, ("seq", "position"), page)
 
 
 class AccessRepository:

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from simtrack.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from simtrack.server.core.filters import ordered_text, parse_time
 from simtrack.server.core.listing import Listing, Page, enum_parser
 from simtrack.server.core.model import Framework, json_object, require_id, require_name
 from simtrack.server.db.models import Agent
@@ -13,7 +14,12 @@ from simtrack.server.domain.ports import UnitOfWork, UnitOfWorkFactory
 
 LISTING = Listing(
     "agents",
-    {"name": str, "framework": enum_parser(Framework)},
+    {
+        "name": ordered_text,
+        "framework": enum_parser(Framework),
+        "create_time": parse_time,
+        "update_time": parse_time,
+    },
 )
 UPDATABLE = frozenset({"name", "framework", "config"})
 
@@ -47,8 +53,10 @@ class AgentService:
         async with self.uow() as uow:
             return await load_agent(uow, agent_id)
 
-    async def list(self, page_size: int, page_token: str, filter_text: str) -> Page[Agent]:
-        page = LISTING.request(page_size, page_token, filter_text)
+    async def list(
+        self, page_size: int, page_token: str, filter_text: str, order_by: str = ""
+    ) -> Page[Agent]:
+        page = LISTING.request(page_size, page_token, filter_text, order_by=order_by)
         async with self.uow() as uow:
             rows, cursor = await uow.agents.list(page)
         return Page(rows, page.next_token(cursor))

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 
 from simtrack.errors import AlreadyExists, InvalidArgument, NotFound
 from simtrack.server.artifact_store import ArtifactStore
+from simtrack.server.core.filters import ordered_text, parse_int, parse_time
 from simtrack.server.core.listing import Listing, Page, enum_parser
 from simtrack.server.core.model import (
     ArtifactType,
@@ -32,7 +33,14 @@ MAX_CHUNK = 1 << 20  # bytes per upload message
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 ARTIFACT_LISTING = Listing(
-    "artifacts", {"name": str, "type": enum_parser(ArtifactType), "content_type": str}
+    "artifacts",
+    {
+        "name": ordered_text,
+        "type": enum_parser(ArtifactType),
+        "content_type": str,
+        "create_time": parse_time,
+        "size_bytes": parse_int,
+    },
 )
 
 
@@ -121,10 +129,10 @@ class ArtifactService:
         return artifact, self.store.read(artifact.tenant_id, artifact.run_id, artifact.id)
 
     async def list(
-        self, run_id: str, page_size: int, page_token: str, filter_text: str
+        self, run_id: str, page_size: int, page_token: str, filter_text: str, order_by: str = ""
     ) -> Page[Artifact]:
         run_id = require_id("run_id", run_id)
-        page = ARTIFACT_LISTING.request(page_size, page_token, filter_text, run_id)
+        page = ARTIFACT_LISTING.request(page_size, page_token, filter_text, run_id, order_by)
         async with self.uow() as uow:
             await load_run(uow, run_id, "run_id")
             rows, cursor = await uow.artifacts.list(page, run_id=run_id)

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from simtrack.errors import AlreadyExists, InvalidArgument, NotFound
-from simtrack.server.core.filters import PARAMS, parse_time
+from simtrack.server.core.filters import PARAMS, ordered_text, parse_time
 from simtrack.server.core.listing import Listing, Page, enum_parser
 from simtrack.server.core.model import (
     ExperimentStatus,
@@ -25,17 +25,18 @@ from simtrack.server.scenario_catalogue import ScenarioCatalogue
 EXPERIMENT_LISTING = Listing(
     "experiments",
     {
-        "name": str,
+        "name": ordered_text,
         "agent_id": str,
         "scenario_id": str,
         "status": enum_parser(ExperimentStatus),
         "create_time": parse_time,
+        "update_time": parse_time,
         "params.*": PARAMS,
     },
 )
 TEMPLATE_LISTING = Listing(
     "templates",
-    {"name": str},
+    {"name": ordered_text, "create_time": parse_time, "update_time": parse_time},
 )
 
 
@@ -173,8 +174,10 @@ class TemplateService:
         async with self.uow() as uow:
             return await load_template(uow, template_id)
 
-    async def list(self, page_size: int, page_token: str, filter_text: str) -> Page[Template]:
-        page = TEMPLATE_LISTING.request(page_size, page_token, filter_text)
+    async def list(
+        self, page_size: int, page_token: str, filter_text: str, order_by: str = ""
+    ) -> Page[Template]:
+        page = TEMPLATE_LISTING.request(page_size, page_token, filter_text, order_by=order_by)
         async with self.uow() as uow:
             rows, cursor = await uow.templates.list(page)
         return Page(rows, page.next_token(cursor))

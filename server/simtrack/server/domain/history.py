@@ -15,9 +15,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from simtrack.errors import InvalidArgument, NotFound
-from simtrack.server.core.filters import optional_str
+from simtrack.server.core.filters import (
+    optional_str,
+    ordered_text,
+    parse_int,
+    parse_number,
+    parse_time,
+)
 from simtrack.server.core.listing import (
-    KeyedPageRequest,
     Listing,
     Page,
     decode_position,
@@ -44,8 +49,26 @@ HISTORY_PAGE_MAX = 100_000
 MAX_POINTS_MAX = 100_000
 CHUNKS_PER_READ = 64  # chunk summaries a page reads at first (doubling after)
 
-METRIC_LISTING = Listing("metrics", {"name": str, "kind": enum_parser(MetricKind)})
-EVENT_LISTING = Listing("events", {"type": str, "agent_id": optional_str})
+METRIC_LISTING = Listing(
+    "metrics",
+    {
+        "name": ordered_text,
+        "kind": enum_parser(MetricKind),
+        "count": parse_int,
+        "last_step": parse_int,
+        "last_value": parse_number,
+        "min": parse_number,
+        "max": parse_number,
+        "create_time": parse_time,
+        "update_time": parse_time,
+    },
+    position=(str,),  # by name
+)
+EVENT_LISTING = Listing(
+    "events",
+    {"type": ordered_text, "agent_id": optional_str, "step": parse_int},
+    position=(int, int),  # as sent: (seq, position)
+)
 
 
 @dataclass(frozen=True)
@@ -100,18 +123,15 @@ class HistoryService:
         self.uow = uow
 
     async def list_metrics(
-        self, run_id: str, size: int, token: str, filter_text: str
+        self, run_id: str, size: int, token: str, filter_text: str, order_by: str = ""
     ) -> Page[Metric]:
-        """A run's metrics by name."""
+        """A run's metrics in ``order_by`` order, else by name."""
         run_id = require_id("run_id", run_id)
-        request = KeyedPageRequest.of(
-            size, token, filter_text, METRIC_LISTING.fields, f"metrics/{run_id}", (str,)
-        )
-        after = request.after[0] if request.after else None
+        page = METRIC_LISTING.request(size, token, filter_text, run_id, order_by)
         async with self.uow() as uow:
             await load_run(uow, run_id, "run_id")
-            rows = await uow.metrics.page(run_id, request.conditions, after, request.size + 1)
-        return request.page(rows, lambda m: (m.name,))
+            rows, cursor = await uow.metrics.list(page, run_id=run_id)
+        return Page(rows, page.next_token(cursor))
 
     async def history(
         self,
@@ -161,15 +181,12 @@ class HistoryService:
         return History(merged.points.take(slice(0, shown_count)), count, False, next_token)
 
     async def list_events(
-        self, run_id: str, size: int, token: str, filter_text: str
+        self, run_id: str, size: int, token: str, filter_text: str, order_by: str = ""
     ) -> Page[Event]:
-        """A run's events in the order sent: by (seq, position)."""
+        """A run's events in ``order_by`` order, else in the order sent: by (seq, position)."""
         run_id = require_id("run_id", run_id)
-        request = KeyedPageRequest.of(
-            size, token, filter_text, EVENT_LISTING.fields, f"events/{run_id}", (int, int)
-        )
-        after = (request.after[0], request.after[1]) if request.after else None
+        page = EVENT_LISTING.request(size, token, filter_text, run_id, order_by)
         async with self.uow() as uow:
             await load_run(uow, run_id, "run_id")
-            rows = await uow.events.page(run_id, request.conditions, after, request.size + 1)
-        return request.page(rows, lambda e: (e.seq, e.position))
+            rows, cursor = await uow.events.list(page, run_id)
+        return Page(rows, page.next_token(cursor))

@@ -64,7 +64,9 @@ class Rows(Protocol[Row]):
     async def flush(self) -> None: ...
 
     async def list(self, page: PageRequest, **parent: str) -> tuple[list[Row], Cursor | None]:
-        """One page in creation order and the cursor of the next (None on the last)."""
+        """One page in the request's order (else the default: creation order, a run's metrics
+        by name) and the cursor of the next (None on the last).
+        """
         ...
 
 
@@ -118,10 +120,6 @@ class ParticipantRows(Rows[Participant], Protocol):
 
 class MetricRows(Rows[Metric], Protocol):
     async def for_run(self, run_id: str) -> list[Metric]: ...
-
-    async def page(
-        self, run_id: str, conditions: tuple[Filter, ...], after: str | None, size: int
-    ) -> list[Metric]: ...
 
     async def named(self, run_id: str, name: str) -> Metric | None: ...
 
@@ -258,13 +256,9 @@ class CompactionStore(Protocol):
 
 
 class EventRows(Protocol):
-    async def page(
-        self,
-        run_id: str,
-        conditions: tuple[Filter, ...],
-        after: tuple[int, int] | None,
-        size: int,
-    ) -> list[Event]: ...
+    async def list(self, page: PageRequest, run_id: str) -> tuple[list[Event], Cursor | None]:
+        """One page of the run's events in the request's order (else as sent)."""
+        ...
 
 
 class AccessRows(Protocol):

@@ -8,6 +8,7 @@ from typing import Any
 from simtrack.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from simtrack.server.core.filters import (
     PARAMS,
+    ordered_text,
     parse_duration,
     parse_int,
     parse_number,
@@ -50,7 +51,12 @@ RUN_LISTING = Listing(
 )
 PARTICIPANT_LISTING = Listing(
     "participants",
-    {"agent_id": str, "role": str},
+    {
+        "agent_id": str,
+        "role": ordered_text,
+        "create_time": parse_time,
+        "update_time": parse_time,
+    },
 )
 WORKER_ID_MAX = 200
 ROLE_MAX = 100
@@ -196,10 +202,10 @@ class ParticipantService:
             return await load_participant(uow, participant_id)
 
     async def list(
-        self, run_id: str, page_size: int, page_token: str, filter_text: str
+        self, run_id: str, page_size: int, page_token: str, filter_text: str, order_by: str = ""
     ) -> Page[Participant]:
         run_id = require_id("run_id", run_id)
-        page = PARTICIPANT_LISTING.request(page_size, page_token, filter_text, run_id)
+        page = PARTICIPANT_LISTING.request(page_size, page_token, filter_text, run_id, order_by)
         async with self.uow() as uow:
             await load_run(uow, run_id, "run_id")
             rows, cursor = await uow.participants.list(page, run_id=run_id)

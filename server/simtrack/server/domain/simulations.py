@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from simtrack.errors import InvalidArgument, NotFound
-from simtrack.server.core.filters import optional_str
+from simtrack.server.core.filters import PARAMS, optional_str, parse_time
 from simtrack.server.core.listing import Listing, Page, enum_parser
 from simtrack.server.core.model import (
     SIMULATION_FINAL,
@@ -25,6 +25,11 @@ LISTING = Listing(
     {
         "experiment_id": optional_str,
         "status": enum_parser(SimulationStatus),
+        "create_time": parse_time,
+        "update_time": parse_time,
+        "start_time": parse_time,
+        "end_time": parse_time,
+        "parameters.*": PARAMS,
     },
 )
 
@@ -69,8 +74,10 @@ class SimulationService:
         async with self.uow() as uow:
             return await load_simulation(uow, simulation_id)
 
-    async def list(self, page_size: int, page_token: str, filter_text: str) -> Page[Simulation]:
-        page = LISTING.request(page_size, page_token, filter_text)
+    async def list(
+        self, page_size: int, page_token: str, filter_text: str, order_by: str = ""
+    ) -> Page[Simulation]:
+        page = LISTING.request(page_size, page_token, filter_text, order_by=order_by)
         async with self.uow() as uow:
             rows, cursor = await uow.simulations.list(page)
         return Page(rows, page.next_token(cursor))

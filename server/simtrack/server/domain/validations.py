@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from simtrack.errors import AlreadyExists, InvalidArgument, NotFound
-from simtrack.server.core.filters import parse_bool
+from simtrack.server.core.filters import ordered_text, parse_bool, parse_number, parse_time
 from simtrack.server.core.listing import Listing, Page
 from simtrack.server.core.model import json_object, require_id, require_name
 from simtrack.server.core.tenancy import acting_for
@@ -31,7 +31,16 @@ VALIDATOR_MAX = 100
 CHECKS_PER_TRANSACTION = 16  # completed runs whose criteria one transaction checks
 
 
-VALIDATION_LISTING = Listing("validations", {"validator": str, "kind": str, "passed": parse_bool})
+VALIDATION_LISTING = Listing(
+    "validations",
+    {
+        "validator": ordered_text,
+        "kind": ordered_text,
+        "passed": parse_bool,
+        "score": parse_number,
+        "create_time": parse_time,
+    },
+)
 
 
 async def load_validation(uow: UnitOfWork, validation_id: str, field: str = "id") -> Validation:
@@ -87,10 +96,10 @@ class ValidationService:
             return await load_validation(uow, validation_id)
 
     async def list(
-        self, run_id: str, page_size: int, page_token: str, filter_text: str
+        self, run_id: str, page_size: int, page_token: str, filter_text: str, order_by: str = ""
     ) -> Page[Validation]:
         run_id = require_id("run_id", run_id)
-        page = VALIDATION_LISTING.request(page_size, page_token, filter_text, run_id)
+        page = VALIDATION_LISTING.request(page_size, page_token, filter_text, run_id, order_by)
         async with self.uow() as uow:
             await load_run(uow, run_id, "run_id")
             rows, cursor = await uow.validations.list(page, run_id=run_id)

@@ -12,7 +12,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file simtrack/v1/agents.proto.
  */
 export const file_simtrack_v1_agents: GenFile = /*@__PURE__*/
-  fileDesc("ChhzaW10cmFjay92MS9hZ2VudHMucHJvdG8SC3NpbXRyYWNrLnYxItcBCgVBZ2VudBIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEikKCWZyYW1ld29yaxgDIAEoDjIWLnNpbXRyYWNrLnYxLkZyYW1ld29yaxInCgZjb25maWcYBCABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Ei8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiNwoSQ3JlYXRlQWdlbnRSZXF1ZXN0EiEKBWFnZW50GAEgASgLMhIuc2ltdHJhY2sudjEuQWdlbnQiOAoTQ3JlYXRlQWdlbnRSZXNwb25zZRIhCgVhZ2VudBgBIAEoCzISLnNpbXRyYWNrLnYxLkFnZW50Ih0KD0dldEFnZW50UmVxdWVzdBIKCgJpZBgBIAEoCSI1ChBHZXRBZ2VudFJlc3BvbnNlEiEKBWFnZW50GAEgASgLMhIuc2ltdHJhY2sudjEuQWdlbnQiSgoRTGlzdEFnZW50c1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSDgoGZmlsdGVyGAMgASgJIlEKEkxpc3RBZ2VudHNSZXNwb25zZRIiCgZhZ2VudHMYASADKAsyEi5zaW10cmFjay52MS5BZ2VudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiaAoSVXBkYXRlQWdlbnRSZXF1ZXN0EiEKBWFnZW50GAEgASgLMhIuc2ltdHJhY2sudjEuQWdlbnQSLwoLdXBkYXRlX21hc2sYAiABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrIjgKE1VwZGF0ZUFnZW50UmVzcG9uc2USIQoFYWdlbnQYASABKAsyEi5zaW10cmFjay52MS5BZ2VudCIgChJEZWxldGVBZ2VudFJlcXVlc3QSCgoCaWQYASABKAkiFQoTRGVsZXRlQWdlbnRSZXNwb25zZSqDAQoJRnJhbWV3b3JrEhkKFUZSQU1FV09SS19VTlNQRUNJRklFRBAAEhYKEkZSQU1FV09SS19CQVNFTElORRABEhcKE0ZSQU1FV09SS19MQU5HQ0hBSU4QAhIUChBGUkFNRVdPUktfQ1JFV0FJEAMSFAoQRlJBTUVXT1JLX0NVU1RPTRAEMpwDCgxBZ2VudFNlcnZpY2USUAoLQ3JlYXRlQWdlbnQSHy5zaW10cmFjay52MS5DcmVhdGVBZ2VudFJlcXVlc3QaIC5zaW10cmFjay52MS5DcmVhdGVBZ2VudFJlc3BvbnNlEkcKCEdldEFnZW50Ehwuc2ltdHJhY2sudjEuR2V0QWdlbnRSZXF1ZXN0Gh0uc2ltdHJhY2sudjEuR2V0QWdlbnRSZXNwb25zZRJNCgpMaXN0QWdlbnRzEh4uc2ltdHJhY2sudjEuTGlzdEFnZW50c1JlcXVlc3QaHy5zaW10cmFjay52MS5MaXN0QWdlbnRzUmVzcG9uc2USUAoLVXBkYXRlQWdlbnQSHy5zaW10cmFjay52MS5VcGRhdGVBZ2VudFJlcXVlc3QaIC5zaW10cmFjay52MS5VcGRhdGVBZ2VudFJlc3BvbnNlElAKC0RlbGV0ZUFnZW50Eh8uc2ltdHJhY2sudjEuRGVsZXRlQWdlbnRSZXF1ZXN0GiAuc2ltdHJhY2sudjEuRGVsZXRlQWdlbnRSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_field_mask, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("ChhzaW10cmFjay92MS9hZ2VudHMucHJvdG8SC3NpbXRyYWNrLnYxItcBCgVBZ2VudBIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEikKCWZyYW1ld29yaxgDIAEoDjIWLnNpbXRyYWNrLnYxLkZyYW1ld29yaxInCgZjb25maWcYBCABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Ei8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiNwoSQ3JlYXRlQWdlbnRSZXF1ZXN0EiEKBWFnZW50GAEgASgLMhIuc2ltdHJhY2sudjEuQWdlbnQiOAoTQ3JlYXRlQWdlbnRSZXNwb25zZRIhCgVhZ2VudBgBIAEoCzISLnNpbXRyYWNrLnYxLkFnZW50Ih0KD0dldEFnZW50UmVxdWVzdBIKCgJpZBgBIAEoCSI1ChBHZXRBZ2VudFJlc3BvbnNlEiEKBWFnZW50GAEgASgLMhIuc2ltdHJhY2sudjEuQWdlbnQiXAoRTGlzdEFnZW50c1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSDgoGZmlsdGVyGAMgASgJEhAKCG9yZGVyX2J5GAQgASgJIlEKEkxpc3RBZ2VudHNSZXNwb25zZRIiCgZhZ2VudHMYASADKAsyEi5zaW10cmFjay52MS5BZ2VudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiaAoSVXBkYXRlQWdlbnRSZXF1ZXN0EiEKBWFnZW50GAEgASgLMhIuc2ltdHJhY2sudjEuQWdlbnQSLwoLdXBkYXRlX21hc2sYAiABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrIjgKE1VwZGF0ZUFnZW50UmVzcG9uc2USIQoFYWdlbnQYASABKAsyEi5zaW10cmFjay52MS5BZ2VudCIgChJEZWxldGVBZ2VudFJlcXVlc3QSCgoCaWQYASABKAkiFQoTRGVsZXRlQWdlbnRSZXNwb25zZSqDAQoJRnJhbWV3b3JrEhkKFUZSQU1FV09SS19VTlNQRUNJRklFRBAAEhYKEkZSQU1FV09SS19CQVNFTElORRABEhcKE0ZSQU1FV09SS19MQU5HQ0hBSU4QAhIUChBGUkFNRVdPUktfQ1JFV0FJEAMSFAoQRlJBTUVXT1JLX0NVU1RPTRAEMpwDCgxBZ2VudFNlcnZpY2USUAoLQ3JlYXRlQWdlbnQSHy5zaW10cmFjay52MS5DcmVhdGVBZ2VudFJlcXVlc3QaIC5zaW10cmFjay52MS5DcmVhdGVBZ2VudFJlc3BvbnNlEkcKCEdldEFnZW50Ehwuc2ltdHJhY2sudjEuR2V0QWdlbnRSZXF1ZXN0Gh0uc2ltdHJhY2sudjEuR2V0QWdlbnRSZXNwb25zZRJNCgpMaXN0QWdlbnRzEh4uc2ltdHJhY2sudjEuTGlzdEFnZW50c1JlcXVlc3QaHy5zaW10cmFjay52MS5MaXN0QWdlbnRzUmVzcG9uc2USUAoLVXBkYXRlQWdlbnQSHy5zaW10cmFjay52MS5VcGRhdGVBZ2VudFJlcXVlc3QaIC5zaW10cmFjay52MS5VcGRhdGVBZ2VudFJlc3BvbnNlElAKC0RlbGV0ZUFnZW50Eh8uc2ltdHJhY2sudjEuRGVsZXRlQWdlbnRSZXF1ZXN0GiAuc2ltdHJhY2sudjEuRGVsZXRlQWdlbnRSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_field_mask, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * Agent is a system under test.
@@ -179,25 +179,39 @@ export type ListAgentsRequest = Message<"simtrack.v1.ListAgentsRequest"> & {
 
   /**
    * Which agents to list.
-   * Syntax (AIP-160): comparisons `FIELD OP VALUE` (OP: = or !=; on numeric fields also <, <=,
-   * >, >=) and `FIELD IN (VALUE, ...)`, joined by AND (or a space) and OR, which binds tighter
-   * than AND as in AIP-160; NOT and parentheses group. VALUE is a double-quoted string (a
-   * backslash escapes the next character) or a bare word of letters, digits and `_.:+*\/-`.
-   * Strings match exactly (case counts), but `*` in a string's = or != matches any run of
-   * characters; enum values match in any case, short (`completed`) or as the proto enum value
-   * (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. A field not set equals `""` only. At most
-   * 4,096 characters, 100 comparisons and 16 levels of nesting; errors give the position (in
-   * characters, from 0).
+   * Syntax (AIP-160): comparisons `FIELD OP VALUE` (OP: = or !=; on numbers, times and ordered
+   * strings, by code point, also <, <=, >, >=) and `FIELD IN (VALUE, ...)`, joined by AND (or a
+   * space) and OR, which binds tighter than AND as in AIP-160; NOT and parentheses group. VALUE is
+   * a double-quoted string (a backslash escapes the next character) or a bare word of letters,
+   * digits and `_.:+*\/-`. Strings match exactly (case counts), but `*` in a string's = or !=
+   * matches any run of characters; enum values match in any case, short (`completed`) or as the
+   * proto enum value (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. A field not set equals `""` only.
+   * At most 4,096 characters, 100 comparisons and 16 levels of nesting; errors give the position
+   * (in characters, from 0).
    * Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
    * what is accepted). Fields:
-   *   name (string): the agent's name.
+   *   name (string, ordered): the agent's name.
    *   framework (Framework): baseline, langchain, crewai, custom; or FRAMEWORK_BASELINE,
    *     FRAMEWORK_LANGCHAIN, FRAMEWORK_CREWAI, FRAMEWORK_CUSTOM.
+   *   create_time (RFC 3339 time with its offset, e.g. `2026-12-04T10:00:00Z`): when the agent was
+   *     created.
+   *   update_time (RFC 3339 time): when it last changed.
    * Example: `framework = langchain`.
    *
    * @generated from field: string filter = 3;
    */
   filter: string;
+
+  /**
+   * The order of the agents (AIP-132): fields separated by commas, each followed by `desc` for
+   * descending order, e.g. `name`. Fields: name, create_time, update_time; strings by code point.
+   * Ties in creation order. Empty: creation order. At most 8 keys and 1,024 characters; a page
+   * token continues the order it was issued for. A bad order_by is INVALID_ARGUMENT naming
+   * order_by, with the position (in characters, from 0) of what is wrong.
+   *
+   * @generated from field: string order_by = 4;
+   */
+  orderBy: string;
 };
 
 /**
@@ -214,7 +228,7 @@ export const ListAgentsRequestSchema: GenMessage<ListAgentsRequest> = /*@__PURE_
  */
 export type ListAgentsResponse = Message<"simtrack.v1.ListAgentsResponse"> & {
   /**
-   * The agents of this page, oldest first.
+   * The agents of this page, in order_by's order (default: oldest first).
    *
    * @generated from field: repeated simtrack.v1.Agent agents = 1;
    */

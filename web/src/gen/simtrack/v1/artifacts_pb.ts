@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file simtrack/v1/artifacts.proto.
  */
 export const file_simtrack_v1_artifacts: GenFile = /*@__PURE__*/
-  fileDesc("ChtzaW10cmFjay92MS9hcnRpZmFjdHMucHJvdG8SC3NpbXRyYWNrLnYxIsgBCghBcnRpZmFjdBIKCgJpZBgBIAEoCRIOCgZydW5faWQYAiABKAkSDAoEbmFtZRgDIAEoCRInCgR0eXBlGAQgASgOMhkuc2ltdHJhY2sudjEuQXJ0aWZhY3RUeXBlEhQKDGNvbnRlbnRfdHlwZRgFIAEoCRISCgpzaXplX2J5dGVzGAYgASgDEg4KBnNoYTI1NhgHIAEoCRIvCgtjcmVhdGVfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiUQoWVXBsb2FkQXJ0aWZhY3RNZXRhZGF0YRInCghhcnRpZmFjdBgBIAEoCzIVLnNpbXRyYWNrLnYxLkFydGlmYWN0Eg4KBnNoYTI1NhgCIAEoCSJpChVVcGxvYWRBcnRpZmFjdFJlcXVlc3QSNwoIbWV0YWRhdGEYASABKAsyIy5zaW10cmFjay52MS5VcGxvYWRBcnRpZmFjdE1ldGFkYXRhSAASDwoFY2h1bmsYAiABKAxIAEIGCgRraW5kIkEKFlVwbG9hZEFydGlmYWN0UmVzcG9uc2USJwoIYXJ0aWZhY3QYASABKAsyFS5zaW10cmFjay52MS5BcnRpZmFjdCIgChJHZXRBcnRpZmFjdFJlcXVlc3QSCgoCaWQYASABKAkiPgoTR2V0QXJ0aWZhY3RSZXNwb25zZRInCghhcnRpZmFjdBgBIAEoCzIVLnNpbXRyYWNrLnYxLkFydGlmYWN0IicKGUdldEFydGlmYWN0Q29udGVudFJlcXVlc3QSCgoCaWQYASABKAkiYAoaR2V0QXJ0aWZhY3RDb250ZW50UmVzcG9uc2USKQoIYXJ0aWZhY3QYASABKAsyFS5zaW10cmFjay52MS5BcnRpZmFjdEgAEg8KBWNodW5rGAIgASgMSABCBgoEa2luZCJdChRMaXN0QXJ0aWZhY3RzUmVxdWVzdBIOCgZydW5faWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkSDgoGZmlsdGVyGAQgASgJIloKFUxpc3RBcnRpZmFjdHNSZXNwb25zZRIoCglhcnRpZmFjdHMYASADKAsyFS5zaW10cmFjay52MS5BcnRpZmFjdBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiIwoVRGVsZXRlQXJ0aWZhY3RSZXF1ZXN0EgoKAmlkGAEgASgJIhgKFkRlbGV0ZUFydGlmYWN0UmVzcG9uc2UqwgEKDEFydGlmYWN0VHlwZRIdChlBUlRJRkFDVF9UWVBFX1VOU1BFQ0lGSUVEEAASGAoUQVJUSUZBQ1RfVFlQRV9SRVBPUlQQARIWChJBUlRJRkFDVF9UWVBFX0RBVEEQAhIVChFBUlRJRkFDVF9UWVBFX0xPRxADEhgKFEFSVElGQUNUX1RZUEVfQ09ORklHEAQSFwoTQVJUSUZBQ1RfVFlQRV9NT0RFTBAFEhcKE0FSVElGQUNUX1RZUEVfT1RIRVIQBjLcAwoPQXJ0aWZhY3RTZXJ2aWNlElsKDlVwbG9hZEFydGlmYWN0EiIuc2ltdHJhY2sudjEuVXBsb2FkQXJ0aWZhY3RSZXF1ZXN0GiMuc2ltdHJhY2sudjEuVXBsb2FkQXJ0aWZhY3RSZXNwb25zZSgBElAKC0dldEFydGlmYWN0Eh8uc2ltdHJhY2sudjEuR2V0QXJ0aWZhY3RSZXF1ZXN0GiAuc2ltdHJhY2sudjEuR2V0QXJ0aWZhY3RSZXNwb25zZRJnChJHZXRBcnRpZmFjdENvbnRlbnQSJi5zaW10cmFjay52MS5HZXRBcnRpZmFjdENvbnRlbnRSZXF1ZXN0Gicuc2ltdHJhY2sudjEuR2V0QXJ0aWZhY3RDb250ZW50UmVzcG9uc2UwARJWCg1MaXN0QXJ0aWZhY3RzEiEuc2ltdHJhY2sudjEuTGlzdEFydGlmYWN0c1JlcXVlc3QaIi5zaW10cmFjay52MS5MaXN0QXJ0aWZhY3RzUmVzcG9uc2USWQoORGVsZXRlQXJ0aWZhY3QSIi5zaW10cmFjay52MS5EZWxldGVBcnRpZmFjdFJlcXVlc3QaIy5zaW10cmFjay52MS5EZWxldGVBcnRpZmFjdFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("ChtzaW10cmFjay92MS9hcnRpZmFjdHMucHJvdG8SC3NpbXRyYWNrLnYxIsgBCghBcnRpZmFjdBIKCgJpZBgBIAEoCRIOCgZydW5faWQYAiABKAkSDAoEbmFtZRgDIAEoCRInCgR0eXBlGAQgASgOMhkuc2ltdHJhY2sudjEuQXJ0aWZhY3RUeXBlEhQKDGNvbnRlbnRfdHlwZRgFIAEoCRISCgpzaXplX2J5dGVzGAYgASgDEg4KBnNoYTI1NhgHIAEoCRIvCgtjcmVhdGVfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiUQoWVXBsb2FkQXJ0aWZhY3RNZXRhZGF0YRInCghhcnRpZmFjdBgBIAEoCzIVLnNpbXRyYWNrLnYxLkFydGlmYWN0Eg4KBnNoYTI1NhgCIAEoCSJpChVVcGxvYWRBcnRpZmFjdFJlcXVlc3QSNwoIbWV0YWRhdGEYASABKAsyIy5zaW10cmFjay52MS5VcGxvYWRBcnRpZmFjdE1ldGFkYXRhSAASDwoFY2h1bmsYAiABKAxIAEIGCgRraW5kIkEKFlVwbG9hZEFydGlmYWN0UmVzcG9uc2USJwoIYXJ0aWZhY3QYASABKAsyFS5zaW10cmFjay52MS5BcnRpZmFjdCIgChJHZXRBcnRpZmFjdFJlcXVlc3QSCgoCaWQYASABKAkiPgoTR2V0QXJ0aWZhY3RSZXNwb25zZRInCghhcnRpZmFjdBgBIAEoCzIVLnNpbXRyYWNrLnYxLkFydGlmYWN0IicKGUdldEFydGlmYWN0Q29udGVudFJlcXVlc3QSCgoCaWQYASABKAkiYAoaR2V0QXJ0aWZhY3RDb250ZW50UmVzcG9uc2USKQoIYXJ0aWZhY3QYASABKAsyFS5zaW10cmFjay52MS5BcnRpZmFjdEgAEg8KBWNodW5rGAIgASgMSABCBgoEa2luZCJvChRMaXN0QXJ0aWZhY3RzUmVxdWVzdBIOCgZydW5faWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkSDgoGZmlsdGVyGAQgASgJEhAKCG9yZGVyX2J5GAUgASgJIloKFUxpc3RBcnRpZmFjdHNSZXNwb25zZRIoCglhcnRpZmFjdHMYASADKAsyFS5zaW10cmFjay52MS5BcnRpZmFjdBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiIwoVRGVsZXRlQXJ0aWZhY3RSZXF1ZXN0EgoKAmlkGAEgASgJIhgKFkRlbGV0ZUFydGlmYWN0UmVzcG9uc2UqwgEKDEFydGlmYWN0VHlwZRIdChlBUlRJRkFDVF9UWVBFX1VOU1BFQ0lGSUVEEAASGAoUQVJUSUZBQ1RfVFlQRV9SRVBPUlQQARIWChJBUlRJRkFDVF9UWVBFX0RBVEEQAhIVChFBUlRJRkFDVF9UWVBFX0xPRxADEhgKFEFSVElGQUNUX1RZUEVfQ09ORklHEAQSFwoTQVJUSUZBQ1RfVFlQRV9NT0RFTBAFEhcKE0FSVElGQUNUX1RZUEVfT1RIRVIQBjLcAwoPQXJ0aWZhY3RTZXJ2aWNlElsKDlVwbG9hZEFydGlmYWN0EiIuc2ltdHJhY2sudjEuVXBsb2FkQXJ0aWZhY3RSZXF1ZXN0GiMuc2ltdHJhY2sudjEuVXBsb2FkQXJ0aWZhY3RSZXNwb25zZSgBElAKC0dldEFydGlmYWN0Eh8uc2ltdHJhY2sudjEuR2V0QXJ0aWZhY3RSZXF1ZXN0GiAuc2ltdHJhY2sudjEuR2V0QXJ0aWZhY3RSZXNwb25zZRJnChJHZXRBcnRpZmFjdENvbnRlbnQSJi5zaW10cmFjay52MS5HZXRBcnRpZmFjdENvbnRlbnRSZXF1ZXN0Gicuc2ltdHJhY2sudjEuR2V0QXJ0aWZhY3RDb250ZW50UmVzcG9uc2UwARJWCg1MaXN0QXJ0aWZhY3RzEiEuc2ltdHJhY2sudjEuTGlzdEFydGlmYWN0c1JlcXVlc3QaIi5zaW10cmFjay52MS5MaXN0QXJ0aWZhY3RzUmVzcG9uc2USWQoORGVsZXRlQXJ0aWZhY3QSIi5zaW10cmFjay52MS5EZWxldGVBcnRpZmFjdFJlcXVlc3QaIy5zaW10cmFjay52MS5EZWxldGVBcnRpZmFjdFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * Artifact is a file stored with a run.
@@ -303,26 +303,40 @@ export type ListArtifactsRequest = Message<"simtrack.v1.ListArtifactsRequest"> &
 
   /**
    * Which artifacts to list.
-   * Syntax (AIP-160): comparisons `FIELD OP VALUE` (OP: = or !=; on numeric fields also <, <=,
-   * >, >=) and `FIELD IN (VALUE, ...)`, joined by AND (or a space) and OR, which binds tighter
-   * than AND as in AIP-160; NOT and parentheses group. VALUE is a double-quoted string (a
-   * backslash escapes the next character) or a bare word of letters, digits and `_.:+*\/-`.
-   * Strings match exactly (case counts), but `*` in a string's = or != matches any run of
-   * characters; enum values match in any case, short (`completed`) or as the proto enum value
-   * (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. A field not set equals `""` only. At most
-   * 4,096 characters, 100 comparisons and 16 levels of nesting; errors give the position (in
-   * characters, from 0).
+   * Syntax (AIP-160): comparisons `FIELD OP VALUE` (OP: = or !=; on numbers, times and ordered
+   * strings, by code point, also <, <=, >, >=) and `FIELD IN (VALUE, ...)`, joined by AND (or a
+   * space) and OR, which binds tighter than AND as in AIP-160; NOT and parentheses group. VALUE is
+   * a double-quoted string (a backslash escapes the next character) or a bare word of letters,
+   * digits and `_.:+*\/-`. Strings match exactly (case counts), but `*` in a string's = or !=
+   * matches any run of characters; enum values match in any case, short (`completed`) or as the
+   * proto enum value (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. A field not set equals `""` only.
+   * At most 4,096 characters, 100 comparisons and 16 levels of nesting; errors give the position
+   * (in characters, from 0).
    * Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
    * what is accepted). Fields:
-   *   name (string): the file name.
+   *   name (string, ordered): the file name.
    *   type (ArtifactType): report, data, log, config, model, other; or ARTIFACT_TYPE_REPORT,
    *     ARTIFACT_TYPE_DATA, ARTIFACT_TYPE_LOG, ARTIFACT_TYPE_CONFIG, ARTIFACT_TYPE_MODEL,
    *     ARTIFACT_TYPE_OTHER.
    *   content_type (string): the media type, e.g. `content_type = "text/csv"`.
+   *   create_time (RFC 3339 time with its offset, e.g. `2026-12-04T10:00:00Z`): when the artifact
+   *     was stored.
+   *   size_bytes (integer): the file's size in bytes.
    *
    * @generated from field: string filter = 4;
    */
   filter: string;
+
+  /**
+   * The order of the artifacts (AIP-132): fields separated by commas, each followed by `desc` for
+   * descending order, e.g. `size_bytes desc`. Fields: name, create_time, size_bytes; strings by
+   * code point. Ties in creation order. Empty: creation order. At most 8 keys and 1,024 characters;
+   * a page token continues the order it was issued for. A bad order_by is INVALID_ARGUMENT naming
+   * order_by, with the position (in characters, from 0) of what is wrong.
+   *
+   * @generated from field: string order_by = 5;
+   */
+  orderBy: string;
 };
 
 /**
@@ -339,7 +353,7 @@ export const ListArtifactsRequestSchema: GenMessage<ListArtifactsRequest> = /*@_
  */
 export type ListArtifactsResponse = Message<"simtrack.v1.ListArtifactsResponse"> & {
   /**
-   * The artifacts of this page, oldest first.
+   * The artifacts of this page, in order_by's order (default: oldest first).
    *
    * @generated from field: repeated simtrack.v1.Artifact artifacts = 1;
    */

@@ -12,7 +12,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file simtrack/v1/experiments.proto.
  */
 export const file_simtrack_v1_experiments: GenFile = /*@__PURE__*/
-  fileDesc("Ch1zaW10cmFjay92MS9leHBlcmltZW50cy5wcm90bxILc2ltdHJhY2sudjEi4gIKCkV4cGVyaW1lbnQSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRITCgtkZXNjcmlwdGlvbhgDIAEoCRIQCghhZ2VudF9pZBgEIAEoCRITCgtzY2VuYXJpb19pZBgFIAEoCRInCgZwYXJhbXMYBiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EhIKCmh5cG90aGVzaXMYByABKAkSLQoGc3RhdHVzGAggASgOMh0uc2ltdHJhY2sudjEuRXhwZXJpbWVudFN0YXR1cxIwCg9yZXN1bHRzX3N1bW1hcnkYCSABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Ei8KC2NyZWF0ZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiWwoXQ3JlYXRlRXhwZXJpbWVudFJlcXVlc3QSKwoKZXhwZXJpbWVudBgBIAEoCzIXLnNpbXRyYWNrLnYxLkV4cGVyaW1lbnQSEwoLdGVtcGxhdGVfaWQYAiABKAkiRwoYQ3JlYXRlRXhwZXJpbWVudFJlc3BvbnNlEisKCmV4cGVyaW1lbnQYASABKAsyFy5zaW10cmFjay52MS5FeHBlcmltZW50IiIKFEdldEV4cGVyaW1lbnRSZXF1ZXN0EgoKAmlkGAEgASgJIkQKFUdldEV4cGVyaW1lbnRSZXNwb25zZRIrCgpleHBlcmltZW50GAEgASgLMhcuc2ltdHJhY2sudjEuRXhwZXJpbWVudCJhChZMaXN0RXhwZXJpbWVudHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEg4KBmZpbHRlchgDIAEoCRIQCghvcmRlcl9ieRgEIAEoCSJgChdMaXN0RXhwZXJpbWVudHNSZXNwb25zZRIsCgtleHBlcmltZW50cxgBIAMoCzIXLnNpbXRyYWNrLnYxLkV4cGVyaW1lbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIncKF1VwZGF0ZUV4cGVyaW1lbnRSZXF1ZXN0EisKCmV4cGVyaW1lbnQYASABKAsyFy5zaW10cmFjay52MS5FeHBlcmltZW50Ei8KC3VwZGF0ZV9tYXNrGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFzayJHChhVcGRhdGVFeHBlcmltZW50UmVzcG9uc2USKwoKZXhwZXJpbWVudBgBIAEoCzIXLnNpbXRyYWNrLnYxLkV4cGVyaW1lbnQiJQoXRGVsZXRlRXhwZXJpbWVudFJlcXVlc3QSCgoCaWQYASABKAkiGgoYRGVsZXRlRXhwZXJpbWVudFJlc3BvbnNlIqgDCgpTaW11bGF0aW9uEgoKAmlkGAEgASgJEhUKDWV4cGVyaW1lbnRfaWQYAiABKAkSLQoGc3RhdHVzGAMgASgOMh0uc2ltdHJhY2sudjEuU2ltdWxhdGlvblN0YXR1cxIrCgpwYXJhbWV0ZXJzGAQgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIpCghtZXRhZGF0YRgFIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSLgoKc3RhcnRfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKD3Jlc3VsdHNfc3VtbWFyeRgIIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSLwoLY3JlYXRlX3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJGChdDcmVhdGVTaW11bGF0aW9uUmVxdWVzdBIrCgpzaW11bGF0aW9uGAEgASgLMhcuc2ltdHJhY2sudjEuU2ltdWxhdGlvbiJHChhDcmVhdGVTaW11bGF0aW9uUmVzcG9uc2USKwoKc2ltdWxhdGlvbhgBIAEoCzIXLnNpbXRyYWNrLnYxLlNpbXVsYXRpb24iIgoUR2V0U2ltdWxhdGlvblJlcXVlc3QSCgoCaWQYASABKAkiRAoVR2V0U2ltdWxhdGlvblJlc3BvbnNlEisKCnNpbXVsYXRpb24YASABKAsyFy5zaW10cmFjay52MS5TaW11bGF0aW9uIk8KFkxpc3RTaW11bGF0aW9uc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSDgoGZmlsdGVyGAMgASgJImAKF0xpc3RTaW11bGF0aW9uc1Jlc3BvbnNlEiwKC3NpbXVsYXRpb25zGAEgAygLMhcuc2ltdHJhY2sudjEuU2ltdWxhdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkidwoXVXBkYXRlU2ltdWxhdGlvblJlcXVlc3QSKwoKc2ltdWxhdGlvbhgBIAEoCzIXLnNpbXRyYWNrLnYxLlNpbXVsYXRpb24SLwoLdXBkYXRlX21hc2sYAiABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrIkcKGFVwZGF0ZVNpbXVsYXRpb25SZXNwb25zZRIrCgpzaW11bGF0aW9uGAEgASgLMhcuc2ltdHJhY2sudjEuU2ltdWxhdGlvbiIlChdEZWxldGVTaW11bGF0aW9uUmVxdWVzdBIKCgJpZBgBIAEoCSIaChhEZWxldGVTaW11bGF0aW9uUmVzcG9uc2UixAEKCFRlbXBsYXRlEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSEwoLZGVzY3JpcHRpb24YAyABKAkSJwoGY29uZmlnGAQgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIvCgtjcmVhdGVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkAKFUNyZWF0ZVRlbXBsYXRlUmVxdWVzdBInCgh0ZW1wbGF0ZRgBIAEoCzIVLnNpbXRyYWNrLnYxLlRlbXBsYXRlIkEKFkNyZWF0ZVRlbXBsYXRlUmVzcG9uc2USJwoIdGVtcGxhdGUYASABKAsyFS5zaW10cmFjay52MS5UZW1wbGF0ZSIgChJHZXRUZW1wbGF0ZVJlcXVlc3QSCgoCaWQYASABKAkiPgoTR2V0VGVtcGxhdGVSZXNwb25zZRInCgh0ZW1wbGF0ZRgBIAEoCzIVLnNpbXRyYWNrLnYxLlRlbXBsYXRlIk0KFExpc3RUZW1wbGF0ZXNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEg4KBmZpbHRlchgDIAEoCSJaChVMaXN0VGVtcGxhdGVzUmVzcG9uc2USKAoJdGVtcGxhdGVzGAEgAygLMhUuc2ltdHJhY2sudjEuVGVtcGxhdGUSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJInEKFVVwZGF0ZVRlbXBsYXRlUmVxdWVzdBInCgh0ZW1wbGF0ZRgBIAEoCzIVLnNpbXRyYWNrLnYxLlRlbXBsYXRlEi8KC3VwZGF0ZV9tYXNrGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFzayJBChZVcGRhdGVUZW1wbGF0ZVJlc3BvbnNlEicKCHRlbXBsYXRlGAEgASgLMhUuc2ltdHJhY2sudjEuVGVtcGxhdGUiIwoVRGVsZXRlVGVtcGxhdGVSZXF1ZXN0EgoKAmlkGAEgASgJIhgKFkRlbGV0ZVRlbXBsYXRlUmVzcG9uc2UqsAEKEEV4cGVyaW1lbnRTdGF0dXMSIQodRVhQRVJJTUVOVF9TVEFUVVNfVU5TUEVDSUZJRUQQABIbChdFWFBFUklNRU5UX1NUQVRVU19EUkFGVBABEh0KGUVYUEVSSU1FTlRfU1RBVFVTX1JVTk5JTkcQAhIfChtFWFBFUklNRU5UX1NUQVRVU19DT01QTEVURUQQAxIcChhFWFBFUklNRU5UX1NUQVRVU19GQUlMRUQQBCrRAQoQU2ltdWxhdGlvblN0YXR1cxIhCh1TSU1VTEFUSU9OX1NUQVRVU19VTlNQRUNJRklFRBAAEh0KGVNJTVVMQVRJT05fU1RBVFVTX1BFTkRJTkcQARIdChlTSU1VTEFUSU9OX1NUQVRVU19SVU5OSU5HEAISHQoZU0lNVUxBVElPTl9TVEFUVVNfU1RPUFBFRBADEh8KG1NJTVVMQVRJT05fU1RBVFVTX0NPTVBMRVRFRBAEEhwKGFNJTVVMQVRJT05fU1RBVFVTX0ZBSUxFRBAFMoALChFFeHBlcmltZW50U2VydmljZRJfChBDcmVhdGVFeHBlcmltZW50EiQuc2ltdHJhY2sudjEuQ3JlYXRlRXhwZXJpbWVudFJlcXVlc3QaJS5zaW10cmFjay52MS5DcmVhdGVFeHBlcmltZW50UmVzcG9uc2USVgoNR2V0RXhwZXJpbWVudBIhLnNpbXRyYWNrLnYxLkdldEV4cGVyaW1lbnRSZXF1ZXN0GiIuc2ltdHJhY2sudjEuR2V0RXhwZXJpbWVudFJlc3BvbnNlElwKD0xpc3RFeHBlcmltZW50cxIjLnNpbXRyYWNrLnYxLkxpc3RFeHBlcmltZW50c1JlcXVlc3QaJC5zaW10cmFjay52MS5MaXN0RXhwZXJpbWVudHNSZXNwb25zZRJfChBVcGRhdGVFeHBlcmltZW50EiQuc2ltdHJhY2sudjEuVXBkYXRlRXhwZXJpbWVudFJlcXVlc3QaJS5zaW10cmFjay52MS5VcGRhdGVFeHBlcmltZW50UmVzcG9uc2USXwoQRGVsZXRlRXhwZXJpbWVudBIkLnNpbXRyYWNrLnYxLkRlbGV0ZUV4cGVyaW1lbnRSZXF1ZXN0GiUuc2ltdHJhY2sudjEuRGVsZXRlRXhwZXJpbWVudFJlc3BvbnNlEl8KEENyZWF0ZVNpbXVsYXRpb24SJC5zaW10cmFjay52MS5DcmVhdGVTaW11bGF0aW9uUmVxdWVzdBolLnNpbXRyYWNrLnYxLkNyZWF0ZVNpbXVsYXRpb25SZXNwb25zZRJWCg1HZXRTaW11bGF0aW9uEiEuc2ltdHJhY2sudjEuR2V0U2ltdWxhdGlvblJlcXVlc3QaIi5zaW10cmFjay52MS5HZXRTaW11bGF0aW9uUmVzcG9uc2USXAoPTGlzdFNpbXVsYXRpb25zEiMuc2ltdHJhY2sudjEuTGlzdFNpbXVsYXRpb25zUmVxdWVzdBokLnNpbXRyYWNrLnYxLkxpc3RTaW11bGF0aW9uc1Jlc3BvbnNlEl8KEFVwZGF0ZVNpbXVsYXRpb24SJC5zaW10cmFjay52MS5VcGRhdGVTaW11bGF0aW9uUmVxdWVzdBolLnNpbXRyYWNrLnYxLlVwZGF0ZVNpbXVsYXRpb25SZXNwb25zZRJfChBEZWxldGVTaW11bGF0aW9uEiQuc2ltdHJhY2sudjEuRGVsZXRlU2ltdWxhdGlvblJlcXVlc3QaJS5zaW10cmFjay52MS5EZWxldGVTaW11bGF0aW9uUmVzcG9uc2USWQoOQ3JlYXRlVGVtcGxhdGUSIi5zaW10cmFjay52MS5DcmVhdGVUZW1wbGF0ZVJlcXVlc3QaIy5zaW10cmFjay52MS5DcmVhdGVUZW1wbGF0ZVJlc3BvbnNlElAKC0dldFRlbXBsYXRlEh8uc2ltdHJhY2sudjEuR2V0VGVtcGxhdGVSZXF1ZXN0GiAuc2ltdHJhY2sudjEuR2V0VGVtcGxhdGVSZXNwb25zZRJWCg1MaXN0VGVtcGxhdGVzEiEuc2ltdHJhY2sudjEuTGlzdFRlbXBsYXRlc1JlcXVlc3QaIi5zaW10cmFjay52MS5MaXN0VGVtcGxhdGVzUmVzcG9uc2USWQoOVXBkYXRlVGVtcGxhdGUSIi5zaW10cmFjay52MS5VcGRhdGVUZW1wbGF0ZVJlcXVlc3QaIy5zaW10cmFjay52MS5VcGRhdGVUZW1wbGF0ZVJlc3BvbnNlElkKDkRlbGV0ZVRlbXBsYXRlEiIuc2ltdHJhY2sudjEuRGVsZXRlVGVtcGxhdGVSZXF1ZXN0GiMuc2ltdHJhY2sudjEuRGVsZXRlVGVtcGxhdGVSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_field_mask, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("Ch1zaW10cmFjay92MS9leHBlcmltZW50cy5wcm90bxILc2ltdHJhY2sudjEi4gIKCkV4cGVyaW1lbnQSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRITCgtkZXNjcmlwdGlvbhgDIAEoCRIQCghhZ2VudF9pZBgEIAEoCRITCgtzY2VuYXJpb19pZBgFIAEoCRInCgZwYXJhbXMYBiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EhIKCmh5cG90aGVzaXMYByABKAkSLQoGc3RhdHVzGAggASgOMh0uc2ltdHJhY2sudjEuRXhwZXJpbWVudFN0YXR1cxIwCg9yZXN1bHRzX3N1bW1hcnkYCSABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Ei8KC2NyZWF0ZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiWwoXQ3JlYXRlRXhwZXJpbWVudFJlcXVlc3QSKwoKZXhwZXJpbWVudBgBIAEoCzIXLnNpbXRyYWNrLnYxLkV4cGVyaW1lbnQSEwoLdGVtcGxhdGVfaWQYAiABKAkiRwoYQ3JlYXRlRXhwZXJpbWVudFJlc3BvbnNlEisKCmV4cGVyaW1lbnQYASABKAsyFy5zaW10cmFjay52MS5FeHBlcmltZW50IiIKFEdldEV4cGVyaW1lbnRSZXF1ZXN0EgoKAmlkGAEgASgJIkQKFUdldEV4cGVyaW1lbnRSZXNwb25zZRIrCgpleHBlcmltZW50GAEgASgLMhcuc2ltdHJhY2sudjEuRXhwZXJpbWVudCJhChZMaXN0RXhwZXJpbWVudHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEg4KBmZpbHRlchgDIAEoCRIQCghvcmRlcl9ieRgEIAEoCSJgChdMaXN0RXhwZXJpbWVudHNSZXNwb25zZRIsCgtleHBlcmltZW50cxgBIAMoCzIXLnNpbXRyYWNrLnYxLkV4cGVyaW1lbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIncKF1VwZGF0ZUV4cGVyaW1lbnRSZXF1ZXN0EisKCmV4cGVyaW1lbnQYASABKAsyFy5zaW10cmFjay52MS5FeHBlcmltZW50Ei8KC3VwZGF0ZV9tYXNrGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFzayJHChhVcGRhdGVFeHBlcmltZW50UmVzcG9uc2USKwoKZXhwZXJpbWVudBgBIAEoCzIXLnNpbXRyYWNrLnYxLkV4cGVyaW1lbnQiJQoXRGVsZXRlRXhwZXJpbWVudFJlcXVlc3QSCgoCaWQYASABKAkiGgoYRGVsZXRlRXhwZXJpbWVudFJlc3BvbnNlIqgDCgpTaW11bGF0aW9uEgoKAmlkGAEgASgJEhUKDWV4cGVyaW1lbnRfaWQYAiABKAkSLQoGc3RhdHVzGAMgASgOMh0uc2ltdHJhY2sudjEuU2ltdWxhdGlvblN0YXR1cxIrCgpwYXJhbWV0ZXJzGAQgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIpCghtZXRhZGF0YRgFIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSLgoKc3RhcnRfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKD3Jlc3VsdHNfc3VtbWFyeRgIIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSLwoLY3JlYXRlX3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJGChdDcmVhdGVTaW11bGF0aW9uUmVxdWVzdBIrCgpzaW11bGF0aW9uGAEgASgLMhcuc2ltdHJhY2sudjEuU2ltdWxhdGlvbiJHChhDcmVhdGVTaW11bGF0aW9uUmVzcG9uc2USKwoKc2ltdWxhdGlvbhgBIAEoCzIXLnNpbXRyYWNrLnYxLlNpbXVsYXRpb24iIgoUR2V0U2ltdWxhdGlvblJlcXVlc3QSCgoCaWQYASABKAkiRAoVR2V0U2ltdWxhdGlvblJlc3BvbnNlEisKCnNpbXVsYXRpb24YASABKAsyFy5zaW10cmFjay52MS5TaW11bGF0aW9uImEKFkxpc3RTaW11bGF0aW9uc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSDgoGZmlsdGVyGAMgASgJEhAKCG9yZGVyX2J5GAQgASgJImAKF0xpc3RTaW11bGF0aW9uc1Jlc3BvbnNlEiwKC3NpbXVsYXRpb25zGAEgAygLMhcuc2ltdHJhY2sudjEuU2ltdWxhdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkidwoXVXBkYXRlU2ltdWxhdGlvblJlcXVlc3QSKwoKc2ltdWxhdGlvbhgBIAEoCzIXLnNpbXRyYWNrLnYxLlNpbXVsYXRpb24SLwoLdXBkYXRlX21hc2sYAiABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrIkcKGFVwZGF0ZVNpbXVsYXRpb25SZXNwb25zZRIrCgpzaW11bGF0aW9uGAEgASgLMhcuc2ltdHJhY2sudjEuU2ltdWxhdGlvbiIlChdEZWxldGVTaW11bGF0aW9uUmVxdWVzdBIKCgJpZBgBIAEoCSIaChhEZWxldGVTaW11bGF0aW9uUmVzcG9uc2UixAEKCFRlbXBsYXRlEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSEwoLZGVzY3JpcHRpb24YAyABKAkSJwoGY29uZmlnGAQgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIvCgtjcmVhdGVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkAKFUNyZWF0ZVRlbXBsYXRlUmVxdWVzdBInCgh0ZW1wbGF0ZRgBIAEoCzIVLnNpbXRyYWNrLnYxLlRlbXBsYXRlIkEKFkNyZWF0ZVRlbXBsYXRlUmVzcG9uc2USJwoIdGVtcGxhdGUYASABKAsyFS5zaW10cmFjay52MS5UZW1wbGF0ZSIgChJHZXRUZW1wbGF0ZVJlcXVlc3QSCgoCaWQYASABKAkiPgoTR2V0VGVtcGxhdGVSZXNwb25zZRInCgh0ZW1wbGF0ZRgBIAEoCzIVLnNpbXRyYWNrLnYxLlRlbXBsYXRlIl8KFExpc3RUZW1wbGF0ZXNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEg4KBmZpbHRlchgDIAEoCRIQCghvcmRlcl9ieRgEIAEoCSJaChVMaXN0VGVtcGxhdGVzUmVzcG9uc2USKAoJdGVtcGxhdGVzGAEgAygLMhUuc2ltdHJhY2sudjEuVGVtcGxhdGUSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJInEKFVVwZGF0ZVRlbXBsYXRlUmVxdWVzdBInCgh0ZW1wbGF0ZRgBIAEoCzIVLnNpbXRyYWNrLnYxLlRlbXBsYXRlEi8KC3VwZGF0ZV9tYXNrGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFzayJBChZVcGRhdGVUZW1wbGF0ZVJlc3BvbnNlEicKCHRlbXBsYXRlGAEgASgLMhUuc2ltdHJhY2sudjEuVGVtcGxhdGUiIwoVRGVsZXRlVGVtcGxhdGVSZXF1ZXN0EgoKAmlkGAEgASgJIhgKFkRlbGV0ZVRlbXBsYXRlUmVzcG9uc2UqsAEKEEV4cGVyaW1lbnRTdGF0dXMSIQodRVhQRVJJTUVOVF9TVEFUVVNfVU5TUEVDSUZJRUQQABIbChdFWFBFUklNRU5UX1NUQVRVU19EUkFGVBABEh0KGUVYUEVSSU1FTlRfU1RBVFVTX1JVTk5JTkcQAhIfChtFWFBFUklNRU5UX1NUQVRVU19DT01QTEVURUQQAxIcChhFWFBFUklNRU5UX1NUQVRVU19GQUlMRUQQBCrRAQoQU2ltdWxhdGlvblN0YXR1cxIhCh1TSU1VTEFUSU9OX1NUQVRVU19VTlNQRUNJRklFRBAAEh0KGVNJTVVMQVRJT05fU1RBVFVTX1BFTkRJTkcQARIdChlTSU1VTEFUSU9OX1NUQVRVU19SVU5OSU5HEAISHQoZU0lNVUxBVElPTl9TVEFUVVNfU1RPUFBFRBADEh8KG1NJTVVMQVRJT05fU1RBVFVTX0NPTVBMRVRFRBAEEhwKGFNJTVVMQVRJT05fU1RBVFVTX0ZBSUxFRBAFMoALChFFeHBlcmltZW50U2VydmljZRJfChBDcmVhdGVFeHBlcmltZW50EiQuc2ltdHJhY2sudjEuQ3JlYXRlRXhwZXJpbWVudFJlcXVlc3QaJS5zaW10cmFjay52MS5DcmVhdGVFeHBlcmltZW50UmVzcG9uc2USVgoNR2V0RXhwZXJpbWVudBIhLnNpbXRyYWNrLnYxLkdldEV4cGVyaW1lbnRSZXF1ZXN0GiIuc2ltdHJhY2sudjEuR2V0RXhwZXJpbWVudFJlc3BvbnNlElwKD0xpc3RFeHBlcmltZW50cxIjLnNpbXRyYWNrLnYxLkxpc3RFeHBlcmltZW50c1JlcXVlc3QaJC5zaW10cmFjay52MS5MaXN0RXhwZXJpbWVudHNSZXNwb25zZRJfChBVcGRhdGVFeHBlcmltZW50EiQuc2ltdHJhY2sudjEuVXBkYXRlRXhwZXJpbWVudFJlcXVlc3QaJS5zaW10cmFjay52MS5VcGRhdGVFeHBlcmltZW50UmVzcG9uc2USXwoQRGVsZXRlRXhwZXJpbWVudBIkLnNpbXRyYWNrLnYxLkRlbGV0ZUV4cGVyaW1lbnRSZXF1ZXN0GiUuc2ltdHJhY2sudjEuRGVsZXRlRXhwZXJpbWVudFJlc3BvbnNlEl8KEENyZWF0ZVNpbXVsYXRpb24SJC5zaW10cmFjay52MS5DcmVhdGVTaW11bGF0aW9uUmVxdWVzdBolLnNpbXRyYWNrLnYxLkNyZWF0ZVNpbXVsYXRpb25SZXNwb25zZRJWCg1HZXRTaW11bGF0aW9uEiEuc2ltdHJhY2sudjEuR2V0U2ltdWxhdGlvblJlcXVlc3QaIi5zaW10cmFjay52MS5HZXRTaW11bGF0aW9uUmVzcG9uc2USXAoPTGlzdFNpbXVsYXRpb25zEiMuc2ltdHJhY2sudjEuTGlzdFNpbXVsYXRpb25zUmVxdWVzdBokLnNpbXRyYWNrLnYxLkxpc3RTaW11bGF0aW9uc1Jlc3BvbnNlEl8KEFVwZGF0ZVNpbXVsYXRpb24SJC5zaW10cmFjay52MS5VcGRhdGVTaW11bGF0aW9uUmVxdWVzdBolLnNpbXRyYWNrLnYxLlVwZGF0ZVNpbXVsYXRpb25SZXNwb25zZRJfChBEZWxldGVTaW11bGF0aW9uEiQuc2ltdHJhY2sudjEuRGVsZXRlU2ltdWxhdGlvblJlcXVlc3QaJS5zaW10cmFjay52MS5EZWxldGVTaW11bGF0aW9uUmVzcG9uc2USWQoOQ3JlYXRlVGVtcGxhdGUSIi5zaW10cmFjay52MS5DcmVhdGVUZW1wbGF0ZVJlcXVlc3QaIy5zaW10cmFjay52MS5DcmVhdGVUZW1wbGF0ZVJlc3BvbnNlElAKC0dldFRlbXBsYXRlEh8uc2ltdHJhY2sudjEuR2V0VGVtcGxhdGVSZXF1ZXN0GiAuc2ltdHJhY2sudjEuR2V0VGVtcGxhdGVSZXNwb25zZRJWCg1MaXN0VGVtcGxhdGVzEiEuc2ltdHJhY2sudjEuTGlzdFRlbXBsYXRlc1JlcXVlc3QaIi5zaW10cmFjay52MS5MaXN0VGVtcGxhdGVzUmVzcG9uc2USWQoOVXBkYXRlVGVtcGxhdGUSIi5zaW10cmFjay52MS5VcGRhdGVUZW1wbGF0ZVJlcXVlc3QaIy5zaW10cmFjay52MS5VcGRhdGVUZW1wbGF0ZVJlc3BvbnNlElkKDkRlbGV0ZVRlbXBsYXRlEiIuc2ltdHJhY2sudjEuRGVsZXRlVGVtcGxhdGVSZXF1ZXN0GiMuc2ltdHJhY2sudjEuRGVsZXRlVGVtcGxhdGVSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_field_mask, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * Experiment groups the runs of one agent on one scenario.
@@ -223,24 +223,25 @@ export type ListExperimentsRequest = Message<"simtrack.v1.ListExperimentsRequest
 
   /**
    * Which experiments to list.
-   * Syntax (AIP-160): comparisons `FIELD OP VALUE` (OP: = or !=; on numeric fields also <, <=,
-   * >, >=) and `FIELD IN (VALUE, ...)`, joined by AND (or a space) and OR, which binds tighter
-   * than AND as in AIP-160; NOT and parentheses group. VALUE is a double-quoted string (a
-   * backslash escapes the next character) or a bare word of letters, digits and `_.:+*\/-`.
-   * Strings match exactly (case counts), but `*` in a string's = or != matches any run of
-   * characters; enum values match in any case, short (`completed`) or as the proto enum value
-   * (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. A field not set equals `""` only. At most
-   * 4,096 characters, 100 comparisons and 16 levels of nesting; errors give the position (in
-   * characters, from 0).
+   * Syntax (AIP-160): comparisons `FIELD OP VALUE` (OP: = or !=; on numbers, times and ordered
+   * strings, by code point, also <, <=, >, >=) and `FIELD IN (VALUE, ...)`, joined by AND (or a
+   * space) and OR, which binds tighter than AND as in AIP-160; NOT and parentheses group. VALUE is
+   * a double-quoted string (a backslash escapes the next character) or a bare word of letters,
+   * digits and `_.:+*\/-`. Strings match exactly (case counts), but `*` in a string's = or !=
+   * matches any run of characters; enum values match in any case, short (`completed`) or as the
+   * proto enum value (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. A field not set equals `""` only.
+   * At most 4,096 characters, 100 comparisons and 16 levels of nesting; errors give the position
+   * (in characters, from 0).
    * Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
    * what is accepted). Fields:
-   *   name (string): the experiment's name.
+   *   name (string, ordered): the experiment's name.
    *   agent_id (string): the agent under test.
    *   scenario_id (string): the scenario.
    *   status (ExperimentStatus): draft, running, completed, failed; or EXPERIMENT_STATUS_DRAFT,
    *     EXPERIMENT_STATUS_RUNNING, EXPERIMENT_STATUS_COMPLETED, EXPERIMENT_STATUS_FAILED.
    *   create_time (RFC 3339 time with its offset, e.g. `2026-12-04T10:00:00Z`): when the
    *     experiment was created.
+   *   update_time (RFC 3339 time): when it last changed.
    *   params.* (number, string or boolean): `params.KEY`, the experiment's parameter KEY,
    *     compared with a value of its type as written; an experiment without KEY, or with a
    *     value of another type, matches none (`!=` included).
@@ -251,12 +252,13 @@ export type ListExperimentsRequest = Message<"simtrack.v1.ListExperimentsRequest
   filter: string;
 
   /**
-   * The order of the experiments (AIP-132): fields separated by commas, each followed by
-   * `desc` for descending order, e.g. `params.seed desc`. Fields: create_time, params.KEY (the
-   * parameter's numeric value). An experiment without a value for a key comes after those with
-   * one, in either direction; ties, and those, in creation order. Empty: creation order. At
-   * most 8 keys and 1,024 characters; a page token continues the order it was issued for. A
-   * bad order_by is INVALID_ARGUMENT naming order_by.
+   * The order of the experiments (AIP-132): fields separated by commas, each followed by `desc` for
+   * descending order, e.g. `params.seed desc`. Fields: name, create_time, update_time, params.KEY
+   * (the parameter's numeric value); strings by code point. An experiment without a value for a key
+   * comes after those with one, in either direction; ties, and those, in creation order. Empty:
+   * creation order. At most 8 keys and 1,024 characters; a page token continues the order it was
+   * issued for. A bad order_by is INVALID_ARGUMENT naming order_by, with the position (in
+   * characters, from 0) of what is wrong.
    *
    * @generated from field: string order_by = 4;
    */
@@ -277,7 +279,7 @@ export const ListExperimentsRequestSchema: GenMessage<ListExperimentsRequest> = 
  */
 export type ListExperimentsResponse = Message<"simtrack.v1.ListExperimentsResponse"> & {
   /**
-   * The experiments of this page, oldest first.
+   * The experiments of this page, in order_by's order (default: oldest first).
    *
    * @generated from field: repeated simtrack.v1.Experiment experiments = 1;
    */
@@ -579,25 +581,47 @@ export type ListSimulationsRequest = Message<"simtrack.v1.ListSimulationsRequest
 
   /**
    * Which simulations to list.
-   * Syntax (AIP-160): comparisons `FIELD OP VALUE` (OP: = or !=; on numeric fields also <, <=,
-   * >, >=) and `FIELD IN (VALUE, ...)`, joined by AND (or a space) and OR, which binds tighter
-   * than AND as in AIP-160; NOT and parentheses group. VALUE is a double-quoted string (a
-   * backslash escapes the next character) or a bare word of letters, digits and `_.:+*\/-`.
-   * Strings match exactly (case counts), but `*` in a string's = or != matches any run of
-   * characters; enum values match in any case, short (`completed`) or as the proto enum value
-   * (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. A field not set equals `""` only. At most
-   * 4,096 characters, 100 comparisons and 16 levels of nesting; errors give the position (in
-   * characters, from 0).
+   * Syntax (AIP-160): comparisons `FIELD OP VALUE` (OP: = or !=; on numbers, times and ordered
+   * strings, by code point, also <, <=, >, >=) and `FIELD IN (VALUE, ...)`, joined by AND (or a
+   * space) and OR, which binds tighter than AND as in AIP-160; NOT and parentheses group. VALUE is
+   * a double-quoted string (a backslash escapes the next character) or a bare word of letters,
+   * digits and `_.:+*\/-`. Strings match exactly (case counts), but `*` in a string's = or !=
+   * matches any run of characters; enum values match in any case, short (`completed`) or as the
+   * proto enum value (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. A field not set equals `""` only.
+   * At most 4,096 characters, 100 comparisons and 16 levels of nesting; errors give the position
+   * (in characters, from 0).
    * Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
    * what is accepted). Fields:
    *   experiment_id (string): the experiment; `experiment_id = ""` lists the detached ones.
    *   status (SimulationStatus): pending, running, stopped, completed, failed; or
    *     SIMULATION_STATUS_PENDING, SIMULATION_STATUS_RUNNING, SIMULATION_STATUS_STOPPED,
    *     SIMULATION_STATUS_COMPLETED, SIMULATION_STATUS_FAILED.
+   *   create_time (RFC 3339 time with its offset, e.g. `2026-12-04T10:00:00Z`): when the simulation
+   *     was created.
+   *   update_time (RFC 3339 time): when it last changed.
+   *   start_time (RFC 3339 time): when it started running; one not started has none.
+   *   end_time (RFC 3339 time): when it ended; one not ended has none.
+   *   parameters.* (number, string or boolean): `parameters.KEY`, the simulation's parameter KEY,
+   *     compared with a value of its type as written; a simulation without KEY, or with a value of
+   *     another type, matches none (`!=` included).
    *
    * @generated from field: string filter = 3;
    */
   filter: string;
+
+  /**
+   * The order of the simulations (AIP-132): fields separated by commas, each followed by `desc` for
+   * descending order, e.g. `parameters.seed desc, create_time`. Fields: create_time, update_time,
+   * start_time, end_time, parameters.KEY (the parameter's numeric value). A simulation without a
+   * value for a key (not started or ended, without the parameter or with a value that is no number)
+   * comes after those with one, in either direction; ties, and those, in creation order. Empty:
+   * creation order. At most 8 keys and 1,024 characters; a page token continues the order it was
+   * issued for. A bad order_by is INVALID_ARGUMENT naming order_by, with the position (in
+   * characters, from 0) of what is wrong.
+   *
+   * @generated from field: string order_by = 4;
+   */
+  orderBy: string;
 };
 
 /**
@@ -614,7 +638,7 @@ export const ListSimulationsRequestSchema: GenMessage<ListSimulationsRequest> = 
  */
 export type ListSimulationsResponse = Message<"simtrack.v1.ListSimulationsResponse"> & {
   /**
-   * The simulations of this page, oldest first.
+   * The simulations of this page, in order_by's order (default: oldest first).
    *
    * @generated from field: repeated simtrack.v1.Simulation simulations = 1;
    */
@@ -886,23 +910,37 @@ export type ListTemplatesRequest = Message<"simtrack.v1.ListTemplatesRequest"> &
 
   /**
    * Which templates to list.
-   * Syntax (AIP-160): comparisons `FIELD OP VALUE` (OP: = or !=; on numeric fields also <, <=,
-   * >, >=) and `FIELD IN (VALUE, ...)`, joined by AND (or a space) and OR, which binds tighter
-   * than AND as in AIP-160; NOT and parentheses group. VALUE is a double-quoted string (a
-   * backslash escapes the next character) or a bare word of letters, digits and `_.:+*\/-`.
-   * Strings match exactly (case counts), but `*` in a string's = or != matches any run of
-   * characters; enum values match in any case, short (`completed`) or as the proto enum value
-   * (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. A field not set equals `""` only. At most
-   * 4,096 characters, 100 comparisons and 16 levels of nesting; errors give the position (in
-   * characters, from 0).
+   * Syntax (AIP-160): comparisons `FIELD OP VALUE` (OP: = or !=; on numbers, times and ordered
+   * strings, by code point, also <, <=, >, >=) and `FIELD IN (VALUE, ...)`, joined by AND (or a
+   * space) and OR, which binds tighter than AND as in AIP-160; NOT and parentheses group. VALUE is
+   * a double-quoted string (a backslash escapes the next character) or a bare word of letters,
+   * digits and `_.:+*\/-`. Strings match exactly (case counts), but `*` in a string's = or !=
+   * matches any run of characters; enum values match in any case, short (`completed`) or as the
+   * proto enum value (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. A field not set equals `""` only.
+   * At most 4,096 characters, 100 comparisons and 16 levels of nesting; errors give the position
+   * (in characters, from 0).
    * Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
    * what is accepted). Fields:
-   *   name (string): the template's name.
+   *   name (string, ordered): the template's name.
+   *   create_time (RFC 3339 time with its offset, e.g. `2026-12-04T10:00:00Z`): when the template
+   *     was created.
+   *   update_time (RFC 3339 time): when it last changed.
    * Example: `name != "draft"`.
    *
    * @generated from field: string filter = 3;
    */
   filter: string;
+
+  /**
+   * The order of the templates (AIP-132): fields separated by commas, each followed by `desc` for
+   * descending order, e.g. `update_time desc`. Fields: name, create_time, update_time; strings by
+   * code point. Ties in creation order. Empty: creation order. At most 8 keys and 1,024 characters;
+   * a page token continues the order it was issued for. A bad order_by is INVALID_ARGUMENT naming
+   * order_by, with the position (in characters, from 0) of what is wrong.
+   *
+   * @generated from field: string order_by = 4;
+   */
+  orderBy: string;
 };
 
 /**
@@ -919,7 +957,7 @@ export const ListTemplatesRequestSchema: GenMessage<ListTemplatesRequest> = /*@_
  */
 export type ListTemplatesResponse = Message<"simtrack.v1.ListTemplatesResponse"> & {
   /**
-   * The templates of this page, oldest first.
+   * The templates of this page, in order_by's order (default: oldest first).
    *
    * @generated from field: repeated simtrack.v1.Template templates = 1;
    */

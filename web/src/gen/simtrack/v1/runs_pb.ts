@@ -12,7 +12,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file simtrack/v1/runs.proto.
  */
 export const file_simtrack_v1_runs: GenFile = /*@__PURE__*/
-  fileDesc("ChZzaW10cmFjay92MS9ydW5zLnByb3RvEgtzaW10cmFjay52MSKfBgoDUnVuEgoKAmlkGAEgASgJEhUKDWV4cGVyaW1lbnRfaWQYAiABKAkSEgoKcnVuX251bWJlchgDIAEoAxITCgtzY2VuYXJpb19pZBgEIAEoCRIVCg1zY2VuYXJpb19oYXNoGAUgASgJEicKBnBhcmFtcxgGIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSJgoGc3RhdHVzGAcgASgOMhYuc2ltdHJhY2sudjEuUnVuU3RhdHVzEhQKDGN1cnJlbnRfdGljaxgIIAEoAxITCgt0b3RhbF90aWNrcxgJIAEoAxIYChBwcm9ncmVzc19wZXJjZW50GAogASgBEi4KCnN0YXJ0X3RpbWUYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjEKDWNvbXBsZXRlX3RpbWUYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEisKCGR1cmF0aW9uGA0gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjAKD21ldHJpY3Nfc3VtbWFyeRgOIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSKAoHcmVzdWx0cxgPIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSFQoNZXJyb3JfbWVzc2FnZRgQIAEoCRIuCg1lcnJvcl9kZXRhaWxzGBEgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIRCgl3b3JrZXJfaWQYEiABKAkSLwoLY3JlYXRlX3RpbWUYEyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGBQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1jYW5jZWxfcmVhc29uGBUgASgJEi8KC3ZhbmlzaF90aW1lGBYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtyZXZpdmVfdGltZRgXIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiMQoQQ3JlYXRlUnVuUmVxdWVzdBIdCgNydW4YASABKAsyEC5zaW10cmFjay52MS5SdW4iMgoRQ3JlYXRlUnVuUmVzcG9uc2USHQoDcnVuGAEgASgLMhAuc2ltdHJhY2sudjEuUnVuIhsKDUdldFJ1blJlcXVlc3QSCgoCaWQYASABKAkiLwoOR2V0UnVuUmVzcG9uc2USHQoDcnVuGAEgASgLMhAuc2ltdHJhY2sudjEuUnVuIloKD0xpc3RSdW5zUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIOCgZmaWx0ZXIYAyABKAkSEAoIb3JkZXJfYnkYBCABKAkiSwoQTGlzdFJ1bnNSZXNwb25zZRIeCgRydW5zGAEgAygLMhAuc2ltdHJhY2sudjEuUnVuEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJiChBVcGRhdGVSdW5SZXF1ZXN0Eh0KA3J1bhgBIAEoCzIQLnNpbXRyYWNrLnYxLlJ1bhIvCgt1cGRhdGVfbWFzaxgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2siMgoRVXBkYXRlUnVuUmVzcG9uc2USHQoDcnVuGAEgASgLMhAuc2ltdHJhY2sudjEuUnVuIh4KEERlbGV0ZVJ1blJlcXVlc3QSCgoCaWQYASABKAkiEwoRRGVsZXRlUnVuUmVzcG9uc2Ui3QEKC1BhcnRpY2lwYW50EgoKAmlkGAEgASgJEg4KBnJ1bl9pZBgCIAEoCRIQCghhZ2VudF9pZBgDIAEoCRIMCgRyb2xlGAQgASgJEjAKD2NvbmZpZ19vdmVycmlkZRgFIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSLwoLY3JlYXRlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJJChhDcmVhdGVQYXJ0aWNpcGFudFJlcXVlc3QSLQoLcGFydGljaXBhbnQYASABKAsyGC5zaW10cmFjay52MS5QYXJ0aWNpcGFudCJKChlDcmVhdGVQYXJ0aWNpcGFudFJlc3BvbnNlEi0KC3BhcnRpY2lwYW50GAEgASgLMhguc2ltdHJhY2sudjEuUGFydGljaXBhbnQiIwoVR2V0UGFydGljaXBhbnRSZXF1ZXN0EgoKAmlkGAEgASgJIkcKFkdldFBhcnRpY2lwYW50UmVzcG9uc2USLQoLcGFydGljaXBhbnQYASABKAsyGC5zaW10cmFjay52MS5QYXJ0aWNpcGFudCJgChdMaXN0UGFydGljaXBhbnRzUmVxdWVzdBIOCgZydW5faWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkSDgoGZmlsdGVyGAQgASgJImMKGExpc3RQYXJ0aWNpcGFudHNSZXNwb25zZRIuCgxwYXJ0aWNpcGFudHMYASADKAsyGC5zaW10cmFjay52MS5QYXJ0aWNpcGFudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiegoYVXBkYXRlUGFydGljaXBhbnRSZXF1ZXN0Ei0KC3BhcnRpY2lwYW50GAEgASgLMhguc2ltdHJhY2sudjEuUGFydGljaXBhbnQSLwoLdXBkYXRlX21hc2sYAiABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrIkoKGVVwZGF0ZVBhcnRpY2lwYW50UmVzcG9uc2USLQoLcGFydGljaXBhbnQYASABKAsyGC5zaW10cmFjay52MS5QYXJ0aWNpcGFudCImChhEZWxldGVQYXJ0aWNpcGFudFJlcXVlc3QSCgoCaWQYASABKAkiGwoZRGVsZXRlUGFydGljaXBhbnRSZXNwb25zZSIdCg9XYXRjaFJ1blJlcXVlc3QSCgoCaWQYASABKAkicAoMTGF0ZXN0TWV0cmljEgwKBG5hbWUYASABKAkSDQoFdmFsdWUYAiABKAESEQoEc3RlcBgDIAEoA0gAiAEBEg0KBWNvdW50GAQgASgDEgsKA21pbhgFIAEoARILCgNtYXgYBiABKAFCBwoFX3N0ZXAiXQoQV2F0Y2hSdW5SZXNwb25zZRIdCgNydW4YASABKAsyEC5zaW10cmFjay52MS5SdW4SKgoHbWV0cmljcxgCIAMoCzIZLnNpbXRyYWNrLnYxLkxhdGVzdE1ldHJpYyJKCgdDb21tYW5kEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSJQoEYXJncxgDIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QiLgoQQ2FuY2VsUnVuUmVxdWVzdBIKCgJpZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiWQoRQ2FuY2VsUnVuUmVzcG9uc2USJQoHY29tbWFuZBgBIAEoCzIULnNpbXRyYWNrLnYxLkNvbW1hbmQSHQoDcnVuGAIgASgLMhAuc2ltdHJhY2sudjEuUnVuIh0KD1BhdXNlUnVuUmVxdWVzdBIKCgJpZBgBIAEoCSJYChBQYXVzZVJ1blJlc3BvbnNlEiUKB2NvbW1hbmQYASABKAsyFC5zaW10cmFjay52MS5Db21tYW5kEh0KA3J1bhgCIAEoCzIQLnNpbXRyYWNrLnYxLlJ1biIeChBSZXN1bWVSdW5SZXF1ZXN0EgoKAmlkGAEgASgJIlkKEVJlc3VtZVJ1blJlc3BvbnNlEiUKB2NvbW1hbmQYASABKAsyFC5zaW10cmFjay52MS5Db21tYW5kEh0KA3J1bhgCIAEoCzIQLnNpbXRyYWNrLnYxLlJ1biJVChJTZW5kQ29tbWFuZFJlcXVlc3QSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIlCgRhcmdzGAMgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdCI8ChNTZW5kQ29tbWFuZFJlc3BvbnNlEiUKB2NvbW1hbmQYASABKAsyFC5zaW10cmFjay52MS5Db21tYW5kItYBChVHZXRMZWFkZXJib2FyZFJlcXVlc3QSEwoLc2NlbmFyaW9faWQYASABKAkSDgoGbWV0cmljGAIgASgJEi8KCWFnZ3JlZ2F0ZRgDIAEoDjIcLnNpbXRyYWNrLnYxLk1ldHJpY0FnZ3JlZ2F0ZRIlCgVvcmRlchgEIAEoDjIWLnNpbXRyYWNrLnYxLlJhbmtPcmRlchINCgVsaW1pdBgFIAEoBRIVCg1leHBlcmltZW50X2lkGAYgASgJEhoKEmluY2x1ZGVfdW5maW5pc2hlZBgHIAEoCCJzChBMZWFkZXJib2FyZEVudHJ5EgwKBHJhbmsYASABKAUSHQoDcnVuGAIgASgLMhAuc2ltdHJhY2sudjEuUnVuEhAKCGFnZW50X2lkGAMgASgJEg0KBXZhbHVlGAQgASgBEhEKCWxhc3Rfc3RlcBgFIAEoAyJdChZHZXRMZWFkZXJib2FyZFJlc3BvbnNlEi4KB2VudHJpZXMYASADKAsyHS5zaW10cmFjay52MS5MZWFkZXJib2FyZEVudHJ5EhMKC3JhbmtlZF9ydW5zGAIgASgDIiQKEkdldFJ1blN0YXRzUmVxdWVzdBIOCgZmaWx0ZXIYASABKAkiRwoOUnVuU3RhdHVzQ291bnQSJgoGc3RhdHVzGAEgASgOMhYuc2ltdHJhY2sudjEuUnVuU3RhdHVzEg0KBWNvdW50GAIgASgDIucBCg1EdXJhdGlvblN0YXRzEg0KBWNvdW50GAEgASgDEicKBG1lYW4YAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SJgoDbWluGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiYKA3A1MBgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhImCgNwOTUYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SJgoDbWF4GAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIpkBChNHZXRSdW5TdGF0c1Jlc3BvbnNlEg0KBXRvdGFsGAEgASgDEi4KCWJ5X3N0YXR1cxgCIAMoCzIbLnNpbXRyYWNrLnYxLlJ1blN0YXR1c0NvdW50EhQKDHN1Y2Nlc3NfcmF0ZRgDIAEoARItCglkdXJhdGlvbnMYBCABKAsyGi5zaW10cmFjay52MS5EdXJhdGlvblN0YXRzKtABCglSdW5TdGF0dXMSGgoWUlVOX1NUQVRVU19VTlNQRUNJRklFRBAAEhYKElJVTl9TVEFUVVNfUEVORElORxABEhcKE1JVTl9TVEFUVVNfU1RBUlRJTkcQAhIWChJSVU5fU1RBVFVTX1JVTk5JTkcQAxIYChRSVU5fU1RBVFVTX0NPTVBMRVRFRBAEEhUKEVJVTl9TVEFUVVNfRkFJTEVEEAUSFgoSUlVOX1NUQVRVU19TVE9QUEVEEAYSFQoRUlVOX1NUQVRVU19QQVVTRUQQByqEAQoPTWV0cmljQWdncmVnYXRlEiAKHE1FVFJJQ19BR0dSRUdBVEVfVU5TUEVDSUZJRUQQABIbChdNRVRSSUNfQUdHUkVHQVRFX0xBVEVTVBABEhgKFE1FVFJJQ19BR0dSRUdBVEVfTUlOEAISGAoUTUVUUklDX0FHR1JFR0FURV9NQVgQAypiCglSYW5rT3JkZXISGgoWUkFOS19PUkRFUl9VTlNQRUNJRklFRBAAEhwKGFJBTktfT1JERVJfSElHSEVTVF9GSVJTVBABEhsKF1JBTktfT1JERVJfTE9XRVNUX0ZJUlNUEAIyjwsKClJ1blNlcnZpY2USSgoJQ3JlYXRlUnVuEh0uc2ltdHJhY2sudjEuQ3JlYXRlUnVuUmVxdWVzdBoeLnNpbXRyYWNrLnYxLkNyZWF0ZVJ1blJlc3BvbnNlEkEKBkdldFJ1bhIaLnNpbXRyYWNrLnYxLkdldFJ1blJlcXVlc3QaGy5zaW10cmFjay52MS5HZXRSdW5SZXNwb25zZRJHCghMaXN0UnVucxIcLnNpbXRyYWNrLnYxLkxpc3RSdW5zUmVxdWVzdBodLnNpbXRyYWNrLnYxLkxpc3RSdW5zUmVzcG9uc2USSgoJVXBkYXRlUnVuEh0uc2ltdHJhY2sudjEuVXBkYXRlUnVuUmVxdWVzdBoeLnNpbXRyYWNrLnYxLlVwZGF0ZVJ1blJlc3BvbnNlEkoKCURlbGV0ZVJ1bhIdLnNpbXRyYWNrLnYxLkRlbGV0ZVJ1blJlcXVlc3QaHi5zaW10cmFjay52MS5EZWxldGVSdW5SZXNwb25zZRJiChFDcmVhdGVQYXJ0aWNpcGFudBIlLnNpbXRyYWNrLnYxLkNyZWF0ZVBhcnRpY2lwYW50UmVxdWVzdBomLnNpbXRyYWNrLnYxLkNyZWF0ZVBhcnRpY2lwYW50UmVzcG9uc2USWQoOR2V0UGFydGljaXBhbnQSIi5zaW10cmFjay52MS5HZXRQYXJ0aWNpcGFudFJlcXVlc3QaIy5zaW10cmFjay52MS5HZXRQYXJ0aWNpcGFudFJlc3BvbnNlEl8KEExpc3RQYXJ0aWNpcGFudHMSJC5zaW10cmFjay52MS5MaXN0UGFydGljaXBhbnRzUmVxdWVzdBolLnNpbXRyYWNrLnYxLkxpc3RQYXJ0aWNpcGFudHNSZXNwb25zZRJiChFVcGRhdGVQYXJ0aWNpcGFudBIlLnNpbXRyYWNrLnYxLlVwZGF0ZVBhcnRpY2lwYW50UmVxdWVzdBomLnNpbXRyYWNrLnYxLlVwZGF0ZVBhcnRpY2lwYW50UmVzcG9uc2USYgoRRGVsZXRlUGFydGljaXBhbnQSJS5zaW10cmFjay52MS5EZWxldGVQYXJ0aWNpcGFudFJlcXVlc3QaJi5zaW10cmFjay52MS5EZWxldGVQYXJ0aWNpcGFudFJlc3BvbnNlEkkKCFdhdGNoUnVuEhwuc2ltdHJhY2sudjEuV2F0Y2hSdW5SZXF1ZXN0Gh0uc2ltdHJhY2sudjEuV2F0Y2hSdW5SZXNwb25zZTABEkoKCUNhbmNlbFJ1bhIdLnNpbXRyYWNrLnYxLkNhbmNlbFJ1blJlcXVlc3QaHi5zaW10cmFjay52MS5DYW5jZWxSdW5SZXNwb25zZRJHCghQYXVzZVJ1bhIcLnNpbXRyYWNrLnYxLlBhdXNlUnVuUmVxdWVzdBodLnNpbXRyYWNrLnYxLlBhdXNlUnVuUmVzcG9uc2USSgoJUmVzdW1lUnVuEh0uc2ltdHJhY2sudjEuUmVzdW1lUnVuUmVxdWVzdBoeLnNpbXRyYWNrLnYxLlJlc3VtZVJ1blJlc3BvbnNlElAKC1NlbmRDb21tYW5kEh8uc2ltdHJhY2sudjEuU2VuZENvbW1hbmRSZXF1ZXN0GiAuc2ltdHJhY2sudjEuU2VuZENvbW1hbmRSZXNwb25zZRJZCg5HZXRMZWFkZXJib2FyZBIiLnNpbXRyYWNrLnYxLkdldExlYWRlcmJvYXJkUmVxdWVzdBojLnNpbXRyYWNrLnYxLkdldExlYWRlcmJvYXJkUmVzcG9uc2USUAoLR2V0UnVuU3RhdHMSHy5zaW10cmFjay52MS5HZXRSdW5TdGF0c1JlcXVlc3QaIC5zaW10cmFjay52MS5HZXRSdW5TdGF0c1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("ChZzaW10cmFjay92MS9ydW5zLnByb3RvEgtzaW10cmFjay52MSKfBgoDUnVuEgoKAmlkGAEgASgJEhUKDWV4cGVyaW1lbnRfaWQYAiABKAkSEgoKcnVuX251bWJlchgDIAEoAxITCgtzY2VuYXJpb19pZBgEIAEoCRIVCg1zY2VuYXJpb19oYXNoGAUgASgJEicKBnBhcmFtcxgGIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSJgoGc3RhdHVzGAcgASgOMhYuc2ltdHJhY2sudjEuUnVuU3RhdHVzEhQKDGN1cnJlbnRfdGljaxgIIAEoAxITCgt0b3RhbF90aWNrcxgJIAEoAxIYChBwcm9ncmVzc19wZXJjZW50GAogASgBEi4KCnN0YXJ0X3RpbWUYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjEKDWNvbXBsZXRlX3RpbWUYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEisKCGR1cmF0aW9uGA0gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjAKD21ldHJpY3Nfc3VtbWFyeRgOIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSKAoHcmVzdWx0cxgPIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSFQoNZXJyb3JfbWVzc2FnZRgQIAEoCRIuCg1lcnJvcl9kZXRhaWxzGBEgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIRCgl3b3JrZXJfaWQYEiABKAkSLwoLY3JlYXRlX3RpbWUYEyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGBQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1jYW5jZWxfcmVhc29uGBUgASgJEi8KC3ZhbmlzaF90aW1lGBYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtyZXZpdmVfdGltZRgXIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiMQoQQ3JlYXRlUnVuUmVxdWVzdBIdCgNydW4YASABKAsyEC5zaW10cmFjay52MS5SdW4iMgoRQ3JlYXRlUnVuUmVzcG9uc2USHQoDcnVuGAEgASgLMhAuc2ltdHJhY2sudjEuUnVuIhsKDUdldFJ1blJlcXVlc3QSCgoCaWQYASABKAkiLwoOR2V0UnVuUmVzcG9uc2USHQoDcnVuGAEgASgLMhAuc2ltdHJhY2sudjEuUnVuIloKD0xpc3RSdW5zUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIOCgZmaWx0ZXIYAyABKAkSEAoIb3JkZXJfYnkYBCABKAkiSwoQTGlzdFJ1bnNSZXNwb25zZRIeCgRydW5zGAEgAygLMhAuc2ltdHJhY2sudjEuUnVuEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJiChBVcGRhdGVSdW5SZXF1ZXN0Eh0KA3J1bhgBIAEoCzIQLnNpbXRyYWNrLnYxLlJ1bhIvCgt1cGRhdGVfbWFzaxgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2siMgoRVXBkYXRlUnVuUmVzcG9uc2USHQoDcnVuGAEgASgLMhAuc2ltdHJhY2sudjEuUnVuIh4KEERlbGV0ZVJ1blJlcXVlc3QSCgoCaWQYASABKAkiEwoRRGVsZXRlUnVuUmVzcG9uc2Ui3QEKC1BhcnRpY2lwYW50EgoKAmlkGAEgASgJEg4KBnJ1bl9pZBgCIAEoCRIQCghhZ2VudF9pZBgDIAEoCRIMCgRyb2xlGAQgASgJEjAKD2NvbmZpZ19vdmVycmlkZRgFIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSLwoLY3JlYXRlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJJChhDcmVhdGVQYXJ0aWNpcGFudFJlcXVlc3QSLQoLcGFydGljaXBhbnQYASABKAsyGC5zaW10cmFjay52MS5QYXJ0aWNpcGFudCJKChlDcmVhdGVQYXJ0aWNpcGFudFJlc3BvbnNlEi0KC3BhcnRpY2lwYW50GAEgASgLMhguc2ltdHJhY2sudjEuUGFydGljaXBhbnQiIwoVR2V0UGFydGljaXBhbnRSZXF1ZXN0EgoKAmlkGAEgASgJIkcKFkdldFBhcnRpY2lwYW50UmVzcG9uc2USLQoLcGFydGljaXBhbnQYASABKAsyGC5zaW10cmFjay52MS5QYXJ0aWNpcGFudCJyChdMaXN0UGFydGljaXBhbnRzUmVxdWVzdBIOCgZydW5faWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkSDgoGZmlsdGVyGAQgASgJEhAKCG9yZGVyX2J5GAUgASgJImMKGExpc3RQYXJ0aWNpcGFudHNSZXNwb25zZRIuCgxwYXJ0aWNpcGFudHMYASADKAsyGC5zaW10cmFjay52MS5QYXJ0aWNpcGFudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiegoYVXBkYXRlUGFydGljaXBhbnRSZXF1ZXN0Ei0KC3BhcnRpY2lwYW50GAEgASgLMhguc2ltdHJhY2sudjEuUGFydGljaXBhbnQSLwoLdXBkYXRlX21hc2sYAiABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrIkoKGVVwZGF0ZVBhcnRpY2lwYW50UmVzcG9uc2USLQoLcGFydGljaXBhbnQYASABKAsyGC5zaW10cmFjay52MS5QYXJ0aWNpcGFudCImChhEZWxldGVQYXJ0aWNpcGFudFJlcXVlc3QSCgoCaWQYASABKAkiGwoZRGVsZXRlUGFydGljaXBhbnRSZXNwb25zZSIdCg9XYXRjaFJ1blJlcXVlc3QSCgoCaWQYASABKAkicAoMTGF0ZXN0TWV0cmljEgwKBG5hbWUYASABKAkSDQoFdmFsdWUYAiABKAESEQoEc3RlcBgDIAEoA0gAiAEBEg0KBWNvdW50GAQgASgDEgsKA21pbhgFIAEoARILCgNtYXgYBiABKAFCBwoFX3N0ZXAiXQoQV2F0Y2hSdW5SZXNwb25zZRIdCgNydW4YASABKAsyEC5zaW10cmFjay52MS5SdW4SKgoHbWV0cmljcxgCIAMoCzIZLnNpbXRyYWNrLnYxLkxhdGVzdE1ldHJpYyJKCgdDb21tYW5kEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSJQoEYXJncxgDIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QiLgoQQ2FuY2VsUnVuUmVxdWVzdBIKCgJpZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiWQoRQ2FuY2VsUnVuUmVzcG9uc2USJQoHY29tbWFuZBgBIAEoCzIULnNpbXRyYWNrLnYxLkNvbW1hbmQSHQoDcnVuGAIgASgLMhAuc2ltdHJhY2sudjEuUnVuIh0KD1BhdXNlUnVuUmVxdWVzdBIKCgJpZBgBIAEoCSJYChBQYXVzZVJ1blJlc3BvbnNlEiUKB2NvbW1hbmQYASABKAsyFC5zaW10cmFjay52MS5Db21tYW5kEh0KA3J1bhgCIAEoCzIQLnNpbXRyYWNrLnYxLlJ1biIeChBSZXN1bWVSdW5SZXF1ZXN0EgoKAmlkGAEgASgJIlkKEVJlc3VtZVJ1blJlc3BvbnNlEiUKB2NvbW1hbmQYASABKAsyFC5zaW10cmFjay52MS5Db21tYW5kEh0KA3J1bhgCIAEoCzIQLnNpbXRyYWNrLnYxLlJ1biJVChJTZW5kQ29tbWFuZFJlcXVlc3QSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIlCgRhcmdzGAMgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdCI8ChNTZW5kQ29tbWFuZFJlc3BvbnNlEiUKB2NvbW1hbmQYASABKAsyFC5zaW10cmFjay52MS5Db21tYW5kItYBChVHZXRMZWFkZXJib2FyZFJlcXVlc3QSEwoLc2NlbmFyaW9faWQYASABKAkSDgoGbWV0cmljGAIgASgJEi8KCWFnZ3JlZ2F0ZRgDIAEoDjIcLnNpbXRyYWNrLnYxLk1ldHJpY0FnZ3JlZ2F0ZRIlCgVvcmRlchgEIAEoDjIWLnNpbXRyYWNrLnYxLlJhbmtPcmRlchINCgVsaW1pdBgFIAEoBRIVCg1leHBlcmltZW50X2lkGAYgASgJEhoKEmluY2x1ZGVfdW5maW5pc2hlZBgHIAEoCCJzChBMZWFkZXJib2FyZEVudHJ5EgwKBHJhbmsYASABKAUSHQoDcnVuGAIgASgLMhAuc2ltdHJhY2sudjEuUnVuEhAKCGFnZW50X2lkGAMgASgJEg0KBXZhbHVlGAQgASgBEhEKCWxhc3Rfc3RlcBgFIAEoAyJdChZHZXRMZWFkZXJib2FyZFJlc3BvbnNlEi4KB2VudHJpZXMYASADKAsyHS5zaW10cmFjay52MS5MZWFkZXJib2FyZEVudHJ5EhMKC3JhbmtlZF9ydW5zGAIgASgDIiQKEkdldFJ1blN0YXRzUmVxdWVzdBIOCgZmaWx0ZXIYASABKAkiRwoOUnVuU3RhdHVzQ291bnQSJgoGc3RhdHVzGAEgASgOMhYuc2ltdHJhY2sudjEuUnVuU3RhdHVzEg0KBWNvdW50GAIgASgDIucBCg1EdXJhdGlvblN0YXRzEg0KBWNvdW50GAEgASgDEicKBG1lYW4YAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SJgoDbWluGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiYKA3A1MBgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhImCgNwOTUYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SJgoDbWF4GAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIpkBChNHZXRSdW5TdGF0c1Jlc3BvbnNlEg0KBXRvdGFsGAEgASgDEi4KCWJ5X3N0YXR1cxgCIAMoCzIbLnNpbXRyYWNrLnYxLlJ1blN0YXR1c0NvdW50EhQKDHN1Y2Nlc3NfcmF0ZRgDIAEoARItCglkdXJhdGlvbnMYBCABKAsyGi5zaW10cmFjay52MS5EdXJhdGlvblN0YXRzKtABCglSdW5TdGF0dXMSGgoWUlVOX1NUQVRVU19VTlNQRUNJRklFRBAAEhYKElJVTl9TVEFUVVNfUEVORElORxABEhcKE1JVTl9TVEFUVVNfU1RBUlRJTkcQAhIWChJSVU5fU1RBVFVTX1JVTk5JTkcQAxIYChRSVU5fU1RBVFVTX0NPTVBMRVRFRBAEEhUKEVJVTl9TVEFUVVNfRkFJTEVEEAUSFgoSUlVOX1NUQVRVU19TVE9QUEVEEAYSFQoRUlVOX1NUQVRVU19QQVVTRUQQByqEAQoPTWV0cmljQWdncmVnYXRlEiAKHE1FVFJJQ19BR0dSRUdBVEVfVU5TUEVDSUZJRUQQABIbChdNRVRSSUNfQUdHUkVHQVRFX0xBVEVTVBABEhgKFE1FVFJJQ19BR0dSRUdBVEVfTUlOEAISGAoUTUVUUklDX0FHR1JFR0FURV9NQVgQAypiCglSYW5rT3JkZXISGgoWUkFOS19PUkRFUl9VTlNQRUNJRklFRBAAEhwKGFJBTktfT1JERVJfSElHSEVTVF9GSVJTVBABEhsKF1JBTktfT1JERVJfTE9XRVNUX0ZJUlNUEAIyjwsKClJ1blNlcnZpY2USSgoJQ3JlYXRlUnVuEh0uc2ltdHJhY2sudjEuQ3JlYXRlUnVuUmVxdWVzdBoeLnNpbXRyYWNrLnYxLkNyZWF0ZVJ1blJlc3BvbnNlEkEKBkdldFJ1bhIaLnNpbXRyYWNrLnYxLkdldFJ1blJlcXVlc3QaGy5zaW10cmFjay52MS5HZXRSdW5SZXNwb25zZRJHCghMaXN0UnVucxIcLnNpbXRyYWNrLnYxLkxpc3RSdW5zUmVxdWVzdBodLnNpbXRyYWNrLnYxLkxpc3RSdW5zUmVzcG9uc2USSgoJVXBkYXRlUnVuEh0uc2ltdHJhY2sudjEuVXBkYXRlUnVuUmVxdWVzdBoeLnNpbXRyYWNrLnYxLlVwZGF0ZVJ1blJlc3BvbnNlEkoKCURlbGV0ZVJ1bhIdLnNpbXRyYWNrLnYxLkRlbGV0ZVJ1blJlcXVlc3QaHi5zaW10cmFjay52MS5EZWxldGVSdW5SZXNwb25zZRJiChFDcmVhdGVQYXJ0aWNpcGFudBIlLnNpbXRyYWNrLnYxLkNyZWF0ZVBhcnRpY2lwYW50UmVxdWVzdBomLnNpbXRyYWNrLnYxLkNyZWF0ZVBhcnRpY2lwYW50UmVzcG9uc2USWQoOR2V0UGFydGljaXBhbnQSIi5zaW10cmFjay52MS5HZXRQYXJ0aWNpcGFudFJlcXVlc3QaIy5zaW10cmFjay52MS5HZXRQYXJ0aWNpcGFudFJlc3BvbnNlEl8KEExpc3RQYXJ0aWNpcGFudHMSJC5zaW10cmFjay52MS5MaXN0UGFydGljaXBhbnRzUmVxdWVzdBolLnNpbXRyYWNrLnYxLkxpc3RQYXJ0aWNpcGFudHNSZXNwb25zZRJiChFVcGRhdGVQYXJ0aWNpcGFudBIlLnNpbXRyYWNrLnYxLlVwZGF0ZVBhcnRpY2lwYW50UmVxdWVzdBomLnNpbXRyYWNrLnYxLlVwZGF0ZVBhcnRpY2lwYW50UmVzcG9uc2USYgoRRGVsZXRlUGFydGljaXBhbnQSJS5zaW10cmFjay52MS5EZWxldGVQYXJ0aWNpcGFudFJlcXVlc3QaJi5zaW10cmFjay52MS5EZWxldGVQYXJ0aWNpcGFudFJlc3BvbnNlEkkKCFdhdGNoUnVuEhwuc2ltdHJhY2sudjEuV2F0Y2hSdW5SZXF1ZXN0Gh0uc2ltdHJhY2sudjEuV2F0Y2hSdW5SZXNwb25zZTABEkoKCUNhbmNlbFJ1bhIdLnNpbXRyYWNrLnYxLkNhbmNlbFJ1blJlcXVlc3QaHi5zaW10cmFjay52MS5DYW5jZWxSdW5SZXNwb25zZRJHCghQYXVzZVJ1bhIcLnNpbXRyYWNrLnYxLlBhdXNlUnVuUmVxdWVzdBodLnNpbXRyYWNrLnYxLlBhdXNlUnVuUmVzcG9uc2USSgoJUmVzdW1lUnVuEh0uc2ltdHJhY2sudjEuUmVzdW1lUnVuUmVxdWVzdBoeLnNpbXRyYWNrLnYxLlJlc3VtZVJ1blJlc3BvbnNlElAKC1NlbmRDb21tYW5kEh8uc2ltdHJhY2sudjEuU2VuZENvbW1hbmRSZXF1ZXN0GiAuc2ltdHJhY2sudjEuU2VuZENvbW1hbmRSZXNwb25zZRJZCg5HZXRMZWFkZXJib2FyZBIiLnNpbXRyYWNrLnYxLkdldExlYWRlcmJvYXJkUmVxdWVzdBojLnNpbXRyYWNrLnYxLkdldExlYWRlcmJvYXJkUmVzcG9uc2USUAoLR2V0UnVuU3RhdHMSHy5zaW10cmFjay52MS5HZXRSdW5TdGF0c1JlcXVlc3QaIC5zaW10cmFjay52MS5HZXRSdW5TdGF0c1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * Run is one execution of an experiment's scenario.
@@ -308,15 +308,15 @@ export type ListRunsRequest = Message<"simtrack.v1.ListRunsRequest"> & {
 
   /**
    * Which runs to list.
-   * Syntax (AIP-160): comparisons `FIELD OP VALUE` (OP: = or !=; on numeric fields also <, <=,
-   * >, >=) and `FIELD IN (VALUE, ...)`, joined by AND (or a space) and OR, which binds tighter
-   * than AND as in AIP-160; NOT and parentheses group. VALUE is a double-quoted string (a
-   * backslash escapes the next character) or a bare word of letters, digits and `_.:+*\/-`.
-   * Strings match exactly (case counts), but `*` in a string's = or != matches any run of
-   * characters; enum values match in any case, short (`completed`) or as the proto enum value
-   * (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. A field not set equals `""` only. At most
-   * 4,096 characters, 100 comparisons and 16 levels of nesting; errors give the position (in
-   * characters, from 0).
+   * Syntax (AIP-160): comparisons `FIELD OP VALUE` (OP: = or !=; on numbers, times and ordered
+   * strings, by code point, also <, <=, >, >=) and `FIELD IN (VALUE, ...)`, joined by AND (or a
+   * space) and OR, which binds tighter than AND as in AIP-160; NOT and parentheses group. VALUE is
+   * a double-quoted string (a backslash escapes the next character) or a bare word of letters,
+   * digits and `_.:+*\/-`. Strings match exactly (case counts), but `*` in a string's = or !=
+   * matches any run of characters; enum values match in any case, short (`completed`) or as the
+   * proto enum value (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. A field not set equals `""` only.
+   * At most 4,096 characters, 100 comparisons and 16 levels of nesting; errors give the position
+   * (in characters, from 0).
    * Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
    * what is accepted). Fields:
    *   experiment_id (string): the run's experiment.
@@ -376,7 +376,7 @@ export const ListRunsRequestSchema: GenMessage<ListRunsRequest> = /*@__PURE__*/
  */
 export type ListRunsResponse = Message<"simtrack.v1.ListRunsResponse"> & {
   /**
-   * The runs of this page, oldest first.
+   * The runs of this page, in order_by's order (default: oldest first).
    *
    * @generated from field: repeated simtrack.v1.Run runs = 1;
    */
@@ -663,23 +663,37 @@ export type ListParticipantsRequest = Message<"simtrack.v1.ListParticipantsReque
 
   /**
    * Which participants to list.
-   * Syntax (AIP-160): comparisons `FIELD OP VALUE` (OP: = or !=; on numeric fields also <, <=,
-   * >, >=) and `FIELD IN (VALUE, ...)`, joined by AND (or a space) and OR, which binds tighter
-   * than AND as in AIP-160; NOT and parentheses group. VALUE is a double-quoted string (a
-   * backslash escapes the next character) or a bare word of letters, digits and `_.:+*\/-`.
-   * Strings match exactly (case counts), but `*` in a string's = or != matches any run of
-   * characters; enum values match in any case, short (`completed`) or as the proto enum value
-   * (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. A field not set equals `""` only. At most
-   * 4,096 characters, 100 comparisons and 16 levels of nesting; errors give the position (in
-   * characters, from 0).
+   * Syntax (AIP-160): comparisons `FIELD OP VALUE` (OP: = or !=; on numbers, times and ordered
+   * strings, by code point, also <, <=, >, >=) and `FIELD IN (VALUE, ...)`, joined by AND (or a
+   * space) and OR, which binds tighter than AND as in AIP-160; NOT and parentheses group. VALUE is
+   * a double-quoted string (a backslash escapes the next character) or a bare word of letters,
+   * digits and `_.:+*\/-`. Strings match exactly (case counts), but `*` in a string's = or !=
+   * matches any run of characters; enum values match in any case, short (`completed`) or as the
+   * proto enum value (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. A field not set equals `""` only.
+   * At most 4,096 characters, 100 comparisons and 16 levels of nesting; errors give the position
+   * (in characters, from 0).
    * Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
    * what is accepted). Fields:
    *   agent_id (string): the participating agent.
-   *   role (string): the role, e.g. `role = "seller"`.
+   *   role (string, ordered): the role, e.g. `role = "seller"`.
+   *   create_time (RFC 3339 time with its offset, e.g. `2026-12-04T10:00:00Z`): when the
+   *     participant was added.
+   *   update_time (RFC 3339 time): when it last changed.
    *
    * @generated from field: string filter = 4;
    */
   filter: string;
+
+  /**
+   * The order of the participants (AIP-132): fields separated by commas, each followed by `desc`
+   * for descending order, e.g. `role, create_time desc`. Fields: role, create_time, update_time;
+   * strings by code point. Ties in creation order. Empty: creation order. At most 8 keys and 1,024
+   * characters; a page token continues the order it was issued for. A bad order_by is
+   * INVALID_ARGUMENT naming order_by, with the position (in characters, from 0) of what is wrong.
+   *
+   * @generated from field: string order_by = 5;
+   */
+  orderBy: string;
 };
 
 /**
@@ -696,7 +710,7 @@ export const ListParticipantsRequestSchema: GenMessage<ListParticipantsRequest> 
  */
 export type ListParticipantsResponse = Message<"simtrack.v1.ListParticipantsResponse"> & {
   /**
-   * The participants of this page, oldest first.
+   * The participants of this page, in order_by's order (default: oldest first).
    *
    * @generated from field: repeated simtrack.v1.Participant participants = 1;
    */
@@ -1308,15 +1322,15 @@ export const GetLeaderboardResponseSchema: GenMessage<GetLeaderboardResponse> = 
 export type GetRunStatsRequest = Message<"simtrack.v1.GetRunStatsRequest"> & {
   /**
    * Which runs to summarize.
-   * Syntax (AIP-160): comparisons `FIELD OP VALUE` (OP: = or !=; on numeric fields also <, <=,
-   * >, >=) and `FIELD IN (VALUE, ...)`, joined by AND (or a space) and OR, which binds tighter
-   * than AND as in AIP-160; NOT and parentheses group. VALUE is a double-quoted string (a
-   * backslash escapes the next character) or a bare word of letters, digits and `_.:+*\/-`.
-   * Strings match exactly (case counts), but `*` in a string's = or != matches any run of
-   * characters; enum values match in any case, short (`completed`) or as the proto enum value
-   * (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. A field not set equals `""` only. At most
-   * 4,096 characters, 100 comparisons and 16 levels of nesting; errors give the position (in
-   * characters, from 0).
+   * Syntax (AIP-160): comparisons `FIELD OP VALUE` (OP: = or !=; on numbers, times and ordered
+   * strings, by code point, also <, <=, >, >=) and `FIELD IN (VALUE, ...)`, joined by AND (or a
+   * space) and OR, which binds tighter than AND as in AIP-160; NOT and parentheses group. VALUE is
+   * a double-quoted string (a backslash escapes the next character) or a bare word of letters,
+   * digits and `_.:+*\/-`. Strings match exactly (case counts), but `*` in a string's = or !=
+   * matches any run of characters; enum values match in any case, short (`completed`) or as the
+   * proto enum value (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. A field not set equals `""` only.
+   * At most 4,096 characters, 100 comparisons and 16 levels of nesting; errors give the position
+   * (in characters, from 0).
    * Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
    * what is accepted). Fields:
    *   experiment_id (string): the run's experiment.

@@ -11,7 +11,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file simtrack/v1/scenarios.proto.
  */
 export const file_simtrack_v1_scenarios: GenFile = /*@__PURE__*/
-  fileDesc("ChtzaW10cmFjay92MS9zY2VuYXJpb3MucHJvdG8SC3NpbXRyYWNrLnYxIoQDCghTY2VuYXJpbxIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEhMKC2Rlc2NyaXB0aW9uGAMgASgJEhcKD2RpZmZpY3VsdHlfdGllchgEIAEoBRIWCg5kdXJhdGlvbl90aWNrcxgFIAEoAxIMCgR0YWdzGAYgAygJEicKBnBhcmFtcxgHIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSMQoQc3VjY2Vzc19jcml0ZXJpYRgIIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSMgoRbWFya2V0X2NvbmRpdGlvbnMYCSABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EjAKD2V4dGVybmFsX2V2ZW50cxgKIAMoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSMgoRYWdlbnRfY29uc3RyYWludHMYCyABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EhQKDGNvbnRlbnRfaGFzaBgMIAEoCSIgChJHZXRTY2VuYXJpb1JlcXVlc3QSCgoCaWQYASABKAkiPgoTR2V0U2NlbmFyaW9SZXNwb25zZRInCghzY2VuYXJpbxgBIAEoCzIVLnNpbXRyYWNrLnYxLlNjZW5hcmlvIk0KFExpc3RTY2VuYXJpb3NSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEg4KBmZpbHRlchgDIAEoCSJaChVMaXN0U2NlbmFyaW9zUmVzcG9uc2USKAoJc2NlbmFyaW9zGAEgAygLMhUuc2ltdHJhY2sudjEuU2NlbmFyaW8SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJMrsBCg9TY2VuYXJpb1NlcnZpY2USUAoLR2V0U2NlbmFyaW8SHy5zaW10cmFjay52MS5HZXRTY2VuYXJpb1JlcXVlc3QaIC5zaW10cmFjay52MS5HZXRTY2VuYXJpb1Jlc3BvbnNlElYKDUxpc3RTY2VuYXJpb3MSIS5zaW10cmFjay52MS5MaXN0U2NlbmFyaW9zUmVxdWVzdBoiLnNpbXRyYWNrLnYxLkxpc3RTY2VuYXJpb3NSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_struct]);
+  fileDesc("ChtzaW10cmFjay92MS9zY2VuYXJpb3MucHJvdG8SC3NpbXRyYWNrLnYxIoQDCghTY2VuYXJpbxIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEhMKC2Rlc2NyaXB0aW9uGAMgASgJEhcKD2RpZmZpY3VsdHlfdGllchgEIAEoBRIWCg5kdXJhdGlvbl90aWNrcxgFIAEoAxIMCgR0YWdzGAYgAygJEicKBnBhcmFtcxgHIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSMQoQc3VjY2Vzc19jcml0ZXJpYRgIIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSMgoRbWFya2V0X2NvbmRpdGlvbnMYCSABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EjAKD2V4dGVybmFsX2V2ZW50cxgKIAMoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSMgoRYWdlbnRfY29uc3RyYWludHMYCyABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EhQKDGNvbnRlbnRfaGFzaBgMIAEoCSIgChJHZXRTY2VuYXJpb1JlcXVlc3QSCgoCaWQYASABKAkiPgoTR2V0U2NlbmFyaW9SZXNwb25zZRInCghzY2VuYXJpbxgBIAEoCzIVLnNpbXRyYWNrLnYxLlNjZW5hcmlvIl8KFExpc3RTY2VuYXJpb3NSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEg4KBmZpbHRlchgDIAEoCRIQCghvcmRlcl9ieRgEIAEoCSJaChVMaXN0U2NlbmFyaW9zUmVzcG9uc2USKAoJc2NlbmFyaW9zGAEgAygLMhUuc2ltdHJhY2sudjEuU2NlbmFyaW8SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJMrsBCg9TY2VuYXJpb1NlcnZpY2USUAoLR2V0U2NlbmFyaW8SHy5zaW10cmFjay52MS5HZXRTY2VuYXJpb1JlcXVlc3QaIC5zaW10cmFjay52MS5HZXRTY2VuYXJpb1Jlc3BvbnNlElYKDUxpc3RTY2VuYXJpb3MSIS5zaW10cmFjay52MS5MaXN0U2NlbmFyaW9zUmVxdWVzdBoiLnNpbXRyYWNrLnYxLkxpc3RTY2VuYXJpb3NSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_struct]);
 
 /**
  * Scenario is a benchmark environment definition.
@@ -178,23 +178,36 @@ export type ListScenariosRequest = Message<"simtrack.v1.ListScenariosRequest"> &
 
   /**
    * Which scenarios to list.
-   * Syntax (AIP-160): comparisons `FIELD OP VALUE` (OP: = or !=; on numeric fields also <, <=,
-   * >, >=) and `FIELD IN (VALUE, ...)`, joined by AND (or a space) and OR, which binds tighter
-   * than AND as in AIP-160; NOT and parentheses group. VALUE is a double-quoted string (a
-   * backslash escapes the next character) or a bare word of letters, digits and `_.:+*\/-`.
-   * Strings match exactly (case counts), but `*` in a string's = or != matches any run of
-   * characters; enum values match in any case, short (`completed`) or as the proto enum value
-   * (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. A field not set equals `""` only. At most
-   * 4,096 characters, 100 comparisons and 16 levels of nesting; errors give the position (in
-   * characters, from 0).
+   * Syntax (AIP-160): comparisons `FIELD OP VALUE` (OP: = or !=; on numbers, times and ordered
+   * strings, by code point, also <, <=, >, >=) and `FIELD IN (VALUE, ...)`, joined by AND (or a
+   * space) and OR, which binds tighter than AND as in AIP-160; NOT and parentheses group. VALUE is
+   * a double-quoted string (a backslash escapes the next character) or a bare word of letters,
+   * digits and `_.:+*\/-`. Strings match exactly (case counts), but `*` in a string's = or !=
+   * matches any run of characters; enum values match in any case, short (`completed`) or as the
+   * proto enum value (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. A field not set equals `""` only.
+   * At most 4,096 characters, 100 comparisons and 16 levels of nesting; errors give the position
+   * (in characters, from 0).
    * Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
    * what is accepted). Fields:
    *   difficulty_tier (integer, a bare number): 0 (tutorial) to 3, e.g. `difficulty_tier = 2`.
    *   tags (string): `tags = "pricing"` matches the scenarios carrying that tag, `!=` the others.
+   *   name (string, ordered): the scenario's name.
+   *   duration_ticks (integer): the scenario's length in ticks.
    *
    * @generated from field: string filter = 3;
    */
   filter: string;
+
+  /**
+   * The order of the scenarios (AIP-132): fields separated by commas, each followed by `desc` for
+   * descending order, e.g. `difficulty_tier desc, name`. Fields: name, difficulty_tier,
+   * duration_ticks; strings by code point. Ties in id order. Empty: id order. At most 8 keys and
+   * 1,024 characters; a page token continues the order it was issued for. A bad order_by is
+   * INVALID_ARGUMENT naming order_by, with the position (in characters, from 0) of what is wrong.
+   *
+   * @generated from field: string order_by = 4;
+   */
+  orderBy: string;
 };
 
 /**
@@ -211,7 +224,7 @@ export const ListScenariosRequestSchema: GenMessage<ListScenariosRequest> = /*@_
  */
 export type ListScenariosResponse = Message<"simtrack.v1.ListScenariosResponse"> & {
   /**
-   * The scenarios of this page, ordered by id.
+   * The scenarios of this page, in order_by's order (default: ordered by id).
    *
    * @generated from field: repeated simtrack.v1.Scenario scenarios = 1;
    */

@@ -14,7 +14,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file simtrack/v1/telemetry.proto.
  */
 export const file_simtrack_v1_telemetry: GenFile = /*@__PURE__*/
-  fileDesc("ChtzaW10cmFjay92MS90ZWxlbWV0cnkucHJvdG8SC3NpbXRyYWNrLnYxIqgCChBTdHJlYW1SdW5SZXF1ZXN0EgsKA3NlcRgBIAEoAxIjCgVoZWxsbxgCIAEoCzISLnNpbXRyYWNrLnYxLkhlbGxvSAASKQoIcHJvZ3Jlc3MYAyABKAsyFS5zaW10cmFjay52MS5Qcm9ncmVzc0gAEisKB21ldHJpY3MYBCABKAsyGC5zaW10cmFjay52MS5NZXRyaWNCYXRjaEgAEikKBmV2ZW50cxgFIAEoCzIXLnNpbXRyYWNrLnYxLkV2ZW50QmF0Y2hIABIqCgZzdGF0dXMYBiABKAsyGC5zaW10cmFjay52MS5GaW5hbFN0YXR1c0gAEisKCWhlYXJ0YmVhdBgHIAEoCzIWLnNpbXRyYWNrLnYxLkhlYXJ0YmVhdEgAQgYKBGtpbmQiUgoFSGVsbG8SDgoGcnVuX2lkGAEgASgJEhEKCXdvcmtlcl9pZBgCIAEoCRIWCg5sYXN0X2Fja2VkX3NlcRgDIAEoAxIOCgZyZXBsYXkYBCABKAgiOAoIUHJvZ3Jlc3MSDAoEdGljaxgBIAEoAxINCgV0b3RhbBgCIAEoAxIPCgdwZXJjZW50GAMgASgBIoQBCgxNZXRyaWNTZXJpZXMSDAoEbmFtZRgBIAEoCRIMCgR1bml0GAIgASgJEiUKBGtpbmQYAyABKA4yFy5zaW10cmFjay52MS5NZXRyaWNLaW5kEg0KBXN0ZXBzGAQgAygDEg4KBnZhbHVlcxgFIAMoARISCgp0aW1lc3RhbXBzGAYgAygBIjgKC01ldHJpY0JhdGNoEikKBnNlcmllcxgBIAMoCzIZLnNpbXRyYWNrLnYxLk1ldHJpY1NlcmllcyKJAQoFRXZlbnQSDAoEc3RlcBgBIAEoAxIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIMCgR0eXBlGAMgASgJEhAKCGFnZW50X2lkGAQgASgJEigKB3BheWxvYWQYBSABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0IjAKCkV2ZW50QmF0Y2gSIgoGZXZlbnRzGAEgAygLMhIuc2ltdHJhY2sudjEuRXZlbnQiqAEKC0ZpbmFsU3RhdHVzEigKB291dGNvbWUYASABKA4yFy5zaW10cmFjay52MS5SdW5PdXRjb21lEhUKDWVycm9yX21lc3NhZ2UYAiABKAkSLgoNZXJyb3JfZGV0YWlscxgDIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSKAoHcmVzdWx0cxgEIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QiCwoJSGVhcnRiZWF0IrwBChFTdHJlYW1SdW5SZXNwb25zZRInCgd3ZWxjb21lGAEgASgLMhQuc2ltdHJhY2sudjEuV2VsY29tZUgAEh8KA2FjaxgCIAEoCzIQLnNpbXRyYWNrLnYxLkFja0gAEicKB2NvbW1hbmQYAyABKAsyFC5zaW10cmFjay52MS5Db21tYW5kSAASLAoKZ29pbmdfYXdheRgEIAEoCzIWLnNpbXRyYWNrLnYxLkdvaW5nQXdheUgAQgYKBGtpbmQiogEKB1dlbGNvbWUSFQoNY29tbWl0dGVkX3NlcRgBIAEoAxIiChpoZWFydGJlYXRfaW50ZXJ2YWxfc2Vjb25kcxgCIAEoARIuChBwZW5kaW5nX2NvbW1hbmRzGAMgAygLMhQuc2ltdHJhY2sudjEuQ29tbWFuZBIsCgtydW5fb3V0Y29tZRgEIAEoDjIXLnNpbXRyYWNrLnYxLlJ1bk91dGNvbWUiHAoDQWNrEhUKDWNvbW1pdHRlZF9zZXEYASABKAMiGwoJR29pbmdBd2F5Eg4KBnJlYXNvbhgBIAEoCSKgAgoGTWV0cmljEg4KBnJ1bl9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEgwKBHVuaXQYAyABKAkSJQoEa2luZBgEIAEoDjIXLnNpbXRyYWNrLnYxLk1ldHJpY0tpbmQSDQoFY291bnQYBSABKAMSFgoJbGFzdF9zdGVwGAYgASgDSACIAQESEgoKbGFzdF92YWx1ZRgHIAEoARILCgNtaW4YCCABKAESCwoDbWF4GAkgASgBEi8KC2NyZWF0ZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCDAoKX2xhc3Rfc3RlcCJbChJMaXN0TWV0cmljc1JlcXVlc3QSDgoGcnVuX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJEg4KBmZpbHRlchgEIAEoCSJUChNMaXN0TWV0cmljc1Jlc3BvbnNlEiQKB21ldHJpY3MYASADKAsyEy5zaW10cmFjay52MS5NZXRyaWMSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIsABChdHZXRNZXRyaWNIaXN0b3J5UmVxdWVzdBIOCgZydW5faWQYASABKAkSDgoGbWV0cmljGAIgASgJEhcKCnN0YXJ0X3N0ZXAYAyABKANIAIgBARIVCghlbmRfc3RlcBgEIAEoA0gBiAEBEhIKCm1heF9wb2ludHMYBSABKAUSEQoJcGFnZV9zaXplGAYgASgFEhIKCnBhZ2VfdG9rZW4YByABKAlCDQoLX3N0YXJ0X3N0ZXBCCwoJX2VuZF9zdGVwIpABChhHZXRNZXRyaWNIaXN0b3J5UmVzcG9uc2USDQoFc3RlcHMYASADKAMSDgoGdmFsdWVzGAIgAygBEhIKCnRpbWVzdGFtcHMYAyADKAESFwoPbmV4dF9wYWdlX3Rva2VuGAQgASgJEhMKC3JhbmdlX2NvdW50GAUgASgDEhMKC2Rvd25zYW1wbGVkGAYgASgIIpYBChJDb21wYXJlUnVuc1JlcXVlc3QSDwoHcnVuX2lkcxgBIAMoCRIPCgdtZXRyaWNzGAIgAygJEhcKCnN0YXJ0X3N0ZXAYAyABKANIAIgBARIVCghlbmRfc3RlcBgEIAEoA0gBiAEBEhIKCm1heF9wb2ludHMYBSABKAVCDQoLX3N0YXJ0X3N0ZXBCCwoJX2VuZF9zdGVwIlYKC0NvbXBhcmVHcmlkEg4KBm1ldHJpYxgBIAEoCRISCgpzdGFydF9zdGVwGAIgASgDEhAKCGVuZF9zdGVwGAMgASgDEhEKCWludGVydmFscxgEIAEoBSJhCgtDb21wYXJlZFJ1bhIOCgZydW5faWQYASABKAkSFQoNZXhwZXJpbWVudF9pZBgCIAEoCRIXCg9leHBlcmltZW50X25hbWUYAyABKAkSEgoKcnVuX251bWJlchgEIAEoAyKsAQoOQ29tcGFyZWRTZXJpZXMSDgoGcnVuX2lkGAEgASgJEg4KBm1ldHJpYxgCIAEoCRIMCgR1bml0GAMgASgJEg0KBXN0ZXBzGAQgAygDEg4KBnZhbHVlcxgFIAMoARISCgp0aW1lc3RhbXBzGAYgAygBEhMKC3JhbmdlX2NvdW50GAcgASgDEhMKC2Rvd25zYW1wbGVkGAggASgIEg8KB21pc3NpbmcYCSABKAgipwEKE0NvbXBhcmVSdW5zUmVzcG9uc2USJgoEcnVucxgBIAMoCzIYLnNpbXRyYWNrLnYxLkNvbXBhcmVkUnVuEicKBWdyaWRzGAIgAygLMhguc2ltdHJhY2sudjEuQ29tcGFyZUdyaWQSKwoGc2VyaWVzGAMgAygLMhsuc2ltdHJhY2sudjEuQ29tcGFyZWRTZXJpZXMSEgoKbWF4X3BvaW50cxgEIAEoBSJaChFMaXN0RXZlbnRzUmVxdWVzdBIOCgZydW5faWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkSDgoGZmlsdGVyGAQgASgJIk8KC1N0b3JlZEV2ZW50EiEKBWV2ZW50GAEgASgLMhIuc2ltdHJhY2sudjEuRXZlbnQSCwoDc2VxGAIgASgDEhAKCHBvc2l0aW9uGAMgASgFIlcKEkxpc3RFdmVudHNSZXNwb25zZRIoCgZldmVudHMYASADKAsyGC5zaW10cmFjay52MS5TdG9yZWRFdmVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkqWQoKTWV0cmljS2luZBIbChdNRVRSSUNfS0lORF9VTlNQRUNJRklFRBAAEhUKEU1FVFJJQ19LSU5EX0dBVUdFEAESFwoTTUVUUklDX0tJTkRfQ09VTlRFUhACKnUKClJ1bk91dGNvbWUSGwoXUlVOX09VVENPTUVfVU5TUEVDSUZJRUQQABIZChVSVU5fT1VUQ09NRV9DT01QTEVURUQQARIWChJSVU5fT1VUQ09NRV9GQUlMRUQQAhIXChNSVU5fT1VUQ09NRV9TVE9QUEVEEAMytgMKEFRlbGVtZXRyeVNlcnZpY2USTgoJU3RyZWFtUnVuEh0uc2ltdHJhY2sudjEuU3RyZWFtUnVuUmVxdWVzdBoeLnNpbXRyYWNrLnYxLlN0cmVhbVJ1blJlc3BvbnNlKAEwARJQCgtMaXN0TWV0cmljcxIfLnNpbXRyYWNrLnYxLkxpc3RNZXRyaWNzUmVxdWVzdBogLnNpbXRyYWNrLnYxLkxpc3RNZXRyaWNzUmVzcG9uc2USXwoQR2V0TWV0cmljSGlzdG9yeRIkLnNpbXRyYWNrLnYxLkdldE1ldHJpY0hpc3RvcnlSZXF1ZXN0GiUuc2ltdHJhY2sudjEuR2V0TWV0cmljSGlzdG9yeVJlc3BvbnNlElAKC0NvbXBhcmVSdW5zEh8uc2ltdHJhY2sudjEuQ29tcGFyZVJ1bnNSZXF1ZXN0GiAuc2ltdHJhY2sudjEuQ29tcGFyZVJ1bnNSZXNwb25zZRJNCgpMaXN0RXZlbnRzEh4uc2ltdHJhY2sudjEuTGlzdEV2ZW50c1JlcXVlc3QaHy5zaW10cmFjay52MS5MaXN0RXZlbnRzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_simtrack_v1_runs]);
+  fileDesc("ChtzaW10cmFjay92MS90ZWxlbWV0cnkucHJvdG8SC3NpbXRyYWNrLnYxIqgCChBTdHJlYW1SdW5SZXF1ZXN0EgsKA3NlcRgBIAEoAxIjCgVoZWxsbxgCIAEoCzISLnNpbXRyYWNrLnYxLkhlbGxvSAASKQoIcHJvZ3Jlc3MYAyABKAsyFS5zaW10cmFjay52MS5Qcm9ncmVzc0gAEisKB21ldHJpY3MYBCABKAsyGC5zaW10cmFjay52MS5NZXRyaWNCYXRjaEgAEikKBmV2ZW50cxgFIAEoCzIXLnNpbXRyYWNrLnYxLkV2ZW50QmF0Y2hIABIqCgZzdGF0dXMYBiABKAsyGC5zaW10cmFjay52MS5GaW5hbFN0YXR1c0gAEisKCWhlYXJ0YmVhdBgHIAEoCzIWLnNpbXRyYWNrLnYxLkhlYXJ0YmVhdEgAQgYKBGtpbmQiUgoFSGVsbG8SDgoGcnVuX2lkGAEgASgJEhEKCXdvcmtlcl9pZBgCIAEoCRIWCg5sYXN0X2Fja2VkX3NlcRgDIAEoAxIOCgZyZXBsYXkYBCABKAgiOAoIUHJvZ3Jlc3MSDAoEdGljaxgBIAEoAxINCgV0b3RhbBgCIAEoAxIPCgdwZXJjZW50GAMgASgBIoQBCgxNZXRyaWNTZXJpZXMSDAoEbmFtZRgBIAEoCRIMCgR1bml0GAIgASgJEiUKBGtpbmQYAyABKA4yFy5zaW10cmFjay52MS5NZXRyaWNLaW5kEg0KBXN0ZXBzGAQgAygDEg4KBnZhbHVlcxgFIAMoARISCgp0aW1lc3RhbXBzGAYgAygBIjgKC01ldHJpY0JhdGNoEikKBnNlcmllcxgBIAMoCzIZLnNpbXRyYWNrLnYxLk1ldHJpY1NlcmllcyKJAQoFRXZlbnQSDAoEc3RlcBgBIAEoAxIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIMCgR0eXBlGAMgASgJEhAKCGFnZW50X2lkGAQgASgJEigKB3BheWxvYWQYBSABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0IjAKCkV2ZW50QmF0Y2gSIgoGZXZlbnRzGAEgAygLMhIuc2ltdHJhY2sudjEuRXZlbnQiqAEKC0ZpbmFsU3RhdHVzEigKB291dGNvbWUYASABKA4yFy5zaW10cmFjay52MS5SdW5PdXRjb21lEhUKDWVycm9yX21lc3NhZ2UYAiABKAkSLgoNZXJyb3JfZGV0YWlscxgDIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSKAoHcmVzdWx0cxgEIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QiCwoJSGVhcnRiZWF0IrwBChFTdHJlYW1SdW5SZXNwb25zZRInCgd3ZWxjb21lGAEgASgLMhQuc2ltdHJhY2sudjEuV2VsY29tZUgAEh8KA2FjaxgCIAEoCzIQLnNpbXRyYWNrLnYxLkFja0gAEicKB2NvbW1hbmQYAyABKAsyFC5zaW10cmFjay52MS5Db21tYW5kSAASLAoKZ29pbmdfYXdheRgEIAEoCzIWLnNpbXRyYWNrLnYxLkdvaW5nQXdheUgAQgYKBGtpbmQiogEKB1dlbGNvbWUSFQoNY29tbWl0dGVkX3NlcRgBIAEoAxIiChpoZWFydGJlYXRfaW50ZXJ2YWxfc2Vjb25kcxgCIAEoARIuChBwZW5kaW5nX2NvbW1hbmRzGAMgAygLMhQuc2ltdHJhY2sudjEuQ29tbWFuZBIsCgtydW5fb3V0Y29tZRgEIAEoDjIXLnNpbXRyYWNrLnYxLlJ1bk91dGNvbWUiHAoDQWNrEhUKDWNvbW1pdHRlZF9zZXEYASABKAMiGwoJR29pbmdBd2F5Eg4KBnJlYXNvbhgBIAEoCSKgAgoGTWV0cmljEg4KBnJ1bl9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEgwKBHVuaXQYAyABKAkSJQoEa2luZBgEIAEoDjIXLnNpbXRyYWNrLnYxLk1ldHJpY0tpbmQSDQoFY291bnQYBSABKAMSFgoJbGFzdF9zdGVwGAYgASgDSACIAQESEgoKbGFzdF92YWx1ZRgHIAEoARILCgNtaW4YCCABKAESCwoDbWF4GAkgASgBEi8KC2NyZWF0ZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCDAoKX2xhc3Rfc3RlcCJtChJMaXN0TWV0cmljc1JlcXVlc3QSDgoGcnVuX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJEg4KBmZpbHRlchgEIAEoCRIQCghvcmRlcl9ieRgFIAEoCSJUChNMaXN0TWV0cmljc1Jlc3BvbnNlEiQKB21ldHJpY3MYASADKAsyEy5zaW10cmFjay52MS5NZXRyaWMSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIsABChdHZXRNZXRyaWNIaXN0b3J5UmVxdWVzdBIOCgZydW5faWQYASABKAkSDgoGbWV0cmljGAIgASgJEhcKCnN0YXJ0X3N0ZXAYAyABKANIAIgBARIVCghlbmRfc3RlcBgEIAEoA0gBiAEBEhIKCm1heF9wb2ludHMYBSABKAUSEQoJcGFnZV9zaXplGAYgASgFEhIKCnBhZ2VfdG9rZW4YByABKAlCDQoLX3N0YXJ0X3N0ZXBCCwoJX2VuZF9zdGVwIpABChhHZXRNZXRyaWNIaXN0b3J5UmVzcG9uc2USDQoFc3RlcHMYASADKAMSDgoGdmFsdWVzGAIgAygBEhIKCnRpbWVzdGFtcHMYAyADKAESFwoPbmV4dF9wYWdlX3Rva2VuGAQgASgJEhMKC3JhbmdlX2NvdW50GAUgASgDEhMKC2Rvd25zYW1wbGVkGAYgASgIIpYBChJDb21wYXJlUnVuc1JlcXVlc3QSDwoHcnVuX2lkcxgBIAMoCRIPCgdtZXRyaWNzGAIgAygJEhcKCnN0YXJ0X3N0ZXAYAyABKANIAIgBARIVCghlbmRfc3RlcBgEIAEoA0gBiAEBEhIKCm1heF9wb2ludHMYBSABKAVCDQoLX3N0YXJ0X3N0ZXBCCwoJX2VuZF9zdGVwIlYKC0NvbXBhcmVHcmlkEg4KBm1ldHJpYxgBIAEoCRISCgpzdGFydF9zdGVwGAIgASgDEhAKCGVuZF9zdGVwGAMgASgDEhEKCWludGVydmFscxgEIAEoBSJhCgtDb21wYXJlZFJ1bhIOCgZydW5faWQYASABKAkSFQoNZXhwZXJpbWVudF9pZBgCIAEoCRIXCg9leHBlcmltZW50X25hbWUYAyABKAkSEgoKcnVuX251bWJlchgEIAEoAyKsAQoOQ29tcGFyZWRTZXJpZXMSDgoGcnVuX2lkGAEgASgJEg4KBm1ldHJpYxgCIAEoCRIMCgR1bml0GAMgASgJEg0KBXN0ZXBzGAQgAygDEg4KBnZhbHVlcxgFIAMoARISCgp0aW1lc3RhbXBzGAYgAygBEhMKC3JhbmdlX2NvdW50GAcgASgDEhMKC2Rvd25zYW1wbGVkGAggASgIEg8KB21pc3NpbmcYCSABKAgipwEKE0NvbXBhcmVSdW5zUmVzcG9uc2USJgoEcnVucxgBIAMoCzIYLnNpbXRyYWNrLnYxLkNvbXBhcmVkUnVuEicKBWdyaWRzGAIgAygLMhguc2ltdHJhY2sudjEuQ29tcGFyZUdyaWQSKwoGc2VyaWVzGAMgAygLMhsuc2ltdHJhY2sudjEuQ29tcGFyZWRTZXJpZXMSEgoKbWF4X3BvaW50cxgEIAEoBSJsChFMaXN0RXZlbnRzUmVxdWVzdBIOCgZydW5faWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkSDgoGZmlsdGVyGAQgASgJEhAKCG9yZGVyX2J5GAUgASgJIk8KC1N0b3JlZEV2ZW50EiEKBWV2ZW50GAEgASgLMhIuc2ltdHJhY2sudjEuRXZlbnQSCwoDc2VxGAIgASgDEhAKCHBvc2l0aW9uGAMgASgFIlcKEkxpc3RFdmVudHNSZXNwb25zZRIoCgZldmVudHMYASADKAsyGC5zaW10cmFjay52MS5TdG9yZWRFdmVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkqWQoKTWV0cmljS2luZBIbChdNRVRSSUNfS0lORF9VTlNQRUNJRklFRBAAEhUKEU1FVFJJQ19LSU5EX0dBVUdFEAESFwoTTUVUUklDX0tJTkRfQ09VTlRFUhACKnUKClJ1bk91dGNvbWUSGwoXUlVOX09VVENPTUVfVU5TUEVDSUZJRUQQABIZChVSVU5fT1VUQ09NRV9DT01QTEVURUQQARIWChJSVU5fT1VUQ09NRV9GQUlMRUQQAhIXChNSVU5fT1VUQ09NRV9TVE9QUEVEEAMytgMKEFRlbGVtZXRyeVNlcnZpY2USTgoJU3RyZWFtUnVuEh0uc2ltdHJhY2sudjEuU3RyZWFtUnVuUmVxdWVzdBoeLnNpbXRyYWNrLnYxLlN0cmVhbVJ1blJlc3BvbnNlKAEwARJQCgtMaXN0TWV0cmljcxIfLnNpbXRyYWNrLnYxLkxpc3RNZXRyaWNzUmVxdWVzdBogLnNpbXRyYWNrLnYxLkxpc3RNZXRyaWNzUmVzcG9uc2USXwoQR2V0TWV0cmljSGlzdG9yeRIkLnNpbXRyYWNrLnYxLkdldE1ldHJpY0hpc3RvcnlSZXF1ZXN0GiUuc2ltdHJhY2sudjEuR2V0TWV0cmljSGlzdG9yeVJlc3BvbnNlElAKC0NvbXBhcmVSdW5zEh8uc2ltdHJhY2sudjEuQ29tcGFyZVJ1bnNSZXF1ZXN0GiAuc2ltdHJhY2sudjEuQ29tcGFyZVJ1bnNSZXNwb25zZRJNCgpMaXN0RXZlbnRzEh4uc2ltdHJhY2sudjEuTGlzdEV2ZW50c1JlcXVlc3QaHy5zaW10cmFjay52MS5MaXN0RXZlbnRzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_simtrack_v1_runs]);
 
 /**
  * A worker's message on TelemetryService.StreamRun. The first message of a stream must be `hello`.
@@ -671,23 +671,44 @@ export type ListMetricsRequest = Message<"simtrack.v1.ListMetricsRequest"> & {
 
   /**
    * Which metrics to list.
-   * Syntax (AIP-160): comparisons `FIELD OP VALUE` (OP: = or !=; on numeric fields also <, <=,
-   * >, >=) and `FIELD IN (VALUE, ...)`, joined by AND (or a space) and OR, which binds tighter
-   * than AND as in AIP-160; NOT and parentheses group. VALUE is a double-quoted string (a
-   * backslash escapes the next character) or a bare word of letters, digits and `_.:+*\/-`.
-   * Strings match exactly (case counts), but `*` in a string's = or != matches any run of
-   * characters; enum values match in any case, short (`completed`) or as the proto enum value
-   * (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. A field not set equals `""` only. At most
-   * 4,096 characters, 100 comparisons and 16 levels of nesting; errors give the position (in
-   * characters, from 0).
+   * Syntax (AIP-160): comparisons `FIELD OP VALUE` (OP: = or !=; on numbers, times and ordered
+   * strings, by code point, also <, <=, >, >=) and `FIELD IN (VALUE, ...)`, joined by AND (or a
+   * space) and OR, which binds tighter than AND as in AIP-160; NOT and parentheses group. VALUE is
+   * a double-quoted string (a backslash escapes the next character) or a bare word of letters,
+   * digits and `_.:+*\/-`. Strings match exactly (case counts), but `*` in a string's = or !=
+   * matches any run of characters; enum values match in any case, short (`completed`) or as the
+   * proto enum value (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. A field not set equals `""` only.
+   * At most 4,096 characters, 100 comparisons and 16 levels of nesting; errors give the position
+   * (in characters, from 0).
    * Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
    * what is accepted). Fields:
-   *   name (string): the metric's name.
+   *   name (string, ordered): the metric's name.
    *   kind (MetricKind): gauge, counter; or METRIC_KIND_GAUGE, METRIC_KIND_COUNTER.
+   *   count (integer): how many points are stored.
+   *   last_step (integer): the highest step with a finite value; a metric without one has none.
+   *   last_value (number): the finite value at last_step.
+   *   min (number): the smallest finite value.
+   *   max (number): the largest finite value.
+   *   create_time (RFC 3339 time with its offset, e.g. `2026-12-04T10:00:00Z`): when the first
+   *     point arrived.
+   *   update_time (RFC 3339 time): when the summary last changed.
    *
    * @generated from field: string filter = 4;
    */
   filter: string;
+
+  /**
+   * The order of the metrics (AIP-132): fields separated by commas, each followed by `desc` for
+   * descending order, e.g. `last_value desc`. Fields: name, count, last_step, last_value, min, max,
+   * create_time, update_time; strings by code point. A metric without a value for a key (no finite
+   * point: no last_step, last_value, min or max) comes after those with one, in either direction;
+   * ties, and those, in name order. Empty: name order. At most 8 keys and 1,024 characters; a page
+   * token continues the order it was issued for. A bad order_by is INVALID_ARGUMENT naming
+   * order_by, with the position (in characters, from 0) of what is wrong.
+   *
+   * @generated from field: string order_by = 5;
+   */
+  orderBy: string;
 };
 
 /**
@@ -704,7 +725,7 @@ export const ListMetricsRequestSchema: GenMessage<ListMetricsRequest> = /*@__PUR
  */
 export type ListMetricsResponse = Message<"simtrack.v1.ListMetricsResponse"> & {
   /**
-   * The metrics of this page, by name.
+   * The metrics of this page, in order_by's order (default: by name).
    *
    * @generated from field: repeated simtrack.v1.Metric metrics = 1;
    */
@@ -1150,23 +1171,35 @@ export type ListEventsRequest = Message<"simtrack.v1.ListEventsRequest"> & {
 
   /**
    * Which events to list.
-   * Syntax (AIP-160): comparisons `FIELD OP VALUE` (OP: = or !=; on numeric fields also <, <=,
-   * >, >=) and `FIELD IN (VALUE, ...)`, joined by AND (or a space) and OR, which binds tighter
-   * than AND as in AIP-160; NOT and parentheses group. VALUE is a double-quoted string (a
-   * backslash escapes the next character) or a bare word of letters, digits and `_.:+*\/-`.
-   * Strings match exactly (case counts), but `*` in a string's = or != matches any run of
-   * characters; enum values match in any case, short (`completed`) or as the proto enum value
-   * (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. A field not set equals `""` only. At most
-   * 4,096 characters, 100 comparisons and 16 levels of nesting; errors give the position (in
-   * characters, from 0).
+   * Syntax (AIP-160): comparisons `FIELD OP VALUE` (OP: = or !=; on numbers, times and ordered
+   * strings, by code point, also <, <=, >, >=) and `FIELD IN (VALUE, ...)`, joined by AND (or a
+   * space) and OR, which binds tighter than AND as in AIP-160; NOT and parentheses group. VALUE is
+   * a double-quoted string (a backslash escapes the next character) or a bare word of letters,
+   * digits and `_.:+*\/-`. Strings match exactly (case counts), but `*` in a string's = or !=
+   * matches any run of characters; enum values match in any case, short (`completed`) or as the
+   * proto enum value (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. A field not set equals `""` only.
+   * At most 4,096 characters, 100 comparisons and 16 levels of nesting; errors give the position
+   * (in characters, from 0).
    * Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
    * what is accepted). Fields:
-   *   type (string): the event type, e.g. `type = "agent_action"`.
+   *   type (string, ordered): the event type, e.g. `type = "agent_action"`.
    *   agent_id (string): the agent involved; `agent_id = ""` lists events with none.
+   *   step (integer): the step (tick) the event happened at.
    *
    * @generated from field: string filter = 4;
    */
   filter: string;
+
+  /**
+   * The order of the events (AIP-132): fields separated by commas, each followed by `desc` for
+   * descending order, e.g. `step desc`. Fields: step, type; strings by code point. Ties in the
+   * order sent. Empty: the order sent. At most 8 keys and 1,024 characters; a page token continues
+   * the order it was issued for. A bad order_by is INVALID_ARGUMENT naming order_by, with the
+   * position (in characters, from 0) of what is wrong.
+   *
+   * @generated from field: string order_by = 5;
+   */
+  orderBy: string;
 };
 
 /**
@@ -1218,7 +1251,7 @@ export const StoredEventSchema: GenMessage<StoredEvent> = /*@__PURE__*/
  */
 export type ListEventsResponse = Message<"simtrack.v1.ListEventsResponse"> & {
   /**
-   * The events of this page, in the order they were sent.
+   * The events of this page, in order_by's order (default: in the order they were sent).
    *
    * @generated from field: repeated simtrack.v1.StoredEvent events = 1;
    */

@@ -12,7 +12,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file simtrack/v1/validations.proto.
  */
 export const file_simtrack_v1_validations: GenFile = /*@__PURE__*/
-  fileDesc("Ch1zaW10cmFjay92MS92YWxpZGF0aW9ucy5wcm90bxILc2ltdHJhY2sudjEi0gEKClZhbGlkYXRpb24SCgoCaWQYASABKAkSDgoGcnVuX2lkGAIgASgJEhEKCXZhbGlkYXRvchgDIAEoCRIMCgRraW5kGAQgASgJEg4KBnBhc3NlZBgFIAEoCBISCgVzY29yZRgGIAEoAUgAiAEBEigKB2RldGFpbHMYByABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Ei8KC2NyZWF0ZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIICgZfc2NvcmUiRgoXQ3JlYXRlVmFsaWRhdGlvblJlcXVlc3QSKwoKdmFsaWRhdGlvbhgBIAEoCzIXLnNpbXRyYWNrLnYxLlZhbGlkYXRpb24iRwoYQ3JlYXRlVmFsaWRhdGlvblJlc3BvbnNlEisKCnZhbGlkYXRpb24YASABKAsyFy5zaW10cmFjay52MS5WYWxpZGF0aW9uIiIKFEdldFZhbGlkYXRpb25SZXF1ZXN0EgoKAmlkGAEgASgJIkQKFUdldFZhbGlkYXRpb25SZXNwb25zZRIrCgp2YWxpZGF0aW9uGAEgASgLMhcuc2ltdHJhY2sudjEuVmFsaWRhdGlvbiJfChZMaXN0VmFsaWRhdGlvbnNSZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCRIOCgZmaWx0ZXIYBCABKAkiYAoXTGlzdFZhbGlkYXRpb25zUmVzcG9uc2USLAoLdmFsaWRhdGlvbnMYASADKAsyFy5zaW10cmFjay52MS5WYWxpZGF0aW9uEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCTKqAgoRVmFsaWRhdGlvblNlcnZpY2USXwoQQ3JlYXRlVmFsaWRhdGlvbhIkLnNpbXRyYWNrLnYxLkNyZWF0ZVZhbGlkYXRpb25SZXF1ZXN0GiUuc2ltdHJhY2sudjEuQ3JlYXRlVmFsaWRhdGlvblJlc3BvbnNlElYKDUdldFZhbGlkYXRpb24SIS5zaW10cmFjay52MS5HZXRWYWxpZGF0aW9uUmVxdWVzdBoiLnNpbXRyYWNrLnYxLkdldFZhbGlkYXRpb25SZXNwb25zZRJcCg9MaXN0VmFsaWRhdGlvbnMSIy5zaW10cmFjay52MS5MaXN0VmFsaWRhdGlvbnNSZXF1ZXN0GiQuc2ltdHJhY2sudjEuTGlzdFZhbGlkYXRpb25zUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("Ch1zaW10cmFjay92MS92YWxpZGF0aW9ucy5wcm90bxILc2ltdHJhY2sudjEi0gEKClZhbGlkYXRpb24SCgoCaWQYASABKAkSDgoGcnVuX2lkGAIgASgJEhEKCXZhbGlkYXRvchgDIAEoCRIMCgRraW5kGAQgASgJEg4KBnBhc3NlZBgFIAEoCBISCgVzY29yZRgGIAEoAUgAiAEBEigKB2RldGFpbHMYByABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Ei8KC2NyZWF0ZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIICgZfc2NvcmUiRgoXQ3JlYXRlVmFsaWRhdGlvblJlcXVlc3QSKwoKdmFsaWRhdGlvbhgBIAEoCzIXLnNpbXRyYWNrLnYxLlZhbGlkYXRpb24iRwoYQ3JlYXRlVmFsaWRhdGlvblJlc3BvbnNlEisKCnZhbGlkYXRpb24YASABKAsyFy5zaW10cmFjay52MS5WYWxpZGF0aW9uIiIKFEdldFZhbGlkYXRpb25SZXF1ZXN0EgoKAmlkGAEgASgJIkQKFUdldFZhbGlkYXRpb25SZXNwb25zZRIrCgp2YWxpZGF0aW9uGAEgASgLMhcuc2ltdHJhY2sudjEuVmFsaWRhdGlvbiJxChZMaXN0VmFsaWRhdGlvbnNSZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCRIOCgZmaWx0ZXIYBCABKAkSEAoIb3JkZXJfYnkYBSABKAkiYAoXTGlzdFZhbGlkYXRpb25zUmVzcG9uc2USLAoLdmFsaWRhdGlvbnMYASADKAsyFy5zaW10cmFjay52MS5WYWxpZGF0aW9uEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCTKqAgoRVmFsaWRhdGlvblNlcnZpY2USXwoQQ3JlYXRlVmFsaWRhdGlvbhIkLnNpbXRyYWNrLnYxLkNyZWF0ZVZhbGlkYXRpb25SZXF1ZXN0GiUuc2ltdHJhY2sudjEuQ3JlYXRlVmFsaWRhdGlvblJlc3BvbnNlElYKDUdldFZhbGlkYXRpb24SIS5zaW10cmFjay52MS5HZXRWYWxpZGF0aW9uUmVxdWVzdBoiLnNpbXRyYWNrLnYxLkdldFZhbGlkYXRpb25SZXNwb25zZRJcCg9MaXN0VmFsaWRhdGlvbnMSIy5zaW10cmFjay52MS5MaXN0VmFsaWRhdGlvbnNSZXF1ZXN0GiQuc2ltdHJhY2sudjEuTGlzdFZhbGlkYXRpb25zUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * Validation is a verdict on a run. When a run completes, the server checks its scenario's
@@ -204,25 +204,40 @@ export type ListValidationsRequest = Message<"simtrack.v1.ListValidationsRequest
 
   /**
    * Which validations to list.
-   * Syntax (AIP-160): comparisons `FIELD OP VALUE` (OP: = or !=; on numeric fields also <, <=,
-   * >, >=) and `FIELD IN (VALUE, ...)`, joined by AND (or a space) and OR, which binds tighter
-   * than AND as in AIP-160; NOT and parentheses group. VALUE is a double-quoted string (a
-   * backslash escapes the next character) or a bare word of letters, digits and `_.:+*\/-`.
-   * Strings match exactly (case counts), but `*` in a string's = or != matches any run of
-   * characters; enum values match in any case, short (`completed`) or as the proto enum value
-   * (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. A field not set equals `""` only. At most
-   * 4,096 characters, 100 comparisons and 16 levels of nesting; errors give the position (in
-   * characters, from 0).
+   * Syntax (AIP-160): comparisons `FIELD OP VALUE` (OP: = or !=; on numbers, times and ordered
+   * strings, by code point, also <, <=, >, >=) and `FIELD IN (VALUE, ...)`, joined by AND (or a
+   * space) and OR, which binds tighter than AND as in AIP-160; NOT and parentheses group. VALUE is
+   * a double-quoted string (a backslash escapes the next character) or a bare word of letters,
+   * digits and `_.:+*\/-`. Strings match exactly (case counts), but `*` in a string's = or !=
+   * matches any run of characters; enum values match in any case, short (`completed`) or as the
+   * proto enum value (`RUN_STATUS_COMPLETED`), never UNSPECIFIED. A field not set equals `""` only.
+   * At most 4,096 characters, 100 comparisons and 16 levels of nesting; errors give the position
+   * (in characters, from 0).
    * Empty: everything. A bad filter is INVALID_ARGUMENT naming `filter` (its description says
    * what is accepted). Fields:
-   *   validator (string): who judged; "scenario" is the server's own.
-   *   kind (string): what was judged.
+   *   validator (string, ordered): who judged; "scenario" is the server's own.
+   *   kind (string, ordered): what was judged.
    *   passed (boolean): true or false, any case.
+   *   score (number): the verdict's score; a validation without one has none.
+   *   create_time (RFC 3339 time with its offset, e.g. `2026-12-04T10:00:00Z`): when the validation
+   *     was recorded.
    * Example: `passed = false`.
    *
    * @generated from field: string filter = 4;
    */
   filter: string;
+
+  /**
+   * The order of the validations (AIP-132): fields separated by commas, each followed by `desc` for
+   * descending order, e.g. `score desc`. Fields: validator, kind, score, create_time; strings by
+   * code point. A validation without a score comes after those with one, in either direction; ties,
+   * and those, in creation order. Empty: creation order. At most 8 keys and 1,024 characters; a
+   * page token continues the order it was issued for. A bad order_by is INVALID_ARGUMENT naming
+   * order_by, with the position (in characters, from 0) of what is wrong.
+   *
+   * @generated from field: string order_by = 5;
+   */
+  orderBy: string;
 };
 
 /**
@@ -239,7 +254,7 @@ export const ListValidationsRequestSchema: GenMessage<ListValidationsRequest> = 
  */
 export type ListValidationsResponse = Message<"simtrack.v1.ListValidationsResponse"> & {
   /**
-   * The validations of this page, oldest first.
+   * The validations of this page, in order_by's order (default: oldest first).
    *
    * @generated from field: repeated simtrack.v1.Validation validations = 1;
    */
