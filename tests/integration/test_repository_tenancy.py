@@ -169,12 +169,12 @@ async def seed(services: Services, tenant: str, letter: str, seconds: int) -> Wo
                 tenant_id=tenant,
                 run_id=ids["done"],
                 first_step=0,
-                last_step=0,
-                n=1,
+                last_step=1,
+                n=2,
                 vmin=float(seconds),
                 vmax=float(seconds),
                 steps=b"",
-                vals=struct.pack("<d", seconds),
+                vals=struct.pack("<2d", seconds, seconds),
                 ts=struct.pack("<d", 0.0),
             )
         )
@@ -428,6 +428,43 @@ async def _step_columns(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
 async def _overlapping(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
     assert len(await uow.chunks.overlapping(mine.metric, 0, 10, None, None)) == 1
     assert await uow.chunks.overlapping(theirs.metric, 0, 10, None, None) == []
+
+
+@case("ChunkRepository.summaries")
+async def _summaries(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
+    assert [c.seq for c in await uow.chunks.summaries(mine.metric, 0, 10)] == [1]
+    assert await uow.chunks.summaries(theirs.metric, 0, 10) == []
+
+
+@case("ChunkRepository.with_seqs")
+async def _with_seqs(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
+    assert [c.seq for c in await uow.chunks.with_seqs(mine.metric, [1])] == [1]
+    assert await uow.chunks.with_seqs(theirs.metric, [1]) == []
+
+
+@case("ChunkRepository.inner_spans")
+async def _inner_spans(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
+    spans = await uow.chunks.inner_spans([mine.metric, theirs.metric], 0, 10)
+    assert spans == {mine.metric: (0, 1)}
+
+
+@case("ChunkRepository.edge_steps")
+async def _edge_steps(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
+    # The chunk (steps 0 and 1) reaches across the range's low bound.
+    found = await uow.chunks.edge_steps([mine.metric, theirs.metric], 1, 5)
+    assert [(row[0], row[1], row[2]) for row in found] == [(mine.metric, 2, 0)]
+
+
+@case("MetricRepository.named_in")
+async def _metrics_named_in(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
+    found = await uow.metrics.named_in([mine.done, theirs.done], [METRIC])
+    assert [m.id for m in found] == [mine.metric]
+
+
+@case("RunRepository.many")
+async def _runs_many(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
+    found = await uow.runs.many([mine.done, theirs.done, mine.live])
+    assert sorted(r.id for r in found) == sorted([mine.done, mine.live])
 
 
 @case("EventRepository.list")
