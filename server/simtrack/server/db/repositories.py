@@ -421,7 +421,25 @@ class ChunkRepository:
         (None: all).
         """
         stmt = self._in_order(metric_id, lo, hi, after, limit, StoredChunk._fields)
-        return [StoredChunk(*row) for row in await self.session.execute(stmt)]
+        return [StoredChunk(*row) for row in await self._columns(stmt)]
+
+    async def _columns(self, stmt: Select[Any]) -> Sequence[Any]:
+        """The rows of a statement reading chunks' columns. PostgreSQL: results in binary
+        (through the session's own connection and transaction), so bytea arrives as is, not
+        hex-escaped: a 100,000-point page's 2.4 MB in 2 ms, not 7.
+        """
+        connection = await self.session.connection()
+        if connection.dialect.name != "postgresql":
+            result: Sequence[Any] = (await self.session.execute(stmt)).all()
+            return result
+        compiled = stmt.compile(
+            dialect=connection.dialect, compile_kwargs={"render_postcompile": True}
+        )
+        driver: Any = (await connection.get_raw_connection()).driver_connection
+        async with driver.cursor(binary=True) as cursor:
+            await cursor.execute(str(compiled), compiled.params)
+            rows: Sequence[Any] = await cursor.fetchall()
+            return rows
 
     def _in_order(
         self,
@@ -458,7 +476,7 @@ class ChunkRepository:
             .where(scoped(chunk), chunk.metric_id == metric_id, chunk.seq.in_(seqs))
             .order_by(chunk.first_step, chunk.seq)
         )
-        return [StoredChunk(*row) for row in await self.session.execute(stmt)]
+        return [StoredChunk(*row) for row in await self._columns(stmt)]
 
 
 class EventRepository:
