@@ -18,7 +18,8 @@ Then, from this process as the client:
 * ``history_page_p50_ms``: a page of 10,000 points from a random place in it;
 * ``history_read_vs_raw``: every point of it in pages of 100,000 through the server, against
   the same chunks read by one client straight from the database (bench/history.py's limit);
-* ``compare_5runs_p50_ms``: CompareRuns of five runs (not wired yet: see ``compare_figures``);
+* ``compare_5runs_p50_ms``: CompareRuns of one metric of five series runs (100,000 points
+  each), at most 1,000 points a series on one step grid;
 * ``listruns_filtered_p50_ms``: one page of 50 of the listed runs, filtered and ordered by a
   metric (``LIST_FILTER``, ``LIST_ORDER``);
 * ``getrun_calls_per_s`` / ``getrun_p99_ms``: GetRun of random listed runs, ``CALLERS``
@@ -36,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import math
 import random
 import statistics
 import time
@@ -148,9 +148,9 @@ async def load_series(
     control: Control,
     database: StoredPoints,
     sizes: Sizes,
-) -> str:
+) -> tuple[str, list[str]]:
     """Stream the series runs and the long run, ``WORKERS`` streams at a time; the long run's
-    id.
+    id and the series runs'.
     """
     long_run = await control.create_run()
     run_ids = await control.create_runs(sizes.series_runs)
@@ -197,7 +197,7 @@ async def load_series(
             " time, 1,000-point batches, stored exactly once"
         ),
     )
-    return long_run
+    return long_run, run_ids
 
 
 def listed_params(index: int, rng: random.Random) -> struct_pb2.Struct:
@@ -328,15 +328,25 @@ async def history_figures(
     add("history_read_vs_raw", rate / raw_rate, "x")
 
 
-async def compare_figures(report: Report, name: str, control: Control, sizes: Sizes) -> None:
-    """``compare_5runs_p50_ms``: CompareRuns of five series runs (their ``m_0`` .. on one step
-    grid, at most 1,000 points a series).
-
-    --- TO WIRE when CompareRuns (issue 12 item 3) is merged: time ``sizes.latency_calls``
-    calls with ``latencies_ms`` and report the median here. Until then the figure is printed
-    as nan, so the line is where the reader looks for it. ---
-    """
-    _adder(report, name)("compare_5runs_p50_ms", math.nan, "ms", "CompareRuns not merged yet")
+async def compare_figures(
+    report: Report, name: str, control: Control, run_ids: Sequence[str], sizes: Sizes
+) -> None:
+    metric = f"{SERIES_METRIC}_0"
+    request = telemetry_pb2.CompareRunsRequest(
+        run_ids=run_ids[:5], metrics=[metric], max_points=1000
+    )
+    compared = await control.telemetry.CompareRuns(request)
+    shown = [len(series.steps) for series in compared.series]
+    if len(shown) != 5 or not all(0 < n <= 1000 for n in shown):
+        raise BenchError(f"{name}: CompareRuns gave series of {shown} points")
+    times = await latencies_ms(lambda: control.telemetry.CompareRuns(request), sizes.latency_calls)
+    _adder(report, name)(
+        "compare_5runs_p50_ms",
+        percentile(times, 0.5),
+        "ms",
+        f"{metric} of 5 runs ({sizes.steps:,} points each) to at most 1,000 points on one grid;"
+        f" p99 {percentile(times, 0.99):.1f} ms",
+    )
 
 
 async def list_figures(report: Report, name: str, control: Control, sizes: Sizes) -> None:
@@ -470,12 +480,14 @@ async def measure(
     await control.setup()
     try:
         with report.phase(f"{name}: load {sizes.points:,} points"):
-            long_run = await load_series(report, name, pool, server, control, case.database, sizes)
+            long_run, series_runs = await load_series(
+                report, name, pool, server, control, case.database, sizes
+            )
         with report.phase(f"{name}: load {sizes.listed_runs:,} listed runs"):
             listed = await load_listed(report, name, control, sizes)
         with report.phase(f"{name}: history"):
             await history_figures(report, name, control, long_run, sizes, case.fetch_for(long_run))
-        await compare_figures(report, name, control, sizes)
+        await compare_figures(report, name, control, series_runs, sizes)
         with report.phase(f"{name}: list and get"):
             await list_figures(report, name, control, sizes)
             await unary_figures(report, name, server.address, listed, sizes)
