@@ -1,5 +1,5 @@
-"""``python -m bench {ingest,history,codec,compaction,fleet} [--quick]``: run a benchmark, print its
-figures.
+"""``python -m bench {ingest,history,codec,compaction,fleet,query} [--quick]``: run a benchmark,
+print its figures.
 """
 
 from __future__ import annotations
@@ -78,7 +78,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="also on SQLite (default: in full mode only)",
     )
+    query = commands.add_parser(
+        "query",
+        help="with 10^8 points stored: downsampled views, pages, filtered lists, GetRun vs the "
+        "unary limit",
+    )
+    query.add_argument(
+        "--quick",
+        action="store_true",
+        help="10^7 points, not 10^8, and 1,000 listed runs, not 10,000: under 90 seconds",
+    )
+    query.add_argument(
+        "--admin-url",
+        default="postgresql://postgres@127.0.0.1:5432/test",
+        help="PostgreSQL superuser URL used to create and drop the benchmark database",
+    )
     args = parser.parse_args(argv)
+    if args.command == "query":
+        from bench.query import run_query
+
+        return run_query(quick=args.quick, admin_url=args.admin_url)
     if args.command == "fleet":
         from bench.fleet import run_fleet_bench
 

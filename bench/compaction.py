@@ -25,10 +25,7 @@ timestamps, so the bytes compare with ``python -m bench codec``.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import sqlite3
-import sys
-import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -42,7 +39,7 @@ from sqlalchemy.pool import NullPool
 
 from bench import corpus
 from bench.control import Control
-from bench.infra import PostgresDatabase, SqliteDatabase, start_simtrack
+from bench.infra import PostgresDatabase, SqliteDatabase, run_bench, start_simtrack
 from bench.report import Report
 from simtrack.server.config import Settings
 from simtrack.server.core.model import MetricKind
@@ -272,12 +269,5 @@ async def _main(sizes: Sizes, admin_url: str, workdir: Path) -> None:
 
 
 def run_compaction(quick: bool, admin_url: str) -> int:
-    workdir = Path(tempfile.mkdtemp(prefix="simtrack-bench-compaction-"))
-    try:
-        asyncio.run(_main(QUICK if quick else FULL, admin_url, workdir))
-    except RuntimeError as exc:
-        print(f"bench failed: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return 0
+    sizes = QUICK if quick else FULL
+    return run_bench("compaction", lambda workdir: _main(sizes, admin_url, workdir))

@@ -60,6 +60,8 @@ class Control:
         self.runs = runs_pb2_grpc.RunServiceStub(self.channel)
         self.telemetry = telemetry_pb2_grpc.TelemetryServiceStub(self.channel)
         self.experiment_id = ""
+        self.agent_id = ""
+        self.scenario_id = SCENARIO
 
     async def setup(self) -> None:
         agent = (
@@ -72,11 +74,12 @@ class Control:
                 )
             )
         ).agent
+        self.agent_id = agent.id
         experiment = (
             await self.experiments.CreateExperiment(
                 experiments_pb2.CreateExperimentRequest(
                     experiment=experiments_pb2.Experiment(
-                        name="ingest benchmark", agent_id=agent.id, scenario_id=SCENARIO
+                        name="ingest benchmark", agent_id=agent.id, scenario_id=self.scenario_id
                     )
                 )
             )

@@ -16,11 +16,8 @@ numpy, with no gRPC and no server (``history_<db>_raw_read_points_per_s``), and 
 from __future__ import annotations
 
 import asyncio
-import shutil
 import sqlite3
 import statistics
-import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -31,7 +28,7 @@ import numpy as np
 import psycopg
 
 from bench.control import Control
-from bench.infra import PostgresDatabase, SqliteDatabase, start_simtrack
+from bench.infra import PostgresDatabase, SqliteDatabase, run_bench, start_simtrack
 from bench.report import Report
 from bench.stream_worker import CHANNEL_OPTIONS, Streamer, WorkerConfig, build_messages
 from simtrack.server.db.chunks import unpack
@@ -150,42 +147,58 @@ async def measure(
             f"history_{name}_page_ms", seconds * 1000, "ms", note="10,000 points from the middle"
         )
 
-        async def read_all() -> int:
-            read, token = 0, ""
-            while True:
-                page = await telemetry.GetMetricHistory(
-                    telemetry_pb2.GetMetricHistoryRequest(
-                        run_id=run_id, metric=METRIC, page_size=100_000, page_token=token
-                    )
-                )
-                read += len(page.values)
-                token = page.next_page_token
-                if not token:
-                    return read
-
-        if await read_all() != points:
-            raise RuntimeError(f"{name}: the pages did not hold every point")
-        seconds = await median_s(read_all, repeats)
-        rate = points / seconds
+        fetch = fetch_for(run_id)
+        rate, raw_rate = await read_figures(telemetry, run_id, METRIC, points, repeats, fetch)
         report.add(
             f"history_{name}_read_points_per_s",
             rate,
             "points/s",
             note=f"{points:,} points in pages of 100,000 through the server",
         )
-        fetch = fetch_for(run_id)
-        if await asyncio.to_thread(raw_read, fetch) != points:
-            raise RuntimeError(f"{name}: the raw read did not hold every point")
-        raw_seconds = await median_s(lambda: asyncio.to_thread(raw_read, fetch), repeats)
         report.add(
             f"history_{name}_raw_read_points_per_s",
-            points / raw_seconds,
+            raw_rate,
             "points/s",
             note="the limit: the same chunks read by one client straight from the database",
         )
-        report.add(f"history_{name}_read_vs_raw", rate / (points / raw_seconds), "x")
+        report.add(f"history_{name}_read_vs_raw", rate / raw_rate, "x")
     finally:
         await control.close()
+
+
+async def read_figures(
+    telemetry: telemetry_pb2_grpc.TelemetryServiceAsyncStub,
+    run_id: str,
+    metric: str,
+    points: int,
+    repeats: int,
+    fetch: Fetch,
+) -> tuple[float, float]:
+    """Points/s reading every point of the series (``points``) in pages of 100,000 through
+    the server, and points/s of ``fetch`` (its chunks read straight from the database and
+    unpacked): medians of ``repeats`` reads each.
+    """
+
+    async def read_all() -> int:
+        read, token = 0, ""
+        while True:
+            page = await telemetry.GetMetricHistory(
+                telemetry_pb2.GetMetricHistoryRequest(
+                    run_id=run_id, metric=metric, page_size=100_000, page_token=token
+                )
+            )
+            read += len(page.values)
+            token = page.next_page_token
+            if not token:
+                return read
+
+    if await read_all() != points:
+        raise RuntimeError(f"{metric}: the pages did not hold every point")
+    seconds = await median_s(read_all, repeats)
+    if await asyncio.to_thread(raw_read, fetch) != points:
+        raise RuntimeError(f"{metric}: the raw read did not hold every point")
+    raw_seconds = await median_s(lambda: asyncio.to_thread(raw_read, fetch), repeats)
+    return points / seconds, points / raw_seconds
 
 
 async def _main(sizes: Sizes, admin_url: str, workdir: Path) -> None:
@@ -211,12 +224,5 @@ async def _main(sizes: Sizes, admin_url: str, workdir: Path) -> None:
 
 
 def run_history(quick: bool, admin_url: str) -> int:
-    workdir = Path(tempfile.mkdtemp(prefix="simtrack-bench-history-"))
-    try:
-        asyncio.run(_main(QUICK if quick else FULL, admin_url, workdir))
-    except RuntimeError as exc:
-        print(f"bench failed: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return 0
+    sizes = QUICK if quick else FULL
+    return run_bench("history", lambda workdir: _main(sizes, admin_url, workdir))

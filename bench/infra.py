@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import sqlite3
 import sys
+import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,21 @@ from psycopg import sql
 
 from tests.support.databases import APP_ROLE
 from tests.support.processes import ServerFailed, ServerProcess, serve_command, simtrack_command
+
+
+def run_bench(name: str, main: Callable[[Path], Coroutine[Any, Any, None]]) -> int:
+    """Run ``main`` in a fresh temporary folder (removed after); 1 if it fails (RuntimeError,
+    said on stderr), else 0: a bench command's exit code.
+    """
+    workdir = Path(tempfile.mkdtemp(prefix=f"simtrack-bench-{name}-"))
+    try:
+        asyncio.run(main(workdir))
+    except RuntimeError as exc:
+        print(f"bench failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
 
 
 def child_env(**extra: str) -> dict[str, str]:

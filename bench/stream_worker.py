@@ -41,6 +41,7 @@ class WorkerConfig:
     batch: int
     window: int = 32
     metric: str = "loss"
+    metrics: int = 1  # series of the run: ``metric``, or ``metric_0`` .. ``metric_{N-1}``
     timestamps: bool = True
     distinct_timestamps: bool = False  # a timestamp per point (1 ms apart), not one per batch
     finish: bool = True  # send the final status after the metric batches
@@ -58,27 +59,36 @@ class WorkerResult:
     max_in_flight: int
 
 
+def metric_names(config: WorkerConfig) -> list[str]:
+    if config.metrics == 1:
+        return [config.metric]
+    return [f"{config.metric}_{index}" for index in range(config.metrics)]
+
+
 def build_messages(config: WorkerConfig) -> list[telemetry_pb2.StreamRunRequest]:
-    """Every metric message of the run, seq 1..N, steps 0..points-1 in order."""
+    """Every metric message of the run, seq 1..N, steps 0..points-1 in order; with several
+    metrics, ``points`` each, their batches take turns (as a simulation logs them, step by step).
+    """
     rng = np.random.default_rng(abs(hash(config.run_id)) % (2**32))
     values = rng.standard_normal(config.batch)
     stamps = np.full(config.batch, time.time()) if config.timestamps else None
     if stamps is not None and config.distinct_timestamps:
         stamps += np.arange(config.batch) * 1e-3
-    messages = []
+    messages: list[telemetry_pb2.StreamRunRequest] = []
     count = -(-config.points // config.batch)
     for index in range(count):
         start = index * config.batch
         n = min(config.batch, config.points - start)
         steps = np.arange(start, start + n, dtype=np.int64)
-        series = telemetry_pb2.MetricSeries(name=config.metric, steps=steps, values=values[:n])
-        if stamps is not None:
-            series.timestamps.extend(stamps[:n])
-        messages.append(
-            telemetry_pb2.StreamRunRequest(
-                seq=index + 1, metrics=telemetry_pb2.MetricBatch(series=[series])
+        for name in metric_names(config):
+            series = telemetry_pb2.MetricSeries(name=name, steps=steps, values=values[:n])
+            if stamps is not None:
+                series.timestamps.extend(stamps[:n])
+            messages.append(
+                telemetry_pb2.StreamRunRequest(
+                    seq=len(messages) + 1, metrics=telemetry_pb2.MetricBatch(series=[series])
+                )
             )
-        )
     return messages
 
 
@@ -220,7 +230,7 @@ async def stream(
         await streamer.close()
     return WorkerResult(
         run_id=config.run_id,
-        points=config.points,
+        points=config.points * config.metrics,
         messages=last,
         build_s=build_s,
         first_send=first_send,
@@ -241,12 +251,19 @@ def _emit(record: dict[str, Any]) -> None:
 
 async def serve_cases() -> None:
     """Run cases as the orchestrator sends them; messages are built once per shape."""
-    built: dict[tuple[int, int, bool, bool], list[telemetry_pb2.StreamRunRequest]] = {}
+    built: dict[tuple[int, int, bool, bool, str, int], list[telemetry_pb2.StreamRunRequest]] = {}
     while line := (await _read_line()).strip():
         if line == "exit":
             return
         config = WorkerConfig(**json.loads(line))
-        key = (config.points, config.batch, config.timestamps, config.distinct_timestamps)
+        key = (
+            config.points,
+            config.batch,
+            config.timestamps,
+            config.distinct_timestamps,
+            config.metric,
+            config.metrics,
+        )
         started = time.monotonic()
         if key not in built:
             built[key] = build_messages(config)

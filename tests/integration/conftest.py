@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from simtrack.server.ingest.writer import GroupCommitWriter
 from simtrack.server.scenario_catalogue import (
@@ -38,18 +37,18 @@ async def make_services(
     backend: str, database_url: str, catalogue: ScenarioCatalogue
 ) -> AsyncIterator[MakeServices]:
     """Build services on this test's database (or ``url``); other arguments go to the engine."""
-    engines: list[AsyncEngine] = []
+    made: list[Services] = []
 
     def make(url: str | None = None, **engine_kwargs: Any) -> Services:
         services = Services.build(backend, url or database_url, catalogue, **engine_kwargs)
-        engines.append(services.engine)
+        made.append(services)
         return services
 
     try:
         yield make
     finally:
-        for engine in engines:
-            await engine.dispose()
+        for services in made:
+            await services.close()
 
 
 @pytest.fixture

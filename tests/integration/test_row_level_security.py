@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 import sqlalchemy
 from sqlalchemy import text
@@ -17,8 +18,9 @@ from simtrack.errors import NotFound
 from simtrack.server.app import StartupError, check_row_level_security
 from simtrack.server.core.tenancy import Principal, Role, reset_principal, set_principal
 from simtrack.server.db import repositories
-from simtrack.server.db.engine import create_engine
+from simtrack.server.db.engine import create_engine, libpq_conninfo
 from simtrack.server.db.models import TENANT_OWNED_TABLES, Tenant
+from simtrack.server.db.reads import ReadConnections
 from tests.support import MakeServices, Services  # noqa: F401
 
 pytestmark = pytest.mark.parametrize(
@@ -142,3 +144,58 @@ async def test_server_refuses_auth_as_a_role_that_bypasses_rls(database_url: str
             await check_row_level_security(engine)
     finally:
         await engine.dispose()
+
+
+async def _run_of_each_tenant(app: Services, agents: dict[str, str]) -> dict[str, str]:
+    runs = {}
+    for tenant in (TENANT_A, TENANT_B):
+        with acting_as(tenant):
+            experiment = await app.experiment(agents[tenant])
+            runs[tenant] = (await app.run(experiment.id)).id
+    return runs
+
+
+async def test_a_read_connection_sees_only_the_tenant_it_was_last_told(
+    two_tenants: tuple[Services, dict[str, str]],
+) -> None:
+    """The reads' connections keep the tenant in their session (db/reads.py): a statement with
+    no tenant filter of its own sees that tenant's rows alone, whoever read before.
+    """
+    app, agents = two_tenants
+    runs = await _run_of_each_tenant(app, agents)
+    connections = ReadConnections(libpq_conninfo(app.url), size=1)  # one connection for all
+    try:
+        for tenant in (TENANT_A, TENANT_B, TENANT_B, TENANT_A, TENANT_A, TENANT_B):
+            async with connections.connection() as read:
+                rows, _ = await read.rows(tenant, "SELECT id FROM runs", None)
+            assert [row[0] for row in rows] == [runs[tenant]], tenant
+        # A statement that fails takes the tenant it was told with down with it.
+        async with connections.connection() as read:
+            with pytest.raises(psycopg.errors.DivisionByZero):
+                await read.rows(TENANT_A, "SELECT 1 / 0", None)
+            assert read.tenant is None
+        for tenant in (TENANT_B, TENANT_B):
+            async with connections.connection() as read:
+                rows, _ = await read.rows(tenant, "SELECT id FROM runs", None)
+            assert [row[0] for row in rows] == [runs[tenant]], tenant
+    finally:
+        await connections.close()
+
+
+async def test_a_read_whose_connection_was_terminated_is_retried_on_a_new_one(
+    two_tenants: tuple[Services, dict[str, str]], database_url: str
+) -> None:
+    app, agents = two_tenants
+    runs = await _run_of_each_tenant(app, agents)
+    with acting_as(TENANT_A):
+        assert (await app.runs.get(runs[TENANT_A])).id == runs[TENANT_A]
+        with psycopg.connect(database_url, autocommit=True) as admin:
+            ended = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                " AND usename <> current_user"
+            ).fetchall()
+        assert ended
+        assert (await app.runs.get(runs[TENANT_A])).id == runs[TENANT_A]
+        with pytest.raises(NotFound):
+            await app.runs.get(runs[TENANT_B])

@@ -20,6 +20,7 @@ from simtrack.server.core.tenancy import DEFAULT_TENANT_ID
 from simtrack.server.db.engine import create_engine
 from simtrack.server.db.ingest_store import IngestStore
 from simtrack.server.db.models import Agent, Experiment, Run, UTCDateTime
+from simtrack.server.db.reads import SqlReads
 from simtrack.server.db.unit_of_work import SqlUnitOfWorkFactory, tenant_aware_sessions
 from simtrack.server.domain.agents import AgentService
 from simtrack.server.domain.experiments import ExperimentService, TemplateService
@@ -48,6 +49,7 @@ class Services:
     simulations: SimulationService
     runs: RunService
     participants: ParticipantService
+    reads: SqlReads
     _names: itertools.count[int] = field(default_factory=itertools.count)
 
     @classmethod
@@ -57,6 +59,7 @@ class Services:
         """The services on a new engine for ``url``; the caller disposes of ``engine``."""
         engine = create_engine(url, **engine_kwargs)
         uow = SqlUnitOfWorkFactory(tenant_aware_sessions(engine))
+        reads = SqlReads(engine)
         return cls(
             backend=backend,
             url=url,
@@ -67,9 +70,15 @@ class Services:
             experiments=ExperimentService(uow, catalogue),
             templates=TemplateService(uow),
             simulations=SimulationService(uow),
-            runs=RunService(uow, catalogue),
+            runs=RunService(uow, catalogue, reads),
             participants=ParticipantService(uow),
+            reads=reads,
         )
+
+    async def close(self) -> None:
+        """Close the reads' connections and dispose of the engine."""
+        await self.reads.close()
+        await self.engine.dispose()
 
     def unique_name(self, prefix: str) -> str:
         return f"{prefix}-{next(self._names)}"

@@ -41,6 +41,7 @@ from simtrack.server.db import migrate
 from simtrack.server.db.compaction_store import SqlCompactionStore
 from simtrack.server.db.engine import create_engine, is_sqlite
 from simtrack.server.db.ingest_store import IngestStore
+from simtrack.server.db.reads import SqlReads
 from simtrack.server.db.unit_of_work import SqlUnitOfWorkFactory, tenant_aware_sessions
 from simtrack.server.domain.access import Authenticator
 from simtrack.server.domain.agents import AgentService
@@ -216,6 +217,8 @@ async def _start(settings: Settings, resources: contextlib.AsyncExitStack) -> Ru
     if settings.auth_enabled and not is_sqlite(settings.database_url):
         await check_row_level_security(engine)
     uow = SqlUnitOfWorkFactory(tenant_aware_sessions(engine))
+    reads = SqlReads(engine)
+    resources.push_async_callback(reads.close)
     authenticator = (
         Authenticator(uow, settings.auth_cache_seconds) if settings.auth_enabled else None
     )
@@ -261,7 +264,7 @@ async def _start(settings: Settings, resources: contextlib.AsyncExitStack) -> Ru
     live_runs = LiveRuns(uow, bus)
     runs_pb2_grpc.add_RunServiceServicer_to_server(
         RunServicer(
-            RunService(uow, catalogue),
+            RunService(uow, catalogue, reads),
             ParticipantService(uow),
             live_runs,
             Rankings(uow, catalogue),

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+# A pooled PostgreSQL connection idle this long is pinged before it is handed out.
+PING_IDLE_S = 1.0
+_IDLE_SINCE = "simtrack_idle_since"
 
 
 def async_url(url: str | URL) -> URL:
@@ -41,9 +48,9 @@ def create_engine(
         # Bounded waits: an unreachable database must turn into UNAVAILABLE, not a hung call.
         if "poolclass" not in kwargs:
             kwargs.setdefault("pool_timeout", 10)
-        return create_async_engine(
-            target, pool_pre_ping=True, connect_args={"connect_timeout": 5}, **kwargs
-        )
+        engine = create_async_engine(target, connect_args={"connect_timeout": 5}, **kwargs)
+        _ping_idle_connections(engine)
+        return engine
     # SQLite serialises writers anyway; one connection means no "database is locked" races
     # between our own transactions, and WAL lets other processes (the CLI) read meanwhile.
     if "poolclass" not in kwargs:
@@ -66,3 +73,32 @@ def create_engine(
         cursor.close()
 
     return engine
+
+
+def _ping_idle_connections(engine: AsyncEngine) -> None:
+    """Ping a pooled connection on checkout only if it sat idle ``PING_IDLE_S`` or more.
+
+    SQLAlchemy's ``pool_pre_ping`` pings on every checkout: a round trip of four or five on a
+    unary read. A connection used a moment ago is alive but for a database restarted within
+    that moment; then the first statement fails (UNAVAILABLE, the caller may retry) and
+    SQLAlchemy replaces every connection of the pool taken out before the failure.
+    """
+    dialect = engine.dialect
+
+    @event.listens_for(engine.sync_engine, "checkin")
+    def _checked_in(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _ping_if_idle(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+        since = record.info.get(_IDLE_SINCE)  # None: a new connection (info starts empty)
+        if since is None or time.monotonic() - since < PING_IDLE_S:
+            return
+        try:
+            dialect.do_ping(dbapi_connection)
+        except dialect.loaded_dbapi.Error as exc:
+            if dialect.is_disconnect(exc, dbapi_connection, None):
+                # The pool replaces this connection and every one older (as pre-ping does),
+                # then retries.
+                raise InvalidatePoolError(f"a pooled connection is gone: {exc}") from exc
+            raise

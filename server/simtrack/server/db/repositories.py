@@ -107,6 +107,16 @@ async def list_page(
     then by the ``position`` columns (a unique key), after its cursor: keyset paging, so a row
     inserted meanwhile is listed where it sorts and no other row moves.
     """
+    rows = (await session.execute(page_statement(stmt, model, position, page))).all()
+    return split_page([(row[0], tuple(row[1:])) for row in rows], position, page.size)
+
+
+def page_statement(
+    stmt: Select[Any], model: Any, position: Sequence[str], page: PageRequest
+) -> Select[Any]:
+    """``list_page``'s statement: one row more than the page (is there a next one?), each
+    followed by its values of the page's sort keys.
+    """
     stmt = stmt.where(*(matches(model, c) for c in page.conditions))
     values = [sort_value(model, key.field) for key in page.order]
     columns = [getattr(model, name) for name in position]
@@ -119,12 +129,20 @@ async def list_page(
         for value, key in zip(values, page.order, strict=True)
     ]
     stmt = stmt.add_columns(*values).order_by(*order, *columns)
-    rows = (await session.execute(stmt.limit(page.size + 1))).all()
-    if len(rows) <= page.size:
-        return [row[0] for row in rows], None
-    last = rows[page.size - 1]
-    cursor = Cursor(tuple(getattr(last[0], name) for name in position), tuple(last[1:]))
-    return [row[0] for row in rows[: page.size]], cursor
+    return stmt.limit(page.size + 1)
+
+
+def split_page(
+    rows: Sequence[tuple[Any, tuple[Any, ...]]], position: Sequence[str], size: int
+) -> tuple[list[Any], Cursor | None]:
+    """The rows of ``page_statement`` (each an entity and its sort values) as the page and the
+    cursor of the next one (None on the last).
+    """
+    if len(rows) <= size:
+        return [entity for entity, _ in rows], None
+    last, keys = rows[size - 1]
+    cursor = Cursor(tuple(getattr(last, name) for name in position), keys)
+    return [entity for entity, _ in rows[:size]], cursor
 
 
 class AgentRepository(Repository[models.Agent]):

@@ -67,9 +67,14 @@ def is_transient(error: DBAPIError) -> bool:
     orig = error.orig
     sqlstate = getattr(orig, "sqlstate", None)
     if sqlstate:
-        return sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES or sqlstate in _TRANSIENT_SQLSTATES
+        return transient_sqlstate(sqlstate)
     sqlite_code = getattr(orig, "sqlite_errorname", None)
     return isinstance(sqlite_code, str) and sqlite_code.startswith(_TRANSIENT_SQLITE)
+
+
+def transient_sqlstate(sqlstate: str) -> bool:
+    """Whether PostgreSQL's SQLSTATE names a fault that passes by itself (see is_transient)."""
+    return sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES or sqlstate in _TRANSIENT_SQLSTATES
 
 
 def translate_integrity_error(error: IntegrityError) -> Exception:
@@ -92,6 +97,24 @@ def translate_integrity_error(error: IntegrityError) -> Exception:
     if matches(_CHECK):
         return InvalidArgument.of(constraint, "value out of range")
     return FailedPrecondition("the change violates a database constraint")
+
+
+def translate_error(exc: BaseException) -> Exception | None:
+    """The simtrack error a database error leaves a unit of work (or a read) as; None: not a
+    database error of the caller's doing or a transient one (it stays as it is).
+    """
+    if isinstance(exc, IntegrityError):
+        return translate_integrity_error(exc)
+    if isinstance(exc, DataError):
+        # Values the service layer should have refused already; still the caller's doing.
+        return InvalidArgument.of("request", "a value the database cannot store")
+    if isinstance(exc, DBAPIError) and is_transient(exc):
+        return unreachable()
+    return None
+
+
+def unreachable() -> Unavailable:
+    return Unavailable("the database is unreachable; retry later")
 
 
 class SqlUnitOfWork:
@@ -135,13 +158,8 @@ class SqlUnitOfWork:
         # Shielded: a call cancelled again while it closes (a client that left) must still
         # return the connection, not leave it for the garbage collector to reset.
         await asyncio.shield(self.session.close())
-        if isinstance(exc, IntegrityError):
-            raise translate_integrity_error(exc) from exc
-        if isinstance(exc, DataError):
-            # Values the service layer should have refused already; still the caller's doing.
-            raise InvalidArgument.of("request", "a value the database cannot store") from exc
-        if isinstance(exc, DBAPIError) and is_transient(exc):
-            raise Unavailable("the database is unreachable; retry later") from exc
+        if exc is not None and (ours := translate_error(exc)) is not None:
+            raise ours from exc
 
     async def commit(self) -> None:
         await self.session.commit()

@@ -279,6 +279,18 @@ class AccessRows(Protocol):
     async def touch_key(self, key_id: str, when: datetime) -> None: ...
 
 
+class RunReads(Protocol):
+    """Reads of runs that are one statement each, outside any unit of work (the caller's
+    tenant's rows only): each sees one snapshot; cheaper than a unit of work.
+    """
+
+    async def run(self, run_id: str) -> Run | None: ...
+
+    async def runs(self, page: PageRequest) -> tuple[list[Run], Cursor | None]:
+        """One page (``Rows.list``)."""
+        ...
+
+
 class UnitOfWork(Protocol):
     """One short transaction and its repositories.
 

@@ -29,7 +29,7 @@ from simtrack.server.db.models import Participant, Run
 from simtrack.server.domain.agents import load_agent
 from simtrack.server.domain.criteria import check_success_criteria
 from simtrack.server.domain.experiments import load_experiment, refresh_experiment_status
-from simtrack.server.domain.ports import UnitOfWork, UnitOfWorkFactory
+from simtrack.server.domain.ports import RunReads, UnitOfWork, UnitOfWorkFactory
 from simtrack.server.scenario_catalogue import ScenarioCatalogue
 
 RUN_LISTING = Listing(
@@ -77,9 +77,14 @@ async def load_participant(uow: UnitOfWork, participant_id: str, field: str = "i
 
 
 class RunService:
-    def __init__(self, uow: UnitOfWorkFactory, catalogue: ScenarioCatalogue) -> None:
+    """Runs; ``reads``, when given, serves GetRun and ListRuns (else a unit of work does)."""
+
+    def __init__(
+        self, uow: UnitOfWorkFactory, catalogue: ScenarioCatalogue, reads: RunReads | None = None
+    ) -> None:
         self.uow = uow
         self.catalogue = catalogue
+        self.reads = reads
 
     async def create(
         self,
@@ -121,15 +126,23 @@ class RunService:
         return run
 
     async def get(self, run_id: str) -> Run:
-        async with self.uow() as uow:
-            return await load_run(uow, run_id)
+        if self.reads is None:
+            async with self.uow() as uow:
+                return await load_run(uow, run_id)
+        run = await self.reads.run(require_id("id", run_id))
+        if run is None:
+            raise NotFound("run", run_id, "id")
+        return run
 
     async def list(
         self, page_size: int, page_token: str, filter_text: str, order_by: str = ""
     ) -> Page[Run]:
         page = RUN_LISTING.request(page_size, page_token, filter_text, order_by=order_by)
-        async with self.uow() as uow:
-            rows, cursor = await uow.runs.list(page)
+        if self.reads is not None:
+            rows, cursor = await self.reads.runs(page)
+        else:
+            async with self.uow() as uow:
+                rows, cursor = await uow.runs.list(page)
         return Page(rows, page.next_token(cursor))
 
     async def update(self, run_id: str, changes: Mapping[str, Any]) -> Run:
