@@ -418,10 +418,10 @@ async def _artifact_named(uow: SqlUnitOfWork, mine: World, theirs: World) -> Non
     assert not await uow.artifacts.named(theirs.done, "report.txt")
 
 
-@case("ChunkRepository.step_columns")
-async def _step_columns(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
-    assert len(await uow.chunks.step_columns(mine.metric, 0, 10)) == 1
-    assert await uow.chunks.step_columns(theirs.metric, 0, 10) == []
+@case("ChunkRepository.points_within")
+async def _points_within(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
+    assert await uow.chunks.points_within(mine.metric, 0, 10) == 2
+    assert await uow.chunks.points_within(theirs.metric, 0, 10) == 0
 
 
 @case("ChunkRepository.overlapping")

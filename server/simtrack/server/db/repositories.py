@@ -384,15 +384,14 @@ class ChunkRepository:
             .where(chunk.last_step >= lo, chunk.first_step <= hi)
         )
 
-    async def step_columns(self, metric_id: str, lo: int, hi: int) -> list[tuple[int, int, bytes]]:
-        """(n, first_step, steps) of the chunks that reach into [lo, hi]: enough to count
-        their points in the range without reading values (steps are empty when contiguous).
-        """
+    async def points_within(self, metric_id: str, lo: int, hi: int) -> int:
         chunk = models.MetricChunk
-        stmt = self._overlapping(metric_id, lo, hi).with_only_columns(
-            chunk.n, chunk.first_step, chunk.steps
+        stmt = (
+            select(func.coalesce(func.sum(chunk.n), 0))
+            .where(scoped(chunk), chunk.metric_id == metric_id)
+            .where(chunk.first_step >= lo, chunk.last_step <= hi)
         )
-        return [(n, first, steps) for n, first, steps in await self.session.execute(stmt)]
+        return int((await self.session.execute(stmt)).scalar_one())
 
     async def inner_spans(
         self, metric_ids: Sequence[str], lo: int, hi: int

@@ -172,7 +172,12 @@ class HistoryService:
             if max_points:
                 view = await read_view(uow.chunks, stored.id, lo, hi, max_points)
                 return History(view.points, view.range_count, view.downsampled, "")
-            count = range_count(await uow.chunks.step_columns(stored.id, lo, hi), lo, hi)
+            # The chunks lying within the range count their points; those it cuts, their
+            # steps in it.
+            edges = await uow.chunks.edge_steps([stored.id], lo, hi)
+            count = await uow.chunks.points_within(stored.id, lo, hi) + range_count(
+                [(n, first, steps) for _, n, first, steps in edges], lo, hi
+            )
             merged, more = await read_page(uow.chunks, stored.id, lo, hi, after, size)
         shown_count = min(size, len(merged.points))
         next_token = ""

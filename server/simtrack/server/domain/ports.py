@@ -137,9 +137,9 @@ class ArtifactRows(Rows[Artifact], Protocol):
 class ChunkRows(Protocol):
     """A metric's packed chunks (``db/chunks.py``), read by step range."""
 
-    async def step_columns(
-        self, metric_id: str, lo: int, hi: int
-    ) -> list[tuple[int, int, bytes]]: ...
+    async def points_within(self, metric_id: str, lo: int, hi: int) -> int:
+        """How many points the metric's chunks lying wholly in [lo, hi] hold."""
+        ...
 
     async def overlapping(
         self, metric_id: str, lo: int, hi: int, after: tuple[int, int] | None, limit: int | None
