@@ -4,9 +4,10 @@ A metric's points live in packed chunks (``db/chunks.py``), one per stream messa
 its step range. History is served in step order (points of equal step in the order they were
 sent: by seq, then place in the batch), either
 
-* page by page: chunks are read in order of their first step until no unread chunk can hold a
-  point of the page (the next one starts after the page's last step); the page token is the
-  last point's (step, rank among the points of that step), which compaction preserves; or
+* page by page: the chunks a page needs are chosen from their summaries in order of their
+  first step (until no further chunk can hold a point of the page), then read at once; the
+  page token is the last point's (step, rank among the points of that step), which
+  compaction preserves; or
 * downsampled to at most ``max_points`` (``domain/views.py``).
 """
 

@@ -6,9 +6,9 @@ its highest point (the usual min/max decimation of time-series viewers).
 A view reads the chunks' summaries first (no columns). A chunk lying within one interval,
 every value finite, stands in for its points by its min and max point (value, step,
 timestamp: ``ChunkSummary``); only the chunks an interval boundary or the range cuts are read
-and unpacked. A 1,000-point view of a 1M-point series in 1,000-point chunks reads the
-summaries of a thousand chunks and at most a few hundred chunks' columns, whatever the
-series' length beyond that.
+and unpacked (all of them in one read when they are most). A 1,000-point view of a 1M-point
+series in 1,000-point chunks reads the summaries of a thousand chunks and no columns; chunks
+larger than an interval (compaction's 16,384 points) are all cut, and all read.
 """
 
 from __future__ import annotations
@@ -160,8 +160,8 @@ class _Columns:
     @classmethod
     def extremes_of(cls, summarised: list[ChunkSummary]) -> _Columns:
         """Each chunk's min and max point, as its summaries have them. Their places are
-        unknown and need not be: no other candidate shares their chunk, and the two tie only
-        when they are one point.
+        unknown and need not be: no other candidate shares their chunk, and the two share a
+        step only as one point or with different values (never both the hit of one extreme).
         """
         n = len(summarised)
         lows = [(s.vmin_step, s.vmin, s.vmin_ts, s.seq) for s in summarised]
