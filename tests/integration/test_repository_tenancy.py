@@ -401,9 +401,9 @@ async def _metrics_for_run(uow: SqlUnitOfWork, mine: World, theirs: World) -> No
 
 @case("MetricRepository.named")
 async def _metric_named(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
-    found = await uow.metrics.named(mine.done, METRIC)
-    assert found is not None and found.id == mine.metric
-    assert await uow.metrics.named(theirs.done, METRIC) is None
+    assert await uow.metrics.named(mine.done, METRIC) == (True, mine.metric)
+    assert await uow.metrics.named(mine.done, "nothing") == (True, None)
+    assert await uow.metrics.named(theirs.done, METRIC) == (False, None)
 
 
 @case("ValidationRepository.exists_for")

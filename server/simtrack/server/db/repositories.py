@@ -14,6 +14,7 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import (
     ColumnElement,
     Select,
+    and_,
     column,
     exists,
     func,
@@ -337,9 +338,16 @@ class MetricRepository(Repository[models.Metric]):
 
     position = ("name",)  # a run's metrics by name (unique in the run: lists are of one run)
 
-    async def named(self, run_id: str, name: str) -> models.Metric | None:
-        stmt = self._select().where(models.Metric.run_id == run_id, models.Metric.name == name)
-        return (await self.session.execute(stmt)).scalar_one_or_none()
+    async def named(self, run_id: str, name: str) -> tuple[bool, str | None]:
+        run, metric = models.Run, models.Metric
+        stmt = (
+            select(run.id, metric.id)
+            .select_from(run)
+            .outerjoin(metric, and_(metric.run_id == run.id, metric.name == name, scoped(metric)))
+            .where(scoped(run), run.id == run_id)
+        )
+        row = (await self.session.execute(stmt)).first()
+        return (False, None) if row is None else (True, row[1])
 
     async def named_in(self, run_ids: Sequence[str], names: Sequence[str]) -> list[models.Metric]:
         """The metrics named ``names`` of the runs ``run_ids``, in no particular order."""

@@ -166,20 +166,21 @@ class HistoryService:
             # One snapshot for all statements below: a compaction committing between two of
             # them must not show a point twice (old rows, then the new) or not at all.
             await uow.read_snapshot()
-            run = await load_run(uow, run_id, "run_id")
-            stored = await uow.metrics.named(run.id, metric)
-            if stored is None:
+            run_found, metric_id = await uow.metrics.named(run_id, metric)
+            if not run_found:
+                raise NotFound("run", run_id, "run_id")
+            if metric_id is None:
                 raise NotFound("metric", metric, "metric")
             if max_points:
-                view = await read_view(uow.chunks, stored.id, lo, hi, max_points)
+                view = await read_view(uow.chunks, metric_id, lo, hi, max_points)
                 return History(view.points, view.range_count, view.downsampled, "")
             # The chunks lying within the range count their points; those it cuts, their
             # steps in it.
-            edges = await uow.chunks.edge_steps([stored.id], lo, hi)
-            count = await uow.chunks.points_within(stored.id, lo, hi) + range_count(
+            edges = await uow.chunks.edge_steps([metric_id], lo, hi)
+            count = await uow.chunks.points_within(metric_id, lo, hi) + range_count(
                 [(n, first, steps) for _, n, first, steps in edges], lo, hi
             )
-            merged, more = await read_page(uow.chunks, stored.id, lo, hi, after, size)
+            merged, more = await read_page(uow.chunks, metric_id, lo, hi, after, size)
         shown_count = min(size, len(merged.points))
         next_token = ""
         if more and shown_count:
