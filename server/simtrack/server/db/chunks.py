@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from simtrack.server.db.codec import decode_chunk, is_tagged
+from simtrack.server.db.codec import decode_chunk, decode_steps, is_tagged
 
 Array = np.ndarray[Any, Any]
 STEP = np.dtype("<i8")
@@ -154,6 +154,15 @@ def first_holding(steps: Array, values: Array, value: float) -> int:
     """The index of the first point in history order whose value equals ``value``."""
     hits = np.flatnonzero(values == value)
     return int(hits[steps[hits].argmin()])  # argmin: the first of the lowest step
+
+
+def unpack_steps(n: int, first_step: int, steps: bytes) -> Array:
+    """A chunk's ``n`` steps from its steps column in any form: raw, compressed, or empty
+    (contiguous from ``first_step``).
+    """
+    if steps and not is_tagged(steps):
+        return np.frombuffer(steps, dtype=STEP)
+    return decode_steps(steps, n, first_step)
 
 
 def unpack(

@@ -18,8 +18,7 @@ import numpy as np
 
 from simtrack.errors import InvalidArgument, NotFound
 from simtrack.server.core.model import INT64_MAX, INT64_MIN, require_id, require_name
-from simtrack.server.db.chunks import STEP, Array
-from simtrack.server.db.codec import decode_steps, is_tagged
+from simtrack.server.db.chunks import STEP, unpack_steps
 from simtrack.server.db.models import Metric, Run
 from simtrack.server.domain.history import MAX_POINTS_MAX
 from simtrack.server.domain.ports import ChunkRows, UnitOfWork, UnitOfWorkFactory
@@ -114,13 +113,6 @@ def _distinct(field: str, values: list[str]) -> list[str]:
     return values
 
 
-def _chunk_steps(n: int, first: int, steps: bytes) -> Array:
-    """A chunk's steps column: raw, or compressed or elided (``decode_steps``)."""
-    if steps and not is_tagged(steps):
-        return np.frombuffer(steps, dtype=STEP)
-    return decode_steps(steps, n, first)
-
-
 async def step_bounds(
     chunks: ChunkRows, metric_ids: Sequence[str], lo: int, hi: int
 ) -> dict[str, tuple[int, int]]:
@@ -132,7 +124,7 @@ async def step_bounds(
     if lo == INT64_MIN and hi == INT64_MAX:
         return bounds
     for metric_id, n, first, packed in await chunks.edge_steps(metric_ids, lo, hi):
-        steps = _chunk_steps(n, first, packed)
+        steps = unpack_steps(n, first, packed)
         inside = steps[(steps >= lo) & (steps <= hi)]
         if not inside.size:
             continue

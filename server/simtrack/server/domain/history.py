@@ -96,27 +96,26 @@ async def read_page(
     held, counted_top = 0, INT64_MIN  # points of, and highest step in, chunks past ``start``
     bound: int | None = None  # L, once known
     limit = CHUNKS_PER_READ
+    unread = False  # chunks starting past the page are left
     while True:
         cursor = (chosen[-1].first_step, chosen[-1].seq) if chosen else None
         batch = await chunks.summaries(metric_id, start, hi, cursor, limit)
         for chunk in batch:
             if bound is not None and chunk.first_step > bound:
-                break  # this chunk and all after it start past the page
+                unread = True  # this chunk and all after it start past the page
+                break
             chosen.append(chunk)
             if chunk.first_step > start:  # every point of it is past the page's first step
                 held += chunk.n
                 counted_top = max(counted_top, chunk.last_step)
                 if bound is None and held >= size:
                     bound = counted_top
-        else:
-            if len(batch) == limit:
-                limit *= 2  # a fleet's small chunks: fewer, larger reads
-                continue
-            read = await chunks.overlapping(metric_id, start, hi, None, len(chosen))
-            merged = merge(read, start, hi, after)
-            return merged, len(merged) > size  # every chunk of the range read
-        read = await chunks.overlapping(metric_id, start, hi, None, len(chosen))
-        return merge(read, start, hi, after), True
+        if unread or len(batch) < limit:
+            break
+        limit *= 2  # a fleet's small chunks: fewer, larger reads
+    read = await chunks.overlapping(metric_id, start, hi, None, len(chosen))
+    merged = merge(read, start, hi, after)
+    return merged, unread or len(merged) > size
 
 
 class HistoryService:

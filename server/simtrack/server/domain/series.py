@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simtrack.server.db.chunks import FLOAT, STEP, Array, StoredChunk, unpack_many
-from simtrack.server.db.codec import decode_steps, is_tagged
+from simtrack.server.db.chunks import FLOAT, STEP, Array, StoredChunk, unpack_many, unpack_steps
 
 # A point's place in history order: (step, rank), the rank counting the points of that step
 # before it. Compaction rewrites chunks (new seqs, new places in them) but keeps history order,
@@ -96,17 +95,9 @@ def merge(chunks: Sequence[StoredChunk], lo: int, hi: int, after: Key | None = N
 
 
 def range_count(step_columns: Sequence[tuple[int, int, bytes]], lo: int, hi: int) -> int:
-    """How many points of chunks given as (n, first_step, steps) lie in [lo, hi], the chunks
-    being those that reach into it (so no difference below overflows int64).
-    """
-    raw = b"".join(steps for _, _, steps in step_columns if not is_tagged(steps))
-    stored = [np.frombuffer(raw, dtype=STEP)] + [
-        decode_steps(steps, n, first) for n, first, steps in step_columns if is_tagged(steps)
-    ]
-    total = sum(int(np.count_nonzero((s >= lo) & (s <= hi))) for s in stored)
-    elided = [(n, first) for n, first, steps in step_columns if not steps]
-    if elided:  # contiguous: first, first + 1, ..., first + n - 1
-        n, first = np.array(elided, dtype=STEP).T
-        last = first + (n - 1)
-        total += int((np.minimum(last, hi) - np.maximum(first, lo) + 1).clip(min=0).sum())
+    """How many points of chunks given as (n, first_step, steps) lie in [lo, hi]."""
+    total = 0
+    for n, first, steps in step_columns:
+        unpacked = unpack_steps(n, first, steps)
+        total += int(np.count_nonzero((unpacked >= lo) & (unpacked <= hi)))
     return total
