@@ -1,0 +1,186 @@
+// The runs table, of one experiment (#/experiments/<id>) or of all (#/runs): columns for params
+// and latest metrics chosen by the user, the API's filter language, sorting by the API's
+// order_by, paging with its tokens, and a selection to compare.
+import type { JsonValue } from "@bufbuild/protobuf";
+import { api } from "../api.js";
+import { type PageContext, replaceQuery } from "../app.js";
+import { fill, h } from "../dom.js";
+import { duration, int, num, time } from "../format.js";
+import { type Run, RunStatus } from "../../../src/gen/simtrack/v1/runs_pb.js";
+import type { Metric } from "../../../src/gen/simtrack/v1/telemetry_pb.js";
+import { type Column, ListView, orderBy, parseSort, type Sort, table } from "../table.js";
+import { agentNames, experimentLink, experimentName, plain, progress, quote, runLink, runStatus, scenarioLink } from "./common.js";
+
+const LIVE = new Set([RunStatus.PENDING, RunStatus.STARTING, RunStatus.RUNNING, RunStatus.PAUSED]);
+
+interface Row {
+  run: Run;
+  params: Record<string, JsonValue>;
+  metrics: Map<string, Metric>;
+  experiment: string;
+}
+
+export async function runsPage({ root, parts, query, signal }: PageContext): Promise<void> {
+  const experimentId = parts[0] ?? "";
+  let prefix = "";
+  if (experimentId) {
+    const { experiment } = await api.experiments.getExperiment({ id: experimentId }, { signal });
+    const agents = await agentNames(signal);
+    if (experiment) {
+      root.append(
+        h("h1", null, experiment.name, " ", h("span", { class: "muted" }, "experiment")),
+        h("div", { class: "facts" },
+          h("div", null, h("b", null, "scenario"), scenarioLink(experiment.scenarioId)),
+          h("div", null, h("b", null, "agent"), agents.get(experiment.agentId) ?? experiment.agentId),
+          h("div", null, h("b", null, "created"), time(experiment.createTime)),
+          h("div", { title: JSON.stringify(plain(experiment.params)) }, h("b", null, "params"), JSON.stringify(plain(experiment.params))),
+        ),
+      );
+      if (experiment.hypothesis) root.append(h("p", null, h("b", null, "Hypothesis: "), experiment.hypothesis));
+    }
+    prefix = `experiment_id = ${quote(experimentId)}`;
+  } else {
+    root.append(h("h1", null, "Runs"));
+  }
+
+  const columns: string[] = (query.get("cols") ?? "").split(",").filter(Boolean);
+  let sort: Sort | null = parseSort(query.get("order") ?? "");
+  const seenParams = new Set<string>();
+  const seenMetrics = new Set<string>();
+  const selected = new Set<string>();
+  let rows: Row[] = [];
+
+  const save = () => {
+    for (const [k, v] of [["cols", columns.join(",")], ["order", orderBy(sort)]] as const) {
+      if (v) query.set(k, v);
+      else query.delete(k);
+    }
+    replaceQuery(query);
+  };
+
+  const adder = h("select", { "aria-label": "add column", id: "add-column" });
+  const chips = h("div", { class: "chips" });
+  const compare = h("button", { type: "button", id: "compare-selected", disabled: true }, "Compare selected");
+  compare.addEventListener("click", () => {
+    const metric = columns.find((c) => c.startsWith("metrics."))?.slice("metrics.".length) ?? "";
+    const q = new URLSearchParams({ runs: [...selected].join(",") });
+    if (metric) q.set("metric", metric);
+    location.hash = `#/compare?${q.toString()}`;
+  });
+  const updateCompare = () => {
+    compare.disabled = selected.size < 2;
+    compare.textContent = `Compare selected (${selected.size})`;
+  };
+
+  const drawControls = () => {
+    fill(chips, columns.map((c) => h("span", { class: "chip" }, c, h("button", { type: "button", title: `remove ${c}`, onclick: () => {
+      columns.splice(columns.indexOf(c), 1);
+      save();
+      void list.reload();
+    } }, "×"))));
+    const free = (names: Set<string>, kind: string) =>
+      [...names].sort().map((n) => `${kind}.${n}`).filter((k) => !columns.includes(k)).map((k) => h("option", { value: k }, k));
+    fill(adder,
+      h("option", { value: "" }, "+ add column"),
+      h("optgroup", { label: "latest metrics" }, free(seenMetrics, "metrics")),
+      h("optgroup", { label: "params" }, free(seenParams, "params")));
+  };
+  adder.addEventListener("change", () => {
+    if (adder.value) columns.push(adder.value);
+    save();
+    void list.reload();
+  });
+
+  const onSort = (key: string) => {
+    sort = sort?.key === key ? { key, desc: !sort.desc } : { key, desc: key.startsWith("metrics.") };
+    save();
+    void list.reload();
+  };
+
+  const cellOf = (key: string, row: Row): string => {
+    if (key.startsWith("params.")) {
+      const v = row.params[key.slice("params.".length)];
+      return v === undefined ? "" : typeof v === "number" ? num(v) : typeof v === "string" ? v : JSON.stringify(v);
+    }
+    const m = row.metrics.get(key.slice("metrics.".length));
+    return m && m.lastStep !== undefined ? num(m.lastValue) : "";
+  };
+
+  const draw = (items: Row[]) => {
+    const cols: Column<Row>[] = [
+      { title: "", cell: (r) => {
+        const box = h("input", { type: "checkbox", "aria-label": `select run ${r.run.runNumber}`, checked: selected.has(r.run.id), "data-run": r.run.id });
+        box.addEventListener("change", () => {
+          if (box.checked) selected.add(r.run.id);
+          else selected.delete(r.run.id);
+          updateCompare();
+        });
+        return box;
+      } },
+      { title: "#", cell: (r) => runLink(r.run.id, `#${r.run.runNumber}`), num: true, sort: "run_number" },
+    ];
+    if (!experimentId) cols.push({ title: "Experiment", cell: (r) => experimentLink(r.run.experimentId, r.experiment) });
+    cols.push(
+      { title: "Status", cell: (r) => runStatus(r.run.status) },
+      { title: "Progress", cell: (r) => [progress(r.run.progressPercent), ` ${r.run.progressPercent.toFixed(0)}%`] },
+      { title: "Scenario", cell: (r) => scenarioLink(r.run.scenarioId) },
+      { title: "Created", cell: (r) => time(r.run.createTime), sort: "create_time" },
+      { title: "Started", cell: (r) => time(r.run.startTime), sort: "start_time" },
+      { title: "Duration", cell: (r) => duration(r.run.duration), num: true, sort: "duration" },
+      ...columns.map((c): Column<Row> => ({ title: c, cell: (r) => cellOf(c, r), num: true, sort: c })),
+    );
+    drawControls();
+    return table(cols, items, { sort, onSort, empty: "No runs match.", id: "runs" });
+  };
+
+  const list: ListView<Row> = new ListView<Row>({
+    signal,
+    filter: {
+      value: query.get("filter") ?? "",
+      placeholder: 'filter, e.g. status = completed AND metrics.total_profit > 1000',
+      id: "runs-filter",
+      offset: prefix ? prefix.length + " AND (".length : 0,
+      onChange: (text) => {
+        if (text) query.set("filter", text);
+        else query.delete("filter");
+        replaceQuery(query);
+      },
+    },
+    toolbar: [adder, chips, compare],
+    load: async (pageToken, filter) => {
+      const combined = prefix && filter ? `${prefix} AND (${filter})` : prefix || filter;
+      const r = await api.runs.listRuns({ pageSize: 50, pageToken, filter: combined, orderBy: orderBy(sort) }, { signal });
+      rows = await Promise.all(r.runs.map(async (run, i) => {
+        const params = plain(run.params);
+        for (const [k, v] of Object.entries(params)) if (v === null || typeof v !== "object") seenParams.add(k);
+        // Metric names: learnt from the first few runs of each page (one call each).
+        const wanted = columns.filter((c) => c.startsWith("metrics.")).map((c) => c.slice("metrics.".length));
+        const metrics = new Map<string, Metric>();
+        if (wanted.length || i < 3) {
+          const m = await api.telemetry.listMetrics({
+            runId: run.id,
+            pageSize: 1000,
+            filter: wanted.length && i >= 3 ? `name IN (${wanted.map(quote).join(", ")})` : "",
+          }, { signal });
+          for (const metric of m.metrics) {
+            metrics.set(metric.name, metric);
+            seenMetrics.add(metric.name);
+          }
+        }
+        const experiment = experimentId ? "" : await experimentName(run.experimentId, signal).catch(() => run.experimentId.slice(0, 8));
+        return { run, params, metrics, experiment };
+      }));
+      return { items: rows, next: r.nextPageToken };
+    },
+    draw,
+  });
+  updateCompare();
+  root.append(list.el);
+  await list.reload();
+
+  // Live runs on the page: refresh it every few seconds while any is live.
+  const timer = window.setInterval(() => {
+    if (rows.some((r) => LIVE.has(r.run.status))) void list.refresh();
+  }, 3000);
+  signal.addEventListener("abort", () => window.clearInterval(timer));
+}
