@@ -1,7 +1,7 @@
 // Tables, the filter box (the API's filter language, its errors shown beside it) and paging
 // with the API's page tokens.
-import { ConnectError } from "@connectrpc/connect";
-import { describe, isAborted, isUnauthenticated, violations } from "./api.js";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { describe, isAborted, violations } from "./api.js";
 import { fail } from "./app.js";
 import { type Child, fill, h } from "./dom.js";
 
@@ -164,10 +164,11 @@ export class ListView<T> {
       this.drawPager(items.length);
     } catch (err) {
       if (isAborted(err) || this.opts.signal.aborted) return;
-      if (isUnauthenticated(err) || !this.filter) {
-        fail(err);
-      } else {
+      // A refused filter or order is the user's to fix, beside the box; the rest is global.
+      if (this.filter && err instanceof ConnectError && err.code === Code.InvalidArgument) {
         this.filter.error(err, ["filter", "order_by"], this.opts.filter?.offset ?? 0);
+      } else {
+        fail(err);
       }
     } finally {
       this.el.classList.remove("loading");

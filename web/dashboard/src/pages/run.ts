@@ -164,11 +164,9 @@ export async function runPage({ root, parts, signal }: PageContext): Promise<voi
           if ((ended && !wasEnded) || now - chartsRefreshed > CHART_REFRESH_MS) {
             chartsRefreshed = now;
             for (const chart of charts.values()) if (!chart.zoomed) void chart.load();
-          }
-          if (ended && !wasEnded) {
-            void loadSides();
             void events.refresh();
           }
+          if (ended && !wasEnded) void loadSides();
           liveNote.textContent = ended ? "" : "● live";
         }
         if (ENDED.has(run.status)) return; // WatchRun ends after the run ends

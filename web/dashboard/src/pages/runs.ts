@@ -175,6 +175,7 @@ export async function runsPage({ root, parts, query, signal }: PageContext): Pro
     draw,
   });
   updateCompare();
+  drawControls();
   root.append(list.el);
   await list.reload();
 
