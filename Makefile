@@ -7,9 +7,9 @@
 PYTHON ?= python
 BUF ?= node_modules/.bin/buf
 TSC ?= node_modules/.bin/tsc
-# The npm tools (buf, protoc-gen-es, tsc) are pinned in package.json / package-lock.json;
+# The npm tools (buf, protoc-gen-es, tsc, esbuild) are pinned in package.json / package-lock.json;
 # installed on first use.
-NPM_TOOLS := node_modules/.bin/buf node_modules/.bin/protoc-gen-es node_modules/.bin/tsc
+NPM_TOOLS := node_modules/.bin/buf node_modules/.bin/protoc-gen-es node_modules/.bin/tsc node_modules/.bin/esbuild
 SIMTRACK ?= simtrack
 
 PY_SCRIPTS := $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_path("scripts"))' 2>/dev/null)
@@ -23,7 +23,7 @@ MYPY_PATHS = $(shell for d in $(MYPY_CANDIDATES); do \
 	[ -d "$$d" ] && [ -n "$$(find "$$d" -name '*.py' -print -quit)" ] && echo "$$d"; done)
 
 .DEFAULT_GOAL := help
-.PHONY: help protos lint test bench migrate serve
+.PHONY: help protos dashboard lint test bench migrate serve
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -31,6 +31,9 @@ help: ## List the targets
 protos: | $(NPM_TOOLS) ## Regenerate the stubs from protos/: Python (common/simtrack/v1), TypeScript (web/src/gen)
 	$(PYTHON) tools/gen_protos.py
 	$(BUF) generate
+
+dashboard: | $(NPM_TOOLS) ## Build the web dashboard (web/dashboard) into server/simtrack/server/dashboard
+	npm run build:dashboard
 
 lint: | $(NPM_TOOLS) ## ruff check, ruff format --check, mypy, lint-imports, buf lint, buf format check, tsc
 	$(PYTHON) -m ruff check .
@@ -41,6 +44,7 @@ lint: | $(NPM_TOOLS) ## ruff check, ruff format --check, mypy, lint-imports, buf
 	$(BUF) format -d --exit-code
 	$(TSC) -p web
 	$(TSC) -p web/smoke
+	$(TSC) -p web/dashboard
 
 test: ## Run the test suite (pytest)
 	$(PYTHON) -m pytest

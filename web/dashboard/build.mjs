@@ -1,17 +1,20 @@
 // Builds the dashboard into server/simtrack/server/dashboard/ (committed: the Python package
-// ships it, so `pip install .` needs no Node). `npm run build:dashboard`.
+// ships it, so `pip install .` needs no Node). `npm run build:dashboard`, or
+// `node web/dashboard/build.mjs OUTDIR` to build elsewhere (CI diffs that with the committed one).
 // Deterministic: same sources and pinned esbuild -> byte-identical files, so CI can rebuild and
 // diff. Asset names carry a content hash, so a browser never mixes an old bundle with a new
 // index.html (the server sends index.html with Cache-Control: no-cache).
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { basename, dirname, join, relative } from "node:path";
+import { basename, dirname, join, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { gzipSync } from "node:zlib";
 import * as esbuild from "esbuild";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, "..", "..");
-const out = join(root, "server", "simtrack", "server", "dashboard");
+const out = process.argv[2]
+  ? resolve(process.argv[2])
+  : join(root, "server", "simtrack", "server", "dashboard");
 
 // Start empty: a renamed (re-hashed) asset must not leave its old file behind.
 rmSync(out, { recursive: true, force: true });

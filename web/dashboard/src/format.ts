@@ -57,3 +57,13 @@ export function json(value: unknown, max = 160): string {
   const text = JSON.stringify(value) ?? "";
   return text.length > max ? `${text.slice(0, max - 1)}…` : text;
 }
+
+const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+
+/** "Dec 4 23:10" (local time): for table cells; the full time is time(). */
+export function shortTime(ts: Timestamp | undefined): string {
+  if (!ts) return "";
+  const d = timestampDate(ts);
+  const p = (n: number) => String(n).padStart(2, "0");
+  return `${MONTHS[d.getMonth()] ?? ""} ${d.getDate()} ${p(d.getHours())}:${p(d.getMinutes())}`;
+}

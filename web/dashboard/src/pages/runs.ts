@@ -5,7 +5,7 @@ import type { JsonValue } from "@bufbuild/protobuf";
 import { api } from "../api.js";
 import { type PageContext, replaceQuery } from "../app.js";
 import { fill, h } from "../dom.js";
-import { duration, int, num, time } from "../format.js";
+import { duration, int, num, shortTime, time } from "../format.js";
 import { type Run, RunStatus } from "../../../src/gen/simtrack/v1/runs_pb.js";
 import type { Metric } from "../../../src/gen/simtrack/v1/telemetry_pb.js";
 import { type Column, ListView, orderBy, parseSort, type Sort, table } from "../table.js";
@@ -123,11 +123,12 @@ export async function runsPage({ root, parts, query, signal }: PageContext): Pro
     cols.push(
       { title: "Status", cell: (r) => runStatus(r.run.status) },
       { title: "Progress", cell: (r) => [progress(r.run.progressPercent), ` ${r.run.progressPercent.toFixed(0)}%`] },
+      { title: "Tick", cell: (r) => int(r.run.currentTick), num: true },
       { title: "Scenario", cell: (r) => scenarioLink(r.run.scenarioId) },
-      { title: "Created", cell: (r) => time(r.run.createTime), sort: "create_time" },
-      { title: "Started", cell: (r) => time(r.run.startTime), sort: "start_time" },
+      { title: "Created", cell: (r) => h("span", { title: time(r.run.createTime) }, shortTime(r.run.createTime)), sort: "create_time" },
       { title: "Duration", cell: (r) => duration(r.run.duration), num: true, sort: "duration" },
-      ...columns.map((c): Column<Row> => ({ title: c, cell: (r) => cellOf(c, r), num: true, sort: c })),
+      // Titles without their "metrics."/"params." prefix, to keep the table narrow.
+      ...columns.map((c): Column<Row> => ({ title: c.slice(c.indexOf(".") + 1), cell: (r) => cellOf(c, r), num: true, sort: c })),
     );
     drawControls();
     return table(cols, items, { sort, onSort, empty: "No runs match.", id: "runs" });
