@@ -217,6 +217,7 @@ async def start_simtrack(database_url: str, log_path: Path, **settings: Any) -> 
     """``simtrack serve`` (this interpreter's, so it sees PYTHONPATH) with SIMTRACK_* settings."""
     extra = {f"SIMTRACK_{key.upper()}": str(value) for key, value in settings.items()}
     extra.setdefault("SIMTRACK_SHUTDOWN_GRACE", "3")
+    extra.setdefault("SIMTRACK_HTTP_LISTEN", "")  # gRPC only, unless a bench asks for HTTP
     command = serve_command(database_url, simtrack=simtrack_command())
     return await start_process_server(command, log_path, child_env(**extra))
 

@@ -22,7 +22,7 @@ def generate(out: Path) -> None:
     target = out / PACKAGE
     target.mkdir(parents=True, exist_ok=True)
     # Remove old output first so a deleted .proto leaves no stale module behind.
-    for old in target.glob("*_pb2*"):
+    for old in [*target.glob("*_pb2*"), *target.glob("*_connect.py")]:
         old.unlink()
     (target / "__init__.py").write_text("")
     sources = sorted(str(p.relative_to(PROTOS)) for p in (PROTOS / PACKAGE).glob("*.proto"))
@@ -35,10 +35,11 @@ def generate(out: Path) -> None:
         f"--grpc_python_out={out}",
         f"--mypy_out={out}",
         f"--mypy_grpc_out={out}",
+        f"--connect-python_out={out}",
         *sources,
     ]
-    # protoc finds the mypy plugins on PATH; make this interpreter's scripts visible even when
-    # its virtualenv is not activated.
+    # protoc finds the mypy and connect-python plugins on PATH; make this interpreter's scripts
+    # visible even when its virtualenv is not activated.
     scripts = str(Path(sys.executable).parent)
     os.environ["PATH"] = scripts + os.pathsep + os.environ.get("PATH", "")
     if protoc.main(args) != 0:

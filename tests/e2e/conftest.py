@@ -61,19 +61,42 @@ def pytest_configure(config: pytest.Config) -> None:
         "of the test process instead of a ``simtrack serve`` process (a module's pytestmark; "
         "``in_process(False)`` on a test that needs a process)",
     )
+    config.addinivalue_line(
+        "markers",
+        "transports(*names): run the module's tests with the servers' stubs calling over each "
+        "transport (grpc, connect-json, connect-proto, grpc-web, grpc-http: the HTTP listener)",
+    )
 
 
-def _pool(node: pytest.Item | pytest.Collector, workdir: Path) -> ServerPool:
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker("transports")
+    if marker is not None and "transport" in metafunc.fixturenames:
+        metafunc.parametrize("transport", marker.args, indirect=True)
+
+
+def _pool(
+    node: pytest.Item | pytest.Collector, workdir: Path, transport: str = "grpc"
+) -> ServerPool:
     allow = node.get_closest_marker("allow_server_errors") is not None
     marker = node.get_closest_marker("in_process")
     in_process = marker is not None and bool(marker.args[0] if marker.args else True)
-    return ServerPool(workdir, allow, in_process)
+    return ServerPool(workdir, allow, in_process, transport)
 
 
 @pytest.fixture
-def server_pool(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ServerPool]:
+def transport(request: pytest.FixtureRequest) -> str:
+    """What the servers' stubs call over: gRPC, unless the module's ``transports`` marker
+    runs its tests over several (``tests.support.http_stubs.TRANSPORTS``).
+    """
+    return str(getattr(request, "param", "grpc"))
+
+
+@pytest.fixture
+def server_pool(
+    tmp_path: Path, request: pytest.FixtureRequest, transport: str
+) -> Iterator[ServerPool]:
     """This test's servers (behind ``launch`` and ``start_server``)."""
-    pool = _pool(request.node, tmp_path)
+    pool = _pool(request.node, tmp_path, transport)
     try:
         yield pool
     finally:

@@ -51,7 +51,8 @@ from tests.support.protos import (
 )
 from tests.support.waiting import wait_for
 
-pytestmark = pytest.mark.in_process
+# Over gRPC and over HTTP (Connect with JSON, gRPC-Web): one API, the same answers.
+pytestmark = [pytest.mark.in_process, pytest.mark.transports("grpc", "connect-json", "grpc-web")]
 
 # One service per aggregate.
 SIMTRACK_SERVICES = {

@@ -58,7 +58,8 @@ from tests.support.protos import (
 )
 
 # The API under test, not the process: served in-process (tests/support/inprocess.py).
-pytestmark = pytest.mark.in_process
+# Over gRPC and over HTTP (Connect in binary, gRPC over HTTP/2): the same statuses and fields.
+pytestmark = [pytest.mark.in_process, pytest.mark.transports("grpc", "connect-proto", "grpc-http")]
 
 
 @pytest.fixture

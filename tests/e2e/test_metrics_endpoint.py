@@ -146,6 +146,7 @@ async def test_pool_and_watcher_gauges(server: Server, streams: StreamKit) -> No
     address = metrics_address(server)
     assert listening_ports(server.process.process.pid) == {
         port_of(server.address),
+        port_of(server.process.http_address),
         port_of(address),
     }
     scrape = Scrape(address)
@@ -167,4 +168,7 @@ async def test_pool_and_watcher_gauges(server: Server, streams: StreamKit) -> No
 def test_no_metrics_port_by_default(database_url: str, start_server: StartServer) -> None:
     server = start_server(database_url)
     assert "simtrack metrics on" not in server.stderr
-    assert listening_ports(server.process.process.pid) == {port_of(server.address)}
+    assert listening_ports(server.process.process.pid) == {
+        port_of(server.address),
+        port_of(server.process.http_address),
+    }

@@ -52,6 +52,7 @@ async def test_a_server_killed_mid_compaction_loses_and_doubles_nothing(
     simtrack = Path(sys.executable).with_name("simtrack")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIMTRACK_")}
     env |= {"SIMTRACK_COMPACTION_INTERVAL": "0.02", "SIMTRACK_COMPACTION_SETTLE": "0"}
+    env |= {"SIMTRACK_HTTP_LISTEN": ""}
     # The backlog is idle at once (its writer is gone): compaction's scan finds it due.
     env |= {"SIMTRACK_COMPACTION_BATCH_METRICS": str(BATCH), "SIMTRACK_COMPACTION_IDLE": "0"}
     server = subprocess.Popen(

@@ -54,6 +54,7 @@ def settings(database_url: str, tmp_path: Path, listen: str, metrics_port: int) 
         database_url=database_url,
         listen=listen,
         metrics_listen=f"127.0.0.1:{metrics_port}",
+        http_listen="127.0.0.1:0",
         artifacts_dir=tmp_path / "artifacts",
     )
 

@@ -113,6 +113,7 @@ class InProcessServer:
         values: dict[str, Any] = {
             "database_url": database_url,
             "listen": listen,
+            "http_listen": LOOPBACK_ANY_PORT,
             "health_check_interval": HEALTH_CHECK_INTERVAL,
             "compaction_interval": 0,  # as the process servers run (tests/support/processes.py)
             "artifacts_dir": workdir / "simtrack-artifacts",  # a process's is under its cwd
@@ -123,6 +124,7 @@ class InProcessServer:
         self.settings = ExplicitSettings(**values)
         self.name = f"simtrack-inprocess-{next(_numbers)}"
         self.address = ""
+        self.http_address = ""  # host:port of the API over HTTP ("": off)
         self.exit_code: int | None = None
         self.leaked: list[str] = []  # tasks of the server still running after its stop
         self._capture = _Capture(self.name)
@@ -195,6 +197,8 @@ class InProcessServer:
         self._loop, self._stop = loop, asyncio.Event()
         host = self.settings.listen.rsplit(":", 1)[0]
         self.address = f"{host}:{running.port}"
+        if running.http is not None:
+            self.http_address = "{}:{}".format(*running.http.address)
         log.info("%s serving on %s", self.name, self.address)
         self._ready.set()
         await self._stop.wait()

@@ -26,6 +26,7 @@ HEALTH_CHECK_INTERVAL = "0.2"
 CLI_TIMEOUT = 60.0
 LOOPBACK_ANY_PORT = "127.0.0.1:0"
 SERVING = re.compile(r"simtrack serving on (?P<address>\S+:\d+)")
+HTTP_SERVING = re.compile(r"simtrack http on (?P<address>\S+:\d+)")
 # The CLI's entry point run by this interpreter: it sees this process's PYTHONPATH even where
 # no ``simtrack`` script is installed next to it (the benchmarks run a worktree's code so).
 _CLI_MAIN = "import sys; from simtrack.client.cli import main; sys.exit(main(sys.argv[1:]))"
@@ -81,6 +82,7 @@ class ServerProcess:
         self._lock = threading.Lock()
         self._serving = threading.Event()
         self._address = ""
+        self.http_address = ""  # host:port of the API over HTTP, once serving ("": off)
         self._process: subprocess.Popen[str] | None = None
         self._drain: threading.Thread | None = None
 
@@ -96,8 +98,11 @@ class ServerProcess:
         shell) removed so they cannot change what is tested, then ``env`` on top.
         """
         # Compaction off unless a test turns it on: tests read chunks back as written.
+        # HTTP on a free port of its own: servers run side by side.
         full_env = clean_env(
-            SIMTRACK_HEALTH_CHECK_INTERVAL=HEALTH_CHECK_INTERVAL, SIMTRACK_COMPACTION_INTERVAL="0"
+            SIMTRACK_HEALTH_CHECK_INTERVAL=HEALTH_CHECK_INTERVAL,
+            SIMTRACK_COMPACTION_INTERVAL="0",
+            SIMTRACK_HTTP_LISTEN=LOOPBACK_ANY_PORT,
         )
         full_env.update(env or {})
         command = serve_command(database_url, listen)
@@ -130,6 +135,8 @@ class ServerProcess:
                 if log is not None:
                     log.write(line)
                     log.flush()
+                if http := HTTP_SERVING.search(line):
+                    self.http_address = http["address"]
                 match = SERVING.search(line)
                 if match and not self._serving.is_set():
                     self._address = match["address"]

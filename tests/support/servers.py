@@ -13,9 +13,11 @@ from typing import Any
 
 import grpc
 import sqlalchemy
+from connectrpc.client import ConnectClientSync
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2_grpc
 
+from simtrack.server.api.services import SERVICES
 from simtrack.server.db.models import Base
 from simtrack.v1 import (
     agents_pb2_grpc,
@@ -28,8 +30,20 @@ from simtrack.v1 import (
 )
 from tests.support.clients import Authorization, Client, StatusRecorder
 from tests.support.databases import as_app_role
+from tests.support.http_stubs import HttpStub, http_client
 from tests.support.inprocess import InProcessServer
 from tests.support.processes import LOOPBACK_ANY_PORT, ServerFailed, ServerProcess
+
+# The attribute of ``Server`` holding each service's stub.
+_STUBS = {
+    "AgentService": "agents",
+    "ArtifactService": "artifacts",
+    "ExperimentService": "experiments",
+    "RunService": "runs",
+    "ScenarioService": "scenarios",
+    "TelemetryService": "telemetry",
+    "ValidationService": "validations",
+}
 
 
 @dataclass
@@ -55,6 +69,7 @@ class Server:
     operator_url: str | None = None
     _database: sqlalchemy.Engine | None = field(default=None, init=False)
     _clients: list[Client] = field(default_factory=list, init=False)
+    _http: ConnectClientSync | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.agents = agents_pb2_grpc.AgentServiceStub(self.channel)
@@ -87,6 +102,23 @@ class Server:
     @property
     def in_process(self) -> bool:
         return isinstance(self.host, InProcessServer)
+
+    def over_http(self, transport: str) -> None:
+        """Make every service's stub call the HTTP listener by ``transport`` (a name in
+        ``TRANSPORTS``); health, reflection and ``connect`` stay on gRPC.
+        """
+        if transport == "grpc-http":  # gRPC's own client, on the HTTP listener (HTTP/2)
+            channel = grpc.intercept_channel(
+                grpc.insecure_channel(self.host.http_address), self.recorder
+            )
+            self._clients.append(Client(channel))
+            for service in SERVICES:
+                stub = getattr(service.grpc_code, f"{service.name}Stub")(channel)
+                setattr(self, _STUBS[service.name], stub)
+            return
+        self._http = http_client(transport, self.host.http_address)
+        for service in SERVICES:
+            setattr(self, _STUBS[service.name], HttpStub(service, self._http, self.recorder))
 
     def connect(self, authorization: str | None) -> Client:
         """A channel sending ``authorization`` metadata verbatim (None: none) on every call.
@@ -137,6 +169,8 @@ class Server:
     def stop(self) -> int:
         """Stop the server now (SIGTERM); its exit code."""
         self.channel.close()
+        if self._http is not None:
+            self._http.close()
         for client in self._clients:
             client.channel.close()
         if self._database is not None:
@@ -167,11 +201,17 @@ class ServerPool:
     """
 
     def __init__(
-        self, workdir: Path, allow_server_errors: bool = False, in_process: bool = False
+        self,
+        workdir: Path,
+        allow_server_errors: bool = False,
+        in_process: bool = False,
+        transport: str = "grpc",
     ) -> None:
+        """``transport``: what the started servers' stubs call over (``http_stubs.TRANSPORTS``)."""
         self.workdir = workdir
         self.allow_server_errors = allow_server_errors
         self.in_process = in_process
+        self.transport = transport
         self.launched: list[ServerProcess] = []
         self.started: list[Server] = []
         self._folders = 0
@@ -226,6 +266,8 @@ class ServerPool:
         )
         self.started.append(server)
         grpc.channel_ready_future(channel).result(timeout=10)
+        if self.transport != "grpc":
+            server.over_http(self.transport)
         return server
 
     def stop_started(self) -> None:

@@ -40,12 +40,7 @@ class FakeKeys:
         return self.principal, CACHE
 
 
-class FakeContext:
-    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
-        return (("authorization", "Bearer stk_0123456789_secret"),)
-
-
-CONTEXT = FakeContext()
+METADATA = (("authorization", "Bearer stk_0123456789_secret"),)
 
 
 @pytest.fixture
@@ -81,7 +76,7 @@ async def open_call(
     """
     handler = Idle()
     said: list[Any] = []
-    async with authorizer(keys).scope(method, CONTEXT, lasting=True) as lease:
+    async with authorizer(keys).scope(method, METADATA, lasting=True) as lease:
         try:
             async for response in while_valid(lease, handler.responses()):
                 said.append(response)
@@ -113,7 +108,7 @@ async def test_a_demoted_key_ends_a_writing_stream_but_not_a_reading_one(keys: F
     assert isinstance(said[-1], PermissionDenied), said
     assert "a reader key cannot call StreamRun" in said[-1].message
 
-    async with authorizer(keys).scope(WATCH, CONTEXT, lasting=True) as lease:
+    async with authorizer(keys).scope(WATCH, METADATA, lasting=True) as lease:
         await asyncio.sleep(5 * CACHE)
         assert lease.revoked is None, "a reader key may go on watching"
 
@@ -134,7 +129,7 @@ async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
 
 
 async def test_a_database_outage_during_a_check_does_not_end_the_call(keys: FakeKeys) -> None:
-    async with authorizer(keys).scope(STREAM, CONTEXT, lasting=True) as lease:
+    async with authorizer(keys).scope(STREAM, METADATA, lasting=True) as lease:
         keys.error = Unavailable("the database is unreachable; retry later")
         await until(lambda: keys.checks >= 4)  # tried again and again, the call goes on
         assert lease.revoked is None
@@ -145,7 +140,7 @@ async def test_a_database_outage_during_a_check_does_not_end_the_call(keys: Fake
 
 
 async def test_once_revoked_the_principal_is_refused_and_checks_stop(keys: FakeKeys) -> None:
-    async with authorizer(keys).scope(STREAM, CONTEXT, lasting=True) as lease:
+    async with authorizer(keys).scope(STREAM, METADATA, lasting=True) as lease:
         assert current_principal() == WRITER
         revoke(keys)
         with pytest.raises(Unauthenticated):
@@ -159,10 +154,10 @@ async def test_once_revoked_the_principal_is_refused_and_checks_stop(keys: FakeK
 
 
 async def test_unary_calls_are_checked_once_and_nothing_after_a_call(keys: FakeKeys) -> None:
-    async with authorizer(keys).scope("/simtrack.v1.AgentService/GetAgent", CONTEXT) as lease:
+    async with authorizer(keys).scope("/simtrack.v1.AgentService/GetAgent", METADATA) as lease:
         assert lease.revocation is None
         await asyncio.sleep(3 * CACHE)
-    async with authorizer(keys).scope(STREAM, CONTEXT, lasting=True):
+    async with authorizer(keys).scope(STREAM, METADATA, lasting=True):
         pass
     await asyncio.sleep(3 * CACHE)
     assert keys.checks == 2

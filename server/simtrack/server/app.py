@@ -23,10 +23,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from simtrack.server.api.agents import AgentServicer
 from simtrack.server.api.artifacts import ArtifactServicer
 from simtrack.server.api.auth import CallAuthorizer
+from simtrack.server.api.calls import Calls
 from simtrack.server.api.experiments import ExperimentServicer
+from simtrack.server.api.http import HttpApp, HttpListener
 from simtrack.server.api.interceptor import CallInterceptor
 from simtrack.server.api.runs import RunServicer
 from simtrack.server.api.scenarios import ScenarioServicer
+from simtrack.server.api.services import SERVICES
 from simtrack.server.api.telemetry import TelemetryServicer
 from simtrack.server.api.validations import ValidationServicer
 from simtrack.server.artifact_store import ArtifactStore
@@ -62,40 +65,13 @@ from simtrack.server.ingest.streams import StreamRegistry
 from simtrack.server.ingest.writer import GroupCommitWriter
 from simtrack.server.observability import MetricsEndpoint, ServerMetrics, quiet_peer_gone_reports
 from simtrack.server.scenario_catalogue import default_scenarios_dir, load_catalogue
-from simtrack.v1 import (
-    agents_pb2,
-    agents_pb2_grpc,
-    artifacts_pb2,
-    artifacts_pb2_grpc,
-    experiments_pb2,
-    experiments_pb2_grpc,
-    runs_pb2,
-    runs_pb2_grpc,
-    scenarios_pb2,
-    scenarios_pb2_grpc,
-    telemetry_pb2,
-    telemetry_pb2_grpc,
-    validations_pb2,
-    validations_pb2_grpc,
-)
 
 log = logging.getLogger(__name__)
 GC_THRESHOLD = 20_000  # net allocations between young-generation collections (default 700)
 
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024 + 64 * 1024
 
-SERVICE_NAMES = tuple(
-    module.DESCRIPTOR.services_by_name[name].full_name
-    for module, name in (
-        (agents_pb2, "AgentService"),
-        (artifacts_pb2, "ArtifactService"),
-        (experiments_pb2, "ExperimentService"),
-        (runs_pb2, "RunService"),
-        (scenarios_pb2, "ScenarioService"),
-        (telemetry_pb2, "TelemetryService"),
-        (validations_pb2, "ValidationService"),
-    )
-)
+SERVICE_NAMES = tuple(service.full_name for service in SERVICES)
 
 
 class StartupError(Exception):
@@ -108,6 +84,7 @@ class Running:
 
     server: grpc.aio.Server
     port: int
+    http: HttpListener | None  # None: SIMTRACK_HTTP_LISTEN empty
     engine: AsyncEngine
     health: health.aio.HealthServicer
     writer: GroupCommitWriter
@@ -122,6 +99,7 @@ class Running:
         self.background.stopping.set()
         await self.health.enter_graceful_shutdown()
         stopped = asyncio.create_task(self.server.stop(grace))  # no new calls from here on
+        http_stopped = asyncio.create_task(self.http.stop()) if self.http else None
         try:
             async with asyncio.timeout(grace):
                 await self.registry.going_away("server shutting down")
@@ -129,6 +107,8 @@ class Running:
             log.warning("streams did not finish within %.1fs", grace)
         await self.writer.stop()
         await stopped
+        if http_stopped is not None:
+            await http_stopped
         # Then what start-up pushed, in reverse: the background loops, the server and the
         # writer (both stopped already: no-ops), the bus, /metrics, the engine.
         await self.resources.aclose()
@@ -139,11 +119,17 @@ LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
 def check_exposure(settings: Settings) -> None:
     """Refuse to serve everyone's data to a network without keys, unless told to."""
-    host = settings.listen.rsplit(":", 1)[0]
-    if settings.auth_enabled or settings.allow_unauthenticated_remote or host in LOOPBACK_HOSTS:
+    if settings.auth_enabled or settings.allow_unauthenticated_remote:
+        return
+    exposed = [
+        listen
+        for listen in (settings.listen, settings.http_listen)
+        if listen and listen.rsplit(":", 1)[0] not in LOOPBACK_HOSTS
+    ]
+    if not exposed:
         return
     raise StartupError(
-        f"refusing to listen on {settings.listen} with auth disabled: anyone who can reach it "
+        f"refusing to listen on {exposed[0]} with auth disabled: anyone who can reach it "
         "could read and change every record. Set SIMTRACK_AUTH_ENABLED=true (and create keys "
         "with `simtrack keys create`), listen on 127.0.0.1, or set "
         "SIMTRACK_ALLOW_UNAUTHENTICATED_REMOTE=true if a trusted network guards this port."
@@ -224,8 +210,9 @@ async def _start(settings: Settings, resources: contextlib.AsyncExitStack) -> Ru
     )
 
     metrics = ServerMetrics()
+    calls = Calls(CallAuthorizer(authenticator), metrics)
     server = grpc.aio.server(
-        interceptors=[CallInterceptor(CallAuthorizer(authenticator), metrics)],
+        interceptors=[CallInterceptor(calls)],
         options=[
             # Stream messages may be up to 8 MiB (documented in telemetry.proto); gRPC's
             # default is 4 MiB. A little headroom for the envelope.
@@ -234,13 +221,6 @@ async def _start(settings: Settings, resources: contextlib.AsyncExitStack) -> Ru
             # silently and share its callers with the first (and, likely, another database).
             ("grpc.so_reuseport", int(settings.reuse_port)),
         ],
-    )
-    agents_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(AgentService(uow)), server)
-    experiments_pb2_grpc.add_ExperimentServiceServicer_to_server(
-        ExperimentServicer(
-            ExperimentService(uow, catalogue), SimulationService(uow), TemplateService(uow)
-        ),
-        server,
     )
     bus: InProcessBus = (
         InProcessBus() if is_sqlite(settings.database_url) else PostgresBus(settings.database_url)
@@ -262,18 +242,20 @@ async def _start(settings: Settings, resources: contextlib.AsyncExitStack) -> Ru
     )
     metrics.watch(registry.open_count, lambda: bus.watching, engine)
     live_runs = LiveRuns(uow, bus)
-    runs_pb2_grpc.add_RunServiceServicer_to_server(
-        RunServicer(
+    # One servicer per service, serving it over gRPC and over HTTP alike.
+    servicers = {
+        "AgentService": AgentServicer(AgentService(uow)),
+        "ExperimentService": ExperimentServicer(
+            ExperimentService(uow, catalogue), SimulationService(uow), TemplateService(uow)
+        ),
+        "RunService": RunServicer(
             RunService(uow, catalogue, reads),
             ParticipantService(uow),
             live_runs,
             Rankings(uow, catalogue),
             bus,
         ),
-        server,
-    )
-    telemetry_pb2_grpc.add_TelemetryServiceServicer_to_server(
-        TelemetryServicer(
+        "TelemetryService": TelemetryServicer(
             live_runs,
             HistoryService(uow),
             CompareService(uow),
@@ -281,15 +263,12 @@ async def _start(settings: Settings, resources: contextlib.AsyncExitStack) -> Ru
             registry,
             settings.heartbeat_interval,
         ),
-        server,
-    )
-    artifacts_pb2_grpc.add_ArtifactServiceServicer_to_server(ArtifactServicer(artifacts), server)
-    validations_pb2_grpc.add_ValidationServiceServicer_to_server(
-        ValidationServicer(validations), server
-    )
-    scenarios_pb2_grpc.add_ScenarioServiceServicer_to_server(
-        ScenarioServicer(ScenarioQueries(catalogue)), server
-    )
+        "ArtifactService": ArtifactServicer(artifacts),
+        "ValidationService": ValidationServicer(validations),
+        "ScenarioService": ScenarioServicer(ScenarioQueries(catalogue)),
+    }
+    for service in SERVICES:
+        service.add_to_grpc(servicers[service.name], server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -325,6 +304,17 @@ async def _start(settings: Settings, resources: contextlib.AsyncExitStack) -> Ru
         )
     resources.push_async_callback(server.stop, None)  # after a graceful stop: a no-op
     await server.start()
+    http = None
+    if settings.http_listen:
+        app = HttpApp({s: servicers[s.name] for s in SERVICES}, calls, MAX_MESSAGE_BYTES)
+        try:
+            http = HttpListener(app, settings.http_listen, settings.shutdown_grace)
+        except OSError as exc:
+            raise StartupError(
+                f"cannot serve HTTP on {settings.http_listen} (SIMTRACK_HTTP_LISTEN): {exc}. "
+                "Choose another address, or set SIMTRACK_HTTP_LISTEN= (empty) to serve gRPC only"
+            ) from exc
+        resources.push_async_callback(http.stop)  # after a graceful stop: a no-op
     background = BackgroundLoops()
     resources.push_async_callback(background.stop)
     background.spawn(
@@ -352,6 +342,7 @@ async def _start(settings: Settings, resources: contextlib.AsyncExitStack) -> Ru
     return Running(
         server=server,
         port=port,
+        http=http,
         engine=engine,
         health=health_servicer,
         writer=writer,
@@ -382,9 +373,12 @@ async def serve(settings: Settings) -> None:
     running = await start(settings)
     settle_garbage_collector()
     host = settings.listen.rsplit(":", 1)[0]
-    # Tests and scripts read these lines to learn the ports when listening on port 0.
+    # Tests and scripts read these lines to learn the ports when listening on port 0 ("serving"
+    # last: once it is out, the others are).
     if (endpoint := running.metrics_endpoint) is not None:
         log.info("simtrack metrics on %s:%d", endpoint.host, endpoint.port)
+    if (http := running.http) is not None:
+        log.info("simtrack http on %s:%d (the dashboard: http://%s:%d/)", *(http.address * 2))
     log.info("simtrack serving on %s:%d", host, running.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

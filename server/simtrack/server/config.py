@@ -100,6 +100,11 @@ class Settings(BaseSettings):
         description="Metrics compacted per transaction at most (one tenant's; fewer when "
         "their small chunks hold many points).",
     )
+    http_listen: str = Field(
+        default="127.0.0.1:8080",
+        description="host:port serving the API over HTTP (Connect, gRPC-Web, gRPC) and the "
+        "dashboard (port 0: a free one); empty: off.",
+    )
     metrics_listen: str = Field(
         default="",
         description="host:port serving Prometheus /metrics (port 0: a free one); empty: off.",
@@ -112,12 +117,12 @@ class Settings(BaseSettings):
             raise ValueError("only sqlite:// and postgresql:// URLs are supported")
         return url
 
-    @field_validator("metrics_listen")
+    @field_validator("metrics_listen", "http_listen")
     @classmethod
     def _host_and_port(cls, listen: str) -> str:
         host, colon, port = listen.rpartition(":")
         if listen and not (colon and host and port.isdigit() and int(port) < 65536):
-            raise ValueError("expected host:port, e.g. 127.0.0.1:9464 (or empty: no metrics)")
+            raise ValueError("expected host:port, e.g. 127.0.0.1:9464 (or empty: off)")
         return listen
 
     @classmethod

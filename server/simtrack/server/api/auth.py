@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, Protocol, TypeVar
 
@@ -52,13 +52,11 @@ class KeyChecker(Protocol):
         ...
 
 
-class CallMetadata(Protocol):
-    """What the authorizer reads of a call (a ``grpc.aio.ServicerContext``): its metadata."""
-
-    def invocation_metadata(self) -> object: ...
+Metadata = Iterable[tuple[str, Any]]
+"""A call's metadata as (lower-case key, value) pairs: gRPC's, or HTTP's request headers."""
 
 
-def bearer_token(metadata: Any) -> str:
+def bearer_token(metadata: Metadata | None) -> str:
     """The key in ``authorization: Bearer <key>`` metadata; never logged."""
     values = [v for k, v in (metadata or ()) if k == "authorization"]
     if not values:
@@ -85,14 +83,14 @@ class CallAuthorizer:
 
     @asynccontextmanager
     async def scope(
-        self, method: str, context: CallMetadata, *, lasting: bool = False
+        self, method: str, metadata: Metadata | None, *, lasting: bool = False
     ) -> AsyncIterator[Lease]:
         """Run the body as the call's caller; a ``lasting`` call's key is kept checked."""
         closed: asyncio.Event | None = None
         if self.authenticator is None:
             lease = Lease(LOCAL_PRINCIPAL)
         else:
-            token = bearer_token(context.invocation_metadata())
+            token = bearer_token(metadata)
             principal, fresh_for = await self._admit(method, token)
             lease = Lease(principal, revocable=lasting)
             if lasting:

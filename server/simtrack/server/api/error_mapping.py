@@ -1,4 +1,4 @@
-"""The one place simtrack errors become gRPC statuses (applied to every call by CallInterceptor).
+"""The one place simtrack errors become statuses (google.rpc.Status, on gRPC as on HTTP).
 
 Anything else that escapes a handler is logged with its traceback and reported as INTERNAL with
 a reference, never with the traceback itself.
@@ -83,10 +83,19 @@ def status_code_name(exc: Exception) -> str:
     return exc.code_name if isinstance(exc, SimtrackError) else "INTERNAL"
 
 
-async def abort(context: grpc.aio.ServicerContext[Any, Any], method: str, exc: Exception) -> None:
-    """End the call with the status of ``exc`` (always raises AbortError)."""
+def status_of(method: str, exc: Exception) -> status_pb2.Status:
+    """The status a call of ``method`` that raised ``exc`` ends with, on any transport. What
+    is not a simtrack error is logged with its traceback and answered INTERNAL with a reference.
+    """
     if isinstance(exc, SimtrackError):
-        await context.abort_with_status(rpc_status.to_status(to_status(exc)))
+        return to_status(exc)
     reference = uuid.uuid4().hex[:12]
     log.error("unhandled error in %s (reference %s)", method, reference, exc_info=exc)
-    await context.abort(grpc.StatusCode.INTERNAL, f"internal error (reference {reference})")
+    return status_pb2.Status(
+        code=code_pb2.INTERNAL, message=f"internal error (reference {reference})"
+    )
+
+
+async def abort(context: grpc.aio.ServicerContext[Any, Any], method: str, exc: Exception) -> None:
+    """End the gRPC call with the status of ``exc`` (always raises AbortError)."""
+    await context.abort_with_status(rpc_status.to_status(status_of(method, exc)))

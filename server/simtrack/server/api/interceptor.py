@@ -1,5 +1,5 @@
-"""Per-call concerns of every simtrack RPC, in one wrapper: who is calling, decoding the
-request, errors, metrics.
+"""The gRPC side of every simtrack RPC, in one wrapper: decoding the request, then ``Calls``
+(who is calling, the lease, metrics), then errors as gRPC statuses.
 
 The wrapper covers unary calls and the whole iteration of streams, so an error raised while a
 stream is running is mapped like any other. Requests are decoded here too, not by grpc before
@@ -7,23 +7,19 @@ the wrapper runs (grpc would answer bytes that are not the request message UNKNO
 handlers are registered taking bytes, and a message that does not decode is INVALID_ARGUMENT
 naming ``request``, also mid-stream. Calls with a stream in either direction can stay open
 past the key cache: they run on a lease that ends them once their key is revoked
-(``api.auth``). Unary calls are counted and timed here; a stream's length says nothing about
-the service's latency, so streams have gauges of their own.
+(``api.auth``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 
 from simtrack.errors import InvalidArgument
-from simtrack.server.api.auth import CallAuthorizer, until_revoked, while_valid
-from simtrack.server.api.error_mapping import abort, status_code_name
-from simtrack.server.observability import ServerMetrics
+from simtrack.server.api.calls import Calls
+from simtrack.server.api.error_mapping import abort
 
 _OUR_METHODS = "/simtrack.v1."
 
@@ -65,14 +61,14 @@ def decoded_stream(parse: Parse) -> Decode:
 
 
 class CallInterceptor(grpc.aio.ServerInterceptor):
-    """Runs each simtrack handler as its authenticated caller, mapping errors to statuses.
+    """Runs each simtrack handler through ``Calls`` (its caller, its lease, its metrics),
+    mapping errors to statuses.
 
     Health and reflection are left alone: load balancers and tools call them without keys.
     """
 
-    def __init__(self, authorizer: CallAuthorizer, metrics: ServerMetrics) -> None:
-        self.authorizer = authorizer
-        self.metrics = metrics
+    def __init__(self, calls: Calls) -> None:
+        self.calls = calls
 
     def _unary(
         self, method: str, behavior: Behavior, decode: Decode, *, lasting: bool = False
@@ -80,36 +76,30 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         """A call with one response; ``lasting``: its requests are a stream (UploadArtifact)."""
 
         async def handler(request: Any, context: Context) -> Any:
-            started = time.perf_counter()
-
-            def done(code: str) -> None:
-                # Before the status goes out: a caller that has its answer can scrape it.
-                self.metrics.rpc_done(method, code, time.perf_counter() - started)
-
             try:
-                async with self.authorizer.scope(method, context, lasting=lasting) as lease:
-                    response = await until_revoked(lease, behavior(decode(request), context))
-            except grpc.aio.AbortError:  # the status is already out (e.g. unauthenticated)
-                done(_status_name(context))
-                raise
-            except asyncio.CancelledError:  # the caller went away or its deadline passed
-                done("CANCELLED")
+                return await self.calls.unary(
+                    method,
+                    context.invocation_metadata(),
+                    lambda: behavior(decode(request), context),
+                    lasting=lasting,
+                )
+            except grpc.aio.AbortError:  # the status is already out
                 raise
             except Exception as exc:  # noqa: BLE001 - mapped to a status here, in one place
-                done(status_code_name(exc))
                 await abort(context, method, exc)
-            else:
-                done("OK")
-                return response
 
         return handler
 
     def _stream(self, method: str, behavior: Behavior, decode: Decode) -> Behavior:
         async def handler(request: Any, context: Context) -> AsyncIterator[Any]:
             try:
-                async with self.authorizer.scope(method, context, lasting=True) as lease:
-                    async for response in while_valid(lease, behavior(decode(request), context)):
-                        yield response
+                responses = self.calls.stream(
+                    method,
+                    context.invocation_metadata(),
+                    lambda: behavior(decode(request), context),
+                )
+                async for response in responses:
+                    yield response
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:  # noqa: BLE001
@@ -148,9 +138,3 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         return grpc.stream_stream_rpc_method_handler(
             self._stream(method, handler.stream_stream, decoded_stream(parse)), **kwargs
         )
-
-
-def _status_name(context: Context) -> str:
-    """The code an aborted call answered with."""
-    code: grpc.StatusCode | None = context.code()  # None unless aborted (or set_code)
-    return code.name if code is not None else "UNKNOWN"
