@@ -441,6 +441,29 @@ def test_the_filter_box_narrows_the_runs_table_and_columns_sort_it(
     tab.shot("runs-bad-filter")
 
 
+def test_the_runs_table_pages_with_the_api_page_tokens(
+    tab: Tab, dash: Dash, demo_runs: DemoRuns, big_run: runs_pb2.Run
+) -> None:
+    first = dash.server.runs.ListRuns(runs_pb2.ListRunsRequest(page_size=2))
+    second = dash.server.runs.ListRuns(
+        runs_pb2.ListRunsRequest(page_size=2, page_token=first.next_page_token)
+    )
+    pages = [[run.id for run in first.runs], [run.id for run in second.runs]]
+    shown = "table#runs tbody input[data-run]"
+    tab.open("#/runs?size=2")
+    tab.page.wait_for_selector(shown)
+    assert tab.page.locator(shown).evaluate_all("bs => bs.map(b => b.dataset.run)") == pages[0]
+    tab.page.click("text=Next →")
+    tab.page.wait_for_function(
+        f"() => document.querySelector('{shown}').dataset.run === '{pages[1][0]}'"
+    )
+    assert tab.page.locator(shown).evaluate_all("bs => bs.map(b => b.dataset.run)") == pages[1]
+    tab.page.click("text=← Previous")
+    tab.page.wait_for_function(
+        f"() => document.querySelector('{shown}').dataset.run === '{pages[0][0]}'"
+    )
+
+
 def test_compare_draws_two_runs_on_one_chart(tab: Tab, dash: Dash, demo_runs: DemoRuns) -> None:
     ids = [demo_runs.first.id, demo_runs.second.id]
     tab.open(f"#/compare?runs={','.join(ids)}&metric=total_profit")

@@ -39,8 +39,14 @@ export function table<T>(
     const sorted = opts.sort && c.sort === opts.sort.key;
     const arrow = sorted ? (opts.sort?.desc ? " ▼" : " ▲") : "";
     const cls = [c.num ? "num" : "", c.sort && opts.onSort ? "sortable" : ""].join(" ").trim();
-    const onclick = c.sort && opts.onSort ? () => opts.onSort?.(c.sort ?? "") : undefined;
-    return h("th", { class: cls || undefined, onclick, "data-sort": c.sort, title: c.sort ? `order by ${c.sort}` : undefined }, c.title + arrow);
+    const sortable = Boolean(c.sort && opts.onSort);
+    const onclick = sortable ? () => opts.onSort?.(c.sort ?? "") : undefined;
+    const onkeydown = sortable ? (e: Event) => { if ((e as KeyboardEvent).key === "Enter") opts.onSort?.(c.sort ?? ""); } : undefined;
+    return h("th", {
+      class: cls || undefined, onclick, onkeydown, tabindex: sortable ? 0 : undefined,
+      "data-sort": c.sort, title: c.sort ? `order by ${c.sort}` : undefined,
+      "aria-sort": sorted ? (opts.sort?.desc ? "descending" : "ascending") : undefined,
+    }, c.title + arrow);
   });
   const rows = items.map((item) =>
     h("tr", null, columns.map((c) => h("td", { class: c.num ? "num" : c.wrap ? "wrap" : undefined }, c.cell(item)))),

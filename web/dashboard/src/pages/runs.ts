@@ -5,7 +5,7 @@ import type { JsonValue } from "@bufbuild/protobuf";
 import { api } from "../api.js";
 import { type PageContext, replaceQuery } from "../app.js";
 import { fill, h } from "../dom.js";
-import { duration, int, num, shortTime, time } from "../format.js";
+import { duration, int, num, shortTime, statusName, time } from "../format.js";
 import { type Run, RunStatus } from "../../../src/gen/simtrack/v1/runs_pb.js";
 import type { Metric } from "../../../src/gen/simtrack/v1/telemetry_pb.js";
 import { type Column, ListView, orderBy, parseSort, type Sort, table } from "../table.js";
@@ -37,6 +37,13 @@ export async function runsPage({ root, parts, query, signal }: PageContext): Pro
         ),
       );
       if (experiment.hypothesis) root.append(h("p", null, h("b", null, "Hypothesis: "), experiment.hypothesis));
+      const stats = await api.runs.getRunStats({ filter: `experiment_id = ${quote(experimentId)}` }, { signal });
+      root.append(h("div", { class: "facts", id: "experiment-stats" },
+        h("div", null, h("b", null, "runs"), int(stats.total)),
+        h("div", null, h("b", null, "success rate"), Number.isNaN(stats.successRate) ? "–" : `${(stats.successRate * 100).toFixed(1)}%`),
+        ...stats.byStatus.filter((c) => c.count > 0n).map((c) => h("div", null, h("b", null, statusName(c.status)), int(c.count))),
+        stats.durations && stats.durations.count > 0n ? h("div", null, h("b", null, "median duration"), duration(stats.durations.p50)) : null,
+      ));
     }
     prefix = `experiment_id = ${quote(experimentId)}`;
   } else {
@@ -44,6 +51,8 @@ export async function runsPage({ root, parts, query, signal }: PageContext): Pro
   }
 
   const columns: string[] = (query.get("cols") ?? "").split(",").filter(Boolean);
+  // Runs per page: 50, or `size=` in the route (1-1000, the API's bounds).
+  const pageSize = Math.min(1000, Math.max(1, Number(query.get("size")) || 50));
   let sort: Sort | null = parseSort(query.get("order") ?? "");
   const seenParams = new Set<string>();
   const seenMetrics = new Set<string>();
@@ -150,7 +159,7 @@ export async function runsPage({ root, parts, query, signal }: PageContext): Pro
     toolbar: [adder, chips, compare],
     load: async (pageToken, filter) => {
       const combined = prefix && filter ? `${prefix} AND (${filter})` : prefix || filter;
-      const r = await api.runs.listRuns({ pageSize: 50, pageToken, filter: combined, orderBy: orderBy(sort) }, { signal });
+      const r = await api.runs.listRuns({ pageSize, pageToken, filter: combined, orderBy: orderBy(sort) }, { signal });
       rows = await Promise.all(r.runs.map(async (run, i) => {
         const params = plain(run.params);
         for (const [k, v] of Object.entries(params)) if (v === null || typeof v !== "object") seenParams.add(k);

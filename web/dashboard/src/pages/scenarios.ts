@@ -90,15 +90,21 @@ export async function scenarioPage({ root, parts, query, signal }: PageContext):
   }
 
   // Leaderboard: metric, aggregate and order chosen by the user (kept in the URL).
-  const firstCriterion = Object.keys(criteria)[0] ?? "total_profit";
-  const metric = h("input", { type: "text", value: query.get("metric") ?? firstCriterion, id: "board-metric", "aria-label": "metric" });
+  // Default: total_profit if the scenario judges it, else its first criterion; the order
+  // follows the criterion's comparison (a "<=" criterion ranks lowest first).
+  const names = Object.keys(criteria);
+  const chosen = query.get("metric") ?? (names.includes("total_profit") ? "total_profit" : (names[0] ?? "total_profit"));
+  const criterion = criteria[chosen];
+  const op = criterion && typeof criterion === "object" && !Array.isArray(criterion) ? criterion["op"] : undefined;
+  const lowestFirst = op === "<=" || op === "<";
+  const metric = h("input", { type: "text", value: chosen, id: "board-metric", "aria-label": "metric" });
   const aggregate = h("select", { "aria-label": "aggregate" },
     h("option", { value: String(MetricAggregate.LATEST) }, "latest"),
     h("option", { value: String(MetricAggregate.MIN) }, "min"),
     h("option", { value: String(MetricAggregate.MAX) }, "max"));
   const order = h("select", { "aria-label": "order" },
     h("option", { value: String(RankOrder.HIGHEST_FIRST) }, "highest first"),
-    h("option", { value: String(RankOrder.LOWEST_FIRST) }, "lowest first"));
+    h("option", { value: String(RankOrder.LOWEST_FIRST), selected: lowestFirst }, "lowest first"));
   const unfinished = h("input", { type: "checkbox", id: "board-unfinished" });
   const board = h("div", { id: "leaderboard" });
   const load = async () => {
