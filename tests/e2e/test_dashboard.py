@@ -59,23 +59,27 @@ def _missing() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def browser(dash: Dash) -> Iterator[Browser]:
-    """Chromium, started after the module's server and database: Playwright's sync API keeps
-    an asyncio loop running in this thread, so nothing may call asyncio.run() (migrations) after.
-    """
+def chromium() -> str:
+    """The system's Chromium; skipped without it or Playwright (failed under CI=true)."""
     missing = _missing()
     if missing:
         if CI:
             pytest.fail(f"the browser tests must run in CI: {missing}", pytrace=False)
         pytest.skip(missing)
+    return str(shutil.which("chromium"))
+
+
+@pytest.fixture(scope="module")
+def browser(chromium: str, dash: Dash) -> Iterator[Browser]:
+    """Chromium, started after the module's server and database: Playwright's sync API keeps
+    an asyncio loop running in this thread, so nothing may call asyncio.run() (migrations) after.
+    """
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS
-        )
-        yield chromium
-        chromium.close()
+        launched = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
 
 
 @dataclass
