@@ -1,3 +1,4 @@
+import type { JsonObject, JsonValue } from "@bufbuild/protobuf";
 // The scenario catalogue, and one scenario: its leaderboard and its runs' stats.
 import { api, describe, isAborted, isUnauthenticated } from "../api.js";
 import { fail, type PageContext, replaceQuery } from "../app.js";
@@ -7,6 +8,18 @@ import { MetricAggregate, RankOrder } from "../../../src/gen/simtrack/v1/runs_pb
 import type { Scenario } from "../../../src/gen/simtrack/v1/scenarios_pb.js";
 import { ListView, table } from "../table.js";
 import { experimentName, plain, progress, quote, runLink, runStatus, scenarioLink } from "./common.js";
+
+function isObject(v: JsonValue | undefined): v is JsonObject {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+/** `last >= 1500` for {stat: "last", op: ">=", value: 1500}; other shapes as JSON. */
+function criterionText(v: JsonValue): string {
+  if (isObject(v) && typeof v["op"] === "string" && v["value"] !== undefined) {
+    return `${typeof v["stat"] === "string" ? v["stat"] : "last"} ${v["op"]} ${json(v["value"])}`;
+  }
+  return json(v);
+}
 
 export async function scenariosPage({ root, signal }: PageContext): Promise<void> {
   root.append(h("h1", null, "Scenarios"));
@@ -52,7 +65,8 @@ export async function scenarioPage({ root, parts, query, signal }: PageContext):
     table(
       [
         { title: "Metric", cell: ([k]) => k },
-        { title: "Criterion", cell: ([, v]) => json(v), wrap: true },
+        { title: "Criterion", cell: ([, v]) => criterionText(v) },
+        { title: "Why", cell: ([, v]) => (isObject(v) && typeof v["description"] === "string" ? v["description"] : ""), wrap: true },
       ],
       Object.entries(criteria),
       { empty: "None." },
@@ -95,7 +109,7 @@ export async function scenarioPage({ root, parts, query, signal }: PageContext):
   const names = Object.keys(criteria);
   const chosen = query.get("metric") ?? (names.includes("total_profit") ? "total_profit" : (names[0] ?? "total_profit"));
   const criterion = criteria[chosen];
-  const op = criterion && typeof criterion === "object" && !Array.isArray(criterion) ? criterion["op"] : undefined;
+  const op = isObject(criterion) ? criterion["op"] : undefined;
   const lowestFirst = op === "<=" || op === "<";
   const metric = h("input", { type: "text", value: chosen, id: "board-metric", "aria-label": "metric" });
   const aggregate = h("select", { "aria-label": "aggregate" },
@@ -122,7 +136,7 @@ export async function scenarioPage({ root, parts, query, signal }: PageContext):
       const names = new Map(await Promise.all(r.entries.map(async (e) => [e.run?.experimentId ?? "", await experimentName(e.run?.experimentId ?? "", signal)] as const)));
       fill(
         board,
-        h("p", { class: "muted" }, `${int(r.rankedRuns)} runs ranked`),
+        h("p", { class: "muted" }, `${int(r.rankedRuns)} ${r.rankedRuns === 1n ? "run" : "runs"} ranked`),
         table(
           [
             { title: "Rank", cell: (e) => e.rank, num: true },
