@@ -48,7 +48,7 @@ export class Chart {
   private resize: ResizeObserver | null = null;
 
   constructor(
-    title: string,
+    title: Child | Child[],
     private readonly loader: Loader,
     private readonly signal: AbortSignal,
     attrs: Record<string, string> = {},

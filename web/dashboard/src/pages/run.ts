@@ -69,6 +69,7 @@ export async function runPage({ root, parts, signal }: PageContext): Promise<voi
   const chartsEl = h("div", { class: "charts", id: "charts" });
   const chartsNote = h("p", { class: "muted" });
   const charts = new Map<string, Chart>();
+  const units = new Map<string, string>(); // from ListMetrics (WatchRun does not carry them)
   let chartsRefreshed = performance.now();
 
   const drawHead = () => {
@@ -120,7 +121,9 @@ export async function runPage({ root, parts, signal }: PageContext): Promise<voi
   const ensureCharts = (names: string[]) => {
     for (const name of names) {
       if (charts.has(name) || charts.size >= MAX_CHARTS) continue;
-      const chart = new Chart(name, historyLoader(id, name), signal, { "data-metric": name });
+      const unit = units.get(name);
+      const title = [name, unit ? h("span", { class: "muted" }, ` (${unit})`) : null];
+      const chart = new Chart(title, historyLoader(id, name), signal, { "data-metric": name });
       charts.set(name, chart);
       chartsEl.append(chart.el);
       void chart.load();
@@ -136,6 +139,7 @@ export async function runPage({ root, parts, signal }: PageContext): Promise<voi
     name: m.name, value: m.lastValue, count: m.count, min: m.min, max: m.max,
     ...(m.lastStep !== undefined ? { step: m.lastStep } : {}),
   })));
+  for (const m of metrics.metrics) if (m.unit) units.set(m.name, m.unit);
   ensureCharts(metrics.metrics.map((m) => m.name));
 
   // Validations and artifacts are (re)read when the run ends: the server judges it then.
