@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pytest
 
-from simtrack.v1 import artifacts_pb2, runs_pb2, telemetry_pb2
+from simtrack.v1 import artifacts_pb2, runs_pb2, telemetry_pb2, validations_pb2
 from tests.support import Server, ServerPool, SimtrackCli
 from tests.support.api_objects import new_agent, new_experiment, new_run
 from tests.support.processes import LOOPBACK_ANY_PORT, clean_env, simtrack_command
@@ -398,6 +398,36 @@ def test_a_chart_shows_the_points_and_extremes_the_api_gives_and_zooms(
         tab.page.locator("#artifacts-table a", has_text="notes.txt").click()
     saved = download.value.path()
     assert Path(saved).read_bytes() == b"a million points\n"
+
+
+def test_a_run_page_shows_its_verdicts_and_filters_its_events(
+    tab: Tab, dash: Dash, demo_runs: DemoRuns
+) -> None:
+    run = demo_runs.first
+    verdicts = dash.server.validations.ListValidations(
+        validations_pb2.ListValidationsRequest(run_id=run.id)
+    ).validations
+    tab.open(f"#/runs/{run.id}")
+    tab.page.wait_for_selector("table#validations-table tbody tr .badge")
+    shown = tab.page.locator("table#validations-table tbody tr").evaluate_all(
+        "rows => rows.map(r => [r.cells[2].textContent, r.cells[0].textContent])"
+    )
+    assert sorted(shown) == sorted([v.kind, "pass" if v.passed else "fail"] for v in verdicts)
+
+    query = 'type = "place_order"'
+    events = dash.server.telemetry.ListEvents(
+        telemetry_pb2.ListEventsRequest(run_id=run.id, filter=query, page_size=50)
+    ).events
+    assert events
+    tab.page.fill("#events-filter", query)
+    tab.page.press("#events-filter", "Enter")
+    tab.page.wait_for_function(
+        f"() => document.querySelectorAll('table#events tbody tr').length === {len(events)}"
+    )
+    types = tab.page.locator("table#events tbody tr").evaluate_all(
+        "rows => rows.map(r => r.cells[2].textContent)"
+    )
+    assert types == ["place_order"] * len(events)
 
 
 def list_runs(dash: Dash, filter: str = "", order_by: str = "") -> list[runs_pb2.Run]:
