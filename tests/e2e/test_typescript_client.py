@@ -65,7 +65,7 @@ def smoke_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_typescript_worker_streams_and_reads_back(server: Server, smoke_client: Path) -> None:
     result = subprocess.run(
-        ["node", str(smoke_client), server.address],
+        ["node", str(smoke_client), server.address, server.host.http_address],
         capture_output=True,
         text=True,
         timeout=NODE_TIMEOUT,
@@ -74,6 +74,8 @@ def test_typescript_worker_streams_and_reads_back(server: Server, smoke_client: 
     assert result.returncode == 0, f"node smoke.js failed:\n{result.stdout}\n{result.stderr}"
     summary = json.loads(result.stdout)
     assert summary["status"] == "COMPLETED"
+    # Read back over the HTTP listener (Connect in JSON, gRPC-Web): gRPC's answers exactly.
+    assert summary["overHttp"] == {"connectJson": True, "grpcWeb": True}
     assert summary["runningRuns"] == 0
     assert summary["metrics"] == {
         # The NaN is stored but not summarised: the last finite step is 0, and present.

@@ -21,7 +21,7 @@ from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message_factory import GetMessageClass
 from google.rpc import status_pb2
 
-from simtrack.server.api.services import ApiService
+from simtrack.server.api.services import SERVICES, ApiService
 from tests.support.clients import StatusRecorder
 
 # Transports the API tests run over: gRPC's own listener, or the HTTP listener by protocol
@@ -34,10 +34,51 @@ _PROTOCOLS = {
 }
 
 
+# The attribute holding each service's stub (on ``HttpClient``, ``Client`` and ``Server``).
+STUB_NAMES = {
+    "AgentService": "agents",
+    "ArtifactService": "artifacts",
+    "ExperimentService": "experiments",
+    "RunService": "runs",
+    "ScenarioService": "scenarios",
+    "TelemetryService": "telemetry",
+    "ValidationService": "validations",
+}
+
+
 def http_client(transport: str, address: str) -> ConnectClientSync:
     """A client of the HTTP listener at ``address`` (host:port) speaking ``transport``."""
     protocol, json = _PROTOCOLS[transport]
     return ConnectClientSync(f"http://{address}", protocol=protocol, proto_json=json)
+
+
+class HttpClient:
+    """Every service's ``HttpStub`` on one client (``with``: closed after)."""
+
+    agents: HttpStub
+    artifacts: HttpStub
+    experiments: HttpStub
+    runs: HttpStub
+    scenarios: HttpStub
+    telemetry: HttpStub
+    validations: HttpStub
+
+    def __init__(
+        self, transport: str, address: str, recorder: StatusRecorder | None = None
+    ) -> None:
+        self.client = http_client(transport, address)
+        for service in SERVICES:
+            stub = HttpStub(service, self.client, recorder or StatusRecorder())
+            setattr(self, STUB_NAMES[service.name], stub)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> HttpClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
 
 class HttpRpcError(grpc.RpcError):
@@ -77,6 +118,9 @@ class HttpStub:
     ) -> None:
         for method in service.descriptor.methods:
             setattr(self, method.name, _call(method, client, recorder))
+
+    def __getattr__(self, name: str) -> Any:  # the methods are set above, by their RPC names
+        raise AttributeError(name)
 
 
 def _call(

@@ -13,7 +13,6 @@ from typing import Any
 
 import grpc
 import sqlalchemy
-from connectrpc.client import ConnectClientSync
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2_grpc
 
@@ -30,20 +29,9 @@ from simtrack.v1 import (
 )
 from tests.support.clients import Authorization, Client, StatusRecorder
 from tests.support.databases import as_app_role
-from tests.support.http_stubs import HttpStub, http_client
+from tests.support.http_stubs import STUB_NAMES, HttpClient
 from tests.support.inprocess import InProcessServer
 from tests.support.processes import LOOPBACK_ANY_PORT, ServerFailed, ServerProcess
-
-# The attribute of ``Server`` holding each service's stub.
-_STUBS = {
-    "AgentService": "agents",
-    "ArtifactService": "artifacts",
-    "ExperimentService": "experiments",
-    "RunService": "runs",
-    "ScenarioService": "scenarios",
-    "TelemetryService": "telemetry",
-    "ValidationService": "validations",
-}
 
 
 @dataclass
@@ -69,7 +57,7 @@ class Server:
     operator_url: str | None = None
     _database: sqlalchemy.Engine | None = field(default=None, init=False)
     _clients: list[Client] = field(default_factory=list, init=False)
-    _http: ConnectClientSync | None = field(default=None, init=False)
+    _http: HttpClient | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.agents = agents_pb2_grpc.AgentServiceStub(self.channel)
@@ -114,11 +102,11 @@ class Server:
             self._clients.append(Client(channel))
             for service in SERVICES:
                 stub = getattr(service.grpc_code, f"{service.name}Stub")(channel)
-                setattr(self, _STUBS[service.name], stub)
+                setattr(self, STUB_NAMES[service.name], stub)
             return
-        self._http = http_client(transport, self.host.http_address)
-        for service in SERVICES:
-            setattr(self, _STUBS[service.name], HttpStub(service, self._http, self.recorder))
+        self._http = HttpClient(transport, self.host.http_address, self.recorder)
+        for name in STUB_NAMES.values():
+            setattr(self, name, getattr(self._http, name))
 
     def connect(self, authorization: str | None) -> Client:
         """A channel sending ``authorization`` metadata verbatim (None: none) on every call.

@@ -1,22 +1,64 @@
-// A worker and a reader in TypeScript over gRPC: `node smoke.js HOST:PORT`, compiled by
-// tests/e2e/test_typescript_client.py and run against a real `simtrack serve`. Creates an agent,
-// an experiment and a run, streams two metric batches and a final status through StreamRun,
-// waits for the ack of the last one, reads the metrics back and prints a JSON summary (NaN
-// prints as null, and so does an unset lastStep).
+// A worker and a reader in TypeScript over gRPC: `node smoke.js HOST:PORT [HTTP_HOST:PORT]`,
+// compiled by tests/e2e/test_typescript_client.py and run against a real `simtrack serve`.
+// Creates an agent, an experiment and a run, streams two metric batches and a final status
+// through StreamRun, waits for the ack of the last one, reads the metrics back and prints a JSON
+// summary (NaN prints as null, and so does an unset lastStep). Given the HTTP listener too, it
+// reads the run back over Connect (JSON) and gRPC-Web as well, and says whether each answer
+// equals gRPC's.
 
-import { createClient } from "@connectrpc/connect";
+import { type DescMessage, type MessageShape, toBinary } from "@bufbuild/protobuf";
+import { createClient, type Transport } from "@connectrpc/connect";
 import { createWritableIterable } from "@connectrpc/connect/protocol";
-import { createGrpcTransport } from "@connectrpc/connect-node";
+import {
+  createConnectTransport,
+  createGrpcTransport,
+  createGrpcWebTransport,
+} from "@connectrpc/connect-node";
 
 import { completed, hello, metricsAt, runningRuns } from "../src/example.js";
 import { AgentService, Framework } from "../src/gen/simtrack/v1/agents_pb.js";
 import { ExperimentService } from "../src/gen/simtrack/v1/experiments_pb.js";
-import { RunService, RunStatus } from "../src/gen/simtrack/v1/runs_pb.js";
-import { type StreamRunRequest, TelemetryService } from "../src/gen/simtrack/v1/telemetry_pb.js";
+import {
+  GetRunResponseSchema,
+  RunService,
+  RunStatus,
+} from "../src/gen/simtrack/v1/runs_pb.js";
+import {
+  ListMetricsResponseSchema,
+  type StreamRunRequest,
+  TelemetryService,
+} from "../src/gen/simtrack/v1/telemetry_pb.js";
 
 const CALL_TIMEOUT_MS = 20_000;
 
-async function main(target: string): Promise<void> {
+/** Whether two messages encode to the same bytes (bit for bit: NaN equals NaN, -0 is not 0). */
+function sameBytes<D extends DescMessage>(schema: D, a: MessageShape<D>, b: MessageShape<D>) {
+  return Buffer.from(toBinary(schema, a)).equals(toBinary(schema, b));
+}
+
+/** Whether GetRun and ListMetrics over `transport` answer what they answer over gRPC. */
+async function sameOver(transport: Transport, grpc: Transport, runId: string): Promise<boolean> {
+  const options = { timeoutMs: CALL_TIMEOUT_MS };
+  const [overHttp, overGrpc] = [transport, grpc].map((t) => ({
+    runs: createClient(RunService, t),
+    telemetry: createClient(TelemetryService, t),
+  }));
+  if (overHttp === undefined || overGrpc === undefined) {
+    return false;
+  }
+  const run = await overHttp.runs.getRun({ id: runId }, options);
+  const metrics = await overHttp.telemetry.listMetrics({ runId }, options);
+  return (
+    sameBytes(GetRunResponseSchema, run, await overGrpc.runs.getRun({ id: runId }, options)) &&
+    sameBytes(
+      ListMetricsResponseSchema,
+      metrics,
+      await overGrpc.telemetry.listMetrics({ runId }, options),
+    )
+  );
+}
+
+async function main(target: string, http: string | undefined): Promise<void> {
   const transport = createGrpcTransport({ baseUrl: `http://${target}` });
   const agents = createClient(AgentService, transport);
   const experiments = createClient(ExperimentService, transport);
@@ -79,8 +121,24 @@ async function main(target: string): Promise<void> {
   const { metrics } = await telemetry.listMetrics({ runId }, options);
   const finished = (await runs.getRun({ id: runId }, options)).run;
   const listed = await runs.listRuns(runningRuns(experimentId), options);
+  const overHttp =
+    http === undefined
+      ? {}
+      : {
+          connectJson: await sameOver(
+            createConnectTransport({ baseUrl: `http://${http}`, httpVersion: "1.1" }),
+            transport,
+            runId,
+          ),
+          grpcWeb: await sameOver(
+            createGrpcWebTransport({ baseUrl: `http://${http}`, httpVersion: "1.1" }),
+            transport,
+            runId,
+          ),
+        };
   const summary = {
     runId,
+    overHttp,
     status: RunStatus[finished?.status ?? RunStatus.UNSPECIFIED],
     runningRuns: listed.runs.length,
     metrics: Object.fromEntries(
@@ -100,7 +158,7 @@ async function main(target: string): Promise<void> {
 
 const target = process.argv[2];
 if (target === undefined) {
-  console.error("usage: node smoke.js HOST:PORT");
+  console.error("usage: node smoke.js HOST:PORT [HTTP_HOST:PORT]");
   process.exit(2);
 }
-await main(target);
+await main(target, process.argv[3]);

@@ -54,7 +54,7 @@ class AgentServiceASGIApplication(ConnectASGIApplication[AgentService]):
                         service_name="simtrack.v1.AgentService",
                         input=simtrack_dot_v1_dot_agents__pb2.GetAgentRequest,
                         output=simtrack_dot_v1_dot_agents__pb2.GetAgentResponse,
-                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=svc.get_agent,
                 ),
@@ -64,7 +64,7 @@ class AgentServiceASGIApplication(ConnectASGIApplication[AgentService]):
                         service_name="simtrack.v1.AgentService",
                         input=simtrack_dot_v1_dot_agents__pb2.ListAgentsRequest,
                         output=simtrack_dot_v1_dot_agents__pb2.ListAgentsResponse,
-                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=svc.list_agents,
                 ),
@@ -127,6 +127,7 @@ class AgentServiceClient(ConnectClient):
         *,
         headers: Headers | Mapping[str, str] | None = None,
         timeout_ms: int | None = None,
+        use_get: bool = False,
     ) -> simtrack_dot_v1_dot_agents__pb2.GetAgentResponse:
         return await self.execute_unary(
             request=request,
@@ -135,10 +136,11 @@ class AgentServiceClient(ConnectClient):
                 service_name="simtrack.v1.AgentService",
                 input=simtrack_dot_v1_dot_agents__pb2.GetAgentRequest,
                 output=simtrack_dot_v1_dot_agents__pb2.GetAgentResponse,
-                idempotency_level=IdempotencyLevel.UNKNOWN,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+            use_get=use_get,
         )
 
     async def list_agents(
@@ -147,6 +149,7 @@ class AgentServiceClient(ConnectClient):
         *,
         headers: Headers | Mapping[str, str] | None = None,
         timeout_ms: int | None = None,
+        use_get: bool = False,
     ) -> simtrack_dot_v1_dot_agents__pb2.ListAgentsResponse:
         return await self.execute_unary(
             request=request,
@@ -155,10 +158,11 @@ class AgentServiceClient(ConnectClient):
                 service_name="simtrack.v1.AgentService",
                 input=simtrack_dot_v1_dot_agents__pb2.ListAgentsRequest,
                 output=simtrack_dot_v1_dot_agents__pb2.ListAgentsResponse,
-                idempotency_level=IdempotencyLevel.UNKNOWN,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+            use_get=use_get,
         )
 
     async def update_agent(
@@ -235,7 +239,7 @@ class AgentServiceWSGIApplication(ConnectWSGIApplication):
                         service_name="simtrack.v1.AgentService",
                         input=simtrack_dot_v1_dot_agents__pb2.GetAgentRequest,
                         output=simtrack_dot_v1_dot_agents__pb2.GetAgentResponse,
-                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=service.get_agent,
                 ),
@@ -245,7 +249,7 @@ class AgentServiceWSGIApplication(ConnectWSGIApplication):
                         service_name="simtrack.v1.AgentService",
                         input=simtrack_dot_v1_dot_agents__pb2.ListAgentsRequest,
                         output=simtrack_dot_v1_dot_agents__pb2.ListAgentsResponse,
-                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=service.list_agents,
                 ),
@@ -308,6 +312,7 @@ class AgentServiceClientSync(ConnectClientSync):
         *,
         headers: Headers | Mapping[str, str] | None = None,
         timeout_ms: int | None = None,
+        use_get: bool = False,
     ) -> simtrack_dot_v1_dot_agents__pb2.GetAgentResponse:
         return self.execute_unary(
             request=request,
@@ -316,10 +321,11 @@ class AgentServiceClientSync(ConnectClientSync):
                 service_name="simtrack.v1.AgentService",
                 input=simtrack_dot_v1_dot_agents__pb2.GetAgentRequest,
                 output=simtrack_dot_v1_dot_agents__pb2.GetAgentResponse,
-                idempotency_level=IdempotencyLevel.UNKNOWN,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+            use_get=use_get,
         )
 
     def list_agents(
@@ -328,6 +334,7 @@ class AgentServiceClientSync(ConnectClientSync):
         *,
         headers: Headers | Mapping[str, str] | None = None,
         timeout_ms: int | None = None,
+        use_get: bool = False,
     ) -> simtrack_dot_v1_dot_agents__pb2.ListAgentsResponse:
         return self.execute_unary(
             request=request,
@@ -336,10 +343,11 @@ class AgentServiceClientSync(ConnectClientSync):
                 service_name="simtrack.v1.AgentService",
                 input=simtrack_dot_v1_dot_agents__pb2.ListAgentsRequest,
                 output=simtrack_dot_v1_dot_agents__pb2.ListAgentsResponse,
-                idempotency_level=IdempotencyLevel.UNKNOWN,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+            use_get=use_get,
         )
 
     def update_agent(

@@ -54,7 +54,7 @@ class ArtifactServiceASGIApplication(ConnectASGIApplication[ArtifactService]):
                         service_name="simtrack.v1.ArtifactService",
                         input=simtrack_dot_v1_dot_artifacts__pb2.GetArtifactRequest,
                         output=simtrack_dot_v1_dot_artifacts__pb2.GetArtifactResponse,
-                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=svc.get_artifact,
                 ),
@@ -74,7 +74,7 @@ class ArtifactServiceASGIApplication(ConnectASGIApplication[ArtifactService]):
                         service_name="simtrack.v1.ArtifactService",
                         input=simtrack_dot_v1_dot_artifacts__pb2.ListArtifactsRequest,
                         output=simtrack_dot_v1_dot_artifacts__pb2.ListArtifactsResponse,
-                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=svc.list_artifacts,
                 ),
@@ -127,6 +127,7 @@ class ArtifactServiceClient(ConnectClient):
         *,
         headers: Headers | Mapping[str, str] | None = None,
         timeout_ms: int | None = None,
+        use_get: bool = False,
     ) -> simtrack_dot_v1_dot_artifacts__pb2.GetArtifactResponse:
         return await self.execute_unary(
             request=request,
@@ -135,10 +136,11 @@ class ArtifactServiceClient(ConnectClient):
                 service_name="simtrack.v1.ArtifactService",
                 input=simtrack_dot_v1_dot_artifacts__pb2.GetArtifactRequest,
                 output=simtrack_dot_v1_dot_artifacts__pb2.GetArtifactResponse,
-                idempotency_level=IdempotencyLevel.UNKNOWN,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+            use_get=use_get,
         )
 
     def get_artifact_content(
@@ -167,6 +169,7 @@ class ArtifactServiceClient(ConnectClient):
         *,
         headers: Headers | Mapping[str, str] | None = None,
         timeout_ms: int | None = None,
+        use_get: bool = False,
     ) -> simtrack_dot_v1_dot_artifacts__pb2.ListArtifactsResponse:
         return await self.execute_unary(
             request=request,
@@ -175,10 +178,11 @@ class ArtifactServiceClient(ConnectClient):
                 service_name="simtrack.v1.ArtifactService",
                 input=simtrack_dot_v1_dot_artifacts__pb2.ListArtifactsRequest,
                 output=simtrack_dot_v1_dot_artifacts__pb2.ListArtifactsResponse,
-                idempotency_level=IdempotencyLevel.UNKNOWN,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+            use_get=use_get,
         )
 
     async def delete_artifact(
@@ -235,7 +239,7 @@ class ArtifactServiceWSGIApplication(ConnectWSGIApplication):
                         service_name="simtrack.v1.ArtifactService",
                         input=simtrack_dot_v1_dot_artifacts__pb2.GetArtifactRequest,
                         output=simtrack_dot_v1_dot_artifacts__pb2.GetArtifactResponse,
-                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=service.get_artifact,
                 ),
@@ -255,7 +259,7 @@ class ArtifactServiceWSGIApplication(ConnectWSGIApplication):
                         service_name="simtrack.v1.ArtifactService",
                         input=simtrack_dot_v1_dot_artifacts__pb2.ListArtifactsRequest,
                         output=simtrack_dot_v1_dot_artifacts__pb2.ListArtifactsResponse,
-                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=service.list_artifacts,
                 ),
@@ -308,6 +312,7 @@ class ArtifactServiceClientSync(ConnectClientSync):
         *,
         headers: Headers | Mapping[str, str] | None = None,
         timeout_ms: int | None = None,
+        use_get: bool = False,
     ) -> simtrack_dot_v1_dot_artifacts__pb2.GetArtifactResponse:
         return self.execute_unary(
             request=request,
@@ -316,10 +321,11 @@ class ArtifactServiceClientSync(ConnectClientSync):
                 service_name="simtrack.v1.ArtifactService",
                 input=simtrack_dot_v1_dot_artifacts__pb2.GetArtifactRequest,
                 output=simtrack_dot_v1_dot_artifacts__pb2.GetArtifactResponse,
-                idempotency_level=IdempotencyLevel.UNKNOWN,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+            use_get=use_get,
         )
 
     def get_artifact_content(
@@ -348,6 +354,7 @@ class ArtifactServiceClientSync(ConnectClientSync):
         *,
         headers: Headers | Mapping[str, str] | None = None,
         timeout_ms: int | None = None,
+        use_get: bool = False,
     ) -> simtrack_dot_v1_dot_artifacts__pb2.ListArtifactsResponse:
         return self.execute_unary(
             request=request,
@@ -356,10 +363,11 @@ class ArtifactServiceClientSync(ConnectClientSync):
                 service_name="simtrack.v1.ArtifactService",
                 input=simtrack_dot_v1_dot_artifacts__pb2.ListArtifactsRequest,
                 output=simtrack_dot_v1_dot_artifacts__pb2.ListArtifactsResponse,
-                idempotency_level=IdempotencyLevel.UNKNOWN,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+            use_get=use_get,
         )
 
     def delete_artifact(

@@ -84,7 +84,7 @@ class ExperimentServiceASGIApplication(ConnectASGIApplication[ExperimentService]
                         service_name="simtrack.v1.ExperimentService",
                         input=simtrack_dot_v1_dot_experiments__pb2.GetExperimentRequest,
                         output=simtrack_dot_v1_dot_experiments__pb2.GetExperimentResponse,
-                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=svc.get_experiment,
                 ),
@@ -94,7 +94,7 @@ class ExperimentServiceASGIApplication(ConnectASGIApplication[ExperimentService]
                         service_name="simtrack.v1.ExperimentService",
                         input=simtrack_dot_v1_dot_experiments__pb2.ListExperimentsRequest,
                         output=simtrack_dot_v1_dot_experiments__pb2.ListExperimentsResponse,
-                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=svc.list_experiments,
                 ),
@@ -134,7 +134,7 @@ class ExperimentServiceASGIApplication(ConnectASGIApplication[ExperimentService]
                         service_name="simtrack.v1.ExperimentService",
                         input=simtrack_dot_v1_dot_experiments__pb2.GetSimulationRequest,
                         output=simtrack_dot_v1_dot_experiments__pb2.GetSimulationResponse,
-                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=svc.get_simulation,
                 ),
@@ -144,7 +144,7 @@ class ExperimentServiceASGIApplication(ConnectASGIApplication[ExperimentService]
                         service_name="simtrack.v1.ExperimentService",
                         input=simtrack_dot_v1_dot_experiments__pb2.ListSimulationsRequest,
                         output=simtrack_dot_v1_dot_experiments__pb2.ListSimulationsResponse,
-                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=svc.list_simulations,
                 ),
@@ -184,7 +184,7 @@ class ExperimentServiceASGIApplication(ConnectASGIApplication[ExperimentService]
                         service_name="simtrack.v1.ExperimentService",
                         input=simtrack_dot_v1_dot_experiments__pb2.GetTemplateRequest,
                         output=simtrack_dot_v1_dot_experiments__pb2.GetTemplateResponse,
-                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=svc.get_template,
                 ),
@@ -194,7 +194,7 @@ class ExperimentServiceASGIApplication(ConnectASGIApplication[ExperimentService]
                         service_name="simtrack.v1.ExperimentService",
                         input=simtrack_dot_v1_dot_experiments__pb2.ListTemplatesRequest,
                         output=simtrack_dot_v1_dot_experiments__pb2.ListTemplatesResponse,
-                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=svc.list_templates,
                 ),
@@ -257,6 +257,7 @@ class ExperimentServiceClient(ConnectClient):
         *,
         headers: Headers | Mapping[str, str] | None = None,
         timeout_ms: int | None = None,
+        use_get: bool = False,
     ) -> simtrack_dot_v1_dot_experiments__pb2.GetExperimentResponse:
         return await self.execute_unary(
             request=request,
@@ -265,10 +266,11 @@ class ExperimentServiceClient(ConnectClient):
                 service_name="simtrack.v1.ExperimentService",
                 input=simtrack_dot_v1_dot_experiments__pb2.GetExperimentRequest,
                 output=simtrack_dot_v1_dot_experiments__pb2.GetExperimentResponse,
-                idempotency_level=IdempotencyLevel.UNKNOWN,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+            use_get=use_get,
         )
 
     async def list_experiments(
@@ -277,6 +279,7 @@ class ExperimentServiceClient(ConnectClient):
         *,
         headers: Headers | Mapping[str, str] | None = None,
         timeout_ms: int | None = None,
+        use_get: bool = False,
     ) -> simtrack_dot_v1_dot_experiments__pb2.ListExperimentsResponse:
         return await self.execute_unary(
             request=request,
@@ -285,10 +288,11 @@ class ExperimentServiceClient(ConnectClient):
                 service_name="simtrack.v1.ExperimentService",
                 input=simtrack_dot_v1_dot_experiments__pb2.ListExperimentsRequest,
                 output=simtrack_dot_v1_dot_experiments__pb2.ListExperimentsResponse,
-                idempotency_level=IdempotencyLevel.UNKNOWN,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+            use_get=use_get,
         )
 
     async def update_experiment(
@@ -357,6 +361,7 @@ class ExperimentServiceClient(ConnectClient):
         *,
         headers: Headers | Mapping[str, str] | None = None,
         timeout_ms: int | None = None,
+        use_get: bool = False,
     ) -> simtrack_dot_v1_dot_experiments__pb2.GetSimulationResponse:
         return await self.execute_unary(
             request=request,
@@ -365,10 +370,11 @@ class ExperimentServiceClient(ConnectClient):
                 service_name="simtrack.v1.ExperimentService",
                 input=simtrack_dot_v1_dot_experiments__pb2.GetSimulationRequest,
                 output=simtrack_dot_v1_dot_experiments__pb2.GetSimulationResponse,
-                idempotency_level=IdempotencyLevel.UNKNOWN,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+            use_get=use_get,
         )
 
     async def list_simulations(
@@ -377,6 +383,7 @@ class ExperimentServiceClient(ConnectClient):
         *,
         headers: Headers | Mapping[str, str] | None = None,
         timeout_ms: int | None = None,
+        use_get: bool = False,
     ) -> simtrack_dot_v1_dot_experiments__pb2.ListSimulationsResponse:
         return await self.execute_unary(
             request=request,
@@ -385,10 +392,11 @@ class ExperimentServiceClient(ConnectClient):
                 service_name="simtrack.v1.ExperimentService",
                 input=simtrack_dot_v1_dot_experiments__pb2.ListSimulationsRequest,
                 output=simtrack_dot_v1_dot_experiments__pb2.ListSimulationsResponse,
-                idempotency_level=IdempotencyLevel.UNKNOWN,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+            use_get=use_get,
         )
 
     async def update_simulation(
@@ -457,6 +465,7 @@ class ExperimentServiceClient(ConnectClient):
         *,
         headers: Headers | Mapping[str, str] | None = None,
         timeout_ms: int | None = None,
+        use_get: bool = False,
     ) -> simtrack_dot_v1_dot_experiments__pb2.GetTemplateResponse:
         return await self.execute_unary(
             request=request,
@@ -465,10 +474,11 @@ class ExperimentServiceClient(ConnectClient):
                 service_name="simtrack.v1.ExperimentService",
                 input=simtrack_dot_v1_dot_experiments__pb2.GetTemplateRequest,
                 output=simtrack_dot_v1_dot_experiments__pb2.GetTemplateResponse,
-                idempotency_level=IdempotencyLevel.UNKNOWN,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+            use_get=use_get,
         )
 
     async def list_templates(
@@ -477,6 +487,7 @@ class ExperimentServiceClient(ConnectClient):
         *,
         headers: Headers | Mapping[str, str] | None = None,
         timeout_ms: int | None = None,
+        use_get: bool = False,
     ) -> simtrack_dot_v1_dot_experiments__pb2.ListTemplatesResponse:
         return await self.execute_unary(
             request=request,
@@ -485,10 +496,11 @@ class ExperimentServiceClient(ConnectClient):
                 service_name="simtrack.v1.ExperimentService",
                 input=simtrack_dot_v1_dot_experiments__pb2.ListTemplatesRequest,
                 output=simtrack_dot_v1_dot_experiments__pb2.ListTemplatesResponse,
-                idempotency_level=IdempotencyLevel.UNKNOWN,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+            use_get=use_get,
         )
 
     async def update_template(
@@ -585,7 +597,7 @@ class ExperimentServiceWSGIApplication(ConnectWSGIApplication):
                         service_name="simtrack.v1.ExperimentService",
                         input=simtrack_dot_v1_dot_experiments__pb2.GetExperimentRequest,
                         output=simtrack_dot_v1_dot_experiments__pb2.GetExperimentResponse,
-                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=service.get_experiment,
                 ),
@@ -595,7 +607,7 @@ class ExperimentServiceWSGIApplication(ConnectWSGIApplication):
                         service_name="simtrack.v1.ExperimentService",
                         input=simtrack_dot_v1_dot_experiments__pb2.ListExperimentsRequest,
                         output=simtrack_dot_v1_dot_experiments__pb2.ListExperimentsResponse,
-                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=service.list_experiments,
                 ),
@@ -635,7 +647,7 @@ class ExperimentServiceWSGIApplication(ConnectWSGIApplication):
                         service_name="simtrack.v1.ExperimentService",
                         input=simtrack_dot_v1_dot_experiments__pb2.GetSimulationRequest,
                         output=simtrack_dot_v1_dot_experiments__pb2.GetSimulationResponse,
-                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=service.get_simulation,
                 ),
@@ -645,7 +657,7 @@ class ExperimentServiceWSGIApplication(ConnectWSGIApplication):
                         service_name="simtrack.v1.ExperimentService",
                         input=simtrack_dot_v1_dot_experiments__pb2.ListSimulationsRequest,
                         output=simtrack_dot_v1_dot_experiments__pb2.ListSimulationsResponse,
-                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=service.list_simulations,
                 ),
@@ -685,7 +697,7 @@ class ExperimentServiceWSGIApplication(ConnectWSGIApplication):
                         service_name="simtrack.v1.ExperimentService",
                         input=simtrack_dot_v1_dot_experiments__pb2.GetTemplateRequest,
                         output=simtrack_dot_v1_dot_experiments__pb2.GetTemplateResponse,
-                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=service.get_template,
                 ),
@@ -695,7 +707,7 @@ class ExperimentServiceWSGIApplication(ConnectWSGIApplication):
                         service_name="simtrack.v1.ExperimentService",
                         input=simtrack_dot_v1_dot_experiments__pb2.ListTemplatesRequest,
                         output=simtrack_dot_v1_dot_experiments__pb2.ListTemplatesResponse,
-                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=service.list_templates,
                 ),
@@ -758,6 +770,7 @@ class ExperimentServiceClientSync(ConnectClientSync):
         *,
         headers: Headers | Mapping[str, str] | None = None,
         timeout_ms: int | None = None,
+        use_get: bool = False,
     ) -> simtrack_dot_v1_dot_experiments__pb2.GetExperimentResponse:
         return self.execute_unary(
             request=request,
@@ -766,10 +779,11 @@ class ExperimentServiceClientSync(ConnectClientSync):
                 service_name="simtrack.v1.ExperimentService",
                 input=simtrack_dot_v1_dot_experiments__pb2.GetExperimentRequest,
                 output=simtrack_dot_v1_dot_experiments__pb2.GetExperimentResponse,
-                idempotency_level=IdempotencyLevel.UNKNOWN,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+            use_get=use_get,
         )
 
     def list_experiments(
@@ -778,6 +792,7 @@ class ExperimentServiceClientSync(ConnectClientSync):
         *,
         headers: Headers | Mapping[str, str] | None = None,
         timeout_ms: int | None = None,
+        use_get: bool = False,
     ) -> simtrack_dot_v1_dot_experiments__pb2.ListExperimentsResponse:
         return self.execute_unary(
             request=request,
@@ -786,10 +801,11 @@ class ExperimentServiceClientSync(ConnectClientSync):
                 service_name="simtrack.v1.ExperimentService",
                 input=simtrack_dot_v1_dot_experiments__pb2.ListExperimentsRequest,
                 output=simtrack_dot_v1_dot_experiments__pb2.ListExperimentsResponse,
-                idempotency_level=IdempotencyLevel.UNKNOWN,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+            use_get=use_get,
         )
 
     def update_experiment(
@@ -858,6 +874,7 @@ class ExperimentServiceClientSync(ConnectClientSync):
         *,
         headers: Headers | Mapping[str, str] | None = None,
         timeout_ms: int | None = None,
+        use_get: bool = False,
     ) -> simtrack_dot_v1_dot_experiments__pb2.GetSimulationResponse:
         return self.execute_unary(
             request=request,
@@ -866,10 +883,11 @@ class ExperimentServiceClientSync(ConnectClientSync):
                 service_name="simtrack.v1.ExperimentService",
                 input=simtrack_dot_v1_dot_experiments__pb2.GetSimulationRequest,
                 output=simtrack_dot_v1_dot_experiments__pb2.GetSimulationResponse,
-                idempotency_level=IdempotencyLevel.UNKNOWN,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+            use_get=use_get,
         )
 
     def list_simulations(
@@ -878,6 +896,7 @@ class ExperimentServiceClientSync(ConnectClientSync):
         *,
         headers: Headers | Mapping[str, str] | None = None,
         timeout_ms: int | None = None,
+        use_get: bool = False,
     ) -> simtrack_dot_v1_dot_experiments__pb2.ListSimulationsResponse:
         return self.execute_unary(
             request=request,
@@ -886,10 +905,11 @@ class ExperimentServiceClientSync(ConnectClientSync):
                 service_name="simtrack.v1.ExperimentService",
                 input=simtrack_dot_v1_dot_experiments__pb2.ListSimulationsRequest,
                 output=simtrack_dot_v1_dot_experiments__pb2.ListSimulationsResponse,
-                idempotency_level=IdempotencyLevel.UNKNOWN,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+            use_get=use_get,
         )
 
     def update_simulation(
@@ -958,6 +978,7 @@ class ExperimentServiceClientSync(ConnectClientSync):
         *,
         headers: Headers | Mapping[str, str] | None = None,
         timeout_ms: int | None = None,
+        use_get: bool = False,
     ) -> simtrack_dot_v1_dot_experiments__pb2.GetTemplateResponse:
         return self.execute_unary(
             request=request,
@@ -966,10 +987,11 @@ class ExperimentServiceClientSync(ConnectClientSync):
                 service_name="simtrack.v1.ExperimentService",
                 input=simtrack_dot_v1_dot_experiments__pb2.GetTemplateRequest,
                 output=simtrack_dot_v1_dot_experiments__pb2.GetTemplateResponse,
-                idempotency_level=IdempotencyLevel.UNKNOWN,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+            use_get=use_get,
         )
 
     def list_templates(
@@ -978,6 +1000,7 @@ class ExperimentServiceClientSync(ConnectClientSync):
         *,
         headers: Headers | Mapping[str, str] | None = None,
         timeout_ms: int | None = None,
+        use_get: bool = False,
     ) -> simtrack_dot_v1_dot_experiments__pb2.ListTemplatesResponse:
         return self.execute_unary(
             request=request,
@@ -986,10 +1009,11 @@ class ExperimentServiceClientSync(ConnectClientSync):
                 service_name="simtrack.v1.ExperimentService",
                 input=simtrack_dot_v1_dot_experiments__pb2.ListTemplatesRequest,
                 output=simtrack_dot_v1_dot_experiments__pb2.ListTemplatesResponse,
-                idempotency_level=IdempotencyLevel.UNKNOWN,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+            use_get=use_get,
         )
 
     def update_template(

@@ -90,7 +90,7 @@ class RunServiceASGIApplication(ConnectASGIApplication[RunService]):
                         service_name="simtrack.v1.RunService",
                         input=simtrack_dot_v1_dot_runs__pb2.GetRunRequest,
                         output=simtrack_dot_v1_dot_runs__pb2.GetRunResponse,
-                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=svc.get_run,
                 ),
@@ -100,7 +100,7 @@ class RunServiceASGIApplication(ConnectASGIApplication[RunService]):
                         service_name="simtrack.v1.RunService",
                         input=simtrack_dot_v1_dot_runs__pb2.ListRunsRequest,
                         output=simtrack_dot_v1_dot_runs__pb2.ListRunsResponse,
-                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=svc.list_runs,
                 ),
@@ -140,7 +140,7 @@ class RunServiceASGIApplication(ConnectASGIApplication[RunService]):
                         service_name="simtrack.v1.RunService",
                         input=simtrack_dot_v1_dot_runs__pb2.GetParticipantRequest,
                         output=simtrack_dot_v1_dot_runs__pb2.GetParticipantResponse,
-                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=svc.get_participant,
                 ),
@@ -150,7 +150,7 @@ class RunServiceASGIApplication(ConnectASGIApplication[RunService]):
                         service_name="simtrack.v1.RunService",
                         input=simtrack_dot_v1_dot_runs__pb2.ListParticipantsRequest,
                         output=simtrack_dot_v1_dot_runs__pb2.ListParticipantsResponse,
-                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=svc.list_participants,
                 ),
@@ -230,7 +230,7 @@ class RunServiceASGIApplication(ConnectASGIApplication[RunService]):
                         service_name="simtrack.v1.RunService",
                         input=simtrack_dot_v1_dot_runs__pb2.GetLeaderboardRequest,
                         output=simtrack_dot_v1_dot_runs__pb2.GetLeaderboardResponse,
-                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=svc.get_leaderboard,
                 ),
@@ -240,7 +240,7 @@ class RunServiceASGIApplication(ConnectASGIApplication[RunService]):
                         service_name="simtrack.v1.RunService",
                         input=simtrack_dot_v1_dot_runs__pb2.GetRunStatsRequest,
                         output=simtrack_dot_v1_dot_runs__pb2.GetRunStatsResponse,
-                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=svc.get_run_stats,
                 ),
@@ -283,6 +283,7 @@ class RunServiceClient(ConnectClient):
         *,
         headers: Headers | Mapping[str, str] | None = None,
         timeout_ms: int | None = None,
+        use_get: bool = False,
     ) -> simtrack_dot_v1_dot_runs__pb2.GetRunResponse:
         return await self.execute_unary(
             request=request,
@@ -291,10 +292,11 @@ class RunServiceClient(ConnectClient):
                 service_name="simtrack.v1.RunService",
                 input=simtrack_dot_v1_dot_runs__pb2.GetRunRequest,
                 output=simtrack_dot_v1_dot_runs__pb2.GetRunResponse,
-                idempotency_level=IdempotencyLevel.UNKNOWN,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+            use_get=use_get,
         )
 
     async def list_runs(
@@ -303,6 +305,7 @@ class RunServiceClient(ConnectClient):
         *,
         headers: Headers | Mapping[str, str] | None = None,
         timeout_ms: int | None = None,
+        use_get: bool = False,
     ) -> simtrack_dot_v1_dot_runs__pb2.ListRunsResponse:
         return await self.execute_unary(
             request=request,
@@ -311,10 +314,11 @@ class RunServiceClient(ConnectClient):
                 service_name="simtrack.v1.RunService",
                 input=simtrack_dot_v1_dot_runs__pb2.ListRunsRequest,
                 output=simtrack_dot_v1_dot_runs__pb2.ListRunsResponse,
-                idempotency_level=IdempotencyLevel.UNKNOWN,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+            use_get=use_get,
         )
 
     async def update_run(
@@ -383,6 +387,7 @@ class RunServiceClient(ConnectClient):
         *,
         headers: Headers | Mapping[str, str] | None = None,
         timeout_ms: int | None = None,
+        use_get: bool = False,
     ) -> simtrack_dot_v1_dot_runs__pb2.GetParticipantResponse:
         return await self.execute_unary(
             request=request,
@@ -391,10 +396,11 @@ class RunServiceClient(ConnectClient):
                 service_name="simtrack.v1.RunService",
                 input=simtrack_dot_v1_dot_runs__pb2.GetParticipantRequest,
                 output=simtrack_dot_v1_dot_runs__pb2.GetParticipantResponse,
-                idempotency_level=IdempotencyLevel.UNKNOWN,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+            use_get=use_get,
         )
 
     async def list_participants(
@@ -403,6 +409,7 @@ class RunServiceClient(ConnectClient):
         *,
         headers: Headers | Mapping[str, str] | None = None,
         timeout_ms: int | None = None,
+        use_get: bool = False,
     ) -> simtrack_dot_v1_dot_runs__pb2.ListParticipantsResponse:
         return await self.execute_unary(
             request=request,
@@ -411,10 +418,11 @@ class RunServiceClient(ConnectClient):
                 service_name="simtrack.v1.RunService",
                 input=simtrack_dot_v1_dot_runs__pb2.ListParticipantsRequest,
                 output=simtrack_dot_v1_dot_runs__pb2.ListParticipantsResponse,
-                idempotency_level=IdempotencyLevel.UNKNOWN,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+            use_get=use_get,
         )
 
     async def update_participant(
@@ -563,6 +571,7 @@ class RunServiceClient(ConnectClient):
         *,
         headers: Headers | Mapping[str, str] | None = None,
         timeout_ms: int | None = None,
+        use_get: bool = False,
     ) -> simtrack_dot_v1_dot_runs__pb2.GetLeaderboardResponse:
         return await self.execute_unary(
             request=request,
@@ -571,10 +580,11 @@ class RunServiceClient(ConnectClient):
                 service_name="simtrack.v1.RunService",
                 input=simtrack_dot_v1_dot_runs__pb2.GetLeaderboardRequest,
                 output=simtrack_dot_v1_dot_runs__pb2.GetLeaderboardResponse,
-                idempotency_level=IdempotencyLevel.UNKNOWN,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+            use_get=use_get,
         )
 
     async def get_run_stats(
@@ -583,6 +593,7 @@ class RunServiceClient(ConnectClient):
         *,
         headers: Headers | Mapping[str, str] | None = None,
         timeout_ms: int | None = None,
+        use_get: bool = False,
     ) -> simtrack_dot_v1_dot_runs__pb2.GetRunStatsResponse:
         return await self.execute_unary(
             request=request,
@@ -591,10 +602,11 @@ class RunServiceClient(ConnectClient):
                 service_name="simtrack.v1.RunService",
                 input=simtrack_dot_v1_dot_runs__pb2.GetRunStatsRequest,
                 output=simtrack_dot_v1_dot_runs__pb2.GetRunStatsResponse,
-                idempotency_level=IdempotencyLevel.UNKNOWN,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+            use_get=use_get,
         )
 
 
@@ -655,7 +667,7 @@ class RunServiceWSGIApplication(ConnectWSGIApplication):
                         service_name="simtrack.v1.RunService",
                         input=simtrack_dot_v1_dot_runs__pb2.GetRunRequest,
                         output=simtrack_dot_v1_dot_runs__pb2.GetRunResponse,
-                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=service.get_run,
                 ),
@@ -665,7 +677,7 @@ class RunServiceWSGIApplication(ConnectWSGIApplication):
                         service_name="simtrack.v1.RunService",
                         input=simtrack_dot_v1_dot_runs__pb2.ListRunsRequest,
                         output=simtrack_dot_v1_dot_runs__pb2.ListRunsResponse,
-                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=service.list_runs,
                 ),
@@ -705,7 +717,7 @@ class RunServiceWSGIApplication(ConnectWSGIApplication):
                         service_name="simtrack.v1.RunService",
                         input=simtrack_dot_v1_dot_runs__pb2.GetParticipantRequest,
                         output=simtrack_dot_v1_dot_runs__pb2.GetParticipantResponse,
-                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=service.get_participant,
                 ),
@@ -715,7 +727,7 @@ class RunServiceWSGIApplication(ConnectWSGIApplication):
                         service_name="simtrack.v1.RunService",
                         input=simtrack_dot_v1_dot_runs__pb2.ListParticipantsRequest,
                         output=simtrack_dot_v1_dot_runs__pb2.ListParticipantsResponse,
-                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=service.list_participants,
                 ),
@@ -795,7 +807,7 @@ class RunServiceWSGIApplication(ConnectWSGIApplication):
                         service_name="simtrack.v1.RunService",
                         input=simtrack_dot_v1_dot_runs__pb2.GetLeaderboardRequest,
                         output=simtrack_dot_v1_dot_runs__pb2.GetLeaderboardResponse,
-                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=service.get_leaderboard,
                 ),
@@ -805,7 +817,7 @@ class RunServiceWSGIApplication(ConnectWSGIApplication):
                         service_name="simtrack.v1.RunService",
                         input=simtrack_dot_v1_dot_runs__pb2.GetRunStatsRequest,
                         output=simtrack_dot_v1_dot_runs__pb2.GetRunStatsResponse,
-                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=service.get_run_stats,
                 ),
@@ -848,6 +860,7 @@ class RunServiceClientSync(ConnectClientSync):
         *,
         headers: Headers | Mapping[str, str] | None = None,
         timeout_ms: int | None = None,
+        use_get: bool = False,
     ) -> simtrack_dot_v1_dot_runs__pb2.GetRunResponse:
         return self.execute_unary(
             request=request,
@@ -856,10 +869,11 @@ class RunServiceClientSync(ConnectClientSync):
                 service_name="simtrack.v1.RunService",
                 input=simtrack_dot_v1_dot_runs__pb2.GetRunRequest,
                 output=simtrack_dot_v1_dot_runs__pb2.GetRunResponse,
-                idempotency_level=IdempotencyLevel.UNKNOWN,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+            use_get=use_get,
         )
 
     def list_runs(
@@ -868,6 +882,7 @@ class RunServiceClientSync(ConnectClientSync):
         *,
         headers: Headers | Mapping[str, str] | None = None,
         timeout_ms: int | None = None,
+        use_get: bool = False,
     ) -> simtrack_dot_v1_dot_runs__pb2.ListRunsResponse:
         return self.execute_unary(
             request=request,
@@ -876,10 +891,11 @@ class RunServiceClientSync(ConnectClientSync):
                 service_name="simtrack.v1.RunService",
                 input=simtrack_dot_v1_dot_runs__pb2.ListRunsRequest,
                 output=simtrack_dot_v1_dot_runs__pb2.ListRunsResponse,
-                idempotency_level=IdempotencyLevel.UNKNOWN,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+            use_get=use_get,
         )
 
     def update_run(
@@ -948,6 +964,7 @@ class RunServiceClientSync(ConnectClientSync):
         *,
         headers: Headers | Mapping[str, str] | None = None,
         timeout_ms: int | None = None,
+        use_get: bool = False,
     ) -> simtrack_dot_v1_dot_runs__pb2.GetParticipantResponse:
         return self.execute_unary(
             request=request,
@@ -956,10 +973,11 @@ class RunServiceClientSync(ConnectClientSync):
                 service_name="simtrack.v1.RunService",
                 input=simtrack_dot_v1_dot_runs__pb2.GetParticipantRequest,
                 output=simtrack_dot_v1_dot_runs__pb2.GetParticipantResponse,
-                idempotency_level=IdempotencyLevel.UNKNOWN,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+            use_get=use_get,
         )
 
     def list_participants(
@@ -968,6 +986,7 @@ class RunServiceClientSync(ConnectClientSync):
         *,
         headers: Headers | Mapping[str, str] | None = None,
         timeout_ms: int | None = None,
+        use_get: bool = False,
     ) -> simtrack_dot_v1_dot_runs__pb2.ListParticipantsResponse:
         return self.execute_unary(
             request=request,
@@ -976,10 +995,11 @@ class RunServiceClientSync(ConnectClientSync):
                 service_name="simtrack.v1.RunService",
                 input=simtrack_dot_v1_dot_runs__pb2.ListParticipantsRequest,
                 output=simtrack_dot_v1_dot_runs__pb2.ListParticipantsResponse,
-                idempotency_level=IdempotencyLevel.UNKNOWN,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+            use_get=use_get,
         )
 
     def update_participant(
@@ -1128,6 +1148,7 @@ class RunServiceClientSync(ConnectClientSync):
         *,
         headers: Headers | Mapping[str, str] | None = None,
         timeout_ms: int | None = None,
+        use_get: bool = False,
     ) -> simtrack_dot_v1_dot_runs__pb2.GetLeaderboardResponse:
         return self.execute_unary(
             request=request,
@@ -1136,10 +1157,11 @@ class RunServiceClientSync(ConnectClientSync):
                 service_name="simtrack.v1.RunService",
                 input=simtrack_dot_v1_dot_runs__pb2.GetLeaderboardRequest,
                 output=simtrack_dot_v1_dot_runs__pb2.GetLeaderboardResponse,
-                idempotency_level=IdempotencyLevel.UNKNOWN,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+            use_get=use_get,
         )
 
     def get_run_stats(
@@ -1148,6 +1170,7 @@ class RunServiceClientSync(ConnectClientSync):
         *,
         headers: Headers | Mapping[str, str] | None = None,
         timeout_ms: int | None = None,
+        use_get: bool = False,
     ) -> simtrack_dot_v1_dot_runs__pb2.GetRunStatsResponse:
         return self.execute_unary(
             request=request,
@@ -1156,8 +1179,9 @@ class RunServiceClientSync(ConnectClientSync):
                 service_name="simtrack.v1.RunService",
                 input=simtrack_dot_v1_dot_runs__pb2.GetRunStatsRequest,
                 output=simtrack_dot_v1_dot_runs__pb2.GetRunStatsResponse,
-                idempotency_level=IdempotencyLevel.UNKNOWN,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+            use_get=use_get,
         )

@@ -35,7 +35,7 @@ class ScenarioServiceASGIApplication(ConnectASGIApplication[ScenarioService]):
                         service_name="simtrack.v1.ScenarioService",
                         input=simtrack_dot_v1_dot_scenarios__pb2.GetScenarioRequest,
                         output=simtrack_dot_v1_dot_scenarios__pb2.GetScenarioResponse,
-                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=svc.get_scenario,
                 ),
@@ -45,7 +45,7 @@ class ScenarioServiceASGIApplication(ConnectASGIApplication[ScenarioService]):
                         service_name="simtrack.v1.ScenarioService",
                         input=simtrack_dot_v1_dot_scenarios__pb2.ListScenariosRequest,
                         output=simtrack_dot_v1_dot_scenarios__pb2.ListScenariosResponse,
-                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=svc.list_scenarios,
                 ),
@@ -68,6 +68,7 @@ class ScenarioServiceClient(ConnectClient):
         *,
         headers: Headers | Mapping[str, str] | None = None,
         timeout_ms: int | None = None,
+        use_get: bool = False,
     ) -> simtrack_dot_v1_dot_scenarios__pb2.GetScenarioResponse:
         return await self.execute_unary(
             request=request,
@@ -76,10 +77,11 @@ class ScenarioServiceClient(ConnectClient):
                 service_name="simtrack.v1.ScenarioService",
                 input=simtrack_dot_v1_dot_scenarios__pb2.GetScenarioRequest,
                 output=simtrack_dot_v1_dot_scenarios__pb2.GetScenarioResponse,
-                idempotency_level=IdempotencyLevel.UNKNOWN,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+            use_get=use_get,
         )
 
     async def list_scenarios(
@@ -88,6 +90,7 @@ class ScenarioServiceClient(ConnectClient):
         *,
         headers: Headers | Mapping[str, str] | None = None,
         timeout_ms: int | None = None,
+        use_get: bool = False,
     ) -> simtrack_dot_v1_dot_scenarios__pb2.ListScenariosResponse:
         return await self.execute_unary(
             request=request,
@@ -96,10 +99,11 @@ class ScenarioServiceClient(ConnectClient):
                 service_name="simtrack.v1.ScenarioService",
                 input=simtrack_dot_v1_dot_scenarios__pb2.ListScenariosRequest,
                 output=simtrack_dot_v1_dot_scenarios__pb2.ListScenariosResponse,
-                idempotency_level=IdempotencyLevel.UNKNOWN,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+            use_get=use_get,
         )
 
 
@@ -120,7 +124,7 @@ class ScenarioServiceWSGIApplication(ConnectWSGIApplication):
                         service_name="simtrack.v1.ScenarioService",
                         input=simtrack_dot_v1_dot_scenarios__pb2.GetScenarioRequest,
                         output=simtrack_dot_v1_dot_scenarios__pb2.GetScenarioResponse,
-                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=service.get_scenario,
                 ),
@@ -130,7 +134,7 @@ class ScenarioServiceWSGIApplication(ConnectWSGIApplication):
                         service_name="simtrack.v1.ScenarioService",
                         input=simtrack_dot_v1_dot_scenarios__pb2.ListScenariosRequest,
                         output=simtrack_dot_v1_dot_scenarios__pb2.ListScenariosResponse,
-                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=service.list_scenarios,
                 ),
@@ -153,6 +157,7 @@ class ScenarioServiceClientSync(ConnectClientSync):
         *,
         headers: Headers | Mapping[str, str] | None = None,
         timeout_ms: int | None = None,
+        use_get: bool = False,
     ) -> simtrack_dot_v1_dot_scenarios__pb2.GetScenarioResponse:
         return self.execute_unary(
             request=request,
@@ -161,10 +166,11 @@ class ScenarioServiceClientSync(ConnectClientSync):
                 service_name="simtrack.v1.ScenarioService",
                 input=simtrack_dot_v1_dot_scenarios__pb2.GetScenarioRequest,
                 output=simtrack_dot_v1_dot_scenarios__pb2.GetScenarioResponse,
-                idempotency_level=IdempotencyLevel.UNKNOWN,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+            use_get=use_get,
         )
 
     def list_scenarios(
@@ -173,6 +179,7 @@ class ScenarioServiceClientSync(ConnectClientSync):
         *,
         headers: Headers | Mapping[str, str] | None = None,
         timeout_ms: int | None = None,
+        use_get: bool = False,
     ) -> simtrack_dot_v1_dot_scenarios__pb2.ListScenariosResponse:
         return self.execute_unary(
             request=request,
@@ -181,8 +188,9 @@ class ScenarioServiceClientSync(ConnectClientSync):
                 service_name="simtrack.v1.ScenarioService",
                 input=simtrack_dot_v1_dot_scenarios__pb2.ListScenariosRequest,
                 output=simtrack_dot_v1_dot_scenarios__pb2.ListScenariosResponse,
-                idempotency_level=IdempotencyLevel.UNKNOWN,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+            use_get=use_get,
         )

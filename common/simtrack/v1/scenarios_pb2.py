@@ -25,13 +25,17 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bsimtrack/v1/scenarios.proto\x12\x0bsimtrack.v1\x1a\x1cgoogle/protobuf/struct.proto\"\x84\x03\n\x08Scenario\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x17\n\x0f\x64ifficulty_tier\x18\x04 \x01(\x05\x12\x16\n\x0e\x64uration_ticks\x18\x05 \x01(\x03\x12\x0c\n\x04tags\x18\x06 \x03(\t\x12\'\n\x06params\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x31\n\x10success_criteria\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x32\n\x11market_conditions\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x30\n\x0f\x65xternal_events\x18\n \x03(\x0b\x32\x17.google.protobuf.Struct\x12\x32\n\x11\x61gent_constraints\x18\x0b \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x14\n\x0c\x63ontent_hash\x18\x0c \x01(\t\" \n\x12GetScenarioRequest\x12\n\n\x02id\x18\x01 \x01(\t\">\n\x13GetScenarioResponse\x12\'\n\x08scenario\x18\x01 \x01(\x0b\x32\x15.simtrack.v1.Scenario\"_\n\x14ListScenariosRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\x12\x10\n\x08order_by\x18\x04 \x01(\t\"Z\n\x15ListScenariosResponse\x12(\n\tscenarios\x18\x01 \x03(\x0b\x32\x15.simtrack.v1.Scenario\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xbb\x01\n\x0fScenarioService\x12P\n\x0bGetScenario\x12\x1f.simtrack.v1.GetScenarioRequest\x1a .simtrack.v1.GetScenarioResponse\x12V\n\rListScenarios\x12!.simtrack.v1.ListScenariosRequest\x1a\".simtrack.v1.ListScenariosResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bsimtrack/v1/scenarios.proto\x12\x0bsimtrack.v1\x1a\x1cgoogle/protobuf/struct.proto\"\x84\x03\n\x08Scenario\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x17\n\x0f\x64ifficulty_tier\x18\x04 \x01(\x05\x12\x16\n\x0e\x64uration_ticks\x18\x05 \x01(\x03\x12\x0c\n\x04tags\x18\x06 \x03(\t\x12\'\n\x06params\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x31\n\x10success_criteria\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x32\n\x11market_conditions\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x30\n\x0f\x65xternal_events\x18\n \x03(\x0b\x32\x17.google.protobuf.Struct\x12\x32\n\x11\x61gent_constraints\x18\x0b \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x14\n\x0c\x63ontent_hash\x18\x0c \x01(\t\" \n\x12GetScenarioRequest\x12\n\n\x02id\x18\x01 \x01(\t\">\n\x13GetScenarioResponse\x12\'\n\x08scenario\x18\x01 \x01(\x0b\x32\x15.simtrack.v1.Scenario\"_\n\x14ListScenariosRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\x12\x10\n\x08order_by\x18\x04 \x01(\t\"Z\n\x15ListScenariosResponse\x12(\n\tscenarios\x18\x01 \x03(\x0b\x32\x15.simtrack.v1.Scenario\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xc5\x01\n\x0fScenarioService\x12U\n\x0bGetScenario\x12\x1f.simtrack.v1.GetScenarioRequest\x1a .simtrack.v1.GetScenarioResponse\"\x03\x90\x02\x01\x12[\n\rListScenarios\x12!.simtrack.v1.ListScenariosRequest\x1a\".simtrack.v1.ListScenariosResponse\"\x03\x90\x02\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'simtrack.v1.scenarios_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_SCENARIOSERVICE'].methods_by_name['GetScenario']._loaded_options = None
+  _globals['_SCENARIOSERVICE'].methods_by_name['GetScenario']._serialized_options = b'\220\002\001'
+  _globals['_SCENARIOSERVICE'].methods_by_name['ListScenarios']._loaded_options = None
+  _globals['_SCENARIOSERVICE'].methods_by_name['ListScenarios']._serialized_options = b'\220\002\001'
   _globals['_SCENARIO']._serialized_start=75
   _globals['_SCENARIO']._serialized_end=463
   _globals['_GETSCENARIOREQUEST']._serialized_start=465
@@ -43,5 +47,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTSCENARIOSRESPONSE']._serialized_start=660
   _globals['_LISTSCENARIOSRESPONSE']._serialized_end=750
   _globals['_SCENARIOSERVICE']._serialized_start=753
-  _globals['_SCENARIOSERVICE']._serialized_end=940
+  _globals['_SCENARIOSERVICE']._serialized_end=950
 # @@protoc_insertion_point(module_scope)

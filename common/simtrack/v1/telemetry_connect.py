@@ -54,7 +54,7 @@ class TelemetryServiceASGIApplication(ConnectASGIApplication[TelemetryService]):
                         service_name="simtrack.v1.TelemetryService",
                         input=simtrack_dot_v1_dot_telemetry__pb2.ListMetricsRequest,
                         output=simtrack_dot_v1_dot_telemetry__pb2.ListMetricsResponse,
-                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=svc.list_metrics,
                 ),
@@ -64,7 +64,7 @@ class TelemetryServiceASGIApplication(ConnectASGIApplication[TelemetryService]):
                         service_name="simtrack.v1.TelemetryService",
                         input=simtrack_dot_v1_dot_telemetry__pb2.GetMetricHistoryRequest,
                         output=simtrack_dot_v1_dot_telemetry__pb2.GetMetricHistoryResponse,
-                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=svc.get_metric_history,
                 ),
@@ -74,7 +74,7 @@ class TelemetryServiceASGIApplication(ConnectASGIApplication[TelemetryService]):
                         service_name="simtrack.v1.TelemetryService",
                         input=simtrack_dot_v1_dot_telemetry__pb2.CompareRunsRequest,
                         output=simtrack_dot_v1_dot_telemetry__pb2.CompareRunsResponse,
-                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=svc.compare_runs,
                 ),
@@ -84,7 +84,7 @@ class TelemetryServiceASGIApplication(ConnectASGIApplication[TelemetryService]):
                         service_name="simtrack.v1.TelemetryService",
                         input=simtrack_dot_v1_dot_telemetry__pb2.ListEventsRequest,
                         output=simtrack_dot_v1_dot_telemetry__pb2.ListEventsResponse,
-                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=svc.list_events,
                 ),
@@ -127,6 +127,7 @@ class TelemetryServiceClient(ConnectClient):
         *,
         headers: Headers | Mapping[str, str] | None = None,
         timeout_ms: int | None = None,
+        use_get: bool = False,
     ) -> simtrack_dot_v1_dot_telemetry__pb2.ListMetricsResponse:
         return await self.execute_unary(
             request=request,
@@ -135,10 +136,11 @@ class TelemetryServiceClient(ConnectClient):
                 service_name="simtrack.v1.TelemetryService",
                 input=simtrack_dot_v1_dot_telemetry__pb2.ListMetricsRequest,
                 output=simtrack_dot_v1_dot_telemetry__pb2.ListMetricsResponse,
-                idempotency_level=IdempotencyLevel.UNKNOWN,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+            use_get=use_get,
         )
 
     async def get_metric_history(
@@ -147,6 +149,7 @@ class TelemetryServiceClient(ConnectClient):
         *,
         headers: Headers | Mapping[str, str] | None = None,
         timeout_ms: int | None = None,
+        use_get: bool = False,
     ) -> simtrack_dot_v1_dot_telemetry__pb2.GetMetricHistoryResponse:
         return await self.execute_unary(
             request=request,
@@ -155,10 +158,11 @@ class TelemetryServiceClient(ConnectClient):
                 service_name="simtrack.v1.TelemetryService",
                 input=simtrack_dot_v1_dot_telemetry__pb2.GetMetricHistoryRequest,
                 output=simtrack_dot_v1_dot_telemetry__pb2.GetMetricHistoryResponse,
-                idempotency_level=IdempotencyLevel.UNKNOWN,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+            use_get=use_get,
         )
 
     async def compare_runs(
@@ -167,6 +171,7 @@ class TelemetryServiceClient(ConnectClient):
         *,
         headers: Headers | Mapping[str, str] | None = None,
         timeout_ms: int | None = None,
+        use_get: bool = False,
     ) -> simtrack_dot_v1_dot_telemetry__pb2.CompareRunsResponse:
         return await self.execute_unary(
             request=request,
@@ -175,10 +180,11 @@ class TelemetryServiceClient(ConnectClient):
                 service_name="simtrack.v1.TelemetryService",
                 input=simtrack_dot_v1_dot_telemetry__pb2.CompareRunsRequest,
                 output=simtrack_dot_v1_dot_telemetry__pb2.CompareRunsResponse,
-                idempotency_level=IdempotencyLevel.UNKNOWN,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+            use_get=use_get,
         )
 
     async def list_events(
@@ -187,6 +193,7 @@ class TelemetryServiceClient(ConnectClient):
         *,
         headers: Headers | Mapping[str, str] | None = None,
         timeout_ms: int | None = None,
+        use_get: bool = False,
     ) -> simtrack_dot_v1_dot_telemetry__pb2.ListEventsResponse:
         return await self.execute_unary(
             request=request,
@@ -195,10 +202,11 @@ class TelemetryServiceClient(ConnectClient):
                 service_name="simtrack.v1.TelemetryService",
                 input=simtrack_dot_v1_dot_telemetry__pb2.ListEventsRequest,
                 output=simtrack_dot_v1_dot_telemetry__pb2.ListEventsResponse,
-                idempotency_level=IdempotencyLevel.UNKNOWN,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+            use_get=use_get,
         )
 
 
@@ -235,7 +243,7 @@ class TelemetryServiceWSGIApplication(ConnectWSGIApplication):
                         service_name="simtrack.v1.TelemetryService",
                         input=simtrack_dot_v1_dot_telemetry__pb2.ListMetricsRequest,
                         output=simtrack_dot_v1_dot_telemetry__pb2.ListMetricsResponse,
-                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=service.list_metrics,
                 ),
@@ -245,7 +253,7 @@ class TelemetryServiceWSGIApplication(ConnectWSGIApplication):
                         service_name="simtrack.v1.TelemetryService",
                         input=simtrack_dot_v1_dot_telemetry__pb2.GetMetricHistoryRequest,
                         output=simtrack_dot_v1_dot_telemetry__pb2.GetMetricHistoryResponse,
-                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=service.get_metric_history,
                 ),
@@ -255,7 +263,7 @@ class TelemetryServiceWSGIApplication(ConnectWSGIApplication):
                         service_name="simtrack.v1.TelemetryService",
                         input=simtrack_dot_v1_dot_telemetry__pb2.CompareRunsRequest,
                         output=simtrack_dot_v1_dot_telemetry__pb2.CompareRunsResponse,
-                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=service.compare_runs,
                 ),
@@ -265,7 +273,7 @@ class TelemetryServiceWSGIApplication(ConnectWSGIApplication):
                         service_name="simtrack.v1.TelemetryService",
                         input=simtrack_dot_v1_dot_telemetry__pb2.ListEventsRequest,
                         output=simtrack_dot_v1_dot_telemetry__pb2.ListEventsResponse,
-                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=service.list_events,
                 ),
@@ -308,6 +316,7 @@ class TelemetryServiceClientSync(ConnectClientSync):
         *,
         headers: Headers | Mapping[str, str] | None = None,
         timeout_ms: int | None = None,
+        use_get: bool = False,
     ) -> simtrack_dot_v1_dot_telemetry__pb2.ListMetricsResponse:
         return self.execute_unary(
             request=request,
@@ -316,10 +325,11 @@ class TelemetryServiceClientSync(ConnectClientSync):
                 service_name="simtrack.v1.TelemetryService",
                 input=simtrack_dot_v1_dot_telemetry__pb2.ListMetricsRequest,
                 output=simtrack_dot_v1_dot_telemetry__pb2.ListMetricsResponse,
-                idempotency_level=IdempotencyLevel.UNKNOWN,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+            use_get=use_get,
         )
 
     def get_metric_history(
@@ -328,6 +338,7 @@ class TelemetryServiceClientSync(ConnectClientSync):
         *,
         headers: Headers | Mapping[str, str] | None = None,
         timeout_ms: int | None = None,
+        use_get: bool = False,
     ) -> simtrack_dot_v1_dot_telemetry__pb2.GetMetricHistoryResponse:
         return self.execute_unary(
             request=request,
@@ -336,10 +347,11 @@ class TelemetryServiceClientSync(ConnectClientSync):
                 service_name="simtrack.v1.TelemetryService",
                 input=simtrack_dot_v1_dot_telemetry__pb2.GetMetricHistoryRequest,
                 output=simtrack_dot_v1_dot_telemetry__pb2.GetMetricHistoryResponse,
-                idempotency_level=IdempotencyLevel.UNKNOWN,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+            use_get=use_get,
         )
 
     def compare_runs(
@@ -348,6 +360,7 @@ class TelemetryServiceClientSync(ConnectClientSync):
         *,
         headers: Headers | Mapping[str, str] | None = None,
         timeout_ms: int | None = None,
+        use_get: bool = False,
     ) -> simtrack_dot_v1_dot_telemetry__pb2.CompareRunsResponse:
         return self.execute_unary(
             request=request,
@@ -356,10 +369,11 @@ class TelemetryServiceClientSync(ConnectClientSync):
                 service_name="simtrack.v1.TelemetryService",
                 input=simtrack_dot_v1_dot_telemetry__pb2.CompareRunsRequest,
                 output=simtrack_dot_v1_dot_telemetry__pb2.CompareRunsResponse,
-                idempotency_level=IdempotencyLevel.UNKNOWN,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+            use_get=use_get,
         )
 
     def list_events(
@@ -368,6 +382,7 @@ class TelemetryServiceClientSync(ConnectClientSync):
         *,
         headers: Headers | Mapping[str, str] | None = None,
         timeout_ms: int | None = None,
+        use_get: bool = False,
     ) -> simtrack_dot_v1_dot_telemetry__pb2.ListEventsResponse:
         return self.execute_unary(
             request=request,
@@ -376,8 +391,9 @@ class TelemetryServiceClientSync(ConnectClientSync):
                 service_name="simtrack.v1.TelemetryService",
                 input=simtrack_dot_v1_dot_telemetry__pb2.ListEventsRequest,
                 output=simtrack_dot_v1_dot_telemetry__pb2.ListEventsResponse,
-                idempotency_level=IdempotencyLevel.UNKNOWN,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+            use_get=use_get,
         )

@@ -48,7 +48,7 @@ class ValidationServiceASGIApplication(ConnectASGIApplication[ValidationService]
                         service_name="simtrack.v1.ValidationService",
                         input=simtrack_dot_v1_dot_validations__pb2.GetValidationRequest,
                         output=simtrack_dot_v1_dot_validations__pb2.GetValidationResponse,
-                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=svc.get_validation,
                 ),
@@ -58,7 +58,7 @@ class ValidationServiceASGIApplication(ConnectASGIApplication[ValidationService]
                         service_name="simtrack.v1.ValidationService",
                         input=simtrack_dot_v1_dot_validations__pb2.ListValidationsRequest,
                         output=simtrack_dot_v1_dot_validations__pb2.ListValidationsResponse,
-                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=svc.list_validations,
                 ),
@@ -101,6 +101,7 @@ class ValidationServiceClient(ConnectClient):
         *,
         headers: Headers | Mapping[str, str] | None = None,
         timeout_ms: int | None = None,
+        use_get: bool = False,
     ) -> simtrack_dot_v1_dot_validations__pb2.GetValidationResponse:
         return await self.execute_unary(
             request=request,
@@ -109,10 +110,11 @@ class ValidationServiceClient(ConnectClient):
                 service_name="simtrack.v1.ValidationService",
                 input=simtrack_dot_v1_dot_validations__pb2.GetValidationRequest,
                 output=simtrack_dot_v1_dot_validations__pb2.GetValidationResponse,
-                idempotency_level=IdempotencyLevel.UNKNOWN,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+            use_get=use_get,
         )
 
     async def list_validations(
@@ -121,6 +123,7 @@ class ValidationServiceClient(ConnectClient):
         *,
         headers: Headers | Mapping[str, str] | None = None,
         timeout_ms: int | None = None,
+        use_get: bool = False,
     ) -> simtrack_dot_v1_dot_validations__pb2.ListValidationsResponse:
         return await self.execute_unary(
             request=request,
@@ -129,10 +132,11 @@ class ValidationServiceClient(ConnectClient):
                 service_name="simtrack.v1.ValidationService",
                 input=simtrack_dot_v1_dot_validations__pb2.ListValidationsRequest,
                 output=simtrack_dot_v1_dot_validations__pb2.ListValidationsResponse,
-                idempotency_level=IdempotencyLevel.UNKNOWN,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+            use_get=use_get,
         )
 
 
@@ -165,7 +169,7 @@ class ValidationServiceWSGIApplication(ConnectWSGIApplication):
                         service_name="simtrack.v1.ValidationService",
                         input=simtrack_dot_v1_dot_validations__pb2.GetValidationRequest,
                         output=simtrack_dot_v1_dot_validations__pb2.GetValidationResponse,
-                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=service.get_validation,
                 ),
@@ -175,7 +179,7 @@ class ValidationServiceWSGIApplication(ConnectWSGIApplication):
                         service_name="simtrack.v1.ValidationService",
                         input=simtrack_dot_v1_dot_validations__pb2.ListValidationsRequest,
                         output=simtrack_dot_v1_dot_validations__pb2.ListValidationsResponse,
-                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=service.list_validations,
                 ),
@@ -218,6 +222,7 @@ class ValidationServiceClientSync(ConnectClientSync):
         *,
         headers: Headers | Mapping[str, str] | None = None,
         timeout_ms: int | None = None,
+        use_get: bool = False,
     ) -> simtrack_dot_v1_dot_validations__pb2.GetValidationResponse:
         return self.execute_unary(
             request=request,
@@ -226,10 +231,11 @@ class ValidationServiceClientSync(ConnectClientSync):
                 service_name="simtrack.v1.ValidationService",
                 input=simtrack_dot_v1_dot_validations__pb2.GetValidationRequest,
                 output=simtrack_dot_v1_dot_validations__pb2.GetValidationResponse,
-                idempotency_level=IdempotencyLevel.UNKNOWN,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+            use_get=use_get,
         )
 
     def list_validations(
@@ -238,6 +244,7 @@ class ValidationServiceClientSync(ConnectClientSync):
         *,
         headers: Headers | Mapping[str, str] | None = None,
         timeout_ms: int | None = None,
+        use_get: bool = False,
     ) -> simtrack_dot_v1_dot_validations__pb2.ListValidationsResponse:
         return self.execute_unary(
             request=request,
@@ -246,8 +253,9 @@ class ValidationServiceClientSync(ConnectClientSync):
                 service_name="simtrack.v1.ValidationService",
                 input=simtrack_dot_v1_dot_validations__pb2.ListValidationsRequest,
                 output=simtrack_dot_v1_dot_validations__pb2.ListValidationsResponse,
-                idempotency_level=IdempotencyLevel.UNKNOWN,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+            use_get=use_get,
         )

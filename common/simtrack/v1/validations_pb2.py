@@ -26,13 +26,17 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dsimtrack/v1/validations.proto\x12\x0bsimtrack.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd2\x01\n\nValidation\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x11\n\tvalidator\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0e\n\x06passed\x18\x05 \x01(\x08\x12\x12\n\x05score\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12(\n\x07\x64\x65tails\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x08\n\x06_score\"F\n\x17\x43reateValidationRequest\x12+\n\nvalidation\x18\x01 \x01(\x0b\x32\x17.simtrack.v1.Validation\"G\n\x18\x43reateValidationResponse\x12+\n\nvalidation\x18\x01 \x01(\x0b\x32\x17.simtrack.v1.Validation\"\"\n\x14GetValidationRequest\x12\n\n\x02id\x18\x01 \x01(\t\"D\n\x15GetValidationResponse\x12+\n\nvalidation\x18\x01 \x01(\x0b\x32\x17.simtrack.v1.Validation\"q\n\x16ListValidationsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x04 \x01(\t\x12\x10\n\x08order_by\x18\x05 \x01(\t\"`\n\x17ListValidationsResponse\x12,\n\x0bvalidations\x18\x01 \x03(\x0b\x32\x17.simtrack.v1.Validation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xaa\x02\n\x11ValidationService\x12_\n\x10\x43reateValidation\x12$.simtrack.v1.CreateValidationRequest\x1a%.simtrack.v1.CreateValidationResponse\x12V\n\rGetValidation\x12!.simtrack.v1.GetValidationRequest\x1a\".simtrack.v1.GetValidationResponse\x12\\\n\x0fListValidations\x12#.simtrack.v1.ListValidationsRequest\x1a$.simtrack.v1.ListValidationsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dsimtrack/v1/validations.proto\x12\x0bsimtrack.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd2\x01\n\nValidation\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x11\n\tvalidator\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0e\n\x06passed\x18\x05 \x01(\x08\x12\x12\n\x05score\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12(\n\x07\x64\x65tails\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x08\n\x06_score\"F\n\x17\x43reateValidationRequest\x12+\n\nvalidation\x18\x01 \x01(\x0b\x32\x17.simtrack.v1.Validation\"G\n\x18\x43reateValidationResponse\x12+\n\nvalidation\x18\x01 \x01(\x0b\x32\x17.simtrack.v1.Validation\"\"\n\x14GetValidationRequest\x12\n\n\x02id\x18\x01 \x01(\t\"D\n\x15GetValidationResponse\x12+\n\nvalidation\x18\x01 \x01(\x0b\x32\x17.simtrack.v1.Validation\"q\n\x16ListValidationsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x04 \x01(\t\x12\x10\n\x08order_by\x18\x05 \x01(\t\"`\n\x17ListValidationsResponse\x12,\n\x0bvalidations\x18\x01 \x03(\x0b\x32\x17.simtrack.v1.Validation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xb4\x02\n\x11ValidationService\x12_\n\x10\x43reateValidation\x12$.simtrack.v1.CreateValidationRequest\x1a%.simtrack.v1.CreateValidationResponse\x12[\n\rGetValidation\x12!.simtrack.v1.GetValidationRequest\x1a\".simtrack.v1.GetValidationResponse\"\x03\x90\x02\x01\x12\x61\n\x0fListValidations\x12#.simtrack.v1.ListValidationsRequest\x1a$.simtrack.v1.ListValidationsResponse\"\x03\x90\x02\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'simtrack.v1.validations_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_VALIDATIONSERVICE'].methods_by_name['GetValidation']._loaded_options = None
+  _globals['_VALIDATIONSERVICE'].methods_by_name['GetValidation']._serialized_options = b'\220\002\001'
+  _globals['_VALIDATIONSERVICE'].methods_by_name['ListValidations']._loaded_options = None
+  _globals['_VALIDATIONSERVICE'].methods_by_name['ListValidations']._serialized_options = b'\220\002\001'
   _globals['_VALIDATION']._serialized_start=110
   _globals['_VALIDATION']._serialized_end=320
   _globals['_CREATEVALIDATIONREQUEST']._serialized_start=322
@@ -48,5 +52,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTVALIDATIONSRESPONSE']._serialized_start=688
   _globals['_LISTVALIDATIONSRESPONSE']._serialized_end=784
   _globals['_VALIDATIONSERVICE']._serialized_start=787
-  _globals['_VALIDATIONSERVICE']._serialized_end=1085
+  _globals['_VALIDATIONSERVICE']._serialized_end=1095
 # @@protoc_insertion_point(module_scope)

@@ -16,7 +16,7 @@ import logging
 import os
 import re
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -59,13 +59,43 @@ def _deadline(ctx: RequestContext[Any, Any]) -> asyncio.Timeout:
     return asyncio.timeout(None if remaining is None else max(remaining, 0) / 1000)
 
 
+class OpenStreams:
+    """The server streams in progress, so a stop can end those still open after its grace
+    with UNAVAILABLE (as gRPC's stop does) rather than have the HTTP server cancel them.
+    """
+
+    def __init__(self) -> None:
+        self.deadlines: set[asyncio.Timeout] = set()
+        self.ended = False
+
+    @contextlib.contextmanager
+    def open(self, deadline: asyncio.Timeout) -> Iterator[None]:
+        self.deadlines.add(deadline)
+        try:
+            yield
+        finally:
+            self.deadlines.discard(deadline)
+
+    def end_all(self) -> None:
+        """Bring every open stream's deadline to now: each ends at its next step."""
+        self.ended = True
+        now = asyncio.get_running_loop().time()
+        for deadline in self.deadlines:
+            deadline.reschedule(now)
+
+
 class ConnectService:
     """A service's methods as connect-python calls them (``list_runs(request, ctx)``), each
     the gRPC servicer's method of that RPC run through ``Calls``.
     """
 
     def __init__(
-        self, servicer: object, descriptor: ServiceDescriptor, protocol: type, calls: Calls
+        self,
+        servicer: object,
+        descriptor: ServiceDescriptor,
+        protocol: type,
+        calls: Calls,
+        streams: OpenStreams,
     ) -> None:
         # The generated Protocol names each method in snake case (its attributes); matched to
         # the RPC it stands for by name, whatever case rule the generator follows.
@@ -73,10 +103,12 @@ class ConnectService:
         for attribute in vars(protocol):
             method = by_name.get(attribute.replace("_", ""))
             if method is not None:
-                setattr(self, attribute, self._bind(servicer, method, calls))
+                setattr(self, attribute, self._bind(servicer, method, calls, streams))
 
     @staticmethod
-    def _bind(servicer: object, method: MethodDescriptor, calls: Calls) -> Any:
+    def _bind(
+        servicer: object, method: MethodDescriptor, calls: Calls, streams: OpenStreams
+    ) -> Any:
         path = f"/{method.containing_service.full_name}/{method.name}"
         behavior = getattr(servicer, method.name)
         if method.client_streaming and method.server_streaming:
@@ -86,12 +118,17 @@ class ConnectService:
             async def stream(request: Any, ctx: RequestContext[Any, Any]) -> AsyncIterator[Any]:
                 metadata = ctx.request_headers().allitems()
                 try:
-                    async with _deadline(ctx):
-                        async for response in calls.stream(
-                            path, metadata, lambda: behavior(request, ctx)
-                        ):
-                            yield response
+                    async with _deadline(ctx) as deadline:
+                        with streams.open(deadline):
+                            async for response in calls.stream(
+                                path, metadata, lambda: behavior(request, ctx)
+                            ):
+                                yield response
                 except TimeoutError:
+                    if streams.ended:
+                        raise ConnectError(
+                            Code.UNAVAILABLE, "the server is shutting down: call again"
+                        ) from None
                     raise ConnectError(Code.DEADLINE_EXCEEDED, "deadline exceeded") from None
                 except Exception as exc:  # noqa: BLE001 - mapped to a status, in one place
                     raise connect_error(status_of(path, exc)) from None
@@ -178,9 +215,12 @@ class HttpApp:
     ) -> None:
         """``servicers``: each service's gRPC servicer, which serves it over HTTP too."""
         _register_checked_codecs()
+        self.streams = OpenStreams()
         self.services: dict[str, ConnectASGIApplication[Any]] = {
             service.full_name: service.connect_application(
-                ConnectService(servicer, service.descriptor, service.connect_protocol, calls),
+                ConnectService(
+                    servicer, service.descriptor, service.connect_protocol, calls, self.streams
+                ),
                 read_max_bytes=read_max_bytes,
             )
             for service, servicer in servicers.items()
@@ -231,7 +271,10 @@ class HttpListener:
         config.bind = [f"fd://{listening}"]
         config.accesslog = None
         config.errorlog = logging.getLogger("simtrack.http")
-        config.graceful_timeout = grace
+        # Streams still open after ``grace`` are ended by us (``stop``), then Hypercorn waits
+        # a moment for their last words.
+        config.graceful_timeout = grace + 1
+        self.app, self.grace = app, grace
         self._stopping = asyncio.Event()
         self._serving: asyncio.Task[None] = asyncio.create_task(
             hypercorn.asyncio.serve(app, config, shutdown_trigger=self._stopping.wait)
@@ -240,5 +283,10 @@ class HttpListener:
     async def stop(self) -> None:
         """Stop accepting, let calls in progress finish (up to the graceful timeout)."""
         self._stopping.set()
+        try:
+            async with asyncio.timeout(self.grace):
+                await asyncio.shield(self._serving)
+        except TimeoutError:
+            self.app.streams.end_all()
         with contextlib.suppress(Exception):
             await self._serving
