@@ -28,9 +28,10 @@ MYPY_PATHS = $(shell for d in $(MYPY_CANDIDATES); do \
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-protos: | $(NPM_TOOLS) ## Regenerate the stubs from protos/: Python (common/simtrack/v1), TypeScript (web/src/gen)
+protos: | $(NPM_TOOLS) ## Regenerate the stubs from protos/: Python (common/simtrack/v1), TypeScript (web/src/gen), and the dashboard built on them
 	$(PYTHON) tools/gen_protos.py
 	$(BUF) generate
+	npm run build:dashboard
 
 dashboard: | $(NPM_TOOLS) ## Build the web dashboard (web/dashboard) into server/simtrack/server/dashboard
 	npm run build:dashboard
