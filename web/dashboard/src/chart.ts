@@ -111,7 +111,14 @@ export class Chart {
     const opts: uPlot.Options = {
       width,
       height: 220,
-      scales: { x: { time: false } },
+      scales: {
+        x: { time: false },
+        // A flat series gets a band around its value (uPlot's default would be 0-100).
+        y: {
+          range: (_u, min, max): uPlot.Range.MinMax =>
+            min === max ? [min - (Math.abs(min) * 0.1 || 1), max + (Math.abs(max) * 0.1 || 1)] : uPlot.rangeNum(min, max, 0.1, true),
+        },
+      },
       axes: [{ size: 30 }, { size: 56, values: (_u, splits) => splits.map((v) => num(v)) }],
       series: [
         { label: "step" },
