@@ -291,7 +291,7 @@ def test_every_page_loads_without_console_errors(
 def test_a_demo_run_turns_from_running_to_completed_on_screen_without_a_reload(
     tab: Tab, dash: Dash, tmp_path: Path
 ) -> None:
-    process = demo(dash, "tier0-tutorial", tmp_path, "--ticks", "50", "--tick-seconds", "0.08")
+    process = demo(dash, "tier0-tutorial", tmp_path, "--ticks", "30", "--tick-seconds", "0.1")
     try:
         run_id = demo_run_id(process)
         tab.open(f"#/runs/{run_id}")
@@ -315,13 +315,41 @@ def test_a_demo_run_turns_from_running_to_completed_on_screen_without_a_reload(
     finally:
         process.kill()
     assert tab.page.evaluate("window.__sameDocument") is True, "the page was reloaded"
-    assert "tick 50 / 50" in tab.page.locator("#run-progress").inner_text()
+    assert "tick 30 / 30" in tab.page.locator("#run-progress").inner_text()
     run = get_run(dash, run_id)
     shown_at = tab.page.evaluate("window.__completedAt") / 1000
     stored_at = run.complete_time.ToMicroseconds() / 1e6
     assert shown_at - stored_at < 1.0, f"completion showed {shown_at - stored_at:.2f}s late"
     assert "total_profit" in tab.page.locator("#latest-metrics").inner_text()
     tab.shot("run-completed")
+
+
+def test_a_live_run_is_paused_resumed_and_cancelled_from_its_page(
+    tab: Tab, dash: Dash, tmp_path: Path
+) -> None:
+    process = demo(dash, "tier0-tutorial", tmp_path, "--ticks", "400", "--tick-seconds", "0.05")
+    try:
+        run_id = demo_run_id(process)
+        tab.open(f"#/runs/{run_id}")
+        status = "#run-status [data-status='{}']"
+        tab.page.wait_for_selector(status.format("running"))
+        tab.page.click("#pause-run")
+        tab.page.wait_for_selector(status.format("paused"))
+        tab.page.click("#resume-run")
+        tab.page.wait_for_selector(status.format("running"))
+        tab.page.click("#cancel-run")  # a first click only asks to confirm
+        tab.page.locator("#cancel-run", has_text="again").wait_for()
+        tab.page.click("#cancel-run")
+        tab.page.wait_for_selector(status.format("stopped"))
+    finally:
+        # The run is stopped (the worker's own FinalStatus); the demo's goodbye is not tested.
+        process.kill()
+    run = get_run(dash, run_id)
+    assert run.status == runs_pb2.RUN_STATUS_STOPPED
+    assert run.cancel_reason == "cancelled from the dashboard"
+    assert run.current_tick < 400
+    assert tab.page.locator("#cancel-run").is_hidden()
+    tab.shot("run-cancelled")
 
 
 def history(

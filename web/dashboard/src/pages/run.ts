@@ -72,7 +72,12 @@ export async function runPage({ root, parts, signal }: PageContext): Promise<voi
   const units = new Map<string, string>(); // from ListMetrics (WatchRun does not carry them)
   let chartsRefreshed = performance.now();
 
+  // Controls for a live run: pause/resume, and cancel after a confirming second click. They are
+  // made once and kept across redraws (a live run redraws its head on every update).
+  const controls = runControls(id, signal);
+
   const drawHead = () => {
+    controls.update(run.status);
     const end = run.totalTicks > 0n ? ` / ${int(run.totalTicks)}` : "";
     const params = plain(run.params);
     const results = plain(run.results);
@@ -82,6 +87,7 @@ export async function runPage({ root, parts, signal }: PageContext): Promise<voi
         h("h1", null, `Run #${run.runNumber} `, h("span", { class: "muted" }, "of "), experimentLink(run.experimentId, expName)),
         h("span", { id: "run-status" }, runStatus(run.status)),
         liveNote,
+        controls.el,
       ),
       h("div", { class: "runhead" },
         progress(run.progressPercent, true),
@@ -98,7 +104,10 @@ export async function runPage({ root, parts, signal }: PageContext): Promise<voi
         Object.keys(params).length ? h("div", { title: JSON.stringify(params) }, h("b", null, "params"), json(params)) : null,
         Object.keys(results).length ? h("div", { title: JSON.stringify(results) }, h("b", null, "results"), json(results)) : null,
       ),
-      run.errorMessage ? h("p", { class: "notice" }, `Failed: ${run.errorMessage}`) : null,
+      run.errorMessage && run.status === RunStatus.FAILED ? h("p", { class: "notice" }, `Failed: ${run.errorMessage}`) : null,
+      run.errorMessage && run.status !== RunStatus.FAILED && run.errorMessage !== run.cancelReason
+        ? h("p", { class: "muted" }, run.errorMessage)
+        : null,
       run.cancelReason ? h("p", { class: "muted" }, `Cancel requested: ${run.cancelReason}`) : null,
     );
   };
@@ -185,6 +194,45 @@ export async function runPage({ root, parts, signal }: PageContext): Promise<voi
       await sleep(2000, signal);
     }
   }
+}
+
+function runControls(id: string, signal: AbortSignal) {
+  const pause = h("button", { type: "button", id: "pause-run" }, "Pause");
+  const resume = h("button", { type: "button", id: "resume-run" }, "Resume");
+  const cancel = h("button", { type: "button", id: "cancel-run", title: "ask the run's worker to stop" }, "Cancel run");
+  const el = h("span", { class: "controls" }, pause, resume, cancel);
+  let confirmUntil = 0;
+  const call = async (button: HTMLButtonElement, action: () => Promise<unknown>) => {
+    button.disabled = true;
+    try {
+      await action();
+    } catch (err) {
+      fail(err); // e.g. a reader's key: "Your API key may not do this"
+    } finally {
+      button.disabled = false;
+    }
+  };
+  pause.addEventListener("click", () => void call(pause, () => api.runs.pauseRun({ id }, { signal })));
+  resume.addEventListener("click", () => void call(resume, () => api.runs.resumeRun({ id }, { signal })));
+  cancel.addEventListener("click", () => {
+    if (Date.now() > confirmUntil) {
+      confirmUntil = Date.now() + 5000;
+      cancel.textContent = "Click again to cancel";
+      window.setTimeout(() => { if (Date.now() > confirmUntil) cancel.textContent = "Cancel run"; }, 5100);
+      return;
+    }
+    confirmUntil = 0;
+    cancel.textContent = "Cancel run";
+    void call(cancel, () => api.runs.cancelRun({ id, reason: "cancelled from the dashboard" }, { signal }));
+  });
+  return {
+    el,
+    update(status: RunStatus) {
+      pause.hidden = status !== RunStatus.RUNNING;
+      resume.hidden = status !== RunStatus.PAUSED;
+      cancel.hidden = ENDED.has(status);
+    },
+  };
 }
 
 function eventsList(runId: string, signal: AbortSignal): ListView<StoredEvent> {
