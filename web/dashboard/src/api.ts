@@ -23,6 +23,12 @@ export function storeKey(key: string | null): void {
   else sessionStorage.removeItem(KEY_ITEM);
 }
 
+/** Where the page was served from (the API is beside it): the origin, plus the path prefix when
+ * a reverse proxy serves simtrack under one (e.g. https://host/simtrack/). */
+export function apiBase(): string {
+  return location.origin + location.pathname.replace(/[^/]*$/, "").replace(/\/$/, "");
+}
+
 function clients(key: () => string | null) {
   const auth: Interceptor = (next) => (req) => {
     const k = key();
@@ -30,7 +36,7 @@ function clients(key: () => string | null) {
     return next(req);
   };
   const transport = createConnectTransport({
-    baseUrl: location.origin,
+    baseUrl: apiBase(),
     useBinaryFormat: true,
     interceptors: [auth],
   });
@@ -113,7 +119,7 @@ export function describe(err: unknown): string {
     cause instanceof TypeError ||
     /Failed to fetch|NetworkError|Load failed|fetch failed/i.test(e.rawMessage);
   if (network) {
-    return `The simtrack server at ${location.origin} cannot be reached. Is \`simtrack serve\` running? (${e.rawMessage})`;
+    return `The simtrack server at ${apiBase()} cannot be reached. Is \`simtrack serve\` running? (${e.rawMessage})`;
   }
   switch (e.code) {
     case Code.Unauthenticated:
