@@ -13,7 +13,7 @@ nothing), an EXISTS on the metrics' rows.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar, NamedTuple, cast
 
 from sqlalchemy import (
     ColumnElement,
@@ -22,11 +22,11 @@ from sqlalchemy import (
     and_,
     case,
     exists,
+    false,
     inspect,
     literal,
     not_,
     or_,
-    select,
 )
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import aliased
@@ -142,31 +142,43 @@ def _metric_condition(run: Any, name: str, term: Condition) -> ColumnElement[boo
 
 
 def _metric_value(run: Any, name: str) -> tuple[Any, ColumnElement[Any], ColumnElement[bool]]:
-    """A metrics row (aliased), the column ``name`` reads (latest value, min, max), and the
-    condition that finds the run's row of that metric with a value that is not NaN.
+    """A metrics row (the table aliased: the ORM's ``aliased`` costs a tenth of a listing's
+    time to build), the column ``name`` reads (latest value, min, max), and the condition that
+    finds the run's row of that metric with a value that is not NaN.
     """
     summary = "last_value"
     for suffix, column_name in _SUMMARIES.items():
         if name.endswith(suffix):
             name, summary = name.removesuffix(suffix), column_name
-    metric = aliased(models.Metric)
-    value: ColumnElement[Any] = getattr(metric, summary)
-    return metric, value, and_(metric.run_id == run.id, metric.name == name, _NotNaN(value))
+    metric = models.Metric.__table__.alias()
+    value: ColumnElement[Any] = metric.c[summary]
+    return metric, value, and_(metric.c.run_id == run.id, metric.c.name == name, _NotNaN(value))
 
 
-def sort_value(model: Any, field: str) -> ColumnElement[Any]:
-    """What ``order_by`` sorts ``field`` by (NULL where a row has none): a column (text by
-    code point), a parameter's numeric value, a metric's value.
+class SortKey(NamedTuple):
+    """What ``order_by`` sorts a field by (NULL where a row has none), and the row it is read
+    from when that is another table's, joined (left outer) on the condition given.
+    """
+
+    value: ColumnElement[Any]
+    joined: tuple[Any, ColumnElement[bool]] | None = None
+
+
+def sort_value(model: Any, field: str) -> SortKey:
+    """What ``order_by`` sorts ``field`` by: a column (text by code point), a parameter's
+    numeric value, a metric's value. A metric's row is joined rather than looked up in a
+    subquery per row: a run has one row of a metric at most, and a join reads them all at once
+    (a page among 10,000 runs: 5 ms less on PostgreSQL).
     """
     head, _, key = field.partition(".")
     if key and head in JSON_FIELDS:
         document = getattr(model, head)
-        return case((_IsNumber(document, key), document[key].as_float()), else_=None)
+        return SortKey(case((_IsNumber(document, key), document[key].as_float()), else_=None))
     if key and head == "metrics":
-        _, value, found = _metric_value(model, key)
-        return select(value).where(found).scalar_subquery()
+        metric, value, found = _metric_value(model, key)
+        return SortKey(value, (metric, found))
     column, _ = _column(model, field)
-    return _CodePoints(column) if isinstance(column.type, String) else column
+    return SortKey(_CodePoints(column) if isinstance(column.type, String) else column)
 
 
 def after_keys(
@@ -214,8 +226,9 @@ def _json_condition(column: Any, key: str, term: Condition) -> ColumnElement[boo
 
 
 def _json_compare(column: Any, key: str, op: str, value: Any) -> ColumnElement[bool]:
-    """The key's value compared with ``value``, where it is of ``value``'s type (NULL, so
-    false, elsewhere: a missing key matches nothing, ``!=`` included).
+    """The key's value compared with ``value``, where it is of ``value``'s type (false
+    elsewhere: a missing key matches nothing, ``!=`` included). One CASE, never NULL: the key
+    is read once for its type and once for its value.
     """
     element = column[key]
     if isinstance(value, bool):
@@ -225,12 +238,13 @@ def _json_compare(column: Any, key: str, op: str, value: Any) -> ColumnElement[b
         value = float(value)
     else:
         kind, stored = "string", element.as_string()
-    typed: ColumnElement[Any] = case((_KIND[kind](column, key), stored), else_=None)
     if op == "=":
-        return and_(typed.is_not(None), typed == value)
-    if op == "!=":
-        return and_(typed.is_not(None), typed != value)
-    return and_(typed.is_not(None), _ordered(typed, op, value))
+        compared = stored == value
+    elif op == "!=":
+        compared = stored != value
+    else:
+        compared = _ordered(stored, op, value)
+    return case((_KIND[kind](column, key), compared), else_=false())
 
 
 class _CodePoints(FunctionElement[str]):

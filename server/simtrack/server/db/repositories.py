@@ -120,7 +120,11 @@ def page_statement(
     followed by its values of the page's sort keys.
     """
     stmt = stmt.where(*(matches(model, c) for c in page.conditions))
-    values = [sort_value(model, key.field) for key in page.order]
+    sort_keys = [sort_value(model, key.field) for key in page.order]
+    for sort_key in sort_keys:
+        if sort_key.joined is not None:
+            stmt = stmt.outerjoin(*sort_key.joined)
+    values = [sort_key.value for sort_key in sort_keys]
     columns = [getattr(model, name) for name in position]
     if page.after is not None:
         after = tuple_(*columns) > tuple_(*page.after.position)
