@@ -9,6 +9,7 @@ transports (``transports`` marker: test_api, test_bad_input_fields); here the HT
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 import urllib.error
@@ -368,3 +369,25 @@ def test_a_stop_ends_open_http_streams_and_exits_cleanly(
         while True:
             next(updates)
     client.close()
+
+
+# The dashboard's files
+
+
+def test_the_dashboard_is_served_at_the_root_with_its_assets_cached_by_name(
+    server: Server,
+) -> None:
+    root = f"http://{server.host.http_address}"
+    with urllib.request.urlopen(f"{root}/", timeout=10) as response:
+        assert response.headers["Content-Type"].startswith("text/html")
+        assert response.headers["Cache-Control"] == "no-cache"
+        page = response.read().decode()
+    assets = re.findall(r'(?:src|href)="\.?/?([^"]+\.(?:js|css))"', page)
+    assert assets and all(re.search(r"-[A-Z0-9]{8}\.(js|css)$", asset) for asset in assets)
+    for asset in assets:
+        with urllib.request.urlopen(f"{root}/{asset}", timeout=10) as response:
+            assert "immutable" in response.headers["Cache-Control"]
+            assert response.read()
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        urllib.request.urlopen(f"{root}/no-such-file.js", timeout=10)
+    assert missing.value.code == 404

@@ -5,7 +5,7 @@ import uPlot from "uplot";
 import { describe, isAborted, isUnauthenticated } from "./api.js";
 import { fail } from "./app.js";
 import { type Child, fill, h } from "./dom.js";
-import { num } from "./format.js";
+import { num, step } from "./format.js";
 
 export const COLORS = ["#2457c5", "#d9480f", "#2b8a3e", "#ae3ec9", "#e67700", "#0c8599", "#c2255c", "#5c940d"];
 
@@ -119,7 +119,10 @@ export class Chart {
             min === max ? [min - (Math.abs(min) * 0.1 || 1), max + (Math.abs(max) * 0.1 || 1)] : uPlot.rangeNum(min, max, 0.1, true),
         },
       },
-      axes: [{ size: 30 }, { size: 56, values: (_u, splits) => splits.map((v) => num(v)) }],
+      axes: [
+        { size: 30, values: (_u, splits) => splits.map((v) => step(v)) },
+        { size: 56, values: (_u, splits) => splits.map((v) => num(v)) },
+      ],
       series: [
         { label: "step" },
         ...loaded.labels.map((label, i) => ({

@@ -19,6 +19,13 @@ export function int(value: number | bigint): string {
   return integer.format(value);
 }
 
+const short = new Intl.NumberFormat("en-US", { notation: "compact", maximumFractionDigits: 1 });
+
+/** A step on a chart's axis: "950", "12,500", "250K", "1.5M" (long ones would run together). */
+export function step(value: number): string {
+  return Math.abs(value) < 100_000 ? integer.format(value) : short.format(value);
+}
+
 export function time(ts: Timestamp | undefined): string {
   if (!ts) return "";
   // Local time, to the second, in a fixed sortable shape.

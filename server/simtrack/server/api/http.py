@@ -30,7 +30,8 @@ from connectrpc.server import ConnectASGIApplication
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 from google.rpc import code_pb2, status_pb2
-from starlette.responses import PlainTextResponse
+from starlette.exceptions import HTTPException
+from starlette.responses import PlainTextResponse, Response
 from starlette.staticfiles import StaticFiles
 
 from simtrack.errors import InvalidArgument
@@ -41,6 +42,7 @@ from simtrack.server.api.services import ApiService
 log = logging.getLogger(__name__)
 
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
+API_PACKAGE = "simtrack."  # /simtrack.v1.RunService/...: the API's paths, never the files
 DASHBOARD_DIR = Path(__file__).resolve().parent.parent / "dashboard"  # the built front end
 # gRPC's code names, as Connect's codes (which spell one of them with one L).
 _CODES = {code.name.replace("CANCELED", "CANCELLED"): code for code in Code}
@@ -201,6 +203,27 @@ def _register_checked_codecs() -> None:
             registry[name] = _CheckedCodec(codec)
 
 
+class DashboardFiles(StaticFiles):
+    """The built dashboard: its scripts and styles carry their content's hash in their names
+    and may be cached for good; ``index.html`` names them, so it is checked again every time
+    (an upgraded server's page never asks for files it no longer has).
+    """
+
+    async def get_response(self, path: str, scope: Any) -> Response:
+        try:
+            return await super().get_response(path, scope)
+        except HTTPException as exc:  # a missing file (Starlette's apps leave it to middleware)
+            return PlainTextResponse(exc.detail, status_code=exc.status_code)
+
+    def file_response(self, full_path: Any, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(full_path, *args, **kwargs)
+        immutable = Path(full_path).suffix in (".js", ".css")
+        response.headers["Cache-Control"] = (
+            "public, max-age=31536000, immutable" if immutable else "no-cache"
+        )
+        return response
+
+
 class HttpApp:
     """The ASGI application: ``/simtrack.v1.<Service>/<Method>`` to that service's Connect
     application, anything else to the dashboard's files.
@@ -226,7 +249,7 @@ class HttpApp:
             for service, servicer in servicers.items()
         }
         self.files: ASGIApp = (
-            StaticFiles(directory=dashboard_dir, html=True)
+            DashboardFiles(directory=dashboard_dir, html=True)
             if (dashboard_dir / "index.html").is_file()
             else PlainTextResponse(
                 "The dashboard is not built in this checkout: npm run build:dashboard",
@@ -242,11 +265,14 @@ class HttpApp:
                 if event == "shutdown":
                     return
         service = re.match(r"/([^/]+)/", scope.get("path", ""))
-        application = self.services.get(service[1]) if service else None
-        if application is not None:
+        if service is None or not service[1].startswith(API_PACKAGE):
+            await self.files(scope, receive, send)
+        elif (application := self.services.get(service[1])) is not None:
             await application(scope, receive, send)
         else:
-            await self.files(scope, receive, send)
+            await PlainTextResponse(f"no service {service[1]}", status_code=404)(
+                scope, receive, send
+            )
 
 
 class HttpListener:
