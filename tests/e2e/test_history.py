@@ -105,17 +105,19 @@ async def test_history_pages_return_every_point_once_in_step_order(
     # Equal steps come in the order sent: seq 4's step 3, then seq 21's two.
     assert np.isinf(first.values[4]) and np.isinf(first.values[5]) and first.values[5] < 0
 
-    # A step range, in pages that end in the middle of repeated steps.
-    lo, hi = 3, 19_999
-    want_steps, want_values, want_stamps = sent.columns(lo, hi)
-    steps, values, stamps, sizes = read_all(
-        server, 3, run_id=run.id, metric="loss", start_step=lo, end_step=hi
-    )
-    assert same_bits(steps, want_steps) and same_bits(values, want_values)
-    assert same_bits(stamps, want_stamps)
-    assert history(
-        server, run_id=run.id, metric="loss", start_step=lo, end_step=hi
-    ).range_count == (len(want_steps))
+    # Step ranges, in pages that end in the middle of repeated steps (3 and 5 at the head,
+    # 19,999 at the tail) and of chunks (every 1,000 steps): pages of 3 over a head and a tail
+    # across a chunk's end each, pages of 997 over the whole range.
+    for lo, hi, page_size in ((3, 1_005, 3), (18_995, 19_999, 3), (3, 19_999, 997)):
+        want_steps, want_values, want_stamps = sent.columns(lo, hi)
+        steps, values, stamps, sizes = read_all(
+            server, page_size, run_id=run.id, metric="loss", start_step=lo, end_step=hi
+        )
+        assert same_bits(steps, want_steps) and same_bits(values, want_values)
+        assert same_bits(stamps, want_stamps)
+        assert history(
+            server, run_id=run.id, metric="loss", start_step=lo, end_step=hi
+        ).range_count == (len(want_steps))
     only = history(server, run_id=run.id, metric="loss", start_step=40_000, end_step=40_000)
     assert (list(only.steps), list(only.values), only.range_count) == ([40_000], [-2.5], 1)
     none = history(server, run_id=run.id, metric="loss", start_step=50_000)
