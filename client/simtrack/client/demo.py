@@ -245,11 +245,14 @@ def run_demo(
     ended = client.get_run(run.id)
     status = runs_pb2.RunStatus.Name(ended.status).removeprefix("RUN_STATUS_").lower()
     console.print(f"run {run.id}: {status}, total_profit {market.profit:,.2f}")
-    for verdict in _verdicts(client, run.id, len(scenario.get("success_criteria") or {})):
+    # Only a completed run is judged: a cancelled one has no verdicts to wait for.
+    completed = ended.status == runs_pb2.RUN_STATUS_COMPLETED
+    judged = len(scenario.get("success_criteria") or {}) if completed else 0
+    for verdict in _verdicts(client, run.id, judged):
         mark = "[green]passed[/green]" if verdict.passed else "[red]failed[/red]"
         score = f"{verdict.score:g}" if verdict.HasField("score") else "not logged"
         console.print(f"  {verdict.kind}: {mark} ({score})")
-    return 0 if ended.status == runs_pb2.RUN_STATUS_COMPLETED else 1
+    return 0 if completed else 1
 
 
 def _verdicts(client: Client, run_id: str, expected: int) -> list[validations_pb2.Validation]:
