@@ -188,6 +188,12 @@ def test_http_edges_answer_with_http_statuses(server: Server) -> None:
     assert status == 404
     status, _, _ = post(server, "/simtrack.v1.RunService/NoMethod", b"{}")
     assert status == 404
+    # gRPC (not gRPC-Web) needs HTTP/2 for its trailers: told so, not answered UNKNOWN.
+    grpc_frame = b"\x00\x00\x00\x00\x00"  # an empty ListRunsRequest, enveloped
+    status, _, body = post(
+        server, "/simtrack.v1.RunService/ListRuns", grpc_frame, {"Content-Type": "application/grpc"}
+    )
+    assert status == 505 and b"HTTP/2" in body
 
 
 def test_a_side_effect_free_call_by_get(server: Server) -> None:

@@ -267,12 +267,32 @@ class HttpApp:
         service = re.match(r"/([^/]+)/", scope.get("path", ""))
         if service is None or not service[1].startswith(API_PACKAGE):
             await self.files(scope, receive, send)
-        elif (application := self.services.get(service[1])) is not None:
-            await application(scope, receive, send)
-        else:
-            await PlainTextResponse(f"no service {service[1]}", status_code=404)(
-                scope, receive, send
+        elif (application := self.services.get(service[1])) is None:
+            await _plain(f"no service {service[1]}", 404, scope, receive, send)
+        elif _grpc_over_http1(scope):
+            await _plain(
+                "gRPC needs HTTP/2 (its status travels in trailers): connect with HTTP/2, or "
+                "use gRPC-Web or Connect over HTTP/1.1",
+                505,
+                scope,
+                receive,
+                send,
             )
+        else:
+            await application(scope, receive, send)
+
+
+def _grpc_over_http1(scope: Any) -> bool:
+    """A gRPC request (not gRPC-Web) on HTTP/1.x, which cannot carry its trailers
+    (connect-python would answer it UNKNOWN).
+    """
+    content_type = dict(scope.get("headers", ())).get(b"content-type", b"")
+    grpc = content_type.startswith(b"application/grpc") and b"grpc-web" not in content_type
+    return grpc and scope.get("http_version", "1.1").startswith("1")
+
+
+async def _plain(text: str, status: int, scope: Any, receive: Any, send: Any) -> None:
+    await PlainTextResponse(text, status_code=status)(scope, receive, send)
 
 
 class HttpListener:
