@@ -316,7 +316,10 @@ class HttpListener:
         config = hypercorn.config.Config()
         config.bind = [f"fd://{listening}"]
         config.accesslog = None
+        # Hypercorn's own lines at warnings and above: its "Running on ... (CTRL + C to quit)"
+        # would stand beside our "simtrack http on" line, naming a key that does not stop us.
         config.errorlog = logging.getLogger("simtrack.http")
+        config.errorlog.setLevel(logging.WARNING)
         # Streams still open after ``grace`` are ended by us (``stop``), then Hypercorn waits
         # a moment for their last words.
         config.graceful_timeout = grace + 1
