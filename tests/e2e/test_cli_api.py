@@ -237,6 +237,13 @@ def test_metrics_history_and_events_show_what_a_worker_streamed(
 
     metrics = {m["name"]: m for m in cli.json("metrics", run.id)}
     assert metrics.keys() == {"profit", "stock"}
+    # The runs table with metric columns (ListRuns' latest_metrics: one call a page).
+    only = f'experiment_id = "{run.experiment_id}"'
+    [row] = cli.json("runs", "list", "--filter", only, "--metric", "stock", "--metric", "nope")
+    assert row["id"] == run.id and list(row["latest_metrics"]) == ["stock"]
+    assert row["latest_metrics"]["stock"]["value"] == 200.0 - 199
+    listed = cli("runs", "list", "--filter", only, "--metric", "stock", "--metric", "nope").stdout
+    assert "stock" in listed and "nope" in listed and " 1 " in listed
     assert (metrics["profit"]["count"], metrics["profit"]["last_step"]) == ("200", "199")
     table = cli("metrics", run.id).stdout
     assert "profit" in table and "stock" in table

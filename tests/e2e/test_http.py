@@ -22,6 +22,7 @@ import grpc
 import pytest
 from connectrpc.errors import ConnectError
 
+from simtrack.client import Worker
 from simtrack.v1 import agents_pb2, artifacts_pb2, runs_pb2, telemetry_pb2
 from tests.support import Server, ServerPool, SimtrackCli, StartServer
 from tests.support.api_objects import (
@@ -397,3 +398,28 @@ def test_the_dashboard_is_served_at_the_root_with_its_assets_cached_by_name(
     with pytest.raises(urllib.error.HTTPError) as missing:
         urllib.request.urlopen(f"{root}/no-such-file.js", timeout=10)
     assert missing.value.code == 404
+
+
+def test_a_runs_table_with_metric_columns_is_one_call(server: Server) -> None:
+    experiment = new_experiment(server, new_agent(server).id)
+    runs = [new_run(server, experiment.id) for _ in range(2)]
+    with Worker(server.address, runs[0].id) as worker:  # the other logs nothing
+        worker.log_metrics(0, {"profit": 1.5, "loss": 0.25})
+        worker.log_metrics(1, {"profit": 2.5})
+    status, answer = connect_json(
+        server,
+        "RunService/ListRuns",
+        {"filter": f'experiment_id = "{experiment.id}"', "latestMetrics": ["profit", "nope"]},
+    )
+    assert status == 200, answer
+    assert [r["id"] for r in answer["runs"]] == [r.id for r in runs]
+    first, second = answer["latestMetrics"]
+    assert first["runId"] == runs[0].id and second["runId"] == runs[1].id
+    assert [(m["name"], m["value"], m["step"], m["count"]) for m in first["metrics"]] == [
+        ("profit", 2.5, "1", "2")
+    ]
+    assert second.get("metrics", []) == []
+    status, answer = connect_json(
+        server, "RunService/ListRuns", {"latestMetrics": ["profit", "profit"]}
+    )
+    assert (status, violations(answer)) == (400, ["latest_metrics[1]"])

@@ -8,6 +8,7 @@ other lists from one table (``tests/support/list_tables.py``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -262,3 +263,46 @@ async def test_names_order_by_code_point_whatever_the_locale(services: Services)
     page = await services.agents.list(100, "", 'name > "B" AND name <= "f"', "name desc")
     picked = sorted((n for n in names if "B" < n <= "f"), reverse=True)
     assert [a.name for a in page.items] == picked
+
+
+# A page's runs with the latest values of some metrics (ListRunsRequest.latest_metrics)
+
+
+async def test_a_page_brings_the_latest_values_of_the_metrics_asked_for(
+    services: Services, runs: list[Row]
+) -> None:
+    names = ["total_profit", "loss/train", "no-such-metric"]
+    page = await services.runs.list(4, "", "", "metrics.total_profit desc", names)
+    assert list(page.metrics) == [run.id for run in page.items]
+    by_id = {r["id"]: r for r in runs}
+    for run in page.items:
+        got = {m.name: m for m in page.metrics[run.id]}
+        assert list(got) == sorted(by_id[run.id]["metrics"]), "the ones it has, by name"
+        for name, (latest, low, high) in by_id[run.id]["metrics"].items():
+            assert unset(got[name].last_value) if unset(latest) else got[name].last_value == latest
+            assert (got[name].min_value, got[name].max_value) == (low, high)
+    again = await services.runs.list(4, page.next_page_token, "", "metrics.total_profit desc")
+    assert again.metrics == {run.id: [] for run in again.items}  # none asked: none read
+
+
+def unset(value: float | None) -> bool:
+    """No value: None, or NaN (how SQLite gives a NaN back)."""
+    return value is None or math.isnan(value)
+
+
+@pytest.mark.parametrize(
+    ("names", "field"),
+    [
+        ([f"m{i}" for i in range(21)], "latest_metrics"),
+        (["loss", "loss"], "latest_metrics[1]"),
+        (["loss", " "], "latest_metrics[1]"),
+        (["x" * 201], "latest_metrics[0]"),
+        (["a\x00b"], "latest_metrics[0]"),
+    ],
+)
+async def test_bad_metric_names_are_refused_naming_the_name(
+    services: Services, names: list[str], field: str
+) -> None:
+    with pytest.raises(InvalidArgument) as error:
+        await services.runs.list(10, "", "", "", names)
+    assert error.value.violations[0].field == field

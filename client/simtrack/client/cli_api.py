@@ -38,6 +38,7 @@ from simtrack.client.cli_output import (
     STATUS_COLUMNS,
     VALIDATION_COLUMNS,
     Column,
+    as_dict,
     print_created,
     print_list,
     print_one,
@@ -290,6 +291,40 @@ def _compare(args: argparse.Namespace, client: Client) -> int:
     return 0
 
 
+def _runs_list(args: argparse.Namespace, client: Client) -> int:
+    """``runs list``: the runs, with a column for each ``--metric`` (one call a page)."""
+    rows = client.runs_table(args.filter, args.order_by, args.metric)
+    if args.json:
+        listed = [
+            {**as_dict(run), "latest_metrics": {n: as_dict(m) for n, m in found.items()}}
+            for run, found in rows
+        ]
+        print(json.dumps(listed, indent=2))
+        return 0
+    columns = [*map(_of_run, RUN_COLUMNS), *map(_latest_column, args.metric)]
+    Console().print(table(rows, columns))
+    return 0
+
+
+RunRow: TypeAlias = tuple[runs_pb2.Run, dict[str, runs_pb2.LatestMetric]]
+
+
+def _of_run(column: Column) -> Column:
+    """A run's column, read from a ``runs_table`` row."""
+    title, cell = column
+    return title, lambda row: cell(row[0])
+
+
+def _latest_column(name: str) -> Column:
+    """The metric's latest value: blank when the run has none (or no finite one)."""
+
+    def cell(row: RunRow) -> str:
+        metric = row[1].get(name)
+        return "" if metric is None or not metric.HasField("step") else f"{metric.value:g}"
+
+    return name, cell
+
+
 # -- the parser --------------------------------------------------------------------------------
 
 
@@ -318,11 +353,16 @@ def _list_and_get(
     filter_example: str,
     order_example: str,
     default_order: str = "oldest first",
-) -> None:
-    def list_them(args: argparse.Namespace, client: Client) -> int:
+    list_them: Handler | None = None,
+) -> argparse.ArgumentParser:
+    """``list`` (by ``lister``, or ``list_them`` when given) and ``get`` commands of ``what``;
+    the ``list`` parser, for options of its own.
+    """
+
+    def list_all(args: argparse.Namespace, client: Client) -> int:
         return print_list(args, lister(client, args.filter, order_by=args.order_by), columns)
 
-    listing = _command(group, "list", f"list {what}s", list_them)
+    listing = _command(group, "list", f"list {what}s", list_them or list_all)
     _order_by_option(listing, order_example, default_order)
     listing.add_argument(
         "--filter",
@@ -336,6 +376,7 @@ def _list_and_get(
         lambda args, client: print_one(args, getter(client, args.id)),
     )
     show.add_argument("id")
+    return listing
 
 
 def _order_by_option(command: argparse.ArgumentParser, example: str, default: str) -> None:
@@ -383,7 +424,7 @@ def add_api_commands(commands: Subcommands) -> dict[str, Subcommands]:
     create.add_argument("--params", help="a JSON object")
 
     runs = _group(commands, "runs", "runs of experiments")
-    _list_and_get(
+    listing = _list_and_get(
         runs,
         "run",
         RUN_COLUMNS,
@@ -391,6 +432,14 @@ def add_api_commands(commands: Subcommands) -> dict[str, Subcommands]:
         Client.get_run,
         "status IN (completed, stopped) AND params.lr > 0.01 AND metrics.total_profit >= 1000",
         "metrics.total_profit desc, create_time",
+        list_them=_runs_list,
+    )
+    listing.add_argument(
+        "--metric",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a column with the metric's latest value (repeatable, up to 20)",
     )
     create = _command(runs, "create", "create a (pending) run; prints its id", _runs_create)
     create.add_argument("--experiment", required=True, help="experiment id")

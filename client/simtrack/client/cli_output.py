@@ -132,7 +132,7 @@ STATUS_COLUMNS: Sequence[Column] = (
 )
 
 
-def table(items: Iterable[Message], columns: Sequence[Column]) -> Table:
+def table(items: Iterable[Any], columns: Sequence[Column]) -> Table:
     grid = Table()
     for name, _ in columns:
         # Ids are for copying: other columns wrap first when the terminal is narrow.

@@ -265,6 +265,20 @@ class Client:
         for page in self._pages(self.runs.ListRuns, request):
             yield from page.runs
 
+    def runs_table(
+        self, filter: str = "", order_by: str = "", metrics: Sequence[str] = ()
+    ) -> Iterator[tuple[runs_pb2.Run, dict[str, runs_pb2.LatestMetric]]]:
+        """Every run as ``list_runs`` gives them, each with the latest values of ``metrics``
+        (names, at most 20) that it has, by name: one call a page (ListRuns' latest_metrics).
+        """
+        request = runs_pb2.ListRunsRequest(
+            filter=filter, order_by=order_by, latest_metrics=list(metrics)
+        )
+        for page in self._pages(self.runs.ListRuns, request):
+            found = page.latest_metrics if metrics else [runs_pb2.RunMetrics()] * len(page.runs)
+            for run, latest in zip(page.runs, found, strict=True):
+                yield run, {m.name: m for m in latest.metrics}
+
     def list_metrics(
         self, run_id: str, filter: str = "", order_by: str = ""
     ) -> Iterator[telemetry_pb2.Metric]:

@@ -372,6 +372,7 @@ class ListRunsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
     ORDER_BY_FIELD_NUMBER: _builtins.int
+    LATEST_METRICS_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Maximum number of runs to return, 1-1000; 0 means the default of 50.
     Negative or over 1000: INVALID_ARGUMENT naming page_size (not clamped).
@@ -428,6 +429,14 @@ class ListRunsRequest(_message.Message):
     keys and 1,024 characters; a page token continues the order it was issued for. A bad
     order_by is INVALID_ARGUMENT naming order_by.
     """
+    @_builtins.property
+    def latest_metrics(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Metrics whose latest values to return with the page's runs (ListRunsResponse.latest_metrics),
+        by name: a table of runs with metric columns in one call. At most 20 distinct names, each
+        at most 200 characters; empty: none. A bad one is INVALID_ARGUMENT naming
+        latest_metrics[i].
+        """
+
     def __init__(
         self,
         *,
@@ -435,10 +444,11 @@ class ListRunsRequest(_message.Message):
         page_token: _builtins.str = ...,
         filter: _builtins.str = ...,
         order_by: _builtins.str = ...,
+        latest_metrics: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "latest_metrics", b"latest_metrics", "order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -452,25 +462,61 @@ class ListRunsResponse(_message.Message):
 
     RUNS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    LATEST_METRICS_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """Token for the next page; empty on the last page."""
     @_builtins.property
     def runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Run]:
         """The runs of this page, in order_by's order (default: oldest first)."""
 
+    @_builtins.property
+    def latest_metrics(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunMetrics]:
+        """The metrics named in the request's latest_metrics, one entry per run of `runs`, in the same
+        order; each holds those of the metrics the run has, by name.
+        """
+
     def __init__(
         self,
         *,
         runs: _abc.Iterable[Global___Run] | None = ...,
         next_page_token: _builtins.str = ...,
+        latest_metrics: _abc.Iterable[Global___RunMetrics] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "runs", b"runs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["latest_metrics", b"latest_metrics", "next_page_token", b"next_page_token", "runs", b"runs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListRunsResponse: _TypeAlias = ListRunsResponse  # noqa: Y015
+
+@_typing.final
+class RunMetrics(_message.Message):
+    """RunMetrics is some of a run's metrics, their latest values and summaries."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """The run."""
+    @_builtins.property
+    def metrics(self) -> _containers.RepeatedCompositeFieldContainer[Global___LatestMetric]:
+        """Its metrics, by name."""
+
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        metrics: _abc.Iterable[Global___LatestMetric] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["metrics", b"metrics", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunMetrics: _TypeAlias = RunMetrics  # noqa: Y015
 
 @_typing.final
 class UpdateRunRequest(_message.Message):

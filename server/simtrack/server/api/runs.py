@@ -142,10 +142,21 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
 
     async def ListRuns(self, request: pb.ListRunsRequest, context: Context) -> pb.ListRunsResponse:
         page = await self.runs.list(
-            request.page_size, request.page_token, request.filter, request.order_by
+            request.page_size,
+            request.page_token,
+            request.filter,
+            request.order_by,
+            request.latest_metrics,
         )
         return pb.ListRunsResponse(
-            runs=[run_to_proto(r) for r in page.items], next_page_token=page.next_page_token
+            runs=[run_to_proto(r) for r in page.items],
+            next_page_token=page.next_page_token,
+            latest_metrics=[
+                pb.RunMetrics(run_id=r.id, metrics=[_latest(m) for m in page.metrics[r.id]])
+                for r in page.items
+            ]
+            if request.latest_metrics
+            else [],
         )
 
     async def UpdateRun(

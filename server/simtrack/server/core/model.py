@@ -270,6 +270,16 @@ def require_name(field: str, value: str, *, max_len: int = NAME_MAX) -> str:
     return name
 
 
+def distinct(field: str, values: list[str]) -> list[str]:
+    """``values`` if none repeats; INVALID_ARGUMENT naming the first repetition otherwise."""
+    seen: dict[str, int] = {}
+    for i, value in enumerate(values):
+        if value in seen:
+            raise InvalidArgument.of(f"{field}[{i}]", f"repeats {field}[{seen[value]}]")
+        seen[value] = i
+    return values
+
+
 def bounded_text(field: str, value: str, *, max_len: int = TEXT_MAX) -> str:
     """Optional free text with a size limit."""
     if len(value) > max_len:

@@ -17,7 +17,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from simtrack.errors import InvalidArgument, NotFound
-from simtrack.server.core.model import INT64_MAX, INT64_MIN, require_id, require_name
+from simtrack.server.core.model import (
+    INT64_MAX,
+    INT64_MIN,
+    distinct,
+    require_id,
+    require_name,
+)
 from simtrack.server.db.chunks import STEP, unpack_steps
 from simtrack.server.db.models import Metric, Run
 from simtrack.server.domain.history import MAX_POINTS_MAX
@@ -76,8 +82,8 @@ class CompareRequest:
         end_step: int | None,
         max_points: int,
     ) -> CompareRequest:
-        ids = _distinct("run_ids", [require_id(f"run_ids[{i}]", r) for i, r in enumerate(run_ids)])
-        names = _distinct(
+        ids = distinct("run_ids", [require_id(f"run_ids[{i}]", r) for i, r in enumerate(run_ids)])
+        names = distinct(
             "metrics", [require_name(f"metrics[{j}]", m) for j, m in enumerate(metrics)]
         )
         for field, values, most in (("run_ids", ids, MAX_RUNS), ("metrics", names, MAX_METRICS)):
@@ -101,16 +107,6 @@ class CompareRequest:
                 f"{MAX_TOTAL_POINTS // series} for this many runs and metrics",
             )
         return cls(ids, names, lo, hi, max_points)
-
-
-def _distinct(field: str, values: list[str]) -> list[str]:
-    """``values`` if none repeats; INVALID_ARGUMENT naming the first repetition otherwise."""
-    seen: dict[str, int] = {}
-    for i, value in enumerate(values):
-        if value in seen:
-            raise InvalidArgument.of(f"{field}[{i}]", f"repeats {field}[{seen[value]}]")
-        seen[value] = i
-    return values
 
 
 async def step_bounds(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from simtrack.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
@@ -20,12 +21,14 @@ from simtrack.server.core.model import (
     bounded_text,
     check_range,
     check_status_update,
+    distinct,
     json_object,
     merge_params,
     require_id,
+    require_name,
     set_run_status,
 )
-from simtrack.server.db.models import Participant, Run
+from simtrack.server.db.models import Metric, Participant, Run
 from simtrack.server.domain.agents import load_agent
 from simtrack.server.domain.criteria import check_success_criteria
 from simtrack.server.domain.experiments import load_experiment, refresh_experiment_status
@@ -74,6 +77,25 @@ async def load_participant(uow: UnitOfWork, participant_id: str, field: str = "i
     if participant is None:
         raise NotFound("participant", participant_id, field)
     return participant
+
+
+LATEST_METRICS_MAX = 20  # metric names a ListRuns call may ask the latest values of
+
+
+@dataclass(frozen=True)
+class RunPage(Page[Run]):
+    """A page of runs, and the metrics asked for of each (by run id; those it has, by name)."""
+
+    metrics: dict[str, list[Metric]]
+
+
+def metric_names(field: str, names: Sequence[str]) -> list[str]:
+    """Distinct metric names, at most ``LATEST_METRICS_MAX`` of them."""
+    if len(names) > LATEST_METRICS_MAX:
+        raise InvalidArgument.of(
+            field, f"must list at most {LATEST_METRICS_MAX} names, got {len(names)}"
+        )
+    return distinct(field, [require_name(f"{field}[{i}]", n) for i, n in enumerate(names)])
 
 
 class RunService:
@@ -135,15 +157,31 @@ class RunService:
         return run
 
     async def list(
-        self, page_size: int, page_token: str, filter_text: str, order_by: str = ""
-    ) -> Page[Run]:
+        self,
+        page_size: int,
+        page_token: str,
+        filter_text: str,
+        order_by: str = "",
+        latest_metrics: Sequence[str] = (),
+    ) -> RunPage:
+        """A page of runs and, for ``latest_metrics`` (names), each run's metrics of those
+        names that it has (a second statement, for the page's runs only).
+        """
+        names = metric_names("latest_metrics", latest_metrics)
         page = RUN_LISTING.request(page_size, page_token, filter_text, order_by=order_by)
         if self.reads is not None:
             rows, cursor = await self.reads.runs(page)
         else:
             async with self.uow() as uow:
                 rows, cursor = await uow.runs.list(page)
-        return Page(rows, page.next_token(cursor))
+        metrics: dict[str, list[Metric]] = {run.id: [] for run in rows}
+        if names and rows:
+            async with self.uow() as uow:
+                for metric in await uow.metrics.named_in(list(metrics), names):
+                    metrics[metric.run_id].append(metric)
+        for found in metrics.values():
+            found.sort(key=lambda metric: metric.name)
+        return RunPage(rows, page.next_token(cursor), metrics)
 
     async def update(self, run_id: str, changes: Mapping[str, Any]) -> Run:
         async with self.uow() as uow:

@@ -6,8 +6,7 @@ import { api } from "../api.js";
 import { type PageContext, replaceQuery } from "../app.js";
 import { fill, h } from "../dom.js";
 import { duration, int, num, shortTime, statusName, time } from "../format.js";
-import { type Run, RunStatus } from "../../../src/gen/simtrack/v1/runs_pb.js";
-import type { Metric } from "../../../src/gen/simtrack/v1/telemetry_pb.js";
+import { type LatestMetric, type Run, RunStatus } from "../../../src/gen/simtrack/v1/runs_pb.js";
 import { type Column, ListView, orderBy, parseSort, type Sort, table } from "../table.js";
 import { agentNames, experimentLink, experimentName, plain, progress, quote, runLink, runStatus, scenarioLink } from "./common.js";
 
@@ -16,7 +15,7 @@ const LIVE = new Set([RunStatus.PENDING, RunStatus.STARTING, RunStatus.RUNNING, 
 interface Row {
   run: Run;
   params: Record<string, JsonValue>;
-  metrics: Map<string, Metric>;
+  metrics: Map<string, LatestMetric>;
   experiment: string;
 }
 
@@ -112,7 +111,7 @@ export async function runsPage({ root, parts, query, signal }: PageContext): Pro
       return v === undefined ? "" : typeof v === "number" ? num(v) : typeof v === "string" ? v : JSON.stringify(v);
     }
     const m = row.metrics.get(key.slice("metrics.".length));
-    return m && m.lastStep !== undefined ? num(m.lastValue) : "";
+    return m && m.step !== undefined ? num(m.value) : "";
   };
 
   const draw = (items: Row[]) => {
@@ -159,23 +158,17 @@ export async function runsPage({ root, parts, query, signal }: PageContext): Pro
     toolbar: [adder, chips, compare],
     load: async (pageToken, filter) => {
       const combined = prefix && filter ? `${prefix} AND (${filter})` : prefix || filter;
-      const r = await api.runs.listRuns({ pageSize, pageToken, filter: combined, orderBy: orderBy(sort) }, { signal });
+      // The metric columns' values come with the page (latestMetrics: one call).
+      const latestMetrics = columns.filter((c) => c.startsWith("metrics.")).map((c) => c.slice("metrics.".length));
+      const r = await api.runs.listRuns({ pageSize, pageToken, filter: combined, orderBy: orderBy(sort), latestMetrics }, { signal });
       rows = await Promise.all(r.runs.map(async (run, i) => {
         const params = plain(run.params);
         for (const [k, v] of Object.entries(params)) if (v === null || typeof v !== "object") seenParams.add(k);
-        // Metric names: learnt from the first few runs of each page (one call each).
-        const wanted = columns.filter((c) => c.startsWith("metrics.")).map((c) => c.slice("metrics.".length));
-        const metrics = new Map<string, Metric>();
-        if (wanted.length || i < 3) {
-          const m = await api.telemetry.listMetrics({
-            runId: run.id,
-            pageSize: 1000,
-            filter: wanted.length && i >= 3 ? `name IN (${wanted.map(quote).join(", ")})` : "",
-          }, { signal });
-          for (const metric of m.metrics) {
-            metrics.set(metric.name, metric);
-            seenMetrics.add(metric.name);
-          }
+        const metrics = new Map((r.latestMetrics[i]?.metrics ?? []).map((m) => [m.name, m]));
+        // Metric names to offer as columns: learnt from the first few runs of each page.
+        if (i < 3) {
+          const m = await api.telemetry.listMetrics({ runId: run.id, pageSize: 1000 }, { signal });
+          for (const metric of m.metrics) seenMetrics.add(metric.name);
         }
         const experiment = experimentId ? "" : await experimentName(run.experimentId, signal).catch(() => run.experimentId.slice(0, 8));
         return { run, params, metrics, experiment };

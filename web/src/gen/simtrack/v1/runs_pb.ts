@@ -12,7 +12,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file simtrack/v1/runs.proto.
  */
 export const file_simtrack_v1_runs: GenFile = /*@__PURE__*/
-  fileDesc("ChZzaW10cmFjay92MS9ydW5zLnByb3RvEgtzaW10cmFjay52MSKfBgoDUnVuEgoKAmlkGAEgASgJEhUKDWV4cGVyaW1lbnRfaWQYAiABKAkSEgoKcnVuX251bWJlchgDIAEoAxITCgtzY2VuYXJpb19pZBgEIAEoCRIVCg1zY2VuYXJpb19oYXNoGAUgASgJEicKBnBhcmFtcxgGIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSJgoGc3RhdHVzGAcgASgOMhYuc2ltdHJhY2sudjEuUnVuU3RhdHVzEhQKDGN1cnJlbnRfdGljaxgIIAEoAxITCgt0b3RhbF90aWNrcxgJIAEoAxIYChBwcm9ncmVzc19wZXJjZW50GAogASgBEi4KCnN0YXJ0X3RpbWUYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjEKDWNvbXBsZXRlX3RpbWUYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEisKCGR1cmF0aW9uGA0gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjAKD21ldHJpY3Nfc3VtbWFyeRgOIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSKAoHcmVzdWx0cxgPIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSFQoNZXJyb3JfbWVzc2FnZRgQIAEoCRIuCg1lcnJvcl9kZXRhaWxzGBEgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIRCgl3b3JrZXJfaWQYEiABKAkSLwoLY3JlYXRlX3RpbWUYEyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGBQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1jYW5jZWxfcmVhc29uGBUgASgJEi8KC3ZhbmlzaF90aW1lGBYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtyZXZpdmVfdGltZRgXIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiMQoQQ3JlYXRlUnVuUmVxdWVzdBIdCgNydW4YASABKAsyEC5zaW10cmFjay52MS5SdW4iMgoRQ3JlYXRlUnVuUmVzcG9uc2USHQoDcnVuGAEgASgLMhAuc2ltdHJhY2sudjEuUnVuIhsKDUdldFJ1blJlcXVlc3QSCgoCaWQYASABKAkiLwoOR2V0UnVuUmVzcG9uc2USHQoDcnVuGAEgASgLMhAuc2ltdHJhY2sudjEuUnVuIloKD0xpc3RSdW5zUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIOCgZmaWx0ZXIYAyABKAkSEAoIb3JkZXJfYnkYBCABKAkiSwoQTGlzdFJ1bnNSZXNwb25zZRIeCgRydW5zGAEgAygLMhAuc2ltdHJhY2sudjEuUnVuEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJiChBVcGRhdGVSdW5SZXF1ZXN0Eh0KA3J1bhgBIAEoCzIQLnNpbXRyYWNrLnYxLlJ1bhIvCgt1cGRhdGVfbWFzaxgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2siMgoRVXBkYXRlUnVuUmVzcG9uc2USHQoDcnVuGAEgASgLMhAuc2ltdHJhY2sudjEuUnVuIh4KEERlbGV0ZVJ1blJlcXVlc3QSCgoCaWQYASABKAkiEwoRRGVsZXRlUnVuUmVzcG9uc2Ui3QEKC1BhcnRpY2lwYW50EgoKAmlkGAEgASgJEg4KBnJ1bl9pZBgCIAEoCRIQCghhZ2VudF9pZBgDIAEoCRIMCgRyb2xlGAQgASgJEjAKD2NvbmZpZ19vdmVycmlkZRgFIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSLwoLY3JlYXRlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJJChhDcmVhdGVQYXJ0aWNpcGFudFJlcXVlc3QSLQoLcGFydGljaXBhbnQYASABKAsyGC5zaW10cmFjay52MS5QYXJ0aWNpcGFudCJKChlDcmVhdGVQYXJ0aWNpcGFudFJlc3BvbnNlEi0KC3BhcnRpY2lwYW50GAEgASgLMhguc2ltdHJhY2sudjEuUGFydGljaXBhbnQiIwoVR2V0UGFydGljaXBhbnRSZXF1ZXN0EgoKAmlkGAEgASgJIkcKFkdldFBhcnRpY2lwYW50UmVzcG9uc2USLQoLcGFydGljaXBhbnQYASABKAsyGC5zaW10cmFjay52MS5QYXJ0aWNpcGFudCJyChdMaXN0UGFydGljaXBhbnRzUmVxdWVzdBIOCgZydW5faWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkSDgoGZmlsdGVyGAQgASgJEhAKCG9yZGVyX2J5GAUgASgJImMKGExpc3RQYXJ0aWNpcGFudHNSZXNwb25zZRIuCgxwYXJ0aWNpcGFudHMYASADKAsyGC5zaW10cmFjay52MS5QYXJ0aWNpcGFudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiegoYVXBkYXRlUGFydGljaXBhbnRSZXF1ZXN0Ei0KC3BhcnRpY2lwYW50GAEgASgLMhguc2ltdHJhY2sudjEuUGFydGljaXBhbnQSLwoLdXBkYXRlX21hc2sYAiABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrIkoKGVVwZGF0ZVBhcnRpY2lwYW50UmVzcG9uc2USLQoLcGFydGljaXBhbnQYASABKAsyGC5zaW10cmFjay52MS5QYXJ0aWNpcGFudCImChhEZWxldGVQYXJ0aWNpcGFudFJlcXVlc3QSCgoCaWQYASABKAkiGwoZRGVsZXRlUGFydGljaXBhbnRSZXNwb25zZSIdCg9XYXRjaFJ1blJlcXVlc3QSCgoCaWQYASABKAkicAoMTGF0ZXN0TWV0cmljEgwKBG5hbWUYASABKAkSDQoFdmFsdWUYAiABKAESEQoEc3RlcBgDIAEoA0gAiAEBEg0KBWNvdW50GAQgASgDEgsKA21pbhgFIAEoARILCgNtYXgYBiABKAFCBwoFX3N0ZXAiXQoQV2F0Y2hSdW5SZXNwb25zZRIdCgNydW4YASABKAsyEC5zaW10cmFjay52MS5SdW4SKgoHbWV0cmljcxgCIAMoCzIZLnNpbXRyYWNrLnYxLkxhdGVzdE1ldHJpYyJKCgdDb21tYW5kEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSJQoEYXJncxgDIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QiLgoQQ2FuY2VsUnVuUmVxdWVzdBIKCgJpZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiWQoRQ2FuY2VsUnVuUmVzcG9uc2USJQoHY29tbWFuZBgBIAEoCzIULnNpbXRyYWNrLnYxLkNvbW1hbmQSHQoDcnVuGAIgASgLMhAuc2ltdHJhY2sudjEuUnVuIh0KD1BhdXNlUnVuUmVxdWVzdBIKCgJpZBgBIAEoCSJYChBQYXVzZVJ1blJlc3BvbnNlEiUKB2NvbW1hbmQYASABKAsyFC5zaW10cmFjay52MS5Db21tYW5kEh0KA3J1bhgCIAEoCzIQLnNpbXRyYWNrLnYxLlJ1biIeChBSZXN1bWVSdW5SZXF1ZXN0EgoKAmlkGAEgASgJIlkKEVJlc3VtZVJ1blJlc3BvbnNlEiUKB2NvbW1hbmQYASABKAsyFC5zaW10cmFjay52MS5Db21tYW5kEh0KA3J1bhgCIAEoCzIQLnNpbXRyYWNrLnYxLlJ1biJVChJTZW5kQ29tbWFuZFJlcXVlc3QSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIlCgRhcmdzGAMgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdCI8ChNTZW5kQ29tbWFuZFJlc3BvbnNlEiUKB2NvbW1hbmQYASABKAsyFC5zaW10cmFjay52MS5Db21tYW5kItYBChVHZXRMZWFkZXJib2FyZFJlcXVlc3QSEwoLc2NlbmFyaW9faWQYASABKAkSDgoGbWV0cmljGAIgASgJEi8KCWFnZ3JlZ2F0ZRgDIAEoDjIcLnNpbXRyYWNrLnYxLk1ldHJpY0FnZ3JlZ2F0ZRIlCgVvcmRlchgEIAEoDjIWLnNpbXRyYWNrLnYxLlJhbmtPcmRlchINCgVsaW1pdBgFIAEoBRIVCg1leHBlcmltZW50X2lkGAYgASgJEhoKEmluY2x1ZGVfdW5maW5pc2hlZBgHIAEoCCJzChBMZWFkZXJib2FyZEVudHJ5EgwKBHJhbmsYASABKAUSHQoDcnVuGAIgASgLMhAuc2ltdHJhY2sudjEuUnVuEhAKCGFnZW50X2lkGAMgASgJEg0KBXZhbHVlGAQgASgBEhEKCWxhc3Rfc3RlcBgFIAEoAyJdChZHZXRMZWFkZXJib2FyZFJlc3BvbnNlEi4KB2VudHJpZXMYASADKAsyHS5zaW10cmFjay52MS5MZWFkZXJib2FyZEVudHJ5EhMKC3JhbmtlZF9ydW5zGAIgASgDIiQKEkdldFJ1blN0YXRzUmVxdWVzdBIOCgZmaWx0ZXIYASABKAkiRwoOUnVuU3RhdHVzQ291bnQSJgoGc3RhdHVzGAEgASgOMhYuc2ltdHJhY2sudjEuUnVuU3RhdHVzEg0KBWNvdW50GAIgASgDIucBCg1EdXJhdGlvblN0YXRzEg0KBWNvdW50GAEgASgDEicKBG1lYW4YAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SJgoDbWluGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiYKA3A1MBgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhImCgNwOTUYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SJgoDbWF4GAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIpkBChNHZXRSdW5TdGF0c1Jlc3BvbnNlEg0KBXRvdGFsGAEgASgDEi4KCWJ5X3N0YXR1cxgCIAMoCzIbLnNpbXRyYWNrLnYxLlJ1blN0YXR1c0NvdW50EhQKDHN1Y2Nlc3NfcmF0ZRgDIAEoARItCglkdXJhdGlvbnMYBCABKAsyGi5zaW10cmFjay52MS5EdXJhdGlvblN0YXRzKtABCglSdW5TdGF0dXMSGgoWUlVOX1NUQVRVU19VTlNQRUNJRklFRBAAEhYKElJVTl9TVEFUVVNfUEVORElORxABEhcKE1JVTl9TVEFUVVNfU1RBUlRJTkcQAhIWChJSVU5fU1RBVFVTX1JVTk5JTkcQAxIYChRSVU5fU1RBVFVTX0NPTVBMRVRFRBAEEhUKEVJVTl9TVEFUVVNfRkFJTEVEEAUSFgoSUlVOX1NUQVRVU19TVE9QUEVEEAYSFQoRUlVOX1NUQVRVU19QQVVTRUQQByqEAQoPTWV0cmljQWdncmVnYXRlEiAKHE1FVFJJQ19BR0dSRUdBVEVfVU5TUEVDSUZJRUQQABIbChdNRVRSSUNfQUdHUkVHQVRFX0xBVEVTVBABEhgKFE1FVFJJQ19BR0dSRUdBVEVfTUlOEAISGAoUTUVUUklDX0FHR1JFR0FURV9NQVgQAypiCglSYW5rT3JkZXISGgoWUkFOS19PUkRFUl9VTlNQRUNJRklFRBAAEhwKGFJBTktfT1JERVJfSElHSEVTVF9GSVJTVBABEhsKF1JBTktfT1JERVJfTE9XRVNUX0ZJUlNUEAIyrQsKClJ1blNlcnZpY2USSgoJQ3JlYXRlUnVuEh0uc2ltdHJhY2sudjEuQ3JlYXRlUnVuUmVxdWVzdBoeLnNpbXRyYWNrLnYxLkNyZWF0ZVJ1blJlc3BvbnNlEkYKBkdldFJ1bhIaLnNpbXRyYWNrLnYxLkdldFJ1blJlcXVlc3QaGy5zaW10cmFjay52MS5HZXRSdW5SZXNwb25zZSIDkAIBEkwKCExpc3RSdW5zEhwuc2ltdHJhY2sudjEuTGlzdFJ1bnNSZXF1ZXN0Gh0uc2ltdHJhY2sudjEuTGlzdFJ1bnNSZXNwb25zZSIDkAIBEkoKCVVwZGF0ZVJ1bhIdLnNpbXRyYWNrLnYxLlVwZGF0ZVJ1blJlcXVlc3QaHi5zaW10cmFjay52MS5VcGRhdGVSdW5SZXNwb25zZRJKCglEZWxldGVSdW4SHS5zaW10cmFjay52MS5EZWxldGVSdW5SZXF1ZXN0Gh4uc2ltdHJhY2sudjEuRGVsZXRlUnVuUmVzcG9uc2USYgoRQ3JlYXRlUGFydGljaXBhbnQSJS5zaW10cmFjay52MS5DcmVhdGVQYXJ0aWNpcGFudFJlcXVlc3QaJi5zaW10cmFjay52MS5DcmVhdGVQYXJ0aWNpcGFudFJlc3BvbnNlEl4KDkdldFBhcnRpY2lwYW50EiIuc2ltdHJhY2sudjEuR2V0UGFydGljaXBhbnRSZXF1ZXN0GiMuc2ltdHJhY2sudjEuR2V0UGFydGljaXBhbnRSZXNwb25zZSIDkAIBEmQKEExpc3RQYXJ0aWNpcGFudHMSJC5zaW10cmFjay52MS5MaXN0UGFydGljaXBhbnRzUmVxdWVzdBolLnNpbXRyYWNrLnYxLkxpc3RQYXJ0aWNpcGFudHNSZXNwb25zZSIDkAIBEmIKEVVwZGF0ZVBhcnRpY2lwYW50EiUuc2ltdHJhY2sudjEuVXBkYXRlUGFydGljaXBhbnRSZXF1ZXN0GiYuc2ltdHJhY2sudjEuVXBkYXRlUGFydGljaXBhbnRSZXNwb25zZRJiChFEZWxldGVQYXJ0aWNpcGFudBIlLnNpbXRyYWNrLnYxLkRlbGV0ZVBhcnRpY2lwYW50UmVxdWVzdBomLnNpbXRyYWNrLnYxLkRlbGV0ZVBhcnRpY2lwYW50UmVzcG9uc2USSQoIV2F0Y2hSdW4SHC5zaW10cmFjay52MS5XYXRjaFJ1blJlcXVlc3QaHS5zaW10cmFjay52MS5XYXRjaFJ1blJlc3BvbnNlMAESSgoJQ2FuY2VsUnVuEh0uc2ltdHJhY2sudjEuQ2FuY2VsUnVuUmVxdWVzdBoeLnNpbXRyYWNrLnYxLkNhbmNlbFJ1blJlc3BvbnNlEkcKCFBhdXNlUnVuEhwuc2ltdHJhY2sudjEuUGF1c2VSdW5SZXF1ZXN0Gh0uc2ltdHJhY2sudjEuUGF1c2VSdW5SZXNwb25zZRJKCglSZXN1bWVSdW4SHS5zaW10cmFjay52MS5SZXN1bWVSdW5SZXF1ZXN0Gh4uc2ltdHJhY2sudjEuUmVzdW1lUnVuUmVzcG9uc2USUAoLU2VuZENvbW1hbmQSHy5zaW10cmFjay52MS5TZW5kQ29tbWFuZFJlcXVlc3QaIC5zaW10cmFjay52MS5TZW5kQ29tbWFuZFJlc3BvbnNlEl4KDkdldExlYWRlcmJvYXJkEiIuc2ltdHJhY2sudjEuR2V0TGVhZGVyYm9hcmRSZXF1ZXN0GiMuc2ltdHJhY2sudjEuR2V0TGVhZGVyYm9hcmRSZXNwb25zZSIDkAIBElUKC0dldFJ1blN0YXRzEh8uc2ltdHJhY2sudjEuR2V0UnVuU3RhdHNSZXF1ZXN0GiAuc2ltdHJhY2sudjEuR2V0UnVuU3RhdHNSZXNwb25zZSIDkAIBYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("ChZzaW10cmFjay92MS9ydW5zLnByb3RvEgtzaW10cmFjay52MSKfBgoDUnVuEgoKAmlkGAEgASgJEhUKDWV4cGVyaW1lbnRfaWQYAiABKAkSEgoKcnVuX251bWJlchgDIAEoAxITCgtzY2VuYXJpb19pZBgEIAEoCRIVCg1zY2VuYXJpb19oYXNoGAUgASgJEicKBnBhcmFtcxgGIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSJgoGc3RhdHVzGAcgASgOMhYuc2ltdHJhY2sudjEuUnVuU3RhdHVzEhQKDGN1cnJlbnRfdGljaxgIIAEoAxITCgt0b3RhbF90aWNrcxgJIAEoAxIYChBwcm9ncmVzc19wZXJjZW50GAogASgBEi4KCnN0YXJ0X3RpbWUYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjEKDWNvbXBsZXRlX3RpbWUYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEisKCGR1cmF0aW9uGA0gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjAKD21ldHJpY3Nfc3VtbWFyeRgOIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSKAoHcmVzdWx0cxgPIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSFQoNZXJyb3JfbWVzc2FnZRgQIAEoCRIuCg1lcnJvcl9kZXRhaWxzGBEgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIRCgl3b3JrZXJfaWQYEiABKAkSLwoLY3JlYXRlX3RpbWUYEyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGBQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1jYW5jZWxfcmVhc29uGBUgASgJEi8KC3ZhbmlzaF90aW1lGBYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtyZXZpdmVfdGltZRgXIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiMQoQQ3JlYXRlUnVuUmVxdWVzdBIdCgNydW4YASABKAsyEC5zaW10cmFjay52MS5SdW4iMgoRQ3JlYXRlUnVuUmVzcG9uc2USHQoDcnVuGAEgASgLMhAuc2ltdHJhY2sudjEuUnVuIhsKDUdldFJ1blJlcXVlc3QSCgoCaWQYASABKAkiLwoOR2V0UnVuUmVzcG9uc2USHQoDcnVuGAEgASgLMhAuc2ltdHJhY2sudjEuUnVuInIKD0xpc3RSdW5zUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIOCgZmaWx0ZXIYAyABKAkSEAoIb3JkZXJfYnkYBCABKAkSFgoObGF0ZXN0X21ldHJpY3MYBSADKAkifAoQTGlzdFJ1bnNSZXNwb25zZRIeCgRydW5zGAEgAygLMhAuc2ltdHJhY2sudjEuUnVuEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCRIvCg5sYXRlc3RfbWV0cmljcxgDIAMoCzIXLnNpbXRyYWNrLnYxLlJ1bk1ldHJpY3MiSAoKUnVuTWV0cmljcxIOCgZydW5faWQYASABKAkSKgoHbWV0cmljcxgCIAMoCzIZLnNpbXRyYWNrLnYxLkxhdGVzdE1ldHJpYyJiChBVcGRhdGVSdW5SZXF1ZXN0Eh0KA3J1bhgBIAEoCzIQLnNpbXRyYWNrLnYxLlJ1bhIvCgt1cGRhdGVfbWFzaxgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2siMgoRVXBkYXRlUnVuUmVzcG9uc2USHQoDcnVuGAEgASgLMhAuc2ltdHJhY2sudjEuUnVuIh4KEERlbGV0ZVJ1blJlcXVlc3QSCgoCaWQYASABKAkiEwoRRGVsZXRlUnVuUmVzcG9uc2Ui3QEKC1BhcnRpY2lwYW50EgoKAmlkGAEgASgJEg4KBnJ1bl9pZBgCIAEoCRIQCghhZ2VudF9pZBgDIAEoCRIMCgRyb2xlGAQgASgJEjAKD2NvbmZpZ19vdmVycmlkZRgFIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSLwoLY3JlYXRlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJJChhDcmVhdGVQYXJ0aWNpcGFudFJlcXVlc3QSLQoLcGFydGljaXBhbnQYASABKAsyGC5zaW10cmFjay52MS5QYXJ0aWNpcGFudCJKChlDcmVhdGVQYXJ0aWNpcGFudFJlc3BvbnNlEi0KC3BhcnRpY2lwYW50GAEgASgLMhguc2ltdHJhY2sudjEuUGFydGljaXBhbnQiIwoVR2V0UGFydGljaXBhbnRSZXF1ZXN0EgoKAmlkGAEgASgJIkcKFkdldFBhcnRpY2lwYW50UmVzcG9uc2USLQoLcGFydGljaXBhbnQYASABKAsyGC5zaW10cmFjay52MS5QYXJ0aWNpcGFudCJyChdMaXN0UGFydGljaXBhbnRzUmVxdWVzdBIOCgZydW5faWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkSDgoGZmlsdGVyGAQgASgJEhAKCG9yZGVyX2J5GAUgASgJImMKGExpc3RQYXJ0aWNpcGFudHNSZXNwb25zZRIuCgxwYXJ0aWNpcGFudHMYASADKAsyGC5zaW10cmFjay52MS5QYXJ0aWNpcGFudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiegoYVXBkYXRlUGFydGljaXBhbnRSZXF1ZXN0Ei0KC3BhcnRpY2lwYW50GAEgASgLMhguc2ltdHJhY2sudjEuUGFydGljaXBhbnQSLwoLdXBkYXRlX21hc2sYAiABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrIkoKGVVwZGF0ZVBhcnRpY2lwYW50UmVzcG9uc2USLQoLcGFydGljaXBhbnQYASABKAsyGC5zaW10cmFjay52MS5QYXJ0aWNpcGFudCImChhEZWxldGVQYXJ0aWNpcGFudFJlcXVlc3QSCgoCaWQYASABKAkiGwoZRGVsZXRlUGFydGljaXBhbnRSZXNwb25zZSIdCg9XYXRjaFJ1blJlcXVlc3QSCgoCaWQYASABKAkicAoMTGF0ZXN0TWV0cmljEgwKBG5hbWUYASABKAkSDQoFdmFsdWUYAiABKAESEQoEc3RlcBgDIAEoA0gAiAEBEg0KBWNvdW50GAQgASgDEgsKA21pbhgFIAEoARILCgNtYXgYBiABKAFCBwoFX3N0ZXAiXQoQV2F0Y2hSdW5SZXNwb25zZRIdCgNydW4YASABKAsyEC5zaW10cmFjay52MS5SdW4SKgoHbWV0cmljcxgCIAMoCzIZLnNpbXRyYWNrLnYxLkxhdGVzdE1ldHJpYyJKCgdDb21tYW5kEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSJQoEYXJncxgDIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QiLgoQQ2FuY2VsUnVuUmVxdWVzdBIKCgJpZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiWQoRQ2FuY2VsUnVuUmVzcG9uc2USJQoHY29tbWFuZBgBIAEoCzIULnNpbXRyYWNrLnYxLkNvbW1hbmQSHQoDcnVuGAIgASgLMhAuc2ltdHJhY2sudjEuUnVuIh0KD1BhdXNlUnVuUmVxdWVzdBIKCgJpZBgBIAEoCSJYChBQYXVzZVJ1blJlc3BvbnNlEiUKB2NvbW1hbmQYASABKAsyFC5zaW10cmFjay52MS5Db21tYW5kEh0KA3J1bhgCIAEoCzIQLnNpbXRyYWNrLnYxLlJ1biIeChBSZXN1bWVSdW5SZXF1ZXN0EgoKAmlkGAEgASgJIlkKEVJlc3VtZVJ1blJlc3BvbnNlEiUKB2NvbW1hbmQYASABKAsyFC5zaW10cmFjay52MS5Db21tYW5kEh0KA3J1bhgCIAEoCzIQLnNpbXRyYWNrLnYxLlJ1biJVChJTZW5kQ29tbWFuZFJlcXVlc3QSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIlCgRhcmdzGAMgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdCI8ChNTZW5kQ29tbWFuZFJlc3BvbnNlEiUKB2NvbW1hbmQYASABKAsyFC5zaW10cmFjay52MS5Db21tYW5kItYBChVHZXRMZWFkZXJib2FyZFJlcXVlc3QSEwoLc2NlbmFyaW9faWQYASABKAkSDgoGbWV0cmljGAIgASgJEi8KCWFnZ3JlZ2F0ZRgDIAEoDjIcLnNpbXRyYWNrLnYxLk1ldHJpY0FnZ3JlZ2F0ZRIlCgVvcmRlchgEIAEoDjIWLnNpbXRyYWNrLnYxLlJhbmtPcmRlchINCgVsaW1pdBgFIAEoBRIVCg1leHBlcmltZW50X2lkGAYgASgJEhoKEmluY2x1ZGVfdW5maW5pc2hlZBgHIAEoCCJzChBMZWFkZXJib2FyZEVudHJ5EgwKBHJhbmsYASABKAUSHQoDcnVuGAIgASgLMhAuc2ltdHJhY2sudjEuUnVuEhAKCGFnZW50X2lkGAMgASgJEg0KBXZhbHVlGAQgASgBEhEKCWxhc3Rfc3RlcBgFIAEoAyJdChZHZXRMZWFkZXJib2FyZFJlc3BvbnNlEi4KB2VudHJpZXMYASADKAsyHS5zaW10cmFjay52MS5MZWFkZXJib2FyZEVudHJ5EhMKC3JhbmtlZF9ydW5zGAIgASgDIiQKEkdldFJ1blN0YXRzUmVxdWVzdBIOCgZmaWx0ZXIYASABKAkiRwoOUnVuU3RhdHVzQ291bnQSJgoGc3RhdHVzGAEgASgOMhYuc2ltdHJhY2sudjEuUnVuU3RhdHVzEg0KBWNvdW50GAIgASgDIucBCg1EdXJhdGlvblN0YXRzEg0KBWNvdW50GAEgASgDEicKBG1lYW4YAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SJgoDbWluGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiYKA3A1MBgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhImCgNwOTUYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SJgoDbWF4GAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIpkBChNHZXRSdW5TdGF0c1Jlc3BvbnNlEg0KBXRvdGFsGAEgASgDEi4KCWJ5X3N0YXR1cxgCIAMoCzIbLnNpbXRyYWNrLnYxLlJ1blN0YXR1c0NvdW50EhQKDHN1Y2Nlc3NfcmF0ZRgDIAEoARItCglkdXJhdGlvbnMYBCABKAsyGi5zaW10cmFjay52MS5EdXJhdGlvblN0YXRzKtABCglSdW5TdGF0dXMSGgoWUlVOX1NUQVRVU19VTlNQRUNJRklFRBAAEhYKElJVTl9TVEFUVVNfUEVORElORxABEhcKE1JVTl9TVEFUVVNfU1RBUlRJTkcQAhIWChJSVU5fU1RBVFVTX1JVTk5JTkcQAxIYChRSVU5fU1RBVFVTX0NPTVBMRVRFRBAEEhUKEVJVTl9TVEFUVVNfRkFJTEVEEAUSFgoSUlVOX1NUQVRVU19TVE9QUEVEEAYSFQoRUlVOX1NUQVRVU19QQVVTRUQQByqEAQoPTWV0cmljQWdncmVnYXRlEiAKHE1FVFJJQ19BR0dSRUdBVEVfVU5TUEVDSUZJRUQQABIbChdNRVRSSUNfQUdHUkVHQVRFX0xBVEVTVBABEhgKFE1FVFJJQ19BR0dSRUdBVEVfTUlOEAISGAoUTUVUUklDX0FHR1JFR0FURV9NQVgQAypiCglSYW5rT3JkZXISGgoWUkFOS19PUkRFUl9VTlNQRUNJRklFRBAAEhwKGFJBTktfT1JERVJfSElHSEVTVF9GSVJTVBABEhsKF1JBTktfT1JERVJfTE9XRVNUX0ZJUlNUEAIyrQsKClJ1blNlcnZpY2USSgoJQ3JlYXRlUnVuEh0uc2ltdHJhY2sudjEuQ3JlYXRlUnVuUmVxdWVzdBoeLnNpbXRyYWNrLnYxLkNyZWF0ZVJ1blJlc3BvbnNlEkYKBkdldFJ1bhIaLnNpbXRyYWNrLnYxLkdldFJ1blJlcXVlc3QaGy5zaW10cmFjay52MS5HZXRSdW5SZXNwb25zZSIDkAIBEkwKCExpc3RSdW5zEhwuc2ltdHJhY2sudjEuTGlzdFJ1bnNSZXF1ZXN0Gh0uc2ltdHJhY2sudjEuTGlzdFJ1bnNSZXNwb25zZSIDkAIBEkoKCVVwZGF0ZVJ1bhIdLnNpbXRyYWNrLnYxLlVwZGF0ZVJ1blJlcXVlc3QaHi5zaW10cmFjay52MS5VcGRhdGVSdW5SZXNwb25zZRJKCglEZWxldGVSdW4SHS5zaW10cmFjay52MS5EZWxldGVSdW5SZXF1ZXN0Gh4uc2ltdHJhY2sudjEuRGVsZXRlUnVuUmVzcG9uc2USYgoRQ3JlYXRlUGFydGljaXBhbnQSJS5zaW10cmFjay52MS5DcmVhdGVQYXJ0aWNpcGFudFJlcXVlc3QaJi5zaW10cmFjay52MS5DcmVhdGVQYXJ0aWNpcGFudFJlc3BvbnNlEl4KDkdldFBhcnRpY2lwYW50EiIuc2ltdHJhY2sudjEuR2V0UGFydGljaXBhbnRSZXF1ZXN0GiMuc2ltdHJhY2sudjEuR2V0UGFydGljaXBhbnRSZXNwb25zZSIDkAIBEmQKEExpc3RQYXJ0aWNpcGFudHMSJC5zaW10cmFjay52MS5MaXN0UGFydGljaXBhbnRzUmVxdWVzdBolLnNpbXRyYWNrLnYxLkxpc3RQYXJ0aWNpcGFudHNSZXNwb25zZSIDkAIBEmIKEVVwZGF0ZVBhcnRpY2lwYW50EiUuc2ltdHJhY2sudjEuVXBkYXRlUGFydGljaXBhbnRSZXF1ZXN0GiYuc2ltdHJhY2sudjEuVXBkYXRlUGFydGljaXBhbnRSZXNwb25zZRJiChFEZWxldGVQYXJ0aWNpcGFudBIlLnNpbXRyYWNrLnYxLkRlbGV0ZVBhcnRpY2lwYW50UmVxdWVzdBomLnNpbXRyYWNrLnYxLkRlbGV0ZVBhcnRpY2lwYW50UmVzcG9uc2USSQoIV2F0Y2hSdW4SHC5zaW10cmFjay52MS5XYXRjaFJ1blJlcXVlc3QaHS5zaW10cmFjay52MS5XYXRjaFJ1blJlc3BvbnNlMAESSgoJQ2FuY2VsUnVuEh0uc2ltdHJhY2sudjEuQ2FuY2VsUnVuUmVxdWVzdBoeLnNpbXRyYWNrLnYxLkNhbmNlbFJ1blJlc3BvbnNlEkcKCFBhdXNlUnVuEhwuc2ltdHJhY2sudjEuUGF1c2VSdW5SZXF1ZXN0Gh0uc2ltdHJhY2sudjEuUGF1c2VSdW5SZXNwb25zZRJKCglSZXN1bWVSdW4SHS5zaW10cmFjay52MS5SZXN1bWVSdW5SZXF1ZXN0Gh4uc2ltdHJhY2sudjEuUmVzdW1lUnVuUmVzcG9uc2USUAoLU2VuZENvbW1hbmQSHy5zaW10cmFjay52MS5TZW5kQ29tbWFuZFJlcXVlc3QaIC5zaW10cmFjay52MS5TZW5kQ29tbWFuZFJlc3BvbnNlEl4KDkdldExlYWRlcmJvYXJkEiIuc2ltdHJhY2sudjEuR2V0TGVhZGVyYm9hcmRSZXF1ZXN0GiMuc2ltdHJhY2sudjEuR2V0TGVhZGVyYm9hcmRSZXNwb25zZSIDkAIBElUKC0dldFJ1blN0YXRzEh8uc2ltdHJhY2sudjEuR2V0UnVuU3RhdHNSZXF1ZXN0GiAuc2ltdHJhY2sudjEuR2V0UnVuU3RhdHNSZXNwb25zZSIDkAIBYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * Run is one execution of an experiment's scenario.
@@ -360,6 +360,16 @@ export type ListRunsRequest = Message<"simtrack.v1.ListRunsRequest"> & {
    * @generated from field: string order_by = 4;
    */
   orderBy: string;
+
+  /**
+   * Metrics whose latest values to return with the page's runs (ListRunsResponse.latest_metrics),
+   * by name: a table of runs with metric columns in one call. At most 20 distinct names, each
+   * at most 200 characters; empty: none. A bad one is INVALID_ARGUMENT naming
+   * latest_metrics[i].
+   *
+   * @generated from field: repeated string latest_metrics = 5;
+   */
+  latestMetrics: string[];
 };
 
 /**
@@ -388,6 +398,14 @@ export type ListRunsResponse = Message<"simtrack.v1.ListRunsResponse"> & {
    * @generated from field: string next_page_token = 2;
    */
   nextPageToken: string;
+
+  /**
+   * The metrics named in the request's latest_metrics, one entry per run of `runs`, in the same
+   * order; each holds those of the metrics the run has, by name.
+   *
+   * @generated from field: repeated simtrack.v1.RunMetrics latest_metrics = 3;
+   */
+  latestMetrics: RunMetrics[];
 };
 
 /**
@@ -396,6 +414,34 @@ export type ListRunsResponse = Message<"simtrack.v1.ListRunsResponse"> & {
  */
 export const ListRunsResponseSchema: GenMessage<ListRunsResponse> = /*@__PURE__*/
   messageDesc(file_simtrack_v1_runs, 6);
+
+/**
+ * RunMetrics is some of a run's metrics, their latest values and summaries.
+ *
+ * @generated from message simtrack.v1.RunMetrics
+ */
+export type RunMetrics = Message<"simtrack.v1.RunMetrics"> & {
+  /**
+   * The run.
+   *
+   * @generated from field: string run_id = 1;
+   */
+  runId: string;
+
+  /**
+   * Its metrics, by name.
+   *
+   * @generated from field: repeated simtrack.v1.LatestMetric metrics = 2;
+   */
+  metrics: LatestMetric[];
+};
+
+/**
+ * Describes the message simtrack.v1.RunMetrics.
+ * Use `create(RunMetricsSchema)` to create a new message.
+ */
+export const RunMetricsSchema: GenMessage<RunMetrics> = /*@__PURE__*/
+  messageDesc(file_simtrack_v1_runs, 7);
 
 /**
  * UpdateRunRequest changes some fields of a run.
@@ -424,7 +470,7 @@ export type UpdateRunRequest = Message<"simtrack.v1.UpdateRunRequest"> & {
  * Use `create(UpdateRunRequestSchema)` to create a new message.
  */
 export const UpdateRunRequestSchema: GenMessage<UpdateRunRequest> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 7);
+  messageDesc(file_simtrack_v1_runs, 8);
 
 /**
  * UpdateRunResponse carries the updated run.
@@ -445,7 +491,7 @@ export type UpdateRunResponse = Message<"simtrack.v1.UpdateRunResponse"> & {
  * Use `create(UpdateRunResponseSchema)` to create a new message.
  */
 export const UpdateRunResponseSchema: GenMessage<UpdateRunResponse> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 8);
+  messageDesc(file_simtrack_v1_runs, 9);
 
 /**
  * DeleteRunRequest names the run to delete.
@@ -466,7 +512,7 @@ export type DeleteRunRequest = Message<"simtrack.v1.DeleteRunRequest"> & {
  * Use `create(DeleteRunRequestSchema)` to create a new message.
  */
 export const DeleteRunRequestSchema: GenMessage<DeleteRunRequest> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 9);
+  messageDesc(file_simtrack_v1_runs, 10);
 
 /**
  * DeleteRunResponse is empty: the run is gone.
@@ -481,7 +527,7 @@ export type DeleteRunResponse = Message<"simtrack.v1.DeleteRunResponse"> & {
  * Use `create(DeleteRunResponseSchema)` to create a new message.
  */
 export const DeleteRunResponseSchema: GenMessage<DeleteRunResponse> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 10);
+  messageDesc(file_simtrack_v1_runs, 11);
 
 /**
  * Participant is an agent taking part in a run.
@@ -545,7 +591,7 @@ export type Participant = Message<"simtrack.v1.Participant"> & {
  * Use `create(ParticipantSchema)` to create a new message.
  */
 export const ParticipantSchema: GenMessage<Participant> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 11);
+  messageDesc(file_simtrack_v1_runs, 12);
 
 /**
  * CreateParticipantRequest carries the participant to add.
@@ -566,7 +612,7 @@ export type CreateParticipantRequest = Message<"simtrack.v1.CreateParticipantReq
  * Use `create(CreateParticipantRequestSchema)` to create a new message.
  */
 export const CreateParticipantRequestSchema: GenMessage<CreateParticipantRequest> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 12);
+  messageDesc(file_simtrack_v1_runs, 13);
 
 /**
  * CreateParticipantResponse carries the added participant.
@@ -587,7 +633,7 @@ export type CreateParticipantResponse = Message<"simtrack.v1.CreateParticipantRe
  * Use `create(CreateParticipantResponseSchema)` to create a new message.
  */
 export const CreateParticipantResponseSchema: GenMessage<CreateParticipantResponse> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 13);
+  messageDesc(file_simtrack_v1_runs, 14);
 
 /**
  * GetParticipantRequest names the participant to read.
@@ -608,7 +654,7 @@ export type GetParticipantRequest = Message<"simtrack.v1.GetParticipantRequest">
  * Use `create(GetParticipantRequestSchema)` to create a new message.
  */
 export const GetParticipantRequestSchema: GenMessage<GetParticipantRequest> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 14);
+  messageDesc(file_simtrack_v1_runs, 15);
 
 /**
  * GetParticipantResponse carries the participant read.
@@ -629,7 +675,7 @@ export type GetParticipantResponse = Message<"simtrack.v1.GetParticipantResponse
  * Use `create(GetParticipantResponseSchema)` to create a new message.
  */
 export const GetParticipantResponseSchema: GenMessage<GetParticipantResponse> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 15);
+  messageDesc(file_simtrack_v1_runs, 16);
 
 /**
  * ListParticipantsRequest asks for one page of a run's participants.
@@ -701,7 +747,7 @@ export type ListParticipantsRequest = Message<"simtrack.v1.ListParticipantsReque
  * Use `create(ListParticipantsRequestSchema)` to create a new message.
  */
 export const ListParticipantsRequestSchema: GenMessage<ListParticipantsRequest> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 16);
+  messageDesc(file_simtrack_v1_runs, 17);
 
 /**
  * ListParticipantsResponse is one page of participants.
@@ -729,7 +775,7 @@ export type ListParticipantsResponse = Message<"simtrack.v1.ListParticipantsResp
  * Use `create(ListParticipantsResponseSchema)` to create a new message.
  */
 export const ListParticipantsResponseSchema: GenMessage<ListParticipantsResponse> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 17);
+  messageDesc(file_simtrack_v1_runs, 18);
 
 /**
  * UpdateParticipantRequest changes some fields of a participant.
@@ -757,7 +803,7 @@ export type UpdateParticipantRequest = Message<"simtrack.v1.UpdateParticipantReq
  * Use `create(UpdateParticipantRequestSchema)` to create a new message.
  */
 export const UpdateParticipantRequestSchema: GenMessage<UpdateParticipantRequest> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 18);
+  messageDesc(file_simtrack_v1_runs, 19);
 
 /**
  * UpdateParticipantResponse carries the updated participant.
@@ -778,7 +824,7 @@ export type UpdateParticipantResponse = Message<"simtrack.v1.UpdateParticipantRe
  * Use `create(UpdateParticipantResponseSchema)` to create a new message.
  */
 export const UpdateParticipantResponseSchema: GenMessage<UpdateParticipantResponse> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 19);
+  messageDesc(file_simtrack_v1_runs, 20);
 
 /**
  * DeleteParticipantRequest names the participant to remove.
@@ -799,7 +845,7 @@ export type DeleteParticipantRequest = Message<"simtrack.v1.DeleteParticipantReq
  * Use `create(DeleteParticipantRequestSchema)` to create a new message.
  */
 export const DeleteParticipantRequestSchema: GenMessage<DeleteParticipantRequest> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 20);
+  messageDesc(file_simtrack_v1_runs, 21);
 
 /**
  * DeleteParticipantResponse is empty: the participant is gone.
@@ -814,7 +860,7 @@ export type DeleteParticipantResponse = Message<"simtrack.v1.DeleteParticipantRe
  * Use `create(DeleteParticipantResponseSchema)` to create a new message.
  */
 export const DeleteParticipantResponseSchema: GenMessage<DeleteParticipantResponse> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 21);
+  messageDesc(file_simtrack_v1_runs, 22);
 
 /**
  * WatchRunRequest names the run to watch.
@@ -835,7 +881,7 @@ export type WatchRunRequest = Message<"simtrack.v1.WatchRunRequest"> & {
  * Use `create(WatchRunRequestSchema)` to create a new message.
  */
 export const WatchRunRequestSchema: GenMessage<WatchRunRequest> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 22);
+  messageDesc(file_simtrack_v1_runs, 23);
 
 /**
  * LatestMetric is a metric's summary as of now.
@@ -892,7 +938,7 @@ export type LatestMetric = Message<"simtrack.v1.LatestMetric"> & {
  * Use `create(LatestMetricSchema)` to create a new message.
  */
 export const LatestMetricSchema: GenMessage<LatestMetric> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 23);
+  messageDesc(file_simtrack_v1_runs, 24);
 
 /**
  * WatchRunResponse is the run's state after a change.
@@ -920,7 +966,7 @@ export type WatchRunResponse = Message<"simtrack.v1.WatchRunResponse"> & {
  * Use `create(WatchRunResponseSchema)` to create a new message.
  */
 export const WatchRunResponseSchema: GenMessage<WatchRunResponse> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 24);
+  messageDesc(file_simtrack_v1_runs, 25);
 
 /**
  * Command asks the worker to do something.
@@ -960,7 +1006,7 @@ export type Command = Message<"simtrack.v1.Command"> & {
  * Use `create(CommandSchema)` to create a new message.
  */
 export const CommandSchema: GenMessage<Command> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 25);
+  messageDesc(file_simtrack_v1_runs, 26);
 
 /**
  * CancelRunRequest names the run to cancel.
@@ -988,7 +1034,7 @@ export type CancelRunRequest = Message<"simtrack.v1.CancelRunRequest"> & {
  * Use `create(CancelRunRequestSchema)` to create a new message.
  */
 export const CancelRunRequestSchema: GenMessage<CancelRunRequest> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 26);
+  messageDesc(file_simtrack_v1_runs, 27);
 
 /**
  * CancelRunResponse carries the command sent.
@@ -1016,7 +1062,7 @@ export type CancelRunResponse = Message<"simtrack.v1.CancelRunResponse"> & {
  * Use `create(CancelRunResponseSchema)` to create a new message.
  */
 export const CancelRunResponseSchema: GenMessage<CancelRunResponse> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 27);
+  messageDesc(file_simtrack_v1_runs, 28);
 
 /**
  * PauseRunRequest names the run to pause.
@@ -1037,7 +1083,7 @@ export type PauseRunRequest = Message<"simtrack.v1.PauseRunRequest"> & {
  * Use `create(PauseRunRequestSchema)` to create a new message.
  */
 export const PauseRunRequestSchema: GenMessage<PauseRunRequest> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 28);
+  messageDesc(file_simtrack_v1_runs, 29);
 
 /**
  * PauseRunResponse carries the command sent.
@@ -1065,7 +1111,7 @@ export type PauseRunResponse = Message<"simtrack.v1.PauseRunResponse"> & {
  * Use `create(PauseRunResponseSchema)` to create a new message.
  */
 export const PauseRunResponseSchema: GenMessage<PauseRunResponse> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 29);
+  messageDesc(file_simtrack_v1_runs, 30);
 
 /**
  * ResumeRunRequest names the run to resume.
@@ -1086,7 +1132,7 @@ export type ResumeRunRequest = Message<"simtrack.v1.ResumeRunRequest"> & {
  * Use `create(ResumeRunRequestSchema)` to create a new message.
  */
 export const ResumeRunRequestSchema: GenMessage<ResumeRunRequest> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 30);
+  messageDesc(file_simtrack_v1_runs, 31);
 
 /**
  * ResumeRunResponse carries the command sent.
@@ -1114,7 +1160,7 @@ export type ResumeRunResponse = Message<"simtrack.v1.ResumeRunResponse"> & {
  * Use `create(ResumeRunResponseSchema)` to create a new message.
  */
 export const ResumeRunResponseSchema: GenMessage<ResumeRunResponse> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 31);
+  messageDesc(file_simtrack_v1_runs, 32);
 
 /**
  * SendCommandRequest carries a custom command for a run's worker.
@@ -1149,7 +1195,7 @@ export type SendCommandRequest = Message<"simtrack.v1.SendCommandRequest"> & {
  * Use `create(SendCommandRequestSchema)` to create a new message.
  */
 export const SendCommandRequestSchema: GenMessage<SendCommandRequest> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 32);
+  messageDesc(file_simtrack_v1_runs, 33);
 
 /**
  * SendCommandResponse carries the command sent.
@@ -1170,7 +1216,7 @@ export type SendCommandResponse = Message<"simtrack.v1.SendCommandResponse"> & {
  * Use `create(SendCommandResponseSchema)` to create a new message.
  */
 export const SendCommandResponseSchema: GenMessage<SendCommandResponse> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 33);
+  messageDesc(file_simtrack_v1_runs, 34);
 
 /**
  * GetLeaderboardRequest names the scenario and the metric to rank runs by.
@@ -1234,7 +1280,7 @@ export type GetLeaderboardRequest = Message<"simtrack.v1.GetLeaderboardRequest">
  * Use `create(GetLeaderboardRequestSchema)` to create a new message.
  */
 export const GetLeaderboardRequestSchema: GenMessage<GetLeaderboardRequest> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 34);
+  messageDesc(file_simtrack_v1_runs, 35);
 
 /**
  * LeaderboardEntry is one ranked run.
@@ -1284,7 +1330,7 @@ export type LeaderboardEntry = Message<"simtrack.v1.LeaderboardEntry"> & {
  * Use `create(LeaderboardEntrySchema)` to create a new message.
  */
 export const LeaderboardEntrySchema: GenMessage<LeaderboardEntry> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 35);
+  messageDesc(file_simtrack_v1_runs, 36);
 
 /**
  * GetLeaderboardResponse is the best runs, best first (ties: the earlier finished first).
@@ -1312,7 +1358,7 @@ export type GetLeaderboardResponse = Message<"simtrack.v1.GetLeaderboardResponse
  * Use `create(GetLeaderboardResponseSchema)` to create a new message.
  */
 export const GetLeaderboardResponseSchema: GenMessage<GetLeaderboardResponse> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 36);
+  messageDesc(file_simtrack_v1_runs, 37);
 
 /**
  * GetRunStatsRequest selects the runs to summarize.
@@ -1366,7 +1412,7 @@ export type GetRunStatsRequest = Message<"simtrack.v1.GetRunStatsRequest"> & {
  * Use `create(GetRunStatsRequestSchema)` to create a new message.
  */
 export const GetRunStatsRequestSchema: GenMessage<GetRunStatsRequest> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 37);
+  messageDesc(file_simtrack_v1_runs, 38);
 
 /**
  * RunStatusCount is how many of the runs are in one status.
@@ -1394,7 +1440,7 @@ export type RunStatusCount = Message<"simtrack.v1.RunStatusCount"> & {
  * Use `create(RunStatusCountSchema)` to create a new message.
  */
 export const RunStatusCountSchema: GenMessage<RunStatusCount> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 38);
+  messageDesc(file_simtrack_v1_runs, 39);
 
 /**
  * DurationStats summarizes the durations (Run.duration) of ended runs that had started; each
@@ -1451,7 +1497,7 @@ export type DurationStats = Message<"simtrack.v1.DurationStats"> & {
  * Use `create(DurationStatsSchema)` to create a new message.
  */
 export const DurationStatsSchema: GenMessage<DurationStats> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 39);
+  messageDesc(file_simtrack_v1_runs, 40);
 
 /**
  * GetRunStatsResponse summarizes the selected runs.
@@ -1494,7 +1540,7 @@ export type GetRunStatsResponse = Message<"simtrack.v1.GetRunStatsResponse"> & {
  * Use `create(GetRunStatsResponseSchema)` to create a new message.
  */
 export const GetRunStatsResponseSchema: GenMessage<GetRunStatsResponse> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_runs, 40);
+  messageDesc(file_simtrack_v1_runs, 41);
 
 /**
  * RunStatus is the lifecycle state of a run.
