@@ -23,6 +23,7 @@ from simtrack.v1 import (
     validations_pb2,
 )
 from tests.support import Client, Server
+from tests.support.http_stubs import STUB_NAMES
 from tests.support.protos import (
     API_SERVICES,
     SCENARIO,
@@ -64,16 +65,7 @@ def unique(prefix: str) -> str:
 def invoke(client: Client, method: str, request: Message) -> Any:
     """Call ``method`` ("Service.Method") through ``client``'s stubs."""
     service, name = method.split(".")
-    stubs = {
-        "AgentService": client.agents,
-        "ExperimentService": client.experiments,
-        "RunService": client.runs,
-        "ScenarioService": client.scenarios,
-        "TelemetryService": client.telemetry,
-        "ArtifactService": client.artifacts,
-        "ValidationService": client.validations,
-    }
-    rpc = getattr(stubs[service], name)
+    rpc = getattr(getattr(client, STUB_NAMES[service]), name)
     descriptor = METHODS[method]
     if descriptor.client_streaming:  # StreamRun, UploadArtifact: the request is the first
         answer = rpc(iter([request]), timeout=TIMEOUT)

@@ -16,7 +16,6 @@ import sqlalchemy
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2_grpc
 
-from simtrack.server.api.services import SERVICES
 from simtrack.server.db.models import Base
 from simtrack.v1 import (
     agents_pb2_grpc,
@@ -99,14 +98,13 @@ class Server:
             channel = grpc.intercept_channel(
                 grpc.insecure_channel(self.host.http_address), self.recorder
             )
-            self._clients.append(Client(channel))
-            for service in SERVICES:
-                stub = getattr(service.grpc_code, f"{service.name}Stub")(channel)
-                setattr(self, STUB_NAMES[service.name], stub)
-            return
-        self._http = HttpClient(transport, self.host.http_address, self.recorder)
+            client = Client(channel)
+            self._clients.append(client)
+            stubs: Client | HttpClient = client
+        else:
+            stubs = self._http = HttpClient(transport, self.host.http_address, self.recorder)
         for name in STUB_NAMES.values():
-            setattr(self, name, getattr(self._http, name))
+            setattr(self, name, getattr(stubs, name))
 
     def connect(self, authorization: str | None) -> Client:
         """A channel sending ``authorization`` metadata verbatim (None: none) on every call.

@@ -32,7 +32,7 @@ from simtrack.server.core.model import RUN_ATTACHED, MetricAggregate, RunStatus
 from simtrack.server.core.tenancy import current_tenant
 from simtrack.server.db import models
 from simtrack.server.db.chunks import ChunkSummary, StoredChunk
-from simtrack.server.db.filter_sql import after_keys, matches, sort_value
+from simtrack.server.db.filter_sql import after_keys, matches, same_tenant, sort_value
 from simtrack.server.db.models import UTCDateTime
 
 M = TypeVar("M", bound=models.TenantOwnedMixin)
@@ -44,7 +44,7 @@ Owned = type[models.TenantOwnedMixin] | type[models.MetricChunk] | type[models.E
 
 def scoped(model: Owned) -> ColumnElement[bool]:
     """The condition that keeps only the calling tenant's rows of ``model``."""
-    return model.tenant_id == current_tenant()
+    return same_tenant(model.tenant_id)
 
 
 IN_LIST_MAX = 500  # values per IN list: bounded statements whatever a caller asks
