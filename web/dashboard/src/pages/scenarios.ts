@@ -34,11 +34,12 @@ export async function scenariosPage({ root, signal }: PageContext): Promise<void
       table(
         [
           { title: "Id", cell: (s) => scenarioLink(s.id) },
-          { title: "Name", cell: (s) => s.name },
+          { title: "Name", cell: (s) => s.name, wrap: true },
           { title: "Tier", cell: (s) => s.difficultyTier, num: true },
           { title: "Ticks", cell: (s) => int(s.durationTicks), num: true },
-          { title: "Tags", cell: (s) => s.tags.join(", ") },
-          { title: "Description", cell: (s) => s.description, wrap: true },
+          { title: "Tags", cell: (s) => s.tags.join(", "), wrap: true },
+          // Two lines of it in the list (the whole of it on the scenario's page and on hover).
+          { title: "Description", cell: (s) => h("div", { class: "clamp", title: s.description }, s.description), wrap: true },
         ],
         items,
       ),
