@@ -401,9 +401,9 @@ async def _metrics_for_run(uow: SqlUnitOfWork, mine: World, theirs: World) -> No
 
 @case("MetricRepository.named")
 async def _metric_named(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
-    assert await uow.metrics.named(mine.done, METRIC) == (True, mine.metric)
-    assert await uow.metrics.named(mine.done, "nothing") == (True, None)
-    assert await uow.metrics.named(theirs.done, METRIC) == (False, None)
+    assert (await uow.metrics.named(mine.done, METRIC))[:2] == (True, mine.metric)
+    assert await uow.metrics.named(mine.done, "nothing") == (True, None, 0)
+    assert await uow.metrics.named(theirs.done, METRIC) == (False, None, 0)
 
 
 @case("ValidationRepository.exists_for")

@@ -40,9 +40,12 @@ def test_packed_responses_equal_protobufs_own(seed: int) -> None:
     stamps = 1.7e9 + rng.random(n)
     token = "" if seed % 3 else "tok-é" * seed
     count = int(rng.integers(0, 2**40)) if seed % 4 else 0
-    got = history_response(steps, values, stamps, token, count, bool(seed % 5))
+    got = history_response(steps, values, stamps, token, count, bool(seed % 5)).message()
     want = expected(steps, values, stamps, token, count, bool(seed % 5))
     assert got.SerializeToString() == want.SerializeToString()
+    assert history_response(steps, values, stamps, token, count, bool(seed % 5)).wire == (
+        want.SerializeToString()
+    )  # sent as they are: protobuf's own bytes
     assert np.asarray(got.values).tobytes() == values.tobytes()  # NaN payloads kept
 
 
@@ -55,3 +58,21 @@ def test_varints_of_every_length() -> None:
         message = tpb.GetMetricHistoryResponse(range_count=value)
         assert message.SerializeToString() == b"\x28" + varints(np.array([value]))
     assert varints(np.array([], dtype=np.int64)) == b""
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_ascending_steps_take_the_blockwise_path_with_the_same_bytes(seed: int) -> None:
+    """Ascending steps (every page's) are encoded a block per varint size; the bytes are the
+    same as one value at a time (a single value takes the general path) and as protobuf's.
+    """
+    rng = np.random.default_rng(seed)
+    sizes = [2 ** (7 * k) + d for k in range(1, 9) for d in (-1, 0)]  # each size's ends
+    pool = np.array(EDGES + sizes, dtype=np.int64)
+    drawn = rng.integers(-(2**63), 2**63 - 1, size=500, dtype=np.int64, endpoint=True)
+    steps = np.sort(rng.choice(np.concatenate([pool, drawn]), size=int(rng.integers(2, 400))))
+    one_by_one = b"".join(varints(steps[i : i + 1]) for i in range(len(steps)))
+    assert varints(steps) == one_by_one
+    packed = history_response(steps, np.zeros(len(steps)), np.zeros(len(steps)), "", 0, False)
+    got = packed.message()
+    want = expected(steps, np.zeros(len(steps)), np.zeros(len(steps)), "", 0, False)
+    assert got.SerializeToString() == want.SerializeToString()

@@ -37,6 +37,7 @@ from starlette.staticfiles import StaticFiles
 from simtrack.errors import InvalidArgument
 from simtrack.server.api.calls import Calls
 from simtrack.server.api.error_mapping import status_of, to_status
+from simtrack.server.api.packed import unpacked
 from simtrack.server.api.services import ApiService
 
 log = logging.getLogger(__name__)
@@ -141,12 +142,13 @@ class ConnectService:
             metadata = ctx.request_headers().allitems()
             try:
                 async with _deadline(ctx):
-                    return await calls.unary(
+                    response = await calls.unary(
                         path,
                         metadata,
                         lambda: behavior(request, ctx),
                         lasting=method.client_streaming,
                     )
+                return unpacked(response)  # Connect's codecs take messages
             except TimeoutError:
                 raise ConnectError(Code.DEADLINE_EXCEEDED, "deadline exceeded") from None
             except Exception as exc:  # noqa: BLE001

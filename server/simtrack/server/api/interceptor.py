@@ -20,6 +20,7 @@ import grpc
 from simtrack.errors import InvalidArgument
 from simtrack.server.api.calls import Calls
 from simtrack.server.api.error_mapping import abort
+from simtrack.server.api.packed import sending_packed
 
 _OUR_METHODS = "/simtrack.v1."
 
@@ -119,7 +120,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or not method.startswith(_OUR_METHODS):
             return handler
         # grpc hands the handlers bytes (no deserializer); they decode inside the wrapper.
-        kwargs = {"request_deserializer": None, "response_serializer": handler.response_serializer}
+        serialize = sending_packed(handler.response_serializer)
+        kwargs = {"request_deserializer": None, "response_serializer": serialize}
         parse = message_parser(handler.request_deserializer)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(

@@ -3,24 +3,65 @@
 Building the message from Python lists costs ~160 ns a point (a 100,000-point page: 16 ms,
 most of the server's time for it). On the wire a packed ``repeated double`` is the column's
 little-endian bytes and a packed ``repeated int64`` its varints, both made here with a few
-numpy operations; protobuf then parses the bytes into the message (a copy).
+numpy operations. The response stays those bytes (``Packed``): gRPC and Connect's binary
+encoding send them as they are; parsing them into the message and serializing it again
+would cost 1.5 ms a 100,000-point page.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 import numpy as np
+from google.protobuf.message import Message
 
 from simtrack.v1 import telemetry_pb2 as tpb
 
 Array = np.ndarray[Any, Any]
+M = TypeVar("M", bound=Message)
+
+
+class Packed(Generic[M]):
+    """A response as its wire bytes, the message parsed only for an encoding that needs it."""
+
+    __slots__ = ("wire", "message_type")
+
+    def __init__(self, wire: bytes, message_type: type[M]) -> None:
+        self.wire = wire
+        self.message_type = message_type
+
+    def message(self) -> M:
+        return self.message_type.FromString(self.wire)
+
+
+def sending_packed(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes]:
+    """A response serializer that sends a ``Packed`` response's bytes as they are (None:
+    responses are bytes already).
+    """
+
+    def serialized(response: Any) -> bytes:
+        if isinstance(response, Packed):
+            return response.wire
+        return response if serialize is None else serialize(response)
+
+    return serialized
+
+
+def unpacked(response: Any) -> Any:
+    """The message of a ``Packed`` response; any other response as it is."""
+    return response.message() if isinstance(response, Packed) else response
+
+
 _LENGTH_DELIMITED, _VARINT = 2, 0
 
 
 def varints(values: Array) -> bytes:
     """The protobuf varints of int64 ``values`` (negative ones take ten bytes), concatenated."""
-    unsigned = values.astype(np.int64, copy=False).view(np.uint64)
+    signed = values.astype(np.int64, copy=False)
+    if len(signed) > 1 and bool((signed[1:] >= signed[:-1]).all()):
+        return _sorted_varints(signed)
+    unsigned = signed.view(np.uint64)
     sizes = np.ones(len(unsigned), dtype=np.int64)
     for k in range(1, 10):
         above = unsigned >= np.uint64(1 << (7 * k))
@@ -35,6 +76,36 @@ def varints(values: Array) -> bytes:
         more = (sizes[has] > k + 1).astype(np.uint8) << 7  # continuation bit
         out[offsets[has] + k] = septet.astype(np.uint8) | more
     return out.tobytes()
+
+
+# The lowest value of each varint size 2..9; negative values take ten bytes.
+_SIZE_FLOORS = np.array([1 << (7 * k) for k in range(1, 9)] + [1 << 63], dtype=np.uint64)
+
+
+def _sorted_varints(signed: Array) -> bytes:
+    """`varints` of values in ascending order (history order: steps ascend), 5-10x faster.
+
+    Sorted, the values of each varint size lie together: negatives (ten bytes) first, then
+    sizes 1, 2, ... in turn, so each size is one block of whole columns, not a masked scatter.
+    """
+    negatives = int(np.searchsorted(signed, 0))
+    unsigned = signed.view(np.uint64)
+    ends = negatives + np.searchsorted(unsigned[negatives:], _SIZE_FLOORS)
+    blocks = [(unsigned[:negatives], 10)]
+    start = negatives
+    for size, end in enumerate(ends.tolist(), start=1):
+        blocks.append((unsigned[start:end], size))
+        start = end
+    parts = []
+    for block, size in blocks:
+        if not len(block):
+            continue
+        out = np.empty((len(block), size), dtype=np.uint8)
+        for k in range(size):
+            septet = ((block >> np.uint64(7 * k)) & np.uint64(0x7F)).astype(np.uint8)
+            out[:, k] = septet | (0x80 if k < size - 1 else 0)  # continuation bit
+        parts.append(out.tobytes())
+    return b"".join(parts)
 
 
 def _key(field: int, wire_type: int) -> bytes:
@@ -54,8 +125,8 @@ def history_response(
     next_page_token: str,
     range_count: int,
     downsampled: bool,
-) -> tpb.GetMetricHistoryResponse:
-    """The response, as protobuf would build it from the same columns and fields."""
+) -> Packed[tpb.GetMetricHistoryResponse]:
+    """The response, as protobuf would serialize it from the same columns and fields."""
     wire = b"".join(
         (
             _bytes_field(1, varints(steps)),
@@ -66,4 +137,4 @@ def history_response(
             _key(6, _VARINT) + b"\x01" if downsampled else b"",
         )
     )
-    return tpb.GetMetricHistoryResponse.FromString(wire)
+    return Packed(wire, tpb.GetMetricHistoryResponse)

@@ -29,7 +29,7 @@ from simtrack.server.api.convert import (
     unix_nanos,
 )
 from simtrack.server.api.convert import timestamp as ts
-from simtrack.server.api.packed import history_response
+from simtrack.server.api.packed import Packed, history_response
 from simtrack.server.api.runs import command_to_proto
 from simtrack.server.core.model import (
     MetricKind,
@@ -352,9 +352,9 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
             metrics=[metric_to_proto(m) for m in page.items], next_page_token=page.next_page_token
         )
 
-    async def GetMetricHistory(
+    async def GetMetricHistory(  # type: ignore[override]  # the interceptor sends Packed
         self, request: tpb.GetMetricHistoryRequest, context: Context
-    ) -> tpb.GetMetricHistoryResponse:
+    ) -> Packed[tpb.GetMetricHistoryResponse]:
         found = await self.history.history(
             request.run_id,
             request.metric,

@@ -247,6 +247,8 @@ def _unpack_raw(chunks: Sequence[StoredChunk]) -> tuple[Array, Array, Array]:
     elided = step_counts == 0
     firsts = np.fromiter((c.first_step for c in chunks), dtype=STEP, count=len(chunks))
     # first_step + offset, computed in int64 (an arange from first_step would go through float).
+    if elided.all() and bool((firsts[1:] == firsts[:-1] + counts[:-1]).all()):
+        return firsts[0] + np.arange(total, dtype=STEP), values, timestamps  # one run of steps
     steps = np.repeat(firsts, counts) + (np.arange(total, dtype=STEP) - np.repeat(starts, counts))
     if not elided.all():
         stored = np.repeat(~elided, counts)

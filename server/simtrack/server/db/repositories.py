@@ -342,16 +342,16 @@ class MetricRepository(Repository[models.Metric]):
 
     position = ("name",)  # a run's metrics by name (unique in the run: lists are of one run)
 
-    async def named(self, run_id: str, name: str) -> tuple[bool, str | None]:
+    async def named(self, run_id: str, name: str) -> tuple[bool, str | None, int]:
         run, metric = models.Run, models.Metric
         stmt = (
-            select(run.id, metric.id)
+            select(run.id, metric.id, metric.count)
             .select_from(run)
             .outerjoin(metric, and_(metric.run_id == run.id, metric.name == name, scoped(metric)))
             .where(scoped(run), run.id == run_id)
         )
         row = (await self.session.execute(stmt)).first()
-        return (False, None) if row is None else (True, row[1])
+        return (False, None, 0) if row is None else (True, row[1], row[2] or 0)
 
     async def named_in(self, run_ids: Sequence[str], names: Sequence[str]) -> list[models.Metric]:
         """The metrics named ``names`` of the runs ``run_ids``, in no particular order."""

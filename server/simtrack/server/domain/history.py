@@ -95,7 +95,8 @@ async def read_page(
     chosen: list[ChunkSummary] = []
     held, counted_top = 0, INT64_MIN  # points of, and highest step in, chunks past ``start``
     bound: int | None = None  # L, once known
-    limit = CHUNKS_PER_READ
+    # Enough for a page of a series sent in 1,000-point batches in one read.
+    limit = max(CHUNKS_PER_READ, size // 1000 + 2)
     unread = False  # chunks starting past the page are left
     while True:
         cursor = (chosen[-1].first_step, chosen[-1].seq) if chosen else None
@@ -165,7 +166,7 @@ class HistoryService:
             # One snapshot for all statements below: a compaction committing between two of
             # them must not show a point twice (old rows, then the new) or not at all.
             await uow.read_snapshot()
-            run_found, metric_id = await uow.metrics.named(run_id, metric)
+            run_found, metric_id, stored = await uow.metrics.named(run_id, metric)
             if not run_found:
                 raise NotFound("run", run_id, "run_id")
             if metric_id is None:
@@ -173,12 +174,15 @@ class HistoryService:
             if max_points:
                 view = await read_view(uow.chunks, metric_id, lo, hi, max_points)
                 return History(view.points, view.range_count, view.downsampled, "")
-            # The chunks lying within the range count their points; those it cuts, their
-            # steps in it.
-            edges = await uow.chunks.edge_steps([metric_id], lo, hi)
-            count = await uow.chunks.points_within(metric_id, lo, hi) + range_count(
-                [(n, first, steps) for _, n, first, steps in edges], lo, hi
-            )
+            if lo == INT64_MIN and hi == INT64_MAX:
+                count = stored  # the whole series: its summary counts every point
+            else:
+                # The chunks lying within the range count their points; those it cuts, their
+                # steps in it.
+                edges = await uow.chunks.edge_steps([metric_id], lo, hi)
+                count = await uow.chunks.points_within(metric_id, lo, hi) + range_count(
+                    [(n, first, steps) for _, n, first, steps in edges], lo, hi
+                )
             merged, more = await read_page(uow.chunks, metric_id, lo, hi, after, size)
         shown_count = min(size, len(merged.points))
         next_token = ""

@@ -121,9 +121,9 @@ class ParticipantRows(Rows[Participant], Protocol):
 class MetricRows(Rows[Metric], Protocol):
     async def for_run(self, run_id: str) -> list[Metric]: ...
 
-    async def named(self, run_id: str, name: str) -> tuple[bool, str | None]:
-        """Whether the run exists, and the id of its metric ``name`` (None: it has none), in
-        one statement.
+    async def named(self, run_id: str, name: str) -> tuple[bool, str | None, int]:
+        """Whether the run exists, the id of its metric ``name`` (None: it has none) and how
+        many points that metric holds (its summary's count), in one statement.
         """
         ...
 
