@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from google.protobuf import field_mask_pb2, struct_pb2, timestamp_pb2
@@ -24,6 +25,7 @@ from simtrack.server.api.convert import (
     dict_to_struct,
     mask_changes,
     struct_to_dict,
+    timestamp,
 )
 from simtrack.server.api.error_mapping import to_status
 from simtrack.server.api.interceptor import message_parser
@@ -165,3 +167,20 @@ def test_timestamps_must_be_in_protobufs_range(seconds: int, nanos: int, valid: 
     with pytest.raises(InvalidArgument) as error:
         check_timestamp("event.time", value)
     assert error.value.violations[0].field == "event.time"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        datetime(2026, 12, 5, 1, 2, 3, 456_789, tzinfo=UTC),
+        datetime(1, 1, 1),  # naive: UTC, as FromDatetime reads it
+        datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+        datetime(1969, 12, 31, 23, 59, 59, 1, tzinfo=UTC),  # before the epoch
+        datetime(2020, 1, 1, tzinfo=timezone(timedelta(hours=-5, minutes=-30))),
+    ],
+)
+def test_timestamps_convert_as_protobufs_own(value: datetime) -> None:
+    want = timestamp_pb2.Timestamp()
+    want.FromDatetime(value)
+    assert timestamp(value) == want
+    assert timestamp(None) is None
