@@ -120,6 +120,28 @@ def test_unpacking_many_chunks_equals_unpacking_each(count: int) -> None:
         assert got.tobytes() == expected.tobytes()
 
 
+@pytest.mark.parametrize("gap", [0, 1, -1])
+def test_a_run_of_contiguous_chunks_unpacks_as_unpacking_each(gap: int) -> None:
+    """Batches sent one after another: each chunk's steps follow the last one's (the common
+    case, unpacked as one range); a gap or a repeated step in the middle breaks the run.
+    """
+    rng = np.random.default_rng(7)
+    chunks, first = [], 2**40
+    for seq in range(40):
+        n = int(rng.integers(1, 50))
+        steps = first + np.arange(n, dtype="<i8")
+        packed = pack_steps(steps)
+        assert packed.packed == b""  # elided: contiguous
+        stamps = pack_timestamps(rng.random(n), now=0.0)
+        chunks.append(
+            StoredChunk(seq, packed.first, packed.last, n, b"", rng.random(n).tobytes(), stamps)
+        )
+        first += n + (gap if seq == 20 else 0)
+    each = [unpack(c.n, c.first_step, c.steps, c.vals, c.ts) for c in chunks]
+    for column, got in enumerate(unpack_many(chunks)):
+        assert got.tobytes() == np.concatenate([e[column] for e in each]).tobytes()
+
+
 def _compressed_chunk(rng: np.random.Generator, seq: int, n: int) -> StoredChunk:
     """A chunk as compaction stores it: steps ascending with gaps, columns pcodec-encoded."""
     steps = np.cumsum(rng.integers(1, 3, n)).astype("<i8")
