@@ -36,6 +36,17 @@ def is_sqlite(url: str | URL) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
+def sqlite_file(url: str | URL) -> str | None:
+    """The file of a SQLite URL; None for another database or one in memory (each
+    connection to it would be a database of its own).
+    """
+    parsed = make_url(url)
+    database = parsed.database or ""
+    if not is_sqlite(parsed) or database in ("", ":memory:") or parsed.query:
+        return None
+    return database
+
+
 def create_engine(
     url: str | URL, *, sqlite_foreign_keys: bool = True, **kwargs: Any
 ) -> AsyncEngine:

@@ -11,7 +11,8 @@ each connection's session holds the tenant row-level security reads (``ReadConne
 The statement is SQLAlchemy's, scoped by tenant as the repositories scope theirs, compiled once
 where its shape is fixed; SQLAlchemy's result processors apply to its rows as its own execution
 would; rows become entities as the ORM's loader fills them (``Entity.loaded``: attached to no
-session, for reading). On SQLite the statement runs on a SQLAlchemy connection.
+session, for reading). On SQLite the statement runs on a read-only connection of the reads' own,
+on a thread of its own (``sqlite_reads.py``); a database in memory is read through the engine.
 """
 
 from __future__ import annotations
@@ -26,15 +27,16 @@ from sqlalchemy import ColumnElement, Select, bindparam, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import class_mapper
-from sqlalchemy.sql.compiler import Compiled, SQLCompiler
+from sqlalchemy.sql.compiler import Compiled, ExpandedState, SQLCompiler
 from sqlalchemy.util import LRUCache
 
 from simtrack.errors import InvalidArgument, Unavailable
 from simtrack.server.core.listing import Cursor, PageRequest
 from simtrack.server.core.tenancy import current_tenant
 from simtrack.server.db import models
-from simtrack.server.db.engine import libpq_conninfo
+from simtrack.server.db.engine import libpq_conninfo, sqlite_file
 from simtrack.server.db.repositories import RunRepository, page_statement, scoped, split_page
+from simtrack.server.db.sqlite_reads import SqliteReadConnections
 from simtrack.server.db.unit_of_work import transient_sqlstate, translate_error, unreachable
 
 Processor = Callable[[Any], Any]
@@ -160,13 +162,17 @@ class SqlReads:
             if self.dialect.name == "postgresql"
             else None
         )
+        file = sqlite_file(engine.url)
+        self.sqlite = None if file is None else SqliteReadConnections(file, READ_CONNECTIONS)
         self._run_by_id = self._compile(_RUN_BY_ID)
         self._compiled_cache: LRUCache[Any, Compiled] = LRUCache(500)
-        self._processor_cache: dict[tuple[str, tuple[int, ...]], list[Processor | None]] = {}
+        self._processor_cache: dict[tuple[str, tuple[int | None, ...]], list[Processor | None]] = {}
 
     async def close(self) -> None:
         if self.connections is not None:
             await self.connections.close()
+        if self.sqlite is not None:
+            await self.sqlite.close()
 
     async def run(self, run_id: str) -> models.Run | None:
         params = {"tenant": current_tenant(), "id": run_id}
@@ -187,6 +193,8 @@ class SqlReads:
         params: dict[str, Any] | None = None,
         compiled_stmt: _Compiled | None = None,
     ) -> Sequence[Sequence[Any]]:
+        if self.sqlite is not None:
+            return await self._sqlite_rows(stmt, params, compiled_stmt)
         if self.connections is None:
             return await self._sqlalchemy_rows(stmt, params)
         if compiled_stmt is not None:
@@ -209,6 +217,37 @@ class SqlReads:
                     if (ours := _translated(exc, broken)) is not None:
                         raise ours from exc
                     raise
+        return self._processed(stmt, text, types, rows)
+
+    async def _sqlite_rows(
+        self, stmt: Select[Any], params: dict[str, Any] | None, compiled_stmt: _Compiled | None
+    ) -> Sequence[Sequence[Any]]:
+        """The statement on a read connection of its own, its values bound as SQLAlchemy's
+        own execution binds them (UTC times as SQLite's text, JSON, enums).
+        """
+        assert self.sqlite is not None
+        if compiled_stmt is not None:
+            sql = cast(SQLCompiler, compiled_stmt[0])
+            state = sql.construct_expanded_state(sql.construct_params(params))
+        else:
+            sql, state = self._expanded(stmt)
+        # The statement's processors (an expanded IN list's members have theirs in ``state``;
+        # a tuple IN's, a sequence, never reaches the reads' statements).
+        bind: dict[str, Any] = {**sql._bind_processors, **state.processors}  # noqa: SLF001
+        values = [
+            bind[name](state.parameters[name]) if name in bind else state.parameters[name]
+            for name in state.positiontup or ()
+        ]
+        rows = await self.sqlite.rows(state.statement, values)
+        return self._processed(stmt, state.statement, (None,) * len(stmt.selected_columns), rows)
+
+    def _processed(
+        self,
+        stmt: Select[Any],
+        text: str,
+        types: tuple[int | None, ...],
+        rows: Sequence[Sequence[Any]],
+    ) -> list[list[Any]]:
         processors = self._processors(stmt, text, types)
         return [
             [value if p is None else p(value) for p, value in zip(processors, row, strict=True)]
@@ -224,16 +263,19 @@ class SqlReads:
         caches compilations: by the statement's cache key, its values taken out): compiling a
         listing's statement cost more than a third of a ListRuns call's own time.
         """
+        _, state = self._expanded(stmt)
+        return state.statement, dict(state.parameters)
+
+    def _expanded(self, stmt: Select[Any]) -> tuple[SQLCompiler, ExpandedState]:
         compiled, extracted, _, _ = stmt._compile_w_cache(  # noqa: SLF001 - as execute() does
             self.dialect, compiled_cache=self._compiled_cache, column_keys=[]
         )
         sql = cast(SQLCompiler, compiled)
         values = sql.construct_params(extracted_parameters=extracted)
-        state = sql.construct_expanded_state(values)  # IN lists rendered for these values
-        return state.statement, dict(state.parameters)
+        return sql, sql.construct_expanded_state(values)  # IN lists rendered for these values
 
     def _processors(
-        self, stmt: Select[Any], text: str, types: tuple[int, ...]
+        self, stmt: Select[Any], text: str, types: tuple[int | None, ...]
     ) -> list[Processor | None]:
         """Each column's result processor, as SQLAlchemy's own execution would apply them
         (enums, UTC datetimes), for the types the database answered with.
