@@ -398,3 +398,45 @@ async def test_a_backlog_is_compacted_in_bounded_transactions_in_one_round(
     assert len(report.compacted) > 4  # several transactions of ~100 small-chunk points
     assert [n for _, _, n in await chunk_rows(services, run.id)] == [500]
     assert await stored_points(services, run.id, "loss") == expected_points(range(1, 201))
+
+
+async def test_batches_let_the_writers_queued_batches_go_first_yet_always_progress(
+    services: Services, server_engine: AsyncEngine
+) -> None:
+    """With ``ingest_waiting`` (SQLite's server passes its writer's), each batch waits while
+    batches are queued for a commit, but never longer than ``yield_max_s``.
+    """
+    run = await services.run((await services.experiment()).id)
+    async with running_writer(services) as writer:
+        await send(writer, run.id, range(1, 201))  # 500 points in small chunks
+    asked: list[float] = []
+    busy_until = asyncio.get_running_loop().time() + 0.3
+
+    def ingest_waiting() -> bool:
+        asked.append(asyncio.get_running_loop().time())
+        return asked[-1] < busy_until
+
+    store = SqlCompactionStore(server_engine)
+    service = CompactionService(
+        store, timedelta(0), max_span_points=100, ingest_waiting=ingest_waiting, yield_max_s=10
+    )
+    started = asyncio.get_running_loop().time()
+    report = await service.run_round()
+    assert asked[-1] >= busy_until > started  # it waited for the writer's queue to empty
+    assert len(report.compacted) > 4
+    assert [n for _, _, n in await chunk_rows(services, run.id)] == [500]
+
+    # A writer that never runs dry holds each batch back yield_max_s, no longer.
+    other = await services.run((await services.experiment()).id)
+    async with running_writer(services) as writer:
+        await send(writer, other.id, range(1, 201))
+    always = CompactionService(
+        store, timedelta(0), max_span_points=100, ingest_waiting=lambda: True, yield_max_s=0.05
+    )
+    started = asyncio.get_running_loop().time()
+    report = await always.run_round()
+    batches = len(report.compacted)
+    assert batches > 4
+    assert asyncio.get_running_loop().time() - started >= 0.05 * batches
+    assert [n for _, _, n in await chunk_rows(services, other.id)] == [500]
+    assert await stored_points(services, other.id, "loss") == expected_points(range(1, 201))

@@ -335,6 +335,8 @@ async def _start(settings: Settings, resources: contextlib.AsyncExitStack) -> Ru
             batch_metrics=settings.compaction_batch_metrics,
             idle=timedelta(seconds=settings.compaction_idle),
             pending=pending,
+            # SQLite's one connection and one process: acks first, compaction in what is left.
+            ingest_waiting=writer.waiting if is_sqlite(settings.database_url) else None,
         )
         background.spawn(
             compact_chunks(compaction, settings.compaction_interval, metrics, background.stopping)

@@ -40,10 +40,12 @@ failure holds up none of the others.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import itertools
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -83,6 +85,12 @@ SCAN_ROWS = 20_000
 # (the per-statement cost dominated one metric's compaction of a fleet's few small chunks),
 # and a batch's points stay within ``MAX_SPAN_POINTS`` (one metric's span, if more).
 BATCH_METRICS = 128
+# Given ``ingest_waiting`` (SQLite: one connection, one process for ingest and compaction),
+# a batch lets the writer's queued batches commit first, waiting this long at most: under a
+# load that leaves compaction less than it needs, acks stay prompt and compaction catches up
+# once the load eases, yet it keeps going at a batch a second whatever the load.
+YIELD_MAX_S = 1.0
+YIELD_POLL_S = 0.005
 
 
 @dataclass(frozen=True)
@@ -232,6 +240,8 @@ class CompactionService:
         idle: timedelta = timedelta(0),
         pending: PendingChunks | None = None,
         scan_rows: int = SCAN_ROWS,
+        ingest_waiting: Callable[[], bool] | None = None,
+        yield_max_s: float = YIELD_MAX_S,
     ) -> None:
         if target < MIN_TARGET_POINTS:
             raise ValueError(f"a compaction target of {target} points is below {MIN_TARGET_POINTS}")
@@ -246,6 +256,8 @@ class CompactionService:
         # The writer's ledger of what it stored (None: every round scans every small chunk).
         self.pending = pending
         self.scan_rows = scan_rows
+        self.ingest_waiting = ingest_waiting  # whether the writer has batches queued
+        self.yield_max_s = yield_max_s
         self._scan_from: dict[str, str] = {}  # per tenant: where the next slice starts
 
     async def run_round(self, stopping: Callable[[], bool] = lambda: False) -> RoundReport:
@@ -258,6 +270,7 @@ class CompactionService:
             due = await self._due(tenant_id, report)
             queue = collections.deque(due)
             while queue:
+                await self._after_ingest(stopping)
                 if stopping():
                     return report
                 batch = self._take(queue)
@@ -266,6 +279,14 @@ class CompactionService:
                     report.busy += len(done.busy)
                     queue.extend(done.again)
         return report
+
+    async def _after_ingest(self, stopping: Callable[[], bool]) -> None:
+        """Wait while the writer has batches queued (``yield_max_s`` at most)."""
+        if self.ingest_waiting is None:
+            return
+        deadline = time.monotonic() + self.yield_max_s
+        while self.ingest_waiting() and time.monotonic() < deadline and not stopping():
+            await asyncio.sleep(YIELD_POLL_S)
 
     async def _due(self, tenant_id: str, report: RoundReport) -> list[tuple[str, int]]:
         """The tenant's due metrics (id, small chunks): all of them (no ledger), or the
@@ -375,7 +396,11 @@ class CompactionService:
                 for m, span in spans.items()
             }
             inputs = await batch.chunks(ranges)
-            outputs = {m: compact(inputs[m], self.target) for m in ranges}
+            # Off the event loop: decoding and encoding a batch takes a fraction of a second,
+            # which every stream's acks and every read would otherwise wait for.
+            outputs = await asyncio.to_thread(
+                lambda: {m: compact(inputs[m], self.target) for m in ranges}
+            )
             count = sum(len(chunks) for chunks in inputs.values())
             await batch.replace(ranges, count, outputs)
         now = utcnow()

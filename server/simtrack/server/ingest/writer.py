@@ -128,6 +128,10 @@ class GroupCommitWriter:
         await asyncio.gather(*self._followups)
         await self.store.close()
 
+    def waiting(self) -> bool:
+        """Whether batches wait for a commit (compaction lets them go first on SQLite)."""
+        return not self._queue.empty()
+
     def submit(self, principal: Principal, run_id: str, batch: Batch | None) -> asyncio.Future[int]:
         """Queue a batch (or a touch); the future resolves to the run's committed watermark."""
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
