@@ -3,12 +3,15 @@
 The range is cut into equal step intervals (a `Grid`) and each interval keeps its lowest and
 its highest point (the usual min/max decimation of time-series viewers).
 
-A view reads the chunks' summaries first (no columns). A chunk lying within one interval,
-every value finite, stands in for its points by its min and max point (value, step,
-timestamp: ``ChunkSummary``); only the chunks an interval boundary or the range cuts are read
-and unpacked (all of them in one read when they are most). A 1,000-point view of a 1M-point
-series in 1,000-point chunks reads the summaries of a thousand chunks and no columns; chunks
-larger than an interval (compaction's 16,384 points) are all cut, and all read.
+A view reads the chunks' summaries first, with the columns of compacted chunks only (they are
+compressed: small). Each unit stands in for its points by its min and max point (value, step,
+timestamp) when it lies within one interval and holds no NaN: a compacted chunk's blocks
+(``db/blocks.py``: 128 or 256 points), another chunk whole (``ChunkSummary``: a chunk of
+1,000 points as ingest wrote it). Of the units an interval boundary or the range cuts, a
+compacted chunk's blocks are read from the pages holding them (paged columns decode page by
+page: ``db/codec.py``), other chunks are read and unpacked whole (all of them in one read when
+they are most). A 1,000-point view of a 1M-point series in 1,000-point chunks reads no
+columns; of one compacted into 16,384-point chunks, some 500 blocks of 128 points.
 """
 
 from __future__ import annotations
