@@ -175,3 +175,19 @@ def test_compaction_writes_paged_columns_and_blocks_that_read_back() -> None:
         for row, (_, page) in enumerate(pages):
             part = values[page * PAGE_POINTS : (page + 1) * PAGE_POINTS]
             assert read[row, : len(part)].tobytes() == part.tobytes()
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [[-(2**63), 2**63 - 1], [2**63 - 3, 2**63 - 2, 2**63 - 1], [-(2**63), -(2**63) + 1]],
+)
+def test_blocks_at_the_ends_of_int64(steps: list[int]) -> None:
+    """Steps at the extremes: no wrap-around picks the wrong form or step range."""
+    array = np.array(steps, dtype=codec.STEP)
+    values = np.arange(len(steps), dtype=codec.FLOAT)
+    blob = block_summaries(array, values, np.full(len(steps), 1.0))
+    consecutive = steps[-1] - steps[0] == len(steps) - 1
+    assert blob[:1] == (b"S" if consecutive else b"F")
+    records = read_blocks(blob, len(steps), steps[0])
+    assert (int(records["first_step"][0]), int(records["last_step"][0])) == (steps[0], steps[-1])
+    assert (int(records["vmin_step"][0]), int(records["vmax_step"][0])) == (steps[0], steps[-1])

@@ -67,7 +67,8 @@ def block_summaries(steps: Array, values: Array, stamps: Array) -> bytes:
     """The stored `BLOCK` records of a chunk's points (in history order)."""
     n = len(values)
     stamps = np.broadcast_to(stamps, values.shape)
-    elided = steps[-1] - steps[0] == n - 1 and bool((np.diff(steps) == 1).all())
+    # The span in Python integers: np.diff and int64 subtraction wrap around at the extremes.
+    elided = int(steps[-1]) - int(steps[0]) == n - 1 and bool((np.diff(steps) == 1).all())
     one_stamp = bool((stamps.view(np.uint64) == stamps[:1].view(np.uint64)).all())
     short = elided and one_stamp
     size = SHORT_POINTS if short else FULL_POINTS
