@@ -114,46 +114,51 @@ def read_many(chunks: Sequence[tuple[bytes, int, int]]) -> Blocks:
     """The `BLOCK` records of chunks given as (blocks column, n, first_step), concatenated;
     vectorized: a view reads the blocks of every chunk of a range.
     """
-    stored: dict[bool, list[Array]] = {True: [], False: []}
+    packed: dict[bool, list[memoryview]] = {True: [], False: []}
+    counts: dict[bool, list[int]] = {True: [], False: []}
     of: dict[bool, list[int]] = {True: [], False: []}
     stamps: list[float] = []
     for i, (blob, n, _) in enumerate(chunks):
         short = blob[:1] == SHORT_FLAG
         dtype, size = (SHORT, SHORT_POINTS) if short else (BLOCK, FULL_POINTS)
-        packed = memoryview(blob)[1 + FLOAT.itemsize if short else 1 :]
-        if blob[:1] not in (SHORT_FLAG, FULL_FLAG) or len(packed) != -(-n // size) * dtype.itemsize:
+        records = memoryview(blob)[1 + FLOAT.itemsize if short else 1 :]
+        count = -(-n // size)
+        if blob[:1] not in (SHORT_FLAG, FULL_FLAG) or len(records) != count * dtype.itemsize:
             raise ValueError(f"a blocks column of {len(blob)} bytes for {n} points")
-        stored[short].append(np.frombuffer(packed, dtype=dtype))
+        packed[short].append(records)
+        counts[short].append(count)
         of[short].append(i)
         if short:
             stamps.append(struct.unpack_from("<d", blob, 1)[0])
     parts = []
     for short in (True, False):
-        if not stored[short]:
+        if not packed[short]:
             continue
-        counts = np.array([len(r) for r in stored[short]])
-        owner = np.repeat(of[short], counts)
+        each = np.array(counts[short])
+        owner = np.repeat(of[short], each)
         size = SHORT_POINTS if short else FULL_POINTS
-        start = (np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)) * size
-        points = np.array([chunks[i][1] for i in of[short]], dtype=STEP).repeat(counts)
+        start = (np.arange(each.sum()) - np.repeat(np.cumsum(each) - each, each)) * size
+        points = np.array([chunks[i][1] for i in of[short]], dtype=STEP).repeat(each)
         length = np.minimum(points - start, size)
+        got = np.frombuffer(b"".join(packed[short]), dtype=SHORT if short else BLOCK)
         if short:
-            records = np.zeros(int(counts.sum()), dtype=BLOCK)
-            got = np.concatenate(stored[short])
+            records = np.zeros(len(got), dtype=BLOCK)
             for name in SHORT_FIELDS:
                 records[name] = got[name]
-            first = np.array([chunks[i][2] for i in of[short]], dtype=STEP).repeat(counts)
+            first = np.array([chunks[i][2] for i in of[short]], dtype=STEP).repeat(each)
             records["first_step"] = first + start
             records["last_step"] = first + start + length - 1
             records["vmin_step"] = first + got["vmin_at"].astype(STEP)
             records["vmax_step"] = first + got["vmax_at"].astype(STEP)
-            records["vmin_ts"] = records["vmax_ts"] = np.repeat(stamps, counts)
+            records["vmin_ts"] = records["vmax_ts"] = np.repeat(stamps, each)
         else:
-            records = np.concatenate(stored[short])
+            records = got
         parts.append(Blocks(records, owner, start, length))
     if not parts:
         nothing = np.empty(0, dtype=np.int64)
         return Blocks(np.empty(0, dtype=BLOCK), nothing, nothing, nothing)
+    if len(parts) == 1:
+        return parts[0]
     return Blocks(*(np.concatenate(column) for column in zip(*parts, strict=True)))
 
 

@@ -44,7 +44,9 @@ class Units:
             [(chunks[i].blocks or b"", chunks[i].n, chunks[i].first_step) for i in blocked]
         )
         plain = [i for i, c in enumerate(chunks) if not c.blocks]
-        records = np.concatenate((found.records, _chunk_records([chunks[i] for i in plain])))
+        records = found.records
+        if plain:  # chunks as ingest wrote them
+            records = np.concatenate((records, _chunk_records([chunks[i] for i in plain])))
         chunk = np.concatenate(
             (np.array(blocked, dtype=np.int64)[found.owner], np.array(plain, dtype=np.int64))
         )
