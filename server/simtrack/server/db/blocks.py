@@ -121,11 +121,11 @@ def read_many(chunks: Sequence[tuple[bytes, int, int]]) -> Blocks:
     for i, (blob, n, _) in enumerate(chunks):
         short = blob[:1] == SHORT_FLAG
         dtype, size = (SHORT, SHORT_POINTS) if short else (BLOCK, FULL_POINTS)
-        records = memoryview(blob)[1 + FLOAT.itemsize if short else 1 :]
+        view = memoryview(blob)[1 + FLOAT.itemsize if short else 1 :]
         count = -(-n // size)
-        if blob[:1] not in (SHORT_FLAG, FULL_FLAG) or len(records) != count * dtype.itemsize:
+        if blob[:1] not in (SHORT_FLAG, FULL_FLAG) or len(view) != count * dtype.itemsize:
             raise ValueError(f"a blocks column of {len(blob)} bytes for {n} points")
-        packed[short].append(records)
+        packed[short].append(view)
         counts[short].append(count)
         of[short].append(i)
         if short:
