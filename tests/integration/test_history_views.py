@@ -220,3 +220,88 @@ async def test_chunks_within_one_interval_are_answered_from_their_summaries(
     CountingChunks.columns_read = 0
     view = await counted.history(run.id, "x", None, None, 1000, 0, "")
     assert (len(view.points), CountingChunks.columns_read) == (1000, 200)
+
+
+def fleet_messages(form: str) -> list[tpb.StreamRunRequest]:
+    """40,000 points in 100-point flushes: compacted into 16,384-point chunks with blocks.
+    ``short``: consecutive steps, one timestamp for all (a fleet's series, few distinct
+    values: ties everywhere); ``full``: strided steps, a timestamp each, odd values and runs
+    of NaN (whole blocks of them).
+    """
+    rng = np.random.default_rng(11)
+    cycle = np.round(rng.standard_normal(10), 2)
+    out = []
+    for k in range(400):
+        index = np.arange(k * 100, (k + 1) * 100)
+        if form == "short":
+            steps, values, stamps = index, cycle[index % 10], np.full(100, STAMP0)
+        else:
+            steps = 5 + 3 * index
+            values = np.round(rng.standard_normal(100) * 10, 1)
+            values[::37] = ODD_VALUES[np.arange(len(values[::37])) % len(ODD_VALUES)]
+            if 120 <= k < 124:  # 400 NaN: blocks holding only NaN
+                values[:] = math.nan
+            stamps = STAMP0 + index * 1e-3
+        series = tpb.MetricSeries(
+            name="x", steps=steps.tolist(), values=values.tolist(), timestamps=stamps.tolist()
+        )
+        out.append(tpb.StreamRunRequest(seq=k + 1, metrics=tpb.MetricBatch(series=[series])))
+    return out
+
+
+COMPACTED_CASES = [  # (lo, hi, max_points)
+    (INT64_MIN, INT64_MAX, 1000),
+    (INT64_MIN, INT64_MAX, 333),
+    (INT64_MIN, INT64_MAX, 64),  # intervals wider than a block, narrower than a chunk
+    (INT64_MIN, INT64_MAX, 2),
+    (INT64_MIN, INT64_MAX, 2000),
+    (INT64_MIN, INT64_MAX, 80_000),  # every point
+    (1_234, 98_765, 1000),  # the range cuts chunks and blocks
+    (16_380, 16_390, 4),  # across a chunk boundary
+    (36_000, 37_500, 100),  # the NaN (full form)
+]
+
+
+@pytest.mark.parametrize("form", ["short", "full"])
+async def test_views_of_compacted_chunks_read_only_the_blocks_cut_and_equal_brute_force(
+    services: Services, form: str
+) -> None:
+    run = await services.run((await services.experiment()).id)
+    async with running_writer(services) as writer:
+        for message in fleet_messages(form):
+            await writer.submit(LOCAL_PRINCIPAL, run.id, decode(message))
+    engine: AsyncEngine = create_engine(server_url(services))
+    try:
+        await compactor(engine).run_round()
+    finally:
+        await engine.dispose()
+    rows = await services.fetch(
+        "SELECT n, blocks FROM metric_chunks WHERE run_id = :run ORDER BY seq", run=run.id
+    )
+    found = [(int(n), bytes(blocks)) for n, blocks in map(tuple, rows)]
+    assert [n for n, _ in found] == [16_384, 16_384, 7_232]
+    assert all(blocks[:1] == (b"S" if form == "short" else b"F") for _, blocks in found)
+    steps, values, stamps = await stored_points(services, run.id, "x")
+    points = Points(
+        np.frombuffer(steps, dtype="<i8"),
+        np.frombuffer(values, dtype="<f8"),
+        np.frombuffer(stamps, dtype="<f8"),
+    )
+    counted = HistoryService(lambda: Counted(services.uow.sessions))
+    for lo, hi, max_points in COMPACTED_CASES:
+        CountingChunks.columns_read = 0
+        view = await counted.history(run.id, "x", lo, hi, max_points, 0, "")
+        expected, count = brute_view(points, lo, hi, max_points, None)
+        assert as_rows(view.points, range(len(view.points))) == expected, (lo, hi, max_points)
+        assert (view.range_count, view.downsampled) == (count, len(expected) < count)
+        if view.downsampled and lo == INT64_MIN and hi == INT64_MAX:
+            assert CountingChunks.columns_read == 0  # the columns came with the summaries
+    for grid in (Grid(-20_000, 200_000, 250), Grid(0, 39_999, 500), Grid(7, 20_000, 37)):
+        async with services.uow() as uow:
+            await uow.read_snapshot()
+            shared = await read_view(
+                uow.chunks, metric_id(run.id, "x"), grid.lo, grid.hi, 2 * grid.intervals, grid
+            )
+        expected, count = brute_view(points, grid.lo, grid.hi, 2 * grid.intervals, grid)
+        assert as_rows(shared.points, range(len(shared.points))) == expected, grid
+        assert shared.range_count == count

@@ -155,6 +155,8 @@ ADDED: dict[tuple[str, str], Any] = {
     ("metric_chunks", "vmax_ts"): CHUNK_TIME,
     # NULL arrival is "long settled".
     ("metric_chunks", "written_at"): None,
+    # A chunk as ingest wrote it (raw) keeps its chunk summaries: no blocks.
+    ("metric_chunks", "blocks"): None,
 }
 
 

@@ -60,6 +60,7 @@ class ChunkSummary(NamedTuple):
     vmax_step: int | None
     vmin_ts: float | None
     vmax_ts: float | None
+    blocks: bytes | None  # per page (``db/blocks.py``): compacted chunks only
 
 
 class SmallChunk(NamedTuple):
@@ -83,6 +84,7 @@ class CompactedChunk(NamedTuple):
     vmax_step: int | None
     vmin_ts: float | None
     vmax_ts: float | None
+    blocks: bytes | None
     steps: bytes
     vals: bytes
     ts: bytes

@@ -372,6 +372,9 @@ class MetricChunk(Base):
     # whole chunk needs its min and max point, not its columns).
     vmin_ts: Mapped[float | None] = mapped_column(Float)
     vmax_ts: Mapped[float | None] = mapped_column(Float)
+    # Compacted chunks: the summaries of each page of their paged columns (``db/blocks.py``),
+    # for downsampled views to decode only the pages an interval cuts. NULL: not compacted.
+    blocks: Mapped[bytes | None] = mapped_column(LargeBinary)
     # When the row was stored: compaction waits for small chunks to settle. NULL: before
     # this column existed (long settled).
     written_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -15,6 +15,8 @@ from sqlalchemy import (
     ColumnElement,
     Select,
     and_,
+    bindparam,
+    case,
     column,
     exists,
     func,
@@ -49,6 +51,26 @@ def scoped(model: Owned) -> ColumnElement[bool]:
 
 IN_LIST_MAX = 500  # values per IN list: bounded statements whatever a caller asks
 BINARY_READ_CHUNKS = 32  # chunks read, from which PostgreSQL sends their columns in binary
+
+
+_VIEW_ROWS_SQL: dict[str, str] = {}  # by dialect: `ChunkRepository.view_rows`'s statement
+
+
+def _view_rows() -> Select[Any]:
+    """A metric's chunks reaching into [:lo, :hi] of tenant :tenant: summaries, and the
+    columns of those with blocks.
+    """
+    chunk = models.MetricChunk
+    compacted = chunk.blocks.is_not(None)
+    return (
+        select(
+            *(getattr(chunk, name) for name in ChunkSummary._fields),
+            *(case((compacted, getattr(chunk, n)), else_=None) for n in ("steps", "vals", "ts")),
+        )
+        .where(chunk.tenant_id == bindparam("tenant"), chunk.metric_id == bindparam("metric"))
+        .where(chunk.last_step >= bindparam("lo"), chunk.first_step <= bindparam("hi"))
+        .order_by(chunk.first_step, chunk.seq)
+    )
 
 
 def _parts(values: Sequence[str], size: int = IN_LIST_MAX) -> Iterator[Sequence[str]]:
@@ -500,6 +522,39 @@ class ChunkRepository:
     ) -> list[ChunkSummary]:
         stmt = self._in_order(metric_id, lo, hi, after, limit, ChunkSummary._fields)
         return [ChunkSummary(*row) for row in await self.session.execute(stmt)]
+
+    async def view_rows(
+        self, metric_id: str, lo: int, hi: int
+    ) -> list[tuple[ChunkSummary, StoredChunk | None]]:
+        """The summaries of the chunks reaching into [lo, hi] by (first_step, seq), each with
+        its columns if it has blocks (a compacted chunk: compressed, so small), in one
+        statement (PostgreSQL: in binary, its SQL compiled once).
+        """
+        params = {"tenant": current_tenant(), "metric": metric_id, "lo": lo, "hi": hi}
+        connection = await self.session.connection()
+        if connection.dialect.name == "postgresql":
+            sql = _VIEW_ROWS_SQL.get(connection.dialect.name)
+            if sql is None:
+                sql = _VIEW_ROWS_SQL[connection.dialect.name] = str(
+                    _view_rows().compile(dialect=connection.dialect)
+                )
+            driver: Any = (await connection.get_raw_connection()).driver_connection
+            async with driver.cursor(binary=True) as cursor:
+                await cursor.execute(sql, params)
+                rows: Sequence[Any] = await cursor.fetchall()
+        else:
+            rows = (await self.session.execute(_view_rows(), params)).all()
+        fields = len(ChunkSummary._fields)
+        found: list[tuple[ChunkSummary, StoredChunk | None]] = []
+        for row in rows:
+            summary = ChunkSummary(*row[:fields])
+            stored = None
+            if summary.blocks is not None:
+                stored = StoredChunk(
+                    summary.seq, summary.first_step, summary.last_step, summary.n, *row[fields:]
+                )
+            found.append((summary, stored))
+        return found
 
     async def with_seqs(self, metric_id: str, seqs: Sequence[int]) -> list[StoredChunk]:
         chunk = models.MetricChunk

@@ -53,6 +53,7 @@ from datetime import datetime, timedelta
 import numpy as np
 
 from simtrack.server.core.model import utcnow
+from simtrack.server.db.blocks import PAGE_POINTS, block_summaries
 from simtrack.server.db.chunks import (
     CompactedChunk,
     SmallChunk,
@@ -178,7 +179,7 @@ def compact(chunks: Sequence[StoredChunk], target: int) -> list[CompactedChunk]:
         values = np.ascontiguousarray(points.values[start:end])
         stamps = np.ascontiguousarray(points.timestamps[start:end])
         found = extremes(steps, values, stamps)
-        steps_blob, vals_blob, ts_blob = encode_chunk(steps, values, stamps)
+        steps_blob, vals_blob, ts_blob = encode_chunk(steps, values, stamps, page=PAGE_POINTS)
         out.append(
             CompactedChunk(
                 seq=seq,
@@ -186,6 +187,7 @@ def compact(chunks: Sequence[StoredChunk], target: int) -> list[CompactedChunk]:
                 last_step=int(steps[-1]),
                 n=end - start,
                 **found._asdict(),
+                blocks=block_summaries(steps, values, stamps),
                 steps=steps_blob,
                 vals=vals_blob,
                 ts=ts_blob,

@@ -164,6 +164,12 @@ class ChunkRows(Protocol):
         """The metric's chunks of these seqs, by (first_step, seq)."""
         ...
 
+    async def view_rows(
+        self, metric_id: str, lo: int, hi: int
+    ) -> list[tuple[ChunkSummary, StoredChunk | None]]:
+        """`summaries`, each with its columns if it has blocks, in one statement."""
+        ...
+
     async def inner_spans(
         self, metric_ids: Sequence[str], lo: int, hi: int
     ) -> dict[str, tuple[int, int]]:
