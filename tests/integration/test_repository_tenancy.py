@@ -436,6 +436,12 @@ async def _summaries(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
     assert await uow.chunks.summaries(theirs.metric, 0, 10) == []
 
 
+@case("ChunkRepository.view_rows")
+async def _view_rows(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
+    assert [summary.seq for summary, _ in await uow.chunks.view_rows(mine.metric, 0, 10)] == [1]
+    assert await uow.chunks.view_rows(theirs.metric, 0, 10) == []
+
+
 @case("ChunkRepository.with_seqs")
 async def _with_seqs(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
     assert [c.seq for c in await uow.chunks.with_seqs(mine.metric, [1])] == [1]
