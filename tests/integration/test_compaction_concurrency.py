@@ -12,10 +12,10 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from simtrack.errors import NotFound
+from simtrack.server.db.chunk_repository import ChunkRepository
 from simtrack.server.db.chunks import StoredChunk
 from simtrack.server.db.engine import create_engine
 from simtrack.server.db.models import SMALL_CHUNK_POINTS
-from simtrack.server.db.repositories import ChunkRepository
 from simtrack.server.db.unit_of_work import SqlUnitOfWork
 from simtrack.server.domain.history import HistoryService
 from simtrack.server.ingest.writer import metric_id

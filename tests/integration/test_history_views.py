@@ -17,9 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from simtrack.server.api.telemetry import decode
 from simtrack.server.core.model import INT64_MAX, INT64_MIN
 from simtrack.server.core.tenancy import LOCAL_PRINCIPAL
+from simtrack.server.db.chunk_repository import ChunkRepository
 from simtrack.server.db.chunks import StoredChunk
 from simtrack.server.db.engine import create_engine
-from simtrack.server.db.repositories import ChunkRepository
 from simtrack.server.db.unit_of_work import SqlUnitOfWork
 from simtrack.server.domain.history import HistoryService
 from simtrack.server.domain.series import Points

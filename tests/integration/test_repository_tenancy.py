@@ -3,8 +3,8 @@
 SQLite has no row-level security behind the repositories: their tenant filter is the only wall.
 Two tenants get the same world (one of everything, named apart); each case then acts as one of
 them and checks that the other's rows neither show up nor count. The test walks every public
-method of every repository class in ``simtrack.server.db.repositories``, so a method added
-without a case here fails it.
+method of every repository class in ``db/repositories.py`` and ``db/chunk_repository.py``, so a
+method added without a case here fails it.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from simtrack.server.core.model import (
     utcnow,
 )
 from simtrack.server.core.tenancy import Principal, Role, reset_principal, set_principal
-from simtrack.server.db import models, repositories
+from simtrack.server.db import chunk_repository, models, repositories
 from simtrack.server.db.unit_of_work import SqlUnitOfWork
 from tests.support import Services
 
@@ -527,17 +527,21 @@ async def _access_touch_key(uow: SqlUnitOfWork, mine: World, theirs: World) -> N
     assert list((await uow.session.execute(stmt)).scalars()) == [mine.key]
 
 
+REPOSITORY_MODULES = (repositories, chunk_repository)
+
+
 def repository_methods() -> list[str]:
     """``Class.method`` of every public method defined by a repository class."""
     found = []
-    for class_name, cls in vars(repositories).items():
-        if not (inspect.isclass(cls) and cls.__module__ == repositories.__name__):
-            continue
-        if not class_name.endswith("Repository"):
-            continue
-        for name, member in vars(cls).items():
-            if not name.startswith("_") and inspect.isfunction(member):
-                found.append(f"{class_name}.{name}")
+    for module in REPOSITORY_MODULES:
+        for class_name, cls in vars(module).items():
+            if not (inspect.isclass(cls) and cls.__module__ == module.__name__):
+                continue
+            if not class_name.endswith("Repository"):
+                continue
+            for name, member in vars(cls).items():
+                if not name.startswith("_") and inspect.isfunction(member):
+                    found.append(f"{class_name}.{name}")
     return sorted(found)
 
 
@@ -553,6 +557,7 @@ def test_the_walk_finds_the_repositories() -> None:
     methods = repository_methods()
     assert {"Repository.get", "RunRepository.ranked", "RunRepository.durations"} <= set(methods)
     assert "EventRepository.list" in methods and "AccessRepository.keys" in methods
+    assert "ChunkRepository.view_rows" in methods
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])

@@ -19,11 +19,11 @@ from sqlalchemy.orm import Session
 
 from simtrack.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Unavailable
 from simtrack.server.core.tenancy import current_principal_or_none
+from simtrack.server.db.chunk_repository import ChunkRepository
 from simtrack.server.db.repositories import (
     AccessRepository,
     AgentRepository,
     ArtifactRepository,
-    ChunkRepository,
     EventRepository,
     ExperimentRepository,
     MetricRepository,

@@ -1,0 +1,201 @@
+"""A metric's packed chunks, read by step range (the writer inserts them, compaction rewrites
+them; ``db/chunks.py`` reads their columns). Scoped by tenant as every repository is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Select, bindparam, case, func, or_, select, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from simtrack.server.core.tenancy import current_tenant
+from simtrack.server.db import models
+from simtrack.server.db.chunks import ChunkSummary, StoredChunk
+from simtrack.server.db.repositories import in_parts, scoped
+
+BINARY_READ_CHUNKS = 32  # chunks read, from which PostgreSQL sends their columns in binary
+
+
+_VIEW_ROWS_SQL: dict[str, str] = {}  # by dialect: `ChunkRepository.view_rows`'s statement
+
+
+def _view_rows() -> Select[Any]:
+    """A metric's chunks reaching into [:lo, :hi] of tenant :tenant: summaries, and the
+    columns of those with blocks.
+    """
+    chunk = models.MetricChunk
+    compacted = chunk.blocks.is_not(None)
+    return (
+        select(
+            *(getattr(chunk, name) for name in ChunkSummary._fields),
+            *(case((compacted, getattr(chunk, n)), else_=None) for n in ("steps", "vals", "ts")),
+        )
+        .where(chunk.tenant_id == bindparam("tenant"), chunk.metric_id == bindparam("metric"))
+        .where(chunk.last_step >= bindparam("lo"), chunk.first_step <= bindparam("hi"))
+        .order_by(chunk.first_step, chunk.seq)
+    )
+
+
+class ChunkRepository:
+    """A metric's packed chunks, read by step range (the writer inserts them, not the ORM)."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    def _overlapping(self, metric_id: str, lo: int, hi: int) -> Select[Any]:
+        chunk = models.MetricChunk
+        return (
+            select(chunk)
+            .where(scoped(chunk), chunk.metric_id == metric_id)
+            .where(chunk.last_step >= lo, chunk.first_step <= hi)
+        )
+
+    async def points_within(self, metric_id: str, lo: int, hi: int) -> int:
+        chunk = models.MetricChunk
+        stmt = (
+            select(func.coalesce(func.sum(chunk.n), 0))
+            .where(scoped(chunk), chunk.metric_id == metric_id)
+            .where(chunk.first_step >= lo, chunk.last_step <= hi)
+        )
+        return int((await self.session.execute(stmt)).scalar_one())
+
+    async def inner_spans(
+        self, metric_ids: Sequence[str], lo: int, hi: int
+    ) -> dict[str, tuple[int, int]]:
+        """(lowest first_step, highest last_step) of each metric's chunks lying wholly in
+        [lo, hi], for the metrics that have any.
+        """
+        chunk = models.MetricChunk
+        spans: dict[str, tuple[int, int]] = {}
+        for part in in_parts(metric_ids):
+            stmt = (
+                select(chunk.metric_id, func.min(chunk.first_step), func.max(chunk.last_step))
+                .where(scoped(chunk), chunk.metric_id.in_(part))
+                .where(chunk.first_step >= lo, chunk.last_step <= hi)
+                .group_by(chunk.metric_id)
+            )
+            spans.update((m, (first, last)) for m, first, last in await self.session.execute(stmt))
+        return spans
+
+    async def edge_steps(
+        self, metric_ids: Sequence[str], lo: int, hi: int
+    ) -> list[tuple[str, int, int, bytes]]:
+        """(metric_id, n, first_step, steps) of the metrics' chunks that reach into [lo, hi]
+        across lo or hi (steps are empty when contiguous).
+        """
+        chunk = models.MetricChunk
+        found: list[tuple[str, int, int, bytes]] = []
+        for part in in_parts(metric_ids):
+            stmt = (
+                select(chunk.metric_id, chunk.n, chunk.first_step, chunk.steps)
+                .where(scoped(chunk), chunk.metric_id.in_(part))
+                .where(chunk.last_step >= lo, chunk.first_step <= hi)
+                .where(or_(chunk.first_step < lo, chunk.last_step > hi))
+            )
+            found += [
+                (m, n, first, steps) for m, n, first, steps in await self.session.execute(stmt)
+            ]
+        return found
+
+    async def overlapping(
+        self, metric_id: str, lo: int, hi: int, after: tuple[int, int] | None, limit: int | None
+    ) -> list[StoredChunk]:
+        """Chunks reaching into [lo, hi] by (first_step, seq), after ``after``; ``limit`` of them
+        (None: all).
+        """
+        stmt = self._in_order(metric_id, lo, hi, after, limit, StoredChunk._fields)
+        many = limit is None or limit >= BINARY_READ_CHUNKS
+        return [StoredChunk(*row) for row in await self._columns(stmt, many)]
+
+    async def _columns(self, stmt: Select[Any], many: bool) -> Sequence[Any]:
+        """The rows of a statement reading chunks' columns. PostgreSQL, ``many`` chunks:
+        results in binary (through the session's own connection and transaction), so bytea
+        arrives as is, not hex-escaped: a 100,000-point page's 2.4 MB in 2 ms, not 7. Not for
+        a few chunks: compiling the statement outside SQLAlchemy's cache costs ~0.5 ms.
+        """
+        connection = await self.session.connection()
+        if connection.dialect.name != "postgresql" or not many:
+            result: Sequence[Any] = (await self.session.execute(stmt)).all()
+            return result
+        compiled = stmt.compile(
+            dialect=connection.dialect, compile_kwargs={"render_postcompile": True}
+        )
+        driver: Any = (await connection.get_raw_connection()).driver_connection
+        async with driver.cursor(binary=True) as cursor:
+            await cursor.execute(str(compiled), compiled.params)
+            rows: Sequence[Any] = await cursor.fetchall()
+            return rows
+
+    def _in_order(
+        self,
+        metric_id: str,
+        lo: int,
+        hi: int,
+        after: tuple[int, int] | None,
+        limit: int | None,
+        columns: Sequence[str],
+    ) -> Select[Any]:
+        chunk = models.MetricChunk
+        stmt = self._overlapping(metric_id, lo, hi).with_only_columns(
+            *(getattr(chunk, name) for name in columns)
+        )
+        if after is not None:
+            stmt = stmt.where(tuple_(chunk.first_step, chunk.seq) > tuple_(*after))
+        return stmt.order_by(chunk.first_step, chunk.seq).limit(limit)
+
+    async def summaries(
+        self,
+        metric_id: str,
+        lo: int,
+        hi: int,
+        after: tuple[int, int] | None = None,
+        limit: int | None = None,
+    ) -> list[ChunkSummary]:
+        stmt = self._in_order(metric_id, lo, hi, after, limit, ChunkSummary._fields)
+        return [ChunkSummary(*row) for row in await self.session.execute(stmt)]
+
+    async def view_rows(
+        self, metric_id: str, lo: int, hi: int
+    ) -> list[tuple[ChunkSummary, StoredChunk | None]]:
+        """The summaries of the chunks reaching into [lo, hi] by (first_step, seq), each with
+        its columns if it has blocks (a compacted chunk: compressed, so small), in one
+        statement (PostgreSQL: in binary, its SQL compiled once).
+        """
+        params = {"tenant": current_tenant(), "metric": metric_id, "lo": lo, "hi": hi}
+        connection = await self.session.connection()
+        if connection.dialect.name == "postgresql":
+            sql = _VIEW_ROWS_SQL.get(connection.dialect.name)
+            if sql is None:
+                sql = _VIEW_ROWS_SQL[connection.dialect.name] = str(
+                    _view_rows().compile(dialect=connection.dialect)
+                )
+            driver: Any = (await connection.get_raw_connection()).driver_connection
+            async with driver.cursor(binary=True) as cursor:
+                await cursor.execute(sql, params)
+                rows: Sequence[Any] = await cursor.fetchall()
+        else:
+            rows = (await self.session.execute(_view_rows(), params)).all()
+        fields = len(ChunkSummary._fields)
+        found: list[tuple[ChunkSummary, StoredChunk | None]] = []
+        for row in rows:
+            summary = ChunkSummary(*row[:fields])
+            stored = None
+            if summary.blocks is not None:
+                stored = StoredChunk(
+                    summary.seq, summary.first_step, summary.last_step, summary.n, *row[fields:]
+                )
+            found.append((summary, stored))
+        return found
+
+    async def with_seqs(self, metric_id: str, seqs: Sequence[int]) -> list[StoredChunk]:
+        chunk = models.MetricChunk
+        stmt = (
+            select(*(getattr(chunk, name) for name in StoredChunk._fields))
+            .where(scoped(chunk), chunk.metric_id == metric_id, chunk.seq.in_(seqs))
+            .order_by(chunk.first_step, chunk.seq)
+        )
+        return [
+            StoredChunk(*row) for row in await self._columns(stmt, len(seqs) >= BINARY_READ_CHUNKS)
+        ]
