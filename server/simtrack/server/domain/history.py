@@ -39,7 +39,7 @@ from simtrack.server.core.model import (
     require_name,
 )
 from simtrack.server.db.chunks import ChunkSummary
-from simtrack.server.db.models import Event, Metric
+from simtrack.server.db.models import SMALL_CHUNK_POINTS, Event, Metric
 from simtrack.server.domain.ports import ChunkRows, UnitOfWorkFactory
 from simtrack.server.domain.runs import load_run
 from simtrack.server.domain.series import Key, Merged, Points, merge, range_count
@@ -96,7 +96,7 @@ async def read_page(
     held, counted_top = 0, INT64_MIN  # points of, and highest step in, chunks past ``start``
     bound: int | None = None  # L, once known
     # Enough for a page of a series sent in 1,000-point batches in one read.
-    limit = max(CHUNKS_PER_READ, size // 1000 + 2)
+    limit = max(CHUNKS_PER_READ, size // SMALL_CHUNK_POINTS + 2)
     unread = False  # chunks starting past the page are left
     while True:
         cursor = (chosen[-1].first_step, chosen[-1].seq) if chosen else None
