@@ -555,7 +555,13 @@ def test_a_narrow_screen_and_a_server_that_cannot_be_reached(
     tab = new_tab(browser, dash, shots, backend_label, width=400)
     try:
         tab.open(f"#/runs/{demo_runs.first.id}")
-        tab.page.wait_for_selector('#charts .chart[data-ready="true"]')
+        # Every chart drawn at this width before the screenshot (not the first alone).
+        tab.page.wait_for_function(
+            """() => {
+                const charts = [...document.querySelectorAll('#charts .chart')];
+                return charts.length > 0 && charts.every(c => c.dataset.ready === 'true');
+            }"""
+        )
         # Wide tables scroll inside their own box; the page itself does not scroll sideways.
         assert tab.page.evaluate("document.documentElement.scrollWidth") <= 400
         tab.shot("narrow-run")
