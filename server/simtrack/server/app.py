@@ -42,9 +42,10 @@ from simtrack.server.background import (
 from simtrack.server.config import Settings
 from simtrack.server.db import migrate
 from simtrack.server.db.compaction_store import SqlCompactionStore
-from simtrack.server.db.engine import create_engine, is_sqlite
+from simtrack.server.db.engine import create_engine, is_sqlite, sqlite_file
 from simtrack.server.db.ingest_store import IngestStore
 from simtrack.server.db.reads import SqlReads
+from simtrack.server.db.sqlite_checkpoints import WalCheckpoints
 from simtrack.server.db.unit_of_work import SqlUnitOfWorkFactory, tenant_aware_sessions
 from simtrack.server.domain.access import Authenticator
 from simtrack.server.domain.agents import AgentService
@@ -327,6 +328,8 @@ async def _start(settings: Settings, resources: contextlib.AsyncExitStack) -> Ru
         )
     )
     background.spawn(sweep_runs(live_runs, validations, artifacts, settings, background.stopping))
+    if (sqlite_path := sqlite_file(settings.database_url)) is not None:
+        background.spawn(WalCheckpoints(sqlite_path).run(background.stopping))
     if settings.compaction_interval > 0:
         compaction = CompactionService(
             SqlCompactionStore(engine),

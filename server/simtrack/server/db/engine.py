@@ -11,6 +11,8 @@ from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from simtrack.server.db.sqlite_checkpoints import WRITER_AUTOCHECKPOINT_PAGES
+
 # A pooled PostgreSQL connection idle this long is pinged before it is handed out.
 PING_IDLE_S = 1.0
 _IDLE_SINCE = "simtrack_idle_since"
@@ -81,6 +83,9 @@ def create_engine(
         # 32 MiB of page cache (the default is 2 MiB): a group commit of a fleet's small
         # chunks dirties more pages than that, and SQLite then spills them mid-transaction.
         cursor.execute("PRAGMA cache_size=-32768")
+        # The server checkpoints in the background (``sqlite_checkpoints``); a commit
+        # checkpoints itself only past this backstop.
+        cursor.execute(f"PRAGMA wal_autocheckpoint={WRITER_AUTOCHECKPOINT_PAGES}")
         cursor.close()
 
     return engine
