@@ -21,7 +21,7 @@ from simtrack.server.db.engine import create_engine
 from simtrack.server.db.unit_of_work import SqlUnitOfWorkFactory, tenant_aware_sessions
 from simtrack.server.domain.series import merge
 from simtrack.server.domain.views import Grid, read_view
-from tests.integration.test_history_views import as_rows, brute_view
+from tests.integration.test_history_views import allowed_grid, as_rows, brute_view
 from tests.integration.test_upgrade_with_data import METRIC, RUN, insert_rows
 from tests.support import connect
 from tests.support.compaction import ODD_VALUES
@@ -127,7 +127,8 @@ async def check_views(url: str) -> None:
             points = merge(every, INT64_MIN, INT64_MAX).points
             for lo, hi, max_points in ((INT64_MIN, INT64_MAX, 1000), (200_500, 410_000, 77)):
                 view = await read_view(unit.chunks, METRIC, lo, hi, max_points)
-                expected, count = brute_view(points, lo, hi, max_points, None)
+                grid = allowed_grid(points, lo, hi, max_points, view.grid)
+                expected, count = brute_view(points, lo, hi, max_points, grid)
                 assert as_rows(view.points, range(len(view.points))) == expected
                 assert view.range_count == count
             grid = Grid(0, 500_000, 300)

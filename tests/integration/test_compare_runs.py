@@ -139,7 +139,9 @@ async def test_one_run_compared_is_its_history(services: Services, scene: Scene)
                 ), where
                 steps = scene.sent[run_id, "loss"].columns(lo, hi)[0]
                 (grid,) = found.grids
-                if steps.size:  # the run's own span: GetMetricHistory's grid
+                if view.grid is not None:  # GetMetricHistory's grid
+                    assert grid == ("loss", view.grid)
+                elif steps.size:  # not downsampled: the run's own span
                     assert grid == ("loss", Grid(int(steps[0]), int(steps[-1]), max_points // 2))
                 else:
                     assert grid == ("loss", None) and not series.view.points.steps.size

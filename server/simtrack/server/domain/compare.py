@@ -166,17 +166,28 @@ class CompareService:
                 uow.chunks, [m.id for m in stored.values()], asked.lo, asked.hi
             )
             grids: dict[str, Grid | None] = {}
+            alone: set[str] = set()  # metrics of one series: its view takes its own grid
             for name in asked.metrics:
-                ids = (stored[r, name].id for r in asked.run_ids if (r, name) in stored)
+                ids = [stored[r, name].id for r in asked.run_ids if (r, name) in stored]
                 span = _merge_bounds(bounds[i] for i in ids if i in bounds)
                 grids[name] = None if span is None else Grid(*span, asked.max_points // 2)
+                if len(ids) == 1:
+                    alone.add(name)
             series = [
                 await self._series(
-                    uow, asked, run_id, name, stored.get((run_id, name)), grids[name]
+                    uow,
+                    asked,
+                    run_id,
+                    name,
+                    stored.get((run_id, name)),
+                    None if name in alone else grids[name],
                 )
                 for run_id in asked.run_ids
                 for name in asked.metrics
             ]
+        for one in series:  # as GetMetricHistory's view of the series: perhaps fewer intervals
+            if one.name in alone and one.view.grid is not None:
+                grids[one.name] = one.view.grid
         return Comparison(runs, list(grids.items()), series, asked.max_points)
 
     @staticmethod

@@ -43,7 +43,7 @@ from simtrack.server.db.models import SMALL_CHUNK_POINTS, Event, Metric
 from simtrack.server.domain.ports import ChunkRows, UnitOfWorkFactory
 from simtrack.server.domain.runs import load_run
 from simtrack.server.domain.series import Key, Merged, Points, merge, range_count
-from simtrack.server.domain.views import read_view
+from simtrack.server.domain.views import Grid, read_view
 
 HISTORY_PAGE_DEFAULT = 10_000
 HISTORY_PAGE_MAX = 100_000
@@ -78,6 +78,7 @@ class History:
     range_count: int  # stored points in the requested step range, all pages together
     downsampled: bool
     next_page_token: str
+    grid: Grid | None = None  # the intervals of a downsampled view
 
 
 async def read_page(
@@ -173,7 +174,7 @@ class HistoryService:
                 raise NotFound("metric", metric, "metric")
             if max_points:
                 view = await read_view(uow.chunks, metric_id, lo, hi, max_points)
-                return History(view.points, view.range_count, view.downsampled, "")
+                return History(view.points, view.range_count, view.downsampled, "", view.grid)
             if lo == INT64_MIN and hi == INT64_MAX:
                 count = stored  # the whole series: its summary counts every point
             else:

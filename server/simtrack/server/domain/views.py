@@ -11,7 +11,8 @@ timestamp) when it lies within one interval and holds no NaN: a compacted chunk'
 compacted chunk's blocks are read from the pages holding them (paged columns decode page by
 page: ``db/codec.py``), other chunks are read and unpacked whole (all of them in one read when
 they are most). A 1,000-point view of a 1M-point series in 1,000-point chunks reads no
-columns; of one compacted into 16,384-point chunks, some 500 blocks of 128 points.
+columns; of one compacted into 16,384-point chunks, no block either: its intervals are taken
+2,048 steps wide (`cheapest_grid`), where 2,000 would cut some 500 blocks of 128 points.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ from simtrack.server.domain.view_parts import Candidates, Units
 # Above this share of a range's chunks to read anyway, one read of them all costs less than
 # reading the summaries and then most of the chunks by seq.
 READ_ALL_SHARE = 0.5
+# A view's intervals may be this much wider than the narrowest (at least 80% of the points
+# asked for) where that spares reading the units its boundaries would cut (`cheapest_grid`).
+WIDER_AT_MOST = 1.25
+ALIGNED_TRIES = 4  # widths tried, each a period wider than the last
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # a grid's ends are steps
 _NO_COLUMNS = StoredChunk(0, 0, 0, 0, b"", b"", b"")  # a chunk whose columns are not read
 
 
@@ -54,6 +60,51 @@ class Grid:
         where *= self.intervals / span
         interval = where.astype(np.int64)
         return np.minimum(interval, self.intervals - 1, out=interval)
+
+
+def cheapest_grid(first: int, last: int, intervals: int, units: Units) -> Grid:
+    """The grid of a view over [first, last] whose boundaries cut the fewest ``units`` (the
+    blocks and chunks whose summaries can stand in for their points): ``intervals`` intervals
+    spanning the range, or, at most ``WIDER_AT_MOST`` wider, intervals a whole number of the
+    units' usual period wide, starting where a unit does. A series compacted into 128-point
+    blocks viewed in 2,000-step intervals had a block cut at nearly every boundary, each read
+    from its page; in 2,048-step intervals, none is.
+    """
+    narrowest = Grid(first, last, intervals)
+    cuts = _cut(narrowest, units)
+    starts = np.sort(units.first_step[units.valid])
+    if cuts == 0 or len(starts) < 2:
+        return narrowest
+    period = int(np.median(np.diff(starts)))
+    width = -(-(last - first + 1) // intervals)
+    if period <= 0 or period > width:
+        return narrowest
+    best, start = narrowest, int(starts[0])
+    aligned = -(-width // period) * period
+    for _ in range(ALIGNED_TRIES):
+        if aligned > WIDER_AT_MOST * width:
+            break
+        lo = start - -(-(start - first) // aligned) * aligned  # a unit's start, <= first
+        count = -(-(last - lo + 1) // aligned)
+        hi = lo + count * aligned - 1
+        if count <= intervals and INT64_MIN <= lo and hi <= INT64_MAX:
+            grid = Grid(lo, hi, count)
+            if (found := _cut(grid, units)) < cuts:
+                best, cuts = grid, found
+            if cuts == 0:
+                break
+        aligned += period
+    return best
+
+
+def _cut(grid: Grid, units: Units) -> int:
+    """How many of the units (with summaries that stand for them) the grid's boundaries cut."""
+    valid = units.valid
+    return int(
+        np.count_nonzero(
+            grid.interval(units.first_step[valid]) != grid.interval(units.last_step[valid])
+        )
+    )
 
 
 def extremes(points: Points, grid: Grid) -> Array:
@@ -98,6 +149,7 @@ class View:
     points: Points
     range_count: int  # stored points in the range
     downsampled: bool  # points were left out
+    grid: Grid | None = None  # the intervals of a downsampled view
 
 
 async def read_view(
@@ -117,11 +169,12 @@ async def read_view(
     count = sum(s.n for s in inside) + len(decoded)
     if count <= max_points:
         return await _read_whole(chunks, metric_id, lo, hi, max_points, grid)
+    units = Units.of(inside)
     if grid is None:
         ends = [(int(decoded.steps.min()), int(decoded.steps.max()))] if len(decoded) else []
         ends += [(s.first_step, s.last_step) for s in inside]
-        grid = Grid(min(e[0] for e in ends), max(e[1] for e in ends), max_points // 2)
-    units = Units.of(inside)
+        first, last = min(e[0] for e in ends), max(e[1] for e in ends)
+        grid = cheapest_grid(first, last, max_points // 2, units)
     whole = units.valid & (grid.interval(units.first_step) == grid.interval(units.last_step))
     cut_chunks = sorted(set(units.chunk[~whole & (units.start < 0)].tolist()))
     cut_blocks = ~whole & (units.start >= 0)
@@ -139,7 +192,7 @@ async def read_view(
     reduced = in_blocks.take(extremes(in_blocks.points(), grid))
     candidates = decoded.plus(reduced, units.extremes(whole)).in_history_order()
     shown = candidates.points().take(extremes(candidates.points(), grid))
-    return View(shown, count, len(shown) < count)
+    return View(shown, count, len(shown) < count, grid)
 
 
 async def _read_whole(
@@ -148,5 +201,7 @@ async def _read_whole(
     """`read_view` by reading every chunk of the range."""
     every = await chunks.overlapping(metric_id, lo, hi, None, None)
     points = merge(every, lo, hi).points
-    shown = downsample(points, max_points, grid)
-    return View(shown, len(points), len(shown) < len(points))
+    if len(points) <= max_points:
+        return View(points, len(points), False)
+    grid = grid or Grid.spanning(points, max_points)
+    return View(downsample(points, max_points, grid), len(points), True, grid)
