@@ -9,8 +9,8 @@ from pathlib import Path
 
 from sqlalchemy import text
 
-from simtrack.server.db.engine import create_engine
-from simtrack.server.db.sqlite_checkpoints import WRITER_AUTOCHECKPOINT_PAGES, WalCheckpoints
+from simtrack.server.db.engine import WRITER_AUTOCHECKPOINT_PAGES, create_engine
+from simtrack.server.db.sqlite_checkpoints import WalCheckpoints
 
 ROWS = 40
 ROW_BYTES = 50_000  # 2 MB in all: far below the writer's backstop, so only we checkpoint it

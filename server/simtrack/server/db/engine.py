@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from typing import Any
 
@@ -11,11 +12,14 @@ from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from simtrack.server.db.sqlite_checkpoints import WRITER_AUTOCHECKPOINT_PAGES
-
 # A pooled PostgreSQL connection idle this long is pinged before it is handed out.
 PING_IDLE_S = 1.0
 _IDLE_SINCE = "simtrack_idle_since"
+SQLITE_BUSY_TIMEOUT_S = 30  # how long a connection waits for a lock (the writer's, a checkpoint)
+# The writer checkpoints itself only once the WAL holds this many pages (64 MiB of 4 KiB
+# pages): the server checkpoints in the background (``sqlite_checkpoints``); this is for when
+# those fall behind, or no server runs them (the CLI).
+WRITER_AUTOCHECKPOINT_PAGES = 16384
 
 
 def async_url(url: str | URL) -> URL:
@@ -49,6 +53,15 @@ def sqlite_file(url: str | URL) -> str | None:
     return database
 
 
+def sqlite_connection(path: str) -> sqlite3.Connection:
+    """A connection of the server's own to the SQLite file at ``path`` beside the engine's
+    (reads, checkpoints): autocommit, usable from the thread that runs it.
+    """
+    return sqlite3.connect(
+        path, timeout=SQLITE_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+    )
+
+
 def create_engine(
     url: str | URL, *, sqlite_foreign_keys: bool = True, **kwargs: Any
 ) -> AsyncEngine:
@@ -68,7 +81,7 @@ def create_engine(
     # between our own transactions, and WAL lets other processes (the CLI) read meanwhile.
     if "poolclass" not in kwargs:
         kwargs.update(pool_size=1, max_overflow=0)
-    engine = create_async_engine(target, connect_args={"timeout": 30}, **kwargs)
+    engine = create_async_engine(target, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S}, **kwargs)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -77,14 +90,12 @@ def create_engine(
         cursor.execute("PRAGMA journal_mode=WAL")
         # FULL: a commit is on disk before we say so, also on power loss.
         cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
         # LIKE (a filter's `*` wildcard) as PostgreSQL's: case-sensitive.
         cursor.execute("PRAGMA case_sensitive_like=ON")
         # 32 MiB of page cache (the default is 2 MiB): a group commit of a fleet's small
         # chunks dirties more pages than that, and SQLite then spills them mid-transaction.
         cursor.execute("PRAGMA cache_size=-32768")
-        # The server checkpoints in the background (``sqlite_checkpoints``); a commit
-        # checkpoints itself only past this backstop.
         cursor.execute(f"PRAGMA wal_autocheckpoint={WRITER_AUTOCHECKPOINT_PAGES}")
         cursor.close()
 

@@ -5,7 +5,7 @@ commit copies the WAL's pages into the database file and syncs it before the wri
 on. A fleet's group commit dirties pages all over the chunk indexes and the metrics'
 summaries, so nearly every commit paid a checkpoint: at 100,000 points/s a commit took 40 ms
 and the writer was busy 96% of the time (acks p50 0.4 s, p99 1.2 s over 60 s). Here the
-writer's own checkpoint is a backstop (``WRITER_AUTOCHECKPOINT_PAGES``) and a connection of
+writer's own checkpoint is a backstop (``engine.WRITER_AUTOCHECKPOINT_PAGES``) and a connection of
 this module checkpoints in the background (PASSIVE: beside the writer and the readers,
 waiting for neither), on a thread, where SQLite works without the GIL; a page written by
 several commits in between is copied once. The same 60 s: 11 ms a commit, acks p50 0.11 s,
@@ -20,13 +20,11 @@ import contextlib
 import logging
 import sqlite3
 
+from simtrack.server.db.engine import sqlite_connection
+
 log = logging.getLogger(__name__)
 
-# The writer checkpoints itself only once the WAL holds this many pages (64 MiB of 4 KiB
-# pages): when the background checkpoints fall behind, or no server runs them (the CLI).
-WRITER_AUTOCHECKPOINT_PAGES = 16384
 CHECKPOINT_INTERVAL_S = 0.5
-BUSY_TIMEOUT_S = 30
 
 
 class WalCheckpoints:
@@ -41,9 +39,7 @@ class WalCheckpoints:
         answer. Blocking: run it on a thread.
         """
         if self._connection is None:
-            self._connection = sqlite3.connect(
-                self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-            )
+            self._connection = sqlite_connection(self.path)
         busy, frames, done = self._connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         return int(busy), int(frames), int(done)
 

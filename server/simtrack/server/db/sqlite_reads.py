@@ -19,8 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from simtrack.errors import InvalidArgument, Unavailable
-
-BUSY_TIMEOUT_S = 30  # as the engine's: a checkpoint may hold readers back a moment
+from simtrack.server.db.engine import sqlite_connection
 
 
 class SqliteReadConnections:
@@ -51,9 +50,7 @@ class SqliteReadConnections:
     def _connection(self) -> sqlite3.Connection:
         connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
         if connection is None:
-            connection = sqlite3.connect(
-                self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-            )
+            connection = sqlite_connection(self.path)
             connection.execute("PRAGMA query_only=ON")
             # LIKE (a filter's `*` wildcard) as the engine's connections have it: case-sensitive.
             connection.execute("PRAGMA case_sensitive_like=ON")

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from simtrack.server.core.model import INT64_MAX, INT64_MIN
 from simtrack.server.db.chunks import Array, StoredChunk
 from simtrack.server.domain.ports import ChunkRows
 from simtrack.server.domain.series import Points, merge
@@ -33,7 +34,6 @@ READ_ALL_SHARE = 0.5
 # asked for) where that spares reading the units its boundaries would cut (`cheapest_grid`).
 WIDER_AT_MOST = 1.25
 ALIGNED_TRIES = 4  # widths tried, each a period wider than the last
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # a grid's ends are steps
 _NO_COLUMNS = StoredChunk(0, 0, 0, 0, b"", b"", b"")  # a chunk whose columns are not read
 
 
@@ -99,12 +99,13 @@ def cheapest_grid(first: int, last: int, intervals: int, units: Units) -> Grid:
 
 def _cut(grid: Grid, units: Units) -> int:
     """How many of the units (with summaries that stand for them) the grid's boundaries cut."""
-    valid = units.valid
-    return int(
-        np.count_nonzero(
-            grid.interval(units.first_step[valid]) != grid.interval(units.last_step[valid])
-        )
-    )
+    return int(np.count_nonzero(units.valid)) - int(np.count_nonzero(_whole(grid, units)))
+
+
+def _whole(grid: Grid, units: Units) -> Array:
+    """Which units stand for their points on ``grid``: valid, and within one interval."""
+    whole: Array = units.valid & (grid.interval(units.first_step) == grid.interval(units.last_step))
+    return whole
 
 
 def extremes(points: Points, grid: Grid) -> Array:
@@ -175,7 +176,7 @@ async def read_view(
         ends += [(s.first_step, s.last_step) for s in inside]
         first, last = min(e[0] for e in ends), max(e[1] for e in ends)
         grid = cheapest_grid(first, last, max_points // 2, units)
-    whole = units.valid & (grid.interval(units.first_step) == grid.interval(units.last_step))
+    whole = _whole(grid, units)
     cut_chunks = sorted(set(units.chunk[~whole & (units.start < 0)].tolist()))
     cut_blocks = ~whole & (units.start >= 0)
     if not cut_blocks.any() and len(cut_chunks) + len(edges) > READ_ALL_SHARE * len(summaries):
