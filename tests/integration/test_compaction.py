@@ -9,10 +9,11 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import timedelta
+from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from simtrack.server.api.telemetry import decode
 from simtrack.server.background import compact_chunks
@@ -162,21 +163,41 @@ async def test_compacted_chunks_are_compressed_with_their_summaries(
     assert vmin_step is not None and vmax_step is not None
 
 
+class _KilledAtCommit:
+    """A connection whose commit never happens: the process dies first."""
+
+    def __init__(self, connection: AsyncConnection) -> None:
+        self._connection = connection
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._connection, name)
+
+    async def commit(self) -> None:
+        raise RuntimeError("killed midway")
+
+
 class FailingCompaction(SqlBatchCompaction):
     """Does the real delete and insert, then fails before the commit (a crash midway) if the
-    batch holds the doomed metric.
+    batch holds the doomed metric: SQLite's rewrite commits itself, PostgreSQL's batch after it.
     """
 
     doomed = ""
+    dying = False
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Any]:
+        async with super()._connection() as connection:
+            yield _KilledAtCommit(connection) if self.dying else connection
 
     async def replace(
         self,
         spans: Mapping[str, tuple[int, int]],
-        count: int,
+        read: Mapping[str, Sequence[StoredChunk]],
         rows: Mapping[str, Sequence[CompactedChunk]],
     ) -> None:
-        await super().replace(spans, count, rows)
-        if self.doomed in spans:
+        self.dying = self.doomed in spans
+        await super().replace(spans, read, rows)
+        if self.dying:
             raise RuntimeError("killed midway")
 
 

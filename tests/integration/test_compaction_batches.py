@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -15,9 +15,10 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from simtrack.server.db.chunks import CompactedChunk, StoredChunk
 from simtrack.server.db.compaction_store import SqlBatchCompaction, SqlCompactionStore
 from simtrack.server.db.engine import create_engine
-from simtrack.server.domain.compaction import CompactionService
+from simtrack.server.domain.compaction import CompactionService, RoundReport
 from simtrack.server.domain.pending_chunks import PendingChunks
 from simtrack.server.ingest.writer import metric_id
 from tests.support import Services, running_writer, server_url
@@ -232,3 +233,66 @@ async def test_rounds_compact_what_the_writer_told_at_once_and_find_the_rest_sli
     for run_id in (told.id, untold):
         assert len(await chunk_rows(services, run_id)) == len(NAMES)
         await _all_kept(services, run_id)
+
+
+class OvertakenCompaction(SqlBatchCompaction):
+    """Right before its rewrite, another server compacts the same metrics to the end."""
+
+    other: CompactionService
+    overtaken: list[RoundReport]
+
+    async def replace(
+        self,
+        spans: Mapping[str, tuple[int, int]],
+        read: Mapping[str, Sequence[StoredChunk]],
+        rows: Mapping[str, Sequence[CompactedChunk]],
+    ) -> None:
+        if not self.overtaken:
+            self.overtaken.append(await self.other.run_round())
+        await super().replace(spans, read, rows)
+
+
+class OvertakenStore(SqlCompactionStore):
+    def __init__(self, engine: AsyncEngine, other: CompactionService) -> None:
+        super().__init__(engine)
+        self.other = other
+        self.overtaken: list[RoundReport] = []
+
+    @contextlib.asynccontextmanager
+    async def compacting(
+        self, tenant_id: str, metric_ids: Sequence[str]
+    ) -> AsyncIterator[SqlBatchCompaction]:
+        async with super().compacting(tenant_id, metric_ids) as batch:
+            batch.__class__ = OvertakenCompaction
+            assert isinstance(batch, OvertakenCompaction)
+            batch.other, batch.overtaken = self.other, self.overtaken
+            yield batch
+
+
+async def test_a_batch_overtaken_between_its_reads_and_its_rewrite_changes_nothing(
+    services: Services, engines: list[AsyncEngine]
+) -> None:
+    """SQLite reads without a lock: another server may compact the spans meanwhile, and the
+    rewrite, finding other chunks than it read, must leave them be. PostgreSQL's batch holds
+    its metrics' locks throughout: the other server skips them.
+    """
+    run_id = await _backlog(services)
+    other = CompactionService(SqlCompactionStore(engines[1]), timedelta(0))
+    store = OvertakenStore(engines[0], other)
+    report = await CompactionService(store, timedelta(0), batch_metrics=len(NAMES)).run_round()
+
+    [overtaking] = store.overtaken
+    everyone = sorted(metric_id(run_id, n) for n in NAMES)
+    if services.backend == "postgresql":
+        assert (overtaking.compacted, overtaking.busy) == ([], len(NAMES))
+        assert sorted(c.metric_id for c in report.compacted) == everyone
+    else:
+        # The other server compacted every metric; this batch's rewrite found their chunks
+        # gone and changed nothing: its metrics busy, for a later round to read afresh.
+        assert sorted(c.metric_id for c in overtaking.compacted) == everyone
+        assert (report.compacted, report.busy) == ([], len(NAMES))
+        again = await CompactionService(SqlCompactionStore(engines[0]), timedelta(0)).run_round()
+        assert (again.compacted, again.busy) == ([], 0)
+    assert report.failed == 0
+    assert len(await chunk_rows(services, run_id)) == len(NAMES)
+    await _all_kept(services, run_id)

@@ -1,16 +1,18 @@
 """Compaction's transactions (the domain's ``CompactionStore``), across tenants.
 
-A batch of one tenant's metrics is compacted in a transaction of its own that first takes the
-metrics' compaction locks, then reads what is committed, so two servers on one database never
-compact a metric at once and neither works from a stale read:
+Two servers on one database never both rewrite a metric's chunks, and neither rewrites from a
+stale read:
 
-* PostgreSQL: ``pg_try_advisory_xact_lock`` on each metric of the batch, in one statement (a
-  busy metric is skipped, not waited for; commit, rollback or a dropped connection release
-  them), the transaction told the tenant for row-level security, as the sweeps' units of work
-  are;
-* SQLite: ``BEGIN IMMEDIATE``, the database's write lock, taken before the first read (a
-  deferred transaction could read, then fail to upgrade when another process wrote); it
-  covers the whole batch.
+* PostgreSQL: a batch of one tenant's metrics is compacted in a transaction of its own that
+  first takes ``pg_try_advisory_xact_lock`` on each metric, in one statement (a busy metric is
+  skipped, not waited for; commit, rollback or a dropped connection release them), told the
+  tenant for row-level security as the sweeps' units of work are.
+* SQLite: the batch reads what is committed, statement by statement, and only its rewrite
+  takes the database's write lock (``BEGIN IMMEDIATE``). The server's one connection is then
+  the writer's again while the batch decodes and encodes (a fraction of a second a batch, a
+  stall of every stream's acks when it held the connection throughout), and other processes
+  may compact meanwhile: the rewrite checks that each span still holds exactly the chunks read
+  (what the delete returns), else changes nothing.
 
 Every step is one statement for the whole batch, whatever its size: the lock, the small
 chunks, the sizes below the spans, the spans' chunks, one delete and one insert.
@@ -21,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any
 
@@ -58,16 +61,33 @@ _SMALL = MetricChunk.n < literal_column(str(SMALL_CHUNK_POINTS))
 
 
 class SqlBatchCompaction:
-    """A batch's compaction transaction (the domain's ``BatchCompaction``)."""
+    """A batch's compaction (the domain's ``BatchCompaction``): on PostgreSQL one transaction
+    on ``connection``; on SQLite (``connection`` None) each step on the engine's connection for
+    that step alone, the rewrite in a write transaction of its own.
+    """
 
     def __init__(
-        self, connection: AsyncConnection, tenant_id: str, locked: Sequence[str], postgres: bool
+        self,
+        engine: AsyncEngine,
+        connection: AsyncConnection | None,
+        tenant_id: str,
+        locked: Sequence[str],
     ) -> None:
-        self.connection = connection
+        self._engine = engine
+        self._held = connection
         self.tenant_id = tenant_id
         self.locked = list(locked)
-        self._postgres = postgres
+        self._postgres = connection is not None
         self.run_ids: dict[str, str] = {}
+
+    def _connection(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        if self._held is not None:
+            return contextlib.nullcontext(self._held)
+        return self._engine.connect()
+
+    async def _rows(self, stmt: Any) -> list[Any]:
+        async with self._connection() as connection:
+            return list(await connection.execute(stmt))
 
     def _spans(self, spans: Mapping[str, tuple[int, int]]) -> FromClause:
         """The spans as a relation (metric_id, first_seq, last_seq), one parameter whatever
@@ -147,7 +167,7 @@ class SqlBatchCompaction:
                 .where(mine, MetricChunk.metric_id.in_(self.locked))
                 .order_by(MetricChunk.metric_id, MetricChunk.seq)
             )
-        for metric_id, seq, n, written_at in await self.connection.execute(stmt):
+        for metric_id, seq, n, written_at in await self._rows(stmt):
             found[metric_id].append(SmallChunk(seq, n, written_at))
         return found
 
@@ -188,7 +208,7 @@ class SqlBatchCompaction:
                 .where(ranked.c.rank <= limit)
                 .order_by(ranked.c.metric_id, ranked.c.seq.desc())
             )
-        for metric_id, seq, n in await self.connection.execute(stmt):
+        for metric_id, seq, n in await self._rows(stmt):
             found[metric_id].append((seq, n))
         return found
 
@@ -211,7 +231,7 @@ class SqlBatchCompaction:
                 .select_from(in_spans.join(MetricChunk, self._in(in_spans)))
                 .order_by(MetricChunk.metric_id, MetricChunk.seq)
             )
-        for row in await self.connection.execute(stmt):
+        for row in await self._rows(stmt):
             self.run_ids[row[0]] = row[1]
             found[row[0]].append(StoredChunk(*row[2:]))
         return found
@@ -219,13 +239,14 @@ class SqlBatchCompaction:
     async def replace(
         self,
         spans: Mapping[str, tuple[int, int]],
-        count: int,
+        read: Mapping[str, Sequence[StoredChunk]],
         rows: Mapping[str, Sequence[CompactedChunk]],
     ) -> None:
         if not spans:
             return
         # Delete first: the new rows reuse some of the old rows' seqs (the primary key).
         in_spans = self._spans(spans)
+        key = (MetricChunk.metric_id, MetricChunk.seq, MetricChunk.n)
         if self._postgres:  # the spans' rows by their tuple ids (a TID scan)
             ctids = self._lateral(in_spans, literal_column("ctid").label("ctid"))
             found = select(ctids.c.ctid).select_from(in_spans.join(ctids, true()))
@@ -240,13 +261,7 @@ class SqlBatchCompaction:
                     )
                 )
             )
-        deleted = await self.connection.execute(stmt)
-        if deleted.rowcount != count:
-            # A run was deleted meanwhile, or a span changed: leave everything as it was.
-            raise FailedPrecondition(
-                f"compaction of {len(spans)} metric(s): {deleted.rowcount} chunks in their "
-                f"spans, not the {count} read"
-            )
+        expected = sorted((m, c.seq, c.n) for m, chunks in read.items() for c in chunks)
         written_at = utcnow()  # as ingest stamps rows: this process's clock
         values = [
             {
@@ -259,8 +274,21 @@ class SqlBatchCompaction:
             for metric_id, mine in rows.items()
             for row in mine
         ]
-        if values:
-            await self.connection.execute(insert(MetricChunk), values)
+        async with self._connection() as connection:
+            if self._held is None:
+                await connection.exec_driver_sql("BEGIN IMMEDIATE")
+            deleted = sorted(tuple(row) for row in await connection.execute(stmt.returning(*key)))
+            if deleted != expected:
+                # A run was deleted meanwhile, or another process compacted a span: leave
+                # everything as it was (the exception rolls the transaction back).
+                raise FailedPrecondition(
+                    f"compaction of {len(spans)} metric(s): {len(deleted)} chunks in their"
+                    f" spans, not the {len(expected)} read"
+                )
+            if values:
+                await connection.execute(insert(MetricChunk), values)
+            if self._held is None:
+                await connection.commit()
 
 
 class SqlCompactionStore:
@@ -325,31 +353,30 @@ class SqlCompactionStore:
     async def compacting(
         self, tenant_id: str, metric_ids: Sequence[str]
     ) -> AsyncIterator[SqlBatchCompaction]:
+        if not self._postgres:  # no lock to take: the rewrite checks what it replaces
+            yield SqlBatchCompaction(self.engine, None, tenant_id, metric_ids)
+            return
         async with self.engine.connect() as connection:
-            if self._postgres:
-                # Row-level security's input, and no bitmap scans: on a table not analyzed
-                # yet, the planner takes the tenant's index (all its rows) beside the
-                # primary key for each metric's few rows. Both for this transaction only.
-                await connection.execute(
-                    text(
-                        "select set_config('app.tenant_id', :tenant, true), "
-                        "set_config('enable_bitmapscan', 'off', true)"
-                    ),
-                    {"tenant": tenant_id},
-                )
-                # Each metric's lock tried once, in the batch's order; the ones taken kept.
-                ids = column("m", Text)
-                wanted = func.unnest(bindparam("metric_ids", list(metric_ids), type_=ARRAY(Text)))
-                stmt = (
-                    select(ids)
-                    .select_from(wanted.alias("m"))
-                    .where(func.pg_try_advisory_xact_lock(_LOCK_CLASS, func.hashtext(ids)))
-                )
-                locked = list((await connection.scalars(stmt)).all())
-            else:
-                await connection.exec_driver_sql("BEGIN IMMEDIATE")
-                locked = list(metric_ids)
-            yield SqlBatchCompaction(connection, tenant_id, locked, self._postgres)
+            # Row-level security's input, and no bitmap scans: on a table not analyzed yet,
+            # the planner takes the tenant's index (all its rows) beside the primary key for
+            # each metric's few rows. Both for this transaction only.
+            await connection.execute(
+                text(
+                    "select set_config('app.tenant_id', :tenant, true), "
+                    "set_config('enable_bitmapscan', 'off', true)"
+                ),
+                {"tenant": tenant_id},
+            )
+            # Each metric's lock tried once, in the batch's order; the ones taken kept.
+            ids = column("m", Text)
+            wanted = func.unnest(bindparam("metric_ids", list(metric_ids), type_=ARRAY(Text)))
+            stmt = (
+                select(ids)
+                .select_from(wanted.alias("m"))
+                .where(func.pg_try_advisory_xact_lock(_LOCK_CLASS, func.hashtext(ids)))
+            )
+            locked = list((await connection.scalars(stmt)).all())
+            yield SqlBatchCompaction(self.engine, connection, tenant_id, locked)
             await connection.commit()
         # Leaving without commit (an exception) rolls back: the pool resets the connection.
 

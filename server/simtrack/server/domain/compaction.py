@@ -27,10 +27,12 @@ new points would make a small chunk again, rewritten with the next ones round af
 * the run's ``committed_seq`` (the exactly-once watermark) is not touched: a resend of an
   acked batch is still recognised, and ingest only ever writes seqs above it, never into a
   span;
-* the transaction holds the metric's compaction lock (PostgreSQL: an advisory lock, released
-  by commit, rollback or a lost connection; SQLite: the write lock, taken at BEGIN), so two
-  servers never compact a metric at once, and a reader sees the old rows or the new ones
-  (history reads one snapshot), never both or neither.
+* two servers never both rewrite a metric: PostgreSQL's transaction holds the metric's
+  advisory lock (released by commit, rollback or a lost connection); on SQLite the reads take
+  no lock and the rewrite, under the write lock, changes nothing unless the spans still hold
+  exactly the chunks read (then the batch counts as busy). The rewrite is one transaction: a
+  reader sees the old rows or the new ones (history reads one snapshot), never both or
+  neither.
 
 One transaction compacts a batch of a tenant's metrics (up to ``BATCH_METRICS``), each step
 one statement for the whole batch; the spans are chosen per metric as above. A batch that
@@ -52,6 +54,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
+from simtrack.errors import FailedPrecondition
 from simtrack.server.core.model import utcnow
 from simtrack.server.db.blocks import PAGE_POINTS, block_summaries
 from simtrack.server.db.chunks import (
@@ -74,7 +77,7 @@ MIN_TARGET_POINTS = SMALL_CHUNK_POINTS
 # Small-chunk points rewritten in one transaction at most (it may overshoot by a chunk): a
 # metric with a long backlog (a database upgraded with millions of small chunks) is compacted
 # over several transactions, none holding locks or memory for long (SQLite's one connection
-# is the server's for the transaction: ~0.4 s at this size, measured in bench compaction).
+# is the rewrite's for its delete and insert).
 MAX_SPAN_POINTS = 4 * DEFAULT_TARGET_POINTS
 DUE_PER_ROUND = 1000  # metrics per tenant and query; a full answer starts another round
 # Beside the writer's ledger (``domain/pending_chunks.py``), each round scans this many of a
@@ -339,6 +342,15 @@ class CompactionService:
         taken = {} if pending is None else pending.take(tenant_id, metric_ids)
         try:
             done = await self.compact_batch(tenant_id, metric_ids)
+        except FailedPrecondition as exc:
+            # The spans changed between the batch's reads and its rewrite (another process
+            # compacted them, or a run was deleted): nothing was written. Busy, as a locked
+            # metric is; a later round reads them afresh.
+            log.info("compaction of %d metric(s) overtaken: %s", len(metric_ids), exc)
+            if pending is not None:
+                pending.put_back(tenant_id, taken)
+            report.busy += len(metric_ids)
+            return []
         except Exception:  # noqa: BLE001 - one metric's failure must not stop the rest
             if pending is not None:
                 pending.put_back(tenant_id, taken)
@@ -403,8 +415,7 @@ class CompactionService:
             outputs = await asyncio.to_thread(
                 lambda: {m: compact(inputs[m], self.target) for m in ranges}
             )
-            count = sum(len(chunks) for chunks in inputs.values())
-            await batch.replace(ranges, count, outputs)
+            await batch.replace(ranges, inputs, outputs)
         now = utcnow()
         for metric_id, span in spans.items():
             report.left[metric_id] = [

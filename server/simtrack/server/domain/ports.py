@@ -188,8 +188,9 @@ class ChunkRows(Protocol):
 
 
 class BatchCompaction(Protocol):
-    """Several metrics' compaction: one transaction, holding the compaction lock of each metric
-    of ``locked`` (the batch's others are busy: another process compacts them).
+    """Several metrics' compaction, holding the compaction lock of each metric of ``locked``
+    (the batch's others are busy: another process compacts them): one transaction, or (where
+    no such lock is taken) committed reads and a rewrite that checks them.
 
     Each call is one statement for the whole batch; mappings are keyed by metric id.
     """
@@ -222,12 +223,13 @@ class BatchCompaction(Protocol):
     async def replace(
         self,
         spans: Mapping[str, tuple[int, int]],
-        count: int,
+        read: Mapping[str, Sequence[StoredChunk]],
         rows: Mapping[str, Sequence[CompactedChunk]],
     ) -> None:
-        """Delete the ``count`` chunks of the spans and insert each metric's ``rows``.
+        """Delete the chunks of the spans and insert each metric's ``rows``, atomically.
 
-        Raises (and the transaction rolls back) if the spans no longer hold ``count`` chunks.
+        Raises (and changes nothing) unless the spans hold exactly the chunks ``read`` (by
+        seq and size) when deleted.
         """
         ...
 
@@ -258,9 +260,8 @@ class CompactionStore(Protocol):
     def compacting(
         self, tenant_id: str, metric_ids: Sequence[str]
     ) -> AbstractAsyncContextManager[BatchCompaction]:
-        """A transaction compacting those of the tenant's metrics whose compaction lock no
-        other process holds (``locked``), committed when the block ends (rolled back if it
-        raises).
+        """A compaction of those of the tenant's metrics whose compaction lock no other process
+        holds (``locked``), committed when the block ends (nothing of it if it raises).
         """
         ...
 
