@@ -34,6 +34,18 @@ def render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | 
     return False
 
 
+def include_object(
+    obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+) -> bool:
+    """An index the models make on one database only (``ddl_if``) is compared there only."""
+    if type_ == "index" and not reflected:
+        made_if = getattr(obj, "_ddl_if", None)  # SQLAlchemy keeps ddl_if() there
+        dialect = context.get_context().dialect
+        if made_if is not None and made_if.dialect not in (None, dialect.name):
+            return False
+    return True
+
+
 def run_migrations_offline() -> None:
     context.configure(
         url=async_url(database_url()).render_as_string(hide_password=False),
@@ -57,6 +69,7 @@ def do_run_migrations(connection: Connection) -> None:
         render_as_batch=True,  # SQLite cannot ALTER most things; batch mode copies the table
         compare_type=True,
         render_item=render_item,
+        include_object=include_object,
     )
     with context.begin_transaction():
         context.run_migrations()

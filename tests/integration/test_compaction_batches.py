@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -18,12 +18,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from simtrack.server.db.chunks import CompactedChunk, StoredChunk
 from simtrack.server.db.compaction_store import SqlBatchCompaction, SqlCompactionStore
 from simtrack.server.db.engine import create_engine
+from simtrack.server.db.sqlite_reads import SqliteReadConnections
 from simtrack.server.domain.compaction import CompactionService, RoundReport
 from simtrack.server.domain.pending_chunks import PendingChunks
 from simtrack.server.ingest.writer import metric_id
 from tests.support import Services, running_writer, server_url
 from tests.support.compaction import (
     chunk_rows,
+    compaction_reads,
     expected_series,
     send,
     stored_points,
@@ -200,7 +202,10 @@ async def test_rounds_compact_what_the_writer_told_at_once_and_find_the_rest_sli
 ) -> None:
     """The writer's ledger names its metrics to the next round; another process's are found
     by the rounds' scan, a slice of the small chunks each; each metric compacted once.
+    PostgreSQL slices by metric (four metrics' chunks a slice here); SQLite in arrival order
+    (a slice holds a few messages' chunks of every metric).
     """
+    by_metric = services.backend == "postgresql"
     ledger = PendingChunks()
     scan_rows = 4 * BATCHES  # each metric has BATCHES small chunks: four metrics a slice
     service = CompactionService(
@@ -224,12 +229,13 @@ async def test_rounds_compact_what_the_writer_told_at_once_and_find_the_rest_sli
         found = [c.metric_id for c in report.compacted]
         if rounds == 0:
             assert told_ids <= set(found)
-        assert len(set(found) & untold_ids) <= 4, "a slice's metrics at most"
+        if by_metric:
+            assert len(set(found) & untold_ids) <= 4, "a slice's metrics at most"
         compacted.extend(found)
         rounds += 1
         assert rounds <= len(NAMES), "the scan does not move on"
     assert sorted(compacted) == sorted(told_ids | untold_ids)  # each once
-    assert rounds >= len(NAMES) // 4
+    assert rounds >= (len(NAMES) // 4 if by_metric else 2)
     for run_id in (told.id, untold):
         assert len(await chunk_rows(services, run_id)) == len(NAMES)
         await _all_kept(services, run_id)
@@ -253,8 +259,10 @@ class OvertakenCompaction(SqlBatchCompaction):
 
 
 class OvertakenStore(SqlCompactionStore):
-    def __init__(self, engine: AsyncEngine, other: CompactionService) -> None:
-        super().__init__(engine)
+    def __init__(
+        self, engine: AsyncEngine, reads: SqliteReadConnections | None, other: CompactionService
+    ) -> None:
+        super().__init__(engine, reads)
         self.other = other
         self.overtaken: list[RoundReport] = []
 
@@ -278,8 +286,10 @@ async def test_a_batch_overtaken_between_its_reads_and_its_rewrite_changes_nothi
     """
     run_id = await _backlog(services)
     other = CompactionService(SqlCompactionStore(engines[1]), timedelta(0))
-    store = OvertakenStore(engines[0], other)
-    report = await CompactionService(store, timedelta(0), batch_metrics=len(NAMES)).run_round()
+    async with compaction_reads(engines[0]) as reads:  # as a server reads (SQLite)
+        store = OvertakenStore(engines[0], reads, other)
+        service = CompactionService(store, timedelta(0), batch_metrics=len(NAMES))
+        report = await service.run_round()
 
     [overtaking] = store.overtaken
     everyone = sorted(metric_id(run_id, n) for n in NAMES)
@@ -296,3 +306,61 @@ async def test_a_batch_overtaken_between_its_reads_and_its_rewrite_changes_nothi
     assert report.failed == 0
     assert len(await chunk_rows(services, run_id)) == len(NAMES)
     await _all_kept(services, run_id)
+
+
+async def test_sqlite_scans_the_small_chunks_in_arrival_order_down_its_index(
+    services: Services, engines: list[AsyncEngine]
+) -> None:
+    """SQLite's scan goes through the small chunks by arrival (``ix_..._small_arrivals``),
+    a slice a round, ties of one commit's time broken by rowid, rows from before arrivals
+    were kept (no time) first; the metrics of a slice are counted whole, but those the
+    caller's ledger knows; every metric is found and the scan reaches the end.
+    """
+    if services.backend != "sqlite":
+        pytest.skip("PostgreSQL's scan goes by metric (its index of small chunks)")
+    run_id = await _backlog(services)  # NAMES x BATCHES small chunks, a few commits' times
+    engine = engines[0]
+    async with engine.begin() as connection:  # the first rows as stored before written_at
+        await connection.exec_driver_sql(
+            "UPDATE metric_chunks SET written_at = NULL WHERE rowid IN"
+            " (SELECT rowid FROM metric_chunks ORDER BY rowid LIMIT 400)"
+        )
+    store = SqlCompactionStore(engine)
+    [tenant] = await store.tenants()
+    statements: list[tuple[str, Any]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
+        statements.append((statement, parameters))
+
+    later = datetime.now(UTC) + timedelta(hours=1)  # everything settled and idle
+    everyone = {metric_id(run_id, n) for n in NAMES}
+
+    async def scan(known: set[str]) -> set[str]:
+        rows, start, slices, found = 80, "", 0, set()
+        while True:
+            due, start = await store.due_metrics(tenant, later, later, 1000, start, rows, known)
+            assert all(count == BATCHES for _, count in due)  # each metric's chunks, whole
+            found |= {metric_id for metric_id, _ in due}
+            slices += 1
+            if not start:
+                break
+            assert slices <= len(NAMES) * BATCHES // rows + 1, "the scan does not move on"
+        assert slices == len(NAMES) * BATCHES // rows + 1  # the last finds nothing after it
+        return found
+
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        assert await scan(set()) == everyone
+        some = set(sorted(everyone)[::2])
+        assert await scan(some) == everyone - some
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", record)
+    async with compaction_reads(engine) as reads:  # the same on a read connection
+        store = SqlCompactionStore(engine, reads)
+        assert await scan(some) == everyone - some
+    async with engine.connect() as connection:
+        for statement, parameters in statements:
+            if "rowid" not in statement:
+                continue
+            plan = await connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)
+            assert "ix_metric_chunks_small_arrivals" in str(plan.all()), statement

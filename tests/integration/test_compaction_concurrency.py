@@ -5,6 +5,7 @@ a compaction), two compactors at once, and ingest with resends while it all runs
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -16,12 +17,14 @@ from simtrack.server.db.chunk_repository import ChunkRepository
 from simtrack.server.db.chunks import StoredChunk
 from simtrack.server.db.engine import create_engine
 from simtrack.server.db.models import SMALL_CHUNK_POINTS
+from simtrack.server.db.sqlite_reads import SqliteReadConnections
 from simtrack.server.db.unit_of_work import SqlUnitOfWork
 from simtrack.server.domain.history import HistoryService
 from simtrack.server.ingest.writer import metric_id
 from tests.support import Services, running_writer, server_url
 from tests.support.compaction import (
     chunk_rows,
+    compaction_reads,
     compactor,
     expected_points,
     send,
@@ -36,6 +39,17 @@ async def engines(services: Services) -> AsyncIterator[list[AsyncEngine]]:
     yield made
     for engine in made:
         await engine.dispose()
+
+
+@pytest.fixture
+async def own_reads(
+    engines: list[AsyncEngine],
+) -> AsyncIterator[list[SqliteReadConnections | None]]:
+    """Each engine's compaction reads as its server would have them (SQLite: a connection of
+    their own beside the engine's).
+    """
+    async with contextlib.AsyncExitStack() as stack:
+        yield [await stack.enter_async_context(compaction_reads(e)) for e in engines]
 
 
 class InterruptedChunks(ChunkRepository):
@@ -126,7 +140,9 @@ async def test_a_view_reads_one_snapshot_while_a_compaction_commits(
 
 
 async def test_paging_across_a_compaction_gives_every_point_once(
-    services: Services, engines: list[AsyncEngine]
+    services: Services,
+    engines: list[AsyncEngine],
+    own_reads: list[SqliteReadConnections | None],
 ) -> None:
     run = await services.run((await services.experiment()).id)
     history = HistoryService(services.uow)
@@ -141,10 +157,10 @@ async def test_paging_across_a_compaction_gives_every_point_once(
             values.append(page.points.values.tobytes())
             pages += 1
             if pages == 3:  # compacted between pages: the token's chunk is gone
-                assert (await compactor(engines[0]).run_round()).compacted
+                assert (await compactor(engines[0], reads=own_reads[0]).run_round()).compacted
             if pages == 9:  # more data, compacted again; it sorts after all read so far
                 await send(writer, run.id, range(801, 901))
-                assert (await compactor(engines[0]).run_round()).compacted
+                assert (await compactor(engines[0], reads=own_reads[0]).run_round()).compacted
             token = page.next_page_token
             if not token:
                 break
@@ -155,7 +171,9 @@ async def test_paging_across_a_compaction_gives_every_point_once(
 
 
 async def test_two_compactors_at_once_compact_each_chunk_once(
-    services: Services, engines: list[AsyncEngine]
+    services: Services,
+    engines: list[AsyncEngine],
+    own_reads: list[SqliteReadConnections | None],
 ) -> None:
     run = await services.run((await services.experiment()).id)
     names = [f"m{i}" for i in range(24)]
@@ -164,7 +182,9 @@ async def test_two_compactors_at_once_compact_each_chunk_once(
     before = {n: await stored_points(services, run.id, n) for n in names}
     rows = await chunk_rows(services, run.id)
 
-    first, second = await asyncio.gather(*(compactor(e).run_round() for e in engines))
+    first, second = await asyncio.gather(
+        *(compactor(e, reads=r).run_round() for e, r in zip(engines, own_reads, strict=True))
+    )
 
     done = [c.metric_id for c in first.compacted + second.compacted]
     assert sorted(done) == sorted(metric_id(run.id, n) for n in names)  # each by one of them
@@ -175,7 +195,9 @@ async def test_two_compactors_at_once_compact_each_chunk_once(
 
 
 async def test_ingest_resends_reads_and_compaction_all_at_once(
-    services: Services, engines: list[AsyncEngine]
+    services: Services,
+    engines: list[AsyncEngine],
+    own_reads: list[SqliteReadConnections | None],
 ) -> None:
     run = await services.run((await services.experiment()).id)
     history = HistoryService(services.uow)
@@ -196,7 +218,7 @@ async def test_ingest_resends_reads_and_compaction_all_at_once(
 
     async def compact() -> None:
         while not done.is_set():
-            report = await compactor(engines[0]).run_round()
+            report = await compactor(engines[0], reads=own_reads[0]).run_round()
             compactions.extend(c.chunks_in for c in report.compacted)
             await asyncio.sleep(0.01)
 
@@ -218,7 +240,7 @@ async def test_ingest_resends_reads_and_compaction_all_at_once(
             await asyncio.sleep(0.005)
 
     await asyncio.gather(ingest(), compact(), read())
-    await compactor(engines[1]).run_round()  # what settled last
+    await compactor(engines[1], reads=own_reads[1]).run_round()  # what settled last
     assert await stored_points(services, run.id, "loss") == expected_points(range(1, total + 1))
     committed = await services.scalar("SELECT committed_seq FROM runs WHERE id = :id", id=run.id)
     assert committed == total

@@ -5,8 +5,9 @@ checksums of a metric's points in history order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import timedelta
 
 import numpy as np
@@ -17,6 +18,8 @@ from simtrack.server.core.model import INT64_MAX, INT64_MIN
 from simtrack.server.core.tenancy import LOCAL_PRINCIPAL
 from simtrack.server.db.chunks import StoredChunk
 from simtrack.server.db.compaction_store import SqlCompactionStore
+from simtrack.server.db.engine import sqlite_file
+from simtrack.server.db.sqlite_reads import SqliteReadConnections
 from simtrack.server.domain.compaction import CompactionService
 from simtrack.server.domain.series import merge
 from simtrack.server.ingest.writer import GroupCommitWriter, metric_id
@@ -89,8 +92,28 @@ async def chunk_rows(services: Services, run_id: str) -> list[tuple[str, int, in
     return [(str(r[0]), int(r[1]), int(r[2])) for r in map(tuple, rows)]
 
 
-def compactor(engine: AsyncEngine, target: int = 16_384, settle: float = 0.0) -> CompactionService:
-    return CompactionService(SqlCompactionStore(engine), timedelta(seconds=settle), target)
+def compactor(
+    engine: AsyncEngine,
+    target: int = 16_384,
+    settle: float = 0.0,
+    reads: SqliteReadConnections | None = None,
+) -> CompactionService:
+    store = SqlCompactionStore(engine, reads)
+    return CompactionService(store, timedelta(seconds=settle), target)
+
+
+@contextlib.asynccontextmanager
+async def compaction_reads(engine: AsyncEngine) -> AsyncIterator[SqliteReadConnections | None]:
+    """On a SQLite file, the read connection a server gives compaction (None elsewhere)."""
+    path = sqlite_file(engine.url)
+    if path is None:
+        yield None
+        return
+    reads = SqliteReadConnections(path, 1)
+    try:
+        yield reads
+    finally:
+        await reads.close()
 
 
 def expected_points(seqs: Iterable[int], name: str = "loss") -> tuple[bytes, bytes, bytes]:

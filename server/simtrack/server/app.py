@@ -46,6 +46,7 @@ from simtrack.server.db.engine import create_engine, is_sqlite, sqlite_file
 from simtrack.server.db.ingest_store import IngestStore
 from simtrack.server.db.reads import SqlReads
 from simtrack.server.db.sqlite_checkpoints import WalCheckpoints
+from simtrack.server.db.sqlite_reads import SqliteReadConnections
 from simtrack.server.db.unit_of_work import SqlUnitOfWorkFactory, tenant_aware_sessions
 from simtrack.server.domain.access import Authenticator
 from simtrack.server.domain.agents import AgentService
@@ -206,6 +207,12 @@ async def _start(settings: Settings, resources: contextlib.AsyncExitStack) -> Ru
     uow = SqlUnitOfWorkFactory(tenant_aware_sessions(engine))
     reads = SqlReads(engine)
     resources.push_async_callback(reads.close)
+    sqlite_path = sqlite_file(settings.database_url)
+    # Compaction's reads on a connection of their own: the engine's one is the writer's.
+    compaction_reads = None
+    if sqlite_path is not None and settings.compaction_interval > 0:
+        compaction_reads = SqliteReadConnections(sqlite_path, 1)
+        resources.push_async_callback(compaction_reads.close)
     authenticator = (
         Authenticator(uow, settings.auth_cache_seconds) if settings.auth_enabled else None
     )
@@ -328,11 +335,11 @@ async def _start(settings: Settings, resources: contextlib.AsyncExitStack) -> Ru
         )
     )
     background.spawn(sweep_runs(live_runs, validations, artifacts, settings, background.stopping))
-    if (sqlite_path := sqlite_file(settings.database_url)) is not None:
+    if sqlite_path is not None:
         background.spawn(WalCheckpoints(sqlite_path).run(background.stopping))
     if settings.compaction_interval > 0:
         compaction = CompactionService(
-            SqlCompactionStore(engine),
+            SqlCompactionStore(engine, compaction_reads),
             timedelta(seconds=settings.compaction_settle),
             settings.compaction_target_points,
             batch_metrics=settings.compaction_batch_metrics,

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Container, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any
@@ -31,6 +31,7 @@ from sqlalchemy import (
     BigInteger,
     ColumnElement,
     FromClause,
+    Select,
     Text,
     and_,
     any_,
@@ -53,6 +54,7 @@ from simtrack.errors import FailedPrecondition
 from simtrack.server.core.model import utcnow
 from simtrack.server.db.chunks import CompactedChunk, SmallChunk, StoredChunk
 from simtrack.server.db.models import SMALL_CHUNK_POINTS, MetricChunk, Tenant
+from simtrack.server.db.sqlite_reads import SqliteReadConnections
 
 # The advisory lock's first key: compaction's namespace (the second is the metric's hash).
 _LOCK_CLASS = 0x53434D50  # "SCMP"
@@ -62,8 +64,8 @@ _SMALL = MetricChunk.n < literal_column(str(SMALL_CHUNK_POINTS))
 
 class SqlBatchCompaction:
     """A batch's compaction (the domain's ``BatchCompaction``): on PostgreSQL one transaction
-    on ``connection``; on SQLite (``connection`` None) each step on the engine's connection for
-    that step alone, the rewrite in a write transaction of its own.
+    on ``connection``; on SQLite (``connection`` None) each read by ``select``, the rewrite in
+    a write transaction of its own on the engine's connection.
     """
 
     def __init__(
@@ -72,9 +74,12 @@ class SqlBatchCompaction:
         connection: AsyncConnection | None,
         tenant_id: str,
         locked: Sequence[str],
+        select: Callable[[Select[*tuple[Any, ...]]], Awaitable[Sequence[Sequence[Any]]]]
+        | None = None,
     ) -> None:
         self._engine = engine
         self._held = connection
+        self._select = select
         self.tenant_id = tenant_id
         self.locked = list(locked)
         self._postgres = connection is not None
@@ -85,7 +90,9 @@ class SqlBatchCompaction:
             return contextlib.nullcontext(self._held)
         return self._engine.connect()
 
-    async def _rows(self, stmt: Any) -> list[Any]:
+    async def _rows(self, stmt: Select[*tuple[Any, ...]]) -> Sequence[Sequence[Any]]:
+        if self._held is None and self._select is not None:
+            return await self._select(stmt)
         async with self._connection() as connection:
             return list(await connection.execute(stmt))
 
@@ -294,9 +301,21 @@ class SqlBatchCompaction:
 class SqlCompactionStore:
     """Compaction's transactions on the server's engine (the domain's ``CompactionStore``)."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, reads: SqliteReadConnections | None = None) -> None:
+        """``reads``: on SQLite, connections of compaction's own for its reads (the engine's
+        one connection is the writer's; in WAL mode a reader neither waits for it nor holds
+        it up). None: reads take the engine's connection (a database in memory).
+        """
         self.engine = engine
         self._postgres = engine.dialect.name == "postgresql"
+        self._reads = reads
+
+    async def _select(self, stmt: Select[*tuple[Any, ...]]) -> Sequence[Sequence[Any]]:
+        """SQLite: a committed read, on compaction's own connection if it has one."""
+        if self._reads is not None:
+            return await self._reads.select(stmt, self.engine.dialect)
+        async with self.engine.connect() as connection:
+            return list(await connection.execute(stmt))
 
     async def tenants(self) -> list[str]:
         async with self.engine.connect() as connection:
@@ -310,13 +329,13 @@ class SqlCompactionStore:
         limit: int,
         start: str = "",
         rows: int | None = None,
+        known: Container[str] = frozenset(),
     ) -> tuple[list[tuple[str, int]], str]:
-        mine = and_(MetricChunk.tenant_id == tenant_id, _SMALL, MetricChunk.metric_id >= start)
+        mine = and_(MetricChunk.tenant_id == tenant_id, _SMALL)
         written = MetricChunk.written_at
         before_arrivals = func.count(written) < func.count()  # rows from before they were kept
         stmt = (
             select(MetricChunk.metric_id, func.count())
-            .where(mine)
             .group_by(MetricChunk.metric_id)
             .having(
                 (func.count() >= 2)
@@ -330,8 +349,11 @@ class SqlCompactionStore:
             .order_by(MetricChunk.metric_id)
             .limit(limit)
         )
+        if rows is not None and not self._postgres:
+            return await self._due_in_arrivals(stmt, mine, start, rows, limit, known)
         async with self.engine.connect() as connection:
             await self._use_tenant(connection, tenant_id)
+            mine = and_(mine, MetricChunk.metric_id >= start)
             end: str | None = None
             if rows is not None:  # the metric ``rows`` small chunks on, down the index
                 first_after = (
@@ -343,18 +365,68 @@ class SqlCompactionStore:
                 )
                 end = await connection.scalar(first_after)
                 if end is not None:
-                    stmt = stmt.where(MetricChunk.metric_id < end)
-            due = [(metric_id, count) for metric_id, count in await connection.execute(stmt)]
-        if len(due) >= limit:
-            return due, due[-1][0]
-        return due, end or ""
+                    mine = and_(mine, MetricChunk.metric_id < end)
+            found = [(m, count) for m, count in await connection.execute(stmt.where(mine))]
+        if len(found) >= limit:
+            return found, found[-1][0]
+        return found, end or ""
+
+    async def _due_in_arrivals(
+        self,
+        due: Select[str, int],
+        mine: ColumnElement[bool],
+        start: str,
+        rows: int,
+        limit: int,
+        known: Container[str],
+    ) -> tuple[list[tuple[str, int]], str]:
+        """SQLite: the due metrics among those of the next ``rows`` small chunks in arrival
+        order (its small chunks' index), on from ``start`` (JSON: the last slice's last
+        written_at and rowid; "": the first), but those ``known`` to the caller; each one's
+        small chunks counted whole, down the primary key (a fleet's slice holds a few chunks
+        of each of thousands of metrics, all of them known to this process's ledger). Where
+        the next slice starts: this one again if the due metrics filled ``limit``, "" after
+        the last.
+        """
+        written = MetricChunk.written_at
+        rowid: ColumnElement[int] = literal_column("metric_chunks.rowid")
+        in_slice = mine
+        if start:
+            at, after = json.loads(start)
+            if at is None:  # rows from before arrivals were kept: first in the index
+                in_slice = and_(in_slice, written.is_not(None) | (rowid > after))
+            else:
+                at = datetime.fromisoformat(at)
+                in_slice = and_(in_slice, written >= at, (written > at) | (rowid > after))
+        arrivals = select(MetricChunk.metric_id).where(in_slice).order_by(written, rowid)
+        of_slice: Select[str] = (
+            select(literal_column("metric_id"))
+            .select_from(arrivals.limit(rows).subquery())
+            .distinct()
+        )
+        unknown = [m for (m,) in await self._select(of_slice) if m not in known]
+        counted: list[tuple[str, int]] = []
+        if unknown:
+            listed: Select[str] = select(literal_column("value")).select_from(
+                func.json_each(json.dumps(unknown))
+            )
+            whole = due.where(mine, MetricChunk.metric_id.in_(listed))
+            counted = [(m, count) for m, count in await self._select(whole)]
+        if len(counted) >= limit:
+            return counted, start
+        position = arrivals.with_only_columns(written, rowid).offset(rows - 1).limit(1)
+        last = await self._select(position)
+        if not last:
+            return counted, ""
+        at, after = last[0]
+        return counted, json.dumps([None if at is None else at.isoformat(), after])
 
     @contextlib.asynccontextmanager
     async def compacting(
         self, tenant_id: str, metric_ids: Sequence[str]
     ) -> AsyncIterator[SqlBatchCompaction]:
         if not self._postgres:  # no lock to take: the rewrite checks what it replaces
-            yield SqlBatchCompaction(self.engine, None, tenant_id, metric_ids)
+            yield SqlBatchCompaction(self.engine, None, tenant_id, metric_ids, self._select)
             return
         async with self.engine.connect() as connection:
             # Row-level security's input, and no bitmap scans: on a table not analyzed yet,

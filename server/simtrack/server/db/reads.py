@@ -36,7 +36,7 @@ from simtrack.server.core.tenancy import current_tenant
 from simtrack.server.db import models
 from simtrack.server.db.engine import libpq_conninfo, sqlite_file
 from simtrack.server.db.repositories import RunRepository, page_statement, scoped, split_page
-from simtrack.server.db.sqlite_reads import SqliteReadConnections
+from simtrack.server.db.sqlite_reads import SqliteReadConnections, bound_values
 from simtrack.server.db.unit_of_work import transient_sqlstate, translate_error, unreachable
 
 Processor = Callable[[Any], Any]
@@ -231,14 +231,8 @@ class SqlReads:
             state = sql.construct_expanded_state(sql.construct_params(params))
         else:
             sql, state = self._expanded(stmt)
-        # The statement's processors (an expanded IN list's members have theirs in ``state``;
-        # a tuple IN's, a sequence, never reaches the reads' statements).
-        bind: dict[str, Any] = {**sql._bind_processors, **state.processors}  # noqa: SLF001
-        values = [
-            bind[name](state.parameters[name]) if name in bind else state.parameters[name]
-            for name in state.positiontup or ()
-        ]
-        rows = await self.sqlite.rows(state.statement, values)
+        # (A tuple IN's processors, a sequence, never reach the reads' statements.)
+        rows = await self.sqlite.rows(state.statement, bound_values(sql, state))
         return self._processed(stmt, state.statement, (None,) * len(stmt.selected_columns), rows)
 
     def _processed(

@@ -18,8 +18,24 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from sqlalchemy import Select
+from sqlalchemy.engine import Dialect
+from sqlalchemy.sql.compiler import ExpandedState, SQLCompiler
+
 from simtrack.errors import InvalidArgument, Unavailable
 from simtrack.server.db.engine import sqlite_connection
+
+
+def bound_values(compiled: SQLCompiler, state: ExpandedState) -> list[Any]:
+    """A compiled statement's positional values, bound as SQLAlchemy's own execution binds
+    them (UTC times as SQLite's text, JSON, enums; an expanded IN list's members have their
+    processors in ``state``).
+    """
+    bind: dict[str, Any] = {**compiled._bind_processors, **state.processors}  # noqa: SLF001
+    return [
+        bind[name](state.parameters[name]) if name in bind else state.parameters[name]
+        for name in state.positiontup or ()
+    ]
 
 
 class SqliteReadConnections:
@@ -43,6 +59,23 @@ class SqliteReadConnections:
             raise InvalidArgument.of("request", "a value the database cannot store") from exc
         except sqlite3.OperationalError as exc:  # busy past the timeout, the disk, ...
             raise Unavailable("the database could not be read; retry later") from exc
+
+    async def select(self, stmt: Select[*tuple[Any, ...]], dialect: Dialect) -> list[list[Any]]:
+        """``stmt``'s rows, its values bound and its columns converted as SQLAlchemy's own
+        execution would; compiled at each call (for statements run a few times a second).
+        """
+        compiled = stmt.compile(dialect=dialect)
+        assert isinstance(compiled, SQLCompiler)
+        state = compiled.construct_expanded_state(compiled.construct_params())
+        rows = await self.rows(state.statement, bound_values(compiled, state))
+        processors = [
+            column.type.dialect_impl(dialect).result_processor(dialect, None)
+            for column in stmt.selected_columns
+        ]
+        return [
+            [value if p is None else p(value) for p, value in zip(processors, row, strict=True)]
+            for row in rows
+        ]
 
     def _read(self, text: str, values: Sequence[Any]) -> list[tuple[Any, ...]]:
         return self._connection().execute(text, values).fetchall()

@@ -313,6 +313,7 @@ class CompactionService:
             DUE_PER_ROUND,
             self._scan_from.get(tenant_id, ""),
             self.scan_rows,
+            self.pending.known(tenant_id),
         )
         report.full |= max(len(told), len(found)) >= DUE_PER_ROUND
         return list((dict(found) | dict(told)).items())

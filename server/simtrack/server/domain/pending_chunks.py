@@ -17,7 +17,7 @@ with every metric ever written): compaction's rounds still scan the database, a 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -88,6 +88,10 @@ class PendingChunks:
         if not entries:
             self._tenants.pop(tenant_id, None)
         return found
+
+    def known(self, tenant_id: str) -> Container[str]:
+        """The tenant's metrics the ledger tracks (live: it changes as the writer tells)."""
+        return self._tenants.get(tenant_id, {}).keys()
 
     def take(self, tenant_id: str, metric_ids: Iterable[str]) -> dict[str, Pending]:
         """The metrics' entries, out of the ledger (a batch is about to read their chunks)."""

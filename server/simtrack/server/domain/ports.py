@@ -10,7 +10,7 @@ Each repository lists what the domain calls on it; rows are the ORM entities of 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -247,13 +247,18 @@ class CompactionStore(Protocol):
         limit: int,
         start: str = "",
         rows: int | None = None,
+        known: Container[str] = frozenset(),
     ) -> tuple[list[tuple[str, int]], str]:
         """Up to ``limit`` metrics of the tenant with two or more small chunks, one of them
         stored before ``settled_before``, and either ``SMALL_CHUNK_POINTS`` points among them
-        or none stored after ``idle_before``: (metric id, its small chunks), by id. Among the
-        metrics from id ``start`` on, as far as ``rows`` of their small chunks take (None: all;
-        a metric's are never split between slices); with the id the next slice starts from
-        ("": the scan reached the end).
+        or none stored after ``idle_before``: (metric id, its small chunks), by id. With
+        ``rows`` (None: all), among the metrics of a slice of about ``rows`` small chunks, on
+        from ``start`` (where the last slice said the next starts; "": the first), each
+        metric's small chunks counted whole; with where the next slice starts ("": the scan
+        reached the end). PostgreSQL slices by metric id, SQLite in arrival order (each
+        database's index of small chunks); SQLite leaves out the metrics of ``known`` (the
+        caller's ledger tracks them), as a slice in arrival order holds chunks of every metric
+        a fleet writes.
         """
         ...
 
