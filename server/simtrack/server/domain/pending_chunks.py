@@ -90,7 +90,7 @@ class PendingChunks:
         return found
 
     def known(self, tenant_id: str) -> Container[str]:
-        """The tenant's metrics the ledger tracks (live: it changes as the writer tells)."""
+        """The tenant's metrics the ledger tracks now (a round's scan leaves them out)."""
         return self._tenants.get(tenant_id, {}).keys()
 
     def take(self, tenant_id: str, metric_ids: Iterable[str]) -> dict[str, Pending]:
