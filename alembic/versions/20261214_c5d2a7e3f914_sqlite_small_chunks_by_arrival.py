@@ -30,27 +30,17 @@ depends_on: str | Sequence[str] | None = None
 SMALL = sa.text("n < 1000")  # db/models.py SMALL_CHUNK_POINTS, as it is at this revision
 
 
-def upgrade() -> None:
+def _swap(old: str, new: str, columns: list[str]) -> None:
+    """SQLite only: the small chunks' index ``old`` replaced by ``new`` on ``columns``."""
     if op.get_context().dialect.name != "sqlite":
         return
-    op.drop_index("ix_metric_chunks_small", table_name="metric_chunks")
-    op.create_index(
-        "ix_metric_chunks_small_arrivals",
-        "metric_chunks",
-        ["written_at"],
-        unique=False,
-        sqlite_where=SMALL,
-    )
+    op.drop_index(old, table_name="metric_chunks")
+    op.create_index(new, "metric_chunks", columns, unique=False, sqlite_where=SMALL)
+
+
+def upgrade() -> None:
+    _swap("ix_metric_chunks_small", "ix_metric_chunks_small_arrivals", ["written_at"])
 
 
 def downgrade() -> None:
-    if op.get_context().dialect.name != "sqlite":
-        return
-    op.drop_index("ix_metric_chunks_small_arrivals", table_name="metric_chunks")
-    op.create_index(
-        "ix_metric_chunks_small",
-        "metric_chunks",
-        ["tenant_id", "metric_id"],
-        unique=False,
-        sqlite_where=SMALL,
-    )
+    _swap("ix_metric_chunks_small_arrivals", "ix_metric_chunks_small", ["tenant_id", "metric_id"])

@@ -21,6 +21,7 @@ chunks, the sizes below the spans, the spans' chunks, one delete and one insert.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Container, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -62,10 +63,17 @@ _LOCK_CLASS = 0x53434D50  # "SCMP"
 _SMALL = MetricChunk.n < literal_column(str(SMALL_CHUNK_POINTS))
 
 
+_Select = Callable[[Select[*tuple[Any, ...]]], Awaitable[Sequence[Sequence[Any]]]]
+
+
+async def _rows_on(connection: AsyncConnection, stmt: Select[*tuple[Any, ...]]) -> list[Any]:
+    return list(await connection.execute(stmt))
+
+
 class SqlBatchCompaction:
-    """A batch's compaction (the domain's ``BatchCompaction``): on PostgreSQL one transaction
-    on ``connection``; on SQLite (``connection`` None) each read by ``select``, the rewrite in
-    a write transaction of its own on the engine's connection.
+    """A batch's compaction (the domain's ``BatchCompaction``), its reads by ``select``: on
+    PostgreSQL one transaction on ``connection``; on SQLite (``connection`` None) committed
+    reads, and the rewrite in a write transaction of its own on the engine's connection.
     """
 
     def __init__(
@@ -74,12 +82,11 @@ class SqlBatchCompaction:
         connection: AsyncConnection | None,
         tenant_id: str,
         locked: Sequence[str],
-        select: Callable[[Select[*tuple[Any, ...]]], Awaitable[Sequence[Sequence[Any]]]]
-        | None = None,
+        select: _Select,
     ) -> None:
         self._engine = engine
         self._held = connection
-        self._select = select
+        self._rows = select
         self.tenant_id = tenant_id
         self.locked = list(locked)
         self._postgres = connection is not None
@@ -89,12 +96,6 @@ class SqlBatchCompaction:
         if self._held is not None:
             return contextlib.nullcontext(self._held)
         return self._engine.connect()
-
-    async def _rows(self, stmt: Select[*tuple[Any, ...]]) -> Sequence[Sequence[Any]]:
-        if self._held is None and self._select is not None:
-            return await self._select(stmt)
-        async with self._connection() as connection:
-            return list(await connection.execute(stmt))
 
     def _spans(self, spans: Mapping[str, tuple[int, int]]) -> FromClause:
         """The spans as a relation (metric_id, first_seq, last_seq), one parameter whatever
@@ -282,7 +283,7 @@ class SqlBatchCompaction:
             for row in mine
         ]
         async with self._connection() as connection:
-            if self._held is None:
+            if not self._postgres:
                 await connection.exec_driver_sql("BEGIN IMMEDIATE")
             deleted = sorted(tuple(row) for row in await connection.execute(stmt.returning(*key)))
             if deleted != expected:
@@ -294,7 +295,7 @@ class SqlBatchCompaction:
                 )
             if values:
                 await connection.execute(insert(MetricChunk), values)
-            if self._held is None:
+            if not self._postgres:
                 await connection.commit()
 
 
@@ -315,7 +316,7 @@ class SqlCompactionStore:
         if self._reads is not None:
             return await self._reads.select(stmt, self.engine.dialect)
         async with self.engine.connect() as connection:
-            return list(await connection.execute(stmt))
+            return await _rows_on(connection, stmt)
 
     async def tenants(self) -> list[str]:
         async with self.engine.connect() as connection:
@@ -448,7 +449,8 @@ class SqlCompactionStore:
                 .where(func.pg_try_advisory_xact_lock(_LOCK_CLASS, func.hashtext(ids)))
             )
             locked = list((await connection.scalars(stmt)).all())
-            yield SqlBatchCompaction(self.engine, connection, tenant_id, locked)
+            read = functools.partial(_rows_on, connection)
+            yield SqlBatchCompaction(self.engine, connection, tenant_id, locked, read)
             await connection.commit()
         # Leaving without commit (an exception) rolls back: the pool resets the connection.
 
