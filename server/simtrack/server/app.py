@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 from dataclasses import dataclass
@@ -66,11 +65,10 @@ from simtrack.server.ingest.bus import InProcessBus, PostgresBus
 from simtrack.server.ingest.streams import StreamRegistry
 from simtrack.server.ingest.writer import GroupCommitWriter
 from simtrack.server.observability import MetricsEndpoint, ServerMetrics, quiet_peer_gone_reports
+from simtrack.server.runtime import keep_freed_memory, settle_garbage_collector
 from simtrack.server.scenario_catalogue import default_scenarios_dir, load_catalogue
 
 log = logging.getLogger(__name__)
-GC_THRESHOLD = 20_000  # net allocations between young-generation collections (default 700)
-
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024 + 64 * 1024
 
 SERVICE_NAMES = tuple(service.full_name for service in SERVICES)
@@ -366,24 +364,11 @@ async def _start(settings: Settings, resources: contextlib.AsyncExitStack) -> Ru
     )
 
 
-def settle_garbage_collector() -> None:
-    """Keep the cyclic garbage collector off what start-up built, and run it less often.
-
-    What start-up built (modules, the ORM's metadata, protobuf descriptors, compiled
-    statements) lives as long as the process; ``gc.freeze`` takes it out of every later
-    collection. Ingest allocates a few objects per point, most freed at once by reference
-    counting, so the default threshold (a collection per 700 net allocations) runs collections
-    that find nothing: 8% of the server's time in a fleet's many small messages.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
-
-
 async def serve(settings: Settings) -> None:
     """Serve until SIGINT or SIGTERM, then stop gracefully."""
     running = await start(settings)
     settle_garbage_collector()
+    keep_freed_memory()
     host = settings.listen.rsplit(":", 1)[0]
     # Tests and scripts read these lines to learn the ports when listening on port 0 ("serving"
     # last: once it is out, the others are).
