@@ -263,7 +263,7 @@ async def _start(settings: Settings, resources: contextlib.AsyncExitStack) -> Ru
         ),
         "TelemetryService": TelemetryServicer(
             live_runs,
-            HistoryService(uow),
+            HistoryService(uow, reads),
             CompareService(uow),
             writer,
             registry,

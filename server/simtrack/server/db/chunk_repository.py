@@ -7,7 +7,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Select, bindparam, case, func, or_, select, tuple_
+from sqlalchemy import (
+    BigInteger,
+    Select,
+    String,
+    and_,
+    bindparam,
+    case,
+    func,
+    or_,
+    select,
+    true,
+    tuple_,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simtrack.server.core.tenancy import current_tenant
@@ -35,6 +47,84 @@ def _view_rows() -> Select[Any]:
         .where(chunk.tenant_id == bindparam("tenant"), chunk.metric_id == bindparam("metric"))
         .where(chunk.last_step >= bindparam("lo"), chunk.first_step <= bindparam("hi"))
         .order_by(chunk.first_step, chunk.seq)
+    )
+
+
+def page_read() -> Select[Any]:
+    """A page of metric :name of run :run (tenant :tenant) from step :start on, up to :hi,
+    in one statement (one snapshot): `domain/history.py`'s ``read_page`` as SQL.
+
+    ``head``: the first :limit chunks reaching into [:start, :hi] by (first_step, seq). The
+    page ends at or below ``bound``: the highest last step among the chunks starting past
+    :start, taken where those chunks first hold :size points (NULL: they never do in
+    ``head``). Every row carries the run (none: no such run), the metric (NULL: none of that
+    name), its point count, how many chunks ``head`` holds and ``bound``, then the columns of
+    one chunk of ``head`` starting at or below ``bound`` (all of them when it is NULL;
+    NULLs, in one row, when there are none), by (first_step, seq).
+    """
+    run, metric, chunk = models.Run, models.Metric, models.MetricChunk
+    tenant = bindparam("tenant", type_=String)
+    start, hi = bindparam("start", type_=BigInteger), bindparam("hi", type_=BigInteger)
+    target = (
+        select(run.id.label("run_id"), metric.id.label("metric_id"), metric.count)
+        .select_from(run)
+        .outerjoin(
+            metric,
+            and_(
+                metric.tenant_id == tenant,
+                metric.run_id == run.id,
+                metric.name == bindparam("name"),
+            ),
+        )
+        .where(run.tenant_id == tenant, run.id == bindparam("run"))
+        .cte("target")
+    )
+    head = (
+        select(chunk.seq, chunk.first_step, chunk.last_step, chunk.n)
+        .where(chunk.tenant_id == tenant)
+        .where(chunk.metric_id == select(target.c.metric_id).scalar_subquery())
+        .where(chunk.last_step >= start, chunk.first_step <= hi)
+        .order_by(chunk.first_step, chunk.seq)
+        .limit(bindparam("limit"))
+        .cte("head")
+    )
+    past = head.c.first_step > start  # every point of the chunk is past the page's first step
+    in_order = (head.c.first_step, head.c.seq)
+    running = select(
+        func.sum(case((past, head.c.n), else_=0)).over(order_by=in_order).label("held"),
+        func.max(case((past, head.c.last_step))).over(order_by=in_order).label("top"),
+    ).cte("running")
+    bound = (
+        select(func.min(running.c.top)).where(running.c.held >= bindparam("size")).scalar_subquery()
+    )
+    # Each chosen chunk's columns, looked up by its key: a plan that needs no statistics
+    # (joined, PostgreSQL without them scanned the metric's chunks once per chunk of the page).
+    key = and_(
+        chunk.tenant_id == tenant,
+        chunk.metric_id == select(target.c.metric_id).scalar_subquery(),
+        chunk.seq == head.c.seq,
+    )
+    columns = [
+        select(getattr(chunk, name)).where(key).scalar_subquery().label(name)
+        for name in ("steps", "vals", "ts")
+    ]
+    page = (
+        select(head.c.seq, head.c.first_step, head.c.last_step, head.c.n, *columns)
+        .where(or_(bound.is_(None), head.c.first_step <= bound))
+        .subquery("page")
+    )
+    return (
+        select(
+            target.c.run_id,
+            target.c.metric_id,
+            target.c.count,
+            select(func.count()).select_from(head).scalar_subquery().label("head"),
+            bound.label("bound"),
+            *page.c,
+        )
+        .select_from(target)
+        .outerjoin(page, true())
+        .order_by(page.c.first_step, page.c.seq)
     )
 
 

@@ -45,6 +45,16 @@ class StoredChunk(NamedTuple):
     ts: bytes
 
 
+class PageChunks(NamedTuple):
+    """What one statement read for a page of a metric's history (``HistoryReads.page``)."""
+
+    metric_id: str | None  # None: the run has no metric of that name
+    points: int  # the metric's points
+    chunks: list[StoredChunk]  # those the page needs, by (first_step, seq)
+    settled: bool  # False: the chunks read do not tell where the page ends (read it in steps)
+    unread: bool  # chunks starting past the page are left
+
+
 class ChunkSummary(NamedTuple):
     """A ``metric_chunks`` row without its columns: what a downsampled view needs of a chunk
     that lies within one of its intervals (``vmin_ts`` set: every value finite).

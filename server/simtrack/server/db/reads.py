@@ -34,6 +34,8 @@ from simtrack.errors import InvalidArgument, Unavailable
 from simtrack.server.core.listing import Cursor, PageRequest
 from simtrack.server.core.tenancy import current_tenant
 from simtrack.server.db import models
+from simtrack.server.db.chunk_repository import page_read
+from simtrack.server.db.chunks import PageChunks, StoredChunk
 from simtrack.server.db.engine import libpq_conninfo, sqlite_file
 from simtrack.server.db.repositories import RunRepository, page_statement, scoped, split_page
 from simtrack.server.db.sqlite_reads import SqliteReadConnections, bound_values
@@ -70,6 +72,7 @@ RUN = Entity(models.Run)
 _RUN_BY_ID = select(*RUN.columns).where(
     models.Run.tenant_id == bindparam("tenant"), models.Run.id == bindparam("id")
 )
+_PAGE_READ = page_read()
 
 
 class ReadConnection:
@@ -152,7 +155,9 @@ class ReadConnections:
 
 
 class SqlReads:
-    """Runs read one statement at a time (the domain's ``RunReads``)."""
+    """Runs, and pages of a metric's history, read one statement at a time (the domain's
+    ``RunReads`` and ``HistoryReads``).
+    """
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -165,6 +170,7 @@ class SqlReads:
         file = sqlite_file(engine.url)
         self.sqlite = None if file is None else SqliteReadConnections(file, READ_CONNECTIONS)
         self._run_by_id = self._compile(_RUN_BY_ID)
+        self._page_read = self._compile(_PAGE_READ)
         self._compiled_cache: LRUCache[Any, Compiled] = LRUCache(500)
         self._processor_cache: dict[tuple[str, tuple[int | None, ...]], list[Processor | None]] = {}
 
@@ -186,6 +192,31 @@ class SqlReads:
         width = len(RUN.columns)
         loaded = [(RUN.loaded(r[:width]), tuple(r[width:])) for r in rows]
         return split_page(loaded, position, page.size)
+
+    async def page(
+        self, run_id: str, metric: str, start: int, hi: int, size: int, limit: int
+    ) -> PageChunks | None:
+        params = {
+            "tenant": current_tenant(),
+            "run": run_id,
+            "name": metric,
+            "start": start,
+            "hi": hi,
+            "size": size,
+            "limit": limit,
+        }
+        rows = await self._rows(_PAGE_READ, params, self._page_read)
+        if not rows:
+            return None
+        _, metric_id, count, head, bound = rows[0][:5]
+        chunks = [StoredChunk(*row[5:]) for row in rows if row[5] is not None]
+        return PageChunks(
+            metric_id,
+            count or 0,
+            chunks,
+            settled=bound is not None or head < limit,
+            unread=head > len(chunks),
+        )
 
     async def _rows(
         self,

@@ -7,7 +7,8 @@ sent: by seq, then place in the batch), either
 * page by page: the chunks a page needs are chosen from their summaries in order of their
   first step (until no further chunk can hold a point of the page), then read at once; the
   page token is the last point's (step, rank among the points of that step), which
-  compaction preserves; or
+  compaction preserves. A page of the whole series is read in one statement where the first
+  chunks read settle it (``HistoryReads.page``: all but a fleet's uncompacted series); or
 * downsampled to at most ``max_points`` (``domain/views.py``).
 """
 
@@ -40,7 +41,7 @@ from simtrack.server.core.model import (
 )
 from simtrack.server.db.chunks import ChunkSummary
 from simtrack.server.db.models import SMALL_CHUNK_POINTS, Event, Metric
-from simtrack.server.domain.ports import ChunkRows, UnitOfWorkFactory
+from simtrack.server.domain.ports import ChunkRows, HistoryReads, UnitOfWorkFactory
 from simtrack.server.domain.runs import load_run
 from simtrack.server.domain.series import Key, Merged, Points, merge, range_count
 from simtrack.server.domain.views import Grid, read_view
@@ -81,6 +82,13 @@ class History:
     grid: Grid | None = None  # the intervals of a downsampled view
 
 
+def first_read(size: int) -> int:
+    """How many chunk summaries a page of ``size`` reads at first: enough for a series sent in
+    1,000-point batches, or compacted.
+    """
+    return max(CHUNKS_PER_READ, size // SMALL_CHUNK_POINTS + 2)
+
+
 async def read_page(
     chunks: ChunkRows, metric_id: str, lo: int, hi: int, after: Key | None, size: int
 ) -> tuple[Merged, bool]:
@@ -96,8 +104,7 @@ async def read_page(
     chosen: list[ChunkSummary] = []
     held, counted_top = 0, INT64_MIN  # points of, and highest step in, chunks past ``start``
     bound: int | None = None  # L, once known
-    # Enough for a page of a series sent in 1,000-point batches in one read.
-    limit = max(CHUNKS_PER_READ, size // SMALL_CHUNK_POINTS + 2)
+    limit = first_read(size)
     unread = False  # chunks starting past the page are left
     while True:
         cursor = (chosen[-1].first_step, chosen[-1].seq) if chosen else None
@@ -120,9 +127,19 @@ async def read_page(
     return merged, unread or len(merged) > size
 
 
+def _page(merged: Merged, more: bool, size: int, count: int, scope: str) -> History:
+    """The first ``size`` points of ``merged``, with a token for the next page if ``more``."""
+    shown_count = min(size, len(merged.points))
+    next_token = ""
+    if more and shown_count:
+        next_token = encode_position(merged.key(shown_count - 1), scope)
+    return History(merged.points.take(slice(0, shown_count)), count, False, next_token)
+
+
 class HistoryService:
-    def __init__(self, uow: UnitOfWorkFactory) -> None:
+    def __init__(self, uow: UnitOfWorkFactory, pages: HistoryReads | None = None) -> None:
         self.uow = uow
+        self.pages = pages  # None: every page through a unit of work
 
     async def list_metrics(
         self, run_id: str, size: int, token: str, filter_text: str, order_by: str = ""
@@ -163,6 +180,10 @@ class HistoryService:
         if token:
             step, rank = decode_position(token, scope, (int, int))
             after = (step, rank)
+        if not max_points and lo == INT64_MIN and hi == INT64_MAX and self.pages is not None:
+            page = await self._whole_series_page(run_id, metric, after, size, scope)
+            if page is not None:
+                return page
         async with self.uow() as uow:
             # One snapshot for all statements below: a compaction committing between two of
             # them must not show a point twice (old rows, then the new) or not at all.
@@ -185,11 +206,23 @@ class HistoryService:
                     [(n, first, steps) for _, n, first, steps in edges], lo, hi
                 )
             merged, more = await read_page(uow.chunks, metric_id, lo, hi, after, size)
-        shown_count = min(size, len(merged.points))
-        next_token = ""
-        if more and shown_count:
-            next_token = encode_position(merged.key(shown_count - 1), scope)
-        return History(merged.points.take(slice(0, shown_count)), count, False, next_token)
+        return _page(merged, more, size, count, scope)
+
+    async def _whole_series_page(
+        self, run_id: str, metric: str, after: Key | None, size: int, scope: str
+    ) -> History | None:
+        """The page in one statement; None where its first chunks do not settle it."""
+        assert self.pages is not None
+        start = INT64_MIN if after is None else after[0]
+        read = await self.pages.page(run_id, metric, start, INT64_MAX, size, first_read(size))
+        if read is None:
+            raise NotFound("run", run_id, "run_id")
+        if read.metric_id is None:
+            raise NotFound("metric", metric, "metric")
+        if not read.settled:
+            return None
+        merged = merge(read.chunks, start, INT64_MAX, after)
+        return _page(merged, read.unread or len(merged) > size, size, read.points, scope)
 
     async def list_events(
         self, run_id: str, size: int, token: str, filter_text: str, order_by: str = ""

@@ -20,7 +20,13 @@ from simtrack.server.core.commands import CommandMessage
 from simtrack.server.core.filters import Filter
 from simtrack.server.core.listing import Cursor, PageRequest
 from simtrack.server.core.model import MetricAggregate, RunStatus
-from simtrack.server.db.chunks import ChunkSummary, CompactedChunk, SmallChunk, StoredChunk
+from simtrack.server.db.chunks import (
+    ChunkSummary,
+    CompactedChunk,
+    PageChunks,
+    SmallChunk,
+    StoredChunk,
+)
 from simtrack.server.db.models import (
     Agent,
     ApiKey,
@@ -304,6 +310,19 @@ class RunReads(Protocol):
 
     async def runs(self, page: PageRequest) -> tuple[list[Run], Cursor | None]:
         """One page (``Rows.list``)."""
+        ...
+
+
+class HistoryReads(Protocol):
+    """A page of a metric's history in one statement, outside any unit of work."""
+
+    async def page(
+        self, run_id: str, metric: str, start: int, hi: int, size: int, limit: int
+    ) -> PageChunks | None:
+        """The chunks holding the ``size`` points from step ``start`` on (up to ``hi``), from
+        the first ``limit`` chunks reaching into [start, hi] (as ``read_page`` chooses them).
+        None: the caller's tenant has no such run.
+        """
         ...
 
 

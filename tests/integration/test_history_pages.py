@@ -1,0 +1,154 @@
+"""A page of a whole series read in one statement (``SqlReads.page``) equals the page read
+step by step through a unit of work, on both databases: every page size, raw and compacted
+chunks, odd values, repeated steps, a batch that went back over earlier steps, a fleet's small
+flushes (where the first chunks read do not settle the page, and the unit of work reads it);
+and it answers for the caller's tenant only.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from simtrack.errors import NotFound
+from simtrack.server.api.telemetry import decode
+from simtrack.server.core.tenancy import (
+    LOCAL_PRINCIPAL,
+    Principal,
+    Role,
+    reset_principal,
+    set_principal,
+)
+from simtrack.server.db.chunks import PageChunks
+from simtrack.server.db.engine import create_engine
+from simtrack.server.db.reads import SqlReads
+from simtrack.server.domain.history import History, HistoryService
+from simtrack.v1 import telemetry_pb2 as tpb
+from tests.integration.test_history_views import batches
+from tests.support import Services, running_writer, server_url
+from tests.support.compaction import compactor, stored_points
+
+
+class CountedPages:
+    """The reads' ``page``, counting what it settled and what it left to the unit of work."""
+
+    def __init__(self, reads: SqlReads) -> None:
+        self.reads = reads
+        self.settled = self.unsettled = 0
+
+    async def page(self, *args: Any) -> PageChunks | None:
+        read = await self.reads.page(*args)
+        if read is not None:
+            if read.settled:
+                self.settled += 1
+            else:
+                self.unsettled += 1
+        return read
+
+
+async def written(services: Services, compacted: bool) -> str:
+    """A run whose metric ``x`` holds every shape of ``batches()``, compacted or as written."""
+    run = await services.run((await services.experiment()).id)
+    async with running_writer(services) as writer:
+        for seq, (steps, values, stamps) in enumerate(batches(), start=1):
+            series = tpb.MetricSeries(name="x", steps=steps, values=values, timestamps=stamps)
+            message = tpb.StreamRunRequest(seq=seq, metrics=tpb.MetricBatch(series=[series]))
+            await writer.submit(LOCAL_PRINCIPAL, run.id, decode(message))
+    if compacted:
+        engine: AsyncEngine = create_engine(server_url(services))
+        try:
+            await compactor(engine, target=2000).run_round()
+        finally:
+            await engine.dispose()
+    return run.id
+
+
+async def every_page(history: HistoryService, run_id: str, size: int) -> list[History]:
+    pages, token = [], ""
+    while True:
+        page = await history.history(run_id, "x", None, None, 0, size, token)
+        pages.append(page)
+        token = page.next_page_token
+        if not token:
+            return pages
+
+
+def columns(pages: list[History]) -> tuple[bytes, bytes, bytes]:
+    return tuple(  # type: ignore[return-value]
+        b"".join(
+            getattr(p.points, name).astype("<f8" if name != "steps" else "<i8").tobytes()
+            for p in pages
+        )
+        for name in ("steps", "values", "timestamps")
+    )
+
+
+@pytest.mark.parametrize("compacted", [False, True], ids=["raw", "compacted"])
+async def test_one_statement_pages_equal_the_unit_of_works(
+    services: Services, compacted: bool
+) -> None:
+    run_id = await written(services, compacted)
+    stored = await stored_points(services, run_id, "x")
+    counted = CountedPages(services.reads)
+    fast, stepwise = HistoryService(services.uow, counted), HistoryService(services.uow)
+    for size in (61, 97, 1000, 2500, 100_000):
+        pages = await every_page(fast, run_id, size)
+        expected = await every_page(stepwise, run_id, size)
+        assert [p.next_page_token for p in pages] == [p.next_page_token for p in expected]
+        assert [p.range_count for p in pages] == [p.range_count for p in expected]
+        assert all(len(p.points) == size for p in pages[:-1]), size
+        # Bit for bit, every stored point once, in history order.
+        assert columns(pages) == columns(expected) == stored, size
+    assert counted.settled > 0
+    if not compacted:  # 150 small flushes: the first chunks read hold too few points
+        assert counted.unsettled > 0
+
+
+async def test_a_one_statement_page_names_what_is_missing_and_keeps_tenants_apart(
+    services: Services,
+) -> None:
+    run_id = await written(services, compacted=False)
+    history = HistoryService(services.uow, services.reads)
+    first = await history.history(run_id, "x", None, None, 0, 10, "")
+    assert len(first.points) == 10 and first.next_page_token
+    with pytest.raises(NotFound) as missing:
+        await history.history(run_id, "y", None, None, 0, 10, "")
+    assert missing.value.field == "metric"
+    with pytest.raises(NotFound) as unknown:
+        await history.history(str(uuid.uuid4()), "x", None, None, 0, 10, "")
+    assert unknown.value.field == "run_id"
+    token = set_principal(Principal("another-tenant", Role.ADMIN))
+    try:
+        with pytest.raises(NotFound) as other:
+            await history.history(run_id, "x", None, None, 0, 10, "")
+        assert other.value.field == "run_id"
+        read = await services.reads.page(run_id, "x", -(2**63), 2**63 - 1, 10, 64)
+        assert read is None
+    finally:
+        reset_principal(token)
+
+
+async def test_a_chunk_starting_where_the_page_ends_is_read(services: Services) -> None:
+    """Chunks of 100 steps, each sharing its first step with the previous one's last, sent in
+    reverse: the later chunk's point sorts first at the shared step (a lower seq), so a page
+    of 100 ending there needs the chunk starting at its last step.
+    """
+    run = await services.run((await services.experiment()).id)
+    async with running_writer(services) as writer:
+        for seq, k in enumerate(reversed(range(20)), start=1):
+            steps = list(range(99 * k, 99 * k + 100))
+            values = [float(seq * 1000 + i) for i in range(100)]
+            series = tpb.MetricSeries(name="x", steps=steps, values=values)
+            message = tpb.StreamRunRequest(seq=seq, metrics=tpb.MetricBatch(series=[series]))
+            await writer.submit(LOCAL_PRINCIPAL, run.id, decode(message))
+    stored = await stored_points(services, run.id, "x")
+    counted = CountedPages(services.reads)
+    fast = HistoryService(services.uow, counted)
+    for size in (100, 99, 50, 201):
+        pages = await every_page(fast, run.id, size)
+        assert columns(pages) == stored, size
+        assert all(len(p.points) == size for p in pages[:-1]), size
+    assert counted.settled and not counted.unsettled
