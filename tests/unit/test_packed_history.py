@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from simtrack.server.api.packed import history_response, varints
+from simtrack.server.api.packed import history_response, varint, varints
 from simtrack.v1 import telemetry_pb2 as tpb
 from tests.support.compaction import ODD_VALUES
 
@@ -57,6 +57,7 @@ def test_varints_of_every_length() -> None:
             continue  # proto3 leaves a zero out
         message = tpb.GetMetricHistoryResponse(range_count=value)
         assert message.SerializeToString() == b"\x28" + varints(np.array([value]))
+        assert varint(value) == varints(np.array([value]))
     assert varints(np.array([], dtype=np.int64)) == b""
 
 

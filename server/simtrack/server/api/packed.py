@@ -108,14 +108,25 @@ def _sorted_varints(signed: Array) -> bytes:
     return b"".join(parts)
 
 
+def varint(value: int) -> bytes:
+    """One int64's varint (`varints` of one value, without numpy's per-call cost)."""
+    value &= (1 << 64) - 1  # a negative value as its two's complement: ten bytes
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
 def _key(field: int, wire_type: int) -> bytes:
-    return varints(np.array([field << 3 | wire_type]))
+    return varint(field << 3 | wire_type)
 
 
 def _bytes_field(field: int, payload: bytes) -> bytes:
     if not payload:
         return b""  # proto3: an empty packed field is absent
-    return _key(field, _LENGTH_DELIMITED) + varints(np.array([len(payload)])) + payload
+    return _key(field, _LENGTH_DELIMITED) + varint(len(payload)) + payload
 
 
 def history_response(
@@ -133,7 +144,7 @@ def history_response(
             _bytes_field(2, values.astype("<f8", copy=False).tobytes()),
             _bytes_field(3, timestamps.astype("<f8", copy=False).tobytes()),
             _bytes_field(4, next_page_token.encode()),
-            _key(5, _VARINT) + varints(np.array([range_count])) if range_count else b"",
+            _key(5, _VARINT) + varint(range_count) if range_count else b"",
             _key(6, _VARINT) + b"\x01" if downsampled else b"",
         )
     )

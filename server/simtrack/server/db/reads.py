@@ -272,8 +272,10 @@ class SqlReads:
         text: str,
         types: tuple[int | None, ...],
         rows: Sequence[Sequence[Any]],
-    ) -> list[list[Any]]:
+    ) -> Sequence[Sequence[Any]]:
         processors = self._processors(stmt, text, types)
+        if not any(processors):  # a page's chunks: numbers and bytes as the driver gave them
+            return rows
         return [
             [value if p is None else p(value) for p, value in zip(processors, row, strict=True)]
             for row in rows

@@ -173,7 +173,7 @@ def compact(chunks: Sequence[StoredChunk], target: int) -> list[CompactedChunk]:
     """The chunks' points in history order, as chunks of up to ``target`` points on the
     highest of the chunks' seqs in increasing order (`output_bounds`).
     """
-    points, _ = history_order(chunks)
+    points = history_order(chunks)
     bounds = output_bounds(len(points), target, len(chunks))
     seqs = sorted(c.seq for c in chunks)[len(chunks) - len(bounds) :]
     out = []

@@ -54,17 +54,16 @@ class Merged:
         return step, rank + (self.skipped if step == self.after_step else 0)
 
 
-def history_order(chunks: Sequence[StoredChunk]) -> tuple[Points, Array]:
-    """The chunks' points sorted by (step, seq, place in the chunk), and the order applied."""
+def history_order(chunks: Sequence[StoredChunk]) -> Points:
+    """The chunks' points sorted by (step, seq, place in the chunk)."""
     steps, values, stamps = unpack_many(chunks)
     points = Points(steps, values, stamps)
     if len(steps) < 2 or bool((steps[1:] > steps[:-1]).all()):  # already in order
-        return points, np.arange(len(steps))
+        return points
     counts = np.fromiter((c.n for c in chunks), dtype=np.int64, count=len(chunks))
     seqs = np.repeat(np.fromiter((c.seq for c in chunks), dtype=STEP, count=len(chunks)), counts)
     index = np.arange(len(steps), dtype=STEP) - np.repeat(np.cumsum(counts) - counts, counts)
-    order = np.lexsort((index, seqs, steps))
-    return points.take(order), order
+    return points.take(np.lexsort((index, seqs, steps)))
 
 
 def merge(chunks: Sequence[StoredChunk], lo: int, hi: int, after: Key | None = None) -> Merged:
@@ -78,7 +77,7 @@ def merge(chunks: Sequence[StoredChunk], lo: int, hi: int, after: Key | None = N
     if not chunks:
         empty = np.empty(0, dtype=FLOAT)
         return Merged(Points(np.empty(0, dtype=STEP), empty, empty))
-    points, _ = history_order(chunks)
+    points = history_order(chunks)
     steps = points.steps
     if any(c.first_step < lo or c.last_step > hi for c in chunks):
         # Sorted by step: the range is one slice.
