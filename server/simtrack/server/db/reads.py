@@ -105,7 +105,11 @@ class ReadConnection:
                 await cursor.execute(text, values)
             self.tenant = tenant
         rows = await cursor.fetchall()
-        return rows, tuple(column.type_code for column in cursor.description or ())
+        # The result's own type codes: ``cursor.description`` builds an object per column
+        # each call, a tenth of a GetRun's server time.
+        result = cursor.pgresult
+        types = () if result is None else tuple(result.ftype(i) for i in range(result.nfields))
+        return rows, types
 
 
 class ReadConnections:
