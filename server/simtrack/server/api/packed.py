@@ -123,10 +123,21 @@ def _key(field: int, wire_type: int) -> bytes:
     return varint(field << 3 | wire_type)
 
 
-def _bytes_field(field: int, payload: bytes) -> bytes:
-    if not payload:
-        return b""  # proto3: an empty packed field is absent
-    return _key(field, _LENGTH_DELIMITED) + varint(len(payload)) + payload
+def _bytes_field(field: int, payload: bytes | memoryview) -> tuple[bytes | memoryview, ...]:
+    """A length-delimited field as its parts, the payload (bytes, or a column's memory) left
+    as it is: `history_response` joins every part once, so a page's columns are copied once.
+    """
+    size = memoryview(payload).nbytes
+    if not size:
+        return ()  # proto3: an empty packed field is absent
+    return _key(field, _LENGTH_DELIMITED) + varint(size), payload
+
+
+def _column(values: Array) -> memoryview:
+    """The memory of ``values`` as contiguous little-endian float64 (no copy when they are
+    already).
+    """
+    return np.ascontiguousarray(values, dtype="<f8").data
 
 
 def history_response(
@@ -140,10 +151,10 @@ def history_response(
     """The response, as protobuf would serialize it from the same columns and fields."""
     wire = b"".join(
         (
-            _bytes_field(1, varints(steps)),
-            _bytes_field(2, values.astype("<f8", copy=False).tobytes()),
-            _bytes_field(3, timestamps.astype("<f8", copy=False).tobytes()),
-            _bytes_field(4, next_page_token.encode()),
+            *_bytes_field(1, varints(steps)),
+            *_bytes_field(2, _column(values)),
+            *_bytes_field(3, _column(timestamps)),
+            *_bytes_field(4, next_page_token.encode()),
             _key(5, _VARINT) + varint(range_count) if range_count else b"",
             _key(6, _VARINT) + b"\x01" if downsampled else b"",
         )
