@@ -1,8 +1,8 @@
-"""A page of a whole series read in one statement (``SqlReads.page``) equals the page read
-step by step through a unit of work, on both databases: every page size, raw and compacted
-chunks, odd values, repeated steps, a batch that went back over earlier steps, a fleet's small
-flushes (where the first chunks read do not settle the page, and the unit of work reads it);
-and it answers for the caller's tenant only.
+"""A page read in one statement (``SqlReads.page``) equals the page read step by step
+through a unit of work, on both databases: the whole series and ranges cutting chunks, every
+page size, raw and compacted chunks, odd values, repeated steps, a batch that went back over
+earlier steps, a fleet's small flushes (where the first chunks read do not settle the page,
+and the unit of work reads it); and it answers for the caller's tenant only.
 """
 
 from __future__ import annotations
@@ -66,10 +66,12 @@ async def written(services: Services, compacted: bool) -> str:
     return run.id
 
 
-async def every_page(history: HistoryService, run_id: str, size: int) -> list[History]:
+async def every_page(
+    history: HistoryService, run_id: str, size: int, lo: int | None = None, hi: int | None = None
+) -> list[History]:
     pages, token = [], ""
     while True:
-        page = await history.history(run_id, "x", None, None, 0, size, token)
+        page = await history.history(run_id, "x", lo, hi, 0, size, token)
         pages.append(page)
         token = page.next_page_token
         if not token:
@@ -102,6 +104,23 @@ async def test_one_statement_pages_equal_the_unit_of_works(
         assert all(len(p.points) == size for p in pages[:-1]), size
         # Bit for bit, every stored point once, in history order.
         assert columns(pages) == columns(expected) == stored, size
+    # Ranges cutting chunks (1,000-point batches, odd sizes, the batch that went back over
+    # earlier steps, repeated steps, the small flushes); range_count counts the range's points.
+    for lo, hi in (
+        (1500, 9876),
+        (2400, 4200),
+        (13_000, None),
+        (3000, 3000),
+        (None, 10),
+        (16_000, 16_999),
+    ):
+        for size in (97, 2500):
+            pages = await every_page(fast, run_id, size, lo, hi)
+            expected = await every_page(stepwise, run_id, size, lo, hi)
+            assert [p.next_page_token for p in pages] == [p.next_page_token for p in expected]
+            assert [p.range_count for p in pages] == [p.range_count for p in expected]
+            assert pages[0].range_count == sum(len(p.points) for p in pages), (lo, hi)
+            assert columns(pages) == columns(expected), (lo, hi, size)
     assert counted.settled > 0
     if not compacted:  # 150 small flushes: the first chunks read hold too few points
         assert counted.unsettled > 0
@@ -125,7 +144,7 @@ async def test_a_one_statement_page_names_what_is_missing_and_keeps_tenants_apar
         with pytest.raises(NotFound) as other:
             await history.history(run_id, "x", None, None, 0, 10, "")
         assert other.value.field == "run_id"
-        read = await services.reads.page(run_id, "x", -(2**63), 2**63 - 1, 10, 64)
+        read = await services.reads.page(run_id, "x", -(2**63), 2**63 - 1, -(2**63), 10, 64)
         assert read is None
     finally:
         reset_principal(token)

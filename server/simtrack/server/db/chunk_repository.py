@@ -9,16 +9,21 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    LargeBinary,
     Select,
     String,
     and_,
     bindparam,
     case,
+    cast,
     func,
+    literal,
+    null,
     or_,
     select,
     true,
     tuple_,
+    union_all,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -50,7 +55,7 @@ def _view_rows() -> Select[Any]:
     )
 
 
-def page_read() -> Select[Any]:
+def page_read(ranged: bool) -> Select[Any]:
     """A page of metric :name of run :run (tenant :tenant) from step :start on, up to :hi,
     in one statement (one snapshot): `domain/history.py`'s ``read_page`` as SQL.
 
@@ -58,9 +63,11 @@ def page_read() -> Select[Any]:
     page ends at or below ``bound``: the highest last step among the chunks starting past
     :start, taken where those chunks first hold :size points (NULL: they never do in
     ``head``). Every row carries the run (none: no such run), the metric (NULL: none of that
-    name), its point count, how many chunks ``head`` holds and ``bound``, then the columns of
-    one chunk of ``head`` starting at or below ``bound`` (all of them when it is NULL;
-    NULLs, in one row, when there are none), by (first_step, seq).
+    name), its point count, how many chunks ``head`` holds, ``bound`` and ``within``, then
+    one chunk (NULLs, in one row, when there are none): first (``kind`` 0) the chunks of
+    ``head`` starting at or below ``bound`` (all of them when it is NULL) with their columns,
+    by (first_step, seq). ``ranged``: the page lies in [:lo, :hi], whose points the chunks
+    lying within it count (``within``) and those it cuts (``kind`` 1, their steps only).
     """
     run, metric, chunk = models.Run, models.Metric, models.MetricChunk
     tenant = bindparam("tenant", type_=String)
@@ -79,11 +86,13 @@ def page_read() -> Select[Any]:
         .where(run.tenant_id == tenant, run.id == bindparam("run"))
         .cte("target")
     )
+    of_metric = and_(
+        chunk.tenant_id == tenant,
+        chunk.metric_id == select(target.c.metric_id).scalar_subquery(),
+    )
     head = (
         select(chunk.seq, chunk.first_step, chunk.last_step, chunk.n)
-        .where(chunk.tenant_id == tenant)
-        .where(chunk.metric_id == select(target.c.metric_id).scalar_subquery())
-        .where(chunk.last_step >= start, chunk.first_step <= hi)
+        .where(of_metric, chunk.last_step >= start, chunk.first_step <= hi)
         .order_by(chunk.first_step, chunk.seq)
         .limit(bindparam("limit"))
         .cte("head")
@@ -99,20 +108,47 @@ def page_read() -> Select[Any]:
     )
     # Each chosen chunk's columns, looked up by its key: a plan that needs no statistics
     # (joined, PostgreSQL without them scanned the metric's chunks once per chunk of the page).
-    key = and_(
-        chunk.tenant_id == tenant,
-        chunk.metric_id == select(target.c.metric_id).scalar_subquery(),
-        chunk.seq == head.c.seq,
-    )
     columns = [
-        select(getattr(chunk, name)).where(key).scalar_subquery().label(name)
+        select(getattr(chunk, name))
+        .where(of_metric, chunk.seq == head.c.seq)
+        .scalar_subquery()
+        .label(name)
         for name in ("steps", "vals", "ts")
     ]
-    page = (
-        select(head.c.seq, head.c.first_step, head.c.last_step, head.c.n, *columns)
-        .where(or_(bound.is_(None), head.c.first_step <= bound))
-        .subquery("page")
-    )
+    page: Any = select(
+        head.c.seq,
+        head.c.first_step,
+        head.c.last_step,
+        head.c.n,
+        *columns,
+        literal(0).label("kind"),
+    ).where(or_(bound.is_(None), head.c.first_step <= bound))
+    within: Any = cast(null(), BigInteger)
+    if ranged:
+        lo = bindparam("lo", type_=BigInteger)
+        within = (
+            select(func.coalesce(func.sum(chunk.n), 0))
+            .where(of_metric, chunk.first_step >= lo, chunk.last_step <= hi)
+            .scalar_subquery()
+        )
+        cut = or_(
+            and_(chunk.first_step < lo, chunk.last_step >= lo),
+            and_(chunk.first_step <= hi, chunk.last_step > hi),
+        )
+        nothing = cast(null(), LargeBinary)
+        edges = select(
+            chunk.seq,
+            chunk.first_step,
+            chunk.last_step,
+            chunk.n,
+            chunk.steps,
+            nothing.label("vals"),
+            nothing.label("ts"),
+            literal(1).label("kind"),
+        ).where(of_metric, cut)
+        page = union_all(page, edges)
+    rows = page.subquery("page")
+    seq, first_step, last_step, n, steps, vals, ts, kind = rows.c
     return (
         select(
             target.c.run_id,
@@ -120,11 +156,19 @@ def page_read() -> Select[Any]:
             target.c.count,
             select(func.count()).select_from(head).scalar_subquery().label("head"),
             bound.label("bound"),
-            *page.c,
+            within.label("within"),
+            seq,
+            first_step,
+            last_step,
+            n,
+            steps,
+            vals,
+            ts,
+            kind,
         )
         .select_from(target)
-        .outerjoin(page, true())
-        .order_by(page.c.first_step, page.c.seq)
+        .outerjoin(rows, true())
+        .order_by(kind, first_step, seq)
     )
 
 

@@ -53,6 +53,10 @@ class PageChunks(NamedTuple):
     chunks: list[StoredChunk]  # those the page needs, by (first_step, seq)
     settled: bool  # False: the chunks read do not tell where the page ends (read it in steps)
     unread: bool  # chunks starting past the page are left
+    # A range's points (asked for a range): those of the chunks lying within it, and the
+    # (n, first_step, steps) of the chunks it cuts.
+    within: int | None = None
+    edges: list[tuple[int, int, bytes]] = []
 
 
 class ChunkSummary(NamedTuple):

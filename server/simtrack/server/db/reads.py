@@ -32,6 +32,7 @@ from sqlalchemy.util import LRUCache
 
 from simtrack.errors import InvalidArgument, Unavailable
 from simtrack.server.core.listing import Cursor, PageRequest
+from simtrack.server.core.model import INT64_MAX, INT64_MIN
 from simtrack.server.core.tenancy import current_tenant
 from simtrack.server.db import models
 from simtrack.server.db.chunk_repository import page_read
@@ -72,7 +73,7 @@ RUN = Entity(models.Run)
 _RUN_BY_ID = select(*RUN.columns).where(
     models.Run.tenant_id == bindparam("tenant"), models.Run.id == bindparam("id")
 )
-_PAGE_READ = page_read()
+_PAGE_READS = {ranged: page_read(ranged) for ranged in (False, True)}
 
 
 class ReadConnection:
@@ -174,7 +175,9 @@ class SqlReads:
         file = sqlite_file(engine.url)
         self.sqlite = None if file is None else SqliteReadConnections(file, READ_CONNECTIONS)
         self._run_by_id = self._compile(_RUN_BY_ID)
-        self._page_read = self._compile(_PAGE_READ)
+        self._page_reads = {
+            ranged: (stmt, self._compile(stmt)) for ranged, stmt in _PAGE_READS.items()
+        }
         self._compiled_cache: LRUCache[Any, Compiled] = LRUCache(500)
         self._processor_cache: dict[tuple[str, tuple[int | None, ...]], list[Processor | None]] = {}
 
@@ -198,8 +201,9 @@ class SqlReads:
         return split_page(loaded, position, page.size)
 
     async def page(
-        self, run_id: str, metric: str, start: int, hi: int, size: int, limit: int
+        self, run_id: str, metric: str, lo: int, hi: int, start: int, size: int, limit: int
     ) -> PageChunks | None:
+        ranged = lo != INT64_MIN or hi != INT64_MAX
         params = {
             "tenant": current_tenant(),
             "run": run_id,
@@ -209,17 +213,28 @@ class SqlReads:
             "size": size,
             "limit": limit,
         }
-        rows = await self._rows(_PAGE_READ, params, self._page_read)
+        if ranged:
+            params["lo"] = lo
+        stmt, compiled = self._page_reads[ranged]
+        rows = await self._rows(stmt, params, compiled)
         if not rows:
             return None
-        _, metric_id, count, head, bound = rows[0][:5]
-        chunks = [StoredChunk(*row[5:]) for row in rows if row[5] is not None]
+        _, metric_id, count, head, bound, within = rows[0][:6]
+        chunks, edges = [], []
+        for row in rows:
+            seq, first_step, last_step, n, steps, vals, ts, kind = row[6:]
+            if kind == 0:
+                chunks.append(StoredChunk(seq, first_step, last_step, n, steps, vals, ts))
+            elif kind == 1:
+                edges.append((n, first_step, steps))
         return PageChunks(
             metric_id,
             count or 0,
             chunks,
             settled=bound is not None or head < limit,
             unread=head > len(chunks),
+            within=within,
+            edges=edges,
         )
 
     async def _rows(

@@ -7,8 +7,8 @@ sent: by seq, then place in the batch), either
 * page by page: the chunks a page needs are chosen from their summaries in order of their
   first step (until no further chunk can hold a point of the page), then read at once; the
   page token is the last point's (step, rank among the points of that step), which
-  compaction preserves. A page of the whole series is read in one statement where the first
-  chunks read settle it (``HistoryReads.page``: all but a fleet's uncompacted series); or
+  compaction preserves. A page is read in one statement where the first chunks read settle
+  it (``HistoryReads.page``: all but a fleet's uncompacted series); or
 * downsampled to at most ``max_points`` (``domain/views.py``).
 """
 
@@ -180,8 +180,8 @@ class HistoryService:
         if token:
             step, rank = decode_position(token, scope, (int, int))
             after = (step, rank)
-        if not max_points and lo == INT64_MIN and hi == INT64_MAX and self.pages is not None:
-            page = await self._whole_series_page(run_id, metric, after, size, scope)
+        if not max_points and self.pages is not None:
+            page = await self._one_statement_page(run_id, metric, lo, hi, after, size, scope)
             if page is not None:
                 return page
         async with self.uow() as uow:
@@ -208,21 +208,24 @@ class HistoryService:
             merged, more = await read_page(uow.chunks, metric_id, lo, hi, after, size)
         return _page(merged, more, size, count, scope)
 
-    async def _whole_series_page(
-        self, run_id: str, metric: str, after: Key | None, size: int, scope: str
+    async def _one_statement_page(
+        self, run_id: str, metric: str, lo: int, hi: int, after: Key | None, size: int, scope: str
     ) -> History | None:
         """The page in one statement; None where its first chunks do not settle it."""
         assert self.pages is not None
-        start = INT64_MIN if after is None else after[0]
-        read = await self.pages.page(run_id, metric, start, INT64_MAX, size, first_read(size))
+        start = lo if after is None else max(lo, after[0])
+        read = await self.pages.page(run_id, metric, lo, hi, start, size, first_read(size))
         if read is None:
             raise NotFound("run", run_id, "run_id")
         if read.metric_id is None:
             raise NotFound("metric", metric, "metric")
         if not read.settled:
             return None
-        merged = merge(read.chunks, start, INT64_MAX, after)
-        return _page(merged, read.unread or len(merged) > size, size, read.points, scope)
+        count = read.points  # the whole series: its summary counts every point
+        if read.within is not None:
+            count = read.within + range_count(read.edges, lo, hi)
+        merged = merge(read.chunks, start, hi, after)
+        return _page(merged, read.unread or len(merged) > size, size, count, scope)
 
     async def list_events(
         self, run_id: str, size: int, token: str, filter_text: str, order_by: str = ""

@@ -317,11 +317,11 @@ class HistoryReads(Protocol):
     """A page of a metric's history in one statement, outside any unit of work."""
 
     async def page(
-        self, run_id: str, metric: str, start: int, hi: int, size: int, limit: int
+        self, run_id: str, metric: str, lo: int, hi: int, start: int, size: int, limit: int
     ) -> PageChunks | None:
-        """The chunks holding the ``size`` points from step ``start`` on (up to ``hi``), from
-        the first ``limit`` chunks reaching into [start, hi] (as ``read_page`` chooses them).
-        None: the caller's tenant has no such run.
+        """The chunks holding the ``size`` points of [lo, hi] from step ``start`` on, from
+        the first ``limit`` chunks reaching into [start, hi] (as ``read_page`` chooses them),
+        and what counts the range's points. None: the caller's tenant has no such run.
         """
         ...
 
