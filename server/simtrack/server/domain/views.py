@@ -187,7 +187,8 @@ async def read_view(
     decoded = decoded.plus(Candidates.of([read[inside[i].seq] for i in cut_chunks], lo, hi))
     # The blocks cut (most of the points), in (seq, place) order: their extremes first, then
     # those of all.
-    stored = [read.get(s.seq) or _NO_COLUMNS._replace(seq=s.seq) for s in inside]
+    # Aligned with ``inside``; a chunk without blocks has none to cut, so it is never read.
+    stored = [read.get(s.seq, _NO_COLUMNS) for s in inside]
     in_blocks = Candidates.of_blocks(stored, units, cut_blocks)
     in_blocks = in_blocks.in_history_order(by_seq_and_place=True)
     reduced = in_blocks.take(extremes(in_blocks.points(), grid))
