@@ -30,7 +30,9 @@ Then, from this process as the client:
   (other work on the machine hits both alike); each rate is the median window's.
 
 Compaction is off on the bench's servers: the 1,000-point batches need none, and the listed
-runs' few points (compacted 30 s after their run ends) are not read here.
+runs' few points (compacted 30 s after their run ends) are not read here. On PostgreSQL the
+figures are taken after ``VACUUM ANALYZE`` (``PostgresDatabase.vacuum``: autovacuum is off on
+this machine), ListRuns also before it (``listruns_before_vacuum_p50_ms``).
 """
 
 from __future__ import annotations
@@ -349,7 +351,9 @@ async def compare_figures(
     )
 
 
-async def list_figures(report: Report, name: str, control: Control, sizes: Sizes) -> None:
+async def list_figures(
+    report: Report, name: str, control: Control, sizes: Sizes, figure: str = "listruns_filtered"
+) -> None:
     request = runs_pb2.ListRunsRequest(page_size=LIST_PAGE, filter=LIST_FILTER, order_by=LIST_ORDER)
     first = await control.runs.ListRuns(request)
     if len(first.runs) != LIST_PAGE or not first.next_page_token:
@@ -358,7 +362,7 @@ async def list_figures(report: Report, name: str, control: Control, sizes: Sizes
         raise BenchError(f"{name}: ListRuns ignored its filter")
     times = await latencies_ms(lambda: control.runs.ListRuns(request), sizes.latency_calls)
     _adder(report, name)(
-        "listruns_filtered_p50_ms",
+        f"{figure}_p50_ms",
         percentile(times, 0.5),
         "ms",
         f"a page of {LIST_PAGE} of {sizes.listed_runs:,} runs: filter '{LIST_FILTER}',"
@@ -469,6 +473,7 @@ class Case:
     url: str  # the server's database
     database: StoredPoints
     fetch_for: Callable[[str], Fetch]
+    vacuum: Callable[[], None] | None = None  # what autovacuum would do after the load
 
 
 async def measure(
@@ -485,6 +490,10 @@ async def measure(
             )
         with report.phase(f"{name}: load {sizes.listed_runs:,} listed runs"):
             listed = await load_listed(report, name, control, sizes)
+        if case.vacuum is not None:
+            await list_figures(report, name, control, sizes, "listruns_before_vacuum")
+            with report.phase(f"{name}: VACUUM ANALYZE (autovacuum is off here)"):
+                await asyncio.to_thread(case.vacuum)
         with report.phase(f"{name}: history"):
             await history_figures(report, name, control, long_run, sizes, case.fetch_for(long_run))
         await compare_figures(report, name, control, series_runs, sizes)
@@ -501,7 +510,13 @@ async def _main(sizes: Sizes, admin_url: str, workdir: Path) -> None:
     postgres = PostgresDatabase(admin_url)
     sqlite = SqliteDatabase(workdir)
     cases = [
-        Case("pg", postgres.server_url, postgres, lambda r: postgres_fetch(postgres.url(), r)),
+        Case(
+            "pg",
+            postgres.server_url,
+            postgres,
+            lambda r: postgres_fetch(postgres.url(), r),
+            postgres.vacuum,
+        ),
         Case("sqlite", sqlite.server_url, sqlite, lambda r: sqlite_fetch(sqlite.path, r)),
     ]
     started = Started()
