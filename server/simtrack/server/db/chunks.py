@@ -56,7 +56,7 @@ class PageChunks(NamedTuple):
     # A range's points (asked for a range): those of the chunks lying within it, and the
     # (n, first_step, steps) of the chunks it cuts.
     within: int | None = None
-    edges: list[tuple[int, int, bytes]] = []
+    edges: Sequence[tuple[int, int, bytes]] = ()
 
 
 class ChunkSummary(NamedTuple):
