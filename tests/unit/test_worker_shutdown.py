@@ -35,15 +35,17 @@ def one_message_per_point(**overrides: Any) -> WorkerOptions:
 
 
 def test_closing_waits_as_long_as_acks_keep_coming(fake: FakeServer, tmp_path: Path) -> None:
-    fake.service.ack_delay = 0.04  # a loaded server: 30 messages take 1.2 s, an ack each 0.04 s
-    options = one_message_per_point(close_timeout=0.5)
+    fake.service.ack_delay = 0.04  # a loaded server: 50 messages take 2 s, an ack each 0.04 s
+    # A second without an ack is a stall; acks every 0.04 s are not one, even on a busy CI
+    # machine (with 0.5 s, a pause of the fake's thread there once ended the close early).
+    options = one_message_per_point(close_timeout=1.0)
     started = time.monotonic()
     with Worker(fake.target, RUN, spool_dir=tmp_path, options=options) as run:
-        for step in range(30):
+        for step in range(50):
             run.log_metrics(step, {"x": float(step)})
-    assert time.monotonic() - started > 1.0  # longer than close_timeout: it was not a deadline
+    assert time.monotonic() - started > 1.5  # longer than close_timeout: it was not a deadline
     log = fake.service.run(RUN)
-    assert metric_points(log) == {"x": [(s, float(s)) for s in range(30)]}
+    assert metric_points(log) == {"x": [(s, float(s)) for s in range(50)]}
     assert final_status(log).outcome == tm.RUN_OUTCOME_COMPLETED
     assert not run.spool_path.exists()
 
