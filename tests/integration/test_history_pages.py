@@ -11,7 +11,6 @@ import uuid
 from typing import Any
 
 import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from simtrack.errors import NotFound
 from simtrack.server.api.telemetry import decode
@@ -23,13 +22,12 @@ from simtrack.server.core.tenancy import (
     set_principal,
 )
 from simtrack.server.db.chunks import PageChunks
-from simtrack.server.db.engine import create_engine
 from simtrack.server.db.reads import SqlReads
 from simtrack.server.domain.history import History, HistoryService
 from simtrack.v1 import telemetry_pb2 as tpb
-from tests.integration.test_history_views import batches
-from tests.support import Services, running_writer, server_url
-from tests.support.compaction import compactor, stored_points
+from tests.integration.test_history_views import written
+from tests.support import Services, running_writer
+from tests.support.compaction import stored_points
 
 
 class CountedPages:
@@ -47,23 +45,6 @@ class CountedPages:
             else:
                 self.unsettled += 1
         return read
-
-
-async def written(services: Services, compacted: bool) -> str:
-    """A run whose metric ``x`` holds every shape of ``batches()``, compacted or as written."""
-    run = await services.run((await services.experiment()).id)
-    async with running_writer(services) as writer:
-        for seq, (steps, values, stamps) in enumerate(batches(), start=1):
-            series = tpb.MetricSeries(name="x", steps=steps, values=values, timestamps=stamps)
-            message = tpb.StreamRunRequest(seq=seq, metrics=tpb.MetricBatch(series=[series]))
-            await writer.submit(LOCAL_PRINCIPAL, run.id, decode(message))
-    if compacted:
-        engine: AsyncEngine = create_engine(server_url(services))
-        try:
-            await compactor(engine, target=2000).run_round()
-        finally:
-            await engine.dispose()
-    return run.id
 
 
 async def every_page(

@@ -70,6 +70,23 @@ def batches() -> list[tuple[list[int], list[float], list[float]]]:
     return stamped
 
 
+async def written(services: Services, compacted: bool) -> str:
+    """A run whose metric ``x`` holds every shape of ``batches()``, compacted or as written."""
+    run = await services.run((await services.experiment()).id)
+    async with running_writer(services) as writer:
+        for seq, (steps, values, stamps) in enumerate(batches(), start=1):
+            series = tpb.MetricSeries(name="x", steps=steps, values=values, timestamps=stamps)
+            message = tpb.StreamRunRequest(seq=seq, metrics=tpb.MetricBatch(series=[series]))
+            await writer.submit(LOCAL_PRINCIPAL, run.id, decode(message))
+    if compacted:
+        engine: AsyncEngine = create_engine(server_url(services))
+        try:
+            await compactor(engine, target=2000).run_round()
+        finally:
+            await engine.dispose()
+    return run.id
+
+
 def brute_view(points: Points, lo: int, hi: int, max_points: int, grid: Grid | None) -> Any:
     """The view by definition, in plain Python: the points of [lo, hi] in history order; when
     more than ``max_points``, each interval's first lowest and first highest point (NaN only
@@ -170,26 +187,8 @@ CASES = [  # (lo, hi, max_points)
 async def test_views_equal_a_brute_force_min_max_per_interval(
     services: Services, compacted: bool
 ) -> None:
-    run = await services.run((await services.experiment()).id)
-    messages = [
-        tpb.StreamRunRequest(
-            seq=seq,
-            metrics=tpb.MetricBatch(
-                series=[tpb.MetricSeries(name="x", steps=s, values=v, timestamps=t)]
-            ),
-        )
-        for seq, (s, v, t) in enumerate(batches(), start=1)
-    ]
-    async with running_writer(services) as writer:
-        for message in messages:
-            await writer.submit(LOCAL_PRINCIPAL, run.id, decode(message))
-    if compacted:
-        engine: AsyncEngine = create_engine(server_url(services))
-        try:
-            await compactor(engine, target=2000).run_round()
-        finally:
-            await engine.dispose()
-    steps, values, stamps = await stored_points(services, run.id, "x")
+    run_id = await written(services, compacted)
+    steps, values, stamps = await stored_points(services, run_id, "x")
     points = Points(
         np.frombuffer(steps, dtype="<i8"),
         np.frombuffer(values, dtype="<f8"),
@@ -197,7 +196,7 @@ async def test_views_equal_a_brute_force_min_max_per_interval(
     )
     history = HistoryService(services.uow)
     for lo, hi, max_points in CASES:
-        view = await history.history(run.id, "x", lo, hi, max_points, 0, "")
+        view = await history.history(run_id, "x", lo, hi, max_points, 0, "")
         grid = allowed_grid(points, lo, hi, max_points, view.grid) if view.downsampled else None
         expected, count = brute_view(points, lo, hi, max_points, grid)
         assert as_rows(view.points, range(len(view.points))) == expected, (lo, hi, max_points)
@@ -207,7 +206,7 @@ async def test_views_equal_a_brute_force_min_max_per_interval(
     grid = Grid(-20_000, 40_000, 250)
     async with services.uow() as uow:
         await uow.read_snapshot()
-        shared = await read_view(uow.chunks, metric_id(run.id, "x"), -20_000, 40_000, 500, grid)
+        shared = await read_view(uow.chunks, metric_id(run_id, "x"), -20_000, 40_000, 500, grid)
     expected, count = brute_view(points, -20_000, 40_000, 500, grid)
     assert as_rows(shared.points, range(len(shared.points))) == expected
     assert shared.range_count == count
