@@ -11,12 +11,13 @@ sends as one message of 10 series x 10 points every second, 32 unacked at most) 
 * ``fleet_server_cores`` / ``fleet_postgres_cores``: CPU seconds per wall second from go to
   the last final status (compaction, running meanwhile, included); ``fleet_server_us_per_point``;
 * ``fleet_ack_p50_ms`` / ``_p99_ms``: from a message's due tick to the ack covering it;
-* ``rows_per_point_before`` / ``bytes_per_point_before``: the chunks as ingest wrote them (10
-  points each, those not yet compacted when the fleet stops; PostgreSQL: ``pg_column_size``
-  of each row, headers, keys, summaries and blobs; SQLite: the columns' lengths, 8 bytes a
-  number, as bench compaction counts them);
-* ``compaction_lag_s``: from the fleet's last ack until no metric holds two small chunks
-  (compaction leaves at most one small chunk a metric: a series' tail);
+* ``rows_per_point_before`` / ``bytes_per_point_before``: the rows as ingest wrote them, those
+  still there when the fleet stops: its staged messages (a row of 100 points each,
+  ``domain/staging.py``; the chunks of 10 points each of a server that does not stage);
+  PostgreSQL: ``pg_column_size`` of each row, headers, keys, summaries and blobs; SQLite: the
+  columns' lengths, 8 bytes a number, as bench compaction counts them;
+* ``compaction_lag_s``: from the fleet's last ack until no message is staged and no metric
+  holds two small chunks (compaction leaves at most one small chunk a metric: a series' tail);
 * ``bytes_per_point_after``: every chunk of the fleet's runs, the same measure;
 * ``history_downsample_ms_fleet_series``: one series written by one stream in 10-point flushes
   (unpaced), compacted, read back as a 1,000-point view; median of 15. On PostgreSQL after
@@ -24,7 +25,8 @@ sends as one message of 10 series x 10 points every second, 32 unacked at most) 
   compaction.
 
 Every (run, metric) is checked exactly once: points = 10 x messages sent, step range
-[0, points), each chunk dense over its step range; before and after compaction.
+[0, points), each chunk (and staged series) dense over its step range; before and after
+compaction.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ from bench.ingest_cases import ROOT, BenchError, read_json
 from bench.report import Report, Target
 from bench.stream_worker import Streamer, WorkerConfig, build_messages
 from simtrack.server.db.models import SMALL_CHUNK_POINTS
+from simtrack.server.db.staged import unpack_body
 from simtrack.v1 import telemetry_pb2, telemetry_pb2_grpc
 
 _DEFAULT = FleetConfig("", [], 1, 0.0)
@@ -94,6 +97,22 @@ SELECT c.run_id, m.name, sum(c.n), min(c.first_step), max(c.last_step),
 FROM metric_chunks c JOIN metrics m ON m.id = c.metric_id
 WHERE m.run_id {runs} GROUP BY c.run_id, m.name
 """
+_NAMES = "SELECT id, run_id, name FROM metrics WHERE run_id {runs}"
+_STAGED = "SELECT seq, body FROM staged_messages WHERE run_id {runs}"
+
+
+def _merge_dense(
+    found: dict[tuple[str, str], tuple[Any, ...]], key: tuple[str, str], row: tuple[Any, ...]
+) -> None:
+    """Fold a (points, first step, last step, steps spanned, rows) row into ``found[key]``."""
+    old = found.get(key)
+    if old is None:
+        found[key] = (*key, *row)
+        return
+    n, first, last, spanned, count = old[2:]
+    found[key] = (
+        *key, n + row[0], min(first, row[1]), max(last, row[2]), spanned + row[3], count + row[4]
+    )  # fmt: skip
 
 
 class Chunks:
@@ -125,16 +144,26 @@ class Chunks:
             lite.close()
 
     def verify(self, expected: dict[str, int], names: list[str]) -> int:
-        """Check every (run, metric) holds points 0..n-1 exactly once; return the points."""
-        rows = self.rows(_DENSE, list(expected))
-        found = {(r[0], r[1]): r for r in rows}
+        """Check every (run, metric) holds points 0..n-1 exactly once, in its chunks and its
+        staged messages together; return the points.
+        """
+        run_ids = list(expected)
+        found = {(r[0], r[1]): tuple(r) for r in self.rows(_DENSE, run_ids)}
+        metrics = {m: (run_id, name) for m, run_id, name in self.rows(_NAMES, run_ids)}
+        for seq, body in self.rows(_STAGED, run_ids):
+            for s in unpack_body(seq, bytes(body)):
+                spanned = s.last_step - s.first_step + 1
+                _merge_dense(
+                    found, metrics[s.metric_id], (s.n, s.first_step, s.last_step, spanned, 1)
+                )
+        rows = list(found.values())
         total = 0
         for run_id, points in expected.items():
             for name in names:
-                row = found.get((run_id, name))
+                got = found.get((run_id, name))
                 want = (run_id, name, points, 0, points - 1, points)
-                if row is None or tuple(row[:6]) != want:
-                    raise BenchError(f"run {run_id} metric {name}: stored {row}, expected {want}")
+                if got is None or tuple(got[:6]) != want:
+                    raise BenchError(f"run {run_id} metric {name}: stored {got}, expected {want}")
                 total += points
         if len(rows) != len(expected) * len(names):
             raise BenchError(f"{len(rows)} series stored, {len(expected) * len(names)} sent")
@@ -150,6 +179,20 @@ class Chunks:
         row = self.rows(query, run_ids)[0]
         return int(row[0]), int(row[1]), int(row[2])
 
+    def staged_sizes(self, run_ids: list[str]) -> tuple[int, int, int]:
+        """(rows, points, bytes) of the runs' staged messages, measured as chunks are."""
+        size = (
+            "pg_column_size(s.*)"
+            if self.pg_database is not None
+            else "length(body) + length(tenant_id) + length(run_id) + 24"
+        )
+        query = (
+            f"SELECT count(*), coalesce(sum(points), 0), coalesce(sum({size}), 0)"
+            " FROM staged_messages s WHERE run_id {runs}"
+        )
+        row = self.rows(query, run_ids)[0]
+        return int(row[0]), int(row[1]), int(row[2])
+
     def vacuum(self) -> None:
         """What autovacuum does after compaction deletes a fleet's small chunks. This
         machine's PostgreSQL runs with autovacuum off (a CI setting); a default one vacuums a
@@ -158,16 +201,19 @@ class Chunks:
         """
         assert self.pg_database is not None
         with psycopg.connect(self.url, autocommit=True) as connection:
-            connection.execute("VACUUM ANALYZE metric_chunks, metrics, runs")
+            connection.execute("VACUUM ANALYZE metric_chunks, staged_messages, metrics, runs")
 
     def uncompacted(self, run_ids: list[str]) -> int:
-        """Metrics of the runs holding two or more small chunks (compaction's work left)."""
+        """Staged messages of the runs, and metrics holding two or more small chunks
+        (compaction's work left).
+        """
         query = (
             "SELECT count(*) FROM (SELECT metric_id FROM metric_chunks"
             f" WHERE {_OF_RUNS} AND n < {SMALL_CHUNK_POINTS}"
             " GROUP BY metric_id HAVING count(*) > 1) AS due"
         )
-        return int(self.rows(query, run_ids)[0][0])
+        staged = "SELECT count(*) FROM staged_messages WHERE run_id {runs}"
+        return int(self.rows(query, run_ids)[0][0]) + int(self.rows(staged, run_ids)[0][0])
 
 
 VIEWS = 15  # GetMetricHistory calls per view figure (its median)
@@ -254,7 +300,11 @@ async def measure_fleet(
     messages: dict[str, int] = {}
     for result in results:
         messages.update(result["messages"])
-    rows, raw_points, raw_bytes = await asyncio.to_thread(db.sizes, run_ids, STEPS)
+    rows, raw_points, raw_bytes = await asyncio.to_thread(db.staged_sizes, run_ids)
+    written_as = f"staged messages ({SERIES * STEPS} points)"
+    if not rows:  # a server that does not stage: the chunks of one series of a message
+        rows, raw_points, raw_bytes = await asyncio.to_thread(db.sizes, run_ids, STEPS)
+        written_as = f"chunks ({STEPS} points)"
     expected = {run_id: messages[run_id] * STEPS for run_id in run_ids}
     points = await asyncio.to_thread(db.verify, expected, names)
     first = min(r["first_send"] for r in results)
@@ -302,7 +352,7 @@ async def measure_fleet(
         f"{p}rows_per_point_before",
         rows / max(raw_points, 1),
         "rows/point",
-        note=f"the {rows:,} chunks still as ingest wrote them ({STEPS} points) at the fleet's end",
+        note=f"the {rows:,} {written_as} still as ingest wrote them at the fleet's end",
     )
     report.add(
         f"{p}bytes_per_point_before",
@@ -326,7 +376,7 @@ async def measure_fleet(
         f"{p}compaction_after_fleet_points_per_s",
         raw_points / (done - last_ack),
         "points/s",
-        note=f"the {raw_points:,} points left in {STEPS}-point chunks over that lag; meanwhile"
+        note=f"the {raw_points:,} points left in {written_as} over that lag; meanwhile"
         f" server {cpu.server:.2f} cores, PostgreSQL {cpu.postgres:.2f}",
     )
     rows, all_points, all_bytes = await asyncio.to_thread(db.sizes, run_ids, None)

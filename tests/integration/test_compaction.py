@@ -194,9 +194,10 @@ class FailingCompaction(SqlBatchCompaction):
         spans: Mapping[str, tuple[int, int]],
         read: Mapping[str, Sequence[StoredChunk]],
         rows: Mapping[str, Sequence[CompactedChunk]],
+        staged: Mapping[str, Sequence[int]] | None = None,
     ) -> None:
         self.dying = self.doomed in spans
-        await super().replace(spans, read, rows)
+        await super().replace(spans, read, rows, staged)
         if self.dying:
             raise RuntimeError("killed midway")
 

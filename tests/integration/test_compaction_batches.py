@@ -82,12 +82,13 @@ async def test_a_round_compacts_many_metrics_in_few_statements(
     )
     assert sum(c.chunks_in for c in report.compacted) == len(NAMES) * BATCHES
     assert len(await chunk_rows(services, run_id)) == len(NAMES)
-    # The tenants and the due metrics (PostgreSQL: after the tenant's setting), then per
-    # batch: the lock (PostgreSQL: the tenant's setting and one lock statement; SQLite: BEGIN
-    # IMMEDIATE), small chunks, sizes below, chunks, delete, insert; whatever its metrics.
+    # The tenants, the runs with staged messages and the due metrics (PostgreSQL: each after
+    # the tenant's setting), then per batch: the lock (PostgreSQL: the tenant's setting and one
+    # lock statement; SQLite: BEGIN IMMEDIATE), small chunks, sizes below, chunks, delete,
+    # insert; whatever its metrics.
     batches = -(-len(NAMES) // batch_metrics)
     per_batch = 7 if services.backend == "postgresql" else 6
-    assert len(statements) == 1 + (2 if services.backend == "postgresql" else 1) + (
+    assert len(statements) == 1 + (4 if services.backend == "postgresql" else 2) + (
         batches * per_batch
     ), statements
     await _all_kept(services, run_id)
@@ -252,10 +253,11 @@ class OvertakenCompaction(SqlBatchCompaction):
         spans: Mapping[str, tuple[int, int]],
         read: Mapping[str, Sequence[StoredChunk]],
         rows: Mapping[str, Sequence[CompactedChunk]],
+        staged: Mapping[str, Sequence[int]] | None = None,
     ) -> None:
         if not self.overtaken:
             self.overtaken.append(await self.other.run_round())
-        await super().replace(spans, read, rows)
+        await super().replace(spans, read, rows, staged)
 
 
 class OvertakenStore(SqlCompactionStore):

@@ -1,5 +1,7 @@
 """Compaction beside everything else, on both databases: readers (one call, and paging across
-a compaction), two compactors at once, and ingest with resends while it all runs.
+a compaction), two compactors at once, and ingest with resends while it all runs. Each test
+twice: the writer storing a chunk per message, and staging its small messages (then a round
+moves them into chunks first, ``domain/staging.py``, and compacts after).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from simtrack.server.db.engine import create_engine
 from simtrack.server.db.models import SMALL_CHUNK_POINTS
 from simtrack.server.db.sqlite_reads import SqliteReadConnections
 from simtrack.server.db.unit_of_work import SqlUnitOfWork
+from simtrack.server.domain.compaction import RoundReport
 from simtrack.server.domain.history import HistoryService
 from simtrack.server.ingest.writer import metric_id
 from tests.support import Services, running_writer, server_url
@@ -30,6 +33,23 @@ from tests.support.compaction import (
     send,
     stored_points,
 )
+
+
+@pytest.fixture(params=[False, True], ids=["chunks", "staged"])
+def stage(request: pytest.FixtureRequest) -> bool:
+    """Whether the writer stages small messages (as a server that compacts does)."""
+    return bool(request.param)
+
+
+async def staged_messages(services: Services, run_id: str) -> int:
+    return int(
+        await services.scalar("SELECT count(*) FROM staged_messages WHERE run_id = :r", r=run_id)
+    )
+
+
+def rewrote(report: RoundReport) -> bool:
+    """Whether a round moved staged messages or compacted chunks."""
+    return bool(report.staged_messages or report.compacted)
 
 
 @pytest.fixture
@@ -88,7 +108,8 @@ def interrupted_history(
 
     async def compact() -> None:
         report = await compactor(engine).run_round()
-        compacted.extend(c.chunks_in for c in report.compacted)
+        # The messages moved or chunks compacted: the first step's, else compaction's.
+        compacted.append(report.staged_messages or sum(c.chunks_in for c in report.compacted))
 
     class Interrupted(SqlUnitOfWork):
         async def __aenter__(self) -> Interrupted:
@@ -100,10 +121,10 @@ def interrupted_history(
 
 
 async def test_one_history_call_reads_one_snapshot_while_a_compaction_commits(
-    services: Services, engines: list[AsyncEngine]
+    services: Services, engines: list[AsyncEngine], stage: bool
 ) -> None:
     run = await services.run((await services.experiment()).id)
-    async with running_writer(services) as writer:
+    async with running_writer(services, stage=stage) as writer:
         await send(writer, run.id, range(1, 1001))
     history = HistoryService(services.uow)
     whole = await history.history(run.id, "loss", None, None, 0, 2000, "")
@@ -120,10 +141,10 @@ async def test_one_history_call_reads_one_snapshot_while_a_compaction_commits(
 
 
 async def test_a_view_reads_one_snapshot_while_a_compaction_commits(
-    services: Services, engines: list[AsyncEngine]
+    services: Services, engines: list[AsyncEngine], stage: bool
 ) -> None:
     run = await services.run((await services.experiment()).id)
-    async with running_writer(services) as writer:
+    async with running_writer(services, stage=stage) as writer:
         await send(writer, run.id, range(1, 1001))
     history = HistoryService(services.uow)
     whole = await history.history(run.id, "loss", None, None, 100, 0, "")
@@ -143,10 +164,11 @@ async def test_paging_across_a_compaction_gives_every_point_once(
     services: Services,
     engines: list[AsyncEngine],
     own_reads: list[SqliteReadConnections | None],
+    stage: bool,
 ) -> None:
     run = await services.run((await services.experiment()).id)
     history = HistoryService(services.uow)
-    async with running_writer(services) as writer:
+    async with running_writer(services, stage=stage) as writer:
         await send(writer, run.id, range(1, 801))
         steps: list[bytes] = []
         values: list[bytes] = []
@@ -157,10 +179,10 @@ async def test_paging_across_a_compaction_gives_every_point_once(
             values.append(page.points.values.tobytes())
             pages += 1
             if pages == 3:  # compacted between pages: the token's chunk is gone
-                assert (await compactor(engines[0], reads=own_reads[0]).run_round()).compacted
+                assert rewrote(await compactor(engines[0], reads=own_reads[0]).run_round())
             if pages == 9:  # more data, compacted again; it sorts after all read so far
                 await send(writer, run.id, range(801, 901))
-                assert (await compactor(engines[0], reads=own_reads[0]).run_round()).compacted
+                assert rewrote(await compactor(engines[0], reads=own_reads[0]).run_round())
             token = page.next_page_token
             if not token:
                 break
@@ -174,10 +196,11 @@ async def test_two_compactors_at_once_compact_each_chunk_once(
     services: Services,
     engines: list[AsyncEngine],
     own_reads: list[SqliteReadConnections | None],
+    stage: bool,
 ) -> None:
     run = await services.run((await services.experiment()).id)
     names = [f"m{i}" for i in range(24)]
-    async with running_writer(services) as writer:
+    async with running_writer(services, stage=stage) as writer:
         await send(writer, run.id, range(1, 81), names)
     before = {n: await stored_points(services, run.id, n) for n in names}
     rows = await chunk_rows(services, run.id)
@@ -186,6 +209,13 @@ async def test_two_compactors_at_once_compact_each_chunk_once(
         *(compactor(e, reads=r).run_round() for e, r in zip(engines, own_reads, strict=True))
     )
 
+    if stage:  # the messages moved once, by one of them, into a chunk per metric
+        assert (first.staged_messages + second.staged_messages, len(rows)) == (80, 0)
+        assert await staged_messages(services, run.id) == 0
+        assert len(await chunk_rows(services, run.id)) == len(names)
+        for name in names:
+            assert await stored_points(services, run.id, name) == before[name]
+        return
     done = [c.metric_id for c in first.compacted + second.compacted]
     assert sorted(done) == sorted(metric_id(run.id, n) for n in names)  # each by one of them
     assert sum(c.chunks_in for c in first.compacted + second.compacted) == len(rows)
@@ -198,6 +228,7 @@ async def test_ingest_resends_reads_and_compaction_all_at_once(
     services: Services,
     engines: list[AsyncEngine],
     own_reads: list[SqliteReadConnections | None],
+    stage: bool,
 ) -> None:
     run = await services.run((await services.experiment()).id)
     history = HistoryService(services.uow)
@@ -207,7 +238,7 @@ async def test_ingest_resends_reads_and_compaction_all_at_once(
     compactions: list[int] = []
 
     async def ingest() -> None:
-        async with running_writer(services) as writer:
+        async with running_writer(services, stage=stage) as writer:
             for start in range(1, total + 1, group):
                 await send(writer, run.id, range(start, start + group))
                 committed = start + group - 1
@@ -219,7 +250,7 @@ async def test_ingest_resends_reads_and_compaction_all_at_once(
     async def compact() -> None:
         while not done.is_set():
             report = await compactor(engines[0], reads=own_reads[0]).run_round()
-            compactions.extend(c.chunks_in for c in report.compacted)
+            compactions.append(report.staged_messages + sum(c.chunks_in for c in report.compacted))
             await asyncio.sleep(0.01)
 
     async def read() -> None:
@@ -241,6 +272,7 @@ async def test_ingest_resends_reads_and_compaction_all_at_once(
 
     await asyncio.gather(ingest(), compact(), read())
     await compactor(engines[1], reads=own_reads[1]).run_round()  # what settled last
+    assert await staged_messages(services, run.id) == 0
     assert await stored_points(services, run.id, "loss") == expected_points(range(1, total + 1))
     committed = await services.scalar("SELECT committed_seq FROM runs WHERE id = :id", id=run.id)
     assert committed == total

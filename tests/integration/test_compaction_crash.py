@@ -9,12 +9,6 @@ not all, are compacted.
 
 from __future__ import annotations
 
-import asyncio
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 from simtrack.server.db.engine import create_engine
@@ -22,6 +16,7 @@ from tests.support import Services, running_writer, server_url
 from tests.support.compaction import (
     compactor,
     expected_series,
+    kill_compacting_server_when,
     send,
     stored_points,
 )
@@ -49,31 +44,13 @@ async def test_a_server_killed_mid_compaction_loses_and_doubles_nothing(
         await send(writer, run.id, range(1, BATCHES + 1), METRICS)
     expected = expected_series(range(1, BATCHES + 1), METRICS)
 
-    simtrack = Path(sys.executable).with_name("simtrack")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SIMTRACK_")}
-    env |= {"SIMTRACK_COMPACTION_INTERVAL": "0.02", "SIMTRACK_COMPACTION_SETTLE": "0"}
-    env |= {"SIMTRACK_HTTP_LISTEN": ""}
+    async def midway() -> bool:
+        return (await compacted_metrics(services, run.id))[0] >= 3
+
     # The backlog is idle at once (its writer is gone): compaction's scan finds it due.
-    env |= {"SIMTRACK_COMPACTION_BATCH_METRICS": str(BATCH), "SIMTRACK_COMPACTION_IDLE": "0"}
-    server = subprocess.Popen(
-        [str(simtrack), "serve", "--listen", "127.0.0.1:0", "--database-url", server_url(services)],
-        cwd=tmp_path,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    await kill_compacting_server_when(
+        services, tmp_path, midway, compaction_batch_metrics=str(BATCH), compaction_idle="0"
     )
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            done, _ = await compacted_metrics(services, run.id)
-            if done >= 3:
-                break
-            await asyncio.sleep(0.005)
-        server.send_signal(signal.SIGKILL)
-    finally:
-        server.kill()
-        server.wait()
     done, chunks = await compacted_metrics(services, run.id)
     assert 3 <= done < len(METRICS), "killed before or after the work, not during it"
     # Every metric is whole: compacted into one chunk, or its BATCHES chunks untouched (a

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from simtrack.server.api.telemetry import decode
-from simtrack.server.core.model import INT64_MAX, INT64_MIN
+from simtrack.server.core.model import INT64_MAX, INT64_MIN, utcnow
 from simtrack.server.core.tenancy import LOCAL_PRINCIPAL
 from simtrack.server.db.chunk_repository import ChunkRepository
 from simtrack.server.db.chunks import StoredChunk
@@ -23,6 +23,7 @@ from simtrack.server.db.engine import create_engine
 from simtrack.server.db.unit_of_work import SqlUnitOfWork
 from simtrack.server.domain.history import HistoryService
 from simtrack.server.domain.series import Points
+from simtrack.server.domain.staging import stage_batch
 from simtrack.server.domain.views import Grid, read_view
 from simtrack.server.ingest.writer import metric_id
 from simtrack.v1 import telemetry_pb2 as tpb
@@ -70,18 +71,31 @@ def batches() -> list[tuple[list[int], list[float], list[float]]]:
     return stamped
 
 
-async def written(services: Services, compacted: bool) -> str:
-    """A run whose metric ``x`` holds every shape of ``batches()``, compacted or as written."""
+# How a run's chunks are stored: as written (a chunk per message), with its small messages
+# still staged (``domain/staging.py``), staged then moved into chunks, or staged and compacted.
+STATES = ["raw", "staged", "moved", "compacted"]
+
+
+async def written(services: Services, state: str) -> str:
+    """A run whose metric ``x`` holds every shape of ``batches()``, stored as ``state`` says
+    (``STATES``).
+    """
     run = await services.run((await services.experiment()).id)
-    async with running_writer(services) as writer:
+    async with running_writer(services, stage=state != "raw") as writer:
         for seq, (steps, values, stamps) in enumerate(batches(), start=1):
             series = tpb.MetricSeries(name="x", steps=steps, values=values, timestamps=stamps)
             message = tpb.StreamRunRequest(seq=seq, metrics=tpb.MetricBatch(series=[series]))
             await writer.submit(LOCAL_PRINCIPAL, run.id, decode(message))
-    if compacted:
+    if state in ("moved", "compacted"):
         engine: AsyncEngine = create_engine(server_url(services))
         try:
-            await compactor(engine, target=2000).run_round()
+            service = compactor(engine, target=2000)
+            if state == "moved":
+                await stage_batch(
+                    service.store, LOCAL_PRINCIPAL.tenant_id, [run.id], utcnow(), service.target
+                )
+            else:
+                await service.run_round()
         finally:
             await engine.dispose()
     return run.id
@@ -183,11 +197,11 @@ CASES = [  # (lo, hi, max_points)
 ]
 
 
-@pytest.mark.parametrize("compacted", [False, True], ids=["raw", "compacted"])
+@pytest.mark.parametrize("state", STATES)
 async def test_views_equal_a_brute_force_min_max_per_interval(
-    services: Services, compacted: bool
+    services: Services, state: str
 ) -> None:
-    run_id = await written(services, compacted)
+    run_id = await written(services, state)
     steps, values, stamps = await stored_points(services, run_id, "x")
     points = Points(
         np.frombuffer(steps, dtype="<i8"),

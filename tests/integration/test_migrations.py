@@ -37,10 +37,15 @@ ON_DELETE = {
     ("metrics", "run_id"): "CASCADE",
     # A chunk's run and tenant are its metric's: only the metric's key is a foreign key.
     ("metric_chunks", "metric_id"): "CASCADE",
+    ("staged_messages", "run_id"): "CASCADE",
     ("events", "run_id"): "CASCADE",
     ("validations", "run_id"): "CASCADE",
     ("artifacts", "run_id"): "CASCADE",
-    **{(t, "tenant_id"): "RESTRICT" for t in TENANT_OWNED_TABLES if t != "metric_chunks"},
+    **{
+        (t, "tenant_id"): "RESTRICT"
+        for t in TENANT_OWNED_TABLES
+        if t not in ("metric_chunks", "staged_messages")
+    },
 }
 PRE_TENANCY_REVISION = "26280ff863b1"
 PRE_PAUSE_REVISION = "de713ea7d47d"

@@ -2,14 +2,15 @@
 while its worker streams, and rows that conflict with what is stored.
 
 The group-commit writer runs here on its own (no gRPC): batches are submitted as a stream
-session would, and their futures are the acks the session would send.
+session would, and their futures are the acks the session would send. Each test twice: the
+writer storing a chunk per message, and staging small messages (``domain/staging.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 
 import psycopg
 import pytest
@@ -22,7 +23,7 @@ from simtrack.server.ingest import writer as writer_module
 from simtrack.server.ingest.items import Batch
 from simtrack.server.ingest.writer import GroupCommitWriter, metric_id
 from simtrack.v1 import telemetry_pb2 as tpb
-from tests.support import APP_ROLE, POSTGRES_ADMIN_URL, CommitLog, Services
+from tests.support import APP_ROLE, POSTGRES_ADMIN_URL, CommitLog, Services, running_writer
 
 POSTGRES_ONLY = pytest.mark.parametrize(
     "backend", [pytest.param("postgresql", marks=pytest.mark.postgres)]
@@ -40,9 +41,21 @@ async def committed_seq(services: Services, run_id: str) -> int:
     return int(await services.scalar("SELECT committed_seq FROM runs WHERE id = :id", id=run_id))
 
 
+@pytest.fixture(params=[False, True], ids=["chunks", "staged"])
+async def writer(
+    services: Services, request: pytest.FixtureRequest
+) -> AsyncIterator[tuple[GroupCommitWriter, CommitLog]]:
+    """A started writer on this test's database, staging small messages or not."""
+    async with running_writer(services, stage=request.param) as started:
+        assert isinstance(started.observer, CommitLog)
+        yield started, started.observer
+
+
 async def chunk_count(services: Services, run_id: str) -> int:
-    sql_text = "SELECT count(*) FROM metric_chunks WHERE run_id = :id"
-    return int(await services.scalar(sql_text, id=run_id))
+    """The run's rows of points: chunks and staged messages (a message of one metric: one)."""
+    chunks = "SELECT count(*) FROM metric_chunks WHERE run_id = :id"
+    staged = "SELECT count(*) FROM staged_messages WHERE run_id = :id"
+    return sum([int(await services.scalar(q, id=run_id)) for q in (chunks, staged)])
 
 
 def admin(url: str, statement: str | sql.Composed) -> list[tuple[object, ...]]:
@@ -161,14 +174,22 @@ async def test_a_batch_that_conflicts_with_stored_rows_fails_without_retries(
         id=stray,
         run=run.id,
     )
-    await services.execute(
-        "INSERT INTO metric_chunks (metric_id, seq, tenant_id, run_id, first_step, last_step, "
-        "n, steps, vals, ts) VALUES (:id, 1, :tenant, :run, 9, 9, 1, :b, :v, :v)",
-        id=stray,
-        run=run.id,
-        b=b"",
-        v=b"\x00" * 8,
-    )
+    if group.stage:  # where that writer puts a small message
+        await services.execute(
+            "INSERT INTO staged_messages (run_id, seq, tenant_id, written_at, points, body) "
+            "VALUES (:run, 1, :tenant, :now, 0, :b)",
+            run=run.id,
+            b=b"",
+        )
+    else:
+        await services.execute(
+            "INSERT INTO metric_chunks (metric_id, seq, tenant_id, run_id, first_step, "
+            "last_step, n, steps, vals, ts) VALUES (:id, 1, :tenant, :run, 9, 9, 1, :b, :v, :v)",
+            id=stray,
+            run=run.id,
+            b=b"",
+            v=b"\x00" * 8,
+        )
 
     with caplog.at_level(logging.WARNING, logger=writer_module.__name__):
         with pytest.raises(FailedPrecondition, match="conflicts with stored data"):

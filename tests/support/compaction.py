@@ -7,8 +7,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import AsyncIterator, Iterable, Sequence
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -24,7 +29,7 @@ from simtrack.server.domain.compaction import CompactionService
 from simtrack.server.domain.series import merge
 from simtrack.server.ingest.writer import GroupCommitWriter, metric_id
 from simtrack.v1 import telemetry_pb2 as tpb
-from tests.support import Services
+from tests.support import Services, server_url
 
 # Values whose bits a lossy or sloppy path would change: NaN payloads, -0.0, infinities, a
 # subnormal, and the extremes of float64.
@@ -142,3 +147,31 @@ def expected_series(
             points.timestamps.tobytes(),
         )
     return expected
+
+
+async def kill_compacting_server_when(
+    services: Services, cwd: Path, midway: Callable[[], Awaitable[bool]], **settings: str
+) -> None:
+    """Start ``simtrack serve`` on the test's database compacting every 20 ms with no settle
+    time (and ``settings``, as ``SIMTRACK_`` variables), and SIGKILL it once ``midway()``
+    (polled every 2 ms, for a minute at most).
+    """
+    simtrack = Path(sys.executable).with_name("simtrack")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIMTRACK_")}
+    env |= {"SIMTRACK_COMPACTION_INTERVAL": "0.02", "SIMTRACK_COMPACTION_SETTLE": "0"}
+    env |= {"SIMTRACK_HTTP_LISTEN": ""} | {f"SIMTRACK_{k.upper()}": v for k, v in settings.items()}
+    server = subprocess.Popen(
+        [str(simtrack), "serve", "--listen", "127.0.0.1:0", "--database-url", server_url(services)],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not await midway():
+            await asyncio.sleep(0.002)
+    finally:
+        server.kill()  # SIGKILL
+        server.wait()

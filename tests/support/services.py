@@ -180,17 +180,20 @@ def server_url(services: Services) -> str:
 
 @asynccontextmanager
 async def running_writer(
-    services: Services, chunks_stored: ChunksStored | None = None
+    services: Services, chunks_stored: ChunksStored | None = None, stage: bool = False
 ) -> AsyncIterator[GroupCommitWriter]:
     """The group-commit writer, as a server runs it, on the test's database (telling
-    ``chunks_stored`` what it stored, as a server tells its compaction's ledger).
+    ``chunks_stored`` what it stored, as a server tells its compaction's ledger; staging
+    small messages if ``stage``, as a server that compacts does).
     """
     engine = create_engine(server_url(services), poolclass=NullPool)
 
     async def notify(run_ids: Iterable[str]) -> None:
         pass
 
-    writer = GroupCommitWriter(IngestStore(engine), notify, CommitLog(), None, chunks_stored)
+    writer = GroupCommitWriter(
+        IngestStore(engine), notify, CommitLog(), None, chunks_stored, stage=stage
+    )
     await writer.start()
     try:
         yield writer

@@ -21,7 +21,7 @@ from simtrack.server.db.blocks import (
     read_many,
     read_pages,
 )
-from simtrack.server.domain.compaction import compact
+from simtrack.server.domain.rewrite import compact
 from tests.support.compaction import ODD_VALUES
 
 Array = np.ndarray[Any, Any]

@@ -16,11 +16,9 @@ from simtrack.server.domain.compaction import (
     CompactionService,
     Span,
     choose_span,
-    compact,
     fill_from,
-    output_bounds,
-    split_bounds,
 )
+from simtrack.server.domain.rewrite import compact, output_bounds, split_bounds
 from simtrack.server.domain.series import merge
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)

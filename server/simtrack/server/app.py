@@ -245,6 +245,8 @@ async def _start(settings: Settings, resources: contextlib.AsyncExitStack) -> Ru
         metrics,
         validations.check_completed,
         chunks_stored=None if pending is None else pending.stored,
+        # Small messages staged only where this process moves them on (its compaction).
+        stage=settings.compaction_interval > 0,
     )
     metrics.watch(registry.open_count, lambda: bus.watching, engine)
     live_runs = LiveRuns(uow, bus)

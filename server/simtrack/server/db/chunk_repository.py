@@ -1,11 +1,17 @@
 """A metric's packed chunks, read by step range (the writer inserts them, compaction rewrites
 them; ``db/chunks.py`` reads their columns). Scoped by tenant as every repository is.
+
+A metric's points not yet in chunks are in its run's staged messages (``db/staged.py``):
+every read here takes the metric's series out of them and merges them in, as the chunks they
+will become, in (first_step, seq) order. The unit of work reads one snapshot, so a series is
+seen staged or in its chunk, never both or neither.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import heapq
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -31,8 +37,31 @@ from simtrack.server.core.tenancy import current_tenant
 from simtrack.server.db import models
 from simtrack.server.db.chunks import ChunkSummary, StoredChunk
 from simtrack.server.db.repositories import in_parts, scoped
+from simtrack.server.db.staged import StagedSeries, unpack_body
 
 BINARY_READ_CHUNKS = 32  # chunks read, from which PostgreSQL sends their columns in binary
+
+T = TypeVar("T")
+
+
+def _in_order(
+    read: Sequence[T], staged: Iterable[T], key: Callable[[T], tuple[int, int]], limit: int | None
+) -> list[T]:
+    """Rows read and staged series, both in (first_step, seq) order, merged; ``limit`` first."""
+    merged = list(heapq.merge(read, staged, key=key))
+    return merged if limit is None else merged[:limit]
+
+
+def _position(chunk: StoredChunk | ChunkSummary | StagedSeries) -> tuple[int, int]:
+    return chunk.first_step, chunk.seq
+
+
+def _overlaps(series: StagedSeries, lo: int, hi: int) -> bool:
+    return series.last_step >= lo and series.first_step <= hi
+
+
+def _within(series: StagedSeries, lo: int, hi: int) -> bool:
+    return series.first_step >= lo and series.last_step <= hi
 
 
 _VIEW_ROWS_SQL: dict[str, str] = {}  # by dialect: `ChunkRepository.view_rows`'s statement
@@ -63,7 +92,8 @@ def page_read(ranged: bool) -> Select[Any]:
     page ends at or below ``bound``: the highest last step among the chunks starting past
     :start, taken where those chunks first hold :size points (NULL: they never do in
     ``head``). Every row carries the run (none: no such run), the metric (NULL: none of that
-    name), its point count, how many chunks ``head`` holds, ``bound`` and ``within``, then
+    name), its point count, how many chunks ``head`` holds, ``bound``, ``within`` and whether
+    the run has staged messages (then the page is read through ``ChunkRepository``), then
     one chunk (NULLs, in one row, when there are none): first (``kind`` 0) the chunks of
     ``head`` starting at or below ``bound`` (all of them when it is NULL) with their columns,
     by (first_step, seq). ``ranged``: the page lies in [:lo, :hi], whose points the chunks
@@ -72,8 +102,15 @@ def page_read(ranged: bool) -> Select[Any]:
     run, metric, chunk = models.Run, models.Metric, models.MetricChunk
     tenant = bindparam("tenant", type_=String)
     start, hi = bindparam("start", type_=BigInteger), bindparam("hi", type_=BigInteger)
+    staged = models.StagedMessage
+    has_staged = (
+        select(staged.seq)
+        .where(staged.tenant_id == tenant, staged.run_id == run.id)
+        .exists()
+        .label("staged")
+    )
     target = (
-        select(run.id.label("run_id"), metric.id.label("metric_id"), metric.count)
+        select(run.id.label("run_id"), metric.id.label("metric_id"), metric.count, has_staged)
         .select_from(run)
         .outerjoin(
             metric,
@@ -157,6 +194,7 @@ def page_read(ranged: bool) -> Select[Any]:
             select(func.count()).select_from(head).scalar_subquery().label("head"),
             bound.label("bound"),
             within.label("within"),
+            target.c.staged,
             seq,
             first_step,
             last_step,
@@ -177,6 +215,29 @@ class ChunkRepository:
 
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
+        # Each metric's staged series, read once per unit of work (one snapshot).
+        self._staged: dict[str, list[StagedSeries]] = {}
+
+    async def staged(self, metric_ids: Sequence[str]) -> dict[str, list[StagedSeries]]:
+        """The metrics' series in their runs' staged messages, by (first_step, seq)."""
+        unread = [m for m in dict.fromkeys(metric_ids) if m not in self._staged]
+        for part in in_parts(unread):
+            found: dict[str, list[StagedSeries]] = {m: [] for m in part}
+            staged, metric = models.StagedMessage, models.Metric
+            runs = select(metric.run_id).where(scoped(metric), metric.id.in_(part))
+            stmt = select(staged.seq, staged.body).where(
+                scoped(staged), staged.run_id.in_(runs.scalar_subquery())
+            )
+            wanted = set(part)
+            for seq, body in await self.session.execute(stmt):
+                for one in unpack_body(seq, body, wanted):
+                    found[one.metric_id].append(one)
+            for metric_id, series in found.items():
+                self._staged[metric_id] = sorted(series, key=_position)
+        return {m: self._staged[m] for m in metric_ids}
+
+    async def _staged_of(self, metric_id: str) -> list[StagedSeries]:
+        return (await self.staged([metric_id]))[metric_id]
 
     def _overlapping(self, metric_id: str, lo: int, hi: int) -> Select[Any]:
         chunk = models.MetricChunk
@@ -193,7 +254,8 @@ class ChunkRepository:
             .where(scoped(chunk), chunk.metric_id == metric_id)
             .where(chunk.first_step >= lo, chunk.last_step <= hi)
         )
-        return int((await self.session.execute(stmt)).scalar_one())
+        stored = int((await self.session.execute(stmt)).scalar_one())
+        return stored + sum(s.n for s in await self._staged_of(metric_id) if _within(s, lo, hi))
 
     async def inner_spans(
         self, metric_ids: Sequence[str], lo: int, hi: int
@@ -211,6 +273,10 @@ class ChunkRepository:
                 .group_by(chunk.metric_id)
             )
             spans.update((m, (first, last)) for m, first, last in await self.session.execute(stmt))
+        for metric_id, staged in (await self.staged(metric_ids)).items():
+            for s in (s for s in staged if _within(s, lo, hi)):
+                first, last = spans.get(metric_id, (s.first_step, s.last_step))
+                spans[metric_id] = (min(first, s.first_step), max(last, s.last_step))
         return spans
 
     async def edge_steps(
@@ -231,6 +297,12 @@ class ChunkRepository:
             found += [
                 (m, n, first, steps) for m, n, first, steps in await self.session.execute(stmt)
             ]
+        for metric_id, staged in (await self.staged(metric_ids)).items():
+            found += [
+                (metric_id, s.n, s.first_step, s.steps)
+                for s in staged
+                if _overlaps(s, lo, hi) and (s.first_step < lo or s.last_step > hi)
+            ]
         return found
 
     async def overlapping(
@@ -241,7 +313,18 @@ class ChunkRepository:
         """
         stmt = self._in_order(metric_id, lo, hi, after, limit, StoredChunk._fields)
         many = limit is None or limit >= BINARY_READ_CHUNKS
-        return [StoredChunk(*row) for row in await self._columns(stmt, many)]
+        read = [StoredChunk(*row) for row in await self._columns(stmt, many)]
+        staged = await self._staged_after(metric_id, lo, hi, after)
+        return _in_order(read, (s.stored() for s in staged), _position, limit)
+
+    async def _staged_after(
+        self, metric_id: str, lo: int, hi: int, after: tuple[int, int] | None
+    ) -> list[StagedSeries]:
+        return [
+            s
+            for s in await self._staged_of(metric_id)
+            if _overlaps(s, lo, hi) and (after is None or (s.first_step, s.seq) > after)
+        ]
 
     async def _columns(self, stmt: Select[Any], many: bool) -> Sequence[Any]:
         """The rows of a statement reading chunks' columns. PostgreSQL, ``many`` chunks:
@@ -288,7 +371,9 @@ class ChunkRepository:
         limit: int | None = None,
     ) -> list[ChunkSummary]:
         stmt = self._in_order(metric_id, lo, hi, after, limit, ChunkSummary._fields)
-        return [ChunkSummary(*row) for row in await self.session.execute(stmt)]
+        read = [ChunkSummary(*row) for row in await self.session.execute(stmt)]
+        staged = await self._staged_after(metric_id, lo, hi, after)
+        return _in_order(read, (s.summary() for s in staged), _position, limit)
 
     async def view_rows(
         self, metric_id: str, lo: int, hi: int
@@ -321,7 +406,8 @@ class ChunkRepository:
                     summary.seq, summary.first_step, summary.last_step, summary.n, *row[fields:]
                 )
             found.append((summary, stored))
-        return found
+        staged = [(s.summary(), None) for s in await self._staged_after(metric_id, lo, hi, None)]
+        return _in_order(found, staged, lambda row: _position(row[0]), None)
 
     async def with_seqs(self, metric_id: str, seqs: Sequence[int]) -> list[StoredChunk]:
         chunk = models.MetricChunk
@@ -330,6 +416,9 @@ class ChunkRepository:
             .where(scoped(chunk), chunk.metric_id == metric_id, chunk.seq.in_(seqs))
             .order_by(chunk.first_step, chunk.seq)
         )
-        return [
+        read = [
             StoredChunk(*row) for row in await self._columns(stmt, len(seqs) >= BINARY_READ_CHUNKS)
         ]
+        wanted = set(seqs)
+        staged = (s.stored() for s in await self._staged_of(metric_id) if s.seq in wanted)
+        return _in_order(read, staged, _position, None)

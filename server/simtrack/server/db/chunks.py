@@ -51,7 +51,9 @@ class PageChunks(NamedTuple):
     metric_id: str | None  # None: the run has no metric of that name
     points: int  # the metric's points
     chunks: list[StoredChunk]  # those the page needs, by (first_step, seq)
-    settled: bool  # False: the chunks read do not tell where the page ends (read it in steps)
+    # False: the chunks read do not tell where the page ends, or the run has staged messages
+    # (then the page is read in steps, staged series and all).
+    settled: bool
     unread: bool  # chunks starting past the page are left
     # A range's points (asked for a range): those of the chunks lying within it, and the
     # (n, first_step, steps) of the chunks it cuts.

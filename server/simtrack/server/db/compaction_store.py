@@ -54,11 +54,14 @@ from sqlalchemy.orm import QueryableAttribute
 from simtrack.errors import FailedPrecondition
 from simtrack.server.core.model import utcnow
 from simtrack.server.db.chunks import CompactedChunk, SmallChunk, StoredChunk
-from simtrack.server.db.models import SMALL_CHUNK_POINTS, MetricChunk, Tenant
+from simtrack.server.db.models import SMALL_CHUNK_POINTS, MetricChunk, StagedMessage, Tenant
 from simtrack.server.db.sqlite_reads import SqliteReadConnections
+from simtrack.server.db.staged import StagedSeries, unpack_body
 
-# The advisory lock's first key: compaction's namespace (the second is the metric's hash).
+# The advisory lock's first key: compaction's namespace (the second is the metric's hash),
+# and staging's (the second is the run's hash).
 _LOCK_CLASS = 0x53434D50  # "SCMP"
+_STAGED_LOCK_CLASS = 0x53535447  # "SSTG"
 # The small-chunk condition as a literal, so PostgreSQL's planner matches the partial index.
 _SMALL = MetricChunk.n < literal_column(str(SMALL_CHUNK_POINTS))
 
@@ -155,7 +158,14 @@ class SqlBatchCompaction:
         if not self.locked:
             return found
         small = (MetricChunk.seq, MetricChunk.n, MetricChunk.written_at)
-        mine = and_(MetricChunk.tenant_id == self.tenant_id, _SMALL)
+        # Below the run's staged messages: a span is every chunk of its seqs, and the staged
+        # series of those seqs are not chunks yet (staging moves them, spans and all).
+        staged_below = (
+            select(StagedMessage.seq)
+            .where(StagedMessage.run_id == MetricChunk.run_id, StagedMessage.seq <= MetricChunk.seq)
+            .exists()
+        )
+        mine = and_(MetricChunk.tenant_id == self.tenant_id, _SMALL, ~staged_below)
         if self._postgres:  # metric by metric down the partial index (see `_lateral`)
             metrics = self._spans({m: (0, 0) for m in self.locked})
             rows = (
@@ -244,11 +254,40 @@ class SqlBatchCompaction:
             found[row[0]].append(StoredChunk(*row[2:]))
         return found
 
+    async def staged(self, settled_before: datetime) -> dict[str, list[StagedSeries]]:
+        """Each locked run's staged series, by seq, up to the last message staged before
+        ``settled_before`` (the runs with none are left out).
+        """
+        found: dict[str, list[StagedSeries]] = {}
+        if not self.locked:
+            return found
+        message = StagedMessage
+        stmt = (
+            select(message.run_id, message.seq, message.written_at, message.body)
+            .where(message.tenant_id == self.tenant_id, message.run_id.in_(self.locked))
+            .order_by(message.run_id, message.seq)
+        )
+        rows: dict[str, list[tuple[int, datetime, bytes]]] = {}
+        for run_id, seq, written_at, body in await self._rows(stmt):
+            rows.setdefault(run_id, []).append((seq, written_at, body))
+        for run_id, messages in rows.items():
+            settled = [i for i, (_, at, _) in enumerate(messages) if at <= settled_before]
+            if not settled:
+                continue
+            found[run_id] = [
+                series
+                for seq, _, body in messages[: settled[-1] + 1]
+                for series in unpack_body(seq, body)
+            ]
+            self.run_ids.update((series.metric_id, run_id) for series in found[run_id])
+        return found
+
     async def replace(
         self,
         spans: Mapping[str, tuple[int, int]],
         read: Mapping[str, Sequence[StoredChunk]],
         rows: Mapping[str, Sequence[CompactedChunk]],
+        staged: Mapping[str, Sequence[int]] | None = None,
     ) -> None:
         if not spans:
             return
@@ -285,6 +324,8 @@ class SqlBatchCompaction:
         async with self._connection() as connection:
             if not self._postgres:
                 await connection.exec_driver_sql("BEGIN IMMEDIATE")
+            if staged:
+                await self._unstage(connection, staged)
             deleted = sorted(tuple(row) for row in await connection.execute(stmt.returning(*key)))
             if deleted != expected:
                 # A run was deleted meanwhile, or another process compacted a span: leave
@@ -297,6 +338,36 @@ class SqlBatchCompaction:
                 await connection.execute(insert(MetricChunk), values)
             if not self._postgres:
                 await connection.commit()
+
+    async def _unstage(
+        self, connection: AsyncConnection, staged: Mapping[str, Sequence[int]]
+    ) -> None:
+        """Delete the staged messages read (their seqs, by run), or fail if any is gone."""
+        spans = self._spans({run: (min(seqs), max(seqs)) for run, seqs in staged.items()})
+        message = StagedMessage
+        stmt = delete(message).where(
+            tuple_(message.run_id, message.seq).in_(
+                select(message.run_id, message.seq).select_from(
+                    spans.join(
+                        message,
+                        and_(
+                            message.run_id == spans.c.metric_id,
+                            message.seq.between(spans.c.first_seq, spans.c.last_seq),
+                        ),
+                    )
+                )
+            )
+        )
+        deleted = sorted(
+            tuple(row)
+            for row in await connection.execute(stmt.returning(message.run_id, message.seq))
+        )
+        expected = sorted((run, seq) for run, seqs in staged.items() for seq in seqs)
+        if deleted != expected:
+            raise FailedPrecondition(
+                f"staging of {len(staged)} run(s): {len(deleted)} staged messages, not the"
+                f" {len(expected)} read"
+            )
 
 
 class SqlCompactionStore:
@@ -422,12 +493,37 @@ class SqlCompactionStore:
         at, after = last[0]
         return counted, json.dumps([None if at is None else at.isoformat(), after])
 
-    @contextlib.asynccontextmanager
-    async def compacting(
+    async def staged_runs(self, tenant_id: str, settled_before: datetime, limit: int) -> list[str]:
+        message = StagedMessage
+        stmt = (
+            select(message.run_id)
+            .where(message.tenant_id == tenant_id, message.written_at <= settled_before)
+            .distinct()
+            .limit(limit)
+        )
+        if not self._postgres:
+            return [run_id for (run_id,) in await self._select(stmt)]
+        async with self.engine.connect() as connection:
+            await self._use_tenant(connection, tenant_id)
+            return list((await connection.scalars(stmt)).all())
+
+    def compacting(
         self, tenant_id: str, metric_ids: Sequence[str]
+    ) -> AbstractAsyncContextManager[SqlBatchCompaction]:
+        return self._batch(tenant_id, metric_ids, _LOCK_CLASS)
+
+    def staging(
+        self, tenant_id: str, run_ids: Sequence[str]
+    ) -> AbstractAsyncContextManager[SqlBatchCompaction]:
+        """As ``compacting``, locking runs (whose staged messages it moves into chunks)."""
+        return self._batch(tenant_id, run_ids, _STAGED_LOCK_CLASS)
+
+    @contextlib.asynccontextmanager
+    async def _batch(
+        self, tenant_id: str, ids: Sequence[str], lock_class: int
     ) -> AsyncIterator[SqlBatchCompaction]:
         if not self._postgres:  # no lock to take: the rewrite checks what it replaces
-            yield SqlBatchCompaction(self.engine, None, tenant_id, metric_ids, self._select)
+            yield SqlBatchCompaction(self.engine, None, tenant_id, ids, self._select)
             return
         async with self.engine.connect() as connection:
             # Row-level security's input, and no bitmap scans: on a table not analyzed yet,
@@ -440,13 +536,13 @@ class SqlCompactionStore:
                 ),
                 {"tenant": tenant_id},
             )
-            # Each metric's lock tried once, in the batch's order; the ones taken kept.
-            ids = column("m", Text)
-            wanted = func.unnest(bindparam("metric_ids", list(metric_ids), type_=ARRAY(Text)))
+            # Each metric's (run's) lock tried once, in the batch's order; the ones taken kept.
+            key = column("m", Text)
+            wanted = func.unnest(bindparam("ids", list(ids), type_=ARRAY(Text)))
             stmt = (
-                select(ids)
+                select(key)
                 .select_from(wanted.alias("m"))
-                .where(func.pg_try_advisory_xact_lock(_LOCK_CLASS, func.hashtext(ids)))
+                .where(func.pg_try_advisory_xact_lock(lock_class, func.hashtext(key)))
             )
             locked = list((await connection.scalars(stmt)).all())
             read = functools.partial(_rows_on, connection)

@@ -48,7 +48,15 @@ from sqlalchemy.types import ARRAY, TypeEngine
 from simtrack.errors import FailedPrecondition, Unavailable
 from simtrack.server.core.model import ExperimentStatus, RunStatus
 from simtrack.server.db.engine import libpq_conninfo
-from simtrack.server.db.models import Base, Event, Experiment, Metric, MetricChunk, Run
+from simtrack.server.db.models import (
+    Base,
+    Event,
+    Experiment,
+    Metric,
+    MetricChunk,
+    Run,
+    StagedMessage,
+)
 
 _PYFORMAT = re.compile(r"(?<!%)%\((\w+)\)s")
 ROWS = "rows"  # the parameter holding a statement's rows as one JSON document (PostgreSQL)
@@ -277,6 +285,7 @@ _CHUNK_COLUMNS = (
     "metric_id", "seq", "tenant_id", "run_id", "first_step", "last_step", "n", "vmin", "vmax",
     "vmin_step", "vmax_step", "vmin_ts", "vmax_ts", "written_at", "steps", "vals", "ts",
 )  # fmt: skip
+_STAGED_COLUMNS = ("run_id", "seq", "tenant_id", "written_at", "points", "body")
 _EVENT_COLUMNS = (
     "run_id", "seq", "position", "tenant_id", "step", "time_ns", "type", "agent_id", "payload",
 )  # fmt: skip
@@ -341,6 +350,9 @@ class Statements:
         postgres = dialect.name == "postgresql"
         self.insert_chunks = Compiled(
             _insert(MetricChunk, _CHUNK_COLUMNS, postgres, _CHUNK_SHARED), dialect
+        )
+        self.insert_staged = Compiled(
+            _insert(StagedMessage, _STAGED_COLUMNS, postgres, _CHUNK_SHARED), dialect
         )
         self.insert_events = Compiled(_insert(Event, _EVENT_COLUMNS, postgres), dialect)
         self.upsert_metrics = Compiled(_upsert_metrics(postgres), dialect)
@@ -443,6 +455,13 @@ class IngestTransaction:
         # Not COPY: PostgreSQL refuses COPY FROM into a table under row-level security.
         shared = {"tenant_id": tenant_id, "written_at": now}
         await self._write(self._sql.insert_chunks, rows, shared)
+
+    async def insert_staged(
+        self, tenant_id: str, now: datetime, rows: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """New staged messages (run_id, seq, points, body each)."""
+        shared = {"tenant_id": tenant_id, "written_at": now}
+        await self._write(self._sql.insert_staged, rows, shared)
 
     async def insert_events(self, rows: Sequence[Mapping[str, Any]]) -> None:
         await self._write(self._sql.insert_events, rows)

@@ -151,6 +151,7 @@ TENANT_OWNED_TABLES = (
     "run_participants",
     "metrics",
     "metric_chunks",
+    "staged_messages",
     "events",
     "validations",
     "artifacts",
@@ -389,6 +390,27 @@ class MetricChunk(Base):
     steps: Mapped[bytes] = mapped_column(LargeBinary)  # int64
     vals: Mapped[bytes] = mapped_column(LargeBinary)  # float64
     ts: Mapped[bytes] = mapped_column(LargeBinary)  # float64 unix seconds
+
+
+class StagedMessage(Base):
+    """A stream message's series, all in one row, until compaction's first step moves them
+    into metric chunks (``domain/staging.py``): a fleet's message of ten metrics of two
+    points each is one row and one primary-key entry, not ten. Only messages of fewer than
+    ``SMALL_CHUNK_POINTS`` points are staged; readers read a metric's chunks and its series
+    in its run's staged messages, in one snapshot.
+    """
+
+    __tablename__ = "staged_messages"
+    # What the first step looks for: a tenant's messages staged before a time, by run.
+    __table_args__ = (Index("ix_staged_messages_arrivals", "tenant_id", "written_at", "run_id"),)
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    # No foreign key of its own, as for chunks: the run's key ties the row to its tenant.
+    tenant_id: Mapped[str] = mapped_column(String(36))
+    written_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    points: Mapped[int] = mapped_column(Integer)
+    body: Mapped[bytes] = mapped_column(LargeBinary)  # ``db/staged.py``
 
 
 class Event(Base):

@@ -219,10 +219,10 @@ class SqlReads:
         rows = await self._rows(stmt, params, compiled)
         if not rows:
             return None
-        _, metric_id, count, head, bound, within = rows[0][:6]
+        _, metric_id, count, head, bound, within, staged = rows[0][:7]
         chunks, edges = [], []
         for row in rows:
-            seq, first_step, last_step, n, steps, vals, ts, kind = row[6:]
+            seq, first_step, last_step, n, steps, vals, ts, kind = row[7:]
             if kind == 0:
                 chunks.append(StoredChunk(seq, first_step, last_step, n, steps, vals, ts))
             elif kind == 1:
@@ -231,7 +231,7 @@ class SqlReads:
             metric_id,
             count or 0,
             chunks,
-            settled=bound is not None or head < limit,
+            settled=not staged and (bound is not None or head < limit),
             unread=head > len(chunks),
             within=within,
             edges=edges,

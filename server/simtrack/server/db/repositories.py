@@ -37,7 +37,12 @@ M = TypeVar("M", bound=models.TenantOwnedMixin)
 
 
 # Tables with a tenant column: the entities, and the telemetry rows that carry theirs.
-Owned = type[models.TenantOwnedMixin] | type[models.MetricChunk] | type[models.Event]
+Owned = (
+    type[models.TenantOwnedMixin]
+    | type[models.MetricChunk]
+    | type[models.StagedMessage]
+    | type[models.Event]
+)
 
 
 def scoped(model: Owned) -> ColumnElement[bool]:

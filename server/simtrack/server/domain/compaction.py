@@ -46,28 +46,21 @@ import asyncio
 import collections
 import itertools
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-import numpy as np
-
 from simtrack.errors import FailedPrecondition
 from simtrack.server.core.model import utcnow
-from simtrack.server.db.blocks import PAGE_POINTS, block_summaries
 from simtrack.server.db.chunks import (
-    CompactedChunk,
     SmallChunk,
-    StoredChunk,
-    extremes,
 )
-from simtrack.server.db.codec import encode_chunk
 from simtrack.server.db.models import SMALL_CHUNK_POINTS
 from simtrack.server.domain.pending_chunks import PendingChunks
 from simtrack.server.domain.ports import CompactionStore
-from simtrack.server.domain.series import history_order
+from simtrack.server.domain.rewrite import compact
+from simtrack.server.domain.staging import STAGE_RUNS, STAGED_PER_ROUND, stage_batch
 
 log = logging.getLogger(__name__)
 
@@ -152,53 +145,6 @@ def fill_from(span: Span, below: Sequence[tuple[int, int]], target: int) -> int:
     return span.first_seq
 
 
-def split_bounds(total: int, pieces: int) -> list[tuple[int, int]]:
-    """[start, end) of ``pieces`` near-equal consecutive slices of ``total`` points."""
-    edges = [total * i // pieces for i in range(pieces + 1)]
-    return list(zip(edges[:-1], edges[1:], strict=True))
-
-
-def output_bounds(total: int, target: int, rows: int) -> list[tuple[int, int]]:
-    """[start, end) of the output chunks: full ones of ``target`` points and the rest; or, if
-    that takes more chunks than the ``rows`` read (each output needs a seq of theirs),
-    ``rows`` near-equal ones (inputs that large were stored that large).
-    """
-    pieces = math.ceil(total / target)
-    if pieces > rows:
-        return split_bounds(total, rows)
-    return [(start, min(start + target, total)) for start in range(0, total, target)]
-
-
-def compact(chunks: Sequence[StoredChunk], target: int) -> list[CompactedChunk]:
-    """The chunks' points in history order, as chunks of up to ``target`` points on the
-    highest of the chunks' seqs in increasing order (`output_bounds`).
-    """
-    points = history_order(chunks)
-    bounds = output_bounds(len(points), target, len(chunks))
-    seqs = sorted(c.seq for c in chunks)[len(chunks) - len(bounds) :]
-    out = []
-    for seq, (start, end) in zip(seqs, bounds, strict=True):
-        steps = np.ascontiguousarray(points.steps[start:end])
-        values = np.ascontiguousarray(points.values[start:end])
-        stamps = np.ascontiguousarray(points.timestamps[start:end])
-        found = extremes(steps, values, stamps)
-        steps_blob, vals_blob, ts_blob = encode_chunk(steps, values, stamps, page=PAGE_POINTS)
-        out.append(
-            CompactedChunk(
-                seq=seq,
-                first_step=int(steps[0]),  # sorted: the lowest, as an elided column needs
-                last_step=int(steps[-1]),
-                n=end - start,
-                **found._asdict(),
-                blocks=block_summaries(steps, values, stamps),
-                steps=steps_blob,
-                vals=vals_blob,
-                ts=ts_blob,
-            )
-        )
-    return out
-
-
 @dataclass(frozen=True)
 class Compacted:
     """What one metric's compaction did."""
@@ -214,9 +160,11 @@ class Compacted:
 @dataclass
 class RoundReport:
     compacted: list[Compacted]
-    busy: int  # metrics skipped: another process was compacting them
-    failed: int  # metrics whose compaction failed (rolled back; tried again next round)
+    busy: int  # metrics (runs, staging) skipped: another process was compacting them
+    failed: int  # metrics (runs) whose compaction failed (rolled back; tried next round)
     full: bool  # a query returned its limit: more may be due now
+    staged_messages: int = 0  # staged messages moved into chunks (``domain/staging.py``)
+    staged_points: int = 0
 
 
 @dataclass
@@ -272,6 +220,9 @@ class CompactionService:
         """
         report = RoundReport([], 0, 0, False)
         for tenant_id in await self.store.tenants():
+            await self._stage(tenant_id, report, stopping)
+            if stopping():
+                return report
             due = await self._due(tenant_id, report)
             queue = collections.deque(due)
             while queue:
@@ -284,6 +235,45 @@ class CompactionService:
                     report.busy += len(done.busy)
                     queue.extend(done.again)
         return report
+
+    async def _stage(
+        self, tenant_id: str, report: RoundReport, stopping: Callable[[], bool]
+    ) -> None:
+        """Move the tenant's settled staged messages into chunks, a batch of runs at a time
+        (``domain/staging.py``), before the round looks for small chunks to compact.
+        """
+        settled_before = utcnow() - self.settle
+        runs = await self.store.staged_runs(tenant_id, settled_before, STAGED_PER_ROUND)
+        report.full |= len(runs) >= STAGED_PER_ROUND
+        for start in range(0, len(runs), STAGE_RUNS):
+            await self._after_ingest(stopping)
+            if stopping():
+                return
+            await self._stage_or_each(tenant_id, runs[start : start + STAGE_RUNS], report)
+
+    async def _stage_or_each(self, tenant_id: str, run_ids: list[str], report: RoundReport) -> None:
+        """The runs in one transaction; if that fails, each in one of its own."""
+        settled_before = utcnow() - self.settle
+        try:
+            done = await stage_batch(self.store, tenant_id, run_ids, settled_before, self.target)
+        except FailedPrecondition as exc:  # another process staged them: nothing written
+            log.info("staging of %d run(s) overtaken: %s", len(run_ids), exc)
+            report.busy += len(run_ids)
+            return
+        except Exception:  # noqa: BLE001 - one run's failure must not stop the rest
+            if len(run_ids) == 1:
+                log.warning("staging of run %s failed", run_ids[0], exc_info=True)
+                report.failed += 1
+                return
+            log.warning("staging of %d runs failed; each alone", len(run_ids), exc_info=True)
+            for run_id in run_ids:
+                await self._stage_or_each(tenant_id, [run_id], report)
+            return
+        report.busy += done.busy
+        report.staged_messages += done.messages
+        report.staged_points += done.points
+        if self.pending is not None:  # the chunks written, for compaction to find
+            self.pending.stored(tenant_id, utcnow(), [(m, c.n) for m, c in done.chunks])
 
     async def _after_ingest(self, stopping: Callable[[], bool]) -> None:
         """Wait while the writer has batches queued (``yield_max_s`` at most)."""

@@ -42,6 +42,7 @@ from simtrack.server.db.models import (
     Tenant,
     Validation,
 )
+from simtrack.server.db.staged import StagedSeries
 
 Row = TypeVar("Row")
 
@@ -226,16 +227,24 @@ class BatchCompaction(Protocol):
         """
         ...
 
+    async def staged(self, settled_before: datetime) -> dict[str, list[StagedSeries]]:
+        """Staging (``locked`` holds runs): each run's staged series, by seq, of its messages
+        up to the last one staged before ``settled_before`` (runs with none left out).
+        """
+        ...
+
     async def replace(
         self,
         spans: Mapping[str, tuple[int, int]],
         read: Mapping[str, Sequence[StoredChunk]],
         rows: Mapping[str, Sequence[CompactedChunk]],
+        staged: Mapping[str, Sequence[int]] | None = None,
     ) -> None:
-        """Delete the chunks of the spans and insert each metric's ``rows``, atomically.
+        """Delete the chunks of the spans (and the ``staged`` messages: seqs by run) and
+        insert each metric's ``rows``, atomically.
 
         Raises (and changes nothing) unless the spans hold exactly the chunks ``read`` (by
-        seq and size) when deleted.
+        seq and size) and the staged messages are all there when deleted.
         """
         ...
 
@@ -273,6 +282,18 @@ class CompactionStore(Protocol):
     ) -> AbstractAsyncContextManager[BatchCompaction]:
         """A compaction of those of the tenant's metrics whose compaction lock no other process
         holds (``locked``), committed when the block ends (nothing of it if it raises).
+        """
+        ...
+
+    async def staged_runs(self, tenant_id: str, settled_before: datetime, limit: int) -> list[str]:
+        """Up to ``limit`` of the tenant's runs with messages staged before ``settled_before``."""
+        ...
+
+    def staging(
+        self, tenant_id: str, run_ids: Sequence[str]
+    ) -> AbstractAsyncContextManager[BatchCompaction]:
+        """As ``compacting``, for the staged messages of those of the runs no other process
+        stages (``locked`` holds runs).
         """
         ...
 

@@ -35,6 +35,8 @@ from simtrack.server.core.model import (
 )
 from simtrack.server.core.tenancy import Principal
 from simtrack.server.db.ingest_store import Ending, IngestStore, IngestTransaction, RunState
+from simtrack.server.db.models import SMALL_CHUNK_POINTS
+from simtrack.server.db.staged import StagedSeries, pack_body
 from simtrack.server.ingest.items import Batch, EventData, SeriesChunk
 
 log = logging.getLogger(__name__)
@@ -98,6 +100,7 @@ class GroupCommitWriter:
         observer: CommitObserver,
         completed: Callable[[str, list[str]], Awaitable[object]] | None = None,
         chunks_stored: ChunksStored | None = None,
+        stage: bool = False,
     ) -> None:
         self.store = store
         self.notify = notify  # run ids that changed, called after each commit (WatchRun)
@@ -105,6 +108,9 @@ class GroupCommitWriter:
         # A tenant's runs that completed in a commit, told after it (success criteria).
         self.completed = completed
         self.chunks_stored = chunks_stored  # compaction's ledger (``domain/pending_chunks``)
+        # Small messages staged, a row each (``domain/staging.py``): only where a compaction
+        # moves them on, else readers would read ever more of them.
+        self.stage = stage
         self._followups: set[asyncio.Task[None]] = set()
         self._queue: asyncio.Queue[Pending] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
@@ -199,7 +205,7 @@ class GroupCommitWriter:
                 await tx.use_tenant(tenant_id)
                 locked = await tx.lock_runs(tenant_id, sorted(runs))
                 tenant_writes = {run: _apply(locked.get(run), p) for run, p in runs.items()}
-                stored[tenant_id] = await _write_rows(tx, tenant_id, tenant_writes, now)
+                stored[tenant_id] = await _write_rows(tx, tenant_id, tenant_writes, now, self.stage)
                 ended = {w.ending.run.experiment_id for w in tenant_writes.values() if w.ending}
                 for experiment_id in sorted(ended):  # their status follows their runs
                     statuses = await tx.experiment_run_statuses(experiment_id)
@@ -346,10 +352,14 @@ def _apply_batch(run: RunState, batch: Batch, write: _RunWrite) -> None:
 
 
 async def _write_rows(
-    tx: IngestTransaction, tenant_id: str, writes: dict[str, _RunWrite], now: datetime
+    tx: IngestTransaction,
+    tenant_id: str,
+    writes: dict[str, _RunWrite],
+    now: datetime,
+    stage: bool = False,
 ) -> list[tuple[str, int]]:
-    """The metrics' summaries, chunks and events; then each run's row. The chunks written:
-    (metric id, points) each.
+    """The metrics' summaries, chunks (or, ``stage``, the small messages staged) and events;
+    then each run's row. The chunks written: (metric id, points) each.
     """
     await tx.upsert_metrics(tenant_id, now, _summaries(writes))
     named = [
@@ -357,6 +367,8 @@ async def _write_rows(
         for run_id, write in writes.items()
         for seq, chunk in write.chunks
     ]
+    if stage:
+        named = await _stage_small(tx, tenant_id, now, named)
     chunks = [
         {
             "metric_id": key,
@@ -400,6 +412,48 @@ async def _write_rows(
         {write.run.id: write.ending for write in writes.values() if write.run and write.ending},
     )
     return [(key, chunk.n) for key, _, _, chunk in named]
+
+
+async def _stage_small(
+    tx: IngestTransaction,
+    tenant_id: str,
+    now: datetime,
+    named: list[tuple[str, str, int, SeriesChunk]],
+) -> list[tuple[str, str, int, SeriesChunk]]:
+    """Stage each message of fewer than ``SMALL_CHUNK_POINTS`` points as one row; the chunks
+    of the other messages, left to write as chunks.
+    """
+    messages: dict[tuple[str, int], list[tuple[str, SeriesChunk]]] = defaultdict(list)
+    for key, run_id, seq, chunk in named:
+        messages[run_id, seq].append((key, chunk))
+    staged = []
+    for (run_id, seq), series in messages.items():
+        total = sum(chunk.n for _, chunk in series)
+        if total >= SMALL_CHUNK_POINTS:
+            continue
+        body = pack_body(
+            StagedSeries(
+                key,
+                seq,
+                c.first_step,
+                c.last_step,
+                c.n,
+                c.vmin,
+                c.vmax,
+                c.vmin_step,
+                c.vmax_step,
+                c.vmin_ts,
+                c.vmax_ts,
+                c.steps,
+                c.vals,
+                c.ts,
+            )  # fmt: skip
+            for key, c in series
+        )
+        staged.append({"run_id": run_id, "seq": seq, "points": total, "body": body})
+    await tx.insert_staged(tenant_id, now, staged)
+    done = {(row["run_id"], row["seq"]) for row in staged}
+    return [item for item in named if (item[1], item[2]) not in done]
 
 
 def _summaries(writes: dict[str, _RunWrite]) -> list[dict[str, Any]]:

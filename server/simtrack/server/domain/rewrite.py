@@ -1,0 +1,80 @@
+"""A metric's points rewritten as new chunks: compaction's and staging's output.
+
+The points of the chunks given, in history order (step, seq, place in chunk), cut into chunks
+of up to ``target`` points that take the highest of the inputs' seqs in increasing order: the
+order of every point among all others, ties included, stays what it was.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from simtrack.server.db.blocks import PAGE_POINTS, block_summaries
+from simtrack.server.db.chunks import (
+    CompactedChunk,
+    StoredChunk,
+    extremes,
+    pack_steps,
+    pack_timestamps,
+)
+from simtrack.server.db.codec import encode_chunk
+from simtrack.server.domain.series import history_order
+
+
+def split_bounds(total: int, pieces: int) -> list[tuple[int, int]]:
+    """[start, end) of ``pieces`` near-equal consecutive slices of ``total`` points."""
+    edges = [total * i // pieces for i in range(pieces + 1)]
+    return list(zip(edges[:-1], edges[1:], strict=True))
+
+
+def output_bounds(total: int, target: int, rows: int) -> list[tuple[int, int]]:
+    """[start, end) of the output chunks: full ones of ``target`` points and the rest; or, if
+    that takes more chunks than the ``rows`` read (each output needs a seq of theirs),
+    ``rows`` near-equal ones (inputs that large were stored that large).
+    """
+    pieces = math.ceil(total / target)
+    if pieces > rows:
+        return split_bounds(total, rows)
+    return [(start, min(start + target, total)) for start in range(0, total, target)]
+
+
+def compact(
+    chunks: Sequence[StoredChunk], target: int, compress: bool = True
+) -> list[CompactedChunk]:
+    """The chunks' points in history order, as chunks of up to ``target`` points on the
+    highest of the chunks' seqs in increasing order (`output_bounds`); compressed with their
+    blocks' summaries, or (``compress`` False) packed as ingest packs them, without blocks.
+    """
+    points = history_order(chunks)
+    bounds = output_bounds(len(points), target, len(chunks))
+    seqs = sorted(c.seq for c in chunks)[len(chunks) - len(bounds) :]
+    out = []
+    for seq, (start, end) in zip(seqs, bounds, strict=True):
+        steps = np.ascontiguousarray(points.steps[start:end])
+        values = np.ascontiguousarray(points.values[start:end])
+        stamps = np.ascontiguousarray(points.timestamps[start:end])
+        found = extremes(steps, values, stamps)
+        blocks = None
+        if compress:
+            steps_blob, vals_blob, ts_blob = encode_chunk(steps, values, stamps, page=PAGE_POINTS)
+            blocks = block_summaries(steps, values, stamps)
+        else:
+            steps_blob = pack_steps(steps).packed
+            vals_blob, ts_blob = values.tobytes(), pack_timestamps(stamps, 0.0)
+        out.append(
+            CompactedChunk(
+                seq=seq,
+                first_step=int(steps[0]),  # sorted: the lowest, as an elided column needs
+                last_step=int(steps[-1]),
+                n=end - start,
+                **found._asdict(),
+                blocks=blocks,
+                steps=steps_blob,
+                vals=vals_blob,
+                ts=ts_blob,
+            )
+        )
+    return out
