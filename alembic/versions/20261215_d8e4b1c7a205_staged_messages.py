@@ -4,7 +4,9 @@ A worker of a fleet sends ten metrics of a few points each, five times a second:
 per metric and message made ten rows, ten primary-key entries at random pages, per message.
 A message of fewer than 1,000 points is now one row (all its series in ``body``) until
 compaction's first step moves a run's staged messages into metric chunks, a chunk per metric
-for many messages (``domain/staging.py``). Row-level security as every tenant's table.
+for many messages (``domain/staging.py``), once they hold 1,000 points or the run is idle: the
+index holds what that needs (arrivals and points by run) beside the key. Row-level security as
+every tenant's table.
 
 Revision ID: d8e4b1c7a205
 Revises: c5d2a7e3f914
@@ -43,9 +45,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("run_id", "seq", name=op.f("pk_staged_messages")),
     )
     op.create_index(
-        "ix_staged_messages_arrivals",
+        "ix_staged_messages_runs",
         "staged_messages",
-        ["tenant_id", "written_at", "run_id"],
+        ["tenant_id", "run_id", "written_at", "points"],
         unique=False,
     )
     if op.get_bind().dialect.name == "postgresql":
@@ -68,5 +70,5 @@ def downgrade() -> None:
             f"{rows} staged message(s) not yet compacted: run the server with compaction "
             "until staged_messages is empty, then downgrade"
         )
-    op.drop_index("ix_staged_messages_arrivals", table_name="staged_messages")
+    op.drop_index("ix_staged_messages_runs", table_name="staged_messages")
     op.drop_table("staged_messages")

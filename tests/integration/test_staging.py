@@ -170,6 +170,27 @@ async def test_compaction_takes_no_chunk_at_or_above_a_runs_staged_messages(
         )
 
 
+async def test_a_run_is_moved_once_it_holds_1000_points_or_is_idle(
+    services: Services, server_engine: AsyncEngine
+) -> None:
+    run = await services.run((await services.experiment()).id)
+    busy = CompactionService(
+        SqlCompactionStore(server_engine), timedelta(0), idle=timedelta(hours=1)
+    )
+    async with running_writer(services, stage=True) as writer:
+        await send(writer, run.id, range(1, 40), NAMES)  # 975 points
+        assert (await busy.run_round()).staged_messages == 0
+        await send(writer, run.id, [40], NAMES)  # 1,000
+        assert (await busy.run_round()).staged_messages == 40
+        await send(writer, run.id, range(41, 46), NAMES)
+        assert (await busy.run_round()).staged_messages == 0
+    idle = CompactionService(SqlCompactionStore(server_engine), timedelta(0), idle=timedelta(0))
+    assert (await idle.run_round()).staged_messages == 5
+    want = expected_series(range(1, 46), NAMES)
+    for name in NAMES:
+        assert await stored_points(services, run.id, name) == want[name]
+
+
 class FailingStagingStore(SqlCompactionStore):
     """Staging does the real deletes and insert, then dies before its commit if the batch
     holds the doomed metric.
@@ -252,7 +273,8 @@ async def test_a_server_killed_mid_staging_loses_and_doubles_nothing(
     async def midway() -> bool:
         return bool(await services.scalar("SELECT count(*) FROM staged_messages") < total)
 
-    await kill_compacting_server_when(services, tmp_path, midway)
+    # The runs are idle at once (their writer is gone): their 750 points each are due.
+    await kill_compacting_server_when(services, tmp_path, midway, compaction_idle="0")
     left = await services.scalar("SELECT count(*) FROM staged_messages")
     assert 0 < left < total, "killed before or after the work, not during it"
     # Each run whole: all its messages staged, or none and a chunk per metric.

@@ -493,12 +493,21 @@ class SqlCompactionStore:
         at, after = last[0]
         return counted, json.dumps([None if at is None else at.isoformat(), after])
 
-    async def staged_runs(self, tenant_id: str, settled_before: datetime, limit: int) -> list[str]:
+    async def staged_runs(
+        self, tenant_id: str, settled_before: datetime, idle_before: datetime, limit: int
+    ) -> list[str]:
         message = StagedMessage
         stmt = (
             select(message.run_id)
-            .where(message.tenant_id == tenant_id, message.written_at <= settled_before)
-            .distinct()
+            .where(message.tenant_id == tenant_id)
+            .group_by(message.run_id)
+            .having(
+                (func.min(message.written_at) <= settled_before)
+                & (
+                    (func.sum(message.points) >= SMALL_CHUNK_POINTS)
+                    | (func.max(message.written_at) <= idle_before)
+                )
+            )
             .limit(limit)
         )
         if not self._postgres:

@@ -401,8 +401,10 @@ class StagedMessage(Base):
     """
 
     __tablename__ = "staged_messages"
-    # What the first step looks for: a tenant's messages staged before a time, by run.
-    __table_args__ = (Index("ix_staged_messages_arrivals", "tenant_id", "written_at", "run_id"),)
+    # What the first step looks for, each run's arrivals and points, without reading a body.
+    __table_args__ = (
+        Index("ix_staged_messages_runs", "tenant_id", "run_id", "written_at", "points"),
+    )
 
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)

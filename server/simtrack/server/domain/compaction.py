@@ -242,8 +242,10 @@ class CompactionService:
         """Move the tenant's settled staged messages into chunks, a batch of runs at a time
         (``domain/staging.py``), before the round looks for small chunks to compact.
         """
-        settled_before = utcnow() - self.settle
-        runs = await self.store.staged_runs(tenant_id, settled_before, STAGED_PER_ROUND)
+        now = utcnow()
+        runs = await self.store.staged_runs(
+            tenant_id, now - self.settle, now - self.idle, STAGED_PER_ROUND
+        )
         report.full |= len(runs) >= STAGED_PER_ROUND
         for start in range(0, len(runs), STAGE_RUNS):
             await self._after_ingest(stopping)

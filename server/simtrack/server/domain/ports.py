@@ -285,8 +285,12 @@ class CompactionStore(Protocol):
         """
         ...
 
-    async def staged_runs(self, tenant_id: str, settled_before: datetime, limit: int) -> list[str]:
-        """Up to ``limit`` of the tenant's runs with messages staged before ``settled_before``."""
+    async def staged_runs(
+        self, tenant_id: str, settled_before: datetime, idle_before: datetime, limit: int
+    ) -> list[str]:
+        """Up to ``limit`` of the tenant's runs with a message staged before ``settled_before``
+        and either ``SMALL_CHUNK_POINTS`` points staged or none staged after ``idle_before``.
+        """
         ...
 
     def staging(

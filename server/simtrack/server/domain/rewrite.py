@@ -42,11 +42,12 @@ def output_bounds(total: int, target: int, rows: int) -> list[tuple[int, int]]:
 
 
 def compact(
-    chunks: Sequence[StoredChunk], target: int, compress: bool = True
+    chunks: Sequence[StoredChunk], target: int, compress_from: int = 0
 ) -> list[CompactedChunk]:
     """The chunks' points in history order, as chunks of up to ``target`` points on the
-    highest of the chunks' seqs in increasing order (`output_bounds`); compressed with their
-    blocks' summaries, or (``compress`` False) packed as ingest packs them, without blocks.
+    highest of the chunks' seqs in increasing order (`output_bounds`); those of
+    ``compress_from`` points or more compressed with their blocks' summaries, the others
+    packed as ingest packs them, without blocks.
     """
     points = history_order(chunks)
     bounds = output_bounds(len(points), target, len(chunks))
@@ -58,7 +59,7 @@ def compact(
         stamps = np.ascontiguousarray(points.timestamps[start:end])
         found = extremes(steps, values, stamps)
         blocks = None
-        if compress:
+        if end - start >= compress_from:
             steps_blob, vals_blob, ts_blob = encode_chunk(steps, values, stamps, page=PAGE_POINTS)
             blocks = block_summaries(steps, values, stamps)
         else:

@@ -4,10 +4,14 @@ The writer stores a message of fewer than ``SMALL_CHUNK_POINTS`` points as one r
 all its series (``db/staged.py``): a fleet's worker sends ten metrics of two points five times
 a second, and a chunk row per metric and message made ten rows, ten primary-key entries at
 random pages, for each. Once a run's messages have settled (staged ``settle`` seconds ago or
-more), one transaction moves them all into chunks: per metric, the points of every message up
-to the last settled one (tens of messages), as one chunk (or more, of up to ``target``
-points), packed as ingest packs them. Compaction proper then merges those into large
-compressed chunks as it does any small chunk.
+more) and hold ``SMALL_CHUNK_POINTS`` points together (or the run has staged nothing for
+compaction's ``idle`` time: it ended or paused), one transaction moves them all into chunks:
+per metric, the points of every message up to the last settled one (tens of messages), as one
+chunk (or more, of up to ``target`` points), packed as ingest packs them (compressed if not
+small). Compaction proper then merges the small ones into large compressed chunks as it does
+any small chunk. Waiting for 1,000 points makes a move of a fleet's run write a tenth of a
+row per message per metric or less, and keeps what readers take out of staged messages small
+(1,000 points a run and what came since).
 
 Exactly once, in history order, as compaction (``domain/compaction.py``):
 
@@ -33,6 +37,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from simtrack.server.db.chunks import CompactedChunk, StoredChunk
+from simtrack.server.db.models import SMALL_CHUNK_POINTS
 from simtrack.server.domain.ports import CompactionStore
 from simtrack.server.domain.rewrite import compact
 
@@ -79,7 +84,9 @@ async def stage_batch(
         outputs = await asyncio.to_thread(
             lambda: {
                 m: compact(
-                    sorted([*series[m], *between[m]], key=lambda c: c.seq), target, compress=False
+                    sorted([*series[m], *between[m]], key=lambda c: c.seq),
+                    target,
+                    compress_from=SMALL_CHUNK_POINTS,  # a small chunk is compacted later
                 )
                 for m in spans
             }
