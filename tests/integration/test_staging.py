@@ -19,12 +19,14 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from simtrack.server.api.telemetry import decode
+from simtrack.server.background import compact_chunks
 from simtrack.server.core.tenancy import LOCAL_PRINCIPAL
 from simtrack.server.db.compaction_store import SqlBatchCompaction, SqlCompactionStore
 from simtrack.server.db.engine import create_engine
 from simtrack.server.domain import compaction as compaction_module
 from simtrack.server.domain.compaction import CompactionService
 from simtrack.server.ingest.writer import GroupCommitWriter, metric_id
+from simtrack.server.observability import ServerMetrics
 from simtrack.v1 import telemetry_pb2 as tpb
 from tests.integration.test_compaction import FailingCompaction
 from tests.support import Services, running_writer, server_url
@@ -189,6 +191,24 @@ async def test_a_run_is_moved_once_it_holds_1000_points_or_is_idle(
     want = expected_series(range(1, 46), NAMES)
     for name in NAMES:
         assert await stored_points(services, run.id, name) == want[name]
+
+
+async def test_the_background_loop_moves_staged_messages_and_counts_them(
+    services: Services, server_engine: AsyncEngine
+) -> None:
+    run = await services.run((await services.experiment()).id)
+    async with running_writer(services, stage=True) as writer:
+        await send(writer, run.id, range(1, 101), NAMES)
+    metrics = ServerMetrics()
+    stopping = asyncio.Event()
+    loop = asyncio.create_task(compact_chunks(compactor(server_engine), 0.01, metrics, stopping))
+    async with asyncio.timeout(30):
+        while await staged_rows(services, run.id):
+            await asyncio.sleep(0.01)
+    stopping.set()
+    await asyncio.wait_for(loop, 5)
+    assert metrics.registry.get_sample_value("simtrack_staged_messages_moved_total") == 100
+    assert len(await chunk_rows(services, run.id)) == len(NAMES)  # 250 points each, one chunk
 
 
 class FailingStagingStore(SqlCompactionStore):

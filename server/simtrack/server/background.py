@@ -115,6 +115,8 @@ async def compact_chunks(
                 for done in report.compacted:
                     lag = None if done.lag is None else done.lag.total_seconds()
                     metrics.metric_compacted(done.chunks_in, done.points, lag)
+                if report.staged_messages:
+                    metrics.staged_messages_moved(report.staged_messages)
                 if report.failed:
                     metrics.compaction_failed(report.failed)
             if report.compacted:

@@ -2,7 +2,8 @@
 
 Only this module imports prometheus_client. The interceptor and the group-commit writer report
 through two methods (``rpc_done``, ``group_committed``), once per call and once per commit
-(compaction through ``metric_compacted`` and ``compaction_failed``);
+(compaction through ``metric_compacted``, ``staged_messages_moved`` and
+``compaction_failed``);
 gauges of state the server already keeps (open streams, watchers, the database pool) are read
 when Prometheus scrapes, so keeping them costs nothing in between. Scrapes run on the
 endpoint's own thread: the callbacks only read plain ints, never iterate the loop's dicts.
@@ -83,6 +84,11 @@ class ServerMetrics:
         self.points_compacted = Counter(
             "simtrack_points_compacted", "Points rewritten by compaction.", registry=registry
         )
+        self.staged_moved = Counter(
+            "simtrack_staged_messages_moved",
+            "Staged messages (a fleet's small messages, a row each) moved into chunks.",
+            registry=registry,
+        )
         self.compaction_failures = Counter(
             "simtrack_compaction_failures",
             "Metric compactions that failed and were rolled back (tried again next round).",
@@ -100,6 +106,9 @@ class ServerMetrics:
         self.points_compacted.inc(points)
         if lag_seconds is not None:
             self.compaction_lag.observe(lag_seconds)
+
+    def staged_messages_moved(self, messages: int) -> None:
+        self.staged_moved.inc(messages)
 
     def compaction_failed(self, metrics: int) -> None:
         self.compaction_failures.inc(metrics)

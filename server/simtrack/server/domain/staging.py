@@ -49,7 +49,6 @@ STAGED_PER_ROUND = 1000  # runs found per query; a full answer is taken up again
 class StagedBatch:
     """What one staging transaction did."""
 
-    runs: int  # runs whose messages it moved
     messages: int
     points: int
     chunks: list[tuple[str, CompactedChunk]]  # (metric id, chunk) written
@@ -70,7 +69,7 @@ async def stage_batch(
         busy = len(run_ids) - len(batch.locked)
         staged = await batch.staged(settled_before)
         if not staged:
-            return StagedBatch(0, 0, 0, [], busy)
+            return StagedBatch(0, 0, [], busy)
         series: dict[str, list[StoredChunk]] = defaultdict(list)
         spans: dict[str, tuple[int, int]] = {}
         seqs: dict[str, list[int]] = {}
@@ -93,7 +92,6 @@ async def stage_batch(
         )
         await batch.replace(spans, between, outputs, seqs)
     return StagedBatch(
-        len(staged),
         sum(len(s) for s in seqs.values()),
         sum(c.n for found in series.values() for c in found),
         [(m, c) for m, made in outputs.items() for c in made],
