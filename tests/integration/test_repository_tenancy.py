@@ -14,7 +14,7 @@ import struct
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -33,6 +33,7 @@ from simtrack.server.core.model import (
 )
 from simtrack.server.core.tenancy import Principal, Role, reset_principal, set_principal
 from simtrack.server.db import chunk_repository, models, repositories
+from simtrack.server.db.staged import StagedSeries, pack_body
 from simtrack.server.db.unit_of_work import SqlUnitOfWork
 from tests.support import Services
 
@@ -176,6 +177,21 @@ async def seed(services: Services, tenant: str, letter: str, seconds: int) -> Wo
                 steps=b"",
                 vals=struct.pack("<2d", seconds, seconds),
                 ts=struct.pack("<d", 0.0),
+            )
+        )
+        # A staged message beside the chunk, at steps 100-101 (outside the cases' ranges).
+        series = StagedSeries(
+            ids["metric"], 2, 100, 101, 2, None, None, None, None, None, None,
+            b"", struct.pack("<2d", seconds, seconds), struct.pack("<d", 0.0),
+        )  # fmt: skip
+        session.add(
+            models.StagedMessage(
+                run_id=ids["done"],
+                seq=2,
+                tenant_id=tenant,
+                written_at=datetime.now(UTC),
+                points=2,
+                body=pack_body([series]),
             )
         )
         session.add(
@@ -459,6 +475,15 @@ async def _edge_steps(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
     # The chunk (steps 0 and 1) reaches across the range's low bound.
     found = await uow.chunks.edge_steps([mine.metric, theirs.metric], 1, 5)
     assert [(row[0], row[1], row[2]) for row in found] == [(mine.metric, 2, 0)]
+
+
+@case("ChunkRepository.staged")
+async def _staged(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
+    found = await uow.chunks.staged([mine.metric, theirs.metric])
+    assert [(s.metric_id, s.seq, s.first_step) for s in found[mine.metric]] == [
+        (mine.metric, 2, 100)
+    ]
+    assert found[theirs.metric] == []
 
 
 @case("MetricRepository.named_in")

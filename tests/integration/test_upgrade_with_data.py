@@ -111,6 +111,10 @@ ROWS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
             "ts": struct.pack("<d", CHUNK_TIME),
         },
     ),
+    "staged_messages": (
+        ("run_id", "seq"),
+        {"run_id": RUN, "seq": 2, "written_at": CREATED, "points": 2, "body": b"\x02m1"},
+    ),
     "events": (
         ("run_id", "seq", "position"),
         {

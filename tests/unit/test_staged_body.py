@@ -79,3 +79,6 @@ def test_a_reader_takes_only_the_metrics_it_asks_for() -> None:
     assert list(unpack_body(3, body, wanted)) == [made[3], made[7]]
     assert list(unpack_body(3, body, {str(uuid.uuid4())})) == []
     assert list(unpack_body(3, b"")) == []
+    # Any id: the writer's are UUIDs, but the body does not rely on it.
+    odd = made[0]._replace(metric_id="m1")
+    assert list(unpack_body(3, pack_body([odd, made[1]]), {"m1"})) == [odd]

@@ -1,24 +1,23 @@
 """A staged message's body (``staged_messages.body``): the series of one stream message.
 
-Each series is a fixed header, then its packed columns as a chunk stores them
-(``db/chunks.py``): the metric's id (16 bytes of its UUID), the chunk's step range, count
-and summaries (``None`` flagged), the three columns' lengths; then the columns. A reader of
-one metric takes its series out of the run's staged messages as the chunks they stand for
-(``StagedSeries``: the message's seq, summaries, columns).
+Each series is its metric's id (a length byte, then the id in ASCII: 36 bytes for the UUIDs
+the writer derives), a fixed header (the chunk's step range, count and summaries, ``None``
+flagged; the three columns' lengths), then its packed columns as a chunk stores them
+(``db/chunks.py``). A reader of one metric takes its series out of the run's staged messages
+as the chunks they stand for (``StagedSeries``: the message's seq, summaries, columns).
 """
 
 from __future__ import annotations
 
 import struct
-import uuid
 from collections.abc import Collection, Iterable, Iterator
 from typing import NamedTuple
 
 from simtrack.server.db.chunks import ChunkSummary, StoredChunk
 
-# metric id, first and last step, n, the None flags, vmin, vmax, vmin_step, vmax_step,
-# vmin_ts, vmax_ts, the lengths of steps, vals and ts.
-_HEADER = struct.Struct("<16sqqiBddqqddIII")
+# After the metric id: first and last step, n, the None flags, vmin, vmax, vmin_step,
+# vmax_step, vmin_ts, vmax_ts, the lengths of steps, vals and ts.
+_HEADER = struct.Struct("<qqiBddqqddIII")
 _OPTIONAL = ("vmin", "vmax", "vmin_step", "vmax_step", "vmin_ts", "vmax_ts")
 
 
@@ -59,20 +58,11 @@ def pack_body(series: Iterable[StagedSeries]) -> bytes:
         optional = [getattr(s, name) for name in _OPTIONAL]
         flags = sum(1 << i for i, value in enumerate(optional) if value is None)
         fill = [0 if v is None else v for v in optional]
-        parts.append(
-            _HEADER.pack(
-                uuid.UUID(s.metric_id).bytes,
-                s.first_step,
-                s.last_step,
-                s.n,
-                flags,
-                *fill,
-                len(s.steps),
-                len(s.vals),
-                len(s.ts),
-            )  # fmt: skip
+        key = s.metric_id.encode()
+        header = _HEADER.pack(
+            s.first_step, s.last_step, s.n, flags, *fill, len(s.steps), len(s.vals), len(s.ts)
         )
-        parts += (s.steps, s.vals, s.ts)
+        parts += (bytes([len(key)]), key, header, s.steps, s.vals, s.ts)
     return b"".join(parts)
 
 
@@ -80,20 +70,20 @@ def unpack_body(
     seq: int, body: bytes, metric_ids: Collection[str] | None = None
 ) -> Iterator[StagedSeries]:
     """The series of the message ``seq`` (only those of ``metric_ids``, if given)."""
-    wanted = None if metric_ids is None else {uuid.UUID(m).bytes for m in metric_ids}
+    wanted = None if metric_ids is None else {m.encode() for m in metric_ids}
     at, end = 0, len(body)
     while at < end:
-        header = _HEADER.unpack_from(body, at)
-        key, flags, (steps, vals, ts) = header[0], header[4], header[11:]
-        at += _HEADER.size
-        columns = at
-        at += steps + vals + ts
+        key = body[at + 1 : at + 1 + body[at]]
+        header = _HEADER.unpack_from(body, at + 1 + len(key))
+        flags, (steps, vals, ts) = header[3], header[10:]
+        columns = at + 1 + len(key) + _HEADER.size
+        at = columns + steps + vals + ts
         if wanted is not None and key not in wanted:
             continue
-        summaries = [None if flags >> i & 1 else v for i, v in enumerate(header[5:11])]
+        summaries = [None if flags >> i & 1 else v for i, v in enumerate(header[4:10])]
         yield StagedSeries._make(
             (
-                str(uuid.UUID(bytes=key)), seq, *header[1:4], *summaries,
+                key.decode(), seq, *header[:3], *summaries,
                 body[columns : columns + steps],
                 body[columns + steps : columns + steps + vals],
                 body[columns + steps + vals : at],
