@@ -133,13 +133,24 @@ class Chunks:
             self.row_note = "the columns' lengths, 8 bytes a number (keys, summaries, blobs)"
 
     def rows(self, query: str, run_ids: list[str]) -> list[tuple[Any, ...]]:
+        return self.snapshot([query], run_ids)[0]
+
+    def snapshot(self, queries: list[str], run_ids: list[str]) -> list[list[tuple[Any, ...]]]:
+        """Each query's rows, all read in one snapshot (compaction goes on meanwhile: read
+        apart, a run's staged messages could be read after they moved, and missed).
+        """
         if self.pg_database is not None:
             with psycopg.connect(self.url) as connection:
-                return list(connection.execute(query.format(runs="= ANY(%s)"), (run_ids,)))
+                connection.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+                return [
+                    list(connection.execute(q.format(runs="= ANY(%s)"), (run_ids,)))
+                    for q in queries
+                ]
         marks = "IN (" + ",".join("?" * len(run_ids)) + ")"
         lite = sqlite3.connect(self.url.removeprefix("sqlite:///"), timeout=30)
         try:
-            return list(lite.execute(query.format(runs=marks), run_ids))
+            lite.execute("BEGIN")  # a read transaction: one snapshot in WAL mode
+            return [list(lite.execute(q.format(runs=marks), run_ids)) for q in queries]
         finally:
             lite.close()
 
@@ -148,9 +159,10 @@ class Chunks:
         staged messages together; return the points.
         """
         run_ids = list(expected)
-        found = {(r[0], r[1]): tuple(r) for r in self.rows(_DENSE, run_ids)}
-        metrics = {m: (run_id, name) for m, run_id, name in self.rows(_NAMES, run_ids)}
-        for seq, body in self.rows(_STAGED, run_ids):
+        dense, named, staged = self.snapshot([_DENSE, _NAMES, _STAGED], run_ids)
+        found = {(r[0], r[1]): tuple(r) for r in dense}
+        metrics = {m: (run_id, name) for m, run_id, name in named}
+        for seq, body in staged:
             for s in unpack_body(seq, bytes(body)):
                 spanned = s.last_step - s.first_step + 1
                 _merge_dense(
