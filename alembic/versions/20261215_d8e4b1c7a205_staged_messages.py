@@ -4,9 +4,9 @@ A worker of a fleet sends ten metrics of a few points each, five times a second:
 per metric and message made ten rows, ten primary-key entries at random pages, per message.
 A message of fewer than 1,000 points is now one row (all its series in ``body``) until
 compaction's first step moves a run's staged messages into metric chunks, a chunk per metric
-for many messages (``domain/staging.py``), once they hold 1,000 points or the run is idle: the
-index holds what that needs (arrivals and points by run) beside the key. Row-level security as
-every tenant's table.
+for many messages (``domain/staging.py``), once they hold 1,000 points a metric or the run is
+idle: the index holds what that needs (arrivals, points and series by run) beside the key.
+Row-level security as every tenant's table.
 
 Revision ID: d8e4b1c7a205
 Revises: c5d2a7e3f914
@@ -38,6 +38,7 @@ def upgrade() -> None:
         sa.Column("tenant_id", sa.String(length=36), nullable=False),
         sa.Column("written_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("points", sa.Integer(), nullable=False),
+        sa.Column("series", sa.Integer(), nullable=False),
         sa.Column("body", sa.LargeBinary(), nullable=False),
         sa.ForeignKeyConstraint(
             ["run_id"], ["runs.id"], name=op.f("fk_staged_messages_run_id_runs"), ondelete="CASCADE"
@@ -47,7 +48,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_staged_messages_runs",
         "staged_messages",
-        ["tenant_id", "run_id", "written_at", "points"],
+        ["tenant_id", "run_id", "written_at", "points", "series"],
         unique=False,
     )
     if op.get_bind().dialect.name == "postgresql":

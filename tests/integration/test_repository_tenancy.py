@@ -191,6 +191,7 @@ async def seed(services: Services, tenant: str, letter: str, seconds: int) -> Wo
                 tenant_id=tenant,
                 written_at=datetime.now(UTC),
                 points=2,
+                series=1,
                 body=pack_body([series]),
             )
         )

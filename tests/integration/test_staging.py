@@ -172,25 +172,29 @@ async def test_compaction_takes_no_chunk_at_or_above_a_runs_staged_messages(
         )
 
 
-async def test_a_run_is_moved_once_it_holds_1000_points_or_is_idle(
+async def test_a_run_is_moved_once_it_holds_1000_points_a_metric_or_is_idle(
     services: Services, server_engine: AsyncEngine
 ) -> None:
     run = await services.run((await services.experiment()).id)
     busy = CompactionService(
         SqlCompactionStore(server_engine), timedelta(0), idle=timedelta(hours=1)
     )
+    names = ["a", "b"]  # five points a message: 2,000 points make 1,000 a metric
     async with running_writer(services, stage=True) as writer:
-        await send(writer, run.id, range(1, 40), NAMES)  # 975 points
+        await send(writer, run.id, range(1, 400), names)  # 1,995 points
         assert (await busy.run_round()).staged_messages == 0
-        await send(writer, run.id, [40], NAMES)  # 1,000
-        assert (await busy.run_round()).staged_messages == 40
-        await send(writer, run.id, range(41, 46), NAMES)
+        await send(writer, run.id, [400], names)  # 2,000
+        assert (await busy.run_round()).staged_messages == 400
+        await send(writer, run.id, range(401, 406), names)
         assert (await busy.run_round()).staged_messages == 0
     idle = CompactionService(SqlCompactionStore(server_engine), timedelta(0), idle=timedelta(0))
     assert (await idle.run_round()).staged_messages == 5
-    want = expected_series(range(1, 46), NAMES)
-    for name in NAMES:
+    want = expected_series(range(1, 406), names)
+    for name in names:
         assert await stored_points(services, run.id, name) == want[name]
+    # 1,000 points a metric moved at once: a chunk each, not small, compressed.
+    sizes = sorted(n for _, _, n in await chunk_rows(services, run.id))
+    assert sizes[2:] == [1000, 1000] and sum(sizes) == 2025
 
 
 async def test_the_background_loop_moves_staged_messages_and_counts_them(

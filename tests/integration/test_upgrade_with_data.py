@@ -113,7 +113,8 @@ ROWS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     ),
     "staged_messages": (
         ("run_id", "seq"),
-        {"run_id": RUN, "seq": 2, "written_at": CREATED, "points": 2, "body": b"\x02m1"},
+        {"run_id": RUN, "seq": 2, "written_at": CREATED, "points": 2, "series": 1,
+         "body": b"\x02m1"},
     ),
     "events": (
         ("run_id", "seq", "position"),

@@ -176,8 +176,8 @@ async def test_a_batch_that_conflicts_with_stored_rows_fails_without_retries(
     )
     if group.stage:  # where that writer puts a small message
         await services.execute(
-            "INSERT INTO staged_messages (run_id, seq, tenant_id, written_at, points, body) "
-            "VALUES (:run, 1, :tenant, :now, 0, :b)",
+            "INSERT INTO staged_messages (run_id, seq, tenant_id, written_at, points, series, "
+            "body) VALUES (:run, 1, :tenant, :now, 0, 0, :b)",
             run=run.id,
             b=b"",
         )

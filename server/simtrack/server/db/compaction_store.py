@@ -504,7 +504,7 @@ class SqlCompactionStore:
             .having(
                 (func.min(message.written_at) <= settled_before)
                 & (
-                    (func.sum(message.points) >= SMALL_CHUNK_POINTS)
+                    (func.sum(message.points) >= SMALL_CHUNK_POINTS * func.max(message.series))
                     | (func.max(message.written_at) <= idle_before)
                 )
             )

@@ -285,7 +285,7 @@ _CHUNK_COLUMNS = (
     "metric_id", "seq", "tenant_id", "run_id", "first_step", "last_step", "n", "vmin", "vmax",
     "vmin_step", "vmax_step", "vmin_ts", "vmax_ts", "written_at", "steps", "vals", "ts",
 )  # fmt: skip
-_STAGED_COLUMNS = ("run_id", "seq", "tenant_id", "written_at", "points", "body")
+_STAGED_COLUMNS = ("run_id", "seq", "tenant_id", "written_at", "points", "series", "body")
 _EVENT_COLUMNS = (
     "run_id", "seq", "position", "tenant_id", "step", "time_ns", "type", "agent_id", "payload",
 )  # fmt: skip
@@ -459,7 +459,7 @@ class IngestTransaction:
     async def insert_staged(
         self, tenant_id: str, now: datetime, rows: Sequence[Mapping[str, Any]]
     ) -> None:
-        """New staged messages (run_id, seq, points, body each)."""
+        """New staged messages (run_id, seq, points, series, body each)."""
         shared = {"tenant_id": tenant_id, "written_at": now}
         await self._write(self._sql.insert_staged, rows, shared)
 

@@ -403,7 +403,7 @@ class StagedMessage(Base):
     __tablename__ = "staged_messages"
     # What the first step looks for, each run's arrivals and points, without reading a body.
     __table_args__ = (
-        Index("ix_staged_messages_runs", "tenant_id", "run_id", "written_at", "points"),
+        Index("ix_staged_messages_runs", "tenant_id", "run_id", "written_at", "points", "series"),
     )
 
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
@@ -412,6 +412,7 @@ class StagedMessage(Base):
     tenant_id: Mapped[str] = mapped_column(String(36))
     written_at: Mapped[datetime] = mapped_column(UTCDateTime)
     points: Mapped[int] = mapped_column(Integer)
+    series: Mapped[int] = mapped_column(Integer)  # metrics in the message
     body: Mapped[bytes] = mapped_column(LargeBinary)  # ``db/staged.py``
 
 

@@ -289,7 +289,8 @@ class CompactionStore(Protocol):
         self, tenant_id: str, settled_before: datetime, idle_before: datetime, limit: int
     ) -> list[str]:
         """Up to ``limit`` of the tenant's runs with a message staged before ``settled_before``
-        and either ``SMALL_CHUNK_POINTS`` points staged or none staged after ``idle_before``.
+        and either ``SMALL_CHUNK_POINTS`` points staged for each metric of its messages (their
+        points over the most series a message holds) or none staged after ``idle_before``.
         """
         ...
 

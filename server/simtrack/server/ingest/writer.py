@@ -450,7 +450,9 @@ async def _stage_small(
             )  # fmt: skip
             for key, c in series
         )
-        staged.append({"run_id": run_id, "seq": seq, "points": total, "body": body})
+        staged.append(
+            {"run_id": run_id, "seq": seq, "points": total, "series": len(series), "body": body}
+        )
     await tx.insert_staged(tenant_id, now, staged)
     done = {(row["run_id"], row["seq"]) for row in staged}
     return [item for item in named if (item[1], item[2]) not in done]
