@@ -197,6 +197,26 @@ async def test_a_run_is_moved_once_it_holds_1000_points_a_metric_or_is_idle(
     assert sizes[2:] == [1000, 1000] and sum(sizes) == 2025
 
 
+async def test_a_move_fills_the_metrics_unfilled_chunk_below_when_they_fill_one(
+    services: Services, server_engine: AsyncEngine
+) -> None:
+    run = await services.run((await services.experiment()).id)
+    store = SqlCompactionStore(server_engine)
+    service = CompactionService(store, timedelta(0), 2000, idle=timedelta(hours=1))
+    async with running_writer(services, stage=True) as writer:
+        await send(writer, run.id, range(1, 401))  # 1,000 points of "loss"
+        assert (await service.run_round()).staged_messages == 400
+        assert await chunk_rows(services, run.id) == [(metric_id(run.id, "loss"), 400, 1000)]
+        await send(writer, run.id, range(401, 801))
+        assert (await service.run_round()).staged_messages == 400
+    # The unfilled 1,000-point chunk and the next 1,000 points: one full chunk of 2,000.
+    assert await chunk_rows(services, run.id) == [(metric_id(run.id, "loss"), 800, 2000)]
+    assert (
+        await stored_points(services, run.id, "loss")
+        == expected_series(range(1, 801), ["loss"])["loss"]
+    )
+
+
 async def test_the_background_loop_moves_staged_messages_and_counts_them(
     services: Services, server_engine: AsyncEngine
 ) -> None:

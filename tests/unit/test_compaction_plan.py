@@ -16,9 +16,8 @@ from simtrack.server.domain.compaction import (
     CompactionService,
     Span,
     choose_span,
-    fill_from,
 )
-from simtrack.server.domain.rewrite import compact, output_bounds, split_bounds
+from simtrack.server.domain.rewrite import compact, fill_from, output_bounds, split_bounds
 from simtrack.server.domain.series import merge
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
@@ -83,10 +82,14 @@ def test_unfilled_chunks_below_join_the_span_once_they_fill_a_chunk() -> None:
     span = Span(first_seq=50, last_seq=60, points=300, oldest=None)
     # Highest first: two unfilled (1,200 and 1,000 points) over a full one.
     below = [(40, 1200), (30, 1000), (20, 2000), (10, 1500)]
-    assert fill_from(span, below, target=2000) == 30
-    assert fill_from(span, below[:1], target=2000) == 50  # 1,500 points fill none
-    assert fill_from(span, [(20, 2000), (10, 1500)], target=2000) == 50  # full stays
-    assert fill_from(span, [], target=2000) == 50
+    assert fill_from(span.first_seq, span.points, below, target=2000) == 30
+    assert (
+        fill_from(span.first_seq, span.points, below[:1], target=2000) == 50
+    )  # 1,500 points fill none
+    assert (
+        fill_from(span.first_seq, span.points, [(20, 2000), (10, 1500)], target=2000) == 50
+    )  # full stays
+    assert fill_from(span.first_seq, span.points, [], target=2000) == 50
 
 
 def chunk(seq: int, steps: list[int], values: list[float]) -> StoredChunk:

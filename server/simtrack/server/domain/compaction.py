@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -59,7 +58,7 @@ from simtrack.server.db.chunks import (
 from simtrack.server.db.models import SMALL_CHUNK_POINTS
 from simtrack.server.domain.pending_chunks import PendingChunks
 from simtrack.server.domain.ports import CompactionStore
-from simtrack.server.domain.rewrite import compact
+from simtrack.server.domain.rewrite import compact, fill_from
 from simtrack.server.domain.staging import STAGE_RUNS, STAGED_PER_ROUND, stage_batch
 
 log = logging.getLogger(__name__)
@@ -132,17 +131,6 @@ def choose_span(
     stamps = [c.written_at for c in small[:chosen]]
     oldest = None if any(s is None for s in stamps) else min(s for s in stamps if s is not None)
     return Span(small[0].seq, last_taken, total, oldest, cut=last_taken < last)
-
-
-def fill_from(span: Span, below: Sequence[tuple[int, int]], target: int) -> int:
-    """Where the span starts once unfilled chunks below it are taken in (``below``: (seq, n)
-    of the chunks under the span, highest first): down over the run of them with fewer than
-    ``target`` points, if with the span they fill a chunk; else where it started.
-    """
-    unfilled = list(itertools.takewhile(lambda chunk: chunk[1] < target, below))
-    if unfilled and span.points + sum(n for _, n in unfilled) >= target:
-        return unfilled[-1][0]
-    return span.first_seq
 
 
 @dataclass(frozen=True)
@@ -399,7 +387,7 @@ class CompactionService:
                 self.target // SMALL_CHUNK_POINTS + 1,
             )
             ranges = {
-                m: (fill_from(span, below[m], self.target), span.last_seq)
+                m: (fill_from(span.first_seq, span.points, below[m], self.target), span.last_seq)
                 for m, span in spans.items()
             }
             inputs = await batch.chunks(ranges)

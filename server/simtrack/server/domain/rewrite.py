@@ -7,6 +7,7 @@ order of every point among all others, ties included, stays what it was.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -22,6 +23,19 @@ from simtrack.server.db.chunks import (
 )
 from simtrack.server.db.codec import encode_chunk
 from simtrack.server.domain.series import history_order
+
+
+def fill_from(first_seq: int, points: int, below: Sequence[tuple[int, int]], target: int) -> int:
+    """Where a span of ``points`` points from ``first_seq`` starts once unfilled chunks below
+    it are taken in (``below``: (seq, n) of the chunks under the span, highest first): down
+    over the run of them with fewer than ``target`` points, if with the span they fill a
+    chunk; else where it started. The series ends up in full ``target``-point chunks, each
+    point rewritten a bounded number of times.
+    """
+    unfilled = list(itertools.takewhile(lambda chunk: chunk[1] < target, below))
+    if unfilled and points + sum(n for _, n in unfilled) >= target:
+        return unfilled[-1][0]
+    return first_seq
 
 
 def split_bounds(total: int, pieces: int) -> list[tuple[int, int]]:

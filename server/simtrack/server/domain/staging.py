@@ -1,17 +1,18 @@
 """Staging: a run's staged messages moved into metric chunks, compaction's first step.
 
 The writer stores a message of fewer than ``SMALL_CHUNK_POINTS`` points as one row holding
-all its series (``db/staged.py``): a fleet's worker sends ten metrics of two points five times
-a second, and a chunk row per metric and message made ten rows, ten primary-key entries at
-random pages, for each. Once a run's messages have settled (staged ``settle`` seconds ago or
-more) and hold ``SMALL_CHUNK_POINTS`` points together (or the run has staged nothing for
-compaction's ``idle`` time: it ended or paused), one transaction moves them all into chunks:
-per metric, the points of every message up to the last settled one (tens of messages), as one
-chunk (or more, of up to ``target`` points), packed as ingest packs them (compressed if not
-small). Compaction proper then merges the small ones into large compressed chunks as it does
-any small chunk. Waiting for 1,000 points makes a move of a fleet's run write a tenth of a
-row per message per metric or less, and keeps what readers take out of staged messages small
-(1,000 points a run and what came since).
+all its series (``db/staged.py``): a fleet's worker sends ten metrics of ten points a second,
+and a chunk row per metric and message made ten rows, ten primary-key entries at random
+pages, for each. Once a run's messages have settled (staged ``settle`` seconds ago or more)
+and hold ``SMALL_CHUNK_POINTS`` points a metric (their points over the most series a message
+holds), or the run has staged nothing for compaction's ``idle`` time (it ended or paused),
+one transaction moves them all into chunks: per metric, the points of every message up to the
+last settled one, as one chunk (or more, of up to ``target`` points), compressed unless small
+(then compaction proper merges it later, as any small chunk); with the metric's unfilled
+chunks just below when together they fill one (compaction's ``fill_from``), so a series ends
+up in full chunks, each point rewritten a bounded number of times. Waiting for 1,000 points a
+metric makes a fleet's points land in compressed chunks in one move, a hundred messages at a
+time; readers take at most that much out of a run's staged messages, and what came since.
 
 Exactly once, in history order, as compaction (``domain/compaction.py``):
 
@@ -39,9 +40,12 @@ from datetime import datetime
 from simtrack.server.db.chunks import CompactedChunk, StoredChunk
 from simtrack.server.db.models import SMALL_CHUNK_POINTS
 from simtrack.server.domain.ports import CompactionStore
-from simtrack.server.domain.rewrite import compact
+from simtrack.server.domain.rewrite import compact, fill_from
 
-STAGE_RUNS = 64  # runs per transaction at most
+# Runs per transaction at most: a fleet's runs reach their 1,000 points a metric together
+# (10,000 points a run), and 64 of them a transaction held SQLite's one connection, and the
+# GIL, for long enough to put acks p99 over 700 ms.
+STAGE_RUNS = 8
 STAGED_PER_ROUND = 1000  # runs found per query; a full answer is taken up again at once
 
 
@@ -79,7 +83,17 @@ async def stage_batch(
             for s in found:
                 series[s.metric_id].append(s.stored())
                 spans[s.metric_id] = span
-        between = await batch.chunks(spans)  # the large messages' chunks within the spans
+        # Unfilled chunks just below join a span once they fill a chunk with it, as in
+        # compaction: a fleet's series ends up in full chunks, their blocks aligned.
+        below = await batch.sizes_below(
+            {m: first for m, (first, _) in spans.items()}, target // SMALL_CHUNK_POINTS + 1
+        )
+        spans = {
+            m: (fill_from(first, sum(c.n for c in series[m]), below[m], target), last)
+            for m, (first, last) in spans.items()
+        }
+        # The chunks within the spans: the large messages', and those unfilled ones.
+        between = await batch.chunks(spans)
         outputs = await asyncio.to_thread(
             lambda: {
                 m: compact(
