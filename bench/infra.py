@@ -133,13 +133,18 @@ class PostgresDatabase:
         return chunks, points
 
     def stored_chunks(self, run_ids: Sequence[str]) -> tuple[int, int, int]:
-        """(chunks, points, transactions that wrote them): xmin tells the group commits apart."""
+        """(rows, points, transactions that wrote them) of the runs' chunks and staged
+        messages, in one statement (a move between two reads would count its points twice or
+        not at all): xmin tells the group commits apart.
+        """
         with psycopg.connect(self.url()) as connection:
             row = connection.execute(
-                "SELECT count(*), coalesce(sum(n), 0), count(DISTINCT xmin::text::bigint)"
-                " FROM metric_chunks WHERE metric_id IN"
-                " (SELECT id FROM metrics WHERE run_id = ANY(%s))",
-                (list(run_ids),),
+                "SELECT count(*), coalesce(sum(n), 0), count(DISTINCT x) FROM ("
+                " SELECT xmin::text::bigint AS x, n FROM metric_chunks WHERE metric_id IN"
+                " (SELECT id FROM metrics WHERE run_id = ANY(%s))"
+                " UNION ALL SELECT xmin::text::bigint, points FROM staged_messages"
+                " WHERE run_id = ANY(%s)) AS stored",
+                (list(run_ids), list(run_ids)),
             ).fetchone()
         assert row is not None
         return int(row[0]), int(row[1]), int(row[2])
@@ -162,12 +167,13 @@ class SqliteDatabase:
     def stored_points(self, run_ids: Sequence[str]) -> tuple[int, int]:
         marks = ",".join("?" * len(run_ids))
         query = (
-            "SELECT count(*), coalesce(sum(n), 0) FROM metric_chunks"
+            "SELECT count(*), coalesce(sum(n), 0) FROM (SELECT n FROM metric_chunks"
             f" WHERE metric_id IN (SELECT id FROM metrics WHERE run_id IN ({marks}))"
+            f" UNION ALL SELECT points FROM staged_messages WHERE run_id IN ({marks}))"
         )
         connection = sqlite3.connect(self.path, timeout=30)
         try:
-            row = connection.execute(query, list(run_ids)).fetchone()
+            row = connection.execute(query, [*run_ids, *run_ids]).fetchone()
         finally:
             connection.close()
         return int(row[0]), int(row[1])
