@@ -41,6 +41,13 @@ def stage(request: pytest.FixtureRequest) -> bool:
     return bool(request.param)
 
 
+def metrics_sent(stage: bool) -> tuple[str, ...]:
+    """The metrics of each message: "loss" (the one read), and "reward" for a staging writer
+    (it stages messages of several metrics). "loss" is the same points either way.
+    """
+    return ("loss", "reward") if stage else ("loss",)
+
+
 async def staged_messages(services: Services, run_id: str) -> int:
     return int(
         await services.scalar("SELECT count(*) FROM staged_messages WHERE run_id = :r", r=run_id)
@@ -125,7 +132,7 @@ async def test_one_history_call_reads_one_snapshot_while_a_compaction_commits(
 ) -> None:
     run = await services.run((await services.experiment()).id)
     async with running_writer(services, stage=stage) as writer:
-        await send(writer, run.id, range(1, 1001))
+        await send(writer, run.id, range(1, 1001), metrics_sent(stage))
     history = HistoryService(services.uow)
     whole = await history.history(run.id, "loss", None, None, 0, 2000, "")
     # After the page chose its chunks from their summaries, before it reads them.
@@ -133,7 +140,8 @@ async def test_one_history_call_reads_one_snapshot_while_a_compaction_commits(
     page = await interrupted.history(run.id, "loss", None, None, 0, 2000, "")
     assert compacted == [1000]  # it did commit, between the reads of the call
     # Compacted: large chunks (1,000 points and more), only the newest perhaps not.
-    sizes = [n for _, _, n in await chunk_rows(services, run.id)]
+    loss = metric_id(run.id, "loss")
+    sizes = [n for m, _, n in await chunk_rows(services, run.id) if m == loss]
     assert len(sizes) < 5 and all(n >= SMALL_CHUNK_POINTS for n in sizes[:-1])
     assert page.points.steps.tobytes() == whole.points.steps.tobytes()
     assert page.points.values.tobytes() == whole.points.values.tobytes()
@@ -145,7 +153,7 @@ async def test_a_view_reads_one_snapshot_while_a_compaction_commits(
 ) -> None:
     run = await services.run((await services.experiment()).id)
     async with running_writer(services, stage=stage) as writer:
-        await send(writer, run.id, range(1, 1001))
+        await send(writer, run.id, range(1, 1001), metrics_sent(stage))
     history = HistoryService(services.uow)
     whole = await history.history(run.id, "loss", None, None, 100, 0, "")
     # After the view read the summaries of chunks that are then compacted.
@@ -169,7 +177,7 @@ async def test_paging_across_a_compaction_gives_every_point_once(
     run = await services.run((await services.experiment()).id)
     history = HistoryService(services.uow)
     async with running_writer(services, stage=stage) as writer:
-        await send(writer, run.id, range(1, 801))
+        await send(writer, run.id, range(1, 801), metrics_sent(stage))
         steps: list[bytes] = []
         values: list[bytes] = []
         token, pages = "", 0
@@ -181,7 +189,7 @@ async def test_paging_across_a_compaction_gives_every_point_once(
             if pages == 3:  # compacted between pages: the token's chunk is gone
                 assert rewrote(await compactor(engines[0], reads=own_reads[0]).run_round())
             if pages == 9:  # more data, compacted again; it sorts after all read so far
-                await send(writer, run.id, range(801, 901))
+                await send(writer, run.id, range(801, 901), metrics_sent(stage))
                 assert rewrote(await compactor(engines[0], reads=own_reads[0]).run_round())
             token = page.next_page_token
             if not token:
@@ -240,11 +248,11 @@ async def test_ingest_resends_reads_and_compaction_all_at_once(
     async def ingest() -> None:
         async with running_writer(services, stage=stage) as writer:
             for start in range(1, total + 1, group):
-                await send(writer, run.id, range(start, start + group))
+                await send(writer, run.id, range(start, start + group), metrics_sent(stage))
                 committed = start + group - 1
                 # A worker that lost its acks resends: recognised, acked, not stored again.
                 resent = [max(1, committed - 40), committed // 2, committed]
-                assert await send(writer, run.id, resent) == [committed] * 3
+                assert await send(writer, run.id, resent, metrics_sent(stage)) == [committed] * 3
         done.set()
 
     async def compact() -> None:
@@ -278,7 +286,8 @@ async def test_ingest_resends_reads_and_compaction_all_at_once(
     assert committed == total
     assert len(compactions) > 1 and len(reads) > 1 and reads[-1] > reads[0]
     # Compacted: large chunks (1,000 points and more), only the newest perhaps not.
-    sizes = [n for _, _, n in await chunk_rows(services, run.id)]
+    loss = metric_id(run.id, "loss")
+    sizes = [n for m, _, n in await chunk_rows(services, run.id) if m == loss]
     assert len(sizes) < 5 and all(n >= SMALL_CHUNK_POINTS for n in sizes[:-1])
 
 

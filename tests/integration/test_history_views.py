@@ -83,8 +83,13 @@ async def written(services: Services, state: str) -> str:
     run = await services.run((await services.experiment()).id)
     async with running_writer(services, stage=state != "raw") as writer:
         for seq, (steps, values, stamps) in enumerate(batches(), start=1):
-            series = tpb.MetricSeries(name="x", steps=steps, values=values, timestamps=stamps)
-            message = tpb.StreamRunRequest(seq=seq, metrics=tpb.MetricBatch(series=[series]))
+            # With "x-twin" beside it: a message of several metrics (what a staging writer
+            # stages).
+            series = [
+                tpb.MetricSeries(name=name, steps=steps, values=values, timestamps=stamps)
+                for name in ("x", "x-twin")
+            ]
+            message = tpb.StreamRunRequest(seq=seq, metrics=tpb.MetricBatch(series=series))
             await writer.submit(LOCAL_PRINCIPAL, run.id, decode(message))
     if state in ("moved", "compacted"):
         engine: AsyncEngine = create_engine(server_url(services))

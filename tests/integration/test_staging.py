@@ -203,18 +203,19 @@ async def test_a_move_fills_the_metrics_unfilled_chunk_below_when_they_fill_one(
     run = await services.run((await services.experiment()).id)
     store = SqlCompactionStore(server_engine)
     service = CompactionService(store, timedelta(0), 2000, idle=timedelta(hours=1))
+    names = ["a", "b"]
     async with running_writer(services, stage=True) as writer:
-        await send(writer, run.id, range(1, 401))  # 1,000 points of "loss"
+        await send(writer, run.id, range(1, 401), names)  # 1,000 points of each
         assert (await service.run_round()).staged_messages == 400
-        assert await chunk_rows(services, run.id) == [(metric_id(run.id, "loss"), 400, 1000)]
-        await send(writer, run.id, range(401, 801))
+        assert {(seq, n) for _, seq, n in await chunk_rows(services, run.id)} == {(400, 1000)}
+        await send(writer, run.id, range(401, 801), names)
         assert (await service.run_round()).staged_messages == 400
-    # The unfilled 1,000-point chunk and the next 1,000 points: one full chunk of 2,000.
-    assert await chunk_rows(services, run.id) == [(metric_id(run.id, "loss"), 800, 2000)]
-    assert (
-        await stored_points(services, run.id, "loss")
-        == expected_series(range(1, 801), ["loss"])["loss"]
-    )
+    # The unfilled 1,000-point chunks and the next 1,000 points: a full chunk of 2,000 each.
+    rows = await chunk_rows(services, run.id)
+    assert len(rows) == 2 and {(seq, n) for _, seq, n in rows} == {(800, 2000)}
+    want = expected_series(range(1, 801), names)
+    for name in names:
+        assert await stored_points(services, run.id, name) == want[name]
 
 
 async def test_the_background_loop_moves_staged_messages_and_counts_them(

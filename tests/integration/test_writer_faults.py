@@ -32,9 +32,13 @@ QUICK_RETRIES = (0.01, 0.02, 0.05)
 
 
 def metrics(seq: int, name: str = "profit", steps: Iterable[int] = (0, 1)) -> Batch:
+    """Two metrics (a message a staging writer stages): ``name`` and its negation."""
     steps = list(steps)
-    series = tpb.MetricSeries(name=name, steps=steps, values=[float(s) for s in steps])
-    return decode(tpb.StreamRunRequest(seq=seq, metrics=tpb.MetricBatch(series=[series])))
+    series = [
+        tpb.MetricSeries(name=n, steps=steps, values=[sign * float(s) for s in steps])
+        for n, sign in ((name, 1.0), (f"{name}-negated", -1.0))
+    ]
+    return decode(tpb.StreamRunRequest(seq=seq, metrics=tpb.MetricBatch(series=series)))
 
 
 async def committed_seq(services: Services, run_id: str) -> int:
@@ -52,8 +56,8 @@ async def writer(
 
 
 async def chunk_count(services: Services, run_id: str) -> int:
-    """The run's rows of points: chunks and staged messages (a message of one metric: one)."""
-    chunks = "SELECT count(*) FROM metric_chunks WHERE run_id = :id"
+    """The run's messages stored: their chunks' seqs and its staged messages."""
+    chunks = "SELECT count(DISTINCT seq) FROM metric_chunks WHERE run_id = :id"
     staged = "SELECT count(*) FROM staged_messages WHERE run_id = :id"
     return sum([int(await services.scalar(q, id=run_id)) for q in (chunks, staged)])
 

@@ -420,8 +420,10 @@ async def _stage_small(
     now: datetime,
     named: list[tuple[str, str, int, SeriesChunk]],
 ) -> list[tuple[str, str, int, SeriesChunk]]:
-    """Stage each message of fewer than ``SMALL_CHUNK_POINTS`` points as one row; the chunks
-    of the other messages, left to write as chunks.
+    """Stage each message of several metrics and fewer than ``SMALL_CHUNK_POINTS`` points as
+    one row; the chunks of the other messages, left to write as chunks (a message of one
+    metric is one row either way, and staging it cost a fifth of ingest's rate in 100-point
+    messages).
     """
     messages: dict[tuple[str, int], list[tuple[str, SeriesChunk]]] = defaultdict(list)
     for key, run_id, seq, chunk in named:
@@ -429,7 +431,7 @@ async def _stage_small(
     staged = []
     for (run_id, seq), series in messages.items():
         total = sum(chunk.n for _, chunk in series)
-        if total >= SMALL_CHUNK_POINTS:
+        if total >= SMALL_CHUNK_POINTS or len(series) < 2:
             continue
         body = pack_body(
             StagedSeries(
