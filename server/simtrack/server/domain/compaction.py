@@ -34,6 +34,9 @@ new points would make a small chunk again, rewritten with the next ones round af
   reader sees the old rows or the new ones (history reads one snapshot), never both or
   neither.
 
+Each round first moves the tenant's due staged messages into chunks (``domain/staging.py``);
+compaction never takes a chunk at or above its run's lowest staged message.
+
 One transaction compacts a batch of a tenant's metrics (up to ``BATCH_METRICS``), each step
 one statement for the whole batch; the spans are chosen per metric as above. A batch that
 fails is rolled back whole and its metrics compacted one per transaction, so one metric's
@@ -52,9 +55,7 @@ from datetime import datetime, timedelta
 
 from simtrack.errors import FailedPrecondition
 from simtrack.server.core.model import utcnow
-from simtrack.server.db.chunks import (
-    SmallChunk,
-)
+from simtrack.server.db.chunks import SmallChunk
 from simtrack.server.db.models import SMALL_CHUNK_POINTS
 from simtrack.server.domain.pending_chunks import PendingChunks
 from simtrack.server.domain.ports import CompactionStore
