@@ -300,7 +300,7 @@ async def test_deleting_a_run_deletes_its_staged_messages(services: Services) ->
     assert await staged_rows(services, run.id) == []
 
 
-RUNS = 160  # runs staged before the server starts: a few staging transactions
+RUNS = 64  # runs staged before the server starts: 8 staging transactions (STAGE_RUNS)
 MESSAGES = 30
 
 
@@ -318,7 +318,7 @@ async def test_a_server_killed_mid_staging_loses_and_doubles_nothing(
     async def midway() -> bool:
         return bool(await services.scalar("SELECT count(*) FROM staged_messages") < total)
 
-    # The runs are idle at once (their writer is gone): their 750 points each are due.
+    # The runs are idle at once (their writer is gone): their messages are due.
     await kill_compacting_server_when(services, tmp_path, midway, compaction_idle="0")
     left = await services.scalar("SELECT count(*) FROM staged_messages")
     assert 0 < left < total, "killed before or after the work, not during it"
