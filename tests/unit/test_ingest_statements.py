@@ -11,7 +11,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from simtrack.server.core.model import MetricKind
-from simtrack.server.db.ingest_store import Compiled, Statements
+from simtrack.server.db.bulk import Compiled
+from simtrack.server.db.ingest_store import Statements
 
 NOW = datetime(2026, 12, 5, 8, 0, 1, 250_000, tzinfo=UTC)
 
