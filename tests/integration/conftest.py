@@ -58,10 +58,20 @@ async def services(make_services: MakeServices) -> Services:
 
 
 @pytest.fixture
-async def writer(services: Services) -> AsyncIterator[tuple[GroupCommitWriter, CommitLog]]:
-    """A started ingest writer on this test's database, connected as the server connects,
-    and the log of its commits.
+def stage() -> bool:
+    """Whether ``writer`` stages small messages (a module runs both ways by overriding this
+    with a parametrized ``stage``).
     """
-    async with running_writer(services) as started:
+    return False
+
+
+@pytest.fixture
+async def writer(
+    services: Services, stage: bool
+) -> AsyncIterator[tuple[GroupCommitWriter, CommitLog]]:
+    """A started ingest writer on this test's database, connected as the server connects
+    (staging small messages if ``stage``), and the log of its commits.
+    """
+    async with running_writer(services, stage=stage) as started:
         assert isinstance(started.observer, CommitLog)
         yield started, started.observer

@@ -28,7 +28,7 @@ from simtrack.server.domain.history import HistoryService
 from simtrack.server.domain.views import Grid
 from simtrack.server.ingest.writer import GroupCommitWriter
 from simtrack.v1 import telemetry_pb2 as tpb
-from tests.support import CommitLog, Services, running_writer, server_url
+from tests.support import CommitLog, Services, server_url
 from tests.support.compaction import compactor
 from tests.support.data import Sent
 
@@ -82,13 +82,9 @@ async def send_run(
 
 
 @pytest.fixture(params=[False, True], ids=["chunks", "staged"])
-async def writer(
-    services: Services, request: pytest.FixtureRequest
-) -> AsyncIterator[tuple[GroupCommitWriter, CommitLog]]:
-    """The writer storing each message as chunks, or staging the small ones."""
-    async with running_writer(services, stage=request.param) as started:
-        assert isinstance(started.observer, CommitLog)
-        yield started, started.observer
+def stage(request: pytest.FixtureRequest) -> bool:
+    """The ``writer`` storing each message as chunks, or staging the small ones."""
+    return bool(request.param)
 
 
 async def rows_of_points(services: Services) -> int:

@@ -192,7 +192,7 @@ async def seed(services: Services, tenant: str, letter: str, seconds: int) -> Wo
                 written_at=datetime.now(UTC),
                 points=2,
                 series=1,
-                body=pack_body([series]),
+                body=pack_body([(series.metric_id, series)]),
             )
         )
         session.add(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 
 import psycopg
 import pytest
@@ -23,7 +23,7 @@ from simtrack.server.ingest import writer as writer_module
 from simtrack.server.ingest.items import Batch
 from simtrack.server.ingest.writer import GroupCommitWriter, metric_id
 from simtrack.v1 import telemetry_pb2 as tpb
-from tests.support import APP_ROLE, POSTGRES_ADMIN_URL, CommitLog, Services, running_writer
+from tests.support import APP_ROLE, POSTGRES_ADMIN_URL, CommitLog, Services
 
 POSTGRES_ONLY = pytest.mark.parametrize(
     "backend", [pytest.param("postgresql", marks=pytest.mark.postgres)]
@@ -46,13 +46,9 @@ async def committed_seq(services: Services, run_id: str) -> int:
 
 
 @pytest.fixture(params=[False, True], ids=["chunks", "staged"])
-async def writer(
-    services: Services, request: pytest.FixtureRequest
-) -> AsyncIterator[tuple[GroupCommitWriter, CommitLog]]:
-    """A started writer on this test's database, staging small messages or not."""
-    async with running_writer(services, stage=request.param) as started:
-        assert isinstance(started.observer, CommitLog)
-        yield started, started.observer
+def stage(request: pytest.FixtureRequest) -> bool:
+    """The ``writer`` storing each message as chunks, or staging the small ones."""
+    return bool(request.param)
 
 
 async def chunk_count(services: Services, run_id: str) -> int:

@@ -61,7 +61,7 @@ def test_a_body_gives_back_every_series_bit_for_bit() -> None:
             vmax_ts=0.0,
         ),  # fmt: skip
     ]
-    body = pack_body(made)
+    body = pack_body((s.metric_id, s) for s in made)
     back = list(unpack_body(7, body))
     assert back == made
     # None and 0 stay apart; the odd values' bits are kept.
@@ -74,11 +74,13 @@ def test_a_body_gives_back_every_series_bit_for_bit() -> None:
 
 def test_a_reader_takes_only_the_metrics_it_asks_for() -> None:
     made = [series(f"m{i}", 3, [i, i + 1], np.array([i, -i], dtype="<f8")) for i in range(10)]
-    body = pack_body(made)
+    body = pack_body((s.metric_id, s) for s in made)
     wanted = {metric_id("run", "m3"), metric_id("run", "m7")}
     assert list(unpack_body(3, body, wanted)) == [made[3], made[7]]
     assert list(unpack_body(3, body, {str(uuid.uuid4())})) == []
     assert list(unpack_body(3, b"")) == []
     # Any id: the writer's are UUIDs, but the body does not rely on it.
     odd = made[0]._replace(metric_id="m1")
-    assert list(unpack_body(3, pack_body([odd, made[1]]), {"m1"})) == [odd]
+    assert list(
+        unpack_body(3, pack_body([(odd.metric_id, odd), (made[1].metric_id, made[1])]), {"m1"})
+    ) == [odd]

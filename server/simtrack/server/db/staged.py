@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Collection, Iterable, Iterator
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from simtrack.server.db.chunks import ChunkSummary, StoredChunk
 
 # After the metric id: first and last step, n, the None flags, vmin, vmax, vmin_step,
 # vmax_step, vmin_ts, vmax_ts, the lengths of steps, vals and ts.
 _HEADER = struct.Struct("<qqiBddqqddIII")
-_OPTIONAL = ("vmin", "vmax", "vmin_step", "vmax_step", "vmin_ts", "vmax_ts")
 
 
 class StagedSeries(NamedTuple):
@@ -51,14 +50,56 @@ class StagedSeries(NamedTuple):
         )  # fmt: skip
 
 
-def pack_body(series: Iterable[StagedSeries]) -> bytes:
-    """The body of a message holding ``series`` (their seq is the row's, not stored)."""
+class Series(Protocol):
+    """What a body holds of a series: an ingested one (``SeriesChunk``) or a staged one."""
+
+    @property
+    def first_step(self) -> int: ...
+
+    @property
+    def last_step(self) -> int: ...
+
+    @property
+    def n(self) -> int: ...
+
+    @property
+    def vmin(self) -> float | None: ...
+
+    @property
+    def vmax(self) -> float | None: ...
+
+    @property
+    def vmin_step(self) -> int | None: ...
+
+    @property
+    def vmax_step(self) -> int | None: ...
+
+    @property
+    def vmin_ts(self) -> float | None: ...
+
+    @property
+    def vmax_ts(self) -> float | None: ...
+
+    @property
+    def steps(self) -> bytes: ...
+
+    @property
+    def vals(self) -> bytes: ...
+
+    @property
+    def ts(self) -> bytes: ...
+
+
+def pack_body(series: Iterable[tuple[str, Series]]) -> bytes:
+    """The body of a message holding ``series`` (metric id, series) (their seq is the
+    row's, not stored).
+    """
     parts: list[bytes] = []
-    for s in series:
-        optional = [getattr(s, name) for name in _OPTIONAL]
+    for metric_id, s in series:
+        optional = (s.vmin, s.vmax, s.vmin_step, s.vmax_step, s.vmin_ts, s.vmax_ts)
         flags = sum(1 << i for i, value in enumerate(optional) if value is None)
         fill = [0 if v is None else v for v in optional]
-        key = s.metric_id.encode()
+        key = metric_id.encode()
         header = _HEADER.pack(
             s.first_step, s.last_step, s.n, flags, *fill, len(s.steps), len(s.vals), len(s.ts)
         )

@@ -36,7 +36,7 @@ from simtrack.server.core.model import (
 from simtrack.server.core.tenancy import Principal
 from simtrack.server.db.ingest_store import Ending, IngestStore, IngestTransaction, RunState
 from simtrack.server.db.models import SMALL_CHUNK_POINTS
-from simtrack.server.db.staged import StagedSeries, pack_body
+from simtrack.server.db.staged import pack_body
 from simtrack.server.ingest.items import Batch, EventData, SeriesChunk
 
 log = logging.getLogger(__name__)
@@ -433,25 +433,7 @@ async def _stage_small(
         total = sum(chunk.n for _, chunk in series)
         if total >= SMALL_CHUNK_POINTS or len(series) < 2:
             continue
-        body = pack_body(
-            StagedSeries(
-                key,
-                seq,
-                c.first_step,
-                c.last_step,
-                c.n,
-                c.vmin,
-                c.vmax,
-                c.vmin_step,
-                c.vmax_step,
-                c.vmin_ts,
-                c.vmax_ts,
-                c.steps,
-                c.vals,
-                c.ts,
-            )  # fmt: skip
-            for key, c in series
-        )
+        body = pack_body(series)  # the SeriesChunks as they are: no copy each
         staged.append(
             {"run_id": run_id, "seq": seq, "points": total, "series": len(series), "body": body}
         )
