@@ -50,3 +50,49 @@ def test_sqlite_reads_open_the_database_file_itself_never_one_in_memory() -> Non
         "postgresql://user@host/db",
     ):
         assert sqlite_file(url) is None, url
+
+
+class Renders:
+    """GetRun's render stand-in: the run's worker id, counted."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, run: models.Run) -> str:
+        self.count += 1
+        return f"{run.id}:{run.worker_id}"
+
+
+async def test_a_kept_answer_never_hides_a_committed_write_from_anywhere(
+    services: Services,
+) -> None:
+    """On PostgreSQL GetRun's answer is kept while the run's row is unchanged: a write by any
+    process (here raw SQL, as another replica would) shows in the next call; unchanged, the run
+    is not rendered again. On SQLite every call renders.
+    """
+    experiment = await services.experiment()
+    run = await services.run(experiment.id)
+    render = Renders()
+    assert await services.reads.rendered(run.id, render) == f"{run.id}:"
+    assert await services.reads.rendered(run.id, render) == f"{run.id}:"
+    keeps = services.reads.answers is not None
+    assert render.count == (1 if keeps else 2)
+    for worker in ("w1", "w2", "w3"):
+        await services.execute("UPDATE runs SET worker_id = :w WHERE id = :id", w=worker, id=run.id)
+        assert await services.reads.rendered(run.id, render) == f"{run.id}:{worker}"
+    await services.execute("DELETE FROM runs WHERE id = :id", id=run.id)
+    assert await services.reads.rendered(run.id, render) is None
+
+
+async def test_many_calls_at_once_each_get_their_own_run(services: Services) -> None:
+    experiment = await services.experiment()
+    runs = [await services.run(experiment.id) for _ in range(8)]
+    for i, run in enumerate(runs):
+        await services.execute(
+            "UPDATE runs SET worker_id = :w WHERE id = :id", w=f"w{i}", id=run.id
+        )
+    render = Renders()
+    ids = [runs[i % 8].id for i in range(64)] + ["00000000-0000-4000-8000-000000000000"]
+    got = await asyncio.gather(*(services.reads.rendered(i, render) for i in ids))
+    assert got[:-1] == [f"{runs[i % 8].id}:w{i % 8}" for i in range(64)]
+    assert got[-1] is None

@@ -15,6 +15,7 @@ import grpc
 from simtrack.server.api.convert import EnumMapping, dict_to_struct, mask_changes, struct_to_dict
 from simtrack.server.api.convert import duration as dur
 from simtrack.server.api.convert import timestamp as ts
+from simtrack.server.api.packed import Packed
 from simtrack.server.core.commands import CommandMessage
 from simtrack.server.core.model import RUN_FINAL, MetricAggregate, RankOrder, RunStatus
 from simtrack.server.db.models import Metric, Participant, Run
@@ -74,6 +75,11 @@ def run_to_proto(r: Run) -> pb.Run:
         vanish_time=ts(r.vanished_at),
         revive_time=ts(r.revived_at),
     )
+
+
+def get_run_response(r: Run) -> Packed[pb.GetRunResponse]:
+    """GetRun's answer as its bytes: kept as they are while the run is unchanged."""
+    return Packed(pb.GetRunResponse(run=run_to_proto(r)).SerializeToString(), pb.GetRunResponse)
 
 
 def participant_to_proto(p: Participant) -> pb.Participant:
@@ -137,8 +143,10 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         )
         return pb.CreateRunResponse(run=run_to_proto(run))
 
-    async def GetRun(self, request: pb.GetRunRequest, context: Context) -> pb.GetRunResponse:
-        return pb.GetRunResponse(run=run_to_proto(await self.runs.get(request.id)))
+    async def GetRun(  # type: ignore[override]  # the interceptor sends Packed
+        self, request: pb.GetRunRequest, context: Context
+    ) -> Packed[pb.GetRunResponse]:
+        return await self.runs.rendered(request.id, get_run_response)
 
     async def ListRuns(self, request: pb.ListRunsRequest, context: Context) -> pb.ListRunsResponse:
         page = await self.runs.list(

@@ -20,10 +20,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import psycopg
-from sqlalchemy import ColumnElement, Select, bindparam, select
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Select,
+    String,
+    any_,
+    bindparam,
+    literal_column,
+    select,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import class_mapper
@@ -39,10 +49,12 @@ from simtrack.server.db.chunk_repository import page_read
 from simtrack.server.db.chunks import PageChunks, StoredChunk
 from simtrack.server.db.engine import libpq_conninfo, sqlite_file
 from simtrack.server.db.repositories import RunRepository, page_statement, scoped, split_page
+from simtrack.server.db.run_answers import RunAnswers
 from simtrack.server.db.sqlite_reads import SqliteReadConnections, bound_values
 from simtrack.server.db.unit_of_work import transient_sqlstate, translate_error, unreachable
 
 Processor = Callable[[Any], Any]
+T = TypeVar("T")
 _Compiled = tuple[Compiled, str]
 _TELL_TENANT = "select set_config('app.tenant_id', %s, false)"  # the session's: see rows()
 READ_CONNECTIONS = 8  # at most, per server process
@@ -70,10 +82,19 @@ class Entity:
 
 
 RUN = Entity(models.Run)
-_RUN_BY_ID = select(*RUN.columns).where(
-    models.Run.tenant_id == bindparam("tenant"), models.Run.id == bindparam("id")
-)
+_BY_ID = (models.Run.tenant_id == bindparam("tenant"), models.Run.id == bindparam("id"))
+_RUN_BY_ID = select(*RUN.columns).where(*_BY_ID)
 _PAGE_READS = {ranged: page_read(ranged) for ranged in (False, True)}
+# PostgreSQL: a run's version, the transaction that wrote its row as it is (``RunAnswers``).
+# An xid converts to a number only through text.
+_VERSION = literal_column("runs.xmin::text::bigint", BigInteger)
+_VERSIONED: list[ColumnElement[Any]] = [*RUN.columns, _VERSION]
+_RUN_VERSIONED = select(*_VERSIONED).where(*_BY_ID)
+_ID_VERSION: list[ColumnElement[Any]] = [models.Run.__table__.c.id, _VERSION]
+_RUN_VERSIONS = select(*_ID_VERSION).where(
+    models.Run.tenant_id == bindparam("tenant"),
+    models.Run.id == any_(bindparam("ids", type_=ARRAY(String))),
+)
 
 
 class ReadConnection:
@@ -175,6 +196,11 @@ class SqlReads:
         file = sqlite_file(engine.url)
         self.sqlite = None if file is None else SqliteReadConnections(file, READ_CONNECTIONS)
         self._run_by_id = self._compile(_RUN_BY_ID)
+        self.answers: RunAnswers | None = None
+        if self.connections is not None:
+            self._run_versioned = self._compile(_RUN_VERSIONED)
+            self._run_versions = self._compile(_RUN_VERSIONS)
+            self.answers = RunAnswers(self._versions, self._versioned_run)
         self._page_reads = {
             ranged: (stmt, self._compile(stmt)) for ranged, stmt in _PAGE_READS.items()
         }
@@ -191,6 +217,28 @@ class SqlReads:
         params = {"tenant": current_tenant(), "id": run_id}
         rows = await self._rows(_RUN_BY_ID, params, self._run_by_id)
         return RUN.loaded(rows[0]) if rows else None
+
+    async def rendered(self, run_id: str, render: Callable[[models.Run], T]) -> T | None:
+        """``render(run)``; on PostgreSQL kept while the run's row is unchanged
+        (``RunAnswers``). None: the caller's tenant has no such run.
+        """
+        if self.answers is not None:
+            return await self.answers.get(current_tenant(), run_id, render)
+        run = await self.run(run_id)
+        return None if run is None else render(run)
+
+    async def _versions(self, tenant: str, run_ids: list[str]) -> dict[str, int]:
+        params = {"tenant": tenant, "ids": run_ids}
+        rows = await self._rows(_RUN_VERSIONS, params, self._run_versions, tenant=tenant)
+        return {run_id: version for run_id, version in rows}
+
+    async def _versioned_run(self, run_id: str) -> tuple[models.Run, int] | None:
+        params = {"tenant": current_tenant(), "id": run_id}
+        rows = await self._rows(_RUN_VERSIONED, params, self._run_versioned)
+        if not rows:
+            return None
+        *values, version = rows[0]
+        return RUN.loaded(values), version
 
     async def runs(self, page: PageRequest) -> tuple[list[models.Run], Cursor | None]:
         base = select(*RUN.columns).where(scoped(models.Run))
@@ -242,6 +290,8 @@ class SqlReads:
         stmt: Select[Any],
         params: dict[str, Any] | None = None,
         compiled_stmt: _Compiled | None = None,
+        *,
+        tenant: str | None = None,  # None: the caller's
     ) -> Sequence[Sequence[Any]]:
         if self.sqlite is not None:
             return await self._sqlite_rows(stmt, params, compiled_stmt)
@@ -252,7 +302,7 @@ class SqlReads:
             values = compiled.construct_params(params)
         else:
             text, values = self._cached(stmt)
-        tenant = current_tenant()
+        tenant = current_tenant() if tenant is None else tenant
         # A connection the database dropped (a restart) fails the statement: once more on a
         # new one. A read may run twice.
         for attempt in range(2):

@@ -45,6 +45,7 @@ from simtrack.server.db.models import (
 from simtrack.server.db.staged import StagedSeries
 
 Row = TypeVar("Row")
+T = TypeVar("T")
 
 
 class Bus(Protocol):
@@ -333,6 +334,12 @@ class RunReads(Protocol):
     """
 
     async def run(self, run_id: str) -> Run | None: ...
+
+    async def rendered(self, run_id: str, render: Callable[[Run], T]) -> T | None:
+        """``render(run)``, which the reads may keep while the run is unchanged (each call
+        still sees every write committed before it). None: no such run.
+        """
+        ...
 
     async def runs(self, page: PageRequest) -> tuple[list[Run], Cursor | None]:
         """One page (``Rows.list``)."""

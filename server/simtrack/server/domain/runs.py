@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from simtrack.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from simtrack.server.core.filters import (
@@ -34,6 +34,8 @@ from simtrack.server.domain.criteria import check_success_criteria
 from simtrack.server.domain.experiments import load_experiment, refresh_experiment_status
 from simtrack.server.domain.ports import RunReads, UnitOfWork, UnitOfWorkFactory
 from simtrack.server.scenario_catalogue import ScenarioCatalogue
+
+T = TypeVar("T")
 
 RUN_LISTING = Listing(
     "runs",
@@ -155,6 +157,17 @@ class RunService:
         if run is None:
             raise NotFound("run", run_id, "id")
         return run
+
+    async def rendered(self, run_id: str, render: Callable[[Run], T]) -> T:
+        """``render(run)``: GetRun's answer. The reads may keep it while the run is unchanged
+        (rendering costs more than reading), never past a write committed before the call.
+        """
+        if self.reads is None:
+            return render(await self.get(run_id))
+        answer = await self.reads.rendered(require_id("id", run_id), render)
+        if answer is None:
+            raise NotFound("run", run_id, "id")
+        return answer
 
     async def list(
         self,
