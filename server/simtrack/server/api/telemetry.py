@@ -107,14 +107,19 @@ def _series_chunk(index: int, series: tpb.MetricSeries, now: float) -> SeriesChu
             f"{field}.timestamps", f"has {len(timestamps)} entries: none or one per value"
         )
     if n < SMALL_SERIES:  # a fleet's few points: plain Python is cheaper than numpy calls
-        stamps = list(timestamps) or None
-        within = (TIMESTAMP_MIN_SECONDS <= t < _TIMESTAMP_END for t in stamps or ())
-        if not all(within):  # NaN compares false: refused too
+        stamps = timestamps[:] or None  # a slice: a list at half list()'s cost on upb
+        # A finite sum: no NaN or infinity (an overflow is out of range anyway); then the
+        # extremes, in C rather than a comparison per point in Python.
+        if stamps is not None and not (
+            math.isfinite(sum(stamps))
+            and TIMESTAMP_MIN_SECONDS <= min(stamps)
+            and max(stamps) < _TIMESTAMP_END
+        ):
             raise InvalidArgument.of(
                 f"{field}.timestamps", f"{TIMESTAMP_RANGE}, as finite Unix seconds"
             )
         return pack_small_series(
-            name=name, unit=unit, kind=kind, steps=list(steps), values=list(values),
+            name=name, unit=unit, kind=kind, steps=steps[:], values=values[:],
             stamps=stamps, now=now,
         )  # fmt: skip
     stamps_array = np.asarray(timestamps, dtype=np.float64) if len(timestamps) else None

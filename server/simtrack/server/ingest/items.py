@@ -115,9 +115,7 @@ def pack_small_series(
     """
     n = len(values)
     first, last = steps[0], steps[-1]
-    consecutive = last - first == n - 1 and all(
-        b - a == 1 for a, b in zip(steps, steps[1:], strict=False)
-    )
+    consecutive = last - first == n - 1 and steps == list(range(first, last + 1))  # C speed
     if consecutive:
         lowest_step, highest_step, top, packed = first, last, n - 1, b""
     else:
