@@ -48,7 +48,7 @@ lint: | $(NPM_TOOLS) ## ruff check, ruff format --check, mypy, lint-imports, buf
 	$(TSC) -p web/dashboard
 
 test: ## Run the test suite (pytest)
-	$(PYTHON) -m pytest
+	$(PYTHON) -m pytest -q -n 3
 
 bench: ## Run the ingest benchmark
 	$(PYTHON) -m bench ingest

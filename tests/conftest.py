@@ -62,7 +62,11 @@ def postgres_template(postgres_admin: str) -> Iterator[str]:
     try:
         url = databases.create()
         migrate.upgrade(url)
-        migrate.grant_app_role(url, APP_ROLE)  # copies of the template keep the grants
+        try:  # copies of the template keep the grants
+            migrate.grant_app_role(url, APP_ROLE)
+        except (psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
+            # Another test process (pytest -n) created the role first, on a new cluster.
+            migrate.grant_app_role(url, APP_ROLE)
         yield url.rpartition("/")[2]
     finally:
         databases.drop_all()

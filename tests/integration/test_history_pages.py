@@ -69,13 +69,19 @@ def columns(pages: list[History]) -> tuple[bytes, bytes, bytes]:
     )
 
 
-@pytest.mark.parametrize("state", STATES)
+# "moved" (staged messages moved into chunks) leaves chunks of the shapes "raw" and
+# "compacted" have; a staged run's every page goes by the unit of work either way, so fewer sizes.
+PAGE_STATES = [state for state in STATES if state != "moved"]
+PAGE_SIZES = {"staged": (97, 2500)}
+
+
+@pytest.mark.parametrize("state", PAGE_STATES)
 async def test_one_statement_pages_equal_the_unit_of_works(services: Services, state: str) -> None:
     run_id = await written(services, state)
     stored = await stored_points(services, run_id, "x")
     counted = CountedPages(services.reads)
     fast, stepwise = HistoryService(services.uow, counted), HistoryService(services.uow)
-    for size in (61, 97, 1000, 2500, 100_000):
+    for size in PAGE_SIZES.get(state, (61, 97, 1000, 2500, 100_000)):
         pages = await every_page(fast, run_id, size)
         expected = await every_page(stepwise, run_id, size)
         assert [p.next_page_token for p in pages] == [p.next_page_token for p in expected]
