@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from simtrack.errors import Unavailable
-from simtrack.server.db import run_answers
 from simtrack.server.db.run_answers import RunAnswers
 
 
@@ -139,15 +138,12 @@ async def test_a_failed_statement_fails_each_of_its_calls_and_the_next_call_asks
     assert await answers.get("t1", "r1", render) == "answer(v1)"
 
 
-async def test_another_render_the_age_limit_and_the_capacity_each_render_again(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_another_render_the_age_limit_and_the_capacity_each_render_again() -> None:
     table, render, other = Table(), Renders(), Renders()
     for i in range(3):
         table.write("t1", f"r{i}", f"v{i}")
     clock = [1000.0]
-    monkeypatch.setattr(run_answers.time, "monotonic", lambda: clock[0])
-    answers = answers_of(table, capacity=2, max_age_s=60)
+    answers = answers_of(table, capacity=2, max_age_s=60, clock=lambda: clock[0])
     await answers.get("t1", "r0", render)
     await answers.get("t1", "r0", other)  # another rendering of the same run
     assert (render.count, other.count) == (1, 1)

@@ -10,7 +10,7 @@ import uuid
 
 import numpy as np
 
-from simtrack.server.db.staged import StagedSeries, pack_body, unpack_body
+from simtrack.server.db.staged import StagedSeries, pack_body, unpack_body, unpack_chunks
 from simtrack.server.ingest.writer import metric_id
 from tests.support.compaction import ODD_VALUES
 
@@ -70,6 +70,10 @@ def test_a_body_gives_back_every_series_bit_for_bit() -> None:
     assert isinstance(back[0].vmin_step, int) and back[1].steps != b""
     # The seq is the row's: the same body read as another message.
     assert {s.seq for s in unpack_body(8, body)} == {8}
+    # Staging's read: the same chunk rows, by metric id, without the summaries.
+    names: dict[bytes, str] = {}
+    assert list(unpack_chunks(7, body, names)) == [(s.metric_id, s.stored()) for s in made]
+    assert sorted(names.values()) == sorted(s.metric_id for s in made)
 
 
 def test_a_reader_takes_only_the_metrics_it_asks_for() -> None:

@@ -22,6 +22,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -43,6 +44,12 @@ class StoredChunk(NamedTuple):
     steps: bytes
     vals: bytes
     ts: bytes
+
+
+_FIRST_STEP, _N, _STEPS, _VALS, _TS = (
+    itemgetter(StoredChunk._fields.index(name))
+    for name in ("first_step", "n", "steps", "vals", "ts")
+)
 
 
 class PageChunks(NamedTuple):
@@ -234,25 +241,28 @@ def unpack_many(chunks: Sequence[StoredChunk]) -> tuple[Array, Array, Array]:
 
 
 def _unpack_raw(chunks: Sequence[StoredChunk]) -> tuple[Array, Array, Array]:
-    """`unpack_many` of raw chunks only, vectorized."""
+    """`unpack_many` of raw chunks only, vectorized (the columns taken out of the rows by
+    C-level maps: a staging move reads thousands of ten-point chunks).
+    """
     if not chunks:
         return np.empty(0, dtype=STEP), np.empty(0, dtype=FLOAT), np.empty(0, dtype=FLOAT)
-    counts = np.fromiter((c.n for c in chunks), dtype=np.int64, count=len(chunks))
+    count = len(chunks)
+    counts = np.fromiter(map(_N, chunks), dtype=np.int64, count=count)
     total = int(counts.sum())
-    values = np.frombuffer(b"".join(c.vals for c in chunks), dtype=FLOAT)
+    vals, ts, packed_steps = (list(map(field, chunks)) for field in (_VALS, _TS, _STEPS))
+    values = np.frombuffer(b"".join(vals), dtype=FLOAT)
     # Timestamps: each chunk holds n of them, or one that stands for all n.
-    stamps = np.frombuffer(b"".join(c.ts for c in chunks), dtype=FLOAT)
-    stamp_counts = np.fromiter((len(c.ts) // 8 for c in chunks), dtype=np.int64, count=len(chunks))
+    stamps = np.frombuffer(b"".join(ts), dtype=FLOAT)
+    stamp_bytes = np.fromiter(map(len, ts), dtype=np.int64, count=count)
     # Steps: each chunk holds n of them, or none when they run first_step, first_step + 1, ...
-    packed = np.frombuffer(b"".join(c.steps for c in chunks), dtype=STEP)
-    step_counts = np.fromiter(
-        (len(c.steps) // 8 for c in chunks), dtype=np.int64, count=len(chunks)
-    )
+    packed = np.frombuffer(b"".join(packed_steps), dtype=STEP)
+    step_bytes = np.fromiter(map(len, packed_steps), dtype=np.int64, count=count)
+    stamp_counts, step_counts = stamp_bytes // 8, step_bytes // 8
     malformed = (
         len(values) != total
         or bool(((stamp_counts != 1) & (stamp_counts != counts)).any())
         or bool(((step_counts != 0) & (step_counts != counts)).any())
-        or any(len(c.ts) % 8 or len(c.steps) % 8 for c in chunks)
+        or bool(((stamp_bytes | step_bytes) % 8).any())
     )
     if malformed:
         raise ValueError("a chunk with malformed columns")
@@ -263,7 +273,7 @@ def _unpack_raw(chunks: Sequence[StoredChunk]) -> tuple[Array, Array, Array]:
         timestamps = np.repeat(stamps, np.repeat(np.where(single, counts, 1), stamp_counts))
     starts = np.cumsum(counts) - counts
     elided = step_counts == 0
-    firsts = np.fromiter((c.first_step for c in chunks), dtype=STEP, count=len(chunks))
+    firsts = np.fromiter(map(_FIRST_STEP, chunks), dtype=STEP, count=count)
     # first_step + offset, computed in int64 (an arange from first_step would go through float).
     if elided.all() and bool((firsts[1:] == firsts[:-1] + counts[:-1]).all()):
         return firsts[0] + np.arange(total, dtype=STEP), values, timestamps  # one run of steps

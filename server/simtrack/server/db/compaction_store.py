@@ -56,7 +56,7 @@ from simtrack.server.core.model import utcnow
 from simtrack.server.db.chunks import CompactedChunk, SmallChunk, StoredChunk
 from simtrack.server.db.models import SMALL_CHUNK_POINTS, MetricChunk, StagedMessage, Tenant
 from simtrack.server.db.sqlite_reads import SqliteReadConnections
-from simtrack.server.db.staged import StagedSeries, unpack_body
+from simtrack.server.db.staged import unpack_chunks
 
 # The advisory lock's first key: compaction's namespace (the second is the metric's hash),
 # and staging's (the second is the run's hash).
@@ -254,11 +254,11 @@ class SqlBatchCompaction:
             found[row[0]].append(StoredChunk(*row[2:]))
         return found
 
-    async def staged(self, settled_before: datetime) -> dict[str, list[StagedSeries]]:
-        """Each locked run's staged series, by seq, up to the last message staged before
-        ``settled_before`` (the runs with none are left out).
+    async def staged(self, settled_before: datetime) -> dict[str, list[tuple[str, StoredChunk]]]:
+        """Each locked run's staged series as (metric id, chunk), by seq, up to the last
+        message staged before ``settled_before`` (the runs with none are left out).
         """
-        found: dict[str, list[StagedSeries]] = {}
+        found: dict[str, list[tuple[str, StoredChunk]]] = {}
         if not self.locked:
             return found
         message = StagedMessage
@@ -274,12 +274,13 @@ class SqlBatchCompaction:
             settled = [i for i, (_, at, _) in enumerate(messages) if at <= settled_before]
             if not settled:
                 continue
+            names: dict[bytes, str] = {}
             found[run_id] = [
                 series
                 for seq, _, body in messages[: settled[-1] + 1]
-                for series in unpack_body(seq, body)
+                for series in unpack_chunks(seq, body, names)
             ]
-            self.run_ids.update((series.metric_id, run_id) for series in found[run_id])
+            self.run_ids.update((metric_id, run_id) for metric_id in names.values())
         return found
 
     async def replace(

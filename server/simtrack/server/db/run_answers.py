@@ -34,7 +34,7 @@ class _Kept(Generic[T]):
     version: int
     render: Callable[[Any], T]
     answer: T
-    until: float  # time.monotonic()
+    until: float  # by the clock
 
 
 class RunAnswers:
@@ -46,9 +46,11 @@ class RunAnswers:
         load: Load,
         capacity: int = CAPACITY,
         max_age_s: float = MAX_AGE_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._versions = versions
         self._load = load
+        self._clock = clock
         self.capacity = capacity
         self.max_age_s = max_age_s
         self._kept: dict[tuple[str, str], _Kept[Any]] = {}
@@ -63,7 +65,7 @@ class RunAnswers:
             self._kept.pop(key, None)
             return None
         kept = self._kept.get(key)
-        now = time.monotonic()
+        now = self._clock()
         if kept is not None and kept.version == version and kept.render is render:
             if now < kept.until:
                 return kept.answer  # type: ignore[no-any-return]  # kept by this render

@@ -130,3 +130,34 @@ def unpack_body(
                 body[columns + steps + vals : at],
             )
         )  # fmt: skip
+
+
+_LENGTHS = struct.Struct("<qqi")  # the header's first step, last step and n
+_COLUMN_LENGTHS = struct.Struct("<III")  # the header's last field: the columns' lengths
+_COLUMNS_AT = _HEADER.size - _COLUMN_LENGTHS.size
+
+
+def unpack_chunks(
+    seq: int, body: bytes, names: dict[bytes, str]
+) -> Iterator[tuple[str, StoredChunk]]:
+    """The series of the message ``seq`` as chunk rows, by metric id, without their
+    summaries: what staging rewrites, at less than half of ``unpack_body``'s cost a series (a
+    fleet's move reads thousands). ``names``: metric ids decoded so far, by their bytes.
+    """
+    at, end = 0, len(body)
+    while at < end:
+        header = at + 1 + body[at]
+        key = body[at + 1 : header]
+        first_step, last_step, n = _LENGTHS.unpack_from(body, header)
+        steps, vals, ts = _COLUMN_LENGTHS.unpack_from(body, header + _COLUMNS_AT)
+        columns = header + _HEADER.size
+        at = columns + steps + vals + ts
+        metric_id = names.get(key)
+        if metric_id is None:
+            metric_id = names[key] = key.decode()
+        yield metric_id, StoredChunk(
+            seq, first_step, last_step, n,
+            body[columns : columns + steps],
+            body[columns + steps : columns + steps + vals],
+            body[columns + steps + vals : at],
+        )  # fmt: skip

@@ -82,7 +82,7 @@ SCAN_ROWS = 20_000
 # (the per-statement cost dominated one metric's compaction of a fleet's few small chunks),
 # and a batch's points stay within ``MAX_SPAN_POINTS`` (one metric's span, if more).
 BATCH_METRICS = 128
-# Given ``ingest_waiting`` (SQLite: one connection, one process for ingest and compaction),
+# Given ``ingest_waiting`` (one event loop for ingest and compaction; SQLite: one connection),
 # a batch lets the writer's queued batches commit first, waiting this long at most: under a
 # load that leaves compaction less than it needs, acks stay prompt and compaction catches up
 # once the load eases, yet it keeps going at a batch a second whatever the load.

@@ -42,7 +42,6 @@ from simtrack.server.db.models import (
     Tenant,
     Validation,
 )
-from simtrack.server.db.staged import StagedSeries
 
 Row = TypeVar("Row")
 T = TypeVar("T")
@@ -228,8 +227,9 @@ class BatchCompaction(Protocol):
         """
         ...
 
-    async def staged(self, settled_before: datetime) -> dict[str, list[StagedSeries]]:
-        """Staging (``locked`` holds runs): each run's staged series, by seq, of its messages
+    async def staged(self, settled_before: datetime) -> dict[str, list[tuple[str, StoredChunk]]]:
+        """Staging (``locked`` holds runs): each run's staged series as (metric id, chunk
+        row), by seq, of its messages
         up to the last one staged before ``settled_before`` (runs with none left out).
         """
         ...

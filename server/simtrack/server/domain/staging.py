@@ -78,11 +78,11 @@ async def stage_batch(
         spans: dict[str, tuple[int, int]] = {}
         seqs: dict[str, list[int]] = {}
         for run_id, found in staged.items():
-            seqs[run_id] = sorted({s.seq for s in found})
+            seqs[run_id] = sorted({chunk.seq for _, chunk in found})
             span = (seqs[run_id][0], seqs[run_id][-1])
-            for s in found:
-                series[s.metric_id].append(s.stored())
-                spans[s.metric_id] = span
+            for metric_id, chunk in found:
+                series[metric_id].append(chunk)
+            spans.update(dict.fromkeys({metric_id for metric_id, _ in found}, span))
         # Unfilled chunks just below join a span once they fill a chunk with it, as in
         # compaction: a fleet's series ends up in full chunks, their blocks aligned.
         below = await batch.sizes_below(
