@@ -205,6 +205,12 @@ class InProcessServer:
         await running.stop(self.settings.shutdown_grace)
         current = asyncio.current_task()
         left = [task for task in asyncio.all_tasks() if task is not current and not task.done()]
+        if left:
+            # The calls grpc's stop cancelled may still be cleaning up (a query cancelled on the
+            # database takes a round trip, longer on a loaded machine), as a process's
+            # asyncio.run would let them; a task still running after that is a leak.
+            await asyncio.wait(left, timeout=5)
+            left = [task for task in left if not task.done()]
         if left:  # a leak: something the server started outlived its stop
             self.leaked = [repr(task) for task in left]
             log.error("tasks left running after stop: %s", self.leaked)
