@@ -58,10 +58,14 @@ def server(served_url: str, start_server: StartServer) -> Server:
 
 
 async def keep_alive(stream: RawStream, every: float) -> None:
-    """Heartbeats until cancelled or the stream ends (which the test sees by itself)."""
+    """Heartbeats until cancelled or the stream ends (which the test sees by itself).
+
+    Each heartbeat is shielded: grpc aio cancels the whole call when a write is cancelled,
+    which the kit would count as a stream ended without a status.
+    """
     while stream.code is None:
         with contextlib.suppress(Exception):
-            await stream.heartbeat()
+            await asyncio.shield(stream.heartbeat())
         await asyncio.sleep(every)
 
 
