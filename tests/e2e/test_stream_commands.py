@@ -9,7 +9,6 @@ vanishes is failed while live ones are spared, and a graceful shutdown keeps eve
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import time
 import uuid
@@ -55,18 +54,6 @@ FAILED_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
 @pytest.fixture
 def server(served_url: str, start_server: StartServer) -> Server:
     return start_server(served_url)
-
-
-async def keep_alive(stream: RawStream, every: float) -> None:
-    """Heartbeats until cancelled or the stream ends (which the test sees by itself).
-
-    Each heartbeat is shielded: grpc aio cancels the whole call when a write is cancelled,
-    which the kit would count as a stream ended without a status.
-    """
-    while stream.code is None:
-        with contextlib.suppress(Exception):
-            await asyncio.shield(stream.heartbeat())
-        await asyncio.sleep(every)
 
 
 # Commands
@@ -314,12 +301,12 @@ async def test_heartbeat_timeout_fails_a_vanished_run_and_spares_live_ones(
     await gone.wait_acked(1)
     live = await streams.open(server, alive.id, "worker-live")
     back = await streams.open(server, returning.id, "worker-back")
-    beats = [asyncio.create_task(keep_alive(live, 0.2))]
+    beats = [asyncio.create_task(live.keep_alive(0.2))]
     gone.cancel()
     back.cancel()
     await asyncio.sleep(0.4)  # back within the timeout
     back = await streams.open(server, returning.id, "worker-back")
-    beats.append(asyncio.create_task(keep_alive(back, 0.2)))
+    beats.append(asyncio.create_task(back.keep_alive(0.2)))
     try:
         failed = await wait_status(server, vanished.id, FAILED, timeout=8)
         assert time.monotonic() - last_sent >= 1.0, "failed before the timeout"
@@ -345,7 +332,7 @@ async def test_a_paused_run_is_failed_when_its_worker_vanishes_and_kept_while_it
     vanished, alive = streams.new_run(server), streams.new_run(server)
     gone = await streams.open(server, vanished.id, "worker-gone")
     live = await streams.open(server, alive.id, "worker-live")
-    beat = asyncio.create_task(keep_alive(live, 0.2))
+    beat = asyncio.create_task(live.keep_alive(0.2))
     try:
         for run in (vanished, alive):
             server.runs.PauseRun(runs_pb2.PauseRunRequest(id=run.id))
@@ -364,7 +351,7 @@ async def test_an_unconfirmed_cancel_stops_the_run_after_the_grace(
     server = start_server(served_url, SIMTRACK_CANCEL_GRACE="1")
     run = streams.new_run(server)
     stream = await streams.open(server, run.id)
-    beat = asyncio.create_task(keep_alive(stream, 0.2))  # alive, but ignoring the cancel
+    beat = asyncio.create_task(stream.keep_alive(0.2))  # alive, but ignoring the cancel
     try:
         cancelled_at = time.monotonic()
         server.runs.CancelRun(runs_pb2.CancelRunRequest(id=run.id, reason="stop"))

@@ -14,7 +14,6 @@ other streams running.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import struct
 import time
@@ -74,18 +73,6 @@ def error_info(error: grpc.RpcError) -> tuple[str, str, dict[str, str]]:
             packed.Unpack(info)
             return info.reason, info.domain, dict(info.metadata)
     raise AssertionError(f"no ErrorInfo in {status}")
-
-
-async def keep_alive(stream: RawStream, every: float) -> None:
-    """Heartbeats until cancelled or the stream ends (which the test sees by itself).
-
-    Each heartbeat is shielded: grpc aio cancels the whole call when a write is cancelled,
-    which the kit would count as a stream ended without a status.
-    """
-    while stream.code is None:
-        with contextlib.suppress(Exception):
-            await asyncio.shield(stream.heartbeat())
-        await asyncio.sleep(every)
 
 
 class Bystander:

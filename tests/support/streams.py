@@ -144,6 +144,17 @@ class RawStream:
         heartbeat = telemetry_pb2.StreamRunRequest(heartbeat=telemetry_pb2.Heartbeat())
         await self._write(heartbeat, "a heartbeat")
 
+    async def keep_alive(self, every: float) -> None:
+        """Heartbeats until cancelled or the stream ends (which the test sees by itself).
+
+        Each heartbeat is shielded: grpc aio cancels the whole call when a write is cancelled,
+        which the kit would count as a stream ended without a status.
+        """
+        while self.code is None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.heartbeat())
+            await asyncio.sleep(every)
+
     async def wait_acked(self, seq: int, timeout: float = 20.0) -> None:
         await self.wait(lambda: self.committed >= seq, timeout, f"the ack of seq {seq}")
 

@@ -107,34 +107,42 @@ def pack_body(series: Iterable[tuple[str, Series]]) -> bytes:
     return b"".join(parts)
 
 
+_LENGTHS = struct.Struct("<qqi")  # the header's first step, last step and n
+_COLUMN_LENGTHS = struct.Struct("<III")  # the header's last field: the columns' lengths
+_COLUMNS_AT = _HEADER.size - _COLUMN_LENGTHS.size
+
+
+def _series_in(body: bytes) -> Iterator[tuple[bytes, int, int, int, int, int]]:
+    """Each series of a body: its metric id's bytes, where its header starts, where its
+    steps, values and timestamps start, and where it ends.
+    """
+    at, end = 0, len(body)
+    while at < end:
+        header = at + 1 + body[at]
+        key = body[at + 1 : header]
+        steps, vals, ts = _COLUMN_LENGTHS.unpack_from(body, header + _COLUMNS_AT)
+        columns = header + _HEADER.size
+        at = columns + steps + vals + ts
+        yield key, header, columns, columns + steps, columns + steps + vals, at
+
+
 def unpack_body(
     seq: int, body: bytes, metric_ids: Collection[str] | None = None
 ) -> Iterator[StagedSeries]:
     """The series of the message ``seq`` (only those of ``metric_ids``, if given)."""
     wanted = None if metric_ids is None else {m.encode() for m in metric_ids}
-    at, end = 0, len(body)
-    while at < end:
-        key = body[at + 1 : at + 1 + body[at]]
-        header = _HEADER.unpack_from(body, at + 1 + len(key))
-        flags, (steps, vals, ts) = header[3], header[10:]
-        columns = at + 1 + len(key) + _HEADER.size
-        at = columns + steps + vals + ts
+    for key, header, steps, vals, ts, end in _series_in(body):
         if wanted is not None and key not in wanted:
             continue
-        summaries = [None if flags >> i & 1 else v for i, v in enumerate(header[4:10])]
+        fields = _HEADER.unpack_from(body, header)
+        flags = fields[3]
+        summaries = [None if flags >> i & 1 else v for i, v in enumerate(fields[4:10])]
         yield StagedSeries._make(
             (
-                key.decode(), seq, *header[:3], *summaries,
-                body[columns : columns + steps],
-                body[columns + steps : columns + steps + vals],
-                body[columns + steps + vals : at],
+                key.decode(), seq, *fields[:3], *summaries,
+                body[steps:vals], body[vals:ts], body[ts:end],
             )
         )  # fmt: skip
-
-
-_LENGTHS = struct.Struct("<qqi")  # the header's first step, last step and n
-_COLUMN_LENGTHS = struct.Struct("<III")  # the header's last field: the columns' lengths
-_COLUMNS_AT = _HEADER.size - _COLUMN_LENGTHS.size
 
 
 def unpack_chunks(
@@ -144,20 +152,12 @@ def unpack_chunks(
     summaries: what staging rewrites, at less than half of ``unpack_body``'s cost a series (a
     fleet's move reads thousands). ``names``: metric ids decoded so far, by their bytes.
     """
-    at, end = 0, len(body)
-    while at < end:
-        header = at + 1 + body[at]
-        key = body[at + 1 : header]
-        first_step, last_step, n = _LENGTHS.unpack_from(body, header)
-        steps, vals, ts = _COLUMN_LENGTHS.unpack_from(body, header + _COLUMNS_AT)
-        columns = header + _HEADER.size
-        at = columns + steps + vals + ts
+    for key, header, steps, vals, ts, end in _series_in(body):
         metric_id = names.get(key)
         if metric_id is None:
             metric_id = names[key] = key.decode()
-        yield metric_id, StoredChunk(
-            seq, first_step, last_step, n,
-            body[columns : columns + steps],
-            body[columns + steps : columns + steps + vals],
-            body[columns + steps + vals : at],
-        )  # fmt: skip
+        first_step, last_step, n = _LENGTHS.unpack_from(body, header)
+        chunk = StoredChunk(
+            seq, first_step, last_step, n, body[steps:vals], body[vals:ts], body[ts:end]
+        )
+        yield metric_id, chunk
