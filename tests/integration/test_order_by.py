@@ -10,12 +10,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import insert, select, update
 
 from simtrack.errors import InvalidArgument
+from simtrack.server.core.model import RunStatus
+from simtrack.server.core.tenancy import DEFAULT_TENANT_ID
+from simtrack.server.db import models
+from simtrack.server.db.ingest_store import IngestStore
+from simtrack.server.domain.live_runs import LiveRuns
+from simtrack.server.ingest.bus import InProcessBus
+from simtrack.server.ingest.writer import metric_id
 from tests.support import Services
 from tests.support.list_tables import CASES, Case, ListPage
 from tests.support.run_table import Row, make_runs, metric, number
@@ -32,6 +41,7 @@ KEYS: dict[str, Getter] = {
     "params.n": lambda r: number(r, "n"),
     "metrics.total_profit": lambda r: metric(r, "total_profit"),
     "metrics.total_profit.min": lambda r: metric(r, "total_profit", 1),
+    "metrics.total_profit.max": lambda r: metric(r, "total_profit", 2),
     "metrics.loss/train": lambda r: metric(r, "loss/train"),
 }
 
@@ -106,6 +116,111 @@ async def test_an_order_lists_the_runs_as_a_sort_of_the_same_rows(
     assert await listed(runs_of(services), order_by, 4, "NOT status = failed") == expected(
         picked, order_by
     )
+
+
+LATE = 5000.0  # a late write's value: above every other total_profit
+Floats = tuple[float | None, float | None, float | None]
+
+
+async def final_copies(services: Services) -> dict[tuple[str, str], tuple[Floats, Floats]]:
+    """Each metric's (run, name): its summary (latest, min, max) and its copies."""
+    m = models.Metric
+    columns = (m.last_value, m.min_value, m.max_value, m.final_last, m.final_min, m.final_max)
+    async with services.engine.connect() as connection:
+        rows = (await connection.execute(select(m.run_id, m.name, *columns))).all()
+    return {(r[0], r[1]): ((r[2], r[3], r[4]), (r[5], r[6], r[7])) for r in rows}
+
+
+def same_floats(a: Floats, b: Floats) -> bool:
+    return all(x == y or (x is not None and y is not None and math.isnan(x) and math.isnan(y))
+               for x, y in zip(a, b, strict=True))  # fmt: skip
+
+
+async def copy_ended_summaries(services: Services, runs: list[Row]) -> None:
+    """What ending a run does: its metric summaries copied for ordered lists."""
+    ended = [r["id"] for r in runs if r["status"] in ("completed", "failed", "stopped")]
+    async with services.uow() as uow:
+        await uow.metrics.finalize(ended)
+        await uow.commit()
+
+
+METRIC_ORDERS = [o for o in ORDERS if o.startswith("metrics.")] + [
+    "metrics.total_profit.max desc, params.lr",
+    "metrics.loss/train, metrics.total_profit desc",
+]
+
+
+@pytest.mark.parametrize("order_by", METRIC_ORDERS)
+async def test_metric_orders_read_ended_runs_copies_and_live_runs_values_alike(
+    services: Services, runs: list[Row], order_by: str
+) -> None:
+    """Ended runs sorted by their copies (an index's order), the others by their values,
+    merged: the same list as before the copies, through pages, filtered or not; again after a
+    late write to ended runs copied again, and after their copies are cleared (revived).
+    """
+
+    async def lists_as_expected() -> None:
+        want = expected(runs, order_by)
+        for size in (1000, 3, 1):
+            assert await listed(runs_of(services), order_by, size) == want
+        picked = [r for r in runs if r["status"] != "failed"]
+        assert await listed(runs_of(services), order_by, 4, "NOT status = failed") == expected(
+            picked, order_by
+        )
+
+    await lists_as_expected()
+    await copy_ended_summaries(services, runs)
+    copies = await final_copies(services)
+    ended = {r["id"] for r in runs if r["status"] in ("completed", "failed", "stopped")}
+    for (run_id, _), (summary, copy) in copies.items():
+        assert same_floats(copy, summary) if run_id in ended else copy == (None, None, None)
+    await lists_as_expected()
+
+    late = sorted(r["id"] for r in runs if r["id"] in ended and "total_profit" in r["metrics"])[:3]
+    async with IngestStore(services.engine).transaction() as tx:
+        await tx.upsert_metrics(
+            DEFAULT_TENANT_ID,
+            datetime.now(UTC),
+            [
+                {
+                    "id": metric_id(run_id, "total_profit"),
+                    "run_id": run_id,
+                    "name": "total_profit",
+                    "unit": "",
+                    "kind": "gauge",
+                    "count": 1,
+                    "min_value": LATE,
+                    "max_value": LATE,
+                    "last_step": 10,
+                    "last_value": LATE,
+                }  # fmt: skip
+                for run_id in late
+            ],
+        )
+    for row in runs:
+        if row["id"] in late:
+            _, low, high = row["metrics"]["total_profit"]
+            row["metrics"] = {  # a copy: runs share their metrics' table entries
+                **row["metrics"],
+                "total_profit": (
+                    LATE,
+                    LATE if low is None else min(low, LATE),
+                    LATE if high is None else max(high, LATE),
+                ),
+            }
+    await copy_ended_summaries(services, runs)  # as the writer does after a late write
+    copies = await final_copies(services)
+    for run_id in late:
+        summary, copy = copies[run_id, "total_profit"]
+        assert summary[0] == LATE and copy == summary
+    await lists_as_expected()
+    # Revived runs (running again) have no copies: sorted among the others by their values.
+    async with services.uow() as uow:
+        await uow.metrics.unfinalize(late)
+        await uow.commit()
+    copies = await final_copies(services)
+    assert all(copies[run_id, "total_profit"][1] == (None, None, None) for run_id in late)
+    await lists_as_expected()
 
 
 @pytest.mark.parametrize("order_by", ["params.lr desc", "metrics.total_profit, start_time desc"])
@@ -306,3 +421,45 @@ async def test_bad_metric_names_are_refused_naming_the_name(
     with pytest.raises(InvalidArgument) as error:
         await services.runs.list(10, "", "", "", names)
     assert error.value.violations[0].field == field
+
+
+async def test_a_run_the_sweeper_fails_has_its_summaries_copied_and_a_revival_clears_them(
+    services: Services,
+) -> None:
+    """Ending by the liveness sweep copies the run's metric summaries (as the stream's end
+    and UpdateRun do); its worker coming back clears them (its values change again).
+    """
+    run = await services.run((await services.experiment()).id)
+    metric = metric_id(run.id, "total_profit")
+    long_ago = datetime.now(UTC) - timedelta(hours=1)
+    async with services.engine.begin() as connection:
+        await connection.execute(
+            update(models.Run)
+            .where(models.Run.id == run.id)
+            .values(status="running", started_at=long_ago, last_seen_at=long_ago)
+        )
+        await connection.execute(
+            insert(models.Metric).values(
+                id=metric,
+                run_id=run.id,
+                name="total_profit",
+                kind="gauge",
+                labels={},
+                count=2,
+                last_value=3.0,
+                min_value=1.0,
+                max_value=3.0,
+                tenant_id=DEFAULT_TENANT_ID,
+                created_at=long_ago,
+                updated_at=long_ago,
+            )  # fmt: skip
+        )
+    live = LiveRuns(services.uow, InProcessBus())
+    live.started_at = long_ago
+    assert await live.sweep(heartbeat_timeout=60, cancel_grace=60) == [run.id]
+    copies = await final_copies(services)
+    assert copies[run.id, "total_profit"] == ((3.0, 1.0, 3.0), (3.0, 1.0, 3.0))
+    await live.attach(run.id, "worker-back")  # a live worker of a vanished run: revived
+    assert (await services.runs.get(run.id)).status == RunStatus.RUNNING
+    copies = await final_copies(services)
+    assert copies[run.id, "total_profit"] == ((3.0, 1.0, 3.0), (None, None, None))

@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import NoResultFound
 
 from simtrack.server.core.filters import Condition
@@ -491,6 +491,30 @@ async def _staged(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
 async def _metrics_named_in(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
     found = await uow.metrics.named_in([mine.done, theirs.done], [METRIC])
     assert [m.id for m in found] == [mine.metric]
+
+
+async def _copies(uow: SqlUnitOfWork, *metric_ids: str) -> list[float | None]:
+    """Each metric's copy of its latest value, whoever's (SQLite: no row-level security)."""
+    stmt = select(models.Metric.id, models.Metric.final_last)
+    found = dict((await uow.session.execute(stmt.where(models.Metric.id.in_(metric_ids)))).all())
+    return [found[m] for m in metric_ids]
+
+
+@case("MetricRepository.finalize")
+async def _metrics_finalize(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
+    await uow.metrics.finalize([mine.done, theirs.done])
+    mine_copy, theirs_copy = await _copies(uow, mine.metric, theirs.metric)
+    assert mine_copy is not None and theirs_copy is None
+
+
+@case("MetricRepository.unfinalize")
+async def _metrics_unfinalize(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
+    await uow.metrics.finalize([mine.done])
+    await uow.session.execute(
+        update(models.Metric).where(models.Metric.id == theirs.metric).values(final_last=1.0)
+    )
+    await uow.metrics.unfinalize([mine.done, theirs.done])
+    assert await _copies(uow, mine.metric, theirs.metric) == [None, 1.0]
 
 
 @case("RunRepository.many")

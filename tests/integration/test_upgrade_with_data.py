@@ -162,6 +162,10 @@ ADDED: dict[tuple[str, str], Any] = {
     ("metric_chunks", "written_at"): None,
     # A chunk as ingest wrote it (raw) keeps its chunk summaries: no blocks.
     ("metric_chunks", "blocks"): None,
+    # The run completed: its metric's summary (2.5 latest, 1.5 to 2.5) copied for ordering.
+    ("metrics", "final_last"): 2.5,
+    ("metrics", "final_min"): 1.5,
+    ("metrics", "final_max"): 2.5,
 }
 
 

@@ -164,3 +164,28 @@ async def test_deleting_a_run_deletes_its_chunks_through_its_metrics(
     assert await services.scalar(count, id=run_id) == 0
     assert await services.scalar("SELECT count(*) FROM metrics WHERE run_id = :id", id=run_id) == 0
     assert await services.scalar(count, id=other) == 3
+
+
+async def test_an_ended_runs_summaries_are_copied_for_ordered_lists_late_writes_too(
+    services: Services, writer: tuple[GroupCommitWriter, CommitLog]
+) -> None:
+    """The copies ListRuns orders ended runs by (``final_*``) equal the summaries once the
+    run ends, none while it runs, and follow a late write to the ended run.
+    """
+    run_id = await _running_run(services)
+    query = (
+        "SELECT last_value, min_value, max_value, final_last, final_min, final_max"
+        " FROM metrics WHERE run_id = :id"
+    )
+
+    def points(seq: int, steps: list[int], values: list[float]) -> tpb.StreamRunRequest:
+        series = tpb.MetricSeries(name="profit", steps=steps, values=values)
+        return tpb.StreamRunRequest(seq=seq, metrics=tpb.MetricBatch(series=[series]))
+
+    await _store(writer[0], run_id, points(1, [1, 2], [5.0, 7.0]))
+    assert tuple(await _row(services, query, run_id)) == (7.0, 5.0, 7.0, None, None, None)
+    final = tpb.FinalStatus(outcome=tpb.RUN_OUTCOME_COMPLETED)
+    await _store(writer[0], run_id, tpb.StreamRunRequest(seq=2, status=final))
+    assert tuple(await _row(services, query, run_id)) == (7.0, 5.0, 7.0) * 2
+    await _store(writer[0], run_id, points(3, [3], [9.0]))  # late, after the end
+    assert tuple(await _row(services, query, run_id)) == (9.0, 5.0, 9.0) * 2

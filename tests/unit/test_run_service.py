@@ -4,7 +4,7 @@ and pausing (a run's state that its worker is told of now and on every reconnect
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -67,8 +67,13 @@ class FakeExperiments(Unfaked):
 class FakeMetrics(Unfaked):
     rows: list[Metric] = field(default_factory=list)
 
+    finalized: list[str] = field(default_factory=list)
+
     async def for_run(self, run_id: str) -> list[Metric]:
         return [m for m in self.rows if m.run_id == run_id]
+
+    async def finalize(self, run_ids: Sequence[str]) -> None:
+        self.finalized += run_ids
 
 
 @dataclass
@@ -197,15 +202,17 @@ async def test_completing_a_run_checks_its_scenarios_criteria_once(
     assert len(uow.validations.rows) == 3, "checked once"
 
 
-async def test_status_moves_stamp_times(service: RunService) -> None:
+async def test_status_moves_stamp_times(service: RunService, uow: FakeUnitOfWork) -> None:
     run = await create(service)
     assert run.started_at is None
     await service.update(run.id, {"status": RunStatus.STARTING})
     await service.update(run.id, {"status": RunStatus.RUNNING})
     assert run.started_at is not None and run.completed_at is None
+    assert uow.metrics.finalized == []  # a run not ended keeps no copies
     await service.update(run.id, {"status": RunStatus.COMPLETED})
     assert run.completed_at is not None
     assert run.duration == run.completed_at - run.started_at
+    assert uow.metrics.finalized == [run.id]  # its metrics' summaries copied for ordering
 
 
 async def test_illegal_moves_and_bad_values_are_rejected(service: RunService) -> None:

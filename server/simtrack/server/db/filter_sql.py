@@ -148,17 +148,23 @@ def _metric_condition(run: Any, name: str, term: Condition) -> ColumnElement[boo
     return exists().where(found, _condition(value, True, term))
 
 
-def _metric_value(run: Any, name: str) -> tuple[Any, ColumnElement[Any], ColumnElement[bool]]:
+_FINAL = {"last_value": "final_last", "min_value": "final_min", "max_value": "final_max"}
+
+
+def _metric_value(
+    run: Any, name: str, final: bool = False
+) -> tuple[Any, ColumnElement[Any], ColumnElement[bool]]:
     """A metrics row (the table aliased: the ORM's ``aliased`` costs a tenth of a listing's
-    time to build), the column ``name`` reads (latest value, min, max), and the condition that
-    finds the run's row of that metric with a value that is not NaN.
+    time to build), the column ``name`` reads (latest value, min, max; ``final``: its copy,
+    set once the run ended), and the condition that finds the run's row of that metric with a
+    value that is not NaN.
     """
     summary = "last_value"
     for suffix, column_name in _SUMMARIES.items():
         if name.endswith(suffix):
             name, summary = name.removesuffix(suffix), column_name
     metric = models.Metric.__table__.alias()
-    value: ColumnElement[Any] = metric.c[summary]
+    value: ColumnElement[Any] = metric.c[_FINAL[summary] if final else summary]
     found = and_(
         metric.c.run_id == run.id,
         metric.c.name == name,
@@ -203,21 +209,50 @@ def sort_value(model: Any, field: str) -> SortKey:
     return SortKey(_CodePoints(column) if isinstance(column.type, String) else column)
 
 
+def metric_sort_parts(model: Any, field: str) -> list[tuple[SortKey, ColumnElement[bool]]]:
+    """A metric's value as ``order_by`` sorts it (``field``: ``metrics.NAME[.min|.max]``), in
+    two parts that hold every run with a value once: the runs whose copy of it is set (ended
+    runs, ``models.Metric``), sorted by the copy, which an index holds in order; and those
+    without a copy, sorted by the value (few: the runs not ended; the same index finds them).
+    Each part is a sort key (inner-joined: rows without a value are in neither) and its
+    condition.
+    """
+    _, _, key = field.partition(".")
+    ended, copy, found = _metric_value(model, key, final=True)
+    running, value, found_running = _metric_value(model, key)
+    copy_of_running = running.c[copy.key]
+    return [
+        (SortKey(copy, (ended, found)), copy.is_not(None)),
+        (
+            SortKey(value, (running, found_running)),
+            and_(copy_of_running.is_(None), value.is_not(None)),
+        ),
+    ]
+
+
 def after_keys(
     values: Sequence[ColumnElement[Any]],
     descending: Sequence[bool],
     last: Sequence[Any],
     tiebreak: ColumnElement[bool],
+    first_has_value: bool = False,
 ) -> ColumnElement[bool]:
     """Rows after the one whose sort values were ``last`` (NULLs last in either direction),
-    ``tiebreak`` deciding among equal ones.
+    ``tiebreak`` deciding among equal ones. ``first_has_value``: every row has a value of the
+    first key (so had the last one); the condition then bounds that value alone too, which an
+    index of it seeks to.
     """
     condition = tiebreak
-    for value, down, seen in reversed(list(zip(values, descending, last, strict=True))):
+    keys = list(zip(values, descending, last, strict=True))
+    for i, (value, down, seen) in reversed(list(enumerate(keys))):
         if seen is None:  # nothing sorts after a NULL but the NULLs that tie with it
             condition = and_(value.is_(None), condition)
+            continue
+        beyond = value < seen if down else value > seen
+        if i == 0 and first_has_value:
+            bound = value <= seen if down else value >= seen
+            condition = and_(bound, or_(beyond, and_(value == seen, condition)))
         else:
-            beyond = value < seen if down else value > seen
             condition = or_(value.is_(None), beyond, and_(value == seen, condition))
     return condition
 

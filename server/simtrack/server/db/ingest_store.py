@@ -30,7 +30,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from simtrack.errors import FailedPrecondition, Unavailable
-from simtrack.server.core.model import ExperimentStatus, RunStatus
+from simtrack.server.core.model import RUN_FINAL, ExperimentStatus, RunStatus
 from simtrack.server.db.bulk import ROWS, Compiled, bulk_insert, bulk_update, rows_json
 from simtrack.server.db.engine import libpq_conninfo
 from simtrack.server.db.models import (
@@ -41,6 +41,7 @@ from simtrack.server.db.models import (
     Run,
     StagedMessage,
 )
+from simtrack.server.db.repositories import finalize_metrics
 
 
 @dataclass(slots=True)
@@ -126,6 +127,8 @@ def _upsert_metrics(postgres: bool) -> ClauseElement:
             "last_step": case((newer, new.last_step), else_=Metric.last_step),
             "last_value": case((newer, new.last_value), else_=Metric.last_value),
             "updated_at": new.updated_at,
+            # Not the ``final_*`` copies: an ended run's are copied again by ``update_runs``
+            # (a late write), and no indexed column changes, so the update stays in place.
         },
     )
     return upsert
@@ -157,6 +160,9 @@ class Statements:
             bulk_update(Run, _RUN_PROGRESS, postgres, ("last_seen_at", "updated_at")), dialect
         )
         self.update_end = Compiled(bulk_update(Run, _RUN_END, postgres, ("updated_at",)), dialect)
+        self.finalize_metrics = Compiled(
+            finalize_metrics().where(Metric.run_id == bindparam("run_id")), dialect
+        )
         self.update_results = Compiled(
             bulk_update(Run, ("results", "updated_at"), postgres, ("updated_at",)), dialect
         )
@@ -300,6 +306,12 @@ class IngestTransaction:
             for run_id, end in ended.items()
         ]
         await self._write(self._sql.update_end, endings, {"updated_at": now})
+        # The ended runs' metrics (ending now, or written late): their copies for ordered
+        # lists, after the summaries.
+        finals = {run.id for run in runs if run.status in RUN_FINAL} | set(ended)
+        finalize = self._sql.finalize_metrics
+        for run_id in sorted(finals):
+            await self._driver.execute(finalize.sql, finalize.params({"run_id": run_id}))
         results = [
             {"id": run_id, "results": end.results} for run_id, end in ended.items() if end.results
         ]

@@ -48,7 +48,7 @@ from simtrack.server.db import models
 from simtrack.server.db.chunk_repository import page_read
 from simtrack.server.db.chunks import PageChunks, StoredChunk
 from simtrack.server.db.engine import libpq_conninfo, sqlite_file
-from simtrack.server.db.repositories import RunRepository, page_statement, scoped, split_page
+from simtrack.server.db.repositories import RunRepository, run_page_statements, split_page
 from simtrack.server.db.run_answers import RunAnswers
 from simtrack.server.db.sqlite_reads import SqliteReadConnections, bound_values
 from simtrack.server.db.unit_of_work import transient_sqlstate, translate_error, unreachable
@@ -241,12 +241,14 @@ class SqlReads:
         return RUN.loaded(values), version
 
     async def runs(self, page: PageRequest) -> tuple[list[models.Run], Cursor | None]:
-        base = select(*RUN.columns).where(scoped(models.Run))
-        position = RunRepository.position
-        rows = await self._rows(page_statement(base, models.Run, position, page))
         width = len(RUN.columns)
-        loaded = [(RUN.loaded(r[:width]), tuple(r[width:])) for r in rows]
-        return split_page(loaded, position, page.size)
+        loaded: list[tuple[models.Run, tuple[Any, ...]]] = []
+        for statement in run_page_statements(RUN.columns, page):
+            rows = await self._rows(statement)
+            loaded += [(RUN.loaded(r[:width]), tuple(r[width:])) for r in rows]
+            if len(loaded) > page.size:
+                break
+        return split_page(loaded, RunRepository.position, page.size)
 
     async def page(
         self, run_id: str, metric: str, lo: int, hi: int, start: int, size: int, limit: int

@@ -110,6 +110,7 @@ class LiveRuns:
                 if revive:
                     log.info("run %s: its worker, declared vanished, is back", run.id)
                     _revive(run, now)
+                    await uow.metrics.unfinalize([run.id])  # its metrics change again
                 if run.status == RunStatus.PENDING:
                     set_run_status(run, RunStatus.STARTING)
                 if run.status != RunStatus.PAUSED:  # a paused run stays so: the welcome says it
@@ -238,6 +239,7 @@ class LiveRuns:
                             )
                     touched = {r.id: r for r in (*silent, *late)}
                     await uow.runs.flush()
+                    await uow.metrics.finalize([r.id for r in touched.values()])
                     for experiment_id in {r.experiment_id for r in touched.values()}:
                         await refresh_experiment_status(uow, experiment_id)
                     await uow.commit()

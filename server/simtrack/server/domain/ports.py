@@ -136,6 +136,16 @@ class MetricRows(Rows[Metric], Protocol):
 
     async def named_in(self, run_ids: Sequence[str], names: Sequence[str]) -> list[Metric]: ...
 
+    async def finalize(self, run_ids: Sequence[str]) -> None:
+        """Copy the summaries of the ended runs' metrics into their ``final_*`` columns
+        (``db/models.Metric``): whoever ends a run, in the same transaction.
+        """
+        ...
+
+    async def unfinalize(self, run_ids: Sequence[str]) -> None:
+        """Clear those copies of the runs running again (revived)."""
+        ...
+
 
 class ValidationRows(Rows[Validation], Protocol):
     async def exists_for(self, run_id: str, validator: str, kind: str) -> bool: ...

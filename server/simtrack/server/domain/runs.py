@@ -17,6 +17,7 @@ from simtrack.server.core.filters import (
 )
 from simtrack.server.core.listing import Listing, Page, enum_parser
 from simtrack.server.core.model import (
+    RUN_FINAL,
     RunStatus,
     bounded_text,
     check_range,
@@ -223,6 +224,8 @@ class RunService:
                     raise InvalidArgument.of("update_mask", f"{field!r} cannot be updated")
             await uow.runs.flush()
             if status_changed:
+                if run.status in RUN_FINAL:
+                    await uow.metrics.finalize([run.id])
                 await refresh_experiment_status(uow, run.experiment_id)
                 await check_success_criteria(uow, run, self.catalogue)
             await uow.commit()
