@@ -166,7 +166,7 @@ def run_page_statements(
     parts of ``filter_sql.metric_sort_parts`` (ended runs read in the order of an index of
     their values' copies, stopping after a page; the runs not ended, sorted), merged; then,
     only if those end within the page, the runs without a value. A page among 10,000 runs:
-    about 3 ms of PostgreSQL's time, against 20 for joining and sorting them all.
+    about 1.4 ms of PostgreSQL's time, against 20 for joining and sorting them all.
     """
     run, position = models.Run, RunRepository.position
     base = select(*columns).where(scoped(run))
@@ -451,9 +451,12 @@ class MetricRepository(Repository[models.Metric]):
     async def unfinalize(self, run_ids: Sequence[str]) -> None:
         metric = models.Metric
         for part in in_parts(run_ids):
+            copied = or_(
+                *(c.is_not(None) for c in (metric.final_last, metric.final_min, metric.final_max))
+            )
             stmt = (
                 update(metric)
-                .where(metric.run_id.in_(part), scoped(metric), metric.final_last.is_not(None))
+                .where(metric.run_id.in_(part), scoped(metric), copied)
                 .values(final_last=None, final_min=None, final_max=None)
                 .values(updated_at=metric.updated_at)
                 .execution_options(synchronize_session=False)
