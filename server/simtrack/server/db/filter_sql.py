@@ -148,9 +148,6 @@ def _metric_condition(run: Any, name: str, term: Condition) -> ColumnElement[boo
     return exists().where(found, _condition(value, True, term))
 
 
-_FINAL = {"last_value": "final_last", "min_value": "final_min", "max_value": "final_max"}
-
-
 def _metric_value(
     run: Any, name: str, final: bool = False
 ) -> tuple[Any, ColumnElement[Any], ColumnElement[bool]]:
@@ -164,7 +161,7 @@ def _metric_value(
         if name.endswith(suffix):
             name, summary = name.removesuffix(suffix), column_name
     metric = models.Metric.__table__.alias()
-    value: ColumnElement[Any] = metric.c[_FINAL[summary] if final else summary]
+    value: ColumnElement[Any] = metric.c[models.FINAL_COPIES[summary] if final else summary]
     found = and_(
         metric.c.run_id == run.id,
         metric.c.name == name,

@@ -342,6 +342,9 @@ class Metric(TenantOwnedMixin, Base):
     final_max: Mapped[float | None] = mapped_column(Float)
 
 
+FINAL_COPIES = {"last_value": "final_last", "min_value": "final_min", "max_value": "final_max"}
+
+
 # A chunk of fewer points is small: compaction merges it into large ones. A constant, not a
 # setting: the partial index that finds small chunks is defined with it.
 SMALL_CHUNK_POINTS = 1000

@@ -34,6 +34,7 @@ from simtrack.server.core.model import RUN_ATTACHED, MetricAggregate, RunStatus
 from simtrack.server.core.tenancy import current_tenant
 from simtrack.server.db import models
 from simtrack.server.db.filter_sql import (
+    SortKey,
     after_keys,
     matches,
     metric_sort_parts,
@@ -130,29 +131,32 @@ def page_statement(
     position: Sequence[str],
     page: PageRequest,
     first_missing: bool = False,
+    first: SortKey | None = None,
 ) -> Select[Any]:
     """``list_page``'s statement: one row more than the page (is there a next one?), each
-    followed by its values of the page's sort keys. ``first_missing``: only the rows without
-    a value of the first key.
+    followed by its values of the page's sort keys (``key_0``, ...). ``first_missing``: only
+    the rows without a value of the first key. ``first``: the first key, read from the row it
+    is joined to (inner: every row has a value), in place of the order's own.
     """
     stmt = stmt.where(*(matches(model, c) for c in page.conditions))
-    sort_keys = [sort_value(model, key.field) for key in page.order]
-    for sort_key in sort_keys:
+    has_value = first is not None
+    sort_keys = [sort_value(model, key.field) for key in page.order[has_value:]]
+    if first is not None:
+        sort_keys.insert(0, first)
+        stmt = stmt.join(*first.joined or ())
+    for sort_key in sort_keys[has_value:]:
         if sort_key.joined is not None:
             stmt = stmt.outerjoin(*sort_key.joined)
     values = [sort_key.value for sort_key in sort_keys]
     if first_missing:
         stmt = stmt.where(values[0].is_(None))
     columns = [getattr(model, name) for name in position]
+    descending = [key.descending for key in page.order]
     if page.after is not None:
         after = tuple_(*columns) > tuple_(*page.after.position)
-        descending = [key.descending for key in page.order]
-        stmt = stmt.where(after_keys(values, descending, page.after.keys, after))
-    order = [
-        (value.desc() if key.descending else value.asc()).nulls_last()
-        for value, key in zip(values, page.order, strict=True)
-    ]
-    stmt = stmt.add_columns(*values).order_by(*order, *columns)
+        stmt = stmt.where(after_keys(values, descending, page.after.keys, after, has_value))
+    stmt = stmt.add_columns(*(v.label(f"key_{i}") for i, v in enumerate(values)))
+    stmt = stmt.order_by(*_sort_order(values, descending, has_value), *columns)
     return stmt.limit(page.size + 1)
 
 
@@ -175,47 +179,30 @@ def run_page_statements(
         yield page_statement(base, run, position, page)
         return
     if page.after is None or page.after.keys[0] is not None:
-        yield _runs_with_value(base, first, page)
+        # Each part ordered and limited on its own: planned alone, the ended runs' part reads
+        # the index in order (a union merged in order was sorted whole).
+        parts = [
+            select(*page_statement(base.where(where), run, position, page, first=key).subquery().c)
+            for key, where in metric_sort_parts(run, first)
+        ]
+        merged = union_all(*parts).subquery("ranked")
+        values = [merged.c[f"key_{i}"] for i in range(len(page.order))]
+        descending = [key.descending for key in page.order]
+        order = [*_sort_order(values, descending, True), *(merged.c[name] for name in position)]
+        yield select(*merged.c).order_by(*order).limit(page.size + 1)
     # Then (or at once, for a page that starts among them) the runs without a value.
     yield page_statement(base, run, position, page, first_missing=True)
 
 
-def _runs_with_value(base: Select[Any], first: str, page: PageRequest) -> Select[Any]:
-    """The runs with a value of the metric ``first`` sorts by, a page of them."""
-    run, position = models.Run, RunRepository.position
-    descending = [key.descending for key in page.order]
-    ties = [getattr(run, name) for name in position]
-    parts = []
-    for key, where in metric_sort_parts(run, first):
-        # Each part ordered and limited on its own: planned alone, the ended runs' part reads
-        # the index in order (a union merged in order was sorted whole).
-        part = base.where(*(matches(run, c) for c in page.conditions), where)
-        part = part.join(*key.joined or ())
-        rest = [sort_value(run, k.field) for k in page.order[1:]]
-        for sort_key in rest:
-            if sort_key.joined is not None:
-                part = part.outerjoin(*sort_key.joined)
-        values = [key.value, *(k.value for k in rest)]
-        if page.after is not None:
-            after = tuple_(*ties) > tuple_(*page.after.position)
-            part = part.where(after_keys(values, descending, page.after.keys, after, True))
-        part = part.add_columns(*(v.label(f"key_{i}") for i, v in enumerate(values)))
-        ordered = part.order_by(*_sort_order(values, descending), *ties).limit(page.size + 1)
-        parts.append(select(*ordered.subquery().c))
-    merged = union_all(*parts).subquery("ranked")
-    values = [merged.c[f"key_{i}"] for i in range(len(page.order))]
-    stmt = select(*list(merged.c)[: -len(values)], *values)
-    order = _sort_order(values, descending)
-    return stmt.order_by(*order, *(merged.c[name] for name in position)).limit(page.size + 1)
-
-
-def _sort_order(values: Sequence[ColumnElement[Any]], descending: Sequence[bool]) -> list[Any]:
-    """The sort keys' ORDER BY when the first has no NULLs: as its index orders it (a NULLS
-    LAST that PostgreSQL's DESC index does not give would make it sort), the others NULLs
-    last.
+def _sort_order(
+    values: Sequence[ColumnElement[Any]], descending: Sequence[bool], first_has_value: bool
+) -> list[Any]:
+    """The sort keys' ORDER BY, NULLs last; the first as its index orders it when it has no
+    NULLs (a NULLS LAST that PostgreSQL's index read backwards does not give would make it
+    sort).
     """
     order = [v.desc() if down else v.asc() for v, down in zip(values, descending, strict=True)]
-    return [order[0], *(o.nulls_last() for o in order[1:])]
+    return [o if first_has_value and i == 0 else o.nulls_last() for i, o in enumerate(order)]
 
 
 def split_page(
@@ -450,14 +437,14 @@ class MetricRepository(Repository[models.Metric]):
 
     async def unfinalize(self, run_ids: Sequence[str]) -> None:
         metric = models.Metric
+        copies = [getattr(metric, copy) for copy in models.FINAL_COPIES.values()]
         for part in in_parts(run_ids):
-            copied = or_(
-                *(c.is_not(None) for c in (metric.final_last, metric.final_min, metric.final_max))
-            )
             stmt = (
                 update(metric)
-                .where(metric.run_id.in_(part), scoped(metric), copied)
-                .values(final_last=None, final_min=None, final_max=None)
+                .where(
+                    metric.run_id.in_(part), scoped(metric), or_(*(c.is_not(None) for c in copies))
+                )
+                .values(dict.fromkeys(copies))
                 .values(updated_at=metric.updated_at)
                 .execution_options(synchronize_session=False)
             )
@@ -469,15 +456,11 @@ def finalize_metrics() -> Update:
     (of ended runs) made equal to them, where they are not (new, or written late).
     """
     metric = models.Metric
-    pairs = [
-        (metric.final_last, metric.last_value),
-        (metric.final_min, metric.min_value),
-        (metric.final_max, metric.max_value),
-    ]
+    pairs = [(getattr(metric, c), getattr(metric, s)) for s, c in models.FINAL_COPIES.items()]
     return (
         update(metric)
         .where(or_(*(copy.is_distinct_from(value) for copy, value in pairs)))
-        .values({copy: value for copy, value in pairs})
+        .values(dict(pairs))
         .values(updated_at=metric.updated_at)  # the summary's time, not the copy's
         .execution_options(synchronize_session=False)
     )
