@@ -170,9 +170,12 @@ async def test_an_open_stream_ends_once_its_key_is_revoked_and_keeps_what_was_ac
     committed = database.committed_seq(run.id)
     assert 10 <= stream.committed <= committed <= stream.sent, (stream.committed, committed)
     assert database.checksums(run.id) == data.checksums(committed)
-    refused = streams.stream(keys.server.address, run.id, authorization=f"Bearer {token}")
-    with pytest.raises(Exception):  # noqa: B017 - StreamEnded: the revoked key opens nothing
-        await refused.open()
+    for _attempt in range(3):  # again if grpc aio's stand-in hid the status (as above)
+        refused = streams.stream(keys.server.address, run.id, authorization=f"Bearer {token}")
+        with pytest.raises(Exception):  # noqa: B017 - StreamEnded: the revoked key opens nothing
+            await refused.open()
+        if not refused.write_race:
+            break
     assert refused.code == UNAUTHENTICATED, (refused.code, refused.details)
     await asyncio.sleep(CACHE_SECONDS)
     assert database.committed_seq(run.id) == committed
