@@ -123,7 +123,9 @@ def test_large_artifacts_stream_through_without_being_held_in_memory(
     grown = peak_rss_mb(server) - before
     assert artifact.size_bytes == 96 * MiB
     assert hashlib.sha256((tmp_path / "back.bin").read_bytes()).hexdigest() == artifact.sha256
-    assert grown < 48, f"the server's peak memory grew by {grown:.0f} MiB for a 96 MiB file"
+    # Held whole, the file alone would grow it by 96 MiB. Streamed, what grows is buffers and
+    # the allocator's arenas (one per gRPC thread, kept a while): up to 57 MiB in CI under load.
+    assert grown < 72, f"the server's peak memory grew by {grown:.0f} MiB for a 96 MiB file"
 
 
 def test_refused_uploads_say_why_and_leave_nothing(

@@ -60,6 +60,7 @@ class FakeTelemetryService(telemetry_pb2_grpc.TelemetryServiceServicer):
         self.holding = threading.Event()  # while set: receive, count, commit nothing
         self.max_unacked = 0
         self.reject: status_pb2.Status | None = None
+        self.reject_when: threading.Event | None = None  # set: the rejection waits for it
         self.pending_commands: list[runs_pb2.Command] = []
         self.inboxes: dict[str, queue.Queue[tuple[str, Any]]] = {}
         self.metadata: list[dict[str, str]] = []
@@ -91,6 +92,8 @@ class FakeTelemetryService(telemetry_pb2_grpc.TelemetryServiceServicer):
         if first.WhichOneof("kind") != "hello":
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, "the first message must be hello")
         if self.reject is not None:
+            if self.reject_when is not None:
+                self.reject_when.wait(timeout=10)
             context.abort_with_status(rpc_status.to_status(self.reject))
         run_id = first.hello.run_id
         log = self.run(run_id)

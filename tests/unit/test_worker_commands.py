@@ -156,8 +156,12 @@ def test_final_errors_stop_the_helper_and_surface(
     fake: FakeServer, tmp_path: Path, status: status_pb2.Status, expected: type[SimtrackError]
 ) -> None:
     fake.service.reject = status
+    fake.service.reject_when = threading.Event()  # once a point is in the spool
     with pytest.raises(expected) as raised:
         with Worker(fake.target, RUN, spool_dir=tmp_path, options=FAST) as run:
+            run.log_metrics(0, {"x": 1.0})
+            eventually(run.spool_path.exists)
+            fake.service.reject_when.set()
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
                 run.log_metrics(0, {"x": 1.0})
