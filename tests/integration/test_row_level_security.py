@@ -6,7 +6,10 @@ switch the repository filter off and check that PostgreSQL alone still keeps ten
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 
 import psycopg
 import pytest
@@ -19,8 +22,9 @@ from simtrack.server.app import StartupError, check_row_level_security
 from simtrack.server.core.tenancy import Principal, Role, reset_principal, set_principal
 from simtrack.server.db import repositories
 from simtrack.server.db.engine import create_engine, libpq_conninfo
-from simtrack.server.db.models import TENANT_OWNED_TABLES, Tenant
-from simtrack.server.db.reads import ReadConnections
+from simtrack.server.db.models import TENANT_OWNED_TABLES, Run, Tenant
+from simtrack.server.db.pg_reads import ReadConnection, ReadConnections, VersionConnection
+from simtrack.server.db.reads import VERSIONS_SQL
 from tests.support import MakeServices, Services  # noqa: F401
 
 pytestmark = pytest.mark.parametrize(
@@ -163,7 +167,8 @@ async def test_a_read_connection_sees_only_the_tenant_it_was_last_told(
     """
     app, agents = two_tenants
     runs = await _run_of_each_tenant(app, agents)
-    connections = ReadConnections(libpq_conninfo(app.url), size=1)  # one connection for all
+    # One connection for all
+    connections = ReadConnections(libpq_conninfo(app.url), ReadConnection.connect, size=1)
     try:
         for tenant in (TENANT_A, TENANT_B, TENANT_B, TENANT_A, TENANT_A, TENANT_B):
             async with connections.connection() as read:
@@ -182,6 +187,17 @@ async def test_a_read_connection_sees_only_the_tenant_it_was_last_told(
         await connections.close()
 
 
+def _end_the_app_roles_connections(database_url: str) -> None:
+    """As a restart of the database would (the server connects as the app role)."""
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        ended = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            " AND usename <> current_user"
+        ).fetchall()
+    assert ended
+
+
 async def test_a_read_whose_connection_was_terminated_is_retried_on_a_new_one(
     two_tenants: tuple[Services, dict[str, str]], database_url: str
 ) -> None:
@@ -189,13 +205,109 @@ async def test_a_read_whose_connection_was_terminated_is_retried_on_a_new_one(
     runs = await _run_of_each_tenant(app, agents)
     with acting_as(TENANT_A):
         assert (await app.runs.get(runs[TENANT_A])).id == runs[TENANT_A]
-        with psycopg.connect(database_url, autocommit=True) as admin:
-            ended = admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                " AND usename <> current_user"
-            ).fetchall()
-        assert ended
+        _end_the_app_roles_connections(database_url)
         assert (await app.runs.get(runs[TENANT_A])).id == runs[TENANT_A]
         with pytest.raises(NotFound):
             await app.runs.get(runs[TENANT_B])
+
+
+# GetRun's versions (``pg_reads.VersionConnection``: libpq's own calls on connections of their own)
+
+
+@dataclass
+class Versions:
+    runs: dict[str, str]  # tenant -> its run
+    connections: ReadConnections[VersionConnection]  # one connection for all
+
+
+@pytest.fixture
+async def versions_of_two_tenants(
+    two_tenants: tuple[Services, dict[str, str]],
+) -> AsyncIterator[Versions]:
+    app, agents = two_tenants
+    runs = await _run_of_each_tenant(app, agents)
+    opener = VersionConnection.opener(VERSIONS_SQL)
+    connections = ReadConnections(libpq_conninfo(app.url), opener, size=1)
+    try:
+        yield Versions(runs, connections)
+    finally:
+        await connections.close()
+
+
+async def test_a_version_connection_sees_only_the_tenant_it_was_last_told_and_each_change(
+    versions_of_two_tenants: Versions, database_url: str
+) -> None:
+    runs, connections = versions_of_two_tenants.runs, versions_of_two_tenants.connections
+    both = list(runs.values())
+    seen: dict[str, int] = {}
+    for tenant in (TENANT_A, TENANT_B, TENANT_B, TENANT_A):
+        async with connections.connection() as versions:
+            found = await versions.versions(tenant, both)
+        assert list(found) == [runs[tenant]], tenant
+        seen[tenant] = found[runs[tenant]]
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute("UPDATE runs SET worker_id = 'moved' WHERE id = %s", (runs[TENANT_A],))
+    async with connections.connection() as versions:
+        moved = await versions.versions(TENANT_A, both)
+        assert moved[runs[TENANT_A]] != seen[TENANT_A]
+        assert await versions.versions(TENANT_B, both) == {runs[TENANT_B]: seen[TENANT_B]}
+
+
+async def test_a_version_statement_that_fails_leaves_its_connection_answering(
+    versions_of_two_tenants: Versions,
+) -> None:
+    runs, connections = versions_of_two_tenants.runs, versions_of_two_tenants.connections
+    async with connections.connection() as versions:
+        with pytest.raises(psycopg.errors.InvalidTextRepresentation):
+            await versions.versions(TENANT_A, ['{"not an id'])  # not an array's text
+        assert not versions.broken
+        assert list(await versions.versions(TENANT_A, [runs[TENANT_A]])) == [runs[TENANT_A]]
+
+
+async def test_a_long_list_of_ids_is_sent_in_full(versions_of_two_tenants: Versions) -> None:
+    """More than a socket's buffer (40,000 ids, 1.5 MB): sent as the socket takes it."""
+    runs, connections = versions_of_two_tenants.runs, versions_of_two_tenants.connections
+    ids = [str(uuid.UUID(int=i)) for i in range(40_000)] + [runs[TENANT_B]]
+    async with connections.connection() as versions:
+        assert list(await versions.versions(TENANT_B, ids)) == [runs[TENANT_B]]
+
+
+async def test_a_version_statement_cancelled_half_way_gives_its_connection_up(
+    versions_of_two_tenants: Versions, database_url: str
+) -> None:
+    runs, connections = versions_of_two_tenants.runs, versions_of_two_tenants.connections
+    async with connections.connection() as versions:  # opened (its statements prepared)
+        assert list(await versions.versions(TENANT_A, [runs[TENANT_A]])) == [runs[TENANT_A]]
+    with psycopg.connect(database_url) as admin:
+        admin.execute("LOCK TABLE runs IN ACCESS EXCLUSIVE MODE")  # the statement waits
+        async with connections.connection() as versions:
+            asking = asyncio.create_task(versions.versions(TENANT_A, [runs[TENANT_A]]))
+            await asyncio.sleep(0.2)
+            assert not asking.done()
+            asking.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await asking
+            assert versions.broken  # its answer would still come: given up, closed
+        admin.rollback()
+    async with connections.connection() as fresh:
+        assert fresh is not versions and versions.connection.closed
+        assert list(await fresh.versions(TENANT_A, [runs[TENANT_A]])) == [runs[TENANT_A]]
+
+
+class _Rendered:
+    def __call__(self, run: Run) -> str:
+        return run.id
+
+
+async def test_getrun_answers_again_once_its_version_connection_was_terminated(
+    two_tenants: tuple[Services, dict[str, str]], database_url: str
+) -> None:
+    app, agents = two_tenants
+    runs = await _run_of_each_tenant(app, agents)
+    render = _Rendered()
+    with acting_as(TENANT_A):
+        assert await app.reads.rendered(runs[TENANT_A], render) == runs[TENANT_A]
+        _end_the_app_roles_connections(database_url)
+        await asyncio.sleep(0.1)  # the reader sees the connection go
+        assert await app.reads.rendered(runs[TENANT_A], render) == runs[TENANT_A]
+        assert await app.reads.rendered(runs[TENANT_B], render) is None

@@ -109,18 +109,22 @@ async def test_statements_are_per_tenant_and_a_tenant_sees_only_its_runs() -> No
     assert await answers.get("t2", "r1", render) is None  # not the t1 answer kept
 
 
-async def test_one_cancelled_call_leaves_the_others_of_its_statement_their_answer() -> None:
+@pytest.mark.parametrize("cancelled", [0, 1], ids=["the call asking", "a call waiting"])
+async def test_a_cancelled_call_leaves_the_others_their_answer(cancelled: int) -> None:
     table, render = Table(), Renders()
     table.write("t1", "r1", "v1")
     answers = answers_of(table)
     table.gate = asyncio.Event()
     calls = [asyncio.create_task(answers.get("t1", "r1", render)) for _ in range(3)]
-    await asyncio.sleep(0)
-    calls[1].cancel()
-    table.gate.set()
-    assert await calls[0] == "answer(v1)" and await calls[2] == "answer(v1)"
+    await asyncio.sleep(0)  # the first asks, the others wait for the next statement
+    calls[cancelled].cancel()
     with pytest.raises(asyncio.CancelledError):
-        await calls[1]
+        await calls[cancelled]
+    table.gate.set()
+    others = [call for i, call in enumerate(calls) if i != cancelled]
+    assert [await call for call in others] == ["answer(v1)"] * 2
+    assert table.version_statements == [["r1"], ["r1"]]
+    assert await answers.get("t1", "r1", render) == "answer(v1)"  # nothing left asking
 
 
 async def test_a_failed_statement_fails_each_of_its_calls_and_the_next_call_asks_again() -> None:

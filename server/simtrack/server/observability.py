@@ -50,6 +50,7 @@ class ServerMetrics:
             ["method"],
             registry=registry,
         )
+        self._rpc_children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
         self.points_ingested = Counter(
             "simtrack_points_ingested",
             "Metric points committed from worker streams (a resend of stored data is not counted).",
@@ -114,8 +115,14 @@ class ServerMetrics:
         self.compaction_failures.inc(metrics)
 
     def rpc_done(self, method: str, code: str, seconds: float) -> None:
-        self.rpc_requests.labels(method, code).inc()
-        self.rpc_duration.labels(method).observe(seconds)
+        # The labelled children, kept: ``labels()`` validates and locks at each call.
+        key = (method, code)
+        if (children := self._rpc_children.get(key)) is None:
+            children = (self.rpc_requests.labels(method, code), self.rpc_duration.labels(method))
+            self._rpc_children[key] = children
+        requests, duration = children
+        requests.inc()
+        duration.observe(seconds)
 
     def group_committed(self, batches: int, points: int, events: int, seconds: float) -> None:
         self.group_commits.inc()

@@ -5,9 +5,10 @@ statement, and each sees one snapshot. Through a unit of work the same read on P
 five round trips (the pool's ping, BEGIN, the tenant's set_config, the statement, ROLLBACK) and
 an ORM session's bookkeeping: 1.4 ms of server CPU per GetRun under 8 callers, five times what
 gRPC's own share of a call costs. Here it is one round trip: the reads keep a few autocommit
-connections of their own (``ReadConnections``; checking one out of SQLAlchemy's pool and back
+connections of their own (``pg_reads.py``; checking one out of SQLAlchemy's pool and back
 costs 65 µs, most of what the statement costs), no one else's statement ever runs on them, and
 each connection's session holds the tenant row-level security reads (``ReadConnection.rows``).
+GetRun's version statement has connections of its own (``VersionConnection``).
 The statement is SQLAlchemy's, scoped by tenant as the repositories scope theirs, compiled once
 where its shape is fixed; SQLAlchemy's result processors apply to its rows as its own execution
 would; rows become entities as the ORM's loader fills them (``Entity.loaded``: attached to no
@@ -17,9 +18,7 @@ on a thread of its own (``sqlite_reads.py``); a database in memory is read throu
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar, cast
 
 import psycopg
@@ -40,7 +39,7 @@ from sqlalchemy.orm import class_mapper
 from sqlalchemy.sql.compiler import Compiled, ExpandedState, SQLCompiler
 from sqlalchemy.util import LRUCache
 
-from simtrack.errors import InvalidArgument, Unavailable
+from simtrack.errors import InvalidArgument
 from simtrack.server.core.listing import Cursor, PageRequest
 from simtrack.server.core.model import INT64_MAX, INT64_MIN
 from simtrack.server.core.tenancy import current_tenant
@@ -48,6 +47,14 @@ from simtrack.server.db import models
 from simtrack.server.db.chunk_repository import page_read
 from simtrack.server.db.chunks import PageChunks, StoredChunk
 from simtrack.server.db.engine import libpq_conninfo, sqlite_file
+from simtrack.server.db.pg_reads import (
+    READ_CONNECTIONS,
+    C,
+    ReadConnection,
+    ReadConnections,
+    VersionConnection,
+    numbered,
+)
 from simtrack.server.db.repositories import RunRepository, run_page_statements, split_page
 from simtrack.server.db.run_answers import RunAnswers
 from simtrack.server.db.sqlite_reads import SqliteReadConnections, bound_values
@@ -56,10 +63,7 @@ from simtrack.server.db.unit_of_work import transient_sqlstate, translate_error,
 Processor = Callable[[Any], Any]
 T = TypeVar("T")
 _Compiled = tuple[Compiled, str]
-_TELL_TENANT = "select set_config('app.tenant_id', %s, false)"  # the session's: see rows()
-READ_CONNECTIONS = 8  # at most, per server process
-CHECKOUT_TIMEOUT_S = 10  # as the engine's pool_timeout
-CONNECT_TIMEOUT_S = 5  # as the engine's
+R = TypeVar("R")
 
 
 class Entity:
@@ -91,93 +95,13 @@ _VERSION = literal_column("runs.xmin::text::bigint", BigInteger)
 _VERSIONED: list[ColumnElement[Any]] = [*RUN.columns, _VERSION]
 _RUN_VERSIONED = select(*_VERSIONED).where(*_BY_ID)
 _ID_VERSION: list[ColumnElement[Any]] = [models.Run.__table__.c.id, _VERSION]
-_RUN_VERSIONS = select(*_ID_VERSION).where(
-    models.Run.tenant_id == bindparam("tenant"),
-    models.Run.id == any_(bindparam("ids", type_=ARRAY(String))),
+VERSIONS_SQL, _VERSIONS_VALUES = numbered(
+    select(*_ID_VERSION).where(
+        models.Run.tenant_id == bindparam("tenant"),
+        models.Run.id == any_(bindparam("ids", type_=ARRAY(String))),
+    )
 )
-
-
-class ReadConnection:
-    """A connection of the reads, and the tenant its session was last told (None: unknown)."""
-
-    def __init__(self, connection: psycopg.AsyncConnection[Any]) -> None:
-        self.connection = connection
-        self.tenant: str | None = None
-
-    async def rows(
-        self, tenant: str, text: str, values: Mapping[str, Any] | None
-    ) -> tuple[list[tuple[Any, ...]], tuple[int, ...]]:
-        """The statement's rows as ``tenant`` (row-level security's input), and the type of
-        each column; one round trip.
-
-        The tenant is the session's (``set_config(..., false)``): no one but the reads uses
-        this connection, and each read tells its tenant first, so a read after another of the
-        same tenant is the statement alone. Told in a pipeline with the statement, in the same
-        implicit transaction: if the statement fails, the setting is rolled back with it.
-        """
-        connection = self.connection
-        if self.tenant == tenant:
-            cursor = connection.cursor(binary=True)
-            await cursor.execute(text, values)
-        else:
-            self.tenant = None
-            async with connection.pipeline():
-                await connection.cursor().execute(_TELL_TENANT, (tenant,))
-                cursor = connection.cursor(binary=True)
-                await cursor.execute(text, values)
-            self.tenant = tenant
-        rows = await cursor.fetchall()
-        # The result's own type codes: ``cursor.description`` builds an object per column
-        # each call, a tenth of a GetRun's server time.
-        result = cursor.pgresult
-        types = () if result is None else tuple(result.ftype(i) for i in range(result.nfields))
-        return rows, types
-
-
-class ReadConnections:
-    """At most ``size`` autocommit psycopg connections, each used by one read at a time; made
-    when first needed, kept while they work. A broken one (a restart) drops every idle one:
-    they went with it.
-    """
-
-    def __init__(self, conninfo: str, size: int = READ_CONNECTIONS) -> None:
-        self.conninfo = conninfo
-        self._idle: list[ReadConnection] = []
-        self._free = asyncio.Semaphore(size)
-
-    @contextlib.asynccontextmanager
-    async def connection(self) -> AsyncIterator[ReadConnection]:
-        try:
-            async with asyncio.timeout(CHECKOUT_TIMEOUT_S):
-                await self._free.acquire()
-        except TimeoutError:
-            raise Unavailable("the database's connections are all busy; retry later") from None
-        try:
-            connection = self._idle.pop() if self._idle else await self._connect()
-            try:
-                yield connection
-            finally:
-                if connection.connection.broken or connection.connection.closed:
-                    await connection.connection.close()
-                    await self.close()
-                else:
-                    self._idle.append(connection)
-        finally:
-            self._free.release()
-
-    async def _connect(self) -> ReadConnection:
-        try:
-            connection = await psycopg.AsyncConnection.connect(
-                self.conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
-            )
-        except psycopg.OperationalError as exc:
-            raise unreachable() from exc
-        return ReadConnection(connection)
-
-    async def close(self) -> None:
-        idle, self._idle = self._idle, []
-        for read in idle:
-            await read.connection.close()
+assert _VERSIONS_VALUES == ["tenant", "ids"], "as VersionConnection.versions gives them"
 
 
 class SqlReads:
@@ -188,10 +112,11 @@ class SqlReads:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.dialect = engine.dialect
-        self.connections = (
-            ReadConnections(libpq_conninfo(engine.url))
-            if self.dialect.name == "postgresql"
-            else None
+        postgres = self.dialect.name == "postgresql"
+        conninfo = libpq_conninfo(engine.url)
+        self.connections = ReadConnections(conninfo, ReadConnection.connect) if postgres else None
+        self.version_connections = (
+            ReadConnections(conninfo, VersionConnection.opener(VERSIONS_SQL)) if postgres else None
         )
         file = sqlite_file(engine.url)
         self.sqlite = None if file is None else SqliteReadConnections(file, READ_CONNECTIONS)
@@ -199,7 +124,6 @@ class SqlReads:
         self.answers: RunAnswers | None = None
         if self.connections is not None:
             self._run_versioned = self._compile(_RUN_VERSIONED)
-            self._run_versions = self._compile(_RUN_VERSIONS)
             self.answers = RunAnswers(self._versions, self._versioned_run)
         self._page_reads = {
             ranged: (stmt, self._compile(stmt)) for ranged, stmt in _PAGE_READS.items()
@@ -210,6 +134,8 @@ class SqlReads:
     async def close(self) -> None:
         if self.connections is not None:
             await self.connections.close()
+        if self.version_connections is not None:
+            await self.version_connections.close()
         if self.sqlite is not None:
             await self.sqlite.close()
 
@@ -228,9 +154,8 @@ class SqlReads:
         return None if run is None else render(run)
 
     async def _versions(self, tenant: str, run_ids: list[str]) -> dict[str, int]:
-        params = {"tenant": tenant, "ids": run_ids}
-        rows = await self._rows(_RUN_VERSIONS, params, self._run_versions, tenant=tenant)
-        return {run_id: version for run_id, version in rows}
+        assert self.version_connections is not None
+        return await _on(self.version_connections, lambda found: found.versions(tenant, run_ids))
 
     async def _versioned_run(self, run_id: str) -> tuple[models.Run, int] | None:
         params = {"tenant": current_tenant(), "id": run_id}
@@ -292,8 +217,6 @@ class SqlReads:
         stmt: Select[Any],
         params: dict[str, Any] | None = None,
         compiled_stmt: _Compiled | None = None,
-        *,
-        tenant: str | None = None,  # None: the caller's
     ) -> Sequence[Sequence[Any]]:
         if self.sqlite is not None:
             return await self._sqlite_rows(stmt, params, compiled_stmt)
@@ -304,21 +227,8 @@ class SqlReads:
             values = compiled.construct_params(params)
         else:
             text, values = self._cached(stmt)
-        tenant = current_tenant() if tenant is None else tenant
-        # A connection the database dropped (a restart) fails the statement: once more on a
-        # new one. A read may run twice.
-        for attempt in range(2):
-            async with self.connections.connection() as read:
-                try:
-                    rows, types = await read.rows(tenant, text, values)
-                    break
-                except psycopg.Error as exc:
-                    broken = read.connection.broken
-                    if broken and attempt == 0:
-                        continue
-                    if (ours := _translated(exc, broken)) is not None:
-                        raise ours from exc
-                    raise
+        tenant = current_tenant()
+        rows, types = await _on(self.connections, lambda read: read.rows(tenant, text, values))
         return self._processed(stmt, text, types, rows)
 
     async def _sqlite_rows(
@@ -400,6 +310,24 @@ class SqlReads:
             if (ours := translate_error(exc)) is not None:
                 raise ours from exc
             raise
+
+
+async def _on(pool: ReadConnections[C], read: Callable[[C], Awaitable[R]]) -> R:
+    """``read(connection)`` on a connection of ``pool``. A connection the database dropped (a
+    restart) fails the statement: once more on a new one. A read may run twice.
+    """
+    for attempt in range(2):
+        async with pool.connection() as connection:
+            try:
+                return await read(connection)
+            except psycopg.Error as exc:
+                broken = connection.broken
+                if broken and attempt == 0:
+                    continue
+                if (ours := _translated(exc, broken)) is not None:
+                    raise ours from exc
+                raise
+    raise AssertionError("unreachable: the second attempt returns or raises")
 
 
 def _translated(exc: psycopg.Error, broken: bool) -> Exception | None:

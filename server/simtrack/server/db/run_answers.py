@@ -6,9 +6,10 @@ from, the row's ``xmin``: the transaction that wrote the row as it is, since eve
 run (an update, a stream's watermark, a status) writes a new version of the row.
 
 Nothing is served from memory unasked, so no call misses a write committed before it began,
-on any replica: calls waiting at the same time share one statement that answers each of their
-runs' versions (group commit's idea, for reads; each statement starts after every call it
-answers began), and only a run whose version moved is read whole and rendered again. An
+on any replica: a call asks its run's version itself, and calls that come while a statement of
+their tenant is under way share the next one, answering each of their runs' versions (group
+commit's idea, for reads; each statement starts after every call it answers began). Only a run
+whose version moved is read whole and rendered again. An
 answer is also dropped after ``MAX_AGE_S``, long before transaction ids could come round again.
 """
 
@@ -55,7 +56,8 @@ class RunAnswers:
         self.max_age_s = max_age_s
         self._kept: dict[tuple[str, str], _Kept[Any]] = {}
         self._waiting: dict[str, list[tuple[str, asyncio.Future[int | None]]]] = {}
-        self._asking: dict[str, asyncio.Task[None]] = {}
+        # The tenants with a statement under way: asked by a call itself (None) or by a task.
+        self._asking: dict[str, asyncio.Task[None] | None] = {}
 
     async def get(self, tenant: str, run_id: str, render: Callable[[Any], T]) -> T | None:
         """The answer for the tenant's run as it is now; None: the tenant has no such run."""
@@ -82,14 +84,22 @@ class RunAnswers:
         return answer
 
     async def _version(self, tenant: str, run_id: str) -> int | None:
-        """The run's version, from the next statement to start (shared with every call
-        waiting then).
+        """The run's version, from a statement that starts after the call began: its own when
+        none of the tenant's is under way (no task: most calls come one at a time), else the
+        next one, shared with every call waiting then.
         """
-        future: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(tenant, []).append((run_id, future))
-        if tenant not in self._asking:
-            self._asking[tenant] = asyncio.create_task(self._ask(tenant))
-        return await future  # each call its own future: one cancelled leaves the others be
+        if tenant in self._asking:
+            future: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+            self._waiting.setdefault(tenant, []).append((run_id, future))
+            return await future  # each call its own future: one cancelled leaves the others be
+        self._asking[tenant] = None
+        try:
+            return (await self._versions(tenant, [run_id])).get(run_id)
+        finally:
+            if tenant in self._waiting:  # came meanwhile: asked for by a task of their own
+                self._asking[tenant] = asyncio.create_task(self._ask(tenant))
+            else:
+                del self._asking[tenant]
 
     async def _ask(self, tenant: str) -> None:
         """Statements until no call of the tenant waits; a failure is each waiting call's."""
