@@ -1,6 +1,7 @@
 """RunAnswers (GetRun's answers kept while their run's version holds), with the database's two
-statements played by a table in memory: each call asks the version, calls waiting together share
-one statement, and a run is rendered again only when its version moved.
+statements played by a table in memory: a call with nothing kept reads the run whole, a call
+with an answer kept asks the version, calls waiting together share one statement, and a run is
+rendered again only when its version moved.
 """
 
 from __future__ import annotations
@@ -36,12 +37,13 @@ class Table:
             raise self.fail
         return {r: self.rows[(tenant, r)][1] for r in run_ids if (tenant, r) in self.rows}
 
-    def load_as(self, tenant: str) -> Any:
-        async def load(run_id: str) -> tuple[str, int] | None:
-            self.loads += 1
-            return self.rows.get((tenant, run_id))
-
-        return load
+    async def load(self, tenant: str, run_id: str) -> tuple[str, int] | None:
+        self.loads += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail is not None:
+            raise self.fail
+        return self.rows.get((tenant, run_id))
 
 
 class Renders:
@@ -53,8 +55,15 @@ class Renders:
         return f"answer({run})"
 
 
-def answers_of(table: Table, tenant: str = "t1", **kwargs: Any) -> RunAnswers:
-    return RunAnswers(table.versions, table.load_as(tenant), **kwargs)
+def answers_of(table: Table, **kwargs: Any) -> RunAnswers:
+    return RunAnswers(table.versions, table.load, **kwargs)
+
+
+async def kept(answers: RunAnswers, table: Table, render: Renders, *run_ids: str) -> None:
+    """Each run's answer kept (read whole), the table's counts then started afresh."""
+    for run_id in run_ids:
+        assert await answers.get("t1", run_id, render) is not None
+    table.version_statements, table.loads, render.count = [], 0, 0
 
 
 async def test_an_unchanged_run_is_rendered_once_and_a_write_is_seen_by_the_next_call() -> None:
@@ -62,9 +71,11 @@ async def test_an_unchanged_run_is_rendered_once_and_a_write_is_seen_by_the_next
     table.write("t1", "r1", "v1")
     answers = answers_of(table)
     assert await answers.get("t1", "r1", render) == "answer(v1)"
+    assert table.version_statements == []  # nothing kept: read whole, its version with it
+    assert await answers.get("t1", "r1", render) == "answer(v1)"
     assert await answers.get("t1", "r1", render) == "answer(v1)"
     assert render.count == 1 and table.loads == 1
-    assert len(table.version_statements) == 2  # every call asks
+    assert table.version_statements == [["r1"], ["r1"]]  # an answer kept: each call asks
     table.write("t1", "r1", "v2")
     assert await answers.get("t1", "r1", render) == "answer(v2)"
     assert render.count == 2
@@ -86,6 +97,7 @@ async def test_calls_waiting_together_share_one_statement() -> None:
     for i in range(20):
         table.write("t1", f"r{i}", f"v{i}")
     answers = answers_of(table)
+    await kept(answers, table, render, *(f"r{i}" for i in range(20)))
     table.gate = asyncio.Event()
     first = asyncio.create_task(answers.get("t1", "r0", render))
     await asyncio.sleep(0)  # its statement is in flight
@@ -103,7 +115,7 @@ async def test_calls_waiting_together_share_one_statement() -> None:
 async def test_statements_are_per_tenant_and_a_tenant_sees_only_its_runs() -> None:
     table, render = Table(), Renders()
     table.write("t1", "r1", "mine")
-    answers = answers_of(table, "t1")
+    answers = answers_of(table)
     assert await answers.get("t2", "r1", render) is None
     assert await answers.get("t1", "r1", render) == "answer(mine)"
     assert await answers.get("t2", "r1", render) is None  # not the t1 answer kept
@@ -114,6 +126,7 @@ async def test_a_cancelled_call_leaves_the_others_their_answer(cancelled: int) -
     table, render = Table(), Renders()
     table.write("t1", "r1", "v1")
     answers = answers_of(table)
+    await kept(answers, table, render, "r1")
     table.gate = asyncio.Event()
     calls = [asyncio.create_task(answers.get("t1", "r1", render)) for _ in range(3)]
     await asyncio.sleep(0)  # the first asks, the others wait for the next statement
@@ -131,6 +144,7 @@ async def test_a_failed_statement_fails_each_of_its_calls_and_the_next_call_asks
     table, render = Table(), Renders()
     table.write("t1", "r1", "v1")
     answers = answers_of(table)
+    await kept(answers, table, render, "r1")
     table.fail = Unavailable("the database is down")
     table.gate = asyncio.Event()
     calls = [asyncio.create_task(answers.get("t1", "r1", render)) for _ in range(3)]

@@ -157,8 +157,8 @@ class SqlReads:
         assert self.version_connections is not None
         return await _on(self.version_connections, lambda found: found.versions(tenant, run_ids))
 
-    async def _versioned_run(self, run_id: str) -> tuple[models.Run, int] | None:
-        params = {"tenant": current_tenant(), "id": run_id}
+    async def _versioned_run(self, tenant: str, run_id: str) -> tuple[models.Run, int] | None:
+        params = {"tenant": tenant, "id": run_id}
         rows = await self._rows(_RUN_VERSIONED, params, self._run_versioned)
         if not rows:
             return None

@@ -6,11 +6,12 @@ from, the row's ``xmin``: the transaction that wrote the row as it is, since eve
 run (an update, a stream's watermark, a status) writes a new version of the row.
 
 Nothing is served from memory unasked, so no call misses a write committed before it began,
-on any replica: a call asks its run's version itself, and calls that come while a statement of
-their tenant is under way share the next one, answering each of their runs' versions (group
+on any replica. A call whose run has no answer kept reads the run whole, its version with it.
+A call whose run has one asks the run's version: in a statement of its own, or, when one of
+its tenant's is under way, in the next, shared with every call that came meanwhile (group
 commit's idea, for reads; each statement starts after every call it answers began). Only a run
-whose version moved is read whole and rendered again. An
-answer is also dropped after ``MAX_AGE_S``, long before transaction ids could come round again.
+whose version moved is read whole and rendered again. An answer is also dropped after
+``MAX_AGE_S``, long before transaction ids could come round again.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 Versions = Callable[[str, list[str]], Awaitable[dict[str, int]]]  # (tenant, run ids)
-Load = Callable[[str], Awaitable[tuple[Any, int] | None]]  # run id -> (run, version)
+Load = Callable[[str, str], Awaitable[tuple[Any, int] | None]]  # (tenant, run id) -> (run, version)
 
 CAPACITY = 16_384  # answers kept (a few hundred bytes each)
 MAX_AGE_S = 600.0
@@ -62,17 +63,17 @@ class RunAnswers:
     async def get(self, tenant: str, run_id: str, render: Callable[[Any], T]) -> T | None:
         """The answer for the tenant's run as it is now; None: the tenant has no such run."""
         key = (tenant, run_id)
-        version = await self._version(tenant, run_id)
-        if version is None:
-            self._kept.pop(key, None)
-            return None
         kept = self._kept.get(key)
-        now = self._clock()
-        if kept is not None and kept.version == version and kept.render is render:
-            if now < kept.until:
+        if kept is not None and kept.render is render and self._clock() < kept.until:
+            version = await self._version(tenant, run_id)
+            if version == kept.version:
                 return kept.answer  # type: ignore[no-any-return]  # kept by this render
-        loaded = await self._load(run_id)
-        if loaded is None:  # deleted since
+            if version is None:
+                self._kept.pop(key, None)
+                return None
+        # Nothing kept, or the run changed: read whole with its version, in one statement.
+        loaded = await self._load(tenant, run_id)
+        if loaded is None:
             self._kept.pop(key, None)
             return None
         run, version = loaded
@@ -80,7 +81,7 @@ class RunAnswers:
         self._kept.pop(key, None)
         if len(self._kept) >= self.capacity:
             del self._kept[next(iter(self._kept))]  # the longest kept
-        self._kept[key] = _Kept(version, render, answer, now + self.max_age_s)
+        self._kept[key] = _Kept(version, render, answer, self._clock() + self.max_age_s)
         return answer
 
     async def _version(self, tenant: str, run_id: str) -> int | None:
