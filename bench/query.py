@@ -22,8 +22,11 @@ Then, from this process as the client:
   each), at most 1,000 points a series on one step grid;
 * ``listruns_filtered_p50_ms``: one page of 50 of the listed runs, filtered and ordered by a
   metric (``LIST_FILTER``, ``LIST_ORDER``);
-* ``getrun_calls_per_s`` / ``getrun_p99_ms``: GetRun of random listed runs, ``CALLERS``
-  concurrent callers each on its own connection, calling back to back;
+* ``getrun_first_calls_per_s``: GetRun of each listed run once, ``CALLERS`` concurrent
+  callers each on its own connection, calling back to back: each call reads its run whole
+  and renders it (the server keeps the answer; ``db/run_answers.py``);
+* ``getrun_calls_per_s`` / ``getrun_p99_ms``: GetRun of random listed runs, as a server that
+  has served each run before answers them (each call asks its run's version), the same callers;
   ``unary_limit_calls_per_s``: the same callers calling ``grpc.health.v1.Health/Check`` of the
   same server (served in-process, touching no database: gRPC's and Python's cost of a unary
   call); ``getrun_vs_unary_limit``: the ratio. The two alternate over ``unary_rounds`` windows
@@ -401,6 +404,18 @@ async def closed_loop(
     return Window(len(latencies), time.monotonic() - started, latencies)
 
 
+async def each_once(calls: Sequence[Callable[[int], Awaitable[object]]], count: int) -> Window:
+    """Each of ``calls`` (a caller) makes ``count`` calls back to back."""
+    started = time.monotonic()
+
+    async def caller(call: Callable[[int], Awaitable[object]]) -> None:
+        for index in range(count):
+            await call(index)
+
+    await asyncio.gather(*(caller(call) for call in calls))
+    return Window(count * len(calls), time.monotonic() - started, [])
+
+
 async def unary_figures(
     report: Report, name: str, target: str, run_ids: Sequence[str], sizes: Sizes
 ) -> None:
@@ -420,7 +435,7 @@ async def unary_figures(
         gets = [get_run(c, n * len(ids) // CALLERS) for n, c in enumerate(channels)]
         checks = [check(c) for c in channels]
         await closed_loop(checks, 0.5)  # connections up, both paths warm
-        await closed_loop(gets, 0.5)
+        first = await each_once(gets, len(ids) // CALLERS)
         limits: list[Window] = []
         reads: list[Window] = []
         for _ in range(sizes.unary_rounds):
@@ -440,10 +455,16 @@ async def unary_figures(
         f"grpc.health.v1.Health/Check, {CALLERS} callers; {windows}",
     )
     add(
+        "getrun_first_calls_per_s",
+        first.rate,
+        "calls/s",
+        f"{CALLERS} callers, each of {first.calls:,} runs once (read whole, rendered)",
+    )
+    add(
         "getrun_calls_per_s",
         rate,
         "calls/s",
-        f"{CALLERS} callers, random runs of {len(ids):,}; {windows}",
+        f"{CALLERS} callers, random runs of {len(ids):,}, each served before; {windows}",
     )
     add(
         "getrun_p50_ms",
