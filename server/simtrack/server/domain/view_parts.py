@@ -79,15 +79,20 @@ def _chunk_records(chunks: Sequence[ChunkSummary]) -> Array:
     unless every value is finite: ``vmin_ts`` set).
     """
     records = np.zeros(len(chunks), dtype=BLOCK)
-    valid = [c.vmin_ts is not None for c in chunks]
+    if not chunks:
+        return records
+    # Column by column, transposed in one pass (a view of 1M points in 1,000-point chunks
+    # took 0.7 ms of its 10 here, attribute by attribute).
+    columns = dict(zip(ChunkSummary._fields, zip(*chunks, strict=True), strict=True))
+    valid = np.array([ts is not None for ts in columns["vmin_ts"]], dtype=bool)
     for name in ("first_step", "last_step"):
-        records[name] = [getattr(c, name) for c in chunks]
+        records[name] = columns[name]
     for name in ("vmin", "vmax", "vmin_ts", "vmax_ts"):
-        records[name] = [
-            getattr(c, name) if v else math.nan for c, v in zip(chunks, valid, strict=True)
-        ]
+        values = np.array(columns[name], dtype=np.float64)  # None: NaN
+        records[name] = np.where(valid, values, math.nan)
     for name in ("vmin_step", "vmax_step"):
-        records[name] = [getattr(c, name) if v else 0 for c, v in zip(chunks, valid, strict=True)]
+        steps = np.fromiter((s or 0 for s in columns[name]), dtype=np.int64, count=len(chunks))
+        records[name] = np.where(valid, steps, 0)
     return records
 
 
