@@ -294,9 +294,8 @@ async def test_a_version_statement_cancelled_half_way_gives_its_connection_up(
         assert list(await fresh.versions(TENANT_A, [runs[TENANT_A]])) == [runs[TENANT_A]]
 
 
-class _Rendered:
-    def __call__(self, run: Run) -> str:
-        return run.id
+def _run_id(run: Run) -> str:  # GetRun's rendering, as the reads are given it
+    return run.id
 
 
 async def test_getrun_answers_again_once_its_version_connection_was_terminated(
@@ -304,10 +303,9 @@ async def test_getrun_answers_again_once_its_version_connection_was_terminated(
 ) -> None:
     app, agents = two_tenants
     runs = await _run_of_each_tenant(app, agents)
-    render = _Rendered()
     with acting_as(TENANT_A):
-        assert await app.reads.rendered(runs[TENANT_A], render) == runs[TENANT_A]
+        assert await app.reads.rendered(runs[TENANT_A], _run_id) == runs[TENANT_A]
         _end_the_app_roles_connections(database_url)
         await asyncio.sleep(0.1)  # the reader sees the connection go
-        assert await app.reads.rendered(runs[TENANT_A], render) == runs[TENANT_A]
-        assert await app.reads.rendered(runs[TENANT_B], render) is None
+        assert await app.reads.rendered(runs[TENANT_A], _run_id) == runs[TENANT_A]
+        assert await app.reads.rendered(runs[TENANT_B], _run_id) is None

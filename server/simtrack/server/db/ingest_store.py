@@ -231,6 +231,19 @@ class IngestTransaction:
         else:
             await self._driver.executemany(compiled.sql, compiled.params_many(rows, shared))
 
+    async def _each(self, compiled: Compiled, rows: Sequence[Mapping[str, Any]]) -> None:
+        """``compiled`` once for each of ``rows``, in one go (PostgreSQL: pipelined; SQLite:
+        one trip to aiosqlite's thread).
+        """
+        if not rows:
+            return
+        params = compiled.params_many(rows, {})
+        if self._postgres:
+            async with self._driver.cursor() as cursor:
+                await cursor.executemany(compiled.sql, params)
+        else:
+            await self._driver.executemany(compiled.sql, params)
+
     async def use_tenant(self, tenant_id: str) -> None:
         """What follows acts for ``tenant_id`` (PostgreSQL row-level security's input)."""
         if self._postgres and self._state.tenant != tenant_id:
@@ -309,9 +322,7 @@ class IngestTransaction:
         # The ended runs' metrics (ending now, or written late): their copies for ordered
         # lists, after the summaries.
         finals = {run.id for run in runs if run.status in RUN_FINAL} | set(ended)
-        finalize = self._sql.finalize_metrics
-        for run_id in sorted(finals):
-            await self._driver.execute(finalize.sql, finalize.params({"run_id": run_id}))
+        await self._each(self._sql.finalize_metrics, [{"run_id": r} for r in sorted(finals)])
         results = [
             {"id": run_id, "results": end.results} for run_id, end in ended.items() if end.results
         ]
