@@ -14,6 +14,7 @@ import pytest
 
 from simtrack.errors import NotFound
 from simtrack.server.api.telemetry import decode
+from simtrack.server.core.model import INT64_MAX, INT64_MIN
 from simtrack.server.core.tenancy import (
     LOCAL_PRINCIPAL,
     Principal,
@@ -23,6 +24,7 @@ from simtrack.server.core.tenancy import (
 )
 from simtrack.server.db.chunks import PageChunks
 from simtrack.server.db.reads import SqlReads
+from simtrack.server.db.view_rows import ViewRead
 from simtrack.server.domain.history import History, HistoryService
 from simtrack.v1 import telemetry_pb2 as tpb
 from tests.integration.test_history_views import STATES, written
@@ -45,6 +47,9 @@ class CountedPages:
             else:
                 self.unsettled += 1
         return read
+
+    async def view(self, *args: Any) -> ViewRead | None:
+        return await self.reads.view(*args)
 
 
 async def every_page(
@@ -114,26 +119,32 @@ async def test_one_statement_pages_equal_the_unit_of_works(services: Services, s
         assert counted.unsettled > 0
 
 
-async def test_a_one_statement_page_names_what_is_missing_and_keeps_tenants_apart(
-    services: Services,
+@pytest.mark.parametrize("max_points", [0, 100], ids=["page", "view"])
+async def test_a_one_statement_read_names_what_is_missing_and_keeps_tenants_apart(
+    services: Services, max_points: int
 ) -> None:
     run_id = await written(services, "raw")
     history = HistoryService(services.uow, services.reads)
-    first = await history.history(run_id, "x", None, None, 0, 10, "")
-    assert len(first.points) == 10 and first.next_page_token
+    first = await history.history(run_id, "x", None, None, max_points, 10, "")
+    assert 0 < len(first.points) <= (max_points or 10)
+    assert (bool(first.next_page_token), first.downsampled) == (not max_points, bool(max_points))
     with pytest.raises(NotFound) as missing:
-        await history.history(run_id, "y", None, None, 0, 10, "")
+        await history.history(run_id, "y", None, None, max_points, 10, "")
     assert missing.value.field == "metric"
     with pytest.raises(NotFound) as unknown:
-        await history.history(str(uuid.uuid4()), "x", None, None, 0, 10, "")
+        await history.history(str(uuid.uuid4()), "x", None, None, max_points, 10, "")
     assert unknown.value.field == "run_id"
     token = set_principal(Principal("another-tenant", Role.ADMIN))
     try:
         with pytest.raises(NotFound) as other:
-            await history.history(run_id, "x", None, None, 0, 10, "")
+            await history.history(run_id, "x", None, None, max_points, 10, "")
         assert other.value.field == "run_id"
-        read = await services.reads.page(run_id, "x", -(2**63), 2**63 - 1, -(2**63), 10, 64)
-        assert read is None
+        if max_points:  # None: SQLite reads views through a unit of work
+            view = await services.reads.view(run_id, "x", INT64_MIN, INT64_MAX)
+            assert view is None or (not view.run_found and len(view.rows) == 0)
+        else:
+            page = await services.reads.page(run_id, "x", INT64_MIN, INT64_MAX, INT64_MIN, 10, 64)
+            assert page is None
     finally:
         reset_principal(token)
 

@@ -16,7 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from simtrack.server.api.telemetry import decode
 from simtrack.server.core.model import INT64_MAX, INT64_MIN, utcnow
-from simtrack.server.core.tenancy import LOCAL_PRINCIPAL
+from simtrack.server.core.tenancy import (
+    LOCAL_PRINCIPAL,
+)
 from simtrack.server.db.chunk_repository import ChunkRepository
 from simtrack.server.db.chunks import StoredChunk
 from simtrack.server.db.engine import create_engine
@@ -202,9 +204,35 @@ CASES = [  # (lo, hi, max_points)
 ]
 
 
+class CountedUnits:
+    """A unit of work factory counting the units opened (a view read in one statement
+    opens none).
+    """
+
+    def __init__(self, services: Services) -> None:
+        self.factory = services.uow
+        self.opened = 0
+
+    def __call__(self) -> SqlUnitOfWork:
+        self.opened += 1
+        return self.factory()
+
+
+def history_by(services: Services, path: str) -> tuple[HistoryService, CountedUnits]:
+    """A history service reading views through a unit of work, or in one statement first
+    (``SqlReads.view``: PostgreSQL), with its units of work counted.
+    """
+    units = CountedUnits(services)
+    return HistoryService(units, services.reads if path == "one statement" else None), units
+
+
+PATHS = ["unit of work", "one statement"]
+
+
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("state", STATES)
 async def test_views_equal_a_brute_force_min_max_per_interval(
-    services: Services, state: str
+    services: Services, state: str, path: str
 ) -> None:
     run_id = await written(services, state)
     steps, values, stamps = await stored_points(services, run_id, "x")
@@ -213,13 +241,27 @@ async def test_views_equal_a_brute_force_min_max_per_interval(
         np.frombuffer(values, dtype="<f8"),
         np.frombuffer(stamps, dtype="<f8"),
     )
-    history = HistoryService(services.uow)
+    history, units = history_by(services, path)
+    stepwise = HistoryService(services.uow)
+    answered = 0  # in one statement
     for lo, hi, max_points in CASES:
+        opened = units.opened
         view = await history.history(run_id, "x", lo, hi, max_points, 0, "")
+        answered += units.opened == opened
+        if path == "one statement":  # the same view as the unit of work's, grid and all
+            same = await stepwise.history(run_id, "x", lo, hi, max_points, 0, "")
+            assert (view.grid, view.range_count) == (same.grid, same.range_count)
+            assert as_rows(view.points, range(len(view.points))) == as_rows(
+                same.points, range(len(same.points))
+            )
         grid = allowed_grid(points, lo, hi, max_points, view.grid) if view.downsampled else None
         expected, count = brute_view(points, lo, hi, max_points, grid)
         assert as_rows(view.points, range(len(view.points))) == expected, (lo, hi, max_points)
         assert (view.range_count, view.downsampled) == (count, len(expected) < count)
+    # PostgreSQL reads a view in one statement unless the run has staged messages (a range
+    # this small brings every chunk's columns with the summaries: nothing more to read).
+    one_statement = path == "one statement" and services.backend == "postgresql"
+    assert answered == (len(CASES) if one_statement and state != "staged" else 0)
 
     # A grid wider than the series (as compare sets for several runs) lines it up the same.
     grid = Grid(-20_000, 40_000, 250)
@@ -325,9 +367,19 @@ async def test_views_of_compacted_chunks_read_only_the_blocks_cut_and_equal_brut
         np.frombuffer(stamps, dtype="<f8"),
     )
     counted = HistoryService(lambda: Counted(services.uow.sessions))
+    one_statement, units = history_by(services, "one statement")
     for lo, hi, max_points in COMPACTED_CASES:
         CountingChunks.columns_read = 0
         view = await counted.history(run.id, "x", lo, hi, max_points, 0, "")
+        opened = units.opened
+        read_once = await one_statement.history(run.id, "x", lo, hi, max_points, 0, "")
+        assert as_rows(read_once.points, range(len(read_once.points))) == as_rows(
+            view.points, range(len(view.points))
+        )
+        assert (read_once.range_count, read_once.grid) == (view.range_count, view.grid)
+        if view.downsampled and services.backend == "postgresql":
+            # The blocks, and the columns of the chunks with blocks, came in that statement.
+            assert units.opened == opened, (lo, hi, max_points)
         grid = allowed_grid(points, lo, hi, max_points, view.grid) if view.downsampled else None
         expected, count = brute_view(points, lo, hi, max_points, grid)
         assert as_rows(view.points, range(len(view.points))) == expected, (lo, hi, max_points)

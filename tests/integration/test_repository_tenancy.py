@@ -455,8 +455,8 @@ async def _summaries(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
 
 @case("ChunkRepository.view_rows")
 async def _view_rows(uow: SqlUnitOfWork, mine: World, theirs: World) -> None:
-    assert [summary.seq for summary, _ in await uow.chunks.view_rows(mine.metric, 0, 10)] == [1]
-    assert await uow.chunks.view_rows(theirs.metric, 0, 10) == []
+    assert (await uow.chunks.view_rows(mine.metric, 0, 10)).seqs.tolist() == [1]
+    assert len(await uow.chunks.view_rows(theirs.metric, 0, 10)) == 0
 
 
 @case("ChunkRepository.with_seqs")

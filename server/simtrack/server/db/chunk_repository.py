@@ -32,12 +32,20 @@ from sqlalchemy import (
     union_all,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.compiler import Compiled
 
 from simtrack.server.core.tenancy import current_tenant
 from simtrack.server.db import models
 from simtrack.server.db.chunks import ChunkSummary, StoredChunk
 from simtrack.server.db.repositories import in_parts, scoped
 from simtrack.server.db.staged import StagedSeries, unpack_body
+from simtrack.server.db.view_rows import (
+    READ_WHOLE_POINTS,
+    ViewRows,
+    metric_of_run,
+    packed_view,
+    rows_of_packed,
+)
 
 BINARY_READ_CHUNKS = 32  # chunks read, from which PostgreSQL sends their columns in binary
 
@@ -64,22 +72,25 @@ def _within(series: StagedSeries, lo: int, hi: int) -> bool:
     return series.first_step >= lo and series.last_step <= hi
 
 
-_VIEW_ROWS_SQL: dict[str, str] = {}  # by dialect: `ChunkRepository.view_rows`'s statement
+_PACKED_VIEW: dict[str, Compiled] = {}  # by dialect: `ChunkRepository.view_rows`'s statement
 
 
 def _view_rows() -> Select[Any]:
     """A metric's chunks reaching into [:lo, :hi] of tenant :tenant: summaries, and the
-    columns of those with blocks.
+    columns of those with blocks or cut by the range, or of all (``READ_WHOLE_POINTS``), as
+    `packed_view` reads them.
     """
     chunk = models.MetricChunk
-    compacted = chunk.blocks.is_not(None)
+    lo, hi = bindparam("lo", type_=BigInteger), bindparam("hi", type_=BigInteger)
+    few = func.sum(chunk.n).over() <= READ_WHOLE_POINTS
+    read = or_(chunk.blocks.is_not(None), chunk.first_step < lo, chunk.last_step > hi, few)
     return (
         select(
             *(getattr(chunk, name) for name in ChunkSummary._fields),
-            *(case((compacted, getattr(chunk, n)), else_=None) for n in ("steps", "vals", "ts")),
+            *(case((read, getattr(chunk, n)), else_=None) for n in ("steps", "vals", "ts")),
         )
         .where(chunk.tenant_id == bindparam("tenant"), chunk.metric_id == bindparam("metric"))
-        .where(chunk.last_step >= bindparam("lo"), chunk.first_step <= bindparam("hi"))
+        .where(chunk.last_step >= lo, chunk.first_step <= hi)
         .order_by(chunk.first_step, chunk.seq)
     )
 
@@ -99,30 +110,10 @@ def page_read(ranged: bool) -> Select[Any]:
     by (first_step, seq). ``ranged``: the page lies in [:lo, :hi], whose points the chunks
     lying within it count (``within``) and those it cuts (``kind`` 1, their steps only).
     """
-    run, metric, chunk = models.Run, models.Metric, models.MetricChunk
+    chunk = models.MetricChunk
     tenant = bindparam("tenant", type_=String)
     start, hi = bindparam("start", type_=BigInteger), bindparam("hi", type_=BigInteger)
-    staged = models.StagedMessage
-    has_staged = (
-        select(staged.seq)
-        .where(staged.tenant_id == tenant, staged.run_id == run.id)
-        .exists()
-        .label("staged")
-    )
-    target = (
-        select(run.id.label("run_id"), metric.id.label("metric_id"), metric.count, has_staged)
-        .select_from(run)
-        .outerjoin(
-            metric,
-            and_(
-                metric.tenant_id == tenant,
-                metric.run_id == run.id,
-                metric.name == bindparam("name"),
-            ),
-        )
-        .where(run.tenant_id == tenant, run.id == bindparam("run"))
-        .cte("target")
-    )
+    target = metric_of_run(tenant)
     of_metric = and_(
         chunk.tenant_id == tenant,
         chunk.metric_id == select(target.c.metric_id).scalar_subquery(),
@@ -375,39 +366,35 @@ class ChunkRepository:
         staged = await self._staged_after(metric_id, lo, hi, after)
         return _in_order(read, (s.summary() for s in staged), _position, limit)
 
-    async def view_rows(
-        self, metric_id: str, lo: int, hi: int
-    ) -> list[tuple[ChunkSummary, StoredChunk | None]]:
-        """The summaries of the chunks reaching into [lo, hi] by (first_step, seq), each with
-        its columns if it has blocks (a compacted chunk: compressed, so small), in one
-        statement (PostgreSQL: in binary, its SQL compiled once).
+    async def view_rows(self, metric_id: str, lo: int, hi: int) -> ViewRows:
+        """The chunks reaching into [lo, hi] as a downsampled view reads them first
+        (``db/view_rows.py``), in one statement (PostgreSQL: packed, in binary, its SQL
+        compiled once), staged series merged in.
         """
         params = {"tenant": current_tenant(), "metric": metric_id, "lo": lo, "hi": hi}
         connection = await self.session.connection()
-        if connection.dialect.name == "postgresql":
-            sql = _VIEW_ROWS_SQL.get(connection.dialect.name)
-            if sql is None:
-                sql = _VIEW_ROWS_SQL[connection.dialect.name] = str(
-                    _view_rows().compile(dialect=connection.dialect)
-                )
-            driver: Any = (await connection.get_raw_connection()).driver_connection
-            async with driver.cursor(binary=True) as cursor:
-                await cursor.execute(sql, params)
-                rows: Sequence[Any] = await cursor.fetchall()
-        else:
+        staged = [s.summary() for s in await self._staged_after(metric_id, lo, hi, None)]
+        if connection.dialect.name != "postgresql":
             rows = (await self.session.execute(_view_rows(), params)).all()
-        fields = len(ChunkSummary._fields)
-        found: list[tuple[ChunkSummary, StoredChunk | None]] = []
-        for row in rows:
-            summary = ChunkSummary(*row[:fields])
-            stored = None
-            if summary.blocks is not None:
-                stored = StoredChunk(
-                    summary.seq, summary.first_step, summary.last_step, summary.n, *row[fields:]
-                )
-            found.append((summary, stored))
-        staged = [(s.summary(), None) for s in await self._staged_after(metric_id, lo, hi, None)]
-        return _in_order(found, staged, lambda row: _position(row[0]), None)
+            fields = len(ChunkSummary._fields)
+            summaries = [ChunkSummary(*row[:fields]) for row in rows]
+            read = [
+                StoredChunk(s.seq, s.first_step, s.last_step, s.n, *row[fields:])
+                for s, row in zip(summaries, rows, strict=True)
+                if row[fields] is not None
+            ]
+            summaries = _in_order(summaries, staged, _position, None)
+            return ViewRows.of_summaries(summaries, read)
+        compiled = _PACKED_VIEW.get(connection.dialect.name)
+        if compiled is None:
+            compiled = _PACKED_VIEW[connection.dialect.name] = packed_view(
+                bindparam("metric", type_=String)
+            ).compile(dialect=connection.dialect)
+        driver: Any = (await connection.get_raw_connection()).driver_connection
+        async with driver.cursor(binary=True) as cursor:
+            await cursor.execute(str(compiled), compiled.construct_params(params))
+            row = await cursor.fetchone()
+        return rows_of_packed(row).merged(ViewRows.of_summaries(staged))
 
     async def with_seqs(self, metric_id: str, seqs: Sequence[int]) -> list[StoredChunk]:
         chunk = models.MetricChunk

@@ -59,6 +59,7 @@ from simtrack.server.db.repositories import RunRepository, run_page_statements, 
 from simtrack.server.db.run_answers import RunAnswers
 from simtrack.server.db.sqlite_reads import SqliteReadConnections, bound_values
 from simtrack.server.db.unit_of_work import transient_sqlstate, translate_error, unreachable
+from simtrack.server.db.view_rows import ViewRead, read_view_row, view_read
 
 Processor = Callable[[Any], Any]
 T = TypeVar("T")
@@ -89,6 +90,7 @@ RUN = Entity(models.Run)
 _BY_ID = (models.Run.tenant_id == bindparam("tenant"), models.Run.id == bindparam("id"))
 _RUN_BY_ID = select(*RUN.columns).where(*_BY_ID)
 _PAGE_READS = {ranged: page_read(ranged) for ranged in (False, True)}
+_VIEW_READ = view_read()
 # PostgreSQL: a run's version, the transaction that wrote its row as it is (``RunAnswers``).
 # An xid converts to a number only through text.
 _VERSION = literal_column("runs.xmin::text::bigint", BigInteger)
@@ -124,6 +126,7 @@ class SqlReads:
         self.answers: RunAnswers | None = None
         if self.connections is not None:
             self._run_versioned = self._compile(_RUN_VERSIONED)
+            self._view_read = self._compile(_VIEW_READ)
             self.answers = RunAnswers(self._versions, self._versioned_run)
         self._page_reads = {
             ranged: (stmt, self._compile(stmt)) for ranged, stmt in _PAGE_READS.items()
@@ -211,6 +214,14 @@ class SqlReads:
             within=within,
             edges=edges,
         )
+
+    async def view(self, run_id: str, metric: str, lo: int, hi: int) -> ViewRead | None:
+        """PostgreSQL: `view_read` (its summaries packed by the database); None elsewhere."""
+        if self.connections is None:
+            return None
+        params = {"tenant": current_tenant(), "run": run_id, "name": metric, "lo": lo, "hi": hi}
+        rows = await self._rows(_VIEW_READ, params, self._view_read)
+        return read_view_row(rows[0] if rows else None)
 
     async def _rows(
         self,

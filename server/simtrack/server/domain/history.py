@@ -9,7 +9,9 @@ sent: by seq, then place in the batch), either
   page token is the last point's (step, rank among the points of that step), which
   compaction preserves. A page is read in one statement where the first chunks read settle
   it (``HistoryReads.page``: all but a fleet's uncompacted series); or
-* downsampled to at most ``max_points`` (``domain/views.py``).
+* downsampled to at most ``max_points`` (``domain/views.py``): in one statement where it
+  reads nothing more (``HistoryReads.view``, PostgreSQL: all but ranges cutting many plain
+  chunks, and runs with staged messages).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from simtrack.server.db.models import SMALL_CHUNK_POINTS, Event, Metric
 from simtrack.server.domain.ports import ChunkRows, HistoryReads, UnitOfWorkFactory
 from simtrack.server.domain.runs import load_run
 from simtrack.server.domain.series import Key, Merged, Points, merge, range_count
-from simtrack.server.domain.views import Grid, read_view
+from simtrack.server.domain.views import Grid, View, read_view, view_of
 
 HISTORY_PAGE_DEFAULT = 10_000
 HISTORY_PAGE_MAX = 100_000
@@ -180,10 +182,13 @@ class HistoryService:
         if token:
             step, rank = decode_position(token, scope, (int, int))
             after = (step, rank)
-        if not max_points and self.pages is not None:
-            page = await self._one_statement_page(run_id, metric, lo, hi, after, size, scope)
-            if page is not None:
-                return page
+        if self.pages is not None:
+            if max_points:
+                found = await self._one_statement_view(run_id, metric, lo, hi, max_points)
+            else:
+                found = await self._one_statement_page(run_id, metric, lo, hi, after, size, scope)
+            if found is not None:
+                return found
         async with self.uow() as uow:
             # One snapshot for all statements below: a compaction committing between two of
             # them must not show a point twice (old rows, then the new) or not at all.
@@ -226,6 +231,27 @@ class HistoryService:
             count = read.within + range_count(read.edges, lo, hi)
         merged = merge(read.chunks, start, hi, after)
         return _page(merged, read.unread or len(merged) > size, size, count, scope)
+
+    async def _one_statement_view(
+        self, run_id: str, metric: str, lo: int, hi: int, max_points: int
+    ) -> History | None:
+        """The view from one statement; None where it needs more read (every chunk of a
+        small range, chunks a boundary cuts, staged series) or this database has no such read.
+        """
+        assert self.pages is not None
+        read = await self.pages.view(run_id, metric, lo, hi)
+        if read is None:
+            return None
+        if not read.run_found:
+            raise NotFound("run", run_id, "run_id")
+        if read.metric_id is None:
+            raise NotFound("metric", metric, "metric")
+        if read.staged:
+            return None
+        view = view_of(read.rows, lo, hi, max_points)
+        if not isinstance(view, View):
+            return None
+        return History(view.points, view.range_count, view.downsampled, "", view.grid)
 
     async def list_events(
         self, run_id: str, size: int, token: str, filter_text: str, order_by: str = ""

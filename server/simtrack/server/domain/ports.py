@@ -42,6 +42,7 @@ from simtrack.server.db.models import (
     Tenant,
     Validation,
 )
+from simtrack.server.db.view_rows import ViewRead, ViewRows
 
 Row = TypeVar("Row")
 T = TypeVar("T")
@@ -181,10 +182,10 @@ class ChunkRows(Protocol):
         """The metric's chunks of these seqs, by (first_step, seq)."""
         ...
 
-    async def view_rows(
-        self, metric_id: str, lo: int, hi: int
-    ) -> list[tuple[ChunkSummary, StoredChunk | None]]:
-        """`summaries`, each with its columns if it has blocks, in one statement."""
+    async def view_rows(self, metric_id: str, lo: int, hi: int) -> ViewRows:
+        """The chunks reaching into [lo, hi] as a downsampled view reads them first, in one
+        statement.
+        """
         ...
 
     async def inner_spans(
@@ -365,6 +366,12 @@ class HistoryReads(Protocol):
         """The chunks holding the ``size`` points of [lo, hi] from step ``start`` on, from
         the first ``limit`` chunks reaching into [start, hi] (as ``read_page`` chooses them),
         and what counts the range's points. None: the caller's tenant has no such run.
+        """
+        ...
+
+    async def view(self, run_id: str, metric: str, lo: int, hi: int) -> ViewRead | None:
+        """What a downsampled view of [lo, hi] reads first, in one statement. None: not
+        read this way on this database.
         """
         ...
 

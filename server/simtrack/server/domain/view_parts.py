@@ -16,14 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from simtrack.server.db.blocks import BLOCK, PAGE_POINTS, read_many, read_pages
-from simtrack.server.db.chunks import FLOAT, STEP, Array, ChunkSummary, StoredChunk, unpack_many
+from simtrack.server.db.blocks import PAGE_POINTS, read_many, read_pages
+from simtrack.server.db.chunks import FLOAT, STEP, Array, StoredChunk, unpack_many
+from simtrack.server.db.view_rows import ViewRows
 from simtrack.server.domain.series import Points
 
 
 @dataclass(frozen=True)
 class Units:
-    """Parallel columns, one entry per unit: the unit's chunk (index in the list given), place
+    """Parallel columns, one entry per unit: the unit's chunk (index in the rows), place
     of its first point in the chunk (-1: the whole chunk) and points, step range, whether its
     summaries stand for it (``valid``), and its min and max point.
     """
@@ -38,22 +39,24 @@ class Units:
     high: Candidates
 
     @classmethod
-    def of(cls, chunks: Sequence[ChunkSummary]) -> Units:
-        blocked = [i for i, c in enumerate(chunks) if c.blocks]
+    def of(cls, rows: ViewRows, inside: Array) -> Units:
+        """The units of the chunks of ``rows`` at ``inside`` (indexes, ascending): each
+        compacted chunk's blocks, each other chunk whole.
+        """
+        has_blocks = np.isin(inside, rows.blocked)
+        blocked, plain = inside[has_blocks], inside[~has_blocks]
+        at = np.searchsorted(rows.blocked, blocked)
         found = read_many(
-            [(chunks[i].blocks or b"", chunks[i].n, chunks[i].first_step) for i in blocked]
+            [
+                (rows.blocks[a], int(rows.counts[i]), int(rows.records["first_step"][i]))
+                for a, i in zip(at.tolist(), blocked.tolist(), strict=True)
+            ]
         )
-        plain = [i for i, c in enumerate(chunks) if not c.blocks]
-        records = found.records
-        if plain:  # chunks as ingest wrote them
-            records = np.concatenate((records, _chunk_records([chunks[i] for i in plain])))
-        chunk = np.concatenate(
-            (np.array(blocked, dtype=np.int64)[found.owner], np.array(plain, dtype=np.int64))
-        )
+        records = np.concatenate((found.records, rows.records[plain]))
+        chunk = np.concatenate((blocked[found.owner], plain))
         start = np.concatenate((found.start, np.full(len(plain), -1, dtype=np.int64)))
-        length = np.concatenate((found.length, [chunks[i].n for i in plain])).astype(np.int64)
-        seqs = np.fromiter((c.seq for c in chunks), dtype=STEP, count=len(chunks))
-        seq = seqs[chunk]
+        length = np.concatenate((found.length, rows.counts[plain])).astype(np.int64)
+        seq = rows.seqs[chunk]
         return cls(
             chunk,
             start,
@@ -72,28 +75,6 @@ class Units:
     def extremes(self, keep: Array) -> Candidates:
         """The min and max points of the units of ``keep`` (a mask)."""
         return self.low.take(keep).plus(self.high.take(keep))
-
-
-def _chunk_records(chunks: Sequence[ChunkSummary]) -> Array:
-    """Chunks' row summaries as `BLOCK` records of the whole chunk (NaN values: not valid,
-    unless every value is finite: ``vmin_ts`` set).
-    """
-    records = np.zeros(len(chunks), dtype=BLOCK)
-    if not chunks:
-        return records
-    # Column by column, transposed in one pass (a view of 1M points in 1,000-point chunks
-    # took 0.7 ms of its 10 here, attribute by attribute).
-    columns = dict(zip(ChunkSummary._fields, zip(*chunks, strict=True), strict=True))
-    valid = np.array([ts is not None for ts in columns["vmin_ts"]], dtype=bool)
-    for name in ("first_step", "last_step"):
-        records[name] = columns[name]
-    for name in ("vmin", "vmax", "vmin_ts", "vmax_ts"):
-        values = np.array(columns[name], dtype=np.float64)  # None: NaN
-        records[name] = np.where(valid, values, math.nan)
-    for name in ("vmin_step", "vmax_step"):
-        steps = np.fromiter((s or 0 for s in columns[name]), dtype=np.int64, count=len(chunks))
-        records[name] = np.where(valid, steps, 0)
-    return records
 
 
 @dataclass(frozen=True)

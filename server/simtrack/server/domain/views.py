@@ -3,16 +3,19 @@
 The range is cut into equal step intervals (a `Grid`) and each interval keeps its lowest and
 its highest point (the usual min/max decimation of time-series viewers).
 
-A view reads the chunks' summaries first, with the columns of compacted chunks only (they are
-compressed: small). Each unit stands in for its points by its min and max point (value, step,
-timestamp) when it lies within one interval and holds no NaN: a compacted chunk's blocks
-(``db/blocks.py``: 128 or 256 points), another chunk whole (``ChunkSummary``: a chunk of
-1,000 points as ingest wrote it). Of the units an interval boundary or the range cuts, a
-compacted chunk's blocks are read from the pages holding them (paged columns decode page by
-page: ``db/codec.py``), other chunks are read and unpacked whole (all of them in one read when
-they are most). A 1,000-point view of a 1M-point series in 1,000-point chunks reads no
-columns; of one compacted into 16,384-point chunks, no block either: its intervals are taken
-2,048 steps wide (`cheapest_grid`), where 2,000 would cut some 500 blocks of 128 points.
+A view reads the chunks' summaries first (``db/view_rows.py``), with the columns of
+compacted chunks (they are compressed: small), of the chunks the range cuts, and of every
+chunk of a small range. Each unit stands in for its points by its min and max point (value,
+step, timestamp) when it lies within one interval and holds no NaN: a compacted chunk's
+blocks (``db/blocks.py``: 128 or 256 points), another chunk whole (a chunk of 1,000 points as
+ingest wrote it). Of the units an interval boundary cuts, a compacted chunk's blocks are read
+from the pages holding them (paged columns decode page by page: ``db/codec.py``), other
+chunks are read and unpacked whole (all of them in one read when they are most). `view_of`
+answers from what is read, or says what it must read first; on PostgreSQL, a view that needs
+nothing more is one statement (``HistoryReads.view``). A 1,000-point view of a 1M-point
+series in 1,000-point chunks reads no columns; of one compacted into 16,384-point chunks, no
+block either: its intervals are taken 2,048 steps wide (`cheapest_grid`), where 2,000 would
+cut some 500 blocks of 128 points.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import numpy as np
 
 from simtrack.server.core.model import INT64_MAX, INT64_MIN
 from simtrack.server.db.chunks import Array, StoredChunk
+from simtrack.server.db.view_rows import ViewRows
 from simtrack.server.domain.ports import ChunkRows
 from simtrack.server.domain.series import Points, merge
 from simtrack.server.domain.view_parts import Candidates, Units
@@ -153,6 +157,19 @@ class View:
     grid: Grid | None = None  # the intervals of a downsampled view
 
 
+@dataclass(frozen=True)
+class Unread:
+    """What a view needs read before it can be answered: the columns of the chunks of
+    ``seqs``, or (``everything``) every chunk of the range.
+    """
+
+    seqs: list[int]
+    everything: bool = False
+
+
+READ_ALL = Unread([], everything=True)
+
+
 async def read_view(
     chunks: ChunkRows, metric_id: str, lo: int, hi: int, max_points: int, grid: Grid | None = None
 ) -> View:
@@ -161,40 +178,71 @@ async def read_view(
     not show a point twice or not at all).
     """
     rows = await chunks.view_rows(metric_id, lo, hi)
-    summaries = [summary for summary, _ in rows]
-    if sum(s.n for s in summaries) <= max_points:
-        return await _read_whole(chunks, metric_id, lo, hi, max_points, grid)
-    inside = [s for s in summaries if lo <= s.first_step and s.last_step <= hi]
-    edges = [s.seq for s in summaries if s.first_step < lo or s.last_step > hi]
-    decoded = Candidates.of(await chunks.with_seqs(metric_id, edges) if edges else [], lo, hi)
-    count = sum(s.n for s in inside) + len(decoded)
+    while not isinstance(planned := view_of(rows, lo, hi, max_points, grid), View):
+        if planned.everything:
+            return await _read_whole(chunks, metric_id, lo, hi, max_points, grid)
+        rows = rows.with_read(await chunks.with_seqs(metric_id, planned.seqs))
+    return planned
+
+
+def view_of(
+    rows: ViewRows, lo: int, hi: int, max_points: int, grid: Grid | None = None
+) -> View | Unread:
+    """`read_view` of the chunks ``rows`` holds, or what it must read first: the chunks the
+    range cuts, then those the grid's boundaries cut (or all of them, when that is most).
+    """
+    if int(rows.counts.sum()) <= max_points:
+        return _of_all(rows, lo, hi, max_points, grid)
+    firsts, lasts = rows.records["first_step"], rows.records["last_step"]
+    within = (firsts >= lo) & (lasts <= hi)
+    inside = np.flatnonzero(within)
+    edges = rows.seqs[~within].tolist()
+    if unread := [seq for seq in edges if seq not in rows.read]:
+        return Unread(unread)
+    decoded = Candidates.of([rows.read[seq] for seq in edges], lo, hi)
+    count = int(rows.counts[inside].sum()) + len(decoded)
     if count <= max_points:
-        return await _read_whole(chunks, metric_id, lo, hi, max_points, grid)
-    units = Units.of(inside)
+        return _of_all(rows, lo, hi, max_points, grid)
+    units = Units.of(rows, inside)
     if grid is None:
-        ends = [(int(decoded.steps.min()), int(decoded.steps.max()))] if len(decoded) else []
-        ends += [(s.first_step, s.last_step) for s in inside]
-        first, last = min(e[0] for e in ends), max(e[1] for e in ends)
-        grid = cheapest_grid(first, last, max_points // 2, units)
+        first = min(decoded.steps.min(initial=INT64_MAX), firsts[inside].min(initial=INT64_MAX))
+        last = max(decoded.steps.max(initial=INT64_MIN), lasts[inside].max(initial=INT64_MIN))
+        grid = cheapest_grid(int(first), int(last), max_points // 2, units)
     whole = _whole(grid, units)
-    cut_chunks = sorted(set(units.chunk[~whole & (units.start < 0)].tolist()))
+    cut_chunks = rows.seqs[np.unique(units.chunk[~whole & (units.start < 0)])].tolist()
     cut_blocks = ~whole & (units.start >= 0)
-    if not cut_blocks.any() and len(cut_chunks) + len(edges) > READ_ALL_SHARE * len(summaries):
-        return await _read_whole(chunks, metric_id, lo, hi, max_points, grid)
-    read = {c.seq: c for _, c in rows if c is not None}  # every chunk with blocks
-    wanted = [inside[i].seq for i in cut_chunks]
-    read |= {c.seq: c for c in await chunks.with_seqs(metric_id, wanted)} if wanted else {}
-    decoded = decoded.plus(Candidates.of([read[inside[i].seq] for i in cut_chunks], lo, hi))
+    if not cut_blocks.any() and len(cut_chunks) + len(edges) > READ_ALL_SHARE * len(rows):
+        return _of_all(rows, lo, hi, max_points, grid)
+    if unread := [seq for seq in cut_chunks if seq not in rows.read]:
+        return Unread(unread)
+    decoded = decoded.plus(Candidates.of([rows.read[seq] for seq in cut_chunks], lo, hi))
     # The blocks cut (most of the points), in (seq, place) order: their extremes first, then
-    # those of all.
-    # Aligned with ``inside``; a chunk without blocks has none to cut, so it is never read.
-    stored = [read.get(s.seq, _NO_COLUMNS) for s in inside]
-    in_blocks = Candidates.of_blocks(stored, units, cut_blocks)
-    in_blocks = in_blocks.in_history_order(by_seq_and_place=True)
+    # those of all. A chunk without blocks has none to cut: its columns are never needed.
+    in_blocks = Candidates.empty()
+    if cut_blocks.any():
+        stored = [rows.read.get(seq, _NO_COLUMNS) for seq in rows.seqs.tolist()]
+        in_blocks = Candidates.of_blocks(stored, units, cut_blocks)
+        in_blocks = in_blocks.in_history_order(by_seq_and_place=True)
     reduced = in_blocks.take(extremes(in_blocks.points(), grid))
     candidates = decoded.plus(reduced, units.extremes(whole)).in_history_order()
     shown = candidates.points().take(extremes(candidates.points(), grid))
     return View(shown, count, len(shown) < count, grid)
+
+
+def _of_all(rows: ViewRows, lo: int, hi: int, max_points: int, grid: Grid | None) -> View | Unread:
+    """The view of every point of ``rows``' chunks, if it holds their columns."""
+    seqs = rows.seqs.tolist()
+    if any(seq not in rows.read for seq in seqs):
+        return READ_ALL
+    return _of_points(merge([rows.read[seq] for seq in seqs], lo, hi).points, max_points, grid)
+
+
+def _of_points(points: Points, max_points: int, grid: Grid | None) -> View:
+    """The view of ``points``: every point of a range."""
+    if len(points) <= max_points:
+        return View(points, len(points), False)
+    grid = grid or Grid.spanning(points, max_points)
+    return View(downsample(points, max_points, grid), len(points), True, grid)
 
 
 async def _read_whole(
@@ -202,8 +250,4 @@ async def _read_whole(
 ) -> View:
     """`read_view` by reading every chunk of the range."""
     every = await chunks.overlapping(metric_id, lo, hi, None, None)
-    points = merge(every, lo, hi).points
-    if len(points) <= max_points:
-        return View(points, len(points), False)
-    grid = grid or Grid.spanning(points, max_points)
-    return View(downsample(points, max_points, grid), len(points), True, grid)
+    return _of_points(merge(every, lo, hi).points, max_points, grid)
