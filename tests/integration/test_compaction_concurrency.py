@@ -81,8 +81,11 @@ async def own_reads(
 
 class InterruptedChunks(ChunkRepository):
     """The real repository; before the ``nth`` call of method ``at``, ``hook`` runs (and
-    commits).
+    commits). A view reads its chunks' columns in a second statement, as of a range of many
+    points.
     """
+
+    read_whole_points = 0
 
     def __init__(
         self, session: Any, hook: Callable[[], Awaitable[None]], at: str, nth: int

@@ -77,12 +77,12 @@ _PACKED_VIEW: dict[str, Compiled] = {}  # by dialect: `ChunkRepository.view_rows
 
 def _view_rows() -> Select[Any]:
     """A metric's chunks reaching into [:lo, :hi] of tenant :tenant: summaries, and the
-    columns of those with blocks or cut by the range, or of all (``READ_WHOLE_POINTS``), as
-    `packed_view` reads them.
+    columns of those with blocks or cut by the range, or of all if they hold at most
+    :whole_points, as `packed_view` reads them.
     """
     chunk = models.MetricChunk
     lo, hi = bindparam("lo", type_=BigInteger), bindparam("hi", type_=BigInteger)
-    few = func.sum(chunk.n).over() <= READ_WHOLE_POINTS
+    few = func.sum(chunk.n).over() <= bindparam("whole_points", type_=BigInteger)
     read = or_(chunk.blocks.is_not(None), chunk.first_step < lo, chunk.last_step > hi, few)
     return (
         select(
@@ -203,6 +203,10 @@ def page_read(ranged: bool) -> Select[Any]:
 
 class ChunkRepository:
     """A metric's packed chunks, read by step range (the writer inserts them, not the ORM)."""
+
+    # A view of a range of at most this many points reads every chunk's columns in its
+    # first statement.
+    read_whole_points = READ_WHOLE_POINTS
 
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
@@ -371,7 +375,13 @@ class ChunkRepository:
         (``db/view_rows.py``), in one statement (PostgreSQL: packed, in binary, its SQL
         compiled once), staged series merged in.
         """
-        params = {"tenant": current_tenant(), "metric": metric_id, "lo": lo, "hi": hi}
+        params = {
+            "tenant": current_tenant(),
+            "metric": metric_id,
+            "lo": lo,
+            "hi": hi,
+            "whole_points": self.read_whole_points,
+        }
         connection = await self.session.connection()
         staged = [s.summary() for s in await self._staged_after(metric_id, lo, hi, None)]
         if connection.dialect.name != "postgresql":

@@ -59,7 +59,7 @@ from simtrack.server.db.repositories import RunRepository, run_page_statements, 
 from simtrack.server.db.run_answers import RunAnswers
 from simtrack.server.db.sqlite_reads import SqliteReadConnections, bound_values
 from simtrack.server.db.unit_of_work import transient_sqlstate, translate_error, unreachable
-from simtrack.server.db.view_rows import ViewRead, read_view_row, view_read
+from simtrack.server.db.view_rows import READ_WHOLE_POINTS, ViewRead, read_view_row, view_read
 
 Processor = Callable[[Any], Any]
 T = TypeVar("T")
@@ -219,7 +219,14 @@ class SqlReads:
         """PostgreSQL: `view_read` (its summaries packed by the database); None elsewhere."""
         if self.connections is None:
             return None
-        params = {"tenant": current_tenant(), "run": run_id, "name": metric, "lo": lo, "hi": hi}
+        params = {
+            "tenant": current_tenant(),
+            "run": run_id,
+            "name": metric,
+            "lo": lo,
+            "hi": hi,
+            "whole_points": READ_WHOLE_POINTS,
+        }
         rows = await self._rows(_VIEW_READ, params, self._view_read)
         return read_view_row(rows[0] if rows else None)
 

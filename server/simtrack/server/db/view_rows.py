@@ -180,7 +180,8 @@ def packed_view(metric: ColumnElement[Any]) -> Select[Any]:
     """PostgreSQL: one row of the chunks of ``metric`` (tenant :tenant) reaching into
     [:lo, :hi]: how many, their `PACKED` summaries by (first_step, seq) in one ``bytea``
     (NULL: none), and arrays of the seq, blocks and columns of those with blocks or cut by
-    the range, or of all (`READ_WHOLE_POINTS`), in the same order (NULL: none).
+    the range, or of all if they hold at most :whole_points (`READ_WHOLE_POINTS`), in the
+    same order (NULL: none).
     """
     chunk = models.MetricChunk
     lo, hi = bindparam("lo", type_=BigInteger), bindparam("hi", type_=BigInteger)
@@ -219,7 +220,7 @@ def packed_view(metric: ColumnElement[Any]) -> Select[Any]:
         c.blocks.is_not(None),
         c.first_step < lo,
         c.last_step > hi,
-        c.range_points <= READ_WHOLE_POINTS,
+        c.range_points <= bindparam("whole_points", type_=BigInteger),
     )
 
     def each(column: ColumnElement[Any]) -> ColumnElement[Any]:
