@@ -82,15 +82,22 @@ def _view_rows() -> Select[Any]:
     """
     chunk = models.MetricChunk
     lo, hi = bindparam("lo", type_=BigInteger), bindparam("hi", type_=BigInteger)
-    few = func.sum(chunk.n).over() <= bindparam("whole_points", type_=BigInteger)
+    reaching = (
+        chunk.tenant_id == bindparam("tenant"),
+        chunk.metric_id == bindparam("metric"),
+        chunk.last_step >= lo,
+        chunk.first_step <= hi,
+    )
+    # Of all the chunks, once (as a window function, SQLite read every chunk's columns).
+    range_points = select(func.sum(chunk.n)).where(*reaching).scalar_subquery()
+    few = range_points <= bindparam("whole_points", type_=BigInteger)
     read = or_(chunk.blocks.is_not(None), chunk.first_step < lo, chunk.last_step > hi, few)
     return (
         select(
             *(getattr(chunk, name) for name in ChunkSummary._fields),
             *(case((read, getattr(chunk, n)), else_=None) for n in ("steps", "vals", "ts")),
         )
-        .where(chunk.tenant_id == bindparam("tenant"), chunk.metric_id == bindparam("metric"))
-        .where(chunk.last_step >= lo, chunk.first_step <= hi)
+        .where(*reaching)
         .order_by(chunk.first_step, chunk.seq)
     )
 

@@ -185,12 +185,15 @@ def packed_view(metric: ColumnElement[Any]) -> Select[Any]:
     """
     chunk = models.MetricChunk
     lo, hi = bindparam("lo", type_=BigInteger), bindparam("hi", type_=BigInteger)
-    rows = (
-        select(chunk, func.sum(chunk.n).over().label("range_points"))
-        .where(chunk.tenant_id == bindparam("tenant", type_=String), chunk.metric_id == metric)
-        .where(chunk.last_step >= lo, chunk.first_step <= hi)
-        .subquery("reaching")
+    reaching = (
+        chunk.tenant_id == bindparam("tenant", type_=String),
+        chunk.metric_id == metric,
+        chunk.last_step >= lo,
+        chunk.first_step <= hi,
     )
+    rows = select(chunk).where(*reaching).subquery("reaching")
+    # Of all the chunks, once (as a window function, SQLite read every chunk's columns).
+    range_points = select(func.sum(chunk.n)).where(*reaching).scalar_subquery()
     c = rows.c
     valid = c.vmin_ts.is_not(None)
 
@@ -220,7 +223,7 @@ def packed_view(metric: ColumnElement[Any]) -> Select[Any]:
         c.blocks.is_not(None),
         c.first_step < lo,
         c.last_step > hi,
-        c.range_points <= bindparam("whole_points", type_=BigInteger),
+        range_points <= bindparam("whole_points", type_=BigInteger),
     )
 
     def each(column: ColumnElement[Any]) -> ColumnElement[Any]:
