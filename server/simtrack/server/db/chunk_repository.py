@@ -45,6 +45,8 @@ from simtrack.server.db.view_rows import (
     metric_of_run,
     packed_view,
     rows_of_packed,
+    rows_of_summaries,
+    summary_rows,
 )
 
 BINARY_READ_CHUNKS = 32  # chunks read, from which PostgreSQL sends their columns in binary
@@ -72,34 +74,8 @@ def _within(series: StagedSeries, lo: int, hi: int) -> bool:
     return series.first_step >= lo and series.last_step <= hi
 
 
-_PACKED_VIEW: dict[str, Compiled] = {}  # by dialect: `ChunkRepository.view_rows`'s statement
-
-
-def _view_rows() -> Select[Any]:
-    """A metric's chunks reaching into [:lo, :hi] of tenant :tenant: summaries, and the
-    columns of those with blocks or cut by the range, or of all if they hold at most
-    :whole_points, as `packed_view` reads them.
-    """
-    chunk = models.MetricChunk
-    lo, hi = bindparam("lo", type_=BigInteger), bindparam("hi", type_=BigInteger)
-    reaching = (
-        chunk.tenant_id == bindparam("tenant"),
-        chunk.metric_id == bindparam("metric"),
-        chunk.last_step >= lo,
-        chunk.first_step <= hi,
-    )
-    # Of all the chunks, once (as a window function, SQLite read every chunk's columns).
-    range_points = select(func.sum(chunk.n)).where(*reaching).scalar_subquery()
-    few = range_points <= bindparam("whole_points", type_=BigInteger)
-    read = or_(chunk.blocks.is_not(None), chunk.first_step < lo, chunk.last_step > hi, few)
-    return (
-        select(
-            *(getattr(chunk, name) for name in ChunkSummary._fields),
-            *(case((read, getattr(chunk, n)), else_=None) for n in ("steps", "vals", "ts")),
-        )
-        .where(*reaching)
-        .order_by(chunk.first_step, chunk.seq)
-    )
+# By dialect: `ChunkRepository.view_rows`'s statement.
+_VIEW_ROWS: dict[str, Compiled] = {}
 
 
 def page_read(ranged: bool) -> Select[Any]:
@@ -391,27 +367,21 @@ class ChunkRepository:
         }
         connection = await self.session.connection()
         staged = [s.summary() for s in await self._staged_after(metric_id, lo, hi, None)]
+        metric = bindparam("metric", type_=String)
         if connection.dialect.name != "postgresql":
-            rows = (await self.session.execute(_view_rows(), params)).all()
-            fields = len(ChunkSummary._fields)
-            summaries = [ChunkSummary(*row[:fields]) for row in rows]
-            read = [
-                StoredChunk(s.seq, s.first_step, s.last_step, s.n, *row[fields:])
-                for s, row in zip(summaries, rows, strict=True)
-                if row[fields] is not None
-            ]
-            summaries = _in_order(summaries, staged, _position, None)
-            return ViewRows.of_summaries(summaries, read)
-        compiled = _PACKED_VIEW.get(connection.dialect.name)
-        if compiled is None:
-            compiled = _PACKED_VIEW[connection.dialect.name] = packed_view(
-                bindparam("metric", type_=String)
-            ).compile(dialect=connection.dialect)
-        driver: Any = (await connection.get_raw_connection()).driver_connection
-        async with driver.cursor(binary=True) as cursor:
-            await cursor.execute(str(compiled), compiled.construct_params(params))
-            row = await cursor.fetchone()
-        return rows_of_packed(row).merged(ViewRows.of_summaries(staged))
+            rows = (await self.session.execute(summary_rows(metric), params)).all()
+            read = rows_of_summaries(rows)
+        else:
+            compiled = _VIEW_ROWS.get(connection.dialect.name)
+            if compiled is None:
+                compiled = _VIEW_ROWS[connection.dialect.name] = packed_view(metric).compile(
+                    dialect=connection.dialect
+                )
+            driver: Any = (await connection.get_raw_connection()).driver_connection
+            async with driver.cursor(binary=True) as cursor:
+                await cursor.execute(str(compiled), compiled.construct_params(params))
+                read = rows_of_packed(await cursor.fetchone())
+        return read.merged(ViewRows.of_summaries(staged))
 
     async def with_seqs(self, metric_id: str, seqs: Sequence[int]) -> list[StoredChunk]:
         chunk = models.MetricChunk

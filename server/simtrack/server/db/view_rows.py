@@ -29,6 +29,7 @@ from sqlalchemy import (
     LargeBinary,
     Select,
     String,
+    Subquery,
     and_,
     bindparam,
     case,
@@ -176,12 +177,10 @@ def _chunk_records(chunks: Sequence[ChunkSummary]) -> Array:
     return records
 
 
-def packed_view(metric: ColumnElement[Any]) -> Select[Any]:
-    """PostgreSQL: one row of the chunks of ``metric`` (tenant :tenant) reaching into
-    [:lo, :hi]: how many, their `PACKED` summaries by (first_step, seq) in one ``bytea``
-    (NULL: none), and arrays of the seq, blocks and columns of those with blocks or cut by
-    the range, or of all if they hold at most :whole_points (`READ_WHOLE_POINTS`), in the
-    same order (NULL: none).
+def _reaching(metric: ColumnElement[Any]) -> Subquery:
+    """The chunks of ``metric`` (tenant :tenant) reaching into [:lo, :hi], each with ``read``:
+    whether a view's first statement brings its columns (compacted, cut by the range, or any
+    of a range of at most :whole_points, `READ_WHOLE_POINTS`).
     """
     chunk = models.MetricChunk
     lo, hi = bindparam("lo", type_=BigInteger), bindparam("hi", type_=BigInteger)
@@ -191,10 +190,46 @@ def packed_view(metric: ColumnElement[Any]) -> Select[Any]:
         chunk.last_step >= lo,
         chunk.first_step <= hi,
     )
-    rows = select(chunk).where(*reaching).subquery("reaching")
     # Of all the chunks, once (as a window function, SQLite read every chunk's columns).
     range_points = select(func.sum(chunk.n)).where(*reaching).scalar_subquery()
-    c = rows.c
+    read = or_(
+        chunk.blocks.is_not(None),
+        chunk.first_step < lo,
+        chunk.last_step > hi,
+        range_points <= bindparam("whole_points", type_=BigInteger),
+    )
+    return select(chunk, read.label("read")).where(*reaching).subquery("reaching")
+
+
+def summary_rows(metric: ColumnElement[Any]) -> Select[Any]:
+    """`_reaching` as rows by (first_step, seq): each chunk's `ChunkSummary` fields, then its
+    columns if read (else NULLs); see `rows_of_summaries`.
+    """
+    c = _reaching(metric).c
+    return select(
+        *(c[name] for name in ChunkSummary._fields),
+        *(case((c.read, c[name]), else_=None) for name in _COLUMNS),
+    ).order_by(c.first_step, c.seq)
+
+
+def rows_of_summaries(rows: Sequence[Sequence[Any]]) -> ViewRows:
+    """`summary_rows`' rows as `ViewRows`."""
+    fields = len(ChunkSummary._fields)
+    summaries = [ChunkSummary(*row[:fields]) for row in rows]
+    read = [
+        StoredChunk(s.seq, s.first_step, s.last_step, s.n, *row[fields:])
+        for s, row in zip(summaries, rows, strict=True)
+        if row[fields] is not None
+    ]
+    return ViewRows.of_summaries(summaries, read)
+
+
+def packed_view(metric: ColumnElement[Any]) -> Select[Any]:
+    """PostgreSQL: one row of `_reaching`: how many, their `PACKED` summaries by
+    (first_step, seq) in one ``bytea`` (NULL: none), and arrays of the seq, blocks and columns
+    of those read, in the same order (NULL: none).
+    """
+    c = _reaching(metric).c
     valid = c.vmin_ts.is_not(None)
 
     def send(kind: str, column: ColumnElement[Any], invalid: Any = None) -> ColumnElement[Any]:
@@ -219,15 +254,9 @@ def packed_view(metric: ColumnElement[Any]) -> Select[Any]:
     for part in parts[1:]:
         record = record.op("||", return_type=LargeBinary)(part)
     in_order = (c.first_step, c.seq)
-    read = or_(
-        c.blocks.is_not(None),
-        c.first_step < lo,
-        c.last_step > hi,
-        range_points <= bindparam("whole_points", type_=BigInteger),
-    )
 
     def each(column: ColumnElement[Any]) -> ColumnElement[Any]:
-        return func.array_agg(aggregate_order_by(column, *in_order)).filter(read)
+        return func.array_agg(aggregate_order_by(column, *in_order)).filter(c.read)
 
     empty = literal(b"", LargeBinary)
     return select(
