@@ -19,7 +19,7 @@ from sqlalchemy import insert, select, update
 
 from simtrack.errors import InvalidArgument
 from simtrack.server.core.model import RunStatus
-from simtrack.server.core.tenancy import DEFAULT_TENANT_ID
+from simtrack.server.core.tenancy import DEFAULT_TENANT_ID, acting_for
 from simtrack.server.db import models
 from simtrack.server.db.ingest_store import IngestStore
 from simtrack.server.domain.live_runs import LiveRuns
@@ -241,6 +241,30 @@ async def test_each_run_once_while_runs_are_inserted_between_pages(
     assert len(seen) == len(set(seen)), "a run listed twice"
     originals = {r["id"] for r in runs}
     assert [i for i in seen if i in originals] == expected(runs, order_by)
+
+
+async def test_a_listing_kept_for_one_tenant_lists_no_other_tenants_runs(
+    services: Services,
+) -> None:
+    """The reads build a listing's statements once for each shape of page and keep them
+    (``SqlReads._run_page_statements``): the same filter and order asked by two tenants in
+    turn, each page after the first from kept statements, lists each tenant's own runs.
+    """
+    other = "22222222-0000-0000-0000-000000000002"
+    async with services.uow() as uow:
+        await uow.access.add(models.Tenant(id=other, name="other"))
+        await uow.commit()
+    owned: dict[str, set[str]] = {}
+    for tenant in (DEFAULT_TENANT_ID, other):
+        with acting_for(tenant):
+            experiment = await services.experiment()
+            owned[tenant] = {(await services.run(experiment.id)).id for _ in range(5)}
+    for order_by in ("", "run_number desc", "metrics.total_profit desc, create_time"):
+        for _ in range(2):
+            for tenant, runs in owned.items():
+                with acting_for(tenant):
+                    ids = await listed(runs_of(services), order_by, 2, "NOT status = failed")
+                assert sorted(ids) == sorted(runs), (tenant, order_by)
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ on a thread of its own (``sqlite_reads.py``); a database in memory is read throu
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar, cast
 
@@ -55,7 +56,12 @@ from simtrack.server.db.pg_reads import (
     VersionConnection,
     numbered,
 )
-from simtrack.server.db.repositories import RunRepository, run_page_statements, split_page
+from simtrack.server.db.repositories import (
+    RunRepository,
+    bound_cursor,
+    run_page_statements,
+    split_page,
+)
 from simtrack.server.db.run_answers import RunAnswers
 from simtrack.server.db.sqlite_reads import SqliteReadConnections, bound_values
 from simtrack.server.db.unit_of_work import transient_sqlstate, translate_error, unreachable
@@ -132,6 +138,7 @@ class SqlReads:
             ranged: (stmt, self._compile(stmt)) for ranged, stmt in _PAGE_READS.items()
         }
         self._compiled_cache: LRUCache[Any, Compiled] = LRUCache(500)
+        self._run_pages: LRUCache[Any, list[tuple[Select[Any], _Compiled]]] = LRUCache(256)
         self._processor_cache: dict[tuple[str, tuple[int | None, ...]], list[Processor | None]] = {}
 
     async def close(self) -> None:
@@ -170,13 +177,32 @@ class SqlReads:
 
     async def runs(self, page: PageRequest) -> tuple[list[models.Run], Cursor | None]:
         width = len(RUN.columns)
+        statements, values = self._run_page_statements(page)
         loaded: list[tuple[models.Run, tuple[Any, ...]]] = []
-        for statement in run_page_statements(RUN.columns, page):
-            rows = await self._rows(statement)
+        for statement, compiled in statements:
+            rows = await self._rows(statement, values, compiled)
             loaded += [(RUN.loaded(r[:width]), tuple(r[width:])) for r in rows]
             if len(loaded) > page.size:
                 break
         return split_page(loaded, RunRepository.position, page.size)
+
+    def _run_page_statements(
+        self, page: PageRequest
+    ) -> tuple[list[tuple[Select[Any], _Compiled]], dict[str, Any]]:
+        """``run_page_statements`` of ``page``, built and compiled once per shape of page (the
+        tenant, the filter and order, the size, which of the cursor's keys are set), and the
+        cursor's values to bind: building them cost more of a ListRuns call (5 ms of 13) than
+        PostgreSQL took to run them.
+        """
+        after, values = bound_cursor(models.Run, RunRepository.position, page.after)
+        unset = None if page.after is None else tuple(key is None for key in page.after.keys)
+        shape = (current_tenant(), page.scope, page.size, unset)
+        statements = self._run_pages.get(shape)
+        if statements is None:
+            shaped = dataclasses.replace(page, after=after)
+            statements = [(s, self._compile(s)) for s in run_page_statements(RUN.columns, shaped)]
+            self._run_pages[shape] = statements
+        return statements, values
 
     async def page(
         self, run_id: str, metric: str, lo: int, hi: int, start: int, size: int, limit: int

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Select,
     Update,
     and_,
+    bindparam,
     column,
     exists,
     func,
@@ -160,6 +161,29 @@ def page_statement(
     return stmt.limit(page.size + 1)
 
 
+def bound_cursor(
+    model: Any, position: Sequence[str], after: Cursor | None
+) -> tuple[Cursor | None, dict[str, Any]]:
+    """``after`` as bound parameters (a cursor of ``bindparam``s, and their values): a page's
+    statement built from it serves every cursor of the same shape (the same keys unset).
+    """
+    if after is None:
+        return None, {}
+    values: dict[str, Any] = {}
+    places = []
+    for i, (name, value) in enumerate(zip(position, after.position, strict=True)):
+        values[f"after_position_{i}"] = value
+        places.append(bindparam(f"after_position_{i}", type_=getattr(model, name).type))
+    keys: list[Any] = []
+    for i, value in enumerate(after.keys):
+        if value is None:  # a NULL key is the statement's shape, not a value
+            keys.append(None)
+            continue
+        values[f"after_key_{i}"] = value
+        keys.append(bindparam(f"after_key_{i}"))  # typed by what it is compared with
+    return Cursor(tuple(places), tuple(keys)), values
+
+
 def run_page_statements(
     columns: Sequence[ColumnElement[Any]], page: PageRequest
 ) -> Iterator[Select[Any]]:
@@ -180,16 +204,26 @@ def run_page_statements(
         return
     if page.after is None or page.after.keys[0] is not None:
         # Each part ordered and limited on its own: planned alone, the ended runs' part reads
-        # the index in order (a union merged in order was sorted whole).
+        # the index in order (a union merged in order was sorted whole). The parts select the
+        # runs' positions only, the page's rows joined after: a subquery of all the run's
+        # columns cost more to build than the statement took PostgreSQL to run.
+        located = select(*(getattr(run, name) for name in position)).where(scoped(run))
         parts = [
-            select(*page_statement(base.where(where), run, position, page, first=key).subquery().c)
+            select(
+                *page_statement(located.where(where), run, position, page, first=key).subquery().c
+            )
             for key, where in metric_sort_parts(run, first)
         ]
         merged = union_all(*parts).subquery("ranked")
         values = [merged.c[f"key_{i}"] for i in range(len(page.order))]
         descending = [key.descending for key in page.order]
         order = [*_sort_order(values, descending, True), *(merged.c[name] for name in position)]
-        yield select(*merged.c).order_by(*order).limit(page.size + 1)
+        yield (
+            base.add_columns(*values)
+            .join(merged, run.id == merged.c.id)
+            .order_by(*order)
+            .limit(page.size + 1)
+        )
     # Then (or at once, for a page that starts among them) the runs without a value.
     yield page_statement(base, run, position, page, first_missing=True)
 
