@@ -186,9 +186,10 @@ def bound_cursor(
 
 def run_page_statements(
     columns: Sequence[ColumnElement[Any]], page: PageRequest
-) -> Iterator[Select[Any]]:
+) -> list[Select[Any]]:
     """A page of runs (selected as ``columns``) as ``page_statement`` gives it, in statements
-    read in turn until one row more than the page is found (each built when asked for).
+    read in turn until one row more than the page is found (the reads build them once for
+    each shape of page, ``SqlReads._run_page_statements``).
 
     Ordered first by a metric, the runs with a value come first: a page of each of the two
     parts of ``filter_sql.metric_sort_parts`` (ended runs read in the order of an index of
@@ -200,8 +201,8 @@ def run_page_statements(
     base = select(*columns).where(scoped(run))
     first = page.order[0].field if page.order else ""
     if not first.startswith("metrics."):
-        yield page_statement(base, run, position, page)
-        return
+        return [page_statement(base, run, position, page)]
+    statements = []
     if page.after is None or page.after.keys[0] is not None:
         # Each part ordered and limited on its own: planned alone, the ended runs' part reads
         # the index in order (a union merged in order was sorted whole). The parts select the
@@ -218,14 +219,15 @@ def run_page_statements(
         values = [merged.c[f"key_{i}"] for i in range(len(page.order))]
         descending = [key.descending for key in page.order]
         order = [*_sort_order(values, descending, True), *(merged.c[name] for name in position)]
-        yield (
+        statements.append(
             base.add_columns(*values)
             .join(merged, run.id == merged.c.id)
             .order_by(*order)
             .limit(page.size + 1)
         )
     # Then (or at once, for a page that starts among them) the runs without a value.
-    yield page_statement(base, run, position, page, first_missing=True)
+    statements.append(page_statement(base, run, position, page, first_missing=True))
+    return statements
 
 
 def _sort_order(

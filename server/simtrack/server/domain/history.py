@@ -129,6 +129,20 @@ async def read_page(
     return merged, unread or len(merged) > size
 
 
+def _found(run_found: bool, metric_id: str | None, run_id: str, metric: str) -> str:
+    """The metric's id; NotFound naming what is missing, the run or its metric."""
+    if not run_found:
+        raise NotFound("run", run_id, "run_id")
+    if metric_id is None:
+        raise NotFound("metric", metric, "metric")
+    return metric_id
+
+
+def _viewed(view: View) -> History:
+    """A downsampled view as the history's answer (one page: no token)."""
+    return History(view.points, view.range_count, view.downsampled, "", view.grid)
+
+
 def _page(merged: Merged, more: bool, size: int, count: int, scope: str) -> History:
     """The first ``size`` points of ``merged``, with a token for the next page if ``more``."""
     shown_count = min(size, len(merged.points))
@@ -193,14 +207,10 @@ class HistoryService:
             # One snapshot for all statements below: a compaction committing between two of
             # them must not show a point twice (old rows, then the new) or not at all.
             await uow.read_snapshot()
-            run_found, metric_id, stored = await uow.metrics.named(run_id, metric)
-            if not run_found:
-                raise NotFound("run", run_id, "run_id")
-            if metric_id is None:
-                raise NotFound("metric", metric, "metric")
+            run_found, found_id, stored = await uow.metrics.named(run_id, metric)
+            metric_id = _found(run_found, found_id, run_id, metric)
             if max_points:
-                view = await read_view(uow.chunks, metric_id, lo, hi, max_points)
-                return History(view.points, view.range_count, view.downsampled, "", view.grid)
+                return _viewed(await read_view(uow.chunks, metric_id, lo, hi, max_points))
             if lo == INT64_MIN and hi == INT64_MAX:
                 count = stored  # the whole series: its summary counts every point
             else:
@@ -222,8 +232,7 @@ class HistoryService:
         read = await self.pages.page(run_id, metric, lo, hi, start, size, first_read(size))
         if read is None:
             raise NotFound("run", run_id, "run_id")
-        if read.metric_id is None:
-            raise NotFound("metric", metric, "metric")
+        _found(True, read.metric_id, run_id, metric)
         if not read.settled:
             return None
         count = read.points  # the whole series: its summary counts every point
@@ -242,16 +251,11 @@ class HistoryService:
         read = await self.pages.view(run_id, metric, lo, hi)
         if read is None:
             return None
-        if not read.run_found:
-            raise NotFound("run", run_id, "run_id")
-        if read.metric_id is None:
-            raise NotFound("metric", metric, "metric")
+        _found(read.run_found, read.metric_id, run_id, metric)
         if read.staged:
             return None
         view = view_of(read.rows, lo, hi, max_points)
-        if not isinstance(view, View):
-            return None
-        return History(view.points, view.range_count, view.downsampled, "", view.grid)
+        return _viewed(view) if isinstance(view, View) else None
 
     async def list_events(
         self, run_id: str, size: int, token: str, filter_text: str, order_by: str = ""

@@ -179,8 +179,10 @@ async def read_view(
     """
     rows = await chunks.view_rows(metric_id, lo, hi)
     while not isinstance(planned := view_of(rows, lo, hi, max_points, grid), View):
-        read = [] if planned.everything else await chunks.with_seqs(metric_id, planned.seqs)
-        if len(read) < len(planned.seqs) or planned.everything:  # (one snapshot: never short)
+        if planned.everything:
+            return await _read_whole(chunks, metric_id, lo, hi, max_points, grid)
+        read = await chunks.with_seqs(metric_id, planned.seqs)
+        if len(read) < len(planned.seqs):  # (one snapshot: never short)
             return await _read_whole(chunks, metric_id, lo, hi, max_points, grid)
         rows = rows.with_read(read)
     return planned
