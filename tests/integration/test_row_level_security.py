@@ -23,8 +23,8 @@ from simtrack.server.core.tenancy import Principal, Role, reset_principal, set_p
 from simtrack.server.db import repositories
 from simtrack.server.db.engine import create_engine, libpq_conninfo
 from simtrack.server.db.models import TENANT_OWNED_TABLES, Run, Tenant
-from simtrack.server.db.pg_reads import ReadConnection, ReadConnections, VersionConnection
-from simtrack.server.db.reads import VERSIONS_SQL
+from simtrack.server.db.pg_reads import PreparedConnection, ReadConnection, ReadConnections
+from simtrack.server.db.reads import PREPARED, versions
 from tests.support import MakeServices, Services  # noqa: F401
 
 pytestmark = pytest.mark.parametrize(
@@ -211,13 +211,14 @@ async def test_a_read_whose_connection_was_terminated_is_retried_on_a_new_one(
             await app.runs.get(runs[TENANT_B])
 
 
-# GetRun's versions (``pg_reads.VersionConnection``: libpq's own calls on connections of their own)
+# GetRun's versions (``pg_reads.PreparedConnection``: libpq's own calls on connections of their
+# own)
 
 
 @dataclass
 class Versions:
     runs: dict[str, str]  # tenant -> its run
-    connections: ReadConnections[VersionConnection]  # one connection for all
+    connections: ReadConnections[PreparedConnection]  # one connection for all
 
 
 @pytest.fixture
@@ -226,7 +227,7 @@ async def versions_of_two_tenants(
 ) -> AsyncIterator[Versions]:
     app, agents = two_tenants
     runs = await _run_of_each_tenant(app, agents)
-    opener = VersionConnection.opener(VERSIONS_SQL)
+    opener = PreparedConnection.opener(PREPARED)
     connections = ReadConnections(libpq_conninfo(app.url), opener, size=1)
     try:
         yield Versions(runs, connections)
@@ -241,57 +242,57 @@ async def test_a_version_connection_sees_only_the_tenant_it_was_last_told_and_ea
     both = list(runs.values())
     seen: dict[str, int] = {}
     for tenant in (TENANT_A, TENANT_B, TENANT_B, TENANT_A):
-        async with connections.connection() as versions:
-            found = await versions.versions(tenant, both)
+        async with connections.connection() as prepared:
+            found = await versions(prepared, tenant, both)
         assert list(found) == [runs[tenant]], tenant
         seen[tenant] = found[runs[tenant]]
     with psycopg.connect(database_url, autocommit=True) as admin:
         admin.execute("UPDATE runs SET worker_id = 'moved' WHERE id = %s", (runs[TENANT_A],))
-    async with connections.connection() as versions:
-        moved = await versions.versions(TENANT_A, both)
+    async with connections.connection() as prepared:
+        moved = await versions(prepared, TENANT_A, both)
         assert moved[runs[TENANT_A]] != seen[TENANT_A]
-        assert await versions.versions(TENANT_B, both) == {runs[TENANT_B]: seen[TENANT_B]}
+        assert await versions(prepared, TENANT_B, both) == {runs[TENANT_B]: seen[TENANT_B]}
 
 
 async def test_a_version_statement_that_fails_leaves_its_connection_answering(
     versions_of_two_tenants: Versions,
 ) -> None:
     runs, connections = versions_of_two_tenants.runs, versions_of_two_tenants.connections
-    async with connections.connection() as versions:
+    async with connections.connection() as prepared:
         with pytest.raises(psycopg.errors.InvalidTextRepresentation):
-            await versions.versions(TENANT_A, ['{"not an id'])  # not an array's text
-        assert not versions.broken
-        assert list(await versions.versions(TENANT_A, [runs[TENANT_A]])) == [runs[TENANT_A]]
+            await versions(prepared, TENANT_A, ['{"not an id'])  # not an array's text
+        assert not prepared.broken
+        assert list(await versions(prepared, TENANT_A, [runs[TENANT_A]])) == [runs[TENANT_A]]
 
 
 async def test_a_long_list_of_ids_is_sent_in_full(versions_of_two_tenants: Versions) -> None:
     """More than a socket's buffer (40,000 ids, 1.5 MB): sent as the socket takes it."""
     runs, connections = versions_of_two_tenants.runs, versions_of_two_tenants.connections
     ids = [str(uuid.UUID(int=i)) for i in range(40_000)] + [runs[TENANT_B]]
-    async with connections.connection() as versions:
-        assert list(await versions.versions(TENANT_B, ids)) == [runs[TENANT_B]]
+    async with connections.connection() as prepared:
+        assert list(await versions(prepared, TENANT_B, ids)) == [runs[TENANT_B]]
 
 
 async def test_a_version_statement_cancelled_half_way_gives_its_connection_up(
     versions_of_two_tenants: Versions, database_url: str
 ) -> None:
     runs, connections = versions_of_two_tenants.runs, versions_of_two_tenants.connections
-    async with connections.connection() as versions:  # opened (its statements prepared)
-        assert list(await versions.versions(TENANT_A, [runs[TENANT_A]])) == [runs[TENANT_A]]
+    async with connections.connection() as prepared:  # opened (its statements prepared)
+        assert list(await versions(prepared, TENANT_A, [runs[TENANT_A]])) == [runs[TENANT_A]]
     with psycopg.connect(database_url) as admin:
         admin.execute("LOCK TABLE runs IN ACCESS EXCLUSIVE MODE")  # the statement waits
-        async with connections.connection() as versions:
-            asking = asyncio.create_task(versions.versions(TENANT_A, [runs[TENANT_A]]))
+        async with connections.connection() as prepared:
+            asking = asyncio.create_task(versions(prepared, TENANT_A, [runs[TENANT_A]]))
             await asyncio.sleep(0.2)
             assert not asking.done()
             asking.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await asking
-            assert versions.broken  # its answer would still come: given up, closed
+            assert prepared.broken  # its answer would still come: given up, closed
         admin.rollback()
     async with connections.connection() as fresh:
-        assert fresh is not versions and versions.connection.closed
-        assert list(await fresh.versions(TENANT_A, [runs[TENANT_A]])) == [runs[TENANT_A]]
+        assert fresh is not prepared and prepared.connection.closed
+        assert list(await versions(fresh, TENANT_A, [runs[TENANT_A]])) == [runs[TENANT_A]]
 
 
 def _run_id(run: Run) -> str:  # GetRun's rendering, as the reads are given it

@@ -8,7 +8,8 @@ gRPC's own share of a call costs. Here it is one round trip: the reads keep a fe
 connections of their own (``pg_reads.py``; checking one out of SQLAlchemy's pool and back
 costs 65 µs, most of what the statement costs), no one else's statement ever runs on them, and
 each connection's session holds the tenant row-level security reads (``ReadConnection.rows``).
-GetRun's version statement has connections of its own (``VersionConnection``).
+GetRun's version statement and the pages of a metric's history have connections of their own,
+their statements prepared (``PreparedConnection``).
 The statement is SQLAlchemy's, scoped by tenant as the repositories scope theirs, compiled once
 where its shape is fixed; SQLAlchemy's result processors apply to its rows as its own execution
 would; rows become entities as the ORM's loader fills them (``Entity.loaded``: attached to no
@@ -51,9 +52,9 @@ from simtrack.server.db.engine import libpq_conninfo, sqlite_file
 from simtrack.server.db.pg_reads import (
     READ_CONNECTIONS,
     C,
+    PreparedConnection,
     ReadConnection,
     ReadConnections,
-    VersionConnection,
     numbered,
 )
 from simtrack.server.db.repositories import (
@@ -103,13 +104,33 @@ _VERSION = literal_column("runs.xmin::text::bigint", BigInteger)
 _VERSIONED: list[ColumnElement[Any]] = [*RUN.columns, _VERSION]
 _RUN_VERSIONED = select(*_VERSIONED).where(*_BY_ID)
 _ID_VERSION: list[ColumnElement[Any]] = [models.Run.__table__.c.id, _VERSION]
-VERSIONS_SQL, _VERSIONS_VALUES = numbered(
+_VERSIONS = numbered(
     select(*_ID_VERSION).where(
         models.Run.tenant_id == bindparam("tenant"),
         models.Run.id == any_(bindparam("ids", type_=ARRAY(String))),
     )
 )
-assert _VERSIONS_VALUES == ["tenant", "ids"], "as VersionConnection.versions gives them"
+assert _VERSIONS.names == ["tenant", "ids"], "as versions() gives them"
+# The statements of PreparedConnection, by name: runs' versions, and a page of history (of a
+# step range or not).
+_PAGE_NAMES = {False: b"page", True: b"page_ranged"}
+_PAGE_NUMBERED = {ranged: numbered(stmt) for ranged, stmt in _PAGE_READS.items()}
+PREPARED = {b"versions": _VERSIONS.sql} | {
+    _PAGE_NAMES[ranged]: page.sql for ranged, page in _PAGE_NUMBERED.items()
+}
+
+
+async def versions(
+    connection: PreparedConnection, tenant: str, run_ids: list[str]
+) -> dict[str, int]:
+    """The tenant's runs among ``run_ids`` (canonical UUIDs), each with its version."""
+    ids = ("{" + ",".join(run_ids) + "}").encode()  # UUIDs need no quoting in an array
+    result = await connection.execute(tenant, b"versions", [tenant.encode(), ids])
+    value = result.get_value
+    return {
+        bytes(value(row, 0) or b"").decode(): int(value(row, 1) or 0)
+        for row in range(result.ntuples)
+    }
 
 
 class SqlReads:
@@ -123,8 +144,8 @@ class SqlReads:
         postgres = self.dialect.name == "postgresql"
         conninfo = libpq_conninfo(engine.url)
         self.connections = ReadConnections(conninfo, ReadConnection.connect) if postgres else None
-        self.version_connections = (
-            ReadConnections(conninfo, VersionConnection.opener(VERSIONS_SQL)) if postgres else None
+        self.prepared = (
+            ReadConnections(conninfo, PreparedConnection.opener(PREPARED)) if postgres else None
         )
         file = sqlite_file(engine.url)
         self.sqlite = None if file is None else SqliteReadConnections(file, READ_CONNECTIONS)
@@ -144,8 +165,8 @@ class SqlReads:
     async def close(self) -> None:
         if self.connections is not None:
             await self.connections.close()
-        if self.version_connections is not None:
-            await self.version_connections.close()
+        if self.prepared is not None:
+            await self.prepared.close()
         if self.sqlite is not None:
             await self.sqlite.close()
 
@@ -164,8 +185,8 @@ class SqlReads:
         return None if run is None else render(run)
 
     async def _versions(self, tenant: str, run_ids: list[str]) -> dict[str, int]:
-        assert self.version_connections is not None
-        return await _on(self.version_connections, lambda found: found.versions(tenant, run_ids))
+        assert self.prepared is not None
+        return await _on(self.prepared, lambda found: versions(found, tenant, run_ids))
 
     async def _versioned_run(self, tenant: str, run_id: str) -> tuple[models.Run, int] | None:
         params = {"tenant": tenant, "id": run_id}
@@ -219,8 +240,7 @@ class SqlReads:
         }
         if ranged:
             params["lo"] = lo
-        stmt, compiled = self._page_reads[ranged]
-        rows = await self._rows(stmt, params, compiled)
+        rows = await self._page_rows(ranged, params)
         if not rows:
             return None
         _, metric_id, count, head, bound, within, staged = rows[0][:7]
@@ -240,6 +260,17 @@ class SqlReads:
             within=within,
             edges=edges,
         )
+
+    async def _page_rows(self, ranged: bool, params: dict[str, Any]) -> Sequence[Sequence[Any]]:
+        """`page_read`'s rows: numbers and bytes as the driver loads them (nothing for
+        SQLAlchemy to process); on PostgreSQL a prepared statement.
+        """
+        if self.prepared is None:
+            stmt, compiled = self._page_reads[ranged]
+            return await self._rows(stmt, params, compiled)
+        name, values = _PAGE_NAMES[ranged], _PAGE_NUMBERED[ranged].values(params)
+        tenant = params["tenant"]
+        return await _on(self.prepared, lambda read: read.rows(tenant, name, values))
 
     async def view(self, run_id: str, metric: str, lo: int, hi: int) -> ViewRead | None:
         """PostgreSQL: `view_read` (its summaries packed by the database); None elsewhere."""
