@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import (
     BigInteger,
+    ColumnElement,
     LargeBinary,
     Select,
     String,
@@ -78,7 +79,7 @@ def _within(series: StagedSeries, lo: int, hi: int) -> bool:
 _VIEW_ROWS: dict[str, Compiled] = {}
 
 
-def page_read(ranged: bool) -> Select[Any]:
+def page_read(ranged: bool, version: ColumnElement[Any] | None = None) -> Select[Any]:
     """A page of metric :name of run :run (tenant :tenant) from step :start on, up to :hi,
     in one statement (one snapshot): `domain/history.py`'s ``read_page`` as SQL.
 
@@ -92,11 +93,12 @@ def page_read(ranged: bool) -> Select[Any]:
     ``head`` starting at or below ``bound`` (all of them when it is NULL) with their columns,
     by (first_step, seq). ``ranged``: the page lies in [:lo, :hi], whose points the chunks
     lying within it count (``within``) and those it cuts (``kind`` 1, their steps only).
+    ``version``: the metric row's version (`metric_of_run`), else NULL, after ``staged``.
     """
     chunk = models.MetricChunk
     tenant = bindparam("tenant", type_=String)
     start, hi = bindparam("start", type_=BigInteger), bindparam("hi", type_=BigInteger)
-    target = metric_of_run(tenant)
+    target = metric_of_run(tenant, version)
     of_metric = and_(
         chunk.tenant_id == tenant,
         chunk.metric_id == select(target.c.metric_id).scalar_subquery(),
@@ -169,6 +171,7 @@ def page_read(ranged: bool) -> Select[Any]:
             bound.label("bound"),
             within.label("within"),
             target.c.staged,
+            null().label("version") if version is None else target.c.version,
             seq,
             first_step,
             last_step,

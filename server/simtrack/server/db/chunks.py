@@ -66,6 +66,7 @@ class PageChunks(NamedTuple):
     # (n, first_step, steps) of the chunks it cuts.
     within: int | None = None
     edges: Sequence[tuple[int, int, bytes]] = ()
+    version: int | None = None  # the metric row's version the statement saw (PostgreSQL)
 
 
 class ChunkSummary(NamedTuple):

@@ -57,6 +57,7 @@ from simtrack.server.db.pg_reads import (
     ReadConnections,
     numbered,
 )
+from simtrack.server.db.read_ahead import ReadAhead
 from simtrack.server.db.repositories import (
     RunRepository,
     bound_cursor,
@@ -113,9 +114,20 @@ _VERSIONS = numbered(
 assert _VERSIONS.names == ["tenant", "ids"], "as versions() gives them"
 # The statements of PreparedConnection, by name: runs' versions, and a page of history (of a
 # step range or not).
+# A metric's version, as a run's (the rows of pages read ahead are given while it holds).
+_METRIC_VERSION = literal_column("metrics.xmin::text::bigint", BigInteger)
+_METRIC_VERSION_OF = numbered(
+    select(_METRIC_VERSION)
+    .select_from(models.Metric)
+    .where(
+        models.Metric.tenant_id == bindparam("tenant"),
+        models.Metric.run_id == bindparam("run"),
+        models.Metric.name == bindparam("name"),
+    )
+)
 _PAGE_NAMES = {False: b"page", True: b"page_ranged"}
-_PAGE_NUMBERED = {ranged: numbered(stmt) for ranged, stmt in _PAGE_READS.items()}
-PREPARED = {b"versions": _VERSIONS.sql} | {
+_PAGE_NUMBERED = {ranged: numbered(page_read(ranged, _METRIC_VERSION)) for ranged in _PAGE_NAMES}
+PREPARED = {b"versions": _VERSIONS.sql, b"metric_version": _METRIC_VERSION_OF.sql} | {
     _PAGE_NAMES[ranged]: page.sql for ranged, page in _PAGE_NUMBERED.items()
 }
 
@@ -159,12 +171,14 @@ class SqlReads:
             ranged: (stmt, self._compile(stmt)) for ranged, stmt in _PAGE_READS.items()
         }
         self._compiled_cache: LRUCache[Any, Compiled] = LRUCache(500)
+        self.ahead = ReadAhead()  # pages read before they are asked for
         self._run_pages: LRUCache[Any, list[tuple[Select[Any], _Compiled]]] = LRUCache(256)
         self._processor_cache: dict[tuple[str, tuple[int | None, ...]], list[Processor | None]] = {}
 
     async def close(self) -> None:
         if self.connections is not None:
             await self.connections.close()
+        await self.ahead.wait()
         if self.prepared is not None:
             await self.prepared.close()
         if self.sqlite is not None:
@@ -228,9 +242,55 @@ class SqlReads:
     async def page(
         self, run_id: str, metric: str, lo: int, hi: int, start: int, size: int, limit: int
     ) -> PageChunks | None:
+        tenant = current_tenant()
+
+        async def current(page: PageChunks) -> bool:
+            return page.version is not None and page.version == await self._metric_version(
+                tenant, run_id, metric
+            )
+
+        key = (tenant, run_id, metric, lo, hi, start, size, limit)
+        if (ahead := await self.ahead.take(key, current)) is not None:
+            return ahead
+        return await self._page(tenant, run_id, metric, lo, hi, start, size, limit)
+
+    def read_ahead(
+        self, run_id: str, metric: str, lo: int, hi: int, start: int, size: int, limit: int
+    ) -> None:
+        """PostgreSQL (whose pages carry their metric's version): `page` of these read now,
+        held for the call that asks for it (``read_ahead.py``).
+        """
+        if self.prepared is None:
+            return
+        tenant = current_tenant()
+        self.ahead.start(
+            (tenant, run_id, metric, lo, hi, start, size, limit),
+            lambda: self._page(tenant, run_id, metric, lo, hi, start, size, limit),
+        )
+
+    async def _metric_version(self, tenant: str, run_id: str, metric: str) -> int | None:
+        assert self.prepared is not None
+        values = _METRIC_VERSION_OF.values({"tenant": tenant, "run": run_id, "name": metric})
+        result = await _on(
+            self.prepared, lambda read: read.execute(tenant, b"metric_version", values)
+        )
+        found = result.get_value(0, 0) if result.ntuples else None
+        return None if found is None else int(found)
+
+    async def _page(
+        self,
+        tenant: str,
+        run_id: str,
+        metric: str,
+        lo: int,
+        hi: int,
+        start: int,
+        size: int,
+        limit: int,
+    ) -> PageChunks | None:
         ranged = lo != INT64_MIN or hi != INT64_MAX
         params = {
-            "tenant": current_tenant(),
+            "tenant": tenant,
             "run": run_id,
             "name": metric,
             "start": start,
@@ -243,10 +303,10 @@ class SqlReads:
         rows = await self._page_rows(ranged, params)
         if not rows:
             return None
-        _, metric_id, count, head, bound, within, staged = rows[0][:7]
+        _, metric_id, count, head, bound, within, staged, version = rows[0][:8]
         chunks, edges = [], []
         for row in rows:
-            seq, first_step, last_step, n, steps, vals, ts, kind = row[7:]
+            seq, first_step, last_step, n, steps, vals, ts, kind = row[8:]
             if kind == 0:
                 chunks.append(StoredChunk(seq, first_step, last_step, n, steps, vals, ts))
             elif kind == 1:
@@ -259,6 +319,7 @@ class SqlReads:
             unread=head > len(chunks),
             within=within,
             edges=edges,
+            version=version,
         )
 
     async def _page_rows(self, ranged: bool, params: dict[str, Any]) -> Sequence[Sequence[Any]]:

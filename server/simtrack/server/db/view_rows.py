@@ -277,9 +277,10 @@ class ViewRead(NamedTuple):
     rows: ViewRows
 
 
-def metric_of_run(tenant: BindParameter[str]) -> CTE:
+def metric_of_run(tenant: BindParameter[str], version: ColumnElement[Any] | None = None) -> CTE:
     """``target``: run :run of ``tenant`` (no row: none) with the id and point count of its
-    metric :name (NULL: none of that name), and whether the run has staged messages.
+    metric :name (NULL: none of that name), whether the run has staged messages, and, given
+    its expression, the metric row's ``version``.
     """
     run, metric, staged = models.Run, models.Metric, models.StagedMessage
     has_staged = (
@@ -289,7 +290,13 @@ def metric_of_run(tenant: BindParameter[str]) -> CTE:
         .label("staged")
     )
     return (
-        select(run.id.label("run_id"), metric.id.label("metric_id"), metric.count, has_staged)
+        select(
+            run.id.label("run_id"),
+            metric.id.label("metric_id"),
+            metric.count,
+            has_staged,
+            *([] if version is None else [version.label("version")]),
+        )
         .select_from(run)
         .outerjoin(
             metric,

@@ -239,7 +239,15 @@ class HistoryService:
         if read.within is not None:
             count = read.within + range_count(read.edges, lo, hi)
         merged = merge(read.chunks, start, hi, after)
-        return _page(merged, read.unread or len(merged) > size, size, count, scope)
+        found = _page(merged, read.unread or len(merged) > size, size, count, scope)
+        if after is not None and found.next_page_token:
+            # Paging through: the page after this one is likely next. Its start is this
+            # page's last step (or lo), as the token's decoding makes it.
+            last_step = int(found.points.steps[-1])
+            self.pages.read_ahead(
+                run_id, metric, lo, hi, max(lo, last_step), size, first_read(size)
+            )
+        return found
 
     async def _one_statement_view(
         self, run_id: str, metric: str, lo: int, hi: int, max_points: int

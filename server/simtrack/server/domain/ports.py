@@ -369,6 +369,14 @@ class HistoryReads(Protocol):
         """
         ...
 
+    def read_ahead(
+        self, run_id: str, metric: str, lo: int, hi: int, start: int, size: int, limit: int
+    ) -> None:
+        """A hint: ``page`` of these is likely asked for next (a reader paging through); it
+        may be read now, as long as ``page`` answers as of when it is called.
+        """
+        ...
+
     async def view(self, run_id: str, metric: str, lo: int, hi: int) -> ViewRead | None:
         """What a downsampled view of [lo, hi] reads first, in one statement. None: not
         read this way on this database.
