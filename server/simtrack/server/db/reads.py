@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 import psycopg
 from sqlalchemy import (
@@ -112,9 +112,7 @@ _VERSIONS = numbered(
     )
 )
 assert _VERSIONS.names == ["tenant", "ids"], "as versions() gives them"
-# The statements of PreparedConnection, by name: runs' versions, and a page of history (of a
-# step range or not).
-# A metric's version, as a run's (the rows of pages read ahead are given while it holds).
+# A metric's version, as a run's (a page read ahead is given while it holds: read_ahead.py).
 _METRIC_VERSION = literal_column("metrics.xmin::text::bigint", BigInteger)
 _METRIC_VERSION_OF = numbered(
     select(_METRIC_VERSION)
@@ -125,6 +123,8 @@ _METRIC_VERSION_OF = numbered(
         models.Metric.name == bindparam("name"),
     )
 )
+# The statements of PreparedConnection, by name: runs' versions, a metric's, and a page of
+# history (of a step range or not).
 _PAGE_NAMES = {False: b"page", True: b"page_ranged"}
 _PAGE_NUMBERED = {ranged: numbered(page_read(ranged, _METRIC_VERSION)) for ranged in _PAGE_NAMES}
 PREPARED = {b"versions": _VERSIONS.sql, b"metric_version": _METRIC_VERSION_OF.sql} | {
@@ -143,6 +143,19 @@ async def versions(
         bytes(value(row, 0) or b"").decode(): int(value(row, 1) or 0)
         for row in range(result.ntuples)
     }
+
+
+class _PageAt(NamedTuple):
+    """A page of history as ``HistoryReads.page`` is asked for it, by a tenant."""
+
+    tenant: str
+    run_id: str
+    metric: str
+    lo: int
+    hi: int
+    start: int
+    size: int
+    limit: int
 
 
 class SqlReads:
@@ -242,17 +255,14 @@ class SqlReads:
     async def page(
         self, run_id: str, metric: str, lo: int, hi: int, start: int, size: int, limit: int
     ) -> PageChunks | None:
-        tenant = current_tenant()
+        at = _PageAt(current_tenant(), run_id, metric, lo, hi, start, size, limit)
 
         async def current(page: PageChunks) -> bool:
-            return page.version is not None and page.version == await self._metric_version(
-                tenant, run_id, metric
-            )
+            return page.version is not None and page.version == await self._metric_version(at)
 
-        key = (tenant, run_id, metric, lo, hi, start, size, limit)
-        if (ahead := await self.ahead.take(key, current)) is not None:
+        if (ahead := await self.ahead.take(at, current)) is not None:
             return ahead
-        return await self._page(tenant, run_id, metric, lo, hi, start, size, limit)
+        return await self._page(at)
 
     def read_ahead(
         self, run_id: str, metric: str, lo: int, hi: int, start: int, size: int, limit: int
@@ -262,44 +272,33 @@ class SqlReads:
         """
         if self.prepared is None:
             return
-        tenant = current_tenant()
-        self.ahead.start(
-            (tenant, run_id, metric, lo, hi, start, size, limit),
-            lambda: self._page(tenant, run_id, metric, lo, hi, start, size, limit),
-        )
+        at = _PageAt(current_tenant(), run_id, metric, lo, hi, start, size, limit)
+        self.ahead.start(at, lambda: self._page(at))
 
-    async def _metric_version(self, tenant: str, run_id: str, metric: str) -> int | None:
+    async def _metric_version(self, at: _PageAt) -> int | None:
         assert self.prepared is not None
-        values = _METRIC_VERSION_OF.values({"tenant": tenant, "run": run_id, "name": metric})
+        values = _METRIC_VERSION_OF.values(
+            {"tenant": at.tenant, "run": at.run_id, "name": at.metric}
+        )
         result = await _on(
-            self.prepared, lambda read: read.execute(tenant, b"metric_version", values)
+            self.prepared, lambda read: read.execute(at.tenant, b"metric_version", values)
         )
         found = result.get_value(0, 0) if result.ntuples else None
         return None if found is None else int(found)
 
-    async def _page(
-        self,
-        tenant: str,
-        run_id: str,
-        metric: str,
-        lo: int,
-        hi: int,
-        start: int,
-        size: int,
-        limit: int,
-    ) -> PageChunks | None:
-        ranged = lo != INT64_MIN or hi != INT64_MAX
+    async def _page(self, at: _PageAt) -> PageChunks | None:
+        ranged = at.lo != INT64_MIN or at.hi != INT64_MAX
         params = {
-            "tenant": tenant,
-            "run": run_id,
-            "name": metric,
-            "start": start,
-            "hi": hi,
-            "size": size,
-            "limit": limit,
+            "tenant": at.tenant,
+            "run": at.run_id,
+            "name": at.metric,
+            "start": at.start,
+            "hi": at.hi,
+            "size": at.size,
+            "limit": at.limit,
         }
         if ranged:
-            params["lo"] = lo
+            params["lo"] = at.lo
         rows = await self._page_rows(ranged, params)
         if not rows:
             return None
@@ -315,7 +314,7 @@ class SqlReads:
             metric_id,
             count or 0,
             chunks,
-            settled=not staged and (bound is not None or head < limit),
+            settled=not staged and (bound is not None or head < at.limit),
             unread=head > len(chunks),
             within=within,
             edges=edges,
