@@ -22,7 +22,10 @@ sends as one message of 10 series x 10 points every second, 32 unacked at most) 
 * ``history_downsample_ms_fleet_series``: one series written by one stream in 10-point flushes
   (unpaced), compacted, read back as a 1,000-point view; median of 15. On PostgreSQL after
   ``VACUUM`` (as autovacuum would have run by then), and ``..._before_vacuum`` right after
-  compaction.
+  compaction. Then, as ``bench query`` reads a series sent in 1,000-point batches:
+  ``history_page_ms_fleet_series``, a page of 10,000 points from a random step (median of
+  15), and ``history_read_vs_raw_fleet_series``, every point in pages of 100,000 against the
+  same chunks read straight from the database and decoded (``bench/history.py``).
 
 Every (run, metric) is checked exactly once: points = 10 x messages sent, step range
 [0, points), each chunk (and staged series) dense over its step range; before and after
@@ -34,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import shutil
 import sqlite3
 import statistics
@@ -48,6 +52,7 @@ import psycopg
 
 from bench.control import Control, percentile
 from bench.fleet_worker import FleetConfig
+from bench.history import Fetch, median_s, postgres_fetch, read_figures, sqlite_fetch
 from bench.infra import (
     CpuMeter,
     PostgresDatabase,
@@ -74,6 +79,10 @@ KEEPING_UP = 0.98
 TARGETS = {
     "fleet_server_cores": Target(1.0, at_least=False),
     "fleet_ack_p99_ms": Target(500, at_least=False),
+    # Issue 12's, for a fleet's series once compacted, as for one sent in 1,000-point batches.
+    "history_downsample_ms_fleet_series": Target(10, at_least=False),
+    "history_page_ms_fleet_series": Target(10, at_least=False),
+    "history_read_vs_raw_fleet_series": Target(0.5),
 }
 
 
@@ -205,6 +214,12 @@ class Chunks:
         row = self.rows(query, run_ids)[0]
         return int(row[0]), int(row[1]), int(row[2])
 
+    def fetch(self, run_id: str, metric: str) -> Fetch:
+        """The metric's chunk rows, read straight (the raw read's)."""
+        if self.pg_database is not None:
+            return postgres_fetch(self.url, run_id, metric)
+        return sqlite_fetch(Path(self.url.removeprefix("sqlite:///")), run_id, metric)
+
     def vacuum(self) -> None:
         """What autovacuum does after compaction deletes a fleet's small chunks. This
         machine's PostgreSQL runs with autovacuum off (a CI setting); a default one vacuums a
@@ -228,7 +243,9 @@ class Chunks:
         return int(self.rows(query, run_ids)[0][0]) + int(self.rows(staged, run_ids)[0][0])
 
 
-VIEWS = 15  # GetMetricHistory calls per view figure (its median)
+VIEWS = 15  # GetMetricHistory calls per view or page figure (its median)
+READS = 5  # reads of the whole series (and raw reads), each figure their median
+PAGE = 10_000  # points
 POLL_S = 0.25  # the lag's resolution; polling more often would take CPU from compaction
 
 
@@ -454,6 +471,34 @@ async def history_series(
         "ms",
         note=f"{written}; median of {VIEWS}"
         + ("; after VACUUM (see vacuum's note)" if db.pg_database is not None else ""),
+    )
+    rng = random.Random(6)
+
+    async def page() -> None:
+        start = rng.randrange(0, points - PAGE)
+        response = await telemetry.GetMetricHistory(
+            telemetry_pb2.GetMetricHistoryRequest(
+                run_id=run_id, metric=config.metric, start_step=start, page_size=PAGE
+            )
+        )
+        if len(response.steps) != PAGE:
+            raise BenchError(f"a page of {len(response.steps):,} points, not {PAGE:,}")
+
+    report.add(
+        f"{db.prefix}history_page_ms_fleet_series",
+        await median_s(page, VIEWS) * 1000,
+        "ms",
+        note=f"{PAGE:,} points from a random step; median of {VIEWS}",
+    )
+    rate, raw_rate = await read_figures(
+        telemetry, run_id, config.metric, points, READS, db.fetch(run_id, config.metric)
+    )
+    report.add(
+        f"{db.prefix}history_read_vs_raw_fleet_series",
+        rate / raw_rate,
+        "x",
+        note=f"every point in pages of 100,000, {rate / 1e6:.1f}M points/s, against"
+        f" {raw_rate / 1e6:.1f}M read straight and decoded; medians of {READS}",
     )
 
 

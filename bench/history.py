@@ -83,20 +83,20 @@ def raw_read(fetch: Fetch) -> int:
     return len(np.concatenate([c[1] for c in columns]))
 
 
-def postgres_fetch(url: str, run_id: str) -> Fetch:
+def postgres_fetch(url: str, run_id: str, metric: str = METRIC) -> Fetch:
     def fetch() -> list[tuple[int, int, bytes, bytes, bytes]]:
         with psycopg.connect(url) as connection:
             cursor = connection.cursor(binary=True)
-            return cursor.execute(CHUNKS_SQL.format(mark="%s"), (run_id, METRIC)).fetchall()
+            return cursor.execute(CHUNKS_SQL.format(mark="%s"), (run_id, metric)).fetchall()
 
     return fetch
 
 
-def sqlite_fetch(path: Path, run_id: str) -> Fetch:
+def sqlite_fetch(path: Path, run_id: str, metric: str = METRIC) -> Fetch:
     def fetch() -> list[tuple[int, int, bytes, bytes, bytes]]:
         connection = sqlite3.connect(path)
         try:
-            return connection.execute(CHUNKS_SQL.format(mark="?"), (run_id, METRIC)).fetchall()
+            return connection.execute(CHUNKS_SQL.format(mark="?"), (run_id, metric)).fetchall()
         finally:
             connection.close()
 

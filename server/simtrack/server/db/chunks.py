@@ -67,6 +67,9 @@ class PageChunks(NamedTuple):
     within: int | None = None
     edges: Sequence[tuple[int, int, bytes]] = ()
     version: int | None = None  # the metric row's version the statement saw (PostgreSQL)
+    # The chunks' columns unpacked (`unpack_many`), when read ahead: decoding a compacted
+    # chunk's columns is most of what a page costs the server.
+    columns: tuple[Array, Array, Array] | None = None
 
 
 class ChunkSummary(NamedTuple):

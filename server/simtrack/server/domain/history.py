@@ -238,7 +238,7 @@ class HistoryService:
         count = read.points  # the whole series: its summary counts every point
         if read.within is not None:
             count = read.within + range_count(read.edges, lo, hi)
-        merged = merge(read.chunks, start, hi, after)
+        merged = merge(read.chunks, start, hi, after, read.columns)
         found = _page(merged, read.unread or len(merged) > size, size, count, scope)
         if after is not None and found.next_page_token:
             # Paging through: the page after this one is likely next. Its start is this

@@ -11,13 +11,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simtrack.server.db.chunks import FLOAT, STEP, Array, StoredChunk, unpack_many, unpack_steps
+from simtrack.server.db.chunks import (
+    FLOAT,
+    STEP,
+    Array,
+    StoredChunk,
+    unpack_many,
+    unpack_steps,
+)
 
 # A point's place in history order: (step, rank), the rank counting the points of that step
 # before it. Compaction rewrites chunks (new seqs, new places in them) but keeps history order,
 # and later points sort after every stored one of their step, so a key, and the page token
 # that carries it, outlives compaction.
 Key = tuple[int, int]
+Columns = tuple[Array, Array, Array]  # steps, values, timestamps
 
 
 @dataclass(frozen=True)
@@ -54,9 +62,11 @@ class Merged:
         return step, rank + (self.skipped if step == self.after_step else 0)
 
 
-def history_order(chunks: Sequence[StoredChunk]) -> Points:
-    """The chunks' points sorted by (step, seq, place in the chunk)."""
-    steps, values, stamps = unpack_many(chunks)
+def history_order(chunks: Sequence[StoredChunk], columns: Columns | None = None) -> Points:
+    """The chunks' points sorted by (step, seq, place in the chunk); ``columns``: the chunks
+    unpacked already (`unpack_many`).
+    """
+    steps, values, stamps = unpack_many(chunks) if columns is None else columns
     points = Points(steps, values, stamps)
     if len(steps) < 2 or bool((steps[1:] > steps[:-1]).all()):  # already in order
         return points
@@ -66,18 +76,24 @@ def history_order(chunks: Sequence[StoredChunk]) -> Points:
     return points.take(np.lexsort((index, seqs, steps)))
 
 
-def merge(chunks: Sequence[StoredChunk], lo: int, hi: int, after: Key | None = None) -> Merged:
+def merge(
+    chunks: Sequence[StoredChunk],
+    lo: int,
+    hi: int,
+    after: Key | None = None,
+    columns: Columns | None = None,
+) -> Merged:
     """The chunks' points with lo <= step <= hi (and key > ``after``), in history order.
 
     With ``after``, the chunks must include every one holding a point of its step (the rank
-    counts them).
+    counts them). ``columns``: the chunks unpacked already.
     """
     if after is not None:
         lo = max(lo, after[0])
     if not chunks:
         empty = np.empty(0, dtype=FLOAT)
         return Merged(Points(np.empty(0, dtype=STEP), empty, empty))
-    points = history_order(chunks)
+    points = history_order(chunks, columns)
     steps = points.steps
     if any(c.first_step < lo or c.last_step > hi for c in chunks):
         # Sorted by step: the range is one slice.
