@@ -152,6 +152,16 @@ def _compressed_chunk(rng: np.random.Generator, seq: int, n: int) -> StoredChunk
     return StoredChunk(seq, int(steps[0]), int(steps[-1]), n, *columns)
 
 
+def _paged_chunk(rng: np.random.Generator, seq: int, first: int, n: int) -> StoredChunk:
+    """A chunk as compaction stores a fleet's series: contiguous steps (elided), one timestamp
+    (raw), the values pcodec-encoded in pages of 512 points.
+    """
+    steps = first + np.arange(n, dtype="<i8")
+    columns = encode_chunk(steps, rng.standard_normal(n), np.full(n, 1.7e9), page=512)
+    assert columns[0] == b"" and len(columns[2]) == 8 and is_tagged(columns[1])
+    return StoredChunk(seq, first, first + n - 1, n, *columns)
+
+
 def test_compressed_chunks_read_back_bit_for_bit_among_raw_ones() -> None:
     rng = np.random.default_rng(7)
     chunks = [
@@ -159,6 +169,8 @@ def test_compressed_chunks_read_back_bit_for_bit_among_raw_ones() -> None:
         *(_random_chunk(rng, seq) for seq in range(2, 40)),
         _compressed_chunk(rng, 40, 1500),
         _random_chunk(rng, 41),
+        _paged_chunk(rng, 42, 2**40, 16_384),
+        _paged_chunk(rng, 43, 2**40 + 16_384, 1_000),  # a last page of 488
     ]
     each = [unpack(c.n, c.first_step, c.steps, c.vals, c.ts) for c in chunks]
     many = unpack_many(chunks)

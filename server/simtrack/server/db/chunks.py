@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from simtrack.server.db.codec import decode_chunk, decode_steps, is_tagged
+from simtrack.server.db.codec import decode_chunk, decode_chunk_into, decode_steps, is_tagged
 
 Array = np.ndarray[Any, Any]
 STEP = np.dtype("<i8")
@@ -224,24 +224,31 @@ def unpack_many(chunks: Sequence[StoredChunk]) -> tuple[Array, Array, Array]:
     The same as unpacking each chunk and concatenating, with a constant number of numpy calls
     for each run of raw chunks whatever its length: a fleet's series is thousands of two-point
     chunks, where a call per chunk costs more than the points. Compressed chunks are large
-    (compaction makes them), so decoding them one by one costs little per point.
+    (compaction makes them), so decoding them one by one costs little per point; each is
+    decoded straight into its place in the columns.
     """
     if not any(compressed(c) for c in chunks):
         return _unpack_raw(chunks)
-    parts: list[tuple[Array, Array, Array]] = []
-    raw: list[StoredChunk] = []
-    for chunk in chunks:
-        if not compressed(chunk):
+    total = sum(c.n for c in chunks)
+    out = (np.empty(total, dtype=STEP), np.empty(total, dtype=FLOAT), np.empty(total, dtype=FLOAT))
+    at = 0
+    raw: list[StoredChunk] = []  # a run of raw chunks, unpacked together
+    for chunk in [*chunks, None]:
+        if chunk is not None and not compressed(chunk):
             raw.append(chunk)
             continue
         if raw:
-            parts.append(_unpack_raw(raw))
-            raw = []
-        parts.append(unpack(chunk.n, chunk.first_step, chunk.steps, chunk.vals, chunk.ts))
-    if raw:
-        parts.append(_unpack_raw(raw))
-    steps, values, stamps = zip(*parts, strict=True)
-    return np.concatenate(steps), np.concatenate(values), np.concatenate(stamps)
+            unpacked = _unpack_raw(raw)
+            end = at + len(unpacked[0])
+            for column, part in zip(out, unpacked, strict=True):
+                column[at:end] = part
+            at, raw = end, []
+        if chunk is not None:  # decoded straight into its place
+            end = at + chunk.n
+            place = (out[0][at:end], out[1][at:end], out[2][at:end])
+            decode_chunk_into(chunk.n, chunk.first_step, chunk.steps, chunk.vals, chunk.ts, place)
+            at = end
+    return out
 
 
 def _unpack_raw(chunks: Sequence[StoredChunk]) -> tuple[Array, Array, Array]:

@@ -135,6 +135,24 @@ def decode_chunk(
     return decode_steps(steps, n, first_step), decode_values(vals, n), decode_timestamps(ts, n)
 
 
+def decode_chunk_into(
+    n: int, first_step: int, steps: bytes, vals: bytes, ts: bytes, out: tuple[Array, Array, Array]
+) -> None:
+    """`decode_chunk` into ``out`` (steps, values, timestamps: each ``n`` long), where a page
+    of history gathers its chunks' points: not decoded apart and copied together after.
+    """
+    out_steps, out_values, out_stamps = out
+    if steps:
+        _decode_into(steps, n, STEP, out_steps)
+    else:  # first_step + 0, 1, ... in int64, as decode_steps
+        np.add(np.arange(n, dtype=STEP), first_step, out=out_steps)
+    _decode_into(vals, n, FLOAT, out_values)
+    if len(ts) == FLOAT.itemsize and n != 1:
+        out_stamps.fill(np.frombuffer(ts, dtype=FLOAT)[0])
+    else:
+        _decode_into(ts, n, FLOAT, out_stamps)
+
+
 def is_tagged(blob: bytes) -> bool:
     """Whether ``blob`` is in the tagged (compressed) format rather than raw."""
     return len(blob) % 8 != 0
@@ -213,6 +231,14 @@ def _decode(blob: bytes, n: int, dtype: np.dtype[Any]) -> Array:
     if decoded is None or decoded.dtype != dtype or len(decoded) != n:
         raise ValueError(f"a compressed column that is not {n} values of {dtype}")
     return decoded
+
+
+def _decode_into(blob: bytes, n: int, dtype: np.dtype[Any], out: Array) -> None:
+    """`_decode` into ``out`` (``n`` long)."""
+    if is_tagged(blob) and blob[0] in (PAGED, PAGED_PADDED):
+        Paged(blob, n, dtype).decode_into(out)
+    else:
+        out[:] = _decode(blob, n, dtype)
 
 
 def _payload(blob: bytes) -> tuple[int, bytes]:
@@ -295,7 +321,10 @@ class Paged:
         return dst
 
     def decode_all(self) -> Array:
-        out = np.empty(self.n, dtype=self.dtype)
+        return self.decode_into(np.empty(self.n, dtype=self.dtype))
+
+    def decode_into(self, out: Array) -> Array:
+        """Every point, into ``out`` (``n`` long)."""
         for i in range(self.page_count()):
             start = i * self.page_points
             self.page(i, out[start : start + self.page_points])
