@@ -235,7 +235,7 @@ def _decode(blob: bytes, n: int, dtype: np.dtype[Any]) -> Array:
 
 def _decode_into(blob: bytes, n: int, dtype: np.dtype[Any], out: Array) -> None:
     """`_decode` into ``out`` (``n`` long)."""
-    if is_tagged(blob) and blob[0] in (PAGED, PAGED_PADDED):
+    if is_paged(blob):
         Paged(blob, n, dtype).decode_into(out)
     else:
         out[:] = _decode(blob, n, dtype)

@@ -11,14 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simtrack.server.db.chunks import (
-    FLOAT,
-    STEP,
-    Array,
-    StoredChunk,
-    unpack_many,
-    unpack_steps,
-)
+from simtrack.server.db.chunks import FLOAT, STEP, Array, StoredChunk, unpack_many, unpack_steps
 
 # A point's place in history order: (step, rank), the rank counting the points of that step
 # before it. Compaction rewrites chunks (new seqs, new places in them) but keeps history order,
