@@ -448,10 +448,12 @@ def test_the_python_client_reads_back_what_its_worker_logged(
                     worker.log_event(step, "restock", {"step": step})
 
         assert [m.name for m in client.list_metrics(run.id)] == ["price", "profit"]
-        profit = client.metric_history(run.id, "profit")  # three pages of 10,000
-        assert profit.steps.tolist() == list(range(25_000)) and profit.range_count == 25_000
-        assert profit.values.tolist() == [step * 0.5 for step in range(25_000)]
-        assert not profit.downsampled and len(profit.timestamps) == 25_000
+        whole = client.metric_history(run.id, "profit")  # one page of up to 100,000
+        profit = client.metric_history(run.id, "profit", page_size=10_000)  # three pages
+        for read in (whole, profit):
+            assert read.steps.tolist() == list(range(25_000)) and read.range_count == 25_000
+            assert read.values.tolist() == [step * 0.5 for step in range(25_000)]
+            assert not read.downsampled and len(read.timestamps) == 25_000
         view = client.metric_history(
             run.id, "price", start_step=100, end_step=20_099, max_points=40
         )

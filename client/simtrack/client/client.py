@@ -50,6 +50,8 @@ from simtrack.v1 import (
     validations_pb2_grpc,
 )
 
+HISTORY_PAGE_MAX = 100_000  # GetMetricHistoryRequest.page_size's largest
+
 __all__ = ["FRAMEWORKS", "Client", "ComparedSeries", "Comparison", "MetricHistory"]
 
 Req = TypeVar("Req")
@@ -297,11 +299,13 @@ class Client:
         start_step: int | None = None,
         end_step: int | None = None,
         max_points: int = 0,
+        page_size: int = HISTORY_PAGE_MAX,
     ) -> MetricHistory:
         """One metric's points in step order, between the steps given (inclusive).
 
         ``max_points`` > 0 asks for at most that many, downsampled by the server so that each
-        step interval keeps its lowest and highest point; 0 reads every point, page by page.
+        step interval keeps its lowest and highest point; 0 reads every point, page by page,
+        ``page_size`` points a call (1-100,000; the most by default: the fewest round trips).
         """
         request = telemetry_pb2.GetMetricHistoryRequest(
             run_id=run_id,
@@ -309,6 +313,7 @@ class Client:
             start_step=start_step,
             end_step=end_step,
             max_points=max_points,
+            page_size=0 if max_points else page_size,
         )
         pages = list(self._pages(self.telemetry.GetMetricHistory, request))
         return MetricHistory(
