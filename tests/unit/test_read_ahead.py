@@ -70,7 +70,11 @@ async def test_a_few_pages_are_held_and_not_for_long() -> None:
     for key in ("a", "b", "c"):
         ahead.start(key, read)
     await ahead.wait()
-    assert await ahead.take("a", current) is None  # the oldest made room
-    assert await ahead.take("b", current) is not None
+    # Full: "c" is not read (pushing "a" out would waste its read when a third reader pages).
+    assert await ahead.take("c", current) is None
+    assert await ahead.take("a", current) is not None  # taken: room for one
+    ahead.start("c", read)
+    await ahead.wait()
     await asyncio.sleep(0.06)
-    assert await ahead.take("c", current) is None  # held too long
+    assert await ahead.take("b", current) is None  # held too long
+    assert await ahead.take("c", current) is None

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Hashable
 
 from simtrack.server.db.chunks import PageChunks
 
-HELD = 4  # pages held (or being read) at most: each up to ~2.4 MB
+HELD = 8  # pages held (or being read) at most, each up to ~2.4 MB: as many as read connections
 KEPT_S = 5.0  # a held page not asked for within this long is dropped
 
 
@@ -41,15 +41,13 @@ class ReadAhead:
         self.given = self.stale = 0  # pages taken: given, or read again (not current)
 
     def start(self, key: Hashable, read: Callable[[], Awaitable[PageChunks | None]]) -> None:
-        """Read the page of ``key`` now (``read``), unless it is being read already; the
-        oldest held page makes room. A page dropped is never cancelled half-way: that would
-        give its connection up, its answer still coming.
+        """Read the page of ``key`` now (``read``), unless it is being read already or as
+        many pages as are held already: more readers paging at once than that would each
+        push out another's page before it is asked for, and every page would be read twice.
         """
         self._drop_stale()
-        if key in self._reads:
+        if key in self._reads or len(self._reads) >= self._held:
             return
-        while len(self._reads) >= self._held:
-            self._reads.popitem(last=False)
         task = asyncio.ensure_future(read())
         task.add_done_callback(_retrieved)
         self._reads[key] = (time.monotonic(), task)
@@ -85,7 +83,7 @@ class ReadAhead:
             key, (started, _) = next(iter(self._reads.items()))
             if started >= oldest:
                 break
-            del self._reads[key]
+            del self._reads[key]  # (never cancelled half-way: its connection would go)
 
 
 def _retrieved(task: asyncio.Task[PageChunks | None]) -> None:
