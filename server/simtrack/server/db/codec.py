@@ -34,6 +34,7 @@ from __future__ import annotations
 import itertools
 import struct
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -139,18 +140,13 @@ def decode_chunk_into(
     n: int, first_step: int, steps: bytes, vals: bytes, ts: bytes, out: tuple[Array, Array, Array]
 ) -> None:
     """`decode_chunk` into ``out`` (steps, values, timestamps: each ``n`` long), where a page
-    of history gathers its chunks' points: not decoded apart and copied together after.
+    of history gathers its chunks' points: a paged column is decoded in place, any other
+    copied there.
     """
     out_steps, out_values, out_stamps = out
-    if steps:
-        _decode_into(steps, n, STEP, out_steps)
-    else:  # first_step + 0, 1, ... in int64, as decode_steps
-        np.add(np.arange(n, dtype=STEP), first_step, out=out_steps)
-    _decode_into(vals, n, FLOAT, out_values)
-    if len(ts) == FLOAT.itemsize and n != 1:
-        out_stamps.fill(np.frombuffer(ts, dtype=FLOAT)[0])
-    else:
-        _decode_into(ts, n, FLOAT, out_stamps)
+    _decode_into(steps, STEP, out_steps, lambda: decode_steps(steps, n, first_step))
+    _decode_into(vals, FLOAT, out_values, lambda: decode_values(vals, n))
+    _decode_into(ts, FLOAT, out_stamps, lambda: decode_timestamps(ts, n))
 
 
 def is_tagged(blob: bytes) -> bool:
@@ -233,12 +229,14 @@ def _decode(blob: bytes, n: int, dtype: np.dtype[Any]) -> Array:
     return decoded
 
 
-def _decode_into(blob: bytes, n: int, dtype: np.dtype[Any], out: Array) -> None:
-    """`_decode` into ``out`` (``n`` long)."""
+def _decode_into(
+    blob: bytes, dtype: np.dtype[Any], out: Array, decode: Callable[[], Array]
+) -> None:
+    """``blob`` into ``out``: in place if paged, else ``decode()`` copied there."""
     if is_paged(blob):
-        Paged(blob, n, dtype).decode_into(out)
+        Paged(blob, len(out), dtype).decode_into(out)
     else:
-        out[:] = _decode(blob, n, dtype)
+        out[:] = decode()
 
 
 def _payload(blob: bytes) -> tuple[int, bytes]:

@@ -213,12 +213,16 @@ class PreparedConnection:
 
         return connect
 
-    async def execute(self, tenant: str, name: bytes, values: list[bytes | None]) -> PGresult:
+    async def execute(
+        self, tenant: str, name: bytes, values: list[bytes | None], binary: bool = False
+    ) -> PGresult:
         """Statement ``name``'s result as ``tenant`` (row-level security's input), its values
-        and columns as text: the session is told its tenant first when it holds another.
+        as text, its columns as text or ``binary``: the session is told its tenant first when
+        it holds another.
         """
         await self._tell(tenant)
-        self._send(lambda: self._pgconn.send_query_prepared(name, values))
+        form = pq.Format.BINARY if binary else pq.Format.TEXT
+        self._send(lambda: self._pgconn.send_query_prepared(name, values, result_format=form))
         return await self._result(pq.ExecStatus.TUPLES_OK)
 
     async def rows(
@@ -227,11 +231,8 @@ class PreparedConnection:
         """Statement ``name``'s rows as ``tenant``, its columns binary and loaded as psycopg
         loads a cursor's (numbers, bytes: no text to parse).
         """
-        await self._tell(tenant)
-        binary = pq.Format.BINARY
-        self._send(lambda: self._pgconn.send_query_prepared(name, values, result_format=binary))
-        result = await self._result(pq.ExecStatus.TUPLES_OK)
-        self._loader.set_pgresult(result, format=binary)
+        result = await self.execute(tenant, name, values, binary=True)
+        self._loader.set_pgresult(result, format=pq.Format.BINARY)
         return self._loader.load_rows(0, result.ntuples, tuple)
 
     async def _tell(self, tenant: str) -> None:

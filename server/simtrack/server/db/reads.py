@@ -125,10 +125,12 @@ _METRIC_VERSION_OF = numbered(
 )
 # The statements of PreparedConnection, by name: runs' versions, a metric's, and a page of
 # history (of a step range or not).
-_PAGE_NAMES = {False: b"page", True: b"page_ranged"}
-_PAGE_NUMBERED = {ranged: numbered(page_read(ranged, _METRIC_VERSION)) for ranged in _PAGE_NAMES}
+_PAGES = {
+    ranged: (name, numbered(page_read(ranged, _METRIC_VERSION)))
+    for ranged, name in ((False, b"page"), (True, b"page_ranged"))
+}
 PREPARED = {b"versions": _VERSIONS.sql, b"metric_version": _METRIC_VERSION_OF.sql} | {
-    _PAGE_NAMES[ranged]: page.sql for ranged, page in _PAGE_NUMBERED.items()
+    name: page.sql for name, page in _PAGES.values()
 }
 
 
@@ -180,8 +182,11 @@ class SqlReads:
             self._run_versioned = self._compile(_RUN_VERSIONED)
             self._view_read = self._compile(_VIEW_READ)
             self.answers = RunAnswers(self._versions, self._versioned_run)
+        # Elsewhere than PostgreSQL (which runs them prepared, _PAGES): SQLAlchemy's own.
         self._page_reads = {
-            ranged: (stmt, self._compile(stmt)) for ranged, stmt in _PAGE_READS.items()
+            ranged: (stmt, self._compile(stmt))
+            for ranged, stmt in _PAGE_READS.items()
+            if self.prepared is None
         }
         self._compiled_cache: LRUCache[Any, Compiled] = LRUCache(500)
         self.ahead = ReadAhead()  # pages read before they are asked for
@@ -337,8 +342,8 @@ class SqlReads:
         if self.prepared is None:
             stmt, compiled = self._page_reads[ranged]
             return await self._rows(stmt, params, compiled)
-        name, values = _PAGE_NAMES[ranged], _PAGE_NUMBERED[ranged].values(params)
-        tenant = params["tenant"]
+        name, page = _PAGES[ranged]
+        values, tenant = page.values(params), params["tenant"]
         return await _on(self.prepared, lambda read: read.rows(tenant, name, values))
 
     async def view(self, run_id: str, metric: str, lo: int, hi: int) -> ViewRead | None:
