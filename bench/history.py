@@ -16,6 +16,7 @@ numpy, with no gRPC and no server (``history_<db>_raw_read_points_per_s``), and 
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import statistics
 import time
@@ -148,22 +149,38 @@ async def measure(
         )
 
         fetch = fetch_for(run_id)
-        rate, raw_rate = await read_figures(telemetry, run_id, METRIC, points, repeats, fetch)
+        rates = await read_figures(telemetry, run_id, METRIC, points, repeats, fetch)
         report.add(
             f"history_{name}_read_points_per_s",
-            rate,
+            rates.columns,
             "points/s",
-            note=f"{points:,} points in pages of 100,000 through the server",
+            note=f"{points:,} points in pages of 100,000 through the server, little-endian columns",
+        )
+        report.add(
+            f"history_{name}_read_repeated_points_per_s",
+            rates.repeated,
+            "points/s",
+            note="the same, the columns in the repeated fields",
         )
         report.add(
             f"history_{name}_raw_read_points_per_s",
-            raw_rate,
+            rates.raw,
             "points/s",
             note="the limit: the same chunks read by one client straight from the database",
         )
-        report.add(f"history_{name}_read_vs_raw", rate / raw_rate, "x")
+        report.add(f"history_{name}_read_vs_raw", rates.columns / rates.raw, "x")
+        report.add(f"history_{name}_read_repeated_vs_raw", rates.repeated / rates.raw, "x")
     finally:
         await control.close()
+
+
+@dataclass(frozen=True)
+class ReadRates:
+    """Points/s reading every point of a series, three ways (see ``read_figures``)."""
+
+    columns: float  # through the server, the columns as little-endian bytes (the client's way)
+    repeated: float  # through the server, the columns in the repeated fields
+    raw: float  # the same chunks straight from the database, decoded: the limit
 
 
 async def read_figures(
@@ -173,32 +190,47 @@ async def read_figures(
     points: int,
     repeats: int,
     fetch: Fetch,
-) -> tuple[float, float]:
+) -> ReadRates:
     """Points/s reading every point of the series (``points``) in pages of 100,000 through
-    the server, and points/s of ``fetch`` (its chunks read straight from the database and
-    unpacked): medians of ``repeats`` reads each.
+    the server, in either column encoding (each page's columns made numpy arrays, as
+    ``Client.metric_history`` does, or its repeated fields parsed), and points/s of ``fetch``
+    (its chunks read straight from the database and unpacked): medians of ``repeats`` reads.
     """
 
-    async def read_all() -> int:
+    async def read_all(encoding: telemetry_pb2.ColumnEncoding.ValueType) -> int:
         read, token = 0, ""
         while True:
             page = await telemetry.GetMetricHistory(
                 telemetry_pb2.GetMetricHistoryRequest(
-                    run_id=run_id, metric=metric, page_size=100_000, page_token=token
+                    run_id=run_id,
+                    metric=metric,
+                    page_size=100_000,
+                    page_token=token,
+                    column_encoding=encoding,
                 )
             )
-            read += len(page.values)
+            if encoding == telemetry_pb2.COLUMN_ENCODING_LITTLE_ENDIAN:
+                np.frombuffer(page.steps_le, "<i8")
+                np.frombuffer(page.timestamps_le, "<f8")
+                read += len(np.frombuffer(page.values_le, "<f8"))
+            else:
+                read += len(page.values)
             token = page.next_page_token
             if not token:
                 return read
 
-    if await read_all() != points:
-        raise RuntimeError(f"{metric}: the pages did not hold every point")
-    seconds = await median_s(read_all, repeats)
+    rates = []
+    for encoding in (
+        telemetry_pb2.COLUMN_ENCODING_LITTLE_ENDIAN,
+        telemetry_pb2.COLUMN_ENCODING_UNSPECIFIED,
+    ):
+        if await read_all(encoding) != points:
+            raise RuntimeError(f"{metric}: the pages did not hold every point")
+        rates.append(points / await median_s(functools.partial(read_all, encoding), repeats))
     if await asyncio.to_thread(raw_read, fetch) != points:
         raise RuntimeError(f"{metric}: the raw read did not hold every point")
     raw_seconds = await median_s(lambda: asyncio.to_thread(raw_read, fetch), repeats)
-    return points / seconds, points / raw_seconds
+    return ReadRates(columns=rates[0], repeated=rates[1], raw=points / raw_seconds)
 
 
 async def _main(sizes: Sizes, admin_url: str, workdir: Path) -> None:

@@ -26,6 +26,7 @@ from tests.support.data import Sent
 pytestmark = pytest.mark.in_process
 
 Request = telemetry_pb2.StreamRunRequest
+LITTLE_ENDIAN = telemetry_pb2.COLUMN_ENCODING_LITTLE_ENDIAN
 Array = np.ndarray[Any, Any]
 
 
@@ -57,10 +58,17 @@ def read_all(
     while True:
         page = history(server, page_size=page_size, page_token=token, **request)
         assert not page.downsampled
-        steps += page.steps
-        values += page.values
-        stamps += page.timestamps
-        sizes.append(len(page.steps))
+        if request.get("column_encoding") == LITTLE_ENDIAN:
+            assert not page.steps and not page.values and not page.timestamps
+            steps += np.frombuffer(page.steps_le, "<i8").tolist()
+            values += np.frombuffer(page.values_le, "<f8").tolist()
+            stamps += np.frombuffer(page.timestamps_le, "<f8").tolist()
+        else:
+            assert not page.steps_le and not page.values_le and not page.timestamps_le
+            steps += page.steps
+            values += page.values
+            stamps += page.timestamps
+        sizes.append(len(steps) - sum(sizes))
         token = page.next_page_token
         if not token:
             return np.array(steps, "<i8"), np.array(values, "<f8"), np.array(stamps, "<f8"), sizes
@@ -108,13 +116,22 @@ async def test_history_pages_return_every_point_once_in_step_order(
     # Step ranges, in pages that end in the middle of repeated steps (3 and 5 at the head,
     # 19,999 at the tail) and of chunks (every 1,000 steps): pages of 3 over a head and a tail
     # across a chunk's end each, pages of 997 over the whole range.
+    # Both column encodings: the repeated fields, and each column's little-endian bytes.
     for lo, hi, page_size in ((3, 1_005, 3), (18_995, 19_999, 3), (3, 19_999, 997)):
         want_steps, want_values, want_stamps = sent.columns(lo, hi)
-        steps, values, stamps, sizes = read_all(
-            server, page_size, run_id=run.id, metric="loss", start_step=lo, end_step=hi
-        )
-        assert same_bits(steps, want_steps) and same_bits(values, want_values)
-        assert same_bits(stamps, want_stamps)
+        for encoding in (telemetry_pb2.COLUMN_ENCODING_UNSPECIFIED, LITTLE_ENDIAN):
+            steps, values, stamps, sizes = read_all(
+                server,
+                page_size,
+                run_id=run.id,
+                metric="loss",
+                start_step=lo,
+                end_step=hi,
+                column_encoding=encoding,
+            )
+            assert same_bits(steps, want_steps) and same_bits(values, want_values)
+            assert same_bits(stamps, want_stamps)
+            assert sizes[:-1] == [page_size] * (len(sizes) - 1)
         assert history(
             server, run_id=run.id, metric="loss", start_step=lo, end_step=hi
         ).range_count == (len(want_steps))
@@ -159,6 +176,14 @@ async def test_downsampled_history_keeps_the_extremes(server: Server, streams: S
         server, run_id=run.id, metric="price", max_points=50, start_step=10, end_step=49
     )
     assert not whole.downsampled and list(whole.steps) == list(range(10, 50))
+    # The same view as little-endian columns: the same points, bit for bit.
+    packed = history(
+        server, run_id=run.id, metric="price", max_points=200, column_encoding=LITTLE_ENDIAN
+    )
+    assert packed.downsampled and packed.range_count == 100_000 and not packed.steps
+    assert same_bits(np.frombuffer(packed.steps_le, "<i8"), got_steps)
+    assert same_bits(np.frombuffer(packed.values_le, "<f8"), np.array(view.values))
+    assert same_bits(np.frombuffer(packed.timestamps_le, "<f8"), np.array(view.timestamps))
 
 
 async def test_last_step_is_present_only_when_the_metric_has_a_finite_value(
@@ -362,7 +387,10 @@ async def test_bad_reads_get_the_right_status_naming_the_field(
     token = history(server, run_id=run.id, metric="loss", page_size=3).next_page_token
     invalid = grpc.StatusCode.INVALID_ARGUMENT
     not_found = grpc.StatusCode.NOT_FOUND
-    History = telemetry_pb2.GetMetricHistoryRequest
+    History, Encoding = (
+        telemetry_pb2.GetMetricHistoryRequest,
+        telemetry_pb2.ColumnEncoding.ValueType,
+    )
     cases = [
         (History(run_id="", metric="loss"), invalid, ["run_id"]),
         (History(run_id="not-a-uuid", metric="loss"), invalid, ["run_id"]),
@@ -375,6 +403,16 @@ async def test_bad_reads_get_the_right_status_naming_the_field(
         (History(run_id=run.id, metric="loss", page_size=100_001), invalid, ["page_size"]),
         (History(run_id=run.id, metric="loss", page_size=-1), invalid, ["page_size"]),
         (History(run_id=run.id, metric="loss", page_token="garbage"), invalid, ["page_token"]),
+        (
+            History(run_id=run.id, metric="loss", column_encoding=Encoding(2)),
+            invalid,
+            ["column_encoding"],
+        ),
+        (
+            History(run_id=run.id, metric="loss", column_encoding=Encoding(-1)),
+            invalid,
+            ["column_encoding"],
+        ),
         (
             History(run_id=run.id, metric="loss", page_token=token, start_step=1),
             invalid,

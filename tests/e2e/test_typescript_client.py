@@ -77,6 +77,11 @@ def test_typescript_worker_streams_and_reads_back(server: Server, smoke_client: 
     # Read back over the HTTP listener (Connect in JSON, gRPC-Web): gRPC's answers exactly.
     assert summary["overHttp"] == {"connectJson": True, "grpcWeb": True}
     assert summary["runningRuns"] == 0
+    # GetMetricHistory's little-endian columns, read with a DataView: the repeated fields' points.
+    assert summary["history"] == {
+        "inventory": {"steps": [0, 1], "values": ["100", "NaN"], "same": True},
+        "profit": {"steps": [0, 1], "values": ["1.5", "-0"], "same": True},
+    }
     assert summary["metrics"] == {
         # The NaN is stored but not summarised: the last finite step is 0, and present.
         "inventory": {"count": 2, "lastStep": 0, "lastValue": 100},

@@ -77,3 +77,44 @@ def test_ascending_steps_take_the_blockwise_path_with_the_same_bytes(seed: int) 
     got = packed.message()
     want = expected(steps, np.zeros(len(steps)), np.zeros(len(steps)), "", 0, False)
     assert got.SerializeToString() == want.SerializeToString()
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_little_endian_columns_equal_protobufs_own_and_the_columns(seed: int) -> None:
+    """COLUMN_ENCODING_LITTLE_ENDIAN: the columns as their bytes in the ``_le`` fields (the
+    repeated ones empty), the wire protobuf's own, each column read back bit for bit.
+    """
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(0, 3000)) if seed else 0
+    steps = rng.integers(-(2**63), 2**63 - 1, size=n, dtype=np.int64, endpoint=True)
+    steps[: len(EDGES)] = EDGES[: min(n, len(EDGES))]
+    values = rng.standard_normal(n)
+    values[: len(ODD_VALUES)] = ODD_VALUES[: min(n, len(ODD_VALUES))]
+    stamps = 1.7e9 + rng.random(n)
+    token, count, downsampled = "tok" * (seed % 3), seed * 1000, bool(seed % 2)
+    packed = history_response(steps, values, stamps, token, count, downsampled, little_endian=True)
+    want = tpb.GetMetricHistoryResponse(
+        steps_le=steps.astype("<i8").tobytes(),
+        values_le=values.astype("<f8").tobytes(),
+        timestamps_le=stamps.astype("<f8").tobytes(),
+        next_page_token=token,
+        range_count=count,
+        downsampled=downsampled,
+    )
+    assert packed.wire == want.SerializeToString()
+    got = packed.message()
+    assert not got.steps and not got.values and not got.timestamps
+    assert np.array_equal(np.frombuffer(got.steps_le, dtype="<i8"), steps)
+    assert np.frombuffer(got.values_le, dtype="<f8").tobytes() == values.tobytes()  # NaN payloads
+    assert np.frombuffer(got.timestamps_le, dtype="<f8").tobytes() == stamps.tobytes()
+
+
+def test_little_endian_columns_of_other_dtypes_are_converted() -> None:
+    """Columns the server holds as other dtypes (int32 steps, float32) go as int64/float64."""
+    steps = np.array([3, 1, 2], dtype=np.int32)
+    got = history_response(
+        steps, np.array([1.5, 2, 3], dtype=np.float32), np.arange(3.0)[::-1], "", 3, False, True
+    ).message()
+    assert np.frombuffer(got.steps_le, dtype="<i8").tolist() == [3, 1, 2]
+    assert np.frombuffer(got.values_le, dtype="<f8").tolist() == [1.5, 2.0, 3.0]
+    assert np.frombuffer(got.timestamps_le, dtype="<f8").tolist() == [2.0, 1.0, 0.0]

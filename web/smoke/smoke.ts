@@ -24,6 +24,8 @@ import {
   RunStatus,
 } from "../src/gen/simtrack/v1/runs_pb.js";
 import {
+  ColumnEncoding,
+  GetMetricHistoryResponseSchema,
   ListMetricsResponseSchema,
   type StreamRunRequest,
   TelemetryService,
@@ -36,7 +38,41 @@ function sameBytes<D extends DescMessage>(schema: D, a: MessageShape<D>, b: Mess
   return Buffer.from(toBinary(schema, a)).equals(toBinary(schema, b));
 }
 
-/** Whether GetRun and ListMetrics over `transport` answer what they answer over gRPC. */
+/** The numbers of a little-endian float64 or int64 column (a DataView: the bytes need not be
+ * 8-byte aligned in the response's buffer). */
+function littleEndian<T>(bytes: Uint8Array, read: (view: DataView, offset: number) => T): T[] {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  return Array.from({ length: bytes.byteLength / 8 }, (_, i) => read(view, i * 8));
+}
+
+/** A double as text that keeps what JSON loses: NaN, -0. */
+function exactly(value: number): string {
+  return Object.is(value, -0) ? "-0" : String(value);
+}
+
+/** A metric's history read both ways over `transport`: the repeated fields, and the
+ * little-endian columns; the points as text, and whether both ways hold the same ones. */
+async function historyBothWays(transport: Transport, runId: string, metric: string) {
+  const telemetry = createClient(TelemetryService, transport);
+  const options = { timeoutMs: CALL_TIMEOUT_MS };
+  const repeated = await telemetry.getMetricHistory({ runId, metric }, options);
+  const packed = await telemetry.getMetricHistory(
+    { runId, metric, columnEncoding: ColumnEncoding.LITTLE_ENDIAN },
+    options,
+  );
+  const steps = littleEndian(packed.stepsLe, (v, at) => v.getBigInt64(at, true));
+  const values = littleEndian(packed.valuesLe, (v, at) => v.getFloat64(at, true));
+  const stamps = littleEndian(packed.timestampsLe, (v, at) => v.getFloat64(at, true));
+  const same =
+    packed.steps.length === 0 &&
+    steps.join() === repeated.steps.join() &&
+    values.map(exactly).join() === repeated.values.map(exactly).join() &&
+    stamps.map(exactly).join() === repeated.timestamps.map(exactly).join();
+  return { steps: steps.map(Number), values: values.map(exactly), same };
+}
+
+/** Whether GetRun, ListMetrics and GetMetricHistory (little-endian columns) over `transport`
+ * answer what they answer over gRPC. */
 async function sameOver(transport: Transport, grpc: Transport, runId: string): Promise<boolean> {
   const options = { timeoutMs: CALL_TIMEOUT_MS };
   const [overHttp, overGrpc] = [transport, grpc].map((t) => ({
@@ -48,12 +84,18 @@ async function sameOver(transport: Transport, grpc: Transport, runId: string): P
   }
   const run = await overHttp.runs.getRun({ id: runId }, options);
   const metrics = await overHttp.telemetry.listMetrics({ runId }, options);
+  const history = { runId, metric: "inventory", columnEncoding: ColumnEncoding.LITTLE_ENDIAN };
   return (
     sameBytes(GetRunResponseSchema, run, await overGrpc.runs.getRun({ id: runId }, options)) &&
     sameBytes(
       ListMetricsResponseSchema,
       metrics,
       await overGrpc.telemetry.listMetrics({ runId }, options),
+    ) &&
+    sameBytes(
+      GetMetricHistoryResponseSchema,
+      await overHttp.telemetry.getMetricHistory(history, options),
+      await overGrpc.telemetry.getMetricHistory(history, options),
     )
   );
 }
@@ -141,6 +183,10 @@ async function main(target: string, http: string | undefined): Promise<void> {
     overHttp,
     status: RunStatus[finished?.status ?? RunStatus.UNSPECIFIED],
     runningRuns: listed.runs.length,
+    history: {
+      inventory: await historyBothWays(transport, runId, "inventory"),
+      profit: await historyBothWays(transport, runId, "profit"),
+    },
     metrics: Object.fromEntries(
       metrics.map((m) => [
         m.name,

@@ -24,6 +24,38 @@ class MetricHistory:
     downsampled: bool  # some points of the range were left out (max_points)
     range_count: int  # stored points in the range, shown or not
 
+    @classmethod
+    def of_pages(cls, pages: list[telemetry_pb2.GetMetricHistoryResponse]) -> MetricHistory:
+        """The points of GetMetricHistory's pages, one after another: each page's columns
+        read straight from its little-endian bytes (COLUMN_ENCODING_LITTLE_ENDIAN), or from
+        its repeated fields where a server that predates the encoding sent those.
+        """
+        columns = [_columns(page) for page in pages]
+        return cls(
+            steps=np.concatenate([steps for steps, _, _ in columns]),
+            values=np.concatenate([values for _, values, _ in columns]),
+            timestamps=np.concatenate([stamps for _, _, stamps in columns]),
+            downsampled=pages[0].downsampled,
+            range_count=pages[0].range_count,
+        )
+
+
+Columns = tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64]]
+
+
+def _columns(page: telemetry_pb2.GetMetricHistoryResponse) -> Columns:
+    if page.steps and not page.steps_le:
+        return (
+            np.array(page.steps, dtype=np.int64),
+            np.array(page.values, dtype=np.float64),
+            np.array(page.timestamps, dtype=np.float64),
+        )
+    return (
+        np.frombuffer(page.steps_le, dtype="<i8").astype(np.int64, copy=False),
+        np.frombuffer(page.values_le, dtype="<f8").astype(np.float64, copy=False),
+        np.frombuffer(page.timestamps_le, dtype="<f8").astype(np.float64, copy=False),
+    )
+
 
 @dataclass(frozen=True)
 class ComparedSeries(MetricHistory):

@@ -26,7 +26,6 @@ from types import TracebackType
 from typing import Any, BinaryIO, Protocol, TypeVar
 
 import grpc
-import numpy as np
 
 from simtrack.client._channel import call_metadata, open_channel
 from simtrack.client._convert import to_struct
@@ -314,15 +313,9 @@ class Client:
             end_step=end_step,
             max_points=max_points,
             page_size=0 if max_points else page_size,
+            column_encoding=telemetry_pb2.COLUMN_ENCODING_LITTLE_ENDIAN,  # read without parsing
         )
-        pages = list(self._pages(self.telemetry.GetMetricHistory, request))
-        return MetricHistory(
-            steps=np.concatenate([np.array(p.steps, dtype=np.int64) for p in pages]),
-            values=np.concatenate([np.array(p.values, dtype=np.float64) for p in pages]),
-            timestamps=np.concatenate([np.array(p.timestamps, dtype=np.float64) for p in pages]),
-            downsampled=pages[0].downsampled,
-            range_count=pages[0].range_count,
-        )
+        return MetricHistory.of_pages(list(self._pages(self.telemetry.GetMetricHistory, request)))
 
     def compare_runs(
         self,

@@ -133,11 +133,11 @@ def _bytes_field(field: int, payload: bytes | memoryview) -> tuple[bytes | memor
     return _key(field, _LENGTH_DELIMITED) + varint(size), payload
 
 
-def _column(values: Array) -> memoryview:
-    """The memory of ``values`` as contiguous little-endian float64 (no copy when they are
-    already).
+def _column(values: Array, dtype: str = "<f8") -> memoryview:
+    """The memory of ``values`` as a contiguous little-endian array of ``dtype`` (no copy when
+    they are one already).
     """
-    return np.ascontiguousarray(values, dtype="<f8").data
+    return np.ascontiguousarray(values, dtype=dtype).data
 
 
 def history_response(
@@ -147,16 +147,32 @@ def history_response(
     next_page_token: str,
     range_count: int,
     downsampled: bool,
+    little_endian: bool = False,
 ) -> Packed[tpb.GetMetricHistoryResponse]:
-    """The response, as protobuf would serialize it from the same columns and fields."""
-    wire = b"".join(
-        (
+    """The response, as protobuf would serialize it from the same columns and fields: the
+    columns in the repeated fields, or as their bytes in the ``_le`` fields (``little_endian``).
+    """
+    repeated: tuple[bytes | memoryview, ...] = ()
+    little_endian_columns: tuple[bytes | memoryview, ...] = ()
+    if little_endian:
+        little_endian_columns = (
+            *_bytes_field(7, _column(steps, "<i8")),
+            *_bytes_field(8, _column(values)),
+            *_bytes_field(9, _column(timestamps)),
+        )
+    else:
+        repeated = (
             *_bytes_field(1, varints(steps)),
             *_bytes_field(2, _column(values)),
             *_bytes_field(3, _column(timestamps)),
+        )
+    wire = b"".join(  # in field number order, as protobuf serializes
+        (
+            *repeated,
             *_bytes_field(4, next_page_token.encode()),
             _key(5, _VARINT) + varint(range_count) if range_count else b"",
             _key(6, _VARINT) + b"\x01" if downsampled else b"",
+            *little_endian_columns,
         )
     )
     return Packed(wire, tpb.GetMetricHistoryResponse)

@@ -267,6 +267,15 @@ def comparison_to_proto(found: Comparison) -> tpb.CompareRunsResponse:
     )
 
 
+def _little_endian(encoding: int) -> bool:
+    """Whether GetMetricHistory's columns go as little-endian bytes (see ColumnEncoding)."""
+    if encoding not in tpb.ColumnEncoding.values():
+        allowed = ", ".join(n for n in tpb.ColumnEncoding.keys() if not n.endswith("UNSPECIFIED"))
+        message = f"unknown value {encoding} (allowed: {allowed})"
+        raise InvalidArgument.of("column_encoding", message)
+    return encoding == tpb.COLUMN_ENCODING_LITTLE_ENDIAN
+
+
 class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
     """A worker's stream into the ingest writer, and what it stored read back."""
 
@@ -360,6 +369,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
     async def GetMetricHistory(  # type: ignore[override]  # the interceptor sends Packed
         self, request: tpb.GetMetricHistoryRequest, context: Context
     ) -> Packed[tpb.GetMetricHistoryResponse]:
+        little_endian = _little_endian(request.column_encoding)
         found = await self.history.history(
             request.run_id,
             request.metric,
@@ -377,6 +387,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
             found.next_page_token,
             found.range_count,
             found.downsampled,
+            little_endian,
         )
 
     async def CompareRuns(
