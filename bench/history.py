@@ -32,6 +32,7 @@ from bench.control import Control
 from bench.infra import PostgresDatabase, SqliteDatabase, run_bench, start_simtrack
 from bench.report import Report
 from bench.stream_worker import CHANNEL_OPTIONS, Streamer, WorkerConfig, build_messages
+from simtrack.client import MetricHistory
 from simtrack.server.db.chunks import unpack
 from simtrack.v1 import telemetry_pb2, telemetry_pb2_grpc
 
@@ -193,7 +194,7 @@ async def read_figures(
 ) -> ReadRates:
     """Points/s reading every point of the series (``points``) in pages of 100,000 through
     the server, in either column encoding (each page's columns made numpy arrays, as
-    ``Client.metric_history`` does, or its repeated fields parsed), and points/s of ``fetch``
+    ``Client.metric_history`` does, or its repeated fields parsed only), and points/s of ``fetch``
     (its chunks read straight from the database and unpacked): medians of ``repeats`` reads.
     """
 
@@ -210,9 +211,7 @@ async def read_figures(
                 )
             )
             if encoding == telemetry_pb2.COLUMN_ENCODING_LITTLE_ENDIAN:
-                np.frombuffer(page.steps_le, "<i8")
-                np.frombuffer(page.timestamps_le, "<f8")
-                read += len(np.frombuffer(page.values_le, "<f8"))
+                read += len(MetricHistory.of_page(page).values)  # every column made an array
             else:
                 read += len(page.values)
             token = page.next_page_token

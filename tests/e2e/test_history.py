@@ -18,6 +18,7 @@ import pytest
 from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.message import Message
 
+from simtrack.client import MetricHistory
 from simtrack.v1 import runs_pb2, telemetry_pb2
 from tests.support import Refusal, Server, StartServer, StreamKit
 from tests.support.data import Sent
@@ -60,9 +61,10 @@ def read_all(
         assert not page.downsampled
         if request.get("column_encoding") == LITTLE_ENDIAN:
             assert not page.steps and not page.values and not page.timestamps
-            steps += np.frombuffer(page.steps_le, "<i8").tolist()
-            values += np.frombuffer(page.values_le, "<f8").tolist()
-            stamps += np.frombuffer(page.timestamps_le, "<f8").tolist()
+            read = MetricHistory.of_page(page)  # consecutive steps, a shared timestamp: once
+            steps += read.steps.tolist()
+            values += read.values.tolist()
+            stamps += read.timestamps.tolist()
         else:
             assert not page.steps_le and not page.values_le and not page.timestamps_le
             steps += page.steps
@@ -181,9 +183,9 @@ async def test_downsampled_history_keeps_the_extremes(server: Server, streams: S
         server, run_id=run.id, metric="price", max_points=200, column_encoding=LITTLE_ENDIAN
     )
     assert packed.downsampled and packed.range_count == 100_000 and not packed.steps
-    assert same_bits(np.frombuffer(packed.steps_le, "<i8"), got_steps)
-    assert same_bits(np.frombuffer(packed.values_le, "<f8"), np.array(view.values))
-    assert same_bits(np.frombuffer(packed.timestamps_le, "<f8"), np.array(view.timestamps))
+    read = MetricHistory.of_page(packed)
+    assert same_bits(read.steps, got_steps) and same_bits(read.values, np.array(view.values))
+    assert same_bits(read.timestamps, np.array(view.timestamps))
 
 
 async def test_last_step_is_present_only_when_the_metric_has_a_finite_value(

@@ -79,8 +79,13 @@ def test_typescript_worker_streams_and_reads_back(server: Server, smoke_client: 
     assert summary["runningRuns"] == 0
     # GetMetricHistory's little-endian columns, read with a DataView: the repeated fields' points.
     assert summary["history"] == {
-        "inventory": {"steps": [0, 1], "values": ["100", "NaN"], "same": True},
-        "profit": {"steps": [0, 1], "values": ["1.5", "-0"], "same": True},
+        "inventory": {
+            "steps": [0, 1],
+            "values": ["100", "NaN"],
+            "stepsSentOnce": True,
+            "same": True,
+        },
+        "profit": {"steps": [0, 1], "values": ["1.5", "-0"], "stepsSentOnce": True, "same": True},
     }
     assert summary["metrics"] == {
         # The NaN is stored but not summarised: the last finite step is 0, and present.

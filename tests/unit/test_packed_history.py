@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from simtrack.client import MetricHistory
 from simtrack.server.api.packed import history_response, varint, varints
 from simtrack.v1 import telemetry_pb2 as tpb
 from tests.support.compaction import ODD_VALUES
@@ -79,34 +80,77 @@ def test_ascending_steps_take_the_blockwise_path_with_the_same_bytes(seed: int) 
     assert got.SerializeToString() == want.SerializeToString()
 
 
-@pytest.mark.parametrize("seed", range(12))
-def test_little_endian_columns_equal_protobufs_own_and_the_columns(seed: int) -> None:
-    """COLUMN_ENCODING_LITTLE_ENDIAN: the columns as their bytes in the ``_le`` fields (the
-    repeated ones empty), the wire protobuf's own, each column read back bit for bit.
-    """
-    rng = np.random.default_rng(seed)
-    n = int(rng.integers(0, 3000)) if seed else 0
-    steps = rng.integers(-(2**63), 2**63 - 1, size=n, dtype=np.int64, endpoint=True)
-    steps[: len(EDGES)] = EDGES[: min(n, len(EDGES))]
-    values = rng.standard_normal(n)
-    values[: len(ODD_VALUES)] = ODD_VALUES[: min(n, len(ODD_VALUES))]
-    stamps = 1.7e9 + rng.random(n)
-    token, count, downsampled = "tok" * (seed % 3), seed * 1000, bool(seed % 2)
-    packed = history_response(steps, values, stamps, token, count, downsampled, little_endian=True)
-    want = tpb.GetMetricHistoryResponse(
-        steps_le=steps.astype("<i8").tobytes(),
+def little_endian(steps: np.ndarray, values: np.ndarray, stamps: np.ndarray, token: str,
+                  count: int, downsampled: bool) -> tpb.GetMetricHistoryResponse:  # fmt: skip
+    """COLUMN_ENCODING_LITTLE_ENDIAN's response, by its rules, through protobuf's own code."""
+    n = len(steps)
+    dense = n > 0 and all(int(b) - int(a) == 1 for a, b in zip(steps, steps[1:], strict=False))
+    shared = n > 1 and len({v.tobytes() for v in stamps.astype("<f8")}) == 1
+    return tpb.GetMetricHistoryResponse(
+        steps_le=b"" if dense else steps.astype("<i8").tobytes(),
         values_le=values.astype("<f8").tobytes(),
-        timestamps_le=stamps.astype("<f8").tobytes(),
+        timestamps_le=stamps[: 1 if shared else n].astype("<f8").tobytes(),
+        first_step=int(steps[0]) if dense else 0,
         next_page_token=token,
         range_count=count,
         downsampled=downsampled,
     )
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_little_endian_columns_equal_protobufs_own_and_the_columns(seed: int) -> None:
+    """COLUMN_ENCODING_LITTLE_ENDIAN: the columns as their bytes in the ``_le`` fields (the
+    repeated ones empty), consecutive steps as first_step, a timestamp every point shares
+    once; the wire protobuf's own, and the client reads each column back bit for bit.
+    """
+    rng = np.random.default_rng(seed)
+    n = (0, 1, 2, 5000)[seed % 4] if seed < 8 else int(rng.integers(0, 3000))
+    first = int(rng.choice([0, -5, 2**63 - n, -(2**63), 123_456_789]))
+    steps = first + np.arange(n, dtype=np.int64)  # consecutive: the usual
+    if seed % 3 == 1 and n > 2:  # a gap, a repeat, the extremes
+        steps = rng.integers(-(2**63), 2**63 - 1, size=n, dtype=np.int64, endpoint=True)
+        steps[: len(EDGES)] = EDGES[: min(n, len(EDGES))]
+    elif seed % 3 == 2 and n > 2:
+        steps[n // 2 :] += 1
+    values = rng.standard_normal(n)
+    values[: len(ODD_VALUES)] = ODD_VALUES[: min(n, len(ODD_VALUES))]
+    stamps = np.full(n, 1.7e9 + seed)  # one flush's: shared
+    if seed % 2 and n > 1:
+        stamps[-1] = -0.0 if seed % 4 == 1 else 1.7e9  # one differs (-0.0 is not 0.0's bits)
+    token, count, downsampled = "tok" * (seed % 3), seed * 1000, bool(seed % 2)
+    packed = history_response(steps, values, stamps, token, count, downsampled, little_endian=True)
+    want = little_endian(steps, values, stamps, token, count, downsampled)
     assert packed.wire == want.SerializeToString()
     got = packed.message()
     assert not got.steps and not got.values and not got.timestamps
-    assert np.array_equal(np.frombuffer(got.steps_le, dtype="<i8"), steps)
-    assert np.frombuffer(got.values_le, dtype="<f8").tobytes() == values.tobytes()  # NaN payloads
-    assert np.frombuffer(got.timestamps_le, dtype="<f8").tobytes() == stamps.tobytes()
+    read = MetricHistory.of_page(got)
+    assert np.array_equal(read.steps, steps)
+    assert read.values.tobytes() == values.tobytes()  # NaN payloads kept
+    assert read.timestamps.tobytes() == stamps.tobytes()
+    assert (read.range_count, read.downsampled) == (count, downsampled)
+
+
+def test_little_endian_elides_only_what_it_may() -> None:
+    """Consecutive steps and a shared timestamp are sent once; anything else in full."""
+
+    def sent(steps: list[int], stamps: list[float]) -> tpb.GetMetricHistoryResponse:
+        column = np.array(steps, dtype=np.int64)
+        return history_response(
+            column, np.zeros(len(steps)), np.array(stamps), "", 0, False, True
+        ).message()
+
+    dense = sent([7, 8, 9], [5.0, 5.0, 5.0])
+    assert (dense.steps_le, dense.first_step) == (b"", 7)
+    assert dense.timestamps_le == np.float64(5.0).tobytes()
+    apart = sent([0, 1], [1.0, 2.0])
+    assert (apart.steps_le, apart.first_step, len(apart.timestamps_le)) == (b"", 0, 16)
+    for steps in ([0, 2, 3], [3, 2, 1], [1, 1, 2], [2**63 - 1, -(2**63)]):  # int64 wraps: not +1
+        assert len(sent(steps, [0.0] * len(steps)).steps_le) == 8 * len(steps)
+    nan_bits = [float(np.nan), float(-np.float64(np.nan))]  # NaNs of other bits: not shared
+    assert len(sent([0, 1], nan_bits).timestamps_le) == 16
+    one = sent([-3], [9.0])
+    assert (one.steps_le, one.first_step, len(one.timestamps_le)) == (b"", -3, 8)
+    assert sent([], []).SerializeToString() == b""
 
 
 def test_little_endian_columns_of_other_dtypes_are_converted() -> None:

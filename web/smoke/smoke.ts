@@ -60,15 +60,21 @@ async function historyBothWays(transport: Transport, runId: string, metric: stri
     { runId, metric, columnEncoding: ColumnEncoding.LITTLE_ENDIAN },
     options,
   );
-  const steps = littleEndian(packed.stepsLe, (v, at) => v.getBigInt64(at, true));
   const values = littleEndian(packed.valuesLe, (v, at) => v.getFloat64(at, true));
-  const stamps = littleEndian(packed.timestampsLe, (v, at) => v.getFloat64(at, true));
+  // Consecutive steps come as firstStep alone; a timestamp every point shares, once.
+  const steps =
+    packed.stepsLe.length > 0
+      ? littleEndian(packed.stepsLe, (v, at) => v.getBigInt64(at, true))
+      : values.map((_, i) => packed.firstStep + BigInt(i));
+  const sent = littleEndian(packed.timestampsLe, (v, at) => v.getFloat64(at, true));
+  const stamps = sent.length === 1 ? values.map(() => sent[0] ?? Number.NaN) : sent;
   const same =
     packed.steps.length === 0 &&
     steps.join() === repeated.steps.join() &&
     values.map(exactly).join() === repeated.values.map(exactly).join() &&
     stamps.map(exactly).join() === repeated.timestamps.map(exactly).join();
-  return { steps: steps.map(Number), values: values.map(exactly), same };
+  const stepsSentOnce = packed.stepsLe.length === 0;
+  return { steps: steps.map(Number), values: values.map(exactly), stepsSentOnce, same };
 }
 
 /** Whether GetRun, ListMetrics and GetMetricHistory (little-endian columns) over `transport`

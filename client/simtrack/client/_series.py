@@ -25,36 +25,43 @@ class MetricHistory:
     range_count: int  # stored points in the range, shown or not
 
     @classmethod
-    def of_pages(cls, pages: list[telemetry_pb2.GetMetricHistoryResponse]) -> MetricHistory:
-        """The points of GetMetricHistory's pages, one after another: each page's columns
-        read straight from its little-endian bytes (COLUMN_ENCODING_LITTLE_ENDIAN), or from
-        its repeated fields where a server that predates the encoding sent those.
+    def of_page(cls, page: telemetry_pb2.GetMetricHistoryResponse) -> MetricHistory:
+        """The points of one GetMetricHistory response, in either column encoding: read
+        straight from the little-endian bytes (COLUMN_ENCODING_LITTLE_ENDIAN), consecutive
+        steps and a shared timestamp spelled out, or from the repeated fields.
         """
-        columns = [_columns(page) for page in pages]
+        if page.values and not page.values_le:  # repeated fields (or a server before 0.2.0)
+            steps = np.array(page.steps, dtype=np.int64)
+            values = np.array(page.values, dtype=np.float64)
+            stamps = np.array(page.timestamps, dtype=np.float64)
+        else:
+            values = np.frombuffer(page.values_le, dtype="<f8").astype(np.float64, copy=False)
+            n = len(values)
+            if page.steps_le:
+                steps = np.frombuffer(page.steps_le, dtype="<i8").astype(np.int64, copy=False)
+            else:  # first_step + arange: arange(first_step, ...) overflows near int64's top
+                steps = page.first_step + np.arange(n, dtype=np.int64)
+            stamps = np.frombuffer(page.timestamps_le, dtype="<f8").astype(np.float64, copy=False)
+            if len(stamps) == 1 and n > 1:
+                stamps = np.full(n, stamps[0])
+        if not len(steps) == len(values) == len(stamps):
+            raise ValueError(
+                f"a history page of {len(steps)} steps, {len(values)} values and"
+                f" {len(stamps)} timestamps"
+            )
+        return cls(steps, values, stamps, page.downsampled, page.range_count)
+
+    @classmethod
+    def of_pages(cls, pages: list[telemetry_pb2.GetMetricHistoryResponse]) -> MetricHistory:
+        """The points of GetMetricHistory's pages, one after another (see `of_page`)."""
+        read = [cls.of_page(page) for page in pages]
         return cls(
-            steps=np.concatenate([steps for steps, _, _ in columns]),
-            values=np.concatenate([values for _, values, _ in columns]),
-            timestamps=np.concatenate([stamps for _, _, stamps in columns]),
+            steps=np.concatenate([p.steps for p in read]),
+            values=np.concatenate([p.values for p in read]),
+            timestamps=np.concatenate([p.timestamps for p in read]),
             downsampled=pages[0].downsampled,
             range_count=pages[0].range_count,
         )
-
-
-Columns = tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64]]
-
-
-def _columns(page: telemetry_pb2.GetMetricHistoryResponse) -> Columns:
-    if page.steps and not page.steps_le:
-        return (
-            np.array(page.steps, dtype=np.int64),
-            np.array(page.values, dtype=np.float64),
-            np.array(page.timestamps, dtype=np.float64),
-        )
-    return (
-        np.frombuffer(page.steps_le, dtype="<i8").astype(np.int64, copy=False),
-        np.frombuffer(page.values_le, dtype="<f8").astype(np.float64, copy=False),
-        np.frombuffer(page.timestamps_le, dtype="<f8").astype(np.float64, copy=False),
-    )
 
 
 @dataclass(frozen=True)

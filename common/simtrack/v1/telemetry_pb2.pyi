@@ -86,8 +86,10 @@ class _ColumnEncodingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Column
     """
     COLUMN_ENCODING_LITTLE_ENDIAN: _ColumnEncoding.ValueType  # 1
     """Each column as its array's little-endian bytes, in steps_le, values_le and timestamps_le:
-    read without parsing (numpy.frombuffer, a JavaScript BigInt64Array and Float64Array, a Go
-    or Rust slice), several times faster than the repeated fields for pages of many points.
+    read without parsing (numpy.frombuffer, a JavaScript DataView or Float64Array, a Go or
+    Rust slice), several times faster than the repeated fields for pages of many points. The
+    page's points are values_le's: 8 bytes each. Consecutive steps (first_step, first_step +
+    1, ...) and a timestamp every point shares, as a simulation's usually are, come once.
     """
 
 class ColumnEncoding(_ColumnEncoding, metaclass=_ColumnEncodingEnumTypeWrapper):
@@ -101,8 +103,10 @@ library parses into its own lists.
 """
 COLUMN_ENCODING_LITTLE_ENDIAN: ColumnEncoding.ValueType  # 1
 """Each column as its array's little-endian bytes, in steps_le, values_le and timestamps_le:
-read without parsing (numpy.frombuffer, a JavaScript BigInt64Array and Float64Array, a Go
-or Rust slice), several times faster than the repeated fields for pages of many points.
+read without parsing (numpy.frombuffer, a JavaScript DataView or Float64Array, a Go or
+Rust slice), several times faster than the repeated fields for pages of many points. The
+page's points are values_le's: 8 bytes each. Consecutive steps (first_step, first_step +
+1, ...) and a timestamp every point shares, as a simulation's usually are, come once.
 """
 Global___ColumnEncoding: _TypeAlias = ColumnEncoding  # noqa: Y015
 
@@ -844,18 +848,25 @@ class GetMetricHistoryResponse(_message.Message):
     STEPS_LE_FIELD_NUMBER: _builtins.int
     VALUES_LE_FIELD_NUMBER: _builtins.int
     TIMESTAMPS_LE_FIELD_NUMBER: _builtins.int
+    FIRST_STEP_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     RANGE_COUNT_FIELD_NUMBER: _builtins.int
     DOWNSAMPLED_FIELD_NUMBER: _builtins.int
     steps_le: _builtins.bytes
-    """steps as little-endian int64s, 8 bytes each (COLUMN_ENCODING_LITTLE_ENDIAN only)."""
+    """COLUMN_ENCODING_LITTLE_ENDIAN: the steps as little-endian int64s, 8 bytes a point; empty
+    when they run consecutively from first_step (first_step, first_step + 1, ...).
+    """
     values_le: _builtins.bytes
-    """values as little-endian IEEE 754 float64s, 8 bytes each (COLUMN_ENCODING_LITTLE_ENDIAN
-    only).
+    """COLUMN_ENCODING_LITTLE_ENDIAN: the values as little-endian IEEE 754 float64s, 8 bytes a
+    point (their count is the page's).
     """
     timestamps_le: _builtins.bytes
-    """timestamps as little-endian IEEE 754 float64s, 8 bytes each (COLUMN_ENCODING_LITTLE_ENDIAN
-    only).
+    """COLUMN_ENCODING_LITTLE_ENDIAN: the timestamps as little-endian IEEE 754 float64s, 8 bytes
+    a point, or 8 bytes in all when every point of the page has that timestamp.
+    """
+    first_step: _builtins.int
+    """COLUMN_ENCODING_LITTLE_ENDIAN with steps_le empty: the first point's step, the others
+    following it one by one. 0 otherwise.
     """
     next_page_token: _builtins.str
     """Token for the next page; empty on the last page and when downsampled."""
@@ -886,13 +897,14 @@ class GetMetricHistoryResponse(_message.Message):
         steps_le: _builtins.bytes = ...,
         values_le: _builtins.bytes = ...,
         timestamps_le: _builtins.bytes = ...,
+        first_step: _builtins.int = ...,
         next_page_token: _builtins.str = ...,
         range_count: _builtins.int = ...,
         downsampled: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["downsampled", b"downsampled", "next_page_token", b"next_page_token", "range_count", b"range_count", "steps", b"steps", "steps_le", b"steps_le", "timestamps", b"timestamps", "timestamps_le", b"timestamps_le", "values", b"values", "values_le", b"values_le"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["downsampled", b"downsampled", "first_step", b"first_step", "next_page_token", b"next_page_token", "range_count", b"range_count", "steps", b"steps", "steps_le", b"steps_le", "timestamps", b"timestamps", "timestamps_le", b"timestamps_le", "values", b"values", "values_le", b"values_le"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

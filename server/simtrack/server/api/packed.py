@@ -16,6 +16,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 from google.protobuf.message import Message
 
+from simtrack.server.db.codec import all_equal, consecutive
 from simtrack.v1 import telemetry_pb2 as tpb
 
 Array = np.ndarray[Any, Any]
@@ -150,15 +151,22 @@ def history_response(
     little_endian: bool = False,
 ) -> Packed[tpb.GetMetricHistoryResponse]:
     """The response, as protobuf would serialize it from the same columns and fields: the
-    columns in the repeated fields, or as their bytes in the ``_le`` fields (``little_endian``).
+    columns in the repeated fields, or as their bytes in the ``_le`` fields (``little_endian``;
+    consecutive steps as ``first_step``, a timestamp every point shares once).
     """
     repeated: tuple[bytes | memoryview, ...] = ()
     little_endian_columns: tuple[bytes | memoryview, ...] = ()
     if little_endian:
+        steps = np.ascontiguousarray(steps, dtype="<i8")
+        timestamps = np.ascontiguousarray(timestamps, dtype="<f8")
+        dense = len(steps) > 0 and consecutive(steps)
+        if len(timestamps) > 1 and all_equal(timestamps):
+            timestamps = timestamps[:1]  # the one every point has
         little_endian_columns = (
-            *_bytes_field(7, _column(steps, "<i8")),
+            *_bytes_field(7, b"" if dense else steps.data),
             *_bytes_field(8, _column(values)),
-            *_bytes_field(9, _column(timestamps)),
+            *_bytes_field(9, timestamps.data),
+            _key(10, _VARINT) + varint(int(steps[0])) if dense and steps[0] else b"",
         )
     else:
         repeated = (

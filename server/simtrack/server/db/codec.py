@@ -66,12 +66,17 @@ def encode_steps(steps: Array, level: int = DEFAULT_LEVEL, page: int | None = No
     with ``first_step = steps[0]``, which for consecutive steps is also their minimum.
     """
     steps = np.ascontiguousarray(steps, dtype=STEP)
-    # np.diff wraps around in int64 (int64 max then min differ by "1"); the span, in Python
-    # integers, rules that out.
-    n = len(steps)
-    if n <= 1 or (int(steps[-1]) - int(steps[0]) == n - 1 and bool((np.diff(steps) == 1).all())):
+    if consecutive(steps):
         return b""
     return _encode(steps, level, page)
+
+
+def consecutive(steps: Array) -> bool:
+    """Whether ``steps`` (int64) run ``steps[0], steps[0] + 1, ...`` (true of none or one)."""
+    n = len(steps)
+    # np.diff wraps around in int64 (int64 max then min differ by "1"); the span, in Python
+    # integers, rules that out.
+    return n <= 1 or (int(steps[-1]) - int(steps[0]) == n - 1 and bool((np.diff(steps) == 1).all()))
 
 
 def decode_steps(blob: bytes, n: int, first_step: int) -> Array:
@@ -99,10 +104,15 @@ def encode_timestamps(stamps: Array, level: int = DEFAULT_LEVEL, page: int | Non
     "Equal" is bitwise, so NaN stamps and ``0.0`` beside ``-0.0`` are kept as they were.
     """
     stamps = np.ascontiguousarray(stamps, dtype=FLOAT)
-    bits = stamps.view(np.uint64)
-    if len(stamps) and bool((bits == bits[0]).all()):
+    if len(stamps) and all_equal(stamps):
         return stamps[:1].tobytes()
     return _encode(stamps, level, page)
+
+
+def all_equal(column: Array) -> bool:
+    """Whether every value of a non-empty float64 ``column`` has the first one's bits."""
+    bits = column.view(np.uint64)
+    return bool((bits == bits[0]).all())
 
 
 def decode_timestamps(blob: bytes, n: int) -> Array:
