@@ -245,7 +245,7 @@ class Chunks:
 
 
 VIEWS = 15  # GetMetricHistory calls per view or page figure (its median)
-READS = 5  # reads of the whole series (and raw reads), each figure their median
+READS = 9  # reads of the whole series (and raw reads, in turn), each figure their median
 PAGE = 10_000  # points
 POLL_S = 0.25  # the lag's resolution; polling more often would take CPU from compaction
 

@@ -195,7 +195,8 @@ async def read_figures(
     """Points/s reading every point of the series (``points``) in pages of 100,000 through
     the server, in either column encoding (each page's columns made numpy arrays, as
     ``Client.metric_history`` does, or its repeated fields parsed only), and points/s of ``fetch``
-    (its chunks read straight from the database and unpacked): medians of ``repeats`` reads.
+    (its chunks read straight from the database and unpacked): medians of ``repeats`` reads of
+    each, the three taken in turn.
     """
 
     async def read_all(encoding: telemetry_pb2.ColumnEncoding.ValueType) -> int:
@@ -218,18 +219,22 @@ async def read_figures(
             if not token:
                 return read
 
-    rates = []
-    for encoding in (
-        telemetry_pb2.COLUMN_ENCODING_LITTLE_ENDIAN,
-        telemetry_pb2.COLUMN_ENCODING_UNSPECIFIED,
-    ):
-        if await read_all(encoding) != points:
-            raise RuntimeError(f"{metric}: the pages did not hold every point")
-        rates.append(points / await median_s(functools.partial(read_all, encoding), repeats))
-    if await asyncio.to_thread(raw_read, fetch) != points:
-        raise RuntimeError(f"{metric}: the raw read did not hold every point")
-    raw_seconds = await median_s(lambda: asyncio.to_thread(raw_read, fetch), repeats)
-    return ReadRates(columns=rates[0], repeated=rates[1], raw=points / raw_seconds)
+    reads: dict[str, Callable[[], Awaitable[int]]] = {
+        "columns": functools.partial(read_all, telemetry_pb2.COLUMN_ENCODING_LITTLE_ENDIAN),
+        "repeated": functools.partial(read_all, telemetry_pb2.COLUMN_ENCODING_UNSPECIFIED),
+        "raw": lambda: asyncio.to_thread(raw_read, fetch),
+    }
+    for name, read in reads.items():  # each once unmeasured, and holding every point
+        if await read() != points:
+            raise RuntimeError(f"{metric}: the {name} read did not hold every point")
+    times: dict[str, list[float]] = {name: [] for name in reads}
+    for _ in range(repeats):  # in turn: the machine's speed drifts, and slows the three alike
+        for name, read in reads.items():
+            started = time.perf_counter()
+            await read()
+            times[name].append(time.perf_counter() - started)
+    rates = {name: points / statistics.median(taken) for name, taken in times.items()}
+    return ReadRates(**rates)
 
 
 async def _main(sizes: Sizes, admin_url: str, workdir: Path) -> None:

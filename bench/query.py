@@ -115,7 +115,7 @@ FULL = Sizes(
     listed_runs=10_000,
     experiments=10,
     latency_calls=200,
-    read_repeats=5,
+    read_repeats=9,
     unary_seconds=4.0,
     unary_rounds=3,
 )

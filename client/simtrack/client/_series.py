@@ -4,7 +4,9 @@ and a comparison of runs (``Client.compare_runs``), as numpy columns.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -52,16 +54,34 @@ class MetricHistory:
         return cls(steps, values, stamps, page.downsampled, page.range_count)
 
     @classmethod
-    def of_pages(cls, pages: list[telemetry_pb2.GetMetricHistoryResponse]) -> MetricHistory:
-        """The points of GetMetricHistory's pages, one after another (see `of_page`)."""
-        read = [cls.of_page(page) for page in pages]
-        return cls(
-            steps=np.concatenate([p.steps for p in read]),
-            values=np.concatenate([p.values for p in read]),
-            timestamps=np.concatenate([p.timestamps for p in read]),
-            downsampled=pages[0].downsampled,
-            range_count=pages[0].range_count,
-        )
+    def of_pages(cls, pages: Iterable[telemetry_pb2.GetMetricHistoryResponse]) -> MetricHistory:
+        """The points of GetMetricHistory's pages, one after another (see `of_page`), each
+        page copied once into columns as long as the range's points (``range_count``): no
+        list of pages to concatenate at the end.
+        """
+        columns: tuple[npt.NDArray[Any], ...] = ()
+        at, first = 0, None
+        for page in pages:
+            read = cls.of_page(page)
+            first = first or read
+            end = at + len(read.values)
+            if not columns or end > len(columns[0]):  # the first page; or points written since
+                size = max(end, read.range_count) if page.next_page_token else end
+                grown = [
+                    np.empty(size, dtype=dtype) for dtype in (np.int64, np.float64, np.float64)
+                ]
+                for old, new in zip(columns, grown, strict=False):
+                    new[:at] = old[:at]
+                columns = tuple(grown)
+            for column, part in zip(
+                columns, (read.steps, read.values, read.timestamps), strict=True
+            ):
+                column[at:end] = part
+            at = end
+        if first is None:
+            raise ValueError("no page of history")
+        steps, values, stamps = (column[:at] for column in columns)
+        return cls(steps, values, stamps, first.downsampled, first.range_count)
 
 
 @dataclass(frozen=True)

@@ -315,7 +315,7 @@ class Client:
             page_size=0 if max_points else page_size,
             column_encoding=telemetry_pb2.COLUMN_ENCODING_LITTLE_ENDIAN,  # read without parsing
         )
-        return MetricHistory.of_pages(list(self._pages(self.telemetry.GetMetricHistory, request)))
+        return MetricHistory.of_pages(self._pages(self.telemetry.GetMetricHistory, request))
 
     def compare_runs(
         self,
