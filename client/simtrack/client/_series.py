@@ -29,8 +29,9 @@ class MetricHistory:
     @classmethod
     def of_page(cls, page: telemetry_pb2.GetMetricHistoryResponse) -> MetricHistory:
         """The points of one GetMetricHistory response, in either column encoding: read
-        straight from the little-endian bytes (COLUMN_ENCODING_LITTLE_ENDIAN), consecutive
-        steps and a shared timestamp spelled out, or from the repeated fields.
+        straight from the little-endian bytes (COLUMN_ENCODING_LITTLE_ENDIAN: the columns are
+        then read-only views of the response's bytes), consecutive steps and a shared
+        timestamp spelled out; or from the repeated fields.
         """
         if page.values and not page.values_le:  # repeated fields (or a server before 0.2.0)
             steps = np.array(page.steps, dtype=np.int64)
@@ -63,7 +64,8 @@ class MetricHistory:
         at, first = 0, None
         for page in pages:
             read = cls.of_page(page)
-            first = first or read
+            if first is None:
+                first = read
             end = at + len(read.values)
             if not columns or end > len(columns[0]):  # the first page; or points written since
                 size = max(end, read.range_count) if page.next_page_token else end
