@@ -861,8 +861,9 @@ class GetMetricHistoryResponse(_message.Message):
     point (their count is the page's).
     """
     timestamps_le: _builtins.bytes
-    """COLUMN_ENCODING_LITTLE_ENDIAN: the timestamps as little-endian IEEE 754 float64s, 8 bytes
-    a point, or 8 bytes in all when every point of the page has that timestamp.
+    """COLUMN_ENCODING_LITTLE_ENDIAN: the timestamps (Unix times in seconds, as in timestamps) as
+    little-endian IEEE 754 float64s, 8 bytes a point, or 8 bytes in all when every point of
+    the page has that timestamp.
     """
     first_step: _builtins.int
     """COLUMN_ENCODING_LITTLE_ENDIAN with steps_le empty: the first point's step, the others

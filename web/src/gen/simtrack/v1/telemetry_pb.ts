@@ -868,8 +868,9 @@ export type GetMetricHistoryResponse = Message<"simtrack.v1.GetMetricHistoryResp
   valuesLe: Uint8Array;
 
   /**
-   * COLUMN_ENCODING_LITTLE_ENDIAN: the timestamps as little-endian IEEE 754 float64s, 8 bytes
-   * a point, or 8 bytes in all when every point of the page has that timestamp.
+   * COLUMN_ENCODING_LITTLE_ENDIAN: the timestamps (Unix times in seconds, as in timestamps) as
+   * little-endian IEEE 754 float64s, 8 bytes a point, or 8 bytes in all when every point of
+   * the page has that timestamp.
    *
    * @generated from field: bytes timestamps_le = 9;
    */
