@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import math
 import subprocess
@@ -263,6 +264,10 @@ def test_metrics_history_and_events_show_what_a_worker_streamed(
     assert [float(r["timestamp"]) for r in rows] == pytest.approx(stamps.tolist(), abs=1e-6)
     assert png.read_bytes().startswith(PNG_SIGNATURE)
     assert matplotlib.image.imread(png).shape == (450, 800, 4)
+    # `--csv -`: the CSV alone on standard output (to pipe), the summary on standard error.
+    piped = cli("history", run.id, "profit", "--csv", "-")
+    assert [int(r["step"]) for r in csv.DictReader(io.StringIO(piped.stdout))] == steps.tolist()
+    assert "profit: 200 points" in piped.stderr and not Path("-").exists()
 
     window = cli(
         "history", run.id, "profit", "--start-step", "50", "--end-step", "149", "--max-points", "10"
@@ -333,6 +338,9 @@ def test_compare_shows_writes_and_draws_runs_side_by_side(
     history = client.metric_history(first.id, "profit", max_points=50)
     with points.open(newline="") as file:
         assert [int(r["step"]) for r in csv.DictReader(file)] == history.steps.tolist()
+    piped = cli("compare", first.id, "--metric", "profit", "--max-points", "50", "--csv", "-")
+    rows = list(csv.DictReader(io.StringIO(piped.stdout)))  # the CSV alone: nothing else printed
+    assert [int(r["step"]) for r in rows] == history.steps.tolist() and not piped.stderr.strip()
 
 
 @ON_SQLITE

@@ -25,7 +25,7 @@ from rich.live import Live
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
 from simtrack.client import cli_compare
-from simtrack.client.cli_history import PLOT_INSTALL, summary, write_csv, write_png
+from simtrack.client.cli_history import PLOT_INSTALL, summary, to_stdout, write_csv, write_png
 from simtrack.client.cli_output import (
     AGENT_COLUMNS,
     EVENT_COLUMNS,
@@ -266,13 +266,15 @@ def _history(args: argparse.Namespace, client: Client) -> int:
     if _cannot_plot(args):
         return 2
     history = client.metric_history(args.run_id, args.metric, **_points(args))
-    print(summary(args.metric, history))
+    notes = sys.stderr if to_stdout(args.csv) else sys.stdout  # stdout: the CSV alone
+    print(summary(args.metric, history), file=notes)
     if args.csv:
         write_csv(args.csv, history)
-        print(f"wrote {args.csv}")
+        if not to_stdout(args.csv):
+            print(f"wrote {args.csv}")
     if args.png:
         write_png(args.png, history, args.metric, f"run {args.run_id}")
-        print(f"wrote {args.png}")
+        print(f"wrote {args.png}", file=notes)
     return 0
 
 
@@ -280,12 +282,14 @@ def _compare(args: argparse.Namespace, client: Client) -> int:
     if _cannot_plot(args):
         return 2
     found = client.compare_runs(args.run_ids, args.metric, **_points(args))
+    notes = sys.stderr if to_stdout(args.csv) else sys.stdout  # stdout: the CSV alone
     if args.csv:
         cli_compare.write_csv(args.csv, found)
-        print(f"wrote {args.csv}")
+        if not to_stdout(args.csv):
+            print(f"wrote {args.csv}")
     if args.png:
         cli_compare.write_png(args.png, found, cli_compare.title_of(found))
-        print(f"wrote {args.png}")
+        print(f"wrote {args.png}", file=notes)
     if not (args.csv or args.png):
         Console().print(cli_compare.summary_table(found))
     return 0
@@ -478,7 +482,9 @@ def add_api_commands(commands: Subcommands) -> dict[str, Subcommands]:
     history.add_argument("run_id")
     history.add_argument("metric")
     _add_points_options(history, "downsample on the server (0: every point)")
-    history.add_argument("--csv", type=Path, help="write the points here (step,value,timestamp)")
+    history.add_argument(
+        "--csv", type=Path, help="write the points here (step,value,timestamp; -: standard output)"
+    )
     history.add_argument("--png", type=Path, help="write a line plot here")
 
     compare = _command(
@@ -499,7 +505,7 @@ def add_api_commands(commands: Subcommands) -> dict[str, Subcommands]:
         "--csv",
         type=Path,
         help="write the points here, one row each (run_id,run,experiment,run_number,metric,"
-        "unit,step,value,timestamp)",
+        "unit,step,value,timestamp; -: standard output)",
     )
     compare.add_argument("--png", type=Path, help="write a plot here: a panel per metric")
 

@@ -18,6 +18,7 @@ from rich.console import JustifyMethod
 from rich.table import Table
 
 from simtrack.client._series import ComparedSeries, Comparison
+from simtrack.client.cli_history import csv_output
 from simtrack.v1 import telemetry_pb2
 
 NOTE_WIDTH = 90  # characters per line of a panel's note (beside its title)
@@ -88,7 +89,7 @@ def write_csv(path: Path, found: Comparison) -> None:
     """
     labels = run_labels(found.runs)
     runs = {r.run_id: r for r in found.runs}
-    with path.open("w", newline="", encoding="utf-8") as file:
+    with csv_output(path) as file:
         writer = csv.writer(file)
         writer.writerow(
             ["run_id", "run", "experiment", "run_number", "metric", "unit", "step", "value",

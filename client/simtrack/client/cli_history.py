@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
@@ -25,9 +29,25 @@ def summary(metric: str, history: MetricHistory) -> str:
     return text
 
 
+def to_stdout(path: Path | None) -> bool:
+    """Whether ``--csv`` names standard output (``-``)."""
+    return path is not None and str(path) == "-"
+
+
+@contextlib.contextmanager
+def csv_output(path: Path) -> Iterator[TextIO]:
+    """The file at ``path``, opened to write CSV; standard output for ``-``."""
+    if to_stdout(path):
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    with path.open("w", newline="", encoding="utf-8") as file:
+        yield file
+
+
 def write_csv(path: Path, history: MetricHistory) -> None:
     """Columns step, value, timestamp (Unix seconds); floats as repr, so they read back exact."""
-    with path.open("w", newline="", encoding="utf-8") as file:
+    with csv_output(path) as file:
         writer = csv.writer(file)
         writer.writerow(["step", "value", "timestamp"])
         writer.writerows(
