@@ -113,6 +113,12 @@ def duration(value: timedelta | None) -> duration_pb2.Duration | None:
     return result
 
 
+def unknown_enum_value(proto: Any, field: str, number: int) -> InvalidArgument:
+    """The error for a ``number`` that the proto enum ``proto`` lacks, naming ``field``."""
+    allowed = ", ".join(n for n in proto.keys() if not n.endswith("_UNSPECIFIED"))
+    return InvalidArgument.of(field, f"unknown value {number} (allowed: {allowed})")
+
+
 class EnumMapping:
     """Maps a proto enum (``PREFIX_NAME`` values) to a domain StrEnum and back."""
 
@@ -134,8 +140,7 @@ class EnumMapping:
             return None
         member = self._members.get(number)
         if member is None:
-            allowed = ", ".join(n for n in self.proto.keys() if not n.endswith("_UNSPECIFIED"))
-            raise InvalidArgument.of(field, f"unknown value {number} (allowed: {allowed})")
+            raise unknown_enum_value(self.proto, field, number)
         return member
 
     def to_proto(self, member: StrEnum) -> Any:

@@ -27,6 +27,7 @@ from simtrack.server.api.convert import (
     struct_to_dict,
     timestamp_of_nanos,
     unix_nanos,
+    unknown_enum_value,
 )
 from simtrack.server.api.convert import timestamp as ts
 from simtrack.server.api.packed import Packed, history_response
@@ -270,9 +271,7 @@ def comparison_to_proto(found: Comparison) -> tpb.CompareRunsResponse:
 def _little_endian(encoding: int) -> bool:
     """Whether GetMetricHistory's columns go as little-endian bytes (see ColumnEncoding)."""
     if encoding not in tpb.ColumnEncoding.values():
-        allowed = ", ".join(n for n in tpb.ColumnEncoding.keys() if not n.endswith("UNSPECIFIED"))
-        message = f"unknown value {encoding} (allowed: {allowed})"
-        raise InvalidArgument.of("column_encoding", message)
+        raise unknown_enum_value(tpb.ColumnEncoding, "column_encoding", encoding)
     return encoding == tpb.COLUMN_ENCODING_LITTLE_ENDIAN
 
 
