@@ -25,6 +25,7 @@ from simtrack.server.core.tenancy import (
 from simtrack.server.db.chunks import PageChunks
 from simtrack.server.db.reads import SqlReads
 from simtrack.server.db.view_rows import ViewRead
+from simtrack.server.domain import history as history_module
 from simtrack.server.domain.history import History, HistoryService
 from simtrack.v1 import telemetry_pb2 as tpb
 from tests.integration.test_history_views import STATES, written
@@ -220,3 +221,31 @@ async def test_a_page_read_ahead_holds_every_write_committed_before_its_call(
     # The third page was read ahead and read again (its metric had changed); the fourth on,
     # read ahead after the write, were given as read.
     assert (reads.ahead.stale, given) == ((1, len(pages) - 3) if postgres else (0, 0))
+
+
+async def test_a_first_page_of_the_largest_size_gets_the_next_read_ahead(
+    services: Services, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading every point (the largest pages, as Client.metric_history does), the second
+    page is read ahead of its call too (PostgreSQL); a smaller first page is left alone (a
+    view of one page), its reader's next pages read ahead once it pages through.
+    """
+    monkeypatch.setattr(history_module, "HISTORY_PAGE_MAX", 1000)  # the largest page: 1,000
+    run = await services.run((await services.experiment()).id)
+    postgres = database_url.startswith("postgresql")
+    async with running_writer(services) as writer:
+        for seq in range(1, 6):  # steps 0-4,999
+            steps = list(range((seq - 1) * 1000, seq * 1000))
+            series = tpb.MetricSeries(name="x", steps=steps, values=[0.5] * len(steps))
+            batch = tpb.StreamRunRequest(seq=seq, metrics=tpb.MetricBatch(series=[series]))
+            await writer.submit(LOCAL_PRINCIPAL, run.id, decode(batch))
+    reads = services.reads
+    history = HistoryService(services.uow, reads)
+    stored = await stored_points(services, run.id, "x")
+    for size in (1000, 999):
+        given = reads.ahead.given
+        pages = await every_page(history, run.id, size)
+        assert columns(pages) == stored
+        # Every page after the first read ahead; but the second, after a smaller first page.
+        ahead = len(pages) - (1 if size == 1000 else 2)
+        assert ahead >= 3 and reads.ahead.given - given == (ahead if postgres else 0), size

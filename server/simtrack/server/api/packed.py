@@ -151,18 +151,22 @@ def history_response(
     range_count: int,
     downsampled: bool,
     little_endian: bool = False,
+    *,
+    known_consecutive: bool = False,
+    known_one_timestamp: bool = False,
 ) -> Packed[tpb.GetMetricHistoryResponse]:
     """The response, as protobuf would serialize it from the same columns and fields: the
     columns in the repeated fields, or as their bytes in the ``_le`` fields (``little_endian``;
-    consecutive steps as ``first_step``, a timestamp every point shares once).
+    consecutive steps as ``first_step``, a timestamp every point shares once). ``known_*``:
+    the caller knows the steps consecutive, or the timestamps one (else both are checked).
     """
     repeated: tuple[bytes | memoryview, ...] = ()
     little_endian_columns: tuple[bytes | memoryview, ...] = ()
     if little_endian:
         steps = np.ascontiguousarray(steps, dtype="<i8")
         timestamps = np.ascontiguousarray(timestamps, dtype="<f8")
-        dense = len(steps) > 0 and consecutive(steps)
-        if len(timestamps) > 1 and all_equal(timestamps):
+        dense = len(steps) > 0 and (known_consecutive or consecutive(steps))
+        if len(timestamps) > 1 and (known_one_timestamp or all_equal(timestamps)):
             timestamps = timestamps[:1]  # the one every point has
         little_endian_columns = (
             *_bytes_field(7, b"" if dense else steps.data),

@@ -387,6 +387,8 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
             found.range_count,
             found.downsampled,
             little_endian,
+            known_consecutive=points.consecutive,
+            known_one_timestamp=points.one_timestamp,
         )
 
     async def CompareRuns(

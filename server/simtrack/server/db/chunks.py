@@ -69,7 +69,7 @@ class PageChunks(NamedTuple):
     version: int | None = None  # the metric row's version the statement saw (PostgreSQL)
     # The chunks' columns unpacked (`unpack_many`), when read ahead: decoding a compacted
     # chunk's columns is most of what a page costs the server.
-    columns: tuple[Array, Array, Array] | None = None
+    columns: Unpacked | None = None
 
 
 class ChunkSummary(NamedTuple):
@@ -218,17 +218,32 @@ def compressed(chunk: StoredChunk) -> bool:
     return is_tagged(chunk.steps) or is_tagged(chunk.vals) or is_tagged(chunk.ts)
 
 
-def unpack_many(chunks: Sequence[StoredChunk]) -> tuple[Array, Array, Array]:
+class Unpacked(NamedTuple):
+    """Chunks' columns concatenated (`unpack_many`), with what their rows tell of them."""
+
+    steps: Array
+    values: Array
+    timestamps: Array
+    # The steps run steps[0], steps[0] + 1, ...: every chunk's were elided, each chunk
+    # starting where the one before ended (a series logged step by step, compacted or not).
+    consecutive: bool
+    one_timestamp: bool  # every point's timestamp has the first's bits (each chunk's was one)
+
+
+def unpack_many(chunks: Sequence[StoredChunk]) -> Unpacked:
     """The chunks' (steps, values, timestamps), concatenated in the order given.
 
     The same as unpacking each chunk and concatenating, with a constant number of numpy calls
     for each run of raw chunks whatever its length: a fleet's series is thousands of two-point
     chunks, where a call per chunk costs more than the points. Compressed chunks are large
     (compaction makes them), so decoding them one by one costs little per point; each is
-    decoded straight into its place in the columns.
+    decoded straight into its place in the columns, but for steps and timestamps their rows
+    show to be one run or one value: those are made once for all the chunks.
     """
+    consecutive = _one_run_of_steps(chunks)
+    one_timestamp = _one_timestamp(chunks)
     if not any(compressed(c) for c in chunks):
-        return _unpack_raw(chunks)
+        return Unpacked(*_unpack_raw(chunks), consecutive, one_timestamp)
     total = sum(c.n for c in chunks)
     out = (np.empty(total, dtype=STEP), np.empty(total, dtype=FLOAT), np.empty(total, dtype=FLOAT))
     at = 0
@@ -245,10 +260,35 @@ def unpack_many(chunks: Sequence[StoredChunk]) -> tuple[Array, Array, Array]:
             at, raw = end, []
         if chunk is not None:  # decoded straight into its place
             end = at + chunk.n
-            place = (out[0][at:end], out[1][at:end], out[2][at:end])
+            place = (
+                None if consecutive else out[0][at:end],
+                out[1][at:end],
+                None if one_timestamp else out[2][at:end],
+            )
             decode_chunk_into(chunk.n, chunk.first_step, chunk.steps, chunk.vals, chunk.ts, place)
             at = end
-    return out
+    steps, values, stamps = out
+    if consecutive:  # first_step + arange: an arange from first_step would go through float
+        np.add(np.arange(total, dtype=STEP), chunks[0].first_step, out=steps)
+    if one_timestamp:
+        stamps.fill(np.frombuffer(chunks[0].ts, dtype=FLOAT)[0])
+    return Unpacked(steps, values, stamps, consecutive, one_timestamp)
+
+
+def _one_run_of_steps(chunks: Sequence[StoredChunk]) -> bool:
+    """Whether every chunk's steps are elided and each starts where the one before ended."""
+    follows = chunks[0].first_step if chunks else 0
+    for chunk in chunks:
+        if chunk.steps or chunk.first_step != follows:
+            return False
+        follows += chunk.n
+    return True
+
+
+def _one_timestamp(chunks: Sequence[StoredChunk]) -> bool:
+    """Whether every chunk's timestamps are one raw float64, the same bits in all."""
+    first = chunks[0].ts if chunks else b""
+    return all(len(c.ts) == FLOAT.itemsize and c.ts == first for c in chunks)
 
 
 def _unpack_raw(chunks: Sequence[StoredChunk]) -> tuple[Array, Array, Array]:

@@ -147,16 +147,23 @@ def decode_chunk(
 
 
 def decode_chunk_into(
-    n: int, first_step: int, steps: bytes, vals: bytes, ts: bytes, out: tuple[Array, Array, Array]
+    n: int,
+    first_step: int,
+    steps: bytes,
+    vals: bytes,
+    ts: bytes,
+    out: tuple[Array | None, Array, Array | None],
 ) -> None:
     """`decode_chunk` into ``out`` (steps, values, timestamps: each ``n`` long), where a page
     of history gathers its chunks' points: a paged column is decoded in place, any other
-    copied there.
+    copied there; a column whose ``out`` is None is left (its caller fills it at once).
     """
     out_steps, out_values, out_stamps = out
-    _decode_into(steps, STEP, out_steps, lambda: decode_steps(steps, n, first_step))
+    if out_steps is not None:
+        _decode_into(steps, STEP, out_steps, lambda: decode_steps(steps, n, first_step))
     _decode_into(vals, FLOAT, out_values, lambda: decode_values(vals, n))
-    _decode_into(ts, FLOAT, out_stamps, lambda: decode_timestamps(ts, n))
+    if out_stamps is not None:
+        _decode_into(ts, FLOAT, out_stamps, lambda: decode_timestamps(ts, n))
 
 
 def is_tagged(blob: bytes) -> bool:

@@ -4,8 +4,9 @@ A reader paging through a series asks for page k + 1 once page k has reached it 
 parsed; until then the database would wait, and after it the server waits on the database.
 Reading every point of a 1M-point series in pages of 100,000, the database's share of each
 page (4 of its 10-12 ms) was one link of a chain where nothing overlapped. So once a reader
-has asked for a next page (a page token: it is paging through), the page after the one it gets
-is read at once and held here, a few seconds at most, for the request that will come.
+has asked for a next page (a page token: it is paging through), or for a first page of the
+largest size (reading every point), the page after the one it gets is read at once and held
+here, a few seconds at most, for the request that will come.
 
 A held page is given only when the metric's row is still the version the read saw (its xmin,
 read by the page's own statement): every write of a metric's points updates that row in the

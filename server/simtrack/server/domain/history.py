@@ -240,9 +240,10 @@ class HistoryService:
             count = read.within + range_count(read.edges, lo, hi)
         merged = merge(read.chunks, start, hi, after, read.columns)
         found = _page(merged, read.unread or len(merged) > size, size, count, scope)
-        if after is not None and found.next_page_token:
-            # Paging through: the page after this one is likely next. Its start is this
-            # page's last step (or lo), as the token's decoding makes it.
+        if found.next_page_token and (after is not None or size == HISTORY_PAGE_MAX):
+            # Paging through (a token), or reading every point (the largest pages, as
+            # Client.metric_history does): the page after this one is likely next. Its start
+            # is this page's last step (or lo), as the token's decoding makes it.
             last_step = int(found.points.steps[-1])
             self.pages.read_ahead(
                 run_id, metric, lo, hi, max(lo, last_step), size, first_read(size)

@@ -11,29 +11,49 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simtrack.server.db.chunks import FLOAT, STEP, Array, StoredChunk, unpack_many, unpack_steps
+from simtrack.server.db.chunks import (
+    FLOAT,
+    STEP,
+    Array,
+    StoredChunk,
+    Unpacked,
+    unpack_many,
+    unpack_steps,
+)
 
 # A point's place in history order: (step, rank), the rank counting the points of that step
 # before it. Compaction rewrites chunks (new seqs, new places in them) but keeps history order,
 # and later points sort after every stored one of their step, so a key, and the page token
 # that carries it, outlives compaction.
 Key = tuple[int, int]
-Columns = tuple[Array, Array, Array]  # steps, values, timestamps
 
 
 @dataclass(frozen=True)
 class Points:
-    """Parallel columns: int64 steps, float64 values, float64 Unix-second timestamps."""
+    """Parallel columns: int64 steps, float64 values, float64 Unix-second timestamps; and
+    what is known of them without looking (from the chunks' rows: `Unpacked`), so a response
+    need not check it point by point.
+    """
 
     steps: Array
     values: Array
     timestamps: Array
+    consecutive: bool = False  # the steps run steps[0], steps[0] + 1, ... (False: unknown)
+    one_timestamp: bool = False  # every timestamp has the first's bits (False: unknown)
 
     def __len__(self) -> int:
         return len(self.steps)
 
     def take(self, index: Array | slice) -> Points:
-        return Points(self.steps[index], self.values[index], self.timestamps[index])
+        """The points at ``index``; a slice keeps what is known of the columns."""
+        known = isinstance(index, slice) and index.step in (None, 1)
+        return Points(
+            self.steps[index],
+            self.values[index],
+            self.timestamps[index],
+            known and self.consecutive,
+            known and self.one_timestamp,
+        )
 
 
 @dataclass(frozen=True)
@@ -55,14 +75,15 @@ class Merged:
         return step, rank + (self.skipped if step == self.after_step else 0)
 
 
-def history_order(chunks: Sequence[StoredChunk], columns: Columns | None = None) -> Points:
-    """The chunks' points sorted by (step, seq, place in the chunk); ``columns``: the chunks
+def history_order(chunks: Sequence[StoredChunk], unpacked: Unpacked | None = None) -> Points:
+    """The chunks' points sorted by (step, seq, place in the chunk); ``unpacked``: the chunks
     unpacked already (`unpack_many`).
     """
-    steps, values, stamps = unpack_many(chunks) if columns is None else columns
-    points = Points(steps, values, stamps)
-    if len(steps) < 2 or bool((steps[1:] > steps[:-1]).all()):  # already in order
-        return points
+    columns = unpack_many(chunks) if unpacked is None else unpacked
+    points = Points(*columns)
+    steps = points.steps
+    if columns.consecutive or len(steps) < 2 or bool((steps[1:] > steps[:-1]).all()):
+        return points  # already in order
     counts = np.fromiter((c.n for c in chunks), dtype=np.int64, count=len(chunks))
     seqs = np.repeat(np.fromiter((c.seq for c in chunks), dtype=STEP, count=len(chunks)), counts)
     index = np.arange(len(steps), dtype=STEP) - np.repeat(np.cumsum(counts) - counts, counts)
@@ -74,19 +95,19 @@ def merge(
     lo: int,
     hi: int,
     after: Key | None = None,
-    columns: Columns | None = None,
+    unpacked: Unpacked | None = None,
 ) -> Merged:
     """The chunks' points with lo <= step <= hi (and key > ``after``), in history order.
 
     With ``after``, the chunks must include every one holding a point of its step (the rank
-    counts them). ``columns``: the chunks unpacked already.
+    counts them). ``unpacked``: the chunks unpacked already.
     """
     if after is not None:
         lo = max(lo, after[0])
     if not chunks:
         empty = np.empty(0, dtype=FLOAT)
         return Merged(Points(np.empty(0, dtype=STEP), empty, empty))
-    points = history_order(chunks, columns)
+    points = history_order(chunks, unpacked)
     steps = points.steps
     if any(c.first_step < lo or c.last_step > hi for c in chunks):
         # Sorted by step: the range is one slice.
