@@ -461,6 +461,7 @@ async def history_series(
     def goal(name: str) -> Target | None:
         """Issue 12's goal for the figure: PostgreSQL's (SQLite's figures stand beside it)."""
         return TARGETS[name] if db.pg_database is not None else None
+
     if db.pg_database is not None:
         report.add(
             "history_downsample_ms_fleet_series_before_vacuum",
