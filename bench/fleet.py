@@ -53,7 +53,7 @@ import psycopg
 
 from bench.control import Control, percentile
 from bench.fleet_worker import FleetConfig
-from bench.history import Fetch, median_s, postgres_fetch, read_figures, sqlite_fetch
+from bench.history import ChunkReader, median_s, postgres_fetch, read_figures, sqlite_fetch
 from bench.infra import (
     CpuMeter,
     PostgresDatabase,
@@ -215,7 +215,7 @@ class Chunks:
         row = self.rows(query, run_ids)[0]
         return int(row[0]), int(row[1]), int(row[2])
 
-    def fetch(self, run_id: str, metric: str) -> Fetch:
+    def fetch(self, run_id: str, metric: str) -> ChunkReader:
         """The metric's chunk rows, read straight (the raw read's)."""
         if self.pg_database is not None:
             return postgres_fetch(self.url, run_id, metric)
@@ -507,7 +507,7 @@ async def history_series(
         "x",
         note=f"every point in pages of 100,000 as little-endian columns (the client's way),"
         f" {rates.columns / 1e6:.1f}M points/s, against {rates.raw / 1e6:.1f}M read straight"
-        f" and decoded; medians of {READS}",
+        f" (a kept connection) and decoded; medians of {READS}",
         target=goal("history_read_vs_raw_fleet_series"),
     )
     report.add(

@@ -18,8 +18,8 @@ Then, from this process as the client:
 * ``history_page_p50_ms``: a page of 10,000 points from a random place in it;
 * ``history_read_vs_raw``: every point of it in pages of 100,000 through the server, the
   columns as little-endian bytes (``Client.metric_history``'s way), against the same chunks
-  read by one client straight from the database (bench/history.py's limit);
-  ``history_read_repeated_vs_raw`` the same in the repeated fields;
+  read by one client straight from the database on a kept connection (bench/history.py's
+  limit); ``history_read_repeated_vs_raw`` the same in the repeated fields;
 * ``compare_5runs_p50_ms``: CompareRuns of one metric of five series runs (100,000 points
   each), at most 1,000 points a series on one step grid;
 * ``listruns_filtered_p50_ms``: one page of 50 of the listed runs, filtered and ordered by a
@@ -57,7 +57,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.control import OWN_CONNECTION, Control, bounded_gather, percentile
 from bench.history import METRIC as LONG_METRIC  # the metric its raw read reads
-from bench.history import Fetch, postgres_fetch, read_figures, sqlite_fetch
+from bench.history import ChunkReader, postgres_fetch, read_figures, sqlite_fetch
 from bench.infra import PostgresDatabase, RunningServer, SqliteDatabase, run_bench, start_simtrack
 from bench.ingest_cases import WINDOW, BenchError, Started, StoredPoints, WorkerPool
 from bench.report import Report, Target
@@ -291,7 +291,7 @@ async def load_listed(report: Report, name: str, control: Control, sizes: Sizes)
 
 
 async def history_figures(
-    report: Report, name: str, control: Control, run_id: str, sizes: Sizes, fetch: Fetch
+    report: Report, name: str, control: Control, run_id: str, sizes: Sizes, fetch: ChunkReader
 ) -> None:
     telemetry = control.telemetry
     points = sizes.long_points
@@ -505,7 +505,7 @@ class Case:
     name: str  # the figures' prefix
     url: str  # the server's database
     database: StoredPoints
-    fetch_for: Callable[[str], Fetch]
+    fetch_for: Callable[[str], ChunkReader]
     vacuum: Callable[[], None] | None = None  # what autovacuum would do after the load
 
 
