@@ -79,10 +79,10 @@ def history_order(chunks: Sequence[StoredChunk], unpacked: Unpacked | None = Non
     """The chunks' points sorted by (step, seq, place in the chunk); ``unpacked``: the chunks
     unpacked already (`unpack_many`).
     """
-    columns = unpack_many(chunks) if unpacked is None else unpacked
-    points = Points(*columns)
+    got = unpack_many(chunks) if unpacked is None else unpacked
+    points = Points(got.steps, got.values, got.timestamps, got.consecutive, got.one_timestamp)
     steps = points.steps
-    if columns.consecutive or len(steps) < 2 or bool((steps[1:] > steps[:-1]).all()):
+    if got.consecutive or len(steps) < 2 or bool((steps[1:] > steps[:-1]).all()):
         return points  # already in order
     counts = np.fromiter((c.n for c in chunks), dtype=np.int64, count=len(chunks))
     seqs = np.repeat(np.fromiter((c.seq for c in chunks), dtype=STEP, count=len(chunks)), counts)
