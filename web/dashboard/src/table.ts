@@ -116,6 +116,7 @@ export class ListView<T> {
   private tokens: string[] = [""];
   private page = 0;
   private next = "";
+  private loads = 0; // the latest load's number: what an earlier one answers is stale
   private readonly body = h("div");
   private readonly pager = h("div", { class: "pager" });
   readonly filter;
@@ -160,16 +161,20 @@ export class ListView<T> {
   }
 
   private async load(): Promise<void> {
+    // A live refresh may still be on its way when the user applies a filter: only the latest
+    // load's answer is shown (an earlier one's success must not wipe a refusal, or the rows).
+    const ticket = ++this.loads;
+    const stale = () => this.opts.signal.aborted || ticket !== this.loads;
     this.el.classList.add("loading");
     try {
       const { items, next } = await this.opts.load(this.tokens[this.page] ?? "", this.filter?.input.value.trim() ?? "");
-      if (this.opts.signal.aborted) return;
+      if (stale()) return;
       this.next = next;
       this.filter?.error(null);
       fill(this.body, this.opts.draw(items));
       this.drawPager(items.length);
     } catch (err) {
-      if (isAborted(err) || this.opts.signal.aborted) return;
+      if (isAborted(err) || stale()) return;
       // A refused filter or order is the user's to fix, beside the box; the rest is global.
       if (this.filter && err instanceof ConnectError && err.code === Code.InvalidArgument) {
         this.filter.error(err, ["filter", "order_by"], this.opts.filter?.offset ?? 0);
@@ -177,7 +182,7 @@ export class ListView<T> {
         fail(err);
       }
     } finally {
-      this.el.classList.remove("loading");
+      if (ticket === this.loads) this.el.classList.remove("loading");
     }
   }
 
