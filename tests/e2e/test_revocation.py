@@ -146,7 +146,7 @@ async def test_an_open_stream_ends_once_its_key_is_revoked_and_keeps_what_was_ac
 ) -> None:
     data = streams.dataset(batches=200, points=200)
     database = streams.database(keys.server.database_url)
-    for _attempt in range(3):
+    for _attempt in range(5):
         token = keys.create("writer")
         run = streams.new_run(keys.client(token))
         stream = streams.stream(keys.server.address, run.id, authorization=f"Bearer {token}")
@@ -170,7 +170,8 @@ async def test_an_open_stream_ends_once_its_key_is_revoked_and_keeps_what_was_ac
     committed = database.committed_seq(run.id)
     assert 10 <= stream.committed <= committed <= stream.sent, (stream.committed, committed)
     assert database.checksums(run.id) == data.checksums(committed)
-    for _attempt in range(3):  # again if grpc aio's stand-in hid the status (as above)
+    for _attempt in range(10):  # again if grpc aio's stand-in hid the status (as above;
+        # under CI's load it did three times running)
         refused = streams.stream(keys.server.address, run.id, authorization=f"Bearer {token}")
         with pytest.raises(Exception):  # noqa: B017 - StreamEnded: the revoked key opens nothing
             await refused.open()
