@@ -221,6 +221,35 @@ def test_what_the_rows_tell_of_many_chunks_is_so(seed: int) -> None:
     assert many.one_timestamp == (equal and all(len(c.ts) == 8 for c in chunks))
 
 
+@pytest.mark.parametrize("count", [1, 2, 50, 2_000])
+def test_what_the_rows_tell_of_raw_chunks_is_so(count: int) -> None:
+    """Raw chunks (told vectorized): the same facts as `unpack_many` tells of compressed ones."""
+    rng = np.random.default_rng(count)
+    for chunks in (
+        [_random_chunk(rng, seq) for seq in range(count)],  # any steps, stamps
+        _raw_run(rng, count, one_stamp=True),
+        _raw_run(rng, count, one_stamp=False),
+    ):
+        many = unpack_many(chunks)
+        steps, stamps = many.steps, many.timestamps
+        dense = len(steps) < 2 or bool((np.diff(steps) == 1).all())
+        equal = bool((stamps.view(np.uint64) == stamps.view(np.uint64)[0]).all())
+        assert many.consecutive == (dense and all(not c.steps for c in chunks))
+        assert many.one_timestamp == (equal and all(len(c.ts) == 8 for c in chunks))
+
+
+def _raw_run(rng: np.random.Generator, count: int, one_stamp: bool) -> list[StoredChunk]:
+    """Raw chunks one after another, as a fleet's flushes: steps elided, one stamp each."""
+    chunks, first = [], 100
+    for seq in range(count):
+        n = int(rng.integers(1, 12))
+        stamp = 1.7e9 if one_stamp else 1.7e9 + seq
+        values, stamps = rng.random(n).tobytes(), np.array([stamp]).tobytes()
+        chunks.append(StoredChunk(seq, first, first + n - 1, n, b"", values, stamps))
+        first += n
+    return chunks
+
+
 def test_extremes_are_the_first_points_in_history_order_holding_them() -> None:
     steps = np.array([5, 3, 9, 3, 7, 3], dtype="<i8")
     values = np.array([1.0, 4.0, -2.0, -2.0, 4.0, 4.0])

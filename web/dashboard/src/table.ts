@@ -116,20 +116,22 @@ export class ListView<T> {
   private tokens: string[] = [""];
   private page = 0;
   private next = "";
-  private loads = 0; // the latest load's number: what an earlier one answers is stale
+  private inflight: AbortController | null = null; // the load under way (a new one aborts it)
   private readonly body = h("div");
   private readonly pager = h("div", { class: "pager" });
   readonly filter;
 
   constructor(
     private readonly opts: {
-      load: (token: string, filter: string) => Promise<PageOf<T>>;
+      /** One page; `signal` aborts when a newer load starts or the page goes. */
+      load: (token: string, filter: string, signal: AbortSignal) => Promise<PageOf<T>>;
       draw: (items: T[]) => Node;
       filter?: { value: string; placeholder: string; onChange?: (text: string) => void; id?: string; offset?: number };
       toolbar?: Child[];
       signal: AbortSignal;
     },
   ) {
+    opts.signal.addEventListener("abort", () => this.inflight?.abort());
     this.filter = opts.filter
       ? filterBox({
           value: opts.filter.value,
@@ -161,20 +163,22 @@ export class ListView<T> {
   }
 
   private async load(): Promise<void> {
-    // A live refresh may still be on its way when the user applies a filter: only the latest
-    // load's answer is shown (an earlier one's success must not wipe a refusal, or the rows).
-    const ticket = ++this.loads;
-    const stale = () => this.opts.signal.aborted || ticket !== this.loads;
+    // As Chart.load: a new load aborts the one under way (a live refresh when the user applies
+    // a filter), so an earlier answer never wipes a refusal or draws stale rows.
+    this.inflight?.abort();
+    const controller = new AbortController();
+    this.inflight = controller;
+    const { signal } = controller;
     this.el.classList.add("loading");
     try {
-      const { items, next } = await this.opts.load(this.tokens[this.page] ?? "", this.filter?.input.value.trim() ?? "");
-      if (stale()) return;
+      const { items, next } = await this.opts.load(this.tokens[this.page] ?? "", this.filter?.input.value.trim() ?? "", signal);
+      if (signal.aborted) return;
       this.next = next;
       this.filter?.error(null);
       fill(this.body, this.opts.draw(items));
       this.drawPager(items.length);
     } catch (err) {
-      if (isAborted(err) || stale()) return;
+      if (isAborted(err) || signal.aborted) return;
       // A refused filter or order is the user's to fix, beside the box; the rest is global.
       if (this.filter && err instanceof ConnectError && err.code === Code.InvalidArgument) {
         this.filter.error(err, ["filter", "order_by"], this.opts.filter?.offset ?? 0);
@@ -182,7 +186,7 @@ export class ListView<T> {
         fail(err);
       }
     } finally {
-      if (ticket === this.loads) this.el.classList.remove("loading");
+      if (this.inflight === controller) this.el.classList.remove("loading");
     }
   }
 

@@ -240,10 +240,10 @@ def unpack_many(chunks: Sequence[StoredChunk]) -> Unpacked:
     decoded straight into its place in the columns, but for steps and timestamps their rows
     show to be one run or one value: those are made once for all the chunks.
     """
+    if not any(compressed(c) for c in chunks):
+        return _unpack_raw(chunks)
     consecutive = _one_run_of_steps(chunks)
     one_timestamp = _one_timestamp(chunks)
-    if not any(compressed(c) for c in chunks):
-        return Unpacked(*_unpack_raw(chunks), consecutive, one_timestamp)
     total = sum(c.n for c in chunks)
     out = (np.empty(total, dtype=STEP), np.empty(total, dtype=FLOAT), np.empty(total, dtype=FLOAT))
     at = 0
@@ -253,7 +253,7 @@ def unpack_many(chunks: Sequence[StoredChunk]) -> Unpacked:
             raw.append(chunk)
             continue
         if raw:
-            unpacked = _unpack_raw(raw)
+            unpacked = _unpack_raw(raw)[:3]
             end = at + len(unpacked[0])
             for column, part in zip(out, unpacked, strict=True):
                 column[at:end] = part
@@ -276,7 +276,9 @@ def unpack_many(chunks: Sequence[StoredChunk]) -> Unpacked:
 
 
 def _one_run_of_steps(chunks: Sequence[StoredChunk]) -> bool:
-    """Whether every chunk's steps are elided and each starts where the one before ended."""
+    """Whether every chunk's steps are elided and each starts where the one before ended
+    (compressed chunks, a few large ones; `_unpack_raw` tells it of raw ones at once).
+    """
     follows = chunks[0].first_step if chunks else 0
     for chunk in chunks:
         if chunk.steps or chunk.first_step != follows:
@@ -291,12 +293,13 @@ def _one_timestamp(chunks: Sequence[StoredChunk]) -> bool:
     return all(len(c.ts) == FLOAT.itemsize and c.ts == first for c in chunks)
 
 
-def _unpack_raw(chunks: Sequence[StoredChunk]) -> tuple[Array, Array, Array]:
+def _unpack_raw(chunks: Sequence[StoredChunk]) -> Unpacked:
     """`unpack_many` of raw chunks only, vectorized (the columns taken out of the rows by
     C-level maps: a staging move reads thousands of ten-point chunks).
     """
     if not chunks:
-        return np.empty(0, dtype=STEP), np.empty(0, dtype=FLOAT), np.empty(0, dtype=FLOAT)
+        empty = np.empty(0, dtype=FLOAT)
+        return Unpacked(np.empty(0, dtype=STEP), empty, empty, True, True)
     count = len(chunks)
     counts = np.fromiter(map(_N, chunks), dtype=np.int64, count=count)
     total = int(counts.sum())
@@ -317,19 +320,22 @@ def _unpack_raw(chunks: Sequence[StoredChunk]) -> tuple[Array, Array, Array]:
     )
     if malformed:
         raise ValueError("a chunk with malformed columns")
+    single = stamp_counts == 1  # one timestamp stands for the chunk's points
+    bits = stamps.view(np.uint64)
+    one_timestamp = bool(single.all()) and bool((bits == bits[0]).all())
     if bool((stamp_counts == counts).all()):  # a timestamp per point in every chunk
         timestamps = stamps
     else:
-        single = stamp_counts == 1
         timestamps = np.repeat(stamps, np.repeat(np.where(single, counts, 1), stamp_counts))
     starts = np.cumsum(counts) - counts
     elided = step_counts == 0
     firsts = np.fromiter(map(_FIRST_STEP, chunks), dtype=STEP, count=count)
     # first_step + offset, computed in int64 (an arange from first_step would go through float).
     if elided.all() and bool((firsts[1:] == firsts[:-1] + counts[:-1]).all()):
-        return firsts[0] + np.arange(total, dtype=STEP), values, timestamps  # one run of steps
+        steps = firsts[0] + np.arange(total, dtype=STEP)  # one run of steps
+        return Unpacked(steps, values, timestamps, True, one_timestamp)
     steps = np.repeat(firsts, counts) + (np.arange(total, dtype=STEP) - np.repeat(starts, counts))
     if not elided.all():
         stored = np.repeat(~elided, counts)
         steps[stored] = packed
-    return steps, values, timestamps
+    return Unpacked(steps, values, timestamps, False, one_timestamp)

@@ -26,8 +26,8 @@ export async function experimentsPage({ root, query, signal }: PageContext): Pro
         replaceQuery(query);
       },
     },
-    load: async (pageToken, filter) => {
-      const r = await api.experiments.listExperiments({ pageSize: 50, pageToken, filter }, { signal });
+    load: async (pageToken, filter, loading) => {
+      const r = await api.experiments.listExperiments({ pageSize: 50, pageToken, filter }, { signal: loading });
       return { items: r.experiments, next: r.nextPageToken };
     },
     draw: (items) =>

@@ -239,8 +239,8 @@ function eventsList(runId: string, signal: AbortSignal): ListView<StoredEvent> {
   return new ListView<StoredEvent>({
     signal,
     filter: { value: "", placeholder: 'filter, e.g. type = "place_order" AND step > 100', id: "events-filter" },
-    load: async (pageToken, filter) => {
-      const r = await api.telemetry.listEvents({ runId, pageSize: 50, pageToken, filter }, { signal });
+    load: async (pageToken, filter, loading) => {
+      const r = await api.telemetry.listEvents({ runId, pageSize: 50, pageToken, filter }, { signal: loading });
       return { items: r.events, next: r.nextPageToken };
     },
     draw: (items) =>

@@ -156,18 +156,18 @@ export async function runsPage({ root, parts, query, signal }: PageContext): Pro
       },
     },
     toolbar: [adder, chips, compare],
-    load: async (pageToken, filter) => {
+    load: async (pageToken, filter, loading) => {
       const combined = prefix && filter ? `${prefix} AND (${filter})` : prefix || filter;
       // The metric columns' values come with the page (latestMetrics: one call).
       const latestMetrics = columns.filter((c) => c.startsWith("metrics.")).map((c) => c.slice("metrics.".length));
-      const r = await api.runs.listRuns({ pageSize, pageToken, filter: combined, orderBy: orderBy(sort), latestMetrics }, { signal });
+      const r = await api.runs.listRuns({ pageSize, pageToken, filter: combined, orderBy: orderBy(sort), latestMetrics }, { signal: loading });
       rows = await Promise.all(r.runs.map(async (run, i) => {
         const params = plain(run.params);
         for (const [k, v] of Object.entries(params)) if (v === null || typeof v !== "object") seenParams.add(k);
         const metrics = new Map((r.latestMetrics[i]?.metrics ?? []).map((m) => [m.name, m]));
         // Metric names to offer as columns: learnt from the first few runs of each page.
         if (i < 3) {
-          const m = await api.telemetry.listMetrics({ runId: run.id, pageSize: 1000 }, { signal });
+          const m = await api.telemetry.listMetrics({ runId: run.id, pageSize: 1000 }, { signal: loading });
           for (const metric of m.metrics) seenMetrics.add(metric.name);
         }
         const experiment = experimentId ? "" : await experimentName(run.experimentId, signal).catch(() => run.experimentId.slice(0, 8));

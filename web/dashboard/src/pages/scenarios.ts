@@ -26,8 +26,8 @@ export async function scenariosPage({ root, signal }: PageContext): Promise<void
   const list = new ListView<Scenario>({
     signal,
     filter: { value: "", placeholder: 'filter, e.g. difficulty_tier = 1 OR tags = "pricing"' },
-    load: async (pageToken, filter) => {
-      const r = await api.scenarios.listScenarios({ pageSize: 100, pageToken, filter }, { signal });
+    load: async (pageToken, filter, loading) => {
+      const r = await api.scenarios.listScenarios({ pageSize: 100, pageToken, filter }, { signal: loading });
       return { items: r.scenarios, next: r.nextPageToken };
     },
     draw: (items) =>
