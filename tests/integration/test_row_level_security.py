@@ -244,7 +244,9 @@ async def test_a_version_connection_sees_only_the_tenant_it_was_last_told_and_ea
     for tenant in (TENANT_A, TENANT_B, TENANT_B, TENANT_A):
         async with connections.connection() as prepared:
             found = await versions(prepared, tenant, both)
+            alone = {run: await versions(prepared, tenant, [run]) for run in both}  # one id
         assert list(found) == [runs[tenant]], tenant
+        assert alone == {run: found if run in found else {} for run in both}, tenant
         seen[tenant] = found[runs[tenant]]
     with psycopg.connect(database_url, autocommit=True) as admin:
         admin.execute("UPDATE runs SET worker_id = 'moved' WHERE id = %s", (runs[TENANT_A],))
@@ -260,7 +262,7 @@ async def test_a_version_statement_that_fails_leaves_its_connection_answering(
     runs, connections = versions_of_two_tenants.runs, versions_of_two_tenants.connections
     async with connections.connection() as prepared:
         with pytest.raises(psycopg.errors.InvalidTextRepresentation):
-            await versions(prepared, TENANT_A, ['{"not an id'])  # not an array's text
+            await versions(prepared, TENANT_A, ['{"not an id', runs[TENANT_A]])  # no array
         assert not prepared.broken
         assert list(await versions(prepared, TENANT_A, [runs[TENANT_A]])) == [runs[TENANT_A]]
 
