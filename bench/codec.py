@@ -12,7 +12,7 @@ codec, so what differs is the codec on the columns that are stored. Figures, in 
 * encode and decode speed in M points/s of the float columns (values, timestamps) at the
   recommended chunk size, beside the physical limit: ``np.copy`` of the same raw bytes. Raw
   decoding is ``np.frombuffer`` (no copy), so it beats the limit; pcodec's encoding includes
-  db/codec.py's check that the blob decodes bit for bit, and its dictionary-mode try.
+  simtrack/codec.py's check that the blob decodes bit for bit, and its dictionary-mode try.
 
 The baseline is 8 + 8 + 8 bytes per point (raw steps, values and timestamps, nothing elided).
 """
@@ -32,7 +32,7 @@ import numpy as np
 
 from bench.corpus import METRICS, POINTS, STEPS, TIMESTAMPS, VALUES, Array
 from bench.report import Report, Target
-from simtrack.server.db import codec
+from simtrack import codec
 
 Encoder = Callable[[Array], bytes]
 Decoder = Callable[[bytes, np.dtype[Any], int], Array]

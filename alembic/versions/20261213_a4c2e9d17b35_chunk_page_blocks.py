@@ -3,7 +3,7 @@
 ``blocks``: for each block of a chunk whose points are in history order (every compacted
 chunk), its step range and its min and max point (``db/blocks.py``).
 A downsampled view answers a block lying within one of its intervals from its record, and
-decodes only the pages holding blocks an interval cuts, which paged columns (``db/codec.py``)
+decodes only the pages holding blocks an interval cuts, which paged columns (``simtrack/codec.py``)
 allow: a 1,000-point view of a 1M-point compacted series no longer decodes all of it.
 
 Existing compacted rows (a compressed column) of more than a block are backfilled, and their
@@ -22,9 +22,9 @@ import numpy as np
 import sqlalchemy as sa
 
 from alembic import op
+from simtrack.codec import encode_chunk, is_paged, is_tagged
 from simtrack.server.db.blocks import PAGE_POINTS, SHORT_POINTS, block_summaries
 from simtrack.server.db.chunks import unpack
-from simtrack.server.db.codec import encode_chunk, is_paged, is_tagged
 
 # revision identifiers, used by Alembic.
 revision: str = "a4c2e9d17b35"

@@ -11,12 +11,12 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Connection, text
 
+from simtrack.codec import encode_chunk, is_paged, is_tagged
 from simtrack.server.core.model import INT64_MAX, INT64_MIN
 from simtrack.server.core.tenancy import DEFAULT_TENANT_ID
 from simtrack.server.db import migrate
 from simtrack.server.db.blocks import block_summaries
 from simtrack.server.db.chunks import unpack
-from simtrack.server.db.codec import encode_chunk, is_paged, is_tagged
 from simtrack.server.db.engine import create_engine
 from simtrack.server.db.unit_of_work import SqlUnitOfWorkFactory, tenant_aware_sessions
 from simtrack.server.domain.series import merge

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from simtrack.codec import is_tagged
 from simtrack.server.api.telemetry import decode
 from simtrack.server.background import compact_chunks
 from simtrack.server.core.model import INT64_MAX, INT64_MIN
 from simtrack.server.core.tenancy import DEFAULT_TENANT_ID, Principal, Role, acting_for
 from simtrack.server.db import migrate
 from simtrack.server.db.chunks import CompactedChunk, StoredChunk, extremes, unpack
-from simtrack.server.db.codec import is_tagged
 from simtrack.server.db.compaction_store import SqlBatchCompaction, SqlCompactionStore
 from simtrack.server.db.engine import create_engine
 from simtrack.server.db.models import SMALL_CHUNK_POINTS, Tenant

@@ -1,4 +1,4 @@
-"""Paged columns and block summaries of compacted chunks (``db/codec.py``, ``db/blocks.py``):
+"""Paged columns and block summaries of compacted chunks (``simtrack/codec.py``, ``db/blocks.py``):
 pages decode bit for bit on their own, damage is detected, and every block record equals a
 brute-force min and max of its points (NaN, infinities, signed zeros, ties), in both forms.
 """
@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from simtrack.server.db import codec
+from simtrack import codec
 from simtrack.server.db.blocks import (
     FULL_POINTS,
     PAGE_POINTS,

@@ -8,6 +8,7 @@ import random
 import numpy as np
 import pytest
 
+from simtrack.codec import decode_chunk, encode_chunk, is_tagged
 from simtrack.server.core.model import MetricKind
 from simtrack.server.db.chunks import (
     Extremes,
@@ -18,7 +19,6 @@ from simtrack.server.db.chunks import (
     unpack,
     unpack_many,
 )
-from simtrack.server.db.codec import decode_chunk, encode_chunk, is_tagged
 from simtrack.server.ingest.items import (
     SMALL_SERIES,
     SeriesChunk,

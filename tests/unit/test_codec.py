@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from bench.corpus import METRICS, STEPS, TIMESTAMPS, VALUES
-from simtrack.server.db import codec
+from simtrack import codec
 from simtrack.server.db.chunks import pack_steps, pack_timestamps
 
 Array = np.ndarray[Any, Any]

@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from simtrack.codec import encode_steps
 from simtrack.server.core.model import INT64_MAX, INT64_MIN
 from simtrack.server.db.chunks import pack_steps
-from simtrack.server.db.codec import encode_steps
 from simtrack.server.domain.compare import step_bounds
 from tests.unit.fakes import Unfaked
 

@@ -7,9 +7,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from simtrack.codec import encode_steps, is_tagged
 from simtrack.server.core.model import INT64_MAX, INT64_MIN
 from simtrack.server.db.chunks import StoredChunk, pack_steps, pack_timestamps
-from simtrack.server.db.codec import encode_steps, is_tagged
 from simtrack.server.domain.series import Points, merge, range_count
 from simtrack.server.domain.views import downsample
 

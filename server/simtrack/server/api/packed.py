@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 from google.protobuf.message import Message
 
-from simtrack.server.db.codec import all_equal, consecutive
+from simtrack.codec import all_equal, consecutive
 from simtrack.v1 import telemetry_pb2 as tpb
 
 Array = np.ndarray[Any, Any]

@@ -1,7 +1,7 @@
 """Block summaries of a compacted chunk (``metric_chunks.blocks``) and its columns read by page.
 
 A compacted chunk's points are in history order and its compressed columns are paged
-(``db/codec.py``, pages of ``PAGE_POINTS``). Its ``blocks`` column summarises each block of
+(``simtrack/codec.py``, pages of ``PAGE_POINTS``). Its ``blocks`` column summarises each block of
 its points (``SHORT_POINTS`` or ``FULL_POINTS``: pages hold whole ones) as one `BLOCK`
 record: the block's step range, and its min and max point (value, step, timestamp, place in
 the chunk; the first holding each in history order, -Inf and Inf included), NaN as both
@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from simtrack.server.db.codec import (
+from simtrack.codec import (
     FLOAT,
     STEP,
     Paged,

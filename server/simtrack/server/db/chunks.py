@@ -11,7 +11,7 @@ Little-endian numpy columns, one entry per point, with the two commonest shapes 
 Why: PostgreSQL's cost of storing a chunk grows with its bytes (out-of-line TOAST pieces and
 WAL), and eliding both shapes cuts a typical chunk to a third.
 
-Compacted chunks (``domain/compaction.py``) store their columns compressed (``db/codec.py``);
+Compacted chunks (``domain/compaction.py``) store their columns compressed (``simtrack/codec.py``);
 a compressed blob's length is never a multiple of 8, so both readers here tell the formats
 apart per blob and read either.
 """
@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from simtrack.server.db.codec import decode_chunk, decode_chunk_into, decode_steps, is_tagged
+from simtrack.codec import decode_chunk, decode_chunk_into, decode_steps, is_tagged
 
 Array = np.ndarray[Any, Any]
 STEP = np.dtype("<i8")

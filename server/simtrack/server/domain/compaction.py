@@ -5,7 +5,7 @@ second makes chunks of ten points, which cost a row each to store and to read. O
 metric's small chunks (fewer than ``SMALL_CHUNK_POINTS``) have settled (stored ``settle``
 seconds ago or more) and hold ``SMALL_CHUNK_POINTS`` points together (or the metric has had
 no new chunk for ``idle`` seconds: it ended or paused), a transaction replaces a span of them
-with chunks of up to ``target`` points in history order, compressed (``db/codec.py``). The
+with chunks of up to ``target`` points in history order, compressed (``simtrack/codec.py``). The
 wait for 1,000 points keeps compaction's work linear: compacting a growing series' every few
 new points would make a small chunk again, rewritten with the next ones round after round.
 
@@ -64,7 +64,7 @@ from simtrack.server.domain.staging import STAGE_RUNS, STAGED_PER_ROUND, stage_b
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TARGET_POINTS = 16_384  # db/codec.py's recommended chunk size
+DEFAULT_TARGET_POINTS = 16_384  # simtrack/codec.py's recommended chunk size
 # The smallest target: a full chunk must not be small (else compacted forever).
 MIN_TARGET_POINTS = SMALL_CHUNK_POINTS
 # Small-chunk points rewritten in one transaction at most (it may overshoot by a chunk): a

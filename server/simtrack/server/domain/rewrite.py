@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from simtrack.codec import encode_chunk
 from simtrack.server.db.blocks import PAGE_POINTS, block_summaries
 from simtrack.server.db.chunks import (
     CompactedChunk,
@@ -21,7 +22,6 @@ from simtrack.server.db.chunks import (
     pack_steps,
     pack_timestamps,
 )
-from simtrack.server.db.codec import encode_chunk
 from simtrack.server.domain.series import history_order
 
 

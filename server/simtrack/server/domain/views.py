@@ -9,7 +9,7 @@ chunk of a small range. Each unit stands in for its points by its min and max po
 step, timestamp) when it lies within one interval and holds no NaN: a compacted chunk's
 blocks (``db/blocks.py``: 128 or 256 points), another chunk whole (a chunk of 1,000 points as
 ingest wrote it). Of the units an interval boundary cuts, a compacted chunk's blocks are read
-from the pages holding them (paged columns decode page by page: ``db/codec.py``), other
+from the pages holding them (paged columns decode page by page: ``simtrack/codec.py``), other
 chunks are read and unpacked whole (all of them in one read when they are most). `view_of`
 answers from what is read, or says what it must read first; on PostgreSQL, a view that needs
 nothing more is one statement (``HistoryReads.view``). A 1,000-point view of a 1M-point
