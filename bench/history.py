@@ -6,7 +6,8 @@ worker helper sends them). Then, from this process as the client:
 
 * ``history_<db>_downsample_ms``: GetMetricHistory with max_points = 1,000 over the whole series;
 * ``history_<db>_page_ms``: one page of 10,000 points from the middle of the series;
-* ``history_<db>_read_points_per_s``: every point, in pages of 100,000;
+* ``history_<db>_read_points_per_s``: every point, in pages of 100,000, the columns as stored
+  (decoded by the client; ``..._little_endian_...`` and ``..._repeated_...``: the others);
 
 each the median of several calls, beside the limit measured in the same run: the same chunks
 read straight from the database by one client (psycopg binary / sqlite3, on a connection kept
@@ -34,7 +35,7 @@ from bench.control import Control
 from bench.infra import PostgresDatabase, SqliteDatabase, run_bench, start_simtrack
 from bench.report import Report
 from bench.stream_worker import CHANNEL_OPTIONS, Streamer, WorkerConfig, build_messages
-from simtrack.client import MetricHistory
+from simtrack.client import Client, MetricHistory
 from simtrack.server.db.chunks import unpack
 from simtrack.v1 import telemetry_pb2, telemetry_pb2_grpc
 
@@ -170,12 +171,19 @@ async def measure(
         )
 
         fetch = fetch_for(run_id)
-        rates = await read_figures(telemetry, run_id, METRIC, points, repeats, fetch)
+        rates = await read_figures(target, telemetry, run_id, METRIC, points, repeats, fetch)
         report.add(
             f"history_{name}_read_points_per_s",
+            rates.stored,
+            "points/s",
+            note=f"{points:,} points in pages of 100,000 through the server, the columns as"
+            " stored, decoded by the client (its way)",
+        )
+        report.add(
+            f"history_{name}_read_little_endian_points_per_s",
             rates.columns,
             "points/s",
-            note=f"{points:,} points in pages of 100,000 through the server, little-endian columns",
+            note="the same, little-endian columns",
         )
         report.add(
             f"history_{name}_read_repeated_points_per_s",
@@ -190,7 +198,8 @@ async def measure(
             note="the limit: the same chunks read by one client straight from the database"
             " on a kept connection",
         )
-        report.add(f"history_{name}_read_vs_raw", rates.columns / rates.raw, "x")
+        report.add(f"history_{name}_read_vs_raw", rates.stored / rates.raw, "x")
+        report.add(f"history_{name}_read_little_endian_vs_raw", rates.columns / rates.raw, "x")
         report.add(f"history_{name}_read_repeated_vs_raw", rates.repeated / rates.raw, "x")
     finally:
         await control.close()
@@ -200,12 +209,14 @@ async def measure(
 class ReadRates:
     """Points/s reading every point of a series, three ways (see ``read_figures``)."""
 
-    columns: float  # through the server, the columns as little-endian bytes (the client's way)
+    stored: float  # Client.metric_history: the columns as stored, decoded by the client
+    columns: float  # through the server, the columns as little-endian bytes
     repeated: float  # through the server, the columns in the repeated fields
     raw: float  # the same chunks straight from the database, decoded: the limit
 
 
 async def read_figures(
+    target: str,
     telemetry: telemetry_pb2_grpc.TelemetryServiceAsyncStub,
     run_id: str,
     metric: str,
@@ -213,13 +224,16 @@ async def read_figures(
     repeats: int,
     fetch: ChunkReader,
 ) -> ReadRates:
-    """Points/s reading every point of the series (``points``) in pages of 100,000 through
-    the server, in either column encoding (each page's columns made numpy arrays, as
-    ``Client.metric_history`` does, or its repeated fields parsed only; as it does too, each
-    next page asked for before the page is read), and points/s of ``fetch``
-    (its chunks read straight from the database and unpacked): medians of ``repeats`` reads of
-    each, the three taken in turn.
+    """Points/s reading every point of the series (``points``) through the server at
+    ``target``: as the client reads it (``Client.metric_history``, in a thread: pages of
+    100,000, the columns as stored, decoded into the columns it returns, each next page asked
+    for before the page is decoded), and page by page in the other column encodings (the same
+    pages, each next one asked for first: each page's little-endian columns made numpy arrays,
+    as `MetricHistory.of_page` does, or its repeated fields parsed only); and points/s of
+    ``fetch`` (its chunks read straight from the database and unpacked): medians of
+    ``repeats`` reads of each, the four taken in turn.
     """
+    client = Client(target)
 
     async def read_all(encoding: telemetry_pb2.ColumnEncoding.ValueType) -> int:
         def page_after(token: str) -> Awaitable[telemetry_pb2.GetMetricHistoryResponse]:
@@ -245,7 +259,11 @@ async def read_figures(
             if not token:
                 return read
 
+    def client_read() -> int:
+        return len(client.metric_history(run_id, metric).values)
+
     reads: dict[str, Callable[[], Awaitable[int]]] = {
+        "stored": lambda: asyncio.to_thread(client_read),
         "columns": functools.partial(read_all, telemetry_pb2.COLUMN_ENCODING_LITTLE_ENDIAN),
         "repeated": functools.partial(read_all, telemetry_pb2.COLUMN_ENCODING_UNSPECIFIED),
         "raw": lambda: asyncio.to_thread(raw_read, fetch),
@@ -262,6 +280,7 @@ async def read_figures(
                 times[name].append(time.perf_counter() - started)
     finally:
         fetch.close()
+        client.close()
     rates = {name: points / statistics.median(taken) for name, taken in times.items()}
     return ReadRates(**rates)
 

@@ -152,7 +152,7 @@ def decode_chunk_into(
     steps: bytes,
     vals: bytes,
     ts: bytes,
-    out: tuple[Array | None, Array, Array | None],
+    out: tuple[Array | None, Array | None, Array | None],
 ) -> None:
     """`decode_chunk` into ``out`` (steps, values, timestamps: each ``n`` long), where a page
     of history gathers its chunks' points: a paged column is decoded in place, any other
@@ -161,9 +161,45 @@ def decode_chunk_into(
     out_steps, out_values, out_stamps = out
     if out_steps is not None:
         _decode_into(steps, STEP, out_steps, lambda: decode_steps(steps, n, first_step))
-    _decode_into(vals, FLOAT, out_values, lambda: decode_values(vals, n))
+    if out_values is not None:
+        _decode_into(vals, FLOAT, out_values, lambda: decode_values(vals, n))
     if out_stamps is not None:
         _decode_into(ts, FLOAT, out_stamps, lambda: decode_timestamps(ts, n))
+
+
+def decode_part_into(
+    n: int,
+    first_step: int,
+    steps: bytes,
+    vals: bytes,
+    ts: bytes,
+    skip: int,
+    out: tuple[Array, Array, Array],
+) -> None:
+    """Points ``skip`` to ``skip + len(out[1])`` of a chunk of ``n`` (`decode_chunk`'s blobs)
+    into ``out`` (steps, values, timestamps): of a paged column, only the pages holding them
+    are decoded. A part beyond the chunk raises ValueError.
+    """
+    out_steps, out_values, out_stamps = out
+    take = len(out_values)
+    if skip < 0 or take < 0 or skip + take > n:
+        raise ValueError(f"points {skip} to {skip + take} of a chunk of {n}")
+    if steps:
+        _decode_part_into(steps, n, STEP, skip, out_steps)
+    else:  # first_step + arange, as decode_steps
+        out_steps[:] = first_step + np.arange(skip, skip + take, dtype=STEP)
+    _decode_part_into(vals, n, FLOAT, skip, out_values)
+    if len(ts) == FLOAT.itemsize and n != 1:
+        out_stamps[:] = np.frombuffer(ts, dtype=FLOAT)[0]
+    else:
+        _decode_part_into(ts, n, FLOAT, skip, out_stamps)
+
+
+def _decode_part_into(blob: bytes, n: int, dtype: np.dtype[Any], skip: int, out: Array) -> None:
+    if is_paged(blob):
+        Paged(blob, n, dtype).decode_range_into(skip, out)
+    else:
+        out[:] = _decode(blob, n, dtype)[skip : skip + len(out)]
 
 
 def is_tagged(blob: bytes) -> bool:
@@ -340,7 +376,20 @@ class Paged:
 
     def decode_into(self, out: Array) -> Array:
         """Every point, into ``out`` (``n`` long)."""
-        for i in range(self.page_count()):
-            start = i * self.page_points
-            self.page(i, out[start : start + self.page_points])
+        return self.decode_range_into(0, out)
+
+    def decode_range_into(self, start: int, out: Array) -> Array:
+        """Points ``start`` to ``start + len(out)``, into ``out``: the pages holding them
+        decoded, whole ones in place.
+        """
+        end, size = start + len(out), self.page_points
+        for i in range(start // size, -(-end // size)):
+            lo, hi = i * size, min((i + 1) * size, self.n)
+            if start <= lo and hi <= end:
+                self.page(i, out[lo - start : hi - start])
+            else:
+                part = slice(max(lo, start), min(hi, end))
+                out[part.start - start : part.stop - start] = self.page(i)[
+                    part.start - lo : part.stop - lo
+                ]
         return out

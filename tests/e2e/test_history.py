@@ -28,6 +28,7 @@ pytestmark = pytest.mark.in_process
 
 Request = telemetry_pb2.StreamRunRequest
 LITTLE_ENDIAN = telemetry_pb2.COLUMN_ENCODING_LITTLE_ENDIAN
+STORED = telemetry_pb2.COLUMN_ENCODING_STORED
 Array = np.ndarray[Any, Any]
 
 
@@ -59,8 +60,10 @@ def read_all(
     while True:
         page = history(server, page_size=page_size, page_token=token, **request)
         assert not page.downsampled
-        if request.get("column_encoding") == LITTLE_ENDIAN:
+        if request.get("column_encoding") in (LITTLE_ENDIAN, STORED):
             assert not page.steps and not page.values and not page.timestamps
+            if request["column_encoding"] == STORED:
+                assert page.stored and not page.values_le
             read = MetricHistory.of_page(page)  # consecutive steps, a shared timestamp: once
             steps += read.steps.tolist()
             values += read.values.tolist()
@@ -118,10 +121,11 @@ async def test_history_pages_return_every_point_once_in_step_order(
     # Step ranges, in pages that end in the middle of repeated steps (3 and 5 at the head,
     # 19,999 at the tail) and of chunks (every 1,000 steps): pages of 3 over a head and a tail
     # across a chunk's end each, pages of 997 over the whole range.
-    # Both column encodings: the repeated fields, and each column's little-endian bytes.
+    # Every column encoding: the repeated fields, each column's little-endian bytes, and the
+    # columns as stored (parts of chunks, or raw columns where the points were put in order).
     for lo, hi, page_size in ((3, 1_005, 3), (18_995, 19_999, 3), (3, 19_999, 997)):
         want_steps, want_values, want_stamps = sent.columns(lo, hi)
-        for encoding in (telemetry_pb2.COLUMN_ENCODING_UNSPECIFIED, LITTLE_ENDIAN):
+        for encoding in (telemetry_pb2.COLUMN_ENCODING_UNSPECIFIED, LITTLE_ENDIAN, STORED):
             steps, values, stamps, sizes = read_all(
                 server,
                 page_size,
@@ -406,7 +410,7 @@ async def test_bad_reads_get_the_right_status_naming_the_field(
         (History(run_id=run.id, metric="loss", page_size=-1), invalid, ["page_size"]),
         (History(run_id=run.id, metric="loss", page_token="garbage"), invalid, ["page_token"]),
         (
-            History(run_id=run.id, metric="loss", column_encoding=Encoding(2)),
+            History(run_id=run.id, metric="loss", column_encoding=Encoding(3)),
             invalid,
             ["column_encoding"],
         ),

@@ -63,14 +63,16 @@ async def history_answers(services: Services, run_id: str, name: str) -> list[ob
     token = ""
     while True:
         page = await history.history(run_id, name, None, None, 0, 97, token)
-        answers.append((page.points.steps.tolist(), page.points.values.tobytes(), page.range_count))
+        answers.append(
+            (page.points.steps.tolist(), page.points.decoded().tobytes(), page.range_count)
+        )
         token = page.next_page_token
         if not token:
             break
     view = await history.history(run_id, name, None, None, 50, 0, "")
-    answers.append((view.points.steps.tolist(), view.points.values.tobytes(), view.range_count))
+    answers.append((view.points.steps.tolist(), view.points.decoded().tobytes(), view.range_count))
     part = await history.history(run_id, name, 40, 90, 0, 0, "")
-    answers.append((part.points.steps.tolist(), part.points.values.tobytes(), part.range_count))
+    answers.append((part.points.steps.tolist(), part.points.decoded().tobytes(), part.range_count))
     return answers
 
 

@@ -147,7 +147,7 @@ async def test_one_history_call_reads_one_snapshot_while_a_compaction_commits(
     sizes = [n for m, _, n in await chunk_rows(services, run.id) if m == loss]
     assert len(sizes) < 5 and all(n >= SMALL_CHUNK_POINTS for n in sizes[:-1])
     assert page.points.steps.tobytes() == whole.points.steps.tobytes()
-    assert page.points.values.tobytes() == whole.points.values.tobytes()
+    assert page.points.decoded().tobytes() == whole.points.decoded().tobytes()
     assert (page.range_count, page.next_page_token != "") == (whole.range_count, True)
 
 
@@ -164,11 +164,11 @@ async def test_a_view_reads_one_snapshot_while_a_compaction_commits(
     view = await interrupted.history(run.id, "loss", None, None, 100, 0, "")
     assert compacted == [1000]  # it did commit, between the reads of the call
     assert view.points.steps.tobytes() == whole.points.steps.tobytes()
-    assert view.points.values.tobytes() == whole.points.values.tobytes()
+    assert view.points.decoded().tobytes() == whole.points.decoded().tobytes()
     assert view.points.timestamps.tobytes() == whole.points.timestamps.tobytes()
     assert view.range_count == whole.range_count
     after = await history.history(run.id, "loss", None, None, 100, 0, "")
-    assert after.points.values.tobytes() == whole.points.values.tobytes()
+    assert after.points.decoded().tobytes() == whole.points.decoded().tobytes()
 
 
 async def test_paging_across_a_compaction_gives_every_point_once(
@@ -187,7 +187,7 @@ async def test_paging_across_a_compaction_gives_every_point_once(
         while True:
             page = await history.history(run.id, "loss", None, None, 0, 97, token)
             steps.append(page.points.steps.tobytes())
-            values.append(page.points.values.tobytes())
+            values.append(page.points.decoded().tobytes())
             pages += 1
             if pages == 3:  # compacted between pages: the token's chunk is gone
                 assert rewrote(await compactor(engines[0], reads=own_reads[0]).run_round())
@@ -275,7 +275,7 @@ async def test_ingest_resends_reads_and_compaction_all_at_once(
             stored = page
             batches = _batches_for(len(stored.points))
             want = expected_points(range(1, batches + 1))
-            assert (stored.points.steps.tobytes(), stored.points.values.tobytes()) == want[:2]
+            assert (stored.points.steps.tobytes(), stored.points.decoded().tobytes()) == want[:2]
             assert stored.points.timestamps.tobytes() == want[2]
             assert stored.range_count == len(stored.points)
             reads.append(batches)

@@ -10,9 +10,12 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import numpy as np
 import pytest
 
+from simtrack.client import MetricHistory
 from simtrack.errors import NotFound
+from simtrack.server.api.packed import stored_history_response
 from simtrack.server.api.telemetry import decode
 from simtrack.server.core.model import INT64_MAX, INT64_MIN
 from simtrack.server.core.tenancy import (
@@ -57,11 +60,17 @@ class CountedPages:
 
 
 async def every_page(
-    history: HistoryService, run_id: str, size: int, lo: int | None = None, hi: int | None = None
+    history: HistoryService,
+    run_id: str,
+    size: int,
+    lo: int | None = None,
+    hi: int | None = None,
+    *,
+    values: bool = True,
 ) -> list[History]:
     pages, token = [], ""
     while True:
-        page = await history.history(run_id, "x", lo, hi, 0, size, token)
+        page = await history.history(run_id, "x", lo, hi, 0, size, token, values=values)
         pages.append(page)
         token = page.next_page_token
         if not token:
@@ -71,7 +80,10 @@ async def every_page(
 def columns(pages: list[History]) -> tuple[bytes, bytes, bytes]:
     return tuple(  # type: ignore[return-value]
         b"".join(
-            getattr(p.points, name).astype("<f8" if name != "steps" else "<i8").tobytes()
+            np.asarray(
+                p.points.decoded() if name == "values" else getattr(p.points, name),
+                dtype="<i8" if name == "steps" else "<f8",
+            ).tobytes()
             for p in pages
         )
         for name in ("steps", "values", "timestamps")
@@ -214,7 +226,7 @@ async def test_a_page_read_ahead_holds_every_write_committed_before_its_call(
             token = pages[-1].next_page_token
     given = reads.ahead.given
     third = pages[2].points
-    assert int(third.steps[0]) == 2000 and float(third.values[1]) == 11.5  # the late point
+    assert int(third.steps[0]) == 2000 and float(third.decoded()[1]) == 11.5  # the late point
     expected = await every_page(stepwise, run.id, 1000)
     assert columns(pages) == columns(expected) == await stored_points(services, run.id, "x")
     assert [p.range_count for p in pages] == [10_000] * 2 + [10_101] * (len(pages) - 2)
@@ -249,3 +261,73 @@ async def test_a_first_page_of_the_largest_size_gets_the_next_read_ahead(
         # Every page after the first read ahead; but the second, after a smaller first page.
         ahead = len(pages) - (1 if size == 1000 else 2)
         assert ahead >= 3 and reads.ahead.given - given == (ahead if postgres else 0), size
+
+
+def decoded_columns(pages: list[History]) -> tuple[bytes, bytes, bytes]:
+    """The pages as COLUMN_ENCODING_STORED sends them, decoded by the client."""
+    read = [
+        MetricHistory.of_page(
+            stored_history_response(
+                p.stored, p.points, p.next_page_token, p.range_count, p.downsampled
+            ).message()
+        )
+        for p in pages
+    ]
+    return tuple(  # type: ignore[return-value]
+        b"".join(getattr(r, name).tobytes() for r in read)
+        for name in ("steps", "values", "timestamps")
+    )
+
+
+@pytest.mark.parametrize("state", PAGE_STATES)
+async def test_pages_sent_as_stored_decode_to_the_same_points(
+    services: Services, state: str
+) -> None:
+    """Pages asked for without their values (COLUMN_ENCODING_STORED), sent as parts of the
+    chunks they come from where they are one run of them, decode to every point as the pages
+    with values hold them: every page size, ranges cutting chunks (mid-page, mid-chunk,
+    repeated steps, the batch that went back: those sent as raw columns).
+    """
+    run_id = await written(services, state)
+    history = HistoryService(services.uow, services.reads)
+    stored = await stored_points(services, run_id, "x")
+    passed_through = undecoded = 0
+    for lo, hi, size in (
+        (None, None, 61),
+        (None, None, 2500),
+        (None, None, 100_000),
+        (1500, 9876, 97),
+        (13_000, None, 2500),
+        (3000, 3000, 97),
+    ):
+        with_values = await every_page(history, run_id, size, lo, hi)
+        without = await every_page(history, run_id, size, lo, hi, values=False)
+        assert [p.next_page_token for p in without] == [p.next_page_token for p in with_values]
+        assert decoded_columns(without) == columns(with_values), (lo, hi, size)
+        if lo is None and hi is None:
+            assert columns(with_values) == stored
+        passed_through += sum(p.stored is not None for p in without)
+        undecoded += sum(p.points.values is None for p in without)
+    if state == "compacted":  # compressed chunks, in order: sent as they are, not decoded
+        assert passed_through > 0 and undecoded > 0
+
+
+async def test_a_page_read_ahead_without_values_is_given_with_them_when_asked(
+    services: Services,
+) -> None:
+    """A reader paging without values (read ahead so), then asking with them: the page read
+    ahead is decoded then; and the other way round.
+    """
+    run_id = await written(services, "compacted")
+    history = HistoryService(services.uow, services.reads)
+    expected = await every_page(history, run_id, 2500)
+    for first, second in ((False, True), (True, False)):
+        page = await history.history(run_id, "x", None, None, 0, 2500, "", values=first)
+        after = await history.history(
+            run_id, "x", None, None, 0, 2500, page.next_page_token, values=second
+        )
+        got = after.points if second else None
+        if got is not None:
+            assert got.decoded().tobytes() == expected[1].points.decoded().tobytes()
+        else:
+            assert decoded_columns([after]) == columns([expected[1]])

@@ -116,7 +116,7 @@ def brute_view(points: Points, lo: int, hi: int, max_points: int, grid: Grid | N
     kept = [i for i, s in enumerate(points.steps.tolist()) if lo <= s <= hi]
     if len(kept) <= max_points:
         return as_rows(points, kept), len(kept)
-    steps, values = points.steps.tolist(), points.values.tolist()
+    steps, values = points.steps.tolist(), points.decoded().tolist()
     if grid is None:
         grid = Grid(steps[kept[0]], steps[kept[-1]], max_points // 2)
     span = float(grid.hi) - float(grid.lo) + 1.0
@@ -159,7 +159,7 @@ def allowed_grid(points: Points, lo: int, hi: int, max_points: int, grid: Grid |
 
 def as_rows(points: Points, indexes: Sequence[int]) -> list[tuple[int, bytes, float]]:
     return [
-        (int(points.steps[i]), points.values[i].tobytes(), float(points.timestamps[i]))
+        (int(points.steps[i]), points.decoded()[i].tobytes(), float(points.timestamps[i]))
         for i in indexes
     ]
 

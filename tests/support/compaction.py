@@ -78,7 +78,7 @@ async def stored_points(services: Services, run_id: str, name: str) -> tuple[byt
             metric_id(run_id, name), INT64_MIN, INT64_MAX, None, None
         )
     points = merge(chunks, INT64_MIN, INT64_MAX).points
-    return points.steps.tobytes(), points.values.tobytes(), points.timestamps.tobytes()
+    return points.steps.tobytes(), points.decoded().tobytes(), points.timestamps.tobytes()
 
 
 def checksum(points: tuple[bytes, bytes, bytes]) -> str:
@@ -143,7 +143,7 @@ def expected_series(
         points = merge(mine, INT64_MIN, INT64_MAX).points
         expected[name] = (
             points.steps.tobytes(),
-            points.values.tobytes(),
+            points.decoded().tobytes(),
             points.timestamps.tobytes(),
         )
     return expected

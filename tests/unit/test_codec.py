@@ -268,3 +268,58 @@ def test_raw_blobs_of_the_wrong_length_raise() -> None:
         codec.decode_timestamps(values.tobytes(), 9)
     with pytest.raises(ValueError, match="raw column"):
         codec.decode_steps(values[:4].tobytes(), 5, first_step=0)
+
+
+def _chunk_shapes(rng: np.random.Generator, n: int) -> list[tuple[Array, Array, Array]]:
+    """Columns of ``n`` points in each shape a chunk stores: consecutive or scattered steps,
+    smooth or special values, one timestamp or one a point.
+    """
+    special = _floats(
+        np.array(SPECIAL_BITS, dtype=np.uint64)[rng.integers(0, len(SPECIAL_BITS), n)]
+    )
+    return [
+        (
+            np.arange(-5, n - 5, dtype="<i8"),
+            np.cumsum(rng.normal(size=n)),
+            np.full(n, 1.7e9),
+        ),
+        (
+            np.sort(rng.integers(I64.min, I64.max, n, dtype="<i8")),
+            special,
+            1.7e9 + np.arange(n) * 0.25,
+        ),
+    ]
+
+
+@pytest.mark.parametrize("page", [None, 512, 100])
+@pytest.mark.parametrize("n", [1, 7, 1_000, 3_000])
+def test_a_part_of_a_chunk_decodes_to_those_points_of_the_whole(n: int, page: int | None) -> None:
+    """`decode_part_into` (what the client decodes a page sent as stored with) gives points
+    skip to skip + take of what `decode_chunk` gives, bit for bit, for raw, compressed and
+    paged columns, parts inside one page, across pages, whole, empty and at either end.
+    """
+    rng = np.random.default_rng(n)
+    for steps, values, stamps in _chunk_shapes(rng, n):
+        blobs = codec.encode_chunk(steps, values, stamps, page=page)
+        raw = (pack_steps(steps).packed, values.tobytes(), pack_timestamps(stamps, 0.0))
+        first = int(steps[0])
+        for stored in (blobs, raw):
+            whole = codec.decode_chunk(n, first, *stored)
+            parts = {(0, n), (0, 0), (n, n), (n - 1, n), (0, 1)}  # (first, end)
+            for _ in range(20):
+                lo, hi = sorted(int(i) for i in rng.integers(0, n + 1, 2))
+                parts.add((lo, hi))
+            for lo, hi in parts:
+                out = (np.empty(hi - lo, "<i8"), np.empty(hi - lo), np.empty(hi - lo))
+                codec.decode_part_into(n, first, *stored, lo, out)
+                for got, want in zip(out, whole, strict=True):
+                    assert got.tobytes() == want[lo:hi].tobytes(), (lo, hi, page)
+
+
+def test_a_part_beyond_its_chunk_raises() -> None:
+    steps, values, stamps = np.arange(10, dtype="<i8"), np.ones(10), np.zeros(10)
+    blobs = codec.encode_chunk(steps, values, stamps, page=4)
+    for skip, take in ((-1, 2), (9, 2), (0, 11), (11, 0)):
+        out = (np.empty(take, "<i8"), np.empty(take), np.empty(take))
+        with pytest.raises(ValueError, match="of a chunk of 10"):
+            codec.decode_part_into(10, 0, *blobs, skip, out)

@@ -37,7 +37,7 @@ def test_merge_orders_by_step_then_seq_then_place_in_the_batch() -> None:
     chunks = [chunk(1, [0, 1, 2], [0.0, 1.0, 2.0]), chunk(2, [2, 1, 2], [20.0, 10.0, 21.0])]
     merged = merge(chunks, INT64_MIN, INT64_MAX)
     assert merged.points.steps.tolist() == [0, 1, 1, 2, 2, 2]
-    assert merged.points.values.tolist() == [0.0, 1.0, 10.0, 2.0, 20.0, 21.0]
+    assert merged.points.decoded().tolist() == [0.0, 1.0, 10.0, 2.0, 20.0, 21.0]
     # Keys: (step, rank among the points of that step).
     assert [merged.key(i) for i in range(len(merged))] == [
         (0, 0),
@@ -48,17 +48,17 @@ def test_merge_orders_by_step_then_seq_then_place_in_the_batch() -> None:
         (2, 2),
     ]
     after = merge(chunks, INT64_MIN, INT64_MAX, after=(2, 0))
-    assert after.points.values.tolist() == [20.0, 21.0]
+    assert after.points.decoded().tolist() == [20.0, 21.0]
     # A key's rank counts the points of its step left out before: the next key goes on.
     assert [after.key(i) for i in range(len(after))] == [(2, 1), (2, 2)]
-    assert merge(chunks, INT64_MIN, INT64_MAX, after=(1, 0)).points.values.tolist() == [
+    assert merge(chunks, INT64_MIN, INT64_MAX, after=(1, 0)).points.decoded().tolist() == [
         10.0,
         2.0,
         20.0,
         21.0,
     ]
     assert len(merge(chunks, INT64_MIN, INT64_MAX, after=(2, 2))) == 0
-    assert merge(chunks, 1, 1).points.values.tolist() == [1.0, 10.0]
+    assert merge(chunks, 1, 1).points.decoded().tolist() == [1.0, 10.0]
     assert len(merge([], 0, 10)) == 0
 
 
@@ -77,7 +77,7 @@ def test_downsample_keeps_each_intervals_lowest_and_highest_point() -> None:
     values = [5.0, 1.0, 9.0, 3.0, 4.0, 2.0, 8.0, 6.0]
     shown = downsample(points(list(range(8)), values), 4)  # two intervals of four steps
     assert shown.steps.tolist() == [1, 2, 5, 6]
-    assert shown.values.tolist() == [1.0, 9.0, 2.0, 8.0]
+    assert shown.decoded().tolist() == [1.0, 9.0, 2.0, 8.0]
 
 
 def test_downsample_skips_nan_keeps_inf_and_leaves_small_series_whole() -> None:
@@ -85,7 +85,7 @@ def test_downsample_skips_nan_keeps_inf_and_leaves_small_series_whole() -> None:
     shown = downsample(points([0, 1, 2, 3, 4, 5], [nan, nan, nan, 1.0, -inf, nan]), 4)
     # First interval (steps 0-2) is only NaN: its first point stands for it.
     assert shown.steps.tolist() == [0, 3, 4]
-    assert np.isnan(shown.values[0]) and shown.values[2] == -inf
+    assert np.isnan(shown.decoded()[0]) and shown.decoded()[2] == -inf
     small = points([1, 2, 3], [3.0, 2.0, 1.0])
     assert downsample(small, 3) is small
 

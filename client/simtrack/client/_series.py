@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from simtrack.codec import decode_part_into
 from simtrack.v1 import telemetry_pb2
 
 __all__ = ["ComparedSeries", "Comparison", "MetricHistory"]
@@ -28,12 +29,17 @@ class MetricHistory:
 
     @classmethod
     def of_page(cls, page: telemetry_pb2.GetMetricHistoryResponse) -> MetricHistory:
-        """The points of one GetMetricHistory response, in either column encoding: read
-        straight from the little-endian bytes (COLUMN_ENCODING_LITTLE_ENDIAN: the columns are
-        then read-only views of the response's bytes), consecutive steps and a shared
-        timestamp spelled out; or from the repeated fields.
+        """The points of one GetMetricHistory response, in any column encoding: decoded from
+        the stored columns (COLUMN_ENCODING_STORED), read straight from the little-endian
+        bytes (COLUMN_ENCODING_LITTLE_ENDIAN: the columns are then read-only views of the
+        response's bytes), consecutive steps and a shared timestamp spelled out; or from the
+        repeated fields.
         """
-        if page.values and not page.values_le:  # repeated fields (or a server before 0.2.0)
+        if page.stored:
+            n = _stored_count(page)
+            steps, values, stamps = np.empty(n, np.int64), np.empty(n), np.empty(n)
+            _decode_stored(page, (steps, values, stamps))
+        elif page.values and not page.values_le:  # repeated fields (or a server before 0.2.0)
             steps = np.array(page.steps, dtype=np.int64)
             values = np.array(page.values, dtype=np.float64)
             stamps = np.array(page.timestamps, dtype=np.float64)
@@ -57,33 +63,62 @@ class MetricHistory:
     @classmethod
     def of_pages(cls, pages: Iterable[telemetry_pb2.GetMetricHistoryResponse]) -> MetricHistory:
         """The points of GetMetricHistory's pages, one after another (see `of_page`), each
-        page copied once into columns as long as the range's points (``range_count``): no
-        list of pages to concatenate at the end.
+        page written once into columns as long as the range's points (``range_count``): no
+        list of pages to concatenate at the end. Stored columns are decoded in place there.
         """
         columns: tuple[npt.NDArray[Any], ...] = ()
         at, first = 0, None
         for page in pages:
-            read = cls.of_page(page)
-            if first is None:
-                first = read
-            end = at + len(read.values)
+            first = page if first is None else first
+            read = None if page.stored else cls.of_page(page)
+            end = at + (_stored_count(page) if read is None else len(read.values))
             if not columns or end > len(columns[0]):  # the first page; or points written since
-                size = max(end, read.range_count) if page.next_page_token else end
+                size = max(end, page.range_count) if page.next_page_token else end
                 grown = [
                     np.empty(size, dtype=dtype) for dtype in (np.int64, np.float64, np.float64)
                 ]
                 for old, new in zip(columns, grown, strict=False):
                     new[:at] = old[:at]
                 columns = tuple(grown)
-            for column, part in zip(
-                columns, (read.steps, read.values, read.timestamps), strict=True
-            ):
-                column[at:end] = part
+            if read is None:
+                steps, values, stamps = columns
+                _decode_stored(page, (steps[at:end], values[at:end], stamps[at:end]))
+            else:
+                for column, part in zip(
+                    columns, (read.steps, read.values, read.timestamps), strict=True
+                ):
+                    column[at:end] = part
             at = end
         if first is None:
             raise ValueError("no page of history")
         steps, values, stamps = (column[:at] for column in columns)
         return cls(steps, values, stamps, first.downsampled, first.range_count)
+
+
+def _stored_count(page: telemetry_pb2.GetMetricHistoryResponse) -> int:
+    return sum(part.take for part in page.stored)
+
+
+def _decode_stored(
+    page: telemetry_pb2.GetMetricHistoryResponse,
+    out: tuple[npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any]],
+) -> None:
+    """A COLUMN_ENCODING_STORED page's points into ``out`` (steps, values, timestamps), each
+    part decoded where it goes (``simtrack.codec``: the columns as the server stores them).
+    """
+    at = 0
+    for part in page.stored:
+        end = at + part.take
+        decode_part_into(
+            part.count,
+            part.first_step,
+            part.steps,
+            part.values,
+            part.timestamps,
+            part.skip,
+            (out[0][at:end], out[1][at:end], out[2][at:end]),
+        )
+        at = end
 
 
 @dataclass(frozen=True)

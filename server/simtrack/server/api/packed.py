@@ -12,13 +12,14 @@ them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 import numpy as np
 from google.protobuf.message import Message
 
 from simtrack.codec import all_equal, consecutive
+from simtrack.server.domain.series import Points, StoredPart
 from simtrack.v1 import telemetry_pb2 as tpb
 
 Array = np.ndarray[Any, Any]
@@ -190,3 +191,57 @@ def history_response(
         )
     )
     return Packed(wire, tpb.GetMetricHistoryResponse)
+
+
+def stored_history_response(
+    parts: Sequence[StoredPart] | None,
+    points: Points,
+    next_page_token: str,
+    range_count: int,
+    downsampled: bool,
+) -> Packed[tpb.GetMetricHistoryResponse]:
+    """COLUMN_ENCODING_STORED's response: the page's points as the parts of stored chunks
+    they are (``parts``: their columns sent as stored, not decoded again), or, where they are
+    not (None: a downsampled view, points put in order from overlapping chunks, staged
+    points), as one part of raw columns.
+    """
+    if parts is None:
+        stored = [_raw_columns(points)] if len(points) else []
+    else:
+        stored = [
+            tpb.StoredColumns(
+                count=chunk.n,
+                first_step=chunk.first_step,
+                steps=chunk.steps,
+                values=chunk.vals,
+                timestamps=chunk.ts,
+                skip=skip,
+                take=take,
+            )
+            for chunk, skip, take in parts
+        ]
+    response = tpb.GetMetricHistoryResponse(
+        stored=stored,
+        next_page_token=next_page_token,
+        range_count=range_count,
+        downsampled=downsampled,
+    )
+    return Packed(response.SerializeToString(), tpb.GetMetricHistoryResponse)
+
+
+def _raw_columns(points: Points) -> tpb.StoredColumns:
+    """``points`` as one part in the codec's raw format (its elisions kept)."""
+    steps = np.ascontiguousarray(points.steps, dtype="<i8")
+    stamps = np.ascontiguousarray(points.timestamps, dtype="<f8")
+    dense = points.consecutive or consecutive(steps)
+    if len(stamps) > 1 and (points.one_timestamp or all_equal(stamps)):
+        stamps = stamps[:1]
+    return tpb.StoredColumns(
+        count=len(steps),
+        first_step=int(steps[0]),
+        steps=b"" if dense else steps.tobytes(),
+        values=np.ascontiguousarray(points.decoded(), dtype="<f8").tobytes(),
+        timestamps=stamps.tobytes(),
+        skip=0,
+        take=len(steps),
+    )

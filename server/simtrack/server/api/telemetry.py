@@ -30,7 +30,7 @@ from simtrack.server.api.convert import (
     unknown_enum_value,
 )
 from simtrack.server.api.convert import timestamp as ts
-from simtrack.server.api.packed import Packed, history_response
+from simtrack.server.api.packed import Packed, history_response, stored_history_response
 from simtrack.server.api.runs import command_to_proto
 from simtrack.server.core.model import (
     MetricKind,
@@ -256,7 +256,7 @@ def comparison_to_proto(found: Comparison) -> tpb.CompareRunsResponse:
                 metric=s.name,
                 unit=s.metric.unit if s.metric else "",
                 steps=s.view.points.steps.tolist(),
-                values=s.view.points.values.tolist(),
+                values=s.view.points.decoded().tolist(),
                 timestamps=s.view.points.timestamps.tolist(),
                 range_count=s.view.range_count,
                 downsampled=s.view.downsampled,
@@ -268,11 +268,11 @@ def comparison_to_proto(found: Comparison) -> tpb.CompareRunsResponse:
     )
 
 
-def _little_endian(encoding: int) -> bool:
-    """Whether GetMetricHistory's columns go as little-endian bytes (see ColumnEncoding)."""
+def _column_encoding(encoding: int) -> int:
+    """GetMetricHistory's column encoding, a known one (see ColumnEncoding)."""
     if encoding not in tpb.ColumnEncoding.values():
         raise unknown_enum_value(tpb.ColumnEncoding, "column_encoding", encoding)
-    return encoding == tpb.COLUMN_ENCODING_LITTLE_ENDIAN
+    return encoding
 
 
 class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
@@ -368,7 +368,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
     async def GetMetricHistory(  # type: ignore[override]  # the interceptor sends Packed
         self, request: tpb.GetMetricHistoryRequest, context: Context
     ) -> Packed[tpb.GetMetricHistoryResponse]:
-        little_endian = _little_endian(request.column_encoding)
+        encoding = _column_encoding(request.column_encoding)
         found = await self.history.history(
             request.run_id,
             request.metric,
@@ -377,16 +377,21 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
             request.max_points,
             request.page_size,
             request.page_token,
+            values=encoding != tpb.COLUMN_ENCODING_STORED,
         )
         points = found.points
+        if encoding == tpb.COLUMN_ENCODING_STORED:
+            return stored_history_response(
+                found.stored, points, found.next_page_token, found.range_count, found.downsampled
+            )
         return history_response(
             points.steps,
-            points.values,
+            points.decoded(),
             points.timestamps,
             found.next_page_token,
             found.range_count,
             found.downsampled,
-            little_endian,
+            encoding == tpb.COLUMN_ENCODING_LITTLE_ENDIAN,
             known_consecutive=points.consecutive,
             known_one_timestamp=points.one_timestamp,
         )

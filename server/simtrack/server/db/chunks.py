@@ -222,16 +222,24 @@ class Unpacked(NamedTuple):
     """Chunks' columns concatenated (`unpack_many`), with what their rows tell of them."""
 
     steps: Array
-    values: Array
+    values: Array | None  # None: not decoded (asked for without)
     timestamps: Array
     # The steps run steps[0], steps[0] + 1, ...: every chunk's were elided, each chunk
     # starting where the one before ended (a series logged step by step, compacted or not).
     consecutive: bool
     one_timestamp: bool  # every point's timestamp has the first's bits (each chunk's was one)
 
+    def columns(self) -> tuple[Array, Array, Array]:
+        """(steps, values, timestamps), of chunks unpacked with their values."""
+        if self.values is None:
+            raise ValueError("the chunks were unpacked without their values")
+        return self.steps, self.values, self.timestamps
 
-def unpack_many(chunks: Sequence[StoredChunk]) -> Unpacked:
-    """The chunks' (steps, values, timestamps), concatenated in the order given.
+
+def unpack_many(chunks: Sequence[StoredChunk], values: bool = True) -> Unpacked:
+    """The chunks' (steps, values, timestamps), concatenated in the order given; without
+    ``values``, those are not decoded (a page sent as the chunks store them needs only its
+    steps and timestamps: decoding the values is most of a compacted page's cost).
 
     The same as unpacking each chunk and concatenating, with a constant number of numpy calls
     for each run of raw chunks whatever its length: a fleet's series is thousands of two-point
@@ -241,11 +249,15 @@ def unpack_many(chunks: Sequence[StoredChunk]) -> Unpacked:
     show to be one run or one value: those are made once for all the chunks.
     """
     if not any(compressed(c) for c in chunks):
-        return _unpack_raw(chunks)
+        return _unpack_raw(chunks, values)
     consecutive = _one_run_of_steps(chunks)
     one_timestamp = _one_timestamp(chunks)
     total = sum(c.n for c in chunks)
-    out = (np.empty(total, dtype=STEP), np.empty(total, dtype=FLOAT), np.empty(total, dtype=FLOAT))
+    out = (
+        np.empty(total, dtype=STEP),
+        np.empty(total if values else 0, dtype=FLOAT),
+        np.empty(total, dtype=FLOAT),
+    )
     at = 0
     raw: list[StoredChunk] = []  # a run of raw chunks, unpacked together
     for chunk in [*chunks, None]:
@@ -253,26 +265,28 @@ def unpack_many(chunks: Sequence[StoredChunk]) -> Unpacked:
             raw.append(chunk)
             continue
         if raw:
-            unpacked = _unpack_raw(raw)[:3]
-            end = at + len(unpacked[0])
-            for column, part in zip(out, unpacked, strict=True):
-                column[at:end] = part
+            unpacked = _unpack_raw(raw, values)
+            end = at + len(unpacked.steps)
+            out[0][at:end] = unpacked.steps
+            if unpacked.values is not None:
+                out[1][at:end] = unpacked.values
+            out[2][at:end] = unpacked.timestamps
             at, raw = end, []
         if chunk is not None:  # decoded straight into its place
             end = at + chunk.n
             place = (
                 None if consecutive else out[0][at:end],
-                out[1][at:end],
+                out[1][at:end] if values else None,
                 None if one_timestamp else out[2][at:end],
             )
             decode_chunk_into(chunk.n, chunk.first_step, chunk.steps, chunk.vals, chunk.ts, place)
             at = end
-    steps, values, stamps = out
+    steps, decoded, stamps = out
     if consecutive:  # first_step + arange: an arange from first_step would go through float
         np.add(np.arange(total, dtype=STEP), chunks[0].first_step, out=steps)
     if one_timestamp:
         stamps.fill(np.frombuffer(chunks[0].ts, dtype=FLOAT)[0])
-    return Unpacked(steps, values, stamps, consecutive, one_timestamp)
+    return Unpacked(steps, decoded if values else None, stamps, consecutive, one_timestamp)
 
 
 def _one_run_of_steps(chunks: Sequence[StoredChunk]) -> bool:
@@ -293,18 +307,18 @@ def _one_timestamp(chunks: Sequence[StoredChunk]) -> bool:
     return all(len(c.ts) == FLOAT.itemsize and c.ts == first for c in chunks)
 
 
-def _unpack_raw(chunks: Sequence[StoredChunk]) -> Unpacked:
+def _unpack_raw(chunks: Sequence[StoredChunk], with_values: bool = True) -> Unpacked:
     """`unpack_many` of raw chunks only, vectorized (the columns taken out of the rows by
     C-level maps: a staging move reads thousands of ten-point chunks).
     """
     if not chunks:
         empty = np.empty(0, dtype=FLOAT)
-        return Unpacked(np.empty(0, dtype=STEP), empty, empty, True, True)
+        return Unpacked(np.empty(0, dtype=STEP), empty if with_values else None, empty, True, True)
     count = len(chunks)
     counts = np.fromiter(map(_N, chunks), dtype=np.int64, count=count)
     total = int(counts.sum())
     vals, ts, packed_steps = (list(map(field, chunks)) for field in (_VALS, _TS, _STEPS))
-    values = np.frombuffer(b"".join(vals), dtype=FLOAT)
+    value_bytes = sum(map(len, vals))
     # Timestamps: each chunk holds n of them, or one that stands for all n.
     stamps = np.frombuffer(b"".join(ts), dtype=FLOAT)
     stamp_bytes = np.fromiter(map(len, ts), dtype=np.int64, count=count)
@@ -313,13 +327,14 @@ def _unpack_raw(chunks: Sequence[StoredChunk]) -> Unpacked:
     step_bytes = np.fromiter(map(len, packed_steps), dtype=np.int64, count=count)
     stamp_counts, step_counts = stamp_bytes // 8, step_bytes // 8
     malformed = (
-        len(values) != total
+        value_bytes != FLOAT.itemsize * total
         or bool(((stamp_counts != 1) & (stamp_counts != counts)).any())
         or bool(((step_counts != 0) & (step_counts != counts)).any())
         or bool(((stamp_bytes | step_bytes) % 8).any())
     )
     if malformed:
         raise ValueError("a chunk with malformed columns")
+    kept = np.frombuffer(b"".join(vals), dtype=FLOAT) if with_values else None
     single = stamp_counts == 1  # one timestamp stands for the chunk's points
     bits = stamps.view(np.uint64)
     one_timestamp = bool(single.all()) and bool((bits == bits[0]).all())
@@ -333,9 +348,9 @@ def _unpack_raw(chunks: Sequence[StoredChunk]) -> Unpacked:
     # first_step + offset, computed in int64 (an arange from first_step would go through float).
     if elided.all() and bool((firsts[1:] == firsts[:-1] + counts[:-1]).all()):
         steps = firsts[0] + np.arange(total, dtype=STEP)  # one run of steps
-        return Unpacked(steps, values, timestamps, True, one_timestamp)
+        return Unpacked(steps, kept, timestamps, True, one_timestamp)
     steps = np.repeat(firsts, counts) + (np.arange(total, dtype=STEP) - np.repeat(starts, counts))
     if not elided.all():
         stored = np.repeat(~elided, counts)
         steps[stored] = packed
-    return Unpacked(steps, values, timestamps, False, one_timestamp)
+    return Unpacked(steps, kept, timestamps, False, one_timestamp)

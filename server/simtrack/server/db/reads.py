@@ -281,7 +281,15 @@ class SqlReads:
         return await self._page(at)
 
     def read_ahead(
-        self, run_id: str, metric: str, lo: int, hi: int, start: int, size: int, limit: int
+        self,
+        run_id: str,
+        metric: str,
+        lo: int,
+        hi: int,
+        start: int,
+        size: int,
+        limit: int,
+        values: bool = True,
     ) -> None:
         """PostgreSQL (whose pages carry their metric's version): `page` of these read now,
         held for the call that asks for it (``read_ahead.py``).
@@ -296,7 +304,7 @@ class SqlReads:
                 return page
             # Unpacked now too, while the reader takes in the page before: decoding a
             # compacted chunk's columns is most of what a page costs the server.
-            return page._replace(columns=unpack_many(page.chunks))
+            return page._replace(columns=unpack_many(page.chunks, values))
 
         self.ahead.start(at, read)
 

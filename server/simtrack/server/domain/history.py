@@ -16,6 +16,7 @@ sent: by seq, then place in the batch), either
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from simtrack.errors import InvalidArgument, NotFound
@@ -41,11 +42,19 @@ from simtrack.server.core.model import (
     require_id,
     require_name,
 )
-from simtrack.server.db.chunks import ChunkSummary
+from simtrack.server.db.chunks import ChunkSummary, StoredChunk
 from simtrack.server.db.models import SMALL_CHUNK_POINTS, Event, Metric
 from simtrack.server.domain.ports import ChunkRows, HistoryReads, UnitOfWorkFactory
 from simtrack.server.domain.runs import load_run
-from simtrack.server.domain.series import Key, Merged, Points, merge, range_count
+from simtrack.server.domain.series import (
+    Key,
+    Merged,
+    Points,
+    StoredPart,
+    merge,
+    range_count,
+    stored_parts,
+)
 from simtrack.server.domain.views import Grid, View, read_view, view_of
 
 HISTORY_PAGE_DEFAULT = 10_000
@@ -82,6 +91,7 @@ class History:
     downsampled: bool
     next_page_token: str
     grid: Grid | None = None  # the intervals of a downsampled view
+    stored: list[StoredPart] | None = None  # the points as parts of stored chunks, if known
 
 
 def first_read(size: int) -> int:
@@ -143,13 +153,24 @@ def _viewed(view: View) -> History:
     return History(view.points, view.range_count, view.downsampled, "", view.grid)
 
 
-def _page(merged: Merged, more: bool, size: int, count: int, scope: str) -> History:
-    """The first ``size`` points of ``merged``, with a token for the next page if ``more``."""
+def _page(
+    merged: Merged,
+    more: bool,
+    size: int,
+    count: int,
+    scope: str,
+    chunks: Sequence[StoredChunk] = (),
+) -> History:
+    """The first ``size`` points of ``merged``, with a token for the next page if ``more``;
+    with the ``chunks`` merged (in the order read), as their stored parts where they can be.
+    """
     shown_count = min(size, len(merged.points))
     next_token = ""
     if more and shown_count:
         next_token = encode_position(merged.key(shown_count - 1), scope)
-    return History(merged.points.take(slice(0, shown_count)), count, False, next_token)
+    points = merged.points.take(slice(0, shown_count))
+    stored = stored_parts(chunks, points) if chunks else None
+    return History(points, count, False, next_token, stored=stored)
 
 
 class HistoryService:
@@ -177,7 +198,14 @@ class HistoryService:
         max_points: int,
         size: int,
         token: str,
+        *,
+        values: bool = True,
     ) -> History:
+        """A page (``max_points`` 0) or a downsampled view of the metric's points in [start_step,
+        end_step]. Without ``values`` (the caller sends the page as the chunks store it), a page
+        that is one run of its chunks' points is given as their parts (``History.stored``), its
+        values left undecoded.
+        """
         run_id = require_id("run_id", run_id)
         metric = require_name("metric", metric)
         lo = INT64_MIN if start_step is None else start_step
@@ -200,7 +228,9 @@ class HistoryService:
             if max_points:
                 found = await self._one_statement_view(run_id, metric, lo, hi, max_points)
             else:
-                found = await self._one_statement_page(run_id, metric, lo, hi, after, size, scope)
+                found = await self._one_statement_page(
+                    run_id, metric, lo, hi, after, size, scope, values
+                )
             if found is not None:
                 return found
         async with self.uow() as uow:
@@ -224,7 +254,15 @@ class HistoryService:
         return _page(merged, more, size, count, scope)
 
     async def _one_statement_page(
-        self, run_id: str, metric: str, lo: int, hi: int, after: Key | None, size: int, scope: str
+        self,
+        run_id: str,
+        metric: str,
+        lo: int,
+        hi: int,
+        after: Key | None,
+        size: int,
+        scope: str,
+        values: bool,
     ) -> History | None:
         """The page in one statement; None where its first chunks do not settle it."""
         assert self.pages is not None
@@ -238,15 +276,15 @@ class HistoryService:
         count = read.points  # the whole series: its summary counts every point
         if read.within is not None:
             count = read.within + range_count(read.edges, lo, hi)
-        merged = merge(read.chunks, start, hi, after, read.columns)
-        found = _page(merged, read.unread or len(merged) > size, size, count, scope)
+        merged = merge(read.chunks, start, hi, after, read.columns, values)
+        found = _page(merged, read.unread or len(merged) > size, size, count, scope, read.chunks)
         if found.next_page_token and (after is not None or size == HISTORY_PAGE_MAX):
             # Paging through (a token), or reading every point (the largest pages, as
             # Client.metric_history does): the page after this one is likely next. Its start
             # is this page's last step (or lo), as the token's decoding makes it.
             last_step = int(found.points.steps[-1])
             self.pages.read_ahead(
-                run_id, metric, lo, hi, max(lo, last_step), size, first_read(size)
+                run_id, metric, lo, hi, max(lo, last_step), size, first_read(size), values
             )
         return found
 

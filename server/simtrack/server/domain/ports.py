@@ -370,10 +370,19 @@ class HistoryReads(Protocol):
         ...
 
     def read_ahead(
-        self, run_id: str, metric: str, lo: int, hi: int, start: int, size: int, limit: int
+        self,
+        run_id: str,
+        metric: str,
+        lo: int,
+        hi: int,
+        start: int,
+        size: int,
+        limit: int,
+        values: bool = True,
     ) -> None:
         """A hint: ``page`` of these is likely asked for next (a reader paging through); it
-        may be read now, as long as ``page`` answers as of when it is called.
+        may be read now, as long as ``page`` answers as of when it is called. Without
+        ``values``, its chunks' values need not be unpacked (`unpack_many`).
         """
         ...
 

@@ -69,7 +69,7 @@ def compact(
     out = []
     for seq, (start, end) in zip(seqs, bounds, strict=True):
         steps = np.ascontiguousarray(points.steps[start:end])
-        values = np.ascontiguousarray(points.values[start:end])
+        values = np.ascontiguousarray(points.decoded()[start:end])
         stamps = np.ascontiguousarray(points.timestamps[start:end])
         found = extremes(steps, values, stamps)
         blocks = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -36,24 +37,64 @@ class Points:
     """
 
     steps: Array
-    values: Array
+    values: Array | None  # None: not decoded (a page sent as its chunks' stored parts)
     timestamps: Array
     consecutive: bool = False  # the steps run steps[0], steps[0] + 1, ... (False: unknown)
     one_timestamp: bool = False  # every timestamp has the first's bits (False: unknown)
+    # The first point's place among the points of the chunks read, in their order, when the
+    # points are one run of them (None: unknown, or reordered): they are then those chunks'
+    # parts as stored (`stored_parts`).
+    origin: int | None = None
 
     def __len__(self) -> int:
         return len(self.steps)
 
     def take(self, index: Array | slice) -> Points:
         """The points at ``index``; a slice keeps what is known of the columns."""
-        known = isinstance(index, slice) and index.step in (None, 1)
+        values = None if self.values is None else self.values[index]
+        if not (isinstance(index, slice) and index.step in (None, 1)):
+            return Points(self.steps[index], values, self.timestamps[index])
+        start = index.indices(len(self))[0]
         return Points(
             self.steps[index],
-            self.values[index],
+            values,
             self.timestamps[index],
-            known and self.consecutive,
-            known and self.one_timestamp,
+            self.consecutive,
+            self.one_timestamp,
+            None if self.origin is None else self.origin + start,
         )
+
+    def decoded(self) -> Array:
+        """The values, which only a page sent as stored parts leaves undecoded."""
+        if self.values is None:
+            raise ValueError("the points' values were not decoded")
+        return self.values
+
+
+class StoredPart(NamedTuple):
+    """Points ``skip`` to ``skip + take`` of a stored chunk."""
+
+    chunk: StoredChunk
+    skip: int
+    take: int
+
+
+def stored_parts(chunks: Sequence[StoredChunk], points: Points) -> list[StoredPart] | None:
+    """``points`` as parts of ``chunks`` (the chunks they were read from, in the order read),
+    where they are one run of the chunks' points (`Points.origin`); else None.
+    """
+    if points.origin is None:
+        return None
+    start, end = points.origin, points.origin + len(points)
+    parts, at = [], 0
+    for chunk in chunks:
+        lo, hi = max(start, at), min(end, at + chunk.n)
+        if lo < hi:
+            parts.append(StoredPart(chunk, lo - at, hi - lo))
+        at += chunk.n
+        if at >= end:
+            break
+    return parts
 
 
 @dataclass(frozen=True)
@@ -75,15 +116,21 @@ class Merged:
         return step, rank + (self.skipped if step == self.after_step else 0)
 
 
-def history_order(chunks: Sequence[StoredChunk], unpacked: Unpacked | None = None) -> Points:
+def history_order(
+    chunks: Sequence[StoredChunk], unpacked: Unpacked | None = None, values: bool = True
+) -> Points:
     """The chunks' points sorted by (step, seq, place in the chunk); ``unpacked``: the chunks
-    unpacked already (`unpack_many`).
+    unpacked already (`unpack_many`). Without ``values``, the values are left undecoded where
+    the chunks' points come in order (`Points.origin`: they are then sent as stored).
     """
-    got = unpack_many(chunks) if unpacked is None else unpacked
-    points = Points(got.steps, got.values, got.timestamps, got.consecutive, got.one_timestamp)
-    steps = points.steps
-    if got.consecutive or len(steps) < 2 or bool((steps[1:] > steps[:-1]).all()):
-        return points  # already in order
+    got = unpack_many(chunks, values) if unpacked is None else unpacked
+    steps = got.steps
+    in_order = got.consecutive or len(steps) < 2 or bool((steps[1:] > steps[:-1]).all())
+    if got.values is None and (values or not in_order):
+        got = got._replace(values=unpack_many(chunks).values)
+    points = Points(steps, got.values, got.timestamps, got.consecutive, got.one_timestamp, origin=0)
+    if in_order:
+        return points  # the chunks' points as they come
     counts = np.fromiter((c.n for c in chunks), dtype=np.int64, count=len(chunks))
     seqs = np.repeat(np.fromiter((c.seq for c in chunks), dtype=STEP, count=len(chunks)), counts)
     index = np.arange(len(steps), dtype=STEP) - np.repeat(np.cumsum(counts) - counts, counts)
@@ -96,18 +143,19 @@ def merge(
     hi: int,
     after: Key | None = None,
     unpacked: Unpacked | None = None,
+    values: bool = True,
 ) -> Merged:
     """The chunks' points with lo <= step <= hi (and key > ``after``), in history order.
 
     With ``after``, the chunks must include every one holding a point of its step (the rank
-    counts them). ``unpacked``: the chunks unpacked already.
+    counts them). ``unpacked``: the chunks unpacked already; ``values``: as `history_order`.
     """
     if after is not None:
         lo = max(lo, after[0])
     if not chunks:
         empty = np.empty(0, dtype=FLOAT)
         return Merged(Points(np.empty(0, dtype=STEP), empty, empty))
-    points = history_order(chunks, unpacked)
+    points = history_order(chunks, unpacked, values)
     steps = points.steps
     if any(c.first_step < lo or c.last_step > hi for c in chunks):
         # Sorted by step: the range is one slice.

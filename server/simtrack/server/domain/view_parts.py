@@ -110,7 +110,7 @@ class Candidates:
     @classmethod
     def of(cls, read: Sequence[StoredChunk], lo: int, hi: int) -> Candidates:
         """Every point of ``read`` with lo <= step <= hi."""
-        steps, values, stamps, _, _ = unpack_many(read)
+        steps, values, stamps = unpack_many(read).columns()
         counts = np.fromiter((c.n for c in read), dtype=np.int64, count=len(read))
         seqs = np.repeat(np.fromiter((c.seq for c in read), dtype=STEP, count=len(read)), counts)
         places = np.arange(len(steps), dtype=STEP) - np.repeat(np.cumsum(counts) - counts, counts)

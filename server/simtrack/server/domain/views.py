@@ -125,7 +125,7 @@ def extremes(points: Points, grid: Grid) -> Array:
     starts += 1
     starts = np.concatenate(([0], starts))
     lengths = np.diff(starts, append=n)
-    values = points.values
+    values = points.decoded()
     chosen = []
     for extreme in (np.fmin, np.fmax):  # fmin/fmax ignore NaN unless all are NaN
         reduced = extreme.reduceat(values, starts)

@@ -14,7 +14,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file simtrack/v1/telemetry.proto.
  */
 export const file_simtrack_v1_telemetry: GenFile = /*@__PURE__*/
-  fileDesc("ChtzaW10cmFjay92MS90ZWxlbWV0cnkucHJvdG8SC3NpbXRyYWNrLnYxIqgCChBTdHJlYW1SdW5SZXF1ZXN0EgsKA3NlcRgBIAEoAxIjCgVoZWxsbxgCIAEoCzISLnNpbXRyYWNrLnYxLkhlbGxvSAASKQoIcHJvZ3Jlc3MYAyABKAsyFS5zaW10cmFjay52MS5Qcm9ncmVzc0gAEisKB21ldHJpY3MYBCABKAsyGC5zaW10cmFjay52MS5NZXRyaWNCYXRjaEgAEikKBmV2ZW50cxgFIAEoCzIXLnNpbXRyYWNrLnYxLkV2ZW50QmF0Y2hIABIqCgZzdGF0dXMYBiABKAsyGC5zaW10cmFjay52MS5GaW5hbFN0YXR1c0gAEisKCWhlYXJ0YmVhdBgHIAEoCzIWLnNpbXRyYWNrLnYxLkhlYXJ0YmVhdEgAQgYKBGtpbmQiUgoFSGVsbG8SDgoGcnVuX2lkGAEgASgJEhEKCXdvcmtlcl9pZBgCIAEoCRIWCg5sYXN0X2Fja2VkX3NlcRgDIAEoAxIOCgZyZXBsYXkYBCABKAgiOAoIUHJvZ3Jlc3MSDAoEdGljaxgBIAEoAxINCgV0b3RhbBgCIAEoAxIPCgdwZXJjZW50GAMgASgBIoQBCgxNZXRyaWNTZXJpZXMSDAoEbmFtZRgBIAEoCRIMCgR1bml0GAIgASgJEiUKBGtpbmQYAyABKA4yFy5zaW10cmFjay52MS5NZXRyaWNLaW5kEg0KBXN0ZXBzGAQgAygDEg4KBnZhbHVlcxgFIAMoARISCgp0aW1lc3RhbXBzGAYgAygBIjgKC01ldHJpY0JhdGNoEikKBnNlcmllcxgBIAMoCzIZLnNpbXRyYWNrLnYxLk1ldHJpY1NlcmllcyKJAQoFRXZlbnQSDAoEc3RlcBgBIAEoAxIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIMCgR0eXBlGAMgASgJEhAKCGFnZW50X2lkGAQgASgJEigKB3BheWxvYWQYBSABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0IjAKCkV2ZW50QmF0Y2gSIgoGZXZlbnRzGAEgAygLMhIuc2ltdHJhY2sudjEuRXZlbnQiqAEKC0ZpbmFsU3RhdHVzEigKB291dGNvbWUYASABKA4yFy5zaW10cmFjay52MS5SdW5PdXRjb21lEhUKDWVycm9yX21lc3NhZ2UYAiABKAkSLgoNZXJyb3JfZGV0YWlscxgDIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSKAoHcmVzdWx0cxgEIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QiCwoJSGVhcnRiZWF0IrwBChFTdHJlYW1SdW5SZXNwb25zZRInCgd3ZWxjb21lGAEgASgLMhQuc2ltdHJhY2sudjEuV2VsY29tZUgAEh8KA2FjaxgCIAEoCzIQLnNpbXRyYWNrLnYxLkFja0gAEicKB2NvbW1hbmQYAyABKAsyFC5zaW10cmFjay52MS5Db21tYW5kSAASLAoKZ29pbmdfYXdheRgEIAEoCzIWLnNpbXRyYWNrLnYxLkdvaW5nQXdheUgAQgYKBGtpbmQiogEKB1dlbGNvbWUSFQoNY29tbWl0dGVkX3NlcRgBIAEoAxIiChpoZWFydGJlYXRfaW50ZXJ2YWxfc2Vjb25kcxgCIAEoARIuChBwZW5kaW5nX2NvbW1hbmRzGAMgAygLMhQuc2ltdHJhY2sudjEuQ29tbWFuZBIsCgtydW5fb3V0Y29tZRgEIAEoDjIXLnNpbXRyYWNrLnYxLlJ1bk91dGNvbWUiHAoDQWNrEhUKDWNvbW1pdHRlZF9zZXEYASABKAMiGwoJR29pbmdBd2F5Eg4KBnJlYXNvbhgBIAEoCSKgAgoGTWV0cmljEg4KBnJ1bl9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEgwKBHVuaXQYAyABKAkSJQoEa2luZBgEIAEoDjIXLnNpbXRyYWNrLnYxLk1ldHJpY0tpbmQSDQoFY291bnQYBSABKAMSFgoJbGFzdF9zdGVwGAYgASgDSACIAQESEgoKbGFzdF92YWx1ZRgHIAEoARILCgNtaW4YCCABKAESCwoDbWF4GAkgASgBEi8KC2NyZWF0ZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCDAoKX2xhc3Rfc3RlcCJtChJMaXN0TWV0cmljc1JlcXVlc3QSDgoGcnVuX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJEg4KBmZpbHRlchgEIAEoCRIQCghvcmRlcl9ieRgFIAEoCSJUChNMaXN0TWV0cmljc1Jlc3BvbnNlEiQKB21ldHJpY3MYASADKAsyEy5zaW10cmFjay52MS5NZXRyaWMSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIvYBChdHZXRNZXRyaWNIaXN0b3J5UmVxdWVzdBIOCgZydW5faWQYASABKAkSDgoGbWV0cmljGAIgASgJEhcKCnN0YXJ0X3N0ZXAYAyABKANIAIgBARIVCghlbmRfc3RlcBgEIAEoA0gBiAEBEhIKCm1heF9wb2ludHMYBSABKAUSEQoJcGFnZV9zaXplGAYgASgFEhIKCnBhZ2VfdG9rZW4YByABKAkSNAoPY29sdW1uX2VuY29kaW5nGAggASgOMhsuc2ltdHJhY2sudjEuQ29sdW1uRW5jb2RpbmdCDQoLX3N0YXJ0X3N0ZXBCCwoJX2VuZF9zdGVwIuABChhHZXRNZXRyaWNIaXN0b3J5UmVzcG9uc2USDQoFc3RlcHMYASADKAMSDgoGdmFsdWVzGAIgAygBEhIKCnRpbWVzdGFtcHMYAyADKAESEAoIc3RlcHNfbGUYByABKAwSEQoJdmFsdWVzX2xlGAggASgMEhUKDXRpbWVzdGFtcHNfbGUYCSABKAwSEgoKZmlyc3Rfc3RlcBgKIAEoAxIXCg9uZXh0X3BhZ2VfdG9rZW4YBCABKAkSEwoLcmFuZ2VfY291bnQYBSABKAMSEwoLZG93bnNhbXBsZWQYBiABKAgilgEKEkNvbXBhcmVSdW5zUmVxdWVzdBIPCgdydW5faWRzGAEgAygJEg8KB21ldHJpY3MYAiADKAkSFwoKc3RhcnRfc3RlcBgDIAEoA0gAiAEBEhUKCGVuZF9zdGVwGAQgASgDSAGIAQESEgoKbWF4X3BvaW50cxgFIAEoBUINCgtfc3RhcnRfc3RlcEILCglfZW5kX3N0ZXAiVgoLQ29tcGFyZUdyaWQSDgoGbWV0cmljGAEgASgJEhIKCnN0YXJ0X3N0ZXAYAiABKAMSEAoIZW5kX3N0ZXAYAyABKAMSEQoJaW50ZXJ2YWxzGAQgASgFImEKC0NvbXBhcmVkUnVuEg4KBnJ1bl9pZBgBIAEoCRIVCg1leHBlcmltZW50X2lkGAIgASgJEhcKD2V4cGVyaW1lbnRfbmFtZRgDIAEoCRISCgpydW5fbnVtYmVyGAQgASgDIqwBCg5Db21wYXJlZFNlcmllcxIOCgZydW5faWQYASABKAkSDgoGbWV0cmljGAIgASgJEgwKBHVuaXQYAyABKAkSDQoFc3RlcHMYBCADKAMSDgoGdmFsdWVzGAUgAygBEhIKCnRpbWVzdGFtcHMYBiADKAESEwoLcmFuZ2VfY291bnQYByABKAMSEwoLZG93bnNhbXBsZWQYCCABKAgSDwoHbWlzc2luZxgJIAEoCCKnAQoTQ29tcGFyZVJ1bnNSZXNwb25zZRImCgRydW5zGAEgAygLMhguc2ltdHJhY2sudjEuQ29tcGFyZWRSdW4SJwoFZ3JpZHMYAiADKAsyGC5zaW10cmFjay52MS5Db21wYXJlR3JpZBIrCgZzZXJpZXMYAyADKAsyGy5zaW10cmFjay52MS5Db21wYXJlZFNlcmllcxISCgptYXhfcG9pbnRzGAQgASgFImwKEUxpc3RFdmVudHNSZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCRIOCgZmaWx0ZXIYBCABKAkSEAoIb3JkZXJfYnkYBSABKAkiTwoLU3RvcmVkRXZlbnQSIQoFZXZlbnQYASABKAsyEi5zaW10cmFjay52MS5FdmVudBILCgNzZXEYAiABKAMSEAoIcG9zaXRpb24YAyABKAUiVwoSTGlzdEV2ZW50c1Jlc3BvbnNlEigKBmV2ZW50cxgBIAMoCzIYLnNpbXRyYWNrLnYxLlN0b3JlZEV2ZW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSpZCgpNZXRyaWNLaW5kEhsKF01FVFJJQ19LSU5EX1VOU1BFQ0lGSUVEEAASFQoRTUVUUklDX0tJTkRfR0FVR0UQARIXChNNRVRSSUNfS0lORF9DT1VOVEVSEAIqdQoKUnVuT3V0Y29tZRIbChdSVU5fT1VUQ09NRV9VTlNQRUNJRklFRBAAEhkKFVJVTl9PVVRDT01FX0NPTVBMRVRFRBABEhYKElJVTl9PVVRDT01FX0ZBSUxFRBACEhcKE1JVTl9PVVRDT01FX1NUT1BQRUQQAypUCg5Db2x1bW5FbmNvZGluZxIfChtDT0xVTU5fRU5DT0RJTkdfVU5TUEVDSUZJRUQQABIhCh1DT0xVTU5fRU5DT0RJTkdfTElUVExFX0VORElBThABMsoDChBUZWxlbWV0cnlTZXJ2aWNlEk4KCVN0cmVhbVJ1bhIdLnNpbXRyYWNrLnYxLlN0cmVhbVJ1blJlcXVlc3QaHi5zaW10cmFjay52MS5TdHJlYW1SdW5SZXNwb25zZSgBMAESVQoLTGlzdE1ldHJpY3MSHy5zaW10cmFjay52MS5MaXN0TWV0cmljc1JlcXVlc3QaIC5zaW10cmFjay52MS5MaXN0TWV0cmljc1Jlc3BvbnNlIgOQAgESZAoQR2V0TWV0cmljSGlzdG9yeRIkLnNpbXRyYWNrLnYxLkdldE1ldHJpY0hpc3RvcnlSZXF1ZXN0GiUuc2ltdHJhY2sudjEuR2V0TWV0cmljSGlzdG9yeVJlc3BvbnNlIgOQAgESVQoLQ29tcGFyZVJ1bnMSHy5zaW10cmFjay52MS5Db21wYXJlUnVuc1JlcXVlc3QaIC5zaW10cmFjay52MS5Db21wYXJlUnVuc1Jlc3BvbnNlIgOQAgESUgoKTGlzdEV2ZW50cxIeLnNpbXRyYWNrLnYxLkxpc3RFdmVudHNSZXF1ZXN0Gh8uc2ltdHJhY2sudjEuTGlzdEV2ZW50c1Jlc3BvbnNlIgOQAgFiBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_simtrack_v1_runs]);
+  fileDesc("ChtzaW10cmFjay92MS90ZWxlbWV0cnkucHJvdG8SC3NpbXRyYWNrLnYxIqgCChBTdHJlYW1SdW5SZXF1ZXN0EgsKA3NlcRgBIAEoAxIjCgVoZWxsbxgCIAEoCzISLnNpbXRyYWNrLnYxLkhlbGxvSAASKQoIcHJvZ3Jlc3MYAyABKAsyFS5zaW10cmFjay52MS5Qcm9ncmVzc0gAEisKB21ldHJpY3MYBCABKAsyGC5zaW10cmFjay52MS5NZXRyaWNCYXRjaEgAEikKBmV2ZW50cxgFIAEoCzIXLnNpbXRyYWNrLnYxLkV2ZW50QmF0Y2hIABIqCgZzdGF0dXMYBiABKAsyGC5zaW10cmFjay52MS5GaW5hbFN0YXR1c0gAEisKCWhlYXJ0YmVhdBgHIAEoCzIWLnNpbXRyYWNrLnYxLkhlYXJ0YmVhdEgAQgYKBGtpbmQiUgoFSGVsbG8SDgoGcnVuX2lkGAEgASgJEhEKCXdvcmtlcl9pZBgCIAEoCRIWCg5sYXN0X2Fja2VkX3NlcRgDIAEoAxIOCgZyZXBsYXkYBCABKAgiOAoIUHJvZ3Jlc3MSDAoEdGljaxgBIAEoAxINCgV0b3RhbBgCIAEoAxIPCgdwZXJjZW50GAMgASgBIoQBCgxNZXRyaWNTZXJpZXMSDAoEbmFtZRgBIAEoCRIMCgR1bml0GAIgASgJEiUKBGtpbmQYAyABKA4yFy5zaW10cmFjay52MS5NZXRyaWNLaW5kEg0KBXN0ZXBzGAQgAygDEg4KBnZhbHVlcxgFIAMoARISCgp0aW1lc3RhbXBzGAYgAygBIjgKC01ldHJpY0JhdGNoEikKBnNlcmllcxgBIAMoCzIZLnNpbXRyYWNrLnYxLk1ldHJpY1NlcmllcyKJAQoFRXZlbnQSDAoEc3RlcBgBIAEoAxIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIMCgR0eXBlGAMgASgJEhAKCGFnZW50X2lkGAQgASgJEigKB3BheWxvYWQYBSABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0IjAKCkV2ZW50QmF0Y2gSIgoGZXZlbnRzGAEgAygLMhIuc2ltdHJhY2sudjEuRXZlbnQiqAEKC0ZpbmFsU3RhdHVzEigKB291dGNvbWUYASABKA4yFy5zaW10cmFjay52MS5SdW5PdXRjb21lEhUKDWVycm9yX21lc3NhZ2UYAiABKAkSLgoNZXJyb3JfZGV0YWlscxgDIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSKAoHcmVzdWx0cxgEIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QiCwoJSGVhcnRiZWF0IrwBChFTdHJlYW1SdW5SZXNwb25zZRInCgd3ZWxjb21lGAEgASgLMhQuc2ltdHJhY2sudjEuV2VsY29tZUgAEh8KA2FjaxgCIAEoCzIQLnNpbXRyYWNrLnYxLkFja0gAEicKB2NvbW1hbmQYAyABKAsyFC5zaW10cmFjay52MS5Db21tYW5kSAASLAoKZ29pbmdfYXdheRgEIAEoCzIWLnNpbXRyYWNrLnYxLkdvaW5nQXdheUgAQgYKBGtpbmQiogEKB1dlbGNvbWUSFQoNY29tbWl0dGVkX3NlcRgBIAEoAxIiChpoZWFydGJlYXRfaW50ZXJ2YWxfc2Vjb25kcxgCIAEoARIuChBwZW5kaW5nX2NvbW1hbmRzGAMgAygLMhQuc2ltdHJhY2sudjEuQ29tbWFuZBIsCgtydW5fb3V0Y29tZRgEIAEoDjIXLnNpbXRyYWNrLnYxLlJ1bk91dGNvbWUiHAoDQWNrEhUKDWNvbW1pdHRlZF9zZXEYASABKAMiGwoJR29pbmdBd2F5Eg4KBnJlYXNvbhgBIAEoCSKgAgoGTWV0cmljEg4KBnJ1bl9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEgwKBHVuaXQYAyABKAkSJQoEa2luZBgEIAEoDjIXLnNpbXRyYWNrLnYxLk1ldHJpY0tpbmQSDQoFY291bnQYBSABKAMSFgoJbGFzdF9zdGVwGAYgASgDSACIAQESEgoKbGFzdF92YWx1ZRgHIAEoARILCgNtaW4YCCABKAESCwoDbWF4GAkgASgBEi8KC2NyZWF0ZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCDAoKX2xhc3Rfc3RlcCJtChJMaXN0TWV0cmljc1JlcXVlc3QSDgoGcnVuX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJEg4KBmZpbHRlchgEIAEoCRIQCghvcmRlcl9ieRgFIAEoCSJUChNMaXN0TWV0cmljc1Jlc3BvbnNlEiQKB21ldHJpY3MYASADKAsyEy5zaW10cmFjay52MS5NZXRyaWMSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIvYBChdHZXRNZXRyaWNIaXN0b3J5UmVxdWVzdBIOCgZydW5faWQYASABKAkSDgoGbWV0cmljGAIgASgJEhcKCnN0YXJ0X3N0ZXAYAyABKANIAIgBARIVCghlbmRfc3RlcBgEIAEoA0gBiAEBEhIKCm1heF9wb2ludHMYBSABKAUSEQoJcGFnZV9zaXplGAYgASgFEhIKCnBhZ2VfdG9rZW4YByABKAkSNAoPY29sdW1uX2VuY29kaW5nGAggASgOMhsuc2ltdHJhY2sudjEuQ29sdW1uRW5jb2RpbmdCDQoLX3N0YXJ0X3N0ZXBCCwoJX2VuZF9zdGVwIoEBCg1TdG9yZWRDb2x1bW5zEg0KBWNvdW50GAEgASgFEhIKCmZpcnN0X3N0ZXAYAiABKAMSDQoFc3RlcHMYAyABKAwSDgoGdmFsdWVzGAQgASgMEhIKCnRpbWVzdGFtcHMYBSABKAwSDAoEc2tpcBgGIAEoBRIMCgR0YWtlGAcgASgFIowCChhHZXRNZXRyaWNIaXN0b3J5UmVzcG9uc2USDQoFc3RlcHMYASADKAMSDgoGdmFsdWVzGAIgAygBEhIKCnRpbWVzdGFtcHMYAyADKAESEAoIc3RlcHNfbGUYByABKAwSEQoJdmFsdWVzX2xlGAggASgMEhUKDXRpbWVzdGFtcHNfbGUYCSABKAwSEgoKZmlyc3Rfc3RlcBgKIAEoAxIXCg9uZXh0X3BhZ2VfdG9rZW4YBCABKAkSEwoLcmFuZ2VfY291bnQYBSABKAMSEwoLZG93bnNhbXBsZWQYBiABKAgSKgoGc3RvcmVkGAsgAygLMhouc2ltdHJhY2sudjEuU3RvcmVkQ29sdW1ucyKWAQoSQ29tcGFyZVJ1bnNSZXF1ZXN0Eg8KB3J1bl9pZHMYASADKAkSDwoHbWV0cmljcxgCIAMoCRIXCgpzdGFydF9zdGVwGAMgASgDSACIAQESFQoIZW5kX3N0ZXAYBCABKANIAYgBARISCgptYXhfcG9pbnRzGAUgASgFQg0KC19zdGFydF9zdGVwQgsKCV9lbmRfc3RlcCJWCgtDb21wYXJlR3JpZBIOCgZtZXRyaWMYASABKAkSEgoKc3RhcnRfc3RlcBgCIAEoAxIQCghlbmRfc3RlcBgDIAEoAxIRCglpbnRlcnZhbHMYBCABKAUiYQoLQ29tcGFyZWRSdW4SDgoGcnVuX2lkGAEgASgJEhUKDWV4cGVyaW1lbnRfaWQYAiABKAkSFwoPZXhwZXJpbWVudF9uYW1lGAMgASgJEhIKCnJ1bl9udW1iZXIYBCABKAMirAEKDkNvbXBhcmVkU2VyaWVzEg4KBnJ1bl9pZBgBIAEoCRIOCgZtZXRyaWMYAiABKAkSDAoEdW5pdBgDIAEoCRINCgVzdGVwcxgEIAMoAxIOCgZ2YWx1ZXMYBSADKAESEgoKdGltZXN0YW1wcxgGIAMoARITCgtyYW5nZV9jb3VudBgHIAEoAxITCgtkb3duc2FtcGxlZBgIIAEoCBIPCgdtaXNzaW5nGAkgASgIIqcBChNDb21wYXJlUnVuc1Jlc3BvbnNlEiYKBHJ1bnMYASADKAsyGC5zaW10cmFjay52MS5Db21wYXJlZFJ1bhInCgVncmlkcxgCIAMoCzIYLnNpbXRyYWNrLnYxLkNvbXBhcmVHcmlkEisKBnNlcmllcxgDIAMoCzIbLnNpbXRyYWNrLnYxLkNvbXBhcmVkU2VyaWVzEhIKCm1heF9wb2ludHMYBCABKAUibAoRTGlzdEV2ZW50c1JlcXVlc3QSDgoGcnVuX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJEg4KBmZpbHRlchgEIAEoCRIQCghvcmRlcl9ieRgFIAEoCSJPCgtTdG9yZWRFdmVudBIhCgVldmVudBgBIAEoCzISLnNpbXRyYWNrLnYxLkV2ZW50EgsKA3NlcRgCIAEoAxIQCghwb3NpdGlvbhgDIAEoBSJXChJMaXN0RXZlbnRzUmVzcG9uc2USKAoGZXZlbnRzGAEgAygLMhguc2ltdHJhY2sudjEuU3RvcmVkRXZlbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJKlkKCk1ldHJpY0tpbmQSGwoXTUVUUklDX0tJTkRfVU5TUEVDSUZJRUQQABIVChFNRVRSSUNfS0lORF9HQVVHRRABEhcKE01FVFJJQ19LSU5EX0NPVU5URVIQAip1CgpSdW5PdXRjb21lEhsKF1JVTl9PVVRDT01FX1VOU1BFQ0lGSUVEEAASGQoVUlVOX09VVENPTUVfQ09NUExFVEVEEAESFgoSUlVOX09VVENPTUVfRkFJTEVEEAISFwoTUlVOX09VVENPTUVfU1RPUFBFRBADKnAKDkNvbHVtbkVuY29kaW5nEh8KG0NPTFVNTl9FTkNPRElOR19VTlNQRUNJRklFRBAAEiEKHUNPTFVNTl9FTkNPRElOR19MSVRUTEVfRU5ESUFOEAESGgoWQ09MVU1OX0VOQ09ESU5HX1NUT1JFRBACMsoDChBUZWxlbWV0cnlTZXJ2aWNlEk4KCVN0cmVhbVJ1bhIdLnNpbXRyYWNrLnYxLlN0cmVhbVJ1blJlcXVlc3QaHi5zaW10cmFjay52MS5TdHJlYW1SdW5SZXNwb25zZSgBMAESVQoLTGlzdE1ldHJpY3MSHy5zaW10cmFjay52MS5MaXN0TWV0cmljc1JlcXVlc3QaIC5zaW10cmFjay52MS5MaXN0TWV0cmljc1Jlc3BvbnNlIgOQAgESZAoQR2V0TWV0cmljSGlzdG9yeRIkLnNpbXRyYWNrLnYxLkdldE1ldHJpY0hpc3RvcnlSZXF1ZXN0GiUuc2ltdHJhY2sudjEuR2V0TWV0cmljSGlzdG9yeVJlc3BvbnNlIgOQAgESVQoLQ29tcGFyZVJ1bnMSHy5zaW10cmFjay52MS5Db21wYXJlUnVuc1JlcXVlc3QaIC5zaW10cmFjay52MS5Db21wYXJlUnVuc1Jlc3BvbnNlIgOQAgESUgoKTGlzdEV2ZW50cxIeLnNpbXRyYWNrLnYxLkxpc3RFdmVudHNSZXF1ZXN0Gh8uc2ltdHJhY2sudjEuTGlzdEV2ZW50c1Jlc3BvbnNlIgOQAgFiBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_simtrack_v1_runs]);
 
 /**
  * A worker's message on TelemetryService.StreamRun. The first message of a stream must be `hello`.
@@ -821,10 +821,86 @@ export const GetMetricHistoryRequestSchema: GenMessage<GetMetricHistoryRequest> 
   messageDesc(file_simtrack_v1_telemetry, 16);
 
 /**
+ * StoredColumns is one stored chunk's columns (COLUMN_ENCODING_STORED): `count` points, of
+ * which the page holds [skip, skip + take), in the order they decode. Each column is a blob
+ * in simtrack's column format (common/simtrack/codec.py), told apart by its length:
+ *
+ * - raw, a multiple of 8 bytes long: little-endian int64 steps or float64 values and
+ *   timestamps, 8 bytes a point; steps empty when they run first_step, first_step + 1, ...;
+ *   timestamps 8 bytes in all when every point has that one;
+ * - tagged, never a multiple of 8 long: a tag byte, the CRC-32 of the payload (u32, little-
+ *   endian), the payload, then one zero byte exactly when the length would otherwise be a
+ *   multiple of 8 (tags 0xA1 and 0xA3; 0xA0 and 0xA2 without it). 0xA0: the payload is one
+ *   pcodec standalone file. 0xA2: pcodec's wrapped format in pages decoded one by one, as
+ *   u32 head length | head (pcodec's header and chunk meta) | u32 points a page | u32 pages |
+ *   (u32 length, u32 CRC-32) of each page | the pages; the CRC covers all but the pages.
+ *
+ * @generated from message simtrack.v1.StoredColumns
+ */
+export type StoredColumns = Message<"simtrack.v1.StoredColumns"> & {
+  /**
+   * Points in the blobs.
+   *
+   * @generated from field: int32 count = 1;
+   */
+  count: number;
+
+  /**
+   * The first point's step, from which elided steps run.
+   *
+   * @generated from field: int64 first_step = 2;
+   */
+  firstStep: bigint;
+
+  /**
+   * The steps (int64).
+   *
+   * @generated from field: bytes steps = 3;
+   */
+  steps: Uint8Array;
+
+  /**
+   * The values (float64, bit for bit as sent).
+   *
+   * @generated from field: bytes values = 4;
+   */
+  values: Uint8Array;
+
+  /**
+   * The timestamps (float64 Unix times in seconds, as in timestamps of GetMetricHistoryResponse:
+   * the worker's clock, or the server's at arrival).
+   *
+   * @generated from field: bytes timestamps = 5;
+   */
+  timestamps: Uint8Array;
+
+  /**
+   * The page's first point among the count.
+   *
+   * @generated from field: int32 skip = 6;
+   */
+  skip: number;
+
+  /**
+   * How many of the count, from skip, are the page's.
+   *
+   * @generated from field: int32 take = 7;
+   */
+  take: number;
+};
+
+/**
+ * Describes the message simtrack.v1.StoredColumns.
+ * Use `create(StoredColumnsSchema)` to create a new message.
+ */
+export const StoredColumnsSchema: GenMessage<StoredColumns> = /*@__PURE__*/
+  messageDesc(file_simtrack_v1_telemetry, 17);
+
+/**
  * GetMetricHistoryResponse carries points as parallel columns, in step order (points of equal
  * step in the order they were sent): in steps, values and timestamps, or, when the request
- * asked for COLUMN_ENCODING_LITTLE_ENDIAN, in steps_le, values_le and timestamps_le (the
- * others then empty).
+ * asked for COLUMN_ENCODING_LITTLE_ENDIAN, in steps_le, values_le and timestamps_le, or, for
+ * COLUMN_ENCODING_STORED, in stored (the others then empty).
  *
  * @generated from message simtrack.v1.GetMetricHistoryResponse
  */
@@ -904,6 +980,14 @@ export type GetMetricHistoryResponse = Message<"simtrack.v1.GetMetricHistoryResp
    * @generated from field: bool downsampled = 6;
    */
   downsampled: boolean;
+
+  /**
+   * COLUMN_ENCODING_STORED: the page's points are, in order, each one's points [skip, skip +
+   * take).
+   *
+   * @generated from field: repeated simtrack.v1.StoredColumns stored = 11;
+   */
+  stored: StoredColumns[];
 };
 
 /**
@@ -911,7 +995,7 @@ export type GetMetricHistoryResponse = Message<"simtrack.v1.GetMetricHistoryResp
  * Use `create(GetMetricHistoryResponseSchema)` to create a new message.
  */
 export const GetMetricHistoryResponseSchema: GenMessage<GetMetricHistoryResponse> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_telemetry, 17);
+  messageDesc(file_simtrack_v1_telemetry, 18);
 
 /**
  * CompareRunsRequest asks for some metrics of several runs on shared step grids. Bad input is
@@ -968,7 +1052,7 @@ export type CompareRunsRequest = Message<"simtrack.v1.CompareRunsRequest"> & {
  * Use `create(CompareRunsRequestSchema)` to create a new message.
  */
 export const CompareRunsRequestSchema: GenMessage<CompareRunsRequest> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_telemetry, 18);
+  messageDesc(file_simtrack_v1_telemetry, 19);
 
 /**
  * CompareGrid is the step grid shared by every run's series of one metric: [start_step,
@@ -1015,7 +1099,7 @@ export type CompareGrid = Message<"simtrack.v1.CompareGrid"> & {
  * Use `create(CompareGridSchema)` to create a new message.
  */
 export const CompareGridSchema: GenMessage<CompareGrid> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_telemetry, 19);
+  messageDesc(file_simtrack_v1_telemetry, 20);
 
 /**
  * ComparedRun says which run a series belongs to, for a legend.
@@ -1057,7 +1141,7 @@ export type ComparedRun = Message<"simtrack.v1.ComparedRun"> & {
  * Use `create(ComparedRunSchema)` to create a new message.
  */
 export const ComparedRunSchema: GenMessage<ComparedRun> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_telemetry, 20);
+  messageDesc(file_simtrack_v1_telemetry, 21);
 
 /**
  * ComparedSeries is one run's points of one metric, as parallel columns in step order (points
@@ -1136,7 +1220,7 @@ export type ComparedSeries = Message<"simtrack.v1.ComparedSeries"> & {
  * Use `create(ComparedSeriesSchema)` to create a new message.
  */
 export const ComparedSeriesSchema: GenMessage<ComparedSeries> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_telemetry, 21);
+  messageDesc(file_simtrack_v1_telemetry, 22);
 
 /**
  * CompareRunsResponse carries the runs, one grid per metric and one series per run and metric,
@@ -1180,7 +1264,7 @@ export type CompareRunsResponse = Message<"simtrack.v1.CompareRunsResponse"> & {
  * Use `create(CompareRunsResponseSchema)` to create a new message.
  */
 export const CompareRunsResponseSchema: GenMessage<CompareRunsResponse> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_telemetry, 22);
+  messageDesc(file_simtrack_v1_telemetry, 23);
 
 /**
  * ListEventsRequest asks for one page of a run's events.
@@ -1250,7 +1334,7 @@ export type ListEventsRequest = Message<"simtrack.v1.ListEventsRequest"> & {
  * Use `create(ListEventsRequestSchema)` to create a new message.
  */
 export const ListEventsRequestSchema: GenMessage<ListEventsRequest> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_telemetry, 23);
+  messageDesc(file_simtrack_v1_telemetry, 24);
 
 /**
  * StoredEvent is an event as stored, with its place in the run's stream.
@@ -1285,7 +1369,7 @@ export type StoredEvent = Message<"simtrack.v1.StoredEvent"> & {
  * Use `create(StoredEventSchema)` to create a new message.
  */
 export const StoredEventSchema: GenMessage<StoredEvent> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_telemetry, 24);
+  messageDesc(file_simtrack_v1_telemetry, 25);
 
 /**
  * ListEventsResponse is one page of events.
@@ -1313,7 +1397,7 @@ export type ListEventsResponse = Message<"simtrack.v1.ListEventsResponse"> & {
  * Use `create(ListEventsResponseSchema)` to create a new message.
  */
 export const ListEventsResponseSchema: GenMessage<ListEventsResponse> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_telemetry, 25);
+  messageDesc(file_simtrack_v1_telemetry, 26);
 
 /**
  * MetricKind says how a metric behaves.
@@ -1415,6 +1499,17 @@ export enum ColumnEncoding {
    * @generated from enum value: COLUMN_ENCODING_LITTLE_ENDIAN = 1;
    */
   LITTLE_ENDIAN = 1,
+
+  /**
+   * The points as simtrack stores them, in `stored` (see StoredColumns): a compacted series'
+   * columns as they are compressed, about half a byte a point where little-endian columns take
+   * 8 to 24, decoded by the client (simtrack's Python client does: simtrack.codec). Several
+   * times faster than little-endian for reading every point of a long series, and twenty times
+   * fewer bytes on the network.
+   *
+   * @generated from enum value: COLUMN_ENCODING_STORED = 2;
+   */
+  STORED = 2,
 }
 
 /**
