@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 
 from simtrack.client import MetricHistory
-from simtrack.server.api.packed import history_response, varint, varints
+from simtrack.codec import decode_chunk, encode_chunk
+from simtrack.server.api.packed import history_response, stored_history_response, varint, varints
+from simtrack.server.db.chunks import StoredChunk
+from simtrack.server.domain.series import Points, StoredPart
 from simtrack.v1 import telemetry_pb2 as tpb
 from tests.support.compaction import ODD_VALUES
 
@@ -171,3 +174,77 @@ def test_little_endian_columns_of_other_dtypes_are_converted() -> None:
     assert np.frombuffer(got.steps_le, dtype="<i8").tolist() == [3, 1, 2]
     assert np.frombuffer(got.values_le, dtype="<f8").tolist() == [1.5, 2.0, 3.0]
     assert np.frombuffer(got.timestamps_le, dtype="<f8").tolist() == [2.0, 1.0, 0.0]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_stored_parts_are_what_protobuf_serializes(seed: int) -> None:
+    """COLUMN_ENCODING_STORED: each part's fields and blobs, as protobuf writes them (negative
+    and extreme first steps, empty blobs, parts starting at 0), and the client decodes them to
+    the chunks' points.
+    """
+    rng = np.random.default_rng(seed)
+    parts = []
+    for seq in range(int(rng.integers(0, 4))):
+        n = int(rng.integers(1, 2_000))
+        first = int(rng.choice(EDGES))
+        steps = first + np.arange(n, dtype="<i8") if seq % 2 else np.sort(rng.integers(-9, 9, n))
+        values = ODD_VALUES[rng.integers(0, len(ODD_VALUES), n)]
+        stamps = np.full(n, 1.7e9) if seq % 3 else rng.normal(size=n)
+        blobs = encode_chunk(steps, values, stamps, page=512 if seq % 2 else None)
+        chunk = StoredChunk(seq, int(steps.min()), int(steps.max()), n, *blobs)
+        skip = int(rng.integers(0, n))
+        parts.append(StoredPart(chunk._replace(first_step=int(steps[0])), skip, n - skip))
+    token, count, downsampled = ("next" if seed % 2 else ""), seed * 1_000, bool(seed % 3)
+    empty = Points(np.empty(0, "<i8"), np.empty(0), np.empty(0))
+    packed = stored_history_response(parts, empty, token, count, downsampled)
+    want = tpb.GetMetricHistoryResponse(
+        stored=[
+            tpb.StoredColumns(
+                count=c.n,
+                first_step=c.first_step,
+                steps=c.steps,
+                values=c.vals,
+                timestamps=c.ts,
+                skip=skip,
+                take=take,
+            )
+            for c, skip, take in parts
+        ],
+        next_page_token=token,
+        range_count=count,
+        downsampled=downsampled,
+    )
+    assert packed.wire == want.SerializeToString()
+    read = MetricHistory.of_page(packed.message())
+    whole = [decode_chunk(c.n, c.first_step, c.steps, c.vals, c.ts) for c, _, _ in parts]
+    for column, name in enumerate(("steps", "values", "timestamps")):
+        expected_column = [
+            w[column][skip : skip + take] for w, (_, skip, take) in zip(whole, parts, strict=True)
+        ]
+        joined = np.concatenate(expected_column) if parts else np.empty(0)
+        assert getattr(read, name).tobytes() == joined.astype(getattr(read, name).dtype).tobytes()
+
+
+@pytest.mark.parametrize("consecutive", [True, False])
+@pytest.mark.parametrize("one_timestamp", [True, False])
+def test_points_not_stored_as_parts_go_as_one_raw_part(
+    consecutive: bool, one_timestamp: bool
+) -> None:
+    rng = np.random.default_rng(3)
+    n = 1_000
+    steps = (-5 if consecutive else np.cumsum(rng.integers(1, 4, n))) + np.arange(n, dtype="<i8")
+    values = ODD_VALUES[rng.integers(0, len(ODD_VALUES), n)]
+    stamps = np.full(n, 1.7e9) if one_timestamp else 1.7e9 + rng.normal(size=n)
+    packed = stored_history_response(None, Points(steps, values, stamps), "", n, False)
+    (part,) = packed.message().stored
+    assert (part.count, part.skip, part.take, part.first_step) == (n, 0, n, steps[0])
+    assert (part.steps == b"") == consecutive and (len(part.timestamps) == 8) == one_timestamp
+    read = MetricHistory.of_page(packed.message())
+    assert read.steps.tobytes() == steps.tobytes()
+    assert (
+        read.values.tobytes() == values.tobytes() and read.timestamps.tobytes() == stamps.tobytes()
+    )
+    assert (
+        stored_history_response(None, Points(steps[:0], values[:0], stamps[:0]), "", 0, False).wire
+        == b""
+    )

@@ -200,48 +200,62 @@ def stored_history_response(
     range_count: int,
     downsampled: bool,
 ) -> Packed[tpb.GetMetricHistoryResponse]:
-    """COLUMN_ENCODING_STORED's response: the page's points as the parts of stored chunks
-    they are (``parts``: their columns sent as stored, not decoded again), or, where they are
-    not (None: a downsampled view, points put in order from overlapping chunks, staged
-    points), as one part of raw columns.
+    """COLUMN_ENCODING_STORED's response, as protobuf would serialize it: the page's points as
+    the parts of stored chunks they are (``parts``: their columns sent as stored, not decoded
+    again), or, where they are not (None: a downsampled view, points put in order from
+    overlapping chunks, raw chunks only, staged points), as one part of raw columns.
     """
-    if parts is None:
-        stored = [_raw_columns(points)] if len(points) else []
-    else:
+    if parts is not None:
         stored = [
-            tpb.StoredColumns(
-                count=chunk.n,
-                first_step=chunk.first_step,
-                steps=chunk.steps,
-                values=chunk.vals,
-                timestamps=chunk.ts,
-                skip=skip,
-                take=take,
-            )
-            for chunk, skip, take in parts
+            _stored_columns(c.n, c.first_step, c.steps, c.vals, c.ts, skip, take)
+            for c, skip, take in parts
         ]
-    response = tpb.GetMetricHistoryResponse(
-        stored=stored,
-        next_page_token=next_page_token,
-        range_count=range_count,
-        downsampled=downsampled,
+    else:
+        stored = [_raw_columns(points)] if len(points) else []
+    wire = b"".join(  # in field number order, as protobuf serializes
+        (
+            *_bytes_field(4, next_page_token.encode()),
+            _key(5, _VARINT) + varint(range_count) if range_count else b"",
+            _key(6, _VARINT) + b"\x01" if downsampled else b"",
+            *(part for columns in stored for part in columns),
+        )
     )
-    return Packed(response.SerializeToString(), tpb.GetMetricHistoryResponse)
+    return Packed(wire, tpb.GetMetricHistoryResponse)
 
 
-def _raw_columns(points: Points) -> tpb.StoredColumns:
+def _stored_columns(
+    count: int,
+    first_step: int,
+    steps: bytes | memoryview,
+    values: bytes | memoryview,
+    stamps: bytes | memoryview,
+    skip: int,
+    take: int,
+) -> tuple[bytes | memoryview, ...]:
+    """One StoredColumns of the response (its field 11), as its parts: the columns' memory
+    is copied once, into the response.
+    """
+    body = (
+        _key(1, _VARINT) + varint(count) if count else b"",
+        _key(2, _VARINT) + varint(first_step) if first_step else b"",
+        *_bytes_field(3, steps),
+        *_bytes_field(4, values),
+        *_bytes_field(5, stamps),
+        _key(6, _VARINT) + varint(skip) if skip else b"",
+        _key(7, _VARINT) + varint(take) if take else b"",
+    )
+    size = sum(memoryview(part).nbytes for part in body)
+    return (_key(11, _LENGTH_DELIMITED) + varint(size), *body)
+
+
+def _raw_columns(points: Points) -> tuple[bytes | memoryview, ...]:
     """``points`` as one part in the codec's raw format (its elisions kept)."""
     steps = np.ascontiguousarray(points.steps, dtype="<i8")
     stamps = np.ascontiguousarray(points.timestamps, dtype="<f8")
     dense = points.consecutive or consecutive(steps)
     if len(stamps) > 1 and (points.one_timestamp or all_equal(stamps)):
         stamps = stamps[:1]
-    return tpb.StoredColumns(
-        count=len(steps),
-        first_step=int(steps[0]),
-        steps=b"" if dense else steps.tobytes(),
-        values=np.ascontiguousarray(points.decoded(), dtype="<f8").tobytes(),
-        timestamps=stamps.tobytes(),
-        skip=0,
-        take=len(steps),
+    n = len(steps)
+    return _stored_columns(
+        n, int(steps[0]), b"" if dense else steps.data, _column(points.decoded()), stamps.data, 0, n
     )

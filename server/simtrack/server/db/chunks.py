@@ -238,8 +238,9 @@ class Unpacked(NamedTuple):
 
 def unpack_many(chunks: Sequence[StoredChunk], values: bool = True) -> Unpacked:
     """The chunks' (steps, values, timestamps), concatenated in the order given; without
-    ``values``, those are not decoded (a page sent as the chunks store them needs only its
-    steps and timestamps: decoding the values is most of a compacted page's cost).
+    ``values``, those of chunks among compressed ones are not decoded (a page sent as the
+    chunks store them needs only its steps and timestamps: decoding the values is most of a
+    compacted page's cost; chunks all raw are not sent so, `stored_parts`).
 
     The same as unpacking each chunk and concatenating, with a constant number of numpy calls
     for each run of raw chunks whatever its length: a fleet's series is thousands of two-point
@@ -249,7 +250,7 @@ def unpack_many(chunks: Sequence[StoredChunk], values: bool = True) -> Unpacked:
     show to be one run or one value: those are made once for all the chunks.
     """
     if not any(compressed(c) for c in chunks):
-        return _unpack_raw(chunks, values)
+        return _unpack_raw(chunks)  # raw values are their bytes: a page of them sends those
     consecutive = _one_run_of_steps(chunks)
     one_timestamp = _one_timestamp(chunks)
     total = sum(c.n for c in chunks)

@@ -18,6 +18,7 @@ from simtrack.server.db.chunks import (
     Array,
     StoredChunk,
     Unpacked,
+    compressed,
     unpack_many,
     unpack_steps,
 )
@@ -81,9 +82,11 @@ class StoredPart(NamedTuple):
 
 def stored_parts(chunks: Sequence[StoredChunk], points: Points) -> list[StoredPart] | None:
     """``points`` as parts of ``chunks`` (the chunks they were read from, in the order read),
-    where they are one run of the chunks' points (`Points.origin`); else None.
+    where they are one run of the chunks' points (`Points.origin`) and some chunk is
+    compressed; else None. Chunks all raw are as large as the points' little-endian columns,
+    and each part costs the reader a call: their points go as one part.
     """
-    if points.origin is None:
+    if points.origin is None or not any(compressed(c) for c in chunks):
         return None
     start, end = points.origin, points.origin + len(points)
     parts, at = [], 0
