@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import math
+import signal
 import subprocess
 import time
 import uuid
@@ -30,6 +31,7 @@ from google.protobuf.message import Message
 from simtrack.client import Client, Worker
 from simtrack.v1 import agents_pb2, experiments_pb2, runs_pb2, scenarios_pb2
 from tests.support import Server, ServerPool, SimtrackCli
+from tests.support.processes import SIMTRACK, clean_env
 
 # The API under test, not the process: served in-process (tests/support/inprocess.py).
 pytestmark = pytest.mark.in_process
@@ -268,6 +270,21 @@ def test_metrics_history_and_events_show_what_a_worker_streamed(
     piped = cli("history", run.id, "profit", "--csv", "-")
     assert [int(r["step"]) for r in csv.DictReader(io.StringIO(piped.stdout))] == steps.tolist()
     assert "profit: 200 points" in piped.stderr and not Path("-").exists()
+
+    # A reader that goes away (`| head`): the command ends quietly, as a shell tool does.
+    gone = subprocess.Popen(
+        [str(SIMTRACK), "history", run.id, "profit", "--csv", "-"],
+        env=clean_env(SIMTRACK_TARGET=cli.target),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert gone.stdout is not None
+    gone.stdout.close()  # before anything is written: every write finds no reader
+    _, stderr = gone.communicate(timeout=60)
+    assert gone.returncode == 128 + signal.SIGPIPE
+    assert "Broken pipe" not in stderr and "Traceback" not in stderr, stderr
 
     window = cli(
         "history", run.id, "profit", "--start-step", "50", "--end-step", "149", "--max-points", "10"

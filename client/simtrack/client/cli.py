@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import os
+import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import entry_points
@@ -142,7 +144,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown and not getattr(args, "any_arguments", False):  # what parse_args would do
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     _configure_logging(args.log_level)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+        sys.stdout.flush()  # here, not at exit, where a reader gone would print a traceback
+    except BrokenPipeError:  # the reader went away (`simtrack ... | head`): end as tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush
+        return 128 + signal.SIGPIPE
     return code
 
 

@@ -101,6 +101,8 @@ def _connected(handler: Handler, args: argparse.Namespace) -> int:
     except SimtrackError as exc:
         message = " ".join(exc.message.split())  # gRPC's details may span lines
         print(f"simtrack: {exc.code_name}: {message}", file=sys.stderr)
+    except BrokenPipeError:
+        raise  # the reader of standard output went away: `main` ends quietly
     except OSError as exc:  # --csv / --png could not be written
         print(f"simtrack: {exc}", file=sys.stderr)
     except KeyboardInterrupt:
