@@ -34,7 +34,6 @@ from __future__ import annotations
 import itertools
 import struct
 import zlib
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -158,13 +157,7 @@ def decode_chunk_into(
     of history gathers its chunks' points: a paged column is decoded in place, any other
     copied there; a column whose ``out`` is None is left (its caller fills it at once).
     """
-    out_steps, out_values, out_stamps = out
-    if out_steps is not None:
-        _decode_into(steps, STEP, out_steps, lambda: decode_steps(steps, n, first_step))
-    if out_values is not None:
-        _decode_into(vals, FLOAT, out_values, lambda: decode_values(vals, n))
-    if out_stamps is not None:
-        _decode_into(ts, FLOAT, out_stamps, lambda: decode_timestamps(ts, n))
+    decode_part_into(n, first_step, steps, vals, ts, 0, out)
 
 
 def decode_part_into(
@@ -174,25 +167,29 @@ def decode_part_into(
     vals: bytes,
     ts: bytes,
     skip: int,
-    out: tuple[Array, Array, Array],
+    out: tuple[Array | None, Array | None, Array | None],
 ) -> None:
-    """Points ``skip`` to ``skip + len(out[1])`` of a chunk of ``n`` (`decode_chunk`'s blobs)
-    into ``out`` (steps, values, timestamps): of a paged column, only the pages holding them
-    are decoded. A part beyond the chunk raises ValueError.
+    """Points ``skip`` to ``skip + len(out)`` of a chunk of ``n`` (`decode_chunk`'s blobs)
+    into ``out`` (steps, values, timestamps, as long as each other; None: that column is
+    left): of a paged column, only the pages holding them are decoded. A part beyond the
+    chunk raises ValueError.
     """
     out_steps, out_values, out_stamps = out
-    take = len(out_values)
-    if skip < 0 or take < 0 or skip + take > n:
+    take = next((len(column) for column in out if column is not None), 0)
+    if skip < 0 or skip + take > n:
         raise ValueError(f"points {skip} to {skip + take} of a chunk of {n}")
-    if steps:
-        _decode_part_into(steps, n, STEP, skip, out_steps)
-    else:  # first_step + arange, as decode_steps
-        out_steps[:] = first_step + np.arange(skip, skip + take, dtype=STEP)
-    _decode_part_into(vals, n, FLOAT, skip, out_values)
-    if len(ts) == FLOAT.itemsize and n != 1:
-        out_stamps[:] = np.frombuffer(ts, dtype=FLOAT)[0]
-    else:
-        _decode_part_into(ts, n, FLOAT, skip, out_stamps)
+    if out_steps is not None:
+        if steps:
+            _decode_part_into(steps, n, STEP, skip, out_steps)
+        else:  # first_step + arange, as decode_steps
+            out_steps[:] = first_step + np.arange(skip, skip + take, dtype=STEP)
+    if out_values is not None:
+        _decode_part_into(vals, n, FLOAT, skip, out_values)
+    if out_stamps is not None:
+        if len(ts) == FLOAT.itemsize and n != 1:  # one for all, as decode_timestamps
+            out_stamps[:] = np.frombuffer(ts, dtype=FLOAT)[0]
+        else:
+            _decode_part_into(ts, n, FLOAT, skip, out_stamps)
 
 
 def _decode_part_into(blob: bytes, n: int, dtype: np.dtype[Any], skip: int, out: Array) -> None:
@@ -280,16 +277,6 @@ def _decode(blob: bytes, n: int, dtype: np.dtype[Any]) -> Array:
     if decoded is None or decoded.dtype != dtype or len(decoded) != n:
         raise ValueError(f"a compressed column that is not {n} values of {dtype}")
     return decoded
-
-
-def _decode_into(
-    blob: bytes, dtype: np.dtype[Any], out: Array, decode: Callable[[], Array]
-) -> None:
-    """``blob`` into ``out``: in place if paged, else ``decode()`` copied there."""
-    if is_paged(blob):
-        Paged(blob, len(out), dtype).decode_into(out)
-    else:
-        out[:] = decode()
 
 
 def _payload(blob: bytes) -> tuple[int, bytes]:

@@ -164,15 +164,13 @@ def history_response(
     repeated: tuple[bytes | memoryview, ...] = ()
     little_endian_columns: tuple[bytes | memoryview, ...] = ()
     if little_endian:
-        steps = np.ascontiguousarray(steps, dtype="<i8")
-        timestamps = np.ascontiguousarray(timestamps, dtype="<f8")
-        dense = len(steps) > 0 and (known_consecutive or consecutive(steps))
-        if len(timestamps) > 1 and (known_one_timestamp or all_equal(timestamps)):
-            timestamps = timestamps[:1]  # the one every point has
+        elided_steps, one_or_all, dense = _elided(
+            steps, timestamps, known_consecutive, known_one_timestamp
+        )
         little_endian_columns = (
-            *_bytes_field(7, b"" if dense else steps.data),
+            *_bytes_field(7, elided_steps),
             *_bytes_field(8, _column(values)),
-            *_bytes_field(9, timestamps.data),
+            *_bytes_field(9, one_or_all),
             _key(10, _VARINT) + varint(int(steps[0])) if dense and steps[0] else b"",
         )
     else:
@@ -249,13 +247,27 @@ def _stored_columns(
 
 
 def _raw_columns(points: Points) -> tuple[bytes | memoryview, ...]:
-    """``points`` as one part in the codec's raw format (its elisions kept)."""
-    steps = np.ascontiguousarray(points.steps, dtype="<i8")
-    stamps = np.ascontiguousarray(points.timestamps, dtype="<f8")
-    dense = points.consecutive or consecutive(steps)
-    if len(stamps) > 1 and (points.one_timestamp or all_equal(stamps)):
-        stamps = stamps[:1]
-    n = len(steps)
-    return _stored_columns(
-        n, int(steps[0]), b"" if dense else steps.data, _column(points.decoded()), stamps.data, 0, n
+    """``points`` (not none) as one part in the codec's raw format, its elisions those of the
+    little-endian columns.
+    """
+    steps, stamps, _ = _elided(
+        points.steps, points.timestamps, points.consecutive, points.one_timestamp
     )
+    n = len(points)
+    first = int(points.steps[0])
+    return _stored_columns(n, first, steps, _column(points.decoded()), stamps, 0, n)
+
+
+def _elided(
+    steps: Array, timestamps: Array, known_consecutive: bool, known_one_timestamp: bool
+) -> tuple[bytes | memoryview, memoryview, bool]:
+    """The steps' and timestamps' little-endian memory, elided where they may be: no steps
+    when they run consecutively (and True), one timestamp when every point has it.
+    ``known_*``: the caller knows it (else it is checked).
+    """
+    steps = np.ascontiguousarray(steps, dtype="<i8")
+    timestamps = np.ascontiguousarray(timestamps, dtype="<f8")
+    dense = len(steps) > 0 and (known_consecutive or consecutive(steps))
+    if len(timestamps) > 1 and (known_one_timestamp or all_equal(timestamps)):
+        timestamps = timestamps[:1]  # the one every point has
+    return (b"" if dense else steps.data), timestamps.data, dense

@@ -162,7 +162,8 @@ def _page(
     chunks: Sequence[StoredChunk] = (),
 ) -> History:
     """The first ``size`` points of ``merged``, with a token for the next page if ``more``;
-    with the ``chunks`` merged (in the order read), as their stored parts where they can be.
+    given the ``chunks`` merged (in the order read: a page to send as stored), as their stored
+    parts where they can be.
     """
     shown_count = min(size, len(merged.points))
     next_token = ""
@@ -277,7 +278,8 @@ class HistoryService:
         if read.within is not None:
             count = read.within + range_count(read.edges, lo, hi)
         merged = merge(read.chunks, start, hi, after, read.columns, values)
-        found = _page(merged, read.unread or len(merged) > size, size, count, scope, read.chunks)
+        more = read.unread or len(merged) > size
+        found = _page(merged, more, size, count, scope, () if values else read.chunks)
         if found.next_page_token and (after is not None or size == HISTORY_PAGE_MAX):
             # Paging through (a token), or reading every point (the largest pages, as
             # Client.metric_history does): the page after this one is likely next. Its start
