@@ -25,7 +25,7 @@ from simtrack.server.core.tenancy import (
     reset_principal,
     set_principal,
 )
-from simtrack.server.db.chunks import PageChunks
+from simtrack.server.db.chunks import PageChunks, StoredChunk
 from simtrack.server.db.reads import SqlReads
 from simtrack.server.db.view_rows import ViewRead
 from simtrack.server.domain import history as history_module
@@ -54,6 +54,9 @@ class CountedPages:
 
     async def view(self, *args: Any) -> ViewRead | None:
         return await self.reads.view(*args)
+
+    async def chunks(self, *args: Any) -> list[StoredChunk] | None:
+        return await self.reads.chunks(*args)
 
     def read_ahead(self, *args: Any) -> None:
         self.reads.read_ahead(*args)

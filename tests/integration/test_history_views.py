@@ -12,13 +12,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from simtrack.server.api.telemetry import decode
 from simtrack.server.core.model import INT64_MAX, INT64_MIN, utcnow
-from simtrack.server.core.tenancy import (
-    LOCAL_PRINCIPAL,
-)
+from simtrack.server.core.tenancy import LOCAL_PRINCIPAL, current_tenant
 from simtrack.server.db.chunk_repository import ChunkRepository
 from simtrack.server.db.chunks import StoredChunk
 from simtrack.server.db.engine import create_engine
@@ -314,16 +313,33 @@ async def test_chunks_within_one_interval_are_answered_from_their_summaries(
     assert (len(view.points), CountingChunks.columns_read) == (1000, 200)
 
 
-def fleet_messages(form: str) -> list[tpb.StreamRunRequest]:
-    """40,000 points in 100-point flushes: compacted into 16,384-point chunks with blocks.
-    ``short``: consecutive steps, one timestamp for all (a fleet's series, few distinct
-    values: ties everywhere); ``full``: strided steps, a timestamp each, odd values and runs
-    of NaN (whole blocks of them).
+def chunks_with_cut_blocks(points: Points, counts: list[int], size: int, grid: Grid | None) -> int:
+    """How many of the chunks of ``counts`` points (in history order, ``points`` theirs in
+    turn) have a block of ``size`` points that holds a NaN or that the grid's boundaries cut.
+    """
+    assert grid is not None
+    cut, start = 0, 0
+    for n in counts:
+        for at in range(start, start + n, size):
+            block = slice(at, min(at + size, start + n))
+            intervals = grid.interval(points.steps[block])
+            if np.isnan(points.decoded()[block]).any() or intervals[0] != intervals[-1]:
+                cut += 1
+                break
+        start += n
+    return cut
+
+
+def fleet_messages(form: str, flushes: int = 400) -> list[tpb.StreamRunRequest]:
+    """``flushes`` of 100 points (40,000 points by default): compacted into 16,384-point
+    chunks with blocks. ``short``: consecutive steps, one timestamp for all (a fleet's series,
+    few distinct values: ties everywhere); ``full``: strided steps, a timestamp each, odd
+    values and runs of NaN (whole blocks of them).
     """
     rng = np.random.default_rng(11)
     cycle = np.round(rng.standard_normal(10), 2)
     out = []
-    for k in range(400):
+    for k in range(flushes):
         index = np.arange(k * 100, (k + 1) * 100)
         if form == "short":
             steps, values, stamps = index, cycle[index % 10], np.full(100, STAMP0)
@@ -339,6 +355,20 @@ def fleet_messages(form: str) -> list[tpb.StreamRunRequest]:
         )
         out.append(tpb.StreamRunRequest(seq=k + 1, metrics=tpb.MetricBatch(series=[series])))
     return out
+
+
+async def compacted_fleet_series(services: Services, form: str, flushes: int = 400) -> str:
+    """A new run with metric "x" written as `fleet_messages`, compacted; its id."""
+    run = await services.run((await services.experiment()).id)
+    async with running_writer(services) as writer:
+        for message in fleet_messages(form, flushes):
+            await writer.submit(LOCAL_PRINCIPAL, run.id, decode(message))
+    engine: AsyncEngine = create_engine(server_url(services))
+    try:
+        await compactor(engine).run_round()
+    finally:
+        await engine.dispose()
+    return run.id
 
 
 COMPACTED_CASES = [  # (lo, hi, max_points)
@@ -358,22 +388,14 @@ COMPACTED_CASES = [  # (lo, hi, max_points)
 async def test_views_of_compacted_chunks_read_only_the_blocks_cut_and_equal_brute_force(
     services: Services, form: str
 ) -> None:
-    run = await services.run((await services.experiment()).id)
-    async with running_writer(services) as writer:
-        for message in fleet_messages(form):
-            await writer.submit(LOCAL_PRINCIPAL, run.id, decode(message))
-    engine: AsyncEngine = create_engine(server_url(services))
-    try:
-        await compactor(engine).run_round()
-    finally:
-        await engine.dispose()
+    run_id = await compacted_fleet_series(services, form)
     rows = await services.fetch(
-        "SELECT n, blocks FROM metric_chunks WHERE run_id = :run ORDER BY seq", run=run.id
+        "SELECT n, blocks FROM metric_chunks WHERE run_id = :run ORDER BY seq", run=run_id
     )
     found = [(int(n), bytes(blocks)) for n, blocks in map(tuple, rows)]
     assert [n for n, _ in found] == [16_384, 16_384, 7_232]
     assert all(blocks[:1] == (b"S" if form == "short" else b"F") for _, blocks in found)
-    steps, values, stamps = await stored_points(services, run.id, "x")
+    steps, values, stamps = await stored_points(services, run_id, "x")
     points = Points(
         np.frombuffer(steps, dtype="<i8"),
         np.frombuffer(values, dtype="<f8"),
@@ -383,22 +405,26 @@ async def test_views_of_compacted_chunks_read_only_the_blocks_cut_and_equal_brut
     one_statement, units = history_by(services, "one statement")
     for lo, hi, max_points in COMPACTED_CASES:
         CountingChunks.columns_read = 0
-        view = await counted.history(run.id, "x", lo, hi, max_points, 0, "")
+        view = await counted.history(run_id, "x", lo, hi, max_points, 0, "")
         opened = units.opened
-        read_once = await one_statement.history(run.id, "x", lo, hi, max_points, 0, "")
+        read_once = await one_statement.history(run_id, "x", lo, hi, max_points, 0, "")
         assert as_rows(read_once.points, range(len(read_once.points))) == as_rows(
             view.points, range(len(view.points))
         )
         assert (read_once.range_count, read_once.grid) == (view.range_count, view.grid)
         if view.downsampled and services.backend == "postgresql":
-            # The blocks, and the columns of the chunks with blocks, came in that statement.
+            # The blocks came in its first statement, the columns of the chunks whose blocks
+            # the grid cuts in a second: no unit of work.
             assert units.opened == opened, (lo, hi, max_points)
         grid = allowed_grid(points, lo, hi, max_points, view.grid) if view.downsampled else None
         expected, count = brute_view(points, lo, hi, max_points, grid)
         assert as_rows(view.points, range(len(view.points))) == expected, (lo, hi, max_points)
         assert (view.range_count, view.downsampled) == (count, len(expected) < count)
         if view.downsampled and lo == INT64_MIN and hi == INT64_MAX:
-            assert CountingChunks.columns_read == 0  # the columns came with the summaries
+            # Of the chunks, only those with blocks the grid cuts (or holding NaN) are read.
+            size = 128 if form == "short" else 256
+            cut = chunks_with_cut_blocks(points, [n for n, _ in found], size, view.grid)
+            assert CountingChunks.columns_read == cut, (lo, hi, max_points)
         if form == "short" and max_points in (333, 64):
             # 2,000 steps / 166 (or 1,250) would cut blocks (128 steps from 0) at most
             # boundaries: the view takes intervals a whole number of blocks wide instead.
@@ -408,8 +434,79 @@ async def test_views_of_compacted_chunks_read_only_the_blocks_cut_and_equal_brut
         async with services.uow() as uow:
             await uow.read_snapshot()
             shared = await read_view(
-                uow.chunks, metric_id(run.id, "x"), grid.lo, grid.hi, 2 * grid.intervals, grid
+                uow.chunks, metric_id(run_id, "x"), grid.lo, grid.hi, 2 * grid.intervals, grid
             )
         expected, count = brute_view(points, grid.lo, grid.hi, 2 * grid.intervals, grid)
         assert as_rows(shared.points, range(len(shared.points))) == expected, grid
         assert shared.range_count == count
+
+
+class SecondStatement:
+    """The reads, recording what a view's second statement asks for; with ``delete``, deleting
+    that chunk first (as a compaction committing between the two statements would).
+    """
+
+    def __init__(self, services: Services, run_id: str, delete: int | None = None) -> None:
+        self.services, self.run_id, self.delete = services, run_id, delete
+        self.asked: list[int] = []
+
+    async def view(self, *args: Any) -> Any:
+        return await self.services.reads.view(*args)
+
+    async def chunks(self, metric: str, seqs: Sequence[int]) -> list[StoredChunk] | None:
+        self.asked += seqs
+        if self.delete is not None:
+            async with self.services.engine.begin() as connection:
+                # As the caller's tenant: row-level security hides the others' rows.
+                await connection.execute(
+                    text("SELECT set_config('app.tenant_id', :t, true)"), {"t": current_tenant()}
+                )
+                deleted = await connection.execute(
+                    text("DELETE FROM metric_chunks WHERE run_id = :run AND seq = :seq"),
+                    {"run": self.run_id, "seq": self.delete},
+                )
+                assert deleted.rowcount == 1
+        return await self.services.reads.chunks(metric, seqs)
+
+    async def page(self, *args: Any) -> Any:
+        return await self.services.reads.page(*args)
+
+    def read_ahead(self, *args: Any) -> None:
+        self.services.reads.read_ahead(*args)
+
+
+async def test_a_views_second_statement_reads_the_chunks_it_cuts_and_finds_a_chunk_gone(
+    services: Services,
+) -> None:
+    """A view whose grid cuts compacted chunks' blocks reads their columns by seq in a second
+    statement (PostgreSQL); when a chunk it asks for is gone by then, the view is read again in
+    one snapshot, of what is stored then. Both equal brute force.
+    """
+    # More points than a view's first statement reads the columns of (READ_WHOLE_POINTS).
+    run_id = await compacted_fleet_series(services, "short", flushes=700)
+    seqs = [int(seq) for (seq,) in await services.fetch(
+        "SELECT seq FROM metric_chunks WHERE run_id = :run ORDER BY first_step", run=run_id
+    )]  # fmt: skip
+    assert len(seqs) == 5
+    postgres = services.backend == "postgresql"
+    for delete, stored in ((None, 70_000), (seqs[1], 70_000 - 16_384)):
+        reads = SecondStatement(services, run_id, delete)
+        units = CountedUnits(services.uow)
+        # 1,000 points of 70,000: 140-step intervals cut every chunk's blocks.
+        view = await HistoryService(units, reads).history(run_id, "x", None, None, 1000, 0, "")
+        steps, values, stamps = await stored_points(services, run_id, "x")
+        points = Points(
+            np.frombuffer(steps, dtype="<i8"),
+            np.frombuffer(values, dtype="<f8"),
+            np.frombuffer(stamps, dtype="<f8"),
+        )
+        assert len(points) == (stored if postgres else 70_000)
+        expected, count = brute_view(points, INT64_MIN, INT64_MAX, 1000, view.grid)
+        assert as_rows(view.points, range(len(view.points))) == expected
+        assert view.range_count == count
+        if postgres:
+            assert sorted(reads.asked) == sorted(seqs)
+            # A unit of work only when the second statement found a chunk gone.
+            assert units.opened == (delete is not None)
+        else:  # SQLite's views are read in a unit of work from the start
+            assert (reads.asked, units.opened) == ([], 1)

@@ -89,7 +89,6 @@ class RawStream:
         self.details = ""
         self.error: grpc.aio.AioRpcError | None = None
         self.violations: list[str] = []  # protocol breaches seen in the server's answers
-        self.write_failed = False
         self._changed = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
         self._cancelled = False
@@ -185,12 +184,11 @@ class RawStream:
 
     @property
     def write_race(self) -> bool:
-        """Whether the status seen is grpc aio's stand-in after a failed write (see above)."""
-        return (
-            self.write_failed
-            and self.code == grpc.StatusCode.INTERNAL
-            and self.details == WRITE_RACE_DETAILS
-        )
+        """Whether the status seen is grpc aio's stand-in for the server's (see above): after a
+        write that failed, or (seen once, a refused hello) one that returned as the call ended.
+        The server never answers it (its answers are checked: ``Server.check_clean``).
+        """
+        return self.code == grpc.StatusCode.INTERNAL and self.details == WRITE_RACE_DETAILS
 
     def cancel(self) -> None:
         """Vanish: drop the call without a word (as a dying worker's connection would)."""
@@ -244,7 +242,6 @@ class RawStream:
         try:
             await self.call.write(message)
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
-            self.write_failed = True
             with contextlib.suppress(TimeoutError):
                 await self.wait_end(5)
             raise StreamEnded(self, what) from None

@@ -13,6 +13,7 @@ import pytest
 
 from simtrack import codec
 from simtrack.server.db.blocks import (
+    BLOCK,
     FULL_POINTS,
     PAGE_POINTS,
     SHORT_POINTS,
@@ -142,8 +143,11 @@ def test_read_many_concatenates_both_forms_with_each_block_placed() -> None:
     assert found.owner.tolist() == [1, 1, 1, 0, 0, 0]  # the short form's first
     assert found.start.tolist() == [0, 128, 256, 0, 256, 512]
     assert found.length.tolist() == [128, 128, 44, 256, 256, 188]
-    assert as_rows(found.records[:3]) == as_rows(read_blocks(short, 300, 0))
-    assert as_rows(found.records[3:]) == as_rows(read_blocks(full, 700, 0))
+    records = np.empty(len(found.owner), dtype=BLOCK)
+    for name, column in found.fields.items():
+        records[name] = column
+    assert as_rows(records[:3]) == as_rows(read_blocks(short, 300, 0))
+    assert as_rows(records[3:]) == as_rows(read_blocks(full, 700, 0))
 
 
 def test_compaction_writes_paged_columns_and_blocks_that_read_back() -> None:

@@ -127,8 +127,17 @@ _METRIC_VERSION_OF = numbered(
         models.Metric.name == bindparam("name"),
     )
 )
-# The statements of PreparedConnection, by name: runs' versions, a metric's, and a page of
-# history (of a step range or not).
+# A metric's chunks by seq: what a downsampled view reads after its first statement.
+_CHUNKS_BY_SEQ = numbered(
+    select(*(getattr(models.MetricChunk, name) for name in StoredChunk._fields)).where(
+        models.MetricChunk.tenant_id == bindparam("tenant"),
+        models.MetricChunk.metric_id == bindparam("metric"),
+        models.MetricChunk.seq == any_(bindparam("seqs", type_=ARRAY(BigInteger))),
+    )
+)
+assert _CHUNKS_BY_SEQ.names == ["tenant", "metric", "seqs"], "as chunks() gives them"
+# The statements of PreparedConnection, by name: runs' versions, a metric's, a page of history
+# (of a step range or not), chunks by seq.
 _PAGES = {
     ranged: (name, numbered(page_read(ranged, _METRIC_VERSION)))
     for ranged, name in ((False, b"page"), (True, b"page_ranged"))
@@ -137,6 +146,7 @@ PREPARED = {
     b"versions": _VERSIONS.sql,
     b"version": _VERSION_OF.sql,
     b"metric_version": _METRIC_VERSION_OF.sql,
+    b"chunks": _CHUNKS_BY_SEQ.sql,
 } | {name: page.sql for name, page in _PAGES.values()}
 
 
@@ -379,6 +389,18 @@ class SqlReads:
         }
         rows = await self._rows(_VIEW_READ, params, self._view_read)
         return read_view_row(rows[0] if rows else None)
+
+    async def chunks(self, metric_id: str, seqs: Sequence[int]) -> list[StoredChunk] | None:
+        """PostgreSQL: the metric's chunks of ``seqs`` still stored, in any order; None
+        elsewhere.
+        """
+        if self.prepared is None:
+            return None
+        tenant = current_tenant()
+        listed = ("{" + ",".join(str(int(seq)) for seq in seqs) + "}").encode()
+        values: list[bytes | None] = [tenant.encode(), metric_id.encode(), listed]
+        rows = await _on(self.prepared, lambda read: read.rows(tenant, b"chunks", values))
+        return [StoredChunk(*row) for row in rows]
 
     async def _rows(
         self,

@@ -9,9 +9,10 @@ sent: by seq, then place in the batch), either
   page token is the last point's (step, rank among the points of that step), which
   compaction preserves. A page is read in one statement where the first chunks read settle
   it (``HistoryReads.page``: all but a fleet's uncompacted series); or
-* downsampled to at most ``max_points`` (``domain/views.py``): in one statement where it
-  reads nothing more (``HistoryReads.view``, PostgreSQL: all but ranges cutting many plain
-  chunks, and runs with staged messages).
+* downsampled to at most ``max_points`` (``domain/views.py``): in one statement, and one
+  more for the chunks an interval boundary cuts (``HistoryReads.view`` and ``.chunks``,
+  PostgreSQL: all but ranges cutting most of their plain chunks, and runs with staged
+  messages).
 """
 
 from __future__ import annotations
@@ -293,18 +294,27 @@ class HistoryService:
     async def _one_statement_view(
         self, run_id: str, metric: str, lo: int, hi: int, max_points: int
     ) -> History | None:
-        """The view from one statement; None where it needs more read (every chunk of a
-        small range, chunks a boundary cuts, staged series) or this database has no such read.
+        """The view from one statement, and one more for the chunks whose columns it needs
+        (those interval boundaries cut); None where it needs every chunk read, or staged
+        series, or a chunk it asked for is gone (compacted meanwhile: the view is read in one
+        snapshot instead), or this database has no such read.
         """
         assert self.pages is not None
         read = await self.pages.view(run_id, metric, lo, hi)
         if read is None:
             return None
-        _found(read.run_found, read.metric_id, run_id, metric)
+        metric_id = _found(read.run_found, read.metric_id, run_id, metric)
         if read.staged:
             return None
-        view = view_of(read.rows, lo, hi, max_points)
-        return _viewed(view) if isinstance(view, View) else None
+        rows = read.rows
+        while not isinstance(view := view_of(rows, lo, hi, max_points), View):
+            if view.everything:
+                return None
+            chunks = await self.pages.chunks(metric_id, view.seqs)
+            if chunks is None or len(chunks) < len(view.seqs):
+                return None
+            rows = rows.with_read(chunks)
+        return _viewed(view)
 
     async def list_events(
         self, run_id: str, size: int, token: str, filter_text: str, order_by: str = ""

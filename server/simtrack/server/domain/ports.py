@@ -392,6 +392,13 @@ class HistoryReads(Protocol):
         """
         ...
 
+    async def chunks(self, metric_id: str, seqs: Sequence[int]) -> list[StoredChunk] | None:
+        """The metric's chunks of ``seqs`` still stored, in any order, in one statement (a
+        chunk is never changed, only written and deleted: one read later holds what an earlier
+        read's summaries described). None: not read this way on this database.
+        """
+        ...
+
 
 class UnitOfWork(Protocol):
     """One short transaction and its repositories.

@@ -52,29 +52,28 @@ class Units:
                 for a, i in zip(at.tolist(), blocked.tolist(), strict=True)
             ]
         )
-        records = np.concatenate((found.records, rows.records[plain]))
+        whole = rows.records[plain]
+
+        def field(name: str) -> Array:
+            return np.concatenate((found.fields[name], whole[name]))
+
         chunk = np.concatenate((blocked[found.owner], plain))
         start = np.concatenate((found.start, np.full(len(plain), -1, dtype=np.int64)))
         length = np.concatenate((found.length, rows.counts[plain])).astype(np.int64)
         seq = rows.seqs[chunk]
+        vmin = field("vmin")
         return cls(
             chunk,
             start,
             length,
-            records["first_step"],
-            records["last_step"],
-            ~np.isnan(records["vmin"]),
-            *(
-                Candidates.columns(
-                    records[f"{e}_step"], records[e], records[f"{e}_ts"], seq, records[f"{e}_at"]
-                )
-                for e in ("vmin", "vmax")
+            field("first_step"),
+            field("last_step"),
+            ~np.isnan(vmin),
+            Candidates.columns(field("vmin_step"), vmin, field("vmin_ts"), seq, field("vmin_at")),
+            Candidates.columns(
+                field("vmax_step"), field("vmax"), field("vmax_ts"), seq, field("vmax_at")
             ),
         )
-
-    def extremes(self, keep: Array) -> Candidates:
-        """The min and max points of the units of ``keep`` (a mask)."""
-        return self.low.take(keep).plus(self.high.take(keep))
 
 
 @dataclass(frozen=True)

@@ -3,19 +3,19 @@
 The range is cut into equal step intervals (a `Grid`) and each interval keeps its lowest and
 its highest point (the usual min/max decimation of time-series viewers).
 
-A view reads the chunks' summaries first (``db/view_rows.py``), with the columns of
-compacted chunks (they are compressed: small), of the chunks the range cuts, and of every
-chunk of a small range. Each unit stands in for its points by its min and max point (value,
-step, timestamp) when it lies within one interval and holds no NaN: a compacted chunk's
-blocks (``db/blocks.py``: 128 or 256 points), another chunk whole (a chunk of 1,000 points as
-ingest wrote it). Of the units an interval boundary cuts, a compacted chunk's blocks are read
-from the pages holding them (paged columns decode page by page: ``simtrack/codec.py``), other
-chunks are read and unpacked whole (all of them in one read when they are most). `view_of`
-answers from what is read, or says what it must read first; on PostgreSQL, a view that needs
-nothing more is one statement (``HistoryReads.view``). A 1,000-point view of a 1M-point
-series in 1,000-point chunks reads no columns; of one compacted into 16,384-point chunks, no
-block either: its intervals are taken 2,048 steps wide (`cheapest_grid`), where 2,000 would
-cut some 500 blocks of 128 points.
+A view reads the chunks' summaries first (``db/view_rows.py``), with the blocks of compacted
+chunks and the columns of the chunks the range cuts and of every chunk of a small range. Each
+unit stands in for its points by its min and max point (value, step, timestamp) when it lies
+within one interval and holds no NaN: a compacted chunk's blocks (``db/blocks.py``: 128 or 256
+points), another chunk whole (a chunk of 1,000 points as ingest wrote it). Of the units an
+interval boundary cuts, a compacted chunk's blocks are read from the pages holding them (paged
+columns decode page by page: ``simtrack/codec.py``), other chunks are read and unpacked whole
+(all of them in one read when they are most). `view_of` answers from what is read, or says what
+it must read first; on PostgreSQL, a view that needs nothing more is one statement
+(``HistoryReads.view``), and one that does a second by seq (``HistoryReads.chunks``). A
+1,000-point view of a 1M-point series in 1,000-point chunks reads no columns; of one compacted
+into 16,384-point chunks, no block either: its intervals are taken 2,048 steps wide
+(`cheapest_grid`), where 2,000 would cut some 500 blocks of 128 points.
 """
 
 from __future__ import annotations
@@ -76,7 +76,9 @@ def cheapest_grid(first: int, last: int, intervals: int, units: Units) -> Grid:
     """
     narrowest = Grid(first, last, intervals)
     cuts = _cut(narrowest, units)
-    starts = np.sort(units.first_step[units.valid])
+    starts = units.first_step[units.valid]
+    if not bool((starts[1:] >= starts[:-1]).all()):  # (a compacted series' blocks are)
+        starts = np.sort(starts)
     if cuts == 0 or len(starts) < 2:
         return narrowest
     period = int(np.median(np.diff(starts)))
@@ -117,24 +119,51 @@ def extremes(points: Points, grid: Grid) -> Array:
     history order, within the grid): ties keep the earliest; NaN is skipped, and an interval of
     only NaN keeps its first point.
     """
-    n = len(points)
-    if not n:
+    if not len(points):
         return np.empty(0, dtype=np.int64)
-    interval = grid.interval(points.steps)
+    starts = _runs(grid.interval(points.steps))
+    values = points.decoded()
+    lowest, low = _first_extreme(values, starts, np.fmin)  # fmin/fmax skip NaN unless all are
+    highest, _ = _first_extreme(values, starts, np.fmax)
+    return np.unique(np.concatenate((lowest, highest, starts[np.isnan(low)])))
+
+
+def _runs(interval: Array) -> Array:
+    """Where each run of equal intervals starts (``interval`` ascending)."""
     starts = np.flatnonzero(interval[1:] != interval[:-1])
     starts += 1
-    starts = np.concatenate(([0], starts))
-    lengths = np.diff(starts, append=n)
-    values = points.decoded()
-    chosen = []
-    for extreme in (np.fmin, np.fmax):  # fmin/fmax ignore NaN unless all are NaN
-        reduced = extreme.reduceat(values, starts)
-        hits = np.flatnonzero(values == np.repeat(reduced, lengths))  # NaN equals nothing
-        # Ascending: the first hit of each interval starts a run of its hits.
-        run = np.searchsorted(starts, hits, side="right")
-        chosen.append(hits[np.concatenate(([True], run[1:] != run[:-1]))])
-    chosen.append(starts[np.isnan(reduced)])  # intervals of only NaN
-    return np.unique(np.concatenate(chosen))
+    return np.concatenate(([0], starts))
+
+
+def _first_extreme(values: Array, starts: Array, extreme: np.ufunc) -> tuple[Array, Array]:
+    """The index of the first ``extreme`` of each run of ``values`` (runs from ``starts``; NaN
+    equals nothing), and the extremes.
+    """
+    reduced = extreme.reduceat(values, starts)
+    lengths = np.diff(starts, append=len(values))
+    hits = np.flatnonzero(values == np.repeat(reduced, lengths))
+    # Ascending: the first hit of each run starts a run of its hits.
+    run = np.searchsorted(starts, hits, side="right")
+    return hits[np.concatenate(([True], run[1:] != run[:-1]))], reduced
+
+
+def _extremes_of_whole(units: Units, whole: Array, grid: Grid) -> Candidates:
+    """The min and max points of the ``whole`` units (a mask: each within one interval) that
+    may be an interval's: where no two of those units overlap, the lowest min and the highest
+    max of each interval (of equals, the first unit's: the earliest); else every unit's two.
+    A 1M-point series has some 8,000 blocks: reduced here, a view sorts 1,000 points, not 16,000.
+    """
+    index = np.flatnonzero(whole)
+    firsts = units.first_step[index]
+    if len(index) > 1 and not bool((firsts[1:] > units.last_step[index[:-1]]).all()):
+        index = index[np.argsort(firsts, kind="stable")]  # chunks' blocks, then whole chunks
+        firsts = units.first_step[index]
+    if len(index) < 2 or not bool((firsts[1:] > units.last_step[index[:-1]]).all()):
+        return units.low.take(index).plus(units.high.take(index))
+    starts = _runs(grid.interval(firsts))
+    lowest, _ = _first_extreme(units.low.values[index], starts, np.minimum)  # no NaN in them
+    highest, _ = _first_extreme(units.high.values[index], starts, np.maximum)
+    return units.low.take(index[lowest]).plus(units.high.take(index[highest]))
 
 
 def downsample(points: Points, max_points: int, grid: Grid | None = None) -> Points:
@@ -212,24 +241,32 @@ def view_of(
         last = max(decoded.steps.max(initial=INT64_MIN), lasts[inside].max(initial=INT64_MIN))
         grid = cheapest_grid(int(first), int(last), max_points // 2, units)
     whole = _whole(grid, units)
-    cut_chunks = rows.seqs[np.unique(units.chunk[~whole & (units.start < 0)])].tolist()
+    cut = ~whole & (units.start < 0)
     cut_blocks = ~whole & (units.start >= 0)
+    cut_chunks, with_cut_blocks = _chunks_of(rows, units, cut), _chunks_of(rows, units, cut_blocks)
     if not cut_blocks.any() and len(cut_chunks) + len(edges) > READ_ALL_SHARE * len(rows):
         return _of_all(rows, lo, hi, max_points, grid)
-    if unread := [seq for seq in cut_chunks if seq not in rows.read]:
+    if unread := [seq for seq in cut_chunks + with_cut_blocks if seq not in rows.read]:
         return Unread(unread)
-    decoded = decoded.plus(Candidates.of([rows.read[seq] for seq in cut_chunks], lo, hi))
+    if cut_chunks:
+        decoded = decoded.plus(Candidates.of([rows.read[seq] for seq in cut_chunks], lo, hi))
     # The blocks cut (most of the points), in (seq, place) order: their extremes first, then
-    # those of all. A chunk without blocks has none to cut: its columns are never needed.
+    # those of all. A chunk none of whose blocks is cut: its columns are not needed.
     in_blocks = Candidates.empty()
     if cut_blocks.any():
         stored = [rows.read.get(seq, _NO_COLUMNS) for seq in rows.seqs.tolist()]
         in_blocks = Candidates.of_blocks(stored, units, cut_blocks)
         in_blocks = in_blocks.in_history_order(by_seq_and_place=True)
     reduced = in_blocks.take(extremes(in_blocks.points(), grid))
-    candidates = decoded.plus(reduced, units.extremes(whole)).in_history_order()
+    candidates = decoded.plus(reduced, _extremes_of_whole(units, whole, grid))
+    candidates = candidates.in_history_order()
     shown = candidates.points().take(extremes(candidates.points(), grid))
     return View(shown, count, len(shown) < count, grid)
+
+
+def _chunks_of(rows: ViewRows, units: Units, keep: Array) -> list[int]:
+    """The seqs of the chunks of the units of ``keep`` (a mask), each once."""
+    return rows.seqs[np.unique(units.chunk[keep])].tolist() if keep.any() else []
 
 
 def _of_all(rows: ViewRows, lo: int, hi: int, max_points: int, grid: Grid | None) -> View | Unread:
