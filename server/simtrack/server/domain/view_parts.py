@@ -52,10 +52,10 @@ class Units:
                 for a, i in zip(at.tolist(), blocked.tolist(), strict=True)
             ]
         )
-        whole = rows.records[plain]
+        chunks_whole = rows.records[plain]
 
         def field(name: str) -> Array:
-            return np.concatenate((found.fields[name], whole[name]))
+            return np.concatenate((found.fields[name], chunks_whole[name]))
 
         chunk = np.concatenate((blocked[found.owner], plain))
         start = np.concatenate((found.start, np.full(len(plain), -1, dtype=np.int64)))
