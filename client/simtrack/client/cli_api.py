@@ -17,7 +17,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, TypeAlias, TypedDict
+from typing import Any, TextIO, TypeAlias, TypedDict
 
 from google.protobuf.message import Message
 from rich.console import Console, Group
@@ -268,15 +268,12 @@ def _history(args: argparse.Namespace, client: Client) -> int:
     if _cannot_plot(args):
         return 2
     history = client.metric_history(args.run_id, args.metric, **_points(args))
-    notes = sys.stderr if to_stdout(args.csv) else sys.stdout  # stdout: the CSV alone
-    print(summary(args.metric, history), file=notes)
-    if args.csv:
-        write_csv(args.csv, history)
-        if not to_stdout(args.csv):
-            print(f"wrote {args.csv}")
-    if args.png:
-        write_png(args.png, history, args.metric, f"run {args.run_id}")
-        print(f"wrote {args.png}", file=notes)
+    print(summary(args.metric, history), file=_notes(args))
+    _write_files(
+        args,
+        lambda path: write_csv(path, history),
+        lambda path: write_png(path, history, args.metric, f"run {args.run_id}"),
+    )
     return 0
 
 
@@ -284,17 +281,32 @@ def _compare(args: argparse.Namespace, client: Client) -> int:
     if _cannot_plot(args):
         return 2
     found = client.compare_runs(args.run_ids, args.metric, **_points(args))
-    notes = sys.stderr if to_stdout(args.csv) else sys.stdout  # stdout: the CSV alone
-    if args.csv:
-        cli_compare.write_csv(args.csv, found)
-        if not to_stdout(args.csv):
-            print(f"wrote {args.csv}")
-    if args.png:
-        cli_compare.write_png(args.png, found, cli_compare.title_of(found))
-        print(f"wrote {args.png}", file=notes)
+    _write_files(
+        args,
+        lambda path: cli_compare.write_csv(path, found),
+        lambda path: cli_compare.write_png(path, found, cli_compare.title_of(found)),
+    )
     if not (args.csv or args.png):
         Console().print(cli_compare.summary_table(found))
     return 0
+
+
+def _notes(args: argparse.Namespace) -> TextIO:
+    """Where a command's words go: standard error when the CSV goes to standard output."""
+    return sys.stderr if to_stdout(args.csv) else sys.stdout
+
+
+def _write_files(
+    args: argparse.Namespace, csv: Callable[[Path], None], png: Callable[[Path], None]
+) -> None:
+    """``--csv`` and ``--png``, where asked, each said written (but a CSV on standard output)."""
+    if args.csv:
+        csv(args.csv)
+        if not to_stdout(args.csv):
+            print(f"wrote {args.csv}")
+    if args.png:
+        png(args.png)
+        print(f"wrote {args.png}", file=_notes(args))
 
 
 def _runs_list(args: argparse.Namespace, client: Client) -> int:
