@@ -7,7 +7,7 @@ a shared grid; and whole chunks within one interval are not read.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -442,31 +442,37 @@ async def test_views_of_compacted_chunks_read_only_the_blocks_cut_and_equal_brut
 
 
 class SecondStatement:
-    """The reads, recording what a view's second statement asks for; with ``delete``, deleting
-    that chunk first (as a compaction committing between the two statements would).
+    """The reads, recording what a view's second statement asks for; with ``change``, first
+    changing a chunk as a compaction committing between the two statements could: ``delete``
+    it, or ``rewrite`` it (another row under its seq, as compaction writes its chunks under
+    the seqs of those it deletes; here with the same points).
     """
 
-    def __init__(self, services: Services, run_id: str, delete: int | None = None) -> None:
-        self.services, self.run_id, self.delete = services, run_id, delete
+    def __init__(self, services: Services, run_id: str, change: tuple[str, int] | None) -> None:
+        self.services, self.run_id, self.change = services, run_id, change
         self.asked: list[int] = []
 
     async def view(self, *args: Any) -> Any:
         return await self.services.reads.view(*args)
 
-    async def chunks(self, metric: str, seqs: Sequence[int]) -> list[StoredChunk] | None:
-        self.asked += seqs
-        if self.delete is not None:
+    async def chunks(self, metric: str, versions: Mapping[int, int]) -> list[StoredChunk] | None:
+        self.asked += versions
+        if self.change is not None:
+            how, seq = self.change
+            statement = {
+                "delete": "DELETE FROM metric_chunks WHERE run_id = :run AND seq = :seq",
+                "rewrite": "UPDATE metric_chunks SET n = n WHERE run_id = :run AND seq = :seq",
+            }[how]
             async with self.services.engine.begin() as connection:
                 # As the caller's tenant: row-level security hides the others' rows.
                 await connection.execute(
                     text("SELECT set_config('app.tenant_id', :t, true)"), {"t": current_tenant()}
                 )
-                deleted = await connection.execute(
-                    text("DELETE FROM metric_chunks WHERE run_id = :run AND seq = :seq"),
-                    {"run": self.run_id, "seq": self.delete},
+                changed = await connection.execute(
+                    text(statement), {"run": self.run_id, "seq": seq}
                 )
-                assert deleted.rowcount == 1
-        return await self.services.reads.chunks(metric, seqs)
+                assert changed.rowcount == 1
+        return await self.services.reads.chunks(metric, versions)
 
     async def page(self, *args: Any) -> Any:
         return await self.services.reads.page(*args)
@@ -475,12 +481,12 @@ class SecondStatement:
         self.services.reads.read_ahead(*args)
 
 
-async def test_a_views_second_statement_reads_the_chunks_it_cuts_and_finds_a_chunk_gone(
+async def test_a_views_second_statement_reads_the_chunks_it_cuts_as_the_first_saw_them(
     services: Services,
 ) -> None:
     """A view whose grid cuts compacted chunks' blocks reads their columns by seq in a second
-    statement (PostgreSQL); when a chunk it asks for is gone by then, the view is read again in
-    one snapshot, of what is stored then. Both equal brute force.
+    statement (PostgreSQL); when a chunk it asks for is gone by then, or another row under its
+    seq, the view is read again in one snapshot, of what is stored then. All equal brute force.
     """
     # More points than a view's first statement reads the columns of (READ_WHOLE_POINTS).
     run_id = await compacted_fleet_series(services, "short", flushes=700)
@@ -489,8 +495,9 @@ async def test_a_views_second_statement_reads_the_chunks_it_cuts_and_finds_a_chu
     )]  # fmt: skip
     assert len(seqs) == 5
     postgres = services.backend == "postgresql"
-    for delete, stored in ((None, 70_000), (seqs[1], 70_000 - 16_384)):
-        reads = SecondStatement(services, run_id, delete)
+    changes = [(None, 70_000), (("rewrite", seqs[2]), 70_000), (("delete", seqs[1]), 53_616)]
+    for change, stored in changes:
+        reads = SecondStatement(services, run_id, change)
         units = CountedUnits(services.uow)
         # 1,000 points of 70,000: 140-step intervals cut every chunk's blocks.
         view = await HistoryService(units, reads).history(run_id, "x", None, None, 1000, 0, "")
@@ -506,7 +513,7 @@ async def test_a_views_second_statement_reads_the_chunks_it_cuts_and_finds_a_chu
         assert view.range_count == count
         if postgres:
             assert sorted(reads.asked) == sorted(seqs)
-            # A unit of work only when the second statement found a chunk gone.
-            assert units.opened == (delete is not None)
+            # A unit of work only when the second statement found a chunk changed.
+            assert units.opened == (change is not None), change
         else:  # SQLite's views are read in a unit of work from the start
             assert (reads.asked, units.opened) == ([], 1)

@@ -46,8 +46,13 @@ def packed(chunks: list[ChunkSummary]) -> bytes:
             c.vmax_step if valid else 0,
             c.vmin_ts if valid else math.nan,
             c.vmax_ts if valid else math.nan,
+            version_of(c.seq),
         )
     return records.tobytes()
+
+
+def version_of(seq: int) -> int:
+    return 7_000 + seq  # a row version as the statement would give it
 
 
 def columns_of(c: ChunkSummary) -> StoredChunk:
@@ -65,19 +70,28 @@ def same(a: ViewRows, b: ViewRows) -> None:
 
 def test_packed_summaries_read_as_the_rows_do() -> None:
     chunks = summaries()
-    read = [columns_of(c) for c in chunks if c.blocks or c.seq == 9]
+    listed = [c for c in chunks if c.blocks or c.seq == 9]
+    read = [columns_of(c) for c in listed if c.seq in (9, listed[0].seq)]  # not all with blocks
+    assert len(read) == 2 and len(listed) == 3
     by_rows = ViewRows.of_summaries(chunks, read)
-    # As the statement's row gives them: seqs, blocks and columns of the chunks read.
+    # As the statement's row gives them: seqs and blocks of the chunks with blocks or read,
+    # the columns of those read (else NULL).
+    columns = {c.seq: c for c in read}
     row = (
         len(chunks),
         packed(chunks),
-        [c.seq for c in read],
-        [next(s.blocks for s in chunks if s.seq == c.seq) for c in read],
-        [c.steps for c in read],
-        [c.vals for c in read],
-        [c.ts for c in read],
+        [c.seq for c in listed],
+        [c.blocks for c in listed],
+        *(
+            [getattr(columns[c.seq], name) if c.seq in columns else None for c in listed]
+            for name in ("steps", "vals", "ts")
+        ),
     )
-    same(rows_of_packed(row), by_rows)
+    by_packed = rows_of_packed(row)
+    same(by_packed, by_rows)
+    seqs = [c.seq for c in chunks]
+    assert by_packed.versions_of(seqs) == {seq: version_of(seq) for seq in seqs}
+    assert by_rows.versions_of(seqs) is None  # (SQLite's rows have none)
     assert by_rows.blocked.tolist() == [1, 5]
     assert by_rows.blocks == [b"S-blocks-1", b"F-2"]
     records = by_rows.records

@@ -20,7 +20,7 @@ on a thread of its own (``sqlite_reads.py``); a database in memory is read throu
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, NamedTuple, TypeVar, cast
 
 import psycopg
@@ -67,7 +67,13 @@ from simtrack.server.db.repositories import (
 from simtrack.server.db.run_answers import RunAnswers
 from simtrack.server.db.sqlite_reads import SqliteReadConnections, bound_values
 from simtrack.server.db.unit_of_work import transient_sqlstate, translate_error, unreachable
-from simtrack.server.db.view_rows import READ_WHOLE_POINTS, ViewRead, read_view_row, view_read
+from simtrack.server.db.view_rows import (
+    CHUNK_VERSION,
+    READ_WHOLE_POINTS,
+    ViewRead,
+    read_view_row,
+    view_read,
+)
 
 Processor = Callable[[Any], Any]
 T = TypeVar("T")
@@ -127,9 +133,11 @@ _METRIC_VERSION_OF = numbered(
         models.Metric.name == bindparam("name"),
     )
 )
-# A metric's chunks by seq: what a downsampled view reads after its first statement.
+# A metric's chunks by seq, with their row versions: what a downsampled view reads after its
+# first statement.
+_CHUNK_FIELDS = [getattr(models.MetricChunk, name) for name in StoredChunk._fields]
 _CHUNKS_BY_SEQ = numbered(
-    select(*(getattr(models.MetricChunk, name) for name in StoredChunk._fields)).where(
+    select(*_CHUNK_FIELDS, CHUNK_VERSION).where(
         models.MetricChunk.tenant_id == bindparam("tenant"),
         models.MetricChunk.metric_id == bindparam("metric"),
         models.MetricChunk.seq == any_(bindparam("seqs", type_=ARRAY(BigInteger))),
@@ -390,17 +398,17 @@ class SqlReads:
         rows = await self._rows(_VIEW_READ, params, self._view_read)
         return read_view_row(rows[0] if rows else None)
 
-    async def chunks(self, metric_id: str, seqs: Sequence[int]) -> list[StoredChunk] | None:
-        """PostgreSQL: the metric's chunks of ``seqs`` still stored, in any order; None
-        elsewhere.
+    async def chunks(self, metric_id: str, versions: Mapping[int, int]) -> list[StoredChunk] | None:
+        """PostgreSQL: the metric's chunks of ``versions``' seqs still at those row versions, in
+        any order; None elsewhere.
         """
         if self.prepared is None:
             return None
         tenant = current_tenant()
-        listed = ("{" + ",".join(str(int(seq)) for seq in seqs) + "}").encode()
+        listed = ("{" + ",".join(str(int(seq)) for seq in versions) + "}").encode()
         values: list[bytes | None] = [tenant.encode(), metric_id.encode(), listed]
         rows = await _on(self.prepared, lambda read: read.rows(tenant, b"chunks", values))
-        return [StoredChunk(*row) for row in rows]
+        return [StoredChunk(*row[:-1]) for row in rows if versions.get(row[0]) == row[-1]]
 
     async def _rows(
         self,

@@ -61,8 +61,13 @@ PACKED = np.dtype(
         ("vmax_step", ">i8"),
         ("vmin_ts", ">f8"),
         ("vmax_ts", ">f8"),
+        ("version", ">i8"),  # the row's (`CHUNK_VERSION`)
     ]
 )
+# A chunk row's version: the transaction that wrote it (its xmin; an xid converts to a number
+# only through text). Chunks are never updated, but compaction writes its chunks under seqs of
+# those it deletes: a seq read again may hold another chunk, never one of the same version.
+CHUNK_VERSION = literal_column("metric_chunks.xmin::text::bigint", BigInteger)
 _COLUMNS = ("steps", "vals", "ts")
 # A range whose chunks hold at most this many points brings every chunk's columns with the
 # summaries (at most some 1.5 MB): a view of it shows every point or cuts most chunks, so it
@@ -75,7 +80,8 @@ class ViewRows:
     """A metric's chunks reaching into a range, by (first_step, seq): their seqs, point
     counts and whole-chunk `BLOCK` records (NaN values: the row's summaries do not stand for
     the chunk's points); the blocks columns of the compacted ones (``blocked``: their indexes,
-    ascending); the columns of the chunks read, by seq.
+    ascending); the columns of the chunks read, by seq; PostgreSQL: each row's version
+    (`CHUNK_VERSION`).
     """
 
     seqs: Array
@@ -84,6 +90,7 @@ class ViewRows:
     blocked: Array
     blocks: list[bytes]
     read: dict[int, StoredChunk]
+    versions: Array | None = None
 
     def __len__(self) -> int:
         return len(self.seqs)
@@ -131,6 +138,7 @@ class ViewRows:
             np.array([i for i, _ in blocked], dtype=np.int64),
             [blocks for _, blocks in blocked],
             columns,
+            summaries["version"].astype(np.int64),
         )
 
     def merged(self, other: ViewRows) -> ViewRows:
@@ -152,7 +160,14 @@ class ViewRows:
             np.array([i for i, _ in by_place], dtype=np.int64),
             [blocks for _, blocks in by_place],
             self.read | other.read,
-        )
+        )  # (no versions: staged series have none)
+
+    def versions_of(self, seqs: Iterable[int]) -> dict[int, int] | None:
+        """The row versions of the chunks of ``seqs``; None: not known (not PostgreSQL)."""
+        if self.versions is None:
+            return None
+        at = {seq: i for i, seq in enumerate(self.seqs.tolist())}
+        return {seq: int(self.versions[at[seq]]) for seq in seqs}
 
     def with_read(self, chunks: Iterable[StoredChunk]) -> ViewRows:
         """These rows, with the columns of ``chunks`` read as well."""
@@ -180,10 +195,11 @@ def _chunk_records(chunks: Sequence[ChunkSummary]) -> Array:
     return records
 
 
-def _reaching(metric: ColumnElement[Any]) -> Subquery:
+def _reaching(metric: ColumnElement[Any], versioned: bool = False) -> Subquery:
     """The chunks of ``metric`` (tenant :tenant) reaching into [:lo, :hi], each with ``read``:
     whether a view's first statement brings its columns (cut by the range, or any of a range
-    of at most :whole_points, `READ_WHOLE_POINTS`).
+    of at most :whole_points, `READ_WHOLE_POINTS`); ``versioned`` (PostgreSQL): with its
+    ``version`` (`CHUNK_VERSION`).
     """
     chunk = models.MetricChunk
     lo, hi = bindparam("lo", type_=BigInteger), bindparam("hi", type_=BigInteger)
@@ -200,7 +216,8 @@ def _reaching(metric: ColumnElement[Any]) -> Subquery:
         chunk.last_step > hi,
         range_points <= bindparam("whole_points", type_=BigInteger),
     )
-    return select(chunk, read.label("read")).where(*reaching).subquery("reaching")
+    version = [CHUNK_VERSION.label("version")] if versioned else []
+    return select(chunk, read.label("read"), *version).where(*reaching).subquery("reaching")
 
 
 def summary_rows(metric: ColumnElement[Any]) -> Select[Any]:
@@ -232,7 +249,7 @@ def packed_view(metric: ColumnElement[Any]) -> Select[Any]:
     of those with blocks or read, in the same order (NULL: none; a NULL element: no blocks, or
     columns not read).
     """
-    c = _reaching(metric).c
+    c = _reaching(metric, versioned=True).c
     valid = c.vmin_ts.is_not(None)
 
     def send(kind: str, column: ColumnElement[Any], invalid: Any = None) -> ColumnElement[Any]:
@@ -252,6 +269,7 @@ def packed_view(metric: ColumnElement[Any]) -> Select[Any]:
         send("int8", c.vmax_step, 0),
         send("float8", c.vmin_ts, nan),
         send("float8", c.vmax_ts, nan),
+        send("int8", c.version),
     ]
     record = parts[0]
     for part in parts[1:]:

@@ -296,8 +296,9 @@ class HistoryService:
     ) -> History | None:
         """The view from one statement, and one more for the chunks whose columns it needs
         (those interval boundaries cut); None where it needs every chunk read, or staged
-        series, or a chunk it asked for is gone (compacted meanwhile: the view is read in one
-        snapshot instead), or this database has no such read.
+        series, or a chunk it asked for is not the row the first statement saw (compacted
+        meanwhile: the view is read in one snapshot instead), or this database has no such
+        read.
         """
         assert self.pages is not None
         read = await self.pages.view(run_id, metric, lo, hi)
@@ -310,7 +311,8 @@ class HistoryService:
         while not isinstance(view := view_of(rows, lo, hi, max_points), View):
             if view.everything:
                 return None
-            chunks = await self.pages.chunks(metric_id, view.seqs)
+            versions = rows.versions_of(view.seqs)
+            chunks = None if versions is None else await self.pages.chunks(metric_id, versions)
             if chunks is None or len(chunks) < len(view.seqs):
                 return None
             rows = rows.with_read(chunks)

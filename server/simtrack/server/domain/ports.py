@@ -392,10 +392,12 @@ class HistoryReads(Protocol):
         """
         ...
 
-    async def chunks(self, metric_id: str, seqs: Sequence[int]) -> list[StoredChunk] | None:
-        """The metric's chunks of ``seqs`` still stored, in any order, in one statement (a
-        chunk is never changed, only written and deleted: one read later holds what an earlier
-        read's summaries described). None: not read this way on this database.
+    async def chunks(self, metric_id: str, versions: Mapping[int, int]) -> list[StoredChunk] | None:
+        """The metric's chunks of ``versions``' seqs that are still the row versions given
+        (`ViewRows.versions`), in any order, in one statement: chunk rows are never updated,
+        so those hold what the first statement's summaries described (a seq alone may not:
+        compaction writes its chunks under the seqs of those it deletes). None: not read this
+        way on this database.
         """
         ...
 
