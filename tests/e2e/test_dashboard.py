@@ -352,6 +352,7 @@ def test_a_live_run_is_paused_resumed_and_cancelled_from_its_page(
     assert run.cancel_reason == "cancelled from the dashboard"
     assert run.current_tick < 400
     assert tab.page.locator("#cancel-run").is_hidden()
+    wait_for_every_chart(tab)  # redrawn once the page took in the run's end
     tab.shot("run-cancelled")
 
 
@@ -554,19 +555,23 @@ def test_compare_draws_two_runs_on_one_chart(tab: Tab, dash: Dash, demo_runs: De
     tab.shot("compare")
 
 
+def wait_for_every_chart(tab: Tab) -> None:
+    """Until every chart of a run's page is drawn (before a screenshot: not the first alone)."""
+    tab.page.wait_for_function(
+        """() => {
+            const charts = [...document.querySelectorAll('#charts .chart')];
+            return charts.length > 0 && charts.every(c => c.dataset.ready === 'true');
+        }"""
+    )
+
+
 def test_a_narrow_screen_and_a_server_that_cannot_be_reached(
     browser: Browser, dash: Dash, shots: Path, demo_runs: DemoRuns, backend_label: str
 ) -> None:
     tab = new_tab(browser, dash, shots, backend_label, width=400)
     try:
         tab.open(f"#/runs/{demo_runs.first.id}")
-        # Every chart drawn at this width before the screenshot (not the first alone).
-        tab.page.wait_for_function(
-            """() => {
-                const charts = [...document.querySelectorAll('#charts .chart')];
-                return charts.length > 0 && charts.every(c => c.dataset.ready === 'true');
-            }"""
-        )
+        wait_for_every_chart(tab)  # drawn at this width
         # Wide tables scroll inside their own box; the page itself does not scroll sideways.
         assert tab.page.evaluate("document.documentElement.scrollWidth") <= 400
         tab.shot("narrow-run")
