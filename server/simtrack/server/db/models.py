@@ -15,6 +15,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     CheckConstraint,
+    ColumnElement,
     DateTime,
     Dialect,
     Enum,
@@ -29,6 +30,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    literal_column,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -95,6 +97,13 @@ def _enum(cls: type[StrEnum], name: str) -> Enum:
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSONObject}
+
+
+def row_version(model: type[Base]) -> ColumnElement[int]:
+    """PostgreSQL: the version of a row of ``model``'s table as it is: the transaction that
+    wrote it (its xmin; an xid converts to a number only through text).
+    """
+    return literal_column(f"{model.__tablename__}.xmin::text::bigint", BigInteger)
 
 
 def _json_column() -> Mapped[dict[str, Any]]:

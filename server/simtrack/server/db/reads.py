@@ -31,7 +31,6 @@ from sqlalchemy import (
     String,
     any_,
     bindparam,
-    literal_column,
     select,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -105,9 +104,8 @@ _BY_ID = (models.Run.tenant_id == bindparam("tenant"), models.Run.id == bindpara
 _RUN_BY_ID = select(*RUN.columns).where(*_BY_ID)
 _PAGE_READS = {ranged: page_read(ranged) for ranged in (False, True)}
 _VIEW_READ = view_read()
-# PostgreSQL: a run's version, the transaction that wrote its row as it is (``RunAnswers``).
-# An xid converts to a number only through text.
-_VERSION = literal_column("runs.xmin::text::bigint", BigInteger)
+# PostgreSQL: a run's version (``RunAnswers``).
+_VERSION = models.row_version(models.Run)
 _VERSIONED: list[ColumnElement[Any]] = [*RUN.columns, _VERSION]
 _RUN_VERSIONED = select(*_VERSIONED).where(*_BY_ID)
 _ID_VERSION: list[ColumnElement[Any]] = [models.Run.__table__.c.id, _VERSION]
@@ -123,7 +121,7 @@ assert _VERSIONS.names == ["tenant", "ids"], "as versions() gives them"
 _VERSION_OF = numbered(select(*_ID_VERSION).where(*_BY_ID))
 assert _VERSION_OF.names == ["tenant", "id"], "as versions() gives them"
 # A metric's version, as a run's (a page read ahead is given while it holds: read_ahead.py).
-_METRIC_VERSION = literal_column("metrics.xmin::text::bigint", BigInteger)
+_METRIC_VERSION = models.row_version(models.Metric)
 _METRIC_VERSION_OF = numbered(
     select(_METRIC_VERSION)
     .select_from(models.Metric)

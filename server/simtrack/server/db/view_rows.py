@@ -64,10 +64,9 @@ PACKED = np.dtype(
         ("version", ">i8"),  # the row's (`CHUNK_VERSION`)
     ]
 )
-# A chunk row's version: the transaction that wrote it (its xmin; an xid converts to a number
-# only through text). Chunks are never updated, but compaction writes its chunks under seqs of
-# those it deletes: a seq read again may hold another chunk, never one of the same version.
-CHUNK_VERSION = literal_column("metric_chunks.xmin::text::bigint", BigInteger)
+# A chunk row's version. Chunks are never updated, but compaction writes its chunks under seqs
+# of those it deletes: a seq read again may hold another chunk, never one of the same version.
+CHUNK_VERSION = models.row_version(models.MetricChunk)
 _COLUMNS = ("steps", "vals", "ts")
 # A range whose chunks hold at most this many points brings every chunk's columns with the
 # summaries (at most some 1.5 MB): a view of it shows every point or cuts most chunks, so it
