@@ -181,8 +181,8 @@ def decode_part_into(
     if out_steps is not None:
         if steps:
             _decode_part_into(steps, n, STEP, skip, out_steps)
-        else:  # first_step + arange, as decode_steps
-            out_steps[:] = first_step + np.arange(skip, skip + take, dtype=STEP)
+        else:  # first_step + arange, as decode_steps (added in place: one array made)
+            np.add(np.arange(skip, skip + take, dtype=STEP), first_step, out=out_steps)
     if out_values is not None:
         _decode_part_into(vals, n, FLOAT, skip, out_values)
     if out_stamps is not None:

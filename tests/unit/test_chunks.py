@@ -219,6 +219,11 @@ def test_what_the_rows_tell_of_many_chunks_is_so(seed: int) -> None:
     equal = bool((stamps.view(np.uint64) == stamps.view(np.uint64)[0]).all())
     assert many.consecutive == (dense and all(not c.steps for c in chunks))
     assert many.one_timestamp == (equal and all(len(c.ts) == 8 for c in chunks))
+    bare = unpack_many(chunks, values=False)  # as a page sent as stored is read
+    assert bare.steps.tobytes() == steps.tobytes()
+    assert bare.timestamps.tobytes() == stamps.tobytes()
+    if many.one_timestamp:  # one value, not a column of it written point by point
+        assert stamps.strides == (0,) and not stamps.flags.writeable
 
 
 @pytest.mark.parametrize("count", [1, 2, 50, 2_000])
@@ -236,6 +241,8 @@ def test_what_the_rows_tell_of_raw_chunks_is_so(count: int) -> None:
         equal = bool((stamps.view(np.uint64) == stamps.view(np.uint64)[0]).all())
         assert many.consecutive == (dense and all(not c.steps for c in chunks))
         assert many.one_timestamp == (equal and all(len(c.ts) == 8 for c in chunks))
+        if many.one_timestamp:
+            assert stamps.strides == (0,) and not stamps.flags.writeable
 
 
 def _raw_run(rng: np.random.Generator, count: int, one_stamp: bool) -> list[StoredChunk]:

@@ -266,8 +266,7 @@ def _elided(
     ``known_*``: the caller knows it (else it is checked).
     """
     steps = np.ascontiguousarray(steps, dtype="<i8")
-    timestamps = np.ascontiguousarray(timestamps, dtype="<f8")
     dense = len(steps) > 0 and (known_consecutive or consecutive(steps))
     if len(timestamps) > 1 and (known_one_timestamp or all_equal(timestamps)):
-        timestamps = timestamps[:1]  # the one every point has
-    return (b"" if dense else steps.data), timestamps.data, dense
+        timestamps = timestamps[:1]  # the one every point has (taken before any copy)
+    return (b"" if dense else steps.data), np.ascontiguousarray(timestamps, "<f8").data, dense

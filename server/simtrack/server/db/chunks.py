@@ -223,7 +223,7 @@ class Unpacked(NamedTuple):
 
     steps: Array
     values: Array | None  # None: not decoded (asked for without)
-    timestamps: Array
+    timestamps: Array  # read-only where one_timestamp (one value, seen n times)
     # The steps run steps[0], steps[0] + 1, ...: every chunk's were elided, each chunk
     # starting where the one before ended (a series logged step by step, compacted or not).
     consecutive: bool
@@ -247,7 +247,9 @@ def unpack_many(chunks: Sequence[StoredChunk], values: bool = True) -> Unpacked:
     chunks, where a call per chunk costs more than the points. Compressed chunks are large
     (compaction makes them), so decoding them one by one costs little per point; each is
     decoded straight into its place in the columns, but for steps and timestamps their rows
-    show to be one run or one value: those are made once for all the chunks.
+    show to be one run or one value: the run is made once for all the chunks, the one value
+    is a read-only view of it (no column of it is written: a page of a fleet's series is
+    100,000 points of one timestamp).
     """
     if not any(compressed(c) for c in chunks):
         return _unpack_raw(chunks)  # raw values are their bytes: a page of them sends those
@@ -255,9 +257,9 @@ def unpack_many(chunks: Sequence[StoredChunk], values: bool = True) -> Unpacked:
     one_timestamp = _one_timestamp(chunks)
     total = sum(c.n for c in chunks)
     out = (
-        np.empty(total, dtype=STEP),
+        np.arange(total, dtype=STEP) if consecutive else np.empty(total, dtype=STEP),
         np.empty(total if values else 0, dtype=FLOAT),
-        np.empty(total, dtype=FLOAT),
+        np.empty(0 if one_timestamp else total, dtype=FLOAT),
     )
     at = 0
     raw: list[StoredChunk] = []  # a run of raw chunks, unpacked together
@@ -268,10 +270,12 @@ def unpack_many(chunks: Sequence[StoredChunk], values: bool = True) -> Unpacked:
         if raw:
             unpacked = _unpack_raw(raw, values)
             end = at + len(unpacked.steps)
-            out[0][at:end] = unpacked.steps
+            if not consecutive:
+                out[0][at:end] = unpacked.steps
             if unpacked.values is not None:
                 out[1][at:end] = unpacked.values
-            out[2][at:end] = unpacked.timestamps
+            if not one_timestamp:
+                out[2][at:end] = unpacked.timestamps
             at, raw = end, []
         if chunk is not None:  # decoded straight into its place
             end = at + chunk.n
@@ -284,9 +288,9 @@ def unpack_many(chunks: Sequence[StoredChunk], values: bool = True) -> Unpacked:
             at = end
     steps, decoded, stamps = out
     if consecutive:  # first_step + arange: an arange from first_step would go through float
-        np.add(np.arange(total, dtype=STEP), chunks[0].first_step, out=steps)
+        steps += chunks[0].first_step
     if one_timestamp:
-        stamps.fill(np.frombuffer(chunks[0].ts, dtype=FLOAT)[0])
+        stamps = np.broadcast_to(np.frombuffer(chunks[0].ts, dtype=FLOAT)[:1], (total,))
     return Unpacked(steps, decoded if values else None, stamps, consecutive, one_timestamp)
 
 
@@ -339,7 +343,9 @@ def _unpack_raw(chunks: Sequence[StoredChunk], with_values: bool = True) -> Unpa
     single = stamp_counts == 1  # one timestamp stands for the chunk's points
     bits = stamps.view(np.uint64)
     one_timestamp = bool(single.all()) and bool((bits == bits[0]).all())
-    if bool((stamp_counts == counts).all()):  # a timestamp per point in every chunk
+    if one_timestamp:
+        timestamps = np.broadcast_to(stamps[:1], (total,))
+    elif bool((stamp_counts == counts).all()):  # a timestamp per point in every chunk
         timestamps = stamps
     else:
         timestamps = np.repeat(stamps, np.repeat(np.where(single, counts, 1), stamp_counts))
@@ -348,7 +354,8 @@ def _unpack_raw(chunks: Sequence[StoredChunk], with_values: bool = True) -> Unpa
     firsts = np.fromiter(map(_FIRST_STEP, chunks), dtype=STEP, count=count)
     # first_step + offset, computed in int64 (an arange from first_step would go through float).
     if elided.all() and bool((firsts[1:] == firsts[:-1] + counts[:-1]).all()):
-        steps = firsts[0] + np.arange(total, dtype=STEP)  # one run of steps
+        steps = np.arange(total, dtype=STEP)  # one run of steps
+        steps += firsts[0]
         return Unpacked(steps, kept, timestamps, True, one_timestamp)
     steps = np.repeat(firsts, counts) + (np.arange(total, dtype=STEP) - np.repeat(starts, counts))
     if not elided.all():
