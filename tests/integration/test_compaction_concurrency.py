@@ -165,7 +165,7 @@ async def test_a_view_reads_one_snapshot_while_a_compaction_commits(
     assert compacted == [1000]  # it did commit, between the reads of the call
     assert view.points.steps.tobytes() == whole.points.steps.tobytes()
     assert view.points.decoded().tobytes() == whole.points.decoded().tobytes()
-    assert view.points.timestamps.tobytes() == whole.points.timestamps.tobytes()
+    assert view.points.times().tobytes() == whole.points.times().tobytes()
     assert view.range_count == whole.range_count
     after = await history.history(run.id, "loss", None, None, 100, 0, "")
     assert after.points.decoded().tobytes() == whole.points.decoded().tobytes()
@@ -276,7 +276,7 @@ async def test_ingest_resends_reads_and_compaction_all_at_once(
             batches = _batches_for(len(stored.points))
             want = expected_points(range(1, batches + 1))
             assert (stored.points.steps.tobytes(), stored.points.decoded().tobytes()) == want[:2]
-            assert stored.points.timestamps.tobytes() == want[2]
+            assert stored.points.times().tobytes() == want[2]
             assert stored.range_count == len(stored.points)
             reads.append(batches)
             await asyncio.sleep(0.005)

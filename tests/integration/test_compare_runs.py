@@ -130,7 +130,7 @@ def answers(found: Comparison) -> Iterator[tuple[object, ...]]:
     yield found.max_points, tuple(found.grids)
     for s in found.series:
         p = s.view.points
-        yield (s.run_id, s.name, p.steps.tobytes(), p.decoded().tobytes(), p.timestamps.tobytes())
+        yield (s.run_id, s.name, p.steps.tobytes(), p.decoded().tobytes(), p.times().tobytes())
         yield s.view.range_count, s.view.downsampled, s.metric is None
 
 
@@ -145,7 +145,7 @@ async def test_one_run_compared_is_its_history(services: Services, scene: Scene)
                 where = (run_id, lo, hi, max_points)
                 assert same_bits(series.view.points.steps, view.points.steps), where
                 assert same_bits(series.view.points.decoded(), view.points.decoded()), where
-                assert same_bits(series.view.points.timestamps, view.points.timestamps), where
+                assert same_bits(series.view.points.times(), view.points.times()), where
                 assert (series.view.range_count, series.view.downsampled) == (
                     view.range_count,
                     view.downsampled,
@@ -226,13 +226,13 @@ async def test_several_runs_line_up_on_one_grid_per_metric(
             if len(want_steps) <= 200:  # whole
                 assert not s.view.downsampled and same_bits(s.view.points.steps, want_steps)
                 assert same_bits(s.view.points.decoded(), want_values), where
-                assert same_bits(s.view.points.timestamps, want_stamps), where
+                assert same_bits(s.view.points.times(), want_stamps), where
                 continue
             assert s.view.downsampled and len(s.view.points) <= 200, where
             assert grid is not None
             check_on_grid(s.view.points.steps, s.view.points.decoded(), sent, grid)
             points = s.view.points  # only stored points: each shown was sent
-            shown = rows(points.steps, points.decoded(), points.timestamps)
+            shown = rows(points.steps, points.decoded(), points.times())
             assert shown <= rows(want_steps, want_values, want_stamps), where
             if (int(want_steps[0]), int(want_steps[-1])) == (grid.lo, grid.hi):
                 # A run spanning the whole grid: its own history, point for point.

@@ -158,7 +158,7 @@ def allowed_grid(points: Points, lo: int, hi: int, max_points: int, grid: Grid |
 
 def as_rows(points: Points, indexes: Sequence[int]) -> list[tuple[int, bytes, float]]:
     return [
-        (int(points.steps[i]), points.decoded()[i].tobytes(), float(points.timestamps[i]))
+        (int(points.steps[i]), points.decoded()[i].tobytes(), float(points.times()[i]))
         for i in indexes
     ]
 

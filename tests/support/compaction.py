@@ -78,7 +78,7 @@ async def stored_points(services: Services, run_id: str, name: str) -> tuple[byt
             metric_id(run_id, name), INT64_MIN, INT64_MAX, None, None
         )
     points = merge(chunks, INT64_MIN, INT64_MAX).points
-    return points.steps.tobytes(), points.decoded().tobytes(), points.timestamps.tobytes()
+    return points.steps.tobytes(), points.decoded().tobytes(), points.times().tobytes()
 
 
 def checksum(points: tuple[bytes, bytes, bytes]) -> str:
@@ -144,7 +144,7 @@ def expected_series(
         expected[name] = (
             points.steps.tobytes(),
             points.decoded().tobytes(),
-            points.timestamps.tobytes(),
+            points.times().tobytes(),
         )
     return expected
 

@@ -114,7 +114,7 @@ def keys_and_points(chunks: list[StoredChunk]) -> tuple[list[tuple[int, int]], b
     merged = merge(chunks, INT64_MIN, INT64_MAX)
     points = merged.points
     keys = [merged.key(i) for i in range(len(merged))]
-    return keys, points.steps.tobytes() + points.decoded().tobytes() + points.timestamps.tobytes()
+    return keys, points.steps.tobytes() + points.decoded().tobytes() + points.times().tobytes()
 
 
 def test_compaction_keeps_history_order_and_every_key_with_later_chunks_after_it() -> None:

@@ -251,7 +251,7 @@ def _raw_columns(points: Points) -> tuple[bytes | memoryview, ...]:
     little-endian columns.
     """
     steps, stamps, _ = _elided(
-        points.steps, points.timestamps, points.consecutive, points.one_timestamp
+        points.steps, points.times(), points.consecutive, points.one_timestamp
     )
     n = len(points)
     first = int(points.steps[0])

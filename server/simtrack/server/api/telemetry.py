@@ -257,7 +257,7 @@ def comparison_to_proto(found: Comparison) -> tpb.CompareRunsResponse:
                 unit=s.metric.unit if s.metric else "",
                 steps=s.view.points.steps.tolist(),
                 values=s.view.points.decoded().tolist(),
-                timestamps=s.view.points.timestamps.tolist(),
+                timestamps=s.view.points.times().tolist(),
                 range_count=s.view.range_count,
                 downsampled=s.view.downsampled,
                 missing=s.metric is None,
@@ -387,7 +387,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         return history_response(
             points.steps,
             points.decoded(),
-            points.timestamps,
+            points.times(),
             found.next_page_token,
             found.range_count,
             found.downsampled,

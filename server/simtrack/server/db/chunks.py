@@ -223,7 +223,7 @@ class Unpacked(NamedTuple):
 
     steps: Array
     values: Array | None  # None: not decoded (asked for without)
-    timestamps: Array  # read-only where one_timestamp (one value, seen n times)
+    timestamps: Array | None  # likewise; read-only where one_timestamp (one value, n times)
     # The steps run steps[0], steps[0] + 1, ...: every chunk's were elided, each chunk
     # starting where the one before ended (a series logged step by step, compacted or not).
     consecutive: bool
@@ -231,16 +231,16 @@ class Unpacked(NamedTuple):
 
     def columns(self) -> tuple[Array, Array, Array]:
         """(steps, values, timestamps), of chunks unpacked with their values."""
-        if self.values is None:
+        if self.values is None or self.timestamps is None:
             raise ValueError("the chunks were unpacked without their values")
         return self.steps, self.values, self.timestamps
 
 
 def unpack_many(chunks: Sequence[StoredChunk], values: bool = True) -> Unpacked:
     """The chunks' (steps, values, timestamps), concatenated in the order given; without
-    ``values``, those of chunks among compressed ones are not decoded (a page sent as the
-    chunks store them needs only its steps and timestamps: decoding the values is most of a
-    compacted page's cost; chunks all raw are not sent so, `stored_parts`).
+    ``values``, where some chunk is compressed, only the steps (a page sent as the chunks
+    store them needs nothing else: decoding the values and timestamps is most of a compacted
+    page's cost; chunks all raw are not sent so, `stored_parts`).
 
     The same as unpacking each chunk and concatenating, with a constant number of numpy calls
     for each run of raw chunks whatever its length: a fleet's series is thousands of two-point
@@ -248,18 +248,18 @@ def unpack_many(chunks: Sequence[StoredChunk], values: bool = True) -> Unpacked:
     (compaction makes them), so decoding them one by one costs little per point; each is
     decoded straight into its place in the columns, but for steps and timestamps their rows
     show to be one run or one value: the run is made once for all the chunks, the one value
-    is a read-only view of it (no column of it is written: a page of a fleet's series is
-    100,000 points of one timestamp).
+    is a read-only view of it (no column of it is written).
     """
     if not any(compressed(c) for c in chunks):
         return _unpack_raw(chunks)  # raw values are their bytes: a page of them sends those
     consecutive = _one_run_of_steps(chunks)
     one_timestamp = _one_timestamp(chunks)
     total = sum(c.n for c in chunks)
+    stamped = values and not one_timestamp  # a timestamps column to write
     out = (
         np.arange(total, dtype=STEP) if consecutive else np.empty(total, dtype=STEP),
         np.empty(total if values else 0, dtype=FLOAT),
-        np.empty(0 if one_timestamp else total, dtype=FLOAT),
+        np.empty(total if stamped else 0, dtype=FLOAT),
     )
     at = 0
     raw: list[StoredChunk] = []  # a run of raw chunks, unpacked together
@@ -272,9 +272,9 @@ def unpack_many(chunks: Sequence[StoredChunk], values: bool = True) -> Unpacked:
             end = at + len(unpacked.steps)
             if not consecutive:
                 out[0][at:end] = unpacked.steps
-            if unpacked.values is not None:
+            if values:
                 out[1][at:end] = unpacked.values
-            if not one_timestamp:
+            if stamped:
                 out[2][at:end] = unpacked.timestamps
             at, raw = end, []
         if chunk is not None:  # decoded straight into its place
@@ -282,16 +282,18 @@ def unpack_many(chunks: Sequence[StoredChunk], values: bool = True) -> Unpacked:
             place = (
                 None if consecutive else out[0][at:end],
                 out[1][at:end] if values else None,
-                None if one_timestamp else out[2][at:end],
+                out[2][at:end] if stamped else None,
             )
             decode_chunk_into(chunk.n, chunk.first_step, chunk.steps, chunk.vals, chunk.ts, place)
             at = end
     steps, decoded, stamps = out
     if consecutive:  # first_step + arange: an arange from first_step would go through float
         steps += chunks[0].first_step
+    if not values:
+        return Unpacked(steps, None, None, consecutive, one_timestamp)
     if one_timestamp:
         stamps = np.broadcast_to(np.frombuffer(chunks[0].ts, dtype=FLOAT)[:1], (total,))
-    return Unpacked(steps, decoded if values else None, stamps, consecutive, one_timestamp)
+    return Unpacked(steps, decoded, stamps, consecutive, one_timestamp)
 
 
 def _one_run_of_steps(chunks: Sequence[StoredChunk]) -> bool:

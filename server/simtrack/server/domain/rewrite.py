@@ -70,7 +70,7 @@ def compact(
     for seq, (start, end) in zip(seqs, bounds, strict=True):
         steps = np.ascontiguousarray(points.steps[start:end])
         values = np.ascontiguousarray(points.decoded()[start:end])
-        stamps = np.ascontiguousarray(points.timestamps[start:end])
+        stamps = np.ascontiguousarray(points.times()[start:end])
         found = extremes(steps, values, stamps)
         blocks = None
         if end - start >= compress_from:

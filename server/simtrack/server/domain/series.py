@@ -39,7 +39,7 @@ class Points:
 
     steps: Array
     values: Array | None  # None: not decoded (a page sent as its chunks' stored parts)
-    timestamps: Array
+    timestamps: Array | None  # likewise
     consecutive: bool = False  # the steps run steps[0], steps[0] + 1, ... (False: unknown)
     one_timestamp: bool = False  # every timestamp has the first's bits (False: unknown)
     # The first point's place among the points of the chunks read, in their order, when the
@@ -53,13 +53,14 @@ class Points:
     def take(self, index: Array | slice) -> Points:
         """The points at ``index``; a slice keeps what is known of the columns."""
         values = None if self.values is None else self.values[index]
+        stamps = None if self.timestamps is None else self.timestamps[index]
         if not (isinstance(index, slice) and index.step in (None, 1)):
-            return Points(self.steps[index], values, self.timestamps[index])
+            return Points(self.steps[index], values, stamps)
         start = index.indices(len(self))[0]
         return Points(
             self.steps[index],
             values,
-            self.timestamps[index],
+            stamps,
             self.consecutive,
             self.one_timestamp,
             None if self.origin is None else self.origin + start,
@@ -70,6 +71,12 @@ class Points:
         if self.values is None:
             raise ValueError("the points' values were not decoded")
         return self.values
+
+    def times(self) -> Array:
+        """The timestamps, which only a page sent as stored parts leaves undecoded."""
+        if self.timestamps is None:
+            raise ValueError("the points' timestamps were not decoded")
+        return self.timestamps
 
 
 class StoredPart(NamedTuple):
@@ -123,14 +130,15 @@ def history_order(
     chunks: Sequence[StoredChunk], unpacked: Unpacked | None = None, values: bool = True
 ) -> Points:
     """The chunks' points sorted by (step, seq, place in the chunk); ``unpacked``: the chunks
-    unpacked already (`unpack_many`). Without ``values``, the values are left undecoded where
-    the chunks' points come in order (`Points.origin`: they are then sent as stored).
+    unpacked already (`unpack_many`). Without ``values``, the values and timestamps are left
+    undecoded where the chunks' points come in order (`Points.origin`: they are then sent as
+    stored).
     """
     got = unpack_many(chunks, values) if unpacked is None else unpacked
     steps = got.steps
     in_order = got.consecutive or len(steps) < 2 or bool((steps[1:] > steps[:-1]).all())
     if got.values is None and (values or not in_order):
-        got = got._replace(values=unpack_many(chunks).values)
+        got = unpack_many(chunks)
     points = Points(steps, got.values, got.timestamps, got.consecutive, got.one_timestamp, origin=0)
     if in_order:
         return points  # the chunks' points as they come
