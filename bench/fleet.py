@@ -20,7 +20,8 @@ sends as one message of 10 series x 10 points every second, 32 unacked at most) 
   holds two small chunks (compaction leaves at most one small chunk a metric: a series' tail);
 * ``bytes_per_point_after``: every chunk of the fleet's runs, the same measure;
 * ``history_downsample_ms_fleet_series``: one series written by one stream in 10-point flushes
-  (unpaced), compacted, read back as a 1,000-point view; median of 15. On PostgreSQL after
+  (unpaced; each point its own value and time, as a worker logs them: a random walk, a clock of
+  10 ticks/s), compacted, read back as a 1,000-point view; median of 15. On PostgreSQL after
   ``VACUUM`` (as autovacuum would have run by then), and ``..._before_vacuum`` right after
   compaction. Then, as ``bench query`` reads a series sent in 1,000-point batches:
   ``history_page_ms_fleet_series``, a page of 10,000 points from a random step (median of
@@ -427,7 +428,7 @@ async def history_series(
     report: Report, server: RunningServer, control: Control, db: Chunks, points: int
 ) -> None:
     run_id = await control.create_run()
-    config = WorkerConfig(server.address, run_id, points, STEPS)
+    config = WorkerConfig(server.address, run_id, points, STEPS, clocked=True)
     messages = build_messages(config)
     telemetry = telemetry_pb2_grpc.TelemetryServiceStub(control.channel)
     with report.phase(f"history series: {points:,} points in {len(messages):,} messages"):
@@ -457,7 +458,10 @@ async def history_series(
             times.append(time.perf_counter() - started)
         return statistics.median(times) * 1000
 
-    written = f"{points:,} points written in {STEPS}-point flushes, compacted, to <= 1,000"
+    written = (
+        f"{points:,} points (each its own value and time) written in {STEPS}-point flushes,"
+        " compacted, to <= 1,000"
+    )
 
     def goal(name: str) -> Target | None:
         """Issue 12's goal for the figure: PostgreSQL's (SQLite's figures stand beside it)."""

@@ -44,6 +44,10 @@ class WorkerConfig:
     metrics: int = 1  # series of the run: ``metric``, or ``metric_0`` .. ``metric_{N-1}``
     timestamps: bool = True
     distinct_timestamps: bool = False  # a timestamp per point (1 ms apart), not one per batch
+    # Each point its own value (a random walk) and time (a clock of 10 ticks/s, stamped to the
+    # microsecond), as a simulation logging through the worker helper makes them; not one
+    # batch's values and times sent again and again.
+    clocked: bool = False
     finish: bool = True  # send the final status after the metric batches
 
 
@@ -74,16 +78,23 @@ def build_messages(config: WorkerConfig) -> list[telemetry_pb2.StreamRunRequest]
     stamps = np.full(config.batch, time.time()) if config.timestamps else None
     if stamps is not None and config.distinct_timestamps:
         stamps += np.arange(config.batch) * 1e-3
+    if config.clocked:
+        values = np.cumsum(rng.standard_normal(config.points)) * 0.01
+        ticks = time.time() + np.arange(config.points) * 0.1
+        stamps = np.round(ticks + rng.random(config.points) * 1e-3, 6)
     messages: list[telemetry_pb2.StreamRunRequest] = []
     count = -(-config.points // config.batch)
     for index in range(count):
         start = index * config.batch
         n = min(config.batch, config.points - start)
         steps = np.arange(start, start + n, dtype=np.int64)
+        offset = start if config.clocked else 0  # where its values and times start in them
         for name in metric_names(config):
-            series = telemetry_pb2.MetricSeries(name=name, steps=steps, values=values[:n])
+            series = telemetry_pb2.MetricSeries(
+                name=name, steps=steps, values=values[offset : offset + n]
+            )
             if stamps is not None:
-                series.timestamps.extend(stamps[:n])
+                series.timestamps.extend(stamps[offset : offset + n])
             messages.append(
                 telemetry_pb2.StreamRunRequest(
                     seq=len(messages) + 1, metrics=telemetry_pb2.MetricBatch(series=[series])
