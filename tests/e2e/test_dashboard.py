@@ -306,6 +306,32 @@ def test_a_demo_run_turns_from_running_to_completed_on_screen_without_a_reload(
                 }).observe(document.getElementById("app"), {subtree: true, childList: true});
             }"""
         )
+        # Each chart's draws, and its class changes with the draws before each: a live
+        # refresh must redraw a drawn chart in place, not dim it as loading every 2 s.
+        tab.page.wait_for_selector("#charts")
+        tab.page.evaluate(
+            """() => {
+                window.__draws = {};
+                window.__classes = [];
+                for (const c of document.querySelectorAll('#charts .chart[data-ready="true"]'))
+                    window.__draws[c.dataset.metric] = 1;
+                new MutationObserver((records) => {
+                    for (const r of records) {
+                        const name = r.target.dataset.metric;
+                        if (name === undefined) continue;  // uPlot's own elements
+                        if (r.attributeName === "data-draw-ms") {
+                            window.__draws[name] = (window.__draws[name] || 0) + 1;
+                        } else {
+                            const drawn = window.__draws[name] || 0;
+                            window.__classes.push({name, old: r.oldValue || "", drawn});
+                        }
+                    }
+                }).observe(document.getElementById("charts"), {
+                    subtree: true, attributes: true, attributeOldValue: true,
+                    attributeFilter: ["class", "data-draw-ms"],
+                });
+            }"""
+        )
         tab.page.wait_for_selector("#latest-table td.num")
         tab.page.wait_for_selector('#charts .chart[data-ready="true"]')
         tab.shot("run-live")
@@ -321,6 +347,18 @@ def test_a_demo_run_turns_from_running_to_completed_on_screen_without_a_reload(
     stored_at = run.complete_time.ToMicroseconds() / 1e6
     assert shown_at - stored_at < 1.0, f"completion showed {shown_at - stored_at:.2f}s late"
     assert "total_profit" in tab.page.locator("#latest-metrics").inner_text()
+    draws = tab.page.evaluate("window.__draws")
+    assert max(draws.values()) >= 2, f"no chart was refreshed while the run was live: {draws}"
+    # A change's class is the next change's old one (the chart's class now after the last).
+    dimmed = tab.page.evaluate(
+        """() => window.__classes.filter((c, i) => {
+            const next = window.__classes.slice(i + 1).find((d) => d.name === c.name);
+            const after = next ? next.old : document.querySelector(
+                `#charts .chart[data-metric="${c.name}"]`).className;
+            return c.drawn > 0 && after.includes("loading");
+        })"""
+    )
+    assert not dimmed, f"drawn charts dimmed as loading by a live refresh: {dimmed}"
     tab.shot("run-completed")
 
 

@@ -68,13 +68,15 @@ export class Chart {
     void this.load();
   }
 
-  /** Fetch (the zoomed range, or everything) and draw. */
-  async load(): Promise<void> {
+  /** Fetch (the zoomed range, or everything) and draw. A ``refresh`` of a drawn chart (a live
+   * run's new points) keeps it as it is until the new points come: dimming it every few seconds
+   * would make a live page blink. */
+  async load(refresh = false): Promise<void> {
     this.inflight?.abort();
     const controller = new AbortController();
     this.inflight = controller;
     const started = performance.now();
-    this.el.classList.add("loading");
+    if (!(refresh && this.plot)) this.el.classList.add("loading");
     const width = this.width();
     const maxPoints = pointsFor(width);
     try {

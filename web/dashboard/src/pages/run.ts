@@ -176,7 +176,7 @@ export async function runPage({ root, parts, signal }: PageContext): Promise<voi
           const now = performance.now();
           if ((ended && !wasEnded) || now - chartsRefreshed > CHART_REFRESH_MS) {
             chartsRefreshed = now;
-            for (const chart of charts.values()) if (!chart.zoomed) void chart.load();
+            for (const chart of charts.values()) if (!chart.zoomed) void chart.load(true);
             void events.refresh();
           }
           if (ended && !wasEnded) void loadSides();
