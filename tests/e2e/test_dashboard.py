@@ -304,6 +304,20 @@ def test_a_demo_run_turns_from_running_to_completed_on_screen_without_a_reload(
                     if (!window.__completedAt && document.querySelector(
                         '#run-status [data-status="completed"]')) window.__completedAt = Date.now();
                 }).observe(document.getElementById("app"), {subtree: true, childList: true});
+                // The head's redraws, and each time its buttons were taken out of the page
+                // (a click landing then would be lost).
+                window.__redraws = 0;
+                window.__buttonsTakenOut = 0;
+                const took = (n) => n.nodeType === 1 && (n.id === "pause-run"
+                    || n.querySelector("#pause-run") !== null);
+                new MutationObserver((records) => {
+                    for (const r of records) {
+                        const nodes = [...r.removedNodes];
+                        if (nodes.some((n) => n.nodeType === 1 && (n.id === "run-progress"
+                            || n.querySelector("#run-progress") !== null))) window.__redraws += 1;
+                        if (nodes.some(took)) window.__buttonsTakenOut += 1;
+                    }
+                }).observe(document.getElementById("run-head"), {subtree: true, childList: true});
             }"""
         )
         # Each chart's draws, and its class changes with the draws before each: a live
@@ -347,6 +361,9 @@ def test_a_demo_run_turns_from_running_to_completed_on_screen_without_a_reload(
     stored_at = run.complete_time.ToMicroseconds() / 1e6
     assert shown_at - stored_at < 1.0, f"completion showed {shown_at - stored_at:.2f}s late"
     assert "total_profit" in tab.page.locator("#latest-metrics").inner_text()
+    redraws, taken_out = tab.page.evaluate("[window.__redraws, window.__buttonsTakenOut]")
+    assert redraws >= 2, f"the live run's head was redrawn {redraws} times"
+    assert taken_out == 0, f"the head's buttons were taken out of the page {taken_out} times"
     draws = tab.page.evaluate("window.__draws")
     assert max(draws.values()) >= 2, f"no chart was refreshed while the run was live: {draws}"
     # A change's class is the next change's old one (the chart's class now after the last).

@@ -72,23 +72,31 @@ export async function runPage({ root, parts, signal }: PageContext): Promise<voi
   const units = new Map<string, string>(); // from ListMetrics (WatchRun does not carry them)
   let chartsRefreshed = performance.now();
 
-  // Controls for a live run: pause/resume, and cancel after a confirming second click. They are
-  // made once and kept across redraws (a live run redraws its head on every update).
+  // Controls for a live run: pause/resume, and cancel after a confirming second click.
   const controls = runControls(id, signal);
+
+  // The title bar is made once: redrawn on every update, its buttons would be taken out of
+  // the page and put back several times a second, and a click landing meanwhile was lost.
+  const statusEl = h("span", { id: "run-status" });
+  const details = h("div");
+  head.append(
+    h("div", { class: "runhead" },
+      h("h1", null, `Run #${run.runNumber} `, h("span", { class: "muted" }, "of "), experimentLink(run.experimentId, expName)),
+      statusEl,
+      liveNote,
+      controls.el,
+    ),
+    details,
+  );
 
   const drawHead = () => {
     controls.update(run.status);
+    fill(statusEl, runStatus(run.status));
     const end = run.totalTicks > 0n ? ` / ${int(run.totalTicks)}` : "";
     const params = plain(run.params);
     const results = plain(run.results);
     fill(
-      head,
-      h("div", { class: "runhead" },
-        h("h1", null, `Run #${run.runNumber} `, h("span", { class: "muted" }, "of "), experimentLink(run.experimentId, expName)),
-        h("span", { id: "run-status" }, runStatus(run.status)),
-        liveNote,
-        controls.el,
-      ),
+      details,
       h("div", { class: "runhead" },
         progress(run.progressPercent, true),
         h("span", { id: "run-progress" }, `tick ${int(run.currentTick)}${end} · ${run.progressPercent.toFixed(1)}%`),
