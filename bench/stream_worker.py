@@ -74,14 +74,16 @@ def build_messages(config: WorkerConfig) -> list[telemetry_pb2.StreamRunRequest]
     metrics, ``points`` each, their batches take turns (as a simulation logs them, step by step).
     """
     rng = np.random.default_rng(abs(hash(config.run_id)) % (2**32))
-    values = rng.standard_normal(config.batch)
-    stamps = np.full(config.batch, time.time()) if config.timestamps else None
-    if stamps is not None and config.distinct_timestamps:
-        stamps += np.arange(config.batch) * 1e-3
-    if config.clocked:
+    stamps: np.ndarray[Any, Any] | None
+    if config.clocked:  # the whole series', each batch its part
         values = np.cumsum(rng.standard_normal(config.points)) * 0.01
         ticks = time.time() + np.arange(config.points) * 0.1
         stamps = np.round(ticks + rng.random(config.points) * 1e-3, 6)
+    else:  # one batch's, sent again and again
+        values = rng.standard_normal(config.batch)
+        stamps = np.full(config.batch, time.time()) if config.timestamps else None
+        if stamps is not None and config.distinct_timestamps:
+            stamps += np.arange(config.batch) * 1e-3
     messages: list[telemetry_pb2.StreamRunRequest] = []
     count = -(-config.points // config.batch)
     for index in range(count):

@@ -82,8 +82,10 @@ def decode_steps(blob: bytes, n: int, first_step: int) -> Array:
     """The ``n`` steps in ``blob``; an empty blob stands for ``first_step, first_step + 1, ...``."""
     if not blob:
         # first_step + arange, not arange(first_step, ...): that overflows to float64 near the
-        # top of int64, though every step fits.
-        return first_step + np.arange(n, dtype=STEP)
+        # top of int64, though every step fits. Added in place: one array made, not two.
+        steps = np.arange(n, dtype=STEP)
+        steps += first_step
+        return steps
     return _decode(blob, n, STEP)
 
 

@@ -205,9 +205,7 @@ def unpack(
     if len(values) != n or len(stamps) not in (1, n) or len(steps) not in (0, 8 * n):
         raise ValueError(f"a chunk of {n} points with malformed columns")
     return (
-        # first_step + arange, not arange(first_step, ...): that overflows to float64 near
-        # the top of int64, though every step fits.
-        np.frombuffer(steps, dtype=STEP) if steps else first_step + np.arange(n, dtype=STEP),
+        np.frombuffer(steps, dtype=STEP) if steps else decode_steps(b"", n, first_step),
         values,
         stamps if len(stamps) == n else np.full(n, stamps[0]),
     )
@@ -257,7 +255,7 @@ def unpack_many(chunks: Sequence[StoredChunk], values: bool = True) -> Unpacked:
     total = sum(c.n for c in chunks)
     stamped = values and not one_timestamp  # a timestamps column to write
     out = (
-        np.arange(total, dtype=STEP) if consecutive else np.empty(total, dtype=STEP),
+        decode_steps(b"", total, chunks[0].first_step) if consecutive else np.empty(total, STEP),
         np.empty(total if values else 0, dtype=FLOAT),
         np.empty(total if stamped else 0, dtype=FLOAT),
     )
@@ -287,8 +285,6 @@ def unpack_many(chunks: Sequence[StoredChunk], values: bool = True) -> Unpacked:
             decode_chunk_into(chunk.n, chunk.first_step, chunk.steps, chunk.vals, chunk.ts, place)
             at = end
     steps, decoded, stamps = out
-    if consecutive:  # first_step + arange: an arange from first_step would go through float
-        steps += chunks[0].first_step
     if not values:
         return Unpacked(steps, None, None, consecutive, one_timestamp)
     if one_timestamp:
@@ -356,8 +352,7 @@ def _unpack_raw(chunks: Sequence[StoredChunk], with_values: bool = True) -> Unpa
     firsts = np.fromiter(map(_FIRST_STEP, chunks), dtype=STEP, count=count)
     # first_step + offset, computed in int64 (an arange from first_step would go through float).
     if elided.all() and bool((firsts[1:] == firsts[:-1] + counts[:-1]).all()):
-        steps = np.arange(total, dtype=STEP)  # one run of steps
-        steps += firsts[0]
+        steps = decode_steps(b"", total, int(firsts[0]))  # one run of steps
         return Unpacked(steps, kept, timestamps, True, one_timestamp)
     steps = np.repeat(firsts, counts) + (np.arange(total, dtype=STEP) - np.repeat(starts, counts))
     if not elided.all():
