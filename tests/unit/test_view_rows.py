@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
 from simtrack.server.db.chunks import ChunkSummary, StoredChunk
 from simtrack.server.db.view_rows import PACKED, ViewRows, rows_of_packed
@@ -68,9 +69,15 @@ def same(a: ViewRows, b: ViewRows) -> None:
     assert a.read == b.read
 
 
-def test_packed_summaries_read_as_the_rows_do() -> None:
+@pytest.mark.parametrize("order", ["as read", "shuffled"])
+def test_packed_summaries_read_as_the_rows_do(order: str) -> None:
+    """In whatever order the database aggregated them (its aggregates are not ordered), the
+    records and the arrays each in its own: the rows come by (first_step, seq), the two of
+    first step 0 by seq.
+    """
     chunks = summaries()
-    listed = [c for c in chunks if c.blocks or c.seq == 9]
+    sent = chunks if order == "as read" else [chunks[i] for i in (3, 2, 5, 0, 4, 1)]
+    listed = [c for c in sent[::-1] if c.blocks or c.seq == 9]
     read = [columns_of(c) for c in listed if c.seq in (9, listed[0].seq)]  # not all with blocks
     assert len(read) == 2 and len(listed) == 3
     by_rows = ViewRows.of_summaries(chunks, read)
@@ -79,7 +86,7 @@ def test_packed_summaries_read_as_the_rows_do() -> None:
     columns = {c.seq: c for c in read}
     row = (
         len(chunks),
-        packed(chunks),
+        packed(sent),
         [c.seq for c in listed],
         [c.blocks for c in listed],
         *(
