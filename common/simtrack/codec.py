@@ -80,13 +80,18 @@ def consecutive(steps: Array) -> bool:
 
 def decode_steps(blob: bytes, n: int, first_step: int) -> Array:
     """The ``n`` steps in ``blob``; an empty blob stands for ``first_step, first_step + 1, ...``."""
-    if not blob:
-        # first_step + arange, not arange(first_step, ...): that overflows to float64 near the
-        # top of int64, though every step fits. Added in place: one array made, not two.
-        steps = np.arange(n, dtype=STEP)
-        steps += first_step
-        return steps
-    return _decode(blob, n, STEP)
+    return _decode(blob, n, STEP) if blob else step_run(n, first_step)
+
+
+def step_run(n: int, first_step: int) -> Array:
+    """``first_step, first_step + 1, ...``, ``n`` of them (what an empty steps blob stands for).
+
+    first_step + arange, not arange(first_step, ...): that overflows to float64 near the top of
+    int64, though every step fits. Added in place: one array made, not two.
+    """
+    steps = np.arange(n, dtype=STEP)
+    steps += first_step
+    return steps
 
 
 def encode_values(values: Array, level: int = DEFAULT_LEVEL, page: int | None = None) -> bytes:

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from simtrack.codec import decode_chunk, decode_chunk_into, decode_steps, is_tagged
+from simtrack.codec import decode_chunk, decode_chunk_into, decode_steps, is_tagged, step_run
 
 Array = np.ndarray[Any, Any]
 STEP = np.dtype("<i8")
@@ -205,7 +205,7 @@ def unpack(
     if len(values) != n or len(stamps) not in (1, n) or len(steps) not in (0, 8 * n):
         raise ValueError(f"a chunk of {n} points with malformed columns")
     return (
-        np.frombuffer(steps, dtype=STEP) if steps else decode_steps(b"", n, first_step),
+        np.frombuffer(steps, dtype=STEP) if steps else step_run(n, first_step),
         values,
         stamps if len(stamps) == n else np.full(n, stamps[0]),
     )
@@ -255,7 +255,7 @@ def unpack_many(chunks: Sequence[StoredChunk], values: bool = True) -> Unpacked:
     total = sum(c.n for c in chunks)
     stamped = values and not one_timestamp  # a timestamps column to write
     out = (
-        decode_steps(b"", total, chunks[0].first_step) if consecutive else np.empty(total, STEP),
+        step_run(total, chunks[0].first_step) if consecutive else np.empty(total, STEP),
         np.empty(total if values else 0, dtype=FLOAT),
         np.empty(total if stamped else 0, dtype=FLOAT),
     )
@@ -352,7 +352,7 @@ def _unpack_raw(chunks: Sequence[StoredChunk], with_values: bool = True) -> Unpa
     firsts = np.fromiter(map(_FIRST_STEP, chunks), dtype=STEP, count=count)
     # first_step + offset, computed in int64 (an arange from first_step would go through float).
     if elided.all() and bool((firsts[1:] == firsts[:-1] + counts[:-1]).all()):
-        steps = decode_steps(b"", total, int(firsts[0]))  # one run of steps
+        steps = step_run(total, int(firsts[0]))  # one run of steps
         return Unpacked(steps, kept, timestamps, True, one_timestamp)
     steps = np.repeat(firsts, counts) + (np.arange(total, dtype=STEP) - np.repeat(starts, counts))
     if not elided.all():
