@@ -27,7 +27,7 @@ from simtrack.server.db.engine import create_engine
 from simtrack.server.db.models import SMALL_CHUNK_POINTS, Tenant
 from simtrack.server.db.unit_of_work import SqlUnitOfWorkFactory, tenant_aware_sessions
 from simtrack.server.domain import compaction as compaction_module
-from simtrack.server.domain.compaction import CompactionService, RoundReport
+from simtrack.server.domain.compaction import YIELD_POLL_S, CompactionService, RoundReport
 from simtrack.server.domain.history import HistoryService
 from simtrack.server.ingest.writer import metric_id
 from simtrack.server.observability import ServerMetrics
@@ -450,17 +450,19 @@ async def test_batches_let_the_writers_queued_batches_go_first_yet_always_progre
     assert len(report.compacted) > 4
     assert [n for _, _, n in await chunk_rows(services, run.id)] == [500]
 
-    # A writer that never runs dry holds each batch back yield_max_s, no longer.
+    # A writer that never runs dry holds each batch back yield_max_s, no longer: here two
+    # polls' worth, as the round takes some 160 batches (0.05 s each made the test 13 s).
     other = await services.run((await services.experiment()).id)
     async with running_writer(services) as writer:
         await send(writer, other.id, range(1, 201))
+    hold_s = 2 * YIELD_POLL_S
     always = CompactionService(
-        store, timedelta(0), max_span_points=100, ingest_waiting=lambda: True, yield_max_s=0.05
+        store, timedelta(0), max_span_points=100, ingest_waiting=lambda: True, yield_max_s=hold_s
     )
     started = asyncio.get_running_loop().time()
     report = await always.run_round()
     batches = len(report.compacted)
     assert batches > 4
-    assert asyncio.get_running_loop().time() - started >= 0.05 * batches
+    assert asyncio.get_running_loop().time() - started >= hold_s * batches
     assert [n for _, _, n in await chunk_rows(services, other.id)] == [500]
     assert await stored_points(services, other.id, "loss") == expected_points(range(1, 201))
