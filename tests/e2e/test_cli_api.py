@@ -179,7 +179,7 @@ def test_runs_pause_and_resume_and_a_paused_run_in_lists_and_stats(
         )
     assert cli("runs", "pause", run.id).stdout == f"run {run.id}: paused\n"
     [row] = [line for line in cli("runs", "list").stdout.splitlines() if run.id in line]
-    assert "paused" in row
+    assert "paused" in row and SCENARIO in row  # piped, a row whole: no cell cut or wrapped
     listed = cli.json("runs", "list", "--filter", 'status = "paused"')
     assert run.id in [r["id"] for r in listed]
     assert all(r["status"] == "RUN_STATUS_PAUSED" for r in listed)

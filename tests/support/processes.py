@@ -238,9 +238,11 @@ def run_simtrack(
     ``env``: SIMTRACK_* settings for the command (e.g. SIMTRACK_TARGET for the client commands).
     """
     database = ["--database-url", database_url] if database_url is not None else []
+    shell = clean_env(**env)
+    shell.pop("COLUMNS", None)  # piped, as a user's `| grep`: tables at their own width
     result = subprocess.run(
         [str(SIMTRACK), *args, *database],
-        env=clean_env(COLUMNS="250", **env),  # rich tables: wide enough that no cell wraps
+        env=shell,
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,

@@ -46,6 +46,7 @@ from simtrack.client.cli_output import (
     table,
 )
 from simtrack.client.client import FRAMEWORKS, Client
+from simtrack.console import show, stdout_console
 from simtrack.errors import InvalidArgument, SimtrackError
 from simtrack.v1 import runs_pb2
 
@@ -176,7 +177,8 @@ def _runs_watch(args: argparse.Namespace, client: Client) -> int:
         print("simtrack: the server ended the watch before the run ended", file=sys.stderr)
         return 1
     error = f": {run.error_message}" if run.error_message else ""
-    console.print(f"run {run.id} {run_status(run)}{error}")
+    # Plain: one line however long, and the error message's brackets are not rich markup.
+    print(f"run {run.id} {run_status(run)}{error}")
     return 0 if run.status == runs_pb2.RUN_STATUS_COMPLETED else 1
 
 
@@ -212,8 +214,9 @@ def _stats(args: argparse.Namespace, client: Client) -> int:
     stats = client.run_stats(args.filter)
     if args.json:
         return print_one(args, stats)
-    console = Console()
-    console.print(table(stats.by_status, STATUS_COLUMNS))
+    by_status = table(stats.by_status, STATUS_COLUMNS)
+    console = stdout_console(by_status)
+    console.print(by_status)
     rate = "-" if math.isnan(stats.success_rate) else f"{stats.success_rate:.1%}"
     console.print(f"runs: {stats.total}, success rate: {rate}")
     if stats.HasField("durations"):
@@ -287,7 +290,7 @@ def _compare(args: argparse.Namespace, client: Client) -> int:
         lambda path: cli_compare.write_png(path, found, cli_compare.title_of(found)),
     )
     if not (args.csv or args.png):
-        Console().print(cli_compare.summary_table(found))
+        show(cli_compare.summary_table(found))
     return 0
 
 
@@ -320,7 +323,7 @@ def _runs_list(args: argparse.Namespace, client: Client) -> int:
         print(json.dumps(listed, indent=2))
         return 0
     columns = [*map(_of_run, RUN_COLUMNS), *map(_latest_column, args.metric)]
-    Console().print(table(rows, columns))
+    show(table(rows, columns))
     return 0
 
 

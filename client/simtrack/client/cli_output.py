@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.message import Message
-from rich.console import Console
 from rich.table import Table
 
+from simtrack.console import show
 from simtrack.v1 import agents_pb2, experiments_pb2, runs_pb2, telemetry_pb2
 
 if TYPE_CHECKING:
@@ -148,7 +148,7 @@ def print_list(
     if args.json:
         print(json.dumps([as_dict(item) for item in items], indent=2))
     else:
-        Console().print(table(items, columns))
+        show(table(items, columns))
     return 0
 
 
@@ -160,7 +160,7 @@ def print_one(args: argparse.Namespace, message: Message) -> int:
     table = Table("field", "value", show_header=False)
     for name, value in fields.items():
         table.add_row(name, value if isinstance(value, str) else json.dumps(value))
-    Console().print(table)
+    show(table)
     return 0
 
 

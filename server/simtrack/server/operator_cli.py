@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
 
 from pydantic import ValidationError
-from rich.console import Console
 from rich.table import Table
 
+from simtrack.console import show
 from simtrack.server.config import CONFIG_FILE_VARIABLE, Settings
 
 if TYPE_CHECKING:
@@ -156,7 +156,7 @@ def cmd_tenants_list(args: argparse.Namespace) -> int:
         table = Table("id", "name", "created")
         for tenant in await admin.tenants():
             table.add_row(tenant.id, tenant.name, _time(tenant.created_at))
-        Console().print(table)
+        show(table)
         return 0
 
     return _admin(args, action)
@@ -190,7 +190,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
                 _time(key.last_used_at),
                 _time(key.revoked_at),
             )
-        Console().print(table)
+        show(table)
         return 0
 
     return _admin(args, action)
