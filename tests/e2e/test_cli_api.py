@@ -404,6 +404,9 @@ def test_the_demo_runs_a_scenario_end_to_end_and_is_judged(
         "--spool-dir", str(tmp_path),
     )  # fmt: skip
     run_id = result.stdout.split()[1]
+    # Piped, each line whole (this one is longer than 80 columns).
+    first = f"run {run_id} of {scenario!r} (40 ticks); cancel it with:"
+    assert result.stdout.splitlines()[0] == first
     assert f"run {run_id}: completed" in result.stdout
     run = client.get_run(run_id)
     assert (run.status, run.current_tick, run.total_ticks) == (

@@ -217,7 +217,7 @@ def run_demo(
     """Create an agent, an experiment and a run, simulate it through the worker helper, and
     print the verdicts on the scenario's success criteria; the exit code (0: completed).
     """
-    console = console or Console()
+    console = console or Console(soft_wrap=True)  # its lines whole, piped too (no 80-column cut)
     scenario = json_format.MessageToDict(
         client.get_scenario(scenario_id), preserving_proto_field_name=True
     )
