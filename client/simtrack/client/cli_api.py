@@ -218,13 +218,13 @@ def _stats(args: argparse.Namespace, client: Client) -> int:
     console = stdout_console(by_status)
     console.print(by_status)
     rate = "-" if math.isnan(stats.success_rate) else f"{stats.success_rate:.1%}"
-    console.print(f"runs: {stats.total}, success rate: {rate}")
+    console.print(f"runs: {stats.total}, success rate: {rate}", soft_wrap=True)
     if stats.HasField("durations"):
         d = stats.durations
         parts = (
             f"{name} {getattr(d, name).ToTimedelta()}" for name in ("mean", "p50", "p95", "max")
         )
-        console.print(f"durations of {d.count} ended runs: " + ", ".join(parts))
+        console.print(f"durations of {d.count} ended runs: " + ", ".join(parts), soft_wrap=True)
     return 0
 
 
