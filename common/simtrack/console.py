@@ -15,16 +15,11 @@ from rich.measure import Measurement
 _UNBOUNDED = 1_000_000  # columns: wide enough to measure any table's own width
 
 
-def stdout_console(*shown: RenderableType) -> Console:
-    """A console for standard output, wide enough for ``shown`` when it is not a terminal."""
-    console = Console()
-    if console.is_terminal or "COLUMNS" in os.environ or not shown:
-        return console
-    unbounded = Console(width=_UNBOUNDED)
-    wanted = max(Measurement.get(unbounded, unbounded.options, r).maximum for r in shown)
-    return Console(width=max(wanted, console.width))
-
-
 def show(renderable: RenderableType) -> None:
     """Print ``renderable`` (a table) to standard output, whole when piped."""
-    stdout_console(renderable).print(renderable)
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        unbounded = Console(width=_UNBOUNDED)
+        wanted = Measurement.get(unbounded, unbounded.options, renderable).maximum
+        console = Console(width=max(wanted, console.width))
+    console.print(renderable)

@@ -46,7 +46,7 @@ from simtrack.client.cli_output import (
     table,
 )
 from simtrack.client.client import FRAMEWORKS, Client
-from simtrack.console import show, stdout_console
+from simtrack.console import show
 from simtrack.errors import InvalidArgument, SimtrackError
 from simtrack.v1 import runs_pb2
 
@@ -214,17 +214,16 @@ def _stats(args: argparse.Namespace, client: Client) -> int:
     stats = client.run_stats(args.filter)
     if args.json:
         return print_one(args, stats)
-    by_status = table(stats.by_status, STATUS_COLUMNS)
-    console = stdout_console(by_status)
-    console.print(by_status)
+    show(table(stats.by_status, STATUS_COLUMNS))
+    console = Console(soft_wrap=True)  # its lines whole, piped too
     rate = "-" if math.isnan(stats.success_rate) else f"{stats.success_rate:.1%}"
-    console.print(f"runs: {stats.total}, success rate: {rate}", soft_wrap=True)
+    console.print(f"runs: {stats.total}, success rate: {rate}")
     if stats.HasField("durations"):
         d = stats.durations
         parts = (
             f"{name} {getattr(d, name).ToTimedelta()}" for name in ("mean", "p50", "p95", "max")
         )
-        console.print(f"durations of {d.count} ended runs: " + ", ".join(parts), soft_wrap=True)
+        console.print(f"durations of {d.count} ended runs: " + ", ".join(parts))
     return 0
 
 
