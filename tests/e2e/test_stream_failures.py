@@ -156,9 +156,11 @@ async def test_connections_cut_at_random_moments_lose_and_duplicate_nothing(
     upload = streams.upload(lambda: proxy.address, run.id, data.messages)
     await upload.run()
 
-    # Ten connections get a budget; the last of them may carry the rest of the upload before
-    # spending it (how much is left then depends on the machine's speed: CI saw 9 cuts).
-    assert proxy.armed == 10 and proxy.cuts >= 9, (proxy.cuts, upload.welcomes, upload.endings)
+    # Connections get budgets until ten are cut; the last of them may carry the rest of the
+    # upload before spending its budget (how much is left then depends on the machine's
+    # speed: CI saw 9 cuts).
+    report = (proxy.cuts, proxy.armed, proxy.unspent, upload.welcomes, upload.endings)
+    assert proxy.cuts >= 9, report
     assert upload.reconnects >= proxy.cuts
     assert proxy.cuts_toward["client"] >= 2, "no acks were cut off"
     assert proxy.cuts_toward["server"] >= 2, "no batches were cut off"

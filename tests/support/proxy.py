@@ -12,11 +12,13 @@ from typing import Any
 class TcpProxy:
     """A TCP relay in front of a server that cuts its connections on purpose.
 
-    The first ``max_cuts`` connections each get, from a seeded generator, a byte budget in
-    one direction (toward the server: batches cut mid-send; toward the client: acks lost
-    after the commit); once it is spent both sides are aborted (RST, no goodbye), in the
-    middle of whatever frame was passing. Later connections are relayed faithfully, so a
-    test always finishes.
+    Connections get, from a seeded generator, a byte budget in one direction (toward the
+    server: batches cut mid-send; toward the client: acks lost after the commit); once it is
+    spent both sides are aborted (RST, no goodbye), in the middle of whatever frame was
+    passing. A connection that closes before spending its budget (one the client opened
+    and did not use, say) hands the next connection a budget of its own, until
+    ``max_cuts`` cuts are made; later connections are relayed faithfully, so a test always
+    finishes.
     """
 
     def __init__(
@@ -33,6 +35,7 @@ class TcpProxy:
         self.to_server_budget = to_server_budget
         self.to_client_budget = to_client_budget
         self.armed = 0  # connections given a budget
+        self.unspent = 0  # armed connections that closed before their budget was spent
         self.cuts = 0
         self.cuts_toward = {"server": 0, "client": 0}  # which way the cut data was going
         self.connections = 0
@@ -73,7 +76,7 @@ class TcpProxy:
             client_w.transport.abort()
             return
         budgets: list[int | None] = [None, None]
-        if self.armed < self.max_cuts:
+        if self.armed - self.unspent < self.max_cuts:
             self.armed += 1
             direction = self.rng.randrange(2)
             low, high = self.to_server_budget if direction == 0 else self.to_client_budget
@@ -81,7 +84,11 @@ class TcpProxy:
         writers = (client_w, server_w)
         self._writers.update(writers)
 
+        spent = False
+
         def cut(toward: str) -> None:
+            nonlocal spent
+            spent = True
             self.cuts += 1
             self.cuts_toward[toward] += 1
             for writer in writers:
@@ -98,6 +105,8 @@ class TcpProxy:
                 writer.transport.abort()
             self._writers.difference_update(writers)
             await asyncio.gather(*pipes, return_exceptions=True)
+            if budgets != [None, None] and not spent:
+                self.unspent += 1
 
     async def _pipe(
         self,
