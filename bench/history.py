@@ -54,8 +54,8 @@ class Sizes:
     repeats: int
 
 
-FULL = Sizes(points=1_000_000, repeats=5)
-QUICK = Sizes(points=200_000, repeats=3)
+FULL = Sizes(points=1_000_000, repeats=8)
+QUICK = Sizes(points=200_000, repeats=4)
 
 
 async def median_s(call: Callable[[], Awaitable[object]], repeats: int) -> float:
@@ -231,7 +231,8 @@ async def read_figures(
     pages, each next one asked for first: each page's little-endian columns made numpy arrays,
     as `MetricHistory.of_page` does, or its repeated fields parsed only); and points/s of
     ``fetch`` (its chunks read straight from the database and unpacked): medians of
-    ``repeats`` reads of each, the four taken in turn.
+    ``repeats`` reads of each, the four taken in turn, in an order that rotates (``repeats``
+    a multiple of four places each read as often in each place).
     """
     client = Client(target)
 
@@ -273,10 +274,15 @@ async def read_figures(
             if await read() != points:
                 raise RuntimeError(f"{metric}: the {name} read did not hold every point")
         times: dict[str, list[float]] = {name: [] for name in reads}
-        for _ in range(repeats):  # in turn: the machine's speed drifts, and slows all alike
-            for name, read in reads.items():
+        names = list(reads)
+        for repeat in range(repeats):  # in turn: the machine's speed drifts, and slows all alike
+            # Each in every place of the round by turns: a read just after the raw one took 5
+            # ms more (the server's CPU, idle meanwhile, did 6 ms more), and in a fixed order
+            # that was always the stored read.
+            turn = repeat % len(names)
+            for name in names[turn:] + names[:turn]:
                 started = time.perf_counter()
-                await read()
+                await reads[name]()
                 times[name].append(time.perf_counter() - started)
     finally:
         fetch.close()

@@ -116,7 +116,7 @@ FULL = Sizes(
     listed_runs=10_000,
     experiments=10,
     latency_calls=200,
-    read_repeats=9,
+    read_repeats=12,
     unary_seconds=4.0,
     unary_rounds=3,
 )
@@ -128,7 +128,7 @@ QUICK = Sizes(
     listed_runs=1_000,
     experiments=10,
     latency_calls=50,
-    read_repeats=2,
+    read_repeats=4,
     unary_seconds=1.5,
     unary_rounds=3,
 )
