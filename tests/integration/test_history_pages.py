@@ -58,8 +58,8 @@ class CountedPages:
     async def chunks(self, *args: Any) -> list[StoredChunk] | None:
         return await self.reads.chunks(*args)
 
-    def read_ahead(self, *args: Any) -> None:
-        self.reads.read_ahead(*args)
+    async def read_ahead(self, *args: Any) -> None:
+        await self.reads.read_ahead(*args)
 
 
 async def every_page(

@@ -477,8 +477,8 @@ class SecondStatement:
     async def page(self, *args: Any) -> Any:
         return await self.services.reads.page(*args)
 
-    def read_ahead(self, *args: Any) -> None:
-        self.services.reads.read_ahead(*args)
+    async def read_ahead(self, *args: Any) -> None:
+        await self.services.reads.read_ahead(*args)
 
 
 async def test_a_views_second_statement_reads_the_chunks_it_cuts_as_the_first_saw_them(

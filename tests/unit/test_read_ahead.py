@@ -36,9 +36,9 @@ async def test_a_page_is_taken_once_by_its_own_key_and_only_while_current() -> N
 
         return read
 
-    ahead.start("a", reading(1))
-    ahead.start("a", reading(3))  # being read: not read twice
-    ahead.start("b", reading(2))
+    await ahead.start("a", reading(1))
+    await ahead.start("a", reading(3))  # being read: not read twice
+    await ahead.start("b", reading(2))
     assert await ahead.take("c", current) is None
     found = await ahead.take("a", current)  # waits for its read
     assert found is not None and found.version == 1
@@ -53,8 +53,8 @@ async def test_a_failed_read_is_none_and_its_error_is_retrieved() -> None:
     async def fails() -> PageChunks:
         raise ConnectionError("the database went away")
 
-    ahead.start("a", fails)
-    ahead.start("b", fails)
+    await ahead.start("a", fails)
+    await ahead.start("b", fails)
     await ahead.wait()
     assert await ahead.take("a", current) is None
     # "b" is never taken: its error must not be reported as never retrieved (the tests turn
@@ -68,13 +68,30 @@ async def test_a_few_pages_are_held_and_not_for_long() -> None:
         return page(1)
 
     for key in ("a", "b", "c"):
-        ahead.start(key, read)
+        await ahead.start(key, read)
     await ahead.wait()
     # Full: "c" is not read (pushing "a" out would waste its read when a third reader pages).
     assert await ahead.take("c", current) is None
     assert await ahead.take("a", current) is not None  # taken: room for one
-    ahead.start("c", read)
+    await ahead.start("c", read)
     await ahead.wait()
     await asyncio.sleep(0.06)
     assert await ahead.take("b", current) is None  # held too long
     assert await ahead.take("c", current) is None
+
+
+async def test_a_read_has_begun_when_start_returns() -> None:
+    """Its first step (a statement sent) runs before the caller's next one: the caller goes
+    on to send its own page, and the database must not wait for that.
+    """
+    ahead = ReadAhead()
+    begun = asyncio.Event()
+
+    async def read() -> PageChunks:
+        begun.set()
+        await asyncio.sleep(0.01)
+        return page(1)
+
+    await ahead.start("a", read)
+    assert begun.is_set()
+    assert await ahead.take("a", current) is not None

@@ -41,10 +41,16 @@ class ReadAhead:
         )
         self.given = self.stale = 0  # pages taken: given, or read again (not current)
 
-    def start(self, key: Hashable, read: Callable[[], Awaitable[PageChunks | None]]) -> None:
+    async def start(self, key: Hashable, read: Callable[[], Awaitable[PageChunks | None]]) -> None:
         """Read the page of ``key`` now (``read``), unless it is being read already or as
         many pages as are held already: more readers paging at once than that would each
         push out another's page before it is asked for, and every page would be read twice.
+
+        Returns once the read has run up to its first wait (its statement sent): a task only
+        starts when the loop comes round to it, which was after the caller had packed and
+        sent its own page (a millisecond of the loop's time for 100,000 points) and the
+        database waited meanwhile. Started at once, reading every point of a 1M-point series
+        took 76 ms where it took 85.
         """
         self._drop_stale()
         if key in self._reads or len(self._reads) >= self._held:
@@ -52,6 +58,7 @@ class ReadAhead:
         task = asyncio.ensure_future(read())
         task.add_done_callback(_retrieved)
         self._reads[key] = (time.monotonic(), task)
+        await asyncio.sleep(0)  # the task's first step comes before this one's next
 
     async def take(
         self, key: Hashable, current: Callable[[PageChunks], Awaitable[bool]]

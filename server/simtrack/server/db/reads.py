@@ -296,7 +296,7 @@ class SqlReads:
             return ahead
         return await self._page(at)
 
-    def read_ahead(
+    async def read_ahead(
         self,
         run_id: str,
         metric: str,
@@ -308,7 +308,8 @@ class SqlReads:
         values: bool = True,
     ) -> None:
         """PostgreSQL (whose pages carry their metric's version): `page` of these read now,
-        held for the call that asks for it (``read_ahead.py``).
+        held for the call that asks for it (``read_ahead.py``); returns once its statement
+        is sent.
         """
         if self.prepared is None:
             return
@@ -322,7 +323,7 @@ class SqlReads:
             # compacted chunk's columns is most of what a page costs the server.
             return page._replace(columns=unpack_many(page.chunks, values))
 
-        self.ahead.start(at, read)
+        await self.ahead.start(at, read)
 
     async def _metric_version(self, at: _PageAt) -> int | None:
         assert self.prepared is not None

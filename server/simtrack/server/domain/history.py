@@ -286,7 +286,7 @@ class HistoryService:
             # Client.metric_history does): the page after this one is likely next. Its start
             # is this page's last step (or lo), as the token's decoding makes it.
             last_step = int(found.points.steps[-1])
-            self.pages.read_ahead(
+            await self.pages.read_ahead(
                 run_id, metric, lo, hi, max(lo, last_step), size, first_read(size), values
             )
         return found

@@ -369,7 +369,7 @@ class HistoryReads(Protocol):
         """
         ...
 
-    def read_ahead(
+    async def read_ahead(
         self,
         run_id: str,
         metric: str,
@@ -382,7 +382,8 @@ class HistoryReads(Protocol):
     ) -> None:
         """A hint: ``page`` of these is likely asked for next (a reader paging through); it
         may be read now, as long as ``page`` answers as of when it is called. Without
-        ``values``, its chunks' values need not be unpacked (`unpack_many`).
+        ``values``, its chunks' values need not be unpacked (`unpack_many`). Returns once
+        such a read has begun (before the caller sends the page it has).
         """
         ...
 
