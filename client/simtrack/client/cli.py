@@ -62,10 +62,28 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+DESCRIPTION = """\
+Track simulation and benchmark runs: serve the API, stream runs into it, and find, compare
+and look at their results."""
+FIRST_STEPS = """\
+first steps:
+  simtrack serve          the service (SQLite file ./simtrack.db, gRPC on 127.0.0.1:50051,
+                          the API over HTTP and the dashboard on http://127.0.0.1:8080/)
+  simtrack demo           in another terminal: a simulated run streams in
+  simtrack runs list      then look at it: runs get, metrics, history, compare, stats
+
+Each command tells more: simtrack COMMAND --help."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="simtrack", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="simtrack",
+        description=DESCRIPTION,
+        epilog=FIRST_STEPS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     server_commands = _load_server_subcommands()
     _add_server_subcommands(server_commands, {"": commands})  # serve, migrate, tenants, keys
 

@@ -90,7 +90,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def add_serve(commands: Subcommands) -> None:
-    serve = commands.add_parser("serve", help="run the gRPC server")
+    serve = commands.add_parser(
+        "serve", help="run the service: gRPC, the same API over HTTP, the dashboard"
+    )
     serve.add_argument("--listen", help="host:port (default: $SIMTRACK_LISTEN or 127.0.0.1:50051)")
     serve.add_argument(
         "--database-url", help="default: $SIMTRACK_DATABASE_URL or sqlite:///simtrack.db"
