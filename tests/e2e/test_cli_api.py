@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import math
+import re
 import signal
 import subprocess
 import time
@@ -436,6 +437,7 @@ def test_the_demo_runs_a_scenario_end_to_end_and_is_judged(
     assert "runs: 1, success rate: 100.0%" in printed
     [durations] = [line for line in printed if line.startswith("durations of 1 ended runs:")]
     assert ", max " in durations  # one line, piped, though longer than 80 columns
+    assert re.search(r": mean [\d.]+ (ms|s|min)\b", durations), durations  # not 0:00:03.029475
     listed = cli.json("validations", run_id, "--filter", 'kind = "total_profit"')
     assert [v["kind"] for v in listed] == ["total_profit"]
 

@@ -1,10 +1,14 @@
-"""``simtrack --help``: what a newcomer reads first."""
+"""What a newcomer reads first: ``simtrack --help``, and durations as people write them."""
 
 from __future__ import annotations
 
 import re
 
+import pytest
+from google.protobuf import duration_pb2
+
 from simtrack.client.cli import FIRST_STEPS, build_parser
+from simtrack.client.cli_output import duration_text
 
 
 def test_the_first_steps_are_commands_that_exist() -> None:
@@ -22,3 +26,20 @@ def test_the_help_lists_every_command_and_ends_with_the_first_steps() -> None:
     for command in ("serve", "demo", "runs", "history", "compare", "stats", "keys", "sync"):
         assert re.search(rf"^    {command} +\S", shown, re.MULTILINE), command
     assert shown.rstrip().endswith("Each command tells more: simtrack COMMAND --help.")
+
+
+@pytest.mark.parametrize(
+    ("seconds", "nanos", "shown"),
+    [
+        (0, 0, "0 ms"),
+        (0, 850_000_000, "850 ms"),
+        (3, 29_475_000, "3.03 s"),
+        (59, 960_000_000, "1 min 00 s"),
+        (252, 0, "4 min 12 s"),
+        (7_500, 0, "2 h 05 min"),
+        (3 * 86_400 + 4 * 3_600 + 100, 0, "3 d 04 h"),
+        (-3, 0, "-3 s"),
+    ],
+)
+def test_durations_read_as_a_person_reads_them(seconds: int, nanos: int, shown: str) -> None:
+    assert duration_text(duration_pb2.Duration(seconds=seconds, nanos=nanos)) == shown

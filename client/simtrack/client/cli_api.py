@@ -39,6 +39,7 @@ from simtrack.client.cli_output import (
     VALIDATION_COLUMNS,
     Column,
     as_dict,
+    duration_text,
     print_created,
     print_list,
     print_one,
@@ -221,7 +222,7 @@ def _stats(args: argparse.Namespace, client: Client) -> int:
     if stats.HasField("durations"):
         d = stats.durations
         parts = (
-            f"{name} {getattr(d, name).ToTimedelta()}" for name in ("mean", "p50", "p95", "max")
+            f"{name} {duration_text(getattr(d, name))}" for name in ("mean", "p50", "p95", "max")
         )
         console.print(f"durations of {d.count} ended runs: " + ", ".join(parts))
     return 0

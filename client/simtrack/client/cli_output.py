@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from google.protobuf import json_format, timestamp_pb2
+from google.protobuf import duration_pb2, json_format, timestamp_pb2
 from google.protobuf.message import Message
 from rich.table import Table
 
@@ -43,6 +43,26 @@ def time_text(value: timestamp_pb2.Timestamp) -> str:
     if not (value.seconds or value.nanos):
         return "-"
     return value.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def duration_text(value: duration_pb2.Duration) -> str:
+    """A duration as a person reads it: ``850 ms``, ``3.03 s``, ``4 min 12 s``, ``2 h 05 min``,
+    ``3 d 04 h`` (a timedelta prints ``0:00:03.029475``).
+    """
+    seconds = value.ToTimedelta().total_seconds()
+    sign, seconds = ("-" if seconds < 0 else ""), abs(seconds)
+    if seconds < 1:
+        return f"{sign}{seconds * 1000:.0f} ms"
+    if seconds < 59.95:  # (else "60 s")
+        return f"{sign}{seconds:.3g} s"
+    minutes, second = divmod(round(seconds), 60)
+    hours, minute = divmod(minutes, 60)
+    days, hour = divmod(hours, 24)
+    if days:
+        return f"{sign}{days} d {hour:02d} h"
+    if hours:
+        return f"{sign}{hours} h {minute:02d} min"
+    return f"{sign}{minutes} min {second:02d} s"
 
 
 def as_dict(message: Message) -> dict[str, Any]:
