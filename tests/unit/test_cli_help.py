@@ -1,4 +1,6 @@
-"""What a newcomer reads first: ``simtrack --help``, and durations as people write them."""
+"""What a newcomer reads first: ``simtrack --help``, durations as people write them, and
+columns of numbers that line up.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import pytest
 from google.protobuf import duration_pb2
 
 from simtrack.client.cli import FIRST_STEPS, build_parser
-from simtrack.client.cli_output import duration_text
+from simtrack.client.cli_output import duration_text, table
 
 
 def test_the_first_steps_are_commands_that_exist() -> None:
@@ -43,3 +45,12 @@ def test_the_help_lists_every_command_and_ends_with_the_first_steps() -> None:
 )
 def test_durations_read_as_a_person_reads_them(seconds: int, nanos: int, shown: str) -> None:
     assert duration_text(duration_pb2.Duration(seconds=seconds, nanos=nanos)) == shown
+
+
+def test_a_column_of_numbers_is_aligned_right_and_text_left() -> None:
+    columns = (("name", lambda m: m[0]), ("last value", lambda m: m[1]), ("step", lambda m: m[2]))
+    shown = table([("loss", "0.25", "-"), ("profit", "-1.5e+06", "12"), ("x", "nan", "3")], columns)
+    assert [column.justify for column in shown.columns] == ["left", "right", "right"]
+    assert table([], columns).columns[1].justify == "left"  # nothing to tell by
+    mixed = table([("a", "1", "60/60")], columns)
+    assert mixed.columns[2].justify == "left"

@@ -152,13 +152,21 @@ STATUS_COLUMNS: Sequence[Column] = (
 )
 
 
+_NUMBER = re.compile(r"-|[-+]?(\d[\d,]*\.?\d*(e[-+]?\d+)?|nan|inf)", re.IGNORECASE)
+
+
 def table(items: Iterable[Any], columns: Sequence[Column]) -> Table:
+    """``items`` in rows of ``columns``; a column of numbers (or ``-``) is aligned right, so its
+    digits line up.
+    """
+    rows = [[str(cell(item)) for _, cell in columns] for item in items]
     grid = Table()
-    for name, _ in columns:
+    for index, (name, _) in enumerate(columns):
+        numbers = bool(rows) and all(_NUMBER.fullmatch(row[index]) for row in rows)
         # Ids are for copying: other columns wrap first when the terminal is narrow.
-        grid.add_column(name, no_wrap=name in ("id", "run"))
-    for item in items:
-        grid.add_row(*(str(cell(item)) for _, cell in columns))
+        grid.add_column(name, no_wrap=name in ("id", "run"), justify="right" if numbers else "left")
+    for row in rows:
+        grid.add_row(*row)
     return grid
 
 
