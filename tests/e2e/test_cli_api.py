@@ -164,6 +164,24 @@ def test_experiments_and_runs_created_by_the_cli_are_stored(
 
 
 @ON_SQLITE
+def test_a_list_stops_at_its_limit(cli: Cli, client: Client) -> None:
+    agent = client.create_agent(unique("agent"), "custom")
+    experiment = client.create_experiment(unique("experiment"), agent.id, SCENARIO)
+    created = [client.create_run(experiment.id, {"seed": seed}).id for seed in range(5)]
+    only = ("--filter", f'experiment_id = "{experiment.id}"')
+    newest = cli.json("runs", "list", *only, "--order-by", "params.seed desc", "--limit", "2")
+    assert [r["id"] for r in newest] == created[:-3:-1]  # seeds 4 and 3
+    assert len(cli.json("runs", "list", *only, "--limit", "50")) == 5
+    shown = cli("runs", "list", *only, "--order-by", "params.seed", "--limit", "1").stdout
+    assert created[0] in shown and not any(run_id in shown for run_id in created[1:])
+    assert len(cli.json("agents", "list", "--limit", "1")) == 1
+    for wrong in ("0", "-1", "two"):
+        refused = cli("runs", "list", "--limit", wrong, check=False)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr
+        assert f"argument --limit: {wrong!r} is not a positive whole number" in refused.stderr
+
+
+@ON_SQLITE
 def test_runs_pause_and_resume_and_a_paused_run_in_lists_and_stats(
     cli: Cli, client: Client, shared_server: Server
 ) -> None:

@@ -17,7 +17,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, TextIO, TypeAlias, TypedDict
+from typing import Any, TextIO, TypeAlias, TypedDict, TypeVar
 
 from google.protobuf.message import Message
 from rich.console import Console, Group
@@ -314,7 +314,9 @@ def _write_files(
 
 def _runs_list(args: argparse.Namespace, client: Client) -> int:
     """``runs list``: the runs, with a column for each ``--metric`` (one call a page)."""
-    rows = client.runs_table(args.filter, args.order_by, args.metric)
+    rows = _limited(
+        args, client.runs_table(args.filter, args.order_by, args.metric, _page_size(args))
+    )
     if args.json:
         listed = [
             {**as_dict(run), "latest_metrics": {n: as_dict(m) for n, m in found.items()}}
@@ -381,7 +383,8 @@ def _list_and_get(
     """
 
     def list_all(args: argparse.Namespace, client: Client) -> int:
-        return print_list(args, lister(client, args.filter, order_by=args.order_by), columns)
+        listed = lister(client, args.filter, order_by=args.order_by, page_size=_page_size(args))
+        return print_list(args, _limited(args, listed), columns)
 
     listing = _command(group, "list", f"list {what}s", list_them or list_all)
     _order_by_option(listing, order_example, default_order)
@@ -389,6 +392,12 @@ def _list_and_get(
         "--filter",
         default="",
         help=f"AIP-160: = != < <= > >= IN, AND OR NOT, (), * wildcards; e.g. '{filter_example}'",
+    )
+    listing.add_argument(
+        "--limit",
+        type=_positive,
+        metavar="N",
+        help="the first N only (default: all), e.g. the best 10 with --order-by",
     )
     show = _command(
         group,
@@ -398,6 +407,26 @@ def _list_and_get(
     )
     show.add_argument("id")
     return listing
+
+
+LIST_PAGE_MAX = 1000  # the List calls' largest page_size
+T = TypeVar("T")
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
+
+
+def _page_size(args: argparse.Namespace) -> int:
+    """Pages no larger than ``--limit`` needs (0: the server's default)."""
+    return min(args.limit, LIST_PAGE_MAX) if args.limit else 0
+
+
+def _limited(args: argparse.Namespace, items: Iterable[T]) -> Iterable[T]:
+    """The first ``--limit`` of ``items`` (all without it); no page after them is asked for."""
+    return items if args.limit is None else itertools.islice(items, args.limit)
 
 
 def _order_by_option(command: argparse.ArgumentParser, example: str, default: str) -> None:

@@ -282,13 +282,17 @@ class Client:
             yield from page.runs
 
     def runs_table(
-        self, filter: str = "", order_by: str = "", metrics: Sequence[str] = ()
+        self,
+        filter: str = "",
+        order_by: str = "",
+        metrics: Sequence[str] = (),
+        page_size: int = 0,
     ) -> Iterator[tuple[runs_pb2.Run, dict[str, runs_pb2.LatestMetric]]]:
         """Every run as ``list_runs`` gives them, each with the latest values of ``metrics``
         (names, at most 20) that it has, by name: one call a page (ListRuns' latest_metrics).
         """
         request = runs_pb2.ListRunsRequest(
-            filter=filter, order_by=order_by, latest_metrics=list(metrics)
+            filter=filter, order_by=order_by, latest_metrics=list(metrics), page_size=page_size
         )
         for page in self._pages(self.runs.ListRuns, request):
             found = page.latest_metrics if metrics else [runs_pb2.RunMetrics()] * len(page.runs)
