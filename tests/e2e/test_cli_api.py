@@ -316,6 +316,9 @@ def test_metrics_history_and_events_show_what_a_worker_streamed(
     assert [e["event"]["step"] for e in restocks] == ["0", "50", "100", "150"]
     latest = cli.json("events", run.id, "--filter", 'type = "restock"', "--order-by", "step desc")
     assert [e["event"]["step"] for e in latest] == ["150", "100", "50", "0"]
+    first = cli.json("events", run.id, "--limit", "3")  # the first three sent, of 200
+    assert [e["event"]["step"] for e in first] == ["0", "1", "2"]
+    assert len(cli.json("metrics", run.id, "--limit", "1")) == 1
     assert "agent_action" in cli("events", run.id).stdout
 
 

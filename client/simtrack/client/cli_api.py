@@ -185,17 +185,17 @@ def _runs_watch(args: argparse.Namespace, client: Client) -> int:
 
 def _metrics(args: argparse.Namespace, client: Client) -> int:
     metrics = client.list_metrics(args.run_id, order_by=args.order_by)
-    return print_list(args, metrics, METRIC_COLUMNS)
+    return print_list(args, _limited(args, metrics), METRIC_COLUMNS)
 
 
 def _events(args: argparse.Namespace, client: Client) -> int:
     events = client.list_events(args.run_id, args.filter, args.order_by)
-    return print_list(args, events, EVENT_COLUMNS)
+    return print_list(args, _limited(args, events), EVENT_COLUMNS)
 
 
 def _validations(args: argparse.Namespace, client: Client) -> int:
     validations = client.list_validations(args.run_id, args.filter, args.order_by)
-    return print_list(args, validations, VALIDATION_COLUMNS)
+    return print_list(args, _limited(args, validations), VALIDATION_COLUMNS)
 
 
 def _leaderboard(args: argparse.Namespace, client: Client) -> int:
@@ -393,12 +393,7 @@ def _list_and_get(
         default="",
         help=f"AIP-160: = != < <= > >= IN, AND OR NOT, (), * wildcards; e.g. '{filter_example}'",
     )
-    listing.add_argument(
-        "--limit",
-        type=_positive,
-        metavar="N",
-        help="the first N only (default: all), e.g. the best 10 with --order-by",
-    )
+    _limit_option(listing)
     show = _command(
         group,
         "get",
@@ -427,6 +422,15 @@ def _page_size(args: argparse.Namespace) -> int:
 def _limited(args: argparse.Namespace, items: Iterable[T]) -> Iterable[T]:
     """The first ``--limit`` of ``items`` (all without it); no page after them is asked for."""
     return items if args.limit is None else itertools.islice(items, args.limit)
+
+
+def _limit_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--limit",
+        type=_positive,
+        metavar="N",
+        help="the first N only (default: all), e.g. the best 10 with --order-by",
+    )
 
 
 def _order_by_option(command: argparse.ArgumentParser, example: str, default: str) -> None:
@@ -517,6 +521,7 @@ def add_api_commands(commands: Subcommands) -> dict[str, Subcommands]:
     metrics = _command(commands, "metrics", "a run's metrics with their summaries", _metrics)
     metrics.add_argument("run_id")
     _order_by_option(metrics, "last_value desc", "by name")
+    _limit_option(metrics)
 
     history = _command(
         commands,
@@ -559,6 +564,7 @@ def add_api_commands(commands: Subcommands) -> dict[str, Subcommands]:
     events.add_argument("run_id")
     events.add_argument("--filter", default="", help="e.g. 'type = \"agent_action\"'")
     _order_by_option(events, "step desc", "the order sent")
+    _limit_option(events)
 
     validations = _command(
         commands, "validations", "a run's verdicts (success criteria, validators)", _validations
@@ -566,6 +572,7 @@ def add_api_commands(commands: Subcommands) -> dict[str, Subcommands]:
     validations.add_argument("run_id")
     validations.add_argument("--filter", default="", help="e.g. 'passed = \"false\"'")
     _order_by_option(validations, "score desc", "oldest first")
+    _limit_option(validations)
 
     leaderboard = _command(
         commands, "leaderboard", "a scenario's best runs by a metric", _leaderboard
