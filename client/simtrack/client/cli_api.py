@@ -420,7 +420,9 @@ def _page_size(args: argparse.Namespace) -> int:
 
 
 def _limited(args: argparse.Namespace, items: Iterable[T]) -> Iterable[T]:
-    """The first ``--limit`` of ``items`` (all without it); no page after them is asked for."""
+    """The first ``--limit`` of ``items`` (all without it): the listing stops there (the
+    page it asked for ahead is cancelled).
+    """
     return items if args.limit is None else itertools.islice(items, args.limit)
 
 
