@@ -18,7 +18,8 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import entry_points
 
-from simtrack.client.cli_api import Subcommands, add_api_commands, add_server_options
+from simtrack.client.cli_api import Subcommands, add_api_commands
+from simtrack.client.cli_options import add_server_options
 
 SUBCOMMANDS_GROUP = "simtrack.subcommands"
 SERVER_INSTALL = "pip install 'simtrack[server]'"

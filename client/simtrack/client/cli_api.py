@@ -13,11 +13,10 @@ import importlib.util
 import itertools
 import json
 import math
-import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, TextIO, TypeAlias, TypedDict, TypeVar
+from typing import TextIO, TypeAlias
 
 from google.protobuf.message import Message
 from rich.console import Console, Group
@@ -26,6 +25,16 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
 from simtrack.client import cli_compare
 from simtrack.client.cli_history import PLOT_INSTALL, summary, to_stdout, write_csv, write_png
+from simtrack.client.cli_options import (
+    add_limit_option,
+    add_order_by_option,
+    add_points_options,
+    add_server_options,
+    json_object,
+    limit_page_size,
+    limited,
+    points,
+)
 from simtrack.client.cli_output import (
     AGENT_COLUMNS,
     EVENT_COLUMNS,
@@ -48,10 +57,10 @@ from simtrack.client.cli_output import (
 )
 from simtrack.client.client import FRAMEWORKS, Client
 from simtrack.console import show
-from simtrack.errors import InvalidArgument, SimtrackError
+from simtrack.errors import SimtrackError
 from simtrack.v1 import runs_pb2
 
-__all__ = ["Subcommands", "add_api_commands", "add_server_options"]
+__all__ = ["Subcommands", "add_api_commands"]
 
 Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 Handler = Callable[[argparse.Namespace, Client], int]
@@ -61,35 +70,6 @@ _FINAL = {
     runs_pb2.RUN_STATUS_FAILED,
     runs_pb2.RUN_STATUS_STOPPED,
 }
-
-
-def add_server_options(parser: argparse.ArgumentParser) -> None:
-    """``--target`` and ``--api-key``, defaulting to the environment (shared by every client
-    command, ``sync`` included).
-    """
-    parser.add_argument(
-        "--target",
-        default=os.environ.get("SIMTRACK_TARGET", "127.0.0.1:50051"),
-        help="server host:port (default: $SIMTRACK_TARGET or 127.0.0.1:50051)",
-    )
-    parser.add_argument(
-        "--api-key",
-        default=os.environ.get("SIMTRACK_API_KEY"),
-        help="API key (default: $SIMTRACK_API_KEY)",
-    )
-
-
-def _json_object(text: str | None, option: str) -> dict[str, Any] | None:
-    """The JSON object given as ``option``; InvalidArgument naming the option otherwise."""
-    if text is None:
-        return None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidArgument.of(option, f"not valid JSON ({exc})") from None
-    if not isinstance(value, dict):
-        raise InvalidArgument.of(option, f"must be a JSON object, not {type(value).__name__}")
-    return value
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -113,18 +93,18 @@ def _connected(handler: Handler, args: argparse.Namespace) -> int:
 
 
 def _agents_create(args: argparse.Namespace, client: Client) -> int:
-    config = _json_object(args.config, "--config")
+    config = json_object(args.config, "--config")
     return print_created(args, client.create_agent(args.name, args.framework, config))
 
 
 def _experiments_create(args: argparse.Namespace, client: Client) -> int:
-    params = _json_object(args.params, "--params")
+    params = json_object(args.params, "--params")
     experiment = client.create_experiment(args.name, args.agent, args.scenario, params)
     return print_created(args, experiment)
 
 
 def _runs_create(args: argparse.Namespace, client: Client) -> int:
-    params = _json_object(args.params, "--params")
+    params = json_object(args.params, "--params")
     return print_created(args, client.create_run(args.experiment, params))
 
 
@@ -185,17 +165,17 @@ def _runs_watch(args: argparse.Namespace, client: Client) -> int:
 
 def _metrics(args: argparse.Namespace, client: Client) -> int:
     metrics = client.list_metrics(args.run_id, order_by=args.order_by)
-    return print_list(args, _limited(args, metrics), METRIC_COLUMNS)
+    return print_list(args, limited(args, metrics), METRIC_COLUMNS)
 
 
 def _events(args: argparse.Namespace, client: Client) -> int:
     events = client.list_events(args.run_id, args.filter, args.order_by)
-    return print_list(args, _limited(args, events), EVENT_COLUMNS)
+    return print_list(args, limited(args, events), EVENT_COLUMNS)
 
 
 def _validations(args: argparse.Namespace, client: Client) -> int:
     validations = client.list_validations(args.run_id, args.filter, args.order_by)
-    return print_list(args, _limited(args, validations), VALIDATION_COLUMNS)
+    return print_list(args, limited(args, validations), VALIDATION_COLUMNS)
 
 
 def _leaderboard(args: argparse.Namespace, client: Client) -> int:
@@ -240,25 +220,6 @@ def _demo(args: argparse.Namespace, client: Client) -> int:
     )
 
 
-class _Points(TypedDict):
-    """Which points ``history`` and ``compare`` ask for (their shared options)."""
-
-    start_step: int | None
-    end_step: int | None
-    max_points: int
-
-
-def _points(args: argparse.Namespace) -> _Points:
-    return _Points(start_step=args.start_step, end_step=args.end_step, max_points=args.max_points)
-
-
-def _add_points_options(parser: argparse.ArgumentParser, max_points: str) -> None:
-    """``--start-step``, ``--end-step`` and ``--max-points``."""
-    parser.add_argument("--start-step", type=int, help="first step (inclusive)")
-    parser.add_argument("--end-step", type=int, help="last step (inclusive)")
-    parser.add_argument("--max-points", type=int, default=0, help=max_points)
-
-
 def _cannot_plot(args: argparse.Namespace) -> bool:
     """Whether --png asks for matplotlib where it is not installed (said on stderr)."""
     if args.png and importlib.util.find_spec("matplotlib") is None:
@@ -270,7 +231,7 @@ def _cannot_plot(args: argparse.Namespace) -> bool:
 def _history(args: argparse.Namespace, client: Client) -> int:
     if _cannot_plot(args):
         return 2
-    history = client.metric_history(args.run_id, args.metric, **_points(args))
+    history = client.metric_history(args.run_id, args.metric, **points(args))
     print(summary(args.metric, history), file=_notes(args))
     _write_files(
         args,
@@ -283,7 +244,7 @@ def _history(args: argparse.Namespace, client: Client) -> int:
 def _compare(args: argparse.Namespace, client: Client) -> int:
     if _cannot_plot(args):
         return 2
-    found = client.compare_runs(args.run_ids, args.metric, **_points(args))
+    found = client.compare_runs(args.run_ids, args.metric, **points(args))
     _write_files(
         args,
         lambda path: cli_compare.write_csv(path, found),
@@ -314,8 +275,8 @@ def _write_files(
 
 def _runs_list(args: argparse.Namespace, client: Client) -> int:
     """``runs list``: the runs, with a column for each ``--metric`` (one call a page)."""
-    rows = _limited(
-        args, client.runs_table(args.filter, args.order_by, args.metric, _page_size(args))
+    rows = limited(
+        args, client.runs_table(args.filter, args.order_by, args.metric, limit_page_size(args))
     )
     if args.json:
         listed = [
@@ -383,17 +344,19 @@ def _list_and_get(
     """
 
     def list_all(args: argparse.Namespace, client: Client) -> int:
-        listed = lister(client, args.filter, order_by=args.order_by, page_size=_page_size(args))
-        return print_list(args, _limited(args, listed), columns)
+        listed = lister(
+            client, args.filter, order_by=args.order_by, page_size=limit_page_size(args)
+        )
+        return print_list(args, limited(args, listed), columns)
 
     listing = _command(group, "list", f"list {what}s", list_them or list_all)
-    _order_by_option(listing, order_example, default_order)
+    add_order_by_option(listing, order_example, default_order)
     listing.add_argument(
         "--filter",
         default="",
         help=f"AIP-160: = != < <= > >= IN, AND OR NOT, (), * wildcards; e.g. '{filter_example}'",
     )
-    _limit_option(listing)
+    add_limit_option(listing)
     show = _command(
         group,
         "get",
@@ -402,43 +365,6 @@ def _list_and_get(
     )
     show.add_argument("id")
     return listing
-
-
-LIST_PAGE_MAX = 1000  # the List calls' largest page_size
-T = TypeVar("T")
-
-
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
-    return int(text)
-
-
-def _page_size(args: argparse.Namespace) -> int:
-    """Pages no larger than ``--limit`` needs (0: the server's default)."""
-    return min(args.limit, LIST_PAGE_MAX) if args.limit else 0
-
-
-def _limited(args: argparse.Namespace, items: Iterable[T]) -> Iterable[T]:
-    """The first ``--limit`` of ``items`` (all without it): the listing stops there (the
-    page it asked for ahead is cancelled).
-    """
-    return items if args.limit is None else itertools.islice(items, args.limit)
-
-
-def _limit_option(command: argparse.ArgumentParser) -> None:
-    command.add_argument(
-        "--limit",
-        type=_positive,
-        metavar="N",
-        help="the first N only (default: all), e.g. the best 10 with --order-by",
-    )
-
-
-def _order_by_option(command: argparse.ArgumentParser, example: str, default: str) -> None:
-    command.add_argument(
-        "--order-by", default="", help=f"AIP-132, e.g. '{example}' (default: {default})"
-    )
 
 
 def add_api_commands(commands: Subcommands) -> dict[str, Subcommands]:
@@ -522,8 +448,8 @@ def add_api_commands(commands: Subcommands) -> dict[str, Subcommands]:
 
     metrics = _command(commands, "metrics", "a run's metrics with their summaries", _metrics)
     metrics.add_argument("run_id")
-    _order_by_option(metrics, "last_value desc", "by name")
-    _limit_option(metrics)
+    add_order_by_option(metrics, "last_value desc", "by name")
+    add_limit_option(metrics)
 
     history = _command(
         commands,
@@ -534,7 +460,7 @@ def add_api_commands(commands: Subcommands) -> dict[str, Subcommands]:
     )
     history.add_argument("run_id")
     history.add_argument("metric")
-    _add_points_options(history, "downsample on the server (0: every point)")
+    add_points_options(history, "downsample on the server (0: every point)")
     history.add_argument(
         "--csv", type=Path, help="write the points here (step,value,timestamp; -: standard output)"
     )
@@ -551,7 +477,7 @@ def add_api_commands(commands: Subcommands) -> dict[str, Subcommands]:
     compare.add_argument(
         "--metric", action="append", required=True, help="a metric name; repeat for more (1-20)"
     )
-    _add_points_options(
+    add_points_options(
         compare, "per series, downsampled on the server (0: 1,000, fewer for many series)"
     )
     compare.add_argument(
@@ -565,16 +491,16 @@ def add_api_commands(commands: Subcommands) -> dict[str, Subcommands]:
     events = _command(commands, "events", "a run's events in the order sent", _events)
     events.add_argument("run_id")
     events.add_argument("--filter", default="", help="e.g. 'type = \"agent_action\"'")
-    _order_by_option(events, "step desc", "the order sent")
-    _limit_option(events)
+    add_order_by_option(events, "step desc", "the order sent")
+    add_limit_option(events)
 
     validations = _command(
         commands, "validations", "a run's verdicts (success criteria, validators)", _validations
     )
     validations.add_argument("run_id")
     validations.add_argument("--filter", default="", help="e.g. 'passed = \"false\"'")
-    _order_by_option(validations, "score desc", "oldest first")
-    _limit_option(validations)
+    add_order_by_option(validations, "score desc", "oldest first")
+    add_limit_option(validations)
 
     leaderboard = _command(
         commands, "leaderboard", "a scenario's best runs by a metric", _leaderboard
