@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import time
 import urllib.error
@@ -376,6 +377,28 @@ def test_a_stop_ends_open_http_streams_and_exits_cleanly(
         while True:
             next(updates)
     client.close()
+
+
+def test_a_stop_ends_calls_whose_request_never_finishes_arriving(
+    database_url: str, start_server: StartServer
+) -> None:
+    """A client that sent half a request body and stalls: the stop ends its call after the
+    grace and exits cleanly (no connection cut by force, no traceback in the log).
+    """
+    server = start_server(database_url, SIMTRACK_SHUTDOWN_GRACE="1")
+    host, port = server.host.http_address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as stalled:
+        stalled.sendall(
+            b"POST /simtrack.v1.RunService/ListRuns HTTP/1.1\r\nHost: simtrack\r\n"
+            b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"pageSi'
+        )
+        time.sleep(0.2)  # the request's headers are in: its call has begun
+        started = time.monotonic()
+        assert server.stop() == 0
+        assert time.monotonic() - started < 5
+        answer = stalled.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 503"), answer
+    assert b"shutting down" in answer
 
 
 # The dashboard's files

@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 API_PACKAGE = "simtrack."  # /simtrack.v1.RunService/...: the API's paths, never the files
 DASHBOARD_DIR = Path(__file__).resolve().parent.parent / "dashboard"  # the built front end
+# How long streams ended by a stop get to send their last message before every request still
+# running is ended too.
+LAST_WORDS = 1.0
 # gRPC's code names, as Connect's codes (which spell one of them with one L).
 _CODES = {code.name.replace("CANCELED", "CANCELLED"): code for code in Code}
 
@@ -62,29 +65,51 @@ def _deadline(ctx: RequestContext[Any, Any]) -> asyncio.Timeout:
     return asyncio.timeout(None if remaining is None else max(remaining, 0) / 1000)
 
 
-class OpenStreams:
-    """The server streams in progress, so a stop can end those still open after its grace
-    with UNAVAILABLE (as gRPC's stop does) rather than have the HTTP server cancel them.
+class OpenCalls:
+    """The HTTP calls in progress, so a stop ends those still running after its grace itself
+    (as gRPC's stop does) rather than have the HTTP server cut their connections: a cut call
+    leaves its client no status, and before Python 3.12 asyncio logs a traceback for each
+    connection cut (python/cpython#113538).
+
+    Two rounds: streams first, each ending UNAVAILABLE in its own protocol; then any request
+    still running (a stream that did not end, a unary call, a body that never finishes
+    arriving), answered 503 if it has not answered yet.
     """
 
     def __init__(self) -> None:
-        self.deadlines: set[asyncio.Timeout] = set()
-        self.ended = False
+        self.streams: set[asyncio.Timeout] = set()
+        self.requests: set[asyncio.Timeout] = set()
+        self.ended = False  # the streams' round has come: a stream's deadline means the stop
 
-    @contextlib.contextmanager
-    def open(self, deadline: asyncio.Timeout) -> Iterator[None]:
-        self.deadlines.add(deadline)
-        try:
-            yield
-        finally:
-            self.deadlines.discard(deadline)
+    def stream(self, deadline: asyncio.Timeout) -> contextlib.AbstractContextManager[None]:
+        return _held(deadline, self.streams)
 
-    def end_all(self) -> None:
+    def request(self, deadline: asyncio.Timeout) -> contextlib.AbstractContextManager[None]:
+        return _held(deadline, self.requests)
+
+    def end_streams(self) -> None:
         """Bring every open stream's deadline to now: each ends at its next step."""
         self.ended = True
-        now = asyncio.get_running_loop().time()
-        for deadline in self.deadlines:
-            deadline.reschedule(now)
+        _expire(self.streams)
+
+    def end_requests(self) -> None:
+        """Bring every request's own deadline to now (``HttpApp`` answers it 503)."""
+        _expire(self.requests)
+
+
+@contextlib.contextmanager
+def _held(deadline: asyncio.Timeout, deadlines: set[asyncio.Timeout]) -> Iterator[None]:
+    deadlines.add(deadline)
+    try:
+        yield
+    finally:
+        deadlines.discard(deadline)
+
+
+def _expire(deadlines: set[asyncio.Timeout]) -> None:
+    now = asyncio.get_running_loop().time()
+    for deadline in deadlines:
+        deadline.reschedule(now)
 
 
 class ConnectService:
@@ -98,7 +123,7 @@ class ConnectService:
         descriptor: ServiceDescriptor,
         protocol: type,
         calls: Calls,
-        streams: OpenStreams,
+        open_calls: OpenCalls,
     ) -> None:
         # The generated Protocol names each method in snake case (its attributes); matched to
         # the RPC it stands for by name, whatever case rule the generator follows.
@@ -106,11 +131,11 @@ class ConnectService:
         for attribute in vars(protocol):
             method = by_name.get(attribute.replace("_", ""))
             if method is not None:
-                setattr(self, attribute, self._bind(servicer, method, calls, streams))
+                setattr(self, attribute, self._bind(servicer, method, calls, open_calls))
 
     @staticmethod
     def _bind(
-        servicer: object, method: MethodDescriptor, calls: Calls, streams: OpenStreams
+        servicer: object, method: MethodDescriptor, calls: Calls, open_calls: OpenCalls
     ) -> Any:
         path = f"/{method.containing_service.full_name}/{method.name}"
         behavior = getattr(servicer, method.name)
@@ -122,13 +147,13 @@ class ConnectService:
                 metadata = ctx.request_headers().allitems()
                 try:
                     async with _deadline(ctx) as deadline:
-                        with streams.open(deadline):
+                        with open_calls.stream(deadline):
                             async for response in calls.stream(
                                 path, metadata, lambda: behavior(request, ctx)
                             ):
                                 yield response
                 except TimeoutError:
-                    if streams.ended:
+                    if open_calls.ended:
                         raise ConnectError(
                             Code.UNAVAILABLE, "the server is shutting down: call again"
                         ) from None
@@ -240,11 +265,11 @@ class HttpApp:
     ) -> None:
         """``servicers``: each service's gRPC servicer, which serves it over HTTP too."""
         _register_checked_codecs()
-        self.streams = OpenStreams()
+        self.open_calls = OpenCalls()
         self.services: dict[str, ConnectASGIApplication[Any]] = {
             service.full_name: service.connect_application(
                 ConnectService(
-                    servicer, service.descriptor, service.connect_protocol, calls, self.streams
+                    servicer, service.descriptor, service.connect_protocol, calls, self.open_calls
                 ),
                 read_max_bytes=read_max_bytes,
             )
@@ -266,6 +291,22 @@ class HttpApp:
                 await send({"type": f"lifespan.{event}.complete"})
                 if event == "shutdown":
                     return
+        answered = False
+
+        async def answer(message: Any) -> None:
+            nonlocal answered
+            answered = True
+            await send(message)
+
+        try:
+            async with asyncio.timeout(None) as deadline:
+                with self.open_calls.request(deadline):
+                    await self._route(scope, receive, answer)
+        except TimeoutError:  # the stop's last round (OpenCalls): a call cut short
+            if not answered:
+                await _plain("the server is shutting down: call again", 503, scope, receive, send)
+
+    async def _route(self, scope: Any, receive: Any, send: Any) -> None:
         service = re.match(r"/([^/]+)/", scope.get("path", ""))
         if service is None or not service[1].startswith(API_PACKAGE):
             await self.files(scope, receive, send)
@@ -322,9 +363,9 @@ class HttpListener:
         # would stand beside our "simtrack http on" line, naming a key that does not stop us.
         config.errorlog = logging.getLogger("simtrack.http")
         config.errorlog.setLevel(logging.WARNING)
-        # Streams still open after ``grace`` are ended by us (``stop``), then Hypercorn waits
-        # a moment for their last words.
-        config.graceful_timeout = grace + 1
+        # Calls still running after ``grace`` are ended by us (``stop``); Hypercorn cuts only
+        # a connection that outlives that (a client that reads nothing of its answer).
+        config.graceful_timeout = grace + LAST_WORDS + 2
         self.app, self.grace = app, grace
         self._stopping = asyncio.Event()
         self._serving: asyncio.Task[None] = asyncio.create_task(
@@ -332,12 +373,22 @@ class HttpListener:
         )
 
     async def stop(self) -> None:
-        """Stop accepting, let calls in progress finish (up to the graceful timeout)."""
+        """Stop accepting; calls in progress get the grace, then the streams still open are
+        ended, and a moment later every request still running (``OpenCalls``).
+        """
         self._stopping.set()
-        try:
-            async with asyncio.timeout(self.grace):
-                await asyncio.shield(self._serving)
-        except TimeoutError:
-            self.app.streams.end_all()
+        if not await self._stopped_within(self.grace):
+            log.warning("HTTP calls still open after the %.1fs grace: ending them", self.grace)
+            self.app.open_calls.end_streams()
+            if not await self._stopped_within(LAST_WORDS):
+                self.app.open_calls.end_requests()
         with contextlib.suppress(Exception):
             await self._serving
+
+    async def _stopped_within(self, seconds: float) -> bool:
+        try:
+            async with asyncio.timeout(seconds):
+                await asyncio.shield(self._serving)
+        except TimeoutError:
+            return False
+        return True
