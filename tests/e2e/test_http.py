@@ -401,6 +401,38 @@ def test_a_stop_ends_calls_whose_request_never_finishes_arriving(
     assert b"shutting down" in answer
 
 
+def test_a_stop_cuts_a_connection_whose_client_reads_nothing_without_a_traceback(
+    database_url: str, start_server: StartServer
+) -> None:
+    """A download whose client stopped reading: its answer cannot be sent, so after the
+    stop's rounds (``OpenCalls``) Hypercorn cuts the connection; the stop still exits cleanly
+    and says so in one line, not in a traceback.
+    """
+    server = start_server(database_url, SIMTRACK_SHUTDOWN_GRACE="1")
+    run = new_run(server, new_experiment(server, new_agent(server).id).id)
+    chunk = bytes(1 << 20)
+    upload = [upload_request(run.id, "big.bin")]
+    upload += [artifacts_pb2.UploadArtifactRequest(chunk=chunk) for _ in range(48)]
+    stored = server.artifacts.UploadArtifact(iter(upload), timeout=30).artifact
+    message = json.dumps({"id": stored.id}).encode()
+    host, port = server.host.http_address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as reading_nothing:
+        reading_nothing.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        reading_nothing.sendall(
+            b"POST /simtrack.v1.ArtifactService/GetArtifactContent HTTP/1.1\r\n"
+            b"Host: simtrack\r\nContent-Type: application/connect+json\r\n"
+            + f"Content-Length: {5 + len(message)}\r\n\r\n".encode()
+            + b"\0"
+            + len(message).to_bytes(4, "big")
+            + message
+        )
+        time.sleep(0.5)  # the answer has filled what the sockets hold
+        started = time.monotonic()
+        assert server.stop() == 0
+        assert time.monotonic() - started < 10
+    assert "an HTTP connection still busy after the stop's grace was cut" in server.stderr
+
+
 # The dashboard's files
 
 

@@ -68,8 +68,7 @@ def _deadline(ctx: RequestContext[Any, Any]) -> asyncio.Timeout:
 class OpenCalls:
     """The HTTP calls in progress, so a stop ends those still running after its grace itself
     (as gRPC's stop does) rather than have the HTTP server cut their connections: a cut call
-    leaves its client no status, and before Python 3.12 asyncio logs a traceback for each
-    connection cut (python/cpython#113538).
+    leaves its client no status.
 
     Two rounds: streams first, each ending UNAVAILABLE in its own protocol; then any request
     still running (a stream that did not end, a unary call, a body that never finishes
@@ -367,6 +366,7 @@ class HttpListener:
         # a connection that outlives that (a client that reads nothing of its answer).
         config.graceful_timeout = grace + LAST_WORDS + 2
         self.app, self.grace = app, grace
+        _log_cut_connections_in_a_line(asyncio.get_running_loop())
         self._stopping = asyncio.Event()
         self._serving: asyncio.Task[None] = asyncio.create_task(
             hypercorn.asyncio.serve(app, config, shutdown_trigger=self._stopping.wait)
@@ -392,3 +392,22 @@ class HttpListener:
         except TimeoutError:
             return False
         return True
+
+
+def _log_cut_connections_in_a_line(loop: asyncio.AbstractEventLoop) -> None:
+    """A connection Hypercorn cuts at its graceful timeout (its task cancelled) is logged as
+    one warning. Python 3.11's asyncio logs a traceback for it instead, from the callback it
+    runs when a connection's task ends (python/cpython#113538, fixed in 3.12).
+    """
+    previous = loop.get_exception_handler()
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        cancelled = isinstance(context.get("exception"), asyncio.CancelledError)
+        if cancelled and "StreamReaderProtocol" in context.get("message", ""):
+            log.warning("an HTTP connection still busy after the stop's grace was cut")
+        elif previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handle)
