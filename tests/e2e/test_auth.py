@@ -81,7 +81,9 @@ def test_every_rpc_has_a_read_or_write_request() -> None:
     writes = [name for name, _ in write_requests(objects)]
     assert len(writes) == len(set(writes)) and not reads & set(writes)
     assert reads | set(writes) == set(METHODS)
-    assert all(name.split(".")[1].startswith(("Get", "List", "Watch", "Compare")) for name in reads)
+    assert all(
+        name.split(".")[1].startswith(("Get", "List", "Watch", "Compare", "Read")) for name in reads
+    )
 
 
 # Servers of their own (first: the shared server's last test stops it): local mode,

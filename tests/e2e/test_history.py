@@ -147,6 +147,75 @@ async def test_history_pages_return_every_point_once_in_step_order(
     assert (len(none.steps), none.range_count, none.next_page_token) == (0, 0, "")
 
 
+async def test_read_metric_history_streams_the_pages_get_metric_history_returns(
+    server: Server, streams: StreamKit, refusal: Refusal
+) -> None:
+    run = streams.new_run(server)
+    rng = np.random.default_rng(11)
+    messages = [
+        batch(
+            seq, "loss", np.arange((seq - 1) * 1000, seq * 1000, dtype="<i8"), rng.normal(size=1000)
+        )
+        for seq in range(1, 4)
+    ]
+    odd = np.array([7, 2_999, 7, 5_000], dtype="<i8")  # repeated and late steps
+    messages.append(batch(4, "loss", odd, np.array([np.nan, np.inf, 1.5, -2.5])))
+    stream = await streams.open(server, run.id)
+    await stream.send_all(messages)
+    await stream.wait_acked(4)
+
+    def read(**request: Any) -> list[telemetry_pb2.GetMetricHistoryResponse]:
+        asked = telemetry_pb2.ReadMetricHistoryRequest(run_id=run.id, metric="loss", **request)
+        return [message.page for message in server.telemetry.ReadMetricHistory(asked)]
+
+    for encoding in (telemetry_pb2.COLUMN_ENCODING_UNSPECIFIED, LITTLE_ENDIAN, STORED):
+        where = {"start_step": 5, "end_step": 2_999, "column_encoding": encoding}
+        pages: list[telemetry_pb2.GetMetricHistoryResponse] = []
+        token = ""
+        while not pages or token:
+            pages.append(
+                history(
+                    server, run_id=run.id, metric="loss", page_size=700, page_token=token, **where
+                )
+            )
+            token = pages[-1].next_page_token
+        assert len(pages) == 5
+        assert read(page_size=700, **where) == pages
+        # Resumed from a message's token: the pages after it.
+        assert read(page_size=700, page_token=pages[1].next_page_token, **where) == pages[2:]
+        # 0: 100,000 points a message; the whole range in one.
+        (whole,) = read(**where)
+        assert whole.range_count == 2_998 and not whole.next_page_token
+        one, paged = MetricHistory.of_pages([whole]), MetricHistory.of_pages(pages)
+        assert same_bits(one.steps, paged.steps) and same_bits(one.values, paged.values)
+        assert same_bits(one.timestamps, paged.timestamps) and len(one.steps) == 2_998
+    assert read(start_step=6_000) == [telemetry_pb2.GetMetricHistoryResponse()]
+
+    def read_refused(request: telemetry_pb2.ReadMetricHistoryRequest) -> object:
+        return list(server.telemetry.ReadMetricHistory(request))
+
+    Read, invalid = telemetry_pb2.ReadMetricHistoryRequest, grpc.StatusCode.INVALID_ARGUMENT
+    for request, code, fields in [
+        (Read(run_id="not-a-uuid", metric="loss"), invalid, ["run_id"]),
+        (Read(run_id=run.id, metric=""), invalid, ["metric"]),
+        (Read(run_id=run.id, metric="nope"), grpc.StatusCode.NOT_FOUND, []),
+        (Read(run_id=run.id, metric="loss", start_step=5, end_step=4), invalid, ["end_step"]),
+        (Read(run_id=run.id, metric="loss", page_size=100_001), invalid, ["page_size"]),
+        (Read(run_id=run.id, metric="loss", page_size=-1), invalid, ["page_size"]),
+        (Read(run_id=run.id, metric="loss", page_token="garbage"), invalid, ["page_token"]),
+        (
+            Read(
+                run_id=run.id,
+                metric="loss",
+                column_encoding=telemetry_pb2.ColumnEncoding.ValueType(3),
+            ),
+            invalid,
+            ["column_encoding"],
+        ),
+    ]:
+        assert refusal(read_refused, request) == (code, fields), request
+
+
 async def test_downsampled_history_keeps_the_extremes(server: Server, streams: StreamKit) -> None:
     run = streams.new_run(server)
     rng = np.random.default_rng(3)
@@ -502,6 +571,15 @@ def test_the_python_client_reads_back_what_its_worker_logged(
             run.id, "price", start_step=100, end_step=20_099, max_points=40
         )
         assert view.downsampled and view.range_count == 20_000 and len(view.steps) <= 40
+        # A read longer than the client's timeout goes on where its call was cut.
+        with Client(server.address, timeout=0.25) as hurried:
+            started = time.monotonic()
+            resumed = hurried.metric_history(run.id, "profit", page_size=10)  # 2,500 pages
+            took = time.monotonic() - started
+        assert resumed.steps.tolist() == list(range(25_000)), "each point once, in order"
+        assert resumed.values.tolist() == whole.values.tolist()
+        assert took > 0.5, f"{took:.3f} s: in one call, so never cut short"
+
         assert set(view.values.tolist()) == {94.0, 100.0}
         events = list(client.list_events(run.id, filter='type = "restock"'))
         assert [e.event.step for e in events] == list(range(0, 25_000, 1000))

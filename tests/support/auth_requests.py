@@ -202,7 +202,7 @@ def upload_request(run_id: str, name: str) -> artifacts_pb2.UploadArtifactReques
 
 
 def read_requests(o: Objects) -> dict[str, Message]:
-    """A valid request of every reading RPC (Get, List, Watch, Compare)."""
+    """A valid request of every reading RPC (Get, List, Watch, Compare, Read)."""
     return {
         "AgentService.GetAgent": agents_pb2.GetAgentRequest(id=o.agent.id),
         "AgentService.ListAgents": agents_pb2.ListAgentsRequest(page_size=1000),
@@ -219,6 +219,9 @@ def read_requests(o: Objects) -> dict[str, Message]:
         "RunService.WatchRun": runs_pb2.WatchRunRequest(id=o.run.id),
         "TelemetryService.ListMetrics": telemetry_pb2.ListMetricsRequest(run_id=o.streamed.id),
         "TelemetryService.GetMetricHistory": telemetry_pb2.GetMetricHistoryRequest(
+            run_id=o.streamed.id, metric="loss"
+        ),
+        "TelemetryService.ReadMetricHistory": telemetry_pb2.ReadMetricHistoryRequest(
             run_id=o.streamed.id, metric="loss"
         ),
         "TelemetryService.ListEvents": telemetry_pb2.ListEventsRequest(run_id=o.streamed.id),

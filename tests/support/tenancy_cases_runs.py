@@ -173,6 +173,15 @@ def get_metric_history(s: Scene) -> None:
     )
 
 
+@case("TelemetryService.ReadMetricHistory")
+def read_metric_history(s: Scene) -> None:
+    def read(id: str) -> object:
+        request = telemetry_pb2.ReadMetricHistoryRequest(run_id=id, metric="loss")
+        return list(s.a.telemetry.ReadMetricHistory(request, timeout=TIMEOUT))
+
+    assert_hidden(s.server, read, s.theirs.run.id)
+
+
 @case("TelemetryService.CompareRuns")
 def compare_runs(s: Scene) -> None:
     def compare(id: str) -> object:

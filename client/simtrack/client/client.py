@@ -322,19 +322,53 @@ class Client:
         """One metric's points in step order, between the steps given (inclusive).
 
         ``max_points`` > 0 asks for at most that many, downsampled by the server so that each
-        step interval keeps its lowest and highest point; 0 reads every point, page by page,
-        ``page_size`` points a call (1-100,000; the most by default: the fewest round trips).
+        step interval keeps its lowest and highest point; 0 reads every point, in one call
+        (ReadMetricHistory) of pages of ``page_size`` points (1-100,000; the most by default).
         """
-        request = telemetry_pb2.GetMetricHistoryRequest(
+        if max_points:
+            request = telemetry_pb2.GetMetricHistoryRequest(
+                run_id=run_id,
+                metric=metric,
+                start_step=start_step,
+                end_step=end_step,
+                max_points=max_points,
+                column_encoding=telemetry_pb2.COLUMN_ENCODING_STORED,
+            )
+            return MetricHistory.of_pages([self._call(self.telemetry.GetMetricHistory, request)])
+        read = telemetry_pb2.ReadMetricHistoryRequest(
             run_id=run_id,
             metric=metric,
             start_step=start_step,
             end_step=end_step,
-            max_points=max_points,
-            page_size=0 if max_points else page_size,
+            page_size=page_size,
             column_encoding=telemetry_pb2.COLUMN_ENCODING_STORED,  # decoded here: the fewest bytes
         )
-        return MetricHistory.of_pages(self._pages(self.telemetry.GetMetricHistory, request))
+        return MetricHistory.of_pages(self._read_history(read))
+
+    def _read_history(
+        self, request: telemetry_pb2.ReadMetricHistoryRequest
+    ) -> Iterator[telemetry_pb2.GetMetricHistoryResponse]:
+        """ReadMetricHistory's pages. A read still going when this client's timeout ends it
+        goes on from its last page's token, in a new call (a long series takes its time).
+        """
+        while True:
+            stream = self.telemetry.ReadMetricHistory(
+                request, timeout=self.timeout, metadata=self.metadata
+            )
+            pages = 0
+            try:
+                for message in stream:
+                    pages += 1
+                    request.page_token = message.page.next_page_token
+                    yield message.page
+                return
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED or not pages:
+                    raise from_rpc_error(exc) from exc
+                if not request.page_token:
+                    return  # the last page had come
+            finally:
+                stream.cancel()  # a read the caller stopped before its end (else: no-op)
 
     def compare_runs(
         self,

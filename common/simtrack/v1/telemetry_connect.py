@@ -26,6 +26,9 @@ class TelemetryService(Protocol):
     async def get_metric_history(self, request: simtrack_dot_v1_dot_telemetry__pb2.GetMetricHistoryRequest, ctx: RequestContext) -> simtrack_dot_v1_dot_telemetry__pb2.GetMetricHistoryResponse:
         raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
 
+    def read_metric_history(self, request: simtrack_dot_v1_dot_telemetry__pb2.ReadMetricHistoryRequest, ctx: RequestContext) -> AsyncIterator[simtrack_dot_v1_dot_telemetry__pb2.ReadMetricHistoryResponse]:
+        raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
+
     async def compare_runs(self, request: simtrack_dot_v1_dot_telemetry__pb2.CompareRunsRequest, ctx: RequestContext) -> simtrack_dot_v1_dot_telemetry__pb2.CompareRunsResponse:
         raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
 
@@ -67,6 +70,16 @@ class TelemetryServiceASGIApplication(ConnectASGIApplication[TelemetryService]):
                         idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=svc.get_metric_history,
+                ),
+                "/simtrack.v1.TelemetryService/ReadMetricHistory": Endpoint.server_stream(
+                    method=MethodInfo(
+                        name="ReadMetricHistory",
+                        service_name="simtrack.v1.TelemetryService",
+                        input=simtrack_dot_v1_dot_telemetry__pb2.ReadMetricHistoryRequest,
+                        output=simtrack_dot_v1_dot_telemetry__pb2.ReadMetricHistoryResponse,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                    ),
+                    function=svc.read_metric_history,
                 ),
                 "/simtrack.v1.TelemetryService/CompareRuns": Endpoint.unary(
                     method=MethodInfo(
@@ -165,6 +178,26 @@ class TelemetryServiceClient(ConnectClient):
             use_get=use_get,
         )
 
+    def read_metric_history(
+        self,
+        request: simtrack_dot_v1_dot_telemetry__pb2.ReadMetricHistoryRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None,
+        timeout_ms: int | None = None,
+    ) -> AsyncIterator[simtrack_dot_v1_dot_telemetry__pb2.ReadMetricHistoryResponse]:
+        return self.execute_server_stream(
+            request=request,
+            method=MethodInfo(
+                name="ReadMetricHistory",
+                service_name="simtrack.v1.TelemetryService",
+                input=simtrack_dot_v1_dot_telemetry__pb2.ReadMetricHistoryRequest,
+                output=simtrack_dot_v1_dot_telemetry__pb2.ReadMetricHistoryResponse,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+
     async def compare_runs(
         self,
         request: simtrack_dot_v1_dot_telemetry__pb2.CompareRunsRequest,
@@ -217,6 +250,8 @@ class TelemetryServiceSync(Protocol):
         raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
     def get_metric_history(self, request: simtrack_dot_v1_dot_telemetry__pb2.GetMetricHistoryRequest, ctx: RequestContext) -> simtrack_dot_v1_dot_telemetry__pb2.GetMetricHistoryResponse:
         raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
+    def read_metric_history(self, request: simtrack_dot_v1_dot_telemetry__pb2.ReadMetricHistoryRequest, ctx: RequestContext) -> Iterator[simtrack_dot_v1_dot_telemetry__pb2.ReadMetricHistoryResponse]:
+        raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
     def compare_runs(self, request: simtrack_dot_v1_dot_telemetry__pb2.CompareRunsRequest, ctx: RequestContext) -> simtrack_dot_v1_dot_telemetry__pb2.CompareRunsResponse:
         raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
     def list_events(self, request: simtrack_dot_v1_dot_telemetry__pb2.ListEventsRequest, ctx: RequestContext) -> simtrack_dot_v1_dot_telemetry__pb2.ListEventsResponse:
@@ -256,6 +291,16 @@ class TelemetryServiceWSGIApplication(ConnectWSGIApplication):
                         idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=service.get_metric_history,
+                ),
+                "/simtrack.v1.TelemetryService/ReadMetricHistory": EndpointSync.server_stream(
+                    method=MethodInfo(
+                        name="ReadMetricHistory",
+                        service_name="simtrack.v1.TelemetryService",
+                        input=simtrack_dot_v1_dot_telemetry__pb2.ReadMetricHistoryRequest,
+                        output=simtrack_dot_v1_dot_telemetry__pb2.ReadMetricHistoryResponse,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                    ),
+                    function=service.read_metric_history,
                 ),
                 "/simtrack.v1.TelemetryService/CompareRuns": EndpointSync.unary(
                     method=MethodInfo(
@@ -352,6 +397,26 @@ class TelemetryServiceClientSync(ConnectClientSync):
             headers=headers,
             timeout_ms=timeout_ms,
             use_get=use_get,
+        )
+
+    def read_metric_history(
+        self,
+        request: simtrack_dot_v1_dot_telemetry__pb2.ReadMetricHistoryRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None,
+        timeout_ms: int | None = None,
+    ) -> Iterator[simtrack_dot_v1_dot_telemetry__pb2.ReadMetricHistoryResponse]:
+        return self.execute_server_stream(
+            request=request,
+            method=MethodInfo(
+                name="ReadMetricHistory",
+                service_name="simtrack.v1.TelemetryService",
+                input=simtrack_dot_v1_dot_telemetry__pb2.ReadMetricHistoryRequest,
+                output=simtrack_dot_v1_dot_telemetry__pb2.ReadMetricHistoryResponse,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
         )
 
     def compare_runs(

@@ -847,6 +847,83 @@ class GetMetricHistoryRequest(_message.Message):
 Global___GetMetricHistoryRequest: _TypeAlias = GetMetricHistoryRequest  # noqa: Y015
 
 @_typing.final
+class ReadMetricHistoryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    METRIC_FIELD_NUMBER: _builtins.int
+    START_STEP_FIELD_NUMBER: _builtins.int
+    END_STEP_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    COLUMN_ENCODING_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """The run. Required."""
+    metric: _builtins.str
+    """The metric's name. Required."""
+    start_step: _builtins.int
+    """The lowest step to return (inclusive); unset: from the first point."""
+    end_step: _builtins.int
+    """The highest step to return (inclusive); unset: up to the last point."""
+    page_size: _builtins.int
+    """Points a message, 1-100,000; 0 means 100,000."""
+    page_token: _builtins.str
+    """Where to begin: the next_page_token of a message of an earlier read (or of a
+    GetMetricHistory call) with the same run, metric and range; empty: the first point.
+    """
+    column_encoding: Global___ColumnEncoding.ValueType
+    """Which fields of each page carry the points (see ColumnEncoding), as GetMetricHistory's."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        metric: _builtins.str = ...,
+        start_step: _builtins.int | None = ...,
+        end_step: _builtins.int | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        column_encoding: Global___ColumnEncoding.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_end_step", b"_end_step", "_start_step", b"_start_step", "end_step", b"end_step", "start_step", b"start_step"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_end_step", b"_end_step", "_start_step", b"_start_step", "column_encoding", b"column_encoding", "end_step", b"end_step", "metric", b"metric", "page_size", b"page_size", "page_token", b"page_token", "run_id", b"run_id", "start_step", b"start_step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__end_step: _TypeAlias = _typing.Literal["end_step"]  # noqa: Y015
+    _WhichOneofArgType__end_step: _TypeAlias = _typing.Literal["_end_step", b"_end_step"]  # noqa: Y015
+    _WhichOneofReturnType__start_step: _TypeAlias = _typing.Literal["start_step"]  # noqa: Y015
+    _WhichOneofArgType__start_step: _TypeAlias = _typing.Literal["_start_step", b"_start_step"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__end_step) -> _WhichOneofReturnType__end_step | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__start_step) -> _WhichOneofReturnType__start_step | None: ...
+
+Global___ReadMetricHistoryRequest: _TypeAlias = ReadMetricHistoryRequest  # noqa: Y015
+
+@_typing.final
+class ReadMetricHistoryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def page(self) -> Global___GetMetricHistoryResponse:
+        """The next page: its points, range_count, and the next_page_token a resumed read starts
+        from (empty on the last message).
+        """
+
+    def __init__(
+        self,
+        *,
+        page: Global___GetMetricHistoryResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadMetricHistoryResponse: _TypeAlias = ReadMetricHistoryResponse  # noqa: Y015
+
+@_typing.final
 class StoredColumns(_message.Message):
     """StoredColumns is one stored chunk's columns (COLUMN_ENCODING_STORED): `count` points, of
     which the page holds [skip, skip + take), in the order they decode. Each column is a blob

@@ -52,6 +52,11 @@ class TelemetryServiceStub:
                 request_serializer=simtrack_dot_v1_dot_telemetry__pb2.GetMetricHistoryRequest.SerializeToString,
                 response_deserializer=simtrack_dot_v1_dot_telemetry__pb2.GetMetricHistoryResponse.FromString,
                 _registered_method=True)
+        self.ReadMetricHistory = channel.unary_stream(
+                '/simtrack.v1.TelemetryService/ReadMetricHistory',
+                request_serializer=simtrack_dot_v1_dot_telemetry__pb2.ReadMetricHistoryRequest.SerializeToString,
+                response_deserializer=simtrack_dot_v1_dot_telemetry__pb2.ReadMetricHistoryResponse.FromString,
+                _registered_method=True)
         self.CompareRuns = channel.unary_unary(
                 '/simtrack.v1.TelemetryService/CompareRuns',
                 request_serializer=simtrack_dot_v1_dot_telemetry__pb2.CompareRunsRequest.SerializeToString,
@@ -95,6 +100,16 @@ class TelemetryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReadMetricHistory(self, request, context):
+        """ReadMetricHistory streams one metric's every point in step order, in one call: each
+        message holds the page that GetMetricHistory with the previous message's next_page_token
+        returns, so whole series are read with no call or round trip a page. A read cut short
+        resumes from the last message's next_page_token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CompareRuns(self, request, context):
         """CompareRuns returns some metrics of several runs in one call, each series downsampled as
         GetMetricHistory's max_points does it, but every run's series of a metric on one step grid,
@@ -128,6 +143,11 @@ def add_TelemetryServiceServicer_to_server(servicer, server):
                     servicer.GetMetricHistory,
                     request_deserializer=simtrack_dot_v1_dot_telemetry__pb2.GetMetricHistoryRequest.FromString,
                     response_serializer=simtrack_dot_v1_dot_telemetry__pb2.GetMetricHistoryResponse.SerializeToString,
+            ),
+            'ReadMetricHistory': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadMetricHistory,
+                    request_deserializer=simtrack_dot_v1_dot_telemetry__pb2.ReadMetricHistoryRequest.FromString,
+                    response_serializer=simtrack_dot_v1_dot_telemetry__pb2.ReadMetricHistoryResponse.SerializeToString,
             ),
             'CompareRuns': grpc.unary_unary_rpc_method_handler(
                     servicer.CompareRuns,
@@ -224,6 +244,33 @@ class TelemetryService:
             '/simtrack.v1.TelemetryService/GetMetricHistory',
             simtrack_dot_v1_dot_telemetry__pb2.GetMetricHistoryRequest.SerializeToString,
             simtrack_dot_v1_dot_telemetry__pb2.GetMetricHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadMetricHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/simtrack.v1.TelemetryService/ReadMetricHistory',
+            simtrack_dot_v1_dot_telemetry__pb2.ReadMetricHistoryRequest.SerializeToString,
+            simtrack_dot_v1_dot_telemetry__pb2.ReadMetricHistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

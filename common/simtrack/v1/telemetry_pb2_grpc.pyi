@@ -48,6 +48,12 @@ class TelemetryServiceStub:
     """GetMetricHistory returns one metric's points in step order: every point, page by page, or
     (with max_points) at most that many, chosen so that the series keeps its shape and extremes.
     """
+    ReadMetricHistory: _grpc.UnaryStreamMultiCallable[_telemetry_pb2.ReadMetricHistoryRequest, _telemetry_pb2.ReadMetricHistoryResponse]
+    """ReadMetricHistory streams one metric's every point in step order, in one call: each
+    message holds the page that GetMetricHistory with the previous message's next_page_token
+    returns, so whole series are read with no call or round trip a page. A read cut short
+    resumes from the last message's next_page_token.
+    """
     CompareRuns: _grpc.UnaryUnaryMultiCallable[_telemetry_pb2.CompareRunsRequest, _telemetry_pb2.CompareRunsResponse]
     """CompareRuns returns some metrics of several runs in one call, each series downsampled as
     GetMetricHistory's max_points does it, but every run's series of a metric on one step grid,
@@ -75,6 +81,12 @@ class TelemetryServiceAsyncStub(TelemetryServiceStub):
     GetMetricHistory: _aio.UnaryUnaryMultiCallable[_telemetry_pb2.GetMetricHistoryRequest, _telemetry_pb2.GetMetricHistoryResponse]  # type: ignore[assignment]
     """GetMetricHistory returns one metric's points in step order: every point, page by page, or
     (with max_points) at most that many, chosen so that the series keeps its shape and extremes.
+    """
+    ReadMetricHistory: _aio.UnaryStreamMultiCallable[_telemetry_pb2.ReadMetricHistoryRequest, _telemetry_pb2.ReadMetricHistoryResponse]  # type: ignore[assignment]
+    """ReadMetricHistory streams one metric's every point in step order, in one call: each
+    message holds the page that GetMetricHistory with the previous message's next_page_token
+    returns, so whole series are read with no call or round trip a page. A read cut short
+    resumes from the last message's next_page_token.
     """
     CompareRuns: _aio.UnaryUnaryMultiCallable[_telemetry_pb2.CompareRunsRequest, _telemetry_pb2.CompareRunsResponse]  # type: ignore[assignment]
     """CompareRuns returns some metrics of several runs in one call, each series downsampled as
@@ -118,6 +130,18 @@ class TelemetryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_telemetry_pb2.GetMetricHistoryResponse, _abc.Awaitable[_telemetry_pb2.GetMetricHistoryResponse]]:
         """GetMetricHistory returns one metric's points in step order: every point, page by page, or
         (with max_points) at most that many, chosen so that the series keeps its shape and extremes.
+        """
+
+    @_abc_1.abstractmethod
+    def ReadMetricHistory(
+        self,
+        request: _telemetry_pb2.ReadMetricHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_telemetry_pb2.ReadMetricHistoryResponse], _abc.AsyncIterator[_telemetry_pb2.ReadMetricHistoryResponse]]:
+        """ReadMetricHistory streams one metric's every point in step order, in one call: each
+        message holds the page that GetMetricHistory with the previous message's next_page_token
+        returns, so whole series are read with no call or round trip a page. A read cut short
+        resumes from the last message's next_page_token.
         """
 
     @_abc_1.abstractmethod

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_READ_METHODS = ("Get", "List", "Watch", "Compare")
+_READ_METHODS = ("Get", "List", "Watch", "Compare", "Read")
 # An open call's key is checked again when its cached check expires; with a cache shorter than
 # this (SIMTRACK_AUTH_CACHE_SECONDS=0: no cache), this often, not in a tight loop.
 MIN_RECHECK = 0.5

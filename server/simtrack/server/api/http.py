@@ -150,7 +150,7 @@ class ConnectService:
                             async for response in calls.stream(
                                 path, metadata, lambda: behavior(request, ctx)
                             ):
-                                yield response
+                                yield unpacked(response)
                 except TimeoutError:
                     if open_calls.ended:
                         raise ConnectError(

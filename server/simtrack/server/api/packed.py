@@ -221,6 +221,14 @@ def stored_history_response(
     return Packed(wire, tpb.GetMetricHistoryResponse)
 
 
+def read_history_message(
+    page: Packed[tpb.GetMetricHistoryResponse],
+) -> Packed[tpb.ReadMetricHistoryResponse]:
+    """ReadMetricHistory's message of one page: the page's bytes as its field 1."""
+    wire = _key(1, _LENGTH_DELIMITED) + varint(len(page.wire)) + page.wire if page.wire else b""
+    return Packed(wire, tpb.ReadMetricHistoryResponse)
+
+
 def _stored_columns(
     count: int,
     first_step: int,

@@ -30,7 +30,12 @@ from simtrack.server.api.convert import (
     unknown_enum_value,
 )
 from simtrack.server.api.convert import timestamp as ts
-from simtrack.server.api.packed import Packed, history_response, stored_history_response
+from simtrack.server.api.packed import (
+    Packed,
+    history_response,
+    read_history_message,
+    stored_history_response,
+)
 from simtrack.server.api.runs import command_to_proto
 from simtrack.server.core.model import (
     MetricKind,
@@ -43,7 +48,7 @@ from simtrack.server.core.model import (
 from simtrack.server.core.tenancy import current_lease
 from simtrack.server.db.models import Event, Metric
 from simtrack.server.domain.compare import CompareService, Comparison
-from simtrack.server.domain.history import HistoryService
+from simtrack.server.domain.history import HISTORY_PAGE_MAX, History, HistoryService
 from simtrack.server.domain.live_runs import LiveRuns
 from simtrack.server.ingest.items import (
     SMALL_SERIES,
@@ -275,6 +280,27 @@ def _column_encoding(encoding: int) -> int:
     return encoding
 
 
+def _history_response(found: History, column_encoding: int) -> Packed[tpb.GetMetricHistoryResponse]:
+    """The page or view found, its columns in the encoding asked for."""
+    encoding = _column_encoding(column_encoding)
+    points = found.points
+    if encoding == tpb.COLUMN_ENCODING_STORED:
+        return stored_history_response(
+            found.stored, points, found.next_page_token, found.range_count, found.downsampled
+        )
+    return history_response(
+        points.steps,
+        points.decoded(),
+        points.times(),
+        found.next_page_token,
+        found.range_count,
+        found.downsampled,
+        encoding == tpb.COLUMN_ENCODING_LITTLE_ENDIAN,
+        known_consecutive=points.consecutive,
+        known_one_timestamp=points.one_timestamp,
+    )
+
+
 class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
     """A worker's stream into the ingest writer, and what it stored read back."""
 
@@ -368,32 +394,38 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
     async def GetMetricHistory(  # type: ignore[override]  # the interceptor sends Packed
         self, request: tpb.GetMetricHistoryRequest, context: Context
     ) -> Packed[tpb.GetMetricHistoryResponse]:
-        encoding = _column_encoding(request.column_encoding)
-        found = await self.history.history(
+        found = await self._history(
+            request, request.max_points, request.page_size, request.page_token
+        )
+        return _history_response(found, request.column_encoding)
+
+    async def ReadMetricHistory(  # type: ignore[override]  # the interceptor sends Packed
+        self, request: tpb.ReadMetricHistoryRequest, context: Context
+    ) -> AsyncIterator[Packed[tpb.ReadMetricHistoryResponse]]:
+        token = request.page_token
+        while True:
+            found = await self._history(request, 0, request.page_size or HISTORY_PAGE_MAX, token)
+            yield read_history_message(_history_response(found, request.column_encoding))
+            token = found.next_page_token
+            if not token:
+                return
+
+    async def _history(
+        self,
+        request: tpb.GetMetricHistoryRequest | tpb.ReadMetricHistoryRequest,
+        max_points: int,
+        page_size: int,
+        page_token: str,
+    ) -> History:
+        return await self.history.history(
             request.run_id,
             request.metric,
             request.start_step if request.HasField("start_step") else None,
             request.end_step if request.HasField("end_step") else None,
-            request.max_points,
-            request.page_size,
-            request.page_token,
-            values=encoding != tpb.COLUMN_ENCODING_STORED,
-        )
-        points = found.points
-        if encoding == tpb.COLUMN_ENCODING_STORED:
-            return stored_history_response(
-                found.stored, points, found.next_page_token, found.range_count, found.downsampled
-            )
-        return history_response(
-            points.steps,
-            points.decoded(),
-            points.times(),
-            found.next_page_token,
-            found.range_count,
-            found.downsampled,
-            encoding == tpb.COLUMN_ENCODING_LITTLE_ENDIAN,
-            known_consecutive=points.consecutive,
-            known_one_timestamp=points.one_timestamp,
+            max_points,
+            page_size,
+            page_token,
+            values=_column_encoding(request.column_encoding) != tpb.COLUMN_ENCODING_STORED,
         )
 
     async def CompareRuns(

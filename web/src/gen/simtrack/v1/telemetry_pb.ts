@@ -14,7 +14,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file simtrack/v1/telemetry.proto.
  */
 export const file_simtrack_v1_telemetry: GenFile = /*@__PURE__*/
-  fileDesc("ChtzaW10cmFjay92MS90ZWxlbWV0cnkucHJvdG8SC3NpbXRyYWNrLnYxIqgCChBTdHJlYW1SdW5SZXF1ZXN0EgsKA3NlcRgBIAEoAxIjCgVoZWxsbxgCIAEoCzISLnNpbXRyYWNrLnYxLkhlbGxvSAASKQoIcHJvZ3Jlc3MYAyABKAsyFS5zaW10cmFjay52MS5Qcm9ncmVzc0gAEisKB21ldHJpY3MYBCABKAsyGC5zaW10cmFjay52MS5NZXRyaWNCYXRjaEgAEikKBmV2ZW50cxgFIAEoCzIXLnNpbXRyYWNrLnYxLkV2ZW50QmF0Y2hIABIqCgZzdGF0dXMYBiABKAsyGC5zaW10cmFjay52MS5GaW5hbFN0YXR1c0gAEisKCWhlYXJ0YmVhdBgHIAEoCzIWLnNpbXRyYWNrLnYxLkhlYXJ0YmVhdEgAQgYKBGtpbmQiUgoFSGVsbG8SDgoGcnVuX2lkGAEgASgJEhEKCXdvcmtlcl9pZBgCIAEoCRIWCg5sYXN0X2Fja2VkX3NlcRgDIAEoAxIOCgZyZXBsYXkYBCABKAgiOAoIUHJvZ3Jlc3MSDAoEdGljaxgBIAEoAxINCgV0b3RhbBgCIAEoAxIPCgdwZXJjZW50GAMgASgBIoQBCgxNZXRyaWNTZXJpZXMSDAoEbmFtZRgBIAEoCRIMCgR1bml0GAIgASgJEiUKBGtpbmQYAyABKA4yFy5zaW10cmFjay52MS5NZXRyaWNLaW5kEg0KBXN0ZXBzGAQgAygDEg4KBnZhbHVlcxgFIAMoARISCgp0aW1lc3RhbXBzGAYgAygBIjgKC01ldHJpY0JhdGNoEikKBnNlcmllcxgBIAMoCzIZLnNpbXRyYWNrLnYxLk1ldHJpY1NlcmllcyKJAQoFRXZlbnQSDAoEc3RlcBgBIAEoAxIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIMCgR0eXBlGAMgASgJEhAKCGFnZW50X2lkGAQgASgJEigKB3BheWxvYWQYBSABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0IjAKCkV2ZW50QmF0Y2gSIgoGZXZlbnRzGAEgAygLMhIuc2ltdHJhY2sudjEuRXZlbnQiqAEKC0ZpbmFsU3RhdHVzEigKB291dGNvbWUYASABKA4yFy5zaW10cmFjay52MS5SdW5PdXRjb21lEhUKDWVycm9yX21lc3NhZ2UYAiABKAkSLgoNZXJyb3JfZGV0YWlscxgDIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSKAoHcmVzdWx0cxgEIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QiCwoJSGVhcnRiZWF0IrwBChFTdHJlYW1SdW5SZXNwb25zZRInCgd3ZWxjb21lGAEgASgLMhQuc2ltdHJhY2sudjEuV2VsY29tZUgAEh8KA2FjaxgCIAEoCzIQLnNpbXRyYWNrLnYxLkFja0gAEicKB2NvbW1hbmQYAyABKAsyFC5zaW10cmFjay52MS5Db21tYW5kSAASLAoKZ29pbmdfYXdheRgEIAEoCzIWLnNpbXRyYWNrLnYxLkdvaW5nQXdheUgAQgYKBGtpbmQiogEKB1dlbGNvbWUSFQoNY29tbWl0dGVkX3NlcRgBIAEoAxIiChpoZWFydGJlYXRfaW50ZXJ2YWxfc2Vjb25kcxgCIAEoARIuChBwZW5kaW5nX2NvbW1hbmRzGAMgAygLMhQuc2ltdHJhY2sudjEuQ29tbWFuZBIsCgtydW5fb3V0Y29tZRgEIAEoDjIXLnNpbXRyYWNrLnYxLlJ1bk91dGNvbWUiHAoDQWNrEhUKDWNvbW1pdHRlZF9zZXEYASABKAMiGwoJR29pbmdBd2F5Eg4KBnJlYXNvbhgBIAEoCSKgAgoGTWV0cmljEg4KBnJ1bl9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEgwKBHVuaXQYAyABKAkSJQoEa2luZBgEIAEoDjIXLnNpbXRyYWNrLnYxLk1ldHJpY0tpbmQSDQoFY291bnQYBSABKAMSFgoJbGFzdF9zdGVwGAYgASgDSACIAQESEgoKbGFzdF92YWx1ZRgHIAEoARILCgNtaW4YCCABKAESCwoDbWF4GAkgASgBEi8KC2NyZWF0ZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCDAoKX2xhc3Rfc3RlcCJtChJMaXN0TWV0cmljc1JlcXVlc3QSDgoGcnVuX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJEg4KBmZpbHRlchgEIAEoCRIQCghvcmRlcl9ieRgFIAEoCSJUChNMaXN0TWV0cmljc1Jlc3BvbnNlEiQKB21ldHJpY3MYASADKAsyEy5zaW10cmFjay52MS5NZXRyaWMSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIvYBChdHZXRNZXRyaWNIaXN0b3J5UmVxdWVzdBIOCgZydW5faWQYASABKAkSDgoGbWV0cmljGAIgASgJEhcKCnN0YXJ0X3N0ZXAYAyABKANIAIgBARIVCghlbmRfc3RlcBgEIAEoA0gBiAEBEhIKCm1heF9wb2ludHMYBSABKAUSEQoJcGFnZV9zaXplGAYgASgFEhIKCnBhZ2VfdG9rZW4YByABKAkSNAoPY29sdW1uX2VuY29kaW5nGAggASgOMhsuc2ltdHJhY2sudjEuQ29sdW1uRW5jb2RpbmdCDQoLX3N0YXJ0X3N0ZXBCCwoJX2VuZF9zdGVwIoEBCg1TdG9yZWRDb2x1bW5zEg0KBWNvdW50GAEgASgFEhIKCmZpcnN0X3N0ZXAYAiABKAMSDQoFc3RlcHMYAyABKAwSDgoGdmFsdWVzGAQgASgMEhIKCnRpbWVzdGFtcHMYBSABKAwSDAoEc2tpcBgGIAEoBRIMCgR0YWtlGAcgASgFIowCChhHZXRNZXRyaWNIaXN0b3J5UmVzcG9uc2USDQoFc3RlcHMYASADKAMSDgoGdmFsdWVzGAIgAygBEhIKCnRpbWVzdGFtcHMYAyADKAESEAoIc3RlcHNfbGUYByABKAwSEQoJdmFsdWVzX2xlGAggASgMEhUKDXRpbWVzdGFtcHNfbGUYCSABKAwSEgoKZmlyc3Rfc3RlcBgKIAEoAxIXCg9uZXh0X3BhZ2VfdG9rZW4YBCABKAkSEwoLcmFuZ2VfY291bnQYBSABKAMSEwoLZG93bnNhbXBsZWQYBiABKAgSKgoGc3RvcmVkGAsgAygLMhouc2ltdHJhY2sudjEuU3RvcmVkQ29sdW1ucyKWAQoSQ29tcGFyZVJ1bnNSZXF1ZXN0Eg8KB3J1bl9pZHMYASADKAkSDwoHbWV0cmljcxgCIAMoCRIXCgpzdGFydF9zdGVwGAMgASgDSACIAQESFQoIZW5kX3N0ZXAYBCABKANIAYgBARISCgptYXhfcG9pbnRzGAUgASgFQg0KC19zdGFydF9zdGVwQgsKCV9lbmRfc3RlcCJWCgtDb21wYXJlR3JpZBIOCgZtZXRyaWMYASABKAkSEgoKc3RhcnRfc3RlcBgCIAEoAxIQCghlbmRfc3RlcBgDIAEoAxIRCglpbnRlcnZhbHMYBCABKAUiYQoLQ29tcGFyZWRSdW4SDgoGcnVuX2lkGAEgASgJEhUKDWV4cGVyaW1lbnRfaWQYAiABKAkSFwoPZXhwZXJpbWVudF9uYW1lGAMgASgJEhIKCnJ1bl9udW1iZXIYBCABKAMirAEKDkNvbXBhcmVkU2VyaWVzEg4KBnJ1bl9pZBgBIAEoCRIOCgZtZXRyaWMYAiABKAkSDAoEdW5pdBgDIAEoCRINCgVzdGVwcxgEIAMoAxIOCgZ2YWx1ZXMYBSADKAESEgoKdGltZXN0YW1wcxgGIAMoARITCgtyYW5nZV9jb3VudBgHIAEoAxITCgtkb3duc2FtcGxlZBgIIAEoCBIPCgdtaXNzaW5nGAkgASgIIqcBChNDb21wYXJlUnVuc1Jlc3BvbnNlEiYKBHJ1bnMYASADKAsyGC5zaW10cmFjay52MS5Db21wYXJlZFJ1bhInCgVncmlkcxgCIAMoCzIYLnNpbXRyYWNrLnYxLkNvbXBhcmVHcmlkEisKBnNlcmllcxgDIAMoCzIbLnNpbXRyYWNrLnYxLkNvbXBhcmVkU2VyaWVzEhIKCm1heF9wb2ludHMYBCABKAUibAoRTGlzdEV2ZW50c1JlcXVlc3QSDgoGcnVuX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJEg4KBmZpbHRlchgEIAEoCRIQCghvcmRlcl9ieRgFIAEoCSJPCgtTdG9yZWRFdmVudBIhCgVldmVudBgBIAEoCzISLnNpbXRyYWNrLnYxLkV2ZW50EgsKA3NlcRgCIAEoAxIQCghwb3NpdGlvbhgDIAEoBSJXChJMaXN0RXZlbnRzUmVzcG9uc2USKAoGZXZlbnRzGAEgAygLMhguc2ltdHJhY2sudjEuU3RvcmVkRXZlbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJKlkKCk1ldHJpY0tpbmQSGwoXTUVUUklDX0tJTkRfVU5TUEVDSUZJRUQQABIVChFNRVRSSUNfS0lORF9HQVVHRRABEhcKE01FVFJJQ19LSU5EX0NPVU5URVIQAip1CgpSdW5PdXRjb21lEhsKF1JVTl9PVVRDT01FX1VOU1BFQ0lGSUVEEAASGQoVUlVOX09VVENPTUVfQ09NUExFVEVEEAESFgoSUlVOX09VVENPTUVfRkFJTEVEEAISFwoTUlVOX09VVENPTUVfU1RPUFBFRBADKnAKDkNvbHVtbkVuY29kaW5nEh8KG0NPTFVNTl9FTkNPRElOR19VTlNQRUNJRklFRBAAEiEKHUNPTFVNTl9FTkNPRElOR19MSVRUTEVfRU5ESUFOEAESGgoWQ09MVU1OX0VOQ09ESU5HX1NUT1JFRBACMsoDChBUZWxlbWV0cnlTZXJ2aWNlEk4KCVN0cmVhbVJ1bhIdLnNpbXRyYWNrLnYxLlN0cmVhbVJ1blJlcXVlc3QaHi5zaW10cmFjay52MS5TdHJlYW1SdW5SZXNwb25zZSgBMAESVQoLTGlzdE1ldHJpY3MSHy5zaW10cmFjay52MS5MaXN0TWV0cmljc1JlcXVlc3QaIC5zaW10cmFjay52MS5MaXN0TWV0cmljc1Jlc3BvbnNlIgOQAgESZAoQR2V0TWV0cmljSGlzdG9yeRIkLnNpbXRyYWNrLnYxLkdldE1ldHJpY0hpc3RvcnlSZXF1ZXN0GiUuc2ltdHJhY2sudjEuR2V0TWV0cmljSGlzdG9yeVJlc3BvbnNlIgOQAgESVQoLQ29tcGFyZVJ1bnMSHy5zaW10cmFjay52MS5Db21wYXJlUnVuc1JlcXVlc3QaIC5zaW10cmFjay52MS5Db21wYXJlUnVuc1Jlc3BvbnNlIgOQAgESUgoKTGlzdEV2ZW50cxIeLnNpbXRyYWNrLnYxLkxpc3RFdmVudHNSZXF1ZXN0Gh8uc2ltdHJhY2sudjEuTGlzdEV2ZW50c1Jlc3BvbnNlIgOQAgFiBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_simtrack_v1_runs]);
+  fileDesc("ChtzaW10cmFjay92MS90ZWxlbWV0cnkucHJvdG8SC3NpbXRyYWNrLnYxIqgCChBTdHJlYW1SdW5SZXF1ZXN0EgsKA3NlcRgBIAEoAxIjCgVoZWxsbxgCIAEoCzISLnNpbXRyYWNrLnYxLkhlbGxvSAASKQoIcHJvZ3Jlc3MYAyABKAsyFS5zaW10cmFjay52MS5Qcm9ncmVzc0gAEisKB21ldHJpY3MYBCABKAsyGC5zaW10cmFjay52MS5NZXRyaWNCYXRjaEgAEikKBmV2ZW50cxgFIAEoCzIXLnNpbXRyYWNrLnYxLkV2ZW50QmF0Y2hIABIqCgZzdGF0dXMYBiABKAsyGC5zaW10cmFjay52MS5GaW5hbFN0YXR1c0gAEisKCWhlYXJ0YmVhdBgHIAEoCzIWLnNpbXRyYWNrLnYxLkhlYXJ0YmVhdEgAQgYKBGtpbmQiUgoFSGVsbG8SDgoGcnVuX2lkGAEgASgJEhEKCXdvcmtlcl9pZBgCIAEoCRIWCg5sYXN0X2Fja2VkX3NlcRgDIAEoAxIOCgZyZXBsYXkYBCABKAgiOAoIUHJvZ3Jlc3MSDAoEdGljaxgBIAEoAxINCgV0b3RhbBgCIAEoAxIPCgdwZXJjZW50GAMgASgBIoQBCgxNZXRyaWNTZXJpZXMSDAoEbmFtZRgBIAEoCRIMCgR1bml0GAIgASgJEiUKBGtpbmQYAyABKA4yFy5zaW10cmFjay52MS5NZXRyaWNLaW5kEg0KBXN0ZXBzGAQgAygDEg4KBnZhbHVlcxgFIAMoARISCgp0aW1lc3RhbXBzGAYgAygBIjgKC01ldHJpY0JhdGNoEikKBnNlcmllcxgBIAMoCzIZLnNpbXRyYWNrLnYxLk1ldHJpY1NlcmllcyKJAQoFRXZlbnQSDAoEc3RlcBgBIAEoAxIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIMCgR0eXBlGAMgASgJEhAKCGFnZW50X2lkGAQgASgJEigKB3BheWxvYWQYBSABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0IjAKCkV2ZW50QmF0Y2gSIgoGZXZlbnRzGAEgAygLMhIuc2ltdHJhY2sudjEuRXZlbnQiqAEKC0ZpbmFsU3RhdHVzEigKB291dGNvbWUYASABKA4yFy5zaW10cmFjay52MS5SdW5PdXRjb21lEhUKDWVycm9yX21lc3NhZ2UYAiABKAkSLgoNZXJyb3JfZGV0YWlscxgDIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSKAoHcmVzdWx0cxgEIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QiCwoJSGVhcnRiZWF0IrwBChFTdHJlYW1SdW5SZXNwb25zZRInCgd3ZWxjb21lGAEgASgLMhQuc2ltdHJhY2sudjEuV2VsY29tZUgAEh8KA2FjaxgCIAEoCzIQLnNpbXRyYWNrLnYxLkFja0gAEicKB2NvbW1hbmQYAyABKAsyFC5zaW10cmFjay52MS5Db21tYW5kSAASLAoKZ29pbmdfYXdheRgEIAEoCzIWLnNpbXRyYWNrLnYxLkdvaW5nQXdheUgAQgYKBGtpbmQiogEKB1dlbGNvbWUSFQoNY29tbWl0dGVkX3NlcRgBIAEoAxIiChpoZWFydGJlYXRfaW50ZXJ2YWxfc2Vjb25kcxgCIAEoARIuChBwZW5kaW5nX2NvbW1hbmRzGAMgAygLMhQuc2ltdHJhY2sudjEuQ29tbWFuZBIsCgtydW5fb3V0Y29tZRgEIAEoDjIXLnNpbXRyYWNrLnYxLlJ1bk91dGNvbWUiHAoDQWNrEhUKDWNvbW1pdHRlZF9zZXEYASABKAMiGwoJR29pbmdBd2F5Eg4KBnJlYXNvbhgBIAEoCSKgAgoGTWV0cmljEg4KBnJ1bl9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEgwKBHVuaXQYAyABKAkSJQoEa2luZBgEIAEoDjIXLnNpbXRyYWNrLnYxLk1ldHJpY0tpbmQSDQoFY291bnQYBSABKAMSFgoJbGFzdF9zdGVwGAYgASgDSACIAQESEgoKbGFzdF92YWx1ZRgHIAEoARILCgNtaW4YCCABKAESCwoDbWF4GAkgASgBEi8KC2NyZWF0ZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCDAoKX2xhc3Rfc3RlcCJtChJMaXN0TWV0cmljc1JlcXVlc3QSDgoGcnVuX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJEg4KBmZpbHRlchgEIAEoCRIQCghvcmRlcl9ieRgFIAEoCSJUChNMaXN0TWV0cmljc1Jlc3BvbnNlEiQKB21ldHJpY3MYASADKAsyEy5zaW10cmFjay52MS5NZXRyaWMSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIvYBChdHZXRNZXRyaWNIaXN0b3J5UmVxdWVzdBIOCgZydW5faWQYASABKAkSDgoGbWV0cmljGAIgASgJEhcKCnN0YXJ0X3N0ZXAYAyABKANIAIgBARIVCghlbmRfc3RlcBgEIAEoA0gBiAEBEhIKCm1heF9wb2ludHMYBSABKAUSEQoJcGFnZV9zaXplGAYgASgFEhIKCnBhZ2VfdG9rZW4YByABKAkSNAoPY29sdW1uX2VuY29kaW5nGAggASgOMhsuc2ltdHJhY2sudjEuQ29sdW1uRW5jb2RpbmdCDQoLX3N0YXJ0X3N0ZXBCCwoJX2VuZF9zdGVwIuMBChhSZWFkTWV0cmljSGlzdG9yeVJlcXVlc3QSDgoGcnVuX2lkGAEgASgJEg4KBm1ldHJpYxgCIAEoCRIXCgpzdGFydF9zdGVwGAMgASgDSACIAQESFQoIZW5kX3N0ZXAYBCABKANIAYgBARIRCglwYWdlX3NpemUYBSABKAUSEgoKcGFnZV90b2tlbhgGIAEoCRI0Cg9jb2x1bW5fZW5jb2RpbmcYByABKA4yGy5zaW10cmFjay52MS5Db2x1bW5FbmNvZGluZ0INCgtfc3RhcnRfc3RlcEILCglfZW5kX3N0ZXAiUAoZUmVhZE1ldHJpY0hpc3RvcnlSZXNwb25zZRIzCgRwYWdlGAEgASgLMiUuc2ltdHJhY2sudjEuR2V0TWV0cmljSGlzdG9yeVJlc3BvbnNlIoEBCg1TdG9yZWRDb2x1bW5zEg0KBWNvdW50GAEgASgFEhIKCmZpcnN0X3N0ZXAYAiABKAMSDQoFc3RlcHMYAyABKAwSDgoGdmFsdWVzGAQgASgMEhIKCnRpbWVzdGFtcHMYBSABKAwSDAoEc2tpcBgGIAEoBRIMCgR0YWtlGAcgASgFIowCChhHZXRNZXRyaWNIaXN0b3J5UmVzcG9uc2USDQoFc3RlcHMYASADKAMSDgoGdmFsdWVzGAIgAygBEhIKCnRpbWVzdGFtcHMYAyADKAESEAoIc3RlcHNfbGUYByABKAwSEQoJdmFsdWVzX2xlGAggASgMEhUKDXRpbWVzdGFtcHNfbGUYCSABKAwSEgoKZmlyc3Rfc3RlcBgKIAEoAxIXCg9uZXh0X3BhZ2VfdG9rZW4YBCABKAkSEwoLcmFuZ2VfY291bnQYBSABKAMSEwoLZG93bnNhbXBsZWQYBiABKAgSKgoGc3RvcmVkGAsgAygLMhouc2ltdHJhY2sudjEuU3RvcmVkQ29sdW1ucyKWAQoSQ29tcGFyZVJ1bnNSZXF1ZXN0Eg8KB3J1bl9pZHMYASADKAkSDwoHbWV0cmljcxgCIAMoCRIXCgpzdGFydF9zdGVwGAMgASgDSACIAQESFQoIZW5kX3N0ZXAYBCABKANIAYgBARISCgptYXhfcG9pbnRzGAUgASgFQg0KC19zdGFydF9zdGVwQgsKCV9lbmRfc3RlcCJWCgtDb21wYXJlR3JpZBIOCgZtZXRyaWMYASABKAkSEgoKc3RhcnRfc3RlcBgCIAEoAxIQCghlbmRfc3RlcBgDIAEoAxIRCglpbnRlcnZhbHMYBCABKAUiYQoLQ29tcGFyZWRSdW4SDgoGcnVuX2lkGAEgASgJEhUKDWV4cGVyaW1lbnRfaWQYAiABKAkSFwoPZXhwZXJpbWVudF9uYW1lGAMgASgJEhIKCnJ1bl9udW1iZXIYBCABKAMirAEKDkNvbXBhcmVkU2VyaWVzEg4KBnJ1bl9pZBgBIAEoCRIOCgZtZXRyaWMYAiABKAkSDAoEdW5pdBgDIAEoCRINCgVzdGVwcxgEIAMoAxIOCgZ2YWx1ZXMYBSADKAESEgoKdGltZXN0YW1wcxgGIAMoARITCgtyYW5nZV9jb3VudBgHIAEoAxITCgtkb3duc2FtcGxlZBgIIAEoCBIPCgdtaXNzaW5nGAkgASgIIqcBChNDb21wYXJlUnVuc1Jlc3BvbnNlEiYKBHJ1bnMYASADKAsyGC5zaW10cmFjay52MS5Db21wYXJlZFJ1bhInCgVncmlkcxgCIAMoCzIYLnNpbXRyYWNrLnYxLkNvbXBhcmVHcmlkEisKBnNlcmllcxgDIAMoCzIbLnNpbXRyYWNrLnYxLkNvbXBhcmVkU2VyaWVzEhIKCm1heF9wb2ludHMYBCABKAUibAoRTGlzdEV2ZW50c1JlcXVlc3QSDgoGcnVuX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJEg4KBmZpbHRlchgEIAEoCRIQCghvcmRlcl9ieRgFIAEoCSJPCgtTdG9yZWRFdmVudBIhCgVldmVudBgBIAEoCzISLnNpbXRyYWNrLnYxLkV2ZW50EgsKA3NlcRgCIAEoAxIQCghwb3NpdGlvbhgDIAEoBSJXChJMaXN0RXZlbnRzUmVzcG9uc2USKAoGZXZlbnRzGAEgAygLMhguc2ltdHJhY2sudjEuU3RvcmVkRXZlbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJKlkKCk1ldHJpY0tpbmQSGwoXTUVUUklDX0tJTkRfVU5TUEVDSUZJRUQQABIVChFNRVRSSUNfS0lORF9HQVVHRRABEhcKE01FVFJJQ19LSU5EX0NPVU5URVIQAip1CgpSdW5PdXRjb21lEhsKF1JVTl9PVVRDT01FX1VOU1BFQ0lGSUVEEAASGQoVUlVOX09VVENPTUVfQ09NUExFVEVEEAESFgoSUlVOX09VVENPTUVfRkFJTEVEEAISFwoTUlVOX09VVENPTUVfU1RPUFBFRBADKnAKDkNvbHVtbkVuY29kaW5nEh8KG0NPTFVNTl9FTkNPRElOR19VTlNQRUNJRklFRBAAEiEKHUNPTFVNTl9FTkNPRElOR19MSVRUTEVfRU5ESUFOEAESGgoWQ09MVU1OX0VOQ09ESU5HX1NUT1JFRBACMrUEChBUZWxlbWV0cnlTZXJ2aWNlEk4KCVN0cmVhbVJ1bhIdLnNpbXRyYWNrLnYxLlN0cmVhbVJ1blJlcXVlc3QaHi5zaW10cmFjay52MS5TdHJlYW1SdW5SZXNwb25zZSgBMAESVQoLTGlzdE1ldHJpY3MSHy5zaW10cmFjay52MS5MaXN0TWV0cmljc1JlcXVlc3QaIC5zaW10cmFjay52MS5MaXN0TWV0cmljc1Jlc3BvbnNlIgOQAgESZAoQR2V0TWV0cmljSGlzdG9yeRIkLnNpbXRyYWNrLnYxLkdldE1ldHJpY0hpc3RvcnlSZXF1ZXN0GiUuc2ltdHJhY2sudjEuR2V0TWV0cmljSGlzdG9yeVJlc3BvbnNlIgOQAgESaQoRUmVhZE1ldHJpY0hpc3RvcnkSJS5zaW10cmFjay52MS5SZWFkTWV0cmljSGlzdG9yeVJlcXVlc3QaJi5zaW10cmFjay52MS5SZWFkTWV0cmljSGlzdG9yeVJlc3BvbnNlIgOQAgEwARJVCgtDb21wYXJlUnVucxIfLnNpbXRyYWNrLnYxLkNvbXBhcmVSdW5zUmVxdWVzdBogLnNpbXRyYWNrLnYxLkNvbXBhcmVSdW5zUmVzcG9uc2UiA5ACARJSCgpMaXN0RXZlbnRzEh4uc2ltdHJhY2sudjEuTGlzdEV2ZW50c1JlcXVlc3QaHy5zaW10cmFjay52MS5MaXN0RXZlbnRzUmVzcG9uc2UiA5ACAWIGcHJvdG8z", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_simtrack_v1_runs]);
 
 /**
  * A worker's message on TelemetryService.StreamRun. The first message of a stream must be `hello`.
@@ -821,6 +821,88 @@ export const GetMetricHistoryRequestSchema: GenMessage<GetMetricHistoryRequest> 
   messageDesc(file_simtrack_v1_telemetry, 16);
 
 /**
+ * @generated from message simtrack.v1.ReadMetricHistoryRequest
+ */
+export type ReadMetricHistoryRequest = Message<"simtrack.v1.ReadMetricHistoryRequest"> & {
+  /**
+   * The run. Required.
+   *
+   * @generated from field: string run_id = 1;
+   */
+  runId: string;
+
+  /**
+   * The metric's name. Required.
+   *
+   * @generated from field: string metric = 2;
+   */
+  metric: string;
+
+  /**
+   * The lowest step to return (inclusive); unset: from the first point.
+   *
+   * @generated from field: optional int64 start_step = 3;
+   */
+  startStep?: bigint | undefined;
+
+  /**
+   * The highest step to return (inclusive); unset: up to the last point.
+   *
+   * @generated from field: optional int64 end_step = 4;
+   */
+  endStep?: bigint | undefined;
+
+  /**
+   * Points a message, 1-100,000; 0 means 100,000.
+   *
+   * @generated from field: int32 page_size = 5;
+   */
+  pageSize: number;
+
+  /**
+   * Where to begin: the next_page_token of a message of an earlier read (or of a
+   * GetMetricHistory call) with the same run, metric and range; empty: the first point.
+   *
+   * @generated from field: string page_token = 6;
+   */
+  pageToken: string;
+
+  /**
+   * Which fields of each page carry the points (see ColumnEncoding), as GetMetricHistory's.
+   *
+   * @generated from field: simtrack.v1.ColumnEncoding column_encoding = 7;
+   */
+  columnEncoding: ColumnEncoding;
+};
+
+/**
+ * Describes the message simtrack.v1.ReadMetricHistoryRequest.
+ * Use `create(ReadMetricHistoryRequestSchema)` to create a new message.
+ */
+export const ReadMetricHistoryRequestSchema: GenMessage<ReadMetricHistoryRequest> = /*@__PURE__*/
+  messageDesc(file_simtrack_v1_telemetry, 17);
+
+/**
+ * @generated from message simtrack.v1.ReadMetricHistoryResponse
+ */
+export type ReadMetricHistoryResponse = Message<"simtrack.v1.ReadMetricHistoryResponse"> & {
+  /**
+   * The next page: its points, range_count, and the next_page_token a resumed read starts
+   * from (empty on the last message).
+   *
+   * @generated from field: simtrack.v1.GetMetricHistoryResponse page = 1;
+   */
+  page?: GetMetricHistoryResponse | undefined;
+};
+
+/**
+ * Describes the message simtrack.v1.ReadMetricHistoryResponse.
+ * Use `create(ReadMetricHistoryResponseSchema)` to create a new message.
+ */
+export const ReadMetricHistoryResponseSchema: GenMessage<ReadMetricHistoryResponse> = /*@__PURE__*/
+  messageDesc(file_simtrack_v1_telemetry, 18);
+
+/**
  * StoredColumns is one stored chunk's columns (COLUMN_ENCODING_STORED): `count` points, of
  * which the page holds [skip, skip + take), in the order they decode. Each column is a blob
  * in simtrack's column format (common/simtrack/codec.py), told apart by its length:
@@ -894,7 +976,7 @@ export type StoredColumns = Message<"simtrack.v1.StoredColumns"> & {
  * Use `create(StoredColumnsSchema)` to create a new message.
  */
 export const StoredColumnsSchema: GenMessage<StoredColumns> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_telemetry, 17);
+  messageDesc(file_simtrack_v1_telemetry, 19);
 
 /**
  * GetMetricHistoryResponse carries points as parallel columns, in step order (points of equal
@@ -995,7 +1077,7 @@ export type GetMetricHistoryResponse = Message<"simtrack.v1.GetMetricHistoryResp
  * Use `create(GetMetricHistoryResponseSchema)` to create a new message.
  */
 export const GetMetricHistoryResponseSchema: GenMessage<GetMetricHistoryResponse> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_telemetry, 18);
+  messageDesc(file_simtrack_v1_telemetry, 20);
 
 /**
  * CompareRunsRequest asks for some metrics of several runs on shared step grids. Bad input is
@@ -1052,7 +1134,7 @@ export type CompareRunsRequest = Message<"simtrack.v1.CompareRunsRequest"> & {
  * Use `create(CompareRunsRequestSchema)` to create a new message.
  */
 export const CompareRunsRequestSchema: GenMessage<CompareRunsRequest> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_telemetry, 19);
+  messageDesc(file_simtrack_v1_telemetry, 21);
 
 /**
  * CompareGrid is the step grid shared by every run's series of one metric: [start_step,
@@ -1099,7 +1181,7 @@ export type CompareGrid = Message<"simtrack.v1.CompareGrid"> & {
  * Use `create(CompareGridSchema)` to create a new message.
  */
 export const CompareGridSchema: GenMessage<CompareGrid> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_telemetry, 20);
+  messageDesc(file_simtrack_v1_telemetry, 22);
 
 /**
  * ComparedRun says which run a series belongs to, for a legend.
@@ -1141,7 +1223,7 @@ export type ComparedRun = Message<"simtrack.v1.ComparedRun"> & {
  * Use `create(ComparedRunSchema)` to create a new message.
  */
 export const ComparedRunSchema: GenMessage<ComparedRun> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_telemetry, 21);
+  messageDesc(file_simtrack_v1_telemetry, 23);
 
 /**
  * ComparedSeries is one run's points of one metric, as parallel columns in step order (points
@@ -1220,7 +1302,7 @@ export type ComparedSeries = Message<"simtrack.v1.ComparedSeries"> & {
  * Use `create(ComparedSeriesSchema)` to create a new message.
  */
 export const ComparedSeriesSchema: GenMessage<ComparedSeries> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_telemetry, 22);
+  messageDesc(file_simtrack_v1_telemetry, 24);
 
 /**
  * CompareRunsResponse carries the runs, one grid per metric and one series per run and metric,
@@ -1264,7 +1346,7 @@ export type CompareRunsResponse = Message<"simtrack.v1.CompareRunsResponse"> & {
  * Use `create(CompareRunsResponseSchema)` to create a new message.
  */
 export const CompareRunsResponseSchema: GenMessage<CompareRunsResponse> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_telemetry, 23);
+  messageDesc(file_simtrack_v1_telemetry, 25);
 
 /**
  * ListEventsRequest asks for one page of a run's events.
@@ -1334,7 +1416,7 @@ export type ListEventsRequest = Message<"simtrack.v1.ListEventsRequest"> & {
  * Use `create(ListEventsRequestSchema)` to create a new message.
  */
 export const ListEventsRequestSchema: GenMessage<ListEventsRequest> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_telemetry, 24);
+  messageDesc(file_simtrack_v1_telemetry, 26);
 
 /**
  * StoredEvent is an event as stored, with its place in the run's stream.
@@ -1369,7 +1451,7 @@ export type StoredEvent = Message<"simtrack.v1.StoredEvent"> & {
  * Use `create(StoredEventSchema)` to create a new message.
  */
 export const StoredEventSchema: GenMessage<StoredEvent> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_telemetry, 25);
+  messageDesc(file_simtrack_v1_telemetry, 27);
 
 /**
  * ListEventsResponse is one page of events.
@@ -1397,7 +1479,7 @@ export type ListEventsResponse = Message<"simtrack.v1.ListEventsResponse"> & {
  * Use `create(ListEventsResponseSchema)` to create a new message.
  */
 export const ListEventsResponseSchema: GenMessage<ListEventsResponse> = /*@__PURE__*/
-  messageDesc(file_simtrack_v1_telemetry, 26);
+  messageDesc(file_simtrack_v1_telemetry, 28);
 
 /**
  * MetricKind says how a metric behaves.
@@ -1559,6 +1641,19 @@ export const TelemetryService: GenService<{
     methodKind: "unary";
     input: typeof GetMetricHistoryRequestSchema;
     output: typeof GetMetricHistoryResponseSchema;
+  },
+  /**
+   * ReadMetricHistory streams one metric's every point in step order, in one call: each
+   * message holds the page that GetMetricHistory with the previous message's next_page_token
+   * returns, so whole series are read with no call or round trip a page. A read cut short
+   * resumes from the last message's next_page_token.
+   *
+   * @generated from rpc simtrack.v1.TelemetryService.ReadMetricHistory
+   */
+  readMetricHistory: {
+    methodKind: "server_streaming";
+    input: typeof ReadMetricHistoryRequestSchema;
+    output: typeof ReadMetricHistoryResponseSchema;
   },
   /**
    * CompareRuns returns some metrics of several runs in one call, each series downsampled as
