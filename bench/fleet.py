@@ -25,7 +25,7 @@ sends as one message of 10 series x 10 points every second, 32 unacked at most) 
   ``VACUUM`` (as autovacuum would have run by then), and ``..._before_vacuum`` right after
   compaction. Then, as ``bench query`` reads a series sent in 1,000-point batches:
   ``history_page_ms_fleet_series``, a page of 10,000 points from a random step (median of
-  15), and ``history_read_vs_raw_fleet_series``, every point in pages of 100,000, the
+  15), and ``history_read_vs_raw_fleet_series``, every point in pages of 100,000 (one call), the
   columns as stored and decoded by the client, against the same chunks read straight from
   the database and decoded (``bench/history.py``; ``..._little_endian_...`` and
   ``..._repeated_...`` in the other column encodings).
@@ -516,9 +516,10 @@ async def history_series(
         f"{db.prefix}history_read_vs_raw_fleet_series",
         rates.stored / rates.raw,
         "x",
-        note=f"every point in pages of 100,000, the columns as stored, decoded by the client"
-        f" (its way), {rates.stored / 1e6:.1f}M points/s, against {rates.raw / 1e6:.1f}M read"
-        f" straight (a kept connection) and decoded; medians of {READS}",
+        note=f"every point, one call of pages of 100,000, the columns as stored, decoded by the"
+        f" client (its way), {rates.stored / 1e6:.1f}M points/s, against"
+        f" {rates.raw / 1e6:.1f}M read straight (a kept connection) and decoded; medians of"
+        f" {READS}",
         target=goal("history_read_vs_raw_fleet_series"),
     )
     report.add(

@@ -6,8 +6,9 @@ worker helper sends them). Then, from this process as the client:
 
 * ``history_<db>_downsample_ms``: GetMetricHistory with max_points = 1,000 over the whole series;
 * ``history_<db>_page_ms``: one page of 10,000 points from the middle of the series;
-* ``history_<db>_read_points_per_s``: every point, in pages of 100,000, the columns as stored
-  (decoded by the client; ``..._little_endian_...`` and ``..._repeated_...``: the others);
+* ``history_<db>_read_points_per_s``: every point, in one ReadMetricHistory call of pages of
+  100,000, the columns as stored (decoded by the client; ``..._little_endian_...`` and
+  ``..._repeated_...``: the others);
 
 each the median of several calls, beside the limit measured in the same run: the same chunks
 read straight from the database by one client (psycopg binary / sqlite3, on a connection kept
@@ -176,8 +177,8 @@ async def measure(
             f"history_{name}_read_points_per_s",
             rates.stored,
             "points/s",
-            note=f"{points:,} points in pages of 100,000 through the server, the columns as"
-            " stored, decoded by the client (its way)",
+            note=f"{points:,} points, one ReadMetricHistory call of pages of 100,000, the"
+            " columns as stored, decoded by the client (its way)",
         )
         report.add(
             f"history_{name}_read_little_endian_points_per_s",
@@ -225,11 +226,11 @@ async def read_figures(
     fetch: ChunkReader,
 ) -> ReadRates:
     """Points/s reading every point of the series (``points``) through the server at
-    ``target``: as the client reads it (``Client.metric_history``, in a thread: pages of
-    100,000, the columns as stored, decoded into the columns it returns, each next page asked
-    for before the page is decoded), and page by page in the other column encodings (the same
-    pages, each next one asked for first: each page's little-endian columns made numpy arrays,
-    as `MetricHistory.of_page` does, or its repeated fields parsed only); and points/s of
+    ``target``: as the client reads it (``Client.metric_history``, in a thread: one
+    ReadMetricHistory call of pages of 100,000, the columns as stored, decoded into the
+    columns it returns), and the same call in the other column encodings (each page's
+    little-endian columns made numpy arrays, as `MetricHistory.of_page` does, or its repeated
+    fields parsed only); and points/s of
     ``fetch`` (its chunks read straight from the database and unpacked): medians of
     ``repeats`` reads of each, the four taken in turn, in an order that rotates (``repeats``
     a multiple of four places each read as often in each place).
@@ -237,28 +238,16 @@ async def read_figures(
     client = Client(target)
 
     async def read_all(encoding: telemetry_pb2.ColumnEncoding.ValueType) -> int:
-        def page_after(token: str) -> Awaitable[telemetry_pb2.GetMetricHistoryResponse]:
-            request = telemetry_pb2.GetMetricHistoryRequest(
-                run_id=run_id,
-                metric=metric,
-                page_size=100_000,
-                page_token=token,
-                column_encoding=encoding,
-            )
-            return asyncio.ensure_future(telemetry.GetMetricHistory(request))
-
-        read, call = 0, page_after("")
-        while True:
-            page = await call
-            token = page.next_page_token
-            if token:  # the next page asked for before this one is read, as the client does
-                call = page_after(token)
+        request = telemetry_pb2.ReadMetricHistoryRequest(
+            run_id=run_id, metric=metric, page_size=100_000, column_encoding=encoding
+        )
+        read = 0
+        async for message in telemetry.ReadMetricHistory(request):
             if encoding == telemetry_pb2.COLUMN_ENCODING_LITTLE_ENDIAN:
-                read += len(MetricHistory.of_page(page).values)  # every column made an array
+                read += len(MetricHistory.of_page(message.page).values)  # arrays, every column
             else:
-                read += len(page.values)
-            if not token:
-                return read
+                read += len(message.page.values)
+        return read
 
     def client_read() -> int:
         return len(client.metric_history(run_id, metric).values)

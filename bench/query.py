@@ -16,9 +16,9 @@ Then, from this process as the client:
 * ``history_downsample_p50_ms`` / ``_p99_ms``: GetMetricHistory max_points = 1,000 over the
   long series;
 * ``history_page_p50_ms``: a page of 10,000 points from a random place in it;
-* ``history_read_vs_raw``: every point of it in pages of 100,000 through the server, the
-  columns as stored, decoded by the client (``Client.metric_history``'s way), against the
-  same chunks read by one client straight from the database on a kept connection
+* ``history_read_vs_raw``: every point of it in one ReadMetricHistory call of pages of
+  100,000, the columns as stored, decoded by the client (``Client.metric_history``'s way),
+  against the same chunks read by one client straight from the database on a kept connection
   (bench/history.py's limit); ``history_read_little_endian_vs_raw`` and
   ``history_read_repeated_vs_raw`` the same in the other column encodings;
 * ``compare_5runs_p50_ms``: CompareRuns of one metric of five series runs (100,000 points
@@ -335,8 +335,8 @@ async def history_figures(
         "history_read_points_per_s",
         rates.stored,
         "points/s",
-        "in pages of 100,000 through the server, the columns as stored, decoded by the client"
-        " (its way)",
+        "in one ReadMetricHistory call of pages of 100,000, the columns as stored, decoded by"
+        " the client (its way)",
     )
     add(
         "history_read_little_endian_points_per_s",
