@@ -23,7 +23,7 @@ import grpc
 import pytest
 from connectrpc.errors import ConnectError
 
-from simtrack.client import Worker
+from simtrack.client import MetricHistory, Worker
 from simtrack.v1 import agents_pb2, artifacts_pb2, runs_pb2, telemetry_pb2
 from tests.support import Server, ServerPool, SimtrackCli, StartServer
 from tests.support.api_objects import (
@@ -221,6 +221,26 @@ def test_watch_run_streams_over_connect_until_the_run_ends(server: Server) -> No
         set_run_status(server, run.id, runs_pb2.RUN_STATUS_COMPLETED)
         statuses = [update.run.status for update in updates]
     assert statuses[-1] == runs_pb2.RUN_STATUS_COMPLETED
+
+
+@pytest.mark.parametrize("protocol", ["connect-json", "grpc-web"])
+def test_read_metric_history_streams_its_pages_over_http(server: Server, protocol: str) -> None:
+    experiment = new_experiment(server, new_agent(server).id)
+    run = new_run(server, experiment.id)
+    with Worker(server.address, run.id) as worker:
+        for step in range(2_500):
+            worker.log_metrics(step, {"loss": step / 4})
+    request = telemetry_pb2.ReadMetricHistoryRequest(
+        run_id=run.id,
+        metric="loss",
+        page_size=1_000,
+        column_encoding=telemetry_pb2.COLUMN_ENCODING_LITTLE_ENDIAN,
+    )
+    over_grpc = [message.page for message in server.telemetry.ReadMetricHistory(request)]
+    with HttpClient(protocol, server.host.http_address, server.recorder) as client:
+        over_http = [message.page for message in client.telemetry.ReadMetricHistory(request)]
+    assert over_http == over_grpc and len(over_http) == 3
+    assert MetricHistory.of_pages(over_http).values.tolist() == [s / 4 for s in range(2_500)]
 
 
 def test_a_stream_past_its_deadline_ends_deadline_exceeded(server: Server) -> None:
