@@ -1,10 +1,10 @@
 // A worker and a reader in TypeScript over gRPC: `node smoke.js HOST:PORT [HTTP_HOST:PORT]`,
 // compiled by tests/e2e/test_typescript_client.py and run against a real `simtrack serve`.
 // Creates an agent, an experiment and a run, streams two metric batches and a final status
-// through StreamRun, waits for the ack of the last one, reads the metrics back and prints a JSON
-// summary (NaN prints as null, and so does an unset lastStep). Given the HTTP listener too, it
-// reads the run back over Connect (JSON) and gRPC-Web as well, and says whether each answer
-// equals gRPC's.
+// through StreamRun, waits for the ack of the last one, reads the metrics back (GetMetricHistory,
+// and ReadMetricHistory a page a message) and prints a JSON summary (NaN prints as null, and so
+// does an unset lastStep). Given the HTTP listener too, it reads the run back over Connect
+// (JSON) and gRPC-Web as well, and says whether each answer equals gRPC's.
 
 import { type DescMessage, type MessageShape, toBinary } from "@bufbuild/protobuf";
 import { createClient, type Transport } from "@connectrpc/connect";
@@ -27,6 +27,7 @@ import {
   ColumnEncoding,
   GetMetricHistoryResponseSchema,
   ListMetricsResponseSchema,
+  ReadMetricHistoryResponseSchema,
   type StreamRunRequest,
   TelemetryService,
 } from "../src/gen/simtrack/v1/telemetry_pb.js";
@@ -73,12 +74,30 @@ async function historyBothWays(transport: Transport, runId: string, metric: stri
     steps.join() === repeated.steps.join() &&
     values.map(exactly).join() === repeated.values.map(exactly).join() &&
     stamps.map(exactly).join() === repeated.timestamps.map(exactly).join();
+  // ReadMetricHistory: the same points in one call, a message a page (of one point here).
+  const streamed: string[] = [];
+  const pages = telemetry.readMetricHistory(
+    { runId, metric, pageSize: 1, columnEncoding: ColumnEncoding.LITTLE_ENDIAN },
+    options,
+  );
+  for await (const { page } of pages) {
+    const pageValues = littleEndian(page?.valuesLe ?? new Uint8Array(), (v, at) =>
+      v.getFloat64(at, true),
+    );
+    streamed.push(...pageValues.map(exactly));
+  }
+  const sameStreamed = streamed.join() === values.map(exactly).join();
   const stepsSentOnce = packed.stepsLe.length === 0;
-  return { steps: steps.map(Number), values: values.map(exactly), stepsSentOnce, same };
+  return {
+    steps: steps.map(Number),
+    values: values.map(exactly),
+    stepsSentOnce,
+    same: same && sameStreamed,
+  };
 }
 
-/** Whether GetRun, ListMetrics and GetMetricHistory (little-endian columns) over `transport`
- * answer what they answer over gRPC. */
+/** Whether GetRun, ListMetrics, GetMetricHistory and ReadMetricHistory (little-endian
+ * columns) over `transport` answer what they answer over gRPC. */
 async function sameOver(transport: Transport, grpc: Transport, runId: string): Promise<boolean> {
   const options = { timeoutMs: CALL_TIMEOUT_MS };
   const [overHttp, overGrpc] = [transport, grpc].map((t) => ({
@@ -91,7 +110,28 @@ async function sameOver(transport: Transport, grpc: Transport, runId: string): P
   const run = await overHttp.runs.getRun({ id: runId }, options);
   const metrics = await overHttp.telemetry.listMetrics({ runId }, options);
   const history = { runId, metric: "inventory", columnEncoding: ColumnEncoding.LITTLE_ENDIAN };
+  const streams = await Promise.all(
+    [overHttp, overGrpc].map(async (over) => {
+      const messages = [];
+      for await (const message of over.telemetry.readMetricHistory(
+        { ...history, pageSize: 1 },
+        options,
+      )) {
+        messages.push(message);
+      }
+      return messages;
+    }),
+  );
+  const [httpPages = [], grpcPages = []] = streams;
+  const sameStream =
+    httpPages.length === 2 &&
+    httpPages.length === grpcPages.length &&
+    httpPages.every((page, i) => {
+      const other = grpcPages[i];
+      return other !== undefined && sameBytes(ReadMetricHistoryResponseSchema, page, other);
+    });
   return (
+    sameStream &&
     sameBytes(GetRunResponseSchema, run, await overGrpc.runs.getRun({ id: runId }, options)) &&
     sameBytes(
       ListMetricsResponseSchema,

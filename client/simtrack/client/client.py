@@ -131,7 +131,7 @@ class Client:
     ) -> Iterator[Paged]:
         """Every page of a list call: ``request`` again with each next_page_token, asked for
         as soon as the token is known, before the page is handed on: the server answers it
-        while the caller reads this one (reading a long series page by page, a tenth faster).
+        while the caller reads this one.
         """
         call = method.future(request, timeout=self.timeout, metadata=self.metadata)
         try:
@@ -349,7 +349,8 @@ class Client:
         self, request: telemetry_pb2.ReadMetricHistoryRequest
     ) -> Iterator[telemetry_pb2.GetMetricHistoryResponse]:
         """ReadMetricHistory's pages. A read still going when this client's timeout ends it
-        goes on from its last page's token, in a new call (a long series takes its time).
+        goes on from its last page's token, in a new call (a long series takes its time); a
+        server before ReadMetricHistory is read page by page with GetMetricHistory.
         """
         while True:
             stream = self.telemetry.ReadMetricHistory(
@@ -363,6 +364,17 @@ class Client:
                     yield message.page
                 return
             except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.UNIMPLEMENTED and not pages:
+                    paged = telemetry_pb2.GetMetricHistoryRequest(
+                        run_id=request.run_id,
+                        metric=request.metric,
+                        start_step=request.start_step if request.HasField("start_step") else None,
+                        end_step=request.end_step if request.HasField("end_step") else None,
+                        page_size=request.page_size,
+                        column_encoding=request.column_encoding,
+                    )
+                    yield from self._pages(self.telemetry.GetMetricHistory, paged)
+                    return
                 if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED or not pages:
                     raise from_rpc_error(exc) from exc
                 if not request.page_token:
