@@ -190,6 +190,14 @@ async def test_read_metric_history_streams_the_pages_get_metric_history_returns(
         assert same_bits(one.steps, paged.steps) and same_bits(one.values, paged.values)
         assert same_bits(one.timestamps, paged.timestamps) and len(one.steps) == 2_998
     assert read(start_step=6_000) == [telemetry_pb2.GetMetricHistoryResponse()]
+    # A reader that stops after the first page: the server lets the rest go (the teardown
+    # checks its log and that nothing it started outlives it) and serves on.
+    abandoned = server.telemetry.ReadMetricHistory(
+        telemetry_pb2.ReadMetricHistoryRequest(run_id=run.id, metric="loss", page_size=500)
+    )
+    assert len(next(abandoned).page.steps) == 500
+    abandoned.cancel()
+    assert len(read(page_size=1_000)) == 4
 
     def read_refused(request: telemetry_pb2.ReadMetricHistoryRequest) -> object:
         return list(server.telemetry.ReadMetricHistory(request))
