@@ -145,9 +145,11 @@ def test_a_cancelled_async_worker_ends_the_run_stopped(fake: FakeServer, tmp_pat
 
 CTRL_C_CHILD = textwrap.dedent(
     """
-    import asyncio, sys, time
+    import asyncio, faulthandler, sys, time
     from simtrack.client import AsyncWorker, Worker, WorkerOptions
     helper, target, run_id, spool_dir = sys.argv[1:5]
+    # Still running after 15 s: every thread's stack to stderr, for the test to show.
+    faulthandler.dump_traceback_later(15, exit=True)
     options = WorkerOptions(flush_interval=0.01, upload_leftovers=False)
 
     def simulation() -> None:
@@ -163,7 +165,10 @@ CTRL_C_CHILD = textwrap.dedent(
         async with AsyncWorker(target, run_id, spool_dir=spool_dir, options=options) as run:
             run.log_metrics(0, {"x": 1.0})
             print("ready", flush=True)
-            await asyncio.sleep(60)
+            # Short steps too: asyncio.run's SIGINT handler runs only when the loop wakes, and
+            # a signal handed to a gRPC thread does not wake it (one 60 s sleep: 60 s).
+            for _ in range(600):
+                await asyncio.sleep(0.1)
 
     if helper == "Worker":
         simulation()
@@ -192,7 +197,7 @@ def test_ctrl_c_ends_the_run_stopped_with_either_helper(
         _, stderr = process.communicate(timeout=20)
     finally:
         process.kill()
-    assert "KeyboardInterrupt" in stderr  # the interrupt still ends the program
+    assert "KeyboardInterrupt" in stderr, stderr  # the interrupt still ends the program
     status = final_status(fake.service.run(RUN))
     assert status.outcome == tm.RUN_OUTCOME_STOPPED, status.error_message
 
