@@ -325,32 +325,28 @@ class Client:
         step interval keeps its lowest and highest point; 0 reads every point, in one call
         (ReadMetricHistory) of pages of ``page_size`` points (1-100,000; the most by default).
         """
+        where: dict[str, Any] = {
+            "run_id": run_id,
+            "metric": metric,
+            "start_step": start_step,
+            "end_step": end_step,
+            "column_encoding": telemetry_pb2.COLUMN_ENCODING_STORED,  # decoded here: fewest bytes
+        }
         if max_points:
-            request = telemetry_pb2.GetMetricHistoryRequest(
-                run_id=run_id,
-                metric=metric,
-                start_step=start_step,
-                end_step=end_step,
-                max_points=max_points,
-                column_encoding=telemetry_pb2.COLUMN_ENCODING_STORED,
-            )
+            request = telemetry_pb2.GetMetricHistoryRequest(**where, max_points=max_points)
             return MetricHistory.of_pages([self._call(self.telemetry.GetMetricHistory, request)])
-        read = telemetry_pb2.ReadMetricHistoryRequest(
-            run_id=run_id,
-            metric=metric,
-            start_step=start_step,
-            end_step=end_step,
-            page_size=page_size,
-            column_encoding=telemetry_pb2.COLUMN_ENCODING_STORED,  # decoded here: the fewest bytes
-        )
-        return MetricHistory.of_pages(self._read_history(read))
+        read = telemetry_pb2.ReadMetricHistoryRequest(**where, page_size=page_size)
+        paged = telemetry_pb2.GetMetricHistoryRequest(**where, page_size=page_size)
+        return MetricHistory.of_pages(self._read_history(read, paged))
 
     def _read_history(
-        self, request: telemetry_pb2.ReadMetricHistoryRequest
+        self,
+        request: telemetry_pb2.ReadMetricHistoryRequest,
+        paged: telemetry_pb2.GetMetricHistoryRequest,
     ) -> Iterator[telemetry_pb2.GetMetricHistoryResponse]:
         """ReadMetricHistory's pages. A read still going when this client's timeout ends it
         goes on from its last page's token, in a new call (a long series takes its time); a
-        server before ReadMetricHistory is read page by page with GetMetricHistory.
+        server before ReadMetricHistory is read page by page with GetMetricHistory (``paged``).
         """
         while True:
             stream = self.telemetry.ReadMetricHistory(
@@ -365,14 +361,6 @@ class Client:
                 return
             except grpc.RpcError as exc:
                 if exc.code() == grpc.StatusCode.UNIMPLEMENTED and not pages:
-                    paged = telemetry_pb2.GetMetricHistoryRequest(
-                        run_id=request.run_id,
-                        metric=request.metric,
-                        start_step=request.start_step if request.HasField("start_step") else None,
-                        end_step=request.end_step if request.HasField("end_step") else None,
-                        page_size=request.page_size,
-                        column_encoding=request.column_encoding,
-                    )
                     yield from self._pages(self.telemetry.GetMetricHistory, paged)
                     return
                 if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED or not pages:
